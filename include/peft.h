@@ -1,0 +1,150 @@
+/* peft.h — public C API of libpeft, parameter-efficient fine-tuning of
+ * transformer models.
+ *
+ * Conventions (after llama.cpp and SQLite):
+ *   - every public symbol starts with peft_;
+ *   - handles are opaque; parameter structs come with *_default_params();
+ *   - functions that can fail return 0 or a negative peft_status, and the
+ *     message is kept on the context (peft_last_error);
+ *   - the library never exits the process and never prints, except through
+ *     the log callback the caller installs.
+ */
+#ifndef PEFT_H
+#define PEFT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PEFT_VERSION "0.1.0"
+
+typedef enum {
+    PEFT_OK = 0,
+    PEFT_ERR_IO = -1,          /* a file could not be opened, read or written */
+    PEFT_ERR_FORMAT = -2,      /* a file is corrupt, truncated or malformed */
+    PEFT_ERR_UNSUPPORTED = -3, /* valid input this build does not handle */
+    PEFT_ERR_NOMEM = -4,       /* an allocation failed */
+    PEFT_ERR_INVALID = -5,     /* a bad argument or option */
+    PEFT_ERR_SHAPE = -6,       /* tensor shapes that do not fit together */
+    PEFT_ERR_NUMERIC = -7,     /* NaN or inf where a number was expected */
+} peft_status;
+
+/* Element types of stored tensors. Quantized types use GGML's block layouts. */
+typedef enum {
+    PEFT_DT_F32 = 0,
+    PEFT_DT_F16,
+    PEFT_DT_BF16,
+    PEFT_DT_Q8_0,
+    PEFT_DT_Q4_0,
+    PEFT_DT_Q4_1,
+    PEFT_DT_Q5_0,
+    PEFT_DT_Q5_1,
+    PEFT_DT_Q2_K,
+    PEFT_DT_Q3_K,
+    PEFT_DT_Q4_K,
+    PEFT_DT_Q5_K,
+    PEFT_DT_Q6_K,
+    PEFT_DT_Q8_K,
+    PEFT_DT_I8,
+    PEFT_DT_I16,
+    PEFT_DT_I32,
+    PEFT_DT_I64,
+    PEFT_DT_F64,
+    PEFT_DT_U8,
+    PEFT_DT_BOOL,
+    PEFT_DT_COUNT
+} peft_dtype;
+
+const char *peft_dtype_name(peft_dtype t);
+const char *peft_status_name(int status);
+
+/* ---- context ------------------------------------------------------------ */
+
+typedef enum { PEFT_LOG_ERROR = 0, PEFT_LOG_WARN, PEFT_LOG_INFO, PEFT_LOG_DEBUG } peft_log_level;
+typedef void (*peft_log_fn)(peft_log_level level, const char *msg, void *user);
+
+typedef struct {
+    int n_threads;          /* 0: all cores */
+    peft_log_fn log;        /* NULL: silent */
+    void *log_user;
+    peft_log_level log_level;
+} peft_ctx_params;
+
+typedef struct peft_ctx peft_ctx;
+
+peft_ctx_params peft_ctx_default_params(void);
+peft_ctx *peft_init(const peft_ctx_params *p);   /* NULL only when out of memory */
+void peft_free(peft_ctx *ctx);
+const char *peft_last_error(const peft_ctx *ctx);
+int peft_ctx_threads(const peft_ctx *ctx);
+
+/* ---- models --------------------------------------------------------------- */
+
+typedef struct peft_model peft_model;
+
+typedef enum { PEFT_ARCH_LLAMA = 0, PEFT_ARCH_GPT2, PEFT_ARCH_BERT } peft_arch;
+
+typedef struct {
+    peft_arch arch;
+    const char *arch_name;   /* "llama", "qwen2", "mistral", "gpt2" */
+    int n_layer, d_model, n_head, n_kv_head, head_dim, d_ff, vocab, n_ctx;
+    float norm_eps, rope_theta;
+    int tied_embeddings;
+    int64_t n_params;
+    const char *source;      /* "hf" or "gguf" */
+    const char *dtype_summary; /* e.g. "Q4_1 x 168, F32 x 61" */
+} peft_model_info;
+
+/* Loads a Hugging Face folder (config.json, *.safetensors, tokenizer.json)
+ * or a .gguf file. Frozen weights stay in their stored dtype, mmapped. */
+peft_model *peft_model_load(peft_ctx *ctx, const char *path);
+void peft_model_free(peft_model *m);
+int peft_model_get_info(const peft_model *m, peft_model_info *out);
+
+/* ---- tokenizer -------------------------------------------------------------- */
+
+/* Encodes UTF-8 text; add_bos: prepend BOS where the tokenizer wants one;
+ * special: parse special tokens written in the text. *ids is malloc'ed. */
+int peft_tokenize(peft_model *m, const char *text, int add_bos, int special,
+                  int32_t **ids, int *n_ids);
+/* Bytes of one token (may be a partial UTF-8 sequence); returns length or <0. */
+int peft_token_to_piece(const peft_model *m, int32_t id, char *buf, int cap);
+int peft_token_eos(const peft_model *m);
+int peft_token_bos(const peft_model *m);
+
+/* ---- inference ------------------------------------------------------------ */
+
+/* Logits for a sequence of tokens processed from position 0, no cache kept:
+ * out must hold n_ids * vocab floats (row t = logits after token t). */
+int peft_model_logits(peft_model *m, const int32_t *ids, int n_ids, float *out);
+
+typedef struct {
+    int max_tokens;      /* new tokens at most */
+    float temperature;   /* 0: greedy */
+    int top_k;           /* 0: off */
+    float top_p;         /* 1: off */
+    uint64_t seed;
+    int chat;            /* wrap the prompt in the model's chat template */
+    const char *system;  /* chat system prompt, NULL: the template's default */
+} peft_sample_params;
+
+typedef struct {
+    int n_prompt, n_gen;
+    double prompt_s, gen_s;   /* wall seconds of prompt processing, generation */
+    int stopped_at_eos;
+} peft_gen_stats;
+
+/* Called with each new piece of text; return non-zero to stop. */
+typedef int (*peft_token_fn)(const char *piece, int len, void *user);
+
+peft_sample_params peft_sample_default_params(void);
+int peft_generate(peft_model *m, const char *prompt, const peft_sample_params *p,
+                  peft_token_fn on_token, void *user, peft_gen_stats *stats);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

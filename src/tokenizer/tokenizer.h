@@ -1,0 +1,65 @@
+/* tokenizer.h — BPE tokenizers: byte-level (GPT-2, SmolLM2, Llama 3, Qwen2)
+ * and SentencePiece-style with ▁ and byte fallback (Llama 2, Mistral,
+ * TinyLlama), loaded from tokenizer.json, from GPT-2's vocab.json +
+ * merges.txt, or from GGUF metadata (tokenizer.ggml.*). Added/special tokens,
+ * decode, and chat templates. Knows nothing of models. */
+#ifndef PEFT_TOKENIZER_H
+#define PEFT_TOKENIZER_H
+
+#include "core/core.h"
+#include "formats/gguf.h"
+
+typedef struct bpe_tokenizer bpe_tokenizer;
+
+typedef enum { BPE_BYTE_LEVEL = 0, BPE_SENTENCEPIECE = 1 } bpe_kind;
+
+int bpe_load_json(const char *path, bpe_tokenizer **out, peft_err *err);
+int bpe_load_gpt2_files(const char *vocab_json, const char *merges_txt, bpe_tokenizer **out,
+                        peft_err *err);
+int bpe_load_gguf(const gguf_file *g, bpe_tokenizer **out, peft_err *err);
+void bpe_free(bpe_tokenizer *t);
+
+bpe_kind bpe_get_kind(const bpe_tokenizer *t);
+int bpe_vocab_size(const bpe_tokenizer *t);
+int bpe_bos_id(const bpe_tokenizer *t);   /* -1 when none */
+int bpe_eos_id(const bpe_tokenizer *t);   /* -1 when none */
+int bpe_pad_id(const bpe_tokenizer *t);   /* -1 when none */
+/* Whether encode with add_special prepends BOS (tokenizer.json's
+ * post-processor, or GGUF's tokenizer.ggml.add_bos_token). */
+bool bpe_adds_bos(const bpe_tokenizer *t);
+const char *bpe_token_text(const bpe_tokenizer *t, int id);   /* raw vocab string */
+int bpe_token_id(const bpe_tokenizer *t, const char *text);   /* -1 when absent */
+bool bpe_is_special(const bpe_tokenizer *t, int id);
+/* A short description, e.g. "byte-level BPE (smollm), 49152 tokens". */
+const char *bpe_describe(const bpe_tokenizer *t);
+
+/* Encode UTF-8 text. add_special: prepend BOS if the tokenizer does so.
+ * parse_special: recognise added special tokens written in the text.
+ * Matches HF `tokenizers` exactly. *ids is malloc'ed. */
+int bpe_encode(const bpe_tokenizer *t, const char *text, size_t len, bool add_special,
+               bool parse_special, int32_t **ids, int *n_ids, peft_err *err);
+
+/* Bytes of one token as it contributes to decoded text (byte-level: the
+ * mapped-back bytes; SentencePiece: ▁ -> space, <0xNN> -> the byte). Special
+ * tokens give their text. Returns the byte count (may exceed cap: then
+ * nothing is written past cap) or a negative status. */
+int bpe_token_bytes(const bpe_tokenizer *t, int id, char *buf, int cap);
+/* Decode a whole sequence (as HF decode with skip_special_tokens=false,
+ * including SentencePiece's removal of the leading space). malloc'ed. */
+int bpe_decode(const bpe_tokenizer *t, const int32_t *ids, int n, char **out, peft_err *err);
+
+/* Chat. The template is chosen from the tokenizer: ChatML (<|im_start|>,
+ * SmolLM2, Qwen2), Llama 2 [INST], or Llama 3 header tokens. */
+typedef struct { const char *role; const char *content; } bpe_chat_msg;
+/* Formats msgs into a prompt string (malloc'ed). add_generation_prompt
+ * appends the assistant header. When msgs has no system message and the
+ * model's chat template (tokenizer.json's sibling tokenizer_config.json or
+ * GGUF's tokenizer.chat_template) states a default one, as SmolLM2's does,
+ * that default is inserted, as transformers' apply_chat_template would. */
+int bpe_chat_format(const bpe_tokenizer *t, const bpe_chat_msg *msgs, int n,
+                    bool add_generation_prompt, char **out, peft_err *err);
+/* Token ids that end an assistant turn besides EOS (e.g. <|im_end|>); up to
+ * cap written, count returned. */
+int bpe_stop_tokens(const bpe_tokenizer *t, int32_t *ids, int cap);
+
+#endif

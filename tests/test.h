@@ -1,0 +1,111 @@
+/* test.h — a minimal test harness for CTest. Each tests/test_*.c is one
+ * executable; TEST_RUN runs a named test function and counts failures, and
+ * TEST_MAIN_END prints "N passed, N failed" and returns the exit code.
+ * A test that cannot run here (missing optional model or reference stack)
+ * calls TEST_SKIP with the reason: if every test of the file skipped, the
+ * executable exits 77 and CTest reports it as skipped, with the reason. */
+#ifndef PEFT_TEST_H
+#define PEFT_TEST_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int test_failures_ = 0, test_passed_ = 0, test_failed_ = 0, test_skipped_ = 0;
+static int test_cur_skipped_ = 0;
+
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            fprintf(stderr, "  %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+            test_failures_++;                                                         \
+        }                                                                             \
+    } while (0)
+
+#define CHECK_MSG(cond, ...)                                                 \
+    do {                                                                     \
+        if (!(cond)) {                                                       \
+            fprintf(stderr, "  %s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                    \
+            fprintf(stderr, "\n");                                           \
+            test_failures_++;                                                \
+        }                                                                    \
+    } while (0)
+
+#define CHECK_EQ_INT(a, b)                                                              \
+    do {                                                                                \
+        long long a_ = (long long)(a), b_ = (long long)(b);                             \
+        if (a_ != b_) {                                                                 \
+            fprintf(stderr, "  %s:%d: %s == %s failed: %lld != %lld\n", __FILE__, __LINE__, \
+                    #a, #b, a_, b_);                                                    \
+            test_failures_++;                                                           \
+        }                                                                               \
+    } while (0)
+
+#define CHECK_NEAR(a, b, tol)                                                                 \
+    do {                                                                                      \
+        double a_ = (double)(a), b_ = (double)(b);                                            \
+        if (!(fabs(a_ - b_) <= (tol))) {                                                      \
+            fprintf(stderr, "  %s:%d: |%s - %s| <= %g failed: %.9g vs %.9g (diff %.3g)\n",     \
+                    __FILE__, __LINE__, #a, #b, (double)(tol), a_, b_, fabs(a_ - b_));        \
+            test_failures_++;                                                                 \
+        }                                                                                     \
+    } while (0)
+
+/* A status-returning call expected to succeed (0). */
+#define CHECK_OK(expr)                                                                 \
+    do {                                                                               \
+        int rc_ = (expr);                                                              \
+        if (rc_ != 0) {                                                                \
+            fprintf(stderr, "  %s:%d: %s returned %d\n", __FILE__, __LINE__, #expr, rc_); \
+            test_failures_++;                                                          \
+        }                                                                              \
+    } while (0)
+
+#define TEST_SKIP(...)                             \
+    do {                                           \
+        fprintf(stdout, "  SKIPPED: ");            \
+        fprintf(stdout, __VA_ARGS__);              \
+        fprintf(stdout, "\n");                     \
+        test_cur_skipped_ = 1;                     \
+        return;                                    \
+    } while (0)
+
+#define TEST_RUN(fn)                                                     \
+    do {                                                                 \
+        int before_ = test_failures_;                                    \
+        test_cur_skipped_ = 0;                                           \
+        fn();                                                            \
+        if (test_cur_skipped_) {                                         \
+            test_skipped_++;                                             \
+            printf("skip %s\n", #fn);                                    \
+        } else if (test_failures_ == before_) {                          \
+            test_passed_++;                                              \
+            printf("ok   %s\n", #fn);                                    \
+        } else {                                                         \
+            test_failed_++;                                              \
+            printf("FAIL %s\n", #fn);                                    \
+        }                                                                \
+        fflush(stdout);                                                  \
+    } while (0)
+
+#define TEST_MAIN_END()                                                                  \
+    do {                                                                                 \
+        printf("%d passed, %d failed, %d skipped\n", test_passed_, test_failed_, test_skipped_); \
+        if (test_failed_) return 1;                                                      \
+        if (test_passed_ == 0 && test_skipped_ > 0) return 77;                           \
+        return 0;                                                                        \
+    } while (0)
+
+/* Max absolute difference of two float arrays. */
+static inline double test_max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d > m || d != d) m = d;
+    }
+    return m;
+}
+
+#endif
