@@ -25,5 +25,7 @@ int kern_dequant_row(peft_dtype t, const void *src, float *dst, int64_t n);
 /* Quantize n floats into dst (row bytes as above). F32, F16, BF16, Q8_0,
  * Q4_0, Q4_1 (round to nearest as ggml's reference quantizers do). */
 int kern_quant_row(peft_dtype t, const float *src, void *dst, int64_t n);
+/* True for the types kern_quant_row can write (also Q5_0, Q5_1). */
+bool kern_dtype_can_quantize(peft_dtype t);
 
 #endif
