@@ -66,9 +66,28 @@ int gguf_n_tensors(const gguf_file *f);
 const gguf_tensor *gguf_tensor_at(const gguf_file *f, int i);
 const gguf_tensor *gguf_find_tensor(const gguf_file *f, const char *name);
 
+/* Generic access to any value, including arrays of arrays (added).
+ * Numeric array data points into the mapping (little-endian, may be
+ * unaligned); strings are NUL-terminated copies owned by the file, with their
+ * byte length (they may contain NULs). */
+typedef struct gguf_value gguf_value;
+const gguf_value *gguf_kv_value(const gguf_file *f, int i);
+gguf_vtype gguf_value_type(const gguf_value *v);
+int gguf_value_int(const gguf_value *v, int64_t *out);      /* integers, bool; PEFT_ERR_FORMAT otherwise */
+uint64_t gguf_value_u64(const gguf_value *v);               /* raw bits of an unsigned/bool scalar */
+int gguf_value_float(const gguf_value *v, double *out);     /* floats and integers */
+const char *gguf_value_str(const gguf_value *v, size_t *len);  /* NULL unless a string */
+int gguf_value_arr(const gguf_value *v, gguf_vtype *elem_type, uint64_t *n, const void **data);
+const char *gguf_value_arr_str(const gguf_value *v, uint64_t i, size_t *len);
+const gguf_value *gguf_value_arr_item(const gguf_value *v, uint64_t i);  /* arrays of arrays */
+const char *gguf_vtype_name(gguf_vtype t);
+/* Byte offset of the data section in the file. */
+size_t gguf_data_offset(const gguf_file *f);
+
 /* ggml type id <-> peft dtype. */
 peft_dtype gguf_dtype_from_ggml(uint32_t ggml_type);   /* PEFT_DT_COUNT if unknown */
 int gguf_ggml_from_dtype(peft_dtype t);                /* -1 if none */
+const char *gguf_ggml_type_name(uint32_t ggml_type);    /* "Q4_K", NULL if unknown */
 
 /* Writer (version 3, alignment 32). Values are copied; tensor data is
  * referenced until gguf_writer_save returns. Saves atomically. */
