@@ -96,13 +96,25 @@ typedef struct {
     int64_t n_params;
     const char *source;      /* "hf" or "gguf" */
     const char *dtype_summary; /* e.g. "Q4_1 x 168, F32 x 61" */
+    const char *tokenizer;   /* e.g. "byte-level BPE (smollm), 49152 tokens", or "none" */
+    int n_tensors;
 } peft_model_info;
+
+/* One stored tensor of the model file(s), shape outermost first. */
+typedef struct {
+    const char *name;
+    peft_dtype dtype;
+    int ndim;
+    int64_t shape[8];
+    size_t nbytes;
+} peft_tensor_info;
 
 /* Loads a Hugging Face folder (config.json, *.safetensors, tokenizer.json)
  * or a .gguf file. Frozen weights stay in their stored dtype, mmapped. */
 peft_model *peft_model_load(peft_ctx *ctx, const char *path);
 void peft_model_free(peft_model *m);
 int peft_model_get_info(const peft_model *m, peft_model_info *out);
+int peft_model_tensor_info(const peft_model *m, int i, peft_tensor_info *out);
 
 /* ---- tokenizer -------------------------------------------------------------- */
 

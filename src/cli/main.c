@@ -1,3 +1,92 @@
-#include "peft.h"
+/* main.c — `peft`: dispatch to subcommands. */
+#include "cli/cli.h"
+
+#include <errno.h>
 #include <stdio.h>
-int main(void) { printf("peft %s\n", PEFT_VERSION); return 0; }
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "peft %s — parameter-efficient fine-tuning of transformer models\n\n"
+            "usage: peft <command> [options]\n\n"
+            "commands:\n"
+            "  generate   generate text: peft generate --model PATH --prompt \"...\" [--chat]\n"
+            "  info       describe a model: peft info PATH [--json] [--tensors]\n"
+            "  help       this text; `peft <command> --help` for a command's options\n",
+            PEFT_VERSION);
+}
+
+const char *cli_opt(cli_args *a, const char *name, bool *bad) {
+    const char *arg = a->argv[a->i];
+    size_t n = strlen(name);
+    if (strncmp(arg, name, n) != 0) return NULL;
+    if (arg[n] == '=') { a->i++; return arg + n + 1; }
+    if (arg[n] != 0) return NULL;
+    if (a->i + 1 >= a->argc) {
+        fprintf(stderr, "peft %s: option %s needs a value\n", a->cmd, name);
+        *bad = true;
+        a->i++;
+        return NULL;
+    }
+    a->i += 2;
+    return a->argv[a->i - 1];
+}
+
+bool cli_flag(cli_args *a, const char *name) {
+    if (strcmp(a->argv[a->i], name) != 0) return false;
+    a->i++;
+    return true;
+}
+
+int cli_int(const char *cmd, const char *name, const char *v, long lo, long hi, int *out) {
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || *end || end == v || x < lo || x > hi) {
+        fprintf(stderr, "peft %s: %s must be an integer in [%ld, %ld], got \"%s\"\n", cmd, name, lo, hi, v);
+        return -1;
+    }
+    *out = (int)x;
+    return 0;
+}
+
+int cli_float(const char *cmd, const char *name, const char *v, double lo, double hi, float *out) {
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || *end || end == v || !(x >= lo && x <= hi)) {
+        fprintf(stderr, "peft %s: %s must be a number in [%g, %g], got \"%s\"\n", cmd, name, lo, hi, v);
+        return -1;
+    }
+    *out = (float)x;
+    return 0;
+}
+
+static void log_stderr(peft_log_level level, const char *msg, void *user) {
+    (void)user;
+    static const char *const names[] = {"error", "warning", "info", "debug"};
+    fprintf(stderr, "peft: %s: %s\n", names[level], msg);
+}
+
+peft_ctx *cli_ctx(int n_threads, bool verbose) {
+    peft_ctx_params p = peft_ctx_default_params();
+    p.n_threads = n_threads;
+    p.log = log_stderr;
+    p.log_level = verbose ? PEFT_LOG_DEBUG : PEFT_LOG_WARN;
+    peft_ctx *ctx = peft_init(&p);
+    if (!ctx) fprintf(stderr, "peft: out of memory\n");
+    return ctx;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) { usage(stderr); return 2; }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
+    if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) { usage(stdout); return 0; }
+    if (!strcmp(cmd, "--version")) { printf("peft %s\n", PEFT_VERSION); return 0; }
+    fprintf(stderr, "peft: unknown command \"%s\"\n\n", cmd);
+    usage(stderr);
+    return 2;
+}

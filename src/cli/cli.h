@@ -1,0 +1,28 @@
+/* cli.h — the peft command line: argument parsing shared by subcommands. */
+#ifndef PEFT_CLI_H
+#define PEFT_CLI_H
+
+#include "peft.h"
+#include <stdbool.h>
+
+int cmd_generate(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+
+/* Option parsing: --name value or --name=value. */
+typedef struct {
+    int argc, i;
+    char **argv;
+    const char *cmd;
+} cli_args;
+
+/* Returns the value for option `name` at the current position, advancing;
+ * NULL if the current argument is not that option. Sets *bad on a missing
+ * value. */
+const char *cli_opt(cli_args *a, const char *name, bool *bad);
+bool cli_flag(cli_args *a, const char *name);
+int cli_int(const char *cmd, const char *name, const char *v, long lo, long hi, int *out);
+int cli_float(const char *cmd, const char *name, const char *v, double lo, double hi, float *out);
+/* A context whose log prints warnings and errors to stderr. */
+peft_ctx *cli_ctx(int n_threads, bool verbose);
+
+#endif

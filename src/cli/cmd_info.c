@@ -1,0 +1,109 @@
+/* cmd_info.c — `peft info PATH [--json] [--tensors]`. */
+#include "cli/cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void json_str(const char *s) {
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') printf("\\%c", c);
+        else if (c < 0x20) printf("\\u%04x", c);
+        else putchar(c);
+    }
+    putchar('"');
+}
+
+static void shape_str(const peft_tensor_info *t, char *buf, size_t cap) {
+    size_t o = (size_t)snprintf(buf, cap, "[");
+    for (int k = 0; k < t->ndim && o < cap; k++)
+        o += (size_t)snprintf(buf + o, cap - o, "%s%lld", k ? ", " : "", (long long)t->shape[k]);
+    if (o < cap) snprintf(buf + o, cap - o, "]");
+}
+
+int cmd_info(int argc, char **argv) {
+    cli_args a = {argc, 1, argv, "info"};
+    const char *path = NULL;
+    bool json = false, tensors = false;
+    while (a.i < argc) {
+        if (cli_flag(&a, "--json")) json = true;
+        else if (cli_flag(&a, "--tensors")) tensors = true;
+        else if (cli_flag(&a, "--help")) {
+            printf("usage: peft info PATH [--json] [--tensors]\n\n"
+                   "Describes a HF model folder or a .gguf file: architecture, parameter count,\n"
+                   "dtypes, context length, tokenizer and tensors (all of them with --tensors).\n");
+            return 0;
+        } else if (argv[a.i][0] == '-' || path) {
+            fprintf(stderr, "peft info: unexpected argument \"%s\"\n", argv[a.i]);
+            return 2;
+        } else path = argv[a.i++];
+    }
+    if (!path) { fprintf(stderr, "usage: peft info PATH [--json] [--tensors]\n"); return 2; }
+    peft_ctx *ctx = cli_ctx(1, false);
+    if (!ctx) return 1;
+    peft_model *m = peft_model_load(ctx, path);
+    if (!m) {
+        fprintf(stderr, "peft info: %s\n", peft_last_error(ctx));
+        peft_free(ctx);
+        return 1;
+    }
+    peft_model_info in;
+    peft_model_get_info(m, &in);
+    size_t total_bytes = 0;
+    for (int i = 0; i < in.n_tensors; i++) {
+        peft_tensor_info t;
+        if (peft_model_tensor_info(m, i, &t) == 0) total_bytes += t.nbytes;
+    }
+    if (json) {
+        printf("{\"path\": "); json_str(path);
+        printf(", \"format\": "); json_str(in.source);
+        printf(", \"architecture\": "); json_str(in.arch_name);
+        printf(", \"n_params\": %lld, \"n_layer\": %d, \"d_model\": %d, \"n_head\": %d, \"n_kv_head\": %d, "
+               "\"head_dim\": %d, \"d_ff\": %d, \"vocab_size\": %d, \"context_length\": %d, "
+               "\"norm_eps\": %g, \"rope_theta\": %g, \"tied_embeddings\": %s, \"weight_bytes\": %zu, \"dtypes\": ",
+               (long long)in.n_params, in.n_layer, in.d_model, in.n_head, in.n_kv_head, in.head_dim, in.d_ff,
+               in.vocab, in.n_ctx, in.norm_eps, in.rope_theta, in.tied_embeddings ? "true" : "false", total_bytes);
+        json_str(in.dtype_summary);
+        printf(", \"tokenizer\": "); json_str(in.tokenizer);
+        printf(", \"n_tensors\": %d", in.n_tensors);
+        if (tensors) {
+            printf(", \"tensors\": [");
+            for (int i = 0; i < in.n_tensors; i++) {
+                peft_tensor_info t;
+                peft_model_tensor_info(m, i, &t);
+                char sh[128];
+                shape_str(&t, sh, sizeof sh);
+                printf("%s{\"name\": ", i ? ", " : "");
+                json_str(t.name);
+                printf(", \"dtype\": \"%s\", \"shape\": %s, \"bytes\": %zu}", peft_dtype_name(t.dtype), sh, t.nbytes);
+            }
+            printf("]");
+        }
+        printf("}\n");
+    } else {
+        printf("path:            %s (%s)\n", path, in.source);
+        printf("architecture:    %s\n", in.arch_name);
+        printf("parameters:      %lld (%.1f M)\n", (long long)in.n_params, in.n_params / 1e6);
+        printf("weights:         %.1f MiB in %d tensors: %s\n", total_bytes / 1048576.0, in.n_tensors, in.dtype_summary);
+        printf("layers:          %d, d_model %d, heads %d (kv %d, head size %d), MLP %d\n", in.n_layer, in.d_model,
+               in.n_head, in.n_kv_head, in.head_dim, in.d_ff);
+        printf("vocabulary:      %d%s\n", in.vocab, in.tied_embeddings ? " (tied input/output embeddings)" : "");
+        printf("context length:  %d\n", in.n_ctx);
+        printf("norm epsilon:    %g\n", in.norm_eps);
+        if (in.arch != PEFT_ARCH_GPT2) printf("rope theta:      %g\n", in.rope_theta);
+        printf("tokenizer:       %s\n", in.tokenizer);
+        int shown = tensors ? in.n_tensors : (in.n_tensors < 12 ? in.n_tensors : 12);
+        printf("tensors%s:\n", tensors ? "" : " (first 12; --tensors lists all)");
+        for (int i = 0; i < shown; i++) {
+            peft_tensor_info t;
+            peft_model_tensor_info(m, i, &t);
+            char sh[128];
+            shape_str(&t, sh, sizeof sh);
+            printf("  %-48s %-5s %s\n", t.name, peft_dtype_name(t.dtype), sh);
+        }
+    }
+    peft_model_free(m);
+    peft_free(ctx);
+    return 0;
+}

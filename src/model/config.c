@@ -1,0 +1,221 @@
+/* config.c — model configuration from HF config.json or GGUF metadata. */
+#include "model/model.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int json_int(const cJSON *o, const char *key, int def, bool required, int *out,
+                    const char *path, peft_err *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v || cJSON_IsNull(v)) {
+        if (required) return peft_fail(err, PEFT_ERR_FORMAT, "%s: missing key \"%s\"", path, key);
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 0 ||
+        v->valuedouble > 1e9)
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: \"%s\" must be a non-negative integer", path, key);
+    *out = (int)v->valuedouble;
+    return 0;
+}
+
+static int json_float(const cJSON *o, const char *key, float def, bool required, float *out,
+                      const char *path, peft_err *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v || cJSON_IsNull(v)) {
+        if (required) return peft_fail(err, PEFT_ERR_FORMAT, "%s: missing key \"%s\"", path, key);
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsNumber(v)) return peft_fail(err, PEFT_ERR_FORMAT, "%s: \"%s\" must be a number", path, key);
+    *out = (float)v->valuedouble;
+    return 0;
+}
+
+static bool json_bool(const cJSON *o, const char *key, bool def) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (cJSON_IsBool(v)) return cJSON_IsTrue(v);
+    return def;
+}
+
+/* rope_scaling (transformers v4) or rope_parameters (v5). */
+static int parse_rope(const cJSON *root, model_config *c, const char *path, peft_err *err) {
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    int rc = json_float(root, "rope_theta", 10000.0f, false, &c->rope_theta, path, err);
+    if (rc) return rc;
+    if (cJSON_IsObject(rp) && cJSON_GetObjectItemCaseSensitive(rp, "rope_theta")) {
+        rc = json_float(rp, "rope_theta", 10000.0f, false, &c->rope_theta, path, err);
+        if (rc) return rc;
+    }
+    const cJSON *sc = cJSON_IsObject(rs) ? rs : (cJSON_IsObject(rp) ? rp : NULL);
+    if (!sc) return 0;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(sc, "rope_type");
+    if (!type) type = cJSON_GetObjectItemCaseSensitive(sc, "type");
+    const char *t = cJSON_IsString(type) ? type->valuestring : "default";
+    if (strcmp(t, "default") == 0) return 0;
+    if (strcmp(t, "llama3") == 0) {
+        if ((rc = json_float(sc, "factor", 0, true, &c->rope_factor, path, err)) ||
+            (rc = json_float(sc, "low_freq_factor", 0, true, &c->rope_low_freq, path, err)) ||
+            (rc = json_float(sc, "high_freq_factor", 0, true, &c->rope_high_freq, path, err)) ||
+            (rc = json_int(sc, "original_max_position_embeddings", 0, true, &c->rope_orig_ctx, path, err)))
+            return rc;
+        return 0;
+    }
+    return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: rope scaling type \"%s\" is not supported (default and llama3 are)",
+                     path, t);
+}
+
+static int check_config(model_config *c, const char *path, peft_err *err) {
+    if (c->n_layer <= 0 || c->d_model <= 0 || c->n_head <= 0 || c->vocab <= 0 || c->d_ff <= 0)
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: layer count, width, heads, vocabulary and MLP width must be positive", path);
+    if (c->n_kv_head <= 0) c->n_kv_head = c->n_head;
+    if (c->head_dim <= 0) {
+        if (c->d_model % c->n_head) return peft_fail(err, PEFT_ERR_FORMAT, "%s: hidden size %d not divisible by %d heads", path, c->d_model, c->n_head);
+        c->head_dim = c->d_model / c->n_head;
+    }
+    if (c->n_head % c->n_kv_head)
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: %d attention heads not divisible by %d key/value heads", path, c->n_head, c->n_kv_head);
+    if (c->rope_dim <= 0) c->rope_dim = c->head_dim;
+    if (c->rope_dim % 2 || c->rope_dim > c->head_dim)
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: rotary dimension %d invalid for head size %d", path, c->rope_dim, c->head_dim);
+    if (c->n_ctx <= 0) c->n_ctx = 2048;
+    if ((int64_t)c->n_layer * c->d_model > (int64_t)1 << 40 || c->vocab > 10000000 || c->n_ctx > 10000000)
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: absurd model dimensions", path);
+    if (!(c->norm_eps > 0) || !(c->rope_theta > 0))
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: norm epsilon and rope theta must be positive", path);
+    return 0;
+}
+
+int model_config_from_hf_json(const char *path, model_config *c, peft_err *err) {
+    char *text = NULL;
+    int rc = peft_read_file(path, &text, NULL, err);
+    if (rc) return rc;
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: not a JSON object", path);
+    }
+    memset(c, 0, sizeof *c);
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    if (!cJSON_IsString(mt)) {
+        cJSON_Delete(root);
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: missing key \"model_type\"", path);
+    }
+    snprintf(c->arch_name, sizeof c->arch_name, "%s", mt->valuestring);
+    const char *a = c->arch_name;
+    if (!strcmp(a, "llama") || !strcmp(a, "mistral") || !strcmp(a, "qwen2")) {
+        c->arch = PEFT_ARCH_LLAMA;
+        if ((rc = json_int(root, "hidden_size", 0, true, &c->d_model, path, err)) ||
+            (rc = json_int(root, "num_hidden_layers", 0, true, &c->n_layer, path, err)) ||
+            (rc = json_int(root, "num_attention_heads", 0, true, &c->n_head, path, err)) ||
+            (rc = json_int(root, "num_key_value_heads", 0, false, &c->n_kv_head, path, err)) ||
+            (rc = json_int(root, "head_dim", 0, false, &c->head_dim, path, err)) ||
+            (rc = json_int(root, "intermediate_size", 0, true, &c->d_ff, path, err)) ||
+            (rc = json_int(root, "vocab_size", 0, true, &c->vocab, path, err)) ||
+            (rc = json_int(root, "max_position_embeddings", 2048, false, &c->n_ctx, path, err)) ||
+            (rc = json_float(root, "rms_norm_eps", 1e-6f, false, &c->norm_eps, path, err)) ||
+            (rc = parse_rope(root, c, path, err))) {
+            cJSON_Delete(root);
+            return rc;
+        }
+        c->tied = json_bool(root, "tie_word_embeddings", false);
+    } else if (!strcmp(a, "gpt2")) {
+        c->arch = PEFT_ARCH_GPT2;
+        if ((rc = json_int(root, "n_embd", 0, true, &c->d_model, path, err)) ||
+            (rc = json_int(root, "n_layer", 0, true, &c->n_layer, path, err)) ||
+            (rc = json_int(root, "n_head", 0, true, &c->n_head, path, err)) ||
+            (rc = json_int(root, "n_inner", 0, false, &c->d_ff, path, err)) ||
+            (rc = json_int(root, "vocab_size", 0, true, &c->vocab, path, err)) ||
+            (rc = json_int(root, "n_positions", 1024, false, &c->n_ctx, path, err)) ||
+            (rc = json_float(root, "layer_norm_epsilon", 1e-5f, false, &c->norm_eps, path, err))) {
+            cJSON_Delete(root);
+            return rc;
+        }
+        if (c->d_ff == 0) c->d_ff = 4 * c->d_model;
+        c->n_kv_head = c->n_head;
+        c->rope_theta = 1;  /* unused */
+        c->tied = json_bool(root, "tie_word_embeddings", true);
+        const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "activation_function");
+        if (cJSON_IsString(act) && strcmp(act->valuestring, "gelu_new") && strcmp(act->valuestring, "gelu_pytorch_tanh")) {
+            rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: GPT-2 activation \"%s\" is not supported (gelu_new is)", path, act->valuestring);
+            cJSON_Delete(root);
+            return rc;
+        }
+    } else {
+        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED,
+                       "%s: unsupported architecture \"%s\" (supported: llama, mistral, qwen2, gpt2)", path, a);
+        cJSON_Delete(root);
+        return rc;
+    }
+    cJSON_Delete(root);
+    return check_config(c, path, err);
+}
+
+int model_config_from_gguf(const gguf_file *g, model_config *c, peft_err *err) {
+    const char *path = gguf_path(g);
+    memset(c, 0, sizeof *c);
+    const char *arch = gguf_get_str(g, "general.architecture");
+    if (!arch) return peft_fail(err, PEFT_ERR_FORMAT, "%s: missing key general.architecture", path);
+    snprintf(c->arch_name, sizeof c->arch_name, "%s", arch);
+    if (!strcmp(arch, "llama") || !strcmp(arch, "mistral") || !strcmp(arch, "qwen2")) c->arch = PEFT_ARCH_LLAMA;
+    else if (!strcmp(arch, "gpt2")) c->arch = PEFT_ARCH_GPT2;
+    else return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: unsupported architecture \"%s\" (supported: llama, mistral, qwen2, gpt2)", path, arch);
+
+    char key[128];
+    int64_t iv;
+    double fv;
+#define GET_INT(suffix, field, required)                                            \
+    do {                                                                            \
+        snprintf(key, sizeof key, "%s.%s", arch, suffix);                           \
+        if (gguf_find_key(g, key) >= 0) {                                           \
+            int rc_ = gguf_get_int(g, key, &iv, err);                               \
+            if (rc_) return rc_;                                                    \
+            if (iv < 0 || iv > 1000000000)                                          \
+                return peft_fail(err, PEFT_ERR_FORMAT, "%s: %s out of range", path, key); \
+            c->field = (int)iv;                                                     \
+        } else if (required)                                                        \
+            return peft_fail(err, PEFT_ERR_FORMAT, "%s: missing key %s", path, key); \
+    } while (0)
+    GET_INT("block_count", n_layer, true);
+    GET_INT("embedding_length", d_model, true);
+    GET_INT("feed_forward_length", d_ff, true);
+    GET_INT("attention.head_count", n_head, true);
+    GET_INT("attention.head_count_kv", n_kv_head, false);
+    GET_INT("context_length", n_ctx, false);
+    GET_INT("rope.dimension_count", rope_dim, false);
+    GET_INT("attention.key_length", head_dim, false);
+    GET_INT("vocab_size", vocab, false);
+#undef GET_INT
+    if (c->vocab == 0) {
+        gguf_vtype et;
+        uint64_t n = 0;
+        const void *d;
+        if (gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &n, &d, err) == 0) c->vocab = (int)n;
+        else {
+            const gguf_tensor *t = gguf_find_tensor(g, "token_embd.weight");
+            if (!t) return peft_fail(err, PEFT_ERR_FORMAT, "%s: cannot tell the vocabulary size", path);
+            c->vocab = (int)t->ne[1];
+        }
+    }
+    snprintf(key, sizeof key, "%s.attention.%s", arch, c->arch == PEFT_ARCH_GPT2 ? "layer_norm_epsilon" : "layer_norm_rms_epsilon");
+    if (gguf_get_float(g, key, &fv, err)) return peft_fail(err, PEFT_ERR_FORMAT, "%s: missing key %s", path, key);
+    c->norm_eps = (float)fv;
+    c->rope_theta = 10000.0f;
+    if (c->arch == PEFT_ARCH_GPT2) c->rope_theta = 1;
+    snprintf(key, sizeof key, "%s.rope.freq_base", arch);
+    if (gguf_find_key(g, key) >= 0) {
+        if (gguf_get_float(g, key, &fv, err)) return err->code;
+        c->rope_theta = (float)fv;
+    }
+    snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
+    const char *st = gguf_get_str(g, key);
+    if (st && strcmp(st, "none"))
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: rope scaling type \"%s\" is not supported", path, st);
+    c->tied = gguf_find_tensor(g, "output.weight") == NULL;
+    return check_config(c, path, err);
+}

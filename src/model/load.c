@@ -1,0 +1,376 @@
+/* load.c — maps the tensors of a HF folder or a GGUF file onto the model's
+ * layers. Big matrices stay where they are (mmapped, stored dtype); norms and
+ * biases are converted to owned f32. GGUF llama Q/K rows are put back in HF
+ * order so the rest of the library sees one layout. */
+#include "model/model.h"
+#include "kernels/quant.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A tensor from either source, shape row-major (outermost first). */
+typedef struct {
+    peft_dtype dtype;
+    int ndim;
+    int64_t shape[4];
+    const void *data;
+    size_t nbytes;
+} src_tensor;
+
+static bool find_tensor(const peft_model *m, const char *name, src_tensor *out) {
+    memset(out, 0, sizeof *out);
+    if (m->st) {
+        const st_tensor *t = st_find(m->st, name);
+        if (!t || t->ndim > 4) return false;
+        out->dtype = t->dtype;
+        out->ndim = t->ndim;
+        for (int i = 0; i < t->ndim; i++) out->shape[i] = t->shape[i];
+        out->data = t->data;
+        out->nbytes = t->nbytes;
+        return true;
+    }
+    const gguf_tensor *t = gguf_find_tensor(m->gguf, name);
+    if (!t) return false;
+    out->dtype = t->dtype;
+    out->ndim = t->ndim;
+    for (int i = 0; i < t->ndim; i++) out->shape[i] = t->ne[t->ndim - 1 - i];
+    out->data = t->data;
+    out->nbytes = t->nbytes;
+    return true;
+}
+
+int model_own(peft_model *m, void *p, peft_err *err) {
+    if (m->n_owned == m->cap_owned) {
+        int cap = m->cap_owned ? m->cap_owned * 2 : 64;
+        void **n = realloc(m->owned, (size_t)cap * sizeof *n);
+        if (!n) { free(p); return peft_fail(err, PEFT_ERR_NOMEM, "out of memory"); }
+        m->owned = n;
+        m->cap_owned = cap;
+    }
+    m->owned[m->n_owned++] = p;
+    return 0;
+}
+
+/* ---- names ---------------------------------------------------------------- */
+
+static const char *const hf_llama_lin[ROLE_N_LINEAR] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", NULL, "self_attn.o_proj",
+    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+static const char *const hf_gpt2_lin[ROLE_N_LINEAR] = {
+    NULL, NULL, NULL, "attn.c_attn", "attn.c_proj", NULL, "mlp.c_fc", "mlp.c_proj"};
+static const char *const gguf_lin[ROLE_N_LINEAR] = {
+    "attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+
+/* GPT-2 checkpoints come with and without the "transformer." prefix. */
+static const char *gpt2_prefix(const peft_model *m) {
+    src_tensor t;
+    return (m->st && find_tensor(m, "transformer.wte.weight", &t)) ? "transformer." : "";
+}
+
+const char *model_linear_name(const peft_model *m, model_linear_role r) {
+    const char *const *tab = m->cfg.arch == PEFT_ARCH_GPT2 ? hf_gpt2_lin : hf_llama_lin;
+    const char *s = tab[r];
+    if (!s) return NULL;
+    const char *dot = strchr(s, '.');
+    return dot ? dot + 1 : s;
+}
+
+int model_linear_hf_path(const peft_model *m, int layer, model_linear_role r, char *buf, size_t cap) {
+    if (m->cfg.arch == PEFT_ARCH_GPT2) {
+        if (!hf_gpt2_lin[r]) return PEFT_ERR_INVALID;
+        snprintf(buf, cap, "transformer.h.%d.%s", layer, hf_gpt2_lin[r]);
+    } else {
+        if (!hf_llama_lin[r]) return PEFT_ERR_INVALID;
+        snprintf(buf, cap, "model.layers.%d.%s", layer, hf_llama_lin[r]);
+    }
+    return 0;
+}
+
+/* ---- weights -------------------------------------------------------------- */
+
+/* A 1-D tensor of n elements as owned f32; *out stays NULL when absent and
+ * not required. */
+static int get_vec(peft_model *m, const char *name, int64_t n, bool required, float **out,
+                   peft_err *err) {
+    *out = NULL;
+    src_tensor t;
+    if (!find_tensor(m, name, &t)) {
+        if (required) return peft_fail(err, PEFT_ERR_FORMAT, "%s: missing tensor %s", m->path, name);
+        return 0;
+    }
+    int64_t numel = 1;
+    for (int i = 0; i < t.ndim; i++) numel *= t.shape[i];
+    if (numel != n)
+        return peft_fail(err, PEFT_ERR_SHAPE, "%s: tensor %s has %lld elements, expected %lld", m->path,
+                         name, (long long)numel, (long long)n);
+    if (!kern_dtype_is_float_convertible(t.dtype) || kern_dtype_row_bytes(t.dtype, n) == 0)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: tensor %s has unsupported dtype %s", m->path, name,
+                         peft_dtype_name(t.dtype));
+    float *v = peft_malloc((size_t)n * sizeof(float), err);
+    if (!v) return PEFT_ERR_NOMEM;
+    int rc = kern_dequant_row(t.dtype, t.data, v, n);
+    if (!rc) rc = model_own(m, v, err);
+    else { free(v); return peft_fail(err, rc, "%s: cannot convert tensor %s", m->path, name); }
+    *out = v;
+    return rc;
+}
+
+/* A matrix for y = x·Wᵀ with `rows` outputs and `cols` inputs. Accepts
+ * (rows, cols), or (cols, rows) when conv1d (GPT-2 HF). */
+static int get_mat(peft_model *m, const char *name, int64_t rows, int64_t cols, bool conv1d,
+                   bool required, kern_weight *w, peft_err *err) {
+    memset(w, 0, sizeof *w);
+    src_tensor t;
+    if (!find_tensor(m, name, &t)) {
+        if (required) return peft_fail(err, PEFT_ERR_FORMAT, "%s: missing tensor %s", m->path, name);
+        return 1;
+    }
+    int64_t r = conv1d ? cols : rows, c = conv1d ? rows : cols;
+    if (t.ndim != 2 || t.shape[0] != r || t.shape[1] != c)
+        return peft_fail(err, PEFT_ERR_SHAPE, "%s: tensor %s has shape [%lld, %lld], expected [%lld, %lld]",
+                         m->path, name, (long long)t.shape[0], (long long)(t.ndim > 1 ? t.shape[1] : 0),
+                         (long long)r, (long long)c);
+    if (!kern_dtype_is_float_convertible(t.dtype))
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: tensor %s has unsupported dtype %s", m->path, name,
+                         peft_dtype_name(t.dtype));
+    size_t rb = kern_dtype_row_bytes(t.dtype, t.shape[1]);
+    if (rb == 0 || rb * (size_t)t.shape[0] != t.nbytes)
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: tensor %s: %zu bytes do not hold %lld x %lld %s", m->path,
+                         name, t.nbytes, (long long)t.shape[0], (long long)t.shape[1], peft_dtype_name(t.dtype));
+    if (conv1d && peft_dtype_elem_size(t.dtype) == 0)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: tensor %s: transposed quantized weights are not supported",
+                         m->path, name);
+    w->dtype = t.dtype;
+    w->rows = rows;
+    w->cols = cols;
+    w->data = t.data;
+    w->transposed = conv1d;
+    return 0;
+}
+
+/* llama.cpp's converter reorders the rows of each head of Q and K from
+ * HF's (half, head_dim/2) to (head_dim/2, half) so its interleaved RoPE
+ * applies: gguf row h·hd + 2i + j holds HF row h·hd + j·hd/2 + i. This copies
+ * the rows back (in the stored dtype, so a quantized tensor stays quantized). */
+static int unpermute_rows(peft_model *m, kern_weight *w, int n_heads, peft_err *err) {
+    const int hd = (int)(w->rows / n_heads), half = hd / 2;
+    size_t rb = kern_dtype_row_bytes(w->dtype, w->cols);
+    char *dst = peft_malloc(rb * (size_t)w->rows, err);
+    if (!dst) return PEFT_ERR_NOMEM;
+    const char *src = w->data;
+    for (int h = 0; h < n_heads; h++)
+        for (int j = 0; j < 2; j++)
+            for (int i = 0; i < half; i++)
+                memcpy(dst + ((size_t)h * hd + (size_t)j * half + i) * rb,
+                       src + ((size_t)h * hd + 2 * (size_t)i + j) * rb, rb);
+    w->data = dst;
+    return model_own(m, dst, err);
+}
+
+static void unpermute_vec(float *v, int n, int n_heads) {
+    const int hd = n / n_heads, half = hd / 2;
+    float tmp[1024];
+    for (int h = 0; h < n_heads && hd <= 1024; h++) {
+        for (int j = 0; j < 2; j++)
+            for (int i = 0; i < half; i++) tmp[j * half + i] = v[h * hd + 2 * i + j];
+        memcpy(v + h * hd, tmp, (size_t)hd * sizeof(float));
+    }
+}
+
+static void linear_dims(const model_config *c, model_linear_role r, int64_t *out, int64_t *in) {
+    const int64_t d = c->d_model, qd = (int64_t)c->n_head * c->head_dim, kvd = (int64_t)c->n_kv_head * c->head_dim;
+    switch (r) {
+    case ROLE_Q: *out = qd; *in = d; break;
+    case ROLE_K: case ROLE_V: *out = kvd; *in = d; break;
+    case ROLE_QKV: *out = qd + 2 * kvd; *in = d; break;
+    case ROLE_O: *out = d; *in = qd; break;
+    case ROLE_GATE: case ROLE_UP: *out = c->d_ff; *in = d; break;
+    case ROLE_DOWN: default: *out = d; *in = c->d_ff; break;
+    }
+}
+
+static int load_layers(peft_model *m, bool gguf, const char *pfx, peft_err *err) {
+    const model_config *c = &m->cfg;
+    const bool gpt2 = c->arch == PEFT_ARCH_GPT2;
+    char name[256];
+    int rc;
+    m->layers = peft_calloc((size_t)c->n_layer, sizeof *m->layers, err);
+    if (!m->layers) return PEFT_ERR_NOMEM;
+    for (int l = 0; l < c->n_layer; l++) {
+        model_layer *L = &m->layers[l];
+        const int64_t d = c->d_model;
+        /* norms */
+        const char *an = gguf ? "blk.%d.attn_norm" : (gpt2 ? "%sh.%d.ln_1" : "%smodel.layers.%d.input_layernorm");
+        const char *fn = gguf ? "blk.%d.ffn_norm" : (gpt2 ? "%sh.%d.ln_2" : "%smodel.layers.%d.post_attention_layernorm");
+        for (int which = 0; which < 2; which++) {
+            const char *fmt = which ? fn : an;
+            char base[200];
+            if (gguf) snprintf(base, sizeof base, fmt, l);
+            else snprintf(base, sizeof base, fmt, gpt2 ? pfx : "", l);
+            float **w = which ? &L->ffn_norm_w : &L->attn_norm_w, **b = which ? &L->ffn_norm_b : &L->attn_norm_b;
+            snprintf(name, sizeof name, "%s.weight", base);
+            if ((rc = get_vec(m, name, d, true, w, err))) return rc;
+            if (gpt2) {
+                snprintf(name, sizeof name, "%s.bias", base);
+                if ((rc = get_vec(m, name, d, true, b, err))) return rc;
+            }
+        }
+        /* linears */
+        for (int r = 0; r < ROLE_N_LINEAR; r++) {
+            const char *hfname = gpt2 ? hf_gpt2_lin[r] : hf_llama_lin[r];
+            if (!hfname) continue;
+            char base[200];
+            if (gguf) snprintf(base, sizeof base, "blk.%d.%s", l, gguf_lin[r]);
+            else if (gpt2) snprintf(base, sizeof base, "%sh.%d.%s", pfx, l, hfname);
+            else snprintf(base, sizeof base, "model.layers.%d.%s", l, hfname);
+            int64_t out, in;
+            linear_dims(c, (model_linear_role)r, &out, &in);
+            model_linear *lin = &L->lin[r];
+            snprintf(name, sizeof name, "%s.weight", base);
+            rc = get_mat(m, name, out, in, gpt2 && !gguf, true, &lin->w, err);
+            if (rc) return rc;
+            lin->present = true;
+            snprintf(name, sizeof name, "%s.bias", base);
+            if ((rc = get_vec(m, name, out, gpt2, &lin->b, err))) return rc;
+        }
+        if (gguf && !gpt2 && strcmp(c->arch_name, "qwen2") != 0) {
+            if ((rc = unpermute_rows(m, &L->lin[ROLE_Q].w, c->n_head, err)) ||
+                (rc = unpermute_rows(m, &L->lin[ROLE_K].w, c->n_kv_head, err)))
+                return rc;
+            if (L->lin[ROLE_Q].b) unpermute_vec(L->lin[ROLE_Q].b, c->n_head * c->head_dim, c->n_head);
+            if (L->lin[ROLE_K].b) unpermute_vec(L->lin[ROLE_K].b, c->n_kv_head * c->head_dim, c->n_kv_head);
+        }
+    }
+    return 0;
+}
+
+static int load_globals(peft_model *m, bool gguf, const char *pfx, peft_err *err) {
+    const model_config *c = &m->cfg;
+    const bool gpt2 = c->arch == PEFT_ARCH_GPT2;
+    char name[256];
+    int rc;
+    if (gguf) snprintf(name, sizeof name, "token_embd.weight");
+    else snprintf(name, sizeof name, gpt2 ? "%swte.weight" : "%smodel.embed_tokens.weight", gpt2 ? pfx : "");
+    if ((rc = get_mat(m, name, c->vocab, c->d_model, false, true, &m->tok_emb, err))) return rc;
+    if (gpt2) {
+        if (gguf) snprintf(name, sizeof name, "position_embd.weight");
+        else snprintf(name, sizeof name, "%swpe.weight", pfx);
+        if ((rc = get_mat(m, name, c->n_ctx, c->d_model, false, true, &m->pos_emb, err))) return rc;
+    }
+    char base[200];
+    if (gguf) snprintf(base, sizeof base, "output_norm");
+    else snprintf(base, sizeof base, gpt2 ? "%sln_f" : "%smodel.norm", gpt2 ? pfx : "");
+    snprintf(name, sizeof name, "%s.weight", base);
+    if ((rc = get_vec(m, name, c->d_model, true, &m->out_norm_w, err))) return rc;
+    if (gpt2) {
+        snprintf(name, sizeof name, "%s.bias", base);
+        if ((rc = get_vec(m, name, c->d_model, true, &m->out_norm_b, err))) return rc;
+    }
+    rc = get_mat(m, gguf ? "output.weight" : "lm_head.weight", c->vocab, c->d_model, false, false,
+                 &m->lm_head, err);
+    if (rc < 0) return rc;
+    if (rc == 1 || c->tied) m->lm_head = m->tok_emb; /* tied (or a tied checkpoint that stores a copy) */
+    return 0;
+}
+
+/* Parameter count and a dtype histogram of all stored tensors. */
+static void summarize(peft_model *m) {
+    int counts[PEFT_DT_COUNT + 1] = {0};
+    int64_t total = 0;
+    int n = m->st ? st_count(m->st) : gguf_n_tensors(m->gguf);
+    for (int i = 0; i < n; i++) {
+        int64_t numel = 1;
+        peft_dtype dt;
+        if (m->st) {
+            const st_tensor *t = st_at(m->st, i);
+            for (int k = 0; k < t->ndim; k++) numel *= t->shape[k];
+            dt = t->dtype;
+        } else {
+            const gguf_tensor *t = gguf_tensor_at(m->gguf, i);
+            for (int k = 0; k < t->ndim; k++) numel *= t->ne[k];
+            dt = t->dtype;
+        }
+        total += numel;
+        counts[(unsigned)dt <= PEFT_DT_COUNT ? dt : PEFT_DT_COUNT]++;
+    }
+    m->n_params = total;
+    size_t o = 0;
+    m->dtype_summary[0] = 0;
+    for (int t = 0; t < PEFT_DT_COUNT; t++)
+        if (counts[t] && o < sizeof m->dtype_summary)
+            o += (size_t)snprintf(m->dtype_summary + o, sizeof m->dtype_summary - o, "%s%s x %d",
+                                  o ? ", " : "", peft_dtype_name((peft_dtype)t), counts[t]);
+}
+
+int model_load_hf(peft_model *m, peft_err *err) {
+    char *cfg_path = peft_path_join(m->path, "config.json", err);
+    if (!cfg_path) return PEFT_ERR_NOMEM;
+    int rc = model_config_from_hf_json(cfg_path, &m->cfg, err);
+    free(cfg_path);
+    if (rc) return rc;
+    if ((rc = st_open(m->path, &m->st, err))) return rc;
+    const char *pfx = m->cfg.arch == PEFT_ARCH_GPT2 ? gpt2_prefix(m) : "";
+    if ((rc = load_globals(m, false, pfx, err)) || (rc = load_layers(m, false, pfx, err))) return rc;
+    char *tok_path = peft_path_join(m->path, "tokenizer.json", err);
+    if (!tok_path) return PEFT_ERR_NOMEM;
+    if (peft_file_exists(tok_path)) rc = bpe_load_json(tok_path, &m->tok, err);
+    free(tok_path);
+    if (rc) return rc;
+    snprintf(m->source, sizeof m->source, "hf");
+    summarize(m);
+    return model_finish_load(m, err);
+}
+
+int model_load_gguf(peft_model *m, peft_err *err) {
+    int rc = gguf_open(m->path, &m->gguf, err);
+    if (rc) return rc;
+    if ((rc = model_config_from_gguf(m->gguf, &m->cfg, err))) return rc;
+    if ((rc = load_globals(m, true, "", err)) || (rc = load_layers(m, true, "", err))) return rc;
+    if (gguf_find_key(m->gguf, "tokenizer.ggml.model") >= 0 && (rc = bpe_load_gguf(m->gguf, &m->tok, err)))
+        return rc;
+    snprintf(m->source, sizeof m->source, "gguf");
+    summarize(m);
+    return model_finish_load(m, err);
+}
+
+int model_finish_load(peft_model *m, peft_err *err) {
+    model_config *c = &m->cfg;
+    if (c->arch != PEFT_ARCH_LLAMA) return 0;
+    const int half = c->rope_dim / 2;
+    float inv_freq[512];
+    if (half > 512) return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: head size %d too large", m->path, c->head_dim);
+    for (int i = 0; i < half; i++) inv_freq[i] = (float)pow((double)c->rope_theta, -2.0 * i / c->rope_dim);
+    if (c->rope_factor > 0) {
+        /* llama3: long wavelengths slowed by `factor`, short ones kept, a
+         * smooth blend between. */
+        const double lo = c->rope_orig_ctx / c->rope_low_freq, hi = c->rope_orig_ctx / c->rope_high_freq;
+        for (int i = 0; i < half; i++) {
+            double f = inv_freq[i], wl = 2 * M_PI / f;
+            if (wl > lo) f /= c->rope_factor;
+            else if (wl >= hi) {
+                double s = (c->rope_orig_ctx / wl - c->rope_low_freq) / (c->rope_high_freq - c->rope_low_freq);
+                f = (1 - s) * f / c->rope_factor + s * f;
+            }
+            inv_freq[i] = (float)f;
+        }
+    }
+    if (m->gguf) {
+        /* llama.cpp stores llama3 scaling as per-frequency divisors. */
+        src_tensor t;
+        if (find_tensor(m, "rope_freqs.weight", &t)) {
+            float f[512];
+            if (t.dtype != PEFT_DT_F32 || t.shape[0] != half)
+                return peft_fail(err, PEFT_ERR_FORMAT, "%s: rope_freqs.weight must be F32 [%d]", m->path, half);
+            memcpy(f, t.data, (size_t)half * sizeof(float));
+            for (int i = 0; i < half; i++) inv_freq[i] /= f[i];
+        }
+    }
+    size_t n = (size_t)c->n_ctx * half;
+    m->rope_cos = peft_malloc(n * sizeof(float), err);
+    m->rope_sin = peft_malloc(n * sizeof(float), err);
+    if (!m->rope_cos || !m->rope_sin) return PEFT_ERR_NOMEM;
+    kern_rope_table(m->rope_cos, m->rope_sin, c->n_ctx, half, inv_freq);
+    return 0;
+}

@@ -1,0 +1,94 @@
+/* model.h — architectures as a config plus frozen weights plus a block
+ * recipe. Llama family (Llama 2/3, SmolLM2, Mistral, Qwen2) and GPT-2, loaded
+ * from Hugging Face folders or GGUF files into one in-memory layout: HF's
+ * (out, in) matrices, HF's Q/K row order (GGUF's llama permutation is undone
+ * at load), weights in their stored dtype. */
+#ifndef PEFT_MODEL_H
+#define PEFT_MODEL_H
+
+#include "core/ctx.h"
+#include "formats/gguf.h"
+#include "formats/safetensors.h"
+#include "kernels/kernels.h"
+#include "tokenizer/tokenizer.h"
+
+typedef struct {
+    peft_arch arch;
+    char arch_name[32];       /* llama, mistral, qwen2, gpt2 */
+    int n_layer, d_model, n_head, n_kv_head, head_dim, d_ff, vocab, n_ctx;
+    float norm_eps;
+    float rope_theta;
+    int rope_dim;             /* rotated dims per head (head_dim unless partial) */
+    /* llama3 rope scaling (factor 0: none) */
+    float rope_factor, rope_low_freq, rope_high_freq;
+    int rope_orig_ctx;
+    bool tied;
+} model_config;
+
+/* Hook points: one role per weight of a block, the unit LoRA & co attach to. */
+typedef enum {
+    ROLE_Q = 0, ROLE_K, ROLE_V, ROLE_QKV, ROLE_O, ROLE_GATE, ROLE_UP, ROLE_DOWN, ROLE_N_LINEAR
+} model_linear_role;
+
+typedef struct {
+    kern_weight w;
+    float *b;         /* f32 bias (rows), or NULL */
+    bool present;
+} model_linear;
+
+typedef struct {
+    float *attn_norm_w, *attn_norm_b, *ffn_norm_w, *ffn_norm_b;
+    model_linear lin[ROLE_N_LINEAR];
+} model_layer;
+
+typedef struct {
+    int cap;              /* positions per layer */
+    float *k, *v;         /* per layer (n_kv, cap, hd) */
+} model_kv;
+
+struct peft_model {
+    peft_ctx *ctx;
+    char *path;
+    char source[8];       /* "hf" or "gguf" */
+    model_config cfg;
+    model_layer *layers;
+    kern_weight tok_emb, pos_emb, lm_head;
+    float *out_norm_w, *out_norm_b;
+    float *rope_cos, *rope_sin;   /* (n_ctx, rope_dim / 2) */
+    bpe_tokenizer *tok;
+    st_archive *st;
+    gguf_file *gguf;
+    void **owned;         /* buffers freed with the model */
+    int n_owned, cap_owned;
+    int64_t n_params;
+    char dtype_summary[256];
+    /* inference state */
+    model_kv kv;
+    int n_past;
+    float *ws;            /* workspace */
+    size_t ws_floats;
+};
+
+/* Loading (model/load.c): fills m from m->path. */
+int model_load_hf(peft_model *m, peft_err *err);
+int model_load_gguf(peft_model *m, peft_err *err);
+int model_config_from_hf_json(const char *path, model_config *c, peft_err *err);
+int model_config_from_gguf(const gguf_file *g, model_config *c, peft_err *err);
+/* Derived setup shared by both sources: rope tables, checks. */
+int model_finish_load(peft_model *m, peft_err *err);
+/* Registers a malloc'ed buffer for release with the model. */
+int model_own(peft_model *m, void *p, peft_err *err);
+
+/* HF module path of a linear ("model.layers.3.self_attn.q_proj"), and the
+ * short target name ("q_proj", GPT-2 "c_attn"). */
+int model_linear_hf_path(const peft_model *m, int layer, model_linear_role r, char *buf, size_t cap);
+const char *model_linear_name(const peft_model *m, model_linear_role r);
+
+/* Inference forward (model/forward.c): processes T tokens at positions
+ * n_past.. n_past+T-1 using and extending the KV cache. logits: (T, vocab)
+ * when all_logits, else (1, vocab) for the last token; may be NULL. */
+int model_forward(peft_model *m, const int32_t *ids, int T, float *logits, bool all_logits,
+                  peft_err *err);
+void model_reset(peft_model *m);
+
+#endif
