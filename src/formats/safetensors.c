@@ -403,7 +403,14 @@ static int st_open_index(st_archive *a, const char *path, peft_err *err) {
         if (!shard) { rc = PEFT_ERR_NOMEM; break; }
         bool seen = false;
         for (int i = 0; i < a->n_files && !seen; i++) seen = strcmp(a->files[i].path, shard) == 0;
-        if (!seen) rc = st_add_file(a, shard, err);
+        if (!seen) {
+            rc = st_add_file(a, shard, err);
+            if (rc && err) {   /* name the index too: it is what the caller opened */
+                char inner[sizeof err->msg];
+                memcpy(inner, err->msg, sizeof inner);
+                peft_fail(err, rc, "%s: shard %s: %s", path, e->valuestring, inner);
+            }
+        }
         free(shard);
         if (rc) break;
     }
