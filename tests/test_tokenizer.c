@@ -91,6 +91,7 @@ static void check_fixture(const bpe_tokenizer *t, const char *expected_path, boo
     const cJSON *want_ids = cJSON_GetObjectItemCaseSensitive(exp, "ids");
     const cJSON *want_ns = cJSON_GetObjectItemCaseSensitive(exp, "ids_no_special");
     const cJSON *want_dec = cJSON_GetObjectItemCaseSensitive(exp, "decoded");
+    const cJSON *want_bos = cJSON_GetObjectItemCaseSensitive(exp, "ids_add_special");
     CHECK_EQ_INT(cJSON_GetArraySize(want_ids), c.n);
     for (int i = 0; i < c.n && i < cJSON_GetArraySize(want_ids); i++) {
         peft_err err = {0};
@@ -118,10 +119,16 @@ static void check_fixture(const bpe_tokenizer *t, const char *expected_path, boo
                 CHECK(m >= 0 && m <= (int)sizeof piece);
                 if (m > 0) peft_buf_append(&b, piece, (size_t)m);
             }
-            CHECK_MSG(b.len == strlen(s) && !memcmp(b.data, s, b.len), "token bytes do not add up on line %d", i);
+            CHECK_MSG(b.len == strlen(s) && (b.len == 0 || !memcmp(b.data, s, b.len)), "token bytes do not add up on line %d", i);
             peft_buf_free(&b);
         }
         free(dec);
+        free(ids);
+
+        CHECK_OK(bpe_encode(t, s, strlen(s), true, true, &ids, &n, &err));
+        ok = ids_equal(cJSON_GetArrayItem(want_bos, i), ids, n);
+        CHECK_MSG(ok, "%s: ids with add_special differ on line %d \"%.60s\"", expected_path, i, s);
+        if (!ok) print_ids("got", ids, n);
         free(ids);
 
         CHECK_OK(bpe_encode(t, s, strlen(s), false, false, &ids, &n, &err));
@@ -301,6 +308,95 @@ static void test_llama2_gguf_scores(void) {
     bpe_free(j);
 }
 
+/* Writes j to a temporary tokenizer.json and loads it. */
+static bpe_tokenizer *load_from_cjson(cJSON *j, peft_err *err) {
+    char dir[] = "/tmp/peft_tokjs_XXXXXX";
+    if (!mkdtemp(dir)) return NULL;
+    char path[64];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    char *txt = cJSON_PrintUnformatted(j);
+    FILE *f = fopen(path, "wb");
+    if (f) { fputs(txt, f); fclose(f); }
+    free(txt);
+    bpe_tokenizer *t = NULL;
+    CHECK_OK(bpe_load_json(path, &t, err));
+    if (!t) fprintf(stderr, "  %s\n", err->msg);
+    unlink(path);
+    rmdir(dir);
+    return t;
+}
+
+/* GPT-2's vocabulary with Llama 3's pipeline: Split(regex, Isolated) +
+ * ByteLevel(use_regex=false), ignore_merges, TemplateProcessing BOS. */
+static void test_llama3_style_json_matches_hf(void) {
+    if (!peft_file_exists(GPT2_VOCAB)) TEST_SKIP("%s missing (../shared/data not present)", GPT2_VOCAB);
+    cJSON *vocab = read_json(GPT2_VOCAB);
+    char *mt;
+    size_t ml;
+    peft_err err = {0};
+    CHECK_OK(peft_read_file(GPT2_MERGES, &mt, &ml, &err));
+    if (!vocab || !mt) { cJSON_Delete(vocab); return; }
+    cJSON *merges = cJSON_CreateArray();
+    for (char *line = mt; line && *line;) {
+        char *nl = strchr(line, '\n');
+        if (nl) *nl = 0;
+        if (*line && strncmp(line, "#version", 8)) cJSON_AddItemToArray(merges, cJSON_CreateString(line));
+        line = nl ? nl + 1 : NULL;
+    }
+    free(mt);
+    cJSON *root = cJSON_Parse(
+        "{\"version\": \"1.0\", \"added_tokens\": [{\"id\": 50256, \"content\": \"<|endoftext|>\","
+        " \"single_word\": false, \"lstrip\": false, \"rstrip\": false, \"normalized\": false, \"special\": true}],"
+        " \"normalizer\": null,"
+        " \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": ["
+        "  {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?"
+        "\\\\p{L}+|\\\\p{N}{1,3}| ?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n]*|\\\\s*[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+\"},"
+        "   \"behavior\": \"Isolated\", \"invert\": false},"
+        "  {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"trim_offsets\": true, \"use_regex\": false}]},"
+        " \"post_processor\": {\"type\": \"Sequence\", \"processors\": ["
+        "  {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": false, \"use_regex\": true},"
+        "  {\"type\": \"TemplateProcessing\", \"single\": [{\"SpecialToken\": {\"id\": \"<|endoftext|>\", \"type_id\": 0}},"
+        "   {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], \"pair\": [],"
+        "   \"special_tokens\": {\"<|endoftext|>\": {\"id\": \"<|endoftext|>\", \"ids\": [50256], \"tokens\": [\"<|endoftext|>\"]}}}]},"
+        " \"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": true, \"use_regex\": true},"
+        " \"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": null, \"continuing_subword_prefix\": null,"
+        "  \"end_of_word_suffix\": null, \"fuse_unk\": false, \"byte_fallback\": false, \"ignore_merges\": true}}");
+    CHECK(root != NULL);
+    cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    cJSON_AddItemToObject(model, "vocab", vocab);
+    cJSON_AddItemToObject(model, "merges", merges);
+    bpe_tokenizer *t = load_from_cjson(root, &err);
+    cJSON_Delete(root);
+    if (!t) return;
+    CHECK(bpe_adds_bos(t));
+    CHECK_EQ_INT(bpe_bos_id(t), 50256);
+    check_fixture(t, FIX "expected_gpt2_llama3style.json", true);
+    bpe_free(t);
+}
+
+/* Llama 2 with Metaspace(prepend_scheme "first") instead of the normalizer. */
+static void test_metaspace_json_matches_hf(void) {
+    if (!peft_file_exists(LLAMA2_JSON)) TEST_SKIP("%s missing (../shared/data not present)", LLAMA2_JSON);
+    cJSON *root = read_json(LLAMA2_JSON);
+    CHECK(root != NULL);
+    if (!root) return;
+    cJSON_ReplaceItemInObjectCaseSensitive(root, "normalizer", cJSON_CreateNull());
+    cJSON_ReplaceItemInObjectCaseSensitive(
+        root, "pre_tokenizer",
+        cJSON_Parse("{\"type\": \"Metaspace\", \"replacement\": \"\\u2581\", \"prepend_scheme\": \"first\", \"split\": false}"));
+    cJSON_ReplaceItemInObjectCaseSensitive(
+        root, "decoder",
+        cJSON_Parse("{\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Metaspace\", \"replacement\": \"\\u2581\","
+                    " \"prepend_scheme\": \"first\", \"split\": false}, {\"type\": \"ByteFallback\"}, {\"type\": \"Fuse\"}]}"));
+    peft_err err = {0};
+    bpe_tokenizer *t = load_from_cjson(root, &err);
+    cJSON_Delete(root);
+    if (!t) return;
+    CHECK_EQ_INT(bpe_get_kind(t), BPE_SENTENCEPIECE);
+    check_fixture(t, FIX "expected_llama2_metaspace.json", false);
+    bpe_free(t);
+}
+
 /* ---- SmolLM2 (GGUF) --------------------------------------------------------------------- */
 
 static void test_smollm2_gguf_matches_hf(void) {
@@ -458,6 +554,8 @@ int main(void) {
     TEST_RUN(test_gpt2_matches_hf);
     TEST_RUN(test_llama2_matches_hf);
     TEST_RUN(test_llama2_gguf_scores);
+    TEST_RUN(test_llama3_style_json_matches_hf);
+    TEST_RUN(test_metaspace_json_matches_hf);
     TEST_RUN(test_smollm2_gguf_matches_hf);
     TEST_MAIN_END();
 }

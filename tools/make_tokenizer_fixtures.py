@@ -16,9 +16,13 @@ Outputs (JSON, committed):
   expected_gpt2.json    {"ids": [...], "ids_no_special": [...], "decoded": [...]}
   expected_llama2.json  same shape
   expected_smollm2.json same shape
+  expected_gpt2_llama3style.json   GPT-2 vocabulary with Llama 3's Split regex,
+                        ignore_merges and a BOS-adding TemplateProcessing
+  expected_llama2_metaspace.json   Llama 2 with Metaspace instead of the normalizer
 
 ids: encode(text, add_special_tokens=False) with special tokens recognised;
-ids_no_special: the same with tokenizer.encode_special_tokens = True (special
+ids_add_special: encode(text, add_special_tokens=True) (post-processor);
+ids_no_special: the same as ids with tokenizer.encode_special_tokens = True (special
 tokens written in the text are tokenized as plain text);
 decoded: decode(ids, skip_special_tokens=False).
 
@@ -35,7 +39,7 @@ import json
 import os
 import sys
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "tokenizer")
@@ -106,6 +110,39 @@ def gpt2_tokenizer():
     return tok
 
 
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def gpt2_llama3_style_tokenizer():
+    """GPT-2's vocabulary dressed as Llama 3: Split(regex) + ByteLevel
+    without its own regex, ignore_merges, TemplateProcessing adding BOS.
+    The C test builds the same tokenizer.json from the GPT-2 files."""
+    d = os.path.join(SHARED, "gpt2")
+    vocab, merges = models.BPE.read_file(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"))
+    tok = Tokenizer(models.BPE(vocab, merges, ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken("<|endoftext|>", special=True, normalized=False)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 50256)])
+    return tok
+
+
+def llama2_metaspace_tokenizer():
+    """Llama 2 with the newer Metaspace pre-tokenizer/decoder instead of the
+    Prepend/Replace normalizer (as Mistral-style tokenizer.json files do)."""
+    tok = llama2_tokenizer()
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    tok.decoder = decoders.Sequence([decoders.Metaspace(replacement="\u2581", prepend_scheme="first", split=False),
+                                     decoders.ByteFallback(), decoders.Fuse()])
+    return tok
+
+
 def llama2_tokenizer():
     return Tokenizer.from_file(os.path.join(SHARED, "llama2", "tokenizer.json"))
 
@@ -125,8 +162,9 @@ def smollm2_tokenizers(gguf_path):
 
 
 def expected(tok):
-    out = {"ids": [], "ids_no_special": [], "decoded": []}
+    out = {"ids": [], "ids_no_special": [], "ids_add_special": [], "decoded": []}
     for s in CORPUS:
+        out["ids_add_special"].append(tok.encode(s, add_special_tokens=True).ids)
         tok.encode_special_tokens = False
         ids = tok.encode(s, add_special_tokens=False).ids
         tok.encode_special_tokens = True
@@ -158,6 +196,8 @@ def main():
             f.write(json.dumps({"text": s}, ensure_ascii=True) + "\n")
     write_json("expected_gpt2.json", expected(gpt2_tokenizer()))
     write_json("expected_llama2.json", expected(llama2_tokenizer()))
+    write_json("expected_gpt2_llama3style.json", expected(gpt2_llama3_style_tokenizer()))
+    write_json("expected_llama2_metaspace.json", expected(llama2_metaspace_tokenizer()))
     gguf = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
     if os.path.exists(gguf):
         fixed, as_loaded = smollm2_tokenizers(gguf)

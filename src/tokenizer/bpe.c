@@ -816,7 +816,18 @@ int bpe_decode(const bpe_tokenizer *t, const int32_t *ids, int n, char **out, pe
                 rc = append_token(t, ids[i], &raw);
             } else {
                 if (raw.len) rc = flush_bytes(&o, &raw);
-                if (!rc) rc = append_token(t, ids[i], &o);
+                if (!rc && i == 0 && t->meta_drop_first) {
+                    /* HF Metaspace decoder: every "▁" of the first token is dropped. */
+                    const char *s = t->tok[ids[i]];
+                    int len = t->tok_len[ids[i]];
+                    for (int k = 0; k < len && !rc;) {
+                        if (k + 3 <= len && !memcmp(s + k, META, 3)) { k += 3; continue; }
+                        rc = peft_buf_append(&o, s + k, 1);
+                        k++;
+                    }
+                } else if (!rc) {
+                    rc = append_token(t, ids[i], &o);
+                }
             }
         }
         if (!rc && raw.len) rc = flush_bytes(&o, &raw);

@@ -95,7 +95,8 @@ struct bpe_tokenizer {
 
     int32_t *prefix_ids, *suffix_ids; /* post-processor for single sequences */
     int n_prefix, n_suffix;
-    bool strip_leading_space; /* decoder strips one leading ' ' (SP "Strip"/Metaspace) */
+    bool strip_leading_space; /* decoder strips one leading ' ' (SP "Strip" decoder) */
+    bool meta_drop_first;     /* Metaspace decoder: the first token's "▁" vanish */
     bool add_space_prefix;    /* GGUF SentencePiece: prepend ' ' (as ▁) to the text */
 
     char *chat_template;   /* may be NULL */

@@ -218,7 +218,7 @@ static void parse_decoder(bpe_tokenizer *t, const cJSON *d) {
         if (cJSON_IsNumber(s) && s->valuedouble >= 1 && (!c || !strcmp(c, " "))) t->strip_leading_space = true;
     } else if (!strcmp(ty, "Metaspace")) {
         const char *scheme = jstr(d, "prepend_scheme");
-        t->strip_leading_space = scheme ? strcmp(scheme, "never") != 0 : jbool(d, "add_prefix_space", true);
+        t->meta_drop_first = scheme ? strcmp(scheme, "never") != 0 : jbool(d, "add_prefix_space", true);
     }
 }
 
