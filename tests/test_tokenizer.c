@@ -549,6 +549,69 @@ static void test_bad_input(void) {
     rmdir(tmpdir_);
 }
 
+/* Chat families chosen from tokenizer_config.json's template. */
+static bpe_tokenizer *tiny_with_config(const char *cfg) {
+    write_tmp("tokenizer_config.json", cfg);
+    const char *p = write_tmp("tokenizer.json",
+                              "{\"added_tokens\": [{\"id\": 3, \"content\": \"<|begin_of_text|>\", \"special\": true},"
+                              " {\"id\": 4, \"content\": \"<|eot_id|>\", \"special\": true},"
+                              " {\"id\": 5, \"content\": \"<|im_end|>\", \"special\": true}],"
+                              " \"pre_tokenizer\": {\"type\": \"ByteLevel\"},"
+                              " \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"c\": 2}, \"merges\": []}}");
+    bpe_tokenizer *t = NULL;
+    peft_err err = {0};
+    CHECK_OK(bpe_load_json(p, &t, &err));
+    if (!t) fprintf(stderr, "  %s\n", err.msg);
+    return t;
+}
+
+static void test_chat_templates(void) {
+    snprintf(tmpdir_, sizeof tmpdir_, "/tmp/peft_tokchat_XXXXXX");
+    if (!mkdtemp(tmpdir_)) TEST_SKIP("cannot create a temporary directory");
+    bpe_chat_msg m[3] = {{"system", "Sys."}, {"user", " Hi "}, {"assistant", "Yo"}};
+    char *s = NULL;
+    peft_err err = {0};
+    bpe_tokenizer *t = tiny_with_config(
+        "{\"bos_token\": \"<|begin_of_text|>\", \"eos_token\": {\"content\": \"<|eot_id|>\"},"
+        " \"chat_template\": \"{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}"
+        "<|end_header_id|>\\n\\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}\"}");
+    if (t) {
+        CHECK_EQ_INT(bpe_bos_id(t), 3);
+        CHECK_EQ_INT(bpe_eos_id(t), 4);
+        CHECK_OK(bpe_chat_format(t, m, 3, true, &s, &err));
+        const char *want = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nSys.<|eot_id|>"
+                           "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                           "<|start_header_id|>assistant<|end_header_id|>\n\nYo<|eot_id|>"
+                           "<|start_header_id|>assistant<|end_header_id|>\n\n";
+        CHECK_MSG(s && !strcmp(s, want), "got \"%s\"", s ? s : "(null)");
+        free(s);
+        int32_t stop[4];
+        int n = bpe_stop_tokens(t, stop, 4);
+        CHECK_EQ_INT(n, 1); /* <|im_end|>; <|eot_id|> is EOS itself */
+        if (n == 1) CHECK_EQ_INT(stop[0], 5);
+        bpe_free(t);
+    }
+    /* Qwen-style ChatML: default system prompt written with \n escapes. */
+    t = tiny_with_config(
+        "{\"chat_template\": \"{% if messages[0]['role'] != 'system' %}{{- '<|im_start|>system\\\\nYou are Qwen, "
+        "a helpful assistant.<|im_end|>\\\\n' }}{% endif %}{% for m in messages %}{{'<|im_start|>' + m['role'] + "
+        "'\\\\n' + m['content'] + '<|im_end|>\\\\n'}}{% endfor %}\"}");
+    if (t) {
+        CHECK_OK(bpe_chat_format(t, m + 1, 1, true, &s, &err));
+        const char *want = "<|im_start|>system\nYou are Qwen, a helpful assistant.<|im_end|>\n"
+                           "<|im_start|>user\n Hi <|im_end|>\n<|im_start|>assistant\n";
+        CHECK_MSG(s && !strcmp(s, want), "got \"%s\"", s ? s : "(null)");
+        free(s);
+        bpe_free(t);
+    }
+    char path[128];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", tmpdir_);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/tokenizer.json", tmpdir_);
+    unlink(path);
+    rmdir(tmpdir_);
+}
+
 int main(void) {
     TEST_RUN(test_bad_input);
     TEST_RUN(test_gpt2_matches_hf);
@@ -557,5 +620,6 @@ int main(void) {
     TEST_RUN(test_llama3_style_json_matches_hf);
     TEST_RUN(test_metaspace_json_matches_hf);
     TEST_RUN(test_smollm2_gguf_matches_hf);
+    TEST_RUN(test_chat_templates);
     TEST_MAIN_END();
 }
