@@ -5,6 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+char *openblas_get_corename(void);
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -79,7 +83,27 @@ peft_ctx *cli_ctx(int n_threads, bool verbose) {
     return ctx;
 }
 
+/* OpenBLAS picks its kernels from the CPU model at load time; a CPU newer
+ * than the installed OpenBLAS (e.g. Sapphire Rapids with Debian's 0.3.21)
+ * falls back to its SSE3 "Prescott" kernels, 5-7x slower. When that happens
+ * and the user has not chosen a core, re-run ourselves with the best kernel
+ * family the CPU supports. */
+static void fix_blas_core(char **argv) {
+    if (getenv("OPENBLAS_CORETYPE") || getenv("PEFT_NO_BLAS_FIX")) return;
+    const char *core = openblas_get_corename();
+    if (!core || strcasecmp(core, "Prescott") != 0) return;
+    __builtin_cpu_init();
+    const char *want = __builtin_cpu_supports("avx512f") ? "SkylakeX"
+                       : __builtin_cpu_supports("avx2") ? "Haswell" : NULL;
+    if (!want) return;
+    setenv("OPENBLAS_CORETYPE", want, 1);
+    setenv("PEFT_NO_BLAS_FIX", "1", 1);
+    execv("/proc/self/exe", argv);
+    /* exec failed: carry on with the slow kernels */
+}
+
 int main(int argc, char **argv) {
+    fix_blas_core(argv);
     if (argc < 2) { usage(stderr); return 2; }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);

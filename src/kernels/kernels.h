@@ -21,7 +21,8 @@ typedef struct {
 /* Output rows per dequantized tile; fixed so that results do not depend on
  * the thread count. */
 int kern_matmul_tile_rows(int64_t K);
-/* Floats of scratch kern_matmul needs for a K-column weight on n_threads. */
+/* Floats of scratch kern_matmul needs for any weight of at most K columns on
+ * n_threads. */
 size_t kern_matmul_scratch_floats(int64_t K, int n_threads);
 
 /* y (T, N) = beta·y + x (T, K) · Wᵀ (+ bias (N), may be NULL).

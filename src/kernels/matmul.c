@@ -24,7 +24,10 @@ int kern_matmul_tile_rows(int64_t K) {
 }
 
 size_t kern_matmul_scratch_floats(int64_t K, int n_threads) {
-    return (size_t)kern_matmul_tile_rows(K) * (size_t)K * (size_t)(n_threads > 0 ? n_threads : 1);
+    /* A tile holds nb·K' floats with nb = clamp(32768/K', 16, 256) rounded
+     * down to 16, hence at most max(32768, 16·K') — a bound for every K' <= K. */
+    size_t per = PEFT_MAX((size_t)32768, (size_t)16 * (size_t)K);
+    return per * (size_t)(n_threads > 0 ? n_threads : 1);
 }
 
 /* Converts output rows [n0, n0 + nb) of w to f32.
