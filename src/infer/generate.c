@@ -40,7 +40,8 @@ int peft_generate(peft_model *m, const char *prompt, const peft_sample_params *p
     int32_t *ids = NULL;
     int n_ids = 0;
     const char *src = text ? text : prompt;
-    rc = bpe_encode(m->tok, src, strlen(src), true, true, &ids, &n_ids, err);
+    /* a chat template writes any BOS itself (as apply_chat_template does) */
+    rc = bpe_encode(m->tok, src, strlen(src), !p->chat, true, &ids, &n_ids, err);
     free(text);
     if (rc) return rc;
     if (n_ids == 0) { free(ids); return peft_fail(err, PEFT_ERR_INVALID, "empty prompt"); }

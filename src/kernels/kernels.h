@@ -32,9 +32,27 @@ size_t kern_matmul_scratch_floats(int64_t K, int n_threads);
 int kern_matmul(float *y, int ldy, const float *x, int T, const kern_weight *w,
                 const float *bias, float beta, float *scratch, int n_threads);
 
-/* dx (T, K) += dy (T, N) · W — the input gradient of a frozen linear. */
+/* The same product for at most KERN_MATVEC_MAX_T rows of x (decoding):
+ * dots straight from the stored blocks, no tile conversion. kern_matmul
+ * calls it by itself when T is small; scratch as kern_matvec_scratch_floats. */
+#define KERN_MATVEC_MAX_T 4
+size_t kern_matvec_scratch_floats(int64_t K, int n_threads);
+int kern_matvec(float *y, int ldy, const float *x, int T, const kern_weight *w, const float *bias,
+                float beta, float *scratch, int n_threads);
+
+/* dx (T, K) += dy (T, N) · W — the input gradient of a frozen linear.
+ * dx is split into fixed blocks of (256 rows × 256 columns); OpenMP hands
+ * blocks to threads and each block walks W's rows in tiles, in order,
+ * converting only its columns of each tile to f32 (so a quantized weight is
+ * converted once per 256 rows of dx, whatever the thread count). Block shapes
+ * do not depend on n_threads: results are identical for every thread count.
+ * scratch: kern_matmul_dx_scratch_floats(K, n_threads) floats. */
 int kern_matmul_dx(float *dx, const float *dy, int T, const kern_weight *w, float *scratch,
                    int n_threads);
+/* Floats of scratch kern_matmul_dx needs for any weight of at most K columns
+ * on n_threads; never more than kern_matmul_scratch_floats(K, n_threads), so
+ * a buffer sized for kern_matmul serves both. */
+size_t kern_matmul_dx_scratch_floats(int64_t K, int n_threads);
 
 /* Row r of W as f32 (K floats): embedding lookups on any dtype. */
 int kern_weight_row(const kern_weight *w, int64_t r, float *out);
@@ -46,12 +64,23 @@ void kern_rmsnorm_fwd(float *y, float *rstd, const float *x, const float *w, int
 /* LayerNorm: y = (x - mean) · rstd · w + b.  mean, rstd (T) optional. */
 void kern_layernorm_fwd(float *y, float *mean, float *rstd, const float *x, const float *w,
                         const float *b, int T, int C, float eps);
+/* RMSNorm backward from the forward's x, w and saved rstd (T).
+ * dx (T, C) += ∂L/∂x; dw (C) += ∂L/∂w unless dw is NULL (frozen weight).
+ * dx must not alias dy or x. */
+void kern_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                      const float *rstd, int T, int C);
+/* LayerNorm backward from the forward's x, w and saved mean, rstd (T).
+ * dx (T, C) +=; dw, db (C) += unless NULL (frozen). dx must not alias dy, x. */
+void kern_layernorm_bwd(float *dx, float *dw, float *db, const float *dy, const float *x,
+                        const float *w, const float *mean, const float *rstd, int T, int C);
 
 /* RoPE tables: cos/sin (n_pos, half) for angle pos·inv_freq[i]. */
 void kern_rope_table(float *cos_t, float *sin_t, int n_pos, int half, const float *inv_freq);
 /* Rotates x (T, n_heads, head_dim) in place, row stride ldx floats, pairing
  * (i, i + half) as HF's rotate_half does; pos (T) indexes the tables.
- * inverse = true rotates by -angle (the backward). */
+ * inverse = true rotates by -angle. The rotation is orthogonal, so applying
+ * it with inverse = true to the gradient of the rotated tensor gives exactly
+ * the gradient of the input (the backward; no separate function). */
 void kern_rope(float *x, int ldx, const int32_t *pos, int T, int n_heads, int head_dim,
                int half, const float *cos_t, const float *sin_t, bool inverse);
 
@@ -59,6 +88,11 @@ void kern_rope(float *x, int ldx, const int32_t *pos, int T, int n_heads, int he
 void kern_swiglu_fwd(float *a, const float *g, const float *u, int64_t n);
 /* GELU, tanh approximation (GPT-2's gelu_new), in place allowed. */
 void kern_gelu_tanh_fwd(float *y, const float *x, int64_t n);
+/* SwiGLU backward: dg (n) += da·u·silu'(g), du (n) += da·silu(g). */
+void kern_swiglu_bwd(float *dg, float *du, const float *da, const float *g, const float *u,
+                     int64_t n);
+/* GELU (tanh) backward: dx (n) += dy·gelu'(x). dx must not alias x. */
+void kern_gelu_tanh_bwd(float *dx, const float *dy, const float *x, int64_t n);
 
 /* Softmax of each row of x (T, C) in place. */
 void kern_softmax_rows(float *x, int T, int C);
@@ -72,5 +106,38 @@ void kern_softmax_rows(float *x, int T, int C);
 void kern_attention(float *out, int ldo, const float *q, int ldq, const float *k,
                     const float *v, int kv_cap, int T, int p0, int n_head, int n_kv, int hd,
                     float scale, float *scratch, int n_threads);
+
+/* Training attention (attention_train.c): causal grouped-query attention for
+ * one sequence, keeping the probabilities for the backward, with P optional
+ * prefix key/value rows (prefix tuning) that every query sees.
+ * q (T, n_head·hd), row stride ldq; k, v (P + T, n_kv·hd), row stride ldkv:
+ * rows 0..P-1 are the prefix, row P + t is the sequence position t. Query t
+ * sees key rows 0..P + t. Head h uses kv head h / (n_head / n_kv).
+ * out (T, n_head·hd) contiguous; probs (n_head, T, P + T) written, masked
+ * entries 0. OpenMP over query heads. */
+void kern_attn_train_fwd(float *out, float *probs, const float *q, int ldq, const float *k,
+                         const float *v, int ldkv, int T, int P, int n_head, int n_kv, int hd,
+                         float scale, int n_threads);
+/* Floats of scratch kern_attn_train_bwd needs: n_threads · T · (P + T). */
+size_t kern_attn_train_scratch_floats(int T, int P, int n_threads);
+/* Backward of kern_attn_train_fwd from dout (T, n_head·hd) contiguous and the
+ * saved probs. dq (T, n_head·hd) row stride lddq, dk, dv (P + T, n_kv·hd) row
+ * stride lddkv: all three +=. OpenMP over kv heads (each thread owns a kv
+ * head and its whole group of query heads, in order), so the result is
+ * race-free and identical for every thread count. */
+void kern_attn_train_bwd(float *dq, int lddq, float *dk, float *dv, int lddkv,
+                         const float *dout, const float *probs, const float *q, int ldq,
+                         const float *k, const float *v, int ldkv, int T, int P, int n_head,
+                         int n_kv, int hd, float scale, float *scratch, int n_threads);
+
+/* Fused softmax cross-entropy (xent.c) over logits (T, V) and targets (T),
+ * target -100 = ignored row. *loss_sum = Σ over counted rows of -log p[target]
+ * (double accumulation, summed in a fixed order: identical for every thread
+ * count), *n_counted = counted rows. dlogits (T, V) is written (not +=):
+ * grad_scale·(softmax - onehot) on counted rows, 0 on ignored rows; it may
+ * alias logits. Returns 0, or PEFT_ERR_INVALID (nothing written) when a
+ * target is neither -100 nor in [0, V). */
+int kern_xent_fwd_bwd(float *loss_sum, int *n_counted, float *dlogits, const float *logits,
+                      const int32_t *targets, int T, int V, float grad_scale, int n_threads);
 
 #endif

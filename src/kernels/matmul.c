@@ -27,7 +27,7 @@ size_t kern_matmul_scratch_floats(int64_t K, int n_threads) {
     /* A tile holds nb·K' floats with nb = clamp(32768/K', 16, 256) rounded
      * down to 16, hence at most max(32768, 16·K') — a bound for every K' <= K. */
     size_t per = PEFT_MAX((size_t)32768, (size_t)16 * (size_t)K);
-    return per * (size_t)(n_threads > 0 ? n_threads : 1);
+    return PEFT_MAX(per * (size_t)(n_threads > 0 ? n_threads : 1), kern_matvec_scratch_floats(K, n_threads));
 }
 
 /* Converts output rows [n0, n0 + nb) of w to f32.
@@ -58,6 +58,8 @@ int kern_matmul(float *y, int ldy, const float *x, int T, const kern_weight *w,
     const int nb_max = kern_matmul_tile_rows(K);
     const int64_t n_tiles = (N + nb_max - 1) / nb_max;
     if (w->transposed && peft_dtype_elem_size(w->dtype) == 0) return PEFT_ERR_UNSUPPORTED;
+    if (T <= KERN_MATVEC_MAX_T && !w->transposed)
+        return kern_matvec(y, ldy, x, T, w, bias, beta, scratch, n_threads);
     int status = 0;
     if (n_threads < 1) n_threads = 1;
 
