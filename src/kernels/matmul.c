@@ -102,34 +102,93 @@ int kern_matmul(float *y, int ldy, const float *x, int T, const kern_weight *w,
     return status;
 }
 
-int kern_matmul_dx(float *dx, const float *dy, int T, const kern_weight *w, float *scratch,
-                   int n_threads) {
-    /* dx (T, K) += dy (T, N) · W (N, K). Every tile of W's rows contributes
-     * to all of dx, so tiles are summed in a fixed order (deterministic). */
+/* kern_matmul_dx blocks: dx is cut into DX_ROWS × DX_COLS blocks (fixed, so
+ * every dx element sees the same sequence of operations on any thread count)
+ * and W's rows are walked DX_TILE at a time. DX_COLS is a multiple of every
+ * block size (32, 256), so a block's columns of a quantized row convert on
+ * their own. A thread's buffer holds DX_TILE × DX_COLS floats = 32768, within
+ * kern_matmul's per-thread share. */
+enum { DX_ROWS = 256, DX_COLS = 256, DX_TILE = 128 };
+
+size_t kern_matmul_dx_scratch_floats(int64_t K, int n_threads) {
+    size_t cols = (size_t)PEFT_MIN((int64_t)DX_COLS, PEFT_MAX(K, (int64_t)1));
+    return (size_t)DX_TILE * cols * (size_t)(n_threads > 0 ? n_threads : 1);
+}
+
+/* Columns [k0, k0 + kc) of W's rows [n0, n0 + nb) as f32 into buf (nb, kc),
+ * or for the transposed layout (stored (K, N)) into buf (kc, nb). */
+static int load_dx_tile(const kern_weight *w, int64_t n0, int64_t nb, int64_t k0, int64_t kc,
+                        float *buf) {
     const int64_t K = w->cols, N = w->rows;
-    const int nb_max = kern_matmul_tile_rows(K);
-    if (w->transposed && peft_dtype_elem_size(w->dtype) == 0) return PEFT_ERR_UNSUPPORTED;
-    (void)n_threads;
-    for (int64_t n0 = 0; n0 < N; n0 += nb_max) {
-        int64_t nb = PEFT_MIN((int64_t)nb_max, N - n0);
-        const float *b;
-        int ldb;
-        CBLAS_TRANSPOSE tb;
-        if (w->dtype == PEFT_DT_F32) {
-            if (w->transposed) { b = (const float *)w->data + n0; ldb = (int)N; tb = CblasTrans; }
-            else { b = (const float *)w->data + n0 * K; ldb = (int)K; tb = CblasNoTrans; }
-        } else {
-            int rc = load_tile(w, n0, nb, scratch);
+    if (!w->transposed) {
+        size_t rb = kern_dtype_row_bytes(w->dtype, K), off = kern_dtype_row_bytes(w->dtype, k0);
+        if (rb == 0 || (k0 > 0 && off == 0)) return PEFT_ERR_SHAPE;
+        const char *base = (const char *)w->data + (size_t)n0 * rb + off;
+        for (int64_t r = 0; r < nb; r++) {
+            int rc = kern_dequant_row(w->dtype, base + (size_t)r * rb, buf + r * kc, kc);
             if (rc) return rc;
-            b = scratch;
-            if (w->transposed) { ldb = (int)nb; tb = CblasTrans; }
-            else { ldb = (int)K; tb = CblasNoTrans; }
         }
-        /* dx += dy[:, n0:n0+nb] · tile, tile as (nb, K) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, T, (int)K, (int)nb, 1.0f, dy + n0, (int)N, b,
-                    ldb, 1.0f, dx, (int)K);
+        return 0;
+    }
+    size_t es = peft_dtype_elem_size(w->dtype);
+    for (int64_t k = 0; k < kc; k++) {
+        const char *src =
+            (const char *)w->data + ((size_t)(k0 + k) * (size_t)N + (size_t)n0) * es;
+        int rc = kern_dequant_row(w->dtype, src, buf + k * nb, nb);
+        if (rc) return rc;
     }
     return 0;
+}
+
+int kern_matmul_dx(float *dx, const float *dy, int T, const kern_weight *w, float *scratch,
+                   int n_threads) {
+    /* dx (T, K) += dy (T, N) · W (N, K). Each dx block is owned by one
+     * thread, which adds W's row tiles in order (deterministic, race-free). */
+    const int64_t K = w->cols, N = w->rows;
+    if (w->transposed && peft_dtype_elem_size(w->dtype) == 0) return PEFT_ERR_UNSUPPORTED;
+    if (T <= 0 || K <= 0 || N <= 0) return 0;
+    const int64_t n_rb = (T + DX_ROWS - 1) / DX_ROWS, n_cb = (K + DX_COLS - 1) / DX_COLS;
+    const size_t per = (size_t)DX_TILE * (size_t)PEFT_MIN((int64_t)DX_COLS, K);
+    int status = 0;
+    if (n_threads < 1) n_threads = 1;
+
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) reduction(min : status)
+    for (int64_t blk = 0; blk < n_rb * n_cb; blk++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        const int64_t t0 = (blk / n_cb) * DX_ROWS, k0 = (blk % n_cb) * DX_COLS;
+        const int tb = (int)PEFT_MIN((int64_t)DX_ROWS, T - t0);
+        const int kc = (int)PEFT_MIN((int64_t)DX_COLS, K - k0);
+        float *dxb = dx + (size_t)t0 * K + k0;
+        const float *dyb = dy + (size_t)t0 * N;
+        if (w->dtype == PEFT_DT_F32) {
+            /* Already f32: one product over all of N, read in place. */
+            const float *W = w->data;
+            if (w->transposed) /* stored (K, N): rows k0.. are W[:, k0..]ᵀ */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tb, kc, (int)N, 1.0f, dyb,
+                            (int)N, W + (size_t)k0 * N, (int)N, 1.0f, dxb, (int)K);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tb, kc, (int)N, 1.0f, dyb,
+                            (int)N, W + k0, (int)K, 1.0f, dxb, (int)K);
+            continue;
+        }
+        float *buf = scratch + (size_t)tid * per;
+        for (int64_t n0 = 0; n0 < N; n0 += DX_TILE) {
+            const int nb = (int)PEFT_MIN((int64_t)DX_TILE, N - n0);
+            int rc = load_dx_tile(w, n0, nb, k0, kc, buf);
+            if (rc) { status = rc; break; }
+            /* dx block (tb, kc) += dy[:, n0:n0+nb] (tb, nb) · tile (nb, kc) */
+            if (w->transposed)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tb, kc, nb, 1.0f, dyb + n0,
+                            (int)N, buf, nb, 1.0f, dxb, (int)K);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tb, kc, nb, 1.0f,
+                            dyb + n0, (int)N, buf, kc, 1.0f, dxb, (int)K);
+        }
+    }
+    return status;
 }
 
 int kern_weight_row(const kern_weight *w, int64_t r, float *out) {
