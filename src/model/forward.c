@@ -7,6 +7,7 @@
  *               h = ln_2(x); x += gelu(h·Wfcᵀ + b)·Wprojᵀ + b
  * x is (T, d). q, k, v share one (T, qd + 2·kvd) buffer. */
 #include "model/model.h"
+#include "peft/lora.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -43,6 +44,18 @@ static int ensure_kv(peft_model *m, int need, peft_err *err) {
     return 0;
 }
 
+/* y = beta·y + x·Wᵀ + b for linear `r` of layer l, plus the attached LoRA
+ * module if any (xa: (T, r) scratch). */
+static int linear(peft_model *m, int l, model_linear_role r, float *y, int ldy, const float *x, int T,
+                  float beta, float *scr, float *xa, int nt) {
+    const model_linear *lin = &m->layers[l].lin[r];
+    int rc = kern_matmul(y, ldy, x, T, &lin->w, lin->b, beta, scr, nt);
+    if (rc || !m->lora) return rc;
+    const lora_module *mod = m->lora->slot[l * ROLE_N_LINEAR + r];
+    if (mod) lora_fwd(mod, x, mod->in, T, NULL, 0.0f, NULL, xa, y, ldy, nt);
+    return 0;
+}
+
 static float *ws_get(peft_model *m, size_t n, peft_err *err) {
     if (n > m->ws_floats) {
         free(m->ws);
@@ -71,13 +84,15 @@ int model_forward(peft_model *m, const int32_t *ids, int T, float *logits, bool 
     int64_t kmax = PEFT_MAX(PEFT_MAX(d, ff), qd);
     size_t mm_scratch = kern_matmul_scratch_floats(kmax, nt);
     size_t att_scratch = (size_t)nt * T * L;
-    size_t n_ws = (size_t)T * (2 * d + ld_qkv + qd + 2 * ff) + T + mm_scratch + att_scratch;
+    const int r_max = m->lora ? m->lora->cfg.r : 0;
+    size_t n_ws = (size_t)T * (2 * d + ld_qkv + qd + 2 * ff + r_max) + T + mm_scratch + att_scratch;
     float *ws = ws_get(m, n_ws, err);
     if (!ws) return PEFT_ERR_NOMEM;
     float *x = ws, *h = x + (size_t)T * d, *qkv = h + (size_t)T * d, *att = qkv + (size_t)T * ld_qkv;
     float *f1 = att + (size_t)T * qd, *f2 = f1 + (size_t)T * ff, *scr = f2 + (size_t)T * ff;
     float *ascr = scr + mm_scratch;
-    int32_t *pos = (int32_t *)(ascr + att_scratch);
+    float *xa = ascr + att_scratch;
+    int32_t *pos = (int32_t *)(xa + (size_t)T * r_max);
     for (int t = 0; t < T; t++) pos[t] = p0 + t;
 
     /* embeddings */
@@ -92,15 +107,14 @@ int model_forward(peft_model *m, const int32_t *ids, int T, float *logits, bool 
     const size_t kv_layer = (size_t)c->n_kv_head * m->kv.cap * hd;
     for (int l = 0; l < c->n_layer; l++) {
         const model_layer *Ly = &m->layers[l];
-        const model_linear *lin = Ly->lin;
         if (gpt2) kern_layernorm_fwd(h, NULL, NULL, x, Ly->attn_norm_w, Ly->attn_norm_b, T, d, c->norm_eps);
         else kern_rmsnorm_fwd(h, NULL, x, Ly->attn_norm_w, T, d, c->norm_eps);
         if (gpt2) {
-            if ((rc = kern_matmul(qkv, ld_qkv, h, T, &lin[ROLE_QKV].w, lin[ROLE_QKV].b, 0, scr, nt))) goto fail;
+            if ((rc = linear(m, l, ROLE_QKV, qkv, ld_qkv, h, T, 0, scr, xa, nt))) goto fail;
         } else {
-            if ((rc = kern_matmul(qkv, ld_qkv, h, T, &lin[ROLE_Q].w, lin[ROLE_Q].b, 0, scr, nt)) ||
-                (rc = kern_matmul(qkv + qd, ld_qkv, h, T, &lin[ROLE_K].w, lin[ROLE_K].b, 0, scr, nt)) ||
-                (rc = kern_matmul(qkv + qd + kvd, ld_qkv, h, T, &lin[ROLE_V].w, lin[ROLE_V].b, 0, scr, nt)))
+            if ((rc = linear(m, l, ROLE_Q, qkv, ld_qkv, h, T, 0, scr, xa, nt)) ||
+                (rc = linear(m, l, ROLE_K, qkv + qd, ld_qkv, h, T, 0, scr, xa, nt)) ||
+                (rc = linear(m, l, ROLE_V, qkv + qd + kvd, ld_qkv, h, T, 0, scr, xa, nt)))
                 goto fail;
             const int half = c->rope_dim / 2;
             kern_rope(qkv, ld_qkv, pos, T, c->n_head, hd, half, m->rope_cos, m->rope_sin, false);
@@ -115,20 +129,20 @@ int model_forward(peft_model *m, const int32_t *ids, int T, float *logits, bool 
             }
         kern_attention(att, qd, qkv, ld_qkv, kc, vc, m->kv.cap, T, p0, c->n_head, c->n_kv_head, hd,
                        1.0f / sqrtf((float)hd), ascr, nt);
-        if ((rc = kern_matmul(x, d, att, T, &lin[ROLE_O].w, lin[ROLE_O].b, 1.0f, scr, nt))) goto fail;
+        if ((rc = linear(m, l, ROLE_O, x, d, att, T, 1.0f, scr, xa, nt))) goto fail;
 
         if (gpt2) {
             kern_layernorm_fwd(h, NULL, NULL, x, Ly->ffn_norm_w, Ly->ffn_norm_b, T, d, c->norm_eps);
-            if ((rc = kern_matmul(f1, ff, h, T, &lin[ROLE_UP].w, lin[ROLE_UP].b, 0, scr, nt))) goto fail;
+            if ((rc = linear(m, l, ROLE_UP, f1, ff, h, T, 0, scr, xa, nt))) goto fail;
             kern_gelu_tanh_fwd(f1, f1, (int64_t)T * ff);
         } else {
             kern_rmsnorm_fwd(h, NULL, x, Ly->ffn_norm_w, T, d, c->norm_eps);
-            if ((rc = kern_matmul(f1, ff, h, T, &lin[ROLE_GATE].w, lin[ROLE_GATE].b, 0, scr, nt)) ||
-                (rc = kern_matmul(f2, ff, h, T, &lin[ROLE_UP].w, lin[ROLE_UP].b, 0, scr, nt)))
+            if ((rc = linear(m, l, ROLE_GATE, f1, ff, h, T, 0, scr, xa, nt)) ||
+                (rc = linear(m, l, ROLE_UP, f2, ff, h, T, 0, scr, xa, nt)))
                 goto fail;
             kern_swiglu_fwd(f1, f1, f2, (int64_t)T * ff);
         }
-        if ((rc = kern_matmul(x, d, f1, T, &lin[ROLE_DOWN].w, lin[ROLE_DOWN].b, 1.0f, scr, nt))) goto fail;
+        if ((rc = linear(m, l, ROLE_DOWN, x, d, f1, T, 1.0f, scr, xa, nt))) goto fail;
     }
     m->n_past = L;
 

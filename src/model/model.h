@@ -46,8 +46,11 @@ typedef struct {
     float *k, *v;         /* per layer (n_kv, cap, hd) */
 } model_kv;
 
+struct lora_adapter;
+
 struct peft_model {
     peft_ctx *ctx;
+    const struct lora_adapter *lora;   /* applied in the forward when set */
     char *path;
     char source[8];       /* "hf" or "gguf" */
     model_config cfg;

@@ -1,0 +1,119 @@
+/* lora.h — LoRA adapters on a frozen model: y = x·Wᵀ + s·(dropout(x)·Aᵀ)·Bᵀ
+ * with A (r, in), B (out, r), s = alpha/r (or alpha/sqrt(r) with rsLoRA).
+ * Parameters live in one contiguous f32 block (params), gradients in a
+ * second of the same layout (grads), so the optimizer sees one vector.
+ * Files: the Hugging Face PEFT format (adapter_config.json +
+ * adapter_model.safetensors, keys base_model.model.<module>.lora_A.weight),
+ * and llama.cpp's GGUF LoRA for export. */
+#ifndef PEFT_LORA_H
+#define PEFT_LORA_H
+
+#include "model/model.h"
+
+typedef enum { LORA_INIT_KAIMING = 0, LORA_INIT_GAUSSIAN, LORA_INIT_ZERO_B_RANDOM_BOTH } lora_init;
+
+typedef struct {
+    int r;
+    float alpha;
+    float dropout;
+    bool rslora;
+    lora_init init;            /* kaiming: HF default (A kaiming-uniform a=sqrt(5), B = 0) */
+    uint32_t targets;          /* bit (1u << model_linear_role) per targeted linear */
+    uint64_t layers;           /* bit per layer to transform; 0 = all (layers_to_transform) */
+    uint64_t seed;             /* init */
+} lora_config;
+
+typedef struct {
+    int layer;
+    model_linear_role role;
+    int in, out, r;
+    float scale;
+    float *A, *B;      /* into params: (r, in), (out, r) */
+    float *gA, *gB;    /* into grads, same shapes */
+} lora_module;
+
+typedef struct lora_adapter {
+    lora_config cfg;
+    int n_modules;
+    lora_module *mods;
+    lora_module **slot;   /* (n_layer * ROLE_N_LINEAR), NULL where not targeted */
+    float *params, *grads;
+    int64_t n_params;
+    char *base_model;     /* base_model_name_or_path written to the config */
+    int n_layer;          /* the model's layer count (slot has n_layer * ROLE_N_LINEAR entries) */
+} lora_adapter;
+
+/* r 8, alpha 16, dropout 0, kaiming init, seed 42, all layers, and
+ * targets 0, which lora_new reads as the architecture's default
+ * (lora_default_targets: q_proj + v_proj for llama-family, c_attn for GPT-2). */
+lora_config lora_default_config(void);
+/* Parses "q_proj,v_proj", "all-linear", GPT-2's "c_attn,c_proj,c_fc" into
+ * target bits for m's architecture; unknown names are an error. */
+int lora_parse_targets(const peft_model *m, const char *list, uint32_t *targets, peft_err *err);
+/* Creates modules for every targeted linear and initialises them. */
+int lora_new(const peft_model *m, const lora_config *cfg, lora_adapter **out, peft_err *err);
+void lora_free(lora_adapter *a);
+lora_module *lora_find(const lora_adapter *a, int layer, model_linear_role role);
+float lora_scale(const lora_config *c);
+
+/* HF PEFT format. save writes dir/adapter_config.json and
+ * dir/adapter_model.safetensors atomically (temporary names, fsync,
+ * rename), creating dir. load checks every tensor's name and shape against
+ * m and fails clearly on a mismatch. */
+int lora_save(const lora_adapter *a, const peft_model *m, const char *dir, peft_err *err);
+int lora_load(const peft_model *m, const char *dir, lora_adapter **out, peft_err *err);
+
+/* llama.cpp GGUF LoRA adapter: general.type=adapter, adapter.type=lora,
+ * adapter.lora.alpha, tensors <gguf base tensor>.lora_a / .lora_b (with
+ * llama.cpp's Q/K row permutation re-applied to lora_b for llama). */
+int lora_export_gguf(const lora_adapter *a, const peft_model *m, const char *path, peft_err *err);
+
+/* W' = W + s·B·A for every module, written as a new model: an HF folder
+ * (safetensors, the base's dtype for float types) from an HF base, or a
+ * GGUF (base tensor types kept where requantizable, else F16) from a GGUF
+ * base. */
+int lora_merge_save(const lora_adapter *a, const peft_model *m, const char *out_path, peft_err *err);
+
+/* ---- math (lora_compute.c) ------------------------------------------------
+ * x (N, in) row stride ldx, y (N, out) row stride ldy, xa (N, r).
+ * mask: NULL without dropout, else (N, in) bytes, 1 = kept; kept inputs are
+ * scaled by 1/(1-p) (inverted dropout, as torch.nn.Dropout). xd is scratch
+ * (N, in) for the dropped input when mask is set. */
+/* y += s·(drop(x)·Aᵀ)·Bᵀ, keeping xa = drop(x)·Aᵀ for the backward. */
+void lora_fwd(const lora_module *mod, const float *x, int ldx, int N, const uint8_t *mask,
+              float p_drop, float *xd, float *xa, float *y, int ldy, int n_threads);
+/* From dy (N, out): gB += s·dyᵀ·xa, dxa = s·dy·B, gA += dxaᵀ·drop(x),
+ * dx (N, in) += drop'(dxa·A) when dx is non-NULL. dxa is scratch (N, r). */
+void lora_bwd(const lora_module *mod, const float *x, int ldx, int N, const uint8_t *mask,
+              float p_drop, float *xd, const float *xa, const float *dy, int ldy, float *dxa,
+              float *dx, int lddx, int n_threads);
+
+/* ---- helpers shared by lora*.c and callers (additions) ------------------- */
+
+uint32_t lora_default_targets(const peft_model *m);
+/* HF PEFT "all-linear": every linear in the blocks, never the output head. */
+uint32_t lora_all_linear_targets(const peft_model *m);
+/* HF target_modules names for target bits (GPT-2: "c_proj" when both
+ * projections are targeted, else "attn.c_proj" / "mlp.c_proj"). Writes up to
+ * cap pointers to static strings, returns the count. */
+int lora_target_names(const peft_model *m, uint32_t targets, const char **names, int cap);
+/* s for a module of rank r under c's alpha and rsLoRA setting. */
+float lora_scale_r(const lora_config *c, int r);
+/* Whether layer l is in a layers mask (0 = all). */
+bool lora_layer_selected(uint64_t layers, int l);
+/* Allocates an adapter (zeroed params/grads) with a module of rank
+ * slot_r[l * ROLE_N_LINEAR + role] wherever that is > 0. */
+int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, lora_adapter **out,
+               peft_err *err);
+/* mkdir -p. */
+int lora_make_dirs(const char *dir, peft_err *err);
+/* GGUF names: "blk.<l>.<attn_q|...>.weight" of a linear (into buf). */
+int lora_gguf_weight_name(int layer, model_linear_role r, char *buf, size_t cap);
+/* True when llama.cpp's converter permutes Q/K rows for m's architecture
+ * (llama family except qwen2); *n_heads gets the head count for Q or K. */
+bool lora_gguf_permutes(const peft_model *m, model_linear_role r, int *n_heads);
+/* Reorders the rows (each row_bytes long) of one Q or K matrix from HF's
+ * order to GGUF's interleaved-pair order (to_gguf) or back. */
+void lora_permute_rows(void *dst, const void *src, int64_t rows, size_t row_bytes, int n_heads, bool to_gguf);
+
+#endif

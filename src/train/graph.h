@@ -1,0 +1,27 @@
+/* graph.h — the training forward and backward of a frozen model with a
+ * trainable LoRA adapter, over one batch of B sequences of T tokens.
+ * Activations live in one arena sized once from (B, T); the backward
+ * produces input gradients through frozen weights (dX = dY·W, no weight
+ * gradients) and LoRA parameter gradients, accumulated into the adapter's
+ * grads block. */
+#ifndef PEFT_TRAIN_GRAPH_H
+#define PEFT_TRAIN_GRAPH_H
+
+#include "peft/lora.h"
+#include "train/data.h"
+
+typedef struct train_graph train_graph;
+
+int tg_new(peft_model *m, lora_adapter *a, int B, int T, train_graph **out, peft_err *err);
+void tg_free(train_graph *g);
+/* Bytes of the activation arena (for reporting memory). */
+size_t tg_arena_bytes(const train_graph *g);
+
+/* Runs the batch. Causal-LM loss: *loss_sum = Σ over counted targets of
+ * -log p(target), *n_targets = their count. With backward, a->grads +=
+ * ∂(grad_scale · loss_sum)/∂params. dropout_seed picks the dropout masks
+ * (ignored when the adapter's dropout is 0). */
+int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
+           uint64_t dropout_seed, double *loss_sum, int *n_targets, peft_err *err);
+
+#endif

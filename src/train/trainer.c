@@ -1,0 +1,492 @@
+/* trainer.c — the training loop, evaluation, metrics and checkpoints.
+ *
+ * Step s (0-based) takes `accum` micro-batches, accumulates their gradients
+ * (scaled so the step's gradient is that of the normalised loss), clips the
+ * global norm, and applies AdamW with lr = schedule(s). Checkpoints are
+ * folders checkpoint-<step>/ holding the adapter, the optimizer moments and
+ * the data loader's position; the file LATEST names the newest complete one
+ * and is replaced atomically, so a run killed mid-save resumes from the
+ * previous checkpoint. Dropout masks depend only on (seed, step, micro), so
+ * a resumed run follows the uninterrupted trajectory exactly. */
+#include "train/trainer.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+train_params train_default_params(void) {
+    train_params p;
+    memset(&p, 0, sizeof p);
+    p.batch = 4;
+    p.seq = 256;
+    p.accum = 1;
+    p.steps = 100;
+    p.opt = optim_default_params();
+    p.seed = 42;
+    return p;
+}
+
+/* ---- batches ------------------------------------------------------------- */
+
+typedef struct {
+    int B, T;
+    int32_t *buf;   /* inputs, targets, positions, segments, labels, lengths */
+    data_batch b;
+} owned_batch;
+
+static int owned_batch_init(owned_batch *o, int B, int T, peft_err *err) {
+    o->B = B;
+    o->T = T;
+    o->buf = peft_malloc(sizeof(int32_t) * ((size_t)4 * B * T + 2 * (size_t)B), err);
+    if (!o->buf) return PEFT_ERR_NOMEM;
+    const size_t N = (size_t)B * T;
+    o->b = (data_batch){B, T, o->buf, o->buf + N, o->buf + 2 * N, o->buf + 3 * N, o->buf + 4 * N,
+                        o->buf + 4 * N + B, 0, 0};
+    return 0;
+}
+
+static void owned_batch_copy(owned_batch *o, const data_batch *src) {
+    const size_t N = (size_t)o->B * o->T;
+    memcpy(o->b.inputs, src->inputs, N * sizeof(int32_t));
+    memcpy(o->b.targets, src->targets, N * sizeof(int32_t));
+    memcpy(o->b.positions, src->positions, N * sizeof(int32_t));
+    memcpy(o->b.segments, src->segments, N * sizeof(int32_t));
+    if (src->labels) memcpy(o->b.labels, src->labels, (size_t)o->B * sizeof(int32_t));
+    if (src->lengths) memcpy(o->b.lengths, src->lengths, (size_t)o->B * sizeof(int32_t));
+    o->b.n_targets = src->n_targets;
+    o->b.pad_id = src->pad_id;
+}
+
+/* Rows of examples [first, first + B) of d, right-padded; rows past the end
+ * are empty (no targets). */
+static void fill_eval_batch(owned_batch *o, const data_set *d, int first, int pad) {
+    data_batch *b = &o->b;
+    const int T = o->T;
+    b->n_targets = 0;
+    for (int r = 0; r < o->B; r++) {
+        const data_example *e = first + r < d->n ? &d->ex[first + r] : NULL;
+        const int n = e ? PEFT_MIN(e->n, T) : 0;
+        for (int t = 0; t < T; t++) {
+            const size_t i = (size_t)r * T + t;
+            b->inputs[i] = t < n ? e->ids[t] : pad;
+            b->targets[i] = (t + 1 < n && e->loss[t + 1]) ? e->ids[t + 1] : -100;
+            b->positions[i] = t;
+            b->segments[i] = 0;
+            b->n_targets += b->targets[i] != -100;
+        }
+        b->labels[r] = e ? e->label : -1;
+        b->lengths[r] = n;
+    }
+}
+
+static int pad_id_of(const peft_model *m) {
+    int p = m->tok ? bpe_pad_id(m->tok) : -1;
+    if (p < 0 && m->tok) p = bpe_eos_id(m->tok);
+    return p < 0 ? 0 : p;
+}
+
+int train_eval(peft_model *m, lora_adapter *a, const data_set *d, int batch, int seq, int max_batches,
+               double *mean_loss, int64_t *n_targets, peft_err *err) {
+    train_graph *g = NULL;
+    owned_batch ob = {0};
+    int rc = tg_new(m, a, batch, seq, &g, err);
+    if (!rc) rc = owned_batch_init(&ob, batch, seq, err);
+    double total = 0;
+    int64_t count = 0;
+    const int pad = pad_id_of(m);
+    for (int first = 0, nb = 0; !rc && first < d->n && (max_batches <= 0 || nb < max_batches); first += batch, nb++) {
+        fill_eval_batch(&ob, d, first, pad);
+        if (ob.b.n_targets == 0) continue;
+        double ls;
+        int cnt;
+        rc = tg_run(g, &ob.b, false, 0.0f, 0, &ls, &cnt, err);
+        total += ls;
+        count += cnt;
+    }
+    tg_free(g);
+    free(ob.buf);
+    if (rc) return rc;
+    if (count == 0) return peft_fail(err, PEFT_ERR_INVALID, "no target tokens to evaluate");
+    *mean_loss = total / (double)count;
+    if (n_targets) *n_targets = count;
+    return 0;
+}
+
+/* ---- metrics -------------------------------------------------------------- */
+
+typedef struct {
+    int n, cap;
+    int *step;
+    double *loss;
+    bool *is_val;
+} history;
+
+static int hist_add(history *h, int step, double loss, bool is_val) {
+    if (h->n == h->cap) {
+        int cap = h->cap ? 2 * h->cap : 256;
+        int *s = realloc(h->step, (size_t)cap * sizeof *s);
+        if (s) h->step = s;
+        double *l = realloc(h->loss, (size_t)cap * sizeof *l);
+        if (l) h->loss = l;
+        bool *v = realloc(h->is_val, (size_t)cap * sizeof *v);
+        if (v) h->is_val = v;
+        if (!s || !l || !v) return PEFT_ERR_NOMEM;
+        h->cap = cap;
+    }
+    h->step[h->n] = step;
+    h->loss[h->n] = loss;
+    h->is_val[h->n] = is_val;
+    h->n++;
+    return 0;
+}
+
+static void hist_free(history *h) { free(h->step); free(h->loss); free(h->is_val); }
+
+/* A small self-contained SVG line chart of train (blue) and validation
+ * (orange) loss against the step. */
+static int write_svg(const history *h, const char *path, peft_err *err) {
+    const double W = 720, H = 400, L = 60, R = 20, T = 30, B = 50;
+    double lo = INFINITY, hi = -INFINITY;
+    int smax = 1;
+    for (int i = 0; i < h->n; i++) {
+        if (!isfinite(h->loss[i])) continue;
+        lo = fmin(lo, h->loss[i]);
+        hi = fmax(hi, h->loss[i]);
+        smax = PEFT_MAX(smax, h->step[i]);
+    }
+    if (!(hi > lo)) { lo = isfinite(lo) ? lo - 1 : 0; hi = lo + 2; }
+    peft_buf b = {0};
+    peft_buf_printf(&b, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%g\" height=\"%g\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
+    peft_buf_printf(&b, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n<text x=\"%g\" y=\"18\" text-anchor=\"middle\">loss</text>\n", W / 2);
+    peft_buf_printf(&b, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", L, H - B, W - R, H - B);
+    peft_buf_printf(&b, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", L, T, L, H - B);
+    for (int k = 0; k <= 4; k++) {
+        double v = lo + (hi - lo) * k / 4, y = H - B - (H - T - B) * k / 4;
+        peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" text-anchor=\"end\">%.3g</text>\n", L - 5, y + 4, v);
+        int s = (int)lround((double)smax * k / 4);
+        peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">%d</text>\n", L + (W - L - R) * k / 4, H - B + 18, s);
+    }
+    peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">step</text>\n", L + (W - L - R) / 2, H - 10);
+    for (int pass = 0; pass < 2; pass++) {
+        peft_buf_printf(&b, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", pass ? "#e6550d" : "#3182bd");
+        for (int i = 0; i < h->n; i++) {
+            if (h->is_val[i] != (pass == 1) || !isfinite(h->loss[i])) continue;
+            double x = L + (W - L - R) * h->step[i] / smax, y = H - B - (H - T - B) * (h->loss[i] - lo) / (hi - lo);
+            peft_buf_printf(&b, "%.1f,%.1f ", x, y);
+        }
+        peft_buf_printf(&b, "\"/>\n");
+    }
+    peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" fill=\"#3182bd\">train</text><text x=\"%g\" y=\"%g\" fill=\"#e6550d\">validation</text>\n</svg>\n",
+                    W - R - 120, T + 12, W - R - 60, T + 12);
+    if (!b.data) return peft_fail(err, PEFT_ERR_NOMEM, "out of memory");
+    int rc = peft_write_file_atomic(path, b.data, b.len, err);
+    peft_buf_free(&b);
+    return rc;
+}
+
+static int append_line(const char *path, const char *line, peft_err *err) {
+    FILE *f = fopen(path, "ab");
+    if (!f) return peft_fail(err, PEFT_ERR_IO, "%s: cannot append: %s", path, strerror(errno));
+    fputs(line, f);
+    fputc('\n', f);
+    if (fclose(f) != 0) return peft_fail(err, PEFT_ERR_IO, "%s: write failed", path);
+    return 0;
+}
+
+/* ---- checkpoints ------------------------------------------------------------ */
+
+static int mkdir_p(const char *dir, peft_err *err) {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s", dir);
+    for (char *p = tmp + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return peft_fail(err, PEFT_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+            *p = '/';
+        }
+    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return peft_fail(err, PEFT_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    if (access(tmp, W_OK) != 0) return peft_fail(err, PEFT_ERR_IO, "%s: not writable", tmp);
+    return 0;
+}
+
+static void rm_rf_dir(const char *dir) {
+    const char *files[] = {"adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors", "trainer_state.json"};
+    char p[4200];
+    for (int i = 0; i < 4; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+}
+
+static int save_checkpoint(const char *out_dir, int step, const lora_adapter *a, const peft_model *m,
+                           const adamw_state *opt, const data_loader *ld, int prev_step, peft_err *err) {
+    char dir[4096], p[4200];
+    snprintf(dir, sizeof dir, "%s/checkpoint-%d", out_dir, step);
+    int rc = mkdir_p(dir, err);
+    if (rc) return rc;
+    if ((rc = lora_save(a, m, dir, err))) return rc;
+    size_t ls = data_loader_state_size(ld);
+    uint8_t *state = peft_malloc(ls ? ls : 1, err);
+    if (!state) return PEFT_ERR_NOMEM;
+    data_loader_get_state(ld, state);
+    char step_s[32], t_s[32];
+    snprintf(step_s, sizeof step_s, "%d", step);
+    snprintf(t_s, sizeof t_s, "%lld", (long long)opt->t);
+    const char *meta[] = {"step", step_s, "adam_t", t_s, NULL};
+    st_write_tensor ts[3] = {
+        {"exp_avg", PEFT_DT_F32, 1, {opt->n}, opt->m},
+        {"exp_avg_sq", PEFT_DT_F32, 1, {opt->n}, opt->v},
+        {"loader_state", PEFT_DT_U8, 1, {(int64_t)ls}, state},
+    };
+    snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
+    rc = st_write(p, ts, 3, meta, err);
+    free(state);
+    if (rc) return rc;
+    /* the checkpoint is complete: point LATEST at it, then drop the old one */
+    char latest[4200], name[64];
+    snprintf(latest, sizeof latest, "%s/LATEST", out_dir);
+    int n = snprintf(name, sizeof name, "checkpoint-%d\n", step);
+    if ((rc = peft_write_file_atomic(latest, name, (size_t)n, err))) return rc;
+    if (prev_step >= 0 && prev_step != step) {
+        snprintf(dir, sizeof dir, "%s/checkpoint-%d", out_dir, prev_step);
+        rm_rf_dir(dir);
+    }
+    return 0;
+}
+
+/* Resolves `resume` (a run folder with LATEST, or a checkpoint folder). */
+static int checkpoint_dir(const char *resume, char *out, size_t cap, peft_err *err) {
+    char latest[4200];
+    snprintf(latest, sizeof latest, "%s/LATEST", resume);
+    if (peft_file_exists(latest)) {
+        char *name = NULL;
+        int rc = peft_read_file(latest, &name, NULL, err);
+        if (rc) return rc;
+        name[strcspn(name, "\r\n")] = 0;
+        snprintf(out, cap, "%s/%s", resume, name);
+        free(name);
+        return 0;
+    }
+    snprintf(out, cap, "%s", resume);
+    snprintf(latest, sizeof latest, "%s/optimizer.safetensors", resume);
+    if (!peft_file_exists(latest))
+        return peft_fail(err, PEFT_ERR_IO, "%s: no checkpoint to resume (neither LATEST nor optimizer.safetensors)", resume);
+    return 0;
+}
+
+static int load_checkpoint(const char *dir, lora_adapter *a, const peft_model *m, adamw_state *opt,
+                           data_loader *ld, int *step, peft_err *err) {
+    lora_adapter *saved = NULL;
+    int rc = lora_load(m, dir, &saved, err);
+    if (rc) return rc;
+    if (saved->n_params != a->n_params || saved->n_modules != a->n_modules || saved->cfg.r != a->cfg.r) {
+        lora_free(saved);
+        return peft_fail(err, PEFT_ERR_SHAPE, "%s: the checkpoint's adapter (%lld parameters) does not match this run's (%lld)",
+                         dir, (long long)saved->n_params, (long long)a->n_params);
+    }
+    memcpy(a->params, saved->params, (size_t)a->n_params * sizeof(float));
+    lora_free(saved);
+    char p[4200];
+    snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
+    st_archive *st = NULL;
+    if ((rc = st_open(p, &st, err))) return rc;
+    const st_tensor *em = st_find(st, "exp_avg"), *ev = st_find(st, "exp_avg_sq"), *ls = st_find(st, "loader_state");
+    const char *s_step = st_metadata(st, "step"), *s_t = st_metadata(st, "adam_t");
+    if (!em || !ev || !ls || !s_step || !s_t || em->dtype != PEFT_DT_F32 || ev->dtype != PEFT_DT_F32 ||
+        st_numel(em) != opt->n || st_numel(ev) != opt->n) {
+        st_close(st);
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: incomplete or mismatched optimizer state", p);
+    }
+    memcpy(opt->m, em->data, (size_t)opt->n * sizeof(float));
+    memcpy(opt->v, ev->data, (size_t)opt->n * sizeof(float));
+    opt->t = atoll(s_t);
+    *step = atoi(s_step);
+    rc = data_loader_set_state(ld, ls->data, ls->nbytes);
+    st_close(st);
+    if (rc) return peft_fail(err, PEFT_ERR_FORMAT, "%s: data loader state does not fit this dataset/batch", p);
+    return 0;
+}
+
+/* Keeps the lines of metrics.jsonl up to `step`, and rebuilds the history. */
+static int trim_metrics(const char *path, int step, history *h, peft_err *err) {
+    char *text = NULL;
+    size_t len = 0;
+    if (!peft_file_exists(path)) return 0;
+    int rc = peft_read_file(path, &text, &len, err);
+    if (rc) return rc;
+    peft_buf keep = {0};
+    for (char *line = text, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = 0;
+        cJSON *j = cJSON_Parse(line);
+        const cJSON *s = cJSON_GetObjectItem(j, "step");
+        if (cJSON_IsNumber(s) && s->valueint <= step) {
+            peft_buf_printf(&keep, "%s\n", line);
+            const cJSON *l = cJSON_GetObjectItem(j, "loss"), *v = cJSON_GetObjectItem(j, "val_loss");
+            if (cJSON_IsNumber(l)) hist_add(h, s->valueint, l->valuedouble, false);
+            if (cJSON_IsNumber(v)) hist_add(h, s->valueint, v->valuedouble, true);
+        }
+        cJSON_Delete(j);
+    }
+    free(text);
+    rc = peft_write_file_atomic(path, keep.data ? keep.data : "", keep.len, err);
+    peft_buf_free(&keep);
+    return rc;
+}
+
+/* ---- the loop ---------------------------------------------------------------- */
+
+int train_run(peft_model *m, lora_adapter *a, const data_set *train, const data_set *val,
+              const train_params *p, train_result *res, peft_err *err) {
+    memset(res, 0, sizeof *res);
+    res->val_loss_before = res->val_loss_after = NAN;
+    if (p->batch <= 0 || p->seq < 2 || p->accum <= 0) return peft_fail(err, PEFT_ERR_INVALID, "batch, seq and accumulation must be positive");
+    if (!p->out_dir) return peft_fail(err, PEFT_ERR_INVALID, "no output folder");
+    int rc = mkdir_p(p->out_dir, err);
+    if (rc) return rc;
+
+    data_loader *ld = NULL;
+    train_graph *g = NULL;
+    adamw_state opt = {0};
+    owned_batch *micro = NULL;
+    history hist = {0};
+    char metrics[4200], svg[4200], line[1024];
+    snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", p->out_dir);
+    snprintf(svg, sizeof svg, "%s/loss.svg", p->out_dir);
+
+    if ((rc = data_loader_new(train, p->batch, p->seq, p->pack, p->seed, pad_id_of(m), &ld, err))) goto done;
+    int total = p->steps;
+    if (total <= 0) total = PEFT_MAX(1, (PEFT_MAX(1, p->epochs) * data_loader_batches_per_epoch(ld)) / p->accum);
+    optim_params op = p->opt;
+    op.total_steps = total;
+    if ((rc = tg_new(m, a, p->batch, p->seq, &g, err))) goto done;
+    if ((rc = adamw_init(&opt, a->n_params, err))) goto done;
+    micro = peft_calloc((size_t)p->accum, sizeof *micro, err);
+    if (!micro) { rc = PEFT_ERR_NOMEM; goto done; }
+    for (int i = 0; i < p->accum; i++)
+        if ((rc = owned_batch_init(&micro[i], p->batch, p->seq, err))) goto done;
+
+    int step = 0, last_ckpt = -1;
+    if (p->resume) {
+        char dir[4096];
+        if ((rc = checkpoint_dir(p->resume, dir, sizeof dir, err)) ||
+            (rc = load_checkpoint(dir, a, m, &opt, ld, &step, err)) ||
+            (rc = trim_metrics(metrics, step, &hist, err)))
+            goto done;
+        last_ckpt = step;
+    } else {
+        unlink(metrics);
+    }
+
+    const int eval_b = p->batch;
+    if (val && val->n > 0 && step == 0) {
+        if ((rc = train_eval(m, a, val, eval_b, p->seq, p->eval_max_batches, &res->val_loss_before, NULL, err))) goto done;
+        snprintf(line, sizeof line, "{\"step\": 0, \"val_loss\": %.6f, \"val_ppl\": %.6f}", res->val_loss_before, exp(res->val_loss_before));
+        if ((rc = append_line(metrics, line, err))) goto done;
+        hist_add(&hist, 0, res->val_loss_before, true);
+        if (p->progress) {
+            train_progress pr = {.step = 0, .total_steps = total, .is_eval = true, .val_loss = res->val_loss_before,
+                                 .val_ppl = exp(res->val_loss_before)};
+            p->progress(&pr, p->user);
+        }
+    }
+
+    const double t0 = peft_time_s();
+    int64_t tokens = 0;
+    const int start_step = step;
+    for (; step < total; step++) {
+        /* gather the step's micro-batches first: token normalisation needs
+         * their target counts */
+        int step_targets = 0;
+        for (int i = 0; i < p->accum; i++) {
+            data_batch b;
+            if ((rc = data_loader_next(ld, &b))) { rc = peft_fail(err, rc, "data loader failed"); goto done; }
+            owned_batch_copy(&micro[i], &b);
+            step_targets += b.n_targets;
+        }
+        memset(a->grads, 0, (size_t)a->n_params * sizeof(float));
+        double step_loss = 0;
+        for (int i = 0; i < p->accum; i++) {
+            const int nt = micro[i].b.n_targets;
+            if (nt == 0) continue;
+            float scale = p->norm == LOSS_NORM_TOKENS ? 1.0f / (float)step_targets : 1.0f / ((float)nt * (float)p->accum);
+            double ls;
+            int cnt;
+            uint64_t dseed = p->seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(step * p->accum + i + 1));
+            rc = tg_run(g, &micro[i].b, true, scale, dseed, &ls, &cnt, err);
+            if (rc == PEFT_ERR_NUMERIC) {
+                rc = peft_fail(err, PEFT_ERR_NUMERIC,
+                               "step %d: the loss is not finite; stopping (the last checkpoint, if any, is %s/LATEST)",
+                               step + 1, p->out_dir);
+                goto done;
+            }
+            if (rc) goto done;
+            step_loss += p->norm == LOSS_NORM_TOKENS ? ls / (double)step_targets : ls / ((double)nt * p->accum);
+        }
+        tokens += step_targets;
+        double gn = grad_norm(a->grads, a->n_params);
+        if (!isfinite(gn)) {
+            rc = peft_fail(err, PEFT_ERR_NUMERIC, "step %d: the gradient is not finite; stopping", step + 1);
+            goto done;
+        }
+        grad_clip(a->grads, a->n_params, gn, op.max_grad_norm);
+        const float lr = sched_lr(&op, step);
+        adamw_step(&opt, a->params, a->grads, lr, &op);
+
+        if (step == start_step) res->first_loss = step_loss;
+        res->last_loss = step_loss;
+        const double el = peft_time_s() - t0;
+        const double tps = el > 0 ? (double)tokens / el : 0;
+        snprintf(line, sizeof line,
+                 "{\"step\": %d, \"epoch\": %d, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens\": %d, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}",
+                 step + 1, data_loader_epoch(ld), step_loss, lr, gn, step_targets, tps, el);
+        if ((rc = append_line(metrics, line, err))) goto done;
+        hist_add(&hist, step + 1, step_loss, false);
+        if (p->progress) {
+            train_progress pr = {.step = step + 1, .total_steps = total, .epoch = data_loader_epoch(ld), .loss = step_loss,
+                                 .lr = lr, .grad_norm = gn, .tokens_per_s = tps, .elapsed_s = el,
+                                 .eta_s = (step + 1 - start_step) > 0 ? el / (step + 1 - start_step) * (total - step - 1) : 0,
+                                 .tokens = tokens};
+            p->progress(&pr, p->user);
+        }
+        const bool last = step + 1 == total;
+        if (val && val->n > 0 && ((p->eval_every > 0 && (step + 1) % p->eval_every == 0) || last)) {
+            double vl;
+            if ((rc = train_eval(m, a, val, eval_b, p->seq, p->eval_max_batches, &vl, NULL, err))) goto done;
+            res->val_loss_after = vl;
+            snprintf(line, sizeof line, "{\"step\": %d, \"val_loss\": %.6f, \"val_ppl\": %.6f}", step + 1, vl, exp(vl));
+            if ((rc = append_line(metrics, line, err))) goto done;
+            hist_add(&hist, step + 1, vl, true);
+            if (p->progress) {
+                train_progress pr = {.step = step + 1, .total_steps = total, .is_eval = true, .val_loss = vl, .val_ppl = exp(vl)};
+                p->progress(&pr, p->user);
+            }
+            if ((rc = write_svg(&hist, svg, err))) goto done;
+        }
+        if (p->save_every > 0 && (step + 1) % p->save_every == 0 && !last) {
+            if ((rc = save_checkpoint(p->out_dir, step + 1, a, m, &opt, ld, last_ckpt, err))) goto done;
+            last_ckpt = step + 1;
+        }
+    }
+    res->steps_done = step - start_step;
+    res->seconds = peft_time_s() - t0;
+    res->tokens = tokens;
+    res->tokens_per_s = res->seconds > 0 ? (double)tokens / res->seconds : 0;
+    if ((rc = write_svg(&hist, svg, err))) goto done;
+    rc = lora_save(a, m, p->out_dir, err);
+done:
+    if (micro)
+        for (int i = 0; i < p->accum; i++) free(micro[i].buf);
+    free(micro);
+    hist_free(&hist);
+    adamw_free(&opt);
+    tg_free(g);
+    data_loader_free(ld);
+    return rc;
+}

@@ -1,0 +1,63 @@
+/* trainer.h — the training loop: batches → forward/backward → AdamW, with
+ * warmup + schedule, clipping, accumulation, periodic evaluation, metrics
+ * (metrics.jsonl, loss.svg), atomic checkpoints and exact resume. */
+#ifndef PEFT_TRAIN_TRAINER_H
+#define PEFT_TRAIN_TRAINER_H
+
+#include "train/graph.h"
+#include "train/optim.h"
+
+typedef enum {
+    LOSS_NORM_TOKENS = 0,   /* Σ loss over the step's targets / their count (HF Trainer) */
+    LOSS_NORM_MICRO         /* mean over micro-batches of each one's token mean */
+} loss_norm;
+
+typedef struct {
+    int step, total_steps, epoch;
+    double loss, lr, grad_norm;
+    double tokens_per_s, elapsed_s, eta_s;
+    bool is_eval;
+    double val_loss, val_ppl;
+    int64_t tokens;        /* target tokens seen so far */
+} train_progress;
+
+typedef void (*train_progress_fn)(const train_progress *p, void *user);
+
+typedef struct {
+    int batch, seq, accum;
+    int steps;             /* > 0: this many optimizer steps */
+    int epochs;            /* used when steps == 0 */
+    bool pack;
+    optim_params opt;
+    loss_norm norm;
+    int eval_every;        /* 0: only at the start and the end */
+    int eval_max_batches;  /* 0: the whole validation set */
+    int save_every;        /* 0: no intermediate checkpoints */
+    uint64_t seed;
+    const char *out_dir;   /* adapter, metrics.jsonl, loss.svg, checkpoints */
+    const char *resume;    /* a run folder (its latest checkpoint) or a checkpoint folder */
+    train_progress_fn progress;
+    void *user;
+} train_params;
+
+typedef struct {
+    int steps_done;
+    double first_loss, last_loss;
+    double val_loss_before, val_loss_after;   /* NAN without validation data */
+    double seconds, tokens_per_s;
+    int64_t tokens;
+} train_result;
+
+train_params train_default_params(void);
+
+/* Trains a's parameters on train (val may be NULL). Writes the final adapter
+ * to out_dir in the HF PEFT format. */
+int train_run(peft_model *m, lora_adapter *a, const data_set *train, const data_set *val,
+              const train_params *p, train_result *res, peft_err *err);
+
+/* Mean loss per target token of d in order (padding batches of batch × seq).
+ * a may be NULL (the base model). */
+int train_eval(peft_model *m, lora_adapter *a, const data_set *d, int batch, int seq, int max_batches,
+               double *mean_loss, int64_t *n_targets, peft_err *err);
+
+#endif
