@@ -1,0 +1,431 @@
+/* data_jsonl.c — JSONL datasets read line by line and tokenized into
+ * examples with loss masks the way Hugging Face TRL's SFTTrainer builds
+ * them, plus the seeded train/validation split. The batch loader lives in
+ * data_loader.c. */
+#include "train/data.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+data_params data_default_params(void) {
+    data_params p = {.seq_len = 1024, .skip_bad = false, .add_eos = true};
+    return p;
+}
+
+void data_free(data_set *d) {
+    if (!d) return;
+    for (int i = 0; i < d->n; i++) {
+        free(d->ex[i].ids);
+        free(d->ex[i].loss);
+    }
+    free(d->ex);
+    memset(d, 0, sizeof *d);
+}
+
+static const char *kind_name(data_kind k) {
+    switch (k) {
+    case DATA_TEXT: return "text";
+    case DATA_PROMPT_COMPLETION: return "prompt/completion";
+    case DATA_MESSAGES: return "messages";
+    case DATA_CLASSIFICATION: return "text/label";
+    }
+    return "?";
+}
+
+/* One example under construction: ids and loss grow together. */
+typedef struct {
+    int32_t *ids;
+    uint8_t *loss;
+    int n, cap;
+} ex_buf;
+
+static int ex_push(ex_buf *e, const int32_t *ids, int n, uint8_t loss) {
+    if (e->n + n > e->cap) {
+        int cap = e->cap ? e->cap : 64;
+        while (cap < e->n + n) cap *= 2;
+        int32_t *ni = realloc(e->ids, (size_t)cap * sizeof *ni);
+        if (!ni) return PEFT_ERR_NOMEM;
+        e->ids = ni;
+        uint8_t *nl = realloc(e->loss, (size_t)cap);
+        if (!nl) return PEFT_ERR_NOMEM;
+        e->loss = nl;
+        e->cap = cap;
+    }
+    memcpy(e->ids + e->n, ids, (size_t)n * sizeof *ids);
+    memset(e->loss + e->n, loss, (size_t)n);
+    e->n += n;
+    return 0;
+}
+
+static void ex_reset(ex_buf *e) { e->n = 0; }
+
+/* Encodes s[0..len) and appends it with the given loss flag. */
+static int push_text(ex_buf *e, const bpe_tokenizer *tok, const char *s, size_t len, bool add_special,
+                     uint8_t loss, peft_err *err) {
+    int32_t *ids = NULL;
+    int n = 0;
+    int rc = bpe_encode(tok, s, len, add_special, true, &ids, &n, err);
+    if (!rc && ex_push(e, ids, n, loss)) rc = peft_fail(err, PEFT_ERR_NOMEM, "out of memory");
+    free(ids);
+    return rc;
+}
+
+/* Appends EOS unless the sequence already ends with it (as TRL does). */
+static int push_eos(ex_buf *e, const bpe_tokenizer *tok, uint8_t loss, peft_err *err) {
+    int32_t eos = bpe_eos_id(tok);
+    if (eos < 0 || (e->n > 0 && e->ids[e->n - 1] == eos)) return 0;
+    if (ex_push(e, &eos, 1, loss)) return peft_fail(err, PEFT_ERR_NOMEM, "out of memory");
+    return 0;
+}
+
+/* A string field of a row. Writes the "missing"/"must be a string" message. */
+static int get_string(const cJSON *row, const char *key, const char **out, peft_err *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(row, key);
+    if (!v) return peft_fail(err, PEFT_ERR_FORMAT, "missing field \"%s\"", key);
+    if (!cJSON_IsString(v) || !v->valuestring)
+        return peft_fail(err, PEFT_ERR_FORMAT, "\"%s\" must be a string", key);
+    *out = v->valuestring;
+    return 0;
+}
+
+/* The kind a row claims by its fields; the fields themselves are checked
+ * when the row is tokenized. */
+static int row_kind(const cJSON *row, data_kind *k, peft_err *err) {
+    if (cJSON_GetObjectItemCaseSensitive(row, "messages")) *k = DATA_MESSAGES;
+    else if (cJSON_GetObjectItemCaseSensitive(row, "prompt") || cJSON_GetObjectItemCaseSensitive(row, "completion"))
+        *k = DATA_PROMPT_COMPLETION;
+    else if (cJSON_GetObjectItemCaseSensitive(row, "label")) *k = DATA_CLASSIFICATION;
+    else if (cJSON_GetObjectItemCaseSensitive(row, "text")) *k = DATA_TEXT;
+    else
+        return peft_fail(err, PEFT_ERR_FORMAT,
+                         "no \"text\", \"prompt\"/\"completion\" or \"messages\" field");
+    return 0;
+}
+
+static bool is_stop(const bpe_tokenizer *tok, const int32_t *stops, int n_stops, int32_t id) {
+    if (id == bpe_eos_id(tok)) return true;
+    for (int i = 0; i < n_stops; i++)
+        if (stops[i] == id) return true;
+    return false;
+}
+
+/* Formats msgs[0..n) and checks the result is a prefix of the whole
+ * conversation's text, starting at or after `from`; returns its length. */
+static int prefix_len(const bpe_tokenizer *tok, const bpe_chat_msg *msgs, int n, bool gen, const char *full,
+                      size_t full_len, size_t from, size_t *len, peft_err *err) {
+    char *s = NULL;
+    int rc = bpe_chat_format(tok, msgs, n, gen, &s, err);
+    if (rc) return rc;
+    size_t l = strlen(s);
+    bool ok = l <= full_len && l >= from && memcmp(s, full, l) == 0;
+    free(s);
+    if (!ok)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+                         "the chat template does not format a conversation's prefix as a prefix of it");
+    *len = l;
+    return 0;
+}
+
+/* Messages: the whole conversation through the chat template, loss on each
+ * assistant message's content and its end-of-turn token. The assistant
+ * spans come from formatting prefixes of the conversation (with and without
+ * the generation prompt) so that we never parse the template's output; each
+ * span between two prefixes is tokenized on its own, which is only sound if
+ * the pieces tokenize as the whole does (true for ChatML and Llama 3, whose
+ * special tokens split the text) — checked, not assumed. */
+static int tok_messages(const cJSON *row, const bpe_tokenizer *tok, ex_buf *e, peft_err *err) {
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(row, "messages");
+    if (!cJSON_IsArray(arr)) return peft_fail(err, PEFT_ERR_FORMAT, "\"messages\" must be an array");
+    int n = cJSON_GetArraySize(arr);
+    if (n == 0) return peft_fail(err, PEFT_ERR_FORMAT, "\"messages\" is empty");
+    bpe_chat_msg *msgs = peft_calloc((size_t)n, sizeof *msgs, err);
+    if (!msgs) return PEFT_ERR_NOMEM;
+    int rc = 0, i = 0;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, arr) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!cJSON_IsObject(m)) rc = peft_fail(err, PEFT_ERR_FORMAT, "messages[%d] must be an object", i);
+        else if (!cJSON_IsString(role) || !role->valuestring)
+            rc = peft_fail(err, PEFT_ERR_FORMAT, "messages[%d]: \"role\" must be a string", i);
+        else if (strcmp(role->valuestring, "system") && strcmp(role->valuestring, "user") &&
+                 strcmp(role->valuestring, "assistant"))
+            rc = peft_fail(err, PEFT_ERR_FORMAT,
+                           "messages[%d]: role \"%.40s\" is not system, user or assistant", i,
+                           role->valuestring);
+        else if (!cJSON_IsString(content) || !content->valuestring)
+            rc = peft_fail(err, PEFT_ERR_FORMAT, "messages[%d]: \"content\" must be a string", i);
+        if (rc) break;
+        msgs[i].role = role->valuestring;
+        msgs[i].content = content->valuestring;
+        i++;
+    }
+    char *full = NULL;
+    int32_t *whole = NULL;
+    int n_whole = 0;
+    if (!rc) rc = bpe_chat_format(tok, msgs, n, false, &full, err);
+    if (!rc) rc = bpe_encode(tok, full, strlen(full), false, true, &whole, &n_whole, err);
+
+    int32_t stops[16];
+    int n_stops = bpe_stop_tokens(tok, stops, 16);
+    size_t full_len = full ? strlen(full) : 0, prev = 0;
+    for (i = 0; i < n && !rc; i++) {
+        bool asst = !strcmp(msgs[i].role, "assistant");
+        size_t end = prev;
+        if (asst) {
+            /* Everything up to and including the assistant header is context. */
+            rc = prefix_len(tok, msgs, i, true, full, full_len, prev, &end, err);
+            if (!rc && end > prev) rc = push_text(e, tok, full + prev, end - prev, false, 0, err);
+            if (rc) break;
+            prev = end;
+        }
+        rc = prefix_len(tok, msgs, i + 1, false, full, full_len, prev, &end, err);
+        if (rc) break;
+        int start = e->n;
+        if (end > prev) rc = push_text(e, tok, full + prev, end - prev, false, 0, err);
+        if (rc) break;
+        prev = end;
+        if (asst) {
+            /* The content and the end-of-turn token; whatever the template
+             * writes after that token (ChatML's "\n") is not the model's. */
+            int last = e->n - 1;
+            while (last >= start && !is_stop(tok, stops, n_stops, e->ids[last])) last--;
+            if (last < start) last = e->n - 1;
+            memset(e->loss + start, 1, (size_t)(last + 1 - start));
+        }
+    }
+    if (!rc && prev < full_len) rc = push_text(e, tok, full + prev, full_len - prev, false, 0, err);
+    if (!rc && (e->n != n_whole || memcmp(e->ids, whole, (size_t)n_whole * sizeof *whole) != 0))
+        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED,
+                       "the chat template's turns do not tokenize the same apart as together, "
+                       "so the assistant tokens cannot be found");
+    free(whole);
+    free(full);
+    free(msgs);
+    return rc;
+}
+
+/* Tokenizes one parsed row of kind k into e (and *label). */
+static int tok_row(const cJSON *row, data_kind k, const bpe_tokenizer *tok, const data_params *p, ex_buf *e,
+                   int *label, peft_err *err) {
+    const char *a = NULL, *b = NULL;
+    int rc = 0;
+    *label = -1;
+    switch (k) {
+    case DATA_TEXT:
+        /* Every token but the first is a target: nothing predicts token 0. */
+        if ((rc = get_string(row, "text", &a, err))) return rc;
+        if ((rc = push_text(e, tok, a, strlen(a), true, 1, err))) return rc;
+        if (p->add_eos && (rc = push_eos(e, tok, 1, err))) return rc;
+        if (e->n > 0) e->loss[0] = 0;
+        return 0;
+    case DATA_PROMPT_COMPLETION:
+        /* Tokenized apart and concatenated, as TRL does, so the boundary
+         * is exact even where BPE would merge across it. */
+        if ((rc = get_string(row, "prompt", &a, err)) || (rc = get_string(row, "completion", &b, err))) return rc;
+        if ((rc = push_text(e, tok, a, strlen(a), true, 0, err))) return rc;
+        if ((rc = push_text(e, tok, b, strlen(b), false, 1, err))) return rc;
+        if (p->add_eos && (rc = push_eos(e, tok, 1, err))) return rc;
+        return 0;
+    case DATA_MESSAGES:
+        return tok_messages(row, tok, e, err);
+    case DATA_CLASSIFICATION: {
+        if ((rc = get_string(row, "text", &a, err))) return rc;
+        const cJSON *l = cJSON_GetObjectItemCaseSensitive(row, "label");
+        double v = cJSON_IsNumber(l) ? l->valuedouble : -1;
+        if (!cJSON_IsNumber(l) || !(v >= 0) || v != floor(v) || v > INT_MAX)
+            return peft_fail(err, PEFT_ERR_FORMAT, "\"label\" must be a non-negative integer");
+        *label = (int)v;
+        /* No EOS: the classifier reads the last real token. */
+        return push_text(e, tok, a, strlen(a), true, 0, err);
+    }
+    }
+    return peft_fail(err, PEFT_ERR_INVALID, "unknown data kind");
+}
+
+static int add_example(data_set *d, int *cap, const ex_buf *e, int label, peft_err *err) {
+    if (d->n == *cap) {
+        int nc = *cap ? *cap * 2 : 256;
+        data_example *ne = realloc(d->ex, (size_t)nc * sizeof *ne);
+        if (!ne) return peft_fail(err, PEFT_ERR_NOMEM, "out of memory");
+        d->ex = ne;
+        *cap = nc;
+    }
+    data_example *x = &d->ex[d->n];
+    x->ids = peft_malloc((size_t)e->n * sizeof *x->ids, err);
+    x->loss = peft_malloc((size_t)e->n, err);
+    if (!x->ids || !x->loss) {
+        free(x->ids);
+        free(x->loss);
+        return PEFT_ERR_NOMEM;
+    }
+    memcpy(x->ids, e->ids, (size_t)e->n * sizeof *x->ids);
+    memcpy(x->loss, e->loss, (size_t)e->n);
+    x->n = e->n;
+    x->label = label;
+    d->n++;
+    return 0;
+}
+
+static bool blank(const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r' && s[i] != '\n') return false;
+    return true;
+}
+
+int data_load_jsonl(const char *path, const bpe_tokenizer *tok, const data_params *p, data_set *out,
+                    peft_err *err) {
+    memset(out, 0, sizeof *out);
+    data_params dp = p ? *p : data_default_params();
+    FILE *f = fopen(path, "rb");
+    if (!f) return peft_fail(err, PEFT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+
+    data_set d = {0};
+    int cap = 0, rc = 0;
+    bool have_kind = false;
+    long first_line = 0;
+    char *line = NULL;
+    size_t line_cap = 0;
+    ex_buf e = {0};
+    peft_err rerr = {0};
+    for (long lineno = 1;; lineno++) {
+        errno = 0;
+        ssize_t got = getline(&line, &line_cap, f);
+        if (got < 0) {
+            if (ferror(f)) rc = peft_fail(err, PEFT_ERR_IO, "%s:%ld: read error: %s", path, lineno, strerror(errno));
+            break;
+        }
+        size_t len = (size_t)got;
+        /* \n and \r\n endings alike; the last line may have neither. */
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+        if (blank(line, len)) continue;
+        d.n_lines++;
+
+        int row_rc = 0, label = -1;
+        data_kind k = DATA_TEXT;
+        cJSON *row = NULL;
+        ex_reset(&e);
+        peft_err_clear(&rerr);
+        if (strlen(line) != len) row_rc = peft_fail(&rerr, PEFT_ERR_FORMAT, "contains a NUL byte");
+        else if (!(row = cJSON_ParseWithOpts(line, NULL, 1))) row_rc = peft_fail(&rerr, PEFT_ERR_FORMAT, "not valid JSON");
+        else if (!cJSON_IsObject(row)) row_rc = peft_fail(&rerr, PEFT_ERR_FORMAT, "not a JSON object");
+        else row_rc = row_kind(row, &k, &rerr);
+        if (!row_rc && have_kind && k != d.kind)
+            row_rc = peft_fail(&rerr, PEFT_ERR_FORMAT, "a %s row, but the file's rows are %s rows (line %ld)",
+                               kind_name(k), kind_name(d.kind), first_line);
+        if (!row_rc) row_rc = tok_row(row, k, tok, &dp, &e, &label, &rerr);
+        cJSON_Delete(row);
+        /* The tokenizer calls text it cannot take (bad UTF-8) an invalid
+         * argument; here it is a malformed line of the file. */
+        if (row_rc == PEFT_ERR_INVALID) row_rc = PEFT_ERR_FORMAT;
+        if (row_rc == PEFT_ERR_NOMEM) {
+            rc = peft_fail(err, row_rc, "%s:%ld: %s", path, lineno, rerr.msg);
+            break;
+        }
+        if (row_rc) {
+            if (dp.skip_bad) {
+                d.n_skipped++;
+                d.n_bad++;
+                continue;
+            }
+            rc = peft_fail(err, row_rc, "%s:%ld: %s", path, lineno, rerr.msg);
+            break;
+        }
+        if (!have_kind) {
+            have_kind = true;
+            d.kind = k;
+            first_line = lineno;
+        }
+        if (dp.seq_len > 0 && e.n > dp.seq_len) {
+            e.n = dp.seq_len; /* keeps the start: the prompt, the first turns */
+            d.n_truncated++;
+        }
+        bool any_loss = false;
+        for (int i = 1; i < e.n && !any_loss; i++) any_loss = e.loss[i];
+        /* A row that trains nothing (a prompt cut before its completion, a
+         * conversation without an assistant turn) is dropped, not kept as
+         * dead weight; classification rows train through their label. */
+        if (e.n == 0 || (k != DATA_CLASSIFICATION && !any_loss)) {
+            d.n_skipped++;
+            d.n_no_loss++;
+            continue;
+        }
+        if ((rc = add_example(&d, &cap, &e, label, err))) break;
+        d.n_tokens += e.n;
+        for (int i = 1; i < e.n; i++) d.n_loss_tokens += e.loss[i];
+        if (label + 1 > d.n_labels) d.n_labels = label + 1;
+    }
+    free(line);
+    free(e.ids);
+    free(e.loss);
+    fclose(f);
+    if (!rc && d.n == 0)
+        rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: no usable examples (%d lines, %d skipped)", path, d.n_lines,
+                       d.n_skipped);
+    if (rc) {
+        data_free(&d);
+        return rc;
+    }
+    *out = d;
+    return 0;
+}
+
+/* Recounts the token totals after a split. */
+static void recount(data_set *d) {
+    d->n_tokens = d->n_loss_tokens = 0;
+    for (int i = 0; i < d->n; i++) {
+        d->n_tokens += d->ex[i].n;
+        for (int t = 1; t < d->ex[i].n; t++) d->n_loss_tokens += d->ex[i].loss[t];
+    }
+}
+
+int data_split(data_set *d, double val_fraction, uint64_t seed, data_set *val, peft_err *err) {
+    memset(val, 0, sizeof *val);
+    if (!(val_fraction >= 0 && val_fraction < 1))
+        return peft_fail(err, PEFT_ERR_INVALID, "validation fraction %g is not in [0, 1)", val_fraction);
+    int n = d->n;
+    int k = (int)llround(n * val_fraction);
+    if (k == 0 && val_fraction > 0 && n > 1) k = 1;
+    if (k > n - 1) k = n > 0 ? n - 1 : 0; /* training keeps at least one */
+    val->kind = d->kind;
+    val->n_labels = d->n_labels;
+    if (k == 0) return 0;
+
+    /* The first k of a seeded partial Fisher-Yates shuffle choose val. */
+    int *idx = peft_malloc((size_t)n * sizeof *idx, err);
+    uint8_t *pick = peft_calloc((size_t)n, 1, err);
+    data_example *tr = peft_malloc((size_t)(n - k) * sizeof *tr, err);
+    data_example *va = peft_malloc((size_t)k * sizeof *va, err);
+    if (!idx || !pick || !tr || !va) {
+        free(idx); free(pick); free(tr); free(va);
+        return PEFT_ERR_NOMEM;
+    }
+    for (int i = 0; i < n; i++) idx[i] = i;
+    peft_rng r;
+    peft_rng_seed(&r, seed);
+    for (int i = 0; i < k; i++) {
+        int j = i + (int)(peft_rng_u64(&r) % (uint64_t)(n - i));
+        int t = idx[i]; idx[i] = idx[j]; idx[j] = t;
+        pick[idx[i]] = 1;
+    }
+    int a = 0, b = 0;
+    for (int i = 0; i < n; i++) {
+        if (pick[i]) va[b++] = d->ex[i];
+        else tr[a++] = d->ex[i];
+    }
+    free(idx);
+    free(pick);
+    free(d->ex);
+    d->ex = tr;
+    d->n = a;
+    val->ex = va;
+    val->n = b;
+    recount(d);
+    recount(val);
+    return 0;
+}
