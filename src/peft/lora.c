@@ -1,0 +1,329 @@
+/* lora.c — LoRA adapter configuration, target parsing, allocation and
+ * initialisation (as Hugging Face PEFT does it).
+ *
+ * Layout: modules are ordered layer-major, then by model_linear_role; each
+ * module owns A (r, in) followed by B (out, r) in one contiguous f32 params
+ * block, and the same offsets in the grads block. */
+#include "peft/lora.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+lora_config lora_default_config(void) {
+    lora_config c;
+    memset(&c, 0, sizeof c);
+    c.r = 8;
+    c.alpha = 16.0f;
+    c.dropout = 0.0f;
+    c.rslora = false;
+    c.init = LORA_INIT_KAIMING;
+    c.targets = 0;   /* the architecture's default: see lora_default_targets */
+    c.layers = 0;    /* all layers */
+    c.seed = 42;
+    return c;
+}
+
+uint32_t lora_default_targets(const peft_model *m) {
+    /* HF PEFT's defaults for these model types: llama-family q_proj, v_proj;
+     * GPT-2 c_attn. */
+    if (m->cfg.arch == PEFT_ARCH_GPT2) return 1u << ROLE_QKV;
+    return (1u << ROLE_Q) | (1u << ROLE_V);
+}
+
+float lora_scale(const lora_config *c) {
+    if (c->r <= 0) return 0.0f;
+    return c->rslora ? c->alpha / sqrtf((float)c->r) : c->alpha / (float)c->r;
+}
+
+float lora_scale_r(const lora_config *c, int r) {
+    lora_config t = *c;
+    t.r = r;
+    return lora_scale(&t);
+}
+
+/* ---- target names ---------------------------------------------------------- */
+
+/* Short names accepted per architecture, with the roles each one selects.
+ * GPT-2's "c_proj" is a suffix of both attn.c_proj (ROLE_O) and mlp.c_proj
+ * (ROLE_DOWN), so, as with HF PEFT's suffix matching, it selects both; the
+ * qualified "attn.c_proj" / "mlp.c_proj" select one. */
+typedef struct {
+    const char *name;
+    uint32_t bits;
+} target_name;
+
+#define B(r) (1u << (r))
+static const target_name llama_names[] = {
+    {"q_proj", B(ROLE_Q)},       {"k_proj", B(ROLE_K)},       {"v_proj", B(ROLE_V)},
+    {"o_proj", B(ROLE_O)},       {"gate_proj", B(ROLE_GATE)}, {"up_proj", B(ROLE_UP)},
+    {"down_proj", B(ROLE_DOWN)}, {"self_attn.q_proj", B(ROLE_Q)}, {"self_attn.k_proj", B(ROLE_K)},
+    {"self_attn.v_proj", B(ROLE_V)}, {"self_attn.o_proj", B(ROLE_O)}, {"mlp.gate_proj", B(ROLE_GATE)},
+    {"mlp.up_proj", B(ROLE_UP)}, {"mlp.down_proj", B(ROLE_DOWN)}, {NULL, 0}};
+static const target_name gpt2_names[] = {
+    {"c_attn", B(ROLE_QKV)},     {"c_proj", B(ROLE_O) | B(ROLE_DOWN)}, {"c_fc", B(ROLE_UP)},
+    {"attn.c_attn", B(ROLE_QKV)}, {"attn.c_proj", B(ROLE_O)},          {"mlp.c_fc", B(ROLE_UP)},
+    {"mlp.c_proj", B(ROLE_DOWN)}, {NULL, 0}};
+#undef B
+
+static const target_name *names_for(const peft_model *m) {
+    return m->cfg.arch == PEFT_ARCH_GPT2 ? gpt2_names : llama_names;
+}
+
+uint32_t lora_all_linear_targets(const peft_model *m) {
+    /* Every linear inside the blocks; the output head is never a target
+     * (HF PEFT's "all-linear" excludes it too). */
+    uint32_t t = 0;
+    for (int r = 0; r < ROLE_N_LINEAR; r++)
+        if (m->cfg.n_layer > 0 && m->layers && m->layers[0].lin[r].present) t |= 1u << r;
+    if (!t) {
+        /* no layers loaded: fall back to the architecture's full set */
+        t = m->cfg.arch == PEFT_ARCH_GPT2
+                ? (1u << ROLE_QKV) | (1u << ROLE_O) | (1u << ROLE_UP) | (1u << ROLE_DOWN)
+                : (1u << ROLE_Q) | (1u << ROLE_K) | (1u << ROLE_V) | (1u << ROLE_O) | (1u << ROLE_GATE) |
+                      (1u << ROLE_UP) | (1u << ROLE_DOWN);
+    }
+    return t;
+}
+
+int lora_parse_targets(const peft_model *m, const char *list, uint32_t *targets, peft_err *err) {
+    *targets = 0;
+    const char *arch = m->cfg.arch_name[0] ? m->cfg.arch_name : "this model";
+    const char *expect = m->cfg.arch == PEFT_ARCH_GPT2 ? "c_attn, c_proj, c_fc or all-linear"
+                                                       : "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+                                                         "down_proj or all-linear";
+    if (!list) return peft_fail(err, PEFT_ERR_INVALID, "LoRA targets: no list given (expected %s)", expect);
+    uint32_t t = 0;
+    int n = 0;
+    const char *p = list;
+    while (*p) {
+        while (*p == ',' || isspace((unsigned char)*p)) p++;
+        if (!*p) break;
+        const char *s = p;
+        while (*p && *p != ',') p++;
+        const char *e = p;
+        while (e > s && isspace((unsigned char)e[-1])) e--;
+        size_t len = (size_t)(e - s);
+        char name[64];
+        if (len >= sizeof name)
+            return peft_fail(err, PEFT_ERR_INVALID, "LoRA targets: unknown module '%.*s' for %s (expected %s)",
+                             (int)PEFT_MIN(len, 80), s, arch, expect);
+        memcpy(name, s, len);
+        name[len] = 0;
+        n++;
+        if (strcmp(name, "all-linear") == 0) {
+            t |= lora_all_linear_targets(m);
+            continue;
+        }
+        uint32_t bits = 0;
+        for (const target_name *tn = names_for(m); tn->name; tn++)
+            if (strcmp(tn->name, name) == 0) bits = tn->bits;
+        if (!bits)
+            return peft_fail(err, PEFT_ERR_INVALID, "LoRA targets: unknown module '%s' for %s (expected %s)", name,
+                             arch, expect);
+        t |= bits;
+    }
+    if (n == 0) return peft_fail(err, PEFT_ERR_INVALID, "LoRA targets: empty list (expected %s)", expect);
+    *targets = t;
+    return 0;
+}
+
+int lora_target_names(const peft_model *m, uint32_t targets, const char **names, int cap) {
+    int n = 0;
+#define ADD(s) do { if (n < cap) names[n] = (s); n++; } while (0)
+    if (m->cfg.arch == PEFT_ARCH_GPT2) {
+        const uint32_t o = 1u << ROLE_O, d = 1u << ROLE_DOWN;
+        if (targets & (1u << ROLE_QKV)) ADD("c_attn");
+        if (targets & (1u << ROLE_UP)) ADD("c_fc");
+        /* "c_proj" alone would match both projections in HF PEFT */
+        if ((targets & o) && (targets & d)) ADD("c_proj");
+        else if (targets & o) ADD("attn.c_proj");
+        else if (targets & d) ADD("mlp.c_proj");
+    } else {
+        for (int r = 0; r < ROLE_N_LINEAR; r++)
+            if ((targets & (1u << r)) && model_linear_name(m, (model_linear_role)r))
+                ADD(model_linear_name(m, (model_linear_role)r));
+    }
+#undef ADD
+    return n;
+}
+
+/* ---- allocation ------------------------------------------------------------ */
+
+bool lora_layer_selected(uint64_t layers, int l) {
+    if (layers == 0) return true;
+    return l < 64 && (layers >> l) & 1u;
+}
+
+int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, lora_adapter **out,
+               peft_err *err) {
+    *out = NULL;
+    const int nl = m->cfg.n_layer, ns = nl * ROLE_N_LINEAR;
+    int n_mod = 0;
+    int64_t n_params = 0;
+    for (int s = 0; s < ns; s++) {
+        if (slot_r[s] <= 0) continue;
+        const model_linear *lin = &m->layers[s / ROLE_N_LINEAR].lin[s % ROLE_N_LINEAR];
+        n_mod++;
+        n_params += (int64_t)slot_r[s] * (lin->w.cols + lin->w.rows);
+    }
+    lora_adapter *a = peft_calloc(1, sizeof *a, err);
+    if (!a) return PEFT_ERR_NOMEM;
+    a->cfg = *cfg;
+    a->n_layer = nl;
+    a->n_modules = n_mod;
+    a->n_params = n_params;
+    a->mods = peft_calloc((size_t)(n_mod ? n_mod : 1), sizeof *a->mods, err);
+    a->slot = peft_calloc((size_t)(ns ? ns : 1), sizeof *a->slot, err);
+    a->params = peft_calloc((size_t)(n_params ? n_params : 1), sizeof(float), err);
+    a->grads = peft_calloc((size_t)(n_params ? n_params : 1), sizeof(float), err);
+    if (!a->mods || !a->slot || !a->params || !a->grads) {
+        lora_free(a);
+        return PEFT_ERR_NOMEM;
+    }
+    int64_t off = 0;
+    int k = 0;
+    for (int s = 0; s < ns; s++) {
+        if (slot_r[s] <= 0) continue;
+        const model_linear *lin = &m->layers[s / ROLE_N_LINEAR].lin[s % ROLE_N_LINEAR];
+        lora_module *md = &a->mods[k++];
+        md->layer = s / ROLE_N_LINEAR;
+        md->role = (model_linear_role)(s % ROLE_N_LINEAR);
+        md->in = (int)lin->w.cols;
+        md->out = (int)lin->w.rows;
+        md->r = slot_r[s];
+        md->scale = lora_scale_r(cfg, md->r);
+        md->A = a->params + off;
+        md->gA = a->grads + off;
+        off += (int64_t)md->r * md->in;
+        md->B = a->params + off;
+        md->gB = a->grads + off;
+        off += (int64_t)md->out * md->r;
+        a->slot[s] = md;
+    }
+    *out = a;
+    return 0;
+}
+
+/* Kaiming-uniform with a = sqrt(5) on a (rows, fan_in) matrix, as
+ * nn.Linear.reset_parameters: gain = sqrt(2 / (1 + a²)) = sqrt(1/3),
+ * bound = gain · sqrt(3 / fan_in) = 1 / sqrt(fan_in). */
+static void kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng) {
+    const float bound = 1.0f / sqrtf((float)fan_in);
+    for (int64_t i = 0; i < n; i++) w[i] = (2.0f * peft_rng_uniform(rng) - 1.0f) * bound;
+}
+
+int lora_new(const peft_model *m, const lora_config *cfg, lora_adapter **out, peft_err *err) {
+    *out = NULL;
+    if (cfg->r <= 0 || cfg->r > 65536)
+        return peft_fail(err, PEFT_ERR_INVALID, "LoRA: rank r must be in 1..65536, got %d", cfg->r);
+    if (!(cfg->dropout >= 0.0f && cfg->dropout < 1.0f))
+        return peft_fail(err, PEFT_ERR_INVALID, "LoRA: dropout must be in [0, 1), got %g", (double)cfg->dropout);
+    if (!isfinite(cfg->alpha))
+        return peft_fail(err, PEFT_ERR_INVALID, "LoRA: alpha must be finite");
+    const int nl = m->cfg.n_layer;
+    if (cfg->layers && (nl >= 64 ? false : (cfg->layers >> nl) != 0)) {
+        int hi = 63;
+        while (!((cfg->layers >> hi) & 1u)) hi--;
+        return peft_fail(err, PEFT_ERR_INVALID, "LoRA: layer %d selected but %s has %d layers", hi, m->path, nl);
+    }
+    lora_config c = *cfg;
+    if (!c.targets) c.targets = lora_default_targets(m);
+    for (int r = 0; r < ROLE_N_LINEAR; r++)
+        if ((c.targets & (1u << r)) && (nl == 0 || !m->layers[0].lin[r].present))
+            return peft_fail(err, PEFT_ERR_INVALID, "LoRA: target role %d does not exist in %s (%s)", r, m->path,
+                             m->cfg.arch_name);
+    if (c.targets >> ROLE_N_LINEAR)
+        return peft_fail(err, PEFT_ERR_INVALID, "LoRA: target bits 0x%x name no linear", (unsigned)c.targets);
+    int *slot_r = peft_calloc((size_t)(nl ? nl : 1) * ROLE_N_LINEAR, sizeof(int), err);
+    if (!slot_r) return PEFT_ERR_NOMEM;
+    int n = 0;
+    for (int l = 0; l < nl; l++)
+        for (int r = 0; r < ROLE_N_LINEAR; r++)
+            if (lora_layer_selected(c.layers, l) && (c.targets & (1u << r)) && m->layers[l].lin[r].present) {
+                slot_r[l * ROLE_N_LINEAR + r] = c.r;
+                n++;
+            }
+    if (n == 0) {
+        free(slot_r);
+        return peft_fail(err, PEFT_ERR_INVALID, "LoRA: no linear layer of %s is targeted", m->path);
+    }
+    lora_adapter *a = NULL;
+    int rc = lora_alloc(m, &c, slot_r, &a, err);
+    free(slot_r);
+    if (rc) return rc;
+    a->base_model = peft_strdup(m->path, err);
+    if (!a->base_model) { lora_free(a); return PEFT_ERR_NOMEM; }
+    peft_rng rng;
+    peft_rng_seed(&rng, c.seed);
+    for (int i = 0; i < a->n_modules; i++) {
+        lora_module *md = &a->mods[i];
+        const int64_t na = (int64_t)md->r * md->in, nb = (int64_t)md->out * md->r;
+        switch (c.init) {
+        case LORA_INIT_GAUSSIAN:
+            /* HF PEFT init_lora_weights="gaussian": A ~ N(0, std = 1/r), B = 0 */
+            for (int64_t k = 0; k < na; k++) md->A[k] = peft_rng_normal(&rng) / (float)md->r;
+            break;
+        case LORA_INIT_ZERO_B_RANDOM_BOTH:
+            /* HF PEFT init_lora_weights=False: both keep nn.Linear's default
+             * kaiming-uniform, so the adapter is not a no-op at step 0. */
+            kaiming_uniform(md->A, na, md->in, &rng);
+            kaiming_uniform(md->B, nb, md->r, &rng);
+            break;
+        case LORA_INIT_KAIMING:
+        default:
+            kaiming_uniform(md->A, na, md->in, &rng);
+            break;
+        }
+    }
+    *out = a;
+    return 0;
+}
+
+void lora_free(lora_adapter *a) {
+    if (!a) return;
+    free(a->mods);
+    free(a->slot);
+    free(a->params);
+    free(a->grads);
+    free(a->base_model);
+    free(a);
+}
+
+lora_module *lora_find(const lora_adapter *a, int layer, model_linear_role role) {
+    if (!a || !a->slot || layer < 0 || layer >= a->n_layer || (int)role < 0 || role >= ROLE_N_LINEAR)
+        return NULL;
+    return a->slot[layer * ROLE_N_LINEAR + role];
+}
+
+/* ---- GGUF naming and llama.cpp's Q/K row order -------------------------------- */
+
+int lora_gguf_weight_name(int layer, model_linear_role r, char *buf, size_t cap) {
+    static const char *const names[ROLE_N_LINEAR] = {"attn_q",      "attn_k",   "attn_v", "attn_qkv",
+                                                     "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+    if ((int)r < 0 || r >= ROLE_N_LINEAR) return PEFT_ERR_INVALID;
+    snprintf(buf, cap, "blk.%d.%s.weight", layer, names[r]);
+    return 0;
+}
+
+bool lora_gguf_permutes(const peft_model *m, model_linear_role r, int *n_heads) {
+    if (m->cfg.arch != PEFT_ARCH_LLAMA || strcmp(m->cfg.arch_name, "qwen2") == 0) return false;
+    if (r == ROLE_Q) { *n_heads = m->cfg.n_head; return true; }
+    if (r == ROLE_K) { *n_heads = m->cfg.n_kv_head; return true; }
+    return false;
+}
+
+/* Within each head of hd rows, GGUF row 2i + j holds HF row j·hd/2 + i
+ * (i < hd/2, j < 2): llama.cpp's permute(n_head) for its interleaved RoPE. */
+void lora_permute_rows(void *dst, const void *src, int64_t rows, size_t row_bytes, int n_heads, bool to_gguf) {
+    const int64_t hd = rows / n_heads, half = hd / 2;
+    for (int64_t h = 0; h < n_heads; h++)
+        for (int64_t j = 0; j < 2; j++)
+            for (int64_t i = 0; i < half; i++) {
+                const int64_t g = h * hd + 2 * i + j, f = h * hd + j * half + i;
+                const int64_t d = to_gguf ? g : f, s = to_gguf ? f : g;
+                memcpy((char *)dst + (size_t)d * row_bytes, (const char *)src + (size_t)s * row_bytes, row_bytes);
+            }
+}

@@ -1,0 +1,79 @@
+/* lora_export.c — llama.cpp's GGUF LoRA adapter format.
+ *
+ * KV: general.architecture (the base's llama.cpp architecture),
+ *     general.type = "adapter", adapter.type = "lora", adapter.lora.alpha.
+ * Tensors, per adapted base tensor <t> (e.g. blk.0.attn_q.weight):
+ *     <t>.lora_a  F32 ne = [in, r]   (row-major A, r rows of `in`)
+ *     <t>.lora_b  F32 ne = [r, out]  (row-major B, out rows of r)
+ * llama.cpp checks base.ne[0] == a.ne[0], base.ne[1] == b.ne[1] and
+ * a.ne[1] == b.ne[0], and computes the delta as s·B·(A·x) with
+ * s = alpha / b.ne[0] (alpha / r). So alpha is written as s·r: the same
+ * number as lora_alpha without rsLoRA, and alpha·sqrt(r) with it.
+ *
+ * llama.cpp's converter permutes the rows of llama Q/K weights for its
+ * interleaved RoPE; the delta B·A must follow, i.e. the rows of B get the
+ * same permutation (A is untouched), as its LoraTorchTensor does. */
+#include "peft/lora.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* llama.cpp's architecture name for m. */
+static const char *gguf_arch(const peft_model *m) {
+    if (m->gguf) {
+        const char *a = gguf_get_str(m->gguf, "general.architecture");
+        if (a) return a;
+    }
+    if (m->cfg.arch == PEFT_ARCH_GPT2) return "gpt2";
+    if (strcmp(m->cfg.arch_name, "qwen2") == 0) return "qwen2";
+    return "llama";   /* llama, mistral: convert_hf_to_gguf's LlamaModel */
+}
+
+int lora_export_gguf(const lora_adapter *a, const peft_model *m, const char *path, peft_err *err) {
+    if (a->n_modules == 0) return peft_fail(err, PEFT_ERR_INVALID, "%s: the adapter has no modules", path);
+    /* Uniform rank keeps one alpha valid for every tensor. */
+    const int r0 = a->mods[0].r;
+    const float s0 = a->mods[0].scale;
+    for (int i = 1; i < a->n_modules; i++)
+        if (a->mods[i].r != r0 || a->mods[i].scale != s0)
+            return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+                             "%s: llama.cpp LoRA files have one alpha; modules with different ranks or scales "
+                             "cannot be exported", path);
+    gguf_writer *w = gguf_writer_new(err);
+    if (!w) return PEFT_ERR_NOMEM;
+    float **perm = peft_calloc((size_t)a->n_modules, sizeof *perm, err);
+    bool oom = perm == NULL;
+    int rc = oom ? PEFT_ERR_NOMEM : 0;
+    if (!rc) rc = gguf_w_str(w, "general.architecture", gguf_arch(m));
+    if (!rc) rc = gguf_w_str(w, "general.type", "adapter");
+    if (!rc) rc = gguf_w_str(w, "adapter.type", "lora");
+    if (!rc) rc = gguf_w_f32(w, "adapter.lora.alpha", s0 * (float)r0);
+    if (!rc) rc = gguf_w_u32(w, "general.quantization_version", 2);
+    for (int i = 0; i < a->n_modules && !rc; i++) {
+        const lora_module *md = &a->mods[i];
+        char base[96], name[128];
+        lora_gguf_weight_name(md->layer, md->role, base, sizeof base);
+        const float *B = md->B;
+        int n_heads;
+        if (lora_gguf_permutes(m, md->role, &n_heads)) {
+            perm[i] = peft_malloc((size_t)md->out * md->r * sizeof(float), err);
+            if (!perm[i]) { oom = true; break; }
+            lora_permute_rows(perm[i], md->B, md->out, (size_t)md->r * sizeof(float), n_heads, true);
+            B = perm[i];
+        }
+        const int64_t ne_a[2] = {md->in, md->r}, ne_b[2] = {md->r, md->out};
+        snprintf(name, sizeof name, "%s.lora_a", base);
+        rc = gguf_w_tensor(w, name, PEFT_DT_F32, 2, ne_a, md->A, (size_t)md->r * md->in * sizeof(float));
+        snprintf(name, sizeof name, "%s.lora_b", base);
+        if (!rc) rc = gguf_w_tensor(w, name, PEFT_DT_F32, 2, ne_b, B, (size_t)md->out * md->r * sizeof(float));
+    }
+    /* gguf_writer_save reports a failed gguf_w_* call with its message. */
+    if (oom) rc = PEFT_ERR_NOMEM;
+    else rc = gguf_writer_save(w, path, err);
+    gguf_writer_free(w);
+    if (perm)
+        for (int i = 0; i < a->n_modules; i++) free(perm[i]);
+    free(perm);
+    return rc;
+}

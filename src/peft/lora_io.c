@@ -1,0 +1,434 @@
+/* lora_io.c — Hugging Face PEFT adapter folders:
+ *   adapter_config.json        LoraConfig fields (peft_type "LORA", r, lora_alpha, ...)
+ *   adapter_model.safetensors  base_model.model.<module>.lora_A.weight (r, in) and
+ *                              .lora_B.weight (out, r) per adapted linear.
+ * Module paths are the HF ones (model_linear_hf_path) whatever the base was
+ * loaded from, so an adapter trained on a GGUF base loads in transformers. */
+#include "peft/lora.h"
+#include "kernels/quant.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define KEY_PREFIX "base_model.model."
+
+/* mkdir -p */
+static int make_dirs(const char *dir, peft_err *err) {
+    size_t n = strlen(dir);
+    char *p = peft_malloc(n + 1, err);
+    if (!p) return PEFT_ERR_NOMEM;
+    memcpy(p, dir, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (p[i] != '/' && p[i] != 0) continue;
+        char c = p[i];
+        p[i] = 0;
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+            int e = errno;
+            free(p);
+            return peft_fail(err, PEFT_ERR_IO, "%s: cannot create folder: %s", dir, strerror(e));
+        }
+        p[i] = c;
+    }
+    free(p);
+    if (!peft_is_dir(dir)) return peft_fail(err, PEFT_ERR_IO, "%s: exists and is not a folder", dir);
+    return 0;
+}
+
+int lora_make_dirs(const char *dir, peft_err *err) { return make_dirs(dir, err); }
+
+/* ---- save ------------------------------------------------------------------- */
+
+static char *config_json(const lora_adapter *a, const peft_model *m) {
+    const lora_config *c = &a->cfg;
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    cJSON_AddItemToObject(o, "alpha_pattern", cJSON_CreateObject());
+    cJSON_AddNullToObject(o, "auto_mapping");
+    cJSON_AddStringToObject(o, "base_model_name_or_path", a->base_model ? a->base_model : m->path);
+    cJSON_AddStringToObject(o, "bias", "none");
+    /* HF PEFT sets fan_in_fan_out for GPT-2's Conv1D layers (stored (in, out)). */
+    cJSON_AddBoolToObject(o, "fan_in_fan_out", m->cfg.arch == PEFT_ARCH_GPT2);
+    cJSON_AddBoolToObject(o, "inference_mode", true);
+    if (c->init == LORA_INIT_GAUSSIAN) cJSON_AddStringToObject(o, "init_lora_weights", "gaussian");
+    else cJSON_AddBoolToObject(o, "init_lora_weights", c->init == LORA_INIT_KAIMING);
+    cJSON_AddNullToObject(o, "layer_replication");
+    cJSON_AddNullToObject(o, "layers_pattern");
+    /* layers_to_transform: the layers that carry modules, or null for all. */
+    bool all = true;
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        bool any = false;
+        for (int r = 0; r < ROLE_N_LINEAR; r++) any |= lora_find(a, l, (model_linear_role)r) != NULL;
+        all &= any;
+    }
+    if (all) cJSON_AddNullToObject(o, "layers_to_transform");
+    else {
+        cJSON *arr = cJSON_AddArrayToObject(o, "layers_to_transform");
+        for (int l = 0; l < m->cfg.n_layer && arr; l++) {
+            bool any = false;
+            for (int r = 0; r < ROLE_N_LINEAR; r++) any |= lora_find(a, l, (model_linear_role)r) != NULL;
+            if (any) cJSON_AddItemToArray(arr, cJSON_CreateNumber(l));
+        }
+    }
+    cJSON_AddItemToObject(o, "loftq_config", cJSON_CreateObject());
+    cJSON_AddNumberToObject(o, "lora_alpha", c->alpha);
+    cJSON_AddBoolToObject(o, "lora_bias", false);
+    cJSON_AddNumberToObject(o, "lora_dropout", c->dropout);
+    cJSON_AddNullToObject(o, "modules_to_save");
+    cJSON_AddStringToObject(o, "peft_type", "LORA");
+    cJSON_AddNumberToObject(o, "r", c->r);
+    /* Ranks that differ from r (only from a loaded adapter with a rank_pattern). */
+    cJSON *rp = cJSON_AddObjectToObject(o, "rank_pattern");
+    for (int i = 0; i < a->n_modules && rp; i++)
+        if (a->mods[i].r != c->r) {
+            char path[256];
+            model_linear_hf_path(m, a->mods[i].layer, a->mods[i].role, path, sizeof path);
+            cJSON_AddNumberToObject(rp, path, a->mods[i].r);
+        }
+    cJSON_AddNullToObject(o, "revision");
+    uint32_t targets = 0;
+    for (int i = 0; i < a->n_modules; i++) targets |= 1u << a->mods[i].role;
+    const char *names[ROLE_N_LINEAR];
+    int nn = lora_target_names(m, targets, names, ROLE_N_LINEAR);
+    cJSON *tm = cJSON_AddArrayToObject(o, "target_modules");
+    for (int i = 0; i < nn && tm; i++) cJSON_AddItemToArray(tm, cJSON_CreateString(names[i]));
+    cJSON_AddStringToObject(o, "task_type", "CAUSAL_LM");
+    cJSON_AddBoolToObject(o, "use_dora", false);
+    cJSON_AddBoolToObject(o, "use_rslora", c->rslora);
+    char *s = cJSON_Print(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+int lora_save(const lora_adapter *a, const peft_model *m, const char *dir, peft_err *err) {
+    int rc = make_dirs(dir, err);
+    if (rc) return rc;
+    const int n = a->n_modules * 2;
+    st_write_tensor *t = peft_calloc((size_t)(n ? n : 1), sizeof *t, err);
+    char *names = peft_malloc((size_t)(n ? n : 1) * 256, err);
+    char *cfg_path = peft_path_join(dir, "adapter_config.json", err);
+    char *st_path = peft_path_join(dir, "adapter_model.safetensors", err);
+    char *js = config_json(a, m);
+    if (!t || !names || !cfg_path || !st_path) { rc = PEFT_ERR_NOMEM; goto done; }
+    if (!js) { rc = peft_fail(err, PEFT_ERR_NOMEM, "%s: out of memory building the config", cfg_path); goto done; }
+    for (int i = 0; i < a->n_modules; i++) {
+        const lora_module *md = &a->mods[i];
+        char path[200];
+        if (model_linear_hf_path(m, md->layer, md->role, path, sizeof path)) {
+            rc = peft_fail(err, PEFT_ERR_INVALID, "%s: module %d of the adapter has no HF name", st_path, i);
+            goto done;
+        }
+        for (int ab = 0; ab < 2; ab++) {
+            st_write_tensor *w = &t[2 * i + ab];
+            char *nm = names + (size_t)(2 * i + ab) * 256;
+            snprintf(nm, 256, KEY_PREFIX "%s.lora_%c.weight", path, ab ? 'B' : 'A');
+            w->name = nm;
+            w->dtype = PEFT_DT_F32;
+            w->ndim = 2;
+            w->shape[0] = ab ? md->out : md->r;
+            w->shape[1] = ab ? md->r : md->in;
+            w->data = ab ? md->B : md->A;
+        }
+    }
+    static const char *const meta[] = {"format", "pt", NULL};
+    if ((rc = st_write(st_path, t, n, meta, err))) goto done;
+    rc = peft_write_file_atomic(cfg_path, js, strlen(js), err);
+done:
+    free(t);
+    free(names);
+    free(cfg_path);
+    free(st_path);
+    free(js);
+    return rc;
+}
+
+/* ---- load ------------------------------------------------------------------- */
+
+/* The (layer, role) whose HF module path is `path`; -1 when none. */
+static int match_module(const peft_model *m, const char *path, size_t len) {
+    char buf[256];
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        for (int r = 0; r < ROLE_N_LINEAR; r++) {
+            if (!m->layers[l].lin[r].present) continue;
+            if (model_linear_hf_path(m, l, (model_linear_role)r, buf, sizeof buf)) continue;
+            if (strlen(buf) == len && memcmp(buf, path, len) == 0) return l * ROLE_N_LINEAR + r;
+        }
+    return -1;
+}
+
+/* Layer index in "model.layers.N." / "transformer.h.N." / "h.N." paths, or -1. */
+static long path_layer(const char *path) {
+    static const char *const pats[] = {".layers.", ".h.", "layers.", "h."};
+    for (int i = 0; i < 4; i++) {
+        const char *p = strstr(path, pats[i]);
+        if (!p || (i >= 2 && p != path)) continue;
+        p += strlen(pats[i]);
+        if (*p < '0' || *p > '9') continue;
+        char *e;
+        long v = strtol(p, &e, 10);
+        if (*e == '.') return v;
+    }
+    return -1;
+}
+
+static int cfg_number(const cJSON *o, const char *key, double *out, bool required, const char *path,
+                      peft_err *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v || cJSON_IsNull(v)) {
+        if (required) return peft_fail(err, PEFT_ERR_FORMAT, "%s: missing \"%s\"", path, key);
+        return 1;
+    }
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: \"%s\" must be a number", path, key);
+    *out = v->valuedouble;
+    return 0;
+}
+
+static bool cfg_true(const cJSON *o, const char *key) {
+    return cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, key));
+}
+
+static bool nonempty_object(const cJSON *v) { return v && cJSON_IsObject(v) && v->child; }
+
+/* Parses adapter_config.json into cfg (+ base model name). */
+static int parse_config(const char *path, lora_config *cfg, char **base, bool *has_rank_pattern,
+                        peft_err *err) {
+    char *text = NULL;
+    size_t len = 0;
+    int rc = peft_read_file(path, &text, &len, err);
+    if (rc) return rc;
+    const char *end = NULL;
+    cJSON *o = cJSON_ParseWithLengthOpts(text, len, &end, false);
+    if (!o) {
+        long at = end ? (long)(end - text) : -1;
+        free(text);
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: invalid JSON (near byte %ld)", path, at);
+    }
+    free(text);
+    if (!cJSON_IsObject(o)) { rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: not a JSON object", path); goto done; }
+    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(o, "peft_type");
+    if (!cJSON_IsString(pt)) { rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: missing \"peft_type\"", path); goto done; }
+    if (strcmp(pt->valuestring, "LORA") != 0) {
+        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: peft_type %s is not supported (only LORA adapters load)",
+                       path, pt->valuestring);
+        goto done;
+    }
+    *cfg = lora_default_config();
+    double v = 0;
+    if ((rc = cfg_number(o, "r", &v, true, path, err))) goto done;
+    if (v != floor(v) || v < 1 || v > 65536) {
+        rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: \"r\" must be an integer in 1..65536", path);
+        goto done;
+    }
+    cfg->r = (int)v;
+    rc = cfg_number(o, "lora_alpha", &v, false, path, err);
+    if (rc < 0) goto done;
+    cfg->alpha = rc == 0 ? (float)v : 8.0f;   /* LoraConfig's default */
+    rc = cfg_number(o, "lora_dropout", &v, false, path, err);
+    if (rc < 0) goto done;
+    cfg->dropout = rc == 0 ? (float)v : 0.0f;
+    rc = 0;
+    cfg->rslora = cfg_true(o, "use_rslora");
+    const cJSON *init = cJSON_GetObjectItemCaseSensitive(o, "init_lora_weights");
+    if (cJSON_IsFalse(init)) cfg->init = LORA_INIT_ZERO_B_RANDOM_BOTH;
+    else if (cJSON_IsString(init) && strcmp(init->valuestring, "gaussian") == 0) cfg->init = LORA_INIT_GAUSSIAN;
+    else cfg->init = LORA_INIT_KAIMING;
+    if (cfg_true(o, "use_dora")) {
+        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: DoRA adapters (use_dora) are not supported", path);
+        goto done;
+    }
+    const cJSON *bias = cJSON_GetObjectItemCaseSensitive(o, "bias");
+    if (cJSON_IsString(bias) && strcmp(bias->valuestring, "none") != 0) {
+        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: bias \"%s\" is not supported (only \"none\")", path,
+                       bias->valuestring);
+        goto done;
+    }
+    if (cfg_true(o, "lora_bias")) {
+        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: lora_bias is not supported", path);
+        goto done;
+    }
+    if (nonempty_object(cJSON_GetObjectItemCaseSensitive(o, "alpha_pattern"))) {
+        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: per-module alpha (alpha_pattern) is not supported", path);
+        goto done;
+    }
+    *has_rank_pattern = nonempty_object(cJSON_GetObjectItemCaseSensitive(o, "rank_pattern"));
+    const cJSON *bm = cJSON_GetObjectItemCaseSensitive(o, "base_model_name_or_path");
+    if (cJSON_IsString(bm)) {
+        *base = peft_strdup(bm->valuestring, err);
+        if (!*base) rc = PEFT_ERR_NOMEM;
+    }
+done:
+    cJSON_Delete(o);
+    return rc;
+}
+
+typedef struct {
+    const st_tensor *A, *B;
+} ab_pair;
+
+/* n f32 values of a F32/F16/BF16 tensor. */
+static int to_f32(const st_tensor *t, float *dst, const char *file, peft_err *err) {
+    if (t->dtype != PEFT_DT_F32 && t->dtype != PEFT_DT_F16 && t->dtype != PEFT_DT_BF16)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: %s has dtype %s (expected F32, F16 or BF16)", file,
+                         t->name, peft_dtype_name(t->dtype));
+    int rc = kern_dequant_row(t->dtype, t->data, dst, st_numel(t));
+    if (rc) return peft_fail(err, rc, "%s: cannot convert %s", file, t->name);
+    return 0;
+}
+
+int lora_load(const peft_model *m, const char *dir, lora_adapter **out, peft_err *err) {
+    *out = NULL;
+    const int nl = m->cfg.n_layer, ns = nl * ROLE_N_LINEAR;
+    char *cfg_path = peft_path_join(dir, "adapter_config.json", err);
+    char *st_path = peft_path_join(dir, "adapter_model.safetensors", err);
+    ab_pair *pairs = peft_calloc((size_t)(ns ? ns : 1), sizeof *pairs, err);
+    int *slot_r = peft_calloc((size_t)(ns ? ns : 1), sizeof *slot_r, err);
+    char *base = NULL;
+    st_archive *st = NULL;
+    lora_adapter *a = NULL;
+    int rc = 0;
+    if (!cfg_path || !st_path || !pairs || !slot_r) { rc = PEFT_ERR_NOMEM; goto done; }
+    if (!peft_is_dir(dir)) { rc = peft_fail(err, PEFT_ERR_IO, "%s: no such adapter folder", dir); goto done; }
+    if (!peft_file_exists(cfg_path)) { rc = peft_fail(err, PEFT_ERR_IO, "%s: no such file", cfg_path); goto done; }
+    lora_config cfg;
+    bool rank_pattern = false;
+    if ((rc = parse_config(cfg_path, &cfg, &base, &rank_pattern, err))) goto done;
+    if (!peft_file_exists(st_path)) {
+        rc = peft_fail(err, PEFT_ERR_IO, "%s: no such file (adapter_model.bin is not supported)", st_path);
+        goto done;
+    }
+    if ((rc = st_open(st_path, &st, err))) goto done;
+
+    /* Pass 1: every tensor names a lora_A or lora_B of one of m's linears. */
+    const size_t pl = strlen(KEY_PREFIX);
+    for (int i = 0; i < st_count(st); i++) {
+        const st_tensor *t = st_at(st, i);
+        const char *nm = t->name;
+        size_t n = strlen(nm);
+        const char *sfx = NULL;
+        bool is_b = false;
+        if (n > pl + 14 && strcmp(nm + n - 14, ".lora_A.weight") == 0) sfx = nm + n - 14;
+        else if (n > pl + 14 && strcmp(nm + n - 14, ".lora_B.weight") == 0) { sfx = nm + n - 14; is_b = true; }
+        if (!sfx || strncmp(nm, KEY_PREFIX, pl) != 0) {
+            rc = peft_fail(err, PEFT_ERR_FORMAT,
+                           "%s: %s is not a LoRA tensor (expected " KEY_PREFIX "<module>.lora_A.weight / "
+                           ".lora_B.weight)", st_path, nm);
+            goto done;
+        }
+        const char *mp = nm + pl;
+        size_t ml = (size_t)(sfx - mp);
+        int s = match_module(m, mp, ml);
+        if (s < 0) {
+            char tmp[256];
+            snprintf(tmp, sizeof tmp, "%.*s", (int)PEFT_MIN(ml, sizeof tmp - 1), mp);
+            long L = path_layer(tmp);
+            if (L >= nl)
+                rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: %s targets layer %ld but %s has %d layers", st_path, nm, L,
+                               m->path, nl);
+            else
+                rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: %s matches no linear layer of %s (%s)", st_path, nm,
+                               m->path, m->cfg.arch_name);
+            goto done;
+        }
+        const model_linear *lin = &m->layers[s / ROLE_N_LINEAR].lin[s % ROLE_N_LINEAR];
+        const char *short_name = model_linear_name(m, (model_linear_role)(s % ROLE_N_LINEAR));
+        if (t->ndim != 2) {
+            rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: %s has %d dimensions, expected 2", st_path, nm, t->ndim);
+            goto done;
+        }
+        if (!is_b && t->shape[1] != lin->w.cols) {
+            rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: %s has shape [%lld, %lld], the model's %s takes %lld inputs",
+                           st_path, nm, (long long)t->shape[0], (long long)t->shape[1], short_name,
+                           (long long)lin->w.cols);
+            goto done;
+        }
+        if (is_b && t->shape[0] != lin->w.rows) {
+            rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: %s has shape [%lld, %lld], the model's %s has %lld outputs",
+                           st_path, nm, (long long)t->shape[0], (long long)t->shape[1], short_name,
+                           (long long)lin->w.rows);
+            goto done;
+        }
+        const st_tensor **slot = is_b ? &pairs[s].B : &pairs[s].A;
+        if (*slot) {
+            rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: %s appears twice", st_path, nm);
+            goto done;
+        }
+        *slot = t;
+    }
+    /* Pass 2: complete pairs with agreeing ranks. */
+    uint32_t targets = 0;
+    uint64_t layers = 0;
+    bool all_layers = true, layers_fit = true;
+    int n_mod = 0;
+    for (int l = 0; l < nl; l++) {
+        bool any = false;
+        for (int r = 0; r < ROLE_N_LINEAR; r++) {
+            const ab_pair *p = &pairs[l * ROLE_N_LINEAR + r];
+            if (!p->A && !p->B) continue;
+            if (!p->A || !p->B) {
+                const st_tensor *have = p->A ? p->A : p->B;
+                rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: %s has no matching lora_%c tensor", st_path, have->name,
+                               p->A ? 'B' : 'A');
+                goto done;
+            }
+            const int64_t ra = p->A->shape[0], rb = p->B->shape[1];
+            if (ra != rb || ra < 1) {
+                rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: %s has rank %lld but %s has rank %lld", st_path,
+                               p->A->name, (long long)ra, p->B->name, (long long)rb);
+                goto done;
+            }
+            if (ra != cfg.r && !rank_pattern) {
+                rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: %s has rank %lld but %s says r = %d", st_path, p->A->name,
+                               (long long)ra, cfg_path, cfg.r);
+                goto done;
+            }
+            if (ra > 65536) {
+                rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: %s: rank %lld is too large", st_path, p->A->name,
+                               (long long)ra);
+                goto done;
+            }
+            slot_r[l * ROLE_N_LINEAR + r] = (int)ra;
+            targets |= 1u << r;
+            any = true;
+            n_mod++;
+        }
+        if (any) {
+            if (l < 64) layers |= (uint64_t)1 << l;
+            else layers_fit = false;
+        }
+        all_layers &= any;
+    }
+    if (n_mod == 0) { rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: no LoRA tensors", st_path); goto done; }
+    cfg.targets = targets;
+    cfg.layers = all_layers ? 0 : layers;
+    if (!all_layers && !layers_fit) {
+        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: adapters on a subset of more than 64 layers are not supported",
+                       st_path);
+        goto done;
+    }
+    if ((rc = lora_alloc(m, &cfg, slot_r, &a, err))) goto done;
+    for (int i = 0; i < a->n_modules && !rc; i++) {
+        lora_module *md = &a->mods[i];
+        const ab_pair *p = &pairs[md->layer * ROLE_N_LINEAR + md->role];
+        rc = to_f32(p->A, md->A, st_path, err);
+        if (!rc) rc = to_f32(p->B, md->B, st_path, err);
+    }
+    if (rc) goto done;
+    a->base_model = base;
+    base = NULL;
+    *out = a;
+    a = NULL;
+done:
+    lora_free(a);
+    st_close(st);
+    free(base);
+    free(cfg_path);
+    free(st_path);
+    free(pairs);
+    free(slot_r);
+    return rc;
+}

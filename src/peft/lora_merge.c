@@ -1,0 +1,248 @@
+/* lora_merge.c — folds an adapter into its base: W' = W + s·B·A, with
+ * W (out, in), B (out, r), A (r, in), in f32, one row of W at a time.
+ *
+ * HF base → HF folder: config.json and the tokenizer files copied, one
+ * model.safetensors holding every tensor of the base; merged weights in the
+ * base tensor's float dtype, the rest copied byte for byte. GPT-2's Conv1D
+ * weights are stored (in, out), so there stored row i gets column i of the
+ * delta: row_i[o] += s·Σ_k B[o,k]·A[k,i].
+ *
+ * GGUF base → GGUF file: every key/value copied, unmerged tensors copied byte
+ * for byte, merged ones re-quantized to their type when we can write it (else
+ * F16). The in-memory llama Q/K rows are in HF order (load.c un-permutes
+ * them), so merged Q/K rows are put back in llama.cpp's order on the way out. */
+#include "peft/lora.h"
+#include "kernels/quant.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* row += s·Σ_k B[o,k]·A[k,·] for output row o of W (non-transposed). */
+static void add_delta_row(float *row, const lora_module *md, int64_t o) {
+    const int r = md->r, in = md->in;
+    for (int k = 0; k < r; k++) {
+        const float c = md->scale * md->B[(size_t)o * r + k];
+        if (c == 0.0f) continue;
+        const float *Ak = md->A + (size_t)k * in;
+        for (int i = 0; i < in; i++) row[i] += c * Ak[i];
+    }
+}
+
+/* Stored row i of a transposed (in, out) weight: row[o] += s·Σ_k B[o,k]·A[k,i]. */
+static void add_delta_col(float *row, const lora_module *md, int64_t i) {
+    const int r = md->r, in = md->in, out = md->out;
+    for (int o = 0; o < out; o++) {
+        const float *Bo = md->B + (size_t)o * r;
+        float acc = 0.0f;
+        for (int k = 0; k < r; k++) acc += Bo[k] * md->A[(size_t)k * in + i];
+        row[o] += md->scale * acc;
+    }
+}
+
+/* GGUF row index of HF row f of a Q/K matrix with n_heads heads. */
+static int64_t gguf_row_of(int64_t f, int64_t rows, int n_heads) {
+    const int64_t hd = rows / n_heads, half = hd / 2, h = f / hd, rem = f % hd;
+    const int64_t j = rem / half, i = rem % half;
+    return h * hd + 2 * i + j;
+}
+
+/* Writes the merged weight of md into dst in dtype odt, stored the way w is
+ * (transposed or not); perm_heads > 0 puts rows in GGUF Q/K order. */
+static int merge_into(const kern_weight *w, const lora_module *md, peft_dtype odt, void *dst, int perm_heads,
+                      const char *what, peft_err *err) {
+    const int64_t n_rows = w->transposed ? w->cols : w->rows, n_cols = w->transposed ? w->rows : w->cols;
+    const size_t irb = kern_dtype_row_bytes(w->dtype, n_cols), orb = kern_dtype_row_bytes(odt, n_cols);
+    if (!irb || !orb)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: rows of %lld do not fit %s blocks", what,
+                         (long long)n_cols, peft_dtype_name(irb ? odt : w->dtype));
+    float *row = peft_malloc((size_t)n_cols * sizeof(float), err);
+    if (!row) return PEFT_ERR_NOMEM;
+    int rc = 0;
+    for (int64_t q = 0; q < n_rows && !rc; q++) {
+        rc = kern_dequant_row(w->dtype, (const char *)w->data + (size_t)q * irb, row, n_cols);
+        if (rc) { rc = peft_fail(err, rc, "%s: cannot convert %s rows", what, peft_dtype_name(w->dtype)); break; }
+        if (w->transposed) add_delta_col(row, md, q);
+        else add_delta_row(row, md, q);
+        const int64_t oq = perm_heads > 0 ? gguf_row_of(q, n_rows, perm_heads) : q;
+        rc = kern_quant_row(odt, row, (char *)dst + (size_t)oq * orb, n_cols);
+        if (rc) rc = peft_fail(err, rc, "%s: cannot write %s rows", what, peft_dtype_name(odt));
+    }
+    free(row);
+    return rc;
+}
+
+static int check_fit(const lora_adapter *a, const peft_model *m, const char *out_path, peft_err *err) {
+    if (strcmp(out_path, m->path) == 0)
+        return peft_fail(err, PEFT_ERR_INVALID, "%s: the merged model cannot overwrite its base", out_path);
+    for (int i = 0; i < a->n_modules; i++) {
+        const lora_module *md = &a->mods[i];
+        if (md->layer < 0 || md->layer >= m->cfg.n_layer || !m->layers[md->layer].lin[md->role].present ||
+            m->layers[md->layer].lin[md->role].w.rows != md->out || m->layers[md->layer].lin[md->role].w.cols != md->in)
+            return peft_fail(err, PEFT_ERR_SHAPE, "%s: adapter module %d (layer %d) does not fit %s", out_path, i,
+                             md->layer, m->path);
+    }
+    return 0;
+}
+
+/* ---- HF ---------------------------------------------------------------------- */
+
+static int copy_file(const char *src_dir, const char *dst_dir, const char *name, peft_err *err) {
+    char *src = peft_path_join(src_dir, name, err), *dst = peft_path_join(dst_dir, name, err);
+    int rc = (!src || !dst) ? PEFT_ERR_NOMEM : 0;
+    if (!rc && peft_file_exists(src)) {
+        char *data = NULL;
+        size_t len = 0;
+        rc = peft_read_file(src, &data, &len, err);
+        if (!rc) rc = peft_write_file_atomic(dst, data, len, err);
+        free(data);
+    }
+    free(src);
+    free(dst);
+    return rc;
+}
+
+static int merge_hf(const lora_adapter *a, const peft_model *m, const char *out_dir, peft_err *err) {
+    static const char *const files[] = {"config.json",       "generation_config.json", "tokenizer.json",
+                                        "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                                        "merges.txt",        "tokenizer.model",        "chat_template.jinja"};
+    int rc = lora_make_dirs(out_dir, err);
+    if (rc) return rc;
+    if (peft_is_dir(m->path))
+        for (size_t i = 0; i < sizeof files / sizeof files[0] && !rc; i++) rc = copy_file(m->path, out_dir, files[i], err);
+    if (rc) return rc;
+    const int n = st_count(m->st);
+    st_write_tensor *t = peft_calloc((size_t)(n ? n : 1), sizeof *t, err);
+    void **bufs = peft_calloc((size_t)(n ? n : 1), sizeof *bufs, err);
+    const lora_module **by_tensor = peft_calloc((size_t)(n ? n : 1), sizeof *by_tensor, err);
+    char *st_path = peft_path_join(out_dir, "model.safetensors", err);
+    if (!t || !bufs || !by_tensor || !st_path) { rc = PEFT_ERR_NOMEM; goto done; }
+    /* Which stored tensor each module changes (GPT-2 files may lack the
+     * "transformer." prefix). */
+    for (int i = 0; i < a->n_modules; i++) {
+        const lora_module *md = &a->mods[i];
+        char path[256], name[300];
+        model_linear_hf_path(m, md->layer, md->role, path, sizeof path);
+        snprintf(name, sizeof name, "%s.weight", path);
+        const st_tensor *st = st_find(m->st, name);
+        if (!st && strncmp(name, "transformer.", 12) == 0) st = st_find(m->st, name + 12);
+        const bool lin_ok = st && st->data == m->layers[md->layer].lin[md->role].w.data;
+        if (!lin_ok) {
+            rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: no stored tensor %s for adapter module %d", m->path, name, i);
+            goto done;
+        }
+        for (int k = 0; k < n; k++)
+            if (st_at(m->st, k) == st) by_tensor[k] = md;
+    }
+    for (int k = 0; k < n && !rc; k++) {
+        const st_tensor *s = st_at(m->st, k);
+        st_write_tensor *w = &t[k];
+        w->name = s->name;
+        w->dtype = s->dtype;
+        w->ndim = s->ndim;
+        for (int d = 0; d < s->ndim; d++) w->shape[d] = s->shape[d];
+        w->data = s->data;
+        const lora_module *md = by_tensor[k];
+        if (!md) continue;
+        const kern_weight *kw = &m->layers[md->layer].lin[md->role].w;
+        if (s->dtype != PEFT_DT_F32 && s->dtype != PEFT_DT_F16 && s->dtype != PEFT_DT_BF16) {
+            rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: %s has dtype %s; merging needs F32, F16 or BF16", m->path,
+                           s->name, peft_dtype_name(s->dtype));
+            break;
+        }
+        bufs[k] = peft_malloc(s->nbytes ? s->nbytes : 1, err);
+        if (!bufs[k]) { rc = PEFT_ERR_NOMEM; break; }
+        char what[400];
+        snprintf(what, sizeof what, "%s: %s", m->path, s->name);
+        rc = merge_into(kw, md, s->dtype, bufs[k], 0, what, err);
+        w->data = bufs[k];
+    }
+    if (!rc) {
+        static const char *const meta[] = {"format", "pt", NULL};
+        rc = st_write(st_path, t, n, meta, err);
+    }
+done:
+    if (bufs)
+        for (int k = 0; k < n; k++) free(bufs[k]);
+    free(bufs);
+    free(t);
+    free(by_tensor);
+    free(st_path);
+    return rc;
+}
+
+/* ---- GGUF -------------------------------------------------------------------- */
+
+static int merge_gguf(const lora_adapter *a, const peft_model *m, const char *out_path, peft_err *err) {
+    const gguf_file *g = m->gguf;
+    const int n = gguf_n_tensors(g);
+    void **bufs = peft_calloc((size_t)(n ? n : 1), sizeof *bufs, err);
+    const lora_module **by_tensor = peft_calloc((size_t)(n ? n : 1), sizeof *by_tensor, err);
+    gguf_writer *w = gguf_writer_new(err);
+    int rc = 0;
+    bool writer_err = false;   /* rc came from a gguf_w_* call: the message is on w */
+    if (!bufs || !by_tensor || !w) { rc = PEFT_ERR_NOMEM; goto done; }
+    for (int i = 0; i < a->n_modules; i++) {
+        const lora_module *md = &a->mods[i];
+        char name[96];
+        lora_gguf_weight_name(md->layer, md->role, name, sizeof name);
+        const gguf_tensor *gt = gguf_find_tensor(g, name);
+        if (!gt) {
+            rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: no tensor %s for adapter module %d", m->path, name, i);
+            goto done;
+        }
+        for (int k = 0; k < n; k++)
+            if (gguf_tensor_at(g, k) == gt) by_tensor[k] = md;
+    }
+    if ((rc = gguf_w_copy_kv(w, g, NULL))) {
+        rc = peft_fail(err, rc, "%s: cannot copy the metadata of %s", out_path, m->path);
+        goto done;
+    }
+    for (int k = 0; k < n && !rc; k++) {
+        const gguf_tensor *t = gguf_tensor_at(g, k);
+        const lora_module *md = by_tensor[k];
+        if (t->dtype == PEFT_DT_COUNT) {
+            rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: tensor %s has ggml type %u, which cannot be copied",
+                           m->path, t->name, t->ggml_type);
+            break;
+        }
+        if (!md) {
+            rc = gguf_w_tensor(w, t->name, t->dtype, t->ndim, t->ne, t->data, t->nbytes);
+            writer_err = rc != 0;
+            continue;
+        }
+        const kern_weight *kw = &m->layers[md->layer].lin[md->role].w;
+        peft_dtype odt = t->dtype;
+        if (!kern_dtype_can_quantize(odt) || kern_dtype_row_bytes(odt, kw->cols) == 0) odt = PEFT_DT_F16;
+        const size_t nbytes = kern_dtype_row_bytes(odt, kw->cols) * (size_t)kw->rows;
+        bufs[k] = peft_malloc(nbytes ? nbytes : 1, err);
+        if (!bufs[k]) { rc = PEFT_ERR_NOMEM; break; }
+        int n_heads = 0;
+        if (!lora_gguf_permutes(m, md->role, &n_heads)) n_heads = 0;
+        char what[400];
+        snprintf(what, sizeof what, "%s: %s", m->path, t->name);
+        rc = merge_into(kw, md, odt, bufs[k], n_heads, what, err);
+        if (!rc) {
+            rc = gguf_w_tensor(w, t->name, odt, t->ndim, t->ne, bufs[k], nbytes);
+            writer_err = rc != 0;
+        }
+    }
+    /* A failed gguf_w_* call keeps its message on the writer; save reports
+     * it (without writing anything). */
+    if (!rc || writer_err) rc = gguf_writer_save(w, out_path, err);
+done:
+    gguf_writer_free(w);
+    if (bufs)
+        for (int k = 0; k < n; k++) free(bufs[k]);
+    free(bufs);
+    free(by_tensor);
+    return rc;
+}
+
+int lora_merge_save(const lora_adapter *a, const peft_model *m, const char *out_path, peft_err *err) {
+    int rc = check_fit(a, m, out_path, err);
+    if (rc) return rc;
+    if (m->st) return merge_hf(a, m, out_path, err);
+    if (m->gguf) return merge_gguf(a, m, out_path, err);
+    return peft_fail(err, PEFT_ERR_INVALID, "%s: the base model has no weights file", m->path);
+}
