@@ -1,5 +1,7 @@
 /* cmd_generate.c — `peft generate`. */
 #include "cli/cli.h"
+#include "core/ctx.h"
+#include "peft/lora.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +11,7 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: peft generate --model PATH --prompt TEXT [options]\n\n"
             "  --model PATH       HF model folder or .gguf file\n"
+            "  --adapter DIR      apply a LoRA adapter (HF PEFT format)\n"
             "  --prompt TEXT      the prompt (or --prompt-file FILE)\n"
             "  --chat             wrap the prompt in the model's chat template\n"
             "  --system TEXT      chat system prompt (default: the template's)\n"
@@ -31,12 +34,13 @@ static int print_piece(const char *piece, int len, void *user) {
 
 int cmd_generate(int argc, char **argv) {
     cli_args a = {argc, 1, argv, "generate"};
-    const char *model = NULL, *prompt = NULL, *prompt_file = NULL, *v;
+    const char *model = NULL, *adapter = NULL, *prompt = NULL, *prompt_file = NULL, *v;
     peft_sample_params sp = peft_sample_default_params();
     int threads = 0, seed = 42;
     bool stats = false, echo = true, bad = false, verbose = false;
     while (a.i < argc && !bad) {
         if ((v = cli_opt(&a, "--model", &bad))) model = v;
+        else if ((v = cli_opt(&a, "--adapter", &bad))) adapter = v;
         else if ((v = cli_opt(&a, "--prompt", &bad))) prompt = v;
         else if ((v = cli_opt(&a, "--prompt-file", &bad))) prompt_file = v;
         else if ((v = cli_opt(&a, "--system", &bad))) sp.system = v;
@@ -88,6 +92,17 @@ int cmd_generate(int argc, char **argv) {
         free(file_text);
         return 1;
     }
+    lora_adapter *ad = NULL;
+    if (adapter) {
+        if (lora_load(m, adapter, &ad, &ctx->err)) {
+            fprintf(stderr, "peft generate: %s\n", peft_last_error(ctx));
+            peft_model_free(m);
+            peft_free(ctx);
+            free(file_text);
+            return 1;
+        }
+        m->lora = ad;
+    }
     if (echo && !sp.chat) { fputs(prompt, stdout); fflush(stdout); }
     peft_gen_stats st;
     int rc = peft_generate(m, prompt, &sp, print_piece, NULL, &st);
@@ -98,6 +113,7 @@ int cmd_generate(int argc, char **argv) {
                 st.n_prompt, st.prompt_s, st.prompt_s > 0 ? st.n_prompt / st.prompt_s : 0.0, st.n_gen, st.gen_s,
                 st.gen_s > 0 ? st.n_gen / st.gen_s : 0.0, st.stopped_at_eos ? ", stopped at end of turn" : "");
     peft_model_free(m);
+    lora_free(ad);
     peft_free(ctx);
     free(file_text);
     return rc ? 1 : 0;

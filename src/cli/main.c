@@ -15,7 +15,9 @@ static void usage(FILE *f) {
             "peft %s — parameter-efficient fine-tuning of transformer models\n\n"
             "usage: peft <command> [options]\n\n"
             "commands:\n"
-            "  generate   generate text: peft generate --model PATH --prompt \"...\" [--chat]\n"
+            "  train      fine-tune an adapter: peft train --model PATH --data FILE --out DIR [--r 8 ...]\n"
+            "  eval       loss and perplexity: peft eval --model PATH [--adapter DIR] --data FILE\n"
+            "  generate   generate text: peft generate --model PATH --prompt \"...\" [--chat] [--adapter DIR]\n"
             "  info       describe a model: peft info PATH [--json] [--tensors]\n"
             "  help       this text; `peft <command> --help` for a command's options\n",
             PEFT_VERSION);
@@ -108,6 +110,8 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
+    if (!strcmp(cmd, "train")) return cmd_train(argc - 1, argv + 1);
+    if (!strcmp(cmd, "eval")) return cmd_eval(argc - 1, argv + 1);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "--version")) { printf("peft %s\n", PEFT_VERSION); return 0; }
     fprintf(stderr, "peft: unknown command \"%s\"\n\n", cmd);

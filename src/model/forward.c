@@ -84,7 +84,8 @@ int model_forward(peft_model *m, const int32_t *ids, int T, float *logits, bool 
     int64_t kmax = PEFT_MAX(PEFT_MAX(d, ff), qd);
     size_t mm_scratch = kern_matmul_scratch_floats(kmax, nt);
     size_t att_scratch = (size_t)nt * T * L;
-    const int r_max = m->lora ? m->lora->cfg.r : 0;
+    int r_max = 0;
+    for (int i = 0; m->lora && i < m->lora->n_modules; i++) r_max = PEFT_MAX(r_max, m->lora->mods[i].r);
     size_t n_ws = (size_t)T * (2 * d + ld_qkv + qd + 2 * ff + r_max) + T + mm_scratch + att_scratch;
     float *ws = ws_get(m, n_ws, err);
     if (!ws) return PEFT_ERR_NOMEM;

@@ -77,7 +77,8 @@ int tg_new(peft_model *m, lora_adapter *a, int B, int T, train_graph **out, peft
     g->max_out = PEFT_MAX(PEFT_MAX(g->d, g->ff), g->ldq);
     const size_t N = (size_t)g->N, d = (size_t)g->d, ff = (size_t)g->ff;
     const bool gpt2 = c->arch == PEFT_ARCH_GPT2;
-    const int r = a ? a->cfg.r : 0;
+    int r = 0; /* largest rank: modules may differ (rank_pattern) */
+    for (int i = 0; a && i < a->n_modules; i++) r = PEFT_MAX(r, a->mods[i].r);
 
     /* sizes, in floats */
     size_t per_layer = N * (3 * d + (size_t)g->ldq + (size_t)g->qd + 4) + (size_t)B * c->n_head * (size_t)T * T +

@@ -1,0 +1,417 @@
+/* cmd_train.c — `peft train` and `peft eval`. Options come from the command
+ * line and/or a JSON config file (--config FILE, keys named like the options
+ * without the dashes); the command line wins. */
+#include "cli/cli.h"
+#include "core/ctx.h"
+#include "peft/lora.h"
+#include "train/trainer.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Every option of `peft train`, as text until parsed. */
+typedef struct {
+    const char *name;       /* without dashes */
+    bool flag;              /* takes no value */
+    const char *help;
+    char *value;            /* NULL: not given */
+} opt_def;
+
+static opt_def train_opts[] = {
+    {"model", false, "HF model folder or .gguf file (required)", NULL},
+    {"data", false, "training JSONL: {text} | {prompt,completion} | {messages} (required)", NULL},
+    {"val", false, "validation JSONL", NULL},
+    {"val-split", false, "fraction of --data held out for validation when no --val (default 0)", NULL},
+    {"out", false, "output folder: adapter, metrics.jsonl, loss.svg, checkpoints (required)", NULL},
+    {"config", false, "JSON file with any of these options", NULL},
+    {"method", false, "lora (default)", NULL},
+    {"r", false, "LoRA rank (default 8)", NULL},
+    {"alpha", false, "LoRA alpha (default 16)", NULL},
+    {"dropout", false, "LoRA dropout (default 0)", NULL},
+    {"target", false, "modules: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj | c_attn,c_proj,c_fc | all-linear", NULL},
+    {"layers", false, "layers to transform, e.g. 0,1,2 (default all)", NULL},
+    {"rslora", true, "scale by alpha/sqrt(r) instead of alpha/r", NULL},
+    {"init", false, "kaiming (default, B = 0) | gaussian", NULL},
+    {"lr", false, "peak learning rate (default 2e-4)", NULL},
+    {"schedule", false, "constant | linear | cosine (default)", NULL},
+    {"warmup", false, "warmup steps (default 0)", NULL},
+    {"weight-decay", false, "AdamW weight decay (default 0)", NULL},
+    {"beta1", false, "AdamW beta1 (default 0.9)", NULL},
+    {"beta2", false, "AdamW beta2 (default 0.999)", NULL},
+    {"eps", false, "AdamW epsilon (default 1e-8)", NULL},
+    {"clip", false, "max gradient norm, 0 = off (default 1)", NULL},
+    {"steps", false, "optimizer steps (default 100; 0 = use --epochs)", NULL},
+    {"epochs", false, "epochs when --steps 0 (default 1)", NULL},
+    {"batch", false, "sequences per micro-batch (default 4)", NULL},
+    {"seq", false, "max sequence length; longer examples are truncated and counted (default 256)", NULL},
+    {"accum", false, "micro-batches per optimizer step (default 1)", NULL},
+    {"pack", true, "pack examples into full rows instead of padding", NULL},
+    {"eval-every", false, "evaluate every N steps (default: start and end only)", NULL},
+    {"eval-batches", false, "evaluate on at most N batches (default all)", NULL},
+    {"save-every", false, "checkpoint every N steps (default 0 = off)", NULL},
+    {"resume", false, "resume from a run folder or checkpoint folder", NULL},
+    {"seed", false, "seed for init, shuffling, dropout (default 42)", NULL},
+    {"threads", false, "threads (default all cores)", NULL},
+    {"skip-bad", true, "skip and count bad data lines instead of stopping", NULL},
+    {"quiet", true, "no progress line", NULL},
+};
+#define N_TRAIN_OPTS ((int)(sizeof train_opts / sizeof *train_opts))
+
+static opt_def *find_opt(opt_def *defs, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(defs[i].name, name)) return &defs[i];
+    return NULL;
+}
+
+static void set_opt(opt_def *o, const char *v, bool override) {
+    if (o->value && !override) return;
+    free(o->value);
+    o->value = strdup(v);
+}
+
+/* Fills options not given on the command line from a JSON object. */
+static int load_config(opt_def *defs, int n, const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { fprintf(stderr, "peft train: %s: cannot open\n", path); return -1; }
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    rewind(f);
+    char *text = malloc((size_t)len + 1);
+    size_t got = text ? fread(text, 1, (size_t)len, f) : 0;
+    fclose(f);
+    if (!text) return -1;
+    text[got] = 0;
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    if (!cJSON_IsObject(root)) {
+        fprintf(stderr, "peft train: %s: not a JSON object\n", path);
+        cJSON_Delete(root);
+        return -1;
+    }
+    int rc = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, root) {
+        char key[64];
+        snprintf(key, sizeof key, "%s", it->string);
+        for (char *c = key; *c; c++) if (*c == '_') *c = '-';
+        opt_def *o = find_opt(defs, n, key);
+        if (!o || !strcmp(key, "config")) {
+            fprintf(stderr, "peft train: %s: unknown option \"%s\"\n", path, it->string);
+            rc = -1;
+            continue;
+        }
+        char buf[4096];
+        if (cJSON_IsString(it)) snprintf(buf, sizeof buf, "%s", it->valuestring);
+        else if (cJSON_IsBool(it)) snprintf(buf, sizeof buf, "%s", cJSON_IsTrue(it) ? "true" : "false");
+        else if (cJSON_IsNumber(it)) snprintf(buf, sizeof buf, "%.17g", it->valuedouble);
+        else if (cJSON_IsArray(it)) {
+            size_t o2 = 0;
+            buf[0] = 0;
+            const cJSON *e;
+            cJSON_ArrayForEach(e, it) {
+                if (cJSON_IsString(e)) o2 += (size_t)snprintf(buf + o2, sizeof buf - o2, "%s%s", o2 ? "," : "", e->valuestring);
+                else if (cJSON_IsNumber(e)) o2 += (size_t)snprintf(buf + o2, sizeof buf - o2, "%s%d", o2 ? "," : "", e->valueint);
+                if (o2 >= sizeof buf) break;
+            }
+        } else {
+            fprintf(stderr, "peft train: %s: option \"%s\" has an unusable value\n", path, it->string);
+            rc = -1;
+            continue;
+        }
+        if (o->flag && !strcmp(buf, "false")) continue;
+        set_opt(o, buf, false);
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
+static void train_usage(FILE *f) {
+    fprintf(f, "usage: peft train --model PATH --data train.jsonl --out DIR [options]\n\n");
+    for (int i = 0; i < N_TRAIN_OPTS; i++)
+        fprintf(f, "  --%-14s %s%s\n", train_opts[i].name, train_opts[i].flag ? "" : "V  ", train_opts[i].help);
+}
+
+static void fmt_duration(double s, char *buf, size_t cap) {
+    if (!(s >= 0) || s > 1e7) { snprintf(buf, cap, "?"); return; }
+    int t = (int)(s + 0.5);
+    if (t >= 3600) snprintf(buf, cap, "%dh%02dm", t / 3600, t / 60 % 60);
+    else if (t >= 60) snprintf(buf, cap, "%dm%02ds", t / 60, t % 60);
+    else snprintf(buf, cap, "%ds", t);
+}
+
+typedef struct { bool tty, quiet; } progress_ctx;
+
+static void on_progress(const train_progress *p, void *user) {
+    progress_ctx *pc = user;
+    if (p->is_eval) {
+        fprintf(stderr, "%sstep %d/%d | validation loss %.4f | perplexity %.3f\n", pc->tty && !pc->quiet ? "\r\033[K" : "",
+                p->step, p->total_steps, p->val_loss, p->val_ppl);
+        return;
+    }
+    if (pc->quiet) return;
+    char eta[32];
+    fmt_duration(p->eta_s, eta, sizeof eta);
+    if (pc->tty)
+        fprintf(stderr, "\r\033[Kstep %d/%d | loss %.4f | lr %.2e | %.0f tok/s | ETA %s", p->step, p->total_steps, p->loss,
+                p->lr, p->tokens_per_s, eta);
+    else if (p->step == 1 || p->step % 10 == 0 || p->step == p->total_steps)
+        fprintf(stderr, "step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | ETA %s\n", p->step, p->total_steps, p->loss, p->lr,
+                p->tokens_per_s, eta);
+    if (pc->tty && p->step == p->total_steps) fputc('\n', stderr);
+}
+
+static void print_data_summary(const char *what, const char *path, const data_set *d, int seq) {
+    static const char *const kinds[] = {"text", "prompt/completion", "messages", "classification"};
+    fprintf(stderr, "%s: %s: %d examples (%s), %lld tokens, %lld in the loss", what, path, d->n, kinds[d->kind],
+            (long long)d->n_tokens, (long long)d->n_loss_tokens);
+    if (d->n_truncated) fprintf(stderr, ", %d truncated to %d tokens", d->n_truncated, seq);
+    if (d->n_skipped) fprintf(stderr, ", %d lines skipped", d->n_skipped);
+    fputc('\n', stderr);
+}
+
+/* HF peft's print_trainable_parameters line (all params include the adapter). */
+static void print_trainable(int64_t trainable, int64_t base) {
+    char a[32], b[32];
+    int64_t all = base + trainable;
+    /* thousands separators as Python's {:,d} */
+    int64_t vals[2] = {trainable, all};
+    char *outs[2] = {a, b};
+    for (int k = 0; k < 2; k++) {
+        char raw[32];
+        int n = snprintf(raw, sizeof raw, "%lld", (long long)vals[k]), o = 0;
+        for (int i = 0; i < n; i++) {
+            outs[k][o++] = raw[i];
+            if ((n - i - 1) % 3 == 0 && i < n - 1) outs[k][o++] = ',';
+        }
+        outs[k][o] = 0;
+    }
+    printf("trainable params: %s || all params: %s || trainable%%: %.4f\n", a, b, 100.0 * (double)trainable / (double)all);
+    fflush(stdout);
+}
+
+#define GETV(name) (find_opt(train_opts, N_TRAIN_OPTS, name)->value)
+
+int cmd_train(int argc, char **argv) {
+    cli_args a = {argc, 1, argv, "train"};
+    bool bad = false;
+    while (a.i < argc && !bad) {
+        const char *arg = argv[a.i];
+        if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) { train_usage(stdout); return 0; }
+        if (strncmp(arg, "--", 2) != 0) { fprintf(stderr, "peft train: unexpected argument \"%s\"\n", arg); return 2; }
+        char name[64];
+        snprintf(name, sizeof name, "%.*s", (int)strcspn(arg + 2, "="), arg + 2);
+        opt_def *o = find_opt(train_opts, N_TRAIN_OPTS, name);
+        if (!o) { fprintf(stderr, "peft train: unknown option \"%s\" (see peft train --help)\n", arg); return 2; }
+        if (o->flag) { set_opt(o, "true", true); a.i++; continue; }
+        char full[80];
+        snprintf(full, sizeof full, "--%s", name);
+        const char *v = cli_opt(&a, full, &bad);
+        if (v) set_opt(o, v, true);
+    }
+    if (bad) return 2;
+    if (GETV("config") && load_config(train_opts, N_TRAIN_OPTS, GETV("config"))) return 2;
+    if (!GETV("model") || !GETV("data") || !GETV("out")) {
+        fprintf(stderr, "peft train: --model, --data and --out are required\n\n");
+        train_usage(stderr);
+        return 2;
+    }
+    const char *method = GETV("method") ? GETV("method") : "lora";
+    if (strcmp(method, "lora") != 0) {
+        fprintf(stderr, "peft train: method \"%s\" is not available (available: lora)\n", method);
+        return 2;
+    }
+    /* numbers */
+    train_params tp = train_default_params();
+    lora_config lc = lora_default_config();
+    int threads = 0, eval_every = 0, ival;
+    float fval;
+    struct { const char *name; int *dst; long lo, hi; } ints[] = {
+        {"r", &lc.r, 1, 4096}, {"warmup", &tp.opt.warmup_steps, 0, 100000000}, {"steps", &tp.steps, 0, 100000000},
+        {"epochs", &tp.epochs, 0, 100000}, {"batch", &tp.batch, 1, 65536}, {"seq", &tp.seq, 2, 1000000},
+        {"accum", &tp.accum, 1, 65536}, {"eval-every", &eval_every, 0, 100000000},
+        {"eval-batches", &tp.eval_max_batches, 0, 100000000}, {"save-every", &tp.save_every, 0, 100000000},
+        {"threads", &threads, 1, 1024}};
+    for (size_t i = 0; i < sizeof ints / sizeof *ints; i++)
+        if (GETV(ints[i].name)) {
+            char full[64];
+            snprintf(full, sizeof full, "--%s", ints[i].name);
+            if (cli_int("train", full, GETV(ints[i].name), ints[i].lo, ints[i].hi, &ival)) return 2;
+            *ints[i].dst = ival;
+        }
+    tp.eval_every = eval_every;
+    struct { const char *name; float *dst; double lo, hi; } floats[] = {
+        {"alpha", &lc.alpha, 0, 1e6}, {"dropout", &lc.dropout, 0, 0.99}, {"lr", &tp.opt.lr, 0, 10},
+        {"weight-decay", &tp.opt.weight_decay, 0, 10}, {"beta1", &tp.opt.beta1, 0, 0.999999},
+        {"beta2", &tp.opt.beta2, 0, 0.99999999}, {"eps", &tp.opt.eps, 0, 1}, {"clip", &tp.opt.max_grad_norm, 0, 1e9}};
+    for (size_t i = 0; i < sizeof floats / sizeof *floats; i++)
+        if (GETV(floats[i].name)) {
+            char full[64];
+            snprintf(full, sizeof full, "--%s", floats[i].name);
+            if (cli_float("train", full, GETV(floats[i].name), floats[i].lo, floats[i].hi, &fval)) return 2;
+            *floats[i].dst = fval;
+        }
+    float val_split = 0;
+    if (GETV("val-split") && cli_float("train", "--val-split", GETV("val-split"), 0, 0.9, &val_split)) return 2;
+    if (GETV("seed")) {
+        char *end;
+        tp.seed = strtoull(GETV("seed"), &end, 10);
+        if (*end) { fprintf(stderr, "peft train: --seed must be a non-negative integer\n"); return 2; }
+    }
+    lc.seed = tp.seed;
+    if (GETV("schedule") && sched_parse(GETV("schedule"), &tp.opt.sched)) {
+        fprintf(stderr, "peft train: --schedule must be constant, linear or cosine\n");
+        return 2;
+    }
+    if (GETV("init")) {
+        if (!strcmp(GETV("init"), "gaussian")) lc.init = LORA_INIT_GAUSSIAN;
+        else if (strcmp(GETV("init"), "kaiming")) { fprintf(stderr, "peft train: --init must be kaiming or gaussian\n"); return 2; }
+    }
+    lc.rslora = GETV("rslora") && strcmp(GETV("rslora"), "false");
+    tp.pack = GETV("pack") && strcmp(GETV("pack"), "false");
+    if (tp.steps == 0 && tp.epochs == 0) tp.epochs = 1;
+    if (GETV("layers")) {
+        lc.layers = 0;
+        for (char *s = GETV("layers"); *s;) {
+            char *end;
+            long l = strtol(s, &end, 10);
+            if (end == s || l < 0 || l > 63) { fprintf(stderr, "peft train: --layers must list layer numbers 0..63\n"); return 2; }
+            lc.layers |= 1ULL << l;
+            s = *end == ',' ? end + 1 : end;
+            if (*end && *end != ',') { fprintf(stderr, "peft train: --layers must list layer numbers 0..63\n"); return 2; }
+        }
+    }
+    tp.out_dir = GETV("out");
+    tp.resume = GETV("resume");
+    progress_ctx pc = {isatty(2) != 0, GETV("quiet") != NULL};
+    tp.progress = on_progress;
+    tp.user = &pc;
+
+    /* load */
+    int rc = 1;
+    peft_ctx *ctx = cli_ctx(threads, false);
+    if (!ctx) return 1;
+    peft_model *m = peft_model_load(ctx, GETV("model"));
+    lora_adapter *ad = NULL;
+    data_set train = {0}, val = {0};
+    bool have_val = false;
+    peft_err *err = &ctx->err;
+    if (!m) { fprintf(stderr, "peft train: %s\n", peft_last_error(ctx)); goto out; }
+    if (!m->tok) { fprintf(stderr, "peft train: %s has no tokenizer\n", GETV("model")); goto out; }
+    if (GETV("layers")) {
+        for (int l = 0; l < 64; l++)
+            if ((lc.layers >> l & 1) && l >= m->cfg.n_layer) {
+                fprintf(stderr, "peft train: --layers: the model has %d layers (0..%d)\n", m->cfg.n_layer, m->cfg.n_layer - 1);
+                goto out;
+            }
+    }
+    if (GETV("target") && lora_parse_targets(m, GETV("target"), &lc.targets, err)) {
+        fprintf(stderr, "peft train: %s\n", err->msg);
+        goto out;
+    }
+    data_params dp = data_default_params();
+    dp.seq_len = tp.seq;
+    dp.skip_bad = GETV("skip-bad") != NULL;
+    if (data_load_jsonl(GETV("data"), m->tok, &dp, &train, err)) { fprintf(stderr, "peft train: %s\n", err->msg); goto out; }
+    print_data_summary("data", GETV("data"), &train, tp.seq);
+    if (GETV("val")) {
+        if (data_load_jsonl(GETV("val"), m->tok, &dp, &val, err)) { fprintf(stderr, "peft train: %s\n", err->msg); goto out; }
+        have_val = true;
+        print_data_summary("validation", GETV("val"), &val, tp.seq);
+    } else if (val_split > 0) {
+        if (data_split(&train, val_split, tp.seed, &val, err)) { fprintf(stderr, "peft train: %s\n", err->msg); goto out; }
+        have_val = true;
+        fprintf(stderr, "validation: %d examples split off --data (seed %llu)\n", val.n, (unsigned long long)tp.seed);
+    }
+    if (lora_new(m, &lc, &ad, err)) { fprintf(stderr, "peft train: %s\n", err->msg); goto out; }
+    {
+        char *abs = realpath(GETV("model"), NULL);
+        ad->base_model = abs ? abs : strdup(GETV("model"));
+    }
+    print_trainable(ad->n_params, m->n_params);
+    fprintf(stderr, "lora: r=%d alpha=%g%s scale=%g dropout=%g on %d modules | %d steps, batch %d x %d, accum %d, lr %g %s, warmup %d\n",
+            lc.r, lc.alpha, lc.rslora ? " (rsLoRA)" : "", lora_scale(&lc), lc.dropout, ad->n_modules, tp.steps ? tp.steps : -1,
+            tp.batch, tp.seq, tp.accum, tp.opt.lr, sched_name(tp.opt.sched), tp.opt.warmup_steps);
+    train_result res;
+    if (train_run(m, ad, &train, have_val ? &val : NULL, &tp, &res, err)) {
+        fprintf(stderr, "\npeft train: %s\n", err->msg);
+        goto out;
+    }
+    fprintf(stderr, "done: %d steps in %.1f s (%.0f tokens/s); loss %.4f -> %.4f", res.steps_done, res.seconds,
+            res.tokens_per_s, res.first_loss, res.last_loss);
+    if (!isnan(res.val_loss_after)) {
+        if (!isnan(res.val_loss_before)) fprintf(stderr, "; validation %.4f -> %.4f", res.val_loss_before, res.val_loss_after);
+        else fprintf(stderr, "; validation %.4f", res.val_loss_after);
+    }
+    fprintf(stderr, "\nadapter: %s/adapter_model.safetensors (HF PEFT format), metrics: %s/metrics.jsonl, curve: %s/loss.svg\n",
+            tp.out_dir, tp.out_dir, tp.out_dir);
+    rc = 0;
+out:
+    for (int i = 0; i < N_TRAIN_OPTS; i++) { free(train_opts[i].value); train_opts[i].value = NULL; }
+    data_free(&train);
+    if (have_val) data_free(&val);
+    lora_free(ad);
+    peft_model_free(m);
+    peft_free(ctx);
+    return rc;
+}
+
+int cmd_eval(int argc, char **argv) {
+    cli_args a = {argc, 1, argv, "eval"};
+    const char *model = NULL, *adapter = NULL, *data = NULL, *v;
+    int batch = 4, seq = 512, threads = 0;
+    bool json = false, bad = false, skip_bad = false;
+    while (a.i < argc && !bad) {
+        if ((v = cli_opt(&a, "--model", &bad))) model = v;
+        else if ((v = cli_opt(&a, "--adapter", &bad))) adapter = v;
+        else if ((v = cli_opt(&a, "--data", &bad))) data = v;
+        else if ((v = cli_opt(&a, "--batch", &bad))) bad = cli_int("eval", "--batch", v, 1, 65536, &batch) != 0;
+        else if ((v = cli_opt(&a, "--seq", &bad))) bad = cli_int("eval", "--seq", v, 2, 1000000, &seq) != 0;
+        else if ((v = cli_opt(&a, "--threads", &bad))) bad = cli_int("eval", "--threads", v, 1, 1024, &threads) != 0;
+        else if (cli_flag(&a, "--json")) json = true;
+        else if (cli_flag(&a, "--skip-bad")) skip_bad = true;
+        else if (cli_flag(&a, "--help")) {
+            printf("usage: peft eval --model PATH [--adapter DIR] --data FILE [--json] [--batch N] [--seq N] [--threads N]\n\n"
+                   "Mean loss per target token and perplexity of the model (with the adapter) on a JSONL dataset.\n");
+            return 0;
+        } else if (!bad) { fprintf(stderr, "peft eval: unknown option \"%s\"\n", argv[a.i]); return 2; }
+    }
+    if (bad) return 2;
+    if (!model || !data) { fprintf(stderr, "peft eval: --model and --data are required\n"); return 2; }
+    peft_ctx *ctx = cli_ctx(threads, false);
+    if (!ctx) return 1;
+    int rc = 1;
+    peft_model *m = peft_model_load(ctx, model);
+    lora_adapter *ad = NULL;
+    data_set d = {0};
+    bool have_d = false;
+    if (!m) { fprintf(stderr, "peft eval: %s\n", peft_last_error(ctx)); goto out; }
+    if (!m->tok) { fprintf(stderr, "peft eval: %s has no tokenizer\n", model); goto out; }
+    if (adapter) {
+        if (lora_load(m, adapter, &ad, &ctx->err)) { fprintf(stderr, "peft eval: %s\n", ctx->err.msg); goto out; }
+    }
+    data_params dp = data_default_params();
+    dp.seq_len = seq;
+    dp.skip_bad = skip_bad;
+    if (data_load_jsonl(data, m->tok, &dp, &d, &ctx->err)) { fprintf(stderr, "peft eval: %s\n", ctx->err.msg); goto out; }
+    have_d = true;
+    double loss;
+    int64_t n;
+    if (train_eval(m, ad, &d, batch, seq, 0, &loss, &n, &ctx->err)) { fprintf(stderr, "peft eval: %s\n", ctx->err.msg); goto out; }
+    if (json)
+        printf("{\"loss\": %.9g, \"perplexity\": %.9g, \"tokens\": %lld, \"examples\": %d, \"truncated\": %d}\n", loss, exp(loss),
+               (long long)n, d.n, d.n_truncated);
+    else
+        printf("loss %.6f | perplexity %.6f | %lld target tokens in %d examples%s\n", loss, exp(loss), (long long)n, d.n,
+               d.n_truncated ? " (some truncated)" : "");
+    rc = 0;
+out:
+    if (have_d) data_free(&d);
+    lora_free(ad);
+    peft_model_free(m);
+    peft_free(ctx);
+    return rc;
+}
