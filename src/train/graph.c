@@ -55,6 +55,55 @@ void tg_free(train_graph *g) {
     free(g);
 }
 
+/* Places every buffer at base (when non-NULL) and returns the floats used. */
+static size_t layout(train_graph *g, int r, float *base) {
+    const model_config *c = &g->m->cfg;
+    const size_t N = (size_t)g->N, d = (size_t)g->d, ff = (size_t)g->ff, B = (size_t)g->B, T = (size_t)g->T;
+    const bool gpt2 = c->arch == PEFT_ARCH_GPT2;
+    size_t used = 0;
+#define TAKE(n) (used += (n), base ? base + used - (n) : NULL)
+    for (int l = 0; l < c->n_layer; l++) {
+        layer_acts *L = &g->L[l];
+        L->xin = TAKE(N * d);
+        L->mean1 = TAKE(N);
+        L->rstd1 = TAKE(N);
+        L->h1 = TAKE(N * d);
+        L->qkv = TAKE(N * g->ldq);
+        L->probs = TAKE(B * c->n_head * T * T);
+        L->att = TAKE(N * g->qd);
+        L->xmid = TAKE(N * d);
+        L->mean2 = TAKE(N);
+        L->rstd2 = TAKE(N);
+        L->h2 = TAKE(N * d);
+        L->g = TAKE(N * ff);
+        L->a = TAKE(N * ff);
+        L->u = gpt2 ? NULL : TAKE(N * ff);
+    }
+    g->xfin = TAKE(N * d);
+    g->hf = TAKE(N * d);
+    g->meanf = TAKE(N);
+    g->rstdf = TAKE(N);
+    for (int i = 0; g->ad && i < g->ad->n_modules; i++) g->M[i].xa = TAKE(N * (size_t)r);
+    g->dx = TAKE(N * d);
+    g->dxmid = TAKE(N * d);
+    g->dh = TAKE(N * d);
+    g->dhf = TAKE(N * d);
+    g->dqkv = TAKE(N * g->ldq);
+    g->datt = TAKE(N * g->qd);
+    g->dg = TAKE(N * ff);
+    g->du = TAKE(N * ff);
+    g->da = TAKE(N * ff);
+    g->dtmp = TAKE(N * g->max_out);
+    g->dxa = TAKE(N * (size_t)r);
+    g->xd = TAKE(N * g->max_in);
+    g->logits = TAKE((size_t)LOSS_CHUNK * g->V);
+    g->mm_scratch = TAKE(PEFT_MAX(kern_matmul_scratch_floats(g->max_in, g->nt), kern_matmul_dx_scratch_floats(g->max_in, g->nt)));
+    g->attn_scratch = TAKE(kern_attn_train_scratch_floats((int)T, 0, g->nt));
+    g->pos = (int32_t *)TAKE(N);
+#undef TAKE
+    return used;
+}
+
 int tg_new(peft_model *m, lora_adapter *a, int B, int T, train_graph **out, peft_err *err) {
     const model_config *c = &m->cfg;
     if (B <= 0 || T <= 1) return peft_fail(err, PEFT_ERR_INVALID, "batch %d x %d: need B >= 1 and T >= 2", B, T);
@@ -75,74 +124,24 @@ int tg_new(peft_model *m, lora_adapter *a, int B, int T, train_graph **out, peft
     g->V = c->vocab;
     g->max_in = PEFT_MAX(PEFT_MAX(g->d, g->ff), g->qd);
     g->max_out = PEFT_MAX(PEFT_MAX(g->d, g->ff), g->ldq);
-    const size_t N = (size_t)g->N, d = (size_t)g->d, ff = (size_t)g->ff;
-    const bool gpt2 = c->arch == PEFT_ARCH_GPT2;
+    const size_t N = (size_t)g->N;
     int r = 0; /* largest rank: modules may differ (rank_pattern) */
     for (int i = 0; a && i < a->n_modules; i++) r = PEFT_MAX(r, a->mods[i].r);
 
-    /* sizes, in floats */
-    size_t per_layer = N * (3 * d + (size_t)g->ldq + (size_t)g->qd + 4) + (size_t)B * c->n_head * (size_t)T * T +
-                       N * ff * (gpt2 ? 2 : 3);
-    size_t total = per_layer * (size_t)c->n_layer;
-    total += N * (2 * d + 2);                                  /* xfin, hf, meanf, rstdf */
-    total += (size_t)(a ? a->n_modules : 0) * N * (size_t)r;  /* xa */
-    total += N * (4 * d + (size_t)g->ldq * 2 + (size_t)g->qd + 3 * ff + (size_t)g->max_out + (size_t)r + (size_t)g->max_in);
-    total += (size_t)LOSS_CHUNK * g->V;
-    size_t mm = kern_matmul_scratch_floats(g->max_in, g->nt);
-    size_t mmdx = kern_matmul_dx_scratch_floats(g->max_in, g->nt);
-    total += PEFT_MAX(mm, mmdx);
-    total += kern_attn_train_scratch_floats(T, 0, g->nt);
-    total += N; /* positions */
-    g->arena_floats = total;
-    g->arena = peft_malloc(total * sizeof(float), err);
+    /* One arena; layout() is run twice, first to size it, then to place
+     * every buffer, so the two can never disagree. */
     g->L = peft_calloc((size_t)c->n_layer, sizeof *g->L, err);
     g->M = peft_calloc((size_t)(a ? a->n_modules : 0) + 1, sizeof *g->M, err);
-    if (!g->arena || !g->L || !g->M) {
+    if (!g->L || !g->M) { tg_free(g); return PEFT_ERR_NOMEM; }
+    size_t total = layout(g, r, NULL);
+    g->arena_floats = total;
+    g->arena = peft_malloc(total * sizeof(float), err);
+    if (!g->arena) {
         tg_free(g);
         return peft_fail(err, PEFT_ERR_NOMEM, "out of memory for training activations (%.1f MiB for batch %d x %d)",
                          total * 4.0 / 1048576.0, B, T);
     }
-    float *p = g->arena;
-#define TAKE(n) (p += (n), p - (n))
-    for (int l = 0; l < c->n_layer; l++) {
-        layer_acts *L = &g->L[l];
-        L->xin = TAKE(N * d);
-        L->mean1 = TAKE(N);
-        L->rstd1 = TAKE(N);
-        L->h1 = TAKE(N * d);
-        L->qkv = TAKE(N * g->ldq);
-        L->probs = TAKE((size_t)B * c->n_head * T * T);
-        L->att = TAKE(N * g->qd);
-        L->xmid = TAKE(N * d);
-        L->mean2 = TAKE(N);
-        L->rstd2 = TAKE(N);
-        L->h2 = TAKE(N * d);
-        L->g = TAKE(N * ff);
-        L->a = TAKE(N * ff);
-        L->u = gpt2 ? NULL : TAKE(N * ff);
-    }
-    g->xfin = TAKE(N * d);
-    g->hf = TAKE(N * d);
-    g->meanf = TAKE(N);
-    g->rstdf = TAKE(N);
-    for (int i = 0; a && i < a->n_modules; i++) g->M[i].xa = TAKE(N * (size_t)r);
-    g->dx = TAKE(N * d);
-    g->dxmid = TAKE(N * d);
-    g->dh = TAKE(N * d);
-    g->dhf = TAKE(N * d);
-    g->dqkv = TAKE(N * g->ldq);
-    g->datt = TAKE(N * g->qd);
-    g->dg = TAKE(N * ff);
-    g->du = TAKE(N * ff);
-    g->da = TAKE(N * ff);
-    g->dtmp = TAKE(N * g->max_out);
-    g->dxa = TAKE(N * (size_t)r);
-    g->xd = TAKE(N * g->max_in);
-    g->logits = TAKE((size_t)LOSS_CHUNK * g->V);
-    g->mm_scratch = TAKE(PEFT_MAX(mm, mmdx));
-    g->attn_scratch = TAKE(kern_attn_train_scratch_floats(T, 0, g->nt));
-    g->pos = (int32_t *)TAKE(N);
-#undef TAKE
+    layout(g, r, g->arena);
     if (a && a->cfg.dropout > 0) {
         size_t bytes = 0;
         for (int i = 0; i < a->n_modules; i++) bytes += N * (size_t)a->mods[i].in;

@@ -404,11 +404,13 @@ int train_run(peft_model *m, lora_adapter *a, const data_set *train, const data_
         /* gather the step's micro-batches first: token normalisation needs
          * their target counts */
         int step_targets = 0;
+        int64_t step_tokens = 0;
         for (int i = 0; i < p->accum; i++) {
             data_batch b;
             if ((rc = data_loader_next(ld, &b))) { rc = peft_fail(err, rc, "data loader failed"); goto done; }
             owned_batch_copy(&micro[i], &b);
             step_targets += b.n_targets;
+            for (int r = 0; r < b.B; r++) step_tokens += b.lengths[r];
         }
         memset(a->grads, 0, (size_t)a->n_params * sizeof(float));
         double step_loss = 0;
@@ -429,7 +431,7 @@ int train_run(peft_model *m, lora_adapter *a, const data_set *train, const data_
             if (rc) goto done;
             step_loss += p->norm == LOSS_NORM_TOKENS ? ls / (double)step_targets : ls / ((double)nt * p->accum);
         }
-        tokens += step_targets;
+        tokens += step_tokens;
         double gn = grad_norm(a->grads, a->n_params);
         if (!isfinite(gn)) {
             rc = peft_fail(err, PEFT_ERR_NUMERIC, "step %d: the gradient is not finite; stopping", step + 1);
@@ -444,8 +446,8 @@ int train_run(peft_model *m, lora_adapter *a, const data_set *train, const data_
         const double el = peft_time_s() - t0;
         const double tps = el > 0 ? (double)tokens / el : 0;
         snprintf(line, sizeof line,
-                 "{\"step\": %d, \"epoch\": %d, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens\": %d, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}",
-                 step + 1, data_loader_epoch(ld), step_loss, lr, gn, step_targets, tps, el);
+                 "{\"step\": %d, \"epoch\": %d, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens\": %lld, \"targets\": %d, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}",
+                 step + 1, data_loader_epoch(ld), step_loss, lr, gn, (long long)step_tokens, step_targets, tps, el);
         if ((rc = append_line(metrics, line, err))) goto done;
         hist_add(&hist, step + 1, step_loss, false);
         if (p->progress) {

@@ -18,7 +18,7 @@ typedef struct {
     double tokens_per_s, elapsed_s, eta_s;
     bool is_eval;
     double val_loss, val_ppl;
-    int64_t tokens;        /* target tokens seen so far */
+    int64_t tokens;        /* input tokens (not padding) processed so far */
 } train_progress;
 
 typedef void (*train_progress_fn)(const train_progress *p, void *user);
