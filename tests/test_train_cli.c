@@ -1,0 +1,293 @@
+/* test_train_cli.c — `peft train` end to end through the CLI: exact resume
+ * after kill -9 at random moments (often mid-checkpoint), bad data with file
+ * and line, empty data, unwritable output, a non-finite loss that stops the
+ * run and leaves the last good checkpoint in place; then `peft eval` and
+ * `peft generate --adapter` on the result. */
+#include "core/core.h"
+#include "formats/safetensors.h"
+#include "test.h"
+
+#include <cjson/cJSON.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MODEL "tests/fixtures/models/tiny-llama"
+
+static char tmp[256];
+
+static int run(const char *args, char *out, size_t cap) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", getenv("PEFT_CLI"), args);
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void write_data(const char *path, int n_rows, const char *bad_line_at_3) {
+    FILE *f = fopen(path, "w");
+    const char *w[] = {"the", "king", "queen", "lord", "night", "day", "love", "sword", "crown", "heart", "fair"};
+    peft_rng r;
+    peft_rng_seed(&r, 11);
+    for (int i = 0; i < n_rows; i++) {
+        if (i == 2 && bad_line_at_3) { fprintf(f, "%s\n", bad_line_at_3); continue; }
+        fprintf(f, "{\"text\": \"");
+        int len = 5 + (int)(peft_rng_u64(&r) % 30);
+        for (int k = 0; k < len; k++) fprintf(f, "%s%s", k ? " " : "", w[peft_rng_u64(&r) % 11]);
+        fprintf(f, "\"}\n");
+    }
+    fclose(f);
+}
+
+static char *slurp(const char *path, size_t *len) {
+    char *d = NULL;
+    peft_err err = {0};
+    if (peft_read_file(path, &d, len, &err)) return NULL;
+    return d;
+}
+
+/* Spawns the CLI with args (split on spaces) and SIGKILLs it after `ms`. */
+static void run_and_kill(const char *args, int ms) {
+    char buf[2048];
+    snprintf(buf, sizeof buf, "%s", args);
+    char *argv[64];
+    int n = 0;
+    argv[n++] = (char *)getenv("PEFT_CLI");
+    for (char *t = strtok(buf, " "); t && n < 63; t = strtok(NULL, " ")) argv[n++] = t;
+    argv[n] = NULL;
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open("/dev/null", 1);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    kill(pid, SIGKILL);
+    int st;
+    waitpid(pid, &st, 0);
+}
+
+static void resume_after_kill_is_exact(void) {
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
+    char data[300], a[300], b[300], args[2048], out[16384];
+    snprintf(data, sizeof data, "%s/d.jsonl", tmp);
+    write_data(data, 120, NULL);
+    snprintf(a, sizeof a, "%s/A", tmp);
+    snprintf(b, sizeof b, "%s/B", tmp);
+    const char *common = "train --model " MODEL " --steps 40 --batch 4 --seq 64 --lr 3e-3 --warmup 3 --dropout 0.1 "
+                         "--target all-linear --save-every 1 --threads 1 --quiet --seed 5 --val-split 0.1 --eval-every 10";
+    snprintf(args, sizeof args, "%s --data %s --out %s", common, data, a);
+    CHECK_EQ_INT(run(args, out, sizeof out), 0);
+    /* interrupted run: kill at several moments, resume each time */
+    peft_rng r;
+    peft_rng_seed(&r, (uint64_t)time(NULL));
+    int kills = 0;
+    for (int attempt = 0; attempt < 12; attempt++) {
+        char latest[400];
+        snprintf(latest, sizeof latest, "%s/LATEST", b);
+        bool have = peft_file_exists(latest);
+        snprintf(args, sizeof args, "%s --data %s --out %s%s%s", common, data, b, have ? " --resume " : "", have ? b : "");
+        run_and_kill(args, 20 + (int)(peft_rng_u64(&r) % 150));
+        kills++;
+    }
+    char latest[400];
+    snprintf(latest, sizeof latest, "%s/LATEST", b);
+    bool have = peft_file_exists(latest);
+    snprintf(args, sizeof args, "%s --data %s --out %s%s%s", common, data, b, have ? " --resume " : "", have ? b : "");
+    CHECK_EQ_INT(run(args, out, sizeof out), 0);
+    /* identical adapter bytes and identical loss/validation history */
+    char pa[400], pb[400];
+    snprintf(pa, sizeof pa, "%s/adapter_model.safetensors", a);
+    snprintf(pb, sizeof pb, "%s/adapter_model.safetensors", b);
+    size_t la = 0, lb = 0;
+    char *da = slurp(pa, &la), *db = slurp(pb, &lb);
+    CHECK(da && db && la == lb && memcmp(da, db, la) == 0);
+    free(da);
+    free(db);
+    snprintf(pa, sizeof pa, "%s/metrics.jsonl", a);
+    snprintf(pb, sizeof pb, "%s/metrics.jsonl", b);
+    da = slurp(pa, &la);
+    db = slurp(pb, &lb);
+    int lines = 0, same = 0;
+    if (da && db) {
+        /* compare step, loss and val_loss of each line (timings differ) */
+        char *sa = da, *sb = db, *na, *nb;
+        for (; sa && sb && *sa && *sb; sa = na, sb = nb) {
+            na = strchr(sa, '\n');
+            nb = strchr(sb, '\n');
+            if (na) *na++ = 0;
+            if (nb) *nb++ = 0;
+            cJSON *ja = cJSON_Parse(sa), *jb = cJSON_Parse(sb);
+            const char *keys[] = {"step", "loss", "val_loss", "lr", "grad_norm"};
+            bool eq = true;
+            for (int k = 0; k < 5; k++) {
+                const cJSON *x = cJSON_GetObjectItem(ja, keys[k]), *y = cJSON_GetObjectItem(jb, keys[k]);
+                if (!x != !y || (x && x->valuedouble != y->valuedouble)) eq = false;
+            }
+            lines++;
+            same += eq;
+            cJSON_Delete(ja);
+            cJSON_Delete(jb);
+        }
+    }
+    CHECK_MSG(lines >= 44 && same == lines, "%d of %d metric lines identical", same, lines);
+    printf("    %d kills; %d metric lines and the final adapter identical to the uninterrupted run\n", kills, lines);
+    free(da);
+    free(db);
+}
+
+static void bad_data_names_file_and_line(void) {
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
+    char data[300], args[1024], out[16384];
+    snprintf(data, sizeof data, "%s/bad.jsonl", tmp);
+    write_data(data, 20, "{\"text\": \"unterminated");
+    snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s/bad_out --steps 2 --seq 32 --quiet", data, tmp);
+    CHECK_EQ_INT(run(args, out, sizeof out), 1);
+    CHECK_MSG(strstr(out, "bad.jsonl:3") != NULL, "%s", out);
+    /* --skip-bad skips and counts it */
+    snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s/bad_out --steps 2 --seq 32 --quiet --skip-bad", data, tmp);
+    CHECK_EQ_INT(run(args, out, sizeof out), 0);
+    CHECK_MSG(strstr(out, "1 lines skipped") != NULL, "%s", out);
+    /* a line without the fields */
+    write_data(data, 20, "{\"prompt\": \"x\"}");
+    snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s/bad_out --steps 2 --seq 32 --quiet", data, tmp);
+    CHECK_EQ_INT(run(args, out, sizeof out), 1);
+    CHECK_MSG(strstr(out, "bad.jsonl:3") != NULL, "%s", out);
+    /* empty dataset */
+    FILE *f = fopen(data, "w");
+    fclose(f);
+    CHECK_EQ_INT(run(args, out, sizeof out), 1);
+    CHECK_MSG(strstr(out, "bad.jsonl") != NULL, "%s", out);
+    /* unknown option, unknown method, unknown target */
+    CHECK_EQ_INT(run("train --model " MODEL " --data x --out y --frobnicate 1", out, sizeof out), 2);
+    CHECK_EQ_INT(run("train --model " MODEL " --data x --out y --method bogus", out, sizeof out), 2);
+    write_data(data, 20, NULL);
+    snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s/o --target q_prj --quiet", data, tmp);
+    CHECK_EQ_INT(run(args, out, sizeof out), 1);
+    CHECK_MSG(strstr(out, "q_prj") != NULL, "%s", out);
+}
+
+static void unwritable_output_is_an_error(void) {
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
+    char data[300], args[1024], out[16384];
+    snprintf(data, sizeof data, "%s/d2.jsonl", tmp);
+    write_data(data, 20, NULL);
+    snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s/d2.jsonl/sub --steps 2 --seq 32 --quiet", data, tmp);
+    CHECK_EQ_INT(run(args, out, sizeof out), 1);
+    CHECK_MSG(strstr(out, "d2.jsonl/sub") != NULL || strstr(out, "d2.jsonl") != NULL, "%s", out);
+}
+
+/* Writes NaN into the first element of `tensor` of dir/model.safetensors. */
+static void poison(const char *dir, const char *tensor) {
+    char p[400];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    size_t len = 0;
+    char *d = slurp(p, &len);
+    if (!d) return;
+    uint64_t hl;
+    memcpy(&hl, d, 8);
+    char *hdr = strndup(d + 8, hl);
+    cJSON *j = cJSON_Parse(hdr);
+    const cJSON *t = cJSON_GetObjectItem(j, tensor);
+    const cJSON *off = cJSON_GetObjectItem(t, "data_offsets");
+    if (off) {
+        size_t at = 8 + hl + (size_t)cJSON_GetArrayItem(off, 0)->valuedouble;
+        float nan = NAN;
+        memcpy(d + at, &nan, 4);
+        FILE *f = fopen(p, "wb");
+        fwrite(d, 1, len, f);
+        fclose(f);
+    }
+    cJSON_Delete(j);
+    free(hdr);
+    free(d);
+}
+
+static void nan_loss_stops_and_keeps_checkpoint(void) {
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
+    char data[300], run_dir[300], bad_model[300], args[2048], out[16384];
+    snprintf(data, sizeof data, "%s/d3.jsonl", tmp);
+    write_data(data, 40, NULL);
+    snprintf(run_dir, sizeof run_dir, "%s/nanrun", tmp);
+    snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s --steps 4 --save-every 2 --seq 64 --quiet", data, run_dir);
+    CHECK_EQ_INT(run(args, out, sizeof out), 0);
+    /* a copy of the model with a NaN weight */
+    snprintf(bad_model, sizeof bad_model, "%s/nanmodel", tmp);
+    snprintf(args, sizeof args, "mkdir -p %s && cp " MODEL "/* %s/", bad_model, bad_model);
+    CHECK(system(args) == 0);
+    poison(bad_model, "model.layers.1.mlp.down_proj.weight");
+    char latest_before[64] = {0}, p[400];
+    snprintf(p, sizeof p, "%s/LATEST", run_dir);
+    char *l = slurp(p, NULL);
+    if (l) snprintf(latest_before, sizeof latest_before, "%s", l);
+    free(l);
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", run_dir);
+    unlink(p);
+    snprintf(args, sizeof args, "train --model %s --data %s --out %s --steps 8 --save-every 2 --seq 64 --quiet --resume %s",
+             bad_model, data, run_dir, run_dir);
+    CHECK_EQ_INT(run(args, out, sizeof out), 1);
+    CHECK_MSG(strstr(out, "not finite") != NULL, "%s", out);
+    /* nothing was overwritten: same LATEST, its checkpoint loads, no final adapter */
+    snprintf(p, sizeof p, "%s/LATEST", run_dir);
+    l = slurp(p, NULL);
+    CHECK(l && strcmp(l, latest_before) == 0);
+    free(l);
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", run_dir);
+    CHECK(!peft_file_exists(p));
+    snprintf(p, sizeof p, "%s/checkpoint-2/adapter_model.safetensors", run_dir);
+    st_archive *st = NULL;
+    peft_err err = {0};
+    CHECK_OK(st_open(p, &st, &err));
+    if (st) {
+        bool finite = true;
+        for (int i = 0; i < st_count(st); i++) {
+            const st_tensor *t = st_at(st, i);
+            for (int64_t k = 0; k < st_numel(t); k++) finite &= isfinite(((const float *)t->data)[k]);
+        }
+        CHECK(finite);
+        st_close(st);
+    }
+}
+
+static void eval_and_generate_use_the_adapter(void) {
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
+    char data[300], args[2048], out[16384], out2[16384];
+    snprintf(data, sizeof data, "%s/d.jsonl", tmp);
+    snprintf(args, sizeof args, "eval --model " MODEL " --adapter %s/A --data %s --seq 64 --json", tmp, data);
+    CHECK_EQ_INT(run(args, out, sizeof out), 0);
+    snprintf(args, sizeof args, "eval --model " MODEL " --data %s --seq 64 --json", data);
+    CHECK_EQ_INT(run(args, out2, sizeof out2), 0);
+    cJSON *ja = cJSON_Parse(out), *jb = cJSON_Parse(out2);
+    const cJSON *la = cJSON_GetObjectItem(ja, "loss"), *lb = cJSON_GetObjectItem(jb, "loss");
+    CHECK_MSG(la && lb && la->valuedouble < lb->valuedouble - 0.5, "adapter %s vs base %s", out, out2);
+    cJSON_Delete(ja);
+    cJSON_Delete(jb);
+    snprintf(args, sizeof args, "generate --model " MODEL " --adapter %s/A --prompt the --max-tokens 8", tmp);
+    CHECK_EQ_INT(run(args, out, sizeof out), 0);
+    snprintf(args, sizeof args, "generate --model " MODEL " --adapter tests/fixtures/lora/gpt2_all/adapter --prompt the");
+    CHECK_EQ_INT(run(args, out, sizeof out), 1);
+    CHECK_MSG(strstr(out, "adapter") != NULL, "%s", out);
+}
+
+int main(void) {
+    snprintf(tmp, sizeof tmp, "/tmp/peft_train_cli_XXXXXX");
+    if (!mkdtemp(tmp)) return 1;
+    TEST_RUN(resume_after_kill_is_exact);
+    TEST_RUN(bad_data_names_file_and_line);
+    TEST_RUN(unwritable_output_is_an_error);
+    TEST_RUN(nan_loss_stops_and_keeps_checkpoint);
+    TEST_RUN(eval_and_generate_use_the_adapter);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp);
+    TEST_MAIN_END();
+}
