@@ -30,6 +30,7 @@ struct train_graph {
     peft_model *m;
     lora_adapter *ad;
     int B, T, N, nt;
+    int T_cap;          /* T, N above are the current batch's; buffers fit T_cap */
     int d, qd, kvd, ldq, ff, V, max_in, max_out;
     layer_acts *L;
     mod_acts *M;        /* per adapter module */
@@ -114,6 +115,7 @@ int tg_new(peft_model *m, lora_adapter *a, int B, int T, train_graph **out, peft
     g->ad = a;
     g->B = B;
     g->T = T;
+    g->T_cap = T;
     g->N = B * T;
     g->nt = m->ctx ? m->ctx->n_threads : 1;
     g->d = c->d_model;
@@ -257,11 +259,17 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
     peft_model *m = g->m;
     const model_config *c = &m->cfg;
     const bool gpt2 = c->arch == PEFT_ARCH_GPT2;
-    const int N = g->N, d = g->d, ff = g->ff, half = c->rope_dim / 2;
+    const int d = g->d, ff = g->ff, half = c->rope_dim / 2;
     const float eps = c->norm_eps;
     int rc = 0;
-    if (b->B != g->B || b->T != g->T)
-        return peft_fail(err, PEFT_ERR_SHAPE, "batch is %d x %d, the graph was built for %d x %d", b->B, b->T, g->B, g->T);
+    if (b->B != g->B || b->T > g->T_cap || b->T < 2)
+        return peft_fail(err, PEFT_ERR_SHAPE, "batch is %d x %d, the graph was built for %d x (2..%d)", b->B, b->T, g->B,
+                         g->T_cap);
+    /* Batches may be shorter than the graph's capacity (padding trimmed to
+     * the longest row): every buffer fits, only the row length changes. */
+    g->T = b->T;
+    g->N = g->B * b->T;
+    const int N = g->N;
     for (int i = 0; i < N; i++) {
         if (b->inputs[i] < 0 || b->inputs[i] >= c->vocab)
             return peft_fail(err, PEFT_ERR_INVALID, "token id %d out of range [0, %d)", b->inputs[i], c->vocab);

@@ -17,7 +17,7 @@ void tg_free(train_graph *g);
 /* Bytes of the activation arena (for reporting memory). */
 size_t tg_arena_bytes(const train_graph *g);
 
-/* Runs the batch. Causal-LM loss: *loss_sum = Σ over counted targets of
+/* Runs the batch (b->B == B, 2 <= b->T <= the T the graph was built for). Causal-LM loss: *loss_sum = Σ over counted targets of
  * -log p(target), *n_targets = their count. With backward, a->grads +=
  * ∂(grad_scale · loss_sum)/∂params. dropout_seed picks the dropout masks
  * (ignored when the adapter's dropout is 0). */

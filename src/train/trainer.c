@@ -50,23 +50,36 @@ static int owned_batch_init(owned_batch *o, int B, int T, peft_err *err) {
     return 0;
 }
 
+/* Copies src, trimming the padding columns that no row uses: rows are
+ * right-padded, so the batch shrinks to the longest row (as HF's collators
+ * pad to the longest sequence). */
 static void owned_batch_copy(owned_batch *o, const data_batch *src) {
-    const size_t N = (size_t)o->B * o->T;
-    memcpy(o->b.inputs, src->inputs, N * sizeof(int32_t));
-    memcpy(o->b.targets, src->targets, N * sizeof(int32_t));
-    memcpy(o->b.positions, src->positions, N * sizeof(int32_t));
-    memcpy(o->b.segments, src->segments, N * sizeof(int32_t));
-    if (src->labels) memcpy(o->b.labels, src->labels, (size_t)o->B * sizeof(int32_t));
-    if (src->lengths) memcpy(o->b.lengths, src->lengths, (size_t)o->B * sizeof(int32_t));
-    o->b.n_targets = src->n_targets;
-    o->b.pad_id = src->pad_id;
+    int T = 2;
+    for (int r = 0; r < src->B; r++) T = PEFT_MAX(T, src->lengths ? src->lengths[r] : src->T);
+    T = PEFT_MIN(T, src->T);
+    data_batch *b = &o->b;
+    b->B = src->B;
+    b->T = T;
+    const int32_t *from[4] = {src->inputs, src->targets, src->positions, src->segments};
+    int32_t *to[4] = {b->inputs, b->targets, b->positions, b->segments};
+    for (int k = 0; k < 4; k++)
+        for (int r = 0; r < src->B; r++)
+            memcpy(to[k] + (size_t)r * T, from[k] + (size_t)r * src->T, (size_t)T * sizeof(int32_t));
+    for (int r = 0; r < src->B; r++) {
+        b->labels[r] = src->labels ? src->labels[r] : -1;
+        b->lengths[r] = src->lengths ? src->lengths[r] : src->T;
+    }
+    b->n_targets = src->n_targets;
+    b->pad_id = src->pad_id;
 }
 
 /* Rows of examples [first, first + B) of d, right-padded; rows past the end
  * are empty (no targets). */
 static void fill_eval_batch(owned_batch *o, const data_set *d, int first, int pad) {
     data_batch *b = &o->b;
-    const int T = o->T;
+    int T = 2; /* the longest row, not the capacity */
+    for (int r = 0; r < o->B && first + r < d->n; r++) T = PEFT_MAX(T, PEFT_MIN(d->ex[first + r].n, o->T));
+    b->T = T;
     b->n_targets = 0;
     for (int r = 0; r < o->B; r++) {
         const data_example *e = first + r < d->n ? &d->ex[first + r] : NULL;
