@@ -4,6 +4,7 @@
  * run and leaves the last good checkpoint in place; then `peft eval` and
  * `peft generate --adapter` on the result. */
 #include "core/core.h"
+#include "formats/gguf.h"
 #include "formats/safetensors.h"
 #include "test.h"
 
@@ -269,8 +270,29 @@ static void eval_and_generate_use_the_adapter(void) {
     cJSON *ja = cJSON_Parse(out), *jb = cJSON_Parse(out2);
     const cJSON *la = cJSON_GetObjectItem(ja, "loss"), *lb = cJSON_GetObjectItem(jb, "loss");
     CHECK_MSG(la && lb && la->valuedouble < lb->valuedouble - 0.5, "adapter %s vs base %s", out, out2);
+    /* merged into the base, the model gives the adapter's loss */
+    snprintf(args, sizeof args, "merge --model " MODEL " --adapter %s/A --out %s/merged", tmp, tmp);
+    CHECK_EQ_INT(run(args, out2, sizeof out2), 0);
+    snprintf(args, sizeof args, "eval --model %s/merged --data %s --seq 64 --json", tmp, data);
+    CHECK_EQ_INT(run(args, out2, sizeof out2), 0);
+    cJSON *jm = cJSON_Parse(out2);
+    const cJSON *lm = cJSON_GetObjectItem(jm, "loss");
+    CHECK_MSG(la && lm && fabs(la->valuedouble - lm->valuedouble) < 1e-4, "adapter %s vs merged %s", out, out2);
+    cJSON_Delete(jm);
     cJSON_Delete(ja);
     cJSON_Delete(jb);
+    /* GGUF LoRA export, base taken from adapter_config.json */
+    snprintf(args, sizeof args, "export --adapter %s/A --format gguf --out %s/a.gguf", tmp, tmp);
+    CHECK_EQ_INT(run(args, out2, sizeof out2), 0);
+    snprintf(args, sizeof args, "%s/a.gguf", tmp);
+    gguf_file *gf = NULL;
+    peft_err err = {0};
+    CHECK_OK(gguf_open(args, &gf, &err));
+    CHECK(gf && gguf_get_str(gf, "general.type") && !strcmp(gguf_get_str(gf, "general.type"), "adapter"));
+    CHECK(gf && gguf_find_tensor(gf, "blk.0.attn_q.weight.lora_a") != NULL);
+    gguf_close(gf);
+    CHECK_EQ_INT(run("export --adapter /nonexistent --format gguf", out2, sizeof out2), 1);
+    CHECK_EQ_INT(run("merge --model " MODEL " --adapter tests/fixtures/lora/gpt2_all/adapter --out /tmp/never", out2, sizeof out2), 1);
     snprintf(args, sizeof args, "generate --model " MODEL " --adapter %s/A --prompt the --max-tokens 8", tmp);
     CHECK_EQ_INT(run(args, out, sizeof out), 0);
     snprintf(args, sizeof args, "generate --model " MODEL " --adapter tests/fixtures/lora/gpt2_all/adapter --prompt the");
