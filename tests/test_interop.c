@@ -1,0 +1,125 @@
+/* test_interop.c — adapters cross between HF peft and peft.c with the same
+ * logits, both ways:
+ *   peft → here: adapters saved by peft (tests/fixtures/lora/<case>/adapter)
+ *     applied here give peft's logits (fixture reference.safetensors);
+ *   here → peft: an adapter saved here, loaded by HF peft in Python
+ *     (tools/check_interop.py), gives our logits; skipped, saying so, when
+ *     the reference stack is not installed. */
+#include "peft/lora.h"
+#include "test.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const char *const cases[][2] = {
+    {"llama_all", "tests/fixtures/models/tiny-llama"},
+    {"llama_qv_rslora", "tests/fixtures/models/tiny-llama"},
+    {"gpt2_all", "tests/fixtures/models/tiny-gpt2"},
+    {"qwen2_qv", "tests/fixtures/models/tiny-qwen2"},
+};
+
+static void peft_adapters_give_peft_logits_here(void) {
+    for (int c = 0; c < 4; c++) {
+        for (int src = 0; src < 2; src++) {
+            /* the HF folder, and for llama the GGUF too: the adapter's HF
+             * names must land on the un-permuted GGUF rows */
+            if (src == 1 && strcmp(cases[c][0], "llama_all") != 0) continue;
+            const char *model = src ? "tests/fixtures/models/tiny-llama.f32.gguf" : cases[c][1];
+            char p[512];
+            snprintf(p, sizeof p, "tests/fixtures/lora/%s/reference.safetensors", cases[c][0]);
+            st_archive *ref = NULL;
+            peft_err err = {0};
+            CHECK_OK(st_open(p, &ref, &err));
+            if (!ref) continue;
+            const st_tensor *ids = st_find(ref, "input_ids"), *lg = st_find(ref, "logits");
+            peft_ctx *ctx = peft_init(NULL);
+            peft_model *m = peft_model_load(ctx, model);
+            lora_adapter *a = NULL;
+            snprintf(p, sizeof p, "tests/fixtures/lora/%s/adapter", cases[c][0]);
+            CHECK_OK(lora_load(m, p, &a, &err));
+            if (m && a && ids && lg) {
+                m->lora = a;
+                const int B = (int)ids->shape[0], T = (int)ids->shape[1], V = m->cfg.vocab;
+                float *out = malloc(sizeof(float) * (size_t)T * V);
+                double worst = 0;
+                for (int b = 0; b < B; b++) {
+                    CHECK_OK(peft_model_logits(m, (const int32_t *)ids->data + b * T, T, out));
+                    worst = fmax(worst, test_max_abs_diff(out, (const float *)lg->data + (size_t)b * T * V, (size_t)T * V));
+                }
+                CHECK_MSG(worst <= 1e-4, "%s on %s: max |diff| %g", cases[c][0], model, worst);
+                printf("    %-16s on %-42s max |logit diff| vs peft %.3g\n", cases[c][0], model, worst);
+                free(out);
+                m->lora = NULL;
+            }
+            lora_free(a);
+            peft_model_free(m);
+            peft_free(ctx);
+            st_close(ref);
+        }
+    }
+}
+
+static int python_ok(void) {
+    int rc = system("python3 -c 'import torch, transformers, peft, safetensors' >/dev/null 2>&1");
+    return rc == 0;
+}
+
+static void our_adapters_load_in_peft(void) {
+    if (getenv("CI") && strcmp(getenv("CI"), "false") != 0)
+        TEST_SKIP("needs the Python reference stack (torch, transformers, peft): not run in CI; run `bash scripts/test.sh` locally");
+    if (!python_ok()) TEST_SKIP("python3 with torch, transformers, peft and safetensors is not installed (the reference stack)");
+    char dir[] = "/tmp/peft_interop_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    const char *models[] = {"tests/fixtures/models/tiny-llama", "tests/fixtures/models/tiny-gpt2", "tests/fixtures/models/tiny-qwen2"};
+    const char *targets[] = {"q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "c_attn,c_proj,c_fc", "q_proj,v_proj"};
+    for (int k = 0; k < 3; k++) {
+        peft_ctx *ctx = peft_init(NULL);
+        peft_model *m = peft_model_load(ctx, models[k]);
+        lora_config cfg = lora_default_config();
+        cfg.r = 4;
+        cfg.alpha = 16;
+        cfg.rslora = k == 2;
+        cfg.layers = k == 1 ? 2u : 0u; /* GPT-2: layer 1 only */
+        peft_err err = {0};
+        lora_adapter *a = NULL;
+        CHECK_OK(lora_parse_targets(m, targets[k], &cfg.targets, &err));
+        CHECK_OK(lora_new(m, &cfg, &a, &err));
+        if (!a) { peft_model_free(m); peft_free(ctx); continue; }
+        peft_rng rng;
+        peft_rng_seed(&rng, 99 + (uint64_t)k);
+        for (int64_t i = 0; i < a->n_params; i++) a->params[i] = 0.2f * peft_rng_normal(&rng);
+        a->base_model = strdup(models[k]);
+        char ad[600], lp[600];
+        snprintf(ad, sizeof ad, "%s/adapter%d", dir, k);
+        CHECK_OK(lora_save(a, m, ad, &err));
+        /* our logits for a fixed sequence */
+        const int T = 12;
+        int32_t ids[12];
+        for (int t = 0; t < T; t++) ids[t] = (int32_t)(peft_rng_u64(&rng) % 320);
+        float *lg = malloc(sizeof(float) * (size_t)T * m->cfg.vocab);
+        m->lora = a;
+        CHECK_OK(peft_model_logits(m, ids, T, lg));
+        st_write_tensor ts[2] = {{"input_ids", PEFT_DT_I32, 2, {1, T}, ids},
+                                 {"logits", PEFT_DT_F32, 3, {1, T, m->cfg.vocab}, lg}};
+        snprintf(lp, sizeof lp, "%s/logits%d.safetensors", dir, k);
+        CHECK_OK(st_write(lp, ts, 2, NULL, &err));
+        char cmd[2048];
+        snprintf(cmd, sizeof cmd, "python3 tools/check_interop.py %s %s %s 2>/dev/null", models[k], ad, lp);
+        int st = system(cmd);
+        CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "HF peft disagrees on %s (exit %d)", models[k], WEXITSTATUS(st));
+        free(lg);
+        m->lora = NULL;
+        lora_free(a);
+        peft_model_free(m);
+        peft_free(ctx);
+    }
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
+int main(void) {
+    TEST_RUN(peft_adapters_give_peft_logits_here);
+    TEST_RUN(our_adapters_load_in_peft);
+    TEST_MAIN_END();
+}
