@@ -156,6 +156,69 @@ peft_sample_params peft_sample_default_params(void);
 int peft_generate(peft_model *m, const char *prompt, const peft_sample_params *p,
                   peft_token_fn on_token, void *user, peft_gen_stats *stats);
 
+/* ---- adapters and training -------------------------------------------------- */
+
+typedef struct peft_adapter peft_adapter;   /* a LoRA adapter */
+
+typedef struct {
+    int r;                   /* rank (8) */
+    float alpha;             /* scale alpha/r (16) */
+    float dropout;           /* on the adapter's input (0) */
+    int rslora;              /* scale alpha/sqrt(r) instead */
+    int gaussian_init;       /* A ~ N(0, 1/r²) instead of kaiming-uniform; B = 0 either way */
+    const char *targets;     /* "q_proj,v_proj", "c_attn", "all-linear"; NULL: the architecture's default */
+    uint64_t layers;         /* bit per layer to adapt; 0 = all */
+    uint64_t seed;
+} peft_lora_params;
+
+peft_lora_params peft_lora_default_params(void);
+/* A fresh adapter for m (B = 0, so the model's output is unchanged). */
+peft_adapter *peft_adapter_new(peft_model *m, const peft_lora_params *p);
+/* Loads an adapter in the HF PEFT format (adapter_config.json + adapter_model.safetensors). */
+peft_adapter *peft_adapter_load(peft_model *m, const char *dir);
+/* Saves in the HF PEFT format, atomically. */
+int peft_adapter_save(peft_model *m, const peft_adapter *a, const char *dir);
+void peft_adapter_free(peft_adapter *a);
+int64_t peft_adapter_n_params(const peft_adapter *a);
+/* Applies a to m's forward (logits, generate); NULL detaches. a must outlive
+ * the attachment. */
+int peft_adapter_attach(peft_model *m, const peft_adapter *a);
+/* W + s·B·A written as a new model (HF folder from HF, GGUF from GGUF). */
+int peft_adapter_merge(peft_model *m, const peft_adapter *a, const char *out_path);
+/* The adapter as a llama.cpp GGUF LoRA file. */
+int peft_adapter_export_gguf(peft_model *m, const peft_adapter *a, const char *path);
+
+typedef struct {
+    const char *data;        /* training JSONL */
+    const char *val;         /* validation JSONL or NULL */
+    double val_split;        /* held out of data when val is NULL (0) */
+    int batch, seq, accum;   /* 4, 256, 1 */
+    int steps, epochs;       /* steps > 0 wins (100) */
+    int pack;
+    float lr, weight_decay, beta1, beta2, eps, max_grad_norm;
+    const char *schedule;    /* "constant", "linear", "cosine" */
+    int warmup_steps;
+    int eval_every, eval_max_batches, save_every;
+    uint64_t seed;
+    int skip_bad;            /* skip bad data lines instead of failing */
+    const char *out_dir;     /* required */
+    const char *resume;      /* run or checkpoint folder, or NULL */
+} peft_train_params;
+
+typedef struct {
+    int steps;
+    double first_loss, last_loss, val_loss_before, val_loss_after; /* NAN without validation */
+    double seconds, tokens_per_s;
+} peft_train_result;
+
+peft_train_params peft_train_default_params(void);
+/* Trains a on p->data and writes it to p->out_dir (HF PEFT format,
+ * metrics.jsonl, loss.svg, checkpoints). */
+int peft_train(peft_model *m, peft_adapter *a, const peft_train_params *p, peft_train_result *res);
+/* Mean loss per target token of a JSONL file (a may be NULL). */
+int peft_eval(peft_model *m, const peft_adapter *a, const char *data, int batch, int seq,
+              double *loss, int64_t *n_tokens);
+
 #ifdef __cplusplus
 }
 #endif

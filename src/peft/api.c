@@ -1,0 +1,163 @@
+/* api.c — the public adapter and training API (peft.h) over the internal
+ * LoRA, data and trainer layers. */
+#include "peft/lora.h"
+#include "train/trainer.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* peft_adapter is lora_adapter behind the public name. */
+struct peft_adapter;
+#define AS_LORA(a) ((lora_adapter *)(a))
+#define AS_PUB(a) ((peft_adapter *)(a))
+
+peft_lora_params peft_lora_default_params(void) {
+    peft_lora_params p;
+    memset(&p, 0, sizeof p);
+    p.r = 8;
+    p.alpha = 16;
+    p.seed = 42;
+    return p;
+}
+
+peft_adapter *peft_adapter_new(peft_model *m, const peft_lora_params *p) {
+    peft_err *err = &m->ctx->err;
+    peft_lora_params d = peft_lora_default_params();
+    if (!p) p = &d;
+    lora_config c = lora_default_config();
+    c.r = p->r;
+    c.alpha = p->alpha;
+    c.dropout = p->dropout;
+    c.rslora = p->rslora != 0;
+    c.init = p->gaussian_init ? LORA_INIT_GAUSSIAN : LORA_INIT_KAIMING;
+    c.layers = p->layers;
+    c.seed = p->seed;
+    if (p->r <= 0 || !(p->dropout >= 0 && p->dropout < 1)) {
+        peft_fail(err, PEFT_ERR_INVALID, "LoRA rank must be positive and dropout in [0, 1)");
+        return NULL;
+    }
+    if (p->targets && lora_parse_targets(m, p->targets, &c.targets, err)) return NULL;
+    lora_adapter *a = NULL;
+    if (lora_new(m, &c, &a, err)) return NULL;
+    return AS_PUB(a);
+}
+
+peft_adapter *peft_adapter_load(peft_model *m, const char *dir) {
+    lora_adapter *a = NULL;
+    if (lora_load(m, dir, &a, &m->ctx->err)) return NULL;
+    return AS_PUB(a);
+}
+
+int peft_adapter_save(peft_model *m, const peft_adapter *a, const char *dir) {
+    return lora_save(AS_LORA(a), m, dir, &m->ctx->err);
+}
+
+void peft_adapter_free(peft_adapter *a) { lora_free(AS_LORA(a)); }
+
+int64_t peft_adapter_n_params(const peft_adapter *a) { return AS_LORA(a)->n_params; }
+
+int peft_adapter_attach(peft_model *m, const peft_adapter *a) {
+    if (a && AS_LORA(a)->n_layer != m->cfg.n_layer)
+        return peft_fail(&m->ctx->err, PEFT_ERR_SHAPE, "the adapter was made for a model with %d layers, not %d",
+                         AS_LORA(a)->n_layer, m->cfg.n_layer);
+    m->lora = AS_LORA(a);
+    return 0;
+}
+
+int peft_adapter_merge(peft_model *m, const peft_adapter *a, const char *out_path) {
+    return lora_merge_save(AS_LORA(a), m, out_path, &m->ctx->err);
+}
+
+int peft_adapter_export_gguf(peft_model *m, const peft_adapter *a, const char *path) {
+    return lora_export_gguf(AS_LORA(a), m, path, &m->ctx->err);
+}
+
+peft_train_params peft_train_default_params(void) {
+    train_params t = train_default_params();
+    peft_train_params p;
+    memset(&p, 0, sizeof p);
+    p.batch = t.batch;
+    p.seq = t.seq;
+    p.accum = t.accum;
+    p.steps = t.steps;
+    p.lr = t.opt.lr;
+    p.weight_decay = t.opt.weight_decay;
+    p.beta1 = t.opt.beta1;
+    p.beta2 = t.opt.beta2;
+    p.eps = t.opt.eps;
+    p.max_grad_norm = t.opt.max_grad_norm;
+    p.schedule = sched_name(t.opt.sched);
+    p.seed = t.seed;
+    return p;
+}
+
+int peft_train(peft_model *m, peft_adapter *a, const peft_train_params *p, peft_train_result *res) {
+    peft_err *err = &m->ctx->err;
+    peft_err_clear(err);
+    if (!m->tok) return peft_fail(err, PEFT_ERR_INVALID, "%s: the model has no tokenizer", m->path);
+    if (!p || !p->data || !p->out_dir) return peft_fail(err, PEFT_ERR_INVALID, "training needs data and an output folder");
+    train_params t = train_default_params();
+    t.batch = p->batch;
+    t.seq = p->seq;
+    t.accum = p->accum;
+    t.steps = p->steps;
+    t.epochs = p->epochs;
+    t.pack = p->pack != 0;
+    t.opt.lr = p->lr;
+    t.opt.weight_decay = p->weight_decay;
+    t.opt.beta1 = p->beta1;
+    t.opt.beta2 = p->beta2;
+    t.opt.eps = p->eps;
+    t.opt.max_grad_norm = p->max_grad_norm;
+    t.opt.warmup_steps = p->warmup_steps;
+    if (p->schedule && sched_parse(p->schedule, &t.opt.sched))
+        return peft_fail(err, PEFT_ERR_INVALID, "unknown schedule \"%s\" (constant, linear, cosine)", p->schedule);
+    t.eval_every = p->eval_every;
+    t.eval_max_batches = p->eval_max_batches;
+    t.save_every = p->save_every;
+    t.seed = p->seed;
+    t.out_dir = p->out_dir;
+    t.resume = p->resume;
+    data_params dp = data_default_params();
+    dp.seq_len = p->seq;
+    dp.skip_bad = p->skip_bad != 0;
+    data_set train = {0}, val = {0};
+    bool have_val = false;
+    int rc = data_load_jsonl(p->data, m->tok, &dp, &train, err);
+    if (!rc && p->val) {
+        rc = data_load_jsonl(p->val, m->tok, &dp, &val, err);
+        have_val = rc == 0;
+    } else if (!rc && p->val_split > 0) {
+        rc = data_split(&train, p->val_split, p->seed, &val, err);
+        have_val = rc == 0;
+    }
+    train_result r;
+    if (!rc) rc = train_run(m, AS_LORA(a), &train, have_val ? &val : NULL, &t, &r, err);
+    if (!rc && res) {
+        res->steps = r.steps_done;
+        res->first_loss = r.first_loss;
+        res->last_loss = r.last_loss;
+        res->val_loss_before = r.val_loss_before;
+        res->val_loss_after = r.val_loss_after;
+        res->seconds = r.seconds;
+        res->tokens_per_s = r.tokens_per_s;
+    }
+    data_free(&train);
+    if (have_val) data_free(&val);
+    return rc;
+}
+
+int peft_eval(peft_model *m, const peft_adapter *a, const char *data, int batch, int seq, double *loss,
+              int64_t *n_tokens) {
+    peft_err *err = &m->ctx->err;
+    if (!m->tok) return peft_fail(err, PEFT_ERR_INVALID, "%s: the model has no tokenizer", m->path);
+    data_params dp = data_default_params();
+    dp.seq_len = seq;
+    data_set d = {0};
+    int rc = data_load_jsonl(data, m->tok, &dp, &d, err);
+    if (rc) return rc;
+    rc = train_eval(m, AS_LORA(a), &d, batch, seq, 0, loss, n_tokens, err);
+    data_free(&d);
+    return rc;
+}
