@@ -88,6 +88,7 @@ static void our_adapters_load_in_peft(void) {
         peft_rng rng;
         peft_rng_seed(&rng, 99 + (uint64_t)k);
         for (int64_t i = 0; i < a->n_params; i++) a->params[i] = 0.2f * peft_rng_normal(&rng);
+        free(a->base_model);
         a->base_model = strdup(models[k]);
         char ad[600], lp[600];
         snprintf(ad, sizeof ad, "%s/adapter%d", dir, k);

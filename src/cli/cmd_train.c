@@ -329,6 +329,7 @@ int cmd_train(int argc, char **argv) {
     if (lora_new(m, &lc, &ad, err)) { fprintf(stderr, "peft train: %s\n", err->msg); goto out; }
     {
         char *abs = realpath(GETV("model"), NULL);
+        free(ad->base_model);
         ad->base_model = abs ? abs : strdup(GETV("model"));
     }
     print_trainable(ad->n_params, m->n_params);
