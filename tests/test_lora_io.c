@@ -860,7 +860,7 @@ static void export_check_layout(const char *base, const char *out, const cJSON *
             const char *np = strstr(perm->valuestring, "n=");
             int nh = np ? atoi(np + 2) : 0;
             float *want = malloc(src->nbytes);
-            lora_permute_rows(want, src->data, src->shape[0], sizeof(float) * (size_t)src->shape[1], nh, true);
+            model_permute_rows(want, src->data, src->shape[0], sizeof(float) * (size_t)src->shape[1], nh, true);
             CHECK_MSG(memcmp(want, t->data, t->nbytes) == 0, "%s rows not permuted with n=%d", name, nh);
             /* an independent check of the rule: gguf row h*hd + 2i + j = hf row h*hd + j*hd/2 + i */
             const int64_t rows = src->shape[0], hd = rows / nh, r = src->shape[1];

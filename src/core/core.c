@@ -102,6 +102,27 @@ int peft_write_file_atomic(const char *path, const void *data, size_t len, peft_
     return 0;
 }
 
+int peft_mkdir_p(const char *dir, peft_err *err) {
+    size_t n = strlen(dir);
+    char *p = peft_malloc(n + 1, err);
+    if (!p) return PEFT_ERR_NOMEM;
+    memcpy(p, dir, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (p[i] != '/' && p[i] != 0) continue;
+        char c = p[i];
+        p[i] = 0;
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+            int e = errno;
+            free(p);
+            return peft_fail(err, PEFT_ERR_IO, "%s: cannot create folder: %s", dir, strerror(e));
+        }
+        p[i] = c;
+    }
+    free(p);
+    if (!peft_is_dir(dir)) return peft_fail(err, PEFT_ERR_IO, "%s: exists and is not a folder", dir);
+    return 0;
+}
+
 bool peft_file_exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);

@@ -31,6 +31,8 @@ char *peft_strndup(const char *s, size_t n, peft_err *err);
 int peft_read_file(const char *path, char **data, size_t *len, peft_err *err);
 /* Atomic write: writes path.tmp.<pid>, fsyncs, renames over path. */
 int peft_write_file_atomic(const char *path, const void *data, size_t len, peft_err *err);
+/* mkdir -p; fails when dir exists but is not a folder. */
+int peft_mkdir_p(const char *dir, peft_err *err);
 bool peft_file_exists(const char *path);
 bool peft_is_dir(const char *path);
 /* "dir" + "/" + "name" into a fresh string. */

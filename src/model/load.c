@@ -150,33 +150,40 @@ static int get_mat(peft_model *m, const char *name, int64_t rows, int64_t cols, 
     return 0;
 }
 
-/* llama.cpp's converter reorders the rows of each head of Q and K from
- * HF's (half, head_dim/2) to (head_dim/2, half) so its interleaved RoPE
- * applies: gguf row h·hd + 2i + j holds HF row h·hd + j·hd/2 + i. This copies
- * the rows back (in the stored dtype, so a quantized tensor stays quantized). */
-static int unpermute_rows(peft_model *m, kern_weight *w, int n_heads, peft_err *err) {
-    const int hd = (int)(w->rows / n_heads), half = hd / 2;
+bool model_gguf_permutes(const peft_model *m, model_linear_role r, int *n_heads) {
+    if (m->cfg.arch != PEFT_ARCH_LLAMA || strcmp(m->cfg.arch_name, "qwen2") == 0) return false;
+    if (r == ROLE_Q) { *n_heads = m->cfg.n_head; return true; }
+    if (r == ROLE_K) { *n_heads = m->cfg.n_kv_head; return true; }
+    return false;
+}
+
+void model_permute_rows(void *dst, const void *src, int64_t rows, size_t row_bytes, int n_heads, bool to_gguf) {
+    const int64_t hd = rows / n_heads, half = hd / 2;
+    for (int64_t h = 0; h < n_heads; h++)
+        for (int64_t j = 0; j < 2; j++)
+            for (int64_t i = 0; i < half; i++) {
+                const int64_t g = h * hd + 2 * i + j, f = h * hd + j * half + i;
+                const int64_t d = to_gguf ? g : f, s = to_gguf ? f : g;
+                memcpy((char *)dst + (size_t)d * row_bytes, (const char *)src + (size_t)s * row_bytes, row_bytes);
+            }
+}
+
+/* Puts a GGUF Q/K weight (and its bias) back in HF row order, copying the
+ * rows in their stored dtype (a quantized tensor stays quantized). */
+static int unpermute_linear(peft_model *m, model_linear *lin, int n_heads, peft_err *err) {
+    kern_weight *w = &lin->w;
     size_t rb = kern_dtype_row_bytes(w->dtype, w->cols);
     char *dst = peft_malloc(rb * (size_t)w->rows, err);
     if (!dst) return PEFT_ERR_NOMEM;
-    const char *src = w->data;
-    for (int h = 0; h < n_heads; h++)
-        for (int j = 0; j < 2; j++)
-            for (int i = 0; i < half; i++)
-                memcpy(dst + ((size_t)h * hd + (size_t)j * half + i) * rb,
-                       src + ((size_t)h * hd + 2 * (size_t)i + j) * rb, rb);
+    model_permute_rows(dst, w->data, w->rows, rb, n_heads, false);
     w->data = dst;
-    return model_own(m, dst, err);
-}
-
-static void unpermute_vec(float *v, int n, int n_heads) {
-    const int hd = n / n_heads, half = hd / 2;
-    float tmp[1024];
-    for (int h = 0; h < n_heads && hd <= 1024; h++) {
-        for (int j = 0; j < 2; j++)
-            for (int i = 0; i < half; i++) tmp[j * half + i] = v[h * hd + 2 * i + j];
-        memcpy(v + h * hd, tmp, (size_t)hd * sizeof(float));
-    }
+    int rc = model_own(m, dst, err);
+    if (rc || !lin->b) return rc;
+    float *b = peft_malloc((size_t)w->rows * sizeof(float), err);
+    if (!b) return PEFT_ERR_NOMEM;
+    model_permute_rows(b, lin->b, w->rows, sizeof(float), n_heads, false);
+    lin->b = b; /* the old bias stays owned by the model until it is freed */
+    return model_own(m, b, err);
 }
 
 static void linear_dims(const model_config *c, model_linear_role r, int64_t *out, int64_t *in) {
@@ -235,13 +242,9 @@ static int load_layers(peft_model *m, bool gguf, const char *pfx, peft_err *err)
             snprintf(name, sizeof name, "%s.bias", base);
             if ((rc = get_vec(m, name, out, gpt2, &lin->b, err))) return rc;
         }
-        if (gguf && !gpt2 && strcmp(c->arch_name, "qwen2") != 0) {
-            if ((rc = unpermute_rows(m, &L->lin[ROLE_Q].w, c->n_head, err)) ||
-                (rc = unpermute_rows(m, &L->lin[ROLE_K].w, c->n_kv_head, err)))
+        for (int r = 0, nh; gguf && r < ROLE_N_LINEAR; r++)
+            if (model_gguf_permutes(m, (model_linear_role)r, &nh) && (rc = unpermute_linear(m, &L->lin[r], nh, err)))
                 return rc;
-            if (L->lin[ROLE_Q].b) unpermute_vec(L->lin[ROLE_Q].b, c->n_head * c->head_dim, c->n_head);
-            if (L->lin[ROLE_K].b) unpermute_vec(L->lin[ROLE_K].b, c->n_kv_head * c->head_dim, c->n_kv_head);
-        }
     }
     return 0;
 }

@@ -82,6 +82,14 @@ int model_finish_load(peft_model *m, peft_err *err);
 /* Registers a malloc'ed buffer for release with the model. */
 int model_own(peft_model *m, void *p, peft_err *err);
 
+/* llama.cpp's converter reorders the rows of each head of Q and K (llama
+ * family except Qwen2) for its interleaved RoPE: within a head of hd rows,
+ * GGUF row 2i + j holds HF row j·hd/2 + i. model_gguf_permutes says whether
+ * linear r of m is reordered and with how many heads; model_permute_rows
+ * moves rows (each row_bytes long, any dtype) HF → GGUF (to_gguf) or back. */
+bool model_gguf_permutes(const peft_model *m, model_linear_role r, int *n_heads);
+void model_permute_rows(void *dst, const void *src, int64_t rows, size_t row_bytes, int n_heads, bool to_gguf);
+
 /* HF module path of a linear ("model.layers.3.self_attn.q_proj"), and the
  * short target name ("q_proj", GPT-2 "c_attn"). */
 int model_linear_hf_path(const peft_model *m, int layer, model_linear_role r, char *buf, size_t cap);

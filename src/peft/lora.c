@@ -308,22 +308,3 @@ int lora_gguf_weight_name(int layer, model_linear_role r, char *buf, size_t cap)
     return 0;
 }
 
-bool lora_gguf_permutes(const peft_model *m, model_linear_role r, int *n_heads) {
-    if (m->cfg.arch != PEFT_ARCH_LLAMA || strcmp(m->cfg.arch_name, "qwen2") == 0) return false;
-    if (r == ROLE_Q) { *n_heads = m->cfg.n_head; return true; }
-    if (r == ROLE_K) { *n_heads = m->cfg.n_kv_head; return true; }
-    return false;
-}
-
-/* Within each head of hd rows, GGUF row 2i + j holds HF row j·hd/2 + i
- * (i < hd/2, j < 2): llama.cpp's permute(n_head) for its interleaved RoPE. */
-void lora_permute_rows(void *dst, const void *src, int64_t rows, size_t row_bytes, int n_heads, bool to_gguf) {
-    const int64_t hd = rows / n_heads, half = hd / 2;
-    for (int64_t h = 0; h < n_heads; h++)
-        for (int64_t j = 0; j < 2; j++)
-            for (int64_t i = 0; i < half; i++) {
-                const int64_t g = h * hd + 2 * i + j, f = h * hd + j * half + i;
-                const int64_t d = to_gguf ? g : f, s = to_gguf ? f : g;
-                memcpy((char *)dst + (size_t)d * row_bytes, (const char *)src + (size_t)s * row_bytes, row_bytes);
-            }
-}

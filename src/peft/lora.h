@@ -105,15 +105,7 @@ bool lora_layer_selected(uint64_t layers, int l);
  * slot_r[l * ROLE_N_LINEAR + role] wherever that is > 0. */
 int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, lora_adapter **out,
                peft_err *err);
-/* mkdir -p. */
-int lora_make_dirs(const char *dir, peft_err *err);
 /* GGUF names: "blk.<l>.<attn_q|...>.weight" of a linear (into buf). */
 int lora_gguf_weight_name(int layer, model_linear_role r, char *buf, size_t cap);
-/* True when llama.cpp's converter permutes Q/K rows for m's architecture
- * (llama family except qwen2); *n_heads gets the head count for Q or K. */
-bool lora_gguf_permutes(const peft_model *m, model_linear_role r, int *n_heads);
-/* Reorders the rows (each row_bytes long) of one Q or K matrix from HF's
- * order to GGUF's interleaved-pair order (to_gguf) or back. */
-void lora_permute_rows(void *dst, const void *src, int64_t rows, size_t row_bytes, int n_heads, bool to_gguf);
 
 #endif

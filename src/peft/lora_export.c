@@ -56,10 +56,10 @@ int lora_export_gguf(const lora_adapter *a, const peft_model *m, const char *pat
         lora_gguf_weight_name(md->layer, md->role, base, sizeof base);
         const float *B = md->B;
         int n_heads;
-        if (lora_gguf_permutes(m, md->role, &n_heads)) {
+        if (model_gguf_permutes(m, md->role, &n_heads)) {
             perm[i] = peft_malloc((size_t)md->out * md->r * sizeof(float), err);
             if (!perm[i]) { oom = true; break; }
-            lora_permute_rows(perm[i], md->B, md->out, (size_t)md->r * sizeof(float), n_heads, true);
+            model_permute_rows(perm[i], md->B, md->out, (size_t)md->r * sizeof(float), n_heads, true);
             B = perm[i];
         }
         const int64_t ne_a[2] = {md->in, md->r}, ne_b[2] = {md->r, md->out};

@@ -17,29 +17,7 @@
 
 #define KEY_PREFIX "base_model.model."
 
-/* mkdir -p */
-static int make_dirs(const char *dir, peft_err *err) {
-    size_t n = strlen(dir);
-    char *p = peft_malloc(n + 1, err);
-    if (!p) return PEFT_ERR_NOMEM;
-    memcpy(p, dir, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (p[i] != '/' && p[i] != 0) continue;
-        char c = p[i];
-        p[i] = 0;
-        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
-            int e = errno;
-            free(p);
-            return peft_fail(err, PEFT_ERR_IO, "%s: cannot create folder: %s", dir, strerror(e));
-        }
-        p[i] = c;
-    }
-    free(p);
-    if (!peft_is_dir(dir)) return peft_fail(err, PEFT_ERR_IO, "%s: exists and is not a folder", dir);
-    return 0;
-}
 
-int lora_make_dirs(const char *dir, peft_err *err) { return make_dirs(dir, err); }
 
 /* ---- save ------------------------------------------------------------------- */
 
@@ -105,7 +83,7 @@ static char *config_json(const lora_adapter *a, const peft_model *m) {
 }
 
 int lora_save(const lora_adapter *a, const peft_model *m, const char *dir, peft_err *err) {
-    int rc = make_dirs(dir, err);
+    int rc = peft_mkdir_p(dir, err);
     if (rc) return rc;
     const int n = a->n_modules * 2;
     st_write_tensor *t = peft_calloc((size_t)(n ? n : 1), sizeof *t, err);

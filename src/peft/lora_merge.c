@@ -106,7 +106,7 @@ static int merge_hf(const lora_adapter *a, const peft_model *m, const char *out_
     static const char *const files[] = {"config.json",       "generation_config.json", "tokenizer.json",
                                         "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                                         "merges.txt",        "tokenizer.model",        "chat_template.jinja"};
-    int rc = lora_make_dirs(out_dir, err);
+    int rc = peft_mkdir_p(out_dir, err);
     if (rc) return rc;
     if (peft_is_dir(m->path))
         for (size_t i = 0; i < sizeof files / sizeof files[0] && !rc; i++) rc = copy_file(m->path, out_dir, files[i], err);
@@ -218,7 +218,7 @@ static int merge_gguf(const lora_adapter *a, const peft_model *m, const char *ou
         bufs[k] = peft_malloc(nbytes ? nbytes : 1, err);
         if (!bufs[k]) { rc = PEFT_ERR_NOMEM; break; }
         int n_heads = 0;
-        if (!lora_gguf_permutes(m, md->role, &n_heads)) n_heads = 0;
+        if (!model_gguf_permutes(m, md->role, &n_heads)) n_heads = 0;
         char what[400];
         snprintf(what, sizeof what, "%s: %s", m->path, t->name);
         rc = merge_into(kw, md, odt, bufs[k], n_heads, what, err);

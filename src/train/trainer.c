@@ -213,20 +213,6 @@ static int append_line(const char *path, const char *line, peft_err *err) {
 
 /* ---- checkpoints ------------------------------------------------------------ */
 
-static int mkdir_p(const char *dir, peft_err *err) {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s", dir);
-    for (char *p = tmp + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return peft_fail(err, PEFT_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-            *p = '/';
-        }
-    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return peft_fail(err, PEFT_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-    if (access(tmp, W_OK) != 0) return peft_fail(err, PEFT_ERR_IO, "%s: not writable", tmp);
-    return 0;
-}
-
 static void rm_rf_dir(const char *dir) {
     const char *files[] = {"adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors", "trainer_state.json"};
     char p[4200];
@@ -241,7 +227,7 @@ static int save_checkpoint(const char *out_dir, int step, const lora_adapter *a,
                            const adamw_state *opt, const data_loader *ld, int prev_step, peft_err *err) {
     char dir[4096], p[4200];
     snprintf(dir, sizeof dir, "%s/checkpoint-%d", out_dir, step);
-    int rc = mkdir_p(dir, err);
+    int rc = peft_mkdir_p(dir, err);
     if (rc) return rc;
     if ((rc = lora_save(a, m, dir, err))) return rc;
     size_t ls = data_loader_state_size(ld);
@@ -361,8 +347,9 @@ int train_run(peft_model *m, lora_adapter *a, const data_set *train, const data_
     res->val_loss_before = res->val_loss_after = NAN;
     if (p->batch <= 0 || p->seq < 2 || p->accum <= 0) return peft_fail(err, PEFT_ERR_INVALID, "batch, seq and accumulation must be positive");
     if (!p->out_dir) return peft_fail(err, PEFT_ERR_INVALID, "no output folder");
-    int rc = mkdir_p(p->out_dir, err);
+    int rc = peft_mkdir_p(p->out_dir, err);
     if (rc) return rc;
+    if (access(p->out_dir, W_OK) != 0) return peft_fail(err, PEFT_ERR_IO, "%s: not writable", p->out_dir);
 
     data_loader *ld = NULL;
     train_graph *g = NULL;
