@@ -87,27 +87,40 @@ peft_ctx *cli_ctx(int n_threads, bool verbose) {
     return ctx;
 }
 
-/* OpenBLAS picks its kernels from the CPU model at load time; a CPU newer
- * than the installed OpenBLAS (e.g. Sapphire Rapids with Debian's 0.3.21)
- * falls back to its SSE3 "Prescott" kernels, 5-7x slower. When that happens
- * and the user has not chosen a core, re-run ourselves with the best kernel
- * family the CPU supports. */
-static void fix_blas_core(char **argv) {
-    if (getenv("OPENBLAS_CORETYPE") || getenv("PEFT_NO_BLAS_FIX")) return;
-    const char *core = openblas_get_corename();
-    if (!core || strcasecmp(core, "Prescott") != 0) return;
-    __builtin_cpu_init();
-    const char *want = __builtin_cpu_supports("avx512f") ? "SkylakeX"
-                       : __builtin_cpu_supports("avx2") ? "Haswell" : NULL;
-    if (!want) return;
-    setenv("OPENBLAS_CORETYPE", want, 1);
-    setenv("PEFT_NO_BLAS_FIX", "1", 1);
+/* Two process-wide settings are read by libraries at load time, so they are
+ * fixed by re-running ourselves once with the environment set:
+ * - OpenBLAS picks its kernels from the CPU model; a CPU newer than the
+ *   installed OpenBLAS (e.g. Sapphire Rapids with Debian's 0.3.21) falls
+ *   back to its SSE3 "Prescott" kernels, 5-7x slower. Unless the user chose
+ *   a core, use the best family the CPU supports.
+ * - OpenMP threads spin between parallel regions by default; when the cores
+ *   are shared with other work, decoding (hundreds of small regions per
+ *   token) slows down by 10x or more. Passive waiting costs ~3% on an idle
+ *   machine, so it is the default unless OMP_WAIT_POLICY is set. */
+static void fix_runtime_env(char **argv) {
+    if (getenv("PEFT_NO_REEXEC")) return;
+    bool changed = false;
+    if (!getenv("OPENBLAS_CORETYPE")) {
+        const char *core = openblas_get_corename();
+        __builtin_cpu_init();
+        const char *want = __builtin_cpu_supports("avx512f") ? "SkylakeX" : __builtin_cpu_supports("avx2") ? "Haswell" : NULL;
+        if (core && strcasecmp(core, "Prescott") == 0 && want) {
+            setenv("OPENBLAS_CORETYPE", want, 1);
+            changed = true;
+        }
+    }
+    if (!getenv("OMP_WAIT_POLICY")) {
+        setenv("OMP_WAIT_POLICY", "passive", 1);
+        changed = true;
+    }
+    if (!changed) return;
+    setenv("PEFT_NO_REEXEC", "1", 1);
     execv("/proc/self/exe", argv);
-    /* exec failed: carry on with the slow kernels */
+    /* exec failed: carry on as we are */
 }
 
 int main(int argc, char **argv) {
-    fix_blas_core(argv);
+    fix_runtime_env(argv);
     if (argc < 2) { usage(stderr); return 2; }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
