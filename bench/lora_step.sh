@@ -121,14 +121,15 @@ for k in $KINDS; do
             "$(field peak_rss_mib "$t")" "-" "$(field loss0 "$t")" "" "$tpk"
     fi
 done
-c1="$tmp/c_$(echo $KINDS | cut -d' ' -f1)"
 echo
-echo "sgemm peak (cblas_sgemm 1024^3, $THREADS threads, in the first C run): $(field sgemm_gflops "$c1") GFLOP/s; OpenBLAS core: $(field core "$c1")"
+for k in $KINDS; do
+    echo "sgemm peak in the $k C run (cblas_sgemm 1024^3, $THREADS threads): $(field sgemm_gflops "$tmp/c_$k") GFLOP/s; OpenBLAS core: $(field core "$tmp/c_$k")"
+done
 for k in $KINDS; do
     c="$tmp/c_$k"
     echo "$k FLOPs/step: $(field gflop_step "$c") GFLOP = linears 4·P·tokens $(field gflop_lin "$c") + LoRA 6·r·(in+out)·tokens $(field gflop_lora "$c") + attention 12·L·d_attn·T·tokens $(field gflop_attn "$c") (full T×T)"
 done
-echo "%peak = FLOPs/step ÷ median s/step ÷ sgemm peak (torch row: the same FLOP count). peft/pt = tokens/s ratio."
+echo "%peak = FLOPs/step ÷ median s/step ÷ that model's sgemm peak (torch row: the same FLOPs over torch's time). peft/pt = tokens/s ratio."
 echo "RSS: getrusage ru_maxrss of each process (the model is mmapped float32; torch's includes the python runtime)."
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 exit 0
