@@ -177,8 +177,8 @@ typedef struct {
 
 static double act_loss(void *p) {
     act_ctx *c = p;
-    if (c->gelu) kern_gelu_tanh_fwd(c->y, c->g, c->n);
-    else kern_swiglu_fwd(c->y, c->g, c->u, c->n);
+    if (c->gelu) kern_gelu_tanh_fwd(c->y, c->g, c->n, 1);
+    else kern_swiglu_fwd(c->y, c->g, c->u, c->n, 1);
     return dot_d(c->y, c->r, (size_t)c->n);
 }
 
@@ -191,8 +191,8 @@ static void swiglu_bwd_matches_fd(void) {
     fill_normal(c.u, n, &rng, 1.0f, 0.0f);
     fill_normal(c.r, n, &rng, 1.0f, 0.0f);
     float *dg = falloc(n), *du = falloc(n);
-    kern_swiglu_bwd(dg, du, c.r, c.g, c.u, n);
-    kern_swiglu_bwd(dg, du, c.r, c.g, c.u, n); /* accumulates: twice = 2× */
+    kern_swiglu_bwd(dg, du, c.r, c.g, c.u, n, 1);
+    kern_swiglu_bwd(dg, du, c.r, c.g, c.u, n, 1); /* accumulates: twice = 2× */
     for (int i = 0; i < n; i++) { dg[i] *= 0.5f; du[i] *= 0.5f; }
     CHECK(fd_check("swiglu dg", act_loss, &c, c.g, 1, n, n, dg, n) <= FD_TOL);
     CHECK(fd_check("swiglu du", act_loss, &c, c.u, 1, n, n, du, n) <= FD_TOL);
@@ -208,7 +208,7 @@ static void gelu_tanh_bwd_matches_fd(void) {
     fill_normal(c.r, n, &rng, 1.0f, 0.0f);
     float *dx = falloc(n);
     for (int i = 0; i < n; i++) dx[i] = 1.0f;
-    kern_gelu_tanh_bwd(dx, c.r, c.g, n);
+    kern_gelu_tanh_bwd(dx, c.r, c.g, n, 1);
     for (int i = 0; i < n; i++) dx[i] -= 1.0f;
     CHECK(fd_check("gelu_tanh dx", act_loss, &c, c.g, 1, n, n, dx, n) <= FD_TOL);
     free(c.g); free(c.y); free(c.r); free(dx);
@@ -673,14 +673,14 @@ static void torch_autograd_reference(void) {
         CHECK(g && u && da && sa && dg && du && x && dy && y && dx);
         if (g && u && da && sa && dg && du && x && dy && y && dx) {
             float o[40], gg[40] = {0}, gu[40] = {0};
-            kern_swiglu_fwd(o, g, u, n);
-            kern_swiglu_bwd(gg, gu, da, g, u, n);
+            kern_swiglu_fwd(o, g, u, n, 1);
+            kern_swiglu_bwd(gg, gu, da, g, u, n, 1);
             CHECK(rel_diff("swiglu a", o, sa, n) <= tol);
             CHECK(rel_diff("swiglu dg", gg, dg, n) <= tol);
             CHECK(rel_diff("swiglu du", gu, du, n) <= tol);
             float gx[40] = {0};
-            kern_gelu_tanh_fwd(o, x, n);
-            kern_gelu_tanh_bwd(gx, dy, x, n);
+            kern_gelu_tanh_fwd(o, x, n, 1);
+            kern_gelu_tanh_bwd(gx, dy, x, n, 2);
             CHECK(rel_diff("gelu y", o, y, n) <= tol);
             CHECK(rel_diff("gelu dx", gx, dx, n) <= tol);
         }

@@ -84,15 +84,17 @@ void kern_rope_table(float *cos_t, float *sin_t, int n_pos, int half, const floa
 void kern_rope(float *x, int ldx, const int32_t *pos, int T, int n_heads, int head_dim,
                int half, const float *cos_t, const float *sin_t, bool inverse);
 
-/* a (n) = silu(g) · u  (SwiGLU). */
-void kern_swiglu_fwd(float *a, const float *g, const float *u, int64_t n);
+/* Activations (act.c) use a vectorizable exp accurate to ~1 ulp and split
+ * the work over n_threads in fixed chunks.
+ * a (n) = silu(g) · u  (SwiGLU). */
+void kern_swiglu_fwd(float *a, const float *g, const float *u, int64_t n, int n_threads);
 /* GELU, tanh approximation (GPT-2's gelu_new), in place allowed. */
-void kern_gelu_tanh_fwd(float *y, const float *x, int64_t n);
+void kern_gelu_tanh_fwd(float *y, const float *x, int64_t n, int n_threads);
 /* SwiGLU backward: dg (n) += da·u·silu'(g), du (n) += da·silu(g). */
 void kern_swiglu_bwd(float *dg, float *du, const float *da, const float *g, const float *u,
-                     int64_t n);
+                     int64_t n, int n_threads);
 /* GELU (tanh) backward: dx (n) += dy·gelu'(x). dx must not alias x. */
-void kern_gelu_tanh_bwd(float *dx, const float *dy, const float *x, int64_t n);
+void kern_gelu_tanh_bwd(float *dx, const float *dy, const float *x, int64_t n, int n_threads);
 
 /* Softmax of each row of x (T, C) in place. */
 void kern_softmax_rows(float *x, int T, int C);

@@ -14,9 +14,15 @@
 #include <omp.h>
 #endif
 
+/* Work is cut into fixed (row block of x) × (tile of W's output rows) items:
+ * shapes depend only on T, N and K, so every output element is produced by
+ * the same single-threaded GEMM whatever the thread count. A tile is about
+ * 512 KiB of f32 (L2-resident while its GEMM reads it) and large enough that
+ * OpenBLAS's packing of x is amortised over many output columns. */
+enum { MM_ROWS = 512, MM_TILE_FLOATS = 131072 };
+
 int kern_matmul_tile_rows(int64_t K) {
-    /* About 128 KiB of f32 per tile: stays in L2 while the GEMM reads it. */
-    int64_t nb = 32768 / (K > 0 ? K : 1);
+    int64_t nb = MM_TILE_FLOATS / (K > 0 ? K : 1);
     nb = (nb / 16) * 16;
     if (nb < 16) nb = 16;
     if (nb > 256) nb = 256;
@@ -24,9 +30,10 @@ int kern_matmul_tile_rows(int64_t K) {
 }
 
 size_t kern_matmul_scratch_floats(int64_t K, int n_threads) {
-    /* A tile holds nb·K' floats with nb = clamp(32768/K', 16, 256) rounded
-     * down to 16, hence at most max(32768, 16·K') — a bound for every K' <= K. */
-    size_t per = PEFT_MAX((size_t)32768, (size_t)16 * (size_t)K);
+    /* A tile holds nb·K' floats with nb = clamp(MM_TILE_FLOATS/K', 16, 256)
+     * rounded down to 16, hence at most max(MM_TILE_FLOATS, 16·K') — a bound
+     * for every K' <= K. */
+    size_t per = PEFT_MAX((size_t)MM_TILE_FLOATS, (size_t)16 * (size_t)K);
     return PEFT_MAX(per * (size_t)(n_threads > 0 ? n_threads : 1), kern_matvec_scratch_floats(K, n_threads));
 }
 
@@ -56,48 +63,50 @@ int kern_matmul(float *y, int ldy, const float *x, int T, const kern_weight *w,
                 const float *bias, float beta, float *scratch, int n_threads) {
     const int64_t K = w->cols, N = w->rows;
     const int nb_max = kern_matmul_tile_rows(K);
-    const int64_t n_tiles = (N + nb_max - 1) / nb_max;
+    const int64_t n_tiles = (N + nb_max - 1) / nb_max, n_rb = (T + MM_ROWS - 1) / MM_ROWS;
     if (w->transposed && peft_dtype_elem_size(w->dtype) == 0) return PEFT_ERR_UNSUPPORTED;
     if (T <= KERN_MATVEC_MAX_T && !w->transposed)
         return kern_matvec(y, ldy, x, T, w, bias, beta, scratch, n_threads);
     int status = 0;
     if (n_threads < 1) n_threads = 1;
 
+    /* items run tile-major so consecutive items of one thread share a tile */
 #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) reduction(min : status)
-    for (int64_t t = 0; t < n_tiles; t++) {
+    for (int64_t item = 0; item < n_tiles * n_rb; item++) {
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        int64_t n0 = t * nb_max, nb = PEFT_MIN((int64_t)nb_max, N - n0);
-        float *tile = scratch + (size_t)tid * (size_t)nb_max * (size_t)K;
+        const int64_t t = item / n_rb, rb = item % n_rb;
+        const int64_t n0 = t * nb_max, nb = PEFT_MIN((int64_t)nb_max, N - n0);
+        const int t0 = (int)(rb * MM_ROWS), tb = (int)PEFT_MIN((int64_t)MM_ROWS, T - t0);
+        float *tile = scratch + (size_t)tid * PEFT_MAX((size_t)MM_TILE_FLOATS, (size_t)16 * (size_t)K);
         const float *b;
         int ldb;
-        CBLAS_TRANSPOSE tb;
+        CBLAS_TRANSPOSE tr;
         if (w->dtype == PEFT_DT_F32) {
             /* Already f32: read the weight in place. */
-            if (w->transposed) { b = (const float *)w->data + n0; ldb = (int)N; tb = CblasNoTrans; }
-            else { b = (const float *)w->data + n0 * K; ldb = (int)K; tb = CblasTrans; }
+            if (w->transposed) { b = (const float *)w->data + n0; ldb = (int)N; tr = CblasNoTrans; }
+            else { b = (const float *)w->data + n0 * K; ldb = (int)K; tr = CblasTrans; }
         } else {
             int rc = load_tile(w, n0, nb, tile);
             if (rc) { status = rc; continue; }
             b = tile;
-            if (w->transposed) { ldb = (int)nb; tb = CblasNoTrans; }
-            else { ldb = (int)K; tb = CblasTrans; }
+            if (w->transposed) { ldb = (int)nb; tr = CblasNoTrans; }
+            else { ldb = (int)K; tr = CblasTrans; }
         }
-        float *yt = y + n0;
+        float *yt = y + (size_t)t0 * ldy + n0;
+        const float *xt = x + (size_t)t0 * K;
+        float bt = beta;
         if (bias) {
             /* y = beta·y + bias, then accumulate the product with beta 1. */
-            for (int i = 0; i < T; i++)
+            for (int i = 0; i < tb; i++)
                 for (int64_t j = 0; j < nb; j++)
                     yt[(size_t)i * ldy + j] =
                         (beta == 0.0f ? 0.0f : beta * yt[(size_t)i * ldy + j]) + bias[n0 + j];
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, T, (int)nb, (int)K, 1.0f, x, (int)K, b,
-                        ldb, 1.0f, yt, ldy);
-        } else {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, T, (int)nb, (int)K, 1.0f, x, (int)K, b,
-                        ldb, beta, yt, ldy);
+            bt = 1.0f;
         }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, tr, tb, (int)nb, (int)K, 1.0f, xt, (int)K, b, ldb, bt, yt, ldy);
     }
     return status;
 }
@@ -106,9 +115,9 @@ int kern_matmul(float *y, int ldy, const float *x, int T, const kern_weight *w,
  * every dx element sees the same sequence of operations on any thread count)
  * and W's rows are walked DX_TILE at a time. DX_COLS is a multiple of every
  * block size (32, 256), so a block's columns of a quantized row convert on
- * their own. A thread's buffer holds DX_TILE × DX_COLS floats = 32768, within
+ * their own. A thread's buffer holds DX_TILE × DX_COLS floats = 131072, within
  * kern_matmul's per-thread share. */
-enum { DX_ROWS = 256, DX_COLS = 256, DX_TILE = 128 };
+enum { DX_ROWS = 256, DX_COLS = 256, DX_TILE = 512 };
 
 size_t kern_matmul_dx_scratch_floats(int64_t K, int n_threads) {
     size_t cols = (size_t)PEFT_MIN((int64_t)DX_COLS, PEFT_MAX(K, (int64_t)1));

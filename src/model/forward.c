@@ -135,13 +135,13 @@ int model_forward(peft_model *m, const int32_t *ids, int T, float *logits, bool 
         if (gpt2) {
             kern_layernorm_fwd(h, NULL, NULL, x, Ly->ffn_norm_w, Ly->ffn_norm_b, T, d, c->norm_eps);
             if ((rc = linear(m, l, ROLE_UP, f1, ff, h, T, 0, scr, xa, nt))) goto fail;
-            kern_gelu_tanh_fwd(f1, f1, (int64_t)T * ff);
+            kern_gelu_tanh_fwd(f1, f1, (int64_t)T * ff, nt);
         } else {
             kern_rmsnorm_fwd(h, NULL, x, Ly->ffn_norm_w, T, d, c->norm_eps);
             if ((rc = linear(m, l, ROLE_GATE, f1, ff, h, T, 0, scr, xa, nt)) ||
                 (rc = linear(m, l, ROLE_UP, f2, ff, h, T, 0, scr, xa, nt)))
                 goto fail;
-            kern_swiglu_fwd(f1, f1, f2, (int64_t)T * ff);
+            kern_swiglu_fwd(f1, f1, f2, (int64_t)T * ff, nt);
         }
         if ((rc = linear(m, l, ROLE_DOWN, x, d, f1, T, 1.0f, scr, xa, nt))) goto fail;
     }

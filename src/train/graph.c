@@ -319,11 +319,11 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
         else kern_rmsnorm_fwd(L->h2, L->rstd2, L->xmid, Ly->ffn_norm_w, N, d, eps);
         if (gpt2) {
             if ((rc = lin_fwd(g, l, ROLE_UP, L->h2, L->g, ff, 0))) goto fail;
-            kern_gelu_tanh_fwd(L->a, L->g, (int64_t)N * ff);
+            kern_gelu_tanh_fwd(L->a, L->g, (int64_t)N * ff, g->nt);
         } else {
             if ((rc = lin_fwd(g, l, ROLE_GATE, L->h2, L->g, ff, 0)) || (rc = lin_fwd(g, l, ROLE_UP, L->h2, L->u, ff, 0)))
                 goto fail;
-            kern_swiglu_fwd(L->a, L->g, L->u, (int64_t)N * ff);
+            kern_swiglu_fwd(L->a, L->g, L->u, (int64_t)N * ff, g->nt);
         }
         float *xout = l + 1 < c->n_layer ? g->L[l + 1].xin : g->xfin;
         memcpy(xout, L->xmid, (size_t)N * d * sizeof(float));
@@ -374,13 +374,13 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
         memset(g->dh, 0, (size_t)N * d * sizeof(float));
         if (gpt2) {
             memset(g->dg, 0, nff);
-            kern_gelu_tanh_bwd(g->dg, g->da, L->g, (int64_t)N * ff);
+            kern_gelu_tanh_bwd(g->dg, g->da, L->g, (int64_t)N * ff, g->nt);
             if ((rc = lin_bwd(g, l, ROLE_UP, L->h2, g->dg, ff, g->dh))) goto fail;
             kern_layernorm_bwd(g->dxmid, NULL, NULL, g->dh, L->xmid, Ly->ffn_norm_w, L->mean2, L->rstd2, N, d);
         } else {
             memset(g->dg, 0, nff);
             memset(g->du, 0, nff);
-            kern_swiglu_bwd(g->dg, g->du, g->da, L->g, L->u, (int64_t)N * ff);
+            kern_swiglu_bwd(g->dg, g->du, g->da, L->g, L->u, (int64_t)N * ff, g->nt);
             if ((rc = lin_bwd(g, l, ROLE_GATE, L->h2, g->dg, ff, g->dh)) || (rc = lin_bwd(g, l, ROLE_UP, L->h2, g->du, ff, g->dh)))
                 goto fail;
             kern_rmsnorm_bwd(g->dxmid, NULL, g->dh, L->xmid, Ly->ffn_norm_w, L->rstd2, N, d);
