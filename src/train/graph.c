@@ -31,6 +31,7 @@ struct train_graph {
     lora_adapter *ad;
     int B, T, N, nt;
     int T_cap;          /* T, N above are the current batch's; buffers fit T_cap */
+    int lowest;         /* lowest layer with a LoRA module: the backward stops there */
     int d, qd, kvd, ldq, ff, V, max_in, max_out;
     layer_acts *L;
     mod_acts *M;        /* per adapter module */
@@ -128,7 +129,11 @@ int tg_new(peft_model *m, lora_adapter *a, int B, int T, train_graph **out, peft
     g->max_out = PEFT_MAX(PEFT_MAX(g->d, g->ff), g->ldq);
     const size_t N = (size_t)g->N;
     int r = 0; /* largest rank: modules may differ (rank_pattern) */
-    for (int i = 0; a && i < a->n_modules; i++) r = PEFT_MAX(r, a->mods[i].r);
+    g->lowest = c->n_layer;
+    for (int i = 0; a && i < a->n_modules; i++) {
+        r = PEFT_MAX(r, a->mods[i].r);
+        g->lowest = PEFT_MIN(g->lowest, a->mods[i].layer);
+    }
 
     /* One arena; layout() is run twice, first to size it, then to place
      * every buffer, so the two can never disagree. */
@@ -178,7 +183,8 @@ static int lin_fwd(train_graph *g, int l, model_linear_role r, const float *x, f
 }
 
 /* dx (N, in) += dy·W (+ LoRA's input gradient), LoRA grads accumulate.
- * dy (N, out) with row stride ldy. */
+ * dy (N, out) with row stride ldy. dx NULL: only the LoRA gradients (the
+ * first layer's input gradient flows into the frozen embeddings). */
 static int lin_bwd(train_graph *g, int l, model_linear_role r, const float *x, const float *dy, int ldy, float *dx) {
     const model_linear *lin = &g->m->layers[l].lin[r];
     const int out = (int)lin->w.rows;
@@ -188,7 +194,7 @@ static int lin_bwd(train_graph *g, int l, model_linear_role r, const float *x, c
         for (int i = 0; i < g->N; i++) memcpy(g->dtmp + (size_t)i * out, dy + (size_t)i * ldy, (size_t)out * sizeof(float));
         dyc = g->dtmp;
     }
-    int rc = kern_matmul_dx(dx, dyc, g->N, &lin->w, g->mm_scratch, g->nt);
+    int rc = dx ? kern_matmul_dx(dx, dyc, g->N, &lin->w, g->mm_scratch, g->nt) : 0;
     if (rc) return rc;
     const lora_module *mod = module_at(g, l, r);
     if (mod) {
@@ -363,7 +369,8 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
     memset(g->dx, 0, (size_t)N * d * sizeof(float));
     if (gpt2) kern_layernorm_bwd(g->dx, NULL, NULL, g->dhf, g->xfin, m->out_norm_w, g->meanf, g->rstdf, N, d);
     else kern_rmsnorm_bwd(g->dx, NULL, g->dhf, g->xfin, m->out_norm_w, g->rstdf, N, d);
-    for (int l = c->n_layer - 1; l >= 0; l--) {
+    /* below the lowest adapted layer nothing is trained: stop there */
+    for (int l = c->n_layer - 1; l >= g->lowest; l--) {
         layer_acts *L = &g->L[l];
         const model_layer *Ly = &m->layers[l];
         const size_t nff = (size_t)N * ff * sizeof(float);
@@ -391,18 +398,20 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
         if ((rc = lin_bwd(g, l, ROLE_O, L->att, g->dxmid, d, g->datt))) goto fail;
         memset(g->dqkv, 0, (size_t)N * g->ldq * sizeof(float));
         attn_bwd(g, L, b);
-        memset(g->dh, 0, (size_t)N * d * sizeof(float));
+        /* the lowest adapted layer's input gradient is not needed */
+        float *dh = l > g->lowest ? g->dh : NULL;
+        if (dh) memset(dh, 0, (size_t)N * d * sizeof(float));
         if (gpt2) {
-            if ((rc = lin_bwd(g, l, ROLE_QKV, L->h1, g->dqkv, g->ldq, g->dh))) goto fail;
-            kern_layernorm_bwd(g->dx, NULL, NULL, g->dh, L->xin, Ly->attn_norm_w, L->mean1, L->rstd1, N, d);
+            if ((rc = lin_bwd(g, l, ROLE_QKV, L->h1, g->dqkv, g->ldq, dh))) goto fail;
+            if (dh) kern_layernorm_bwd(g->dx, NULL, NULL, dh, L->xin, Ly->attn_norm_w, L->mean1, L->rstd1, N, d);
         } else {
             kern_rope(g->dqkv, g->ldq, g->pos, N, c->n_head, c->head_dim, half, m->rope_cos, m->rope_sin, true);
             kern_rope(g->dqkv + g->qd, g->ldq, g->pos, N, c->n_kv_head, c->head_dim, half, m->rope_cos, m->rope_sin, true);
-            if ((rc = lin_bwd(g, l, ROLE_Q, L->h1, g->dqkv, g->ldq, g->dh)) ||
-                (rc = lin_bwd(g, l, ROLE_K, L->h1, g->dqkv + g->qd, g->ldq, g->dh)) ||
-                (rc = lin_bwd(g, l, ROLE_V, L->h1, g->dqkv + g->qd + g->kvd, g->ldq, g->dh)))
+            if ((rc = lin_bwd(g, l, ROLE_Q, L->h1, g->dqkv, g->ldq, dh)) ||
+                (rc = lin_bwd(g, l, ROLE_K, L->h1, g->dqkv + g->qd, g->ldq, dh)) ||
+                (rc = lin_bwd(g, l, ROLE_V, L->h1, g->dqkv + g->qd + g->kvd, g->ldq, dh)))
                 goto fail;
-            kern_rmsnorm_bwd(g->dx, NULL, g->dh, L->xin, Ly->attn_norm_w, L->rstd1, N, d);
+            if (dh) kern_rmsnorm_bwd(g->dx, NULL, dh, L->xin, Ly->attn_norm_w, L->rstd1, N, d);
         }
     }
     goto out;
