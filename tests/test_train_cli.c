@@ -300,6 +300,50 @@ static void eval_and_generate_use_the_adapter(void) {
     CHECK_MSG(strstr(out, "adapter") != NULL, "%s", out);
 }
 
+/* --config FILE gives the same run as the same options on the command line,
+ * and the command line wins over the file. */
+static void json_config_matches_options(void) {
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
+    char data[300], cfg[300], args[2048], out[16384];
+    snprintf(data, sizeof data, "%s/dc.jsonl", tmp);
+    write_data(data, 30, NULL);
+    snprintf(cfg, sizeof cfg, "%s/train.json", tmp);
+    FILE *f = fopen(cfg, "w");
+    fprintf(f, "{\"model\": \"" MODEL "\", \"data\": \"%s\", \"r\": 4, \"alpha\": 8, "
+               "\"target\": [\"q_proj\", \"v_proj\"], \"rslora\": true, \"steps\": 3, \"batch\": 2, "
+               "\"seq\": 48, \"lr\": 0.01, \"warmup_steps\": 1, \"quiet\": true}", data);
+    fclose(f);
+    /* warmup_steps is not an option name: the file is refused */
+    snprintf(args, sizeof args, "train --config %s --out %s/c1", cfg, tmp);
+    CHECK_EQ_INT(run(args, out, sizeof out), 2);
+    CHECK_MSG(strstr(out, "warmup_steps") != NULL, "%s", out);
+    f = fopen(cfg, "w");
+    fprintf(f, "{\"model\": \"" MODEL "\", \"data\": \"%s\", \"r\": 4, \"alpha\": 8, "
+               "\"target\": [\"q_proj\", \"v_proj\"], \"rslora\": true, \"steps\": 99, \"batch\": 2, "
+               "\"seq\": 48, \"lr\": 0.01, \"warmup\": 1, \"quiet\": true}", data);
+    fclose(f);
+    snprintf(args, sizeof args, "train --config %s --steps 3 --out %s/c1", cfg, tmp);
+    CHECK_EQ_INT(run(args, out, sizeof out), 0);
+    snprintf(args, sizeof args, "train --model " MODEL " --data %s --r 4 --alpha 8 --target q_proj,v_proj --rslora "
+             "--steps 3 --batch 2 --seq 48 --lr 0.01 --warmup 1 --quiet --out %s/c2", data, tmp);
+    CHECK_EQ_INT(run(args, out, sizeof out), 0);
+    char pa[400], pb[400];
+    snprintf(pa, sizeof pa, "%s/c1/adapter_model.safetensors", tmp);
+    snprintf(pb, sizeof pb, "%s/c2/adapter_model.safetensors", tmp);
+    size_t la = 0, lb = 0;
+    char *da = slurp(pa, &la), *db = slurp(pb, &lb);
+    CHECK(da && db && la == lb && memcmp(da, db, la) == 0);
+    free(da);
+    free(db);
+    snprintf(pa, sizeof pa, "%s/c1/adapter_config.json", tmp);
+    da = slurp(pa, NULL);
+    cJSON *j = da ? cJSON_Parse(da) : NULL;
+    CHECK(cJSON_IsTrue(cJSON_GetObjectItem(j, "use_rslora")));
+    CHECK_EQ_INT(cJSON_GetObjectItem(j, "r") ? cJSON_GetObjectItem(j, "r")->valueint : 0, 4);
+    cJSON_Delete(j);
+    free(da);
+}
+
 int main(void) {
     snprintf(tmp, sizeof tmp, "/tmp/peft_train_cli_XXXXXX");
     if (!mkdtemp(tmp)) return 1;
@@ -308,6 +352,7 @@ int main(void) {
     TEST_RUN(unwritable_output_is_an_error);
     TEST_RUN(nan_loss_stops_and_keeps_checkpoint);
     TEST_RUN(eval_and_generate_use_the_adapter);
+    TEST_RUN(json_config_matches_options);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp);

@@ -75,16 +75,9 @@ static void set_opt(opt_def *o, const char *v, bool override) {
 
 /* Fills options not given on the command line from a JSON object. */
 static int load_config(opt_def *defs, int n, const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) { fprintf(stderr, "peft train: %s: cannot open\n", path); return -1; }
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    rewind(f);
-    char *text = malloc((size_t)len + 1);
-    size_t got = text ? fread(text, 1, (size_t)len, f) : 0;
-    fclose(f);
-    if (!text) return -1;
-    text[got] = 0;
+    char *text = NULL;
+    peft_err err = {0};
+    if (peft_read_file(path, &text, NULL, &err)) { fprintf(stderr, "peft train: %s\n", err.msg); return -1; }
     cJSON *root = cJSON_Parse(text);
     free(text);
     if (!cJSON_IsObject(root)) {
