@@ -32,6 +32,7 @@ struct train_graph {
     int B, T, N, nt;
     int T_cap;          /* T, N above are the current batch's; buffers fit T_cap */
     int lowest;         /* lowest layer with a LoRA module: the backward stops there */
+    float drop;         /* dropout of this pass: the adapter's in training, 0 in evaluation */
     int d, qd, kvd, ldq, ff, V, max_in, max_out;
     layer_acts *L;
     mod_acts *M;        /* per adapter module */
@@ -177,7 +178,7 @@ static int lin_fwd(train_graph *g, int l, model_linear_role r, const float *x, f
     const lora_module *mod = module_at(g, l, r);
     if (mod) {
         mod_acts *A = &g->M[mod_index(g, mod)];
-        lora_fwd(mod, x, mod->in, g->N, A->mask, g->ad->cfg.dropout, g->xd, A->xa, y, ldy, g->nt);
+        lora_fwd(mod, x, mod->in, g->N, g->drop > 0 ? A->mask : NULL, g->drop, g->xd, A->xa, y, ldy, g->nt);
     }
     return 0;
 }
@@ -199,7 +200,7 @@ static int lin_bwd(train_graph *g, int l, model_linear_role r, const float *x, c
     const lora_module *mod = module_at(g, l, r);
     if (mod) {
         mod_acts *A = &g->M[mod_index(g, mod)];
-        lora_bwd(mod, x, mod->in, g->N, A->mask, g->ad->cfg.dropout, g->xd, A->xa, dyc, out, g->dxa, dx, mod->in, g->nt);
+        lora_bwd(mod, x, mod->in, g->N, g->drop > 0 ? A->mask : NULL, g->drop, g->xd, A->xa, dyc, out, g->dxa, dx, mod->in, g->nt);
     }
     return 0;
 }
@@ -283,15 +284,9 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
             return peft_fail(err, PEFT_ERR_INVALID, "position %d outside the context %d", b->positions[i], c->n_ctx);
         g->pos[i] = b->positions[i];
     }
-    if (g->ad && g->ad->cfg.dropout > 0 && backward) make_masks(g, dropout_seed);
-    const float saved_drop = g->ad ? g->ad->cfg.dropout : 0;
-    /* no dropout in evaluation: run with the masks off */
-    mod_acts *masks_off = NULL;
-    if (g->ad && saved_drop > 0 && !backward) {
-        masks_off = g->M;
-        g->ad->cfg.dropout = 0;
-        for (int i = 0; i < g->ad->n_modules; i++) g->M[i].mask = NULL;
-    }
+    /* dropout only while training; evaluation sees the whole adapter */
+    g->drop = (g->ad && backward) ? g->ad->cfg.dropout : 0.0f;
+    if (g->drop > 0) make_masks(g, dropout_seed);
 
     /* embeddings into layer 0's input */
     float *x = g->L[0].xin;
@@ -418,11 +413,5 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
 fail:
     rc = peft_fail(err, rc, "%s: training step failed (%s)", m->path, peft_status_name(rc));
 out:
-    if (masks_off) {
-        g->ad->cfg.dropout = saved_drop;
-        (void)masks_off;
-        size_t off = 0;
-        for (int i = 0; i < g->ad->n_modules; i++) { g->M[i].mask = g->mask_arena + off; off += (size_t)N * g->ad->mods[i].in; }
-    }
     return rc;
 }
