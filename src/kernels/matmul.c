@@ -63,7 +63,12 @@ int kern_matmul(float *y, int ldy, const float *x, int T, const kern_weight *w,
                 const float *bias, float beta, float *scratch, int n_threads) {
     const int64_t K = w->cols, N = w->rows;
     const int nb_max = kern_matmul_tile_rows(K);
-    const int64_t n_tiles = (N + nb_max - 1) / nb_max, n_rb = (T + MM_ROWS - 1) / MM_ROWS;
+    const int64_t n_tiles = (N + nb_max - 1) / nb_max;
+    /* Rows of x per item: as many as possible (each weight tile is packed
+     * once per row block), but enough items to keep a few threads busy when
+     * the weight has few tiles. Depends on the shapes only. */
+    const int64_t rows = n_tiles >= 4 ? 2 * MM_ROWS : n_tiles >= 2 ? MM_ROWS : MM_ROWS / 2;
+    const int64_t n_rb = (T + rows - 1) / rows;
     if (w->transposed && peft_dtype_elem_size(w->dtype) == 0) return PEFT_ERR_UNSUPPORTED;
     if (T <= KERN_MATVEC_MAX_T && !w->transposed)
         return kern_matvec(y, ldy, x, T, w, bias, beta, scratch, n_threads);
@@ -79,7 +84,7 @@ int kern_matmul(float *y, int ldy, const float *x, int T, const kern_weight *w,
 #endif
         const int64_t t = item / n_rb, rb = item % n_rb;
         const int64_t n0 = t * nb_max, nb = PEFT_MIN((int64_t)nb_max, N - n0);
-        const int t0 = (int)(rb * MM_ROWS), tb = (int)PEFT_MIN((int64_t)MM_ROWS, T - t0);
+        const int t0 = (int)(rb * rows), tb = (int)PEFT_MIN(rows, T - t0);
         float *tile = scratch + (size_t)tid * PEFT_MAX((size_t)MM_TILE_FLOATS, (size_t)16 * (size_t)K);
         const float *b;
         int ldb;
