@@ -122,7 +122,11 @@ int kern_matmul(float *y, int ldy, const float *x, int T, const kern_weight *w,
  * block size (32, 256), so a block's columns of a quantized row convert on
  * their own. A thread's buffer holds DX_TILE × DX_COLS floats = 131072, within
  * kern_matmul's per-thread share. */
-enum { DX_ROWS = 256, DX_COLS = 256, DX_TILE = 512 };
+enum { DX_ROWS = 128, DX_COLS = 256, DX_TILE = 512 };
+/* Rows per dx block: small blocks balance threads for f32 weights (read in
+ * place); converted weights are dequantized once per block, so those get
+ * taller blocks. Depends on the dtype only. */
+static int64_t dx_rows(peft_dtype t) { return t == PEFT_DT_F32 ? DX_ROWS : 4 * DX_ROWS; }
 
 size_t kern_matmul_dx_scratch_floats(int64_t K, int n_threads) {
     size_t cols = (size_t)PEFT_MIN((int64_t)DX_COLS, PEFT_MAX(K, (int64_t)1));
@@ -161,7 +165,8 @@ int kern_matmul_dx(float *dx, const float *dy, int T, const kern_weight *w, floa
     const int64_t K = w->cols, N = w->rows;
     if (w->transposed && peft_dtype_elem_size(w->dtype) == 0) return PEFT_ERR_UNSUPPORTED;
     if (T <= 0 || K <= 0 || N <= 0) return 0;
-    const int64_t n_rb = (T + DX_ROWS - 1) / DX_ROWS, n_cb = (K + DX_COLS - 1) / DX_COLS;
+    const int64_t rows = dx_rows(w->dtype);
+    const int64_t n_rb = (T + rows - 1) / rows, n_cb = (K + DX_COLS - 1) / DX_COLS;
     const size_t per = (size_t)DX_TILE * (size_t)PEFT_MIN((int64_t)DX_COLS, K);
     int status = 0;
     if (n_threads < 1) n_threads = 1;
@@ -172,8 +177,8 @@ int kern_matmul_dx(float *dx, const float *dy, int T, const kern_weight *w, floa
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        const int64_t t0 = (blk / n_cb) * DX_ROWS, k0 = (blk % n_cb) * DX_COLS;
-        const int tb = (int)PEFT_MIN((int64_t)DX_ROWS, T - t0);
+        const int64_t t0 = (blk / n_cb) * rows, k0 = (blk % n_cb) * DX_COLS;
+        const int tb = (int)PEFT_MIN(rows, T - t0);
         const int kc = (int)PEFT_MIN((int64_t)DX_COLS, K - k0);
         float *dxb = dx + (size_t)t0 * K + k0;
         const float *dyb = dy + (size_t)t0 * N;

@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LOSS_CHUNK 128
+#define LOSS_CHUNK 256
 
 typedef struct {
     float *xin, *mean1, *rstd1, *h1, *qkv, *probs, *att, *xmid, *mean2, *rstd2, *h2, *g, *u, *a;
