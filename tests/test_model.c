@@ -72,6 +72,9 @@ static void llama_hf_logits_match_transformers(void) {
 static void llama_hf_logits_match_on_two_threads(void) {
     CHECK(max_logit_diff(FIX "tiny-llama", FIX "tiny-llama", "logits", 2) <= 1e-4);
 }
+static void llama3_rope_scaling_matches_transformers(void) {
+    CHECK(max_logit_diff(FIX "tiny-llama3-rope", FIX "tiny-llama3-rope", "logits", 1) <= 1e-4);
+}
 static void llama_bf16_logits_match_transformers(void) {
     CHECK(max_logit_diff(FIX "tiny-llama-bf16", FIX "tiny-llama-bf16", "logits", 1) <= 1e-4);
 }
@@ -195,6 +198,7 @@ int main(void) {
     TEST_RUN(llama_hf_logits_match_transformers);
     TEST_RUN(llama_hf_logits_match_on_two_threads);
     TEST_RUN(llama_bf16_logits_match_transformers);
+    TEST_RUN(llama3_rope_scaling_matches_transformers);
     TEST_RUN(qwen2_sharded_hf_logits_match_transformers);
     TEST_RUN(gpt2_hf_logits_match_transformers);
     TEST_RUN(llama_gguf_f32_logits_match_transformers);
