@@ -14,14 +14,20 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#ifdef __AVX2__
+#if defined(__AVX2__) || defined(__F16C__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
+/* A block's f16 scale: the F16C instruction when the build targets it (one
+ * per block, on the decode hot path), the portable conversion otherwise. */
 static inline float half_at(const uint8_t *p) {
     uint16_t h;
     memcpy(&h, p, 2);
+#ifdef __F16C__
+    return _cvtsh_ss(h);
+#else
     return peft_f16_to_f32(h);
+#endif
 }
 
 #ifdef __AVX2__
@@ -37,7 +43,43 @@ static inline float hsum8(__m256 v) {
  * xsum (T, nb) holds per-block sums of x (Q4_1's offset term). */
 static void row_dot_q(peft_dtype dt, const uint8_t *row, int64_t nb, const float *x, int64_t K,
                       int T, const float *xsum, float *acc) {
-#ifdef __AVX2__
+#if defined(__AVX512F__)
+    /* a block's 32 weights as two vectors of 16 */
+    __m512 vacc[KERN_MATVEC_MAX_T];
+    float macc[KERN_MATVEC_MAX_T];
+    for (int t = 0; t < T; t++) { vacc[t] = _mm512_setzero_ps(); macc[t] = 0; }
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    for (int64_t b = 0; b < nb; b++) {
+        __m512 w0, w1;
+        float mn = 0;
+        if (dt == PEFT_DT_Q8_0) {
+            const uint8_t *p = row + b * 34;
+            __m512 d = _mm512_set1_ps(half_at(p));
+            w0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 2)))));
+            w1 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 18)))));
+        } else {
+            const bool q41 = dt == PEFT_DT_Q4_1;
+            const uint8_t *p = row + b * (q41 ? 20 : 18);
+            __m512 d = _mm512_set1_ps(half_at(p));
+            if (q41) mn = half_at(p + 2);
+            __m128i q = _mm_loadu_si128((const __m128i *)(p + (q41 ? 4 : 2)));
+            __m128i lo = _mm_and_si128(q, m4), hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
+            if (!q41) { /* Q4_0 stores q + 8 */
+                const __m128i e8 = _mm_set1_epi8(8);
+                lo = _mm_sub_epi8(lo, e8);
+                hi = _mm_sub_epi8(hi, e8);
+            }
+            w0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)));
+            w1 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)));
+        }
+        for (int t = 0; t < T; t++) {
+            const float *xb = x + (size_t)t * K + b * 32;
+            vacc[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), vacc[t]));
+            if (dt == PEFT_DT_Q4_1) macc[t] += mn * xsum[(size_t)t * nb + b];
+        }
+    }
+    for (int t = 0; t < T; t++) acc[t] += _mm512_reduce_add_ps(vacc[t]) + macc[t];
+#elif defined(__AVX2__)
     __m256 vacc[KERN_MATVEC_MAX_T];
     float macc[KERN_MATVEC_MAX_T];
     for (int t = 0; t < T; t++) { vacc[t] = _mm256_setzero_ps(); macc[t] = 0; }
