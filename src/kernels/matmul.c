@@ -19,13 +19,13 @@
  * the same single-threaded GEMM whatever the thread count. A tile is about
  * 512 KiB of f32 (L2-resident while its GEMM reads it) and large enough that
  * OpenBLAS's packing of x is amortised over many output columns. */
-enum { MM_ROWS = 512, MM_TILE_FLOATS = 131072 };
+enum { MM_ROWS = 512, MM_TILE_FLOATS = 294912 };
 
 int kern_matmul_tile_rows(int64_t K) {
     int64_t nb = MM_TILE_FLOATS / (K > 0 ? K : 1);
     nb = (nb / 16) * 16;
     if (nb < 16) nb = 16;
-    if (nb > 256) nb = 256;
+    if (nb > 512) nb = 512;
     return (int)nb;
 }
 
