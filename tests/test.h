@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 static int test_failures_ = 0, test_passed_ = 0, test_failed_ = 0, test_skipped_ = 0;
 static int test_cur_skipped_ = 0;
@@ -106,6 +107,26 @@ static inline double test_max_abs_diff(const float *a, const float *b, size_t n)
         if (d > m || d != d) m = d;
     }
     return m;
+}
+
+/* Removes a temporary folder and everything in it. */
+static inline int test_rm_rf(const char *dir) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    return system(cmd);
+}
+
+/* Runs the CLI named by $PEFT_CLI (set by CTest) with args, stdout and
+ * stderr into out; returns its exit status (-1 if it did not exit). */
+static inline int test_run_cli(const char *args, char *out, size_t cap) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", getenv("PEFT_CLI"), args);
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 #endif

@@ -89,9 +89,7 @@ static void public_api_trains_saves_and_reloads(void) {
     peft_adapter_free(b);
     peft_model_free(m);
     peft_free(ctx);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    CHECK(system(cmd) == 0);
+    CHECK(test_rm_rf(dir) == 0);
 }
 
 int main(void) {

@@ -793,8 +793,6 @@ int main(void) {
     TEST_RUN(test_loader_classification);
     TEST_RUN(test_shared_data);
     bpe_free(tok);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd)) {}
+    if (test_rm_rf(tmpdir) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
     TEST_MAIN_END();
 }

@@ -114,9 +114,7 @@ static void our_adapters_load_in_peft(void) {
         peft_model_free(m);
         peft_free(ctx);
     }
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    CHECK(system(cmd) == 0);
+    CHECK(test_rm_rf(dir) == 0);
 }
 
 int main(void) {

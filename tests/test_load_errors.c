@@ -170,17 +170,6 @@ static void gguf_with_unsupported_architecture(void) {
 static void nonexistent_path(void) { expect_load_error("/nonexistent/model", PEFT_ERR_IO, "/nonexistent/model", NULL); }
 
 /* The CLI reports the library's message and exits 1; usage errors exit 2. */
-static int run_cli(const char *args, char *out, size_t cap) {
-    const char *cli = getenv("PEFT_CLI");
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", cli, args);
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 static void cli_reports_errors_with_exit_codes(void) {
     if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
@@ -188,17 +177,17 @@ static void cli_reports_errors_with_exit_codes(void) {
     const char *d = copy_model("cli");
     edit_file(d, "config.json", "\"model_type\": \"llama\"", "\"model_type\": \"mamba\"");
     snprintf(args, sizeof args, "info %s", d);
-    CHECK_EQ_INT(run_cli(args, out, sizeof out), 1);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 1);
     CHECK_MSG(strstr(out, "mamba") && strstr(out, "config.json"), "%s", out);
     snprintf(args, sizeof args, "generate --model %s/trunc.gguf --prompt hi", tmpdir);
-    CHECK_EQ_INT(run_cli(args, out, sizeof out), 1);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 1);
     CHECK_MSG(strstr(out, "trunc.gguf") != NULL, "%s", out);
-    CHECK_EQ_INT(run_cli("generate --prompt hi", out, sizeof out), 2);
-    CHECK_EQ_INT(run_cli("generate --model x --prompt hi --top-p 3", out, sizeof out), 2);
-    CHECK_EQ_INT(run_cli("frobnicate", out, sizeof out), 2);
-    CHECK_EQ_INT(run_cli("info " FIX "tiny-qwen2 --json", out, sizeof out), 0);
+    CHECK_EQ_INT(test_run_cli("generate --prompt hi", out, sizeof out), 2);
+    CHECK_EQ_INT(test_run_cli("generate --model x --prompt hi --top-p 3", out, sizeof out), 2);
+    CHECK_EQ_INT(test_run_cli("frobnicate", out, sizeof out), 2);
+    CHECK_EQ_INT(test_run_cli("info " FIX "tiny-qwen2 --json", out, sizeof out), 0);
     CHECK_MSG(strstr(out, "\"architecture\": \"qwen2\"") && strstr(out, "\"n_params\""), "%s", out);
-    CHECK_EQ_INT(run_cli("generate --model " FIX "tiny-gpt2.q8_0.gguf --prompt ROMEO: --max-tokens 5 --stats", out, sizeof out), 0);
+    CHECK_EQ_INT(test_run_cli("generate --model " FIX "tiny-gpt2.q8_0.gguf --prompt ROMEO: --max-tokens 5 --stats", out, sizeof out), 0);
     CHECK_MSG(strstr(out, "tokens/s") != NULL, "%s", out);
 }
 
@@ -217,8 +206,6 @@ int main(void) {
     TEST_RUN(gguf_with_unsupported_architecture);
     TEST_RUN(nonexistent_path);
     TEST_RUN(cli_reports_errors_with_exit_codes);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+    if (test_rm_rf(tmpdir) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
     TEST_MAIN_END();
 }

@@ -202,9 +202,7 @@ static void adamw_trajectory_follows_peft(void) {
         for (int64_t k = 0; k < a->n_params; k++) wdiff = fmax(wdiff, fabs(fin->params[k] - a->params[k]));
     CHECK_MSG(wdiff <= 1e-4, "final weights differ by %g", wdiff);
     printf("    30 steps: max |loss diff| %.3g, final weights max |diff| %.3g\n", worst, wdiff);
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", out);
-    CHECK(system(cmd) == 0);
+    CHECK(test_rm_rf(out) == 0);
     for (int r = 0; r < 2; r++) free(ex[r].loss);
     lora_free(fin);
     lora_free(a);

@@ -20,16 +20,6 @@
 
 static char tmp[256];
 
-static int run(const char *args, char *out, size_t cap) {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", getenv("PEFT_CLI"), args);
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 static void write_data(const char *path, int n_rows, const char *bad_line_at_3) {
     FILE *f = fopen(path, "w");
@@ -87,7 +77,7 @@ static void resume_after_kill_is_exact(void) {
     const char *common = "train --model " MODEL " --steps 40 --batch 4 --seq 64 --lr 3e-3 --warmup 3 --dropout 0.1 "
                          "--target all-linear --save-every 1 --threads 1 --quiet --seed 5 --val-split 0.1 --eval-every 10";
     snprintf(args, sizeof args, "%s --data %s --out %s", common, data, a);
-    CHECK_EQ_INT(run(args, out, sizeof out), 0);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
     /* interrupted run: kill at several moments, resume each time */
     peft_rng r;
     peft_rng_seed(&r, (uint64_t)time(NULL));
@@ -104,7 +94,7 @@ static void resume_after_kill_is_exact(void) {
     snprintf(latest, sizeof latest, "%s/LATEST", b);
     bool have = peft_file_exists(latest);
     snprintf(args, sizeof args, "%s --data %s --out %s%s%s", common, data, b, have ? " --resume " : "", have ? b : "");
-    CHECK_EQ_INT(run(args, out, sizeof out), 0);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
     /* identical adapter bytes and identical loss/validation history */
     char pa[400], pb[400];
     snprintf(pa, sizeof pa, "%s/adapter_model.safetensors", a);
@@ -152,28 +142,28 @@ static void bad_data_names_file_and_line(void) {
     snprintf(data, sizeof data, "%s/bad.jsonl", tmp);
     write_data(data, 20, "{\"text\": \"unterminated");
     snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s/bad_out --steps 2 --seq 32 --quiet", data, tmp);
-    CHECK_EQ_INT(run(args, out, sizeof out), 1);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 1);
     CHECK_MSG(strstr(out, "bad.jsonl:3") != NULL, "%s", out);
     /* --skip-bad skips and counts it */
     snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s/bad_out --steps 2 --seq 32 --quiet --skip-bad", data, tmp);
-    CHECK_EQ_INT(run(args, out, sizeof out), 0);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
     CHECK_MSG(strstr(out, "1 lines skipped") != NULL, "%s", out);
     /* a line without the fields */
     write_data(data, 20, "{\"prompt\": \"x\"}");
     snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s/bad_out --steps 2 --seq 32 --quiet", data, tmp);
-    CHECK_EQ_INT(run(args, out, sizeof out), 1);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 1);
     CHECK_MSG(strstr(out, "bad.jsonl:3") != NULL, "%s", out);
     /* empty dataset */
     FILE *f = fopen(data, "w");
     fclose(f);
-    CHECK_EQ_INT(run(args, out, sizeof out), 1);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 1);
     CHECK_MSG(strstr(out, "bad.jsonl") != NULL, "%s", out);
     /* unknown option, unknown method, unknown target */
-    CHECK_EQ_INT(run("train --model " MODEL " --data x --out y --frobnicate 1", out, sizeof out), 2);
-    CHECK_EQ_INT(run("train --model " MODEL " --data x --out y --method bogus", out, sizeof out), 2);
+    CHECK_EQ_INT(test_run_cli("train --model " MODEL " --data x --out y --frobnicate 1", out, sizeof out), 2);
+    CHECK_EQ_INT(test_run_cli("train --model " MODEL " --data x --out y --method bogus", out, sizeof out), 2);
     write_data(data, 20, NULL);
     snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s/o --target q_prj --quiet", data, tmp);
-    CHECK_EQ_INT(run(args, out, sizeof out), 1);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 1);
     CHECK_MSG(strstr(out, "q_prj") != NULL, "%s", out);
 }
 
@@ -183,7 +173,7 @@ static void unwritable_output_is_an_error(void) {
     snprintf(data, sizeof data, "%s/d2.jsonl", tmp);
     write_data(data, 20, NULL);
     snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s/d2.jsonl/sub --steps 2 --seq 32 --quiet", data, tmp);
-    CHECK_EQ_INT(run(args, out, sizeof out), 1);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 1);
     CHECK_MSG(strstr(out, "d2.jsonl/sub") != NULL || strstr(out, "d2.jsonl") != NULL, "%s", out);
 }
 
@@ -220,7 +210,7 @@ static void nan_loss_stops_and_keeps_checkpoint(void) {
     write_data(data, 40, NULL);
     snprintf(run_dir, sizeof run_dir, "%s/nanrun", tmp);
     snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s --steps 4 --save-every 2 --seq 64 --quiet", data, run_dir);
-    CHECK_EQ_INT(run(args, out, sizeof out), 0);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
     /* a copy of the model with a NaN weight */
     snprintf(bad_model, sizeof bad_model, "%s/nanmodel", tmp);
     snprintf(args, sizeof args, "mkdir -p %s && cp " MODEL "/* %s/", bad_model, bad_model);
@@ -235,7 +225,7 @@ static void nan_loss_stops_and_keeps_checkpoint(void) {
     unlink(p);
     snprintf(args, sizeof args, "train --model %s --data %s --out %s --steps 8 --save-every 2 --seq 64 --quiet --resume %s",
              bad_model, data, run_dir, run_dir);
-    CHECK_EQ_INT(run(args, out, sizeof out), 1);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 1);
     CHECK_MSG(strstr(out, "not finite") != NULL, "%s", out);
     /* nothing was overwritten: same LATEST, its checkpoint loads, no final adapter */
     snprintf(p, sizeof p, "%s/LATEST", run_dir);
@@ -264,17 +254,17 @@ static void eval_and_generate_use_the_adapter(void) {
     char data[300], args[2048], out[16384], out2[16384];
     snprintf(data, sizeof data, "%s/d.jsonl", tmp);
     snprintf(args, sizeof args, "eval --model " MODEL " --adapter %s/A --data %s --seq 64 --json", tmp, data);
-    CHECK_EQ_INT(run(args, out, sizeof out), 0);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
     snprintf(args, sizeof args, "eval --model " MODEL " --data %s --seq 64 --json", data);
-    CHECK_EQ_INT(run(args, out2, sizeof out2), 0);
+    CHECK_EQ_INT(test_run_cli(args, out2, sizeof out2), 0);
     cJSON *ja = cJSON_Parse(out), *jb = cJSON_Parse(out2);
     const cJSON *la = cJSON_GetObjectItem(ja, "loss"), *lb = cJSON_GetObjectItem(jb, "loss");
     CHECK_MSG(la && lb && la->valuedouble < lb->valuedouble - 0.5, "adapter %s vs base %s", out, out2);
     /* merged into the base, the model gives the adapter's loss */
     snprintf(args, sizeof args, "merge --model " MODEL " --adapter %s/A --out %s/merged", tmp, tmp);
-    CHECK_EQ_INT(run(args, out2, sizeof out2), 0);
+    CHECK_EQ_INT(test_run_cli(args, out2, sizeof out2), 0);
     snprintf(args, sizeof args, "eval --model %s/merged --data %s --seq 64 --json", tmp, data);
-    CHECK_EQ_INT(run(args, out2, sizeof out2), 0);
+    CHECK_EQ_INT(test_run_cli(args, out2, sizeof out2), 0);
     cJSON *jm = cJSON_Parse(out2);
     const cJSON *lm = cJSON_GetObjectItem(jm, "loss");
     CHECK_MSG(la && lm && fabs(la->valuedouble - lm->valuedouble) < 1e-4, "adapter %s vs merged %s", out, out2);
@@ -283,7 +273,7 @@ static void eval_and_generate_use_the_adapter(void) {
     cJSON_Delete(jb);
     /* GGUF LoRA export, base taken from adapter_config.json */
     snprintf(args, sizeof args, "export --adapter %s/A --format gguf --out %s/a.gguf", tmp, tmp);
-    CHECK_EQ_INT(run(args, out2, sizeof out2), 0);
+    CHECK_EQ_INT(test_run_cli(args, out2, sizeof out2), 0);
     snprintf(args, sizeof args, "%s/a.gguf", tmp);
     gguf_file *gf = NULL;
     peft_err err = {0};
@@ -291,12 +281,12 @@ static void eval_and_generate_use_the_adapter(void) {
     CHECK(gf && gguf_get_str(gf, "general.type") && !strcmp(gguf_get_str(gf, "general.type"), "adapter"));
     CHECK(gf && gguf_find_tensor(gf, "blk.0.attn_q.weight.lora_a") != NULL);
     gguf_close(gf);
-    CHECK_EQ_INT(run("export --adapter /nonexistent --format gguf", out2, sizeof out2), 1);
-    CHECK_EQ_INT(run("merge --model " MODEL " --adapter tests/fixtures/lora/gpt2_all/adapter --out /tmp/never", out2, sizeof out2), 1);
+    CHECK_EQ_INT(test_run_cli("export --adapter /nonexistent --format gguf", out2, sizeof out2), 1);
+    CHECK_EQ_INT(test_run_cli("merge --model " MODEL " --adapter tests/fixtures/lora/gpt2_all/adapter --out /tmp/never", out2, sizeof out2), 1);
     snprintf(args, sizeof args, "generate --model " MODEL " --adapter %s/A --prompt the --max-tokens 8", tmp);
-    CHECK_EQ_INT(run(args, out, sizeof out), 0);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
     snprintf(args, sizeof args, "generate --model " MODEL " --adapter tests/fixtures/lora/gpt2_all/adapter --prompt the");
-    CHECK_EQ_INT(run(args, out, sizeof out), 1);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 1);
     CHECK_MSG(strstr(out, "adapter") != NULL, "%s", out);
 }
 
@@ -315,7 +305,7 @@ static void json_config_matches_options(void) {
     fclose(f);
     /* warmup_steps is not an option name: the file is refused */
     snprintf(args, sizeof args, "train --config %s --out %s/c1", cfg, tmp);
-    CHECK_EQ_INT(run(args, out, sizeof out), 2);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 2);
     CHECK_MSG(strstr(out, "warmup_steps") != NULL, "%s", out);
     f = fopen(cfg, "w");
     fprintf(f, "{\"model\": \"" MODEL "\", \"data\": \"%s\", \"r\": 4, \"alpha\": 8, "
@@ -323,10 +313,10 @@ static void json_config_matches_options(void) {
                "\"seq\": 48, \"lr\": 0.01, \"warmup\": 1, \"quiet\": true}", data);
     fclose(f);
     snprintf(args, sizeof args, "train --config %s --steps 3 --out %s/c1", cfg, tmp);
-    CHECK_EQ_INT(run(args, out, sizeof out), 0);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
     snprintf(args, sizeof args, "train --model " MODEL " --data %s --r 4 --alpha 8 --target q_proj,v_proj --rslora "
              "--steps 3 --batch 2 --seq 48 --lr 0.01 --warmup 1 --quiet --out %s/c2", data, tmp);
-    CHECK_EQ_INT(run(args, out, sizeof out), 0);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
     char pa[400], pb[400];
     snprintf(pa, sizeof pa, "%s/c1/adapter_model.safetensors", tmp);
     snprintf(pb, sizeof pb, "%s/c2/adapter_model.safetensors", tmp);
@@ -353,8 +343,6 @@ int main(void) {
     TEST_RUN(nan_loss_stops_and_keeps_checkpoint);
     TEST_RUN(eval_and_generate_use_the_adapter);
     TEST_RUN(json_config_matches_options);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp);
+    if (test_rm_rf(tmp) != 0) fprintf(stderr, "could not remove %s\n", tmp);
     TEST_MAIN_END();
 }
