@@ -356,7 +356,7 @@ out:
 int cmd_eval(int argc, char **argv) {
     cli_args a = {argc, 1, argv, "eval"};
     const char *model = NULL, *adapter = NULL, *data = NULL, *v;
-    int batch = 4, seq = 512, threads = 0;
+    int batch = 4, seq = 0, threads = 0;   /* seq 0: min(512, the model's context) */
     bool json = false, bad = false, skip_bad = false;
     while (a.i < argc && !bad) {
         if ((v = cli_opt(&a, "--model", &bad))) model = v;
@@ -368,7 +368,8 @@ int cmd_eval(int argc, char **argv) {
         else if (cli_flag(&a, "--json")) json = true;
         else if (cli_flag(&a, "--skip-bad")) skip_bad = true;
         else if (cli_flag(&a, "--help")) {
-            printf("usage: peft eval --model PATH [--adapter DIR] --data FILE [--json] [--batch N] [--seq N] [--threads N]\n\n"
+            printf("usage: peft eval --model PATH [--adapter DIR] --data FILE [--json] [--batch N] [--seq N] [--threads N]\n"
+                   "  --seq N   truncate examples to N tokens (default: 512 or the model's context if shorter)\n\n"
                    "Mean loss per target token and perplexity of the model (with the adapter) on a JSONL dataset.\n");
             return 0;
         } else if (!bad) { fprintf(stderr, "peft eval: unknown option \"%s\"\n", argv[a.i]); return 2; }
@@ -384,6 +385,7 @@ int cmd_eval(int argc, char **argv) {
     bool have_d = false;
     if (!m) { fprintf(stderr, "peft eval: %s\n", peft_last_error(ctx)); goto out; }
     if (!m->tok) { fprintf(stderr, "peft eval: %s has no tokenizer\n", model); goto out; }
+    if (seq == 0) seq = PEFT_MIN(512, m->cfg.n_ctx);
     if (adapter) {
         if (lora_load(m, adapter, &ad, &ctx->err)) { fprintf(stderr, "peft eval: %s\n", ctx->err.msg); goto out; }
     }
