@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 static int test_failures_ = 0, test_passed_ = 0, test_failed_ = 0, test_skipped_ = 0;
 static int test_cur_skipped_ = 0;
@@ -107,6 +108,23 @@ static inline double test_max_abs_diff(const float *a, const float *b, size_t n)
         if (d > m || d != d) m = d;
     }
     return m;
+}
+
+/* A fresh empty temporary file (malloc'ed path), NULL on failure. */
+static inline char *test_tmp_file(void) {
+    char tmpl[] = "/tmp/peft_test_XXXXXX";
+    int fd = mkstemp(tmpl);
+    if (fd < 0) return NULL;
+    close(fd);
+    return strdup(tmpl);
+}
+
+/* Writes len bytes to path (replacing it). */
+static inline void test_write_bytes(const char *path, const void *data, size_t len) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return;
+    if (len) fwrite(data, 1, len, f);
+    fclose(f);
 }
 
 /* Removes a temporary folder and everything in it. */

@@ -14,21 +14,6 @@
 
 static float formula(int i) { return (float)((i * 37) % 101 - 50) / 16.0f; }
 
-static char *make_tmp(void) {
-    char tmpl[] = "/tmp/peft_gguf_test_XXXXXX";
-    int fd = mkstemp(tmpl);
-    if (fd < 0) return NULL;
-    close(fd);
-    return strdup(tmpl);
-}
-
-static void write_bytes(const char *path, const void *data, size_t len) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return;
-    if (len) fwrite(data, 1, len, f);
-    fclose(f);
-}
-
 static char *read_fixture(size_t *len) {
     char *d = NULL;
     peft_err err = {0};
@@ -39,8 +24,8 @@ static char *read_fixture(size_t *len) {
 /* Writes the (mutated) bytes to a temp file; gguf_open must fail with code,
  * naming the file and mentioning `what`. */
 static void expect_fail_bytes(const void *data, size_t len, int code, const char *what) {
-    char *path = make_tmp();
-    write_bytes(path, data, len);
+    char *path = test_tmp_file();
+    test_write_bytes(path, data, len);
     gguf_file *f = (gguf_file *)1;
     peft_err err = {0};
     int rc = gguf_open(path, &f, &err);
@@ -233,8 +218,8 @@ static void accepts_version_2(void) {
     char *d = read_fixture(&len);
     if (!d) return;
     put32(d + 4, 2);
-    char *path = make_tmp();
-    write_bytes(path, d, len);
+    char *path = test_tmp_file();
+    test_write_bytes(path, d, len);
     gguf_file *f = NULL;
     peft_err err = {0};
     CHECK_OK(gguf_open(path, &f, &err));
@@ -276,7 +261,7 @@ static void writer_round_trip(void) {
     gguf_file *src = NULL, *f = NULL;
     peft_err err = {0};
     CHECK_OK(gguf_open(FIX, &src, &err));
-    char *path = make_tmp();
+    char *path = test_tmp_file();
     float f32[64];
     uint8_t q8[68];
     CHECK_OK(write_sample(path, src, &err, f32, q8));
@@ -322,7 +307,7 @@ static void writer_round_trip(void) {
 
 static void writer_honours_alignment_and_rejects_bad_input(void) {
     peft_err err = {0};
-    char *path = make_tmp();
+    char *path = test_tmp_file();
     gguf_writer *w = gguf_writer_new(&err);
     float x[32] = {1};
     int64_t ne[1] = {32};
@@ -368,7 +353,7 @@ static void gguf_py_reads_our_file(void) {
     if (system("python3 -c 'import gguf, numpy' >/dev/null 2>&1") != 0)
         TEST_SKIP("python3 with gguf-py not available");
     peft_err err = {0};
-    char *path = make_tmp();
+    char *path = test_tmp_file();
     float f32[64];
     uint8_t q8[68];
     CHECK_OK(write_sample(path, NULL, &err, f32, q8));
@@ -393,7 +378,7 @@ static void opens_large_vocab_fast(void) {
     gguf_writer *w = gguf_writer_new(&err);
     gguf_w_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)toks, N);
     gguf_w_arr_str(w, "tokenizer.ggml.merges", (const char *const *)merges, N);
-    char *path = make_tmp();
+    char *path = test_tmp_file();
     CHECK_OK(gguf_writer_save(w, path, &err));
     gguf_writer_free(w);
     double t0 = peft_time_s();
@@ -567,8 +552,8 @@ static void known_but_unmapped_type_opens(void) {
     char *d = read_fixture(&len);
     if (!d) return;
     patch_info(d, len, "t.q8_0", 2, 20);   /* IQ4_NL: 18 bytes per 32, smaller than Q8_0 */
-    char *path = make_tmp();
-    write_bytes(path, d, len);
+    char *path = test_tmp_file();
+    test_write_bytes(path, d, len);
     gguf_file *f = NULL;
     peft_err err = {0};
     CHECK_OK(gguf_open(path, &f, &err));

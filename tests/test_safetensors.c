@@ -14,21 +14,6 @@
 
 static float formula(int i) { return (float)((i * 37) % 101 - 50) / 16.0f; }
 
-static char *make_tmp(void) {
-    char tmpl[] = "/tmp/peft_st_test_XXXXXX";
-    int fd = mkstemp(tmpl);
-    if (fd < 0) return NULL;
-    close(fd);
-    return strdup(tmpl);
-}
-
-static void write_bytes(const char *path, const void *data, size_t len) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return;
-    if (len) fwrite(data, 1, len, f);
-    fclose(f);
-}
-
 /* st_open must fail with `code`, naming the file and mentioning `what`. */
 static void expect_fail(const char *path, int code, const char *what) {
     st_archive *a = (st_archive *)1;
@@ -62,8 +47,8 @@ static char *mutate_header(const char *fixture, void (*fn)(cJSON *root)) {
     memcpy(out + 8, js, jl);
     memset(out + 8 + jl, ' ', padded - jl);
     memcpy(out + 8 + padded, data + 8 + hlen, len - 8 - (size_t)hlen);
-    char *path = make_tmp();
-    write_bytes(path, out, out_len);
+    char *path = test_tmp_file();
+    test_write_bytes(path, out, out_len);
     free(js);
     free(out);
     free(data);
@@ -187,7 +172,7 @@ static int write_sample(const char *path, peft_err *err) {
 }
 
 static void write_round_trip(void) {
-    char *path = make_tmp();
+    char *path = test_tmp_file();
     peft_err err = {0};
     CHECK_OK(write_sample(path, &err));
     /* header: 8-byte length, multiple of 8, padded with spaces */
@@ -223,7 +208,7 @@ static void write_round_trip(void) {
 static void python_library_loads_our_file(void) {
     if (system("python3 -c 'import safetensors, torch, numpy' >/dev/null 2>&1") != 0)
         TEST_SKIP("python3 with safetensors and torch not available");
-    char *path = make_tmp();
+    char *path = test_tmp_file();
     peft_err err = {0};
     CHECK_OK(write_sample(path, &err));
     char cmd[512];
@@ -236,7 +221,7 @@ static void python_library_loads_our_file(void) {
 static void write_rejects_bad_input(void) {
     float x[4] = {0};
     peft_err err = {0};
-    char *path = make_tmp();
+    char *path = test_tmp_file();
     st_write_tensor dup[2] = {{"x", PEFT_DT_F32, 1, {4}, x}, {"x", PEFT_DT_F32, 1, {4}, x}};
     CHECK_EQ_INT(st_write(path, dup, 2, NULL, &err), PEFT_ERR_INVALID);
     CHECK(strstr(err.msg, path) && strstr(err.msg, "duplicate"));
@@ -263,8 +248,8 @@ static void bad_truncated_at_several_points(void) {
     memcpy(&hlen, data, 8);
     size_t cuts[] = {0, 4, 7, 8, 8 + (size_t)hlen / 2, 8 + (size_t)hlen - 1, len - 1};
     for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
-        char *path = make_tmp();
-        write_bytes(path, data, cuts[i]);
+        char *path = test_tmp_file();
+        test_write_bytes(path, data, cuts[i]);
         expect_fail(path, PEFT_ERR_FORMAT, NULL);
         unlink(path);
         free(path);
@@ -280,12 +265,12 @@ static void bad_header_length_past_eof(void) {
     if (!data) return;
     uint64_t h = len;   /* 8 + len > len */
     memcpy(data, &h, 8);
-    char *path = make_tmp();
-    write_bytes(path, data, len);
+    char *path = test_tmp_file();
+    test_write_bytes(path, data, len);
     expect_fail(path, PEFT_ERR_FORMAT, "header length");
     h = UINT64_MAX;
     memcpy(data, &h, 8);
-    write_bytes(path, data, len);
+    test_write_bytes(path, data, len);
     expect_fail(path, PEFT_ERR_FORMAT, "header length");
     unlink(path);
     free(path);
@@ -300,24 +285,24 @@ static void bad_corrupt_json(void) {
     if (!data) return;
     uint64_t hlen;
     memcpy(&hlen, data, 8);
-    char *path = make_tmp();
+    char *path = test_tmp_file();
     /* a colon after a key replaced by garbage */
     char *colon = strstr(data + 8, "\"dtype\":");
     CHECK(colon != NULL && colon < data + 8 + hlen);
     if (!colon) { free(data); free(path); return; }
     colon[7] = '!';
-    write_bytes(path, data, len);
+    test_write_bytes(path, data, len);
     expect_fail(path, PEFT_ERR_FORMAT, "JSON");
     colon[7] = ':';
     /* garbage after the object */
     char last = data[8 + hlen - 1];
     data[8 + hlen - 1] = 'x';
-    write_bytes(path, data, len);
+    test_write_bytes(path, data, len);
     expect_fail(path, PEFT_ERR_FORMAT, NULL);
     data[8 + hlen - 1] = last;
     /* not an object at all */
     memcpy(data + 8, "[1, 2]", 6);
-    write_bytes(path, data, len);
+    test_write_bytes(path, data, len);
     expect_fail(path, PEFT_ERR_FORMAT, "JSON object");
     unlink(path);
     free(path);
@@ -447,19 +432,19 @@ static void bad_sharded_index(void) {
     size_t len = 0;
     peft_err err = {0};
     CHECK_OK(peft_read_file(FIX "st_sharded/model-00001-of-00002.safetensors", &data, &len, &err));
-    write_bytes(shard, data, len);
+    test_write_bytes(shard, data, len);
     free(data);
     const char *missing = "{\"weight_map\": {\"layer.0.w\": \"s1.safetensors\", \"x\": \"s9.safetensors\"}}";
-    write_bytes(idx, missing, strlen(missing));
+    test_write_bytes(idx, missing, strlen(missing));
     expect_fail(idx, PEFT_ERR_IO, "s9.safetensors");
     const char *absent = "{\"weight_map\": {\"layer.0.w\": \"s1.safetensors\", \"zzz\": \"s1.safetensors\"}}";
-    write_bytes(idx, absent, strlen(absent));
+    test_write_bytes(idx, absent, strlen(absent));
     expect_fail(idx, PEFT_ERR_FORMAT, "zzz");
     const char *escape = "{\"weight_map\": {\"layer.0.w\": \"../s1.safetensors\"}}";
-    write_bytes(idx, escape, strlen(escape));
+    test_write_bytes(idx, escape, strlen(escape));
     expect_fail(idx, PEFT_ERR_FORMAT, "shard file name");
     const char *nomap = "{\"metadata\": {}}";
-    write_bytes(idx, nomap, strlen(nomap));
+    test_write_bytes(idx, nomap, strlen(nomap));
     expect_fail(idx, PEFT_ERR_FORMAT, "weight_map");
     /* the folder form finds the index */
     expect_fail(dir, PEFT_ERR_FORMAT, "weight_map");
