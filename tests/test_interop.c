@@ -34,7 +34,7 @@ static void peft_adapters_give_peft_logits_here(void) {
             const st_tensor *ids = st_find(ref, "input_ids"), *lg = st_find(ref, "logits");
             peft_ctx *ctx = peft_init(NULL);
             peft_model *m = peft_model_load(ctx, model);
-            lora_adapter *a = NULL;
+            adapter *a = NULL;
             snprintf(p, sizeof p, "tests/fixtures/lora/%s/adapter", cases[c][0]);
             CHECK_OK(lora_load(m, p, &a, &err));
             if (m && a && ids && lg) {
@@ -51,7 +51,7 @@ static void peft_adapters_give_peft_logits_here(void) {
                 free(out);
                 m->lora = NULL;
             }
-            lora_free(a);
+            adapter_free(a);
             peft_model_free(m);
             peft_free(ctx);
             st_close(ref);
@@ -81,7 +81,7 @@ static void our_adapters_load_in_peft(void) {
         cfg.rslora = k == 2;
         cfg.layers = k == 1 ? 2u : 0u; /* GPT-2: layer 1 only */
         peft_err err = {0};
-        lora_adapter *a = NULL;
+        adapter *a = NULL;
         CHECK_OK(lora_parse_targets(m, targets[k], &cfg.targets, &err));
         CHECK_OK(lora_new(m, &cfg, &a, &err));
         if (!a) { peft_model_free(m); peft_free(ctx); continue; }
@@ -110,7 +110,7 @@ static void our_adapters_load_in_peft(void) {
         CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "HF peft disagrees on %s (exit %d)", models[k], WEXITSTATUS(st));
         free(lg);
         m->lora = NULL;
-        lora_free(a);
+        adapter_free(a);
         peft_model_free(m);
         peft_free(ctx);
     }

@@ -144,7 +144,7 @@ static void init_statistics_match_hf(void) {
     CHECK_NEAR(lora_scale(&c), 16 / sqrt(8.0), 1e-6);
     c.rslora = false;
     c.targets = 0; /* default for llama: q_proj, v_proj */
-    lora_adapter *a = NULL;
+    adapter *a = NULL;
     CHECK_OK(lora_new(l.m, &c, &a, &err));
     if (!a) { fprintf(stderr, "  %s\n", err.msg); unload(&l); return; }
     CHECK_EQ_INT(a->n_modules, 4);
@@ -189,15 +189,15 @@ static void init_statistics_match_hf(void) {
     for (int64_t k = 0; k < a->n_params; k++) g_zero &= a->grads[k] == 0.0f;
     CHECK(g_zero);
     /* same seed, same numbers; another seed, others */
-    lora_adapter *b = NULL;
+    adapter *b = NULL;
     CHECK_OK(lora_new(l.m, &c, &b, &err));
     if (b) CHECK(memcmp(a->params, b->params, sizeof(float) * (size_t)a->n_params) == 0);
-    lora_free(b);
+    adapter_free(b);
     b = NULL;
     c.seed = 7;
     CHECK_OK(lora_new(l.m, &c, &b, &err));
     if (b) CHECK(memcmp(a->params, b->params, sizeof(float) * (size_t)a->n_params) != 0);
-    lora_free(b);
+    adapter_free(b);
     b = NULL;
     /* gaussian: A ~ N(0, std 1/r) as peft, B = 0 */
     c.init = LORA_INIT_GAUSSIAN;
@@ -215,7 +215,7 @@ static void init_statistics_match_hf(void) {
         CHECK_NEAR(sum / n, 0, 0.01);
         CHECK(b->mods[0].B[0] == 0.0f);
     }
-    lora_free(b);
+    adapter_free(b);
     b = NULL;
     /* bad configs */
     c = lora_default_config();
@@ -229,7 +229,7 @@ static void init_statistics_match_hf(void) {
     c.targets = BIT(ROLE_QKV);
     CHECK(lora_new(l.m, &c, &b, &err) == PEFT_ERR_INVALID);
     CHECK(b == NULL);
-    lora_free(a);
+    adapter_free(a);
     unload(&l);
     /* GPT-2's default is c_attn */
     l = load_model(MFIX "tiny-gpt2");
@@ -240,13 +240,13 @@ static void init_statistics_match_hf(void) {
         CHECK_EQ_INT(a->n_modules, 2);
         CHECK(a->mods[0].role == ROLE_QKV && a->mods[0].out == 192 && a->mods[0].in == 64);
     }
-    lora_free(a);
+    adapter_free(a);
     unload(&l);
 }
 
 /* ---- save / load ---------------------------------------------------------------- */
 
-static bool same_adapter(const lora_adapter *a, const lora_adapter *b) {
+static bool same_adapter(const adapter *a, const adapter *b) {
     if (a->n_modules != b->n_modules || a->n_params != b->n_params) return false;
     for (int i = 0; i < a->n_modules; i++) {
         const lora_module *x = &a->mods[i], *y = &b->mods[i];
@@ -281,7 +281,7 @@ static void save_load_round_trip_is_bit_exact(void) {
     c.init = LORA_INIT_ZERO_B_RANDOM_BOTH;   /* B non-zero too */
     c.layers = 1u << 1;
     CHECK_OK(lora_parse_targets(l.m, "q_proj,k_proj,down_proj", &c.targets, &err));
-    lora_adapter *a = NULL, *b = NULL;
+    adapter *a = NULL, *b = NULL;
     CHECK_OK(lora_new(l.m, &c, &a, &err));
     if (!a) goto out;
     CHECK_EQ_INT(a->n_modules, 3);
@@ -337,8 +337,8 @@ static void save_load_round_trip_is_bit_exact(void) {
     /* saving again over the same folder works (atomic replace) */
     CHECK_OK(lora_save(b, l.m, dir, &err));
 out:
-    lora_free(a);
-    lora_free(b);
+    adapter_free(a);
+    adapter_free(b);
     unload(&l);
     rm_tree(tmp);
 }
@@ -350,7 +350,7 @@ static void gguf_base_saves_hf_names(void) {
     char tmp[64];
     make_tmp(tmp, sizeof tmp);
     peft_err err = {0};
-    lora_adapter *a = NULL, *b = NULL;
+    adapter *a = NULL, *b = NULL;
     if (!g.m || !h.m) { CHECK(0); goto out; }
     lora_config c = lora_default_config();
     c.init = LORA_INIT_ZERO_B_RANDOM_BOTH;
@@ -372,7 +372,7 @@ static void gguf_base_saves_hf_names(void) {
     }
     CHECK_OK(lora_load(h.m, tmp, &b, &err));
     if (b) CHECK(same_adapter(a, b));
-    lora_free(b);
+    adapter_free(b);
     b = NULL;
     CHECK_OK(lora_load(g.m, tmp, &b, &err));
     if (b) CHECK(same_adapter(a, b));
@@ -390,8 +390,8 @@ static void gguf_base_saves_hf_names(void) {
         printf("    (python safetensors not available: python check skipped)\n");
     }
 out:
-    lora_free(a);
-    lora_free(b);
+    adapter_free(a);
+    adapter_free(b);
     unload(&g);
     unload(&h);
     rm_tree(tmp);
@@ -429,7 +429,7 @@ static void peft_adapters_load(void) {
         loaded l = load_model(c->model);
         if (!l.m) { CHECK(0); continue; }
         peft_err err = {0};
-        lora_adapter *a = NULL;
+        adapter *a = NULL;
         st_archive *st = NULL;
         CHECK_OK(lora_load(l.m, dir, &a, &err));
         CHECK_OK(st_open(path, &st, &err));
@@ -463,7 +463,7 @@ static void peft_adapters_load(void) {
         printf("    %-16s %2d modules, r %d, scale %.6f\n", c->name, a->n_modules, a->cfg.r, lora_scale(&a->cfg));
     next:
         st_close(st);
-        lora_free(a);
+        adapter_free(a);
         unload(&l);
     }
 }
@@ -478,7 +478,7 @@ static void half_precision_adapters_load(void) {
     lora_config c = lora_default_config();
     c.r = 2;
     c.init = LORA_INIT_ZERO_B_RANDOM_BOTH;
-    lora_adapter *a = NULL, *b = NULL;
+    adapter *a = NULL, *b = NULL;
     CHECK_OK(lora_new(l.m, &c, &a, &err));
     CHECK_OK(lora_save(a, l.m, tmp, &err));
     /* rewrite the tensors as BF16 (A) and F16 (B) */
@@ -507,8 +507,8 @@ static void half_precision_adapters_load(void) {
     CHECK_OK(lora_load(l.m, tmp, &b, &err));
     if (a && b) CHECK(same_adapter(a, b));
     for (int i = 0; i < n; i++) { free(h[i]); free((char *)t[i].name); }
-    lora_free(a);
-    lora_free(b);
+    adapter_free(a);
+    adapter_free(b);
     unload(&l);
     rm_tree(tmp);
 }
@@ -532,7 +532,7 @@ static void mismatched_adapters_fail_clearly(void) {
     char tmp[64];
     make_tmp(tmp, sizeof tmp);
     peft_err err = {0};
-    lora_adapter *a = NULL;
+    adapter *a = NULL;
     /* a GPT-2 adapter on a llama */
     CHECK(lora_load(l.m, LFIX "gpt2_all/adapter", &a, &err) == PEFT_ERR_SHAPE);
     CHECK_MSG(strstr(err.msg, "adapter_model.safetensors") && strstr(err.msg, "base_model.model.transformer.h.0."),
@@ -605,9 +605,9 @@ static void mismatched_adapters_fail_clearly(void) {
     CHECK(lora_load(l.m, tmp, &a, &err) == PEFT_ERR_UNSUPPORTED);
     CHECK_MSG(strstr(err.msg, "adapter_config.json") && strstr(err.msg, "PROMPT_TUNING"), "%s", err.msg);
     printf("    prompt tuning: %s\n", err.msg);
-    /* DoRA, missing r */
+    /* DoRA without tensors, missing r */
     write_adapter(tmp, "{\"peft_type\": \"LORA\", \"r\": 4, \"use_dora\": true}", NULL, 0);
-    CHECK(lora_load(l.m, tmp, &a, &err) == PEFT_ERR_UNSUPPORTED);
+    CHECK(lora_load(l.m, tmp, &a, &err) == PEFT_ERR_FORMAT);
     write_adapter(tmp, "{\"peft_type\": \"LORA\"}", NULL, 0);
     CHECK(lora_load(l.m, tmp, &a, &err) == PEFT_ERR_FORMAT);
     CHECK_MSG(strstr(err.msg, "\"r\""), "%s", err.msg);
@@ -670,11 +670,11 @@ static int merge_case(const lcase *c, const char *base, const char *out) {
     char dir[256];
     snprintf(dir, sizeof dir, LFIX "%s/adapter", c->name);
     peft_err err = {0};
-    lora_adapter *a = NULL;
+    adapter *a = NULL;
     int rc = lora_load(l.m, dir, &a, &err);
     if (!rc) rc = lora_merge_save(a, l.m, out, &err);
     if (rc) fprintf(stderr, "  %s: %s\n", c->name, err.msg);
-    lora_free(a);
+    adapter_free(a);
     unload(&l);
     return rc;
 }
@@ -795,10 +795,10 @@ static void merge_refuses_to_overwrite_base(void) {
     if (!l.m) { CHECK(0); return; }
     peft_err err = {0};
     lora_config c = lora_default_config();
-    lora_adapter *a = NULL;
+    adapter *a = NULL;
     CHECK_OK(lora_new(l.m, &c, &a, &err));
     CHECK(lora_merge_save(a, l.m, MFIX "tiny-llama", &err) == PEFT_ERR_INVALID);
-    lora_free(a);
+    adapter_free(a);
     unload(&l);
 }
 
@@ -808,7 +808,7 @@ static void export_check_layout(const char *base, const char *out, const cJSON *
     loaded l = load_model(base);
     if (!l.m) { CHECK(0); return; }
     peft_err err = {0};
-    lora_adapter *a = NULL;
+    adapter *a = NULL;
     gguf_file *g = NULL;
     st_archive *st = NULL;
     CHECK_OK(lora_load(l.m, LFIX "llama_all/adapter", &a, &err));
@@ -877,7 +877,7 @@ static void export_check_layout(const char *base, const char *out, const cJSON *
 out:
     gguf_close(g);
     st_close(st);
-    lora_free(a);
+    adapter_free(a);
     unload(&l);
 }
 
@@ -928,7 +928,7 @@ static void gguf_lora_export_agrees_with_merge(void) {
         loaded l = load_model(MFIX "tiny-llama.f32.gguf");
         if (!l.m) { CHECK(0); break; }
         peft_err err = {0};
-        lora_adapter *a = NULL;
+        adapter *a = NULL;
         char dir[256];
         snprintf(dir, sizeof dir, LFIX "%s/adapter", cases_[ci]);
         CHECK_OK(lora_load(l.m, dir, &a, &err));
@@ -969,7 +969,7 @@ static void gguf_lora_export_agrees_with_merge(void) {
         }
         gguf_close(lg);
         gguf_close(mg);
-        lora_free(a);
+        adapter_free(a);
         unload(&l);
     }
     rm_tree(tmp);
@@ -987,7 +987,7 @@ static void gguf_lora_export_gpt2_and_qwen2(void) {
         snprintf(dir, sizeof dir, LFIX "%s/adapter", cs[ci]->name);
         loaded l = load_model(cs[ci]->model);
         peft_err err = {0};
-        lora_adapter *a = NULL;
+        adapter *a = NULL;
         gguf_file *g = NULL, *base = NULL;
         if (l.m) CHECK_OK(lora_load(l.m, dir, &a, &err));
         if (a) CHECK_OK(lora_export_gguf(a, l.m, out, &err));
@@ -1015,7 +1015,7 @@ static void gguf_lora_export_gpt2_and_qwen2(void) {
         }
         gguf_close(g);
         gguf_close(base);
-        lora_free(a);
+        adapter_free(a);
         unload(&l);
         rm_tree(tmp);
     }

@@ -72,7 +72,7 @@ static void grads_match_peft(const lcase *c) {
     peft_ctx *ctx = peft_init(&cp);
     peft_model *m = peft_model_load(ctx, c->model);
     CHECK(m != NULL);
-    lora_adapter *a = NULL;
+    adapter *a = NULL;
     char dir[512];
     snprintf(dir, sizeof dir, LFIX "%s/adapter", c->name);
     peft_err err = {0};
@@ -116,7 +116,7 @@ static void grads_match_peft(const lcase *c) {
     printf("    %-16s loss %.6f (peft %.6f), %d gradient tensors, worst rel diff %.3g\n", c->name, got, want, n_checked, worst);
     tg_free(g);
 out:
-    lora_free(a);
+    adapter_free(a);
     peft_model_free(m);
     peft_free(ctx);
     st_close(f.ref);
@@ -149,7 +149,7 @@ static void adamw_trajectory_follows_peft(void) {
     cp.n_threads = 2;
     peft_ctx *ctx = peft_init(&cp);
     peft_model *m = peft_model_load(ctx, c->model);
-    lora_adapter *a = NULL;
+    adapter *a = NULL;
     CHECK_OK(lora_load(m, LFIX "llama_all/adapter", &a, &err));
     /* the two rows as a dataset: loss mask from the labels */
     data_example ex[2];
@@ -195,7 +195,7 @@ static void adamw_trajectory_follows_peft(void) {
         CHECK_MSG(fabs(t.lr[i] - lr) <= 1e-9 + 1e-6 * lr, "step %d: lr %g vs %g", i, t.lr[i], lr);
     }
     /* final weights vs peft's final adapter */
-    lora_adapter *fin = NULL;
+    adapter *fin = NULL;
     CHECK_OK(lora_load(m, LFIX "llama_all/final_adapter", &fin, &err));
     double wdiff = 0;
     if (fin && a && fin->n_params == a->n_params)
@@ -204,8 +204,8 @@ static void adamw_trajectory_follows_peft(void) {
     printf("    30 steps: max |loss diff| %.3g, final weights max |diff| %.3g\n", worst, wdiff);
     CHECK(test_rm_rf(out) == 0);
     for (int r = 0; r < 2; r++) free(ex[r].loss);
-    lora_free(fin);
-    lora_free(a);
+    adapter_free(fin);
+    adapter_free(a);
     cJSON_Delete(tj);
     peft_model_free(m);
     peft_free(ctx);
@@ -225,7 +225,7 @@ static void graph_gradient_matches_finite_differences_on_q8_0(void) {
     cfg.init = LORA_INIT_GAUSSIAN;
     peft_err err = {0};
     CHECK_OK(lora_parse_targets(m, "all-linear", &cfg.targets, &err));
-    lora_adapter *a = NULL;
+    adapter *a = NULL;
     CHECK_OK(lora_new(m, &cfg, &a, &err));
     if (!a) { peft_model_free(m); peft_free(ctx); return; }
     peft_rng rng;
@@ -269,7 +269,7 @@ static void graph_gradient_matches_finite_differences_on_q8_0(void) {
     CHECK_MSG(worst < 2e-2, "worst relative FD error %g", worst);
     printf("    40 probes, worst relative error vs central differences %.3g\n", worst);
     tg_free(g);
-    lora_free(a);
+    adapter_free(a);
     peft_model_free(m);
     peft_free(ctx);
 }

@@ -34,13 +34,13 @@ static int print_piece(const char *piece, int len, void *user) {
 
 int cmd_generate(int argc, char **argv) {
     cli_args a = {argc, 1, argv, "generate"};
-    const char *model = NULL, *adapter = NULL, *prompt = NULL, *prompt_file = NULL, *v;
+    const char *model = NULL, *adapter_dir = NULL, *prompt = NULL, *prompt_file = NULL, *v;
     peft_sample_params sp = peft_sample_default_params();
     int threads = 0, seed = 42;
     bool stats = false, echo = true, bad = false, verbose = false;
     while (a.i < argc && !bad) {
         if ((v = cli_opt(&a, "--model", &bad))) model = v;
-        else if ((v = cli_opt(&a, "--adapter", &bad))) adapter = v;
+        else if ((v = cli_opt(&a, "--adapter", &bad))) adapter_dir = v;
         else if ((v = cli_opt(&a, "--prompt", &bad))) prompt = v;
         else if ((v = cli_opt(&a, "--prompt-file", &bad))) prompt_file = v;
         else if ((v = cli_opt(&a, "--system", &bad))) sp.system = v;
@@ -92,9 +92,9 @@ int cmd_generate(int argc, char **argv) {
         free(file_text);
         return 1;
     }
-    lora_adapter *ad = NULL;
-    if (adapter) {
-        if (lora_load(m, adapter, &ad, &ctx->err)) {
+    adapter *ad = NULL;
+    if (adapter_dir) {
+        if (adapter_load(m, adapter_dir, &ad, &ctx->err)) {
             fprintf(stderr, "peft generate: %s\n", peft_last_error(ctx));
             peft_model_free(m);
             peft_free(ctx);
@@ -113,7 +113,7 @@ int cmd_generate(int argc, char **argv) {
                 st.n_prompt, st.prompt_s, st.prompt_s > 0 ? st.n_prompt / st.prompt_s : 0.0, st.n_gen, st.gen_s,
                 st.gen_s > 0 ? st.n_gen / st.gen_s : 0.0, st.stopped_at_eos ? ", stopped at end of turn" : "");
     peft_model_free(m);
-    lora_free(ad);
+    adapter_free(ad);
     peft_free(ctx);
     free(file_text);
     return rc ? 1 : 0;

@@ -24,24 +24,24 @@ static char *adapter_base(const char *dir) {
     return out;
 }
 
-static int load_pair(const char *cmd, const char *model, const char *adapter, int threads, peft_ctx **ctx,
-                     peft_model **m, lora_adapter **a) {
+static int load_pair(const char *cmd, const char *model, const char *adapter_dir, int threads, peft_ctx **ctx,
+                     peft_model **m, adapter **a) {
     *ctx = cli_ctx(threads, false);
     if (!*ctx) return 1;
     *m = peft_model_load(*ctx, model);
     if (!*m) { fprintf(stderr, "peft %s: %s\n", cmd, peft_last_error(*ctx)); return 1; }
-    if (lora_load(*m, adapter, a, &(*ctx)->err)) { fprintf(stderr, "peft %s: %s\n", cmd, (*ctx)->err.msg); return 1; }
+    if (adapter_load(*m, adapter_dir, a, &(*ctx)->err)) { fprintf(stderr, "peft %s: %s\n", cmd, (*ctx)->err.msg); return 1; }
     return 0;
 }
 
 int cmd_merge(int argc, char **argv) {
     cli_args a = {argc, 1, argv, "merge"};
-    const char *model = NULL, *adapter = NULL, *out = NULL, *v;
+    const char *model = NULL, *adapter_dir = NULL, *out = NULL, *v;
     int threads = 0;
     bool bad = false;
     while (a.i < argc && !bad) {
         if ((v = cli_opt(&a, "--model", &bad))) model = v;
-        else if ((v = cli_opt(&a, "--adapter", &bad))) adapter = v;
+        else if ((v = cli_opt(&a, "--adapter", &bad))) adapter_dir = v;
         else if ((v = cli_opt(&a, "--out", &bad))) out = v;
         else if ((v = cli_opt(&a, "--threads", &bad))) bad = cli_int("merge", "--threads", v, 1, 1024, &threads) != 0;
         else if (cli_flag(&a, "--help")) {
@@ -52,16 +52,16 @@ int cmd_merge(int argc, char **argv) {
         } else if (!bad) { fprintf(stderr, "peft merge: unknown option \"%s\"\n", argv[a.i]); return 2; }
     }
     if (bad) return 2;
-    if (!model || !adapter || !out) { fprintf(stderr, "peft merge: --model, --adapter and --out are required\n"); return 2; }
+    if (!model || !adapter_dir || !out) { fprintf(stderr, "peft merge: --model, --adapter and --out are required\n"); return 2; }
     peft_ctx *ctx = NULL;
     peft_model *m = NULL;
-    lora_adapter *ad = NULL;
-    int rc = load_pair("merge", model, adapter, threads, &ctx, &m, &ad);
+    adapter *ad = NULL;
+    int rc = load_pair("merge", model, adapter_dir, threads, &ctx, &m, &ad);
     if (!rc) {
         if (lora_merge_save(ad, m, out, &ctx->err)) { fprintf(stderr, "peft merge: %s\n", ctx->err.msg); rc = 1; }
         else fprintf(stderr, "merged %d LoRA modules into %s\n", ad->n_modules, out);
     }
-    lora_free(ad);
+    adapter_free(ad);
     peft_model_free(m);
     peft_free(ctx);
     return rc;
@@ -69,11 +69,11 @@ int cmd_merge(int argc, char **argv) {
 
 int cmd_export(int argc, char **argv) {
     cli_args a = {argc, 1, argv, "export"};
-    const char *model = NULL, *adapter = NULL, *out = NULL, *format = "gguf", *v;
+    const char *model = NULL, *adapter_dir = NULL, *out = NULL, *format = "gguf", *v;
     bool bad = false;
     while (a.i < argc && !bad) {
         if ((v = cli_opt(&a, "--model", &bad))) model = v;
-        else if ((v = cli_opt(&a, "--adapter", &bad))) adapter = v;
+        else if ((v = cli_opt(&a, "--adapter", &bad))) adapter_dir = v;
         else if ((v = cli_opt(&a, "--out", &bad))) out = v;
         else if ((v = cli_opt(&a, "--format", &bad))) format = v;
         else if (cli_flag(&a, "--help")) {
@@ -84,24 +84,24 @@ int cmd_export(int argc, char **argv) {
         } else if (!bad) { fprintf(stderr, "peft export: unknown option \"%s\"\n", argv[a.i]); return 2; }
     }
     if (bad) return 2;
-    if (!adapter) { fprintf(stderr, "peft export: --adapter is required\n"); return 2; }
+    if (!adapter_dir) { fprintf(stderr, "peft export: --adapter is required\n"); return 2; }
     if (strcmp(format, "gguf") != 0) { fprintf(stderr, "peft export: format \"%s\" is not supported (gguf is)\n", format); return 2; }
-    char *base = model ? strdup(model) : adapter_base(adapter);
+    char *base = model ? strdup(model) : adapter_base(adapter_dir);
     if (!base) {
-        fprintf(stderr, "peft export: %s/adapter_config.json names no base model: pass --model\n", adapter);
+        fprintf(stderr, "peft export: %s/adapter_config.json names no base model: pass --model\n", adapter_dir);
         return 1;
     }
     char def_out[4096];
-    if (!out) { snprintf(def_out, sizeof def_out, "%s/adapter.gguf", adapter); out = def_out; }
+    if (!out) { snprintf(def_out, sizeof def_out, "%s/adapter.gguf", adapter_dir); out = def_out; }
     peft_ctx *ctx = NULL;
     peft_model *m = NULL;
-    lora_adapter *ad = NULL;
-    int rc = load_pair("export", base, adapter, 1, &ctx, &m, &ad);
+    adapter *ad = NULL;
+    int rc = load_pair("export", base, adapter_dir, 1, &ctx, &m, &ad);
     if (!rc) {
         if (lora_export_gguf(ad, m, out, &ctx->err)) { fprintf(stderr, "peft export: %s\n", ctx->err.msg); rc = 1; }
         else fprintf(stderr, "wrote %s (GGUF LoRA, %d modules)\n", out, ad->n_modules);
     }
-    lora_free(ad);
+    adapter_free(ad);
     peft_model_free(m);
     peft_free(ctx);
     free(base);

@@ -288,7 +288,7 @@ int cmd_train(int argc, char **argv) {
     peft_ctx *ctx = cli_ctx(threads, false);
     if (!ctx) return 1;
     peft_model *m = peft_model_load(ctx, GETV("model"));
-    lora_adapter *ad = NULL;
+    adapter *ad = NULL;
     data_set train = {0}, val = {0};
     bool have_val = false;
     peft_err *err = &ctx->err;
@@ -347,7 +347,7 @@ out:
     for (int i = 0; i < N_TRAIN_OPTS; i++) { free(train_opts[i].value); train_opts[i].value = NULL; }
     data_free(&train);
     if (have_val) data_free(&val);
-    lora_free(ad);
+    adapter_free(ad);
     peft_model_free(m);
     peft_free(ctx);
     return rc;
@@ -355,12 +355,12 @@ out:
 
 int cmd_eval(int argc, char **argv) {
     cli_args a = {argc, 1, argv, "eval"};
-    const char *model = NULL, *adapter = NULL, *data = NULL, *v;
+    const char *model = NULL, *adapter_dir = NULL, *data = NULL, *v;
     int batch = 4, seq = 0, threads = 0;   /* seq 0: min(512, the model's context) */
     bool json = false, bad = false, skip_bad = false;
     while (a.i < argc && !bad) {
         if ((v = cli_opt(&a, "--model", &bad))) model = v;
-        else if ((v = cli_opt(&a, "--adapter", &bad))) adapter = v;
+        else if ((v = cli_opt(&a, "--adapter", &bad))) adapter_dir = v;
         else if ((v = cli_opt(&a, "--data", &bad))) data = v;
         else if ((v = cli_opt(&a, "--batch", &bad))) bad = cli_int("eval", "--batch", v, 1, 65536, &batch) != 0;
         else if ((v = cli_opt(&a, "--seq", &bad))) bad = cli_int("eval", "--seq", v, 2, 1000000, &seq) != 0;
@@ -380,14 +380,14 @@ int cmd_eval(int argc, char **argv) {
     if (!ctx) return 1;
     int rc = 1;
     peft_model *m = peft_model_load(ctx, model);
-    lora_adapter *ad = NULL;
+    adapter *ad = NULL;
     data_set d = {0};
     bool have_d = false;
     if (!m) { fprintf(stderr, "peft eval: %s\n", peft_last_error(ctx)); goto out; }
     if (!m->tok) { fprintf(stderr, "peft eval: %s has no tokenizer\n", model); goto out; }
     if (seq == 0) seq = PEFT_MIN(512, m->cfg.n_ctx);
-    if (adapter) {
-        if (lora_load(m, adapter, &ad, &ctx->err)) { fprintf(stderr, "peft eval: %s\n", ctx->err.msg); goto out; }
+    if (adapter_dir) {
+        if (adapter_load(m, adapter_dir, &ad, &ctx->err)) { fprintf(stderr, "peft eval: %s\n", ctx->err.msg); goto out; }
     }
     data_params dp = data_default_params();
     dp.seq_len = seq;
@@ -406,7 +406,7 @@ int cmd_eval(int argc, char **argv) {
     rc = 0;
 out:
     if (have_d) data_free(&d);
-    lora_free(ad);
+    adapter_free(ad);
     peft_model_free(m);
     peft_free(ctx);
     return rc;

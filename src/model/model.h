@@ -46,11 +46,11 @@ typedef struct {
     float *k, *v;         /* per layer (n_kv, cap, hd) */
 } model_kv;
 
-struct lora_adapter;
+struct adapter;
 
 struct peft_model {
     peft_ctx *ctx;
-    const struct lora_adapter *lora;   /* applied in the forward when set */
+    const struct adapter *lora;   /* the attached adapter (any method), applied in the forward */
     char *path;
     char source[8];       /* "hf" or "gguf" */
     model_config cfg;

@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* peft_adapter is lora_adapter behind the public name. */
+/* peft_adapter is adapter behind the public name. */
 struct peft_adapter;
-#define AS_LORA(a) ((lora_adapter *)(a))
+#define AS_LORA(a) ((adapter *)(a))
 #define AS_PUB(a) ((peft_adapter *)(a))
 
 peft_lora_params peft_lora_default_params(void) {
@@ -38,13 +38,13 @@ peft_adapter *peft_adapter_new(peft_model *m, const peft_lora_params *p) {
         return NULL;
     }
     if (p->targets && lora_parse_targets(m, p->targets, &c.targets, err)) return NULL;
-    lora_adapter *a = NULL;
+    adapter *a = NULL;
     if (lora_new(m, &c, &a, err)) return NULL;
     return AS_PUB(a);
 }
 
 peft_adapter *peft_adapter_load(peft_model *m, const char *dir) {
-    lora_adapter *a = NULL;
+    adapter *a = NULL;
     if (lora_load(m, dir, &a, &m->ctx->err)) return NULL;
     return AS_PUB(a);
 }
@@ -53,7 +53,7 @@ int peft_adapter_save(peft_model *m, const peft_adapter *a, const char *dir) {
     return lora_save(AS_LORA(a), m, dir, &m->ctx->err);
 }
 
-void peft_adapter_free(peft_adapter *a) { lora_free(AS_LORA(a)); }
+void peft_adapter_free(peft_adapter *a) { adapter_free(AS_LORA(a)); }
 
 int64_t peft_adapter_n_params(const peft_adapter *a) { return AS_LORA(a)->n_params; }
 

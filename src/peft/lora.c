@@ -157,35 +157,28 @@ bool lora_layer_selected(uint64_t layers, int l) {
     return l < 64 && (layers >> l) & 1u;
 }
 
-int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, lora_adapter **out,
+int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, int n_labels, adapter **out,
                peft_err *err) {
     *out = NULL;
     const int nl = m->cfg.n_layer, ns = nl * ROLE_N_LINEAR;
     int n_mod = 0;
-    int64_t n_params = 0;
-    for (int s = 0; s < ns; s++) {
-        if (slot_r[s] <= 0) continue;
-        const model_linear *lin = &m->layers[s / ROLE_N_LINEAR].lin[s % ROLE_N_LINEAR];
-        n_mod++;
-        n_params += (int64_t)slot_r[s] * (lin->w.cols + lin->w.rows);
-    }
-    lora_adapter *a = peft_calloc(1, sizeof *a, err);
+    for (int s = 0; s < ns; s++) n_mod += slot_r[s] > 0;
+    adapter *a = peft_calloc(1, sizeof *a, err);
     if (!a) return PEFT_ERR_NOMEM;
+    a->method = cfg->dora ? METHOD_DORA : METHOD_LORA;
     a->cfg = *cfg;
+    a->mc.method = a->method;
+    a->mc.lora = *cfg;
+    a->mc.n_labels = n_labels;
+    a->mc.seed = cfg->seed;
     a->n_layer = nl;
     a->n_modules = n_mod;
-    a->n_params = n_params;
     a->mods = peft_calloc((size_t)(n_mod ? n_mod : 1), sizeof *a->mods, err);
     a->slot = peft_calloc((size_t)(ns ? ns : 1), sizeof *a->slot, err);
-    a->params = peft_calloc((size_t)(n_params ? n_params : 1), sizeof(float), err);
-    a->grads = peft_calloc((size_t)(n_params ? n_params : 1), sizeof(float), err);
-    if (!a->mods || !a->slot || !a->params || !a->grads) {
-        lora_free(a);
-        return PEFT_ERR_NOMEM;
-    }
-    int64_t off = 0;
-    int k = 0;
-    for (int s = 0; s < ns; s++) {
+    if (!a->mods || !a->slot) { adapter_free(a); return PEFT_ERR_NOMEM; }
+    /* registry: per module A, B (and DoRA's magnitude), then the head */
+    int k = 0, rc = 0;
+    for (int s = 0; s < ns && !rc; s++) {
         if (slot_r[s] <= 0) continue;
         const model_linear *lin = &m->layers[s / ROLE_N_LINEAR].lin[s % ROLE_N_LINEAR];
         lora_module *md = &a->mods[k++];
@@ -195,14 +188,36 @@ int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, l
         md->out = (int)lin->w.rows;
         md->r = slot_r[s];
         md->scale = lora_scale_r(cfg, md->r);
-        md->A = a->params + off;
-        md->gA = a->grads + off;
-        off += (int64_t)md->r * md->in;
-        md->B = a->params + off;
-        md->gB = a->grads + off;
-        off += (int64_t)md->out * md->r;
+        char path[200], key[256];
+        if (model_linear_hf_path(m, md->layer, md->role, path, sizeof path)) { rc = PEFT_ERR_INVALID; break; }
+        snprintf(key, sizeof key, "base_model.model.%s.lora_A.weight", path);
+        if (adapter_add_tensor(a, key, 2, md->r, md->in, true, err) < 0) rc = PEFT_ERR_NOMEM;
+        snprintf(key, sizeof key, "base_model.model.%s.lora_B.weight", path);
+        if (adapter_add_tensor(a, key, 2, md->out, md->r, true, err) < 0) rc = PEFT_ERR_NOMEM;
+        if (cfg->dora) {
+            snprintf(key, sizeof key, "base_model.model.%s.lora_magnitude_vector", path);
+            if (adapter_add_tensor(a, key, 1, md->out, 1, true, err) < 0) rc = PEFT_ERR_NOMEM;
+        }
         a->slot[s] = md;
     }
+    int head = rc ? -1 : adapter_head_add(a, m, n_labels, err);
+    if (rc || (n_labels > 0 && head < 0) || (rc = adapter_finish_alloc(a, err))) {
+        adapter_free(a);
+        return rc ? rc : PEFT_ERR_NOMEM;
+    }
+    const int per = cfg->dora ? 3 : 2;
+    for (int i = 0; i < n_mod; i++) {
+        lora_module *md = &a->mods[i];
+        md->A = a->tensors[per * i].p;
+        md->gA = a->tensors[per * i].g;
+        md->B = a->tensors[per * i + 1].p;
+        md->gB = a->tensors[per * i + 1].g;
+        if (cfg->dora) {
+            md->mag = a->tensors[per * i + 2].p;
+            md->gmag = a->tensors[per * i + 2].g;
+        }
+    }
+    adapter_head_wire(a, head, cfg->seed);
     *out = a;
     return 0;
 }
@@ -215,7 +230,11 @@ static void kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng) {
     for (int64_t i = 0; i < n; i++) w[i] = (2.0f * peft_rng_uniform(rng) - 1.0f) * bound;
 }
 
-int lora_new(const peft_model *m, const lora_config *cfg, lora_adapter **out, peft_err *err) {
+int lora_new(const peft_model *m, const lora_config *cfg, adapter **out, peft_err *err) {
+    return lora_new_head(m, cfg, 0, out, err);
+}
+
+int lora_new_head(const peft_model *m, const lora_config *cfg, int n_labels, adapter **out, peft_err *err) {
     *out = NULL;
     if (cfg->r <= 0 || cfg->r > 65536)
         return peft_fail(err, PEFT_ERR_INVALID, "LoRA: rank r must be in 1..65536, got %d", cfg->r);
@@ -250,12 +269,12 @@ int lora_new(const peft_model *m, const lora_config *cfg, lora_adapter **out, pe
         free(slot_r);
         return peft_fail(err, PEFT_ERR_INVALID, "LoRA: no linear layer of %s is targeted", m->path);
     }
-    lora_adapter *a = NULL;
-    int rc = lora_alloc(m, &c, slot_r, &a, err);
+    adapter *a = NULL;
+    int rc = lora_alloc(m, &c, slot_r, n_labels, &a, err);
     free(slot_r);
     if (rc) return rc;
     a->base_model = peft_strdup(m->path, err);
-    if (!a->base_model) { lora_free(a); return PEFT_ERR_NOMEM; }
+    if (!a->base_model) { adapter_free(a); return PEFT_ERR_NOMEM; }
     peft_rng rng;
     peft_rng_seed(&rng, c.seed);
     for (int i = 0; i < a->n_modules; i++) {
@@ -278,21 +297,19 @@ int lora_new(const peft_model *m, const lora_config *cfg, lora_adapter **out, pe
             break;
         }
     }
+    if (c.dora) {
+        /* DoRA: the magnitude starts at ||W + s·B·A|| row by row, so the
+         * adapter is the identity at initialisation */
+        int rc2 = adapter_refresh(a, m, err);
+        if (rc2) { adapter_free(a); return rc2; }
+        for (int i = 0; i < a->n_modules; i++)
+            memcpy(a->mods[i].mag, a->mods[i].wnorm, (size_t)a->mods[i].out * sizeof(float));
+    }
     *out = a;
     return 0;
 }
 
-void lora_free(lora_adapter *a) {
-    if (!a) return;
-    free(a->mods);
-    free(a->slot);
-    free(a->params);
-    free(a->grads);
-    free(a->base_model);
-    free(a);
-}
-
-lora_module *lora_find(const lora_adapter *a, int layer, model_linear_role role) {
+lora_module *lora_find(const adapter *a, int layer, model_linear_role role) {
     if (!a || !a->slot || layer < 0 || layer >= a->n_layer || (int)role < 0 || role >= ROLE_N_LINEAR)
         return NULL;
     return a->slot[layer * ROLE_N_LINEAR + role];

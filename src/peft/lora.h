@@ -8,40 +8,9 @@
 #ifndef PEFT_LORA_H
 #define PEFT_LORA_H
 
-#include "model/model.h"
 
-typedef enum { LORA_INIT_KAIMING = 0, LORA_INIT_GAUSSIAN, LORA_INIT_ZERO_B_RANDOM_BOTH } lora_init;
 
-typedef struct {
-    int r;
-    float alpha;
-    float dropout;
-    bool rslora;
-    lora_init init;            /* kaiming: HF default (A kaiming-uniform a=sqrt(5), B = 0) */
-    uint32_t targets;          /* bit (1u << model_linear_role) per targeted linear */
-    uint64_t layers;           /* bit per layer to transform; 0 = all (layers_to_transform) */
-    uint64_t seed;             /* init */
-} lora_config;
-
-typedef struct {
-    int layer;
-    model_linear_role role;
-    int in, out, r;
-    float scale;
-    float *A, *B;      /* into params: (r, in), (out, r) */
-    float *gA, *gB;    /* into grads, same shapes */
-} lora_module;
-
-typedef struct lora_adapter {
-    lora_config cfg;
-    int n_modules;
-    lora_module *mods;
-    lora_module **slot;   /* (n_layer * ROLE_N_LINEAR), NULL where not targeted */
-    float *params, *grads;
-    int64_t n_params;
-    char *base_model;     /* base_model_name_or_path written to the config */
-    int n_layer;          /* the model's layer count (slot has n_layer * ROLE_N_LINEAR entries) */
-} lora_adapter;
+#include "peft/adapter.h"
 
 /* r 8, alpha 16, dropout 0, kaiming init, seed 42, all layers, and
  * targets 0, which lora_new reads as the architecture's default
@@ -51,28 +20,31 @@ lora_config lora_default_config(void);
  * target bits for m's architecture; unknown names are an error. */
 int lora_parse_targets(const peft_model *m, const char *list, uint32_t *targets, peft_err *err);
 /* Creates modules for every targeted linear and initialises them. */
-int lora_new(const peft_model *m, const lora_config *cfg, lora_adapter **out, peft_err *err);
-void lora_free(lora_adapter *a);
-lora_module *lora_find(const lora_adapter *a, int layer, model_linear_role role);
+int lora_new(const peft_model *m, const lora_config *cfg, adapter **out, peft_err *err);
+/* The same with a classification head of n_labels (0: none); cfg->dora adds
+ * DoRA magnitudes. */
+int lora_new_head(const peft_model *m, const lora_config *cfg, int n_labels, adapter **out, peft_err *err);
+void adapter_free(adapter *a);
+lora_module *lora_find(const adapter *a, int layer, model_linear_role role);
 float lora_scale(const lora_config *c);
 
 /* HF PEFT format. save writes dir/adapter_config.json and
  * dir/adapter_model.safetensors atomically (temporary names, fsync,
  * rename), creating dir. load checks every tensor's name and shape against
  * m and fails clearly on a mismatch. */
-int lora_save(const lora_adapter *a, const peft_model *m, const char *dir, peft_err *err);
-int lora_load(const peft_model *m, const char *dir, lora_adapter **out, peft_err *err);
+int lora_save(const adapter *a, const peft_model *m, const char *dir, peft_err *err);
+int lora_load(const peft_model *m, const char *dir, adapter **out, peft_err *err);
 
 /* llama.cpp GGUF LoRA adapter: general.type=adapter, adapter.type=lora,
  * adapter.lora.alpha, tensors <gguf base tensor>.lora_a / .lora_b (with
  * llama.cpp's Q/K row permutation re-applied to lora_b for llama). */
-int lora_export_gguf(const lora_adapter *a, const peft_model *m, const char *path, peft_err *err);
+int lora_export_gguf(const adapter *a, const peft_model *m, const char *path, peft_err *err);
 
 /* W' = W + s·B·A for every module, written as a new model: an HF folder
  * (safetensors, the base's dtype for float types) from an HF base, or a
  * GGUF (base tensor types kept where requantizable, else F16) from a GGUF
  * base. */
-int lora_merge_save(const lora_adapter *a, const peft_model *m, const char *out_path, peft_err *err);
+int lora_merge_save(const adapter *a, const peft_model *m, const char *out_path, peft_err *err);
 
 /* ---- math (lora_compute.c) ------------------------------------------------
  * x (N, in) row stride ldx, y (N, out) row stride ldy, xa (N, r).
@@ -103,7 +75,7 @@ float lora_scale_r(const lora_config *c, int r);
 bool lora_layer_selected(uint64_t layers, int l);
 /* Allocates an adapter (zeroed params/grads) with a module of rank
  * slot_r[l * ROLE_N_LINEAR + role] wherever that is > 0. */
-int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, lora_adapter **out,
+int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, int n_labels, adapter **out,
                peft_err *err);
 /* GGUF names: "blk.<l>.<attn_q|...>.weight" of a linear (into buf). */
 int lora_gguf_weight_name(int layer, model_linear_role r, char *buf, size_t cap);

@@ -30,7 +30,7 @@ static const char *gguf_arch(const peft_model *m) {
     return "llama";   /* llama, mistral: convert_hf_to_gguf's LlamaModel */
 }
 
-int lora_export_gguf(const lora_adapter *a, const peft_model *m, const char *path, peft_err *err) {
+int lora_export_gguf(const adapter *a, const peft_model *m, const char *path, peft_err *err) {
     if (a->n_modules == 0) return peft_fail(err, PEFT_ERR_INVALID, "%s: the adapter has no modules", path);
     /* Uniform rank keeps one alpha valid for every tensor. */
     const int r0 = a->mods[0].r;

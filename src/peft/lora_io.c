@@ -21,7 +21,7 @@
 
 /* ---- save ------------------------------------------------------------------- */
 
-static char *config_json(const lora_adapter *a, const peft_model *m) {
+static char *config_json(const adapter *a, const peft_model *m) {
     const lora_config *c = &a->cfg;
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
@@ -56,7 +56,10 @@ static char *config_json(const lora_adapter *a, const peft_model *m) {
     cJSON_AddNumberToObject(o, "lora_alpha", c->alpha);
     cJSON_AddBoolToObject(o, "lora_bias", false);
     cJSON_AddNumberToObject(o, "lora_dropout", c->dropout);
-    cJSON_AddNullToObject(o, "modules_to_save");
+    if (a->score) {
+        cJSON *ms = cJSON_AddArrayToObject(o, "modules_to_save");
+        if (ms) cJSON_AddItemToArray(ms, cJSON_CreateString("score"));
+    } else cJSON_AddNullToObject(o, "modules_to_save");
     cJSON_AddStringToObject(o, "peft_type", "LORA");
     cJSON_AddNumberToObject(o, "r", c->r);
     /* Ranks that differ from r (only from a loaded adapter with a rank_pattern). */
@@ -74,52 +77,18 @@ static char *config_json(const lora_adapter *a, const peft_model *m) {
     int nn = lora_target_names(m, targets, names, ROLE_N_LINEAR);
     cJSON *tm = cJSON_AddArrayToObject(o, "target_modules");
     for (int i = 0; i < nn && tm; i++) cJSON_AddItemToArray(tm, cJSON_CreateString(names[i]));
-    cJSON_AddStringToObject(o, "task_type", "CAUSAL_LM");
-    cJSON_AddBoolToObject(o, "use_dora", false);
+    cJSON_AddStringToObject(o, "task_type", a->score ? "SEQ_CLS" : "CAUSAL_LM");
+    cJSON_AddBoolToObject(o, "use_dora", a->cfg.dora);
     cJSON_AddBoolToObject(o, "use_rslora", c->rslora);
     char *s = cJSON_Print(o);
     cJSON_Delete(o);
     return s;
 }
 
-int lora_save(const lora_adapter *a, const peft_model *m, const char *dir, peft_err *err) {
-    int rc = peft_mkdir_p(dir, err);
-    if (rc) return rc;
-    const int n = a->n_modules * 2;
-    st_write_tensor *t = peft_calloc((size_t)(n ? n : 1), sizeof *t, err);
-    char *names = peft_malloc((size_t)(n ? n : 1) * 256, err);
-    char *cfg_path = peft_path_join(dir, "adapter_config.json", err);
-    char *st_path = peft_path_join(dir, "adapter_model.safetensors", err);
+int lora_save(const adapter *a, const peft_model *m, const char *dir, peft_err *err) {
     char *js = config_json(a, m);
-    if (!t || !names || !cfg_path || !st_path) { rc = PEFT_ERR_NOMEM; goto done; }
-    if (!js) { rc = peft_fail(err, PEFT_ERR_NOMEM, "%s: out of memory building the config", cfg_path); goto done; }
-    for (int i = 0; i < a->n_modules; i++) {
-        const lora_module *md = &a->mods[i];
-        char path[200];
-        if (model_linear_hf_path(m, md->layer, md->role, path, sizeof path)) {
-            rc = peft_fail(err, PEFT_ERR_INVALID, "%s: module %d of the adapter has no HF name", st_path, i);
-            goto done;
-        }
-        for (int ab = 0; ab < 2; ab++) {
-            st_write_tensor *w = &t[2 * i + ab];
-            char *nm = names + (size_t)(2 * i + ab) * 256;
-            snprintf(nm, 256, KEY_PREFIX "%s.lora_%c.weight", path, ab ? 'B' : 'A');
-            w->name = nm;
-            w->dtype = PEFT_DT_F32;
-            w->ndim = 2;
-            w->shape[0] = ab ? md->out : md->r;
-            w->shape[1] = ab ? md->r : md->in;
-            w->data = ab ? md->B : md->A;
-        }
-    }
-    static const char *const meta[] = {"format", "pt", NULL};
-    if ((rc = st_write(st_path, t, n, meta, err))) goto done;
-    rc = peft_write_file_atomic(cfg_path, js, strlen(js), err);
-done:
-    free(t);
-    free(names);
-    free(cfg_path);
-    free(st_path);
+    if (!js) return peft_fail(err, PEFT_ERR_NOMEM, "%s: out of memory building the adapter config", dir);
+    int rc = adapter_write_folder(a, dir, js, err);
     free(js);
     return rc;
 }
@@ -215,10 +184,7 @@ static int parse_config(const char *path, lora_config *cfg, char **base, bool *h
     if (cJSON_IsFalse(init)) cfg->init = LORA_INIT_ZERO_B_RANDOM_BOTH;
     else if (cJSON_IsString(init) && strcmp(init->valuestring, "gaussian") == 0) cfg->init = LORA_INIT_GAUSSIAN;
     else cfg->init = LORA_INIT_KAIMING;
-    if (cfg_true(o, "use_dora")) {
-        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: DoRA adapters (use_dora) are not supported", path);
-        goto done;
-    }
+    cfg->dora = cfg_true(o, "use_dora");
     const cJSON *bias = cJSON_GetObjectItemCaseSensitive(o, "bias");
     if (cJSON_IsString(bias) && strcmp(bias->valuestring, "none") != 0) {
         rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: bias \"%s\" is not supported (only \"none\")", path,
@@ -248,17 +214,7 @@ typedef struct {
     const st_tensor *A, *B;
 } ab_pair;
 
-/* n f32 values of a F32/F16/BF16 tensor. */
-static int to_f32(const st_tensor *t, float *dst, const char *file, peft_err *err) {
-    if (t->dtype != PEFT_DT_F32 && t->dtype != PEFT_DT_F16 && t->dtype != PEFT_DT_BF16)
-        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: %s has dtype %s (expected F32, F16 or BF16)", file,
-                         t->name, peft_dtype_name(t->dtype));
-    int rc = kern_dequant_row(t->dtype, t->data, dst, st_numel(t));
-    if (rc) return peft_fail(err, rc, "%s: cannot convert %s", file, t->name);
-    return 0;
-}
-
-int lora_load(const peft_model *m, const char *dir, lora_adapter **out, peft_err *err) {
+int lora_load(const peft_model *m, const char *dir, adapter **out, peft_err *err) {
     *out = NULL;
     const int nl = m->cfg.n_layer, ns = nl * ROLE_N_LINEAR;
     char *cfg_path = peft_path_join(dir, "adapter_config.json", err);
@@ -267,7 +223,7 @@ int lora_load(const peft_model *m, const char *dir, lora_adapter **out, peft_err
     int *slot_r = peft_calloc((size_t)(ns ? ns : 1), sizeof *slot_r, err);
     char *base = NULL;
     st_archive *st = NULL;
-    lora_adapter *a = NULL;
+    adapter *a = NULL;
     int rc = 0;
     if (!cfg_path || !st_path || !pairs || !slot_r) { rc = PEFT_ERR_NOMEM; goto done; }
     if (!peft_is_dir(dir)) { rc = peft_fail(err, PEFT_ERR_IO, "%s: no such adapter folder", dir); goto done; }
@@ -275,6 +231,8 @@ int lora_load(const peft_model *m, const char *dir, lora_adapter **out, peft_err
     lora_config cfg;
     bool rank_pattern = false;
     if ((rc = parse_config(cfg_path, &cfg, &base, &rank_pattern, err))) goto done;
+    const st_tensor *head = NULL;
+    int n_mag = 0;
     if (!peft_file_exists(st_path)) {
         rc = peft_fail(err, PEFT_ERR_IO, "%s: no such file (adapter_model.bin is not supported)", st_path);
         goto done;
@@ -289,6 +247,8 @@ int lora_load(const peft_model *m, const char *dir, lora_adapter **out, peft_err
         size_t n = strlen(nm);
         const char *sfx = NULL;
         bool is_b = false;
+        if (strcmp(nm, KEY_PREFIX "score.weight") == 0) { head = t; continue; }
+        if (cfg.dora && n > 22 && strcmp(nm + n - 22, ".lora_magnitude_vector") == 0) { n_mag++; continue; }
         if (n > pl + 14 && strcmp(nm + n - 14, ".lora_A.weight") == 0) sfx = nm + n - 14;
         else if (n > pl + 14 && strcmp(nm + n - 14, ".lora_B.weight") == 0) { sfx = nm + n - 14; is_b = true; }
         if (!sfx || strncmp(nm, KEY_PREFIX, pl) != 0) {
@@ -388,20 +348,27 @@ int lora_load(const peft_model *m, const char *dir, lora_adapter **out, peft_err
                        st_path);
         goto done;
     }
-    if ((rc = lora_alloc(m, &cfg, slot_r, &a, err))) goto done;
-    for (int i = 0; i < a->n_modules && !rc; i++) {
-        lora_module *md = &a->mods[i];
-        const ab_pair *p = &pairs[md->layer * ROLE_N_LINEAR + md->role];
-        rc = to_f32(p->A, md->A, st_path, err);
-        if (!rc) rc = to_f32(p->B, md->B, st_path, err);
+    if (cfg.dora && n_mag != n_mod) {
+        rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: use_dora is set but %d of %d modules have a lora_magnitude_vector",
+                       st_path, n_mag, n_mod);
+        goto done;
     }
-    if (rc) goto done;
+    if (head && (head->ndim != 2 || head->shape[1] != m->cfg.d_model || head->shape[0] < 1)) {
+        rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: %s has shape [%lld, %lld], expected [n_labels, %d]", st_path,
+                       head->name, (long long)head->shape[0], (long long)(head->ndim > 1 ? head->shape[1] : 0),
+                       m->cfg.d_model);
+        goto done;
+    }
+    if ((rc = lora_alloc(m, &cfg, slot_r, head ? (int)head->shape[0] : 0, &a, err))) goto done;
+    /* every registered tensor (A, B, DoRA magnitudes, the head) from the file */
+    if ((rc = adapter_read_tensors(a, st, st_path, err))) goto done;
+    if ((rc = adapter_refresh(a, m, err))) goto done;
     a->base_model = base;
     base = NULL;
     *out = a;
     a = NULL;
 done:
-    lora_free(a);
+    adapter_free(a);
     st_close(st);
     free(base);
     free(cfg_path);

@@ -72,7 +72,7 @@ static int merge_into(const kern_weight *w, const lora_module *md, peft_dtype od
     return rc;
 }
 
-static int check_fit(const lora_adapter *a, const peft_model *m, const char *out_path, peft_err *err) {
+static int check_fit(const adapter *a, const peft_model *m, const char *out_path, peft_err *err) {
     if (strcmp(out_path, m->path) == 0)
         return peft_fail(err, PEFT_ERR_INVALID, "%s: the merged model cannot overwrite its base", out_path);
     for (int i = 0; i < a->n_modules; i++) {
@@ -102,7 +102,7 @@ static int copy_file(const char *src_dir, const char *dst_dir, const char *name,
     return rc;
 }
 
-static int merge_hf(const lora_adapter *a, const peft_model *m, const char *out_dir, peft_err *err) {
+static int merge_hf(const adapter *a, const peft_model *m, const char *out_dir, peft_err *err) {
     static const char *const files[] = {"config.json",       "generation_config.json", "tokenizer.json",
                                         "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                                         "merges.txt",        "tokenizer.model",        "chat_template.jinja"};
@@ -173,7 +173,7 @@ done:
 
 /* ---- GGUF -------------------------------------------------------------------- */
 
-static int merge_gguf(const lora_adapter *a, const peft_model *m, const char *out_path, peft_err *err) {
+static int merge_gguf(const adapter *a, const peft_model *m, const char *out_path, peft_err *err) {
     const gguf_file *g = m->gguf;
     const int n = gguf_n_tensors(g);
     void **bufs = peft_calloc((size_t)(n ? n : 1), sizeof *bufs, err);
@@ -239,7 +239,7 @@ done:
     return rc;
 }
 
-int lora_merge_save(const lora_adapter *a, const peft_model *m, const char *out_path, peft_err *err) {
+int lora_merge_save(const adapter *a, const peft_model *m, const char *out_path, peft_err *err) {
     int rc = check_fit(a, m, out_path, err);
     if (rc) return rc;
     if (m->st) return merge_hf(a, m, out_path, err);

@@ -28,7 +28,7 @@ typedef struct {
 
 struct train_graph {
     peft_model *m;
-    lora_adapter *ad;
+    adapter *ad;
     int B, T, N, nt;
     int T_cap;          /* T, N above are the current batch's; buffers fit T_cap */
     int lowest;         /* lowest layer with a LoRA module: the backward stops there */
@@ -107,7 +107,7 @@ static size_t layout(train_graph *g, int r, float *base) {
     return used;
 }
 
-int tg_new(peft_model *m, lora_adapter *a, int B, int T, train_graph **out, peft_err *err) {
+int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err *err) {
     const model_config *c = &m->cfg;
     if (B <= 0 || T <= 1) return peft_fail(err, PEFT_ERR_INVALID, "batch %d x %d: need B >= 1 and T >= 2", B, T);
     if (T > c->n_ctx) return peft_fail(err, PEFT_ERR_INVALID, "sequence length %d exceeds the model's context %d", T, c->n_ctx);

@@ -12,7 +12,7 @@
 
 typedef struct train_graph train_graph;
 
-int tg_new(peft_model *m, lora_adapter *a, int B, int T, train_graph **out, peft_err *err);
+int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err *err);
 void tg_free(train_graph *g);
 /* Bytes of the activation arena (for reporting memory). */
 size_t tg_arena_bytes(const train_graph *g);

@@ -103,7 +103,7 @@ static int pad_id_of(const peft_model *m) {
     return p < 0 ? 0 : p;
 }
 
-int train_eval(peft_model *m, lora_adapter *a, const data_set *d, int batch, int seq, int max_batches,
+int train_eval(peft_model *m, adapter *a, const data_set *d, int batch, int seq, int max_batches,
                double *mean_loss, int64_t *n_targets, peft_err *err) {
     train_graph *g = NULL;
     owned_batch ob = {0};
@@ -223,13 +223,15 @@ static void rm_rf_dir(const char *dir) {
     rmdir(dir);
 }
 
-static int save_checkpoint(const char *out_dir, int step, const lora_adapter *a, const peft_model *m,
+static int save_checkpoint(const char *out_dir, int step, const adapter *a, const peft_model *m,
                            const adamw_state *opt, const data_loader *ld, int prev_step, peft_err *err) {
     char dir[4096], p[4200];
     snprintf(dir, sizeof dir, "%s/checkpoint-%d", out_dir, step);
     int rc = peft_mkdir_p(dir, err);
     if (rc) return rc;
-    if ((rc = lora_save(a, m, dir, err))) return rc;
+    /* the adapter as a user would load it (not for full fine-tuning: the
+     * parameters below are the whole model already) */
+    if (a->method != METHOD_FULL && (rc = adapter_save(a, m, dir, err))) return rc;
     size_t ls = data_loader_state_size(ld);
     uint8_t *state = peft_malloc(ls ? ls : 1, err);
     if (!state) return PEFT_ERR_NOMEM;
@@ -238,13 +240,14 @@ static int save_checkpoint(const char *out_dir, int step, const lora_adapter *a,
     snprintf(step_s, sizeof step_s, "%d", step);
     snprintf(t_s, sizeof t_s, "%lld", (long long)opt->t);
     const char *meta[] = {"step", step_s, "adam_t", t_s, NULL};
-    st_write_tensor ts[3] = {
+    st_write_tensor ts[4] = {
+        {"params", PEFT_DT_F32, 1, {a->n_params}, a->params},
         {"exp_avg", PEFT_DT_F32, 1, {opt->n}, opt->m},
         {"exp_avg_sq", PEFT_DT_F32, 1, {opt->n}, opt->v},
         {"loader_state", PEFT_DT_U8, 1, {(int64_t)ls}, state},
     };
     snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
-    rc = st_write(p, ts, 3, meta, err);
+    rc = st_write(p, ts, 4, meta, err);
     free(state);
     if (rc) return rc;
     /* the checkpoint is complete: point LATEST at it, then drop the old one */
@@ -279,22 +282,22 @@ static int checkpoint_dir(const char *resume, char *out, size_t cap, peft_err *e
     return 0;
 }
 
-static int load_checkpoint(const char *dir, lora_adapter *a, const peft_model *m, adamw_state *opt,
+static int load_checkpoint(const char *dir, adapter *a, const peft_model *m, adamw_state *opt,
                            data_loader *ld, int *step, peft_err *err) {
-    lora_adapter *saved = NULL;
-    int rc = lora_load(m, dir, &saved, err);
-    if (rc) return rc;
-    if (saved->n_params != a->n_params || saved->n_modules != a->n_modules || saved->cfg.r != a->cfg.r) {
-        lora_free(saved);
-        return peft_fail(err, PEFT_ERR_SHAPE, "%s: the checkpoint's adapter (%lld parameters) does not match this run's (%lld)",
-                         dir, (long long)saved->n_params, (long long)a->n_params);
-    }
-    memcpy(a->params, saved->params, (size_t)a->n_params * sizeof(float));
-    lora_free(saved);
     char p[4200];
     snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
     st_archive *st = NULL;
-    if ((rc = st_open(p, &st, err))) return rc;
+    int rc = st_open(p, &st, err);
+    if (rc) return rc;
+    const st_tensor *pt = st_find(st, "params");
+    if (!pt || pt->dtype != PEFT_DT_F32 || st_numel(pt) != a->n_params) {
+        long long have = pt ? (long long)st_numel(pt) : -1;
+        st_close(st);
+        return peft_fail(err, PEFT_ERR_SHAPE, "%s: the checkpoint's parameters (%lld) do not match this run's %s adapter (%lld)",
+                         p, have, method_name(a->method), (long long)a->n_params);
+    }
+    memcpy(a->params, pt->data, (size_t)a->n_params * sizeof(float));
+    if ((rc = adapter_refresh(a, m, err))) { st_close(st); return rc; }
     const st_tensor *em = st_find(st, "exp_avg"), *ev = st_find(st, "exp_avg_sq"), *ls = st_find(st, "loader_state");
     const char *s_step = st_metadata(st, "step"), *s_t = st_metadata(st, "adam_t");
     if (!em || !ev || !ls || !s_step || !s_t || em->dtype != PEFT_DT_F32 || ev->dtype != PEFT_DT_F32 ||
@@ -341,7 +344,7 @@ static int trim_metrics(const char *path, int step, history *h, peft_err *err) {
 
 /* ---- the loop ---------------------------------------------------------------- */
 
-int train_run(peft_model *m, lora_adapter *a, const data_set *train, const data_set *val,
+int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *val,
               const train_params *p, train_result *res, peft_err *err) {
     memset(res, 0, sizeof *res);
     res->val_loss_before = res->val_loss_after = NAN;
@@ -481,7 +484,7 @@ int train_run(peft_model *m, lora_adapter *a, const data_set *train, const data_
     res->tokens = tokens;
     res->tokens_per_s = res->seconds > 0 ? (double)tokens / res->seconds : 0;
     if ((rc = write_svg(&hist, svg, err))) goto done;
-    rc = lora_save(a, m, p->out_dir, err);
+    rc = adapter_save(a, m, p->out_dir, err);
 done:
     if (micro)
         for (int i = 0; i < p->accum; i++) free(micro[i].buf);

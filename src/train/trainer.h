@@ -52,12 +52,12 @@ train_params train_default_params(void);
 
 /* Trains a's parameters on train (val may be NULL). Writes the final adapter
  * to out_dir in the HF PEFT format. */
-int train_run(peft_model *m, lora_adapter *a, const data_set *train, const data_set *val,
+int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *val,
               const train_params *p, train_result *res, peft_err *err);
 
 /* Mean loss per target token of d in order (padding batches of batch × seq).
  * a may be NULL (the base model). */
-int train_eval(peft_model *m, lora_adapter *a, const data_set *d, int batch, int seq, int max_batches,
+int train_eval(peft_model *m, adapter *a, const data_set *d, int batch, int seq, int max_batches,
                double *mean_loss, int64_t *n_targets, peft_err *err);
 
 #endif

@@ -1,0 +1,697 @@
+/* adapter.c — the method-independent part of adapters: method names, the
+ * tensor registry and its one-block allocation, creation and initialisation
+ * of every method but LoRA/DoRA (lora.c), derived values (DoRA norms, the
+ * prefix table) and the effective-parameter accessors the forward passes
+ * use. */
+#include "peft/lora.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+static const char *const method_names[METHOD_N] = {
+    "lora", "dora", "adapter-pfeiffer", "adapter-houlsby", "prompt", "prefix", "ia3", "bitfit", "full"};
+
+const char *method_name(peft_method k) { return (int)k >= 0 && k < METHOD_N ? method_names[k] : "?"; }
+
+int method_parse(const char *name, peft_method *out) {
+    for (int k = 0; k < METHOD_N; k++)
+        if (!strcmp(name, method_names[k])) { *out = (peft_method)k; return 0; }
+    /* aliases */
+    if (!strcmp(name, "pfeiffer") || !strcmp(name, "seq_bn")) { *out = METHOD_ADAPTER_PFEIFFER; return 0; }
+    if (!strcmp(name, "houlsby") || !strcmp(name, "double_seq_bn")) { *out = METHOD_ADAPTER_HOULSBY; return 0; }
+    if (!strcmp(name, "prompt-tuning") || !strcmp(name, "prompt_tuning")) { *out = METHOD_PROMPT; return 0; }
+    if (!strcmp(name, "prefix-tuning") || !strcmp(name, "prefix_tuning")) { *out = METHOD_PREFIX; return 0; }
+    return PEFT_ERR_INVALID;
+}
+
+bool method_mergeable(peft_method k) { return k == METHOD_LORA || k == METHOD_DORA || k == METHOD_IA3; }
+
+/* ---- registry -------------------------------------------------------------- */
+
+int adapter_add_tensor(adapter *a, const char *key, int ndim, int64_t d0, int64_t d1, bool saved,
+                       peft_err *err) {
+    if (a->n_tensors == a->cap_tensors) {
+        int cap = a->cap_tensors ? a->cap_tensors * 2 : 64;
+        adapter_tensor *t = realloc(a->tensors, (size_t)cap * sizeof *t);
+        if (!t) return peft_fail(err, PEFT_ERR_NOMEM, "out of memory registering adapter tensors");
+        a->tensors = t;
+        a->cap_tensors = cap;
+    }
+    adapter_tensor *t = &a->tensors[a->n_tensors];
+    memset(t, 0, sizeof *t);
+    snprintf(t->key, sizeof t->key, "%s", key);
+    t->ndim = ndim;
+    t->shape[0] = d0;
+    t->shape[1] = ndim > 1 ? d1 : 1;
+    t->n = d0 * (ndim > 1 ? d1 : 1);
+    t->saved = saved;
+    return a->n_tensors++;
+}
+
+int adapter_finish_alloc(adapter *a, peft_err *err) {
+    int64_t n = 0;
+    for (int i = 0; i < a->n_tensors; i++) n += a->tensors[i].n;
+    a->n_params = n;
+    a->params = peft_calloc((size_t)(n ? n : 1), sizeof(float), err);
+    a->grads = peft_calloc((size_t)(n ? n : 1), sizeof(float), err);
+    if (!a->params || !a->grads) return PEFT_ERR_NOMEM;
+    int64_t off = 0;
+    for (int i = 0; i < a->n_tensors; i++) {
+        a->tensors[i].p = a->params + off;
+        a->tensors[i].g = a->grads + off;
+        off += a->tensors[i].n;
+    }
+    return 0;
+}
+
+adapter_tensor *adapter_find_tensor(const adapter *a, const char *key) {
+    for (int i = 0; i < a->n_tensors; i++)
+        if (!strcmp(a->tensors[i].key, key)) return &a->tensors[i];
+    return NULL;
+}
+
+void adapter_free(adapter *a) {
+    if (!a) return;
+    free(a->mods);
+    free(a->slot);
+    free(a->params);
+    free(a->grads);
+    free(a->base_model);
+    free(a->tensors);
+    free(a->ia3);
+    free(a->gia3);
+    free(a->bn);
+    free(a->bias);
+    free(a->gbias);
+    free(a->nbias);
+    free(a->gnbias);
+    free(a->fw);
+    free(a->fb);
+    free(a->gfb);
+    free(a->fnw);
+    free(a->gfnw);
+    free(a->fnb);
+    free(a->gfnb);
+    free(a->gfw);
+    free(a->pe_hidden);
+    free(a->bn_mods);
+    free(a->dora_norms);
+    if (a->method == METHOD_PREFIX && a->mc.prefix_projection) {
+        free(a->prefix_table);
+        free(a->prefix_gtable);
+    }
+    free(a);
+}
+
+/* ---- HF names ---------------------------------------------------------------- */
+
+static bool is_gpt2(const peft_model *m) { return m->cfg.arch == PEFT_ARCH_GPT2; }
+
+int adapter_layer_prefix(const peft_model *m, int l, char *buf, size_t cap) {
+    return snprintf(buf, cap, is_gpt2(m) ? "transformer.h.%d" : "model.layers.%d", l) >= (int)cap ? PEFT_ERR_INVALID : 0;
+}
+
+/* HF parameter name of norm `which` of layer l (l == n_layer: final norm),
+ * field "weight" or "bias". */
+int adapter_norm_name(const peft_model *m, int l, int which, const char *field, char *buf, size_t cap) {
+    if (l == m->cfg.n_layer)
+        snprintf(buf, cap, is_gpt2(m) ? "transformer.ln_f.%s" : "model.norm.%s", field);
+    else if (is_gpt2(m))
+        snprintf(buf, cap, "transformer.h.%d.%s.%s", l, which ? "ln_2" : "ln_1", field);
+    else
+        snprintf(buf, cap, "model.layers.%d.%s.%s", l, which ? "post_attention_layernorm" : "input_layernorm", field);
+    return 0;
+}
+
+static const float *base_norm_w(const peft_model *m, int l, int which) {
+    if (l == m->cfg.n_layer) return m->out_norm_w;
+    return which ? m->layers[l].ffn_norm_w : m->layers[l].attn_norm_w;
+}
+static const float *base_norm_b(const peft_model *m, int l, int which) {
+    if (l == m->cfg.n_layer) return m->out_norm_b;
+    return which ? m->layers[l].ffn_norm_b : m->layers[l].attn_norm_b;
+}
+
+/* ---- classification head ------------------------------------------------------ */
+
+static int add_head(adapter *a, const peft_model *m, int n_labels, peft_err *err) {
+    if (n_labels <= 0) return -1;
+    int i = adapter_add_tensor(a, "base_model.model.score.weight", 2, n_labels, m->cfg.d_model, true, err);
+    return i;
+}
+
+static void wire_head(adapter *a, int idx, uint64_t seed) {
+    if (idx < 0) return;
+    a->score = a->tensors[idx].p;
+    a->gscore = a->tensors[idx].g;
+    /* transformers' _init_weights: N(0, initializer_range = 0.02) */
+    peft_rng rng;
+    peft_rng_seed(&rng, seed ^ 0x5c0e5c0eULL);
+    for (int64_t k = 0; k < a->tensors[idx].n; k++) a->score[k] = 0.02f * peft_rng_normal(&rng);
+}
+
+int adapter_head_add(adapter *a, const peft_model *m, int n_labels, peft_err *err) { return add_head(a, m, n_labels, err); }
+void adapter_head_wire(adapter *a, int idx, uint64_t seed) { wire_head(a, idx, seed); }
+
+/* ---- creation of the non-LoRA methods ------------------------------------------ */
+
+static void kaiming(float *w, int64_t n, int fan_in, peft_rng *rng) {
+    const float bound = 1.0f / sqrtf((float)fan_in);
+    for (int64_t i = 0; i < n; i++) w[i] = (2.0f * peft_rng_uniform(rng) - 1.0f) * bound;
+}
+
+static int alloc_slots(adapter *a, const peft_model *m, peft_err *err) {
+    const size_t ns = (size_t)m->cfg.n_layer * ROLE_N_LINEAR + 1, nn = (size_t)m->cfg.n_layer * 2 + 1;
+    a->slot = peft_calloc(ns, sizeof *a->slot, err);
+    a->ia3 = peft_calloc(ns, sizeof *a->ia3, err);
+    a->gia3 = peft_calloc(ns, sizeof *a->gia3, err);
+    a->bias = peft_calloc(ns, sizeof *a->bias, err);
+    a->gbias = peft_calloc(ns, sizeof *a->gbias, err);
+    a->nbias = peft_calloc(nn, sizeof *a->nbias, err);
+    a->gnbias = peft_calloc(nn, sizeof *a->gnbias, err);
+    a->bn = peft_calloc(nn, sizeof *a->bn, err);
+    if (!a->slot || !a->ia3 || !a->gia3 || !a->bias || !a->gbias || !a->nbias || !a->gnbias || !a->bn)
+        return PEFT_ERR_NOMEM;
+    return 0;
+}
+
+/* IA3 defaults as HF PEFT's TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING:
+ * llama-family k_proj, v_proj, down_proj (feed-forward down_proj); GPT-2
+ * c_attn, mlp.c_proj (feed-forward mlp.c_proj). */
+void adapter_ia3_defaults(const peft_model *m, uint32_t *targets, uint32_t *ff) {
+    if (is_gpt2(m)) {
+        *targets = (1u << ROLE_QKV) | (1u << ROLE_DOWN);
+        *ff = 1u << ROLE_DOWN;
+    } else {
+        *targets = (1u << ROLE_K) | (1u << ROLE_V) | (1u << ROLE_DOWN);
+        *ff = 1u << ROLE_DOWN;
+    }
+}
+
+static int new_ia3(adapter *a, const peft_model *m, int *idx, peft_err *err) {
+    method_config *mc = &a->mc;
+    if (!mc->ia3_targets) adapter_ia3_defaults(m, &mc->ia3_targets, &mc->ia3_ff);
+    int n = 0;
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        for (int r = 0; r < ROLE_N_LINEAR; r++) {
+            idx[l * ROLE_N_LINEAR + r] = -1;
+            if (!(mc->ia3_targets & (1u << r)) || !m->layers[l].lin[r].present || !lora_layer_selected(mc->layers, l))
+                continue;
+            char path[200], key[256];
+            model_linear_hf_path(m, l, (model_linear_role)r, path, sizeof path);
+            snprintf(key, sizeof key, "base_model.model.%s.ia3_l", path);
+            const kern_weight *w = &m->layers[l].lin[r].w;
+            bool ffm = mc->ia3_ff & (1u << r);
+            /* HF PEFT shapes: (1, in) for feed-forward modules, (out, 1) otherwise */
+            int i = ffm ? adapter_add_tensor(a, key, 2, 1, w->cols, true, err)
+                        : adapter_add_tensor(a, key, 2, w->rows, 1, true, err);
+            if (i < 0) return PEFT_ERR_NOMEM;
+            idx[l * ROLE_N_LINEAR + r] = i;
+            n++;
+        }
+    if (!n) return peft_fail(err, PEFT_ERR_INVALID, "IA3: no linear layer of %s is targeted", m->path);
+    return 0;
+}
+
+static int new_bn(adapter *a, const peft_model *m, int *idx, peft_err *err) {
+    const int d = m->cfg.d_model, rf = a->mc.reduction_factor > 0 ? a->mc.reduction_factor : 16;
+    a->mc.reduction_factor = rf;
+    a->bn_size = d / rf;
+    if (a->bn_size < 1)
+        return peft_fail(err, PEFT_ERR_INVALID, "bottleneck adapter: reduction factor %d leaves no bottleneck for hidden size %d", rf, d);
+    const int b = a->bn_size;
+    const bool houlsby = a->method == METHOD_ADAPTER_HOULSBY;
+    a->bn_mods = peft_calloc((size_t)m->cfg.n_layer * 2 + 1, sizeof *a->bn_mods, err);
+    if (!a->bn_mods) return PEFT_ERR_NOMEM;
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        for (int site = 0; site < 2; site++) {
+            idx[l * 2 + site] = -1;
+            if ((site == 0 && !houlsby) || !lora_layer_selected(a->mc.layers, l)) continue;
+            char pre[64], key[256];
+            adapter_layer_prefix(m, l, pre, sizeof pre);
+            const char *sn = site ? "output_adapter" : "attention_adapter";
+            snprintf(key, sizeof key, "base_model.model.%s.%s.adapter_down.weight", pre, sn);
+            int i0 = adapter_add_tensor(a, key, 2, b, d, true, err);
+            snprintf(key, sizeof key, "base_model.model.%s.%s.adapter_down.bias", pre, sn);
+            adapter_add_tensor(a, key, 1, b, 1, true, err);
+            snprintf(key, sizeof key, "base_model.model.%s.%s.adapter_up.weight", pre, sn);
+            adapter_add_tensor(a, key, 2, d, b, true, err);
+            snprintf(key, sizeof key, "base_model.model.%s.%s.adapter_up.bias", pre, sn);
+            if (adapter_add_tensor(a, key, 1, d, 1, true, err) < 0) return PEFT_ERR_NOMEM;
+            idx[l * 2 + site] = i0;
+        }
+    return 0;
+}
+
+void adapter_wire_bn(adapter *a, const peft_model *m, const int *idx) {
+    a->n_bn = 0;
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        for (int site = 0; site < 2; site++) {
+            int i = idx[l * 2 + site];
+            if (i < 0) continue;
+            bn_module *bm = &a->bn_mods[a->n_bn++];
+            bm->layer = l;
+            bm->site = site;
+            bm->dw = a->tensors[i].p; bm->gdw = a->tensors[i].g;
+            bm->db = a->tensors[i + 1].p; bm->gdb = a->tensors[i + 1].g;
+            bm->uw = a->tensors[i + 2].p; bm->guw = a->tensors[i + 2].g;
+            bm->ub = a->tensors[i + 3].p; bm->gub = a->tensors[i + 3].g;
+            a->bn[l * 2 + site] = bm;
+        }
+}
+
+static int prefix_width(const peft_model *m) {
+    return m->cfg.n_layer * 2 * m->cfg.n_kv_head * m->cfg.head_dim;
+}
+
+static int new_prompt(adapter *a, const peft_model *m, int *idx, peft_err *err) {
+    const int P = a->mc.n_virtual;
+    if (P <= 0 || P >= m->cfg.n_ctx)
+        return peft_fail(err, PEFT_ERR_INVALID, "%s: num_virtual_tokens must be in 1..%d, got %d",
+                         method_name(a->method), m->cfg.n_ctx - 1, P);
+    if (a->method == METHOD_PROMPT) {
+        idx[0] = adapter_add_tensor(a, "prompt_embeddings", 2, P, m->cfg.d_model, true, err);
+        return idx[0] < 0 ? PEFT_ERR_NOMEM : 0;
+    }
+    const int W = prefix_width(m);
+    if (!a->mc.prefix_projection) {
+        idx[0] = adapter_add_tensor(a, "prompt_embeddings", 2, P, W, true, err);
+        return idx[0] < 0 ? PEFT_ERR_NOMEM : 0;
+    }
+    /* HF PEFT: token_dim = head_dim · n_kv_head (GQA), encoder_hidden_size
+     * defaults to token_dim */
+    const int d = m->cfg.n_kv_head * m->cfg.head_dim, H = a->mc.prefix_hidden > 0 ? a->mc.prefix_hidden : d;
+    a->mc.prefix_hidden = H;
+    idx[0] = adapter_add_tensor(a, "prefix_encoder.embedding.weight", 2, P, d, false, err);
+    adapter_add_tensor(a, "prefix_encoder.transform.0.weight", 2, H, d, false, err);
+    adapter_add_tensor(a, "prefix_encoder.transform.0.bias", 1, H, 1, false, err);
+    adapter_add_tensor(a, "prefix_encoder.transform.2.weight", 2, W, H, false, err);
+    if (adapter_add_tensor(a, "prefix_encoder.transform.2.bias", 1, W, 1, false, err) < 0) return PEFT_ERR_NOMEM;
+    a->prefix_table = peft_calloc((size_t)P * W, sizeof(float), err);
+    a->prefix_gtable = peft_calloc((size_t)P * W, sizeof(float), err);
+    a->pe_hidden = peft_calloc((size_t)P * H, sizeof(float), err);
+    if (!a->prefix_table || !a->prefix_gtable || !a->pe_hidden) return PEFT_ERR_NOMEM;
+    return 0;
+}
+
+void adapter_wire_prompt(adapter *a, int i) {
+    if (a->method == METHOD_PROMPT) {
+        a->prompt = a->tensors[i].p;
+        a->gprompt = a->tensors[i].g;
+    } else if (!a->mc.prefix_projection) {
+        a->prompt = a->prefix_table = a->tensors[i].p;
+        a->gprompt = a->prefix_gtable = a->tensors[i].g;
+    } else {
+        a->pe_emb = a->tensors[i].p; a->pe_gemb = a->tensors[i].g;
+        a->pe_w1 = a->tensors[i + 1].p; a->pe_gw1 = a->tensors[i + 1].g;
+        a->pe_b1 = a->tensors[i + 2].p; a->pe_gb1 = a->tensors[i + 2].g;
+        a->pe_w2 = a->tensors[i + 3].p; a->pe_gw2 = a->tensors[i + 3].g;
+        a->pe_b2 = a->tensors[i + 4].p; a->pe_gb2 = a->tensors[i + 4].g;
+    }
+}
+
+static int new_bitfit(adapter *a, const peft_model *m, int *idx, int *nidx, peft_err *err) {
+    int n = 0;
+    const int L = m->cfg.n_layer;
+    for (int l = 0; l < L; l++)
+        for (int r = 0; r < ROLE_N_LINEAR; r++) {
+            idx[l * ROLE_N_LINEAR + r] = -1;
+            if (!m->layers[l].lin[r].present || !m->layers[l].lin[r].b) continue;
+            char path[200], key[256];
+            model_linear_hf_path(m, l, (model_linear_role)r, path, sizeof path);
+            snprintf(key, sizeof key, "base_model.model.%s.bias", path);
+            idx[l * ROLE_N_LINEAR + r] = adapter_add_tensor(a, key, 1, m->layers[l].lin[r].w.rows, 1, true, err);
+            n++;
+        }
+    for (int l = 0; l <= L; l++)
+        for (int which = 0; which < 2; which++) {
+            nidx[l * 2 + which] = -1;
+            if (l == L && which) continue;
+            if (!base_norm_b(m, l, which)) continue;
+            char nm[200], key[256];
+            adapter_norm_name(m, l, which, "bias", nm, sizeof nm);
+            snprintf(key, sizeof key, "base_model.model.%s", nm);
+            nidx[l * 2 + which] = adapter_add_tensor(a, key, 1, m->cfg.d_model, 1, true, err);
+            n++;
+        }
+    if (!n)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+                         "bitfit: %s (%s) has no bias terms to train; BitFit needs an architecture with biases "
+                         "(gpt2; qwen2 has q/k/v biases)", m->path, m->cfg.arch_name);
+    return 0;
+}
+
+static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *eidx, peft_err *err) {
+    const int L = m->cfg.n_layer, d = m->cfg.d_model;
+    char path[200], key[256];
+    eidx[0] = adapter_add_tensor(a, is_gpt2(m) ? "transformer.wte.weight" : "model.embed_tokens.weight", 2,
+                                 m->cfg.vocab, d, true, err);
+    eidx[1] = is_gpt2(m) ? adapter_add_tensor(a, "transformer.wpe.weight", 2, m->pos_emb.rows, d, true, err) : -1;
+    eidx[2] = m->cfg.tied ? -1 : adapter_add_tensor(a, "lm_head.weight", 2, m->cfg.vocab, d, true, err);
+    for (int l = 0; l < L; l++)
+        for (int r = 0; r < ROLE_N_LINEAR; r++) {
+            idx[2 * (l * ROLE_N_LINEAR + r)] = idx[2 * (l * ROLE_N_LINEAR + r) + 1] = -1;
+            const model_linear *lin = &m->layers[l].lin[r];
+            if (!lin->present) continue;
+            model_linear_hf_path(m, l, (model_linear_role)r, path, sizeof path);
+            snprintf(key, sizeof key, "%s.weight", path);
+            idx[2 * (l * ROLE_N_LINEAR + r)] = adapter_add_tensor(a, key, 2, lin->w.rows, lin->w.cols, true, err);
+            if (lin->b) {
+                snprintf(key, sizeof key, "%s.bias", path);
+                idx[2 * (l * ROLE_N_LINEAR + r) + 1] = adapter_add_tensor(a, key, 1, lin->w.rows, 1, true, err);
+            }
+        }
+    for (int l = 0; l <= L; l++)
+        for (int which = 0; which < 2; which++) {
+            nidx[2 * (l * 2 + which)] = nidx[2 * (l * 2 + which) + 1] = -1;
+            if (l == L && which) continue;
+            adapter_norm_name(m, l, which, "weight", key, sizeof key);
+            nidx[2 * (l * 2 + which)] = adapter_add_tensor(a, key, 1, d, 1, true, err);
+            if (base_norm_b(m, l, which)) {
+                adapter_norm_name(m, l, which, "bias", key, sizeof key);
+                nidx[2 * (l * 2 + which) + 1] = adapter_add_tensor(a, key, 1, d, 1, true, err);
+            }
+        }
+    return a->n_tensors > 0 ? 0 : PEFT_ERR_NOMEM;
+}
+
+/* Dequantizes all of w into dst (rows, cols) in HF (out, in) order. */
+static int weight_to_f32(const kern_weight *w, float *dst) {
+    for (int64_t r = 0; r < w->rows; r++) {
+        int rc = kern_weight_row(w, r, dst + r * w->cols);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static int wire_full(adapter *a, const peft_model *m, const int *idx, const int *nidx, const int *eidx, peft_err *err) {
+    const int L = m->cfg.n_layer, d = m->cfg.d_model;
+    const size_t ns = (size_t)L * ROLE_N_LINEAR + 1, nn = (size_t)L * 2 + 1;
+    a->fw = peft_calloc(ns, sizeof *a->fw, err);
+    a->gfw = peft_calloc(ns, sizeof *a->gfw, err);
+    a->fb = peft_calloc(ns, sizeof *a->fb, err);
+    a->gfb = peft_calloc(ns, sizeof *a->gfb, err);
+    a->fnw = peft_calloc(nn, sizeof *a->fnw, err);
+    a->gfnw = peft_calloc(nn, sizeof *a->gfnw, err);
+    a->fnb = peft_calloc(nn, sizeof *a->fnb, err);
+    a->gfnb = peft_calloc(nn, sizeof *a->gfnb, err);
+    if (!a->fw || !a->gfw || !a->fb || !a->gfb || !a->fnw || !a->gfnw || !a->fnb || !a->gfnb) return PEFT_ERR_NOMEM;
+    int rc = 0;
+    a->femb = a->tensors[eidx[0]].p;
+    a->gfemb = a->tensors[eidx[0]].g;
+    if ((rc = weight_to_f32(&m->tok_emb, a->femb))) goto bad;
+    if (eidx[1] >= 0) {
+        a->fpos = a->tensors[eidx[1]].p;
+        a->gfpos = a->tensors[eidx[1]].g;
+        if ((rc = weight_to_f32(&m->pos_emb, a->fpos))) goto bad;
+    }
+    if (eidx[2] >= 0) {
+        a->fhead = a->tensors[eidx[2]].p;
+        a->gfhead = a->tensors[eidx[2]].g;
+        if ((rc = weight_to_f32(&m->lm_head, a->fhead))) goto bad;
+    }
+    for (int s = 0; s < L * ROLE_N_LINEAR; s++) {
+        int iw = idx[2 * s], ib = idx[2 * s + 1];
+        if (iw < 0) continue;
+        const model_linear *lin = &m->layers[s / ROLE_N_LINEAR].lin[s % ROLE_N_LINEAR];
+        kern_weight *w = &a->fw[s];
+        w->dtype = PEFT_DT_F32;
+        w->rows = lin->w.rows;
+        w->cols = lin->w.cols;
+        w->data = a->tensors[iw].p;
+        w->transposed = false;
+        a->gfw[s] = a->tensors[iw].g;
+        if ((rc = weight_to_f32(&lin->w, a->tensors[iw].p))) goto bad;
+        if (ib >= 0) {
+            a->fb[s] = a->tensors[ib].p;
+            a->gfb[s] = a->tensors[ib].g;
+            memcpy(a->fb[s], lin->b, (size_t)lin->w.rows * sizeof(float));
+        }
+    }
+    for (int k = 0; k < L * 2 + 1; k++) {
+        int iw = nidx[2 * k], ib = nidx[2 * k + 1];
+        if (iw < 0) continue;
+        a->fnw[k] = a->tensors[iw].p;
+        a->gfnw[k] = a->tensors[iw].g;
+        memcpy(a->fnw[k], base_norm_w(m, k / 2, k % 2), (size_t)d * sizeof(float));
+        if (ib >= 0) {
+            a->fnb[k] = a->tensors[ib].p;
+            a->gfnb[k] = a->tensors[ib].g;
+            memcpy(a->fnb[k], base_norm_b(m, k / 2, k % 2), (size_t)d * sizeof(float));
+        }
+    }
+    return 0;
+bad:
+    return peft_fail(err, rc, "%s: cannot convert the base weights to f32 for full fine-tuning", m->path);
+}
+
+int adapter_new(const peft_model *m, const method_config *mc, adapter **out, peft_err *err) {
+    *out = NULL;
+    if (mc->method == METHOD_LORA || mc->method == METHOD_DORA) {
+        lora_config c = mc->lora;
+        c.dora = mc->method == METHOD_DORA;
+        int rc = lora_new_head(m, &c, mc->n_labels, out, err);
+        if (rc) return rc;
+        (*out)->mc = *mc;
+        (*out)->mc.prompt_init_text = NULL;
+        return adapter_refresh(*out, m, err);
+    }
+    const int L = m->cfg.n_layer;
+    adapter *a = peft_calloc(1, sizeof *a, err);
+    if (!a) return PEFT_ERR_NOMEM;
+    a->method = mc->method;
+    a->mc = *mc;
+    a->mc.prompt_init_text = NULL;
+    a->n_layer = L;
+    a->base_model = peft_strdup(m->path, err);
+    int *idx = peft_calloc((size_t)(L + 1) * ROLE_N_LINEAR * 2 + 8, sizeof(int), err);
+    int *nidx = peft_calloc((size_t)(L + 1) * 4 + 8, sizeof(int), err);
+    int eidx[3] = {-1, -1, -1};
+    int rc = (!a->base_model || !idx || !nidx) ? PEFT_ERR_NOMEM : alloc_slots(a, m, err);
+    if (rc) goto done;
+    switch (mc->method) {
+    case METHOD_IA3: rc = new_ia3(a, m, idx, err); break;
+    case METHOD_ADAPTER_PFEIFFER:
+    case METHOD_ADAPTER_HOULSBY: rc = new_bn(a, m, idx, err); break;
+    case METHOD_PROMPT:
+    case METHOD_PREFIX: rc = new_prompt(a, m, idx, err); break;
+    case METHOD_BITFIT: rc = new_bitfit(a, m, idx, nidx, err); break;
+    case METHOD_FULL: rc = new_full(a, m, idx, nidx, eidx, err); break;
+    default: rc = peft_fail(err, PEFT_ERR_INVALID, "unknown method %d", (int)mc->method);
+    }
+    if (rc) goto done;
+    int head = add_head(a, m, mc->n_labels, err);
+    if ((rc = adapter_finish_alloc(a, err))) goto done;
+    peft_rng rng;
+    peft_rng_seed(&rng, mc->seed);
+    switch (mc->method) {
+    case METHOD_IA3:
+        for (int s = 0; s < L * ROLE_N_LINEAR; s++)
+            if (idx[s] >= 0) {
+                a->ia3[s] = a->tensors[idx[s]].p;
+                a->gia3[s] = a->tensors[idx[s]].g;
+                for (int64_t k = 0; k < a->tensors[idx[s]].n; k++) a->ia3[s][k] = 1.0f;   /* identity */
+            }
+        break;
+    case METHOD_ADAPTER_PFEIFFER:
+    case METHOD_ADAPTER_HOULSBY:
+        adapter_wire_bn(a, m, idx);
+        for (int i = 0; i < a->n_bn; i++) {
+            bn_module *bm = &a->bn_mods[i];
+            const int d = m->cfg.d_model, b = a->bn_size;
+            if (a->mc.bn_zero_up) kaiming(bm->dw, (int64_t)b * d, d, &rng);   /* up (and biases) stay 0 */
+            else {
+                for (int64_t k = 0; k < (int64_t)b * d; k++) bm->dw[k] = 0.02f * peft_rng_normal(&rng);
+                for (int64_t k = 0; k < (int64_t)b * d; k++) bm->uw[k] = 0.02f * peft_rng_normal(&rng);
+            }
+        }
+        break;
+    case METHOD_PROMPT:
+    case METHOD_PREFIX: {
+        adapter_wire_prompt(a, idx[0]);
+        const int P = mc->n_virtual, d = m->cfg.d_model;
+        if (mc->method == METHOD_PROMPT && mc->prompt_init != 0) {
+            /* rows of the token embedding: sampled ids, or the init text's
+             * tokens repeated to fill P (HF PEFT's TEXT init) */
+            int32_t *ids = NULL;
+            int n = 0;
+            if (mc->prompt_init == 2) {
+                if (!m->tok || !mc->prompt_init_text) { rc = peft_fail(err, PEFT_ERR_INVALID, "prompt tuning: --prompt-init needs a text and a tokenizer"); break; }
+                if ((rc = bpe_encode(m->tok, mc->prompt_init_text, strlen(mc->prompt_init_text), true, false, &ids, &n, err))) break;
+                if (n == 0) { free(ids); rc = peft_fail(err, PEFT_ERR_INVALID, "prompt tuning: the init text has no tokens"); break; }
+            }
+            for (int p = 0; p < P && !rc; p++) {
+                int64_t tok = mc->prompt_init == 2 ? ids[p % n] : (int64_t)(peft_rng_uniform(&rng) * m->cfg.vocab) % m->cfg.vocab;
+                rc = kern_weight_row(&m->tok_emb, tok, a->prompt + (size_t)p * d);
+            }
+            free(ids);
+            if (rc) break;
+        } else if (mc->method == METHOD_PREFIX && mc->prefix_projection) {
+            const int H = a->mc.prefix_hidden, W = prefix_width(m), td = m->cfg.n_kv_head * m->cfg.head_dim;
+            for (int64_t k = 0; k < (int64_t)P * td; k++) a->pe_emb[k] = peft_rng_normal(&rng);
+            kaiming(a->pe_w1, (int64_t)H * td, td, &rng);
+            kaiming(a->pe_b1, H, td, &rng);
+            kaiming(a->pe_w2, (int64_t)W * H, H, &rng);
+            kaiming(a->pe_b2, W, H, &rng);
+        } else {
+            /* nn.Embedding's default: N(0, 1) */
+            for (int64_t k = 0; k < a->tensors[idx[0]].n; k++) a->tensors[idx[0]].p[k] = peft_rng_normal(&rng);
+        }
+        break;
+    }
+    case METHOD_BITFIT:
+        for (int s = 0; s < L * ROLE_N_LINEAR; s++)
+            if (idx[s] >= 0) {
+                a->bias[s] = a->tensors[idx[s]].p;
+                a->gbias[s] = a->tensors[idx[s]].g;
+                memcpy(a->bias[s], m->layers[s / ROLE_N_LINEAR].lin[s % ROLE_N_LINEAR].b,
+                       (size_t)a->tensors[idx[s]].n * sizeof(float));
+            }
+        for (int k = 0; k < 2 * L + 1; k++)
+            if (nidx[k] >= 0) {
+                a->nbias[k] = a->tensors[nidx[k]].p;
+                a->gnbias[k] = a->tensors[nidx[k]].g;
+                memcpy(a->nbias[k], base_norm_b(m, k / 2, k % 2), (size_t)m->cfg.d_model * sizeof(float));
+            }
+        break;
+    case METHOD_FULL: rc = wire_full(a, m, idx, nidx, eidx, err); break;
+    default: break;
+    }
+    if (rc) goto done;
+    wire_head(a, head, mc->seed);
+    rc = adapter_refresh(a, m, err);
+done:
+    free(idx);
+    free(nidx);
+    if (rc) adapter_free(a);
+    else *out = a;
+    return rc;
+}
+
+/* ---- effective parameters ------------------------------------------------------- */
+
+const kern_weight *adapter_weight(const adapter *a, const peft_model *m, int l, model_linear_role r) {
+    if (a && a->fw && a->fw[l * ROLE_N_LINEAR + r].data) return &a->fw[l * ROLE_N_LINEAR + r];
+    return &m->layers[l].lin[r].w;
+}
+
+const float *adapter_bias(const adapter *a, const peft_model *m, int l, model_linear_role r) {
+    const int s = l * ROLE_N_LINEAR + r;
+    if (a && a->bias && a->bias[s]) return a->bias[s];
+    if (a && a->fb && a->fw[s].data) return a->fb[s];
+    return m->layers[l].lin[r].b;
+}
+
+const float *adapter_norm_w(const adapter *a, const peft_model *m, int l, int which) {
+    if (a && a->fnw && a->fnw[l * 2 + which]) return a->fnw[l * 2 + which];
+    return base_norm_w(m, l, which);
+}
+
+const float *adapter_norm_b(const adapter *a, const peft_model *m, int l, int which) {
+    if (a && a->nbias && a->nbias[l * 2 + which]) return a->nbias[l * 2 + which];
+    if (a && a->fnb && a->fnb[l * 2 + which]) return a->fnb[l * 2 + which];
+    return base_norm_b(m, l, which);
+}
+
+static const kern_weight *f32_weight(const float *p, int64_t rows, int64_t cols, kern_weight *tmp) {
+    tmp->dtype = PEFT_DT_F32;
+    tmp->rows = rows;
+    tmp->cols = cols;
+    tmp->data = p;
+    tmp->transposed = false;
+    return tmp;
+}
+
+const kern_weight *adapter_tok_emb(const adapter *a, const peft_model *m, kern_weight *tmp) {
+    if (a && a->femb) return f32_weight(a->femb, m->cfg.vocab, m->cfg.d_model, tmp);
+    return &m->tok_emb;
+}
+
+const kern_weight *adapter_pos_emb(const adapter *a, const peft_model *m, kern_weight *tmp) {
+    if (a && a->fpos) return f32_weight(a->fpos, m->pos_emb.rows, m->cfg.d_model, tmp);
+    return &m->pos_emb;
+}
+
+const kern_weight *adapter_lm_head(const adapter *a, const peft_model *m, kern_weight *tmp) {
+    if (a && a->fhead) return f32_weight(a->fhead, m->cfg.vocab, m->cfg.d_model, tmp);
+    if (a && a->femb && m->cfg.tied) return f32_weight(a->femb, m->cfg.vocab, m->cfg.d_model, tmp);
+    return &m->lm_head;
+}
+
+int adapter_prompt_rows(const adapter *a) { return a && a->method == METHOD_PROMPT ? a->mc.n_virtual : 0; }
+int adapter_prefix_rows(const adapter *a) { return a && a->method == METHOD_PREFIX ? a->mc.n_virtual : 0; }
+
+/* ---- derived values ------------------------------------------------------------------ */
+
+int adapter_refresh(adapter *a, const peft_model *m, peft_err *err) {
+    if (!a) return 0;
+    if (a->cfg.dora && a->n_modules) {
+        if (!a->dora_norms) {
+            int64_t n = 0;
+            for (int i = 0; i < a->n_modules; i++) n += a->mods[i].out;
+            a->dora_norms = peft_calloc((size_t)n, sizeof(float), err);
+            if (!a->dora_norms) return PEFT_ERR_NOMEM;
+            int64_t off = 0;
+            for (int i = 0; i < a->n_modules; i++) { a->mods[i].wnorm = a->dora_norms + off; off += a->mods[i].out; }
+        }
+        /* ||W_j + s·(B·A)_j|| per output row j, in double */
+        int maxr = 0, maxin = 0;
+        for (int i = 0; i < a->n_modules; i++) { maxr = PEFT_MAX(maxr, a->mods[i].r); maxin = PEFT_MAX(maxin, a->mods[i].in); }
+        float *row = peft_malloc((size_t)maxin * sizeof(float), err);
+        if (!row) return PEFT_ERR_NOMEM;
+        for (int i = 0; i < a->n_modules; i++) {
+            lora_module *md = &a->mods[i];
+            const kern_weight *w = &m->layers[md->layer].lin[md->role].w;
+            for (int j = 0; j < md->out; j++) {
+                int rc = kern_weight_row(w, j, row);
+                if (rc) { free(row); return peft_fail(err, rc, "%s: DoRA cannot read a base weight row", m->path); }
+                /* row += s · B_j · A */
+                cblas_sgemv(CblasRowMajor, CblasTrans, md->r, md->in, md->scale, md->A, md->in, md->B + (size_t)j * md->r, 1,
+                            1.0f, row, 1);
+                double s = 0;
+                for (int k = 0; k < md->in; k++) s += (double)row[k] * row[k];
+                md->wnorm[j] = (float)sqrt(s);
+            }
+        }
+        free(row);
+    }
+    if (a->method == METHOD_PREFIX && a->mc.prefix_projection) {
+        const int P = a->mc.n_virtual, d = m->cfg.n_kv_head * m->cfg.head_dim, H = a->mc.prefix_hidden,
+                  W = prefix_width(m);
+        /* hidden = tanh(emb·W1ᵀ + b1); table = hidden·W2ᵀ + b2 */
+        for (int p = 0; p < P; p++) {
+            memcpy(a->pe_hidden + (size_t)p * H, a->pe_b1, (size_t)H * sizeof(float));
+            memcpy(a->prefix_table + (size_t)p * W, a->pe_b2, (size_t)W * sizeof(float));
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, P, H, d, 1.0f, a->pe_emb, d, a->pe_w1, d, 1.0f, a->pe_hidden, H);
+        for (int64_t k = 0; k < (int64_t)P * H; k++) a->pe_hidden[k] = tanhf(a->pe_hidden[k]);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, P, W, H, 1.0f, a->pe_hidden, H, a->pe_w2, H, 1.0f,
+                    a->prefix_table, W);
+    }
+    return 0;
+}
+
+void adapter_refresh_bwd(adapter *a, const peft_model *m) {
+    if (!a || a->method != METHOD_PREFIX || !a->mc.prefix_projection) return;
+    const int P = a->mc.n_virtual, d = m->cfg.n_kv_head * m->cfg.head_dim, H = a->mc.prefix_hidden,
+              W = prefix_width(m);
+    float *dh = malloc((size_t)P * H * sizeof(float));
+    if (!dh) return;
+    /* gW2 += dTᵀ·hidden, gb2 += colsum dT, dh = dT·W2 ⊙ (1 - hidden²) */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, W, H, P, 1.0f, a->prefix_gtable, W, a->pe_hidden, H, 1.0f,
+                a->pe_gw2, H);
+    for (int p = 0; p < P; p++)
+        for (int k = 0; k < W; k++) a->pe_gb2[k] += a->prefix_gtable[(size_t)p * W + k];
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, P, H, W, 1.0f, a->prefix_gtable, W, a->pe_w2, H, 0.0f, dh, H);
+    for (int64_t k = 0; k < (int64_t)P * H; k++) dh[k] *= 1.0f - a->pe_hidden[k] * a->pe_hidden[k];
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, d, P, 1.0f, dh, H, a->pe_emb, d, 1.0f, a->pe_gw1, d);
+    for (int p = 0; p < P; p++)
+        for (int k = 0; k < H; k++) a->pe_gb1[k] += dh[(size_t)p * H + k];
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, P, d, H, 1.0f, dh, H, a->pe_w1, d, 1.0f, a->pe_gemb, d);
+    free(dh);
+    memset(a->prefix_gtable, 0, (size_t)P * W * sizeof(float));
+}

@@ -1,0 +1,216 @@
+/* adapter.h — a trained add-on to a frozen model, for every method peft.c
+ * has: LoRA, DoRA, bottleneck adapters (Pfeiffer, Houlsby), prompt tuning,
+ * prefix tuning, IA3, BitFit and full fine-tuning, each optionally with a
+ * sequence-classification head.
+ *
+ * Every trainable value lives in one contiguous f32 block (params) with a
+ * gradient block of the same layout (grads), so the optimizer, the
+ * checkpoints and the gradient checks see one vector. Each tensor of the
+ * block is also listed in `tensors` with the key it has in
+ * adapter_model.safetensors (HF PEFT names where HF PEFT has the method),
+ * which is what generic saving, loading and tests walk.
+ *
+ * Where each method acts (see docs/methods.md for the formulas):
+ *   linear (l, role)  LoRA/DoRA modules, IA3 vectors, BitFit biases, full-FT weights
+ *   after a sublayer  bottleneck modules (site 0: attention output, 1: MLP output)
+ *   embeddings        prompt tuning's virtual tokens (prepended rows)
+ *   attention         prefix tuning's per-layer key/value rows
+ *   final hidden      the classification head (score) */
+#ifndef PEFT_ADAPTER_H
+#define PEFT_ADAPTER_H
+
+#include "model/model.h"
+
+typedef enum {
+    METHOD_LORA = 0,
+    METHOD_DORA,
+    METHOD_ADAPTER_PFEIFFER,
+    METHOD_ADAPTER_HOULSBY,
+    METHOD_PROMPT,
+    METHOD_PREFIX,
+    METHOD_IA3,
+    METHOD_BITFIT,
+    METHOD_FULL,
+    METHOD_N
+} peft_method;
+
+/* "lora", "dora", "adapter-pfeiffer", ... (the --method names). */
+const char *method_name(peft_method k);
+int method_parse(const char *name, peft_method *out);
+/* LoRA, DoRA and IA3 fold into the base weights; the others cannot. */
+bool method_mergeable(peft_method k);
+
+typedef enum { LORA_INIT_KAIMING = 0, LORA_INIT_GAUSSIAN, LORA_INIT_ZERO_B_RANDOM_BOTH } lora_init;
+
+typedef struct {
+    int r;
+    float alpha;
+    float dropout;
+    bool rslora;
+    lora_init init;            /* kaiming: HF default (A kaiming-uniform a=sqrt(5), B = 0) */
+    uint32_t targets;          /* bit (1u << model_linear_role) per targeted linear */
+    uint64_t layers;           /* bit per layer to transform; 0 = all (layers_to_transform) */
+    uint64_t seed;             /* init */
+    bool dora;                 /* DoRA: a magnitude vector per module */
+} lora_config;
+
+typedef struct {
+    int layer;
+    model_linear_role role;
+    int in, out, r;
+    float scale;
+    float *A, *B;      /* into params: (r, in), (out, r) */
+    float *gA, *gB;    /* into grads, same shapes */
+    /* DoRA: magnitude (out) in params/grads; wnorm (out) = ||W + s·B·A|| per
+     * output row, recomputed by adapter_refresh (treated as a constant in
+     * the backward, as HF PEFT detaches it). NULL without DoRA. */
+    float *mag, *gmag, *wnorm;
+} lora_module;
+
+typedef enum { BN_ACT_RELU = 0, BN_ACT_SWISH, BN_ACT_GELU_TANH, BN_ACT_TANH } bn_act;
+
+/* Bottleneck module: h ← h + up(f(down(h))) on a sublayer's output h (d). */
+typedef struct {
+    int layer, site;             /* site 0: attention output, 1: MLP output */
+    float *dw, *db, *uw, *ub;    /* down (b, d), (b); up (d, b), (d) */
+    float *gdw, *gdb, *guw, *gub;
+} bn_module;
+
+/* One tensor of the block. key "" means not saved in the final adapter
+ * (prefix tuning's reparametrising MLP: only its output table is saved,
+ * as HF PEFT does; checkpoints keep everything). */
+typedef struct {
+    char key[200];
+    int ndim;
+    int64_t shape[2];
+    int64_t n;
+    float *p, *g;
+    bool saved;
+} adapter_tensor;
+
+typedef struct {
+    peft_method method;
+    /* LoRA / DoRA */
+    lora_config lora;
+    /* bottleneck */
+    int reduction_factor;        /* 16 */
+    bn_act act;                  /* pfeiffer relu, houlsby swish */
+    bool bn_zero_up;             /* up-projection zero (near-identity), else N(0, 0.02) */
+    /* prompt / prefix */
+    int n_virtual;               /* num_virtual_tokens (20 prompt, 20 prefix) */
+    int prompt_init;             /* 0 random, 1 sample vocabulary, 2 text */
+    const char *prompt_init_text;
+    bool prefix_projection;
+    int prefix_hidden;           /* encoder_hidden_size */
+    /* IA3: target bits and the feed-forward subset (input scaling) */
+    uint32_t ia3_targets, ia3_ff;
+    /* classification head: n_labels > 0 adds score (n_labels, d) */
+    int n_labels;
+    uint64_t seed;
+    uint64_t layers;             /* bit per layer (LoRA, DoRA, IA3, bottleneck); 0 = all */
+} method_config;
+
+typedef struct adapter {
+    peft_method method;
+    method_config mc;
+    lora_config cfg;      /* LoRA / DoRA */
+    int n_modules;
+    lora_module *mods;
+    lora_module **slot;   /* (n_layer * ROLE_N_LINEAR), NULL where not targeted */
+    float *params, *grads;
+    int64_t n_params;
+    char *base_model;     /* base_model_name_or_path written to the config */
+    int n_layer;          /* the model's layer count (slot has n_layer * ROLE_N_LINEAR entries) */
+    int n_tensors, cap_tensors;
+    adapter_tensor *tensors;
+    /* IA3: per slot a vector, (out) scaling the output or (in) scaling the
+     * input (ia3_ff bits); NULL where not targeted */
+    float **ia3, **gia3;
+    /* bottleneck: per layer × 2 sites, NULL where absent; bn_size = b */
+    bn_module *bn_mods;
+    int n_bn;
+    bn_module **bn;
+    int bn_size;
+    float *dora_norms;                /* all modules' wnorm, one buffer */
+    /* prompt tuning: (n_virtual, d); prefix tuning: table (n_virtual,
+     * n_layer·2·kvd) — layer l's keys at columns [2l·kvd, (2l+1)·kvd), its
+     * values after them. With prefix_projection the table is computed into
+     * prefix_table (not a parameter) from emb (P, d) by
+     * tanh(emb·W1ᵀ + b1)·W2ᵀ + b2. */
+    float *prompt, *gprompt;
+    float *prefix_table;              /* the table in use (params or computed) */
+    float *pe_emb, *pe_w1, *pe_b1, *pe_w2, *pe_b2;
+    float *pe_gemb, *pe_gw1, *pe_gb1, *pe_gw2, *pe_gb2;
+    float *pe_hidden;                 /* (P, hidden) tanh output, for the backward */
+    float *prefix_gtable;             /* (P, width) gradient of the computed table */
+    /* BitFit: per slot a bias copy (out), per layer norm biases (d) ×2 and
+     * the final norm's; NULL where the base has none */
+    float **bias, **gbias;
+    float **nbias, **gnbias;          /* (n_layer * 2 + 1) */
+    /* full fine-tuning: every weight as f32 copies, HF (out, in) layout */
+    kern_weight *fw;                  /* per slot */
+    float **fb, **gfb;                /* linear biases */
+    float **fnw, **gfnw, **fnb, **gfnb;   /* norms (n_layer * 2 + 1) */
+    float *femb, *gfemb, *fpos, *gfpos, *fhead, *gfhead;  /* fhead NULL when tied */
+    float **gfw;                      /* per slot gradient of fw */
+    /* classification head */
+    float *score, *gscore;
+} adapter;
+
+void adapter_free(adapter *a);
+
+/* Registers a tensor of n = shape product floats; adapter_finish_alloc
+ * places them all in one block. */
+int adapter_add_tensor(adapter *a, const char *key, int ndim, int64_t d0, int64_t d1, bool saved,
+                       peft_err *err);
+int adapter_finish_alloc(adapter *a, peft_err *err);
+adapter_tensor *adapter_find_tensor(const adapter *a, const char *key);
+
+/* A new adapter of any method for m (LoRA goes through lora_new). */
+int adapter_new(const peft_model *m, const method_config *mc, adapter **out, peft_err *err);
+/* Recomputes what derives from the parameters (DoRA weight norms, the
+ * prefix table under a projection). Call after every parameter change. */
+int adapter_refresh(adapter *a, const peft_model *m, peft_err *err);
+/* Backward of the derived values: prefix_gtable → MLP gradients. */
+void adapter_refresh_bwd(adapter *a, const peft_model *m);
+
+/* Effective weight, bias and norm parameters of linear (l, r) with a
+ * (NULL: the base). */
+const kern_weight *adapter_weight(const adapter *a, const peft_model *m, int l, model_linear_role r);
+const float *adapter_bias(const adapter *a, const peft_model *m, int l, model_linear_role r);
+/* which: 0 attn norm, 1 ffn norm of layer l; l == n_layer: the final norm. */
+const float *adapter_norm_w(const adapter *a, const peft_model *m, int l, int which);
+const float *adapter_norm_b(const adapter *a, const peft_model *m, int l, int which);
+const kern_weight *adapter_tok_emb(const adapter *a, const peft_model *m, kern_weight *tmp);
+const kern_weight *adapter_pos_emb(const adapter *a, const peft_model *m, kern_weight *tmp);
+const kern_weight *adapter_lm_head(const adapter *a, const peft_model *m, kern_weight *tmp);
+
+/* Rows of virtual tokens the method prepends to a sequence (prompt), and
+ * prefix key/value rows (prefix): 0 otherwise. */
+int adapter_prompt_rows(const adapter *a);
+int adapter_prefix_rows(const adapter *a);
+
+/* Helpers shared by lora.c and adapter_io.c. */
+int adapter_head_add(adapter *a, const peft_model *m, int n_labels, peft_err *err);
+void adapter_head_wire(adapter *a, int idx, uint64_t seed);
+void adapter_wire_bn(adapter *a, const peft_model *m, const int *idx);
+void adapter_wire_prompt(adapter *a, int first_tensor);
+void adapter_ia3_defaults(const peft_model *m, uint32_t *targets, uint32_t *ff);
+int adapter_layer_prefix(const peft_model *m, int l, char *buf, size_t cap);
+int adapter_norm_name(const peft_model *m, int l, int which, const char *field, char *buf, size_t cap);
+
+/* Save / load any method (adapter_io.c): HF PEFT format for LoRA, DoRA,
+ * IA3, prompt and prefix tuning; documented peft.c configs (peft_type
+ * BOTTLENECK, BITFIT) for the others; full fine-tuning as an HF model
+ * folder. load tells the method from adapter_config.json. */
+int adapter_save(const adapter *a, const peft_model *m, const char *dir, peft_err *err);
+int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *err);
+/* dir/adapter_config.json (config_json) + dir/adapter_model.safetensors (the
+ * saved tensors of the registry), atomically. */
+int adapter_write_folder(const adapter *a, const char *dir, const char *config_json, peft_err *err);
+/* Fills every saved registry tensor from st (shapes checked; a tensor of st
+ * the registry does not know is an error). */
+int adapter_read_tensors(adapter *a, const st_archive *st, const char *st_path, peft_err *err);
+int bn_act_parse(const char *s, bn_act *out);
+
+#endif

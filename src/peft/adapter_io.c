@@ -1,0 +1,422 @@
+/* adapter_io.c — saving and loading adapters of every method.
+ *
+ *   LORA (+ use_dora)        lora_io.c (HF PEFT LoraConfig)
+ *   IA3                      HF PEFT IA3Config; <module>.ia3_l, (out, 1) or (1, in) for
+ *                            feed-forward modules
+ *   PROMPT_TUNING            HF PEFT; prompt_embeddings (P, d)
+ *   PREFIX_TUNING            HF PEFT; prompt_embeddings (P, n_layer·2·kv_dim): the
+ *                            table itself, also when trained with prefix_projection
+ *                            (HF PEFT saves the projected table too)
+ *   BOTTLENECK               peft.c: <layer>.{attention,output}_adapter.adapter_{down,up}.{weight,bias}
+ *   BITFIT                   peft.c: base_model.model.<HF parameter>.bias
+ *   full fine-tuning         an HF model folder (model.safetensors, config.json, tokenizer)
+ * Any method may carry a classification head, base_model.model.score.weight
+ * (n_labels, d), listed in modules_to_save as HF PEFT does for SEQ_CLS.
+ * Every file is written to a temporary name, flushed and renamed. */
+#include "peft/lora.h"
+#include "kernels/quant.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- tensors ----------------------------------------------------------------- */
+
+int adapter_write_folder(const adapter *a, const char *dir, const char *config_json, peft_err *err) {
+    int rc = peft_mkdir_p(dir, err);
+    if (rc) return rc;
+    int n = 0;
+    for (int i = 0; i < a->n_tensors; i++) n += a->tensors[i].saved;
+    st_write_tensor *t = peft_calloc((size_t)(n ? n : 1), sizeof *t, err);
+    char *cfg_path = peft_path_join(dir, "adapter_config.json", err);
+    char *st_path = peft_path_join(dir, "adapter_model.safetensors", err);
+    if (!t || !cfg_path || !st_path) { rc = PEFT_ERR_NOMEM; goto done; }
+    int k = 0;
+    for (int i = 0; i < a->n_tensors; i++) {
+        const adapter_tensor *at = &a->tensors[i];
+        if (!at->saved) continue;
+        st_write_tensor *w = &t[k++];
+        w->name = at->key;
+        w->dtype = PEFT_DT_F32;
+        w->ndim = at->ndim;
+        w->shape[0] = at->shape[0];
+        w->shape[1] = at->shape[1];
+        w->data = at->p;
+    }
+    static const char *const meta[] = {"format", "pt", NULL};
+    if ((rc = st_write(st_path, t, n, meta, err))) goto done;
+    rc = peft_write_file_atomic(cfg_path, config_json, strlen(config_json), err);
+done:
+    free(t);
+    free(cfg_path);
+    free(st_path);
+    return rc;
+}
+
+/* n f32 values of a F32/F16/BF16 tensor. */
+static int to_f32(const st_tensor *t, float *dst, const char *file, peft_err *err) {
+    if (t->dtype != PEFT_DT_F32 && t->dtype != PEFT_DT_F16 && t->dtype != PEFT_DT_BF16)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: %s has dtype %s (expected F32, F16 or BF16)", file,
+                         t->name, peft_dtype_name(t->dtype));
+    int rc = kern_dequant_row(t->dtype, t->data, dst, st_numel(t));
+    if (rc) return peft_fail(err, rc, "%s: cannot convert %s", file, t->name);
+    return 0;
+}
+
+int adapter_read_tensors(adapter *a, const st_archive *st, const char *st_path, peft_err *err) {
+    int found = 0;
+    for (int i = 0; i < a->n_tensors; i++) {
+        adapter_tensor *at = &a->tensors[i];
+        if (!at->saved) continue;
+        const st_tensor *t = st_find(st, at->key);
+        if (!t) return peft_fail(err, PEFT_ERR_FORMAT, "%s: missing tensor %s", st_path, at->key);
+        int64_t want1 = at->ndim > 1 ? at->shape[1] : 1, got1 = 1;
+        for (int k = 1; k < t->ndim; k++) got1 *= t->shape[k];
+        if (t->ndim < 1 || t->shape[0] != at->shape[0] || got1 != want1)
+            return peft_fail(err, PEFT_ERR_SHAPE, "%s: %s has shape [%lld%s%lld], this model needs [%lld, %lld]",
+                             st_path, at->key, (long long)(t->ndim ? t->shape[0] : 0), t->ndim > 1 ? ", " : " x ",
+                             (long long)got1, (long long)at->shape[0], (long long)want1);
+        int rc = to_f32(t, at->p, st_path, err);
+        if (rc) return rc;
+        found++;
+    }
+    if (found != st_count(st)) {
+        for (int i = 0; i < st_count(st); i++) {
+            const char *nm = st_at(st, i)->name;
+            if (!adapter_find_tensor(a, nm))
+                return peft_fail(err, PEFT_ERR_SHAPE, "%s: tensor %s does not belong to this %s adapter on this model",
+                                 st_path, nm, method_name(a->method));
+        }
+    }
+    return 0;
+}
+
+/* ---- configs ------------------------------------------------------------------ */
+
+static void add_common(cJSON *o, const adapter *a, const peft_model *m, const char *peft_type) {
+    cJSON_AddNullToObject(o, "auto_mapping");
+    cJSON_AddStringToObject(o, "base_model_name_or_path", a->base_model ? a->base_model : m->path);
+    cJSON_AddBoolToObject(o, "inference_mode", true);
+    if (a->score) {
+        cJSON *ms = cJSON_AddArrayToObject(o, "modules_to_save");
+        if (ms) cJSON_AddItemToArray(ms, cJSON_CreateString("score"));
+        cJSON_AddNumberToObject(o, "num_labels", a->mc.n_labels);
+    } else cJSON_AddNullToObject(o, "modules_to_save");
+    cJSON_AddStringToObject(o, "peft_type", peft_type);
+    cJSON_AddNullToObject(o, "revision");
+    cJSON_AddStringToObject(o, "task_type", a->score ? "SEQ_CLS" : "CAUSAL_LM");
+}
+
+static void add_layers(cJSON *o, const adapter *a) {
+    if (!a->mc.layers) { cJSON_AddNullToObject(o, "layers_to_transform"); return; }
+    cJSON *arr = cJSON_AddArrayToObject(o, "layers_to_transform");
+    for (int l = 0; l < 64 && arr; l++)
+        if ((a->mc.layers >> l) & 1u) cJSON_AddItemToArray(arr, cJSON_CreateNumber(l));
+}
+
+static const char *act_name(bn_act k) {
+    return k == BN_ACT_RELU ? "relu" : k == BN_ACT_SWISH ? "swish" : k == BN_ACT_GELU_TANH ? "gelu_new" : "tanh";
+}
+
+int bn_act_parse(const char *s, bn_act *out) {
+    if (!strcmp(s, "relu")) *out = BN_ACT_RELU;
+    else if (!strcmp(s, "swish") || !strcmp(s, "silu")) *out = BN_ACT_SWISH;
+    else if (!strcmp(s, "gelu_new") || !strcmp(s, "gelu")) *out = BN_ACT_GELU_TANH;
+    else if (!strcmp(s, "tanh")) *out = BN_ACT_TANH;
+    else return PEFT_ERR_INVALID;
+    return 0;
+}
+
+static char *method_config_json(const adapter *a, const peft_model *m) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    const model_config *c = &m->cfg;
+    switch (a->method) {
+    case METHOD_IA3: {
+        add_common(o, a, m, "IA3");
+        const char *names[ROLE_N_LINEAR];
+        cJSON *tm = cJSON_AddArrayToObject(o, "target_modules");
+        int nn = lora_target_names(m, a->mc.ia3_targets, names, ROLE_N_LINEAR);
+        for (int i = 0; i < nn && tm; i++) cJSON_AddItemToArray(tm, cJSON_CreateString(names[i]));
+        cJSON *ff = cJSON_AddArrayToObject(o, "feedforward_modules");
+        nn = lora_target_names(m, a->mc.ia3_ff, names, ROLE_N_LINEAR);
+        for (int i = 0; i < nn && ff; i++) cJSON_AddItemToArray(ff, cJSON_CreateString(names[i]));
+        cJSON_AddBoolToObject(o, "fan_in_fan_out", c->arch == PEFT_ARCH_GPT2);
+        cJSON_AddBoolToObject(o, "init_ia3_weights", true);
+        add_layers(o, a);
+        break;
+    }
+    case METHOD_PROMPT:
+    case METHOD_PREFIX: {
+        const bool prompt = a->method == METHOD_PROMPT;
+        add_common(o, a, m, prompt ? "PROMPT_TUNING" : "PREFIX_TUNING");
+        cJSON_AddNumberToObject(o, "num_virtual_tokens", a->mc.n_virtual);
+        cJSON_AddNumberToObject(o, "num_layers", c->n_layer);
+        cJSON_AddNumberToObject(o, "num_transformer_submodules", 1);
+        if (prompt) {
+            cJSON_AddNumberToObject(o, "token_dim", c->d_model);
+            cJSON_AddNumberToObject(o, "num_attention_heads", c->n_head);
+            cJSON_AddStringToObject(o, "prompt_tuning_init",
+                                    a->mc.prompt_init == 2 ? "TEXT" : a->mc.prompt_init == 1 ? "SAMPLE_VOCAB" : "RANDOM");
+            cJSON_AddNullToObject(o, "prompt_tuning_init_text");
+            cJSON_AddNullToObject(o, "tokenizer_name_or_path");
+        } else {
+            /* HF PEFT's GQA convention: token_dim = head_dim · n_kv_head */
+            cJSON_AddNumberToObject(o, "token_dim", c->n_kv_head * c->head_dim);
+            cJSON_AddNumberToObject(o, "num_attention_heads", c->n_kv_head);
+            cJSON_AddNumberToObject(o, "encoder_hidden_size",
+                                    a->mc.prefix_hidden > 0 ? a->mc.prefix_hidden : c->n_kv_head * c->head_dim);
+            cJSON_AddBoolToObject(o, "prefix_projection", a->mc.prefix_projection);
+        }
+        break;
+    }
+    case METHOD_ADAPTER_PFEIFFER:
+    case METHOD_ADAPTER_HOULSBY: {
+        const bool h = a->method == METHOD_ADAPTER_HOULSBY;
+        add_common(o, a, m, "BOTTLENECK");
+        cJSON_AddStringToObject(o, "config_name", h ? "double_seq_bn" : "seq_bn");
+        cJSON_AddBoolToObject(o, "mh_adapter", h);
+        cJSON_AddBoolToObject(o, "output_adapter", true);
+        cJSON_AddNumberToObject(o, "reduction_factor", a->mc.reduction_factor);
+        cJSON_AddNumberToObject(o, "bottleneck_size", a->bn_size);
+        cJSON_AddStringToObject(o, "non_linearity", act_name(a->mc.act));
+        cJSON_AddStringToObject(o, "init_weights", a->mc.bn_zero_up ? "zero_up" : "bert");
+        add_layers(o, a);
+        break;
+    }
+    case METHOD_BITFIT: {
+        add_common(o, a, m, "BITFIT");
+        cJSON *bn = cJSON_AddArrayToObject(o, "bias_names");
+        for (int i = 0; i < a->n_tensors && bn; i++)
+            if (a->tensors[i].p != a->score)
+                cJSON_AddItemToArray(bn, cJSON_CreateString(a->tensors[i].key + strlen("base_model.model.")));
+        break;
+    }
+    default:
+        cJSON_Delete(o);
+        return NULL;
+    }
+    char *s = cJSON_Print(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+/* ---- full fine-tuning: an HF model folder -------------------------------------- */
+
+static int copy_if_present(const char *src_dir, const char *dst_dir, const char *name, peft_err *err) {
+    char *src = peft_path_join(src_dir, name, err), *dst = peft_path_join(dst_dir, name, err);
+    int rc = (!src || !dst) ? PEFT_ERR_NOMEM : 0;
+    if (!rc && peft_file_exists(src)) {
+        char *text = NULL;
+        size_t len = 0;
+        rc = peft_read_file(src, &text, &len, err);
+        if (!rc) rc = peft_write_file_atomic(dst, text, len, err);
+        free(text);
+    }
+    free(src);
+    free(dst);
+    return rc;
+}
+
+static int save_full(const adapter *a, const peft_model *m, const char *dir, peft_err *err) {
+    if (strcmp(m->source, "hf") != 0)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+                         "%s: saving a fully fine-tuned model is supported for Hugging Face folder bases only "
+                         "(this base is %s)", dir, m->source);
+    int rc = peft_mkdir_p(dir, err);
+    if (rc) return rc;
+    int n = 0;
+    for (int i = 0; i < a->n_tensors; i++) n += a->tensors[i].saved;
+    st_write_tensor *t = peft_calloc((size_t)n + 1, sizeof *t, err);
+    float **tmp = peft_calloc((size_t)n + 1, sizeof *tmp, err);
+    char *st_path = peft_path_join(dir, "model.safetensors", err);
+    if (!t || !tmp || !st_path) { rc = PEFT_ERR_NOMEM; goto done; }
+    int k = 0;
+    for (int i = 0; i < a->n_tensors && !rc; i++) {
+        const adapter_tensor *at = &a->tensors[i];
+        if (!at->saved) continue;
+        st_write_tensor *w = &t[k];
+        w->name = at->key;
+        w->dtype = PEFT_DT_F32;
+        w->ndim = at->ndim;
+        w->shape[0] = at->shape[0];
+        w->shape[1] = at->shape[1];
+        w->data = at->p;
+        /* GPT-2's Conv1D stores (in, out): transpose back */
+        if (m->cfg.arch == PEFT_ARCH_GPT2 && at->ndim == 2 && a->fw) {
+            for (int s = 0; s < m->cfg.n_layer * ROLE_N_LINEAR; s++)
+                if (a->fw[s].data == at->p && m->layers[s / ROLE_N_LINEAR].lin[s % ROLE_N_LINEAR].w.transposed) {
+                    const int64_t R = at->shape[0], C = at->shape[1];
+                    tmp[k] = peft_malloc((size_t)(R * C) * sizeof(float), err);
+                    if (!tmp[k]) { rc = PEFT_ERR_NOMEM; break; }
+                    for (int64_t r = 0; r < R; r++)
+                        for (int64_t c = 0; c < C; c++) tmp[k][c * R + r] = at->p[r * C + c];
+                    w->shape[0] = C;
+                    w->shape[1] = R;
+                    w->data = tmp[k];
+                }
+        }
+        k++;
+    }
+    static const char *const meta[] = {"format", "pt", NULL};
+    if (!rc) rc = st_write(st_path, t, k, meta, err);
+    static const char *const files[] = {"config.json", "generation_config.json", "tokenizer.json",
+                                        "tokenizer_config.json", "special_tokens_map.json", NULL};
+    for (int i = 0; files[i] && !rc; i++) rc = copy_if_present(m->path, dir, files[i], err);
+done:
+    for (int i = 0; tmp && i < n; i++) free(tmp[i]);
+    free(tmp);
+    free(t);
+    free(st_path);
+    return rc;
+}
+
+/* ---- dispatch -------------------------------------------------------------------- */
+
+int adapter_save(const adapter *a, const peft_model *m, const char *dir, peft_err *err) {
+    if (a->method == METHOD_LORA || a->method == METHOD_DORA) return lora_save(a, m, dir, err);
+    if (a->method == METHOD_FULL) return save_full(a, m, dir, err);
+    char *js = method_config_json(a, m);
+    if (!js) return peft_fail(err, PEFT_ERR_NOMEM, "%s: cannot build the adapter config", dir);
+    int rc = adapter_write_folder(a, dir, js, err);
+    free(js);
+    return rc;
+}
+
+static int json_int(const cJSON *o, const char *key, int dflt) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? (int)v->valuedouble : dflt;
+}
+
+/* target names (a list, or a string) into role bits */
+static int json_targets(const peft_model *m, const cJSON *v, uint32_t *bits, const char *path, peft_err *err) {
+    *bits = 0;
+    if (!v || cJSON_IsNull(v)) return 0;
+    char buf[512] = "";
+    if (cJSON_IsString(v)) snprintf(buf, sizeof buf, "%s", v->valuestring);
+    else if (cJSON_IsArray(v)) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, v) {
+            if (!cJSON_IsString(it)) return peft_fail(err, PEFT_ERR_FORMAT, "%s: target names must be strings", path);
+            size_t l = strlen(buf);
+            snprintf(buf + l, sizeof buf - l, "%s%s", l ? "," : "", it->valuestring);
+        }
+    } else return peft_fail(err, PEFT_ERR_FORMAT, "%s: target modules must be a list of names", path);
+    if (!buf[0]) return 0;
+    int rc = lora_parse_targets(m, buf, bits, err);
+    if (rc) return peft_fail(err, rc, "%s: %s", path, err->msg);
+    return 0;
+}
+
+int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *err) {
+    *out = NULL;
+    char *cfg_path = peft_path_join(dir, "adapter_config.json", err);
+    char *st_path = peft_path_join(dir, "adapter_model.safetensors", err);
+    char *text = NULL;
+    cJSON *o = NULL;
+    st_archive *st = NULL;
+    adapter *a = NULL;
+    int rc = 0;
+    if (!cfg_path || !st_path) { rc = PEFT_ERR_NOMEM; goto done; }
+    if (!peft_is_dir(dir)) { rc = peft_fail(err, PEFT_ERR_IO, "%s: no such adapter folder", dir); goto done; }
+    if (!peft_file_exists(cfg_path)) {
+        char *mc = peft_path_join(dir, "config.json", err);
+        bool model = mc && peft_file_exists(mc);
+        free(mc);
+        rc = model ? peft_fail(err, PEFT_ERR_INVALID, "%s: this is a model folder (full fine-tuning output?), not an "
+                                                      "adapter: use it as --model", dir)
+                   : peft_fail(err, PEFT_ERR_IO, "%s: no such file", cfg_path);
+        goto done;
+    }
+    size_t len = 0;
+    if ((rc = peft_read_file(cfg_path, &text, &len, err))) goto done;
+    o = cJSON_ParseWithLength(text, len);
+    if (!o || !cJSON_IsObject(o)) { rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: invalid JSON", cfg_path); goto done; }
+    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(o, "peft_type");
+    if (!cJSON_IsString(pt)) { rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: missing \"peft_type\"", cfg_path); goto done; }
+    if (!strcmp(pt->valuestring, "LORA")) { rc = lora_load(m, dir, out, err); goto done; }
+    method_config mc;
+    memset(&mc, 0, sizeof mc);
+    mc.seed = 42;
+    const char *t = pt->valuestring;
+    if (!strcmp(t, "IA3")) {
+        mc.method = METHOD_IA3;
+        if ((rc = json_targets(m, cJSON_GetObjectItemCaseSensitive(o, "target_modules"), &mc.ia3_targets, cfg_path, err)) ||
+            (rc = json_targets(m, cJSON_GetObjectItemCaseSensitive(o, "feedforward_modules"), &mc.ia3_ff, cfg_path, err)))
+            goto done;
+        if (!mc.ia3_targets) adapter_ia3_defaults(m, &mc.ia3_targets, &mc.ia3_ff);
+    } else if (!strcmp(t, "PROMPT_TUNING") || !strcmp(t, "PREFIX_TUNING")) {
+        mc.method = t[1] == 'R' && t[2] == 'O' ? METHOD_PROMPT : METHOD_PREFIX;
+        mc.n_virtual = json_int(o, "num_virtual_tokens", 0);
+        /* the saved table is loaded as is; a projection is not re-created */
+        mc.prefix_projection = false;
+        const int nl = json_int(o, "num_layers", m->cfg.n_layer);
+        if (nl != m->cfg.n_layer) {
+            rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: made for %d layers, %s has %d", cfg_path, nl, m->path, m->cfg.n_layer);
+            goto done;
+        }
+        if (json_int(o, "num_transformer_submodules", 1) != 1) {
+            rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: num_transformer_submodules != 1 (encoder-decoder) is not supported", cfg_path);
+            goto done;
+        }
+    } else if (!strcmp(t, "BOTTLENECK")) {
+        const cJSON *cn = cJSON_GetObjectItemCaseSensitive(o, "config_name");
+        mc.method = cJSON_IsString(cn) && !strcmp(cn->valuestring, "double_seq_bn") ? METHOD_ADAPTER_HOULSBY : METHOD_ADAPTER_PFEIFFER;
+        mc.reduction_factor = json_int(o, "reduction_factor", 16);
+        const cJSON *nl = cJSON_GetObjectItemCaseSensitive(o, "non_linearity");
+        mc.act = mc.method == METHOD_ADAPTER_HOULSBY ? BN_ACT_SWISH : BN_ACT_RELU;
+        if (cJSON_IsString(nl) && bn_act_parse(nl->valuestring, &mc.act)) {
+            rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: non_linearity \"%s\" (expected relu, swish, gelu_new, tanh)",
+                           cfg_path, nl->valuestring);
+            goto done;
+        }
+        const int b = json_int(o, "bottleneck_size", 0);
+        if (b > 0 && m->cfg.d_model / mc.reduction_factor != b) {
+            rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: bottleneck_size %d does not match hidden %d / reduction_factor %d",
+                           cfg_path, b, m->cfg.d_model, mc.reduction_factor);
+            goto done;
+        }
+        mc.bn_zero_up = true;
+    } else if (!strcmp(t, "BITFIT")) {
+        mc.method = METHOD_BITFIT;
+    } else {
+        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: peft_type %s is not supported (LORA, IA3, PROMPT_TUNING, "
+                                                  "PREFIX_TUNING, BOTTLENECK, BITFIT load)", cfg_path, t);
+        goto done;
+    }
+    const cJSON *lt = cJSON_GetObjectItemCaseSensitive(o, "layers_to_transform");
+    if (cJSON_IsArray(lt)) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, lt) if (cJSON_IsNumber(it) && it->valuedouble >= 0 && it->valuedouble < 64)
+            mc.layers |= (uint64_t)1 << (int)it->valuedouble;
+    }
+    if (!peft_file_exists(st_path)) { rc = peft_fail(err, PEFT_ERR_IO, "%s: no such file", st_path); goto done; }
+    if ((rc = st_open(st_path, &st, err))) goto done;
+    const st_tensor *head = st_find(st, "base_model.model.score.weight");
+    if (head) mc.n_labels = (int)head->shape[0];
+    if (mc.method == METHOD_PREFIX || mc.method == METHOD_PROMPT) {
+        const st_tensor *pe = st_find(st, "prompt_embeddings");
+        if (!pe) { rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: missing tensor prompt_embeddings", st_path); goto done; }
+        if (mc.n_virtual <= 0) mc.n_virtual = (int)pe->shape[0];
+    }
+    if ((rc = adapter_new(m, &mc, &a, err))) goto done;
+    if ((rc = adapter_read_tensors(a, st, st_path, err))) goto done;
+    if ((rc = adapter_refresh(a, m, err))) goto done;
+    const cJSON *bm = cJSON_GetObjectItemCaseSensitive(o, "base_model_name_or_path");
+    if (cJSON_IsString(bm)) {
+        free(a->base_model);
+        a->base_model = peft_strdup(bm->valuestring, err);
+    }
+    *out = a;
+    a = NULL;
+done:
+    adapter_free(a);
+    st_close(st);
+    cJSON_Delete(o);
+    free(text);
+    free(cfg_path);
+    free(st_path);
+    return rc;
+}
