@@ -711,7 +711,11 @@ static void test_loader_classification(void) {
     for (int s = 0; s < 5 && l; s++) {
         data_batch b;
         data_loader_next(l, &b);
-        CHECK_EQ_INT(b.n_targets, 0);
+        /* no token targets; one classification target per labelled row */
+        int nt = 0;
+        for (int i = 0; i < b.B * b.T; i++) nt += b.targets[i] != -100;
+        CHECK_EQ_INT(nt, 0);
+        CHECK_EQ_INT(b.n_targets, (b.labels[0] >= 0) + (b.labels[1] >= 0));
         for (int r = 0; r < 2; r++) {
             int e = which(&d, &b, r);
             CHECK(e >= 0);

@@ -94,8 +94,12 @@ int data_split(data_set *d, double val_fraction, uint64_t seed, data_set *val, p
 typedef struct {
     int B, T;
     int32_t *inputs, *targets, *positions, *segments, *labels, *lengths;
-    int n_targets;      /* targets != -100 */
+    int n_targets;      /* targets != -100; classification: labelled rows */
     int pad_id;
+    /* (B) or NULL (= -100): the label of token 0 of each row. Only prompt
+     * tuning predicts it (from the last virtual token, as HF PEFT does when
+     * labels[0] is not -100); the data loader leaves it NULL. */
+    const int32_t *first_targets;
 } data_batch;
 
 typedef struct data_loader data_loader;

@@ -127,6 +127,7 @@ static void fill_padded(data_loader *l, data_batch *b) {
         }
         l->labels[r] = x->label;
         l->lengths[r] = len;
+        b->n_targets += cls && x->label >= 0;   /* classification: one target per labelled row */
     }
 }
 

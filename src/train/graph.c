@@ -1,16 +1,22 @@
-/* graph.c — training forward and backward (Llama family and GPT-2) with
- * LoRA on any subset of the linears.
+/* graph.c — training forward and backward (Llama family and GPT-2) of a
+ * frozen model with an adapter of any method (adapter.h).
  *
- * Per layer the forward keeps (N = B·T rows):
+ * Per layer the forward keeps (N = B·T rows, T including prompt tuning's
+ * virtual rows):
  *   xin (N,d)  norm1 stats  h1 (N,d)  qkv (N,qd+2kvd, q and k after RoPE)
- *   probs (B·n_head·T·T)  att (N,qd)  xmid (N,d)  norm2 stats  h2 (N,d)
- *   g, u, a (N,ff)  [GPT-2: g = pre-GELU, a = post-GELU, u unused]
- *   per LoRA module: xa (N,r) and, with dropout, its mask (N,in).
+ *   probs (B·n_head·T·(P+T), P prefix rows)  att (N,qd)  xmid (N,d)
+ *   norm2 stats  h2 (N,d)  g, u, a (N,ff)  [GPT-2: g = pre-GELU, a = post-GELU]
+ *   per LoRA module: xa (N,r), with dropout its mask (N,in); per DoRA or
+ *   output-scaling IA3 module: z (N,out), the linear's output before the
+ *   per-column scale; per bottleneck module: its input h (N,d), zpre and
+ *   f(zpre) (N,b).
  * The backward walks the layers in reverse with shared gradient buffers.
- * The loss is computed in chunks of rows (logits for a chunk only), fused
- * with its backward into the final hidden state's gradient. */
+ * The causal-LM loss is computed in chunks of rows (logits for a chunk
+ * only), fused with its backward; the classification loss pools the last
+ * non-padding row of each sequence through the score head. */
 #include "train/graph.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,22 +32,34 @@ typedef struct {
     uint8_t *mask;      /* (N, in) or NULL */
 } mod_acts;
 
+typedef struct {
+    float *h, *zpre, *za;   /* (N, d), (N, b), (N, b) */
+} bn_acts;
+
 struct train_graph {
     peft_model *m;
     adapter *ad;
     int B, T, N, nt;
-    int T_cap;          /* T, N above are the current batch's; buffers fit T_cap */
-    int lowest;         /* lowest layer with a LoRA module: the backward stops there */
+    int T_cap;          /* T, N above are the current batch's (with virtual rows); buffers fit T_cap */
+    int P;              /* prompt tuning's virtual rows per sequence */
+    int PX;             /* prefix tuning's key/value rows */
+    int n_labels;       /* > 0: classification through the score head */
+    int lowest;         /* lowest layer with trainable parameters: the backward stops there */
+    bool need_dx0;      /* the gradient of layer 0's input is needed (embeddings, virtual tokens) */
     float drop;         /* dropout of this pass: the adapter's in training, 0 in evaluation */
     int d, qd, kvd, ldq, ff, V, max_in, max_out;
     layer_acts *L;
-    mod_acts *M;        /* per adapter module */
+    mod_acts *M;        /* per LoRA module */
+    float **Z;          /* per slot: z of DoRA / output IA3, or NULL */
+    bn_acts *BN;        /* per layer × 2 sites */
     float *xfin, *meanf, *rstdf, *hf;
     /* backward buffers */
-    float *dx, *dxmid, *dh, *dqkv, *datt, *dg, *du, *da, *dtmp, *dxa, *xd, *dhf;
+    float *dx, *dxmid, *dh, *dqkv, *datt, *dg, *du, *da, *dtmp, *dxa, *xd, *dhf, *dbn, *dbz;
     float *logits;      /* (LOSS_CHUNK, V) */
+    float *cls;         /* (B, n_labels) logits of the last classification pass */
+    float *kvbuf;       /* prefix: k, v, dk, dv of one sequence, 4 × (PX + T) × kvd */
     float *mm_scratch, *attn_scratch;
-    int32_t *pos;       /* (N) */
+    int32_t *pos, *ids, *tgt, *seg, *last;   /* (N) (N) (N) (N) (B) */
     float *arena;
     size_t arena_floats;
     uint8_t *mask_arena;
@@ -55,13 +73,23 @@ void tg_free(train_graph *g) {
     free(g->mask_arena);
     free(g->L);
     free(g->M);
+    free(g->Z);
+    free(g->BN);
     free(g);
+}
+
+static bool z_slot(const adapter *a, int s) {
+    if (!a) return false;
+    if (a->ia3 && a->ia3[s] && !(a->mc.ia3_ff & (1u << (s % ROLE_N_LINEAR)))) return true;
+    return a->cfg.dora && a->slot && a->slot[s];
 }
 
 /* Places every buffer at base (when non-NULL) and returns the floats used. */
 static size_t layout(train_graph *g, int r, float *base) {
     const model_config *c = &g->m->cfg;
+    const adapter *a = g->ad;
     const size_t N = (size_t)g->N, d = (size_t)g->d, ff = (size_t)g->ff, B = (size_t)g->B, T = (size_t)g->T;
+    const size_t bnb = a && a->n_bn ? (size_t)a->bn_size : 0;
     const bool gpt2 = c->arch == PEFT_ARCH_GPT2;
     size_t used = 0;
 #define TAKE(n) (used += (n), base ? base + used - (n) : NULL)
@@ -72,7 +100,7 @@ static size_t layout(train_graph *g, int r, float *base) {
         L->rstd1 = TAKE(N);
         L->h1 = TAKE(N * d);
         L->qkv = TAKE(N * g->ldq);
-        L->probs = TAKE(B * c->n_head * T * T);
+        L->probs = TAKE(B * c->n_head * T * (T + (size_t)g->PX));
         L->att = TAKE(N * g->qd);
         L->xmid = TAKE(N * d);
         L->mean2 = TAKE(N);
@@ -81,28 +109,47 @@ static size_t layout(train_graph *g, int r, float *base) {
         L->g = TAKE(N * ff);
         L->a = TAKE(N * ff);
         L->u = gpt2 ? NULL : TAKE(N * ff);
+        for (int site = 0; site < 2; site++) {
+            bn_acts *ba = &g->BN[l * 2 + site];
+            if (a && a->bn && a->bn[l * 2 + site]) {
+                ba->h = TAKE(N * d);
+                ba->zpre = TAKE(N * bnb);
+                ba->za = TAKE(N * bnb);
+            }
+        }
+        for (int rr = 0; rr < ROLE_N_LINEAR; rr++)
+            if (z_slot(a, l * ROLE_N_LINEAR + rr))
+                g->Z[l * ROLE_N_LINEAR + rr] = TAKE(N * (size_t)g->m->layers[l].lin[rr].w.rows);
     }
     g->xfin = TAKE(N * d);
     g->hf = TAKE(N * d);
     g->meanf = TAKE(N);
     g->rstdf = TAKE(N);
-    for (int i = 0; g->ad && i < g->ad->n_modules; i++) g->M[i].xa = TAKE(N * (size_t)r);
+    for (int i = 0; a && i < a->n_modules; i++) g->M[i].xa = TAKE(N * (size_t)r);
     g->dx = TAKE(N * d);
     g->dxmid = TAKE(N * d);
     g->dh = TAKE(N * d);
     g->dhf = TAKE(N * d);
+    g->dbn = TAKE(N * d);
+    g->dbz = TAKE(N * (bnb ? bnb : 1));
     g->dqkv = TAKE(N * g->ldq);
     g->datt = TAKE(N * g->qd);
     g->dg = TAKE(N * ff);
     g->du = TAKE(N * ff);
     g->da = TAKE(N * ff);
     g->dtmp = TAKE(N * g->max_out);
-    g->dxa = TAKE(N * (size_t)r);
+    g->dxa = TAKE(N * (size_t)(r ? r : 1));
     g->xd = TAKE(N * g->max_in);
     g->logits = TAKE((size_t)LOSS_CHUNK * g->V);
+    g->cls = TAKE(B * (size_t)(g->n_labels ? g->n_labels : 1));
+    g->kvbuf = g->PX ? TAKE(4 * (T + (size_t)g->PX) * g->kvd) : NULL;
     g->mm_scratch = TAKE(PEFT_MAX(kern_matmul_scratch_floats(g->max_in, g->nt), kern_matmul_dx_scratch_floats(g->max_in, g->nt)));
-    g->attn_scratch = TAKE(kern_attn_train_scratch_floats((int)T, 0, g->nt));
+    g->attn_scratch = TAKE(kern_attn_train_scratch_floats((int)T, g->PX, g->nt));
     g->pos = (int32_t *)TAKE(N);
+    g->ids = (int32_t *)TAKE(N);
+    g->tgt = (int32_t *)TAKE(N);
+    g->seg = (int32_t *)TAKE(N);
+    g->last = (int32_t *)TAKE(B);
 #undef TAKE
     return used;
 }
@@ -110,15 +157,21 @@ static size_t layout(train_graph *g, int r, float *base) {
 int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err *err) {
     const model_config *c = &m->cfg;
     if (B <= 0 || T <= 1) return peft_fail(err, PEFT_ERR_INVALID, "batch %d x %d: need B >= 1 and T >= 2", B, T);
-    if (T > c->n_ctx) return peft_fail(err, PEFT_ERR_INVALID, "sequence length %d exceeds the model's context %d", T, c->n_ctx);
+    const int P = adapter_prompt_rows(a), PX = adapter_prefix_rows(a);
+    if (T + P + PX > c->n_ctx)
+        return peft_fail(err, PEFT_ERR_INVALID, "sequence length %d%s exceeds the model's context %d", T,
+                         P ? " plus the virtual tokens" : PX ? " plus the prefix" : "", c->n_ctx);
     train_graph *g = peft_calloc(1, sizeof *g, err);
     if (!g) return PEFT_ERR_NOMEM;
     g->m = m;
     g->ad = a;
     g->B = B;
-    g->T = T;
-    g->T_cap = T;
-    g->N = B * T;
+    g->P = P;
+    g->PX = PX;
+    g->n_labels = a ? a->mc.n_labels : 0;
+    g->T = T + P;
+    g->T_cap = T + P;
+    g->N = B * g->T;
     g->nt = m->ctx ? m->ctx->n_threads : 1;
     g->d = c->d_model;
     g->qd = c->n_head * c->head_dim;
@@ -135,12 +188,25 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
         r = PEFT_MAX(r, a->mods[i].r);
         g->lowest = PEFT_MIN(g->lowest, a->mods[i].layer);
     }
+    if (a) {
+        for (int l = 0; l < c->n_layer; l++)
+            for (int rr = 0; rr < ROLE_N_LINEAR; rr++)
+                if (a->ia3 && a->ia3[l * ROLE_N_LINEAR + rr]) g->lowest = PEFT_MIN(g->lowest, l);
+        for (int i = 0; i < a->n_bn; i++) g->lowest = PEFT_MIN(g->lowest, a->bn_mods[i].layer);
+        if (a->method == METHOD_PREFIX) g->lowest = 0;
+        if (a->method == METHOD_PROMPT || a->method == METHOD_FULL || a->method == METHOD_BITFIT) {
+            g->lowest = 0;
+            g->need_dx0 = true;
+        }
+    }
 
     /* One arena; layout() is run twice, first to size it, then to place
      * every buffer, so the two can never disagree. */
     g->L = peft_calloc((size_t)c->n_layer, sizeof *g->L, err);
     g->M = peft_calloc((size_t)(a ? a->n_modules : 0) + 1, sizeof *g->M, err);
-    if (!g->L || !g->M) { tg_free(g); return PEFT_ERR_NOMEM; }
+    g->Z = peft_calloc((size_t)c->n_layer * ROLE_N_LINEAR + 1, sizeof *g->Z, err);
+    g->BN = peft_calloc((size_t)c->n_layer * 2 + 1, sizeof *g->BN, err);
+    if (!g->L || !g->M || !g->Z || !g->BN) { tg_free(g); return PEFT_ERR_NOMEM; }
     size_t total = layout(g, r, NULL);
     g->arena_floats = total;
     g->arena = peft_malloc(total * sizeof(float), err);
@@ -150,7 +216,7 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
                          total * 4.0 / 1048576.0, B, T);
     }
     layout(g, r, g->arena);
-    if (a && a->cfg.dropout > 0) {
+    if (a && a->n_modules && a->cfg.dropout > 0) {
         size_t bytes = 0;
         for (int i = 0; i < a->n_modules; i++) bytes += N * (size_t)a->mods[i].in;
         g->mask_arena = peft_malloc(bytes, err);
@@ -162,58 +228,268 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
     return 0;
 }
 
-/* ---- pieces ------------------------------------------------------------- */
+const float *tg_class_logits(const train_graph *g) { return g->n_labels > 0 ? g->cls : NULL; }
+
+/* ---- small dense helpers ----------------------------------------------------- */
+
+/* C (M, N) += op(A)·op(B) with C's rows split over threads in fixed blocks. */
+static void gemm_rows(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int Nn, int K, float alpha, const float *A,
+                      int lda, const float *Bm, int ldb, float beta, float *C, int ldc, int nt) {
+    const int blk = 64, nblk = (M + blk - 1) / blk;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int bi = 0; bi < nblk; bi++) {
+        const int m0 = bi * blk, mb = PEFT_MIN(blk, M - m0);
+        const float *a = ta == CblasNoTrans ? A + (size_t)m0 * lda : A + m0;
+        cblas_sgemm(CblasRowMajor, ta, tb, mb, Nn, K, alpha, a, lda, Bm, ldb, beta, C + (size_t)m0 * ldc, ldc);
+    }
+}
+
+/* col (C) += Σ over rows of x (R, C) with row stride ld */
+static void colsum_acc(float *col, const float *x, int R, int C, int ld) {
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < C; j++) col[j] += x[(size_t)i * ld + j];
+}
+
+/* ---- linears with their method hooks ------------------------------------------ */
 
 static int mod_index(const train_graph *g, const lora_module *mod) { return (int)(mod - g->ad->mods); }
 
 static const lora_module *module_at(const train_graph *g, int l, model_linear_role r) {
-    return g->ad ? g->ad->slot[l * ROLE_N_LINEAR + r] : NULL;
+    return g->ad && g->ad->slot ? g->ad->slot[l * ROLE_N_LINEAR + r] : NULL;
 }
 
-/* y (N, out) = beta·y + x·Wᵀ + b (+ LoRA). */
+static const float *ia3_at(const train_graph *g, int l, model_linear_role r, bool *ff) {
+    const adapter *a = g->ad;
+    if (!a || !a->ia3 || !a->ia3[l * ROLE_N_LINEAR + r]) return NULL;
+    *ff = (a->mc.ia3_ff >> r) & 1u;
+    return a->ia3[l * ROLE_N_LINEAR + r];
+}
+
+/* y (N, out) = beta·y + linear(x), with every method that hooks the linear:
+ *   LoRA:  + s·(drop(x)·Aᵀ)·Bᵀ
+ *   DoRA:  z = x·Wᵀ + s·(x·Aᵀ)·Bᵀ;  y = beta·y + (m / ||W + s·B·A||) ⊙ z + b
+ *   IA3:   output modules z = x·Wᵀ + b, y = beta·y + l ⊙ z;
+ *          feed-forward modules y = beta·y + (x ⊙ l)·Wᵀ + b
+ *   BitFit / full: the adapter's bias / weight copies. */
 static int lin_fwd(train_graph *g, int l, model_linear_role r, const float *x, float *y, int ldy, float beta) {
-    const model_linear *lin = &g->m->layers[l].lin[r];
-    int rc = kern_matmul(y, ldy, x, g->N, &lin->w, lin->b, beta, g->mm_scratch, g->nt);
-    if (rc) return rc;
+    const adapter *a = g->ad;
+    const kern_weight *W = adapter_weight(a, g->m, l, r);
+    const float *bias = adapter_bias(a, g->m, l, r);
+    const int in = (int)W->cols, out = (int)W->rows, N = g->N;
     const lora_module *mod = module_at(g, l, r);
-    if (mod) {
-        mod_acts *A = &g->M[mod_index(g, mod)];
-        lora_fwd(mod, x, mod->in, g->N, g->drop > 0 ? A->mask : NULL, g->drop, g->xd, A->xa, y, ldy, g->nt);
+    bool ff = false;
+    const float *iv = ia3_at(g, l, r, &ff);
+    const float *xin = x;
+    int rc;
+    if (iv && ff) {
+        for (int i = 0; i < N; i++)
+            for (int k = 0; k < in; k++) g->xd[(size_t)i * in + k] = x[(size_t)i * in + k] * iv[k];
+        xin = g->xd;
+    }
+    float *z = g->Z[l * ROLE_N_LINEAR + r];
+    if (!z) {
+        if ((rc = kern_matmul(y, ldy, xin, N, W, bias, beta, g->mm_scratch, g->nt))) return rc;
+        if (mod) {
+            mod_acts *A = &g->M[mod_index(g, mod)];
+            lora_fwd(mod, xin, in, N, g->drop > 0 ? A->mask : NULL, g->drop, g->xd, A->xa, y, ldy, g->nt);
+        }
+        return 0;
+    }
+    const bool dora = mod && mod->mag;
+    if ((rc = kern_matmul(z, out, xin, N, W, dora ? NULL : bias, 0.0f, g->mm_scratch, g->nt))) return rc;
+    if (mod) lora_fwd(mod, xin, in, N, NULL, 0.0f, NULL, g->M[mod_index(g, mod)].xa, z, out, g->nt);
+    for (int i = 0; i < N; i++) {
+        float *yr = y + (size_t)i * ldy;
+        const float *zr = z + (size_t)i * out;
+        for (int j = 0; j < out; j++) {
+            const float c = dora ? mod->mag[j] / mod->wnorm[j] : iv[j];
+            yr[j] = (beta != 0.0f ? beta * yr[j] : 0.0f) + c * zr[j] + (dora && bias ? bias[j] : 0.0f);
+        }
     }
     return 0;
 }
 
-/* dx (N, in) += dy·W (+ LoRA's input gradient), LoRA grads accumulate.
- * dy (N, out) with row stride ldy. dx NULL: only the LoRA gradients (the
- * first layer's input gradient flows into the frozen embeddings). */
+/* dx (N, in) += the input gradient of lin_fwd from dy (N, out) (row
+ * stride ldy); every trainable parameter of the linear accumulates its
+ * gradient. dx NULL: parameter gradients only. */
 static int lin_bwd(train_graph *g, int l, model_linear_role r, const float *x, const float *dy, int ldy, float *dx) {
-    const model_linear *lin = &g->m->layers[l].lin[r];
-    const int out = (int)lin->w.rows;
+    adapter *a = g->ad;
+    const kern_weight *W = adapter_weight(a, g->m, l, r);
+    const int in = (int)W->cols, out = (int)W->rows, N = g->N, s = l * ROLE_N_LINEAR + r;
+    const lora_module *mod = module_at(g, l, r);
+    bool ff = false;
+    const float *iv = ia3_at(g, l, r, &ff);
     const float *dyc = dy;
-    if (ldy != out) {
+    const float *z = g->Z[s];
+    if (z) {
+        /* dz = c ⊙ dy; gc = Σ dy ⊙ z (DoRA: / ||W + sBA||, the norm held constant) */
+        const bool dora = mod && mod->mag;
+        float *gc = dora ? mod->gmag : a->gia3[s];
+        for (int i = 0; i < N; i++) {
+            const float *dr = dy + (size_t)i * ldy, *zr = z + (size_t)i * out;
+            float *o = g->dtmp + (size_t)i * out;
+            for (int j = 0; j < out; j++) {
+                const float c = dora ? mod->mag[j] / mod->wnorm[j] : iv[j];
+                gc[j] += dr[j] * zr[j] * (dora ? 1.0f / mod->wnorm[j] : 1.0f);
+                o[j] = c * dr[j];
+            }
+        }
+        dyc = g->dtmp;
+    } else if (ldy != out) {
         /* kern_matmul_dx wants dy contiguous */
-        for (int i = 0; i < g->N; i++) memcpy(g->dtmp + (size_t)i * out, dy + (size_t)i * ldy, (size_t)out * sizeof(float));
+        for (int i = 0; i < N; i++) memcpy(g->dtmp + (size_t)i * out, dy + (size_t)i * ldy, (size_t)out * sizeof(float));
         dyc = g->dtmp;
     }
-    int rc = dx ? kern_matmul_dx(dx, dyc, g->N, &lin->w, g->mm_scratch, g->nt) : 0;
-    if (rc) return rc;
-    const lora_module *mod = module_at(g, l, r);
+    /* BitFit / full: bias and weight gradients */
+    if (a && a->gbias && a->gbias[s]) colsum_acc(a->gbias[s], dy, N, out, ldy);
+    if (a && a->gfw && a->gfw[s]) {
+        if (a->gfb[s]) colsum_acc(a->gfb[s], dy, N, out, ldy);
+        /* gW (out, in) += dyᵀ·x */
+        gemm_rows(CblasTrans, CblasNoTrans, out, in, N, 1.0f, dyc, out, x, in, 1.0f, a->gfw[s], in, g->nt);
+    }
+    int rc = 0;
+    if (iv && ff) {
+        /* t = dy·W; gl += Σ t ⊙ x; dx += t ⊙ l */
+        memset(g->xd, 0, (size_t)N * in * sizeof(float));
+        if ((rc = kern_matmul_dx(g->xd, dyc, N, W, g->mm_scratch, g->nt))) return rc;
+        float *gl = a->gia3[s];
+        for (int i = 0; i < N; i++) {
+            const float *t = g->xd + (size_t)i * in, *xr = x + (size_t)i * in;
+            for (int k = 0; k < in; k++) gl[k] += t[k] * xr[k];
+            if (dx)
+                for (int k = 0; k < in; k++) dx[(size_t)i * in + k] += t[k] * iv[k];
+        }
+        return 0;
+    }
+    if (dx && (rc = kern_matmul_dx(dx, dyc, N, W, g->mm_scratch, g->nt))) return rc;
     if (mod) {
         mod_acts *A = &g->M[mod_index(g, mod)];
-        lora_bwd(mod, x, mod->in, g->N, g->drop > 0 ? A->mask : NULL, g->drop, g->xd, A->xa, dyc, out, g->dxa, dx, mod->in, g->nt);
+        lora_bwd(mod, x, in, N, g->drop > 0 ? A->mask : NULL, g->drop, g->xd, A->xa, dyc, out, g->dxa, dx, in, g->nt);
     }
     return 0;
+}
+
+/* ---- bottleneck adapters ---------------------------------------------------------- */
+
+static float bn_f(bn_act k, float z) {
+    switch (k) {
+    case BN_ACT_RELU: return z > 0 ? z : 0;
+    case BN_ACT_SWISH: return z / (1.0f + expf(-z));
+    case BN_ACT_TANH: return tanhf(z);
+    default: {
+        const float c = 0.7978845608028654f;
+        return 0.5f * z * (1.0f + tanhf(c * (z + 0.044715f * z * z * z)));
+    }
+    }
+}
+
+static float bn_df(bn_act k, float z) {
+    switch (k) {
+    case BN_ACT_RELU: return z > 0 ? 1.0f : 0.0f;
+    case BN_ACT_SWISH: {
+        const float sg = 1.0f / (1.0f + expf(-z));
+        return sg * (1.0f + z * (1.0f - sg));
+    }
+    case BN_ACT_TANH: {
+        const float t = tanhf(z);
+        return 1.0f - t * t;
+    }
+    default: {
+        const float c = 0.7978845608028654f, u = c * (z + 0.044715f * z * z * z), t = tanhf(u);
+        return 0.5f * (1.0f + t) + 0.5f * z * (1.0f - t * t) * c * (1.0f + 3.0f * 0.044715f * z * z);
+    }
+    }
+}
+
+/* y (N, d) += h + f(h·Wdᵀ + bd)·Wuᵀ + bu, keeping zpre and f(zpre). */
+static void bn_fwd(train_graph *g, const bn_module *bm, bn_acts *ba, float *y) {
+    const int N = g->N, d = g->d, b = g->ad->bn_size;
+    const bn_act k = g->ad->mc.act;
+    for (int i = 0; i < N; i++) memcpy(ba->zpre + (size_t)i * b, bm->db, (size_t)b * sizeof(float));
+    gemm_rows(CblasNoTrans, CblasTrans, N, b, d, 1.0f, ba->h, d, bm->dw, d, 1.0f, ba->zpre, b, g->nt);
+    for (size_t i = 0; i < (size_t)N * b; i++) ba->za[i] = bn_f(k, ba->zpre[i]);
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < d; j++) y[(size_t)i * d + j] += ba->h[(size_t)i * d + j] + bm->ub[j];
+    gemm_rows(CblasNoTrans, CblasTrans, N, d, b, 1.0f, ba->za, b, bm->uw, b, 1.0f, y, d, g->nt);
+}
+
+/* From dy (N, d), the gradient of the module's output: parameter
+ * gradients, and dh (N, d) = the gradient of its input h. */
+static void bn_bwd(train_graph *g, const bn_module *bm, const bn_acts *ba, const float *dy, float *dh) {
+    const int N = g->N, d = g->d, b = g->ad->bn_size;
+    const bn_act k = g->ad->mc.act;
+    /* gUw (d, b) += dyᵀ·za, gub += colsum dy */
+    gemm_rows(CblasTrans, CblasNoTrans, d, b, N, 1.0f, dy, d, ba->za, b, 1.0f, bm->guw, b, g->nt);
+    colsum_acc(bm->gub, dy, N, d, d);
+    /* dz = (dy·Wu) ⊙ f'(zpre) */
+    float *dz = g->dbz;
+    gemm_rows(CblasNoTrans, CblasNoTrans, N, b, d, 1.0f, dy, d, bm->uw, b, 0.0f, dz, b, g->nt);
+    for (size_t i = 0; i < (size_t)N * b; i++) dz[i] *= bn_df(k, ba->zpre[i]);
+    gemm_rows(CblasTrans, CblasNoTrans, b, d, N, 1.0f, dz, b, ba->h, d, 1.0f, bm->gdw, d, g->nt);
+    colsum_acc(bm->gdb, dz, N, b, b);
+    /* dh = dy + dz·Wd */
+    memcpy(dh, dy, (size_t)N * d * sizeof(float));
+    gemm_rows(CblasNoTrans, CblasNoTrans, N, d, b, 1.0f, dz, b, bm->dw, d, 1.0f, dh, d, g->nt);
+}
+
+static const bn_module *bn_at(const train_graph *g, int l, int site) {
+    return g->ad && g->ad->bn ? g->ad->bn[l * 2 + site] : NULL;
+}
+
+/* y (N, d) += sublayer output of linear (l, r) on x, through the site's
+ * bottleneck module when there is one. */
+static int sublayer_out_fwd(train_graph *g, int l, model_linear_role r, int site, const float *x, float *y) {
+    const bn_module *bm = bn_at(g, l, site);
+    if (!bm) return lin_fwd(g, l, r, x, y, g->d, 1.0f);
+    bn_acts *ba = &g->BN[l * 2 + site];
+    int rc = lin_fwd(g, l, r, x, ba->h, g->d, 0.0f);
+    if (!rc) bn_fwd(g, bm, ba, y);
+    return rc;
+}
+
+static int sublayer_out_bwd(train_graph *g, int l, model_linear_role r, int site, const float *x, const float *dy,
+                            float *dx) {
+    const bn_module *bm = bn_at(g, l, site);
+    if (!bm) return lin_bwd(g, l, r, x, dy, g->d, dx);
+    bn_bwd(g, bm, &g->BN[l * 2 + site], dy, g->dbn);
+    return lin_bwd(g, l, r, x, g->dbn, g->d, dx);
+}
+
+/* ---- attention ---------------------------------------------------------------------- */
+
+/* Prefix tuning: keys (P + T, kvd) and values of sequence bi in layer l
+ * into kb, vb: the prefix rows of the table, then the sequence's. */
+static void prefix_kv(train_graph *g, const layer_acts *L, int l, int bi, float *kb, float *vb) {
+    const int PX = g->PX, T = g->T, kvd = g->kvd, W = g->m->cfg.n_layer * 2 * kvd;
+    const float *tab = g->ad->prefix_table;
+    for (int p = 0; p < PX; p++) {
+        memcpy(kb + (size_t)p * kvd, tab + (size_t)p * W + (size_t)(2 * l) * kvd, (size_t)kvd * sizeof(float));
+        memcpy(vb + (size_t)p * kvd, tab + (size_t)p * W + (size_t)(2 * l + 1) * kvd, (size_t)kvd * sizeof(float));
+    }
+    for (int t = 0; t < T; t++) {
+        const float *q = L->qkv + ((size_t)bi * T + t) * g->ldq;
+        memcpy(kb + (size_t)(PX + t) * kvd, q + g->qd, (size_t)kvd * sizeof(float));
+        memcpy(vb + (size_t)(PX + t) * kvd, q + g->qd + kvd, (size_t)kvd * sizeof(float));
+    }
 }
 
 /* Attention over each row of the batch, segment by segment (packed rows
  * hold several examples that must not see each other). */
-static void attn_fwd(train_graph *g, layer_acts *L, const data_batch *b) {
+static void attn_fwd(train_graph *g, layer_acts *L, int l) {
     const model_config *c = &g->m->cfg;
-    const int T = g->T, hd = c->head_dim;
+    const int T = g->T, hd = c->head_dim, PX = g->PX;
     const float scale = 1.0f / sqrtf((float)hd);
     for (int bi = 0; bi < g->B; bi++) {
-        const int32_t *seg = b->segments + (size_t)bi * T;
-        float *probs = L->probs + (size_t)bi * c->n_head * T * T;
+        const int32_t *seg = g->seg + (size_t)bi * T;
+        float *probs = L->probs + (size_t)bi * c->n_head * T * (T + PX);
+        if (PX) {
+            float *kb = g->kvbuf, *vb = kb + (size_t)(PX + T) * g->kvd;
+            prefix_kv(g, L, l, bi, kb, vb);
+            const size_t row = (size_t)bi * T;
+            kern_attn_train_fwd(L->att + row * g->qd, probs, L->qkv + row * g->ldq, g->ldq, kb, vb, g->kvd, T, PX,
+                                c->n_head, c->n_kv_head, hd, scale, g->nt);
+            continue;
+        }
         for (int s0 = 0; s0 < T;) {
             int s1 = s0 + 1;
             while (s1 < T && seg[s1] == seg[s0]) s1++;
@@ -227,13 +503,38 @@ static void attn_fwd(train_graph *g, layer_acts *L, const data_batch *b) {
     }
 }
 
-static void attn_bwd(train_graph *g, layer_acts *L, const data_batch *b) {
+static void attn_bwd(train_graph *g, layer_acts *L, int l) {
     const model_config *c = &g->m->cfg;
-    const int T = g->T, hd = c->head_dim;
+    const int T = g->T, hd = c->head_dim, PX = g->PX, kvd = g->kvd;
     const float scale = 1.0f / sqrtf((float)hd);
     for (int bi = 0; bi < g->B; bi++) {
-        const int32_t *seg = b->segments + (size_t)bi * T;
-        const float *probs = L->probs + (size_t)bi * c->n_head * T * T;
+        const int32_t *seg = g->seg + (size_t)bi * T;
+        const float *probs = L->probs + (size_t)bi * c->n_head * T * (T + PX);
+        if (PX) {
+            const size_t LL = (size_t)(PX + T) * kvd;
+            float *kb = g->kvbuf, *vb = kb + LL, *dk = vb + LL, *dv = dk + LL;
+            prefix_kv(g, L, l, bi, kb, vb);
+            memset(dk, 0, 2 * LL * sizeof(float));
+            const size_t row = (size_t)bi * T;
+            kern_attn_train_bwd(g->dqkv + row * g->ldq, g->ldq, dk, dv, kvd, g->datt + row * g->qd, probs,
+                                L->qkv + row * g->ldq, g->ldq, kb, vb, kvd, T, PX, c->n_head, c->n_kv_head, hd, scale,
+                                g->attn_scratch, g->nt);
+            for (int t = 0; t < T; t++) {
+                float *q = g->dqkv + (row + t) * g->ldq;
+                for (int k = 0; k < kvd; k++) {
+                    q[g->qd + k] += dk[(size_t)(PX + t) * kvd + k];
+                    q[g->qd + kvd + k] += dv[(size_t)(PX + t) * kvd + k];
+                }
+            }
+            const int W = c->n_layer * 2 * kvd;
+            float *gt = g->ad->prefix_gtable;
+            for (int p = 0; p < PX; p++)
+                for (int k = 0; k < kvd; k++) {
+                    gt[(size_t)p * W + (size_t)(2 * l) * kvd + k] += dk[(size_t)p * kvd + k];
+                    gt[(size_t)p * W + (size_t)(2 * l + 1) * kvd + k] += dv[(size_t)p * kvd + k];
+                }
+            continue;
+        }
         for (int s0 = 0; s0 < T;) {
             int s1 = s0 + 1;
             while (s1 < T && seg[s1] == seg[s0]) s1++;
@@ -259,50 +560,158 @@ static void make_masks(train_graph *g, uint64_t seed) {
     }
 }
 
-/* ---- the pass ------------------------------------------------------------ */
+/* ---- norms with trainable parameters (BitFit, full) ---------------------------------- */
+
+static float *norm_gw(const train_graph *g, int k) { return g->ad && g->ad->gfnw ? g->ad->gfnw[k] : NULL; }
+static float *norm_gb(const train_graph *g, int k) {
+    if (!g->ad) return NULL;
+    if (g->ad->gnbias && g->ad->gnbias[k]) return g->ad->gnbias[k];
+    return g->ad->gfnb ? g->ad->gfnb[k] : NULL;
+}
+
+static void norm_fwd(train_graph *g, int l, int which, float *y, float *mean, float *rstd, const float *x) {
+    const model_config *c = &g->m->cfg;
+    const float *w = adapter_norm_w(g->ad, g->m, l, which), *b = adapter_norm_b(g->ad, g->m, l, which);
+    if (c->arch == PEFT_ARCH_GPT2) kern_layernorm_fwd(y, mean, rstd, x, w, b, g->N, g->d, c->norm_eps);
+    else kern_rmsnorm_fwd(y, rstd, x, w, g->N, g->d, c->norm_eps);
+}
+
+static void norm_bwd(train_graph *g, int l, int which, float *dx, const float *dy, const float *x, const float *mean,
+                     const float *rstd) {
+    const float *w = adapter_norm_w(g->ad, g->m, l, which);
+    const int k = l * 2 + which;
+    if (g->m->cfg.arch == PEFT_ARCH_GPT2) kern_layernorm_bwd(dx, norm_gw(g, k), norm_gb(g, k), dy, x, w, mean, rstd, g->N, g->d);
+    else kern_rmsnorm_bwd(dx, norm_gw(g, k), dy, x, w, rstd, g->N, g->d);
+}
+
+/* ---- losses ----------------------------------------------------------------------------- */
+
+static int lm_loss(train_graph *g, bool backward, float grad_scale, double *total, int *count) {
+    kern_weight tmp;
+    const kern_weight *head = adapter_lm_head(g->ad, g->m, &tmp);
+    float *ghead = g->ad ? (g->ad->gfhead ? g->ad->gfhead : (g->ad->gfemb && g->m->cfg.tied ? g->ad->gfemb : NULL)) : NULL;
+    const int N = g->N, d = g->d;
+    int rc;
+    for (int r0 = 0; r0 < N; r0 += LOSS_CHUNK) {
+        const int n = PEFT_MIN(LOSS_CHUNK, N - r0);
+        bool any = false;
+        for (int i = 0; i < n && !any; i++) any = g->tgt[r0 + i] != -100;
+        if (!any) continue;
+        if ((rc = kern_matmul(g->logits, g->V, g->hf + (size_t)r0 * d, n, head, NULL, 0, g->mm_scratch, g->nt))) return rc;
+        float ls = 0;
+        int cnt = 0;
+        if ((rc = kern_xent_fwd_bwd(&ls, &cnt, g->logits, g->logits, g->tgt + r0, n, g->V, grad_scale, g->nt))) return -rc;
+        *total += ls;
+        *count += cnt;
+        if (!backward) continue;
+        if ((rc = kern_matmul_dx(g->dhf + (size_t)r0 * d, g->logits, n, head, g->mm_scratch, g->nt))) return rc;
+        /* the head's (or tied embedding's) gradient: (V, d) += dlogitsᵀ·h */
+        if (ghead) gemm_rows(CblasTrans, CblasNoTrans, g->V, d, n, 1.0f, g->logits, g->V, g->hf + (size_t)r0 * d, d, 1.0f, ghead, d, g->nt);
+    }
+    return 0;
+}
+
+static int cls_loss(train_graph *g, const data_batch *b, bool backward, float grad_scale, double *total, int *count) {
+    const int K = g->n_labels, d = g->d;
+    adapter *a = g->ad;
+    for (int bi = 0; bi < g->B; bi++) {
+        const float *h = g->hf + ((size_t)bi * g->T + g->last[bi]) * d;
+        float *lg = g->cls + (size_t)bi * K;
+        for (int k = 0; k < K; k++) {
+            double s = 0;
+            for (int j = 0; j < d; j++) s += (double)a->score[(size_t)k * d + j] * h[j];
+            lg[k] = (float)s;
+        }
+        const int y = b->labels ? b->labels[bi] : -1;
+        if (y < 0) continue;
+        if (y >= K) return PEFT_ERR_INVALID;
+        double mx = lg[0], z = 0;
+        for (int k = 1; k < K; k++) mx = fmax(mx, lg[k]);
+        for (int k = 0; k < K; k++) z += exp(lg[k] - mx);
+        *total += log(z) + mx - lg[y];
+        *count += 1;
+        if (!backward) continue;
+        float *dh = g->dhf + ((size_t)bi * g->T + g->last[bi]) * d;
+        for (int k = 0; k < K; k++) {
+            const float dl = (float)((exp(lg[k] - mx) / z - (k == y)) * grad_scale);
+            for (int j = 0; j < d; j++) {
+                a->gscore[(size_t)k * d + j] += dl * h[j];
+                dh[j] += dl * a->score[(size_t)k * d + j];
+            }
+        }
+    }
+    return 0;
+}
+
+/* ---- the pass ------------------------------------------------------------------------ */
 
 int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
            uint64_t dropout_seed, double *loss_sum, int *n_targets, peft_err *err) {
     peft_model *m = g->m;
+    adapter *ad = g->ad;
     const model_config *c = &m->cfg;
     const bool gpt2 = c->arch == PEFT_ARCH_GPT2;
-    const int d = g->d, ff = g->ff, half = c->rope_dim / 2;
-    const float eps = c->norm_eps;
+    const int d = g->d, ff = g->ff, half = c->rope_dim / 2, P = g->P;
     int rc = 0;
-    if (b->B != g->B || b->T > g->T_cap || b->T < 2)
+    if (b->B != g->B || b->T + P > g->T_cap || b->T < 2)
         return peft_fail(err, PEFT_ERR_SHAPE, "batch is %d x %d, the graph was built for %d x (2..%d)", b->B, b->T, g->B,
-                         g->T_cap);
+                         g->T_cap - P);
+    if (g->n_labels > 0 && !b->lengths)
+        return peft_fail(err, PEFT_ERR_INVALID, "classification needs the row lengths of the batch");
     /* Batches may be shorter than the graph's capacity (padding trimmed to
-     * the longest row): every buffer fits, only the row length changes. */
-    g->T = b->T;
-    g->N = g->B * b->T;
-    const int N = g->N;
-    for (int i = 0; i < N; i++) {
-        if (b->inputs[i] < 0 || b->inputs[i] >= c->vocab)
-            return peft_fail(err, PEFT_ERR_INVALID, "token id %d out of range [0, %d)", b->inputs[i], c->vocab);
-        if (b->positions[i] < 0 || b->positions[i] >= c->n_ctx)
-            return peft_fail(err, PEFT_ERR_INVALID, "position %d outside the context %d", b->positions[i], c->n_ctx);
-        g->pos[i] = b->positions[i];
+     * the longest row): every buffer fits, only the row length changes.
+     * Prompt tuning puts P virtual rows before each sequence; prefix tuning
+     * moves the sequence's positions after its P key/value rows (as HF
+     * PEFT's cache does). */
+    g->T = b->T + P;
+    g->N = g->B * g->T;
+    const int N = g->N, T = g->T;
+    for (int bi = 0; bi < g->B; bi++) {
+        for (int t = 0; t < T; t++) {
+            const size_t i = (size_t)bi * T + t;
+            if (t < P) {
+                g->ids[i] = -1;
+                g->pos[i] = t;
+                g->seg[i] = b->segments[(size_t)bi * b->T];
+                g->tgt[i] = t == P - 1 && b->first_targets ? b->first_targets[bi] : -100;
+                continue;
+            }
+            const size_t src = (size_t)bi * b->T + (t - P);
+            g->ids[i] = b->inputs[src];
+            g->pos[i] = b->positions[src] + P + g->PX;
+            g->seg[i] = b->segments[src];
+            g->tgt[i] = g->n_labels > 0 ? -100 : b->targets[src];
+            if (g->ids[i] < 0 || g->ids[i] >= c->vocab)
+                return peft_fail(err, PEFT_ERR_INVALID, "token id %d out of range [0, %d)", g->ids[i], c->vocab);
+            if (g->pos[i] < 0 || g->pos[i] >= c->n_ctx)
+                return peft_fail(err, PEFT_ERR_INVALID, "position %d outside the context %d", g->pos[i], c->n_ctx);
+        }
+        if (g->n_labels > 0) {
+            const int len = PEFT_MAX(1, PEFT_MIN(b->lengths[bi], b->T));
+            g->last[bi] = P + len - 1;
+        }
     }
     /* dropout only while training; evaluation sees the whole adapter */
-    g->drop = (g->ad && backward) ? g->ad->cfg.dropout : 0.0f;
+    g->drop = (ad && ad->n_modules && backward) ? ad->cfg.dropout : 0.0f;
     if (g->drop > 0) make_masks(g, dropout_seed);
 
     /* embeddings into layer 0's input */
+    kern_weight te, pe;
+    const kern_weight *tok = adapter_tok_emb(ad, m, &te), *pos = gpt2 ? adapter_pos_emb(ad, m, &pe) : NULL;
     float *x = g->L[0].xin;
     for (int i = 0; i < N; i++) {
-        if ((rc = kern_weight_row(&m->tok_emb, b->inputs[i], x + (size_t)i * d))) goto fail;
+        float *xr = x + (size_t)i * d;
+        if (g->ids[i] < 0) memcpy(xr, ad->prompt + (size_t)(i % T) * d, (size_t)d * sizeof(float));
+        else if ((rc = kern_weight_row(tok, g->ids[i], xr))) goto fail;
         if (gpt2) {
-            if ((rc = kern_weight_row(&m->pos_emb, g->pos[i], g->dh))) goto fail;
-            for (int k = 0; k < d; k++) x[(size_t)i * d + k] += g->dh[k];
+            if ((rc = kern_weight_row(pos, g->pos[i], g->dh))) goto fail;
+            for (int k = 0; k < d; k++) xr[k] += g->dh[k];
         }
     }
 
     for (int l = 0; l < c->n_layer; l++) {
         layer_acts *L = &g->L[l];
-        const model_layer *Ly = &m->layers[l];
-        if (gpt2) kern_layernorm_fwd(L->h1, L->mean1, L->rstd1, L->xin, Ly->attn_norm_w, Ly->attn_norm_b, N, d, eps);
-        else kern_rmsnorm_fwd(L->h1, L->rstd1, L->xin, Ly->attn_norm_w, N, d, eps);
+        norm_fwd(g, l, 0, L->h1, L->mean1, L->rstd1, L->xin);
         if (gpt2) {
             if ((rc = lin_fwd(g, l, ROLE_QKV, L->h1, L->qkv, g->ldq, 0))) goto fail;
         } else {
@@ -313,11 +722,10 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
             kern_rope(L->qkv, g->ldq, g->pos, N, c->n_head, c->head_dim, half, m->rope_cos, m->rope_sin, false);
             kern_rope(L->qkv + g->qd, g->ldq, g->pos, N, c->n_kv_head, c->head_dim, half, m->rope_cos, m->rope_sin, false);
         }
-        attn_fwd(g, L, b);
+        attn_fwd(g, L, l);
         memcpy(L->xmid, L->xin, (size_t)N * d * sizeof(float));
-        if ((rc = lin_fwd(g, l, ROLE_O, L->att, L->xmid, d, 1.0f))) goto fail;
-        if (gpt2) kern_layernorm_fwd(L->h2, L->mean2, L->rstd2, L->xmid, Ly->ffn_norm_w, Ly->ffn_norm_b, N, d, eps);
-        else kern_rmsnorm_fwd(L->h2, L->rstd2, L->xmid, Ly->ffn_norm_w, N, d, eps);
+        if ((rc = sublayer_out_fwd(g, l, ROLE_O, 0, L->att, L->xmid))) goto fail;
+        norm_fwd(g, l, 1, L->h2, L->mean2, L->rstd2, L->xmid);
         if (gpt2) {
             if ((rc = lin_fwd(g, l, ROLE_UP, L->h2, L->g, ff, 0))) goto fail;
             kern_gelu_tanh_fwd(L->a, L->g, (int64_t)N * ff, g->nt);
@@ -328,77 +736,62 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
         }
         float *xout = l + 1 < c->n_layer ? g->L[l + 1].xin : g->xfin;
         memcpy(xout, L->xmid, (size_t)N * d * sizeof(float));
-        if ((rc = lin_fwd(g, l, ROLE_DOWN, L->a, xout, d, 1.0f))) goto fail;
+        if ((rc = sublayer_out_fwd(g, l, ROLE_DOWN, 1, L->a, xout))) goto fail;
     }
-    if (gpt2) kern_layernorm_fwd(g->hf, g->meanf, g->rstdf, g->xfin, m->out_norm_w, m->out_norm_b, N, d, eps);
-    else kern_rmsnorm_fwd(g->hf, g->rstdf, g->xfin, m->out_norm_w, N, d, eps);
+    norm_fwd(g, c->n_layer, 0, g->hf, g->meanf, g->rstdf, g->xfin);
 
-    /* loss, chunk by chunk, fused with its backward into dhf */
     double total = 0;
     int count = 0;
     if (backward) memset(g->dhf, 0, (size_t)N * d * sizeof(float));
-    for (int r0 = 0; r0 < N; r0 += LOSS_CHUNK) {
-        const int n = PEFT_MIN(LOSS_CHUNK, N - r0);
-        bool any = false;
-        for (int i = 0; i < n && !any; i++) any = b->targets[r0 + i] != -100;
-        if (!any) continue;
-        if ((rc = kern_matmul(g->logits, g->V, g->hf + (size_t)r0 * d, n, &m->lm_head, NULL, 0, g->mm_scratch, g->nt)))
-            goto fail;
-        float ls = 0;
-        int cnt = 0;
-        if ((rc = kern_xent_fwd_bwd(&ls, &cnt, g->logits, g->logits, b->targets + r0, n, g->V, grad_scale, g->nt))) {
-            rc = peft_fail(err, rc, "a target token id is outside the vocabulary (%d)", g->V);
-            goto out;
-        }
-        total += ls;
-        count += cnt;
-        if (backward && (rc = kern_matmul_dx(g->dhf + (size_t)r0 * d, g->logits, n, &m->lm_head, g->mm_scratch, g->nt)))
-            goto fail;
+    rc = g->n_labels > 0 ? cls_loss(g, b, backward, grad_scale, &total, &count)
+                         : lm_loss(g, backward, grad_scale, &total, &count);
+    if (rc < 0 || (g->n_labels > 0 && rc == PEFT_ERR_INVALID)) {
+        rc = g->n_labels > 0 ? peft_fail(err, PEFT_ERR_INVALID, "a label is outside 0..%d", g->n_labels - 1)
+                             : peft_fail(err, -rc, "a target token id is outside the vocabulary (%d)", g->V);
+        goto out;
     }
+    if (rc) goto fail;
     *loss_sum = total;
     *n_targets = count;
     if (!isfinite(total)) { rc = peft_fail(err, PEFT_ERR_NUMERIC, "the loss is not finite (%g)", total); goto out; }
-    if (!backward || !g->ad) goto out;
+    if (!backward || !ad) goto out;
 
     /* ---- backward ---- */
     memset(g->dx, 0, (size_t)N * d * sizeof(float));
-    if (gpt2) kern_layernorm_bwd(g->dx, NULL, NULL, g->dhf, g->xfin, m->out_norm_w, g->meanf, g->rstdf, N, d);
-    else kern_rmsnorm_bwd(g->dx, NULL, g->dhf, g->xfin, m->out_norm_w, g->rstdf, N, d);
-    /* below the lowest adapted layer nothing is trained: stop there */
+    norm_bwd(g, c->n_layer, 0, g->dx, g->dhf, g->xfin, g->meanf, g->rstdf);
+    /* below the lowest trained layer nothing is trained: stop there */
     for (int l = c->n_layer - 1; l >= g->lowest; l--) {
         layer_acts *L = &g->L[l];
-        const model_layer *Ly = &m->layers[l];
         const size_t nff = (size_t)N * ff * sizeof(float);
         /* MLP: xout = xmid + down(act) */
         memcpy(g->dxmid, g->dx, (size_t)N * d * sizeof(float));
         memset(g->da, 0, nff);
-        if ((rc = lin_bwd(g, l, ROLE_DOWN, L->a, g->dx, d, g->da))) goto fail;
+        if ((rc = sublayer_out_bwd(g, l, ROLE_DOWN, 1, L->a, g->dx, g->da))) goto fail;
         memset(g->dh, 0, (size_t)N * d * sizeof(float));
         if (gpt2) {
             memset(g->dg, 0, nff);
             kern_gelu_tanh_bwd(g->dg, g->da, L->g, (int64_t)N * ff, g->nt);
             if ((rc = lin_bwd(g, l, ROLE_UP, L->h2, g->dg, ff, g->dh))) goto fail;
-            kern_layernorm_bwd(g->dxmid, NULL, NULL, g->dh, L->xmid, Ly->ffn_norm_w, L->mean2, L->rstd2, N, d);
         } else {
             memset(g->dg, 0, nff);
             memset(g->du, 0, nff);
             kern_swiglu_bwd(g->dg, g->du, g->da, L->g, L->u, (int64_t)N * ff, g->nt);
             if ((rc = lin_bwd(g, l, ROLE_GATE, L->h2, g->dg, ff, g->dh)) || (rc = lin_bwd(g, l, ROLE_UP, L->h2, g->du, ff, g->dh)))
                 goto fail;
-            kern_rmsnorm_bwd(g->dxmid, NULL, g->dh, L->xmid, Ly->ffn_norm_w, L->rstd2, N, d);
         }
+        norm_bwd(g, l, 1, g->dxmid, g->dh, L->xmid, L->mean2, L->rstd2);
         /* attention: xmid = xin + o(att) */
         memcpy(g->dx, g->dxmid, (size_t)N * d * sizeof(float));
         memset(g->datt, 0, (size_t)N * g->qd * sizeof(float));
-        if ((rc = lin_bwd(g, l, ROLE_O, L->att, g->dxmid, d, g->datt))) goto fail;
+        if ((rc = sublayer_out_bwd(g, l, ROLE_O, 0, L->att, g->dxmid, g->datt))) goto fail;
         memset(g->dqkv, 0, (size_t)N * g->ldq * sizeof(float));
-        attn_bwd(g, L, b);
-        /* the lowest adapted layer's input gradient is not needed */
-        float *dh = l > g->lowest ? g->dh : NULL;
+        attn_bwd(g, L, l);
+        /* the lowest trained layer's input gradient is only needed for
+         * trained embeddings, virtual tokens or layer-0 norms */
+        float *dh = (l > g->lowest || g->need_dx0) ? g->dh : NULL;
         if (dh) memset(dh, 0, (size_t)N * d * sizeof(float));
         if (gpt2) {
             if ((rc = lin_bwd(g, l, ROLE_QKV, L->h1, g->dqkv, g->ldq, dh))) goto fail;
-            if (dh) kern_layernorm_bwd(g->dx, NULL, NULL, dh, L->xin, Ly->attn_norm_w, L->mean1, L->rstd1, N, d);
         } else {
             kern_rope(g->dqkv, g->ldq, g->pos, N, c->n_head, c->head_dim, half, m->rope_cos, m->rope_sin, true);
             kern_rope(g->dqkv + g->qd, g->ldq, g->pos, N, c->n_kv_head, c->head_dim, half, m->rope_cos, m->rope_sin, true);
@@ -406,9 +799,23 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
                 (rc = lin_bwd(g, l, ROLE_K, L->h1, g->dqkv + g->qd, g->ldq, dh)) ||
                 (rc = lin_bwd(g, l, ROLE_V, L->h1, g->dqkv + g->qd + g->kvd, g->ldq, dh)))
                 goto fail;
-            if (dh) kern_rmsnorm_bwd(g->dx, NULL, dh, L->xin, Ly->attn_norm_w, L->rstd1, N, d);
+        }
+        if (dh) norm_bwd(g, l, 0, g->dx, dh, L->xin, L->mean1, L->rstd1);
+    }
+    if (g->need_dx0) {
+        /* g->dx: the gradient of layer 0's input, row by row */
+        for (int i = 0; i < N; i++) {
+            const float *dr = g->dx + (size_t)i * d;
+            float *dst = NULL;
+            if (g->ids[i] < 0) dst = ad->gprompt + (size_t)(i % T) * d;
+            else if (ad->gfemb) dst = ad->gfemb + (size_t)g->ids[i] * d;
+            if (dst)
+                for (int k = 0; k < d; k++) dst[k] += dr[k];
+            if (ad->gfpos)
+                for (int k = 0; k < d; k++) ad->gfpos[(size_t)g->pos[i] * d + k] += dr[k];
         }
     }
+    adapter_refresh_bwd(ad, m);
     goto out;
 fail:
     rc = peft_fail(err, rc, "%s: training step failed (%s)", m->path, peft_status_name(rc));

@@ -24,4 +24,8 @@ size_t tg_arena_bytes(const train_graph *g);
 int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
            uint64_t dropout_seed, double *loss_sum, int *n_targets, peft_err *err);
 
+/* Classification adapters: the (B, n_labels) logits of the last tg_run;
+ * NULL otherwise. */
+const float *tg_class_logits(const train_graph *g);
+
 #endif

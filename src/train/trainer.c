@@ -46,7 +46,7 @@ static int owned_batch_init(owned_batch *o, int B, int T, peft_err *err) {
     if (!o->buf) return PEFT_ERR_NOMEM;
     const size_t N = (size_t)B * T;
     o->b = (data_batch){B, T, o->buf, o->buf + N, o->buf + 2 * N, o->buf + 3 * N, o->buf + 4 * N,
-                        o->buf + 4 * N + B, 0, 0};
+                        o->buf + 4 * N + B, 0, 0, NULL};
     return 0;
 }
 
@@ -94,6 +94,7 @@ static void fill_eval_batch(owned_batch *o, const data_set *d, int first, int pa
         }
         b->labels[r] = e ? e->label : -1;
         b->lengths[r] = n;
+        b->n_targets += e && e->label >= 0;   /* classification: one target per labelled row */
     }
 }
 
@@ -443,6 +444,8 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
         grad_clip(a->grads, a->n_params, gn, op.max_grad_norm);
         const float lr = sched_lr(&op, step);
         adamw_step(&opt, a->params, a->grads, lr, &op);
+        /* DoRA norms, a projected prefix table: follow the new parameters */
+        if ((rc = adapter_refresh(a, m, err))) goto done;
 
         if (step == start_step) res->first_loss = step_loss;
         res->last_loss = step_loss;
