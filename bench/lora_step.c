@@ -163,7 +163,7 @@ int main(int argc, char **argv) {
 
     peft_err err = {0};
     lora_config lc = lora_default_config(); /* r 8, alpha 16, dropout 0 */
-    lora_adapter *a = NULL;
+    adapter *a = NULL;
     train_graph *g = NULL;
     adamw_state opt = {0};
     if (lora_parse_targets(m, targets, &lc.targets, &err) || lora_new(m, &lc, &a, &err) ||
@@ -256,7 +256,7 @@ int main(int argc, char **argv) {
     free(lens);
     adamw_free(&opt);
     tg_free(g);
-    lora_free(a);
+    adapter_free(a);
     peft_model_free(m);
     peft_free(ctx);
     return 0;

@@ -9,6 +9,7 @@
 #include "model/model.h"
 #include "peft/lora.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,15 +45,69 @@ static int ensure_kv(peft_model *m, int need, peft_err *err) {
     return 0;
 }
 
-/* y = beta·y + x·Wᵀ + b for linear `r` of layer l, plus the attached LoRA
- * module if any (xa: (T, r) scratch). */
+/* y = beta·y + linear r of layer l on x (T rows), with the attached
+ * adapter's hooks (graph.c's lin_fwd states the formulas): LoRA, DoRA,
+ * IA3, BitFit biases, full fine-tuning weights. xa: (T, r) scratch; zs:
+ * (T, max(in, out)) scratch. */
 static int linear(peft_model *m, int l, model_linear_role r, float *y, int ldy, const float *x, int T,
-                  float beta, float *scr, float *xa, int nt) {
-    const model_linear *lin = &m->layers[l].lin[r];
-    int rc = kern_matmul(y, ldy, x, T, &lin->w, lin->b, beta, scr, nt);
-    if (rc || !m->lora) return rc;
-    const lora_module *mod = m->lora->slot[l * ROLE_N_LINEAR + r];
-    if (mod) lora_fwd(mod, x, mod->in, T, NULL, 0.0f, NULL, xa, y, ldy, nt);
+                  float beta, float *scr, float *xa, float *zs, int nt) {
+    const adapter *a = m->lora;
+    const kern_weight *W = adapter_weight(a, m, l, r);
+    const float *bias = adapter_bias(a, m, l, r);
+    const int s = l * ROLE_N_LINEAR + r, in = (int)W->cols, out = (int)W->rows;
+    const lora_module *mod = a && a->slot ? a->slot[s] : NULL;
+    const float *iv = a && a->ia3 ? a->ia3[s] : NULL;
+    const bool ff = iv && ((a->mc.ia3_ff >> r) & 1u);
+    if (ff) {
+        for (int i = 0; i < T; i++)
+            for (int k = 0; k < in; k++) zs[(size_t)i * in + k] = x[(size_t)i * in + k] * iv[k];
+        return kern_matmul(y, ldy, zs, T, W, bias, beta, scr, nt);
+    }
+    const bool dora = mod && mod->mag;
+    if (!dora && !iv) {
+        int rc = kern_matmul(y, ldy, x, T, W, bias, beta, scr, nt);
+        if (!rc && mod) lora_fwd(mod, x, mod->in, T, NULL, 0.0f, NULL, xa, y, ldy, nt);
+        return rc;
+    }
+    int rc = kern_matmul(zs, out, x, T, W, dora ? NULL : bias, 0.0f, scr, nt);
+    if (rc) return rc;
+    if (mod) lora_fwd(mod, x, mod->in, T, NULL, 0.0f, NULL, xa, zs, out, nt);
+    for (int i = 0; i < T; i++)
+        for (int j = 0; j < out; j++) {
+            const float c = dora ? mod->mag[j] / mod->wnorm[j] : iv[j];
+            float *yj = y + (size_t)i * ldy + j;
+            *yj = (beta != 0.0f ? beta * *yj : 0.0f) + c * zs[(size_t)i * out + j] + (dora && bias ? bias[j] : 0.0f);
+        }
+    return 0;
+}
+
+static float bn_act_f(bn_act k, float z) {
+    switch (k) {
+    case BN_ACT_RELU: return z > 0 ? z : 0;
+    case BN_ACT_SWISH: return z / (1.0f + expf(-z));
+    case BN_ACT_TANH: return tanhf(z);
+    default: return 0.5f * z * (1.0f + tanhf(0.7978845608028654f * (z + 0.044715f * z * z * z)));
+    }
+}
+
+/* x += the sublayer output of linear (l, r) on in, through the bottleneck
+ * module of `site` when the adapter has one: h + up(f(down(h))). hs (T, d),
+ * zb (T, b) scratch. */
+static int sublayer_out(peft_model *m, int l, model_linear_role r, int site, float *x, const float *in, int T,
+                        float *scr, float *xa, float *zs, float *hs, float *zb, int nt) {
+    const adapter *a = m->lora;
+    const bn_module *bm = a && a->bn ? a->bn[l * 2 + site] : NULL;
+    const int d = m->cfg.d_model;
+    if (!bm) return linear(m, l, r, x, d, in, T, 1.0f, scr, xa, zs, nt);
+    int rc = linear(m, l, r, hs, d, in, T, 0.0f, scr, xa, zs, nt);
+    if (rc) return rc;
+    const int b = a->bn_size;
+    for (int i = 0; i < T; i++) memcpy(zb + (size_t)i * b, bm->db, (size_t)b * sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, b, d, 1.0f, hs, d, bm->dw, d, 1.0f, zb, b);
+    for (size_t i = 0; i < (size_t)T * b; i++) zb[i] = bn_act_f(a->mc.act, zb[i]);
+    for (int i = 0; i < T; i++)
+        for (int j = 0; j < d; j++) x[(size_t)i * d + j] += hs[(size_t)i * d + j] + bm->ub[j];
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, d, b, 1.0f, zb, b, bm->uw, b, 1.0f, x, d);
     return 0;
 }
 
@@ -65,63 +120,89 @@ static float *ws_get(peft_model *m, size_t n, peft_err *err) {
     return m->ws;
 }
 
-int model_forward(peft_model *m, const int32_t *ids, int T, float *logits, bool all_logits,
+int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bool all_logits,
                   peft_err *err) {
     const model_config *c = &m->cfg;
+    const adapter *ad = m->lora;
     const int d = c->d_model, hd = c->head_dim, qd = c->n_head * hd, kvd = c->n_kv_head * hd;
-    const int ld_qkv = qd + 2 * kvd, ff = c->d_ff, p0 = m->n_past, L = p0 + T;
+    const int ld_qkv = qd + 2 * kvd, ff = c->d_ff;
     const int nt = m->ctx ? m->ctx->n_threads : 1;
     const bool gpt2 = c->arch == PEFT_ARCH_GPT2;
     int rc;
-    if (T <= 0) return peft_fail(err, PEFT_ERR_INVALID, "forward: no tokens");
-    if (L > c->n_ctx)
-        return peft_fail(err, PEFT_ERR_INVALID, "%s: %d tokens exceed the context length %d", m->path, L, c->n_ctx);
-    for (int t = 0; t < T; t++)
+    if (T_in <= 0) return peft_fail(err, PEFT_ERR_INVALID, "forward: no tokens");
+    for (int t = 0; t < T_in; t++)
         if (ids[t] < 0 || ids[t] >= c->vocab)
             return peft_fail(err, PEFT_ERR_INVALID, "token id %d out of range [0, %d)", ids[t], c->vocab);
+    /* a sequence's first call: prompt tuning's virtual rows go first, prefix
+     * tuning's key/value rows fill the cache's first positions */
+    const int V0 = m->n_past == 0 ? adapter_prompt_rows(ad) : 0, PX = m->n_past == 0 ? adapter_prefix_rows(ad) : 0;
+    const int T = V0 + T_in, p0 = m->n_past + PX, L = p0 + T;
+    if (L > c->n_ctx)
+        return peft_fail(err, PEFT_ERR_INVALID, "%s: %d tokens%s exceed the context length %d", m->path, L,
+                         (V0 || PX || adapter_prompt_rows(ad) || adapter_prefix_rows(ad)) ? " (with the virtual tokens)" : "",
+                         c->n_ctx);
     if ((rc = ensure_kv(m, L, err))) return rc;
 
     int64_t kmax = PEFT_MAX(PEFT_MAX(d, ff), qd);
     size_t mm_scratch = kern_matmul_scratch_floats(kmax, nt);
     size_t att_scratch = (size_t)nt * T * L;
     int r_max = 0;
-    for (int i = 0; m->lora && i < m->lora->n_modules; i++) r_max = PEFT_MAX(r_max, m->lora->mods[i].r);
-    size_t n_ws = (size_t)T * (2 * d + ld_qkv + qd + 2 * ff + r_max) + T + mm_scratch + att_scratch;
+    for (int i = 0; ad && i < ad->n_modules; i++) r_max = PEFT_MAX(r_max, ad->mods[i].r);
+    const int bnb = ad && ad->n_bn ? ad->bn_size : 0;
+    size_t n_ws = (size_t)T * (2 * d + ld_qkv + qd + 2 * ff + r_max) + T + mm_scratch + att_scratch +
+                  (size_t)T * (size_t)(kmax + ld_qkv) + (size_t)T * (d + bnb);
     float *ws = ws_get(m, n_ws, err);
     if (!ws) return PEFT_ERR_NOMEM;
     float *x = ws, *h = x + (size_t)T * d, *qkv = h + (size_t)T * d, *att = qkv + (size_t)T * ld_qkv;
     float *f1 = att + (size_t)T * qd, *f2 = f1 + (size_t)T * ff, *scr = f2 + (size_t)T * ff;
     float *ascr = scr + mm_scratch;
     float *xa = ascr + att_scratch;
-    int32_t *pos = (int32_t *)(xa + (size_t)T * r_max);
+    float *zs = xa + (size_t)T * r_max;
+    float *hs = zs + (size_t)T * (size_t)(kmax + ld_qkv);
+    float *zb = hs + (size_t)T * d;
+    int32_t *pos = (int32_t *)(zb + (size_t)T * bnb);
     for (int t = 0; t < T; t++) pos[t] = p0 + t;
 
     /* embeddings */
+    kern_weight te, pe;
+    const kern_weight *tok = adapter_tok_emb(ad, m, &te), *pemb = gpt2 ? adapter_pos_emb(ad, m, &pe) : NULL;
     for (int t = 0; t < T; t++) {
-        if ((rc = kern_weight_row(&m->tok_emb, ids[t], x + (size_t)t * d))) goto fail;
+        if (t < V0) memcpy(x + (size_t)t * d, ad->prompt + (size_t)t * d, (size_t)d * sizeof(float));
+        else if ((rc = kern_weight_row(tok, ids[t - V0], x + (size_t)t * d))) goto fail;
         if (gpt2) {
-            if ((rc = kern_weight_row(&m->pos_emb, pos[t], h))) goto fail;
+            if ((rc = kern_weight_row(pemb, pos[t], h))) goto fail;
             for (int i = 0; i < d; i++) x[(size_t)t * d + i] += h[i];
         }
     }
 
     const size_t kv_layer = (size_t)c->n_kv_head * m->kv.cap * hd;
     for (int l = 0; l < c->n_layer; l++) {
-        const model_layer *Ly = &m->layers[l];
-        if (gpt2) kern_layernorm_fwd(h, NULL, NULL, x, Ly->attn_norm_w, Ly->attn_norm_b, T, d, c->norm_eps);
-        else kern_rmsnorm_fwd(h, NULL, x, Ly->attn_norm_w, T, d, c->norm_eps);
+        const float *nw = adapter_norm_w(ad, m, l, 0), *nb = adapter_norm_b(ad, m, l, 0);
+        if (gpt2) kern_layernorm_fwd(h, NULL, NULL, x, nw, nb, T, d, c->norm_eps);
+        else kern_rmsnorm_fwd(h, NULL, x, nw, T, d, c->norm_eps);
         if (gpt2) {
-            if ((rc = linear(m, l, ROLE_QKV, qkv, ld_qkv, h, T, 0, scr, xa, nt))) goto fail;
+            if ((rc = linear(m, l, ROLE_QKV, qkv, ld_qkv, h, T, 0, scr, xa, zs, nt))) goto fail;
         } else {
-            if ((rc = linear(m, l, ROLE_Q, qkv, ld_qkv, h, T, 0, scr, xa, nt)) ||
-                (rc = linear(m, l, ROLE_K, qkv + qd, ld_qkv, h, T, 0, scr, xa, nt)) ||
-                (rc = linear(m, l, ROLE_V, qkv + qd + kvd, ld_qkv, h, T, 0, scr, xa, nt)))
+            if ((rc = linear(m, l, ROLE_Q, qkv, ld_qkv, h, T, 0, scr, xa, zs, nt)) ||
+                (rc = linear(m, l, ROLE_K, qkv + qd, ld_qkv, h, T, 0, scr, xa, zs, nt)) ||
+                (rc = linear(m, l, ROLE_V, qkv + qd + kvd, ld_qkv, h, T, 0, scr, xa, zs, nt)))
                 goto fail;
             const int half = c->rope_dim / 2;
             kern_rope(qkv, ld_qkv, pos, T, c->n_head, hd, half, m->rope_cos, m->rope_sin, false);
             kern_rope(qkv + qd, ld_qkv, pos, T, c->n_kv_head, hd, half, m->rope_cos, m->rope_sin, false);
         }
         float *kc = m->kv.k + l * kv_layer, *vc = m->kv.v + l * kv_layer;
+        if (PX) {
+            /* the prefix rows as they are (keys not rotated, as in HF's cache) */
+            const int W = c->n_layer * 2 * kvd;
+            for (int p = 0; p < PX; p++)
+                for (int g = 0; g < c->n_kv_head; g++) {
+                    size_t dst = ((size_t)g * m->kv.cap + p) * hd;
+                    const float *row = ad->prefix_table + (size_t)p * W;
+                    memcpy(kc + dst, row + (size_t)(2 * l) * kvd + (size_t)g * hd, (size_t)hd * sizeof(float));
+                    memcpy(vc + dst, row + (size_t)(2 * l + 1) * kvd + (size_t)g * hd, (size_t)hd * sizeof(float));
+                }
+        }
         for (int t = 0; t < T; t++)
             for (int g = 0; g < c->n_kv_head; g++) {
                 size_t dst = ((size_t)g * m->kv.cap + pos[t]) * hd;
@@ -130,29 +211,33 @@ int model_forward(peft_model *m, const int32_t *ids, int T, float *logits, bool 
             }
         kern_attention(att, qd, qkv, ld_qkv, kc, vc, m->kv.cap, T, p0, c->n_head, c->n_kv_head, hd,
                        1.0f / sqrtf((float)hd), ascr, nt);
-        if ((rc = linear(m, l, ROLE_O, x, d, att, T, 1.0f, scr, xa, nt))) goto fail;
+        if ((rc = sublayer_out(m, l, ROLE_O, 0, x, att, T, scr, xa, zs, hs, zb, nt))) goto fail;
 
+        const float *fw = adapter_norm_w(ad, m, l, 1), *fb = adapter_norm_b(ad, m, l, 1);
         if (gpt2) {
-            kern_layernorm_fwd(h, NULL, NULL, x, Ly->ffn_norm_w, Ly->ffn_norm_b, T, d, c->norm_eps);
-            if ((rc = linear(m, l, ROLE_UP, f1, ff, h, T, 0, scr, xa, nt))) goto fail;
+            kern_layernorm_fwd(h, NULL, NULL, x, fw, fb, T, d, c->norm_eps);
+            if ((rc = linear(m, l, ROLE_UP, f1, ff, h, T, 0, scr, xa, zs, nt))) goto fail;
             kern_gelu_tanh_fwd(f1, f1, (int64_t)T * ff, nt);
         } else {
-            kern_rmsnorm_fwd(h, NULL, x, Ly->ffn_norm_w, T, d, c->norm_eps);
-            if ((rc = linear(m, l, ROLE_GATE, f1, ff, h, T, 0, scr, xa, nt)) ||
-                (rc = linear(m, l, ROLE_UP, f2, ff, h, T, 0, scr, xa, nt)))
+            kern_rmsnorm_fwd(h, NULL, x, fw, T, d, c->norm_eps);
+            if ((rc = linear(m, l, ROLE_GATE, f1, ff, h, T, 0, scr, xa, zs, nt)) ||
+                (rc = linear(m, l, ROLE_UP, f2, ff, h, T, 0, scr, xa, zs, nt)))
                 goto fail;
             kern_swiglu_fwd(f1, f1, f2, (int64_t)T * ff, nt);
         }
-        if ((rc = linear(m, l, ROLE_DOWN, x, d, f1, T, 1.0f, scr, xa, nt))) goto fail;
+        if ((rc = sublayer_out(m, l, ROLE_DOWN, 1, x, f1, T, scr, xa, zs, hs, zb, nt))) goto fail;
     }
     m->n_past = L;
 
     if (logits) {
-        const int first = all_logits ? 0 : T - 1, n = T - first;
+        /* only the real tokens' rows (not the virtual ones) */
+        const int first = all_logits ? V0 : T - 1, n = T - first;
         const float *xs = x + (size_t)first * d;
-        if (gpt2) kern_layernorm_fwd(h, NULL, NULL, xs, m->out_norm_w, m->out_norm_b, n, d, c->norm_eps);
-        else kern_rmsnorm_fwd(h, NULL, xs, m->out_norm_w, n, d, c->norm_eps);
-        if ((rc = kern_matmul(logits, c->vocab, h, n, &m->lm_head, NULL, 0, scr, nt))) goto fail;
+        const float *ow = adapter_norm_w(ad, m, c->n_layer, 0), *ob = adapter_norm_b(ad, m, c->n_layer, 0);
+        if (gpt2) kern_layernorm_fwd(h, NULL, NULL, xs, ow, ob, n, d, c->norm_eps);
+        else kern_rmsnorm_fwd(h, NULL, xs, ow, n, d, c->norm_eps);
+        kern_weight lh;
+        if ((rc = kern_matmul(logits, c->vocab, h, n, adapter_lm_head(ad, m, &lh), NULL, 0, scr, nt))) goto fail;
     }
     return 0;
 fail:
