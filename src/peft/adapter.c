@@ -140,7 +140,10 @@ static const float *base_norm_b(const peft_model *m, int l, int which) {
 
 static int add_head(adapter *a, const peft_model *m, int n_labels, peft_err *err) {
     if (n_labels <= 0) return -1;
-    int i = adapter_add_tensor(a, "base_model.model.score.weight", 2, n_labels, m->cfg.d_model, true, err);
+    /* HF PEFT's key: prompt-learning models wrap the base one level less */
+    const bool pl = a->method == METHOD_PROMPT || a->method == METHOD_PREFIX;
+    int i = adapter_add_tensor(a, pl ? "base_model.score.weight" : "base_model.model.score.weight", 2, n_labels,
+                               m->cfg.d_model, true, err);
     return i;
 }
 
@@ -180,11 +183,15 @@ static int alloc_slots(adapter *a, const peft_model *m, peft_err *err) {
 }
 
 /* IA3 defaults as HF PEFT's TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING:
- * llama-family k_proj, v_proj, down_proj (feed-forward down_proj); GPT-2
+ * llama-family k_proj, v_proj, down_proj (qwen2: q_proj, v_proj, down_proj;
+ * feed-forward down_proj); GPT-2
  * c_attn, mlp.c_proj (feed-forward mlp.c_proj). */
 void adapter_ia3_defaults(const peft_model *m, uint32_t *targets, uint32_t *ff) {
     if (is_gpt2(m)) {
         *targets = (1u << ROLE_QKV) | (1u << ROLE_DOWN);
+        *ff = 1u << ROLE_DOWN;
+    } else if (!strcmp(m->cfg.arch_name, "qwen2")) {
+        *targets = (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);   /* HF PEFT's qwen2 entry */
         *ff = 1u << ROLE_DOWN;
     } else {
         *targets = (1u << ROLE_K) | (1u << ROLE_V) | (1u << ROLE_DOWN);
@@ -278,6 +285,7 @@ static int new_prompt(adapter *a, const peft_model *m, int *idx, peft_err *err) 
         return idx[0] < 0 ? PEFT_ERR_NOMEM : 0;
     }
     const int W = prefix_width(m);
+    a->prefix_w = W;
     if (!a->mc.prefix_projection) {
         idx[0] = adapter_add_tensor(a, "prompt_embeddings", 2, P, W, true, err);
         return idx[0] < 0 ? PEFT_ERR_NOMEM : 0;

@@ -139,6 +139,7 @@ typedef struct adapter {
      * tanh(emb·W1ᵀ + b1)·W2ᵀ + b2. */
     float *prompt, *gprompt;
     float *prefix_table;              /* the table in use (params or computed) */
+    int prefix_w;                     /* its width, n_layer · 2 · kvd */
     float *pe_emb, *pe_w1, *pe_b1, *pe_w2, *pe_b2;
     float *pe_gemb, *pe_gw1, *pe_gb1, *pe_gw2, *pe_gb2;
     float *pe_hidden;                 /* (P, hidden) tanh output, for the backward */

@@ -29,7 +29,9 @@ int adapter_write_folder(const adapter *a, const char *dir, const char *config_j
     if (rc) return rc;
     int n = 0;
     for (int i = 0; i < a->n_tensors; i++) n += a->tensors[i].saved;
-    st_write_tensor *t = peft_calloc((size_t)(n ? n : 1), sizeof *t, err);
+    /* prefix tuning with a projection saves the projected table, as HF PEFT does */
+    const bool table = a->method == METHOD_PREFIX && a->mc.prefix_projection;
+    st_write_tensor *t = peft_calloc((size_t)n + 2, sizeof *t, err);
     char *cfg_path = peft_path_join(dir, "adapter_config.json", err);
     char *st_path = peft_path_join(dir, "adapter_model.safetensors", err);
     if (!t || !cfg_path || !st_path) { rc = PEFT_ERR_NOMEM; goto done; }
@@ -45,8 +47,17 @@ int adapter_write_folder(const adapter *a, const char *dir, const char *config_j
         w->shape[1] = at->shape[1];
         w->data = at->p;
     }
+    if (table) {
+        st_write_tensor *w = &t[k++];
+        w->name = "prompt_embeddings";
+        w->dtype = PEFT_DT_F32;
+        w->ndim = 2;
+        w->shape[0] = a->mc.n_virtual;
+        w->shape[1] = a->prefix_w;
+        w->data = a->prefix_table;
+    }
     static const char *const meta[] = {"format", "pt", NULL};
-    if ((rc = st_write(st_path, t, n, meta, err))) goto done;
+    if ((rc = st_write(st_path, t, k, meta, err))) goto done;
     rc = peft_write_file_atomic(cfg_path, config_json, strlen(config_json), err);
 done:
     free(t);
@@ -395,6 +406,7 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
     if (!peft_file_exists(st_path)) { rc = peft_fail(err, PEFT_ERR_IO, "%s: no such file", st_path); goto done; }
     if ((rc = st_open(st_path, &st, err))) goto done;
     const st_tensor *head = st_find(st, "base_model.model.score.weight");
+    if (!head) head = st_find(st, "base_model.score.weight");
     if (head) mc.n_labels = (int)head->shape[0];
     if (mc.method == METHOD_PREFIX || mc.method == METHOD_PROMPT) {
         const st_tensor *pe = st_find(st, "prompt_embeddings");

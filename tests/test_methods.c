@@ -1,0 +1,340 @@
+/* test_methods.c — every PEFT method (adapter.h) on the tiny Llama and GPT-2
+ * fixtures:
+ *   - gradients of every trainable tensor against central finite differences
+ *     of the training graph's loss (causal LM and classification);
+ *   - the adapter leaves the base output unchanged at initialisation where
+ *     the method promises it (LoRA, DoRA, bottleneck with zero up-projection,
+ *     IA3 with ones);
+ *   - the inference forward (KV cache, prompt rows, prefix rows) gives the
+ *     training graph's loss, in one call and token by token;
+ *   - save → load round trips give the same loss;
+ *   - methods an architecture cannot take fail clearly.
+ * The comparison with HF PEFT's own numbers is test_methods_ref.c. */
+#include "peft/lora.h"
+#include "test.h"
+#include "train/graph.h"
+
+#include <math.h>
+
+#define MFIX "tests/fixtures/models/"
+
+typedef struct {
+    const char *name;
+    const char *model;
+    method_config mc;
+    bool identity;      /* output unchanged at initialisation */
+} mcase;
+
+static method_config mk(peft_method k) {
+    method_config c;
+    memset(&c, 0, sizeof c);
+    c.method = k;
+    c.lora = lora_default_config();
+    c.lora.r = 4;
+    c.lora.alpha = 8;
+    c.reduction_factor = 8;
+    c.act = k == METHOD_ADAPTER_HOULSBY ? BN_ACT_SWISH : BN_ACT_RELU;
+    c.bn_zero_up = true;
+    c.n_virtual = 3;
+    c.seed = 7;
+    return c;
+}
+
+static const char *models[] = {MFIX "tiny-llama", MFIX "tiny-gpt2"};
+
+static int32_t g_buf[8][64];
+
+/* 2 rows of 12 tokens from a seeded generator; row 1 has 9 real tokens. */
+static data_batch make_batch(int n_labels) {
+    data_batch b = {2, 12, g_buf[0], g_buf[1], g_buf[2], g_buf[3], g_buf[4], g_buf[5], 0, 0, NULL};
+    peft_rng rng;
+    peft_rng_seed(&rng, 11);
+    b.lengths[0] = 12;
+    b.lengths[1] = 9;
+    for (int r = 0; r < 2; r++)
+        for (int t = 0; t < 12; t++) {
+            int i = r * 12 + t;
+            b.inputs[i] = t < b.lengths[r] ? (int32_t)(peft_rng_u64(&rng) % 300) : 0;
+            b.positions[i] = t;
+            b.segments[i] = 0;
+        }
+    for (int r = 0; r < 2; r++)
+        for (int t = 0; t < 12; t++) {
+            int i = r * 12 + t;
+            b.targets[i] = (n_labels == 0 && t + 1 < b.lengths[r] && t >= 2) ? b.inputs[i + 1] : -100;
+            b.n_targets += b.targets[i] != -100;
+        }
+    if (n_labels) {
+        b.labels[0] = 1;
+        b.labels[1] = n_labels - 1;
+        b.n_targets = 2;
+    }
+    return b;
+}
+
+typedef struct {
+    peft_ctx *ctx;
+    peft_model *m;
+} env;
+
+static int open_model(env *e, const char *path) {
+    peft_ctx_params cp = peft_ctx_default_params();
+    cp.n_threads = 2;
+    e->ctx = peft_init(&cp);
+    e->m = e->ctx ? peft_model_load(e->ctx, path) : NULL;
+    if (!e->m) fprintf(stderr, "  cannot load %s\n", path);
+    return e->m ? 0 : -1;
+}
+
+static void close_model(env *e) {
+    peft_model_free(e->m);
+    peft_free(e->ctx);
+}
+
+static double loss_of(train_graph *g, const data_batch *b) {
+    double ls = 0;
+    int n = 0;
+    peft_err err = {0};
+    if (tg_run(g, b, false, 0, 0, &ls, &n, &err)) { fprintf(stderr, "  %s\n", err.msg); return NAN; }
+    return ls / (n ? n : 1);
+}
+
+/* Perturbs every trainable value so that no gradient is trivially zero. */
+static void perturb(adapter *a, const peft_model *m, uint64_t seed) {
+    peft_rng rng;
+    peft_rng_seed(&rng, seed);
+    for (int64_t k = 0; k < a->n_params; k++) a->params[k] += 0.1f * peft_rng_normal(&rng);
+    peft_err err = {0};
+    adapter_refresh(a, m, &err);
+}
+
+/* Central differences on a few entries of every tensor (the largest
+ * gradient and random ones). DoRA's weight norm is a constant of the
+ * backward (HF PEFT detaches it), so it is not refreshed between probes. */
+static void fd_check(const char *name, const peft_model *m, adapter *a, train_graph *g, const data_batch *b) {
+    peft_err err = {0};
+    memset(a->grads, 0, (size_t)a->n_params * sizeof(float));
+    double ls = 0;
+    int n = 0;
+    CHECK_OK(tg_run(g, b, true, 1.0f / (float)b->n_targets, 0, &ls, &n, &err));
+    /* tg_run's backward moved the projected prefix gradient into the MLP */
+    peft_rng rng;
+    peft_rng_seed(&rng, 5);
+    const bool refresh = a->method == METHOD_PREFIX && a->mc.prefix_projection;
+    double worst = 0;
+    int probes = 0;
+    for (int ti = 0; ti < a->n_tensors; ti++) {
+        const adapter_tensor *t = &a->tensors[ti];
+        int64_t kmax = 0;
+        for (int64_t k = 0; k < t->n; k++)
+            if (fabsf(t->g[k]) > fabsf(t->g[kmax])) kmax = k;
+        float gmax = fabsf(t->g[kmax]);
+        for (int probe = 0; probe < 3; probe++) {
+            int64_t k = probe == 0 ? kmax : (int64_t)(peft_rng_u64(&rng) % (uint64_t)t->n);
+            const float save = t->p[k];
+            const double an = t->g[k];
+            double e = INFINITY, fd = 0;
+            /* two step sizes: a step across a ReLU kink spoils one of them */
+            for (int hs = 0; hs < 2; hs++) {
+                const float h = hs ? 3e-3f : 1e-2f;
+                t->p[k] = save + h;
+                if (refresh) adapter_refresh(a, m, &err);
+                double lp = loss_of(g, b);
+                t->p[k] = save - h;
+                if (refresh) adapter_refresh(a, m, &err);
+                double lm = loss_of(g, b);
+                t->p[k] = save;
+                if (refresh) adapter_refresh(a, m, &err);
+                double f = (lp - lm) / (2 * h);
+                double eh = fabs(f - an) / (fabs(f) + 1e-2 * gmax + 1e-3);
+                if (eh < e) { e = eh; fd = f; }
+            }
+            worst = fmax(worst, e);
+            CHECK_MSG(e < 3e-2, "%s: %s[%lld]: analytic %.6g vs finite difference %.6g", name, t->key, (long long)k, an, fd);
+            probes++;
+        }
+    }
+    printf("    %-28s %3d tensors, %4d probes, worst rel err %.3g, %lld params\n", name, a->n_tensors, probes, worst,
+           (long long)a->n_params);
+}
+
+static void method_case(const char *model, const char *name, method_config mc, bool identity) {
+    env e;
+    if (open_model(&e, model)) { CHECK(0); return; }
+    peft_err err = {0};
+    adapter *a = NULL;
+    CHECK_OK(adapter_new(e.m, &mc, &a, &err));
+    if (!a) { fprintf(stderr, "  %s: %s\n", name, err.msg); close_model(&e); return; }
+    data_batch b = make_batch(mc.n_labels);
+    train_graph *g = NULL, *g0 = NULL;
+    CHECK_OK(tg_new(e.m, a, b.B, b.T, &g, &err));
+    CHECK_OK(tg_new(e.m, NULL, b.B, b.T, &g0, &err));
+    if (!g || !g0) { fprintf(stderr, "  %s\n", err.msg); goto out; }
+    if (identity && mc.n_labels == 0) {
+        double l0 = loss_of(g0, &b), l1 = loss_of(g, &b);
+        CHECK_MSG(fabs(l0 - l1) <= 1e-6 * fabs(l0), "%s: at initialisation loss %.8f, base %.8f", name, l1, l0);
+    }
+    perturb(a, e.m, 99);
+    fd_check(name, e.m, a, g, &b);
+
+    /* the inference forward agrees with the training graph (causal LM) */
+    if (mc.n_labels == 0) {
+        const int V = e.m->cfg.vocab, T = b.lengths[0];
+        float *lg = malloc(sizeof(float) * (size_t)T * V), *lg2 = malloc(sizeof(float) * (size_t)T * V);
+        data_batch b1 = b;
+        b1.B = 1;
+        b1.n_targets = 0;
+        for (int t = 0; t < T; t++) b1.n_targets += b.targets[t] != -100;
+        train_graph *g1 = NULL;
+        CHECK_OK(tg_new(e.m, a, 1, b.T, &g1, &err));
+        double want = g1 ? loss_of(g1, &b1) : NAN;
+        tg_free(g1);
+        CHECK_OK(peft_adapter_attach(e.m, (peft_adapter *)a));
+        model_reset(e.m);
+        CHECK_OK(model_forward(e.m, b.inputs, T, lg, true, &err));
+        /* token by token through the cache */
+        model_reset(e.m);
+        for (int t = 0; t < T; t++) CHECK_OK(model_forward(e.m, b.inputs + t, 1, lg2 + (size_t)t * V, false, &err));
+        double s = 0, maxd = 0;
+        int cnt = 0;
+        for (int t = 0; t < T; t++) {
+            for (int v = 0; v < V; v++) maxd = fmax(maxd, fabs(lg[(size_t)t * V + v] - lg2[(size_t)t * V + v]));
+            if (b.targets[t] == -100) continue;
+            double mx = -INFINITY, z = 0;
+            for (int v = 0; v < V; v++) mx = fmax(mx, lg[(size_t)t * V + v]);
+            for (int v = 0; v < V; v++) z += exp(lg[(size_t)t * V + v] - mx);
+            s += log(z) + mx - lg[(size_t)t * V + b.targets[t]];
+            cnt++;
+        }
+        CHECK_MSG(fabs(s / cnt - want) <= 2e-5 * fabs(want), "%s: inference loss %.7f vs training graph %.7f", name,
+                  s / cnt, want);
+        CHECK_MSG(maxd <= 1e-4, "%s: cached token-by-token logits differ by %g", name, maxd);
+        peft_adapter_attach(e.m, NULL);
+        free(lg);
+        free(lg2);
+    }
+
+    /* save → load → same loss (full fine-tuning saves a model: loaded as one) */
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s/peft_methods_%d_%s", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid(), name);
+    test_rm_rf(dir);
+    if (a->method == METHOD_PREFIX && a->mc.prefix_projection) {
+        /* the saved table is the projection's output: compare through it */
+    }
+    CHECK_OK(adapter_save(a, e.m, dir, &err));
+    if (err.msg[0] && err.code) fprintf(stderr, "  %s\n", err.msg);
+    double want = loss_of(g, &b);
+    if (a->method == METHOD_FULL) {
+        peft_model *m2 = peft_model_load(e.ctx, dir);
+        CHECK(m2 != NULL);
+        if (m2) {
+            train_graph *g2 = NULL;
+            CHECK_OK(tg_new(m2, NULL, b.B, b.T, &g2, &err));
+            if (g2) {
+                double got = loss_of(g2, &b);
+                CHECK_MSG(fabs(got - want) <= 1e-5 * fabs(want), "%s: reloaded model loss %.7f vs %.7f", name, got, want);
+            }
+            tg_free(g2);
+            peft_model_free(m2);
+        }
+    } else {
+        adapter *a2 = NULL;
+        CHECK_OK(adapter_load(e.m, dir, &a2, &err));
+        if (!a2) fprintf(stderr, "  %s: %s\n", name, err.msg);
+        if (a2) {
+            CHECK_EQ_INT(a2->method, a->method);
+            train_graph *g2 = NULL;
+            CHECK_OK(tg_new(e.m, a2, b.B, b.T, &g2, &err));
+            if (g2) {
+                double got = loss_of(g2, &b);
+                CHECK_MSG(fabs(got - want) <= 1e-5 * fabs(want), "%s: reloaded adapter loss %.7f vs %.7f", name, got, want);
+            }
+            tg_free(g2);
+        }
+        adapter_free(a2);
+    }
+    test_rm_rf(dir);
+out:
+    tg_free(g);
+    tg_free(g0);
+    adapter_free(a);
+    close_model(&e);
+}
+
+static void every_method_on_llama_and_gpt2(void) {
+    for (int mi = 0; mi < 2; mi++) {
+        const char *model = models[mi];
+        const bool gpt2 = mi == 1;
+        char name[64];
+#define RUN(label, cfg, ident)                                                      \
+    do {                                                                            \
+        snprintf(name, sizeof name, "%s_%s", gpt2 ? "gpt2" : "llama", label);       \
+        method_case(model, name, cfg, ident);                                       \
+    } while (0)
+        method_config c = mk(METHOD_LORA);
+        c.lora.targets = 0;
+        RUN("lora", c, true);
+        c = mk(METHOD_DORA);
+        RUN("dora", c, true);
+        RUN("pfeiffer", mk(METHOD_ADAPTER_PFEIFFER), true);
+        RUN("houlsby", mk(METHOD_ADAPTER_HOULSBY), true);
+        c = mk(METHOD_ADAPTER_HOULSBY);
+        c.bn_zero_up = false;
+        c.act = BN_ACT_GELU_TANH;
+        RUN("houlsby_gelu_bert_init", c, false);
+        RUN("prompt", mk(METHOD_PROMPT), false);
+        RUN("prefix", mk(METHOD_PREFIX), false);
+        c = mk(METHOD_PREFIX);
+        c.prefix_projection = true;
+        c.prefix_hidden = 16;
+        RUN("prefix_projection", c, false);
+        RUN("ia3", mk(METHOD_IA3), true);
+        if (gpt2) RUN("bitfit", mk(METHOD_BITFIT), false);
+        RUN("full", mk(METHOD_FULL), false);
+        /* classification heads */
+        c = mk(METHOD_LORA);
+        c.n_labels = 3;
+        RUN("lora_cls", c, false);
+        c = mk(METHOD_PROMPT);
+        c.n_labels = 2;
+        RUN("prompt_cls", c, false);
+        c = mk(METHOD_IA3);
+        c.n_labels = 3;
+        RUN("ia3_cls", c, false);
+#undef RUN
+    }
+}
+
+static void methods_the_base_cannot_take_fail_clearly(void) {
+    env e;
+    if (open_model(&e, MFIX "tiny-llama")) { CHECK(0); return; }
+    peft_err err = {0};
+    adapter *a = NULL;
+    method_config c = mk(METHOD_BITFIT);
+    CHECK_EQ_INT(adapter_new(e.m, &c, &a, &err), PEFT_ERR_UNSUPPORTED);
+    CHECK_MSG(strstr(err.msg, "no bias"), "%s", err.msg);
+    printf("    bitfit on llama: %s\n", err.msg);
+    c = mk(METHOD_PROMPT);
+    c.n_virtual = 200;
+    CHECK_EQ_INT(adapter_new(e.m, &c, &a, &err), PEFT_ERR_INVALID);
+    printf("    200 virtual tokens: %s\n", err.msg);
+    /* virtual tokens + data longer than the context */
+    c.n_virtual = 20;
+    CHECK_OK(adapter_new(e.m, &c, &a, &err));
+    train_graph *g = NULL;
+    CHECK_EQ_INT(tg_new(e.m, a, 1, 120, &g, &err), PEFT_ERR_INVALID);
+    CHECK_MSG(strstr(err.msg, "virtual"), "%s", err.msg);
+    printf("    seq 120 + 20 virtual tokens: %s\n", err.msg);
+    adapter_free(a);
+    c = mk(METHOD_ADAPTER_PFEIFFER);
+    c.reduction_factor = 128;
+    CHECK_EQ_INT(adapter_new(e.m, &c, &a, &err), PEFT_ERR_INVALID);
+    printf("    reduction factor 128 on d=64: %s\n", err.msg);
+    close_model(&e);
+}
+
+int main(void) {
+    TEST_RUN(every_method_on_llama_and_gpt2);
+    TEST_RUN(methods_the_base_cannot_take_fail_clearly);
+    TEST_MAIN_END();
+}
