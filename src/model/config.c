@@ -101,6 +101,7 @@ int model_config_from_hf_json(const char *path, model_config *c, peft_err *err) 
         return peft_fail(err, PEFT_ERR_FORMAT, "%s: not a JSON object", path);
     }
     memset(c, 0, sizeof *c);
+    c->pad_token_id = -1;
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     if (!cJSON_IsString(mt)) {
         cJSON_Delete(root);
@@ -124,6 +125,10 @@ int model_config_from_hf_json(const char *path, model_config *c, peft_err *err) 
             return rc;
         }
         c->tied = json_bool(root, "tie_word_embeddings", false);
+        /* nn.Embedding(padding_idx = pad_token_id): that row gets no gradient
+         * from lookups (matters for full fine-tuning only) */
+        const cJSON *pad = cJSON_GetObjectItemCaseSensitive(root, "pad_token_id");
+        c->pad_token_id = cJSON_IsNumber(pad) && pad->valuedouble >= 0 ? (int)pad->valuedouble : -1;
     } else if (!strcmp(a, "gpt2")) {
         c->arch = PEFT_ARCH_GPT2;
         if ((rc = json_int(root, "n_embd", 0, true, &c->d_model, path, err)) ||
@@ -159,6 +164,7 @@ int model_config_from_hf_json(const char *path, model_config *c, peft_err *err) 
 int model_config_from_gguf(const gguf_file *g, model_config *c, peft_err *err) {
     const char *path = gguf_path(g);
     memset(c, 0, sizeof *c);
+    c->pad_token_id = -1;
     const char *arch = gguf_get_str(g, "general.architecture");
     if (!arch) return peft_fail(err, PEFT_ERR_FORMAT, "%s: missing key general.architecture", path);
     snprintf(c->arch_name, sizeof c->arch_name, "%s", arch);

@@ -23,6 +23,7 @@ typedef struct {
     float rope_factor, rope_low_freq, rope_high_freq;
     int rope_orig_ctx;
     bool tied;
+    int pad_token_id;         /* HF llama-family embedding padding_idx, -1: none */
 } model_config;
 
 /* Hook points: one role per weight of a block, the unit LoRA & co attach to. */

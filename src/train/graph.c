@@ -808,7 +808,7 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
             const float *dr = g->dx + (size_t)i * d;
             float *dst = NULL;
             if (g->ids[i] < 0) dst = ad->gprompt + (size_t)(i % T) * d;
-            else if (ad->gfemb) dst = ad->gfemb + (size_t)g->ids[i] * d;
+            else if (ad->gfemb && g->ids[i] != c->pad_token_id) dst = ad->gfemb + (size_t)g->ids[i] * d;
             if (dst)
                 for (int k = 0; k < d; k++) dst[k] += dr[k];
             if (ad->gfpos)
