@@ -254,6 +254,27 @@ static void method_case(const char *model, const char *name, method_config mc, b
         adapter_free(a2);
     }
     test_rm_rf(dir);
+
+    /* merge: LoRA, DoRA and IA3 fold into the base; the others refuse */
+    if (mc.n_labels == 0) {
+        int mrc = lora_merge_save(a, e.m, dir, &err);
+        if (method_mergeable(a->method)) {
+            CHECK_OK(mrc);
+            peft_model *m2 = mrc ? NULL : peft_model_load(e.ctx, dir);
+            CHECK(mrc || m2 != NULL);
+            train_graph *g2 = NULL;
+            if (m2 && !tg_new(m2, NULL, b.B, b.T, &g2, &err)) {
+                double got = loss_of(g2, &b);
+                CHECK_MSG(fabs(got - want) <= 1e-5 * fabs(want), "%s: merged model loss %.7f vs adapter %.7f", name, got, want);
+            }
+            tg_free(g2);
+            peft_model_free(m2);
+        } else {
+            CHECK_EQ_INT(mrc, PEFT_ERR_UNSUPPORTED);
+            CHECK_MSG(strstr(err.msg, "cannot be merged"), "%s", err.msg);
+        }
+        test_rm_rf(dir);
+    }
 out:
     tg_free(g);
     tg_free(g0);
@@ -305,6 +326,17 @@ static void every_method_on_llama_and_gpt2(void) {
     }
 }
 
+/* Biases (qwen2: IA3 scales q/v biases when merged, BitFit trains them) and
+ * a GGUF base (merged Q/K rows go back to llama.cpp's order). */
+static void qwen2_and_gguf_bases(void) {
+    method_case(MFIX "tiny-qwen2", "qwen2_ia3", mk(METHOD_IA3), true);
+    method_case(MFIX "tiny-qwen2", "qwen2_bitfit", mk(METHOD_BITFIT), false);
+    method_case(MFIX "tiny-qwen2", "qwen2_dora", mk(METHOD_DORA), true);
+    method_case(MFIX "tiny-llama.f32.gguf", "gguf_ia3", mk(METHOD_IA3), true);
+    method_case(MFIX "tiny-llama.f32.gguf", "gguf_dora", mk(METHOD_DORA), true);
+    method_case(MFIX "tiny-llama.q8_0.gguf", "gguf_q8_prefix", mk(METHOD_PREFIX), false);
+}
+
 static void methods_the_base_cannot_take_fail_clearly(void) {
     env e;
     if (open_model(&e, MFIX "tiny-llama")) { CHECK(0); return; }
@@ -335,6 +367,7 @@ static void methods_the_base_cannot_take_fail_clearly(void) {
 
 int main(void) {
     TEST_RUN(every_method_on_llama_and_gpt2);
+    TEST_RUN(qwen2_and_gguf_bases);
     TEST_RUN(methods_the_base_cannot_take_fail_clearly);
     TEST_MAIN_END();
 }

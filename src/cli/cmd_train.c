@@ -28,14 +28,24 @@ static opt_def train_opts[] = {
     {"val-split", false, "fraction of --data held out for validation when no --val (default 0)", NULL},
     {"out", false, "output folder: adapter, metrics.jsonl, loss.svg, checkpoints (required)", NULL},
     {"config", false, "JSON file with any of these options", NULL},
-    {"method", false, "lora (default)", NULL},
-    {"r", false, "LoRA rank (default 8)", NULL},
-    {"alpha", false, "LoRA alpha (default 16)", NULL},
-    {"dropout", false, "LoRA dropout (default 0)", NULL},
-    {"target", false, "modules: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj | c_attn,c_proj,c_fc | all-linear", NULL},
-    {"layers", false, "layers to transform, e.g. 0,1,2 (default all)", NULL},
-    {"rslora", true, "scale by alpha/sqrt(r) instead of alpha/r", NULL},
-    {"init", false, "kaiming (default, B = 0) | gaussian", NULL},
+    {"method", false, "lora (default) | dora | adapter-pfeiffer | adapter-houlsby | prompt | prefix | ia3 | bitfit | full", NULL},
+    {"r", false, "[lora, dora] rank (default 8)", NULL},
+    {"alpha", false, "[lora, dora] alpha (default 16)", NULL},
+    {"dropout", false, "[lora] dropout on the adapter's input (default 0)", NULL},
+    {"target", false, "[lora, dora, ia3] modules: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj | c_attn,c_proj,c_fc | all-linear", NULL},
+    {"layers", false, "[lora, dora, ia3, adapter-*] layers to transform, e.g. 0,1,2 (default all)", NULL},
+    {"rslora", true, "[lora, dora] scale by alpha/sqrt(r) instead of alpha/r", NULL},
+    {"use-dora", true, "[lora] the same as --method dora", NULL},
+    {"init", false, "[lora, dora] kaiming (default, B = 0) | gaussian", NULL},
+    {"feedforward", false, "[ia3] modules whose input is scaled (default: the architecture's, down_proj / mlp.c_proj)", NULL},
+    {"reduction-factor", false, "[adapter-*] bottleneck = hidden / N (default 16)", NULL},
+    {"non-linearity", false, "[adapter-*] relu (pfeiffer default) | swish (houlsby default) | gelu_new | tanh", NULL},
+    {"adapter-init", false, "[adapter-*] zero_up (default: up-projection 0, the identity) | bert (N(0, 0.02))", NULL},
+    {"num-virtual-tokens", false, "[prompt, prefix] virtual tokens (default 20)", NULL},
+    {"prompt-init", false, "[prompt] random (default) | sample-vocab | any other text: its tokens' embeddings", NULL},
+    {"prefix-projection", true, "[prefix] reparametrise the prefix through an MLP (tanh) while training", NULL},
+    {"encoder-hidden-size", false, "[prefix] the projection's hidden size (default: the key/value width)", NULL},
+    {"num-labels", false, "classification labels (default: from {text,label} data)", NULL},
     {"lr", false, "peak learning rate (default 2e-4)", NULL},
     {"schedule", false, "constant | linear | cosine (default)", NULL},
     {"warmup", false, "warmup steps (default 0)", NULL},
@@ -60,6 +70,34 @@ static opt_def train_opts[] = {
     {"quiet", true, "no progress line", NULL},
 };
 #define N_TRAIN_OPTS ((int)(sizeof train_opts / sizeof *train_opts))
+
+/* The methods an option applies to; an option given for another method is
+ * an error before anything loads. */
+#define MB(k) (1u << (k))
+static unsigned opt_methods(const char *name) {
+    static const struct { const char *name; unsigned mask; } t[] = {
+        {"r", MB(METHOD_LORA) | MB(METHOD_DORA)},
+        {"alpha", MB(METHOD_LORA) | MB(METHOD_DORA)},
+        {"dropout", MB(METHOD_LORA)},
+        {"target", MB(METHOD_LORA) | MB(METHOD_DORA) | MB(METHOD_IA3)},
+        {"layers", MB(METHOD_LORA) | MB(METHOD_DORA) | MB(METHOD_IA3) | MB(METHOD_ADAPTER_PFEIFFER) | MB(METHOD_ADAPTER_HOULSBY)},
+        {"rslora", MB(METHOD_LORA) | MB(METHOD_DORA)},
+        {"use-dora", MB(METHOD_LORA) | MB(METHOD_DORA)},
+        {"init", MB(METHOD_LORA) | MB(METHOD_DORA)},
+        {"feedforward", MB(METHOD_IA3)},
+        {"reduction-factor", MB(METHOD_ADAPTER_PFEIFFER) | MB(METHOD_ADAPTER_HOULSBY)},
+        {"non-linearity", MB(METHOD_ADAPTER_PFEIFFER) | MB(METHOD_ADAPTER_HOULSBY)},
+        {"adapter-init", MB(METHOD_ADAPTER_PFEIFFER) | MB(METHOD_ADAPTER_HOULSBY)},
+        {"num-virtual-tokens", MB(METHOD_PROMPT) | MB(METHOD_PREFIX)},
+        {"prompt-init", MB(METHOD_PROMPT)},
+        {"prefix-projection", MB(METHOD_PREFIX)},
+        {"encoder-hidden-size", MB(METHOD_PREFIX)},
+    };
+    for (size_t i = 0; i < sizeof t / sizeof *t; i++)
+        if (!strcmp(t[i].name, name)) return t[i].mask;
+    return ~0u;
+}
+#undef MB
 
 static opt_def *find_opt(opt_def *defs, int n, const char *name) {
     for (int i = 0; i < n; i++)
@@ -212,11 +250,25 @@ int cmd_train(int argc, char **argv) {
         train_usage(stderr);
         return 2;
     }
-    const char *method = GETV("method") ? GETV("method") : "lora";
-    if (strcmp(method, "lora") != 0) {
-        fprintf(stderr, "peft train: method \"%s\" is not available (available: lora)\n", method);
+    peft_method meth = METHOD_LORA;
+    if (GETV("method") && method_parse(GETV("method"), &meth)) {
+        fprintf(stderr, "peft train: unknown method \"%s\" (lora, dora, adapter-pfeiffer, adapter-houlsby, prompt, "
+                        "prefix, ia3, bitfit, full)\n", GETV("method"));
         return 2;
     }
+    if (GETV("use-dora") && strcmp(GETV("use-dora"), "false") && meth == METHOD_LORA) meth = METHOD_DORA;
+    for (int i = 0; i < N_TRAIN_OPTS; i++)
+        if (train_opts[i].value && !(opt_methods(train_opts[i].name) & (1u << meth))) {
+            fprintf(stderr, "peft train: --%s does not apply to --method %s\n", train_opts[i].name, method_name(meth));
+            return 2;
+        }
+    method_config mc;
+    memset(&mc, 0, sizeof mc);
+    mc.method = meth;
+    mc.reduction_factor = 16;
+    mc.act = meth == METHOD_ADAPTER_HOULSBY ? BN_ACT_SWISH : BN_ACT_RELU;
+    mc.bn_zero_up = true;
+    mc.n_virtual = 20;
     /* numbers */
     train_params tp = train_default_params();
     lora_config lc = lora_default_config();
@@ -227,7 +279,9 @@ int cmd_train(int argc, char **argv) {
         {"epochs", &tp.epochs, 0, 100000}, {"batch", &tp.batch, 1, 65536}, {"seq", &tp.seq, 2, 1000000},
         {"accum", &tp.accum, 1, 65536}, {"eval-every", &eval_every, 0, 100000000},
         {"eval-batches", &tp.eval_max_batches, 0, 100000000}, {"save-every", &tp.save_every, 0, 100000000},
-        {"threads", &threads, 1, 1024}};
+        {"threads", &threads, 1, 1024}, {"reduction-factor", &mc.reduction_factor, 1, 1 << 20},
+        {"num-virtual-tokens", &mc.n_virtual, 1, 1 << 20}, {"encoder-hidden-size", &mc.prefix_hidden, 1, 1 << 20},
+        {"num-labels", &mc.n_labels, 2, 1 << 20}};
     for (size_t i = 0; i < sizeof ints / sizeof *ints; i++)
         if (GETV(ints[i].name)) {
             char full[64];
@@ -264,7 +318,30 @@ int cmd_train(int argc, char **argv) {
         else if (strcmp(GETV("init"), "kaiming")) { fprintf(stderr, "peft train: --init must be kaiming or gaussian\n"); return 2; }
     }
     lc.rslora = GETV("rslora") && strcmp(GETV("rslora"), "false");
+    if (GETV("non-linearity") && bn_act_parse(GETV("non-linearity"), &mc.act)) {
+        fprintf(stderr, "peft train: --non-linearity must be relu, swish, gelu_new or tanh\n");
+        return 2;
+    }
+    if (GETV("adapter-init")) {
+        if (!strcmp(GETV("adapter-init"), "bert")) mc.bn_zero_up = false;
+        else if (strcmp(GETV("adapter-init"), "zero_up")) { fprintf(stderr, "peft train: --adapter-init must be zero_up or bert\n"); return 2; }
+    }
+    if (GETV("prompt-init")) {
+        const char *pi = GETV("prompt-init");
+        if (!strcmp(pi, "random")) mc.prompt_init = 0;
+        else if (!strcmp(pi, "sample-vocab")) mc.prompt_init = 1;
+        else { mc.prompt_init = 2; mc.prompt_init_text = pi; }
+    }
+    mc.prefix_projection = GETV("prefix-projection") && strcmp(GETV("prefix-projection"), "false");
     tp.pack = GETV("pack") && strcmp(GETV("pack"), "false");
+    if (tp.pack && (meth == METHOD_PROMPT || meth == METHOD_PREFIX)) {
+        fprintf(stderr, "peft train: --pack does not apply to --method %s (virtual tokens belong to one sequence)\n", method_name(meth));
+        return 2;
+    }
+    if (meth == METHOD_DORA && lc.dropout > 0) {
+        fprintf(stderr, "peft train: --dropout is not supported with DoRA\n");
+        return 2;
+    }
     if (tp.steps == 0 && tp.epochs == 0) tp.epochs = 1;
     if (GETV("layers")) {
         lc.layers = 0;
@@ -301,8 +378,27 @@ int cmd_train(int argc, char **argv) {
                 goto out;
             }
     }
-    if (GETV("target") && lora_parse_targets(m, GETV("target"), &lc.targets, err)) {
+    if (GETV("target") && lora_parse_targets(m, GETV("target"), meth == METHOD_IA3 ? &mc.ia3_targets : &lc.targets, err)) {
         fprintf(stderr, "peft train: %s\n", err->msg);
+        goto out;
+    }
+    if (meth == METHOD_IA3) {
+        uint32_t dt, dff;
+        adapter_ia3_defaults(m, &dt, &dff);
+        if (!mc.ia3_targets) mc.ia3_targets = dt;
+        mc.ia3_ff = dff & mc.ia3_targets;
+        if (GETV("feedforward") && lora_parse_targets(m, GETV("feedforward"), &mc.ia3_ff, err)) {
+            fprintf(stderr, "peft train: --feedforward: %s\n", err->msg);
+            goto out;
+        }
+        if (mc.ia3_ff & ~mc.ia3_targets) {
+            fprintf(stderr, "peft train: --feedforward modules must be among the targets\n");
+            goto out;
+        }
+    }
+    if (meth == METHOD_FULL && strcmp(m->source, "hf") != 0) {
+        fprintf(stderr, "peft train: --method full saves a Hugging Face model folder and needs one as --model (%s is %s)\n",
+                GETV("model"), m->source);
         goto out;
     }
     data_params dp = data_default_params();
@@ -319,16 +415,40 @@ int cmd_train(int argc, char **argv) {
         have_val = true;
         fprintf(stderr, "validation: %d examples split off --data (seed %llu)\n", val.n, (unsigned long long)tp.seed);
     }
-    if (lora_new(m, &lc, &ad, err)) { fprintf(stderr, "peft train: %s\n", err->msg); goto out; }
+    if (train.kind == DATA_CLASSIFICATION) {
+        int nl = PEFT_MAX(train.n_labels, have_val ? val.n_labels : 0);
+        if (!mc.n_labels) mc.n_labels = PEFT_MAX(2, nl);
+        if (nl > mc.n_labels) {
+            fprintf(stderr, "peft train: the data has label %d but --num-labels is %d\n", nl - 1, mc.n_labels);
+            goto out;
+        }
+    } else if (mc.n_labels) {
+        fprintf(stderr, "peft train: --num-labels needs {\"text\", \"label\"} data\n");
+        goto out;
+    }
+    mc.lora = lc;
+    mc.seed = tp.seed;
+    mc.layers = lc.layers;
+    if (adapter_new(m, &mc, &ad, err)) { fprintf(stderr, "peft train: %s\n", err->msg); goto out; }
     {
         char *abs = realpath(GETV("model"), NULL);
         free(ad->base_model);
         ad->base_model = abs ? abs : strdup(GETV("model"));
     }
     print_trainable(ad->n_params, m->n_params);
-    fprintf(stderr, "lora: r=%d alpha=%g%s scale=%g dropout=%g on %d modules | %d steps, batch %d x %d, accum %d, lr %g %s, warmup %d\n",
-            lc.r, lc.alpha, lc.rslora ? " (rsLoRA)" : "", lora_scale(&lc), lc.dropout, ad->n_modules, tp.steps ? tp.steps : -1,
-            tp.batch, tp.seq, tp.accum, tp.opt.lr, sched_name(tp.opt.sched), tp.opt.warmup_steps);
+    if (meth == METHOD_LORA || meth == METHOD_DORA)
+        fprintf(stderr, "%s: r=%d alpha=%g%s scale=%g dropout=%g on %d modules", method_name(meth), lc.r, lc.alpha,
+                lc.rslora ? " (rsLoRA)" : "", lora_scale(&lc), lc.dropout, ad->n_modules);
+    else if (meth == METHOD_ADAPTER_PFEIFFER || meth == METHOD_ADAPTER_HOULSBY)
+        fprintf(stderr, "%s: %d bottleneck modules of %d (reduction factor %d)", method_name(meth), ad->n_bn, ad->bn_size,
+                mc.reduction_factor);
+    else if (meth == METHOD_PROMPT || meth == METHOD_PREFIX)
+        fprintf(stderr, "%s: %d virtual tokens%s", method_name(meth), mc.n_virtual,
+                mc.prefix_projection ? " (with a projection)" : "");
+    else fprintf(stderr, "%s: %d tensors", method_name(meth), ad->n_tensors);
+    if (mc.n_labels) fprintf(stderr, " + a %d-label classification head", mc.n_labels);
+    fprintf(stderr, " | %d steps, batch %d x %d, accum %d, lr %g %s, warmup %d\n", tp.steps ? tp.steps : -1, tp.batch,
+            tp.seq, tp.accum, tp.opt.lr, sched_name(tp.opt.sched), tp.opt.warmup_steps);
     train_result res;
     if (train_run(m, ad, &train, have_val ? &val : NULL, &tp, &res, err)) {
         fprintf(stderr, "\npeft train: %s\n", err->msg);
@@ -339,9 +459,16 @@ int cmd_train(int argc, char **argv) {
     if (!isnan(res.val_loss_after)) {
         if (!isnan(res.val_loss_before)) fprintf(stderr, "; validation %.4f -> %.4f", res.val_loss_before, res.val_loss_after);
         else fprintf(stderr, "; validation %.4f", res.val_loss_after);
+        if (!isnan(res.val_accuracy)) fprintf(stderr, ", accuracy %.4f", res.val_accuracy);
     }
-    fprintf(stderr, "\nadapter: %s/adapter_model.safetensors (HF PEFT format), metrics: %s/metrics.jsonl, curve: %s/loss.svg\n",
-            tp.out_dir, tp.out_dir, tp.out_dir);
+    if (meth == METHOD_FULL)
+        fprintf(stderr, "\nmodel: %s/model.safetensors (HF folder), metrics: %s/metrics.jsonl, curve: %s/loss.svg\n",
+                tp.out_dir, tp.out_dir, tp.out_dir);
+    else
+        fprintf(stderr, "\nadapter: %s/adapter_model.safetensors (%s), metrics: %s/metrics.jsonl, curve: %s/loss.svg\n",
+                tp.out_dir, meth <= METHOD_DORA || meth == METHOD_PROMPT || meth == METHOD_PREFIX || meth == METHOD_IA3
+                                ? "HF PEFT format" : "peft.c format, docs/formats.md",
+                tp.out_dir, tp.out_dir);
     rc = 0;
 out:
     for (int i = 0; i < N_TRAIN_OPTS; i++) { free(train_opts[i].value); train_opts[i].value = NULL; }
@@ -394,10 +521,21 @@ int cmd_eval(int argc, char **argv) {
     dp.skip_bad = skip_bad;
     if (data_load_jsonl(data, m->tok, &dp, &d, &ctx->err)) { fprintf(stderr, "peft eval: %s\n", ctx->err.msg); goto out; }
     have_d = true;
-    double loss;
+    double loss, acc = NAN;
     int64_t n;
-    if (train_eval(m, ad, &d, batch, seq, 0, &loss, &n, &ctx->err)) { fprintf(stderr, "peft eval: %s\n", ctx->err.msg); goto out; }
-    if (json)
+    if (d.kind == DATA_CLASSIFICATION && (!ad || ad->mc.n_labels <= 0)) {
+        fprintf(stderr, "peft eval: %s is classification data: pass --adapter with a classification head\n", data);
+        goto out;
+    }
+    if (train_eval_acc(m, ad, &d, batch, seq, 0, &loss, &n, &acc, &ctx->err)) { fprintf(stderr, "peft eval: %s\n", ctx->err.msg); goto out; }
+    if (!isnan(acc)) {
+        if (json)
+            printf("{\"loss\": %.9g, \"accuracy\": %.9g, \"examples\": %lld, \"truncated\": %d}\n", loss, acc, (long long)n,
+                   d.n_truncated);
+        else
+            printf("loss %.6f | accuracy %.6f | %lld labelled examples%s\n", loss, acc, (long long)n,
+                   d.n_truncated ? " (some truncated)" : "");
+    } else if (json)
         printf("{\"loss\": %.9g, \"perplexity\": %.9g, \"tokens\": %lld, \"examples\": %d, \"truncated\": %d}\n", loss, exp(loss),
                (long long)n, d.n, d.n_truncated);
     else

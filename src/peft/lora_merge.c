@@ -40,6 +40,40 @@ static void add_delta_col(float *row, const lora_module *md, int64_t i) {
     }
 }
 
+/* What merging changes in one linear: a LoRA/DoRA module and/or an IA3
+ * vector (output scale, or input scale for feed-forward modules). */
+typedef struct {
+    int layer;
+    model_linear_role role;
+    const lora_module *md;
+    const float *ia3;
+    bool ff;
+} merge_op;
+
+/* The merged row of a non-transposed weight (output row o) or a
+ * transposed one (stored row q = input q), from the base row:
+ *   LoRA  W + s·B·A;  DoRA  (m / ||W + s·B·A||) ⊙ (W + s·B·A) per output row;
+ *   IA3   l ⊙ W per output row, or W ⊙ l per input column (feed-forward). */
+static void merge_row(float *row, const merge_op *op, int64_t q, bool transposed, int64_t n_cols) {
+    const lora_module *md = op->md;
+    if (md) {
+        if (transposed) add_delta_col(row, md, q);
+        else add_delta_row(row, md, q);
+        if (md->mag) {
+            if (transposed)
+                for (int64_t o = 0; o < n_cols; o++) row[o] *= md->mag[o] / md->wnorm[o];
+            else
+                for (int64_t i = 0; i < n_cols; i++) row[i] *= md->mag[q] / md->wnorm[q];
+        }
+    }
+    if (op->ia3) {
+        if (op->ff == transposed) /* one factor for the whole row */
+            for (int64_t i = 0; i < n_cols; i++) row[i] *= op->ia3[q];
+        else
+            for (int64_t i = 0; i < n_cols; i++) row[i] *= op->ia3[i];
+    }
+}
+
 /* GGUF row index of HF row f of a Q/K matrix with n_heads heads. */
 static int64_t gguf_row_of(int64_t f, int64_t rows, int n_heads) {
     const int64_t hd = rows / n_heads, half = hd / 2, h = f / hd, rem = f % hd;
@@ -49,7 +83,7 @@ static int64_t gguf_row_of(int64_t f, int64_t rows, int n_heads) {
 
 /* Writes the merged weight of md into dst in dtype odt, stored the way w is
  * (transposed or not); perm_heads > 0 puts rows in GGUF Q/K order. */
-static int merge_into(const kern_weight *w, const lora_module *md, peft_dtype odt, void *dst, int perm_heads,
+static int merge_into(const kern_weight *w, const merge_op *op, peft_dtype odt, void *dst, int perm_heads,
                       const char *what, peft_err *err) {
     const int64_t n_rows = w->transposed ? w->cols : w->rows, n_cols = w->transposed ? w->rows : w->cols;
     const size_t irb = kern_dtype_row_bytes(w->dtype, n_cols), orb = kern_dtype_row_bytes(odt, n_cols);
@@ -62,8 +96,7 @@ static int merge_into(const kern_weight *w, const lora_module *md, peft_dtype od
     for (int64_t q = 0; q < n_rows && !rc; q++) {
         rc = kern_dequant_row(w->dtype, (const char *)w->data + (size_t)q * irb, row, n_cols);
         if (rc) { rc = peft_fail(err, rc, "%s: cannot convert %s rows", what, peft_dtype_name(w->dtype)); break; }
-        if (w->transposed) add_delta_col(row, md, q);
-        else add_delta_row(row, md, q);
+        merge_row(row, op, q, w->transposed, n_cols);
         const int64_t oq = perm_heads > 0 ? gguf_row_of(q, n_rows, perm_heads) : q;
         rc = kern_quant_row(odt, row, (char *)dst + (size_t)oq * orb, n_cols);
         if (rc) rc = peft_fail(err, rc, "%s: cannot write %s rows", what, peft_dtype_name(odt));
@@ -72,7 +105,37 @@ static int merge_into(const kern_weight *w, const lora_module *md, peft_dtype od
     return rc;
 }
 
+/* The linears the adapter changes, in slot order; *n_ops set. */
+static merge_op *collect_ops(const adapter *a, const peft_model *m, int *n_ops, peft_err *err) {
+    const int ns = m->cfg.n_layer * ROLE_N_LINEAR;
+    merge_op *ops = peft_calloc((size_t)ns + 1, sizeof *ops, err);
+    int n = 0;
+    for (int s = 0; ops && s < ns; s++) {
+        const lora_module *md = a->slot ? a->slot[s] : NULL;
+        const float *iv = a->ia3 ? a->ia3[s] : NULL;
+        if (!md && !iv) continue;
+        ops[n].layer = s / ROLE_N_LINEAR;
+        ops[n].role = (model_linear_role)(s % ROLE_N_LINEAR);
+        ops[n].md = md;
+        ops[n].ia3 = iv;
+        ops[n].ff = iv && ((a->mc.ia3_ff >> (s % ROLE_N_LINEAR)) & 1u);
+        n++;
+    }
+    *n_ops = n;
+    return ops;
+}
+
+/* IA3's output scale also scales the bias (it applies after it). */
+static bool scales_bias(const merge_op *op) { return op->ia3 && !op->ff; }
+
 static int check_fit(const adapter *a, const peft_model *m, const char *out_path, peft_err *err) {
+    if (!method_mergeable(a->method))
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+                         "%s: a %s adapter cannot be merged into the base (merging works for lora, dora and ia3); use "
+                         "it with --adapter instead", out_path, method_name(a->method));
+    if (a->score)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: the adapter has a classification head, which a merged causal-LM "
+                                                    "model cannot hold", out_path);
     if (strcmp(out_path, m->path) == 0)
         return peft_fail(err, PEFT_ERR_INVALID, "%s: the merged model cannot overwrite its base", out_path);
     for (int i = 0; i < a->n_modules; i++) {
@@ -114,25 +177,33 @@ static int merge_hf(const adapter *a, const peft_model *m, const char *out_dir, 
     const int n = st_count(m->st);
     st_write_tensor *t = peft_calloc((size_t)(n ? n : 1), sizeof *t, err);
     void **bufs = peft_calloc((size_t)(n ? n : 1), sizeof *bufs, err);
-    const lora_module **by_tensor = peft_calloc((size_t)(n ? n : 1), sizeof *by_tensor, err);
+    const merge_op **by_tensor = peft_calloc((size_t)(n ? n : 1), sizeof *by_tensor, err);
+    const merge_op **bias_of = peft_calloc((size_t)(n ? n : 1), sizeof *bias_of, err);
+    int n_ops = 0;
+    merge_op *ops = collect_ops(a, m, &n_ops, err);
     char *st_path = peft_path_join(out_dir, "model.safetensors", err);
-    if (!t || !bufs || !by_tensor || !st_path) { rc = PEFT_ERR_NOMEM; goto done; }
-    /* Which stored tensor each module changes (GPT-2 files may lack the
-     * "transformer." prefix). */
-    for (int i = 0; i < a->n_modules; i++) {
-        const lora_module *md = &a->mods[i];
+    if (!t || !bufs || !by_tensor || !bias_of || !ops || !st_path) { rc = PEFT_ERR_NOMEM; goto done; }
+    /* Which stored tensor each op changes (GPT-2 files may lack the
+     * "transformer." prefix), and the biases IA3 scales. */
+    for (int i = 0; i < n_ops; i++) {
+        const merge_op *op = &ops[i];
         char path[256], name[300];
-        model_linear_hf_path(m, md->layer, md->role, path, sizeof path);
+        model_linear_hf_path(m, op->layer, op->role, path, sizeof path);
         snprintf(name, sizeof name, "%s.weight", path);
         const st_tensor *st = st_find(m->st, name);
         if (!st && strncmp(name, "transformer.", 12) == 0) st = st_find(m->st, name + 12);
-        const bool lin_ok = st && st->data == m->layers[md->layer].lin[md->role].w.data;
+        const bool lin_ok = st && st->data == m->layers[op->layer].lin[op->role].w.data;
         if (!lin_ok) {
             rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: no stored tensor %s for adapter module %d", m->path, name, i);
             goto done;
         }
-        for (int k = 0; k < n; k++)
-            if (st_at(m->st, k) == st) by_tensor[k] = md;
+        snprintf(name, sizeof name, "%s.bias", path);
+        const st_tensor *sb = scales_bias(op) ? st_find(m->st, name) : NULL;
+        if (!sb && scales_bias(op) && strncmp(name, "transformer.", 12) == 0) sb = st_find(m->st, name + 12);
+        for (int k = 0; k < n; k++) {
+            if (st_at(m->st, k) == st) by_tensor[k] = op;
+            if (sb && st_at(m->st, k) == sb) bias_of[k] = op;
+        }
     }
     for (int k = 0; k < n && !rc; k++) {
         const st_tensor *s = st_at(m->st, k);
@@ -142,7 +213,22 @@ static int merge_hf(const adapter *a, const peft_model *m, const char *out_dir, 
         w->ndim = s->ndim;
         for (int d = 0; d < s->ndim; d++) w->shape[d] = s->shape[d];
         w->data = s->data;
-        const lora_module *md = by_tensor[k];
+        if (bias_of[k]) {
+            /* l ⊙ b in the stored dtype */
+            const merge_op *op = bias_of[k];
+            const int64_t nb = st_numel(s);
+            float *tmp = peft_malloc((size_t)nb * sizeof(float), err);
+            bufs[k] = peft_malloc(s->nbytes ? s->nbytes : 1, err);
+            if (!tmp || !bufs[k]) { free(tmp); rc = PEFT_ERR_NOMEM; break; }
+            rc = kern_dequant_row(s->dtype, s->data, tmp, nb);
+            for (int64_t j = 0; !rc && j < nb; j++) tmp[j] *= op->ia3[j];
+            if (!rc) rc = kern_quant_row(s->dtype, tmp, bufs[k], nb);
+            free(tmp);
+            if (rc) { rc = peft_fail(err, rc, "%s: cannot scale %s", m->path, s->name); break; }
+            w->data = bufs[k];
+            continue;
+        }
+        const merge_op *md = by_tensor[k];
         if (!md) continue;
         const kern_weight *kw = &m->layers[md->layer].lin[md->role].w;
         if (s->dtype != PEFT_DT_F32 && s->dtype != PEFT_DT_F16 && s->dtype != PEFT_DT_BF16) {
@@ -167,6 +253,8 @@ done:
     free(bufs);
     free(t);
     free(by_tensor);
+    free(bias_of);
+    free(ops);
     free(st_path);
     return rc;
 }
@@ -177,22 +265,33 @@ static int merge_gguf(const adapter *a, const peft_model *m, const char *out_pat
     const gguf_file *g = m->gguf;
     const int n = gguf_n_tensors(g);
     void **bufs = peft_calloc((size_t)(n ? n : 1), sizeof *bufs, err);
-    const lora_module **by_tensor = peft_calloc((size_t)(n ? n : 1), sizeof *by_tensor, err);
+    const merge_op **by_tensor = peft_calloc((size_t)(n ? n : 1), sizeof *by_tensor, err);
+    const merge_op **bias_of = peft_calloc((size_t)(n ? n : 1), sizeof *bias_of, err);
+    int n_ops = 0;
+    merge_op *ops = collect_ops(a, m, &n_ops, err);
     gguf_writer *w = gguf_writer_new(err);
     int rc = 0;
     bool writer_err = false;   /* rc came from a gguf_w_* call: the message is on w */
-    if (!bufs || !by_tensor || !w) { rc = PEFT_ERR_NOMEM; goto done; }
-    for (int i = 0; i < a->n_modules; i++) {
-        const lora_module *md = &a->mods[i];
+    if (!bufs || !by_tensor || !bias_of || !ops || !w) { rc = PEFT_ERR_NOMEM; goto done; }
+    for (int i = 0; i < n_ops; i++) {
+        const merge_op *op = &ops[i];
         char name[96];
-        lora_gguf_weight_name(md->layer, md->role, name, sizeof name);
+        lora_gguf_weight_name(op->layer, op->role, name, sizeof name);
         const gguf_tensor *gt = gguf_find_tensor(g, name);
         if (!gt) {
             rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: no tensor %s for adapter module %d", m->path, name, i);
             goto done;
         }
-        for (int k = 0; k < n; k++)
-            if (gguf_tensor_at(g, k) == gt) by_tensor[k] = md;
+        const gguf_tensor *gb = NULL;
+        if (scales_bias(op)) {
+            size_t L = strlen(name);
+            if (L > 7) snprintf(name + L - 7, sizeof name - (L - 7), ".bias");
+            gb = gguf_find_tensor(g, name);
+        }
+        for (int k = 0; k < n; k++) {
+            if (gguf_tensor_at(g, k) == gt) by_tensor[k] = op;
+            if (gb && gguf_tensor_at(g, k) == gb) bias_of[k] = op;
+        }
     }
     if ((rc = gguf_w_copy_kv(w, g, NULL))) {
         rc = peft_fail(err, rc, "%s: cannot copy the metadata of %s", out_path, m->path);
@@ -200,11 +299,23 @@ static int merge_gguf(const adapter *a, const peft_model *m, const char *out_pat
     }
     for (int k = 0; k < n && !rc; k++) {
         const gguf_tensor *t = gguf_tensor_at(g, k);
-        const lora_module *md = by_tensor[k];
+        const merge_op *md = by_tensor[k];
         if (t->dtype == PEFT_DT_COUNT) {
             rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: tensor %s has ggml type %u, which cannot be copied",
                            m->path, t->name, t->ggml_type);
             break;
+        }
+        if (bias_of[k] && t->dtype == PEFT_DT_F32) {
+            /* l ⊙ b (GGUF biases are F32) */
+            const int64_t nb = (int64_t)(t->nbytes / sizeof(float));
+            float *bb = peft_malloc(t->nbytes ? t->nbytes : 1, err);
+            if (!bb) { rc = PEFT_ERR_NOMEM; break; }
+            bufs[k] = bb;
+            memcpy(bb, t->data, t->nbytes);
+            for (int64_t j = 0; j < nb; j++) bb[j] *= bias_of[k]->ia3[j];
+            rc = gguf_w_tensor(w, t->name, t->dtype, t->ndim, t->ne, bb, t->nbytes);
+            writer_err = rc != 0;
+            continue;
         }
         if (!md) {
             rc = gguf_w_tensor(w, t->name, t->dtype, t->ndim, t->ne, t->data, t->nbytes);
@@ -236,6 +347,8 @@ done:
         for (int k = 0; k < n; k++) free(bufs[k]);
     free(bufs);
     free(by_tensor);
+    free(bias_of);
+    free(ops);
     return rc;
 }
 

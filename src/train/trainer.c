@@ -104,14 +104,14 @@ static int pad_id_of(const peft_model *m) {
     return p < 0 ? 0 : p;
 }
 
-int train_eval(peft_model *m, adapter *a, const data_set *d, int batch, int seq, int max_batches,
-               double *mean_loss, int64_t *n_targets, peft_err *err) {
+int train_eval_acc(peft_model *m, adapter *a, const data_set *d, int batch, int seq, int max_batches,
+                   double *mean_loss, int64_t *n_targets, double *accuracy, peft_err *err) {
     train_graph *g = NULL;
     owned_batch ob = {0};
     int rc = tg_new(m, a, batch, seq, &g, err);
     if (!rc) rc = owned_batch_init(&ob, batch, seq, err);
     double total = 0;
-    int64_t count = 0;
+    int64_t count = 0, correct = 0, labelled = 0;
     const int pad = pad_id_of(m);
     for (int first = 0, nb = 0; !rc && first < d->n && (max_batches <= 0 || nb < max_batches); first += batch, nb++) {
         fill_eval_batch(&ob, d, first, pad);
@@ -121,6 +121,16 @@ int train_eval(peft_model *m, adapter *a, const data_set *d, int batch, int seq,
         rc = tg_run(g, &ob.b, false, 0.0f, 0, &ls, &cnt, err);
         total += ls;
         count += cnt;
+        const float *cl = rc ? NULL : tg_class_logits(g);
+        for (int r = 0; cl && r < batch; r++) {
+            if (ob.b.labels[r] < 0) continue;
+            const int K = a->mc.n_labels;
+            int best = 0;
+            for (int k = 1; k < K; k++)
+                if (cl[(size_t)r * K + k] > cl[(size_t)r * K + best]) best = k;
+            correct += best == ob.b.labels[r];
+            labelled++;
+        }
     }
     tg_free(g);
     free(ob.buf);
@@ -128,7 +138,13 @@ int train_eval(peft_model *m, adapter *a, const data_set *d, int batch, int seq,
     if (count == 0) return peft_fail(err, PEFT_ERR_INVALID, "no target tokens to evaluate");
     *mean_loss = total / (double)count;
     if (n_targets) *n_targets = count;
+    if (accuracy) *accuracy = labelled ? (double)correct / (double)labelled : NAN;
     return 0;
+}
+
+int train_eval(peft_model *m, adapter *a, const data_set *d, int batch, int seq, int max_batches,
+               double *mean_loss, int64_t *n_targets, peft_err *err) {
+    return train_eval_acc(m, a, d, batch, seq, max_batches, mean_loss, n_targets, NULL, err);
 }
 
 /* ---- metrics -------------------------------------------------------------- */
@@ -348,7 +364,7 @@ static int trim_metrics(const char *path, int step, history *h, peft_err *err) {
 int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *val,
               const train_params *p, train_result *res, peft_err *err) {
     memset(res, 0, sizeof *res);
-    res->val_loss_before = res->val_loss_after = NAN;
+    res->val_loss_before = res->val_loss_after = res->val_accuracy = NAN;
     if (p->batch <= 0 || p->seq < 2 || p->accum <= 0) return peft_fail(err, PEFT_ERR_INVALID, "batch, seq and accumulation must be positive");
     if (!p->out_dir) return peft_fail(err, PEFT_ERR_INVALID, "no output folder");
     int rc = peft_mkdir_p(p->out_dir, err);
@@ -466,9 +482,14 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
         const bool last = step + 1 == total;
         if (val && val->n > 0 && ((p->eval_every > 0 && (step + 1) % p->eval_every == 0) || last)) {
             double vl;
-            if ((rc = train_eval(m, a, val, eval_b, p->seq, p->eval_max_batches, &vl, NULL, err))) goto done;
+            double acc = NAN;
+            if ((rc = train_eval_acc(m, a, val, eval_b, p->seq, p->eval_max_batches, &vl, NULL, &acc, err))) goto done;
             res->val_loss_after = vl;
-            snprintf(line, sizeof line, "{\"step\": %d, \"val_loss\": %.6f, \"val_ppl\": %.6f}", step + 1, vl, exp(vl));
+            res->val_accuracy = acc;
+            if (isnan(acc))
+                snprintf(line, sizeof line, "{\"step\": %d, \"val_loss\": %.6f, \"val_ppl\": %.6f}", step + 1, vl, exp(vl));
+            else
+                snprintf(line, sizeof line, "{\"step\": %d, \"val_loss\": %.6f, \"val_accuracy\": %.6f}", step + 1, vl, acc);
             if ((rc = append_line(metrics, line, err))) goto done;
             hist_add(&hist, step + 1, vl, true);
             if (p->progress) {

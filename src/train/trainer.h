@@ -44,6 +44,7 @@ typedef struct {
     int steps_done;
     double first_loss, last_loss;
     double val_loss_before, val_loss_after;   /* NAN without validation data */
+    double val_accuracy;                       /* classification: last validation accuracy, else NAN */
     double seconds, tokens_per_s;
     int64_t tokens;
 } train_result;
@@ -59,5 +60,9 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
  * a may be NULL (the base model). */
 int train_eval(peft_model *m, adapter *a, const data_set *d, int batch, int seq, int max_batches,
                double *mean_loss, int64_t *n_targets, peft_err *err);
+
+/* The same, plus the accuracy of a classification adapter (NAN otherwise). */
+int train_eval_acc(peft_model *m, adapter *a, const data_set *d, int batch, int seq, int max_batches,
+                   double *mean_loss, int64_t *n_targets, double *accuracy, peft_err *err);
 
 #endif
