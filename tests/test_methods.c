@@ -225,7 +225,9 @@ static void method_case(const char *model, const char *name, method_config mc, b
     if (err.msg[0] && err.code) fprintf(stderr, "  %s\n", err.msg);
     double want = loss_of(g, &b);
     if (a->method == METHOD_FULL) {
-        peft_model *m2 = peft_model_load(e.ctx, dir);
+        char mp[300];
+        snprintf(mp, sizeof mp, "%s%s", dir, e.m->gguf ? "/model.gguf" : "");
+        peft_model *m2 = peft_model_load(e.ctx, mp);
         CHECK(m2 != NULL);
         if (m2) {
             train_graph *g2 = NULL;
@@ -335,6 +337,8 @@ static void qwen2_and_gguf_bases(void) {
     method_case(MFIX "tiny-llama.f32.gguf", "gguf_ia3", mk(METHOD_IA3), true);
     method_case(MFIX "tiny-llama.f32.gguf", "gguf_dora", mk(METHOD_DORA), true);
     method_case(MFIX "tiny-llama.q8_0.gguf", "gguf_q8_prefix", mk(METHOD_PREFIX), false);
+    method_case(MFIX "tiny-llama.q8_0.gguf", "gguf_q8_full", mk(METHOD_FULL), false);
+    method_case(MFIX "tiny-gpt2.f32.gguf", "gguf_gpt2_full", mk(METHOD_FULL), false);
 }
 
 static void methods_the_base_cannot_take_fail_clearly(void) {

@@ -59,7 +59,11 @@ int cmd_merge(int argc, char **argv) {
     int rc = load_pair("merge", model, adapter_dir, threads, &ctx, &m, &ad);
     if (!rc) {
         if (lora_merge_save(ad, m, out, &ctx->err)) { fprintf(stderr, "peft merge: %s\n", ctx->err.msg); rc = 1; }
-        else fprintf(stderr, "merged %d LoRA modules into %s\n", ad->n_modules, out);
+        else {
+            int n = 0;
+            for (int s = 0; s < m->cfg.n_layer * ROLE_N_LINEAR; s++) n += (ad->slot && ad->slot[s]) || (ad->ia3 && ad->ia3[s]);
+            fprintf(stderr, "merged %d %s modules into %s\n", n, method_name(ad->method), out);
+        }
     }
     adapter_free(ad);
     peft_model_free(m);

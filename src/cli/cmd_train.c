@@ -396,11 +396,7 @@ int cmd_train(int argc, char **argv) {
             goto out;
         }
     }
-    if (meth == METHOD_FULL && strcmp(m->source, "hf") != 0) {
-        fprintf(stderr, "peft train: --method full saves a Hugging Face model folder and needs one as --model (%s is %s)\n",
-                GETV("model"), m->source);
-        goto out;
-    }
+
     data_params dp = data_default_params();
     dp.seq_len = tp.seq;
     dp.skip_bad = GETV("skip-bad") != NULL;
@@ -435,7 +431,8 @@ int cmd_train(int argc, char **argv) {
         free(ad->base_model);
         ad->base_model = abs ? abs : strdup(GETV("model"));
     }
-    print_trainable(ad->n_params, m->n_params);
+    /* full fine-tuning trains copies of the base: all params are the trained ones */
+    print_trainable(ad->n_params, meth == METHOD_FULL ? 0 : m->n_params);
     if (meth == METHOD_LORA || meth == METHOD_DORA)
         fprintf(stderr, "%s: r=%d alpha=%g%s scale=%g dropout=%g on %d modules", method_name(meth), lc.r, lc.alpha,
                 lc.rslora ? " (rsLoRA)" : "", lora_scale(&lc), lc.dropout, ad->n_modules);
@@ -462,8 +459,8 @@ int cmd_train(int argc, char **argv) {
         if (!isnan(res.val_accuracy)) fprintf(stderr, ", accuracy %.4f", res.val_accuracy);
     }
     if (meth == METHOD_FULL)
-        fprintf(stderr, "\nmodel: %s/model.safetensors (HF folder), metrics: %s/metrics.jsonl, curve: %s/loss.svg\n",
-                tp.out_dir, tp.out_dir, tp.out_dir);
+        fprintf(stderr, "\nmodel: %s/%s, metrics: %s/metrics.jsonl, curve: %s/loss.svg\n", tp.out_dir,
+                m->gguf ? "model.gguf (F32)" : "model.safetensors (HF folder)", tp.out_dir, tp.out_dir);
     else
         fprintf(stderr, "\nadapter: %s/adapter_model.safetensors (%s), metrics: %s/metrics.jsonl, curve: %s/loss.svg\n",
                 tp.out_dir, meth <= METHOD_DORA || meth == METHOD_PROMPT || meth == METHOD_PREFIX || meth == METHOD_IA3
@@ -512,10 +509,11 @@ int cmd_eval(int argc, char **argv) {
     bool have_d = false;
     if (!m) { fprintf(stderr, "peft eval: %s\n", peft_last_error(ctx)); goto out; }
     if (!m->tok) { fprintf(stderr, "peft eval: %s has no tokenizer\n", model); goto out; }
-    if (seq == 0) seq = PEFT_MIN(512, m->cfg.n_ctx);
     if (adapter_dir) {
         if (adapter_load(m, adapter_dir, &ad, &ctx->err)) { fprintf(stderr, "peft eval: %s\n", ctx->err.msg); goto out; }
     }
+    /* the context holds the virtual tokens too */
+    if (seq == 0) seq = PEFT_MIN(512, m->cfg.n_ctx - adapter_prompt_rows(ad) - adapter_prefix_rows(ad));
     data_params dp = data_default_params();
     dp.seq_len = seq;
     dp.skip_bad = skip_bad;

@@ -231,11 +231,80 @@ static int copy_if_present(const char *src_dir, const char *dst_dir, const char 
     return rc;
 }
 
+/* GGUF base: dir/model.gguf with the base's metadata and every tensor as
+ * F32 (llama.cpp's Q/K row order restored). */
+static int save_full_gguf(const adapter *a, const peft_model *m, const char *dir, peft_err *err) {
+    const gguf_file *g = m->gguf;
+    const int n = gguf_n_tensors(g), L = m->cfg.n_layer;
+    int rc = peft_mkdir_p(dir, err);
+    if (rc) return rc;
+    char *path = peft_path_join(dir, "model.gguf", err);
+    gguf_writer *w = gguf_writer_new(err);
+    float **bufs = peft_calloc((size_t)n + 1, sizeof *bufs, err);
+    bool writer_err = false;
+    if (!path || !w || !bufs) { rc = PEFT_ERR_NOMEM; goto done; }
+    if ((rc = gguf_w_copy_kv(w, g, "general.file_type"))) {
+        rc = peft_fail(err, rc, "%s: cannot copy the metadata of %s", path, m->path);
+        goto done;
+    }
+    for (int k = 0; k < n && !rc; k++) {
+        const gguf_tensor *t = gguf_tensor_at(g, k);
+        const float *src = NULL;
+        int perm = 0;
+        char nm[128];
+        if (!strcmp(t->name, "token_embd.weight")) src = a->femb;
+        else if (!strcmp(t->name, "position_embd.weight")) src = a->fpos;
+        else if (!strcmp(t->name, "output.weight")) src = a->fhead;
+        else if (!strcmp(t->name, "output_norm.weight")) src = a->fnw[2 * L];
+        else if (!strcmp(t->name, "output_norm.bias")) src = a->fnb[2 * L];
+        for (int l = 0; l < L && !src; l++) {
+            for (int which = 0; which < 2 && !src; which++) {
+                snprintf(nm, sizeof nm, "blk.%d.%s_norm.weight", l, which ? "ffn" : "attn");
+                if (!strcmp(t->name, nm)) src = a->fnw[l * 2 + which];
+                snprintf(nm, sizeof nm, "blk.%d.%s_norm.bias", l, which ? "ffn" : "attn");
+                if (!strcmp(t->name, nm)) src = a->fnb[l * 2 + which];
+            }
+            for (int r = 0; r < ROLE_N_LINEAR && !src; r++) {
+                const int s = l * ROLE_N_LINEAR + r;
+                if (!a->fw[s].data) continue;
+                lora_gguf_weight_name(l, (model_linear_role)r, nm, sizeof nm);
+                if (!strcmp(t->name, nm)) {
+                    src = a->fw[s].data;
+                    if (!model_gguf_permutes(m, (model_linear_role)r, &perm)) perm = 0;
+                }
+                size_t ln = strlen(nm);
+                snprintf(nm + ln - 7, sizeof nm - (ln - 7), ".bias");
+                if (!src && !strcmp(t->name, nm)) src = a->fb[s];
+            }
+        }
+        if (!src) {
+            rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: base tensor %s has no fine-tuned counterpart", path, t->name);
+            break;
+        }
+        int64_t numel = 1;
+        for (int d = 0; d < t->ndim; d++) numel *= t->ne[d];
+        bufs[k] = peft_malloc((size_t)numel * sizeof(float), err);
+        if (!bufs[k]) { rc = PEFT_ERR_NOMEM; break; }
+        if (perm) model_permute_rows(bufs[k], src, t->ne[1], (size_t)t->ne[0] * sizeof(float), perm, true);
+        else memcpy(bufs[k], src, (size_t)numel * sizeof(float));
+        if ((rc = gguf_w_tensor(w, t->name, PEFT_DT_F32, t->ndim, t->ne, bufs[k], (size_t)numel * sizeof(float)))) {
+            writer_err = true;   /* the message is on the writer: save reports it */
+            break;
+        }
+    }
+    if (!rc || writer_err) rc = gguf_writer_save(w, path, err);
+done:
+    gguf_writer_free(w);
+    for (int k = 0; bufs && k < n; k++) free(bufs[k]);
+    free(bufs);
+    free(path);
+    return rc;
+}
+
 static int save_full(const adapter *a, const peft_model *m, const char *dir, peft_err *err) {
+    if (m->gguf) return save_full_gguf(a, m, dir, err);
     if (strcmp(m->source, "hf") != 0)
-        return peft_fail(err, PEFT_ERR_UNSUPPORTED,
-                         "%s: saving a fully fine-tuned model is supported for Hugging Face folder bases only "
-                         "(this base is %s)", dir, m->source);
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: cannot save a fully fine-tuned %s model", dir, m->source);
     int rc = peft_mkdir_p(dir, err);
     if (rc) return rc;
     int n = 0;
