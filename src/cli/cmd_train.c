@@ -179,8 +179,12 @@ typedef struct { bool tty, quiet; } progress_ctx;
 static void on_progress(const train_progress *p, void *user) {
     progress_ctx *pc = user;
     if (p->is_eval) {
-        fprintf(stderr, "%sstep %d/%d | validation loss %.4f | perplexity %.3f\n", pc->tty && !pc->quiet ? "\r\033[K" : "",
-                p->step, p->total_steps, p->val_loss, p->val_ppl);
+        if (p->val_acc >= 0)
+            fprintf(stderr, "%sstep %d/%d | validation loss %.4f | accuracy %.4f\n", pc->tty && !pc->quiet ? "\r\033[K" : "",
+                    p->step, p->total_steps, p->val_loss, p->val_acc);
+        else
+            fprintf(stderr, "%sstep %d/%d | validation loss %.4f | perplexity %.3f\n", pc->tty && !pc->quiet ? "\r\033[K" : "",
+                    p->step, p->total_steps, p->val_loss, p->val_ppl);
         return;
     }
     if (pc->quiet) return;

@@ -406,18 +406,25 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
 
     const int eval_b = p->batch;
     if (val && val->n > 0 && step == 0) {
-        if ((rc = train_eval(m, a, val, eval_b, p->seq, p->eval_max_batches, &res->val_loss_before, NULL, err))) goto done;
-        snprintf(line, sizeof line, "{\"step\": 0, \"val_loss\": %.6f, \"val_ppl\": %.6f}", res->val_loss_before, exp(res->val_loss_before));
+        double acc0 = NAN;
+        if ((rc = train_eval_acc(m, a, val, eval_b, p->seq, p->eval_max_batches, &res->val_loss_before, NULL, &acc0, err)))
+            goto done;
+        if (isnan(acc0))
+            snprintf(line, sizeof line, "{\"step\": 0, \"val_loss\": %.6f, \"val_ppl\": %.6f}", res->val_loss_before,
+                     exp(res->val_loss_before));
+        else
+            snprintf(line, sizeof line, "{\"step\": 0, \"val_loss\": %.6f, \"val_accuracy\": %.6f}", res->val_loss_before, acc0);
         if ((rc = append_line(metrics, line, err))) goto done;
         hist_add(&hist, 0, res->val_loss_before, true);
         if (p->progress) {
             train_progress pr = {.step = 0, .total_steps = total, .is_eval = true, .val_loss = res->val_loss_before,
-                                 .val_ppl = exp(res->val_loss_before)};
+                                 .val_ppl = exp(res->val_loss_before), .val_acc = acc0};
             p->progress(&pr, p->user);
         }
     }
 
     const double t0 = peft_time_s();
+    double t_other = 0;   /* evaluation and checkpoints: not training time */
     int64_t tokens = 0;
     const int start_step = step;
     for (; step < total; step++) {
@@ -465,7 +472,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
 
         if (step == start_step) res->first_loss = step_loss;
         res->last_loss = step_loss;
-        const double el = peft_time_s() - t0;
+        const double el = peft_time_s() - t0 - t_other;
         const double tps = el > 0 ? (double)tokens / el : 0;
         snprintf(line, sizeof line,
                  "{\"step\": %d, \"epoch\": %d, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens\": %lld, \"targets\": %d, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}",
@@ -476,10 +483,11 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
             train_progress pr = {.step = step + 1, .total_steps = total, .epoch = data_loader_epoch(ld), .loss = step_loss,
                                  .lr = lr, .grad_norm = gn, .tokens_per_s = tps, .elapsed_s = el,
                                  .eta_s = (step + 1 - start_step) > 0 ? el / (step + 1 - start_step) * (total - step - 1) : 0,
-                                 .tokens = tokens};
+                                 .tokens = tokens, .val_acc = NAN};
             p->progress(&pr, p->user);
         }
         const bool last = step + 1 == total;
+        const double t_side = peft_time_s();
         if (val && val->n > 0 && ((p->eval_every > 0 && (step + 1) % p->eval_every == 0) || last)) {
             double vl;
             double acc = NAN;
@@ -493,7 +501,8 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
             if ((rc = append_line(metrics, line, err))) goto done;
             hist_add(&hist, step + 1, vl, true);
             if (p->progress) {
-                train_progress pr = {.step = step + 1, .total_steps = total, .is_eval = true, .val_loss = vl, .val_ppl = exp(vl)};
+                train_progress pr = {.step = step + 1, .total_steps = total, .is_eval = true, .val_loss = vl, .val_ppl = exp(vl),
+                                     .val_acc = acc};
                 p->progress(&pr, p->user);
             }
             if ((rc = write_svg(&hist, svg, err))) goto done;
@@ -502,9 +511,10 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
             if ((rc = save_checkpoint(p->out_dir, step + 1, a, m, &opt, ld, last_ckpt, err))) goto done;
             last_ckpt = step + 1;
         }
+        t_other += peft_time_s() - t_side;
     }
     res->steps_done = step - start_step;
-    res->seconds = peft_time_s() - t0;
+    res->seconds = peft_time_s() - t0 - t_other;
     res->tokens = tokens;
     res->tokens_per_s = res->seconds > 0 ? (double)tokens / res->seconds : 0;
     if ((rc = write_svg(&hist, svg, err))) goto done;

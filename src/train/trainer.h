@@ -18,6 +18,7 @@ typedef struct {
     double tokens_per_s, elapsed_s, eta_s;
     bool is_eval;
     double val_loss, val_ppl;
+    double val_acc;        /* classification: accuracy, else NAN */
     int64_t tokens;        /* input tokens (not padding) processed so far */
 } train_progress;
 
@@ -45,7 +46,7 @@ typedef struct {
     double first_loss, last_loss;
     double val_loss_before, val_loss_after;   /* NAN without validation data */
     double val_accuracy;                       /* classification: last validation accuracy, else NAN */
-    double seconds, tokens_per_s;
+    double seconds, tokens_per_s;   /* training time only: evaluation and checkpoints excluded */
     int64_t tokens;
 } train_result;
 
