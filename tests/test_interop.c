@@ -7,6 +7,7 @@
  *     the reference stack is not installed. */
 #include "peft/lora.h"
 #include "test.h"
+#include "train/graph.h"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -117,8 +118,109 @@ static void our_adapters_load_in_peft(void) {
     CHECK(test_rm_rf(dir) == 0);
 }
 
+/* Every other HF PEFT method saved here loads in HF peft with our logits:
+ * DoRA, IA3, prompt tuning, prefix tuning (also trained through a
+ * projection: the table is saved), and classification heads. */
+static void our_method_adapters_load_in_peft(void) {
+    if (getenv("CI") && strcmp(getenv("CI"), "false") != 0)
+        TEST_SKIP("needs the Python reference stack (torch, transformers, peft): not run in CI; run `bash scripts/test.sh` locally");
+    if (!python_ok()) TEST_SKIP("python3 with torch, transformers, peft and safetensors is not installed (the reference stack)");
+    char dir[] = "/tmp/peft_interop_m_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    static const struct {
+        const char *model;
+        peft_method method;
+        bool proj;
+        int n_labels;
+    } cases[] = {
+        {"tests/fixtures/models/tiny-llama", METHOD_DORA, false, 0},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_DORA, false, 0},
+        {"tests/fixtures/models/tiny-llama", METHOD_IA3, false, 0},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_IA3, false, 0},
+        {"tests/fixtures/models/tiny-qwen2", METHOD_IA3, false, 0},
+        {"tests/fixtures/models/tiny-llama", METHOD_PROMPT, false, 0},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_PROMPT, false, 0},
+        {"tests/fixtures/models/tiny-llama", METHOD_PREFIX, false, 0},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_PREFIX, false, 0},
+        {"tests/fixtures/models/tiny-llama", METHOD_PREFIX, true, 0},
+        {"tests/fixtures/models/tiny-llama", METHOD_LORA, false, 3},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_LORA, false, 3},
+        {"tests/fixtures/models/tiny-llama", METHOD_PROMPT, false, 2},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        peft_ctx *ctx = peft_init(NULL);
+        peft_model *m = peft_model_load(ctx, cases[k].model);
+        method_config mc;
+        memset(&mc, 0, sizeof mc);
+        mc.method = cases[k].method;
+        mc.lora = lora_default_config();
+        mc.lora.r = 4;
+        mc.n_virtual = 5;
+        mc.prefix_projection = cases[k].proj;
+        mc.n_labels = cases[k].n_labels;
+        mc.seed = 3;
+        peft_err err = {0};
+        adapter *a = NULL;
+        CHECK_OK(adapter_new(m, &mc, &a, &err));
+        if (!a) { fprintf(stderr, "  %s\n", err.msg); peft_model_free(m); peft_free(ctx); continue; }
+        peft_rng rng;
+        peft_rng_seed(&rng, 7 + (uint64_t)k);
+        for (int64_t i = 0; i < a->n_params; i++) a->params[i] += 0.1f * peft_rng_normal(&rng);
+        CHECK_OK(adapter_refresh(a, m, &err));
+        free(a->base_model);
+        a->base_model = strdup(cases[k].model);
+        char ad[600], lp[600], extra[32] = "";
+        snprintf(ad, sizeof ad, "%s/adapter%zu", dir, k);
+        CHECK_OK(adapter_save(a, m, ad, &err));
+        const int T = 12;
+        int32_t ids[12];
+        for (int t = 0; t < T; t++) ids[t] = (int32_t)(peft_rng_u64(&rng) % 300);
+        float *lg = malloc(sizeof(float) * (size_t)T * m->cfg.vocab);
+        st_write_tensor ts[2] = {{"input_ids", PEFT_DT_I32, 2, {1, T}, ids}, {"logits", PEFT_DT_F32, 3, {1, T, m->cfg.vocab}, lg}};
+        if (mc.n_labels) {
+            /* pooled logits from the training graph's forward */
+            int32_t b_in[12], b_tg[12], b_pos[12], b_seg[12], b_lab[1] = {0}, b_len[1] = {T};
+            for (int t = 0; t < T; t++) { b_in[t] = ids[t]; b_tg[t] = -100; b_pos[t] = t; b_seg[t] = 0; }
+            data_batch b = {1, T, b_in, b_tg, b_pos, b_seg, b_lab, b_len, 1, 0, NULL};
+            train_graph *g = NULL;
+            double ls;
+            int n;
+            CHECK_OK(tg_new(m, a, 1, T, &g, &err));
+            if (g) CHECK_OK(tg_run(g, &b, false, 0, 0, &ls, &n, &err));
+            if (g) memcpy(lg, tg_class_logits(g), sizeof(float) * (size_t)mc.n_labels);
+            tg_free(g);
+            ts[1].ndim = 2;
+            ts[1].shape[1] = mc.n_labels;
+            snprintf(extra, sizeof extra, " seqcls:%d", mc.n_labels);
+        } else {
+            CHECK_OK(peft_adapter_attach(m, (peft_adapter *)a));
+            CHECK_OK(peft_model_logits(m, ids, T, lg));
+            peft_adapter_attach(m, NULL);
+        }
+        snprintf(lp, sizeof lp, "%s/logits%zu.safetensors", dir, k);
+        CHECK_OK(st_write(lp, ts, 2, NULL, &err));
+        char cmd[2048];
+        snprintf(cmd, sizeof cmd, "python3 tools/check_interop.py %s %s %s%s 2>/dev/null", cases[k].model, ad, lp, extra);
+        FILE *pp = popen(cmd, "r");
+        char out[512] = "";
+        size_t got = pp ? fread(out, 1, sizeof out - 1, pp) : 0;
+        out[got] = 0;
+        int st = pp ? pclose(pp) : -1;
+        out[strcspn(out, "\n")] = 0;
+        printf("    %-8s %-34s %s\n", method_name(mc.method), cases[k].model + 22, out);
+        CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "HF peft disagrees on %s %s (exit %d)", method_name(mc.method),
+                  cases[k].model, WEXITSTATUS(st));
+        free(lg);
+        adapter_free(a);
+        peft_model_free(m);
+        peft_free(ctx);
+    }
+    CHECK(test_rm_rf(dir) == 0);
+}
+
 int main(void) {
     TEST_RUN(peft_adapters_give_peft_logits_here);
     TEST_RUN(our_adapters_load_in_peft);
+    TEST_RUN(our_method_adapters_load_in_peft);
     TEST_MAIN_END();
 }
