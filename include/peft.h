@@ -158,7 +158,7 @@ int peft_generate(peft_model *m, const char *prompt, const peft_sample_params *p
 
 /* ---- adapters and training -------------------------------------------------- */
 
-typedef struct peft_adapter peft_adapter;   /* a LoRA adapter */
+typedef struct peft_adapter peft_adapter;   /* an adapter of any method (LoRA, DoRA, bottleneck, prompt, ...) */
 
 typedef struct {
     int r;                   /* rank (8) */
@@ -172,20 +172,47 @@ typedef struct {
 } peft_lora_params;
 
 peft_lora_params peft_lora_default_params(void);
-/* A fresh adapter for m (B = 0, so the model's output is unchanged). */
+/* A fresh LoRA adapter for m (B = 0, so the model's output is unchanged). */
 peft_adapter *peft_adapter_new(peft_model *m, const peft_lora_params *p);
-/* Loads an adapter in the HF PEFT format (adapter_config.json + adapter_model.safetensors). */
+
+/* Any method (docs/methods.md). Fields that do not apply to the method are
+ * ignored; peft_method_default_params fills the method's defaults. */
+typedef struct {
+    const char *method;          /* lora, dora, adapter-pfeiffer, adapter-houlsby, prompt, prefix, ia3, bitfit, full */
+    peft_lora_params lora;       /* lora, dora (dora: dropout must be 0) */
+    int reduction_factor;        /* adapter-*: bottleneck = hidden / reduction_factor (16) */
+    const char *non_linearity;   /* adapter-*: relu (pfeiffer), swish (houlsby), gelu_new, tanh */
+    int bert_init;               /* adapter-*: N(0, 0.02) weights instead of a zero up-projection */
+    int num_virtual_tokens;      /* prompt, prefix (20) */
+    const char *prompt_init;     /* prompt: NULL/"random", "sample-vocab", or a text */
+    int prefix_projection;       /* prefix: train through tanh MLP */
+    int encoder_hidden_size;     /* prefix: the MLP's hidden size (0: the key/value width) */
+    const char *ia3_targets;     /* ia3: modules (NULL: the architecture's default) */
+    const char *ia3_feedforward; /* ia3: modules whose input is scaled (NULL: default) */
+    int num_labels;              /* > 0: add a sequence-classification head */
+    uint64_t seed;
+} peft_method_params;
+
+peft_method_params peft_method_default_params(const char *method);
+peft_adapter *peft_adapter_new_method(peft_model *m, const peft_method_params *p);
+/* "lora", "dora", ... */
+const char *peft_adapter_method(const peft_adapter *a);
+/* Loads an adapter of any method; the method comes from adapter_config.json
+ * (HF PEFT's LORA, IA3, PROMPT_TUNING, PREFIX_TUNING, or peft.c's
+ * BOTTLENECK, BITFIT). */
 peft_adapter *peft_adapter_load(peft_model *m, const char *dir);
-/* Saves in the HF PEFT format, atomically. */
+/* Saves atomically: HF PEFT format where HF PEFT has the method; full
+ * fine-tuning writes a model (HF folder, or DIR/model.gguf from a GGUF base). */
 int peft_adapter_save(peft_model *m, const peft_adapter *a, const char *dir);
 void peft_adapter_free(peft_adapter *a);
 int64_t peft_adapter_n_params(const peft_adapter *a);
 /* Applies a to m's forward (logits, generate); NULL detaches. a must outlive
  * the attachment. */
 int peft_adapter_attach(peft_model *m, const peft_adapter *a);
-/* W + s·B·A written as a new model (HF folder from HF, GGUF from GGUF). */
+/* LoRA, DoRA or IA3 folded into the base, written as a new model (HF folder
+ * from HF, GGUF from GGUF); other methods are an error. */
 int peft_adapter_merge(peft_model *m, const peft_adapter *a, const char *out_path);
-/* The adapter as a llama.cpp GGUF LoRA file. */
+/* A LoRA adapter as a llama.cpp GGUF LoRA file. */
 int peft_adapter_export_gguf(peft_model *m, const peft_adapter *a, const char *path);
 
 typedef struct {
@@ -208,6 +235,7 @@ typedef struct {
 typedef struct {
     int steps;
     double first_loss, last_loss, val_loss_before, val_loss_after; /* NAN without validation */
+    double val_accuracy;     /* classification adapters; NAN otherwise */
     double seconds, tokens_per_s;
 } peft_train_result;
 

@@ -43,14 +43,80 @@ peft_adapter *peft_adapter_new(peft_model *m, const peft_lora_params *p) {
     return AS_PUB(a);
 }
 
+peft_method_params peft_method_default_params(const char *method) {
+    peft_method_params p;
+    memset(&p, 0, sizeof p);
+    p.method = method ? method : "lora";
+    p.lora = peft_lora_default_params();
+    p.reduction_factor = 16;
+    p.num_virtual_tokens = 20;
+    p.seed = 42;
+    return p;
+}
+
+peft_adapter *peft_adapter_new_method(peft_model *m, const peft_method_params *p) {
+    peft_err *err = &m->ctx->err;
+    peft_method_params d = peft_method_default_params(NULL);
+    if (!p) p = &d;
+    method_config mc;
+    memset(&mc, 0, sizeof mc);
+    if (method_parse(p->method ? p->method : "lora", &mc.method)) {
+        peft_fail(err, PEFT_ERR_INVALID, "unknown method \"%s\"", p->method);
+        return NULL;
+    }
+    mc.lora = lora_default_config();
+    mc.lora.r = p->lora.r;
+    mc.lora.alpha = p->lora.alpha;
+    mc.lora.dropout = p->lora.dropout;
+    mc.lora.rslora = p->lora.rslora != 0;
+    mc.lora.init = p->lora.gaussian_init ? LORA_INIT_GAUSSIAN : LORA_INIT_KAIMING;
+    mc.lora.layers = mc.layers = p->lora.layers;
+    mc.lora.seed = mc.seed = p->seed;
+    if (mc.method == METHOD_DORA && mc.lora.dropout > 0) {
+        peft_fail(err, PEFT_ERR_INVALID, "DoRA does not support dropout");
+        return NULL;
+    }
+    if (p->lora.targets && (mc.method == METHOD_LORA || mc.method == METHOD_DORA) &&
+        lora_parse_targets(m, p->lora.targets, &mc.lora.targets, err))
+        return NULL;
+    mc.reduction_factor = p->reduction_factor;
+    mc.act = mc.method == METHOD_ADAPTER_HOULSBY ? BN_ACT_SWISH : BN_ACT_RELU;
+    if (p->non_linearity && bn_act_parse(p->non_linearity, &mc.act)) {
+        peft_fail(err, PEFT_ERR_INVALID, "unknown non_linearity \"%s\" (relu, swish, gelu_new, tanh)", p->non_linearity);
+        return NULL;
+    }
+    mc.bn_zero_up = !p->bert_init;
+    mc.n_virtual = p->num_virtual_tokens;
+    if (p->prompt_init && strcmp(p->prompt_init, "random")) {
+        if (!strcmp(p->prompt_init, "sample-vocab")) mc.prompt_init = 1;
+        else { mc.prompt_init = 2; mc.prompt_init_text = p->prompt_init; }
+    }
+    mc.prefix_projection = p->prefix_projection != 0;
+    mc.prefix_hidden = p->encoder_hidden_size;
+    if (mc.method == METHOD_IA3) {
+        uint32_t dt, dff;
+        adapter_ia3_defaults(m, &dt, &dff);
+        mc.ia3_targets = dt;
+        if (p->ia3_targets && lora_parse_targets(m, p->ia3_targets, &mc.ia3_targets, err)) return NULL;
+        mc.ia3_ff = dff & mc.ia3_targets;
+        if (p->ia3_feedforward && lora_parse_targets(m, p->ia3_feedforward, &mc.ia3_ff, err)) return NULL;
+    }
+    mc.n_labels = p->num_labels;
+    adapter *a = NULL;
+    if (adapter_new(m, &mc, &a, err)) return NULL;
+    return AS_PUB(a);
+}
+
+const char *peft_adapter_method(const peft_adapter *a) { return a ? method_name(AS_LORA(a)->method) : NULL; }
+
 peft_adapter *peft_adapter_load(peft_model *m, const char *dir) {
     adapter *a = NULL;
-    if (lora_load(m, dir, &a, &m->ctx->err)) return NULL;
+    if (adapter_load(m, dir, &a, &m->ctx->err)) return NULL;
     return AS_PUB(a);
 }
 
 int peft_adapter_save(peft_model *m, const peft_adapter *a, const char *dir) {
-    return lora_save(AS_LORA(a), m, dir, &m->ctx->err);
+    return adapter_save(AS_LORA(a), m, dir, &m->ctx->err);
 }
 
 void peft_adapter_free(peft_adapter *a) { adapter_free(AS_LORA(a)); }
@@ -140,6 +206,7 @@ int peft_train(peft_model *m, peft_adapter *a, const peft_train_params *p, peft_
         res->last_loss = r.last_loss;
         res->val_loss_before = r.val_loss_before;
         res->val_loss_after = r.val_loss_after;
+        res->val_accuracy = r.val_accuracy;
         res->seconds = r.seconds;
         res->tokens_per_s = r.tokens_per_s;
     }

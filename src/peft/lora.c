@@ -240,6 +240,9 @@ int lora_new_head(const peft_model *m, const lora_config *cfg, int n_labels, ada
         return peft_fail(err, PEFT_ERR_INVALID, "LoRA: rank r must be in 1..65536, got %d", cfg->r);
     if (!(cfg->dropout >= 0.0f && cfg->dropout < 1.0f))
         return peft_fail(err, PEFT_ERR_INVALID, "LoRA: dropout must be in [0, 1), got %g", (double)cfg->dropout);
+    if (cfg->dora && cfg->dropout > 0)
+        return peft_fail(err, PEFT_ERR_INVALID, "DoRA: dropout is not supported (HF PEFT recomputes the base output on "
+                                                "the dropped input; peft.c does not)");
     if (!isfinite(cfg->alpha))
         return peft_fail(err, PEFT_ERR_INVALID, "LoRA: alpha must be finite");
     const int nl = m->cfg.n_layer;

@@ -363,6 +363,9 @@ static int trim_metrics(const char *path, int step, history *h, peft_err *err) {
 
 int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *val,
               const train_params *p, train_result *res, peft_err *err) {
+    if (p->pack && (adapter_prompt_rows(a) || adapter_prefix_rows(a)))
+        return peft_fail(err, PEFT_ERR_INVALID, "packing does not apply to %s tuning (virtual tokens belong to one sequence)",
+                         method_name(a->method));
     memset(res, 0, sizeof *res);
     res->val_loss_before = res->val_loss_after = res->val_accuracy = NAN;
     if (p->batch <= 0 || p->seq < 2 || p->accum <= 0) return peft_fail(err, PEFT_ERR_INVALID, "batch, seq and accumulation must be positive");
