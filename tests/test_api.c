@@ -92,7 +92,63 @@ static void public_api_trains_saves_and_reloads(void) {
     CHECK(test_rm_rf(dir) == 0);
 }
 
+/* Every method through the public API: create, train a few steps, reload,
+ * same loss; an unknown method is an error. */
+static void public_api_every_method(void) {
+    char dir[] = "/tmp/peft_api_m_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char data[300], out[300];
+    snprintf(data, sizeof data, "%s/d.jsonl", dir);
+    FILE *f = fopen(data, "w");
+    for (int i = 0; f && i < 24; i++) fprintf(f, "{\"prompt\": \"Q%d:\", \"completion\": \" answer %d\"}\n", i % 5, i % 5);
+    if (f) fclose(f);
+    peft_ctx *ctx = peft_init(NULL);
+    peft_model *m = peft_model_load(ctx, "tests/fixtures/models/tiny-gpt2");
+    CHECK(m != NULL);
+    if (!m) { peft_free(ctx); return; }
+    static const char *methods[] = {"dora", "adapter-pfeiffer", "adapter-houlsby", "prompt", "prefix", "ia3", "bitfit"};
+    for (size_t k = 0; k < sizeof methods / sizeof *methods; k++) {
+        peft_method_params mp = peft_method_default_params(methods[k]);
+        mp.lora.r = 4;
+        mp.num_virtual_tokens = 4;
+        mp.reduction_factor = 8;
+        peft_adapter *a = peft_adapter_new_method(m, &mp);
+        CHECK_MSG(a != NULL, "%s: %s", methods[k], peft_last_error(ctx));
+        if (!a) continue;
+        CHECK(!strcmp(peft_adapter_method(a), methods[k]));
+        peft_train_params tp = peft_train_default_params();
+        tp.data = data;
+        tp.steps = 3;
+        tp.batch = 2;
+        tp.seq = 32;
+        tp.lr = 1e-2f;
+        snprintf(out, sizeof out, "%s/%s", dir, methods[k]);
+        tp.out_dir = out;
+        peft_train_result r;
+        CHECK_OK(peft_train(m, a, &tp, &r));
+        double l1, l2;
+        int64_t n1, n2;
+        CHECK_OK(peft_eval(m, a, data, 4, 32, &l1, &n1));
+        peft_adapter *b = peft_adapter_load(m, out);
+        CHECK_MSG(b != NULL, "%s: %s", methods[k], peft_last_error(ctx));
+        if (b) {
+            CHECK_OK(peft_eval(m, b, data, 4, 32, &l2, &n2));
+            CHECK_MSG(fabs(l1 - l2) <= 1e-6 * fabs(l1), "%s: reloaded loss %.7f vs %.7f", methods[k], l2, l1);
+            CHECK(!strcmp(peft_adapter_method(b), methods[k]));
+            peft_adapter_free(b);
+        }
+        peft_adapter_free(a);
+    }
+    peft_method_params bad = peft_method_default_params("lorax");
+    CHECK(peft_adapter_new_method(m, &bad) == NULL);
+    CHECK(strstr(peft_last_error(ctx), "unknown method") != NULL);
+    peft_model_free(m);
+    peft_free(ctx);
+    test_rm_rf(dir);
+}
+
 int main(void) {
+    TEST_RUN(public_api_every_method);
     TEST_RUN(public_api_trains_saves_and_reloads);
     TEST_MAIN_END();
 }
