@@ -314,16 +314,17 @@ static void every_method_on_llama_and_gpt2(void) {
         RUN("ia3", mk(METHOD_IA3), true);
         if (gpt2) RUN("bitfit", mk(METHOD_BITFIT), false);
         RUN("full", mk(METHOD_FULL), false);
-        /* classification heads */
-        c = mk(METHOD_LORA);
-        c.n_labels = 3;
-        RUN("lora_cls", c, false);
-        c = mk(METHOD_PROMPT);
-        c.n_labels = 2;
-        RUN("prompt_cls", c, false);
-        c = mk(METHOD_IA3);
-        c.n_labels = 3;
-        RUN("ia3_cls", c, false);
+        /* a classification head on every method */
+        static const peft_method cls_methods[] = {METHOD_LORA, METHOD_DORA, METHOD_ADAPTER_PFEIFFER, METHOD_ADAPTER_HOULSBY,
+                                                  METHOD_PROMPT, METHOD_PREFIX, METHOD_IA3, METHOD_BITFIT, METHOD_FULL};
+        for (size_t k = 0; k < sizeof cls_methods / sizeof *cls_methods; k++) {
+            if (cls_methods[k] == METHOD_BITFIT && !gpt2) continue;
+            char label[48];
+            snprintf(label, sizeof label, "%s_cls", method_name(cls_methods[k]));
+            c = mk(cls_methods[k]);
+            c.n_labels = 3;
+            RUN(label, c, false);
+        }
 #undef RUN
     }
 }

@@ -275,6 +275,18 @@ static int load_globals(peft_model *m, bool gguf, const char *pfx, peft_err *err
                  &m->lm_head, err);
     if (rc < 0) return rc;
     if (rc == 1 || c->tied) m->lm_head = m->tok_emb; /* tied (or a tied checkpoint that stores a copy) */
+    /* a sequence-classification head (transformers' *ForSequenceClassification
+     * `score`, as full fine-tuning with labels saves it) */
+    src_tensor st;
+    if (find_tensor(m, "score.weight", &st)) {
+        int64_t numel = 1;
+        for (int i = 0; i < st.ndim; i++) numel *= st.shape[i];
+        if (numel % c->d_model != 0 || numel / c->d_model < 1 || numel / c->d_model > 1000000)
+            return peft_fail(err, PEFT_ERR_SHAPE, "%s: score.weight has %lld elements, not n_labels x %d", m->path,
+                             (long long)numel, c->d_model);
+        m->n_labels = (int)(numel / c->d_model);
+        if ((rc = get_vec(m, "score.weight", numel, true, &m->score, err))) return rc;
+    }
     return 0;
 }
 

@@ -58,6 +58,8 @@ struct peft_model {
     model_layer *layers;
     kern_weight tok_emb, pos_emb, lm_head;
     float *out_norm_w, *out_norm_b;
+    float *score;         /* classification head (n_labels, d) of a *ForSequenceClassification folder, or NULL */
+    int n_labels;
     float *rope_cos, *rope_sin;   /* (n_ctx, rope_dim / 2) */
     bpe_tokenizer *tok;
     st_archive *st;

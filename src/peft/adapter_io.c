@@ -292,11 +292,63 @@ static int save_full_gguf(const adapter *a, const peft_model *m, const char *dir
             break;
         }
     }
+    float *score_copy = NULL;
+    if (!rc && a->score) {
+        /* the head as score.weight (peft.c reads it back; llama.cpp ignores it) */
+        const int64_t ne[2] = {m->cfg.d_model, a->mc.n_labels};
+        const size_t nb = (size_t)ne[0] * (size_t)ne[1] * sizeof(float);
+        score_copy = peft_malloc(nb, err);
+        if (!score_copy) rc = PEFT_ERR_NOMEM;
+        else {
+            memcpy(score_copy, a->score, nb);
+            rc = gguf_w_tensor(w, "score.weight", PEFT_DT_F32, 2, ne, score_copy, nb);
+            writer_err = rc != 0;
+        }
+    }
     if (!rc || writer_err) rc = gguf_writer_save(w, path, err);
+    free(score_copy);
 done:
     gguf_writer_free(w);
     for (int k = 0; bufs && k < n; k++) free(bufs[k]);
     free(bufs);
+    free(path);
+    return rc;
+}
+
+/* With a head, config.json names transformers' *ForSequenceClassification
+ * class and the labels, so the folder loads there as a classifier. */
+static int classifier_config(const peft_model *m, const char *dir, int n_labels, peft_err *err) {
+    char *path = peft_path_join(dir, "config.json", err);
+    char *text = NULL;
+    size_t len = 0;
+    int rc = path ? peft_read_file(path, &text, &len, err) : PEFT_ERR_NOMEM;
+    cJSON *o = rc ? NULL : cJSON_ParseWithLength(text, len);
+    if (!rc && !o) rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: invalid JSON", path);
+    if (!rc) {
+        cJSON_DeleteItemFromObjectCaseSensitive(o, "architectures");
+        cJSON *arr = cJSON_AddArrayToObject(o, "architectures");
+        const bool gpt2 = m->cfg.arch == PEFT_ARCH_GPT2, qwen = !strcmp(m->cfg.arch_name, "qwen2"),
+                   mistral = !strcmp(m->cfg.arch_name, "mistral");
+        cJSON_AddItemToArray(arr, cJSON_CreateString(gpt2 ? "GPT2ForSequenceClassification"
+                                                          : qwen ? "Qwen2ForSequenceClassification"
+                                                          : mistral ? "MistralForSequenceClassification"
+                                                                    : "LlamaForSequenceClassification"));
+        cJSON_DeleteItemFromObjectCaseSensitive(o, "id2label");
+        cJSON_DeleteItemFromObjectCaseSensitive(o, "label2id");
+        cJSON *i2l = cJSON_AddObjectToObject(o, "id2label"), *l2i = cJSON_AddObjectToObject(o, "label2id");
+        for (int k = 0; k < n_labels; k++) {
+            char key[32], val[32];
+            snprintf(key, sizeof key, "%d", k);
+            snprintf(val, sizeof val, "LABEL_%d", k);
+            cJSON_AddStringToObject(i2l, key, val);
+            cJSON_AddNumberToObject(l2i, val, k);
+        }
+        char *js = cJSON_Print(o);
+        rc = js ? peft_write_file_atomic(path, js, strlen(js), err) : PEFT_ERR_NOMEM;
+        free(js);
+    }
+    cJSON_Delete(o);
+    free(text);
     free(path);
     return rc;
 }
@@ -318,7 +370,8 @@ static int save_full(const adapter *a, const peft_model *m, const char *dir, pef
         const adapter_tensor *at = &a->tensors[i];
         if (!at->saved) continue;
         st_write_tensor *w = &t[k];
-        w->name = at->key;
+        /* the head under transformers' *ForSequenceClassification name */
+        w->name = at->p == a->score ? "score.weight" : at->key;
         w->dtype = PEFT_DT_F32;
         w->ndim = at->ndim;
         w->shape[0] = at->shape[0];
@@ -345,6 +398,7 @@ static int save_full(const adapter *a, const peft_model *m, const char *dir, pef
     static const char *const files[] = {"config.json", "generation_config.json", "tokenizer.json",
                                         "tokenizer_config.json", "special_tokens_map.json", NULL};
     for (int i = 0; files[i] && !rc; i++) rc = copy_if_present(m->path, dir, files[i], err);
+    if (!rc && a->score) rc = classifier_config(m, dir, a->mc.n_labels, err);
 done:
     for (int i = 0; tmp && i < n; i++) free(tmp[i]);
     free(tmp);

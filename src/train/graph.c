@@ -168,7 +168,7 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
     g->B = B;
     g->P = P;
     g->PX = PX;
-    g->n_labels = a ? a->mc.n_labels : 0;
+    g->n_labels = a && a->mc.n_labels ? a->mc.n_labels : m->n_labels;
     g->T = T + P;
     g->T_cap = T + P;
     g->N = B * g->T;
@@ -614,12 +614,15 @@ static int lm_loss(train_graph *g, bool backward, float grad_scale, double *tota
 static int cls_loss(train_graph *g, const data_batch *b, bool backward, float grad_scale, double *total, int *count) {
     const int K = g->n_labels, d = g->d;
     adapter *a = g->ad;
+    /* the adapter's head, or the model's own (a fine-tuned classifier) */
+    const float *score = a && a->score ? a->score : g->m->score;
+    float *gscore = a && a->score ? a->gscore : NULL;
     for (int bi = 0; bi < g->B; bi++) {
         const float *h = g->hf + ((size_t)bi * g->T + g->last[bi]) * d;
         float *lg = g->cls + (size_t)bi * K;
         for (int k = 0; k < K; k++) {
             double s = 0;
-            for (int j = 0; j < d; j++) s += (double)a->score[(size_t)k * d + j] * h[j];
+            for (int j = 0; j < d; j++) s += (double)score[(size_t)k * d + j] * h[j];
             lg[k] = (float)s;
         }
         const int y = b->labels ? b->labels[bi] : -1;
@@ -635,8 +638,8 @@ static int cls_loss(train_graph *g, const data_batch *b, bool backward, float gr
         for (int k = 0; k < K; k++) {
             const float dl = (float)((exp(lg[k] - mx) / z - (k == y)) * grad_scale);
             for (int j = 0; j < d; j++) {
-                a->gscore[(size_t)k * d + j] += dl * h[j];
-                dh[j] += dl * a->score[(size_t)k * d + j];
+                if (gscore) gscore[(size_t)k * d + j] += dl * h[j];
+                dh[j] += dl * score[(size_t)k * d + j];
             }
         }
     }

@@ -124,7 +124,7 @@ int train_eval_acc(peft_model *m, adapter *a, const data_set *d, int batch, int 
         const float *cl = rc ? NULL : tg_class_logits(g);
         for (int r = 0; cl && r < batch; r++) {
             if (ob.b.labels[r] < 0) continue;
-            const int K = a->mc.n_labels;
+            const int K = a && a->mc.n_labels ? a->mc.n_labels : m->n_labels;
             int best = 0;
             for (int k = 1; k < K; k++)
                 if (cl[(size_t)r * K + k] > cl[(size_t)r * K + best]) best = k;
