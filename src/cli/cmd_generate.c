@@ -11,7 +11,7 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: peft generate --model PATH --prompt TEXT [options]\n\n"
             "  --model PATH       HF model folder or .gguf file\n"
-            "  --adapter DIR      apply a LoRA adapter (HF PEFT format)\n"
+            "  --adapter DIR      apply an adapter of any method (HF PEFT format or peft.c's)\n"
             "  --prompt TEXT      the prompt (or --prompt-file FILE)\n"
             "  --chat             wrap the prompt in the model's chat template\n"
             "  --system TEXT      chat system prompt (default: the template's)\n"
