@@ -179,7 +179,8 @@ peft_adapter *peft_adapter_new(peft_model *m, const peft_lora_params *p);
  * ignored; peft_method_default_params fills the method's defaults. */
 typedef struct {
     const char *method;          /* lora, dora, adapter-pfeiffer, adapter-houlsby, prompt, prefix, ia3, bitfit, full */
-    peft_lora_params lora;       /* lora, dora (dora: dropout must be 0) */
+    peft_lora_params lora;       /* lora, dora (dora: dropout must be 0); lora.layers also selects the
+                                    layers of ia3 and adapter-*; lora.seed is unused (seed below) */
     int reduction_factor;        /* adapter-*: bottleneck = hidden / reduction_factor (16) */
     const char *non_linearity;   /* adapter-*: relu (pfeiffer), swish (houlsby), gelu_new, tanh */
     int bert_init;               /* adapter-*: N(0, 0.02) weights instead of a zero up-projection */
@@ -189,7 +190,7 @@ typedef struct {
     int encoder_hidden_size;     /* prefix: the MLP's hidden size (0: the key/value width) */
     const char *ia3_targets;     /* ia3: modules (NULL: the architecture's default) */
     const char *ia3_feedforward; /* ia3: modules whose input is scaled (NULL: default) */
-    int num_labels;              /* > 0: add a sequence-classification head */
+    int num_labels;              /* >= 2: add a sequence-classification head; 0: none */
     uint64_t seed;
 } peft_method_params;
 
@@ -206,11 +207,13 @@ peft_adapter *peft_adapter_load(peft_model *m, const char *dir);
 int peft_adapter_save(peft_model *m, const peft_adapter *a, const char *dir);
 void peft_adapter_free(peft_adapter *a);
 int64_t peft_adapter_n_params(const peft_adapter *a);
-/* Applies a to m's forward (logits, generate); NULL detaches. a must outlive
- * the attachment. */
+/* Applies a to m's forward (logits, generate); NULL detaches. a must have
+ * been made or loaded for m and outlive the attachment. Attach before a
+ * sequence starts (virtual tokens enter at position 0). */
 int peft_adapter_attach(peft_model *m, const peft_adapter *a);
 /* LoRA, DoRA or IA3 folded into the base, written as a new model (HF folder
- * from HF, GGUF from GGUF); other methods are an error. */
+ * from HF, GGUF from GGUF); other methods, and adapters with a
+ * classification head, are an error. */
 int peft_adapter_merge(peft_model *m, const peft_adapter *a, const char *out_path);
 /* A LoRA adapter as a llama.cpp GGUF LoRA file. */
 int peft_adapter_export_gguf(peft_model *m, const peft_adapter *a, const char *path);
@@ -240,8 +243,10 @@ typedef struct {
 } peft_train_result;
 
 peft_train_params peft_train_default_params(void);
-/* Trains a on p->data and writes it to p->out_dir (HF PEFT format,
- * metrics.jsonl, loss.svg, checkpoints). */
+/* Trains a on p->data and writes it to p->out_dir (as peft_adapter_save
+ * does: HF PEFT format where HF PEFT has the method), metrics.jsonl,
+ * loss.svg, checkpoints. Classification data needs an adapter with a head
+ * (num_labels) and the other way round. */
 int peft_train(peft_model *m, peft_adapter *a, const peft_train_params *p, peft_train_result *res);
 /* Mean loss per target token of a JSONL file (a may be NULL). */
 int peft_eval(peft_model *m, const peft_adapter *a, const char *data, int batch, int seq,

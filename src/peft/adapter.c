@@ -98,6 +98,7 @@ void adapter_free(adapter *a) {
     free(a->gfnb);
     free(a->gfw);
     free(a->pe_hidden);
+    free(a->pe_dhidden);
     free(a->bn_mods);
     free(a->dora_norms);
     if (a->method == METHOD_PREFIX && a->mc.prefix_projection) {
@@ -147,10 +148,15 @@ static int add_head(adapter *a, const peft_model *m, int n_labels, peft_err *err
     return i;
 }
 
-static void wire_head(adapter *a, int idx, uint64_t seed) {
+static void wire_head(adapter *a, const peft_model *m, int idx, uint64_t seed) {
     if (idx < 0) return;
     a->score = a->tensors[idx].p;
     a->gscore = a->tensors[idx].g;
+    if (m && m->score && m->n_labels == a->tensors[idx].shape[0]) {
+        /* a classifier base: start from its head (as modules_to_save copies it) */
+        memcpy(a->score, m->score, (size_t)a->tensors[idx].n * sizeof(float));
+        return;
+    }
     /* transformers' _init_weights: N(0, initializer_range = 0.02) */
     peft_rng rng;
     peft_rng_seed(&rng, seed ^ 0x5c0e5c0eULL);
@@ -158,7 +164,7 @@ static void wire_head(adapter *a, int idx, uint64_t seed) {
 }
 
 int adapter_head_add(adapter *a, const peft_model *m, int n_labels, peft_err *err) { return add_head(a, m, n_labels, err); }
-void adapter_head_wire(adapter *a, int idx, uint64_t seed) { wire_head(a, idx, seed); }
+void adapter_head_wire(adapter *a, const peft_model *m, int idx, uint64_t seed) { wire_head(a, m, idx, seed); }
 
 /* ---- creation of the non-LoRA methods ------------------------------------------ */
 
@@ -302,7 +308,8 @@ static int new_prompt(adapter *a, const peft_model *m, int *idx, peft_err *err) 
     a->prefix_table = peft_calloc((size_t)P * W, sizeof(float), err);
     a->prefix_gtable = peft_calloc((size_t)P * W, sizeof(float), err);
     a->pe_hidden = peft_calloc((size_t)P * H, sizeof(float), err);
-    if (!a->prefix_table || !a->prefix_gtable || !a->pe_hidden) return PEFT_ERR_NOMEM;
+    a->pe_dhidden = peft_calloc((size_t)P * H, sizeof(float), err);
+    if (!a->prefix_table || !a->prefix_gtable || !a->pe_hidden || !a->pe_dhidden) return PEFT_ERR_NOMEM;
     return 0;
 }
 
@@ -466,7 +473,11 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
         if (rc) return rc;
         (*out)->mc = *mc;
         (*out)->mc.prompt_init_text = NULL;
-        return adapter_refresh(*out, m, err);
+        if ((rc = adapter_refresh(*out, m, err))) {
+            adapter_free(*out);
+            *out = NULL;
+        }
+        return rc;
     }
     const int L = m->cfg.n_layer;
     adapter *a = peft_calloc(1, sizeof *a, err);
@@ -493,6 +504,14 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
     }
     if (rc) goto done;
     int head = add_head(a, m, mc->n_labels, err);
+    if (mc->n_labels > 0 && head < 0) { rc = PEFT_ERR_NOMEM; goto done; }
+    for (int i = 0; i < a->n_tensors; i++)
+        if (a->tensors[i].n <= 0) { rc = peft_fail(err, PEFT_ERR_INVALID, "%s: empty tensor %s", m->path, a->tensors[i].key); goto done; }
+    if (mc->method == METHOD_FULL && eidx[0] < 0) { rc = PEFT_ERR_NOMEM; goto done; }
+    if ((mc->method == METHOD_ADAPTER_PFEIFFER || mc->method == METHOD_ADAPTER_HOULSBY) && a->n_tensors == (head >= 0)) {
+        rc = peft_fail(err, PEFT_ERR_INVALID, "bottleneck adapter: no layer of %s is selected", m->path);
+        goto done;
+    }
     if ((rc = adapter_finish_alloc(a, err))) goto done;
     peft_rng rng;
     peft_rng_seed(&rng, mc->seed);
@@ -535,6 +554,7 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
             for (int p = 0; p < P && !rc; p++) {
                 int64_t tok = mc->prompt_init == 2 ? ids[p % n] : (int64_t)(peft_rng_uniform(&rng) * m->cfg.vocab) % m->cfg.vocab;
                 rc = kern_weight_row(&m->tok_emb, tok, a->prompt + (size_t)p * d);
+                if (rc) rc = peft_fail(err, rc, "prompt tuning: token %lld of the init has no embedding row", (long long)tok);
             }
             free(ids);
             if (rc) break;
@@ -570,7 +590,7 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
     default: break;
     }
     if (rc) goto done;
-    wire_head(a, head, mc->seed);
+    wire_head(a, m, head, mc->seed);
     rc = adapter_refresh(a, m, err);
 done:
     free(idx);
@@ -687,8 +707,7 @@ void adapter_refresh_bwd(adapter *a, const peft_model *m) {
     if (!a || a->method != METHOD_PREFIX || !a->mc.prefix_projection) return;
     const int P = a->mc.n_virtual, d = m->cfg.n_kv_head * m->cfg.head_dim, H = a->mc.prefix_hidden,
               W = prefix_width(m);
-    float *dh = malloc((size_t)P * H * sizeof(float));
-    if (!dh) return;
+    float *dh = a->pe_dhidden;
     /* gW2 += dTᵀ·hidden, gb2 += colsum dT, dh = dT·W2 ⊙ (1 - hidden²) */
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, W, H, P, 1.0f, a->prefix_gtable, W, a->pe_hidden, H, 1.0f,
                 a->pe_gw2, H);
@@ -700,6 +719,5 @@ void adapter_refresh_bwd(adapter *a, const peft_model *m) {
     for (int p = 0; p < P; p++)
         for (int k = 0; k < H; k++) a->pe_gb1[k] += dh[(size_t)p * H + k];
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, P, d, H, 1.0f, dh, H, a->pe_w1, d, 1.0f, a->pe_gemb, d);
-    free(dh);
     memset(a->prefix_gtable, 0, (size_t)P * W * sizeof(float));
 }

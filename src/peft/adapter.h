@@ -143,6 +143,7 @@ typedef struct adapter {
     float *pe_emb, *pe_w1, *pe_b1, *pe_w2, *pe_b2;
     float *pe_gemb, *pe_gw1, *pe_gb1, *pe_gw2, *pe_gb2;
     float *pe_hidden;                 /* (P, hidden) tanh output, for the backward */
+    float *pe_dhidden;                /* (P, hidden) scratch of the backward */
     float *prefix_gtable;             /* (P, width) gradient of the computed table */
     /* BitFit: per slot a bias copy (out), per layer norm biases (d) ×2 and
      * the final norm's; NULL where the base has none */
@@ -193,7 +194,7 @@ int adapter_prefix_rows(const adapter *a);
 
 /* Helpers shared by lora.c and adapter_io.c. */
 int adapter_head_add(adapter *a, const peft_model *m, int n_labels, peft_err *err);
-void adapter_head_wire(adapter *a, int idx, uint64_t seed);
+void adapter_head_wire(adapter *a, const peft_model *m, int idx, uint64_t seed);
 void adapter_wire_bn(adapter *a, const peft_model *m, const int *idx);
 void adapter_wire_prompt(adapter *a, int first_tensor);
 void adapter_ia3_defaults(const peft_model *m, uint32_t *targets, uint32_t *ff);

@@ -278,8 +278,14 @@ static int save_full_gguf(const adapter *a, const peft_model *m, const char *dir
             }
         }
         if (!src) {
-            rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: base tensor %s has no fine-tuned counterpart", path, t->name);
-            break;
+            /* not trained (llama3's rope_freqs, ...): copied as it is; a
+             * previous head is replaced by the trained one below */
+            if (a->score && !strcmp(t->name, "score.weight")) continue;
+            if ((rc = gguf_w_tensor(w, t->name, t->dtype, t->ndim, t->ne, t->data, t->nbytes))) {
+                writer_err = true;
+                break;
+            }
+            continue;
         }
         int64_t numel = 1;
         for (int d = 0; d < t->ndim; d++) numel *= t->ne[d];
@@ -333,6 +339,16 @@ static int classifier_config(const peft_model *m, const char *dir, int n_labels,
                                                           : qwen ? "Qwen2ForSequenceClassification"
                                                           : mistral ? "MistralForSequenceClassification"
                                                                     : "LlamaForSequenceClassification"));
+        /* transformers pools at the last non-pad token: it needs a pad id */
+        const cJSON *pad = cJSON_GetObjectItemCaseSensitive(o, "pad_token_id");
+        if (!cJSON_IsNumber(pad) && m->tok) {
+            int pid = bpe_pad_id(m->tok);
+            if (pid < 0) pid = bpe_eos_id(m->tok);
+            if (pid >= 0) {
+                cJSON_DeleteItemFromObjectCaseSensitive(o, "pad_token_id");
+                cJSON_AddNumberToObject(o, "pad_token_id", pid);
+            }
+        }
         cJSON_DeleteItemFromObjectCaseSensitive(o, "id2label");
         cJSON_DeleteItemFromObjectCaseSensitive(o, "label2id");
         cJSON *i2l = cJSON_AddObjectToObject(o, "id2label"), *l2i = cJSON_AddObjectToObject(o, "label2id");
@@ -354,6 +370,7 @@ static int classifier_config(const peft_model *m, const char *dir, int n_labels,
 }
 
 static int save_full(const adapter *a, const peft_model *m, const char *dir, peft_err *err) {
+    if (!strcmp(dir, m->path)) return peft_fail(err, PEFT_ERR_INVALID, "%s: the fine-tuned model cannot overwrite its base", dir);
     if (m->gguf) return save_full_gguf(a, m, dir, err);
     if (strcmp(m->source, "hf") != 0)
         return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: cannot save a fully fine-tuned %s model", dir, m->source);
@@ -395,8 +412,9 @@ static int save_full(const adapter *a, const peft_model *m, const char *dir, pef
     }
     static const char *const meta[] = {"format", "pt", NULL};
     if (!rc) rc = st_write(st_path, t, k, meta, err);
-    static const char *const files[] = {"config.json", "generation_config.json", "tokenizer.json",
-                                        "tokenizer_config.json", "special_tokens_map.json", NULL};
+    static const char *const files[] = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                                        "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model",
+                                        "chat_template.jinja", NULL};
     for (int i = 0; files[i] && !rc; i++) rc = copy_if_present(m->path, dir, files[i], err);
     if (!rc && a->score) rc = classifier_config(m, dir, a->mc.n_labels, err);
 done:
@@ -419,9 +437,13 @@ int adapter_save(const adapter *a, const peft_model *m, const char *dir, peft_er
     return rc;
 }
 
+/* An integer field in [-1e9, 1e9] (anything else reads as -1, which every
+ * caller refuses), or dflt when absent. */
 static int json_int(const cJSON *o, const char *key, int dflt) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsNumber(v) ? (int)v->valuedouble : dflt;
+    if (!cJSON_IsNumber(v)) return dflt;
+    if (!(v->valuedouble >= -1e9 && v->valuedouble <= 1e9) || v->valuedouble != floor(v->valuedouble)) return -1;
+    return (int)v->valuedouble;
 }
 
 /* target names (a list, or a string) into role bits */
@@ -440,7 +462,11 @@ static int json_targets(const peft_model *m, const cJSON *v, uint32_t *bits, con
     } else return peft_fail(err, PEFT_ERR_FORMAT, "%s: target modules must be a list of names", path);
     if (!buf[0]) return 0;
     int rc = lora_parse_targets(m, buf, bits, err);
-    if (rc) return peft_fail(err, rc, "%s: %s", path, err->msg);
+    if (rc) {
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        return peft_fail(err, rc, "%s: %s", path, msg);
+    }
     return 0;
 }
 
@@ -484,6 +510,10 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
     } else if (!strcmp(t, "PROMPT_TUNING") || !strcmp(t, "PREFIX_TUNING")) {
         mc.method = t[1] == 'R' && t[2] == 'O' ? METHOD_PROMPT : METHOD_PREFIX;
         mc.n_virtual = json_int(o, "num_virtual_tokens", 0);
+        if (mc.n_virtual < 0) {
+            rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: \"num_virtual_tokens\" must be a positive integer", cfg_path);
+            goto done;
+        }
         /* the saved table is loaded as is; a projection is not re-created */
         mc.prefix_projection = false;
         const int nl = json_int(o, "num_layers", m->cfg.n_layer);
@@ -499,6 +529,10 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
         const cJSON *cn = cJSON_GetObjectItemCaseSensitive(o, "config_name");
         mc.method = cJSON_IsString(cn) && !strcmp(cn->valuestring, "double_seq_bn") ? METHOD_ADAPTER_HOULSBY : METHOD_ADAPTER_PFEIFFER;
         mc.reduction_factor = json_int(o, "reduction_factor", 16);
+        if (mc.reduction_factor <= 0) {
+            rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: \"reduction_factor\" must be a positive integer", cfg_path);
+            goto done;
+        }
         const cJSON *nl = cJSON_GetObjectItemCaseSensitive(o, "non_linearity");
         mc.act = mc.method == METHOD_ADAPTER_HOULSBY ? BN_ACT_SWISH : BN_ACT_RELU;
         if (cJSON_IsString(nl) && bn_act_parse(nl->valuestring, &mc.act)) {

@@ -101,6 +101,14 @@ peft_adapter *peft_adapter_new_method(peft_model *m, const peft_method_params *p
         mc.ia3_ff = dff & mc.ia3_targets;
         if (p->ia3_feedforward && lora_parse_targets(m, p->ia3_feedforward, &mc.ia3_ff, err)) return NULL;
     }
+    if (mc.method == METHOD_IA3 && (mc.ia3_ff & ~mc.ia3_targets)) {
+        peft_fail(err, PEFT_ERR_INVALID, "IA3: feed-forward modules must be among the targets");
+        return NULL;
+    }
+    if (p->num_labels == 1 || p->num_labels < 0) {
+        peft_fail(err, PEFT_ERR_INVALID, "num_labels must be 0 (no head) or at least 2, got %d", p->num_labels);
+        return NULL;
+    }
     mc.n_labels = p->num_labels;
     adapter *a = NULL;
     if (adapter_new(m, &mc, &a, err)) return NULL;

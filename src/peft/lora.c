@@ -217,7 +217,7 @@ int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, i
             md->gmag = a->tensors[per * i + 2].g;
         }
     }
-    adapter_head_wire(a, head, cfg->seed);
+    adapter_head_wire(a, m, head, cfg->seed);
     *out = a;
     return 0;
 }

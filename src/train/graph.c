@@ -695,7 +695,7 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
         }
     }
     /* dropout only while training; evaluation sees the whole adapter */
-    g->drop = (ad && ad->n_modules && backward) ? ad->cfg.dropout : 0.0f;
+    g->drop = (ad && ad->n_modules && !ad->cfg.dora && backward) ? ad->cfg.dropout : 0.0f;
     if (g->drop > 0) make_masks(g, dropout_seed);
 
     /* embeddings into layer 0's input */

@@ -363,6 +363,18 @@ static int trim_metrics(const char *path, int step, history *h, peft_err *err) {
 
 int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *val,
               const train_params *p, train_result *res, peft_err *err) {
+    const int n_labels = a->mc.n_labels ? a->mc.n_labels : m->n_labels;
+    if ((train->kind == DATA_CLASSIFICATION) != (n_labels > 0))
+        return peft_fail(err, PEFT_ERR_INVALID,
+                         n_labels > 0 ? "the %s adapter has a %d-label classification head but the data is not {text, label}"
+                                      : "classification data ({text, label}) needs an adapter with a classification head (%s, %d labels)",
+                         method_name(a->method), n_labels);
+    if (train->kind == DATA_CLASSIFICATION && train->n_labels > n_labels)
+        return peft_fail(err, PEFT_ERR_INVALID, "the data has label %d but the classification head has %d labels",
+                         train->n_labels - 1, n_labels);
+    if (a->cfg.dora && a->cfg.dropout > 0)
+        return peft_fail(err, PEFT_ERR_INVALID, "DoRA with dropout (%g) cannot be trained here; set lora_dropout to 0",
+                         (double)a->cfg.dropout);
     if (p->pack && (adapter_prompt_rows(a) || adapter_prefix_rows(a)))
         return peft_fail(err, PEFT_ERR_INVALID, "packing does not apply to %s tuning (virtual tokens belong to one sequence)",
                          method_name(a->method));
