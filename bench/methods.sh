@@ -18,7 +18,7 @@ STEPS=${STEPS:-60}
 THREADS=${THREADS:-2}
 SEED=${SEED:-42}
 TASKS=${TASKS:-"sst2 e2e"}
-METHODS=${METHODS:-"lora dora adapter-pfeiffer adapter-houlsby prompt prefix ia3 bitfit full"}
+METHODS=${METHODS:-"lora dora adapter-pfeiffer adapter-houlsby prompt prefix prefix-vocab ia3 bitfit full"}
 PEFT=${PEFT:-build/peft}
 [ -f "$MODEL" ] || bash scripts/setup.sh --model
 [ -x "$PEFT" ] || bash scripts/setup.sh --build
@@ -37,7 +37,7 @@ lr_of() {
     case "$1" in
     lora | dora | adapter-pfeiffer | adapter-houlsby) echo 1e-3 ;;
     prompt) echo 3e-2 ;;
-    prefix) echo 1e-2 ;;
+    prefix | prefix-vocab) echo 1e-2 ;;
     ia3) echo 5e-3 ;;
     bitfit) echo 1e-3 ;;
     full) echo 5e-5 ;;
@@ -52,7 +52,10 @@ row() {  # task method
     esac
     rm -rf "$dir"
     mkdir -p "$dir"
-    if ! /usr/bin/time -v -o "$dir/time.txt" "$PEFT" train --model "$MODEL" "${args[@]}" --method "$method" \
+    local margs=(--method "$method")
+    # prefix-vocab: prefix tuning whose table starts as the keys/values of sampled tokens
+    [ "$method" = prefix-vocab ] && margs=(--method prefix --prompt-init sample-vocab)
+    if ! /usr/bin/time -v -o "$dir/time.txt" "$PEFT" train --model "$MODEL" "${args[@]}" "${margs[@]}" \
         --lr "$(lr_of "$method")" --warmup 6 --schedule cosine --steps "$STEPS" --seed "$SEED" \
         --threads "$THREADS" --quiet --out "$dir" > "$dir/stdout.txt" 2> "$dir/train.log"; then
         local why

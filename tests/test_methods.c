@@ -356,6 +356,48 @@ static void qwen2_and_gguf_bases(void) {
     method_case(MFIX "tiny-gpt2.f32.gguf", "gguf_gpt2_full", mk(METHOD_FULL), false);
 }
 
+/* Prefix tuning initialised from a text: the adapter's model on X equals the
+ * base model on [text tokens, X] (the table holds those tokens' keys and
+ * values, the text's positions come first). */
+static void prefix_init_from_text_is_the_text_as_context(void) {
+    for (int mi = 0; mi < 2; mi++) {
+        env e;
+        if (open_model(&e, models[mi])) { CHECK(0); return; }
+        peft_err err = {0};
+        method_config c = mk(METHOD_PREFIX);
+        c.n_virtual = 5;
+        c.prompt_init = 2;
+        c.prompt_init_text = "the cat sat";
+        adapter *a = NULL;
+        CHECK_OK(adapter_new(e.m, &c, &a, &err));
+        int32_t *tids = NULL;
+        int nt = 0;
+        CHECK_OK(bpe_encode(e.m->tok, c.prompt_init_text, strlen(c.prompt_init_text), true, false, &tids, &nt, &err));
+        if (!a || !tids || nt == 0) { adapter_free(a); free(tids); close_model(&e); continue; }
+        const int P = 5, T = 8, V = e.m->cfg.vocab;
+        int32_t all[13];
+        for (int p = 0; p < P; p++) all[p] = tids[p % nt];
+        for (int t = 0; t < T; t++) all[P + t] = (int32_t)(7 + 13 * t) % 300;
+        float *want = malloc(sizeof(float) * (size_t)(P + T) * V), *got = malloc(sizeof(float) * (size_t)T * V);
+        model_reset(e.m);
+        CHECK_OK(model_forward(e.m, all, P + T, want, true, &err));
+        CHECK_OK(peft_adapter_attach(e.m, (peft_adapter *)a));
+        model_reset(e.m);
+        CHECK_OK(model_forward(e.m, all + P, T, got, true, &err));
+        peft_adapter_attach(e.m, NULL);
+        double md = 0;
+        for (int64_t k = 0; k < (int64_t)T * V; k++) md = fmax(md, fabs(got[k] - want[(size_t)P * V + k]));
+        CHECK_MSG(md <= 1e-4, "%s: prefix from text vs base with the text: %g", models[mi], md);
+        printf("    %-36s prefix from \"%s\" vs base model reading it first: max |diff| %.2g\n", models[mi],
+               c.prompt_init_text, md);
+        free(want);
+        free(got);
+        free(tids);
+        adapter_free(a);
+        close_model(&e);
+    }
+}
+
 static void methods_the_base_cannot_take_fail_clearly(void) {
     env e;
     if (open_model(&e, MFIX "tiny-llama")) { CHECK(0); return; }
@@ -387,6 +429,7 @@ static void methods_the_base_cannot_take_fail_clearly(void) {
 int main(void) {
     TEST_RUN(every_method_on_llama_and_gpt2);
     TEST_RUN(qwen2_and_gguf_bases);
+    TEST_RUN(prefix_init_from_text_is_the_text_as_context);
     TEST_RUN(methods_the_base_cannot_take_fail_clearly);
     TEST_MAIN_END();
 }

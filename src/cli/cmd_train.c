@@ -42,7 +42,7 @@ static opt_def train_opts[] = {
     {"non-linearity", false, "[adapter-*] relu (pfeiffer default) | swish (houlsby default) | gelu_new | tanh", NULL},
     {"adapter-init", false, "[adapter-*] zero_up (default: up-projection 0, the identity) | bert (N(0, 0.02))", NULL},
     {"num-virtual-tokens", false, "[prompt, prefix] virtual tokens (default 20)", NULL},
-    {"prompt-init", false, "[prompt] random (default) | sample-vocab | any other text: its tokens' embeddings", NULL},
+    {"prompt-init", false, "[prompt, prefix] random (default) | sample-vocab | any other text: its tokens' embeddings (prefix: their keys/values)", NULL},
     {"prefix-projection", true, "[prefix] reparametrise the prefix through an MLP (tanh) while training", NULL},
     {"encoder-hidden-size", false, "[prefix] the projection's hidden size (default: the key/value width)", NULL},
     {"num-labels", false, "classification labels (default: from {text,label} data)", NULL},
@@ -89,7 +89,7 @@ static unsigned opt_methods(const char *name) {
         {"non-linearity", MB(METHOD_ADAPTER_PFEIFFER) | MB(METHOD_ADAPTER_HOULSBY)},
         {"adapter-init", MB(METHOD_ADAPTER_PFEIFFER) | MB(METHOD_ADAPTER_HOULSBY)},
         {"num-virtual-tokens", MB(METHOD_PROMPT) | MB(METHOD_PREFIX)},
-        {"prompt-init", MB(METHOD_PROMPT)},
+        {"prompt-init", MB(METHOD_PROMPT) | MB(METHOD_PREFIX)},
         {"prefix-projection", MB(METHOD_PREFIX)},
         {"encoder-hidden-size", MB(METHOD_PREFIX)},
     };

@@ -464,6 +464,43 @@ bad:
     return peft_fail(err, rc, "%s: cannot convert the base weights to f32 for full fine-tuning", m->path);
 }
 
+/* Prefix tuning initialised from real keys and values: the base model runs
+ * P tokens (sampled ids, or an init text's tokens repeated) and its KV cache
+ * rows become the table, so the prefix starts as a plausible context
+ * instead of N(0, 1) noise. Uses (and resets) the model's inference state. */
+static int prefix_from_tokens(adapter *a, const peft_model *cm, const method_config *mc, peft_rng *rng, peft_err *err) {
+    peft_model *m = (peft_model *)cm;
+    const int P = mc->n_virtual, L = m->cfg.n_layer, hd = m->cfg.head_dim, nkv = m->cfg.n_kv_head, kvd = nkv * hd;
+    int32_t *ids = peft_malloc((size_t)P * sizeof(int32_t), err), *txt = NULL;
+    int n = 0, rc = ids ? 0 : PEFT_ERR_NOMEM;
+    if (!rc && mc->prompt_init == 2) {
+        if (!m->tok || !mc->prompt_init_text) rc = peft_fail(err, PEFT_ERR_INVALID, "prefix tuning: --prompt-init needs a text and a tokenizer");
+        else rc = bpe_encode(m->tok, mc->prompt_init_text, strlen(mc->prompt_init_text), true, false, &txt, &n, err);
+        if (!rc && n == 0) rc = peft_fail(err, PEFT_ERR_INVALID, "prefix tuning: the init text has no tokens");
+    }
+    for (int p = 0; !rc && p < P; p++)
+        ids[p] = mc->prompt_init == 2 ? txt[p % n] : (int32_t)((int64_t)(peft_rng_uniform(rng) * m->cfg.vocab) % m->cfg.vocab);
+    const struct adapter *saved = m->lora;
+    if (!rc) {
+        m->lora = NULL;
+        model_reset(m);
+        rc = model_forward(m, ids, P, NULL, false, err);
+        m->lora = saved;
+    }
+    for (int l = 0; !rc && l < L; l++)
+        for (int p = 0; p < P; p++)
+            for (int g = 0; g < nkv; g++) {
+                const size_t src = (size_t)l * nkv * m->kv.cap * hd + ((size_t)g * m->kv.cap + p) * hd;
+                float *row = a->prefix_table + (size_t)p * a->prefix_w;
+                memcpy(row + (size_t)(2 * l) * kvd + (size_t)g * hd, m->kv.k + src, (size_t)hd * sizeof(float));
+                memcpy(row + (size_t)(2 * l + 1) * kvd + (size_t)g * hd, m->kv.v + src, (size_t)hd * sizeof(float));
+            }
+    model_reset(m);
+    free(ids);
+    free(txt);
+    return rc;
+}
+
 int adapter_new(const peft_model *m, const method_config *mc, adapter **out, peft_err *err) {
     *out = NULL;
     if (mc->method == METHOD_LORA || mc->method == METHOD_DORA) {
@@ -557,6 +594,10 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
                 if (rc) rc = peft_fail(err, rc, "prompt tuning: token %lld of the init has no embedding row", (long long)tok);
             }
             free(ids);
+            if (rc) break;
+        } else if (mc->method == METHOD_PREFIX && mc->prompt_init != 0) {
+            if (mc->prefix_projection) { rc = peft_fail(err, PEFT_ERR_INVALID, "prefix tuning: --prompt-init does not apply with a projection"); break; }
+            rc = prefix_from_tokens(a, m, mc, &rng, err);
             if (rc) break;
         } else if (mc->method == METHOD_PREFIX && mc->prefix_projection) {
             const int H = a->mc.prefix_hidden, W = prefix_width(m), td = m->cfg.n_kv_head * m->cfg.head_dim;
