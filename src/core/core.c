@@ -319,3 +319,18 @@ const char *peft_status_name(int s) {
     default: return "unknown error";
     }
 }
+
+int peft_copy_file_if_exists(const char *src_dir, const char *dst_dir, const char *name, peft_err *err) {
+    char *src = peft_path_join(src_dir, name, err), *dst = peft_path_join(dst_dir, name, err);
+    int rc = (!src || !dst) ? PEFT_ERR_NOMEM : 0;
+    if (!rc && peft_file_exists(src)) {
+        char *data = NULL;
+        size_t len = 0;
+        rc = peft_read_file(src, &data, &len, err);
+        if (!rc) rc = peft_write_file_atomic(dst, data, len, err);
+        free(data);
+    }
+    free(src);
+    free(dst);
+    return rc;
+}

@@ -31,6 +31,9 @@ char *peft_strndup(const char *s, size_t n, peft_err *err);
 int peft_read_file(const char *path, char **data, size_t *len, peft_err *err);
 /* Atomic write: writes path.tmp.<pid>, fsyncs, renames over path. */
 int peft_write_file_atomic(const char *path, const void *data, size_t len, peft_err *err);
+/* Copies src_dir/name to dst_dir/name (atomically) when it exists; 0 when it
+ * does not. */
+int peft_copy_file_if_exists(const char *src_dir, const char *dst_dir, const char *name, peft_err *err);
 /* mkdir -p; fails when dir exists but is not a folder. */
 int peft_mkdir_p(const char *dir, peft_err *err);
 bool peft_file_exists(const char *path);

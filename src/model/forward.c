@@ -81,14 +81,6 @@ static int linear(peft_model *m, int l, model_linear_role r, float *y, int ldy, 
     return 0;
 }
 
-static float bn_act_f(bn_act k, float z) {
-    switch (k) {
-    case BN_ACT_RELU: return z > 0 ? z : 0;
-    case BN_ACT_SWISH: return z / (1.0f + expf(-z));
-    case BN_ACT_TANH: return tanhf(z);
-    default: return 0.5f * z * (1.0f + tanhf(0.7978845608028654f * (z + 0.044715f * z * z * z)));
-    }
-}
 
 /* x += the sublayer output of linear (l, r) on in, through the bottleneck
  * module of `site` when the adapter has one: h + up(f(down(h))). hs (T, d),
@@ -104,7 +96,7 @@ static int sublayer_out(peft_model *m, int l, model_linear_role r, int site, flo
     const int b = a->bn_size;
     for (int i = 0; i < T; i++) memcpy(zb + (size_t)i * b, bm->db, (size_t)b * sizeof(float));
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, b, d, 1.0f, hs, d, bm->dw, d, 1.0f, zb, b);
-    for (size_t i = 0; i < (size_t)T * b; i++) zb[i] = bn_act_f(a->mc.act, zb[i]);
+    for (size_t i = 0; i < (size_t)T * b; i++) zb[i] = bn_act_apply(a->mc.act, zb[i]);
     for (int i = 0; i < T; i++)
         for (int j = 0; j < d; j++) x[(size_t)i * d + j] += hs[(size_t)i * d + j] + bm->ub[j];
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, d, b, 1.0f, zb, b, bm->uw, b, 1.0f, x, d);

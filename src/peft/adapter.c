@@ -641,6 +641,38 @@ done:
     return rc;
 }
 
+/* ---- bottleneck activations ------------------------------------------------------ */
+
+float bn_act_apply(bn_act k, float z) {
+    switch (k) {
+    case BN_ACT_RELU: return z > 0 ? z : 0;
+    case BN_ACT_SWISH: return z / (1.0f + expf(-z));
+    case BN_ACT_TANH: return tanhf(z);
+    default: {
+        const float c = 0.7978845608028654f;
+        return 0.5f * z * (1.0f + tanhf(c * (z + 0.044715f * z * z * z)));
+    }
+    }
+}
+
+float bn_act_grad(bn_act k, float z) {
+    switch (k) {
+    case BN_ACT_RELU: return z > 0 ? 1.0f : 0.0f;
+    case BN_ACT_SWISH: {
+        const float sg = 1.0f / (1.0f + expf(-z));
+        return sg * (1.0f + z * (1.0f - sg));
+    }
+    case BN_ACT_TANH: {
+        const float t = tanhf(z);
+        return 1.0f - t * t;
+    }
+    default: {
+        const float c = 0.7978845608028654f, u = c * (z + 0.044715f * z * z * z), t = tanhf(u);
+        return 0.5f * (1.0f + t) + 0.5f * z * (1.0f - t * t) * c * (1.0f + 3.0f * 0.044715f * z * z);
+    }
+    }
+}
+
 /* ---- effective parameters ------------------------------------------------------- */
 
 const kern_weight *adapter_weight(const adapter *a, const peft_model *m, int l, model_linear_role r) {

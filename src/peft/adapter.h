@@ -214,5 +214,8 @@ int adapter_write_folder(const adapter *a, const char *dir, const char *config_j
  * the registry does not know is an error). */
 int adapter_read_tensors(adapter *a, const st_archive *st, const char *st_path, peft_err *err);
 int bn_act_parse(const char *s, bn_act *out);
+/* f(z) and f'(z) of a bottleneck activation (gelu_new: the tanh form). */
+float bn_act_apply(bn_act k, float z);
+float bn_act_grad(bn_act k, float z);
 
 #endif

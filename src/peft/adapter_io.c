@@ -216,20 +216,6 @@ static char *method_config_json(const adapter *a, const peft_model *m) {
 
 /* ---- full fine-tuning: an HF model folder -------------------------------------- */
 
-static int copy_if_present(const char *src_dir, const char *dst_dir, const char *name, peft_err *err) {
-    char *src = peft_path_join(src_dir, name, err), *dst = peft_path_join(dst_dir, name, err);
-    int rc = (!src || !dst) ? PEFT_ERR_NOMEM : 0;
-    if (!rc && peft_file_exists(src)) {
-        char *text = NULL;
-        size_t len = 0;
-        rc = peft_read_file(src, &text, &len, err);
-        if (!rc) rc = peft_write_file_atomic(dst, text, len, err);
-        free(text);
-    }
-    free(src);
-    free(dst);
-    return rc;
-}
 
 /* GGUF base: dir/model.gguf with the base's metadata and every tensor as
  * F32 (llama.cpp's Q/K row order restored). */
@@ -415,7 +401,7 @@ static int save_full(const adapter *a, const peft_model *m, const char *dir, pef
     static const char *const files[] = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                                         "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model",
                                         "chat_template.jinja", NULL};
-    for (int i = 0; files[i] && !rc; i++) rc = copy_if_present(m->path, dir, files[i], err);
+    for (int i = 0; files[i] && !rc; i++) rc = peft_copy_file_if_exists(m->path, dir, files[i], err);
     if (!rc && a->score) rc = classifier_config(m, dir, a->mc.n_labels, err);
 done:
     for (int i = 0; tmp && i < n; i++) free(tmp[i]);

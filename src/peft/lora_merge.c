@@ -150,20 +150,6 @@ static int check_fit(const adapter *a, const peft_model *m, const char *out_path
 
 /* ---- HF ---------------------------------------------------------------------- */
 
-static int copy_file(const char *src_dir, const char *dst_dir, const char *name, peft_err *err) {
-    char *src = peft_path_join(src_dir, name, err), *dst = peft_path_join(dst_dir, name, err);
-    int rc = (!src || !dst) ? PEFT_ERR_NOMEM : 0;
-    if (!rc && peft_file_exists(src)) {
-        char *data = NULL;
-        size_t len = 0;
-        rc = peft_read_file(src, &data, &len, err);
-        if (!rc) rc = peft_write_file_atomic(dst, data, len, err);
-        free(data);
-    }
-    free(src);
-    free(dst);
-    return rc;
-}
 
 static int merge_hf(const adapter *a, const peft_model *m, const char *out_dir, peft_err *err) {
     static const char *const files[] = {"config.json",       "generation_config.json", "tokenizer.json",
@@ -172,7 +158,7 @@ static int merge_hf(const adapter *a, const peft_model *m, const char *out_dir, 
     int rc = peft_mkdir_p(out_dir, err);
     if (rc) return rc;
     if (peft_is_dir(m->path))
-        for (size_t i = 0; i < sizeof files / sizeof files[0] && !rc; i++) rc = copy_file(m->path, out_dir, files[i], err);
+        for (size_t i = 0; i < sizeof files / sizeof files[0] && !rc; i++) rc = peft_copy_file_if_exists(m->path, out_dir, files[i], err);
     if (rc) return rc;
     const int n = st_count(m->st);
     st_write_tensor *t = peft_calloc((size_t)(n ? n : 1), sizeof *t, err);

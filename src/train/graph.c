@@ -371,43 +371,13 @@ static int lin_bwd(train_graph *g, int l, model_linear_role r, const float *x, c
 
 /* ---- bottleneck adapters ---------------------------------------------------------- */
 
-static float bn_f(bn_act k, float z) {
-    switch (k) {
-    case BN_ACT_RELU: return z > 0 ? z : 0;
-    case BN_ACT_SWISH: return z / (1.0f + expf(-z));
-    case BN_ACT_TANH: return tanhf(z);
-    default: {
-        const float c = 0.7978845608028654f;
-        return 0.5f * z * (1.0f + tanhf(c * (z + 0.044715f * z * z * z)));
-    }
-    }
-}
-
-static float bn_df(bn_act k, float z) {
-    switch (k) {
-    case BN_ACT_RELU: return z > 0 ? 1.0f : 0.0f;
-    case BN_ACT_SWISH: {
-        const float sg = 1.0f / (1.0f + expf(-z));
-        return sg * (1.0f + z * (1.0f - sg));
-    }
-    case BN_ACT_TANH: {
-        const float t = tanhf(z);
-        return 1.0f - t * t;
-    }
-    default: {
-        const float c = 0.7978845608028654f, u = c * (z + 0.044715f * z * z * z), t = tanhf(u);
-        return 0.5f * (1.0f + t) + 0.5f * z * (1.0f - t * t) * c * (1.0f + 3.0f * 0.044715f * z * z);
-    }
-    }
-}
-
 /* y (N, d) += h + f(h·Wdᵀ + bd)·Wuᵀ + bu, keeping zpre and f(zpre). */
 static void bn_fwd(train_graph *g, const bn_module *bm, bn_acts *ba, float *y) {
     const int N = g->N, d = g->d, b = g->ad->bn_size;
     const bn_act k = g->ad->mc.act;
     for (int i = 0; i < N; i++) memcpy(ba->zpre + (size_t)i * b, bm->db, (size_t)b * sizeof(float));
     gemm_rows(CblasNoTrans, CblasTrans, N, b, d, 1.0f, ba->h, d, bm->dw, d, 1.0f, ba->zpre, b, g->nt);
-    for (size_t i = 0; i < (size_t)N * b; i++) ba->za[i] = bn_f(k, ba->zpre[i]);
+    for (size_t i = 0; i < (size_t)N * b; i++) ba->za[i] = bn_act_apply(k, ba->zpre[i]);
     for (int i = 0; i < N; i++)
         for (int j = 0; j < d; j++) y[(size_t)i * d + j] += ba->h[(size_t)i * d + j] + bm->ub[j];
     gemm_rows(CblasNoTrans, CblasTrans, N, d, b, 1.0f, ba->za, b, bm->uw, b, 1.0f, y, d, g->nt);
@@ -424,7 +394,7 @@ static void bn_bwd(train_graph *g, const bn_module *bm, const bn_acts *ba, const
     /* dz = (dy·Wu) ⊙ f'(zpre) */
     float *dz = g->dbz;
     gemm_rows(CblasNoTrans, CblasNoTrans, N, b, d, 1.0f, dy, d, bm->uw, b, 0.0f, dz, b, g->nt);
-    for (size_t i = 0; i < (size_t)N * b; i++) dz[i] *= bn_df(k, ba->zpre[i]);
+    for (size_t i = 0; i < (size_t)N * b; i++) dz[i] *= bn_act_grad(k, ba->zpre[i]);
     gemm_rows(CblasTrans, CblasNoTrans, b, d, N, 1.0f, dz, b, ba->h, d, 1.0f, bm->gdw, d, g->nt);
     colsum_acc(bm->gdb, dz, N, b, b);
     /* dh = dy + dz·Wd */
