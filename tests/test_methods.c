@@ -419,6 +419,20 @@ static void methods_the_base_cannot_take_fail_clearly(void) {
     CHECK_MSG(strstr(err.msg, "virtual"), "%s", err.msg);
     printf("    seq 120 + 20 virtual tokens: %s\n", err.msg);
     adapter_free(a);
+    /* an adapter made for another model of the same depth */
+    env e2;
+    if (!open_model(&e2, MFIX "tiny-gpt2")) {
+        c = mk(METHOD_PREFIX);
+        CHECK_OK(adapter_new(e.m, &c, &a, &err));
+        CHECK_EQ_INT(peft_adapter_attach(e2.m, (peft_adapter *)a), PEFT_ERR_SHAPE);
+        CHECK_MSG(strstr(peft_last_error(e2.ctx), "key/value width"), "%s", peft_last_error(e2.ctx));
+        printf("    llama prefix adapter on gpt2: %s\n", peft_last_error(e2.ctx));
+        train_graph *g2 = NULL;
+        CHECK_EQ_INT(tg_new(e2.m, a, 1, 8, &g2, &err), PEFT_ERR_SHAPE);
+        adapter_free(a);
+        a = NULL;
+        close_model(&e2);
+    }
     c = mk(METHOD_ADAPTER_PFEIFFER);
     c.reduction_factor = 128;
     CHECK_EQ_INT(adapter_new(e.m, &c, &a, &err), PEFT_ERR_INVALID);

@@ -108,6 +108,26 @@ void adapter_free(adapter *a) {
     free(a);
 }
 
+void adapter_set_signature(adapter *a, const peft_model *m) {
+    a->n_layer = m->cfg.n_layer;
+    a->sig_d = m->cfg.d_model;
+    a->sig_kvd = m->cfg.n_kv_head * m->cfg.head_dim;
+    a->sig_ff = m->cfg.d_ff;
+    a->sig_vocab = m->cfg.vocab;
+}
+
+int adapter_fits(const adapter *a, const peft_model *m, peft_err *err) {
+    if (!a) return 0;
+    const int have[5] = {a->n_layer, a->sig_d, a->sig_kvd, a->sig_ff, a->sig_vocab};
+    const int want[5] = {m->cfg.n_layer, m->cfg.d_model, m->cfg.n_kv_head * m->cfg.head_dim, m->cfg.d_ff, m->cfg.vocab};
+    static const char *const what[5] = {"layers", "hidden size", "key/value width", "MLP width", "vocabulary"};
+    for (int i = 0; i < 5; i++)
+        if (have[i] && have[i] != want[i])
+            return peft_fail(err, PEFT_ERR_SHAPE, "the %s adapter was made for a model with %s %d, %s has %d",
+                             method_name(a->method), what[i], have[i], m->path, want[i]);
+    return 0;
+}
+
 /* ---- HF names ---------------------------------------------------------------- */
 
 static bool is_gpt2(const peft_model *m) { return m->cfg.arch == PEFT_ARCH_GPT2; }
@@ -522,7 +542,7 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
     a->method = mc->method;
     a->mc = *mc;
     a->mc.prompt_init_text = NULL;
-    a->n_layer = L;
+    adapter_set_signature(a, m);
     a->base_model = peft_strdup(m->path, err);
     int *idx = peft_calloc((size_t)(L + 1) * ROLE_N_LINEAR * 2 + 8, sizeof(int), err);
     int *nidx = peft_calloc((size_t)(L + 1) * 4 + 8, sizeof(int), err);

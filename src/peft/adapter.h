@@ -121,6 +121,7 @@ typedef struct adapter {
     int64_t n_params;
     char *base_model;     /* base_model_name_or_path written to the config */
     int n_layer;          /* the model's layer count (slot has n_layer * ROLE_N_LINEAR entries) */
+    int sig_d, sig_kvd, sig_ff, sig_vocab;   /* the model it was made for (adapter_fits) */
     int n_tensors, cap_tensors;
     adapter_tensor *tensors;
     /* IA3: per slot a vector, (out) scaling the output or (in) scaling the
@@ -160,6 +161,10 @@ typedef struct adapter {
 } adapter;
 
 void adapter_free(adapter *a);
+/* Records m's shape in a; adapter_fits checks a model against it (a clear
+ * PEFT_ERR_SHAPE naming what differs). */
+void adapter_set_signature(adapter *a, const peft_model *m);
+int adapter_fits(const adapter *a, const peft_model *m, peft_err *err);
 
 /* Registers a tensor of n = shape product floats; adapter_finish_alloc
  * places them all in one block. */

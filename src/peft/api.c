@@ -132,9 +132,7 @@ void peft_adapter_free(peft_adapter *a) { adapter_free(AS_LORA(a)); }
 int64_t peft_adapter_n_params(const peft_adapter *a) { return AS_LORA(a)->n_params; }
 
 int peft_adapter_attach(peft_model *m, const peft_adapter *a) {
-    if (a && AS_LORA(a)->n_layer != m->cfg.n_layer)
-        return peft_fail(&m->ctx->err, PEFT_ERR_SHAPE, "the adapter was made for a model with %d layers, not %d",
-                         AS_LORA(a)->n_layer, m->cfg.n_layer);
+    if (a && adapter_fits(AS_LORA(a), m, &m->ctx->err)) return m->ctx->err.code;
     m->lora = AS_LORA(a);
     return 0;
 }

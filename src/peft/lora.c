@@ -171,7 +171,7 @@ int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, i
     a->mc.lora = *cfg;
     a->mc.n_labels = n_labels;
     a->mc.seed = cfg->seed;
-    a->n_layer = nl;
+    adapter_set_signature(a, m);
     a->n_modules = n_mod;
     a->mods = peft_calloc((size_t)(n_mod ? n_mod : 1), sizeof *a->mods, err);
     a->slot = peft_calloc((size_t)(ns ? ns : 1), sizeof *a->slot, err);

@@ -157,6 +157,8 @@ static size_t layout(train_graph *g, int r, float *base) {
 int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err *err) {
     const model_config *c = &m->cfg;
     if (B <= 0 || T <= 1) return peft_fail(err, PEFT_ERR_INVALID, "batch %d x %d: need B >= 1 and T >= 2", B, T);
+    int rc0 = adapter_fits(a, m, err);
+    if (rc0) return rc0;
     const int P = adapter_prompt_rows(a), PX = adapter_prefix_rows(a);
     if (T + P + PX > c->n_ctx)
         return peft_fail(err, PEFT_ERR_INVALID, "sequence length %d%s exceeds the model's context %d", T,
