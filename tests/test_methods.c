@@ -15,6 +15,7 @@
 #include "train/graph.h"
 
 #include <math.h>
+#include <unistd.h>
 
 /* Under AddressSanitizer (an unoptimised build, ~100x slower) the finite
  * differences probe one entry of every tensor instead of three. */
@@ -440,10 +441,67 @@ static void methods_the_base_cannot_take_fail_clearly(void) {
     close_model(&e);
 }
 
+/* Corrupt or mismatched adapter files of the new methods: one clear error
+ * naming the file, never a crash. */
+static void bad_adapter_files_fail_clearly(void) {
+    env e;
+    if (open_model(&e, MFIX "tiny-llama")) { CHECK(0); return; }
+    char dir[] = "/tmp/peft_badad_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char cfg[300], stp[300];
+    snprintf(cfg, sizeof cfg, "%s/adapter_config.json", dir);
+    snprintf(stp, sizeof stp, "%s/adapter_model.safetensors", dir);
+    static float buf[4096];
+    peft_err err = {0};
+    static const struct {
+        const char *config, *tensor;
+        int64_t r, c;
+        int want;
+        const char *msg;
+    } cases[] = {
+        {"{\"peft_type\": \"PROMPT_TUNING\", \"num_virtual_tokens\": 5}", "prompt_embeddings", 3, 64, PEFT_ERR_SHAPE, "[5, 64]"},
+        {"{\"peft_type\": \"PREFIX_TUNING\", \"num_virtual_tokens\": 4}", "prompt_embeddings", 4, 100, PEFT_ERR_SHAPE, "prompt_embeddings"},
+        {"{\"peft_type\": \"PREFIX_TUNING\", \"num_virtual_tokens\": 4, \"num_layers\": 7}", "prompt_embeddings", 4, 128, PEFT_ERR_SHAPE, "7 layers"},
+        {"{\"peft_type\": \"IA3\", \"target_modules\": [\"k_proj\"], \"feedforward_modules\": []}",
+         "base_model.model.model.layers.0.self_attn.k_proj.ia3_l", 64, 1, PEFT_ERR_SHAPE, "ia3_l"},
+        {"{\"peft_type\": \"IA3\", \"target_modules\": [\"foo_proj\"]}", "x", 1, 1, PEFT_ERR_INVALID, "foo_proj"},
+        {"{\"peft_type\": \"BOTTLENECK\", \"reduction_factor\": 0}", "x", 1, 1, PEFT_ERR_FORMAT, "reduction_factor"},
+        {"{\"peft_type\": \"BOTTLENECK\", \"reduction_factor\": 8}", "base_model.model.model.layers.0.output_adapter.adapter_down.weight",
+         8, 64, PEFT_ERR_FORMAT, "missing tensor"},
+        {"{\"peft_type\": \"BITFIT\"}", "base_model.model.transformer.h.0.attn.c_attn.bias", 192, 1, PEFT_ERR_UNSUPPORTED, "no bias"},
+        {"{\"peft_type\": \"LOHA\"}", "x", 1, 1, PEFT_ERR_UNSUPPORTED, "LOHA"},
+        {"{\"peft_type\": \"PROMPT_TUNING\", \"num_virtual_tokens\": -3}", "prompt_embeddings", 3, 64, PEFT_ERR_FORMAT, "num_virtual_tokens"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        FILE *f = fopen(cfg, "w");
+        if (f) { fputs(cases[i].config, f); fclose(f); }
+        st_write_tensor t = {cases[i].tensor, PEFT_DT_F32, 2, {cases[i].r, cases[i].c}, buf};
+        CHECK_OK(st_write(stp, &t, 1, NULL, &err));
+        adapter *a = NULL;
+        int rc = adapter_load(e.m, dir, &a, &err);
+        CHECK_MSG(rc == cases[i].want && strstr(err.msg, cases[i].msg), "case %zu: rc %d: %s", i, rc, err.msg);
+        CHECK(a == NULL);
+        adapter_free(a);
+        printf("    %s\n", err.msg);
+    }
+    /* a truncated tensor file */
+    FILE *f = fopen(cfg, "w");
+    if (f) { fputs("{\"peft_type\": \"PROMPT_TUNING\", \"num_virtual_tokens\": 3}", f); fclose(f); }
+    st_write_tensor t = {"prompt_embeddings", PEFT_DT_F32, 2, {3, 64}, buf};
+    CHECK_OK(st_write(stp, &t, 1, NULL, &err));
+    CHECK_EQ_INT(truncate(stp, 100), 0);
+    adapter *a = NULL;
+    CHECK(adapter_load(e.m, dir, &a, &err) != 0 && strstr(err.msg, "adapter_model.safetensors"));
+    printf("    truncated: %s\n", err.msg);
+    test_rm_rf(dir);
+    close_model(&e);
+}
+
 int main(void) {
     TEST_RUN(every_method_on_llama_and_gpt2);
     TEST_RUN(qwen2_and_gguf_bases);
     TEST_RUN(prefix_init_from_text_is_the_text_as_context);
     TEST_RUN(methods_the_base_cannot_take_fail_clearly);
+    TEST_RUN(bad_adapter_files_fail_clearly);
     TEST_MAIN_END();
 }

@@ -94,7 +94,7 @@ int lora_parse_targets(const peft_model *m, const char *list, uint32_t *targets,
     const char *expect = m->cfg.arch == PEFT_ARCH_GPT2 ? "c_attn, c_proj, c_fc or all-linear"
                                                        : "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
                                                          "down_proj or all-linear";
-    if (!list) return peft_fail(err, PEFT_ERR_INVALID, "LoRA targets: no list given (expected %s)", expect);
+    if (!list) return peft_fail(err, PEFT_ERR_INVALID, "target modules: no list given (expected %s)", expect);
     uint32_t t = 0;
     int n = 0;
     const char *p = list;
@@ -108,7 +108,7 @@ int lora_parse_targets(const peft_model *m, const char *list, uint32_t *targets,
         size_t len = (size_t)(e - s);
         char name[64];
         if (len >= sizeof name)
-            return peft_fail(err, PEFT_ERR_INVALID, "LoRA targets: unknown module '%.*s' for %s (expected %s)",
+            return peft_fail(err, PEFT_ERR_INVALID, "target modules: unknown module '%.*s' for %s (expected %s)",
                              (int)PEFT_MIN(len, 80), s, arch, expect);
         memcpy(name, s, len);
         name[len] = 0;
@@ -121,11 +121,11 @@ int lora_parse_targets(const peft_model *m, const char *list, uint32_t *targets,
         for (const target_name *tn = names_for(m); tn->name; tn++)
             if (strcmp(tn->name, name) == 0) bits = tn->bits;
         if (!bits)
-            return peft_fail(err, PEFT_ERR_INVALID, "LoRA targets: unknown module '%s' for %s (expected %s)", name,
+            return peft_fail(err, PEFT_ERR_INVALID, "target modules: unknown module '%s' for %s (expected %s)", name,
                              arch, expect);
         t |= bits;
     }
-    if (n == 0) return peft_fail(err, PEFT_ERR_INVALID, "LoRA targets: empty list (expected %s)", expect);
+    if (n == 0) return peft_fail(err, PEFT_ERR_INVALID, "target modules: empty list (expected %s)", expect);
     *targets = t;
     return 0;
 }
