@@ -54,6 +54,13 @@ int kern_matmul_dx(float *dx, const float *dy, int T, const kern_weight *w, floa
  * a buffer sized for kern_matmul serves both. */
 size_t kern_matmul_dx_scratch_floats(int64_t K, int n_threads);
 
+/* C (M, N) = alpha·op(A)·op(B) + beta·C (row-major; trans_a / trans_b
+ * transpose A / B) with C's rows split over n_threads in fixed blocks of 64,
+ * each a single-threaded sgemm over the whole inner dimension, so results
+ * do not depend on the thread count. For the small products around adapters. */
+void kern_gemm_rows(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                    const float *B, int ldb, float beta, float *C, int ldc, int n_threads);
+
 /* Row r of W as f32 (K floats): embedding lookups on any dtype. */
 int kern_weight_row(const kern_weight *w, int64_t r, float *out);
 

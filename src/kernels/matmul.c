@@ -224,3 +224,16 @@ int kern_weight_row(const kern_weight *w, int64_t r, float *out) {
     size_t rb = kern_dtype_row_bytes(w->dtype, w->cols);
     return kern_dequant_row(w->dtype, (const char *)w->data + (size_t)r * rb, out, w->cols);
 }
+
+void kern_gemm_rows(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                    const float *B, int ldb, float beta, float *C, int ldc, int n_threads) {
+    const int blk = 64, nblk = (M + blk - 1) / blk;
+    const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
+    if (n_threads < 1) n_threads = 1;
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int bi = 0; bi < nblk; bi++) {
+        const int m0 = bi * blk, mb = PEFT_MIN(blk, M - m0);
+        const float *a = trans_a ? A + m0 : A + (size_t)m0 * lda;
+        cblas_sgemm(CblasRowMajor, ta, tb, mb, N, K, alpha, a, lda, B, ldb, beta, C + (size_t)m0 * ldc, ldc);
+    }
+}

@@ -16,21 +16,6 @@
 #include <cblas.h>
 #include <string.h>
 
-#define ROW_BLOCK 64
-
-/* C (M, N) = alpha·op(A)·op(B) + beta·C with rows of C split over threads. */
-static void par_sgemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
-                      const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc,
-                      int n_threads) {
-    const int nblk = (M + ROW_BLOCK - 1) / ROW_BLOCK;
-#pragma omp parallel for num_threads(n_threads) schedule(static)
-    for (int bi = 0; bi < nblk; bi++) {
-        int m0 = bi * ROW_BLOCK, mb = PEFT_MIN(ROW_BLOCK, M - m0);
-        const float *a = ta == CblasNoTrans ? A + (size_t)m0 * lda : A + m0;
-        cblas_sgemm(CblasRowMajor, ta, tb, mb, N, K, alpha, a, lda, B, ldb, beta, C + (size_t)m0 * ldc, ldc);
-    }
-}
-
 static const float *dropped(const float *x, int ldx, int N, int in, const uint8_t *mask, float p,
                             float *xd, int *ld) {
     if (!mask) { *ld = ldx; return x; }
@@ -47,10 +32,10 @@ void lora_fwd(const lora_module *mod, const float *x, int ldx, int N, const uint
     int ld;
     const float *xin = dropped(x, ldx, N, mod->in, mask, p_drop, xd, &ld);
     /* xa (N, r) = xin (N, in) · Aᵀ */
-    par_sgemm(CblasNoTrans, CblasTrans, N, mod->r, mod->in, 1.0f, xin, ld, mod->A, mod->in, 0.0f, xa,
+    kern_gemm_rows(false, true, N, mod->r, mod->in, 1.0f, xin, ld, mod->A, mod->in, 0.0f, xa,
               mod->r, n_threads);
     /* y (N, out) += s · xa (N, r) · Bᵀ */
-    par_sgemm(CblasNoTrans, CblasTrans, N, mod->out, mod->r, mod->scale, xa, mod->r, mod->B, mod->r, 1.0f,
+    kern_gemm_rows(false, true, N, mod->out, mod->r, mod->scale, xa, mod->r, mod->B, mod->r, 1.0f,
               y, ldy, n_threads);
 }
 
@@ -59,21 +44,21 @@ void lora_bwd(const lora_module *mod, const float *x, int ldx, int N, const uint
               float *dx, int lddx, int n_threads) {
     const int r = mod->r, in = mod->in, out = mod->out;
     /* gB (out, r) += s · dyᵀ (out, N) · xa (N, r) */
-    par_sgemm(CblasTrans, CblasNoTrans, out, r, N, mod->scale, dy, ldy, xa, r, 1.0f, mod->gB, r, n_threads);
+    kern_gemm_rows(true, false, out, r, N, mod->scale, dy, ldy, xa, r, 1.0f, mod->gB, r, n_threads);
     /* dxa (N, r) = s · dy (N, out) · B (out, r) */
-    par_sgemm(CblasNoTrans, CblasNoTrans, N, r, out, mod->scale, dy, ldy, mod->B, r, 0.0f, dxa, r, n_threads);
+    kern_gemm_rows(false, false, N, r, out, mod->scale, dy, ldy, mod->B, r, 0.0f, dxa, r, n_threads);
     int ld;
     const float *xin = dropped(x, ldx, N, in, mask, p_drop, xd, &ld);
     /* gA (r, in) += dxaᵀ (r, N) · xin (N, in): split over in-columns is not
-     * possible with par_sgemm, r is tiny: one GEMM */
+     * possible with kern_gemm_rows, r is tiny: one GEMM */
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, N, 1.0f, dxa, r, xin, ld, 1.0f, mod->gA, in);
     if (!dx) return;
     if (!mask) {
         /* dx (N, in) += dxa (N, r) · A (r, in) */
-        par_sgemm(CblasNoTrans, CblasNoTrans, N, in, r, 1.0f, dxa, r, mod->A, in, 1.0f, dx, lddx, n_threads);
+        kern_gemm_rows(false, false, N, in, r, 1.0f, dxa, r, mod->A, in, 1.0f, dx, lddx, n_threads);
         return;
     }
-    par_sgemm(CblasNoTrans, CblasNoTrans, N, in, r, 1.0f, dxa, r, mod->A, in, 0.0f, xd, in, n_threads);
+    kern_gemm_rows(false, false, N, in, r, 1.0f, dxa, r, mod->A, in, 0.0f, xd, in, n_threads);
     const float keep = 1.0f / (1.0f - p_drop);
     for (int i = 0; i < N; i++)
         for (int j = 0; j < in; j++)

@@ -16,7 +16,6 @@
  * non-padding row of each sequence through the score head. */
 #include "train/graph.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -234,18 +233,6 @@ const float *tg_class_logits(const train_graph *g) { return g->n_labels > 0 ? g-
 
 /* ---- small dense helpers ----------------------------------------------------- */
 
-/* C (M, N) += op(A)·op(B) with C's rows split over threads in fixed blocks. */
-static void gemm_rows(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int Nn, int K, float alpha, const float *A,
-                      int lda, const float *Bm, int ldb, float beta, float *C, int ldc, int nt) {
-    const int blk = 64, nblk = (M + blk - 1) / blk;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int bi = 0; bi < nblk; bi++) {
-        const int m0 = bi * blk, mb = PEFT_MIN(blk, M - m0);
-        const float *a = ta == CblasNoTrans ? A + (size_t)m0 * lda : A + m0;
-        cblas_sgemm(CblasRowMajor, ta, tb, mb, Nn, K, alpha, a, lda, Bm, ldb, beta, C + (size_t)m0 * ldc, ldc);
-    }
-}
-
 /* col (C) += Σ over rows of x (R, C) with row stride ld */
 static void colsum_acc(float *col, const float *x, int R, int C, int ld) {
     for (int i = 0; i < R; i++)
@@ -347,7 +334,7 @@ static int lin_bwd(train_graph *g, int l, model_linear_role r, const float *x, c
     if (a && a->gfw && a->gfw[s]) {
         if (a->gfb[s]) colsum_acc(a->gfb[s], dy, N, out, ldy);
         /* gW (out, in) += dyᵀ·x */
-        gemm_rows(CblasTrans, CblasNoTrans, out, in, N, 1.0f, dyc, out, x, in, 1.0f, a->gfw[s], in, g->nt);
+        kern_gemm_rows(true, false, out, in, N, 1.0f, dyc, out, x, in, 1.0f, a->gfw[s], in, g->nt);
     }
     int rc = 0;
     if (iv && ff) {
@@ -378,11 +365,11 @@ static void bn_fwd(train_graph *g, const bn_module *bm, bn_acts *ba, float *y) {
     const int N = g->N, d = g->d, b = g->ad->bn_size;
     const bn_act k = g->ad->mc.act;
     for (int i = 0; i < N; i++) memcpy(ba->zpre + (size_t)i * b, bm->db, (size_t)b * sizeof(float));
-    gemm_rows(CblasNoTrans, CblasTrans, N, b, d, 1.0f, ba->h, d, bm->dw, d, 1.0f, ba->zpre, b, g->nt);
+    kern_gemm_rows(false, true, N, b, d, 1.0f, ba->h, d, bm->dw, d, 1.0f, ba->zpre, b, g->nt);
     for (size_t i = 0; i < (size_t)N * b; i++) ba->za[i] = bn_act_apply(k, ba->zpre[i]);
     for (int i = 0; i < N; i++)
         for (int j = 0; j < d; j++) y[(size_t)i * d + j] += ba->h[(size_t)i * d + j] + bm->ub[j];
-    gemm_rows(CblasNoTrans, CblasTrans, N, d, b, 1.0f, ba->za, b, bm->uw, b, 1.0f, y, d, g->nt);
+    kern_gemm_rows(false, true, N, d, b, 1.0f, ba->za, b, bm->uw, b, 1.0f, y, d, g->nt);
 }
 
 /* From dy (N, d), the gradient of the module's output: parameter
@@ -391,17 +378,17 @@ static void bn_bwd(train_graph *g, const bn_module *bm, const bn_acts *ba, const
     const int N = g->N, d = g->d, b = g->ad->bn_size;
     const bn_act k = g->ad->mc.act;
     /* gUw (d, b) += dyᵀ·za, gub += colsum dy */
-    gemm_rows(CblasTrans, CblasNoTrans, d, b, N, 1.0f, dy, d, ba->za, b, 1.0f, bm->guw, b, g->nt);
+    kern_gemm_rows(true, false, d, b, N, 1.0f, dy, d, ba->za, b, 1.0f, bm->guw, b, g->nt);
     colsum_acc(bm->gub, dy, N, d, d);
     /* dz = (dy·Wu) ⊙ f'(zpre) */
     float *dz = g->dbz;
-    gemm_rows(CblasNoTrans, CblasNoTrans, N, b, d, 1.0f, dy, d, bm->uw, b, 0.0f, dz, b, g->nt);
+    kern_gemm_rows(false, false, N, b, d, 1.0f, dy, d, bm->uw, b, 0.0f, dz, b, g->nt);
     for (size_t i = 0; i < (size_t)N * b; i++) dz[i] *= bn_act_grad(k, ba->zpre[i]);
-    gemm_rows(CblasTrans, CblasNoTrans, b, d, N, 1.0f, dz, b, ba->h, d, 1.0f, bm->gdw, d, g->nt);
+    kern_gemm_rows(true, false, b, d, N, 1.0f, dz, b, ba->h, d, 1.0f, bm->gdw, d, g->nt);
     colsum_acc(bm->gdb, dz, N, b, b);
     /* dh = dy + dz·Wd */
     memcpy(dh, dy, (size_t)N * d * sizeof(float));
-    gemm_rows(CblasNoTrans, CblasNoTrans, N, d, b, 1.0f, dz, b, bm->dw, d, 1.0f, dh, d, g->nt);
+    kern_gemm_rows(false, false, N, d, b, 1.0f, dz, b, bm->dw, d, 1.0f, dh, d, g->nt);
 }
 
 static const bn_module *bn_at(const train_graph *g, int l, int site) {
@@ -578,7 +565,7 @@ static int lm_loss(train_graph *g, bool backward, float grad_scale, double *tota
         if (!backward) continue;
         if ((rc = kern_matmul_dx(g->dhf + (size_t)r0 * d, g->logits, n, head, g->mm_scratch, g->nt))) return rc;
         /* the head's (or tied embedding's) gradient: (V, d) += dlogitsᵀ·h */
-        if (ghead) gemm_rows(CblasTrans, CblasNoTrans, g->V, d, n, 1.0f, g->logits, g->V, g->hf + (size_t)r0 * d, d, 1.0f, ghead, d, g->nt);
+        if (ghead) kern_gemm_rows(true, false, g->V, d, n, 1.0f, g->logits, g->V, g->hf + (size_t)r0 * d, d, 1.0f, ghead, d, g->nt);
     }
     return 0;
 }
