@@ -342,10 +342,6 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "peft train: --pack does not apply to --method %s (virtual tokens belong to one sequence)\n", method_name(meth));
         return 2;
     }
-    if (meth == METHOD_DORA && lc.dropout > 0) {
-        fprintf(stderr, "peft train: --dropout is not supported with DoRA\n");
-        return 2;
-    }
     if (tp.steps == 0 && tp.epochs == 0) tp.epochs = 1;
     if (GETV("layers")) {
         lc.layers = 0;

@@ -51,34 +51,7 @@ static int ensure_kv(peft_model *m, int need, peft_err *err) {
  * (T, max(in, out)) scratch. */
 static int linear(peft_model *m, int l, model_linear_role r, float *y, int ldy, const float *x, int T,
                   float beta, float *scr, float *xa, float *zs, int nt) {
-    const adapter *a = m->lora;
-    const kern_weight *W = adapter_weight(a, m, l, r);
-    const float *bias = adapter_bias(a, m, l, r);
-    const int s = l * ROLE_N_LINEAR + r, in = (int)W->cols, out = (int)W->rows;
-    const lora_module *mod = a && a->slot ? a->slot[s] : NULL;
-    const float *iv = a && a->ia3 ? a->ia3[s] : NULL;
-    const bool ff = iv && ((a->mc.ia3_ff >> r) & 1u);
-    if (ff) {
-        for (int i = 0; i < T; i++)
-            for (int k = 0; k < in; k++) zs[(size_t)i * in + k] = x[(size_t)i * in + k] * iv[k];
-        return kern_matmul(y, ldy, zs, T, W, bias, beta, scr, nt);
-    }
-    const bool dora = mod && mod->mag;
-    if (!dora && !iv) {
-        int rc = kern_matmul(y, ldy, x, T, W, bias, beta, scr, nt);
-        if (!rc && mod) lora_fwd(mod, x, mod->in, T, NULL, 0.0f, NULL, xa, y, ldy, nt);
-        return rc;
-    }
-    int rc = kern_matmul(zs, out, x, T, W, dora ? NULL : bias, 0.0f, scr, nt);
-    if (rc) return rc;
-    if (mod) lora_fwd(mod, x, mod->in, T, NULL, 0.0f, NULL, xa, zs, out, nt);
-    for (int i = 0; i < T; i++)
-        for (int j = 0; j < out; j++) {
-            const float c = dora ? mod->mag[j] / mod->wnorm[j] : iv[j];
-            float *yj = y + (size_t)i * ldy + j;
-            *yj = (beta != 0.0f ? beta * *yj : 0.0f) + c * zs[(size_t)i * out + j] + (dora && bias ? bias[j] : 0.0f);
-        }
-    return 0;
+    return adapter_linear_fwd(m->lora, m, l, r, x, T, y, ldy, beta, zs, zs, NULL, 0.0f, NULL, xa, scr, nt);
 }
 
 
@@ -140,9 +113,11 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
     size_t att_scratch = (size_t)nt * T * L;
     int r_max = 0;
     for (int i = 0; ad && i < ad->n_modules; i++) r_max = PEFT_MAX(r_max, ad->mods[i].r);
-    const int bnb = ad && ad->n_bn ? ad->bn_size : 0;
+    /* scratch only the attached method uses: DoRA / IA3 (zs), bottleneck (hs, zb) */
+    const int bnb = ad && ad->n_bn ? ad->bn_size : 0, hsd = bnb ? d : 0;
+    const int64_t zsw = ad && (ad->method == METHOD_IA3 || ad->method == METHOD_DORA) ? kmax + ld_qkv : 0;
     size_t n_ws = (size_t)T * (2 * d + ld_qkv + qd + 2 * ff + r_max) + T + mm_scratch + att_scratch +
-                  (size_t)T * (size_t)(kmax + ld_qkv) + (size_t)T * (d + bnb);
+                  (size_t)T * (size_t)zsw + (size_t)T * (size_t)(hsd + bnb);
     float *ws = ws_get(m, n_ws, err);
     if (!ws) return PEFT_ERR_NOMEM;
     float *x = ws, *h = x + (size_t)T * d, *qkv = h + (size_t)T * d, *att = qkv + (size_t)T * ld_qkv;
@@ -150,8 +125,8 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
     float *ascr = scr + mm_scratch;
     float *xa = ascr + att_scratch;
     float *zs = xa + (size_t)T * r_max;
-    float *hs = zs + (size_t)T * (size_t)(kmax + ld_qkv);
-    float *zb = hs + (size_t)T * d;
+    float *hs = zs + (size_t)T * (size_t)zsw;
+    float *zb = hs + (size_t)T * hsd;
     int32_t *pos = (int32_t *)(zb + (size_t)T * bnb);
     for (int t = 0; t < T; t++) pos[t] = p0 + t;
 

@@ -188,7 +188,7 @@ void adapter_head_wire(adapter *a, const peft_model *m, int idx, uint64_t seed) 
 
 /* ---- creation of the non-LoRA methods ------------------------------------------ */
 
-static void kaiming(float *w, int64_t n, int fan_in, peft_rng *rng) {
+void adapter_kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng) {
     const float bound = 1.0f / sqrtf((float)fan_in);
     for (int64_t i = 0; i < n; i++) w[i] = (2.0f * peft_rng_uniform(rng) - 1.0f) * bound;
 }
@@ -526,15 +526,12 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
     if (mc->method == METHOD_LORA || mc->method == METHOD_DORA) {
         lora_config c = mc->lora;
         c.dora = mc->method == METHOD_DORA;
+        /* lora_new_head computes DoRA's norms (and magnitudes) itself */
         int rc = lora_new_head(m, &c, mc->n_labels, out, err);
         if (rc) return rc;
         (*out)->mc = *mc;
         (*out)->mc.prompt_init_text = NULL;
-        if ((rc = adapter_refresh(*out, m, err))) {
-            adapter_free(*out);
-            *out = NULL;
-        }
-        return rc;
+        return 0;
     }
     const int L = m->cfg.n_layer;
     adapter *a = peft_calloc(1, sizeof *a, err);
@@ -587,7 +584,7 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
         for (int i = 0; i < a->n_bn; i++) {
             bn_module *bm = &a->bn_mods[i];
             const int d = m->cfg.d_model, b = a->bn_size;
-            if (a->mc.bn_zero_up) kaiming(bm->dw, (int64_t)b * d, d, &rng);   /* up (and biases) stay 0 */
+            if (a->mc.bn_zero_up) adapter_kaiming_uniform(bm->dw, (int64_t)b * d, d, &rng);   /* up (and biases) stay 0 */
             else {
                 for (int64_t k = 0; k < (int64_t)b * d; k++) bm->dw[k] = 0.02f * peft_rng_normal(&rng);
                 for (int64_t k = 0; k < (int64_t)b * d; k++) bm->uw[k] = 0.02f * peft_rng_normal(&rng);
@@ -622,10 +619,10 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
         } else if (mc->method == METHOD_PREFIX && mc->prefix_projection) {
             const int H = a->mc.prefix_hidden, W = prefix_width(m), td = m->cfg.n_kv_head * m->cfg.head_dim;
             for (int64_t k = 0; k < (int64_t)P * td; k++) a->pe_emb[k] = peft_rng_normal(&rng);
-            kaiming(a->pe_w1, (int64_t)H * td, td, &rng);
-            kaiming(a->pe_b1, H, td, &rng);
-            kaiming(a->pe_w2, (int64_t)W * H, H, &rng);
-            kaiming(a->pe_b2, W, H, &rng);
+            adapter_kaiming_uniform(a->pe_w1, (int64_t)H * td, td, &rng);
+            adapter_kaiming_uniform(a->pe_b1, H, td, &rng);
+            adapter_kaiming_uniform(a->pe_w2, (int64_t)W * H, H, &rng);
+            adapter_kaiming_uniform(a->pe_b2, W, H, &rng);
         } else {
             /* nn.Embedding's default: N(0, 1) */
             for (int64_t k = 0; k < a->tensors[idx[0]].n; k++) a->tensors[idx[0]].p[k] = peft_rng_normal(&rng);
@@ -745,6 +742,43 @@ const kern_weight *adapter_lm_head(const adapter *a, const peft_model *m, kern_w
 
 int adapter_prompt_rows(const adapter *a) { return a && a->method == METHOD_PROMPT ? a->mc.n_virtual : 0; }
 int adapter_prefix_rows(const adapter *a) { return a && a->method == METHOD_PREFIX ? a->mc.n_virtual : 0; }
+
+/* ---- the hooked linear, shared by the inference forward and the training graph ---- */
+
+int adapter_linear_fwd(const adapter *a, const peft_model *m, int l, model_linear_role r, const float *x, int T,
+                       float *y, int ldy, float beta, float *z, float *xs, const uint8_t *mask, float p_drop,
+                       float *xd, float *xa, float *scr, int nt) {
+    const kern_weight *W = adapter_weight(a, m, l, r);
+    const float *bias = adapter_bias(a, m, l, r);
+    const int s = l * ROLE_N_LINEAR + r, in = (int)W->cols, out = (int)W->rows;
+    const lora_module *mod = a && a->slot ? a->slot[s] : NULL;
+    const float *iv = a && a->ia3 ? a->ia3[s] : NULL;
+    if (iv && ((a->mc.ia3_ff >> r) & 1u)) {
+        /* feed-forward IA3: (x ⊙ l)·Wᵀ + b */
+        for (int i = 0; i < T; i++)
+            for (int k = 0; k < in; k++) xs[(size_t)i * in + k] = x[(size_t)i * in + k] * iv[k];
+        return kern_matmul(y, ldy, xs, T, W, bias, beta, scr, nt);
+    }
+    const bool dora = mod && mod->mag;
+    if (!dora && !iv) {
+        int rc = kern_matmul(y, ldy, x, T, W, bias, beta, scr, nt);
+        if (!rc && mod) lora_fwd(mod, x, in, T, mask, p_drop, xd, xa, y, ldy, nt);
+        return rc;
+    }
+    /* DoRA: z = x·Wᵀ + s·(x·Aᵀ)·Bᵀ, y = c ⊙ z + b; output IA3: z = x·Wᵀ + b, y = l ⊙ z */
+    int rc = kern_matmul(z, out, x, T, W, dora ? NULL : bias, 0.0f, scr, nt);
+    if (rc) return rc;
+    if (mod) lora_fwd(mod, x, in, T, NULL, 0.0f, NULL, xa, z, out, nt);
+    for (int i = 0; i < T; i++) {
+        float *yr = y + (size_t)i * ldy;
+        const float *zr = z + (size_t)i * out;
+        for (int j = 0; j < out; j++) {
+            const float c = dora ? mod->mag[j] / mod->wnorm[j] : iv[j];
+            yr[j] = (beta != 0.0f ? beta * yr[j] : 0.0f) + c * zr[j] + (dora && bias ? bias[j] : 0.0f);
+        }
+    }
+    return 0;
+}
 
 /* ---- derived values ------------------------------------------------------------------ */
 

@@ -192,12 +192,26 @@ const kern_weight *adapter_tok_emb(const adapter *a, const peft_model *m, kern_w
 const kern_weight *adapter_pos_emb(const adapter *a, const peft_model *m, kern_weight *tmp);
 const kern_weight *adapter_lm_head(const adapter *a, const peft_model *m, kern_weight *tmp);
 
+/* y (T, out) = beta·y + linear (l, r) of m on x (T, in), with every hook a
+ * has on it (LoRA with dropout mask/p_drop/xd as lora_fwd, DoRA, IA3,
+ * BitFit biases, full-FT weights; formulas in docs/methods.md). z (T, out):
+ * where DoRA and output IA3 leave the linear's output before the per-column
+ * scale (the training graph keeps it for the backward); xs (T, in): scratch
+ * for feed-forward IA3's scaled input; xa (T, r) LoRA's x·Aᵀ. */
+int adapter_linear_fwd(const adapter *a, const peft_model *m, int l, model_linear_role r, const float *x, int T,
+                       float *y, int ldy, float beta, float *z, float *xs, const uint8_t *mask, float p_drop,
+                       float *xd, float *xa, float *scr, int nt);
+
 /* Rows of virtual tokens the method prepends to a sequence (prompt), and
  * prefix key/value rows (prefix): 0 otherwise. */
 int adapter_prompt_rows(const adapter *a);
 int adapter_prefix_rows(const adapter *a);
 
 /* Helpers shared by lora.c and adapter_io.c. */
+/* Kaiming-uniform with a = sqrt(5) on n values of a (rows, fan_in) matrix,
+ * as nn.Linear.reset_parameters: gain = sqrt(2 / (1 + a²)) = sqrt(1/3),
+ * bound = gain · sqrt(3 / fan_in) = 1 / sqrt(fan_in). */
+void adapter_kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng);
 int adapter_head_add(adapter *a, const peft_model *m, int n_labels, peft_err *err);
 void adapter_head_wire(adapter *a, const peft_model *m, int idx, uint64_t seed);
 void adapter_wire_bn(adapter *a, const peft_model *m, const int *idx);

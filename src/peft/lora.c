@@ -222,14 +222,6 @@ int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, i
     return 0;
 }
 
-/* Kaiming-uniform with a = sqrt(5) on a (rows, fan_in) matrix, as
- * nn.Linear.reset_parameters: gain = sqrt(2 / (1 + a²)) = sqrt(1/3),
- * bound = gain · sqrt(3 / fan_in) = 1 / sqrt(fan_in). */
-static void kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng) {
-    const float bound = 1.0f / sqrtf((float)fan_in);
-    for (int64_t i = 0; i < n; i++) w[i] = (2.0f * peft_rng_uniform(rng) - 1.0f) * bound;
-}
-
 int lora_new(const peft_model *m, const lora_config *cfg, adapter **out, peft_err *err) {
     return lora_new_head(m, cfg, 0, out, err);
 }
@@ -291,12 +283,12 @@ int lora_new_head(const peft_model *m, const lora_config *cfg, int n_labels, ada
         case LORA_INIT_ZERO_B_RANDOM_BOTH:
             /* HF PEFT init_lora_weights=False: both keep nn.Linear's default
              * kaiming-uniform, so the adapter is not a no-op at step 0. */
-            kaiming_uniform(md->A, na, md->in, &rng);
-            kaiming_uniform(md->B, nb, md->r, &rng);
+            adapter_kaiming_uniform(md->A, na, md->in, &rng);
+            adapter_kaiming_uniform(md->B, nb, md->r, &rng);
             break;
         case LORA_INIT_KAIMING:
         default:
-            kaiming_uniform(md->A, na, md->in, &rng);
+            adapter_kaiming_uniform(md->A, na, md->in, &rng);
             break;
         }
     }

@@ -261,41 +261,10 @@ static const float *ia3_at(const train_graph *g, int l, model_linear_role r, boo
  *          feed-forward modules y = beta·y + (x ⊙ l)·Wᵀ + b
  *   BitFit / full: the adapter's bias / weight copies. */
 static int lin_fwd(train_graph *g, int l, model_linear_role r, const float *x, float *y, int ldy, float beta) {
-    const adapter *a = g->ad;
-    const kern_weight *W = adapter_weight(a, g->m, l, r);
-    const float *bias = adapter_bias(a, g->m, l, r);
-    const int in = (int)W->cols, out = (int)W->rows, N = g->N;
     const lora_module *mod = module_at(g, l, r);
-    bool ff = false;
-    const float *iv = ia3_at(g, l, r, &ff);
-    const float *xin = x;
-    int rc;
-    if (iv && ff) {
-        for (int i = 0; i < N; i++)
-            for (int k = 0; k < in; k++) g->xd[(size_t)i * in + k] = x[(size_t)i * in + k] * iv[k];
-        xin = g->xd;
-    }
-    float *z = g->Z[l * ROLE_N_LINEAR + r];
-    if (!z) {
-        if ((rc = kern_matmul(y, ldy, xin, N, W, bias, beta, g->mm_scratch, g->nt))) return rc;
-        if (mod) {
-            mod_acts *A = &g->M[mod_index(g, mod)];
-            lora_fwd(mod, xin, in, N, g->drop > 0 ? A->mask : NULL, g->drop, g->xd, A->xa, y, ldy, g->nt);
-        }
-        return 0;
-    }
-    const bool dora = mod && mod->mag;
-    if ((rc = kern_matmul(z, out, xin, N, W, dora ? NULL : bias, 0.0f, g->mm_scratch, g->nt))) return rc;
-    if (mod) lora_fwd(mod, xin, in, N, NULL, 0.0f, NULL, g->M[mod_index(g, mod)].xa, z, out, g->nt);
-    for (int i = 0; i < N; i++) {
-        float *yr = y + (size_t)i * ldy;
-        const float *zr = z + (size_t)i * out;
-        for (int j = 0; j < out; j++) {
-            const float c = dora ? mod->mag[j] / mod->wnorm[j] : iv[j];
-            yr[j] = (beta != 0.0f ? beta * yr[j] : 0.0f) + c * zr[j] + (dora && bias ? bias[j] : 0.0f);
-        }
-    }
-    return 0;
+    mod_acts *A = mod ? &g->M[mod_index(g, mod)] : NULL;
+    return adapter_linear_fwd(g->ad, g->m, l, r, x, g->N, y, ldy, beta, g->Z[l * ROLE_N_LINEAR + r], g->xd,
+                              A && g->drop > 0 ? A->mask : NULL, g->drop, g->xd, A ? A->xa : NULL, g->mm_scratch, g->nt);
 }
 
 /* dx (N, in) += the input gradient of lin_fwd from dy (N, out) (row
