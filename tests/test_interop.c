@@ -93,7 +93,7 @@ static void our_adapters_load_in_peft(void) {
         a->base_model = strdup(models[k]);
         char ad[600], lp[600];
         snprintf(ad, sizeof ad, "%s/adapter%d", dir, k);
-        CHECK_OK(lora_save(a, m, ad, &err));
+        CHECK_OK(adapter_save(a, m, ad, &err));
         /* our logits for a fixed sequence */
         const int T = 12;
         int32_t ids[12];

@@ -286,7 +286,7 @@ static void save_load_round_trip_is_bit_exact(void) {
     if (!a) goto out;
     CHECK_EQ_INT(a->n_modules, 3);
     CHECK(a->mods[0].B[0] != 0.0f);
-    CHECK_OK(lora_save(a, l.m, dir, &err));
+    CHECK_OK(adapter_save(a, l.m, dir, &err));
     CHECK_OK(lora_load(l.m, dir, &b, &err));
     if (!b) { fprintf(stderr, "  %s\n", err.msg); goto out; }
     CHECK(same_adapter(a, b));
@@ -335,7 +335,7 @@ static void save_load_round_trip_is_bit_exact(void) {
         st_close(st);
     }
     /* saving again over the same folder works (atomic replace) */
-    CHECK_OK(lora_save(b, l.m, dir, &err));
+    CHECK_OK(adapter_save(b, l.m, dir, &err));
 out:
     adapter_free(a);
     adapter_free(b);
@@ -358,7 +358,7 @@ static void gguf_base_saves_hf_names(void) {
     CHECK_OK(lora_new(g.m, &c, &a, &err));
     if (!a) goto out;
     CHECK_EQ_INT(a->n_modules, 14);
-    CHECK_OK(lora_save(a, g.m, tmp, &err));
+    CHECK_OK(adapter_save(a, g.m, tmp, &err));
     char path[256];
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", tmp);
     st_archive *st = NULL;
@@ -480,7 +480,7 @@ static void half_precision_adapters_load(void) {
     c.init = LORA_INIT_ZERO_B_RANDOM_BOTH;
     adapter *a = NULL, *b = NULL;
     CHECK_OK(lora_new(l.m, &c, &a, &err));
-    CHECK_OK(lora_save(a, l.m, tmp, &err));
+    CHECK_OK(adapter_save(a, l.m, tmp, &err));
     /* rewrite the tensors as BF16 (A) and F16 (B) */
     st_write_tensor t[8];
     uint16_t *h[8] = {0};

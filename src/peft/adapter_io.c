@@ -414,9 +414,8 @@ done:
 /* ---- dispatch -------------------------------------------------------------------- */
 
 int adapter_save(const adapter *a, const peft_model *m, const char *dir, peft_err *err) {
-    if (a->method == METHOD_LORA || a->method == METHOD_DORA) return lora_save(a, m, dir, err);
     if (a->method == METHOD_FULL) return save_full(a, m, dir, err);
-    char *js = method_config_json(a, m);
+    char *js = a->method == METHOD_LORA || a->method == METHOD_DORA ? lora_config_json(a, m) : method_config_json(a, m);
     if (!js) return peft_fail(err, PEFT_ERR_NOMEM, "%s: cannot build the adapter config", dir);
     int rc = adapter_write_folder(a, dir, js, err);
     free(js);

@@ -28,11 +28,11 @@ void adapter_free(adapter *a);
 lora_module *lora_find(const adapter *a, int layer, model_linear_role role);
 float lora_scale(const lora_config *c);
 
-/* HF PEFT format. save writes dir/adapter_config.json and
- * dir/adapter_model.safetensors atomically (temporary names, fsync,
- * rename), creating dir. load checks every tensor's name and shape against
- * m and fails clearly on a mismatch. */
-int lora_save(const adapter *a, const peft_model *m, const char *dir, peft_err *err);
+/* HF PEFT format. adapter_save writes a LoRA/DoRA adapter with this
+ * adapter_config.json (malloc'ed JSON text) and the registry's tensors.
+ * load checks every tensor's name and shape against m and fails clearly on
+ * a mismatch. */
+char *lora_config_json(const adapter *a, const peft_model *m);
 int lora_load(const peft_model *m, const char *dir, adapter **out, peft_err *err);
 
 /* llama.cpp GGUF LoRA adapter: general.type=adapter, adapter.type=lora,

@@ -21,7 +21,7 @@
 
 /* ---- save ------------------------------------------------------------------- */
 
-static char *config_json(const adapter *a, const peft_model *m) {
+char *lora_config_json(const adapter *a, const peft_model *m) {
     const lora_config *c = &a->cfg;
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
@@ -83,14 +83,6 @@ static char *config_json(const adapter *a, const peft_model *m) {
     char *s = cJSON_Print(o);
     cJSON_Delete(o);
     return s;
-}
-
-int lora_save(const adapter *a, const peft_model *m, const char *dir, peft_err *err) {
-    char *js = config_json(a, m);
-    if (!js) return peft_fail(err, PEFT_ERR_NOMEM, "%s: out of memory building the adapter config", dir);
-    int rc = adapter_write_folder(a, dir, js, err);
-    free(js);
-    return rc;
 }
 
 /* ---- load ------------------------------------------------------------------- */
