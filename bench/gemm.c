@@ -16,6 +16,9 @@
 #include "kernels/kernels.h"
 #include "kernels/quant.h"
 
+#include "bench.h"
+#include "core/core.h"
+
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -31,16 +34,7 @@ typedef struct {
     int M, N, K;
 } shape;
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static double g_min_time = 0.3;
 
@@ -52,11 +46,11 @@ static double time_median(bench_fn fn, void *arg) {
     double t[MAX_REPS];
     int n = 0;
     if (fn(arg)) return -1.0;
-    double start = now_s();
-    while (n < MAX_REPS && (n < 3 || now_s() - start < g_min_time)) {
-        double t0 = now_s();
+    double start = peft_time_s();
+    while (n < MAX_REPS && (n < 3 || peft_time_s() - start < g_min_time)) {
+        double t0 = peft_time_s();
         if (fn(arg)) return -1.0;
-        t[n++] = now_s() - t0;
+        t[n++] = peft_time_s() - t0;
     }
     qsort(t, (size_t)n, sizeof t[0], cmp_double);
     return t[n / 2];
@@ -217,8 +211,8 @@ int main(int argc, char **argv) {
             openblas_set_num_threads(threads[ti]);
             sgemm_arg a = {sh->M, sh->N, sh->K, x, w32, y_ref};
             if (s == 0) { /* spin up clocks and OpenBLAS's threads first */
-                double t0 = now_s();
-                while (now_s() - t0 < 0.5) run_sgemm(&a);
+                double t0 = peft_time_s();
+                while (peft_time_s() - t0 < 0.5) run_sgemm(&a);
             }
             double sec = time_median(run_sgemm, &a);
             sg[ti] = gflops(sh, sec);

@@ -41,6 +41,9 @@
 #include "train/graph.h"
 #include "train/optim.h"
 
+#include "bench.h"
+#include "core/core.h"
+
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,16 +57,7 @@
 void openblas_set_num_threads(int num_threads);
 char *openblas_get_corename(void);
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static double peak_rss_mib(void) {
     struct rusage ru;
@@ -102,11 +96,11 @@ static double sgemm_peak(int n_threads) {
     double t[64];
     int k = 0;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
-    double start = now_s();
-    while (k < 64 && (k < 10 || now_s() - start < 1.0)) {
-        double t0 = now_s();
+    double start = peft_time_s();
+    while (k < 64 && (k < 10 || peft_time_s() - start < 1.0)) {
+        double t0 = peft_time_s();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
-        t[k++] = now_s() - t0;
+        t[k++] = peft_time_s() - t0;
     }
     openblas_set_num_threads(1);
     qsort(t, (size_t)k, sizeof t[0], cmp_double);
@@ -150,13 +144,13 @@ int main(int argc, char **argv) {
     cp.n_threads = nthr;
     peft_ctx *ctx = peft_init(&cp);
     if (!ctx) return 1;
-    double t_load = now_s();
+    double t_load = peft_time_s();
     peft_model *m = peft_model_load(ctx, dir);
     if (!m) {
         fprintf(stderr, "bench_lora_step: %s\n", peft_last_error(ctx));
         return 1;
     }
-    t_load = now_s() - t_load;
+    t_load = peft_time_s() - t_load;
     const model_config *c = &m->cfg;
     const bool gpt2 = c->arch == PEFT_ARCH_GPT2;
     if (!targets) targets = gpt2 ? "c_attn" : "q_proj,v_proj";
@@ -220,7 +214,7 @@ int main(int argc, char **argv) {
     double *times = malloc((size_t)steps * sizeof *times);
     double loss0 = 0;
     for (int s = 0; s < warmup + steps; s++) {
-        double t0 = now_s();
+        double t0 = peft_time_s();
         memset(a->grads, 0, (size_t)a->n_params * sizeof(float));
         double ls = 0;
         int cnt = 0;
@@ -232,7 +226,7 @@ int main(int argc, char **argv) {
         double gn = grad_norm(a->grads, a->n_params);
         grad_clip(a->grads, a->n_params, gn, op.max_grad_norm);
         adamw_step(&opt, a->params, a->grads, op.lr, &op);
-        double dt = now_s() - t0;
+        double dt = peft_time_s() - t0;
         if (s == 0) loss0 = ls / cnt;
         if (s >= warmup) times[s - warmup] = dt;
         fprintf(stderr, "peft.c %s step %d%s: %.3f s loss %.5f grad_norm %.4f\n", c->arch_name, s,
