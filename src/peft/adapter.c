@@ -740,6 +740,10 @@ const kern_weight *adapter_lm_head(const adapter *a, const peft_model *m, kern_w
     return &m->lm_head;
 }
 
+int adapter_n_labels(const adapter *a, const peft_model *m) {
+    return a && a->mc.n_labels ? a->mc.n_labels : m->n_labels;
+}
+
 int adapter_prompt_rows(const adapter *a) { return a && a->method == METHOD_PROMPT ? a->mc.n_virtual : 0; }
 int adapter_prefix_rows(const adapter *a) { return a && a->method == METHOD_PREFIX ? a->mc.n_virtual : 0; }
 

@@ -202,6 +202,10 @@ int adapter_linear_fwd(const adapter *a, const peft_model *m, int l, model_linea
                        float *y, int ldy, float beta, float *z, float *xs, const uint8_t *mask, float p_drop,
                        float *xd, float *xa, float *scr, int nt);
 
+/* Classification labels of a (its head) on m, else m's own head (a
+ * fine-tuned classifier), else 0. */
+int adapter_n_labels(const adapter *a, const peft_model *m);
+
 /* Rows of virtual tokens the method prepends to a sequence (prompt), and
  * prefix key/value rows (prefix): 0 otherwise. */
 int adapter_prompt_rows(const adapter *a);

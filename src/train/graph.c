@@ -169,7 +169,7 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
     g->B = B;
     g->P = P;
     g->PX = PX;
-    g->n_labels = a && a->mc.n_labels ? a->mc.n_labels : m->n_labels;
+    g->n_labels = adapter_n_labels(a, m);
     g->T = T + P;
     g->T_cap = T + P;
     g->N = B * g->T;

@@ -124,7 +124,7 @@ int train_eval_acc(peft_model *m, adapter *a, const data_set *d, int batch, int 
         const float *cl = rc ? NULL : tg_class_logits(g);
         for (int r = 0; cl && r < batch; r++) {
             if (ob.b.labels[r] < 0) continue;
-            const int K = a && a->mc.n_labels ? a->mc.n_labels : m->n_labels;
+            const int K = adapter_n_labels(a, m);
             int best = 0;
             for (int k = 1; k < K; k++)
                 if (cl[(size_t)r * K + k] > cl[(size_t)r * K + best]) best = k;
@@ -363,7 +363,7 @@ static int trim_metrics(const char *path, int step, history *h, peft_err *err) {
 
 int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *val,
               const train_params *p, train_result *res, peft_err *err) {
-    const int n_labels = a->mc.n_labels ? a->mc.n_labels : m->n_labels;
+    const int n_labels = adapter_n_labels(a, m);
     if ((train->kind == DATA_CLASSIFICATION) != (n_labels > 0))
         return peft_fail(err, PEFT_ERR_INVALID,
                          n_labels > 0 ? "the %s adapter has a %d-label classification head but the data is not {text, label}"
