@@ -521,7 +521,7 @@ int cmd_eval(int argc, char **argv) {
     have_d = true;
     double loss, acc = NAN;
     int64_t n;
-    if (d.kind == DATA_CLASSIFICATION && (!ad || ad->mc.n_labels <= 0) && m->n_labels <= 0) {
+    if (d.kind == DATA_CLASSIFICATION && adapter_n_labels(ad, m) <= 0) {
         fprintf(stderr, "peft eval: %s is classification data: pass --adapter with a classification head\n", data);
         goto out;
     }
