@@ -5,6 +5,7 @@
  *
  *   build/bench_lora_step MODEL_DIR [--batch 4] [--seq 256] [--steps 5]
  *                         [--warmup 1] [--threads 2] [--targets LIST]
+ *                         [--compute f32|bf16]
  *
  * Targets default to q_proj,v_proj (Llama family) or c_attn (GPT-2); r 8,
  * alpha 16, no dropout. Inputs: B×T pseudo-random ids from a 64-bit LCG
@@ -24,7 +25,10 @@
  *       12·n_layer·(n_head·head_dim)·T·tokens  (QKᵀ and PV forward: 4;
  *       their backward: 8)
  *   elementwise work (norms, softmax, RoPE, activations, loss) not counted.
- * %peak = (FLOPs / median step time) / sgemm peak.
+ * %peak = (FLOPs / median step time) / sgemm peak. With --compute bf16 (the
+ * frozen products in bf16 on AMX, peft_model_set_compute) the peak is that
+ * of the bf16 GEMM, kern_bf16_gemm 1024³ on the same threads, and the
+ * sgemm peak is printed beside it.
  *
  * Prints progress lines and one line for the driver:
  *   RESULT impl=peft.c model=... median_s=... tokens_per_s=... peak_rss_mib=...
@@ -110,16 +114,45 @@ static double sgemm_peak(int n_threads) {
     return 2.0 * n * (double)n * n / t[k / 2] * 1e-9;
 }
 
+/* GFLOP/s of a 1024³ bf16 product on AMX (kern_bf16_gemm), 0 without AMX. */
+static double bf16_peak(int n_threads) {
+    const int n = 1024;
+    if (!kern_bf16_supported()) return 0;
+    float *a = malloc((size_t)n * n * sizeof(float)), *c = malloc((size_t)n * n * sizeof(float));
+    float *row = malloc((size_t)n * sizeof(float)), *scr = malloc(kern_bf16_scratch_floats(n_threads) * sizeof(float));
+    uint16_t *bp = malloc(kern_bf16_pack_elems(n, n) * sizeof(uint16_t));
+    if (!a || !c || !row || !scr || !bp) return 0;
+    uint64_t s = 12345;
+    for (size_t i = 0; i < (size_t)n * n; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        a[i] = (float)((s >> 40) & 0xffff) / 65536.0f - 0.5f;
+    }
+    kern_weight w = {PEFT_DT_F32, n, n, a, false, NULL, NULL};
+    kern_bf16_pack_weight(&w, bp, NULL, row);
+    double t[64];
+    int k = 0;
+    kern_bf16_gemm(c, n, a, n, n, n, n, bp, NULL, 0.0f, scr, n_threads);
+    double start = peft_time_s();
+    while (k < 64 && (k < 10 || peft_time_s() - start < 1.0)) {
+        double t0 = peft_time_s();
+        kern_bf16_gemm(c, n, a, n, n, n, n, bp, NULL, 0.0f, scr, n_threads);
+        t[k++] = peft_time_s() - t0;
+    }
+    qsort(t, (size_t)k, sizeof t[0], cmp_double);
+    free(a); free(c); free(row); free(scr); free(bp);
+    return 2.0 * n * (double)n * n / t[k / 2] * 1e-9;
+}
+
 static void usage(const char *p) {
     fprintf(stderr,
             "usage: %s MODEL_DIR [--batch 4] [--seq 256] [--steps 5] [--warmup 1] [--threads 2] "
-            "[--targets LIST]\n",
+            "[--targets LIST] [--compute f32|bf16]\n",
             p);
 }
 
 int main(int argc, char **argv) {
     fix_blas_core(argv);
-    const char *dir = NULL, *targets = NULL;
+    const char *dir = NULL, *targets = NULL, *compute = "f32";
     int B = 4, T = 256, steps = 5, warmup = 1, nthr = 2;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
@@ -129,16 +162,23 @@ int main(int argc, char **argv) {
         else if (i + 1 < argc && !strcmp(o, "--warmup")) warmup = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(o, "--threads")) nthr = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(o, "--targets")) targets = argv[++i];
+        else if (i + 1 < argc && !strcmp(o, "--compute")) compute = argv[++i];
         else if (o[0] != '-' && !dir) dir = o;
         else { usage(argv[0]); return 2; }
     }
-    if (!dir || B < 1 || T < 2 || steps < 1 || warmup < 0 || nthr < 1) { usage(argv[0]); return 2; }
+    const bool bf16 = !strcmp(compute, "bf16");
+    if (!dir || B < 1 || T < 2 || steps < 1 || warmup < 0 || nthr < 1 || (!bf16 && strcmp(compute, "f32"))) {
+        usage(argv[0]);
+        return 2;
+    }
 
     const char *core = openblas_get_corename();
     fprintf(stderr, "OpenBLAS core: %s (OPENBLAS_CORETYPE=%s)\n", core ? core : "?",
             getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "unset");
-    const double peak = sgemm_peak(nthr);
-    fprintf(stderr, "sgemm 1024^3 on %d threads: %.1f GFLOP/s\n", nthr, peak);
+    const double speak = sgemm_peak(nthr), bpeak = bf16 ? bf16_peak(nthr) : 0;
+    const double peak = bf16 ? bpeak : speak;
+    fprintf(stderr, "sgemm 1024^3 on %d threads: %.1f GFLOP/s\n", nthr, speak);
+    if (bf16) fprintf(stderr, "bf16 AMX GEMM 1024^3 on %d threads: %.1f GFLOP/s\n", nthr, bpeak);
 
     peft_ctx_params cp = peft_ctx_default_params();
     cp.n_threads = nthr;
@@ -147,6 +187,10 @@ int main(int argc, char **argv) {
     double t_load = peft_time_s();
     peft_model *m = peft_model_load(ctx, dir);
     if (!m) {
+        fprintf(stderr, "bench_lora_step: %s\n", peft_last_error(ctx));
+        return 1;
+    }
+    if (bf16 && peft_model_set_compute(m, PEFT_COMPUTE_BF16)) {
         fprintf(stderr, "bench_lora_step: %s\n", peft_last_error(ctx));
         return 1;
     }
@@ -232,16 +276,22 @@ int main(int argc, char **argv) {
         fprintf(stderr, "peft.c %s step %d%s: %.3f s loss %.5f grad_norm %.4f\n", c->arch_name, s,
                 s < warmup ? " (warmup)" : "", dt, ls / cnt, gn);
     }
+    double ph[TG_N_PHASES];
+    tg_phase_seconds(g, ph);
+    const int n_all = warmup + steps;
+    fprintf(stderr, "phases per step (mean of %d): linear fwd %.3f s, attention fwd %.3f, loss %.3f, linear bwd %.3f, "
+            "attention bwd %.3f, other %.3f\n", n_all, ph[TG_PH_LIN_FWD] / n_all, ph[TG_PH_ATTN_FWD] / n_all,
+            ph[TG_PH_LOSS] / n_all, ph[TG_PH_LIN_BWD] / n_all, ph[TG_PH_ATTN_BWD] / n_all, ph[TG_PH_OTHER] / n_all);
     qsort(times, (size_t)steps, sizeof *times, cmp_double);
     const double med = times[steps / 2];
     printf("RESULT impl=peft.c model=%s B=%d T=%d steps=%d median_s=%.4f min_s=%.4f tokens_per_s=%.1f "
            "peak_rss_mib=%.1f arena_mib=%.1f loss0=%.5f trainable=%lld gflop_step=%.1f "
            "gflop_lin=%.1f gflop_lora=%.2f gflop_attn=%.1f sgemm_gflops=%.1f achieved_gflops=%.1f "
-           "pct_peak=%.1f core=%s threads=%d\n",
+           "pct_peak=%.1f core=%s threads=%d compute=%s bf16_gflops=%.1f\n",
            c->arch_name, B, T, steps, med, times[0], N / med, peak_rss_mib(),
            tg_arena_bytes(g) / 1048576.0, loss0, (long long)a->n_params, flops * 1e-9,
-           flop_lin * 1e-9, flop_lora * 1e-9, flop_attn * 1e-9, peak, flops / med * 1e-9,
-           100.0 * flops / med * 1e-9 / peak, core ? core : "?", nthr);
+           flop_lin * 1e-9, flop_lora * 1e-9, flop_attn * 1e-9, speak, flops / med * 1e-9,
+           100.0 * flops / med * 1e-9 / peak, core ? core : "?", nthr, compute, bpeak);
     free(times);
     free(inputs);
     free(tgt);

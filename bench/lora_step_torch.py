@@ -158,7 +158,12 @@ def run(args):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(args.dir, dtype=torch.float32)
+    # f32: everything float32. bf16: the frozen base stored in bfloat16 and
+    # the step under CPU autocast to bfloat16 (oneDNN bf16 GEMMs, AMX where
+    # the CPU has it); the LoRA weights and optimizer stay float32, as peft
+    # keeps adapters (autocast_adapter_dtype).
+    wdt = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(args.dir, dtype=wdt)
     mt = model.config.model_type
     targets = ["c_attn"] if mt == "gpt2" else ["q_proj", "v_proj"]
     lcfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets,
@@ -173,7 +178,8 @@ def run(args):
     ids = torch.tensor(lcg_ids(B * T, model.config.vocab_size), dtype=torch.long).view(B, T)
 
     def step():
-        out = model(input_ids=ids, labels=ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
+            out = model(input_ids=ids, labels=ids)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -195,7 +201,7 @@ def run(args):
     med = statistics.median(times)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
     attn = getattr(model.config, "_attn_implementation", "?")
-    print(f"RESULT impl=torch model={mt} B={B} T={T} steps={args.steps} median_s={med:.4f} "
+    print(f"RESULT impl=torch dtype={args.dtype} model={mt} B={B} T={T} steps={args.steps} median_s={med:.4f} "
           f"min_s={min(times):.4f} tokens_per_s={B * T / med:.1f} peak_rss_mib={rss:.1f} "
           f"loss0={loss0:.5f} trainable={n_train} attn={attn} torch={torch.__version__} "
           f"threads={torch.get_num_threads()}", flush=True)
@@ -215,6 +221,7 @@ def main():
     rn.add_argument("--steps", type=int, default=5)
     rn.add_argument("--warmup", type=int, default=1)
     rn.add_argument("--threads", type=int, default=2)
+    rn.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     a = ap.parse_args()
     if a.cmd == "make":
         (make_numpy if a.numpy else make)(a.kind, a.dir)

@@ -116,6 +116,22 @@ void peft_model_free(peft_model *m);
 int peft_model_get_info(const peft_model *m, peft_model_info *out);
 int peft_model_tensor_info(const peft_model *m, int i, peft_tensor_info *out);
 
+/* Precision of the products with the frozen weights (training steps,
+ * evaluation, prompt processing; decoding one token at a time keeps its
+ * dot products on the stored weights).
+ *   F32:  weights converted to f32 tile by tile (the default; exact
+ *         reference behaviour).
+ *   BF16: weights and activations rounded to bfloat16, products summed in
+ *         f32 on the CPU's AMX unit (as PyTorch's bf16 autocast); each
+ *         frozen linear keeps two bf16 copies (4 bytes per weight).
+ *         PEFT_ERR_UNSUPPORTED where the CPU lacks AMX-BF16.
+ *   AUTO: BF16 where supported, F32 otherwise.
+ * Adapter weights, norms, attention, losses and optimizer stay f32. */
+typedef enum { PEFT_COMPUTE_F32 = 0, PEFT_COMPUTE_BF16 = 1, PEFT_COMPUTE_AUTO = 2 } peft_compute;
+int peft_model_set_compute(peft_model *m, peft_compute c);
+peft_compute peft_model_compute(const peft_model *m);   /* F32 or BF16 */
+int peft_compute_bf16_supported(void);
+
 /* ---- tokenizer -------------------------------------------------------------- */
 
 /* Encodes UTF-8 text; add_bos: prepend BOS where the tokenizer wants one;

@@ -236,7 +236,7 @@ static void attn_grads(attn_ctx *c, int threads, float *dq, int lddq, float *dk,
     const int L = c->P + c->T;
     for (size_t i = 0; i < (size_t)c->T * lddq; i++) dq[i] = 0.25f;
     for (size_t i = 0; i < (size_t)L * lddkv; i++) dk[i] = dv[i] = 0.25f;
-    float *scratch = falloc(kern_attn_train_scratch_floats(c->T, c->P, threads));
+    float *scratch = falloc(kern_attn_train_scratch_floats(c->T, c->P, c->H, c->hd, threads));
     kern_attn_train_fwd(c->out, c->probs, c->q, c->ldq, c->k, c->v, c->ldkv, c->T, c->P, c->H,
                         c->KV, c->hd, c->scale, threads);
     kern_attn_train_bwd(dq, lddq, dk, dv, lddkv, c->r, c->probs, c->q, c->ldq, c->k, c->v,
@@ -378,7 +378,7 @@ typedef struct {
 /* the kernel's loss on one row (its only dependence on that row's logits) */
 static double xent_row_loss(void *p) {
     xent_row_ctx *c = p;
-    float loss;
+    double loss;
     int n;
     kern_xent_fwd_bwd(&loss, &n, c->d, c->x, c->y, 1, c->V, 1.0f, 1);
     return loss;
@@ -392,7 +392,7 @@ static void xent_fwd_bwd_matches_fd(void) {
     float *x = falloc((size_t)T * V), *d = falloc((size_t)T * V), *tmp = falloc(V);
     fill_normal(x, (size_t)T * V, &rng, 3.0f, 0.0f);
     for (int i = 0; i < T * V; i++) d[i] = 123.0f; /* written, not accumulated */
-    float loss;
+    double loss;
     int n = -1;
     CHECK_OK(kern_xent_fwd_bwd(&loss, &n, d, x, y, T, V, 1.0f, 2));
     CHECK_EQ_INT(n, 4);
@@ -412,7 +412,8 @@ static void xent_fwd_bwd_matches_fd(void) {
     }
     CHECK(worst <= FD_TOL);
     /* grad_scale scales the gradient only */
-    float *d2 = falloc((size_t)T * V), loss2;
+    float *d2 = falloc((size_t)T * V);
+    double loss2;
     CHECK_OK(kern_xent_fwd_bwd(&loss2, &n, d2, x, y, T, V, 0.25f, 1));
     CHECK(loss2 == loss);
     double ds = 0;
@@ -431,7 +432,7 @@ static void xent_alias_threads_and_bad_targets(void) {
     for (int t = 0; t < T; t++) y[t] = t % 7 == 0 ? -100 : (int32_t)(peft_rng_u64(&rng) % V);
     /* very large logits stay finite (max subtraction) */
     for (int i = 0; i < V; i++) x[5 * V + i] += 1e4f;
-    float l1, l4, la;
+    double l1, l4, la;
     int n1, n4, na;
     CHECK_OK(kern_xent_fwd_bwd(&l1, &n1, d1, x, y, T, V, 0.5f, 1));
     CHECK_OK(kern_xent_fwd_bwd(&l4, &n4, d4, x, y, T, V, 0.5f, 4));
@@ -475,7 +476,7 @@ static void *make_weight(peft_dtype dt, bool transposed, int N, int K, peft_rng 
             memcpy(blk, &d, 4);
             for (int i = 0; i < 256; i++) blk[4 + i] = (unsigned char)(peft_rng_u64(rng) & 0xff);
         }
-        *w = (kern_weight){dt, N, K, data, false};
+        *w = (kern_weight){dt, N, K, data, false, NULL, NULL};
         return data;
     }
     float *src = falloc((size_t)N * K);
@@ -497,7 +498,7 @@ static void *make_weight(peft_dtype dt, bool transposed, int N, int K, peft_rng 
         free(t);
     }
     free(src);
-    *w = (kern_weight){dt, N, K, data, transposed};
+    *w = (kern_weight){dt, N, K, data, transposed, NULL, NULL};
     return data;
 }
 
@@ -556,7 +557,7 @@ static void matmul_dx_matches_naive(void) {
 }
 
 static void matmul_dx_rejects_transposed_quant(void) {
-    kern_weight w = {PEFT_DT_Q8_0, 4, 32, NULL, true};
+    kern_weight w = {PEFT_DT_Q8_0, 4, 32, NULL, true, NULL, NULL};
     float dx[32] = {0}, dy[4] = {0}, scratch[4096];
     CHECK_EQ_INT(kern_matmul_dx(dx, dy, 1, &w, scratch, 1), PEFT_ERR_UNSUPPORTED);
 }
@@ -604,7 +605,7 @@ static void torch_autograd_reference(void) {
             float *o = falloc((size_t)T * qd), *pr = falloc((size_t)H * T * L),
                   *gq = falloc((size_t)T * qd), *gk = falloc((size_t)L * kvd),
                   *gv = falloc((size_t)L * kvd),
-                  *s = falloc(kern_attn_train_scratch_floats(T, P, 2));
+                  *s = falloc(kern_attn_train_scratch_floats(T, P, H, hd, 2));
             const float scale = 1.0f / sqrtf((float)hd);
             kern_attn_train_fwd(o, pr, q, qd, k, v, kvd, T, P, H, KV, hd, scale, 2);
             kern_attn_train_bwd(gq, qd, gk, gv, kvd, dout, pr, q, qd, k, v, kvd, T, P, H, KV, hd,
@@ -624,11 +625,13 @@ static void torch_autograd_reference(void) {
         const st_tensor *tg = st_find(a, "xent.targets");
         CHECK(lg && ls && dl && tg && tg->dtype == PEFT_DT_I32);
         if (lg && ls && dl && tg && tg->dtype == PEFT_DT_I32) {
-            float loss, *d = falloc((size_t)T * V);
+            double loss;
+            float *d = falloc((size_t)T * V);
             int n;
             CHECK_OK(kern_xent_fwd_bwd(&loss, &n, d, lg, tg->data, T, V, 0.25f, 1));
             CHECK_EQ_INT(n, 4);
-            CHECK(rel_diff("xent loss_sum", &loss, ls, 1) <= tol);
+            const float lossf = (float)loss;
+            CHECK(rel_diff("xent loss_sum", &lossf, ls, 1) <= tol);
             CHECK(rel_diff("xent dlogits", d, dl, (size_t)T * V) <= tol);
             free(d);
         }

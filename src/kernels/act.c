@@ -1,26 +1,9 @@
 /* act.c — activations and softmax. */
 #include "kernels/kernels.h"
 
-#include <math.h>
+#include "kernels/kexp.h"
 
-/* e^x for |x| < 88 to about 1 ulp, written so the compiler vectorizes the
- * loops that call it (libm's expf is a call per element): x = n·ln2 + r
- * with |r| <= ln2/2 (Cody-Waite split of ln2), e^r by its degree-6 Taylor
- * polynomial (error < 2e-7 relative), 2^n put straight into the exponent. */
-static inline float kexp(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    const float n = floorf(x * 1.44269504088896341f + 0.5f);
-    const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    union { int32_t i; float f; } sc = {.i = ((int32_t)n + 127) << 23};
-    return p * sc.f;
-}
+#include <math.h>
 
 /* tanh(z) = 1 - 2 / (e^{2z} + 1), exact at the extremes (e^{2z} → 0 or ∞). */
 static inline float ktanh(float z) { return 1.0f - 2.0f / (kexp(2.0f * z) + 1.0f); }

@@ -16,6 +16,11 @@ typedef struct {
     int64_t rows, cols;
     const void *data;
     bool transposed;
+    /* Optional bfloat16 packs (kern_bf16_pack_weight) for the AMX path:
+     * forward (B = Wᵀ) and backward (B = W). When set, kern_matmul (more
+     * than KERN_MATVEC_MAX_T rows) and kern_matmul_dx compute in bf16 with
+     * f32 sums instead of converting W to f32. */
+    const uint16_t *bf16_fwd, *bf16_bwd;
 } kern_weight;
 
 /* Output rows per dequantized tile; fixed so that results do not depend on
@@ -60,6 +65,25 @@ size_t kern_matmul_dx_scratch_floats(int64_t K, int n_threads);
  * do not depend on the thread count. For the small products around adapters. */
 void kern_gemm_rows(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                     const float *B, int ldb, float beta, float *C, int ldc, int n_threads);
+
+/* ---- bfloat16 products on AMX (bf16.c, amx.c) ----
+ * C (M, N) = beta·C + bias + A (M, K) · B (K, N): A f32, rounded to bf16 as
+ * it is packed; B pre-packed bf16 (K and N padded to multiples of 32);
+ * products summed in f32. Items of fixed shape: results do not depend on
+ * the thread count. */
+bool kern_bf16_supported(void);   /* AMX-BF16 + AVX512-BF16, and Linux grants the tile state */
+bool kern_amx_compiled(void);     /* this build has the AMX kernel */
+size_t kern_bf16_pack_elems(int64_t K, int64_t N);
+/* One pass over W's stored rows fills the forward pack (K = in, N = out)
+ * and/or the backward pack (K = out, N = in); either may be NULL. rowbuf
+ * holds max(rows, cols) floats. */
+int kern_bf16_pack_weight(const kern_weight *w, uint16_t *fwd, uint16_t *bwd, float *rowbuf);
+/* Floats of scratch kern_bf16_gemm needs on n_threads (0 without AMX). */
+size_t kern_bf16_scratch_floats(int n_threads);
+int kern_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, int K, int N, const uint16_t *Bp,
+                   const float *bias, float beta, float *scratch, int n_threads);
+uint16_t kern_f32_to_bf16(float f);   /* round to nearest even */
+float kern_bf16_to_f32(uint16_t h);
 
 /* Row r of W as f32 (K floats): embedding lookups on any dtype. */
 int kern_weight_row(const kern_weight *w, int64_t r, float *out);
@@ -123,17 +147,20 @@ void kern_attention(float *out, int ldo, const float *q, int ldq, const float *k
  * rows 0..P-1 are the prefix, row P + t is the sequence position t. Query t
  * sees key rows 0..P + t. Head h uses kv head h / (n_head / n_kv).
  * out (T, n_head·hd) contiguous; probs (n_head, T, P + T) written, masked
- * entries 0. OpenMP over query heads. */
+ * entries 0. OpenMP over (query head, block of 64 queries); a block only
+ * multiplies the keys it can see. */
 void kern_attn_train_fwd(float *out, float *probs, const float *q, int ldq, const float *k,
                          const float *v, int ldkv, int T, int P, int n_head, int n_kv, int hd,
                          float scale, int n_threads);
-/* Floats of scratch kern_attn_train_bwd needs: n_threads · T · (P + T). */
-size_t kern_attn_train_scratch_floats(int T, int P, int n_threads);
+/* Floats of scratch kern_attn_train_bwd needs: n_threads · 64 · (P + T)
+ * for one block of dS per thread, plus n_head · 2 · (P + T) · hd for each
+ * query head's own dK, dV. */
+size_t kern_attn_train_scratch_floats(int T, int P, int n_head, int hd, int n_threads);
 /* Backward of kern_attn_train_fwd from dout (T, n_head·hd) contiguous and the
  * saved probs. dq (T, n_head·hd) row stride lddq, dk, dv (P + T, n_kv·hd) row
- * stride lddkv: all three +=. OpenMP over kv heads (each thread owns a kv
- * head and its whole group of query heads, in order), so the result is
- * race-free and identical for every thread count. */
+ * stride lddkv: all three +=. OpenMP over query heads, each writing its own
+ * dK, dV part into scratch; the parts are then summed per kv head in head
+ * order, so the result is race-free and identical for every thread count. */
 void kern_attn_train_bwd(float *dq, int lddq, float *dk, float *dv, int lddkv,
                          const float *dout, const float *probs, const float *q, int ldq,
                          const float *k, const float *v, int ldkv, int T, int P, int n_head,
@@ -146,7 +173,7 @@ void kern_attn_train_bwd(float *dq, int lddq, float *dk, float *dv, int lddkv,
  * grad_scale·(softmax - onehot) on counted rows, 0 on ignored rows; it may
  * alias logits. Returns 0, or PEFT_ERR_INVALID (nothing written) when a
  * target is neither -100 nor in [0, V). */
-int kern_xent_fwd_bwd(float *loss_sum, int *n_counted, float *dlogits, const float *logits,
+int kern_xent_fwd_bwd(double *loss_sum, int *n_counted, float *dlogits, const float *logits,
                       const int32_t *targets, int T, int V, float grad_scale, int n_threads);
 
 #endif

@@ -72,6 +72,8 @@ int kern_matmul(float *y, int ldy, const float *x, int T, const kern_weight *w,
     if (w->transposed && peft_dtype_elem_size(w->dtype) == 0) return PEFT_ERR_UNSUPPORTED;
     if (T <= KERN_MATVEC_MAX_T && !w->transposed)
         return kern_matvec(y, ldy, x, T, w, bias, beta, scratch, n_threads);
+    if (w->bf16_fwd)
+        return kern_bf16_gemm(y, ldy, x, (int)K, T, (int)K, (int)N, w->bf16_fwd, bias, beta, scratch, n_threads);
     int status = 0;
     if (n_threads < 1) n_threads = 1;
 
@@ -130,7 +132,7 @@ static int64_t dx_rows(peft_dtype t) { return t == PEFT_DT_F32 ? DX_ROWS : 4 * D
 
 size_t kern_matmul_dx_scratch_floats(int64_t K, int n_threads) {
     size_t cols = (size_t)PEFT_MIN((int64_t)DX_COLS, PEFT_MAX(K, (int64_t)1));
-    return (size_t)DX_TILE * cols * (size_t)(n_threads > 0 ? n_threads : 1);
+    return PEFT_MAX((size_t)DX_TILE * cols * (size_t)(n_threads > 0 ? n_threads : 1), kern_bf16_scratch_floats(n_threads));
 }
 
 /* Columns [k0, k0 + kc) of W's rows [n0, n0 + nb) as f32 into buf (nb, kc),
@@ -165,6 +167,8 @@ int kern_matmul_dx(float *dx, const float *dy, int T, const kern_weight *w, floa
     const int64_t K = w->cols, N = w->rows;
     if (w->transposed && peft_dtype_elem_size(w->dtype) == 0) return PEFT_ERR_UNSUPPORTED;
     if (T <= 0 || K <= 0 || N <= 0) return 0;
+    if (w->bf16_bwd)
+        return kern_bf16_gemm(dx, (int)K, dy, (int)N, T, (int)N, (int)K, w->bf16_bwd, NULL, 1.0f, scratch, n_threads);
     const int64_t rows = dx_rows(w->dtype);
     const int64_t n_rb = (T + rows - 1) / rows, n_cb = (K + DX_COLS - 1) / DX_COLS;
     const size_t per = (size_t)DX_TILE * (size_t)PEFT_MIN((int64_t)DX_COLS, K);

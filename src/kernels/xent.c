@@ -2,6 +2,7 @@
  * over each row, so the (T, V) probabilities never exist apart from the
  * gradient (which may overwrite the logits). */
 #include "kernels/kernels.h"
+#include "kernels/kexp.h"
 
 #include <math.h>
 
@@ -9,7 +10,7 @@
  * in order: the loss does not depend on the thread count. */
 #define XENT_CHUNKS 64
 
-int kern_xent_fwd_bwd(float *loss_sum, int *n_counted, float *dlogits, const float *logits,
+int kern_xent_fwd_bwd(double *loss_sum, int *n_counted, float *dlogits, const float *logits,
                       const int32_t *targets, int T, int V, float grad_scale, int n_threads) {
     int counted = 0;
     for (int t = 0; t < T; t++) {
@@ -32,16 +33,12 @@ int kern_xent_fwd_bwd(float *loss_sum, int *n_counted, float *dlogits, const flo
                 for (int i = 0; i < V; i++) d[i] = 0.0f;
                 continue;
             }
-            float m = -INFINITY;
-            for (int i = 0; i < V; i++) m = x[i] > m ? x[i] : m;
+            float m = kmax(x, V);
             const float xy = x[y];
             /* d may alias x: each x[i] is read before d[i] is written */
-            double s = 0;
-            for (int i = 0; i < V; i++) {
-                float e = expf(x[i] - m);
-                d[i] = e;
-                s += e;
-            }
+            /* exps first (a vectorized map), then their sum */
+            for (int i = 0; i < V; i++) d[i] = kexp(x[i] - m);
+            const double s = ksum_d(d, V);
             acc += (double)m + log(s) - (double)xy;
             const float k = (float)((double)grad_scale / s);
             for (int i = 0; i < V; i++) d[i] *= k;
@@ -51,7 +48,7 @@ int kern_xent_fwd_bwd(float *loss_sum, int *n_counted, float *dlogits, const flo
     }
     double total = 0;
     for (int c = 0; c < XENT_CHUNKS; c++) total += part[c];
-    *loss_sum = (float)total;
+    *loss_sum = total;
     *n_counted = counted;
     return 0;
 }

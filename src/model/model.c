@@ -3,6 +3,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static bool ends_with(const char *s, const char *suffix) {
     size_t a = strlen(s), b = strlen(suffix);
@@ -48,6 +51,7 @@ void peft_model_free(peft_model *m) {
     free(m->kv.k);
     free(m->kv.v);
     free(m->ws);
+    free(m->bf16_packs);
     bpe_free(m->tok);
     st_close(m->st);
     gguf_close(m->gguf);
@@ -126,4 +130,99 @@ int peft_model_logits(peft_model *m, const int32_t *ids, int n_ids, float *out) 
     int rc = model_forward(m, ids, n_ids, out, true, &m->ctx->err);
     model_reset(m);
     return rc;
+}
+
+/* ---- compute precision ------------------------------------------------------ */
+
+int peft_compute_bf16_supported(void) { return kern_bf16_supported(); }
+
+peft_compute peft_model_compute(const peft_model *m) { return m->bf16_packs ? PEFT_COMPUTE_BF16 : PEFT_COMPUTE_F32; }
+
+/* The frozen matrices products run against: every present linear and the
+ * output head (a tied head is its own kern_weight copy of the embedding). */
+static int frozen_mats(peft_model *m, kern_weight **out) {
+    int n = 0;
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        for (int r = 0; r < ROLE_N_LINEAR; r++)
+            if (m->layers[l].lin[r].present) out[n++] = &m->layers[l].lin[r].w;
+    if (m->lm_head.data) out[n++] = &m->lm_head;
+    return n;
+}
+
+static void drop_packs(peft_model *m) {
+    kern_weight **ws = malloc(sizeof *ws * ((size_t)m->cfg.n_layer * ROLE_N_LINEAR + 1));
+    if (ws) {
+        const int n = frozen_mats(m, ws);
+        for (int i = 0; i < n; i++) ws[i]->bf16_fwd = ws[i]->bf16_bwd = NULL;
+    } else {
+        for (int l = 0; l < m->cfg.n_layer; l++)
+            for (int r = 0; r < ROLE_N_LINEAR; r++) m->layers[l].lin[r].w.bf16_fwd = m->layers[l].lin[r].w.bf16_bwd = NULL;
+        m->lm_head.bf16_fwd = m->lm_head.bf16_bwd = NULL;
+    }
+    free(ws);
+    free(m->bf16_packs);
+    m->bf16_packs = NULL;
+    m->bf16_bytes = 0;
+}
+
+int peft_model_set_compute(peft_model *m, peft_compute c) {
+    peft_err *err = &m->ctx->err;
+    peft_err_clear(err);
+    if (c != PEFT_COMPUTE_F32 && c != PEFT_COMPUTE_BF16 && c != PEFT_COMPUTE_AUTO)
+        return peft_fail(err, PEFT_ERR_INVALID, "unknown compute precision %d", (int)c);
+    const bool ok = kern_bf16_supported();
+    if (c == PEFT_COMPUTE_BF16 && !ok)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+                         "bf16 compute needs a CPU with AMX-BF16 and AVX512-BF16 (Intel Sapphire Rapids or later) "
+                         "and a build that has the AMX kernel; this one has not: use f32");
+    if (c == PEFT_COMPUTE_F32 || (c == PEFT_COMPUTE_AUTO && !ok)) {
+        drop_packs(m);
+        return 0;
+    }
+    if (m->bf16_packs) return 0;
+    kern_weight **ws = peft_malloc(sizeof *ws * ((size_t)m->cfg.n_layer * ROLE_N_LINEAR + 1), err);
+    if (!ws) return PEFT_ERR_NOMEM;
+    const int n = frozen_mats(m, ws);
+    size_t total = 0, maxlen = 0;
+    for (int i = 0; i < n; i++) {
+        total += 2 * kern_bf16_pack_elems(ws[i]->rows, ws[i]->cols);
+        maxlen = PEFT_MAX(maxlen, (size_t)PEFT_MAX(ws[i]->rows, ws[i]->cols));
+    }
+    m->bf16_packs = peft_malloc(total * sizeof(uint16_t), err);
+    const int nt = m->ctx->n_threads > 0 ? m->ctx->n_threads : 1;
+    float *rows = m->bf16_packs ? peft_malloc(maxlen * (size_t)nt * sizeof(float), err) : NULL;
+    if (!rows) {
+        free(ws);
+        free(m->bf16_packs);
+        m->bf16_packs = NULL;
+        return peft_fail(err, PEFT_ERR_NOMEM, "%s: no memory for the bf16 copies of the weights (%.0f MiB)", m->path,
+                         (double)total * 2 / 1048576.0);
+    }
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        ws[i]->bf16_fwd = m->bf16_packs + off;
+        off += kern_bf16_pack_elems(ws[i]->cols, ws[i]->rows);
+        ws[i]->bf16_bwd = m->bf16_packs + off;
+        off += kern_bf16_pack_elems(ws[i]->rows, ws[i]->cols);
+    }
+    int status = 0;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(min : status)
+    for (int i = 0; i < n; i++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        int rc = kern_bf16_pack_weight(ws[i], (uint16_t *)ws[i]->bf16_fwd, (uint16_t *)ws[i]->bf16_bwd, rows + (size_t)tid * maxlen);
+        if (rc) status = rc;
+    }
+    free(rows);
+    free(ws);
+    if (status) {
+        drop_packs(m);
+        return peft_fail(err, status, "%s: cannot convert the weights to bf16 (%s)", m->path, peft_status_name(status));
+    }
+    m->bf16_bytes = total * sizeof(uint16_t);
+    peft_log(m->ctx, PEFT_LOG_INFO, "%s: bf16 compute on AMX (%.0f MiB of bf16 weight copies)", m->path,
+             (double)m->bf16_bytes / 1048576.0);
+    return 0;
 }

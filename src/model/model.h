@@ -68,6 +68,8 @@ struct peft_model {
     int n_owned, cap_owned;
     int64_t n_params;
     char dtype_summary[256];
+    uint16_t *bf16_packs;  /* all bf16 packs (peft_model_set_compute BF16), or NULL */
+    size_t bf16_bytes;
     /* inference state */
     model_kv kv;
     int n_past;

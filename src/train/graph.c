@@ -62,7 +62,17 @@ struct train_graph {
     float *arena;
     size_t arena_floats;
     uint8_t *mask_arena;
+    double phase[TG_N_PHASES], t_run;   /* tg_phase_seconds */
 };
+
+void tg_phase_seconds(const train_graph *g, double out[TG_N_PHASES]) {
+    double known = 0;
+    for (int i = 0; i < TG_N_PHASES; i++) {
+        out[i] = g->phase[i];
+        if (i != TG_PH_OTHER) known += g->phase[i];
+    }
+    out[TG_PH_OTHER] = g->t_run - known;
+}
 
 size_t tg_arena_bytes(const train_graph *g) { return g->arena_floats * sizeof(float); }
 
@@ -143,7 +153,7 @@ static size_t layout(train_graph *g, int r, float *base) {
     g->cls = TAKE(B * (size_t)(g->n_labels ? g->n_labels : 1));
     g->kvbuf = g->PX ? TAKE(4 * (T + (size_t)g->PX) * g->kvd) : NULL;
     g->mm_scratch = TAKE(PEFT_MAX(kern_matmul_scratch_floats(g->max_in, g->nt), kern_matmul_dx_scratch_floats(g->max_in, g->nt)));
-    g->attn_scratch = TAKE(kern_attn_train_scratch_floats((int)T, g->PX, g->nt));
+    g->attn_scratch = TAKE(kern_attn_train_scratch_floats((int)T, g->PX, g->m->cfg.n_head, g->m->cfg.head_dim, g->nt));
     g->pos = (int32_t *)TAKE(N);
     g->ids = (int32_t *)TAKE(N);
     g->tgt = (int32_t *)TAKE(N);
@@ -263,14 +273,25 @@ static const float *ia3_at(const train_graph *g, int l, model_linear_role r, boo
 static int lin_fwd(train_graph *g, int l, model_linear_role r, const float *x, float *y, int ldy, float beta) {
     const lora_module *mod = module_at(g, l, r);
     mod_acts *A = mod ? &g->M[mod_index(g, mod)] : NULL;
-    return adapter_linear_fwd(g->ad, g->m, l, r, x, g->N, y, ldy, beta, g->Z[l * ROLE_N_LINEAR + r], g->xd,
-                              A && g->drop > 0 ? A->mask : NULL, g->drop, g->xd, A ? A->xa : NULL, g->mm_scratch, g->nt);
+    const double t0 = peft_time_s();
+    int rc = adapter_linear_fwd(g->ad, g->m, l, r, x, g->N, y, ldy, beta, g->Z[l * ROLE_N_LINEAR + r], g->xd,
+                                A && g->drop > 0 ? A->mask : NULL, g->drop, g->xd, A ? A->xa : NULL, g->mm_scratch, g->nt);
+    g->phase[TG_PH_LIN_FWD] += peft_time_s() - t0;
+    return rc;
 }
 
 /* dx (N, in) += the input gradient of lin_fwd from dy (N, out) (row
  * stride ldy); every trainable parameter of the linear accumulates its
  * gradient. dx NULL: parameter gradients only. */
+static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, const float *dy, int ldy, float *dx);
 static int lin_bwd(train_graph *g, int l, model_linear_role r, const float *x, const float *dy, int ldy, float *dx) {
+    const double t0 = peft_time_s();
+    int rc = lin_bwd_(g, l, r, x, dy, ldy, dx);
+    g->phase[TG_PH_LIN_BWD] += peft_time_s() - t0;
+    return rc;
+}
+
+static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, const float *dy, int ldy, float *dx) {
     adapter *a = g->ad;
     const kern_weight *W = adapter_weight(a, g->m, l, r);
     const int in = (int)W->cols, out = (int)W->rows, N = g->N, s = l * ROLE_N_LINEAR + r;
@@ -403,7 +424,14 @@ static void prefix_kv(train_graph *g, const layer_acts *L, int l, int bi, float 
 
 /* Attention over each row of the batch, segment by segment (packed rows
  * hold several examples that must not see each other). */
+static void attn_fwd_(train_graph *g, layer_acts *L, int l);
 static void attn_fwd(train_graph *g, layer_acts *L, int l) {
+    const double t0 = peft_time_s();
+    attn_fwd_(g, L, l);
+    g->phase[TG_PH_ATTN_FWD] += peft_time_s() - t0;
+}
+
+static void attn_fwd_(train_graph *g, layer_acts *L, int l) {
     const model_config *c = &g->m->cfg;
     const int T = g->T, hd = c->head_dim, PX = g->PX;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -431,7 +459,14 @@ static void attn_fwd(train_graph *g, layer_acts *L, int l) {
     }
 }
 
+static void attn_bwd_(train_graph *g, layer_acts *L, int l);
 static void attn_bwd(train_graph *g, layer_acts *L, int l) {
+    const double t0 = peft_time_s();
+    attn_bwd_(g, L, l);
+    g->phase[TG_PH_ATTN_BWD] += peft_time_s() - t0;
+}
+
+static void attn_bwd_(train_graph *g, layer_acts *L, int l) {
     const model_config *c = &g->m->cfg;
     const int T = g->T, hd = c->head_dim, PX = g->PX, kvd = g->kvd;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -526,7 +561,7 @@ static int lm_loss(train_graph *g, bool backward, float grad_scale, double *tota
         for (int i = 0; i < n && !any; i++) any = g->tgt[r0 + i] != -100;
         if (!any) continue;
         if ((rc = kern_matmul(g->logits, g->V, g->hf + (size_t)r0 * d, n, head, NULL, 0, g->mm_scratch, g->nt))) return rc;
-        float ls = 0;
+        double ls = 0;
         int cnt = 0;
         if ((rc = kern_xent_fwd_bwd(&ls, &cnt, g->logits, g->logits, g->tgt + r0, n, g->V, grad_scale, g->nt))) return -rc;
         *total += ls;
@@ -584,6 +619,7 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
     const bool gpt2 = c->arch == PEFT_ARCH_GPT2;
     const int d = g->d, ff = g->ff, half = c->rope_dim / 2, P = g->P;
     int rc = 0;
+    const double t_run = peft_time_s();
     if (b->B != g->B || b->T + P > g->T_cap || b->T < 2)
         return peft_fail(err, PEFT_ERR_SHAPE, "batch is %d x %d, the graph was built for %d x (2..%d)", b->B, b->T, g->B,
                          g->T_cap - P);
@@ -674,8 +710,10 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
     double total = 0;
     int count = 0;
     if (backward) memset(g->dhf, 0, (size_t)N * d * sizeof(float));
+    const double t_loss = peft_time_s();
     rc = g->n_labels > 0 ? cls_loss(g, b, backward, grad_scale, &total, &count)
                          : lm_loss(g, backward, grad_scale, &total, &count);
+    g->phase[TG_PH_LOSS] += peft_time_s() - t_loss;
     if (rc < 0 || (g->n_labels > 0 && rc == PEFT_ERR_INVALID)) {
         rc = g->n_labels > 0 ? peft_fail(err, PEFT_ERR_INVALID, "a label is outside 0..%d", g->n_labels - 1)
                              : peft_fail(err, -rc, "a target token id is outside the vocabulary (%d)", g->V);
@@ -751,5 +789,6 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
 fail:
     rc = peft_fail(err, rc, "%s: training step failed (%s)", m->path, peft_status_name(rc));
 out:
+    g->t_run += peft_time_s() - t_run;
     return rc;
 }

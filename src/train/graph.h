@@ -24,6 +24,13 @@ size_t tg_arena_bytes(const train_graph *g);
 int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
            uint64_t dropout_seed, double *loss_sum, int *n_targets, peft_err *err);
 
+/* Seconds spent in each phase over every tg_run so far (for benchmarks):
+ * frozen-linear forward (with the adapter hooks), attention forward, loss
+ * (head products and softmax), linear backward, attention backward, and
+ * the rest (embeddings, norms, activations, RoPE, copies). */
+enum { TG_PH_LIN_FWD, TG_PH_ATTN_FWD, TG_PH_LOSS, TG_PH_LIN_BWD, TG_PH_ATTN_BWD, TG_PH_OTHER, TG_N_PHASES };
+void tg_phase_seconds(const train_graph *g, double out[TG_N_PHASES]);
+
 /* Classification adapters: the (B, n_labels) logits of the last tg_run;
  * NULL otherwise. */
 const float *tg_class_logits(const train_graph *g);
