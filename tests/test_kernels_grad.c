@@ -68,8 +68,8 @@ typedef struct {
 
 static double norm_loss(void *p) {
     norm_ctx *c = p;
-    if (c->layer) kern_layernorm_fwd(c->y, NULL, NULL, c->x, c->w, c->b, c->T, c->C, 1e-5f);
-    else kern_rmsnorm_fwd(c->y, NULL, c->x, c->w, c->T, c->C, 1e-5f);
+    if (c->layer) kern_layernorm_fwd(c->y, NULL, NULL, c->x, c->w, c->b, c->T, c->C, 1e-5f, 2);
+    else kern_rmsnorm_fwd(c->y, NULL, c->x, c->w, c->T, c->C, 1e-5f, 2);
     return dot_d(c->y, c->r, (size_t)c->T * c->C);
 }
 
@@ -88,13 +88,13 @@ static void norm_case(bool layer, int T, int C, uint64_t seed) {
     for (int i = 0; i < T * C; i++) dx[i] = dx2[i] = 0.5f;
     for (int i = 0; i < C; i++) dw[i] = db[i] = -0.25f;
     if (layer) {
-        kern_layernorm_fwd(c.y, mean, rstd, c.x, c.w, c.b, T, C, 1e-5f);
-        kern_layernorm_bwd(dx, dw, db, c.r, c.x, c.w, mean, rstd, T, C);
-        kern_layernorm_bwd(dx2, NULL, NULL, c.r, c.x, c.w, mean, rstd, T, C);
+        kern_layernorm_fwd(c.y, mean, rstd, c.x, c.w, c.b, T, C, 1e-5f, 2);
+        kern_layernorm_bwd(dx, dw, db, c.r, c.x, c.w, mean, rstd, T, C, 2);
+        kern_layernorm_bwd(dx2, NULL, NULL, c.r, c.x, c.w, mean, rstd, T, C, 2);
     } else {
-        kern_rmsnorm_fwd(c.y, rstd, c.x, c.w, T, C, 1e-5f);
-        kern_rmsnorm_bwd(dx, dw, c.r, c.x, c.w, rstd, T, C);
-        kern_rmsnorm_bwd(dx2, NULL, c.r, c.x, c.w, rstd, T, C);
+        kern_rmsnorm_fwd(c.y, rstd, c.x, c.w, T, C, 1e-5f, 2);
+        kern_rmsnorm_bwd(dx, dw, c.r, c.x, c.w, rstd, T, C, 2);
+        kern_rmsnorm_bwd(dx2, NULL, c.r, c.x, c.w, rstd, T, C, 2);
     }
     CHECK(memcmp(dx, dx2, sizeof(float) * (size_t)T * C) == 0); /* frozen w: same dx */
     for (int i = 0; i < T * C; i++) dx[i] -= 0.5f;
@@ -649,15 +649,15 @@ static void torch_autograd_reference(void) {
         if (x && w && dy && y && dx && dw && lx && lw && lb && ly && ldx && ldw && ldb) {
             float *gy = falloc(n), *gx = falloc(n), *gw = falloc(C), *gb = falloc(C),
                   *mean = falloc(T), *rstd = falloc(T);
-            kern_rmsnorm_fwd(gy, rstd, x, w, T, C, 1e-5f);
-            kern_rmsnorm_bwd(gx, gw, dy, x, w, rstd, T, C);
+            kern_rmsnorm_fwd(gy, rstd, x, w, T, C, 1e-5f, 2);
+            kern_rmsnorm_bwd(gx, gw, dy, x, w, rstd, T, C, 2);
             CHECK(rel_diff("rmsnorm y", gy, y, n) <= tol);
             CHECK(rel_diff("rmsnorm dx", gx, dx, n) <= tol);
             CHECK(rel_diff("rmsnorm dw", gw, dw, C) <= tol);
             memset(gx, 0, sizeof(float) * n);
             memset(gw, 0, sizeof(float) * C);
-            kern_layernorm_fwd(gy, mean, rstd, lx, lw, lb, T, C, 1e-5f);
-            kern_layernorm_bwd(gx, gw, gb, dy, lx, lw, mean, rstd, T, C);
+            kern_layernorm_fwd(gy, mean, rstd, lx, lw, lb, T, C, 1e-5f, 2);
+            kern_layernorm_bwd(gx, gw, gb, dy, lx, lw, mean, rstd, T, C, 2);
             CHECK(rel_diff("layernorm y", gy, ly, n) <= tol);
             CHECK(rel_diff("layernorm dx", gx, ldx, n) <= tol);
             CHECK(rel_diff("layernorm dw", gw, ldw, C) <= tol);

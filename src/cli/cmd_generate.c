@@ -21,6 +21,7 @@ static void usage(FILE *f) {
             "  --top-p P          nucleus sampling mass (1 = off)\n"
             "  --seed S           sampling seed (default 42)\n"
             "  --threads N        threads (default: all cores)\n"
+            "  --compute P        prompt processing: " CLI_COMPUTE_HELP "; --bf16 = --compute bf16\n"
             "  --stats            print prompt and generation speed (tokens/s) to stderr\n"
             "  --no-echo          do not print the prompt before the generation\n");
 }
@@ -34,7 +35,8 @@ static int print_piece(const char *piece, int len, void *user) {
 
 int cmd_generate(int argc, char **argv) {
     cli_args a = {argc, 1, argv, "generate"};
-    const char *model = NULL, *adapter_dir = NULL, *prompt = NULL, *prompt_file = NULL, *v;
+    const char *model = NULL, *adapter_dir = NULL, *prompt = NULL, *prompt_file = NULL, *compute = NULL, *v;
+    bool bf16 = false;
     peft_sample_params sp = peft_sample_default_params();
     int threads = 0, seed = 42;
     bool stats = false, echo = true, bad = false, verbose = false;
@@ -50,6 +52,8 @@ int cmd_generate(int argc, char **argv) {
         else if ((v = cli_opt(&a, "--top-p", &bad))) bad = cli_float(a.cmd, "--top-p", v, 0, 1, &sp.top_p) != 0;
         else if ((v = cli_opt(&a, "--seed", &bad))) bad = cli_int(a.cmd, "--seed", v, 0, 2147483647, &seed) != 0;
         else if ((v = cli_opt(&a, "--threads", &bad))) bad = cli_int(a.cmd, "--threads", v, 1, 1024, &threads) != 0;
+        else if ((v = cli_opt(&a, "--compute", &bad))) compute = v;
+        else if (cli_flag(&a, "--bf16")) bf16 = true;
         else if (cli_flag(&a, "--chat")) sp.chat = 1;
         else if (cli_flag(&a, "--stats")) stats = true;
         else if (cli_flag(&a, "--no-echo")) echo = false;
@@ -91,6 +95,13 @@ int cmd_generate(int argc, char **argv) {
         peft_free(ctx);
         free(file_text);
         return 1;
+    }
+    int crc = cli_compute("generate", ctx, m, compute, bf16);
+    if (crc) {
+        peft_model_free(m);
+        peft_free(ctx);
+        free(file_text);
+        return crc;
     }
     adapter *ad = NULL;
     if (adapter_dir) {

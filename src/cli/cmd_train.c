@@ -66,6 +66,8 @@ static opt_def train_opts[] = {
     {"resume", false, "resume from a run folder or checkpoint folder", NULL},
     {"seed", false, "seed for init, shuffling, dropout (default 42)", NULL},
     {"threads", false, "threads (default all cores)", NULL},
+    {"compute", false, CLI_COMPUTE_HELP, NULL},
+    {"bf16", true, "the same as --compute bf16", NULL},
     {"skip-bad", true, "skip and count bad data lines instead of stopping", NULL},
     {"quiet", true, "no progress line", NULL},
 };
@@ -371,6 +373,7 @@ int cmd_train(int argc, char **argv) {
     peft_err *err = &ctx->err;
     if (!m) { fprintf(stderr, "peft train: %s\n", peft_last_error(ctx)); goto out; }
     if (!m->tok) { fprintf(stderr, "peft train: %s has no tokenizer\n", GETV("model")); goto out; }
+    if (cli_compute("train", ctx, m, GETV("compute"), GETV("bf16") != NULL)) goto out;
     if (GETV("layers")) {
         for (int l = 0; l < 64; l++)
             if ((lc.layers >> l & 1) && l >= m->cfg.n_layer) {
@@ -479,9 +482,9 @@ out:
 
 int cmd_eval(int argc, char **argv) {
     cli_args a = {argc, 1, argv, "eval"};
-    const char *model = NULL, *adapter_dir = NULL, *data = NULL, *v;
+    const char *model = NULL, *adapter_dir = NULL, *data = NULL, *compute = NULL, *v;
     int batch = 4, seq = 0, threads = 0;   /* seq 0: min(512, the model's context) */
-    bool json = false, bad = false, skip_bad = false;
+    bool json = false, bad = false, skip_bad = false, bf16 = false;
     while (a.i < argc && !bad) {
         if ((v = cli_opt(&a, "--model", &bad))) model = v;
         else if ((v = cli_opt(&a, "--adapter", &bad))) adapter_dir = v;
@@ -489,11 +492,15 @@ int cmd_eval(int argc, char **argv) {
         else if ((v = cli_opt(&a, "--batch", &bad))) bad = cli_int("eval", "--batch", v, 1, 65536, &batch) != 0;
         else if ((v = cli_opt(&a, "--seq", &bad))) bad = cli_int("eval", "--seq", v, 2, 1000000, &seq) != 0;
         else if ((v = cli_opt(&a, "--threads", &bad))) bad = cli_int("eval", "--threads", v, 1, 1024, &threads) != 0;
+        else if ((v = cli_opt(&a, "--compute", &bad))) compute = v;
+        else if (cli_flag(&a, "--bf16")) bf16 = true;
         else if (cli_flag(&a, "--json")) json = true;
         else if (cli_flag(&a, "--skip-bad")) skip_bad = true;
         else if (cli_flag(&a, "--help")) {
             printf("usage: peft eval --model PATH [--adapter DIR] --data FILE [--json] [--batch N] [--seq N] [--threads N]\n"
-                   "  --seq N   truncate examples to N tokens (default: 512 or the model's context if shorter)\n\n"
+                   "                 [--compute f32|bf16|auto] [--bf16]\n"
+                   "  --seq N   truncate examples to N tokens (default: 512 or the model's context if shorter)\n"
+                   "  --compute " CLI_COMPUTE_HELP "\n\n"
                    "Mean loss per target token and perplexity of the model (with the adapter) on a JSONL dataset.\n");
             return 0;
         } else if (!bad) { fprintf(stderr, "peft eval: unknown option \"%s\"\n", argv[a.i]); return 2; }
@@ -509,6 +516,7 @@ int cmd_eval(int argc, char **argv) {
     bool have_d = false;
     if (!m) { fprintf(stderr, "peft eval: %s\n", peft_last_error(ctx)); goto out; }
     if (!m->tok) { fprintf(stderr, "peft eval: %s has no tokenizer\n", model); goto out; }
+    if (cli_compute("eval", ctx, m, compute, bf16)) goto out;
     if (adapter_dir) {
         if (adapter_load(m, adapter_dir, &ad, &ctx->err)) { fprintf(stderr, "peft eval: %s\n", ctx->err.msg); goto out; }
     }

@@ -87,6 +87,28 @@ peft_ctx *cli_ctx(int n_threads, bool verbose) {
     return ctx;
 }
 
+int cli_compute(const char *cmd, peft_ctx *ctx, peft_model *m, const char *value, bool bf16_flag) {
+    if (bf16_flag && value && strcmp(value, "bf16")) {
+        fprintf(stderr, "peft %s: --bf16 and --compute %s disagree\n", cmd, value);
+        return 2;
+    }
+    if (bf16_flag) value = "bf16";
+    if (!value) return 0;
+    peft_compute c;
+    if (!strcmp(value, "f32")) c = PEFT_COMPUTE_F32;
+    else if (!strcmp(value, "bf16")) c = PEFT_COMPUTE_BF16;
+    else if (!strcmp(value, "auto")) c = PEFT_COMPUTE_AUTO;
+    else {
+        fprintf(stderr, "peft %s: --compute must be f32, bf16 or auto (got \"%s\")\n", cmd, value);
+        return 2;
+    }
+    if (peft_model_set_compute(m, c)) {
+        fprintf(stderr, "peft %s: %s\n", cmd, peft_last_error(ctx));
+        return 1;
+    }
+    return 0;
+}
+
 /* Two process-wide settings are read by libraries at load time, so they are
  * fixed by re-running ourselves once with the environment set:
  * - OpenBLAS picks its kernels from the CPU model; a CPU newer than the

@@ -115,7 +115,7 @@ int kern_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, int K, int
         config_tiles();
 #pragma omp for schedule(dynamic, 1) nowait
         for (int item = 0; item < n_rb * n_cb; item++) {
-            const int m0 = (item / n_cb) * BM, n0 = (item % n_cb) * BN;
+            const int m0 = (item % n_rb) * BM, n0 = (item / n_rb) * BN;
             const int mb = PEFT_MIN(BM, M - m0), nb = PEFT_MIN(BN, N - n0);
             if (bias || (acc && beta != 1.0f))
                 for (int i = 0; i < mb; i++) {

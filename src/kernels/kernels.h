@@ -89,21 +89,22 @@ float kern_bf16_to_f32(uint16_t h);
 int kern_weight_row(const kern_weight *w, int64_t r, float *out);
 
 /* RMSNorm: y = x / sqrt(mean(x²) + eps) · w.  x, y (T, C); rstd (T) saved
- * for the backward when non-NULL. */
+ * for the backward when non-NULL. The norms split rows over n_threads
+ * (backwards that sum a weight gradient run on one thread). */
 void kern_rmsnorm_fwd(float *y, float *rstd, const float *x, const float *w, int T, int C,
-                      float eps);
+                      float eps, int n_threads);
 /* LayerNorm: y = (x - mean) · rstd · w + b.  mean, rstd (T) optional. */
 void kern_layernorm_fwd(float *y, float *mean, float *rstd, const float *x, const float *w,
-                        const float *b, int T, int C, float eps);
+                        const float *b, int T, int C, float eps, int n_threads);
 /* RMSNorm backward from the forward's x, w and saved rstd (T).
  * dx (T, C) += ∂L/∂x; dw (C) += ∂L/∂w unless dw is NULL (frozen weight).
  * dx must not alias dy or x. */
 void kern_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, const float *w,
-                      const float *rstd, int T, int C);
+                      const float *rstd, int T, int C, int n_threads);
 /* LayerNorm backward from the forward's x, w and saved mean, rstd (T).
  * dx (T, C) +=; dw, db (C) += unless NULL (frozen). dx must not alias dy, x. */
 void kern_layernorm_bwd(float *dx, float *dw, float *db, const float *dy, const float *x,
-                        const float *w, const float *mean, const float *rstd, int T, int C);
+                        const float *w, const float *mean, const float *rstd, int T, int C, int n_threads);
 
 /* RoPE tables: cos/sin (n_pos, half) for angle pos·inv_freq[i]. */
 void kern_rope_table(float *cos_t, float *sin_t, int n_pos, int half, const float *inv_freq);

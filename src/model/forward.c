@@ -145,8 +145,8 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
     const size_t kv_layer = (size_t)c->n_kv_head * m->kv.cap * hd;
     for (int l = 0; l < c->n_layer; l++) {
         const float *nw = adapter_norm_w(ad, m, l, 0), *nb = adapter_norm_b(ad, m, l, 0);
-        if (gpt2) kern_layernorm_fwd(h, NULL, NULL, x, nw, nb, T, d, c->norm_eps);
-        else kern_rmsnorm_fwd(h, NULL, x, nw, T, d, c->norm_eps);
+        if (gpt2) kern_layernorm_fwd(h, NULL, NULL, x, nw, nb, T, d, c->norm_eps, nt);
+        else kern_rmsnorm_fwd(h, NULL, x, nw, T, d, c->norm_eps, nt);
         if (gpt2) {
             if ((rc = linear(m, l, ROLE_QKV, qkv, ld_qkv, h, T, 0, scr, xa, zs, nt))) goto fail;
         } else {
@@ -182,11 +182,11 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
 
         const float *fw = adapter_norm_w(ad, m, l, 1), *fb = adapter_norm_b(ad, m, l, 1);
         if (gpt2) {
-            kern_layernorm_fwd(h, NULL, NULL, x, fw, fb, T, d, c->norm_eps);
+            kern_layernorm_fwd(h, NULL, NULL, x, fw, fb, T, d, c->norm_eps, nt);
             if ((rc = linear(m, l, ROLE_UP, f1, ff, h, T, 0, scr, xa, zs, nt))) goto fail;
             kern_gelu_tanh_fwd(f1, f1, (int64_t)T * ff, nt);
         } else {
-            kern_rmsnorm_fwd(h, NULL, x, fw, T, d, c->norm_eps);
+            kern_rmsnorm_fwd(h, NULL, x, fw, T, d, c->norm_eps, nt);
             if ((rc = linear(m, l, ROLE_GATE, f1, ff, h, T, 0, scr, xa, zs, nt)) ||
                 (rc = linear(m, l, ROLE_UP, f2, ff, h, T, 0, scr, xa, zs, nt)))
                 goto fail;
@@ -201,8 +201,8 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
         const int first = all_logits ? V0 : T - 1, n = T - first;
         const float *xs = x + (size_t)first * d;
         const float *ow = adapter_norm_w(ad, m, c->n_layer, 0), *ob = adapter_norm_b(ad, m, c->n_layer, 0);
-        if (gpt2) kern_layernorm_fwd(h, NULL, NULL, xs, ow, ob, n, d, c->norm_eps);
-        else kern_rmsnorm_fwd(h, NULL, xs, ow, n, d, c->norm_eps);
+        if (gpt2) kern_layernorm_fwd(h, NULL, NULL, xs, ow, ob, n, d, c->norm_eps, nt);
+        else kern_rmsnorm_fwd(h, NULL, xs, ow, n, d, c->norm_eps, nt);
         kern_weight lh;
         if ((rc = kern_matmul(logits, c->vocab, h, n, adapter_lm_head(ad, m, &lh), NULL, 0, scr, nt))) goto fail;
     }

@@ -535,16 +535,16 @@ static float *norm_gb(const train_graph *g, int k) {
 static void norm_fwd(train_graph *g, int l, int which, float *y, float *mean, float *rstd, const float *x) {
     const model_config *c = &g->m->cfg;
     const float *w = adapter_norm_w(g->ad, g->m, l, which), *b = adapter_norm_b(g->ad, g->m, l, which);
-    if (c->arch == PEFT_ARCH_GPT2) kern_layernorm_fwd(y, mean, rstd, x, w, b, g->N, g->d, c->norm_eps);
-    else kern_rmsnorm_fwd(y, rstd, x, w, g->N, g->d, c->norm_eps);
+    if (c->arch == PEFT_ARCH_GPT2) kern_layernorm_fwd(y, mean, rstd, x, w, b, g->N, g->d, c->norm_eps, g->nt);
+    else kern_rmsnorm_fwd(y, rstd, x, w, g->N, g->d, c->norm_eps, g->nt);
 }
 
 static void norm_bwd(train_graph *g, int l, int which, float *dx, const float *dy, const float *x, const float *mean,
                      const float *rstd) {
     const float *w = adapter_norm_w(g->ad, g->m, l, which);
     const int k = l * 2 + which;
-    if (g->m->cfg.arch == PEFT_ARCH_GPT2) kern_layernorm_bwd(dx, norm_gw(g, k), norm_gb(g, k), dy, x, w, mean, rstd, g->N, g->d);
-    else kern_rmsnorm_bwd(dx, norm_gw(g, k), dy, x, w, rstd, g->N, g->d);
+    if (g->m->cfg.arch == PEFT_ARCH_GPT2) kern_layernorm_bwd(dx, norm_gw(g, k), norm_gb(g, k), dy, x, w, mean, rstd, g->N, g->d, g->nt);
+    else kern_rmsnorm_bwd(dx, norm_gw(g, k), dy, x, w, rstd, g->N, g->d, g->nt);
 }
 
 /* ---- losses ----------------------------------------------------------------------------- */
