@@ -6,7 +6,12 @@
 #
 #   bench/lora_step.sh [--steps N] [--warmup N] [--threads T] [--batch B]
 #                      [--seq T] [--models "gpt2 smollm2"] [--no-peer]
-#                      [--max-load L] [--wait S]
+#                      [--compute "f32 bf16"] [--max-load L] [--wait S]
+#
+# Each precision runs on both sides: f32 (everything float32) and bf16 (the
+# frozen products in bfloat16 with f32 sums: peft.c --compute bf16 on AMX;
+# PyTorch with a bf16 base under CPU autocast, oneDNN's AMX kernels). bf16
+# is skipped where the CPU has no AMX-BF16.
 #
 # Environment: BUILD (default build), PYTHON (default python3), MODELS
 # (default /tmp/peft_lora_step_models: the models are made there once).
@@ -24,6 +29,7 @@ PYTHON="${PYTHON:-python3}"
 MODELS="${MODELS:-/tmp/peft_lora_step_models}"
 STEPS=5 WARMUP=1 THREADS=2 BATCH=4 SEQ=256 PEER=1 MAX_LOAD=1.5 WAIT=300
 KINDS="gpt2 smollm2"
+COMPUTES="f32 bf16"
 while [ $# -gt 0 ]; do
     case "$1" in
         --steps) STEPS="$2"; shift 2 ;;
@@ -32,10 +38,11 @@ while [ $# -gt 0 ]; do
         --batch) BATCH="$2"; shift 2 ;;
         --seq) SEQ="$2"; shift 2 ;;
         --models) KINDS="$2"; shift 2 ;;
+        --compute) COMPUTES="$2"; shift 2 ;;
         --no-peer) PEER=0; shift ;;
         --max-load) MAX_LOAD="$2"; shift 2 ;;
         --wait) WAIT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "lora_step.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -88,16 +95,25 @@ args=(--steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --batch "$BATCH" 
 echo "# $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); load average: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 # Wait for quiet once: our own runs keep the load average up afterwards.
 wait_quiet
+if ! grep -qw amx_bf16 /proc/cpuinfo && [ "$COMPUTES" != f32 ]; then
+    echo "lora_step.sh: this CPU has no AMX-BF16: f32 only" >&2
+    COMPUTES=f32
+fi
+RUNS=""
 for k in $KINDS; do
-    echo "== $k: peft.c (load $(load1))" >&2
-    "$BIN" "$MODELS/$k" "${args[@]}" > "$tmp/c_$k" || { echo "lora_step.sh: bench_lora_step failed on $k" >&2; exit 1; }
-    grep '^RESULT' "$tmp/c_$k" >&2
-    if [ "$PEER" = 1 ]; then
-        echo "== $k: torch (load $(load1))" >&2
-        OMP_NUM_THREADS="$THREADS" "$PYTHON" "$here/lora_step_torch.py" run "$MODELS/$k" "${args[@]}" \
-            2> >(grep -v -i 'warn' >&2) > "$tmp/t_$k" || echo "lora_step.sh: the torch run on $k failed" >&2
-        grep '^RESULT' "$tmp/t_$k" >&2
-    fi
+    for p in $COMPUTES; do
+        RUNS="$RUNS $k:$p"
+        echo "== $k $p: peft.c (load $(load1))" >&2
+        "$BIN" "$MODELS/$k" "${args[@]}" --compute "$p" > "$tmp/c_${k}_$p" 2> >(tee "$tmp/c_${k}_$p.err" >&2) || {
+            echo "lora_step.sh: bench_lora_step failed on $k ($p)" >&2; exit 1; }
+        grep '^RESULT' "$tmp/c_${k}_$p" >&2
+        if [ "$PEER" = 1 ]; then
+            echo "== $k $p: torch (load $(load1))" >&2
+            OMP_NUM_THREADS="$THREADS" "$PYTHON" "$here/lora_step_torch.py" run "$MODELS/$k" "${args[@]}" --dtype "$p" \
+                2> >(grep -v -i 'warn' >&2) > "$tmp/t_${k}_$p" || echo "lora_step.sh: the torch run on $k ($p) failed" >&2
+            grep '^RESULT' "$tmp/t_${k}_$p" >&2
+        fi
+    done
 done
 
 # field NAME FILE
@@ -105,31 +121,43 @@ field() { grep '^RESULT' "$2" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$1=//p" | h
 
 echo
 echo "== LoRA training step: batch $BATCH x $SEQ, $THREADS threads, median of $STEPS steps after $WARMUP warmup =="
-printf '%-8s %-14s %10s %9s %9s %12s %9s %8s %9s\n' model impl "tokens/s" "s/step" "RSS MiB" "arena MiB" "loss0" "peft/pt" "%peak"
-for k in $KINDS; do
-    c="$tmp/c_$k" t="$tmp/t_$k"
+printf '%-8s %-5s %-11s %10s %9s %9s %10s %9s %8s %7s\n' model prec impl "tokens/s" "s/step" "RSS MiB" "arena MiB" "loss0" "peft/pt" "%peak"
+for kp in $RUNS; do
+    k="${kp%%:*}" p="${kp##*:}"
+    c="$tmp/c_${k}_$p" t="$tmp/t_${k}_$p"
     ctps="$(field tokens_per_s "$c")"
     ttps="$(field tokens_per_s "$t")"
+    # the peak this precision is measured against: sgemm for f32, the bf16 AMX GEMM for bf16
+    pk="$(field sgemm_gflops "$c")"
+    [ "$p" = bf16 ] && pk="$(field bf16_gflops "$c")"
     ratio="-"
     [ -n "$ttps" ] && ratio="$(awk -v a="$ctps" -v b="$ttps" 'BEGIN { printf "%.2f", a / b }')"
-    printf '%-8s %-14s %10s %9s %9s %12s %9s %8s %8s%%\n' "$k" peft.c "$ctps" "$(field median_s "$c")" \
+    printf '%-8s %-5s %-11s %10s %9s %9s %10s %9s %8s %6s%%\n' "$k" "$p" peft.c "$ctps" "$(field median_s "$c")" \
         "$(field peak_rss_mib "$c")" "$(field arena_mib "$c")" "$(field loss0 "$c")" "$ratio" "$(field pct_peak "$c")"
     if [ -n "$ttps" ]; then
-        tpk="$(awk -v g="$(field gflop_step "$c")" -v s="$(field median_s "$t")" -v p="$(field sgemm_gflops "$c")" \
+        tpk="$(awk -v g="$(field gflop_step "$c")" -v s="$(field median_s "$t")" -v p="$pk" \
             'BEGIN { printf "%.1f", 100 * g / s / p }')"
-        printf '%-8s %-14s %10s %9s %9s %12s %9s %8s %8s%%\n' "$k" "torch+peft" "$ttps" "$(field median_s "$t")" \
+        printf '%-8s %-5s %-11s %10s %9s %9s %10s %9s %8s %6s%%\n' "$k" "$p" "torch+peft" "$ttps" "$(field median_s "$t")" \
             "$(field peak_rss_mib "$t")" "-" "$(field loss0 "$t")" "" "$tpk"
     fi
 done
 echo
-for k in $KINDS; do
-    echo "sgemm peak in the $k C run (cblas_sgemm 1024^3, $THREADS threads): $(field sgemm_gflops "$tmp/c_$k") GFLOP/s; OpenBLAS core: $(field core "$tmp/c_$k")"
+for kp in $RUNS; do
+    k="${kp%%:*}" p="${kp##*:}"
+    c="$tmp/c_${k}_$p"
+    line="$k $p: sgemm 1024^3 on $THREADS threads $(field sgemm_gflops "$c") GFLOP/s (OpenBLAS core $(field core "$c"))"
+    [ "$p" = bf16 ] && line="$line; bf16 AMX GEMM 1024^3 $(field bf16_gflops "$c") GFLOP/s"
+    echo "$line"
 done
 for k in $KINDS; do
-    c="$tmp/c_$k"
+    c="$tmp/c_${k}_$(echo $COMPUTES | cut -d' ' -f1)"
     echo "$k FLOPs/step: $(field gflop_step "$c") GFLOP = linears 4·P·tokens $(field gflop_lin "$c") + LoRA 6·r·(in+out)·tokens $(field gflop_lora "$c") + attention 12·L·d_attn·T·tokens $(field gflop_attn "$c") (full T×T)"
 done
-echo "%peak = FLOPs/step ÷ median s/step ÷ that model's sgemm peak (torch row: the same FLOPs over torch's time). peft/pt = tokens/s ratio."
+for kp in $RUNS; do
+    k="${kp%%:*}" p="${kp##*:}"
+    echo "$k $p peft.c $(grep '^phases' "$tmp/c_${k}_$p.err" 2>/dev/null)"
+done
+echo "%peak = FLOPs/step ÷ median s/step ÷ the peak of that precision (f32: sgemm; bf16: the AMX bf16 GEMM) (torch row: the same FLOPs over torch's time). peft/pt = tokens/s ratio at equal precision."
 echo "RSS: getrusage ru_maxrss of each process (the model is mmapped float32; torch's includes the python runtime)."
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 exit 0

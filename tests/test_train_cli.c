@@ -4,6 +4,7 @@
  * run and leaves the last good checkpoint in place; then `peft eval` and
  * `peft generate --adapter` on the result. */
 #include "core/core.h"
+#include "peft.h"
 #include "formats/gguf.h"
 #include "formats/safetensors.h"
 #include "test.h"
@@ -292,6 +293,44 @@ static void eval_and_generate_use_the_adapter(void) {
 
 /* --config FILE gives the same run as the same options on the command line,
  * and the command line wins over the file. */
+/* --compute: a bad value is a usage error; bf16 (where the CPU has AMX)
+ * trains and evaluates to the f32 numbers within bf16 precision, and auto
+ * always runs. */
+static double eval_loss(const char *extra, const char *data) {
+    char args[2048], out[16384];
+    snprintf(args, sizeof args, "eval --model " MODEL " --adapter %s/A --data %s --seq 64 --json %s", tmp, data, extra);
+    if (test_run_cli(args, out, sizeof out) != 0) return NAN;
+    cJSON *j = cJSON_Parse(out);
+    const cJSON *l = cJSON_GetObjectItem(j, "loss");
+    const double v = l ? l->valuedouble : NAN;
+    cJSON_Delete(j);
+    return v;
+}
+
+static void compute_precision_option(void) {
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
+    char data[300], args[2048], out[16384];
+    snprintf(data, sizeof data, "%s/d.jsonl", tmp);
+    snprintf(args, sizeof args, "train --model " MODEL " --data %s --steps 2 --batch 2 --seq 48 --out %s/cp --compute f16", data, tmp);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 2);
+    CHECK_MSG(strstr(out, "f32, bf16 or auto") != NULL, "%s", out);
+    const double f32 = eval_loss("--compute f32", data), aut = eval_loss("--compute auto", data);
+    CHECK_MSG(isfinite(f32) && isfinite(aut) && fabs(aut - f32) < 2e-2 * f32, "f32 %g, auto %g", f32, aut);
+    snprintf(args, sizeof args, "train --model " MODEL " --data %s --steps 3 --batch 2 --seq 48 --lr 0.01 --quiet --out %s/cp --bf16",
+             data, tmp);
+    const int rc = test_run_cli(args, out, sizeof out);
+    if (!peft_compute_bf16_supported()) {
+        CHECK_EQ_INT(rc, 1);
+        CHECK_MSG(strstr(out, "AMX") != NULL, "%s", out);
+        printf("    no AMX-BF16 on this CPU: --bf16 refused with a message, auto ran in f32\n");
+        return;
+    }
+    CHECK_EQ_INT(rc, 0);
+    const double bf = eval_loss("--bf16", data);
+    CHECK_MSG(isfinite(bf) && fabs(bf - f32) < 2e-2 * f32 && bf != f32, "f32 %g, bf16 %g", f32, bf);
+    printf("    eval loss f32 %.6f, bf16 %.6f\n", f32, bf);
+}
+
 static void json_config_matches_options(void) {
     if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
     char data[300], cfg[300], args[2048], out[16384];
@@ -342,6 +381,7 @@ int main(void) {
     TEST_RUN(unwritable_output_is_an_error);
     TEST_RUN(nan_loss_stops_and_keeps_checkpoint);
     TEST_RUN(eval_and_generate_use_the_adapter);
+    TEST_RUN(compute_precision_option);
     TEST_RUN(json_config_matches_options);
     if (test_rm_rf(tmp) != 0) fprintf(stderr, "could not remove %s\n", tmp);
     TEST_MAIN_END();

@@ -3,9 +3,9 @@
  * tile unit (tdpbf16ps). A is rounded to bfloat16 (nearest even) as it is
  * packed, 128 rows × 2048 columns at a time, into the caller's scratch.
  *
- * Work is cut into fixed items of (128 rows of C) × (256 columns of C); each
- * C element is produced by one item walking K in the same order, so results
- * do not depend on the thread count. Inside an item, a 32 × 32 block of C
+ * Work is cut into fixed blocks of (128 rows of C) × (256 columns of C); each
+ * C element is produced by one block walking K in the same order, so results
+ * do not depend on the thread count (threads take groups of blocks). Inside an item, a 32 × 32 block of C
  * lives in four tiles while K streams through two A and two B tiles. */
 #include "kernels/kernels.h"
 
@@ -104,6 +104,12 @@ int kern_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, int K, int
     /* K in equal chunks of at most KL: a 32-row slice of packed A stays in L1 */
     const int n_kch = (Kp + KL - 1) / KL, kcs = ((Kp + n_kch - 1) / n_kch + 31) / 32 * 32;
     if (n_threads < 1) n_threads = 1;
+    /* An item takes rg row blocks of one column block, so its B panel comes
+     * from memory once and is reused from L2 (the LM head's packs are far
+     * larger than the caches); rg keeps at least 4 items per thread. The
+     * grouping changes which thread computes a block, not its arithmetic. */
+    const int rg = PEFT_MAX(1, PEFT_MIN(n_rb, n_rb * n_cb / (4 * n_threads)));
+    const int n_rg = (n_rb + rg - 1) / rg;
 #pragma omp parallel num_threads(n_threads)
     {
         int tid = 0;
@@ -114,8 +120,9 @@ int kern_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, int K, int
         float tmp[32 * 32];
         config_tiles();
 #pragma omp for schedule(dynamic, 1) nowait
-        for (int item = 0; item < n_rb * n_cb; item++) {
-            const int m0 = (item % n_rb) * BM, n0 = (item / n_rb) * BN;
+        for (int item = 0; item < n_rg * n_cb; item++)
+        for (int rb = (item % n_rg) * rg; rb < PEFT_MIN(n_rb, (item % n_rg + 1) * rg); rb++) {
+            const int m0 = rb * BM, n0 = (item / n_rg) * BN;
             const int mb = PEFT_MIN(BM, M - m0), nb = PEFT_MIN(BN, N - n0);
             if (bias || (acc && beta != 1.0f))
                 for (int i = 0; i < mb; i++) {
