@@ -373,7 +373,10 @@ int cmd_train(int argc, char **argv) {
     peft_err *err = &ctx->err;
     if (!m) { fprintf(stderr, "peft train: %s\n", peft_last_error(ctx)); goto out; }
     if (!m->tok) { fprintf(stderr, "peft train: %s has no tokenizer\n", GETV("model")); goto out; }
-    if (cli_compute("train", ctx, m, GETV("compute"), GETV("bf16") != NULL)) goto out;
+    {
+        const int crc = cli_compute("train", ctx, m, GETV("compute"), GETV("bf16") != NULL);
+        if (crc) { rc = crc; goto out; }
+    }
     if (GETV("layers")) {
         for (int l = 0; l < 64; l++)
             if ((lc.layers >> l & 1) && l >= m->cfg.n_layer) {
@@ -516,7 +519,10 @@ int cmd_eval(int argc, char **argv) {
     bool have_d = false;
     if (!m) { fprintf(stderr, "peft eval: %s\n", peft_last_error(ctx)); goto out; }
     if (!m->tok) { fprintf(stderr, "peft eval: %s has no tokenizer\n", model); goto out; }
-    if (cli_compute("eval", ctx, m, compute, bf16)) goto out;
+    {
+        const int crc = cli_compute("eval", ctx, m, compute, bf16);
+        if (crc) { rc = crc; goto out; }
+    }
     if (adapter_dir) {
         if (adapter_load(m, adapter_dir, &ad, &ctx->err)) { fprintf(stderr, "peft eval: %s\n", ctx->err.msg); goto out; }
     }
