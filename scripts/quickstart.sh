@@ -21,7 +21,7 @@ echo; echo "== fine-tuning LoRA (r=8 on q,k,v,o) on WordNet definitions"
 ./build/peft train --model "$MODEL" --data "$DATA/train.jsonl" --val "$DATA/val.jsonl" \
     --method lora --r 8 --alpha 16 --target q_proj,k_proj,v_proj,o_proj \
     --lr 1e-3 --warmup 5 --steps "${STEPS:-50}" --batch 8 --seq 96 \
-    --eval-every 25 --eval-batches 8 --out "$OUT"
+    --eval-every 25 --eval-batches 8 --compute auto --out "$OUT"
 
 echo; echo "== after fine-tuning: $PROMPT"
 ./build/peft generate --model "$MODEL" --adapter "$OUT" --chat --prompt "$PROMPT" --max-tokens 48

@@ -106,9 +106,9 @@ int kern_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, int K, int
     if (n_threads < 1) n_threads = 1;
     /* An item takes rg row blocks of one column block, so its B panel comes
      * from memory once and is reused from L2 (the LM head's packs are far
-     * larger than the caches); rg keeps at least 4 items per thread. The
+     * larger than the caches); rg keeps at least 8 items per thread. The
      * grouping changes which thread computes a block, not its arithmetic. */
-    const int rg = PEFT_MAX(1, PEFT_MIN(n_rb, n_rb * n_cb / (4 * n_threads)));
+    const int rg = PEFT_MAX(1, PEFT_MIN(n_rb, n_rb * n_cb / (8 * n_threads)));
     const int n_rg = (n_rb + rg - 1) / rg;
 #pragma omp parallel num_threads(n_threads)
     {
