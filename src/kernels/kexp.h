@@ -21,7 +21,8 @@ static inline float kexp(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    union { int32_t i; float f; } sc = {.i = ((int32_t)n + 127) << 23};
+    /* NaN in, NaN out: the exponent of a NaN n is taken as 0 (p is NaN) */
+    union { uint32_t u; float f; } sc = {.u = (uint32_t)((int32_t)(n == n ? n : 0.0f) + 127) << 23};
     return p * sc.f;
 }
 
