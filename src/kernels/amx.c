@@ -3,9 +3,10 @@
  * tile unit (tdpbf16ps). A is rounded to bfloat16 (nearest even) as it is
  * packed, 128 rows × 2048 columns at a time, into the caller's scratch.
  *
- * Work is cut into fixed blocks of (128 rows of C) × (256 columns of C); each
- * C element is produced by one block walking K in the same order, so results
- * do not depend on the thread count (threads take groups of blocks). Inside an item, a 32 × 32 block of C
+ * Work is cut into blocks of 128 rows of C (and groups of columns when
+ * there are fewer row blocks than threads); each C element is produced by
+ * one block walking K in the same order, so results do not depend on the
+ * thread count. Inside an item, a 32 × 32 block of C
  * lives in four tiles while K streams through two A and two B tiles. */
 #include "kernels/kernels.h"
 
@@ -42,8 +43,8 @@ static void config_tiles(void) {
 /* Rows [m0, m0 + BM) × columns [k0, k0 + kc) of A as bf16 tiles into buf
  * ([BM/16][kc/32][16][32]); rows past M and columns past K are zeros. */
 static void pack_a(uint16_t *buf, const float *A, int lda, int M, int K, int m0, int k0, int kc) {
-    const int nk = kc / 32;
-    for (int i = 0; i < BM; i++) {
+    const int nk = kc / 32, rows = PEFT_MIN(BM, (M - m0 + 31) / 32 * 32); /* the micro-kernel reads 32s */
+    for (int i = 0; i < rows; i++) {
         const int m = m0 + i;
         for (int kb = 0; kb < nk; kb++) {
             uint16_t *dst = buf + ((size_t)(i >> 4) * nk + kb) * 512 + (size_t)(i & 15) * 32;
@@ -99,17 +100,19 @@ int kern_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, int K, int
                    const float *bias, float beta, float *scratch, int n_threads) {
     if (M <= 0 || N <= 0) return 0;
     const int Kp = (K + 31) / 32 * 32, nkb = Kp / 32;
-    const int n_rb = (M + BM - 1) / BM, n_cb = (N + BN - 1) / BN;
+    const int n_rb = (M + BM - 1) / BM;
     const bool acc = bias || beta != 0.0f;
     /* K in equal chunks of at most KL: a 32-row slice of packed A stays in L1 */
     const int n_kch = (Kp + KL - 1) / KL, kcs = ((Kp + n_kch - 1) / n_kch + 31) / 32 * 32;
     if (n_threads < 1) n_threads = 1;
-    /* An item takes rg row blocks of one column block, so its B panel comes
-     * from memory once and is reused from L2 (the LM head's packs are far
-     * larger than the caches); rg keeps at least 8 items per thread. The
-     * grouping changes which thread computes a block, not its arithmetic. */
-    const int rg = PEFT_MAX(1, PEFT_MIN(n_rb, n_rb * n_cb / (8 * n_threads)));
-    const int n_rg = (n_rb + rg - 1) / rg;
+    /* An item is a block of 128 rows × a group of columns (all of them unless
+     * there are fewer row blocks than threads): A is packed (rounded to bf16)
+     * once per row block and K chunk, and stays in L2 while the item walks
+     * the columns in panels of 256 (B's panel in L2) and rows in 32s (A's
+     * slice in L1). Grouping changes which thread computes a C element, not
+     * its arithmetic. */
+    const int n_pn = (N + BN - 1) / BN, n_cg = PEFT_MIN(n_pn, PEFT_MAX(1, (n_threads + n_rb - 1) / n_rb));
+    const int cg = (n_pn + n_cg - 1) / n_cg * BN;
 #pragma omp parallel num_threads(n_threads)
     {
         int tid = 0;
@@ -119,11 +122,11 @@ int kern_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, int K, int
         uint16_t *abuf = (uint16_t *)(scratch + (size_t)tid * (BM * KC / 2));
         float tmp[32 * 32];
         config_tiles();
-#pragma omp for schedule(dynamic, 1) nowait
-        for (int item = 0; item < n_rg * n_cb; item++)
-        for (int rb = (item % n_rg) * rg; rb < PEFT_MIN(n_rb, (item % n_rg + 1) * rg); rb++) {
-            const int m0 = rb * BM, n0 = (item / n_rg) * BN;
-            const int mb = PEFT_MIN(BM, M - m0), nb = PEFT_MIN(BN, N - n0);
+#pragma omp for schedule(static, 1) nowait
+        for (int item = 0; item < n_rb * n_cg; item++) {
+            const int m0 = (item / n_cg) * BM, n0 = (item % n_cg) * cg;
+            if (n0 >= N) continue;
+            const int mb = PEFT_MIN(BM, M - m0), nb = PEFT_MIN(cg, N - n0);
             if (bias || (acc && beta != 1.0f))
                 for (int i = 0; i < mb; i++) {
                     float *cr = C + (size_t)(m0 + i) * ldc + n0;
@@ -133,10 +136,11 @@ int kern_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, int K, int
                 const int kc = PEFT_MIN(kcs, Kp - k0), nk = kc / 32;
                 const bool zero = !acc && k0 == 0;
                 pack_a(abuf, A, lda, M, K, m0, k0, kc);
+                for (int p0 = 0; p0 < nb; p0 += BN)
                 for (int i0 = 0; i0 < mb; i0 += 32) {
                     const uint16_t *a = abuf + (size_t)(i0 >> 4) * nk * 512;
                     const int rows = PEFT_MIN(32, mb - i0);
-                    for (int j0 = 0; j0 < nb; j0 += 32) {
+                    for (int j0 = p0; j0 < PEFT_MIN(nb, p0 + BN); j0 += 32) {
                         const uint16_t *b = Bp + ((size_t)((n0 + j0) >> 4) * nkb + (size_t)(k0 / 32)) * 512;
                         const size_t b_step = (size_t)nkb * 512;
                         const int cols = PEFT_MIN(32, nb - j0);
