@@ -9,7 +9,10 @@
  * CPU has no AMX-BF16. */
 #include "kernels/kernels.h"
 #include "kernels/quant.h"
+#include "model/model.h"
+#include "peft/lora.h"
 #include "test.h"
+#include "train/graph.h"
 
 static float bf(float x) { return kern_bf16_to_f32(kern_f32_to_bf16(x)); }
 
@@ -147,10 +150,79 @@ static void packed_linears_match_the_f32_path(void) {
         }
 }
 
+/* A LoRA training step through the graph with bf16 compute against the same
+ * step in f32 on the tiny fixtures (Llama with GQA and strided q/k/v
+ * gradients; GPT-2 with transposed Conv1D weights; Q8_0 GGUF): the loss
+ * within 1 %, the LoRA gradient within 5 % (in norm) — bf16 keeps 8
+ * significant bits — and not identical (the bf16 path ran). */
+static void training_step_in_bf16_follows_f32(void) {
+    if (!kern_bf16_supported()) { TEST_SKIP("no AMX-BF16 here"); }
+    const char *models[] = {"tests/fixtures/models/tiny-llama", "tests/fixtures/models/tiny-gpt2",
+                            "tests/fixtures/models/tiny-qwen2.q8_0.gguf"};
+    for (int mi = 0; mi < 3; mi++) {
+        peft_ctx_params cp = peft_ctx_default_params();
+        cp.n_threads = 2;
+        peft_ctx *ctx = peft_init(&cp);
+        peft_model *m = peft_model_load(ctx, models[mi]);
+        CHECK_MSG(m != NULL, "%s", models[mi]);
+        if (!m) { peft_free(ctx); continue; }
+        lora_config cfg = lora_default_config();
+        cfg.r = 4;
+        cfg.alpha = 8;
+        cfg.init = LORA_INIT_GAUSSIAN;
+        peft_err err = {0};
+        adapter *a = NULL;
+        CHECK_OK(lora_parse_targets(m, "all-linear", &cfg.targets, &err));
+        CHECK_OK(lora_new(m, &cfg, &a, &err));
+        peft_rng rng;
+        peft_rng_seed(&rng, 7);
+        for (int64_t k = 0; k < a->n_params; k++) a->params[k] = 0.2f * peft_rng_normal(&rng);
+        enum { B = 2, T = 24 };
+        static int32_t buf[6][B * T];
+        data_batch b = {B, T, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], 0, 0, NULL};
+        for (int i = 0; i < B * T; i++) {
+            b.inputs[i] = (int32_t)(peft_rng_u64(&rng) % (uint64_t)m->cfg.vocab);
+            b.positions[i] = i % T;
+            b.segments[i] = 0;
+        }
+        for (int i = 0; i < B * T; i++) {
+            b.targets[i] = i % T == T - 1 ? -100 : b.inputs[i + 1];
+            b.n_targets += b.targets[i] != -100;
+        }
+        for (int i = 0; i < B; i++) b.lengths[i] = T;
+        float *g32 = malloc(sizeof(float) * (size_t)a->n_params);
+        double l32 = 0, lbf = 0;
+        int n = 0;
+        for (int pass = 0; pass < 2; pass++) {
+            CHECK_OK(peft_model_set_compute(m, pass ? PEFT_COMPUTE_BF16 : PEFT_COMPUTE_F32));
+            train_graph *g = NULL;
+            CHECK_OK(tg_new(m, a, B, T, &g, &err));
+            memset(a->grads, 0, sizeof(float) * (size_t)a->n_params);
+            CHECK_OK(tg_run(g, &b, true, 1.0f / (float)b.n_targets, 0, pass ? &lbf : &l32, &n, &err));
+            if (!pass) memcpy(g32, a->grads, sizeof(float) * (size_t)a->n_params);
+            tg_free(g);
+        }
+        double dn = 0, gn = 0;
+        for (int64_t k = 0; k < a->n_params; k++) {
+            dn += ((double)a->grads[k] - g32[k]) * ((double)a->grads[k] - g32[k]);
+            gn += (double)g32[k] * g32[k];
+        }
+        const double rel = sqrt(dn / gn);
+        CHECK_MSG(fabs(lbf - l32) < 1e-2 * fabs(l32) && rel < 5e-2 && lbf != l32,
+                  "%s: loss f32 %.6f bf16 %.6f, gradient rel diff %.3g", models[mi], l32 / n, lbf / n, rel);
+        printf("    %-40s loss f32 %.6f bf16 %.6f, LoRA gradient rel diff %.3g\n", models[mi], l32 / n, lbf / n, rel);
+        free(g32);
+        adapter_free(a);
+        peft_model_free(m);
+        peft_free(ctx);
+    }
+}
+
 int main(void) {
     TEST_RUN(rounding_is_nearest_even);
     TEST_RUN(gemm_matches_reference_on_edges);
     TEST_RUN(gemm_does_not_depend_on_thread_count);
     TEST_RUN(packed_linears_match_the_f32_path);
+    TEST_RUN(training_step_in_bf16_follows_f32);
     TEST_MAIN_END();
 }

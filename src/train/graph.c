@@ -314,17 +314,18 @@ static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, 
             }
         }
         dyc = g->dtmp;
-    } else if (ldy != out) {
-        /* kern_matmul_dx wants dy contiguous */
+    } else if (ldy != out && !(W->bf16_bwd && !(iv && ff))) {
+        /* kern_matmul_dx wants dy contiguous (the bf16 product reads strides) */
         for (int i = 0; i < N; i++) memcpy(g->dtmp + (size_t)i * out, dy + (size_t)i * ldy, (size_t)out * sizeof(float));
         dyc = g->dtmp;
     }
+    const int lddyc = dyc == dy ? ldy : out;
     /* BitFit / full: bias and weight gradients */
     if (a && a->gbias && a->gbias[s]) colsum_acc(a->gbias[s], dy, N, out, ldy);
     if (a && a->gfw && a->gfw[s]) {
         if (a->gfb[s]) colsum_acc(a->gfb[s], dy, N, out, ldy);
         /* gW (out, in) += dyᵀ·x */
-        kern_gemm_rows(true, false, out, in, N, 1.0f, dyc, out, x, in, 1.0f, a->gfw[s], in, g->nt);
+        kern_gemm_rows(true, false, out, in, N, 1.0f, dyc, lddyc, x, in, 1.0f, a->gfw[s], in, g->nt);
     }
     int rc = 0;
     if (iv && ff) {
@@ -340,10 +341,14 @@ static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, 
         }
         return 0;
     }
-    if (dx && (rc = kern_matmul_dx(dx, dyc, N, W, g->mm_scratch, g->nt))) return rc;
+    if (dx) {
+        rc = W->bf16_bwd ? kern_bf16_gemm(dx, in, dyc, lddyc, N, out, in, W->bf16_bwd, NULL, 1.0f, g->mm_scratch, g->nt)
+                         : kern_matmul_dx(dx, dyc, N, W, g->mm_scratch, g->nt);
+        if (rc) return rc;
+    }
     if (mod) {
         mod_acts *A = &g->M[mod_index(g, mod)];
-        lora_bwd(mod, x, in, N, g->drop > 0 ? A->mask : NULL, g->drop, g->xd, A->xa, dyc, out, g->dxa, dx, in, g->nt);
+        lora_bwd(mod, x, in, N, g->drop > 0 ? A->mask : NULL, g->drop, g->xd, A->xa, dyc, lddyc, g->dxa, dx, in, g->nt);
     }
     return 0;
 }
