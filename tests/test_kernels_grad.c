@@ -133,7 +133,7 @@ typedef struct {
 static double rope_loss(void *p) {
     rope_ctx *c = p;
     memcpy(c->y, c->x, sizeof(float) * (size_t)c->T * c->ld);
-    kern_rope(c->y, c->ld, c->pos, c->T, c->H, c->hd, c->hd / 2, c->cos_t, c->sin_t, false);
+    kern_rope(c->y, c->ld, c->pos, c->T, c->H, c->hd, c->hd / 2, c->cos_t, c->sin_t, false, 2);
     double s = 0;
     for (int t = 0; t < c->T; t++)
         s += dot_d(c->y + (size_t)t * c->ld, c->r + (size_t)t * c->ld, (size_t)c->H * c->hd);
@@ -156,13 +156,13 @@ static void rope_inverse_is_exact_backward(void) {
     /* gradient of Σ r·rope(x) is rope⁻¹(r) */
     float *g = falloc((size_t)T * ld);
     memcpy(g, c.r, sizeof(float) * (size_t)T * ld);
-    kern_rope(g, ld, pos, T, H, hd, half, c.cos_t, c.sin_t, true);
+    kern_rope(g, ld, pos, T, H, hd, half, c.cos_t, c.sin_t, true, 2);
     CHECK(fd_check("rope (inverse = backward) dx", rope_loss, &c, c.x, T, H * hd, ld, g, ld) <=
           FD_TOL);
     /* and the inverse undoes the forward */
     memcpy(c.y, c.x, sizeof(float) * (size_t)T * ld);
-    kern_rope(c.y, ld, pos, T, H, hd, half, c.cos_t, c.sin_t, false);
-    kern_rope(c.y, ld, pos, T, H, hd, half, c.cos_t, c.sin_t, true);
+    kern_rope(c.y, ld, pos, T, H, hd, half, c.cos_t, c.sin_t, false, 2);
+    kern_rope(c.y, ld, pos, T, H, hd, half, c.cos_t, c.sin_t, true, 2);
     CHECK(test_max_abs_diff(c.y, c.x, (size_t)T * ld) <= 1e-6);
     free(c.x); free(c.y); free(c.r); free(c.cos_t); free(c.sin_t); free(g);
 }

@@ -114,7 +114,7 @@ void kern_rope_table(float *cos_t, float *sin_t, int n_pos, int half, const floa
  * it with inverse = true to the gradient of the rotated tensor gives exactly
  * the gradient of the input (the backward; no separate function). */
 void kern_rope(float *x, int ldx, const int32_t *pos, int T, int n_heads, int head_dim,
-               int half, const float *cos_t, const float *sin_t, bool inverse);
+               int half, const float *cos_t, const float *sin_t, bool inverse, int n_threads);
 
 /* Activations (act.c) use a vectorizable exp accurate to ~1 ulp and split
  * the work over n_threads in fixed chunks.

@@ -15,8 +15,9 @@ void kern_rope_table(float *cos_t, float *sin_t, int n_pos, int half, const floa
 }
 
 void kern_rope(float *x, int ldx, const int32_t *pos, int T, int n_heads, int head_dim,
-               int half, const float *cos_t, const float *sin_t, bool inverse) {
+               int half, const float *cos_t, const float *sin_t, bool inverse, int n_threads) {
     const float sgn = inverse ? -1.0f : 1.0f;
+#pragma omp parallel for num_threads(n_threads) schedule(static) if ((int64_t)T * n_heads * head_dim > 32768)
     for (int t = 0; t < T; t++) {
         const float *c = cos_t + (size_t)pos[t] * half, *s = sin_t + (size_t)pos[t] * half;
         for (int h = 0; h < n_heads; h++) {

@@ -155,8 +155,8 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
                 (rc = linear(m, l, ROLE_V, qkv + qd + kvd, ld_qkv, h, T, 0, scr, xa, zs, nt)))
                 goto fail;
             const int half = c->rope_dim / 2;
-            kern_rope(qkv, ld_qkv, pos, T, c->n_head, hd, half, m->rope_cos, m->rope_sin, false);
-            kern_rope(qkv + qd, ld_qkv, pos, T, c->n_kv_head, hd, half, m->rope_cos, m->rope_sin, false);
+            kern_rope(qkv, ld_qkv, pos, T, c->n_head, hd, half, m->rope_cos, m->rope_sin, false, nt);
+            kern_rope(qkv + qd, ld_qkv, pos, T, c->n_kv_head, hd, half, m->rope_cos, m->rope_sin, false, nt);
         }
         float *kc = m->kv.k + l * kv_layer, *vc = m->kv.v + l * kv_layer;
         if (PX) {

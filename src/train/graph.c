@@ -616,6 +616,22 @@ static int cls_loss(train_graph *g, const data_batch *b, bool backward, float gr
 
 /* ---- the pass ------------------------------------------------------------------------ */
 
+/* memset / memcpy of n floats split over the graph's threads: the backward
+ * clears and copies tens of MiB per layer. */
+static void par_zero(const train_graph *g, float *p, size_t n) {
+    const int64_t nc = (int64_t)((n + 65535) / 65536);
+#pragma omp parallel for num_threads(g->nt) schedule(static) if (nc > 1)
+    for (int64_t c = 0; c < nc; c++)
+        memset(p + (size_t)c * 65536, 0, PEFT_MIN((size_t)65536, n - (size_t)c * 65536) * sizeof(float));
+}
+
+static void par_copy(const train_graph *g, float *dst, const float *src, size_t n) {
+    const int64_t nc = (int64_t)((n + 65535) / 65536);
+#pragma omp parallel for num_threads(g->nt) schedule(static) if (nc > 1)
+    for (int64_t c = 0; c < nc; c++)
+        memcpy(dst + (size_t)c * 65536, src + (size_t)c * 65536, PEFT_MIN((size_t)65536, n - (size_t)c * 65536) * sizeof(float));
+}
+
 int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
            uint64_t dropout_seed, double *loss_sum, int *n_targets, peft_err *err) {
     peft_model *m = g->m;
@@ -691,11 +707,11 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
                 (rc = lin_fwd(g, l, ROLE_K, L->h1, L->qkv + g->qd, g->ldq, 0)) ||
                 (rc = lin_fwd(g, l, ROLE_V, L->h1, L->qkv + g->qd + g->kvd, g->ldq, 0)))
                 goto fail;
-            kern_rope(L->qkv, g->ldq, g->pos, N, c->n_head, c->head_dim, half, m->rope_cos, m->rope_sin, false);
-            kern_rope(L->qkv + g->qd, g->ldq, g->pos, N, c->n_kv_head, c->head_dim, half, m->rope_cos, m->rope_sin, false);
+            kern_rope(L->qkv, g->ldq, g->pos, N, c->n_head, c->head_dim, half, m->rope_cos, m->rope_sin, false, g->nt);
+            kern_rope(L->qkv + g->qd, g->ldq, g->pos, N, c->n_kv_head, c->head_dim, half, m->rope_cos, m->rope_sin, false, g->nt);
         }
         attn_fwd(g, L, l);
-        memcpy(L->xmid, L->xin, (size_t)N * d * sizeof(float));
+        par_copy(g, L->xmid, L->xin, (size_t)N * d);
         if ((rc = sublayer_out_fwd(g, l, ROLE_O, 0, L->att, L->xmid))) goto fail;
         norm_fwd(g, l, 1, L->h2, L->mean2, L->rstd2, L->xmid);
         if (gpt2) {
@@ -707,14 +723,14 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
             kern_swiglu_fwd(L->a, L->g, L->u, (int64_t)N * ff, g->nt);
         }
         float *xout = l + 1 < c->n_layer ? g->L[l + 1].xin : g->xfin;
-        memcpy(xout, L->xmid, (size_t)N * d * sizeof(float));
+        par_copy(g, xout, L->xmid, (size_t)N * d);
         if ((rc = sublayer_out_fwd(g, l, ROLE_DOWN, 1, L->a, xout))) goto fail;
     }
     norm_fwd(g, c->n_layer, 0, g->hf, g->meanf, g->rstdf, g->xfin);
 
     double total = 0;
     int count = 0;
-    if (backward) memset(g->dhf, 0, (size_t)N * d * sizeof(float));
+    if (backward) par_zero(g, g->dhf, (size_t)N * d);
     const double t_loss = peft_time_s();
     rc = g->n_labels > 0 ? cls_loss(g, b, backward, grad_scale, &total, &count)
                          : lm_loss(g, backward, grad_scale, &total, &count);
@@ -731,44 +747,44 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
     if (!backward || !ad) goto out;
 
     /* ---- backward ---- */
-    memset(g->dx, 0, (size_t)N * d * sizeof(float));
+    par_zero(g, g->dx, (size_t)N * d);
     norm_bwd(g, c->n_layer, 0, g->dx, g->dhf, g->xfin, g->meanf, g->rstdf);
     /* below the lowest trained layer nothing is trained: stop there */
     for (int l = c->n_layer - 1; l >= g->lowest; l--) {
         layer_acts *L = &g->L[l];
-        const size_t nff = (size_t)N * ff * sizeof(float);
+        const size_t nff = (size_t)N * ff;
         /* MLP: xout = xmid + down(act) */
-        memcpy(g->dxmid, g->dx, (size_t)N * d * sizeof(float));
-        memset(g->da, 0, nff);
+        par_copy(g, g->dxmid, g->dx, (size_t)N * d);
+        par_zero(g, g->da, nff);
         if ((rc = sublayer_out_bwd(g, l, ROLE_DOWN, 1, L->a, g->dx, g->da))) goto fail;
-        memset(g->dh, 0, (size_t)N * d * sizeof(float));
+        par_zero(g, g->dh, (size_t)N * d);
         if (gpt2) {
-            memset(g->dg, 0, nff);
+            par_zero(g, g->dg, nff);
             kern_gelu_tanh_bwd(g->dg, g->da, L->g, (int64_t)N * ff, g->nt);
             if ((rc = lin_bwd(g, l, ROLE_UP, L->h2, g->dg, ff, g->dh))) goto fail;
         } else {
-            memset(g->dg, 0, nff);
-            memset(g->du, 0, nff);
+            par_zero(g, g->dg, nff);
+            par_zero(g, g->du, nff);
             kern_swiglu_bwd(g->dg, g->du, g->da, L->g, L->u, (int64_t)N * ff, g->nt);
             if ((rc = lin_bwd(g, l, ROLE_GATE, L->h2, g->dg, ff, g->dh)) || (rc = lin_bwd(g, l, ROLE_UP, L->h2, g->du, ff, g->dh)))
                 goto fail;
         }
         norm_bwd(g, l, 1, g->dxmid, g->dh, L->xmid, L->mean2, L->rstd2);
         /* attention: xmid = xin + o(att) */
-        memcpy(g->dx, g->dxmid, (size_t)N * d * sizeof(float));
-        memset(g->datt, 0, (size_t)N * g->qd * sizeof(float));
+        par_copy(g, g->dx, g->dxmid, (size_t)N * d);
+        par_zero(g, g->datt, (size_t)N * g->qd);
         if ((rc = sublayer_out_bwd(g, l, ROLE_O, 0, L->att, g->dxmid, g->datt))) goto fail;
-        memset(g->dqkv, 0, (size_t)N * g->ldq * sizeof(float));
+        par_zero(g, g->dqkv, (size_t)N * g->ldq);
         attn_bwd(g, L, l);
         /* the lowest trained layer's input gradient is only needed for
          * trained embeddings, virtual tokens or layer-0 norms */
         float *dh = (l > g->lowest || g->need_dx0) ? g->dh : NULL;
-        if (dh) memset(dh, 0, (size_t)N * d * sizeof(float));
+        if (dh) par_zero(g, dh, (size_t)N * d);
         if (gpt2) {
             if ((rc = lin_bwd(g, l, ROLE_QKV, L->h1, g->dqkv, g->ldq, dh))) goto fail;
         } else {
-            kern_rope(g->dqkv, g->ldq, g->pos, N, c->n_head, c->head_dim, half, m->rope_cos, m->rope_sin, true);
-            kern_rope(g->dqkv + g->qd, g->ldq, g->pos, N, c->n_kv_head, c->head_dim, half, m->rope_cos, m->rope_sin, true);
+            kern_rope(g->dqkv, g->ldq, g->pos, N, c->n_head, c->head_dim, half, m->rope_cos, m->rope_sin, true, g->nt);
+            kern_rope(g->dqkv + g->qd, g->ldq, g->pos, N, c->n_kv_head, c->head_dim, half, m->rope_cos, m->rope_sin, true, g->nt);
             if ((rc = lin_bwd(g, l, ROLE_Q, L->h1, g->dqkv, g->ldq, dh)) ||
                 (rc = lin_bwd(g, l, ROLE_K, L->h1, g->dqkv + g->qd, g->ldq, dh)) ||
                 (rc = lin_bwd(g, l, ROLE_V, L->h1, g->dqkv + g->qd + g->kvd, g->ldq, dh)))
