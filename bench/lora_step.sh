@@ -6,7 +6,12 @@
 #
 #   bench/lora_step.sh [--steps N] [--warmup N] [--threads T] [--batch B]
 #                      [--seq T] [--models "gpt2 smollm2"] [--no-peer]
-#                      [--compute "f32 bf16"] [--max-load L] [--wait S]
+#                      [--compute "f32 bf16"] [--rounds R] [--max-load L] [--wait S]
+#
+# --rounds R (default 1) alternates the two sides R times per model and
+# precision and reports the round with the median peft/pt ratio (all
+# rounds' ratios are printed): on a shared machine a single pair can land
+# in a fast or a slow window.
 #
 # Each precision runs on both sides: f32 (everything float32) and bf16 (the
 # frozen products in bfloat16 with f32 sums: peft.c --compute bf16 on AMX;
@@ -30,6 +35,7 @@ MODELS="${MODELS:-/tmp/peft_lora_step_models}"
 STEPS=5 WARMUP=1 THREADS=2 BATCH=4 SEQ=256 PEER=1 MAX_LOAD=1.5 WAIT=300
 KINDS="gpt2 smollm2"
 COMPUTES="f32 bf16"
+ROUNDS=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --steps) STEPS="$2"; shift 2 ;;
@@ -39,10 +45,11 @@ while [ $# -gt 0 ]; do
         --seq) SEQ="$2"; shift 2 ;;
         --models) KINDS="$2"; shift 2 ;;
         --compute) COMPUTES="$2"; shift 2 ;;
+        --rounds) ROUNDS="$2"; shift 2 ;;
         --no-peer) PEER=0; shift ;;
         --max-load) MAX_LOAD="$2"; shift 2 ;;
         --wait) WAIT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "lora_step.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -99,28 +106,42 @@ if ! grep -qw amx_bf16 /proc/cpuinfo && [ "$COMPUTES" != f32 ]; then
     echo "lora_step.sh: this CPU has no AMX-BF16: f32 only" >&2
     COMPUTES=f32
 fi
+# field NAME FILE
+field() { grep '^RESULT' "$2" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$1=//p" | head -1; }
+
 RUNS=""
 for k in $KINDS; do
     for p in $COMPUTES; do
         RUNS="$RUNS $k:$p"
-        echo "== $k $p: peft.c (load $(load1))" >&2
-        "$BIN" "$MODELS/$k" "${args[@]}" --compute "$p" > "$tmp/c_${k}_$p" 2> >(tee "$tmp/c_${k}_$p.err" >&2) || {
-            echo "lora_step.sh: bench_lora_step failed on $k ($p)" >&2; exit 1; }
-        grep '^RESULT' "$tmp/c_${k}_$p" >&2
-        if [ "$PEER" = 1 ]; then
-            echo "== $k $p: torch (load $(load1))" >&2
-            OMP_NUM_THREADS="$THREADS" "$PYTHON" "$here/lora_step_torch.py" run "$MODELS/$k" "${args[@]}" --dtype "$p" \
-                2> >(grep -v -i 'warn' >&2) > "$tmp/t_${k}_$p" || echo "lora_step.sh: the torch run on $k ($p) failed" >&2
-            grep '^RESULT' "$tmp/t_${k}_$p" >&2
+        : > "$tmp/ratios_${k}_$p"
+        for r in $(seq 1 "$ROUNDS"); do
+            echo "== $k $p round $r: peft.c (load $(load1))" >&2
+            "$BIN" "$MODELS/$k" "${args[@]}" --compute "$p" > "$tmp/c_${k}_$p.$r" 2> >(tee "$tmp/c_${k}_$p.$r.err" >&2) || {
+                echo "lora_step.sh: bench_lora_step failed on $k ($p)" >&2; exit 1; }
+            grep '^RESULT' "$tmp/c_${k}_$p.$r" >&2
+            if [ "$PEER" = 1 ]; then
+                echo "== $k $p round $r: torch (load $(load1))" >&2
+                OMP_NUM_THREADS="$THREADS" "$PYTHON" "$here/lora_step_torch.py" run "$MODELS/$k" "${args[@]}" --dtype "$p" \
+                    2> >(grep -v -i 'warn' >&2) > "$tmp/t_${k}_$p.$r" || echo "lora_step.sh: the torch run on $k ($p) failed" >&2
+                grep '^RESULT' "$tmp/t_${k}_$p.$r" >&2
+                a="$(field tokens_per_s "$tmp/c_${k}_$p.$r")" b="$(field tokens_per_s "$tmp/t_${k}_$p.$r")"
+                [ -n "$b" ] && echo "$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", a / b }') $r" >> "$tmp/ratios_${k}_$p"
+            fi
+        done
+        # the round with the median ratio (round 1 without a peer)
+        pick=1
+        if [ -s "$tmp/ratios_${k}_$p" ]; then
+            n="$(wc -l < "$tmp/ratios_${k}_$p")"
+            pick="$(sort -n "$tmp/ratios_${k}_$p" | sed -n "$(( (n + 1) / 2 ))p" | cut -d' ' -f2)"
         fi
+        cp "$tmp/c_${k}_$p.$pick" "$tmp/c_${k}_$p"
+        cp "$tmp/c_${k}_$p.$pick.err" "$tmp/c_${k}_$p.err"
+        [ -f "$tmp/t_${k}_$p.$pick" ] && cp "$tmp/t_${k}_$p.$pick" "$tmp/t_${k}_$p"
     done
 done
 
-# field NAME FILE
-field() { grep '^RESULT' "$2" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$1=//p" | head -1; }
-
 echo
-echo "== LoRA training step: batch $BATCH x $SEQ, $THREADS threads, median of $STEPS steps after $WARMUP warmup =="
+echo "== LoRA training step: batch $BATCH x $SEQ, $THREADS threads, median of $STEPS steps after $WARMUP warmup; the median of $ROUNDS round(s) =="
 printf '%-8s %-5s %-11s %10s %9s %9s %10s %9s %8s %7s\n' model prec impl "tokens/s" "s/step" "RSS MiB" "arena MiB" "loss0" "peft/pt" "%peak"
 for kp in $RUNS; do
     k="${kp%%:*}" p="${kp##*:}"
@@ -156,6 +177,7 @@ done
 for kp in $RUNS; do
     k="${kp%%:*}" p="${kp##*:}"
     echo "$k $p peft.c $(grep '^phases' "$tmp/c_${k}_$p.err" 2>/dev/null)"
+    [ "$ROUNDS" -gt 1 ] && [ -s "$tmp/ratios_${k}_$p" ] && echo "$k $p peft/pt of each round: $(cut -d' ' -f1 "$tmp/ratios_${k}_$p" | tr '\n' ' ')"
 done
 echo "%peak = FLOPs/step ÷ median s/step ÷ the peak of that precision (f32: sgemm; bf16: the AMX bf16 GEMM) (torch row: the same FLOPs over torch's time). peft/pt = tokens/s ratio at equal precision."
 echo "RSS: getrusage ru_maxrss of each process (the model is mmapped float32; torch's includes the python runtime)."
