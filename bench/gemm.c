@@ -229,7 +229,7 @@ int main(int argc, char **argv) {
         if (s < n_peak_shapes) continue; /* the square shapes are only the peak reference */
         for (int d = 0; d < n_dt; d++) {
             peft_dtype dt = dts[d];
-            kern_weight kw = {dt, sh->N, sh->K, w32, false, NULL, NULL};
+            kern_weight kw = {dt, sh->N, sh->K, w32, false, NULL, NULL, 0};
             if (dt != PEFT_DT_F32) {
                 size_t rb = kern_dtype_row_bytes(dt, sh->K);
                 for (int r = 0; r < sh->N; r++) {

@@ -136,7 +136,7 @@ static double bf16_peak(int n_threads) {
         s = s * 6364136223846793005ULL + 1442695040888963407ULL;
         a[i] = (float)((s >> 40) & 0xffff) / 65536.0f - 0.5f;
     }
-    kern_weight w = {PEFT_DT_F32, n, n, a, false, NULL, NULL};
+    kern_weight w = {PEFT_DT_F32, n, n, a, false, NULL, NULL, 0};
     kern_bf16_pack_weight(&w, bp, NULL, row);
     double t[64];
     int k = 0;

@@ -40,7 +40,7 @@ static double gemm_case(int M, int K, int N, bool use_bias, float beta, int thre
     for (int i = 0; i < N; i++) bias[i] = peft_rng_normal(&rng);
     for (size_t i = 0; i < (size_t)M * ldc; i++) c0[i] = c[i] = peft_rng_normal(&rng);
     uint16_t *pack = malloc(sizeof(uint16_t) * kern_bf16_pack_elems(K, N));
-    kern_weight kw = {PEFT_DT_F32, N, K, w, false, NULL, NULL};
+    kern_weight kw = {PEFT_DT_F32, N, K, w, false, NULL, NULL, 0};
     CHECK_OK(kern_bf16_pack_weight(&kw, pack, NULL, row));
     float *scratch = malloc(sizeof(float) * kern_bf16_scratch_floats(threads));
     CHECK_OK(kern_bf16_gemm(c, ldc, a, lda, M, K, N, pack, use_bias ? bias : NULL, beta, scratch, threads));
@@ -111,7 +111,7 @@ static void packed_linears_match_the_f32_path(void) {
                 CHECK_OK(kern_quant_row(dts[d], wf + r * cols, wq + r * rb, cols));
                 CHECK_OK(kern_dequant_row(dts[d], wq + r * rb, wd + r * cols, cols));
             }
-            kern_weight w = {dts[d], N, K, wq, transposed, NULL, NULL};
+            kern_weight w = {dts[d], N, K, wq, transposed, NULL, NULL, 0};
             uint16_t *pf = malloc(2 * kern_bf16_pack_elems(K, N)), *pb = malloc(2 * kern_bf16_pack_elems(N, K));
             float *row = malloc(sizeof(float) * (N > K ? N : K));
             CHECK_OK(kern_bf16_pack_weight(&w, pf, pb, row));

@@ -98,8 +98,13 @@ static void block32(float *c, int ldc, bool zero, const uint16_t *a, size_t a_st
 
 int kern_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, int K, int N, const uint16_t *Bp,
                    const float *bias, float beta, float *scratch, int n_threads) {
+    return kern_bf16_gemm_ex(C, ldc, A, lda, M, K, N, Bp, (K + 31) / 32, bias, beta, scratch, n_threads);
+}
+
+int kern_bf16_gemm_ex(float *C, int ldc, const float *A, int lda, int M, int K, int N, const uint16_t *Bp, int nkb,
+                      const float *bias, float beta, float *scratch, int n_threads) {
     if (M <= 0 || N <= 0) return 0;
-    const int Kp = (K + 31) / 32 * 32, nkb = Kp / 32;
+    const int Kp = (K + 31) / 32 * 32;
     const int n_rb = (M + BM - 1) / BM;
     const bool acc = bias || beta != 0.0f;
     /* K in equal chunks of at most KL: a 32-row slice of packed A stays in L1 */
@@ -170,7 +175,11 @@ bool kern_amx_compiled(void) { return false; }
 size_t kern_bf16_scratch_floats(int n_threads) { (void)n_threads; return 0; }
 int kern_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, int K, int N, const uint16_t *Bp,
                    const float *bias, float beta, float *scratch, int n_threads) {
-    (void)C; (void)ldc; (void)A; (void)lda; (void)M; (void)K; (void)N; (void)Bp; (void)bias; (void)beta;
+    return kern_bf16_gemm_ex(C, ldc, A, lda, M, K, N, Bp, (K + 31) / 32, bias, beta, scratch, n_threads);
+}
+int kern_bf16_gemm_ex(float *C, int ldc, const float *A, int lda, int M, int K, int N, const uint16_t *Bp, int nkb,
+                      const float *bias, float beta, float *scratch, int n_threads) {
+    (void)C; (void)ldc; (void)A; (void)lda; (void)M; (void)K; (void)N; (void)Bp; (void)nkb; (void)bias; (void)beta;
     (void)scratch; (void)n_threads;
     return PEFT_ERR_UNSUPPORTED;
 }

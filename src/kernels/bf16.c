@@ -69,6 +69,22 @@ int kern_bf16_pack_weight(const kern_weight *w, uint16_t *fwd, uint16_t *bwd, fl
     return 0;
 }
 
+int kern_bf16_pack_weight_at(const kern_weight *w, uint16_t *bwd, int64_t k_off, int64_t nkb, float *rowbuf) {
+    const int64_t out = w->rows, in = w->cols;
+    const int64_t n_rows = w->transposed ? in : out, len = w->transposed ? out : in;
+    const size_t rb = w->transposed ? (size_t)out * peft_dtype_elem_size(w->dtype) : kern_dtype_row_bytes(w->dtype, in);
+    if (rb == 0 || k_off % 32) return PEFT_ERR_UNSUPPORTED;
+    for (int64_t s = 0; s < n_rows; s++) {
+        int rc = kern_dequant_row(w->dtype, (const char *)w->data + (size_t)s * rb, rowbuf, len);
+        if (rc) return rc;
+        for (int64_t e = 0; e < len; e++) {
+            const int64_t r = w->transposed ? e : s, c = w->transposed ? s : e; /* W[r][c] */
+            bwd[pack_off(k_off + r, c, nkb)] = kern_f32_to_bf16(rowbuf[e]);
+        }
+    }
+    return 0;
+}
+
 bool kern_bf16_supported(void) {
 #if defined(__x86_64__)
     unsigned a, b, c, d;

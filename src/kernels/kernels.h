@@ -21,6 +21,10 @@ typedef struct {
      * than KERN_MATVEC_MAX_T rows) and kern_matmul_dx compute in bf16 with
      * f32 sums instead of converting W to f32. */
     const uint16_t *bf16_fwd, *bf16_bwd;
+    /* Column-block stride of bf16_bwd in tiles when it is a view into a
+     * pack made for more rows (q, k, v share one backward pack); 0: its
+     * own, (rows + 31) / 32. */
+    int bf16_bwd_nkb;
 } kern_weight;
 
 /* Output rows per dequantized tile; fixed so that results do not depend on
@@ -84,6 +88,20 @@ int kern_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, int K, int
                    const float *bias, float beta, float *scratch, int n_threads);
 uint16_t kern_f32_to_bf16(float f);   /* round to nearest even */
 float kern_bf16_to_f32(uint16_t h);
+/* kern_bf16_gemm with the pack's column-block stride given (nkb, in
+ * tiles of 32 rows): B may be the first K rows of a pack made for more. */
+int kern_bf16_gemm_ex(float *C, int ldc, const float *A, int lda, int M, int K, int N, const uint16_t *Bp, int nkb,
+                      const float *bias, float beta, float *scratch, int n_threads);
+/* The column-block stride of w's backward pack. */
+static inline int kern_weight_bwd_nkb(const kern_weight *w) {
+    return w->bf16_bwd_nkb ? w->bf16_bwd_nkb : (int)((w->rows + 31) / 32);
+}
+/* W's backward pack (B = W) written into a larger pack of column-block
+ * stride nkb, its rows starting at row k_off (a multiple of 32) of that
+ * pack: the backward of linears that share an input (q, k, v) as one
+ * product over their concatenated outputs. The larger pack must be zeroed
+ * first. */
+int kern_bf16_pack_weight_at(const kern_weight *w, uint16_t *bwd, int64_t k_off, int64_t nkb, float *rowbuf);
 
 /* Row r of W as f32 (K floats): embedding lookups on any dtype. */
 int kern_weight_row(const kern_weight *w, int64_t r, float *out);

@@ -168,7 +168,8 @@ int kern_matmul_dx(float *dx, const float *dy, int T, const kern_weight *w, floa
     if (w->transposed && peft_dtype_elem_size(w->dtype) == 0) return PEFT_ERR_UNSUPPORTED;
     if (T <= 0 || K <= 0 || N <= 0) return 0;
     if (w->bf16_bwd)
-        return kern_bf16_gemm(dx, (int)K, dy, (int)N, T, (int)N, (int)K, w->bf16_bwd, NULL, 1.0f, scratch, n_threads);
+        return kern_bf16_gemm_ex(dx, (int)K, dy, (int)N, T, (int)N, (int)K, w->bf16_bwd, kern_weight_bwd_nkb(w), NULL,
+                                 1.0f, scratch, n_threads);
     const int64_t rows = dx_rows(w->dtype);
     const int64_t n_rb = (T + rows - 1) / rows, n_cb = (K + DX_COLS - 1) / DX_COLS;
     const size_t per = (size_t)DX_TILE * (size_t)PEFT_MIN((int64_t)DX_COLS, K);

@@ -149,14 +149,32 @@ static int frozen_mats(peft_model *m, kern_weight **out) {
     return n;
 }
 
+bool model_qkv_fusable(const peft_model *m, const model_layer *L) {
+    (void)m;
+    const model_linear *q = &L->lin[ROLE_Q], *k = &L->lin[ROLE_K], *v = &L->lin[ROLE_V];
+    return q->present && k->present && v->present && q->w.cols == k->w.cols && q->w.cols == v->w.cols &&
+           q->w.rows % 32 == 0 && k->w.rows % 32 == 0;
+}
+
+bool model_qkv_fused(const peft_model *m, int l) {
+    const model_layer *L = &m->layers[l];
+    return m->bf16_packs && model_qkv_fusable(m, L) && L->lin[ROLE_Q].w.bf16_bwd_nkb != 0;
+}
+
 static void drop_packs(peft_model *m) {
     kern_weight **ws = malloc(sizeof *ws * ((size_t)m->cfg.n_layer * ROLE_N_LINEAR + 1));
     if (ws) {
         const int n = frozen_mats(m, ws);
-        for (int i = 0; i < n; i++) ws[i]->bf16_fwd = ws[i]->bf16_bwd = NULL;
+        for (int i = 0; i < n; i++) {
+            ws[i]->bf16_fwd = ws[i]->bf16_bwd = NULL;
+            ws[i]->bf16_bwd_nkb = 0;
+        }
     } else {
         for (int l = 0; l < m->cfg.n_layer; l++)
-            for (int r = 0; r < ROLE_N_LINEAR; r++) m->layers[l].lin[r].w.bf16_fwd = m->layers[l].lin[r].w.bf16_bwd = NULL;
+            for (int r = 0; r < ROLE_N_LINEAR; r++) {
+                m->layers[l].lin[r].w.bf16_fwd = m->layers[l].lin[r].w.bf16_bwd = NULL;
+                m->layers[l].lin[r].w.bf16_bwd_nkb = 0;
+            }
         m->lm_head.bf16_fwd = m->lm_head.bf16_bwd = NULL;
     }
     free(ws);
@@ -183,6 +201,12 @@ int peft_model_set_compute(peft_model *m, peft_compute c) {
     kern_weight **ws = peft_malloc(sizeof *ws * ((size_t)m->cfg.n_layer * ROLE_N_LINEAR + 1), err);
     if (!ws) return PEFT_ERR_NOMEM;
     const int n = frozen_mats(m, ws);
+    /* Layout: each weight's forward pack, and its backward pack, except
+     * that q, k and v of a layer (one input) share one backward pack over
+     * their concatenated outputs, each weight's bf16_bwd a view into it:
+     * the training backward then runs one product for the three
+     * (model_qkv_fused). Their forward packs follow each other, which makes
+     * them one pack over the concatenated outputs as well. */
     size_t total = 0, maxlen = 0;
     for (int i = 0; i < n; i++) {
         total += 2 * kern_bf16_pack_elems(ws[i]->rows, ws[i]->cols);
@@ -198,11 +222,47 @@ int peft_model_set_compute(peft_model *m, peft_compute c) {
         return peft_fail(err, PEFT_ERR_NOMEM, "%s: no memory for the bf16 copies of the weights (%.0f MiB)", m->path,
                          (double)total * 2 / 1048576.0);
     }
+    memset(m->bf16_packs, 0, total * sizeof(uint16_t));
+    /* k_off[i] >= 0: weight i's backward goes into a shared pack at that row */
+    int64_t *k_off = peft_malloc(sizeof *k_off * (size_t)n, err);
+    if (!k_off) {
+        free(rows);
+        free(ws);
+        drop_packs(m);
+        return PEFT_ERR_NOMEM;
+    }
     size_t off = 0;
     for (int i = 0; i < n; i++) {
+        k_off[i] = -1;
+        const kern_weight *w = ws[i];
+        const model_layer *L = NULL;
+        for (int l = 0; l < m->cfg.n_layer && !L; l++)
+            if (w == &m->layers[l].lin[ROLE_Q].w) L = &m->layers[l];
+        if (L && model_qkv_fusable(m, L)) {
+            kern_weight *q = ws[i], *k = ws[i + 1], *v = ws[i + 2]; /* frozen_mats lists Q, K, V in order */
+            q->bf16_fwd = m->bf16_packs + off;
+            off += kern_bf16_pack_elems(q->cols, q->rows);
+            k->bf16_fwd = m->bf16_packs + off;
+            off += kern_bf16_pack_elems(k->cols, k->rows);
+            v->bf16_fwd = m->bf16_packs + off;
+            off += kern_bf16_pack_elems(v->cols, v->rows);
+            const int64_t K = q->rows + k->rows + v->rows, nkb = (K + 31) / 32;
+            const uint16_t *shared = m->bf16_packs + off;
+            off += kern_bf16_pack_elems(K, q->cols);
+            q->bf16_bwd = shared;
+            k->bf16_bwd = shared + (size_t)(q->rows / 32) * 512;
+            v->bf16_bwd = shared + (size_t)((q->rows + k->rows) / 32) * 512;
+            q->bf16_bwd_nkb = k->bf16_bwd_nkb = v->bf16_bwd_nkb = (int)nkb;
+            k_off[i] = 0;
+            k_off[i + 1] = q->rows;
+            k_off[i + 2] = q->rows + k->rows;
+            i += 2;
+            continue;
+        }
         ws[i]->bf16_fwd = m->bf16_packs + off;
         off += kern_bf16_pack_elems(ws[i]->cols, ws[i]->rows);
         ws[i]->bf16_bwd = m->bf16_packs + off;
+        ws[i]->bf16_bwd_nkb = 0;
         off += kern_bf16_pack_elems(ws[i]->rows, ws[i]->cols);
     }
     int status = 0;
@@ -212,9 +272,20 @@ int peft_model_set_compute(peft_model *m, peft_compute c) {
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        int rc = kern_bf16_pack_weight(ws[i], (uint16_t *)ws[i]->bf16_fwd, (uint16_t *)ws[i]->bf16_bwd, rows + (size_t)tid * maxlen);
+        float *rb = rows + (size_t)tid * maxlen;
+        kern_weight *w = ws[i];
+        int rc;
+        if (k_off[i] < 0) {
+            rc = kern_bf16_pack_weight(w, (uint16_t *)w->bf16_fwd, (uint16_t *)w->bf16_bwd, rb);
+        } else {
+            /* the shared backward pack starts k_off rows before this view */
+            uint16_t *base = (uint16_t *)w->bf16_bwd - (size_t)(k_off[i] / 32) * 512;
+            rc = kern_bf16_pack_weight(w, (uint16_t *)w->bf16_fwd, NULL, rb);
+            if (!rc) rc = kern_bf16_pack_weight_at(w, base, k_off[i], w->bf16_bwd_nkb, rb);
+        }
         if (rc) status = rc;
     }
+    free(k_off);
     free(rows);
     free(ws);
     if (status) {

@@ -103,6 +103,13 @@ const char *model_linear_name(const peft_model *m, model_linear_role r);
 /* Inference forward (model/forward.c): processes T tokens at positions
  * n_past.. n_past+T-1 using and extending the KV cache. logits: (T, vocab)
  * when all_logits, else (1, vocab) for the last token; may be NULL. */
+/* q, k and v of a layer can share packs (one input, q and k rows multiples
+ * of 32); model_qkv_fused: they do (bf16 compute): the forward pack of q
+ * continues into k's and v's (one pack with N = q + k + v rows) and their
+ * backward packs are views of one pack over the concatenated outputs. */
+bool model_qkv_fusable(const peft_model *m, const model_layer *L);
+bool model_qkv_fused(const peft_model *m, int l);
+
 int model_forward(peft_model *m, const int32_t *ids, int T, float *logits, bool all_logits,
                   peft_err *err);
 void model_reset(peft_model *m);

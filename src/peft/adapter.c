@@ -460,6 +460,7 @@ static int wire_full(adapter *a, const peft_model *m, const int *idx, const int 
         w->data = a->tensors[iw].p;
         w->transposed = false;
         w->bf16_fwd = w->bf16_bwd = NULL; /* trainable: never packed */
+        w->bf16_bwd_nkb = 0;
         a->gfw[s] = a->tensors[iw].g;
         if ((rc = weight_to_f32(&lin->w, a->tensors[iw].p))) goto bad;
         if (ib >= 0) {
@@ -723,6 +724,7 @@ static const kern_weight *f32_weight(const float *p, int64_t rows, int64_t cols,
     tmp->data = p;
     tmp->transposed = false;
     tmp->bf16_fwd = tmp->bf16_bwd = NULL; /* trainable: never packed */
+    tmp->bf16_bwd_nkb = 0;
     return tmp;
 }
 

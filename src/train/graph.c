@@ -283,15 +283,17 @@ static int lin_fwd(train_graph *g, int l, model_linear_role r, const float *x, f
 /* dx (N, in) += the input gradient of lin_fwd from dy (N, out) (row
  * stride ldy); every trainable parameter of the linear accumulates its
  * gradient. dx NULL: parameter gradients only. */
-static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, const float *dy, int ldy, float *dx);
+static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, const float *dy, int ldy, float *dx,
+                    bool base_dx);
 static int lin_bwd(train_graph *g, int l, model_linear_role r, const float *x, const float *dy, int ldy, float *dx) {
     const double t0 = peft_time_s();
-    int rc = lin_bwd_(g, l, r, x, dy, ldy, dx);
+    int rc = lin_bwd_(g, l, r, x, dy, ldy, dx, true);
     g->phase[TG_PH_LIN_BWD] += peft_time_s() - t0;
     return rc;
 }
 
-static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, const float *dy, int ldy, float *dx) {
+static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, const float *dy, int ldy, float *dx,
+                    bool base_dx) {
     adapter *a = g->ad;
     const kern_weight *W = adapter_weight(a, g->m, l, r);
     const int in = (int)W->cols, out = (int)W->rows, N = g->N, s = l * ROLE_N_LINEAR + r;
@@ -341,8 +343,9 @@ static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, 
         }
         return 0;
     }
-    if (dx) {
-        rc = W->bf16_bwd ? kern_bf16_gemm(dx, in, dyc, lddyc, N, out, in, W->bf16_bwd, NULL, 1.0f, g->mm_scratch, g->nt)
+    if (dx && base_dx) {
+        rc = W->bf16_bwd ? kern_bf16_gemm_ex(dx, in, dyc, lddyc, N, out, in, W->bf16_bwd, kern_weight_bwd_nkb(W), NULL, 1.0f,
+                                             g->mm_scratch, g->nt)
                          : kern_matmul_dx(dx, dyc, N, W, g->mm_scratch, g->nt);
         if (rc) return rc;
     }
@@ -351,6 +354,66 @@ static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, 
         lora_bwd(mod, x, in, N, g->drop > 0 ? A->mask : NULL, g->drop, g->xd, A->xa, dyc, lddyc, g->dxa, dx, in, g->nt);
     }
     return 0;
+}
+
+/* ---- q, k, v as one product (bf16 compute) ---------------------------------------- */
+
+/* With bf16 packs shared by q, k and v (model_qkv_fused) and only additive
+ * hooks on them (LoRA, biases: no DoRA/IA3 scaling, no trainable weight
+ * copies), the three base products run as one over the concatenated
+ * outputs: one pass over the input instead of three. */
+static bool qkv_one_product(const train_graph *g, int l) {
+    if (!model_qkv_fused(g->m, l)) return false;
+    for (int r = ROLE_Q; r <= ROLE_V; r++) {
+        bool ff;
+        if (g->Z[l * ROLE_N_LINEAR + r] || ia3_at(g, l, (model_linear_role)r, &ff) ||
+            adapter_weight(g->ad, g->m, l, (model_linear_role)r) != &g->m->layers[l].lin[r].w)
+            return false;
+    }
+    return true;
+}
+
+/* L->qkv = [q | k | v] of x, with biases and LoRA */
+static int qkv_fwd_one(train_graph *g, int l, const float *x, float *qkv) {
+    const double t0 = peft_time_s();
+    const model_layer *ML = &g->m->layers[l];
+    const int n_out = (int)(ML->lin[ROLE_Q].w.rows + ML->lin[ROLE_K].w.rows + ML->lin[ROLE_V].w.rows);
+    int rc = kern_bf16_gemm(qkv, g->ldq, x, g->d, g->N, g->d, n_out, ML->lin[ROLE_Q].w.bf16_fwd, NULL, 0.0f,
+                            g->mm_scratch, g->nt);
+    for (int r = ROLE_Q; r <= ROLE_V && !rc; r++) {
+        float *y = qkv + (r == ROLE_Q ? 0 : r == ROLE_K ? g->qd : g->qd + g->kvd);
+        const int out = (int)ML->lin[r].w.rows;
+        const float *bias = adapter_bias(g->ad, g->m, l, (model_linear_role)r);
+        if (bias)
+            for (int i = 0; i < g->N; i++)
+                for (int j = 0; j < out; j++) y[(size_t)i * g->ldq + j] += bias[j];
+        const lora_module *mod = module_at(g, l, (model_linear_role)r);
+        if (mod) {
+            mod_acts *A = &g->M[mod_index(g, mod)];
+            lora_fwd(mod, x, g->d, g->N, g->drop > 0 ? A->mask : NULL, g->drop, g->xd, A->xa, y, g->ldq, g->nt);
+        }
+    }
+    g->phase[TG_PH_LIN_FWD] += peft_time_s() - t0;
+    return rc;
+}
+
+/* dx += the input gradient of qkv_fwd_one from dqkv (row stride ldq); the
+ * parameters' gradients as lin_bwd */
+static int qkv_bwd_one(train_graph *g, int l, const float *x, const float *dqkv, float *dx) {
+    const double t0 = peft_time_s();
+    const model_layer *ML = &g->m->layers[l];
+    int rc = 0;
+    for (int r = ROLE_Q; r <= ROLE_V && !rc; r++)
+        rc = lin_bwd_(g, l, (model_linear_role)r, x, dqkv + (r == ROLE_Q ? 0 : r == ROLE_K ? g->qd : g->qd + g->kvd),
+                      g->ldq, dx, false);
+    if (!rc && dx) {
+        const kern_weight *W = &ML->lin[ROLE_Q].w;
+        const int K = (int)(W->rows + ML->lin[ROLE_K].w.rows + ML->lin[ROLE_V].w.rows);
+        rc = kern_bf16_gemm_ex(dx, g->d, dqkv, g->ldq, g->N, K, g->d, W->bf16_bwd, W->bf16_bwd_nkb, NULL, 1.0f,
+                               g->mm_scratch, g->nt);
+    }
+    g->phase[TG_PH_LIN_BWD] += peft_time_s() - t0;
+    return rc;
 }
 
 /* ---- bottleneck adapters ---------------------------------------------------------- */
@@ -703,9 +766,11 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
         if (gpt2) {
             if ((rc = lin_fwd(g, l, ROLE_QKV, L->h1, L->qkv, g->ldq, 0))) goto fail;
         } else {
-            if ((rc = lin_fwd(g, l, ROLE_Q, L->h1, L->qkv, g->ldq, 0)) ||
-                (rc = lin_fwd(g, l, ROLE_K, L->h1, L->qkv + g->qd, g->ldq, 0)) ||
-                (rc = lin_fwd(g, l, ROLE_V, L->h1, L->qkv + g->qd + g->kvd, g->ldq, 0)))
+            if (qkv_one_product(g, l)) {
+                if ((rc = qkv_fwd_one(g, l, L->h1, L->qkv))) goto fail;
+            } else if ((rc = lin_fwd(g, l, ROLE_Q, L->h1, L->qkv, g->ldq, 0)) ||
+                       (rc = lin_fwd(g, l, ROLE_K, L->h1, L->qkv + g->qd, g->ldq, 0)) ||
+                       (rc = lin_fwd(g, l, ROLE_V, L->h1, L->qkv + g->qd + g->kvd, g->ldq, 0)))
                 goto fail;
             kern_rope(L->qkv, g->ldq, g->pos, N, c->n_head, c->head_dim, half, m->rope_cos, m->rope_sin, false, g->nt);
             kern_rope(L->qkv + g->qd, g->ldq, g->pos, N, c->n_kv_head, c->head_dim, half, m->rope_cos, m->rope_sin, false, g->nt);
@@ -785,9 +850,11 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
         } else {
             kern_rope(g->dqkv, g->ldq, g->pos, N, c->n_head, c->head_dim, half, m->rope_cos, m->rope_sin, true, g->nt);
             kern_rope(g->dqkv + g->qd, g->ldq, g->pos, N, c->n_kv_head, c->head_dim, half, m->rope_cos, m->rope_sin, true, g->nt);
-            if ((rc = lin_bwd(g, l, ROLE_Q, L->h1, g->dqkv, g->ldq, dh)) ||
-                (rc = lin_bwd(g, l, ROLE_K, L->h1, g->dqkv + g->qd, g->ldq, dh)) ||
-                (rc = lin_bwd(g, l, ROLE_V, L->h1, g->dqkv + g->qd + g->kvd, g->ldq, dh)))
+            if (qkv_one_product(g, l)) {
+                if ((rc = qkv_bwd_one(g, l, L->h1, g->dqkv, dh))) goto fail;
+            } else if ((rc = lin_bwd(g, l, ROLE_Q, L->h1, g->dqkv, g->ldq, dh)) ||
+                       (rc = lin_bwd(g, l, ROLE_K, L->h1, g->dqkv + g->qd, g->ldq, dh)) ||
+                       (rc = lin_bwd(g, l, ROLE_V, L->h1, g->dqkv + g->qd + g->kvd, g->ldq, dh)))
                 goto fail;
         }
         if (dh) norm_bwd(g, l, 0, g->dx, dh, L->xin, L->mean1, L->rstd1);
