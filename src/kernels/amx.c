@@ -40,10 +40,10 @@ static void config_tiles(void) {
     _tile_loadconfig(&c);
 }
 
-/* Rows [m0, m0 + BM) × columns [k0, k0 + kc) of A as bf16 tiles into buf
- * ([BM/16][kc/32][16][32]); rows past M and columns past K are zeros. */
-static void pack_a(uint16_t *buf, const float *A, int lda, int M, int K, int m0, int k0, int kc) {
-    const int nk = kc / 32, rows = PEFT_MIN(BM, (M - m0 + 31) / 32 * 32); /* the micro-kernel reads 32s */
+/* Rows [m0, m0 + R) × columns [k0, k0 + kc) of A as bf16 tiles into buf
+ * ([R/16][kc/32][16][32]); rows past M and columns past K are zeros. */
+static void pack_a(uint16_t *buf, const float *A, int lda, int M, int K, int m0, int R, int k0, int kc) {
+    const int nk = kc / 32, rows = PEFT_MIN(R, (M - m0 + 31) / 32 * 32); /* the micro-kernel reads 32s */
     for (int i = 0; i < rows; i++) {
         const int m = m0 + i;
         for (int kb = 0; kb < nk; kb++) {
@@ -105,18 +105,24 @@ int kern_bf16_gemm_ex(float *C, int ldc, const float *A, int lda, int M, int K, 
                       const float *bias, float beta, float *scratch, int n_threads) {
     if (M <= 0 || N <= 0) return 0;
     const int Kp = (K + 31) / 32 * 32;
-    const int n_rb = (M + BM - 1) / BM;
     const bool acc = bias || beta != 0.0f;
     /* K in equal chunks of at most KL: a 32-row slice of packed A stays in L1 */
     const int n_kch = (Kp + KL - 1) / KL, kcs = ((Kp + n_kch - 1) / n_kch + 31) / 32 * 32;
     if (n_threads < 1) n_threads = 1;
-    /* An item is a block of 128 rows × a group of columns (all of them unless
-     * there are fewer row blocks than threads): A is packed (rounded to bf16)
-     * once per row block and K chunk, and stays in L2 while the item walks
-     * the columns in panels of 256 (B's panel in L2) and rows in 32s (A's
-     * slice in L1). Grouping changes which thread computes a C element, not
-     * its arithmetic. */
-    const int n_pn = (N + BN - 1) / BN, n_cg = PEFT_MIN(n_pn, PEFT_MAX(1, (n_threads + n_rb - 1) / n_rb));
+    /* An item is a block of R rows × a group of columns. R: as many rows as
+     * the per-thread A buffer holds for one K chunk (BM · KC bf16), split
+     * evenly over a multiple of the threads; A is packed (rounded to bf16)
+     * once per item and K chunk and stays in L2. Column groups only when
+     * there are fewer row blocks than threads (each thread then reads its
+     * share of B once). Inside an item: panels of 256 columns (B's panel in L2), rows
+     * in 32s (A's slice in L1). The cut changes which thread computes a C
+     * element, not its arithmetic. */
+    const int r_lim = PEFT_MAX(32, (BM * KC / kcs) / 32 * 32);
+    int n_rsb = (M + r_lim - 1) / r_lim;
+    if (n_rsb > 1) n_rsb = (n_rsb + n_threads - 1) / n_threads * n_threads; /* balanced */
+    const int R = ((M + n_rsb - 1) / n_rsb + 31) / 32 * 32;
+    const int n_pn = (N + BN - 1) / BN;
+    const int n_cg = PEFT_MIN(n_pn, PEFT_MAX(1, (n_threads + n_rsb - 1) / n_rsb));
     const int cg = (n_pn + n_cg - 1) / n_cg * BN;
 #pragma omp parallel num_threads(n_threads)
     {
@@ -127,11 +133,11 @@ int kern_bf16_gemm_ex(float *C, int ldc, const float *A, int lda, int M, int K, 
         uint16_t *abuf = (uint16_t *)(scratch + (size_t)tid * (BM * KC / 2));
         float tmp[32 * 32];
         config_tiles();
-#pragma omp for schedule(static, 1) nowait
-        for (int item = 0; item < n_rb * n_cg; item++) {
-            const int m0 = (item / n_cg) * BM, n0 = (item % n_cg) * cg;
-            if (n0 >= N) continue;
-            const int mb = PEFT_MIN(BM, M - m0), nb = PEFT_MIN(cg, N - n0);
+#pragma omp for schedule(static) nowait
+        for (int item = 0; item < n_rsb * n_cg; item++) {
+            const int m0 = (item / n_cg) * R, n0 = (item % n_cg) * cg;
+            if (n0 >= N || m0 >= M) continue;
+            const int mb = PEFT_MIN(R, M - m0), nb = PEFT_MIN(cg, N - n0);
             if (bias || (acc && beta != 1.0f))
                 for (int i = 0; i < mb; i++) {
                     float *cr = C + (size_t)(m0 + i) * ldc + n0;
@@ -140,7 +146,7 @@ int kern_bf16_gemm_ex(float *C, int ldc, const float *A, int lda, int M, int K, 
             for (int k0 = 0; k0 < Kp; k0 += kcs) {
                 const int kc = PEFT_MIN(kcs, Kp - k0), nk = kc / 32;
                 const bool zero = !acc && k0 == 0;
-                pack_a(abuf, A, lda, M, K, m0, k0, kc);
+                pack_a(abuf, A, lda, M, K, m0, R, k0, kc);
                 for (int p0 = 0; p0 < nb; p0 += BN)
                 for (int i0 = 0; i0 < mb; i0 += 32) {
                     const uint16_t *a = abuf + (size_t)(i0 >> 4) * nk * 512;
