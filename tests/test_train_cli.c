@@ -326,6 +326,14 @@ static void compute_precision_option(void) {
         return;
     }
     CHECK_EQ_INT(rc, 0);
+    /* a bf16 checkpoint resumed in f32 carries on, saying so */
+    snprintf(args, sizeof args, "train --model " MODEL " --data %s --steps 3 --save-every 2 --batch 2 --seq 48 --quiet --out %s/cr --bf16",
+             data, tmp);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
+    snprintf(args, sizeof args, "train --model " MODEL " --data %s --steps 3 --save-every 2 --batch 2 --seq 48 --quiet --out %s/cr "
+             "--resume %s/cr", data, tmp, tmp);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
+    CHECK_MSG(strstr(out, "resumes with f32") != NULL, "%s", out);
     const double bf = eval_loss("--bf16", data);
     CHECK_MSG(isfinite(bf) && fabs(bf - f32) < 2e-2 * f32 && bf != f32, "f32 %g, bf16 %g", f32, bf);
     printf("    eval loss f32 %.6f, bf16 %.6f\n", f32, bf);

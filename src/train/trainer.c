@@ -256,7 +256,9 @@ static int save_checkpoint(const char *out_dir, int step, const adapter *a, cons
     char step_s[32], t_s[32];
     snprintf(step_s, sizeof step_s, "%d", step);
     snprintf(t_s, sizeof t_s, "%lld", (long long)opt->t);
-    const char *meta[] = {"step", step_s, "adam_t", t_s, NULL};
+    /* the compute precision, so a resume in another one can say so */
+    const char *meta[] = {"step", step_s, "adam_t", t_s, "compute",
+                          peft_model_compute(m) == PEFT_COMPUTE_BF16 ? "bf16" : "f32", NULL};
     st_write_tensor ts[4] = {
         {"params", PEFT_DT_F32, 1, {a->n_params}, a->params},
         {"exp_avg", PEFT_DT_F32, 1, {opt->n}, opt->m},
@@ -316,7 +318,13 @@ static int load_checkpoint(const char *dir, adapter *a, const peft_model *m, ada
     memcpy(a->params, pt->data, (size_t)a->n_params * sizeof(float));
     if ((rc = adapter_refresh(a, m, err))) { st_close(st); return rc; }
     const st_tensor *em = st_find(st, "exp_avg"), *ev = st_find(st, "exp_avg_sq"), *ls = st_find(st, "loader_state");
-    const char *s_step = st_metadata(st, "step"), *s_t = st_metadata(st, "adam_t");
+    const char *s_step = st_metadata(st, "step"), *s_t = st_metadata(st, "adam_t"), *s_c = st_metadata(st, "compute");
+    const char *now = peft_model_compute(m) == PEFT_COMPUTE_BF16 ? "bf16" : "f32";
+    if (s_c && strcmp(s_c, now))
+        peft_log(m->ctx, PEFT_LOG_WARN,
+                 "%s: the run was trained with --compute %s and resumes with %s: it continues, but its losses will "
+                 "differ slightly from an uninterrupted run (resume with --compute %s for an identical trajectory)",
+                 p, s_c, now, s_c);
     if (!em || !ev || !ls || !s_step || !s_t || em->dtype != PEFT_DT_F32 || ev->dtype != PEFT_DT_F32 ||
         st_numel(em) != opt->n || st_numel(ev) != opt->n) {
         st_close(st);
