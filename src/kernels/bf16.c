@@ -46,31 +46,13 @@ static inline size_t pack_off(int64_t k, int64_t n, int64_t nkb) {
            (size_t)(n & 15) * 2u + (size_t)(k & 1);
 }
 
-int kern_bf16_pack_weight(const kern_weight *w, uint16_t *fwd, uint16_t *bwd, float *rowbuf) {
+/* One pass over W's stored rows into the forward pack (stride nkb_f) and/or
+ * the backward pack (stride nkb_b, W's rows from row k_off of it). */
+static int pack_rows(const kern_weight *w, uint16_t *fwd, int64_t nkb_f, uint16_t *bwd, int64_t k_off, int64_t nkb_b,
+                     float *rowbuf) {
     const int64_t out = w->rows, in = w->cols;
-    const int64_t nkb_f = pad32(in) / 32, nkb_b = pad32(out) / 32;
-    if (fwd) memset(fwd, 0, kern_bf16_pack_elems(in, out) * sizeof(uint16_t));
-    if (bwd) memset(bwd, 0, kern_bf16_pack_elems(out, in) * sizeof(uint16_t));
     /* stored rows: W's rows (out of them, in long), or for the transposed
      * layout W's columns (in of them, out long) */
-    const int64_t n_rows = w->transposed ? in : out, len = w->transposed ? out : in;
-    const size_t rb = w->transposed ? (size_t)out * peft_dtype_elem_size(w->dtype) : kern_dtype_row_bytes(w->dtype, in);
-    if (rb == 0) return PEFT_ERR_UNSUPPORTED;
-    for (int64_t s = 0; s < n_rows; s++) {
-        int rc = kern_dequant_row(w->dtype, (const char *)w->data + (size_t)s * rb, rowbuf, len);
-        if (rc) return rc;
-        for (int64_t e = 0; e < len; e++) {
-            const int64_t r = w->transposed ? e : s, c = w->transposed ? s : e; /* W[r][c] */
-            const uint16_t h = kern_f32_to_bf16(rowbuf[e]);
-            if (fwd) fwd[pack_off(c, r, nkb_f)] = h; /* B = Wᵀ: B[c][r] */
-            if (bwd) bwd[pack_off(r, c, nkb_b)] = h; /* B = W:  B[r][c] */
-        }
-    }
-    return 0;
-}
-
-int kern_bf16_pack_weight_at(const kern_weight *w, uint16_t *bwd, int64_t k_off, int64_t nkb, float *rowbuf) {
-    const int64_t out = w->rows, in = w->cols;
     const int64_t n_rows = w->transposed ? in : out, len = w->transposed ? out : in;
     const size_t rb = w->transposed ? (size_t)out * peft_dtype_elem_size(w->dtype) : kern_dtype_row_bytes(w->dtype, in);
     if (rb == 0 || k_off % 32) return PEFT_ERR_UNSUPPORTED;
@@ -79,10 +61,23 @@ int kern_bf16_pack_weight_at(const kern_weight *w, uint16_t *bwd, int64_t k_off,
         if (rc) return rc;
         for (int64_t e = 0; e < len; e++) {
             const int64_t r = w->transposed ? e : s, c = w->transposed ? s : e; /* W[r][c] */
-            bwd[pack_off(k_off + r, c, nkb)] = kern_f32_to_bf16(rowbuf[e]);
+            const uint16_t h = kern_f32_to_bf16(rowbuf[e]);
+            if (fwd) fwd[pack_off(c, r, nkb_f)] = h;         /* B = Wᵀ: B[c][r] */
+            if (bwd) bwd[pack_off(k_off + r, c, nkb_b)] = h; /* B = W:  B[r][c] */
         }
     }
     return 0;
+}
+
+int kern_bf16_pack_weight(const kern_weight *w, uint16_t *fwd, uint16_t *bwd, float *rowbuf) {
+    const int64_t out = w->rows, in = w->cols;
+    if (fwd) memset(fwd, 0, kern_bf16_pack_elems(in, out) * sizeof(uint16_t));
+    if (bwd) memset(bwd, 0, kern_bf16_pack_elems(out, in) * sizeof(uint16_t));
+    return pack_rows(w, fwd, pad32(in) / 32, bwd, 0, pad32(out) / 32, rowbuf);
+}
+
+int kern_bf16_pack_weight_at(const kern_weight *w, uint16_t *bwd, int64_t k_off, int64_t nkb, float *rowbuf) {
+    return pack_rows(w, NULL, 0, bwd, k_off, nkb, rowbuf);
 }
 
 bool kern_bf16_supported(void) {
