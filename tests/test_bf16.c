@@ -132,12 +132,12 @@ static void packed_linears_match_the_f32_path(void) {
             for (int i = 0; i < T * N; i++) dy[i] = peft_rng_normal(&rng);
             float *scr = malloc(sizeof(float) * kern_matmul_scratch_floats(K > N ? K : N, 2));
             CHECK_OK(kern_matmul(y1, N, x, T, &w, NULL, 0.0f, scr, 2));
-            CHECK_OK(kern_matmul_dx(dx1, dy, T, &w, scr, 2));
+            CHECK_OK(kern_matmul_dx(dx1, dy, N, T, &w, scr, 2));
             kern_weight wp = w;
             wp.bf16_fwd = pf;
             wp.bf16_bwd = pb;
             CHECK_OK(kern_matmul(y2, N, x, T, &wp, NULL, 0.0f, scr, 2));
-            CHECK_OK(kern_matmul_dx(dx2, dy, T, &wp, scr, 2));
+            CHECK_OK(kern_matmul_dx(dx2, dy, N, T, &wp, scr, 2));
             double ey = 0, edx = 0, sy = 0, sdx = 0;
             for (int i = 0; i < T * N; i++) { ey = fmax(ey, fabs(y1[i] - y2[i])); sy = fmax(sy, fabs(y1[i])); }
             for (int i = 0; i < T * K; i++) { edx = fmax(edx, fabs(dx1[i] - dx2[i])); sdx = fmax(sdx, fabs(dx1[i])); }

@@ -521,7 +521,7 @@ static void matmul_dx_case(peft_dtype dt, bool transposed, int T, int N, int K) 
         size_t ns = kern_matmul_dx_scratch_floats(K, threads[i]);
         CHECK(ns <= kern_matmul_scratch_floats(K, threads[i]));
         float *scratch = falloc(ns);
-        CHECK_OK(kern_matmul_dx(dx[i], dy, T, &w, scratch, threads[i]));
+        CHECK_OK(kern_matmul_dx(dx[i], dy, N, T, &w, scratch, threads[i]));
         free(scratch);
     }
     for (int t = 0; t < T; t++)
@@ -559,7 +559,7 @@ static void matmul_dx_matches_naive(void) {
 static void matmul_dx_rejects_transposed_quant(void) {
     kern_weight w = {PEFT_DT_Q8_0, 4, 32, NULL, true, NULL, NULL, 0};
     float dx[32] = {0}, dy[4] = {0}, scratch[4096];
-    CHECK_EQ_INT(kern_matmul_dx(dx, dy, 1, &w, scratch, 1), PEFT_ERR_UNSUPPORTED);
+    CHECK_EQ_INT(kern_matmul_dx(dx, dy, 4, 1, &w, scratch, 1), PEFT_ERR_UNSUPPORTED);
 }
 
 /* ---- PyTorch autograd reference ------------------------------------------- */

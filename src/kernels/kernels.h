@@ -49,14 +49,15 @@ size_t kern_matvec_scratch_floats(int64_t K, int n_threads);
 int kern_matvec(float *y, int ldy, const float *x, int T, const kern_weight *w, const float *bias,
                 float beta, float *scratch, int n_threads);
 
-/* dx (T, K) += dy (T, N) · W — the input gradient of a frozen linear.
+/* dx (T, K) += dy (T, N; row stride lddy >= N) · W — the input gradient of
+ * a frozen linear.
  * dx is split into fixed blocks of (256 rows × 256 columns); OpenMP hands
  * blocks to threads and each block walks W's rows in tiles, in order,
  * converting only its columns of each tile to f32 (so a quantized weight is
  * converted once per 256 rows of dx, whatever the thread count). Block shapes
  * do not depend on n_threads: results are identical for every thread count.
  * scratch: kern_matmul_dx_scratch_floats(K, n_threads) floats. */
-int kern_matmul_dx(float *dx, const float *dy, int T, const kern_weight *w, float *scratch,
+int kern_matmul_dx(float *dx, const float *dy, int lddy, int T, const kern_weight *w, float *scratch,
                    int n_threads);
 /* Floats of scratch kern_matmul_dx needs for any weight of at most K columns
  * on n_threads; never more than kern_matmul_scratch_floats(K, n_threads), so

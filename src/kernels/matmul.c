@@ -160,15 +160,15 @@ static int load_dx_tile(const kern_weight *w, int64_t n0, int64_t nb, int64_t k0
     return 0;
 }
 
-int kern_matmul_dx(float *dx, const float *dy, int T, const kern_weight *w, float *scratch,
+int kern_matmul_dx(float *dx, const float *dy, int lddy, int T, const kern_weight *w, float *scratch,
                    int n_threads) {
-    /* dx (T, K) += dy (T, N) · W (N, K). Each dx block is owned by one
+    /* dx (T, K) += dy (T, N; row stride lddy) · W (N, K). Each dx block is owned by one
      * thread, which adds W's row tiles in order (deterministic, race-free). */
     const int64_t K = w->cols, N = w->rows;
     if (w->transposed && peft_dtype_elem_size(w->dtype) == 0) return PEFT_ERR_UNSUPPORTED;
     if (T <= 0 || K <= 0 || N <= 0) return 0;
     if (w->bf16_bwd)
-        return kern_bf16_gemm_ex(dx, (int)K, dy, (int)N, T, (int)N, (int)K, w->bf16_bwd, kern_weight_bwd_nkb(w), NULL,
+        return kern_bf16_gemm_ex(dx, (int)K, dy, lddy, T, (int)N, (int)K, w->bf16_bwd, kern_weight_bwd_nkb(w), NULL,
                                  1.0f, scratch, n_threads);
     const int64_t rows = dx_rows(w->dtype);
     const int64_t n_rb = (T + rows - 1) / rows, n_cb = (K + DX_COLS - 1) / DX_COLS;
@@ -186,16 +186,16 @@ int kern_matmul_dx(float *dx, const float *dy, int T, const kern_weight *w, floa
         const int tb = (int)PEFT_MIN(rows, T - t0);
         const int kc = (int)PEFT_MIN((int64_t)DX_COLS, K - k0);
         float *dxb = dx + (size_t)t0 * K + k0;
-        const float *dyb = dy + (size_t)t0 * N;
+        const float *dyb = dy + (size_t)t0 * lddy;
         if (w->dtype == PEFT_DT_F32) {
             /* Already f32: one product over all of N, read in place. */
             const float *W = w->data;
             if (w->transposed) /* stored (K, N): rows k0.. are W[:, k0..]ᵀ */
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tb, kc, (int)N, 1.0f, dyb,
-                            (int)N, W + (size_t)k0 * N, (int)N, 1.0f, dxb, (int)K);
+                            lddy, W + (size_t)k0 * N, (int)N, 1.0f, dxb, (int)K);
             else
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tb, kc, (int)N, 1.0f, dyb,
-                            (int)N, W + k0, (int)K, 1.0f, dxb, (int)K);
+                            lddy, W + k0, (int)K, 1.0f, dxb, (int)K);
             continue;
         }
         float *buf = scratch + (size_t)tid * per;
@@ -206,10 +206,10 @@ int kern_matmul_dx(float *dx, const float *dy, int T, const kern_weight *w, floa
             /* dx block (tb, kc) += dy[:, n0:n0+nb] (tb, nb) · tile (nb, kc) */
             if (w->transposed)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tb, kc, nb, 1.0f, dyb + n0,
-                            (int)N, buf, nb, 1.0f, dxb, (int)K);
+                            lddy, buf, nb, 1.0f, dxb, (int)K);
             else
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tb, kc, nb, 1.0f,
-                            dyb + n0, (int)N, buf, kc, 1.0f, dxb, (int)K);
+                            dyb + n0, lddy, buf, kc, 1.0f, dxb, (int)K);
         }
     }
     return status;

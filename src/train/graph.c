@@ -316,10 +316,6 @@ static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, 
             }
         }
         dyc = g->dtmp;
-    } else if (ldy != out && !(W->bf16_bwd && !(iv && ff))) {
-        /* kern_matmul_dx wants dy contiguous (the bf16 product reads strides) */
-        for (int i = 0; i < N; i++) memcpy(g->dtmp + (size_t)i * out, dy + (size_t)i * ldy, (size_t)out * sizeof(float));
-        dyc = g->dtmp;
     }
     const int lddyc = dyc == dy ? ldy : out;
     /* BitFit / full: bias and weight gradients */
@@ -333,7 +329,7 @@ static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, 
     if (iv && ff) {
         /* t = dy·W; gl += Σ t ⊙ x; dx += t ⊙ l */
         memset(g->xd, 0, (size_t)N * in * sizeof(float));
-        if ((rc = kern_matmul_dx(g->xd, dyc, N, W, g->mm_scratch, g->nt))) return rc;
+        if ((rc = kern_matmul_dx(g->xd, dyc, lddyc, N, W, g->mm_scratch, g->nt))) return rc;
         float *gl = a->gia3[s];
         for (int i = 0; i < N; i++) {
             const float *t = g->xd + (size_t)i * in, *xr = x + (size_t)i * in;
@@ -343,12 +339,7 @@ static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, 
         }
         return 0;
     }
-    if (dx && base_dx) {
-        rc = W->bf16_bwd ? kern_bf16_gemm_ex(dx, in, dyc, lddyc, N, out, in, W->bf16_bwd, kern_weight_bwd_nkb(W), NULL, 1.0f,
-                                             g->mm_scratch, g->nt)
-                         : kern_matmul_dx(dx, dyc, N, W, g->mm_scratch, g->nt);
-        if (rc) return rc;
-    }
+    if (dx && base_dx && (rc = kern_matmul_dx(dx, dyc, lddyc, N, W, g->mm_scratch, g->nt))) return rc;
     if (mod) {
         mod_acts *A = &g->M[mod_index(g, mod)];
         lora_bwd(mod, x, in, N, g->drop > 0 ? A->mask : NULL, g->drop, g->xd, A->xa, dyc, lddyc, g->dxa, dx, in, g->nt);
@@ -635,7 +626,7 @@ static int lm_loss(train_graph *g, bool backward, float grad_scale, double *tota
         *total += ls;
         *count += cnt;
         if (!backward) continue;
-        if ((rc = kern_matmul_dx(g->dhf + (size_t)r0 * d, g->logits, n, head, g->mm_scratch, g->nt))) return rc;
+        if ((rc = kern_matmul_dx(g->dhf + (size_t)r0 * d, g->logits, g->V, n, head, g->mm_scratch, g->nt))) return rc;
         /* the head's (or tied embedding's) gradient: (V, d) += dlogitsᵀ·h */
         if (ghead) kern_gemm_rows(true, false, g->V, d, n, 1.0f, g->logits, g->V, g->hf + (size_t)r0 * d, d, 1.0f, ghead, d, g->nt);
     }
