@@ -18,7 +18,7 @@
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512F__)
 #include <immintrin.h>
 
-enum { BM = 128, BN = 256, KC = 2048, KL = 2048 };
+enum { BM = 128, BN = 256, KC = 2048 };
 
 bool kern_amx_compiled(void) { return true; }
 
@@ -106,8 +106,8 @@ int kern_bf16_gemm_ex(float *C, int ldc, const float *A, int lda, int M, int K, 
     if (M <= 0 || N <= 0) return 0;
     const int Kp = (K + 31) / 32 * 32;
     const bool acc = bias || beta != 0.0f;
-    /* K in equal chunks of at most KL: a 32-row slice of packed A stays in L1 */
-    const int n_kch = (Kp + KL - 1) / KL, kcs = ((Kp + n_kch - 1) / n_kch + 31) / 32 * 32;
+    /* K in equal chunks of at most KC (the A buffer is sized for BM × KC) */
+    const int n_kch = (Kp + KC - 1) / KC, kcs = ((Kp + n_kch - 1) / n_kch + 31) / 32 * 32;
     if (n_threads < 1) n_threads = 1;
     /* An item is a block of R rows × a group of columns. R: as many rows as
      * the per-thread A buffer holds for one K chunk (BM · KC bf16), split

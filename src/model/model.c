@@ -149,8 +149,7 @@ static int frozen_mats(peft_model *m, kern_weight **out) {
     return n;
 }
 
-bool model_qkv_fusable(const peft_model *m, const model_layer *L) {
-    (void)m;
+bool model_qkv_fusable(const model_layer *L) {
     const model_linear *q = &L->lin[ROLE_Q], *k = &L->lin[ROLE_K], *v = &L->lin[ROLE_V];
     return q->present && k->present && v->present && q->w.cols == k->w.cols && q->w.cols == v->w.cols &&
            q->w.rows % 32 == 0 && k->w.rows % 32 == 0;
@@ -158,26 +157,16 @@ bool model_qkv_fusable(const peft_model *m, const model_layer *L) {
 
 bool model_qkv_fused(const peft_model *m, int l) {
     const model_layer *L = &m->layers[l];
-    return m->bf16_packs && model_qkv_fusable(m, L) && L->lin[ROLE_Q].w.bf16_bwd_nkb != 0;
+    return m->bf16_packs && model_qkv_fusable(L) && L->lin[ROLE_Q].w.bf16_bwd_nkb != 0;
 }
 
 static void drop_packs(peft_model *m) {
-    kern_weight **ws = malloc(sizeof *ws * ((size_t)m->cfg.n_layer * ROLE_N_LINEAR + 1));
-    if (ws) {
-        const int n = frozen_mats(m, ws);
-        for (int i = 0; i < n; i++) {
-            ws[i]->bf16_fwd = ws[i]->bf16_bwd = NULL;
-            ws[i]->bf16_bwd_nkb = 0;
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        for (int r = 0; r < ROLE_N_LINEAR; r++) {
+            m->layers[l].lin[r].w.bf16_fwd = m->layers[l].lin[r].w.bf16_bwd = NULL;
+            m->layers[l].lin[r].w.bf16_bwd_nkb = 0;
         }
-    } else {
-        for (int l = 0; l < m->cfg.n_layer; l++)
-            for (int r = 0; r < ROLE_N_LINEAR; r++) {
-                m->layers[l].lin[r].w.bf16_fwd = m->layers[l].lin[r].w.bf16_bwd = NULL;
-                m->layers[l].lin[r].w.bf16_bwd_nkb = 0;
-            }
-        m->lm_head.bf16_fwd = m->lm_head.bf16_bwd = NULL;
-    }
-    free(ws);
+    m->lm_head.bf16_fwd = m->lm_head.bf16_bwd = NULL;
     free(m->bf16_packs);
     m->bf16_packs = NULL;
     m->bf16_bytes = 0;
@@ -238,7 +227,7 @@ int peft_model_set_compute(peft_model *m, peft_compute c) {
         const model_layer *L = NULL;
         for (int l = 0; l < m->cfg.n_layer && !L; l++)
             if (w == &m->layers[l].lin[ROLE_Q].w) L = &m->layers[l];
-        if (L && model_qkv_fusable(m, L)) {
+        if (L && model_qkv_fusable(L)) {
             kern_weight *q = ws[i], *k = ws[i + 1], *v = ws[i + 2]; /* frozen_mats lists Q, K, V in order */
             q->bf16_fwd = m->bf16_packs + off;
             off += kern_bf16_pack_elems(q->cols, q->rows);

@@ -107,7 +107,7 @@ const char *model_linear_name(const peft_model *m, model_linear_role r);
  * of 32); model_qkv_fused: they do (bf16 compute): the forward pack of q
  * continues into k's and v's (one pack with N = q + k + v rows) and their
  * backward packs are views of one pack over the concatenated outputs. */
-bool model_qkv_fusable(const peft_model *m, const model_layer *L);
+bool model_qkv_fusable(const model_layer *L);
 bool model_qkv_fused(const peft_model *m, int l);
 
 int model_forward(peft_model *m, const int32_t *ids, int T, float *logits, bool all_logits,
