@@ -1,5 +1,6 @@
-/* kexp.h — a vectorizable e^x shared by the kernels (activations, softmax,
- * cross-entropy). Internal to src/kernels. */
+/* kexp.h — a vectorizable e^x and row reductions (max, double sum) shared
+ * by the kernels (activations, softmax, cross-entropy, norms). Internal to
+ * src/kernels. */
 #ifndef PEFT_KERNELS_KEXP_H
 #define PEFT_KERNELS_KEXP_H
 

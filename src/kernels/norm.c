@@ -6,6 +6,7 @@
  * fine-tuning) are sums over rows: when they are asked for, rows run in
  * order on one thread. */
 #include "kernels/kernels.h"
+#include "kernels/kexp.h"
 
 #include <math.h>
 
@@ -21,17 +22,6 @@ static inline double dot3(const float *a, const float *b, const float *c, int n)
     double s = 0;
     for (int j = 0; j < 8; j++) s += lane[j];
     for (; i < n; i++) s += (double)a[i] * b[i] * (c ? c[i] : 1.0f);
-    return s;
-}
-
-static inline double sum8(const float *a, int n) {
-    double lane[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) lane[j] += a[i + j];
-    double s = 0;
-    for (int j = 0; j < 8; j++) s += lane[j];
-    for (; i < n; i++) s += a[i];
     return s;
 }
 
@@ -54,7 +44,7 @@ void kern_layernorm_fwd(float *y, float *mean, float *rstd, const float *x, cons
     for (int t = 0; t < T; t++) {
         const float *xt = x + (size_t)t * C;
         float *yt = y + (size_t)t * C;
-        const double m = sum8(xt, C) / C;
+        const double m = ksum_d(xt, C) / C;
         double lane[8] = {0}, v = 0;
         int i = 0;
         for (; i + 8 <= C; i += 8)
