@@ -483,14 +483,8 @@ static void prefix_kv(train_graph *g, const layer_acts *L, int l, int bi, float 
 
 /* Attention over each row of the batch, segment by segment (packed rows
  * hold several examples that must not see each other). */
-static void attn_fwd_(train_graph *g, layer_acts *L, int l);
 static void attn_fwd(train_graph *g, layer_acts *L, int l) {
     const double t0 = peft_time_s();
-    attn_fwd_(g, L, l);
-    g->phase[TG_PH_ATTN_FWD] += peft_time_s() - t0;
-}
-
-static void attn_fwd_(train_graph *g, layer_acts *L, int l) {
     const model_config *c = &g->m->cfg;
     const int T = g->T, hd = c->head_dim, PX = g->PX;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -516,16 +510,11 @@ static void attn_fwd_(train_graph *g, layer_acts *L, int l) {
             s0 = s1;
         }
     }
+    g->phase[TG_PH_ATTN_FWD] += peft_time_s() - t0;
 }
 
-static void attn_bwd_(train_graph *g, layer_acts *L, int l);
 static void attn_bwd(train_graph *g, layer_acts *L, int l) {
     const double t0 = peft_time_s();
-    attn_bwd_(g, L, l);
-    g->phase[TG_PH_ATTN_BWD] += peft_time_s() - t0;
-}
-
-static void attn_bwd_(train_graph *g, layer_acts *L, int l) {
     const model_config *c = &g->m->cfg;
     const int T = g->T, hd = c->head_dim, PX = g->PX, kvd = g->kvd;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -570,6 +559,7 @@ static void attn_bwd_(train_graph *g, layer_acts *L, int l) {
             s0 = s1;
         }
     }
+    g->phase[TG_PH_ATTN_BWD] += peft_time_s() - t0;
 }
 
 static void make_masks(train_graph *g, uint64_t seed) {
