@@ -38,24 +38,6 @@ typedef struct {
 
 static double g_min_time = 0.3;
 
-/* Runs fn(arg) until min_time has passed (at least 3 timed calls after one
- * warm-up) and returns the median seconds per call. */
-typedef int (*bench_fn)(void *arg);
-static double time_median(bench_fn fn, void *arg) {
-    enum { MAX_REPS = 201 };
-    double t[MAX_REPS];
-    int n = 0;
-    if (fn(arg)) return -1.0;
-    double start = peft_time_s();
-    while (n < MAX_REPS && (n < 3 || peft_time_s() - start < g_min_time)) {
-        double t0 = peft_time_s();
-        if (fn(arg)) return -1.0;
-        t[n++] = peft_time_s() - t0;
-    }
-    qsort(t, (size_t)n, sizeof t[0], cmp_double);
-    return t[n / 2];
-}
-
 typedef struct {
     int M, N, K;
     const float *x, *w;
@@ -214,7 +196,7 @@ int main(int argc, char **argv) {
                 double t0 = peft_time_s();
                 while (peft_time_s() - t0 < 0.5) run_sgemm(&a);
             }
-            double sec = time_median(run_sgemm, &a);
+            double sec = bench_median_s(run_sgemm, &a, 3, 201, g_min_time);
             sg[ti] = gflops(sh, sec);
             if (s < n_peak_shapes && sg[ti] > peak[ti]) peak[ti] = sg[ti];
             printf("%-20s %5d %5d %5d  %-6s %3d  %9.3f %8.1f %6.1f%% %6.1f%%\n", sh->name, sh->M,
@@ -247,7 +229,7 @@ int main(int argc, char **argv) {
                         sh->K, dt == PEFT_DT_F32 ? w32 : wdq, sh->K, 0.0f, y_ref, sh->N);
             for (int ti = 0; ti < n_thr; ti++) {
                 kern_arg a = {sh->M, x, &kw, y, scratch, threads[ti]};
-                double sec = time_median(run_kern, &a);
+                double sec = bench_median_s(run_kern, &a, 3, 201, g_min_time);
                 if (sec < 0) {
                     fprintf(stderr, "kern_matmul failed for %s %s\n", sh->name,
                             peft_dtype_name(dt));

@@ -93,63 +93,59 @@ static void fix_blas_core(char **argv) {
     fprintf(stderr, "bench_lora_step: re-exec with OPENBLAS_CORETYPE=%s failed; slow kernels\n", want);
 }
 
-/* GFLOP/s of a 1024³ sgemm on n_threads (OpenBLAS threading). */
-static double sgemm_peak(int n_threads) {
-    const int n = 1024;
-    float *a = malloc((size_t)n * n * sizeof(float)), *b = malloc((size_t)n * n * sizeof(float)),
-          *c = malloc((size_t)n * n * sizeof(float));
-    if (!a || !b || !c) return 0;
-    uint64_t s = 12345;
-    for (size_t i = 0; i < (size_t)n * n; i++) {
-        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-        a[i] = (float)((s >> 40) & 0xffff) / 65536.0f - 0.5f;
-        b[i] = (float)((s >> 20) & 0xffff) / 65536.0f - 0.5f;
-    }
-    openblas_set_num_threads(n_threads);
-    double t[64];
-    int k = 0;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
-    double start = peft_time_s();
-    while (k < 64 && (k < 10 || peft_time_s() - start < 1.0)) {
-        double t0 = peft_time_s();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
-        t[k++] = peft_time_s() - t0;
-    }
-    openblas_set_num_threads(1);
-    qsort(t, (size_t)k, sizeof t[0], cmp_double);
-    free(a);
-    free(b);
-    free(c);
-    return 2.0 * n * (double)n * n / t[k / 2] * 1e-9;
+/* A 1024³ product for the peak measurements: C = A·Bᵀ, B as a bf16 pack
+ * when bp is set. */
+enum { PEAK_N = 1024 };
+typedef struct {
+    const float *a, *b;
+    const uint16_t *bp;
+    float *c, *scr;
+    int n_threads;
+} peak_job;
+
+static int run_sgemm(void *arg) {
+    const peak_job *j = arg;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, PEAK_N, PEAK_N, PEAK_N, 1.0f, j->a, PEAK_N, j->b, PEAK_N, 0.0f,
+                j->c, PEAK_N);
+    return 0;
 }
 
-/* GFLOP/s of a 1024³ bf16 product on AMX (kern_bf16_gemm), 0 without AMX. */
-static double bf16_peak(int n_threads) {
-    const int n = 1024;
-    if (!kern_bf16_supported()) return 0;
-    float *a = malloc((size_t)n * n * sizeof(float)), *c = malloc((size_t)n * n * sizeof(float));
-    float *row = malloc((size_t)n * sizeof(float)), *scr = malloc(kern_bf16_scratch_floats(n_threads) * sizeof(float));
-    uint16_t *bp = malloc(kern_bf16_pack_elems(n, n) * sizeof(uint16_t));
-    if (!a || !c || !row || !scr || !bp) return 0;
-    uint64_t s = 12345;
-    for (size_t i = 0; i < (size_t)n * n; i++) {
-        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-        a[i] = (float)((s >> 40) & 0xffff) / 65536.0f - 0.5f;
+static int run_bf16(void *arg) {
+    const peak_job *j = arg;
+    return kern_bf16_gemm(j->c, PEAK_N, j->a, PEAK_N, PEAK_N, PEAK_N, PEAK_N, j->bp, NULL, 0.0f, j->scr, j->n_threads);
+}
+
+/* GFLOP/s of a 1024³ product on n_threads, median of >= 10 calls and >= 1 s:
+ * sgemm (OpenBLAS threading), or with bf16 the AMX product (kern_bf16_gemm;
+ * 0 without AMX). */
+static double gemm_peak(int n_threads, bool bf16) {
+    const size_t nn = (size_t)PEAK_N * PEAK_N;
+    if (bf16 && !kern_bf16_supported()) return 0;
+    float *a = malloc(nn * sizeof(float)), *b = malloc(nn * sizeof(float)), *c = malloc(nn * sizeof(float));
+    float *row = malloc(PEAK_N * sizeof(float)), *scr = malloc((kern_bf16_scratch_floats(n_threads) + 1) * sizeof(float));
+    uint16_t *bp = malloc(kern_bf16_pack_elems(PEAK_N, PEAK_N) * sizeof(uint16_t));
+    double sec = -1;
+    if (a && b && c && row && scr && bp) {
+        uint64_t s = 12345;
+        for (size_t i = 0; i < nn; i++) {
+            s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+            a[i] = (float)((s >> 40) & 0xffff) / 65536.0f - 0.5f;
+            b[i] = (float)((s >> 20) & 0xffff) / 65536.0f - 0.5f;
+        }
+        peak_job j = {a, b, NULL, c, scr, n_threads};
+        if (bf16) {
+            kern_weight w = {PEFT_DT_F32, PEAK_N, PEAK_N, b, false, NULL, NULL, 0};
+            kern_bf16_pack_weight(&w, bp, NULL, row);
+            j.bp = bp;
+            sec = bench_median_s(run_bf16, &j, 10, 64, 1.0);
+        } else {
+            openblas_set_num_threads(n_threads);
+            sec = bench_median_s(run_sgemm, &j, 10, 64, 1.0);
+            openblas_set_num_threads(1);
+        }
     }
-    kern_weight w = {PEFT_DT_F32, n, n, a, false, NULL, NULL, 0};
-    kern_bf16_pack_weight(&w, bp, NULL, row);
-    double t[64];
-    int k = 0;
-    kern_bf16_gemm(c, n, a, n, n, n, n, bp, NULL, 0.0f, scr, n_threads);
-    double start = peft_time_s();
-    while (k < 64 && (k < 10 || peft_time_s() - start < 1.0)) {
-        double t0 = peft_time_s();
-        kern_bf16_gemm(c, n, a, n, n, n, n, bp, NULL, 0.0f, scr, n_threads);
-        t[k++] = peft_time_s() - t0;
-    }
-    qsort(t, (size_t)k, sizeof t[0], cmp_double);
-    free(a); free(c); free(row); free(scr); free(bp);
-    return 2.0 * n * (double)n * n / t[k / 2] * 1e-9;
+    free(a); free(b); free(c); free(row); free(scr); free(bp);
+    return sec > 0 ? 2.0 * PEAK_N * (double)PEAK_N * PEAK_N / sec * 1e-9 : 0;
 }
 
 static void usage(const char *p) {
@@ -184,7 +180,7 @@ int main(int argc, char **argv) {
     const char *core = openblas_get_corename();
     fprintf(stderr, "OpenBLAS core: %s (OPENBLAS_CORETYPE=%s)\n", core ? core : "?",
             getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "unset");
-    const double speak = sgemm_peak(nthr), bpeak = bf16 ? bf16_peak(nthr) : 0;
+    const double speak = gemm_peak(nthr, false), bpeak = bf16 ? gemm_peak(nthr, true) : 0;
     const double peak = bf16 ? bpeak : speak;
     fprintf(stderr, "sgemm 1024^3 on %d threads: %.1f GFLOP/s\n", nthr, speak);
     if (bf16) fprintf(stderr, "bf16 AMX GEMM 1024^3 on %d threads: %.1f GFLOP/s\n", nthr, bpeak);
