@@ -23,39 +23,28 @@ models in tests/fixtures/models/ (made by tools/make_fixtures.py).
 """
 from __future__ import annotations
 
-import os
-import sys
-
-if os.environ.get("PYTHONHASHSEED") != "0":
-    os.environ["PYTHONHASHSEED"] = "0"
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+import fixture_common  # noqa: F401  (first: re-executes hermetically, keeps HF offline)
 
 import copy  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import shutil  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from fixture_common import (INIT_SCALE, MASK, MODELS_REL, ROOT, clean_dir, f, load_base,  # noqa: E402,F401
+                            make_labels)
+from fixture_common import save_peft_adapter as save_adapter  # noqa: E402
+from fixture_common import shifted_ce as manual_loss  # noqa: E402
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from safetensors.numpy import load_file as np_load_file  # noqa: E402
 from safetensors.numpy import save_file as np_save_file  # noqa: E402
-from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+from transformers import get_cosine_schedule_with_warmup  # noqa: E402
 
-hf_logging.set_verbosity_error()
-
-ROOT = Path(__file__).resolve().parent.parent
-MODELS_REL = "tests/fixtures/models"  # relative, so base_model_name_or_path is machine independent
 OUT = ROOT / "tests" / "fixtures" / "lora"
 
-INIT_SCALE = 0.1
 N_STEPS = 30
 LR = 1e-3
 BETAS = (0.9, 0.999)
@@ -64,9 +53,6 @@ WEIGHT_DECAY = 0.01
 WARMUP = 5
 MAX_NORM = 1.0
 ACCUM = 2
-
-# label masking: row 0 positions 0..3, row 1 positions 10..15 are -100
-MASK = {0: range(0, 4), 1: range(10, 16)}
 
 CASES = [
     dict(name="llama_all", model="tiny-llama", seed=101,
@@ -83,18 +69,8 @@ CASES = [
 ]
 
 
-def load_base(model: str) -> torch.nn.Module:
-    m = AutoModelForCausalLM.from_pretrained(f"{MODELS_REL}/{model}", dtype=torch.float32,
-                                             attn_implementation="eager")
-    m.eval()
-    return m
 
 
-def make_labels(input_ids: np.ndarray) -> np.ndarray:
-    labels = input_ids.astype(np.int32).copy()
-    for row, cols in MASK.items():
-        labels[row, list(cols)] = -100
-    return labels
 
 
 def adapter_key(param_name: str) -> str:
@@ -109,27 +85,10 @@ def lora_params(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     return out
 
 
-def manual_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross entropy of logits[:, :-1] against labels[:, 1:], -100 ignored."""
-    lg = logits[:, :-1, :].reshape(-1, logits.shape[-1]).double()
-    lb = labels[:, 1:].reshape(-1).long()
-    return F.cross_entropy(lg, lb, ignore_index=-100, reduction="mean")
 
 
-def clean_dir(d: Path) -> None:
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True)
 
 
-def save_adapter(model, d: Path) -> None:
-    model.save_pretrained(str(d))
-    # save_pretrained also writes a model card README.md (peft boilerplate); it carries
-    # nothing the C side needs, so keep only adapter_config.json + adapter_model.safetensors.
-    card = d / "README.md"
-    if card.exists():
-        card.unlink()
-    assert sorted(p.name for p in d.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
 
 
 def lr_lambda(step: int) -> float:
@@ -160,8 +119,6 @@ def replay_step(ws, ms, vs, grads, step, total_norm_torch) -> None:
         w -= lr * m_hat / denom
 
 
-def f(x) -> float:
-    return float(x)
 
 
 def run_case(case: dict, report: list[str]) -> dict:

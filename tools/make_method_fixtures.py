@@ -25,45 +25,34 @@ models in tests/fixtures/models/ (made by tools/make_fixtures.py).
 """
 from __future__ import annotations
 
-import os
-import sys
-
-if os.environ.get("PYTHONHASHSEED") != "0":
-    os.environ["PYTHONHASHSEED"] = "0"
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+import fixture_common  # noqa: F401  (first: re-executes hermetically, keeps HF offline)
 
 import json  # noqa: E402
 import math  # noqa: E402
-import shutil  # noqa: E402
+import os  # noqa: E402
 import warnings  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import peft  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
+from fixture_common import (INIT_SCALE, MASK, MODELS_REL, ROOT, clean_dir, f,  # noqa: E402,F401
+                            make_labels, save_peft_adapter, shifted_ce)
+from fixture_common import load_base as load_causal  # noqa: E402
 from peft import (IA3Config, LoraConfig, PeftConfig, PeftModel, PrefixTuningConfig,  # noqa: E402
                   PromptTuningConfig, get_peft_model, set_peft_model_state_dict)
 from safetensors.numpy import load_file as np_load_file  # noqa: E402
 from safetensors.numpy import save_file as np_save_file  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: E402
+from transformers import AutoModelForSequenceClassification  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
 
-hf_logging.set_verbosity_error()
 warnings.filterwarnings("ignore")
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS_REL = "tests/fixtures/models"  # relative, so base_model_name_or_path is machine independent
 OUT = ROOT / "tests" / "fixtures" / "methods"
 
-INIT_SCALE = 0.1
-MASK = {0: range(0, 4), 1: range(10, 16)}  # causal label masking, as in make_lora_fixtures.py
 PAD_ID = 317
 PAD_REPLACEMENT = 5
 CLS_LABELS = [1, 2]
@@ -102,34 +91,20 @@ CASES = [
 # helpers
 # ---------------------------------------------------------------------------------------
 
-def f(x) -> float:
-    return float(x)
 
 
 def load_base(model: str, seqcls: bool = False) -> torch.nn.Module:
-    if seqcls:
-        torch.manual_seed(0)  # the un-saved base `score` init; overridden by modules_to_save
-        m = AutoModelForSequenceClassification.from_pretrained(
-            f"{MODELS_REL}/{model}", num_labels=NUM_LABELS, dtype=torch.float32, attn_implementation="eager")
-    else:
-        m = AutoModelForCausalLM.from_pretrained(f"{MODELS_REL}/{model}", dtype=torch.float32,
-                                                 attn_implementation="eager")
+    if not seqcls:
+        return load_causal(model)
+    torch.manual_seed(0)  # the un-saved base `score` init; overridden by modules_to_save
+    m = AutoModelForSequenceClassification.from_pretrained(
+        f"{MODELS_REL}/{model}", num_labels=NUM_LABELS, dtype=torch.float32, attn_implementation="eager")
     m.eval()
     return m
 
 
-def clean_dir(d: Path) -> None:
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True)
 
 
-def save_peft_adapter(model, d: Path) -> None:
-    model.save_pretrained(str(d))
-    card = d / "README.md"  # peft's boilerplate model card
-    if card.exists():
-        card.unlink()
-    assert sorted(p.name for p in d.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
 
 
 def write_json(path: Path, obj) -> None:
@@ -141,18 +116,8 @@ def save_tensors(path: Path, tensors: dict, metadata: dict) -> None:
     np_save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)
 
 
-def make_labels(input_ids: np.ndarray) -> np.ndarray:
-    labels = input_ids.astype(np.int32).copy()
-    for row, cols in MASK.items():
-        labels[row, list(cols)] = -100
-    return labels
 
 
-def shifted_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """HF causal loss: mean CE of logits[:, :-1] against labels[:, 1:], -100 ignored (float64)."""
-    lg = logits[:, :-1, :].reshape(-1, logits.shape[-1]).double()
-    lb = labels[:, 1:].reshape(-1).long()
-    return F.cross_entropy(lg, lb, ignore_index=-100, reduction="mean")
 
 
 def trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
