@@ -211,8 +211,8 @@ int peft_model_set_compute(peft_model *m, peft_compute c) {
         return peft_fail(err, PEFT_ERR_NOMEM, "%s: no memory for the bf16 copies of the weights (%.0f MiB)", m->path,
                          (double)total * 2 / 1048576.0);
     }
-    memset(m->bf16_packs, 0, total * sizeof(uint16_t));
-    /* k_off[i] >= 0: weight i's backward goes into a shared pack at that row */
+    /* the packing jobs, layer by layer: ws[i], whose backward goes into a
+     * shared pack at row k_off[i] when k_off[i] >= 0 */
     int64_t *k_off = peft_malloc(sizeof *k_off * (size_t)n, err);
     if (!k_off) {
         free(rows);
@@ -221,33 +221,41 @@ int peft_model_set_compute(peft_model *m, peft_compute c) {
         return PEFT_ERR_NOMEM;
     }
     size_t off = 0;
-    for (int i = 0; i < n; i++) {
-        k_off[i] = -1;
-        const kern_weight *w = ws[i];
-        const model_layer *L = NULL;
-        for (int l = 0; l < m->cfg.n_layer && !L; l++)
-            if (w == &m->layers[l].lin[ROLE_Q].w) L = &m->layers[l];
-        if (L && model_qkv_fusable(L)) {
-            kern_weight *q = ws[i], *k = ws[i + 1], *v = ws[i + 2]; /* frozen_mats lists Q, K, V in order */
-            q->bf16_fwd = m->bf16_packs + off;
-            off += kern_bf16_pack_elems(q->cols, q->rows);
-            k->bf16_fwd = m->bf16_packs + off;
-            off += kern_bf16_pack_elems(k->cols, k->rows);
-            v->bf16_fwd = m->bf16_packs + off;
-            off += kern_bf16_pack_elems(v->cols, v->rows);
+    int nj = 0;
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        model_layer *L = &m->layers[l];
+        int r0 = 0;
+        if (model_qkv_fusable(L)) {
+            kern_weight *q = &L->lin[ROLE_Q].w, *k = &L->lin[ROLE_K].w, *v = &L->lin[ROLE_V].w;
             const int64_t K = q->rows + k->rows + v->rows, nkb = (K + 31) / 32;
-            const uint16_t *shared = m->bf16_packs + off;
+            uint16_t *shared = m->bf16_packs + off;
             off += kern_bf16_pack_elems(K, q->cols);
-            q->bf16_bwd = shared;
-            k->bf16_bwd = shared + (size_t)(q->rows / 32) * 512;
-            v->bf16_bwd = shared + (size_t)((q->rows + k->rows) / 32) * 512;
-            q->bf16_bwd_nkb = k->bf16_bwd_nkb = v->bf16_bwd_nkb = (int)nkb;
-            k_off[i] = 0;
-            k_off[i + 1] = q->rows;
-            k_off[i + 2] = q->rows + k->rows;
-            i += 2;
-            continue;
+            memset(shared, 0, kern_bf16_pack_elems(K, q->cols) * sizeof(uint16_t));
+            int64_t row = 0;
+            for (int r = ROLE_Q; r <= ROLE_V; r++) {
+                kern_weight *w = &L->lin[r].w;
+                w->bf16_fwd = m->bf16_packs + off;
+                off += kern_bf16_pack_elems(w->cols, w->rows);
+                w->bf16_bwd = shared + (size_t)(row / 32) * 512;
+                w->bf16_bwd_nkb = (int)nkb;
+                ws[nj] = w;
+                k_off[nj++] = row;
+                row += w->rows;
+            }
+            r0 = ROLE_V + 1;
         }
+        for (int r = r0; r < ROLE_N_LINEAR; r++)
+            if (L->lin[r].present) {
+                ws[nj] = &L->lin[r].w;
+                k_off[nj++] = -1;
+            }
+    }
+    if (m->lm_head.data) {
+        ws[nj] = &m->lm_head;
+        k_off[nj++] = -1;
+    }
+    for (int i = 0; i < nj; i++) {
+        if (k_off[i] >= 0) continue;
         ws[i]->bf16_fwd = m->bf16_packs + off;
         off += kern_bf16_pack_elems(ws[i]->cols, ws[i]->rows);
         ws[i]->bf16_bwd = m->bf16_packs + off;
@@ -256,7 +264,7 @@ int peft_model_set_compute(peft_model *m, peft_compute c) {
     }
     int status = 0;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(min : status)
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < nj; i++) {
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
