@@ -3,7 +3,12 @@
  * TEST_MAIN_END prints "N passed, N failed" and returns the exit code.
  * A test that cannot run here (missing optional model or reference stack)
  * calls TEST_SKIP with the reason: if every test of the file skipped, the
- * executable exits 77 and CTest reports it as skipped, with the reason. */
+ * executable exits 77 and CTest reports it as skipped, with the reason.
+ * With PEFT_TEST_STRICT=1 in the environment (CI sets it: CI installs every
+ * model, package and data set the tests use) a TEST_SKIP fails instead, so
+ * a missing install step cannot hide behind a skip; only TEST_SKIP_HW, for
+ * hardware this machine lacks (AMX), still skips. A test that failed a
+ * CHECK before it skipped counts as failed. */
 #ifndef PEFT_TEST_H
 #define PEFT_TEST_H
 
@@ -65,7 +70,42 @@ static int test_cur_skipped_ = 0;
         }                                                                              \
     } while (0)
 
-#define TEST_SKIP(...)                             \
+static inline int test_strict_(void) {
+    const char *s = getenv("PEFT_TEST_STRICT");
+    return s && *s && strcmp(s, "0") != 0;
+}
+
+/* Skips the current test; fails it under PEFT_TEST_STRICT. */
+#define TEST_SKIP(...)                                                                    \
+    do {                                                                                  \
+        if (test_strict_()) {                                                             \
+            fprintf(stderr, "  %s:%d: would skip, but PEFT_TEST_STRICT is set: ", __FILE__, \
+                    __LINE__);                                                            \
+            fprintf(stderr, __VA_ARGS__);                                                 \
+            fprintf(stderr, "\n");                                                        \
+            test_failures_++;                                                             \
+            return;                                                                       \
+        }                                                                                 \
+        fprintf(stdout, "  SKIPPED: ");                                                   \
+        fprintf(stdout, __VA_ARGS__);                                                     \
+        fprintf(stdout, "\n");                                                            \
+        test_cur_skipped_ = 1;                                                            \
+        return;                                                                           \
+    } while (0)
+
+/* Fails the current test with a message and returns (a committed fixture
+ * that is missing is a failure, not a skip). */
+#define TEST_FAIL(...)                                                   \
+    do {                                                                 \
+        fprintf(stderr, "  %s:%d: ", __FILE__, __LINE__);                \
+        fprintf(stderr, __VA_ARGS__);                                    \
+        fprintf(stderr, "\n");                                           \
+        test_failures_++;                                                \
+        return;                                                          \
+    } while (0)
+
+/* Skips for hardware this machine lacks: a skip even under PEFT_TEST_STRICT. */
+#define TEST_SKIP_HW(...)                          \
     do {                                           \
         fprintf(stdout, "  SKIPPED: ");            \
         fprintf(stdout, __VA_ARGS__);              \
@@ -79,15 +119,15 @@ static int test_cur_skipped_ = 0;
         int before_ = test_failures_;                                    \
         test_cur_skipped_ = 0;                                           \
         fn();                                                            \
-        if (test_cur_skipped_) {                                         \
-            test_skipped_++;                                             \
-            printf("skip %s\n", #fn);                                    \
-        } else if (test_failures_ == before_) {                          \
-            test_passed_++;                                              \
-            printf("ok   %s\n", #fn);                                    \
-        } else {                                                         \
+        if (test_failures_ != before_) {                                 \
             test_failed_++;                                              \
             printf("FAIL %s\n", #fn);                                    \
+        } else if (test_cur_skipped_) {                                  \
+            test_skipped_++;                                             \
+            printf("skip %s\n", #fn);                                    \
+        } else {                                                         \
+            test_passed_++;                                              \
+            printf("ok   %s\n", #fn);                                    \
         }                                                                \
         fflush(stdout);                                                  \
     } while (0)

@@ -65,7 +65,7 @@ static double gemm_case(int M, int K, int N, bool use_bias, float beta, int thre
 }
 
 static void gemm_matches_reference_on_edges(void) {
-    if (!kern_bf16_supported()) { TEST_SKIP("this CPU (or this build) has no AMX-BF16: the bf16 path is not used here"); }
+    if (!kern_bf16_supported()) { TEST_SKIP_HW("this CPU (or this build) has no AMX-BF16: the bf16 path is not used here"); }
     const int shapes[][3] = {{1, 32, 32}, {5, 7, 3}, {33, 64, 40}, {128, 96, 256}, {130, 100, 290}, {257, 2100, 70}, {64, 4100, 33}};
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
         for (int v = 0; v < 3; v++) {
@@ -78,7 +78,7 @@ static void gemm_matches_reference_on_edges(void) {
 }
 
 static void gemm_does_not_depend_on_thread_count(void) {
-    if (!kern_bf16_supported()) { TEST_SKIP("no AMX-BF16 here"); }
+    if (!kern_bf16_supported()) { TEST_SKIP_HW("no AMX-BF16 here"); }
     const int M = 300, K = 2200, N = 530;
     float *r1 = malloc(sizeof(float) * M * N), *r2 = malloc(sizeof(float) * M * N), *r3 = malloc(sizeof(float) * M * N);
     gemm_case(M, K, N, true, 1.0f, 1, r1);
@@ -93,7 +93,7 @@ static void gemm_does_not_depend_on_thread_count(void) {
  * dequantized W, and kern_matmul / kern_matmul_dx with packs attached agree
  * with the f32 path to bf16 precision. */
 static void packed_linears_match_the_f32_path(void) {
-    if (!kern_bf16_supported()) { TEST_SKIP("no AMX-BF16 here"); }
+    if (!kern_bf16_supported()) { TEST_SKIP_HW("no AMX-BF16 here"); }
     const peft_dtype dts[] = {PEFT_DT_F32, PEFT_DT_F16, PEFT_DT_BF16, PEFT_DT_Q8_0, PEFT_DT_Q4_1};
     const int N = 96, K = 160, T = 70;
     for (size_t d = 0; d < sizeof dts / sizeof *dts; d++)
@@ -156,7 +156,7 @@ static void packed_linears_match_the_f32_path(void) {
  * within 1 %, the LoRA gradient within 5 % (in norm) — bf16 keeps 8
  * significant bits — and not identical (the bf16 path ran). */
 static void training_step_in_bf16_follows_f32(void) {
-    if (!kern_bf16_supported()) { TEST_SKIP("no AMX-BF16 here"); }
+    if (!kern_bf16_supported()) { TEST_SKIP_HW("no AMX-BF16 here"); }
     const char *models[] = {"tests/fixtures/models/tiny-llama", "tests/fixtures/models/tiny-gpt2",
                             "tests/fixtures/models/tiny-qwen2.q8_0.gguf"};
     for (int mi = 0; mi < 3; mi++) {

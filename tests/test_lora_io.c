@@ -425,7 +425,7 @@ static void peft_adapters_load(void) {
         char dir[256], path[300];
         snprintf(dir, sizeof dir, LFIX "%s/adapter", c->name);
         snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-        if (!peft_file_exists(path)) TEST_SKIP("%s missing (tools/make_lora_fixtures.py)", path);
+        if (!peft_file_exists(path)) TEST_FAIL("%s missing (tools/make_lora_fixtures.py)", path);
         loaded l = load_model(c->model);
         if (!l.m) { CHECK(0); continue; }
         peft_err err = {0};
@@ -528,7 +528,7 @@ static void write_adapter(const char *dir, const char *config_json, const st_wri
 static void mismatched_adapters_fail_clearly(void) {
     loaded l = load_model(MFIX "tiny-llama");
     if (!l.m) { CHECK(0); return; }
-    if (!peft_file_exists(LFIX "gpt2_all/adapter/adapter_config.json")) { unload(&l); TEST_SKIP("no lora fixtures"); }
+    if (!peft_file_exists(LFIX "gpt2_all/adapter/adapter_config.json")) { unload(&l); TEST_FAIL("committed LoRA fixtures missing (tools/make_lora_fixtures.py)"); }
     char tmp[64];
     make_tmp(tmp, sizeof tmp);
     peft_err err = {0};
@@ -680,7 +680,7 @@ static int merge_case(const lcase *c, const char *base, const char *out) {
 }
 
 static void merged_hf_folders_match_peft(void) {
-    if (!peft_file_exists(LFIX "llama_all/reference.safetensors")) TEST_SKIP("no lora fixtures");
+    if (!peft_file_exists(LFIX "llama_all/reference.safetensors")) TEST_FAIL("committed LoRA fixtures missing (tools/make_lora_fixtures.py)");
     for (int ci = 0; ci < N_CASES; ci++) {
         const lcase *c = &cases[ci];
         char tmp[64], out[128];
@@ -720,7 +720,7 @@ static void merged_hf_folders_match_peft(void) {
 }
 
 static void merged_gguf_matches_peft(void) {
-    if (!peft_file_exists(LFIX "llama_all/reference.safetensors")) TEST_SKIP("no lora fixtures");
+    if (!peft_file_exists(LFIX "llama_all/reference.safetensors")) TEST_FAIL("committed LoRA fixtures missing (tools/make_lora_fixtures.py)");
     for (int ci = 0; ci < N_CASES; ci++) {
         const lcase *c = &cases[ci];
         char tmp[64], out[128];
@@ -756,7 +756,7 @@ static void merged_gguf_matches_peft(void) {
 /* Q8_0 bases stay Q8_0; the merged model is the Q8_0 base plus the delta
  * (checked against merging in f32 and quantizing, through the logits). */
 static void merged_q8_0_gguf_keeps_types(void) {
-    if (!peft_file_exists(LFIX "llama_all/reference.safetensors")) TEST_SKIP("no lora fixtures");
+    if (!peft_file_exists(LFIX "llama_all/reference.safetensors")) TEST_FAIL("committed LoRA fixtures missing (tools/make_lora_fixtures.py)");
     for (int ci = 0; ci < N_CASES; ci++) {
         const lcase *c = &cases[ci];
         if (!c->gguf_q8) continue;
@@ -885,7 +885,7 @@ static void gguf_lora_export_matches_llama_cpp_layout(void) {
     char *text = NULL;
     size_t len = 0;
     peft_err err = {0};
-    if (!peft_file_exists(LFIX "llama_all/gguf_lora.json")) TEST_SKIP("no gguf_lora.json fixture");
+    if (!peft_file_exists(LFIX "llama_all/gguf_lora.json")) TEST_FAIL("committed gguf_lora.json fixture missing");
     CHECK_OK(peft_read_file(LFIX "llama_all/gguf_lora.json", &text, &len, &err));
     cJSON *spec = cJSON_Parse(text);
     free(text);
@@ -918,7 +918,7 @@ static void gguf_lora_export_matches_llama_cpp_layout(void) {
 /* The exported LoRA applied to the GGUF base (as llama.cpp would:
  * W + alpha/r · lora_b·lora_a, in GGUF row order) equals our merged GGUF. */
 static void gguf_lora_export_agrees_with_merge(void) {
-    if (!peft_file_exists(LFIX "llama_all/adapter/adapter_config.json")) TEST_SKIP("no lora fixtures");
+    if (!peft_file_exists(LFIX "llama_all/adapter/adapter_config.json")) TEST_FAIL("committed LoRA fixtures missing (tools/make_lora_fixtures.py)");
     char tmp[64], lp[128], mp[128];
     make_tmp(tmp, sizeof tmp);
     snprintf(lp, sizeof lp, "%s/lora.gguf", tmp);
@@ -978,7 +978,7 @@ static void gguf_lora_export_agrees_with_merge(void) {
 /* GPT-2: c_attn and the two c_proj export as attn_qkv / attn_output /
  * ffn_down, never permuted, with shapes matching the GGUF base. */
 static void gguf_lora_export_gpt2_and_qwen2(void) {
-    if (!peft_file_exists(LFIX "gpt2_all/adapter/adapter_config.json")) TEST_SKIP("no lora fixtures");
+    if (!peft_file_exists(LFIX "gpt2_all/adapter/adapter_config.json")) TEST_FAIL("committed LoRA fixtures missing (tools/make_lora_fixtures.py)");
     const lcase *cs[2] = {&cases[2], &cases[3]};
     for (int ci = 0; ci < 2; ci++) {
         char tmp[64], out[128], dir[256];

@@ -101,6 +101,8 @@ static void one_case(const rcase *c) {
     CHECK_MSG(a != NULL, "%s: %s", c->name, err.msg);
     const st_tensor *ids_t = st_find(ref, "input_ids"), *lab_t = st_find(ref, "labels"), *loss_t = st_find(ref, "loss");
     const st_tensor *cls_t = st_find(ref, "cls_labels"), *mask_t = st_find(ref, "attention_mask"), *lg_t = st_find(ref, "logits");
+    /* a fixture without what is compared must fail, not pass unchecked */
+    CHECK_MSG(ids_t && loss_t && lg_t, "%s: reference lacks input_ids, loss or logits", c->name);
     if (!m || !a || !ids_t || !loss_t || !lg_t) goto out;
     const int B = (int)ids_t->shape[0], T = (int)ids_t->shape[1], V = m->cfg.vocab;
     const int32_t *ids = ids_t->data;
@@ -177,6 +179,8 @@ static void one_case(const rcase *c) {
         worst = fmax(worst, r);
         checked++;
     }
+    CHECK_MSG(checked == a->n_tensors && checked > 0, "%s: %d of %d trainable tensors compared", c->name, checked,
+              a->n_tensors);
     printf("    %-26s loss %.6f (ref %.6f)  logits %.2g  %2d gradients, worst %.2g\n", c->name, got, want, lrel, checked, worst);
     tg_free(g);
 out:
