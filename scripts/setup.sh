@@ -5,6 +5,8 @@
 #   bash scripts/setup.sh            # everything
 #   bash scripts/setup.sh --deps     # Debian packages only
 #   bash scripts/setup.sh --model    # default model only
+#   bash scripts/setup.sh --reference  # the Python reference stack the tests
+#                                      # compare against (tools/requirements.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,10 +50,22 @@ PY
     echo "setup: model at $MODEL"
 }
 
+reference() {
+    if python3 - <<'PY' 2>/dev/null
+import importlib.metadata as md, sys
+want = [l.split("==") for l in open("tools/requirements.txt") if "==" in l and not l.startswith("#")]
+sys.exit(0 if all(md.version(n.strip()) == v.strip() for n, v in want) else 1)
+PY
+    then return 0; fi
+    echo "setup: installing the Python reference stack (tools/requirements.txt; torch is a large download)"
+    python3 -m pip install --quiet --disable-pip-version-check -r tools/requirements.txt
+}
+
 case "${1:-all}" in
     --deps) deps ;;
     --model) model ;;
+    --reference) reference ;;
     --build) build ;;
     all) deps; build; model ;;
-    *) echo "usage: $0 [--deps|--build|--model]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--deps|--build|--model|--reference]" >&2; exit 2 ;;
 esac
