@@ -561,7 +561,7 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
     const cJSON *bm = cJSON_GetObjectItemCaseSensitive(o, "base_model_name_or_path");
     if (cJSON_IsString(bm)) {
         free(a->base_model);
-        a->base_model = peft_strdup(bm->valuestring, err);
+        if (!(a->base_model = peft_strdup(bm->valuestring, err))) { rc = PEFT_ERR_NOMEM; goto done; }
     }
     *out = a;
     a = NULL;
