@@ -156,7 +156,7 @@ typedef struct {
     bool *is_val;
 } history;
 
-static int hist_add(history *h, int step, double loss, bool is_val) {
+static int hist_add(history *h, int step, double loss, bool is_val, peft_err *err) {
     if (h->n == h->cap) {
         int cap = h->cap ? 2 * h->cap : 256;
         int *s = realloc(h->step, (size_t)cap * sizeof *s);
@@ -165,7 +165,7 @@ static int hist_add(history *h, int step, double loss, bool is_val) {
         if (l) h->loss = l;
         bool *v = realloc(h->is_val, (size_t)cap * sizeof *v);
         if (v) h->is_val = v;
-        if (!s || !l || !v) return PEFT_ERR_NOMEM;
+        if (!s || !l || !v) return peft_fail(err, PEFT_ERR_NOMEM, "out of memory recording the loss history");
         h->cap = cap;
     }
     h->step[h->n] = step;
@@ -191,30 +191,32 @@ static int write_svg(const history *h, const char *path, peft_err *err) {
     }
     if (!(hi > lo)) { lo = isfinite(lo) ? lo - 1 : 0; hi = lo + 2; }
     peft_buf b = {0};
-    peft_buf_printf(&b, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%g\" height=\"%g\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
-    peft_buf_printf(&b, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n<text x=\"%g\" y=\"18\" text-anchor=\"middle\">loss</text>\n", W / 2);
-    peft_buf_printf(&b, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", L, H - B, W - R, H - B);
-    peft_buf_printf(&b, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", L, T, L, H - B);
+    int rc = 0;
+    rc |= peft_buf_printf(&b, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%g\" height=\"%g\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
+    rc |= peft_buf_printf(&b, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n<text x=\"%g\" y=\"18\" text-anchor=\"middle\">loss</text>\n", W / 2);
+    rc |= peft_buf_printf(&b, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", L, H - B, W - R, H - B);
+    rc |= peft_buf_printf(&b, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", L, T, L, H - B);
     for (int k = 0; k <= 4; k++) {
         double v = lo + (hi - lo) * k / 4, y = H - B - (H - T - B) * k / 4;
-        peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" text-anchor=\"end\">%.3g</text>\n", L - 5, y + 4, v);
+        rc |= peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" text-anchor=\"end\">%.3g</text>\n", L - 5, y + 4, v);
         int s = (int)lround((double)smax * k / 4);
-        peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">%d</text>\n", L + (W - L - R) * k / 4, H - B + 18, s);
+        rc |= peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">%d</text>\n", L + (W - L - R) * k / 4, H - B + 18, s);
     }
-    peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">step</text>\n", L + (W - L - R) / 2, H - 10);
+    rc |= peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">step</text>\n", L + (W - L - R) / 2, H - 10);
     for (int pass = 0; pass < 2; pass++) {
-        peft_buf_printf(&b, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", pass ? "#e6550d" : "#3182bd");
+        rc |= peft_buf_printf(&b, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", pass ? "#e6550d" : "#3182bd");
         for (int i = 0; i < h->n; i++) {
             if (h->is_val[i] != (pass == 1) || !isfinite(h->loss[i])) continue;
             double x = L + (W - L - R) * h->step[i] / smax, y = H - B - (H - T - B) * (h->loss[i] - lo) / (hi - lo);
-            peft_buf_printf(&b, "%.1f,%.1f ", x, y);
+            rc |= peft_buf_printf(&b, "%.1f,%.1f ", x, y);
         }
-        peft_buf_printf(&b, "\"/>\n");
+        rc |= peft_buf_printf(&b, "\"/>\n");
     }
-    peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" fill=\"#3182bd\">train</text><text x=\"%g\" y=\"%g\" fill=\"#e6550d\">validation</text>\n</svg>\n",
+    rc |= peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" fill=\"#3182bd\">train</text><text x=\"%g\" y=\"%g\" fill=\"#e6550d\">validation</text>\n</svg>\n",
                     W - R - 120, T + 12, W - R - 60, T + 12);
-    if (!b.data) return peft_fail(err, PEFT_ERR_NOMEM, "out of memory");
-    int rc = peft_write_file_atomic(path, b.data, b.len, err);
+    /* a failed append leaves a shorter, broken chart: not one to write */
+    if (rc || !b.data) rc = peft_fail(err, PEFT_ERR_NOMEM, "%s: out of memory drawing the loss curve", path);
+    else rc = peft_write_file_atomic(path, b.data, b.len, err);
     peft_buf_free(&b);
     return rc;
 }
@@ -348,21 +350,31 @@ static int trim_metrics(const char *path, int step, history *h, peft_err *err) {
     int rc = peft_read_file(path, &text, &len, err);
     if (rc) return rc;
     peft_buf keep = {0};
-    for (char *line = text, *next; line && *line; line = next) {
+    long lineno = 0;
+    for (char *line = text, *next; !rc && line && *line; line = next) {
         next = strchr(line, '\n');
+        lineno++;
+        /* only a last line without its newline (a run killed while
+         * appending it) is dropped: a complete line that does not parse
+         * (out of memory, an edit) is an error, not a lost record */
+        const bool complete = next != NULL;
         if (next) *next++ = 0;
         cJSON *j = cJSON_Parse(line);
+        if (!j && complete) {
+            rc = peft_fail(err, PEFT_ERR_FORMAT, "%s:%ld: not valid JSON (or out of memory)", path, lineno);
+            break;
+        }
         const cJSON *s = cJSON_GetObjectItem(j, "step");
         if (cJSON_IsNumber(s) && s->valueint <= step) {
-            peft_buf_printf(&keep, "%s\n", line);
             const cJSON *l = cJSON_GetObjectItem(j, "loss"), *v = cJSON_GetObjectItem(j, "val_loss");
-            if (cJSON_IsNumber(l)) hist_add(h, s->valueint, l->valuedouble, false);
-            if (cJSON_IsNumber(v)) hist_add(h, s->valueint, v->valuedouble, true);
+            if (peft_buf_printf(&keep, "%s\n", line)) rc = peft_fail(err, PEFT_ERR_NOMEM, "%s: out of memory", path);
+            if (!rc && cJSON_IsNumber(l)) rc = hist_add(h, s->valueint, l->valuedouble, false, err);
+            if (!rc && cJSON_IsNumber(v)) rc = hist_add(h, s->valueint, v->valuedouble, true, err);
         }
         cJSON_Delete(j);
     }
     free(text);
-    rc = peft_write_file_atomic(path, keep.data ? keep.data : "", keep.len, err);
+    if (!rc) rc = peft_write_file_atomic(path, keep.data ? keep.data : "", keep.len, err);
     peft_buf_free(&keep);
     return rc;
 }
@@ -438,7 +450,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
         else
             snprintf(line, sizeof line, "{\"step\": 0, \"val_loss\": %.6f, \"val_accuracy\": %.6f}", res->val_loss_before, acc0);
         if ((rc = append_line(metrics, line, err))) goto done;
-        hist_add(&hist, 0, res->val_loss_before, true);
+        if ((rc = hist_add(&hist, 0, res->val_loss_before, true, err))) goto done;
         if (p->progress) {
             train_progress pr = {.step = 0, .total_steps = total, .is_eval = true, .val_loss = res->val_loss_before,
                                  .val_ppl = exp(res->val_loss_before), .val_acc = acc0};
@@ -501,7 +513,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
                  "{\"step\": %d, \"epoch\": %d, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens\": %lld, \"targets\": %d, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}",
                  step + 1, data_loader_epoch(ld), step_loss, lr, gn, (long long)step_tokens, step_targets, tps, el);
         if ((rc = append_line(metrics, line, err))) goto done;
-        hist_add(&hist, step + 1, step_loss, false);
+        if ((rc = hist_add(&hist, step + 1, step_loss, false, err))) goto done;
         if (p->progress) {
             train_progress pr = {.step = step + 1, .total_steps = total, .epoch = data_loader_epoch(ld), .loss = step_loss,
                                  .lr = lr, .grad_norm = gn, .tokens_per_s = tps, .elapsed_s = el,
@@ -522,7 +534,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
             else
                 snprintf(line, sizeof line, "{\"step\": %d, \"val_loss\": %.6f, \"val_accuracy\": %.6f}", step + 1, vl, acc);
             if ((rc = append_line(metrics, line, err))) goto done;
-            hist_add(&hist, step + 1, vl, true);
+            if ((rc = hist_add(&hist, step + 1, vl, true, err))) goto done;
             if (p->progress) {
                 train_progress pr = {.step = step + 1, .total_steps = total, .is_eval = true, .val_loss = vl, .val_ppl = exp(vl),
                                      .val_acc = acc};
