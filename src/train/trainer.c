@@ -12,6 +12,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -221,12 +222,35 @@ static int write_svg(const history *h, const char *path, peft_err *err) {
     return rc;
 }
 
+/* Appends one line, or nothing: a write that fails midway (a full disk) is
+ * cut back off, so the file keeps only complete lines. */
 static int append_line(const char *path, const char *line, peft_err *err) {
-    FILE *f = fopen(path, "ab");
-    if (!f) return peft_fail(err, PEFT_ERR_IO, "%s: cannot append: %s", path, strerror(errno));
-    fputs(line, f);
-    fputc('\n', f);
-    if (fclose(f) != 0) return peft_fail(err, PEFT_ERR_IO, "%s: write failed", path);
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0644);
+    if (fd < 0) return peft_fail(err, PEFT_ERR_IO, "%s: cannot append: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return peft_fail(err, PEFT_ERR_IO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    const size_t n = strlen(line);
+    size_t done = 0;
+    int e = 0;
+    while (done <= n && !e) {
+        /* the line, then its newline */
+        const char *p = done < n ? line + done : "\n";
+        ssize_t w = write(fd, p, done < n ? n - done : 1);
+        if (w < 0 && errno != EINTR) e = errno;
+        else if (w == 0) e = EIO;
+        else if (w > 0) done += (size_t)w;
+    }
+    if (e) {
+        /* if even this fails, the error below still names the file */
+        int t = ftruncate(fd, st.st_size);
+        (void)t;
+    }
+    if (close(fd) != 0 && !e) e = errno;
+    if (e) return peft_fail(err, PEFT_ERR_IO, "%s: write failed: %s", path, strerror(e));
     return 0;
 }
 
