@@ -270,14 +270,17 @@ static int save_checkpoint(const char *out_dir, int step, const adapter *a, cons
                            const adamw_state *opt, const data_loader *ld, int prev_step, peft_err *err) {
     char dir[4096], p[4200];
     snprintf(dir, sizeof dir, "%s/checkpoint-%d", out_dir, step);
+    /* a checkpoint that fails to save (a full disk) is removed again unless
+     * it was there before: LATEST still names the previous one */
+    const bool existed = peft_is_dir(dir);
     int rc = peft_mkdir_p(dir, err);
     if (rc) return rc;
     /* the adapter as a user would load it (not for full fine-tuning: the
      * parameters below are the whole model already) */
-    if (a->method != METHOD_FULL && (rc = adapter_save(a, m, dir, err))) return rc;
+    if (a->method != METHOD_FULL && (rc = adapter_save(a, m, dir, err))) goto fail;
     size_t ls = data_loader_state_size(ld);
     uint8_t *state = peft_malloc(ls ? ls : 1, err);
-    if (!state) return PEFT_ERR_NOMEM;
+    if (!state) { rc = PEFT_ERR_NOMEM; goto fail; }
     data_loader_get_state(ld, state);
     char step_s[32], t_s[32];
     snprintf(step_s, sizeof step_s, "%d", step);
@@ -294,17 +297,20 @@ static int save_checkpoint(const char *out_dir, int step, const adapter *a, cons
     snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
     rc = st_write(p, ts, 4, meta, err);
     free(state);
-    if (rc) return rc;
+    if (rc) goto fail;
     /* the checkpoint is complete: point LATEST at it, then drop the old one */
     char latest[4200], name[64];
     snprintf(latest, sizeof latest, "%s/LATEST", out_dir);
     int n = snprintf(name, sizeof name, "checkpoint-%d\n", step);
-    if ((rc = peft_write_file_atomic(latest, name, (size_t)n, err))) return rc;
+    if ((rc = peft_write_file_atomic(latest, name, (size_t)n, err))) goto fail;
     if (prev_step >= 0 && prev_step != step) {
         snprintf(dir, sizeof dir, "%s/checkpoint-%d", out_dir, prev_step);
         rm_rf_dir(dir);
     }
     return 0;
+fail:
+    if (!existed) rm_rf_dir(dir);
+    return rc;
 }
 
 /* Resolves `resume` (a run folder with LATEST, or a checkpoint folder). */
