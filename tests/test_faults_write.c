@@ -1,7 +1,8 @@
 /* test_faults_write.c — writes that fail midway, as on a full disk. A forked
  * child lowers RLIMIT_FSIZE (with SIGXFSZ ignored, so a write past the limit
  * returns EFBIG) and then saves over an existing result: an adapter, a
- * training run with its checkpoint, a merged model (HF folder and GGUF).
+ * training run with its checkpoint, a merged model (HF folder and GGUF), a
+ * GGUF LoRA export.
  * The limit is swept from 0 to past the largest file written, so the
  * failure lands in each file and at several offsets in it. Then each write,
  * fsync and rename call of the save fails in turn (linked with --wrap: a
@@ -588,6 +589,37 @@ static void merge_over_a_full_disk_keeps_the_previous_model_gguf(void) {
     sweep_write_failures(&sc);
 }
 
+static int export_one(const merge_arg *a, const char *adapter_dir, char *msg, size_t cap) {
+    peft_ctx *ctx = new_ctx();
+    peft_model *m = peft_model_load(ctx, a->model);
+    peft_adapter *ad = m ? peft_adapter_load(m, adapter_dir) : NULL;
+    int rc = ad ? peft_adapter_export_gguf(m, ad, a->out) : PEFT_ERR_IO;
+    fail_with(ctx, rc, msg, cap);
+    peft_adapter_free(ad);
+    peft_model_free(m);
+    peft_free(ctx);
+    return rc;
+}
+
+static int export_setup(const void *arg, char *msg, size_t cap) {
+    const merge_arg *a = arg;
+    return export_one(a, a->old_adapter, msg, cap);
+}
+
+static int export_op(const void *arg, char *msg, size_t cap) {
+    const merge_arg *a = arg;
+    return export_one(a, a->new_adapter, msg, cap);
+}
+
+static void gguf_lora_export_over_a_full_disk_keeps_the_previous_file(void) {
+    char dir[128], out[160];
+    snprintf(dir, sizeof dir, "%s/export", tmpdir_);
+    snprintf(out, sizeof out, "%s/lora.gguf", dir);
+    merge_arg a = {MFIX "tiny-llama.q8_0.gguf", LFIX "llama_all/adapter", LFIX "llama_all/final_adapter", out};
+    scenario sc = {"GGUF LoRA export", dir, export_setup, export_op, &a, NULL, NULL};
+    sweep_write_failures(&sc);
+}
+
 int main(void) {
     snprintf(tmpdir_, sizeof tmpdir_, "%s/peft_wfault_XXXXXX", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
     if (!mkdtemp(tmpdir_)) return 1;
@@ -595,6 +627,7 @@ int main(void) {
     TEST_RUN(checkpoint_over_a_full_disk_keeps_the_run_resumable);
     TEST_RUN(merge_over_a_full_disk_keeps_the_previous_model_hf);
     TEST_RUN(merge_over_a_full_disk_keeps_the_previous_model_gguf);
+    TEST_RUN(gguf_lora_export_over_a_full_disk_keeps_the_previous_file);
     rm_tree(tmpdir_);
     TEST_MAIN_END();
 }
