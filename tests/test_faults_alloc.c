@@ -12,7 +12,8 @@
  * its points).
  *
  * Paths: peft_adapter_load of LoRA and every other method's fixtures; a new
- * adapter of every method, saved; load a model (HF folder, GGUF) -> new
+ * adapter of every method, saved; merging (LoRA into HF and GGUF, DoRA,
+ * IA3) and the GGUF LoRA export; load a model (HF folder, GGUF) -> new
  * LoRA -> two training steps with validation and a checkpoint -> resume for
  * a third -> save.
  *
@@ -593,6 +594,64 @@ static void new_adapter_of_every_method_fails_cleanly_at_every_allocation(void) 
     rm_tree(dir);
 }
 
+/* ---- (d) merge and GGUF export of a loaded adapter ------------------------------- */
+
+typedef struct {
+    peft_ctx *ctx;
+    peft_model *m;
+    peft_adapter *a;
+    const char *out;
+    int export_gguf;
+} merge_arg;
+
+static void path_merge(void *argp, run_result *r) {
+    merge_arg *g = argp;
+    r->rc = g->export_gguf ? peft_adapter_export_gguf(g->m, g->a, g->out) : peft_adapter_merge(g->m, g->a, g->out);
+    snprintf(r->msg, sizeof r->msg, "%s", r->rc ? peft_last_error(g->ctx) : "");
+}
+
+static void merge_and_export_fail_cleanly_at_every_allocation(void) {
+    static const struct {
+        const char *model, *adapter;
+        int export_gguf;
+    } cases[] = {
+        {"tests/fixtures/models/tiny-gpt2", "tests/fixtures/lora/gpt2_all/final_adapter", 0},
+        {"tests/fixtures/models/tiny-llama.q8_0.gguf", "tests/fixtures/lora/llama_all/final_adapter", 0},
+        {"tests/fixtures/models/tiny-llama", "tests/fixtures/methods/dora_llama/adapter", 0},
+        {"tests/fixtures/models/tiny-gpt2", "tests/fixtures/methods/ia3_gpt2/adapter", 0},
+        {"tests/fixtures/models/tiny-llama.q8_0.gguf", "tests/fixtures/lora/llama_all/final_adapter", 1},
+    };
+    char dir[64];
+    snprintf(dir, sizeof dir, "%s/peft_fault_XXXXXX", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
+    CHECK(mkdtemp(dir) != NULL);
+    char work[128], out[160];
+    snprintf(work, sizeof work, "%s/work", dir);
+    peft_ctx_params cp = peft_ctx_default_params();
+    cp.n_threads = 1;
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        peft_ctx *ctx = peft_init(&cp);
+        peft_model *m = ctx ? peft_model_load(ctx, cases[i].model) : NULL;
+        peft_adapter *a = m ? peft_adapter_load(m, cases[i].adapter) : NULL;
+        CHECK_MSG(a != NULL, "%s on %s: %s", cases[i].adapter, cases[i].model, peft_last_error(ctx));
+        if (a) {
+            snprintf(out, sizeof out, "%s/%s", work,
+                     cases[i].export_gguf ? "lora.gguf" : strstr(cases[i].model, ".gguf") ? "merged.gguf" : "merged");
+            merge_arg g = {ctx, m, a, out, cases[i].export_gguf};
+            char label[200];
+            const char *fix = strstr(cases[i].adapter, "fixtures/") + 9;
+            snprintf(label, sizeof label, "%s %.*s into %s", cases[i].export_gguf ? "export" : "merge",
+                     (int)(strrchr(fix, '/') - fix), fix, strrchr(cases[i].model, '/') + 1);
+            mkdir(work, 0755);
+            sweep_stats s;
+            sweep(label, path_merge, &g, work, env_stride(1), &s);
+        }
+        peft_adapter_free(a);
+        peft_model_free(m);
+        peft_free(ctx);
+    }
+    rm_tree(dir);
+}
+
 int main(void) {
     track_slots = __real_calloc(TRACK_CAP, sizeof *track_slots);
     if (!track_slots) return 1;
@@ -608,6 +667,7 @@ int main(void) {
 #endif
     TEST_RUN(adapter_load_fails_cleanly_at_every_allocation);
     TEST_RUN(new_adapter_of_every_method_fails_cleanly_at_every_allocation);
+    TEST_RUN(merge_and_export_fail_cleanly_at_every_allocation);
     TEST_RUN(train_path_fails_cleanly_at_every_allocation_hf);
     TEST_RUN(train_path_fails_cleanly_at_every_allocation_gguf);
     __real_free(track_slots);
