@@ -109,6 +109,14 @@ static void tokenizer_that_does_not_parse(void) {
     expect_load_error(d, PEFT_ERR_FORMAT, "tokenizer.json", NULL);
 }
 
+/* It holds the special tokens and the chat template: a broken one is not
+ * silently ignored. */
+static void tokenizer_config_that_does_not_parse(void) {
+    const char *d = copy_model("badtokcfg");
+    write_text(d, "tokenizer_config.json", "{\"bos_token\": \"<s>\", ");
+    expect_load_error(d, PEFT_ERR_FORMAT, "tokenizer_config.json", "JSON");
+}
+
 static void weight_shape_mismatch_is_named(void) {
     const char *d = copy_model("shape");
     edit_file(d, "config.json", "\"intermediate_size\": 128", "\"intermediate_size\": 256");
@@ -198,6 +206,7 @@ int main(void) {
     TEST_RUN(unsupported_architecture_is_named);
     TEST_RUN(config_that_is_not_json);
     TEST_RUN(tokenizer_that_does_not_parse);
+    TEST_RUN(tokenizer_config_that_does_not_parse);
     TEST_RUN(weight_shape_mismatch_is_named);
     TEST_RUN(absurd_dimensions_are_refused);
     TEST_RUN(missing_weights_file);

@@ -25,7 +25,8 @@ peft_model *peft_model_load(peft_ctx *ctx, const char *path) {
         char *cfg = peft_path_join(path, "config.json", err);
         bool has = cfg && peft_file_exists(cfg);
         free(cfg);
-        if (!has) rc = peft_fail(err, PEFT_ERR_IO, "%s: not a model folder (no config.json)", path);
+        if (!cfg) rc = PEFT_ERR_NOMEM;
+        else if (!has) rc = peft_fail(err, PEFT_ERR_IO, "%s: not a model folder (no config.json)", path);
         else rc = model_load_hf(m, err);
     } else if (ends_with(path, ".gguf") || peft_file_exists(path)) {
         rc = model_load_gguf(m, err);

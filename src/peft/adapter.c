@@ -268,11 +268,13 @@ static int new_bn(adapter *a, const peft_model *m, int *idx, peft_err *err) {
             adapter_layer_prefix(m, l, pre, sizeof pre);
             const char *sn = site ? "output_adapter" : "attention_adapter";
             snprintf(key, sizeof key, "base_model.model.%s.%s.adapter_down.weight", pre, sn);
+            /* the module's four tensors must be consecutive (adapter_wire_bn):
+             * a failed add is not to be followed by the next one */
             int i0 = adapter_add_tensor(a, key, 2, b, d, true, err);
             snprintf(key, sizeof key, "base_model.model.%s.%s.adapter_down.bias", pre, sn);
-            adapter_add_tensor(a, key, 1, b, 1, true, err);
+            if (i0 < 0 || adapter_add_tensor(a, key, 1, b, 1, true, err) < 0) return PEFT_ERR_NOMEM;
             snprintf(key, sizeof key, "base_model.model.%s.%s.adapter_up.weight", pre, sn);
-            adapter_add_tensor(a, key, 2, d, b, true, err);
+            if (adapter_add_tensor(a, key, 2, d, b, true, err) < 0) return PEFT_ERR_NOMEM;
             snprintf(key, sizeof key, "base_model.model.%s.%s.adapter_up.bias", pre, sn);
             if (adapter_add_tensor(a, key, 1, d, 1, true, err) < 0) return PEFT_ERR_NOMEM;
             idx[l * 2 + site] = i0;
@@ -320,11 +322,13 @@ static int new_prompt(adapter *a, const peft_model *m, int *idx, peft_err *err) 
      * defaults to token_dim */
     const int d = m->cfg.n_kv_head * m->cfg.head_dim, H = a->mc.prefix_hidden > 0 ? a->mc.prefix_hidden : d;
     a->mc.prefix_hidden = H;
-    idx[0] = adapter_add_tensor(a, "prefix_encoder.embedding.weight", 2, P, d, false, err);
-    adapter_add_tensor(a, "prefix_encoder.transform.0.weight", 2, H, d, false, err);
-    adapter_add_tensor(a, "prefix_encoder.transform.0.bias", 1, H, 1, false, err);
-    adapter_add_tensor(a, "prefix_encoder.transform.2.weight", 2, W, H, false, err);
-    if (adapter_add_tensor(a, "prefix_encoder.transform.2.bias", 1, W, 1, false, err) < 0) return PEFT_ERR_NOMEM;
+    /* five consecutive tensors (adapter_wire_prompt) */
+    if ((idx[0] = adapter_add_tensor(a, "prefix_encoder.embedding.weight", 2, P, d, false, err)) < 0 ||
+        adapter_add_tensor(a, "prefix_encoder.transform.0.weight", 2, H, d, false, err) < 0 ||
+        adapter_add_tensor(a, "prefix_encoder.transform.0.bias", 1, H, 1, false, err) < 0 ||
+        adapter_add_tensor(a, "prefix_encoder.transform.2.weight", 2, W, H, false, err) < 0 ||
+        adapter_add_tensor(a, "prefix_encoder.transform.2.bias", 1, W, 1, false, err) < 0)
+        return PEFT_ERR_NOMEM;
     a->prefix_table = peft_calloc((size_t)P * W, sizeof(float), err);
     a->prefix_gtable = peft_calloc((size_t)P * W, sizeof(float), err);
     a->pe_hidden = peft_calloc((size_t)P * H, sizeof(float), err);
@@ -360,6 +364,7 @@ static int new_bitfit(adapter *a, const peft_model *m, int *idx, int *nidx, peft
             model_linear_hf_path(m, l, (model_linear_role)r, path, sizeof path);
             snprintf(key, sizeof key, "base_model.model.%s.bias", path);
             idx[l * ROLE_N_LINEAR + r] = adapter_add_tensor(a, key, 1, m->layers[l].lin[r].w.rows, 1, true, err);
+            if (idx[l * ROLE_N_LINEAR + r] < 0) return PEFT_ERR_NOMEM;
             n++;
         }
     for (int l = 0; l <= L; l++)
@@ -371,6 +376,7 @@ static int new_bitfit(adapter *a, const peft_model *m, int *idx, int *nidx, peft
             adapter_norm_name(m, l, which, "bias", nm, sizeof nm);
             snprintf(key, sizeof key, "base_model.model.%s", nm);
             nidx[l * 2 + which] = adapter_add_tensor(a, key, 1, m->cfg.d_model, 1, true, err);
+            if (nidx[l * 2 + which] < 0) return PEFT_ERR_NOMEM;
             n++;
         }
     if (!n)
@@ -383,10 +389,16 @@ static int new_bitfit(adapter *a, const peft_model *m, int *idx, int *nidx, peft
 static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *eidx, peft_err *err) {
     const int L = m->cfg.n_layer, d = m->cfg.d_model;
     char path[200], key[256];
+    /* -1 marks a tensor the model does not have: a failed add must not
+     * pass for one */
+    bool bad = false;
     eidx[0] = adapter_add_tensor(a, is_gpt2(m) ? "transformer.wte.weight" : "model.embed_tokens.weight", 2,
                                  m->cfg.vocab, d, true, err);
+    bad |= eidx[0] < 0;
     eidx[1] = is_gpt2(m) ? adapter_add_tensor(a, "transformer.wpe.weight", 2, m->pos_emb.rows, d, true, err) : -1;
+    bad |= is_gpt2(m) && eidx[1] < 0;
     eidx[2] = m->cfg.tied ? -1 : adapter_add_tensor(a, "lm_head.weight", 2, m->cfg.vocab, d, true, err);
+    bad |= !m->cfg.tied && eidx[2] < 0;
     for (int l = 0; l < L; l++)
         for (int r = 0; r < ROLE_N_LINEAR; r++) {
             idx[2 * (l * ROLE_N_LINEAR + r)] = idx[2 * (l * ROLE_N_LINEAR + r) + 1] = -1;
@@ -395,9 +407,11 @@ static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *e
             model_linear_hf_path(m, l, (model_linear_role)r, path, sizeof path);
             snprintf(key, sizeof key, "%s.weight", path);
             idx[2 * (l * ROLE_N_LINEAR + r)] = adapter_add_tensor(a, key, 2, lin->w.rows, lin->w.cols, true, err);
+            bad |= idx[2 * (l * ROLE_N_LINEAR + r)] < 0;
             if (lin->b) {
                 snprintf(key, sizeof key, "%s.bias", path);
                 idx[2 * (l * ROLE_N_LINEAR + r) + 1] = adapter_add_tensor(a, key, 1, lin->w.rows, 1, true, err);
+                bad |= idx[2 * (l * ROLE_N_LINEAR + r) + 1] < 0;
             }
         }
     for (int l = 0; l <= L; l++)
@@ -406,12 +420,14 @@ static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *e
             if (l == L && which) continue;
             adapter_norm_name(m, l, which, "weight", key, sizeof key);
             nidx[2 * (l * 2 + which)] = adapter_add_tensor(a, key, 1, d, 1, true, err);
+            bad |= nidx[2 * (l * 2 + which)] < 0;
             if (base_norm_b(m, l, which)) {
                 adapter_norm_name(m, l, which, "bias", key, sizeof key);
                 nidx[2 * (l * 2 + which) + 1] = adapter_add_tensor(a, key, 1, d, 1, true, err);
+                bad |= nidx[2 * (l * 2 + which) + 1] < 0;
             }
         }
-    return a->n_tensors > 0 ? 0 : PEFT_ERR_NOMEM;
+    return bad ? PEFT_ERR_NOMEM : 0;
 }
 
 /* Dequantizes all of w into dst (rows, cols) in HF (out, in) order. */

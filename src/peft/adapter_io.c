@@ -106,25 +106,31 @@ int adapter_read_tensors(adapter *a, const st_archive *st, const char *st_path, 
 
 /* ---- configs ------------------------------------------------------------------ */
 
-static void add_common(cJSON *o, const adapter *a, const peft_model *m, const char *peft_type) {
-    cJSON_AddNullToObject(o, "auto_mapping");
-    cJSON_AddStringToObject(o, "base_model_name_or_path", a->base_model ? a->base_model : m->path);
-    cJSON_AddBoolToObject(o, "inference_mode", true);
+/* Both return whether every key could be added (cJSON leaves out what it
+ * cannot allocate). */
+static bool add_common(cJSON *o, const adapter *a, const peft_model *m, const char *peft_type) {
+    bool ok = true;
+    ok &= cJSON_AddNullToObject(o, "auto_mapping") != NULL;
+    ok &= cJSON_AddStringToObject(o, "base_model_name_or_path", a->base_model ? a->base_model : m->path) != NULL;
+    ok &= cJSON_AddBoolToObject(o, "inference_mode", true) != NULL;
     if (a->score) {
         cJSON *ms = cJSON_AddArrayToObject(o, "modules_to_save");
-        if (ms) cJSON_AddItemToArray(ms, cJSON_CreateString("score"));
-        cJSON_AddNumberToObject(o, "num_labels", a->mc.n_labels);
-    } else cJSON_AddNullToObject(o, "modules_to_save");
-    cJSON_AddStringToObject(o, "peft_type", peft_type);
-    cJSON_AddNullToObject(o, "revision");
-    cJSON_AddStringToObject(o, "task_type", a->score ? "SEQ_CLS" : "CAUSAL_LM");
+        ok &= ms && cJSON_AddItemToArray(ms, cJSON_CreateString("score"));
+        ok &= cJSON_AddNumberToObject(o, "num_labels", a->mc.n_labels) != NULL;
+    } else ok &= cJSON_AddNullToObject(o, "modules_to_save") != NULL;
+    ok &= cJSON_AddStringToObject(o, "peft_type", peft_type) != NULL;
+    ok &= cJSON_AddNullToObject(o, "revision") != NULL;
+    ok &= cJSON_AddStringToObject(o, "task_type", a->score ? "SEQ_CLS" : "CAUSAL_LM") != NULL;
+    return ok;
 }
 
-static void add_layers(cJSON *o, const adapter *a) {
-    if (!a->mc.layers) { cJSON_AddNullToObject(o, "layers_to_transform"); return; }
+static bool add_layers(cJSON *o, const adapter *a) {
+    if (!a->mc.layers) return cJSON_AddNullToObject(o, "layers_to_transform") != NULL;
     cJSON *arr = cJSON_AddArrayToObject(o, "layers_to_transform");
+    bool ok = arr != NULL;
     for (int l = 0; l < 64 && arr; l++)
-        if ((a->mc.layers >> l) & 1u) cJSON_AddItemToArray(arr, cJSON_CreateNumber(l));
+        if ((a->mc.layers >> l) & 1u) ok &= cJSON_AddItemToArray(arr, cJSON_CreateNumber(l));
+    return ok;
 }
 
 static const char *act_name(bn_act k) {
@@ -144,72 +150,77 @@ static char *method_config_json(const adapter *a, const peft_model *m) {
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
     const model_config *c = &m->cfg;
+    bool ok = true;
     switch (a->method) {
     case METHOD_IA3: {
-        add_common(o, a, m, "IA3");
+        ok &= add_common(o, a, m, "IA3");
         const char *names[ROLE_N_LINEAR];
         cJSON *tm = cJSON_AddArrayToObject(o, "target_modules");
         int nn = lora_target_names(m, a->mc.ia3_targets, names, ROLE_N_LINEAR);
-        for (int i = 0; i < nn && tm; i++) cJSON_AddItemToArray(tm, cJSON_CreateString(names[i]));
+        ok &= tm != NULL;
+        for (int i = 0; i < nn && tm; i++) ok &= cJSON_AddItemToArray(tm, cJSON_CreateString(names[i]));
         cJSON *ff = cJSON_AddArrayToObject(o, "feedforward_modules");
         nn = lora_target_names(m, a->mc.ia3_ff, names, ROLE_N_LINEAR);
-        for (int i = 0; i < nn && ff; i++) cJSON_AddItemToArray(ff, cJSON_CreateString(names[i]));
-        cJSON_AddBoolToObject(o, "fan_in_fan_out", c->arch == PEFT_ARCH_GPT2);
-        cJSON_AddBoolToObject(o, "init_ia3_weights", true);
-        add_layers(o, a);
+        ok &= ff != NULL;
+        for (int i = 0; i < nn && ff; i++) ok &= cJSON_AddItemToArray(ff, cJSON_CreateString(names[i]));
+        ok &= cJSON_AddBoolToObject(o, "fan_in_fan_out", c->arch == PEFT_ARCH_GPT2) != NULL;
+        ok &= cJSON_AddBoolToObject(o, "init_ia3_weights", true) != NULL;
+        ok &= add_layers(o, a);
         break;
     }
     case METHOD_PROMPT:
     case METHOD_PREFIX: {
         const bool prompt = a->method == METHOD_PROMPT;
-        add_common(o, a, m, prompt ? "PROMPT_TUNING" : "PREFIX_TUNING");
-        cJSON_AddNumberToObject(o, "num_virtual_tokens", a->mc.n_virtual);
-        cJSON_AddNumberToObject(o, "num_layers", c->n_layer);
-        cJSON_AddNumberToObject(o, "num_transformer_submodules", 1);
+        ok &= add_common(o, a, m, prompt ? "PROMPT_TUNING" : "PREFIX_TUNING");
+        ok &= cJSON_AddNumberToObject(o, "num_virtual_tokens", a->mc.n_virtual) != NULL;
+        ok &= cJSON_AddNumberToObject(o, "num_layers", c->n_layer) != NULL;
+        ok &= cJSON_AddNumberToObject(o, "num_transformer_submodules", 1) != NULL;
         if (prompt) {
-            cJSON_AddNumberToObject(o, "token_dim", c->d_model);
-            cJSON_AddNumberToObject(o, "num_attention_heads", c->n_head);
-            cJSON_AddStringToObject(o, "prompt_tuning_init",
-                                    a->mc.prompt_init == 2 ? "TEXT" : a->mc.prompt_init == 1 ? "SAMPLE_VOCAB" : "RANDOM");
-            cJSON_AddNullToObject(o, "prompt_tuning_init_text");
-            cJSON_AddNullToObject(o, "tokenizer_name_or_path");
+            ok &= cJSON_AddNumberToObject(o, "token_dim", c->d_model) != NULL;
+            ok &= cJSON_AddNumberToObject(o, "num_attention_heads", c->n_head) != NULL;
+            ok &= cJSON_AddStringToObject(o, "prompt_tuning_init", a->mc.prompt_init == 2   ? "TEXT"
+                                                                   : a->mc.prompt_init == 1 ? "SAMPLE_VOCAB"
+                                                                                            : "RANDOM") != NULL;
+            ok &= cJSON_AddNullToObject(o, "prompt_tuning_init_text") != NULL;
+            ok &= cJSON_AddNullToObject(o, "tokenizer_name_or_path") != NULL;
         } else {
             /* HF PEFT's GQA convention: token_dim = head_dim · n_kv_head */
-            cJSON_AddNumberToObject(o, "token_dim", c->n_kv_head * c->head_dim);
-            cJSON_AddNumberToObject(o, "num_attention_heads", c->n_kv_head);
-            cJSON_AddNumberToObject(o, "encoder_hidden_size",
-                                    a->mc.prefix_hidden > 0 ? a->mc.prefix_hidden : c->n_kv_head * c->head_dim);
-            cJSON_AddBoolToObject(o, "prefix_projection", a->mc.prefix_projection);
+            ok &= cJSON_AddNumberToObject(o, "token_dim", c->n_kv_head * c->head_dim) != NULL;
+            ok &= cJSON_AddNumberToObject(o, "num_attention_heads", c->n_kv_head) != NULL;
+            ok &= cJSON_AddNumberToObject(o, "encoder_hidden_size",
+                                          a->mc.prefix_hidden > 0 ? a->mc.prefix_hidden : c->n_kv_head * c->head_dim) != NULL;
+            ok &= cJSON_AddBoolToObject(o, "prefix_projection", a->mc.prefix_projection) != NULL;
         }
         break;
     }
     case METHOD_ADAPTER_PFEIFFER:
     case METHOD_ADAPTER_HOULSBY: {
         const bool h = a->method == METHOD_ADAPTER_HOULSBY;
-        add_common(o, a, m, "BOTTLENECK");
-        cJSON_AddStringToObject(o, "config_name", h ? "double_seq_bn" : "seq_bn");
-        cJSON_AddBoolToObject(o, "mh_adapter", h);
-        cJSON_AddBoolToObject(o, "output_adapter", true);
-        cJSON_AddNumberToObject(o, "reduction_factor", a->mc.reduction_factor);
-        cJSON_AddNumberToObject(o, "bottleneck_size", a->bn_size);
-        cJSON_AddStringToObject(o, "non_linearity", act_name(a->mc.act));
-        cJSON_AddStringToObject(o, "init_weights", a->mc.bn_zero_up ? "zero_up" : "bert");
-        add_layers(o, a);
+        ok &= add_common(o, a, m, "BOTTLENECK");
+        ok &= cJSON_AddStringToObject(o, "config_name", h ? "double_seq_bn" : "seq_bn") != NULL;
+        ok &= cJSON_AddBoolToObject(o, "mh_adapter", h) != NULL;
+        ok &= cJSON_AddBoolToObject(o, "output_adapter", true) != NULL;
+        ok &= cJSON_AddNumberToObject(o, "reduction_factor", a->mc.reduction_factor) != NULL;
+        ok &= cJSON_AddNumberToObject(o, "bottleneck_size", a->bn_size) != NULL;
+        ok &= cJSON_AddStringToObject(o, "non_linearity", act_name(a->mc.act)) != NULL;
+        ok &= cJSON_AddStringToObject(o, "init_weights", a->mc.bn_zero_up ? "zero_up" : "bert") != NULL;
+        ok &= add_layers(o, a);
         break;
     }
     case METHOD_BITFIT: {
-        add_common(o, a, m, "BITFIT");
+        ok &= add_common(o, a, m, "BITFIT");
         cJSON *bn = cJSON_AddArrayToObject(o, "bias_names");
+        ok &= bn != NULL;
         for (int i = 0; i < a->n_tensors && bn; i++)
             if (a->tensors[i].p != a->score)
-                cJSON_AddItemToArray(bn, cJSON_CreateString(a->tensors[i].key + strlen("base_model.model.")));
+                ok &= cJSON_AddItemToArray(bn, cJSON_CreateString(a->tensors[i].key + strlen("base_model.model.")));
         break;
     }
     default:
         cJSON_Delete(o);
         return NULL;
     }
-    char *s = cJSON_Print(o);
+    char *s = ok ? cJSON_Print(o) : NULL;
     cJSON_Delete(o);
     return s;
 }
@@ -319,12 +330,13 @@ static int classifier_config(const peft_model *m, const char *dir, int n_labels,
     if (!rc) {
         cJSON_DeleteItemFromObjectCaseSensitive(o, "architectures");
         cJSON *arr = cJSON_AddArrayToObject(o, "architectures");
+        bool ok = arr != NULL;
         const bool gpt2 = m->cfg.arch == PEFT_ARCH_GPT2, qwen = !strcmp(m->cfg.arch_name, "qwen2"),
                    mistral = !strcmp(m->cfg.arch_name, "mistral");
-        cJSON_AddItemToArray(arr, cJSON_CreateString(gpt2 ? "GPT2ForSequenceClassification"
-                                                          : qwen ? "Qwen2ForSequenceClassification"
-                                                          : mistral ? "MistralForSequenceClassification"
-                                                                    : "LlamaForSequenceClassification"));
+        ok &= cJSON_AddItemToArray(arr, cJSON_CreateString(gpt2 ? "GPT2ForSequenceClassification"
+                                                                : qwen ? "Qwen2ForSequenceClassification"
+                                                                : mistral ? "MistralForSequenceClassification"
+                                                                          : "LlamaForSequenceClassification"));
         /* transformers pools at the last non-pad token: it needs a pad id */
         const cJSON *pad = cJSON_GetObjectItemCaseSensitive(o, "pad_token_id");
         if (!cJSON_IsNumber(pad) && m->tok) {
@@ -332,21 +344,23 @@ static int classifier_config(const peft_model *m, const char *dir, int n_labels,
             if (pid < 0) pid = bpe_eos_id(m->tok);
             if (pid >= 0) {
                 cJSON_DeleteItemFromObjectCaseSensitive(o, "pad_token_id");
-                cJSON_AddNumberToObject(o, "pad_token_id", pid);
+                ok &= cJSON_AddNumberToObject(o, "pad_token_id", pid) != NULL;
             }
         }
         cJSON_DeleteItemFromObjectCaseSensitive(o, "id2label");
         cJSON_DeleteItemFromObjectCaseSensitive(o, "label2id");
         cJSON *i2l = cJSON_AddObjectToObject(o, "id2label"), *l2i = cJSON_AddObjectToObject(o, "label2id");
-        for (int k = 0; k < n_labels; k++) {
+        ok &= i2l && l2i;
+        for (int k = 0; ok && k < n_labels; k++) {
             char key[32], val[32];
             snprintf(key, sizeof key, "%d", k);
             snprintf(val, sizeof val, "LABEL_%d", k);
-            cJSON_AddStringToObject(i2l, key, val);
-            cJSON_AddNumberToObject(l2i, val, k);
+            ok &= cJSON_AddStringToObject(i2l, key, val) != NULL;
+            ok &= cJSON_AddNumberToObject(l2i, val, k) != NULL;
         }
-        char *js = cJSON_Print(o);
-        rc = js ? peft_write_file_atomic(path, js, strlen(js), err) : PEFT_ERR_NOMEM;
+        char *js = ok ? cJSON_Print(o) : NULL;
+        rc = js ? peft_write_file_atomic(path, js, strlen(js), err)
+                : peft_fail(err, PEFT_ERR_NOMEM, "%s: out of memory building the classifier config", path);
         free(js);
     }
     cJSON_Delete(o);
@@ -561,7 +575,7 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
     const cJSON *bm = cJSON_GetObjectItemCaseSensitive(o, "base_model_name_or_path");
     if (cJSON_IsString(bm)) {
         free(a->base_model);
-        a->base_model = peft_strdup(bm->valuestring, err);
+        if (!(a->base_model = peft_strdup(bm->valuestring, err))) { rc = PEFT_ERR_NOMEM; goto done; }
     }
     *out = a;
     a = NULL;

@@ -25,17 +25,19 @@ char *lora_config_json(const adapter *a, const peft_model *m) {
     const lora_config *c = &a->cfg;
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
-    cJSON_AddItemToObject(o, "alpha_pattern", cJSON_CreateObject());
-    cJSON_AddNullToObject(o, "auto_mapping");
-    cJSON_AddStringToObject(o, "base_model_name_or_path", a->base_model ? a->base_model : m->path);
-    cJSON_AddStringToObject(o, "bias", "none");
+    /* cJSON's builders return NULL when out of memory and leave the key
+     * out: ok says whether the config is complete */
+    bool ok = cJSON_AddObjectToObject(o, "alpha_pattern") != NULL;
+    ok &= cJSON_AddNullToObject(o, "auto_mapping") != NULL;
+    ok &= cJSON_AddStringToObject(o, "base_model_name_or_path", a->base_model ? a->base_model : m->path) != NULL;
+    ok &= cJSON_AddStringToObject(o, "bias", "none") != NULL;
     /* HF PEFT sets fan_in_fan_out for GPT-2's Conv1D layers (stored (in, out)). */
-    cJSON_AddBoolToObject(o, "fan_in_fan_out", m->cfg.arch == PEFT_ARCH_GPT2);
-    cJSON_AddBoolToObject(o, "inference_mode", true);
-    if (c->init == LORA_INIT_GAUSSIAN) cJSON_AddStringToObject(o, "init_lora_weights", "gaussian");
-    else cJSON_AddBoolToObject(o, "init_lora_weights", c->init == LORA_INIT_KAIMING);
-    cJSON_AddNullToObject(o, "layer_replication");
-    cJSON_AddNullToObject(o, "layers_pattern");
+    ok &= cJSON_AddBoolToObject(o, "fan_in_fan_out", m->cfg.arch == PEFT_ARCH_GPT2) != NULL;
+    ok &= cJSON_AddBoolToObject(o, "inference_mode", true) != NULL;
+    if (c->init == LORA_INIT_GAUSSIAN) ok &= cJSON_AddStringToObject(o, "init_lora_weights", "gaussian") != NULL;
+    else ok &= cJSON_AddBoolToObject(o, "init_lora_weights", c->init == LORA_INIT_KAIMING) != NULL;
+    ok &= cJSON_AddNullToObject(o, "layer_replication") != NULL;
+    ok &= cJSON_AddNullToObject(o, "layers_pattern") != NULL;
     /* layers_to_transform: the layers that carry modules, or null for all. */
     bool all = true;
     for (int l = 0; l < m->cfg.n_layer; l++) {
@@ -43,44 +45,47 @@ char *lora_config_json(const adapter *a, const peft_model *m) {
         for (int r = 0; r < ROLE_N_LINEAR; r++) any |= lora_find(a, l, (model_linear_role)r) != NULL;
         all &= any;
     }
-    if (all) cJSON_AddNullToObject(o, "layers_to_transform");
+    if (all) ok &= cJSON_AddNullToObject(o, "layers_to_transform") != NULL;
     else {
         cJSON *arr = cJSON_AddArrayToObject(o, "layers_to_transform");
+        ok &= arr != NULL;
         for (int l = 0; l < m->cfg.n_layer && arr; l++) {
             bool any = false;
             for (int r = 0; r < ROLE_N_LINEAR; r++) any |= lora_find(a, l, (model_linear_role)r) != NULL;
-            if (any) cJSON_AddItemToArray(arr, cJSON_CreateNumber(l));
+            if (any) ok &= cJSON_AddItemToArray(arr, cJSON_CreateNumber(l));
         }
     }
-    cJSON_AddItemToObject(o, "loftq_config", cJSON_CreateObject());
-    cJSON_AddNumberToObject(o, "lora_alpha", c->alpha);
-    cJSON_AddBoolToObject(o, "lora_bias", false);
-    cJSON_AddNumberToObject(o, "lora_dropout", c->dropout);
+    ok &= cJSON_AddObjectToObject(o, "loftq_config") != NULL;
+    ok &= cJSON_AddNumberToObject(o, "lora_alpha", c->alpha) != NULL;
+    ok &= cJSON_AddBoolToObject(o, "lora_bias", false) != NULL;
+    ok &= cJSON_AddNumberToObject(o, "lora_dropout", c->dropout) != NULL;
     if (a->score) {
         cJSON *ms = cJSON_AddArrayToObject(o, "modules_to_save");
-        if (ms) cJSON_AddItemToArray(ms, cJSON_CreateString("score"));
-    } else cJSON_AddNullToObject(o, "modules_to_save");
-    cJSON_AddStringToObject(o, "peft_type", "LORA");
-    cJSON_AddNumberToObject(o, "r", c->r);
+        ok &= ms && cJSON_AddItemToArray(ms, cJSON_CreateString("score"));
+    } else ok &= cJSON_AddNullToObject(o, "modules_to_save") != NULL;
+    ok &= cJSON_AddStringToObject(o, "peft_type", "LORA") != NULL;
+    ok &= cJSON_AddNumberToObject(o, "r", c->r) != NULL;
     /* Ranks that differ from r (only from a loaded adapter with a rank_pattern). */
     cJSON *rp = cJSON_AddObjectToObject(o, "rank_pattern");
+    ok &= rp != NULL;
     for (int i = 0; i < a->n_modules && rp; i++)
         if (a->mods[i].r != c->r) {
             char path[256];
             model_linear_hf_path(m, a->mods[i].layer, a->mods[i].role, path, sizeof path);
-            cJSON_AddNumberToObject(rp, path, a->mods[i].r);
+            ok &= cJSON_AddNumberToObject(rp, path, a->mods[i].r) != NULL;
         }
-    cJSON_AddNullToObject(o, "revision");
+    ok &= cJSON_AddNullToObject(o, "revision") != NULL;
     uint32_t targets = 0;
     for (int i = 0; i < a->n_modules; i++) targets |= 1u << a->mods[i].role;
     const char *names[ROLE_N_LINEAR];
     int nn = lora_target_names(m, targets, names, ROLE_N_LINEAR);
     cJSON *tm = cJSON_AddArrayToObject(o, "target_modules");
-    for (int i = 0; i < nn && tm; i++) cJSON_AddItemToArray(tm, cJSON_CreateString(names[i]));
-    cJSON_AddStringToObject(o, "task_type", a->score ? "SEQ_CLS" : "CAUSAL_LM");
-    cJSON_AddBoolToObject(o, "use_dora", a->cfg.dora);
-    cJSON_AddBoolToObject(o, "use_rslora", c->rslora);
-    char *s = cJSON_Print(o);
+    ok &= tm != NULL;
+    for (int i = 0; i < nn && tm; i++) ok &= cJSON_AddItemToArray(tm, cJSON_CreateString(names[i]));
+    ok &= cJSON_AddStringToObject(o, "task_type", a->score ? "SEQ_CLS" : "CAUSAL_LM") != NULL;
+    ok &= cJSON_AddBoolToObject(o, "use_dora", a->cfg.dora) != NULL;
+    ok &= cJSON_AddBoolToObject(o, "use_rslora", c->rslora) != NULL;
+    char *s = ok ? cJSON_Print(o) : NULL;
     cJSON_Delete(o);
     return s;
 }

@@ -249,12 +249,12 @@ static int load_config(bpe_tokenizer *t, const char *path, peft_err *err) {
     free(dir);
     if (!cfg_path) return PEFT_ERR_NOMEM;
     cJSON *cfg = NULL;
-    if (peft_file_exists(cfg_path)) {
-        peft_err e2 = {0};
-        if (parse_file(cfg_path, &cfg, &e2)) cfg = NULL; /* a bad config only loses the extras */
-    }
+    /* it holds the special tokens and the chat template: one that cannot
+     * be read (or parsed: also what cJSON says when out of memory) is an
+     * error, as in transformers, not a tokenizer silently without them */
+    int rc = peft_file_exists(cfg_path) ? parse_file(cfg_path, &cfg, err) : 0;
     free(cfg_path);
-    int rc = 0;
+    if (rc) return rc;
     if (cfg) {
         t->bos_id = config_token(t, cfg, "bos_token");
         t->eos_id = config_token(t, cfg, "eos_token");

@@ -12,6 +12,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -156,7 +157,7 @@ typedef struct {
     bool *is_val;
 } history;
 
-static int hist_add(history *h, int step, double loss, bool is_val) {
+static int hist_add(history *h, int step, double loss, bool is_val, peft_err *err) {
     if (h->n == h->cap) {
         int cap = h->cap ? 2 * h->cap : 256;
         int *s = realloc(h->step, (size_t)cap * sizeof *s);
@@ -165,7 +166,7 @@ static int hist_add(history *h, int step, double loss, bool is_val) {
         if (l) h->loss = l;
         bool *v = realloc(h->is_val, (size_t)cap * sizeof *v);
         if (v) h->is_val = v;
-        if (!s || !l || !v) return PEFT_ERR_NOMEM;
+        if (!s || !l || !v) return peft_fail(err, PEFT_ERR_NOMEM, "out of memory recording the loss history");
         h->cap = cap;
     }
     h->step[h->n] = step;
@@ -191,40 +192,65 @@ static int write_svg(const history *h, const char *path, peft_err *err) {
     }
     if (!(hi > lo)) { lo = isfinite(lo) ? lo - 1 : 0; hi = lo + 2; }
     peft_buf b = {0};
-    peft_buf_printf(&b, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%g\" height=\"%g\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
-    peft_buf_printf(&b, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n<text x=\"%g\" y=\"18\" text-anchor=\"middle\">loss</text>\n", W / 2);
-    peft_buf_printf(&b, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", L, H - B, W - R, H - B);
-    peft_buf_printf(&b, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", L, T, L, H - B);
+    int rc = 0;
+    rc |= peft_buf_printf(&b, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%g\" height=\"%g\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
+    rc |= peft_buf_printf(&b, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n<text x=\"%g\" y=\"18\" text-anchor=\"middle\">loss</text>\n", W / 2);
+    rc |= peft_buf_printf(&b, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", L, H - B, W - R, H - B);
+    rc |= peft_buf_printf(&b, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", L, T, L, H - B);
     for (int k = 0; k <= 4; k++) {
         double v = lo + (hi - lo) * k / 4, y = H - B - (H - T - B) * k / 4;
-        peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" text-anchor=\"end\">%.3g</text>\n", L - 5, y + 4, v);
+        rc |= peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" text-anchor=\"end\">%.3g</text>\n", L - 5, y + 4, v);
         int s = (int)lround((double)smax * k / 4);
-        peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">%d</text>\n", L + (W - L - R) * k / 4, H - B + 18, s);
+        rc |= peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">%d</text>\n", L + (W - L - R) * k / 4, H - B + 18, s);
     }
-    peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">step</text>\n", L + (W - L - R) / 2, H - 10);
+    rc |= peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">step</text>\n", L + (W - L - R) / 2, H - 10);
     for (int pass = 0; pass < 2; pass++) {
-        peft_buf_printf(&b, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", pass ? "#e6550d" : "#3182bd");
+        rc |= peft_buf_printf(&b, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", pass ? "#e6550d" : "#3182bd");
         for (int i = 0; i < h->n; i++) {
             if (h->is_val[i] != (pass == 1) || !isfinite(h->loss[i])) continue;
             double x = L + (W - L - R) * h->step[i] / smax, y = H - B - (H - T - B) * (h->loss[i] - lo) / (hi - lo);
-            peft_buf_printf(&b, "%.1f,%.1f ", x, y);
+            rc |= peft_buf_printf(&b, "%.1f,%.1f ", x, y);
         }
-        peft_buf_printf(&b, "\"/>\n");
+        rc |= peft_buf_printf(&b, "\"/>\n");
     }
-    peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" fill=\"#3182bd\">train</text><text x=\"%g\" y=\"%g\" fill=\"#e6550d\">validation</text>\n</svg>\n",
+    rc |= peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" fill=\"#3182bd\">train</text><text x=\"%g\" y=\"%g\" fill=\"#e6550d\">validation</text>\n</svg>\n",
                     W - R - 120, T + 12, W - R - 60, T + 12);
-    if (!b.data) return peft_fail(err, PEFT_ERR_NOMEM, "out of memory");
-    int rc = peft_write_file_atomic(path, b.data, b.len, err);
+    /* a failed append leaves a shorter, broken chart: not one to write */
+    if (rc || !b.data) rc = peft_fail(err, PEFT_ERR_NOMEM, "%s: out of memory drawing the loss curve", path);
+    else rc = peft_write_file_atomic(path, b.data, b.len, err);
     peft_buf_free(&b);
     return rc;
 }
 
+/* Appends one line, or nothing: a write that fails midway (a full disk) is
+ * cut back off, so the file keeps only complete lines. */
 static int append_line(const char *path, const char *line, peft_err *err) {
-    FILE *f = fopen(path, "ab");
-    if (!f) return peft_fail(err, PEFT_ERR_IO, "%s: cannot append: %s", path, strerror(errno));
-    fputs(line, f);
-    fputc('\n', f);
-    if (fclose(f) != 0) return peft_fail(err, PEFT_ERR_IO, "%s: write failed", path);
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0644);
+    if (fd < 0) return peft_fail(err, PEFT_ERR_IO, "%s: cannot append: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return peft_fail(err, PEFT_ERR_IO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    const size_t n = strlen(line);
+    size_t done = 0;
+    int e = 0;
+    while (done <= n && !e) {
+        /* the line, then its newline */
+        const char *p = done < n ? line + done : "\n";
+        ssize_t w = write(fd, p, done < n ? n - done : 1);
+        if (w < 0 && errno != EINTR) e = errno;
+        else if (w == 0) e = EIO;
+        else if (w > 0) done += (size_t)w;
+    }
+    if (e) {
+        /* if even this fails, the error below still names the file */
+        int t = ftruncate(fd, st.st_size);
+        (void)t;
+    }
+    if (close(fd) != 0 && !e) e = errno;
+    if (e) return peft_fail(err, PEFT_ERR_IO, "%s: write failed: %s", path, strerror(e));
     return 0;
 }
 
@@ -244,14 +270,17 @@ static int save_checkpoint(const char *out_dir, int step, const adapter *a, cons
                            const adamw_state *opt, const data_loader *ld, int prev_step, peft_err *err) {
     char dir[4096], p[4200];
     snprintf(dir, sizeof dir, "%s/checkpoint-%d", out_dir, step);
+    /* a checkpoint that fails to save (a full disk) is removed again unless
+     * it was there before: LATEST still names the previous one */
+    const bool existed = peft_is_dir(dir);
     int rc = peft_mkdir_p(dir, err);
     if (rc) return rc;
     /* the adapter as a user would load it (not for full fine-tuning: the
      * parameters below are the whole model already) */
-    if (a->method != METHOD_FULL && (rc = adapter_save(a, m, dir, err))) return rc;
+    if (a->method != METHOD_FULL && (rc = adapter_save(a, m, dir, err))) goto fail;
     size_t ls = data_loader_state_size(ld);
     uint8_t *state = peft_malloc(ls ? ls : 1, err);
-    if (!state) return PEFT_ERR_NOMEM;
+    if (!state) { rc = PEFT_ERR_NOMEM; goto fail; }
     data_loader_get_state(ld, state);
     char step_s[32], t_s[32];
     snprintf(step_s, sizeof step_s, "%d", step);
@@ -268,17 +297,20 @@ static int save_checkpoint(const char *out_dir, int step, const adapter *a, cons
     snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
     rc = st_write(p, ts, 4, meta, err);
     free(state);
-    if (rc) return rc;
+    if (rc) goto fail;
     /* the checkpoint is complete: point LATEST at it, then drop the old one */
     char latest[4200], name[64];
     snprintf(latest, sizeof latest, "%s/LATEST", out_dir);
     int n = snprintf(name, sizeof name, "checkpoint-%d\n", step);
-    if ((rc = peft_write_file_atomic(latest, name, (size_t)n, err))) return rc;
+    if ((rc = peft_write_file_atomic(latest, name, (size_t)n, err))) goto fail;
     if (prev_step >= 0 && prev_step != step) {
         snprintf(dir, sizeof dir, "%s/checkpoint-%d", out_dir, prev_step);
         rm_rf_dir(dir);
     }
     return 0;
+fail:
+    if (!existed) rm_rf_dir(dir);
+    return rc;
 }
 
 /* Resolves `resume` (a run folder with LATEST, or a checkpoint folder). */
@@ -348,21 +380,31 @@ static int trim_metrics(const char *path, int step, history *h, peft_err *err) {
     int rc = peft_read_file(path, &text, &len, err);
     if (rc) return rc;
     peft_buf keep = {0};
-    for (char *line = text, *next; line && *line; line = next) {
+    long lineno = 0;
+    for (char *line = text, *next; !rc && line && *line; line = next) {
         next = strchr(line, '\n');
+        lineno++;
+        /* only a last line without its newline (a run killed while
+         * appending it) is dropped: a complete line that does not parse
+         * (out of memory, an edit) is an error, not a lost record */
+        const bool complete = next != NULL;
         if (next) *next++ = 0;
         cJSON *j = cJSON_Parse(line);
+        if (!j && complete) {
+            rc = peft_fail(err, PEFT_ERR_FORMAT, "%s:%ld: not valid JSON (or out of memory)", path, lineno);
+            break;
+        }
         const cJSON *s = cJSON_GetObjectItem(j, "step");
         if (cJSON_IsNumber(s) && s->valueint <= step) {
-            peft_buf_printf(&keep, "%s\n", line);
             const cJSON *l = cJSON_GetObjectItem(j, "loss"), *v = cJSON_GetObjectItem(j, "val_loss");
-            if (cJSON_IsNumber(l)) hist_add(h, s->valueint, l->valuedouble, false);
-            if (cJSON_IsNumber(v)) hist_add(h, s->valueint, v->valuedouble, true);
+            if (peft_buf_printf(&keep, "%s\n", line)) rc = peft_fail(err, PEFT_ERR_NOMEM, "%s: out of memory", path);
+            if (!rc && cJSON_IsNumber(l)) rc = hist_add(h, s->valueint, l->valuedouble, false, err);
+            if (!rc && cJSON_IsNumber(v)) rc = hist_add(h, s->valueint, v->valuedouble, true, err);
         }
         cJSON_Delete(j);
     }
     free(text);
-    rc = peft_write_file_atomic(path, keep.data ? keep.data : "", keep.len, err);
+    if (!rc) rc = peft_write_file_atomic(path, keep.data ? keep.data : "", keep.len, err);
     peft_buf_free(&keep);
     return rc;
 }
@@ -438,7 +480,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
         else
             snprintf(line, sizeof line, "{\"step\": 0, \"val_loss\": %.6f, \"val_accuracy\": %.6f}", res->val_loss_before, acc0);
         if ((rc = append_line(metrics, line, err))) goto done;
-        hist_add(&hist, 0, res->val_loss_before, true);
+        if ((rc = hist_add(&hist, 0, res->val_loss_before, true, err))) goto done;
         if (p->progress) {
             train_progress pr = {.step = 0, .total_steps = total, .is_eval = true, .val_loss = res->val_loss_before,
                                  .val_ppl = exp(res->val_loss_before), .val_acc = acc0};
@@ -501,7 +543,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
                  "{\"step\": %d, \"epoch\": %d, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens\": %lld, \"targets\": %d, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}",
                  step + 1, data_loader_epoch(ld), step_loss, lr, gn, (long long)step_tokens, step_targets, tps, el);
         if ((rc = append_line(metrics, line, err))) goto done;
-        hist_add(&hist, step + 1, step_loss, false);
+        if ((rc = hist_add(&hist, step + 1, step_loss, false, err))) goto done;
         if (p->progress) {
             train_progress pr = {.step = step + 1, .total_steps = total, .epoch = data_loader_epoch(ld), .loss = step_loss,
                                  .lr = lr, .grad_norm = gn, .tokens_per_s = tps, .elapsed_s = el,
@@ -522,7 +564,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
             else
                 snprintf(line, sizeof line, "{\"step\": %d, \"val_loss\": %.6f, \"val_accuracy\": %.6f}", step + 1, vl, acc);
             if ((rc = append_line(metrics, line, err))) goto done;
-            hist_add(&hist, step + 1, vl, true);
+            if ((rc = hist_add(&hist, step + 1, vl, true, err))) goto done;
             if (p->progress) {
                 train_progress pr = {.step = step + 1, .total_steps = total, .is_eval = true, .val_loss = vl, .val_ppl = exp(vl),
                                      .val_acc = acc};
