@@ -69,16 +69,20 @@ static void report_check(const merge_check *c, const merge_summary *s) {
             "verify: merged vs adapter-applied logits on %d sequences (%d tokens): %.1f%% of the adapter's effect "
             "lost (||merged - adapted|| / ||adapted - base|| = %.3g), max |diff| %.3g (the adapter moves them by up "
             "to %.3g)\n",
-            c->n_seq, c->n_tokens, 100.0 * c->lost, c->lost, c->max_abs, c->max_effect);
+            c->n_seq, c->n_tokens, 100.0 * c->lost, c->lost, c->max_abs_diff, c->max_effect);
     if (c->lost > MERGE_LOST_WARN) {
         const char *q = lowbit_type(s);
         if (!q && s->n_by_dtype[PEFT_DT_BF16]) q = "BF16";
         char why[64] = "";
         if (q) snprintf(why, sizeof why, " (rounded to %s)", q);
+        char how[160];
+        if (c->lost < 1) snprintf(how, sizeof how, "lost %.0f%% of the adapter's effect on the logits", 100.0 * c->lost);
+        else
+            snprintf(how, sizeof how, "lost all of the adapter's effect on the logits (it is %.2fx farther from "
+                     "the adapter-applied model than the base is)", c->lost);
         fprintf(stderr,
-                "peft merge: warning: the merged model lost %.0f%% of the adapter's effect on the logits%s: it may "
-                "not answer like the fine-tuned model. %s\n",
-                100.0 * c->lost, why,
+                "peft merge: warning: the merged model %s%s: it may not answer like the fine-tuned model. %s\n", how,
+                why,
                 q ? "Merge again with --outtype f16 (or f32), or use the adapter unmerged (--adapter)."
                   : "Use the adapter unmerged (--adapter).");
     }

@@ -68,18 +68,11 @@ int lora_merge_save(const adapter *a, const peft_model *m, const char *out_path,
 int lora_merge_save_as(const adapter *a, const peft_model *m, const char *out_path, int outtype,
                        merge_summary *sum, peft_err *err);
 
-/* How much of the adapter's effect on the logits a merged model keeps: base
- * (m alone), adapted (m with a attached) and merged (the model at
- * merged_path) logits on a few fixed token sequences.
- *   lost     ||merged - adapted|| / ||adapted - base|| (0: all kept; about 1:
- *            the merged model behaves like the base), NAN when the adapter
- *            does not change the logits;
- *   effect   ||adapted - base|| / ||base||;
- *   max_abs  max |merged - adapted|, max_effect max |adapted - base|. */
-typedef struct {
-    double lost, effect, max_abs, max_effect;
-    int n_seq, n_tokens;
-} merge_check;
+/* How much of the adapter's effect on the logits a merged model keeps
+ * (peft_merge_check in peft.h has the fields): base (m alone), adapted (m
+ * with a attached) and merged (the model at merged_path) logits on a few
+ * fixed token sequences. */
+typedef peft_merge_check merge_check;
 int lora_merge_verify(const adapter *a, peft_model *m, const char *merged_path, merge_check *out, peft_err *err);
 
 /* ---- math (lora_compute.c) ------------------------------------------------

@@ -87,7 +87,7 @@ int lora_merge_verify(const adapter *a, peft_model *m, const char *merged_path, 
             d_merged += dm * dm;
             d_effect += de * de;
             n_base += (double)lb[i] * lb[i];
-            out->max_abs = fmax(out->max_abs, fabs(dm));
+            out->max_abs_diff = fmax(out->max_abs_diff, fabs(dm));
             out->max_effect = fmax(out->max_effect, fabs(de));
         }
         out->n_seq++;
