@@ -412,7 +412,7 @@ static void smollm2_merged_greedy_text_is_the_adapters(void) {
     peft_adapter *pa = peft_adapter_new(e.m, &lp);
     CHECK(pa != NULL);
     if (!pa) { close_env(&e); return; }
-    /* trained LoRAs on this model have ||s·B·A|| about 0.003-0.03 of ||W||
+    /* trained LoRAs on this model have ||s·B·A|| about 0.001-0.03 of ||W||
      * (docs/formats.md); a random one needs a little more to move the text */
     set_delta((adapter *)pa, e.m, 0.02, 11);
     static const char *const prompts[] = {"What is the capital of France?", "Define \"melancholy\".",
