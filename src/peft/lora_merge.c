@@ -4,14 +4,14 @@
  * HF base → HF folder: config.json and the tokenizer files copied, one
  * model.safetensors holding every tensor of the base; merged weights in the
  * base tensor's float dtype (or the outtype asked for), the rest copied byte
- * for byte. GPT-2's Conv1D
- * weights are stored (in, out), so there stored row i gets column i of the
- * delta: row_i[o] += s·Σ_k B[o,k]·A[k,i].
+ * for byte. GPT-2's Conv1D weights are stored (in, out), so there stored row
+ * i gets column i of the delta: row_i[o] += s·Σ_k B[o,k]·A[k,i].
  *
  * GGUF base → GGUF file: every key/value copied, unmerged tensors copied byte
  * for byte, merged ones written in the outtype (lora.h: by default F16 for
- * quantized bases, whose few bits would round the delta away). The in-memory llama Q/K rows are in HF order (load.c un-permutes
- * them), so merged Q/K rows are put back in llama.cpp's order on the way out. */
+ * quantized bases, whose few bits would round the delta away). The in-memory
+ * llama Q/K rows are in HF order (load.c un-permutes them), so merged Q/K
+ * rows are put back in llama.cpp's order on the way out. */
 #include "peft/lora.h"
 #include "kernels/quant.h"
 

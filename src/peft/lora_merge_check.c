@@ -65,6 +65,12 @@ int lora_merge_verify(const adapter *a, peft_model *m, const char *merged_path, 
         if (err != &m->ctx->err) *err = m->ctx->err;
         return err->code ? err->code : PEFT_ERR_IO;
     }
+    /* the same products as m's, so the comparison sees only the merge */
+    if (peft_model_compute(m) == PEFT_COMPUTE_BF16 && peft_model_set_compute(mm, PEFT_COMPUTE_BF16)) {
+        if (err != &m->ctx->err) *err = m->ctx->err;
+        peft_model_free(mm);
+        return err->code ? err->code : PEFT_ERR_UNSUPPORTED;
+    }
     if (mm->cfg.vocab != m->cfg.vocab || mm->cfg.n_layer != m->cfg.n_layer || mm->cfg.d_model != m->cfg.d_model) {
         peft_model_free(mm);
         return peft_fail(err, PEFT_ERR_SHAPE, "%s: the merged model's shape differs from its base %s", merged_path,
