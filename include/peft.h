@@ -231,6 +231,25 @@ int peft_adapter_attach(peft_model *m, const peft_adapter *a);
  * from HF, GGUF from GGUF); other methods, and adapters with a
  * classification head, are an error. */
 int peft_adapter_merge(peft_model *m, const peft_adapter *a, const char *out_path);
+/* The same with the type of the tensors the adapter changes (the others are
+ * copied as they are): NULL or "default" (float bases keep their dtype;
+ * quantized GGUF tensors become F16, because re-quantizing to the base's
+ * few bits rounds a low-rank delta away), "keep" (the base tensor's type
+ * where it can be re-quantized, else F16), "f32", "f16", "bf16", and for
+ * GGUF "q8_0", "q5_1", "q5_0", "q4_1", "q4_0". */
+int peft_adapter_merge_as(peft_model *m, const peft_adapter *a, const char *out_path, const char *outtype);
+
+/* How much of a's effect a merged model kept, from the logits of m, of m
+ * with a, and of the model at merged_path on 3 fixed token sequences. */
+typedef struct {
+    double lost;          /* ||merged - adapted|| / ||adapted - base||: 0 all kept, ~1 the base's
+                             behaviour again; NAN when a does not change the logits */
+    double effect;        /* ||adapted - base|| / ||base|| */
+    double max_abs_diff;  /* max |merged - adapted| */
+    double max_effect;    /* max |adapted - base| */
+    int n_seq, n_tokens;
+} peft_merge_check;
+int peft_adapter_merge_check(peft_model *m, const peft_adapter *a, const char *merged_path, peft_merge_check *out);
 /* A LoRA adapter as a llama.cpp GGUF LoRA file. */
 int peft_adapter_export_gguf(peft_model *m, const peft_adapter *a, const char *path);
 

@@ -663,8 +663,8 @@ static double logit_diff(const char *path, const char *case_name, const char *ke
     return worst;
 }
 
-/* Merges case c's adapter into base, writing out; 0 on success. */
-static int merge_case(const lcase *c, const char *base, const char *out) {
+/* Merges case c's adapter into base, writing out in outtype; 0 on success. */
+static int merge_case_as(const lcase *c, const char *base, const char *out, int outtype) {
     loaded l = load_model(base);
     if (!l.m) return -1;
     char dir[256];
@@ -672,11 +672,15 @@ static int merge_case(const lcase *c, const char *base, const char *out) {
     peft_err err = {0};
     adapter *a = NULL;
     int rc = lora_load(l.m, dir, &a, &err);
-    if (!rc) rc = lora_merge_save(a, l.m, out, &err);
+    if (!rc) rc = lora_merge_save_as(a, l.m, out, outtype, NULL, &err);
     if (rc) fprintf(stderr, "  %s: %s\n", c->name, err.msg);
     adapter_free(a);
     unload(&l);
     return rc;
+}
+
+static int merge_case(const lcase *c, const char *base, const char *out) {
+    return merge_case_as(c, base, out, MERGE_OUT_DEFAULT);
 }
 
 static void merged_hf_folders_match_peft(void) {
@@ -753,8 +757,10 @@ static void merged_gguf_matches_peft(void) {
     }
 }
 
-/* Q8_0 bases stay Q8_0; the merged model is the Q8_0 base plus the delta
- * (checked against merging in f32 and quantizing, through the logits). */
+/* With outtype keep, Q8_0 bases stay Q8_0; the merged model is the Q8_0
+ * base plus the delta (checked against merging in f32 and quantizing,
+ * through the logits). By default the changed tensors become F16 and the
+ * rest stay Q8_0 byte for byte. */
 static void merged_q8_0_gguf_keeps_types(void) {
     if (!peft_file_exists(LFIX "llama_all/reference.safetensors")) TEST_FAIL("committed LoRA fixtures missing (tools/make_lora_fixtures.py)");
     for (int ci = 0; ci < N_CASES; ci++) {
@@ -763,7 +769,7 @@ static void merged_q8_0_gguf_keeps_types(void) {
         char tmp[64], out[128];
         make_tmp(tmp, sizeof tmp);
         snprintf(out, sizeof out, "%s/merged.q8_0.gguf", tmp);
-        CHECK_OK(merge_case(c, c->gguf_q8, out));
+        CHECK_OK(merge_case_as(c, c->gguf_q8, out, MERGE_OUT_KEEP));
         gguf_file *x = NULL, *y = NULL;
         peft_err err = {0};
         CHECK_OK(gguf_open(c->gguf_q8, &x, &err));
@@ -786,6 +792,23 @@ static void merged_q8_0_gguf_keeps_types(void) {
         double dm = logit_diff(out, c->name, "merged_logits");
         printf("    %-16s q8_0 merged vs peft merged (f32) %.3g\n", c->name, dm);
         CHECK(dm <= 0.5);
+        /* default: changed tensors F16, the others untouched */
+        CHECK_OK(merge_case(c, c->gguf_q8, out));
+        CHECK_OK(gguf_open(c->gguf_q8, &x, &err));
+        CHECK_OK(gguf_open(out, &y, &err));
+        int n_f16 = 0;
+        if (x && y) {
+            for (int i = 0; i < gguf_n_tensors(x); i++) {
+                const gguf_tensor *s = gguf_tensor_at(x, i), *t = gguf_find_tensor(y, s->name);
+                if (!t) { CHECK_MSG(0, "%s", s->name); continue; }
+                if (t->dtype == PEFT_DT_F16 && s->dtype == PEFT_DT_Q8_0) n_f16++;
+                else CHECK_MSG(t->ggml_type == s->ggml_type && t->nbytes == s->nbytes && !memcmp(s->data, t->data, s->nbytes),
+                               "%s changed", s->name);
+            }
+        }
+        CHECK_EQ_INT(n_f16, c->n_modules);
+        gguf_close(x);
+        gguf_close(y);
         rm_tree(tmp);
     }
 }

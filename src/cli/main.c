@@ -25,7 +25,11 @@ static void usage(FILE *f) {
             PEFT_VERSION);
 }
 
+/* cli_opt and cli_flag are tried one after another on the same argument:
+ * once a missing value has consumed the last one (a->i == argc), the rest of
+ * the chain must see no argument instead of argv[argc] (NULL). */
 const char *cli_opt(cli_args *a, const char *name, bool *bad) {
+    if (a->i >= a->argc) return NULL;
     const char *arg = a->argv[a->i];
     size_t n = strlen(name);
     if (strncmp(arg, name, n) != 0) return NULL;
@@ -42,6 +46,7 @@ const char *cli_opt(cli_args *a, const char *name, bool *bad) {
 }
 
 bool cli_flag(cli_args *a, const char *name) {
+    if (a->i >= a->argc) return false;
     if (strcmp(a->argv[a->i], name) != 0) return false;
     a->i++;
     return true;

@@ -141,6 +141,16 @@ int peft_adapter_merge(peft_model *m, const peft_adapter *a, const char *out_pat
     return lora_merge_save(AS_LORA(a), m, out_path, &m->ctx->err);
 }
 
+int peft_adapter_merge_as(peft_model *m, const peft_adapter *a, const char *out_path, const char *outtype) {
+    int t = MERGE_OUT_DEFAULT;
+    if (outtype && lora_merge_outtype_parse(outtype, &t, &m->ctx->err)) return m->ctx->err.code;
+    return lora_merge_save_as(AS_LORA(a), m, out_path, t, NULL, &m->ctx->err);
+}
+
+int peft_adapter_merge_check(peft_model *m, const peft_adapter *a, const char *merged_path, peft_merge_check *out) {
+    return lora_merge_verify(AS_LORA(a), m, merged_path, out, &m->ctx->err);
+}
+
 int peft_adapter_export_gguf(peft_model *m, const peft_adapter *a, const char *path) {
     return lora_export_gguf(AS_LORA(a), m, path, &m->ctx->err);
 }

@@ -41,10 +41,39 @@ int lora_load(const peft_model *m, const char *dir, adapter **out, peft_err *err
 int lora_export_gguf(const adapter *a, const peft_model *m, const char *path, peft_err *err);
 
 /* W' = W + s·B·A for every module, written as a new model: an HF folder
- * (safetensors, the base's dtype for float types) from an HF base, or a
- * GGUF (base tensor types kept where requantizable, else F16) from a GGUF
- * base. */
+ * (safetensors) from an HF base, or a GGUF from a GGUF base; tensors the
+ * adapter does not change are copied byte for byte.
+ *
+ * outtype, the type of the tensors the adapter changes:
+ *   MERGE_OUT_DEFAULT  float bases keep their dtype (F32, F16, BF16); GGUF
+ *                      tensors of a quantized type become MERGE_DEFAULT_QUANT_OUT,
+ *                      because re-quantizing to the base's few bits rounds a
+ *                      low-rank delta away (docs/formats.md has the numbers);
+ *   MERGE_OUT_KEEP     every tensor keeps its base type where kern_quant_row
+ *                      can write it and the rows fit its blocks, else F16;
+ *   a peft_dtype       that type (F32, F16, BF16; GGUF also Q8_0, Q5_1, Q5_0,
+ *                      Q4_1, Q4_0), F16 where a row does not fit its blocks.
+ * Biases (IA3 scales them) keep their stored type. */
+enum { MERGE_OUT_DEFAULT = -1, MERGE_OUT_KEEP = -2 };
+#define MERGE_DEFAULT_QUANT_OUT PEFT_DT_F16
+/* "default", "keep", "f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1",
+ * "q4_0" (any case) into *outtype; PEFT_ERR_INVALID naming the choices. */
+int lora_merge_outtype_parse(const char *name, int *outtype, peft_err *err);
+/* The output types of one merge: changed tensors per dtype. */
+typedef struct {
+    int n_changed;
+    int n_by_dtype[PEFT_DT_COUNT];
+} merge_summary;
 int lora_merge_save(const adapter *a, const peft_model *m, const char *out_path, peft_err *err);
+int lora_merge_save_as(const adapter *a, const peft_model *m, const char *out_path, int outtype,
+                       merge_summary *sum, peft_err *err);
+
+/* How much of the adapter's effect on the logits a merged model keeps
+ * (peft_merge_check in peft.h has the fields): base (m alone), adapted (m
+ * with a attached) and merged (the model at merged_path) logits on a few
+ * fixed token sequences. */
+typedef peft_merge_check merge_check;
+int lora_merge_verify(const adapter *a, peft_model *m, const char *merged_path, merge_check *out, peft_err *err);
 
 /* ---- math (lora_compute.c) ------------------------------------------------
  * x (N, in) row stride ldx, y (N, out) row stride ldy, xa (N, r).

@@ -3,20 +3,23 @@
  *
  * HF base → HF folder: config.json and the tokenizer files copied, one
  * model.safetensors holding every tensor of the base; merged weights in the
- * base tensor's float dtype, the rest copied byte for byte. GPT-2's Conv1D
- * weights are stored (in, out), so there stored row i gets column i of the
- * delta: row_i[o] += s·Σ_k B[o,k]·A[k,i].
+ * base tensor's float dtype (or the outtype asked for), the rest copied byte
+ * for byte. GPT-2's Conv1D weights are stored (in, out), so there stored row
+ * i gets column i of the delta: row_i[o] += s·Σ_k B[o,k]·A[k,i].
  *
  * GGUF base → GGUF file: every key/value copied, unmerged tensors copied byte
- * for byte, merged ones re-quantized to their type when we can write it (else
- * F16). The in-memory llama Q/K rows are in HF order (load.c un-permutes
- * them), so merged Q/K rows are put back in llama.cpp's order on the way out. */
+ * for byte, merged ones written in the outtype (lora.h: by default F16 for
+ * quantized bases, whose few bits would round the delta away). The in-memory
+ * llama Q/K rows are in HF order (load.c un-permutes them), so merged Q/K
+ * rows are put back in llama.cpp's order on the way out. */
 #include "peft/lora.h"
 #include "kernels/quant.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* row += s·Σ_k B[o,k]·A[k,·] for output row o of W (non-transposed). */
 static void add_delta_row(float *row, const lora_module *md, int64_t o) {
@@ -81,6 +84,20 @@ static int64_t gguf_row_of(int64_t f, int64_t rows, int n_heads) {
     return h * hd + 2 * i + j;
 }
 
+/* A merged row must be finite and, for F16, within its range (65504):
+ * F16 would store an overflow as inf without a word. */
+static int check_row(const float *row, int64_t n, peft_dtype odt, int64_t q, const char *what, peft_err *err) {
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(row[i]))
+            return peft_fail(err, PEFT_ERR_NUMERIC, "%s: merged row %lld has a non-finite value", what, (long long)q);
+        if (odt == PEFT_DT_F16 && fabsf(row[i]) > 65504.0f)
+            return peft_fail(err, PEFT_ERR_NUMERIC,
+                             "%s: merged row %lld holds %g, beyond F16's range: merge with outtype bf16 or f32", what,
+                             (long long)q, (double)row[i]);
+    }
+    return 0;
+}
+
 /* Writes the merged weight of md into dst in dtype odt, stored the way w is
  * (transposed or not); perm_heads > 0 puts rows in GGUF Q/K order. */
 static int merge_into(const kern_weight *w, const merge_op *op, peft_dtype odt, void *dst, int perm_heads,
@@ -97,6 +114,8 @@ static int merge_into(const kern_weight *w, const merge_op *op, peft_dtype odt, 
         rc = kern_dequant_row(w->dtype, (const char *)w->data + (size_t)q * irb, row, n_cols);
         if (rc) { rc = peft_fail(err, rc, "%s: cannot convert %s rows", what, peft_dtype_name(w->dtype)); break; }
         merge_row(row, op, q, w->transposed, n_cols);
+        rc = check_row(row, n_cols, odt, q, what, err);
+        if (rc) break;
         const int64_t oq = perm_heads > 0 ? gguf_row_of(q, n_rows, perm_heads) : q;
         rc = kern_quant_row(odt, row, (char *)dst + (size_t)oq * orb, n_cols);
         if (rc) rc = peft_fail(err, rc, "%s: cannot write %s rows", what, peft_dtype_name(odt));
@@ -151,7 +170,8 @@ static int check_fit(const adapter *a, const peft_model *m, const char *out_path
 /* ---- HF ---------------------------------------------------------------------- */
 
 
-static int merge_hf(const adapter *a, const peft_model *m, const char *out_dir, peft_err *err) {
+static int merge_hf(const adapter *a, const peft_model *m, const char *out_dir, int outtype, merge_summary *sum,
+                    peft_err *err) {
     static const char *const files[] = {"config.json",       "generation_config.json", "tokenizer.json",
                                         "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                                         "merges.txt",        "tokenizer.model",        "chat_template.jinja"};
@@ -222,12 +242,18 @@ static int merge_hf(const adapter *a, const peft_model *m, const char *out_dir, 
                            s->name, peft_dtype_name(s->dtype));
             break;
         }
-        bufs[k] = peft_malloc(s->nbytes ? s->nbytes : 1, err);
+        /* outtype was checked to be a float type (or keep/default) */
+        const peft_dtype odt = outtype >= 0 ? (peft_dtype)outtype : s->dtype;
+        const size_t nbytes = (size_t)st_numel(s) * kern_dtype_block_bytes(odt);
+        bufs[k] = peft_malloc(nbytes ? nbytes : 1, err);
         if (!bufs[k]) { rc = PEFT_ERR_NOMEM; break; }
         char what[400];
         snprintf(what, sizeof what, "%s: %s", m->path, s->name);
-        rc = merge_into(kw, md, s->dtype, bufs[k], 0, what, err);
+        rc = merge_into(kw, md, odt, bufs[k], 0, what, err);
         w->data = bufs[k];
+        w->dtype = odt;
+        sum->n_changed++;
+        sum->n_by_dtype[odt]++;
     }
     if (!rc) {
         static const char *const meta[] = {"format", "pt", NULL};
@@ -247,7 +273,20 @@ done:
 
 /* ---- GGUF -------------------------------------------------------------------- */
 
-static int merge_gguf(const adapter *a, const peft_model *m, const char *out_path, peft_err *err) {
+static bool is_float_type(peft_dtype t) { return t == PEFT_DT_F32 || t == PEFT_DT_F16 || t == PEFT_DT_BF16; }
+
+/* The type a changed GGUF tensor of type base with rows of cols is written in. */
+static peft_dtype gguf_out_type(peft_dtype base, int outtype, int64_t cols) {
+    peft_dtype odt = outtype >= 0              ? (peft_dtype)outtype
+                     : outtype == MERGE_OUT_KEEP ? base
+                     : is_float_type(base)       ? base
+                                                 : MERGE_DEFAULT_QUANT_OUT;
+    if (!kern_dtype_can_quantize(odt) || kern_dtype_row_bytes(odt, cols) == 0) odt = PEFT_DT_F16;
+    return odt;
+}
+
+static int merge_gguf(const adapter *a, const peft_model *m, const char *out_path, int outtype, merge_summary *sum,
+                      peft_err *err) {
     const gguf_file *g = m->gguf;
     const int n = gguf_n_tensors(g);
     void **bufs = peft_calloc((size_t)(n ? n : 1), sizeof *bufs, err);
@@ -309,8 +348,9 @@ static int merge_gguf(const adapter *a, const peft_model *m, const char *out_pat
             continue;
         }
         const kern_weight *kw = &m->layers[md->layer].lin[md->role].w;
-        peft_dtype odt = t->dtype;
-        if (!kern_dtype_can_quantize(odt) || kern_dtype_row_bytes(odt, kw->cols) == 0) odt = PEFT_DT_F16;
+        const peft_dtype odt = gguf_out_type(t->dtype, outtype, kw->cols);
+        sum->n_changed++;
+        sum->n_by_dtype[odt]++;
         const size_t nbytes = kern_dtype_row_bytes(odt, kw->cols) * (size_t)kw->rows;
         bufs[k] = peft_malloc(nbytes ? nbytes : 1, err);
         if (!bufs[k]) { rc = PEFT_ERR_NOMEM; break; }
@@ -338,10 +378,41 @@ done:
     return rc;
 }
 
-int lora_merge_save(const adapter *a, const peft_model *m, const char *out_path, peft_err *err) {
+int lora_merge_outtype_parse(const char *name, int *outtype, peft_err *err) {
+    static const struct { const char *name; int t; } tab[] = {
+        {"default", MERGE_OUT_DEFAULT}, {"keep", MERGE_OUT_KEEP}, {"f32", PEFT_DT_F32},   {"f16", PEFT_DT_F16},
+        {"bf16", PEFT_DT_BF16},         {"q8_0", PEFT_DT_Q8_0},   {"q5_1", PEFT_DT_Q5_1}, {"q5_0", PEFT_DT_Q5_0},
+        {"q4_1", PEFT_DT_Q4_1},         {"q4_0", PEFT_DT_Q4_0}};
+    for (size_t i = 0; name && i < sizeof tab / sizeof tab[0]; i++)
+        if (strcasecmp(name, tab[i].name) == 0) { *outtype = tab[i].t; return 0; }
+    return peft_fail(err, PEFT_ERR_INVALID,
+                     "outtype \"%s\" is not one of default, keep, f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0",
+                     name ? name : "(null)");
+}
+
+int lora_merge_save_as(const adapter *a, const peft_model *m, const char *out_path, int outtype,
+                       merge_summary *sum, peft_err *err) {
+    merge_summary local;
+    if (!sum) sum = &local;
+    memset(sum, 0, sizeof *sum);
+    if (outtype != MERGE_OUT_DEFAULT && outtype != MERGE_OUT_KEEP && !(outtype >= 0 && outtype < PEFT_DT_COUNT &&
+                                                                       kern_dtype_can_quantize((peft_dtype)outtype)))
+        return peft_fail(err, PEFT_ERR_INVALID, "%s: merge output type %d is not one kern_quant_row writes", out_path,
+                         outtype);
     int rc = check_fit(a, m, out_path, err);
     if (rc) return rc;
-    if (m->st) return merge_hf(a, m, out_path, err);
-    if (m->gguf) return merge_gguf(a, m, out_path, err);
+    if (m->st) {
+        if (outtype >= 0 && !is_float_type((peft_dtype)outtype))
+            return peft_fail(err, PEFT_ERR_INVALID,
+                             "%s: a merged HF folder (safetensors) holds F32, F16 or BF16 tensors, not %s: choose "
+                             "one of those, or merge into a GGUF base",
+                             out_path, peft_dtype_name((peft_dtype)outtype));
+        return merge_hf(a, m, out_path, outtype, sum, err);
+    }
+    if (m->gguf) return merge_gguf(a, m, out_path, outtype, sum, err);
     return peft_fail(err, PEFT_ERR_INVALID, "%s: the base model has no weights file", m->path);
+}
+
+int lora_merge_save(const adapter *a, const peft_model *m, const char *out_path, peft_err *err) {
+    return lora_merge_save_as(a, m, out_path, MERGE_OUT_DEFAULT, NULL, err);
 }
