@@ -177,9 +177,6 @@ static int merge_hf(const adapter *a, const peft_model *m, const char *out_dir, 
                                         "merges.txt",        "tokenizer.model",        "chat_template.jinja"};
     int rc = peft_mkdir_p(out_dir, err);
     if (rc) return rc;
-    if (peft_is_dir(m->path))
-        for (size_t i = 0; i < sizeof files / sizeof files[0] && !rc; i++) rc = peft_copy_file_if_exists(m->path, out_dir, files[i], err);
-    if (rc) return rc;
     const int n = st_count(m->st);
     st_write_tensor *t = peft_calloc((size_t)(n ? n : 1), sizeof *t, err);
     void **bufs = peft_calloc((size_t)(n ? n : 1), sizeof *bufs, err);
@@ -259,6 +256,10 @@ static int merge_hf(const adapter *a, const peft_model *m, const char *out_dir, 
         static const char *const meta[] = {"format", "pt", NULL};
         rc = st_write(st_path, t, n, meta, err);
     }
+    /* The weights first: a save that fails on them leaves the folder's old
+     * config and tokenizer beside its old weights, not new ones. */
+    if (!rc && peft_is_dir(m->path))
+        for (size_t i = 0; i < sizeof files / sizeof files[0] && !rc; i++) rc = peft_copy_file_if_exists(m->path, out_dir, files[i], err);
 done:
     if (bufs)
         for (int k = 0; k < n; k++) free(bufs[k]);
