@@ -1,0 +1,123 @@
+/* test_hostile.c — crafted files from the security review of issue 9 (and
+ * more found since): each loader must refuse them with one error naming
+ * the file and the problem, quickly and without a large allocation. Each
+ * test writes a minimal reproducer into a temp folder. Checks that need the
+ * CLI run it through $PEFT_CLI, under `ulimit -v` where an over-allocation is
+ * the bug, so it fails the test instead of exhausting the machine. */
+#include "peft.h"
+#include "core/core.h"
+#include "formats/gguf.h"
+#include "formats/safetensors.h"
+#include "model/model.h"
+#include "test.h"
+
+#include <stdint.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define FIX "tests/fixtures/"
+/* Helpers some builds of this file (while cases are added) leave unused. */
+#define MAYBE_UNUSED __attribute__((unused))
+
+static char tmpdir[256];
+
+static const char *tpath(const char *name) {
+    static char p[4][600];
+    static int k = 0;
+    k = (k + 1) % 4;
+    snprintf(p[k], sizeof p[k], "%s/%s", tmpdir, name);
+    return p[k];
+}
+
+MAYBE_UNUSED static void write_str(const char *path, const char *text) { test_write_bytes(path, text, strlen(text)); }
+
+static bool has(const char *msg, const char *needle) { return msg && needle && strstr(msg, needle) != NULL; }
+
+#define CHECK_HAS(msg, needle) CHECK_MSG(has((msg), (needle)), "message \"%s\" lacks \"%s\"", (msg), (needle))
+
+/* A .safetensors file whose header is `json` (padded to 8) and `data_len` zero bytes of data. */
+static void write_safetensors(const char *path, const char *json, size_t data_len) {
+    size_t hl = strlen(json), pad = (8 - hl % 8) % 8;
+    size_t total = 8 + hl + pad + data_len;
+    unsigned char *b = calloc(1, total);
+    uint64_t n = hl + pad;
+    for (int i = 0; i < 8; i++) b[i] = (unsigned char)(n >> (8 * i));
+    memcpy(b + 8, json, hl);
+    memset(b + 8 + hl, ' ', pad);
+    test_write_bytes(path, b, total);
+    free(b);
+}
+
+MAYBE_UNUSED static void copy_file(const char *src, const char *dst) {
+    char *data = NULL;
+    size_t len = 0;
+    peft_err err = {0};
+    if (peft_read_file(src, &data, &len, &err) == 0) test_write_bytes(dst, data, len);
+    free(data);
+}
+
+/* A copy of a fixture folder's files into tmpdir/<name>. */
+MAYBE_UNUSED static const char *copy_dir(const char *src, const char *name, const char *const *files) {
+    static char dir[600];
+    snprintf(dir, sizeof dir, "%s/%s", tmpdir, name);
+    mkdir(dir, 0755);
+    for (int i = 0; files[i]; i++) {
+        char s[700], d[700];
+        snprintf(s, sizeof s, "%s/%s", src, files[i]);
+        snprintf(d, sizeof d, "%s/%s", dir, files[i]);
+        copy_file(s, d);
+    }
+    return dir;
+}
+
+MAYBE_UNUSED static const char *const model_files[] = {"config.json", "model.safetensors", "tokenizer.json",
+                                          "tokenizer_config.json", NULL};
+
+/* peft_model_load must fail with a message holding both needles. */
+MAYBE_UNUSED static void expect_model_error(const char *path, const char *needle1, const char *needle2) {
+    peft_ctx *ctx = peft_init(NULL);
+    peft_model *m = peft_model_load(ctx, path);
+    CHECK_MSG(m == NULL, "%s loaded but should not", path);
+    if (m) peft_model_free(m);
+    const char *msg = peft_last_error(ctx);
+    if (needle1) CHECK_HAS(msg, needle1);
+    if (needle2) CHECK_HAS(msg, needle2);
+    peft_free(ctx);
+}
+
+/* Runs the CLI with args under a virtual-memory limit (KiB); returns the exit status. */
+MAYBE_UNUSED static int run_cli_limited(long kib, const char *args, char *out, size_t cap) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "sh -c 'ulimit -v %ld; exec %s %s' 2>&1", kib, getenv("PEFT_CLI"), args);
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* ---- safetensors ------------------------------------------------------------ */
+
+/* Found 1: a second __metadata__ object wrote past the metadata array. */
+static void safetensors_duplicate_metadata_is_refused(void) {
+    const char *p = tpath("dupmeta.safetensors");
+    write_safetensors(p, "{\"__metadata__\":{\"a\":\"1\"},\"__metadata__\":{\"b\":\"2\",\"c\":\"3\",\"d\":\"4\"},"
+                         "\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4);
+    st_archive *a = NULL;
+    peft_err err = {0};
+    CHECK(st_open(p, &a, &err) == PEFT_ERR_FORMAT);
+    CHECK(a == NULL);
+    CHECK_HAS(err.msg, "dupmeta.safetensors");
+    CHECK_HAS(err.msg, "__metadata__");
+    st_close(a);
+}
+
+int main(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/peft_hostile_XXXXXX");
+    if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
+    TEST_RUN(safetensors_duplicate_metadata_is_refused);
+    if (test_rm_rf(tmpdir) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+    TEST_MAIN_END();
+}
