@@ -34,7 +34,8 @@ MAYBE_UNUSED static void write_str(const char *path, const char *text) { test_wr
 
 static bool has(const char *msg, const char *needle) { return msg && needle && strstr(msg, needle) != NULL; }
 
-#define CHECK_HAS(msg, needle) CHECK_MSG(has((msg), (needle)), "message \"%s\" lacks \"%s\"", (msg), (needle))
+static const char *nz(const char *s) { return s ? s : "(null)"; }
+#define CHECK_HAS(msg, needle) CHECK_MSG(has((msg), (needle)), "message \"%s\" lacks \"%s\"", nz(msg), nz(needle))
 
 /* A .safetensors file whose header is `json` (padded to 8) and `data_len` zero bytes of data. */
 static void write_safetensors(const char *path, const char *json, size_t data_len) {
@@ -114,10 +115,72 @@ static void safetensors_duplicate_metadata_is_refused(void) {
     st_close(a);
 }
 
+/* ---- config.json ------------------------------------------------------------- */
+
+/* Replaces the first `from` in dir/name with `to`. */
+static void edit_file(const char *dir, const char *name, const char *from, const char *to) {
+    char p[700];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    char *data = NULL;
+    size_t len = 0;
+    peft_err err = {0};
+    if (peft_read_file(p, &data, &len, &err)) return;
+    char *at = strstr(data, from);
+    CHECK_MSG(at != NULL, "%s has no \"%s\" to edit", p, from);
+    if (at) {
+        FILE *f = fopen(p, "wb");
+        fwrite(data, 1, (size_t)(at - data), f);
+        fputs(to, f);
+        fputs(at + strlen(from), f);
+        fclose(f);
+    }
+    free(data);
+}
+
+/* Found 4: 130 bytes of config.json asked for 3.2 GB of layers. */
+static void config_layer_count_is_capped(void) {
+    const char *d = copy_dir(FIX "models/tiny-llama", "layers", model_files);
+    edit_file(d, "config.json", "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 4748368");
+    expect_model_error(d, "config.json", "num_hidden_layers");
+    expect_model_error(d, "1024", NULL);
+}
+
+/* Found 5: pad_token_id 1e17 was an undefined float-to-int conversion. */
+static void config_pad_token_id_is_range_checked(void) {
+    const char *d = copy_dir(FIX "models/tiny-llama", "pad", model_files);
+    edit_file(d, "config.json", "\"pad_token_id\": 317", "\"pad_token_id\": 1e17");
+    expect_model_error(d, "config.json", "pad_token_id");
+    edit_file(d, "config.json", "\"pad_token_id\": 1e17", "\"pad_token_id\": 320");
+    expect_model_error(d, "config.json", "pad_token_id");
+    edit_file(d, "config.json", "\"pad_token_id\": 320", "\"pad_token_id\": -1");
+    peft_ctx *ctx = peft_init(NULL);
+    peft_model *m = peft_model_load(ctx, d);
+    CHECK_MSG(m != NULL, "pad_token_id -1 (LLaMA's \"none\") must load: %s", peft_last_error(ctx));
+    peft_model_free(m);
+    peft_free(ctx);
+}
+
+/* Every JSON number that becomes an integer is range-checked, and floats
+ * must fit a float (1e300 -> float is undefined). */
+static void config_numbers_are_range_checked(void) {
+    const char *d = copy_dir(FIX "models/tiny-llama", "nums", model_files);
+    edit_file(d, "config.json", "\"rms_norm_eps\": 1e-05", "\"rms_norm_eps\": 1e300");
+    expect_model_error(d, "config.json", "rms_norm_eps");
+    edit_file(d, "config.json", "\"rms_norm_eps\": 1e300", "\"rms_norm_eps\": 1e-05");
+    edit_file(d, "config.json", "\"head_dim\": 16", "\"head_dim\": 16.5");
+    expect_model_error(d, "config.json", "head_dim");
+    edit_file(d, "config.json", "\"head_dim\": 16.5", "\"head_dim\": 16");
+    edit_file(d, "config.json", "\"max_position_embeddings\": 128", "\"max_position_embeddings\": 9000000");
+    expect_model_error(d, "config.json", "max_position_embeddings");
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/peft_hostile_XXXXXX");
     if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
     TEST_RUN(safetensors_duplicate_metadata_is_refused);
+    TEST_RUN(config_layer_count_is_capped);
+    TEST_RUN(config_pad_token_id_is_range_checked);
+    TEST_RUN(config_numbers_are_range_checked);
     if (test_rm_rf(tmpdir) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
     TEST_MAIN_END();
 }
