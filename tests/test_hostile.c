@@ -174,6 +174,61 @@ static void config_numbers_are_range_checked(void) {
     expect_model_error(d, "config.json", "max_position_embeddings");
 }
 
+/* ---- tokenizer.json ------------------------------------------------------------ */
+
+/* A copy of tiny-llama whose tokenizer.json is `tok` (tokenizer_config.json removed). */
+static const char *model_with_tokenizer(const char *name, const char *tok) {
+    const char *d = copy_dir(FIX "models/tiny-llama", name, model_files);
+    char p[700];
+    snprintf(p, sizeof p, "%s/tokenizer.json", d);
+    write_str(p, tok);
+    snprintf(p, sizeof p, "%s/tokenizer_config.json", d);
+    unlink(p);
+    return d;
+}
+
+#define TINY_VOCAB "\"vocab\":{\"a\":0,\"b\":1,\"ab\":2}"
+
+/* Found 2: a BertProcessing cls id past the vocabulary became BOS and the
+ * chat formatter read the token table with it; 1e20 was an undefined cast. */
+static void tokenizer_post_processor_ids_are_range_checked(void) {
+    const char *ids[] = {"999999", "1e20", "-1", "1.5"};
+    for (int i = 0; i < 4; i++) {
+        char tok[512];
+        snprintf(tok, sizeof tok,
+                 "{\"model\":{\"type\":\"BPE\"," TINY_VOCAB ",\"merges\":[]},"
+                 "\"post_processor\":{\"type\":\"BertProcessing\",\"cls\":[\"a\",%s],\"sep\":[\"b\",1]}}", ids[i]);
+        const char *d = model_with_tokenizer("postids", tok);
+        expect_model_error(d, "tokenizer.json", "post_processor.cls");
+    }
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
+    char out[8192], args[800];
+    snprintf(args, sizeof args, "generate --model %s/postids --chat --prompt hi --max-tokens 2", tmpdir);
+    CHECK_EQ_INT(run_cli_limited(4000000, args, out, sizeof out), 1);
+    CHECK_HAS(out, "tokenizer.json");
+    CHECK_HAS(out, "post_processor.cls");
+}
+
+/* Found 4: one added token with id 2^24 sized a 16M-entry token table. */
+static void tokenizer_added_token_id_is_bounded(void) {
+    const char *d = model_with_tokenizer("addedid",
+        "{\"model\":{\"type\":\"BPE\"," TINY_VOCAB ",\"merges\":[]},"
+        "\"added_tokens\":[{\"id\":16777216,\"content\":\"<x>\",\"special\":true}]}");
+    expect_model_error(d, "tokenizer.json", "added_tokens.id");
+    d = model_with_tokenizer("vocabid", "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":4000000}}}");
+    expect_model_error(d, "tokenizer.json", "vocab.b");
+}
+
+/* Found 6: merges naming tokens that are not in the vocabulary (HF refuses them). */
+static void tokenizer_merges_must_name_tokens(void) {
+    const char *d = model_with_tokenizer("merges",
+        "{\"model\":{\"type\":\"BPE\"," TINY_VOCAB ",\"merges\":[\"a b\",\"a zz\"]}}");
+    expect_model_error(d, "tokenizer.json", "merge 1");
+    d = model_with_tokenizer("merges2",
+        "{\"model\":{\"type\":\"BPE\"," TINY_VOCAB ",\"merges\":[[\"b\",\"a\"]]}}");
+    expect_model_error(d, "tokenizer.json", "not in the vocabulary");
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/peft_hostile_XXXXXX");
     if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
@@ -181,6 +236,9 @@ int main(void) {
     TEST_RUN(config_layer_count_is_capped);
     TEST_RUN(config_pad_token_id_is_range_checked);
     TEST_RUN(config_numbers_are_range_checked);
+    TEST_RUN(tokenizer_post_processor_ids_are_range_checked);
+    TEST_RUN(tokenizer_added_token_id_is_bounded);
+    TEST_RUN(tokenizer_merges_must_name_tokens);
     if (test_rm_rf(tmpdir) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
     TEST_MAIN_END();
 }

@@ -70,7 +70,7 @@ static int append_trimmed(peft_buf *b, const char *s) {
 }
 
 static const char *tok_or(const bpe_tokenizer *t, int id, const char *dflt) {
-    return id >= 0 && t->tok[id] ? t->tok[id] : dflt;
+    return id >= 0 && id < t->n_vocab && t->tok[id] ? t->tok[id] : dflt;
 }
 
 int bpe_chat_format(const bpe_tokenizer *t, const bpe_chat_msg *msgs, int n,
