@@ -229,6 +229,49 @@ static void tokenizer_merges_must_name_tokens(void) {
     expect_model_error(d, "tokenizer.json", "not in the vocabulary");
 }
 
+/* ---- GGUF ---------------------------------------------------------------------- */
+
+/* Copies src (its key/values and tensors) to dst and adds one F32 tensor. */
+static void gguf_copy_plus(const char *src, const char *dst, const char *name, int ndim, const int64_t *ne,
+                           const float *data, size_t nbytes) {
+    gguf_file *g = NULL;
+    peft_err err = {0};
+    CHECK_OK(gguf_open(src, &g, &err));
+    if (!g) return;
+    gguf_writer *w = gguf_writer_new(&err);
+    CHECK_OK(gguf_w_copy_kv(w, g, NULL));
+    for (int i = 0; i < gguf_n_tensors(g); i++) {
+        const gguf_tensor *t = gguf_tensor_at(g, i);
+        CHECK_OK(gguf_w_tensor(w, t->name, t->dtype, t->ndim, t->ne, t->data, t->nbytes));
+    }
+    CHECK_OK(gguf_w_tensor(w, name, PEFT_DT_F32, ndim, ne, data, nbytes));
+    CHECK_OK(gguf_writer_save(w, dst, &err));
+    gguf_writer_free(w);
+    gguf_close(g);
+}
+
+/* Found 3: rope_freqs.weight was checked by dtype and shape[0] only; a
+ * [half, 0] tensor (0 bytes, at the end of the file) made memcpy read past
+ * the mapping. */
+static void gguf_rope_freqs_byte_size_is_checked(void) {
+    const char *p = tpath("ropefreqs.gguf");
+    const int64_t ne[2] = {0, 8};   /* tiny-llama: head_dim 16, 8 frequencies */
+    gguf_copy_plus(FIX "models/tiny-llama.f32.gguf", p, "rope_freqs.weight", 2, ne, NULL, 0);
+    expect_model_error(p, "ropefreqs.gguf", "rope_freqs.weight");
+    /* a zero divisor would make every frequency infinite */
+    const int64_t ne1[1] = {8};
+    const float zeros[8] = {0};
+    gguf_copy_plus(FIX "models/tiny-llama.f32.gguf", p, "rope_freqs.weight", 1, ne1, zeros, sizeof zeros);
+    expect_model_error(p, "ropefreqs.gguf", "rope_freqs.weight[0]");
+    const float ones[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    gguf_copy_plus(FIX "models/tiny-llama.f32.gguf", p, "rope_freqs.weight", 1, ne1, ones, sizeof ones);
+    peft_ctx *ctx = peft_init(NULL);
+    peft_model *m = peft_model_load(ctx, p);
+    CHECK_MSG(m != NULL, "a valid rope_freqs.weight must load: %s", peft_last_error(ctx));
+    peft_model_free(m);
+    peft_free(ctx);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/peft_hostile_XXXXXX");
     if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
@@ -239,6 +282,7 @@ int main(void) {
     TEST_RUN(tokenizer_post_processor_ids_are_range_checked);
     TEST_RUN(tokenizer_added_token_id_is_bounded);
     TEST_RUN(tokenizer_merges_must_name_tokens);
+    TEST_RUN(gguf_rope_freqs_byte_size_is_checked);
     if (test_rm_rf(tmpdir) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
     TEST_MAIN_END();
 }
