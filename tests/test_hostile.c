@@ -9,6 +9,7 @@
 #include "formats/gguf.h"
 #include "formats/safetensors.h"
 #include "model/model.h"
+#include "train/data.h"
 #include "test.h"
 
 #include <stdint.h>
@@ -272,6 +273,125 @@ static void gguf_rope_freqs_byte_size_is_checked(void) {
     peft_free(ctx);
 }
 
+/* ---- JSONL data ------------------------------------------------------------------- */
+
+static bpe_tokenizer *tiny_tok(void) {
+    bpe_tokenizer *t = NULL;
+    peft_err err = {0};
+    CHECK_OK(bpe_load_json(FIX "models/tiny-llama/tokenizer.json", &t, &err));
+    return t;
+}
+
+/* data_load_jsonl of `text` (one file); returns the status, message in err. */
+static int load_data(const bpe_tokenizer *t, const char *name, const char *text, data_set *d, peft_err *err) {
+    const char *p = tpath(name);
+    write_str(p, text);
+    data_params dp = data_default_params();
+    return data_load_jsonl(p, t, &dp, d, err);
+}
+
+/* Found 4 and 5: labels size the classification head, so they are capped
+ * (5000000 made peft train allocate 5 GB; INT_MAX overflowed label + 1). */
+static void data_labels_are_capped(void) {
+    bpe_tokenizer *t = tiny_tok();
+    if (!t) return;
+    const char *bad[] = {"{\"text\": \"a\", \"label\": 5000000}\n", "{\"text\": \"a\", \"label\": 2147483647}\n",
+                         "{\"text\": \"a\", \"label\": 1e300}\n", "{\"text\": \"a\", \"label\": 0.5}\n"};
+    for (int i = 0; i < 4; i++) {
+        data_set d;
+        peft_err err = {0};
+        CHECK(load_data(t, "labels.jsonl", bad[i], &d, &err) == PEFT_ERR_FORMAT);
+        CHECK_HAS(err.msg, "labels.jsonl:1");
+        CHECK_HAS(err.msg, "\"label\"");
+        CHECK_HAS(err.msg, "65536");
+    }
+    data_set d;
+    peft_err err = {0};
+    CHECK_OK(load_data(t, "labels.jsonl", "{\"text\": \"a\", \"label\": 65535}\n", &d, &err));
+    CHECK_EQ_INT(d.n_labels, 65536);
+    data_free(&d);
+    bpe_free(t);
+
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
+    char out[8192], args[900];
+    write_str(tpath("labels.jsonl"), "{\"text\": \"a b c\", \"label\": 0}\n{\"text\": \"a\", \"label\": 5000000}\n");
+    snprintf(args, sizeof args, "train --model " FIX "models/tiny-llama --method lora --data %s --out %s "
+             "--steps 1 --seq 16 --quiet", tpath("labels.jsonl"), tpath("labels_out"));
+    CHECK_EQ_INT(run_cli_limited(3000000, args, out, sizeof out), 1);
+    CHECK_HAS(out, "labels.jsonl:2");
+    CHECK_HAS(out, "label");
+    CHECK_MSG(!peft_file_exists(tpath("labels_out/adapter_model.safetensors")), "an adapter was written");
+}
+
+/* Found 5: {"text": ""} pushed zero tokens from a NULL array (UB under
+ * UBSan); it must load (as an example without targets, dropped). */
+static void data_empty_text_is_harmless(void) {
+    bpe_tokenizer *t = tiny_tok();
+    if (!t) return;
+    data_set d;
+    peft_err err = {0};
+    CHECK_OK(load_data(t, "empty.jsonl", "{\"text\": \"\"}\n{\"text\": \"a b a b\"}\n", &d, &err));
+    CHECK_EQ_INT(d.n, 1);
+    data_free(&d);
+    CHECK_OK(load_data(t, "emptypc.jsonl", "{\"prompt\": \"\", \"completion\": \"ab\"}\n", &d, &err));
+    data_free(&d);
+    bpe_free(t);
+}
+
+/* Found 6: \u0000 cut a text silently (cJSON decodes it into a C string's
+ * terminator); it is refused, and an escaped backslash before u0000 is not one. */
+static void data_nul_escape_is_refused(void) {
+    bpe_tokenizer *t = tiny_tok();
+    if (!t) return;
+    data_set d;
+    peft_err err = {0};
+    CHECK(load_data(t, "nul.jsonl", "{\"text\": \"a b\"}\n{\"text\": \"ab\\u0000hidden\"}\n", &d, &err) ==
+          PEFT_ERR_FORMAT);
+    CHECK_HAS(err.msg, "nul.jsonl:2");
+    CHECK_HAS(err.msg, "u0000");
+    CHECK_OK(load_data(t, "nul2.jsonl", "{\"text\": \"ab \\\\u0000 literal\"}\n", &d, &err));
+    data_free(&d);
+    bpe_free(t);
+}
+
+/* Found 4: a messages line with 20000 messages never finished (every prefix
+ * was formatted again: quadratic). Run in a child under a CPU-time limit so
+ * a regression fails instead of hanging; the result must still be right. */
+static void data_many_messages_load_in_linear_time(void) {
+    bpe_tokenizer *t = tiny_tok();
+    if (!t) return;
+    const int n = 20000;
+    peft_buf b = {0};
+    peft_buf_printf(&b, "{\"messages\": [");
+    for (int i = 0; i < n; i++)
+        peft_buf_printf(&b, "%s{\"role\": \"%s\", \"content\": \"ab %d\"}", i ? ", " : "", i % 2 ? "assistant" : "user",
+                        i % 10);
+    peft_buf_append(&b, "]}\n", 3);
+    const char *p = tpath("many.jsonl");
+    test_write_bytes(p, b.data, b.len);
+    peft_buf_free(&b);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct rlimit rl = {60, 60};
+        setrlimit(RLIMIT_CPU, &rl);
+        data_params dp = data_default_params();
+        dp.seq_len = 0;
+        data_set d;
+        peft_err err = {0};
+        int rc = data_load_jsonl(p, t, &dp, &d, &err);
+        if (rc) fprintf(stderr, "  %s\n", err.msg);
+        else fprintf(stderr, "  %d examples, %lld loss tokens\n", d.n, (long long)d.n_loss_tokens);
+        /* every assistant turn trains: "ab N" + <|im_end|> at least */
+        _exit(rc == 0 && d.n == 1 && d.n_loss_tokens >= n / 2 * 2 ? 0 : 1);
+    }
+    int st = 0;
+    CHECK(pid > 0 && waitpid(pid, &st, 0) == pid);
+    CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %s %d", WIFEXITED(st) ? "exited" : "killed by signal",
+              WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+    bpe_free(t);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/peft_hostile_XXXXXX");
     if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
@@ -283,6 +403,10 @@ int main(void) {
     TEST_RUN(tokenizer_added_token_id_is_bounded);
     TEST_RUN(tokenizer_merges_must_name_tokens);
     TEST_RUN(gguf_rope_freqs_byte_size_is_checked);
+    TEST_RUN(data_labels_are_capped);
+    TEST_RUN(data_empty_text_is_harmless);
+    TEST_RUN(data_nul_escape_is_refused);
+    TEST_RUN(data_many_messages_load_in_linear_time);
     if (test_rm_rf(tmpdir) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
     TEST_MAIN_END();
 }
