@@ -392,6 +392,81 @@ static void data_many_messages_load_in_linear_time(void) {
     bpe_free(t);
 }
 
+/* ---- adapters -------------------------------------------------------------------- */
+
+static const char *const adapter_files[] = {"adapter_config.json", "adapter_model.safetensors", NULL};
+
+/* peft_adapter_load of dir on tiny-llama must fail with both needles. */
+static void expect_adapter_error(const char *dir, const char *needle1, const char *needle2) {
+    peft_ctx *ctx = peft_init(NULL);
+    peft_model *m = peft_model_load(ctx, FIX "models/tiny-llama");
+    CHECK(m != NULL);
+    if (!m) { peft_free(ctx); return; }
+    peft_adapter *a = peft_adapter_load(m, dir);
+    CHECK_MSG(a == NULL, "%s loaded but should not", dir);
+    if (a) peft_adapter_free(a);
+    const char *msg = peft_last_error(ctx);
+    if (needle1) CHECK_HAS(msg, needle1);
+    if (needle2) CHECK_HAS(msg, needle2);
+    peft_model_free(m);
+    peft_free(ctx);
+}
+
+/* Found 4: a score.weight of shape [4000000, 0] (no bytes) sized a 4M-label
+ * head (38 s, 1 GB) before its shape was checked; prompt_embeddings of
+ * [65536, 0] likewise. */
+static void adapter_head_shape_is_checked_before_allocation(void) {
+    char d[700];
+    snprintf(d, sizeof d, "%s/bighead", tmpdir);
+    mkdir(d, 0755);
+    char p[800];
+    snprintf(p, sizeof p, "%s/adapter_config.json", d);
+    write_str(p, "{\"peft_type\": \"BITFIT\"}");
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", d);
+    write_safetensors(p, "{\"base_model.model.score.weight\":{\"dtype\":\"F32\",\"shape\":[4000000,0],"
+                         "\"data_offsets\":[0,0]}}", 0);
+    expect_adapter_error(d, "score.weight", "[4000000, 0]");
+    snprintf(p, sizeof p, "%s/adapter_config.json", d);
+    write_str(p, "{\"peft_type\": \"PREFIX_TUNING\"}");
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", d);
+    write_safetensors(p, "{\"prompt_embeddings\":{\"dtype\":\"F32\",\"shape\":[65536,0],\"data_offsets\":[0,0]}}", 0);
+    expect_adapter_error(d, "prompt_embeddings", "[65536, 0]");
+    snprintf(p, sizeof p, "%s/adapter_config.json", d);
+    write_str(p, "{\"peft_type\": \"PROMPT_TUNING\", \"num_virtual_tokens\": 1e300}");
+    expect_adapter_error(d, "adapter_config.json", "num_virtual_tokens");
+}
+
+/* Found 6: LoRA configs HF would refuse were accepted. */
+static void lora_config_values_are_validated(void) {
+    static const struct { const char *from, *to, *needle; } cases[] = {
+        {"\"lora_alpha\": 8", "\"lora_alpha\": -8", "lora_alpha"},
+        {"\"lora_dropout\": 0.0", "\"lora_dropout\": 1.0", "lora_dropout"},
+        {"\"lora_dropout\": 0.0", "\"lora_dropout\": -0.5", "lora_dropout"},
+        {"\"target_modules\": [", "\"target_modules\": 5, \"x\": [", "target_modules"},
+        {"\"target_modules\": [", "\"target_modules\": [7, ", "target_modules"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *d = copy_dir(FIX "lora/llama_all/adapter", "loracfg", adapter_files);
+        edit_file(d, "adapter_config.json", cases[i].from, cases[i].to);
+        expect_adapter_error(d, "adapter_config.json", cases[i].needle);
+    }
+    const char *d = copy_dir(FIX "lora/llama_all/adapter", "loracfg", adapter_files);
+    peft_ctx *ctx = peft_init(NULL);
+    peft_model *m = peft_model_load(ctx, FIX "models/tiny-llama");
+    peft_adapter *a = m ? peft_adapter_load(m, d) : NULL;
+    CHECK_MSG(a != NULL, "the unedited adapter must load: %s", peft_last_error(ctx));
+    if (a) peft_adapter_free(a);
+    peft_model_free(m);
+    peft_free(ctx);
+}
+
+/* layers_to_transform names layers of the model (values past it were dropped silently). */
+static void adapter_layers_to_transform_is_checked(void) {
+    const char *d = copy_dir(FIX "methods/prompt_llama/adapter", "ltt", adapter_files);
+    edit_file(d, "adapter_config.json", "\"num_virtual_tokens\": 4", "\"num_virtual_tokens\": 4, \"layers_to_transform\": [0, 70]");
+    expect_adapter_error(d, "adapter_config.json", "layers_to_transform");
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/peft_hostile_XXXXXX");
     if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
@@ -407,6 +482,9 @@ int main(void) {
     TEST_RUN(data_empty_text_is_harmless);
     TEST_RUN(data_nul_escape_is_refused);
     TEST_RUN(data_many_messages_load_in_linear_time);
+    TEST_RUN(adapter_head_shape_is_checked_before_allocation);
+    TEST_RUN(lora_config_values_are_validated);
+    TEST_RUN(adapter_layers_to_transform_is_checked);
     if (test_rm_rf(tmpdir) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
     TEST_MAIN_END();
 }
