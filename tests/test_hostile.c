@@ -251,6 +251,97 @@ static void gguf_copy_plus(const char *src, const char *dst, const char *name, i
     gguf_close(g);
 }
 
+/* GGUF bytes under construction. */
+static void put_le(peft_buf *b, uint64_t v, int n) {
+    unsigned char x[8];
+    for (int i = 0; i < n; i++) x[i] = (unsigned char)(v >> (8 * i));
+    peft_buf_append(b, x, (size_t)n);
+}
+static void put_str(peft_buf *b, const char *s, size_t n) {
+    put_le(b, n, 8);
+    peft_buf_append(b, s, n);
+}
+static void gguf_header(peft_buf *b, uint64_t n_t, uint64_t n_kv) {
+    peft_buf_append(b, "GGUF", 4);
+    put_le(b, 3, 4);
+    put_le(b, n_t, 8);
+    put_le(b, n_kv, 8);
+}
+
+static int open_gguf_bytes(const char *name, const peft_buf *b, peft_err *err) {
+    const char *p = tpath(name);
+    test_write_bytes(p, b->data, b->len);
+    gguf_file *g = NULL;
+    int rc = gguf_open(p, &g, err);
+    gguf_close(g);
+    return rc;
+}
+
+/* Found 4: a GGUF that is one array of empty arrays took 9x its size (one
+ * gguf_value per 12-byte item); such items are capped, a few still parse. */
+static void gguf_arrays_of_arrays_are_bounded(void) {
+    for (int big = 0; big < 2; big++) {
+        const uint64_t n = big ? 200000 : 1000;
+        peft_buf b = {0};
+        gguf_header(&b, 0, 1);
+        put_str(&b, "k", 1);
+        put_le(&b, GGUF_TYPE_ARRAY, 4);
+        put_le(&b, GGUF_TYPE_ARRAY, 4);
+        put_le(&b, n, 8);
+        for (uint64_t i = 0; i < n; i++) {
+            put_le(&b, GGUF_TYPE_UINT8, 4);
+            put_le(&b, 0, 8);
+        }
+        peft_err err = {0};
+        int rc = open_gguf_bytes("nested.gguf", &b, &err);
+        if (big) {
+            CHECK(rc == PEFT_ERR_FORMAT);
+            CHECK_HAS(err.msg, "nested.gguf");
+            CHECK_HAS(err.msg, "arrays of arrays");
+        } else {
+            CHECK_MSG(rc == 0, "%s", err.msg);
+        }
+        peft_buf_free(&b);
+    }
+}
+
+/* Key/value pairs are capped (each costs ~9x its 13 bytes once parsed). */
+static void gguf_kv_count_is_capped(void) {
+    const uint64_t n = 70000;
+    peft_buf b = {0};
+    gguf_header(&b, 0, n);
+    for (uint64_t i = 0; i < n; i++) {
+        char k[16];
+        int kl = snprintf(k, sizeof k, "k%llu", (unsigned long long)i);
+        put_str(&b, k, (size_t)kl);
+        put_le(&b, GGUF_TYPE_UINT8, 4);
+        put_le(&b, 1, 1);
+    }
+    peft_err err = {0};
+    CHECK(open_gguf_bytes("manykv.gguf", &b, &err) == PEFT_ERR_FORMAT);
+    CHECK_HAS(err.msg, "manykv.gguf");
+    CHECK_HAS(err.msg, "65536");
+    peft_buf_free(&b);
+}
+
+/* A NUL inside a tensor name would let two different names compare equal. */
+static void gguf_tensor_name_with_nul_is_refused(void) {
+    peft_buf b = {0};
+    gguf_header(&b, 1, 0);
+    put_str(&b, "a\0b", 3);
+    put_le(&b, 1, 4);
+    put_le(&b, 4, 8);
+    put_le(&b, 0, 4);   /* F32 */
+    put_le(&b, 0, 8);
+    while (b.len % 32) put_le(&b, 0, 1);
+    put_le(&b, 0, 8);
+    put_le(&b, 0, 8);
+    peft_err err = {0};
+    CHECK(open_gguf_bytes("nulname.gguf", &b, &err) == PEFT_ERR_FORMAT);
+    CHECK_HAS(err.msg, "NUL");
+    peft_buf_free(&b);
+}
+
 /* Found 3: rope_freqs.weight was checked by dtype and shape[0] only; a
  * [half, 0] tensor (0 bytes, at the end of the file) made memcpy read past
  * the mapping. */
@@ -478,6 +569,9 @@ int main(void) {
     TEST_RUN(tokenizer_added_token_id_is_bounded);
     TEST_RUN(tokenizer_merges_must_name_tokens);
     TEST_RUN(gguf_rope_freqs_byte_size_is_checked);
+    TEST_RUN(gguf_arrays_of_arrays_are_bounded);
+    TEST_RUN(gguf_kv_count_is_capped);
+    TEST_RUN(gguf_tensor_name_with_nul_is_refused);
     TEST_RUN(data_labels_are_capped);
     TEST_RUN(data_empty_text_is_harmless);
     TEST_RUN(data_nul_escape_is_refused);

@@ -33,7 +33,7 @@
 
 /* Containers. */
 #define PEFT_MAX_TENSORS (1 << 20)      /* tensors in one GGUF / safetensors file */
-#define PEFT_MAX_KV (1 << 20)           /* GGUF key/value pairs */
+#define PEFT_MAX_KV 65536               /* GGUF key/value pairs (real files: < 100) */
 #define PEFT_MAX_NESTED_ITEMS (1 << 16) /* GGUF: items of all arrays of arrays in a file */
 #define PEFT_MAX_JSON_DEPTH CJSON_NESTING_LIMIT  /* cJSON refuses deeper nesting */
 

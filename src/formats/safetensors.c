@@ -7,6 +7,7 @@
  * the data section and not overlap. The header is padded with spaces so the
  * data section starts 8-byte aligned (what the reference library writes). */
 #include "formats/safetensors.h"
+#include "core/limits.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -167,6 +168,8 @@ static int st_parse_entry(st_archive *a, const char *path, int shard, const cJSO
     if (ndim > ST_MAX_DIMS)
         return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: tensor '%s': %d dimensions (at most %d supported)",
                          path, name, ndim, ST_MAX_DIMS);
+    if (a->n >= PEFT_MAX_TENSORS)
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: more than %d tensors (the limit)", path, PEFT_MAX_TENSORS);
     int rc = st_push_tensor(a, err);
     if (rc) return rc;
     st_tensor *t = &a->tensors[a->n];
