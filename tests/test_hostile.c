@@ -220,6 +220,14 @@ static void tokenizer_added_token_id_is_bounded(void) {
     expect_model_error(d, "tokenizer.json", "vocab.b");
 }
 
+/* A token id past the model's embedding table would be read out of bounds
+ * by the first forward pass that meets it. */
+static void tokenizer_ids_must_fit_the_model(void) {
+    const char *d = copy_dir(FIX "models/tiny-llama", "tokfit", model_files);
+    edit_file(d, "tokenizer.json", "\"added_tokens\": [", "\"added_tokens\": [{\"id\": 330, \"content\": \"<evil>\"},");
+    expect_model_error(d, "vocab_size", "ids up to 330");
+}
+
 /* Found 6: merges naming tokens that are not in the vocabulary (HF refuses them). */
 static void tokenizer_merges_must_name_tokens(void) {
     const char *d = model_with_tokenizer("merges",
@@ -568,6 +576,7 @@ int main(void) {
     TEST_RUN(tokenizer_post_processor_ids_are_range_checked);
     TEST_RUN(tokenizer_added_token_id_is_bounded);
     TEST_RUN(tokenizer_merges_must_name_tokens);
+    TEST_RUN(tokenizer_ids_must_fit_the_model);
     TEST_RUN(gguf_rope_freqs_byte_size_is_checked);
     TEST_RUN(gguf_arrays_of_arrays_are_bounded);
     TEST_RUN(gguf_kv_count_is_capped);

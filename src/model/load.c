@@ -352,6 +352,10 @@ int model_load_gguf(peft_model *m, peft_err *err) {
 
 int model_finish_load(peft_model *m, peft_err *err) {
     model_config *c = &m->cfg;
+    /* Every id the tokenizer can produce indexes the embedding table. */
+    if (m->tok && bpe_vocab_size(m->tok) > c->vocab)
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: the tokenizer has token ids up to %d but the model has only %d "
+                         "embeddings (vocab_size)", m->path, bpe_vocab_size(m->tok) - 1, c->vocab);
     if (c->arch != PEFT_ARCH_LLAMA) return 0;
     const int half = c->rope_dim / 2;
     float inv_freq[512];
