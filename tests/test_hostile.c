@@ -116,6 +116,24 @@ static void safetensors_duplicate_metadata_is_refused(void) {
     st_close(a);
 }
 
+/* A zero dimension made the element count 0 and let the others be anything:
+ * the product of the trailing dims (a row count) then overflowed int64. */
+static void safetensors_zero_dim_does_not_hide_huge_dims(void) {
+    const char *p = tpath("zerodim.safetensors");
+    write_safetensors(p, "{\"x\":{\"dtype\":\"F32\",\"shape\":[0,4503599627370496,4503599627370496],"
+                         "\"data_offsets\":[0,0]}}", 0);
+    st_archive *a = NULL;
+    peft_err err = {0};
+    CHECK(st_open(p, &a, &err) == PEFT_ERR_FORMAT);
+    CHECK_HAS(err.msg, "zerodim.safetensors");
+    CHECK_HAS(err.msg, "absurd shape");
+    st_close(a);
+    /* a plain empty tensor still opens */
+    write_safetensors(p, "{\"x\":{\"dtype\":\"F32\",\"shape\":[0,5],\"data_offsets\":[0,0]}}", 0);
+    CHECK_OK(st_open(p, &a, &err));
+    st_close(a);
+}
+
 /* ---- config.json ------------------------------------------------------------- */
 
 /* Replaces the first `from` in dir/name with `to`. */
@@ -175,6 +193,13 @@ static void config_numbers_are_range_checked(void) {
     expect_model_error(d, "config.json", "max_position_embeddings");
 }
 
+/* llama3 rope scaling divides by high_freq_factor - low_freq_factor. */
+static void config_llama3_rope_factors_are_validated(void) {
+    const char *d = copy_dir(FIX "models/tiny-llama3-rope", "rope3", model_files);
+    edit_file(d, "config.json", "\"low_freq_factor\": 1.0", "\"low_freq_factor\": 4.0");
+    expect_model_error(d, "config.json", "low_freq_factor");
+}
+
 /* ---- tokenizer.json ------------------------------------------------------------ */
 
 /* A copy of tiny-llama whose tokenizer.json is `tok` (tokenizer_config.json removed). */
@@ -226,6 +251,51 @@ static void tokenizer_ids_must_fit_the_model(void) {
     const char *d = copy_dir(FIX "models/tiny-llama", "tokfit", model_files);
     edit_file(d, "tokenizer.json", "\"added_tokens\": [", "\"added_tokens\": [{\"id\": 330, \"content\": \"<evil>\"},");
     expect_model_error(d, "vocab_size", "ids up to 330");
+}
+
+/* Runs fn(arg) in a child under a CPU-time limit: a regression to quadratic
+ * work fails the test (SIGXCPU) instead of hanging it. */
+static void run_cpu_limited(const char *what, int (*fn)(void *), void *arg) {
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct rlimit rl = {20, 20};
+        setrlimit(RLIMIT_CPU, &rl);
+        _exit(fn(arg));
+    }
+    int st = 0;
+    CHECK(pid > 0 && waitpid(pid, &st, 0) == pid);
+    CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: child %s %d", what,
+              WIFEXITED(st) ? "exited" : "killed by signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+}
+
+static int chat_format_child(void *dir) {
+    char p[700];
+    snprintf(p, sizeof p, "%s/tokenizer.json", (const char *)dir);
+    bpe_tokenizer *t = NULL;
+    peft_err err = {0};
+    if (bpe_load_json(p, &t, &err)) { fprintf(stderr, "  %s\n", err.msg); return 2; }
+    bpe_chat_msg msg = {"user", "hi"};
+    char *out = NULL;
+    int rc = bpe_chat_format(t, &msg, 1, true, &out, &err);
+    free(out);
+    bpe_free(t);
+    return rc ? 3 : 0;
+}
+
+/* A chat template with 100000 "<|im_start|>system" candidates before one
+ * <|im_end|> made the default-system-prompt search quadratic. */
+static void chat_template_search_is_linear(void) {
+    const char *d = copy_dir(FIX "models/tiny-llama", "tpl", model_files);
+    peft_buf b = {0};
+    peft_buf_printf(&b, "{\"chat_template\": \"");
+    for (int i = 0; i < 100000; i++) peft_buf_printf(&b, "<|im_start|>system\\n{{ x }}");
+    peft_buf_printf(&b, "<|im_end|>\"}");
+    char p[700];
+    snprintf(p, sizeof p, "%s/tokenizer_config.json", d);
+    test_write_bytes(p, b.data, b.len);
+    peft_buf_free(&b);
+    run_cpu_limited("chat format", chat_format_child, (void *)d);
 }
 
 /* Found 6: merges naming tokens that are not in the vocabulary (HF refuses them). */
@@ -311,6 +381,25 @@ static void gguf_arrays_of_arrays_are_bounded(void) {
         }
         peft_buf_free(&b);
     }
+}
+
+/* The GGUF twin of the zero-dimension overflow. */
+static void gguf_zero_dim_does_not_hide_huge_dims(void) {
+    peft_buf b = {0};
+    gguf_header(&b, 1, 0);
+    put_str(&b, "x", 1);
+    put_le(&b, 3, 4);
+    put_le(&b, 0, 8);
+    put_le(&b, (uint64_t)1 << 40, 8);
+    put_le(&b, (uint64_t)1 << 40, 8);
+    put_le(&b, 0, 4);   /* F32 */
+    put_le(&b, 0, 8);
+    while (b.len % 32) put_le(&b, 0, 1);
+    peft_err err = {0};
+    CHECK(open_gguf_bytes("zerodim.gguf", &b, &err) == PEFT_ERR_FORMAT);
+    CHECK_HAS(err.msg, "zerodim.gguf");
+    CHECK_HAS(err.msg, "absurd dimensions");
+    peft_buf_free(&b);
 }
 
 /* Key/value pairs are capped (each costs ~9x its 13 bytes once parsed). */
@@ -570,15 +659,19 @@ int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/peft_hostile_XXXXXX");
     if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
     TEST_RUN(safetensors_duplicate_metadata_is_refused);
+    TEST_RUN(safetensors_zero_dim_does_not_hide_huge_dims);
     TEST_RUN(config_layer_count_is_capped);
     TEST_RUN(config_pad_token_id_is_range_checked);
     TEST_RUN(config_numbers_are_range_checked);
+    TEST_RUN(config_llama3_rope_factors_are_validated);
     TEST_RUN(tokenizer_post_processor_ids_are_range_checked);
     TEST_RUN(tokenizer_added_token_id_is_bounded);
     TEST_RUN(tokenizer_merges_must_name_tokens);
     TEST_RUN(tokenizer_ids_must_fit_the_model);
+    TEST_RUN(chat_template_search_is_linear);
     TEST_RUN(gguf_rope_freqs_byte_size_is_checked);
     TEST_RUN(gguf_arrays_of_arrays_are_bounded);
+    TEST_RUN(gguf_zero_dim_does_not_hide_huge_dims);
     TEST_RUN(gguf_kv_count_is_capped);
     TEST_RUN(gguf_tensor_name_with_nul_is_refused);
     TEST_RUN(data_labels_are_capped);

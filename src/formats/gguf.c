@@ -495,12 +495,15 @@ static int gguf_parse(gguf_file *f, peft_err *err) {
         }
         /* bytes = (ne0 / blk) * bytes_per_block * ne1 * ne2 * ne3, checked. */
         const uint64_t limit = (uint64_t)1 << 62;
+        /* As for safetensors, the product of the non-zero dims is bounded
+         * as well: [0, 2^40, 2^40] has no bytes but its row count overflows. */
         uint64_t nb = (uint64_t)(t->ne[0] / ti->blk);
         uint64_t bytes = nb > limit / ti->bytes ? limit + 1 : nb * ti->bytes, numel = (uint64_t)t->ne[0];
+        uint64_t nonzero = t->ne[0] ? (uint64_t)t->ne[0] : 1;
         for (int k = 1; k < GGUF_MAX_DIMS && bytes <= limit; k++) {
             uint64_t ne = (uint64_t)t->ne[k];
-            if (ne && (bytes > limit / ne || numel > limit / ne)) bytes = limit + 1;
-            else { bytes *= ne; numel *= ne; }
+            if (ne && (bytes > limit / ne || numel > limit / ne || nonzero > limit / ne)) bytes = limit + 1;
+            else { bytes *= ne; numel *= ne; if (ne) nonzero *= ne; }
         }
         if (bytes > limit) {
             rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: tensor '%s': absurd dimensions (size overflows)", path, t->name);
