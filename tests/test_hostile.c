@@ -193,6 +193,21 @@ static void config_numbers_are_range_checked(void) {
     expect_model_error(d, "config.json", "max_position_embeddings");
 }
 
+/* A JSON file is bounded before it is read (its cJSON tree costs ~10x). */
+static void config_file_size_is_capped(void) {
+    const char *d = copy_dir(FIX "models/tiny-llama", "bigcfg", model_files);
+    char p[700];
+    snprintf(p, sizeof p, "%s/config.json", d);
+    FILE *f = fopen(p, "ab");
+    CHECK(f != NULL);
+    if (!f) return;
+    static char pad[1 << 16];
+    memset(pad, ' ', sizeof pad);
+    for (int i = 0; i < 17 * 16; i++) fwrite(pad, 1, sizeof pad, f);
+    fclose(f);
+    expect_model_error(d, "config.json", "16 MiB");
+}
+
 /* llama3 rope scaling divides by high_freq_factor - low_freq_factor. */
 static void config_llama3_rope_factors_are_validated(void) {
     const char *d = copy_dir(FIX "models/tiny-llama3-rope", "rope3", model_files);
@@ -664,6 +679,7 @@ int main(void) {
     TEST_RUN(config_pad_token_id_is_range_checked);
     TEST_RUN(config_numbers_are_range_checked);
     TEST_RUN(config_llama3_rope_factors_are_validated);
+    TEST_RUN(config_file_size_is_capped);
     TEST_RUN(tokenizer_post_processor_ids_are_range_checked);
     TEST_RUN(tokenizer_added_token_id_is_bounded);
     TEST_RUN(tokenizer_merges_must_name_tokens);

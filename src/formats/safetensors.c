@@ -392,7 +392,7 @@ static bool st_safe_relpath(const char *s) {
 static int st_open_index(st_archive *a, const char *path, peft_err *err) {
     char *text = NULL;
     size_t len = 0;
-    int rc = peft_read_file(path, &text, &len, err);
+    int rc = peft_read_file_max(path, PEFT_MAX_JSON_BYTES, &text, &len, err);
     if (rc) return rc;
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);

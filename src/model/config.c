@@ -116,7 +116,7 @@ static int check_config(model_config *c, const char *path, peft_err *err) {
 
 int model_config_from_hf_json(const char *path, model_config *c, peft_err *err) {
     char *text = NULL;
-    int rc = peft_read_file(path, &text, NULL, err);
+    int rc = peft_read_file_max(path, PEFT_MAX_CONFIG_BYTES, &text, NULL, err);
     if (rc) return rc;
     cJSON *root = cJSON_Parse(text);
     free(text);

@@ -477,7 +477,7 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
         goto done;
     }
     size_t len = 0;
-    if ((rc = peft_read_file(cfg_path, &text, &len, err))) goto done;
+    if ((rc = peft_read_file_max(cfg_path, PEFT_MAX_CONFIG_BYTES, &text, &len, err))) goto done;
     o = cJSON_ParseWithLength(text, len);
     if (!o || !cJSON_IsObject(o)) { rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: invalid JSON", cfg_path); goto done; }
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(o, "peft_type");

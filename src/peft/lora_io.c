@@ -139,7 +139,7 @@ static int parse_config(const char *path, lora_config *cfg, char **base, bool *h
                         peft_err *err) {
     char *text = NULL;
     size_t len = 0;
-    int rc = peft_read_file(path, &text, &len, err);
+    int rc = peft_read_file_max(path, PEFT_MAX_CONFIG_BYTES, &text, &len, err);
     if (rc) return rc;
     const char *end = NULL;
     cJSON *o = cJSON_ParseWithLengthOpts(text, len, &end, false);
