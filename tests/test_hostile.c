@@ -663,6 +663,27 @@ static void lora_config_values_are_validated(void) {
     peft_free(ctx);
 }
 
+/* Bottleneck and prompt configs: numbers that become integers are
+ * range-checked (bottleneck_size 1.5 used to be ignored silently). */
+static void adapter_config_integers_are_range_checked(void) {
+    static const struct { const char *cfg, *needle; } cases[] = {
+        {"{\"peft_type\": \"BOTTLENECK\", \"bottleneck_size\": 1.5}", "bottleneck_size"},
+        {"{\"peft_type\": \"BOTTLENECK\", \"reduction_factor\": 1e300}", "reduction_factor"},
+        {"{\"peft_type\": \"PREFIX_TUNING\", \"num_layers\": 1e20}", "num_layers"},
+        {"{\"peft_type\": \"PROMPT_TUNING\", \"num_transformer_submodules\": -5}", "num_transformer_submodules"},
+    };
+    char d[700], p[800];
+    snprintf(d, sizeof d, "%s/cfgints", tmpdir);
+    mkdir(d, 0755);
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", d);
+    write_safetensors(p, "{}", 0);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(p, sizeof p, "%s/adapter_config.json", d);
+        write_str(p, cases[i].cfg);
+        expect_adapter_error(d, "adapter_config.json", cases[i].needle);
+    }
+}
+
 /* layers_to_transform names layers of the model (values past it were dropped silently). */
 static void adapter_layers_to_transform_is_checked(void) {
     const char *d = copy_dir(FIX "methods/prompt_llama/adapter", "ltt", adapter_files);
@@ -697,6 +718,7 @@ int main(void) {
     TEST_RUN(adapter_head_shape_is_checked_before_allocation);
     TEST_RUN(lora_config_values_are_validated);
     TEST_RUN(adapter_layers_to_transform_is_checked);
+    TEST_RUN(adapter_config_integers_are_range_checked);
     if (test_rm_rf(tmpdir) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
     TEST_MAIN_END();
 }

@@ -423,15 +423,6 @@ int adapter_save(const adapter *a, const peft_model *m, const char *dir, peft_er
     return rc;
 }
 
-/* An integer field in [-1e9, 1e9] (anything else reads as -1, which every
- * caller refuses), or dflt when absent. */
-static int json_int(const cJSON *o, const char *key, int dflt) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!cJSON_IsNumber(v)) return dflt;
-    if (!(v->valuedouble >= -1e9 && v->valuedouble <= 1e9) || v->valuedouble != floor(v->valuedouble)) return -1;
-    return (int)v->valuedouble;
-}
-
 /* target names (a list, or a string) into role bits */
 static int json_targets(const peft_model *m, const cJSON *v, uint32_t *bits, const char *path, peft_err *err) {
     *bits = 0;
@@ -500,23 +491,24 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
             goto done;
         /* the saved table is loaded as is; a projection is not re-created */
         mc.prefix_projection = false;
-        const int nl = json_int(o, "num_layers", m->cfg.n_layer);
+        int nl, subs;
+        if ((rc = peft_json_get_int(o, "num_layers", m->cfg.n_layer, false, 1, PEFT_MAX_LAYERS, &nl, cfg_path, err)) ||
+            (rc = peft_json_get_int(o, "num_transformer_submodules", 1, false, 1, 2, &subs, cfg_path, err)))
+            goto done;
         if (nl != m->cfg.n_layer) {
             rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: made for %d layers, %s has %d", cfg_path, nl, m->path, m->cfg.n_layer);
             goto done;
         }
-        if (json_int(o, "num_transformer_submodules", 1) != 1) {
+        if (subs != 1) {
             rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: num_transformer_submodules != 1 (encoder-decoder) is not supported", cfg_path);
             goto done;
         }
     } else if (!strcmp(t, "BOTTLENECK")) {
         const cJSON *cn = cJSON_GetObjectItemCaseSensitive(o, "config_name");
         mc.method = cJSON_IsString(cn) && !strcmp(cn->valuestring, "double_seq_bn") ? METHOD_ADAPTER_HOULSBY : METHOD_ADAPTER_PFEIFFER;
-        mc.reduction_factor = json_int(o, "reduction_factor", 16);
-        if (mc.reduction_factor <= 0) {
-            rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: \"reduction_factor\" must be a positive integer", cfg_path);
+        if ((rc = peft_json_get_int(o, "reduction_factor", 16, false, 1, m->cfg.d_model, &mc.reduction_factor,
+                                    cfg_path, err)))
             goto done;
-        }
         const cJSON *nl = cJSON_GetObjectItemCaseSensitive(o, "non_linearity");
         mc.act = mc.method == METHOD_ADAPTER_HOULSBY ? BN_ACT_SWISH : BN_ACT_RELU;
         if (cJSON_IsString(nl) && bn_act_parse(nl->valuestring, &mc.act)) {
@@ -524,7 +516,8 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
                            cfg_path, nl->valuestring);
             goto done;
         }
-        const int b = json_int(o, "bottleneck_size", 0);
+        int b;
+        if ((rc = peft_json_get_int(o, "bottleneck_size", 0, false, 0, m->cfg.d_model, &b, cfg_path, err))) goto done;
         if (b > 0 && m->cfg.d_model / mc.reduction_factor != b) {
             rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: bottleneck_size %d does not match hidden %d / reduction_factor %d",
                            cfg_path, b, m->cfg.d_model, mc.reduction_factor);
