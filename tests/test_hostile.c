@@ -215,6 +215,41 @@ static void config_file_size_is_capped(void) {
     expect_model_error(d, "config.json", "16 MiB");
 }
 
+/* A FIFO in place of a file would block the loader forever (waiting for a
+ * writer): the weights are refused as not a regular file, a config.json is
+ * not one (the folder is not a model), a tokenizer.json is not one (there
+ * is no tokenizer). */
+static void fifo_in_place_of_a_file_does_not_block(void) {
+    const char *files[] = {"config.json", "model.safetensors", "tokenizer.json"};
+    const char *needle[] = {"config.json", "not a regular file", NULL};
+    alarm(60);   /* a regression blocks in open(): die (and fail) instead of hanging */
+    for (int i = 0; i < 3; i++) {
+        const char *d = copy_dir(FIX "models/tiny-llama", "fifo", model_files);
+        char p[700];
+        snprintf(p, sizeof p, "%s/%s", d, files[i]);
+        unlink(p);
+        CHECK(mkfifo(p, 0644) == 0);
+        if (needle[i]) {
+            expect_model_error(d, files[i], needle[i]);
+        } else {
+            peft_ctx *ctx = peft_init(NULL);
+            peft_model_free(peft_model_load(ctx, d));
+            peft_free(ctx);
+        }
+        unlink(p);
+    }
+    /* the library's readers refuse it too */
+    const char *p = tpath("fifo.json");
+    unlink(p);
+    CHECK(mkfifo(p, 0644) == 0);
+    bpe_tokenizer *t = NULL;
+    peft_err err = {0};
+    CHECK(bpe_load_json(p, &t, &err) == PEFT_ERR_IO);
+    CHECK_HAS(err.msg, "not a regular file");
+    unlink(p);
+    alarm(0);
+}
+
 /* llama3 rope scaling divides by high_freq_factor - low_freq_factor. */
 static void config_llama3_rope_factors_are_validated(void) {
     const char *d = copy_dir(FIX "models/tiny-llama3-rope", "rope3", model_files);
@@ -708,6 +743,7 @@ int main(void) {
     TEST_RUN(config_numbers_are_range_checked);
     TEST_RUN(config_llama3_rope_factors_are_validated);
     TEST_RUN(config_file_size_is_capped);
+    TEST_RUN(fifo_in_place_of_a_file_does_not_block);
     TEST_RUN(tokenizer_post_processor_ids_are_range_checked);
     TEST_RUN(tokenizer_added_token_id_is_bounded);
     TEST_RUN(tokenizer_merges_must_name_tokens);
