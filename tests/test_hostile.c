@@ -751,6 +751,15 @@ static void adapter_config_integers_are_range_checked(void) {
         write_str(p, cases[i].cfg);
         expect_adapter_error(d, "adapter_config.json", cases[i].needle);
     }
+    /* a target list too long for the name buffer was cut (maybe mid-name) silently */
+    peft_buf b = {0};
+    peft_buf_printf(&b, "{\"peft_type\": \"IA3\", \"target_modules\": [");
+    for (int i = 0; i < 100; i++) peft_buf_printf(&b, "%s\"q_proj\"", i ? ", " : "");
+    peft_buf_printf(&b, "]}");
+    snprintf(p, sizeof p, "%s/adapter_config.json", d);
+    test_write_bytes(p, b.data, b.len);
+    peft_buf_free(&b);
+    expect_adapter_error(d, "adapter_config.json", "longer than");
 }
 
 /* layers_to_transform names layers of the model (values past it were dropped silently). */
