@@ -4,6 +4,7 @@
  * order so the rest of the library sees one layout. */
 #include "model/model.h"
 #include "kernels/quant.h"
+#include "core/limits.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -281,9 +282,9 @@ static int load_globals(peft_model *m, bool gguf, const char *pfx, peft_err *err
     if (find_tensor(m, "score.weight", &st)) {
         int64_t numel = 1;
         for (int i = 0; i < st.ndim; i++) numel *= st.shape[i];
-        if (numel % c->d_model != 0 || numel / c->d_model < 1 || numel / c->d_model > 1000000)
-            return peft_fail(err, PEFT_ERR_SHAPE, "%s: score.weight has %lld elements, not n_labels x %d", m->path,
-                             (long long)numel, c->d_model);
+        if (numel % c->d_model != 0 || numel / c->d_model < 1 || numel / c->d_model > PEFT_MAX_LABELS)
+            return peft_fail(err, PEFT_ERR_SHAPE, "%s: score.weight has %lld elements, not n_labels x %d with n_labels "
+                             "in 1..%d", m->path, (long long)numel, c->d_model, PEFT_MAX_LABELS);
         m->n_labels = (int)(numel / c->d_model);
         if ((rc = get_vec(m, "score.weight", numel, true, &m->score, err))) return rc;
     }
@@ -352,6 +353,10 @@ int model_load_gguf(peft_model *m, peft_err *err) {
 
 int model_finish_load(peft_model *m, peft_err *err) {
     model_config *c = &m->cfg;
+    /* Every id the tokenizer can produce indexes the embedding table. */
+    if (m->tok && bpe_vocab_size(m->tok) > c->vocab)
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: the tokenizer has token ids up to %d but the model has only %d "
+                         "embeddings (vocab_size)", m->path, bpe_vocab_size(m->tok) - 1, c->vocab);
     if (c->arch != PEFT_ARCH_LLAMA) return 0;
     const int half = c->rope_dim / 2;
     float inv_freq[512];
@@ -376,10 +381,18 @@ int model_finish_load(peft_model *m, peft_err *err) {
         src_tensor t;
         if (find_tensor(m, "rope_freqs.weight", &t)) {
             float f[512];
-            if (t.dtype != PEFT_DT_F32 || t.shape[0] != half)
-                return peft_fail(err, PEFT_ERR_FORMAT, "%s: rope_freqs.weight must be F32 [%d]", m->path, half);
+            /* The byte size, not just shape[0]: a [half, 0] tensor has shape[0]
+             * == half and no bytes at all. */
+            if (t.dtype != PEFT_DT_F32 || t.ndim != 1 || t.shape[0] != half || t.nbytes != (size_t)half * sizeof(float))
+                return peft_fail(err, PEFT_ERR_FORMAT, "%s: rope_freqs.weight must be F32 [%d] (%zu bytes)", m->path,
+                                 half, (size_t)half * sizeof(float));
             memcpy(f, t.data, (size_t)half * sizeof(float));
-            for (int i = 0; i < half; i++) inv_freq[i] /= f[i];
+            for (int i = 0; i < half; i++) {
+                if (!(isfinite(f[i]) && f[i] > 0))
+                    return peft_fail(err, PEFT_ERR_FORMAT, "%s: rope_freqs.weight[%d] = %g is not a positive divisor",
+                                     m->path, i, (double)f[i]);
+                inv_freq[i] /= f[i];
+            }
         }
     }
     size_t n = (size_t)c->n_ctx * half;
