@@ -2,6 +2,7 @@
  * line and/or a JSON config file (--config FILE, keys named like the options
  * without the dashes); the command line wins. */
 #include "cli/cli.h"
+#include "core/limits.h"
 #include "core/ctx.h"
 #include "peft/lora.h"
 #include "train/trainer.h"
@@ -286,8 +287,8 @@ int cmd_train(int argc, char **argv) {
         {"accum", &tp.accum, 1, 65536}, {"eval-every", &eval_every, 0, 100000000},
         {"eval-batches", &tp.eval_max_batches, 0, 100000000}, {"save-every", &tp.save_every, 0, 100000000},
         {"threads", &threads, 1, 1024}, {"reduction-factor", &mc.reduction_factor, 1, 1 << 20},
-        {"num-virtual-tokens", &mc.n_virtual, 1, 1 << 20}, {"encoder-hidden-size", &mc.prefix_hidden, 1, 1 << 20},
-        {"num-labels", &mc.n_labels, 2, 1 << 20}};
+        {"num-virtual-tokens", &mc.n_virtual, 1, PEFT_MAX_VIRTUAL_TOKENS}, {"encoder-hidden-size", &mc.prefix_hidden, 1, 1 << 20},
+        {"num-labels", &mc.n_labels, 2, PEFT_MAX_LABELS}};
     for (size_t i = 0; i < sizeof ints / sizeof *ints; i++)
         if (GETV(ints[i].name)) {
             char full[64];

@@ -257,6 +257,8 @@ static int st_check_overlap(st_archive *a, int first, const char *path, peft_err
 static int st_store_metadata(st_archive *a, const char *path, const cJSON *m, peft_err *err) {
     if (!cJSON_IsObject(m))
         return peft_fail(err, PEFT_ERR_FORMAT, "%s: \"__metadata__\" is not a JSON object", path);
+    if (a->meta)
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: \"__metadata__\" given more than once", path);
     int n = cJSON_GetArraySize(m);
     a->meta = peft_calloc((size_t)n * 2 + 1, sizeof *a->meta, err);
     if (!a->meta) return PEFT_ERR_NOMEM;
@@ -324,11 +326,17 @@ static int st_add_file(st_archive *a, const char *path, peft_err *err) {
     }
     const uint8_t *data = p + 8 + hlen;
     uint64_t data_size = size - 8 - hlen;
-    int first = a->n;
+    int first = a->n, seen_meta = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, root) {
         if (strcmp(e->string, "__metadata__") == 0) {
-            rc = shard == 0 ? st_store_metadata(a, path, e, err) : 0;
+            /* cJSON keeps duplicate keys; a second __metadata__ would be a
+             * second set of values for the same keys (which one wins is
+             * undefined), so such a header is refused. */
+            if (seen_meta++)
+                rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: header has the key \"__metadata__\" more than once", path);
+            else
+                rc = shard == 0 ? st_store_metadata(a, path, e, err) : 0;
         } else {
             rc = st_parse_entry(a, path, shard, e, data, data_size, err);
         }

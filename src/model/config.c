@@ -1,26 +1,23 @@
 /* config.c — model configuration from HF config.json or GGUF metadata. */
 #include "model/model.h"
+#include "core/limits.h"
 
 #include <cjson/cJSON.h>
+#include <float.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int json_int(const cJSON *o, const char *key, int def, bool required, int *out,
+/* An integer key in [lo, hi] (caps from core/limits.h), dflt when absent. */
+static int json_int(const cJSON *o, const char *key, int def, bool required, int lo, int hi, int *out,
                     const char *path, peft_err *err) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v || cJSON_IsNull(v)) {
-        if (required) return peft_fail(err, PEFT_ERR_FORMAT, "%s: missing key \"%s\"", path, key);
-        *out = def;
-        return 0;
-    }
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 0 ||
-        v->valuedouble > 1e9)
-        return peft_fail(err, PEFT_ERR_FORMAT, "%s: \"%s\" must be a non-negative integer", path, key);
-    *out = (int)v->valuedouble;
-    return 0;
+    return peft_json_get_int(o, key, def, required, lo, hi, out, path, err);
 }
+
+/* A double that must fit a float: converting one that does not is undefined. */
+static bool fits_float(double d) { return isfinite(d) && fabs(d) <= FLT_MAX; }
 
 static int json_float(const cJSON *o, const char *key, float def, bool required, float *out,
                       const char *path, peft_err *err) {
@@ -30,7 +27,8 @@ static int json_float(const cJSON *o, const char *key, float def, bool required,
         *out = def;
         return 0;
     }
-    if (!cJSON_IsNumber(v)) return peft_fail(err, PEFT_ERR_FORMAT, "%s: \"%s\" must be a number", path, key);
+    if (!cJSON_IsNumber(v) || !fits_float(v->valuedouble))
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: \"%s\" must be a finite number within float range", path, key);
     *out = (float)v->valuedouble;
     return 0;
 }
@@ -61,7 +59,7 @@ static int parse_rope(const cJSON *root, model_config *c, const char *path, peft
         if ((rc = json_float(sc, "factor", 0, true, &c->rope_factor, path, err)) ||
             (rc = json_float(sc, "low_freq_factor", 0, true, &c->rope_low_freq, path, err)) ||
             (rc = json_float(sc, "high_freq_factor", 0, true, &c->rope_high_freq, path, err)) ||
-            (rc = json_int(sc, "original_max_position_embeddings", 0, true, &c->rope_orig_ctx, path, err)))
+            (rc = json_int(sc, "original_max_position_embeddings", 0, true, 1, PEFT_MAX_CTX, &c->rope_orig_ctx, path, err)))
             return rc;
         return 0;
     }
@@ -83,8 +81,28 @@ static int check_config(model_config *c, const char *path, peft_err *err) {
     if (c->rope_dim % 2 || c->rope_dim > c->head_dim)
         return peft_fail(err, PEFT_ERR_FORMAT, "%s: rotary dimension %d invalid for head size %d", path, c->rope_dim, c->head_dim);
     if (c->n_ctx <= 0) c->n_ctx = 2048;
-    if ((int64_t)c->n_layer * c->d_model > (int64_t)1 << 40 || c->vocab > 10000000 || c->n_ctx > 10000000)
-        return peft_fail(err, PEFT_ERR_FORMAT, "%s: absurd model dimensions", path);
+    /* The same caps for both sources (GGUF metadata is not range-checked by
+     * key as config.json is). */
+    static const struct { const char *what; int max; size_t off; } caps[] = {
+        {"layer count", PEFT_MAX_LAYERS, offsetof(model_config, n_layer)},
+        {"hidden size", PEFT_MAX_HIDDEN, offsetof(model_config, d_model)},
+        {"MLP width", PEFT_MAX_FF, offsetof(model_config, d_ff)},
+        {"attention heads", PEFT_MAX_HEADS, offsetof(model_config, n_head)},
+        {"key/value heads", PEFT_MAX_HEADS, offsetof(model_config, n_kv_head)},
+        {"head size", PEFT_MAX_HEAD_DIM, offsetof(model_config, head_dim)},
+        {"rotary dimension", PEFT_MAX_HEAD_DIM, offsetof(model_config, rope_dim)},
+        {"vocabulary size", PEFT_MAX_VOCAB, offsetof(model_config, vocab)},
+        {"context length", PEFT_MAX_CTX, offsetof(model_config, n_ctx)},
+    };
+    for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++) {
+        int v = *(const int *)((const char *)c + caps[i].off);
+        if (v > caps[i].max)
+            return peft_fail(err, PEFT_ERR_FORMAT, "%s: %s %d exceeds the limit of %d", path, caps[i].what, v,
+                             caps[i].max);
+    }
+    if ((int64_t)c->n_head * c->head_dim > PEFT_MAX_HIDDEN)
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: %d heads x head size %d exceed the limit of %d", path, c->n_head,
+                         c->head_dim, PEFT_MAX_HIDDEN);
     if (!(c->norm_eps > 0) || !(c->rope_theta > 0))
         return peft_fail(err, PEFT_ERR_FORMAT, "%s: norm epsilon and rope theta must be positive", path);
     return 0;
@@ -111,14 +129,14 @@ int model_config_from_hf_json(const char *path, model_config *c, peft_err *err) 
     const char *a = c->arch_name;
     if (!strcmp(a, "llama") || !strcmp(a, "mistral") || !strcmp(a, "qwen2")) {
         c->arch = PEFT_ARCH_LLAMA;
-        if ((rc = json_int(root, "hidden_size", 0, true, &c->d_model, path, err)) ||
-            (rc = json_int(root, "num_hidden_layers", 0, true, &c->n_layer, path, err)) ||
-            (rc = json_int(root, "num_attention_heads", 0, true, &c->n_head, path, err)) ||
-            (rc = json_int(root, "num_key_value_heads", 0, false, &c->n_kv_head, path, err)) ||
-            (rc = json_int(root, "head_dim", 0, false, &c->head_dim, path, err)) ||
-            (rc = json_int(root, "intermediate_size", 0, true, &c->d_ff, path, err)) ||
-            (rc = json_int(root, "vocab_size", 0, true, &c->vocab, path, err)) ||
-            (rc = json_int(root, "max_position_embeddings", 2048, false, &c->n_ctx, path, err)) ||
+        if ((rc = json_int(root, "hidden_size", 0, true, 1, PEFT_MAX_HIDDEN, &c->d_model, path, err)) ||
+            (rc = json_int(root, "num_hidden_layers", 0, true, 1, PEFT_MAX_LAYERS, &c->n_layer, path, err)) ||
+            (rc = json_int(root, "num_attention_heads", 0, true, 1, PEFT_MAX_HEADS, &c->n_head, path, err)) ||
+            (rc = json_int(root, "num_key_value_heads", 0, false, 0, PEFT_MAX_HEADS, &c->n_kv_head, path, err)) ||
+            (rc = json_int(root, "head_dim", 0, false, 0, PEFT_MAX_HEAD_DIM, &c->head_dim, path, err)) ||
+            (rc = json_int(root, "intermediate_size", 0, true, 1, PEFT_MAX_FF, &c->d_ff, path, err)) ||
+            (rc = json_int(root, "vocab_size", 0, true, 1, PEFT_MAX_VOCAB, &c->vocab, path, err)) ||
+            (rc = json_int(root, "max_position_embeddings", 2048, false, 1, PEFT_MAX_CTX, &c->n_ctx, path, err)) ||
             (rc = json_float(root, "rms_norm_eps", 1e-6f, false, &c->norm_eps, path, err)) ||
             (rc = parse_rope(root, c, path, err))) {
             cJSON_Delete(root);
@@ -127,16 +145,25 @@ int model_config_from_hf_json(const char *path, model_config *c, peft_err *err) 
         c->tied = json_bool(root, "tie_word_embeddings", false);
         /* nn.Embedding(padding_idx = pad_token_id): that row gets no gradient
          * from lookups (matters for full fine-tuning only) */
-        const cJSON *pad = cJSON_GetObjectItemCaseSensitive(root, "pad_token_id");
-        c->pad_token_id = cJSON_IsNumber(pad) && pad->valuedouble >= 0 ? (int)pad->valuedouble : -1;
+        if ((rc = json_int(root, "pad_token_id", -1, false, INT32_MIN, PEFT_MAX_VOCAB, &c->pad_token_id, path, err))) {
+            cJSON_Delete(root);
+            return rc;
+        }
+        if (c->pad_token_id < 0) c->pad_token_id = -1;   /* LLaMA's configs say -1 for "none" */
+        if (c->pad_token_id >= c->vocab) {
+            rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: \"pad_token_id\" %d is not below \"vocab_size\" %d", path,
+                           c->pad_token_id, c->vocab);
+            cJSON_Delete(root);
+            return rc;
+        }
     } else if (!strcmp(a, "gpt2")) {
         c->arch = PEFT_ARCH_GPT2;
-        if ((rc = json_int(root, "n_embd", 0, true, &c->d_model, path, err)) ||
-            (rc = json_int(root, "n_layer", 0, true, &c->n_layer, path, err)) ||
-            (rc = json_int(root, "n_head", 0, true, &c->n_head, path, err)) ||
-            (rc = json_int(root, "n_inner", 0, false, &c->d_ff, path, err)) ||
-            (rc = json_int(root, "vocab_size", 0, true, &c->vocab, path, err)) ||
-            (rc = json_int(root, "n_positions", 1024, false, &c->n_ctx, path, err)) ||
+        if ((rc = json_int(root, "n_embd", 0, true, 1, PEFT_MAX_HIDDEN, &c->d_model, path, err)) ||
+            (rc = json_int(root, "n_layer", 0, true, 1, PEFT_MAX_LAYERS, &c->n_layer, path, err)) ||
+            (rc = json_int(root, "n_head", 0, true, 1, PEFT_MAX_HEADS, &c->n_head, path, err)) ||
+            (rc = json_int(root, "n_inner", 0, false, 0, PEFT_MAX_FF, &c->d_ff, path, err)) ||
+            (rc = json_int(root, "vocab_size", 0, true, 1, PEFT_MAX_VOCAB, &c->vocab, path, err)) ||
+            (rc = json_int(root, "n_positions", 1024, false, 1, PEFT_MAX_CTX, &c->n_ctx, path, err)) ||
             (rc = json_float(root, "layer_norm_epsilon", 1e-5f, false, &c->norm_eps, path, err))) {
             cJSON_Delete(root);
             return rc;
@@ -175,47 +202,53 @@ int model_config_from_gguf(const gguf_file *g, model_config *c, peft_err *err) {
     char key[128];
     int64_t iv;
     double fv;
-#define GET_INT(suffix, field, required)                                            \
+#define GET_INT(suffix, field, required, max)                                       \
     do {                                                                            \
         snprintf(key, sizeof key, "%s.%s", arch, suffix);                           \
         if (gguf_find_key(g, key) >= 0) {                                           \
             int rc_ = gguf_get_int(g, key, &iv, err);                               \
             if (rc_) return rc_;                                                    \
-            if (iv < 0 || iv > 1000000000)                                          \
-                return peft_fail(err, PEFT_ERR_FORMAT, "%s: %s out of range", path, key); \
+            if (iv < 0 || iv > (max))                                               \
+                return peft_fail(err, PEFT_ERR_FORMAT, "%s: %s = %lld is outside [0, %d]", path, key, \
+                                 (long long)iv, (int)(max));                        \
             c->field = (int)iv;                                                     \
         } else if (required)                                                        \
             return peft_fail(err, PEFT_ERR_FORMAT, "%s: missing key %s", path, key); \
     } while (0)
-    GET_INT("block_count", n_layer, true);
-    GET_INT("embedding_length", d_model, true);
-    GET_INT("feed_forward_length", d_ff, true);
-    GET_INT("attention.head_count", n_head, true);
-    GET_INT("attention.head_count_kv", n_kv_head, false);
-    GET_INT("context_length", n_ctx, false);
-    GET_INT("rope.dimension_count", rope_dim, false);
-    GET_INT("attention.key_length", head_dim, false);
-    GET_INT("vocab_size", vocab, false);
+    GET_INT("block_count", n_layer, true, PEFT_MAX_LAYERS);
+    GET_INT("embedding_length", d_model, true, PEFT_MAX_HIDDEN);
+    GET_INT("feed_forward_length", d_ff, true, PEFT_MAX_FF);
+    GET_INT("attention.head_count", n_head, true, PEFT_MAX_HEADS);
+    GET_INT("attention.head_count_kv", n_kv_head, false, PEFT_MAX_HEADS);
+    GET_INT("context_length", n_ctx, false, PEFT_MAX_CTX);
+    GET_INT("rope.dimension_count", rope_dim, false, PEFT_MAX_HEAD_DIM);
+    GET_INT("attention.key_length", head_dim, false, PEFT_MAX_HEAD_DIM);
+    GET_INT("vocab_size", vocab, false, PEFT_MAX_VOCAB);
 #undef GET_INT
     if (c->vocab == 0) {
         gguf_vtype et;
         uint64_t n = 0;
         const void *d;
-        if (gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &n, &d, err) == 0) c->vocab = (int)n;
-        else {
+        if (gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &n, &d, err) != 0) {
             const gguf_tensor *t = gguf_find_tensor(g, "token_embd.weight");
             if (!t) return peft_fail(err, PEFT_ERR_FORMAT, "%s: cannot tell the vocabulary size", path);
-            c->vocab = (int)t->ne[1];
+            n = (uint64_t)t->ne[1];
         }
+        if (n > PEFT_MAX_VOCAB)
+            return peft_fail(err, PEFT_ERR_FORMAT, "%s: vocabulary of %llu tokens exceeds the limit of %d", path,
+                             (unsigned long long)n, PEFT_MAX_VOCAB);
+        c->vocab = (int)n;
     }
     snprintf(key, sizeof key, "%s.attention.%s", arch, c->arch == PEFT_ARCH_GPT2 ? "layer_norm_epsilon" : "layer_norm_rms_epsilon");
     if (gguf_get_float(g, key, &fv, err)) return peft_fail(err, PEFT_ERR_FORMAT, "%s: missing key %s", path, key);
+    if (!fits_float(fv)) return peft_fail(err, PEFT_ERR_FORMAT, "%s: %s is not a finite float", path, key);
     c->norm_eps = (float)fv;
     c->rope_theta = 10000.0f;
     if (c->arch == PEFT_ARCH_GPT2) c->rope_theta = 1;
     snprintf(key, sizeof key, "%s.rope.freq_base", arch);
     if (gguf_find_key(g, key) >= 0) {
         if (gguf_get_float(g, key, &fv, err)) return err->code;
+        if (!fits_float(fv)) return peft_fail(err, PEFT_ERR_FORMAT, "%s: %s is not a finite float", path, key);
         c->rope_theta = (float)fv;
     }
     snprintf(key, sizeof key, "%s.rope.scaling.type", arch);

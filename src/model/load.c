@@ -376,10 +376,18 @@ int model_finish_load(peft_model *m, peft_err *err) {
         src_tensor t;
         if (find_tensor(m, "rope_freqs.weight", &t)) {
             float f[512];
-            if (t.dtype != PEFT_DT_F32 || t.shape[0] != half)
-                return peft_fail(err, PEFT_ERR_FORMAT, "%s: rope_freqs.weight must be F32 [%d]", m->path, half);
+            /* The byte size, not just shape[0]: a [half, 0] tensor has shape[0]
+             * == half and no bytes at all. */
+            if (t.dtype != PEFT_DT_F32 || t.ndim != 1 || t.shape[0] != half || t.nbytes != (size_t)half * sizeof(float))
+                return peft_fail(err, PEFT_ERR_FORMAT, "%s: rope_freqs.weight must be F32 [%d] (%zu bytes)", m->path,
+                                 half, (size_t)half * sizeof(float));
             memcpy(f, t.data, (size_t)half * sizeof(float));
-            for (int i = 0; i < half; i++) inv_freq[i] /= f[i];
+            for (int i = 0; i < half; i++) {
+                if (!(isfinite(f[i]) && f[i] > 0))
+                    return peft_fail(err, PEFT_ERR_FORMAT, "%s: rope_freqs.weight[%d] = %g is not a positive divisor",
+                                     m->path, i, (double)f[i]);
+                inv_freq[i] /= f[i];
+            }
         }
     }
     size_t n = (size_t)c->n_ctx * half;

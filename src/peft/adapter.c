@@ -4,6 +4,7 @@
  * prefix table) and the effective-parameter accessors the forward passes
  * use. */
 #include "peft/lora.h"
+#include "core/limits.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -525,6 +526,15 @@ static int prefix_from_tokens(adapter *a, const peft_model *cm, const method_con
 
 int adapter_new(const peft_model *m, const method_config *mc, adapter **out, peft_err *err) {
     *out = NULL;
+    /* Both size tensors (labels x hidden, virtual tokens x hidden [x 2 x
+     * layers]); callers take them from files and flags. */
+    if (mc->n_labels < 0 || mc->n_labels > PEFT_MAX_LABELS)
+        return peft_fail(err, PEFT_ERR_INVALID, "%d classification labels: the limit is %d", mc->n_labels,
+                         PEFT_MAX_LABELS);
+    if ((mc->method == METHOD_PROMPT || mc->method == METHOD_PREFIX) &&
+        (mc->n_virtual < 0 || mc->n_virtual > PEFT_MAX_VIRTUAL_TOKENS))
+        return peft_fail(err, PEFT_ERR_INVALID, "%d virtual tokens: the limit is %d", mc->n_virtual,
+                         PEFT_MAX_VIRTUAL_TOKENS);
     if (mc->method == METHOD_LORA || mc->method == METHOD_DORA) {
         lora_config c = mc->lora;
         c.dora = mc->method == METHOD_DORA;

@@ -2,6 +2,7 @@
  * shared by byte-level and SentencePiece vocabularies: encode (added-token
  * split -> normalize -> pre-tokenize -> merge), decode, token bytes. */
 #include "tokenizer/bpe_internal.h"
+#include "core/limits.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -131,7 +132,7 @@ int bpe_set_vocab_size(bpe_tokenizer *t, int n, peft_err *err) {
 
 int bpe_set_token(bpe_tokenizer *t, int id, const char *s, size_t len, peft_err *err) {
     if (id < 0) return peft_fail(err, PEFT_ERR_FORMAT, "%s: negative token id %d", t->source, id);
-    if (len > (1u << 20))
+    if (len > PEFT_MAX_TOKEN_BYTES)
         return peft_fail(err, PEFT_ERR_FORMAT, "%s: token %d is %zu bytes long", t->source, id, len);
     if (id >= t->n_vocab) {
         int rc = bpe_set_vocab_size(t, id + 1, err);

@@ -2,8 +2,10 @@
  * normalizer, pre-tokenizer, post-processor and decoder), the optional
  * tokenizer_config.json beside it, and GPT-2's vocab.json + merges.txt. */
 #include "tokenizer/bpe_internal.h"
+#include "core/limits.h"
 
 #include <cjson/cJSON.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -188,18 +190,32 @@ static int parse_post(bpe_tokenizer *t, const cJSON *p, idlist *pre, idlist *suf
                 continue;
             }
             cJSON_ArrayForEach(e, ids) {
-                if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= t->n_vocab)
-                    return peft_fail(err, PEFT_ERR_FORMAT, "%s: post_processor id out of range", t->source);
-                if (l->n < 8) l->v[l->n++] = (int32_t)e->valuedouble;
+                int64_t id;
+                int rc = peft_json_to_int(e, t->source, "post_processor.special_tokens.ids", 0, t->n_vocab - 1, &id, err);
+                if (rc) return rc;
+                if (l->n < 8) l->v[l->n++] = (int32_t)id;
             }
         }
         return 0;
     }
     if (!strcmp(ty, "RobertaProcessing") || !strcmp(ty, "BertProcessing")) {
-        const cJSON *cls = cJSON_GetObjectItemCaseSensitive(p, "cls"), *sep = cJSON_GetObjectItemCaseSensitive(p, "sep");
-        const cJSON *ci = cJSON_GetArrayItem(cls, 1), *si = cJSON_GetArrayItem(sep, 1);
-        if (cJSON_IsNumber(ci) && pre->n < 8) pre->v[pre->n++] = (int32_t)ci->valuedouble;
-        if (cJSON_IsNumber(si) && suf->n < 8) suf->v[suf->n++] = (int32_t)si->valuedouble;
+        /* "cls": ["<s>", 0], "sep": ["</s>", 2]; the id becomes BOS/EOS and
+         * indexes the token table, so it must be a token of this vocabulary. */
+        static const char *const keys[2] = {"cls", "sep"};
+        for (int k = 0; k < 2; k++) {
+            const cJSON *pair = cJSON_GetObjectItemCaseSensitive(p, keys[k]);
+            if (!pair || cJSON_IsNull(pair)) continue;
+            if (!cJSON_IsArray(pair) || cJSON_GetArraySize(pair) != 2 || !cJSON_IsString(cJSON_GetArrayItem(pair, 0)))
+                return peft_fail(err, PEFT_ERR_FORMAT, "%s: post_processor \"%s\" must be [token, id]", t->source,
+                                 keys[k]);
+            char key[32];
+            snprintf(key, sizeof key, "post_processor.%s", keys[k]);
+            int64_t id;
+            int rc = peft_json_to_int(cJSON_GetArrayItem(pair, 1), t->source, key, 0, t->n_vocab - 1, &id, err);
+            if (rc) return rc;
+            idlist *l = k ? suf : pre;
+            if (l->n < 8) l->v[l->n++] = (int32_t)id;
+        }
         return 0;
     }
     return 0; /* ByteLevel and friends only adjust offsets */
@@ -293,18 +309,42 @@ static int set_post(bpe_tokenizer *t, const idlist *pre, const idlist *suf, peft
     return 0;
 }
 
-/* Loads vocab {"token": id} into t. */
-static int load_vocab_obj(bpe_tokenizer *t, const cJSON *vocab, const char *path, peft_err *err) {
-    int n = 0, max_id = -1;
-    const cJSON *e;
-    cJSON_ArrayForEach(e, vocab) {
-        if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble > 16777216.0 || !e->string)
-            return peft_fail(err, PEFT_ERR_FORMAT, "%s: vocab entry \"%.60s\" has no valid id", path,
-                             e->string ? e->string : "?");
-        max_id = PEFT_MAX(max_id, (int)e->valuedouble);
-        n++;
+/* The largest token id a file defining n_defined tokens may use: ids need
+ * not be dense, but the token table is sized by the largest id, so it is
+ * bounded by what the file holds (core/limits.h). */
+static int64_t max_token_id(int64_t n_defined) {
+    int64_t m = n_defined * PEFT_VOCAB_SPARSENESS + PEFT_VOCAB_SLACK;
+    return PEFT_MIN(m, (int64_t)PEFT_MAX_VOCAB) - 1;
+}
+
+/* A token id of the file at path: an integer in [0, max_id]. */
+static int token_id(const cJSON *v, const char *path, const char *key, int64_t max_id, int *out, peft_err *err) {
+    int64_t id;
+    int rc = peft_json_to_int(v, path, key, 0, max_id, &id, err);
+    if (rc) {
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        return peft_fail(err, rc, "%s (the limit is %d tokens, and at most %d + %d times the tokens the file "
+                                  "defines)", msg, PEFT_MAX_VOCAB, PEFT_VOCAB_SLACK, PEFT_VOCAB_SPARSENESS);
     }
+    *out = (int)id;
+    return 0;
+}
+
+/* Loads vocab {"token": id} into t; n_extra tokens (added_tokens) follow. */
+static int load_vocab_obj(bpe_tokenizer *t, const cJSON *vocab, int n_extra, const char *path, peft_err *err) {
+    int n = 0, max_id = -1, id;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, vocab) n++;
     if (n == 0) return peft_fail(err, PEFT_ERR_FORMAT, "%s: vocab is empty", path);
+    const int64_t lim = max_token_id((int64_t)n + n_extra);
+    cJSON_ArrayForEach(e, vocab) {
+        char key[96];
+        snprintf(key, sizeof key, "vocab.%.60s", e->string ? e->string : "?");
+        int rc = token_id(e, path, key, lim, &id, err);
+        if (rc) return rc;
+        max_id = PEFT_MAX(max_id, id);
+    }
     int rc = bpe_set_vocab_size(t, max_id + 1, err);
     if (rc) return rc;
     cJSON_ArrayForEach(e, vocab) {
@@ -313,13 +353,25 @@ static int load_vocab_obj(bpe_tokenizer *t, const cJSON *vocab, const char *path
     return 0;
 }
 
+/* HF refuses merges whose parts or result are not tokens (bpe_add_merge
+ * returns 1 for those). */
+static int merge_result(bpe_tokenizer *t, int rc, int rank, const char *a, const char *b, peft_err *err) {
+    if (rc == 1)
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: merge %d (\"%.40s\" \"%.40s\") names a token that is not in "
+                         "the vocabulary", t->source, rank, a, b);
+    return rc;
+}
+
 /* Splits "a b" at its single space. */
 static int add_merge_str(bpe_tokenizer *t, const char *m, int rank, peft_err *err) {
     const char *sp = strchr(m, ' ');
     if (!sp || sp == m || !sp[1])
         return peft_fail(err, PEFT_ERR_FORMAT, "%s: merge %d \"%.60s\" is not \"left right\"", t->source, rank, m);
     int rc = bpe_add_merge(t, m, (size_t)(sp - m), sp + 1, strlen(sp + 1), rank, err);
-    return rc < 0 ? rc : 0;
+    if (rc == 1)
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: merge %d \"%.60s\" names a token that is not in the vocabulary",
+                         t->source, rank, m);
+    return rc;
 }
 
 int bpe_load_json(const char *path, bpe_tokenizer **out, peft_err *err) {
@@ -379,19 +431,28 @@ int bpe_load_json(const char *path, bpe_tokenizer **out, peft_err *err) {
         goto fail;
     }
 
-    if ((rc = load_vocab_obj(t, vocab, path, err))) goto fail;
-    cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(j, "added_tokens")) {
+    const cJSON *added = cJSON_GetObjectItemCaseSensitive(j, "added_tokens");
+    if (added && !cJSON_IsNull(added) && !cJSON_IsArray(added)) {
+        rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: \"added_tokens\" is not an array", path);
+        goto fail;
+    }
+    const int n_added = cJSON_GetArraySize(added);
+    if ((rc = load_vocab_obj(t, vocab, n_added, path, err))) goto fail;
+    const int64_t id_lim = max_token_id((int64_t)cJSON_GetArraySize(vocab) + n_added);
+    cJSON_ArrayForEach(e, added) {
         const cJSON *idv = cJSON_GetObjectItemCaseSensitive(e, "id");
         const char *content = jstr(e, "content");
-        if (!cJSON_IsNumber(idv) || idv->valuedouble < 0 || idv->valuedouble > 16777216.0 || !content) {
-            rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: added_tokens entry without id/content", path);
+        int id;
+        if (!content) {
+            rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: added_tokens entry without a \"content\" string", path);
             goto fail;
         }
-        if ((rc = bpe_set_token(t, (int)idv->valuedouble, content, strlen(content), err))) goto fail;
+        if ((rc = token_id(idv, path, "added_tokens.id", id_lim, &id, err))) goto fail;
+        if ((rc = bpe_set_token(t, id, content, strlen(content), err))) goto fail;
     }
     if ((rc = bpe_build_index(t, err))) goto fail;
-    cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(j, "added_tokens")) {
-        int id = (int)cJSON_GetObjectItemCaseSensitive(e, "id")->valuedouble;
+    cJSON_ArrayForEach(e, added) {
+        int id = (int)cJSON_GetObjectItemCaseSensitive(e, "id")->valuedouble;   /* checked above */
         if ((rc = bpe_add_added(t, id, jbool(e, "special", false), jbool(e, "lstrip", false),
                                 jbool(e, "rstrip", false), jbool(e, "single_word", false), err)))
             goto fail;
@@ -404,8 +465,7 @@ int bpe_load_json(const char *path, bpe_tokenizer **out, peft_err *err) {
         } else if (cJSON_IsArray(e) && cJSON_GetArraySize(e) == 2 && cJSON_IsString(cJSON_GetArrayItem(e, 0)) &&
                    cJSON_IsString(cJSON_GetArrayItem(e, 1))) {
             const char *a = cJSON_GetArrayItem(e, 0)->valuestring, *b = cJSON_GetArrayItem(e, 1)->valuestring;
-            rc = bpe_add_merge(t, a, strlen(a), b, strlen(b), rank, err);
-            rc = rc < 0 ? rc : 0;
+            rc = merge_result(t, bpe_add_merge(t, a, strlen(a), b, strlen(b), rank, err), rank, a, b, err);
         } else {
             rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: merge %d is neither \"a b\" nor [a, b]", path, rank);
         }
@@ -447,7 +507,7 @@ int bpe_load_gpt2_files(const char *vocab_json, const char *merges_txt, bpe_toke
         goto fail;
     }
     if (!(t->pre_name = peft_strdup("gpt-2", err))) { rc = PEFT_ERR_NOMEM; goto fail; }
-    if ((rc = load_vocab_obj(t, vocab, vocab_json, err))) goto fail;
+    if ((rc = load_vocab_obj(t, vocab, 0, vocab_json, err))) goto fail;
     if ((rc = bpe_build_index(t, err))) goto fail;
     if ((rc = peft_read_file(merges_txt, &mtxt, &mlen, err))) goto fail;
     size_t lines = 1;
@@ -466,8 +526,10 @@ int bpe_load_gpt2_files(const char *vocab_json, const char *merges_txt, bpe_toke
                 goto fail;
             }
             rc = bpe_add_merge(t, line, (size_t)(sp - line), sp + 1, strlen(sp + 1), rank++, err);
-            if (rc < 0) goto fail;
-            rc = 0;
+            if (rc == 1)
+                rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: merge \"%.60s\" names a token that is not in %s",
+                               merges_txt, line, vocab_json);
+            if (rc) goto fail;
         }
         line = nl ? nl + 1 : NULL;
     }

@@ -70,11 +70,21 @@ static int append_trimmed(peft_buf *b, const char *s) {
 }
 
 static const char *tok_or(const bpe_tokenizer *t, int id, const char *dflt) {
-    return id >= 0 && t->tok[id] ? t->tok[id] : dflt;
+    return id >= 0 && id < t->n_vocab && t->tok[id] ? t->tok[id] : dflt;
 }
 
-int bpe_chat_format(const bpe_tokenizer *t, const bpe_chat_msg *msgs, int n,
-                    bool add_generation_prompt, char **out, peft_err *err) {
+static const char *gen_prompt(chat_style st) {
+    return st == CHAT_CHATML ? "<|im_start|>assistant\n"
+           : st == CHAT_LLAMA3 ? "<|start_header_id|>assistant<|end_header_id|>\n\n"
+                               : "";
+}
+
+const char *bpe_chat_gen_prompt(const bpe_tokenizer *t) { return gen_prompt(pick_style(t)); }
+
+/* ends (NULL or n + 1 entries): the text's length before message 0 and
+ * after each message. */
+static int chat_format(const bpe_tokenizer *t, const bpe_chat_msg *msgs, int n, bool add_generation_prompt,
+                       char **out, size_t *ends, peft_err *err) {
     *out = NULL;
     for (int i = 0; i < n; i++)
         if (!msgs[i].role || !msgs[i].content)
@@ -93,29 +103,36 @@ int bpe_chat_format(const bpe_tokenizer *t, const bpe_chat_msg *msgs, int n,
                 free(def);
             }
         }
-        for (int i = 0; i < n && !rc; i++)
+        if (ends) ends[0] = b.len;
+        for (int i = 0; i < n && !rc; i++) {
             rc = peft_buf_printf(&b, "<|im_start|>%s\n%s<|im_end|>\n", msgs[i].role, msgs[i].content);
-        if (!rc && add_generation_prompt) rc = peft_buf_append(&b, "<|im_start|>assistant\n", 22);
+            if (ends) ends[i + 1] = b.len;
+        }
+        if (!rc && add_generation_prompt) rc = peft_buf_append(&b, gen_prompt(st), strlen(gen_prompt(st)));
     } else if (st == CHAT_LLAMA3) {
         /* <|begin_of_text|><|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|> */
         rc = peft_buf_append(&b, tok_or(t, t->bos_id, "<|begin_of_text|>"), strlen(tok_or(t, t->bos_id, "<|begin_of_text|>")));
+        if (ends) ends[0] = b.len;
         for (int i = 0; i < n && !rc; i++) {
             rc = peft_buf_printf(&b, "<|start_header_id|>%s<|end_header_id|>\n\n", msgs[i].role);
             if (!rc) rc = append_trimmed(&b, msgs[i].content);
             if (!rc) rc = peft_buf_append(&b, "<|eot_id|>", 10);
+            if (ends) ends[i + 1] = b.len;
         }
-        if (!rc && add_generation_prompt)
-            rc = peft_buf_append(&b, "<|start_header_id|>assistant<|end_header_id|>\n\n", 47);
+        if (!rc && add_generation_prompt) rc = peft_buf_append(&b, gen_prompt(st), strlen(gen_prompt(st)));
     } else {
         /* <s>[INST] <<SYS>>\nsys\n<</SYS>>\n\nuser [/INST] answer </s><s>[INST] ... [/INST]
          * The generation prompt is implicit (the text ends with [/INST]). */
         const char *bos = tok_or(t, t->bos_id, "<s>"), *eos = tok_or(t, t->eos_id, "</s>");
         const char *sys = has_system ? msgs[0].content : NULL;
+        if (ends) ends[0] = 0;
+        if (ends && has_system) ends[1] = 0;   /* the system text goes into the first user turn */
         for (int i = has_system ? 1 : 0; i < n && !rc; i++) {
             if (!strcmp(msgs[i].role, "assistant")) {
                 rc = peft_buf_append(&b, " ", 1);
                 if (!rc) rc = append_trimmed(&b, msgs[i].content);
                 if (!rc) rc = peft_buf_printf(&b, " %s", eos);
+                if (ends) ends[i + 1] = b.len;
                 continue;
             }
             rc = peft_buf_printf(&b, "%s[INST] ", bos);
@@ -127,6 +144,7 @@ int bpe_chat_format(const bpe_tokenizer *t, const bpe_chat_msg *msgs, int n,
             }
             if (!rc) rc = append_trimmed(&b, msgs[i].content);
             if (!rc) rc = peft_buf_append(&b, " [/INST]", 8);
+            if (ends) ends[i + 1] = b.len;
         }
     }
     if (!rc) rc = peft_buf_append(&b, "", 0);
@@ -137,6 +155,16 @@ int bpe_chat_format(const bpe_tokenizer *t, const bpe_chat_msg *msgs, int n,
     }
     *out = b.data;
     return 0;
+}
+
+int bpe_chat_format(const bpe_tokenizer *t, const bpe_chat_msg *msgs, int n,
+                    bool add_generation_prompt, char **out, peft_err *err) {
+    return chat_format(t, msgs, n, add_generation_prompt, out, NULL, err);
+}
+
+int bpe_chat_format_ends(const bpe_tokenizer *t, const bpe_chat_msg *msgs, int n, char **out, size_t *ends,
+                         peft_err *err) {
+    return chat_format(t, msgs, n, false, out, ends, err);
 }
 
 int bpe_stop_tokens(const bpe_tokenizer *t, int32_t *ids, int cap) {

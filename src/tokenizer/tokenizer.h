@@ -58,6 +58,15 @@ typedef struct { const char *role; const char *content; } bpe_chat_msg;
  * that default is inserted, as transformers' apply_chat_template would. */
 int bpe_chat_format(const bpe_tokenizer *t, const bpe_chat_msg *msgs, int n,
                     bool add_generation_prompt, char **out, peft_err *err);
+/* As bpe_chat_format without the generation prompt, and ends[0..n] (n + 1
+ * entries) receive the length of the text before the first message and
+ * after each message: the formatting of msgs[0..i) is the first ends[i]
+ * bytes, so a conversation's turns are found in one pass (linear in its
+ * length, where formatting every prefix would be quadratic). */
+int bpe_chat_format_ends(const bpe_tokenizer *t, const bpe_chat_msg *msgs, int n, char **out, size_t *ends,
+                         peft_err *err);
+/* What add_generation_prompt appends ("" for Llama 2, whose prompt ends with [/INST]). */
+const char *bpe_chat_gen_prompt(const bpe_tokenizer *t);
 /* Token ids that end an assistant turn besides EOS (e.g. <|im_end|>); up to
  * cap written, count returned. */
 int bpe_stop_tokens(const bpe_tokenizer *t, int32_t *ids, int cap);

@@ -3,6 +3,7 @@
  * them, plus the seeded train/validation split. The batch loader lives in
  * data_loader.c. */
 #include "train/data.h"
+#include "core/limits.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -45,6 +46,8 @@ typedef struct {
 } ex_buf;
 
 static int ex_push(ex_buf *e, const int32_t *ids, int n, uint8_t loss) {
+    if (n <= 0) return 0;   /* an empty text: ids may be NULL, and so may e->ids */
+    if (n > INT_MAX / 2 - e->n) return PEFT_ERR_NOMEM;
     if (e->n + n > e->cap) {
         int cap = e->cap ? e->cap : 64;
         while (cap < e->n + n) cap *= 2;
@@ -114,23 +117,6 @@ static bool is_stop(const bpe_tokenizer *tok, const int32_t *stops, int n_stops,
     return false;
 }
 
-/* Formats msgs[0..n) and checks the result is a prefix of the whole
- * conversation's text, starting at or after `from`; returns its length. */
-static int prefix_len(const bpe_tokenizer *tok, const bpe_chat_msg *msgs, int n, bool gen, const char *full,
-                      size_t full_len, size_t from, size_t *len, peft_err *err) {
-    char *s = NULL;
-    int rc = bpe_chat_format(tok, msgs, n, gen, &s, err);
-    if (rc) return rc;
-    size_t l = strlen(s);
-    bool ok = l <= full_len && l >= from && memcmp(s, full, l) == 0;
-    free(s);
-    if (!ok)
-        return peft_fail(err, PEFT_ERR_UNSUPPORTED,
-                         "the chat template does not format a conversation's prefix as a prefix of it");
-    *len = l;
-    return 0;
-}
-
 /* Messages: the whole conversation through the chat template, loss on each
  * assistant message's content and its end-of-turn token. The assistant
  * spans come from formatting prefixes of the conversation (with and without
@@ -168,24 +154,42 @@ static int tok_messages(const cJSON *row, const bpe_tokenizer *tok, ex_buf *e, p
     char *full = NULL;
     int32_t *whole = NULL;
     int n_whole = 0;
-    if (!rc) rc = bpe_chat_format(tok, msgs, n, false, &full, err);
+    /* One formatting of the whole conversation with the end of every
+     * message: formatting each prefix again would be quadratic in the
+     * number of messages. */
+    size_t *ends = rc ? NULL : peft_malloc(((size_t)n + 1) * sizeof *ends, err);
+    if (!rc && !ends) rc = PEFT_ERR_NOMEM;
+    if (!rc) rc = bpe_chat_format_ends(tok, msgs, n, &full, ends, err);
     if (!rc) rc = bpe_encode(tok, full, strlen(full), false, true, &whole, &n_whole, err);
 
     int32_t stops[16];
     int n_stops = bpe_stop_tokens(tok, stops, 16);
+    const char *gen = bpe_chat_gen_prompt(tok);
+    const size_t gen_len = strlen(gen);
     size_t full_len = full ? strlen(full) : 0, prev = 0;
     for (i = 0; i < n && !rc; i++) {
         bool asst = !strcmp(msgs[i].role, "assistant");
         size_t end = prev;
         if (asst) {
-            /* Everything up to and including the assistant header is context. */
-            rc = prefix_len(tok, msgs, i, true, full, full_len, prev, &end, err);
-            if (!rc && end > prev) rc = push_text(e, tok, full + prev, end - prev, false, 0, err);
+            /* Everything up to and including the assistant header is
+             * context: the text before the message plus the generation
+             * prompt, which must be how the message starts. */
+            end = ends[i] + gen_len;
+            if (ends[i] < prev || end > full_len || memcmp(full + ends[i], gen, gen_len) != 0) {
+                rc = peft_fail(err, PEFT_ERR_UNSUPPORTED,
+                               "the chat template does not format a conversation's prefix as a prefix of it");
+                break;
+            }
+            if (end > prev) rc = push_text(e, tok, full + prev, end - prev, false, 0, err);
             if (rc) break;
             prev = end;
         }
-        rc = prefix_len(tok, msgs, i + 1, false, full, full_len, prev, &end, err);
-        if (rc) break;
+        end = ends[i + 1];
+        if (end < prev || end > full_len) {
+            rc = peft_fail(err, PEFT_ERR_UNSUPPORTED,
+                           "the chat template does not format a conversation's prefix as a prefix of it");
+            break;
+        }
         int start = e->n;
         if (end > prev) rc = push_text(e, tok, full + prev, end - prev, false, 0, err);
         if (rc) break;
@@ -206,6 +210,7 @@ static int tok_messages(const cJSON *row, const bpe_tokenizer *tok, ex_buf *e, p
                        "so the assistant tokens cannot be found");
     free(whole);
     free(full);
+    free(ends);
     free(msgs);
     return rc;
 }
@@ -236,10 +241,13 @@ static int tok_row(const cJSON *row, data_kind k, const bpe_tokenizer *tok, cons
         return tok_messages(row, tok, e, err);
     case DATA_CLASSIFICATION: {
         if ((rc = get_string(row, "text", &a, err))) return rc;
+        /* Labels size the classification head (labels x hidden), so they
+         * are capped before anything is allocated for them. */
         const cJSON *l = cJSON_GetObjectItemCaseSensitive(row, "label");
         double v = cJSON_IsNumber(l) ? l->valuedouble : -1;
-        if (!cJSON_IsNumber(l) || !(v >= 0) || v != floor(v) || v > INT_MAX)
-            return peft_fail(err, PEFT_ERR_FORMAT, "\"label\" must be a non-negative integer");
+        if (!cJSON_IsNumber(l) || !(v >= 0) || v != floor(v) || v >= PEFT_MAX_LABELS)
+            return peft_fail(err, PEFT_ERR_FORMAT, "\"label\" must be a non-negative integer below %d (the limit on "
+                             "labels)", PEFT_MAX_LABELS);
         *label = (int)v;
         /* No EOS: the classifier reads the last real token. */
         return push_text(e, tok, a, strlen(a), true, 0, err);
@@ -270,6 +278,19 @@ static int add_example(data_set *d, int *cap, const ex_buf *e, int label, peft_e
     x->label = label;
     d->n++;
     return 0;
+}
+
+/* A \u0000 escape: cJSON decodes it into a NUL that silently ends the C
+ * string. Backslash pairs are skipped so "\\u0000" (an escaped backslash
+ * and the text u0000) is not one. */
+static bool has_nul_escape(const char *s, size_t n) {
+    for (size_t i = 0; i + 1 < n; i++) {
+        if (s[i] != '\\') continue;
+        if (s[i + 1] == 'u' && i + 5 < n && s[i + 2] == '0' && s[i + 3] == '0' && s[i + 4] == '0' && s[i + 5] == '0')
+            return true;
+        i++;
+    }
+    return false;
 }
 
 static bool blank(const char *s, size_t n) {
@@ -312,6 +333,9 @@ int data_load_jsonl(const char *path, const bpe_tokenizer *tok, const data_param
         ex_reset(&e);
         peft_err_clear(&rerr);
         if (strlen(line) != len) row_rc = peft_fail(&rerr, PEFT_ERR_FORMAT, "contains a NUL byte");
+        else if (has_nul_escape(line, len))
+            row_rc = peft_fail(&rerr, PEFT_ERR_FORMAT,
+                               "a string holds \\u0000 (a NUL character), which would cut the text short");
         else if (!(row = cJSON_ParseWithOpts(line, NULL, 1))) row_rc = peft_fail(&rerr, PEFT_ERR_FORMAT, "not valid JSON");
         else if (!cJSON_IsObject(row)) row_rc = peft_fail(&rerr, PEFT_ERR_FORMAT, "not a JSON object");
         else row_rc = row_kind(row, &k, &rerr);

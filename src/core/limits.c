@@ -1,0 +1,35 @@
+/* limits.c — range-checked JSON number to integer conversion. */
+#include "core/limits.h"
+
+#include <math.h>
+
+int peft_json_to_int(const cJSON *v, const char *path, const char *key, int64_t lo, int64_t hi, int64_t *out,
+                     peft_err *err) {
+    if (!cJSON_IsNumber(v))
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: \"%s\" must be an integer in [%lld, %lld]", path, key,
+                         (long long)lo, (long long)hi);
+    double d = v->valuedouble;
+    /* !(a && b) also catches NaN; (double)hi is exact for the caps used. */
+    if (!(d >= (double)lo && d <= (double)hi) || d != floor(d))
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: \"%s\" is %.17g, must be an integer in [%lld, %lld]", path, key,
+                         d, (long long)lo, (long long)hi);
+    *out = (int64_t)d;
+    return 0;
+}
+
+int peft_json_get_int(const cJSON *obj, const char *key, int dflt, bool required, int64_t lo, int64_t hi,
+                      int *out, const char *path, peft_err *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v || cJSON_IsNull(v)) {
+        if (required) return peft_fail(err, PEFT_ERR_FORMAT, "%s: missing key \"%s\"", path, key);
+        *out = dflt;
+        return 0;
+    }
+    if (lo < INT32_MIN) lo = INT32_MIN;
+    if (hi > INT32_MAX) hi = INT32_MAX;
+    int64_t x;
+    int rc = peft_json_to_int(v, path, key, lo, hi, &x, err);
+    if (rc) return rc;
+    *out = (int)x;
+    return 0;
+}

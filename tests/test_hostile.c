@@ -1,0 +1,412 @@
+/* test_hostile.c — crafted files from the security review of issue 9 (and
+ * more found since): each loader must refuse them with one error naming
+ * the file and the problem, quickly and without a large allocation. Each
+ * test writes a minimal reproducer into a temp folder. Checks that need the
+ * CLI run it through $PEFT_CLI, under `ulimit -v` where an over-allocation is
+ * the bug, so it fails the test instead of exhausting the machine. */
+#include "peft.h"
+#include "core/core.h"
+#include "formats/gguf.h"
+#include "formats/safetensors.h"
+#include "model/model.h"
+#include "train/data.h"
+#include "test.h"
+
+#include <stdint.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define FIX "tests/fixtures/"
+/* Helpers some builds of this file (while cases are added) leave unused. */
+#define MAYBE_UNUSED __attribute__((unused))
+
+static char tmpdir[256];
+
+static const char *tpath(const char *name) {
+    static char p[4][600];
+    static int k = 0;
+    k = (k + 1) % 4;
+    snprintf(p[k], sizeof p[k], "%s/%s", tmpdir, name);
+    return p[k];
+}
+
+MAYBE_UNUSED static void write_str(const char *path, const char *text) { test_write_bytes(path, text, strlen(text)); }
+
+static bool has(const char *msg, const char *needle) { return msg && needle && strstr(msg, needle) != NULL; }
+
+static const char *nz(const char *s) { return s ? s : "(null)"; }
+#define CHECK_HAS(msg, needle) CHECK_MSG(has((msg), (needle)), "message \"%s\" lacks \"%s\"", nz(msg), nz(needle))
+
+/* A .safetensors file whose header is `json` (padded to 8) and `data_len` zero bytes of data. */
+static void write_safetensors(const char *path, const char *json, size_t data_len) {
+    size_t hl = strlen(json), pad = (8 - hl % 8) % 8;
+    size_t total = 8 + hl + pad + data_len;
+    unsigned char *b = calloc(1, total);
+    uint64_t n = hl + pad;
+    for (int i = 0; i < 8; i++) b[i] = (unsigned char)(n >> (8 * i));
+    memcpy(b + 8, json, hl);
+    memset(b + 8 + hl, ' ', pad);
+    test_write_bytes(path, b, total);
+    free(b);
+}
+
+MAYBE_UNUSED static void copy_file(const char *src, const char *dst) {
+    char *data = NULL;
+    size_t len = 0;
+    peft_err err = {0};
+    if (peft_read_file(src, &data, &len, &err) == 0) test_write_bytes(dst, data, len);
+    free(data);
+}
+
+/* A copy of a fixture folder's files into tmpdir/<name>. */
+MAYBE_UNUSED static const char *copy_dir(const char *src, const char *name, const char *const *files) {
+    static char dir[600];
+    snprintf(dir, sizeof dir, "%s/%s", tmpdir, name);
+    mkdir(dir, 0755);
+    for (int i = 0; files[i]; i++) {
+        char s[700], d[700];
+        snprintf(s, sizeof s, "%s/%s", src, files[i]);
+        snprintf(d, sizeof d, "%s/%s", dir, files[i]);
+        copy_file(s, d);
+    }
+    return dir;
+}
+
+MAYBE_UNUSED static const char *const model_files[] = {"config.json", "model.safetensors", "tokenizer.json",
+                                          "tokenizer_config.json", NULL};
+
+/* peft_model_load must fail with a message holding both needles. */
+MAYBE_UNUSED static void expect_model_error(const char *path, const char *needle1, const char *needle2) {
+    peft_ctx *ctx = peft_init(NULL);
+    peft_model *m = peft_model_load(ctx, path);
+    CHECK_MSG(m == NULL, "%s loaded but should not", path);
+    if (m) peft_model_free(m);
+    const char *msg = peft_last_error(ctx);
+    if (needle1) CHECK_HAS(msg, needle1);
+    if (needle2) CHECK_HAS(msg, needle2);
+    peft_free(ctx);
+}
+
+/* Runs the CLI with args under a virtual-memory limit (KiB); returns the exit status. */
+MAYBE_UNUSED static int run_cli_limited(long kib, const char *args, char *out, size_t cap) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "sh -c 'ulimit -v %ld; exec %s %s' 2>&1", kib, getenv("PEFT_CLI"), args);
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* ---- safetensors ------------------------------------------------------------ */
+
+/* Found 1: a second __metadata__ object wrote past the metadata array. */
+static void safetensors_duplicate_metadata_is_refused(void) {
+    const char *p = tpath("dupmeta.safetensors");
+    write_safetensors(p, "{\"__metadata__\":{\"a\":\"1\"},\"__metadata__\":{\"b\":\"2\",\"c\":\"3\",\"d\":\"4\"},"
+                         "\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4);
+    st_archive *a = NULL;
+    peft_err err = {0};
+    CHECK(st_open(p, &a, &err) == PEFT_ERR_FORMAT);
+    CHECK(a == NULL);
+    CHECK_HAS(err.msg, "dupmeta.safetensors");
+    CHECK_HAS(err.msg, "__metadata__");
+    st_close(a);
+}
+
+/* ---- config.json ------------------------------------------------------------- */
+
+/* Replaces the first `from` in dir/name with `to`. */
+static void edit_file(const char *dir, const char *name, const char *from, const char *to) {
+    char p[700];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    char *data = NULL;
+    size_t len = 0;
+    peft_err err = {0};
+    if (peft_read_file(p, &data, &len, &err)) return;
+    char *at = strstr(data, from);
+    CHECK_MSG(at != NULL, "%s has no \"%s\" to edit", p, from);
+    if (at) {
+        FILE *f = fopen(p, "wb");
+        fwrite(data, 1, (size_t)(at - data), f);
+        fputs(to, f);
+        fputs(at + strlen(from), f);
+        fclose(f);
+    }
+    free(data);
+}
+
+/* Found 4: 130 bytes of config.json asked for 3.2 GB of layers. */
+static void config_layer_count_is_capped(void) {
+    const char *d = copy_dir(FIX "models/tiny-llama", "layers", model_files);
+    edit_file(d, "config.json", "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 4748368");
+    expect_model_error(d, "config.json", "num_hidden_layers");
+    expect_model_error(d, "1024", NULL);
+}
+
+/* Found 5: pad_token_id 1e17 was an undefined float-to-int conversion. */
+static void config_pad_token_id_is_range_checked(void) {
+    const char *d = copy_dir(FIX "models/tiny-llama", "pad", model_files);
+    edit_file(d, "config.json", "\"pad_token_id\": 317", "\"pad_token_id\": 1e17");
+    expect_model_error(d, "config.json", "pad_token_id");
+    edit_file(d, "config.json", "\"pad_token_id\": 1e17", "\"pad_token_id\": 320");
+    expect_model_error(d, "config.json", "pad_token_id");
+    edit_file(d, "config.json", "\"pad_token_id\": 320", "\"pad_token_id\": -1");
+    peft_ctx *ctx = peft_init(NULL);
+    peft_model *m = peft_model_load(ctx, d);
+    CHECK_MSG(m != NULL, "pad_token_id -1 (LLaMA's \"none\") must load: %s", peft_last_error(ctx));
+    peft_model_free(m);
+    peft_free(ctx);
+}
+
+/* Every JSON number that becomes an integer is range-checked, and floats
+ * must fit a float (1e300 -> float is undefined). */
+static void config_numbers_are_range_checked(void) {
+    const char *d = copy_dir(FIX "models/tiny-llama", "nums", model_files);
+    edit_file(d, "config.json", "\"rms_norm_eps\": 1e-05", "\"rms_norm_eps\": 1e300");
+    expect_model_error(d, "config.json", "rms_norm_eps");
+    edit_file(d, "config.json", "\"rms_norm_eps\": 1e300", "\"rms_norm_eps\": 1e-05");
+    edit_file(d, "config.json", "\"head_dim\": 16", "\"head_dim\": 16.5");
+    expect_model_error(d, "config.json", "head_dim");
+    edit_file(d, "config.json", "\"head_dim\": 16.5", "\"head_dim\": 16");
+    edit_file(d, "config.json", "\"max_position_embeddings\": 128", "\"max_position_embeddings\": 9000000");
+    expect_model_error(d, "config.json", "max_position_embeddings");
+}
+
+/* ---- tokenizer.json ------------------------------------------------------------ */
+
+/* A copy of tiny-llama whose tokenizer.json is `tok` (tokenizer_config.json removed). */
+static const char *model_with_tokenizer(const char *name, const char *tok) {
+    const char *d = copy_dir(FIX "models/tiny-llama", name, model_files);
+    char p[700];
+    snprintf(p, sizeof p, "%s/tokenizer.json", d);
+    write_str(p, tok);
+    snprintf(p, sizeof p, "%s/tokenizer_config.json", d);
+    unlink(p);
+    return d;
+}
+
+#define TINY_VOCAB "\"vocab\":{\"a\":0,\"b\":1,\"ab\":2}"
+
+/* Found 2: a BertProcessing cls id past the vocabulary became BOS and the
+ * chat formatter read the token table with it; 1e20 was an undefined cast. */
+static void tokenizer_post_processor_ids_are_range_checked(void) {
+    const char *ids[] = {"999999", "1e20", "-1", "1.5"};
+    for (int i = 0; i < 4; i++) {
+        char tok[512];
+        snprintf(tok, sizeof tok,
+                 "{\"model\":{\"type\":\"BPE\"," TINY_VOCAB ",\"merges\":[]},"
+                 "\"post_processor\":{\"type\":\"BertProcessing\",\"cls\":[\"a\",%s],\"sep\":[\"b\",1]}}", ids[i]);
+        const char *d = model_with_tokenizer("postids", tok);
+        expect_model_error(d, "tokenizer.json", "post_processor.cls");
+    }
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
+    char out[8192], args[800];
+    snprintf(args, sizeof args, "generate --model %s/postids --chat --prompt hi --max-tokens 2", tmpdir);
+    CHECK_EQ_INT(run_cli_limited(4000000, args, out, sizeof out), 1);
+    CHECK_HAS(out, "tokenizer.json");
+    CHECK_HAS(out, "post_processor.cls");
+}
+
+/* Found 4: one added token with id 2^24 sized a 16M-entry token table. */
+static void tokenizer_added_token_id_is_bounded(void) {
+    const char *d = model_with_tokenizer("addedid",
+        "{\"model\":{\"type\":\"BPE\"," TINY_VOCAB ",\"merges\":[]},"
+        "\"added_tokens\":[{\"id\":16777216,\"content\":\"<x>\",\"special\":true}]}");
+    expect_model_error(d, "tokenizer.json", "added_tokens.id");
+    d = model_with_tokenizer("vocabid", "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":4000000}}}");
+    expect_model_error(d, "tokenizer.json", "vocab.b");
+}
+
+/* Found 6: merges naming tokens that are not in the vocabulary (HF refuses them). */
+static void tokenizer_merges_must_name_tokens(void) {
+    const char *d = model_with_tokenizer("merges",
+        "{\"model\":{\"type\":\"BPE\"," TINY_VOCAB ",\"merges\":[\"a b\",\"a zz\"]}}");
+    expect_model_error(d, "tokenizer.json", "merge 1");
+    d = model_with_tokenizer("merges2",
+        "{\"model\":{\"type\":\"BPE\"," TINY_VOCAB ",\"merges\":[[\"b\",\"a\"]]}}");
+    expect_model_error(d, "tokenizer.json", "not in the vocabulary");
+}
+
+/* ---- GGUF ---------------------------------------------------------------------- */
+
+/* Copies src (its key/values and tensors) to dst and adds one F32 tensor. */
+static void gguf_copy_plus(const char *src, const char *dst, const char *name, int ndim, const int64_t *ne,
+                           const float *data, size_t nbytes) {
+    gguf_file *g = NULL;
+    peft_err err = {0};
+    CHECK_OK(gguf_open(src, &g, &err));
+    if (!g) return;
+    gguf_writer *w = gguf_writer_new(&err);
+    CHECK_OK(gguf_w_copy_kv(w, g, NULL));
+    for (int i = 0; i < gguf_n_tensors(g); i++) {
+        const gguf_tensor *t = gguf_tensor_at(g, i);
+        CHECK_OK(gguf_w_tensor(w, t->name, t->dtype, t->ndim, t->ne, t->data, t->nbytes));
+    }
+    CHECK_OK(gguf_w_tensor(w, name, PEFT_DT_F32, ndim, ne, data, nbytes));
+    CHECK_OK(gguf_writer_save(w, dst, &err));
+    gguf_writer_free(w);
+    gguf_close(g);
+}
+
+/* Found 3: rope_freqs.weight was checked by dtype and shape[0] only; a
+ * [half, 0] tensor (0 bytes, at the end of the file) made memcpy read past
+ * the mapping. */
+static void gguf_rope_freqs_byte_size_is_checked(void) {
+    const char *p = tpath("ropefreqs.gguf");
+    const int64_t ne[2] = {0, 8};   /* tiny-llama: head_dim 16, 8 frequencies */
+    gguf_copy_plus(FIX "models/tiny-llama.f32.gguf", p, "rope_freqs.weight", 2, ne, NULL, 0);
+    expect_model_error(p, "ropefreqs.gguf", "rope_freqs.weight");
+    /* a zero divisor would make every frequency infinite */
+    const int64_t ne1[1] = {8};
+    const float zeros[8] = {0};
+    gguf_copy_plus(FIX "models/tiny-llama.f32.gguf", p, "rope_freqs.weight", 1, ne1, zeros, sizeof zeros);
+    expect_model_error(p, "ropefreqs.gguf", "rope_freqs.weight[0]");
+    const float ones[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    gguf_copy_plus(FIX "models/tiny-llama.f32.gguf", p, "rope_freqs.weight", 1, ne1, ones, sizeof ones);
+    peft_ctx *ctx = peft_init(NULL);
+    peft_model *m = peft_model_load(ctx, p);
+    CHECK_MSG(m != NULL, "a valid rope_freqs.weight must load: %s", peft_last_error(ctx));
+    peft_model_free(m);
+    peft_free(ctx);
+}
+
+/* ---- JSONL data ------------------------------------------------------------------- */
+
+static bpe_tokenizer *tiny_tok(void) {
+    bpe_tokenizer *t = NULL;
+    peft_err err = {0};
+    CHECK_OK(bpe_load_json(FIX "models/tiny-llama/tokenizer.json", &t, &err));
+    return t;
+}
+
+/* data_load_jsonl of `text` (one file); returns the status, message in err. */
+static int load_data(const bpe_tokenizer *t, const char *name, const char *text, data_set *d, peft_err *err) {
+    const char *p = tpath(name);
+    write_str(p, text);
+    data_params dp = data_default_params();
+    return data_load_jsonl(p, t, &dp, d, err);
+}
+
+/* Found 4 and 5: labels size the classification head, so they are capped
+ * (5000000 made peft train allocate 5 GB; INT_MAX overflowed label + 1). */
+static void data_labels_are_capped(void) {
+    bpe_tokenizer *t = tiny_tok();
+    if (!t) return;
+    const char *bad[] = {"{\"text\": \"a\", \"label\": 5000000}\n", "{\"text\": \"a\", \"label\": 2147483647}\n",
+                         "{\"text\": \"a\", \"label\": 1e300}\n", "{\"text\": \"a\", \"label\": 0.5}\n"};
+    for (int i = 0; i < 4; i++) {
+        data_set d;
+        peft_err err = {0};
+        CHECK(load_data(t, "labels.jsonl", bad[i], &d, &err) == PEFT_ERR_FORMAT);
+        CHECK_HAS(err.msg, "labels.jsonl:1");
+        CHECK_HAS(err.msg, "\"label\"");
+        CHECK_HAS(err.msg, "65536");
+    }
+    data_set d;
+    peft_err err = {0};
+    CHECK_OK(load_data(t, "labels.jsonl", "{\"text\": \"a\", \"label\": 65535}\n", &d, &err));
+    CHECK_EQ_INT(d.n_labels, 65536);
+    data_free(&d);
+    bpe_free(t);
+
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
+    char out[8192], args[900];
+    write_str(tpath("labels.jsonl"), "{\"text\": \"a b c\", \"label\": 0}\n{\"text\": \"a\", \"label\": 5000000}\n");
+    snprintf(args, sizeof args, "train --model " FIX "models/tiny-llama --method lora --data %s --out %s "
+             "--steps 1 --seq 16 --quiet", tpath("labels.jsonl"), tpath("labels_out"));
+    CHECK_EQ_INT(run_cli_limited(3000000, args, out, sizeof out), 1);
+    CHECK_HAS(out, "labels.jsonl:2");
+    CHECK_HAS(out, "label");
+    CHECK_MSG(!peft_file_exists(tpath("labels_out/adapter_model.safetensors")), "an adapter was written");
+}
+
+/* Found 5: {"text": ""} pushed zero tokens from a NULL array (UB under
+ * UBSan); it must load (as an example without targets, dropped). */
+static void data_empty_text_is_harmless(void) {
+    bpe_tokenizer *t = tiny_tok();
+    if (!t) return;
+    data_set d;
+    peft_err err = {0};
+    CHECK_OK(load_data(t, "empty.jsonl", "{\"text\": \"\"}\n{\"text\": \"a b a b\"}\n", &d, &err));
+    CHECK_EQ_INT(d.n, 1);
+    data_free(&d);
+    CHECK_OK(load_data(t, "emptypc.jsonl", "{\"prompt\": \"\", \"completion\": \"ab\"}\n", &d, &err));
+    data_free(&d);
+    bpe_free(t);
+}
+
+/* Found 6: \u0000 cut a text silently (cJSON decodes it into a C string's
+ * terminator); it is refused, and an escaped backslash before u0000 is not one. */
+static void data_nul_escape_is_refused(void) {
+    bpe_tokenizer *t = tiny_tok();
+    if (!t) return;
+    data_set d;
+    peft_err err = {0};
+    CHECK(load_data(t, "nul.jsonl", "{\"text\": \"a b\"}\n{\"text\": \"ab\\u0000hidden\"}\n", &d, &err) ==
+          PEFT_ERR_FORMAT);
+    CHECK_HAS(err.msg, "nul.jsonl:2");
+    CHECK_HAS(err.msg, "u0000");
+    CHECK_OK(load_data(t, "nul2.jsonl", "{\"text\": \"ab \\\\u0000 literal\"}\n", &d, &err));
+    data_free(&d);
+    bpe_free(t);
+}
+
+/* Found 4: a messages line with 20000 messages never finished (every prefix
+ * was formatted again: quadratic). Run in a child under a CPU-time limit so
+ * a regression fails instead of hanging; the result must still be right. */
+static void data_many_messages_load_in_linear_time(void) {
+    bpe_tokenizer *t = tiny_tok();
+    if (!t) return;
+    const int n = 20000;
+    peft_buf b = {0};
+    peft_buf_printf(&b, "{\"messages\": [");
+    for (int i = 0; i < n; i++)
+        peft_buf_printf(&b, "%s{\"role\": \"%s\", \"content\": \"ab %d\"}", i ? ", " : "", i % 2 ? "assistant" : "user",
+                        i % 10);
+    peft_buf_append(&b, "]}\n", 3);
+    const char *p = tpath("many.jsonl");
+    test_write_bytes(p, b.data, b.len);
+    peft_buf_free(&b);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct rlimit rl = {60, 60};
+        setrlimit(RLIMIT_CPU, &rl);
+        data_params dp = data_default_params();
+        dp.seq_len = 0;
+        data_set d;
+        peft_err err = {0};
+        int rc = data_load_jsonl(p, t, &dp, &d, &err);
+        if (rc) fprintf(stderr, "  %s\n", err.msg);
+        else fprintf(stderr, "  %d examples, %lld loss tokens\n", d.n, (long long)d.n_loss_tokens);
+        /* every assistant turn trains: "ab N" + <|im_end|> at least */
+        _exit(rc == 0 && d.n == 1 && d.n_loss_tokens >= n / 2 * 2 ? 0 : 1);
+    }
+    int st = 0;
+    CHECK(pid > 0 && waitpid(pid, &st, 0) == pid);
+    CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %s %d", WIFEXITED(st) ? "exited" : "killed by signal",
+              WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+    bpe_free(t);
+}
+
+int main(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/peft_hostile_XXXXXX");
+    if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
+    TEST_RUN(safetensors_duplicate_metadata_is_refused);
+    TEST_RUN(config_layer_count_is_capped);
+    TEST_RUN(config_pad_token_id_is_range_checked);
+    TEST_RUN(config_numbers_are_range_checked);
+    TEST_RUN(tokenizer_post_processor_ids_are_range_checked);
+    TEST_RUN(tokenizer_added_token_id_is_bounded);
+    TEST_RUN(tokenizer_merges_must_name_tokens);
+    TEST_RUN(gguf_rope_freqs_byte_size_is_checked);
+    TEST_RUN(data_labels_are_capped);
+    TEST_RUN(data_empty_text_is_harmless);
+    TEST_RUN(data_nul_escape_is_refused);
+    TEST_RUN(data_many_messages_load_in_linear_time);
+    if (test_rm_rf(tmpdir) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+    TEST_MAIN_END();
+}
