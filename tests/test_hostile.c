@@ -91,7 +91,14 @@ MAYBE_UNUSED static void expect_model_error(const char *path, const char *needle
 /* Runs the CLI with args under a virtual-memory limit (KiB); returns the exit status. */
 MAYBE_UNUSED static int run_cli_limited(long kib, const char *args, char *out, size_t cap) {
     char cmd[8192];
+#if defined(__SANITIZE_ADDRESS__)
+    /* ASan reserves terabytes of shadow address space: no ulimit -v there
+     * (the release build runs these checks with it). */
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", getenv("PEFT_CLI"), args);
+    (void)kib;
+#else
     snprintf(cmd, sizeof cmd, "sh -c 'ulimit -v %ld; exec %s %s' 2>&1", kib, getenv("PEFT_CLI"), args);
+#endif
     FILE *p = popen(cmd, "r");
     if (!p) return -1;
     size_t n = fread(out, 1, cap - 1, p);
@@ -113,6 +120,24 @@ static void safetensors_duplicate_metadata_is_refused(void) {
     CHECK(a == NULL);
     CHECK_HAS(err.msg, "dupmeta.safetensors");
     CHECK_HAS(err.msg, "__metadata__");
+    st_close(a);
+}
+
+/* A zero dimension made the element count 0 and let the others be anything:
+ * the product of the trailing dims (a row count) then overflowed int64. */
+static void safetensors_zero_dim_does_not_hide_huge_dims(void) {
+    const char *p = tpath("zerodim.safetensors");
+    write_safetensors(p, "{\"x\":{\"dtype\":\"F32\",\"shape\":[0,4503599627370496,4503599627370496],"
+                         "\"data_offsets\":[0,0]}}", 0);
+    st_archive *a = NULL;
+    peft_err err = {0};
+    CHECK(st_open(p, &a, &err) == PEFT_ERR_FORMAT);
+    CHECK_HAS(err.msg, "zerodim.safetensors");
+    CHECK_HAS(err.msg, "absurd shape");
+    st_close(a);
+    /* a plain empty tensor still opens */
+    write_safetensors(p, "{\"x\":{\"dtype\":\"F32\",\"shape\":[0,5],\"data_offsets\":[0,0]}}", 0);
+    CHECK_OK(st_open(p, &a, &err));
     st_close(a);
 }
 
@@ -175,6 +200,63 @@ static void config_numbers_are_range_checked(void) {
     expect_model_error(d, "config.json", "max_position_embeddings");
 }
 
+/* A JSON file is bounded before it is read (its cJSON tree costs ~10x). */
+static void config_file_size_is_capped(void) {
+    const char *d = copy_dir(FIX "models/tiny-llama", "bigcfg", model_files);
+    char p[700];
+    snprintf(p, sizeof p, "%s/config.json", d);
+    FILE *f = fopen(p, "ab");
+    CHECK(f != NULL);
+    if (!f) return;
+    static char pad[1 << 16];
+    memset(pad, ' ', sizeof pad);
+    for (int i = 0; i < 17 * 16; i++) fwrite(pad, 1, sizeof pad, f);
+    fclose(f);
+    expect_model_error(d, "config.json", "16 MiB");
+}
+
+/* A FIFO in place of a file would block the loader forever (waiting for a
+ * writer): the weights are refused as not a regular file, a config.json is
+ * not one (the folder is not a model), a tokenizer.json is not one (there
+ * is no tokenizer). */
+static void fifo_in_place_of_a_file_does_not_block(void) {
+    const char *files[] = {"config.json", "model.safetensors", "tokenizer.json"};
+    const char *needle[] = {"config.json", "not a regular file", NULL};
+    alarm(60);   /* a regression blocks in open(): die (and fail) instead of hanging */
+    for (int i = 0; i < 3; i++) {
+        const char *d = copy_dir(FIX "models/tiny-llama", "fifo", model_files);
+        char p[700];
+        snprintf(p, sizeof p, "%s/%s", d, files[i]);
+        unlink(p);
+        CHECK(mkfifo(p, 0644) == 0);
+        if (needle[i]) {
+            expect_model_error(d, files[i], needle[i]);
+        } else {
+            peft_ctx *ctx = peft_init(NULL);
+            peft_model_free(peft_model_load(ctx, d));
+            peft_free(ctx);
+        }
+        unlink(p);
+    }
+    /* the library's readers refuse it too */
+    const char *p = tpath("fifo.json");
+    unlink(p);
+    CHECK(mkfifo(p, 0644) == 0);
+    bpe_tokenizer *t = NULL;
+    peft_err err = {0};
+    CHECK(bpe_load_json(p, &t, &err) == PEFT_ERR_IO);
+    CHECK_HAS(err.msg, "not a regular file");
+    unlink(p);
+    alarm(0);
+}
+
+/* llama3 rope scaling divides by high_freq_factor - low_freq_factor. */
+static void config_llama3_rope_factors_are_validated(void) {
+    const char *d = copy_dir(FIX "models/tiny-llama3-rope", "rope3", model_files);
+    edit_file(d, "config.json", "\"low_freq_factor\": 1.0", "\"low_freq_factor\": 4.0");
+    expect_model_error(d, "config.json", "low_freq_factor");
+}
+
 /* ---- tokenizer.json ------------------------------------------------------------ */
 
 /* A copy of tiny-llama whose tokenizer.json is `tok` (tokenizer_config.json removed). */
@@ -220,6 +302,59 @@ static void tokenizer_added_token_id_is_bounded(void) {
     expect_model_error(d, "tokenizer.json", "vocab.b");
 }
 
+/* A token id past the model's embedding table would be read out of bounds
+ * by the first forward pass that meets it. */
+static void tokenizer_ids_must_fit_the_model(void) {
+    const char *d = copy_dir(FIX "models/tiny-llama", "tokfit", model_files);
+    edit_file(d, "tokenizer.json", "\"added_tokens\": [", "\"added_tokens\": [{\"id\": 330, \"content\": \"<evil>\"},");
+    expect_model_error(d, "vocab_size", "ids up to 330");
+}
+
+/* Runs fn(arg) in a child under a CPU-time limit: a regression to quadratic
+ * work fails the test (SIGXCPU) instead of hanging it. */
+static void run_cpu_limited(const char *what, int (*fn)(void *), void *arg) {
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct rlimit rl = {20, 20};
+        setrlimit(RLIMIT_CPU, &rl);
+        _exit(fn(arg));
+    }
+    int st = 0;
+    CHECK(pid > 0 && waitpid(pid, &st, 0) == pid);
+    CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: child %s %d", what,
+              WIFEXITED(st) ? "exited" : "killed by signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+}
+
+static int chat_format_child(void *dir) {
+    char p[700];
+    snprintf(p, sizeof p, "%s/tokenizer.json", (const char *)dir);
+    bpe_tokenizer *t = NULL;
+    peft_err err = {0};
+    if (bpe_load_json(p, &t, &err)) { fprintf(stderr, "  %s\n", err.msg); return 2; }
+    bpe_chat_msg msg = {"user", "hi"};
+    char *out = NULL;
+    int rc = bpe_chat_format(t, &msg, 1, true, &out, &err);
+    free(out);
+    bpe_free(t);
+    return rc ? 3 : 0;
+}
+
+/* A chat template with 100000 "<|im_start|>system" candidates before one
+ * <|im_end|> made the default-system-prompt search quadratic. */
+static void chat_template_search_is_linear(void) {
+    const char *d = copy_dir(FIX "models/tiny-llama", "tpl", model_files);
+    peft_buf b = {0};
+    peft_buf_printf(&b, "{\"chat_template\": \"");
+    for (int i = 0; i < 100000; i++) peft_buf_printf(&b, "<|im_start|>system\\n{{ x }}");
+    peft_buf_printf(&b, "<|im_end|>\"}");
+    char p[700];
+    snprintf(p, sizeof p, "%s/tokenizer_config.json", d);
+    test_write_bytes(p, b.data, b.len);
+    peft_buf_free(&b);
+    run_cpu_limited("chat format", chat_format_child, (void *)d);
+}
+
 /* Found 6: merges naming tokens that are not in the vocabulary (HF refuses them). */
 static void tokenizer_merges_must_name_tokens(void) {
     const char *d = model_with_tokenizer("merges",
@@ -249,6 +384,116 @@ static void gguf_copy_plus(const char *src, const char *dst, const char *name, i
     CHECK_OK(gguf_writer_save(w, dst, &err));
     gguf_writer_free(w);
     gguf_close(g);
+}
+
+/* GGUF bytes under construction. */
+static void put_le(peft_buf *b, uint64_t v, int n) {
+    unsigned char x[8];
+    for (int i = 0; i < n; i++) x[i] = (unsigned char)(v >> (8 * i));
+    peft_buf_append(b, x, (size_t)n);
+}
+static void put_str(peft_buf *b, const char *s, size_t n) {
+    put_le(b, n, 8);
+    peft_buf_append(b, s, n);
+}
+static void gguf_header(peft_buf *b, uint64_t n_t, uint64_t n_kv) {
+    peft_buf_append(b, "GGUF", 4);
+    put_le(b, 3, 4);
+    put_le(b, n_t, 8);
+    put_le(b, n_kv, 8);
+}
+
+static int open_gguf_bytes(const char *name, const peft_buf *b, peft_err *err) {
+    const char *p = tpath(name);
+    test_write_bytes(p, b->data, b->len);
+    gguf_file *g = NULL;
+    int rc = gguf_open(p, &g, err);
+    gguf_close(g);
+    return rc;
+}
+
+/* Found 4: a GGUF that is one array of empty arrays took 9x its size (one
+ * gguf_value per 12-byte item); such items are capped, a few still parse. */
+static void gguf_arrays_of_arrays_are_bounded(void) {
+    for (int big = 0; big < 2; big++) {
+        const uint64_t n = big ? 200000 : 1000;
+        peft_buf b = {0};
+        gguf_header(&b, 0, 1);
+        put_str(&b, "k", 1);
+        put_le(&b, GGUF_TYPE_ARRAY, 4);
+        put_le(&b, GGUF_TYPE_ARRAY, 4);
+        put_le(&b, n, 8);
+        for (uint64_t i = 0; i < n; i++) {
+            put_le(&b, GGUF_TYPE_UINT8, 4);
+            put_le(&b, 0, 8);
+        }
+        peft_err err = {0};
+        int rc = open_gguf_bytes("nested.gguf", &b, &err);
+        if (big) {
+            CHECK(rc == PEFT_ERR_FORMAT);
+            CHECK_HAS(err.msg, "nested.gguf");
+            CHECK_HAS(err.msg, "arrays of arrays");
+        } else {
+            CHECK_MSG(rc == 0, "%s", err.msg);
+        }
+        peft_buf_free(&b);
+    }
+}
+
+/* The GGUF twin of the zero-dimension overflow. */
+static void gguf_zero_dim_does_not_hide_huge_dims(void) {
+    peft_buf b = {0};
+    gguf_header(&b, 1, 0);
+    put_str(&b, "x", 1);
+    put_le(&b, 3, 4);
+    put_le(&b, 0, 8);
+    put_le(&b, (uint64_t)1 << 40, 8);
+    put_le(&b, (uint64_t)1 << 40, 8);
+    put_le(&b, 0, 4);   /* F32 */
+    put_le(&b, 0, 8);
+    while (b.len % 32) put_le(&b, 0, 1);
+    peft_err err = {0};
+    CHECK(open_gguf_bytes("zerodim.gguf", &b, &err) == PEFT_ERR_FORMAT);
+    CHECK_HAS(err.msg, "zerodim.gguf");
+    CHECK_HAS(err.msg, "absurd dimensions");
+    peft_buf_free(&b);
+}
+
+/* Key/value pairs are capped (each costs ~9x its 13 bytes once parsed). */
+static void gguf_kv_count_is_capped(void) {
+    const uint64_t n = 70000;
+    peft_buf b = {0};
+    gguf_header(&b, 0, n);
+    for (uint64_t i = 0; i < n; i++) {
+        char k[16];
+        int kl = snprintf(k, sizeof k, "k%llu", (unsigned long long)i);
+        put_str(&b, k, (size_t)kl);
+        put_le(&b, GGUF_TYPE_UINT8, 4);
+        put_le(&b, 1, 1);
+    }
+    peft_err err = {0};
+    CHECK(open_gguf_bytes("manykv.gguf", &b, &err) == PEFT_ERR_FORMAT);
+    CHECK_HAS(err.msg, "manykv.gguf");
+    CHECK_HAS(err.msg, "65536");
+    peft_buf_free(&b);
+}
+
+/* A NUL inside a tensor name would let two different names compare equal. */
+static void gguf_tensor_name_with_nul_is_refused(void) {
+    peft_buf b = {0};
+    gguf_header(&b, 1, 0);
+    put_str(&b, "a\0b", 3);
+    put_le(&b, 1, 4);
+    put_le(&b, 4, 8);
+    put_le(&b, 0, 4);   /* F32 */
+    put_le(&b, 0, 8);
+    while (b.len % 32) put_le(&b, 0, 1);
+    put_le(&b, 0, 8);
+    put_le(&b, 0, 8);
+    peft_err err = {0};
+    CHECK(open_gguf_bytes("nulname.gguf", &b, &err) == PEFT_ERR_FORMAT);
+    CHECK_HAS(err.msg, "NUL");
+    peft_buf_free(&b);
 }
 
 /* Found 3: rope_freqs.weight was checked by dtype and shape[0] only; a
@@ -392,21 +637,131 @@ static void data_many_messages_load_in_linear_time(void) {
     bpe_free(t);
 }
 
+/* ---- adapters -------------------------------------------------------------------- */
+
+static const char *const adapter_files[] = {"adapter_config.json", "adapter_model.safetensors", NULL};
+
+/* peft_adapter_load of dir on tiny-llama must fail with both needles. */
+static void expect_adapter_error(const char *dir, const char *needle1, const char *needle2) {
+    peft_ctx *ctx = peft_init(NULL);
+    peft_model *m = peft_model_load(ctx, FIX "models/tiny-llama");
+    CHECK(m != NULL);
+    if (!m) { peft_free(ctx); return; }
+    peft_adapter *a = peft_adapter_load(m, dir);
+    CHECK_MSG(a == NULL, "%s loaded but should not", dir);
+    if (a) peft_adapter_free(a);
+    const char *msg = peft_last_error(ctx);
+    if (needle1) CHECK_HAS(msg, needle1);
+    if (needle2) CHECK_HAS(msg, needle2);
+    peft_model_free(m);
+    peft_free(ctx);
+}
+
+/* Found 4: a score.weight of shape [4000000, 0] (no bytes) sized a 4M-label
+ * head (38 s, 1 GB) before its shape was checked; prompt_embeddings of
+ * [65536, 0] likewise. */
+static void adapter_head_shape_is_checked_before_allocation(void) {
+    char d[700];
+    snprintf(d, sizeof d, "%s/bighead", tmpdir);
+    mkdir(d, 0755);
+    char p[800];
+    snprintf(p, sizeof p, "%s/adapter_config.json", d);
+    write_str(p, "{\"peft_type\": \"BITFIT\"}");
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", d);
+    write_safetensors(p, "{\"base_model.model.score.weight\":{\"dtype\":\"F32\",\"shape\":[4000000,0],"
+                         "\"data_offsets\":[0,0]}}", 0);
+    expect_adapter_error(d, "score.weight", "[4000000, 0]");
+    snprintf(p, sizeof p, "%s/adapter_config.json", d);
+    write_str(p, "{\"peft_type\": \"PREFIX_TUNING\"}");
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", d);
+    write_safetensors(p, "{\"prompt_embeddings\":{\"dtype\":\"F32\",\"shape\":[65536,0],\"data_offsets\":[0,0]}}", 0);
+    expect_adapter_error(d, "prompt_embeddings", "[65536, 0]");
+    snprintf(p, sizeof p, "%s/adapter_config.json", d);
+    write_str(p, "{\"peft_type\": \"PROMPT_TUNING\", \"num_virtual_tokens\": 1e300}");
+    expect_adapter_error(d, "adapter_config.json", "num_virtual_tokens");
+}
+
+/* Found 6: LoRA configs HF would refuse were accepted. */
+static void lora_config_values_are_validated(void) {
+    static const struct { const char *from, *to, *needle; } cases[] = {
+        {"\"lora_alpha\": 8", "\"lora_alpha\": -8", "lora_alpha"},
+        {"\"lora_dropout\": 0.0", "\"lora_dropout\": 1.0", "lora_dropout"},
+        {"\"lora_dropout\": 0.0", "\"lora_dropout\": -0.5", "lora_dropout"},
+        {"\"target_modules\": [", "\"target_modules\": 5, \"x\": [", "target_modules"},
+        {"\"target_modules\": [", "\"target_modules\": [7, ", "target_modules"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *d = copy_dir(FIX "lora/llama_all/adapter", "loracfg", adapter_files);
+        edit_file(d, "adapter_config.json", cases[i].from, cases[i].to);
+        expect_adapter_error(d, "adapter_config.json", cases[i].needle);
+    }
+    const char *d = copy_dir(FIX "lora/llama_all/adapter", "loracfg", adapter_files);
+    peft_ctx *ctx = peft_init(NULL);
+    peft_model *m = peft_model_load(ctx, FIX "models/tiny-llama");
+    peft_adapter *a = m ? peft_adapter_load(m, d) : NULL;
+    CHECK_MSG(a != NULL, "the unedited adapter must load: %s", peft_last_error(ctx));
+    if (a) peft_adapter_free(a);
+    peft_model_free(m);
+    peft_free(ctx);
+}
+
+/* Bottleneck and prompt configs: numbers that become integers are
+ * range-checked (bottleneck_size 1.5 used to be ignored silently). */
+static void adapter_config_integers_are_range_checked(void) {
+    static const struct { const char *cfg, *needle; } cases[] = {
+        {"{\"peft_type\": \"BOTTLENECK\", \"bottleneck_size\": 1.5}", "bottleneck_size"},
+        {"{\"peft_type\": \"BOTTLENECK\", \"reduction_factor\": 1e300}", "reduction_factor"},
+        {"{\"peft_type\": \"PREFIX_TUNING\", \"num_layers\": 1e20}", "num_layers"},
+        {"{\"peft_type\": \"PROMPT_TUNING\", \"num_transformer_submodules\": -5}", "num_transformer_submodules"},
+    };
+    char d[700], p[800];
+    snprintf(d, sizeof d, "%s/cfgints", tmpdir);
+    mkdir(d, 0755);
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", d);
+    write_safetensors(p, "{}", 0);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(p, sizeof p, "%s/adapter_config.json", d);
+        write_str(p, cases[i].cfg);
+        expect_adapter_error(d, "adapter_config.json", cases[i].needle);
+    }
+}
+
+/* layers_to_transform names layers of the model (values past it were dropped silently). */
+static void adapter_layers_to_transform_is_checked(void) {
+    const char *d = copy_dir(FIX "methods/prompt_llama/adapter", "ltt", adapter_files);
+    edit_file(d, "adapter_config.json", "\"num_virtual_tokens\": 4", "\"num_virtual_tokens\": 4, \"layers_to_transform\": [0, 70]");
+    expect_adapter_error(d, "adapter_config.json", "layers_to_transform");
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/peft_hostile_XXXXXX");
     if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
     TEST_RUN(safetensors_duplicate_metadata_is_refused);
+    TEST_RUN(safetensors_zero_dim_does_not_hide_huge_dims);
     TEST_RUN(config_layer_count_is_capped);
     TEST_RUN(config_pad_token_id_is_range_checked);
     TEST_RUN(config_numbers_are_range_checked);
+    TEST_RUN(config_llama3_rope_factors_are_validated);
+    TEST_RUN(config_file_size_is_capped);
+    TEST_RUN(fifo_in_place_of_a_file_does_not_block);
     TEST_RUN(tokenizer_post_processor_ids_are_range_checked);
     TEST_RUN(tokenizer_added_token_id_is_bounded);
     TEST_RUN(tokenizer_merges_must_name_tokens);
+    TEST_RUN(tokenizer_ids_must_fit_the_model);
+    TEST_RUN(chat_template_search_is_linear);
     TEST_RUN(gguf_rope_freqs_byte_size_is_checked);
+    TEST_RUN(gguf_arrays_of_arrays_are_bounded);
+    TEST_RUN(gguf_zero_dim_does_not_hide_huge_dims);
+    TEST_RUN(gguf_kv_count_is_capped);
+    TEST_RUN(gguf_tensor_name_with_nul_is_refused);
     TEST_RUN(data_labels_are_capped);
     TEST_RUN(data_empty_text_is_harmless);
     TEST_RUN(data_nul_escape_is_refused);
     TEST_RUN(data_many_messages_load_in_linear_time);
+    TEST_RUN(adapter_head_shape_is_checked_before_allocation);
+    TEST_RUN(lora_config_values_are_validated);
+    TEST_RUN(adapter_layers_to_transform_is_checked);
+    TEST_RUN(adapter_config_integers_are_range_checked);
     if (test_rm_rf(tmpdir) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
     TEST_MAIN_END();
 }

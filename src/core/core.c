@@ -146,7 +146,9 @@ char *peft_path_join(const char *dir, const char *name, peft_err *err) {
 
 int peft_mmap_open(const char *path, peft_mmap *m, peft_err *err) {
     m->data = NULL; m->size = 0;
-    int fd = open(path, O_RDONLY);
+    /* O_NONBLOCK: opening a FIFO would otherwise wait for a writer before
+     * fstat could refuse it; it changes nothing for a regular file. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
     if (fd < 0) return peft_fail(err, PEFT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) { close(fd); return peft_fail(err, PEFT_ERR_IO, "%s: cannot stat", path); }

@@ -2,6 +2,7 @@
 #include "core/limits.h"
 
 #include <math.h>
+#include <sys/stat.h>
 
 int peft_json_to_int(const cJSON *v, const char *path, const char *key, int64_t lo, int64_t hi, int64_t *out,
                      peft_err *err) {
@@ -32,4 +33,16 @@ int peft_json_get_int(const cJSON *obj, const char *key, int dflt, bool required
     if (rc) return rc;
     *out = (int)x;
     return 0;
+}
+
+int peft_read_file_max(const char *path, size_t max, char **data, size_t *len, peft_err *err) {
+    struct stat st;
+    if (path && stat(path, &st) == 0) {
+        /* fopen of a FIFO waits for a writer forever; a device has no size. */
+        if (!S_ISREG(st.st_mode)) return peft_fail(err, PEFT_ERR_IO, "%s: not a regular file", path);
+        if ((uint64_t)st.st_size > (uint64_t)max)
+            return peft_fail(err, PEFT_ERR_FORMAT, "%s: %lld bytes, more than the %zu MiB this file may have", path,
+                             (long long)st.st_size, max >> 20);
+    }
+    return peft_read_file(path, data, len, err);
 }

@@ -33,9 +33,15 @@
 
 /* Containers. */
 #define PEFT_MAX_TENSORS (1 << 20)      /* tensors in one GGUF / safetensors file */
-#define PEFT_MAX_KV (1 << 20)           /* GGUF key/value pairs */
+#define PEFT_MAX_KV 65536               /* GGUF key/value pairs (real files: < 100) */
 #define PEFT_MAX_NESTED_ITEMS (1 << 16) /* GGUF: items of all arrays of arrays in a file */
 #define PEFT_MAX_JSON_DEPTH CJSON_NESTING_LIMIT  /* cJSON refuses deeper nesting */
+
+/* Text files read whole: a parsed JSON tree costs ~10x its text, so the
+ * text is bounded before it is read. */
+#define PEFT_MAX_CONFIG_BYTES ((size_t)16 << 20)    /* config.json, adapter_config.json */
+#define PEFT_MAX_JSON_BYTES ((size_t)256 << 20)     /* tokenizer.json (real: < 40 MB), vocab.json, merges.txt, indexes */
+#define PEFT_MAX_LINE_BYTES ((size_t)64 << 20)      /* one JSONL line */
 
 /* A JSON number that becomes an integer: it must be a number, integral and
  * in [lo, hi], else one error naming the file, the key and the range. The
@@ -47,5 +53,9 @@ int peft_json_to_int(const cJSON *v, const char *path, const char *key, int64_t 
  * *out = dflt, or an error naming the key when required. */
 int peft_json_get_int(const cJSON *obj, const char *key, int dflt, bool required, int64_t lo, int64_t hi,
                       int *out, const char *path, peft_err *err);
+
+/* peft_read_file of a file of at most max bytes (else an error naming the
+ * file, its size and the limit, before anything is read). */
+int peft_read_file_max(const char *path, size_t max, char **data, size_t *len, peft_err *err);
 
 #endif

@@ -11,6 +11,7 @@
  * offset table), so lookups by index are O(1) and allocation-free. */
 #include "formats/gguf.h"
 #include "kernels/quant.h"
+#include "core/limits.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -151,6 +152,7 @@ typedef struct {
     size_t size, pos;
     const char *path;
     peft_err *err;
+    uint64_t n_nested;   /* items of arrays of arrays so far (each costs a gguf_value, ~9x its 12 bytes) */
 } gguf_rd;
 
 static int rd_need(gguf_rd *r, uint64_t n, const char *what) {
@@ -255,6 +257,11 @@ static int rd_array(gguf_rd *r, gguf_value *v, int depth, const char *key) {
     if (n > left / 12)
         return peft_fail(r->err, PEFT_ERR_FORMAT,
                          "%s: key '%s': array of %" PRIu64 " arrays cannot fit in the file", r->path, key, n);
+    if (n > PEFT_MAX_NESTED_ITEMS - r->n_nested)
+        return peft_fail(r->err, PEFT_ERR_FORMAT,
+                         "%s: key '%s': more than %d items in arrays of arrays (no model uses them)", r->path, key,
+                         PEFT_MAX_NESTED_ITEMS);
+    r->n_nested += n;
     v->items = calloc(n ? (size_t)n : 1, sizeof *v->items);
     if (!v->items) return peft_fail(r->err, PEFT_ERR_NOMEM, "%s: key '%s': out of memory", r->path, key);
     for (uint64_t i = 0; i < n; i++) {
@@ -356,7 +363,7 @@ static int gguf_cmp_range(const void *x, const void *y) {
 }
 
 static int gguf_parse(gguf_file *f, peft_err *err) {
-    gguf_rd r = {f->map.data, f->map.size, 0, f->path, err};
+    gguf_rd r = {f->map.data, f->map.size, 0, f->path, err, 0};
     const char *path = f->path;
     int rc = rd_need(&r, 4, "magic");
     if (rc) return rc;
@@ -378,12 +385,19 @@ static int gguf_parse(gguf_file *f, peft_err *err) {
     /* A key/value pair takes at least 13 bytes (key length, type, 1-byte
      * value), a tensor info at least 24 (name length, n_dims, type, offset). */
     size_t left = r.size - r.pos;
-    if (n_kv > left / 13 || n_kv > INT32_MAX)
+    if (n_kv > left / 13)
         return peft_fail(err, PEFT_ERR_FORMAT, "%s: key/value count %" PRIu64 " is absurd for a %zu-byte file", path,
                          n_kv, r.size);
-    if (n_t > left / 24 || n_t > INT32_MAX)
+    if (n_t > left / 24)
         return peft_fail(err, PEFT_ERR_FORMAT, "%s: tensor count %" PRIu64 " is absurd for a %zu-byte file", path,
                          n_t, r.size);
+    /* Each pair / info costs ~100 bytes here for its 13 / 24 in the file. */
+    if (n_kv > PEFT_MAX_KV)
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: key/value count %" PRIu64 " exceeds the limit of %d", path, n_kv,
+                         PEFT_MAX_KV);
+    if (n_t > PEFT_MAX_TENSORS)
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: tensor count %" PRIu64 " exceeds the limit of %d", path, n_t,
+                         PEFT_MAX_TENSORS);
     f->kv = calloc(n_kv ? (size_t)n_kv : 1, sizeof *f->kv);
     f->t = calloc(n_t ? (size_t)n_t : 1, sizeof *f->t);
     if (!f->kv || !f->t) return peft_fail(err, PEFT_ERR_NOMEM, "%s: out of memory", path);
@@ -425,6 +439,9 @@ static int gguf_parse(gguf_file *f, peft_err *err) {
         t->name = peft_strndup((const char *)ns, (size_t)nlen, err);
         if (!t->name) return PEFT_ERR_NOMEM;
         f->n_t++;
+        if (strlen(t->name) != nlen)   /* a NUL would make two names the same */
+            return peft_fail(err, PEFT_ERR_FORMAT, "%s: tensor name at offset %zu contains a NUL byte", path,
+                             r.pos - (size_t)nlen);
         if ((rc = rd_uint(&r, 4, &nd, "tensor n_dims"))) return rc;
         if (nd > GGUF_MAX_DIMS)
             return peft_fail(err, PEFT_ERR_FORMAT, "%s: tensor '%s' has %" PRIu64 " dimensions (at most %d)", path,
@@ -478,12 +495,15 @@ static int gguf_parse(gguf_file *f, peft_err *err) {
         }
         /* bytes = (ne0 / blk) * bytes_per_block * ne1 * ne2 * ne3, checked. */
         const uint64_t limit = (uint64_t)1 << 62;
+        /* As for safetensors, the product of the non-zero dims is bounded
+         * as well: [0, 2^40, 2^40] has no bytes but its row count overflows. */
         uint64_t nb = (uint64_t)(t->ne[0] / ti->blk);
         uint64_t bytes = nb > limit / ti->bytes ? limit + 1 : nb * ti->bytes, numel = (uint64_t)t->ne[0];
+        uint64_t nonzero = t->ne[0] ? (uint64_t)t->ne[0] : 1;
         for (int k = 1; k < GGUF_MAX_DIMS && bytes <= limit; k++) {
             uint64_t ne = (uint64_t)t->ne[k];
-            if (ne && (bytes > limit / ne || numel > limit / ne)) bytes = limit + 1;
-            else { bytes *= ne; numel *= ne; }
+            if (ne && (bytes > limit / ne || numel > limit / ne || nonzero > limit / ne)) bytes = limit + 1;
+            else { bytes *= ne; numel *= ne; if (ne) nonzero *= ne; }
         }
         if (bytes > limit) {
             rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: tensor '%s': absurd dimensions (size overflows)", path, t->name);

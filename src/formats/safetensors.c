@@ -7,6 +7,7 @@
  * the data section and not overlap. The header is padded with spaces so the
  * data section starts 8-byte aligned (what the reference library writes). */
 #include "formats/safetensors.h"
+#include "core/limits.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -167,6 +168,8 @@ static int st_parse_entry(st_archive *a, const char *path, int shard, const cJSO
     if (ndim > ST_MAX_DIMS)
         return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: tensor '%s': %d dimensions (at most %d supported)",
                          path, name, ndim, ST_MAX_DIMS);
+    if (a->n >= PEFT_MAX_TENSORS)
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: more than %d tensors (the limit)", path, PEFT_MAX_TENSORS);
     int rc = st_push_tensor(a, err);
     if (rc) return rc;
     st_tensor *t = &a->tensors[a->n];
@@ -177,7 +180,10 @@ static int st_parse_entry(st_archive *a, const char *path, int shard, const cJSO
     /* numel and byte size with overflow checks: anything above 2^62 bytes is
      * absurd for a file and would overflow int64 arithmetic downstream. */
     const uint64_t limit = (uint64_t)1 << 62;
-    uint64_t numel = 1;
+    /* The product of the non-zero dimensions is bounded too: [0, 2^62, 2^62]
+     * has no elements, but a product of its trailing dims (a row count, a
+     * row length) would overflow wherever it is taken. */
+    uint64_t numel = 1, nonzero = 1;
     int k = 0;
     const cJSON *dim;
     cJSON_ArrayForEach(dim, js) {
@@ -185,10 +191,11 @@ static int st_parse_entry(st_archive *a, const char *path, int shard, const cJSO
         if (!st_json_uint(dim, &v) || v > (uint64_t)INT64_MAX)
             return peft_fail(err, PEFT_ERR_FORMAT, "%s: tensor '%s': shape[%d] is not a valid dimension",
                              path, name, k);
-        if (v != 0 && numel > limit / v)
+        if (v != 0 && nonzero > limit / v)
             return peft_fail(err, PEFT_ERR_FORMAT, "%s: tensor '%s': absurd shape (element count overflows)",
                              path, name);
         numel *= v;
+        if (v) nonzero *= v;
         t->shape[k++] = (int64_t)v;
     }
     size_t es = peft_dtype_elem_size(t->dtype);
@@ -385,7 +392,7 @@ static bool st_safe_relpath(const char *s) {
 static int st_open_index(st_archive *a, const char *path, peft_err *err) {
     char *text = NULL;
     size_t len = 0;
-    int rc = peft_read_file(path, &text, &len, err);
+    int rc = peft_read_file_max(path, PEFT_MAX_JSON_BYTES, &text, &len, err);
     if (rc) return rc;
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);

@@ -61,6 +61,12 @@ static int parse_rope(const cJSON *root, model_config *c, const char *path, peft
             (rc = json_float(sc, "high_freq_factor", 0, true, &c->rope_high_freq, path, err)) ||
             (rc = json_int(sc, "original_max_position_embeddings", 0, true, 1, PEFT_MAX_CTX, &c->rope_orig_ctx, path, err)))
             return rc;
+        /* transformers' _validate_llama3_parameters: the blend divides by
+         * high - low and by each factor. */
+        if (!(c->rope_factor >= 1) || !(c->rope_low_freq > 0) || !(c->rope_high_freq > c->rope_low_freq))
+            return peft_fail(err, PEFT_ERR_FORMAT, "%s: llama3 rope scaling needs factor >= 1 and 0 < low_freq_factor < "
+                             "high_freq_factor (got %g, %g, %g)", path, (double)c->rope_factor,
+                             (double)c->rope_low_freq, (double)c->rope_high_freq);
         return 0;
     }
     return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: rope scaling type \"%s\" is not supported (default and llama3 are)",
@@ -110,7 +116,7 @@ static int check_config(model_config *c, const char *path, peft_err *err) {
 
 int model_config_from_hf_json(const char *path, model_config *c, peft_err *err) {
     char *text = NULL;
-    int rc = peft_read_file(path, &text, NULL, err);
+    int rc = peft_read_file_max(path, PEFT_MAX_CONFIG_BYTES, &text, NULL, err);
     if (rc) return rc;
     cJSON *root = cJSON_Parse(text);
     free(text);

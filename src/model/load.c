@@ -4,6 +4,7 @@
  * order so the rest of the library sees one layout. */
 #include "model/model.h"
 #include "kernels/quant.h"
+#include "core/limits.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -281,9 +282,9 @@ static int load_globals(peft_model *m, bool gguf, const char *pfx, peft_err *err
     if (find_tensor(m, "score.weight", &st)) {
         int64_t numel = 1;
         for (int i = 0; i < st.ndim; i++) numel *= st.shape[i];
-        if (numel % c->d_model != 0 || numel / c->d_model < 1 || numel / c->d_model > 1000000)
-            return peft_fail(err, PEFT_ERR_SHAPE, "%s: score.weight has %lld elements, not n_labels x %d", m->path,
-                             (long long)numel, c->d_model);
+        if (numel % c->d_model != 0 || numel / c->d_model < 1 || numel / c->d_model > PEFT_MAX_LABELS)
+            return peft_fail(err, PEFT_ERR_SHAPE, "%s: score.weight has %lld elements, not n_labels x %d with n_labels "
+                             "in 1..%d", m->path, (long long)numel, c->d_model, PEFT_MAX_LABELS);
         m->n_labels = (int)(numel / c->d_model);
         if ((rc = get_vec(m, "score.weight", numel, true, &m->score, err))) return rc;
     }
@@ -352,6 +353,10 @@ int model_load_gguf(peft_model *m, peft_err *err) {
 
 int model_finish_load(peft_model *m, peft_err *err) {
     model_config *c = &m->cfg;
+    /* Every id the tokenizer can produce indexes the embedding table. */
+    if (m->tok && bpe_vocab_size(m->tok) > c->vocab)
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: the tokenizer has token ids up to %d but the model has only %d "
+                         "embeddings (vocab_size)", m->path, bpe_vocab_size(m->tok) - 1, c->vocab);
     if (c->arch != PEFT_ARCH_LLAMA) return 0;
     const int half = c->rope_dim / 2;
     float inv_freq[512];

@@ -14,6 +14,7 @@
  * (n_labels, d), listed in modules_to_save as HF PEFT does for SEQ_CLS.
  * Every file is written to a temporary name, flushed and renamed. */
 #include "peft/lora.h"
+#include "core/limits.h"
 #include "kernels/quant.h"
 
 #include <cjson/cJSON.h>
@@ -422,15 +423,6 @@ int adapter_save(const adapter *a, const peft_model *m, const char *dir, peft_er
     return rc;
 }
 
-/* An integer field in [-1e9, 1e9] (anything else reads as -1, which every
- * caller refuses), or dflt when absent. */
-static int json_int(const cJSON *o, const char *key, int dflt) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!cJSON_IsNumber(v)) return dflt;
-    if (!(v->valuedouble >= -1e9 && v->valuedouble <= 1e9) || v->valuedouble != floor(v->valuedouble)) return -1;
-    return (int)v->valuedouble;
-}
-
 /* target names (a list, or a string) into role bits */
 static int json_targets(const peft_model *m, const cJSON *v, uint32_t *bits, const char *path, peft_err *err) {
     *bits = 0;
@@ -476,7 +468,7 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
         goto done;
     }
     size_t len = 0;
-    if ((rc = peft_read_file(cfg_path, &text, &len, err))) goto done;
+    if ((rc = peft_read_file_max(cfg_path, PEFT_MAX_CONFIG_BYTES, &text, &len, err))) goto done;
     o = cJSON_ParseWithLength(text, len);
     if (!o || !cJSON_IsObject(o)) { rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: invalid JSON", cfg_path); goto done; }
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(o, "peft_type");
@@ -494,30 +486,29 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
         if (!mc.ia3_targets) adapter_ia3_defaults(m, &mc.ia3_targets, &mc.ia3_ff);
     } else if (!strcmp(t, "PROMPT_TUNING") || !strcmp(t, "PREFIX_TUNING")) {
         mc.method = t[1] == 'R' && t[2] == 'O' ? METHOD_PROMPT : METHOD_PREFIX;
-        mc.n_virtual = json_int(o, "num_virtual_tokens", 0);
-        if (mc.n_virtual < 0) {
-            rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: \"num_virtual_tokens\" must be a positive integer", cfg_path);
+        if ((rc = peft_json_get_int(o, "num_virtual_tokens", 0, false, 1, PEFT_MAX_VIRTUAL_TOKENS, &mc.n_virtual,
+                                    cfg_path, err)))
             goto done;
-        }
         /* the saved table is loaded as is; a projection is not re-created */
         mc.prefix_projection = false;
-        const int nl = json_int(o, "num_layers", m->cfg.n_layer);
+        int nl, subs;
+        if ((rc = peft_json_get_int(o, "num_layers", m->cfg.n_layer, false, 1, PEFT_MAX_LAYERS, &nl, cfg_path, err)) ||
+            (rc = peft_json_get_int(o, "num_transformer_submodules", 1, false, 1, 2, &subs, cfg_path, err)))
+            goto done;
         if (nl != m->cfg.n_layer) {
             rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: made for %d layers, %s has %d", cfg_path, nl, m->path, m->cfg.n_layer);
             goto done;
         }
-        if (json_int(o, "num_transformer_submodules", 1) != 1) {
+        if (subs != 1) {
             rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: num_transformer_submodules != 1 (encoder-decoder) is not supported", cfg_path);
             goto done;
         }
     } else if (!strcmp(t, "BOTTLENECK")) {
         const cJSON *cn = cJSON_GetObjectItemCaseSensitive(o, "config_name");
         mc.method = cJSON_IsString(cn) && !strcmp(cn->valuestring, "double_seq_bn") ? METHOD_ADAPTER_HOULSBY : METHOD_ADAPTER_PFEIFFER;
-        mc.reduction_factor = json_int(o, "reduction_factor", 16);
-        if (mc.reduction_factor <= 0) {
-            rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: \"reduction_factor\" must be a positive integer", cfg_path);
+        if ((rc = peft_json_get_int(o, "reduction_factor", 16, false, 1, m->cfg.d_model, &mc.reduction_factor,
+                                    cfg_path, err)))
             goto done;
-        }
         const cJSON *nl = cJSON_GetObjectItemCaseSensitive(o, "non_linearity");
         mc.act = mc.method == METHOD_ADAPTER_HOULSBY ? BN_ACT_SWISH : BN_ACT_RELU;
         if (cJSON_IsString(nl) && bn_act_parse(nl->valuestring, &mc.act)) {
@@ -525,7 +516,8 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
                            cfg_path, nl->valuestring);
             goto done;
         }
-        const int b = json_int(o, "bottleneck_size", 0);
+        int b;
+        if ((rc = peft_json_get_int(o, "bottleneck_size", 0, false, 0, m->cfg.d_model, &b, cfg_path, err))) goto done;
         if (b > 0 && m->cfg.d_model / mc.reduction_factor != b) {
             rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: bottleneck_size %d does not match hidden %d / reduction_factor %d",
                            cfg_path, b, m->cfg.d_model, mc.reduction_factor);
@@ -539,21 +531,59 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
                                                   "PREFIX_TUNING, BOTTLENECK, BITFIT load)", cfg_path, t);
         goto done;
     }
+    /* An int or a list of ints (PeftConfig); each must be a layer of m, and
+     * the layer mask has 64 bits. */
     const cJSON *lt = cJSON_GetObjectItemCaseSensitive(o, "layers_to_transform");
-    if (cJSON_IsArray(lt)) {
-        const cJSON *it;
-        cJSON_ArrayForEach(it, lt) if (cJSON_IsNumber(it) && it->valuedouble >= 0 && it->valuedouble < 64)
-            mc.layers |= (uint64_t)1 << (int)it->valuedouble;
+    if (lt && !cJSON_IsNull(lt)) {
+        if (!cJSON_IsArray(lt) && !cJSON_IsNumber(lt)) {
+            rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: \"layers_to_transform\" must be an integer or a list of them",
+                           cfg_path);
+            goto done;
+        }
+        const cJSON *it = cJSON_IsArray(lt) ? lt->child : lt;
+        for (; it; it = cJSON_IsArray(lt) ? it->next : NULL) {
+            int64_t l;
+            if ((rc = peft_json_to_int(it, cfg_path, "layers_to_transform", 0, PEFT_MIN(m->cfg.n_layer, 64) - 1, &l,
+                                       err)))
+                goto done;
+            mc.layers |= (uint64_t)1 << l;
+        }
     }
     if (!peft_file_exists(st_path)) { rc = peft_fail(err, PEFT_ERR_IO, "%s: no such file", st_path); goto done; }
     if ((rc = st_open(st_path, &st, err))) goto done;
+    /* Shapes that size what adapter_new allocates are checked first: a
+     * [4000000, 0] head holds no bytes but would ask for 4M x hidden floats. */
     const st_tensor *head = st_find(st, "base_model.model.score.weight");
     if (!head) head = st_find(st, "base_model.score.weight");
-    if (head) mc.n_labels = (int)head->shape[0];
+    if (head) {
+        if (head->ndim != 2 || head->shape[1] != m->cfg.d_model || head->shape[0] < 1 ||
+            head->shape[0] > PEFT_MAX_LABELS) {
+            rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: %s has shape [%lld, %lld], expected [n_labels, %d] with n_labels "
+                           "in 1..%d", st_path, head->name, (long long)(head->ndim > 0 ? head->shape[0] : 0),
+                           (long long)(head->ndim > 1 ? head->shape[1] : 0), m->cfg.d_model, PEFT_MAX_LABELS);
+            goto done;
+        }
+        mc.n_labels = (int)head->shape[0];
+    }
     if (mc.method == METHOD_PREFIX || mc.method == METHOD_PROMPT) {
         const st_tensor *pe = st_find(st, "prompt_embeddings");
         if (!pe) { rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: missing tensor prompt_embeddings", st_path); goto done; }
-        if (mc.n_virtual <= 0) mc.n_virtual = (int)pe->shape[0];
+        /* the widths new_prompt gives the table (prefix: layers x 2 x the key/value width) */
+        const int64_t width = mc.method == METHOD_PROMPT
+                                  ? m->cfg.d_model
+                                  : 2 * (int64_t)m->cfg.n_layer * m->cfg.n_kv_head * m->cfg.head_dim;
+        if (pe->ndim != 2 || pe->shape[0] < 1 || pe->shape[0] > PEFT_MAX_VIRTUAL_TOKENS || pe->shape[1] != width ||
+            (mc.n_virtual > 0 && pe->shape[0] != mc.n_virtual)) {
+            char rows[32];
+            if (mc.n_virtual > 0) snprintf(rows, sizeof rows, "%d", mc.n_virtual);
+            else snprintf(rows, sizeof rows, "1..%d", PEFT_MAX_VIRTUAL_TOKENS);
+            rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: prompt_embeddings has shape [%lld, %lld], expected [%s, %lld] "
+                           "(num_virtual_tokens of %s, at most %d)", st_path,
+                           (long long)(pe->ndim > 0 ? pe->shape[0] : 0), (long long)(pe->ndim > 1 ? pe->shape[1] : 0),
+                           rows, (long long)width, cfg_path, PEFT_MAX_VIRTUAL_TOKENS);
+            goto done;
+        }
+        mc.n_virtual = (int)pe->shape[0];
     }
     if ((rc = adapter_new(m, &mc, &a, err))) goto done;
     if ((rc = adapter_read_tensors(a, st, st_path, err))) goto done;

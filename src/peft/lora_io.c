@@ -5,6 +5,7 @@
  * Module paths are the HF ones (model_linear_hf_path) whatever the base was
  * loaded from, so an adapter trained on a GGUF base loads in transformers. */
 #include "peft/lora.h"
+#include "core/limits.h"
 #include "kernels/quant.h"
 
 #include <cjson/cJSON.h>
@@ -138,7 +139,7 @@ static int parse_config(const char *path, lora_config *cfg, char **base, bool *h
                         peft_err *err) {
     char *text = NULL;
     size_t len = 0;
-    int rc = peft_read_file(path, &text, &len, err);
+    int rc = peft_read_file_max(path, PEFT_MAX_CONFIG_BYTES, &text, &len, err);
     if (rc) return rc;
     const char *end = NULL;
     cJSON *o = cJSON_ParseWithLengthOpts(text, len, &end, false);
@@ -159,18 +160,38 @@ static int parse_config(const char *path, lora_config *cfg, char **base, bool *h
     *cfg = lora_default_config();
     double v = 0;
     if ((rc = cfg_number(o, "r", &v, true, path, err))) goto done;
-    if (v != floor(v) || v < 1 || v > 65536) {
-        rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: \"r\" must be an integer in 1..65536", path);
+    if (v != floor(v) || v < 1 || v > PEFT_MAX_RANK) {
+        rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: \"r\" must be an integer in 1..%d", path, PEFT_MAX_RANK);
         goto done;
     }
     cfg->r = (int)v;
     rc = cfg_number(o, "lora_alpha", &v, false, path, err);
     if (rc < 0) goto done;
+    /* The scale is alpha / r (or / sqrt r): a negative one flips the update,
+     * a huge one is not a float. */
+    if (rc == 0 && !(v >= 0 && v <= 1e6)) {
+        rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: \"lora_alpha\" is %g, must be in [0, 1e6]", path, v);
+        goto done;
+    }
     cfg->alpha = rc == 0 ? (float)v : 8.0f;   /* LoraConfig's default */
     rc = cfg_number(o, "lora_dropout", &v, false, path, err);
     if (rc < 0) goto done;
+    if (rc == 0 && !(v >= 0 && v < 1)) {
+        rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: \"lora_dropout\" is %g, must be in [0, 1)", path, v);
+        goto done;
+    }
     cfg->dropout = rc == 0 ? (float)v : 0.0f;
     rc = 0;
+    /* Which modules are adapted is read from the tensors, but a
+     * target_modules of the wrong type means the file is not what it claims. */
+    const cJSON *tm = cJSON_GetObjectItemCaseSensitive(o, "target_modules");
+    bool tm_ok = !tm || cJSON_IsNull(tm) || cJSON_IsString(tm) || cJSON_IsArray(tm);
+    const cJSON *it;
+    if (cJSON_IsArray(tm)) cJSON_ArrayForEach(it, tm) tm_ok &= cJSON_IsString(it);
+    if (!tm_ok) {
+        rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: \"target_modules\" must be a string or a list of strings", path);
+        goto done;
+    }
     cfg->rslora = cfg_true(o, "use_rslora");
     const cJSON *init = cJSON_GetObjectItemCaseSensitive(o, "init_lora_weights");
     if (cJSON_IsFalse(init)) cfg->init = LORA_INIT_ZERO_B_RANDOM_BOTH;
@@ -316,7 +337,7 @@ int lora_load(const peft_model *m, const char *dir, adapter **out, peft_err *err
                                (long long)ra, cfg_path, cfg.r);
                 goto done;
             }
-            if (ra > 65536) {
+            if (ra > PEFT_MAX_RANK) {
                 rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: %s: rank %lld is too large", st_path, p->A->name,
                                (long long)ra);
                 goto done;
@@ -345,7 +366,8 @@ int lora_load(const peft_model *m, const char *dir, adapter **out, peft_err *err
                        st_path, n_mag, n_mod);
         goto done;
     }
-    if (head && (head->ndim != 2 || head->shape[1] != m->cfg.d_model || head->shape[0] < 1)) {
+    if (head && (head->ndim != 2 || head->shape[1] != m->cfg.d_model || head->shape[0] < 1 ||
+                 head->shape[0] > PEFT_MAX_LABELS)) {
         rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: %s has shape [%lld, %lld], expected [n_labels, %d]", st_path,
                        head->name, (long long)head->shape[0], (long long)(head->ndim > 1 ? head->shape[1] : 0),
                        m->cfg.d_model);

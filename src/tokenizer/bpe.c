@@ -235,15 +235,30 @@ int bpe_add_merge(bpe_tokenizer *t, const char *a, size_t alen, const char *b, s
 int bpe_add_added(bpe_tokenizer *t, int id, bool special, bool lstrip, bool rstrip,
                   bool single_word, peft_err *err) {
     if (id < 0 || id >= t->n_vocab || !t->tok[id] || t->tok_len[id] == 0) return 0;
-    for (int i = 0; i < t->n_added; i++)
-        if (t->added[i].id == id) {
-            t->added[i].special = special;
-            if (special) t->attr[id] |= BPE_ATTR_SPECIAL;
-            return 0;
-        }
-    bpe_added *a = realloc(t->added, (size_t)(t->n_added + 1) * sizeof *a);
-    if (!a) return peft_fail(err, PEFT_ERR_NOMEM, "%s: out of memory", t->source);
-    t->added = a;
+    /* An id -> slot table and a doubling array keep a file with many added
+     * tokens (a GGUF marks every control token) linear, not quadratic. */
+    if (t->added_at_n != t->n_vocab) {
+        free(t->added_at);
+        t->added_at = peft_malloc((size_t)t->n_vocab * sizeof *t->added_at, err);
+        if (!t->added_at) { t->added_at_n = 0; return PEFT_ERR_NOMEM; }
+        t->added_at_n = t->n_vocab;
+        for (int i = 0; i < t->n_vocab; i++) t->added_at[i] = -1;
+        for (int i = 0; i < t->n_added; i++) t->added_at[t->added[i].id] = i;
+    }
+    if (t->added_at[id] >= 0) {
+        t->added[t->added_at[id]].special = special;
+        if (special) t->attr[id] |= BPE_ATTR_SPECIAL;
+        return 0;
+    }
+    if (t->n_added == t->added_cap) {
+        int cap = t->added_cap ? 2 * t->added_cap : 16;
+        bpe_added *a = realloc(t->added, (size_t)cap * sizeof *a);
+        if (!a) return peft_fail(err, PEFT_ERR_NOMEM, "%s: out of memory", t->source);
+        t->added = a;
+        t->added_cap = cap;
+    }
+    bpe_added *a = t->added;
+    t->added_at[id] = t->n_added;
     a[t->n_added++] = (bpe_added){id, NULL, 0, special, lstrip, rstrip, single_word};
     t->attr[id] |= BPE_ATTR_ADDED | (special ? BPE_ATTR_SPECIAL : 0);
     return 0;
@@ -259,6 +274,9 @@ static int added_cmp(const void *pa, const void *pb) {
 
 int bpe_finish(bpe_tokenizer *t, peft_err *err) {
     (void)err;
+    free(t->added_at);   /* the sort below reorders added */
+    t->added_at = NULL;
+    t->added_at_n = 0;
     for (int i = 0; i < t->n_added; i++) {
         t->added[i].text = t->tok[t->added[i].id];
         t->added[i].len = t->tok_len[t->added[i].id];
@@ -301,6 +319,7 @@ void bpe_free(bpe_tokenizer *t) {
     free(t->str_tab);
     free(t->merge_tab);
     free(t->added);
+    free(t->added_at);
     bpe_pretok_free(t);
     free(t->prefix_ids);
     free(t->suffix_ids);

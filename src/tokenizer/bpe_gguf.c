@@ -8,6 +8,7 @@
  * 6 byte. Control (and unknown) tokens are special added tokens; user-defined
  * ones are added tokens matched even when special tokens are not parsed. */
 #include "tokenizer/bpe_internal.h"
+#include "core/limits.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -51,8 +52,11 @@ int bpe_load_gguf(const gguf_file *g, bpe_tokenizer **out, peft_err *err) {
     const void *raw;
     int rc = gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &n_tok, &raw, err);
     if (rc) return rc;
-    if (et != GGUF_TYPE_STRING || n_tok == 0 || n_tok > (1u << 24))
+    if (et != GGUF_TYPE_STRING || n_tok == 0)
         return peft_fail(err, PEFT_ERR_FORMAT, "%s: tokenizer.ggml.tokens is not a non-empty string array", path);
+    if (n_tok > PEFT_MAX_VOCAB)
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: tokenizer.ggml.tokens has %llu tokens, the limit is %d", path,
+                         (unsigned long long)n_tok, PEFT_MAX_VOCAB);
 
     bpe_tokenizer *t = bpe_alloc(path, err);
     if (!t) return PEFT_ERR_NOMEM;

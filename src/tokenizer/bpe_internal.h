@@ -73,7 +73,9 @@ struct bpe_tokenizer {
     int n_merges;
 
     bpe_added *added;      /* sorted by first byte, then longer first */
-    int n_added;
+    int n_added, added_cap;
+    int *added_at;         /* while loading: id -> index in added, -1 (linear-time re-adds); freed by bpe_finish */
+    int added_at_n;        /* entries of added_at (n_vocab when it was made) */
     int added_first[257];  /* added[added_first[b] .. added_first[b+1]) start with byte b */
 
     /* Normalizer (SentencePiece tokenizer.json): prepend "▁" to non-empty

@@ -25,7 +25,7 @@ static bool jbool(const cJSON *o, const char *key, bool dflt) {
 static int parse_file(const char *path, cJSON **out, peft_err *err) {
     char *data;
     size_t len;
-    int rc = peft_read_file(path, &data, &len, err);
+    int rc = peft_read_file_max(path, PEFT_MAX_JSON_BYTES, &data, &len, err);
     if (rc) return rc;
     const char *end = NULL;
     cJSON *j = cJSON_ParseWithLengthOpts(data, len, &end, false);
@@ -509,7 +509,7 @@ int bpe_load_gpt2_files(const char *vocab_json, const char *merges_txt, bpe_toke
     if (!(t->pre_name = peft_strdup("gpt-2", err))) { rc = PEFT_ERR_NOMEM; goto fail; }
     if ((rc = load_vocab_obj(t, vocab, 0, vocab_json, err))) goto fail;
     if ((rc = bpe_build_index(t, err))) goto fail;
-    if ((rc = peft_read_file(merges_txt, &mtxt, &mlen, err))) goto fail;
+    if ((rc = peft_read_file_max(merges_txt, PEFT_MAX_JSON_BYTES, &mtxt, &mlen, err))) goto fail;
     size_t lines = 1;
     for (size_t i = 0; i < mlen; i++) lines += mtxt[i] == '\n';
     if ((rc = bpe_merges_reserve(t, lines, err))) goto fail;

@@ -31,7 +31,11 @@ static chat_style pick_style(const bpe_tokenizer *t) {
  * undone. NULL when there is none. */
 static char *chatml_default_system(const char *tpl, peft_err *err) {
     static const char key[] = "<|im_start|>system";
-    for (const char *p = tpl ? strstr(tpl, key) : NULL; p; p = strstr(p + 1, key)) {
+    /* Each candidate scans up to its <|im_end|>; a template with thousands of
+     * candidates before one <|im_end|> would make that quadratic, and real
+     * templates have a handful, so only the first few are tried. */
+    int tries = 0;
+    for (const char *p = tpl ? strstr(tpl, key) : NULL; p && tries < 16; p = strstr(p + 1, key), tries++) {
         const char *q = p + sizeof key - 1;
         if (*q == '\n') q++;
         else if (q[0] == '\\' && q[1] == 'n') q += 2;

@@ -322,6 +322,11 @@ int data_load_jsonl(const char *path, const bpe_tokenizer *tok, const data_param
             break;
         }
         size_t len = (size_t)got;
+        if (len > PEFT_MAX_LINE_BYTES) {
+            rc = peft_fail(err, PEFT_ERR_FORMAT, "%s:%ld: a line of %zu bytes, more than the %zu MiB limit", path, lineno,
+                           len, PEFT_MAX_LINE_BYTES >> 20);
+            break;
+        }
         /* \n and \r\n endings alike; the last line may have neither. */
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
         if (blank(line, len)) continue;

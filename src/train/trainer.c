@@ -330,10 +330,19 @@ static int load_checkpoint(const char *dir, adapter *a, const peft_model *m, ada
         st_close(st);
         return peft_fail(err, PEFT_ERR_FORMAT, "%s: incomplete or mismatched optimizer state", p);
     }
+    /* atoi/atoll are undefined past their range; strtoll saturates and says where it stopped. */
+    char *e1 = NULL, *e2 = NULL;
+    errno = 0;
+    long long t = strtoll(s_t, &e1, 10), sv = strtoll(s_step, &e2, 10);
+    if (errno || e1 == s_t || *e1 || e2 == s_step || *e2 || t < 0 || sv < 0 || sv > INT32_MAX) {
+        st_close(st);
+        return peft_fail(err, PEFT_ERR_FORMAT, "%s: metadata \"step\" / \"adam_t\" (\"%.20s\" / \"%.20s\") are not "
+                         "non-negative integers", p, s_step, s_t);
+    }
     memcpy(opt->m, em->data, (size_t)opt->n * sizeof(float));
     memcpy(opt->v, ev->data, (size_t)opt->n * sizeof(float));
-    opt->t = atoll(s_t);
-    *step = atoi(s_step);
+    opt->t = t;
+    *step = (int)sv;
     rc = data_loader_set_state(ld, ls->data, ls->nbytes);
     st_close(st);
     if (rc) return peft_fail(err, PEFT_ERR_FORMAT, "%s: data loader state does not fit this dataset/batch", p);
