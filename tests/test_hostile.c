@@ -312,11 +312,11 @@ static void tokenizer_ids_must_fit_the_model(void) {
 
 /* Runs fn(arg) in a child under a CPU-time limit: a regression to quadratic
  * work fails the test (SIGXCPU) instead of hanging it. */
-static void run_cpu_limited(const char *what, int (*fn)(void *), void *arg) {
+static void run_cpu_limited(const char *what, rlim_t seconds, int (*fn)(void *), void *arg) {
     fflush(NULL);
     pid_t pid = fork();
     if (pid == 0) {
-        struct rlimit rl = {20, 20};
+        struct rlimit rl = {seconds, seconds};
         setrlimit(RLIMIT_CPU, &rl);
         _exit(fn(arg));
     }
@@ -340,6 +340,33 @@ static int chat_format_child(void *dir) {
     return rc ? 3 : 0;
 }
 
+static int load_tokenizer_child(void *path) {
+    bpe_tokenizer *t = NULL;
+    peft_err err = {0};
+    int rc = bpe_load_json(path, &t, &err);
+    if (rc) fprintf(stderr, "  %s\n", err.msg);
+    int n = t ? bpe_vocab_size(t) : 0;
+    bpe_free(t);
+    return rc ? 2 : n == 200003 ? 0 : 3;
+}
+
+/* 200000 added tokens, each listed twice: adding them scanned every earlier
+ * one and grew the array by one (quadratic: ~20 s of CPU, against well
+ * under one now). */
+static void many_added_tokens_load_in_linear_time(void) {
+    const int n = 200000;
+    peft_buf b = {0};
+    peft_buf_printf(&b, "{\"model\":{\"type\":\"BPE\"," TINY_VOCAB ",\"merges\":[]},\"added_tokens\":[");
+    for (int r = 0; r < 2; r++)
+        for (int i = 0; i < n; i++)
+            peft_buf_printf(&b, "%s{\"id\":%d,\"content\":\"<t%d>\",\"special\":true}", r || i ? "," : "", 3 + i, i);
+    peft_buf_printf(&b, "]}");
+    const char *p = tpath("manyadded.json");
+    test_write_bytes(p, b.data, b.len);
+    peft_buf_free(&b);
+    run_cpu_limited("tokenizer with many added tokens", 10, load_tokenizer_child, (void *)p);
+}
+
 /* A chat template with 100000 "<|im_start|>system" candidates before one
  * <|im_end|> made the default-system-prompt search quadratic. */
 static void chat_template_search_is_linear(void) {
@@ -352,7 +379,7 @@ static void chat_template_search_is_linear(void) {
     snprintf(p, sizeof p, "%s/tokenizer_config.json", d);
     test_write_bytes(p, b.data, b.len);
     peft_buf_free(&b);
-    run_cpu_limited("chat format", chat_format_child, (void *)d);
+    run_cpu_limited("chat format", 20, chat_format_child, (void *)d);
 }
 
 /* Found 6: merges naming tokens that are not in the vocabulary (HF refuses them). */
@@ -724,6 +751,15 @@ static void adapter_config_integers_are_range_checked(void) {
         write_str(p, cases[i].cfg);
         expect_adapter_error(d, "adapter_config.json", cases[i].needle);
     }
+    /* a target list too long for the name buffer was cut (maybe mid-name) silently */
+    peft_buf b = {0};
+    peft_buf_printf(&b, "{\"peft_type\": \"IA3\", \"target_modules\": [");
+    for (int i = 0; i < 100; i++) peft_buf_printf(&b, "%s\"q_proj\"", i ? ", " : "");
+    peft_buf_printf(&b, "]}");
+    snprintf(p, sizeof p, "%s/adapter_config.json", d);
+    test_write_bytes(p, b.data, b.len);
+    peft_buf_free(&b);
+    expect_adapter_error(d, "adapter_config.json", "longer than");
 }
 
 /* layers_to_transform names layers of the model (values past it were dropped silently). */
@@ -749,6 +785,7 @@ int main(void) {
     TEST_RUN(tokenizer_merges_must_name_tokens);
     TEST_RUN(tokenizer_ids_must_fit_the_model);
     TEST_RUN(chat_template_search_is_linear);
+    TEST_RUN(many_added_tokens_load_in_linear_time);
     TEST_RUN(gguf_rope_freqs_byte_size_is_checked);
     TEST_RUN(gguf_arrays_of_arrays_are_bounded);
     TEST_RUN(gguf_zero_dim_does_not_hide_huge_dims);

@@ -428,15 +428,20 @@ static int json_targets(const peft_model *m, const cJSON *v, uint32_t *bits, con
     *bits = 0;
     if (!v || cJSON_IsNull(v)) return 0;
     char buf[512] = "";
-    if (cJSON_IsString(v)) snprintf(buf, sizeof buf, "%s", v->valuestring);
+    size_t used = 0;   /* what the names need: a cut name would match another module */
+    if (cJSON_IsString(v)) used = (size_t)snprintf(buf, sizeof buf, "%s", v->valuestring);
     else if (cJSON_IsArray(v)) {
         const cJSON *it;
         cJSON_ArrayForEach(it, v) {
             if (!cJSON_IsString(it)) return peft_fail(err, PEFT_ERR_FORMAT, "%s: target names must be strings", path);
             size_t l = strlen(buf);
-            snprintf(buf + l, sizeof buf - l, "%s%s", l ? "," : "", it->valuestring);
+            used += (size_t)snprintf(buf + l, sizeof buf - l, "%s%s", l ? "," : "", it->valuestring);
+            if (used >= sizeof buf) break;
         }
     } else return peft_fail(err, PEFT_ERR_FORMAT, "%s: target modules must be a list of names", path);
+    if (used >= sizeof buf)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: target module names are longer than %zu bytes in all", path,
+                         sizeof buf - 1);
     if (!buf[0]) return 0;
     int rc = lora_parse_targets(m, buf, bits, err);
     if (rc) {

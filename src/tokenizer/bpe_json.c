@@ -439,15 +439,23 @@ int bpe_load_json(const char *path, bpe_tokenizer **out, peft_err *err) {
     const int n_added = cJSON_GetArraySize(added);
     if ((rc = load_vocab_obj(t, vocab, n_added, path, err))) goto fail;
     const int64_t id_lim = max_token_id((int64_t)cJSON_GetArraySize(vocab) + n_added);
+    /* Ids checked and the table sized once: growing it by one per added
+     * token past the vocabulary copies it each time (quadratic). */
+    int max_added = -1;
     cJSON_ArrayForEach(e, added) {
-        const cJSON *idv = cJSON_GetObjectItemCaseSensitive(e, "id");
-        const char *content = jstr(e, "content");
         int id;
-        if (!content) {
+        if (!jstr(e, "content")) {
             rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: added_tokens entry without a \"content\" string", path);
             goto fail;
         }
-        if ((rc = token_id(idv, path, "added_tokens.id", id_lim, &id, err))) goto fail;
+        if ((rc = token_id(cJSON_GetObjectItemCaseSensitive(e, "id"), path, "added_tokens.id", id_lim, &id, err)))
+            goto fail;
+        max_added = PEFT_MAX(max_added, id);
+    }
+    if ((rc = bpe_set_vocab_size(t, max_added + 1, err))) goto fail;
+    cJSON_ArrayForEach(e, added) {
+        const char *content = jstr(e, "content");
+        int id = (int)cJSON_GetObjectItemCaseSensitive(e, "id")->valuedouble;   /* checked above */
         if ((rc = bpe_set_token(t, id, content, strlen(content), err))) goto fail;
     }
     if ((rc = bpe_build_index(t, err))) goto fail;
