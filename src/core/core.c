@@ -155,15 +155,41 @@ int peft_mmap_open(const char *path, peft_mmap *m, peft_err *err) {
     if (!S_ISREG(st.st_mode)) { close(fd); return peft_fail(err, PEFT_ERR_IO, "%s: not a regular file", path); }
     m->size = (size_t)st.st_size;
     if (m->size == 0) { close(fd); return peft_fail(err, PEFT_ERR_FORMAT, "%s: file is empty", path); }
+#ifdef PEFT_NO_MMAP
+    /* Fuzz build: AddressSanitizer cannot see a read past the end of a
+     * mapping (the page tail is readable), so the file goes into a heap
+     * buffer of exactly its size instead. */
+    char *buf = malloc(m->size);
+    if (!buf) { close(fd); return peft_fail(err, PEFT_ERR_NOMEM, "%s: out of memory reading %zu bytes", path, m->size); }
+    size_t got = 0;
+    while (got < m->size) {
+        ssize_t r = read(fd, buf + got, m->size - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            int e = r < 0 ? errno : 0;
+            free(buf); close(fd); m->size = 0;
+            return peft_fail(err, PEFT_ERR_IO, "%s: short read: %s", path, e ? strerror(e) : "file shrank");
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    m->data = buf;
+    return 0;
+#else
     void *p = mmap(NULL, m->size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (p == MAP_FAILED) return peft_fail(err, PEFT_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
     m->data = p;
     return 0;
+#endif
 }
 
 void peft_mmap_close(peft_mmap *m) {
+#ifdef PEFT_NO_MMAP
+    free(m->data);
+#else
     if (m->data) munmap(m->data, m->size);
+#endif
     m->data = NULL; m->size = 0;
 }
 
