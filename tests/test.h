@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -167,11 +169,59 @@ static inline void test_write_bytes(const char *path, const void *data, size_t l
     fclose(f);
 }
 
-/* Removes a temporary folder and everything in it. */
+/* Removes a file or a folder and everything in it (without a shell, so it
+ * also works where the test has wrapped libc calls); 0 when it is gone. */
 static inline int test_rm_rf(const char *dir) {
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    return system(cmd);
+    DIR *d = opendir(dir);
+    if (!d) return unlink(dir) == 0 || access(dir, F_OK) != 0 ? 0 : -1;
+    struct dirent *e;
+    char p[4096];
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        if (snprintf(p, sizeof p, "%s/%s", dir, e->d_name) >= (int)sizeof p) continue;
+        struct stat st;
+        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) test_rm_rf(p);
+        else unlink(p);
+    }
+    closedir(d);
+    return rmdir(dir);
+}
+
+/* Replaces the first `from` in dir/name with `to` (a CHECK fails when the
+ * file has no `from`). */
+static inline void test_edit_file(const char *dir, const char *name, const char *from, const char *to) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    FILE *f = fopen(p, "rb");
+    if (!f) { CHECK_MSG(0, "cannot read %s", p); return; }
+    fseek(f, 0, SEEK_END);
+    const long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *data = len >= 0 ? (char *)malloc((size_t)len + 1) : NULL;
+    const size_t got = data ? fread(data, 1, (size_t)len, f) : 0;
+    fclose(f);
+    if (!data) return;
+    data[got] = 0;
+    char *at = strstr(data, from);
+    CHECK_MSG(at != NULL, "%s has no \"%s\" to edit", p, from);
+    if (at && (f = fopen(p, "wb"))) {
+        fwrite(data, 1, (size_t)(at - data), f);
+        fputs(to, f);
+        fputs(at + strlen(from), f);
+        fclose(f);
+    }
+    free(data);
+}
+
+/* Runs a shell command line, its stdout (and whatever it redirects) into
+ * out; returns its exit status (-1 if it did not exit). */
+static inline int test_run_shell(const char *cmd, char *out, size_t cap) {
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 /* Runs the CLI named by $PEFT_CLI (set by CTest) with args, stdout and
@@ -179,12 +229,7 @@ static inline int test_rm_rf(const char *dir) {
 static inline int test_run_cli(const char *args, char *out, size_t cap) {
     char cmd[8192];
     snprintf(cmd, sizeof cmd, "%s %s 2>&1", getenv("PEFT_CLI"), args);
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return test_run_shell(cmd, out, cap);
 }
 
 #endif

@@ -247,21 +247,6 @@ static void on_signal(int sig) {
 
 /* ---- helpers ----------------------------------------------------------------- */
 
-static void rm_tree(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) { unlink(dir); return; }
-    struct dirent *e;
-    char p[4096];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        struct stat st;
-        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) rm_tree(p);
-        else unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
 
 /* A file whose name holds ".tmp." under dir: a temporary that a failed
  * write left behind. Writes its path to out. */
@@ -323,7 +308,7 @@ static void sweep(const char *name, path_fn fn, void *arg, const char *work, lon
     for (int sticky = sticky_only ? 1 : 0; sticky < 2; sticky++) {
         const long step = sticky ? 3 * stride : stride;
         for (long n = one ? atol(one) : 1; n <= s->count; n += one ? s->count : step) {
-            if (work) rm_tree(work);
+            if (work) test_rm_rf(work);
             if (work) mkdir(work, 0755);
             fault_cur_n = n;
             fault_cur_sticky = sticky;
@@ -351,7 +336,7 @@ static void sweep(const char *name, path_fn fn, void *arg, const char *work, lon
     }
     fault_cur_sticky = 0;
     s->runs = runs[0] + runs[1];
-    if (work) rm_tree(work);
+    if (work) test_rm_rf(work);
     printf("    %-44s %5ld allocations, %5d + %4d runs, %d bad\n", name, s->count, runs[0], runs[1], s->failures);
     fflush(stdout);
 }
@@ -448,7 +433,7 @@ static void sweep_train(const char *model, const char *label) {
     sweep_stats s;
     sweep(label, path_train, &t, work, env_stride(FAULT_ASAN ? 7 : 1), &s);
     CHECK(s.count > 100 || getenv("PEFT_FAULT_ONLY"));
-    rm_tree(dir);
+    test_rm_rf(dir);
 }
 
 static void train_path_fails_cleanly_at_every_allocation_hf(void) {
@@ -591,7 +576,7 @@ static void new_adapter_of_every_method_fails_cleanly_at_every_allocation(void) 
         peft_model_free(m);
         peft_free(ctx);
     }
-    rm_tree(dir);
+    test_rm_rf(dir);
 }
 
 /* ---- (d) merge and GGUF export of a loaded adapter ------------------------------- */
@@ -649,7 +634,7 @@ static void merge_and_export_fail_cleanly_at_every_allocation(void) {
         peft_model_free(m);
         peft_free(ctx);
     }
-    rm_tree(dir);
+    test_rm_rf(dir);
 }
 
 int main(void) {

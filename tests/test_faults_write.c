@@ -126,25 +126,10 @@ static bool same_file(const snap_file *a, const snap_file *b) {
     return a->len == b->len && memcmp(a->data, b->data, a->len) == 0;
 }
 
-static void rm_tree(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) { unlink(dir); return; }
-    struct dirent *e;
-    char p[4096];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        struct stat st;
-        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) rm_tree(p);
-        else unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
 
 /* Puts root back to exactly the snapshot's files. */
 static void snap_restore(const snap *s, const char *root) {
-    rm_tree(root);
+    test_rm_rf(root);
     mkdir(root, 0755);
     for (int i = 0; i < s->n; i++) {
         char p[3100];
@@ -393,7 +378,7 @@ static long env_stride(void) {
 
 static void sweep_write_failures(const scenario *sc) {
     op_result r;
-    rm_tree(sc->root);
+    test_rm_rf(sc->root);
     mkdir(sc->root, 0755);
     CHECK_MSG(run_child(sc->setup, sc->arg, -1, 0, &r) == 0 && r.rc == 0, "%s: setup failed: %s", sc->name, r.msg);
     if (r.rc) return;
@@ -439,7 +424,7 @@ static void sweep_write_failures(const scenario *sc) {
            n_lim, failed[0], io_calls, bad);
     snap_free(&before);
     snap_free(&after);
-    rm_tree(sc->root);
+    test_rm_rf(sc->root);
 }
 
 /* ---- adapters ------------------------------------------------------------------- */
@@ -628,6 +613,6 @@ int main(void) {
     TEST_RUN(merge_over_a_full_disk_keeps_the_previous_model_hf);
     TEST_RUN(merge_over_a_full_disk_keeps_the_previous_model_gguf);
     TEST_RUN(gguf_lora_export_over_a_full_disk_keeps_the_previous_file);
-    rm_tree(tmpdir_);
+    test_rm_rf(tmpdir_);
     TEST_MAIN_END();
 }

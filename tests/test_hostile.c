@@ -99,12 +99,7 @@ MAYBE_UNUSED static int run_cli_limited(long kib, const char *args, char *out, s
 #else
     snprintf(cmd, sizeof cmd, "sh -c 'ulimit -v %ld; exec %s %s' 2>&1", kib, getenv("PEFT_CLI"), args);
 #endif
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return test_run_shell(cmd, out, cap);
 }
 
 /* ---- safetensors ------------------------------------------------------------ */
@@ -143,30 +138,11 @@ static void safetensors_zero_dim_does_not_hide_huge_dims(void) {
 
 /* ---- config.json ------------------------------------------------------------- */
 
-/* Replaces the first `from` in dir/name with `to`. */
-static void edit_file(const char *dir, const char *name, const char *from, const char *to) {
-    char p[700];
-    snprintf(p, sizeof p, "%s/%s", dir, name);
-    char *data = NULL;
-    size_t len = 0;
-    peft_err err = {0};
-    if (peft_read_file(p, &data, &len, &err)) return;
-    char *at = strstr(data, from);
-    CHECK_MSG(at != NULL, "%s has no \"%s\" to edit", p, from);
-    if (at) {
-        FILE *f = fopen(p, "wb");
-        fwrite(data, 1, (size_t)(at - data), f);
-        fputs(to, f);
-        fputs(at + strlen(from), f);
-        fclose(f);
-    }
-    free(data);
-}
 
 /* Found 4: 130 bytes of config.json asked for 3.2 GB of layers. */
 static void config_layer_count_is_capped(void) {
     const char *d = copy_dir(FIX "models/tiny-llama", "layers", model_files);
-    edit_file(d, "config.json", "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 4748368");
+    test_edit_file(d, "config.json", "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 4748368");
     expect_model_error(d, "config.json", "num_hidden_layers");
     expect_model_error(d, "1024", NULL);
 }
@@ -174,11 +150,11 @@ static void config_layer_count_is_capped(void) {
 /* Found 5: pad_token_id 1e17 was an undefined float-to-int conversion. */
 static void config_pad_token_id_is_range_checked(void) {
     const char *d = copy_dir(FIX "models/tiny-llama", "pad", model_files);
-    edit_file(d, "config.json", "\"pad_token_id\": 317", "\"pad_token_id\": 1e17");
+    test_edit_file(d, "config.json", "\"pad_token_id\": 317", "\"pad_token_id\": 1e17");
     expect_model_error(d, "config.json", "pad_token_id");
-    edit_file(d, "config.json", "\"pad_token_id\": 1e17", "\"pad_token_id\": 320");
+    test_edit_file(d, "config.json", "\"pad_token_id\": 1e17", "\"pad_token_id\": 320");
     expect_model_error(d, "config.json", "pad_token_id");
-    edit_file(d, "config.json", "\"pad_token_id\": 320", "\"pad_token_id\": -1");
+    test_edit_file(d, "config.json", "\"pad_token_id\": 320", "\"pad_token_id\": -1");
     peft_ctx *ctx = peft_init(NULL);
     peft_model *m = peft_model_load(ctx, d);
     CHECK_MSG(m != NULL, "pad_token_id -1 (LLaMA's \"none\") must load: %s", peft_last_error(ctx));
@@ -190,13 +166,13 @@ static void config_pad_token_id_is_range_checked(void) {
  * must fit a float (1e300 -> float is undefined). */
 static void config_numbers_are_range_checked(void) {
     const char *d = copy_dir(FIX "models/tiny-llama", "nums", model_files);
-    edit_file(d, "config.json", "\"rms_norm_eps\": 1e-05", "\"rms_norm_eps\": 1e300");
+    test_edit_file(d, "config.json", "\"rms_norm_eps\": 1e-05", "\"rms_norm_eps\": 1e300");
     expect_model_error(d, "config.json", "rms_norm_eps");
-    edit_file(d, "config.json", "\"rms_norm_eps\": 1e300", "\"rms_norm_eps\": 1e-05");
-    edit_file(d, "config.json", "\"head_dim\": 16", "\"head_dim\": 16.5");
+    test_edit_file(d, "config.json", "\"rms_norm_eps\": 1e300", "\"rms_norm_eps\": 1e-05");
+    test_edit_file(d, "config.json", "\"head_dim\": 16", "\"head_dim\": 16.5");
     expect_model_error(d, "config.json", "head_dim");
-    edit_file(d, "config.json", "\"head_dim\": 16.5", "\"head_dim\": 16");
-    edit_file(d, "config.json", "\"max_position_embeddings\": 128", "\"max_position_embeddings\": 9000000");
+    test_edit_file(d, "config.json", "\"head_dim\": 16.5", "\"head_dim\": 16");
+    test_edit_file(d, "config.json", "\"max_position_embeddings\": 128", "\"max_position_embeddings\": 9000000");
     expect_model_error(d, "config.json", "max_position_embeddings");
 }
 
@@ -253,7 +229,7 @@ static void fifo_in_place_of_a_file_does_not_block(void) {
 /* llama3 rope scaling divides by high_freq_factor - low_freq_factor. */
 static void config_llama3_rope_factors_are_validated(void) {
     const char *d = copy_dir(FIX "models/tiny-llama3-rope", "rope3", model_files);
-    edit_file(d, "config.json", "\"low_freq_factor\": 1.0", "\"low_freq_factor\": 4.0");
+    test_edit_file(d, "config.json", "\"low_freq_factor\": 1.0", "\"low_freq_factor\": 4.0");
     expect_model_error(d, "config.json", "low_freq_factor");
 }
 
@@ -306,7 +282,7 @@ static void tokenizer_added_token_id_is_bounded(void) {
  * by the first forward pass that meets it. */
 static void tokenizer_ids_must_fit_the_model(void) {
     const char *d = copy_dir(FIX "models/tiny-llama", "tokfit", model_files);
-    edit_file(d, "tokenizer.json", "\"added_tokens\": [", "\"added_tokens\": [{\"id\": 330, \"content\": \"<evil>\"},");
+    test_edit_file(d, "tokenizer.json", "\"added_tokens\": [", "\"added_tokens\": [{\"id\": 330, \"content\": \"<evil>\"},");
     expect_model_error(d, "vocab_size", "ids up to 330");
 }
 
@@ -719,7 +695,7 @@ static void lora_config_values_are_validated(void) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *d = copy_dir(FIX "lora/llama_all/adapter", "loracfg", adapter_files);
-        edit_file(d, "adapter_config.json", cases[i].from, cases[i].to);
+        test_edit_file(d, "adapter_config.json", cases[i].from, cases[i].to);
         expect_adapter_error(d, "adapter_config.json", cases[i].needle);
     }
     const char *d = copy_dir(FIX "lora/llama_all/adapter", "loracfg", adapter_files);
@@ -765,7 +741,7 @@ static void adapter_config_integers_are_range_checked(void) {
 /* layers_to_transform names layers of the model (values past it were dropped silently). */
 static void adapter_layers_to_transform_is_checked(void) {
     const char *d = copy_dir(FIX "methods/prompt_llama/adapter", "ltt", adapter_files);
-    edit_file(d, "adapter_config.json", "\"num_virtual_tokens\": 4", "\"num_virtual_tokens\": 4, \"layers_to_transform\": [0, 70]");
+    test_edit_file(d, "adapter_config.json", "\"num_virtual_tokens\": 4", "\"num_virtual_tokens\": 4, \"layers_to_transform\": [0, 70]");
     expect_adapter_error(d, "adapter_config.json", "layers_to_transform");
 }
 

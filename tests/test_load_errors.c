@@ -53,24 +53,6 @@ static void write_text(const char *dir, const char *name, const char *text) {
     if (f) { fputs(text, f); fclose(f); }
 }
 
-/* Replaces the first occurrence of `from` with `to` in dir/name. */
-static void edit_file(const char *dir, const char *name, const char *from, const char *to) {
-    char p[600];
-    snprintf(p, sizeof p, "%s/%s", dir, name);
-    char *data = NULL;
-    size_t len = 0;
-    peft_err err = {0};
-    if (peft_read_file(p, &data, &len, &err)) return;
-    char *at = strstr(data, from);
-    if (at) {
-        FILE *f = fopen(p, "wb");
-        fwrite(data, 1, (size_t)(at - data), f);
-        fputs(to, f);
-        fputs(at + strlen(from), f);
-        fclose(f);
-    }
-    free(data);
-}
 
 /* Loading must fail with `code` and a message containing each needle. */
 static void expect_load_error(const char *path, int code, const char *needle1, const char *needle2) {
@@ -87,13 +69,13 @@ static void expect_load_error(const char *path, int code, const char *needle1, c
 
 static void missing_config_key_is_named(void) {
     const char *d = copy_model("nokey");
-    edit_file(d, "config.json", "\"hidden_size\"", "\"hidden_size_renamed\"");
+    test_edit_file(d, "config.json", "\"hidden_size\"", "\"hidden_size_renamed\"");
     expect_load_error(d, PEFT_ERR_FORMAT, "config.json", "hidden_size");
 }
 
 static void unsupported_architecture_is_named(void) {
     const char *d = copy_model("arch");
-    edit_file(d, "config.json", "\"model_type\": \"llama\"", "\"model_type\": \"mamba\"");
+    test_edit_file(d, "config.json", "\"model_type\": \"llama\"", "\"model_type\": \"mamba\"");
     expect_load_error(d, PEFT_ERR_UNSUPPORTED, "config.json", "mamba");
 }
 
@@ -119,13 +101,13 @@ static void tokenizer_config_that_does_not_parse(void) {
 
 static void weight_shape_mismatch_is_named(void) {
     const char *d = copy_model("shape");
-    edit_file(d, "config.json", "\"intermediate_size\": 128", "\"intermediate_size\": 256");
+    test_edit_file(d, "config.json", "\"intermediate_size\": 128", "\"intermediate_size\": 256");
     expect_load_error(d, PEFT_ERR_SHAPE, "mlp.", "shape");
 }
 
 static void absurd_dimensions_are_refused(void) {
     const char *d = copy_model("absurd");
-    edit_file(d, "config.json", "\"vocab_size\": 320", "\"vocab_size\": 4000000000");
+    test_edit_file(d, "config.json", "\"vocab_size\": 320", "\"vocab_size\": 4000000000");
     expect_load_error(d, PEFT_ERR_FORMAT, "config.json", "vocab_size");
 }
 
@@ -183,7 +165,7 @@ static void cli_reports_errors_with_exit_codes(void) {
     if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
     char out[8192], args[700];
     const char *d = copy_model("cli");
-    edit_file(d, "config.json", "\"model_type\": \"llama\"", "\"model_type\": \"mamba\"");
+    test_edit_file(d, "config.json", "\"model_type\": \"llama\"", "\"model_type\": \"mamba\"");
     snprintf(args, sizeof args, "info %s", d);
     CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 1);
     CHECK_MSG(strstr(out, "mamba") && strstr(out, "config.json"), "%s", out);

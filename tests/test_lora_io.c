@@ -13,7 +13,6 @@
 #include "test.h"
 
 #include <cjson/cJSON.h>
-#include <ftw.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -44,19 +43,12 @@ static void unload(loaded *l) {
     l->ctx = NULL;
 }
 
-static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb; (void)flag; (void)ftw;
-    return remove(path);
-}
 
 static void make_tmp(char *buf, size_t cap) {
     snprintf(buf, cap, "/tmp/peft_lora_io_XXXXXX");
     if (!mkdtemp(buf)) buf[0] = 0;
 }
 
-static void rm_tree(const char *dir) {
-    if (dir[0]) nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 static int write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "wb");
@@ -340,7 +332,7 @@ out:
     adapter_free(a);
     adapter_free(b);
     unload(&l);
-    rm_tree(tmp);
+    test_rm_rf(tmp);
 }
 
 /* An adapter made on a GGUF base is saved with HF names and loads on the HF
@@ -394,7 +386,7 @@ out:
     adapter_free(b);
     unload(&g);
     unload(&h);
-    rm_tree(tmp);
+    test_rm_rf(tmp);
 }
 
 /* ---- peft fixtures ----------------------------------------------------------------- */
@@ -510,7 +502,7 @@ static void half_precision_adapters_load(void) {
     adapter_free(a);
     adapter_free(b);
     unload(&l);
-    rm_tree(tmp);
+    test_rm_rf(tmp);
 }
 
 /* ---- bad inputs -------------------------------------------------------------------- */
@@ -616,7 +608,7 @@ static void mismatched_adapters_fail_clearly(void) {
     CHECK(a == NULL);
     free(cfg);
     unload(&l);
-    rm_tree(tmp);
+    test_rm_rf(tmp);
 }
 
 /* ---- merge ------------------------------------------------------------------------ */
@@ -719,7 +711,7 @@ static void merged_hf_folders_match_peft(void) {
         }
         st_close(x);
         st_close(y);
-        rm_tree(tmp);
+        test_rm_rf(tmp);
     }
 }
 
@@ -753,7 +745,7 @@ static void merged_gguf_matches_peft(void) {
         }
         gguf_close(x);
         gguf_close(y);
-        rm_tree(tmp);
+        test_rm_rf(tmp);
     }
 }
 
@@ -809,7 +801,7 @@ static void merged_q8_0_gguf_keeps_types(void) {
         CHECK_EQ_INT(n_f16, c->n_modules);
         gguf_close(x);
         gguf_close(y);
-        rm_tree(tmp);
+        test_rm_rf(tmp);
     }
 }
 
@@ -935,7 +927,7 @@ static void gguf_lora_export_matches_llama_cpp_layout(void) {
     } else {
         printf("    (python gguf not available: gguf-py check skipped)\n");
     }
-    rm_tree(tmp);
+    test_rm_rf(tmp);
 }
 
 /* The exported LoRA applied to the GGUF base (as llama.cpp would:
@@ -995,7 +987,7 @@ static void gguf_lora_export_agrees_with_merge(void) {
         adapter_free(a);
         unload(&l);
     }
-    rm_tree(tmp);
+    test_rm_rf(tmp);
 }
 
 /* GPT-2: c_attn and the two c_proj export as attn_qkv / attn_output /
@@ -1040,7 +1032,7 @@ static void gguf_lora_export_gpt2_and_qwen2(void) {
         gguf_close(base);
         adapter_free(a);
         unload(&l);
-        rm_tree(tmp);
+        test_rm_rf(tmp);
     }
 }
 
