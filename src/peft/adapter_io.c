@@ -489,7 +489,10 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
     size_t len = 0;
     if ((rc = peft_read_file_max(cfg_path, PEFT_MAX_CONFIG_BYTES, &text, &len, err))) goto done;
     o = cJSON_ParseWithLength(text, len);
-    if (!o || !cJSON_IsObject(o)) { rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: invalid JSON", cfg_path); goto done; }
+    if (!o || !cJSON_IsObject(o)) {
+        rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: %s", cfg_path, o ? "not a JSON object" : "not valid JSON");
+        goto done;
+    }
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(o, "peft_type");
     if (!cJSON_IsString(pt)) { rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: missing \"peft_type\"", cfg_path); goto done; }
     if (!strcmp(pt->valuestring, "LORA")) { rc = lora_load(m, dir, out, err); goto done; }
