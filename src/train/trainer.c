@@ -454,12 +454,14 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
     snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", p->out_dir);
     snprintf(svg, sizeof svg, "%s/loss.svg", p->out_dir);
 
+    /* The graph first: it checks the shape against the model's context
+     * before anything is sized by batch x seq. */
+    if ((rc = tg_new(m, a, p->batch, p->seq, &g, err))) goto done;
     if ((rc = data_loader_new(train, p->batch, p->seq, p->pack, p->seed, pad_id_of(m), &ld, err))) goto done;
     int total = p->steps;
     if (total <= 0) total = PEFT_MAX(1, (PEFT_MAX(1, p->epochs) * data_loader_batches_per_epoch(ld)) / p->accum);
     optim_params op = p->opt;
     op.total_steps = total;
-    if ((rc = tg_new(m, a, p->batch, p->seq, &g, err))) goto done;
     if ((rc = adamw_init(&opt, a->n_params, err))) goto done;
     micro = peft_calloc((size_t)p->accum, sizeof *micro, err);
     if (!micro) { rc = PEFT_ERR_NOMEM; goto done; }
