@@ -9,8 +9,13 @@ int peft_json_to_int(const cJSON *v, const char *path, const char *key, int64_t 
     if (!cJSON_IsNumber(v))
         return peft_fail(err, PEFT_ERR_FORMAT, "%s: \"%s\" must be an integer in [%lld, %lld]", path, key,
                          (long long)lo, (long long)hi);
+    /* Doubles hold every integer up to 2^53 exactly: a wider range would
+     * let (double)hi round up and the conversion below overflow. */
+    const int64_t exact = (int64_t)1 << 53;
+    if (hi > exact) hi = exact;
+    if (lo < -exact) lo = -exact;
     double d = v->valuedouble;
-    /* !(a && b) also catches NaN; (double)hi is exact for the caps used. */
+    /* !(a && b) also catches NaN. */
     if (!(d >= (double)lo && d <= (double)hi) || d != floor(d))
         return peft_fail(err, PEFT_ERR_FORMAT, "%s: \"%s\" is %.17g, must be an integer in [%lld, %lld]", path, key,
                          d, (long long)lo, (long long)hi);
