@@ -530,15 +530,20 @@ static void checkpoint_over_a_full_disk_keeps_the_run_resumable(void) {
 
 /* ---- merged models --------------------------------------------------------------- */
 
+/* A merge (or, with export_gguf, a GGUF LoRA export) of old_adapter, then
+ * of new_adapter over it. */
 typedef struct {
     const char *model, *old_adapter, *new_adapter, *out;
+    bool export_gguf;
 } merge_arg;
 
 static int merge_one(const merge_arg *a, const char *adapter_dir, char *msg, size_t cap) {
     peft_ctx *ctx = new_ctx();
     peft_model *m = peft_model_load(ctx, a->model);
     peft_adapter *ad = m ? peft_adapter_load(m, adapter_dir) : NULL;
-    int rc = ad ? peft_adapter_merge(m, ad, a->out) : PEFT_ERR_IO;
+    int rc = !ad             ? PEFT_ERR_IO
+             : a->export_gguf ? peft_adapter_export_gguf(m, ad, a->out)
+                              : peft_adapter_merge(m, ad, a->out);
     fail_with(ctx, rc, msg, cap);
     peft_adapter_free(ad);
     peft_model_free(m);
@@ -560,7 +565,7 @@ static void merge_over_a_full_disk_keeps_the_previous_model_hf(void) {
     char dir[128], out[160];
     snprintf(dir, sizeof dir, "%s/merged_hf", tmpdir_);
     snprintf(out, sizeof out, "%s/model", dir);
-    merge_arg a = {MFIX "tiny-gpt2", LFIX "gpt2_all/adapter", LFIX "gpt2_all/final_adapter", out};
+    merge_arg a = {MFIX "tiny-gpt2", LFIX "gpt2_all/adapter", LFIX "gpt2_all/final_adapter", out, false};
     scenario sc = {"merge into an HF folder", dir, merge_setup, merge_op, &a, NULL, NULL};
     sweep_write_failures(&sc);
 }
@@ -569,39 +574,17 @@ static void merge_over_a_full_disk_keeps_the_previous_model_gguf(void) {
     char dir[128], out[160];
     snprintf(dir, sizeof dir, "%s/merged_gguf", tmpdir_);
     snprintf(out, sizeof out, "%s/merged.gguf", dir);
-    merge_arg a = {MFIX "tiny-llama.f32.gguf", LFIX "llama_all/adapter", LFIX "llama_all/final_adapter", out};
+    merge_arg a = {MFIX "tiny-llama.f32.gguf", LFIX "llama_all/adapter", LFIX "llama_all/final_adapter", out, false};
     scenario sc = {"merge into a GGUF file", dir, merge_setup, merge_op, &a, NULL, NULL};
     sweep_write_failures(&sc);
-}
-
-static int export_one(const merge_arg *a, const char *adapter_dir, char *msg, size_t cap) {
-    peft_ctx *ctx = new_ctx();
-    peft_model *m = peft_model_load(ctx, a->model);
-    peft_adapter *ad = m ? peft_adapter_load(m, adapter_dir) : NULL;
-    int rc = ad ? peft_adapter_export_gguf(m, ad, a->out) : PEFT_ERR_IO;
-    fail_with(ctx, rc, msg, cap);
-    peft_adapter_free(ad);
-    peft_model_free(m);
-    peft_free(ctx);
-    return rc;
-}
-
-static int export_setup(const void *arg, char *msg, size_t cap) {
-    const merge_arg *a = arg;
-    return export_one(a, a->old_adapter, msg, cap);
-}
-
-static int export_op(const void *arg, char *msg, size_t cap) {
-    const merge_arg *a = arg;
-    return export_one(a, a->new_adapter, msg, cap);
 }
 
 static void gguf_lora_export_over_a_full_disk_keeps_the_previous_file(void) {
     char dir[128], out[160];
     snprintf(dir, sizeof dir, "%s/export", tmpdir_);
     snprintf(out, sizeof out, "%s/lora.gguf", dir);
-    merge_arg a = {MFIX "tiny-llama.q8_0.gguf", LFIX "llama_all/adapter", LFIX "llama_all/final_adapter", out};
-    scenario sc = {"GGUF LoRA export", dir, export_setup, export_op, &a, NULL, NULL};
+    merge_arg a = {MFIX "tiny-llama.q8_0.gguf", LFIX "llama_all/adapter", LFIX "llama_all/final_adapter", out, true};
+    scenario sc = {"GGUF LoRA export", dir, merge_setup, merge_op, &a, NULL, NULL};
     sweep_write_failures(&sc);
 }
 
