@@ -11,6 +11,7 @@
  *   - methods an architecture cannot take fail clearly.
  * The comparison with HF PEFT's own numbers is test_methods_ref.c. */
 #include "peft/lora.h"
+#include "peft/method.h"
 #include "test.h"
 #include "train/graph.h"
 
@@ -51,6 +52,16 @@ static method_config mk(peft_method k) {
     c.bn_zero_up = true;
     c.n_virtual = 3;
     c.seed = 7;
+    return c;
+}
+
+/* A plug-in method (method.h) by name, with mk's rank and seed. */
+static method_config mk_plug(const char *name, const char *options) {
+    method_config c = mk(METHOD_LORA);
+    c.method = METHOD_PLUGIN;
+    c.ops = method_find(name);
+    if (!c.ops) fprintf(stderr, "  no method %s in the registry\n", name);
+    snprintf(c.options, sizeof c.options, "%s", options ? options : "");
     return c;
 }
 
@@ -139,6 +150,7 @@ static void fd_check(const char *name, const peft_model *m, adapter *a, train_gr
     int probes = 0;
     for (int ti = 0; ti < a->n_tensors; ti++) {
         const adapter_tensor *t = &a->tensors[ti];
+        if (t->frozen) continue;   /* a buffer: never trained */
         int64_t kmax = 0;
         for (int64_t k = 0; k < t->n; k++)
             if (fabsf(t->g[k]) > fabsf(t->g[kmax])) kmax = k;
@@ -275,7 +287,7 @@ static void method_case(const char *model, const char *name, method_config mc, b
     /* merge: LoRA, DoRA and IA3 fold into the base; the others refuse */
     if (mc.n_labels == 0) {
         int mrc = lora_merge_save(a, e.m, dir, &err);
-        if (method_mergeable(a->method)) {
+        if (a->ops ? a->ops->merge_row != NULL : method_mergeable(a->method)) {
             CHECK_OK(mrc);
             peft_model *m2 = mrc ? NULL : peft_model_load(e.ctx, dir);
             CHECK(mrc || m2 != NULL);
@@ -329,6 +341,9 @@ static void every_method_on_llama_and_gpt2(void) {
         RUN("ia3", mk(METHOD_IA3), true);
         if (gpt2) RUN("bitfit", mk(METHOD_BITFIT), false);
         RUN("full", mk(METHOD_FULL), false);
+        c = mk_plug("vera", NULL);
+        c.lora.targets = gpt2 ? (1u << ROLE_QKV) | (1u << ROLE_DOWN) : (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);
+        RUN("vera", c, true);
         /* a classification head on every method */
         static const peft_method cls_methods[] = {METHOD_LORA, METHOD_DORA, METHOD_ADAPTER_PFEIFFER, METHOD_ADAPTER_HOULSBY,
                                                   METHOD_PROMPT, METHOD_PREFIX, METHOD_IA3, METHOD_BITFIT, METHOD_FULL};

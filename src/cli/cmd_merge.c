@@ -134,7 +134,7 @@ int cmd_merge(int argc, char **argv) {
             for (int s = 0; s < m->cfg.n_layer * ROLE_N_LINEAR; s++) n += (ad->slot && ad->slot[s]) || (ad->ia3 && ad->ia3[s]);
             char types[256];
             summary_text(&sum, types, sizeof types);
-            fprintf(stderr, "merged %d %s modules into %s (changed tensors: %s)\n", n, method_name(ad->method), out,
+            fprintf(stderr, "merged %d %s modules into %s (changed tensors: %s)\n", n, adapter_method_name(ad), out,
                     sum.n_changed ? types : "none");
             merge_check c;
             if (verify && lora_merge_verify(ad, m, out, &c, &ctx->err)) {

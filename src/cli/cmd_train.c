@@ -5,6 +5,7 @@
 #include "core/limits.h"
 #include "core/ctx.h"
 #include "peft/lora.h"
+#include "peft/method.h"
 #include "train/trainer.h"
 
 #include <cjson/cJSON.h>
@@ -74,6 +75,24 @@ static opt_def train_opts[] = {
 };
 #define N_TRAIN_OPTS ((int)(sizeof train_opts / sizeof *train_opts))
 
+/* The plug-in methods' own options (method.h), from the registry, each
+ * with the method it belongs to. */
+#define MAX_PLUG_OPTS 128
+static opt_def plug_opts[MAX_PLUG_OPTS];
+static const method_ops *plug_owner[MAX_PLUG_OPTS];
+static int n_plug_opts;
+
+static void plug_opts_init(void) {
+    static char help[MAX_PLUG_OPTS][256];
+    n_plug_opts = 0;
+    for (const method_ops *const *p = method_registry(); *p; p++)
+        for (const method_option *o = (*p)->options; o && o->name && n_plug_opts < MAX_PLUG_OPTS; o++) {
+            snprintf(help[n_plug_opts], sizeof help[0], "[%s] %s", (*p)->name, o->help);
+            plug_opts[n_plug_opts] = (opt_def){o->name, o->metavar == NULL, help[n_plug_opts], NULL};
+            plug_owner[n_plug_opts++] = *p;
+        }
+}
+
 /* The methods an option applies to; an option given for another method is
  * an error before anything loads. */
 #define MB(k) (1u << (k))
@@ -105,6 +124,7 @@ static unsigned opt_methods(const char *name) {
 static opt_def *find_opt(opt_def *defs, int n, const char *name) {
     for (int i = 0; i < n; i++)
         if (!strcmp(defs[i].name, name)) return &defs[i];
+    if (defs == train_opts) return find_opt(plug_opts, n_plug_opts, name);
     return NULL;
 }
 
@@ -167,6 +187,12 @@ static void train_usage(FILE *f) {
     fprintf(f, "usage: peft train --model PATH --data train.jsonl --out DIR [options]\n\n");
     for (int i = 0; i < N_TRAIN_OPTS; i++)
         fprintf(f, "  --%-14s %s%s\n", train_opts[i].name, train_opts[i].flag ? "" : "V  ", train_opts[i].help);
+    for (int i = 0; i < n_plug_opts; i++)
+        fprintf(f, "  --%-14s %s%s\n", plug_opts[i].name, plug_opts[i].flag ? "" : "V  ", plug_opts[i].help);
+    fprintf(f, "\nmethods: lora, dora, adapter-pfeiffer, adapter-houlsby, prompt, prefix, ia3, bitfit, full");
+    for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, ", %s", (*p)->name);
+    fprintf(f, "\n");
+    for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, "  %-16s %s\n", (*p)->name, (*p)->summary);
 }
 
 static void fmt_duration(double s, char *buf, size_t cap) {
@@ -234,6 +260,7 @@ static void print_trainable(int64_t trainable, int64_t base) {
 #define GETV(name) (find_opt(train_opts, N_TRAIN_OPTS, name)->value)
 
 int cmd_train(int argc, char **argv) {
+    plug_opts_init();
     cli_args a = {argc, 1, argv, "train"};
     bool bad = false;
     while (a.i < argc && !bad) {
@@ -258,20 +285,56 @@ int cmd_train(int argc, char **argv) {
         return 2;
     }
     peft_method meth = METHOD_LORA;
-    if (GETV("method") && method_parse(GETV("method"), &meth)) {
+    const method_ops *plug = method_find(GETV("method"));
+    if (plug) meth = METHOD_PLUGIN;
+    else if (GETV("method") && method_parse(GETV("method"), &meth)) {
         fprintf(stderr, "peft train: unknown method \"%s\" (lora, dora, adapter-pfeiffer, adapter-houlsby, prompt, "
-                        "prefix, ia3, bitfit, full)\n", GETV("method"));
+                        "prefix, ia3, bitfit, full", GETV("method"));
+        for (const method_ops *const *p = method_registry(); *p; p++) fprintf(stderr, ", %s", (*p)->name);
+        fprintf(stderr, ")\n");
         return 2;
     }
     if (GETV("use-dora") && strcmp(GETV("use-dora"), "false") && meth == METHOD_LORA) meth = METHOD_DORA;
-    for (int i = 0; i < N_TRAIN_OPTS; i++)
-        if (train_opts[i].value && !(opt_methods(train_opts[i].name) & (1u << meth))) {
-            fprintf(stderr, "peft train: --%s does not apply to --method %s\n", train_opts[i].name, method_name(meth));
+    const char *meth_name = plug ? plug->name : method_name(meth);
+    for (int i = 0; i < N_TRAIN_OPTS; i++) {
+        if (!train_opts[i].value) continue;
+        bool applies;
+        if (plug) {
+            static const struct { const char *name; unsigned bit; } uses[] = {
+                {"r", METHOD_USES_R}, {"alpha", METHOD_USES_ALPHA}, {"dropout", METHOD_USES_DROPOUT},
+                {"target", METHOD_USES_TARGET}, {"layers", METHOD_USES_LAYERS}};
+            applies = opt_methods(train_opts[i].name) == ~0u;
+            for (size_t k = 0; k < sizeof uses / sizeof *uses; k++)
+                if (!strcmp(uses[k].name, train_opts[i].name)) applies = (plug->uses & uses[k].bit) != 0;
+        } else applies = (opt_methods(train_opts[i].name) & (1u << meth)) != 0;
+        if (!applies) {
+            fprintf(stderr, "peft train: --%s does not apply to --method %s\n", train_opts[i].name, meth_name);
             return 2;
         }
+    }
     method_config mc;
     memset(&mc, 0, sizeof mc);
+    for (int i = 0; i < n_plug_opts; i++) {
+        if (!plug_opts[i].value) continue;
+        if (plug_owner[i] != plug) {
+            fprintf(stderr, "peft train: --%s does not apply to --method %s (it is a %s option)\n", plug_opts[i].name,
+                    meth_name, plug_owner[i]->name);
+            return 2;
+        }
+        /* --d-initial 0.2 becomes d_initial=0.2 */
+        size_t len = strlen(mc.options);
+        char key[64];
+        snprintf(key, sizeof key, "%s", plug_opts[i].name);
+        for (char *c = key; *c; c++) if (*c == '-') *c = '_';
+        if (strchr(plug_opts[i].value, ';') ||
+            snprintf(mc.options + len, sizeof mc.options - len, "%s%s=%s", len ? ";" : "", key, plug_opts[i].value) >=
+                (int)(sizeof mc.options - len)) {
+            fprintf(stderr, "peft train: --%s: the value is too long or holds ';'\n", plug_opts[i].name);
+            return 2;
+        }
+    }
     mc.method = meth;
+    mc.ops = plug;
     mc.reduction_factor = 16;
     mc.act = meth == METHOD_ADAPTER_HOULSBY ? BN_ACT_SWISH : BN_ACT_RELU;
     mc.bn_zero_up = true;
@@ -429,6 +492,7 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "peft train: --num-labels needs {\"text\", \"label\"} data\n");
         goto out;
     }
+    if (plug && !GETV("r")) lc.r = 0;   /* the method's own default rank */
     mc.lora = lc;
     mc.seed = tp.seed;
     mc.layers = lc.layers;
@@ -449,7 +513,11 @@ int cmd_train(int argc, char **argv) {
     else if (meth == METHOD_PROMPT || meth == METHOD_PREFIX)
         fprintf(stderr, "%s: %d virtual tokens%s", method_name(meth), mc.n_virtual,
                 mc.prefix_projection ? " (with a projection)" : "");
-    else fprintf(stderr, "%s: %d tensors", method_name(meth), ad->n_tensors);
+    else if (plug && plug->describe) {
+        char desc[256];
+        plug->describe(ad, desc, sizeof desc);
+        fprintf(stderr, "%s: %s", plug->name, desc);
+    } else fprintf(stderr, "%s: %d tensors", meth_name, ad->n_tensors);
     if (mc.n_labels) fprintf(stderr, " + a %d-label classification head", mc.n_labels);
     fprintf(stderr, " | %d steps, batch %d x %d, accum %d, lr %g %s, warmup %d\n", tp.steps ? tp.steps : -1, tp.batch,
             tp.seq, tp.accum, tp.opt.lr, sched_name(tp.opt.sched), tp.opt.warmup_steps);
@@ -470,12 +538,13 @@ int cmd_train(int argc, char **argv) {
                 m->gguf ? "model.gguf (F32)" : "model.safetensors (HF folder)", tp.out_dir, tp.out_dir);
     else
         fprintf(stderr, "\nadapter: %s/adapter_model.safetensors (%s), metrics: %s/metrics.jsonl, curve: %s/loss.svg\n",
-                tp.out_dir, meth <= METHOD_DORA || meth == METHOD_PROMPT || meth == METHOD_PREFIX || meth == METHOD_IA3
+                tp.out_dir, meth <= METHOD_DORA || meth == METHOD_PROMPT || meth == METHOD_PREFIX || meth == METHOD_IA3 || plug
                                 ? "HF PEFT format" : "peft.c format, docs/formats.md",
                 tp.out_dir, tp.out_dir);
     rc = 0;
 out:
     for (int i = 0; i < N_TRAIN_OPTS; i++) { free(train_opts[i].value); train_opts[i].value = NULL; }
+    for (int i = 0; i < n_plug_opts; i++) { free(plug_opts[i].value); plug_opts[i].value = NULL; }
     data_free(&train);
     if (have_val) data_free(&val);
     adapter_free(ad);

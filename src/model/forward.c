@@ -8,6 +8,7 @@
  * x is (T, d). q, k, v share one (T, qd + 2·kvd) buffer. */
 #include "model/model.h"
 #include "peft/lora.h"
+#include "peft/method.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -51,7 +52,45 @@ static int ensure_kv(peft_model *m, int need, peft_err *err) {
  * (T, max(in, out)) scratch. */
 static int linear(peft_model *m, int l, model_linear_role r, float *y, int ldy, const float *x, int T,
                   float beta, float *scr, float *xa, float *zs, int nt) {
-    return adapter_linear_fwd(m->lora, m, l, r, x, T, y, ldy, beta, zs, zs, NULL, 0.0f, NULL, xa, scr, nt);
+    const adapter *a = m->lora;
+    const hook_kind hk = method_lin_kind(a, l, r);
+    if (hk != HOOK_NONE) {
+        /* a plug-in method: its kept activations and scratch follow zs (hook_ws) */
+        lin_call c;
+        memset(&c, 0, sizeof c);
+        c.m = m;
+        c.l = l;
+        c.r = r;
+        c.W = &m->layers[l].lin[r].w;
+        c.bias = adapter_bias(a, m, l, r);
+        c.in = (int)c.W->cols;
+        c.out = (int)c.W->rows;
+        c.N = T;
+        c.x = x;
+        c.y = y;
+        c.ldy = ldy;
+        c.beta = beta;
+        c.scr = zs;
+        c.act = zs + (a->ops->scratch_floats ? a->ops->scratch_floats(a, m, T) : 0);
+        c.mm_scr = scr;
+        c.nt = nt;
+        int rc = hk == HOOK_ADD ? method_base_fwd(&c) : 0;
+        return rc ? rc : a->ops->lin_fwd(a, &c);
+    }
+    return adapter_linear_fwd(a, m, l, r, x, T, y, ldy, beta, zs, zs, NULL, 0.0f, NULL, xa, scr, nt);
+}
+
+/* Floats a plug-in method needs behind zs for T rows: its scratch, then the
+ * largest kept-activation block of its hooked linears. */
+static size_t hook_ws(const adapter *a, const peft_model *m, int T) {
+    if (!a || !a->ops) return 0;
+    size_t act = 0;
+    for (int s = 0; s < m->cfg.n_layer * ROLE_N_LINEAR; s++) {
+        const model_linear_role r = (model_linear_role)(s % ROLE_N_LINEAR);
+        if (method_lin_kind(a, s / ROLE_N_LINEAR, r) != HOOK_NONE && a->ops->lin_act_bytes)
+            act = PEFT_MAX(act, a->ops->lin_act_bytes(a, s / ROLE_N_LINEAR, r, T));
+    }
+    return (a->ops->scratch_floats ? a->ops->scratch_floats(a, m, T) : 0) + (act + sizeof(float) - 1) / sizeof(float);
 }
 
 
@@ -116,8 +155,9 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
     /* scratch only the attached method uses: DoRA / IA3 (zs), bottleneck (hs, zb) */
     const int bnb = ad && ad->n_bn ? ad->bn_size : 0, hsd = bnb ? d : 0;
     const int64_t zsw = ad && (ad->method == METHOD_IA3 || ad->method == METHOD_DORA) ? kmax + ld_qkv : 0;
+    const size_t hw = hook_ws(ad, m, T);
     size_t n_ws = (size_t)T * (2 * d + ld_qkv + qd + 2 * ff + r_max) + T + mm_scratch + att_scratch +
-                  (size_t)T * (size_t)zsw + (size_t)T * (size_t)(hsd + bnb);
+                  (size_t)T * (size_t)zsw + hw + (size_t)T * (size_t)(hsd + bnb);
     float *ws = ws_get(m, n_ws, err);
     if (!ws) return PEFT_ERR_NOMEM;
     float *x = ws, *h = x + (size_t)T * d, *qkv = h + (size_t)T * d, *att = qkv + (size_t)T * ld_qkv;
@@ -125,7 +165,7 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
     float *ascr = scr + mm_scratch;
     float *xa = ascr + att_scratch;
     float *zs = xa + (size_t)T * r_max;
-    float *hs = zs + (size_t)T * (size_t)zsw;
+    float *hs = zs + (size_t)T * (size_t)zsw + hw;
     float *zb = hs + (size_t)T * hsd;
     int32_t *pos = (int32_t *)(zb + (size_t)T * bnb);
     for (int t = 0; t < T; t++) pos[t] = p0 + t;

@@ -5,6 +5,7 @@
  * use. */
 #include "peft/lora.h"
 #include "core/limits.h"
+#include "peft/method.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -17,6 +18,11 @@ static const char *const method_names[METHOD_N] = {
     "lora", "dora", "adapter-pfeiffer", "adapter-houlsby", "prompt", "prefix", "ia3", "bitfit", "full"};
 
 const char *method_name(peft_method k) { return (int)k >= 0 && k < METHOD_N ? method_names[k] : "?"; }
+
+const char *adapter_method_name(const adapter *a) {
+    if (!a) return "?";
+    return a->ops ? a->ops->name : method_name(a->method);
+}
 
 int method_parse(const char *name, peft_method *out) {
     for (int k = 0; k < METHOD_N; k++)
@@ -53,18 +59,36 @@ int adapter_add_tensor(adapter *a, const char *key, int ndim, int64_t d0, int64_
     return a->n_tensors++;
 }
 
+int adapter_add_buffer(adapter *a, const char *key, int ndim, int64_t d0, int64_t d1, bool saved, peft_err *err) {
+    int i = adapter_add_tensor(a, key, ndim, d0, d1, saved, err);
+    if (i >= 0) a->tensors[i].frozen = true;
+    return i;
+}
+
 int adapter_finish_alloc(adapter *a, peft_err *err) {
-    int64_t n = 0;
-    for (int i = 0; i < a->n_tensors; i++) n += a->tensors[i].n;
+    int64_t n = 0, nb = 0;
+    for (int i = 0; i < a->n_tensors; i++) {
+        if (a->tensors[i].frozen) nb += a->tensors[i].n;
+        else n += a->tensors[i].n;
+    }
     a->n_params = n;
+    a->n_buffers = nb;
     a->params = peft_calloc((size_t)(n ? n : 1), sizeof(float), err);
     a->grads = peft_calloc((size_t)(n ? n : 1), sizeof(float), err);
-    if (!a->params || !a->grads) return PEFT_ERR_NOMEM;
-    int64_t off = 0;
+    a->buffers = peft_calloc((size_t)(nb ? nb : 1), sizeof(float), err);
+    if (!a->params || !a->grads || !a->buffers) return PEFT_ERR_NOMEM;
+    int64_t off = 0, boff = 0;
     for (int i = 0; i < a->n_tensors; i++) {
-        a->tensors[i].p = a->params + off;
-        a->tensors[i].g = a->grads + off;
-        off += a->tensors[i].n;
+        adapter_tensor *t = &a->tensors[i];
+        if (t->frozen) {
+            t->p = a->buffers + boff;
+            t->g = NULL;
+            boff += t->n;
+        } else {
+            t->p = a->params + off;
+            t->g = a->grads + off;
+            off += t->n;
+        }
     }
     return 0;
 }
@@ -77,6 +101,8 @@ adapter_tensor *adapter_find_tensor(const adapter *a, const char *key) {
 
 void adapter_free(adapter *a) {
     if (!a) return;
+    if (a->ops && a->ops->free_priv) a->ops->free_priv(a);
+    free(a->buffers);
     free(a->mods);
     free(a->slot);
     free(a->params);
@@ -125,7 +151,7 @@ int adapter_fits(const adapter *a, const peft_model *m, peft_err *err) {
     for (int i = 0; i < 5; i++)
         if (have[i] && have[i] != want[i])
             return peft_fail(err, PEFT_ERR_SHAPE, "the %s adapter was made for a model with %s %d, %s has %d",
-                             method_name(a->method), what[i], have[i], m->path, want[i]);
+                             adapter_method_name(a), what[i], have[i], m->path, want[i]);
     return 0;
 }
 
@@ -308,7 +334,7 @@ static int new_prompt(adapter *a, const peft_model *m, int *idx, peft_err *err) 
     const int P = a->mc.n_virtual;
     if (P <= 0 || P >= m->cfg.n_ctx)
         return peft_fail(err, PEFT_ERR_INVALID, "%s: num_virtual_tokens must be in 1..%d, got %d",
-                         method_name(a->method), m->cfg.n_ctx - 1, P);
+                         adapter_method_name(a), m->cfg.n_ctx - 1, P);
     if (a->method == METHOD_PROMPT) {
         idx[0] = adapter_add_tensor(a, "prompt_embeddings", 2, P, m->cfg.d_model, true, err);
         return idx[0] < 0 ? PEFT_ERR_NOMEM : 0;
@@ -542,6 +568,7 @@ static int prefix_from_tokens(adapter *a, const peft_model *cm, const method_con
 
 int adapter_new(const peft_model *m, const method_config *mc, adapter **out, peft_err *err) {
     *out = NULL;
+    if (mc->method == METHOD_PLUGIN) return method_adapter_new(m, mc, true, out, err);
     /* Both size tensors (labels x hidden, virtual tokens x hidden [x 2 x
      * layers]); callers take them from files and flags. */
     if (mc->n_labels < 0 || mc->n_labels > PEFT_MAX_LABELS)

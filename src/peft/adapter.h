@@ -21,6 +21,8 @@
 
 #include "model/model.h"
 
+typedef struct method_ops method_ops;   /* peft/method.h */
+
 typedef enum {
     METHOD_LORA = 0,
     METHOD_DORA,
@@ -31,11 +33,14 @@ typedef enum {
     METHOD_IA3,
     METHOD_BITFIT,
     METHOD_FULL,
-    METHOD_N
+    METHOD_N,
+    METHOD_PLUGIN = 100   /* a method of the plug-in registry (method.h): see mc.ops */
 } peft_method;
 
 /* "lora", "dora", "adapter-pfeiffer", ... (the --method names). */
 const char *method_name(peft_method k);
+/* The --method name of an adapter (of either kind). */
+const char *adapter_method_name(const struct adapter *a);
 int method_parse(const char *name, peft_method *out);
 /* LoRA, DoRA and IA3 fold into the base weights; the others cannot. */
 bool method_mergeable(peft_method k);
@@ -84,8 +89,9 @@ typedef struct {
     int ndim;
     int64_t shape[2];
     int64_t n;
-    float *p, *g;
+    float *p, *g;         /* g NULL for a frozen buffer */
     bool saved;
+    bool frozen;          /* a buffer: saved and loaded, never trained (not in params) */
 } adapter_tensor;
 
 typedef struct {
@@ -108,11 +114,19 @@ typedef struct {
     int n_labels;
     uint64_t seed;
     uint64_t layers;             /* bit per layer (LoRA, DoRA, IA3, bottleneck); 0 = all */
+    /* plug-in methods (method == METHOD_PLUGIN): the table and its options,
+     * "key=value;key=value" (method_option_get) */
+    const method_ops *ops;
+    char options[1024];
 } method_config;
 
 typedef struct adapter {
     peft_method method;
     method_config mc;
+    const method_ops *ops;  /* plug-in methods: the method's table (method.h), else NULL */
+    void *priv;             /* the plug-in method's own state */
+    float *buffers;         /* frozen buffers (adapter_add_buffer), one block */
+    int64_t n_buffers;
     lora_config cfg;      /* LoRA / DoRA */
     int n_modules;
     lora_module *mods;
@@ -171,6 +185,8 @@ int adapter_fits(const adapter *a, const peft_model *m, peft_err *err);
 int adapter_add_tensor(adapter *a, const char *key, int ndim, int64_t d0, int64_t d1, bool saved,
                        peft_err *err);
 int adapter_finish_alloc(adapter *a, peft_err *err);
+/* A frozen buffer of n floats: saved and loaded, never trained. */
+int adapter_add_buffer(adapter *a, const char *key, int ndim, int64_t d0, int64_t d1, bool saved, peft_err *err);
 adapter_tensor *adapter_find_tensor(const adapter *a, const char *key);
 
 /* A new adapter of any method for m (LoRA goes through lora_new). */

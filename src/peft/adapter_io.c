@@ -17,6 +17,8 @@
 #include "core/limits.h"
 #include "kernels/quant.h"
 
+#include "peft/method.h"
+
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -99,7 +101,7 @@ int adapter_read_tensors(adapter *a, const st_archive *st, const char *st_path, 
             const char *nm = st_at(st, i)->name;
             if (!adapter_find_tensor(a, nm))
                 return peft_fail(err, PEFT_ERR_SHAPE, "%s: tensor %s does not belong to this %s adapter on this model",
-                                 st_path, nm, method_name(a->method));
+                                 st_path, nm, adapter_method_name(a));
         }
     }
     return 0;
@@ -428,9 +430,23 @@ done:
 
 /* ---- dispatch -------------------------------------------------------------------- */
 
+/* A plug-in method's config: the common keys, layers_to_transform, then the
+ * method's own. */
+static char *plugin_config_json(const adapter *a, const peft_model *m, peft_err *err) {
+    cJSON *o = cJSON_CreateObject();
+    char *js = NULL;
+    if (o && add_common(o, a, m, a->ops->peft_type) && add_layers(o, a) &&
+        (!a->ops->config_write || !a->ops->config_write(a, m, o)))
+        js = cJSON_Print(o);
+    cJSON_Delete(o);
+    if (!js) peft_fail(err, PEFT_ERR_NOMEM, "cannot build the %s adapter config", a->ops->name);
+    return js;
+}
+
 int adapter_save(const adapter *a, const peft_model *m, const char *dir, peft_err *err) {
     if (a->method == METHOD_FULL) return save_full(a, m, dir, err);
-    char *js = a->method == METHOD_LORA || a->method == METHOD_DORA ? lora_config_json(a, m) : method_config_json(a, m);
+    char *js = a->ops ? plugin_config_json(a, m, err)
+               : a->method == METHOD_LORA || a->method == METHOD_DORA ? lora_config_json(a, m) : method_config_json(a, m);
     if (!js) return peft_fail(err, PEFT_ERR_NOMEM, "%s: cannot build the adapter config", dir);
     int rc = adapter_write_folder(a, dir, js, err);
     free(js);
@@ -438,7 +454,7 @@ int adapter_save(const adapter *a, const peft_model *m, const char *dir, peft_er
 }
 
 /* target names (a list, or a string) into role bits */
-static int json_targets(const peft_model *m, const cJSON *v, uint32_t *bits, const char *path, peft_err *err) {
+int adapter_json_targets(const peft_model *m, const cJSON *v, uint32_t *bits, const char *path, peft_err *err) {
     *bits = 0;
     if (!v || cJSON_IsNull(v)) return 0;
     char buf[512] = "";
@@ -500,10 +516,15 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
     memset(&mc, 0, sizeof mc);
     mc.seed = 42;
     const char *t = pt->valuestring;
-    if (!strcmp(t, "IA3")) {
+    const method_ops *plug = method_find_peft_type(t);
+    if (plug) {
+        mc.method = METHOD_PLUGIN;
+        mc.ops = plug;
+        if (plug->config_read && (rc = plug->config_read(o, cfg_path, m, &mc, err))) goto done;
+    } else if (!strcmp(t, "IA3")) {
         mc.method = METHOD_IA3;
-        if ((rc = json_targets(m, cJSON_GetObjectItemCaseSensitive(o, "target_modules"), &mc.ia3_targets, cfg_path, err)) ||
-            (rc = json_targets(m, cJSON_GetObjectItemCaseSensitive(o, "feedforward_modules"), &mc.ia3_ff, cfg_path, err)))
+        if ((rc = adapter_json_targets(m, cJSON_GetObjectItemCaseSensitive(o, "target_modules"), &mc.ia3_targets, cfg_path, err)) ||
+            (rc = adapter_json_targets(m, cJSON_GetObjectItemCaseSensitive(o, "feedforward_modules"), &mc.ia3_ff, cfg_path, err)))
             goto done;
         if (!mc.ia3_targets) adapter_ia3_defaults(m, &mc.ia3_targets, &mc.ia3_ff);
     } else if (!strcmp(t, "PROMPT_TUNING") || !strcmp(t, "PREFIX_TUNING")) {
@@ -607,7 +628,9 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
         }
         mc.n_virtual = (int)pe->shape[0];
     }
-    if ((rc = adapter_new(m, &mc, &a, err))) goto done;
+    if (mc.method == METHOD_PLUGIN) mc.layers = mc.lora.layers = mc.layers | mc.lora.layers;
+    if ((rc = mc.method == METHOD_PLUGIN ? method_adapter_new(m, &mc, false, &a, err) : adapter_new(m, &mc, &a, err)))
+        goto done;
     if ((rc = adapter_read_tensors(a, st, st_path, err))) goto done;
     if ((rc = adapter_refresh(a, m, err))) goto done;
     const cJSON *bm = cJSON_GetObjectItemCaseSensitive(o, "base_model_name_or_path");

@@ -1,9 +1,11 @@
 /* api.c — the public adapter and training API (peft.h) over the internal
  * LoRA, data and trainer layers. */
 #include "peft/lora.h"
+#include "peft/method.h"
 #include "train/trainer.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,6 +50,7 @@ peft_method_params peft_method_default_params(const char *method) {
     memset(&p, 0, sizeof p);
     p.method = method ? method : "lora";
     p.lora = peft_lora_default_params();
+    if (method_find(method)) p.lora.r = 0;   /* a plug-in method's own default rank */
     p.reduction_factor = 16;
     p.num_virtual_tokens = 20;
     p.seed = 42;
@@ -60,7 +63,15 @@ peft_adapter *peft_adapter_new_method(peft_model *m, const peft_method_params *p
     if (!p) p = &d;
     method_config mc;
     memset(&mc, 0, sizeof mc);
-    if (method_parse(p->method ? p->method : "lora", &mc.method)) {
+    const method_ops *plug = method_find(p->method);
+    if (plug) {
+        mc.method = METHOD_PLUGIN;
+        mc.ops = plug;
+        if (p->options && snprintf(mc.options, sizeof mc.options, "%s", p->options) >= (int)sizeof mc.options) {
+            peft_fail(err, PEFT_ERR_INVALID, "%s: options longer than %zu bytes", plug->name, sizeof mc.options - 1);
+            return NULL;
+        }
+    } else if (method_parse(p->method ? p->method : "lora", &mc.method)) {
         peft_fail(err, PEFT_ERR_INVALID, "unknown method \"%s\"", p->method);
         return NULL;
     }
@@ -76,7 +87,7 @@ peft_adapter *peft_adapter_new_method(peft_model *m, const peft_method_params *p
         peft_fail(err, PEFT_ERR_INVALID, "DoRA does not support dropout");
         return NULL;
     }
-    if (p->lora.targets && (mc.method == METHOD_LORA || mc.method == METHOD_DORA) &&
+    if (p->lora.targets && (mc.method == METHOD_LORA || mc.method == METHOD_DORA || plug) &&
         lora_parse_targets(m, p->lora.targets, &mc.lora.targets, err))
         return NULL;
     mc.reduction_factor = p->reduction_factor;
@@ -115,7 +126,7 @@ peft_adapter *peft_adapter_new_method(peft_model *m, const peft_method_params *p
     return AS_PUB(a);
 }
 
-const char *peft_adapter_method(const peft_adapter *a) { return a ? method_name(AS_LORA(a)->method) : NULL; }
+const char *peft_adapter_method(const peft_adapter *a) { return a ? adapter_method_name(AS_LORA(a)) : NULL; }
 
 peft_adapter *peft_adapter_load(peft_model *m, const char *dir) {
     adapter *a = NULL;

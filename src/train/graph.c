@@ -15,6 +15,7 @@
  * only), fused with its backward; the classification loss pools the last
  * non-padding row of each sequence through the score head. */
 #include "train/graph.h"
+#include "peft/method.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -63,6 +64,13 @@ struct train_graph {
     size_t arena_floats;
     uint8_t *mask_arena;
     double phase[TG_N_PHASES], t_run;   /* tg_phase_seconds */
+    /* plug-in methods: per slot the hook's kept activations, and the
+     * method's scratch */
+    void **HA;
+    unsigned char *hook_arena;
+    float *hook_scr;
+    uint64_t drop_seed;
+    bool training;
 };
 
 void tg_phase_seconds(const train_graph *g, double out[TG_N_PHASES]) {
@@ -84,7 +92,67 @@ void tg_free(train_graph *g) {
     free(g->M);
     free(g->Z);
     free(g->BN);
+    free(g->HA);
+    free(g->hook_arena);
+    free(g->hook_scr);
     free(g);
+}
+
+/* Plug-in methods: every hooked linear's kept activations in one byte
+ * arena (64-byte aligned pieces), and the method's scratch. */
+static int hook_alloc(train_graph *g, peft_err *err) {
+    const adapter *a = g->ad;
+    if (!a || !a->ops) return 0;
+    const int ns = g->m->cfg.n_layer * ROLE_N_LINEAR;
+    g->HA = peft_calloc((size_t)ns + 1, sizeof *g->HA, err);
+    if (!g->HA) return PEFT_ERR_NOMEM;
+    size_t total = 0;
+    for (int s = 0; s < ns; s++) {
+        const model_linear_role r = (model_linear_role)(s % ROLE_N_LINEAR);
+        if (method_lin_kind(a, s / ROLE_N_LINEAR, r) == HOOK_NONE || !a->ops->lin_act_bytes) continue;
+        total += (a->ops->lin_act_bytes(a, s / ROLE_N_LINEAR, r, g->N) + 63) & ~(size_t)63;
+    }
+    if (total) {
+        g->hook_arena = aligned_alloc(64, total);
+        if (!g->hook_arena) return peft_fail(err, PEFT_ERR_NOMEM, "out of memory for %s activations (%.1f MiB)",
+                                             a->ops->name, total / 1048576.0);
+        size_t off = 0;
+        for (int s = 0; s < ns; s++) {
+            const model_linear_role r = (model_linear_role)(s % ROLE_N_LINEAR);
+            if (method_lin_kind(a, s / ROLE_N_LINEAR, r) == HOOK_NONE || !a->ops->lin_act_bytes) continue;
+            g->HA[s] = g->hook_arena + off;
+            off += (a->ops->lin_act_bytes(a, s / ROLE_N_LINEAR, r, g->N) + 63) & ~(size_t)63;
+        }
+    }
+    const size_t sf = a->ops->scratch_floats ? a->ops->scratch_floats(a, g->m, g->N) : 0;
+    g->hook_scr = peft_malloc((sf ? sf : 1) * sizeof(float), err);
+    return g->hook_scr ? 0 : PEFT_ERR_NOMEM;
+}
+
+/* The call of plug-in hook (l, r) on x (N rows) into y. */
+static lin_call hook_call(const train_graph *g, int l, model_linear_role r, const float *x, float *y, int ldy,
+                          float beta) {
+    lin_call c;
+    memset(&c, 0, sizeof c);
+    c.m = g->m;
+    c.l = l;
+    c.r = r;
+    c.W = &g->m->layers[l].lin[r].w;
+    c.bias = adapter_bias(g->ad, g->m, l, r);
+    c.in = (int)c.W->cols;
+    c.out = (int)c.W->rows;
+    c.N = g->N;
+    c.x = x;
+    c.y = y;
+    c.ldy = ldy;
+    c.beta = beta;
+    c.act = g->HA[l * ROLE_N_LINEAR + r];
+    c.scr = g->hook_scr;
+    c.mm_scr = g->mm_scratch;
+    c.train = g->training;
+    c.seed = g->drop_seed;
+    c.nt = g->nt;
+    return c;
 }
 
 static bool z_slot(const adapter *a, int s) {
@@ -205,6 +273,7 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
                 if (a->ia3 && a->ia3[l * ROLE_N_LINEAR + rr]) g->lowest = PEFT_MIN(g->lowest, l);
         for (int i = 0; i < a->n_bn; i++) g->lowest = PEFT_MIN(g->lowest, a->bn_mods[i].layer);
         if (a->method == METHOD_PREFIX) g->lowest = 0;
+        if (a->ops && a->ops->lowest_layer) g->lowest = PEFT_MIN(g->lowest, a->ops->lowest_layer(a, m));
         if (a->method == METHOD_PROMPT || a->method == METHOD_FULL || a->method == METHOD_BITFIT) {
             g->lowest = 0;
             g->need_dx0 = true;
@@ -227,6 +296,8 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
                          total * 4.0 / 1048576.0, B, T);
     }
     layout(g, r, g->arena);
+    int rc1 = hook_alloc(g, err);
+    if (rc1) { tg_free(g); return rc1; }
     if (a && a->n_modules && a->cfg.dropout > 0) {
         size_t bytes = 0;
         for (int i = 0; i < a->n_modules; i++) bytes += N * (size_t)a->mods[i].in;
@@ -271,6 +342,15 @@ static const float *ia3_at(const train_graph *g, int l, model_linear_role r, boo
  *          feed-forward modules y = beta·y + (x ⊙ l)·Wᵀ + b
  *   BitFit / full: the adapter's bias / weight copies. */
 static int lin_fwd(train_graph *g, int l, model_linear_role r, const float *x, float *y, int ldy, float beta) {
+    const hook_kind hk = method_lin_kind(g->ad, l, r);
+    if (hk != HOOK_NONE) {
+        const double t0 = peft_time_s();
+        const lin_call c = hook_call(g, l, r, x, y, ldy, beta);
+        int rc = hk == HOOK_ADD ? method_base_fwd(&c) : 0;
+        if (!rc) rc = g->ad->ops->lin_fwd(g->ad, &c);
+        g->phase[TG_PH_LIN_FWD] += peft_time_s() - t0;
+        return rc;
+    }
     const lora_module *mod = module_at(g, l, r);
     mod_acts *A = mod ? &g->M[mod_index(g, mod)] : NULL;
     const double t0 = peft_time_s();
@@ -295,6 +375,12 @@ static int lin_bwd(train_graph *g, int l, model_linear_role r, const float *x, c
 static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, const float *dy, int ldy, float *dx,
                     bool base_dx) {
     adapter *a = g->ad;
+    const hook_kind hk = method_lin_kind(a, l, r);
+    if (hk != HOOK_NONE) {
+        const lin_call c = hook_call(g, l, r, x, NULL, 0, 0.0f);
+        int rc = hk == HOOK_ADD && dx && base_dx ? method_base_dx(&c, dy, ldy, dx) : 0;
+        return rc ? rc : a->ops->lin_bwd(a, &c, dy, ldy, dx);
+    }
     const kern_weight *W = adapter_weight(a, g->m, l, r);
     const int in = (int)W->cols, out = (int)W->rows, N = g->N, s = l * ROLE_N_LINEAR + r;
     const lora_module *mod = module_at(g, l, r);
@@ -358,6 +444,7 @@ static bool qkv_one_product(const train_graph *g, int l) {
     for (int r = ROLE_Q; r <= ROLE_V; r++) {
         bool ff;
         if (g->Z[l * ROLE_N_LINEAR + r] || ia3_at(g, l, (model_linear_role)r, &ff) ||
+            method_lin_kind(g->ad, l, (model_linear_role)r) == HOOK_REPLACE ||
             adapter_weight(g->ad, g->m, l, (model_linear_role)r) != &g->m->layers[l].lin[r].w)
             return false;
     }
@@ -378,6 +465,10 @@ static int qkv_fwd_one(train_graph *g, int l, const float *x, float *qkv) {
         if (bias)
             for (int i = 0; i < g->N; i++)
                 for (int j = 0; j < out; j++) y[(size_t)i * g->ldq + j] += bias[j];
+        if (method_lin_kind(g->ad, l, (model_linear_role)r) == HOOK_ADD) {
+            const lin_call hc = hook_call(g, l, (model_linear_role)r, x, y, g->ldq, 1.0f);
+            if ((rc = g->ad->ops->lin_fwd(g->ad, &hc))) break;
+        }
         const lora_module *mod = module_at(g, l, (model_linear_role)r);
         if (mod) {
             mod_acts *A = &g->M[mod_index(g, mod)];
@@ -725,6 +816,8 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
     }
     /* dropout only while training; evaluation sees the whole adapter */
     g->drop = (ad && ad->n_modules && !ad->cfg.dora && backward) ? ad->cfg.dropout : 0.0f;
+    g->training = backward;
+    g->drop_seed = dropout_seed;
     if (g->drop > 0) make_masks(g, dropout_seed);
 
     /* embeddings into layer 0's input */
