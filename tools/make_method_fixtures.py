@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Generate the fixtures for the non-LoRA fine-tuning methods (and DoRA, sequence
-classification) used by the peft.c tests.
+"""Generate the fixtures for the non-LoRA fine-tuning methods (DoRA, IA3, prompt / prefix
+tuning, bottleneck, BitFit, full, sequence classification, VeRA, LoHa, LoKr) used by the
+peft.c tests.
 
     python3 tools/make_method_fixtures.py      # (re)writes tests/fixtures/methods/
 
@@ -18,7 +19,8 @@ Per case (see tests/fixtures/methods/README.md for the formulas, keys and shapes
 Besides producing the references the script checks the README's formulas: every method
 is re-implemented here from the documented formula alone (forward hooks on the plain HF
 model, or a from-scratch llama / GPT-2 forward for the prompt / prefix cases) and must
-reproduce peft's logits (and, for DoRA, its gradients).
+reproduce peft's logits (and, for DoRA, VeRA, LoHa and LoKr, its gradients: for the last three
+through hand-written backwards that are the README's gradient formulas, also gradchecked).
 
 Requires: torch, transformers (v5), peft, safetensors, numpy. Inputs are the tiny HF
 models in tests/fixtures/models/ (made by tools/make_fixtures.py).
