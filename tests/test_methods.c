@@ -512,11 +512,58 @@ static void bad_adapter_files_fail_clearly(void) {
     close_model(&e);
 }
 
+/* VeRA's shared matrices are torch's draws for projection_prng_key (a
+ * fresh adapter has exactly the matrices of HF's vera_llama fixture), and
+ * a file whose matrices are missing or misshapen is refused by name. */
+static void vera_projections_and_bad_files(void) {
+    env e;
+    if (open_model(&e, MFIX "tiny-llama")) { CHECK(0); return; }
+    peft_err err = {0};
+    method_config c = mk_plug("vera", "projection_prng_key=0");
+    c.lora.r = 8;
+    c.lora.targets = (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);
+    adapter *a = NULL, *ref = NULL;
+    CHECK_OK(adapter_new(e.m, &c, &a, &err));
+    CHECK_OK(adapter_load(e.m, "tests/fixtures/methods/vera_llama/adapter", &ref, &err));
+    for (int k = 0; a && ref && k < 2; k++) {
+        const char *key = k ? "base_model.vera_B" : "base_model.vera_A";
+        const adapter_tensor *x = adapter_find_tensor(a, key), *y = adapter_find_tensor(ref, key);
+        CHECK(x && y && x->frozen && x->n == y->n);
+        if (x && y && x->n == y->n) CHECK_MSG(!memcmp(x->p, y->p, sizeof(float) * (size_t)x->n), "%s differs from HF's draw", key);
+    }
+    adapter_free(ref);
+    ref = NULL;
+    /* a copy of the fixture without vera_B, and one with a short vera_A */
+    char dir[256], cmd[800];
+    snprintf(dir, sizeof dir, "%s/peft_vera_bad_%d", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
+    for (int k = 0; k < 2; k++) {
+        test_rm_rf(dir);
+        CHECK_OK(adapter_save(a, e.m, dir, &err));
+        adapter_tensor *t = adapter_find_tensor(a, k ? "base_model.vera_A" : "base_model.vera_B");
+        if (!t) continue;
+        adapter_tensor keep = *t;
+        if (k) t->shape[1] -= 1, t->n -= t->shape[0];   /* [r, in_max - 1] */
+        else t->saved = false;                          /* left out */
+        CHECK_OK(adapter_save(a, e.m, dir, &err));
+        *t = keep;
+        CHECK(adapter_load(e.m, dir, &ref, &err) != 0);
+        CHECK_MSG(strstr(err.msg, k ? "base_model.vera_A" : "base_model.vera_B") != NULL, "%s", err.msg);
+        printf("    %s: %s\n", k ? "short vera_A" : "no vera_B", err.msg);
+        adapter_free(ref);
+        ref = NULL;
+    }
+    (void)cmd;
+    test_rm_rf(dir);
+    adapter_free(a);
+    close_model(&e);
+}
+
 int main(void) {
     TEST_RUN(every_method_on_llama_and_gpt2);
     TEST_RUN(qwen2_and_gguf_bases);
     TEST_RUN(prefix_init_from_text_is_the_text_as_context);
     TEST_RUN(methods_the_base_cannot_take_fail_clearly);
     TEST_RUN(bad_adapter_files_fail_clearly);
+    TEST_RUN(vera_projections_and_bad_files);
     TEST_MAIN_END();
 }
