@@ -176,9 +176,9 @@ static void our_method_adapters_load_in_peft(void) {
     } cases[] = {
         {"tests/fixtures/models/tiny-llama", METHOD_DORA, false, 0, NULL, NULL},
         {"tests/fixtures/models/tiny-gpt2", METHOD_DORA, false, 0, NULL, NULL},
-        {"tests/fixtures/models/tiny-llama", METHOD_IA3, false, 0, NULL, NULL},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_IA3, false, 0, NULL, NULL},
-        {"tests/fixtures/models/tiny-qwen2", METHOD_IA3, false, 0, NULL, NULL},
+        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "ia3", ""},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_PLUGIN, false, 0, "ia3", ""},
+        {"tests/fixtures/models/tiny-qwen2", METHOD_PLUGIN, false, 0, "ia3", ""},
         {"tests/fixtures/models/tiny-llama", METHOD_PROMPT, false, 0, NULL, NULL},
         {"tests/fixtures/models/tiny-gpt2", METHOD_PROMPT, false, 0, NULL, NULL},
         {"tests/fixtures/models/tiny-llama", METHOD_PREFIX, false, 0, NULL, NULL},

@@ -338,7 +338,7 @@ static void every_method_on_llama_and_gpt2(void) {
         c.prefix_projection = true;
         c.prefix_hidden = 16;
         RUN("prefix_projection", c, false);
-        RUN("ia3", mk(METHOD_IA3), true);
+        RUN("ia3", mk_plug("ia3", NULL), true);
         if (gpt2) RUN("bitfit", mk(METHOD_BITFIT), false);
         RUN("full", mk(METHOD_FULL), false);
         c = mk_plug("vera", NULL);
@@ -346,12 +346,12 @@ static void every_method_on_llama_and_gpt2(void) {
         RUN("vera", c, true);
         /* a classification head on every method */
         static const peft_method cls_methods[] = {METHOD_LORA, METHOD_DORA, METHOD_ADAPTER_PFEIFFER, METHOD_ADAPTER_HOULSBY,
-                                                  METHOD_PROMPT, METHOD_PREFIX, METHOD_IA3, METHOD_BITFIT, METHOD_FULL};
+                                                  METHOD_PROMPT, METHOD_PREFIX, METHOD_PLUGIN, METHOD_BITFIT, METHOD_FULL};
         for (size_t k = 0; k < sizeof cls_methods / sizeof *cls_methods; k++) {
             if (cls_methods[k] == METHOD_BITFIT && !gpt2) continue;
             char label[48];
-            snprintf(label, sizeof label, "%s_cls", method_name(cls_methods[k]));
-            c = mk(cls_methods[k]);
+            c = cls_methods[k] == METHOD_PLUGIN ? mk_plug("ia3", NULL) : mk(cls_methods[k]);
+            snprintf(label, sizeof label, "%s_cls", c.ops ? c.ops->name : method_name(cls_methods[k]));
             c.n_labels = 3;
             RUN(label, c, false);
         }
@@ -362,10 +362,10 @@ static void every_method_on_llama_and_gpt2(void) {
 /* Biases (qwen2: IA3 scales q/v biases when merged, BitFit trains them) and
  * a GGUF base (merged Q/K rows go back to llama.cpp's order). */
 static void qwen2_and_gguf_bases(void) {
-    method_case(MFIX "tiny-qwen2", "qwen2_ia3", mk(METHOD_IA3), true);
+    method_case(MFIX "tiny-qwen2", "qwen2_ia3", mk_plug("ia3", NULL), true);
     method_case(MFIX "tiny-qwen2", "qwen2_bitfit", mk(METHOD_BITFIT), false);
     method_case(MFIX "tiny-qwen2", "qwen2_dora", mk(METHOD_DORA), true);
-    method_case(MFIX "tiny-llama.f32.gguf", "gguf_ia3", mk(METHOD_IA3), true);
+    method_case(MFIX "tiny-llama.f32.gguf", "gguf_ia3", mk_plug("ia3", NULL), true);
     method_case(MFIX "tiny-llama.f32.gguf", "gguf_dora", mk(METHOD_DORA), true);
     method_case(MFIX "tiny-llama.q8_0.gguf", "gguf_q8_prefix", mk(METHOD_PREFIX), false);
     method_case(MFIX "tiny-llama.q8_0.gguf", "gguf_q8_full", mk(METHOD_FULL), false);

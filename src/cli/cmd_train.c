@@ -30,16 +30,15 @@ static opt_def train_opts[] = {
     {"val-split", false, "fraction of --data held out for validation when no --val (default 0)", NULL},
     {"out", false, "output folder: adapter, metrics.jsonl, loss.svg, checkpoints (required)", NULL},
     {"config", false, "JSON file with any of these options", NULL},
-    {"method", false, "lora (default) | dora | adapter-pfeiffer | adapter-houlsby | prompt | prefix | ia3 | bitfit | full", NULL},
+    {"method", false, "lora (default) | dora | adapter-pfeiffer | adapter-houlsby | prompt | prefix | bitfit | full | the plug-ins below", NULL},
     {"r", false, "[lora, dora] rank (default 8)", NULL},
     {"alpha", false, "[lora, dora] alpha (default 16)", NULL},
     {"dropout", false, "[lora] dropout on the adapter's input (default 0)", NULL},
-    {"target", false, "[lora, dora, ia3] modules: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj | c_attn,c_proj,c_fc | all-linear", NULL},
-    {"layers", false, "[lora, dora, ia3, adapter-*] layers to transform, e.g. 0,1,2 (default all)", NULL},
+    {"target", false, "[lora, dora, ia3, vera, ...] modules: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj | c_attn,c_proj,c_fc | all-linear", NULL},
+    {"layers", false, "[lora, dora, adapter-*, ia3, vera, ...] layers to transform, e.g. 0,1,2 (default all)", NULL},
     {"rslora", true, "[lora, dora] scale by alpha/sqrt(r) instead of alpha/r", NULL},
     {"use-dora", true, "[lora] the same as --method dora", NULL},
     {"init", false, "[lora, dora] kaiming (default, B = 0) | gaussian", NULL},
-    {"feedforward", false, "[ia3] modules whose input is scaled (default: the architecture's, down_proj / mlp.c_proj)", NULL},
     {"reduction-factor", false, "[adapter-*] bottleneck = hidden / N (default 16)", NULL},
     {"non-linearity", false, "[adapter-*] relu (pfeiffer default) | swish (houlsby default) | gelu_new | tanh", NULL},
     {"adapter-init", false, "[adapter-*] zero_up (default: up-projection 0, the identity) | bert (N(0, 0.02))", NULL},
@@ -101,12 +100,11 @@ static unsigned opt_methods(const char *name) {
         {"r", MB(METHOD_LORA) | MB(METHOD_DORA)},
         {"alpha", MB(METHOD_LORA) | MB(METHOD_DORA)},
         {"dropout", MB(METHOD_LORA)},
-        {"target", MB(METHOD_LORA) | MB(METHOD_DORA) | MB(METHOD_IA3)},
-        {"layers", MB(METHOD_LORA) | MB(METHOD_DORA) | MB(METHOD_IA3) | MB(METHOD_ADAPTER_PFEIFFER) | MB(METHOD_ADAPTER_HOULSBY)},
+        {"target", MB(METHOD_LORA) | MB(METHOD_DORA)},
+        {"layers", MB(METHOD_LORA) | MB(METHOD_DORA) | MB(METHOD_ADAPTER_PFEIFFER) | MB(METHOD_ADAPTER_HOULSBY)},
         {"rslora", MB(METHOD_LORA) | MB(METHOD_DORA)},
         {"use-dora", MB(METHOD_LORA) | MB(METHOD_DORA)},
         {"init", MB(METHOD_LORA) | MB(METHOD_DORA)},
-        {"feedforward", MB(METHOD_IA3)},
         {"reduction-factor", MB(METHOD_ADAPTER_PFEIFFER) | MB(METHOD_ADAPTER_HOULSBY)},
         {"non-linearity", MB(METHOD_ADAPTER_PFEIFFER) | MB(METHOD_ADAPTER_HOULSBY)},
         {"adapter-init", MB(METHOD_ADAPTER_PFEIFFER) | MB(METHOD_ADAPTER_HOULSBY)},
@@ -189,7 +187,7 @@ static void train_usage(FILE *f) {
         fprintf(f, "  --%-14s %s%s\n", train_opts[i].name, train_opts[i].flag ? "" : "V  ", train_opts[i].help);
     for (int i = 0; i < n_plug_opts; i++)
         fprintf(f, "  --%-14s %s%s\n", plug_opts[i].name, plug_opts[i].flag ? "" : "V  ", plug_opts[i].help);
-    fprintf(f, "\nmethods: lora, dora, adapter-pfeiffer, adapter-houlsby, prompt, prefix, ia3, bitfit, full");
+    fprintf(f, "\nmethods: lora, dora, adapter-pfeiffer, adapter-houlsby, prompt, prefix, bitfit, full");
     for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, ", %s", (*p)->name);
     fprintf(f, "\n");
     for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, "  %-16s %s\n", (*p)->name, (*p)->summary);
@@ -289,7 +287,7 @@ int cmd_train(int argc, char **argv) {
     if (plug) meth = METHOD_PLUGIN;
     else if (GETV("method") && method_parse(GETV("method"), &meth)) {
         fprintf(stderr, "peft train: unknown method \"%s\" (lora, dora, adapter-pfeiffer, adapter-houlsby, prompt, "
-                        "prefix, ia3, bitfit, full", GETV("method"));
+                        "prefix, bitfit, full", GETV("method"));
         for (const method_ops *const *p = method_registry(); *p; p++) fprintf(stderr, ", %s", (*p)->name);
         fprintf(stderr, ")\n");
         return 2;
@@ -448,23 +446,9 @@ int cmd_train(int argc, char **argv) {
                 goto out;
             }
     }
-    if (GETV("target") && lora_parse_targets(m, GETV("target"), meth == METHOD_IA3 ? &mc.ia3_targets : &lc.targets, err)) {
+    if (GETV("target") && lora_parse_targets(m, GETV("target"), &lc.targets, err)) {
         fprintf(stderr, "peft train: %s\n", err->msg);
         goto out;
-    }
-    if (meth == METHOD_IA3) {
-        uint32_t dt, dff;
-        adapter_ia3_defaults(m, &dt, &dff);
-        if (!mc.ia3_targets) mc.ia3_targets = dt;
-        mc.ia3_ff = dff & mc.ia3_targets;
-        if (GETV("feedforward") && lora_parse_targets(m, GETV("feedforward"), &mc.ia3_ff, err)) {
-            fprintf(stderr, "peft train: --feedforward: %s\n", err->msg);
-            goto out;
-        }
-        if (mc.ia3_ff & ~mc.ia3_targets) {
-            fprintf(stderr, "peft train: --feedforward modules must be among the targets\n");
-            goto out;
-        }
     }
 
     data_params dp = data_default_params();
@@ -538,7 +522,7 @@ int cmd_train(int argc, char **argv) {
                 m->gguf ? "model.gguf (F32)" : "model.safetensors (HF folder)", tp.out_dir, tp.out_dir);
     else
         fprintf(stderr, "\nadapter: %s/adapter_model.safetensors (%s), metrics: %s/metrics.jsonl, curve: %s/loss.svg\n",
-                tp.out_dir, meth <= METHOD_DORA || meth == METHOD_PROMPT || meth == METHOD_PREFIX || meth == METHOD_IA3 || plug
+                tp.out_dir, meth <= METHOD_DORA || meth == METHOD_PROMPT || meth == METHOD_PREFIX || plug
                                 ? "HF PEFT format" : "peft.c format, docs/formats.md",
                 tp.out_dir, tp.out_dir);
     rc = 0;

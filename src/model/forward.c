@@ -48,7 +48,7 @@ static int ensure_kv(peft_model *m, int need, peft_err *err) {
 
 /* y = beta·y + linear r of layer l on x (T rows), with the attached
  * adapter's hooks (graph.c's lin_fwd states the formulas): LoRA, DoRA,
- * IA3, BitFit biases, full fine-tuning weights. xa: (T, r) scratch; zs:
+ * BitFit biases, plug-in methods (method.h), full fine-tuning weights. xa: (T, r) scratch; zs:
  * (T, max(in, out)) scratch. */
 static int linear(peft_model *m, int l, model_linear_role r, float *y, int ldy, const float *x, int T,
                   float beta, float *scr, float *xa, float *zs, int nt) {
@@ -152,9 +152,9 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
     size_t att_scratch = (size_t)nt * T * L;
     int r_max = 0;
     for (int i = 0; ad && i < ad->n_modules; i++) r_max = PEFT_MAX(r_max, ad->mods[i].r);
-    /* scratch only the attached method uses: DoRA / IA3 (zs), bottleneck (hs, zb) */
+    /* scratch only the attached method uses: DoRA (zs), plug-ins (hook_ws), bottleneck (hs, zb) */
     const int bnb = ad && ad->n_bn ? ad->bn_size : 0, hsd = bnb ? d : 0;
-    const int64_t zsw = ad && (ad->method == METHOD_IA3 || ad->method == METHOD_DORA) ? kmax + ld_qkv : 0;
+    const int64_t zsw = ad && ad->method == METHOD_DORA ? kmax + ld_qkv : 0;
     const size_t hw = hook_ws(ad, m, T);
     size_t n_ws = (size_t)T * (2 * d + ld_qkv + qd + 2 * ff + r_max) + T + mm_scratch + att_scratch +
                   (size_t)T * (size_t)zsw + hw + (size_t)T * (size_t)(hsd + bnb);

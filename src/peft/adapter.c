@@ -15,7 +15,7 @@
 #include <cblas.h>
 
 static const char *const method_names[METHOD_N] = {
-    "lora", "dora", "adapter-pfeiffer", "adapter-houlsby", "prompt", "prefix", "ia3", "bitfit", "full"};
+    "lora", "dora", "adapter-pfeiffer", "adapter-houlsby", "prompt", "prefix", "bitfit", "full"};
 
 const char *method_name(peft_method k) { return (int)k >= 0 && k < METHOD_N ? method_names[k] : "?"; }
 
@@ -35,7 +35,7 @@ int method_parse(const char *name, peft_method *out) {
     return PEFT_ERR_INVALID;
 }
 
-bool method_mergeable(peft_method k) { return k == METHOD_LORA || k == METHOD_DORA || k == METHOD_IA3; }
+bool method_mergeable(peft_method k) { return k == METHOD_LORA || k == METHOD_DORA; }
 
 /* ---- registry -------------------------------------------------------------- */
 
@@ -109,8 +109,6 @@ void adapter_free(adapter *a) {
     free(a->grads);
     free(a->base_model);
     free(a->tensors);
-    free(a->ia3);
-    free(a->gia3);
     free(a->bn);
     free(a->bias);
     free(a->gbias);
@@ -223,57 +221,13 @@ void adapter_kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng) {
 static int alloc_slots(adapter *a, const peft_model *m, peft_err *err) {
     const size_t ns = (size_t)m->cfg.n_layer * ROLE_N_LINEAR + 1, nn = (size_t)m->cfg.n_layer * 2 + 1;
     a->slot = peft_calloc(ns, sizeof *a->slot, err);
-    a->ia3 = peft_calloc(ns, sizeof *a->ia3, err);
-    a->gia3 = peft_calloc(ns, sizeof *a->gia3, err);
     a->bias = peft_calloc(ns, sizeof *a->bias, err);
     a->gbias = peft_calloc(ns, sizeof *a->gbias, err);
     a->nbias = peft_calloc(nn, sizeof *a->nbias, err);
     a->gnbias = peft_calloc(nn, sizeof *a->gnbias, err);
     a->bn = peft_calloc(nn, sizeof *a->bn, err);
-    if (!a->slot || !a->ia3 || !a->gia3 || !a->bias || !a->gbias || !a->nbias || !a->gnbias || !a->bn)
+    if (!a->slot || !a->bias || !a->gbias || !a->nbias || !a->gnbias || !a->bn)
         return PEFT_ERR_NOMEM;
-    return 0;
-}
-
-/* IA3 defaults as HF PEFT's TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING:
- * llama-family k_proj, v_proj, down_proj (qwen2: q_proj, v_proj, down_proj;
- * feed-forward down_proj); GPT-2
- * c_attn, mlp.c_proj (feed-forward mlp.c_proj). */
-void adapter_ia3_defaults(const peft_model *m, uint32_t *targets, uint32_t *ff) {
-    if (is_gpt2(m)) {
-        *targets = (1u << ROLE_QKV) | (1u << ROLE_DOWN);
-        *ff = 1u << ROLE_DOWN;
-    } else if (!strcmp(m->cfg.arch_name, "qwen2")) {
-        *targets = (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);   /* HF PEFT's qwen2 entry */
-        *ff = 1u << ROLE_DOWN;
-    } else {
-        *targets = (1u << ROLE_K) | (1u << ROLE_V) | (1u << ROLE_DOWN);
-        *ff = 1u << ROLE_DOWN;
-    }
-}
-
-static int new_ia3(adapter *a, const peft_model *m, int *idx, peft_err *err) {
-    method_config *mc = &a->mc;
-    if (!mc->ia3_targets) adapter_ia3_defaults(m, &mc->ia3_targets, &mc->ia3_ff);
-    int n = 0;
-    for (int l = 0; l < m->cfg.n_layer; l++)
-        for (int r = 0; r < ROLE_N_LINEAR; r++) {
-            idx[l * ROLE_N_LINEAR + r] = -1;
-            if (!(mc->ia3_targets & (1u << r)) || !m->layers[l].lin[r].present || !lora_layer_selected(mc->layers, l))
-                continue;
-            char path[200], key[256];
-            model_linear_hf_path(m, l, (model_linear_role)r, path, sizeof path);
-            snprintf(key, sizeof key, "base_model.model.%s.ia3_l", path);
-            const kern_weight *w = &m->layers[l].lin[r].w;
-            bool ffm = mc->ia3_ff & (1u << r);
-            /* HF PEFT shapes: (1, in) for feed-forward modules, (out, 1) otherwise */
-            int i = ffm ? adapter_add_tensor(a, key, 2, 1, w->cols, true, err)
-                        : adapter_add_tensor(a, key, 2, w->rows, 1, true, err);
-            if (i < 0) return PEFT_ERR_NOMEM;
-            idx[l * ROLE_N_LINEAR + r] = i;
-            n++;
-        }
-    if (!n) return peft_fail(err, PEFT_ERR_INVALID, "IA3: no linear layer of %s is targeted", m->path);
     return 0;
 }
 
@@ -602,7 +556,6 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
     int rc = (!a->base_model || !idx || !nidx) ? PEFT_ERR_NOMEM : alloc_slots(a, m, err);
     if (rc) goto done;
     switch (mc->method) {
-    case METHOD_IA3: rc = new_ia3(a, m, idx, err); break;
     case METHOD_ADAPTER_PFEIFFER:
     case METHOD_ADAPTER_HOULSBY: rc = new_bn(a, m, idx, err); break;
     case METHOD_PROMPT:
@@ -625,14 +578,6 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
     peft_rng rng;
     peft_rng_seed(&rng, mc->seed);
     switch (mc->method) {
-    case METHOD_IA3:
-        for (int s = 0; s < L * ROLE_N_LINEAR; s++)
-            if (idx[s] >= 0) {
-                a->ia3[s] = a->tensors[idx[s]].p;
-                a->gia3[s] = a->tensors[idx[s]].g;
-                for (int64_t k = 0; k < a->tensors[idx[s]].n; k++) a->ia3[s][k] = 1.0f;   /* identity */
-            }
-        break;
     case METHOD_ADAPTER_PFEIFFER:
     case METHOD_ADAPTER_HOULSBY:
         adapter_wire_bn(a, m, idx);
@@ -813,29 +758,23 @@ int adapter_linear_fwd(const adapter *a, const peft_model *m, int l, model_linea
     const float *bias = adapter_bias(a, m, l, r);
     const int s = l * ROLE_N_LINEAR + r, in = (int)W->cols, out = (int)W->rows;
     const lora_module *mod = a && a->slot ? a->slot[s] : NULL;
-    const float *iv = a && a->ia3 ? a->ia3[s] : NULL;
-    if (iv && ((a->mc.ia3_ff >> r) & 1u)) {
-        /* feed-forward IA3: (x ⊙ l)·Wᵀ + b */
-        for (int i = 0; i < T; i++)
-            for (int k = 0; k < in; k++) xs[(size_t)i * in + k] = x[(size_t)i * in + k] * iv[k];
-        return kern_matmul(y, ldy, xs, T, W, bias, beta, scr, nt);
-    }
+    (void)xs;
     const bool dora = mod && mod->mag;
-    if (!dora && !iv) {
+    if (!dora) {
         int rc = kern_matmul(y, ldy, x, T, W, bias, beta, scr, nt);
         if (!rc && mod) lora_fwd(mod, x, in, T, mask, p_drop, xd, xa, y, ldy, nt);
         return rc;
     }
-    /* DoRA: z = x·Wᵀ + s·(x·Aᵀ)·Bᵀ, y = c ⊙ z + b; output IA3: z = x·Wᵀ + b, y = l ⊙ z */
-    int rc = kern_matmul(z, out, x, T, W, dora ? NULL : bias, 0.0f, scr, nt);
+    /* DoRA: z = x·Wᵀ + s·(x·Aᵀ)·Bᵀ, y = c ⊙ z + b */
+    int rc = kern_matmul(z, out, x, T, W, NULL, 0.0f, scr, nt);
     if (rc) return rc;
-    if (mod) lora_fwd(mod, x, in, T, NULL, 0.0f, NULL, xa, z, out, nt);
+    lora_fwd(mod, x, in, T, NULL, 0.0f, NULL, xa, z, out, nt);
     for (int i = 0; i < T; i++) {
         float *yr = y + (size_t)i * ldy;
         const float *zr = z + (size_t)i * out;
         for (int j = 0; j < out; j++) {
-            const float c = dora ? mod->mag[j] / mod->wnorm[j] : iv[j];
-            yr[j] = (beta != 0.0f ? beta * yr[j] : 0.0f) + c * zr[j] + (dora && bias ? bias[j] : 0.0f);
+            const float c = mod->mag[j] / mod->wnorm[j];
+            yr[j] = (beta != 0.0f ? beta * yr[j] : 0.0f) + c * zr[j] + (bias ? bias[j] : 0.0f);
         }
     }
     return 0;

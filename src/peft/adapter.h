@@ -30,7 +30,6 @@ typedef enum {
     METHOD_ADAPTER_HOULSBY,
     METHOD_PROMPT,
     METHOD_PREFIX,
-    METHOD_IA3,
     METHOD_BITFIT,
     METHOD_FULL,
     METHOD_N,
@@ -108,8 +107,6 @@ typedef struct {
     const char *prompt_init_text;
     bool prefix_projection;
     int prefix_hidden;           /* encoder_hidden_size */
-    /* IA3: target bits and the feed-forward subset (input scaling) */
-    uint32_t ia3_targets, ia3_ff;
     /* classification head: n_labels > 0 adds score (n_labels, d) */
     int n_labels;
     uint64_t seed;
@@ -138,9 +135,6 @@ typedef struct adapter {
     int sig_d, sig_kvd, sig_ff, sig_vocab;   /* the model it was made for (adapter_fits) */
     int n_tensors, cap_tensors;
     adapter_tensor *tensors;
-    /* IA3: per slot a vector, (out) scaling the output or (in) scaling the
-     * input (ia3_ff bits); NULL where not targeted */
-    float **ia3, **gia3;
     /* bottleneck: per layer × 2 sites, NULL where absent; bn_size = b */
     bn_module *bn_mods;
     int n_bn;
@@ -236,7 +230,6 @@ int adapter_head_add(adapter *a, const peft_model *m, int n_labels, peft_err *er
 void adapter_head_wire(adapter *a, const peft_model *m, int idx, uint64_t seed);
 void adapter_wire_bn(adapter *a, const peft_model *m, const int *idx);
 void adapter_wire_prompt(adapter *a, int first_tensor);
-void adapter_ia3_defaults(const peft_model *m, uint32_t *targets, uint32_t *ff);
 int adapter_layer_prefix(const peft_model *m, int l, char *buf, size_t cap);
 int adapter_norm_name(const peft_model *m, int l, int which, const char *field, char *buf, size_t cap);
 

@@ -1,8 +1,7 @@
 /* adapter_io.c — saving and loading adapters of every method.
  *
  *   LORA (+ use_dora)        lora_io.c (HF PEFT LoraConfig)
- *   IA3                      HF PEFT IA3Config; <module>.ia3_l, (out, 1) or (1, in) for
- *                            feed-forward modules
+ *   plug-in methods          their table (method.h): IA3, VeRA, ... (src/peft/methods/)
  *   PROMPT_TUNING            HF PEFT; prompt_embeddings (P, d)
  *   PREFIX_TUNING            HF PEFT; prompt_embeddings (P, n_layer·2·kv_dim): the
  *                            table itself, also when trained with prefix_projection
@@ -155,22 +154,6 @@ static char *method_config_json(const adapter *a, const peft_model *m) {
     const model_config *c = &m->cfg;
     bool ok = true;
     switch (a->method) {
-    case METHOD_IA3: {
-        ok &= add_common(o, a, m, "IA3");
-        const char *names[ROLE_N_LINEAR];
-        cJSON *tm = cJSON_AddArrayToObject(o, "target_modules");
-        int nn = lora_target_names(m, a->mc.ia3_targets, names, ROLE_N_LINEAR);
-        ok &= tm != NULL;
-        for (int i = 0; i < nn && tm; i++) ok &= cJSON_AddItemToArray(tm, cJSON_CreateString(names[i]));
-        cJSON *ff = cJSON_AddArrayToObject(o, "feedforward_modules");
-        nn = lora_target_names(m, a->mc.ia3_ff, names, ROLE_N_LINEAR);
-        ok &= ff != NULL;
-        for (int i = 0; i < nn && ff; i++) ok &= cJSON_AddItemToArray(ff, cJSON_CreateString(names[i]));
-        ok &= cJSON_AddBoolToObject(o, "fan_in_fan_out", c->arch == PEFT_ARCH_GPT2) != NULL;
-        ok &= cJSON_AddBoolToObject(o, "init_ia3_weights", true) != NULL;
-        ok &= add_layers(o, a);
-        break;
-    }
     case METHOD_PROMPT:
     case METHOD_PREFIX: {
         const bool prompt = a->method == METHOD_PROMPT;
@@ -521,12 +504,6 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
         mc.method = METHOD_PLUGIN;
         mc.ops = plug;
         if (plug->config_read && (rc = plug->config_read(o, cfg_path, m, &mc, err))) goto done;
-    } else if (!strcmp(t, "IA3")) {
-        mc.method = METHOD_IA3;
-        if ((rc = adapter_json_targets(m, cJSON_GetObjectItemCaseSensitive(o, "target_modules"), &mc.ia3_targets, cfg_path, err)) ||
-            (rc = adapter_json_targets(m, cJSON_GetObjectItemCaseSensitive(o, "feedforward_modules"), &mc.ia3_ff, cfg_path, err)))
-            goto done;
-        if (!mc.ia3_targets) adapter_ia3_defaults(m, &mc.ia3_targets, &mc.ia3_ff);
     } else if (!strcmp(t, "PROMPT_TUNING") || !strcmp(t, "PREFIX_TUNING")) {
         mc.method = t[1] == 'R' && t[2] == 'O' ? METHOD_PROMPT : METHOD_PREFIX;
         if ((rc = peft_json_get_int(o, "num_virtual_tokens", 0, false, 1, PEFT_MAX_VIRTUAL_TOKENS, &mc.n_virtual,
@@ -570,8 +547,11 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
     } else if (!strcmp(t, "BITFIT")) {
         mc.method = METHOD_BITFIT;
     } else {
-        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: peft_type %s is not supported (LORA, IA3, PROMPT_TUNING, "
-                                                  "PREFIX_TUNING, BOTTLENECK, BITFIT load)", cfg_path, t);
+        char known[512];
+        size_t kl = (size_t)snprintf(known, sizeof known, "LORA, PROMPT_TUNING, PREFIX_TUNING, BOTTLENECK, BITFIT");
+        for (const method_ops *const *p = method_registry(); *p && kl < sizeof known; p++)
+            kl += (size_t)snprintf(known + kl, sizeof known - kl, ", %s", (*p)->peft_type);
+        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: peft_type %s is not supported (%s load)", cfg_path, t, known);
         goto done;
     }
     /* An int or a list of ints (PeftConfig); each must be a layer of m, and

@@ -104,17 +104,16 @@ peft_adapter *peft_adapter_new_method(peft_model *m, const peft_method_params *p
     }
     mc.prefix_projection = p->prefix_projection != 0;
     mc.prefix_hidden = p->encoder_hidden_size;
-    if (mc.method == METHOD_IA3) {
-        uint32_t dt, dff;
-        adapter_ia3_defaults(m, &dt, &dff);
-        mc.ia3_targets = dt;
-        if (p->ia3_targets && lora_parse_targets(m, p->ia3_targets, &mc.ia3_targets, err)) return NULL;
-        mc.ia3_ff = dff & mc.ia3_targets;
-        if (p->ia3_feedforward && lora_parse_targets(m, p->ia3_feedforward, &mc.ia3_ff, err)) return NULL;
-    }
-    if (mc.method == METHOD_IA3 && (mc.ia3_ff & ~mc.ia3_targets)) {
-        peft_fail(err, PEFT_ERR_INVALID, "IA3: feed-forward modules must be among the targets");
-        return NULL;
+    /* the older per-method fields: ia3_targets is a target list, ia3_feedforward
+     * the option "feedforward" */
+    if (plug && p->ia3_targets && lora_parse_targets(m, p->ia3_targets, &mc.lora.targets, err)) return NULL;
+    if (plug && p->ia3_feedforward) {
+        const size_t used = strlen(mc.options);
+        if (snprintf(mc.options + used, sizeof mc.options - used, "%sfeedforward=%s", used ? ";" : "",
+                     p->ia3_feedforward) >= (int)(sizeof mc.options - used)) {
+            peft_fail(err, PEFT_ERR_INVALID, "ia3_feedforward is too long");
+            return NULL;
+        }
     }
     if (p->num_labels == 1 || p->num_labels < 0) {
         peft_fail(err, PEFT_ERR_INVALID, "num_labels must be 0 (no head) or at least 2, got %d", p->num_labels);

@@ -6,10 +6,10 @@
  *   xin (N,d)  norm1 stats  h1 (N,d)  qkv (N,qd+2kvd, q and k after RoPE)
  *   probs (B·n_head·T·(P+T), P prefix rows)  att (N,qd)  xmid (N,d)
  *   norm2 stats  h2 (N,d)  g, u, a (N,ff)  [GPT-2: g = pre-GELU, a = post-GELU]
- *   per LoRA module: xa (N,r), with dropout its mask (N,in); per DoRA or
- *   output-scaling IA3 module: z (N,out), the linear's output before the
- *   per-column scale; per bottleneck module: its input h (N,d), zpre and
- *   f(zpre) (N,b).
+ *   per LoRA module: xa (N,r), with dropout its mask (N,in); per DoRA
+ *   module: z (N,out), the linear's output before the per-column scale; per
+ *   bottleneck module: its input h (N,d), zpre and f(zpre) (N,b); per linear
+ *   hooked by a plug-in method (method.h) what its lin_act_bytes asks for.
  * The backward walks the layers in reverse with shared gradient buffers.
  * The causal-LM loss is computed in chunks of rows (logits for a chunk
  * only), fused with its backward; the classification loss pools the last
@@ -50,7 +50,7 @@ struct train_graph {
     int d, qd, kvd, ldq, ff, V, max_in, max_out;
     layer_acts *L;
     mod_acts *M;        /* per LoRA module */
-    float **Z;          /* per slot: z of DoRA / output IA3, or NULL */
+    float **Z;          /* per slot: z of DoRA, or NULL */
     bn_acts *BN;        /* per layer × 2 sites */
     float *xfin, *meanf, *rstdf, *hf;
     /* backward buffers */
@@ -157,7 +157,6 @@ static lin_call hook_call(const train_graph *g, int l, model_linear_role r, cons
 
 static bool z_slot(const adapter *a, int s) {
     if (!a) return false;
-    if (a->ia3 && a->ia3[s] && !(a->mc.ia3_ff & (1u << (s % ROLE_N_LINEAR)))) return true;
     return a->cfg.dora && a->slot && a->slot[s];
 }
 
@@ -268,9 +267,6 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
         g->lowest = PEFT_MIN(g->lowest, a->mods[i].layer);
     }
     if (a) {
-        for (int l = 0; l < c->n_layer; l++)
-            for (int rr = 0; rr < ROLE_N_LINEAR; rr++)
-                if (a->ia3 && a->ia3[l * ROLE_N_LINEAR + rr]) g->lowest = PEFT_MIN(g->lowest, l);
         for (int i = 0; i < a->n_bn; i++) g->lowest = PEFT_MIN(g->lowest, a->bn_mods[i].layer);
         if (a->method == METHOD_PREFIX) g->lowest = 0;
         if (a->ops && a->ops->lowest_layer) g->lowest = PEFT_MIN(g->lowest, a->ops->lowest_layer(a, m));
@@ -328,18 +324,10 @@ static const lora_module *module_at(const train_graph *g, int l, model_linear_ro
     return g->ad && g->ad->slot ? g->ad->slot[l * ROLE_N_LINEAR + r] : NULL;
 }
 
-static const float *ia3_at(const train_graph *g, int l, model_linear_role r, bool *ff) {
-    const adapter *a = g->ad;
-    if (!a || !a->ia3 || !a->ia3[l * ROLE_N_LINEAR + r]) return NULL;
-    *ff = (a->mc.ia3_ff >> r) & 1u;
-    return a->ia3[l * ROLE_N_LINEAR + r];
-}
-
 /* y (N, out) = beta·y + linear(x), with every method that hooks the linear:
  *   LoRA:  + s·(drop(x)·Aᵀ)·Bᵀ
  *   DoRA:  z = x·Wᵀ + s·(x·Aᵀ)·Bᵀ;  y = beta·y + (m / ||W + s·B·A||) ⊙ z + b
- *   IA3:   output modules z = x·Wᵀ + b, y = beta·y + l ⊙ z;
- *          feed-forward modules y = beta·y + (x ⊙ l)·Wᵀ + b
+ *   a plug-in method (method.h): its lin_fwd (after the base product for HOOK_ADD)
  *   BitFit / full: the adapter's bias / weight copies. */
 static int lin_fwd(train_graph *g, int l, model_linear_role r, const float *x, float *y, int ldy, float beta) {
     const hook_kind hk = method_lin_kind(g->ad, l, r);
@@ -384,20 +372,17 @@ static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, 
     const kern_weight *W = adapter_weight(a, g->m, l, r);
     const int in = (int)W->cols, out = (int)W->rows, N = g->N, s = l * ROLE_N_LINEAR + r;
     const lora_module *mod = module_at(g, l, r);
-    bool ff = false;
-    const float *iv = ia3_at(g, l, r, &ff);
     const float *dyc = dy;
     const float *z = g->Z[s];
     if (z) {
-        /* dz = c ⊙ dy; gc = Σ dy ⊙ z (DoRA: / ||W + sBA||, the norm held constant) */
-        const bool dora = mod && mod->mag;
-        float *gc = dora ? mod->gmag : a->gia3[s];
+        /* DoRA: dz = c ⊙ dy; gm = Σ dy ⊙ z / ||W + sBA|| (the norm held constant) */
+        float *gc = mod->gmag;
         for (int i = 0; i < N; i++) {
             const float *dr = dy + (size_t)i * ldy, *zr = z + (size_t)i * out;
             float *o = g->dtmp + (size_t)i * out;
             for (int j = 0; j < out; j++) {
-                const float c = dora ? mod->mag[j] / mod->wnorm[j] : iv[j];
-                gc[j] += dr[j] * zr[j] * (dora ? 1.0f / mod->wnorm[j] : 1.0f);
+                const float c = mod->mag[j] / mod->wnorm[j];
+                gc[j] += dr[j] * zr[j] * (1.0f / mod->wnorm[j]);
                 o[j] = c * dr[j];
             }
         }
@@ -412,19 +397,6 @@ static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, 
         kern_gemm_rows(true, false, out, in, N, 1.0f, dyc, lddyc, x, in, 1.0f, a->gfw[s], in, g->nt);
     }
     int rc = 0;
-    if (iv && ff) {
-        /* t = dy·W; gl += Σ t ⊙ x; dx += t ⊙ l */
-        memset(g->xd, 0, (size_t)N * in * sizeof(float));
-        if ((rc = kern_matmul_dx(g->xd, dyc, lddyc, N, W, g->mm_scratch, g->nt))) return rc;
-        float *gl = a->gia3[s];
-        for (int i = 0; i < N; i++) {
-            const float *t = g->xd + (size_t)i * in, *xr = x + (size_t)i * in;
-            for (int k = 0; k < in; k++) gl[k] += t[k] * xr[k];
-            if (dx)
-                for (int k = 0; k < in; k++) dx[(size_t)i * in + k] += t[k] * iv[k];
-        }
-        return 0;
-    }
     if (dx && base_dx && (rc = kern_matmul_dx(dx, dyc, lddyc, N, W, g->mm_scratch, g->nt))) return rc;
     if (mod) {
         mod_acts *A = &g->M[mod_index(g, mod)];
@@ -436,14 +408,13 @@ static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, 
 /* ---- q, k, v as one product (bf16 compute) ---------------------------------------- */
 
 /* With bf16 packs shared by q, k and v (model_qkv_fused) and only additive
- * hooks on them (LoRA, biases: no DoRA/IA3 scaling, no trainable weight
+ * hooks on them (LoRA, biases, HOOK_ADD plug-ins: no DoRA or HOOK_REPLACE scaling, no trainable weight
  * copies), the three base products run as one over the concatenated
  * outputs: one pass over the input instead of three. */
 static bool qkv_one_product(const train_graph *g, int l) {
     if (!model_qkv_fused(g->m, l)) return false;
     for (int r = ROLE_Q; r <= ROLE_V; r++) {
-        bool ff;
-        if (g->Z[l * ROLE_N_LINEAR + r] || ia3_at(g, l, (model_linear_role)r, &ff) ||
+        if (g->Z[l * ROLE_N_LINEAR + r] ||
             method_lin_kind(g->ad, l, (model_linear_role)r) == HOOK_REPLACE ||
             adapter_weight(g->ad, g->m, l, (model_linear_role)r) != &g->m->layers[l].lin[r].w)
             return false;
