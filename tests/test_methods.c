@@ -47,9 +47,6 @@ static method_config mk(peft_method k) {
     c.lora = lora_default_config();
     c.lora.r = 4;
     c.lora.alpha = 8;
-    c.reduction_factor = 8;
-    c.act = k == METHOD_ADAPTER_HOULSBY ? BN_ACT_SWISH : BN_ACT_RELU;
-    c.bn_zero_up = true;
     c.n_virtual = 3;
     c.seed = 7;
     return c;
@@ -326,12 +323,9 @@ static void every_method_on_llama_and_gpt2(void) {
         RUN("lora", c, true);
         c = mk(METHOD_DORA);
         RUN("dora", c, true);
-        RUN("pfeiffer", mk(METHOD_ADAPTER_PFEIFFER), true);
-        RUN("houlsby", mk(METHOD_ADAPTER_HOULSBY), true);
-        c = mk(METHOD_ADAPTER_HOULSBY);
-        c.bn_zero_up = false;
-        c.act = BN_ACT_GELU_TANH;
-        RUN("houlsby_gelu_bert_init", c, false);
+        RUN("pfeiffer", mk_plug("adapter-pfeiffer", "reduction_factor=8"), true);
+        RUN("houlsby", mk_plug("adapter-houlsby", "reduction_factor=8"), true);
+        RUN("houlsby_gelu_bert_init", mk_plug("adapter-houlsby", "reduction_factor=8;adapter_init=bert;non_linearity=gelu_new"), false);
         RUN("prompt", mk(METHOD_PROMPT), false);
         RUN("prefix", mk(METHOD_PREFIX), false);
         c = mk(METHOD_PREFIX);
@@ -345,12 +339,13 @@ static void every_method_on_llama_and_gpt2(void) {
         c.lora.targets = gpt2 ? (1u << ROLE_QKV) | (1u << ROLE_DOWN) : (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);
         RUN("vera", c, true);
         /* a classification head on every method */
-        static const peft_method cls_methods[] = {METHOD_LORA, METHOD_DORA, METHOD_ADAPTER_PFEIFFER, METHOD_ADAPTER_HOULSBY,
-                                                  METHOD_PROMPT, METHOD_PREFIX, METHOD_PLUGIN, METHOD_BITFIT, METHOD_FULL};
+        static const peft_method cls_methods[] = {METHOD_LORA, METHOD_DORA, METHOD_PLUGIN, METHOD_PLUGIN, METHOD_PROMPT,
+                                                  METHOD_PREFIX, METHOD_PLUGIN, METHOD_BITFIT, METHOD_FULL};
+        static const char *const cls_plug[] = {NULL, NULL, "adapter-pfeiffer", "adapter-houlsby", NULL, NULL, "ia3", NULL, NULL};
         for (size_t k = 0; k < sizeof cls_methods / sizeof *cls_methods; k++) {
             if (cls_methods[k] == METHOD_BITFIT && !gpt2) continue;
             char label[48];
-            c = cls_methods[k] == METHOD_PLUGIN ? mk_plug("ia3", NULL) : mk(cls_methods[k]);
+            c = cls_plug[k] ? mk_plug(cls_plug[k], "reduction_factor=8") : mk(cls_methods[k]);
             snprintf(label, sizeof label, "%s_cls", c.ops ? c.ops->name : method_name(cls_methods[k]));
             c.n_labels = 3;
             RUN(label, c, false);
@@ -449,8 +444,7 @@ static void methods_the_base_cannot_take_fail_clearly(void) {
         a = NULL;
         close_model(&e2);
     }
-    c = mk(METHOD_ADAPTER_PFEIFFER);
-    c.reduction_factor = 128;
+    c = mk_plug("adapter-pfeiffer", "reduction_factor=128");
     CHECK_EQ_INT(adapter_new(e.m, &c, &a, &err), PEFT_ERR_INVALID);
     printf("    reduction factor 128 on d=64: %s\n", err.msg);
     close_model(&e);

@@ -1,12 +1,11 @@
 /* adapter_io.c — saving and loading adapters of every method.
  *
  *   LORA (+ use_dora)        lora_io.c (HF PEFT LoraConfig)
- *   plug-in methods          their table (method.h): IA3, VeRA, ... (src/peft/methods/)
+ *   plug-in methods          their table (method.h): IA3, VeRA, BOTTLENECK, ... (src/peft/methods/)
  *   PROMPT_TUNING            HF PEFT; prompt_embeddings (P, d)
  *   PREFIX_TUNING            HF PEFT; prompt_embeddings (P, n_layer·2·kv_dim): the
  *                            table itself, also when trained with prefix_projection
  *                            (HF PEFT saves the projected table too)
- *   BOTTLENECK               peft.c: <layer>.{attention,output}_adapter.adapter_{down,up}.{weight,bias}
  *   BITFIT                   peft.c: base_model.model.<HF parameter>.bias
  *   full fine-tuning         an HF model folder (model.safetensors, config.json, tokenizer)
  * Any method may carry a classification head, base_model.model.score.weight
@@ -135,19 +134,6 @@ static bool add_layers(cJSON *o, const adapter *a) {
     return ok;
 }
 
-static const char *act_name(bn_act k) {
-    return k == BN_ACT_RELU ? "relu" : k == BN_ACT_SWISH ? "swish" : k == BN_ACT_GELU_TANH ? "gelu_new" : "tanh";
-}
-
-int bn_act_parse(const char *s, bn_act *out) {
-    if (!strcmp(s, "relu")) *out = BN_ACT_RELU;
-    else if (!strcmp(s, "swish") || !strcmp(s, "silu")) *out = BN_ACT_SWISH;
-    else if (!strcmp(s, "gelu_new") || !strcmp(s, "gelu")) *out = BN_ACT_GELU_TANH;
-    else if (!strcmp(s, "tanh")) *out = BN_ACT_TANH;
-    else return PEFT_ERR_INVALID;
-    return 0;
-}
-
 static char *method_config_json(const adapter *a, const peft_model *m) {
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
@@ -177,20 +163,6 @@ static char *method_config_json(const adapter *a, const peft_model *m) {
                                           a->mc.prefix_hidden > 0 ? a->mc.prefix_hidden : c->n_kv_head * c->head_dim) != NULL;
             ok &= cJSON_AddBoolToObject(o, "prefix_projection", a->mc.prefix_projection) != NULL;
         }
-        break;
-    }
-    case METHOD_ADAPTER_PFEIFFER:
-    case METHOD_ADAPTER_HOULSBY: {
-        const bool h = a->method == METHOD_ADAPTER_HOULSBY;
-        ok &= add_common(o, a, m, "BOTTLENECK");
-        ok &= cJSON_AddStringToObject(o, "config_name", h ? "double_seq_bn" : "seq_bn") != NULL;
-        ok &= cJSON_AddBoolToObject(o, "mh_adapter", h) != NULL;
-        ok &= cJSON_AddBoolToObject(o, "output_adapter", true) != NULL;
-        ok &= cJSON_AddNumberToObject(o, "reduction_factor", a->mc.reduction_factor) != NULL;
-        ok &= cJSON_AddNumberToObject(o, "bottleneck_size", a->bn_size) != NULL;
-        ok &= cJSON_AddStringToObject(o, "non_linearity", act_name(a->mc.act)) != NULL;
-        ok &= cJSON_AddStringToObject(o, "init_weights", a->mc.bn_zero_up ? "zero_up" : "bert") != NULL;
-        ok &= add_layers(o, a);
         break;
     }
     case METHOD_BITFIT: {
@@ -523,32 +495,11 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
             rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: num_transformer_submodules != 1 (encoder-decoder) is not supported", cfg_path);
             goto done;
         }
-    } else if (!strcmp(t, "BOTTLENECK")) {
-        const cJSON *cn = cJSON_GetObjectItemCaseSensitive(o, "config_name");
-        mc.method = cJSON_IsString(cn) && !strcmp(cn->valuestring, "double_seq_bn") ? METHOD_ADAPTER_HOULSBY : METHOD_ADAPTER_PFEIFFER;
-        if ((rc = peft_json_get_int(o, "reduction_factor", 16, false, 1, m->cfg.d_model, &mc.reduction_factor,
-                                    cfg_path, err)))
-            goto done;
-        const cJSON *nl = cJSON_GetObjectItemCaseSensitive(o, "non_linearity");
-        mc.act = mc.method == METHOD_ADAPTER_HOULSBY ? BN_ACT_SWISH : BN_ACT_RELU;
-        if (cJSON_IsString(nl) && bn_act_parse(nl->valuestring, &mc.act)) {
-            rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: non_linearity \"%s\" (expected relu, swish, gelu_new, tanh)",
-                           cfg_path, nl->valuestring);
-            goto done;
-        }
-        int b;
-        if ((rc = peft_json_get_int(o, "bottleneck_size", 0, false, 0, m->cfg.d_model, &b, cfg_path, err))) goto done;
-        if (b > 0 && m->cfg.d_model / mc.reduction_factor != b) {
-            rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: bottleneck_size %d does not match hidden %d / reduction_factor %d",
-                           cfg_path, b, m->cfg.d_model, mc.reduction_factor);
-            goto done;
-        }
-        mc.bn_zero_up = true;
     } else if (!strcmp(t, "BITFIT")) {
         mc.method = METHOD_BITFIT;
     } else {
         char known[512];
-        size_t kl = (size_t)snprintf(known, sizeof known, "LORA, PROMPT_TUNING, PREFIX_TUNING, BOTTLENECK, BITFIT");
+        size_t kl = (size_t)snprintf(known, sizeof known, "LORA, PROMPT_TUNING, PREFIX_TUNING, BITFIT");
         for (const method_ops *const *p = method_registry(); *p && kl < sizeof known; p++)
             kl += (size_t)snprintf(known + kl, sizeof known - kl, ", %s", (*p)->peft_type);
         rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: peft_type %s is not supported (%s load)", cfg_path, t, known);

@@ -2,9 +2,11 @@
  * file in this folder and one line here. */
 #include "peft/method.h"
 
-extern const method_ops method_vera, method_ia3;
+extern const method_ops method_adapter_pfeiffer, method_adapter_houlsby, method_ia3, method_vera;
 
 static const method_ops *const registry[] = {
+    &method_adapter_pfeiffer,
+    &method_adapter_houlsby,
     &method_ia3,
     &method_vera,
     NULL,

@@ -56,6 +56,17 @@ static void vera_free(adapter *a) {
     a->priv = NULL;
 }
 
+static int vera_check(const method_config *mc, peft_err *err) {
+    double d0, key;
+    bool save;
+    int rc;
+    if ((rc = method_option_float(mc, "d_initial", -1e6, 1e6, &d0, err)) ||
+        (rc = method_option_float(mc, "projection_prng_key", 0, 9007199254740991.0, &key, err)) ||
+        (rc = method_option_bool(mc, "save_projection", &save, err)))
+        return rc;
+    return 0;
+}
+
 static int vera_create(adapter *a, const peft_model *m, const method_config *mc, peft_err *err) {
     vera *v = peft_calloc(1, sizeof *v, err);
     if (!v) return PEFT_ERR_NOMEM;
@@ -377,6 +388,7 @@ const method_ops method_vera = {
     .summary = "VeRA: shared frozen random A, B; trained vectors λd (r), λb (out) per linear",
     .options = vera_options,
     .uses = METHOD_USES_R | METHOD_USES_DROPOUT | METHOD_USES_TARGET | METHOD_USES_LAYERS,
+    .check = vera_check,
     .create = vera_create,
     .wire = vera_wire,
     .init = vera_init,
