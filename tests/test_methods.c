@@ -327,17 +327,17 @@ static void every_method_on_llama_and_gpt2(void) {
         RUN("prefix", mk_plug("prefix", "num_virtual_tokens=3"), false);
         RUN("prefix_projection", mk_plug("prefix", "num_virtual_tokens=3;prefix_projection=true;encoder_hidden_size=16"), false);
         RUN("ia3", mk_plug("ia3", NULL), true);
-        if (gpt2) RUN("bitfit", mk(METHOD_BITFIT), false);
+        if (gpt2) RUN("bitfit", mk_plug("bitfit", NULL), false);
         RUN("full", mk(METHOD_FULL), false);
         c = mk_plug("vera", NULL);
         c.lora.targets = gpt2 ? (1u << ROLE_QKV) | (1u << ROLE_DOWN) : (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);
         RUN("vera", c, true);
         /* a classification head on every method */
         static const peft_method cls_methods[] = {METHOD_LORA, METHOD_DORA, METHOD_PLUGIN, METHOD_PLUGIN, METHOD_PLUGIN,
-                                                  METHOD_PLUGIN, METHOD_PLUGIN, METHOD_BITFIT, METHOD_FULL};
-        static const char *const cls_plug[] = {NULL, NULL, "adapter-pfeiffer", "adapter-houlsby", "prompt", "prefix", "ia3", NULL, NULL};
+                                                  METHOD_PLUGIN, METHOD_PLUGIN, METHOD_PLUGIN, METHOD_FULL};
+        static const char *const cls_plug[] = {NULL, NULL, "adapter-pfeiffer", "adapter-houlsby", "prompt", "prefix", "ia3", "bitfit", NULL};
         for (size_t k = 0; k < sizeof cls_methods / sizeof *cls_methods; k++) {
-            if (cls_methods[k] == METHOD_BITFIT && !gpt2) continue;
+            if (cls_plug[k] && !strcmp(cls_plug[k], "bitfit") && !gpt2) continue;
             char label[48];
             c = cls_plug[k] ? mk_plug(cls_plug[k], "reduction_factor=8;num_virtual_tokens=3") : mk(cls_methods[k]);
             snprintf(label, sizeof label, "%s_cls", c.ops ? c.ops->name : method_name(cls_methods[k]));
@@ -352,7 +352,7 @@ static void every_method_on_llama_and_gpt2(void) {
  * a GGUF base (merged Q/K rows go back to llama.cpp's order). */
 static void qwen2_and_gguf_bases(void) {
     method_case(MFIX "tiny-qwen2", "qwen2_ia3", mk_plug("ia3", NULL), true);
-    method_case(MFIX "tiny-qwen2", "qwen2_bitfit", mk(METHOD_BITFIT), false);
+    method_case(MFIX "tiny-qwen2", "qwen2_bitfit", mk_plug("bitfit", NULL), false);
     method_case(MFIX "tiny-qwen2", "qwen2_dora", mk(METHOD_DORA), true);
     method_case(MFIX "tiny-llama.f32.gguf", "gguf_ia3", mk_plug("ia3", NULL), true);
     method_case(MFIX "tiny-llama.f32.gguf", "gguf_dora", mk(METHOD_DORA), true);
@@ -406,7 +406,7 @@ static void methods_the_base_cannot_take_fail_clearly(void) {
     if (open_model(&e, MFIX "tiny-llama")) { CHECK(0); return; }
     peft_err err = {0};
     adapter *a = NULL;
-    method_config c = mk(METHOD_BITFIT);
+    method_config c = mk_plug("bitfit", NULL);
     CHECK_EQ_INT(adapter_new(e.m, &c, &a, &err), PEFT_ERR_UNSUPPORTED);
     CHECK_MSG(strstr(err.msg, "no bias"), "%s", err.msg);
     printf("    bitfit on llama: %s\n", err.msg);

@@ -15,7 +15,7 @@
 #include <cblas.h>
 
 static const char *const method_names[METHOD_N] = {
-    "lora", "dora", "bitfit", "full"};
+    "lora", "dora", "full"};
 
 const char *method_name(peft_method k) { return (int)k >= 0 && k < METHOD_N ? method_names[k] : "?"; }
 
@@ -105,10 +105,6 @@ void adapter_free(adapter *a) {
     free(a->grads);
     free(a->base_model);
     free(a->tensors);
-    free(a->bias);
-    free(a->gbias);
-    free(a->nbias);
-    free(a->gnbias);
     free(a->fw);
     free(a->fb);
     free(a->gfb);
@@ -207,48 +203,9 @@ void adapter_kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng) {
 }
 
 static int alloc_slots(adapter *a, const peft_model *m, peft_err *err) {
-    const size_t ns = (size_t)m->cfg.n_layer * ROLE_N_LINEAR + 1, nn = (size_t)m->cfg.n_layer * 2 + 1;
+    const size_t ns = (size_t)m->cfg.n_layer * ROLE_N_LINEAR + 1;
     a->slot = peft_calloc(ns, sizeof *a->slot, err);
-    a->bias = peft_calloc(ns, sizeof *a->bias, err);
-    a->gbias = peft_calloc(ns, sizeof *a->gbias, err);
-    a->nbias = peft_calloc(nn, sizeof *a->nbias, err);
-    a->gnbias = peft_calloc(nn, sizeof *a->gnbias, err);
-    if (!a->slot || !a->bias || !a->gbias || !a->nbias || !a->gnbias)
-        return PEFT_ERR_NOMEM;
-    return 0;
-}
-
-static int new_bitfit(adapter *a, const peft_model *m, int *idx, int *nidx, peft_err *err) {
-    int n = 0;
-    const int L = m->cfg.n_layer;
-    for (int l = 0; l < L; l++)
-        for (int r = 0; r < ROLE_N_LINEAR; r++) {
-            idx[l * ROLE_N_LINEAR + r] = -1;
-            if (!m->layers[l].lin[r].present || !m->layers[l].lin[r].b) continue;
-            char path[200], key[256];
-            model_linear_hf_path(m, l, (model_linear_role)r, path, sizeof path);
-            snprintf(key, sizeof key, "base_model.model.%s.bias", path);
-            idx[l * ROLE_N_LINEAR + r] = adapter_add_tensor(a, key, 1, m->layers[l].lin[r].w.rows, 1, true, err);
-            if (idx[l * ROLE_N_LINEAR + r] < 0) return PEFT_ERR_NOMEM;
-            n++;
-        }
-    for (int l = 0; l <= L; l++)
-        for (int which = 0; which < 2; which++) {
-            nidx[l * 2 + which] = -1;
-            if (l == L && which) continue;
-            if (!base_norm_b(m, l, which)) continue;
-            char nm[200], key[256];
-            adapter_norm_name(m, l, which, "bias", nm, sizeof nm);
-            snprintf(key, sizeof key, "base_model.model.%s", nm);
-            nidx[l * 2 + which] = adapter_add_tensor(a, key, 1, m->cfg.d_model, 1, true, err);
-            if (nidx[l * 2 + which] < 0) return PEFT_ERR_NOMEM;
-            n++;
-        }
-    if (!n)
-        return peft_fail(err, PEFT_ERR_UNSUPPORTED,
-                         "bitfit: %s (%s) has no bias terms to train; BitFit needs an architecture with biases "
-                         "(gpt2; qwen2 has q/k/v biases)", m->path, m->cfg.arch_name);
-    return 0;
+    return a->slot ? 0 : PEFT_ERR_NOMEM;
 }
 
 static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *eidx, peft_err *err) {
@@ -397,7 +354,6 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
     int rc = (!a->base_model || !idx || !nidx) ? PEFT_ERR_NOMEM : alloc_slots(a, m, err);
     if (rc) goto done;
     switch (mc->method) {
-    case METHOD_BITFIT: rc = new_bitfit(a, m, idx, nidx, err); break;
     case METHOD_FULL: rc = new_full(a, m, idx, nidx, eidx, err); break;
     default: rc = peft_fail(err, PEFT_ERR_INVALID, "unknown method %d", (int)mc->method);
     }
@@ -411,21 +367,6 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
     peft_rng rng;
     peft_rng_seed(&rng, mc->seed);
     switch (mc->method) {
-    case METHOD_BITFIT:
-        for (int s = 0; s < L * ROLE_N_LINEAR; s++)
-            if (idx[s] >= 0) {
-                a->bias[s] = a->tensors[idx[s]].p;
-                a->gbias[s] = a->tensors[idx[s]].g;
-                memcpy(a->bias[s], m->layers[s / ROLE_N_LINEAR].lin[s % ROLE_N_LINEAR].b,
-                       (size_t)a->tensors[idx[s]].n * sizeof(float));
-            }
-        for (int k = 0; k < 2 * L + 1; k++)
-            if (nidx[k] >= 0) {
-                a->nbias[k] = a->tensors[nidx[k]].p;
-                a->gnbias[k] = a->tensors[nidx[k]].g;
-                memcpy(a->nbias[k], base_norm_b(m, k / 2, k % 2), (size_t)m->cfg.d_model * sizeof(float));
-            }
-        break;
     case METHOD_FULL: rc = wire_full(a, m, idx, nidx, eidx, err); break;
     default: break;
     }
@@ -449,18 +390,28 @@ const kern_weight *adapter_weight(const adapter *a, const peft_model *m, int l, 
 
 const float *adapter_bias(const adapter *a, const peft_model *m, int l, model_linear_role r) {
     const int s = l * ROLE_N_LINEAR + r;
-    if (a && a->bias && a->bias[s]) return a->bias[s];
+    if (a && a->ops && a->ops->lin_bias) {
+        const float *b = a->ops->lin_bias(a, l, r);
+        if (b) return b;
+    }
     if (a && a->fb && a->fw[s].data) return a->fb[s];
     return m->layers[l].lin[r].b;
 }
 
 const float *adapter_norm_w(const adapter *a, const peft_model *m, int l, int which) {
+    if (a && a->ops && a->ops->norm_param) {
+        const float *w = a->ops->norm_param(a, l, which, false);
+        if (w) return w;
+    }
     if (a && a->fnw && a->fnw[l * 2 + which]) return a->fnw[l * 2 + which];
     return base_norm_w(m, l, which);
 }
 
 const float *adapter_norm_b(const adapter *a, const peft_model *m, int l, int which) {
-    if (a && a->nbias && a->nbias[l * 2 + which]) return a->nbias[l * 2 + which];
+    if (a && a->ops && a->ops->norm_param) {
+        const float *b = a->ops->norm_param(a, l, which, true);
+        if (b) return b;
+    }
     if (a && a->fnb && a->fnb[l * 2 + which]) return a->fnb[l * 2 + which];
     return base_norm_b(m, l, which);
 }

@@ -26,7 +26,6 @@ typedef struct method_ops method_ops;   /* peft/method.h */
 typedef enum {
     METHOD_LORA = 0,
     METHOD_DORA,
-    METHOD_BITFIT,
     METHOD_FULL,
     METHOD_N,
     METHOD_PLUGIN = 100   /* a method of the plug-in registry (method.h): see mc.ops */
@@ -113,10 +112,6 @@ typedef struct adapter {
     int n_tensors, cap_tensors;
     adapter_tensor *tensors;
     float *dora_norms;                /* all modules' wnorm, one buffer */
-    /* BitFit: per slot a bias copy (out), per layer norm biases (d) ×2 and
-     * the final norm's; NULL where the base has none */
-    float **bias, **gbias;
-    float **nbias, **gnbias;          /* (n_layer * 2 + 1) */
     /* full fine-tuning: every weight as f32 copies, HF (out, in) layout */
     kern_weight *fw;                  /* per slot */
     float **fb, **gfb;                /* linear biases */

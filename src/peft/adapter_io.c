@@ -120,29 +120,6 @@ static bool add_layers(cJSON *o, const adapter *a) {
     return ok;
 }
 
-static char *method_config_json(const adapter *a, const peft_model *m) {
-    cJSON *o = cJSON_CreateObject();
-    if (!o) return NULL;
-    bool ok = true;
-    switch (a->method) {
-    case METHOD_BITFIT: {
-        ok &= add_common(o, a, m, "BITFIT");
-        cJSON *bn = cJSON_AddArrayToObject(o, "bias_names");
-        ok &= bn != NULL;
-        for (int i = 0; i < a->n_tensors && bn; i++)
-            if (a->tensors[i].p != a->score)
-                ok &= cJSON_AddItemToArray(bn, cJSON_CreateString(a->tensors[i].key + strlen("base_model.model.")));
-        break;
-    }
-    default:
-        cJSON_Delete(o);
-        return NULL;
-    }
-    char *s = ok ? cJSON_Print(o) : NULL;
-    cJSON_Delete(o);
-    return s;
-}
-
 /* ---- full fine-tuning: an HF model folder -------------------------------------- */
 
 
@@ -360,8 +337,7 @@ static char *plugin_config_json(const adapter *a, const peft_model *m, peft_err 
 
 int adapter_save(const adapter *a, const peft_model *m, const char *dir, peft_err *err) {
     if (a->method == METHOD_FULL) return save_full(a, m, dir, err);
-    char *js = a->ops ? plugin_config_json(a, m, err)
-               : a->method == METHOD_LORA || a->method == METHOD_DORA ? lora_config_json(a, m) : method_config_json(a, m);
+    char *js = a->ops ? plugin_config_json(a, m, err) : lora_config_json(a, m);
     if (!js) return peft_fail(err, PEFT_ERR_NOMEM, "%s: cannot build the adapter config", dir);
     int rc = adapter_write_folder(a, dir, js, err);
     free(js);
@@ -436,11 +412,9 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
         mc.method = METHOD_PLUGIN;
         mc.ops = plug;
         if (plug->config_read && (rc = plug->config_read(o, cfg_path, m, &mc, err))) goto done;
-    } else if (!strcmp(t, "BITFIT")) {
-        mc.method = METHOD_BITFIT;
     } else {
         char known[512];
-        size_t kl = (size_t)snprintf(known, sizeof known, "LORA, BITFIT");
+        size_t kl = (size_t)snprintf(known, sizeof known, "LORA");
         for (const method_ops *const *p = method_registry(); *p && kl < sizeof known; p++)
             kl += (size_t)snprintf(known + kl, sizeof known - kl, ", %s", (*p)->peft_type);
         rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: peft_type %s is not supported (%s load)", cfg_path, t, known);

@@ -110,6 +110,13 @@ struct method_ops {
      * dx += d delta / dx; HOOK_REPLACE: everything, dx included. dx (N, in)
      * may be NULL (parameter gradients only). */
     int (*lin_bwd)(adapter *a, const lin_call *c, const float *dy, int lddy, float *dx);
+    /* a linear's bias replaced by the method's (BitFit), or NULL: the base's */
+    const float *(*lin_bias)(const adapter *a, int l, model_linear_role r);
+    /* norms: the method's weight or bias of norm `which` (0 attention, 1 MLP)
+     * of layer l (l == n_layer: the final norm), or NULL: the base's; and
+     * the gradient it accumulates into (NULL: not trained) */
+    const float *(*norm_param)(const adapter *a, int l, int which, bool bias);
+    float *(*norm_grad)(adapter *a, int l, int which, bool bias);
     /* sub-layer output hooks */
     bool (*sub_hooked)(const adapter *a, int l, int site);
     size_t (*sub_act_bytes)(const adapter *a, int l, int site, int N);

@@ -267,7 +267,7 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
     if (a) {
         if (P) g->need_dx0 = true;   /* the input rows are trained */
         if (a->ops && a->ops->lowest_layer) g->lowest = PEFT_MIN(g->lowest, a->ops->lowest_layer(a, m));
-        if (a->method == METHOD_FULL || a->method == METHOD_BITFIT) {
+        if (a->method == METHOD_FULL || (a->ops && a->ops->norm_grad)) {
             g->lowest = 0;
             g->need_dx0 = true;
         }
@@ -386,7 +386,6 @@ static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, 
     }
     const int lddyc = dyc == dy ? ldy : out;
     /* BitFit / full: bias and weight gradients */
-    if (a && a->gbias && a->gbias[s]) colsum_acc(a->gbias[s], dy, N, out, ldy);
     if (a && a->gfw && a->gfw[s]) {
         if (a->gfb[s]) colsum_acc(a->gfb[s], dy, N, out, ldy);
         /* gW (out, in) += dyᵀ·x */
@@ -600,10 +599,13 @@ static void make_masks(train_graph *g, uint64_t seed) {
 
 /* ---- norms with trainable parameters (BitFit, full) ---------------------------------- */
 
-static float *norm_gw(const train_graph *g, int k) { return g->ad && g->ad->gfnw ? g->ad->gfnw[k] : NULL; }
+static float *norm_gw(const train_graph *g, int k) {
+    if (g->ad && g->ad->ops && g->ad->ops->norm_grad) return g->ad->ops->norm_grad(g->ad, k / 2, k % 2, false);
+    return g->ad && g->ad->gfnw ? g->ad->gfnw[k] : NULL;
+}
 static float *norm_gb(const train_graph *g, int k) {
     if (!g->ad) return NULL;
-    if (g->ad->gnbias && g->ad->gnbias[k]) return g->ad->gnbias[k];
+    if (g->ad->ops && g->ad->ops->norm_grad) return g->ad->ops->norm_grad(g->ad, k / 2, k % 2, true);
     return g->ad->gfnb ? g->ad->gfnb[k] : NULL;
 }
 
