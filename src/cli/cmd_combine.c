@@ -67,8 +67,12 @@ static int parse_input(const char *arg, char **dir, double *w) {
     char *end;
     errno = 0;
     double x = strtod(v, &end);
-    if (end == v || *end || errno == ERANGE) {
+    if (end == v || *end) {
         fprintf(stderr, "peft combine: --adapter \"%s\": the weight \"%s\" is not a number\n", arg, v);
+        return -1;
+    }
+    if (errno == ERANGE) {
+        fprintf(stderr, "peft combine: --adapter \"%s\": the weight \"%s\" is out of range\n", arg, v);
         return -1;
     }
     if (!isfinite(x)) {
@@ -79,6 +83,13 @@ static int parse_input(const char *arg, char **dir, double *w) {
     if (!*dir) { fprintf(stderr, "peft combine: out of memory\n"); return -1; }
     *w = x;
     return 0;
+}
+
+/* A library error: its message already names the command ("combine: ..."). */
+static void print_err(const peft_ctx *ctx) {
+    const char *msg = ctx->err.msg;
+    if (strncmp(msg, "combine: ", 9) == 0) fprintf(stderr, "peft %s\n", msg);
+    else fprintf(stderr, "peft combine: %s\n", msg);
 }
 
 static int parse_density(const char *v, double *out) {
@@ -196,7 +207,7 @@ int cmd_combine(int argc, char **argv) {
             goto done;
         }
     if (lora_combine(m, (const adapter *const *)ins, w, n, (const char *const *)dirs, &o, &res, &ctx->err)) {
-        fprintf(stderr, "peft combine: %s\n", ctx->err.msg);
+        print_err(ctx);
         rc = 1;
         goto done;
     }

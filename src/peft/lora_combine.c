@@ -308,7 +308,7 @@ static int check_inputs(const peft_model *m, const adapter *const *in, int n, co
                              "magnitude vectors)", nb);
         if (a->method != METHOD_LORA)
             return peft_fail(err, PEFT_ERR_UNSUPPORTED,
-                             "combine: %s is a %s adapter; only LoRA adapters combine (HF peft's "
+                             "combine: %s is an adapter of method %s; only LoRA adapters combine (HF peft's "
                              "add_weighted_adapter is a LoRA method)", nb, method_name(a->method));
         if (a->score)
             return peft_fail(err, PEFT_ERR_UNSUPPORTED,
