@@ -21,6 +21,7 @@
 #include "core/limits.h"
 
 #include <cblas.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -217,7 +218,7 @@ static int svd_factor(const float *d, int out, int in, int R, double clamp, floa
     int lwork = -1, info = 0;
     double wq = 0;
     dgesdd_("S", &m, &n, a, &m, s, u, &m, vt, &k, &wq, &lwork, iwork, &info, 1);
-    if (info != 0 || !(wq >= 1 && wq < 1e12)) {
+    if (info != 0 || !(wq >= 1 && wq <= (double)INT_MAX)) {
         rc = peft_fail(err, PEFT_ERR_NUMERIC, "%s: the SVD's workspace query failed (LAPACK dgesdd info %d)", what, info);
         goto done;
     }
