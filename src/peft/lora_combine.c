@@ -33,6 +33,11 @@
 extern void dgesdd_(const char *jobz, const int *m, const int *n, double *a, const int *lda, double *s, double *u,
                     const int *ldu, double *vt, const int *ldvt, double *work, const int *lwork, int *iwork,
                     int *info, size_t jobz_len);
+/* QR (Householder) and its explicit Q, for the low-rank path of svd. */
+extern void dgeqrf_(const int *m, const int *n, double *a, const int *lda, double *tau, double *work,
+                    const int *lwork, int *info);
+extern void dorgqr_(const int *m, const int *n, const int *k, double *a, const int *lda, const double *tau,
+                    double *work, const int *lwork, int *info);
 
 static const struct {
     const char *name;
@@ -248,6 +253,90 @@ done:
     return rc;
 }
 
+/* svd of Δ = P·Q without forming Δ, where P = [w_q s_q B_q] (out, K) and
+ * Q = [A_q] stacked (K, in), K = Σ r_q ≤ min(out, in): P = Q1·R1,
+ * Qᵀ = Q2·R2 (QR), R1·R2ᵀ = Uc·S·Vcᵀ (K × K), so Δ = (Q1·Uc)·S·(Q2·Vc)ᵀ.
+ * The same singular values and vectors as the full SVD (up to signs), at
+ * O((out + in)·K²) instead of O(out·in·min(out, in)): on a 576-wide
+ * model about 100x faster. Used when the merge is a plain weighted sum. */
+static int svd_factor_lowrank(const lora_module *const *src, const double *w, int k, int out, int in, int R,
+                              double clamp, float *A, float *B, const char *what, peft_err *err) {
+    int K = 0;
+    for (int q = 0; q < k; q++) K += src[q]->r;
+    double *p = peft_malloc((size_t)out * K * sizeof(double), err);     /* column-major (out, K) */
+    double *qt = peft_malloc((size_t)in * K * sizeof(double), err);     /* column-major (in, K) */
+    double *tau1 = peft_malloc((size_t)K * sizeof(double), err), *tau2 = peft_malloc((size_t)K * sizeof(double), err);
+    double *c = peft_malloc((size_t)K * K * sizeof(double), err);
+    double *s = peft_malloc((size_t)K * sizeof(double), err), *uc = peft_malloc((size_t)K * K * sizeof(double), err);
+    double *vct = peft_malloc((size_t)K * K * sizeof(double), err);
+    int *iwork = peft_malloc((size_t)8 * K * sizeof(int), err);
+    const int lwork = 64 * K + 4 * K * K + 8 * K + 64;
+    double *work = peft_malloc((size_t)lwork * sizeof(double), err);
+    int rc = 0, info = 0;
+    if (!p || !qt || !tau1 || !tau2 || !c || !s || !uc || !vct || !iwork || !work) { rc = PEFT_ERR_NOMEM; goto done; }
+    int off = 0;
+    for (int q = 0; q < k; q++) {
+        const lora_module *im = src[q];
+        const double f = w[q] * im->scale;
+        for (int j = 0; j < im->r; j++) {
+            for (int o = 0; o < out; o++) p[o + (int64_t)(off + j) * out] = f * im->B[(int64_t)o * im->r + j];
+            for (int i = 0; i < in; i++) qt[i + (int64_t)(off + j) * in] = im->A[(int64_t)j * in + i];
+        }
+        off += im->r;
+    }
+    dgeqrf_(&out, &K, p, &out, tau1, work, &lwork, &info);
+    if (!info) dgeqrf_(&in, &K, qt, &in, tau2, work, &lwork, &info);
+    /* c = R1·R2ᵀ, both upper triangular (K, K) in the tops of p and qt */
+    for (int a = 0; a < K && !info; a++)
+        for (int b = 0; b < K; b++) {
+            double t = 0;
+            for (int j = a > b ? a : b; j < K; j++) t += p[a + (int64_t)j * out] * qt[b + (int64_t)j * in];
+            c[a + (int64_t)b * K] = t;
+        }
+    if (!info) dorgqr_(&out, &K, &K, p, &out, tau1, work, &lwork, &info);
+    if (!info) dorgqr_(&in, &K, &K, qt, &in, tau2, work, &lwork, &info);
+    if (info) { rc = peft_fail(err, PEFT_ERR_NUMERIC, "%s: QR of the stacked factors failed (LAPACK info %d)", what, info); goto done; }
+    dgesdd_("S", &K, &K, c, &K, s, uc, &K, vct, &K, work, &lwork, iwork, &info, 1);
+    if (info) {
+        rc = peft_fail(err, PEFT_ERR_NUMERIC, "%s: the SVD did not converge (LAPACK dgesdd info %d; NaN or inf in the "
+                                              "adapters?)", what, info);
+        goto done;
+    }
+    /* B = Q1·Uc[:, :R]·S_R (out, R), A = (Q2·Vc[:, :R])ᵀ (R, in) */
+    for (int o = 0; o < out; o++)
+        for (int j = 0; j < R; j++) {
+            double t = 0;
+            for (int a = 0; a < K; a++) t += p[o + (int64_t)a * out] * uc[a + (int64_t)j * K];
+            B[(int64_t)o * R + j] = (float)(t * s[j]);
+        }
+    for (int j = 0; j < R; j++)
+        for (int i = 0; i < in; i++) {
+            double t = 0;
+            for (int b = 0; b < K; b++) t += qt[i + (int64_t)b * in] * vct[j + (int64_t)b * K];
+            A[(int64_t)j * in + i] = (float)t;
+        }
+    if (clamp >= 0) rc = combine_clamp_factors(A, (int64_t)R * in, B, (int64_t)out * R, clamp, err);
+done:
+    free(p);
+    free(qt);
+    free(tau1);
+    free(tau2);
+    free(c);
+    free(s);
+    free(uc);
+    free(vct);
+    free(iwork);
+    free(work);
+    return rc;
+}
+
+/* Whether the low-rank path can give rank R: R ≤ K = Σ r_q ≤ min(out, in). */
+static bool svd_rank_fits(const lora_module *const *src, int k, int R, int out, int in) {
+    int K = 0;
+    for (int q = 0; q < k; q++) K += src[q]->r;
+    return R <= K && K <= out && K <= in;
+}
+
 /* ---- checks and the combination ------------------------------------------------------ */
 
 /* "adapter DIR" or "adapter #i" for messages, into buf. */
@@ -447,6 +536,10 @@ int lora_combine(const peft_model *m, const adapter *const *in, const double *w,
     if (!tasks || !merged || !scratch || !tp || !wt || !srcs || !wks) rc = PEFT_ERR_NOMEM;
     peft_rng rng;
     peft_rng_seed(&rng, o.seed);
+    /* the merge of the deltas is Σ w_i Δ_i (no pruning, no sign election):
+     * Δ has rank ≤ Σ r_i and the low-rank SVD applies */
+    const bool plain_sum = o.type == COMBINE_SVD ||
+                           ((o.type == COMBINE_DARE_LINEAR_SVD || o.type == COMBINE_MAGNITUDE_PRUNE_SVD) && o.density >= 1);
     for (int j = 0; j < a->n_modules && !rc; j++) {
         lora_module *md = &a->mods[j];
         const int s = md->layer * ROLE_N_LINEAR + (int)md->role;
@@ -484,6 +577,8 @@ int lora_combine(const peft_model *m, const adapter *const *in, const double *w,
                 }
                 merge_tasks(tp, wt, k, ne, &o, scratch, &rng, side ? md->B : md->A);
             }
+        } else if (plain_sum && svd_rank_fits(srcs, k, new_rank, md->out, md->in)) {
+            rc = svd_factor_lowrank(srcs, wks, k, md->out, md->in, new_rank, o.svd_clamp, md->A, md->B, path, err);
         } else {
             /* Δ_i = s_i · B_i · A_i (get_delta_weight), merged, re-factored */
             const int64_t ne = (int64_t)md->out * md->in;
