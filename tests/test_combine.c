@@ -478,6 +478,13 @@ static void bad_inputs_are_refused(void) {
         b->base_model = "some/other-model";
         p[0] = a; p[1] = b;
         expect_refused(lm.m, p, w, 2, &o, "adapters of different bases do not combine", "different bases");
+        /* the same folder by another path is the same base */
+        char abs[4096];
+        CHECK(realpath("tests/fixtures/models/tiny-llama", abs) != NULL);
+        b->base_model = abs;
+        adapter *same = NULL;
+        CHECK_MSG(lora_combine(lm.m, (const adapter *const *)p, w, 2, NULL, &o, &same, &err) == 0, "%s", err.msg);
+        adapter_free(same);
         b->base_model = saved;
         o.type = COMBINE_LINEAR;
         p[1] = c;

@@ -384,6 +384,17 @@ static int check_opts(const combine_opts *o, int n, const double *w, const char 
     return 0;
 }
 
+/* Two base_model_name_or_path values name one base: equal, or the same
+ * file or folder here ("models/x.gguf" and its absolute path). */
+static bool same_base(const char *a, const char *b) {
+    if (strcmp(a, b) == 0) return true;
+    char *ra = realpath(a, NULL), *rb = realpath(b, NULL);
+    const bool same = ra && rb && strcmp(ra, rb) == 0;
+    free(ra);
+    free(rb);
+    return same;
+}
+
 static int check_inputs(const peft_model *m, const adapter *const *in, int n, const char *const *names,
                         peft_err *err) {
     char nb[512], nb2[512];
@@ -409,7 +420,7 @@ static int check_inputs(const peft_model *m, const adapter *const *in, int n, co
         if (rc) return rc;
         const char *b0 = in[0]->base_model ? in[0]->base_model : m->path;
         const char *bi = a->base_model ? a->base_model : m->path;
-        if (i > 0 && strcmp(b0, bi) != 0)
+        if (i > 0 && !same_base(b0, bi))
             return peft_fail(err, PEFT_ERR_INVALID,
                              "combine: %s was made for base model \"%s\" but %s for \"%s\"; adapters of different "
                              "bases do not combine", in_name(names, 0, nb2, sizeof nb2), b0, nb, bi);
