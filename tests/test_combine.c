@@ -15,6 +15,7 @@
  *     the CLI, before anything is written. */
 #include "formats/safetensors.h"
 #include "peft/lora.h"
+#include "peft/method.h"
 #include "test.h"
 
 #include <cjson/cJSON.h>
@@ -421,13 +422,14 @@ static adapter *make_adapter(const peft_model *m, const char *method, const char
     peft_err err = {0};
     method_config mc;
     memset(&mc, 0, sizeof mc);
-    CHECK_OK(method_parse(method, &mc.method));
+    mc.ops = method_find(method);
+    if (mc.ops) mc.method = METHOD_PLUGIN;
+    else CHECK_OK(method_parse(method, &mc.method));
     mc.lora = lora_default_config();
     mc.lora.r = r;
     mc.lora.layers = mc.layers = layers;
     mc.lora.dora = mc.method == METHOD_DORA;
     if (targets) CHECK_OK(lora_parse_targets(m, targets, &mc.lora.targets, &err));
-    if (mc.method == METHOD_IA3) adapter_ia3_defaults(m, &mc.ia3_targets, &mc.ia3_ff);
     mc.seed = 5;
     adapter *a = NULL;
     CHECK_MSG(adapter_new(m, &mc, &a, &err) == 0, "%s: %s", method, err.msg);

@@ -410,7 +410,7 @@ static int check_inputs(const peft_model *m, const adapter *const *in, int n, co
         if (a->method != METHOD_LORA)
             return peft_fail(err, PEFT_ERR_UNSUPPORTED,
                              "combine: %s is an adapter of method %s; only LoRA adapters combine (HF peft's "
-                             "add_weighted_adapter is a LoRA method)", nb, method_name(a->method));
+                             "add_weighted_adapter is a LoRA method)", nb, adapter_method_name(a));
         if (a->score)
             return peft_fail(err, PEFT_ERR_UNSUPPORTED,
                              "combine: %s has a classification head (modules_to_save); only the LoRA matrices "
