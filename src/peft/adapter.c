@@ -53,6 +53,10 @@ int adapter_add_tensor(adapter *a, const char *key, int ndim, int64_t d0, int64_
     return a->n_tensors++;
 }
 
+void adapter_tensor_set_group(adapter *a, int idx, unsigned flags) {
+    if (idx >= 0 && idx < a->n_tensors) a->tensors[idx].group = (uint8_t)flags;
+}
+
 int adapter_finish_alloc(adapter *a, peft_err *err) {
     int64_t n = 0;
     for (int i = 0; i < a->n_tensors; i++) n += a->tensors[i].n;
@@ -278,6 +282,9 @@ static int new_bn(adapter *a, const peft_model *m, int *idx, peft_err *err) {
             if (adapter_add_tensor(a, key, 2, d, b, true, err) < 0) return PEFT_ERR_NOMEM;
             snprintf(key, sizeof key, "base_model.model.%s.%s.adapter_up.bias", pre, sn);
             if (adapter_add_tensor(a, key, 1, d, 1, true, err) < 0) return PEFT_ERR_NOMEM;
+            /* the Trainer's rule: no weight decay on biases */
+            adapter_tensor_set_group(a, i0 + 1, PG_NO_DECAY);
+            adapter_tensor_set_group(a, i0 + 3, PG_NO_DECAY);
             idx[l * 2 + site] = i0;
         }
     return 0;
@@ -330,6 +337,8 @@ static int new_prompt(adapter *a, const peft_model *m, int *idx, peft_err *err) 
         adapter_add_tensor(a, "prefix_encoder.transform.2.weight", 2, W, H, false, err) < 0 ||
         adapter_add_tensor(a, "prefix_encoder.transform.2.bias", 1, W, 1, false, err) < 0)
         return PEFT_ERR_NOMEM;
+    adapter_tensor_set_group(a, idx[0] + 2, PG_NO_DECAY);
+    adapter_tensor_set_group(a, idx[0] + 4, PG_NO_DECAY);
     a->prefix_table = peft_calloc((size_t)P * W, sizeof(float), err);
     a->prefix_gtable = peft_calloc((size_t)P * W, sizeof(float), err);
     a->pe_hidden = peft_calloc((size_t)P * H, sizeof(float), err);
@@ -366,6 +375,7 @@ static int new_bitfit(adapter *a, const peft_model *m, int *idx, int *nidx, peft
             snprintf(key, sizeof key, "base_model.model.%s.bias", path);
             idx[l * ROLE_N_LINEAR + r] = adapter_add_tensor(a, key, 1, m->layers[l].lin[r].w.rows, 1, true, err);
             if (idx[l * ROLE_N_LINEAR + r] < 0) return PEFT_ERR_NOMEM;
+            adapter_tensor_set_group(a, idx[l * ROLE_N_LINEAR + r], PG_NO_DECAY);
             n++;
         }
     for (int l = 0; l <= L; l++)
@@ -378,6 +388,7 @@ static int new_bitfit(adapter *a, const peft_model *m, int *idx, int *nidx, peft
             snprintf(key, sizeof key, "base_model.model.%s", nm);
             nidx[l * 2 + which] = adapter_add_tensor(a, key, 1, m->cfg.d_model, 1, true, err);
             if (nidx[l * 2 + which] < 0) return PEFT_ERR_NOMEM;
+            adapter_tensor_set_group(a, nidx[l * 2 + which], PG_NO_DECAY);
             n++;
         }
     if (!n)
@@ -413,6 +424,7 @@ static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *e
                 snprintf(key, sizeof key, "%s.bias", path);
                 idx[2 * (l * ROLE_N_LINEAR + r) + 1] = adapter_add_tensor(a, key, 1, lin->w.rows, 1, true, err);
                 bad |= idx[2 * (l * ROLE_N_LINEAR + r) + 1] < 0;
+                adapter_tensor_set_group(a, idx[2 * (l * ROLE_N_LINEAR + r) + 1], PG_NO_DECAY);
             }
         }
     for (int l = 0; l <= L; l++)
@@ -422,10 +434,13 @@ static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *e
             adapter_norm_name(m, l, which, "weight", key, sizeof key);
             nidx[2 * (l * 2 + which)] = adapter_add_tensor(a, key, 1, d, 1, true, err);
             bad |= nidx[2 * (l * 2 + which)] < 0;
+            /* norm weights and biases: no decay (the Trainer's rule) */
+            adapter_tensor_set_group(a, nidx[2 * (l * 2 + which)], PG_NO_DECAY);
             if (base_norm_b(m, l, which)) {
                 adapter_norm_name(m, l, which, "bias", key, sizeof key);
                 nidx[2 * (l * 2 + which) + 1] = adapter_add_tensor(a, key, 1, d, 1, true, err);
                 bad |= nidx[2 * (l * 2 + which) + 1] < 0;
+                adapter_tensor_set_group(a, nidx[2 * (l * 2 + which) + 1], PG_NO_DECAY);
             }
         }
     return bad ? PEFT_ERR_NOMEM : 0;

@@ -76,6 +76,19 @@ typedef struct {
     float *gdw, *gdb, *guw, *gub;
 } bn_module;
 
+/* Parameter groups of a tensor (adapter_tensor.group, flag bits), set where
+ * the tensor is registered; the trainer turns them into per-tensor
+ * learning rates and weight decay (src/train/param_groups.c).
+ *   PG_NO_DECAY   no weight decay: what HF's Trainer leaves out of decay
+ *                 (get_decay_parameter_names: biases, LayerNorm / RMSNorm
+ *                 weights)
+ *   PG_LORA_B     LoRA+'s group B (lr × loraplus_lr_ratio): lora_B and, as
+ *                 HF peft's create_loraplus_optimizer has it, every 1-D
+ *                 tensor of a LoRA adapter (DoRA's magnitude)
+ *   PG_EMBEDDING  LoRA+'s embedding group (lr = loraplus_lr_embedding): the
+ *                 A/B of a LoRA on an embedding layer */
+enum { PG_NO_DECAY = 1, PG_LORA_B = 2, PG_EMBEDDING = 4 };
+
 /* One tensor of the block. key "" means not saved in the final adapter
  * (prefix tuning's reparametrising MLP: only its output table is saved,
  * as HF PEFT does; checkpoints keep everything). */
@@ -86,6 +99,7 @@ typedef struct {
     int64_t n;
     float *p, *g;
     bool saved;
+    uint8_t group;     /* PG_* bits; 0: decayed, lr as given */
 } adapter_tensor;
 
 typedef struct {
@@ -171,6 +185,8 @@ int adapter_fits(const adapter *a, const peft_model *m, peft_err *err);
 int adapter_add_tensor(adapter *a, const char *key, int ndim, int64_t d0, int64_t d1, bool saved,
                        peft_err *err);
 int adapter_finish_alloc(adapter *a, peft_err *err);
+/* Sets tensor idx's PG_* bits (idx < 0, a failed add: nothing). */
+void adapter_tensor_set_group(adapter *a, int idx, unsigned flags);
 adapter_tensor *adapter_find_tensor(const adapter *a, const char *key);
 
 /* A new adapter of any method for m (LoRA goes through lora_new). */
