@@ -405,10 +405,51 @@ static void loraplus_resume_is_byte_identical(void) {
     peft_free(ctx);
 }
 
+/* LoRA+ on a method without B matrices: one error, nothing written. */
+static void loraplus_is_refused_before_anything_is_written(void) {
+    peft_ctx *ctx = peft_init(NULL);
+    peft_model *m = peft_model_load(ctx, MFIX "tiny-llama");
+    CHECK(m != NULL);
+    if (!m) { peft_free(ctx); return; }
+    method_config mc;
+    memset(&mc, 0, sizeof mc);
+    mc.method = METHOD_IA3;
+    adapter *a = NULL;
+    peft_err err = {0};
+    CHECK_OK(adapter_new(m, &mc, &a, &err));
+    int32_t ids[16];
+    uint8_t loss[16];
+    for (int t = 0; t < 16; t++) { ids[t] = t + 5; loss[t] = 1; }
+    data_example ex = {ids, loss, 16, -1};
+    data_set ds = {0};
+    ds.kind = DATA_TEXT;
+    ds.ex = &ex;
+    ds.n = 1;
+    char parent[] = "/tmp/peft_pgr_XXXXXX", out[300];
+    CHECK(mkdtemp(parent) != NULL);
+    snprintf(out, sizeof out, "%s/run", parent);
+    train_params tp = train_default_params();
+    tp.batch = 1;
+    tp.seq = 16;
+    tp.steps = 1;
+    tp.opt.loraplus_lr_ratio = 16;
+    tp.out_dir = out;
+    train_result res;
+    CHECK(a && train_run(m, a, &ds, NULL, &tp, &res, &err) == PEFT_ERR_INVALID);
+    CHECK_MSG(strstr(err.msg, "LoRA+") && strstr(err.msg, "ia3"), "%s", err.msg);
+    CHECK_MSG(access(out, F_OK) != 0, "%s was created", out);
+    printf("    %s\n", err.msg);
+    CHECK(test_rm_rf(parent) == 0);
+    adapter_free(a);
+    peft_model_free(m);
+    peft_free(ctx);
+}
+
 int main(void) {
     TEST_RUN(groups_and_trajectories_match_hf);
     TEST_RUN(segments_follow_the_group_rules);
     TEST_RUN(one_segment_is_adamw_step_bit_for_bit);
     TEST_RUN(loraplus_resume_is_byte_identical);
+    TEST_RUN(loraplus_is_refused_before_anything_is_written);
     TEST_MAIN_END();
 }

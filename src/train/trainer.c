@@ -454,15 +454,21 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
     res->val_loss_before = res->val_loss_after = res->val_accuracy = NAN;
     if (p->batch <= 0 || p->seq < 2 || p->accum <= 0) return peft_fail(err, PEFT_ERR_INVALID, "batch, seq and accumulation must be positive");
     if (!p->out_dir) return peft_fail(err, PEFT_ERR_INVALID, "no output folder");
-    int rc = peft_mkdir_p(p->out_dir, err);
+    /* the groups first: LoRA+ on an adapter without B matrices fails before
+     * anything is written */
+    optim_segment *seg = NULL;
+    int n_seg = 0;
+    int rc = param_groups_build(a, &p->opt, &seg, &n_seg, err);
     if (rc) return rc;
-    if (access(p->out_dir, W_OK) != 0) return peft_fail(err, PEFT_ERR_IO, "%s: not writable", p->out_dir);
+    if ((rc = peft_mkdir_p(p->out_dir, err))) { free(seg); return rc; }
+    if (access(p->out_dir, W_OK) != 0) {
+        free(seg);
+        return peft_fail(err, PEFT_ERR_IO, "%s: not writable", p->out_dir);
+    }
 
     data_loader *ld = NULL;
     train_graph *g = NULL;
     adamw_state opt = {0};
-    optim_segment *seg = NULL;
-    int n_seg = 0;
     owned_batch *micro = NULL;
     history hist = {0};
     char metrics[4200], svg[4200], line[1024];
@@ -477,7 +483,6 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
     if (total <= 0) total = PEFT_MAX(1, (PEFT_MAX(1, p->epochs) * data_loader_batches_per_epoch(ld)) / p->accum);
     optim_params op = p->opt;
     op.total_steps = total;
-    if ((rc = param_groups_build(a, &op, &seg, &n_seg, err))) goto done;
     if ((rc = adamw_init(&opt, a->n_params, err))) goto done;
     micro = peft_calloc((size_t)p->accum, sizeof *micro, err);
     if (!micro) { rc = PEFT_ERR_NOMEM; goto done; }
