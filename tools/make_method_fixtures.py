@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Generate the fixtures for the non-LoRA fine-tuning methods (and DoRA, sequence
-classification) used by the peft.c tests.
+"""Generate the fixtures for the non-LoRA fine-tuning methods (DoRA, IA3, prompt / prefix
+tuning, bottleneck, BitFit, full, sequence classification, VeRA, LoHa, LoKr) used by the
+peft.c tests.
 
     python3 tools/make_method_fixtures.py      # (re)writes tests/fixtures/methods/
 
@@ -18,7 +19,8 @@ Per case (see tests/fixtures/methods/README.md for the formulas, keys and shapes
 Besides producing the references the script checks the README's formulas: every method
 is re-implemented here from the documented formula alone (forward hooks on the plain HF
 model, or a from-scratch llama / GPT-2 forward for the prompt / prefix cases) and must
-reproduce peft's logits (and, for DoRA, its gradients).
+reproduce peft's logits (and, for DoRA, VeRA, LoHa and LoKr, its gradients: for the last three
+through hand-written backwards that are the README's gradient formulas, also gradchecked).
 
 Requires: torch, transformers (v5), peft, safetensors, numpy. Inputs are the tiny HF
 models in tests/fixtures/models/ (made by tools/make_fixtures.py).
@@ -42,8 +44,9 @@ import transformers  # noqa: E402
 from fixture_common import (INIT_SCALE, MASK, MODELS_REL, ROOT, clean_dir, f,  # noqa: E402,F401
                             make_labels, save_peft_adapter, shifted_ce)
 from fixture_common import load_base as load_causal  # noqa: E402
-from peft import (IA3Config, LoraConfig, PeftConfig, PeftModel, PrefixTuningConfig,  # noqa: E402
-                  PromptTuningConfig, get_peft_model, set_peft_model_state_dict)
+from peft import (IA3Config, LoHaConfig, LoKrConfig, LoraConfig, PeftConfig, PeftModel,  # noqa: E402
+                  PrefixTuningConfig, PromptTuningConfig, VeraConfig, get_peft_model,
+                  set_peft_model_state_dict)
 from safetensors.numpy import load_file as np_load_file  # noqa: E402
 from safetensors.numpy import save_file as np_save_file  # noqa: E402
 from transformers import AutoModelForSequenceClassification  # noqa: E402
@@ -62,6 +65,7 @@ BN_REDUCTION = 8
 
 LLAMA_DORA = dict(r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj", "down_proj"])
 GPT2_DORA = dict(r=4, lora_alpha=8, use_dora=True, target_modules=["c_attn"], fan_in_fan_out=True)
+LLAMA_QVD = ["q_proj", "v_proj", "down_proj"]  # in 64/64/128, out 64/32/64: shapes differ
 
 CASES = [
     dict(name="dora_llama", model="tiny-llama", kind="dora", seed=201, lora=LLAMA_DORA),
@@ -84,6 +88,24 @@ CASES = [
     dict(name="seqcls_lora_llama", model="tiny-llama", kind="seqcls_lora", seed=218),
     dict(name="seqcls_lora_gpt2", model="tiny-gpt2", kind="seqcls_lora", seed=219),
     dict(name="seqcls_prompt_llama", model="tiny-llama", kind="seqcls_prompt", seed=220),
+    dict(name="vera_llama", model="tiny-llama", kind="vera", seed=221,
+         cfg=dict(r=8, target_modules=LLAMA_QVD, save_projection=True)),
+    dict(name="vera_gpt2", model="tiny-gpt2", kind="vera", seed=222,
+         cfg=dict(r=8, target_modules=["c_attn"], fan_in_fan_out=True, save_projection=True)),
+    dict(name="vera_llama_noproj", model="tiny-llama", kind="vera", seed=223,
+         cfg=dict(r=8, target_modules=LLAMA_QVD, save_projection=False)),
+    dict(name="loha_llama", model="tiny-llama", kind="loha", seed=224,
+         cfg=dict(r=4, alpha=8, target_modules=LLAMA_QVD)),
+    dict(name="loha_qwen2", model="tiny-qwen2", kind="loha", seed=225,
+         cfg=dict(r=4, alpha=8, target_modules=LLAMA_QVD)),
+    dict(name="lokr_llama", model="tiny-llama", kind="lokr", seed=226,
+         cfg=dict(r=4, alpha=8, target_modules=LLAMA_QVD)),
+    dict(name="lokr_llama_decompose", model="tiny-llama", kind="lokr", seed=227,
+         cfg=dict(r=4, alpha=8, decompose_both=True, decompose_factor=16, target_modules=LLAMA_QVD)),
+    dict(name="lokr_llama_r2", model="tiny-llama", kind="lokr", seed=228,
+         cfg=dict(r=2, alpha=4, decompose_both=True, target_modules=LLAMA_QVD)),
+    dict(name="lokr_qwen2", model="tiny-qwen2", kind="lokr", seed=229,
+         cfg=dict(r=4, alpha=8, target_modules=LLAMA_QVD)),
 ]
 
 
@@ -126,7 +148,8 @@ def trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
 
 def randomize(params, seed: int) -> None:
     """One generator per case, named_parameters() order. LoRA A/B, prompt/prefix tables,
-    prefix MLP, classifier head: 0.1*randn. IA3: 1 + 0.1*randn. DoRA m: m * (1 + 0.1*randn)."""
+    prefix MLP, classifier head, VeRA lambdas, LoHa / LoKr factors: 0.1*randn.
+    IA3: 1 + 0.1*randn. DoRA m: m * (1 + 0.1*randn)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in params:
@@ -152,6 +175,10 @@ def peft_key(name: str, proj: bool = False) -> str:
         return name[: -len(".default.weight")]
     if name.endswith(".ia3_l.default"):
         return name[: -len(".default")]
+    if name.endswith(".default") and any(f".{t}." in name for t in (
+            "vera_lambda_b", "vera_lambda_d", "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b",
+            "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")):
+        return name[: -len(".default")]  # VeRA / LoHa / LoKr parameters are bare ParameterDict entries
     assert ".default." in name, name
     return name.replace(".default.", ".")
 
@@ -308,6 +335,12 @@ def peft_config_for(case: dict):
                           fan_in_fan_out="gpt2" in case["model"])
     if kind == "seqcls_prompt":
         return PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=P_VIRT, prompt_tuning_init="RANDOM")
+    if kind == "vera":
+        return VeraConfig(task_type="CAUSAL_LM", vera_dropout=0.0, **case["cfg"])
+    if kind == "loha":
+        return LoHaConfig(task_type="CAUSAL_LM", rank_dropout=0.0, module_dropout=0.0, **case["cfg"])
+    if kind == "lokr":
+        return LoKrConfig(task_type="CAUSAL_LM", rank_dropout=0.0, module_dropout=0.0, **case["cfg"])
     raise ValueError(kind)
 
 
@@ -353,6 +386,8 @@ def run_peft_case(case: dict, d: Path, input_ids: np.ndarray, notes: dict) -> di
     if kind == "dora":
         # magnitude at creation, before randomisation: ||W||_row (B = 0 then)
         m0 = {n: p.detach().clone() for n, p in trainable(model) if "lora_magnitude_vector" in n}
+    if kind in ("vera", "loha", "lokr"):
+        check_fresh_init(case, model, notes)
     randomize(trainable(model), case["seed"])
     mem_params = {n: p.detach().clone() for n, p in trainable(model)}
     save_peft_adapter(model, d / "adapter")
@@ -361,7 +396,8 @@ def run_peft_case(case: dict, d: Path, input_ids: np.ndarray, notes: dict) -> di
     notes["adapter_config"] = {k: acfg[k] for k in sorted(acfg) if k in (
         "target_modules", "feedforward_modules", "fan_in_fan_out", "num_virtual_tokens", "token_dim",
         "num_attention_heads", "num_layers", "num_transformer_submodules", "encoder_hidden_size",
-        "prefix_projection", "modules_to_save", "inference_mode", "task_type", "use_dora", "r", "lora_alpha")}
+        "prefix_projection", "modules_to_save", "inference_mode", "task_type", "use_dora", "r", "lora_alpha",
+        "alpha", "decompose_both", "decompose_factor", "save_projection", "projection_prng_key", "d_initial")}
     notes["saved_keys"] = {k: list(v.shape) for k, v in saved.items()}
 
     # ---- reload as a trainable model ----------------------------------------------------
@@ -469,7 +505,8 @@ def run_peft_case(case: dict, d: Path, input_ids: np.ndarray, notes: dict) -> di
 
     # ---- README formulas restated --------------------------------------------------------
     checks = {"dora": check_dora, "ia3": check_ia3, "prompt": check_prompt, "prefix": check_prefix,
-              "prefix_proj": check_prefix, "seqcls_lora": check_seqcls, "seqcls_prompt": check_seqcls}
+              "prefix_proj": check_prefix, "seqcls_lora": check_seqcls, "seqcls_prompt": check_seqcls,
+              "vera": check_vera, "loha": check_loha, "lokr": check_lokr}
     checks[kind](case, model, ids_t, mask_t, lab_t, logits, loss, grads, saved, ref, notes)
     if kind == "dora":
         # the saved magnitude: m = ||W||_row (at creation) * (1 + 0.1 z)
@@ -641,6 +678,371 @@ def check_seqcls(case, model, ids_t, mask_t, lab_t, logits, loss, grads, saved, 
     notes["pooled_index"] = idx.tolist()
     notes["formula_logits_diff"] = max_diff(pooled, logits)
     assert notes["formula_logits_diff"] < 1e-5, notes["formula_logits_diff"]
+
+
+# ---------------------------------------------------------------------------------------
+# VeRA, LoHa, LoKr: README formulas, forward and hand-written backward
+# ---------------------------------------------------------------------------------------
+# Each method's adapter path is a torch.autograd.Function whose backward is the README's
+# gradient formula written out (no autograd inside), so the hooked plain model checks the
+# documented forward (logits vs peft) and the documented backward (every trainable gradient vs
+# peft, and dx through the layers above); gradcheck_methods() checks the same Functions against
+# finite differences in float64.
+
+def mt19937_u32(seed: int, n: int) -> np.ndarray:
+    """The first n outputs of MT19937 seeded with init_genrand(seed & 0xffffffff), the stream
+    torch.Generator().manual_seed(seed) draws from on the CPU (here via numpy's legacy
+    RandomState, which seeds the same way)."""
+    rs = np.random.RandomState(seed & 0xFFFFFFFF)
+    return rs.randint(0, 2 ** 32, size=n, dtype=np.uint64)
+
+
+def vera_projections(key: int, r: int, in_max: int, out_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """README algorithm for vera_A [r, in_max] and vera_B [out_max, r] from projection_prng_key,
+    without torch: A's r*in_max draws then B's out_max*r, row-major, each
+    f32( (u & 0xFFFFFF) * 2^-24 * (2*bound_f32) - bound_f32 ) evaluated in double,
+    bound = sqrt(3) * (sqrt(2) / sqrt(fan_in)), fan_in = number of columns."""
+    u = mt19937_u32(key, r * in_max + out_max * r)
+    x = (u & 0xFFFFFF).astype(np.float64) * 2.0 ** -24
+
+    def draw(xs, fan_in):
+        b = np.float32(math.sqrt(3.0) * (math.sqrt(2) / math.sqrt(fan_in)))
+        lo, width = np.float64(-b), np.float64(np.float32(b) - np.float32(-b))
+        return (xs * width + lo).astype(np.float32)
+    a = draw(x[: r * in_max], in_max).reshape(r, in_max)
+    b = draw(x[r * in_max:], r).reshape(out_max, r)
+    return a, b
+
+
+class VeraDelta(torch.autograd.Function):
+    """x [T, in] -> lambda_b * (B_s (lambda_d * (A_s x)))  [T, out]; A_s [r, in], B_s [out, r] frozen."""
+
+    @staticmethod
+    def forward(ctx, x, lam_b, lam_d, A_s, B_s):
+        h = x @ A_s.T                   # [T, r]
+        v = (h * lam_d) @ B_s.T         # [T, out]
+        ctx.save_for_backward(x, lam_b, lam_d, A_s, B_s, h, v)
+        return v * lam_b
+
+    @staticmethod
+    def backward(ctx, g):               # g = dL/dy [T, out]
+        x, lam_b, lam_d, A_s, B_s, h, v = ctx.saved_tensors
+        d_lam_b = (g * v).sum(0)        # [out]
+        du = (g * lam_b) @ B_s          # [T, r]
+        d_lam_d = (du * h).sum(0)       # [r]
+        dx = (du * lam_d) @ A_s         # [T, in]
+        return dx, d_lam_b, d_lam_d, None, None
+
+
+class LohaDelta(torch.autograd.Function):
+    """x [T, in] -> x dW^T, dW = s (w1a w1b) o (w2a w2b)  [out, in]."""
+
+    @staticmethod
+    def forward(ctx, x, w1a, w1b, w2a, w2b, s):
+        p1, p2 = w1a @ w1b, w2a @ w2b
+        dw = s * p1 * p2
+        ctx.save_for_backward(x, w1a, w1b, w2a, w2b, p1, p2, dw)
+        ctx.s = s
+        return x @ dw.T
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w1a, w1b, w2a, w2b, p1, p2, dw = ctx.saved_tensors
+        s = ctx.s
+        gW = g.T @ x                    # dL/d(dW) [out, in], summed over tokens
+        g1 = s * gW * p2                # dL/dP1
+        g2 = s * gW * p1                # dL/dP2
+        return g @ dw, g1 @ w1b.T, w1a.T @ g1, g2 @ w2b.T, w2a.T @ g2, None
+
+
+class LokrDelta(torch.autograd.Function):
+    """x [T, in=c*d] -> y [T, out=a*b], y_t = vec(s W1 X_t W2^T), X_t = x_t viewed [c, d] row-major,
+    W1 [a, c], W2 [b, d]; equals x (s kron(W1, W2))^T without forming the Kronecker product."""
+
+    @staticmethod
+    def forward(ctx, x, W1, W2, s):
+        (a, c), (b, d) = W1.shape, W2.shape
+        X = x.reshape(-1, c, d)
+        Y = s * (W1 @ X @ W2.T)         # [T, a, b]
+        ctx.save_for_backward(X, W1, W2)
+        ctx.s = s
+        return Y.reshape(-1, a * b)
+
+    @staticmethod
+    def backward(ctx, g):
+        X, W1, W2 = ctx.saved_tensors
+        s = ctx.s
+        (a, c), (b, d) = W1.shape, W2.shape
+        G = g.reshape(-1, a, b)
+        dX = s * (W1.T @ G @ W2)                          # [T, c, d]
+        dW1 = s * (G @ W2 @ X.transpose(1, 2)).sum(0)     # [a, c]
+        dW2 = s * (G.transpose(1, 2) @ W1 @ X).sum(0)     # [b, d]
+        return dX.reshape(-1, c * d), dW1, dW2, None
+
+
+def lokr_factor(p: dict, which: str):
+    """W1 / W2 of a LoKr module from its tensors: the full matrix or the product a @ b."""
+    if which in p:
+        return p[which]
+    return p[which + "_a"] @ p[which + "_b"]
+
+
+def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
+    """README pseudocode for LoKr's (rows, cols) split of one dimension (re-stated, checked
+    against peft's function and the saved shapes)."""
+    if factor > 0 and dimension % factor == 0:
+        return factor, dimension // factor
+    if factor == -1:
+        factor = dimension
+    m, n = 1, dimension
+    while m < n:
+        nm = m + 1
+        while dimension % nm != 0:
+            nm += 1
+        nn_ = dimension // nm
+        if nm + nn_ > m + n or nm > factor:
+            break
+        m, n = nm, nn_
+    return (n, m) if m > n else (m, n)
+
+
+def lokr_layout(out_f: int, in_f: int, r: int, decompose_both: bool, factor: int):
+    """README rule: W1 [a, c], W2 [b, d]; which of them are low-rank products."""
+    c, d = factorization(in_f, factor)
+    a, b = factorization(out_f, factor)
+    w1_full = not (decompose_both and r < max(a, c) / 2)
+    w2_full = not (r < max(b, d) / 2)
+    return (a, c), (b, d), w1_full, w2_full
+
+
+def adapter_modules(saved: dict, suffixes: tuple[str, ...]) -> dict:
+    """module path -> {tensor name: saved tensor} for the per-module keys."""
+    mods: dict = {}
+    for k, v in saved.items():
+        if not k.startswith("base_model.model."):
+            continue
+        path, leaf = k[len("base_model.model."):].rsplit(".", 1)
+        if leaf in suffixes:
+            mods.setdefault(path, {})[leaf] = (k, v)
+    return mods
+
+
+def module_io(mod) -> tuple[int, int, bool]:
+    """(in, out, is Conv1D) of a base linear."""
+    if isinstance(mod, torch.nn.Linear):
+        return mod.in_features, mod.out_features, False
+    w = mod.weight  # transformers Conv1D: [in, out]
+    return w.shape[0], w.shape[1], True
+
+
+def run_hooked(case, hooks_for, ids_t, lab_t, logits, grads, notes) -> None:
+    """Plain base + the method's delta on each target (hooks_for(base) registers them and returns
+    the leaves by saved key); logits and every gradient must match peft's."""
+    base = load_base(case["model"])
+    for p in base.parameters():
+        p.requires_grad_(False)
+    leaves = hooks_for(base)
+    out = base(input_ids=ids_t, labels=lab_t, use_cache=False)
+    out.loss.backward()
+    notes["formula_logits_diff"] = max_diff(out.logits, logits)
+    assert notes["formula_logits_diff"] < 1e-4, notes["formula_logits_diff"]
+    assert sorted(leaves) == sorted(k[: -len(".grad")] for k in grads), (sorted(leaves), sorted(grads))
+    worst = 0.0
+    for k, t in leaves.items():
+        g = grads[k + ".grad"]
+        worst = max(worst, max_diff(t.grad, g) / max(1e-30, float(np.abs(g).max())))
+    notes["formula_grad_rel_diff"] = worst
+    assert worst < 1e-4, worst
+
+
+def add_delta_hook(mod, fn):
+    """y = base(x) + fn(x rows) — the adapter path sees the input without the bias."""
+    def hook(_m, inp, out):
+        x = inp[0]
+        return out + fn(x.reshape(-1, x.shape[-1])).reshape(*out.shape)
+    mod.register_forward_hook(hook)
+
+
+def check_vera(case, model, ids_t, mask_t, lab_t, logits, loss, grads, saved, ref, notes) -> None:
+    """y = W x + b + lambda_b o (B[:out] (lambda_d o (A[:, :in] x))); A, B shared by all targets."""
+    c = case["cfg"]
+    r = c["r"]
+    base0 = load_base(case["model"])
+    dims = [module_io(base0.get_submodule(p)) for p in adapter_modules(saved, ("vera_lambda_b",))]
+    in_max, out_max = max(d[0] for d in dims), max(d[1] for d in dims)
+    a_np, b_np = vera_projections(0, r, in_max, out_max)
+    buf_a = model.base_model.vera_A["default"].detach().numpy()
+    buf_b = model.base_model.vera_B["default"].detach().numpy()
+    notes["projection_shapes"] = [list(buf_a.shape), list(buf_b.shape)]
+    assert np.array_equal(a_np, buf_a) and np.array_equal(b_np, buf_b), "PRNG re-derivation of vera_A/B"
+    if c["save_projection"]:
+        assert np.array_equal(saved["base_model.vera_A"], a_np) and np.array_equal(saved["base_model.vera_B"], b_np)
+    else:
+        assert "base_model.vera_A" not in saved and "base_model.vera_B" not in saved
+    notes["projection_from_prng_bit_exact"] = True
+    A, B = torch.from_numpy(a_np), torch.from_numpy(b_np)
+
+    def hooks_for(base):
+        leaves = {}
+        for path, t in adapter_modules(saved, ("vera_lambda_b", "vera_lambda_d")).items():
+            mod = base.get_submodule(path)
+            n_in, n_out, _ = module_io(mod)
+            (kb, vb), (kd, vd) = t["vera_lambda_b"], t["vera_lambda_d"]
+            lb = torch.tensor(vb, requires_grad=True)
+            ld = torch.tensor(vd, requires_grad=True)
+            leaves[kb], leaves[kd] = lb, ld
+            A_s, B_s = A[:, :n_in], B[:n_out, :]
+            add_delta_hook(mod, lambda x, lb=lb, ld=ld, A_s=A_s, B_s=B_s: VeraDelta.apply(x, lb, ld, A_s, B_s))
+        return leaves
+    run_hooked(case, hooks_for, ids_t, lab_t, logits, grads, notes)
+    check_merge(case, model, ids_t, logits, notes)
+
+
+def check_loha(case, model, ids_t, mask_t, lab_t, logits, loss, grads, saved, ref, notes) -> None:
+    """y = W x + b + (s (w1a w1b) o (w2a w2b)) x, s = alpha / r."""
+    c = case["cfg"]
+    s = c["alpha"] / c["r"]
+
+    def hooks_for(base):
+        leaves = {}
+        for path, t in adapter_modules(saved, ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")).items():
+            mod = base.get_submodule(path)
+            ts = {}
+            for nm in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"):
+                k, v = t[nm]
+                ts[nm] = leaves[k] = torch.tensor(v, requires_grad=True)
+            add_delta_hook(mod, lambda x, ts=ts: LohaDelta.apply(
+                x, ts["hada_w1_a"], ts["hada_w1_b"], ts["hada_w2_a"], ts["hada_w2_b"], s))
+        return leaves
+    run_hooked(case, hooks_for, ids_t, lab_t, logits, grads, notes)
+    check_merge(case, model, ids_t, logits, notes)
+    check_lycoris_refuses_conv1d(LoHaConfig, notes)
+
+
+def check_lokr(case, model, ids_t, mask_t, lab_t, logits, loss, grads, saved, ref, notes) -> None:
+    """y = W x + b + s kron(W1, W2) x, s = alpha / r (also when W1 and W2 are full matrices)."""
+    c = case["cfg"]
+    s = c["alpha"] / c["r"]
+    names = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
+    from peft.tuners.lokr.layer import factorization as peft_factorization
+    for dim in range(1, 300):
+        for fac in (-1, 1, 2, 3, 4, 5, 8, 16, 64):
+            assert factorization(dim, fac) == peft_factorization(dim, fac), (dim, fac)
+    layouts = {}
+
+    def hooks_for(base):
+        leaves = {}
+        for path, t in adapter_modules(saved, names).items():
+            mod = base.get_submodule(path)
+            n_in, n_out, _ = module_io(mod)
+            (a, cc), (b, d), w1_full, w2_full = lokr_layout(n_out, n_in, c["r"], c.get("decompose_both", False),
+                                                            c.get("decompose_factor", -1))
+            assert ("lokr_w1" in t) == w1_full and ("lokr_w2" in t) == w2_full, path
+            ts = {}
+            for nm, (k, v) in t.items():
+                ts[nm] = leaves[k] = torch.tensor(v, requires_grad=True)
+            W1, W2 = lokr_factor(ts, "lokr_w1"), lokr_factor(ts, "lokr_w2")
+            assert tuple(W1.shape) == (a, cc) and tuple(W2.shape) == (b, d), path
+            layouts[path.split(".", 3)[-1]] = {"W1": [a, cc], "W2": [b, d], "w1": "full" if w1_full else "a@b",
+                                              "w2": "full" if w2_full else "a@b"}
+
+            def fn(x, ts=ts):  # W1 / W2 rebuilt per call so autograd reaches the a / b factors
+                return LokrDelta.apply(x, lokr_factor(ts, "lokr_w1"), lokr_factor(ts, "lokr_w2"), s)
+            add_delta_hook(mod, fn)
+        return leaves
+    run_hooked(case, hooks_for, ids_t, lab_t, logits, grads, notes)
+    notes["lokr_layout"] = layouts
+    check_merge(case, model, ids_t, logits, notes)
+    check_lycoris_refuses_conv1d(LoKrConfig, notes)
+
+
+def check_merge(case, model, ids_t, logits, notes) -> None:
+    """merge_and_unload == W + delta (README merge formula) and gives the adapter's logits."""
+    import copy
+    merged = copy.deepcopy(model).merge_and_unload()
+    with torch.no_grad():
+        lg = merged(input_ids=ids_t, use_cache=False).logits
+    notes["merged_logits_diff"] = max_diff(lg, logits)
+    assert notes["merged_logits_diff"] < 1e-4, notes["merged_logits_diff"]
+    base = load_base(case["model"])
+    worst = 0.0
+    for name, mod in model.named_modules():
+        if not hasattr(mod, "get_delta_weight") or not hasattr(mod, "base_layer"):
+            continue
+        path = name[len("base_model.model."):]
+        w0 = base.get_submodule(path).weight.detach()
+        wm = merged.get_submodule(path).weight.detach()
+        delta = readme_delta_weight(case, model, mod)
+        if module_io(base.get_submodule(path))[2]:
+            delta = delta.T  # Conv1D stores [in, out]
+        worst = max(worst, max_diff(wm, w0 + delta))
+    notes["merge_formula_diff"] = worst
+    assert worst < 1e-6, worst
+
+
+def readme_delta_weight(case, model, mod) -> torch.Tensor:
+    """Delta W [out, in] from the layer's tensors by the README merge formulas."""
+    kind, c = case["kind"], case["cfg"]
+    g = {n: p.detach() for n, p in mod.named_parameters() if n.endswith(".default")}
+    g = {n.split(".")[0]: v for n, v in g.items() if not n.startswith("base_layer")}
+    n_in, n_out, _ = module_io(mod.get_base_layer())
+    if kind == "vera":
+        A = model.base_model.vera_A["default"][:, :n_in]
+        B = model.base_model.vera_B["default"][:n_out, :]
+        return (g["vera_lambda_b"][:, None] * B) @ (g["vera_lambda_d"][:, None] * A)
+    s = c["alpha"] / c["r"]
+    if kind == "loha":
+        return s * (g["hada_w1_a"] @ g["hada_w1_b"]) * (g["hada_w2_a"] @ g["hada_w2_b"])
+    return s * torch.kron(lokr_factor(g, "lokr_w1"), lokr_factor(g, "lokr_w2"))
+
+
+def check_lycoris_refuses_conv1d(cfg_cls, notes) -> None:
+    """peft 0.21.2 LoHa / LoKr accept nn.Linear / Conv1d / Conv2d only: GPT-2's Conv1D is refused,
+    so there is no GPT-2 fixture for them (this fails if a later peft accepts it)."""
+    try:
+        get_peft_model(load_base("tiny-gpt2"), cfg_cls(task_type="CAUSAL_LM", target_modules=["c_attn"]))
+        notes["gpt2_conv1d"] = "accepted"
+    except TypeError as e:
+        notes["gpt2_conv1d"] = f"TypeError: {str(e)[:80]}"
+    assert notes["gpt2_conv1d"] != "accepted"
+
+
+def check_fresh_init(case, model, notes) -> None:
+    """The README's init for a new adapter (before the fixtures' random values)."""
+    kind, c = case["kind"], case["cfg"]
+    got = {peft_key(n).rsplit(".", 1)[-1]: [] for n, _ in trainable(model)}
+    for n, p in trainable(model):
+        got[peft_key(n).rsplit(".", 1)[-1]].append(p.detach())
+    zero = sorted(k for k, v in got.items() if all(bool((t == 0).all()) for t in v))
+    if kind == "vera":
+        assert zero == ["vera_lambda_b"], zero
+        assert all(bool((t == np.float32(0.1)).all()) for t in got["vera_lambda_d"])
+    elif kind == "loha":
+        assert zero == ["hada_w2_b"], zero
+        for nm in ("hada_w1_a", "hada_w1_b", "hada_w2_a"):  # kaiming_uniform(a=sqrt(5)): |x| <= 1/sqrt(cols)
+            assert all(float(t.abs().max()) <= 1 / math.sqrt(t.shape[1]) for t in got[nm]), nm
+    else:
+        assert zero == sorted(k for k in ("lokr_w1", "lokr_w1_a") if k in got), zero
+    notes["fresh_zero"] = zero
+
+
+def gradcheck_methods() -> None:
+    """The hand-written backwards against finite differences (float64, small random shapes)."""
+    gen = torch.Generator().manual_seed(230)
+
+    def rnd(*shape, grad=True):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_(grad)
+    T, n_in, n_out, r = 3, 6, 5, 2
+    assert torch.autograd.gradcheck(
+        VeraDelta.apply, (rnd(T, n_in), rnd(n_out), rnd(r), rnd(r, n_in, grad=False), rnd(n_out, r, grad=False)))
+    assert torch.autograd.gradcheck(
+        lambda x, a1, b1, a2, b2: LohaDelta.apply(x, a1, b1, a2, b2, 1.5),
+        (rnd(T, n_in), rnd(n_out, r), rnd(r, n_in), rnd(n_out, r), rnd(r, n_in)))
+    (a, c), (b, d) = (2, 3), (4, 2)  # out 8 = 2*4, in 6 = 3*2
+    assert torch.autograd.gradcheck(lambda x, w1, w2: LokrDelta.apply(x, w1, w2, 0.75),
+                                    (rnd(T, c * d), rnd(a, c), rnd(b, d)))
+    w1, w2, x = rnd(a, c, grad=False), rnd(b, d, grad=False), rnd(T, c * d, grad=False)
+    assert max_diff(LokrDelta.apply(x, w1, w2, 0.75), x @ (0.75 * torch.kron(w1, w2)).T) < 1e-12
 
 
 # ---------------------------------------------------------------------------------------
@@ -831,6 +1233,8 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     only = set(sys.argv[1:])
     all_notes = []
+    if not only or any(c["kind"] in ("vera", "loha", "lokr") for c in CASES if c["name"] in only):
+        gradcheck_methods()
     for case in CASES:
         if only and case["name"] not in only:
             continue
@@ -844,7 +1248,7 @@ def main() -> int:
     print(f"torch {torch.__version__} transformers {transformers.__version__} peft {peft.__version__}")
     total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
     print(f"total {total} bytes")
-    assert total < 1_500_000, total
+    assert total < 2_100_000, total
     return 0
 
 

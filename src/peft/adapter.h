@@ -21,21 +21,23 @@
 
 #include "model/model.h"
 
+typedef struct method_ops method_ops;   /* peft/method.h */
+
 typedef enum {
     METHOD_LORA = 0,
     METHOD_DORA,
-    METHOD_ADAPTER_PFEIFFER,
-    METHOD_ADAPTER_HOULSBY,
     METHOD_PROMPT,
     METHOD_PREFIX,
-    METHOD_IA3,
     METHOD_BITFIT,
     METHOD_FULL,
-    METHOD_N
+    METHOD_N,
+    METHOD_PLUGIN = 100   /* a method of the plug-in registry (method.h): see mc.ops */
 } peft_method;
 
 /* "lora", "dora", "adapter-pfeiffer", ... (the --method names). */
 const char *method_name(peft_method k);
+/* The --method name of an adapter (of either kind). */
+const char *adapter_method_name(const struct adapter *a);
 int method_parse(const char *name, peft_method *out);
 /* LoRA, DoRA and IA3 fold into the base weights; the others cannot. */
 bool method_mergeable(peft_method k);
@@ -67,15 +69,6 @@ typedef struct {
     float *mag, *gmag, *wnorm;
 } lora_module;
 
-typedef enum { BN_ACT_RELU = 0, BN_ACT_SWISH, BN_ACT_GELU_TANH, BN_ACT_TANH } bn_act;
-
-/* Bottleneck module: h ← h + up(f(down(h))) on a sublayer's output h (d). */
-typedef struct {
-    int layer, site;             /* site 0: attention output, 1: MLP output */
-    float *dw, *db, *uw, *ub;    /* down (b, d), (b); up (d, b), (d) */
-    float *gdw, *gdb, *guw, *gub;
-} bn_module;
-
 /* Parameter groups of a tensor (adapter_tensor.group, flag bits), set where
  * the tensor is registered; the trainer turns them into per-tensor
  * learning rates and weight decay (src/train/param_groups.c).
@@ -97,36 +90,39 @@ typedef struct {
     int ndim;
     int64_t shape[2];
     int64_t n;
-    float *p, *g;
+    float *p, *g;         /* g NULL for a frozen buffer */
     bool saved;
-    uint8_t group;     /* PG_* bits; 0: decayed, lr as given */
+    bool frozen;          /* a buffer: saved and loaded, never trained (not in params) */
+    uint8_t group;        /* PG_* bits; 0: decayed, lr as given (trained tensors only) */
 } adapter_tensor;
 
 typedef struct {
     peft_method method;
     /* LoRA / DoRA */
     lora_config lora;
-    /* bottleneck */
-    int reduction_factor;        /* 16 */
-    bn_act act;                  /* pfeiffer relu, houlsby swish */
-    bool bn_zero_up;             /* up-projection zero (near-identity), else N(0, 0.02) */
     /* prompt / prefix */
     int n_virtual;               /* num_virtual_tokens (20 prompt, 20 prefix) */
     int prompt_init;             /* 0 random, 1 sample vocabulary, 2 text */
     const char *prompt_init_text;
     bool prefix_projection;
     int prefix_hidden;           /* encoder_hidden_size */
-    /* IA3: target bits and the feed-forward subset (input scaling) */
-    uint32_t ia3_targets, ia3_ff;
     /* classification head: n_labels > 0 adds score (n_labels, d) */
     int n_labels;
     uint64_t seed;
     uint64_t layers;             /* bit per layer (LoRA, DoRA, IA3, bottleneck); 0 = all */
+    /* plug-in methods (method == METHOD_PLUGIN): the table and its options,
+     * "key=value;key=value" (method_option_get) */
+    const method_ops *ops;
+    char options[1024];
 } method_config;
 
 typedef struct adapter {
     peft_method method;
     method_config mc;
+    const method_ops *ops;  /* plug-in methods: the method's table (method.h), else NULL */
+    void *priv;             /* the plug-in method's own state */
+    float *buffers;         /* frozen buffers (adapter_add_buffer), one block */
+    int64_t n_buffers;
     lora_config cfg;      /* LoRA / DoRA */
     int n_modules;
     lora_module *mods;
@@ -138,14 +134,6 @@ typedef struct adapter {
     int sig_d, sig_kvd, sig_ff, sig_vocab;   /* the model it was made for (adapter_fits) */
     int n_tensors, cap_tensors;
     adapter_tensor *tensors;
-    /* IA3: per slot a vector, (out) scaling the output or (in) scaling the
-     * input (ia3_ff bits); NULL where not targeted */
-    float **ia3, **gia3;
-    /* bottleneck: per layer × 2 sites, NULL where absent; bn_size = b */
-    bn_module *bn_mods;
-    int n_bn;
-    bn_module **bn;
-    int bn_size;
     float *dora_norms;                /* all modules' wnorm, one buffer */
     /* prompt tuning: (n_virtual, d); prefix tuning: table (n_virtual,
      * n_layer·2·kvd) — layer l's keys at columns [2l·kvd, (2l+1)·kvd), its
@@ -185,6 +173,8 @@ int adapter_fits(const adapter *a, const peft_model *m, peft_err *err);
 int adapter_add_tensor(adapter *a, const char *key, int ndim, int64_t d0, int64_t d1, bool saved,
                        peft_err *err);
 int adapter_finish_alloc(adapter *a, peft_err *err);
+/* A frozen buffer of n floats: saved and loaded, never trained. */
+int adapter_add_buffer(adapter *a, const char *key, int ndim, int64_t d0, int64_t d1, bool saved, peft_err *err);
 /* Sets tensor idx's PG_* bits (idx < 0, a failed add: nothing). */
 void adapter_tensor_set_group(adapter *a, int idx, unsigned flags);
 adapter_tensor *adapter_find_tensor(const adapter *a, const char *key);
@@ -234,9 +224,7 @@ int adapter_prefix_rows(const adapter *a);
 void adapter_kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng);
 int adapter_head_add(adapter *a, const peft_model *m, int n_labels, peft_err *err);
 void adapter_head_wire(adapter *a, const peft_model *m, int idx, uint64_t seed);
-void adapter_wire_bn(adapter *a, const peft_model *m, const int *idx);
 void adapter_wire_prompt(adapter *a, int first_tensor);
-void adapter_ia3_defaults(const peft_model *m, uint32_t *targets, uint32_t *ff);
 int adapter_layer_prefix(const peft_model *m, int l, char *buf, size_t cap);
 int adapter_norm_name(const peft_model *m, int l, int which, const char *field, char *buf, size_t cap);
 
@@ -252,9 +240,5 @@ int adapter_write_folder(const adapter *a, const char *dir, const char *config_j
 /* Fills every saved registry tensor from st (shapes checked; a tensor of st
  * the registry does not know is an error). */
 int adapter_read_tensors(adapter *a, const st_archive *st, const char *st_path, peft_err *err);
-int bn_act_parse(const char *s, bn_act *out);
-/* f(z) and f'(z) of a bottleneck activation (gelu_new: the tanh form). */
-float bn_act_apply(bn_act k, float z);
-float bn_act_grad(bn_act k, float z);
 
 #endif

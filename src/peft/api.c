@@ -1,9 +1,11 @@
 /* api.c — the public adapter and training API (peft.h) over the internal
  * LoRA, data and trainer layers. */
 #include "peft/lora.h"
+#include "peft/method.h"
 #include "train/trainer.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,6 +50,7 @@ peft_method_params peft_method_default_params(const char *method) {
     memset(&p, 0, sizeof p);
     p.method = method ? method : "lora";
     p.lora = peft_lora_default_params();
+    if (method_find(method)) p.lora.r = 0;   /* a plug-in method's own default rank */
     p.reduction_factor = 16;
     p.num_virtual_tokens = 20;
     p.seed = 42;
@@ -60,7 +63,15 @@ peft_adapter *peft_adapter_new_method(peft_model *m, const peft_method_params *p
     if (!p) p = &d;
     method_config mc;
     memset(&mc, 0, sizeof mc);
-    if (method_parse(p->method ? p->method : "lora", &mc.method)) {
+    const method_ops *plug = method_find(p->method);
+    if (plug) {
+        mc.method = METHOD_PLUGIN;
+        mc.ops = plug;
+        if (p->options && snprintf(mc.options, sizeof mc.options, "%s", p->options) >= (int)sizeof mc.options) {
+            peft_fail(err, PEFT_ERR_INVALID, "%s: options longer than %zu bytes", plug->name, sizeof mc.options - 1);
+            return NULL;
+        }
+    } else if (method_parse(p->method ? p->method : "lora", &mc.method)) {
         peft_fail(err, PEFT_ERR_INVALID, "unknown method \"%s\"", p->method);
         return NULL;
     }
@@ -76,16 +87,19 @@ peft_adapter *peft_adapter_new_method(peft_model *m, const peft_method_params *p
         peft_fail(err, PEFT_ERR_INVALID, "DoRA does not support dropout");
         return NULL;
     }
-    if (p->lora.targets && (mc.method == METHOD_LORA || mc.method == METHOD_DORA) &&
+    if (p->lora.targets && (mc.method == METHOD_LORA || mc.method == METHOD_DORA || plug) &&
         lora_parse_targets(m, p->lora.targets, &mc.lora.targets, err))
         return NULL;
-    mc.reduction_factor = p->reduction_factor;
-    mc.act = mc.method == METHOD_ADAPTER_HOULSBY ? BN_ACT_SWISH : BN_ACT_RELU;
-    if (p->non_linearity && bn_act_parse(p->non_linearity, &mc.act)) {
-        peft_fail(err, PEFT_ERR_INVALID, "unknown non_linearity \"%s\" (relu, swish, gelu_new, tanh)", p->non_linearity);
+    /* the struct's per-method fields, as options of the methods that have them */
+    char num[32];
+    snprintf(num, sizeof num, "%d", p->reduction_factor);
+    if (plug && ((p->reduction_factor > 0 && method_has_option(plug, "reduction_factor") &&
+                  method_option_add(&mc, "reduction_factor", num, err)) ||
+                 (p->non_linearity && method_has_option(plug, "non_linearity") &&
+                  method_option_add(&mc, "non_linearity", p->non_linearity, err)) ||
+                 (p->bert_init && method_has_option(plug, "adapter_init") &&
+                  method_option_add(&mc, "adapter_init", "bert", err))))
         return NULL;
-    }
-    mc.bn_zero_up = !p->bert_init;
     mc.n_virtual = p->num_virtual_tokens;
     if (p->prompt_init && strcmp(p->prompt_init, "random")) {
         if (!strcmp(p->prompt_init, "sample-vocab")) mc.prompt_init = 1;
@@ -93,18 +107,10 @@ peft_adapter *peft_adapter_new_method(peft_model *m, const peft_method_params *p
     }
     mc.prefix_projection = p->prefix_projection != 0;
     mc.prefix_hidden = p->encoder_hidden_size;
-    if (mc.method == METHOD_IA3) {
-        uint32_t dt, dff;
-        adapter_ia3_defaults(m, &dt, &dff);
-        mc.ia3_targets = dt;
-        if (p->ia3_targets && lora_parse_targets(m, p->ia3_targets, &mc.ia3_targets, err)) return NULL;
-        mc.ia3_ff = dff & mc.ia3_targets;
-        if (p->ia3_feedforward && lora_parse_targets(m, p->ia3_feedforward, &mc.ia3_ff, err)) return NULL;
-    }
-    if (mc.method == METHOD_IA3 && (mc.ia3_ff & ~mc.ia3_targets)) {
-        peft_fail(err, PEFT_ERR_INVALID, "IA3: feed-forward modules must be among the targets");
-        return NULL;
-    }
+    /* the older per-method fields: ia3_targets is a target list, ia3_feedforward
+     * the option "feedforward" */
+    if (plug && p->ia3_targets && lora_parse_targets(m, p->ia3_targets, &mc.lora.targets, err)) return NULL;
+    if (plug && p->ia3_feedforward && method_option_add(&mc, "feedforward", p->ia3_feedforward, err)) return NULL;
     if (p->num_labels == 1 || p->num_labels < 0) {
         peft_fail(err, PEFT_ERR_INVALID, "num_labels must be 0 (no head) or at least 2, got %d", p->num_labels);
         return NULL;
@@ -115,7 +121,7 @@ peft_adapter *peft_adapter_new_method(peft_model *m, const peft_method_params *p
     return AS_PUB(a);
 }
 
-const char *peft_adapter_method(const peft_adapter *a) { return a ? method_name(AS_LORA(a)->method) : NULL; }
+const char *peft_adapter_method(const peft_adapter *a) { return a ? adapter_method_name(AS_LORA(a)) : NULL; }
 
 peft_adapter *peft_adapter_load(peft_model *m, const char *dir) {
     adapter *a = NULL;

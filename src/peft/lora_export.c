@@ -33,7 +33,7 @@ static const char *gguf_arch(const peft_model *m) {
 int lora_export_gguf(const adapter *a, const peft_model *m, const char *path, peft_err *err) {
     if (a->method != METHOD_LORA || a->score)
         return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: llama.cpp's GGUF adapters hold plain LoRA only, not a %s adapter%s",
-                         path, method_name(a->method), a->score ? " with a classification head" : "");
+                         path, adapter_method_name(a), a->score ? " with a classification head" : "");
     if (a->n_modules == 0) return peft_fail(err, PEFT_ERR_INVALID, "%s: the adapter has no modules", path);
     /* Uniform rank keeps one alpha valid for every tensor. */
     const int r0 = a->mods[0].r;

@@ -9,7 +9,8 @@ int param_groups_build(const adapter *a, const optim_params *p, optim_segment **
     const bool plus = p->loraplus_lr_ratio > 0;
     if (plus) {
         bool has_b = false;
-        for (int i = 0; i < a->n_tensors && !has_b; i++) has_b = (a->tensors[i].group & (PG_LORA_B | PG_EMBEDDING)) != 0;
+        for (int i = 0; i < a->n_tensors && !has_b; i++)
+            has_b = !a->tensors[i].frozen && (a->tensors[i].group & (PG_LORA_B | PG_EMBEDDING)) != 0;
         if (!has_b)
             return peft_fail(err, PEFT_ERR_INVALID,
                              "LoRA+ (loraplus_lr_ratio %g) applies to LoRA and DoRA adapters: it raises the learning rate "
@@ -25,7 +26,9 @@ int param_groups_build(const adapter *a, const optim_params *p, optim_segment **
     int64_t off = 0;
     for (int i = 0; i < a->n_tensors; i++) {
         const adapter_tensor *t = &a->tensors[i];
-        /* the tensors lie in registry order (adapter_finish_alloc) */
+        /* frozen buffers lie outside params; the trained tensors lie in
+         * registry order (adapter_finish_alloc) */
+        if (t->frozen) continue;
         const unsigned g = t->group;
         double lr = p->lr;
         float wd = (g & PG_NO_DECAY) ? 0.0f : p->weight_decay;

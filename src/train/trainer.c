@@ -349,7 +349,7 @@ static int load_checkpoint(const char *dir, adapter *a, const peft_model *m, ada
         long long have = pt ? (long long)st_numel(pt) : -1;
         st_close(st);
         return peft_fail(err, PEFT_ERR_SHAPE, "%s: the checkpoint's parameters (%lld) do not match this run's %s adapter (%lld)",
-                         p, have, method_name(a->method), (long long)a->n_params);
+                         p, have, adapter_method_name(a), (long long)a->n_params);
     }
     memcpy(a->params, pt->data, (size_t)a->n_params * sizeof(float));
     if ((rc = adapter_refresh(a, m, err))) { st_close(st); return rc; }
@@ -440,7 +440,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
         return peft_fail(err, PEFT_ERR_INVALID,
                          n_labels > 0 ? "the %s adapter has a %d-label classification head but the data is not {text, label}"
                                       : "classification data ({text, label}) needs an adapter with a classification head (%s, %d labels)",
-                         method_name(a->method), n_labels);
+                         adapter_method_name(a), n_labels);
     if (train->kind == DATA_CLASSIFICATION && train->n_labels > n_labels)
         return peft_fail(err, PEFT_ERR_INVALID, "the data has label %d but the classification head has %d labels",
                          train->n_labels - 1, n_labels);
@@ -449,7 +449,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
                          (double)a->cfg.dropout);
     if (p->pack && (adapter_prompt_rows(a) || adapter_prefix_rows(a)))
         return peft_fail(err, PEFT_ERR_INVALID, "packing does not apply to %s tuning (virtual tokens belong to one sequence)",
-                         method_name(a->method));
+                         adapter_method_name(a));
     memset(res, 0, sizeof *res);
     res->val_loss_before = res->val_loss_after = res->val_accuracy = NAN;
     if (p->batch <= 0 || p->seq < 2 || p->accum <= 0) return peft_fail(err, PEFT_ERR_INVALID, "batch, seq and accumulation must be positive");

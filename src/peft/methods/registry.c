@@ -1,0 +1,15 @@
+/* registry.c — every plug-in method (method.h). Adding a method is its
+ * file in this folder and one line here. */
+#include "peft/method.h"
+
+extern const method_ops method_adapter_pfeiffer, method_adapter_houlsby, method_ia3, method_vera;
+
+static const method_ops *const registry[] = {
+    &method_adapter_pfeiffer,
+    &method_adapter_houlsby,
+    &method_ia3,
+    &method_vera,
+    NULL,
+};
+
+const method_ops *const *method_registry(void) { return registry; }
