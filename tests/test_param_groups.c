@@ -10,6 +10,7 @@
  * where there are no B matrices, and a LoRA+ run resumed from a checkpoint
  * ends byte-identical to the uninterrupted one. */
 #include "peft/lora.h"
+#include "peft/method.h"
 #include "test.h"
 #include "train/param_groups.h"
 #include "train/trainer.h"
@@ -234,8 +235,10 @@ static void segments_follow_the_group_rules(void) {
     /* A, B, a 1-D B without decay, an embedding LoRA's A and B, another A */
     const unsigned flags[] = {0, PG_LORA_B, PG_LORA_B | PG_NO_DECAY, PG_EMBEDDING, PG_EMBEDDING, PG_NO_DECAY};
     for (int i = 0; i < 6; i++) {
+        /* a frozen buffer in the middle: outside params, not a segment */
+        if (i == 3) CHECK_EQ_INT(adapter_add_buffer(a, "frozen", 1, 5, 1, true, &err), 3);
         int idx = adapter_add_tensor(a, "t", 2, 3, 2, true, &err);
-        CHECK_EQ_INT(idx, i);
+        CHECK_EQ_INT(idx, i + (i >= 3));
         adapter_tensor_set_group(a, idx, flags[i]);
     }
     adapter_tensor_set_group(a, -1, PG_LORA_B); /* a failed add: nothing */
@@ -273,7 +276,7 @@ static void segments_follow_the_group_rules(void) {
     CHECK(s && fabs(s->lr - 1e-6) < 1e-12);
     free(seg);
     /* no B matrices: LoRA+ is refused, naming itself */
-    for (int i = 0; i < 6; i++) a->tensors[i].group = 0;
+    for (int i = 0; i < a->n_tensors; i++) a->tensors[i].group = 0;
     a->method = METHOD_BITFIT;
     op.loraplus_lr_embedding = 1e-6f;
     CHECK(param_groups_build(a, &op, &seg, &n, &err) == PEFT_ERR_INVALID);
@@ -415,7 +418,9 @@ static void loraplus_is_refused_before_anything_is_written(void) {
     if (!m) { peft_free(ctx); return; }
     method_config mc;
     memset(&mc, 0, sizeof mc);
-    mc.method = METHOD_IA3;
+    mc.method = METHOD_PLUGIN;
+    mc.ops = method_find("ia3");
+    CHECK(mc.ops != NULL);
     adapter *a = NULL;
     peft_err err = {0};
     CHECK_OK(adapter_new(m, &mc, &a, &err));

@@ -15,7 +15,7 @@ int param_groups_build(const adapter *a, const optim_params *p, optim_segment **
             return peft_fail(err, PEFT_ERR_INVALID,
                              "LoRA+ (loraplus_lr_ratio %g) applies to LoRA and DoRA adapters: it raises the learning rate "
                              "of their B matrices, and this %s adapter has none",
-                             (double)p->loraplus_lr_ratio, method_name(a->method));
+                             (double)p->loraplus_lr_ratio, adapter_method_name(a));
         if (!(p->loraplus_lr_embedding >= 0))
             return peft_fail(err, PEFT_ERR_INVALID, "loraplus_lr_embedding must be >= 0 (got %g)",
                              (double)p->loraplus_lr_embedding);
@@ -53,7 +53,7 @@ int param_groups_build(const adapter *a, const optim_params *p, optim_segment **
     if (off != a->n_params) {
         free(seg);
         return peft_fail(err, PEFT_ERR_INVALID, "the %s adapter's registry (%lld values) does not cover its parameters (%lld)",
-                         method_name(a->method), (long long)off, (long long)a->n_params);
+                         adapter_method_name(a), (long long)off, (long long)a->n_params);
     }
     *out = seg;
     *n_out = n;
