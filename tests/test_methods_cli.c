@@ -118,6 +118,8 @@ static void bad_method_input_fails_before_training(void) {
         {"--method adapter-houlsby --reduction-factor 128", "leaves no bottleneck", 1},
         {"--method bitfit", "has no bias terms", 1},
         {"--method lora --num-labels 3", "--num-labels needs", 1},
+        {"--method ia3 --loraplus-lr-ratio 16", "--loraplus-lr-ratio does not apply to --method ia3", 2},
+        {"--method lora --loraplus-lr-ratio -2", "--loraplus-lr-ratio", 2},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char args[2048];
@@ -159,7 +161,8 @@ static void merge_tells_the_method_from_the_config(void) {
  * file does not hold every trained value (a prefix projection's MLP) or
  * that derive values from the parameters (DoRA's norms). */
 static void resume_is_exact_for_every_kind_of_state(void) {
-    static const char *methods[] = {"prefix --prefix-projection --encoder-hidden-size 16", "dora", "adapter-houlsby"};
+    static const char *methods[] = {"prefix --prefix-projection --encoder-hidden-size 16", "dora", "adapter-houlsby",
+                                    "dora --loraplus-lr-ratio 16 --weight-decay 0.1"};
     for (size_t i = 0; i < sizeof methods / sizeof *methods; i++) {
         char args[2048], a_dir[300], b_dir[300];
         snprintf(a_dir, sizeof a_dir, "%s/res_a%zu", dir, i);

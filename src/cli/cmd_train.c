@@ -43,7 +43,9 @@ static opt_def train_opts[] = {
     {"lr", false, "peak learning rate (default 2e-4)", NULL},
     {"schedule", false, "constant | linear | cosine (default)", NULL},
     {"warmup", false, "warmup steps (default 0)", NULL},
-    {"weight-decay", false, "AdamW weight decay (default 0)", NULL},
+    {"weight-decay", false, "AdamW weight decay (default 0); not on biases and norm weights, as HF's Trainer", NULL},
+    {"loraplus-lr-ratio", false, "[lora, dora] LoRA+: lora_B (and DoRA's magnitude) at lr x R (HF loraplus_lr_ratio; default 0 = off)", NULL},
+    {"loraplus-lr-embedding", false, "[lora, dora] LoRA+: lr of LoRA on embedding layers (default 1e-6)", NULL},
     {"beta1", false, "AdamW beta1 (default 0.9)", NULL},
     {"beta2", false, "AdamW beta2 (default 0.999)", NULL},
     {"eps", false, "AdamW epsilon (default 1e-8)", NULL},
@@ -102,6 +104,8 @@ static unsigned opt_methods(const char *name) {
         {"rslora", MB(METHOD_LORA) | MB(METHOD_DORA)},
         {"use-dora", MB(METHOD_LORA) | MB(METHOD_DORA)},
         {"init", MB(METHOD_LORA) | MB(METHOD_DORA)},
+        {"loraplus-lr-ratio", MB(METHOD_LORA) | MB(METHOD_DORA)},
+        {"loraplus-lr-embedding", MB(METHOD_LORA) | MB(METHOD_DORA)},
     };
     for (size_t i = 0; i < sizeof t / sizeof *t; i++)
         if (!strcmp(t[i].name, name)) return t[i].mask;
@@ -349,7 +353,8 @@ int cmd_train(int argc, char **argv) {
     struct { const char *name; float *dst; double lo, hi; } floats[] = {
         {"alpha", &lc.alpha, 0, 1e6}, {"dropout", &lc.dropout, 0, 0.99}, {"lr", &tp.opt.lr, 0, 10},
         {"weight-decay", &tp.opt.weight_decay, 0, 10}, {"beta1", &tp.opt.beta1, 0, 0.999999},
-        {"beta2", &tp.opt.beta2, 0, 0.99999999}, {"eps", &tp.opt.eps, 0, 1}, {"clip", &tp.opt.max_grad_norm, 0, 1e9}};
+        {"beta2", &tp.opt.beta2, 0, 0.99999999}, {"eps", &tp.opt.eps, 0, 1}, {"clip", &tp.opt.max_grad_norm, 0, 1e9},
+        {"loraplus-lr-ratio", &tp.opt.loraplus_lr_ratio, 0, 1e6}, {"loraplus-lr-embedding", &tp.opt.loraplus_lr_embedding, 0, 10}};
     for (size_t i = 0; i < sizeof floats / sizeof *floats; i++)
         if (GETV(floats[i].name)) {
             char full[64];
@@ -470,8 +475,11 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "%s: %s", plug->name, desc);
     } else fprintf(stderr, "%s: %d tensors", meth_name, ad->n_tensors);
     if (mc.n_labels) fprintf(stderr, " + a %d-label classification head", mc.n_labels);
-    fprintf(stderr, " | %d steps, batch %d x %d, accum %d, lr %g %s, warmup %d\n", tp.steps ? tp.steps : -1, tp.batch,
+    fprintf(stderr, " | %d steps, batch %d x %d, accum %d, lr %g %s, warmup %d", tp.steps ? tp.steps : -1, tp.batch,
             tp.seq, tp.accum, tp.opt.lr, sched_name(tp.opt.sched), tp.opt.warmup_steps);
+    if (tp.opt.loraplus_lr_ratio > 0)
+        fprintf(stderr, ", LoRA+ (B at lr x %g = %g)", tp.opt.loraplus_lr_ratio, tp.opt.lr * tp.opt.loraplus_lr_ratio);
+    fputc('\n', stderr);
     train_result res;
     if (train_run(m, ad, &train, have_val ? &val : NULL, &tp, &res, err)) {
         fprintf(stderr, "\npeft train: %s\n", err->msg);

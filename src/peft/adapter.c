@@ -61,6 +61,10 @@ int adapter_add_buffer(adapter *a, const char *key, int ndim, int64_t d0, int64_
     return i;
 }
 
+void adapter_tensor_set_group(adapter *a, int idx, unsigned flags) {
+    if (idx >= 0 && idx < a->n_tensors) a->tensors[idx].group = (uint8_t)flags;
+}
+
 int adapter_finish_alloc(adapter *a, peft_err *err) {
     int64_t n = 0, nb = 0;
     for (int i = 0; i < a->n_tensors; i++) {
@@ -234,6 +238,7 @@ static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *e
                 snprintf(key, sizeof key, "%s.bias", path);
                 idx[2 * (l * ROLE_N_LINEAR + r) + 1] = adapter_add_tensor(a, key, 1, lin->w.rows, 1, true, err);
                 bad |= idx[2 * (l * ROLE_N_LINEAR + r) + 1] < 0;
+                adapter_tensor_set_group(a, idx[2 * (l * ROLE_N_LINEAR + r) + 1], PG_NO_DECAY);
             }
         }
     for (int l = 0; l <= L; l++)
@@ -243,10 +248,13 @@ static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *e
             adapter_norm_name(m, l, which, "weight", key, sizeof key);
             nidx[2 * (l * 2 + which)] = adapter_add_tensor(a, key, 1, d, 1, true, err);
             bad |= nidx[2 * (l * 2 + which)] < 0;
+            /* norm weights and biases: no decay (the Trainer's rule) */
+            adapter_tensor_set_group(a, nidx[2 * (l * 2 + which)], PG_NO_DECAY);
             if (base_norm_b(m, l, which)) {
                 adapter_norm_name(m, l, which, "bias", key, sizeof key);
                 nidx[2 * (l * 2 + which) + 1] = adapter_add_tensor(a, key, 1, d, 1, true, err);
                 bad |= nidx[2 * (l * 2 + which) + 1] < 0;
+                adapter_tensor_set_group(a, nidx[2 * (l * 2 + which) + 1], PG_NO_DECAY);
             }
         }
     return bad ? PEFT_ERR_NOMEM : 0;

@@ -66,6 +66,19 @@ typedef struct {
     float *mag, *gmag, *wnorm;
 } lora_module;
 
+/* Parameter groups of a tensor (adapter_tensor.group, flag bits), set where
+ * the tensor is registered; the trainer turns them into per-tensor
+ * learning rates and weight decay (src/train/param_groups.c).
+ *   PG_NO_DECAY   no weight decay: what HF's Trainer leaves out of decay
+ *                 (get_decay_parameter_names: biases, LayerNorm / RMSNorm
+ *                 weights)
+ *   PG_LORA_B     LoRA+'s group B (lr × loraplus_lr_ratio): lora_B and, as
+ *                 HF peft's create_loraplus_optimizer has it, every 1-D
+ *                 tensor of a LoRA adapter (DoRA's magnitude)
+ *   PG_EMBEDDING  LoRA+'s embedding group (lr = loraplus_lr_embedding): the
+ *                 A/B of a LoRA on an embedding layer */
+enum { PG_NO_DECAY = 1, PG_LORA_B = 2, PG_EMBEDDING = 4 };
+
 /* One tensor of the block. key "" means not saved in the final adapter
  * (prefix tuning's reparametrising MLP: only its output table is saved,
  * as HF PEFT does; checkpoints keep everything). */
@@ -77,6 +90,7 @@ typedef struct {
     float *p, *g;         /* g NULL for a frozen buffer */
     bool saved;
     bool frozen;          /* a buffer: saved and loaded, never trained (not in params) */
+    uint8_t group;        /* PG_* bits; 0: decayed, lr as given (trained tensors only) */
 } adapter_tensor;
 
 typedef struct {
@@ -135,6 +149,8 @@ int adapter_add_tensor(adapter *a, const char *key, int ndim, int64_t d0, int64_
 int adapter_finish_alloc(adapter *a, peft_err *err);
 /* A frozen buffer of n floats: saved and loaded, never trained. */
 int adapter_add_buffer(adapter *a, const char *key, int ndim, int64_t d0, int64_t d1, bool saved, peft_err *err);
+/* Sets tensor idx's PG_* bits (idx < 0, a failed add: nothing). */
+void adapter_tensor_set_group(adapter *a, int idx, unsigned flags);
 adapter_tensor *adapter_find_tensor(const adapter *a, const char *key);
 
 /* A new adapter of any method for m (LoRA goes through lora_new). */
