@@ -134,7 +134,8 @@ static void one_case(const ocase *c) {
     if (m && !strcmp(kind, "full")) {
         method_config mc;
         memset(&mc, 0, sizeof mc);
-        mc.method = METHOD_FULL;
+        mc.method = METHOD_PLUGIN;
+        mc.ops = method_find("full");
         CHECK_OK(adapter_new(m, &mc, &a, &err));
     } else if (m) {
         snprintf(p, sizeof p, OFIX "%s/adapter", c->name);

@@ -30,7 +30,7 @@ static opt_def train_opts[] = {
     {"val-split", false, "fraction of --data held out for validation when no --val (default 0)", NULL},
     {"out", false, "output folder: adapter, metrics.jsonl, loss.svg, checkpoints (required)", NULL},
     {"config", false, "JSON file with any of these options", NULL},
-    {"method", false, "lora (default) | dora | bitfit | full | the plug-ins below", NULL},
+    {"method", false, "lora (default) | dora | the plug-ins below", NULL},
     {"r", false, "[lora, dora] rank (default 8)", NULL},
     {"alpha", false, "[lora, dora] alpha (default 16)", NULL},
     {"dropout", false, "[lora] dropout on the adapter's input (default 0)", NULL},
@@ -181,7 +181,7 @@ static void train_usage(FILE *f) {
         fprintf(f, "  --%-14s %s%s\n", train_opts[i].name, train_opts[i].flag ? "" : "V  ", train_opts[i].help);
     for (int i = 0; i < n_plug_opts; i++)
         fprintf(f, "  --%-14s %s%s\n", plug_opts[i].name, plug_opts[i].flag ? "" : "V  ", plug_opts[i].help);
-    fprintf(f, "\nmethods: lora, dora, bitfit, full");
+    fprintf(f, "\nmethods: lora, dora");
     for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, ", %s", (*p)->name);
     fprintf(f, "\n");
     for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, "  %-16s %s\n", (*p)->name, (*p)->summary);
@@ -280,7 +280,7 @@ int cmd_train(int argc, char **argv) {
     const method_ops *plug = method_find(GETV("method"));
     if (plug) meth = METHOD_PLUGIN;
     else if (GETV("method") && method_parse(GETV("method"), &meth)) {
-        fprintf(stderr, "peft train: unknown method \"%s\" (lora, dora, bitfit, full",
+        fprintf(stderr, "peft train: unknown method \"%s\" (lora, dora",
                 GETV("method"));
         for (const method_ops *const *p = method_registry(); *p; p++) fprintf(stderr, ", %s", (*p)->name);
         fprintf(stderr, ")\n");
@@ -465,7 +465,7 @@ int cmd_train(int argc, char **argv) {
         ad->base_model = abs ? abs : strdup(GETV("model"));
     }
     /* full fine-tuning trains copies of the base: all params are the trained ones */
-    print_trainable(ad->n_params, meth == METHOD_FULL ? 0 : m->n_params);
+    print_trainable(ad->n_params, plug && (plug->flags & METHOD_SAVES_MODEL) ? 0 : m->n_params);
     if (meth == METHOD_LORA || meth == METHOD_DORA)
         fprintf(stderr, "%s: r=%d alpha=%g%s scale=%g dropout=%g on %d modules", method_name(meth), lc.r, lc.alpha,
                 lc.rslora ? " (rsLoRA)" : "", lora_scale(&lc), lc.dropout, ad->n_modules);
@@ -492,7 +492,7 @@ int cmd_train(int argc, char **argv) {
         else fprintf(stderr, "; validation %.4f", res.val_loss_after);
         if (!isnan(res.val_accuracy)) fprintf(stderr, ", accuracy %.4f", res.val_accuracy);
     }
-    if (meth == METHOD_FULL)
+    if (plug && (plug->flags & METHOD_SAVES_MODEL))
         fprintf(stderr, "\nmodel: %s/%s, metrics: %s/metrics.jsonl, curve: %s/loss.svg\n", tp.out_dir,
                 m->gguf ? "model.gguf (F32)" : "model.safetensors (HF folder)", tp.out_dir, tp.out_dir);
     else

@@ -26,7 +26,6 @@ typedef struct method_ops method_ops;   /* peft/method.h */
 typedef enum {
     METHOD_LORA = 0,
     METHOD_DORA,
-    METHOD_FULL,
     METHOD_N,
     METHOD_PLUGIN = 100   /* a method of the plug-in registry (method.h): see mc.ops */
 } peft_method;
@@ -126,12 +125,6 @@ typedef struct adapter {
     int n_tensors, cap_tensors;
     adapter_tensor *tensors;
     float *dora_norms;                /* all modules' wnorm, one buffer */
-    /* full fine-tuning: every weight as f32 copies, HF (out, in) layout */
-    kern_weight *fw;                  /* per slot */
-    float **fb, **gfb;                /* linear biases */
-    float **fnw, **gfnw, **fnb, **gfnb;   /* norms (n_layer * 2 + 1) */
-    float *femb, *gfemb, *fpos, *gfpos, *fhead, *gfhead;  /* fhead NULL when tied */
-    float **gfw;                      /* per slot gradient of fw */
     /* classification head */
     float *score, *gscore;
 } adapter;

@@ -9,6 +9,7 @@
  * previous checkpoint. Dropout masks depend only on (seed, step, micro), so
  * a resumed run follows the uninterrupted trajectory exactly. */
 #include "train/trainer.h"
+#include "peft/method.h"
 #include "train/param_groups.h"
 
 #include <cjson/cJSON.h>
@@ -279,7 +280,7 @@ static int save_checkpoint(const char *out_dir, int step, const adapter *a, cons
     if (rc) return rc;
     /* the adapter as a user would load it (not for full fine-tuning: the
      * parameters below are the whole model already) */
-    if (a->method != METHOD_FULL && (rc = adapter_save(a, m, dir, err))) goto fail;
+    if (!(a->ops && (a->ops->flags & METHOD_SAVES_MODEL)) && (rc = adapter_save(a, m, dir, err))) goto fail;
     size_t ls = data_loader_state_size(ld);
     uint8_t *state = peft_malloc(ls ? ls : 1, err);
     if (!state) { rc = PEFT_ERR_NOMEM; goto fail; }
