@@ -183,7 +183,8 @@ static void train_usage(FILE *f) {
         fprintf(f, "  --%-14s %s%s\n", plug_opts[i].name, plug_opts[i].flag ? "" : "V  ", plug_opts[i].help);
     fprintf(f, "\nmethods: lora, dora");
     for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, ", %s", (*p)->name);
-    fprintf(f, "\n");
+    fprintf(f, "\n  %-16s %s\n  %-16s %s\n", "lora", "LoRA: low-rank A, B per targeted linear (rsLoRA: --rslora)", "dora",
+            "DoRA: LoRA plus a magnitude per output row");
     for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, "  %-16s %s\n", (*p)->name, (*p)->summary);
 }
 

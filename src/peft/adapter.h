@@ -1,21 +1,18 @@
 /* adapter.h — a trained add-on to a frozen model, for every method peft.c
- * has: LoRA, DoRA, bottleneck adapters (Pfeiffer, Houlsby), prompt tuning,
- * prefix tuning, IA3, BitFit and full fine-tuning, each optionally with a
- * sequence-classification head.
+ * has, each optionally with a sequence-classification head.
  *
  * Every trainable value lives in one contiguous f32 block (params) with a
  * gradient block of the same layout (grads), so the optimizer, the
- * checkpoints and the gradient checks see one vector. Each tensor of the
- * block is also listed in `tensors` with the key it has in
- * adapter_model.safetensors (HF PEFT names where HF PEFT has the method),
- * which is what generic saving, loading and tests walk.
+ * checkpoints and the gradient checks see one vector; frozen buffers
+ * (adapter_add_buffer) live in a third block. Each tensor is also listed in
+ * `tensors` with the key it has in adapter_model.safetensors (HF PEFT names
+ * where HF PEFT has the method), which is what generic saving, loading and
+ * tests walk.
  *
- * Where each method acts (see docs/methods.md for the formulas):
- *   linear (l, role)  LoRA/DoRA modules, IA3 vectors, BitFit biases, full-FT weights
- *   after a sublayer  bottleneck modules (site 0: attention output, 1: MLP output)
- *   embeddings        prompt tuning's virtual tokens (prepended rows)
- *   attention         prefix tuning's per-layer key/value rows
- *   final hidden      the classification head (score) */
+ * Methods are plug-ins (peft/method.h, one file each in peft/methods/):
+ * `ops` and `priv` are the method's table and state. LoRA and DoRA are still
+ * built in (the `cfg`, `mods`, `slot` fields and lora*.c), and so is the
+ * classification head (`score`), shared by every method. */
 #ifndef PEFT_ADAPTER_H
 #define PEFT_ADAPTER_H
 
