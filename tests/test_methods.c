@@ -142,7 +142,7 @@ static void fd_check(const char *name, const peft_model *m, adapter *a, train_gr
     peft_rng rng;
     peft_rng_seed(&rng, 5);
     /* plug-ins' derived values (a projected prefix table) follow each probe */
-    const bool refresh = a->ops != NULL;
+    const bool refresh = a->method == METHOD_PLUGIN;
     double worst = 0;
     int probes = 0;
     for (int ti = 0; ti < a->n_tensors; ti++) {

@@ -308,36 +308,6 @@ int adapter_linear_fwd(const adapter *a, const peft_model *m, int l, model_linea
 
 int adapter_refresh(adapter *a, const peft_model *m, peft_err *err) {
     if (!a) return 0;
-    if (a->cfg.dora && a->n_modules) {
-        if (!a->dora_norms) {
-            int64_t n = 0;
-            for (int i = 0; i < a->n_modules; i++) n += a->mods[i].out;
-            a->dora_norms = peft_calloc((size_t)n, sizeof(float), err);
-            if (!a->dora_norms) return PEFT_ERR_NOMEM;
-            int64_t off = 0;
-            for (int i = 0; i < a->n_modules; i++) { a->mods[i].wnorm = a->dora_norms + off; off += a->mods[i].out; }
-        }
-        /* ||W_j + s·(B·A)_j|| per output row j, in double */
-        int maxr = 0, maxin = 0;
-        for (int i = 0; i < a->n_modules; i++) { maxr = PEFT_MAX(maxr, a->mods[i].r); maxin = PEFT_MAX(maxin, a->mods[i].in); }
-        float *row = peft_malloc((size_t)maxin * sizeof(float), err);
-        if (!row) return PEFT_ERR_NOMEM;
-        for (int i = 0; i < a->n_modules; i++) {
-            lora_module *md = &a->mods[i];
-            const kern_weight *w = &m->layers[md->layer].lin[md->role].w;
-            for (int j = 0; j < md->out; j++) {
-                int rc = kern_weight_row(w, j, row);
-                if (rc) { free(row); return peft_fail(err, rc, "%s: DoRA cannot read a base weight row", m->path); }
-                /* row += s · B_j · A */
-                cblas_sgemv(CblasRowMajor, CblasTrans, md->r, md->in, md->scale, md->A, md->in, md->B + (size_t)j * md->r, 1,
-                            1.0f, row, 1);
-                double s = 0;
-                for (int k = 0; k < md->in; k++) s += (double)row[k] * row[k];
-                md->wnorm[j] = (float)sqrt(s);
-            }
-        }
-        free(row);
-    }
     if (a->ops && a->ops->refresh) return a->ops->refresh(a, m, err);
     return 0;
 }

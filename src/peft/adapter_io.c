@@ -137,7 +137,7 @@ static char *plugin_config_json(const adapter *a, const peft_model *m, peft_err 
 
 int adapter_save(const adapter *a, const peft_model *m, const char *dir, peft_err *err) {
     if (a->ops && a->ops->save) return a->ops->save(a, m, dir, err);
-    char *js = a->ops ? plugin_config_json(a, m, err) : lora_config_json(a, m);
+    char *js = a->method == METHOD_PLUGIN ? plugin_config_json(a, m, err) : lora_config_json(a, m);
     if (!js) return peft_fail(err, PEFT_ERR_NOMEM, "%s: cannot build the adapter config", dir);
     int rc = adapter_write_folder(a, dir, js, err);
     free(js);

@@ -5,6 +5,7 @@
  * module owns A (r, in) followed by B (out, r) in one contiguous f32 params
  * block, and the same offsets in the grads block. */
 #include "peft/lora.h"
+#include "peft/method.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -166,6 +167,7 @@ int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, i
     adapter *a = peft_calloc(1, sizeof *a, err);
     if (!a) return PEFT_ERR_NOMEM;
     a->method = cfg->dora ? METHOD_DORA : METHOD_LORA;
+    a->ops = cfg->dora ? &method_dora_hooks : &method_lora_hooks;   /* its hooks: methods/lora.c */
     a->cfg = *cfg;
     a->mc.method = a->method;
     a->mc.lora = *cfg;

@@ -176,6 +176,9 @@ enum {
     METHOD_USES_LAYERS = 1u << 4,
 };
 
+/* LoRA's and DoRA's hooks (methods/lora.c); the rest of LoRA is built in. */
+extern const method_ops method_lora_hooks, method_dora_hooks;
+
 /* ---- the registry (methods/registry.c) ---------------------------------- */
 
 /* Every plug-in method, NULL-terminated. */

@@ -1,0 +1,218 @@
+/* lora.c (methods) — the hooks of LoRA and DoRA. The rest of the LoRA
+ * family is in its own files: peft/lora.c (config, targets, allocation,
+ * init), lora_compute.c (the low-rank products), lora_io.c (HF PEFT's LORA
+ * format), lora_export.c (llama.cpp's GGUF LoRA), lora_combine.c
+ * (add_weighted_adapter). Its state is the adapter's `cfg`, `mods`, `slot`.
+ *
+ *   LoRA  y = x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ                        HOOK_ADD
+ *   DoRA  z = x·Wᵀ + s·(x·Aᵀ)·Bᵀ;  y = (m / ‖W + s·B·A‖) ⊙ z + b   HOOK_REPLACE
+ *         the row norm a constant of the backward (HF PEFT detaches it)
+ * A (r, in), B (out, r), s = α/r (α/√r with rsLoRA), m (out). */
+#include "peft/lora.h"
+#include "peft/method.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const lora_module *mod_at(const adapter *a, int l, model_linear_role r) {
+    return a->slot ? a->slot[l * ROLE_N_LINEAR + r] : NULL;
+}
+
+static hook_kind lora_kind(const adapter *a, int l, model_linear_role r) {
+    const lora_module *md = mod_at(a, l, r);
+    return !md ? HOOK_NONE : md->mag ? HOOK_REPLACE : HOOK_ADD;
+}
+
+/* kept: xa = drop(x)·Aᵀ (N, r); with dropout its mask (N, in bytes); DoRA:
+ * z (N, out), the output before the per-row scale */
+static size_t lora_act_bytes(const adapter *a, int l, model_linear_role r, int N) {
+    const lora_module *md = mod_at(a, l, r);
+    size_t n = (size_t)N * md->r * sizeof(float);
+    if (md->mag) n += (size_t)N * md->out * sizeof(float);
+    if (a->cfg.dropout > 0) n += (size_t)N * md->in;
+    return n;
+}
+
+/* scratch: the dropped input (N, in), dxa (N, r), DoRA's dz (N, out) */
+static size_t lora_scratch(const adapter *a, const peft_model *m, int N) {
+    (void)m;
+    size_t in = 0, out = 0, r = 0;
+    for (int i = 0; i < a->n_modules; i++) {
+        in = PEFT_MAX(in, (size_t)a->mods[i].in);
+        out = PEFT_MAX(out, (size_t)a->mods[i].out);
+        r = PEFT_MAX(r, (size_t)a->mods[i].r);
+    }
+    return (size_t)N * (in + out + r);
+}
+
+typedef struct {
+    float *xa, *z, *xd, *dxa, *dz;
+    uint8_t *mask;
+} lora_bufs;
+
+static lora_bufs bufs_of(const adapter *a, const lora_module *md, const lin_call *c) {
+    lora_bufs b;
+    const size_t N = (size_t)c->N;
+    size_t in = 0, out = 0;
+    for (int i = 0; i < a->n_modules; i++) {
+        in = PEFT_MAX(in, (size_t)a->mods[i].in);
+        out = PEFT_MAX(out, (size_t)a->mods[i].out);
+    }
+    b.xa = (float *)c->act;
+    b.z = md->mag ? b.xa + N * md->r : NULL;
+    b.mask = a->cfg.dropout > 0 && c->train && !md->mag ? (uint8_t *)((md->mag ? b.z + N * md->out : b.xa + N * md->r))
+                                                        : NULL;
+    b.xd = c->scr;
+    b.dz = c->scr + N * in;
+    b.dxa = b.dz + N * out;
+    return b;
+}
+
+static int lora_hook_fwd(const adapter *a, const lin_call *c) {
+    const lora_module *md = mod_at(a, c->l, c->r);
+    lora_bufs b = bufs_of(a, md, c);
+    const int N = c->N;
+    if (!md->mag) {
+        /* the graph did y = beta·y + x·Wᵀ + b; the dropout mask is drawn per
+         * module from the step's seed */
+        const float p = b.mask ? a->cfg.dropout : 0.0f;
+        if (b.mask) {
+            peft_rng rng;
+            peft_rng_seed(&rng, c->seed * 1000003ULL + (uint64_t)(md - a->mods));
+            for (size_t k = 0; k < (size_t)N * md->in; k++) b.mask[k] = peft_rng_uniform(&rng) >= p;
+        }
+        lora_fwd(md, c->x, c->in, N, b.mask, p, b.xd, b.xa, c->y, c->ldy, c->nt);
+        return 0;
+    }
+    /* DoRA: z = x·Wᵀ + s·(x·Aᵀ)·Bᵀ, y = beta·y + (m / ‖W + sBA‖) ⊙ z + b */
+    int rc = kern_matmul(b.z, md->out, c->x, N, c->W, NULL, 0.0f, c->mm_scr, c->nt);
+    if (rc) return rc;
+    lora_fwd(md, c->x, c->in, N, NULL, 0.0f, NULL, b.xa, b.z, md->out, c->nt);
+    for (int i = 0; i < N; i++) {
+        float *yr = c->y + (size_t)i * c->ldy;
+        const float *zr = b.z + (size_t)i * md->out;
+        for (int j = 0; j < md->out; j++) {
+            const float cj = md->mag[j] / md->wnorm[j];
+            yr[j] = (c->beta != 0.0f ? c->beta * yr[j] : 0.0f) + cj * zr[j] + (c->bias ? c->bias[j] : 0.0f);
+        }
+    }
+    return 0;
+}
+
+static int lora_hook_bwd(adapter *a, const lin_call *c, const float *dy, int lddy, float *dx) {
+    const lora_module *md = mod_at(a, c->l, c->r);
+    lora_bufs b = bufs_of(a, md, c);
+    const int N = c->N, out = md->out;
+    if (!md->mag) {
+        lora_bwd(md, c->x, c->in, N, b.mask, b.mask ? a->cfg.dropout : 0.0f, b.xd, b.xa, dy, lddy, b.dxa, dx, c->in,
+                 c->nt);
+        return 0;
+    }
+    /* DoRA: dz = c ⊙ dy; gm += Σ dy ⊙ z / ‖W + sBA‖; then the base and LoRA backward from dz */
+    for (int i = 0; i < N; i++) {
+        const float *dr = dy + (size_t)i * lddy, *zr = b.z + (size_t)i * out;
+        float *o = b.dz + (size_t)i * out;
+        for (int j = 0; j < out; j++) {
+            md->gmag[j] += dr[j] * zr[j] * (1.0f / md->wnorm[j]);
+            o[j] = md->mag[j] / md->wnorm[j] * dr[j];
+        }
+    }
+    int rc = dx ? kern_matmul_dx(dx, b.dz, out, N, c->W, c->mm_scr, c->nt) : 0;
+    if (!rc) lora_bwd(md, c->x, c->in, N, NULL, 0.0f, NULL, b.xa, b.dz, out, b.dxa, dx, c->in, c->nt);
+    return rc;
+}
+
+static int lora_lowest(const adapter *a, const peft_model *m) {
+    int lo = m->cfg.n_layer;
+    for (int i = 0; i < a->n_modules; i++) lo = PEFT_MIN(lo, a->mods[i].layer);
+    return lo;
+}
+
+/* ---- DoRA's row norms ‖W_j + s·(B·A)_j‖, in double --------------------------------------- */
+
+static int dora_refresh(adapter *a, const peft_model *m, peft_err *err) {
+    if (!a->n_modules) return 0;
+    if (!a->dora_norms) {
+        int64_t n = 0;
+        for (int i = 0; i < a->n_modules; i++) n += a->mods[i].out;
+        a->dora_norms = peft_calloc((size_t)n, sizeof(float), err);
+        if (!a->dora_norms) return PEFT_ERR_NOMEM;
+        int64_t off = 0;
+        for (int i = 0; i < a->n_modules; i++) {
+            a->mods[i].wnorm = a->dora_norms + off;
+            off += a->mods[i].out;
+        }
+    }
+    int maxin = 0;
+    for (int i = 0; i < a->n_modules; i++) maxin = PEFT_MAX(maxin, a->mods[i].in);
+    float *row = peft_malloc((size_t)maxin * sizeof(float), err);
+    if (!row) return PEFT_ERR_NOMEM;
+    for (int i = 0; i < a->n_modules; i++) {
+        lora_module *md = &a->mods[i];
+        const kern_weight *w = &m->layers[md->layer].lin[md->role].w;
+        for (int j = 0; j < md->out; j++) {
+            int rc = kern_weight_row(w, j, row);
+            if (rc) { free(row); return peft_fail(err, rc, "%s: DoRA cannot read a base weight row", m->path); }
+            /* row += s · B_j · A */
+            cblas_sgemv(CblasRowMajor, CblasTrans, md->r, md->in, md->scale, md->A, md->in, md->B + (size_t)j * md->r, 1,
+                        1.0f, row, 1);
+            double s = 0;
+            for (int k = 0; k < md->in; k++) s += (double)row[k] * row[k];
+            md->wnorm[j] = (float)sqrt(s);
+        }
+    }
+    free(row);
+    return 0;
+}
+
+/* ---- merge: W + s·B·A, DoRA then scales each output row by m / ‖W + s·B·A‖ ------------------ */
+
+static bool lora_touches(const adapter *a, int l, model_linear_role r) { return mod_at(a, l, r) != NULL; }
+
+static void lora_merge_row(const adapter *a, int l, model_linear_role r, float *row, int64_t q, bool transposed,
+                           int64_t n_cols) {
+    const lora_module *md = mod_at(a, l, r);
+    const int R = md->r, in = md->in;
+    if (!transposed) {
+        /* output row q: row += s·Σ_k B[q,k]·A[k,·] */
+        for (int k = 0; k < R; k++) {
+            const float cf = md->scale * md->B[(size_t)q * R + k];
+            if (cf == 0.0f) continue;
+            const float *Ak = md->A + (size_t)k * in;
+            for (int i = 0; i < in; i++) row[i] += cf * Ak[i];
+        }
+        if (md->mag)
+            for (int64_t i = 0; i < n_cols; i++) row[i] *= md->mag[q] / md->wnorm[q];
+        return;
+    }
+    /* GPT-2's Conv1D stores (in, out): stored row q is input q, row[o] += s·Σ_k B[o,k]·A[k,q] */
+    for (int64_t o = 0; o < n_cols; o++) {
+        const float *Bo = md->B + (size_t)o * R;
+        float acc = 0.0f;
+        for (int k = 0; k < R; k++) acc += Bo[k] * md->A[(size_t)k * in + q];
+        row[o] += md->scale * acc;
+        if (md->mag) row[o] *= md->mag[o] / md->wnorm[o];
+    }
+}
+
+#define LORA_OPS                                                                                                     \
+    .lin_kind = lora_kind, .lin_act_bytes = lora_act_bytes, .scratch_floats = lora_scratch, .lin_fwd = lora_hook_fwd, \
+    .lin_bwd = lora_hook_bwd, .lowest_layer = lora_lowest, .merge_touches = lora_touches, .merge_row = lora_merge_row
+
+/* Not in the registry: lora_alloc attaches these, and `--method lora|dora`,
+ * LORA files and their options are handled by the LoRA family's files. */
+const method_ops method_lora_hooks = {
+    .name = "lora",
+    .peft_type = "LORA",
+    LORA_OPS,
+};
+
+const method_ops method_dora_hooks = {
+    .name = "dora",
+    .peft_type = "LORA",
+    .refresh = dora_refresh,
+    LORA_OPS,
+};
