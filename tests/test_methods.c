@@ -281,7 +281,7 @@ static void method_case(const char *model, const char *name, method_config mc, b
     /* merge: LoRA, DoRA and IA3 fold into the base; the others refuse */
     if (mc.n_labels == 0) {
         int mrc = lora_merge_save(a, e.m, dir, &err);
-        if (a->ops ? a->ops->merge_row != NULL : method_mergeable(a->method)) {
+        if (a->ops && a->ops->merge_row) {
             CHECK_OK(mrc);
             peft_model *m2 = mrc ? NULL : peft_model_load(e.ctx, dir);
             CHECK(mrc || m2 != NULL);

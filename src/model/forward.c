@@ -46,38 +46,36 @@ static int ensure_kv(peft_model *m, int need, peft_err *err) {
     return 0;
 }
 
-/* y = beta·y + linear r of layer l on x (T rows), with the attached
- * adapter's hooks (graph.c's lin_fwd states the formulas): LoRA, DoRA,
- * BitFit biases, plug-in methods (method.h), full fine-tuning weights. xa: (T, r) scratch; zs:
- * (T, max(in, out)) scratch. */
+/* y = beta·y + linear r of layer l on x (T rows), through the attached
+ * adapter's hook on it when there is one (method.h; graph.c's lin_fwd does
+ * the same in training). zs: the method's scratch and kept activations
+ * (hook_ws floats). */
 static int linear(peft_model *m, int l, model_linear_role r, float *y, int ldy, const float *x, int T,
-                  float beta, float *scr, float *xa, float *zs, int nt) {
+                  float beta, float *scr, float *zs, int nt) {
     const adapter *a = m->lora;
     const hook_kind hk = method_lin_kind(a, l, r);
+    lin_call c;
+    memset(&c, 0, sizeof c);
+    c.m = m;
+    c.l = l;
+    c.r = r;
+    c.W = &m->layers[l].lin[r].w;
+    c.bias = adapter_bias(a, m, l, r);
+    c.in = (int)c.W->cols;
+    c.out = (int)c.W->rows;
+    c.N = T;
+    c.x = x;
+    c.y = y;
+    c.ldy = ldy;
+    c.beta = beta;
+    c.mm_scr = scr;
+    c.nt = nt;
     if (hk != HOOK_NONE) {
-        /* a plug-in method: its kept activations and scratch follow zs (hook_ws) */
-        lin_call c;
-        memset(&c, 0, sizeof c);
-        c.m = m;
-        c.l = l;
-        c.r = r;
-        c.W = &m->layers[l].lin[r].w;
-        c.bias = adapter_bias(a, m, l, r);
-        c.in = (int)c.W->cols;
-        c.out = (int)c.W->rows;
-        c.N = T;
-        c.x = x;
-        c.y = y;
-        c.ldy = ldy;
-        c.beta = beta;
         c.scr = zs;
         c.act = zs + (a->ops->scratch_floats ? a->ops->scratch_floats(a, m, T) : 0);
-        c.mm_scr = scr;
-        c.nt = nt;
-        int rc = hk == HOOK_ADD ? method_base_fwd(&c) : 0;
-        return rc ? rc : a->ops->lin_fwd(a, &c);
     }
-    return adapter_linear_fwd(a, m, l, r, x, T, y, ldy, beta, zs, zs, NULL, 0.0f, NULL, xa, scr, nt);
+    int rc = hk != HOOK_REPLACE ? method_base_fwd(&c) : 0;
+    return rc || hk == HOOK_NONE ? rc : a->ops->lin_fwd(a, &c);
 }
 
 /* Floats a plug-in method needs behind zs for T rows: its scratch, then the
@@ -100,12 +98,12 @@ static size_t hook_ws(const adapter *a, const peft_model *m, int T) {
 /* x += the sublayer output of linear (l, r) on in, through a plug-in's
  * sub-layer hook at `site` when it has one (x += g(h)); hs (T, d) holds h. */
 static int sublayer_out(peft_model *m, int l, model_linear_role r, int site, float *x, const float *in, int T,
-                        float *scr, float *xa, float *zs, float *hs, int nt) {
+                        float *scr, float *zs, float *hs, int nt) {
     const adapter *a = m->lora;
     const int d = m->cfg.d_model;
-    if (!method_sub_hooked(a, l, site)) return linear(m, l, r, x, d, in, T, 1.0f, scr, xa, zs, nt);
+    if (!method_sub_hooked(a, l, site)) return linear(m, l, r, x, d, in, T, 1.0f, scr, zs, nt);
     /* the method's scratch and kept activations follow zs (hook_ws), h is hs */
-    int rc = linear(m, l, r, hs, d, in, T, 0.0f, scr, xa, zs, nt);
+    int rc = linear(m, l, r, hs, d, in, T, 0.0f, scr, zs, nt);
     if (rc) return rc;
     const sub_call c = {m, l, site, T, d, hs, x, zs + (a->ops->scratch_floats ? a->ops->scratch_floats(a, m, T) : 0), zs, nt};
     return a->ops->sub_fwd(a, &c);
@@ -146,24 +144,19 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
     int64_t kmax = PEFT_MAX(PEFT_MAX(d, ff), qd);
     size_t mm_scratch = kern_matmul_scratch_floats(kmax, nt);
     size_t att_scratch = (size_t)nt * T * L;
-    int r_max = 0;
-    for (int i = 0; ad && i < ad->n_modules; i++) r_max = PEFT_MAX(r_max, ad->mods[i].r);
-    /* scratch only the attached method uses: DoRA (zs), plug-ins (hook_ws), a sub-layer hook (hs) */
+    /* scratch only the attached method uses: its hooks' (zs, hook_ws), a sub-layer hook's h (hs) */
     bool sub_hooks = false;   /* a plug-in's sub-layer hook needs h (T, d): hs */
     for (int k = 0; k < c->n_layer * 2; k++) sub_hooks |= method_sub_hooked(ad, k / 2, k % 2);
     const int hsd = sub_hooks ? d : 0;
-    const int64_t zsw = ad && ad->method == METHOD_DORA ? kmax + ld_qkv : 0;
     const size_t hw = hook_ws(ad, m, T);
-    size_t n_ws = (size_t)T * (2 * d + ld_qkv + qd + 2 * ff + r_max) + T + mm_scratch + att_scratch +
-                  (size_t)T * (size_t)zsw + hw + (size_t)T * (size_t)hsd;
+    size_t n_ws = (size_t)T * (2 * d + ld_qkv + qd + 2 * ff) + T + mm_scratch + att_scratch + hw + (size_t)T * (size_t)hsd;
     float *ws = ws_get(m, n_ws, err);
     if (!ws) return PEFT_ERR_NOMEM;
     float *x = ws, *h = x + (size_t)T * d, *qkv = h + (size_t)T * d, *att = qkv + (size_t)T * ld_qkv;
     float *f1 = att + (size_t)T * qd, *f2 = f1 + (size_t)T * ff, *scr = f2 + (size_t)T * ff;
     float *ascr = scr + mm_scratch;
-    float *xa = ascr + att_scratch;
-    float *zs = xa + (size_t)T * r_max;
-    float *hs = zs + (size_t)T * (size_t)zsw + hw;
+    float *zs = ascr + att_scratch;
+    float *hs = zs + hw;
     int32_t *pos = (int32_t *)(hs + (size_t)T * hsd);
     for (int t = 0; t < T; t++) pos[t] = p0 + t;
 
@@ -185,11 +178,11 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
         if (gpt2) kern_layernorm_fwd(h, NULL, NULL, x, nw, nb, T, d, c->norm_eps, nt);
         else kern_rmsnorm_fwd(h, NULL, x, nw, T, d, c->norm_eps, nt);
         if (gpt2) {
-            if ((rc = linear(m, l, ROLE_QKV, qkv, ld_qkv, h, T, 0, scr, xa, zs, nt))) goto fail;
+            if ((rc = linear(m, l, ROLE_QKV, qkv, ld_qkv, h, T, 0, scr, zs, nt))) goto fail;
         } else {
-            if ((rc = linear(m, l, ROLE_Q, qkv, ld_qkv, h, T, 0, scr, xa, zs, nt)) ||
-                (rc = linear(m, l, ROLE_K, qkv + qd, ld_qkv, h, T, 0, scr, xa, zs, nt)) ||
-                (rc = linear(m, l, ROLE_V, qkv + qd + kvd, ld_qkv, h, T, 0, scr, xa, zs, nt)))
+            if ((rc = linear(m, l, ROLE_Q, qkv, ld_qkv, h, T, 0, scr, zs, nt)) ||
+                (rc = linear(m, l, ROLE_K, qkv + qd, ld_qkv, h, T, 0, scr, zs, nt)) ||
+                (rc = linear(m, l, ROLE_V, qkv + qd + kvd, ld_qkv, h, T, 0, scr, zs, nt)))
                 goto fail;
             const int half = c->rope_dim / 2;
             kern_rope(qkv, ld_qkv, pos, T, c->n_head, hd, half, m->rope_cos, m->rope_sin, false, nt);
@@ -216,21 +209,21 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
             }
         kern_attention(att, qd, qkv, ld_qkv, kc, vc, m->kv.cap, T, p0, c->n_head, c->n_kv_head, hd,
                        1.0f / sqrtf((float)hd), ascr, nt);
-        if ((rc = sublayer_out(m, l, ROLE_O, 0, x, att, T, scr, xa, zs, hs, nt))) goto fail;
+        if ((rc = sublayer_out(m, l, ROLE_O, 0, x, att, T, scr, zs, hs, nt))) goto fail;
 
         const float *fw = adapter_norm_w(ad, m, l, 1), *fb = adapter_norm_b(ad, m, l, 1);
         if (gpt2) {
             kern_layernorm_fwd(h, NULL, NULL, x, fw, fb, T, d, c->norm_eps, nt);
-            if ((rc = linear(m, l, ROLE_UP, f1, ff, h, T, 0, scr, xa, zs, nt))) goto fail;
+            if ((rc = linear(m, l, ROLE_UP, f1, ff, h, T, 0, scr, zs, nt))) goto fail;
             kern_gelu_tanh_fwd(f1, f1, (int64_t)T * ff, nt);
         } else {
             kern_rmsnorm_fwd(h, NULL, x, fw, T, d, c->norm_eps, nt);
-            if ((rc = linear(m, l, ROLE_GATE, f1, ff, h, T, 0, scr, xa, zs, nt)) ||
-                (rc = linear(m, l, ROLE_UP, f2, ff, h, T, 0, scr, xa, zs, nt)))
+            if ((rc = linear(m, l, ROLE_GATE, f1, ff, h, T, 0, scr, zs, nt)) ||
+                (rc = linear(m, l, ROLE_UP, f2, ff, h, T, 0, scr, zs, nt)))
                 goto fail;
             kern_swiglu_fwd(f1, f1, f2, (int64_t)T * ff, nt);
         }
-        if ((rc = sublayer_out(m, l, ROLE_DOWN, 1, x, f1, T, scr, xa, zs, hs, nt))) goto fail;
+        if ((rc = sublayer_out(m, l, ROLE_DOWN, 1, x, f1, T, scr, zs, hs, nt))) goto fail;
     }
     m->n_past = L;
 

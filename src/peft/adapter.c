@@ -31,7 +31,6 @@ int method_parse(const char *name, peft_method *out) {
     return PEFT_ERR_INVALID;
 }
 
-bool method_mergeable(peft_method k) { return k == METHOD_LORA || k == METHOD_DORA; }
 
 /* ---- registry -------------------------------------------------------------- */
 
@@ -272,37 +271,6 @@ int adapter_n_labels(const adapter *a, const peft_model *m) {
 
 int adapter_prompt_rows(const adapter *a) { return a && a->ops && a->ops->input_rows ? a->ops->input_rows(a) : 0; }
 int adapter_prefix_rows(const adapter *a) { return a && a->ops && a->ops->kv_rows ? a->ops->kv_rows(a) : 0; }
-
-/* ---- the hooked linear, shared by the inference forward and the training graph ---- */
-
-int adapter_linear_fwd(const adapter *a, const peft_model *m, int l, model_linear_role r, const float *x, int T,
-                       float *y, int ldy, float beta, float *z, float *xs, const uint8_t *mask, float p_drop,
-                       float *xd, float *xa, float *scr, int nt) {
-    const kern_weight *W = adapter_weight(a, m, l, r);
-    const float *bias = adapter_bias(a, m, l, r);
-    const int s = l * ROLE_N_LINEAR + r, in = (int)W->cols, out = (int)W->rows;
-    const lora_module *mod = a && a->slot ? a->slot[s] : NULL;
-    (void)xs;
-    const bool dora = mod && mod->mag;
-    if (!dora) {
-        int rc = kern_matmul(y, ldy, x, T, W, bias, beta, scr, nt);
-        if (!rc && mod) lora_fwd(mod, x, in, T, mask, p_drop, xd, xa, y, ldy, nt);
-        return rc;
-    }
-    /* DoRA: z = x·Wᵀ + s·(x·Aᵀ)·Bᵀ, y = c ⊙ z + b */
-    int rc = kern_matmul(z, out, x, T, W, NULL, 0.0f, scr, nt);
-    if (rc) return rc;
-    lora_fwd(mod, x, in, T, NULL, 0.0f, NULL, xa, z, out, nt);
-    for (int i = 0; i < T; i++) {
-        float *yr = y + (size_t)i * ldy;
-        const float *zr = z + (size_t)i * out;
-        for (int j = 0; j < out; j++) {
-            const float c = mod->mag[j] / mod->wnorm[j];
-            yr[j] = (beta != 0.0f ? beta * yr[j] : 0.0f) + c * zr[j] + (bias ? bias[j] : 0.0f);
-        }
-    }
-    return 0;
-}
 
 /* ---- derived values ------------------------------------------------------------------ */
 

@@ -32,8 +32,6 @@ const char *method_name(peft_method k);
 /* The --method name of an adapter (of either kind). */
 const char *adapter_method_name(const struct adapter *a);
 int method_parse(const char *name, peft_method *out);
-/* LoRA, DoRA and IA3 fold into the base weights; the others cannot. */
-bool method_mergeable(peft_method k);
 
 typedef enum { LORA_INIT_KAIMING = 0, LORA_INIT_GAUSSIAN, LORA_INIT_ZERO_B_RANDOM_BOTH } lora_init;
 
@@ -161,16 +159,6 @@ const float *adapter_norm_b(const adapter *a, const peft_model *m, int l, int wh
 const kern_weight *adapter_tok_emb(const adapter *a, const peft_model *m, kern_weight *tmp);
 const kern_weight *adapter_pos_emb(const adapter *a, const peft_model *m, kern_weight *tmp);
 const kern_weight *adapter_lm_head(const adapter *a, const peft_model *m, kern_weight *tmp);
-
-/* y (T, out) = beta·y + linear (l, r) of m on x (T, in), with every hook a
- * has on it (LoRA with dropout mask/p_drop/xd as lora_fwd, DoRA, IA3,
- * BitFit biases, full-FT weights; formulas in docs/methods.md). z (T, out):
- * where DoRA and output IA3 leave the linear's output before the per-column
- * scale (the training graph keeps it for the backward); xs (T, in): scratch
- * for feed-forward IA3's scaled input; xa (T, r) LoRA's x·Aᵀ. */
-int adapter_linear_fwd(const adapter *a, const peft_model *m, int l, model_linear_role r, const float *x, int T,
-                       float *y, int ldy, float beta, float *z, float *xs, const uint8_t *mask, float p_drop,
-                       float *xd, float *xa, float *scr, int nt);
 
 /* Classification labels of a (its head) on m, else m's own head (a
  * fine-tuned classifier), else 0. */

@@ -151,7 +151,7 @@ static void merged_bias(const merge_op *op, float *b, int64_t n) {
 }
 
 static int check_fit(const adapter *a, const peft_model *m, const char *out_path, peft_err *err) {
-    if (a->ops ? !a->ops->merge_row : !method_mergeable(a->method))
+    if (!a->ops || !a->ops->merge_row)
         return peft_fail(err, PEFT_ERR_UNSUPPORTED,
                          "%s: a %s adapter cannot be merged into the base (merging works for lora, dora, ia3, vera); use "
                          "it with --adapter instead", out_path, adapter_method_name(a));

@@ -27,11 +27,6 @@ typedef struct {
     float *xin, *mean1, *rstd1, *h1, *qkv, *probs, *att, *xmid, *mean2, *rstd2, *h2, *g, *u, *a;
 } layer_acts;
 
-typedef struct {
-    float *xa;          /* (N, r) */
-    uint8_t *mask;      /* (N, in) or NULL */
-} mod_acts;
-
 struct train_graph {
     peft_model *m;
     adapter *ad;
@@ -42,11 +37,8 @@ struct train_graph {
     int n_labels;       /* > 0: classification through the score head */
     int lowest;         /* lowest layer with trainable parameters: the backward stops there */
     bool need_dx0;      /* the gradient of layer 0's input is needed (embeddings, virtual tokens) */
-    float drop;         /* dropout of this pass: the adapter's in training, 0 in evaluation */
     int d, qd, kvd, ldq, ff, V, max_in, max_out;
     layer_acts *L;
-    mod_acts *M;        /* per LoRA module */
-    float **Z;          /* per slot: z of DoRA, or NULL */
     float *xfin, *meanf, *rstdf, *hf;
     /* backward buffers */
     float *dx, *dxmid, *dh, *dqkv, *datt, *dg, *du, *da, *dtmp, *dxa, *xd, *dhf, *dbn;
@@ -57,7 +49,6 @@ struct train_graph {
     int32_t *pos, *ids, *tgt, *seg, *last;   /* (N) (N) (N) (N) (B) */
     float *arena;
     size_t arena_floats;
-    uint8_t *mask_arena;
     double phase[TG_N_PHASES], t_run;   /* tg_phase_seconds */
     /* plug-in methods: per slot the hook's kept activations, and the
      * method's scratch */
@@ -84,10 +75,7 @@ size_t tg_arena_bytes(const train_graph *g) { return g->arena_floats * sizeof(fl
 void tg_free(train_graph *g) {
     if (!g) return;
     free(g->arena);
-    free(g->mask_arena);
     free(g->L);
-    free(g->M);
-    free(g->Z);
     free(g->HA);
     free(g->SH);
     free(g->SA);
@@ -154,7 +142,7 @@ static lin_call hook_call(const train_graph *g, int l, model_linear_role r, cons
     c.y = y;
     c.ldy = ldy;
     c.beta = beta;
-    c.act = g->HA[l * ROLE_N_LINEAR + r];
+    c.act = g->HA ? g->HA[l * ROLE_N_LINEAR + r] : NULL;
     c.scr = g->hook_scr;
     c.mm_scr = g->mm_scratch;
     c.train = g->training;
@@ -163,15 +151,9 @@ static lin_call hook_call(const train_graph *g, int l, model_linear_role r, cons
     return c;
 }
 
-static bool z_slot(const adapter *a, int s) {
-    if (!a) return false;
-    return a->cfg.dora && a->slot && a->slot[s];
-}
-
 /* Places every buffer at base (when non-NULL) and returns the floats used. */
-static size_t layout(train_graph *g, int r, float *base) {
+static size_t layout(train_graph *g, float *base) {
     const model_config *c = &g->m->cfg;
-    const adapter *a = g->ad;
     const size_t N = (size_t)g->N, d = (size_t)g->d, ff = (size_t)g->ff, B = (size_t)g->B, T = (size_t)g->T;
     const bool gpt2 = c->arch == PEFT_ARCH_GPT2;
     size_t used = 0;
@@ -192,15 +174,11 @@ static size_t layout(train_graph *g, int r, float *base) {
         L->g = TAKE(N * ff);
         L->a = TAKE(N * ff);
         L->u = gpt2 ? NULL : TAKE(N * ff);
-        for (int rr = 0; rr < ROLE_N_LINEAR; rr++)
-            if (z_slot(a, l * ROLE_N_LINEAR + rr))
-                g->Z[l * ROLE_N_LINEAR + rr] = TAKE(N * (size_t)g->m->layers[l].lin[rr].w.rows);
     }
     g->xfin = TAKE(N * d);
     g->hf = TAKE(N * d);
     g->meanf = TAKE(N);
     g->rstdf = TAKE(N);
-    for (int i = 0; a && i < a->n_modules; i++) g->M[i].xa = TAKE(N * (size_t)r);
     g->dx = TAKE(N * d);
     g->dxmid = TAKE(N * d);
     g->dh = TAKE(N * d);
@@ -211,9 +189,6 @@ static size_t layout(train_graph *g, int r, float *base) {
     g->dg = TAKE(N * ff);
     g->du = TAKE(N * ff);
     g->da = TAKE(N * ff);
-    g->dtmp = TAKE(N * g->max_out);
-    g->dxa = TAKE(N * (size_t)(r ? r : 1));
-    g->xd = TAKE(N * g->max_in);
     g->logits = TAKE((size_t)LOSS_CHUNK * g->V);
     g->cls = TAKE(B * (size_t)(g->n_labels ? g->n_labels : 1));
     g->kvbuf = g->PX ? TAKE(4 * (T + (size_t)g->PX) * g->kvd) : NULL;
@@ -257,13 +232,7 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
     g->V = c->vocab;
     g->max_in = PEFT_MAX(PEFT_MAX(g->d, g->ff), g->qd);
     g->max_out = PEFT_MAX(PEFT_MAX(g->d, g->ff), g->ldq);
-    const size_t N = (size_t)g->N;
-    int r = 0; /* largest rank: modules may differ (rank_pattern) */
     g->lowest = c->n_layer;
-    for (int i = 0; a && i < a->n_modules; i++) {
-        r = PEFT_MAX(r, a->mods[i].r);
-        g->lowest = PEFT_MIN(g->lowest, a->mods[i].layer);
-    }
     if (a) {
         if (P) g->need_dx0 = true;   /* the input rows are trained */
         if (a->ops && a->ops->lowest_layer) g->lowest = PEFT_MIN(g->lowest, a->ops->lowest_layer(a, m));
@@ -276,10 +245,8 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
     /* One arena; layout() is run twice, first to size it, then to place
      * every buffer, so the two can never disagree. */
     g->L = peft_calloc((size_t)c->n_layer, sizeof *g->L, err);
-    g->M = peft_calloc((size_t)(a ? a->n_modules : 0) + 1, sizeof *g->M, err);
-    g->Z = peft_calloc((size_t)c->n_layer * ROLE_N_LINEAR + 1, sizeof *g->Z, err);
-    if (!g->L || !g->M || !g->Z) { tg_free(g); return PEFT_ERR_NOMEM; }
-    size_t total = layout(g, r, NULL);
+    if (!g->L) { tg_free(g); return PEFT_ERR_NOMEM; }
+    size_t total = layout(g, NULL);
     g->arena_floats = total;
     g->arena = peft_malloc(total * sizeof(float), err);
     if (!g->arena) {
@@ -287,17 +254,9 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
         return peft_fail(err, PEFT_ERR_NOMEM, "out of memory for training activations (%.1f MiB for batch %d x %d)",
                          total * 4.0 / 1048576.0, B, T);
     }
-    layout(g, r, g->arena);
+    layout(g, g->arena);
     int rc1 = hook_alloc(g, err);
     if (rc1) { tg_free(g); return rc1; }
-    if (a && a->n_modules && a->cfg.dropout > 0) {
-        size_t bytes = 0;
-        for (int i = 0; i < a->n_modules; i++) bytes += N * (size_t)a->mods[i].in;
-        g->mask_arena = peft_malloc(bytes, err);
-        if (!g->mask_arena) { tg_free(g); return PEFT_ERR_NOMEM; }
-        uint8_t *q = g->mask_arena;
-        for (int i = 0; i < a->n_modules; i++) { g->M[i].mask = q; q += N * (size_t)a->mods[i].in; }
-    }
     *out = g;
     return 0;
 }
@@ -309,41 +268,33 @@ const float *tg_class_logits(const train_graph *g) { return g->n_labels > 0 ? g-
 
 /* ---- linears with their method hooks ------------------------------------------ */
 
-static int mod_index(const train_graph *g, const lora_module *mod) { return (int)(mod - g->ad->mods); }
-
-static const lora_module *module_at(const train_graph *g, int l, model_linear_role r) {
-    return g->ad && g->ad->slot ? g->ad->slot[l * ROLE_N_LINEAR + r] : NULL;
-}
-
-/* y (N, out) = beta·y + linear(x), with every method that hooks the linear:
- *   LoRA:  + s·(drop(x)·Aᵀ)·Bᵀ
- *   DoRA:  z = x·Wᵀ + s·(x·Aᵀ)·Bᵀ;  y = beta·y + (m / ||W + s·B·A||) ⊙ z + b
- *   a plug-in method (method.h): its lin_fwd (after the base product for HOOK_ADD)
- *   BitFit / full: the adapter's bias / weight copies. */
+/* y (N, out) = beta·y + linear(x), through the method's hook on the linear
+ * when it has one (method.h): HOOK_ADD runs the base product (with the
+ * method's bias, lin_bias) and then the method's term, HOOK_REPLACE the
+ * method alone. */
 static int lin_fwd(train_graph *g, int l, model_linear_role r, const float *x, float *y, int ldy, float beta) {
-    const hook_kind hk = method_lin_kind(g->ad, l, r);
-    if (hk != HOOK_NONE) {
-        const double t0 = peft_time_s();
-        const lin_call c = hook_call(g, l, r, x, y, ldy, beta);
-        int rc = hk == HOOK_ADD ? method_base_fwd(&c) : 0;
-        if (!rc) rc = g->ad->ops->lin_fwd(g->ad, &c);
-        g->phase[TG_PH_LIN_FWD] += peft_time_s() - t0;
-        return rc;
-    }
-    const lora_module *mod = module_at(g, l, r);
-    mod_acts *A = mod ? &g->M[mod_index(g, mod)] : NULL;
     const double t0 = peft_time_s();
-    int rc = adapter_linear_fwd(g->ad, g->m, l, r, x, g->N, y, ldy, beta, g->Z[l * ROLE_N_LINEAR + r], g->xd,
-                                A && g->drop > 0 ? A->mask : NULL, g->drop, g->xd, A ? A->xa : NULL, g->mm_scratch, g->nt);
+    const hook_kind hk = method_lin_kind(g->ad, l, r);
+    const lin_call c = hook_call(g, l, r, x, y, ldy, beta);
+    int rc = hk != HOOK_REPLACE ? method_base_fwd(&c) : 0;
+    if (!rc && hk != HOOK_NONE) rc = g->ad->ops->lin_fwd(g->ad, &c);
     g->phase[TG_PH_LIN_FWD] += peft_time_s() - t0;
     return rc;
 }
 
 /* dx (N, in) += the input gradient of lin_fwd from dy (N, out) (row
- * stride ldy); every trainable parameter of the linear accumulates its
- * gradient. dx NULL: parameter gradients only. */
+ * stride ldy); the method's parameters accumulate their gradients. dx
+ * NULL: parameter gradients only; base_dx false: the base product's part
+ * of dx is done by the caller (qkv_bwd_one). */
 static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, const float *dy, int ldy, float *dx,
-                    bool base_dx);
+                    bool base_dx) {
+    adapter *a = g->ad;
+    const hook_kind hk = method_lin_kind(a, l, r);
+    const lin_call c = hook_call(g, l, r, x, NULL, 0, 0.0f);
+    int rc = hk != HOOK_REPLACE && dx && base_dx ? method_base_dx(&c, dy, ldy, dx) : 0;
+    return rc || hk == HOOK_NONE ? rc : a->ops->lin_bwd(a, &c, dy, ldy, dx);
+}
+
 static int lin_bwd(train_graph *g, int l, model_linear_role r, const float *x, const float *dy, int ldy, float *dx) {
     const double t0 = peft_time_s();
     int rc = lin_bwd_(g, l, r, x, dy, ldy, dx, true);
@@ -351,63 +302,21 @@ static int lin_bwd(train_graph *g, int l, model_linear_role r, const float *x, c
     return rc;
 }
 
-static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, const float *dy, int ldy, float *dx,
-                    bool base_dx) {
-    adapter *a = g->ad;
-    const hook_kind hk = method_lin_kind(a, l, r);
-    if (hk != HOOK_NONE) {
-        const lin_call c = hook_call(g, l, r, x, NULL, 0, 0.0f);
-        int rc = hk == HOOK_ADD && dx && base_dx ? method_base_dx(&c, dy, ldy, dx) : 0;
-        return rc ? rc : a->ops->lin_bwd(a, &c, dy, ldy, dx);
-    }
-    const kern_weight *W = adapter_weight(a, g->m, l, r);
-    const int in = (int)W->cols, out = (int)W->rows, N = g->N, s = l * ROLE_N_LINEAR + r;
-    const lora_module *mod = module_at(g, l, r);
-    const float *dyc = dy;
-    const float *z = g->Z[s];
-    if (z) {
-        /* DoRA: dz = c ⊙ dy; gm = Σ dy ⊙ z / ||W + sBA|| (the norm held constant) */
-        float *gc = mod->gmag;
-        for (int i = 0; i < N; i++) {
-            const float *dr = dy + (size_t)i * ldy, *zr = z + (size_t)i * out;
-            float *o = g->dtmp + (size_t)i * out;
-            for (int j = 0; j < out; j++) {
-                const float c = mod->mag[j] / mod->wnorm[j];
-                gc[j] += dr[j] * zr[j] * (1.0f / mod->wnorm[j]);
-                o[j] = c * dr[j];
-            }
-        }
-        dyc = g->dtmp;
-    }
-    const int lddyc = dyc == dy ? ldy : out;
-    /* BitFit / full: bias and weight gradients */
-    int rc = 0;
-    if (dx && base_dx && (rc = kern_matmul_dx(dx, dyc, lddyc, N, W, g->mm_scratch, g->nt))) return rc;
-    if (mod) {
-        mod_acts *A = &g->M[mod_index(g, mod)];
-        lora_bwd(mod, x, in, N, g->drop > 0 ? A->mask : NULL, g->drop, g->xd, A->xa, dyc, lddyc, g->dxa, dx, in, g->nt);
-    }
-    return 0;
-}
-
 /* ---- q, k, v as one product (bf16 compute) ---------------------------------------- */
 
 /* With bf16 packs shared by q, k and v (model_qkv_fused) and only additive
- * hooks on them (LoRA, biases, HOOK_ADD plug-ins: no DoRA or HOOK_REPLACE scaling, no trainable weight
- * copies), the three base products run as one over the concatenated
- * outputs: one pass over the input instead of three. */
+ * hooks on them (HOOK_ADD: LoRA, VeRA, BitFit's biases; no HOOK_REPLACE such
+ * as DoRA, IA3 or full fine-tuning), the three base products run as one
+ * over the concatenated outputs: one pass over the input instead of three. */
 static bool qkv_one_product(const train_graph *g, int l) {
     if (!model_qkv_fused(g->m, l)) return false;
     for (int r = ROLE_Q; r <= ROLE_V; r++) {
-        if (g->Z[l * ROLE_N_LINEAR + r] ||
-            method_lin_kind(g->ad, l, (model_linear_role)r) == HOOK_REPLACE ||
-            adapter_weight(g->ad, g->m, l, (model_linear_role)r) != &g->m->layers[l].lin[r].w)
-            return false;
+        if (method_lin_kind(g->ad, l, (model_linear_role)r) == HOOK_REPLACE) return false;
     }
     return true;
 }
 
-/* L->qkv = [q | k | v] of x, with biases and LoRA */
+/* L->qkv = [q | k | v] of x, with biases and the methods' HOOK_ADD terms */
 static int qkv_fwd_one(train_graph *g, int l, const float *x, float *qkv) {
     const double t0 = peft_time_s();
     const model_layer *ML = &g->m->layers[l];
@@ -424,11 +333,6 @@ static int qkv_fwd_one(train_graph *g, int l, const float *x, float *qkv) {
         if (method_lin_kind(g->ad, l, (model_linear_role)r) == HOOK_ADD) {
             const lin_call hc = hook_call(g, l, (model_linear_role)r, x, y, g->ldq, 1.0f);
             if ((rc = g->ad->ops->lin_fwd(g->ad, &hc))) break;
-        }
-        const lora_module *mod = module_at(g, l, (model_linear_role)r);
-        if (mod) {
-            mod_acts *A = &g->M[mod_index(g, mod)];
-            lora_fwd(mod, x, g->d, g->N, g->drop > 0 ? A->mask : NULL, g->drop, g->xd, A->xa, y, g->ldq, g->nt);
         }
     }
     g->phase[TG_PH_LIN_FWD] += peft_time_s() - t0;
@@ -577,15 +481,6 @@ static void attn_bwd(train_graph *g, layer_acts *L, int l) {
     g->phase[TG_PH_ATTN_BWD] += peft_time_s() - t0;
 }
 
-static void make_masks(train_graph *g, uint64_t seed) {
-    const float p = g->ad->cfg.dropout;
-    for (int i = 0; i < g->ad->n_modules; i++) {
-        peft_rng rng;
-        peft_rng_seed(&rng, seed * 1000003ULL + (uint64_t)i);
-        const size_t n = (size_t)g->N * g->ad->mods[i].in;
-        for (size_t k = 0; k < n; k++) g->M[i].mask[k] = peft_rng_uniform(&rng) >= p;
-    }
-}
 
 /* ---- norms with trainable parameters (BitFit, full) ---------------------------------- */
 
@@ -742,10 +637,8 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
         }
     }
     /* dropout only while training; evaluation sees the whole adapter */
-    g->drop = (ad && ad->n_modules && !ad->cfg.dora && backward) ? ad->cfg.dropout : 0.0f;
     g->training = backward;
     g->drop_seed = dropout_seed;
-    if (g->drop > 0) make_masks(g, dropout_seed);
 
     /* embeddings into layer 0's input */
     kern_weight te, pe;
