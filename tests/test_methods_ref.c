@@ -39,6 +39,8 @@ static const rcase cases[] = {
     {"seqcls_lora_llama", "tiny-llama"},
     {"seqcls_lora_gpt2", "tiny-gpt2"},
     {"seqcls_prompt_llama", "tiny-llama"},
+    {"loha_llama", "tiny-llama"},
+    {"loha_qwen2", "tiny-qwen2"},
 };
 
 static double rel_diff(const float *a, const float *b, int64_t n) {
