@@ -161,7 +161,7 @@ static void our_method_adapters_load_in_peft(void) {
     if (!python_ok()) TEST_SKIP("python3 with torch, transformers, peft and safetensors is not installed (the reference stack)");
     char dir[] = "/tmp/peft_interop_m_XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
-    char list[600], names[24][96];
+    char list[600], names[32][96];
     int nc = 0;
     snprintf(list, sizeof list, "%s/cases.txt", dir);
     FILE *lf = fopen(list, "w");
@@ -172,54 +172,47 @@ static void our_method_adapters_load_in_peft(void) {
         peft_method method;
         bool proj;
         int n_labels;
+        const char *plug, *opts;   /* a plug-in method (method.h) and its options */
     } cases[] = {
-        {"tests/fixtures/models/tiny-llama", METHOD_DORA, false, 0},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_DORA, false, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_IA3, false, 0},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_IA3, false, 0},
-        {"tests/fixtures/models/tiny-qwen2", METHOD_IA3, false, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_PROMPT, false, 0},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_PROMPT, false, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_PREFIX, false, 0},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_PREFIX, false, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_PREFIX, true, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_LORA, false, 3},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_LORA, false, 3},
-        {"tests/fixtures/models/tiny-llama", METHOD_PROMPT, false, 2},
-    };
-    /* plug-in methods (method.h), after the cases above */
-    static const struct {
-        const char *model, *name, *options, *targets;
-    } plugs[] = {
-        {"tests/fixtures/models/tiny-llama", "loha", NULL, NULL},
-        {"tests/fixtures/models/tiny-qwen2", "loha", NULL, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"},
+        {"tests/fixtures/models/tiny-llama", METHOD_DORA, false, 0, NULL, NULL},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_DORA, false, 0, NULL, NULL},
+        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "ia3", ""},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_PLUGIN, false, 0, "ia3", ""},
+        {"tests/fixtures/models/tiny-qwen2", METHOD_PLUGIN, false, 0, "ia3", ""},
+        {"tests/fixtures/models/tiny-llama", METHOD_PROMPT, false, 0, NULL, NULL},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_PROMPT, false, 0, NULL, NULL},
+        {"tests/fixtures/models/tiny-llama", METHOD_PREFIX, false, 0, NULL, NULL},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_PREFIX, false, 0, NULL, NULL},
+        {"tests/fixtures/models/tiny-llama", METHOD_PREFIX, true, 0, NULL, NULL},
+        {"tests/fixtures/models/tiny-llama", METHOD_LORA, false, 3, NULL, NULL},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_LORA, false, 3, NULL, NULL},
+        {"tests/fixtures/models/tiny-llama", METHOD_PROMPT, false, 2, NULL, NULL},
+        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "vera", ""},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_PLUGIN, false, 0, "vera", ""},
+        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "vera", "save_projection=false;projection_prng_key=5"},
+        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "loha", ""},
+        {"tests/fixtures/models/tiny-qwen2", METHOD_PLUGIN, false, 0, "loha", ""},
         /* HF's rank_pattern / alpha_pattern matching, read back by HF */
-        {"tests/fixtures/models/tiny-llama", "loha",
-         "rank_pattern={\"layers.0.self_attn.q_proj\": 2, \"down_proj\": 6};alpha_pattern={\"v_proj\": 3}",
-         "q_proj,v_proj,down_proj"},
+        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "loha",
+         "rank_pattern={\"layers.0.self_attn.q_proj\": 2, \"v_proj\": 6};alpha_pattern={\"layers.1.self_attn.v_proj\": 3}"},
     };
-    const size_t n_old = sizeof cases / sizeof *cases;
-    for (size_t k = 0; k < n_old + sizeof plugs / sizeof *plugs; k++) {
-        const bool plug = k >= n_old;
-        const char *model = plug ? plugs[k - n_old].model : cases[k].model;
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
         peft_ctx *ctx = peft_init(NULL);
-        peft_model *m = peft_model_load(ctx, model);
+        peft_model *m = peft_model_load(ctx, cases[k].model);
         method_config mc;
         memset(&mc, 0, sizeof mc);
-        mc.method = plug ? METHOD_PLUGIN : cases[k].method;
+        mc.method = cases[k].method;
         mc.lora = lora_default_config();
         mc.lora.r = 4;
         mc.n_virtual = 5;
-        mc.prefix_projection = !plug && cases[k].proj;
-        mc.n_labels = plug ? 0 : cases[k].n_labels;
+        mc.prefix_projection = cases[k].proj;
+        mc.n_labels = cases[k].n_labels;
         mc.seed = 3;
-        peft_err err = {0};
-        if (plug) {
-            mc.ops = method_find(plugs[k - n_old].name);
-            CHECK_MSG(mc.ops != NULL, "no method %s", plugs[k - n_old].name);
-            snprintf(mc.options, sizeof mc.options, "%s", plugs[k - n_old].options ? plugs[k - n_old].options : "");
-            if (plugs[k - n_old].targets) CHECK_OK(lora_parse_targets(m, plugs[k - n_old].targets, &mc.lora.targets, &err));
+        if (cases[k].plug) {
+            mc.ops = method_find(cases[k].plug);
+            snprintf(mc.options, sizeof mc.options, "%s", cases[k].opts);
         }
+        peft_err err = {0};
         adapter *a = NULL;
         CHECK_OK(adapter_new(m, &mc, &a, &err));
         if (!a) { fprintf(stderr, "  %s\n", err.msg); peft_model_free(m); peft_free(ctx); continue; }
@@ -228,7 +221,7 @@ static void our_method_adapters_load_in_peft(void) {
         for (int64_t i = 0; i < a->n_params; i++) a->params[i] += 0.1f * peft_rng_normal(&rng);
         CHECK_OK(adapter_refresh(a, m, &err));
         free(a->base_model);
-        a->base_model = strdup(model);
+        a->base_model = strdup(cases[k].model);
         char ad[600], lp[600], extra[32] = "";
         snprintf(ad, sizeof ad, "%s/adapter%zu", dir, k);
         CHECK_OK(adapter_save(a, m, ad, &err));
@@ -259,9 +252,9 @@ static void our_method_adapters_load_in_peft(void) {
         }
         snprintf(lp, sizeof lp, "%s/logits%zu.safetensors", dir, k);
         CHECK_OK(st_write(lp, ts, 2, NULL, &err));
-        fprintf(lf, "%s %s %s%s\n", model, ad, lp, extra);
-        snprintf(names[nc], sizeof names[nc], "%s%s%s %s", mc.ops ? mc.ops->name : method_name(mc.method),
-                 plug && plugs[k - n_old].options ? "+patterns" : "", mc.n_labels ? "+head" : "", model + 22);
+        fprintf(lf, "%s %s %s%s\n", cases[k].model, ad, lp, extra);
+        snprintf(names[nc], sizeof names[nc], "%s%s %s", adapter_method_name(a), mc.n_labels ? "+head" : "",
+                 cases[k].model + 22);
         nc++;
         free(lg);
         adapter_free(a);

@@ -159,14 +159,9 @@ static int pattern_parse(const method_config *mc, const char *key, double lo, do
 
 /* ---- creation ----------------------------------------------------------------------------- */
 
-static int loha_create(adapter *a, const peft_model *m, const method_config *mc, peft_err *err) {
-    loha *h = peft_calloc(1, sizeof *h, err);
-    if (!h) return PEFT_ERR_NOMEM;
-    a->priv = h;
-    if (m->cfg.arch == PEFT_ARCH_GPT2)
-        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "loha: %s is a GPT-2 model, whose linears are Conv1D layers; LoHa "
-                                                    "takes nn.Linear layers only (HF PEFT refuses Conv1D too)", m->path);
-    /* 0: the method's default (HF's r = alpha = 8) */
+/* mc's r, alpha and options into h (0: the method's default, HF's r =
+ * alpha = 8). */
+static int loha_options_read(const method_config *mc, loha *h, peft_err *err) {
     h->r = mc->lora.r > 0 ? mc->lora.r : 8;
     double alpha = mc->lora.alpha > 0 ? mc->lora.alpha : 8, rd = 0, md = 0;
     bool init = true;
@@ -185,6 +180,27 @@ static int loha_create(adapter *a, const peft_model *m, const method_config *mc,
     if (h->r > PEFT_MAX_RANK) return peft_fail(err, PEFT_ERR_INVALID, "loha: r must be in 1..%d, got %d", PEFT_MAX_RANK, h->r);
     if (mc->lora.dropout > 0)
         return peft_fail(err, PEFT_ERR_INVALID, "loha: LoHa has no input dropout (use rank_dropout or module_dropout)");
+    return 0;
+}
+
+static int loha_check(const method_config *mc, peft_err *err) {
+    loha h;
+    memset(&h, 0, sizeof h);
+    const int rc = loha_options_read(mc, &h, err);
+    cJSON_Delete(h.rank_pattern);
+    cJSON_Delete(h.alpha_pattern);
+    return rc;
+}
+
+static int loha_create(adapter *a, const peft_model *m, const method_config *mc, peft_err *err) {
+    loha *h = peft_calloc(1, sizeof *h, err);
+    if (!h) return PEFT_ERR_NOMEM;
+    a->priv = h;
+    if (m->cfg.arch == PEFT_ARCH_GPT2)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "loha: %s is a GPT-2 model, whose linears are Conv1D layers; LoHa "
+                                                    "takes nn.Linear layers only (HF PEFT refuses Conv1D too)", m->path);
+    int rc = loha_options_read(mc, h, err);
+    if (rc) return rc;
     const int ns = m->cfg.n_layer * ROLE_N_LINEAR;
     bool *slots = peft_calloc((size_t)ns + 1, sizeof *slots, err);
     h->mod_of = peft_malloc(((size_t)ns + 1) * sizeof *h->mod_of, err);
@@ -599,6 +615,7 @@ const method_ops method_loha = {
     .summary = "LoHa: ΔW = alpha/r · (w1_a·w1_b) ⊙ (w2_a·w2_b), four rank-r factors per linear (r 8, alpha 8)",
     .options = loha_options,
     .uses = METHOD_USES_R | METHOD_USES_ALPHA | METHOD_USES_TARGET | METHOD_USES_LAYERS,
+    .check = loha_check,
     .create = loha_create,
     .wire = loha_wire,
     .init = loha_init,
