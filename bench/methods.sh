@@ -41,7 +41,7 @@ lr_of() {
     ia3 | vera) echo 5e-3 ;;
     bitfit) echo 1e-3 ;;
     full) echo 5e-5 ;;
-    loha) echo 2e-3 ;;
+    loha) echo 5e-3 ;;
     esac
 }
 
