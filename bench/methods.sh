@@ -18,7 +18,7 @@ STEPS=${STEPS:-60}
 THREADS=${THREADS:-2}
 SEED=${SEED:-42}
 TASKS=${TASKS:-"sst2 e2e"}
-METHODS=${METHODS:-"lora dora adapter-pfeiffer adapter-houlsby prompt prefix prefix-vocab ia3 vera loha bitfit full"}
+METHODS=${METHODS:-"lora loraplus dora adapter-pfeiffer adapter-houlsby prompt prefix prefix-vocab ia3 vera loha bitfit full"}
 PEFT=${PEFT:-build/peft}
 [ -f "$MODEL" ] || bash scripts/setup.sh --model
 [ -x "$PEFT" ] || bash scripts/setup.sh --build
@@ -36,6 +36,7 @@ tail -n 250 "$OUT/data/e2e_all.jsonl" > "$OUT/data/e2e_val.jsonl"
 lr_of() {
     case "$1" in
     lora | dora | adapter-pfeiffer | adapter-houlsby) echo 1e-3 ;;
+    loraplus) echo 5e-4 ;;   # A's lr; B's is 16x (HF: LoRA+ wants a somewhat lower base lr)
     prompt) echo 3e-2 ;;
     prefix | prefix-vocab) echo 1e-2 ;;
     ia3 | vera) echo 5e-3 ;;
@@ -56,6 +57,8 @@ row() {  # task method
     local margs=(--method "$method")
     # prefix-vocab: prefix tuning whose table starts as the keys/values of sampled tokens
     [ "$method" = prefix-vocab ] && margs=(--method prefix --prompt-init sample-vocab)
+    # loraplus: LoRA (r 8, alpha 16, q_proj,v_proj) with LoRA+'s B learning rate 16 x lr
+    [ "$method" = loraplus ] && margs=(--method lora --loraplus-lr-ratio 16)
     if ! /usr/bin/time -v -o "$dir/time.txt" "$PEFT" train --model "$MODEL" "${args[@]}" "${margs[@]}" \
         --lr "$(lr_of "$method")" --warmup 6 --schedule cosine --steps "$STEPS" --seed "$SEED" \
         --threads "$THREADS" --quiet --out "$dir" > "$dir/stdout.txt" 2> "$dir/train.log"; then
@@ -78,7 +81,9 @@ row() {  # task method
     fi
     tps=$(grep -o '([0-9]* tokens/s)' "$dir/train.log" | tail -1 | tr -d '()' | awk '{print $1}')
     rss=$(awk -F: '/Maximum resident/ {gsub(/ /, "", $2); printf "%.0f MiB", $2 / 1024}' "$dir/time.txt")
-    echo "| $task | $method | $tp | $pct % | $size | $metric | $tps | $rss | lr $(lr_of "$method") |"
+    local note="lr $(lr_of "$method")"
+    [ "$method" = loraplus ] && note="lr $(lr_of "$method"), B at 16 x lr"
+    echo "| $task | $method | $tp | $pct % | $size | $metric | $tps | $rss | $note |"
 }
 
 {

@@ -294,6 +294,12 @@ typedef struct {
     int skip_bad;            /* skip bad data lines instead of failing */
     const char *out_dir;     /* required */
     const char *resume;      /* run or checkpoint folder, or NULL */
+    /* LoRA+ (HF peft's create_loraplus_optimizer), LoRA and DoRA adapters
+     * only: > 0 trains lora_B and the 1-D LoRA tensors (DoRA's magnitude)
+     * at lr × loraplus_lr_ratio; 0 (default): off. weight_decay is then
+     * HF's loraplus_weight_decay. loraplus_lr_embedding: the lr of LoRA on
+     * embedding layers (default 1e-6 as HF's; 0 means that default too). */
+    float loraplus_lr_ratio, loraplus_lr_embedding;
 } peft_train_params;
 
 typedef struct {

@@ -119,6 +119,8 @@ static void bad_method_input_fails_before_training(void) {
         {"--method adapter-houlsby --reduction-factor 128", "leaves no bottleneck", 1},
         {"--method bitfit", "has no bias terms", 1},
         {"--method lora --num-labels 3", "--num-labels needs", 1},
+        {"--method ia3 --loraplus-lr-ratio 16", "--loraplus-lr-ratio does not apply to --method ia3", 2},
+        {"--method lora --loraplus-lr-ratio -2", "--loraplus-lr-ratio", 2},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char args[2048];
@@ -229,6 +231,7 @@ static void loha_through_the_cli(void) {
  * that derive values from the parameters (DoRA's norms). */
 static void resume_is_exact_for_every_kind_of_state(void) {
     static const char *methods[] = {"prefix --prefix-projection --encoder-hidden-size 16", "dora", "adapter-houlsby",
+                                    "dora --loraplus-lr-ratio 16 --weight-decay 0.1",
                                     "loha --rank-dropout 0.3 --module-dropout 0.2"};
     for (size_t i = 0; i < sizeof methods / sizeof *methods; i++) {
         char args[2048], a_dir[300], b_dir[300];

@@ -30,7 +30,7 @@ static opt_def train_opts[] = {
     {"val-split", false, "fraction of --data held out for validation when no --val (default 0)", NULL},
     {"out", false, "output folder: adapter, metrics.jsonl, loss.svg, checkpoints (required)", NULL},
     {"config", false, "JSON file with any of these options", NULL},
-    {"method", false, "lora (default) | dora | bitfit | full | the plug-ins below", NULL},
+    {"method", false, "lora (default) | dora | the plug-ins below", NULL},
     {"r", false, "[lora, dora] rank (default 8)", NULL},
     {"alpha", false, "[lora, dora] alpha (default 16)", NULL},
     {"dropout", false, "[lora] dropout on the adapter's input (default 0)", NULL},
@@ -43,7 +43,9 @@ static opt_def train_opts[] = {
     {"lr", false, "peak learning rate (default 2e-4)", NULL},
     {"schedule", false, "constant | linear | cosine (default)", NULL},
     {"warmup", false, "warmup steps (default 0)", NULL},
-    {"weight-decay", false, "AdamW weight decay (default 0)", NULL},
+    {"weight-decay", false, "AdamW weight decay (default 0); not on biases and norm weights, as HF's Trainer", NULL},
+    {"loraplus-lr-ratio", false, "[lora, dora] LoRA+: lora_B (and DoRA's magnitude) at lr x R (HF loraplus_lr_ratio; default 0 = off)", NULL},
+    {"loraplus-lr-embedding", false, "[lora, dora] LoRA+: lr of LoRA on embedding layers (default 1e-6)", NULL},
     {"beta1", false, "AdamW beta1 (default 0.9)", NULL},
     {"beta2", false, "AdamW beta2 (default 0.999)", NULL},
     {"eps", false, "AdamW epsilon (default 1e-8)", NULL},
@@ -102,6 +104,8 @@ static unsigned opt_methods(const char *name) {
         {"rslora", MB(METHOD_LORA) | MB(METHOD_DORA)},
         {"use-dora", MB(METHOD_LORA) | MB(METHOD_DORA)},
         {"init", MB(METHOD_LORA) | MB(METHOD_DORA)},
+        {"loraplus-lr-ratio", MB(METHOD_LORA) | MB(METHOD_DORA)},
+        {"loraplus-lr-embedding", MB(METHOD_LORA) | MB(METHOD_DORA)},
     };
     for (size_t i = 0; i < sizeof t / sizeof *t; i++)
         if (!strcmp(t[i].name, name)) return t[i].mask;
@@ -177,9 +181,10 @@ static void train_usage(FILE *f) {
         fprintf(f, "  --%-14s %s%s\n", train_opts[i].name, train_opts[i].flag ? "" : "V  ", train_opts[i].help);
     for (int i = 0; i < n_plug_opts; i++)
         fprintf(f, "  --%-14s %s%s\n", plug_opts[i].name, plug_opts[i].flag ? "" : "V  ", plug_opts[i].help);
-    fprintf(f, "\nmethods: lora, dora, bitfit, full");
+    fprintf(f, "\nmethods: lora, dora");
     for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, ", %s", (*p)->name);
-    fprintf(f, "\n");
+    fprintf(f, "\n  %-16s %s\n  %-16s %s\n", "lora", "LoRA: low-rank A, B per targeted linear (rsLoRA: --rslora)", "dora",
+            "DoRA: LoRA plus a magnitude per output row");
     for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, "  %-16s %s\n", (*p)->name, (*p)->summary);
 }
 
@@ -276,7 +281,7 @@ int cmd_train(int argc, char **argv) {
     const method_ops *plug = method_find(GETV("method"));
     if (plug) meth = METHOD_PLUGIN;
     else if (GETV("method") && method_parse(GETV("method"), &meth)) {
-        fprintf(stderr, "peft train: unknown method \"%s\" (lora, dora, bitfit, full",
+        fprintf(stderr, "peft train: unknown method \"%s\" (lora, dora",
                 GETV("method"));
         for (const method_ops *const *p = method_registry(); *p; p++) fprintf(stderr, ", %s", (*p)->name);
         fprintf(stderr, ")\n");
@@ -349,7 +354,8 @@ int cmd_train(int argc, char **argv) {
     struct { const char *name; float *dst; double lo, hi; } floats[] = {
         {"alpha", &lc.alpha, 0, 1e6}, {"dropout", &lc.dropout, 0, 0.99}, {"lr", &tp.opt.lr, 0, 10},
         {"weight-decay", &tp.opt.weight_decay, 0, 10}, {"beta1", &tp.opt.beta1, 0, 0.999999},
-        {"beta2", &tp.opt.beta2, 0, 0.99999999}, {"eps", &tp.opt.eps, 0, 1}, {"clip", &tp.opt.max_grad_norm, 0, 1e9}};
+        {"beta2", &tp.opt.beta2, 0, 0.99999999}, {"eps", &tp.opt.eps, 0, 1}, {"clip", &tp.opt.max_grad_norm, 0, 1e9},
+        {"loraplus-lr-ratio", &tp.opt.loraplus_lr_ratio, 0, 1e6}, {"loraplus-lr-embedding", &tp.opt.loraplus_lr_embedding, 0, 10}};
     for (size_t i = 0; i < sizeof floats / sizeof *floats; i++)
         if (GETV(floats[i].name)) {
             char full[64];
@@ -461,7 +467,7 @@ int cmd_train(int argc, char **argv) {
         ad->base_model = abs ? abs : strdup(GETV("model"));
     }
     /* full fine-tuning trains copies of the base: all params are the trained ones */
-    print_trainable(ad->n_params, meth == METHOD_FULL ? 0 : m->n_params);
+    print_trainable(ad->n_params, plug && (plug->flags & METHOD_SAVES_MODEL) ? 0 : m->n_params);
     if (meth == METHOD_LORA || meth == METHOD_DORA)
         fprintf(stderr, "%s: r=%d alpha=%g%s scale=%g dropout=%g on %d modules", method_name(meth), lc.r, lc.alpha,
                 lc.rslora ? " (rsLoRA)" : "", lora_scale(&lc), lc.dropout, ad->n_modules);
@@ -471,8 +477,11 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "%s: %s", plug->name, desc);
     } else fprintf(stderr, "%s: %d tensors", meth_name, ad->n_tensors);
     if (mc.n_labels) fprintf(stderr, " + a %d-label classification head", mc.n_labels);
-    fprintf(stderr, " | %d steps, batch %d x %d, accum %d, lr %g %s, warmup %d\n", tp.steps ? tp.steps : -1, tp.batch,
+    fprintf(stderr, " | %d steps, batch %d x %d, accum %d, lr %g %s, warmup %d", tp.steps ? tp.steps : -1, tp.batch,
             tp.seq, tp.accum, tp.opt.lr, sched_name(tp.opt.sched), tp.opt.warmup_steps);
+    if (tp.opt.loraplus_lr_ratio > 0)
+        fprintf(stderr, ", LoRA+ (B at lr x %g = %g)", tp.opt.loraplus_lr_ratio, tp.opt.lr * tp.opt.loraplus_lr_ratio);
+    fputc('\n', stderr);
     train_result res;
     if (train_run(m, ad, &train, have_val ? &val : NULL, &tp, &res, err)) {
         fprintf(stderr, "\npeft train: %s\n", err->msg);
@@ -485,7 +494,7 @@ int cmd_train(int argc, char **argv) {
         else fprintf(stderr, "; validation %.4f", res.val_loss_after);
         if (!isnan(res.val_accuracy)) fprintf(stderr, ", accuracy %.4f", res.val_accuracy);
     }
-    if (meth == METHOD_FULL)
+    if (plug && (plug->flags & METHOD_SAVES_MODEL))
         fprintf(stderr, "\nmodel: %s/%s, metrics: %s/metrics.jsonl, curve: %s/loss.svg\n", tp.out_dir,
                 m->gguf ? "model.gguf (F32)" : "model.safetensors (HF folder)", tp.out_dir, tp.out_dir);
     else

@@ -15,7 +15,7 @@
 #include <cblas.h>
 
 static const char *const method_names[METHOD_N] = {
-    "lora", "dora", "full"};
+    "lora", "dora"};
 
 const char *method_name(peft_method k) { return (int)k >= 0 && k < METHOD_N ? method_names[k] : "?"; }
 
@@ -59,6 +59,10 @@ int adapter_add_buffer(adapter *a, const char *key, int ndim, int64_t d0, int64_
     int i = adapter_add_tensor(a, key, ndim, d0, d1, saved, err);
     if (i >= 0) a->tensors[i].frozen = true;
     return i;
+}
+
+void adapter_tensor_set_group(adapter *a, int idx, unsigned flags) {
+    if (idx >= 0 && idx < a->n_tensors) a->tensors[idx].group = (uint8_t)flags;
 }
 
 int adapter_finish_alloc(adapter *a, peft_err *err) {
@@ -105,14 +109,6 @@ void adapter_free(adapter *a) {
     free(a->grads);
     free(a->base_model);
     free(a->tensors);
-    free(a->fw);
-    free(a->fb);
-    free(a->gfb);
-    free(a->fnw);
-    free(a->gfnw);
-    free(a->fnb);
-    free(a->gfnb);
-    free(a->gfw);
     free(a->dora_norms);
     free(a);
 }
@@ -202,199 +198,36 @@ void adapter_kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng) {
     for (int64_t i = 0; i < n; i++) w[i] = (2.0f * peft_rng_uniform(rng) - 1.0f) * bound;
 }
 
-static int alloc_slots(adapter *a, const peft_model *m, peft_err *err) {
-    const size_t ns = (size_t)m->cfg.n_layer * ROLE_N_LINEAR + 1;
-    a->slot = peft_calloc(ns, sizeof *a->slot, err);
-    return a->slot ? 0 : PEFT_ERR_NOMEM;
-}
-
-static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *eidx, peft_err *err) {
-    const int L = m->cfg.n_layer, d = m->cfg.d_model;
-    char path[200], key[256];
-    /* -1 marks a tensor the model does not have: a failed add must not
-     * pass for one */
-    bool bad = false;
-    eidx[0] = adapter_add_tensor(a, is_gpt2(m) ? "transformer.wte.weight" : "model.embed_tokens.weight", 2,
-                                 m->cfg.vocab, d, true, err);
-    bad |= eidx[0] < 0;
-    eidx[1] = is_gpt2(m) ? adapter_add_tensor(a, "transformer.wpe.weight", 2, m->pos_emb.rows, d, true, err) : -1;
-    bad |= is_gpt2(m) && eidx[1] < 0;
-    eidx[2] = m->cfg.tied ? -1 : adapter_add_tensor(a, "lm_head.weight", 2, m->cfg.vocab, d, true, err);
-    bad |= !m->cfg.tied && eidx[2] < 0;
-    for (int l = 0; l < L; l++)
-        for (int r = 0; r < ROLE_N_LINEAR; r++) {
-            idx[2 * (l * ROLE_N_LINEAR + r)] = idx[2 * (l * ROLE_N_LINEAR + r) + 1] = -1;
-            const model_linear *lin = &m->layers[l].lin[r];
-            if (!lin->present) continue;
-            model_linear_hf_path(m, l, (model_linear_role)r, path, sizeof path);
-            snprintf(key, sizeof key, "%s.weight", path);
-            idx[2 * (l * ROLE_N_LINEAR + r)] = adapter_add_tensor(a, key, 2, lin->w.rows, lin->w.cols, true, err);
-            bad |= idx[2 * (l * ROLE_N_LINEAR + r)] < 0;
-            if (lin->b) {
-                snprintf(key, sizeof key, "%s.bias", path);
-                idx[2 * (l * ROLE_N_LINEAR + r) + 1] = adapter_add_tensor(a, key, 1, lin->w.rows, 1, true, err);
-                bad |= idx[2 * (l * ROLE_N_LINEAR + r) + 1] < 0;
-            }
-        }
-    for (int l = 0; l <= L; l++)
-        for (int which = 0; which < 2; which++) {
-            nidx[2 * (l * 2 + which)] = nidx[2 * (l * 2 + which) + 1] = -1;
-            if (l == L && which) continue;
-            adapter_norm_name(m, l, which, "weight", key, sizeof key);
-            nidx[2 * (l * 2 + which)] = adapter_add_tensor(a, key, 1, d, 1, true, err);
-            bad |= nidx[2 * (l * 2 + which)] < 0;
-            if (base_norm_b(m, l, which)) {
-                adapter_norm_name(m, l, which, "bias", key, sizeof key);
-                nidx[2 * (l * 2 + which) + 1] = adapter_add_tensor(a, key, 1, d, 1, true, err);
-                bad |= nidx[2 * (l * 2 + which) + 1] < 0;
-            }
-        }
-    return bad ? PEFT_ERR_NOMEM : 0;
-}
-
-/* Dequantizes all of w into dst (rows, cols) in HF (out, in) order. */
-static int weight_to_f32(const kern_weight *w, float *dst) {
-    for (int64_t r = 0; r < w->rows; r++) {
-        int rc = kern_weight_row(w, r, dst + r * w->cols);
-        if (rc) return rc;
-    }
-    return 0;
-}
-
-static int wire_full(adapter *a, const peft_model *m, const int *idx, const int *nidx, const int *eidx, peft_err *err) {
-    const int L = m->cfg.n_layer, d = m->cfg.d_model;
-    const size_t ns = (size_t)L * ROLE_N_LINEAR + 1, nn = (size_t)L * 2 + 1;
-    a->fw = peft_calloc(ns, sizeof *a->fw, err);
-    a->gfw = peft_calloc(ns, sizeof *a->gfw, err);
-    a->fb = peft_calloc(ns, sizeof *a->fb, err);
-    a->gfb = peft_calloc(ns, sizeof *a->gfb, err);
-    a->fnw = peft_calloc(nn, sizeof *a->fnw, err);
-    a->gfnw = peft_calloc(nn, sizeof *a->gfnw, err);
-    a->fnb = peft_calloc(nn, sizeof *a->fnb, err);
-    a->gfnb = peft_calloc(nn, sizeof *a->gfnb, err);
-    if (!a->fw || !a->gfw || !a->fb || !a->gfb || !a->fnw || !a->gfnw || !a->fnb || !a->gfnb) return PEFT_ERR_NOMEM;
-    int rc = 0;
-    a->femb = a->tensors[eidx[0]].p;
-    a->gfemb = a->tensors[eidx[0]].g;
-    if ((rc = weight_to_f32(&m->tok_emb, a->femb))) goto bad;
-    if (eidx[1] >= 0) {
-        a->fpos = a->tensors[eidx[1]].p;
-        a->gfpos = a->tensors[eidx[1]].g;
-        if ((rc = weight_to_f32(&m->pos_emb, a->fpos))) goto bad;
-    }
-    if (eidx[2] >= 0) {
-        a->fhead = a->tensors[eidx[2]].p;
-        a->gfhead = a->tensors[eidx[2]].g;
-        if ((rc = weight_to_f32(&m->lm_head, a->fhead))) goto bad;
-    }
-    for (int s = 0; s < L * ROLE_N_LINEAR; s++) {
-        int iw = idx[2 * s], ib = idx[2 * s + 1];
-        if (iw < 0) continue;
-        const model_linear *lin = &m->layers[s / ROLE_N_LINEAR].lin[s % ROLE_N_LINEAR];
-        kern_weight *w = &a->fw[s];
-        w->dtype = PEFT_DT_F32;
-        w->rows = lin->w.rows;
-        w->cols = lin->w.cols;
-        w->data = a->tensors[iw].p;
-        w->transposed = false;
-        w->bf16_fwd = w->bf16_bwd = NULL; /* trainable: never packed */
-        w->bf16_bwd_nkb = 0;
-        a->gfw[s] = a->tensors[iw].g;
-        if ((rc = weight_to_f32(&lin->w, a->tensors[iw].p))) goto bad;
-        if (ib >= 0) {
-            a->fb[s] = a->tensors[ib].p;
-            a->gfb[s] = a->tensors[ib].g;
-            memcpy(a->fb[s], lin->b, (size_t)lin->w.rows * sizeof(float));
-        }
-    }
-    for (int k = 0; k < L * 2 + 1; k++) {
-        int iw = nidx[2 * k], ib = nidx[2 * k + 1];
-        if (iw < 0) continue;
-        a->fnw[k] = a->tensors[iw].p;
-        a->gfnw[k] = a->tensors[iw].g;
-        memcpy(a->fnw[k], base_norm_w(m, k / 2, k % 2), (size_t)d * sizeof(float));
-        if (ib >= 0) {
-            a->fnb[k] = a->tensors[ib].p;
-            a->gfnb[k] = a->tensors[ib].g;
-            memcpy(a->fnb[k], base_norm_b(m, k / 2, k % 2), (size_t)d * sizeof(float));
-        }
-    }
-    return 0;
-bad:
-    return peft_fail(err, rc, "%s: cannot convert the base weights to f32 for full fine-tuning", m->path);
-}
-
 int adapter_new(const peft_model *m, const method_config *mc, adapter **out, peft_err *err) {
     *out = NULL;
-    if (mc->method == METHOD_PLUGIN) return method_adapter_new(m, mc, true, out, err);
-    /* Both size tensors (labels x hidden, virtual tokens x hidden [x 2 x
-     * layers]); callers take them from files and flags. */
+    /* Sizes tensors (labels x hidden); callers take it from files and flags. */
     if (mc->n_labels < 0 || mc->n_labels > PEFT_MAX_LABELS)
         return peft_fail(err, PEFT_ERR_INVALID, "%d classification labels: the limit is %d", mc->n_labels,
                          PEFT_MAX_LABELS);
-    if (mc->method == METHOD_LORA || mc->method == METHOD_DORA) {
-        lora_config c = mc->lora;
-        c.dora = mc->method == METHOD_DORA;
-        /* lora_new_head computes DoRA's norms (and magnitudes) itself */
-        int rc = lora_new_head(m, &c, mc->n_labels, out, err);
-        if (rc) return rc;
-        (*out)->mc = *mc;
-        return 0;
-    }
-    const int L = m->cfg.n_layer;
-    adapter *a = peft_calloc(1, sizeof *a, err);
-    if (!a) return PEFT_ERR_NOMEM;
-    a->method = mc->method;
-    a->mc = *mc;
-    adapter_set_signature(a, m);
-    a->base_model = peft_strdup(m->path, err);
-    int *idx = peft_calloc((size_t)(L + 1) * ROLE_N_LINEAR * 2 + 8, sizeof(int), err);
-    int *nidx = peft_calloc((size_t)(L + 1) * 4 + 8, sizeof(int), err);
-    int eidx[3] = {-1, -1, -1};
-    int rc = (!a->base_model || !idx || !nidx) ? PEFT_ERR_NOMEM : alloc_slots(a, m, err);
-    if (rc) goto done;
-    switch (mc->method) {
-    case METHOD_FULL: rc = new_full(a, m, idx, nidx, eidx, err); break;
-    default: rc = peft_fail(err, PEFT_ERR_INVALID, "unknown method %d", (int)mc->method);
-    }
-    if (rc) goto done;
-    int head = add_head(a, m, mc->n_labels, err);
-    if (mc->n_labels > 0 && head < 0) { rc = PEFT_ERR_NOMEM; goto done; }
-    for (int i = 0; i < a->n_tensors; i++)
-        if (a->tensors[i].n <= 0) { rc = peft_fail(err, PEFT_ERR_INVALID, "%s: empty tensor %s", m->path, a->tensors[i].key); goto done; }
-    if (mc->method == METHOD_FULL && eidx[0] < 0) { rc = PEFT_ERR_NOMEM; goto done; }
-    if ((rc = adapter_finish_alloc(a, err))) goto done;
-    peft_rng rng;
-    peft_rng_seed(&rng, mc->seed);
-    switch (mc->method) {
-    case METHOD_FULL: rc = wire_full(a, m, idx, nidx, eidx, err); break;
-    default: break;
-    }
-    if (rc) goto done;
-    wire_head(a, m, head, mc->seed);
-    rc = adapter_refresh(a, m, err);
-done:
-    free(idx);
-    free(nidx);
-    if (rc) adapter_free(a);
-    else *out = a;
-    return rc;
+    if (mc->method == METHOD_PLUGIN) return method_adapter_new(m, mc, true, out, err);
+    if (mc->method != METHOD_LORA && mc->method != METHOD_DORA)
+        return peft_fail(err, PEFT_ERR_INVALID, "unknown method %d", (int)mc->method);
+    lora_config c = mc->lora;
+    c.dora = mc->method == METHOD_DORA;
+    /* lora_new_head computes DoRA's norms (and magnitudes) itself */
+    int rc = lora_new_head(m, &c, mc->n_labels, out, err);
+    if (rc) return rc;
+    (*out)->mc = *mc;
+    return 0;
 }
 
 /* ---- effective parameters ------------------------------------------------------- */
 
 const kern_weight *adapter_weight(const adapter *a, const peft_model *m, int l, model_linear_role r) {
-    if (a && a->fw && a->fw[l * ROLE_N_LINEAR + r].data) return &a->fw[l * ROLE_N_LINEAR + r];
+    (void)a;   /* methods that replace the weight hook the linear (HOOK_REPLACE) */
     return &m->layers[l].lin[r].w;
 }
 
 const float *adapter_bias(const adapter *a, const peft_model *m, int l, model_linear_role r) {
-    const int s = l * ROLE_N_LINEAR + r;
     if (a && a->ops && a->ops->lin_bias) {
         const float *b = a->ops->lin_bias(a, l, r);
         if (b) return b;
     }
-    if (a && a->fb && a->fw[s].data) return a->fb[s];
     return m->layers[l].lin[r].b;
 }
 
@@ -403,7 +236,6 @@ const float *adapter_norm_w(const adapter *a, const peft_model *m, int l, int wh
         const float *w = a->ops->norm_param(a, l, which, false);
         if (w) return w;
     }
-    if (a && a->fnw && a->fnw[l * 2 + which]) return a->fnw[l * 2 + which];
     return base_norm_w(m, l, which);
 }
 
@@ -412,35 +244,26 @@ const float *adapter_norm_b(const adapter *a, const peft_model *m, int l, int wh
         const float *b = a->ops->norm_param(a, l, which, true);
         if (b) return b;
     }
-    if (a && a->fnb && a->fnb[l * 2 + which]) return a->fnb[l * 2 + which];
     return base_norm_b(m, l, which);
 }
 
-static const kern_weight *f32_weight(const float *p, int64_t rows, int64_t cols, kern_weight *tmp) {
-    tmp->dtype = PEFT_DT_F32;
-    tmp->rows = rows;
-    tmp->cols = cols;
-    tmp->data = p;
-    tmp->transposed = false;
-    tmp->bf16_fwd = tmp->bf16_bwd = NULL; /* trainable: never packed */
-    tmp->bf16_bwd_nkb = 0;
-    return tmp;
+static const kern_weight *method_emb(const adapter *a, const peft_model *m, int which, kern_weight *tmp) {
+    return a && a->ops && a->ops->emb_weight ? a->ops->emb_weight(a, m, which, tmp) : NULL;
 }
 
 const kern_weight *adapter_tok_emb(const adapter *a, const peft_model *m, kern_weight *tmp) {
-    if (a && a->femb) return f32_weight(a->femb, m->cfg.vocab, m->cfg.d_model, tmp);
-    return &m->tok_emb;
+    const kern_weight *w = method_emb(a, m, 0, tmp);
+    return w ? w : &m->tok_emb;
 }
 
 const kern_weight *adapter_pos_emb(const adapter *a, const peft_model *m, kern_weight *tmp) {
-    if (a && a->fpos) return f32_weight(a->fpos, m->pos_emb.rows, m->cfg.d_model, tmp);
-    return &m->pos_emb;
+    const kern_weight *w = method_emb(a, m, 1, tmp);
+    return w ? w : &m->pos_emb;
 }
 
 const kern_weight *adapter_lm_head(const adapter *a, const peft_model *m, kern_weight *tmp) {
-    if (a && a->fhead) return f32_weight(a->fhead, m->cfg.vocab, m->cfg.d_model, tmp);
-    if (a && a->femb && m->cfg.tied) return f32_weight(a->femb, m->cfg.vocab, m->cfg.d_model, tmp);
-    return &m->lm_head;
+    const kern_weight *w = method_emb(a, m, 2, tmp);
+    return w ? w : &m->lm_head;
 }
 
 int adapter_n_labels(const adapter *a, const peft_model *m) {

@@ -1,21 +1,18 @@
 /* adapter.h — a trained add-on to a frozen model, for every method peft.c
- * has: LoRA, DoRA, bottleneck adapters (Pfeiffer, Houlsby), prompt tuning,
- * prefix tuning, IA3, BitFit and full fine-tuning, each optionally with a
- * sequence-classification head.
+ * has, each optionally with a sequence-classification head.
  *
  * Every trainable value lives in one contiguous f32 block (params) with a
  * gradient block of the same layout (grads), so the optimizer, the
- * checkpoints and the gradient checks see one vector. Each tensor of the
- * block is also listed in `tensors` with the key it has in
- * adapter_model.safetensors (HF PEFT names where HF PEFT has the method),
- * which is what generic saving, loading and tests walk.
+ * checkpoints and the gradient checks see one vector; frozen buffers
+ * (adapter_add_buffer) live in a third block. Each tensor is also listed in
+ * `tensors` with the key it has in adapter_model.safetensors (HF PEFT names
+ * where HF PEFT has the method), which is what generic saving, loading and
+ * tests walk.
  *
- * Where each method acts (see docs/methods.md for the formulas):
- *   linear (l, role)  LoRA/DoRA modules, IA3 vectors, BitFit biases, full-FT weights
- *   after a sublayer  bottleneck modules (site 0: attention output, 1: MLP output)
- *   embeddings        prompt tuning's virtual tokens (prepended rows)
- *   attention         prefix tuning's per-layer key/value rows
- *   final hidden      the classification head (score) */
+ * Methods are plug-ins (peft/method.h, one file each in peft/methods/):
+ * `ops` and `priv` are the method's table and state. LoRA and DoRA are still
+ * built in (the `cfg`, `mods`, `slot` fields and lora*.c), and so is the
+ * classification head (`score`), shared by every method. */
 #ifndef PEFT_ADAPTER_H
 #define PEFT_ADAPTER_H
 
@@ -26,7 +23,6 @@ typedef struct method_ops method_ops;   /* peft/method.h */
 typedef enum {
     METHOD_LORA = 0,
     METHOD_DORA,
-    METHOD_FULL,
     METHOD_N,
     METHOD_PLUGIN = 100   /* a method of the plug-in registry (method.h): see mc.ops */
 } peft_method;
@@ -66,6 +62,19 @@ typedef struct {
     float *mag, *gmag, *wnorm;
 } lora_module;
 
+/* Parameter groups of a tensor (adapter_tensor.group, flag bits), set where
+ * the tensor is registered; the trainer turns them into per-tensor
+ * learning rates and weight decay (src/train/param_groups.c).
+ *   PG_NO_DECAY   no weight decay: what HF's Trainer leaves out of decay
+ *                 (get_decay_parameter_names: biases, LayerNorm / RMSNorm
+ *                 weights)
+ *   PG_LORA_B     LoRA+'s group B (lr × loraplus_lr_ratio): lora_B and, as
+ *                 HF peft's create_loraplus_optimizer has it, every 1-D
+ *                 tensor of a LoRA adapter (DoRA's magnitude)
+ *   PG_EMBEDDING  LoRA+'s embedding group (lr = loraplus_lr_embedding): the
+ *                 A/B of a LoRA on an embedding layer */
+enum { PG_NO_DECAY = 1, PG_LORA_B = 2, PG_EMBEDDING = 4 };
+
 /* One tensor of the block. key "" means not saved in the final adapter
  * (prefix tuning's reparametrising MLP: only its output table is saved,
  * as HF PEFT does; checkpoints keep everything). */
@@ -77,6 +86,7 @@ typedef struct {
     float *p, *g;         /* g NULL for a frozen buffer */
     bool saved;
     bool frozen;          /* a buffer: saved and loaded, never trained (not in params) */
+    uint8_t group;        /* PG_* bits; 0: decayed, lr as given (trained tensors only) */
 } adapter_tensor;
 
 typedef struct {
@@ -112,12 +122,6 @@ typedef struct adapter {
     int n_tensors, cap_tensors;
     adapter_tensor *tensors;
     float *dora_norms;                /* all modules' wnorm, one buffer */
-    /* full fine-tuning: every weight as f32 copies, HF (out, in) layout */
-    kern_weight *fw;                  /* per slot */
-    float **fb, **gfb;                /* linear biases */
-    float **fnw, **gfnw, **fnb, **gfnb;   /* norms (n_layer * 2 + 1) */
-    float *femb, *gfemb, *fpos, *gfpos, *fhead, *gfhead;  /* fhead NULL when tied */
-    float **gfw;                      /* per slot gradient of fw */
     /* classification head */
     float *score, *gscore;
 } adapter;
@@ -135,6 +139,8 @@ int adapter_add_tensor(adapter *a, const char *key, int ndim, int64_t d0, int64_
 int adapter_finish_alloc(adapter *a, peft_err *err);
 /* A frozen buffer of n floats: saved and loaded, never trained. */
 int adapter_add_buffer(adapter *a, const char *key, int ndim, int64_t d0, int64_t d1, bool saved, peft_err *err);
+/* Sets tensor idx's PG_* bits (idx < 0, a failed add: nothing). */
+void adapter_tensor_set_group(adapter *a, int idx, unsigned flags);
 adapter_tensor *adapter_find_tensor(const adapter *a, const char *key);
 
 /* A new adapter of any method for m (LoRA goes through lora_new). */

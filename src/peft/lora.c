@@ -193,10 +193,15 @@ int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, i
         snprintf(key, sizeof key, "base_model.model.%s.lora_A.weight", path);
         if (adapter_add_tensor(a, key, 2, md->r, md->in, true, err) < 0) rc = PEFT_ERR_NOMEM;
         snprintf(key, sizeof key, "base_model.model.%s.lora_B.weight", path);
-        if (adapter_add_tensor(a, key, 2, md->out, md->r, true, err) < 0) rc = PEFT_ERR_NOMEM;
+        int ib = adapter_add_tensor(a, key, 2, md->out, md->r, true, err);
+        if (ib < 0) rc = PEFT_ERR_NOMEM;
+        adapter_tensor_set_group(a, ib, PG_LORA_B);
         if (cfg->dora) {
             snprintf(key, sizeof key, "base_model.model.%s.lora_magnitude_vector", path);
-            if (adapter_add_tensor(a, key, 1, md->out, 1, true, err) < 0) rc = PEFT_ERR_NOMEM;
+            /* 1-D: LoRA+'s group B too (create_loraplus_optimizer) */
+            int im = adapter_add_tensor(a, key, 1, md->out, 1, true, err);
+            if (im < 0) rc = PEFT_ERR_NOMEM;
+            adapter_tensor_set_group(a, im, PG_LORA_B);
         }
         a->slot[s] = md;
     }

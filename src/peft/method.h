@@ -80,7 +80,7 @@ struct method_ops {
     /* Which generic options (--r, --alpha, --dropout, --target, --layers)
      * apply: bits of METHOD_USES_*. */
     unsigned uses;
-    unsigned flags;                   /* METHOD_PROMPT_LEARNING */
+    unsigned flags;                   /* METHOD_PROMPT_LEARNING, METHOD_SAVES_MODEL */
 
     /* Checks mc's options before anything is loaded (the CLI's usage errors);
      * what needs the model is checked by create. */
@@ -117,6 +117,12 @@ struct method_ops {
      * the gradient it accumulates into (NULL: not trained) */
     const float *(*norm_param)(const adapter *a, int l, int which, bool bias);
     float *(*norm_grad)(adapter *a, int l, int which, bool bias);
+    /* embeddings (which 0: tokens, 1: positions, 2: the head): the method's
+     * weight (built in tmp) or NULL for the base's, and its gradient */
+    const kern_weight *(*emb_weight)(const adapter *a, const peft_model *m, int which, kern_weight *tmp);
+    float *(*emb_grad)(adapter *a, int which);
+    /* saving that is not an adapter folder (full fine-tuning: a model) */
+    int (*save)(const adapter *a, const peft_model *m, const char *dir, peft_err *err);
     /* sub-layer output hooks */
     bool (*sub_hooked)(const adapter *a, int l, int site);
     size_t (*sub_act_bytes)(const adapter *a, int l, int site, int N);
@@ -154,7 +160,11 @@ struct method_ops {
 
 /* HF's prompt-learning methods: one wrapper level less in the head's key
  * (base_model.score.weight), no layers_to_transform, no packing. */
-enum { METHOD_PROMPT_LEARNING = 1u << 0 };
+enum {
+    METHOD_PROMPT_LEARNING = 1u << 0,
+    /* the result is a model (saved by `save`), every parameter trained */
+    METHOD_SAVES_MODEL = 1u << 1,
+};
 
 #define PEFT_METHOD_OPTIONS_MAX 1024
 

@@ -267,7 +267,7 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
     if (a) {
         if (P) g->need_dx0 = true;   /* the input rows are trained */
         if (a->ops && a->ops->lowest_layer) g->lowest = PEFT_MIN(g->lowest, a->ops->lowest_layer(a, m));
-        if (a->method == METHOD_FULL || (a->ops && a->ops->norm_grad)) {
+        if (a->ops && (a->ops->norm_grad || a->ops->emb_grad)) {
             g->lowest = 0;
             g->need_dx0 = true;
         }
@@ -306,11 +306,6 @@ const float *tg_class_logits(const train_graph *g) { return g->n_labels > 0 ? g-
 
 /* ---- small dense helpers ----------------------------------------------------- */
 
-/* col (C) += Σ over rows of x (R, C) with row stride ld */
-static void colsum_acc(float *col, const float *x, int R, int C, int ld) {
-    for (int i = 0; i < R; i++)
-        for (int j = 0; j < C; j++) col[j] += x[(size_t)i * ld + j];
-}
 
 /* ---- linears with their method hooks ------------------------------------------ */
 
@@ -386,11 +381,6 @@ static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, 
     }
     const int lddyc = dyc == dy ? ldy : out;
     /* BitFit / full: bias and weight gradients */
-    if (a && a->gfw && a->gfw[s]) {
-        if (a->gfb[s]) colsum_acc(a->gfb[s], dy, N, out, ldy);
-        /* gW (out, in) += dyᵀ·x */
-        kern_gemm_rows(true, false, out, in, N, 1.0f, dyc, lddyc, x, in, 1.0f, a->gfw[s], in, g->nt);
-    }
     int rc = 0;
     if (dx && base_dx && (rc = kern_matmul_dx(dx, dyc, lddyc, N, W, g->mm_scratch, g->nt))) return rc;
     if (mod) {
@@ -601,12 +591,12 @@ static void make_masks(train_graph *g, uint64_t seed) {
 
 static float *norm_gw(const train_graph *g, int k) {
     if (g->ad && g->ad->ops && g->ad->ops->norm_grad) return g->ad->ops->norm_grad(g->ad, k / 2, k % 2, false);
-    return g->ad && g->ad->gfnw ? g->ad->gfnw[k] : NULL;
+    return NULL;
 }
 static float *norm_gb(const train_graph *g, int k) {
     if (!g->ad) return NULL;
     if (g->ad->ops && g->ad->ops->norm_grad) return g->ad->ops->norm_grad(g->ad, k / 2, k % 2, true);
-    return g->ad->gfnb ? g->ad->gfnb[k] : NULL;
+    return NULL;
 }
 
 static void norm_fwd(train_graph *g, int l, int which, float *y, float *mean, float *rstd, const float *x) {
@@ -629,7 +619,7 @@ static void norm_bwd(train_graph *g, int l, int which, float *dx, const float *d
 static int lm_loss(train_graph *g, bool backward, float grad_scale, double *total, int *count) {
     kern_weight tmp;
     const kern_weight *head = adapter_lm_head(g->ad, g->m, &tmp);
-    float *ghead = g->ad ? (g->ad->gfhead ? g->ad->gfhead : (g->ad->gfemb && g->m->cfg.tied ? g->ad->gfemb : NULL)) : NULL;
+    float *ghead = g->ad && g->ad->ops && g->ad->ops->emb_grad ? g->ad->ops->emb_grad(g->ad, 2) : NULL;
     const int N = g->N, d = g->d;
     int rc;
     for (int r0 = 0; r0 < N; r0 += LOSS_CHUNK) {
@@ -872,15 +862,17 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
     }
     if (g->need_dx0) {
         /* g->dx: the gradient of layer 0's input, row by row */
+        float *gemb = ad->ops && ad->ops->emb_grad ? ad->ops->emb_grad(ad, 0) : NULL;
+        float *gpos = ad->ops && ad->ops->emb_grad ? ad->ops->emb_grad(ad, 1) : NULL;
         for (int i = 0; i < N; i++) {
             const float *dr = g->dx + (size_t)i * d;
             float *dst = NULL;
             if (g->ids[i] < 0) dst = ad->ops->input_grad(ad, i % T);
-            else if (ad->gfemb && g->ids[i] != c->pad_token_id) dst = ad->gfemb + (size_t)g->ids[i] * d;
+            else if (gemb && g->ids[i] != c->pad_token_id) dst = gemb + (size_t)g->ids[i] * d;
             if (dst)
                 for (int k = 0; k < d; k++) dst[k] += dr[k];
-            if (ad->gfpos)
-                for (int k = 0; k < d; k++) ad->gfpos[(size_t)g->pos[i] * d + k] += dr[k];
+            if (gpos)
+                for (int k = 0; k < d; k++) gpos[(size_t)g->pos[i] * d + k] += dr[k];
         }
     }
     adapter_refresh_bwd(ad, m);

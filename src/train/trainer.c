@@ -9,6 +9,8 @@
  * previous checkpoint. Dropout masks depend only on (seed, step, micro), so
  * a resumed run follows the uninterrupted trajectory exactly. */
 #include "train/trainer.h"
+#include "peft/method.h"
+#include "train/param_groups.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -267,7 +269,8 @@ static void rm_rf_dir(const char *dir) {
 }
 
 static int save_checkpoint(const char *out_dir, int step, const adapter *a, const peft_model *m,
-                           const adamw_state *opt, const data_loader *ld, int prev_step, peft_err *err) {
+                           const adamw_state *opt, const optim_params *op, const data_loader *ld, int prev_step,
+                           peft_err *err) {
     char dir[4096], p[4200];
     snprintf(dir, sizeof dir, "%s/checkpoint-%d", out_dir, step);
     /* a checkpoint that fails to save (a full disk) is removed again unless
@@ -277,17 +280,19 @@ static int save_checkpoint(const char *out_dir, int step, const adapter *a, cons
     if (rc) return rc;
     /* the adapter as a user would load it (not for full fine-tuning: the
      * parameters below are the whole model already) */
-    if (a->method != METHOD_FULL && (rc = adapter_save(a, m, dir, err))) goto fail;
+    if (!(a->ops && (a->ops->flags & METHOD_SAVES_MODEL)) && (rc = adapter_save(a, m, dir, err))) goto fail;
     size_t ls = data_loader_state_size(ld);
     uint8_t *state = peft_malloc(ls ? ls : 1, err);
     if (!state) { rc = PEFT_ERR_NOMEM; goto fail; }
     data_loader_get_state(ld, state);
-    char step_s[32], t_s[32];
+    char step_s[32], t_s[32], lp_s[32];
     snprintf(step_s, sizeof step_s, "%d", step);
     snprintf(t_s, sizeof t_s, "%lld", (long long)opt->t);
-    /* the compute precision, so a resume in another one can say so */
+    snprintf(lp_s, sizeof lp_s, "%.9g", (double)op->loraplus_lr_ratio);
+    /* the compute precision and the LoRA+ ratio, so a resume with others
+     * can say so */
     const char *meta[] = {"step", step_s, "adam_t", t_s, "compute",
-                          peft_model_compute(m) == PEFT_COMPUTE_BF16 ? "bf16" : "f32", NULL};
+                          peft_model_compute(m) == PEFT_COMPUTE_BF16 ? "bf16" : "f32", "loraplus_lr_ratio", lp_s, NULL};
     st_write_tensor ts[4] = {
         {"params", PEFT_DT_F32, 1, {a->n_params}, a->params},
         {"exp_avg", PEFT_DT_F32, 1, {opt->n}, opt->m},
@@ -334,7 +339,7 @@ static int checkpoint_dir(const char *resume, char *out, size_t cap, peft_err *e
 }
 
 static int load_checkpoint(const char *dir, adapter *a, const peft_model *m, adamw_state *opt,
-                           data_loader *ld, int *step, peft_err *err) {
+                           const optim_params *op, data_loader *ld, int *step, peft_err *err) {
     char p[4200];
     snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
     st_archive *st = NULL;
@@ -357,6 +362,15 @@ static int load_checkpoint(const char *dir, adapter *a, const peft_model *m, ada
                  "%s: the run was trained with --compute %s and resumes with %s: it continues, but its losses will "
                  "differ slightly from an uninterrupted run (resume with --compute %s for an identical trajectory)",
                  p, s_c, now, s_c);
+    /* a checkpoint from before LoRA+ existed has no ratio: it was off */
+    const char *s_lp = st_metadata(st, "loraplus_lr_ratio");
+    char lp_now[32];
+    snprintf(lp_now, sizeof lp_now, "%.9g", (double)op->loraplus_lr_ratio);
+    if (strcmp(s_lp ? s_lp : "0", lp_now))
+        peft_log(m->ctx, PEFT_LOG_WARN,
+                 "%s: the run was trained with loraplus_lr_ratio %s and resumes with %s: it continues, but not on the "
+                 "uninterrupted run's trajectory (resume with --loraplus-lr-ratio %s)",
+                 p, s_lp ? s_lp : "0 (off)", lp_now, s_lp ? s_lp : "0");
     if (!em || !ev || !ls || !s_step || !s_t || em->dtype != PEFT_DT_F32 || ev->dtype != PEFT_DT_F32 ||
         st_numel(em) != opt->n || st_numel(ev) != opt->n) {
         st_close(st);
@@ -441,9 +455,17 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
     res->val_loss_before = res->val_loss_after = res->val_accuracy = NAN;
     if (p->batch <= 0 || p->seq < 2 || p->accum <= 0) return peft_fail(err, PEFT_ERR_INVALID, "batch, seq and accumulation must be positive");
     if (!p->out_dir) return peft_fail(err, PEFT_ERR_INVALID, "no output folder");
-    int rc = peft_mkdir_p(p->out_dir, err);
+    /* the groups first: LoRA+ on an adapter without B matrices fails before
+     * anything is written */
+    optim_segment *seg = NULL;
+    int n_seg = 0;
+    int rc = param_groups_build(a, &p->opt, &seg, &n_seg, err);
     if (rc) return rc;
-    if (access(p->out_dir, W_OK) != 0) return peft_fail(err, PEFT_ERR_IO, "%s: not writable", p->out_dir);
+    if ((rc = peft_mkdir_p(p->out_dir, err))) { free(seg); return rc; }
+    if (access(p->out_dir, W_OK) != 0) {
+        free(seg);
+        return peft_fail(err, PEFT_ERR_IO, "%s: not writable", p->out_dir);
+    }
 
     data_loader *ld = NULL;
     train_graph *g = NULL;
@@ -472,7 +494,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
     if (p->resume) {
         char dir[4096];
         if ((rc = checkpoint_dir(p->resume, dir, sizeof dir, err)) ||
-            (rc = load_checkpoint(dir, a, m, &opt, ld, &step, err)) ||
+            (rc = load_checkpoint(dir, a, m, &opt, &op, ld, &step, err)) ||
             (rc = trim_metrics(metrics, step, &hist, err)))
             goto done;
         last_ckpt = step;
@@ -542,7 +564,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
         }
         grad_clip(a->grads, a->n_params, gn, op.max_grad_norm);
         const float lr = sched_lr(&op, step);
-        adamw_step(&opt, a->params, a->grads, lr, &op);
+        adamw_step_segments(&opt, a->params, a->grads, seg, n_seg, sched_factor(&op, step), &op);
         /* DoRA norms, a projected prefix table: follow the new parameters */
         if ((rc = adapter_refresh(a, m, err))) goto done;
 
@@ -584,7 +606,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
             if ((rc = write_svg(&hist, svg, err))) goto done;
         }
         if (p->save_every > 0 && (step + 1) % p->save_every == 0 && !last) {
-            if ((rc = save_checkpoint(p->out_dir, step + 1, a, m, &opt, ld, last_ckpt, err))) goto done;
+            if ((rc = save_checkpoint(p->out_dir, step + 1, a, m, &opt, &op, ld, last_ckpt, err))) goto done;
             last_ckpt = step + 1;
         }
         t_other += peft_time_s() - t_side;
@@ -601,6 +623,7 @@ done:
     free(micro);
     hist_free(&hist);
     adamw_free(&opt);
+    free(seg);
     tg_free(g);
     data_loader_free(ld);
     return rc;

@@ -66,6 +66,7 @@ static int bitfit_create(adapter *a, const peft_model *m, const method_config *m
         model_linear_hf_path(m, s / ROLE_N_LINEAR, (model_linear_role)(s % ROLE_N_LINEAR), path, sizeof path);
         snprintf(key, sizeof key, "base_model.model.%s.bias", path);
         if ((v->idx[s] = adapter_add_tensor(a, key, 1, lin->w.rows, 1, true, err)) < 0) return PEFT_ERR_NOMEM;
+        adapter_tensor_set_group(a, v->idx[s], PG_NO_DECAY);   /* biases: no weight decay, as HF's Trainer */
         n++;
     }
     for (int k = 0; k < 2 * L + 1; k++) {
@@ -75,6 +76,7 @@ static int bitfit_create(adapter *a, const peft_model *m, const method_config *m
         adapter_norm_name(m, k / 2, k % 2, "bias", nm, sizeof nm);
         snprintf(key, sizeof key, "base_model.model.%s", nm);
         if ((v->nidx[k] = adapter_add_tensor(a, key, 1, m->cfg.d_model, 1, true, err)) < 0) return PEFT_ERR_NOMEM;
+        adapter_tensor_set_group(a, v->nidx[k], PG_NO_DECAY);
         n++;
     }
     if (!n)

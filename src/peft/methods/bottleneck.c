@@ -156,6 +156,9 @@ static int bn_create(adapter *a, const peft_model *m, const method_config *mc, p
             if (adapter_add_tensor(a, key, 2, v->d, v->b, true, err) < 0) return PEFT_ERR_NOMEM;
             snprintf(key, sizeof key, "base_model.model.%s.%s.adapter_up.bias", pre, sn);
             if (adapter_add_tensor(a, key, 1, v->d, 1, true, err) < 0) return PEFT_ERR_NOMEM;
+            /* the HF Trainer's rule: no weight decay on biases */
+            adapter_tensor_set_group(a, i0 + 1, PG_NO_DECAY);
+            adapter_tensor_set_group(a, i0 + 3, PG_NO_DECAY);
             v->idx[l * 2 + site] = i0;
             v->lowest = PEFT_MIN(v->lowest, l);
             v->n++;

@@ -120,6 +120,9 @@ static int prompt_create(adapter *a, const peft_model *m, const method_config *m
         adapter_add_tensor(a, "prefix_encoder.transform.2.bias", 1, W, 1, false, err) < 0 ||
         adapter_add_buffer(a, "prompt_embeddings", 2, P, W, true, err) < 0)
         return PEFT_ERR_NOMEM;
+    /* the Trainer's rule: no weight decay on biases */
+    adapter_tensor_set_group(a, v->idx + 2, PG_NO_DECAY);
+    adapter_tensor_set_group(a, v->idx + 4, PG_NO_DECAY);
     v->hidden = peft_calloc((size_t)P * H, sizeof(float), err);
     v->dhidden = peft_calloc((size_t)P * H, sizeof(float), err);
     v->proj_gtable = peft_calloc((size_t)P * W, sizeof(float), err);

@@ -1,0 +1,476 @@
+/* full.c — full fine-tuning, the baseline: every weight of the base as an
+ * f32 copy (a quantized base is dequantized), trained by AdamW over all.
+ *
+ *   linears   y = x·W'ᵀ + b'        gW' += dyᵀ·x, gb' += Σ_rows dy, dx += dy·W'
+ *   norms     the norm with w', β'   (gradients through the norm's backward)
+ *   embeddings, positions (GPT-2), the head (untied)
+ * Saved as a model, not an adapter: an HF folder (model.safetensors F32,
+ * config.json and the tokenizer files copied) from an HF base, or
+ * DIR/model.gguf (F32, llama.cpp's Q/K row order restored) from a GGUF base. */
+#include "formats/gguf.h"
+#include "formats/safetensors.h"
+#include "peft/lora.h"
+#include "peft/method.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    kern_weight *fw;                      /* per slot; data NULL where absent */
+    float **gfw, **fb, **gfb;             /* per slot */
+    float **fnw, **gfnw, **fnb, **gfnb;   /* per norm (n_layer * 2 + 1) */
+    float *femb, *gfemb, *fpos, *gfpos, *fhead, *gfhead;   /* fhead NULL when tied */
+    int *idx, *nidx, eidx[3];             /* registry indices (create → wire) */
+    bool tied;
+} full;
+
+#define S(a) ((full *)(a)->priv)
+
+static bool is_gpt2(const peft_model *m) { return m->cfg.arch == PEFT_ARCH_GPT2; }
+
+static const float *base_norm_w(const peft_model *m, int l, int which) {
+    if (l == m->cfg.n_layer) return m->out_norm_w;
+    return which ? m->layers[l].ffn_norm_w : m->layers[l].attn_norm_w;
+}
+static const float *base_norm_b(const peft_model *m, int l, int which) {
+    if (l == m->cfg.n_layer) return m->out_norm_b;
+    return which ? m->layers[l].ffn_norm_b : m->layers[l].attn_norm_b;
+}
+
+static void full_free(adapter *a) {
+    full *v = S(a);
+    if (!v) return;
+    free(v->fw);
+    free(v->gfw);
+    free(v->fb);
+    free(v->gfb);
+    free(v->fnw);
+    free(v->gfnw);
+    free(v->fnb);
+    free(v->gfnb);
+    free(v->idx);
+    free(v->nidx);
+    free(v);
+    a->priv = NULL;
+}
+
+static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *eidx, peft_err *err) {
+    const int L = m->cfg.n_layer, d = m->cfg.d_model;
+    char path[200], key[256];
+    /* -1 marks a tensor the model does not have: a failed add must not
+     * pass for one */
+    bool bad = false;
+    eidx[0] = adapter_add_tensor(a, is_gpt2(m) ? "transformer.wte.weight" : "model.embed_tokens.weight", 2,
+                                 m->cfg.vocab, d, true, err);
+    bad |= eidx[0] < 0;
+    eidx[1] = is_gpt2(m) ? adapter_add_tensor(a, "transformer.wpe.weight", 2, m->pos_emb.rows, d, true, err) : -1;
+    bad |= is_gpt2(m) && eidx[1] < 0;
+    eidx[2] = m->cfg.tied ? -1 : adapter_add_tensor(a, "lm_head.weight", 2, m->cfg.vocab, d, true, err);
+    bad |= !m->cfg.tied && eidx[2] < 0;
+    for (int l = 0; l < L; l++)
+        for (int r = 0; r < ROLE_N_LINEAR; r++) {
+            idx[2 * (l * ROLE_N_LINEAR + r)] = idx[2 * (l * ROLE_N_LINEAR + r) + 1] = -1;
+            const model_linear *lin = &m->layers[l].lin[r];
+            if (!lin->present) continue;
+            model_linear_hf_path(m, l, (model_linear_role)r, path, sizeof path);
+            snprintf(key, sizeof key, "%s.weight", path);
+            idx[2 * (l * ROLE_N_LINEAR + r)] = adapter_add_tensor(a, key, 2, lin->w.rows, lin->w.cols, true, err);
+            bad |= idx[2 * (l * ROLE_N_LINEAR + r)] < 0;
+            if (lin->b) {
+                snprintf(key, sizeof key, "%s.bias", path);
+                idx[2 * (l * ROLE_N_LINEAR + r) + 1] = adapter_add_tensor(a, key, 1, lin->w.rows, 1, true, err);
+                bad |= idx[2 * (l * ROLE_N_LINEAR + r) + 1] < 0;
+                adapter_tensor_set_group(a, idx[2 * (l * ROLE_N_LINEAR + r) + 1], PG_NO_DECAY);
+            }
+        }
+    for (int l = 0; l <= L; l++)
+        for (int which = 0; which < 2; which++) {
+            nidx[2 * (l * 2 + which)] = nidx[2 * (l * 2 + which) + 1] = -1;
+            if (l == L && which) continue;
+            adapter_norm_name(m, l, which, "weight", key, sizeof key);
+            nidx[2 * (l * 2 + which)] = adapter_add_tensor(a, key, 1, d, 1, true, err);
+            bad |= nidx[2 * (l * 2 + which)] < 0;
+            /* norm weights and biases: no decay (the Trainer's rule) */
+            adapter_tensor_set_group(a, nidx[2 * (l * 2 + which)], PG_NO_DECAY);
+            if (base_norm_b(m, l, which)) {
+                adapter_norm_name(m, l, which, "bias", key, sizeof key);
+                nidx[2 * (l * 2 + which) + 1] = adapter_add_tensor(a, key, 1, d, 1, true, err);
+                bad |= nidx[2 * (l * 2 + which) + 1] < 0;
+                adapter_tensor_set_group(a, nidx[2 * (l * 2 + which) + 1], PG_NO_DECAY);
+            }
+        }
+    return bad ? PEFT_ERR_NOMEM : 0;
+}
+
+/* Dequantizes all of w into dst (rows, cols) in HF (out, in) order. */
+static int weight_to_f32(const kern_weight *w, float *dst) {
+    for (int64_t r = 0; r < w->rows; r++) {
+        int rc = kern_weight_row(w, r, dst + r * w->cols);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static int wire_full(adapter *a, const peft_model *m, const int *idx, const int *nidx, const int *eidx, peft_err *err) {
+    full *v = S(a);
+    const int L = m->cfg.n_layer, d = m->cfg.d_model;
+    const size_t ns = (size_t)L * ROLE_N_LINEAR + 1, nn = (size_t)L * 2 + 1;
+    v->fw = peft_calloc(ns, sizeof *v->fw, err);
+    v->gfw = peft_calloc(ns, sizeof *v->gfw, err);
+    v->fb = peft_calloc(ns, sizeof *v->fb, err);
+    v->gfb = peft_calloc(ns, sizeof *v->gfb, err);
+    v->fnw = peft_calloc(nn, sizeof *v->fnw, err);
+    v->gfnw = peft_calloc(nn, sizeof *v->gfnw, err);
+    v->fnb = peft_calloc(nn, sizeof *v->fnb, err);
+    v->gfnb = peft_calloc(nn, sizeof *v->gfnb, err);
+    if (!v->fw || !v->gfw || !v->fb || !v->gfb || !v->fnw || !v->gfnw || !v->fnb || !v->gfnb) return PEFT_ERR_NOMEM;
+    int rc = 0;
+    v->femb = a->tensors[eidx[0]].p;
+    v->gfemb = a->tensors[eidx[0]].g;
+    if ((rc = weight_to_f32(&m->tok_emb, v->femb))) goto bad;
+    if (eidx[1] >= 0) {
+        v->fpos = a->tensors[eidx[1]].p;
+        v->gfpos = a->tensors[eidx[1]].g;
+        if ((rc = weight_to_f32(&m->pos_emb, v->fpos))) goto bad;
+    }
+    if (eidx[2] >= 0) {
+        v->fhead = a->tensors[eidx[2]].p;
+        v->gfhead = a->tensors[eidx[2]].g;
+        if ((rc = weight_to_f32(&m->lm_head, v->fhead))) goto bad;
+    }
+    for (int s = 0; s < L * ROLE_N_LINEAR; s++) {
+        int iw = idx[2 * s], ib = idx[2 * s + 1];
+        if (iw < 0) continue;
+        const model_linear *lin = &m->layers[s / ROLE_N_LINEAR].lin[s % ROLE_N_LINEAR];
+        kern_weight *w = &v->fw[s];
+        w->dtype = PEFT_DT_F32;
+        w->rows = lin->w.rows;
+        w->cols = lin->w.cols;
+        w->data = a->tensors[iw].p;
+        w->transposed = false;
+        w->bf16_fwd = w->bf16_bwd = NULL; /* trainable: never packed */
+        w->bf16_bwd_nkb = 0;
+        v->gfw[s] = a->tensors[iw].g;
+        if ((rc = weight_to_f32(&lin->w, a->tensors[iw].p))) goto bad;
+        if (ib >= 0) {
+            v->fb[s] = a->tensors[ib].p;
+            v->gfb[s] = a->tensors[ib].g;
+            memcpy(v->fb[s], lin->b, (size_t)lin->w.rows * sizeof(float));
+        }
+    }
+    for (int k = 0; k < L * 2 + 1; k++) {
+        int iw = nidx[2 * k], ib = nidx[2 * k + 1];
+        if (iw < 0) continue;
+        v->fnw[k] = a->tensors[iw].p;
+        v->gfnw[k] = a->tensors[iw].g;
+        memcpy(v->fnw[k], base_norm_w(m, k / 2, k % 2), (size_t)d * sizeof(float));
+        if (ib >= 0) {
+            v->fnb[k] = a->tensors[ib].p;
+            v->gfnb[k] = a->tensors[ib].g;
+            memcpy(v->fnb[k], base_norm_b(m, k / 2, k % 2), (size_t)d * sizeof(float));
+        }
+    }
+    return 0;
+bad:
+    return peft_fail(err, rc, "%s: cannot convert the base weights to f32 for full fine-tuning", m->path);
+}
+
+/* GGUF base: dir/model.gguf with the base's metadata and every tensor as
+ * F32 (llama.cpp's Q/K row order restored). */
+static int save_full_gguf(const adapter *a, const peft_model *m, const char *dir, peft_err *err) {
+    const full *v = S(a);
+    const gguf_file *g = m->gguf;
+    const int n = gguf_n_tensors(g), L = m->cfg.n_layer;
+    int rc = peft_mkdir_p(dir, err);
+    if (rc) return rc;
+    char *path = peft_path_join(dir, "model.gguf", err);
+    gguf_writer *w = gguf_writer_new(err);
+    float **bufs = peft_calloc((size_t)n + 1, sizeof *bufs, err);
+    bool writer_err = false;
+    if (!path || !w || !bufs) { rc = PEFT_ERR_NOMEM; goto done; }
+    if ((rc = gguf_w_copy_kv(w, g, "general.file_type"))) {
+        rc = peft_fail(err, rc, "%s: cannot copy the metadata of %s", path, m->path);
+        goto done;
+    }
+    for (int k = 0; k < n && !rc; k++) {
+        const gguf_tensor *t = gguf_tensor_at(g, k);
+        const float *src = NULL;
+        int perm = 0;
+        char nm[128];
+        if (!strcmp(t->name, "token_embd.weight")) src = v->femb;
+        else if (!strcmp(t->name, "position_embd.weight")) src = v->fpos;
+        else if (!strcmp(t->name, "output.weight")) src = v->fhead;
+        else if (!strcmp(t->name, "output_norm.weight")) src = v->fnw[2 * L];
+        else if (!strcmp(t->name, "output_norm.bias")) src = v->fnb[2 * L];
+        for (int l = 0; l < L && !src; l++) {
+            for (int which = 0; which < 2 && !src; which++) {
+                snprintf(nm, sizeof nm, "blk.%d.%s_norm.weight", l, which ? "ffn" : "attn");
+                if (!strcmp(t->name, nm)) src = v->fnw[l * 2 + which];
+                snprintf(nm, sizeof nm, "blk.%d.%s_norm.bias", l, which ? "ffn" : "attn");
+                if (!strcmp(t->name, nm)) src = v->fnb[l * 2 + which];
+            }
+            for (int r = 0; r < ROLE_N_LINEAR && !src; r++) {
+                const int s = l * ROLE_N_LINEAR + r;
+                if (!v->fw[s].data) continue;
+                lora_gguf_weight_name(l, (model_linear_role)r, nm, sizeof nm);
+                if (!strcmp(t->name, nm)) {
+                    src = v->fw[s].data;
+                    if (!model_gguf_permutes(m, (model_linear_role)r, &perm)) perm = 0;
+                }
+                size_t ln = strlen(nm);
+                snprintf(nm + ln - 7, sizeof nm - (ln - 7), ".bias");
+                if (!src && !strcmp(t->name, nm)) src = v->fb[s];
+            }
+        }
+        if (!src) {
+            /* not trained (llama3's rope_freqs, ...): copied as it is; a
+             * previous head is replaced by the trained one below */
+            if (a->score && !strcmp(t->name, "score.weight")) continue;
+            if ((rc = gguf_w_tensor(w, t->name, t->dtype, t->ndim, t->ne, t->data, t->nbytes))) {
+                writer_err = true;
+                break;
+            }
+            continue;
+        }
+        int64_t numel = 1;
+        for (int d = 0; d < t->ndim; d++) numel *= t->ne[d];
+        bufs[k] = peft_malloc((size_t)numel * sizeof(float), err);
+        if (!bufs[k]) { rc = PEFT_ERR_NOMEM; break; }
+        if (perm) model_permute_rows(bufs[k], src, t->ne[1], (size_t)t->ne[0] * sizeof(float), perm, true);
+        else memcpy(bufs[k], src, (size_t)numel * sizeof(float));
+        if ((rc = gguf_w_tensor(w, t->name, PEFT_DT_F32, t->ndim, t->ne, bufs[k], (size_t)numel * sizeof(float)))) {
+            writer_err = true;   /* the message is on the writer: save reports it */
+            break;
+        }
+    }
+    float *score_copy = NULL;
+    if (!rc && a->score) {
+        /* the head as score.weight (peft.c reads it back; llama.cpp ignores it) */
+        const int64_t ne[2] = {m->cfg.d_model, a->mc.n_labels};
+        const size_t nb = (size_t)ne[0] * (size_t)ne[1] * sizeof(float);
+        score_copy = peft_malloc(nb, err);
+        if (!score_copy) rc = PEFT_ERR_NOMEM;
+        else {
+            memcpy(score_copy, a->score, nb);
+            rc = gguf_w_tensor(w, "score.weight", PEFT_DT_F32, 2, ne, score_copy, nb);
+            writer_err = rc != 0;
+        }
+    }
+    if (!rc || writer_err) rc = gguf_writer_save(w, path, err);
+    free(score_copy);
+done:
+    gguf_writer_free(w);
+    for (int k = 0; bufs && k < n; k++) free(bufs[k]);
+    free(bufs);
+    free(path);
+    return rc;
+}
+
+/* With a head, config.json names transformers' *ForSequenceClassification
+ * class and the labels, so the folder loads there as a classifier. */
+static int classifier_config(const peft_model *m, const char *dir, int n_labels, peft_err *err) {
+    char *path = peft_path_join(dir, "config.json", err);
+    char *text = NULL;
+    size_t len = 0;
+    int rc = path ? peft_read_file(path, &text, &len, err) : PEFT_ERR_NOMEM;
+    cJSON *o = rc ? NULL : cJSON_ParseWithLength(text, len);
+    if (!rc && !o) rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: invalid JSON", path);
+    if (!rc) {
+        cJSON_DeleteItemFromObjectCaseSensitive(o, "architectures");
+        cJSON *arr = cJSON_AddArrayToObject(o, "architectures");
+        bool ok = arr != NULL;
+        const bool gpt2 = m->cfg.arch == PEFT_ARCH_GPT2, qwen = !strcmp(m->cfg.arch_name, "qwen2"),
+                   mistral = !strcmp(m->cfg.arch_name, "mistral");
+        ok &= cJSON_AddItemToArray(arr, cJSON_CreateString(gpt2 ? "GPT2ForSequenceClassification"
+                                                                : qwen ? "Qwen2ForSequenceClassification"
+                                                                : mistral ? "MistralForSequenceClassification"
+                                                                          : "LlamaForSequenceClassification"));
+        /* transformers pools at the last non-pad token: it needs a pad id */
+        const cJSON *pad = cJSON_GetObjectItemCaseSensitive(o, "pad_token_id");
+        if (!cJSON_IsNumber(pad) && m->tok) {
+            int pid = bpe_pad_id(m->tok);
+            if (pid < 0) pid = bpe_eos_id(m->tok);
+            if (pid >= 0) {
+                cJSON_DeleteItemFromObjectCaseSensitive(o, "pad_token_id");
+                ok &= cJSON_AddNumberToObject(o, "pad_token_id", pid) != NULL;
+            }
+        }
+        cJSON_DeleteItemFromObjectCaseSensitive(o, "id2label");
+        cJSON_DeleteItemFromObjectCaseSensitive(o, "label2id");
+        cJSON *i2l = cJSON_AddObjectToObject(o, "id2label"), *l2i = cJSON_AddObjectToObject(o, "label2id");
+        ok &= i2l && l2i;
+        for (int k = 0; ok && k < n_labels; k++) {
+            char key[32], val[32];
+            snprintf(key, sizeof key, "%d", k);
+            snprintf(val, sizeof val, "LABEL_%d", k);
+            ok &= cJSON_AddStringToObject(i2l, key, val) != NULL;
+            ok &= cJSON_AddNumberToObject(l2i, val, k) != NULL;
+        }
+        char *js = ok ? cJSON_Print(o) : NULL;
+        rc = js ? peft_write_file_atomic(path, js, strlen(js), err)
+                : peft_fail(err, PEFT_ERR_NOMEM, "%s: out of memory building the classifier config", path);
+        free(js);
+    }
+    cJSON_Delete(o);
+    free(text);
+    free(path);
+    return rc;
+}
+
+static int full_save(const adapter *a, const peft_model *m, const char *dir, peft_err *err) {
+    const full *v = S(a);
+    if (!strcmp(dir, m->path)) return peft_fail(err, PEFT_ERR_INVALID, "%s: the fine-tuned model cannot overwrite its base", dir);
+    if (m->gguf) return save_full_gguf(a, m, dir, err);
+    if (strcmp(m->source, "hf") != 0)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: cannot save a fully fine-tuned %s model", dir, m->source);
+    int rc = peft_mkdir_p(dir, err);
+    if (rc) return rc;
+    int n = 0;
+    for (int i = 0; i < a->n_tensors; i++) n += a->tensors[i].saved;
+    st_write_tensor *t = peft_calloc((size_t)n + 1, sizeof *t, err);
+    float **tmp = peft_calloc((size_t)n + 1, sizeof *tmp, err);
+    char *st_path = peft_path_join(dir, "model.safetensors", err);
+    if (!t || !tmp || !st_path) { rc = PEFT_ERR_NOMEM; goto done; }
+    int k = 0;
+    for (int i = 0; i < a->n_tensors && !rc; i++) {
+        const adapter_tensor *at = &a->tensors[i];
+        if (!at->saved) continue;
+        st_write_tensor *w = &t[k];
+        /* the head under transformers' *ForSequenceClassification name */
+        w->name = at->p == a->score ? "score.weight" : at->key;
+        w->dtype = PEFT_DT_F32;
+        w->ndim = at->ndim;
+        w->shape[0] = at->shape[0];
+        w->shape[1] = at->shape[1];
+        w->data = at->p;
+        /* GPT-2's Conv1D stores (in, out): transpose back */
+        if (m->cfg.arch == PEFT_ARCH_GPT2 && at->ndim == 2 && v->fw) {
+            for (int s = 0; s < m->cfg.n_layer * ROLE_N_LINEAR; s++)
+                if (v->fw[s].data == at->p && m->layers[s / ROLE_N_LINEAR].lin[s % ROLE_N_LINEAR].w.transposed) {
+                    const int64_t R = at->shape[0], C = at->shape[1];
+                    tmp[k] = peft_malloc((size_t)(R * C) * sizeof(float), err);
+                    if (!tmp[k]) { rc = PEFT_ERR_NOMEM; break; }
+                    for (int64_t r = 0; r < R; r++)
+                        for (int64_t c = 0; c < C; c++) tmp[k][c * R + r] = at->p[r * C + c];
+                    w->shape[0] = C;
+                    w->shape[1] = R;
+                    w->data = tmp[k];
+                }
+        }
+        k++;
+    }
+    static const char *const meta[] = {"format", "pt", NULL};
+    if (!rc) rc = st_write(st_path, t, k, meta, err);
+    static const char *const files[] = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                                        "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model",
+                                        "chat_template.jinja", NULL};
+    for (int i = 0; files[i] && !rc; i++) rc = peft_copy_file_if_exists(m->path, dir, files[i], err);
+    if (!rc && a->score) rc = classifier_config(m, dir, a->mc.n_labels, err);
+done:
+    for (int i = 0; tmp && i < n; i++) free(tmp[i]);
+    free(tmp);
+    free(t);
+    free(st_path);
+    return rc;
+}
+
+
+static int full_create(adapter *a, const peft_model *m, const method_config *mc, peft_err *err) {
+    (void)mc;
+    full *v = peft_calloc(1, sizeof *v, err);
+    if (!v) return PEFT_ERR_NOMEM;
+    a->priv = v;
+    const int L = m->cfg.n_layer;
+    v->tied = m->cfg.tied;
+    v->idx = peft_malloc(((size_t)L + 1) * ROLE_N_LINEAR * 2 * sizeof *v->idx, err);
+    v->nidx = peft_malloc(((size_t)L + 1) * 4 * sizeof *v->nidx, err);
+    if (!v->idx || !v->nidx) return PEFT_ERR_NOMEM;
+    return new_full(a, m, v->idx, v->nidx, v->eidx, err);
+}
+
+/* wire and init are one step: the copies start as the base's values */
+static int full_wire(adapter *a, const peft_model *m, peft_err *err) {
+    full *v = S(a);
+    return wire_full(a, m, v->idx, v->nidx, v->eidx, err);
+}
+
+static hook_kind full_kind(const adapter *a, int l, model_linear_role r) {
+    return S(a)->fw[l * ROLE_N_LINEAR + r].data ? HOOK_REPLACE : HOOK_NONE;
+}
+
+static int full_fwd(const adapter *a, const lin_call *c) {
+    const full *v = S(a);
+    const int s = c->l * ROLE_N_LINEAR + c->r;
+    return kern_matmul(c->y, c->ldy, c->x, c->N, &v->fw[s], v->fb[s], c->beta, c->mm_scr, c->nt);
+}
+
+static int full_bwd(adapter *a, const lin_call *c, const float *dy, int lddy, float *dx) {
+    const full *v = S(a);
+    const int s = c->l * ROLE_N_LINEAR + c->r, N = c->N, in = c->in, out = c->out;
+    if (v->gfb[s])
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < out; j++) v->gfb[s][j] += dy[(size_t)i * lddy + j];
+    /* gW (out, in) += dyᵀ·x */
+    kern_gemm_rows(true, false, out, in, N, 1.0f, dy, lddy, c->x, in, 1.0f, v->gfw[s], in, c->nt);
+    return dx ? kern_matmul_dx(dx, dy, lddy, N, &v->fw[s], c->mm_scr, c->nt) : 0;
+}
+
+static const float *full_norm_param(const adapter *a, int l, int which, bool bias) {
+    return bias ? S(a)->fnb[l * 2 + which] : S(a)->fnw[l * 2 + which];
+}
+
+static float *full_norm_grad(adapter *a, int l, int which, bool bias) {
+    return bias ? S(a)->gfnb[l * 2 + which] : S(a)->gfnw[l * 2 + which];
+}
+
+static const kern_weight *f32_weight(const float *p, int64_t rows, int64_t cols, kern_weight *tmp) {
+    memset(tmp, 0, sizeof *tmp);   /* trainable: never packed */
+    tmp->dtype = PEFT_DT_F32;
+    tmp->rows = rows;
+    tmp->cols = cols;
+    tmp->data = p;
+    return tmp;
+}
+
+static const kern_weight *full_emb(const adapter *a, const peft_model *m, int which, kern_weight *tmp) {
+    const full *v = S(a);
+    const float *p = which == 0 ? v->femb : which == 1 ? v->fpos : v->fhead ? v->fhead : v->tied ? v->femb : NULL;
+    if (!p) return NULL;
+    return f32_weight(p, which == 1 ? m->pos_emb.rows : m->cfg.vocab, m->cfg.d_model, tmp);
+}
+
+static float *full_emb_grad(adapter *a, int which) {
+    const full *v = S(a);
+    return which == 0 ? v->gfemb : which == 1 ? v->gfpos : v->gfhead ? v->gfhead : v->tied ? v->gfemb : NULL;
+}
+
+static int full_lowest(const adapter *a, const peft_model *m) {
+    (void)a;
+    (void)m;
+    return 0;
+}
+
+static void full_describe(const adapter *a, char *buf, size_t cap) {
+    snprintf(buf, cap, "%d tensors, every weight of the base", a->n_tensors - (a->score ? 1 : 0));
+}
+
+const method_ops method_full = {
+    .name = "full",
+    .summary = "full fine-tuning: every weight as an f32 copy (the baseline); saved as a model",
+    .flags = METHOD_SAVES_MODEL,
+    .create = full_create,
+    .wire = full_wire,
+    .free_priv = full_free,
+    .save = full_save,
+    .lin_kind = full_kind,
+    .lin_fwd = full_fwd,
+    .lin_bwd = full_bwd,
+    .norm_param = full_norm_param,
+    .norm_grad = full_norm_grad,
+    .emb_weight = full_emb,
+    .emb_grad = full_emb_grad,
+    .lowest_layer = full_lowest,
+    .describe = full_describe,
+};
