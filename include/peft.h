@@ -195,7 +195,7 @@ peft_adapter *peft_adapter_new(peft_model *m, const peft_lora_params *p);
  * ignored; peft_method_default_params fills the method's defaults. */
 typedef struct {
     const char *method;          /* lora, dora, adapter-pfeiffer, adapter-houlsby, prompt, prefix, ia3, bitfit, full,
-                                    vera (docs/methods.md) */
+                                    vera, loha (docs/methods.md) */
     peft_lora_params lora;       /* lora, dora (dora: dropout must be 0); lora.layers also selects the
                                     layers of ia3 and adapter-*; lora.seed is unused (seed below) */
     int reduction_factor;        /* adapter-*: bottleneck = hidden / reduction_factor (16) */
@@ -210,7 +210,9 @@ typedef struct {
     int num_labels;              /* >= 2: add a sequence-classification head; 0: none */
     uint64_t seed;
     const char *options;         /* the method's own options, "key=value;key=value" (docs/methods.md):
-                                    vera: d_initial, projection_prng_key; loha, lokr: ... */
+                                    vera: d_initial, projection_prng_key; loha: rank_dropout,
+                                    module_dropout, rank_pattern and alpha_pattern (JSON objects); lokr: ...
+                                    (a plug-in method takes lora.r and lora.alpha 0 as its own defaults) */
 } peft_method_params;
 
 peft_method_params peft_method_default_params(const char *method);

@@ -147,8 +147,63 @@ static void public_api_every_method(void) {
     test_rm_rf(dir);
 }
 
+/* LoHa through the public API on Llama (GPT-2 is refused): HF's defaults
+ * r 8, alpha 8 from peft_method_default_params, its options string, train,
+ * save, reload, same loss. */
+static void public_api_loha(void) {
+    char dir[] = "/tmp/peft_api_loha_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char data[300], out[300], cfgp[320];
+    snprintf(data, sizeof data, "%s/d.jsonl", dir);
+    FILE *f = fopen(data, "w");
+    for (int i = 0; f && i < 24; i++) fprintf(f, "{\"prompt\": \"Q%d:\", \"completion\": \" answer %d\"}\n", i % 5, i % 5);
+    if (f) fclose(f);
+    peft_ctx *ctx = peft_init(NULL);
+    peft_model *m = peft_model_load(ctx, "tests/fixtures/models/tiny-llama");
+    CHECK(m != NULL);
+    if (!m) { peft_free(ctx); return; }
+    peft_method_params mp = peft_method_default_params("loha");
+    mp.options = "rank_dropout=0.1;rank_pattern={\"v_proj\": 2}";
+    peft_adapter *a = peft_adapter_new_method(m, &mp);
+    CHECK_MSG(a != NULL, "%s", peft_last_error(ctx));
+    if (a) {
+        peft_train_params tp = peft_train_default_params();
+        tp.data = data;
+        tp.steps = 3;
+        tp.batch = 2;
+        tp.seq = 32;
+        tp.lr = 1e-2f;
+        snprintf(out, sizeof out, "%s/loha", dir);
+        tp.out_dir = out;
+        peft_train_result r;
+        CHECK_OK(peft_train(m, a, &tp, &r));
+        double l1 = NAN, l2 = NAN;
+        int64_t n1, n2;
+        CHECK_OK(peft_eval(m, a, data, 4, 32, &l1, &n1));
+        peft_adapter *b = peft_adapter_load(m, out);
+        CHECK_MSG(b != NULL, "%s", peft_last_error(ctx));
+        if (b) CHECK_OK(peft_eval(m, b, data, 4, 32, &l2, &n2));
+        CHECK_MSG(fabs(l1 - l2) <= 1e-6 * fabs(l1), "reloaded loss %.7f vs %.7f", l2, l1);
+        peft_adapter_free(b);
+        snprintf(cfgp, sizeof cfgp, "%s/adapter_config.json", out);
+        static char cfg[8192];
+        FILE *cf = fopen(cfgp, "r");
+        const size_t len = cf ? fread(cfg, 1, sizeof cfg - 1, cf) : 0;
+        if (cf) fclose(cf);
+        cfg[len] = 0;
+        CHECK_MSG(strstr(cfg, "\"r\":\t8,") && strstr(cfg, "\"alpha\":\t8,") && strstr(cfg, "\"v_proj\":\t2") &&
+                      strstr(cfg, "\"rank_dropout\":\t0.1"),
+                  "%s: %s", cfgp, cfg);
+    }
+    peft_adapter_free(a);
+    peft_model_free(m);
+    peft_free(ctx);
+    test_rm_rf(dir);
+}
+
 int main(void) {
     TEST_RUN(public_api_every_method);
+    TEST_RUN(public_api_loha);
     TEST_RUN(public_api_trains_saves_and_reloads);
     TEST_MAIN_END();
 }

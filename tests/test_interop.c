@@ -190,6 +190,11 @@ static void our_method_adapters_load_in_peft(void) {
         {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "vera", ""},
         {"tests/fixtures/models/tiny-gpt2", METHOD_PLUGIN, false, 0, "vera", ""},
         {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "vera", "save_projection=false;projection_prng_key=5"},
+        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "loha", ""},
+        {"tests/fixtures/models/tiny-qwen2", METHOD_PLUGIN, false, 0, "loha", ""},
+        /* HF's rank_pattern / alpha_pattern matching, read back by HF */
+        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "loha",
+         "rank_pattern={\"layers.0.self_attn.q_proj\": 2, \"v_proj\": 6};alpha_pattern={\"layers.1.self_attn.v_proj\": 3}"},
     };
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
         peft_ctx *ctx = peft_init(NULL);

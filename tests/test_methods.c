@@ -332,6 +332,19 @@ static void every_method_on_llama_and_gpt2(void) {
         c = mk_plug("vera", NULL);
         c.lora.targets = gpt2 ? (1u << ROLE_QKV) | (1u << ROLE_DOWN) : (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);
         RUN("vera", c, true);
+        if (!gpt2) {
+            /* r 4: the factored path (x·B'ᵀ·A'ᵀ) everywhere; r 8: the dense
+             * one (ΔW formed) in the graph, factored token by token */
+            c = mk_plug("loha", NULL);
+            c.lora.targets = (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);
+            RUN("loha", c, true);
+            c.lora.r = 8;
+            RUN("loha_r8_dense", c, true);
+            c = mk_plug("loha", "rank_pattern={\"^model.layers.0.self_attn.q_proj\": 2, \"down_proj\": 6};"
+                                "alpha_pattern={\"layers\\\\.1\\\\.self_attn\\\\.v_proj\": 3}");
+            c.lora.targets = (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);
+            RUN("loha_patterns", c, true);
+        }
         /* a classification head on every method */
         static const peft_method cls_methods[] = {METHOD_LORA, METHOD_DORA, METHOD_PLUGIN, METHOD_PLUGIN, METHOD_PLUGIN,
                                                   METHOD_PLUGIN, METHOD_PLUGIN, METHOD_PLUGIN, METHOD_PLUGIN};
@@ -401,6 +414,73 @@ static void prefix_init_from_text_is_the_text_as_context(void) {
     }
 }
 
+/* LoHa's rank and module dropout (training only): the gradients are those
+ * of the training loss with the same masks (finite differences through
+ * tg_run with backward and grad_scale 0, which draws the masks without
+ * accumulating); the masks change the training loss but not the eval loss;
+ * module_dropout 1 leaves the base model. */
+static void loha_dropout_is_training_only(void) {
+    env e;
+    if (open_model(&e, MFIX "tiny-llama")) { CHECK(0); return; }
+    static const char *const opts[] = {"rank_dropout=0.4", "rank_dropout=0.3;module_dropout=0.5", "module_dropout=1"};
+    for (int oi = 0; oi < 3; oi++) {
+        for (int r = 4; r <= 8; r += 4) {
+            peft_err err = {0};
+            method_config c = mk_plug("loha", opts[oi]);
+            c.lora.r = r;
+            c.lora.targets = (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);
+            adapter *a = NULL;
+            train_graph *g = NULL, *g0 = NULL;
+            CHECK_OK(adapter_new(e.m, &c, &a, &err));
+            data_batch b = make_batch(0);
+            if (a) CHECK_OK(tg_new(e.m, a, b.B, b.T, &g, &err));
+            CHECK_OK(tg_new(e.m, NULL, b.B, b.T, &g0, &err));
+            if (!g || !g0) { tg_free(g); tg_free(g0); adapter_free(a); continue; }
+            perturb(a, e.m, 98);
+            const uint64_t seed = 1234;
+            double ls = 0, eval = loss_of(g, &b), base = loss_of(g0, &b);
+            int n = 0;
+            memset(a->grads, 0, (size_t)a->n_params * sizeof(float));
+            CHECK_OK(tg_run(g, &b, true, 1.0f / (float)b.n_targets, seed, &ls, &n, &err));
+            const double train = ls / n;
+            if (oi == 2) {
+                CHECK_MSG(fabs(train - base) <= 1e-6 * fabs(base), "%s: training loss %.8f, base %.8f", opts[oi], train, base);
+                for (int64_t k = 0; k < a->n_params; k++) CHECK(a->grads[k] == 0.0f);
+            } else {
+                CHECK_MSG(fabs(train - eval) > 1e-6, "%s: training loss %.8f equals eval loss", opts[oi], train);
+            }
+            double worst = 0;
+            peft_rng rng;
+            peft_rng_seed(&rng, 3);
+            for (int ti = 0; ti < a->n_tensors && oi < 2; ti++) {
+                adapter_tensor *t = &a->tensors[ti];
+                for (int probe = 0; probe < 2; probe++) {
+                    const int64_t k = (int64_t)(peft_rng_u64(&rng) % (uint64_t)t->n);
+                    const float save = t->p[k], h = 1e-2f;
+                    double lp = 0, lm = 0;
+                    t->p[k] = save + h;
+                    CHECK_OK(tg_run(g, &b, true, 0.0f, seed, &lp, &n, &err));
+                    t->p[k] = save - h;
+                    CHECK_OK(tg_run(g, &b, true, 0.0f, seed, &lm, &n, &err));
+                    t->p[k] = save;
+                    const double fd = (lp - lm) / n / (2 * h), an = t->g[k];
+                    const double rel = fabs(fd - an) / (fabs(fd) + 1e-3);
+                    worst = fmax(worst, rel);
+                    CHECK_MSG(rel < 3e-2, "%s r=%d: %s[%lld]: analytic %.6g vs finite difference %.6g", opts[oi], r, t->key,
+                              (long long)k, an, fd);
+                }
+            }
+            CHECK_MSG(fabs(loss_of(g, &b) - eval) <= 1e-7 * fabs(eval), "%s: eval loss changed", opts[oi]);
+            printf("    loha %-36s r=%d train %.6f eval %.6f base %.6f, fd worst %.3g\n", opts[oi], r, train, eval, base,
+                   worst);
+            tg_free(g);
+            tg_free(g0);
+            adapter_free(a);
+        }
+    }
+    close_model(&e);
+}
+
 static void methods_the_base_cannot_take_fail_clearly(void) {
     env e;
     if (open_model(&e, MFIX "tiny-llama")) { CHECK(0); return; }
@@ -433,6 +513,11 @@ static void methods_the_base_cannot_take_fail_clearly(void) {
         CHECK_EQ_INT(tg_new(e2.m, a, 1, 8, &g2, &err), PEFT_ERR_SHAPE);
         adapter_free(a);
         a = NULL;
+        /* LoHa takes nn.Linear only: GPT-2's Conv1D is refused, as HF PEFT does */
+        c = mk_plug("loha", NULL);
+        CHECK_EQ_INT(adapter_new(e2.m, &c, &a, &err), PEFT_ERR_UNSUPPORTED);
+        CHECK_MSG(a == NULL && strstr(err.msg, "Conv1D"), "%s", err.msg);
+        printf("    loha on gpt2: %s\n", err.msg);
         close_model(&e2);
     }
     c = mk_plug("adapter-pfeiffer", "reduction_factor=128");
@@ -469,7 +554,14 @@ static void bad_adapter_files_fail_clearly(void) {
         {"{\"peft_type\": \"BOTTLENECK\", \"reduction_factor\": 8}", "base_model.model.model.layers.0.output_adapter.adapter_down.weight",
          8, 64, PEFT_ERR_FORMAT, "missing tensor"},
         {"{\"peft_type\": \"BITFIT\"}", "base_model.model.transformer.h.0.attn.c_attn.bias", 192, 1, PEFT_ERR_UNSUPPORTED, "no bias"},
-        {"{\"peft_type\": \"LOHA\"}", "x", 1, 1, PEFT_ERR_UNSUPPORTED, "LOHA"},
+        {"{\"peft_type\": \"OFT\"}", "x", 1, 1, PEFT_ERR_UNSUPPORTED, "OFT"},
+        {"{\"peft_type\": \"LOHA\", \"r\": 4, \"target_modules\": [\"q_proj\"], \"layers_to_transform\": [0]}",
+         "base_model.model.model.layers.0.self_attn.q_proj.hada_w1_a", 64, 3, PEFT_ERR_SHAPE, "hada_w1_a has shape [64, 3]"},
+        {"{\"peft_type\": \"LOHA\", \"r\": 4, \"target_modules\": [\"q_proj\"], \"layers_to_transform\": [0]}",
+         "base_model.model.model.layers.0.self_attn.q_proj.hada_w1_a", 64, 4, PEFT_ERR_FORMAT, "missing tensor"},
+        {"{\"peft_type\": \"LOHA\", \"rank_pattern\": {\"q_proj(\": 2}}", "x", 1, 1, PEFT_ERR_INVALID,
+         "not a regular expression"},
+        {"{\"peft_type\": \"LOHA\", \"rank_pattern\": {\"q_proj\": 2.5}}", "x", 1, 1, PEFT_ERR_INVALID, "integer"},
         {"{\"peft_type\": \"PROMPT_TUNING\", \"num_virtual_tokens\": -3}", "prompt_embeddings", 3, 64, PEFT_ERR_FORMAT, "num_virtual_tokens"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -547,6 +639,7 @@ int main(void) {
     TEST_RUN(every_method_on_llama_and_gpt2);
     TEST_RUN(qwen2_and_gguf_bases);
     TEST_RUN(prefix_init_from_text_is_the_text_as_context);
+    TEST_RUN(loha_dropout_is_training_only);
     TEST_RUN(methods_the_base_cannot_take_fail_clearly);
     TEST_RUN(bad_adapter_files_fail_clearly);
     TEST_RUN(vera_projections_and_bad_files);

@@ -7,6 +7,7 @@
 #include "core/core.h"
 #include "test.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -157,12 +158,81 @@ static void merge_tells_the_method_from_the_config(void) {
     printf("    pfeiffer adapter of gpt2 on llama: %s", out);
 }
 
+static double eval_loss(const char *args) {
+    if (test_run_cli(args, out, sizeof out) != 0) return NAN;
+    const char *l = strstr(out, "\"loss\"");
+    return l ? atof(l + 7) : NAN;
+}
+
+/* LoHa through the CLI: HF's defaults (r 8, alpha 8) when --r / --alpha are
+ * not given, its options into adapter_config.json, eval / generate / merge
+ * from the saved folder (the merged model evaluates to the adapter's loss),
+ * and GPT-2 (Conv1D) and --dropout refused before training. */
+static void loha_through_the_cli(void) {
+    char args[2048], p[600];
+    snprintf(args, sizeof args,
+             "train --model " LLAMA " --data %s/pc.jsonl --method loha --steps 2 --batch 2 --seq 48 --out %s/loha_def "
+             "--quiet --threads 1", dir, dir);
+    int rc = test_run_cli(args, out, sizeof out);
+    CHECK_MSG(rc == 0, "exit %d\n%s", rc, out);
+    snprintf(p, sizeof p, "%s/loha_def/adapter_config.json", dir);
+    char *cfg = NULL;
+    size_t len = 0;
+    peft_err err = {0};
+    CHECK_OK(peft_read_file(p, &cfg, &len, &err));
+    CHECK_MSG(cfg && strstr(cfg, "\"r\":\t8,") && strstr(cfg, "\"alpha\":\t8,") && strstr(cfg, "\"LOHA\""), "%s",
+              cfg ? cfg : err.msg);
+    free(cfg);
+    snprintf(args, sizeof args,
+             "train --model " LLAMA " --data %s/pc.jsonl --method loha --r 4 --alpha 16 --target q_proj,v_proj,down_proj "
+             "--rank-dropout 0.2 --module-dropout 0.1 --steps 4 --batch 2 --seq 48 --lr 1e-2 --out %s/loha --quiet --threads 1",
+             dir, dir);
+    rc = test_run_cli(args, out, sizeof out);
+    CHECK_MSG(rc == 0, "exit %d\n%s", rc, out);
+    snprintf(p, sizeof p, "%s/loha/adapter_config.json", dir);
+    cfg = NULL;
+    CHECK_OK(peft_read_file(p, &cfg, &len, &err));
+    CHECK_MSG(cfg && strstr(cfg, "\"r\":\t4,") && strstr(cfg, "\"alpha\":\t16,") && strstr(cfg, "\"rank_dropout\":\t0.2") &&
+                  strstr(cfg, "\"module_dropout\":\t0.1") && strstr(cfg, "down_proj"),
+              "%s", cfg ? cfg : err.msg);
+    free(cfg);
+    snprintf(args, sizeof args, "eval --model " LLAMA " --adapter %s/loha --data %s/pc.jsonl --seq 48 --json --threads 1", dir,
+             dir);
+    const double la = eval_loss(args);
+    CHECK_MSG(isfinite(la), "eval: %s", out);
+    snprintf(args, sizeof args, "generate --model " LLAMA " --adapter %s/loha --prompt 'name[' --max-tokens 4 --threads 1", dir);
+    rc = test_run_cli(args, out, sizeof out);
+    CHECK_MSG(rc == 0, "generate exit %d\n%s", rc, out);
+    snprintf(args, sizeof args, "merge --model " LLAMA " --adapter %s/loha --out %s/loha_merged", dir, dir);
+    rc = test_run_cli(args, out, sizeof out);
+    CHECK_MSG(rc == 0 && strstr(out, "loha"), "merge exit %d\n%s", rc, out);
+    snprintf(args, sizeof args, "eval --model %s/loha_merged --data %s/pc.jsonl --seq 48 --json --threads 1", dir, dir);
+    const double lm = eval_loss(args);
+    CHECK_MSG(fabs(lm - la) <= 1e-4 * fabs(la), "merged model loss %.6f vs adapter %.6f", lm, la);
+    printf("    loha r 4 alpha 16, rank/module dropout: eval %.6f, merged model %.6f\n", la, lm);
+    static const struct { const char *args, *want; int rc; } bad[] = {
+        {"--model " GPT2 " --method loha", "Conv1D", 1},
+        {"--model " LLAMA " --method loha --dropout 0.1", "--dropout does not apply to --method loha", 2},
+        {"--model " LLAMA " --method loha --rank-dropout 1.5", "rank_dropout", 2},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(args, sizeof args, "train %s --data %s/pc.jsonl --steps 2 --out %s/loha_bad%zu", bad[i].args, dir, dir, i);
+        rc = test_run_cli(args, out, sizeof out);
+        CHECK_MSG(rc == bad[i].rc && strstr(out, bad[i].want) && !strstr(out, "step 1/"), "%s: exit %d\n%s", bad[i].args, rc,
+                  out);
+        char *nl = strrchr(out, '\n');
+        if (nl && nl[1] == 0) *nl = 0;
+        printf("    %-62s -> %s\n", bad[i].args, strrchr(out, '\n') ? strrchr(out, '\n') + 1 : out);
+    }
+}
+
 /* Resuming reproduces an uninterrupted run also for methods whose adapter
  * file does not hold every trained value (a prefix projection's MLP) or
  * that derive values from the parameters (DoRA's norms). */
 static void resume_is_exact_for_every_kind_of_state(void) {
     static const char *methods[] = {"prefix --prefix-projection --encoder-hidden-size 16", "dora", "adapter-houlsby",
-                                    "dora --loraplus-lr-ratio 16 --weight-decay 0.1"};
+                                    "dora --loraplus-lr-ratio 16 --weight-decay 0.1",
+                                    "loha --rank-dropout 0.3 --module-dropout 0.2"};
     for (size_t i = 0; i < sizeof methods / sizeof *methods; i++) {
         char args[2048], a_dir[300], b_dir[300];
         snprintf(a_dir, sizeof a_dir, "%s/res_a%zu", dir, i);
@@ -191,6 +261,7 @@ int main(void) {
     TEST_RUN(classification_reports_accuracy);
     TEST_RUN(bad_method_input_fails_before_training);
     TEST_RUN(merge_tells_the_method_from_the_config);
+    TEST_RUN(loha_through_the_cli);
     TEST_RUN(resume_is_exact_for_every_kind_of_state);
     test_rm_rf(dir);
     TEST_MAIN_END();

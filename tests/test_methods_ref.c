@@ -43,6 +43,8 @@ static const rcase cases[] = {
     {"vera_llama", "tiny-llama"},
     {"vera_gpt2", "tiny-gpt2"},
     {"vera_llama_noproj", "tiny-llama"},
+    {"loha_llama", "tiny-llama"},
+    {"loha_qwen2", "tiny-qwen2"},
 };
 
 static double rel_diff(const float *a, const float *b, int64_t n) {

@@ -50,7 +50,10 @@ peft_method_params peft_method_default_params(const char *method) {
     memset(&p, 0, sizeof p);
     p.method = method ? method : "lora";
     p.lora = peft_lora_default_params();
-    if (method_find(method)) p.lora.r = 0;   /* a plug-in method's own default rank */
+    if (method_find(method)) {   /* a plug-in method's own default rank and alpha */
+        p.lora.r = 0;
+        p.lora.alpha = 0;
+    }
     p.reduction_factor = 16;
     p.num_virtual_tokens = 20;
     p.seed = 42;
