@@ -493,6 +493,7 @@ int cmd_train(int argc, char **argv) {
         goto out;
     }
     if (plug && !GETV("r")) lc.r = 0;   /* the method's own default rank */
+    if (plug && !GETV("alpha")) lc.alpha = 0;   /* and its own default alpha */
     mc.lora = lc;
     mc.seed = tp.seed;
     mc.layers = lc.layers;

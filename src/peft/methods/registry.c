@@ -3,9 +3,11 @@
 #include "peft/method.h"
 
 extern const method_ops method_vera;
+extern const method_ops method_lokr;
 
 static const method_ops *const registry[] = {
     &method_vera,
+    &method_lokr,
     NULL,
 };
 
