@@ -6,6 +6,7 @@
  *     (tools/check_interop.py), gives our logits; skipped, saying so, when
  *     the reference stack is not installed. */
 #include "peft/lora.h"
+#include "peft/method.h"
 #include "test.h"
 #include "train/graph.h"
 
@@ -160,7 +161,7 @@ static void our_method_adapters_load_in_peft(void) {
     if (!python_ok()) TEST_SKIP("python3 with torch, transformers, peft and safetensors is not installed (the reference stack)");
     char dir[] = "/tmp/peft_interop_m_XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
-    char list[600], names[16][96];
+    char list[600], names[32][96];
     int nc = 0;
     snprintf(list, sizeof list, "%s/cases.txt", dir);
     FILE *lf = fopen(list, "w");
@@ -171,20 +172,31 @@ static void our_method_adapters_load_in_peft(void) {
         peft_method method;
         bool proj;
         int n_labels;
+        const char *plug, *opts;   /* a plug-in method (method.h) and its options */
+        int r;                      /* 0: 4 */
+        uint32_t targets;           /* 0: the default */
     } cases[] = {
-        {"tests/fixtures/models/tiny-llama", METHOD_DORA, false, 0},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_DORA, false, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_IA3, false, 0},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_IA3, false, 0},
-        {"tests/fixtures/models/tiny-qwen2", METHOD_IA3, false, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_PROMPT, false, 0},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_PROMPT, false, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_PREFIX, false, 0},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_PREFIX, false, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_PREFIX, true, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_LORA, false, 3},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_LORA, false, 3},
-        {"tests/fixtures/models/tiny-llama", METHOD_PROMPT, false, 2},
+        {"tests/fixtures/models/tiny-llama", METHOD_DORA, false, 0, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_DORA, false, 0, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-llama", METHOD_IA3, false, 0, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_IA3, false, 0, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-qwen2", METHOD_IA3, false, 0, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-llama", METHOD_PROMPT, false, 0, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_PROMPT, false, 0, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-llama", METHOD_PREFIX, false, 0, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_PREFIX, false, 0, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-llama", METHOD_PREFIX, true, 0, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-llama", METHOD_LORA, false, 3, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_LORA, false, 3, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-llama", METHOD_PROMPT, false, 2, NULL, NULL, 0, 0},
+        /* LoKr: W1 full, W2 full on q/v and low-rank on down; W1 low-rank (factor 16); both low-rank; a head */
+        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "lokr", "", 4,
+         (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN)},
+        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "lokr", "decompose_both=true;decompose_factor=16", 4,
+         (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN)},
+        {"tests/fixtures/models/tiny-qwen2", METHOD_PLUGIN, false, 0, "lokr", "decompose_both=true", 2,
+         (1u << ROLE_Q) | (1u << ROLE_K) | (1u << ROLE_V) | (1u << ROLE_O) | (1u << ROLE_UP) | (1u << ROLE_DOWN)},
+        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 3, "lokr", "", 4, 0},
     };
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
         peft_ctx *ctx = peft_init(NULL);
@@ -198,6 +210,14 @@ static void our_method_adapters_load_in_peft(void) {
         mc.prefix_projection = cases[k].proj;
         mc.n_labels = cases[k].n_labels;
         mc.seed = 3;
+        if (cases[k].plug) {
+            mc.ops = method_find(cases[k].plug);
+            CHECK(mc.ops != NULL);
+            snprintf(mc.options, sizeof mc.options, "%s", cases[k].opts);
+            mc.lora.r = cases[k].r;
+            mc.lora.alpha = 8;
+            mc.lora.targets = cases[k].targets;
+        }
         peft_err err = {0};
         adapter *a = NULL;
         CHECK_OK(adapter_new(m, &mc, &a, &err));
@@ -239,7 +259,8 @@ static void our_method_adapters_load_in_peft(void) {
         snprintf(lp, sizeof lp, "%s/logits%zu.safetensors", dir, k);
         CHECK_OK(st_write(lp, ts, 2, NULL, &err));
         fprintf(lf, "%s %s %s%s\n", cases[k].model, ad, lp, extra);
-        snprintf(names[nc], sizeof names[nc], "%s%s %s", method_name(mc.method), mc.n_labels ? "+head" : "",
+        snprintf(names[nc], sizeof names[nc], "%s%s%s%s%s %s", adapter_method_name(a), cases[k].opts && *cases[k].opts ? "(" : "",
+                 cases[k].opts ? cases[k].opts : "", cases[k].opts && *cases[k].opts ? ")" : "", mc.n_labels ? "+head" : "",
                  cases[k].model + 22);
         nc++;
         free(lg);
