@@ -316,7 +316,12 @@ int cmd_train(int argc, char **argv) {
     memset(&mc, 0, sizeof mc);
     for (int i = 0; i < n_plug_opts; i++) {
         if (!plug_opts[i].value) continue;
-        if (plug_owner[i] != plug) {
+        /* two methods may declare the same option (rank-dropout): the value
+         * sits in the first one's entry */
+        bool declared = plug_owner[i] == plug;
+        for (const method_option *po = plug ? plug->options : NULL; po && po->name && !declared; po++)
+            declared = !strcmp(po->name, plug_opts[i].name);
+        if (!declared) {
             fprintf(stderr, "peft train: --%s does not apply to --method %s (it is a %s option)\n", plug_opts[i].name,
                     meth_name, plug_owner[i]->name);
             return 2;
