@@ -18,7 +18,7 @@ STEPS=${STEPS:-60}
 THREADS=${THREADS:-2}
 SEED=${SEED:-42}
 TASKS=${TASKS:-"sst2 e2e"}
-METHODS=${METHODS:-"lora dora adapter-pfeiffer adapter-houlsby prompt prefix prefix-vocab ia3 bitfit full lokr"}
+METHODS=${METHODS:-"lora dora adapter-pfeiffer adapter-houlsby prompt prefix prefix-vocab ia3 vera bitfit full lokr"}
 PEFT=${PEFT:-build/peft}
 [ -f "$MODEL" ] || bash scripts/setup.sh --model
 [ -x "$PEFT" ] || bash scripts/setup.sh --build
@@ -38,7 +38,7 @@ lr_of() {
     lora | dora | adapter-pfeiffer | adapter-houlsby) echo 1e-3 ;;
     prompt) echo 3e-2 ;;
     prefix | prefix-vocab) echo 1e-2 ;;
-    ia3) echo 5e-3 ;;
+    ia3 | vera) echo 5e-3 ;;
     bitfit) echo 1e-3 ;;
     full) echo 5e-5 ;;
     lokr) echo 5e-3 ;;
@@ -85,8 +85,8 @@ row() {  # task method
     echo "Model: $MODEL ($(nproc) cores, $THREADS threads); $STEPS steps per run, seed $SEED, warmup 6, cosine."
     echo "SST-2: 2000 sampled sentences, 400 held out (--val-split 0.2), batch 8 x 64; E2E: 1000 training pairs,"
     echo "250 validation pairs, batch 4 x 96. LoRA/DoRA: r 8, alpha 16 on q_proj,v_proj; bottleneck: reduction"
-    echo "factor 16; prompt/prefix: 20 virtual tokens; IA3: k_proj, v_proj, down_proj; LoKr: r 8, alpha 8 on"
-    echo "q_proj,v_proj (HF defaults; W1 full, W2 low-rank)."
+    echo "factor 16; prompt/prefix: 20 virtual tokens; IA3: k_proj, v_proj, down_proj; VeRA: r 256 on q_proj,v_proj;"
+    echo "LoKr: r 8, alpha 8 on q_proj,v_proj (HF defaults; W1 full, W2 low-rank)."
     echo
     echo "| task | method | trainable params | trainable % | file | metric | train tokens/s | peak RSS | notes |"
     echo "|---|---|---|---|---|---|---|---|---|"

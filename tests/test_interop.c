@@ -178,9 +178,9 @@ static void our_method_adapters_load_in_peft(void) {
     } cases[] = {
         {"tests/fixtures/models/tiny-llama", METHOD_DORA, false, 0, NULL, NULL, 0, 0},
         {"tests/fixtures/models/tiny-gpt2", METHOD_DORA, false, 0, NULL, NULL, 0, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_IA3, false, 0, NULL, NULL, 0, 0},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_IA3, false, 0, NULL, NULL, 0, 0},
-        {"tests/fixtures/models/tiny-qwen2", METHOD_IA3, false, 0, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "ia3", "", 0, 0},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_PLUGIN, false, 0, "ia3", "", 0, 0},
+        {"tests/fixtures/models/tiny-qwen2", METHOD_PLUGIN, false, 0, "ia3", "", 0, 0},
         {"tests/fixtures/models/tiny-llama", METHOD_PROMPT, false, 0, NULL, NULL, 0, 0},
         {"tests/fixtures/models/tiny-gpt2", METHOD_PROMPT, false, 0, NULL, NULL, 0, 0},
         {"tests/fixtures/models/tiny-llama", METHOD_PREFIX, false, 0, NULL, NULL, 0, 0},
@@ -189,6 +189,9 @@ static void our_method_adapters_load_in_peft(void) {
         {"tests/fixtures/models/tiny-llama", METHOD_LORA, false, 3, NULL, NULL, 0, 0},
         {"tests/fixtures/models/tiny-gpt2", METHOD_LORA, false, 3, NULL, NULL, 0, 0},
         {"tests/fixtures/models/tiny-llama", METHOD_PROMPT, false, 2, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "vera", "", 0, 0},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_PLUGIN, false, 0, "vera", "", 0, 0},
+        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "vera", "save_projection=false;projection_prng_key=5", 0, 0},
         /* LoKr: W1 full, W2 full on q/v and low-rank on down; W1 low-rank (factor 16); both low-rank; a head */
         {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "lokr", "", 4,
          (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN)},
@@ -214,9 +217,11 @@ static void our_method_adapters_load_in_peft(void) {
             mc.ops = method_find(cases[k].plug);
             CHECK(mc.ops != NULL);
             snprintf(mc.options, sizeof mc.options, "%s", cases[k].opts);
-            mc.lora.r = cases[k].r;
-            mc.lora.alpha = 8;
-            mc.lora.targets = cases[k].targets;
+            if (cases[k].r) mc.lora.r = cases[k].r;
+            if (cases[k].targets) {
+                mc.lora.alpha = 8;
+                mc.lora.targets = cases[k].targets;
+            }
         }
         peft_err err = {0};
         adapter *a = NULL;

@@ -47,9 +47,6 @@ static method_config mk(peft_method k) {
     c.lora = lora_default_config();
     c.lora.r = 4;
     c.lora.alpha = 8;
-    c.reduction_factor = 8;
-    c.act = k == METHOD_ADAPTER_HOULSBY ? BN_ACT_SWISH : BN_ACT_RELU;
-    c.bn_zero_up = true;
     c.n_virtual = 3;
     c.seed = 7;
     return c;
@@ -326,19 +323,16 @@ static void every_method_on_llama_and_gpt2(void) {
         RUN("lora", c, true);
         c = mk(METHOD_DORA);
         RUN("dora", c, true);
-        RUN("pfeiffer", mk(METHOD_ADAPTER_PFEIFFER), true);
-        RUN("houlsby", mk(METHOD_ADAPTER_HOULSBY), true);
-        c = mk(METHOD_ADAPTER_HOULSBY);
-        c.bn_zero_up = false;
-        c.act = BN_ACT_GELU_TANH;
-        RUN("houlsby_gelu_bert_init", c, false);
+        RUN("pfeiffer", mk_plug("adapter-pfeiffer", "reduction_factor=8"), true);
+        RUN("houlsby", mk_plug("adapter-houlsby", "reduction_factor=8"), true);
+        RUN("houlsby_gelu_bert_init", mk_plug("adapter-houlsby", "reduction_factor=8;adapter_init=bert;non_linearity=gelu_new"), false);
         RUN("prompt", mk(METHOD_PROMPT), false);
         RUN("prefix", mk(METHOD_PREFIX), false);
         c = mk(METHOD_PREFIX);
         c.prefix_projection = true;
         c.prefix_hidden = 16;
         RUN("prefix_projection", c, false);
-        RUN("ia3", mk(METHOD_IA3), true);
+        RUN("ia3", mk_plug("ia3", NULL), true);
         if (gpt2) RUN("bitfit", mk(METHOD_BITFIT), false);
         RUN("full", mk(METHOD_FULL), false);
         c = mk_plug("vera", NULL);
@@ -364,13 +358,14 @@ static void every_method_on_llama_and_gpt2(void) {
             RUN("lokr_lycoris", c, true);
         }
         /* a classification head on every method */
-        static const peft_method cls_methods[] = {METHOD_LORA, METHOD_DORA, METHOD_ADAPTER_PFEIFFER, METHOD_ADAPTER_HOULSBY,
-                                                  METHOD_PROMPT, METHOD_PREFIX, METHOD_IA3, METHOD_BITFIT, METHOD_FULL};
+        static const peft_method cls_methods[] = {METHOD_LORA, METHOD_DORA, METHOD_PLUGIN, METHOD_PLUGIN, METHOD_PROMPT,
+                                                  METHOD_PREFIX, METHOD_PLUGIN, METHOD_BITFIT, METHOD_FULL};
+        static const char *const cls_plug[] = {NULL, NULL, "adapter-pfeiffer", "adapter-houlsby", NULL, NULL, "ia3", NULL, NULL};
         for (size_t k = 0; k < sizeof cls_methods / sizeof *cls_methods; k++) {
             if (cls_methods[k] == METHOD_BITFIT && !gpt2) continue;
             char label[48];
-            snprintf(label, sizeof label, "%s_cls", method_name(cls_methods[k]));
-            c = mk(cls_methods[k]);
+            c = cls_plug[k] ? mk_plug(cls_plug[k], "reduction_factor=8") : mk(cls_methods[k]);
+            snprintf(label, sizeof label, "%s_cls", c.ops ? c.ops->name : method_name(cls_methods[k]));
             c.n_labels = 3;
             RUN(label, c, false);
         }
@@ -381,10 +376,10 @@ static void every_method_on_llama_and_gpt2(void) {
 /* Biases (qwen2: IA3 scales q/v biases when merged, BitFit trains them) and
  * a GGUF base (merged Q/K rows go back to llama.cpp's order). */
 static void qwen2_and_gguf_bases(void) {
-    method_case(MFIX "tiny-qwen2", "qwen2_ia3", mk(METHOD_IA3), true);
+    method_case(MFIX "tiny-qwen2", "qwen2_ia3", mk_plug("ia3", NULL), true);
     method_case(MFIX "tiny-qwen2", "qwen2_bitfit", mk(METHOD_BITFIT), false);
     method_case(MFIX "tiny-qwen2", "qwen2_dora", mk(METHOD_DORA), true);
-    method_case(MFIX "tiny-llama.f32.gguf", "gguf_ia3", mk(METHOD_IA3), true);
+    method_case(MFIX "tiny-llama.f32.gguf", "gguf_ia3", mk_plug("ia3", NULL), true);
     method_case(MFIX "tiny-llama.f32.gguf", "gguf_dora", mk(METHOD_DORA), true);
     method_case(MFIX "tiny-llama.q8_0.gguf", "gguf_q8_prefix", mk(METHOD_PREFIX), false);
     method_case(MFIX "tiny-llama.q8_0.gguf", "gguf_q8_full", mk(METHOD_FULL), false);
@@ -473,8 +468,7 @@ static void methods_the_base_cannot_take_fail_clearly(void) {
         a = NULL;
         close_model(&e2);
     }
-    c = mk(METHOD_ADAPTER_PFEIFFER);
-    c.reduction_factor = 128;
+    c = mk_plug("adapter-pfeiffer", "reduction_factor=128");
     CHECK_EQ_INT(adapter_new(e.m, &c, &a, &err), PEFT_ERR_INVALID);
     printf("    reduction factor 128 on d=64: %s\n", err.msg);
     close_model(&e);
@@ -533,6 +527,52 @@ static void bad_adapter_files_fail_clearly(void) {
     CHECK(adapter_load(e.m, dir, &a, &err) != 0 && strstr(err.msg, "adapter_model.safetensors"));
     printf("    truncated: %s\n", err.msg);
     test_rm_rf(dir);
+    close_model(&e);
+}
+
+/* VeRA's shared matrices are torch's draws for projection_prng_key (a
+ * fresh adapter has exactly the matrices of HF's vera_llama fixture), and
+ * a file whose matrices are missing or misshapen is refused by name. */
+static void vera_projections_and_bad_files(void) {
+    env e;
+    if (open_model(&e, MFIX "tiny-llama")) { CHECK(0); return; }
+    peft_err err = {0};
+    method_config c = mk_plug("vera", "projection_prng_key=0");
+    c.lora.r = 8;
+    c.lora.targets = (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);
+    adapter *a = NULL, *ref = NULL;
+    CHECK_OK(adapter_new(e.m, &c, &a, &err));
+    CHECK_OK(adapter_load(e.m, "tests/fixtures/methods/vera_llama/adapter", &ref, &err));
+    for (int k = 0; a && ref && k < 2; k++) {
+        const char *key = k ? "base_model.vera_B" : "base_model.vera_A";
+        const adapter_tensor *x = adapter_find_tensor(a, key), *y = adapter_find_tensor(ref, key);
+        CHECK(x && y && x->frozen && x->n == y->n);
+        if (x && y && x->n == y->n) CHECK_MSG(!memcmp(x->p, y->p, sizeof(float) * (size_t)x->n), "%s differs from HF's draw", key);
+    }
+    adapter_free(ref);
+    ref = NULL;
+    /* a copy of the fixture without vera_B, and one with a short vera_A */
+    char dir[256], cmd[800];
+    snprintf(dir, sizeof dir, "%s/peft_vera_bad_%d", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
+    for (int k = 0; k < 2; k++) {
+        test_rm_rf(dir);
+        CHECK_OK(adapter_save(a, e.m, dir, &err));
+        adapter_tensor *t = adapter_find_tensor(a, k ? "base_model.vera_A" : "base_model.vera_B");
+        if (!t) continue;
+        adapter_tensor keep = *t;
+        if (k) t->shape[1] -= 1, t->n -= t->shape[0];   /* [r, in_max - 1] */
+        else t->saved = false;                          /* left out */
+        CHECK_OK(adapter_save(a, e.m, dir, &err));
+        *t = keep;
+        CHECK(adapter_load(e.m, dir, &ref, &err) != 0);
+        CHECK_MSG(strstr(err.msg, k ? "base_model.vera_A" : "base_model.vera_B") != NULL, "%s", err.msg);
+        printf("    %s: %s\n", k ? "short vera_A" : "no vera_B", err.msg);
+        adapter_free(ref);
+        ref = NULL;
+    }
+    (void)cmd;
+    test_rm_rf(dir);
+    adapter_free(a);
     close_model(&e);
 }
 
@@ -783,6 +823,7 @@ int main(void) {
     TEST_RUN(prefix_init_from_text_is_the_text_as_context);
     TEST_RUN(methods_the_base_cannot_take_fail_clearly);
     TEST_RUN(bad_adapter_files_fail_clearly);
+    TEST_RUN(vera_projections_and_bad_files);
     TEST_RUN(lokr_factorization_matches_hf);
     TEST_RUN(lokr_dropout_is_consistent);
     TEST_RUN(lokr_bad_input_fails_clearly);

@@ -39,6 +39,9 @@ static const rcase cases[] = {
     {"seqcls_lora_llama", "tiny-llama"},
     {"seqcls_lora_gpt2", "tiny-gpt2"},
     {"seqcls_prompt_llama", "tiny-llama"},
+    {"vera_llama", "tiny-llama"},
+    {"vera_gpt2", "tiny-gpt2"},
+    {"vera_llama_noproj", "tiny-llama"},
     {"lokr_llama", "tiny-llama"},
     {"lokr_llama_decompose", "tiny-llama"},
     {"lokr_llama_r2", "tiny-llama"},
@@ -171,7 +174,7 @@ static void one_case(const rcase *c) {
     double worst = 0;
     int checked = 0, trainable = 0;
     for (int i = 0; i < a->n_tensors; i++) {
-        if (a->tensors[i].frozen) continue;   /* a buffer (g NULL): no gradient */
+        if (a->tensors[i].frozen) continue;   /* a buffer (VeRA's shared matrices): no gradient */
         trainable++;
         char key[256];
         snprintf(key, sizeof key, "%s.grad", a->tensors[i].key);

@@ -3,6 +3,7 @@
 #include "cli/cli.h"
 #include "core/ctx.h"
 #include "peft/lora.h"
+#include "peft/method.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -104,7 +105,7 @@ int cmd_merge(int argc, char **argv) {
         } else if (cli_flag(&a, "--no-verify")) verify = false;
         else if (cli_flag(&a, "--help")) {
             printf("usage: peft merge --model PATH --adapter DIR --out OUT [--outtype T] [--no-verify] [--threads N]\n\n"
-                   "Writes the base with the adapter folded in (W + s·B·A; LoRA, DoRA, IA3): an HF folder\n"
+                   "Writes the base with the adapter folded in (W + s·B·A; LoRA, DoRA, IA3, VeRA, ...): an HF folder\n"
                    "(safetensors) from an HF base, a .gguf from a GGUF base. Tensors the adapter does not change\n"
                    "are copied as they are; the changed ones are written in --outtype:\n"
                    "  default  float bases keep their dtype; quantized GGUF tensors become F16 (re-quantizing to\n"
@@ -131,7 +132,8 @@ int cmd_merge(int argc, char **argv) {
             rc = 1;
         } else {
             int n = 0;
-            for (int s = 0; s < m->cfg.n_layer * ROLE_N_LINEAR; s++) n += (ad->slot && ad->slot[s]) || (ad->ia3 && ad->ia3[s]);
+            for (int s = 0; s < m->cfg.n_layer * ROLE_N_LINEAR; s++) n += (ad->slot && ad->slot[s]) || (ad->ops && ad->ops->merge_touches &&
+                                                                ad->ops->merge_touches(ad, s / ROLE_N_LINEAR, (model_linear_role)(s % ROLE_N_LINEAR)));
             char types[256];
             summary_text(&sum, types, sizeof types);
             fprintf(stderr, "merged %d %s modules into %s (changed tensors: %s)\n", n, adapter_method_name(ad), out,

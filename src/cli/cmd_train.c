@@ -30,19 +30,15 @@ static opt_def train_opts[] = {
     {"val-split", false, "fraction of --data held out for validation when no --val (default 0)", NULL},
     {"out", false, "output folder: adapter, metrics.jsonl, loss.svg, checkpoints (required)", NULL},
     {"config", false, "JSON file with any of these options", NULL},
-    {"method", false, "lora (default) | dora | adapter-pfeiffer | adapter-houlsby | prompt | prefix | ia3 | bitfit | full", NULL},
+    {"method", false, "lora (default) | dora | prompt | prefix | bitfit | full | the plug-ins below", NULL},
     {"r", false, "[lora, dora] rank (default 8)", NULL},
     {"alpha", false, "[lora, dora] alpha (default 16)", NULL},
     {"dropout", false, "[lora] dropout on the adapter's input (default 0)", NULL},
-    {"target", false, "[lora, dora, ia3] modules: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj | c_attn,c_proj,c_fc | all-linear", NULL},
-    {"layers", false, "[lora, dora, ia3, adapter-*] layers to transform, e.g. 0,1,2 (default all)", NULL},
+    {"target", false, "[lora, dora and plug-ins] modules: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj | c_attn,c_proj,c_fc | all-linear", NULL},
+    {"layers", false, "[lora, dora and the plug-ins] layers to transform, e.g. 0,1,2 (default all)", NULL},
     {"rslora", true, "[lora, dora] scale by alpha/sqrt(r) instead of alpha/r", NULL},
     {"use-dora", true, "[lora] the same as --method dora", NULL},
     {"init", false, "[lora, dora] kaiming (default, B = 0) | gaussian", NULL},
-    {"feedforward", false, "[ia3] modules whose input is scaled (default: the architecture's, down_proj / mlp.c_proj)", NULL},
-    {"reduction-factor", false, "[adapter-*] bottleneck = hidden / N (default 16)", NULL},
-    {"non-linearity", false, "[adapter-*] relu (pfeiffer default) | swish (houlsby default) | gelu_new | tanh", NULL},
-    {"adapter-init", false, "[adapter-*] zero_up (default: up-projection 0, the identity) | bert (N(0, 0.02))", NULL},
     {"num-virtual-tokens", false, "[prompt, prefix] virtual tokens (default 20)", NULL},
     {"prompt-init", false, "[prompt, prefix] random (default) | sample-vocab | any other text: its tokens' embeddings (prefix: their keys/values)", NULL},
     {"prefix-projection", true, "[prefix] reparametrise the prefix through an MLP (tanh) while training", NULL},
@@ -75,21 +71,25 @@ static opt_def train_opts[] = {
 };
 #define N_TRAIN_OPTS ((int)(sizeof train_opts / sizeof *train_opts))
 
-/* The plug-in methods' own options (method.h), from the registry, each
- * with the method it belongs to. */
+/* The plug-in methods' own options (method.h), from the registry; methods
+ * sharing an option name (the two bottleneck adapters) share one entry. */
 #define MAX_PLUG_OPTS 128
 static opt_def plug_opts[MAX_PLUG_OPTS];
-static const method_ops *plug_owner[MAX_PLUG_OPTS];
+static char plug_help[MAX_PLUG_OPTS][320];
+static char plug_owners[MAX_PLUG_OPTS][96];
 static int n_plug_opts;
 
 static void plug_opts_init(void) {
-    static char help[MAX_PLUG_OPTS][256];
     n_plug_opts = 0;
     for (const method_ops *const *p = method_registry(); *p; p++)
-        for (const method_option *o = (*p)->options; o && o->name && n_plug_opts < MAX_PLUG_OPTS; o++) {
-            snprintf(help[n_plug_opts], sizeof help[0], "[%s] %s", (*p)->name, o->help);
-            plug_opts[n_plug_opts] = (opt_def){o->name, o->metavar == NULL, help[n_plug_opts], NULL};
-            plug_owner[n_plug_opts++] = *p;
+        for (const method_option *o = (*p)->options; o && o->name; o++) {
+            int k = 0;
+            while (k < n_plug_opts && strcmp(plug_opts[k].name, o->name)) k++;
+            if (k == MAX_PLUG_OPTS) break;
+            const size_t ol = k < n_plug_opts ? strlen(plug_owners[k]) : 0;
+            snprintf(plug_owners[k] + ol, sizeof plug_owners[k] - ol, "%s%s", ol ? ", " : "", (*p)->name);
+            snprintf(plug_help[k], sizeof plug_help[k], "[%.95s] %.200s", plug_owners[k], o->help);
+            if (k == n_plug_opts) plug_opts[n_plug_opts++] = (opt_def){o->name, o->metavar == NULL, plug_help[k], NULL};
         }
 }
 
@@ -101,15 +101,11 @@ static unsigned opt_methods(const char *name) {
         {"r", MB(METHOD_LORA) | MB(METHOD_DORA)},
         {"alpha", MB(METHOD_LORA) | MB(METHOD_DORA)},
         {"dropout", MB(METHOD_LORA)},
-        {"target", MB(METHOD_LORA) | MB(METHOD_DORA) | MB(METHOD_IA3)},
-        {"layers", MB(METHOD_LORA) | MB(METHOD_DORA) | MB(METHOD_IA3) | MB(METHOD_ADAPTER_PFEIFFER) | MB(METHOD_ADAPTER_HOULSBY)},
+        {"target", MB(METHOD_LORA) | MB(METHOD_DORA)},
+        {"layers", MB(METHOD_LORA) | MB(METHOD_DORA)},
         {"rslora", MB(METHOD_LORA) | MB(METHOD_DORA)},
         {"use-dora", MB(METHOD_LORA) | MB(METHOD_DORA)},
         {"init", MB(METHOD_LORA) | MB(METHOD_DORA)},
-        {"feedforward", MB(METHOD_IA3)},
-        {"reduction-factor", MB(METHOD_ADAPTER_PFEIFFER) | MB(METHOD_ADAPTER_HOULSBY)},
-        {"non-linearity", MB(METHOD_ADAPTER_PFEIFFER) | MB(METHOD_ADAPTER_HOULSBY)},
-        {"adapter-init", MB(METHOD_ADAPTER_PFEIFFER) | MB(METHOD_ADAPTER_HOULSBY)},
         {"num-virtual-tokens", MB(METHOD_PROMPT) | MB(METHOD_PREFIX)},
         {"prompt-init", MB(METHOD_PROMPT) | MB(METHOD_PREFIX)},
         {"prefix-projection", MB(METHOD_PREFIX)},
@@ -189,7 +185,7 @@ static void train_usage(FILE *f) {
         fprintf(f, "  --%-14s %s%s\n", train_opts[i].name, train_opts[i].flag ? "" : "V  ", train_opts[i].help);
     for (int i = 0; i < n_plug_opts; i++)
         fprintf(f, "  --%-14s %s%s\n", plug_opts[i].name, plug_opts[i].flag ? "" : "V  ", plug_opts[i].help);
-    fprintf(f, "\nmethods: lora, dora, adapter-pfeiffer, adapter-houlsby, prompt, prefix, ia3, bitfit, full");
+    fprintf(f, "\nmethods: lora, dora, prompt, prefix, bitfit, full");
     for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, ", %s", (*p)->name);
     fprintf(f, "\n");
     for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, "  %-16s %s\n", (*p)->name, (*p)->summary);
@@ -288,8 +284,8 @@ int cmd_train(int argc, char **argv) {
     const method_ops *plug = method_find(GETV("method"));
     if (plug) meth = METHOD_PLUGIN;
     else if (GETV("method") && method_parse(GETV("method"), &meth)) {
-        fprintf(stderr, "peft train: unknown method \"%s\" (lora, dora, adapter-pfeiffer, adapter-houlsby, prompt, "
-                        "prefix, ia3, bitfit, full", GETV("method"));
+        fprintf(stderr, "peft train: unknown method \"%s\" (lora, dora, prompt, prefix, bitfit, full",
+                GETV("method"));
         for (const method_ops *const *p = method_registry(); *p; p++) fprintf(stderr, ", %s", (*p)->name);
         fprintf(stderr, ")\n");
         return 2;
@@ -316,14 +312,9 @@ int cmd_train(int argc, char **argv) {
     memset(&mc, 0, sizeof mc);
     for (int i = 0; i < n_plug_opts; i++) {
         if (!plug_opts[i].value) continue;
-        /* two methods may declare the same option (rank-dropout): the value
-         * sits in the first one's entry */
-        bool declared = plug_owner[i] == plug;
-        for (const method_option *po = plug ? plug->options : NULL; po && po->name && !declared; po++)
-            declared = !strcmp(po->name, plug_opts[i].name);
-        if (!declared) {
-            fprintf(stderr, "peft train: --%s does not apply to --method %s (it is a %s option)\n", plug_opts[i].name,
-                    meth_name, plug_owner[i]->name);
+        if (!method_has_option(plug, plug_opts[i].name)) {
+            fprintf(stderr, "peft train: --%s does not apply to --method %s (it is an option of %s)\n", plug_opts[i].name,
+                    meth_name, plug_owners[i]);
             return 2;
         }
         /* --d-initial 0.2 becomes d_initial=0.2 */
@@ -340,9 +331,10 @@ int cmd_train(int argc, char **argv) {
     }
     mc.method = meth;
     mc.ops = plug;
-    mc.reduction_factor = 16;
-    mc.act = meth == METHOD_ADAPTER_HOULSBY ? BN_ACT_SWISH : BN_ACT_RELU;
-    mc.bn_zero_up = true;
+    if (plug && plug->check) {
+        peft_err cerr = {0};
+        if (plug->check(&mc, &cerr)) { fprintf(stderr, "peft train: %s\n", cerr.msg); return 2; }
+    }
     mc.n_virtual = 20;
     /* numbers */
     train_params tp = train_default_params();
@@ -354,7 +346,7 @@ int cmd_train(int argc, char **argv) {
         {"epochs", &tp.epochs, 0, 100000}, {"batch", &tp.batch, 1, 65536}, {"seq", &tp.seq, 2, 1000000},
         {"accum", &tp.accum, 1, 65536}, {"eval-every", &eval_every, 0, 100000000},
         {"eval-batches", &tp.eval_max_batches, 0, 100000000}, {"save-every", &tp.save_every, 0, 100000000},
-        {"threads", &threads, 1, 1024}, {"reduction-factor", &mc.reduction_factor, 1, 1 << 20},
+        {"threads", &threads, 1, 1024},
         {"num-virtual-tokens", &mc.n_virtual, 1, PEFT_MAX_VIRTUAL_TOKENS}, {"encoder-hidden-size", &mc.prefix_hidden, 1, 1 << 20},
         {"num-labels", &mc.n_labels, 2, PEFT_MAX_LABELS}};
     for (size_t i = 0; i < sizeof ints / sizeof *ints; i++)
@@ -393,14 +385,6 @@ int cmd_train(int argc, char **argv) {
         else if (strcmp(GETV("init"), "kaiming")) { fprintf(stderr, "peft train: --init must be kaiming or gaussian\n"); return 2; }
     }
     lc.rslora = GETV("rslora") && strcmp(GETV("rslora"), "false");
-    if (GETV("non-linearity") && bn_act_parse(GETV("non-linearity"), &mc.act)) {
-        fprintf(stderr, "peft train: --non-linearity must be relu, swish, gelu_new or tanh\n");
-        return 2;
-    }
-    if (GETV("adapter-init")) {
-        if (!strcmp(GETV("adapter-init"), "bert")) mc.bn_zero_up = false;
-        else if (strcmp(GETV("adapter-init"), "zero_up")) { fprintf(stderr, "peft train: --adapter-init must be zero_up or bert\n"); return 2; }
-    }
     if (GETV("prompt-init")) {
         const char *pi = GETV("prompt-init");
         if (!strcmp(pi, "random")) mc.prompt_init = 0;
@@ -453,23 +437,9 @@ int cmd_train(int argc, char **argv) {
                 goto out;
             }
     }
-    if (GETV("target") && lora_parse_targets(m, GETV("target"), meth == METHOD_IA3 ? &mc.ia3_targets : &lc.targets, err)) {
+    if (GETV("target") && lora_parse_targets(m, GETV("target"), &lc.targets, err)) {
         fprintf(stderr, "peft train: %s\n", err->msg);
         goto out;
-    }
-    if (meth == METHOD_IA3) {
-        uint32_t dt, dff;
-        adapter_ia3_defaults(m, &dt, &dff);
-        if (!mc.ia3_targets) mc.ia3_targets = dt;
-        mc.ia3_ff = dff & mc.ia3_targets;
-        if (GETV("feedforward") && lora_parse_targets(m, GETV("feedforward"), &mc.ia3_ff, err)) {
-            fprintf(stderr, "peft train: --feedforward: %s\n", err->msg);
-            goto out;
-        }
-        if (mc.ia3_ff & ~mc.ia3_targets) {
-            fprintf(stderr, "peft train: --feedforward modules must be among the targets\n");
-            goto out;
-        }
     }
 
     data_params dp = data_default_params();
@@ -513,9 +483,6 @@ int cmd_train(int argc, char **argv) {
     if (meth == METHOD_LORA || meth == METHOD_DORA)
         fprintf(stderr, "%s: r=%d alpha=%g%s scale=%g dropout=%g on %d modules", method_name(meth), lc.r, lc.alpha,
                 lc.rslora ? " (rsLoRA)" : "", lora_scale(&lc), lc.dropout, ad->n_modules);
-    else if (meth == METHOD_ADAPTER_PFEIFFER || meth == METHOD_ADAPTER_HOULSBY)
-        fprintf(stderr, "%s: %d bottleneck modules of %d (reduction factor %d)", method_name(meth), ad->n_bn, ad->bn_size,
-                mc.reduction_factor);
     else if (meth == METHOD_PROMPT || meth == METHOD_PREFIX)
         fprintf(stderr, "%s: %d virtual tokens%s", method_name(meth), mc.n_virtual,
                 mc.prefix_projection ? " (with a projection)" : "");
@@ -544,7 +511,7 @@ int cmd_train(int argc, char **argv) {
                 m->gguf ? "model.gguf (F32)" : "model.safetensors (HF folder)", tp.out_dir, tp.out_dir);
     else
         fprintf(stderr, "\nadapter: %s/adapter_model.safetensors (%s), metrics: %s/metrics.jsonl, curve: %s/loss.svg\n",
-                tp.out_dir, meth <= METHOD_DORA || meth == METHOD_PROMPT || meth == METHOD_PREFIX || meth == METHOD_IA3 || plug
+                tp.out_dir, meth <= METHOD_DORA || meth == METHOD_PROMPT || meth == METHOD_PREFIX || plug
                                 ? "HF PEFT format" : "peft.c format, docs/formats.md",
                 tp.out_dir, tp.out_dir);
     rc = 0;

@@ -48,7 +48,7 @@ static int ensure_kv(peft_model *m, int need, peft_err *err) {
 
 /* y = beta·y + linear r of layer l on x (T rows), with the attached
  * adapter's hooks (graph.c's lin_fwd states the formulas): LoRA, DoRA,
- * IA3, BitFit biases, full fine-tuning weights. xa: (T, r) scratch; zs:
+ * BitFit biases, plug-in methods (method.h), full fine-tuning weights. xa: (T, r) scratch; zs:
  * (T, max(in, out)) scratch. */
 static int linear(peft_model *m, int l, model_linear_role r, float *y, int ldy, const float *x, int T,
                   float beta, float *scr, float *xa, float *zs, int nt) {
@@ -90,29 +90,25 @@ static size_t hook_ws(const adapter *a, const peft_model *m, int T) {
         if (method_lin_kind(a, s / ROLE_N_LINEAR, r) != HOOK_NONE && a->ops->lin_act_bytes)
             act = PEFT_MAX(act, a->ops->lin_act_bytes(a, s / ROLE_N_LINEAR, r, T));
     }
+    for (int k = 0; k < m->cfg.n_layer * 2; k++)
+        if (method_sub_hooked(a, k / 2, k % 2) && a->ops->sub_act_bytes)
+            act = PEFT_MAX(act, a->ops->sub_act_bytes(a, k / 2, k % 2, T));
     return (a->ops->scratch_floats ? a->ops->scratch_floats(a, m, T) : 0) + (act + sizeof(float) - 1) / sizeof(float);
 }
 
 
-/* x += the sublayer output of linear (l, r) on in, through the bottleneck
- * module of `site` when the adapter has one: h + up(f(down(h))). hs (T, d),
- * zb (T, b) scratch. */
+/* x += the sublayer output of linear (l, r) on in, through a plug-in's
+ * sub-layer hook at `site` when it has one (x += g(h)); hs (T, d) holds h. */
 static int sublayer_out(peft_model *m, int l, model_linear_role r, int site, float *x, const float *in, int T,
-                        float *scr, float *xa, float *zs, float *hs, float *zb, int nt) {
+                        float *scr, float *xa, float *zs, float *hs, int nt) {
     const adapter *a = m->lora;
-    const bn_module *bm = a && a->bn ? a->bn[l * 2 + site] : NULL;
     const int d = m->cfg.d_model;
-    if (!bm) return linear(m, l, r, x, d, in, T, 1.0f, scr, xa, zs, nt);
+    if (!method_sub_hooked(a, l, site)) return linear(m, l, r, x, d, in, T, 1.0f, scr, xa, zs, nt);
+    /* the method's scratch and kept activations follow zs (hook_ws), h is hs */
     int rc = linear(m, l, r, hs, d, in, T, 0.0f, scr, xa, zs, nt);
     if (rc) return rc;
-    const int b = a->bn_size;
-    for (int i = 0; i < T; i++) memcpy(zb + (size_t)i * b, bm->db, (size_t)b * sizeof(float));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, b, d, 1.0f, hs, d, bm->dw, d, 1.0f, zb, b);
-    for (size_t i = 0; i < (size_t)T * b; i++) zb[i] = bn_act_apply(a->mc.act, zb[i]);
-    for (int i = 0; i < T; i++)
-        for (int j = 0; j < d; j++) x[(size_t)i * d + j] += hs[(size_t)i * d + j] + bm->ub[j];
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, d, b, 1.0f, zb, b, bm->uw, b, 1.0f, x, d);
-    return 0;
+    const sub_call c = {m, l, site, T, d, hs, x, zs + (a->ops->scratch_floats ? a->ops->scratch_floats(a, m, T) : 0), zs, nt};
+    return a->ops->sub_fwd(a, &c);
 }
 
 static float *ws_get(peft_model *m, size_t n, peft_err *err) {
@@ -152,12 +148,14 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
     size_t att_scratch = (size_t)nt * T * L;
     int r_max = 0;
     for (int i = 0; ad && i < ad->n_modules; i++) r_max = PEFT_MAX(r_max, ad->mods[i].r);
-    /* scratch only the attached method uses: DoRA / IA3 (zs), bottleneck (hs, zb) */
-    const int bnb = ad && ad->n_bn ? ad->bn_size : 0, hsd = bnb ? d : 0;
-    const int64_t zsw = ad && (ad->method == METHOD_IA3 || ad->method == METHOD_DORA) ? kmax + ld_qkv : 0;
+    /* scratch only the attached method uses: DoRA (zs), plug-ins (hook_ws), a sub-layer hook (hs) */
+    bool sub_hooks = false;   /* a plug-in's sub-layer hook needs h (T, d): hs */
+    for (int k = 0; k < c->n_layer * 2; k++) sub_hooks |= method_sub_hooked(ad, k / 2, k % 2);
+    const int hsd = sub_hooks ? d : 0;
+    const int64_t zsw = ad && ad->method == METHOD_DORA ? kmax + ld_qkv : 0;
     const size_t hw = hook_ws(ad, m, T);
     size_t n_ws = (size_t)T * (2 * d + ld_qkv + qd + 2 * ff + r_max) + T + mm_scratch + att_scratch +
-                  (size_t)T * (size_t)zsw + hw + (size_t)T * (size_t)(hsd + bnb);
+                  (size_t)T * (size_t)zsw + hw + (size_t)T * (size_t)hsd;
     float *ws = ws_get(m, n_ws, err);
     if (!ws) return PEFT_ERR_NOMEM;
     float *x = ws, *h = x + (size_t)T * d, *qkv = h + (size_t)T * d, *att = qkv + (size_t)T * ld_qkv;
@@ -166,8 +164,7 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
     float *xa = ascr + att_scratch;
     float *zs = xa + (size_t)T * r_max;
     float *hs = zs + (size_t)T * (size_t)zsw + hw;
-    float *zb = hs + (size_t)T * hsd;
-    int32_t *pos = (int32_t *)(zb + (size_t)T * bnb);
+    int32_t *pos = (int32_t *)(hs + (size_t)T * hsd);
     for (int t = 0; t < T; t++) pos[t] = p0 + t;
 
     /* embeddings */
@@ -218,7 +215,7 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
             }
         kern_attention(att, qd, qkv, ld_qkv, kc, vc, m->kv.cap, T, p0, c->n_head, c->n_kv_head, hd,
                        1.0f / sqrtf((float)hd), ascr, nt);
-        if ((rc = sublayer_out(m, l, ROLE_O, 0, x, att, T, scr, xa, zs, hs, zb, nt))) goto fail;
+        if ((rc = sublayer_out(m, l, ROLE_O, 0, x, att, T, scr, xa, zs, hs, nt))) goto fail;
 
         const float *fw = adapter_norm_w(ad, m, l, 1), *fb = adapter_norm_b(ad, m, l, 1);
         if (gpt2) {
@@ -232,7 +229,7 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
                 goto fail;
             kern_swiglu_fwd(f1, f1, f2, (int64_t)T * ff, nt);
         }
-        if ((rc = sublayer_out(m, l, ROLE_DOWN, 1, x, f1, T, scr, xa, zs, hs, zb, nt))) goto fail;
+        if ((rc = sublayer_out(m, l, ROLE_DOWN, 1, x, f1, T, scr, xa, zs, hs, nt))) goto fail;
     }
     m->n_past = L;
 

@@ -15,7 +15,7 @@
 #include <cblas.h>
 
 static const char *const method_names[METHOD_N] = {
-    "lora", "dora", "adapter-pfeiffer", "adapter-houlsby", "prompt", "prefix", "ia3", "bitfit", "full"};
+    "lora", "dora", "prompt", "prefix", "bitfit", "full"};
 
 const char *method_name(peft_method k) { return (int)k >= 0 && k < METHOD_N ? method_names[k] : "?"; }
 
@@ -28,14 +28,12 @@ int method_parse(const char *name, peft_method *out) {
     for (int k = 0; k < METHOD_N; k++)
         if (!strcmp(name, method_names[k])) { *out = (peft_method)k; return 0; }
     /* aliases */
-    if (!strcmp(name, "pfeiffer") || !strcmp(name, "seq_bn")) { *out = METHOD_ADAPTER_PFEIFFER; return 0; }
-    if (!strcmp(name, "houlsby") || !strcmp(name, "double_seq_bn")) { *out = METHOD_ADAPTER_HOULSBY; return 0; }
     if (!strcmp(name, "prompt-tuning") || !strcmp(name, "prompt_tuning")) { *out = METHOD_PROMPT; return 0; }
     if (!strcmp(name, "prefix-tuning") || !strcmp(name, "prefix_tuning")) { *out = METHOD_PREFIX; return 0; }
     return PEFT_ERR_INVALID;
 }
 
-bool method_mergeable(peft_method k) { return k == METHOD_LORA || k == METHOD_DORA || k == METHOD_IA3; }
+bool method_mergeable(peft_method k) { return k == METHOD_LORA || k == METHOD_DORA; }
 
 /* ---- registry -------------------------------------------------------------- */
 
@@ -109,9 +107,6 @@ void adapter_free(adapter *a) {
     free(a->grads);
     free(a->base_model);
     free(a->tensors);
-    free(a->ia3);
-    free(a->gia3);
-    free(a->bn);
     free(a->bias);
     free(a->gbias);
     free(a->nbias);
@@ -126,7 +121,6 @@ void adapter_free(adapter *a) {
     free(a->gfw);
     free(a->pe_hidden);
     free(a->pe_dhidden);
-    free(a->bn_mods);
     free(a->dora_norms);
     if (a->method == METHOD_PREFIX && a->mc.prefix_projection) {
         free(a->prefix_table);
@@ -223,107 +217,13 @@ void adapter_kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng) {
 static int alloc_slots(adapter *a, const peft_model *m, peft_err *err) {
     const size_t ns = (size_t)m->cfg.n_layer * ROLE_N_LINEAR + 1, nn = (size_t)m->cfg.n_layer * 2 + 1;
     a->slot = peft_calloc(ns, sizeof *a->slot, err);
-    a->ia3 = peft_calloc(ns, sizeof *a->ia3, err);
-    a->gia3 = peft_calloc(ns, sizeof *a->gia3, err);
     a->bias = peft_calloc(ns, sizeof *a->bias, err);
     a->gbias = peft_calloc(ns, sizeof *a->gbias, err);
     a->nbias = peft_calloc(nn, sizeof *a->nbias, err);
     a->gnbias = peft_calloc(nn, sizeof *a->gnbias, err);
-    a->bn = peft_calloc(nn, sizeof *a->bn, err);
-    if (!a->slot || !a->ia3 || !a->gia3 || !a->bias || !a->gbias || !a->nbias || !a->gnbias || !a->bn)
+    if (!a->slot || !a->bias || !a->gbias || !a->nbias || !a->gnbias)
         return PEFT_ERR_NOMEM;
     return 0;
-}
-
-/* IA3 defaults as HF PEFT's TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING:
- * llama-family k_proj, v_proj, down_proj (qwen2: q_proj, v_proj, down_proj;
- * feed-forward down_proj); GPT-2
- * c_attn, mlp.c_proj (feed-forward mlp.c_proj). */
-void adapter_ia3_defaults(const peft_model *m, uint32_t *targets, uint32_t *ff) {
-    if (is_gpt2(m)) {
-        *targets = (1u << ROLE_QKV) | (1u << ROLE_DOWN);
-        *ff = 1u << ROLE_DOWN;
-    } else if (!strcmp(m->cfg.arch_name, "qwen2")) {
-        *targets = (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);   /* HF PEFT's qwen2 entry */
-        *ff = 1u << ROLE_DOWN;
-    } else {
-        *targets = (1u << ROLE_K) | (1u << ROLE_V) | (1u << ROLE_DOWN);
-        *ff = 1u << ROLE_DOWN;
-    }
-}
-
-static int new_ia3(adapter *a, const peft_model *m, int *idx, peft_err *err) {
-    method_config *mc = &a->mc;
-    if (!mc->ia3_targets) adapter_ia3_defaults(m, &mc->ia3_targets, &mc->ia3_ff);
-    int n = 0;
-    for (int l = 0; l < m->cfg.n_layer; l++)
-        for (int r = 0; r < ROLE_N_LINEAR; r++) {
-            idx[l * ROLE_N_LINEAR + r] = -1;
-            if (!(mc->ia3_targets & (1u << r)) || !m->layers[l].lin[r].present || !lora_layer_selected(mc->layers, l))
-                continue;
-            char path[200], key[256];
-            model_linear_hf_path(m, l, (model_linear_role)r, path, sizeof path);
-            snprintf(key, sizeof key, "base_model.model.%s.ia3_l", path);
-            const kern_weight *w = &m->layers[l].lin[r].w;
-            bool ffm = mc->ia3_ff & (1u << r);
-            /* HF PEFT shapes: (1, in) for feed-forward modules, (out, 1) otherwise */
-            int i = ffm ? adapter_add_tensor(a, key, 2, 1, w->cols, true, err)
-                        : adapter_add_tensor(a, key, 2, w->rows, 1, true, err);
-            if (i < 0) return PEFT_ERR_NOMEM;
-            idx[l * ROLE_N_LINEAR + r] = i;
-            n++;
-        }
-    if (!n) return peft_fail(err, PEFT_ERR_INVALID, "IA3: no linear layer of %s is targeted", m->path);
-    return 0;
-}
-
-static int new_bn(adapter *a, const peft_model *m, int *idx, peft_err *err) {
-    const int d = m->cfg.d_model, rf = a->mc.reduction_factor > 0 ? a->mc.reduction_factor : 16;
-    a->mc.reduction_factor = rf;
-    a->bn_size = d / rf;
-    if (a->bn_size < 1)
-        return peft_fail(err, PEFT_ERR_INVALID, "bottleneck adapter: reduction factor %d leaves no bottleneck for hidden size %d", rf, d);
-    const int b = a->bn_size;
-    const bool houlsby = a->method == METHOD_ADAPTER_HOULSBY;
-    a->bn_mods = peft_calloc((size_t)m->cfg.n_layer * 2 + 1, sizeof *a->bn_mods, err);
-    if (!a->bn_mods) return PEFT_ERR_NOMEM;
-    for (int l = 0; l < m->cfg.n_layer; l++)
-        for (int site = 0; site < 2; site++) {
-            idx[l * 2 + site] = -1;
-            if ((site == 0 && !houlsby) || !lora_layer_selected(a->mc.layers, l)) continue;
-            char pre[64], key[256];
-            adapter_layer_prefix(m, l, pre, sizeof pre);
-            const char *sn = site ? "output_adapter" : "attention_adapter";
-            snprintf(key, sizeof key, "base_model.model.%s.%s.adapter_down.weight", pre, sn);
-            /* the module's four tensors must be consecutive (adapter_wire_bn):
-             * a failed add is not to be followed by the next one */
-            int i0 = adapter_add_tensor(a, key, 2, b, d, true, err);
-            snprintf(key, sizeof key, "base_model.model.%s.%s.adapter_down.bias", pre, sn);
-            if (i0 < 0 || adapter_add_tensor(a, key, 1, b, 1, true, err) < 0) return PEFT_ERR_NOMEM;
-            snprintf(key, sizeof key, "base_model.model.%s.%s.adapter_up.weight", pre, sn);
-            if (adapter_add_tensor(a, key, 2, d, b, true, err) < 0) return PEFT_ERR_NOMEM;
-            snprintf(key, sizeof key, "base_model.model.%s.%s.adapter_up.bias", pre, sn);
-            if (adapter_add_tensor(a, key, 1, d, 1, true, err) < 0) return PEFT_ERR_NOMEM;
-            idx[l * 2 + site] = i0;
-        }
-    return 0;
-}
-
-void adapter_wire_bn(adapter *a, const peft_model *m, const int *idx) {
-    a->n_bn = 0;
-    for (int l = 0; l < m->cfg.n_layer; l++)
-        for (int site = 0; site < 2; site++) {
-            int i = idx[l * 2 + site];
-            if (i < 0) continue;
-            bn_module *bm = &a->bn_mods[a->n_bn++];
-            bm->layer = l;
-            bm->site = site;
-            bm->dw = a->tensors[i].p; bm->gdw = a->tensors[i].g;
-            bm->db = a->tensors[i + 1].p; bm->gdb = a->tensors[i + 1].g;
-            bm->uw = a->tensors[i + 2].p; bm->guw = a->tensors[i + 2].g;
-            bm->ub = a->tensors[i + 3].p; bm->gub = a->tensors[i + 3].g;
-            a->bn[l * 2 + site] = bm;
-        }
 }
 
 static int prefix_width(const peft_model *m) {
@@ -602,9 +502,6 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
     int rc = (!a->base_model || !idx || !nidx) ? PEFT_ERR_NOMEM : alloc_slots(a, m, err);
     if (rc) goto done;
     switch (mc->method) {
-    case METHOD_IA3: rc = new_ia3(a, m, idx, err); break;
-    case METHOD_ADAPTER_PFEIFFER:
-    case METHOD_ADAPTER_HOULSBY: rc = new_bn(a, m, idx, err); break;
     case METHOD_PROMPT:
     case METHOD_PREFIX: rc = new_prompt(a, m, idx, err); break;
     case METHOD_BITFIT: rc = new_bitfit(a, m, idx, nidx, err); break;
@@ -617,35 +514,10 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
     for (int i = 0; i < a->n_tensors; i++)
         if (a->tensors[i].n <= 0) { rc = peft_fail(err, PEFT_ERR_INVALID, "%s: empty tensor %s", m->path, a->tensors[i].key); goto done; }
     if (mc->method == METHOD_FULL && eidx[0] < 0) { rc = PEFT_ERR_NOMEM; goto done; }
-    if ((mc->method == METHOD_ADAPTER_PFEIFFER || mc->method == METHOD_ADAPTER_HOULSBY) && a->n_tensors == (head >= 0)) {
-        rc = peft_fail(err, PEFT_ERR_INVALID, "bottleneck adapter: no layer of %s is selected", m->path);
-        goto done;
-    }
     if ((rc = adapter_finish_alloc(a, err))) goto done;
     peft_rng rng;
     peft_rng_seed(&rng, mc->seed);
     switch (mc->method) {
-    case METHOD_IA3:
-        for (int s = 0; s < L * ROLE_N_LINEAR; s++)
-            if (idx[s] >= 0) {
-                a->ia3[s] = a->tensors[idx[s]].p;
-                a->gia3[s] = a->tensors[idx[s]].g;
-                for (int64_t k = 0; k < a->tensors[idx[s]].n; k++) a->ia3[s][k] = 1.0f;   /* identity */
-            }
-        break;
-    case METHOD_ADAPTER_PFEIFFER:
-    case METHOD_ADAPTER_HOULSBY:
-        adapter_wire_bn(a, m, idx);
-        for (int i = 0; i < a->n_bn; i++) {
-            bn_module *bm = &a->bn_mods[i];
-            const int d = m->cfg.d_model, b = a->bn_size;
-            if (a->mc.bn_zero_up) adapter_kaiming_uniform(bm->dw, (int64_t)b * d, d, &rng);   /* up (and biases) stay 0 */
-            else {
-                for (int64_t k = 0; k < (int64_t)b * d; k++) bm->dw[k] = 0.02f * peft_rng_normal(&rng);
-                for (int64_t k = 0; k < (int64_t)b * d; k++) bm->uw[k] = 0.02f * peft_rng_normal(&rng);
-            }
-        }
-        break;
     case METHOD_PROMPT:
     case METHOD_PREFIX: {
         adapter_wire_prompt(a, idx[0]);
@@ -711,38 +583,6 @@ done:
     if (rc) adapter_free(a);
     else *out = a;
     return rc;
-}
-
-/* ---- bottleneck activations ------------------------------------------------------ */
-
-float bn_act_apply(bn_act k, float z) {
-    switch (k) {
-    case BN_ACT_RELU: return z > 0 ? z : 0;
-    case BN_ACT_SWISH: return z / (1.0f + expf(-z));
-    case BN_ACT_TANH: return tanhf(z);
-    default: {
-        const float c = 0.7978845608028654f;
-        return 0.5f * z * (1.0f + tanhf(c * (z + 0.044715f * z * z * z)));
-    }
-    }
-}
-
-float bn_act_grad(bn_act k, float z) {
-    switch (k) {
-    case BN_ACT_RELU: return z > 0 ? 1.0f : 0.0f;
-    case BN_ACT_SWISH: {
-        const float sg = 1.0f / (1.0f + expf(-z));
-        return sg * (1.0f + z * (1.0f - sg));
-    }
-    case BN_ACT_TANH: {
-        const float t = tanhf(z);
-        return 1.0f - t * t;
-    }
-    default: {
-        const float c = 0.7978845608028654f, u = c * (z + 0.044715f * z * z * z), t = tanhf(u);
-        return 0.5f * (1.0f + t) + 0.5f * z * (1.0f - t * t) * c * (1.0f + 3.0f * 0.044715f * z * z);
-    }
-    }
 }
 
 /* ---- effective parameters ------------------------------------------------------- */
@@ -813,29 +653,23 @@ int adapter_linear_fwd(const adapter *a, const peft_model *m, int l, model_linea
     const float *bias = adapter_bias(a, m, l, r);
     const int s = l * ROLE_N_LINEAR + r, in = (int)W->cols, out = (int)W->rows;
     const lora_module *mod = a && a->slot ? a->slot[s] : NULL;
-    const float *iv = a && a->ia3 ? a->ia3[s] : NULL;
-    if (iv && ((a->mc.ia3_ff >> r) & 1u)) {
-        /* feed-forward IA3: (x ⊙ l)·Wᵀ + b */
-        for (int i = 0; i < T; i++)
-            for (int k = 0; k < in; k++) xs[(size_t)i * in + k] = x[(size_t)i * in + k] * iv[k];
-        return kern_matmul(y, ldy, xs, T, W, bias, beta, scr, nt);
-    }
+    (void)xs;
     const bool dora = mod && mod->mag;
-    if (!dora && !iv) {
+    if (!dora) {
         int rc = kern_matmul(y, ldy, x, T, W, bias, beta, scr, nt);
         if (!rc && mod) lora_fwd(mod, x, in, T, mask, p_drop, xd, xa, y, ldy, nt);
         return rc;
     }
-    /* DoRA: z = x·Wᵀ + s·(x·Aᵀ)·Bᵀ, y = c ⊙ z + b; output IA3: z = x·Wᵀ + b, y = l ⊙ z */
-    int rc = kern_matmul(z, out, x, T, W, dora ? NULL : bias, 0.0f, scr, nt);
+    /* DoRA: z = x·Wᵀ + s·(x·Aᵀ)·Bᵀ, y = c ⊙ z + b */
+    int rc = kern_matmul(z, out, x, T, W, NULL, 0.0f, scr, nt);
     if (rc) return rc;
-    if (mod) lora_fwd(mod, x, in, T, NULL, 0.0f, NULL, xa, z, out, nt);
+    lora_fwd(mod, x, in, T, NULL, 0.0f, NULL, xa, z, out, nt);
     for (int i = 0; i < T; i++) {
         float *yr = y + (size_t)i * ldy;
         const float *zr = z + (size_t)i * out;
         for (int j = 0; j < out; j++) {
-            const float c = dora ? mod->mag[j] / mod->wnorm[j] : iv[j];
-            yr[j] = (beta != 0.0f ? beta * yr[j] : 0.0f) + c * zr[j] + (dora && bias ? bias[j] : 0.0f);
+            const float c = mod->mag[j] / mod->wnorm[j];
+            yr[j] = (beta != 0.0f ? beta * yr[j] : 0.0f) + c * zr[j] + (bias ? bias[j] : 0.0f);
         }
     }
     return 0;

@@ -26,11 +26,8 @@ typedef struct method_ops method_ops;   /* peft/method.h */
 typedef enum {
     METHOD_LORA = 0,
     METHOD_DORA,
-    METHOD_ADAPTER_PFEIFFER,
-    METHOD_ADAPTER_HOULSBY,
     METHOD_PROMPT,
     METHOD_PREFIX,
-    METHOD_IA3,
     METHOD_BITFIT,
     METHOD_FULL,
     METHOD_N,
@@ -72,15 +69,6 @@ typedef struct {
     float *mag, *gmag, *wnorm;
 } lora_module;
 
-typedef enum { BN_ACT_RELU = 0, BN_ACT_SWISH, BN_ACT_GELU_TANH, BN_ACT_TANH } bn_act;
-
-/* Bottleneck module: h ← h + up(f(down(h))) on a sublayer's output h (d). */
-typedef struct {
-    int layer, site;             /* site 0: attention output, 1: MLP output */
-    float *dw, *db, *uw, *ub;    /* down (b, d), (b); up (d, b), (d) */
-    float *gdw, *gdb, *guw, *gub;
-} bn_module;
-
 /* One tensor of the block. key "" means not saved in the final adapter
  * (prefix tuning's reparametrising MLP: only its output table is saved,
  * as HF PEFT does; checkpoints keep everything). */
@@ -98,18 +86,12 @@ typedef struct {
     peft_method method;
     /* LoRA / DoRA */
     lora_config lora;
-    /* bottleneck */
-    int reduction_factor;        /* 16 */
-    bn_act act;                  /* pfeiffer relu, houlsby swish */
-    bool bn_zero_up;             /* up-projection zero (near-identity), else N(0, 0.02) */
     /* prompt / prefix */
     int n_virtual;               /* num_virtual_tokens (20 prompt, 20 prefix) */
     int prompt_init;             /* 0 random, 1 sample vocabulary, 2 text */
     const char *prompt_init_text;
     bool prefix_projection;
     int prefix_hidden;           /* encoder_hidden_size */
-    /* IA3: target bits and the feed-forward subset (input scaling) */
-    uint32_t ia3_targets, ia3_ff;
     /* classification head: n_labels > 0 adds score (n_labels, d) */
     int n_labels;
     uint64_t seed;
@@ -138,14 +120,6 @@ typedef struct adapter {
     int sig_d, sig_kvd, sig_ff, sig_vocab;   /* the model it was made for (adapter_fits) */
     int n_tensors, cap_tensors;
     adapter_tensor *tensors;
-    /* IA3: per slot a vector, (out) scaling the output or (in) scaling the
-     * input (ia3_ff bits); NULL where not targeted */
-    float **ia3, **gia3;
-    /* bottleneck: per layer × 2 sites, NULL where absent; bn_size = b */
-    bn_module *bn_mods;
-    int n_bn;
-    bn_module **bn;
-    int bn_size;
     float *dora_norms;                /* all modules' wnorm, one buffer */
     /* prompt tuning: (n_virtual, d); prefix tuning: table (n_virtual,
      * n_layer·2·kvd) — layer l's keys at columns [2l·kvd, (2l+1)·kvd), its
@@ -234,9 +208,7 @@ int adapter_prefix_rows(const adapter *a);
 void adapter_kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng);
 int adapter_head_add(adapter *a, const peft_model *m, int n_labels, peft_err *err);
 void adapter_head_wire(adapter *a, const peft_model *m, int idx, uint64_t seed);
-void adapter_wire_bn(adapter *a, const peft_model *m, const int *idx);
 void adapter_wire_prompt(adapter *a, int first_tensor);
-void adapter_ia3_defaults(const peft_model *m, uint32_t *targets, uint32_t *ff);
 int adapter_layer_prefix(const peft_model *m, int l, char *buf, size_t cap);
 int adapter_norm_name(const peft_model *m, int l, int which, const char *field, char *buf, size_t cap);
 
@@ -252,9 +224,5 @@ int adapter_write_folder(const adapter *a, const char *dir, const char *config_j
 /* Fills every saved registry tensor from st (shapes checked; a tensor of st
  * the registry does not know is an error). */
 int adapter_read_tensors(adapter *a, const st_archive *st, const char *st_path, peft_err *err);
-int bn_act_parse(const char *s, bn_act *out);
-/* f(z) and f'(z) of a bottleneck activation (gelu_new: the tanh form). */
-float bn_act_apply(bn_act k, float z);
-float bn_act_grad(bn_act k, float z);
 
 #endif

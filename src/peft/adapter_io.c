@@ -1,13 +1,11 @@
 /* adapter_io.c — saving and loading adapters of every method.
  *
  *   LORA (+ use_dora)        lora_io.c (HF PEFT LoraConfig)
- *   IA3                      HF PEFT IA3Config; <module>.ia3_l, (out, 1) or (1, in) for
- *                            feed-forward modules
+ *   plug-in methods          their table (method.h): IA3, VeRA, BOTTLENECK, ... (src/peft/methods/)
  *   PROMPT_TUNING            HF PEFT; prompt_embeddings (P, d)
  *   PREFIX_TUNING            HF PEFT; prompt_embeddings (P, n_layer·2·kv_dim): the
  *                            table itself, also when trained with prefix_projection
  *                            (HF PEFT saves the projected table too)
- *   BOTTLENECK               peft.c: <layer>.{attention,output}_adapter.adapter_{down,up}.{weight,bias}
  *   BITFIT                   peft.c: base_model.model.<HF parameter>.bias
  *   full fine-tuning         an HF model folder (model.safetensors, config.json, tokenizer)
  * Any method may carry a classification head, base_model.model.score.weight
@@ -136,41 +134,12 @@ static bool add_layers(cJSON *o, const adapter *a) {
     return ok;
 }
 
-static const char *act_name(bn_act k) {
-    return k == BN_ACT_RELU ? "relu" : k == BN_ACT_SWISH ? "swish" : k == BN_ACT_GELU_TANH ? "gelu_new" : "tanh";
-}
-
-int bn_act_parse(const char *s, bn_act *out) {
-    if (!strcmp(s, "relu")) *out = BN_ACT_RELU;
-    else if (!strcmp(s, "swish") || !strcmp(s, "silu")) *out = BN_ACT_SWISH;
-    else if (!strcmp(s, "gelu_new") || !strcmp(s, "gelu")) *out = BN_ACT_GELU_TANH;
-    else if (!strcmp(s, "tanh")) *out = BN_ACT_TANH;
-    else return PEFT_ERR_INVALID;
-    return 0;
-}
-
 static char *method_config_json(const adapter *a, const peft_model *m) {
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
     const model_config *c = &m->cfg;
     bool ok = true;
     switch (a->method) {
-    case METHOD_IA3: {
-        ok &= add_common(o, a, m, "IA3");
-        const char *names[ROLE_N_LINEAR];
-        cJSON *tm = cJSON_AddArrayToObject(o, "target_modules");
-        int nn = lora_target_names(m, a->mc.ia3_targets, names, ROLE_N_LINEAR);
-        ok &= tm != NULL;
-        for (int i = 0; i < nn && tm; i++) ok &= cJSON_AddItemToArray(tm, cJSON_CreateString(names[i]));
-        cJSON *ff = cJSON_AddArrayToObject(o, "feedforward_modules");
-        nn = lora_target_names(m, a->mc.ia3_ff, names, ROLE_N_LINEAR);
-        ok &= ff != NULL;
-        for (int i = 0; i < nn && ff; i++) ok &= cJSON_AddItemToArray(ff, cJSON_CreateString(names[i]));
-        ok &= cJSON_AddBoolToObject(o, "fan_in_fan_out", c->arch == PEFT_ARCH_GPT2) != NULL;
-        ok &= cJSON_AddBoolToObject(o, "init_ia3_weights", true) != NULL;
-        ok &= add_layers(o, a);
-        break;
-    }
     case METHOD_PROMPT:
     case METHOD_PREFIX: {
         const bool prompt = a->method == METHOD_PROMPT;
@@ -194,20 +163,6 @@ static char *method_config_json(const adapter *a, const peft_model *m) {
                                           a->mc.prefix_hidden > 0 ? a->mc.prefix_hidden : c->n_kv_head * c->head_dim) != NULL;
             ok &= cJSON_AddBoolToObject(o, "prefix_projection", a->mc.prefix_projection) != NULL;
         }
-        break;
-    }
-    case METHOD_ADAPTER_PFEIFFER:
-    case METHOD_ADAPTER_HOULSBY: {
-        const bool h = a->method == METHOD_ADAPTER_HOULSBY;
-        ok &= add_common(o, a, m, "BOTTLENECK");
-        ok &= cJSON_AddStringToObject(o, "config_name", h ? "double_seq_bn" : "seq_bn") != NULL;
-        ok &= cJSON_AddBoolToObject(o, "mh_adapter", h) != NULL;
-        ok &= cJSON_AddBoolToObject(o, "output_adapter", true) != NULL;
-        ok &= cJSON_AddNumberToObject(o, "reduction_factor", a->mc.reduction_factor) != NULL;
-        ok &= cJSON_AddNumberToObject(o, "bottleneck_size", a->bn_size) != NULL;
-        ok &= cJSON_AddStringToObject(o, "non_linearity", act_name(a->mc.act)) != NULL;
-        ok &= cJSON_AddStringToObject(o, "init_weights", a->mc.bn_zero_up ? "zero_up" : "bert") != NULL;
-        ok &= add_layers(o, a);
         break;
     }
     case METHOD_BITFIT: {
@@ -521,12 +476,6 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
         mc.method = METHOD_PLUGIN;
         mc.ops = plug;
         if (plug->config_read && (rc = plug->config_read(o, cfg_path, m, &mc, err))) goto done;
-    } else if (!strcmp(t, "IA3")) {
-        mc.method = METHOD_IA3;
-        if ((rc = adapter_json_targets(m, cJSON_GetObjectItemCaseSensitive(o, "target_modules"), &mc.ia3_targets, cfg_path, err)) ||
-            (rc = adapter_json_targets(m, cJSON_GetObjectItemCaseSensitive(o, "feedforward_modules"), &mc.ia3_ff, cfg_path, err)))
-            goto done;
-        if (!mc.ia3_targets) adapter_ia3_defaults(m, &mc.ia3_targets, &mc.ia3_ff);
     } else if (!strcmp(t, "PROMPT_TUNING") || !strcmp(t, "PREFIX_TUNING")) {
         mc.method = t[1] == 'R' && t[2] == 'O' ? METHOD_PROMPT : METHOD_PREFIX;
         if ((rc = peft_json_get_int(o, "num_virtual_tokens", 0, false, 1, PEFT_MAX_VIRTUAL_TOKENS, &mc.n_virtual,
@@ -546,32 +495,14 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
             rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: num_transformer_submodules != 1 (encoder-decoder) is not supported", cfg_path);
             goto done;
         }
-    } else if (!strcmp(t, "BOTTLENECK")) {
-        const cJSON *cn = cJSON_GetObjectItemCaseSensitive(o, "config_name");
-        mc.method = cJSON_IsString(cn) && !strcmp(cn->valuestring, "double_seq_bn") ? METHOD_ADAPTER_HOULSBY : METHOD_ADAPTER_PFEIFFER;
-        if ((rc = peft_json_get_int(o, "reduction_factor", 16, false, 1, m->cfg.d_model, &mc.reduction_factor,
-                                    cfg_path, err)))
-            goto done;
-        const cJSON *nl = cJSON_GetObjectItemCaseSensitive(o, "non_linearity");
-        mc.act = mc.method == METHOD_ADAPTER_HOULSBY ? BN_ACT_SWISH : BN_ACT_RELU;
-        if (cJSON_IsString(nl) && bn_act_parse(nl->valuestring, &mc.act)) {
-            rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: non_linearity \"%s\" (expected relu, swish, gelu_new, tanh)",
-                           cfg_path, nl->valuestring);
-            goto done;
-        }
-        int b;
-        if ((rc = peft_json_get_int(o, "bottleneck_size", 0, false, 0, m->cfg.d_model, &b, cfg_path, err))) goto done;
-        if (b > 0 && m->cfg.d_model / mc.reduction_factor != b) {
-            rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: bottleneck_size %d does not match hidden %d / reduction_factor %d",
-                           cfg_path, b, m->cfg.d_model, mc.reduction_factor);
-            goto done;
-        }
-        mc.bn_zero_up = true;
     } else if (!strcmp(t, "BITFIT")) {
         mc.method = METHOD_BITFIT;
     } else {
-        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: peft_type %s is not supported (LORA, IA3, PROMPT_TUNING, "
-                                                  "PREFIX_TUNING, BOTTLENECK, BITFIT load)", cfg_path, t);
+        char known[512];
+        size_t kl = (size_t)snprintf(known, sizeof known, "LORA, PROMPT_TUNING, PREFIX_TUNING, BITFIT");
+        for (const method_ops *const *p = method_registry(); *p && kl < sizeof known; p++)
+            kl += (size_t)snprintf(known + kl, sizeof known - kl, ", %s", (*p)->peft_type);
+        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: peft_type %s is not supported (%s load)", cfg_path, t, known);
         goto done;
     }
     /* An int or a list of ints (PeftConfig); each must be a layer of m, and

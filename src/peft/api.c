@@ -90,13 +90,16 @@ peft_adapter *peft_adapter_new_method(peft_model *m, const peft_method_params *p
     if (p->lora.targets && (mc.method == METHOD_LORA || mc.method == METHOD_DORA || plug) &&
         lora_parse_targets(m, p->lora.targets, &mc.lora.targets, err))
         return NULL;
-    mc.reduction_factor = p->reduction_factor;
-    mc.act = mc.method == METHOD_ADAPTER_HOULSBY ? BN_ACT_SWISH : BN_ACT_RELU;
-    if (p->non_linearity && bn_act_parse(p->non_linearity, &mc.act)) {
-        peft_fail(err, PEFT_ERR_INVALID, "unknown non_linearity \"%s\" (relu, swish, gelu_new, tanh)", p->non_linearity);
+    /* the struct's per-method fields, as options of the methods that have them */
+    char num[32];
+    snprintf(num, sizeof num, "%d", p->reduction_factor);
+    if (plug && ((p->reduction_factor > 0 && method_has_option(plug, "reduction_factor") &&
+                  method_option_add(&mc, "reduction_factor", num, err)) ||
+                 (p->non_linearity && method_has_option(plug, "non_linearity") &&
+                  method_option_add(&mc, "non_linearity", p->non_linearity, err)) ||
+                 (p->bert_init && method_has_option(plug, "adapter_init") &&
+                  method_option_add(&mc, "adapter_init", "bert", err))))
         return NULL;
-    }
-    mc.bn_zero_up = !p->bert_init;
     mc.n_virtual = p->num_virtual_tokens;
     if (p->prompt_init && strcmp(p->prompt_init, "random")) {
         if (!strcmp(p->prompt_init, "sample-vocab")) mc.prompt_init = 1;
@@ -104,18 +107,10 @@ peft_adapter *peft_adapter_new_method(peft_model *m, const peft_method_params *p
     }
     mc.prefix_projection = p->prefix_projection != 0;
     mc.prefix_hidden = p->encoder_hidden_size;
-    if (mc.method == METHOD_IA3) {
-        uint32_t dt, dff;
-        adapter_ia3_defaults(m, &dt, &dff);
-        mc.ia3_targets = dt;
-        if (p->ia3_targets && lora_parse_targets(m, p->ia3_targets, &mc.ia3_targets, err)) return NULL;
-        mc.ia3_ff = dff & mc.ia3_targets;
-        if (p->ia3_feedforward && lora_parse_targets(m, p->ia3_feedforward, &mc.ia3_ff, err)) return NULL;
-    }
-    if (mc.method == METHOD_IA3 && (mc.ia3_ff & ~mc.ia3_targets)) {
-        peft_fail(err, PEFT_ERR_INVALID, "IA3: feed-forward modules must be among the targets");
-        return NULL;
-    }
+    /* the older per-method fields: ia3_targets is a target list, ia3_feedforward
+     * the option "feedforward" */
+    if (plug && p->ia3_targets && lora_parse_targets(m, p->ia3_targets, &mc.lora.targets, err)) return NULL;
+    if (plug && p->ia3_feedforward && method_option_add(&mc, "feedforward", p->ia3_feedforward, err)) return NULL;
     if (p->num_labels == 1 || p->num_labels < 0) {
         peft_fail(err, PEFT_ERR_INVALID, "num_labels must be 0 (no head) or at least 2, got %d", p->num_labels);
         return NULL;

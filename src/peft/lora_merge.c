@@ -44,21 +44,19 @@ static void add_delta_col(float *row, const lora_module *md, int64_t i) {
     }
 }
 
-/* What merging changes in one linear: a LoRA/DoRA module and/or an IA3
- * vector (output scale, or input scale for feed-forward modules). */
+/* What merging changes in one linear: a LoRA/DoRA module, or a plug-in
+ * method's merge_row / merge_bias. */
 typedef struct {
     int layer;
     model_linear_role role;
     const lora_module *md;
-    const float *ia3;
-    bool ff;
     const adapter *plug;   /* a plug-in method: its merge_row / merge_bias */
 } merge_op;
 
 /* The merged row of a non-transposed weight (output row o) or a
  * transposed one (stored row q = input q), from the base row:
  *   LoRA  W + s·B·A;  DoRA  (m / ||W + s·B·A||) ⊙ (W + s·B·A) per output row;
- *   IA3   l ⊙ W per output row, or W ⊙ l per input column (feed-forward). */
+ *   a plug-in method: its merge_row. */
 static void merge_row(float *row, const merge_op *op, int64_t q, bool transposed, int64_t n_cols) {
     if (op->plug) {
         op->plug->ops->merge_row(op->plug, op->layer, op->role, row, q, transposed, n_cols);
@@ -74,12 +72,6 @@ static void merge_row(float *row, const merge_op *op, int64_t q, bool transposed
             else
                 for (int64_t i = 0; i < n_cols; i++) row[i] *= md->mag[q] / md->wnorm[q];
         }
-    }
-    if (op->ia3) {
-        if (op->ff == transposed) /* one factor for the whole row */
-            for (int64_t i = 0; i < n_cols; i++) row[i] *= op->ia3[q];
-        else
-            for (int64_t i = 0; i < n_cols; i++) row[i] *= op->ia3[i];
     }
 }
 
@@ -137,36 +129,31 @@ static merge_op *collect_ops(const adapter *a, const peft_model *m, int *n_ops, 
     int n = 0;
     for (int s = 0; ops && s < ns; s++) {
         const lora_module *md = a->slot ? a->slot[s] : NULL;
-        const float *iv = a->ia3 ? a->ia3[s] : NULL;
         const bool plug = a->ops && a->ops->merge_touches &&
                           a->ops->merge_touches(a, s / ROLE_N_LINEAR, (model_linear_role)(s % ROLE_N_LINEAR));
         if (plug) ops[n].plug = a;
-        if (!md && !iv && !plug) continue;
+        if (!md && !plug) continue;
         ops[n].layer = s / ROLE_N_LINEAR;
         ops[n].role = (model_linear_role)(s % ROLE_N_LINEAR);
         ops[n].md = md;
-        ops[n].ia3 = iv;
-        ops[n].ff = iv && ((a->mc.ia3_ff >> (s % ROLE_N_LINEAR)) & 1u);
         n++;
     }
     *n_ops = n;
     return ops;
 }
 
-/* IA3's output scale also scales the bias (it applies after it). */
-static bool scales_bias(const merge_op *op) { return (op->ia3 && !op->ff) || (op->plug && op->plug->ops->merge_bias); }
+/* A plug-in method may change the bias too (IA3's output scale applies after it). */
+static bool scales_bias(const merge_op *op) { return op->plug && op->plug->ops->merge_bias; }
 
 /* The merged bias from the base's (n values). */
 static void merged_bias(const merge_op *op, float *b, int64_t n) {
-    if (op->plug) op->plug->ops->merge_bias(op->plug, op->layer, op->role, b, (int)n);
-    else
-        for (int64_t j = 0; j < n; j++) b[j] *= op->ia3[j];
+    op->plug->ops->merge_bias(op->plug, op->layer, op->role, b, (int)n);
 }
 
 static int check_fit(const adapter *a, const peft_model *m, const char *out_path, peft_err *err) {
     if (a->ops ? !a->ops->merge_row : !method_mergeable(a->method))
         return peft_fail(err, PEFT_ERR_UNSUPPORTED,
-                         "%s: a %s adapter cannot be merged into the base (merging works for lora, dora and ia3); use "
+                         "%s: a %s adapter cannot be merged into the base (merging works for lora, dora, ia3, vera); use "
                          "it with --adapter instead", out_path, adapter_method_name(a));
     if (a->score)
         return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: the adapter has a classification head, which a merged causal-LM "
@@ -203,7 +190,7 @@ static int merge_hf(const adapter *a, const peft_model *m, const char *out_dir, 
     char *st_path = peft_path_join(out_dir, "model.safetensors", err);
     if (!t || !bufs || !by_tensor || !bias_of || !ops || !st_path) { rc = PEFT_ERR_NOMEM; goto done; }
     /* Which stored tensor each op changes (GPT-2 files may lack the
-     * "transformer." prefix), and the biases IA3 scales. */
+     * "transformer." prefix), and the biases a method scales. */
     for (int i = 0; i < n_ops; i++) {
         const merge_op *op = &ops[i];
         char path[256], name[300];

@@ -70,6 +70,10 @@ hook_kind method_lin_kind(const adapter *a, int l, model_linear_role r) {
     return a->ops->lin_kind(a, l, r);
 }
 
+bool method_sub_hooked(const adapter *a, int l, int site) {
+    return a && a->ops && a->ops->sub_hooked && a->ops->sub_hooked(a, l, site);
+}
+
 /* ---- options ---------------------------------------------------------------- */
 
 const char *method_option_get(const method_config *mc, const char *key, char *buf, size_t cap) {
@@ -87,6 +91,23 @@ const char *method_option_get(const method_config *mc, const char *key, char *bu
         p += n + (end ? 1 : 0);
     }
     return NULL;
+}
+
+bool method_has_option(const method_ops *ops, const char *key) {
+    for (const method_option *o = ops ? ops->options : NULL; o && o->name; o++) {
+        size_t i = 0;
+        while (key[i] && o->name[i] && (key[i] == o->name[i] || (key[i] == '_' && o->name[i] == '-'))) i++;
+        if (!key[i] && !o->name[i]) return true;
+    }
+    return false;
+}
+
+int method_option_add(method_config *mc, const char *key, const char *value, peft_err *err) {
+    const size_t used = strlen(mc->options);
+    if (strchr(value, ';') || snprintf(mc->options + used, sizeof mc->options - used, "%s%s=%s", used ? ";" : "", key,
+                                       value) >= (int)(sizeof mc->options - used))
+        return peft_fail(err, PEFT_ERR_INVALID, "%s: option %s is too long or holds ';'", mc->ops ? mc->ops->name : "method", key);
+    return 0;
 }
 
 int method_option_float(const method_config *mc, const char *key, double lo, double hi, double *out, peft_err *err) {

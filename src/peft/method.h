@@ -12,6 +12,9 @@
  *                      base product and its input gradient) or replaces the
  *                      linear (HOOK_REPLACE: the method computes y and every
  *                      gradient, base product included);
+ *   sub-layer output   the method transforms a sub-layer's output h before the
+ *   (l, site)          residual add: y += g(h) (site 0 attention, 1 MLP;
+ *                      bottleneck adapters: g(h) = h + up(f(down(h))));
  * State a method keeps lives behind adapter.priv; its trainable tensors are
  * registered in the adapter's registry (adapter_add_tensor) so the optimizer,
  * checkpoints, saving and gradient checks see them without knowing the
@@ -47,6 +50,18 @@ typedef struct {
     int nt;
 } lin_call;
 
+/* One call of a hooked sub-layer output: h (N, d) is the sub-layer's output
+ * (its output projection applied), y (N, d) the residual stream, y += g(h). */
+typedef struct {
+    const peft_model *m;
+    int l, site, N, d;
+    const float *h;
+    float *y;
+    void *act;              /* sub_act_bytes bytes kept from forward to backward */
+    float *scr;             /* the method's scratch (scratch_floats) */
+    int nt;
+} sub_call;
+
 /* A command-line option of a method: --name VALUE (or a flag when metavar
  * is NULL). The CLI collects them as "name=value" into
  * method_config.options; the method reads them in `configure`. */
@@ -66,6 +81,9 @@ struct method_ops {
      * apply: bits of METHOD_USES_*. */
     unsigned uses;
 
+    /* Checks mc's options before anything is loaded (the CLI's usage errors);
+     * what needs the model is checked by create. */
+    int (*check)(const method_config *mc, peft_err *err);
     /* Fills a's method state from mc (defaults, mc->options), checks it
      * and registers every tensor and buffer (adapter_add_tensor /
      * adapter_add_buffer). The registry is allocated after it returns. */
@@ -91,6 +109,13 @@ struct method_ops {
      * dx += d delta / dx; HOOK_REPLACE: everything, dx included. dx (N, in)
      * may be NULL (parameter gradients only). */
     int (*lin_bwd)(adapter *a, const lin_call *c, const float *dy, int lddy, float *dx);
+    /* sub-layer output hooks */
+    bool (*sub_hooked)(const adapter *a, int l, int site);
+    size_t (*sub_act_bytes)(const adapter *a, int l, int site, int N);
+    int (*sub_fwd)(const adapter *a, const sub_call *c);
+    /* from dy (N, d), the gradient of y: parameter gradients and dh (N, d),
+     * the gradient of h (overwritten). */
+    int (*sub_bwd)(adapter *a, const sub_call *c, const float *dy, float *dh);
     /* The lowest layer with a hook (the backward stops there). */
     int (*lowest_layer)(const adapter *a, const peft_model *m);
 
@@ -131,6 +156,7 @@ int method_adapter_new(const peft_model *m, const method_config *mc, bool fresh,
 
 /* The hooked linear (l, r) of a plug-in adapter: hook_kind and the call. */
 hook_kind method_lin_kind(const adapter *a, int l, model_linear_role r);
+bool method_sub_hooked(const adapter *a, int l, int site);
 
 /* ---- helpers for method files -------------------------------------------- */
 
@@ -139,6 +165,10 @@ const char *method_option_get(const method_config *mc, const char *key, char *bu
 /* The option as a number in [lo, hi] (*out unchanged when absent). */
 int method_option_float(const method_config *mc, const char *key, double lo, double hi, double *out, peft_err *err);
 int method_option_bool(const method_config *mc, const char *key, bool *out, peft_err *err);
+/* Whether the method has option key (its CLI name with '-' for '_'). */
+bool method_has_option(const method_ops *ops, const char *key);
+/* Appends key=value to mc->options. */
+int method_option_add(method_config *mc, const char *key, const char *value, peft_err *err);
 
 /* The linears a LoRA-like method targets in m from mc->lora (targets,
  * layers): slot (l * ROLE_N_LINEAR + r) is true where targeted. Fails

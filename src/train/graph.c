@@ -6,10 +6,10 @@
  *   xin (N,d)  norm1 stats  h1 (N,d)  qkv (N,qd+2kvd, q and k after RoPE)
  *   probs (B·n_head·T·(P+T), P prefix rows)  att (N,qd)  xmid (N,d)
  *   norm2 stats  h2 (N,d)  g, u, a (N,ff)  [GPT-2: g = pre-GELU, a = post-GELU]
- *   per LoRA module: xa (N,r), with dropout its mask (N,in); per DoRA or
- *   output-scaling IA3 module: z (N,out), the linear's output before the
- *   per-column scale; per bottleneck module: its input h (N,d), zpre and
- *   f(zpre) (N,b).
+ *   per LoRA module: xa (N,r), with dropout its mask (N,in); per DoRA
+ *   module: z (N,out), the linear's output before the per-column scale; per
+ *   bottleneck module: its input h (N,d), zpre and f(zpre) (N,b); per linear
+ *   hooked by a plug-in method (method.h) what its lin_act_bytes asks for.
  * The backward walks the layers in reverse with shared gradient buffers.
  * The causal-LM loss is computed in chunks of rows (logits for a chunk
  * only), fused with its backward; the classification loss pools the last
@@ -32,10 +32,6 @@ typedef struct {
     uint8_t *mask;      /* (N, in) or NULL */
 } mod_acts;
 
-typedef struct {
-    float *h, *zpre, *za;   /* (N, d), (N, b), (N, b) */
-} bn_acts;
-
 struct train_graph {
     peft_model *m;
     adapter *ad;
@@ -50,11 +46,10 @@ struct train_graph {
     int d, qd, kvd, ldq, ff, V, max_in, max_out;
     layer_acts *L;
     mod_acts *M;        /* per LoRA module */
-    float **Z;          /* per slot: z of DoRA / output IA3, or NULL */
-    bn_acts *BN;        /* per layer × 2 sites */
+    float **Z;          /* per slot: z of DoRA, or NULL */
     float *xfin, *meanf, *rstdf, *hf;
     /* backward buffers */
-    float *dx, *dxmid, *dh, *dqkv, *datt, *dg, *du, *da, *dtmp, *dxa, *xd, *dhf, *dbn, *dbz;
+    float *dx, *dxmid, *dh, *dqkv, *datt, *dg, *du, *da, *dtmp, *dxa, *xd, *dhf, *dbn;
     float *logits;      /* (LOSS_CHUNK, V) */
     float *cls;         /* (B, n_labels) logits of the last classification pass */
     float *kvbuf;       /* prefix: k, v, dk, dv of one sequence, 4 × (PX + T) × kvd */
@@ -67,6 +62,8 @@ struct train_graph {
     /* plug-in methods: per slot the hook's kept activations, and the
      * method's scratch */
     void **HA;
+    float **SH;         /* per layer × 2 sites: a hooked sub-layer's output h (N, d) */
+    void **SA;          /* and the method's kept activations */
     unsigned char *hook_arena;
     float *hook_scr;
     uint64_t drop_seed;
@@ -91,8 +88,9 @@ void tg_free(train_graph *g) {
     free(g->L);
     free(g->M);
     free(g->Z);
-    free(g->BN);
     free(g->HA);
+    free(g->SH);
+    free(g->SA);
     free(g->hook_arena);
     free(g->hook_scr);
     free(g);
@@ -103,27 +101,37 @@ void tg_free(train_graph *g) {
 static int hook_alloc(train_graph *g, peft_err *err) {
     const adapter *a = g->ad;
     if (!a || !a->ops) return 0;
-    const int ns = g->m->cfg.n_layer * ROLE_N_LINEAR;
+    const int ns = g->m->cfg.n_layer * ROLE_N_LINEAR, nsub = g->m->cfg.n_layer * 2;
     g->HA = peft_calloc((size_t)ns + 1, sizeof *g->HA, err);
-    if (!g->HA) return PEFT_ERR_NOMEM;
+    g->SH = peft_calloc((size_t)nsub + 1, sizeof *g->SH, err);
+    g->SA = peft_calloc((size_t)nsub + 1, sizeof *g->SA, err);
+    if (!g->HA || !g->SH || !g->SA) return PEFT_ERR_NOMEM;
+#define ALIGN64(n) (((n) + 63) & ~(size_t)63)
+    /* sized in the first pass, placed in the second */
     size_t total = 0;
-    for (int s = 0; s < ns; s++) {
-        const model_linear_role r = (model_linear_role)(s % ROLE_N_LINEAR);
-        if (method_lin_kind(a, s / ROLE_N_LINEAR, r) == HOOK_NONE || !a->ops->lin_act_bytes) continue;
-        total += (a->ops->lin_act_bytes(a, s / ROLE_N_LINEAR, r, g->N) + 63) & ~(size_t)63;
-    }
-    if (total) {
+    for (int pass = 0; pass < 2; pass++) {
+        size_t off = 0;
+        for (int s = 0; s < ns; s++) {
+            const int l = s / ROLE_N_LINEAR;
+            const model_linear_role r = (model_linear_role)(s % ROLE_N_LINEAR);
+            if (method_lin_kind(a, l, r) == HOOK_NONE || !a->ops->lin_act_bytes) continue;
+            if (pass) g->HA[s] = g->hook_arena + off;
+            off += ALIGN64(a->ops->lin_act_bytes(a, l, r, g->N));
+        }
+        for (int k = 0; k < nsub; k++) {
+            if (!method_sub_hooked(a, k / 2, k % 2)) continue;
+            if (pass) g->SH[k] = (float *)(g->hook_arena + off);
+            off += ALIGN64((size_t)g->N * g->d * sizeof(float));
+            if (pass) g->SA[k] = g->hook_arena + off;
+            off += ALIGN64(a->ops->sub_act_bytes ? a->ops->sub_act_bytes(a, k / 2, k % 2, g->N) : 0);
+        }
+        if (pass || !off) break;
+        total = off;
         g->hook_arena = aligned_alloc(64, total);
         if (!g->hook_arena) return peft_fail(err, PEFT_ERR_NOMEM, "out of memory for %s activations (%.1f MiB)",
                                              a->ops->name, total / 1048576.0);
-        size_t off = 0;
-        for (int s = 0; s < ns; s++) {
-            const model_linear_role r = (model_linear_role)(s % ROLE_N_LINEAR);
-            if (method_lin_kind(a, s / ROLE_N_LINEAR, r) == HOOK_NONE || !a->ops->lin_act_bytes) continue;
-            g->HA[s] = g->hook_arena + off;
-            off += (a->ops->lin_act_bytes(a, s / ROLE_N_LINEAR, r, g->N) + 63) & ~(size_t)63;
-        }
     }
+#undef ALIGN64
     const size_t sf = a->ops->scratch_floats ? a->ops->scratch_floats(a, g->m, g->N) : 0;
     g->hook_scr = peft_malloc((sf ? sf : 1) * sizeof(float), err);
     return g->hook_scr ? 0 : PEFT_ERR_NOMEM;
@@ -157,7 +165,6 @@ static lin_call hook_call(const train_graph *g, int l, model_linear_role r, cons
 
 static bool z_slot(const adapter *a, int s) {
     if (!a) return false;
-    if (a->ia3 && a->ia3[s] && !(a->mc.ia3_ff & (1u << (s % ROLE_N_LINEAR)))) return true;
     return a->cfg.dora && a->slot && a->slot[s];
 }
 
@@ -166,7 +173,6 @@ static size_t layout(train_graph *g, int r, float *base) {
     const model_config *c = &g->m->cfg;
     const adapter *a = g->ad;
     const size_t N = (size_t)g->N, d = (size_t)g->d, ff = (size_t)g->ff, B = (size_t)g->B, T = (size_t)g->T;
-    const size_t bnb = a && a->n_bn ? (size_t)a->bn_size : 0;
     const bool gpt2 = c->arch == PEFT_ARCH_GPT2;
     size_t used = 0;
 #define TAKE(n) (used += (n), base ? base + used - (n) : NULL)
@@ -186,14 +192,6 @@ static size_t layout(train_graph *g, int r, float *base) {
         L->g = TAKE(N * ff);
         L->a = TAKE(N * ff);
         L->u = gpt2 ? NULL : TAKE(N * ff);
-        for (int site = 0; site < 2; site++) {
-            bn_acts *ba = &g->BN[l * 2 + site];
-            if (a && a->bn && a->bn[l * 2 + site]) {
-                ba->h = TAKE(N * d);
-                ba->zpre = TAKE(N * bnb);
-                ba->za = TAKE(N * bnb);
-            }
-        }
         for (int rr = 0; rr < ROLE_N_LINEAR; rr++)
             if (z_slot(a, l * ROLE_N_LINEAR + rr))
                 g->Z[l * ROLE_N_LINEAR + rr] = TAKE(N * (size_t)g->m->layers[l].lin[rr].w.rows);
@@ -208,7 +206,6 @@ static size_t layout(train_graph *g, int r, float *base) {
     g->dh = TAKE(N * d);
     g->dhf = TAKE(N * d);
     g->dbn = TAKE(N * d);
-    g->dbz = TAKE(N * (bnb ? bnb : 1));
     g->dqkv = TAKE(N * g->ldq);
     g->datt = TAKE(N * g->qd);
     g->dg = TAKE(N * ff);
@@ -268,10 +265,6 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
         g->lowest = PEFT_MIN(g->lowest, a->mods[i].layer);
     }
     if (a) {
-        for (int l = 0; l < c->n_layer; l++)
-            for (int rr = 0; rr < ROLE_N_LINEAR; rr++)
-                if (a->ia3 && a->ia3[l * ROLE_N_LINEAR + rr]) g->lowest = PEFT_MIN(g->lowest, l);
-        for (int i = 0; i < a->n_bn; i++) g->lowest = PEFT_MIN(g->lowest, a->bn_mods[i].layer);
         if (a->method == METHOD_PREFIX) g->lowest = 0;
         if (a->ops && a->ops->lowest_layer) g->lowest = PEFT_MIN(g->lowest, a->ops->lowest_layer(a, m));
         if (a->method == METHOD_PROMPT || a->method == METHOD_FULL || a->method == METHOD_BITFIT) {
@@ -285,8 +278,7 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
     g->L = peft_calloc((size_t)c->n_layer, sizeof *g->L, err);
     g->M = peft_calloc((size_t)(a ? a->n_modules : 0) + 1, sizeof *g->M, err);
     g->Z = peft_calloc((size_t)c->n_layer * ROLE_N_LINEAR + 1, sizeof *g->Z, err);
-    g->BN = peft_calloc((size_t)c->n_layer * 2 + 1, sizeof *g->BN, err);
-    if (!g->L || !g->M || !g->Z || !g->BN) { tg_free(g); return PEFT_ERR_NOMEM; }
+    if (!g->L || !g->M || !g->Z) { tg_free(g); return PEFT_ERR_NOMEM; }
     size_t total = layout(g, r, NULL);
     g->arena_floats = total;
     g->arena = peft_malloc(total * sizeof(float), err);
@@ -328,18 +320,10 @@ static const lora_module *module_at(const train_graph *g, int l, model_linear_ro
     return g->ad && g->ad->slot ? g->ad->slot[l * ROLE_N_LINEAR + r] : NULL;
 }
 
-static const float *ia3_at(const train_graph *g, int l, model_linear_role r, bool *ff) {
-    const adapter *a = g->ad;
-    if (!a || !a->ia3 || !a->ia3[l * ROLE_N_LINEAR + r]) return NULL;
-    *ff = (a->mc.ia3_ff >> r) & 1u;
-    return a->ia3[l * ROLE_N_LINEAR + r];
-}
-
 /* y (N, out) = beta·y + linear(x), with every method that hooks the linear:
  *   LoRA:  + s·(drop(x)·Aᵀ)·Bᵀ
  *   DoRA:  z = x·Wᵀ + s·(x·Aᵀ)·Bᵀ;  y = beta·y + (m / ||W + s·B·A||) ⊙ z + b
- *   IA3:   output modules z = x·Wᵀ + b, y = beta·y + l ⊙ z;
- *          feed-forward modules y = beta·y + (x ⊙ l)·Wᵀ + b
+ *   a plug-in method (method.h): its lin_fwd (after the base product for HOOK_ADD)
  *   BitFit / full: the adapter's bias / weight copies. */
 static int lin_fwd(train_graph *g, int l, model_linear_role r, const float *x, float *y, int ldy, float beta) {
     const hook_kind hk = method_lin_kind(g->ad, l, r);
@@ -384,20 +368,17 @@ static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, 
     const kern_weight *W = adapter_weight(a, g->m, l, r);
     const int in = (int)W->cols, out = (int)W->rows, N = g->N, s = l * ROLE_N_LINEAR + r;
     const lora_module *mod = module_at(g, l, r);
-    bool ff = false;
-    const float *iv = ia3_at(g, l, r, &ff);
     const float *dyc = dy;
     const float *z = g->Z[s];
     if (z) {
-        /* dz = c ⊙ dy; gc = Σ dy ⊙ z (DoRA: / ||W + sBA||, the norm held constant) */
-        const bool dora = mod && mod->mag;
-        float *gc = dora ? mod->gmag : a->gia3[s];
+        /* DoRA: dz = c ⊙ dy; gm = Σ dy ⊙ z / ||W + sBA|| (the norm held constant) */
+        float *gc = mod->gmag;
         for (int i = 0; i < N; i++) {
             const float *dr = dy + (size_t)i * ldy, *zr = z + (size_t)i * out;
             float *o = g->dtmp + (size_t)i * out;
             for (int j = 0; j < out; j++) {
-                const float c = dora ? mod->mag[j] / mod->wnorm[j] : iv[j];
-                gc[j] += dr[j] * zr[j] * (dora ? 1.0f / mod->wnorm[j] : 1.0f);
+                const float c = mod->mag[j] / mod->wnorm[j];
+                gc[j] += dr[j] * zr[j] * (1.0f / mod->wnorm[j]);
                 o[j] = c * dr[j];
             }
         }
@@ -412,19 +393,6 @@ static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, 
         kern_gemm_rows(true, false, out, in, N, 1.0f, dyc, lddyc, x, in, 1.0f, a->gfw[s], in, g->nt);
     }
     int rc = 0;
-    if (iv && ff) {
-        /* t = dy·W; gl += Σ t ⊙ x; dx += t ⊙ l */
-        memset(g->xd, 0, (size_t)N * in * sizeof(float));
-        if ((rc = kern_matmul_dx(g->xd, dyc, lddyc, N, W, g->mm_scratch, g->nt))) return rc;
-        float *gl = a->gia3[s];
-        for (int i = 0; i < N; i++) {
-            const float *t = g->xd + (size_t)i * in, *xr = x + (size_t)i * in;
-            for (int k = 0; k < in; k++) gl[k] += t[k] * xr[k];
-            if (dx)
-                for (int k = 0; k < in; k++) dx[(size_t)i * in + k] += t[k] * iv[k];
-        }
-        return 0;
-    }
     if (dx && base_dx && (rc = kern_matmul_dx(dx, dyc, lddyc, N, W, g->mm_scratch, g->nt))) return rc;
     if (mod) {
         mod_acts *A = &g->M[mod_index(g, mod)];
@@ -436,14 +404,13 @@ static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, 
 /* ---- q, k, v as one product (bf16 compute) ---------------------------------------- */
 
 /* With bf16 packs shared by q, k and v (model_qkv_fused) and only additive
- * hooks on them (LoRA, biases: no DoRA/IA3 scaling, no trainable weight
+ * hooks on them (LoRA, biases, HOOK_ADD plug-ins: no DoRA or HOOK_REPLACE scaling, no trainable weight
  * copies), the three base products run as one over the concatenated
  * outputs: one pass over the input instead of three. */
 static bool qkv_one_product(const train_graph *g, int l) {
     if (!model_qkv_fused(g->m, l)) return false;
     for (int r = ROLE_Q; r <= ROLE_V; r++) {
-        bool ff;
-        if (g->Z[l * ROLE_N_LINEAR + r] || ia3_at(g, l, (model_linear_role)r, &ff) ||
+        if (g->Z[l * ROLE_N_LINEAR + r] ||
             method_lin_kind(g->ad, l, (model_linear_role)r) == HOOK_REPLACE ||
             adapter_weight(g->ad, g->m, l, (model_linear_role)r) != &g->m->layers[l].lin[r].w)
             return false;
@@ -498,60 +465,26 @@ static int qkv_bwd_one(train_graph *g, int l, const float *x, const float *dqkv,
     return rc;
 }
 
-/* ---- bottleneck adapters ---------------------------------------------------------- */
-
-/* y (N, d) += h + f(h·Wdᵀ + bd)·Wuᵀ + bu, keeping zpre and f(zpre). */
-static void bn_fwd(train_graph *g, const bn_module *bm, bn_acts *ba, float *y) {
-    const int N = g->N, d = g->d, b = g->ad->bn_size;
-    const bn_act k = g->ad->mc.act;
-    for (int i = 0; i < N; i++) memcpy(ba->zpre + (size_t)i * b, bm->db, (size_t)b * sizeof(float));
-    kern_gemm_rows(false, true, N, b, d, 1.0f, ba->h, d, bm->dw, d, 1.0f, ba->zpre, b, g->nt);
-    for (size_t i = 0; i < (size_t)N * b; i++) ba->za[i] = bn_act_apply(k, ba->zpre[i]);
-    for (int i = 0; i < N; i++)
-        for (int j = 0; j < d; j++) y[(size_t)i * d + j] += ba->h[(size_t)i * d + j] + bm->ub[j];
-    kern_gemm_rows(false, true, N, d, b, 1.0f, ba->za, b, bm->uw, b, 1.0f, y, d, g->nt);
-}
-
-/* From dy (N, d), the gradient of the module's output: parameter
- * gradients, and dh (N, d) = the gradient of its input h. */
-static void bn_bwd(train_graph *g, const bn_module *bm, const bn_acts *ba, const float *dy, float *dh) {
-    const int N = g->N, d = g->d, b = g->ad->bn_size;
-    const bn_act k = g->ad->mc.act;
-    /* gUw (d, b) += dyᵀ·za, gub += colsum dy */
-    kern_gemm_rows(true, false, d, b, N, 1.0f, dy, d, ba->za, b, 1.0f, bm->guw, b, g->nt);
-    colsum_acc(bm->gub, dy, N, d, d);
-    /* dz = (dy·Wu) ⊙ f'(zpre) */
-    float *dz = g->dbz;
-    kern_gemm_rows(false, false, N, b, d, 1.0f, dy, d, bm->uw, b, 0.0f, dz, b, g->nt);
-    for (size_t i = 0; i < (size_t)N * b; i++) dz[i] *= bn_act_grad(k, ba->zpre[i]);
-    kern_gemm_rows(true, false, b, d, N, 1.0f, dz, b, ba->h, d, 1.0f, bm->gdw, d, g->nt);
-    colsum_acc(bm->gdb, dz, N, b, b);
-    /* dh = dy + dz·Wd */
-    memcpy(dh, dy, (size_t)N * d * sizeof(float));
-    kern_gemm_rows(false, false, N, d, b, 1.0f, dz, b, bm->dw, d, 1.0f, dh, d, g->nt);
-}
-
-static const bn_module *bn_at(const train_graph *g, int l, int site) {
-    return g->ad && g->ad->bn ? g->ad->bn[l * 2 + site] : NULL;
-}
-
 /* y (N, d) += sublayer output of linear (l, r) on x, through the site's
  * bottleneck module when there is one. */
+static sub_call sub_at(const train_graph *g, int l, int site, float *y) {
+    sub_call c = {g->m, l, site, g->N, g->d, g->SH[l * 2 + site], y, g->SA[l * 2 + site], g->hook_scr, g->nt};
+    return c;
+}
+
 static int sublayer_out_fwd(train_graph *g, int l, model_linear_role r, int site, const float *x, float *y) {
-    const bn_module *bm = bn_at(g, l, site);
-    if (!bm) return lin_fwd(g, l, r, x, y, g->d, 1.0f);
-    bn_acts *ba = &g->BN[l * 2 + site];
-    int rc = lin_fwd(g, l, r, x, ba->h, g->d, 0.0f);
-    if (!rc) bn_fwd(g, bm, ba, y);
-    return rc;
+    if (!method_sub_hooked(g->ad, l, site)) return lin_fwd(g, l, r, x, y, g->d, 1.0f);
+    int rc = lin_fwd(g, l, r, x, g->SH[l * 2 + site], g->d, 0.0f);
+    const sub_call c = sub_at(g, l, site, y);
+    return rc ? rc : g->ad->ops->sub_fwd(g->ad, &c);
 }
 
 static int sublayer_out_bwd(train_graph *g, int l, model_linear_role r, int site, const float *x, const float *dy,
                             float *dx) {
-    const bn_module *bm = bn_at(g, l, site);
-    if (!bm) return lin_bwd(g, l, r, x, dy, g->d, dx);
-    bn_bwd(g, bm, &g->BN[l * 2 + site], dy, g->dbn);
-    return lin_bwd(g, l, r, x, g->dbn, g->d, dx);
+    if (!method_sub_hooked(g->ad, l, site)) return lin_bwd(g, l, r, x, dy, g->d, dx);
+    const sub_call c = sub_at(g, l, site, NULL);
+    int rc = g->ad->ops->sub_bwd(g->ad, &c, dy, g->dbn);
+    return rc ? rc : lin_bwd(g, l, r, x, g->dbn, g->d, dx);
 }
 
 /* ---- attention ---------------------------------------------------------------------- */

@@ -2,10 +2,12 @@
  * file in this folder and one line here. */
 #include "peft/method.h"
 
-extern const method_ops method_vera;
-extern const method_ops method_lokr;
+extern const method_ops method_adapter_pfeiffer, method_adapter_houlsby, method_ia3, method_vera, method_lokr;
 
 static const method_ops *const registry[] = {
+    &method_adapter_pfeiffer,
+    &method_adapter_houlsby,
+    &method_ia3,
     &method_vera,
     &method_lokr,
     NULL,

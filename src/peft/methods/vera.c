@@ -7,10 +7,13 @@
  *   λd (r), λb (out)                trained, per linear
  *   y = x·Wᵀ + b + λb ⊙ ((λd ⊙ (drop(x)·Aᵀ))·Bᵀ)
  *
- * Fresh adapters draw A and B kaiming-uniform (gain √2, fan_in) from
- * projection_prng_key with peft.c's generator (not torch's: the draws differ
- * from HF's, so the matrices are saved, save_projection = true, which is HF's
- * default); λb = 0 (the adapter starts as the identity) and λd = d_initial.
+ * A and B are kaiming-uniform (gain √2, fan_in = columns) draws of the
+ * Mersenne Twister seeded with projection_prng_key, made exactly as torch's
+ * CPU generator makes them (torch.Generator().manual_seed(key), then
+ * uniform_ on A, then on B), so an adapter saved without them
+ * (save_projection = false) loads with HF's matrices, and a fresh one has
+ * the matrices HF would draw for the same key. λb = 0 (the adapter starts as
+ * the identity) and λd = d_initial.
  * Files: base_model.vera_A / base_model.vera_B, and per linear
  * base_model.model.<module>.vera_lambda_b / vera_lambda_d. */
 #include "peft/lora.h"
@@ -53,6 +56,17 @@ static void vera_free(adapter *a) {
     a->priv = NULL;
 }
 
+static int vera_check(const method_config *mc, peft_err *err) {
+    double d0, key;
+    bool save;
+    int rc;
+    if ((rc = method_option_float(mc, "d_initial", -1e6, 1e6, &d0, err)) ||
+        (rc = method_option_float(mc, "projection_prng_key", 0, 9007199254740991.0, &key, err)) ||
+        (rc = method_option_bool(mc, "save_projection", &save, err)))
+        return rc;
+    return 0;
+}
+
 static int vera_create(adapter *a, const peft_model *m, const method_config *mc, peft_err *err) {
     vera *v = peft_calloc(1, sizeof *v, err);
     if (!v) return PEFT_ERR_NOMEM;
@@ -72,9 +86,6 @@ static int vera_create(adapter *a, const peft_model *m, const method_config *mc,
     if (v->r < 1 || v->r > 65536) return peft_fail(err, PEFT_ERR_INVALID, "vera: r must be in 1..65536, got %d", v->r);
     if (!(v->dropout >= 0.0f && v->dropout < 1.0f))
         return peft_fail(err, PEFT_ERR_INVALID, "vera: dropout must be in [0, 1), got %g", (double)v->dropout);
-    if (!save)
-        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "vera: save_projection=false is not supported: the shared matrices "
-                                                    "would have to be regenerated with torch's generator");
     const int ns = m->cfg.n_layer * ROLE_N_LINEAR;
     bool *slots = peft_calloc((size_t)ns + 1, sizeof *slots, err);
     v->mod_of = peft_malloc(((size_t)ns + 1) * sizeof *v->mod_of, err);
@@ -98,8 +109,8 @@ static int vera_create(adapter *a, const peft_model *m, const method_config *mc,
     v->gld = peft_calloc((size_t)n, sizeof *v->gld, err);
     if (!v->idx || !v->layer || !v->role || !v->lb || !v->ld || !v->glb || !v->gld) { free(slots); return PEFT_ERR_NOMEM; }
     /* the shared pair first, then per module lambda_b, lambda_d */
-    v->idx_a = adapter_add_buffer(a, "base_model.vera_A", 2, v->r, v->in_max, true, err);
-    if (v->idx_a < 0 || adapter_add_buffer(a, "base_model.vera_B", 2, v->out_max, v->r, true, err) < 0) {
+    v->idx_a = adapter_add_buffer(a, "base_model.vera_A", 2, v->r, v->in_max, save, err);
+    if (v->idx_a < 0 || adapter_add_buffer(a, "base_model.vera_B", 2, v->out_max, v->r, save, err) < 0) {
         free(slots);
         return PEFT_ERR_NOMEM;
     }
@@ -120,12 +131,56 @@ static int vera_create(adapter *a, const peft_model *m, const method_config *mc,
     return rc;
 }
 
+/* ---- torch's CPU generator: MT19937 (Matsumoto and Nishimura, 1998) ---------- */
+
+typedef struct {
+    uint32_t s[624];
+    int i;
+} mt19937;
+
+static void mt_seed(mt19937 *g, uint32_t seed) {
+    g->s[0] = seed;
+    for (int k = 1; k < 624; k++) g->s[k] = 1812433253u * (g->s[k - 1] ^ (g->s[k - 1] >> 30)) + (uint32_t)k;
+    g->i = 624;
+}
+
+static uint32_t mt_next(mt19937 *g) {
+    if (g->i >= 624) {
+        for (int k = 0; k < 624; k++) {
+            const uint32_t y = (g->s[k] & 0x80000000u) | (g->s[(k + 1) % 624] & 0x7fffffffu);
+            g->s[k] = g->s[(k + 397) % 624] ^ (y >> 1) ^ ((y & 1u) ? 0x9908b0dfu : 0u);
+        }
+        g->i = 0;
+    }
+    uint32_t y = g->s[g->i++];
+    y ^= y >> 11;
+    y ^= (y << 7) & 0x9d2c5680u;
+    y ^= (y << 15) & 0xefc60000u;
+    return y ^ (y >> 18);
+}
+
+/* HF's _kaiming_init (gain √2, fan_in = cols) through torch's uniform_:
+ * 24 random bits of one draw per value, scaled in double, rounded to f32. */
+static void kaiming_torch(float *w, int64_t rows, int64_t cols, mt19937 *g) {
+    const float b = (float)(sqrt(3.0) * (sqrt(2.0) / sqrt((double)cols)));
+    const double lo = -(double)b, width = (double)(b - (-b));
+    for (int64_t i = 0; i < rows * cols; i++)
+        w[i] = (float)((double)(mt_next(g) & 0xffffffu) * (1.0 / 16777216.0) * width + lo);
+}
+
 static int vera_wire(adapter *a, const peft_model *m, peft_err *err) {
     (void)m;
     (void)err;
     vera *v = V(a);
     v->A = a->tensors[v->idx_a].p;
     v->B = a->tensors[v->idx_a + 1].p;
+    /* the projections from the key; a file that holds them overwrites these */
+    mt19937 *g = malloc(sizeof *g);
+    if (!g) return peft_fail(err, PEFT_ERR_NOMEM, "vera: out of memory");
+    mt_seed(g, (uint32_t)(v->prng_key & 0xffffffff));
+    kaiming_torch(a->tensors[v->idx_a].p, v->r, v->in_max, g);
+    kaiming_torch(a->tensors[v->idx_a + 1].p, v->out_max, v->r, g);
+    free(g);
     for (int k = 0; k < v->n_mods; k++) {
         v->lb[k] = a->tensors[v->idx[k]].p;
         v->glb[k] = a->tensors[v->idx[k]].g;
@@ -135,21 +190,11 @@ static int vera_wire(adapter *a, const peft_model *m, peft_err *err) {
     return 0;
 }
 
-/* kaiming-uniform with gain √2 on fan_in = cols (HF's _kaiming_init) */
-static void kaiming_gain2(float *w, int64_t rows, int64_t cols, peft_rng *rng) {
-    const float bound = sqrtf(3.0f) * sqrtf(2.0f) / sqrtf((float)cols);
-    for (int64_t i = 0; i < rows * cols; i++) w[i] = (2.0f * peft_rng_uniform(rng) - 1.0f) * bound;
-}
-
 static int vera_init(adapter *a, const peft_model *m, peft_rng *rng, peft_err *err) {
     (void)m;
     (void)err;
     (void)rng;
     vera *v = V(a);
-    peft_rng pr;
-    peft_rng_seed(&pr, (uint64_t)v->prng_key);
-    kaiming_gain2(a->tensors[v->idx_a].p, v->r, v->in_max, &pr);
-    kaiming_gain2(a->tensors[v->idx_a + 1].p, v->out_max, v->r, &pr);
     for (int k = 0; k < v->n_mods; k++) {
         memset(v->lb[k], 0, (size_t)a->tensors[v->idx[k]].n * sizeof(float));
         for (int j = 0; j < v->r; j++) v->ld[k][j] = v->d_initial;
@@ -180,15 +225,13 @@ static int vera_config_read(const cJSON *o, const char *path, const peft_model *
         (rc = method_read_number(o, "projection_prng_key", 0, 0, 9007199254740991.0, &key, path, err)) ||
         (rc = method_read_bool(o, "save_projection", true, &save, path, err)))
         return rc;
-    if (!save)
-        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: save_projection is false: the shared vera_A / vera_B are not in "
-                                                    "the file and peft.c cannot regenerate torch's random draws", path);
     const cJSON *b = cJSON_GetObjectItemCaseSensitive(o, "bias");
     if (cJSON_IsString(b) && strcmp(b->valuestring, "none"))
         return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: bias \"%s\" is not supported (none)", path, b->valuestring);
     mc->lora.r = (int)r;
     mc->lora.dropout = (float)drop;
-    snprintf(mc->options, sizeof mc->options, "d_initial=%.9g;projection_prng_key=%.17g", d0, key);
+    snprintf(mc->options, sizeof mc->options, "d_initial=%.9g;projection_prng_key=%.17g;save_projection=%s", d0, key,
+             save ? "true" : "false");
     if ((rc = adapter_json_targets(m, cJSON_GetObjectItemCaseSensitive(o, "target_modules"), &mc->lora.targets, path, err)))
         return rc;
     return 0;
@@ -334,7 +377,8 @@ static void vera_describe(const adapter *a, char *buf, size_t cap) {
 
 static const method_option vera_options[] = {
     {"d-initial", "D", "initial value of every λd (0.1)"},
-    {"projection-prng-key", "N", "seed of the shared random matrices (0)"},
+    {"projection-prng-key", "N", "seed of the shared random matrices, drawn as torch draws them (0)"},
+    {"save-projection", "BOOL", "save the shared matrices in the adapter (true; false: regenerated from the key)"},
     {NULL, NULL, NULL},
 };
 
@@ -344,6 +388,7 @@ const method_ops method_vera = {
     .summary = "VeRA: shared frozen random A, B; trained vectors λd (r), λb (out) per linear",
     .options = vera_options,
     .uses = METHOD_USES_R | METHOD_USES_DROPOUT | METHOD_USES_TARGET | METHOD_USES_LAYERS,
+    .check = vera_check,
     .create = vera_create,
     .wire = vera_wire,
     .init = vera_init,
