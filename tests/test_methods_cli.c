@@ -120,9 +120,9 @@ static void bad_method_input_fails_before_training(void) {
         {"--method bitfit", "has no bias terms", 1},
         {"--method lora --num-labels 3", "--num-labels needs", 1},
         {"--method lokr --dropout 0.1", "--dropout does not apply to --method lokr", 2},
-        {"--method lokr --decompose-factor 0", "decompose_factor must be -1", 1},
-        {"--method lokr --rank-dropout 1.5", "rank_dropout must be a number in [0, 1]", 1},
-        {"--method vera --decompose-both", "it is a lokr option", 2},
+        {"--method lokr --decompose-factor 0", "decompose_factor must be -1", 2},
+        {"--method lokr --rank-dropout 1.5", "rank_dropout must be a number in [0, 1]", 2},
+        {"--method vera --decompose-both", "--decompose-both does not apply to --method vera", 2},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char args[2048];

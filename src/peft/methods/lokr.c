@@ -108,16 +108,9 @@ static int parse_init(const char *s, int *out) {
     return 0;
 }
 
-static int lokr_create(adapter *a, const peft_model *m, const method_config *mc, peft_err *err) {
-    lokr *k = peft_calloc(1, sizeof *k, err);
-    if (!k) return PEFT_ERR_NOMEM;
-    a->priv = k;
-    if (m->cfg.arch == PEFT_ARCH_GPT2)
-        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "lokr: %s is a GPT-2 model, whose linears are Conv1D layers: HF PEFT "
-                                                    "refuses LoKr on Conv1D, so peft.c does too (use lora or vera)",
-                         m->path);
-    /* r 0 / alpha 0: not given, HF PEFT's defaults (8, 8) */
-    k->r = mc->lora.r > 0 ? mc->lora.r : 8;
+/* The method's options (mc->options) into k, checked; alpha from
+ * mc->lora.alpha unless a file's "alpha" option says otherwise. */
+static int read_options(const method_config *mc, lokr *k, peft_err *err) {
     double alpha = mc->lora.alpha > 0 ? mc->lora.alpha : 8.0, factor = -1, rd = 0, md = 0;
     bool both = false, rds = false;
     char buf[32];
@@ -136,17 +129,40 @@ static int lokr_create(adapter *a, const peft_model *m, const method_config *mc,
     if (factor != floor(factor) || factor == 0)
         return peft_fail(err, PEFT_ERR_INVALID, "lokr: decompose_factor must be -1 (balanced) or an integer in "
                                                 "1..%d, got %g", 1 << 20, factor);
-    if (k->r < 1 || k->r > 65536) return peft_fail(err, PEFT_ERR_INVALID, "lokr: r must be in 1..65536, got %d", k->r);
     if (!(rd < 1.0) || !(md < 1.0))
         return peft_fail(err, PEFT_ERR_INVALID, "lokr: rank_dropout and module_dropout must be in [0, 1), got %g and %g",
                          rd, md);
     k->alpha = (float)alpha;
-    k->scale = (float)(alpha / k->r);
     k->factor = (int)factor;
     k->decompose_both = both;
     k->rank_dropout = (float)rd;
     k->module_dropout = (float)md;
     k->rd_scale = rds;
+    return 0;
+}
+
+/* the CLI's usage errors, before anything is loaded */
+static int lokr_check(const method_config *mc, peft_err *err) {
+    lokr k;
+    memset(&k, 0, sizeof k);
+    return read_options(mc, &k, err);
+}
+
+static int lokr_create(adapter *a, const peft_model *m, const method_config *mc, peft_err *err) {
+    lokr *k = peft_calloc(1, sizeof *k, err);
+    if (!k) return PEFT_ERR_NOMEM;
+    a->priv = k;
+    if (m->cfg.arch == PEFT_ARCH_GPT2)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "lokr: %s is a GPT-2 model, whose linears are Conv1D layers: HF PEFT "
+                                                    "refuses LoKr on Conv1D, so peft.c does too (use lora or vera)",
+                         m->path);
+    /* r 0 / alpha 0: not given, HF PEFT's defaults (8, 8) */
+    k->r = mc->lora.r > 0 ? mc->lora.r : 8;
+    int rc;
+    if ((rc = read_options(mc, k, err))) return rc;
+    if (k->r < 1 || k->r > 65536) return peft_fail(err, PEFT_ERR_INVALID, "lokr: r must be in 1..65536, got %d", k->r);
+    k->scale = k->alpha / (float)k->r;
+    const bool both = k->decompose_both;
 
     const int ns = m->cfg.n_layer * ROLE_N_LINEAR;
     bool *slots = peft_calloc((size_t)ns + 1, sizeof *slots, err);
@@ -597,6 +613,7 @@ const method_ops method_lokr = {
     .summary = "LoKr: ΔW = (alpha/r)·kron(W1, W2), each factor full or a rank-r product",
     .options = lokr_options,
     .uses = METHOD_USES_R | METHOD_USES_ALPHA | METHOD_USES_TARGET | METHOD_USES_LAYERS,
+    .check = lokr_check,
     .create = lokr_create,
     .wire = lokr_wire,
     .init = lokr_init,
