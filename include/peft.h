@@ -256,6 +256,27 @@ int peft_adapter_merge_check(peft_model *m, const peft_adapter *a, const char *m
 /* A LoRA adapter as a llama.cpp GGUF LoRA file. */
 int peft_adapter_export_gguf(peft_model *m, const peft_adapter *a, const char *path);
 
+/* ---- adapter arithmetic -------------------------------------------------------
+ * HF peft's add_weighted_adapter: n LoRA adapters of m's base, each with a
+ * weight (negative subtracts), into a new LoRA adapter (docs/api.md). */
+typedef struct {
+    const char *type;           /* HF combination_type: linear, cat, svd, ties, ties_svd, dare_linear,
+                                   dare_ties, dare_linear_svd, dare_ties_svd, magnitude_prune,
+                                   magnitude_prune_svd; NULL: svd (HF's default) */
+    double density;             /* ties, dare_*, magnitude_prune*: fraction of values kept, (0, 1] */
+    const char *majority_sign;  /* ties and dare_ties*: "total" (NULL) or "frequency" */
+    int svd_rank;               /* *svd: the result's rank; 0: the largest input rank */
+    double svd_clamp;           /* *svd: clamp the factors at this quantile in [0, 1]; negative: none (-1) */
+    uint64_t seed;              /* dare_*: the random masks (42) */
+} peft_combine_params;
+
+peft_combine_params peft_combine_default_params(void);
+/* A new LoRA adapter for m, or NULL with the reason in peft_last_error:
+ * inputs that are not plain LoRA (DoRA, IA3, ...), of another base, ranks
+ * or modules the type does not allow, weights that are not finite. */
+peft_adapter *peft_adapter_combine(peft_model *m, const peft_adapter *const *adapters, const double *weights, int n,
+                                   const peft_combine_params *p);
+
 typedef struct {
     const char *data;        /* training JSONL */
     const char *val;         /* validation JSONL or NULL */

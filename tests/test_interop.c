@@ -181,14 +181,14 @@ static void our_method_adapters_load_in_peft(void) {
         {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "ia3", "", 0, 0},
         {"tests/fixtures/models/tiny-gpt2", METHOD_PLUGIN, false, 0, "ia3", "", 0, 0},
         {"tests/fixtures/models/tiny-qwen2", METHOD_PLUGIN, false, 0, "ia3", "", 0, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_PROMPT, false, 0, NULL, NULL, 0, 0},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_PROMPT, false, 0, NULL, NULL, 0, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_PREFIX, false, 0, NULL, NULL, 0, 0},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_PREFIX, false, 0, NULL, NULL, 0, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_PREFIX, true, 0, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "prompt", "num_virtual_tokens=5", 0, 0},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_PLUGIN, false, 0, "prompt", "num_virtual_tokens=5", 0, 0},
+        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "prefix", "num_virtual_tokens=5", 0, 0},
+        {"tests/fixtures/models/tiny-gpt2", METHOD_PLUGIN, false, 0, "prefix", "num_virtual_tokens=5", 0, 0},
+        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, true, 0, "prefix", "num_virtual_tokens=5;prefix_projection=true", 0, 0},
         {"tests/fixtures/models/tiny-llama", METHOD_LORA, false, 3, NULL, NULL, 0, 0},
         {"tests/fixtures/models/tiny-gpt2", METHOD_LORA, false, 3, NULL, NULL, 0, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_PROMPT, false, 2, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 2, "prompt", "num_virtual_tokens=5", 0, 0},
         {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "vera", "", 0, 0},
         {"tests/fixtures/models/tiny-gpt2", METHOD_PLUGIN, false, 0, "vera", "", 0, 0},
         {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "vera", "save_projection=false;projection_prng_key=5", 0, 0},
@@ -209,8 +209,6 @@ static void our_method_adapters_load_in_peft(void) {
         mc.method = cases[k].method;
         mc.lora = lora_default_config();
         mc.lora.r = 4;
-        mc.n_virtual = 5;
-        mc.prefix_projection = cases[k].proj;
         mc.n_labels = cases[k].n_labels;
         mc.seed = 3;
         if (cases[k].plug) {

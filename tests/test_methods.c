@@ -47,7 +47,6 @@ static method_config mk(peft_method k) {
     c.lora = lora_default_config();
     c.lora.r = 4;
     c.lora.alpha = 8;
-    c.n_virtual = 3;
     c.seed = 7;
     return c;
 }
@@ -142,7 +141,8 @@ static void fd_check(const char *name, const peft_model *m, adapter *a, train_gr
     /* tg_run's backward moved the projected prefix gradient into the MLP */
     peft_rng rng;
     peft_rng_seed(&rng, 5);
-    const bool refresh = a->method == METHOD_PREFIX && a->mc.prefix_projection;
+    /* plug-ins' derived values (a projected prefix table) follow each probe */
+    const bool refresh = a->ops != NULL;
     double worst = 0;
     int probes = 0;
     for (int ti = 0; ti < a->n_tensors; ti++) {
@@ -242,9 +242,6 @@ static void method_case(const char *model, const char *name, method_config mc, b
     char dir[256];
     snprintf(dir, sizeof dir, "%s/peft_methods_%d_%s", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid(), name);
     test_rm_rf(dir);
-    if (a->method == METHOD_PREFIX && a->mc.prefix_projection) {
-        /* the saved table is the projection's output: compare through it */
-    }
     CHECK_OK(adapter_save(a, e.m, dir, &err));
     if (err.msg[0] && err.code) fprintf(stderr, "  %s\n", err.msg);
     double want = loss_of(g, &b);
@@ -326,14 +323,11 @@ static void every_method_on_llama_and_gpt2(void) {
         RUN("pfeiffer", mk_plug("adapter-pfeiffer", "reduction_factor=8"), true);
         RUN("houlsby", mk_plug("adapter-houlsby", "reduction_factor=8"), true);
         RUN("houlsby_gelu_bert_init", mk_plug("adapter-houlsby", "reduction_factor=8;adapter_init=bert;non_linearity=gelu_new"), false);
-        RUN("prompt", mk(METHOD_PROMPT), false);
-        RUN("prefix", mk(METHOD_PREFIX), false);
-        c = mk(METHOD_PREFIX);
-        c.prefix_projection = true;
-        c.prefix_hidden = 16;
-        RUN("prefix_projection", c, false);
+        RUN("prompt", mk_plug("prompt", "num_virtual_tokens=3"), false);
+        RUN("prefix", mk_plug("prefix", "num_virtual_tokens=3"), false);
+        RUN("prefix_projection", mk_plug("prefix", "num_virtual_tokens=3;prefix_projection=true;encoder_hidden_size=16"), false);
         RUN("ia3", mk_plug("ia3", NULL), true);
-        if (gpt2) RUN("bitfit", mk(METHOD_BITFIT), false);
+        if (gpt2) RUN("bitfit", mk_plug("bitfit", NULL), false);
         RUN("full", mk(METHOD_FULL), false);
         c = mk_plug("vera", NULL);
         c.lora.targets = gpt2 ? (1u << ROLE_QKV) | (1u << ROLE_DOWN) : (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);
@@ -358,13 +352,13 @@ static void every_method_on_llama_and_gpt2(void) {
             RUN("lokr_lycoris", c, true);
         }
         /* a classification head on every method */
-        static const peft_method cls_methods[] = {METHOD_LORA, METHOD_DORA, METHOD_PLUGIN, METHOD_PLUGIN, METHOD_PROMPT,
-                                                  METHOD_PREFIX, METHOD_PLUGIN, METHOD_BITFIT, METHOD_FULL};
-        static const char *const cls_plug[] = {NULL, NULL, "adapter-pfeiffer", "adapter-houlsby", NULL, NULL, "ia3", NULL, NULL};
+        static const peft_method cls_methods[] = {METHOD_LORA, METHOD_DORA, METHOD_PLUGIN, METHOD_PLUGIN, METHOD_PLUGIN,
+                                                  METHOD_PLUGIN, METHOD_PLUGIN, METHOD_PLUGIN, METHOD_FULL};
+        static const char *const cls_plug[] = {NULL, NULL, "adapter-pfeiffer", "adapter-houlsby", "prompt", "prefix", "ia3", "bitfit", NULL};
         for (size_t k = 0; k < sizeof cls_methods / sizeof *cls_methods; k++) {
-            if (cls_methods[k] == METHOD_BITFIT && !gpt2) continue;
+            if (cls_plug[k] && !strcmp(cls_plug[k], "bitfit") && !gpt2) continue;
             char label[48];
-            c = cls_plug[k] ? mk_plug(cls_plug[k], "reduction_factor=8") : mk(cls_methods[k]);
+            c = cls_plug[k] ? mk_plug(cls_plug[k], "reduction_factor=8;num_virtual_tokens=3") : mk(cls_methods[k]);
             snprintf(label, sizeof label, "%s_cls", c.ops ? c.ops->name : method_name(cls_methods[k]));
             c.n_labels = 3;
             RUN(label, c, false);
@@ -377,11 +371,11 @@ static void every_method_on_llama_and_gpt2(void) {
  * a GGUF base (merged Q/K rows go back to llama.cpp's order). */
 static void qwen2_and_gguf_bases(void) {
     method_case(MFIX "tiny-qwen2", "qwen2_ia3", mk_plug("ia3", NULL), true);
-    method_case(MFIX "tiny-qwen2", "qwen2_bitfit", mk(METHOD_BITFIT), false);
+    method_case(MFIX "tiny-qwen2", "qwen2_bitfit", mk_plug("bitfit", NULL), false);
     method_case(MFIX "tiny-qwen2", "qwen2_dora", mk(METHOD_DORA), true);
     method_case(MFIX "tiny-llama.f32.gguf", "gguf_ia3", mk_plug("ia3", NULL), true);
     method_case(MFIX "tiny-llama.f32.gguf", "gguf_dora", mk(METHOD_DORA), true);
-    method_case(MFIX "tiny-llama.q8_0.gguf", "gguf_q8_prefix", mk(METHOD_PREFIX), false);
+    method_case(MFIX "tiny-llama.q8_0.gguf", "gguf_q8_prefix", mk_plug("prefix", "num_virtual_tokens=3"), false);
     method_case(MFIX "tiny-llama.q8_0.gguf", "gguf_q8_full", mk(METHOD_FULL), false);
     method_case(MFIX "tiny-gpt2.f32.gguf", "gguf_gpt2_full", mk(METHOD_FULL), false);
     /* LoKr on a base with q/v biases and on a GGUF base (merge puts Q/K rows back in llama.cpp's order) */
@@ -399,15 +393,13 @@ static void prefix_init_from_text_is_the_text_as_context(void) {
         env e;
         if (open_model(&e, models[mi])) { CHECK(0); return; }
         peft_err err = {0};
-        method_config c = mk(METHOD_PREFIX);
-        c.n_virtual = 5;
-        c.prompt_init = 2;
-        c.prompt_init_text = "the cat sat";
+        static const char text[] = "the cat sat";
+        method_config c = mk_plug("prefix", "num_virtual_tokens=5;prompt_init=the cat sat");
         adapter *a = NULL;
         CHECK_OK(adapter_new(e.m, &c, &a, &err));
         int32_t *tids = NULL;
         int nt = 0;
-        CHECK_OK(bpe_encode(e.m->tok, c.prompt_init_text, strlen(c.prompt_init_text), true, false, &tids, &nt, &err));
+        CHECK_OK(bpe_encode(e.m->tok, text, strlen(text), true, false, &tids, &nt, &err));
         if (!a || !tids || nt == 0) { adapter_free(a); free(tids); close_model(&e); continue; }
         const int P = 5, T = 8, V = e.m->cfg.vocab;
         int32_t all[13];
@@ -424,7 +416,7 @@ static void prefix_init_from_text_is_the_text_as_context(void) {
         for (int64_t k = 0; k < (int64_t)T * V; k++) md = fmax(md, fabs(got[k] - want[(size_t)P * V + k]));
         CHECK_MSG(md <= 1e-4, "%s: prefix from text vs base with the text: %g", models[mi], md);
         printf("    %-36s prefix from \"%s\" vs base model reading it first: max |diff| %.2g\n", models[mi],
-               c.prompt_init_text, md);
+               text, md);
         free(want);
         free(got);
         free(tids);
@@ -438,16 +430,15 @@ static void methods_the_base_cannot_take_fail_clearly(void) {
     if (open_model(&e, MFIX "tiny-llama")) { CHECK(0); return; }
     peft_err err = {0};
     adapter *a = NULL;
-    method_config c = mk(METHOD_BITFIT);
+    method_config c = mk_plug("bitfit", NULL);
     CHECK_EQ_INT(adapter_new(e.m, &c, &a, &err), PEFT_ERR_UNSUPPORTED);
     CHECK_MSG(strstr(err.msg, "no bias"), "%s", err.msg);
     printf("    bitfit on llama: %s\n", err.msg);
-    c = mk(METHOD_PROMPT);
-    c.n_virtual = 200;
+    c = mk_plug("prompt", "num_virtual_tokens=200");
     CHECK_EQ_INT(adapter_new(e.m, &c, &a, &err), PEFT_ERR_INVALID);
     printf("    200 virtual tokens: %s\n", err.msg);
     /* virtual tokens + data longer than the context */
-    c.n_virtual = 20;
+    c = mk_plug("prompt", "num_virtual_tokens=20");
     CHECK_OK(adapter_new(e.m, &c, &a, &err));
     train_graph *g = NULL;
     CHECK_EQ_INT(tg_new(e.m, a, 1, 120, &g, &err), PEFT_ERR_INVALID);
@@ -457,7 +448,7 @@ static void methods_the_base_cannot_take_fail_clearly(void) {
     /* an adapter made for another model of the same depth */
     env e2;
     if (!open_model(&e2, MFIX "tiny-gpt2")) {
-        c = mk(METHOD_PREFIX);
+        c = mk_plug("prefix", "num_virtual_tokens=3");
         CHECK_OK(adapter_new(e.m, &c, &a, &err));
         CHECK_EQ_INT(peft_adapter_attach(e2.m, (peft_adapter *)a), PEFT_ERR_SHAPE);
         CHECK_MSG(strstr(peft_last_error(e2.ctx), "key/value width"), "%s", peft_last_error(e2.ctx));

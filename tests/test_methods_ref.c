@@ -6,6 +6,7 @@
  * case: the adapter written by the reference loads here, gives its logits,
  * its loss, and every trainable gradient within 1e-4 relative. */
 #include "peft/lora.h"
+#include "peft/method.h"
 #include "test.h"
 #include "train/graph.h"
 
@@ -73,12 +74,12 @@ static adapter *reference_adapter(const rcase *c, peft_model *m, const st_archiv
     if (!strcmp(c->name, "prefix_proj_llama")) {
         method_config mc;
         memset(&mc, 0, sizeof mc);
-        mc.method = METHOD_PREFIX;
-        mc.n_virtual = 4;
-        mc.prefix_projection = true;
-        mc.prefix_hidden = 32;
+        mc.method = METHOD_PLUGIN;
+        mc.ops = method_find("prefix");
+        snprintf(mc.options, sizeof mc.options, "num_virtual_tokens=4;prefix_projection=true;encoder_hidden_size=32");
         if (adapter_new(m, &mc, &a, err)) return NULL;
         for (int i = 0; i < a->n_tensors; i++) {
+            if (a->tensors[i].frozen) continue;   /* the projected table: computed by refresh */
             char key[256];
             snprintf(key, sizeof key, "init.%s", a->tensors[i].key);
             const st_tensor *t = st_find(ref, key);
@@ -136,7 +137,7 @@ static void one_case(const rcase *c) {
     if (cls_t) b.n_targets = B;
     /* prompt tuning: the last virtual token predicts labels[:, 0] (HF PEFT
      * prepends -100 labels for the virtual tokens, then shifts) */
-    if (a->method == METHOD_PROMPT && lab_t) {
+    if (adapter_prompt_rows(a) > 0 && lab_t) {
         b.first_targets = buf[6];
         for (int r = 0; r < B; r++) b.n_targets += buf[6][r] != -100;
     }

@@ -11,6 +11,7 @@ int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+int cmd_combine(int argc, char **argv);
 
 /* Option parsing: --name value or --name=value. */
 typedef struct {

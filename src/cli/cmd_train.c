@@ -30,7 +30,7 @@ static opt_def train_opts[] = {
     {"val-split", false, "fraction of --data held out for validation when no --val (default 0)", NULL},
     {"out", false, "output folder: adapter, metrics.jsonl, loss.svg, checkpoints (required)", NULL},
     {"config", false, "JSON file with any of these options", NULL},
-    {"method", false, "lora (default) | dora | prompt | prefix | bitfit | full | the plug-ins below", NULL},
+    {"method", false, "lora (default) | dora | bitfit | full | the plug-ins below", NULL},
     {"r", false, "[lora, dora] rank (default 8)", NULL},
     {"alpha", false, "[lora, dora] alpha (default 16)", NULL},
     {"dropout", false, "[lora] dropout on the adapter's input (default 0)", NULL},
@@ -39,10 +39,6 @@ static opt_def train_opts[] = {
     {"rslora", true, "[lora, dora] scale by alpha/sqrt(r) instead of alpha/r", NULL},
     {"use-dora", true, "[lora] the same as --method dora", NULL},
     {"init", false, "[lora, dora] kaiming (default, B = 0) | gaussian", NULL},
-    {"num-virtual-tokens", false, "[prompt, prefix] virtual tokens (default 20)", NULL},
-    {"prompt-init", false, "[prompt, prefix] random (default) | sample-vocab | any other text: its tokens' embeddings (prefix: their keys/values)", NULL},
-    {"prefix-projection", true, "[prefix] reparametrise the prefix through an MLP (tanh) while training", NULL},
-    {"encoder-hidden-size", false, "[prefix] the projection's hidden size (default: the key/value width)", NULL},
     {"num-labels", false, "classification labels (default: from {text,label} data)", NULL},
     {"lr", false, "peak learning rate (default 2e-4)", NULL},
     {"schedule", false, "constant | linear | cosine (default)", NULL},
@@ -106,10 +102,6 @@ static unsigned opt_methods(const char *name) {
         {"rslora", MB(METHOD_LORA) | MB(METHOD_DORA)},
         {"use-dora", MB(METHOD_LORA) | MB(METHOD_DORA)},
         {"init", MB(METHOD_LORA) | MB(METHOD_DORA)},
-        {"num-virtual-tokens", MB(METHOD_PROMPT) | MB(METHOD_PREFIX)},
-        {"prompt-init", MB(METHOD_PROMPT) | MB(METHOD_PREFIX)},
-        {"prefix-projection", MB(METHOD_PREFIX)},
-        {"encoder-hidden-size", MB(METHOD_PREFIX)},
     };
     for (size_t i = 0; i < sizeof t / sizeof *t; i++)
         if (!strcmp(t[i].name, name)) return t[i].mask;
@@ -185,7 +177,7 @@ static void train_usage(FILE *f) {
         fprintf(f, "  --%-14s %s%s\n", train_opts[i].name, train_opts[i].flag ? "" : "V  ", train_opts[i].help);
     for (int i = 0; i < n_plug_opts; i++)
         fprintf(f, "  --%-14s %s%s\n", plug_opts[i].name, plug_opts[i].flag ? "" : "V  ", plug_opts[i].help);
-    fprintf(f, "\nmethods: lora, dora, prompt, prefix, bitfit, full");
+    fprintf(f, "\nmethods: lora, dora, bitfit, full");
     for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, ", %s", (*p)->name);
     fprintf(f, "\n");
     for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, "  %-16s %s\n", (*p)->name, (*p)->summary);
@@ -284,7 +276,7 @@ int cmd_train(int argc, char **argv) {
     const method_ops *plug = method_find(GETV("method"));
     if (plug) meth = METHOD_PLUGIN;
     else if (GETV("method") && method_parse(GETV("method"), &meth)) {
-        fprintf(stderr, "peft train: unknown method \"%s\" (lora, dora, prompt, prefix, bitfit, full",
+        fprintf(stderr, "peft train: unknown method \"%s\" (lora, dora, bitfit, full",
                 GETV("method"));
         for (const method_ops *const *p = method_registry(); *p; p++) fprintf(stderr, ", %s", (*p)->name);
         fprintf(stderr, ")\n");
@@ -318,14 +310,12 @@ int cmd_train(int argc, char **argv) {
             return 2;
         }
         /* --d-initial 0.2 becomes d_initial=0.2 */
-        size_t len = strlen(mc.options);
         char key[64];
         snprintf(key, sizeof key, "%s", plug_opts[i].name);
         for (char *c = key; *c; c++) if (*c == '-') *c = '_';
-        if (strchr(plug_opts[i].value, ';') ||
-            snprintf(mc.options + len, sizeof mc.options - len, "%s%s=%s", len ? ";" : "", key, plug_opts[i].value) >=
-                (int)(sizeof mc.options - len)) {
-            fprintf(stderr, "peft train: --%s: the value is too long or holds ';'\n", plug_opts[i].name);
+        peft_err oerr = {0};
+        if (method_option_add(&mc, key, plug_opts[i].value, &oerr)) {
+            fprintf(stderr, "peft train: --%s: %s\n", plug_opts[i].name, oerr.msg);
             return 2;
         }
     }
@@ -335,7 +325,6 @@ int cmd_train(int argc, char **argv) {
         peft_err cerr = {0};
         if (plug->check(&mc, &cerr)) { fprintf(stderr, "peft train: %s\n", cerr.msg); return 2; }
     }
-    mc.n_virtual = 20;
     /* numbers */
     train_params tp = train_default_params();
     lora_config lc = lora_default_config();
@@ -347,7 +336,7 @@ int cmd_train(int argc, char **argv) {
         {"accum", &tp.accum, 1, 65536}, {"eval-every", &eval_every, 0, 100000000},
         {"eval-batches", &tp.eval_max_batches, 0, 100000000}, {"save-every", &tp.save_every, 0, 100000000},
         {"threads", &threads, 1, 1024},
-        {"num-virtual-tokens", &mc.n_virtual, 1, PEFT_MAX_VIRTUAL_TOKENS}, {"encoder-hidden-size", &mc.prefix_hidden, 1, 1 << 20},
+       
         {"num-labels", &mc.n_labels, 2, PEFT_MAX_LABELS}};
     for (size_t i = 0; i < sizeof ints / sizeof *ints; i++)
         if (GETV(ints[i].name)) {
@@ -385,16 +374,9 @@ int cmd_train(int argc, char **argv) {
         else if (strcmp(GETV("init"), "kaiming")) { fprintf(stderr, "peft train: --init must be kaiming or gaussian\n"); return 2; }
     }
     lc.rslora = GETV("rslora") && strcmp(GETV("rslora"), "false");
-    if (GETV("prompt-init")) {
-        const char *pi = GETV("prompt-init");
-        if (!strcmp(pi, "random")) mc.prompt_init = 0;
-        else if (!strcmp(pi, "sample-vocab")) mc.prompt_init = 1;
-        else { mc.prompt_init = 2; mc.prompt_init_text = pi; }
-    }
-    mc.prefix_projection = GETV("prefix-projection") && strcmp(GETV("prefix-projection"), "false");
     tp.pack = GETV("pack") && strcmp(GETV("pack"), "false");
-    if (tp.pack && (meth == METHOD_PROMPT || meth == METHOD_PREFIX)) {
-        fprintf(stderr, "peft train: --pack does not apply to --method %s (virtual tokens belong to one sequence)\n", method_name(meth));
+    if (tp.pack && plug && (plug->flags & METHOD_PROMPT_LEARNING)) {
+        fprintf(stderr, "peft train: --pack does not apply to --method %s (virtual tokens belong to one sequence)\n", meth_name);
         return 2;
     }
     if (tp.steps == 0 && tp.epochs == 0) tp.epochs = 1;
@@ -483,9 +465,6 @@ int cmd_train(int argc, char **argv) {
     if (meth == METHOD_LORA || meth == METHOD_DORA)
         fprintf(stderr, "%s: r=%d alpha=%g%s scale=%g dropout=%g on %d modules", method_name(meth), lc.r, lc.alpha,
                 lc.rslora ? " (rsLoRA)" : "", lora_scale(&lc), lc.dropout, ad->n_modules);
-    else if (meth == METHOD_PROMPT || meth == METHOD_PREFIX)
-        fprintf(stderr, "%s: %d virtual tokens%s", method_name(meth), mc.n_virtual,
-                mc.prefix_projection ? " (with a projection)" : "");
     else if (plug && plug->describe) {
         char desc[256];
         plug->describe(ad, desc, sizeof desc);
@@ -511,7 +490,7 @@ int cmd_train(int argc, char **argv) {
                 m->gguf ? "model.gguf (F32)" : "model.safetensors (HF folder)", tp.out_dir, tp.out_dir);
     else
         fprintf(stderr, "\nadapter: %s/adapter_model.safetensors (%s), metrics: %s/metrics.jsonl, curve: %s/loss.svg\n",
-                tp.out_dir, meth <= METHOD_DORA || meth == METHOD_PROMPT || meth == METHOD_PREFIX || plug
+                tp.out_dir, meth <= METHOD_DORA || plug
                                 ? "HF PEFT format" : "peft.c format, docs/formats.md",
                 tp.out_dir, tp.out_dir);
     rc = 0;

@@ -171,7 +171,7 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
     kern_weight te, pe;
     const kern_weight *tok = adapter_tok_emb(ad, m, &te), *pemb = gpt2 ? adapter_pos_emb(ad, m, &pe) : NULL;
     for (int t = 0; t < T; t++) {
-        if (t < V0) memcpy(x + (size_t)t * d, ad->prompt + (size_t)t * d, (size_t)d * sizeof(float));
+        if (t < V0) memcpy(x + (size_t)t * d, ad->ops->input_row(ad, t), (size_t)d * sizeof(float));
         else if ((rc = kern_weight_row(tok, ids[t - V0], x + (size_t)t * d))) goto fail;
         if (gpt2) {
             if ((rc = kern_weight_row(pemb, pos[t], h))) goto fail;
@@ -198,14 +198,15 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
         float *kc = m->kv.k + l * kv_layer, *vc = m->kv.v + l * kv_layer;
         if (PX) {
             /* the prefix rows as they are (keys not rotated, as in HF's cache) */
-            const int W = c->n_layer * 2 * kvd;
-            for (int p = 0; p < PX; p++)
+            for (int p = 0; p < PX; p++) {
+                const float *kr, *vr;
+                ad->ops->kv_row(ad, l, p, &kr, &vr);
                 for (int g = 0; g < c->n_kv_head; g++) {
                     size_t dst = ((size_t)g * m->kv.cap + p) * hd;
-                    const float *row = ad->prefix_table + (size_t)p * W;
-                    memcpy(kc + dst, row + (size_t)(2 * l) * kvd + (size_t)g * hd, (size_t)hd * sizeof(float));
-                    memcpy(vc + dst, row + (size_t)(2 * l + 1) * kvd + (size_t)g * hd, (size_t)hd * sizeof(float));
+                    memcpy(kc + dst, kr + (size_t)g * hd, (size_t)hd * sizeof(float));
+                    memcpy(vc + dst, vr + (size_t)g * hd, (size_t)hd * sizeof(float));
                 }
+            }
         }
         for (int t = 0; t < T; t++)
             for (int g = 0; g < c->n_kv_head; g++) {

@@ -15,7 +15,7 @@
 #include <cblas.h>
 
 static const char *const method_names[METHOD_N] = {
-    "lora", "dora", "prompt", "prefix", "bitfit", "full"};
+    "lora", "dora", "full"};
 
 const char *method_name(peft_method k) { return (int)k >= 0 && k < METHOD_N ? method_names[k] : "?"; }
 
@@ -28,8 +28,6 @@ int method_parse(const char *name, peft_method *out) {
     for (int k = 0; k < METHOD_N; k++)
         if (!strcmp(name, method_names[k])) { *out = (peft_method)k; return 0; }
     /* aliases */
-    if (!strcmp(name, "prompt-tuning") || !strcmp(name, "prompt_tuning")) { *out = METHOD_PROMPT; return 0; }
-    if (!strcmp(name, "prefix-tuning") || !strcmp(name, "prefix_tuning")) { *out = METHOD_PREFIX; return 0; }
     return PEFT_ERR_INVALID;
 }
 
@@ -107,10 +105,6 @@ void adapter_free(adapter *a) {
     free(a->grads);
     free(a->base_model);
     free(a->tensors);
-    free(a->bias);
-    free(a->gbias);
-    free(a->nbias);
-    free(a->gnbias);
     free(a->fw);
     free(a->fb);
     free(a->gfb);
@@ -119,13 +113,7 @@ void adapter_free(adapter *a) {
     free(a->fnb);
     free(a->gfnb);
     free(a->gfw);
-    free(a->pe_hidden);
-    free(a->pe_dhidden);
     free(a->dora_norms);
-    if (a->method == METHOD_PREFIX && a->mc.prefix_projection) {
-        free(a->prefix_table);
-        free(a->prefix_gtable);
-    }
     free(a);
 }
 
@@ -183,7 +171,7 @@ static const float *base_norm_b(const peft_model *m, int l, int which) {
 static int add_head(adapter *a, const peft_model *m, int n_labels, peft_err *err) {
     if (n_labels <= 0) return -1;
     /* HF PEFT's key: prompt-learning models wrap the base one level less */
-    const bool pl = a->method == METHOD_PROMPT || a->method == METHOD_PREFIX;
+    const bool pl = a->ops && (a->ops->flags & METHOD_PROMPT_LEARNING);
     int i = adapter_add_tensor(a, pl ? "base_model.score.weight" : "base_model.model.score.weight", 2, n_labels,
                                m->cfg.d_model, true, err);
     return i;
@@ -215,102 +203,9 @@ void adapter_kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng) {
 }
 
 static int alloc_slots(adapter *a, const peft_model *m, peft_err *err) {
-    const size_t ns = (size_t)m->cfg.n_layer * ROLE_N_LINEAR + 1, nn = (size_t)m->cfg.n_layer * 2 + 1;
+    const size_t ns = (size_t)m->cfg.n_layer * ROLE_N_LINEAR + 1;
     a->slot = peft_calloc(ns, sizeof *a->slot, err);
-    a->bias = peft_calloc(ns, sizeof *a->bias, err);
-    a->gbias = peft_calloc(ns, sizeof *a->gbias, err);
-    a->nbias = peft_calloc(nn, sizeof *a->nbias, err);
-    a->gnbias = peft_calloc(nn, sizeof *a->gnbias, err);
-    if (!a->slot || !a->bias || !a->gbias || !a->nbias || !a->gnbias)
-        return PEFT_ERR_NOMEM;
-    return 0;
-}
-
-static int prefix_width(const peft_model *m) {
-    return m->cfg.n_layer * 2 * m->cfg.n_kv_head * m->cfg.head_dim;
-}
-
-static int new_prompt(adapter *a, const peft_model *m, int *idx, peft_err *err) {
-    const int P = a->mc.n_virtual;
-    if (P <= 0 || P >= m->cfg.n_ctx)
-        return peft_fail(err, PEFT_ERR_INVALID, "%s: num_virtual_tokens must be in 1..%d, got %d",
-                         adapter_method_name(a), m->cfg.n_ctx - 1, P);
-    if (a->method == METHOD_PROMPT) {
-        idx[0] = adapter_add_tensor(a, "prompt_embeddings", 2, P, m->cfg.d_model, true, err);
-        return idx[0] < 0 ? PEFT_ERR_NOMEM : 0;
-    }
-    const int W = prefix_width(m);
-    a->prefix_w = W;
-    if (!a->mc.prefix_projection) {
-        idx[0] = adapter_add_tensor(a, "prompt_embeddings", 2, P, W, true, err);
-        return idx[0] < 0 ? PEFT_ERR_NOMEM : 0;
-    }
-    /* HF PEFT: token_dim = head_dim · n_kv_head (GQA), encoder_hidden_size
-     * defaults to token_dim */
-    const int d = m->cfg.n_kv_head * m->cfg.head_dim, H = a->mc.prefix_hidden > 0 ? a->mc.prefix_hidden : d;
-    a->mc.prefix_hidden = H;
-    /* five consecutive tensors (adapter_wire_prompt) */
-    if ((idx[0] = adapter_add_tensor(a, "prefix_encoder.embedding.weight", 2, P, d, false, err)) < 0 ||
-        adapter_add_tensor(a, "prefix_encoder.transform.0.weight", 2, H, d, false, err) < 0 ||
-        adapter_add_tensor(a, "prefix_encoder.transform.0.bias", 1, H, 1, false, err) < 0 ||
-        adapter_add_tensor(a, "prefix_encoder.transform.2.weight", 2, W, H, false, err) < 0 ||
-        adapter_add_tensor(a, "prefix_encoder.transform.2.bias", 1, W, 1, false, err) < 0)
-        return PEFT_ERR_NOMEM;
-    a->prefix_table = peft_calloc((size_t)P * W, sizeof(float), err);
-    a->prefix_gtable = peft_calloc((size_t)P * W, sizeof(float), err);
-    a->pe_hidden = peft_calloc((size_t)P * H, sizeof(float), err);
-    a->pe_dhidden = peft_calloc((size_t)P * H, sizeof(float), err);
-    if (!a->prefix_table || !a->prefix_gtable || !a->pe_hidden || !a->pe_dhidden) return PEFT_ERR_NOMEM;
-    return 0;
-}
-
-void adapter_wire_prompt(adapter *a, int i) {
-    if (a->method == METHOD_PROMPT) {
-        a->prompt = a->tensors[i].p;
-        a->gprompt = a->tensors[i].g;
-    } else if (!a->mc.prefix_projection) {
-        a->prompt = a->prefix_table = a->tensors[i].p;
-        a->gprompt = a->prefix_gtable = a->tensors[i].g;
-    } else {
-        a->pe_emb = a->tensors[i].p; a->pe_gemb = a->tensors[i].g;
-        a->pe_w1 = a->tensors[i + 1].p; a->pe_gw1 = a->tensors[i + 1].g;
-        a->pe_b1 = a->tensors[i + 2].p; a->pe_gb1 = a->tensors[i + 2].g;
-        a->pe_w2 = a->tensors[i + 3].p; a->pe_gw2 = a->tensors[i + 3].g;
-        a->pe_b2 = a->tensors[i + 4].p; a->pe_gb2 = a->tensors[i + 4].g;
-    }
-}
-
-static int new_bitfit(adapter *a, const peft_model *m, int *idx, int *nidx, peft_err *err) {
-    int n = 0;
-    const int L = m->cfg.n_layer;
-    for (int l = 0; l < L; l++)
-        for (int r = 0; r < ROLE_N_LINEAR; r++) {
-            idx[l * ROLE_N_LINEAR + r] = -1;
-            if (!m->layers[l].lin[r].present || !m->layers[l].lin[r].b) continue;
-            char path[200], key[256];
-            model_linear_hf_path(m, l, (model_linear_role)r, path, sizeof path);
-            snprintf(key, sizeof key, "base_model.model.%s.bias", path);
-            idx[l * ROLE_N_LINEAR + r] = adapter_add_tensor(a, key, 1, m->layers[l].lin[r].w.rows, 1, true, err);
-            if (idx[l * ROLE_N_LINEAR + r] < 0) return PEFT_ERR_NOMEM;
-            n++;
-        }
-    for (int l = 0; l <= L; l++)
-        for (int which = 0; which < 2; which++) {
-            nidx[l * 2 + which] = -1;
-            if (l == L && which) continue;
-            if (!base_norm_b(m, l, which)) continue;
-            char nm[200], key[256];
-            adapter_norm_name(m, l, which, "bias", nm, sizeof nm);
-            snprintf(key, sizeof key, "base_model.model.%s", nm);
-            nidx[l * 2 + which] = adapter_add_tensor(a, key, 1, m->cfg.d_model, 1, true, err);
-            if (nidx[l * 2 + which] < 0) return PEFT_ERR_NOMEM;
-            n++;
-        }
-    if (!n)
-        return peft_fail(err, PEFT_ERR_UNSUPPORTED,
-                         "bitfit: %s (%s) has no bias terms to train; BitFit needs an architecture with biases "
-                         "(gpt2; qwen2 has q/k/v biases)", m->path, m->cfg.arch_name);
-    return 0;
+    return a->slot ? 0 : PEFT_ERR_NOMEM;
 }
 
 static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *eidx, peft_err *err) {
@@ -429,43 +324,6 @@ bad:
     return peft_fail(err, rc, "%s: cannot convert the base weights to f32 for full fine-tuning", m->path);
 }
 
-/* Prefix tuning initialised from real keys and values: the base model runs
- * P tokens (sampled ids, or an init text's tokens repeated) and its KV cache
- * rows become the table, so the prefix starts as a plausible context
- * instead of N(0, 1) noise. Uses (and resets) the model's inference state. */
-static int prefix_from_tokens(adapter *a, const peft_model *cm, const method_config *mc, peft_rng *rng, peft_err *err) {
-    peft_model *m = (peft_model *)cm;
-    const int P = mc->n_virtual, L = m->cfg.n_layer, hd = m->cfg.head_dim, nkv = m->cfg.n_kv_head, kvd = nkv * hd;
-    int32_t *ids = peft_malloc((size_t)P * sizeof(int32_t), err), *txt = NULL;
-    int n = 0, rc = ids ? 0 : PEFT_ERR_NOMEM;
-    if (!rc && mc->prompt_init == 2) {
-        if (!m->tok || !mc->prompt_init_text) rc = peft_fail(err, PEFT_ERR_INVALID, "prefix tuning: --prompt-init needs a text and a tokenizer");
-        else rc = bpe_encode(m->tok, mc->prompt_init_text, strlen(mc->prompt_init_text), true, false, &txt, &n, err);
-        if (!rc && n == 0) rc = peft_fail(err, PEFT_ERR_INVALID, "prefix tuning: the init text has no tokens");
-    }
-    for (int p = 0; !rc && p < P; p++)
-        ids[p] = mc->prompt_init == 2 ? txt[p % n] : (int32_t)((int64_t)(peft_rng_uniform(rng) * m->cfg.vocab) % m->cfg.vocab);
-    const struct adapter *saved = m->lora;
-    if (!rc) {
-        m->lora = NULL;
-        model_reset(m);
-        rc = model_forward(m, ids, P, NULL, false, err);
-        m->lora = saved;
-    }
-    for (int l = 0; !rc && l < L; l++)
-        for (int p = 0; p < P; p++)
-            for (int g = 0; g < nkv; g++) {
-                const size_t src = (size_t)l * nkv * m->kv.cap * hd + ((size_t)g * m->kv.cap + p) * hd;
-                float *row = a->prefix_table + (size_t)p * a->prefix_w;
-                memcpy(row + (size_t)(2 * l) * kvd + (size_t)g * hd, m->kv.k + src, (size_t)hd * sizeof(float));
-                memcpy(row + (size_t)(2 * l + 1) * kvd + (size_t)g * hd, m->kv.v + src, (size_t)hd * sizeof(float));
-            }
-    model_reset(m);
-    free(ids);
-    free(txt);
-    return rc;
-}
-
 int adapter_new(const peft_model *m, const method_config *mc, adapter **out, peft_err *err) {
     *out = NULL;
     if (mc->method == METHOD_PLUGIN) return method_adapter_new(m, mc, true, out, err);
@@ -474,10 +332,6 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
     if (mc->n_labels < 0 || mc->n_labels > PEFT_MAX_LABELS)
         return peft_fail(err, PEFT_ERR_INVALID, "%d classification labels: the limit is %d", mc->n_labels,
                          PEFT_MAX_LABELS);
-    if ((mc->method == METHOD_PROMPT || mc->method == METHOD_PREFIX) &&
-        (mc->n_virtual < 0 || mc->n_virtual > PEFT_MAX_VIRTUAL_TOKENS))
-        return peft_fail(err, PEFT_ERR_INVALID, "%d virtual tokens: the limit is %d", mc->n_virtual,
-                         PEFT_MAX_VIRTUAL_TOKENS);
     if (mc->method == METHOD_LORA || mc->method == METHOD_DORA) {
         lora_config c = mc->lora;
         c.dora = mc->method == METHOD_DORA;
@@ -485,7 +339,6 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
         int rc = lora_new_head(m, &c, mc->n_labels, out, err);
         if (rc) return rc;
         (*out)->mc = *mc;
-        (*out)->mc.prompt_init_text = NULL;
         return 0;
     }
     const int L = m->cfg.n_layer;
@@ -493,7 +346,6 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
     if (!a) return PEFT_ERR_NOMEM;
     a->method = mc->method;
     a->mc = *mc;
-    a->mc.prompt_init_text = NULL;
     adapter_set_signature(a, m);
     a->base_model = peft_strdup(m->path, err);
     int *idx = peft_calloc((size_t)(L + 1) * ROLE_N_LINEAR * 2 + 8, sizeof(int), err);
@@ -502,9 +354,6 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
     int rc = (!a->base_model || !idx || !nidx) ? PEFT_ERR_NOMEM : alloc_slots(a, m, err);
     if (rc) goto done;
     switch (mc->method) {
-    case METHOD_PROMPT:
-    case METHOD_PREFIX: rc = new_prompt(a, m, idx, err); break;
-    case METHOD_BITFIT: rc = new_bitfit(a, m, idx, nidx, err); break;
     case METHOD_FULL: rc = new_full(a, m, idx, nidx, eidx, err); break;
     default: rc = peft_fail(err, PEFT_ERR_INVALID, "unknown method %d", (int)mc->method);
     }
@@ -518,59 +367,6 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
     peft_rng rng;
     peft_rng_seed(&rng, mc->seed);
     switch (mc->method) {
-    case METHOD_PROMPT:
-    case METHOD_PREFIX: {
-        adapter_wire_prompt(a, idx[0]);
-        const int P = mc->n_virtual, d = m->cfg.d_model;
-        if (mc->method == METHOD_PROMPT && mc->prompt_init != 0) {
-            /* rows of the token embedding: sampled ids, or the init text's
-             * tokens repeated to fill P (HF PEFT's TEXT init) */
-            int32_t *ids = NULL;
-            int n = 0;
-            if (mc->prompt_init == 2) {
-                if (!m->tok || !mc->prompt_init_text) { rc = peft_fail(err, PEFT_ERR_INVALID, "prompt tuning: --prompt-init needs a text and a tokenizer"); break; }
-                if ((rc = bpe_encode(m->tok, mc->prompt_init_text, strlen(mc->prompt_init_text), true, false, &ids, &n, err))) break;
-                if (n == 0) { free(ids); rc = peft_fail(err, PEFT_ERR_INVALID, "prompt tuning: the init text has no tokens"); break; }
-            }
-            for (int p = 0; p < P && !rc; p++) {
-                int64_t tok = mc->prompt_init == 2 ? ids[p % n] : (int64_t)(peft_rng_uniform(&rng) * m->cfg.vocab) % m->cfg.vocab;
-                rc = kern_weight_row(&m->tok_emb, tok, a->prompt + (size_t)p * d);
-                if (rc) rc = peft_fail(err, rc, "prompt tuning: token %lld of the init has no embedding row", (long long)tok);
-            }
-            free(ids);
-            if (rc) break;
-        } else if (mc->method == METHOD_PREFIX && mc->prompt_init != 0) {
-            if (mc->prefix_projection) { rc = peft_fail(err, PEFT_ERR_INVALID, "prefix tuning: --prompt-init does not apply with a projection"); break; }
-            rc = prefix_from_tokens(a, m, mc, &rng, err);
-            if (rc) break;
-        } else if (mc->method == METHOD_PREFIX && mc->prefix_projection) {
-            const int H = a->mc.prefix_hidden, W = prefix_width(m), td = m->cfg.n_kv_head * m->cfg.head_dim;
-            for (int64_t k = 0; k < (int64_t)P * td; k++) a->pe_emb[k] = peft_rng_normal(&rng);
-            adapter_kaiming_uniform(a->pe_w1, (int64_t)H * td, td, &rng);
-            adapter_kaiming_uniform(a->pe_b1, H, td, &rng);
-            adapter_kaiming_uniform(a->pe_w2, (int64_t)W * H, H, &rng);
-            adapter_kaiming_uniform(a->pe_b2, W, H, &rng);
-        } else {
-            /* nn.Embedding's default: N(0, 1) */
-            for (int64_t k = 0; k < a->tensors[idx[0]].n; k++) a->tensors[idx[0]].p[k] = peft_rng_normal(&rng);
-        }
-        break;
-    }
-    case METHOD_BITFIT:
-        for (int s = 0; s < L * ROLE_N_LINEAR; s++)
-            if (idx[s] >= 0) {
-                a->bias[s] = a->tensors[idx[s]].p;
-                a->gbias[s] = a->tensors[idx[s]].g;
-                memcpy(a->bias[s], m->layers[s / ROLE_N_LINEAR].lin[s % ROLE_N_LINEAR].b,
-                       (size_t)a->tensors[idx[s]].n * sizeof(float));
-            }
-        for (int k = 0; k < 2 * L + 1; k++)
-            if (nidx[k] >= 0) {
-                a->nbias[k] = a->tensors[nidx[k]].p;
-                a->gnbias[k] = a->tensors[nidx[k]].g;
-                memcpy(a->nbias[k], base_norm_b(m, k / 2, k % 2), (size_t)m->cfg.d_model * sizeof(float));
-            }
-        break;
     case METHOD_FULL: rc = wire_full(a, m, idx, nidx, eidx, err); break;
     default: break;
     }
@@ -594,18 +390,28 @@ const kern_weight *adapter_weight(const adapter *a, const peft_model *m, int l, 
 
 const float *adapter_bias(const adapter *a, const peft_model *m, int l, model_linear_role r) {
     const int s = l * ROLE_N_LINEAR + r;
-    if (a && a->bias && a->bias[s]) return a->bias[s];
+    if (a && a->ops && a->ops->lin_bias) {
+        const float *b = a->ops->lin_bias(a, l, r);
+        if (b) return b;
+    }
     if (a && a->fb && a->fw[s].data) return a->fb[s];
     return m->layers[l].lin[r].b;
 }
 
 const float *adapter_norm_w(const adapter *a, const peft_model *m, int l, int which) {
+    if (a && a->ops && a->ops->norm_param) {
+        const float *w = a->ops->norm_param(a, l, which, false);
+        if (w) return w;
+    }
     if (a && a->fnw && a->fnw[l * 2 + which]) return a->fnw[l * 2 + which];
     return base_norm_w(m, l, which);
 }
 
 const float *adapter_norm_b(const adapter *a, const peft_model *m, int l, int which) {
-    if (a && a->nbias && a->nbias[l * 2 + which]) return a->nbias[l * 2 + which];
+    if (a && a->ops && a->ops->norm_param) {
+        const float *b = a->ops->norm_param(a, l, which, true);
+        if (b) return b;
+    }
     if (a && a->fnb && a->fnb[l * 2 + which]) return a->fnb[l * 2 + which];
     return base_norm_b(m, l, which);
 }
@@ -641,8 +447,8 @@ int adapter_n_labels(const adapter *a, const peft_model *m) {
     return a && a->mc.n_labels ? a->mc.n_labels : m->n_labels;
 }
 
-int adapter_prompt_rows(const adapter *a) { return a && a->method == METHOD_PROMPT ? a->mc.n_virtual : 0; }
-int adapter_prefix_rows(const adapter *a) { return a && a->method == METHOD_PREFIX ? a->mc.n_virtual : 0; }
+int adapter_prompt_rows(const adapter *a) { return a && a->ops && a->ops->input_rows ? a->ops->input_rows(a) : 0; }
+int adapter_prefix_rows(const adapter *a) { return a && a->ops && a->ops->kv_rows ? a->ops->kv_rows(a) : 0; }
 
 /* ---- the hooked linear, shared by the inference forward and the training graph ---- */
 
@@ -709,37 +515,10 @@ int adapter_refresh(adapter *a, const peft_model *m, peft_err *err) {
         }
         free(row);
     }
-    if (a->method == METHOD_PREFIX && a->mc.prefix_projection) {
-        const int P = a->mc.n_virtual, d = m->cfg.n_kv_head * m->cfg.head_dim, H = a->mc.prefix_hidden,
-                  W = prefix_width(m);
-        /* hidden = tanh(emb·W1ᵀ + b1); table = hidden·W2ᵀ + b2 */
-        for (int p = 0; p < P; p++) {
-            memcpy(a->pe_hidden + (size_t)p * H, a->pe_b1, (size_t)H * sizeof(float));
-            memcpy(a->prefix_table + (size_t)p * W, a->pe_b2, (size_t)W * sizeof(float));
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, P, H, d, 1.0f, a->pe_emb, d, a->pe_w1, d, 1.0f, a->pe_hidden, H);
-        for (int64_t k = 0; k < (int64_t)P * H; k++) a->pe_hidden[k] = tanhf(a->pe_hidden[k]);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, P, W, H, 1.0f, a->pe_hidden, H, a->pe_w2, H, 1.0f,
-                    a->prefix_table, W);
-    }
+    if (a->ops && a->ops->refresh) return a->ops->refresh(a, m, err);
     return 0;
 }
 
 void adapter_refresh_bwd(adapter *a, const peft_model *m) {
-    if (!a || a->method != METHOD_PREFIX || !a->mc.prefix_projection) return;
-    const int P = a->mc.n_virtual, d = m->cfg.n_kv_head * m->cfg.head_dim, H = a->mc.prefix_hidden,
-              W = prefix_width(m);
-    float *dh = a->pe_dhidden;
-    /* gW2 += dTᵀ·hidden, gb2 += colsum dT, dh = dT·W2 ⊙ (1 - hidden²) */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, W, H, P, 1.0f, a->prefix_gtable, W, a->pe_hidden, H, 1.0f,
-                a->pe_gw2, H);
-    for (int p = 0; p < P; p++)
-        for (int k = 0; k < W; k++) a->pe_gb2[k] += a->prefix_gtable[(size_t)p * W + k];
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, P, H, W, 1.0f, a->prefix_gtable, W, a->pe_w2, H, 0.0f, dh, H);
-    for (int64_t k = 0; k < (int64_t)P * H; k++) dh[k] *= 1.0f - a->pe_hidden[k] * a->pe_hidden[k];
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, d, P, 1.0f, dh, H, a->pe_emb, d, 1.0f, a->pe_gw1, d);
-    for (int p = 0; p < P; p++)
-        for (int k = 0; k < H; k++) a->pe_gb1[k] += dh[(size_t)p * H + k];
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, P, d, H, 1.0f, dh, H, a->pe_w1, d, 1.0f, a->pe_gemb, d);
-    memset(a->prefix_gtable, 0, (size_t)P * W * sizeof(float));
+    if (a && a->ops && a->ops->refresh_bwd) a->ops->refresh_bwd(a, m);
 }

@@ -26,9 +26,6 @@ typedef struct method_ops method_ops;   /* peft/method.h */
 typedef enum {
     METHOD_LORA = 0,
     METHOD_DORA,
-    METHOD_PROMPT,
-    METHOD_PREFIX,
-    METHOD_BITFIT,
     METHOD_FULL,
     METHOD_N,
     METHOD_PLUGIN = 100   /* a method of the plug-in registry (method.h): see mc.ops */
@@ -86,12 +83,6 @@ typedef struct {
     peft_method method;
     /* LoRA / DoRA */
     lora_config lora;
-    /* prompt / prefix */
-    int n_virtual;               /* num_virtual_tokens (20 prompt, 20 prefix) */
-    int prompt_init;             /* 0 random, 1 sample vocabulary, 2 text */
-    const char *prompt_init_text;
-    bool prefix_projection;
-    int prefix_hidden;           /* encoder_hidden_size */
     /* classification head: n_labels > 0 adds score (n_labels, d) */
     int n_labels;
     uint64_t seed;
@@ -99,7 +90,7 @@ typedef struct {
     /* plug-in methods (method == METHOD_PLUGIN): the table and its options,
      * "key=value;key=value" (method_option_get) */
     const method_ops *ops;
-    char options[1024];
+    char options[1024];   /* PEFT_METHOD_OPTIONS_MAX */
 } method_config;
 
 typedef struct adapter {
@@ -121,23 +112,6 @@ typedef struct adapter {
     int n_tensors, cap_tensors;
     adapter_tensor *tensors;
     float *dora_norms;                /* all modules' wnorm, one buffer */
-    /* prompt tuning: (n_virtual, d); prefix tuning: table (n_virtual,
-     * n_layer·2·kvd) — layer l's keys at columns [2l·kvd, (2l+1)·kvd), its
-     * values after them. With prefix_projection the table is computed into
-     * prefix_table (not a parameter) from emb (P, d) by
-     * tanh(emb·W1ᵀ + b1)·W2ᵀ + b2. */
-    float *prompt, *gprompt;
-    float *prefix_table;              /* the table in use (params or computed) */
-    int prefix_w;                     /* its width, n_layer · 2 · kvd */
-    float *pe_emb, *pe_w1, *pe_b1, *pe_w2, *pe_b2;
-    float *pe_gemb, *pe_gw1, *pe_gb1, *pe_gw2, *pe_gb2;
-    float *pe_hidden;                 /* (P, hidden) tanh output, for the backward */
-    float *pe_dhidden;                /* (P, hidden) scratch of the backward */
-    float *prefix_gtable;             /* (P, width) gradient of the computed table */
-    /* BitFit: per slot a bias copy (out), per layer norm biases (d) ×2 and
-     * the final norm's; NULL where the base has none */
-    float **bias, **gbias;
-    float **nbias, **gnbias;          /* (n_layer * 2 + 1) */
     /* full fine-tuning: every weight as f32 copies, HF (out, in) layout */
     kern_weight *fw;                  /* per slot */
     float **fb, **gfb;                /* linear biases */
@@ -208,7 +182,6 @@ int adapter_prefix_rows(const adapter *a);
 void adapter_kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng);
 int adapter_head_add(adapter *a, const peft_model *m, int n_labels, peft_err *err);
 void adapter_head_wire(adapter *a, const peft_model *m, int idx, uint64_t seed);
-void adapter_wire_prompt(adapter *a, int first_tensor);
 int adapter_layer_prefix(const peft_model *m, int l, char *buf, size_t cap);
 int adapter_norm_name(const peft_model *m, int l, int which, const char *field, char *buf, size_t cap);
 

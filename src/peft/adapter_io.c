@@ -1,11 +1,8 @@
 /* adapter_io.c — saving and loading adapters of every method.
  *
  *   LORA (+ use_dora)        lora_io.c (HF PEFT LoraConfig)
- *   plug-in methods          their table (method.h): IA3, VeRA, BOTTLENECK, ... (src/peft/methods/)
- *   PROMPT_TUNING            HF PEFT; prompt_embeddings (P, d)
- *   PREFIX_TUNING            HF PEFT; prompt_embeddings (P, n_layer·2·kv_dim): the
- *                            table itself, also when trained with prefix_projection
- *                            (HF PEFT saves the projected table too)
+ *   plug-in methods          their table (method.h, src/peft/methods/): IA3, VERA,
+ *                            BOTTLENECK, PROMPT_TUNING, PREFIX_TUNING, ...
  *   BITFIT                   peft.c: base_model.model.<HF parameter>.bias
  *   full fine-tuning         an HF model folder (model.safetensors, config.json, tokenizer)
  * Any method may carry a classification head, base_model.model.score.weight
@@ -30,9 +27,7 @@ int adapter_write_folder(const adapter *a, const char *dir, const char *config_j
     if (rc) return rc;
     int n = 0;
     for (int i = 0; i < a->n_tensors; i++) n += a->tensors[i].saved;
-    /* prefix tuning with a projection saves the projected table, as HF PEFT does */
-    const bool table = a->method == METHOD_PREFIX && a->mc.prefix_projection;
-    st_write_tensor *t = peft_calloc((size_t)n + 2, sizeof *t, err);
+    st_write_tensor *t = peft_calloc((size_t)n + 1, sizeof *t, err);
     char *cfg_path = peft_path_join(dir, "adapter_config.json", err);
     char *st_path = peft_path_join(dir, "adapter_model.safetensors", err);
     if (!t || !cfg_path || !st_path) { rc = PEFT_ERR_NOMEM; goto done; }
@@ -47,15 +42,6 @@ int adapter_write_folder(const adapter *a, const char *dir, const char *config_j
         w->shape[0] = at->shape[0];
         w->shape[1] = at->shape[1];
         w->data = at->p;
-    }
-    if (table) {
-        st_write_tensor *w = &t[k++];
-        w->name = "prompt_embeddings";
-        w->dtype = PEFT_DT_F32;
-        w->ndim = 2;
-        w->shape[0] = a->mc.n_virtual;
-        w->shape[1] = a->prefix_w;
-        w->data = a->prefix_table;
     }
     static const char *const meta[] = {"format", "pt", NULL};
     if ((rc = st_write(st_path, t, k, meta, err))) goto done;
@@ -132,55 +118,6 @@ static bool add_layers(cJSON *o, const adapter *a) {
     for (int l = 0; l < 64 && arr; l++)
         if ((a->mc.layers >> l) & 1u) ok &= cJSON_AddItemToArray(arr, cJSON_CreateNumber(l));
     return ok;
-}
-
-static char *method_config_json(const adapter *a, const peft_model *m) {
-    cJSON *o = cJSON_CreateObject();
-    if (!o) return NULL;
-    const model_config *c = &m->cfg;
-    bool ok = true;
-    switch (a->method) {
-    case METHOD_PROMPT:
-    case METHOD_PREFIX: {
-        const bool prompt = a->method == METHOD_PROMPT;
-        ok &= add_common(o, a, m, prompt ? "PROMPT_TUNING" : "PREFIX_TUNING");
-        ok &= cJSON_AddNumberToObject(o, "num_virtual_tokens", a->mc.n_virtual) != NULL;
-        ok &= cJSON_AddNumberToObject(o, "num_layers", c->n_layer) != NULL;
-        ok &= cJSON_AddNumberToObject(o, "num_transformer_submodules", 1) != NULL;
-        if (prompt) {
-            ok &= cJSON_AddNumberToObject(o, "token_dim", c->d_model) != NULL;
-            ok &= cJSON_AddNumberToObject(o, "num_attention_heads", c->n_head) != NULL;
-            ok &= cJSON_AddStringToObject(o, "prompt_tuning_init", a->mc.prompt_init == 2   ? "TEXT"
-                                                                   : a->mc.prompt_init == 1 ? "SAMPLE_VOCAB"
-                                                                                            : "RANDOM") != NULL;
-            ok &= cJSON_AddNullToObject(o, "prompt_tuning_init_text") != NULL;
-            ok &= cJSON_AddNullToObject(o, "tokenizer_name_or_path") != NULL;
-        } else {
-            /* HF PEFT's GQA convention: token_dim = head_dim · n_kv_head */
-            ok &= cJSON_AddNumberToObject(o, "token_dim", c->n_kv_head * c->head_dim) != NULL;
-            ok &= cJSON_AddNumberToObject(o, "num_attention_heads", c->n_kv_head) != NULL;
-            ok &= cJSON_AddNumberToObject(o, "encoder_hidden_size",
-                                          a->mc.prefix_hidden > 0 ? a->mc.prefix_hidden : c->n_kv_head * c->head_dim) != NULL;
-            ok &= cJSON_AddBoolToObject(o, "prefix_projection", a->mc.prefix_projection) != NULL;
-        }
-        break;
-    }
-    case METHOD_BITFIT: {
-        ok &= add_common(o, a, m, "BITFIT");
-        cJSON *bn = cJSON_AddArrayToObject(o, "bias_names");
-        ok &= bn != NULL;
-        for (int i = 0; i < a->n_tensors && bn; i++)
-            if (a->tensors[i].p != a->score)
-                ok &= cJSON_AddItemToArray(bn, cJSON_CreateString(a->tensors[i].key + strlen("base_model.model.")));
-        break;
-    }
-    default:
-        cJSON_Delete(o);
-        return NULL;
-    }
-    char *s = ok ? cJSON_Print(o) : NULL;
-    cJSON_Delete(o);
-    return s;
 }
 
 /* ---- full fine-tuning: an HF model folder -------------------------------------- */
@@ -390,7 +327,7 @@ done:
 static char *plugin_config_json(const adapter *a, const peft_model *m, peft_err *err) {
     cJSON *o = cJSON_CreateObject();
     char *js = NULL;
-    if (o && add_common(o, a, m, a->ops->peft_type) && add_layers(o, a) &&
+    if (o && add_common(o, a, m, a->ops->peft_type) && ((a->ops->flags & METHOD_PROMPT_LEARNING) || add_layers(o, a)) &&
         (!a->ops->config_write || !a->ops->config_write(a, m, o)))
         js = cJSON_Print(o);
     cJSON_Delete(o);
@@ -400,8 +337,7 @@ static char *plugin_config_json(const adapter *a, const peft_model *m, peft_err 
 
 int adapter_save(const adapter *a, const peft_model *m, const char *dir, peft_err *err) {
     if (a->method == METHOD_FULL) return save_full(a, m, dir, err);
-    char *js = a->ops ? plugin_config_json(a, m, err)
-               : a->method == METHOD_LORA || a->method == METHOD_DORA ? lora_config_json(a, m) : method_config_json(a, m);
+    char *js = a->ops ? plugin_config_json(a, m, err) : lora_config_json(a, m);
     if (!js) return peft_fail(err, PEFT_ERR_NOMEM, "%s: cannot build the adapter config", dir);
     int rc = adapter_write_folder(a, dir, js, err);
     free(js);
@@ -476,30 +412,9 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
         mc.method = METHOD_PLUGIN;
         mc.ops = plug;
         if (plug->config_read && (rc = plug->config_read(o, cfg_path, m, &mc, err))) goto done;
-    } else if (!strcmp(t, "PROMPT_TUNING") || !strcmp(t, "PREFIX_TUNING")) {
-        mc.method = t[1] == 'R' && t[2] == 'O' ? METHOD_PROMPT : METHOD_PREFIX;
-        if ((rc = peft_json_get_int(o, "num_virtual_tokens", 0, false, 1, PEFT_MAX_VIRTUAL_TOKENS, &mc.n_virtual,
-                                    cfg_path, err)))
-            goto done;
-        /* the saved table is loaded as is; a projection is not re-created */
-        mc.prefix_projection = false;
-        int nl, subs;
-        if ((rc = peft_json_get_int(o, "num_layers", m->cfg.n_layer, false, 1, PEFT_MAX_LAYERS, &nl, cfg_path, err)) ||
-            (rc = peft_json_get_int(o, "num_transformer_submodules", 1, false, 1, 2, &subs, cfg_path, err)))
-            goto done;
-        if (nl != m->cfg.n_layer) {
-            rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: made for %d layers, %s has %d", cfg_path, nl, m->path, m->cfg.n_layer);
-            goto done;
-        }
-        if (subs != 1) {
-            rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: num_transformer_submodules != 1 (encoder-decoder) is not supported", cfg_path);
-            goto done;
-        }
-    } else if (!strcmp(t, "BITFIT")) {
-        mc.method = METHOD_BITFIT;
     } else {
         char known[512];
-        size_t kl = (size_t)snprintf(known, sizeof known, "LORA, PROMPT_TUNING, PREFIX_TUNING, BITFIT");
+        size_t kl = (size_t)snprintf(known, sizeof known, "LORA");
         for (const method_ops *const *p = method_registry(); *p && kl < sizeof known; p++)
             kl += (size_t)snprintf(known + kl, sizeof known - kl, ", %s", (*p)->peft_type);
         rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: peft_type %s is not supported (%s load)", cfg_path, t, known);
@@ -538,26 +453,6 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
             goto done;
         }
         mc.n_labels = (int)head->shape[0];
-    }
-    if (mc.method == METHOD_PREFIX || mc.method == METHOD_PROMPT) {
-        const st_tensor *pe = st_find(st, "prompt_embeddings");
-        if (!pe) { rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: missing tensor prompt_embeddings", st_path); goto done; }
-        /* the widths new_prompt gives the table (prefix: layers x 2 x the key/value width) */
-        const int64_t width = mc.method == METHOD_PROMPT
-                                  ? m->cfg.d_model
-                                  : 2 * (int64_t)m->cfg.n_layer * m->cfg.n_kv_head * m->cfg.head_dim;
-        if (pe->ndim != 2 || pe->shape[0] < 1 || pe->shape[0] > PEFT_MAX_VIRTUAL_TOKENS || pe->shape[1] != width ||
-            (mc.n_virtual > 0 && pe->shape[0] != mc.n_virtual)) {
-            char rows[32];
-            if (mc.n_virtual > 0) snprintf(rows, sizeof rows, "%d", mc.n_virtual);
-            else snprintf(rows, sizeof rows, "1..%d", PEFT_MAX_VIRTUAL_TOKENS);
-            rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: prompt_embeddings has shape [%lld, %lld], expected [%s, %lld] "
-                           "(num_virtual_tokens of %s, at most %d)", st_path,
-                           (long long)(pe->ndim > 0 ? pe->shape[0] : 0), (long long)(pe->ndim > 1 ? pe->shape[1] : 0),
-                           rows, (long long)width, cfg_path, PEFT_MAX_VIRTUAL_TOKENS);
-            goto done;
-        }
-        mc.n_virtual = (int)pe->shape[0];
     }
     if (mc.method == METHOD_PLUGIN) mc.layers = mc.lora.layers = mc.layers | mc.lora.layers;
     if ((rc = mc.method == METHOD_PLUGIN ? method_adapter_new(m, &mc, false, &a, err) : adapter_new(m, &mc, &a, err)))

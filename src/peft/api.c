@@ -100,13 +100,18 @@ peft_adapter *peft_adapter_new_method(peft_model *m, const peft_method_params *p
                  (p->bert_init && method_has_option(plug, "adapter_init") &&
                   method_option_add(&mc, "adapter_init", "bert", err))))
         return NULL;
-    mc.n_virtual = p->num_virtual_tokens;
-    if (p->prompt_init && strcmp(p->prompt_init, "random")) {
-        if (!strcmp(p->prompt_init, "sample-vocab")) mc.prompt_init = 1;
-        else { mc.prompt_init = 2; mc.prompt_init_text = p->prompt_init; }
-    }
-    mc.prefix_projection = p->prefix_projection != 0;
-    mc.prefix_hidden = p->encoder_hidden_size;
+    char nv[32], eh[32];
+    snprintf(nv, sizeof nv, "%d", p->num_virtual_tokens);
+    snprintf(eh, sizeof eh, "%d", p->encoder_hidden_size);
+    if (plug && ((p->num_virtual_tokens > 0 && method_has_option(plug, "num_virtual_tokens") &&
+                  method_option_add(&mc, "num_virtual_tokens", nv, err)) ||
+                 (p->prompt_init && method_has_option(plug, "prompt_init") &&
+                  method_option_add(&mc, "prompt_init", p->prompt_init, err)) ||
+                 (p->prefix_projection && method_has_option(plug, "prefix_projection") &&
+                  method_option_add(&mc, "prefix_projection", "true", err)) ||
+                 (p->encoder_hidden_size > 0 && method_has_option(plug, "encoder_hidden_size") &&
+                  method_option_add(&mc, "encoder_hidden_size", eh, err))))
+        return NULL;
     /* the older per-method fields: ia3_targets is a target list, ia3_feedforward
      * the option "feedforward" */
     if (plug && p->ia3_targets && lora_parse_targets(m, p->ia3_targets, &mc.lora.targets, err)) return NULL;

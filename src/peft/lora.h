@@ -109,4 +109,46 @@ int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, i
 /* GGUF names: "blk.<l>.<attn_q|...>.weight" of a linear (into buf). */
 int lora_gguf_weight_name(int layer, model_linear_role r, char *buf, size_t cap);
 
+/* ---- adapter arithmetic (lora_combine.c) ---------------------------------
+ * HF peft's LoraModel.add_weighted_adapter: LoRA adapters of one base, with
+ * weights, into a new LoRA adapter (docs/methods.md, "Adapter arithmetic"). */
+typedef enum {
+    COMBINE_LINEAR = 0,
+    COMBINE_CAT,
+    COMBINE_SVD,
+    COMBINE_TIES,
+    COMBINE_TIES_SVD,
+    COMBINE_DARE_LINEAR,
+    COMBINE_DARE_TIES,
+    COMBINE_DARE_LINEAR_SVD,
+    COMBINE_DARE_TIES_SVD,
+    COMBINE_MAGNITUDE_PRUNE,
+    COMBINE_MAGNITUDE_PRUNE_SVD,
+    COMBINE_N
+} combine_type;
+
+typedef struct {
+    combine_type type;     /* svd (HF's default) */
+    double density;        /* fraction kept, (0, 1]; 0: not given (ties, dare_*, magnitude_prune* need it) */
+    bool sign_frequency;   /* TIES sign election: majority_sign_method "frequency" instead of "total" */
+    int svd_rank;          /* *svd: the result's rank; 0: the largest input rank */
+    double svd_clamp;      /* *svd: clamp the factors at this quantile, in [0, 1]; < 0: none */
+    uint64_t seed;         /* dare_*: the random masks */
+} combine_opts;
+
+combine_opts combine_default_opts(void);
+/* HF's combination_type names ("linear", "dare_ties_svd", ...). */
+int combine_type_parse(const char *name, combine_type *out, peft_err *err);
+const char *combine_type_name(combine_type t);
+/* in[0..n) with weights w, all loaded for m, into *out (a new LoRA adapter
+ * for m). names[i] (may be NULL) names input i in messages. Every check
+ * (methods, bases, ranks, the modules the type allows, numbers) comes
+ * before anything is computed; nothing is written. */
+/* The svd types' clamp of factors A (na values) and B (nb) to
+ * ±quantile(B ∪ A, q), in place. It depends on the sign of each singular
+ * pair, which LAPACK implementations choose differently. */
+int combine_clamp_factors(float *A, int64_t na, float *B, int64_t nb, double q, peft_err *err);
+int lora_combine(const peft_model *m, const adapter *const *in, const double *w, int n, const char *const *names,
+                 const combine_opts *o, adapter **out, peft_err *err);
+
 #endif

@@ -36,7 +36,6 @@ int method_adapter_new(const peft_model *m, const method_config *mc, bool fresh,
     a->method = METHOD_PLUGIN;
     a->ops = ops;
     a->mc = *mc;
-    a->mc.prompt_init_text = NULL;
     a->mc.layers = a->mc.lora.layers = mc->layers | mc->lora.layers;
     adapter_set_signature(a, m);
     int rc = 0, head = -1;
@@ -86,6 +85,8 @@ const char *method_option_get(const method_config *mc, const char *key, char *bu
             if (vl >= cap) return NULL;
             memcpy(buf, p + kl + 1, vl);
             buf[vl] = '\0';
+            for (char *c = buf; *c; c++)
+                if (*c == '\x1e') *c = ';';   /* method_option_add's stand-in */
             return buf;
         }
         p += n + (end ? 1 : 0);
@@ -103,10 +104,14 @@ bool method_has_option(const method_ops *ops, const char *key) {
 }
 
 int method_option_add(method_config *mc, const char *key, const char *value, peft_err *err) {
-    const size_t used = strlen(mc->options);
-    if (strchr(value, ';') || snprintf(mc->options + used, sizeof mc->options - used, "%s%s=%s", used ? ";" : "", key,
-                                       value) >= (int)(sizeof mc->options - used))
-        return peft_fail(err, PEFT_ERR_INVALID, "%s: option %s is too long or holds ';'", mc->ops ? mc->ops->name : "method", key);
+    const size_t used = strlen(mc->options), need = (used ? 1 : 0) + strlen(key) + 1 + strlen(value);
+    if (strchr(value, '\x1e') || used + need >= sizeof mc->options)
+        return peft_fail(err, PEFT_ERR_INVALID, "%s: option %s is too long", mc->ops ? mc->ops->name : "method", key);
+    char *o = mc->options + used;
+    o += sprintf(o, "%s%s=", used ? ";" : "", key);
+    /* a ';' inside the value is kept as \x1e (method_option_get turns it back) */
+    for (const char *c = value; *c; c++) *o++ = *c == ';' ? '\x1e' : *c;
+    *o = '\0';
     return 0;
 }
 

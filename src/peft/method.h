@@ -80,6 +80,7 @@ struct method_ops {
     /* Which generic options (--r, --alpha, --dropout, --target, --layers)
      * apply: bits of METHOD_USES_*. */
     unsigned uses;
+    unsigned flags;                   /* METHOD_PROMPT_LEARNING */
 
     /* Checks mc's options before anything is loaded (the CLI's usage errors);
      * what needs the model is checked by create. */
@@ -109,6 +110,13 @@ struct method_ops {
      * dx += d delta / dx; HOOK_REPLACE: everything, dx included. dx (N, in)
      * may be NULL (parameter gradients only). */
     int (*lin_bwd)(adapter *a, const lin_call *c, const float *dy, int lddy, float *dx);
+    /* a linear's bias replaced by the method's (BitFit), or NULL: the base's */
+    const float *(*lin_bias)(const adapter *a, int l, model_linear_role r);
+    /* norms: the method's weight or bias of norm `which` (0 attention, 1 MLP)
+     * of layer l (l == n_layer: the final norm), or NULL: the base's; and
+     * the gradient it accumulates into (NULL: not trained) */
+    const float *(*norm_param)(const adapter *a, int l, int which, bool bias);
+    float *(*norm_grad)(adapter *a, int l, int which, bool bias);
     /* sub-layer output hooks */
     bool (*sub_hooked)(const adapter *a, int l, int site);
     size_t (*sub_act_bytes)(const adapter *a, int l, int site, int N);
@@ -116,6 +124,19 @@ struct method_ops {
     /* from dy (N, d), the gradient of y: parameter gradients and dh (N, d),
      * the gradient of h (overwritten). */
     int (*sub_bwd)(adapter *a, const sub_call *c, const float *dy, float *dh);
+    /* input rows: P rows (d floats each) put before every sequence */
+    int (*input_rows)(const adapter *a);
+    const float *(*input_row)(const adapter *a, int p);
+    float *(*input_grad)(adapter *a, int p);
+    /* attention keys/values: P rows per layer every query sees first; k
+     * and v point at the kvd floats of row p of layer l */
+    int (*kv_rows)(const adapter *a);
+    void (*kv_row)(const adapter *a, int l, int p, const float **k, const float **v);
+    void (*kv_grad)(adapter *a, int l, int p, float **gk, float **gv);
+    /* values derived from the parameters, recomputed after every change
+     * (adapter_refresh), and the backward through them (adapter_refresh_bwd) */
+    int (*refresh)(adapter *a, const peft_model *m, peft_err *err);
+    void (*refresh_bwd)(adapter *a, const peft_model *m);
     /* The lowest layer with a hook (the backward stops there). */
     int (*lowest_layer)(const adapter *a, const peft_model *m);
 
@@ -130,6 +151,12 @@ struct method_ops {
     /* A line for `peft train`'s summary: "r=8 on 4 modules". */
     void (*describe)(const adapter *a, char *buf, size_t cap);
 };
+
+/* HF's prompt-learning methods: one wrapper level less in the head's key
+ * (base_model.score.weight), no layers_to_transform, no packing. */
+enum { METHOD_PROMPT_LEARNING = 1u << 0 };
+
+#define PEFT_METHOD_OPTIONS_MAX 1024
 
 enum {
     METHOD_USES_R = 1u << 0,

@@ -265,9 +265,9 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
         g->lowest = PEFT_MIN(g->lowest, a->mods[i].layer);
     }
     if (a) {
-        if (a->method == METHOD_PREFIX) g->lowest = 0;
+        if (P) g->need_dx0 = true;   /* the input rows are trained */
         if (a->ops && a->ops->lowest_layer) g->lowest = PEFT_MIN(g->lowest, a->ops->lowest_layer(a, m));
-        if (a->method == METHOD_PROMPT || a->method == METHOD_FULL || a->method == METHOD_BITFIT) {
+        if (a->method == METHOD_FULL || (a->ops && a->ops->norm_grad)) {
             g->lowest = 0;
             g->need_dx0 = true;
         }
@@ -386,7 +386,6 @@ static int lin_bwd_(train_graph *g, int l, model_linear_role r, const float *x, 
     }
     const int lddyc = dyc == dy ? ldy : out;
     /* BitFit / full: bias and weight gradients */
-    if (a && a->gbias && a->gbias[s]) colsum_acc(a->gbias[s], dy, N, out, ldy);
     if (a && a->gfw && a->gfw[s]) {
         if (a->gfb[s]) colsum_acc(a->gfb[s], dy, N, out, ldy);
         /* gW (out, in) += dyᵀ·x */
@@ -492,11 +491,12 @@ static int sublayer_out_bwd(train_graph *g, int l, model_linear_role r, int site
 /* Prefix tuning: keys (P + T, kvd) and values of sequence bi in layer l
  * into kb, vb: the prefix rows of the table, then the sequence's. */
 static void prefix_kv(train_graph *g, const layer_acts *L, int l, int bi, float *kb, float *vb) {
-    const int PX = g->PX, T = g->T, kvd = g->kvd, W = g->m->cfg.n_layer * 2 * kvd;
-    const float *tab = g->ad->prefix_table;
+    const int PX = g->PX, T = g->T, kvd = g->kvd;
     for (int p = 0; p < PX; p++) {
-        memcpy(kb + (size_t)p * kvd, tab + (size_t)p * W + (size_t)(2 * l) * kvd, (size_t)kvd * sizeof(float));
-        memcpy(vb + (size_t)p * kvd, tab + (size_t)p * W + (size_t)(2 * l + 1) * kvd, (size_t)kvd * sizeof(float));
+        const float *k, *v;
+        g->ad->ops->kv_row(g->ad, l, p, &k, &v);
+        memcpy(kb + (size_t)p * kvd, k, (size_t)kvd * sizeof(float));
+        memcpy(vb + (size_t)p * kvd, v, (size_t)kvd * sizeof(float));
     }
     for (int t = 0; t < T; t++) {
         const float *q = L->qkv + ((size_t)bi * T + t) * g->ldq;
@@ -561,13 +561,14 @@ static void attn_bwd(train_graph *g, layer_acts *L, int l) {
                     q[g->qd + kvd + k] += dv[(size_t)(PX + t) * kvd + k];
                 }
             }
-            const int W = c->n_layer * 2 * kvd;
-            float *gt = g->ad->prefix_gtable;
-            for (int p = 0; p < PX; p++)
+            for (int p = 0; p < PX; p++) {
+                float *gk, *gv;
+                g->ad->ops->kv_grad(g->ad, l, p, &gk, &gv);
                 for (int k = 0; k < kvd; k++) {
-                    gt[(size_t)p * W + (size_t)(2 * l) * kvd + k] += dk[(size_t)p * kvd + k];
-                    gt[(size_t)p * W + (size_t)(2 * l + 1) * kvd + k] += dv[(size_t)p * kvd + k];
+                    gk[k] += dk[(size_t)p * kvd + k];
+                    gv[k] += dv[(size_t)p * kvd + k];
                 }
+            }
             continue;
         }
         for (int s0 = 0; s0 < T;) {
@@ -598,10 +599,13 @@ static void make_masks(train_graph *g, uint64_t seed) {
 
 /* ---- norms with trainable parameters (BitFit, full) ---------------------------------- */
 
-static float *norm_gw(const train_graph *g, int k) { return g->ad && g->ad->gfnw ? g->ad->gfnw[k] : NULL; }
+static float *norm_gw(const train_graph *g, int k) {
+    if (g->ad && g->ad->ops && g->ad->ops->norm_grad) return g->ad->ops->norm_grad(g->ad, k / 2, k % 2, false);
+    return g->ad && g->ad->gfnw ? g->ad->gfnw[k] : NULL;
+}
 static float *norm_gb(const train_graph *g, int k) {
     if (!g->ad) return NULL;
-    if (g->ad->gnbias && g->ad->gnbias[k]) return g->ad->gnbias[k];
+    if (g->ad->ops && g->ad->ops->norm_grad) return g->ad->ops->norm_grad(g->ad, k / 2, k % 2, true);
     return g->ad->gfnb ? g->ad->gfnb[k] : NULL;
 }
 
@@ -759,7 +763,7 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
     float *x = g->L[0].xin;
     for (int i = 0; i < N; i++) {
         float *xr = x + (size_t)i * d;
-        if (g->ids[i] < 0) memcpy(xr, ad->prompt + (size_t)(i % T) * d, (size_t)d * sizeof(float));
+        if (g->ids[i] < 0) memcpy(xr, ad->ops->input_row(ad, i % T), (size_t)d * sizeof(float));
         else if ((rc = kern_weight_row(tok, g->ids[i], xr))) goto fail;
         if (gpt2) {
             if ((rc = kern_weight_row(pos, g->pos[i], g->dh))) goto fail;
@@ -871,7 +875,7 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
         for (int i = 0; i < N; i++) {
             const float *dr = g->dx + (size_t)i * d;
             float *dst = NULL;
-            if (g->ids[i] < 0) dst = ad->gprompt + (size_t)(i % T) * d;
+            if (g->ids[i] < 0) dst = ad->ops->input_grad(ad, i % T);
             else if (ad->gfemb && g->ids[i] != c->pad_token_id) dst = ad->gfemb + (size_t)g->ids[i] * d;
             if (dst)
                 for (int k = 0; k < d; k++) dst[k] += dr[k];

@@ -2,13 +2,17 @@
  * file in this folder and one line here. */
 #include "peft/method.h"
 
-extern const method_ops method_adapter_pfeiffer, method_adapter_houlsby, method_ia3, method_vera, method_lokr;
+extern const method_ops method_adapter_pfeiffer, method_adapter_houlsby, method_prompt, method_prefix, method_ia3,
+    method_vera, method_bitfit, method_lokr;
 
 static const method_ops *const registry[] = {
     &method_adapter_pfeiffer,
     &method_adapter_houlsby,
+    &method_prompt,
+    &method_prefix,
     &method_ia3,
     &method_vera,
+    &method_bitfit,
     &method_lokr,
     NULL,
 };
