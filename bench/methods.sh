@@ -18,7 +18,7 @@ STEPS=${STEPS:-60}
 THREADS=${THREADS:-2}
 SEED=${SEED:-42}
 TASKS=${TASKS:-"sst2 e2e"}
-METHODS=${METHODS:-"lora loraplus dora adapter-pfeiffer adapter-houlsby prompt prefix prefix-vocab ia3 vera loha bitfit full"}
+METHODS=${METHODS:-"lora loraplus dora adapter-pfeiffer adapter-houlsby prompt prefix prefix-vocab ia3 vera loha lokr bitfit full"}
 PEFT=${PEFT:-build/peft}
 [ -f "$MODEL" ] || bash scripts/setup.sh --model
 [ -x "$PEFT" ] || bash scripts/setup.sh --build
@@ -43,6 +43,7 @@ lr_of() {
     bitfit) echo 1e-3 ;;
     full) echo 5e-5 ;;
     loha) echo 5e-3 ;;
+    lokr) echo 5e-3 ;;
     esac
 }
 
@@ -92,6 +93,7 @@ row() {  # task method
     echo "250 validation pairs, batch 4 x 96. LoRA/DoRA: r 8, alpha 16 on q_proj,v_proj; bottleneck: reduction"
     echo "factor 16; prompt/prefix: 20 virtual tokens; IA3: k_proj, v_proj, down_proj; VeRA: r 256 on q_proj,v_proj;"
     echo "LoHa: r 8, alpha 8 on q_proj,v_proj."
+    echo "LoKr: r 8, alpha 8 on q_proj,v_proj (HF defaults; W1 full, W2 low-rank)."
     echo
     echo "| task | method | trainable params | trainable % | file | metric | train tokens/s | peak RSS | notes |"
     echo "|---|---|---|---|---|---|---|---|---|"

@@ -487,6 +487,7 @@ static void adapter_load_fails_cleanly_at_every_allocation(void) {
         {"tests/fixtures/methods/bitfit_qwen2/adapter", "tests/fixtures/models/tiny-qwen2"},
         {"tests/fixtures/methods/seqcls_lora_gpt2/adapter", "tests/fixtures/models/tiny-gpt2"},
         {"tests/fixtures/methods/seqcls_prompt_llama/adapter", "tests/fixtures/models/tiny-llama"},
+        {"tests/fixtures/methods/lokr_llama_decompose/adapter", "tests/fixtures/models/tiny-llama"},
     };
     peft_ctx_params cp = peft_ctx_default_params();
     cp.n_threads = 1;
@@ -551,6 +552,7 @@ static void new_adapter_of_every_method_fails_cleanly_at_every_allocation(void) 
         {"bitfit", "tests/fixtures/models/tiny-qwen2", 0, 0},
         {"full", "tests/fixtures/models/tiny-llama", 0, 0},
         {"full", "tests/fixtures/models/tiny-gpt2.q8_0.gguf", 0, 0},
+        {"lokr", "tests/fixtures/models/tiny-qwen2", 2, 0},
     };
     char dir[64];
     snprintf(dir, sizeof dir, "%s/peft_fault_XXXXXX", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
@@ -604,6 +606,7 @@ static void merge_and_export_fail_cleanly_at_every_allocation(void) {
         {"tests/fixtures/models/tiny-llama.q8_0.gguf", "tests/fixtures/lora/llama_all/final_adapter", 0},
         {"tests/fixtures/models/tiny-llama", "tests/fixtures/methods/dora_llama/adapter", 0},
         {"tests/fixtures/models/tiny-gpt2", "tests/fixtures/methods/ia3_gpt2/adapter", 0},
+        {"tests/fixtures/models/tiny-llama", "tests/fixtures/methods/lokr_llama_r2/adapter", 0},
         {"tests/fixtures/models/tiny-llama.q8_0.gguf", "tests/fixtures/lora/llama_all/final_adapter", 1},
     };
     char dir[64];

@@ -344,6 +344,23 @@ static void every_method_on_llama_and_gpt2(void) {
                                 "alpha_pattern={\"layers\\\\.1\\\\.self_attn\\\\.v_proj\": 3}");
             c.lora.targets = (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);
             RUN("loha_patterns", c, true);
+            /* LoKr: defaults (W1 full; W2 full on q/v, low-rank on down), decompose_both with a factor (W1
+             * low-rank, W2 full), both low-rank (r 2), the lycoris init (W2 = 0: also the identity) */
+            const uint32_t qvd = (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);
+            c = mk_plug("lokr", NULL);
+            c.lora.targets = qvd;
+            RUN("lokr", c, true);
+            c = mk_plug("lokr", "decompose_both=true;decompose_factor=16");
+            c.lora.targets = qvd;
+            RUN("lokr_decompose16", c, true);
+            c = mk_plug("lokr", "decompose_both=true");
+            c.lora.r = 2;
+            c.lora.alpha = 4;
+            c.lora.targets = qvd | (1u << ROLE_UP) | (1u << ROLE_O);
+            RUN("lokr_r2_lowrank", c, true);
+            c = mk_plug("lokr", "init_weights=lycoris;decompose_factor=4");
+            c.lora.targets = qvd;
+            RUN("lokr_lycoris", c, true);
         }
         /* a classification head on every method */
         static const peft_method cls_methods[] = {METHOD_LORA, METHOD_DORA, METHOD_PLUGIN, METHOD_PLUGIN, METHOD_PLUGIN,
@@ -372,6 +389,11 @@ static void qwen2_and_gguf_bases(void) {
     method_case(MFIX "tiny-llama.q8_0.gguf", "gguf_q8_prefix", mk_plug("prefix", "num_virtual_tokens=3"), false);
     method_case(MFIX "tiny-llama.q8_0.gguf", "gguf_q8_full", mk_plug("full", NULL), false);
     method_case(MFIX "tiny-gpt2.f32.gguf", "gguf_gpt2_full", mk_plug("full", NULL), false);
+    /* LoKr on a base with q/v biases and on a GGUF base (merge puts Q/K rows back in llama.cpp's order) */
+    method_config c = mk_plug("lokr", NULL);
+    c.lora.targets = (1u << ROLE_Q) | (1u << ROLE_K) | (1u << ROLE_V) | (1u << ROLE_DOWN);
+    method_case(MFIX "tiny-qwen2", "qwen2_lokr", c, true);
+    method_case(MFIX "tiny-llama.f32.gguf", "gguf_lokr", c, true);
 }
 
 /* Prefix tuning initialised from a text: the adapter's model on X equals the
@@ -635,6 +657,247 @@ static void vera_projections_and_bad_files(void) {
     close_model(&e);
 }
 
+/* ---- LoKr ---------------------------------------------------------------------------- */
+
+/* lokr.c's factorization (HF PEFT's lycoris_utils.factorization) */
+void lokr_factorization(int dim, int factor, int *m_out, int *n_out);
+
+static void lokr_factorization_matches_hf(void) {
+    /* tests/fixtures/methods/README.md's examples, from HF PEFT 0.21.2 */
+    static const struct { int dim, factor, m, n; } t[] = {
+        {64, -1, 8, 8},  {128, -1, 8, 16}, {32, -1, 4, 8}, {192, -1, 12, 16}, {127, -1, 1, 127},
+        {64, 16, 16, 4}, {32, 16, 16, 2},  {128, 16, 16, 8}, {576, -1, 24, 24}, {1536, -1, 32, 48},
+        {1, -1, 1, 1},   {64, 1, 1, 64},    {64, 64, 64, 1},
+        /* a factor that does not divide: the balanced pair whose smaller part is <= factor */
+        {64, 3, 2, 32},  {128, 5, 4, 32},  {100, 6, 5, 20},
+    };
+    for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
+        int m = 0, n = 0;
+        lokr_factorization(t[i].dim, t[i].factor, &m, &n);
+        CHECK_MSG(m == t[i].m && n == t[i].n, "factorization(%d, %d) = (%d, %d), HF gives (%d, %d)", t[i].dim, t[i].factor,
+                  m, n, t[i].m, t[i].n);
+    }
+    /* the full vs low-rank rule on the created tensors (README table, lokr_llama_r2) */
+    env e;
+    if (open_model(&e, MFIX "tiny-llama")) { CHECK(0); return; }
+    method_config c = mk_plug("lokr", "decompose_both=true");
+    c.lora.r = 2;
+    c.lora.targets = (1u << ROLE_V) | (1u << ROLE_DOWN);
+    adapter *a = NULL;
+    peft_err err = {0};
+    CHECK_OK(adapter_new(e.m, &c, &a, &err));
+    static const struct { const char *key; int64_t r, c; } want[] = {
+        {"base_model.model.model.layers.0.self_attn.v_proj.lokr_w1_a", 4, 2},
+        {"base_model.model.model.layers.0.self_attn.v_proj.lokr_w1_b", 2, 8},
+        {"base_model.model.model.layers.0.self_attn.v_proj.lokr_w2_a", 8, 2},
+        {"base_model.model.model.layers.0.self_attn.v_proj.lokr_w2_b", 2, 8},
+        {"base_model.model.model.layers.1.mlp.down_proj.lokr_w2_b", 2, 16},
+    };
+    for (size_t i = 0; a && i < sizeof want / sizeof *want; i++) {
+        const adapter_tensor *t2 = adapter_find_tensor(a, want[i].key);
+        CHECK_MSG(t2 && t2->shape[0] == want[i].r && t2->shape[1] == want[i].c, "%s: shape [%lld, %lld], want [%lld, %lld]",
+                  want[i].key, t2 ? (long long)t2->shape[0] : -1LL, t2 ? (long long)t2->shape[1] : -1LL,
+                  (long long)want[i].r, (long long)want[i].c);
+    }
+    CHECK(a && a->n_tensors == 16);
+    adapter_free(a);
+    close_model(&e);
+}
+
+/* Training-only dropout, on the hook itself: with the same seed the
+ * backward is the gradient of the forward (finite differences on x and on
+ * parameters); a rank-dropout row is either the evaluation row times the
+ * mask scale or zero; module dropout near 1 drops the whole term. */
+static void lokr_dropout_is_consistent(void) {
+    env e;
+    if (open_model(&e, MFIX "tiny-llama")) { CHECK(0); return; }
+    static const char *opts[] = {"rank_dropout=0.5", "rank_dropout=0.5;rank_dropout_scale=true;decompose_both=true",
+                                 "module_dropout=0.9999"};
+    for (size_t oi = 0; oi < sizeof opts / sizeof *opts; oi++) {
+        method_config c = mk_plug("lokr", opts[oi]);
+        c.lora.targets = 1u << ROLE_DOWN;
+        adapter *a = NULL;
+        peft_err err = {0};
+        CHECK_OK(adapter_new(e.m, &c, &a, &err));
+        if (!a) { fprintf(stderr, "  %s\n", err.msg); continue; }
+        perturb(a, e.m, 3);
+        const int N = 5, l = 1;
+        const kern_weight *W = &e.m->layers[l].lin[ROLE_DOWN].w;
+        const int in = (int)W->cols, out = (int)W->rows;
+        float *x = malloc(sizeof(float) * (size_t)N * in), *y = calloc((size_t)N * out, sizeof(float));
+        float *ye = calloc((size_t)N * out, sizeof(float)), *R = malloc(sizeof(float) * (size_t)N * out);
+        float *dx = calloc((size_t)N * in, sizeof(float));
+        float *scr = malloc(sizeof(float) * (a->ops->scratch_floats(a, e.m, N) + 1));
+        peft_rng rng;
+        peft_rng_seed(&rng, 17);
+        for (int i = 0; i < N * in; i++) x[i] = peft_rng_normal(&rng);
+        for (int i = 0; i < N * out; i++) R[i] = peft_rng_normal(&rng);
+        lin_call lc;
+        memset(&lc, 0, sizeof lc);
+        lc.m = e.m;
+        lc.l = l;
+        lc.r = ROLE_DOWN;
+        lc.W = W;
+        lc.in = in;
+        lc.out = out;
+        lc.N = N;
+        lc.x = x;
+        lc.ldy = out;
+        lc.scr = scr;
+        lc.seed = 12345;
+        lc.nt = 2;
+        /* f = Σ R ⊙ delta(x) */
+#define F_OF(res)                                                        \
+    do {                                                                 \
+        memset(y, 0, sizeof(float) * (size_t)N * out);                   \
+        lc.y = y;                                                        \
+        CHECK_OK(a->ops->lin_fwd(a, &lc));                               \
+        res = 0;                                                         \
+        for (int i = 0; i < N * out; i++) res += (double)R[i] * y[i];    \
+    } while (0)
+        lc.y = ye;
+        CHECK_OK(a->ops->lin_fwd(a, &lc));   /* evaluation: no dropout */
+        lc.train = true;
+        double f0;
+        F_OF(f0);
+        int dropped = 0, kept = 0;
+        bool rows_ok = true;
+        for (int o = 0; o < out; o++) {
+            double ratio = NAN;
+            bool zero = true;
+            for (int n = 0; n < N; n++) {
+                const float v = y[(size_t)n * out + o], w = ye[(size_t)n * out + o];
+                if (v != 0.0f) zero = false;
+                if (fabsf(w) > 1e-3f) {
+                    const double q = v / w;
+                    if (isnan(ratio)) ratio = q;
+                    else if (fabs(q - ratio) > 1e-4 * fabs(ratio) + 1e-6) rows_ok = false;
+                }
+            }
+            dropped += zero;
+            kept += !zero;
+        }
+        CHECK_MSG(rows_ok, "%s: a rank-dropout row is not the evaluation row times one factor", opts[oi]);
+        if (oi < 2) CHECK_MSG(dropped > out / 5 && kept > out / 5, "%s: %d rows dropped, %d kept", opts[oi], dropped, kept);
+        else CHECK_MSG(kept == 0, "%s: module dropout 0.9999 kept %d rows", opts[oi], kept);
+        memset(a->grads, 0, sizeof(float) * (size_t)a->n_params);
+        CHECK_OK(a->ops->lin_bwd(a, &lc, R, out, dx));
+        double worst = 0;
+        int probes = 0;
+        /* dx, then a few entries of every tensor */
+        for (int pi = 0; pi < 6; pi++) {
+            const int i = (int)(peft_rng_u64(&rng) % (uint64_t)(N * in));
+            const float sv = x[i];
+            double fp, fm;
+            x[i] = sv + 1e-2f;
+            F_OF(fp);
+            x[i] = sv - 1e-2f;
+            F_OF(fm);
+            x[i] = sv;
+            const double fd = (fp - fm) / 2e-2, e2 = fabs(fd - dx[i]) / (fabs(fd) + 1e-2);
+            worst = fmax(worst, e2);
+            CHECK_MSG(e2 < 1e-2, "%s: dx[%d] %.6g vs finite difference %.6g", opts[oi], i, dx[i], fd);
+            probes++;
+        }
+        for (int ti = 0; ti < a->n_tensors; ti++) {
+            adapter_tensor *t = &a->tensors[ti];
+            if (!strstr(t->key, "layers.1.")) continue;
+            for (int pi = 0; pi < 3; pi++) {
+                const int64_t k2 = (int64_t)(peft_rng_u64(&rng) % (uint64_t)t->n);
+                const float sv = t->p[k2];
+                double fp, fm;
+                t->p[k2] = sv + 1e-2f;
+                F_OF(fp);
+                t->p[k2] = sv - 1e-2f;
+                F_OF(fm);
+                t->p[k2] = sv;
+                const double fd = (fp - fm) / 2e-2, e2 = fabs(fd - t->g[k2]) / (fabs(fd) + 1e-2);
+                worst = fmax(worst, e2);
+                CHECK_MSG(e2 < 1e-2, "%s: %s[%lld] %.6g vs finite difference %.6g", opts[oi], t->key, (long long)k2,
+                          t->g[k2], fd);
+                probes++;
+            }
+        }
+#undef F_OF
+        printf("    lokr %-58s %3d of %d rows dropped, %2d probes, worst rel err %.2g\n", opts[oi], dropped, out, probes,
+               worst);
+        free(x);
+        free(y);
+        free(ye);
+        free(R);
+        free(dx);
+        free(scr);
+        adapter_free(a);
+    }
+    close_model(&e);
+}
+
+static void lokr_bad_input_fails_clearly(void) {
+    env e;
+    if (open_model(&e, MFIX "tiny-gpt2")) { CHECK(0); return; }
+    peft_err err = {0};
+    adapter *a = NULL;
+    method_config c = mk_plug("lokr", NULL);
+    CHECK_EQ_INT(adapter_new(e.m, &c, &a, &err), PEFT_ERR_UNSUPPORTED);
+    CHECK_MSG(strstr(err.msg, "Conv1D"), "%s", err.msg);
+    printf("    lokr on gpt2: %s\n", err.msg);
+    /* an HF-style LoKr file for GPT-2 */
+    char dir[] = "/tmp/peft_lokrbad_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char cfg[300], stp[300];
+    snprintf(cfg, sizeof cfg, "%s/adapter_config.json", dir);
+    snprintf(stp, sizeof stp, "%s/adapter_model.safetensors", dir);
+    static float buf[4096];
+    FILE *f = fopen(cfg, "w");
+    if (f) { fputs("{\"peft_type\": \"LOKR\", \"r\": 4, \"target_modules\": [\"c_attn\"]}", f); fclose(f); }
+    st_write_tensor t0 = {"base_model.model.transformer.h.0.attn.c_attn.lokr_w1", PEFT_DT_F32, 2, {8, 12}, buf};
+    CHECK_OK(st_write(stp, &t0, 1, NULL, &err));
+    CHECK_EQ_INT(adapter_load(e.m, dir, &a, &err), PEFT_ERR_UNSUPPORTED);
+    CHECK_MSG(a == NULL && strstr(err.msg, "adapter_config.json") && strstr(err.msg, "Conv1D"), "%s", err.msg);
+    printf("    %s\n", err.msg);
+    close_model(&e);
+
+    if (open_model(&e, MFIX "tiny-llama")) { CHECK(0); test_rm_rf(dir); return; }
+    static const char *bad_opts[] = {"decompose_factor=0", "decompose_factor=-3", "decompose_factor=2.5",
+                                     "decompose_factor=1e9", "rank_dropout=1", "init_weights=gaussian"};
+    for (size_t i = 0; i < sizeof bad_opts / sizeof *bad_opts; i++) {
+        c = mk_plug("lokr", bad_opts[i]);
+        CHECK_EQ_INT(adapter_new(e.m, &c, &a, &err), PEFT_ERR_INVALID);
+        CHECK_MSG(a == NULL && strstr(err.msg, "lokr"), "%s: %s", bad_opts[i], err.msg);
+        printf("    %-22s %s\n", bad_opts[i], err.msg);
+    }
+    static const struct {
+        const char *config, *tensor;
+        int64_t r, c;
+        int want;
+        const char *msg;
+    } cases[] = {
+        /* q_proj 64 -> 64, r 4: W1 [8, 8] full */
+        {"{\"peft_type\": \"LOKR\", \"r\": 4, \"target_modules\": [\"q_proj\"]}",
+         "base_model.model.model.layers.0.self_attn.q_proj.lokr_w1", 8, 4, PEFT_ERR_SHAPE, "lokr_w1 has shape [8, 4]"},
+        /* a low-rank W1 where the rule says full */
+        {"{\"peft_type\": \"LOKR\", \"r\": 4, \"target_modules\": [\"q_proj\"]}",
+         "base_model.model.model.layers.0.self_attn.q_proj.lokr_w1_a", 8, 4, PEFT_ERR_FORMAT, "missing tensor"},
+        {"{\"peft_type\": \"LOKR\", \"decompose_factor\": 0}", "x", 1, 1, PEFT_ERR_FORMAT, "decompose_factor"},
+        {"{\"peft_type\": \"LOKR\", \"decompose_factor\": 1e12}", "x", 1, 1, PEFT_ERR_FORMAT, "decompose_factor"},
+        {"{\"peft_type\": \"LOKR\", \"r\": 0}", "x", 1, 1, PEFT_ERR_FORMAT, "\"r\""},
+        {"{\"peft_type\": \"LOKR\", \"init_weights\": \"pissa\"}", "x", 1, 1, PEFT_ERR_FORMAT, "init_weights"},
+        {"{\"peft_type\": \"LOKR\", \"rank_pattern\": {\"q_proj\": 2}}", "x", 1, 1, PEFT_ERR_UNSUPPORTED, "rank_pattern"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        f = fopen(cfg, "w");
+        if (f) { fputs(cases[i].config, f); fclose(f); }
+        st_write_tensor t = {cases[i].tensor, PEFT_DT_F32, 2, {cases[i].r, cases[i].c}, buf};
+        CHECK_OK(st_write(stp, &t, 1, NULL, &err));
+        int rc = adapter_load(e.m, dir, &a, &err);
+        CHECK_MSG(rc == cases[i].want && strstr(err.msg, cases[i].msg), "case %zu: rc %d: %s", i, rc, err.msg);
+        CHECK(a == NULL);
+        printf("    %s\n", err.msg);
+    }
+    test_rm_rf(dir);
+    close_model(&e);
+}
+
 int main(void) {
     TEST_RUN(every_method_on_llama_and_gpt2);
     TEST_RUN(qwen2_and_gguf_bases);
@@ -643,5 +906,8 @@ int main(void) {
     TEST_RUN(methods_the_base_cannot_take_fail_clearly);
     TEST_RUN(bad_adapter_files_fail_clearly);
     TEST_RUN(vera_projections_and_bad_files);
+    TEST_RUN(lokr_factorization_matches_hf);
+    TEST_RUN(lokr_dropout_is_consistent);
+    TEST_RUN(lokr_bad_input_fails_clearly);
     TEST_MAIN_END();
 }

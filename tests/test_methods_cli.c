@@ -8,6 +8,7 @@
 #include "test.h"
 
 #include <math.h>
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,6 +122,10 @@ static void bad_method_input_fails_before_training(void) {
         {"--method lora --num-labels 3", "--num-labels needs", 1},
         {"--method ia3 --loraplus-lr-ratio 16", "--loraplus-lr-ratio does not apply to --method ia3", 2},
         {"--method lora --loraplus-lr-ratio -2", "--loraplus-lr-ratio", 2},
+        {"--method lokr --dropout 0.1", "--dropout does not apply to --method lokr", 2},
+        {"--method lokr --decompose-factor 0", "decompose_factor must be -1", 2},
+        {"--method lokr --rank-dropout 1.5", "rank_dropout must be a number in [0, 1]", 2},
+        {"--method vera --decompose-both", "--decompose-both does not apply to --method vera", 2},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char args[2048];
@@ -254,6 +259,52 @@ static void resume_is_exact_for_every_kind_of_state(void) {
     }
 }
 
+/* LoKr through the CLI: its options reach the adapter, HF's defaults (r 8,
+ * alpha 8) apply when --r / --alpha are not given, eval / generate / merge
+ * read it back; GPT-2 is refused. */
+static void lokr_trains_evaluates_and_merges(void) {
+    char args[2048];
+    snprintf(args, sizeof args,
+             "train --model " LLAMA " --data %s/pc.jsonl --val-split 0.25 --method lokr --target q_proj,v_proj,down_proj "
+             "--decompose-both --decompose-factor 16 --steps 4 --batch 2 --seq 48 --lr 1e-2 --out %s/run_lokr --quiet --threads 1",
+             dir, dir);
+    int rc = test_run_cli(args, out, sizeof out);
+    CHECK_MSG(rc == 0 && strstr(out, "lokr: r=8 alpha=8"), "exit %d\n%s", rc, out);
+    char cfg[512];
+    snprintf(cfg, sizeof cfg, "%s/run_lokr/adapter_config.json", dir);
+    size_t n = 0;
+    char *js = NULL;
+    peft_err err = {0};
+    CHECK_OK(peft_read_file(cfg, &js, &n, &err));
+    if (js) {
+        cJSON *o = cJSON_ParseWithLength(js, n);
+        const cJSON *pt = cJSON_GetObjectItemCaseSensitive(o, "peft_type");
+        CHECK_MSG(cJSON_IsString(pt) && !strcmp(pt->valuestring, "LOKR") &&
+                      cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "decompose_both")) &&
+                      cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(o, "decompose_factor")) == 16 &&
+                      cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(o, "r")) == 8 &&
+                      cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(o, "alpha")) == 8,
+                  "%s", js);
+        cJSON_Delete(o);
+        free(js);
+    }
+    snprintf(args, sizeof args, "eval --model " LLAMA " --adapter %s/run_lokr --data %s/pc.jsonl --seq 48 --json --threads 1", dir,
+             dir);
+    rc = test_run_cli(args, out, sizeof out);
+    CHECK_MSG(rc == 0 && strstr(out, "\"loss\""), "eval exit %d\n%s", rc, out);
+    printf("    lokr: eval of the saved adapter: %s", out);
+    snprintf(args, sizeof args, "generate --model " LLAMA " --adapter %s/run_lokr --prompt 'name[' --max-tokens 4 --threads 1", dir);
+    rc = test_run_cli(args, out, sizeof out);
+    CHECK_MSG(rc == 0, "generate exit %d\n%s", rc, out);
+    snprintf(args, sizeof args, "merge --model " LLAMA " --adapter %s/run_lokr --out %s/merged_lokr", dir, dir);
+    rc = test_run_cli(args, out, sizeof out);
+    CHECK_MSG(rc == 0 && strstr(out, "lokr"), "merge exit %d\n%s", rc, out);
+    snprintf(args, sizeof args, "train --model " GPT2 " --data %s/pc.jsonl --method lokr --steps 2 --out %s/lokr_gpt2", dir, dir);
+    rc = test_run_cli(args, out, sizeof out);
+    CHECK_MSG(rc == 1 && strstr(out, "Conv1D") && !strstr(out, "step 1/"), "gpt2: exit %d\n%s", rc, out);
+    printf("    lokr on gpt2: %s", out);
+}
+
 int main(void) {
     if (!getenv("PEFT_CLI")) { fprintf(stderr, "PEFT_CLI is not set\n"); return 1; }
     make_data();
@@ -262,6 +313,7 @@ int main(void) {
     TEST_RUN(bad_method_input_fails_before_training);
     TEST_RUN(merge_tells_the_method_from_the_config);
     TEST_RUN(loha_through_the_cli);
+    TEST_RUN(lokr_trains_evaluates_and_merges);
     TEST_RUN(resume_is_exact_for_every_kind_of_state);
     test_rm_rf(dir);
     TEST_MAIN_END();

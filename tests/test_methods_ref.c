@@ -45,6 +45,10 @@ static const rcase cases[] = {
     {"vera_llama_noproj", "tiny-llama"},
     {"loha_llama", "tiny-llama"},
     {"loha_qwen2", "tiny-qwen2"},
+    {"lokr_llama", "tiny-llama"},
+    {"lokr_llama_decompose", "tiny-llama"},
+    {"lokr_llama_r2", "tiny-llama"},
+    {"lokr_qwen2", "tiny-qwen2"},
 };
 
 static double rel_diff(const float *a, const float *b, int64_t n) {

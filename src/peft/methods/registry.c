@@ -3,7 +3,7 @@
 #include "peft/method.h"
 
 extern const method_ops method_adapter_pfeiffer, method_adapter_houlsby, method_prompt, method_prefix, method_ia3,
-    method_vera, method_bitfit, method_full, method_loha;
+    method_vera, method_bitfit, method_full, method_loha, method_lokr;
 
 static const method_ops *const registry[] = {
     &method_adapter_pfeiffer,
@@ -15,6 +15,7 @@ static const method_ops *const registry[] = {
     &method_bitfit,
     &method_full,
     &method_loha,
+    &method_lokr,
     NULL,
 };
 
