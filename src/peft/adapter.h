@@ -10,9 +10,11 @@
  * tests walk.
  *
  * Methods are plug-ins (peft/method.h, one file each in peft/methods/):
- * `ops` and `priv` are the method's table and state. LoRA and DoRA are still
- * built in (the `cfg`, `mods`, `slot` fields and lora*.c), and so is the
- * classification head (`score`), shared by every method. */
+ * `ops` and `priv` are the method's table and state. LoRA and DoRA run
+ * through the same hooks (methods/lora.c) but keep their state in the
+ * `cfg`, `mods`, `slot` fields for the LoRA family's files (lora*.c: config,
+ * HF format, GGUF export, combine), and the classification head (`score`),
+ * shared by every method, is built in. */
 #ifndef PEFT_ADAPTER_H
 #define PEFT_ADAPTER_H
 
