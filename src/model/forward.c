@@ -54,20 +54,7 @@ static int linear(peft_model *m, int l, model_linear_role r, float *y, int ldy, 
                   float beta, float *scr, float *zs, int nt) {
     const adapter *a = m->lora;
     const hook_kind hk = method_lin_kind(a, l, r);
-    lin_call c;
-    memset(&c, 0, sizeof c);
-    c.m = m;
-    c.l = l;
-    c.r = r;
-    c.W = &m->layers[l].lin[r].w;
-    c.bias = adapter_bias(a, m, l, r);
-    c.in = (int)c.W->cols;
-    c.out = (int)c.W->rows;
-    c.N = T;
-    c.x = x;
-    c.y = y;
-    c.ldy = ldy;
-    c.beta = beta;
+    lin_call c = method_lin_call(a, m, l, r, x, T, y, ldy, beta);
     c.mm_scr = scr;
     c.nt = nt;
     if (hk != HOOK_NONE) {

@@ -152,11 +152,11 @@ int adapter_norm_name(const peft_model *m, int l, int which, const char *field, 
     return 0;
 }
 
-static const float *base_norm_w(const peft_model *m, int l, int which) {
+const float *adapter_base_norm_w(const peft_model *m, int l, int which) {
     if (l == m->cfg.n_layer) return m->out_norm_w;
     return which ? m->layers[l].ffn_norm_w : m->layers[l].attn_norm_w;
 }
-static const float *base_norm_b(const peft_model *m, int l, int which) {
+const float *adapter_base_norm_b(const peft_model *m, int l, int which) {
     if (l == m->cfg.n_layer) return m->out_norm_b;
     return which ? m->layers[l].ffn_norm_b : m->layers[l].attn_norm_b;
 }
@@ -235,7 +235,7 @@ const float *adapter_norm_w(const adapter *a, const peft_model *m, int l, int wh
         const float *w = a->ops->norm_param(a, l, which, false);
         if (w) return w;
     }
-    return base_norm_w(m, l, which);
+    return adapter_base_norm_w(m, l, which);
 }
 
 const float *adapter_norm_b(const adapter *a, const peft_model *m, int l, int which) {
@@ -243,7 +243,7 @@ const float *adapter_norm_b(const adapter *a, const peft_model *m, int l, int wh
         const float *b = a->ops->norm_param(a, l, which, true);
         if (b) return b;
     }
-    return base_norm_b(m, l, which);
+    return adapter_base_norm_b(m, l, which);
 }
 
 static const kern_weight *method_emb(const adapter *a, const peft_model *m, int which, kern_weight *tmp) {

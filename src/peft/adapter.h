@@ -179,6 +179,10 @@ void adapter_kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng);
 int adapter_head_add(adapter *a, const peft_model *m, int n_labels, peft_err *err);
 void adapter_head_wire(adapter *a, const peft_model *m, int idx, uint64_t seed);
 int adapter_layer_prefix(const peft_model *m, int l, char *buf, size_t cap);
+/* The base's norm weight / bias (which 0 attention, 1 MLP; l == n_layer: the
+ * final norm), NULL where it has none. */
+const float *adapter_base_norm_w(const peft_model *m, int l, int which);
+const float *adapter_base_norm_b(const peft_model *m, int l, int which);
 int adapter_norm_name(const peft_model *m, int l, int which, const char *field, char *buf, size_t cap);
 
 /* Save / load any method (adapter_io.c): HF PEFT format for LoRA, DoRA,

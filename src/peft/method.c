@@ -163,6 +163,25 @@ int method_target_slots(const peft_model *m, const method_config *mc, const char
 
 /* ---- the base product ------------------------------------------------------------- */
 
+lin_call method_lin_call(const adapter *a, const peft_model *m, int l, model_linear_role r, const float *x, int N,
+                         float *y, int ldy, float beta) {
+    lin_call c;
+    memset(&c, 0, sizeof c);
+    c.m = m;
+    c.l = l;
+    c.r = r;
+    c.W = &m->layers[l].lin[r].w;
+    c.bias = adapter_bias(a, m, l, r);
+    c.in = (int)c.W->cols;
+    c.out = (int)c.W->rows;
+    c.N = N;
+    c.x = x;
+    c.y = y;
+    c.ldy = ldy;
+    c.beta = beta;
+    return c;
+}
+
 int method_base_fwd(const lin_call *c) {
     return kern_matmul(c->y, c->ldy, c->x, c->N, c->W, c->bias, c->beta, c->mm_scr, c->nt);
 }

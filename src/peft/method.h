@@ -224,6 +224,12 @@ int method_read_number(const cJSON *o, const char *key, double dflt, double lo, 
                        const char *path, peft_err *err);
 int method_read_bool(const cJSON *o, const char *key, bool dflt, bool *out, const char *path, peft_err *err);
 
+/* A call of linear (l, r) on x (N rows) into y: the weight, its effective
+ * bias and the shapes filled; act, scr, mm_scr, train, seed, nt are the
+ * caller's to set. */
+lin_call method_lin_call(const adapter *a, const peft_model *m, int l, model_linear_role r, const float *x, int N,
+                         float *y, int ldy, float beta);
+
 /* Runs the base product of c (y = beta·y + x·Wᵀ + b). */
 int method_base_fwd(const lin_call *c);
 /* dx += dy·W. */

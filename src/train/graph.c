@@ -128,20 +128,7 @@ static int hook_alloc(train_graph *g, peft_err *err) {
 /* The call of plug-in hook (l, r) on x (N rows) into y. */
 static lin_call hook_call(const train_graph *g, int l, model_linear_role r, const float *x, float *y, int ldy,
                           float beta) {
-    lin_call c;
-    memset(&c, 0, sizeof c);
-    c.m = g->m;
-    c.l = l;
-    c.r = r;
-    c.W = &g->m->layers[l].lin[r].w;
-    c.bias = adapter_bias(g->ad, g->m, l, r);
-    c.in = (int)c.W->cols;
-    c.out = (int)c.W->rows;
-    c.N = g->N;
-    c.x = x;
-    c.y = y;
-    c.ldy = ldy;
-    c.beta = beta;
+    lin_call c = method_lin_call(g->ad, g->m, l, r, x, g->N, y, ldy, beta);
     c.act = g->HA ? g->HA[l * ROLE_N_LINEAR + r] : NULL;
     c.scr = g->hook_scr;
     c.mm_scr = g->mm_scratch;

@@ -36,10 +36,6 @@ static void bitfit_free(adapter *a) {
     a->priv = NULL;
 }
 
-static const float *base_norm_b(const peft_model *m, int l, int which) {
-    if (l == m->cfg.n_layer) return m->out_norm_b;
-    return which ? m->layers[l].ffn_norm_b : m->layers[l].attn_norm_b;
-}
 
 static int bitfit_create(adapter *a, const peft_model *m, const method_config *mc, peft_err *err) {
     (void)mc;
@@ -71,7 +67,7 @@ static int bitfit_create(adapter *a, const peft_model *m, const method_config *m
     }
     for (int k = 0; k < 2 * L + 1; k++) {
         v->nidx[k] = -1;
-        if (!base_norm_b(m, k / 2, k % 2)) continue;
+        if (!adapter_base_norm_b(m, k / 2, k % 2)) continue;
         char nm[200], key[256];
         adapter_norm_name(m, k / 2, k % 2, "bias", nm, sizeof nm);
         snprintf(key, sizeof key, "base_model.model.%s", nm);
@@ -113,7 +109,7 @@ static int bitfit_init(adapter *a, const peft_model *m, peft_rng *rng, peft_err 
             memcpy(v->b[s], m->layers[s / ROLE_N_LINEAR].lin[s % ROLE_N_LINEAR].b,
                    (size_t)a->tensors[v->idx[s]].n * sizeof(float));
     for (int k = 0; k < 2 * v->n_layer + 1; k++)
-        if (v->nb[k]) memcpy(v->nb[k], base_norm_b(m, k / 2, k % 2), (size_t)m->cfg.d_model * sizeof(float));
+        if (v->nb[k]) memcpy(v->nb[k], adapter_base_norm_b(m, k / 2, k % 2), (size_t)m->cfg.d_model * sizeof(float));
     return 0;
 }
 

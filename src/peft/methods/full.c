@@ -30,14 +30,6 @@ typedef struct {
 
 static bool is_gpt2(const peft_model *m) { return m->cfg.arch == PEFT_ARCH_GPT2; }
 
-static const float *base_norm_w(const peft_model *m, int l, int which) {
-    if (l == m->cfg.n_layer) return m->out_norm_w;
-    return which ? m->layers[l].ffn_norm_w : m->layers[l].attn_norm_w;
-}
-static const float *base_norm_b(const peft_model *m, int l, int which) {
-    if (l == m->cfg.n_layer) return m->out_norm_b;
-    return which ? m->layers[l].ffn_norm_b : m->layers[l].attn_norm_b;
-}
 
 static void full_free(adapter *a) {
     full *v = S(a);
@@ -94,7 +86,7 @@ static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *e
             bad |= nidx[2 * (l * 2 + which)] < 0;
             /* norm weights and biases: no decay (the Trainer's rule) */
             adapter_tensor_set_group(a, nidx[2 * (l * 2 + which)], PG_NO_DECAY);
-            if (base_norm_b(m, l, which)) {
+            if (adapter_base_norm_b(m, l, which)) {
                 adapter_norm_name(m, l, which, "bias", key, sizeof key);
                 nidx[2 * (l * 2 + which) + 1] = adapter_add_tensor(a, key, 1, d, 1, true, err);
                 bad |= nidx[2 * (l * 2 + which) + 1] < 0;
@@ -165,11 +157,11 @@ static int wire_full(adapter *a, const peft_model *m, const int *idx, const int 
         if (iw < 0) continue;
         v->fnw[k] = a->tensors[iw].p;
         v->gfnw[k] = a->tensors[iw].g;
-        memcpy(v->fnw[k], base_norm_w(m, k / 2, k % 2), (size_t)d * sizeof(float));
+        memcpy(v->fnw[k], adapter_base_norm_w(m, k / 2, k % 2), (size_t)d * sizeof(float));
         if (ib >= 0) {
             v->fnb[k] = a->tensors[ib].p;
             v->gfnb[k] = a->tensors[ib].g;
-            memcpy(v->fnb[k], base_norm_b(m, k / 2, k % 2), (size_t)d * sizeof(float));
+            memcpy(v->fnb[k], adapter_base_norm_b(m, k / 2, k % 2), (size_t)d * sizeof(float));
         }
     }
     return 0;
