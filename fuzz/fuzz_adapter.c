@@ -1,4 +1,4 @@
-/* fuzz_adapter.c — adapters of every method (LoRA, DoRA, IA3, prompt,
+/* fuzz_adapter.c — adapters of every method (LoRA, DoRA, IA3, VeRA, LoHa, LoKr, prompt,
  * prefix, bottleneck, BitFit, full, with or without a classification head):
  * peft_adapter_load, attach, one forward, detach.
  * Byte 0 picks the base model (mod 3: the tiny-llama, tiny-gpt2 and

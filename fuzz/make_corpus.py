@@ -238,7 +238,8 @@ def adapter_seeds():
                 continue
             if os.path.getsize(os.path.join(d, "adapter_model.safetensors")) > 30000:
                 continue   # the big all-linear LoRAs add size, not coverage
-            arch = name.rsplit("_", 1)[-1] if group == "methods" else name.split("_", 1)[0]
+            # the base named in the case (vera_llama_noproj, lokr_llama_r2: llama)
+            arch = next((t for t in name.split("_") if t in base), None) if group == "methods" else name.split("_", 1)[0]
             files = sorted(os.listdir(d), key=lambda n: n != "adapter_config.json")
             put("adapter", name + ".parts", bytes([base[arch]]) + parts([(n, read(d, n)) for n in files]))
 
