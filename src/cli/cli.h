@@ -29,6 +29,9 @@ int cli_int(const char *cmd, const char *name, const char *v, long lo, long hi, 
 int cli_float(const char *cmd, const char *name, const char *v, double lo, double hi, float *out);
 /* A context whose log prints warnings and errors to stderr. */
 peft_ctx *cli_ctx(int n_threads, bool verbose);
+/* base_model_name_or_path from DIR/adapter_config.json (malloc'ed) or NULL:
+ * merge's and combine's default --model. */
+char *cli_adapter_base(const char *dir);
 /* --compute f32|bf16|auto (value, may be NULL) and --bf16 on a loaded
  * model; prints the error. 0, or the exit code (2 usage, 1 unsupported). */
 #define CLI_COMPUTE_HELP "f32 (default) | bf16 (frozen-weight products in bfloat16 on AMX) | auto (bf16 where the CPU has AMX)"

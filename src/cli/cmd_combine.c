@@ -38,21 +38,6 @@ static void usage(FILE *f) {
             "The result has r = lora_alpha = its rank and the first adapter's other settings.\n");
 }
 
-/* base_model_name_or_path from DIR/adapter_config.json (malloc'ed) or NULL. */
-static char *adapter_base(const char *dir) {
-    char p[4096];
-    snprintf(p, sizeof p, "%s/adapter_config.json", dir);
-    char *text = NULL;
-    peft_err err = {0};
-    if (peft_read_file(p, &text, NULL, &err)) return NULL;
-    cJSON *j = cJSON_Parse(text);
-    free(text);
-    const cJSON *b = cJSON_GetObjectItem(j, "base_model_name_or_path");
-    char *out = cJSON_IsString(b) && b->valuestring[0] ? strdup(b->valuestring) : NULL;
-    cJSON_Delete(j);
-    return out;
-}
-
 /* "DIR:WEIGHT" (split at the last ':', so DIR may hold colons) into dir
  * (malloc'ed) and *w; prints the error. */
 static int parse_input(const char *arg, char **dir, double *w) {
@@ -190,7 +175,7 @@ int cmd_combine(int argc, char **argv) {
             rc = 2;
             goto done;
         }
-    base = model ? strdup(model) : adapter_base(dirs[0]);
+    base = model ? strdup(model) : cli_adapter_base(dirs[0]);
     if (!base) {
         fprintf(stderr, "peft combine: %s/adapter_config.json names no base model: pass --model\n", dirs[0]);
         rc = 1;

@@ -11,21 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* base_model_name_or_path from DIR/adapter_config.json (malloc'ed) or NULL. */
-static char *adapter_base(const char *dir) {
-    char p[4096];
-    snprintf(p, sizeof p, "%s/adapter_config.json", dir);
-    char *text = NULL;
-    peft_err err = {0};
-    if (peft_read_file(p, &text, NULL, &err)) return NULL;
-    cJSON *j = cJSON_Parse(text);
-    free(text);
-    const cJSON *b = cJSON_GetObjectItem(j, "base_model_name_or_path");
-    char *out = cJSON_IsString(b) && b->valuestring[0] ? strdup(b->valuestring) : NULL;
-    cJSON_Delete(j);
-    return out;
-}
-
 static int load_pair(const char *cmd, const char *model, const char *adapter_dir, int threads, peft_ctx **ctx,
                      peft_model **m, adapter **a) {
     *ctx = cli_ctx(threads, false);
@@ -172,7 +157,7 @@ int cmd_export(int argc, char **argv) {
     if (bad) return 2;
     if (!adapter_dir) { fprintf(stderr, "peft export: --adapter is required\n"); return 2; }
     if (strcmp(format, "gguf") != 0) { fprintf(stderr, "peft export: format \"%s\" is not supported (gguf is)\n", format); return 2; }
-    char *base = model ? strdup(model) : adapter_base(adapter_dir);
+    char *base = model ? strdup(model) : cli_adapter_base(adapter_dir);
     if (!base) {
         fprintf(stderr, "peft export: %s/adapter_config.json names no base model: pass --model\n", adapter_dir);
         return 1;

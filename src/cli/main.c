@@ -1,6 +1,8 @@
 /* main.c — `peft`: dispatch to subcommands. */
 #include "cli/cli.h"
+#include "core/core.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +93,20 @@ peft_ctx *cli_ctx(int n_threads, bool verbose) {
     peft_ctx *ctx = peft_init(&p);
     if (!ctx) fprintf(stderr, "peft: out of memory\n");
     return ctx;
+}
+
+char *cli_adapter_base(const char *dir) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s/adapter_config.json", dir);
+    char *text = NULL;
+    peft_err err = {0};
+    if (peft_read_file(p, &text, NULL, &err)) return NULL;
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    const cJSON *b = cJSON_GetObjectItem(j, "base_model_name_or_path");
+    char *out = cJSON_IsString(b) && b->valuestring[0] ? strdup(b->valuestring) : NULL;
+    cJSON_Delete(j);
+    return out;
 }
 
 int cli_compute(const char *cmd, peft_ctx *ctx, peft_model *m, const char *value, bool bf16_flag) {
