@@ -10,11 +10,13 @@
 #include "formats/gguf.h"
 #include "formats/safetensors.h"
 #include "kernels/kernels.h"
+#include "model/arch.h"
 #include "tokenizer/tokenizer.h"
 
-typedef struct {
-    peft_arch arch;
-    char arch_name[32];       /* llama, mistral, qwen2, gpt2 */
+struct model_config {
+    const arch_desc *desc;    /* the architecture (model/arch.h) */
+    peft_arch arch;           /* desc->kind */
+    char arch_name[32];       /* desc->name: llama, mistral, qwen2, gpt2, ... */
     int n_layer, d_model, n_head, n_kv_head, head_dim, d_ff, vocab, n_ctx;
     float norm_eps;
     float rope_theta;
@@ -24,12 +26,7 @@ typedef struct {
     int rope_orig_ctx;
     bool tied;
     int pad_token_id;         /* HF llama-family embedding padding_idx, -1: none */
-} model_config;
-
-/* Hook points: one role per weight of a block, the unit LoRA & co attach to. */
-typedef enum {
-    ROLE_Q = 0, ROLE_K, ROLE_V, ROLE_QKV, ROLE_O, ROLE_GATE, ROLE_UP, ROLE_DOWN, ROLE_N_LINEAR
-} model_linear_role;
+};
 
 typedef struct {
     kern_weight w;
