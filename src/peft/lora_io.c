@@ -33,7 +33,7 @@ char *lora_config_json(const adapter *a, const peft_model *m) {
     ok &= cJSON_AddStringToObject(o, "base_model_name_or_path", a->base_model ? a->base_model : m->path) != NULL;
     ok &= cJSON_AddStringToObject(o, "bias", "none") != NULL;
     /* HF PEFT sets fan_in_fan_out for GPT-2's Conv1D layers (stored (in, out)). */
-    ok &= cJSON_AddBoolToObject(o, "fan_in_fan_out", m->cfg.arch == PEFT_ARCH_GPT2) != NULL;
+    ok &= cJSON_AddBoolToObject(o, "fan_in_fan_out", m->cfg.desc->hf_conv1d) != NULL;
     ok &= cJSON_AddBoolToObject(o, "inference_mode", true) != NULL;
     if (c->init == LORA_INIT_GAUSSIAN) ok &= cJSON_AddStringToObject(o, "init_lora_weights", "gaussian") != NULL;
     else ok &= cJSON_AddBoolToObject(o, "init_lora_weights", c->init == LORA_INIT_KAIMING) != NULL;

@@ -77,8 +77,8 @@ static int bitfit_create(adapter *a, const peft_model *m, const method_config *m
     }
     if (!n)
         return peft_fail(err, PEFT_ERR_UNSUPPORTED,
-                         "bitfit: %s (%s) has no bias terms to train; BitFit needs an architecture with biases "
-                         "(gpt2; qwen2 has q/k/v biases)", m->path, m->cfg.arch_name);
+                         "bitfit: %s (%s) has no bias terms to train; BitFit needs an architecture with biases",
+                         m->path, m->cfg.arch_name);
     return 0;
 }
 

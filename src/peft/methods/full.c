@@ -28,7 +28,13 @@ typedef struct {
 
 #define S(a) ((full *)(a)->priv)
 
-static bool is_gpt2(const peft_model *m) { return m->cfg.arch == PEFT_ARCH_GPT2; }
+static bool learned_pos(const peft_model *m) { return m->cfg.desc->pos == ARCH_POS_LEARNED; }
+
+/* the HF name of a global tensor ("model.embed_tokens"), as a saved model has it */
+static const char *hf_global(const peft_model *m, const char *name, char *buf, size_t cap) {
+    snprintf(buf, cap, "%s%s.weight", m->cfg.desc->hf_prefix, name);
+    return buf;
+}
 
 
 static void full_free(adapter *a) {
@@ -54,11 +60,13 @@ static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *e
     /* -1 marks a tensor the model does not have: a failed add must not
      * pass for one */
     bool bad = false;
-    eidx[0] = adapter_add_tensor(a, is_gpt2(m) ? "transformer.wte.weight" : "model.embed_tokens.weight", 2,
-                                 m->cfg.vocab, d, true, err);
+    eidx[0] = adapter_add_tensor(a, hf_global(m, m->cfg.desc->hf_tok_emb, key, sizeof key), 2, m->cfg.vocab, d, true,
+                                 err);
     bad |= eidx[0] < 0;
-    eidx[1] = is_gpt2(m) ? adapter_add_tensor(a, "transformer.wpe.weight", 2, m->pos_emb.rows, d, true, err) : -1;
-    bad |= is_gpt2(m) && eidx[1] < 0;
+    eidx[1] = learned_pos(m) ? adapter_add_tensor(a, hf_global(m, m->cfg.desc->hf_pos_emb, key, sizeof key), 2,
+                                                  m->pos_emb.rows, d, true, err)
+                             : -1;
+    bad |= learned_pos(m) && eidx[1] < 0;
     eidx[2] = m->cfg.tied ? -1 : adapter_add_tensor(a, "lm_head.weight", 2, m->cfg.vocab, d, true, err);
     bad |= !m->cfg.tied && eidx[2] < 0;
     for (int l = 0; l < L; l++)
@@ -273,12 +281,7 @@ static int classifier_config(const peft_model *m, const char *dir, int n_labels,
         cJSON_DeleteItemFromObjectCaseSensitive(o, "architectures");
         cJSON *arr = cJSON_AddArrayToObject(o, "architectures");
         bool ok = arr != NULL;
-        const bool gpt2 = m->cfg.arch == PEFT_ARCH_GPT2, qwen = !strcmp(m->cfg.arch_name, "qwen2"),
-                   mistral = !strcmp(m->cfg.arch_name, "mistral");
-        ok &= cJSON_AddItemToArray(arr, cJSON_CreateString(gpt2 ? "GPT2ForSequenceClassification"
-                                                                : qwen ? "Qwen2ForSequenceClassification"
-                                                                : mistral ? "MistralForSequenceClassification"
-                                                                          : "LlamaForSequenceClassification"));
+        ok &= cJSON_AddItemToArray(arr, cJSON_CreateString(m->cfg.desc->cls_class));
         /* transformers pools at the last non-pad token: it needs a pad id */
         const cJSON *pad = cJSON_GetObjectItemCaseSensitive(o, "pad_token_id");
         if (!cJSON_IsNumber(pad) && m->tok) {
@@ -338,7 +341,7 @@ static int full_save(const adapter *a, const peft_model *m, const char *dir, pef
         w->shape[1] = at->shape[1];
         w->data = at->p;
         /* GPT-2's Conv1D stores (in, out): transpose back */
-        if (m->cfg.arch == PEFT_ARCH_GPT2 && at->ndim == 2 && v->fw) {
+        if (m->cfg.desc->hf_conv1d && at->ndim == 2 && v->fw) {
             for (int s = 0; s < m->cfg.n_layer * ROLE_N_LINEAR; s++)
                 if (v->fw[s].data == at->p && m->layers[s / ROLE_N_LINEAR].lin[s % ROLE_N_LINEAR].w.transposed) {
                     const int64_t R = at->shape[0], C = at->shape[1];
