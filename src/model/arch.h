@@ -22,6 +22,9 @@ typedef enum {
     ROLE_Q = 0, ROLE_K, ROLE_V, ROLE_QKV, ROLE_O, ROLE_GATE, ROLE_UP, ROLE_DOWN, ROLE_N_LINEAR
 } model_linear_role;
 
+/* The norms of a layer (model_layer.norm_w), by where they sit. */
+enum { NORM_ATTN = 0, NORM_MLP, NORM_Q, NORM_K, NORM_ATTN_OUT, NORM_MLP_OUT, MODEL_N_NORMS };
+
 typedef enum { ARCH_NORM_RMS = 0, ARCH_NORM_LAYER } arch_norm;
 /* The MLP: gated SiLU (silu(gate) ⊙ up, then down) or a plain tanh GELU
  * (gelu(up), then down). */
@@ -60,10 +63,10 @@ typedef struct arch_desc {
                                   checkpoint may omit it (probed on hf_tok_emb); lm_head never has it */
     const char *hf_layer;      /* "model.layers.%d" */
     const char *hf_lin[ROLE_N_LINEAR];   /* within a layer; NULL: the family has no such linear */
-    const char *hf_norm[2];    /* the attention and MLP norms within a layer */
+    const char *hf_norm[MODEL_N_NORMS];   /* within a layer, by NORM_*; NULL: the family has none there */
     const char *hf_tok_emb, *hf_pos_emb, *hf_out_norm, *hf_lm_head;
     const char *const *gguf_lin;          /* within "blk.%d" (arch_gguf_lin for llama.cpp's usual names) */
-    const char *gguf_norm[2];
+    const char *gguf_norm[MODEL_N_NORMS];
     bool hf_conv1d;            /* HF stores linears as (in, out): GPT-2's Conv1D (fan_in_fan_out) */
     bool gguf_permute_qk;      /* llama.cpp's converter reorders each head's Q/K rows for interleaved RoPE */
 

@@ -192,6 +192,10 @@ static void linear_dims(const model_config *c, model_linear_role r, int64_t *out
     }
 }
 
+int model_norm_len(const peft_model *m, int which) {
+    return which == NORM_Q || which == NORM_K ? m->cfg.head_dim : m->cfg.d_model;
+}
+
 static int load_layers(peft_model *m, bool gguf, const char *pfx, peft_err *err) {
     const model_config *c = &m->cfg;
     const arch_desc *D = c->desc;
@@ -201,21 +205,21 @@ static int load_layers(peft_model *m, bool gguf, const char *pfx, peft_err *err)
     if (!m->layers) return PEFT_ERR_NOMEM;
     for (int l = 0; l < c->n_layer; l++) {
         model_layer *L = &m->layers[l];
-        const int64_t d = c->d_model;
         if (gguf) snprintf(lp, sizeof lp, "blk.%d", l);
         else {
             char fmt[160];
             snprintf(fmt, sizeof fmt, "%s%s", pfx, D->hf_layer);
             snprintf(lp, sizeof lp, fmt, l);
         }
-        for (int which = 0; which < 2; which++) {
+        for (int which = 0; which < MODEL_N_NORMS; which++) {
             const char *nn = gguf ? D->gguf_norm[which] : D->hf_norm[which];
-            float **w = which ? &L->ffn_norm_w : &L->attn_norm_w, **b = which ? &L->ffn_norm_b : &L->attn_norm_b;
+            if (!D->hf_norm[which]) continue;
+            const int64_t n = model_norm_len(m, which);
             snprintf(name, sizeof name, "%s.%s.weight", lp, nn);
-            if ((rc = get_vec(m, name, d, true, w, err))) return rc;
+            if ((rc = get_vec(m, name, n, true, &L->norm_w[which], err))) return rc;
             if (D->norm_bias) {
                 snprintf(name, sizeof name, "%s.%s.bias", lp, nn);
-                if ((rc = get_vec(m, name, d, true, b, err))) return rc;
+                if ((rc = get_vec(m, name, n, true, &L->norm_b[which], err))) return rc;
             }
         }
         for (int r = 0; r < ROLE_N_LINEAR; r++) {

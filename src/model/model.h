@@ -34,10 +34,16 @@ typedef struct {
     bool present;
 } model_linear;
 
+/* A layer's norms (model/arch.h names the ones a family has): before
+ * attention and before the MLP; Qwen3's per-head q and k norms; Gemma 2's
+ * norms of the attention and MLP outputs. NULL where absent. */
 typedef struct {
-    float *attn_norm_w, *attn_norm_b, *ffn_norm_w, *ffn_norm_b;
+    float *norm_w[MODEL_N_NORMS], *norm_b[MODEL_N_NORMS];
     model_linear lin[ROLE_N_LINEAR];
 } model_layer;
+
+/* Floats of norm `which`: head_dim for the per-head q/k norms, else d_model. */
+int model_norm_len(const peft_model *m, int which);
 
 typedef struct {
     int cap;              /* positions per layer */

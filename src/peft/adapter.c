@@ -151,12 +151,12 @@ int adapter_norm_name(const peft_model *m, int l, int which, const char *field, 
 }
 
 const float *adapter_base_norm_w(const peft_model *m, int l, int which) {
-    if (l == m->cfg.n_layer) return m->out_norm_w;
-    return which ? m->layers[l].ffn_norm_w : m->layers[l].attn_norm_w;
+    if (l == m->cfg.n_layer) return which == NORM_ATTN ? m->out_norm_w : NULL;
+    return m->layers[l].norm_w[which];
 }
 const float *adapter_base_norm_b(const peft_model *m, int l, int which) {
-    if (l == m->cfg.n_layer) return m->out_norm_b;
-    return which ? m->layers[l].ffn_norm_b : m->layers[l].attn_norm_b;
+    if (l == m->cfg.n_layer) return which == NORM_ATTN ? m->out_norm_b : NULL;
+    return m->layers[l].norm_b[which];
 }
 
 /* ---- classification head ------------------------------------------------------ */

@@ -40,9 +40,9 @@ static const arch_target llama_targets[] = {
     .hf_prefix = "", .hf_layer = "model.layers.%d",                                                            \
     .hf_lin = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", NULL, "self_attn.o_proj",           \
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"},                                               \
-    .hf_norm = {"input_layernorm", "post_attention_layernorm"}, .hf_tok_emb = "model.embed_tokens",            \
+    .hf_norm = {[NORM_ATTN] = "input_layernorm", [NORM_MLP] = "post_attention_layernorm"}, .hf_tok_emb = "model.embed_tokens",            \
     .hf_out_norm = "model.norm", .hf_lm_head = "lm_head", .gguf_lin = arch_gguf_lin,                           \
-    .gguf_norm = {"attn_norm", "ffn_norm"}, .norm = ARCH_NORM_RMS, .act = ARCH_ACT_SWIGLU,                     \
+    .gguf_norm = {[NORM_ATTN] = "attn_norm", [NORM_MLP] = "ffn_norm"}, .norm = ARCH_NORM_RMS, .act = ARCH_ACT_SWIGLU,                     \
     .pos = ARCH_POS_ROPE, .targets = llama_targets,                                                            \
     .target_help = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all-linear",              \
     .lora_targets = B(ROLE_Q) | B(ROLE_V), .ia3_ff = B(ROLE_DOWN)

@@ -20,7 +20,7 @@
 typedef struct {
     kern_weight *fw;                      /* per slot; data NULL where absent */
     float **gfw, **fb, **gfb;             /* per slot */
-    float **fnw, **gfnw, **fnb, **gfnb;   /* per norm (n_layer * 2 + 1) */
+    float **fnw, **gfnw, **fnb, **gfnb;   /* per norm slot (adapter_norm_slot) */
     float *femb, *gfemb, *fpos, *gfpos, *fhead, *gfhead;   /* fhead NULL when tied */
     int *idx, *nidx, eidx[3];             /* registry indices (create → wire) */
     bool tied;
@@ -85,22 +85,22 @@ static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *e
                 adapter_tensor_set_group(a, idx[2 * (l * ROLE_N_LINEAR + r) + 1], PG_NO_DECAY);
             }
         }
-    for (int l = 0; l <= L; l++)
-        for (int which = 0; which < 2; which++) {
-            nidx[2 * (l * 2 + which)] = nidx[2 * (l * 2 + which) + 1] = -1;
-            if (l == L && which) continue;
-            adapter_norm_name(m, l, which, "weight", key, sizeof key);
-            nidx[2 * (l * 2 + which)] = adapter_add_tensor(a, key, 1, d, 1, true, err);
-            bad |= nidx[2 * (l * 2 + which)] < 0;
-            /* norm weights and biases: no decay (the Trainer's rule) */
-            adapter_tensor_set_group(a, nidx[2 * (l * 2 + which)], PG_NO_DECAY);
-            if (adapter_base_norm_b(m, l, which)) {
-                adapter_norm_name(m, l, which, "bias", key, sizeof key);
-                nidx[2 * (l * 2 + which) + 1] = adapter_add_tensor(a, key, 1, d, 1, true, err);
-                bad |= nidx[2 * (l * 2 + which) + 1] < 0;
-                adapter_tensor_set_group(a, nidx[2 * (l * 2 + which) + 1], PG_NO_DECAY);
-            }
+    for (int k = 0; k < adapter_norm_slots(m); k++) {
+        const int l = k / MODEL_N_NORMS, which = k % MODEL_N_NORMS, n = model_norm_len(m, which);
+        nidx[2 * k] = nidx[2 * k + 1] = -1;
+        if (!adapter_base_norm_w(m, l, which)) continue;
+        adapter_norm_name(m, l, which, "weight", key, sizeof key);
+        nidx[2 * k] = adapter_add_tensor(a, key, 1, n, 1, true, err);
+        bad |= nidx[2 * k] < 0;
+        /* norm weights and biases: no decay (the Trainer's rule) */
+        adapter_tensor_set_group(a, nidx[2 * k], PG_NO_DECAY);
+        if (adapter_base_norm_b(m, l, which)) {
+            adapter_norm_name(m, l, which, "bias", key, sizeof key);
+            nidx[2 * k + 1] = adapter_add_tensor(a, key, 1, n, 1, true, err);
+            bad |= nidx[2 * k + 1] < 0;
+            adapter_tensor_set_group(a, nidx[2 * k + 1], PG_NO_DECAY);
         }
+    }
     return bad ? PEFT_ERR_NOMEM : 0;
 }
 
@@ -115,8 +115,8 @@ static int weight_to_f32(const kern_weight *w, float *dst) {
 
 static int wire_full(adapter *a, const peft_model *m, const int *idx, const int *nidx, const int *eidx, peft_err *err) {
     full *v = S(a);
-    const int L = m->cfg.n_layer, d = m->cfg.d_model;
-    const size_t ns = (size_t)L * ROLE_N_LINEAR + 1, nn = (size_t)L * 2 + 1;
+    const int L = m->cfg.n_layer;
+    const size_t ns = (size_t)L * ROLE_N_LINEAR + 1, nn = (size_t)adapter_norm_slots(m);
     v->fw = peft_calloc(ns, sizeof *v->fw, err);
     v->gfw = peft_calloc(ns, sizeof *v->gfw, err);
     v->fb = peft_calloc(ns, sizeof *v->fb, err);
@@ -160,16 +160,17 @@ static int wire_full(adapter *a, const peft_model *m, const int *idx, const int 
             memcpy(v->fb[s], lin->b, (size_t)lin->w.rows * sizeof(float));
         }
     }
-    for (int k = 0; k < L * 2 + 1; k++) {
-        int iw = nidx[2 * k], ib = nidx[2 * k + 1];
+    for (int k = 0; k < adapter_norm_slots(m); k++) {
+        const int iw = nidx[2 * k], ib = nidx[2 * k + 1], l = k / MODEL_N_NORMS, which = k % MODEL_N_NORMS;
+        const size_t n = (size_t)model_norm_len(m, which);
         if (iw < 0) continue;
         v->fnw[k] = a->tensors[iw].p;
         v->gfnw[k] = a->tensors[iw].g;
-        memcpy(v->fnw[k], adapter_base_norm_w(m, k / 2, k % 2), (size_t)d * sizeof(float));
+        memcpy(v->fnw[k], adapter_base_norm_w(m, l, which), n * sizeof(float));
         if (ib >= 0) {
             v->fnb[k] = a->tensors[ib].p;
             v->gfnb[k] = a->tensors[ib].g;
-            memcpy(v->fnb[k], adapter_base_norm_b(m, k / 2, k % 2), (size_t)d * sizeof(float));
+            memcpy(v->fnb[k], adapter_base_norm_b(m, l, which), n * sizeof(float));
         }
     }
     return 0;
@@ -202,14 +203,16 @@ static int save_full_gguf(const adapter *a, const peft_model *m, const char *dir
         if (!strcmp(t->name, "token_embd.weight")) src = v->femb;
         else if (!strcmp(t->name, "position_embd.weight")) src = v->fpos;
         else if (!strcmp(t->name, "output.weight")) src = v->fhead;
-        else if (!strcmp(t->name, "output_norm.weight")) src = v->fnw[2 * L];
-        else if (!strcmp(t->name, "output_norm.bias")) src = v->fnb[2 * L];
+        else if (!strcmp(t->name, "output_norm.weight")) src = v->fnw[adapter_norm_slot(L, NORM_ATTN)];
+        else if (!strcmp(t->name, "output_norm.bias")) src = v->fnb[adapter_norm_slot(L, NORM_ATTN)];
         for (int l = 0; l < L && !src; l++) {
-            for (int which = 0; which < 2 && !src; which++) {
-                snprintf(nm, sizeof nm, "blk.%d.%s_norm.weight", l, which ? "ffn" : "attn");
-                if (!strcmp(t->name, nm)) src = v->fnw[l * 2 + which];
-                snprintf(nm, sizeof nm, "blk.%d.%s_norm.bias", l, which ? "ffn" : "attn");
-                if (!strcmp(t->name, nm)) src = v->fnb[l * 2 + which];
+            for (int which = 0; which < MODEL_N_NORMS && !src; which++) {
+                const char *gn = m->cfg.desc->gguf_norm[which];
+                if (!gn) continue;
+                snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, gn);
+                if (!strcmp(t->name, nm)) src = v->fnw[adapter_norm_slot(l, which)];
+                snprintf(nm, sizeof nm, "blk.%d.%s.bias", l, gn);
+                if (!strcmp(t->name, nm)) src = v->fnb[adapter_norm_slot(l, which)];
             }
             for (int r = 0; r < ROLE_N_LINEAR && !src; r++) {
                 const int s = l * ROLE_N_LINEAR + r;
@@ -380,7 +383,7 @@ static int full_create(adapter *a, const peft_model *m, const method_config *mc,
     const int L = m->cfg.n_layer;
     v->tied = m->cfg.tied;
     v->idx = peft_malloc(((size_t)L + 1) * ROLE_N_LINEAR * 2 * sizeof *v->idx, err);
-    v->nidx = peft_malloc(((size_t)L + 1) * 4 * sizeof *v->nidx, err);
+    v->nidx = peft_malloc((size_t)adapter_norm_slots(m) * 2 * sizeof *v->nidx, err);
     if (!v->idx || !v->nidx) return PEFT_ERR_NOMEM;
     return new_full(a, m, v->idx, v->nidx, v->eidx, err);
 }
@@ -413,11 +416,11 @@ static int full_bwd(adapter *a, const lin_call *c, const float *dy, int lddy, fl
 }
 
 static const float *full_norm_param(const adapter *a, int l, int which, bool bias) {
-    return bias ? S(a)->fnb[l * 2 + which] : S(a)->fnw[l * 2 + which];
+    return bias ? S(a)->fnb[adapter_norm_slot(l, which)] : S(a)->fnw[adapter_norm_slot(l, which)];
 }
 
 static float *full_norm_grad(adapter *a, int l, int which, bool bias) {
-    return bias ? S(a)->gfnb[l * 2 + which] : S(a)->gfnw[l * 2 + which];
+    return bias ? S(a)->gfnb[adapter_norm_slot(l, which)] : S(a)->gfnw[adapter_norm_slot(l, which)];
 }
 
 static const kern_weight *f32_weight(const float *p, int64_t rows, int64_t cols, kern_weight *tmp) {
