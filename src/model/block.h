@@ -21,7 +21,9 @@
 typedef struct {
     float *xin;                 /* (N, d) the layer's input */
     float *mean1, *rstd1, *h1;  /* attention norm: stats (N), output (N, d) */
-    float *qkv;                 /* (N, ldq): q | k | v, q and k after RoPE */
+    float *qkv;                 /* (N, ldq): q | k | v, q and k after their norms and RoPE */
+    float *qk_in, *qk_rstd;     /* per-head q/k norms (Qwen3): q | k before them (N, qd + kvd) and their
+                                   statistics (N, n_head + n_kv_head); NULL: not kept */
     float *att;                 /* (N, qd) attention output (before o) */
     float *xmid;                /* (N, d) xin + o(att) */
     float *mean2, *rstd2, *h2;  /* MLP norm */
@@ -33,6 +35,7 @@ typedef struct {
  * ∂L/∂xin on return (when asked for). */
 typedef struct {
     float *dx, *dxmid, *dh, *dqkv, *datt, *dg, *du, *da;
+    float *dqk;                 /* (N, qd + kvd): per-head q/k norms only */
 } block_grads;
 
 typedef struct block_env {
@@ -75,7 +78,9 @@ void block_norm_fwd(const block_env *e, int l, int which, float *y, float *mean,
 void block_norm_bwd(const block_env *e, int l, int which, float *dx, const float *dy, const float *x,
                     const float *mean, const float *rstd);
 
-/* Whether layer l computes q, k, v with one fused linear (GPT-2's c_attn). */
+/* Whether the model computes q, k, v with one fused linear (GPT-2's c_attn). */
 bool block_fused_qkv(const peft_model *m);
+/* Whether it normalizes each head of q and k (Qwen3). */
+bool block_qk_norm(const peft_model *m);
 
 #endif

@@ -30,6 +30,7 @@
 
 typedef struct {
     float *xin, *mean1, *rstd1, *h1, *qkv, *probs, *att, *xmid, *mean2, *rstd2, *h2, *g, *u, *a;
+    float *qk_in, *qk_rstd;   /* per-head q/k norms (block_qk_norm) */
 } layer_acts;
 
 struct train_graph {
@@ -46,7 +47,7 @@ struct train_graph {
     layer_acts *L;
     float *xfin, *meanf, *rstdf, *hf;
     /* backward buffers */
-    float *dx, *dxmid, *dh, *dqkv, *datt, *dg, *du, *da, *dtmp, *dxa, *xd, *dhf, *dbn;
+    float *dx, *dxmid, *dh, *dqkv, *datt, *dg, *du, *da, *dtmp, *dxa, *xd, *dhf, *dbn, *dqk;
     float *logits;      /* (LOSS_CHUNK, V) */
     float *cls;         /* (B, n_labels) logits of the last classification pass */
     float *kvbuf;       /* prefix: k, v, dk, dv of one sequence, 4 × (PX + T) × kvd */
@@ -147,7 +148,8 @@ static lin_call hook_call(const train_graph *g, int l, model_linear_role r, cons
 static size_t layout(train_graph *g, float *base) {
     const model_config *c = &g->m->cfg;
     const size_t N = (size_t)g->N, d = (size_t)g->d, ff = (size_t)g->ff, B = (size_t)g->B, T = (size_t)g->T;
-    const bool gated = c->desc->act == ARCH_ACT_SWIGLU;
+    const bool gated = c->desc->act == ARCH_ACT_SWIGLU, qkn = block_qk_norm(g->m);
+    const size_t qkw = (size_t)g->qd + g->kvd, nqk = (size_t)c->n_head + c->n_kv_head;
     size_t used = 0;
 #define TAKE(n) (used += (n), base ? base + used - (n) : NULL)
     for (int l = 0; l < c->n_layer; l++) {
@@ -166,6 +168,8 @@ static size_t layout(train_graph *g, float *base) {
         L->g = TAKE(N * ff);
         L->a = TAKE(N * ff);
         L->u = gated ? TAKE(N * ff) : NULL;
+        L->qk_in = qkn ? TAKE(N * qkw) : NULL;
+        L->qk_rstd = qkn ? TAKE(N * nqk) : NULL;
     }
     g->xfin = TAKE(N * d);
     g->hf = TAKE(N * d);
@@ -181,6 +185,7 @@ static size_t layout(train_graph *g, float *base) {
     g->dg = TAKE(N * ff);
     g->du = TAKE(N * ff);
     g->da = TAKE(N * ff);
+    g->dqk = qkn ? TAKE(N * qkw) : NULL;
     g->logits = TAKE((size_t)LOSS_CHUNK * g->V);
     g->cls = TAKE(B * (size_t)(g->n_labels ? g->n_labels : 1));
     g->kvbuf = g->PX ? TAKE(4 * (T + (size_t)g->PX) * g->kvd) : NULL;
@@ -545,7 +550,7 @@ static block_acts acts_of(const train_graph *g, int l) {
     const layer_acts *L = &g->L[l];
     return (block_acts){.xin = L->xin, .mean1 = L->mean1, .rstd1 = L->rstd1, .h1 = L->h1, .qkv = L->qkv,
                         .att = L->att, .xmid = L->xmid, .mean2 = L->mean2, .rstd2 = L->rstd2, .h2 = L->h2,
-                        .g = L->g, .u = L->u, .a = L->a,
+                        .g = L->g, .u = L->u, .a = L->a, .qk_in = L->qk_in, .qk_rstd = L->qk_rstd,
                         .xout = l + 1 < g->m->cfg.n_layer ? g->L[l + 1].xin : g->xfin};
 }
 
@@ -728,7 +733,7 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
     /* below the lowest trained layer nothing is trained: stop there; the
      * lowest trained layer's input gradient is only needed for trained
      * embeddings, virtual tokens or layer-0 norms */
-    block_grads G = {g->dx, g->dxmid, g->dh, g->dqkv, g->datt, g->dg, g->du, g->da};
+    block_grads G = {g->dx, g->dxmid, g->dh, g->dqkv, g->datt, g->dg, g->du, g->da, g->dqk};
     for (int l = c->n_layer - 1; l >= g->lowest; l--) {
         const block_acts A = acts_of(g, l);
         if ((rc = block_bwd(&env, l, &A, &G, l > g->lowest || g->need_dx0))) goto fail;
