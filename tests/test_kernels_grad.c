@@ -199,6 +199,34 @@ static void swiglu_bwd_matches_fd(void) {
     free(c.g); free(c.u); free(c.y); free(c.r); free(dg); free(du);
 }
 
+static double geglu_loss(void *p) {
+    act_ctx *c = p;
+    kern_geglu_tanh_fwd(c->y, c->g, c->u, c->n, 1);
+    return dot_d(c->y, c->r, (size_t)c->n);
+}
+
+static void geglu_tanh_bwd_matches_fd(void) {
+    const int n = 48;
+    peft_rng rng;
+    peft_rng_seed(&rng, 8);
+    act_ctx c = {n, falloc(n), falloc(n), falloc(n), falloc(n), false};
+    for (int i = 0; i < n; i++) c.g[i] = -6.0f + 12.0f * (float)i / (n - 1);
+    fill_normal(c.u, n, &rng, 1.0f, 0.0f);
+    fill_normal(c.r, n, &rng, 1.0f, 0.0f);
+    float *dg = falloc(n), *du = falloc(n);
+    kern_geglu_tanh_bwd(dg, du, c.r, c.g, c.u, n, 1);
+    /* the forward: gelu_tanh(g)·u */
+    kern_geglu_tanh_fwd(c.y, c.g, c.u, n, 1);
+    float *ref = falloc(n);
+    kern_gelu_tanh_fwd(ref, c.g, n, 1);
+    double worst = 0;
+    for (int i = 0; i < n; i++) worst = fmax(worst, fabs(c.y[i] - ref[i] * c.u[i]));
+    CHECK(worst <= 1e-6);
+    CHECK(fd_check("geglu dg", geglu_loss, &c, c.g, 1, n, n, dg, n) <= FD_TOL);
+    CHECK(fd_check("geglu du", geglu_loss, &c, c.u, 1, n, n, du, n) <= FD_TOL);
+    free(c.g); free(c.u); free(c.y); free(c.r); free(dg); free(du); free(ref);
+}
+
 static void gelu_tanh_bwd_matches_fd(void) {
     const int n = 48;
     peft_rng rng;
@@ -218,14 +246,14 @@ static void gelu_tanh_bwd_matches_fd(void) {
 
 typedef struct {
     int T, P, H, KV, hd, ldq, ldkv, threads;
-    float scale;
+    kern_attn_opts o;
     float *q, *k, *v, *out, *probs, *r;
 } attn_ctx;
 
 static double attn_loss(void *p) {
     attn_ctx *c = p;
     kern_attn_train_fwd(c->out, c->probs, c->q, c->ldq, c->k, c->v, c->ldkv, c->T, c->P, c->H,
-                        c->KV, c->hd, c->scale, c->threads);
+                        c->KV, c->hd, &c->o, c->threads);
     return dot_d(c->out, c->r, (size_t)c->T * c->H * c->hd);
 }
 
@@ -238,17 +266,19 @@ static void attn_grads(attn_ctx *c, int threads, float *dq, int lddq, float *dk,
     for (size_t i = 0; i < (size_t)L * lddkv; i++) dk[i] = dv[i] = 0.25f;
     float *scratch = falloc(kern_attn_train_scratch_floats(c->T, c->P, c->H, c->hd, threads));
     kern_attn_train_fwd(c->out, c->probs, c->q, c->ldq, c->k, c->v, c->ldkv, c->T, c->P, c->H,
-                        c->KV, c->hd, c->scale, threads);
+                        c->KV, c->hd, &c->o, threads);
     kern_attn_train_bwd(dq, lddq, dk, dv, lddkv, c->r, c->probs, c->q, c->ldq, c->k, c->v,
-                        c->ldkv, c->T, c->P, c->H, c->KV, c->hd, c->scale, scratch, threads);
+                        c->ldkv, c->T, c->P, c->H, c->KV, c->hd, &c->o, scratch, threads);
     for (size_t i = 0; i < (size_t)c->T * lddq; i++) dq[i] -= 0.25f;
     for (size_t i = 0; i < (size_t)L * lddkv; i++) { dk[i] -= 0.25f; dv[i] -= 0.25f; }
     free(scratch);
 }
 
-static void attn_case(int T, int P, int H, int KV, int hd) {
+/* softcap > 0: Gemma 2's score soft-capping; window > 0: a sliding window
+ * (the P prefix rows stay visible) */
+static void attn_case_opts(int T, int P, int H, int KV, int hd, float softcap, int window) {
     const int L = P + T, qd = H * hd, kvd = KV * hd;
-    attn_ctx c = {T, P, H, KV, hd, qd + 5, kvd + 3, 1, 1.0f / sqrtf((float)hd), NULL, NULL, NULL,
+    attn_ctx c = {T, P, H, KV, hd, qd + 5, kvd + 3, 1, {1.0f / sqrtf((float)hd), softcap, window, P}, NULL, NULL, NULL,
                   NULL, NULL, NULL};
     peft_rng rng;
     peft_rng_seed(&rng, (uint64_t)(1000 + T * 100 + P * 10 + KV));
@@ -276,7 +306,8 @@ static void attn_case(int T, int P, int H, int KV, int hd) {
             double s = 0;
             for (int j = 0; j < L; j++) {
                 s += pr[j];
-                if (j > P + t && pr[j] != 0.0f) bad_mask++;
+                const bool windowed = window > 0 && j >= P && j < P + t - window + 1;
+                if ((j > P + t || windowed) && pr[j] != 0.0f) bad_mask++;
             }
             if (fabs(s - 1) > worst_sum) worst_sum = fabs(s - 1);
         }
@@ -284,11 +315,11 @@ static void attn_case(int T, int P, int H, int KV, int hd) {
     CHECK_EQ_INT(bad_mask, 0);
 
     char name[96];
-    snprintf(name, sizeof name, "attn T=%d P=%d H=%d KV=%d hd=%d dq", T, P, H, KV, hd);
+    snprintf(name, sizeof name, "attn T=%d P=%d H=%d KV=%d hd=%d cap=%g win=%d dq", T, P, H, KV, hd, softcap, window);
     CHECK(fd_check(name, attn_loss, &c, c.q, T, qd, c.ldq, dq, lddq) <= FD_TOL);
-    snprintf(name, sizeof name, "attn T=%d P=%d H=%d KV=%d hd=%d dk", T, P, H, KV, hd);
+    snprintf(name, sizeof name, "attn T=%d P=%d H=%d KV=%d hd=%d cap=%g win=%d dk", T, P, H, KV, hd, softcap, window);
     CHECK(fd_check(name, attn_loss, &c, c.k, L, kvd, c.ldkv, dk, lddkv) <= FD_TOL);
-    snprintf(name, sizeof name, "attn T=%d P=%d H=%d KV=%d hd=%d dv", T, P, H, KV, hd);
+    snprintf(name, sizeof name, "attn T=%d P=%d H=%d KV=%d hd=%d cap=%g win=%d dv", T, P, H, KV, hd, softcap, window);
     CHECK(fd_check(name, attn_loss, &c, c.v, L, kvd, c.ldkv, dv, lddkv) <= FD_TOL);
     /* padding columns of the gradients are untouched */
     double pad = 0;
@@ -314,6 +345,8 @@ static void attn_case(int T, int P, int H, int KV, int hd) {
     free(dq); free(dk); free(dv); free(dq3); free(dk3); free(dv3); free(out1);
 }
 
+static void attn_case(int T, int P, int H, int KV, int hd) { attn_case_opts(T, P, H, KV, hd, 0.0f, 0); }
+
 static void attn_train_gqa_no_prefix_matches_fd(void) { attn_case(5, 0, 4, 2, 8); }
 static void attn_train_gqa_prefix_matches_fd(void) { attn_case(5, 3, 4, 2, 8); }
 static void attn_train_single_token_matches_fd(void) {
@@ -323,6 +356,14 @@ static void attn_train_single_token_matches_fd(void) {
 static void attn_train_mha_and_mqa_match_fd(void) {
     attn_case(6, 2, 4, 4, 4);
     attn_case(5, 3, 4, 1, 8);
+}
+/* Gemma 2's attention: soft-capped scores (a cap that bites: scores of
+ * random unit q, k reach ~3), sliding windows, both, with a prefix */
+static void attn_train_softcap_and_window_match_fd(void) {
+    attn_case_opts(9, 0, 4, 2, 8, 1.5f, 0);
+    attn_case_opts(9, 0, 4, 2, 8, 0.0f, 3);
+    attn_case_opts(70, 0, 2, 1, 4, 2.0f, 5);   /* more than one 64-query block */
+    attn_case_opts(7, 2, 4, 2, 8, 1.5f, 3);
 }
 
 static void attn_train_fwd_matches_inference_attention(void) {
@@ -344,9 +385,14 @@ static void attn_train_fwd_matches_inference_attention(void) {
     float *o1 = falloc((size_t)T * qd), *o2 = falloc((size_t)T * qd),
           *probs = falloc((size_t)H * T * T), *scratch = falloc((size_t)2 * T * T);
     const float scale = 1.0f / sqrtf((float)hd);
-    kern_attention(o1, qd, q, qd, kc, vc, cap, T, 0, H, KV, hd, scale, scratch, 2);
-    kern_attn_train_fwd(o2, probs, q, qd, k, v, kvd, T, 0, H, KV, hd, scale, 2);
+    const kern_attn_opts o = {scale, 0, 0, 0}, og = {scale, 1.5f, 3, 0};
+    kern_attention(o1, qd, q, qd, kc, vc, cap, T, 0, H, KV, hd, &o, scratch, 2);
+    kern_attn_train_fwd(o2, probs, q, qd, k, v, kvd, T, 0, H, KV, hd, &o, 2);
     double d = test_max_abs_diff(o1, o2, (size_t)T * qd);
+    /* with soft-capping and a sliding window */
+    kern_attention(o1, qd, q, qd, kc, vc, cap, T, 0, H, KV, hd, &og, scratch, 2);
+    kern_attn_train_fwd(o2, probs, q, qd, k, v, kvd, T, 0, H, KV, hd, &og, 2);
+    d = fmax(d, test_max_abs_diff(o1, o2, (size_t)T * qd));
     printf("    train vs inference attention max|diff| = %.2e\n", d);
     CHECK(d <= 1e-6);
     free(q); free(k); free(v); free(kc); free(vc); free(o1); free(o2); free(probs); free(scratch);
@@ -607,9 +653,10 @@ static void torch_autograd_reference(void) {
                   *gv = falloc((size_t)L * kvd),
                   *s = falloc(kern_attn_train_scratch_floats(T, P, H, hd, 2));
             const float scale = 1.0f / sqrtf((float)hd);
-            kern_attn_train_fwd(o, pr, q, qd, k, v, kvd, T, P, H, KV, hd, scale, 2);
+            const kern_attn_opts ao = {scale, 0, 0, P};
+            kern_attn_train_fwd(o, pr, q, qd, k, v, kvd, T, P, H, KV, hd, &ao, 2);
             kern_attn_train_bwd(gq, qd, gk, gv, kvd, dout, pr, q, qd, k, v, kvd, T, P, H, KV, hd,
-                                scale, s, 2);
+                                &ao, s, 2);
             CHECK(rel_diff("attn out", o, out, (size_t)T * qd) <= tol);
             CHECK(rel_diff("attn dq", gq, dq, (size_t)T * qd) <= tol);
             CHECK(rel_diff("attn dk", gk, dk, (size_t)L * kvd) <= tol);
@@ -697,10 +744,12 @@ int main(void) {
     TEST_RUN(rope_inverse_is_exact_backward);
     TEST_RUN(swiglu_bwd_matches_fd);
     TEST_RUN(gelu_tanh_bwd_matches_fd);
+    TEST_RUN(geglu_tanh_bwd_matches_fd);
     TEST_RUN(attn_train_gqa_no_prefix_matches_fd);
     TEST_RUN(attn_train_gqa_prefix_matches_fd);
     TEST_RUN(attn_train_single_token_matches_fd);
     TEST_RUN(attn_train_mha_and_mqa_match_fd);
+    TEST_RUN(attn_train_softcap_and_window_match_fd);
     TEST_RUN(attn_train_fwd_matches_inference_attention);
     TEST_RUN(xent_fwd_bwd_matches_fd);
     TEST_RUN(xent_alias_threads_and_bad_targets);

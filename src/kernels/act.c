@@ -53,6 +53,31 @@ void kern_gelu_tanh_bwd(float *dx, const float *dy, const float *x, int64_t n, i
         }
 }
 
+/* GeGLU (Gemma): a = gelu_tanh(g)·u, and its backward
+ * dg += da·u·gelu'(g), du += da·gelu(g). */
+void kern_geglu_tanh_fwd(float *a, const float *g, const float *u, int64_t n, int n_threads) {
+    const float k = 0.7978845608028654f;
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t c = 0; c < n; c += ACT_CHUNK)
+        for (int64_t i = c; i < PEFT_MIN(n, c + ACT_CHUNK); i++) {
+            const float v = g[i];
+            a[i] = 0.5f * v * (1.0f + ktanh(k * (v + 0.044715f * v * v * v))) * u[i];
+        }
+}
+
+void kern_geglu_tanh_bwd(float *dg, float *du, const float *da, const float *g, const float *u, int64_t n,
+                         int n_threads) {
+    const float k = 0.7978845608028654f, c = 0.044715f;
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t ch = 0; ch < n; ch += ACT_CHUNK)
+        for (int64_t i = ch; i < PEFT_MIN(n, ch + ACT_CHUNK); i++) {
+            const float v = g[i], th = ktanh(k * (v + c * v * v * v));
+            const float d = 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * k * (1.0f + 3.0f * c * v * v);
+            dg[i] += da[i] * u[i] * d;
+            du[i] += da[i] * 0.5f * v * (1.0f + th);
+        }
+}
+
 void kern_softmax_rows(float *x, int T, int C) {
     for (int t = 0; t < T; t++) {
         float *r = x + (size_t)t * C, m = -INFINITY;

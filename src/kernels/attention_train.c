@@ -8,6 +8,10 @@
  * Backward:
  *   dV_g += Aᵀ dO_h, dA = dO_h V_gᵀ, dS = A ⊙ (dA - rowsum(dA ⊙ A)),
  *   dQ_h += scale · dS K_g, dK_g += scale · dSᵀ Q_h.
+ * With soft-capping (S = c·tanh(S₀/c)) dS₀ = dS ⊙ (1 - (S/c)²), S₀
+ * recomputed block by block in the backward (the probabilities alone do not
+ * give it back); a sliding window masks keys more than `window` back,
+ * the prefix rows staying visible.
  * BLAS runs single-threaded inside; OpenMP splits heads. */
 #include "kernels/kernels.h"
 #include "kernels/kexp.h"
@@ -24,19 +28,36 @@
  * triangle (T = 256: 5/8 of the full T × L work). */
 enum { QB = 64 };
 
-/* Softmax of row r over its visible entries 0..last; entries last+1..L-1
- * become 0. */
-static void softmax_row(float *r, int last, int L) {
-    const float m = kmax(r, last + 1);
-    for (int j = 0; j <= last; j++) r[j] = kexp(r[j] - m);
-    const float inv = (float)(1.0 / ksum_d(r, last + 1));
-    for (int j = 0; j <= last; j++) r[j] *= inv;
+/* Softmax of row r over its visible entries 0..last (less the window's
+ * masked [P, first)); masked entries become 0. Soft-capping first. */
+static void softmax_row(float *r, int last, int L, int P, const kern_attn_opts *o) {
+    const int first = o->window > 0 && last - o->window + 1 > P ? last - o->window + 1 : P;
+    if (o->softcap > 0)
+        for (int j = 0; j <= last; j++) r[j] = o->softcap * tanhf(r[j] / o->softcap);
+    if (first > P) {
+        /* the window: [0, P) and [first, last] visible */
+        float m = -INFINITY;
+        for (int j = 0; j <= last; j++)
+            if (j < P || j >= first) m = r[j] > m ? r[j] : m;
+        double s = 0;
+        for (int j = 0; j <= last; j++) {
+            r[j] = j < P || j >= first ? expf(r[j] - m) : 0.0f;
+            s += r[j];
+        }
+        const float inv = (float)(1.0 / s);
+        for (int j = 0; j <= last; j++) r[j] *= inv;
+    } else {
+        const float m = kmax(r, last + 1);
+        for (int j = 0; j <= last; j++) r[j] = kexp(r[j] - m);
+        const float inv = (float)(1.0 / ksum_d(r, last + 1));
+        for (int j = 0; j <= last; j++) r[j] *= inv;
+    }
     for (int j = last + 1; j < L; j++) r[j] = 0.0f;
 }
 
 void kern_attn_train_fwd(float *out, float *probs, const float *q, int ldq, const float *k,
                          const float *v, int ldkv, int T, int P, int n_head, int n_kv, int hd,
-                         float scale, int n_threads) {
+                         const kern_attn_opts *o, int n_threads) {
     const int L = P + T, group = n_head / n_kv, ldo = n_head * hd;
     if (T <= 0) return;
     if (n_threads < 1) n_threads = 1;
@@ -47,9 +68,9 @@ void kern_attn_train_fwd(float *out, float *probs, const float *q, int ldq, cons
         float *S = probs + (size_t)h * T * L + (size_t)t0 * L;
         const float *kh = k + (size_t)(h / group) * hd, *vh = v + (size_t)(h / group) * hd;
         /* S (tb, Lb) = scale · q_h (tb, hd) · K_gᵀ (hd, Lb) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tb, Lb, hd, scale, q + (size_t)t0 * ldq + (size_t)h * hd,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tb, Lb, hd, o->scale, q + (size_t)t0 * ldq + (size_t)h * hd,
                     ldq, kh, ldkv, 0.0f, S, L);
-        for (int t = 0; t < tb; t++) softmax_row(S + (size_t)t * L, P + t0 + t, L);
+        for (int t = 0; t < tb; t++) softmax_row(S + (size_t)t * L, P + t0 + t, L, P, o);
         /* out_h (tb, hd) = A (tb, Lb) · V_g (Lb, hd) */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tb, hd, Lb, 1.0f, S, L, vh, ldkv, 0.0f,
                     out + (size_t)t0 * ldo + (size_t)h * hd, ldo);
@@ -59,18 +80,20 @@ void kern_attn_train_fwd(float *out, float *probs, const float *q, int ldq, cons
 size_t kern_attn_train_scratch_floats(int T, int P, int n_head, int hd, int n_threads) {
     if (n_threads < 1) n_threads = 1;
     const size_t L = (size_t)(P + T > 0 ? P + T : 0);
-    /* per thread: dS of one query block; per head: its dK and dV */
-    return (size_t)n_threads * QB * L + (size_t)n_head * 2 * L * (size_t)hd;
+    /* per thread: dS of one query block and its soft-capped scores; per
+     * head: its dK and dV */
+    return (size_t)n_threads * 2 * QB * L + (size_t)n_head * 2 * L * (size_t)hd;
 }
 
 void kern_attn_train_bwd(float *dq, int lddq, float *dk, float *dv, int lddkv,
                          const float *dout, const float *probs, const float *q, int ldq,
                          const float *k, const float *v, int ldkv, int T, int P, int n_head,
-                         int n_kv, int hd, float scale, float *scratch, int n_threads) {
+                         int n_kv, int hd, const kern_attn_opts *o, float *scratch, int n_threads) {
     const int L = P + T, group = n_head / n_kv, ldo = n_head * hd;
     if (T <= 0) return;
     if (n_threads < 1) n_threads = 1;
-    float *part = scratch + (size_t)n_threads * QB * L; /* (n_head, 2, L, hd): dK_h, dV_h */
+    const float scale = o->scale, cap = o->softcap;
+    float *part = scratch + (size_t)n_threads * 2 * QB * L; /* (n_head, 2, L, hd): dK_h, dV_h */
     memset(part, 0, (size_t)n_head * 2 * L * hd * sizeof(float));
     /* One query head per item, its blocks in order: dQ_h and the head's own
      * dK_h, dV_h; then each kv head sums its group's parts in head order.
@@ -81,7 +104,7 @@ void kern_attn_train_bwd(float *dq, int lddq, float *dk, float *dv, int lddkv,
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        float *dS = scratch + (size_t)tid * QB * L;
+        float *dS = scratch + (size_t)tid * 2 * QB * L, *S0 = dS + (size_t)QB * L;
         const float *kg = k + (size_t)(h / group) * hd, *vg = v + (size_t)(h / group) * hd;
         float *dkh = part + (size_t)h * 2 * L * hd, *dvh = dkh + (size_t)L * hd;
         for (int t0 = 0; t0 < T; t0 += QB) {
@@ -92,6 +115,9 @@ void kern_attn_train_bwd(float *dq, int lddq, float *dk, float *dv, int lddkv,
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Lb, hd, tb, 1.0f, A, L, doh, ldo, 1.0f, dvh, hd);
             /* dA (tb, Lb) = dO_h (tb, hd) · V_gᵀ (hd, Lb) */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tb, Lb, hd, 1.0f, doh, ldo, vg, ldkv, 0.0f, dS, Lb);
+            /* the scores before soft-capping, for its derivative */
+            if (cap > 0)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tb, Lb, hd, scale, qh, ldq, kg, ldkv, 0.0f, S0, Lb);
             for (int t = 0; t < tb; t++) {
                 float *r = dS + (size_t)t * Lb;
                 const float *a = A + (size_t)t * L;
@@ -100,6 +126,11 @@ void kern_attn_train_bwd(float *dq, int lddq, float *dk, float *dv, int lddkv,
                 for (int j = 0; j <= last; j++) dot += (double)r[j] * a[j];
                 const float d = (float)dot;
                 for (int j = 0; j <= last; j++) r[j] = a[j] * (r[j] - d);
+                if (cap > 0)
+                    for (int j = 0; j <= last; j++) {
+                        const float th = tanhf(S0[(size_t)t * Lb + j] / cap);
+                        r[j] *= 1.0f - th * th;
+                    }
                 for (int j = last + 1; j < Lb; j++) r[j] = 0.0f;
             }
             /* dQ_h (tb, hd) += scale · dS (tb, Lb) · K_g (Lb, hd) */

@@ -144,21 +144,38 @@ void kern_gelu_tanh_fwd(float *y, const float *x, int64_t n, int n_threads);
 /* SwiGLU backward: dg (n) += da·u·silu'(g), du (n) += da·silu(g). */
 void kern_swiglu_bwd(float *dg, float *du, const float *da, const float *g, const float *u,
                      int64_t n, int n_threads);
+/* GeGLU with the tanh GELU (Gemma): a = gelu_tanh(g)·u; backward
+ * dg += da·u·gelu'(g), du += da·gelu(g). */
+void kern_geglu_tanh_fwd(float *a, const float *g, const float *u, int64_t n, int n_threads);
+void kern_geglu_tanh_bwd(float *dg, float *du, const float *da, const float *g, const float *u, int64_t n,
+                         int n_threads);
 /* GELU (tanh) backward: dx (n) += dy·gelu'(x). dx must not alias x. */
 void kern_gelu_tanh_bwd(float *dx, const float *dy, const float *x, int64_t n, int n_threads);
 
 /* Softmax of each row of x (T, C) in place. */
 void kern_softmax_rows(float *x, int T, int C);
 
+/* What shapes an attention's scores besides causality:
+ *   scale    on q·kᵀ (1/sqrt(head_dim); Gemma 2: 1/sqrt(query_pre_attn_scalar))
+ *   softcap  > 0: score → softcap·tanh(score / softcap) before the softmax
+ *            (Gemma 2's attn_logit_softcapping)
+ *   window   > 0: a query sees only keys less than `window` positions back
+ *            (sliding-window layers; the query itself included), besides
+ *   sink     leading key rows every query sees (prefix tuning's rows). */
+typedef struct {
+    float scale, softcap;
+    int window, sink;
+} kern_attn_opts;
+
 /* Causal attention over a KV store, one sequence.
  * q (T, n_head, hd) with row stride ldq; k, v hold positions [0, p0 + T) as
  * (n_kv, kv_cap, hd); query t sits at position p0 + t and sees keys
  * 0..p0 + t. Head h uses kv head h / (n_head / n_kv) (grouped-query).
- * out (T, n_head, hd) with row stride ldo. scale = 1/sqrt(hd) usually.
+ * out (T, n_head, hd) with row stride ldo. o: scale, soft-capping, window.
  * scratch: n_threads · T · (p0 + T) floats. */
 void kern_attention(float *out, int ldo, const float *q, int ldq, const float *k,
                     const float *v, int kv_cap, int T, int p0, int n_head, int n_kv, int hd,
-                    float scale, float *scratch, int n_threads);
+                    const kern_attn_opts *o, float *scratch, int n_threads);
 
 /* Training attention (attention_train.c): causal grouped-query attention for
  * one sequence, keeping the probabilities for the backward, with P optional
@@ -171,10 +188,10 @@ void kern_attention(float *out, int ldo, const float *q, int ldq, const float *k
  * multiplies the keys it can see. */
 void kern_attn_train_fwd(float *out, float *probs, const float *q, int ldq, const float *k,
                          const float *v, int ldkv, int T, int P, int n_head, int n_kv, int hd,
-                         float scale, int n_threads);
-/* Floats of scratch kern_attn_train_bwd needs: n_threads · 64 · (P + T)
- * for one block of dS per thread, plus n_head · 2 · (P + T) · hd for each
- * query head's own dK, dV. */
+                         const kern_attn_opts *o, int n_threads);
+/* Floats of scratch kern_attn_train_bwd needs: n_threads · 2 · 64 · (P + T)
+ * for one block of dS (and of the recomputed soft-capped scores) per
+ * thread, plus n_head · 2 · (P + T) · hd for each query head's dK, dV. */
 size_t kern_attn_train_scratch_floats(int T, int P, int n_head, int hd, int n_threads);
 /* Backward of kern_attn_train_fwd from dout (T, n_head·hd) contiguous and the
  * saved probs. dq (T, n_head·hd) row stride lddq, dk, dv (P + T, n_kv·hd) row
@@ -184,7 +201,7 @@ size_t kern_attn_train_scratch_floats(int T, int P, int n_head, int hd, int n_th
 void kern_attn_train_bwd(float *dq, int lddq, float *dk, float *dv, int lddkv,
                          const float *dout, const float *probs, const float *q, int ldq,
                          const float *k, const float *v, int ldkv, int T, int P, int n_head,
-                         int n_kv, int hd, float scale, float *scratch, int n_threads);
+                         int n_kv, int hd, const kern_attn_opts *o, float *scratch, int n_threads);
 
 /* Fused softmax cross-entropy (xent.c) over logits (T, V) and targets (T),
  * target -100 = ignored row. *loss_sum = Σ over counted rows of -log p[target]

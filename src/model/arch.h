@@ -26,9 +26,9 @@ typedef enum {
 enum { NORM_ATTN = 0, NORM_MLP, NORM_Q, NORM_K, NORM_ATTN_OUT, NORM_MLP_OUT, MODEL_N_NORMS };
 
 typedef enum { ARCH_NORM_RMS = 0, ARCH_NORM_LAYER } arch_norm;
-/* The MLP: gated SiLU (silu(gate) ⊙ up, then down) or a plain tanh GELU
- * (gelu(up), then down). */
-typedef enum { ARCH_ACT_SWIGLU = 0, ARCH_ACT_GELU_TANH } arch_act;
+/* The MLP: gated SiLU (silu(gate) ⊙ up, then down), a plain tanh GELU
+ * (gelu(up), then down), or gated tanh GELU (Gemma's GeGLU). */
+typedef enum { ARCH_ACT_SWIGLU = 0, ARCH_ACT_GELU_TANH, ARCH_ACT_GEGLU_TANH } arch_act;
 /* Positions: rotary on q and k, or a learned table added to the input. */
 typedef enum { ARCH_POS_ROPE = 0, ARCH_POS_LEARNED } arch_pos;
 
@@ -57,6 +57,8 @@ typedef struct arch_desc {
     /* The family's own config.json options (rope scaling, activation
      * checks, padding index), after the sizes; NULL: none. */
     int (*hf_extra)(const struct cJSON *root, model_config *c, const char *path, peft_err *err);
+    /* The same for GGUF metadata (keys "<name>.…"); NULL: none. */
+    int (*gguf_extra)(const gguf_file *g, model_config *c, peft_err *err);
 
     /* ---- tensor names (printf formats, %d = layer; ".weight"/".bias" appended) ---- */
     const char *hf_prefix;     /* what a saved model puts before the names below ("transformer."); a
@@ -76,6 +78,9 @@ typedef struct arch_desc {
     arch_act act;
     arch_pos pos;
     bool lin_bias;             /* every linear has a bias (else a bias is loaded where the file has one) */
+    bool fused_gate_up;        /* one linear (ROLE_UP, 2·d_ff rows: gate then up) feeds the gated MLP (Phi-3) */
+    bool norm_plus_one;        /* RMSNorm scales by 1 + w, HF storing w (Gemma; llama.cpp's GGUF stores 1 + w) */
+    bool embed_scale;          /* token embeddings times sqrt(d_model) (Gemma) */
 
     /* ---- adapters ---- */
     const arch_target *targets;   /* short names accepted by --target, NULL-terminated; the first match of a

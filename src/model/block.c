@@ -8,20 +8,20 @@
  *   att (N,qd) = attention(q, K, V)                       (callback)
  *   xmid (N,d) = xin + o(att)                             (sub-layer site 0)
  *   h2 (N,d)   = norm2(xmid)
- *   gated:     g, u (N,ff) = h2·Wgᵀ, h2·Wuᵀ; a = silu(g) ⊙ u
+ *   gated:     g, u (N,ff) = h2·Wgᵀ, h2·Wuᵀ; a = silu(g) ⊙ u  (GeGLU: gelu_tanh(g) ⊙ u;
+ *              Phi-3: [g | u] (N,2ff) from one fused linear)
  *   plain:     g (N,ff) = h2·Wupᵀ; a = gelu_tanh(g)
  *   xout (N,d) = xmid + down(a)                           (sub-layer site 1)
+ * Gemma 2 normalizes each sub-layer's output before its residual add:
+ *   xmid = xin + norm_attn_out(o(att)), xout = xmid + norm_mlp_out(down(a)).
  * The backward runs the same steps in reverse. */
 #include "model/block.h"
 #include "peft/adapter.h"
 
+#include <math.h>
 #include <string.h>
 
 bool block_fused_qkv(const peft_model *m) { return m->cfg.desc->hf_lin[ROLE_QKV] != NULL; }
-
-bool block_qk_norm(const peft_model *m) { return m->cfg.desc->hf_norm[NORM_Q] != NULL; }
-
-static bool gated(const peft_model *m) { return m->cfg.desc->act == ARCH_ACT_SWIGLU; }
 
 static void copy_rows(const block_env *e, float *dst, const float *src, size_t n) {
     if (dst == src) return;
@@ -32,6 +32,83 @@ static void copy_rows(const block_env *e, float *dst, const float *src, size_t n
 static void zero_rows(const block_env *e, float *p, size_t n) {
     if (e->zero) e->zero(e->u, p, n);
     else memset(p, 0, n * sizeof(float));
+}
+
+kern_attn_opts block_attn_opts(const peft_model *m, int l, int sink) {
+    const model_config *c = &m->cfg;
+    const bool sliding = c->sliding_window > 0 && (c->sliding[l / 64] >> (l % 64) & 1u);
+    return (kern_attn_opts){.scale = c->attn_scale > 0 ? c->attn_scale : 1.0f / sqrtf((float)c->head_dim),
+                            .softcap = c->attn_softcap, .window = sliding ? c->sliding_window : 0, .sink = sink};
+}
+
+bool block_qk_norm(const peft_model *m) { return m->cfg.desc->hf_norm[NORM_Q] != NULL; }
+
+static bool gated(const peft_model *m) { return m->cfg.desc->act != ARCH_ACT_GELU_TANH; }
+
+static bool post_norm(const peft_model *m, int site) {
+    return m->cfg.desc->hf_norm[site ? NORM_MLP_OUT : NORM_ATTN_OUT] != NULL;
+}
+
+/* the gated activation a (N, ff) of g, u (N, ff), or of the fused [g | u]
+ * (N, 2ff) rows when u is NULL */
+static void gate_fwd(const block_env *e, float *a, const float *g, const float *u) {
+    const int64_t ff = e->m->cfg.d_ff, n = (int64_t)e->N * ff;
+    const bool gelu = e->m->cfg.desc->act == ARCH_ACT_GEGLU_TANH;
+    if (u) {
+        if (gelu) kern_geglu_tanh_fwd(a, g, u, n, e->nt);
+        else kern_swiglu_fwd(a, g, u, n, e->nt);
+        return;
+    }
+#pragma omp parallel for num_threads(e->nt) schedule(static) if (n > 65536)
+    for (int t = 0; t < e->N; t++) {
+        const float *gt = g + (size_t)t * 2 * ff;
+        if (gelu) kern_geglu_tanh_fwd(a + (size_t)t * ff, gt, gt + ff, ff, 1);
+        else kern_swiglu_fwd(a + (size_t)t * ff, gt, gt + ff, ff, 1);
+    }
+}
+
+static void gate_bwd(const block_env *e, float *dg, float *du, const float *da, const float *g, const float *u) {
+    const int64_t ff = e->m->cfg.d_ff, n = (int64_t)e->N * ff;
+    const bool gelu = e->m->cfg.desc->act == ARCH_ACT_GEGLU_TANH;
+    if (u) {
+        if (gelu) kern_geglu_tanh_bwd(dg, du, da, g, u, n, e->nt);
+        else kern_swiglu_bwd(dg, du, da, g, u, n, e->nt);
+        return;
+    }
+#pragma omp parallel for num_threads(e->nt) schedule(static) if (n > 65536)
+    for (int t = 0; t < e->N; t++) {
+        const float *gt = g + (size_t)t * 2 * ff, *dat = da + (size_t)t * ff;
+        float *dgt = dg + (size_t)t * 2 * ff;
+        if (gelu) kern_geglu_tanh_bwd(dgt, dgt + ff, dat, gt, gt + ff, ff, 1);
+        else kern_swiglu_bwd(dgt, dgt + ff, dat, gt, gt + ff, ff, 1);
+    }
+}
+
+/* x (N, d) += the output of the sub-layer ending in linear r at `site`
+ * (its norm first, where the family has one: Gemma 2) */
+static int sub_out_fwd(const block_env *e, int l, model_linear_role r, int site, const float *in, float *x,
+                       block_acts *A) {
+    if (!post_norm(e->m, site)) return e->sub_out(e->u, l, r, site, in, x);
+    const size_t N = (size_t)e->N, d = (size_t)e->m->cfg.d_model;
+    float *o = site ? A->o2 : A->o1;
+    zero_rows(e, o, N * d);
+    int rc = e->sub_out(e->u, l, r, site, in, o);
+    if (rc) return rc;
+    block_norm_fwd(e, l, site ? NORM_MLP_OUT : NORM_ATTN_OUT, A->ptmp, site ? A->o2_mean : A->o1_mean,
+                   site ? A->o2_rstd : A->o1_rstd, o, e->N);
+    for (size_t i = 0; i < N * d; i++) x[i] += A->ptmp[i];
+    return 0;
+}
+
+/* its backward from dy = ∂L/∂x (the residual's gradient); dtmp (N, d) scratch */
+static int sub_out_bwd(const block_env *e, int l, model_linear_role r, int site, const float *in, const float *dy,
+                       float *din, const block_acts *A, float *dtmp) {
+    if (!post_norm(e->m, site)) return e->sub_out_bwd(e->u, l, r, site, in, dy, din);
+    const size_t N = (size_t)e->N, d = (size_t)e->m->cfg.d_model;
+    zero_rows(e, dtmp, N * d);
+    block_norm_bwd(e, l, site ? NORM_MLP_OUT : NORM_ATTN_OUT, dtmp, dy, site ? A->o2 : A->o1,
+                   site ? A->o2_mean : A->o1_mean, site ? A->o2_rstd : A->o1_rstd);
+    return e->sub_out_bwd(e->u, l, r, site, in, dtmp, din);
 }
 
 void block_norm_fwd(const block_env *e, int l, int which, float *y, float *mean, float *rstd, const float *x, int rows) {
@@ -115,21 +192,24 @@ int block_fwd(const block_env *e, int l, block_acts *A) {
     const size_t N = (size_t)e->N, d = (size_t)c->d_model, nff = N * (size_t)c->d_ff;
     const int ff = c->d_ff;
     int rc;
-    block_norm_fwd(e, l, 0, A->h1, A->mean1, A->rstd1, A->xin, e->N);
+    block_norm_fwd(e, l, NORM_ATTN, A->h1, A->mean1, A->rstd1, A->xin, e->N);
     if ((rc = qkv_fwd(e, l, A->h1, A->qkv, A)) || (rc = e->attn(e->u, l, A))) return rc;
     copy_rows(e, A->xmid, A->xin, N * d);
-    if ((rc = e->sub_out(e->u, l, ROLE_O, 0, A->att, A->xmid))) return rc;
-    block_norm_fwd(e, l, 1, A->h2, A->mean2, A->rstd2, A->xmid, e->N);
-    if (gated(e->m)) {
+    if ((rc = sub_out_fwd(e, l, ROLE_O, 0, A->att, A->xmid, A))) return rc;
+    block_norm_fwd(e, l, NORM_MLP, A->h2, A->mean2, A->rstd2, A->xmid, e->N);
+    if (e->m->cfg.desc->fused_gate_up) {
+        if ((rc = e->lin(e->u, l, ROLE_UP, A->h2, A->g, 2 * ff, 0.0f))) return rc;
+        gate_fwd(e, A->a, A->g, NULL);
+    } else if (gated(e->m)) {
         if ((rc = e->lin(e->u, l, ROLE_GATE, A->h2, A->g, ff, 0.0f)) || (rc = e->lin(e->u, l, ROLE_UP, A->h2, A->u, ff, 0.0f)))
             return rc;
-        kern_swiglu_fwd(A->a, A->g, A->u, (int64_t)nff, e->nt);
+        gate_fwd(e, A->a, A->g, A->u);
     } else {
         if ((rc = e->lin(e->u, l, ROLE_UP, A->h2, A->g, ff, 0.0f))) return rc;
         kern_gelu_tanh_fwd(A->a, A->g, (int64_t)nff, e->nt);
     }
     copy_rows(e, A->xout, A->xmid, N * d);
-    return e->sub_out(e->u, l, ROLE_DOWN, 1, A->a, A->xout);
+    return sub_out_fwd(e, l, ROLE_DOWN, 1, A->a, A->xout, A);
 }
 
 int block_bwd(const block_env *e, int l, const block_acts *A, block_grads *G, bool need_dx) {
@@ -140,24 +220,29 @@ int block_bwd(const block_env *e, int l, const block_acts *A, block_grads *G, bo
     /* MLP: xout = xmid + down(a) */
     copy_rows(e, G->dxmid, G->dx, N * d);
     zero_rows(e, G->da, nff);
-    if ((rc = e->sub_out_bwd(e->u, l, ROLE_DOWN, 1, A->a, G->dx, G->da))) return rc;
+    if ((rc = sub_out_bwd(e, l, ROLE_DOWN, 1, A->a, G->dx, G->da, A, G->dh))) return rc;
     zero_rows(e, G->dh, N * d);
-    zero_rows(e, G->dg, nff);
-    if (gated(e->m)) {
+    if (e->m->cfg.desc->fused_gate_up) {
+        zero_rows(e, G->dg, 2 * nff);
+        gate_bwd(e, G->dg, NULL, G->da, A->g, NULL);
+        if ((rc = e->lin_bwd(e->u, l, ROLE_UP, A->h2, G->dg, 2 * ff, G->dh))) return rc;
+    } else if (gated(e->m)) {
+        zero_rows(e, G->dg, nff);
         zero_rows(e, G->du, nff);
-        kern_swiglu_bwd(G->dg, G->du, G->da, A->g, A->u, (int64_t)nff, e->nt);
+        gate_bwd(e, G->dg, G->du, G->da, A->g, A->u);
         if ((rc = e->lin_bwd(e->u, l, ROLE_GATE, A->h2, G->dg, ff, G->dh)) ||
             (rc = e->lin_bwd(e->u, l, ROLE_UP, A->h2, G->du, ff, G->dh)))
             return rc;
     } else {
+        zero_rows(e, G->dg, nff);
         kern_gelu_tanh_bwd(G->dg, G->da, A->g, (int64_t)nff, e->nt);
         if ((rc = e->lin_bwd(e->u, l, ROLE_UP, A->h2, G->dg, ff, G->dh))) return rc;
     }
-    block_norm_bwd(e, l, 1, G->dxmid, G->dh, A->xmid, A->mean2, A->rstd2);
+    block_norm_bwd(e, l, NORM_MLP, G->dxmid, G->dh, A->xmid, A->mean2, A->rstd2);
     /* attention: xmid = xin + o(att) */
     copy_rows(e, G->dx, G->dxmid, N * d);
     zero_rows(e, G->datt, N * (size_t)qd);
-    if ((rc = e->sub_out_bwd(e->u, l, ROLE_O, 0, A->att, G->dxmid, G->datt))) return rc;
+    if ((rc = sub_out_bwd(e, l, ROLE_O, 0, A->att, G->dxmid, G->datt, A, G->dh))) return rc;
     zero_rows(e, G->dqkv, N * (size_t)ldq);
     e->attn_bwd(e->u, l, A, G);
     float *dh = need_dx ? G->dh : NULL;
@@ -175,6 +260,6 @@ int block_bwd(const block_env *e, int l, const block_acts *A, block_grads *G, bo
              !(rc = e->lin_bwd(e->u, l, ROLE_K, A->h1, G->dqkv + qd, ldq, dh)))
         rc = e->lin_bwd(e->u, l, ROLE_V, A->h1, G->dqkv + qd + kvd, ldq, dh);
     if (rc) return rc;
-    if (dh) block_norm_bwd(e, l, 0, G->dx, dh, A->xin, A->mean1, A->rstd1);
+    if (dh) block_norm_bwd(e, l, NORM_ATTN, G->dx, dh, A->xin, A->mean1, A->rstd1);
     return 0;
 }

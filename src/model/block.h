@@ -27,8 +27,13 @@ typedef struct {
     float *att;                 /* (N, qd) attention output (before o) */
     float *xmid;                /* (N, d) xin + o(att) */
     float *mean2, *rstd2, *h2;  /* MLP norm */
-    float *g, *u, *a;           /* (N, ff): gate (GELU: up before the activation), up, activation output */
+    float *g, *u, *a;           /* (N, ff): gate (GELU: up before the activation), up, activation output;
+                                   fused gate/up (Phi-3): g (N, 2·ff) holds both, u NULL */
     float *xout;                /* (N, d) xmid + down(a) */
+    /* norms of the sub-layer outputs (Gemma 2): attention's and the MLP's
+     * output before its norm (N, d) and the norm's statistics */
+    float *o1, *o1_mean, *o1_rstd, *o2, *o2_mean, *o2_rstd;
+    float *ptmp;                /* (N, d) scratch: a normed sub-layer output (not kept) */
 } block_acts;
 
 /* The backward's buffers (N rows each): dx holds ∂L/∂xout on entry and
@@ -77,6 +82,10 @@ void block_norm_fwd(const block_env *e, int l, int which, float *y, float *mean,
 /* dx += its backward from dy (norm parameter gradients via e->norm_grad). */
 void block_norm_bwd(const block_env *e, int l, int which, float *dx, const float *dy, const float *x,
                     const float *mean, const float *rstd);
+
+/* The score options of layer l's attention (scale, soft-capping, sliding
+ * window), sink leading rows always visible. */
+kern_attn_opts block_attn_opts(const peft_model *m, int l, int sink);
 
 /* Whether the model computes q, k, v with one fused linear (GPT-2's c_attn). */
 bool block_fused_qkv(const peft_model *m);

@@ -161,6 +161,7 @@ int model_config_from_hf_json(const char *path, model_config *c, peft_err *err) 
     }
 #undef KEY_INT
     if (c->d_ff == 0 && D->d_ff_mult) c->d_ff = D->d_ff_mult * c->d_model;
+    if (D->embed_scale) c->embed_scale = sqrtf((float)c->d_model);
     if (D->pos != ARCH_POS_ROPE) c->rope_theta = 1;   /* unused */
     c->tied = json_bool(root, "tie_word_embeddings", D->default_tied);
     cJSON_Delete(root);
@@ -240,5 +241,10 @@ int model_config_from_gguf(const gguf_file *g, model_config *c, peft_err *err) {
     if (st && strcmp(st, "none"))
         return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: rope scaling type \"%s\" is not supported", path, st);
     c->tied = gguf_find_tensor(g, "output.weight") == NULL;
+    if (D->embed_scale) c->embed_scale = sqrtf((float)c->d_model);
+    if (D->gguf_extra) {
+        int rc = D->gguf_extra(g, c, err);
+        if (rc) return rc;
+    }
     return check_config(c, path, err);
 }

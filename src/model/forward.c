@@ -110,6 +110,7 @@ typedef struct {
     float *scr, *zs, *hs, *ascr;
     const int32_t *pos;
     int T, p0, PX, nt;
+    int PXA;              /* prefix rows at the cache's start (always visible) */
 } fwd_state;
 
 static int fwd_lin(void *u, int l, model_linear_role r, const float *x, float *y, int ldy, float beta) {
@@ -148,8 +149,9 @@ static int fwd_attn(void *u, int l, block_acts *A) {
             memcpy(kc + dst, A->qkv + (size_t)t * ld_qkv + qd + (size_t)g * hd, (size_t)hd * sizeof(float));
             memcpy(vc + dst, A->qkv + (size_t)t * ld_qkv + qd + kvd + (size_t)g * hd, (size_t)hd * sizeof(float));
         }
-    kern_attention(A->att, qd, A->qkv, ld_qkv, kc, vc, m->kv.cap, s->T, s->p0, c->n_head, c->n_kv_head, hd,
-                   1.0f / sqrtf((float)hd), s->ascr, s->nt);
+    const kern_attn_opts o = block_attn_opts(m, l, s->PXA);
+    kern_attention(A->att, qd, A->qkv, ld_qkv, kc, vc, m->kv.cap, s->T, s->p0, c->n_head, c->n_kv_head, hd, &o,
+                   s->ascr, s->nt);
     return 0;
 }
 
@@ -183,15 +185,20 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
     for (int k = 0; k < c->n_layer * 2; k++) sub_hooks |= method_sub_hooked(ad, k / 2, k % 2);
     const int hsd = sub_hooks ? d : 0;
     const size_t hw = hook_ws(ad, m, T);
-    size_t n_ws = (size_t)T * (2 * d + ld_qkv + qd + 2 * ff) + T + mm_scratch + att_scratch + hw + (size_t)T * (size_t)hsd;
+    /* Gemma 2's normed sub-layer outputs: o1, o2, ptmp (T, d) */
+    const bool post = c->desc->hf_norm[NORM_ATTN_OUT] || c->desc->hf_norm[NORM_MLP_OUT];
+    const size_t ff1 = (size_t)(c->desc->fused_gate_up ? 2 : 1) * ff, npost = post ? 3 * (size_t)T * d : 0;
+    size_t n_ws = (size_t)T * (2 * d + ld_qkv + qd + ff1 + ff) + T + mm_scratch + att_scratch + hw +
+                  (size_t)T * (size_t)hsd + npost;
     float *ws = ws_get(m, n_ws, err);
     if (!ws) return PEFT_ERR_NOMEM;
     float *x = ws, *h = x + (size_t)T * d, *qkv = h + (size_t)T * d, *att = qkv + (size_t)T * ld_qkv;
-    float *f1 = att + (size_t)T * qd, *f2 = f1 + (size_t)T * ff, *scr = f2 + (size_t)T * ff;
+    float *f1 = att + (size_t)T * qd, *f2 = f1 + (size_t)T * ff1, *scr = f2 + (size_t)T * ff;
     float *ascr = scr + mm_scratch;
     float *zs = ascr + att_scratch;
     float *hs = zs + hw;
-    int32_t *pos = (int32_t *)(hs + (size_t)T * hsd);
+    float *po = hs + (size_t)T * hsd;
+    int32_t *pos = (int32_t *)(po + npost);
     for (int t = 0; t < T; t++) pos[t] = p0 + t;
 
     /* embeddings */
@@ -201,17 +208,22 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
     for (int t = 0; t < T; t++) {
         if (t < V0) memcpy(x + (size_t)t * d, ad->ops->input_row(ad, t), (size_t)d * sizeof(float));
         else if ((rc = kern_weight_row(tok, ids[t - V0], x + (size_t)t * d))) goto fail;
+        if (c->embed_scale > 0)
+            for (int i = 0; i < d; i++) x[(size_t)t * d + i] *= c->embed_scale;
         if (learned_pos) {
             if ((rc = kern_weight_row(pemb, pos[t], h))) goto fail;
             for (int i = 0; i < d; i++) x[(size_t)t * d + i] += h[i];
         }
     }
 
-    fwd_state st = {m, scr, zs, hs, ascr, pos, T, p0, PX, nt};
+    fwd_state st = {m, scr, zs, hs, ascr, pos, T, p0, PX, nt, adapter_prefix_rows(ad)};
     const block_env env = {.m = m, .ad = ad, .N = T, .pos = pos, .nt = nt, .u = &st,
                            .lin = fwd_lin, .sub_out = fwd_sub_out, .attn = fwd_attn};
+    const bool fused = c->desc->fused_gate_up, split = c->desc->act != ARCH_ACT_GELU_TANH && !fused;
     block_acts A = {.xin = x, .h1 = h, .qkv = qkv, .att = att, .xmid = x, .h2 = h, .g = f1,
-                    .u = c->desc->act == ARCH_ACT_SWIGLU ? f2 : NULL, .a = f1, .xout = x};
+                    .u = split ? f2 : NULL, .a = fused ? f2 : f1, .xout = x,
+                    .o1 = post ? po : NULL, .o2 = post ? po + (size_t)T * d : NULL,
+                    .ptmp = post ? po + 2 * (size_t)T * d : NULL};
     for (int l = 0; l < c->n_layer; l++)
         if ((rc = block_fwd(&env, l, &A))) goto fail;
     m->n_past = L;
@@ -223,6 +235,10 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
         block_norm_fwd(&env, c->n_layer, 0, h, NULL, NULL, xs, n);
         kern_weight lh;
         if ((rc = kern_matmul(logits, c->vocab, h, n, adapter_lm_head(ad, m, &lh), NULL, 0, scr, nt))) goto fail;
+        if (c->final_softcap > 0) {
+            const float cap = c->final_softcap;
+            for (size_t i = 0; i < (size_t)n * c->vocab; i++) logits[i] = cap * tanhf(logits[i] / cap);
+        }
     }
     return 0;
 fail:

@@ -187,9 +187,18 @@ static void linear_dims(const model_config *c, model_linear_role r, int64_t *out
     case ROLE_K: case ROLE_V: *out = kvd; *in = d; break;
     case ROLE_QKV: *out = qd + 2 * kvd; *in = d; break;
     case ROLE_O: *out = d; *in = qd; break;
-    case ROLE_GATE: case ROLE_UP: *out = c->d_ff; *in = d; break;
+    case ROLE_GATE: *out = c->d_ff; *in = d; break;
+    case ROLE_UP: *out = c->desc->fused_gate_up ? 2 * (int64_t)c->d_ff : c->d_ff; *in = d; break;
     case ROLE_DOWN: default: *out = d; *in = c->d_ff; break;
     }
+}
+
+int model_no_targets(const peft_model *m, const char *what, peft_err *err) {
+    const arch_desc *D = m->cfg.desc;
+    if (!D->lora_targets)
+        return peft_fail(err, PEFT_ERR_INVALID, "%s: %s (%s) has no default target modules (HF peft has none for %s): "
+                         "pass --target, from %s", what, m->path, D->name, D->name, D->target_help);
+    return peft_fail(err, PEFT_ERR_INVALID, "%s: no linear layer of %s is targeted", what, m->path);
 }
 
 int model_norm_len(const peft_model *m, int which) {
@@ -217,6 +226,8 @@ static int load_layers(peft_model *m, bool gguf, const char *pfx, peft_err *err)
             const int64_t n = model_norm_len(m, which);
             snprintf(name, sizeof name, "%s.%s.weight", lp, nn);
             if ((rc = get_vec(m, name, n, true, &L->norm_w[which], err))) return rc;
+            if (D->norm_plus_one && !gguf)
+                for (int64_t i = 0; i < n; i++) L->norm_w[which][i] += 1.0f;
             if (D->norm_bias) {
                 snprintf(name, sizeof name, "%s.%s.bias", lp, nn);
                 if ((rc = get_vec(m, name, n, true, &L->norm_b[which], err))) return rc;
@@ -260,6 +271,8 @@ static int load_globals(peft_model *m, bool gguf, const char *pfx, peft_err *err
     else snprintf(base, sizeof base, "%s%s", pfx, D->hf_out_norm);
     snprintf(name, sizeof name, "%s.weight", base);
     if ((rc = get_vec(m, name, c->d_model, true, &m->out_norm_w, err))) return rc;
+    if (D->norm_plus_one && !gguf)
+        for (int i = 0; i < c->d_model; i++) m->out_norm_w[i] += 1.0f;
     if (D->norm_bias) {
         snprintf(name, sizeof name, "%s.bias", base);
         if ((rc = get_vec(m, name, c->d_model, true, &m->out_norm_b, err))) return rc;

@@ -9,6 +9,7 @@
 #include "core/ctx.h"
 #include "formats/gguf.h"
 #include "formats/safetensors.h"
+#include "core/limits.h"
 #include "kernels/kernels.h"
 #include "model/arch.h"
 #include "tokenizer/tokenizer.h"
@@ -26,6 +27,12 @@ struct model_config {
     int rope_orig_ctx;
     bool tied;
     int pad_token_id;         /* HF llama-family embedding padding_idx, -1: none */
+    /* attention scores (block_attn_opts) */
+    float attn_scale;         /* on q·kᵀ; 0: 1/sqrt(head_dim) (Gemma 2: 1/sqrt(query_pre_attn_scalar)) */
+    float attn_softcap, final_softcap;   /* > 0: c·tanh(x/c) on the scores / the logits (Gemma 2) */
+    int sliding_window;       /* > 0: the layers set in `sliding` see only this many positions back */
+    uint64_t sliding[PEFT_MAX_LAYERS / 64];
+    float embed_scale;        /* token embeddings times this (Gemma: sqrt(d)); 0: 1 */
 };
 
 typedef struct {
@@ -41,6 +48,11 @@ typedef struct {
     float *norm_w[MODEL_N_NORMS], *norm_b[MODEL_N_NORMS];
     model_linear lin[ROLE_N_LINEAR];
 } model_layer;
+
+/* The error of a method whose targets select no linear of m: names the
+ * targets to pass when the family has no default (HF peft has none for
+ * Phi-3). */
+int model_no_targets(const peft_model *m, const char *what, peft_err *err);
 
 /* Floats of norm `which`: head_dim for the per-head q/k norms, else d_model. */
 int model_norm_len(const peft_model *m, int which);

@@ -232,7 +232,7 @@ int lora_new_head(const peft_model *m, const lora_config *cfg, int n_labels, ada
             }
     if (n == 0) {
         free(slot_r);
-        return peft_fail(err, PEFT_ERR_INVALID, "LoRA: no linear layer of %s is targeted", m->path);
+        return model_no_targets(m, "LoRA", err);
     }
     adapter *a = NULL;
     int rc = lora_alloc(m, &c, slot_r, n_labels, &a, err);

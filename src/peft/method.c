@@ -157,7 +157,7 @@ int method_target_slots(const peft_model *m, const method_config *mc, const char
             slots[l * ROLE_N_LINEAR + r] = on;
             n += on;
         }
-    if (!n) return peft_fail(err, PEFT_ERR_INVALID, "%s: no linear layer of %s is targeted", what, m->path);
+    if (!n) return model_no_targets(m, what, err);
     return 0;
 }
 

@@ -31,6 +31,7 @@
 typedef struct {
     float *xin, *mean1, *rstd1, *h1, *qkv, *probs, *att, *xmid, *mean2, *rstd2, *h2, *g, *u, *a;
     float *qk_in, *qk_rstd;   /* per-head q/k norms (block_qk_norm) */
+    float *o1, *o1_mean, *o1_rstd, *o2, *o2_mean, *o2_rstd;   /* sub-layer output norms (Gemma 2) */
 } layer_acts;
 
 struct train_graph {
@@ -49,6 +50,8 @@ struct train_graph {
     /* backward buffers */
     float *dx, *dxmid, *dh, *dqkv, *datt, *dg, *du, *da, *dtmp, *dxa, *xd, *dhf, *dbn, *dqk;
     float *logits;      /* (LOSS_CHUNK, V) */
+    float *capped;      /* (LOSS_CHUNK, V) tanh of the soft-capped logits (final_softcap), else NULL */
+    float *ptmp;        /* (N, d) a normed sub-layer output (Gemma 2) */
     float *cls;         /* (B, n_labels) logits of the last classification pass */
     float *kvbuf;       /* prefix: k, v, dk, dv of one sequence, 4 × (PX + T) × kvd */
     float *mm_scratch, *attn_scratch;
@@ -148,7 +151,9 @@ static lin_call hook_call(const train_graph *g, int l, model_linear_role r, cons
 static size_t layout(train_graph *g, float *base) {
     const model_config *c = &g->m->cfg;
     const size_t N = (size_t)g->N, d = (size_t)g->d, ff = (size_t)g->ff, B = (size_t)g->B, T = (size_t)g->T;
-    const bool gated = c->desc->act == ARCH_ACT_SWIGLU, qkn = block_qk_norm(g->m);
+    const bool gated = c->desc->act != ARCH_ACT_GELU_TANH && !c->desc->fused_gate_up, qkn = block_qk_norm(g->m);
+    const bool post1 = c->desc->hf_norm[NORM_ATTN_OUT] != NULL, post2 = c->desc->hf_norm[NORM_MLP_OUT] != NULL;
+    const size_t ffg = (c->desc->fused_gate_up ? 2 : 1) * ff;   /* the gate buffer: [g | u] when fused */
     const size_t qkw = (size_t)g->qd + g->kvd, nqk = (size_t)c->n_head + c->n_kv_head;
     size_t used = 0;
 #define TAKE(n) (used += (n), base ? base + used - (n) : NULL)
@@ -165,11 +170,17 @@ static size_t layout(train_graph *g, float *base) {
         L->mean2 = TAKE(N);
         L->rstd2 = TAKE(N);
         L->h2 = TAKE(N * d);
-        L->g = TAKE(N * ff);
+        L->g = TAKE(N * ffg);
         L->a = TAKE(N * ff);
         L->u = gated ? TAKE(N * ff) : NULL;
         L->qk_in = qkn ? TAKE(N * qkw) : NULL;
         L->qk_rstd = qkn ? TAKE(N * nqk) : NULL;
+        L->o1 = post1 ? TAKE(N * d) : NULL;
+        L->o1_mean = post1 ? TAKE(N) : NULL;
+        L->o1_rstd = post1 ? TAKE(N) : NULL;
+        L->o2 = post2 ? TAKE(N * d) : NULL;
+        L->o2_mean = post2 ? TAKE(N) : NULL;
+        L->o2_rstd = post2 ? TAKE(N) : NULL;
     }
     g->xfin = TAKE(N * d);
     g->hf = TAKE(N * d);
@@ -182,11 +193,13 @@ static size_t layout(train_graph *g, float *base) {
     g->dbn = TAKE(N * d);
     g->dqkv = TAKE(N * g->ldq);
     g->datt = TAKE(N * g->qd);
-    g->dg = TAKE(N * ff);
+    g->dg = TAKE(N * ffg);
     g->du = TAKE(N * ff);
     g->da = TAKE(N * ff);
     g->dqk = qkn ? TAKE(N * qkw) : NULL;
     g->logits = TAKE((size_t)LOSS_CHUNK * g->V);
+    g->capped = c->final_softcap > 0 ? TAKE((size_t)LOSS_CHUNK * g->V) : NULL;
+    g->ptmp = post1 || post2 ? TAKE(N * d) : NULL;
     g->cls = TAKE(B * (size_t)(g->n_labels ? g->n_labels : 1));
     g->kvbuf = g->PX ? TAKE(4 * (T + (size_t)g->PX) * g->kvd) : NULL;
     g->mm_scratch = TAKE(PEFT_MAX(kern_matmul_scratch_floats(g->max_in, g->nt), kern_matmul_dx_scratch_floats(g->max_in, g->nt)));
@@ -402,7 +415,7 @@ static void attn_fwd(train_graph *g, layer_acts *L, int l) {
     const double t0 = peft_time_s();
     const model_config *c = &g->m->cfg;
     const int T = g->T, hd = c->head_dim, PX = g->PX;
-    const float scale = 1.0f / sqrtf((float)hd);
+    const kern_attn_opts o = block_attn_opts(g->m, l, PX);
     for (int bi = 0; bi < g->B; bi++) {
         const int32_t *seg = g->seg + (size_t)bi * T;
         float *probs = L->probs + (size_t)bi * c->n_head * T * (T + PX);
@@ -411,7 +424,7 @@ static void attn_fwd(train_graph *g, layer_acts *L, int l) {
             prefix_kv(g, L, l, bi, kb, vb);
             const size_t row = (size_t)bi * T;
             kern_attn_train_fwd(L->att + row * g->qd, probs, L->qkv + row * g->ldq, g->ldq, kb, vb, g->kvd, T, PX,
-                                c->n_head, c->n_kv_head, hd, scale, g->nt);
+                                c->n_head, c->n_kv_head, hd, &o, g->nt);
             continue;
         }
         for (int s0 = 0; s0 < T;) {
@@ -420,7 +433,7 @@ static void attn_fwd(train_graph *g, layer_acts *L, int l) {
             const size_t row = (size_t)bi * T + s0;
             kern_attn_train_fwd(L->att + row * g->qd, probs, L->qkv + row * g->ldq, g->ldq, L->qkv + row * g->ldq + g->qd,
                                 L->qkv + row * g->ldq + g->qd + g->kvd, g->ldq, s1 - s0, 0, c->n_head, c->n_kv_head, hd,
-                                scale, g->nt);
+                                &o, g->nt);
             probs += (size_t)c->n_head * (s1 - s0) * (s1 - s0);
             s0 = s1;
         }
@@ -432,7 +445,7 @@ static void attn_bwd(train_graph *g, layer_acts *L, int l) {
     const double t0 = peft_time_s();
     const model_config *c = &g->m->cfg;
     const int T = g->T, hd = c->head_dim, PX = g->PX, kvd = g->kvd;
-    const float scale = 1.0f / sqrtf((float)hd);
+    const kern_attn_opts o = block_attn_opts(g->m, l, PX);
     for (int bi = 0; bi < g->B; bi++) {
         const int32_t *seg = g->seg + (size_t)bi * T;
         const float *probs = L->probs + (size_t)bi * c->n_head * T * (T + PX);
@@ -443,7 +456,7 @@ static void attn_bwd(train_graph *g, layer_acts *L, int l) {
             memset(dk, 0, 2 * LL * sizeof(float));
             const size_t row = (size_t)bi * T;
             kern_attn_train_bwd(g->dqkv + row * g->ldq, g->ldq, dk, dv, kvd, g->datt + row * g->qd, probs,
-                                L->qkv + row * g->ldq, g->ldq, kb, vb, kvd, T, PX, c->n_head, c->n_kv_head, hd, scale,
+                                L->qkv + row * g->ldq, g->ldq, kb, vb, kvd, T, PX, c->n_head, c->n_kv_head, hd, &o,
                                 g->attn_scratch, g->nt);
             for (int t = 0; t < T; t++) {
                 float *q = g->dqkv + (row + t) * g->ldq;
@@ -470,7 +483,7 @@ static void attn_bwd(train_graph *g, layer_acts *L, int l) {
             float *dq = g->dqkv + row * g->ldq;
             kern_attn_train_bwd(dq, g->ldq, dq + g->qd, dq + g->qd + g->kvd, g->ldq, g->datt + row * g->qd, probs, q,
                                 g->ldq, q + g->qd, q + g->qd + g->kvd, g->ldq, s1 - s0, 0, c->n_head, c->n_kv_head, hd,
-                                scale, g->attn_scratch, g->nt);
+                                &o, g->attn_scratch, g->nt);
             probs += (size_t)c->n_head * (s1 - s0) * (s1 - s0);
             s0 = s1;
         }
@@ -551,6 +564,8 @@ static block_acts acts_of(const train_graph *g, int l) {
     return (block_acts){.xin = L->xin, .mean1 = L->mean1, .rstd1 = L->rstd1, .h1 = L->h1, .qkv = L->qkv,
                         .att = L->att, .xmid = L->xmid, .mean2 = L->mean2, .rstd2 = L->rstd2, .h2 = L->h2,
                         .g = L->g, .u = L->u, .a = L->a, .qk_in = L->qk_in, .qk_rstd = L->qk_rstd,
+                        .o1 = L->o1, .o1_mean = L->o1_mean, .o1_rstd = L->o1_rstd, .o2 = L->o2,
+                        .o2_mean = L->o2_mean, .o2_rstd = L->o2_rstd, .ptmp = g->ptmp,
                         .xout = l + 1 < g->m->cfg.n_layer ? g->L[l + 1].xin : g->xfin};
 }
 
@@ -568,12 +583,21 @@ static int lm_loss(train_graph *g, bool backward, float grad_scale, double *tota
         for (int i = 0; i < n && !any; i++) any = g->tgt[r0 + i] != -100;
         if (!any) continue;
         if ((rc = kern_matmul(g->logits, g->V, g->hf + (size_t)r0 * d, n, head, NULL, 0, g->mm_scratch, g->nt))) return rc;
+        const size_t nl = (size_t)n * g->V;
+        const float cap = g->m->cfg.final_softcap;
+        if (g->capped)
+            for (size_t i = 0; i < nl; i++) {
+                g->capped[i] = tanhf(g->logits[i] / cap);
+                g->logits[i] = cap * g->capped[i];
+            }
         double ls = 0;
         int cnt = 0;
         if ((rc = kern_xent_fwd_bwd(&ls, &cnt, g->logits, g->logits, g->tgt + r0, n, g->V, grad_scale, g->nt))) return -rc;
         *total += ls;
         *count += cnt;
         if (!backward) continue;
+        if (g->capped)   /* d(c·tanh(z/c))/dz = 1 - tanh² */
+            for (size_t i = 0; i < nl; i++) g->logits[i] *= 1.0f - g->capped[i] * g->capped[i];
         if ((rc = kern_matmul_dx(g->dhf + (size_t)r0 * d, g->logits, g->V, n, head, g->mm_scratch, g->nt))) return rc;
         /* the head's (or tied embedding's) gradient: (V, d) += dlogitsᵀ·h */
         if (ghead) kern_gemm_rows(true, false, g->V, d, n, 1.0f, g->logits, g->V, g->hf + (size_t)r0 * d, d, 1.0f, ghead, d, g->nt);
@@ -696,6 +720,8 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
         float *xr = x + (size_t)i * d;
         if (g->ids[i] < 0) memcpy(xr, ad->ops->input_row(ad, i % T), (size_t)d * sizeof(float));
         else if ((rc = kern_weight_row(tok, g->ids[i], xr))) goto fail;
+        if (c->embed_scale > 0)
+            for (int k = 0; k < d; k++) xr[k] *= c->embed_scale;
         if (learned_pos) {
             if ((rc = kern_weight_row(pos, g->pos[i], g->dh))) goto fail;
             for (int k = 0; k < d; k++) xr[k] += g->dh[k];
@@ -747,8 +773,9 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
             float *dst = NULL;
             if (g->ids[i] < 0) dst = ad->ops->input_grad(ad, i % T);
             else if (gemb && g->ids[i] != c->pad_token_id) dst = gemb + (size_t)g->ids[i] * d;
+            const float es = c->embed_scale > 0 ? c->embed_scale : 1.0f;
             if (dst)
-                for (int k = 0; k < d; k++) dst[k] += dr[k];
+                for (int k = 0; k < d; k++) dst[k] += dr[k] * es;
             if (gpos)
                 for (int k = 0; k < d; k++) gpos[(size_t)g->pos[i] * d + k] += dr[k];
         }

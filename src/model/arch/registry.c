@@ -4,13 +4,15 @@
 #include <stdio.h>
 #include <string.h>
 
-extern const arch_desc arch_llama, arch_mistral, arch_qwen2, arch_qwen3, arch_gpt2;
+extern const arch_desc arch_llama, arch_mistral, arch_qwen2, arch_qwen3, arch_gemma2, arch_phi3, arch_gpt2;
 
 static const arch_desc *const registry[] = {
     &arch_llama,
     &arch_mistral,
     &arch_qwen2,
     &arch_qwen3,
+    &arch_gemma2,
+    &arch_phi3,
     &arch_gpt2,
     NULL,
 };

@@ -357,6 +357,16 @@ static int full_save(const adapter *a, const peft_model *m, const char *dir, pef
                     w->data = tmp[k];
                 }
         }
+        /* a (1 + w) RMSNorm (Gemma): HF stores w, the adapter holds 1 + w */
+        bool is_norm_w = false;
+        for (int s = 0; m->cfg.desc->norm_plus_one && s < adapter_norm_slots(m) && !is_norm_w; s++)
+            is_norm_w = v->fnw[s] && v->fnw[s] == at->p;
+        if (is_norm_w && !rc) {
+            tmp[k] = peft_malloc((size_t)at->n * sizeof(float), err);
+            if (!tmp[k]) { rc = PEFT_ERR_NOMEM; break; }
+            for (int64_t e = 0; e < at->n; e++) tmp[k][e] = at->p[e] - 1.0f;
+            w->data = tmp[k];
+        }
         k++;
     }
     static const char *const meta[] = {"format", "pt", NULL};

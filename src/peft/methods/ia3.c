@@ -89,7 +89,7 @@ static int ia3_create(adapter *a, const peft_model *m, const method_config *mc, 
             v->max_dim = PEFT_MAX(v->max_dim, (int)PEFT_MAX(w->rows, w->cols));
             n++;
         }
-    if (!n) return peft_fail(err, PEFT_ERR_INVALID, "IA3: no linear layer of %s is targeted", m->path);
+    if (!n) return model_no_targets(m, "IA3", err);
     return 0;
 }
 
