@@ -18,9 +18,10 @@ tests/fixtures/models/ (documented in tests/fixtures/models/README.md, "Issue 11
                                           logits, embeddings)
   tiny-bert.f32.gguf, tiny-roberta.f32.gguf   llama.cpp's `bert` layout (BertModel / RobertaModel classes)
 tests/fixtures/lora/ (documented in tests/fixtures/lora/README.md, "Issue 11 architectures"):
-  qwen3_qv/, gemma2_qv/, phi3_qkv/, bert_qv_cls/   peft LoRA r=2 alpha=4 adapters (A and B non-zero)
+  qwen3_qv/, gemma2_qv/, phi3_qkv/, bert_qv_cls/, roberta_qv_cls/
+                                          peft LoRA r=2 alpha=4 adapters (A and B non-zero)
                                           + reference.safetensors (loss, logits, merged logits, every
-                                          LoRA gradient; BERT also the classifier's gradients)
+                                          LoRA gradient; the encoders also the classifier's gradients)
 
 Requires: torch, transformers (v5), peft, sentence-transformers, safetensors, gguf, tokenizers, numpy.
 The decoders share the tiny BPE tokenizer of tools/make_fixtures.py (retrained here, same bytes).
@@ -706,6 +707,7 @@ LORA_CASES = [
     dict(name="gemma2_qv", model="tiny-gemma2", seed=112, targets=["q_proj", "v_proj"]),
     dict(name="phi3_qkv", model="tiny-phi3", seed=113, targets=["qkv_proj"]),
     dict(name="bert_qv_cls", model="tiny-bert", seed=114, targets=["query", "value"], seq_cls=True),
+    dict(name="roberta_qv_cls", model="tiny-roberta", seed=115, targets=["query", "value"], seq_cls=True),
 ]
 
 
