@@ -32,7 +32,6 @@ import fixture_common  # noqa: F401  (first: re-executes hermetically, keeps HF 
 
 import copy  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -47,7 +46,6 @@ from safetensors.numpy import load_file as np_load_file  # noqa: E402
 from safetensors.numpy import save_file as np_save_file  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
 from transformers import (  # noqa: E402
-    AutoModel,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -567,7 +565,6 @@ def write_st_pipeline(d: Path, dim: int) -> None:
 
 def enc_batch(d: Path) -> dict[str, np.ndarray]:
     t = AutoTokenizer.from_pretrained(str(d))
-    firsts = [a for a, _b in ENC_TEXTS]
     # a batch mixing singles and a pair: tokenize one by one, then pad on the right
     encs = [t(a, b, return_token_type_ids=True) if b is not None else t(a, return_token_type_ids=True)
             for a, b in ENC_TEXTS]
@@ -575,7 +572,6 @@ def enc_batch(d: Path) -> dict[str, np.ndarray]:
     for (a, b), e in zip(ENC_TEXTS, encs):
         r = raw.encode(a, b) if b is not None else raw.encode(a)
         assert e["input_ids"] == r.ids and e["token_type_ids"] == r.type_ids
-    del firsts
     n = max(len(e["input_ids"]) for e in encs)
     out = {k: np.zeros((len(encs), n), dtype=np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
     out["input_ids"][:] = t.pad_token_id
@@ -602,7 +598,6 @@ def st_embeddings(d: Path, batch: dict[str, np.ndarray]) -> np.ndarray:
     enc = st.encode([ENC_TEXTS[i][0] for i in singles], convert_to_numpy=True, batch_size=8)
     dd = float(np.abs(enc - emb[singles]).max())
     assert dd < 1e-5, dd
-    # and it is the masked mean of last_hidden_state, L2-normalized
     return emb
 
 
