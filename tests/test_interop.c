@@ -18,10 +18,13 @@ static const char *const cases[][2] = {
     {"llama_qv_rslora", "tests/fixtures/models/tiny-llama"},
     {"gpt2_all", "tests/fixtures/models/tiny-gpt2"},
     {"qwen2_qv", "tests/fixtures/models/tiny-qwen2"},
+    {"qwen3_qv", "tests/fixtures/models/tiny-qwen3"},
+    {"phi3_qkv", "tests/fixtures/models/tiny-phi3"},
+    {"gemma2_qv", "tests/fixtures/models/tiny-gemma2"},
 };
 
 static void peft_adapters_give_peft_logits_here(void) {
-    for (int c = 0; c < 4; c++) {
+    for (int c = 0; c < (int)(sizeof cases / sizeof *cases); c++) {
         for (int src = 0; src < 2; src++) {
             /* the HF folder, and for llama the GGUF too: the adapter's HF
              * names must land on the un-permuted GGUF rows */
@@ -100,15 +103,18 @@ static void our_adapters_load_in_peft(void) {
     if (!python_ok()) TEST_SKIP("python3 with torch, transformers, peft and safetensors is not installed (the reference stack)");
     char dir[] = "/tmp/peft_interop_XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
-    char list[600], names[3][96];
+    char list[600], names[6][96];
     int nc = 0;
     snprintf(list, sizeof list, "%s/cases.txt", dir);
     FILE *lf = fopen(list, "w");
     CHECK(lf != NULL);
     if (!lf) return;
-    const char *models[] = {"tests/fixtures/models/tiny-llama", "tests/fixtures/models/tiny-gpt2", "tests/fixtures/models/tiny-qwen2"};
-    const char *targets[] = {"q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "c_attn,c_proj,c_fc", "q_proj,v_proj"};
-    for (int k = 0; k < 3; k++) {
+    const char *models[] = {"tests/fixtures/models/tiny-llama", "tests/fixtures/models/tiny-gpt2", "tests/fixtures/models/tiny-qwen2",
+                            "tests/fixtures/models/tiny-qwen3", "tests/fixtures/models/tiny-phi3",
+                            "tests/fixtures/models/tiny-gemma2"};
+    const char *targets[] = {"q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "c_attn,c_proj,c_fc", "q_proj,v_proj",
+                             "all-linear", "qkv_proj,o_proj,gate_up_proj,down_proj", "all-linear"};
+    for (int k = 0; k < 6; k++) {
         peft_ctx *ctx = peft_init(NULL);
         peft_model *m = peft_model_load(ctx, models[k]);
         lora_config cfg = lora_default_config();

@@ -23,6 +23,9 @@ static const lcase cases[] = {
     {"llama_qv_rslora", MFIX "tiny-llama"},
     {"gpt2_all", MFIX "tiny-gpt2"},
     {"qwen2_qv", MFIX "tiny-qwen2"},
+    {"qwen3_qv", MFIX "tiny-qwen3"},
+    {"phi3_qkv", MFIX "tiny-phi3"},
+    {"gemma2_qv", MFIX "tiny-gemma2"},
 };
 
 /* The fixture batch: rows of input_ids with labels (-100 = not a target). */

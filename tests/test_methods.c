@@ -399,6 +399,21 @@ static void qwen2_and_gguf_bases(void) {
 /* Prefix tuning initialised from a text: the adapter's model on X equals the
  * base model on [text tokens, X] (the table holds those tokens' keys and
  * values, the text's positions come first). */
+/* The architectures added as descriptors: every norm, hook and head the
+ * block recipe gives them has its gradient checked. */
+static void newer_architectures(void) {
+    method_case(MFIX "tiny-qwen3", "qwen3_full", mk_plug("full", NULL), false);
+    method_case(MFIX "tiny-qwen3.f32.gguf", "qwen3_gguf_ia3", mk_plug("ia3", NULL), true);
+    method_case(MFIX "tiny-qwen3", "qwen3_prefix", mk_plug("prefix", "num_virtual_tokens=3"), false);
+    method_case(MFIX "tiny-qwen3", "qwen3_houlsby", mk_plug("adapter-houlsby", NULL), true);
+    method_case(MFIX "tiny-phi3", "phi3_full", mk_plug("full", NULL), false);
+    method_case(MFIX "tiny-phi3.f32.gguf", "phi3_gguf_prompt", mk_plug("prompt", "num_virtual_tokens=3"), false);
+    method_case(MFIX "tiny-gemma2", "gemma2_full", mk_plug("full", NULL), false);
+    method_case(MFIX "tiny-gemma2", "gemma2_prompt", mk_plug("prompt", "num_virtual_tokens=3"), false);
+    method_case(MFIX "tiny-gemma2.f32.gguf", "gemma2_gguf_houlsby", mk_plug("adapter-houlsby", NULL), true);
+    method_case(MFIX "tiny-gemma2", "gemma2_ia3", mk_plug("ia3", NULL), true);
+}
+
 static void prefix_init_from_text_is_the_text_as_context(void) {
     for (int mi = 0; mi < 2; mi++) {
         env e;
@@ -901,6 +916,7 @@ static void lokr_bad_input_fails_clearly(void) {
 int main(void) {
     TEST_RUN(every_method_on_llama_and_gpt2);
     TEST_RUN(qwen2_and_gguf_bases);
+    TEST_RUN(newer_architectures);
     TEST_RUN(prefix_init_from_text_is_the_text_as_context);
     TEST_RUN(loha_dropout_is_training_only);
     TEST_RUN(methods_the_base_cannot_take_fail_clearly);

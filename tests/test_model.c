@@ -84,6 +84,21 @@ static void qwen2_sharded_hf_logits_match_transformers(void) {
 static void gpt2_hf_logits_match_transformers(void) {
     CHECK(max_logit_diff(FIX "tiny-gpt2", FIX "tiny-gpt2", "logits", 1) <= 1e-4);
 }
+static void qwen3_hf_and_gguf_logits_match_transformers(void) {
+    CHECK(max_logit_diff(FIX "tiny-qwen3", FIX "tiny-qwen3", "logits", 1) <= 1e-4);
+    CHECK(max_logit_diff(FIX "tiny-qwen3.f32.gguf", FIX "tiny-qwen3", "logits", 1) <= 1e-4);
+}
+static void phi3_hf_and_gguf_logits_match_transformers(void) {
+    CHECK(max_logit_diff(FIX "tiny-phi3", FIX "tiny-phi3", "logits", 1) <= 1e-4);
+    CHECK(max_logit_diff(FIX "tiny-phi3.f32.gguf", FIX "tiny-phi3", "logits", 2) <= 1e-4);
+}
+/* The GGUF has no query_pre_attn_scalar: llama.cpp's reading of it
+ * (head_dim) is logits_gguf, made by transformers with that scalar. */
+static void gemma2_hf_and_gguf_logits_match_transformers(void) {
+    CHECK(max_logit_diff(FIX "tiny-gemma2", FIX "tiny-gemma2", "logits", 1) <= 1e-4);
+    CHECK(max_logit_diff(FIX "tiny-gemma2", FIX "tiny-gemma2", "logits", 2) <= 1e-4);
+    CHECK(max_logit_diff(FIX "tiny-gemma2.f32.gguf", FIX "tiny-gemma2", "logits_gguf", 1) <= 1e-4);
+}
 static void llama_gguf_f32_logits_match_transformers(void) {
     CHECK(max_logit_diff(FIX "tiny-llama.f32.gguf", FIX "tiny-llama", "logits", 1) <= 1e-4);
 }
@@ -106,8 +121,9 @@ static void gpt2_gguf_q8_0_logits_match_dequantized_reference(void) {
 /* Feeding tokens through the KV cache in pieces (1, then 4, then one at a
  * time) must give the logits of the whole sequence processed at once. */
 static void kv_cache_matches_full_forward(void) {
-    const char *paths[] = {FIX "tiny-llama", FIX "tiny-qwen2.f32.gguf", FIX "tiny-gpt2.q8_0.gguf"};
-    for (int p = 0; p < 3; p++) {
+    const char *paths[] = {FIX "tiny-llama", FIX "tiny-qwen2.f32.gguf", FIX "tiny-gpt2.q8_0.gguf", FIX "tiny-qwen3",
+                           FIX "tiny-phi3", FIX "tiny-gemma2"};
+    for (int p = 0; p < (int)(sizeof paths / sizeof *paths); p++) {
         peft_ctx *ctx = peft_init(NULL);
         peft_model *m = peft_model_load(ctx, paths[p]);
         CHECK(m != NULL);
@@ -209,6 +225,9 @@ int main(void) {
     TEST_RUN(llama3_rope_scaling_matches_transformers);
     TEST_RUN(qwen2_sharded_hf_logits_match_transformers);
     TEST_RUN(gpt2_hf_logits_match_transformers);
+    TEST_RUN(qwen3_hf_and_gguf_logits_match_transformers);
+    TEST_RUN(phi3_hf_and_gguf_logits_match_transformers);
+    TEST_RUN(gemma2_hf_and_gguf_logits_match_transformers);
     TEST_RUN(llama_gguf_f32_logits_match_transformers);
     TEST_RUN(qwen2_gguf_f32_logits_match_transformers);
     TEST_RUN(gpt2_gguf_f32_logits_match_transformers);
