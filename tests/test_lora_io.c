@@ -991,11 +991,18 @@ static void gguf_lora_export_agrees_with_merge(void) {
 }
 
 /* GPT-2: c_attn and the two c_proj export as attn_qkv / attn_output /
- * ffn_down, never permuted, with shapes matching the GGUF base. */
+ * ffn_down; Phi-3's fused qkv_proj as attn_qkv; none permuted (Qwen2,
+ * Qwen3, Gemma 2 and Phi-3 run NEOX RoPE in llama.cpp), with shapes
+ * matching the GGUF base as llama.cpp's loader checks them. */
 static void gguf_lora_export_gpt2_and_qwen2(void) {
     if (!peft_file_exists(LFIX "gpt2_all/adapter/adapter_config.json")) TEST_FAIL("committed LoRA fixtures missing (tools/make_lora_fixtures.py)");
-    const lcase *cs[2] = {&cases[2], &cases[3]};
-    for (int ci = 0; ci < 2; ci++) {
+    static const lcase more[] = {
+        {"qwen3_qv", MFIX "tiny-qwen3", MFIX "tiny-qwen3.f32.gguf", NULL, 4, 2, 2.0, 0, 0},
+        {"phi3_qkv", MFIX "tiny-phi3", MFIX "tiny-phi3.f32.gguf", NULL, 2, 2, 2.0, 0, 0},
+        {"gemma2_qv", MFIX "tiny-gemma2", MFIX "tiny-gemma2.f32.gguf", NULL, 4, 2, 2.0, 0, 0},
+    };
+    const lcase *cs[5] = {&cases[2], &cases[3], &more[0], &more[1], &more[2]};
+    for (int ci = 0; ci < 5; ci++) {
         char tmp[64], out[128], dir[256];
         make_tmp(tmp, sizeof tmp);
         snprintf(out, sizeof out, "%s/lora.gguf", tmp);
@@ -1014,7 +1021,7 @@ static void gguf_lora_export_gpt2_and_qwen2(void) {
             for (int i = 0; i < a->n_modules; i++) {
                 const lora_module *md = &a->mods[i];
                 char bn[96], n[128];
-                lora_gguf_weight_name(md->layer, md->role, bn, sizeof bn);
+                lora_gguf_weight_name(l.m, md->layer, md->role, bn, sizeof bn);
                 const gguf_tensor *w = gguf_find_tensor(base, bn);
                 snprintf(n, sizeof n, "%s.lora_a", bn);
                 const gguf_tensor *ta = gguf_find_tensor(g, n);

@@ -48,7 +48,7 @@ static void make_tmp(char *buf, size_t cap) {
 static bool changed_by(const adapter *a, const char *name) {
     for (int i = 0; i < a->n_modules; i++) {
         char w[96];
-        lora_gguf_weight_name(a->mods[i].layer, a->mods[i].role, w, sizeof w);
+        snprintf(w, sizeof w, "blk.%d.%s.weight", a->mods[i].layer, arch_gguf_lin[a->mods[i].role]);
         if (strcmp(w, name) == 0) return true;
     }
     return false;

@@ -282,11 +282,9 @@ lora_module *lora_find(const adapter *a, int layer, model_linear_role role) {
 
 /* ---- GGUF naming and llama.cpp's Q/K row order -------------------------------- */
 
-int lora_gguf_weight_name(int layer, model_linear_role r, char *buf, size_t cap) {
-    static const char *const names[ROLE_N_LINEAR] = {"attn_q",      "attn_k",   "attn_v", "attn_qkv",
-                                                     "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
-    if ((int)r < 0 || r >= ROLE_N_LINEAR) return PEFT_ERR_INVALID;
-    snprintf(buf, cap, "blk.%d.%s.weight", layer, names[r]);
+int lora_gguf_weight_name(const peft_model *m, int layer, model_linear_role r, char *buf, size_t cap) {
+    if ((int)r < 0 || r >= ROLE_N_LINEAR || !m->cfg.desc->gguf_lin[r]) return PEFT_ERR_INVALID;
+    snprintf(buf, cap, "blk.%d.%s.weight", layer, m->cfg.desc->gguf_lin[r]);
     return 0;
 }
 

@@ -107,7 +107,7 @@ bool lora_layer_selected(uint64_t layers, int l);
 int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, int n_labels, adapter **out,
                peft_err *err);
 /* GGUF names: "blk.<l>.<attn_q|...>.weight" of a linear (into buf). */
-int lora_gguf_weight_name(int layer, model_linear_role r, char *buf, size_t cap);
+int lora_gguf_weight_name(const peft_model *m, int layer, model_linear_role r, char *buf, size_t cap);
 
 /* ---- adapter arithmetic (lora_combine.c) ---------------------------------
  * HF peft's LoraModel.add_weighted_adapter: LoRA adapters of one base, with

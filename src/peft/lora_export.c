@@ -54,7 +54,7 @@ int lora_export_gguf(const adapter *a, const peft_model *m, const char *path, pe
     for (int i = 0; i < a->n_modules && !rc; i++) {
         const lora_module *md = &a->mods[i];
         char base[96], name[128];
-        lora_gguf_weight_name(md->layer, md->role, base, sizeof base);
+        lora_gguf_weight_name(m, md->layer, md->role, base, sizeof base);
         const float *B = md->B;
         int n_heads;
         if (model_gguf_permutes(m, md->role, &n_heads)) {

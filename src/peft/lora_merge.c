@@ -305,7 +305,7 @@ static int merge_gguf(const adapter *a, const peft_model *m, const char *out_pat
     for (int i = 0; i < n_ops; i++) {
         const merge_op *op = &ops[i];
         char name[96];
-        lora_gguf_weight_name(op->layer, op->role, name, sizeof name);
+        lora_gguf_weight_name(m, op->layer, op->role, name, sizeof name);
         const gguf_tensor *gt = gguf_find_tensor(g, name);
         if (!gt) {
             rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: no tensor %s for adapter module %d", m->path, name, i);

@@ -217,7 +217,7 @@ static int save_full_gguf(const adapter *a, const peft_model *m, const char *dir
             for (int r = 0; r < ROLE_N_LINEAR && !src; r++) {
                 const int s = l * ROLE_N_LINEAR + r;
                 if (!v->fw[s].data) continue;
-                lora_gguf_weight_name(l, (model_linear_role)r, nm, sizeof nm);
+                lora_gguf_weight_name(m, l, (model_linear_role)r, nm, sizeof nm);
                 if (!strcmp(t->name, nm)) {
                     src = v->fw[s].data;
                     if (!model_gguf_permutes(m, (model_linear_role)r, &perm)) perm = 0;
