@@ -373,6 +373,25 @@ static void test_api(void) {
     free(w);
     bpe_free(t);
 
+    /* GGUF: [CLS] is written as BOS, [SEP] as EOS and separator */
+    gguf_file *g = NULL;
+    peft_err e1 = {0};
+    CHECK_OK(gguf_open(WP "uncased/model.gguf", &g, &e1));
+    if (g) {
+        bpe_tokenizer *u = NULL;
+        CHECK_OK(bpe_load_gguf(g, &u, &e1));
+        if (u) {
+            CHECK_EQ_INT(bpe_get_kind(u), BPE_WORDPIECE);
+            CHECK_EQ_INT(bpe_cls_id(u), bpe_token_id(u, "[CLS]"));
+            CHECK_EQ_INT(bpe_sep_id(u), bpe_token_id(u, "[SEP]"));
+            CHECK_EQ_INT(bpe_pad_id(u), bpe_token_id(u, "[PAD]"));
+            CHECK(bpe_token_id(u, "##s") > 0);
+            CHECK(bpe_is_special(u, bpe_token_id(u, "[MASK]")));
+            bpe_free(u);
+        }
+        gguf_close(g);
+    }
+
     /* byte-level BPE: single sequences through bpe_encode_pair, pairs only
      * without the template */
     peft_err e2 = {0};

@@ -37,9 +37,12 @@ typedef struct {
     bool special, lstrip, rstrip, single_word;
 } wp_added;
 
+/* Sorted by first byte, then longest first; v[first[b] .. first[b + 1])
+ * start with byte b, so matching at a position looks at those alone. */
 typedef struct {
     wp_added *v;
     int n;
+    int first[257];
 } wp_added_list;
 
 /* A template item: a run of special tokens, or sequence A (seq 0) / B (seq 1). */
@@ -372,10 +375,11 @@ static int wordpiece_word(const bpe_tokenizer *t, const char *w, size_t n, peft_
 
 static bool ascii_ws(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
 
-/* Longest allowed added token of l at text[pos] (lists are sorted longest first). */
+/* Longest allowed added token of l at text[pos]. */
 static const wp_added *match_added(const wp_added_list *l, const char *text, size_t len, size_t pos,
                                    bool parse_special) {
-    for (int i = 0; i < l->n; i++) {
+    unsigned char b0 = (unsigned char)text[pos];
+    for (int i = l->first[b0]; i < l->first[b0 + 1]; i++) {
         const wp_added *a = &l->v[i];
         if (a->special && !parse_special) continue;
         if ((size_t)a->len > len - pos || memcmp(text + pos, a->text, (size_t)a->len)) continue;
@@ -892,8 +896,19 @@ static int64_t max_token_id(int64_t n_defined) {
 
 static int added_cmp(const void *pa, const void *pb) {
     const wp_added *a = pa, *b = pb;
+    unsigned ca = (unsigned char)a->text[0], cb = (unsigned char)b->text[0];
+    if (ca != cb) return ca < cb ? -1 : 1;
     if (a->len != b->len) return a->len > b->len ? -1 : 1;
     return a->id - b->id;
+}
+
+static void sort_added(wp_added_list *l) {
+    if (l->n) qsort(l->v, (size_t)l->n, sizeof *l->v, added_cmp);
+    int j = 0;
+    for (int b = 0; b <= 256; b++) {
+        while (j < l->n && (unsigned char)l->v[j].text[0] < b) j++;
+        l->first[b] = j;
+    }
 }
 
 static int add_to_list(bpe_tokenizer *t, wp_added_list *l, wp_added a, peft_err *err) {
@@ -939,8 +954,8 @@ static int load_added(bpe_tokenizer *t, const cJSON *added, const char *path, pe
             if ((rc = add_to_list(t, &m->raw_added, a, err))) return rc;
         }
     }
-    if (m->raw_added.n) qsort(m->raw_added.v, (size_t)m->raw_added.n, sizeof *m->raw_added.v, added_cmp);
-    if (m->norm_added.n) qsort(m->norm_added.v, (size_t)m->norm_added.n, sizeof *m->norm_added.v, added_cmp);
+    sort_added(&m->raw_added);
+    sort_added(&m->norm_added);
     return 0;
 }
 
@@ -1075,6 +1090,14 @@ static int gguf_opt_bool(const gguf_file *g, const char *key, bool dflt, bool *o
     return rc;
 }
 
+/* tokenizer.ggml.token_type[i] (1, normal, when absent); the array sits
+ * in the file unaligned. */
+static int32_t token_type(const void *raw, uint64_t i) {
+    int32_t v = 1;
+    if (raw) memcpy(&v, (const char *)raw + i * sizeof v, sizeof v);
+    return v;
+}
+
 int wp_load_gguf(const gguf_file *g, bpe_tokenizer **out, peft_err *err) {
     *out = NULL;
     const char *path = gguf_path(g);
@@ -1112,7 +1135,7 @@ int wp_load_gguf(const gguf_file *g, bpe_tokenizer **out, peft_err *err) {
             rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: tokenizer.ggml.tokens[%llu] unreadable", path, (unsigned long long)i);
             goto fail;
         }
-        int32_t ty = traw ? ((const int32_t *)traw)[i] : 1;
+        int32_t ty = token_type(traw, i);
         size_t l = strlen(s);
         b.len = 0;
         int brc;
@@ -1126,13 +1149,13 @@ int wp_load_gguf(const gguf_file *g, bpe_tokenizer **out, peft_err *err) {
     }
     if ((rc = bpe_build_index(t, err))) goto fail;
     for (uint64_t i = 0; traw && i < n_tok; i++) {
-        if (((const int32_t *)traw)[i] != 3 || !t->tok_len[i]) continue;
+        if (token_type(traw, i) != 3 || !t->tok_len[i]) continue;
         if ((rc = bpe_add_added(t, (int)i, true, false, false, false, err))) goto fail;
         wp_added a = {(int)i, NULL, t->tok_len[i], true, false, false, false};
         if (!(a.text = peft_strdup(t->tok[i], err))) { rc = PEFT_ERR_NOMEM; goto fail; }
         if ((rc = add_to_list(t, &m->raw_added, a, err))) goto fail;
     }
-    if (m->raw_added.n) qsort(m->raw_added.v, (size_t)m->raw_added.n, sizeof *m->raw_added.v, added_cmp);
+    sort_added(&m->raw_added);
     static const wp_norm_step uncased[] = {WP_CLEAN, WP_CHINESE, WP_NFD, WP_STRIP_MN, WP_LOWER};
     for (size_t k = 0; k < sizeof uncased / sizeof *uncased; k++) m->steps[m->n_steps++] = uncased[k];
     m->pre[m->n_pre++] = WP_PRE_BERT;
