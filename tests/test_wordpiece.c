@@ -282,7 +282,7 @@ static void test_every_codepoint_matches_hf(void) {
         n_skipped += hi - lo + 1;
     }
     CHECK_MSG(n_skipped < 1000, "%d code points skipped", n_skipped);
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 4; k++) {
         const cJSON *w = cJSON_GetObjectItemCaseSensitive(exp, NAMES[k]);
         bpe_tokenizer *t = load(NAMES[k]);
         if (!t || !w) { bpe_free(t); CHECK(w != NULL); continue; }
