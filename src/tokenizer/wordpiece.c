@@ -308,6 +308,7 @@ typedef struct { int32_t *v, *ty; int n, cap; } wp_ids;
 
 static int ids_push(wp_ids *o, int32_t id, int32_t type) {
     if (o->n == o->cap) {
+        if (o->cap > (1 << 29)) return PEFT_ERR_NOMEM; /* int counts; 2^30 ids is 4 GB anyway */
         int nc = o->cap ? o->cap * 2 : 64;
         int32_t *v = realloc(o->v, (size_t)nc * sizeof *v);
         if (!v) return PEFT_ERR_NOMEM;
@@ -546,10 +547,12 @@ int wp_token_bytes(const bpe_tokenizer *t, int id, char *buf, int cap) {
     const wp_model *m = t->wp;
     const char *s = t->tok[id];
     int n = t->tok_len[id];
-    if (m->dec_prefix_len && n >= m->dec_prefix_len && !memcmp(s, m->dec_prefix, (size_t)m->dec_prefix_len) &&
-        !(t->attr[id] & BPE_ATTR_SPECIAL)) {
-        s += m->dec_prefix_len;
-        n -= m->dec_prefix_len;
+    /* the decoder's prefix, or without a decoder the model's */
+    const char *pre = m->decoder_wordpiece ? m->dec_prefix : m->prefix;
+    int pl = m->decoder_wordpiece ? m->dec_prefix_len : m->prefix_len;
+    if (pl && n >= pl && !memcmp(s, pre, (size_t)pl) && !(t->attr[id] & BPE_ATTR_SPECIAL)) {
+        s += pl;
+        n -= pl;
     }
     if (cap > 0) memcpy(buf, s, (size_t)PEFT_MIN(n, cap));
     return n;
