@@ -1,5 +1,5 @@
 /* fuzz_tokenizer.c — tokenizer loading, encode, decode and chat format.
- * A multi-file input (fuzz.h) with any of tokenizer.json,
+ * A multi-file input (fuzz.h) with any of tokenizer.json (BPE or WordPiece),
  * tokenizer_config.json, vocab.json + merges.txt (GPT-2 files) and text (the
  * text to encode); an input without headers is tokenizer.json. Without a
  * tokenizer file the text goes through the tiny-llama fixture's tokenizer
@@ -18,7 +18,8 @@ static const char default_text[] =
 
 static int run(const bpe_tokenizer *t, const char *text, size_t len) {
     volatile size_t sum = bpe_vocab_size(t) + (size_t)bpe_bos_id(t) + (size_t)bpe_eos_id(t) +
-                          (size_t)bpe_pad_id(t) + bpe_adds_bos(t) + bpe_get_kind(t);
+                          (size_t)bpe_pad_id(t) + bpe_adds_bos(t) + bpe_get_kind(t) + (size_t)bpe_cls_id(t) +
+                          (size_t)bpe_sep_id(t);
     const char *d = bpe_describe(t);
     if (d) sum += strlen(d);
     int bad = 0;
@@ -41,6 +42,19 @@ static int run(const bpe_tokenizer *t, const char *text, size_t len) {
         if (bpe_decode(t, ids, n, &out, &e2) == 0) { sum += strlen(out); free(out); }
         else bad |= fuzz_err_msg(&e2);
         free(ids);
+    }
+    /* the text's halves as a pair (WordPiece: the pair template, type ids) */
+    for (int mode = 0; mode < 2; mode++) {
+        int32_t *ids = NULL, *ty = NULL;
+        int n = 0;
+        peft_err err = {0};
+        size_t h = len / 2;
+        while (h > 0 && h < len && ((unsigned char)text[h] & 0xC0) == 0x80) h--;
+        int rc = bpe_encode_pair(t, text, h, text + h, len - h, mode, true, &ids, &ty, &n, &err);
+        if (rc != 0) { bad |= fuzz_err_msg(&err); continue; }
+        for (int i = 0; i < n; i++) sum += (size_t)ty[i];
+        free(ids);
+        free(ty);
     }
     /* every token's bytes, and ids just outside the vocabulary */
     int nv = bpe_vocab_size(t);

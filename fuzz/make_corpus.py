@@ -205,6 +205,22 @@ TEXTS = [
 ]
 
 
+WORDPIECE_TEXTS = {
+    "cased": "[MASK] H\u00e9llo, w\u00f6rld! \u4e2d\u6587 ##x e\u0301 \u0130 \x00\x7f\u200b".encode(),
+    "strip": TEXTS[1],
+    "seq": "Hello [NEW] hello [CLS]" .encode() + b" " + b"x" * 150,
+}
+
+
+def wordpiece_seeds():
+    """The small WordPiece tokenizers of tests/fixtures/tokenizer/wordpiece
+    (BertNormalizer cased / accent-stripping, a Sequence normalizer with
+    WhitespaceSplit), each with a text."""
+    for name, text in WORDPIECE_TEXTS.items():
+        tj = read(FIX, "tokenizer", "wordpiece", name, "tokenizer.json")
+        put("tokenizer", "wordpiece-%s.parts" % name, parts([("tokenizer.json", tj), ("text", text)]))
+
+
 def tok_seeds():
     tj = read(FIX, "models", "tiny-llama", "tokenizer.json")
     tc = read(FIX, "models", "tiny-llama", "tokenizer_config.json")
@@ -216,6 +232,7 @@ def tok_seeds():
     sp = small_sentencepiece()
     if sp:
         put("tokenizer", "sentencepiece.parts", parts([("tokenizer.json", sp), ("text", TEXTS[3])]))
+    wordpiece_seeds()
     for i, t in enumerate(TEXTS):
         put("tokenizer", "text-%d.parts" % i, parts([("text", t)]))
     with open(os.path.join(FIX, "tokenizer", "corpus.jsonl"), encoding="utf-8") as f:

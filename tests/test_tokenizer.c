@@ -488,8 +488,8 @@ static void test_bad_input(void) {
     expect_load_error("empty.json", "", PEFT_ERR_FORMAT, "JSON");
     expect_load_error("nomodel.json", "{\"version\": \"1.0\"}", PEFT_ERR_FORMAT, "model");
     expect_load_error("novocab.json", "{\"model\": {\"type\": \"BPE\", \"merges\": []}}", PEFT_ERR_FORMAT, "vocab");
-    expect_load_error("wordpiece.json", "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {\"a\": 0}}}",
-                      PEFT_ERR_UNSUPPORTED, "WordPiece");
+    expect_load_error("unigram.json", "{\"model\": {\"type\": \"Unigram\", \"vocab\": [[\"a\", 0.0]]}}",
+                      PEFT_ERR_UNSUPPORTED, "Unigram");
     expect_load_error("badvocab.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": \"x\"}, \"merges\": []}}",
                       PEFT_ERR_FORMAT, "vocab");
     expect_load_error("badmerge.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [7]}}",

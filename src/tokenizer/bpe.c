@@ -2,6 +2,7 @@
  * shared by byte-level and SentencePiece vocabularies: encode (added-token
  * split -> normalize -> pre-tokenize -> merge), decode, token bytes. */
 #include "tokenizer/bpe_internal.h"
+#include "tokenizer/wordpiece.h"
 #include "core/limits.h"
 
 #include <stdio.h>
@@ -287,7 +288,7 @@ int bpe_finish(bpe_tokenizer *t, peft_err *err) {
         while (j < t->n_added && (unsigned char)t->added[j].text[0] < b) j++;
         t->added_first[b] = j;
     }
-    for (int b = 0; b < 256; b++) {
+    for (int b = 0; b < 256 && t->kind != BPE_WORDPIECE; b++) {
         char s[8];
         int n;
         if (t->kind == BPE_BYTE_LEVEL) {
@@ -303,7 +304,7 @@ int bpe_finish(bpe_tokenizer *t, peft_err *err) {
         t->byte_tok[b] = bpe_lookup(t, s, (size_t)n);
         if (t->kind == BPE_SENTENCEPIECE && t->byte_tok[b] >= 0) t->attr[t->byte_tok[b]] |= BPE_ATTR_BYTE;
     }
-    const char *kind = t->kind == BPE_BYTE_LEVEL ? "byte-level BPE" : "SentencePiece BPE";
+    const char *kind = t->kind == BPE_BYTE_LEVEL ? "byte-level BPE" : t->kind == BPE_WORDPIECE ? "WordPiece" : "SentencePiece BPE";
     snprintf(t->desc, sizeof t->desc, "%s (%s), %d tokens", kind, t->pre_name ? t->pre_name : "default",
              t->n_vocab);
     return 0;
@@ -311,6 +312,7 @@ int bpe_finish(bpe_tokenizer *t, peft_err *err) {
 
 void bpe_free(bpe_tokenizer *t) {
     if (!t) return;
+    wp_free(t->wp);
     for (int i = 0; i < t->n_vocab; i++) free(t->tok[i]);
     free(t->tok);
     free(t->tok_len);
@@ -645,6 +647,7 @@ static const bpe_added *match_added(const bpe_tokenizer *t, const char *text, si
 
 int bpe_encode(const bpe_tokenizer *t, const char *text, size_t len, bool add_special,
                bool parse_special, int32_t **ids, int *n_ids, peft_err *err) {
+    if (t->kind == BPE_WORDPIECE) return wp_encode(t, text, len, NULL, 0, add_special, parse_special, ids, NULL, n_ids, err);
     *ids = NULL;
     *n_ids = 0;
     if (!text && len) return peft_fail(err, PEFT_ERR_INVALID, "bpe_encode: NULL text");
@@ -746,6 +749,7 @@ int bpe_token_bytes(const bpe_tokenizer *t, int id, char *buf, int cap) {
     if (!t || id < 0 || id >= t->n_vocab || !t->tok[id]) return PEFT_ERR_INVALID;
     if (cap < 0) cap = 0;
     if (t->kind == BPE_BYTE_LEVEL) return bytelevel_bytes(t, t->tok[id], t->tok_len[id], buf, cap);
+    if (t->kind == BPE_WORDPIECE) return wp_token_bytes(t, id, buf, cap);
     return sp_bytes(t, id, buf, cap);
 }
 
@@ -814,6 +818,7 @@ static int append_token(const bpe_tokenizer *t, int id, peft_buf *b) {
 }
 
 int bpe_decode(const bpe_tokenizer *t, const int32_t *ids, int n, char **out, peft_err *err) {
+    if (t->kind == BPE_WORDPIECE) return wp_decode(t, ids, n, out, err);
     *out = NULL;
     peft_buf raw = {0}, o = {0};
     int rc = 0;

@@ -3,11 +3,13 @@
  *                  tokenizer.ggml.pre;
  *   model "llama": SentencePiece BPE, tokens + scores; no merge list: the
  *                  adjacent pair whose concatenation is the highest-scoring
- *                  token merges first (as SentencePiece and llama.cpp do).
+ *                  token merges first (as SentencePiece and llama.cpp do);
+ *   model "bert":  WordPiece (wordpiece.c).
  * token_type: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused,
  * 6 byte. Control (and unknown) tokens are special added tokens; user-defined
  * ones are added tokens matched even when special tokens are not parsed. */
 #include "tokenizer/bpe_internal.h"
+#include "tokenizer/wordpiece.h"
 #include "core/limits.h"
 
 #include <stdlib.h>
@@ -42,10 +44,12 @@ int bpe_load_gguf(const gguf_file *g, bpe_tokenizer **out, peft_err *err) {
     const char *model = gguf_get_str(g, "tokenizer.ggml.model");
     if (!model)
         return peft_fail(err, PEFT_ERR_FORMAT, "%s: no tokenizer.ggml.model string (no tokenizer in this GGUF)", path);
+    if (!strcmp(model, "bert")) return wp_load_gguf(g, out, err);
     bool spm = !strcmp(model, "llama");
     if (!spm && strcmp(model, "gpt2"))
         return peft_fail(err, PEFT_ERR_UNSUPPORTED,
-                         "%s: tokenizer.ggml.model \"%s\" is not supported (only \"gpt2\" and \"llama\")", path, model);
+                         "%s: tokenizer.ggml.model \"%s\" is not supported (only \"gpt2\", \"llama\" and \"bert\")", path,
+                         model);
 
     gguf_vtype et;
     uint64_t n_tok = 0;

@@ -54,8 +54,12 @@ typedef enum {
 /* Metaspace prepend scheme. */
 typedef enum { BPE_PREPEND_NEVER = 0, BPE_PREPEND_FIRST, BPE_PREPEND_ALWAYS } bpe_prepend;
 
+/* WordPiece's normalizer, pre-tokenizer, templates and decoder (wordpiece.c). */
+typedef struct wp_model wp_model;
+
 struct bpe_tokenizer {
     bpe_kind kind;
+    wp_model *wp;          /* BPE_WORDPIECE only */
     bpe_merge_mode merge_mode;
     char *source;          /* file it came from, for messages */
     char *pre_name;        /* pre-tokenizer name (GGUF tokenizer.ggml.pre or "json") */

@@ -2,6 +2,7 @@
  * normalizer, pre-tokenizer, post-processor and decoder), the optional
  * tokenizer_config.json beside it, and GPT-2's vocab.json + merges.txt. */
 #include "tokenizer/bpe_internal.h"
+#include "tokenizer/wordpiece.h"
 #include "core/limits.h"
 
 #include <cjson/cJSON.h>
@@ -379,6 +380,12 @@ int bpe_load_json(const char *path, bpe_tokenizer **out, peft_err *err) {
     cJSON *j = NULL;
     int rc = parse_file(path, &j, err);
     if (rc) return rc;
+    const char *mtype = jstr(cJSON_GetObjectItemCaseSensitive(j, "model"), "type");
+    if (mtype && !strcmp(mtype, "WordPiece")) {
+        rc = wp_load_json(path, j, out, err);
+        cJSON_Delete(j);
+        return rc;
+    }
     bpe_tokenizer *t = bpe_alloc(path, err);
     if (!t) { cJSON_Delete(j); return PEFT_ERR_NOMEM; }
 
@@ -399,7 +406,7 @@ int bpe_load_json(const char *path, bpe_tokenizer **out, peft_err *err) {
         goto fail;
     }
     if (type && strcmp(type, "BPE")) {
-        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: tokenizer model type \"%s\" is not supported (only BPE)",
+        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: tokenizer model type \"%s\" is not supported (only BPE and WordPiece)",
                        path, type);
         goto fail;
     }

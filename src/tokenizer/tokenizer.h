@@ -1,7 +1,8 @@
 /* tokenizer.h — BPE tokenizers: byte-level (GPT-2, SmolLM2, Llama 3, Qwen2)
  * and SentencePiece-style with ▁ and byte fallback (Llama 2, Mistral,
  * TinyLlama), loaded from tokenizer.json, from GPT-2's vocab.json +
- * merges.txt, or from GGUF metadata (tokenizer.ggml.*). Added/special tokens,
+ * merges.txt, or from GGUF metadata (tokenizer.ggml.*); and WordPiece (BERT,
+ * MiniLM) from tokenizer.json, behind the same object. Added/special tokens,
  * decode, and chat templates. Knows nothing of models. */
 #ifndef PEFT_TOKENIZER_H
 #define PEFT_TOKENIZER_H
@@ -11,7 +12,9 @@
 
 typedef struct bpe_tokenizer bpe_tokenizer;
 
-typedef enum { BPE_BYTE_LEVEL = 0, BPE_SENTENCEPIECE = 1 } bpe_kind;
+/* BPE_WORDPIECE: a tokenizer.json whose model is "WordPiece" (BERT's
+ * normalizer and pre-tokenizer, "##" continuations, [CLS]/[SEP] templates). */
+typedef enum { BPE_BYTE_LEVEL = 0, BPE_SENTENCEPIECE = 1, BPE_WORDPIECE = 2 } bpe_kind;
 
 int bpe_load_json(const char *path, bpe_tokenizer **out, peft_err *err);
 int bpe_load_gpt2_files(const char *vocab_json, const char *merges_txt, bpe_tokenizer **out,
@@ -24,6 +27,10 @@ int bpe_vocab_size(const bpe_tokenizer *t);
 int bpe_bos_id(const bpe_tokenizer *t);   /* -1 when none */
 int bpe_eos_id(const bpe_tokenizer *t);   /* -1 when none */
 int bpe_pad_id(const bpe_tokenizer *t);   /* -1 when none */
+/* The first special token the post-processor puts before a single sequence
+ * ([CLS], <s>) and the first it puts after it ([SEP], </s>); -1 when none. */
+int bpe_cls_id(const bpe_tokenizer *t);
+int bpe_sep_id(const bpe_tokenizer *t);
 /* Whether encode with add_special prepends BOS (tokenizer.json's
  * post-processor, or GGUF's tokenizer.ggml.add_bos_token). */
 bool bpe_adds_bos(const bpe_tokenizer *t);
@@ -39,9 +46,20 @@ const char *bpe_describe(const bpe_tokenizer *t);
 int bpe_encode(const bpe_tokenizer *t, const char *text, size_t len, bool add_special,
                bool parse_special, int32_t **ids, int *n_ids, peft_err *err);
 
+/* Encode a pair of sequences as the post-processor's pair template says
+ * (BERT: [CLS] A [SEP] B [SEP]); *type_ids (malloc'ed, n_ids entries, may be
+ * NULL) receives each token's segment (0 for A's part, 1 for B's). b ==
+ * NULL: the single-sequence template, with its type ids. Without
+ * add_special the ids are A's then B's. BPE tokenizers have no pair
+ * template here: with add_special and b they fail (PEFT_ERR_UNSUPPORTED). */
+int bpe_encode_pair(const bpe_tokenizer *t, const char *a, size_t alen, const char *b, size_t blen,
+                    bool add_special, bool parse_special, int32_t **ids, int32_t **type_ids, int *n_ids,
+                    peft_err *err);
+
 /* Bytes of one token as it contributes to decoded text (byte-level: the
- * mapped-back bytes; SentencePiece: ▁ -> space, <0xNN> -> the byte). Special
- * tokens give their text. Returns the byte count (may exceed cap: then
+ * mapped-back bytes; SentencePiece: ▁ -> space, <0xNN> -> the byte;
+ * WordPiece: the text without its "##"; the space before a word is
+ * bpe_decode's to add). Special tokens give their text. Returns the byte count (may exceed cap: then
  * nothing is written past cap) or a negative status. */
 int bpe_token_bytes(const bpe_tokenizer *t, int id, char *buf, int cap);
 /* Decode a whole sequence (as HF decode with skip_special_tokens=false,
