@@ -199,6 +199,29 @@ static void swiglu_bwd_matches_fd(void) {
     free(c.g); free(c.u); free(c.y); free(c.r); free(dg); free(du);
 }
 
+static double gelu_erf_loss(void *p) {
+    act_ctx *c = p;
+    kern_gelu_erf_fwd(c->y, c->g, c->n, 1);
+    return dot_d(c->y, c->r, (size_t)c->n);
+}
+
+static void gelu_erf_matches_libm_and_fd(void) {
+    const int n = 48;
+    peft_rng rng;
+    peft_rng_seed(&rng, 9);
+    act_ctx c = {n, falloc(n), NULL, falloc(n), falloc(n), false};
+    for (int i = 0; i < n; i++) c.g[i] = -6.0f + 12.0f * (float)i / (n - 1);
+    fill_normal(c.r, n, &rng, 1.0f, 0.0f);
+    kern_gelu_erf_fwd(c.y, c.g, n, 1);
+    double worst = 0;
+    for (int i = 0; i < n; i++) worst = fmax(worst, fabs(c.y[i] - 0.5 * c.g[i] * (1 + erf(c.g[i] / sqrt(2.0)))));
+    CHECK(worst <= 1e-6);
+    float *dx = falloc(n);
+    kern_gelu_erf_bwd(dx, c.r, c.g, n, 1);
+    CHECK(fd_check("gelu_erf dx", gelu_erf_loss, &c, c.g, 1, n, n, dx, n) <= FD_TOL);
+    free(c.g); free(c.y); free(c.r); free(dx);
+}
+
 static double geglu_loss(void *p) {
     act_ctx *c = p;
     kern_geglu_tanh_fwd(c->y, c->g, c->u, c->n, 1);
@@ -276,10 +299,10 @@ static void attn_grads(attn_ctx *c, int threads, float *dq, int lddq, float *dk,
 
 /* softcap > 0: Gemma 2's score soft-capping; window > 0: a sliding window
  * (the P prefix rows stay visible) */
-static void attn_case_opts(int T, int P, int H, int KV, int hd, float softcap, int window) {
+static void attn_case_full(int T, int P, int H, int KV, int hd, float softcap, int window, bool bidir) {
     const int L = P + T, qd = H * hd, kvd = KV * hd;
-    attn_ctx c = {T, P, H, KV, hd, qd + 5, kvd + 3, 1, {1.0f / sqrtf((float)hd), softcap, window, P}, NULL, NULL, NULL,
-                  NULL, NULL, NULL};
+    attn_ctx c = {T, P, H, KV, hd, qd + 5, kvd + 3, 1, {1.0f / sqrtf((float)hd), softcap, window, P, bidir}, NULL, NULL,
+                  NULL, NULL, NULL, NULL};
     peft_rng rng;
     peft_rng_seed(&rng, (uint64_t)(1000 + T * 100 + P * 10 + KV));
     c.q = falloc((size_t)T * c.ldq);
@@ -307,7 +330,8 @@ static void attn_case_opts(int T, int P, int H, int KV, int hd, float softcap, i
             for (int j = 0; j < L; j++) {
                 s += pr[j];
                 const bool windowed = window > 0 && j >= P && j < P + t - window + 1;
-                if ((j > P + t || windowed) && pr[j] != 0.0f) bad_mask++;
+                if (!bidir && (j > P + t || windowed) && pr[j] != 0.0f) bad_mask++;
+                if (bidir && pr[j] == 0.0f) bad_mask++;
             }
             if (fabs(s - 1) > worst_sum) worst_sum = fabs(s - 1);
         }
@@ -345,6 +369,9 @@ static void attn_case_opts(int T, int P, int H, int KV, int hd, float softcap, i
     free(dq); free(dk); free(dv); free(dq3); free(dk3); free(dv3); free(out1);
 }
 
+static void attn_case_opts(int T, int P, int H, int KV, int hd, float softcap, int window) {
+    attn_case_full(T, P, H, KV, hd, softcap, window, false);
+}
 static void attn_case(int T, int P, int H, int KV, int hd) { attn_case_opts(T, P, H, KV, hd, 0.0f, 0); }
 
 static void attn_train_gqa_no_prefix_matches_fd(void) { attn_case(5, 0, 4, 2, 8); }
@@ -364,6 +391,12 @@ static void attn_train_softcap_and_window_match_fd(void) {
     attn_case_opts(9, 0, 4, 2, 8, 0.0f, 3);
     attn_case_opts(70, 0, 2, 1, 4, 2.0f, 5);   /* more than one 64-query block */
     attn_case_opts(7, 2, 4, 2, 8, 1.5f, 3);
+}
+/* encoders: no causal mask (with a prefix, and past one 64-query block) */
+static void attn_train_bidirectional_matches_fd(void) {
+    attn_case_full(9, 0, 4, 2, 8, 0.0f, 0, true);
+    attn_case_full(7, 2, 4, 4, 8, 0.0f, 0, true);
+    attn_case_full(70, 0, 2, 1, 4, 0.0f, 0, true);
 }
 
 static void attn_train_fwd_matches_inference_attention(void) {
@@ -385,7 +418,7 @@ static void attn_train_fwd_matches_inference_attention(void) {
     float *o1 = falloc((size_t)T * qd), *o2 = falloc((size_t)T * qd),
           *probs = falloc((size_t)H * T * T), *scratch = falloc((size_t)2 * T * T);
     const float scale = 1.0f / sqrtf((float)hd);
-    const kern_attn_opts o = {scale, 0, 0, 0}, og = {scale, 1.5f, 3, 0};
+    const kern_attn_opts o = {scale, 0, 0, 0, false}, og = {scale, 1.5f, 3, 0, false};
     kern_attention(o1, qd, q, qd, kc, vc, cap, T, 0, H, KV, hd, &o, scratch, 2);
     kern_attn_train_fwd(o2, probs, q, qd, k, v, kvd, T, 0, H, KV, hd, &o, 2);
     double d = test_max_abs_diff(o1, o2, (size_t)T * qd);
@@ -653,7 +686,7 @@ static void torch_autograd_reference(void) {
                   *gv = falloc((size_t)L * kvd),
                   *s = falloc(kern_attn_train_scratch_floats(T, P, H, hd, 2));
             const float scale = 1.0f / sqrtf((float)hd);
-            const kern_attn_opts ao = {scale, 0, 0, P};
+            const kern_attn_opts ao = {scale, 0, 0, P, false};
             kern_attn_train_fwd(o, pr, q, qd, k, v, kvd, T, P, H, KV, hd, &ao, 2);
             kern_attn_train_bwd(gq, qd, gk, gv, kvd, dout, pr, q, qd, k, v, kvd, T, P, H, KV, hd,
                                 &ao, s, 2);
@@ -745,11 +778,13 @@ int main(void) {
     TEST_RUN(swiglu_bwd_matches_fd);
     TEST_RUN(gelu_tanh_bwd_matches_fd);
     TEST_RUN(geglu_tanh_bwd_matches_fd);
+    TEST_RUN(gelu_erf_matches_libm_and_fd);
     TEST_RUN(attn_train_gqa_no_prefix_matches_fd);
     TEST_RUN(attn_train_gqa_prefix_matches_fd);
     TEST_RUN(attn_train_single_token_matches_fd);
     TEST_RUN(attn_train_mha_and_mqa_match_fd);
     TEST_RUN(attn_train_softcap_and_window_match_fd);
+    TEST_RUN(attn_train_bidirectional_matches_fd);
     TEST_RUN(attn_train_fwd_matches_inference_attention);
     TEST_RUN(xent_fwd_bwd_matches_fd);
     TEST_RUN(xent_alias_threads_and_bad_targets);

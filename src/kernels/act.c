@@ -53,6 +53,25 @@ void kern_gelu_tanh_bwd(float *dx, const float *dy, const float *x, int64_t n, i
         }
 }
 
+/* Exact GELU (BERT's "gelu"): y = x·Φ(x) = x·(1 + erf(x/√2))/2;
+ * y' = Φ(x) + x·φ(x), φ(x) = exp(-x²/2)/√(2π). */
+void kern_gelu_erf_fwd(float *y, const float *x, int64_t n, int n_threads) {
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t c = 0; c < n; c += ACT_CHUNK)
+        for (int64_t i = c; i < PEFT_MIN(n, c + ACT_CHUNK); i++) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+}
+
+void kern_gelu_erf_bwd(float *dx, const float *dy, const float *x, int64_t n, int n_threads) {
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t c = 0; c < n; c += ACT_CHUNK)
+        for (int64_t i = c; i < PEFT_MIN(n, c + ACT_CHUNK); i++) {
+            const float v = x[i];
+            const float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
+            const float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
+            dx[i] += dy[i] * (cdf + v * pdf);
+        }
+}
+
 /* GeGLU (Gemma): a = gelu_tanh(g)·u, and its backward
  * dg += da·u·gelu'(g), du += da·gelu(g). */
 void kern_geglu_tanh_fwd(float *a, const float *g, const float *u, int64_t n, int n_threads) {

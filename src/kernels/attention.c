@@ -28,8 +28,8 @@ void kern_attention(float *out, int ldo, const float *q, int ldq, const float *k
                     ldq, kh, hd, 0.0f, S, L);
         for (int t = 0; t < T; t++) {
             float *r = S + (size_t)t * L;
-            const int last = p0 + t; /* keys 0..last are visible, but for the window's */
-            const int first = o->window > 0 && last - o->window + 1 > o->sink ? last - o->window + 1 : o->sink;
+            const int last = o->bidir ? L - 1 : p0 + t; /* keys 0..last are visible, but for the window's */
+            const int first = o->window > 0 && !o->bidir && last - o->window + 1 > o->sink ? last - o->window + 1 : o->sink;
             if (cap > 0)
                 for (int j = 0; j <= last; j++) r[j] = cap * tanhf(r[j] / cap);
             float m = -INFINITY;

@@ -31,7 +31,7 @@ enum { QB = 64 };
 /* Softmax of row r over its visible entries 0..last (less the window's
  * masked [P, first)); masked entries become 0. Soft-capping first. */
 static void softmax_row(float *r, int last, int L, int P, const kern_attn_opts *o) {
-    const int first = o->window > 0 && last - o->window + 1 > P ? last - o->window + 1 : P;
+    const int first = o->window > 0 && !o->bidir && last - o->window + 1 > P ? last - o->window + 1 : P;
     if (o->softcap > 0)
         for (int j = 0; j <= last; j++) r[j] = o->softcap * tanhf(r[j] / o->softcap);
     if (first > P) {
@@ -64,13 +64,13 @@ void kern_attn_train_fwd(float *out, float *probs, const float *q, int ldq, cons
     const int n_qb = (T + QB - 1) / QB;
 #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
     for (int item = 0; item < n_head * n_qb; item++) {
-        const int h = item / n_qb, t0 = (item % n_qb) * QB, tb = PEFT_MIN(QB, T - t0), Lb = P + t0 + tb;
+        const int h = item / n_qb, t0 = (item % n_qb) * QB, tb = PEFT_MIN(QB, T - t0), Lb = o->bidir ? L : P + t0 + tb;
         float *S = probs + (size_t)h * T * L + (size_t)t0 * L;
         const float *kh = k + (size_t)(h / group) * hd, *vh = v + (size_t)(h / group) * hd;
         /* S (tb, Lb) = scale · q_h (tb, hd) · K_gᵀ (hd, Lb) */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tb, Lb, hd, o->scale, q + (size_t)t0 * ldq + (size_t)h * hd,
                     ldq, kh, ldkv, 0.0f, S, L);
-        for (int t = 0; t < tb; t++) softmax_row(S + (size_t)t * L, P + t0 + t, L, P, o);
+        for (int t = 0; t < tb; t++) softmax_row(S + (size_t)t * L, o->bidir ? L - 1 : P + t0 + t, L, P, o);
         /* out_h (tb, hd) = A (tb, Lb) · V_g (Lb, hd) */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tb, hd, Lb, 1.0f, S, L, vh, ldkv, 0.0f,
                     out + (size_t)t0 * ldo + (size_t)h * hd, ldo);
@@ -108,7 +108,7 @@ void kern_attn_train_bwd(float *dq, int lddq, float *dk, float *dv, int lddkv,
         const float *kg = k + (size_t)(h / group) * hd, *vg = v + (size_t)(h / group) * hd;
         float *dkh = part + (size_t)h * 2 * L * hd, *dvh = dkh + (size_t)L * hd;
         for (int t0 = 0; t0 < T; t0 += QB) {
-            const int tb = PEFT_MIN(QB, T - t0), Lb = P + t0 + tb;
+            const int tb = PEFT_MIN(QB, T - t0), Lb = o->bidir ? L : P + t0 + tb;
             const float *A = probs + (size_t)h * T * L + (size_t)t0 * L, *doh = dout + (size_t)t0 * ldo + (size_t)h * hd;
             const float *qh = q + (size_t)t0 * ldq + (size_t)h * hd;
             /* dV_h (Lb, hd) += Aᵀ (Lb, tb) · dO_h (tb, hd) */
@@ -121,7 +121,7 @@ void kern_attn_train_bwd(float *dq, int lddq, float *dk, float *dv, int lddkv,
             for (int t = 0; t < tb; t++) {
                 float *r = dS + (size_t)t * Lb;
                 const float *a = A + (size_t)t * L;
-                const int last = P + t0 + t;
+                const int last = o->bidir ? L - 1 : P + t0 + t;
                 double dot = 0;
                 for (int j = 0; j <= last; j++) dot += (double)r[j] * a[j];
                 const float d = (float)dot;

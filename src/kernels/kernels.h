@@ -144,6 +144,10 @@ void kern_gelu_tanh_fwd(float *y, const float *x, int64_t n, int n_threads);
 /* SwiGLU backward: dg (n) += da·u·silu'(g), du (n) += da·silu(g). */
 void kern_swiglu_bwd(float *dg, float *du, const float *da, const float *g, const float *u,
                      int64_t n, int n_threads);
+/* Exact (erf) GELU, BERT's "gelu": y = x·Φ(x), in place allowed; backward
+ * dx (n) += dy·(Φ(x) + x·φ(x)), dx must not alias x. */
+void kern_gelu_erf_fwd(float *y, const float *x, int64_t n, int n_threads);
+void kern_gelu_erf_bwd(float *dx, const float *dy, const float *x, int64_t n, int n_threads);
 /* GeGLU with the tanh GELU (Gemma): a = gelu_tanh(g)·u; backward
  * dg += da·u·gelu'(g), du += da·gelu(g). */
 void kern_geglu_tanh_fwd(float *a, const float *g, const float *u, int64_t n, int n_threads);
@@ -161,10 +165,13 @@ void kern_softmax_rows(float *x, int T, int C);
  *            (Gemma 2's attn_logit_softcapping)
  *   window   > 0: a query sees only keys less than `window` positions back
  *            (sliding-window layers; the query itself included), besides
- *   sink     leading key rows every query sees (prefix tuning's rows). */
+ *   sink     leading key rows every query sees (prefix tuning's rows)
+ *   bidir    encoders: every key visible (the caller keeps padding out of
+ *            the keys, e.g. by segments). */
 typedef struct {
     float scale, softcap;
     int window, sink;
+    bool bidir;   /* every query sees every key (encoders): no causal mask, no window */
 } kern_attn_opts;
 
 /* Causal attention over a KV store, one sequence.

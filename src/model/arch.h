@@ -28,7 +28,7 @@ enum { NORM_ATTN = 0, NORM_MLP, NORM_Q, NORM_K, NORM_ATTN_OUT, NORM_MLP_OUT, MOD
 typedef enum { ARCH_NORM_RMS = 0, ARCH_NORM_LAYER } arch_norm;
 /* The MLP: gated SiLU (silu(gate) ⊙ up, then down), a plain tanh GELU
  * (gelu(up), then down), or gated tanh GELU (Gemma's GeGLU). */
-typedef enum { ARCH_ACT_SWIGLU = 0, ARCH_ACT_GELU_TANH, ARCH_ACT_GEGLU_TANH } arch_act;
+typedef enum { ARCH_ACT_SWIGLU = 0, ARCH_ACT_GELU_TANH, ARCH_ACT_GEGLU_TANH, ARCH_ACT_GELU_ERF } arch_act;
 /* Positions: rotary on q and k, or a learned table added to the input. */
 typedef enum { ARCH_POS_ROPE = 0, ARCH_POS_LEARNED } arch_pos;
 
@@ -67,6 +67,8 @@ typedef struct arch_desc {
     const char *hf_lin[ROLE_N_LINEAR];   /* within a layer; NULL: the family has no such linear */
     const char *hf_norm[MODEL_N_NORMS];   /* within a layer, by NORM_*; NULL: the family has none there */
     const char *hf_tok_emb, *hf_pos_emb, *hf_out_norm, *hf_lm_head;
+    const char *hf_type_emb;   /* token-type embeddings (BERT), NULL: none */
+    const char *gguf_out_norm; /* NULL: "output_norm" (BERT: "token_embd_norm", at the input) */
     const char *const *gguf_lin;          /* within "blk.%d" (arch_gguf_lin for llama.cpp's usual names) */
     const char *gguf_norm[MODEL_N_NORMS];
     bool hf_conv1d;            /* HF stores linears as (in, out): GPT-2's Conv1D (fan_in_fan_out) */
@@ -81,6 +83,12 @@ typedef struct arch_desc {
     bool fused_gate_up;        /* one linear (ROLE_UP, 2·d_ff rows: gate then up) feeds the gated MLP (Phi-3) */
     bool norm_plus_one;        /* RMSNorm scales by 1 + w, HF storing w (Gemma; llama.cpp's GGUF stores 1 + w) */
     bool embed_scale;          /* token embeddings times sqrt(d_model) (Gemma) */
+    /* encoders (BERT): every token sees every other (padding kept out by
+     * segments), each sub-layer is x = norm(x + f(x)) (post-norm, the
+     * layer's NORM_ATTN after attention and NORM_MLP after the MLP), the
+     * out norm is applied to the embeddings instead of the last layer's
+     * output, and there is no LM head. */
+    bool encoder;
 
     /* ---- adapters ---- */
     const arch_target *targets;   /* short names accepted by --target, NULL-terminated; the first match of a

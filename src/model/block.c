@@ -38,12 +38,80 @@ kern_attn_opts block_attn_opts(const peft_model *m, int l, int sink) {
     const model_config *c = &m->cfg;
     const bool sliding = c->sliding_window > 0 && (c->sliding[l / 64] >> (l % 64) & 1u);
     return (kern_attn_opts){.scale = c->attn_scale > 0 ? c->attn_scale : 1.0f / sqrtf((float)c->head_dim),
-                            .softcap = c->attn_softcap, .window = sliding ? c->sliding_window : 0, .sink = sink};
+                            .softcap = c->attn_softcap, .window = sliding ? c->sliding_window : 0, .sink = sink,
+                            .bidir = c->desc->encoder};
 }
 
 bool block_qk_norm(const peft_model *m) { return m->cfg.desc->hf_norm[NORM_Q] != NULL; }
 
-static bool gated(const peft_model *m) { return m->cfg.desc->act != ARCH_ACT_GELU_TANH; }
+static bool gated(const peft_model *m) {
+    return m->cfg.desc->act == ARCH_ACT_SWIGLU || m->cfg.desc->act == ARCH_ACT_GEGLU_TANH;
+}
+
+/* the plain (ungated) MLP activation: a = act(g), and its backward */
+static void plain_act_fwd(const block_env *e, float *a, const float *g, int64_t n) {
+    if (e->m->cfg.desc->act == ARCH_ACT_GELU_ERF) kern_gelu_erf_fwd(a, g, n, e->nt);
+    else kern_gelu_tanh_fwd(a, g, n, e->nt);
+}
+
+static void plain_act_bwd(const block_env *e, float *dg, const float *da, const float *g, int64_t n) {
+    if (e->m->cfg.desc->act == ARCH_ACT_GELU_ERF) kern_gelu_erf_bwd(dg, da, g, n, e->nt);
+    else kern_gelu_tanh_bwd(dg, da, g, n, e->nt);
+}
+
+static void add_rows(float *y, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+/* Encoders (post-norm): xmid = LN1(xin + o(attn(xin))), xout = LN2(xmid +
+ * down(act(up(xmid)))); o1, o2 keep the sums before the norms. */
+static int qkv_fwd(const block_env *e, int l, const float *h, float *qkv, block_acts *A);
+
+static int block_fwd_post(const block_env *e, int l, block_acts *A) {
+    const model_config *c = &e->m->cfg;
+    const size_t N = (size_t)e->N, d = (size_t)c->d_model, nff = N * (size_t)c->d_ff;
+    int rc;
+    if ((rc = qkv_fwd(e, l, A->xin, A->qkv, A)) || (rc = e->attn(e->u, l, A))) return rc;
+    zero_rows(e, A->o1, N * d);
+    if ((rc = e->sub_out(e->u, l, ROLE_O, 0, A->att, A->o1))) return rc;
+    add_rows(A->o1, A->xin, N * d);
+    block_norm_fwd(e, l, NORM_ATTN, A->xmid, A->mean1, A->rstd1, A->o1, e->N);
+    if ((rc = e->lin(e->u, l, ROLE_UP, A->xmid, A->g, c->d_ff, 0.0f))) return rc;
+    plain_act_fwd(e, A->a, A->g, (int64_t)nff);
+    zero_rows(e, A->o2, N * d);
+    if ((rc = e->sub_out(e->u, l, ROLE_DOWN, 1, A->a, A->o2))) return rc;
+    add_rows(A->o2, A->xmid, N * d);
+    block_norm_fwd(e, l, NORM_MLP, A->xout, A->mean2, A->rstd2, A->o2, e->N);
+    return 0;
+}
+
+static int block_bwd_post(const block_env *e, int l, const block_acts *A, block_grads *G, bool need_dx) {
+    const model_config *c = &e->m->cfg;
+    const size_t N = (size_t)e->N, d = (size_t)c->d_model, nff = N * (size_t)c->d_ff;
+    const int qd = c->n_head * c->head_dim, kvd = c->n_kv_head * c->head_dim, ldq = qd + 2 * kvd;
+    int rc;
+    /* xout = LN2(o2), o2 = xmid + down(a) */
+    zero_rows(e, G->dxmid, N * d);
+    block_norm_bwd(e, l, NORM_MLP, G->dxmid, G->dx, A->o2, A->mean2, A->rstd2);
+    zero_rows(e, G->da, nff);
+    if ((rc = e->sub_out_bwd(e->u, l, ROLE_DOWN, 1, A->a, G->dxmid, G->da))) return rc;
+    zero_rows(e, G->dg, nff);
+    plain_act_bwd(e, G->dg, G->da, A->g, (int64_t)nff);
+    if ((rc = e->lin_bwd(e->u, l, ROLE_UP, A->xmid, G->dg, c->d_ff, G->dxmid))) return rc;
+    /* xmid = LN1(o1), o1 = xin + o(att) */
+    zero_rows(e, G->dx, N * d);
+    block_norm_bwd(e, l, NORM_ATTN, G->dx, G->dxmid, A->o1, A->mean1, A->rstd1);
+    zero_rows(e, G->datt, N * (size_t)qd);
+    if ((rc = e->sub_out_bwd(e->u, l, ROLE_O, 0, A->att, G->dx, G->datt))) return rc;
+    zero_rows(e, G->dqkv, N * (size_t)ldq);
+    e->attn_bwd(e->u, l, A, G);
+    float *dx = need_dx ? G->dx : NULL;
+    if (e->qkv_bwd) return e->qkv_bwd(e->u, l, A->xin, G->dqkv, dx);
+    if (!(rc = e->lin_bwd(e->u, l, ROLE_Q, A->xin, G->dqkv, ldq, dx)) &&
+        !(rc = e->lin_bwd(e->u, l, ROLE_K, A->xin, G->dqkv + qd, ldq, dx)))
+        rc = e->lin_bwd(e->u, l, ROLE_V, A->xin, G->dqkv + qd + kvd, ldq, dx);
+    return rc;
+}
 
 static bool post_norm(const peft_model *m, int site) {
     return m->cfg.desc->hf_norm[site ? NORM_MLP_OUT : NORM_ATTN_OUT] != NULL;
@@ -189,6 +257,7 @@ static int qkv_fwd(const block_env *e, int l, const float *h, float *qkv, block_
 
 int block_fwd(const block_env *e, int l, block_acts *A) {
     const model_config *c = &e->m->cfg;
+    if (c->desc->encoder) return block_fwd_post(e, l, A);
     const size_t N = (size_t)e->N, d = (size_t)c->d_model, nff = N * (size_t)c->d_ff;
     const int ff = c->d_ff;
     int rc;
@@ -206,7 +275,7 @@ int block_fwd(const block_env *e, int l, block_acts *A) {
         gate_fwd(e, A->a, A->g, A->u);
     } else {
         if ((rc = e->lin(e->u, l, ROLE_UP, A->h2, A->g, ff, 0.0f))) return rc;
-        kern_gelu_tanh_fwd(A->a, A->g, (int64_t)nff, e->nt);
+        plain_act_fwd(e, A->a, A->g, (int64_t)nff);
     }
     copy_rows(e, A->xout, A->xmid, N * d);
     return sub_out_fwd(e, l, ROLE_DOWN, 1, A->a, A->xout, A);
@@ -214,6 +283,7 @@ int block_fwd(const block_env *e, int l, block_acts *A) {
 
 int block_bwd(const block_env *e, int l, const block_acts *A, block_grads *G, bool need_dx) {
     const model_config *c = &e->m->cfg;
+    if (c->desc->encoder) return block_bwd_post(e, l, A, G, need_dx);
     const size_t N = (size_t)e->N, d = (size_t)c->d_model, nff = N * (size_t)c->d_ff;
     const int ff = c->d_ff, qd = c->n_head * c->head_dim, kvd = c->n_kv_head * c->head_dim, ldq = qd + 2 * kvd;
     int rc;
@@ -235,7 +305,7 @@ int block_bwd(const block_env *e, int l, const block_acts *A, block_grads *G, bo
             return rc;
     } else {
         zero_rows(e, G->dg, nff);
-        kern_gelu_tanh_bwd(G->dg, G->da, A->g, (int64_t)nff, e->nt);
+        plain_act_bwd(e, G->dg, G->da, A->g, (int64_t)nff);
         if ((rc = e->lin_bwd(e->u, l, ROLE_UP, A->h2, G->dg, ff, G->dh))) return rc;
     }
     block_norm_bwd(e, l, NORM_MLP, G->dxmid, G->dh, A->xmid, A->mean2, A->rstd2);

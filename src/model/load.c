@@ -67,6 +67,11 @@ static const char *hf_prefix(const peft_model *m) {
     return (m->st && find_tensor(m, name, &t)) ? D->hf_prefix : "";
 }
 
+const char *model_hf_prefix(const peft_model *m) {
+    if (m->hf_prefix) return m->hf_prefix;
+    return m->cfg.desc->encoder ? "" : m->cfg.desc->hf_prefix;
+}
+
 const char *model_linear_name(const peft_model *m, model_linear_role r) {
     const char *s = m->cfg.desc->hf_lin[r];
     if (!s) return NULL;
@@ -79,7 +84,7 @@ int model_linear_hf_path(const peft_model *m, int layer, model_linear_role r, ch
     if (!D->hf_lin[r]) return PEFT_ERR_INVALID;
     char lp[128];
     snprintf(lp, sizeof lp, D->hf_layer, layer);
-    return snprintf(buf, cap, "%s%s.%s", D->hf_prefix, lp, D->hf_lin[r]) >= (int)cap ? PEFT_ERR_INVALID : 0;
+    return snprintf(buf, cap, "%s%s.%s", model_hf_prefix(m), lp, D->hf_lin[r]) >= (int)cap ? PEFT_ERR_INVALID : 0;
 }
 
 /* ---- weights -------------------------------------------------------------- */
@@ -264,10 +269,16 @@ static int load_globals(peft_model *m, bool gguf, const char *pfx, peft_err *err
     if (D->pos == ARCH_POS_LEARNED) {
         if (gguf) snprintf(name, sizeof name, "position_embd.weight");
         else snprintf(name, sizeof name, "%s%s.weight", pfx, D->hf_pos_emb);
-        if ((rc = get_mat(m, name, c->n_ctx, c->d_model, false, true, &m->pos_emb, err))) return rc;
+        if ((rc = get_mat(m, name, (int64_t)c->n_ctx + c->pos_offset, c->d_model, false, true, &m->pos_emb, err)))
+            return rc;
+    }
+    if (D->hf_type_emb && c->n_types > 0) {
+        if (gguf) snprintf(name, sizeof name, "token_types.weight");
+        else snprintf(name, sizeof name, "%s%s.weight", pfx, D->hf_type_emb);
+        if ((rc = get_mat(m, name, c->n_types, c->d_model, false, true, &m->type_emb, err))) return rc;
     }
     char base[200];
-    if (gguf) snprintf(base, sizeof base, "output_norm");
+    if (gguf) snprintf(base, sizeof base, "%s", D->gguf_out_norm ? D->gguf_out_norm : "output_norm");
     else snprintf(base, sizeof base, "%s%s", pfx, D->hf_out_norm);
     snprintf(name, sizeof name, "%s.weight", base);
     if ((rc = get_vec(m, name, c->d_model, true, &m->out_norm_w, err))) return rc;
@@ -277,6 +288,7 @@ static int load_globals(peft_model *m, bool gguf, const char *pfx, peft_err *err
         snprintf(name, sizeof name, "%s.bias", base);
         if ((rc = get_vec(m, name, c->d_model, true, &m->out_norm_b, err))) return rc;
     }
+    if (D->encoder) return 0;   /* no LM head; the sequence-classification head is the adapter's */
     snprintf(name, sizeof name, "%s.weight", gguf ? "output" : D->hf_lm_head);
     rc = get_mat(m, name, c->vocab, c->d_model, false, false, &m->lm_head, err);
     if (rc < 0) return rc;
@@ -333,6 +345,7 @@ int model_load_hf(peft_model *m, peft_err *err) {
     if (rc) return rc;
     if ((rc = st_open(m->path, &m->st, err))) return rc;
     const char *pfx = hf_prefix(m);
+    m->hf_prefix = m->cfg.desc->encoder ? pfx : m->cfg.desc->hf_prefix;
     if ((rc = load_globals(m, false, pfx, err)) || (rc = load_layers(m, false, pfx, err))) return rc;
     char *tok_path = peft_path_join(m->path, "tokenizer.json", err);
     if (!tok_path) return PEFT_ERR_NOMEM;

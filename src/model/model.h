@@ -33,6 +33,8 @@ struct model_config {
     int sliding_window;       /* > 0: the layers set in `sliding` see only this many positions back */
     uint64_t sliding[PEFT_MAX_LAYERS / 64];
     float embed_scale;        /* token embeddings times this (Gemma: sqrt(d)); 0: 1 */
+    int pos_offset;           /* position row of token 0 (RoBERTa: padding_idx + 1); the table has n_ctx + offset rows */
+    int n_types;              /* token-type embeddings (BERT's type_vocab_size); 0: none */
 };
 
 typedef struct {
@@ -69,9 +71,10 @@ struct peft_model {
     const struct adapter *lora;   /* the attached adapter (any method), applied in the forward */
     char *path;
     char source[8];       /* "hf" or "gguf" */
+    const char *hf_prefix;   /* what the HF names of this model's tensors start with (model_hf_prefix) */
     model_config cfg;
     model_layer *layers;
-    kern_weight tok_emb, pos_emb, lm_head;
+    kern_weight tok_emb, pos_emb, lm_head, type_emb;
     float *out_norm_w, *out_norm_b;
     float *score;         /* classification head (n_labels, d) of a *ForSequenceClassification folder, or NULL */
     int n_labels;
@@ -113,6 +116,11 @@ void model_permute_rows(void *dst, const void *src, int64_t rows, size_t row_byt
 /* HF module path of a linear ("model.layers.3.self_attn.q_proj"), and the
  * short target name ("q_proj", GPT-2 "c_attn"). */
 int model_linear_hf_path(const peft_model *m, int layer, model_linear_role r, char *buf, size_t cap);
+/* The prefix of m's HF tensor names: the family's ("transformer." for
+ * GPT-2, whose saved models always have it; "bert." for a BERT classifier),
+ * except for an encoder loaded from a bare BertModel folder (MiniLM) or a
+ * GGUF file, whose modules sit at the top ("encoder.layer.0..."). */
+const char *model_hf_prefix(const peft_model *m);
 const char *model_linear_name(const peft_model *m, model_linear_role r);
 
 /* Inference forward (model/forward.c): processes T tokens at positions

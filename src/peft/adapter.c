@@ -137,14 +137,14 @@ int adapter_fits(const adapter *a, const peft_model *m, peft_err *err) {
 int adapter_layer_prefix(const peft_model *m, int l, char *buf, size_t cap) {
     char lp[160];
     snprintf(lp, sizeof lp, m->cfg.desc->hf_layer, l);
-    return snprintf(buf, cap, "%s%s", m->cfg.desc->hf_prefix, lp) >= (int)cap ? PEFT_ERR_INVALID : 0;
+    return snprintf(buf, cap, "%s%s", model_hf_prefix(m), lp) >= (int)cap ? PEFT_ERR_INVALID : 0;
 }
 
 /* HF parameter name of norm `which` of layer l (l == n_layer: final norm),
  * field "weight" or "bias". */
 int adapter_norm_name(const peft_model *m, int l, int which, const char *field, char *buf, size_t cap) {
     const arch_desc *D = m->cfg.desc;
-    if (l == m->cfg.n_layer) return snprintf(buf, cap, "%s%s.%s", D->hf_prefix, D->hf_out_norm, field) >= (int)cap;
+    if (l == m->cfg.n_layer) return snprintf(buf, cap, "%s%s.%s", model_hf_prefix(m), D->hf_out_norm, field) >= (int)cap;
     char lp[200];
     if (adapter_layer_prefix(m, l, lp, sizeof lp)) return PEFT_ERR_INVALID;
     return snprintf(buf, cap, "%s.%s.%s", lp, D->hf_norm[which], field) >= (int)cap ? PEFT_ERR_INVALID : 0;

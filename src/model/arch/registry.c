@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-extern const arch_desc arch_llama, arch_mistral, arch_qwen2, arch_qwen3, arch_gemma2, arch_phi3, arch_gpt2;
+extern const arch_desc arch_llama, arch_mistral, arch_qwen2, arch_qwen3, arch_gemma2, arch_phi3, arch_gpt2, arch_bert, arch_roberta;
 
 static const arch_desc *const registry[] = {
     &arch_llama,
@@ -14,6 +14,8 @@ static const arch_desc *const registry[] = {
     &arch_gemma2,
     &arch_phi3,
     &arch_gpt2,
+    &arch_bert,
+    &arch_roberta,
     NULL,
 };
 

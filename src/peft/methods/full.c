@@ -32,7 +32,7 @@ static bool learned_pos(const peft_model *m) { return m->cfg.desc->pos == ARCH_P
 
 /* the HF name of a global tensor ("model.embed_tokens"), as a saved model has it */
 static const char *hf_global(const peft_model *m, const char *name, char *buf, size_t cap) {
-    snprintf(buf, cap, "%s%s.weight", m->cfg.desc->hf_prefix, name);
+    snprintf(buf, cap, "%s%s.weight", model_hf_prefix(m), name);
     return buf;
 }
 
