@@ -7,7 +7,7 @@
  *               h = ln_2(x); x += gelu(h·Wfcᵀ + b)·Wprojᵀ + b
  * x is (T, d). q, k, v share one (T, qd + 2·kvd) buffer. */
 #include "model/model.h"
-#include "peft/lora.h"
+#include "peft/adapter.h"
 #include "peft/method.h"
 
 #include <cblas.h>
