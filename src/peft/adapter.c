@@ -140,35 +140,6 @@ const float *adapter_base_norm_b(const peft_model *m, int l, int which) {
     return which ? m->layers[l].ffn_norm_b : m->layers[l].attn_norm_b;
 }
 
-/* ---- classification head ------------------------------------------------------ */
-
-static int add_head(adapter *a, const peft_model *m, int n_labels, peft_err *err) {
-    if (n_labels <= 0) return -1;
-    /* HF PEFT's key: prompt-learning models wrap the base one level less */
-    const bool pl = a->ops && (a->ops->flags & METHOD_PROMPT_LEARNING);
-    int i = adapter_add_tensor(a, pl ? "base_model.score.weight" : "base_model.model.score.weight", 2, n_labels,
-                               m->cfg.d_model, true, err);
-    return i;
-}
-
-static void wire_head(adapter *a, const peft_model *m, int idx, uint64_t seed) {
-    if (idx < 0) return;
-    a->score = a->tensors[idx].p;
-    a->gscore = a->tensors[idx].g;
-    if (m && m->score && m->n_labels == a->tensors[idx].shape[0]) {
-        /* a classifier base: start from its head (as modules_to_save copies it) */
-        memcpy(a->score, m->score, (size_t)a->tensors[idx].n * sizeof(float));
-        return;
-    }
-    /* transformers' _init_weights: N(0, initializer_range = 0.02) */
-    peft_rng rng;
-    peft_rng_seed(&rng, seed ^ 0x5c0e5c0eULL);
-    for (int64_t k = 0; k < a->tensors[idx].n; k++) a->score[k] = 0.02f * peft_rng_normal(&rng);
-}
-
-int adapter_head_add(adapter *a, const peft_model *m, int n_labels, peft_err *err) { return add_head(a, m, n_labels, err); }
-void adapter_head_wire(adapter *a, const peft_model *m, int idx, uint64_t seed) { wire_head(a, m, idx, seed); }
-
 /* ---- creation --------------------------------------------------------------------- */
 
 void adapter_kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng) {
@@ -233,10 +204,6 @@ const kern_weight *adapter_pos_emb(const adapter *a, const peft_model *m, kern_w
 const kern_weight *adapter_lm_head(const adapter *a, const peft_model *m, kern_weight *tmp) {
     const kern_weight *w = method_emb(a, m, 2, tmp);
     return w ? w : &m->lm_head;
-}
-
-int adapter_n_labels(const adapter *a, const peft_model *m) {
-    return a && a->mc.n_labels ? a->mc.n_labels : m->n_labels;
 }
 
 int adapter_prompt_rows(const adapter *a) { return a && a->ops && a->ops->input_rows ? a->ops->input_rows(a) : 0; }

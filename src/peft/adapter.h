@@ -12,11 +12,13 @@
  * Methods are plug-ins (peft/method.h, one file each in peft/methods/):
  * `ops` and `priv` are the method's table and state (LoRA's, reached by
  * the LoRA family's files through lora_of in peft/lora.h). The
- * classification head (`score`), shared by every method, is built in. */
+ * classification head, shared by every method, is modules_to_save.c's
+ * (`head`). */
 #ifndef PEFT_ADAPTER_H
 #define PEFT_ADAPTER_H
 
 #include "model/model.h"
+#include "peft/modules_to_save.h"
 
 typedef struct method_ops method_ops;   /* peft/method.h */
 
@@ -81,8 +83,7 @@ typedef struct adapter {
     int sig_d, sig_kvd, sig_ff, sig_vocab;   /* the model it was made for (adapter_fits) */
     int n_tensors, cap_tensors;
     adapter_tensor *tensors;
-    /* classification head */
-    float *score, *gscore;
+    mts_head head;        /* the classification head (modules_to_save.h), shared by every method */
 } adapter;
 
 void adapter_free(adapter *a);
@@ -121,10 +122,6 @@ const kern_weight *adapter_tok_emb(const adapter *a, const peft_model *m, kern_w
 const kern_weight *adapter_pos_emb(const adapter *a, const peft_model *m, kern_weight *tmp);
 const kern_weight *adapter_lm_head(const adapter *a, const peft_model *m, kern_weight *tmp);
 
-/* Classification labels of a (its head) on m, else m's own head (a
- * fine-tuned classifier), else 0. */
-int adapter_n_labels(const adapter *a, const peft_model *m);
-
 /* Rows of virtual tokens the method prepends to a sequence (prompt), and
  * prefix key/value rows (prefix): 0 otherwise. */
 int adapter_prompt_rows(const adapter *a);
@@ -135,8 +132,6 @@ int adapter_prefix_rows(const adapter *a);
  * as nn.Linear.reset_parameters: gain = sqrt(2 / (1 + a²)) = sqrt(1/3),
  * bound = gain · sqrt(3 / fan_in) = 1 / sqrt(fan_in). */
 void adapter_kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng);
-int adapter_head_add(adapter *a, const peft_model *m, int n_labels, peft_err *err);
-void adapter_head_wire(adapter *a, const peft_model *m, int idx, uint64_t seed);
 int adapter_layer_prefix(const peft_model *m, int l, char *buf, size_t cap);
 /* The base's norm weight / bias (which 0 attention, 1 MLP; l == n_layer: the
  * final norm), NULL where it has none. */

@@ -3,8 +3,8 @@
  * keys here, the method's own from config_write / config_read (LORA with
  * use_dora: lora_io.c, whose load reads the ranks from the tensors); full
  * fine-tuning saves an HF model folder (its `save`).
- * Any method may carry a classification head, base_model.model.score.weight
- * (n_labels, d), listed in modules_to_save as HF PEFT does for SEQ_CLS.
+ * Any method may carry a classification head (modules_to_save.c), listed in
+ * modules_to_save as HF PEFT does for SEQ_CLS.
  * Every file is written to a temporary name, flushed and renamed. */
 #include "peft/lora.h"
 #include "core/limits.h"
@@ -98,14 +98,10 @@ static bool add_common(cJSON *o, const adapter *a, const peft_model *m, const ch
     ok &= cJSON_AddNullToObject(o, "auto_mapping") != NULL;
     ok &= cJSON_AddStringToObject(o, "base_model_name_or_path", a->base_model ? a->base_model : m->path) != NULL;
     ok &= cJSON_AddBoolToObject(o, "inference_mode", true) != NULL;
-    if (a->score) {
-        cJSON *ms = cJSON_AddArrayToObject(o, "modules_to_save");
-        ok &= ms && cJSON_AddItemToArray(ms, cJSON_CreateString("score"));
-        ok &= cJSON_AddNumberToObject(o, "num_labels", a->mc.n_labels) != NULL;
-    } else ok &= cJSON_AddNullToObject(o, "modules_to_save") != NULL;
+    ok &= mts_config_write(a, o);
     ok &= cJSON_AddStringToObject(o, "peft_type", peft_type) != NULL;
     ok &= cJSON_AddNullToObject(o, "revision") != NULL;
-    ok &= cJSON_AddStringToObject(o, "task_type", a->score ? "SEQ_CLS" : "CAUSAL_LM") != NULL;
+    ok &= cJSON_AddStringToObject(o, "task_type", mts_task_type(a)) != NULL;
     return ok;
 }
 
@@ -244,20 +240,8 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
         goto done;
     }
     if ((rc = st_open(st_path, &st, err))) goto done;
-    /* Shapes that size what adapter_new allocates are checked first: a
-     * [4000000, 0] head holds no bytes but would ask for 4M x hidden floats. */
-    const st_tensor *head = st_find(st, "base_model.model.score.weight");
-    if (!head) head = st_find(st, "base_model.score.weight");
-    if (head) {
-        if (head->ndim != 2 || head->shape[1] != m->cfg.d_model || head->shape[0] < 1 ||
-            head->shape[0] > PEFT_MAX_LABELS) {
-            rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: %s has shape [%lld, %lld], expected [n_labels, %d] with n_labels "
-                           "in 1..%d", st_path, head->name, (long long)(head->ndim > 0 ? head->shape[0] : 0),
-                           (long long)(head->ndim > 1 ? head->shape[1] : 0), m->cfg.d_model, PEFT_MAX_LABELS);
-            goto done;
-        }
-        mc.n_labels = (int)head->shape[0];
-    }
+    /* the head's shape sizes what the adapter allocates: checked first */
+    if ((rc = mts_labels_of_file(st, st_path, m, &mc.n_labels, err))) goto done;
     if ((rc = plug->load ? plug->load(m, o, cfg_path, st, st_path, mc.n_labels, &a, err)
                          : method_adapter_new(m, &mc, false, &a, err)))
         goto done;

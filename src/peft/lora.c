@@ -247,13 +247,13 @@ int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, i
     adapter_set_signature(a, m);
     /* registry: per module A, B (and DoRA's magnitude), then the head */
     int rc = lora_setup(a, m, cfg, slot_r, err);
-    int head = rc ? -1 : adapter_head_add(a, m, n_labels, err);
+    int head = rc ? -1 : mts_head_add(a, m, n_labels, err);
     if (rc || (n_labels > 0 && head < 0) || (rc = adapter_finish_alloc(a, err))) {
         adapter_free(a);
         return rc ? rc : PEFT_ERR_NOMEM;
     }
     lora_wire(a);
-    adapter_head_wire(a, m, head, cfg->seed);
+    mts_head_wire(a, m, head, cfg->seed);
     *out = a;
     return 0;
 }

@@ -413,7 +413,7 @@ static int check_inputs(const peft_model *m, const adapter *const *in, int n, co
             return peft_fail(err, PEFT_ERR_UNSUPPORTED,
                              "combine: %s is an adapter of method %s; only LoRA adapters combine (HF peft's "
                              "add_weighted_adapter is a LoRA method)", nb, adapter_method_name(a));
-        if (a->score)
+        if (mts_has_head(a))
             return peft_fail(err, PEFT_ERR_UNSUPPORTED,
                              "combine: %s has a classification head (modules_to_save); only the LoRA matrices "
                              "combine", nb);

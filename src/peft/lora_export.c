@@ -32,9 +32,9 @@ static const char *gguf_arch(const peft_model *m) {
 
 int lora_export_gguf(const adapter *a, const peft_model *m, const char *path, peft_err *err) {
     const lora_state *ls = adapter_is_plain_lora(a) ? lora_of(a) : NULL;
-    if (!ls || a->score)
+    if (!ls || mts_has_head(a))
         return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: llama.cpp's GGUF adapters hold plain LoRA only, not a %s adapter%s",
-                         path, adapter_method_name(a), a->score ? " with a classification head" : "");
+                         path, adapter_method_name(a), mts_has_head(a) ? " with a classification head" : "");
     if (ls->n_modules == 0) return peft_fail(err, PEFT_ERR_INVALID, "%s: the adapter has no modules", path);
     /* Uniform rank keeps one alpha valid for every tensor. */
     const int r0 = ls->mods[0].r;

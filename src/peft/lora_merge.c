@@ -114,7 +114,7 @@ static int check_fit(const adapter *a, const peft_model *m, const char *out_path
         return peft_fail(err, PEFT_ERR_UNSUPPORTED,
                          "%s: a %s adapter cannot be merged into the base (merging works for lora, dora, ia3, vera); use "
                          "it with --adapter instead", out_path, adapter_method_name(a));
-    if (a->score)
+    if (mts_has_head(a))
         return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: the adapter has a classification head, which a merged causal-LM "
                                                     "model cannot hold", out_path);
     if (strcmp(out_path, m->path) == 0)

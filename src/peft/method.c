@@ -39,7 +39,7 @@ int method_adapter_new(const peft_model *m, const method_config *mc, bool fresh,
     int rc = 0, head = -1;
     if (!(a->base_model = peft_strdup(m->path, err))) { rc = PEFT_ERR_NOMEM; goto fail; }
     if ((rc = ops->create(a, m, &a->mc, err))) goto fail;
-    head = adapter_head_add(a, m, mc->n_labels, err);
+    head = mts_head_add(a, m, mc->n_labels, err);
     if (mc->n_labels > 0 && head < 0) { rc = PEFT_ERR_NOMEM; goto fail; }
     for (int i = 0; i < a->n_tensors; i++)
         if (a->tensors[i].n <= 0) {
@@ -53,7 +53,7 @@ int method_adapter_new(const peft_model *m, const method_config *mc, bool fresh,
         peft_rng_seed(&rng, mc->seed);
         if (ops->init && (rc = ops->init(a, m, &rng, err))) goto fail;
     }
-    adapter_head_wire(a, m, head, mc->seed);
+    mts_head_wire(a, m, head, mc->seed);
     if ((rc = adapter_refresh(a, m, err))) goto fail;
     *out = a;
     return 0;
