@@ -159,7 +159,7 @@ bool lora_layer_selected(uint64_t layers, int l) {
 }
 
 /* The LoRA state of a (its priv), registered tensors per module: A, B and
- * DoRA's magnitude, in slot order; method_lora_wire points the modules at
+ * DoRA's magnitude, in slot order; lora_wire points the modules at
  * them once the block is allocated. */
 int lora_setup(adapter *a, const peft_model *m, const lora_config *cfg, const int *slot_r, peft_err *err) {
     const int nl = m->cfg.n_layer, ns = nl * ROLE_N_LINEAR;

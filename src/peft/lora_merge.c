@@ -101,7 +101,7 @@ static merge_op *collect_ops(const adapter *a, const peft_model *m, int *n_ops, 
     return ops;
 }
 
-/* A plug-in method may change the bias too (IA3's output scale applies after it). */
+/* A method may change the bias too (IA3's output scale applies after it). */
 static bool scales_bias(const merge_op *op) { return op->plug && op->plug->ops->merge_bias; }
 
 /* The merged bias from the base's (n values). */

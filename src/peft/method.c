@@ -1,4 +1,4 @@
-/* method.c — the part of the plug-in interface (method.h) that is the same
+/* method.c — the part of the method interface (method.h) that is the same
  * for every method: creating an adapter from a table, method options, the
  * targeted linears, and the base product a linear hook builds on. */
 #include "peft/method.h"
