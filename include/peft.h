@@ -91,7 +91,7 @@ typedef struct {
     peft_arch arch;
     const char *arch_name;   /* "llama", "qwen2", "mistral", "gpt2" */
     int n_layer, d_model, n_head, n_kv_head, head_dim, d_ff, vocab, n_ctx;
-    float norm_eps, rope_theta;
+    float norm_eps, rope_theta;   /* rope_theta 0: no rotary positions (GPT-2) */
     int tied_embeddings;
     int64_t n_params;
     const char *source;      /* "hf" or "gguf" */

@@ -91,7 +91,7 @@ int cmd_info(int argc, char **argv) {
         printf("vocabulary:      %d%s\n", in.vocab, in.tied_embeddings ? " (tied input/output embeddings)" : "");
         printf("context length:  %d\n", in.n_ctx);
         printf("norm epsilon:    %g\n", in.norm_eps);
-        if (in.arch != PEFT_ARCH_GPT2) printf("rope theta:      %g\n", in.rope_theta);
+        if (in.rope_theta > 0) printf("rope theta:      %g\n", in.rope_theta);
         printf("tokenizer:       %s\n", in.tokenizer);
         int shown = tensors ? in.n_tensors : (in.n_tensors < 12 ? in.n_tensors : 12);
         printf("tensors%s:\n", tensors ? "" : " (first 12; --tensors lists all)");

@@ -131,65 +131,38 @@ int model_config_from_hf_json(const char *path, model_config *c, peft_err *err) 
         cJSON_Delete(root);
         return peft_fail(err, PEFT_ERR_FORMAT, "%s: missing key \"model_type\"", path);
     }
-    snprintf(c->arch_name, sizeof c->arch_name, "%s", mt->valuestring);
-    const char *a = c->arch_name;
-    if (!strcmp(a, "llama") || !strcmp(a, "mistral") || !strcmp(a, "qwen2")) {
-        c->arch = PEFT_ARCH_LLAMA;
-        if ((rc = json_int(root, "hidden_size", 0, true, 1, PEFT_MAX_HIDDEN, &c->d_model, path, err)) ||
-            (rc = json_int(root, "num_hidden_layers", 0, true, 1, PEFT_MAX_LAYERS, &c->n_layer, path, err)) ||
-            (rc = json_int(root, "num_attention_heads", 0, true, 1, PEFT_MAX_HEADS, &c->n_head, path, err)) ||
-            (rc = json_int(root, "num_key_value_heads", 0, false, 0, PEFT_MAX_HEADS, &c->n_kv_head, path, err)) ||
-            (rc = json_int(root, "head_dim", 0, false, 0, PEFT_MAX_HEAD_DIM, &c->head_dim, path, err)) ||
-            (rc = json_int(root, "intermediate_size", 0, true, 1, PEFT_MAX_FF, &c->d_ff, path, err)) ||
-            (rc = json_int(root, "vocab_size", 0, true, 1, PEFT_MAX_VOCAB, &c->vocab, path, err)) ||
-            (rc = json_int(root, "max_position_embeddings", 2048, false, 1, PEFT_MAX_CTX, &c->n_ctx, path, err)) ||
-            (rc = json_float(root, "rms_norm_eps", 1e-6f, false, &c->norm_eps, path, err)) ||
-            (rc = parse_rope(root, c, path, err))) {
-            cJSON_Delete(root);
-            return rc;
-        }
-        c->tied = json_bool(root, "tie_word_embeddings", false);
-        /* nn.Embedding(padding_idx = pad_token_id): that row gets no gradient
-         * from lookups (matters for full fine-tuning only) */
-        if ((rc = json_int(root, "pad_token_id", -1, false, INT32_MIN, PEFT_MAX_VOCAB, &c->pad_token_id, path, err))) {
-            cJSON_Delete(root);
-            return rc;
-        }
-        if (c->pad_token_id < 0) c->pad_token_id = -1;   /* LLaMA's configs say -1 for "none" */
-        if (c->pad_token_id >= c->vocab) {
-            rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: \"pad_token_id\" %d is not below \"vocab_size\" %d", path,
-                           c->pad_token_id, c->vocab);
-            cJSON_Delete(root);
-            return rc;
-        }
-    } else if (!strcmp(a, "gpt2")) {
-        c->arch = PEFT_ARCH_GPT2;
-        if ((rc = json_int(root, "n_embd", 0, true, 1, PEFT_MAX_HIDDEN, &c->d_model, path, err)) ||
-            (rc = json_int(root, "n_layer", 0, true, 1, PEFT_MAX_LAYERS, &c->n_layer, path, err)) ||
-            (rc = json_int(root, "n_head", 0, true, 1, PEFT_MAX_HEADS, &c->n_head, path, err)) ||
-            (rc = json_int(root, "n_inner", 0, false, 0, PEFT_MAX_FF, &c->d_ff, path, err)) ||
-            (rc = json_int(root, "vocab_size", 0, true, 1, PEFT_MAX_VOCAB, &c->vocab, path, err)) ||
-            (rc = json_int(root, "n_positions", 1024, false, 1, PEFT_MAX_CTX, &c->n_ctx, path, err)) ||
-            (rc = json_float(root, "layer_norm_epsilon", 1e-5f, false, &c->norm_eps, path, err))) {
-            cJSON_Delete(root);
-            return rc;
-        }
-        if (c->d_ff == 0) c->d_ff = 4 * c->d_model;
-        c->n_kv_head = c->n_head;
-        c->rope_theta = 1;  /* unused */
-        c->tied = json_bool(root, "tie_word_embeddings", true);
-        const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "activation_function");
-        if (cJSON_IsString(act) && strcmp(act->valuestring, "gelu_new") && strcmp(act->valuestring, "gelu_pytorch_tanh")) {
-            rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: GPT-2 activation \"%s\" is not supported (gelu_new is)", path, act->valuestring);
-            cJSON_Delete(root);
-            return rc;
-        }
-    } else {
-        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED,
-                       "%s: unsupported architecture \"%s\" (supported: llama, mistral, qwen2, gpt2)", path, a);
+    const arch_desc *D = arch_find(mt->valuestring);
+    if (!D) {
+        char known[256];
+        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: unsupported architecture \"%.64s\" (supported: %s)", path,
+                       mt->valuestring, arch_known_names(known, sizeof known));
         cJSON_Delete(root);
         return rc;
     }
+    c->desc = D;
+    c->arch = (peft_arch)D->kind;
+    snprintf(c->arch_name, sizeof c->arch_name, "%s", D->name);
+    /* the sizes under the family's key names; a NULL key: not in this family's configs */
+#define KEY_INT(key, def, req, lo, hi, field) \
+    (!(key) ? 0 : json_int(root, (key), (def), (req), (lo), (hi), &c->field, path, err))
+    if ((rc = KEY_INT(D->hf_d_model, 0, true, 1, PEFT_MAX_HIDDEN, d_model)) ||
+        (rc = KEY_INT(D->hf_n_layer, 0, true, 1, PEFT_MAX_LAYERS, n_layer)) ||
+        (rc = KEY_INT(D->hf_n_head, 0, true, 1, PEFT_MAX_HEADS, n_head)) ||
+        (rc = KEY_INT(D->hf_n_kv_head, 0, false, 0, PEFT_MAX_HEADS, n_kv_head)) ||
+        (rc = KEY_INT(D->hf_head_dim, 0, false, 0, PEFT_MAX_HEAD_DIM, head_dim)) ||
+        (rc = KEY_INT(D->hf_d_ff, 0, !D->d_ff_mult, D->d_ff_mult ? 0 : 1, PEFT_MAX_FF, d_ff)) ||
+        (rc = json_int(root, "vocab_size", 0, true, 1, PEFT_MAX_VOCAB, &c->vocab, path, err)) ||
+        (rc = KEY_INT(D->hf_n_ctx, D->default_n_ctx, false, 1, PEFT_MAX_CTX, n_ctx)) ||
+        (rc = json_float(root, D->hf_norm_eps, D->default_norm_eps, false, &c->norm_eps, path, err)) ||
+        (rc = D->pos == ARCH_POS_ROPE ? parse_rope(root, c, path, err) : 0) ||
+        (rc = D->hf_extra ? D->hf_extra(root, c, path, err) : 0)) {
+        cJSON_Delete(root);
+        return rc;
+    }
+#undef KEY_INT
+    if (c->d_ff == 0 && D->d_ff_mult) c->d_ff = D->d_ff_mult * c->d_model;
+    if (D->pos != ARCH_POS_ROPE) c->rope_theta = 1;   /* unused */
+    c->tied = json_bool(root, "tie_word_embeddings", D->default_tied);
     cJSON_Delete(root);
     return check_config(c, path, err);
 }
@@ -200,10 +173,15 @@ int model_config_from_gguf(const gguf_file *g, model_config *c, peft_err *err) {
     c->pad_token_id = -1;
     const char *arch = gguf_get_str(g, "general.architecture");
     if (!arch) return peft_fail(err, PEFT_ERR_FORMAT, "%s: missing key general.architecture", path);
-    snprintf(c->arch_name, sizeof c->arch_name, "%s", arch);
-    if (!strcmp(arch, "llama") || !strcmp(arch, "mistral") || !strcmp(arch, "qwen2")) c->arch = PEFT_ARCH_LLAMA;
-    else if (!strcmp(arch, "gpt2")) c->arch = PEFT_ARCH_GPT2;
-    else return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: unsupported architecture \"%s\" (supported: llama, mistral, qwen2, gpt2)", path, arch);
+    const arch_desc *D = arch_find(arch);
+    if (!D) {
+        char known[256];
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: unsupported architecture \"%.64s\" (supported: %s)", path, arch,
+                         arch_known_names(known, sizeof known));
+    }
+    c->desc = D;
+    c->arch = (peft_arch)D->kind;
+    snprintf(c->arch_name, sizeof c->arch_name, "%s", D->name);
 
     char key[128];
     int64_t iv;
@@ -245,12 +223,12 @@ int model_config_from_gguf(const gguf_file *g, model_config *c, peft_err *err) {
                              (unsigned long long)n, PEFT_MAX_VOCAB);
         c->vocab = (int)n;
     }
-    snprintf(key, sizeof key, "%s.attention.%s", arch, c->arch == PEFT_ARCH_GPT2 ? "layer_norm_epsilon" : "layer_norm_rms_epsilon");
+    snprintf(key, sizeof key, "%s.attention.%s", arch, D->norm == ARCH_NORM_LAYER ? "layer_norm_epsilon" : "layer_norm_rms_epsilon");
     if (gguf_get_float(g, key, &fv, err)) return peft_fail(err, PEFT_ERR_FORMAT, "%s: missing key %s", path, key);
     if (!fits_float(fv)) return peft_fail(err, PEFT_ERR_FORMAT, "%s: %s is not a finite float", path, key);
     c->norm_eps = (float)fv;
     c->rope_theta = 10000.0f;
-    if (c->arch == PEFT_ARCH_GPT2) c->rope_theta = 1;
+    if (D->pos != ARCH_POS_ROPE) c->rope_theta = 1;   /* unused */
     snprintf(key, sizeof key, "%s.rope.freq_base", arch);
     if (gguf_find_key(g, key) >= 0) {
         if (gguf_get_float(g, key, &fv, err)) return err->code;

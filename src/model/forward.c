@@ -1,11 +1,10 @@
 /* forward.c — the inference forward pass with a KV cache.
  *
- * Llama block:  h = rmsnorm(x); q,k,v = h·Wqᵀ, h·Wkᵀ, h·Wvᵀ (+b, Qwen2);
- *               rope(q, k); x += attn(q, K, V)·Woᵀ;
- *               h = rmsnorm(x); x += (silu(h·Wgᵀ) ⊙ h·Wuᵀ)·Wdᵀ
- * GPT-2 block:  h = ln_1(x); qkv = h·Wqkvᵀ + b; x += attn(q, K, V)·Woᵀ + b;
- *               h = ln_2(x); x += gelu(h·Wfcᵀ + b)·Wprojᵀ + b
- * x is (T, d). q, k, v share one (T, qd + 2·kvd) buffer. */
+ * Each layer is the block recipe of model/block.c (the one the training
+ * graph runs) on one residual buffer x (T, d); this file supplies the
+ * linears through the attached adapter's hooks and the attention over the
+ * cache. q, k, v share one (T, qd + 2·kvd) buffer. */
+#include "model/block.h"
 #include "model/model.h"
 #include "peft/adapter.h"
 #include "peft/method.h"
@@ -105,6 +104,55 @@ static float *ws_get(peft_model *m, size_t n, peft_err *err) {
     return m->ws;
 }
 
+/* The block recipe's callbacks (model/block.h) for inference. */
+typedef struct {
+    peft_model *m;
+    float *scr, *zs, *hs, *ascr;
+    const int32_t *pos;
+    int T, p0, PX, nt;
+} fwd_state;
+
+static int fwd_lin(void *u, int l, model_linear_role r, const float *x, float *y, int ldy, float beta) {
+    fwd_state *s = u;
+    return linear(s->m, l, r, y, ldy, x, s->T, beta, s->scr, s->zs, s->nt);
+}
+
+static int fwd_sub_out(void *u, int l, model_linear_role r, int site, const float *x, float *y) {
+    fwd_state *s = u;
+    return sublayer_out(s->m, l, r, site, y, x, s->T, s->scr, s->zs, s->hs, s->nt);
+}
+
+/* The new keys and values into layer l's cache (after the prefix rows on a
+ * sequence's first call), then attention of the T queries over it. */
+static int fwd_attn(void *u, int l, block_acts *A) {
+    fwd_state *s = u;
+    peft_model *m = s->m;
+    const model_config *c = &m->cfg;
+    const adapter *ad = m->lora;
+    const int hd = c->head_dim, qd = c->n_head * hd, kvd = c->n_kv_head * hd, ld_qkv = qd + 2 * kvd;
+    const size_t kv_layer = (size_t)c->n_kv_head * m->kv.cap * hd;
+    float *kc = m->kv.k + l * kv_layer, *vc = m->kv.v + l * kv_layer;
+    for (int p = 0; p < s->PX; p++) {
+        /* the prefix rows as they are (keys not rotated, as in HF's cache) */
+        const float *kr, *vr;
+        ad->ops->kv_row(ad, l, p, &kr, &vr);
+        for (int g = 0; g < c->n_kv_head; g++) {
+            size_t dst = ((size_t)g * m->kv.cap + p) * hd;
+            memcpy(kc + dst, kr + (size_t)g * hd, (size_t)hd * sizeof(float));
+            memcpy(vc + dst, vr + (size_t)g * hd, (size_t)hd * sizeof(float));
+        }
+    }
+    for (int t = 0; t < s->T; t++)
+        for (int g = 0; g < c->n_kv_head; g++) {
+            size_t dst = ((size_t)g * m->kv.cap + s->pos[t]) * hd;
+            memcpy(kc + dst, A->qkv + (size_t)t * ld_qkv + qd + (size_t)g * hd, (size_t)hd * sizeof(float));
+            memcpy(vc + dst, A->qkv + (size_t)t * ld_qkv + qd + kvd + (size_t)g * hd, (size_t)hd * sizeof(float));
+        }
+    kern_attention(A->att, qd, A->qkv, ld_qkv, kc, vc, m->kv.cap, s->T, s->p0, c->n_head, c->n_kv_head, hd,
+                   1.0f / sqrtf((float)hd), s->ascr, s->nt);
+    return 0;
+}
+
 int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bool all_logits,
                   peft_err *err) {
     const model_config *c = &m->cfg;
@@ -112,7 +160,6 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
     const int d = c->d_model, hd = c->head_dim, qd = c->n_head * hd, kvd = c->n_kv_head * hd;
     const int ld_qkv = qd + 2 * kvd, ff = c->d_ff;
     const int nt = m->ctx ? m->ctx->n_threads : 1;
-    const bool gpt2 = c->arch == PEFT_ARCH_GPT2;
     int rc;
     if (T_in <= 0) return peft_fail(err, PEFT_ERR_INVALID, "forward: no tokens");
     for (int t = 0; t < T_in; t++)
@@ -148,79 +195,32 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
     for (int t = 0; t < T; t++) pos[t] = p0 + t;
 
     /* embeddings */
+    const bool learned_pos = c->desc->pos == ARCH_POS_LEARNED;
     kern_weight te, pe;
-    const kern_weight *tok = adapter_tok_emb(ad, m, &te), *pemb = gpt2 ? adapter_pos_emb(ad, m, &pe) : NULL;
+    const kern_weight *tok = adapter_tok_emb(ad, m, &te), *pemb = learned_pos ? adapter_pos_emb(ad, m, &pe) : NULL;
     for (int t = 0; t < T; t++) {
         if (t < V0) memcpy(x + (size_t)t * d, ad->ops->input_row(ad, t), (size_t)d * sizeof(float));
         else if ((rc = kern_weight_row(tok, ids[t - V0], x + (size_t)t * d))) goto fail;
-        if (gpt2) {
+        if (learned_pos) {
             if ((rc = kern_weight_row(pemb, pos[t], h))) goto fail;
             for (int i = 0; i < d; i++) x[(size_t)t * d + i] += h[i];
         }
     }
 
-    const size_t kv_layer = (size_t)c->n_kv_head * m->kv.cap * hd;
-    for (int l = 0; l < c->n_layer; l++) {
-        const float *nw = adapter_norm_w(ad, m, l, 0), *nb = adapter_norm_b(ad, m, l, 0);
-        if (gpt2) kern_layernorm_fwd(h, NULL, NULL, x, nw, nb, T, d, c->norm_eps, nt);
-        else kern_rmsnorm_fwd(h, NULL, x, nw, T, d, c->norm_eps, nt);
-        if (gpt2) {
-            if ((rc = linear(m, l, ROLE_QKV, qkv, ld_qkv, h, T, 0, scr, zs, nt))) goto fail;
-        } else {
-            if ((rc = linear(m, l, ROLE_Q, qkv, ld_qkv, h, T, 0, scr, zs, nt)) ||
-                (rc = linear(m, l, ROLE_K, qkv + qd, ld_qkv, h, T, 0, scr, zs, nt)) ||
-                (rc = linear(m, l, ROLE_V, qkv + qd + kvd, ld_qkv, h, T, 0, scr, zs, nt)))
-                goto fail;
-            const int half = c->rope_dim / 2;
-            kern_rope(qkv, ld_qkv, pos, T, c->n_head, hd, half, m->rope_cos, m->rope_sin, false, nt);
-            kern_rope(qkv + qd, ld_qkv, pos, T, c->n_kv_head, hd, half, m->rope_cos, m->rope_sin, false, nt);
-        }
-        float *kc = m->kv.k + l * kv_layer, *vc = m->kv.v + l * kv_layer;
-        if (PX) {
-            /* the prefix rows as they are (keys not rotated, as in HF's cache) */
-            for (int p = 0; p < PX; p++) {
-                const float *kr, *vr;
-                ad->ops->kv_row(ad, l, p, &kr, &vr);
-                for (int g = 0; g < c->n_kv_head; g++) {
-                    size_t dst = ((size_t)g * m->kv.cap + p) * hd;
-                    memcpy(kc + dst, kr + (size_t)g * hd, (size_t)hd * sizeof(float));
-                    memcpy(vc + dst, vr + (size_t)g * hd, (size_t)hd * sizeof(float));
-                }
-            }
-        }
-        for (int t = 0; t < T; t++)
-            for (int g = 0; g < c->n_kv_head; g++) {
-                size_t dst = ((size_t)g * m->kv.cap + pos[t]) * hd;
-                memcpy(kc + dst, qkv + (size_t)t * ld_qkv + qd + (size_t)g * hd, (size_t)hd * sizeof(float));
-                memcpy(vc + dst, qkv + (size_t)t * ld_qkv + qd + kvd + (size_t)g * hd, (size_t)hd * sizeof(float));
-            }
-        kern_attention(att, qd, qkv, ld_qkv, kc, vc, m->kv.cap, T, p0, c->n_head, c->n_kv_head, hd,
-                       1.0f / sqrtf((float)hd), ascr, nt);
-        if ((rc = sublayer_out(m, l, ROLE_O, 0, x, att, T, scr, zs, hs, nt))) goto fail;
-
-        const float *fw = adapter_norm_w(ad, m, l, 1), *fb = adapter_norm_b(ad, m, l, 1);
-        if (gpt2) {
-            kern_layernorm_fwd(h, NULL, NULL, x, fw, fb, T, d, c->norm_eps, nt);
-            if ((rc = linear(m, l, ROLE_UP, f1, ff, h, T, 0, scr, zs, nt))) goto fail;
-            kern_gelu_tanh_fwd(f1, f1, (int64_t)T * ff, nt);
-        } else {
-            kern_rmsnorm_fwd(h, NULL, x, fw, T, d, c->norm_eps, nt);
-            if ((rc = linear(m, l, ROLE_GATE, f1, ff, h, T, 0, scr, zs, nt)) ||
-                (rc = linear(m, l, ROLE_UP, f2, ff, h, T, 0, scr, zs, nt)))
-                goto fail;
-            kern_swiglu_fwd(f1, f1, f2, (int64_t)T * ff, nt);
-        }
-        if ((rc = sublayer_out(m, l, ROLE_DOWN, 1, x, f1, T, scr, zs, hs, nt))) goto fail;
-    }
+    fwd_state st = {m, scr, zs, hs, ascr, pos, T, p0, PX, nt};
+    const block_env env = {.m = m, .ad = ad, .N = T, .pos = pos, .nt = nt, .u = &st,
+                           .lin = fwd_lin, .sub_out = fwd_sub_out, .attn = fwd_attn};
+    block_acts A = {.xin = x, .h1 = h, .qkv = qkv, .att = att, .xmid = x, .h2 = h, .g = f1,
+                    .u = c->desc->act == ARCH_ACT_SWIGLU ? f2 : NULL, .a = f1, .xout = x};
+    for (int l = 0; l < c->n_layer; l++)
+        if ((rc = block_fwd(&env, l, &A))) goto fail;
     m->n_past = L;
 
     if (logits) {
         /* only the real tokens' rows (not the virtual ones) */
         const int first = all_logits ? V0 : T - 1, n = T - first;
         const float *xs = x + (size_t)first * d;
-        const float *ow = adapter_norm_w(ad, m, c->n_layer, 0), *ob = adapter_norm_b(ad, m, c->n_layer, 0);
-        if (gpt2) kern_layernorm_fwd(h, NULL, NULL, xs, ow, ob, n, d, c->norm_eps, nt);
-        else kern_rmsnorm_fwd(h, NULL, xs, ow, n, d, c->norm_eps, nt);
+        block_norm_fwd(&env, c->n_layer, 0, h, NULL, NULL, xs, n);
         kern_weight lh;
         if ((rc = kern_matmul(logits, c->vocab, h, n, adapter_lm_head(ad, m, &lh), NULL, 0, scr, nt))) goto fail;
     }

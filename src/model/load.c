@@ -56,37 +56,30 @@ int model_own(peft_model *m, void *p, peft_err *err) {
 
 /* ---- names ---------------------------------------------------------------- */
 
-static const char *const hf_llama_lin[ROLE_N_LINEAR] = {
-    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", NULL, "self_attn.o_proj",
-    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
-static const char *const hf_gpt2_lin[ROLE_N_LINEAR] = {
-    NULL, NULL, NULL, "attn.c_attn", "attn.c_proj", NULL, "mlp.c_fc", "mlp.c_proj"};
-static const char *const gguf_lin[ROLE_N_LINEAR] = {
-    "attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
-
-/* GPT-2 checkpoints come with and without the "transformer." prefix. */
-static const char *gpt2_prefix(const peft_model *m) {
+/* HF checkpoints of some families come with and without the prefix a saved
+ * model has ("transformer."): the one this folder uses. */
+static const char *hf_prefix(const peft_model *m) {
+    const arch_desc *D = m->cfg.desc;
+    char name[256];
     src_tensor t;
-    return (m->st && find_tensor(m, "transformer.wte.weight", &t)) ? "transformer." : "";
+    if (!D->hf_prefix[0]) return "";
+    snprintf(name, sizeof name, "%s%s.weight", D->hf_prefix, D->hf_tok_emb);
+    return (m->st && find_tensor(m, name, &t)) ? D->hf_prefix : "";
 }
 
 const char *model_linear_name(const peft_model *m, model_linear_role r) {
-    const char *const *tab = m->cfg.arch == PEFT_ARCH_GPT2 ? hf_gpt2_lin : hf_llama_lin;
-    const char *s = tab[r];
+    const char *s = m->cfg.desc->hf_lin[r];
     if (!s) return NULL;
     const char *dot = strchr(s, '.');
     return dot ? dot + 1 : s;
 }
 
 int model_linear_hf_path(const peft_model *m, int layer, model_linear_role r, char *buf, size_t cap) {
-    if (m->cfg.arch == PEFT_ARCH_GPT2) {
-        if (!hf_gpt2_lin[r]) return PEFT_ERR_INVALID;
-        snprintf(buf, cap, "transformer.h.%d.%s", layer, hf_gpt2_lin[r]);
-    } else {
-        if (!hf_llama_lin[r]) return PEFT_ERR_INVALID;
-        snprintf(buf, cap, "model.layers.%d.%s", layer, hf_llama_lin[r]);
-    }
-    return 0;
+    const arch_desc *D = m->cfg.desc;
+    if (!D->hf_lin[r]) return PEFT_ERR_INVALID;
+    char lp[128];
+    snprintf(lp, sizeof lp, D->hf_layer, layer);
+    return snprintf(buf, cap, "%s%s.%s", D->hf_prefix, lp, D->hf_lin[r]) >= (int)cap ? PEFT_ERR_INVALID : 0;
 }
 
 /* ---- weights -------------------------------------------------------------- */
@@ -152,7 +145,7 @@ static int get_mat(peft_model *m, const char *name, int64_t rows, int64_t cols, 
 }
 
 bool model_gguf_permutes(const peft_model *m, model_linear_role r, int *n_heads) {
-    if (m->cfg.arch != PEFT_ARCH_LLAMA || strcmp(m->cfg.arch_name, "qwen2") == 0) return false;
+    if (!m->cfg.desc->gguf_permute_qk) return false;
     if (r == ROLE_Q) { *n_heads = m->cfg.n_head; return true; }
     if (r == ROLE_K) { *n_heads = m->cfg.n_kv_head; return true; }
     return false;
@@ -199,49 +192,48 @@ static void linear_dims(const model_config *c, model_linear_role r, int64_t *out
     }
 }
 
+int model_norm_len(const peft_model *m, int which) {
+    return which == NORM_Q || which == NORM_K ? m->cfg.head_dim : m->cfg.d_model;
+}
+
 static int load_layers(peft_model *m, bool gguf, const char *pfx, peft_err *err) {
     const model_config *c = &m->cfg;
-    const bool gpt2 = c->arch == PEFT_ARCH_GPT2;
-    char name[256];
+    const arch_desc *D = c->desc;
+    char name[320], lp[200];
     int rc;
     m->layers = peft_calloc((size_t)c->n_layer, sizeof *m->layers, err);
     if (!m->layers) return PEFT_ERR_NOMEM;
     for (int l = 0; l < c->n_layer; l++) {
         model_layer *L = &m->layers[l];
-        const int64_t d = c->d_model;
-        /* norms */
-        const char *an = gguf ? "blk.%d.attn_norm" : (gpt2 ? "%sh.%d.ln_1" : "%smodel.layers.%d.input_layernorm");
-        const char *fn = gguf ? "blk.%d.ffn_norm" : (gpt2 ? "%sh.%d.ln_2" : "%smodel.layers.%d.post_attention_layernorm");
-        for (int which = 0; which < 2; which++) {
-            const char *fmt = which ? fn : an;
-            char base[200];
-            if (gguf) snprintf(base, sizeof base, fmt, l);
-            else snprintf(base, sizeof base, fmt, gpt2 ? pfx : "", l);
-            float **w = which ? &L->ffn_norm_w : &L->attn_norm_w, **b = which ? &L->ffn_norm_b : &L->attn_norm_b;
-            snprintf(name, sizeof name, "%s.weight", base);
-            if ((rc = get_vec(m, name, d, true, w, err))) return rc;
-            if (gpt2) {
-                snprintf(name, sizeof name, "%s.bias", base);
-                if ((rc = get_vec(m, name, d, true, b, err))) return rc;
+        if (gguf) snprintf(lp, sizeof lp, "blk.%d", l);
+        else {
+            char fmt[160];
+            snprintf(fmt, sizeof fmt, "%s%s", pfx, D->hf_layer);
+            snprintf(lp, sizeof lp, fmt, l);
+        }
+        for (int which = 0; which < MODEL_N_NORMS; which++) {
+            const char *nn = gguf ? D->gguf_norm[which] : D->hf_norm[which];
+            if (!D->hf_norm[which]) continue;
+            const int64_t n = model_norm_len(m, which);
+            snprintf(name, sizeof name, "%s.%s.weight", lp, nn);
+            if ((rc = get_vec(m, name, n, true, &L->norm_w[which], err))) return rc;
+            if (D->norm_bias) {
+                snprintf(name, sizeof name, "%s.%s.bias", lp, nn);
+                if ((rc = get_vec(m, name, n, true, &L->norm_b[which], err))) return rc;
             }
         }
-        /* linears */
         for (int r = 0; r < ROLE_N_LINEAR; r++) {
-            const char *hfname = gpt2 ? hf_gpt2_lin[r] : hf_llama_lin[r];
-            if (!hfname) continue;
-            char base[200];
-            if (gguf) snprintf(base, sizeof base, "blk.%d.%s", l, gguf_lin[r]);
-            else if (gpt2) snprintf(base, sizeof base, "%sh.%d.%s", pfx, l, hfname);
-            else snprintf(base, sizeof base, "model.layers.%d.%s", l, hfname);
+            if (!D->hf_lin[r]) continue;
+            const char *ln = gguf ? D->gguf_lin[r] : D->hf_lin[r];
             int64_t out, in;
             linear_dims(c, (model_linear_role)r, &out, &in);
             model_linear *lin = &L->lin[r];
-            snprintf(name, sizeof name, "%s.weight", base);
-            rc = get_mat(m, name, out, in, gpt2 && !gguf, true, &lin->w, err);
+            snprintf(name, sizeof name, "%s.%s.weight", lp, ln);
+            rc = get_mat(m, name, out, in, D->hf_conv1d && !gguf, true, &lin->w, err);
             if (rc) return rc;
             lin->present = true;
-            snprintf(name, sizeof name, "%s.bias", base);
-            if ((rc = get_vec(m, name, out, gpt2, &lin->b, err))) return rc;
+            snprintf(name, sizeof name, "%s.%s.bias", lp, ln);
+            if ((rc = get_vec(m, name, out, D->lin_bias, &lin->b, err))) return rc;
         }
         for (int r = 0, nh; gguf && r < ROLE_N_LINEAR; r++)
             if (model_gguf_permutes(m, (model_linear_role)r, &nh) && (rc = unpermute_linear(m, &L->lin[r], nh, err)))
@@ -252,28 +244,28 @@ static int load_layers(peft_model *m, bool gguf, const char *pfx, peft_err *err)
 
 static int load_globals(peft_model *m, bool gguf, const char *pfx, peft_err *err) {
     const model_config *c = &m->cfg;
-    const bool gpt2 = c->arch == PEFT_ARCH_GPT2;
+    const arch_desc *D = c->desc;
     char name[256];
     int rc;
     if (gguf) snprintf(name, sizeof name, "token_embd.weight");
-    else snprintf(name, sizeof name, gpt2 ? "%swte.weight" : "%smodel.embed_tokens.weight", gpt2 ? pfx : "");
+    else snprintf(name, sizeof name, "%s%s.weight", pfx, D->hf_tok_emb);
     if ((rc = get_mat(m, name, c->vocab, c->d_model, false, true, &m->tok_emb, err))) return rc;
-    if (gpt2) {
+    if (D->pos == ARCH_POS_LEARNED) {
         if (gguf) snprintf(name, sizeof name, "position_embd.weight");
-        else snprintf(name, sizeof name, "%swpe.weight", pfx);
+        else snprintf(name, sizeof name, "%s%s.weight", pfx, D->hf_pos_emb);
         if ((rc = get_mat(m, name, c->n_ctx, c->d_model, false, true, &m->pos_emb, err))) return rc;
     }
     char base[200];
     if (gguf) snprintf(base, sizeof base, "output_norm");
-    else snprintf(base, sizeof base, gpt2 ? "%sln_f" : "%smodel.norm", gpt2 ? pfx : "");
+    else snprintf(base, sizeof base, "%s%s", pfx, D->hf_out_norm);
     snprintf(name, sizeof name, "%s.weight", base);
     if ((rc = get_vec(m, name, c->d_model, true, &m->out_norm_w, err))) return rc;
-    if (gpt2) {
+    if (D->norm_bias) {
         snprintf(name, sizeof name, "%s.bias", base);
         if ((rc = get_vec(m, name, c->d_model, true, &m->out_norm_b, err))) return rc;
     }
-    rc = get_mat(m, gguf ? "output.weight" : "lm_head.weight", c->vocab, c->d_model, false, false,
-                 &m->lm_head, err);
+    snprintf(name, sizeof name, "%s.weight", gguf ? "output" : D->hf_lm_head);
+    rc = get_mat(m, name, c->vocab, c->d_model, false, false, &m->lm_head, err);
     if (rc < 0) return rc;
     if (rc == 1 || c->tied) m->lm_head = m->tok_emb; /* tied (or a tied checkpoint that stores a copy) */
     /* a sequence-classification head (transformers' *ForSequenceClassification
@@ -327,7 +319,7 @@ int model_load_hf(peft_model *m, peft_err *err) {
     free(cfg_path);
     if (rc) return rc;
     if ((rc = st_open(m->path, &m->st, err))) return rc;
-    const char *pfx = m->cfg.arch == PEFT_ARCH_GPT2 ? gpt2_prefix(m) : "";
+    const char *pfx = hf_prefix(m);
     if ((rc = load_globals(m, false, pfx, err)) || (rc = load_layers(m, false, pfx, err))) return rc;
     char *tok_path = peft_path_join(m->path, "tokenizer.json", err);
     if (!tok_path) return PEFT_ERR_NOMEM;
@@ -357,7 +349,7 @@ int model_finish_load(peft_model *m, peft_err *err) {
     if (m->tok && bpe_vocab_size(m->tok) > c->vocab)
         return peft_fail(err, PEFT_ERR_FORMAT, "%s: the tokenizer has token ids up to %d but the model has only %d "
                          "embeddings (vocab_size)", m->path, bpe_vocab_size(m->tok) - 1, c->vocab);
-    if (c->arch != PEFT_ARCH_LLAMA) return 0;
+    if (c->desc->pos != ARCH_POS_ROPE) return 0;
     const int half = c->rope_dim / 2;
     float inv_freq[512];
     if (half > 512) return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: head size %d too large", m->path, c->head_dim);

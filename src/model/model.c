@@ -74,7 +74,7 @@ int peft_model_get_info(const peft_model *m, peft_model_info *out) {
     out->vocab = c->vocab;
     out->n_ctx = c->n_ctx;
     out->norm_eps = c->norm_eps;
-    out->rope_theta = c->rope_theta;
+    out->rope_theta = c->desc->pos == ARCH_POS_ROPE ? c->rope_theta : 0;   /* 0: no rotary positions */
     out->tied_embeddings = c->tied || m->lm_head.data == m->tok_emb.data;
     out->n_params = m->n_params;
     out->source = m->source;

@@ -10,11 +10,13 @@
 #include "formats/gguf.h"
 #include "formats/safetensors.h"
 #include "kernels/kernels.h"
+#include "model/arch.h"
 #include "tokenizer/tokenizer.h"
 
-typedef struct {
-    peft_arch arch;
-    char arch_name[32];       /* llama, mistral, qwen2, gpt2 */
+struct model_config {
+    const arch_desc *desc;    /* the architecture (model/arch.h) */
+    peft_arch arch;           /* desc->kind */
+    char arch_name[32];       /* desc->name: llama, mistral, qwen2, gpt2, ... */
     int n_layer, d_model, n_head, n_kv_head, head_dim, d_ff, vocab, n_ctx;
     float norm_eps;
     float rope_theta;
@@ -24,12 +26,7 @@ typedef struct {
     int rope_orig_ctx;
     bool tied;
     int pad_token_id;         /* HF llama-family embedding padding_idx, -1: none */
-} model_config;
-
-/* Hook points: one role per weight of a block, the unit LoRA & co attach to. */
-typedef enum {
-    ROLE_Q = 0, ROLE_K, ROLE_V, ROLE_QKV, ROLE_O, ROLE_GATE, ROLE_UP, ROLE_DOWN, ROLE_N_LINEAR
-} model_linear_role;
+};
 
 typedef struct {
     kern_weight w;
@@ -37,10 +34,16 @@ typedef struct {
     bool present;
 } model_linear;
 
+/* A layer's norms (model/arch.h names the ones a family has): before
+ * attention and before the MLP; Qwen3's per-head q and k norms; Gemma 2's
+ * norms of the attention and MLP outputs. NULL where absent. */
 typedef struct {
-    float *attn_norm_w, *attn_norm_b, *ffn_norm_w, *ffn_norm_b;
+    float *norm_w[MODEL_N_NORMS], *norm_b[MODEL_N_NORMS];
     model_linear lin[ROLE_N_LINEAR];
 } model_layer;
+
+/* Floats of norm `which`: head_dim for the per-head q/k norms, else d_model. */
+int model_norm_len(const peft_model *m, int which);
 
 typedef struct {
     int cap;              /* positions per layer */

@@ -113,31 +113,29 @@ int adapter_fits(const adapter *a, const peft_model *m, peft_err *err) {
 
 /* ---- HF names ---------------------------------------------------------------- */
 
-static bool is_gpt2(const peft_model *m) { return m->cfg.arch == PEFT_ARCH_GPT2; }
-
 int adapter_layer_prefix(const peft_model *m, int l, char *buf, size_t cap) {
-    return snprintf(buf, cap, is_gpt2(m) ? "transformer.h.%d" : "model.layers.%d", l) >= (int)cap ? PEFT_ERR_INVALID : 0;
+    char lp[160];
+    snprintf(lp, sizeof lp, m->cfg.desc->hf_layer, l);
+    return snprintf(buf, cap, "%s%s", m->cfg.desc->hf_prefix, lp) >= (int)cap ? PEFT_ERR_INVALID : 0;
 }
 
 /* HF parameter name of norm `which` of layer l (l == n_layer: final norm),
  * field "weight" or "bias". */
 int adapter_norm_name(const peft_model *m, int l, int which, const char *field, char *buf, size_t cap) {
-    if (l == m->cfg.n_layer)
-        snprintf(buf, cap, is_gpt2(m) ? "transformer.ln_f.%s" : "model.norm.%s", field);
-    else if (is_gpt2(m))
-        snprintf(buf, cap, "transformer.h.%d.%s.%s", l, which ? "ln_2" : "ln_1", field);
-    else
-        snprintf(buf, cap, "model.layers.%d.%s.%s", l, which ? "post_attention_layernorm" : "input_layernorm", field);
-    return 0;
+    const arch_desc *D = m->cfg.desc;
+    if (l == m->cfg.n_layer) return snprintf(buf, cap, "%s%s.%s", D->hf_prefix, D->hf_out_norm, field) >= (int)cap;
+    char lp[200];
+    if (adapter_layer_prefix(m, l, lp, sizeof lp)) return PEFT_ERR_INVALID;
+    return snprintf(buf, cap, "%s.%s.%s", lp, D->hf_norm[which], field) >= (int)cap ? PEFT_ERR_INVALID : 0;
 }
 
 const float *adapter_base_norm_w(const peft_model *m, int l, int which) {
-    if (l == m->cfg.n_layer) return m->out_norm_w;
-    return which ? m->layers[l].ffn_norm_w : m->layers[l].attn_norm_w;
+    if (l == m->cfg.n_layer) return which == NORM_ATTN ? m->out_norm_w : NULL;
+    return m->layers[l].norm_w[which];
 }
 const float *adapter_base_norm_b(const peft_model *m, int l, int which) {
-    if (l == m->cfg.n_layer) return m->out_norm_b;
-    return which ? m->layers[l].ffn_norm_b : m->layers[l].attn_norm_b;
+    if (l == m->cfg.n_layer) return which == NORM_ATTN ? m->out_norm_b : NULL;
+    return m->layers[l].norm_b[which];
 }
 
 /* ---- creation --------------------------------------------------------------------- */

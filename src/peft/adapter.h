@@ -115,7 +115,8 @@ void adapter_refresh_bwd(adapter *a, const peft_model *m);
  * (NULL: the base). */
 const kern_weight *adapter_weight(const adapter *a, const peft_model *m, int l, model_linear_role r);
 const float *adapter_bias(const adapter *a, const peft_model *m, int l, model_linear_role r);
-/* which: 0 attn norm, 1 ffn norm of layer l; l == n_layer: the final norm. */
+/* which: NORM_* (model/arch.h) of layer l; l == n_layer: the final norm
+ * (which NORM_ATTN). Norm slots for per-norm arrays: adapter_norm_slot. */
 const float *adapter_norm_w(const adapter *a, const peft_model *m, int l, int which);
 const float *adapter_norm_b(const adapter *a, const peft_model *m, int l, int which);
 const kern_weight *adapter_tok_emb(const adapter *a, const peft_model *m, kern_weight *tmp);
@@ -133,7 +134,11 @@ int adapter_prefix_rows(const adapter *a);
  * bound = gain · sqrt(3 / fan_in) = 1 / sqrt(fan_in). */
 void adapter_kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng);
 int adapter_layer_prefix(const peft_model *m, int l, char *buf, size_t cap);
-/* The base's norm weight / bias (which 0 attention, 1 MLP; l == n_layer: the
+/* Index of norm (l, which) in an array of adapter_norm_slots(m) entries
+ * (l == n_layer, which NORM_ATTN: the final norm, the last slot). */
+static inline int adapter_norm_slot(int l, int which) { return l * MODEL_N_NORMS + which; }
+static inline int adapter_norm_slots(const peft_model *m) { return m->cfg.n_layer * MODEL_N_NORMS + 1; }
+/* The base's norm weight / bias (which NORM_*; l == n_layer: the
  * final norm), NULL where it has none. */
 const float *adapter_base_norm_w(const peft_model *m, int l, int which);
 const float *adapter_base_norm_b(const peft_model *m, int l, int which);

@@ -28,10 +28,8 @@ lora_config lora_default_config(void) {
 }
 
 uint32_t lora_default_targets(const peft_model *m) {
-    /* HF PEFT's defaults for these model types: llama-family q_proj, v_proj;
-     * GPT-2 c_attn. */
-    if (m->cfg.arch == PEFT_ARCH_GPT2) return 1u << ROLE_QKV;
-    return (1u << ROLE_Q) | (1u << ROLE_V);
+    /* HF peft's default target_modules for the model type */
+    return m->cfg.desc->lora_targets;
 }
 
 float lora_scale(const lora_config *c) {
@@ -47,32 +45,6 @@ float lora_scale_r(const lora_config *c, int r) {
 
 /* ---- target names ---------------------------------------------------------- */
 
-/* Short names accepted per architecture, with the roles each one selects.
- * GPT-2's "c_proj" is a suffix of both attn.c_proj (ROLE_O) and mlp.c_proj
- * (ROLE_DOWN), so, as with HF PEFT's suffix matching, it selects both; the
- * qualified "attn.c_proj" / "mlp.c_proj" select one. */
-typedef struct {
-    const char *name;
-    uint32_t bits;
-} target_name;
-
-#define B(r) (1u << (r))
-static const target_name llama_names[] = {
-    {"q_proj", B(ROLE_Q)},       {"k_proj", B(ROLE_K)},       {"v_proj", B(ROLE_V)},
-    {"o_proj", B(ROLE_O)},       {"gate_proj", B(ROLE_GATE)}, {"up_proj", B(ROLE_UP)},
-    {"down_proj", B(ROLE_DOWN)}, {"self_attn.q_proj", B(ROLE_Q)}, {"self_attn.k_proj", B(ROLE_K)},
-    {"self_attn.v_proj", B(ROLE_V)}, {"self_attn.o_proj", B(ROLE_O)}, {"mlp.gate_proj", B(ROLE_GATE)},
-    {"mlp.up_proj", B(ROLE_UP)}, {"mlp.down_proj", B(ROLE_DOWN)}, {NULL, 0}};
-static const target_name gpt2_names[] = {
-    {"c_attn", B(ROLE_QKV)},     {"c_proj", B(ROLE_O) | B(ROLE_DOWN)}, {"c_fc", B(ROLE_UP)},
-    {"attn.c_attn", B(ROLE_QKV)}, {"attn.c_proj", B(ROLE_O)},          {"mlp.c_fc", B(ROLE_UP)},
-    {"mlp.c_proj", B(ROLE_DOWN)}, {NULL, 0}};
-#undef B
-
-static const target_name *names_for(const peft_model *m) {
-    return m->cfg.arch == PEFT_ARCH_GPT2 ? gpt2_names : llama_names;
-}
-
 uint32_t lora_all_linear_targets(const peft_model *m) {
     /* Every linear inside the blocks; the output head is never a target
      * (HF PEFT's "all-linear" excludes it too). */
@@ -80,11 +52,9 @@ uint32_t lora_all_linear_targets(const peft_model *m) {
     for (int r = 0; r < ROLE_N_LINEAR; r++)
         if (m->cfg.n_layer > 0 && m->layers && m->layers[0].lin[r].present) t |= 1u << r;
     if (!t) {
-        /* no layers loaded: fall back to the architecture's full set */
-        t = m->cfg.arch == PEFT_ARCH_GPT2
-                ? (1u << ROLE_QKV) | (1u << ROLE_O) | (1u << ROLE_UP) | (1u << ROLE_DOWN)
-                : (1u << ROLE_Q) | (1u << ROLE_K) | (1u << ROLE_V) | (1u << ROLE_O) | (1u << ROLE_GATE) |
-                      (1u << ROLE_UP) | (1u << ROLE_DOWN);
+        /* no layers loaded: every linear the architecture names */
+        for (int r = 0; r < ROLE_N_LINEAR; r++)
+            if (m->cfg.desc->hf_lin[r]) t |= 1u << r;
     }
     return t;
 }
@@ -92,9 +62,7 @@ uint32_t lora_all_linear_targets(const peft_model *m) {
 int lora_parse_targets(const peft_model *m, const char *list, uint32_t *targets, peft_err *err) {
     *targets = 0;
     const char *arch = m->cfg.arch_name[0] ? m->cfg.arch_name : "this model";
-    const char *expect = m->cfg.arch == PEFT_ARCH_GPT2 ? "c_attn, c_proj, c_fc or all-linear"
-                                                       : "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
-                                                         "down_proj or all-linear";
+    const char *expect = m->cfg.desc->target_help;
     if (!list) return peft_fail(err, PEFT_ERR_INVALID, "target modules: no list given (expected %s)", expect);
     uint32_t t = 0;
     int n = 0;
@@ -119,8 +87,8 @@ int lora_parse_targets(const peft_model *m, const char *list, uint32_t *targets,
             continue;
         }
         uint32_t bits = 0;
-        for (const target_name *tn = names_for(m); tn->name; tn++)
-            if (strcmp(tn->name, name) == 0) bits = tn->bits;
+        for (const arch_target *tn = m->cfg.desc->targets; tn->name; tn++)
+            if (strcmp(tn->name, name) == 0) bits = tn->roles;
         if (!bits)
             return peft_fail(err, PEFT_ERR_INVALID, "target modules: unknown module '%s' for %s (expected %s)", name,
                              arch, expect);
@@ -132,22 +100,17 @@ int lora_parse_targets(const peft_model *m, const char *list, uint32_t *targets,
 }
 
 int lora_target_names(const peft_model *m, uint32_t targets, const char **names, int cap) {
+    /* the descriptor's names in order, each taken when it selects only
+     * targeted roles and adds one not yet named (GPT-2: "c_proj" for both
+     * projections, "attn.c_proj" or "mlp.c_proj" for one) */
     int n = 0;
-#define ADD(s) do { if (n < cap) names[n] = (s); n++; } while (0)
-    if (m->cfg.arch == PEFT_ARCH_GPT2) {
-        const uint32_t o = 1u << ROLE_O, d = 1u << ROLE_DOWN;
-        if (targets & (1u << ROLE_QKV)) ADD("c_attn");
-        if (targets & (1u << ROLE_UP)) ADD("c_fc");
-        /* "c_proj" alone would match both projections in HF PEFT */
-        if ((targets & o) && (targets & d)) ADD("c_proj");
-        else if (targets & o) ADD("attn.c_proj");
-        else if (targets & d) ADD("mlp.c_proj");
-    } else {
-        for (int r = 0; r < ROLE_N_LINEAR; r++)
-            if ((targets & (1u << r)) && model_linear_name(m, (model_linear_role)r))
-                ADD(model_linear_name(m, (model_linear_role)r));
+    uint32_t named = 0;
+    for (const arch_target *tn = m->cfg.desc->targets; tn->name; tn++) {
+        if ((tn->roles & ~targets) || !(tn->roles & ~named)) continue;
+        if (n < cap) names[n] = tn->name;
+        n++;
+        named |= tn->roles;
     }
-#undef ADD
     return n;
 }
 

@@ -25,9 +25,7 @@ static const char *gguf_arch(const peft_model *m) {
         const char *a = gguf_get_str(m->gguf, "general.architecture");
         if (a) return a;
     }
-    if (m->cfg.arch == PEFT_ARCH_GPT2) return "gpt2";
-    if (strcmp(m->cfg.arch_name, "qwen2") == 0) return "qwen2";
-    return "llama";   /* llama, mistral: convert_hf_to_gguf's LlamaModel */
+    return m->cfg.desc->gguf_lora_arch;
 }
 
 int lora_export_gguf(const adapter *a, const peft_model *m, const char *path, peft_err *err) {

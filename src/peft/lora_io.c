@@ -31,7 +31,7 @@ int lora_config_write(const adapter *a, const peft_model *m, cJSON *o) {
     bool ok = cJSON_AddObjectToObject(o, "alpha_pattern") != NULL;
     ok &= cJSON_AddStringToObject(o, "bias", "none") != NULL;
     /* HF PEFT sets fan_in_fan_out for GPT-2's Conv1D layers (stored (in, out)). */
-    ok &= cJSON_AddBoolToObject(o, "fan_in_fan_out", m->cfg.arch == PEFT_ARCH_GPT2) != NULL;
+    ok &= cJSON_AddBoolToObject(o, "fan_in_fan_out", m->cfg.desc->hf_conv1d) != NULL;
     if (c->init == LORA_INIT_GAUSSIAN) ok &= cJSON_AddStringToObject(o, "init_lora_weights", "gaussian") != NULL;
     else ok &= cJSON_AddBoolToObject(o, "init_lora_weights", c->init == LORA_INIT_KAIMING) != NULL;
     ok &= cJSON_AddNullToObject(o, "layer_replication") != NULL;

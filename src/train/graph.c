@@ -1,5 +1,9 @@
-/* graph.c — training forward and backward (Llama family and GPT-2) of a
- * frozen model with an adapter of any method (adapter.h).
+/* graph.c — training forward and backward of a frozen model with an
+ * adapter of any method (adapter.h). Each layer is the block recipe of
+ * model/block.c (the one the inference forward runs); this file supplies
+ * the linears through the adapter's hooks with their kept activations, the
+ * attention over the batch's segments (and a prefix), the losses, and the
+ * arena that keeps every layer's activations for the backward.
  *
  * Per layer the forward keeps (N = B·T rows, T including prompt tuning's
  * virtual rows):
@@ -15,6 +19,7 @@
  * only), fused with its backward; the classification loss pools the last
  * non-padding row of each sequence through the score head. */
 #include "train/graph.h"
+#include "model/block.h"
 #include "peft/method.h"
 
 #include <math.h>
@@ -25,6 +30,7 @@
 
 typedef struct {
     float *xin, *mean1, *rstd1, *h1, *qkv, *probs, *att, *xmid, *mean2, *rstd2, *h2, *g, *u, *a;
+    float *qk_in, *qk_rstd;   /* per-head q/k norms (block_qk_norm) */
 } layer_acts;
 
 struct train_graph {
@@ -41,7 +47,7 @@ struct train_graph {
     layer_acts *L;
     float *xfin, *meanf, *rstdf, *hf;
     /* backward buffers */
-    float *dx, *dxmid, *dh, *dqkv, *datt, *dg, *du, *da, *dtmp, *dxa, *xd, *dhf, *dbn;
+    float *dx, *dxmid, *dh, *dqkv, *datt, *dg, *du, *da, *dtmp, *dxa, *xd, *dhf, *dbn, *dqk;
     float *logits;      /* (LOSS_CHUNK, V) */
     float *cls;         /* (B, n_labels) logits of the last classification pass */
     float *kvbuf;       /* prefix: k, v, dk, dv of one sequence, 4 × (PX + T) × kvd */
@@ -142,7 +148,8 @@ static lin_call hook_call(const train_graph *g, int l, model_linear_role r, cons
 static size_t layout(train_graph *g, float *base) {
     const model_config *c = &g->m->cfg;
     const size_t N = (size_t)g->N, d = (size_t)g->d, ff = (size_t)g->ff, B = (size_t)g->B, T = (size_t)g->T;
-    const bool gpt2 = c->arch == PEFT_ARCH_GPT2;
+    const bool gated = c->desc->act == ARCH_ACT_SWIGLU, qkn = block_qk_norm(g->m);
+    const size_t qkw = (size_t)g->qd + g->kvd, nqk = (size_t)c->n_head + c->n_kv_head;
     size_t used = 0;
 #define TAKE(n) (used += (n), base ? base + used - (n) : NULL)
     for (int l = 0; l < c->n_layer; l++) {
@@ -160,7 +167,9 @@ static size_t layout(train_graph *g, float *base) {
         L->h2 = TAKE(N * d);
         L->g = TAKE(N * ff);
         L->a = TAKE(N * ff);
-        L->u = gpt2 ? NULL : TAKE(N * ff);
+        L->u = gated ? TAKE(N * ff) : NULL;
+        L->qk_in = qkn ? TAKE(N * qkw) : NULL;
+        L->qk_rstd = qkn ? TAKE(N * nqk) : NULL;
     }
     g->xfin = TAKE(N * d);
     g->hf = TAKE(N * d);
@@ -176,6 +185,7 @@ static size_t layout(train_graph *g, float *base) {
     g->dg = TAKE(N * ff);
     g->du = TAKE(N * ff);
     g->da = TAKE(N * ff);
+    g->dqk = qkn ? TAKE(N * qkw) : NULL;
     g->logits = TAKE((size_t)LOSS_CHUNK * g->V);
     g->cls = TAKE(B * (size_t)(g->n_labels ? g->n_labels : 1));
     g->kvbuf = g->PX ? TAKE(4 * (T + (size_t)g->PX) * g->kvd) : NULL;
@@ -469,31 +479,79 @@ static void attn_bwd(train_graph *g, layer_acts *L, int l) {
 }
 
 
-/* ---- norms with trainable parameters (BitFit, full) ---------------------------------- */
+/* ---- the block recipe's callbacks (model/block.h) ------------------------------------ */
 
-static float *norm_gw(const train_graph *g, int k) {
-    if (g->ad && g->ad->ops && g->ad->ops->norm_grad) return g->ad->ops->norm_grad(g->ad, k / 2, k % 2, false);
+static int cb_lin(void *u, int l, model_linear_role r, const float *x, float *y, int ldy, float beta) {
+    return lin_fwd(u, l, r, x, y, ldy, beta);
+}
+
+static int cb_qkv(void *u, int l, const float *x, float *qkv) {
+    train_graph *g = u;
+    if (qkv_one_product(g, l)) return qkv_fwd_one(g, l, x, qkv);
+    int rc = lin_fwd(g, l, ROLE_Q, x, qkv, g->ldq, 0);
+    if (!rc) rc = lin_fwd(g, l, ROLE_K, x, qkv + g->qd, g->ldq, 0);
+    return rc ? rc : lin_fwd(g, l, ROLE_V, x, qkv + g->qd + g->kvd, g->ldq, 0);
+}
+
+static int cb_sub_out(void *u, int l, model_linear_role r, int site, const float *x, float *y) {
+    return sublayer_out_fwd(u, l, r, site, x, y);
+}
+
+static int cb_attn(void *u, int l, block_acts *A) {
+    (void)A;
+    train_graph *g = u;
+    attn_fwd(g, &g->L[l], l);
+    return 0;
+}
+
+static int cb_lin_bwd(void *u, int l, model_linear_role r, const float *x, const float *dy, int ldy, float *dx) {
+    return lin_bwd(u, l, r, x, dy, ldy, dx);
+}
+
+static int cb_qkv_bwd(void *u, int l, const float *x, const float *dqkv, float *dx) {
+    train_graph *g = u;
+    if (qkv_one_product(g, l)) return qkv_bwd_one(g, l, x, dqkv, dx);
+    int rc = lin_bwd(g, l, ROLE_Q, x, dqkv, g->ldq, dx);
+    if (!rc) rc = lin_bwd(g, l, ROLE_K, x, dqkv + g->qd, g->ldq, dx);
+    return rc ? rc : lin_bwd(g, l, ROLE_V, x, dqkv + g->qd + g->kvd, g->ldq, dx);
+}
+
+static int cb_sub_out_bwd(void *u, int l, model_linear_role r, int site, const float *x, const float *dy, float *dx) {
+    return sublayer_out_bwd(u, l, r, site, x, dy, dx);
+}
+
+static void cb_attn_bwd(void *u, int l, const block_acts *A, block_grads *G) {
+    (void)A;
+    (void)G;
+    train_graph *g = u;
+    attn_bwd(g, &g->L[l], l);
+}
+
+/* norms with trainable parameters (BitFit, full) */
+static float *cb_norm_grad(void *u, int l, int which, bool bias) {
+    const train_graph *g = u;
+    if (g->ad && g->ad->ops && g->ad->ops->norm_grad) return g->ad->ops->norm_grad(g->ad, l, which, bias);
     return NULL;
 }
-static float *norm_gb(const train_graph *g, int k) {
-    if (!g->ad) return NULL;
-    if (g->ad->ops && g->ad->ops->norm_grad) return g->ad->ops->norm_grad(g->ad, k / 2, k % 2, true);
-    return NULL;
+
+static void cb_zero(void *u, float *p, size_t n);
+static void cb_copy(void *u, float *dst, const float *src, size_t n);
+
+static block_env env_of(train_graph *g) {
+    return (block_env){.m = g->m, .ad = g->ad, .N = g->N, .pos = g->pos, .nt = g->nt, .u = g,
+                       .lin = cb_lin, .qkv = cb_qkv, .sub_out = cb_sub_out, .attn = cb_attn,
+                       .lin_bwd = cb_lin_bwd, .qkv_bwd = cb_qkv_bwd, .sub_out_bwd = cb_sub_out_bwd,
+                       .attn_bwd = cb_attn_bwd, .norm_grad = cb_norm_grad, .zero = cb_zero, .copy = cb_copy};
 }
 
-static void norm_fwd(train_graph *g, int l, int which, float *y, float *mean, float *rstd, const float *x) {
-    const model_config *c = &g->m->cfg;
-    const float *w = adapter_norm_w(g->ad, g->m, l, which), *b = adapter_norm_b(g->ad, g->m, l, which);
-    if (c->arch == PEFT_ARCH_GPT2) kern_layernorm_fwd(y, mean, rstd, x, w, b, g->N, g->d, c->norm_eps, g->nt);
-    else kern_rmsnorm_fwd(y, rstd, x, w, g->N, g->d, c->norm_eps, g->nt);
-}
-
-static void norm_bwd(train_graph *g, int l, int which, float *dx, const float *dy, const float *x, const float *mean,
-                     const float *rstd) {
-    const float *w = adapter_norm_w(g->ad, g->m, l, which);
-    const int k = l * 2 + which;
-    if (g->m->cfg.arch == PEFT_ARCH_GPT2) kern_layernorm_bwd(dx, norm_gw(g, k), norm_gb(g, k), dy, x, w, mean, rstd, g->N, g->d, g->nt);
-    else kern_rmsnorm_bwd(dx, norm_gw(g, k), dy, x, w, rstd, g->N, g->d, g->nt);
+/* Layer l's kept activations as the recipe sees them; its output is the
+ * next layer's input. */
+static block_acts acts_of(const train_graph *g, int l) {
+    const layer_acts *L = &g->L[l];
+    return (block_acts){.xin = L->xin, .mean1 = L->mean1, .rstd1 = L->rstd1, .h1 = L->h1, .qkv = L->qkv,
+                        .att = L->att, .xmid = L->xmid, .mean2 = L->mean2, .rstd2 = L->rstd2, .h2 = L->h2,
+                        .g = L->g, .u = L->u, .a = L->a, .qk_in = L->qk_in, .qk_rstd = L->qk_rstd,
+                        .xout = l + 1 < g->m->cfg.n_layer ? g->L[l + 1].xin : g->xfin};
 }
 
 /* ---- losses ----------------------------------------------------------------------------- */
@@ -576,13 +634,16 @@ static void par_copy(const train_graph *g, float *dst, const float *src, size_t 
         memcpy(dst + (size_t)c * 65536, src + (size_t)c * 65536, PEFT_MIN((size_t)65536, n - (size_t)c * 65536) * sizeof(float));
 }
 
+static void cb_zero(void *u, float *p, size_t n) { par_zero(u, p, n); }
+static void cb_copy(void *u, float *dst, const float *src, size_t n) { par_copy(u, dst, src, n); }
+
 int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
            uint64_t dropout_seed, double *loss_sum, int *n_targets, peft_err *err) {
     peft_model *m = g->m;
     adapter *ad = g->ad;
     const model_config *c = &m->cfg;
-    const bool gpt2 = c->arch == PEFT_ARCH_GPT2;
-    const int d = g->d, ff = g->ff, half = c->rope_dim / 2, P = g->P;
+    const bool learned_pos = c->desc->pos == ARCH_POS_LEARNED;
+    const int d = g->d, P = g->P;
     int rc = 0;
     const double t_run = peft_time_s();
     if (b->B != g->B || b->T + P > g->T_cap || b->T < 2)
@@ -629,50 +690,24 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
 
     /* embeddings into layer 0's input */
     kern_weight te, pe;
-    const kern_weight *tok = adapter_tok_emb(ad, m, &te), *pos = gpt2 ? adapter_pos_emb(ad, m, &pe) : NULL;
+    const kern_weight *tok = adapter_tok_emb(ad, m, &te), *pos = learned_pos ? adapter_pos_emb(ad, m, &pe) : NULL;
     float *x = g->L[0].xin;
     for (int i = 0; i < N; i++) {
         float *xr = x + (size_t)i * d;
         if (g->ids[i] < 0) memcpy(xr, ad->ops->input_row(ad, i % T), (size_t)d * sizeof(float));
         else if ((rc = kern_weight_row(tok, g->ids[i], xr))) goto fail;
-        if (gpt2) {
+        if (learned_pos) {
             if ((rc = kern_weight_row(pos, g->pos[i], g->dh))) goto fail;
             for (int k = 0; k < d; k++) xr[k] += g->dh[k];
         }
     }
 
+    const block_env env = env_of(g);
     for (int l = 0; l < c->n_layer; l++) {
-        layer_acts *L = &g->L[l];
-        norm_fwd(g, l, 0, L->h1, L->mean1, L->rstd1, L->xin);
-        if (gpt2) {
-            if ((rc = lin_fwd(g, l, ROLE_QKV, L->h1, L->qkv, g->ldq, 0))) goto fail;
-        } else {
-            if (qkv_one_product(g, l)) {
-                if ((rc = qkv_fwd_one(g, l, L->h1, L->qkv))) goto fail;
-            } else if ((rc = lin_fwd(g, l, ROLE_Q, L->h1, L->qkv, g->ldq, 0)) ||
-                       (rc = lin_fwd(g, l, ROLE_K, L->h1, L->qkv + g->qd, g->ldq, 0)) ||
-                       (rc = lin_fwd(g, l, ROLE_V, L->h1, L->qkv + g->qd + g->kvd, g->ldq, 0)))
-                goto fail;
-            kern_rope(L->qkv, g->ldq, g->pos, N, c->n_head, c->head_dim, half, m->rope_cos, m->rope_sin, false, g->nt);
-            kern_rope(L->qkv + g->qd, g->ldq, g->pos, N, c->n_kv_head, c->head_dim, half, m->rope_cos, m->rope_sin, false, g->nt);
-        }
-        attn_fwd(g, L, l);
-        par_copy(g, L->xmid, L->xin, (size_t)N * d);
-        if ((rc = sublayer_out_fwd(g, l, ROLE_O, 0, L->att, L->xmid))) goto fail;
-        norm_fwd(g, l, 1, L->h2, L->mean2, L->rstd2, L->xmid);
-        if (gpt2) {
-            if ((rc = lin_fwd(g, l, ROLE_UP, L->h2, L->g, ff, 0))) goto fail;
-            kern_gelu_tanh_fwd(L->a, L->g, (int64_t)N * ff, g->nt);
-        } else {
-            if ((rc = lin_fwd(g, l, ROLE_GATE, L->h2, L->g, ff, 0)) || (rc = lin_fwd(g, l, ROLE_UP, L->h2, L->u, ff, 0)))
-                goto fail;
-            kern_swiglu_fwd(L->a, L->g, L->u, (int64_t)N * ff, g->nt);
-        }
-        float *xout = l + 1 < c->n_layer ? g->L[l + 1].xin : g->xfin;
-        par_copy(g, xout, L->xmid, (size_t)N * d);
-        if ((rc = sublayer_out_fwd(g, l, ROLE_DOWN, 1, L->a, xout))) goto fail;
+        block_acts A = acts_of(g, l);
+        if ((rc = block_fwd(&env, l, &A))) goto fail;
     }
-    norm_fwd(g, c->n_layer, 0, g->hf, g->meanf, g->rstdf, g->xfin);
+    block_norm_fwd(&env, c->n_layer, 0, g->hf, g->meanf, g->rstdf, g->xfin, N);
 
     double total = 0;
     int count = 0;
@@ -694,51 +729,14 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
 
     /* ---- backward ---- */
     par_zero(g, g->dx, (size_t)N * d);
-    norm_bwd(g, c->n_layer, 0, g->dx, g->dhf, g->xfin, g->meanf, g->rstdf);
-    /* below the lowest trained layer nothing is trained: stop there */
+    block_norm_bwd(&env, c->n_layer, 0, g->dx, g->dhf, g->xfin, g->meanf, g->rstdf);
+    /* below the lowest trained layer nothing is trained: stop there; the
+     * lowest trained layer's input gradient is only needed for trained
+     * embeddings, virtual tokens or layer-0 norms */
+    block_grads G = {g->dx, g->dxmid, g->dh, g->dqkv, g->datt, g->dg, g->du, g->da, g->dqk};
     for (int l = c->n_layer - 1; l >= g->lowest; l--) {
-        layer_acts *L = &g->L[l];
-        const size_t nff = (size_t)N * ff;
-        /* MLP: xout = xmid + down(act) */
-        par_copy(g, g->dxmid, g->dx, (size_t)N * d);
-        par_zero(g, g->da, nff);
-        if ((rc = sublayer_out_bwd(g, l, ROLE_DOWN, 1, L->a, g->dx, g->da))) goto fail;
-        par_zero(g, g->dh, (size_t)N * d);
-        if (gpt2) {
-            par_zero(g, g->dg, nff);
-            kern_gelu_tanh_bwd(g->dg, g->da, L->g, (int64_t)N * ff, g->nt);
-            if ((rc = lin_bwd(g, l, ROLE_UP, L->h2, g->dg, ff, g->dh))) goto fail;
-        } else {
-            par_zero(g, g->dg, nff);
-            par_zero(g, g->du, nff);
-            kern_swiglu_bwd(g->dg, g->du, g->da, L->g, L->u, (int64_t)N * ff, g->nt);
-            if ((rc = lin_bwd(g, l, ROLE_GATE, L->h2, g->dg, ff, g->dh)) || (rc = lin_bwd(g, l, ROLE_UP, L->h2, g->du, ff, g->dh)))
-                goto fail;
-        }
-        norm_bwd(g, l, 1, g->dxmid, g->dh, L->xmid, L->mean2, L->rstd2);
-        /* attention: xmid = xin + o(att) */
-        par_copy(g, g->dx, g->dxmid, (size_t)N * d);
-        par_zero(g, g->datt, (size_t)N * g->qd);
-        if ((rc = sublayer_out_bwd(g, l, ROLE_O, 0, L->att, g->dxmid, g->datt))) goto fail;
-        par_zero(g, g->dqkv, (size_t)N * g->ldq);
-        attn_bwd(g, L, l);
-        /* the lowest trained layer's input gradient is only needed for
-         * trained embeddings, virtual tokens or layer-0 norms */
-        float *dh = (l > g->lowest || g->need_dx0) ? g->dh : NULL;
-        if (dh) par_zero(g, dh, (size_t)N * d);
-        if (gpt2) {
-            if ((rc = lin_bwd(g, l, ROLE_QKV, L->h1, g->dqkv, g->ldq, dh))) goto fail;
-        } else {
-            kern_rope(g->dqkv, g->ldq, g->pos, N, c->n_head, c->head_dim, half, m->rope_cos, m->rope_sin, true, g->nt);
-            kern_rope(g->dqkv + g->qd, g->ldq, g->pos, N, c->n_kv_head, c->head_dim, half, m->rope_cos, m->rope_sin, true, g->nt);
-            if (qkv_one_product(g, l)) {
-                if ((rc = qkv_bwd_one(g, l, L->h1, g->dqkv, dh))) goto fail;
-            } else if ((rc = lin_bwd(g, l, ROLE_Q, L->h1, g->dqkv, g->ldq, dh)) ||
-                       (rc = lin_bwd(g, l, ROLE_K, L->h1, g->dqkv + g->qd, g->ldq, dh)) ||
-                       (rc = lin_bwd(g, l, ROLE_V, L->h1, g->dqkv + g->qd + g->kvd, g->ldq, dh)))
-                goto fail;
-        }
-        if (dh) norm_bwd(g, l, 0, g->dx, dh, L->xin, L->mean1, L->rstd1);
+        const block_acts A = acts_of(g, l);
+        if ((rc = block_bwd(&env, l, &A, &G, l > g->lowest || g->need_dx0))) goto fail;
     }
     if (g->need_dx0) {
         /* g->dx: the gradient of layer 0's input, row by row */

@@ -16,7 +16,7 @@
 typedef struct {
     int n_layer, ns;
     int *idx;           /* per slot: registry index of the linear's bias, or -1 */
-    int *nidx;          /* per norm (n_layer * 2 + 1): registry index of its bias, or -1 */
+    int *nidx;          /* per norm slot (adapter_norm_slot): registry index of its bias, or -1 */
     float **b, **gb;    /* per slot */
     float **nb, **gnb;  /* per norm */
 } bitfit;
@@ -45,7 +45,7 @@ static int bitfit_create(adapter *a, const peft_model *m, const method_config *m
     const int L = m->cfg.n_layer;
     v->n_layer = L;
     v->ns = L * ROLE_N_LINEAR;
-    const size_t nn = (size_t)L * 2 + 1;
+    const size_t nn = (size_t)adapter_norm_slots(m);
     v->idx = peft_malloc(((size_t)v->ns + 1) * sizeof *v->idx, err);
     v->nidx = peft_malloc(nn * sizeof *v->nidx, err);
     v->b = peft_calloc((size_t)v->ns + 1, sizeof *v->b, err);
@@ -65,20 +65,21 @@ static int bitfit_create(adapter *a, const peft_model *m, const method_config *m
         adapter_tensor_set_group(a, v->idx[s], PG_NO_DECAY);   /* biases: no weight decay, as HF's Trainer */
         n++;
     }
-    for (int k = 0; k < 2 * L + 1; k++) {
+    for (int k = 0; k < (int)nn; k++) {
         v->nidx[k] = -1;
-        if (!adapter_base_norm_b(m, k / 2, k % 2)) continue;
+        if (!adapter_base_norm_b(m, k / MODEL_N_NORMS, k % MODEL_N_NORMS)) continue;
         char nm[200], key[256];
-        adapter_norm_name(m, k / 2, k % 2, "bias", nm, sizeof nm);
+        adapter_norm_name(m, k / MODEL_N_NORMS, k % MODEL_N_NORMS, "bias", nm, sizeof nm);
         snprintf(key, sizeof key, "base_model.model.%s", nm);
-        if ((v->nidx[k] = adapter_add_tensor(a, key, 1, m->cfg.d_model, 1, true, err)) < 0) return PEFT_ERR_NOMEM;
+        if ((v->nidx[k] = adapter_add_tensor(a, key, 1, model_norm_len(m, k % MODEL_N_NORMS), 1, true, err)) < 0)
+            return PEFT_ERR_NOMEM;
         adapter_tensor_set_group(a, v->nidx[k], PG_NO_DECAY);
         n++;
     }
     if (!n)
         return peft_fail(err, PEFT_ERR_UNSUPPORTED,
-                         "bitfit: %s (%s) has no bias terms to train; BitFit needs an architecture with biases "
-                         "(gpt2; qwen2 has q/k/v biases)", m->path, m->cfg.arch_name);
+                         "bitfit: %s (%s) has no bias terms to train; BitFit needs an architecture with biases",
+                         m->path, m->cfg.arch_name);
     return 0;
 }
 
@@ -91,7 +92,7 @@ static int bitfit_wire(adapter *a, const peft_model *m, peft_err *err) {
             v->b[s] = a->tensors[v->idx[s]].p;
             v->gb[s] = a->tensors[v->idx[s]].g;
         }
-    for (int k = 0; k < 2 * v->n_layer + 1; k++)
+    for (int k = 0; k < adapter_norm_slots(m); k++)
         if (v->nidx[k] >= 0) {
             v->nb[k] = a->tensors[v->nidx[k]].p;
             v->gnb[k] = a->tensors[v->nidx[k]].g;
@@ -108,8 +109,10 @@ static int bitfit_init(adapter *a, const peft_model *m, peft_rng *rng, peft_err 
         if (v->b[s])
             memcpy(v->b[s], m->layers[s / ROLE_N_LINEAR].lin[s % ROLE_N_LINEAR].b,
                    (size_t)a->tensors[v->idx[s]].n * sizeof(float));
-    for (int k = 0; k < 2 * v->n_layer + 1; k++)
-        if (v->nb[k]) memcpy(v->nb[k], adapter_base_norm_b(m, k / 2, k % 2), (size_t)m->cfg.d_model * sizeof(float));
+    for (int k = 0; k < adapter_norm_slots(m); k++)
+        if (v->nb[k])
+            memcpy(v->nb[k], adapter_base_norm_b(m, k / MODEL_N_NORMS, k % MODEL_N_NORMS),
+                   (size_t)model_norm_len(m, k % MODEL_N_NORMS) * sizeof(float));
     return 0;
 }
 
@@ -150,11 +153,11 @@ static int bitfit_bwd(adapter *a, const lin_call *c, const float *dy, int lddy, 
 }
 
 static const float *bitfit_norm_param(const adapter *a, int l, int which, bool bias) {
-    return bias ? S(a)->nb[l * 2 + which] : NULL;
+    return bias ? S(a)->nb[adapter_norm_slot(l, which)] : NULL;
 }
 
 static float *bitfit_norm_grad(adapter *a, int l, int which, bool bias) {
-    return bias ? S(a)->gnb[l * 2 + which] : NULL;
+    return bias ? S(a)->gnb[adapter_norm_slot(l, which)] : NULL;
 }
 
 static int bitfit_lowest(const adapter *a, const peft_model *m) {

@@ -20,7 +20,7 @@
 typedef struct {
     kern_weight *fw;                      /* per slot; data NULL where absent */
     float **gfw, **fb, **gfb;             /* per slot */
-    float **fnw, **gfnw, **fnb, **gfnb;   /* per norm (n_layer * 2 + 1) */
+    float **fnw, **gfnw, **fnb, **gfnb;   /* per norm slot (adapter_norm_slot) */
     float *femb, *gfemb, *fpos, *gfpos, *fhead, *gfhead;   /* fhead NULL when tied */
     int *idx, *nidx, eidx[3];             /* registry indices (create → wire) */
     bool tied;
@@ -28,7 +28,13 @@ typedef struct {
 
 #define S(a) ((full *)(a)->priv)
 
-static bool is_gpt2(const peft_model *m) { return m->cfg.arch == PEFT_ARCH_GPT2; }
+static bool learned_pos(const peft_model *m) { return m->cfg.desc->pos == ARCH_POS_LEARNED; }
+
+/* the HF name of a global tensor ("model.embed_tokens"), as a saved model has it */
+static const char *hf_global(const peft_model *m, const char *name, char *buf, size_t cap) {
+    snprintf(buf, cap, "%s%s.weight", m->cfg.desc->hf_prefix, name);
+    return buf;
+}
 
 
 static void full_free(adapter *a) {
@@ -54,11 +60,13 @@ static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *e
     /* -1 marks a tensor the model does not have: a failed add must not
      * pass for one */
     bool bad = false;
-    eidx[0] = adapter_add_tensor(a, is_gpt2(m) ? "transformer.wte.weight" : "model.embed_tokens.weight", 2,
-                                 m->cfg.vocab, d, true, err);
+    eidx[0] = adapter_add_tensor(a, hf_global(m, m->cfg.desc->hf_tok_emb, key, sizeof key), 2, m->cfg.vocab, d, true,
+                                 err);
     bad |= eidx[0] < 0;
-    eidx[1] = is_gpt2(m) ? adapter_add_tensor(a, "transformer.wpe.weight", 2, m->pos_emb.rows, d, true, err) : -1;
-    bad |= is_gpt2(m) && eidx[1] < 0;
+    eidx[1] = learned_pos(m) ? adapter_add_tensor(a, hf_global(m, m->cfg.desc->hf_pos_emb, key, sizeof key), 2,
+                                                  m->pos_emb.rows, d, true, err)
+                             : -1;
+    bad |= learned_pos(m) && eidx[1] < 0;
     eidx[2] = m->cfg.tied ? -1 : adapter_add_tensor(a, "lm_head.weight", 2, m->cfg.vocab, d, true, err);
     bad |= !m->cfg.tied && eidx[2] < 0;
     for (int l = 0; l < L; l++)
@@ -77,22 +85,22 @@ static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *e
                 adapter_tensor_set_group(a, idx[2 * (l * ROLE_N_LINEAR + r) + 1], PG_NO_DECAY);
             }
         }
-    for (int l = 0; l <= L; l++)
-        for (int which = 0; which < 2; which++) {
-            nidx[2 * (l * 2 + which)] = nidx[2 * (l * 2 + which) + 1] = -1;
-            if (l == L && which) continue;
-            adapter_norm_name(m, l, which, "weight", key, sizeof key);
-            nidx[2 * (l * 2 + which)] = adapter_add_tensor(a, key, 1, d, 1, true, err);
-            bad |= nidx[2 * (l * 2 + which)] < 0;
-            /* norm weights and biases: no decay (the Trainer's rule) */
-            adapter_tensor_set_group(a, nidx[2 * (l * 2 + which)], PG_NO_DECAY);
-            if (adapter_base_norm_b(m, l, which)) {
-                adapter_norm_name(m, l, which, "bias", key, sizeof key);
-                nidx[2 * (l * 2 + which) + 1] = adapter_add_tensor(a, key, 1, d, 1, true, err);
-                bad |= nidx[2 * (l * 2 + which) + 1] < 0;
-                adapter_tensor_set_group(a, nidx[2 * (l * 2 + which) + 1], PG_NO_DECAY);
-            }
+    for (int k = 0; k < adapter_norm_slots(m); k++) {
+        const int l = k / MODEL_N_NORMS, which = k % MODEL_N_NORMS, n = model_norm_len(m, which);
+        nidx[2 * k] = nidx[2 * k + 1] = -1;
+        if (!adapter_base_norm_w(m, l, which)) continue;
+        adapter_norm_name(m, l, which, "weight", key, sizeof key);
+        nidx[2 * k] = adapter_add_tensor(a, key, 1, n, 1, true, err);
+        bad |= nidx[2 * k] < 0;
+        /* norm weights and biases: no decay (the Trainer's rule) */
+        adapter_tensor_set_group(a, nidx[2 * k], PG_NO_DECAY);
+        if (adapter_base_norm_b(m, l, which)) {
+            adapter_norm_name(m, l, which, "bias", key, sizeof key);
+            nidx[2 * k + 1] = adapter_add_tensor(a, key, 1, n, 1, true, err);
+            bad |= nidx[2 * k + 1] < 0;
+            adapter_tensor_set_group(a, nidx[2 * k + 1], PG_NO_DECAY);
         }
+    }
     return bad ? PEFT_ERR_NOMEM : 0;
 }
 
@@ -107,8 +115,8 @@ static int weight_to_f32(const kern_weight *w, float *dst) {
 
 static int wire_full(adapter *a, const peft_model *m, const int *idx, const int *nidx, const int *eidx, peft_err *err) {
     full *v = S(a);
-    const int L = m->cfg.n_layer, d = m->cfg.d_model;
-    const size_t ns = (size_t)L * ROLE_N_LINEAR + 1, nn = (size_t)L * 2 + 1;
+    const int L = m->cfg.n_layer;
+    const size_t ns = (size_t)L * ROLE_N_LINEAR + 1, nn = (size_t)adapter_norm_slots(m);
     v->fw = peft_calloc(ns, sizeof *v->fw, err);
     v->gfw = peft_calloc(ns, sizeof *v->gfw, err);
     v->fb = peft_calloc(ns, sizeof *v->fb, err);
@@ -152,16 +160,17 @@ static int wire_full(adapter *a, const peft_model *m, const int *idx, const int 
             memcpy(v->fb[s], lin->b, (size_t)lin->w.rows * sizeof(float));
         }
     }
-    for (int k = 0; k < L * 2 + 1; k++) {
-        int iw = nidx[2 * k], ib = nidx[2 * k + 1];
+    for (int k = 0; k < adapter_norm_slots(m); k++) {
+        const int iw = nidx[2 * k], ib = nidx[2 * k + 1], l = k / MODEL_N_NORMS, which = k % MODEL_N_NORMS;
+        const size_t n = (size_t)model_norm_len(m, which);
         if (iw < 0) continue;
         v->fnw[k] = a->tensors[iw].p;
         v->gfnw[k] = a->tensors[iw].g;
-        memcpy(v->fnw[k], adapter_base_norm_w(m, k / 2, k % 2), (size_t)d * sizeof(float));
+        memcpy(v->fnw[k], adapter_base_norm_w(m, l, which), n * sizeof(float));
         if (ib >= 0) {
             v->fnb[k] = a->tensors[ib].p;
             v->gfnb[k] = a->tensors[ib].g;
-            memcpy(v->fnb[k], adapter_base_norm_b(m, k / 2, k % 2), (size_t)d * sizeof(float));
+            memcpy(v->fnb[k], adapter_base_norm_b(m, l, which), n * sizeof(float));
         }
     }
     return 0;
@@ -194,14 +203,16 @@ static int save_full_gguf(const adapter *a, const peft_model *m, const char *dir
         if (!strcmp(t->name, "token_embd.weight")) src = v->femb;
         else if (!strcmp(t->name, "position_embd.weight")) src = v->fpos;
         else if (!strcmp(t->name, "output.weight")) src = v->fhead;
-        else if (!strcmp(t->name, "output_norm.weight")) src = v->fnw[2 * L];
-        else if (!strcmp(t->name, "output_norm.bias")) src = v->fnb[2 * L];
+        else if (!strcmp(t->name, "output_norm.weight")) src = v->fnw[adapter_norm_slot(L, NORM_ATTN)];
+        else if (!strcmp(t->name, "output_norm.bias")) src = v->fnb[adapter_norm_slot(L, NORM_ATTN)];
         for (int l = 0; l < L && !src; l++) {
-            for (int which = 0; which < 2 && !src; which++) {
-                snprintf(nm, sizeof nm, "blk.%d.%s_norm.weight", l, which ? "ffn" : "attn");
-                if (!strcmp(t->name, nm)) src = v->fnw[l * 2 + which];
-                snprintf(nm, sizeof nm, "blk.%d.%s_norm.bias", l, which ? "ffn" : "attn");
-                if (!strcmp(t->name, nm)) src = v->fnb[l * 2 + which];
+            for (int which = 0; which < MODEL_N_NORMS && !src; which++) {
+                const char *gn = m->cfg.desc->gguf_norm[which];
+                if (!gn) continue;
+                snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, gn);
+                if (!strcmp(t->name, nm)) src = v->fnw[adapter_norm_slot(l, which)];
+                snprintf(nm, sizeof nm, "blk.%d.%s.bias", l, gn);
+                if (!strcmp(t->name, nm)) src = v->fnb[adapter_norm_slot(l, which)];
             }
             for (int r = 0; r < ROLE_N_LINEAR && !src; r++) {
                 const int s = l * ROLE_N_LINEAR + r;
@@ -273,12 +284,7 @@ static int classifier_config(const peft_model *m, const char *dir, int n_labels,
         cJSON_DeleteItemFromObjectCaseSensitive(o, "architectures");
         cJSON *arr = cJSON_AddArrayToObject(o, "architectures");
         bool ok = arr != NULL;
-        const bool gpt2 = m->cfg.arch == PEFT_ARCH_GPT2, qwen = !strcmp(m->cfg.arch_name, "qwen2"),
-                   mistral = !strcmp(m->cfg.arch_name, "mistral");
-        ok &= cJSON_AddItemToArray(arr, cJSON_CreateString(gpt2 ? "GPT2ForSequenceClassification"
-                                                                : qwen ? "Qwen2ForSequenceClassification"
-                                                                : mistral ? "MistralForSequenceClassification"
-                                                                          : "LlamaForSequenceClassification"));
+        ok &= cJSON_AddItemToArray(arr, cJSON_CreateString(m->cfg.desc->cls_class));
         /* transformers pools at the last non-pad token: it needs a pad id */
         const cJSON *pad = cJSON_GetObjectItemCaseSensitive(o, "pad_token_id");
         if (!cJSON_IsNumber(pad) && m->tok) {
@@ -328,7 +334,7 @@ static int full_save(const adapter *a, const peft_model *m, const char *dir, pef
         w->shape[1] = at->shape[1];
         w->data = at->p;
         /* GPT-2's Conv1D stores (in, out): transpose back */
-        if (m->cfg.arch == PEFT_ARCH_GPT2 && at->ndim == 2 && v->fw) {
+        if (m->cfg.desc->hf_conv1d && at->ndim == 2 && v->fw) {
             for (int s = 0; s < m->cfg.n_layer * ROLE_N_LINEAR; s++)
                 if (v->fw[s].data == at->p && m->layers[s / ROLE_N_LINEAR].lin[s % ROLE_N_LINEAR].w.transposed) {
                     const int64_t R = at->shape[0], C = at->shape[1];
@@ -367,7 +373,7 @@ static int full_create(adapter *a, const peft_model *m, const method_config *mc,
     const int L = m->cfg.n_layer;
     v->tied = m->cfg.tied;
     v->idx = peft_malloc(((size_t)L + 1) * ROLE_N_LINEAR * 2 * sizeof *v->idx, err);
-    v->nidx = peft_malloc(((size_t)L + 1) * 4 * sizeof *v->nidx, err);
+    v->nidx = peft_malloc((size_t)adapter_norm_slots(m) * 2 * sizeof *v->nidx, err);
     if (!v->idx || !v->nidx) return PEFT_ERR_NOMEM;
     return new_full(a, m, v->idx, v->nidx, v->eidx, err);
 }
@@ -400,11 +406,11 @@ static int full_bwd(adapter *a, const lin_call *c, const float *dy, int lddy, fl
 }
 
 static const float *full_norm_param(const adapter *a, int l, int which, bool bias) {
-    return bias ? S(a)->fnb[l * 2 + which] : S(a)->fnw[l * 2 + which];
+    return bias ? S(a)->fnb[adapter_norm_slot(l, which)] : S(a)->fnw[adapter_norm_slot(l, which)];
 }
 
 static float *full_norm_grad(adapter *a, int l, int which, bool bias) {
-    return bias ? S(a)->gfnb[l * 2 + which] : S(a)->gfnw[l * 2 + which];
+    return bias ? S(a)->gfnb[adapter_norm_slot(l, which)] : S(a)->gfnw[adapter_norm_slot(l, which)];
 }
 
 static const kern_weight *f32_weight(const float *p, int64_t rows, int64_t cols, kern_weight *tmp) {

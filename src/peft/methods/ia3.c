@@ -38,14 +38,9 @@ static void ia3_free(adapter *a) {
 }
 
 static void ia3_defaults(const peft_model *m, uint32_t *targets, uint32_t *ff) {
-    if (m->cfg.arch == PEFT_ARCH_GPT2) {
-        *targets = (1u << ROLE_QKV) | (1u << ROLE_DOWN);
-    } else if (!strcmp(m->cfg.arch_name, "qwen2")) {
-        *targets = (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);   /* HF PEFT's qwen2 entry */
-    } else {
-        *targets = (1u << ROLE_K) | (1u << ROLE_V) | (1u << ROLE_DOWN);
-    }
-    *ff = 1u << ROLE_DOWN;
+    /* HF peft's per-model-type defaults, kept in the architecture's descriptor */
+    *targets = m->cfg.desc->ia3_targets;
+    *ff = m->cfg.desc->ia3_ff;
 }
 
 static int ia3_create(adapter *a, const peft_model *m, const method_config *mc, peft_err *err) {
@@ -131,7 +126,7 @@ static int ia3_config_write(const adapter *a, const peft_model *m, cJSON *o) {
     cJSON *ffl = cJSON_DetachItemFromObject(tmp, "target_modules");
     cJSON_Delete(tmp);
     if (!ffl || !cJSON_AddItemToObject(o, "feedforward_modules", ffl)) { cJSON_Delete(ffl); return PEFT_ERR_NOMEM; }
-    bool ok = cJSON_AddBoolToObject(o, "fan_in_fan_out", m->cfg.arch == PEFT_ARCH_GPT2) &&
+    bool ok = cJSON_AddBoolToObject(o, "fan_in_fan_out", m->cfg.desc->hf_conv1d) &&
               cJSON_AddBoolToObject(o, "init_ia3_weights", true);
     return ok ? 0 : PEFT_ERR_NOMEM;
 }

@@ -196,9 +196,10 @@ static int loha_create(adapter *a, const peft_model *m, const method_config *mc,
     loha *h = peft_calloc(1, sizeof *h, err);
     if (!h) return PEFT_ERR_NOMEM;
     a->priv = h;
-    if (m->cfg.arch == PEFT_ARCH_GPT2)
-        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "loha: %s is a GPT-2 model, whose linears are Conv1D layers; LoHa "
-                                                    "takes nn.Linear layers only (HF PEFT refuses Conv1D too)", m->path);
+    if (m->cfg.desc->hf_conv1d)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "loha: %s (%s) stores its linears as Conv1D layers; LoHa "
+                                                    "takes nn.Linear layers only (HF PEFT refuses Conv1D too)", m->path,
+                         m->cfg.arch_name);
     int rc = loha_options_read(mc, h, err);
     if (rc) return rc;
     const int ns = m->cfg.n_layer * ROLE_N_LINEAR;

@@ -152,10 +152,10 @@ static int lokr_create(adapter *a, const peft_model *m, const method_config *mc,
     lokr *k = peft_calloc(1, sizeof *k, err);
     if (!k) return PEFT_ERR_NOMEM;
     a->priv = k;
-    if (m->cfg.arch == PEFT_ARCH_GPT2)
-        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "lokr: %s is a GPT-2 model, whose linears are Conv1D layers: HF PEFT "
+    if (m->cfg.desc->hf_conv1d)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "lokr: %s (%s) stores its linears as Conv1D layers: HF PEFT "
                                                     "refuses LoKr on Conv1D, so peft.c does too (use lora or vera)",
-                         m->path);
+                         m->path, m->cfg.arch_name);
     /* r 0 / alpha 0: not given, HF PEFT's defaults (8, 8) */
     k->r = mc->r > 0 ? mc->r : 8;
     int rc;
@@ -292,8 +292,8 @@ static int lokr_config_read(const cJSON *o, const char *path, const peft_model *
     double r, alpha, rd, md, factor;
     bool both, rds, conv;
     int rc;
-    if (m->cfg.arch == PEFT_ARCH_GPT2)
-        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: a LoKr adapter on GPT-2 (%s): its linears are Conv1D layers, "
+    if (m->cfg.desc->hf_conv1d)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: a LoKr adapter on %s, whose linears are Conv1D layers, "
                                                     "which HF PEFT's LoKr refuses", path, m->path);
     if ((rc = method_read_number(o, "r", 8, 1, 65536, &r, path, err)) ||
         (rc = method_read_number(o, "alpha", 8, 0, 1e6, &alpha, path, err)) ||

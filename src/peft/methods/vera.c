@@ -211,7 +211,7 @@ static int vera_config_write(const adapter *a, const peft_model *m, cJSON *o) {
               cJSON_AddNumberToObject(o, "projection_prng_key", (double)v->prng_key) &&
               cJSON_AddBoolToObject(o, "save_projection", v->save_projection) &&
               cJSON_AddStringToObject(o, "bias", "none") && cJSON_AddBoolToObject(o, "init_weights", true) &&
-              cJSON_AddBoolToObject(o, "fan_in_fan_out", m->cfg.arch == PEFT_ARCH_GPT2);
+              cJSON_AddBoolToObject(o, "fan_in_fan_out", m->cfg.desc->hf_conv1d);
     return ok ? method_write_targets(m, t, o) : PEFT_ERR_NOMEM;
 }
 

@@ -1,0 +1,66 @@
+/* qwen3.c — Qwen3: the Llama block with an RMSNorm over each head of q and
+ * of k (q_norm, k_norm: head_dim weights) after the projections and before
+ * RoPE; no q/k/v biases; an explicit head_dim (q width need not be d).
+ * llama.cpp's converter (Qwen3Model, from Qwen2Model) keeps HF's Q/K row
+ * order. */
+#include "model/arch.h"
+#include "model/model.h"
+#include "core/limits.h"
+
+#include <cjson/cJSON.h>
+
+#define B(r) (1u << (r))
+static const arch_target qwen3_targets[] = {
+    {"q_proj", B(ROLE_Q)},       {"k_proj", B(ROLE_K)},       {"v_proj", B(ROLE_V)},
+    {"o_proj", B(ROLE_O)},       {"gate_proj", B(ROLE_GATE)}, {"up_proj", B(ROLE_UP)},
+    {"down_proj", B(ROLE_DOWN)}, {"self_attn.q_proj", B(ROLE_Q)}, {"self_attn.k_proj", B(ROLE_K)},
+    {"self_attn.v_proj", B(ROLE_V)}, {"self_attn.o_proj", B(ROLE_O)}, {"mlp.gate_proj", B(ROLE_GATE)},
+    {"mlp.up_proj", B(ROLE_UP)}, {"mlp.down_proj", B(ROLE_DOWN)}, {NULL, 0}};
+
+static int qwen3_hf_extra(const cJSON *root, model_config *c, const char *path, peft_err *err) {
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "use_sliding_window")))
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: qwen3 option use_sliding_window = true is not supported", path);
+    int rc = peft_json_get_int(root, "pad_token_id", -1, false, INT32_MIN, PEFT_MAX_VOCAB, &c->pad_token_id, path, err);
+    if (rc) return rc;
+    if (c->pad_token_id < 0 || c->pad_token_id >= c->vocab) c->pad_token_id = -1;
+    return 0;
+}
+
+const arch_desc arch_qwen3 = {
+    .name = "qwen3",
+    .kind = PEFT_ARCH_LLAMA,
+    .hf_d_model = "hidden_size",
+    .hf_n_layer = "num_hidden_layers",
+    .hf_n_head = "num_attention_heads",
+    .hf_n_kv_head = "num_key_value_heads",
+    .hf_head_dim = "head_dim",
+    .hf_d_ff = "intermediate_size",
+    .hf_n_ctx = "max_position_embeddings",
+    .hf_norm_eps = "rms_norm_eps",
+    .default_n_ctx = 40960,
+    .default_norm_eps = 1e-6f,
+    .default_tied = true,
+    .hf_extra = qwen3_hf_extra,
+    .hf_prefix = "",
+    .hf_layer = "model.layers.%d",
+    .hf_lin = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", NULL, "self_attn.o_proj", "mlp.gate_proj",
+               "mlp.up_proj", "mlp.down_proj"},
+    .hf_norm = {[NORM_ATTN] = "input_layernorm", [NORM_MLP] = "post_attention_layernorm",
+                [NORM_Q] = "self_attn.q_norm", [NORM_K] = "self_attn.k_norm"},
+    .hf_tok_emb = "model.embed_tokens",
+    .hf_out_norm = "model.norm",
+    .hf_lm_head = "lm_head",
+    .gguf_lin = arch_gguf_lin,
+    .gguf_norm = {[NORM_ATTN] = "attn_norm", [NORM_MLP] = "ffn_norm", [NORM_Q] = "attn_q_norm", [NORM_K] = "attn_k_norm"},
+    .norm = ARCH_NORM_RMS,
+    .act = ARCH_ACT_SWIGLU,
+    .pos = ARCH_POS_ROPE,
+    .targets = qwen3_targets,
+    .target_help = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all-linear",
+    .lora_targets = B(ROLE_Q) | B(ROLE_V),
+    .ia3_targets = B(ROLE_Q) | B(ROLE_V) | B(ROLE_DOWN),   /* HF peft's qwen3 entry */
+    .ia3_ff = B(ROLE_DOWN),
+    .cls_class = "Qwen3ForSequenceClassification",
+    .gguf_lora_arch = "qwen3",
+};
+#undef B
