@@ -246,7 +246,7 @@ int main(int argc, char **argv) {
             if (m->layers[l].lin[r].present)
                 p_lin += (double)m->layers[l].lin[r].w.rows * (double)m->layers[l].lin[r].w.cols;
     double p_lora = 0;
-    for (int i = 0; i < a->n_modules; i++) p_lora += (double)a->mods[i].r * (a->mods[i].in + a->mods[i].out);
+    for (int i = 0; i < lora_of(a)->n_modules; i++) p_lora += (double)lora_of(a)->mods[i].r * (lora_of(a)->mods[i].in + lora_of(a)->mods[i].out);
     const double flop_lin = 4.0 * p_lin * N, flop_lora = 6.0 * p_lora * N;
     const double flop_attn = 12.0 * c->n_layer * (double)(c->n_head * c->head_dim) * T * N;
     const double flops = flop_lin + flop_lora + flop_attn;
@@ -257,7 +257,7 @@ int main(int argc, char **argv) {
     fprintf(stderr,
             "model %s: %d layers, d %d, vocab %d; load %.2f s; LoRA %s: %d modules, %lld params; "
             "arena %.1f MiB; batch %d x %d, %d threads\n",
-            c->arch_name, c->n_layer, c->d_model, c->vocab, t_load, targets, a->n_modules,
+            c->arch_name, c->n_layer, c->d_model, c->vocab, t_load, targets, lora_of(a)->n_modules,
             (long long)a->n_params, tg_arena_bytes(g) / 1048576.0, B, T, nthr);
 
     double *times = malloc((size_t)steps * sizeof *times), *cpus = malloc((size_t)steps * sizeof *cpus);

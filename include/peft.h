@@ -195,7 +195,7 @@ peft_adapter *peft_adapter_new(peft_model *m, const peft_lora_params *p);
  * ignored; peft_method_default_params fills the method's defaults. */
 typedef struct {
     const char *method;          /* lora, dora, adapter-pfeiffer, adapter-houlsby, prompt, prefix, ia3, bitfit, full,
-                                    vera, loha (docs/methods.md) */
+                                    vera, loha, lokr (docs/methods.md) */
     peft_lora_params lora;       /* lora, dora (dora: dropout must be 0); lora.layers also selects the
                                     layers of ia3 and adapter-*; lora.seed is unused (seed below) */
     int reduction_factor;        /* adapter-*: bottleneck = hidden / reduction_factor (16) */
@@ -212,7 +212,8 @@ typedef struct {
     const char *options;         /* the method's own options, "key=value;key=value" (docs/methods.md):
                                     vera: d_initial, projection_prng_key; loha: rank_dropout,
                                     module_dropout, rank_pattern and alpha_pattern (JSON objects); lokr: ...
-                                    (a plug-in method takes lora.r and lora.alpha 0 as its own defaults) */
+                                    (every method but lora and dora takes lora.r and lora.alpha 0 as its
+                                    own defaults) */
 } peft_method_params;
 
 peft_method_params peft_method_default_params(const char *method);

@@ -100,12 +100,12 @@ static double max_abs_f(const float *x, int64_t n) {
 /* got against want, module by module: tensors element by element, or the
  * deltas; returns the worst relative difference. */
 static double compare_adapters(const adapter *got, const adapter *want, bool delta, const char *name) {
-    CHECK_EQ_INT(got->n_modules, want->n_modules);
+    CHECK_EQ_INT(lora_of(got)->n_modules, lora_of(want)->n_modules);
     double worst = 0;
-    for (int i = 0; i < want->n_modules && i < got->n_modules; i++) {
-        const lora_module *g = NULL, *wm = &want->mods[i];
-        for (int j = 0; j < got->n_modules; j++)
-            if (got->mods[j].layer == wm->layer && got->mods[j].role == wm->role) g = &got->mods[j];
+    for (int i = 0; i < lora_of(want)->n_modules && i < lora_of(got)->n_modules; i++) {
+        const lora_module *g = NULL, *wm = &lora_of(want)->mods[i];
+        for (int j = 0; j < lora_of(got)->n_modules; j++)
+            if (lora_of(got)->mods[j].layer == wm->layer && lora_of(got)->mods[j].role == wm->role) g = &lora_of(got)->mods[j];
         CHECK_MSG(g != NULL, "%s: no module at layer %d role %d", name, wm->layer, (int)wm->role);
         if (!g) continue;
         CHECK_EQ_INT(g->r, wm->r);
@@ -164,11 +164,11 @@ static void combine_matches_hf_peft(void) {
                 CHECK_MSG(worst <= 1e-4, "%s: worst relative difference %g", name, worst);
                 printf("    %-22s %-20s %s max rel diff vs HF peft %.2g\n", name,
                        cJSON_GetObjectItem(c, "type")->valuestring, delta ? "delta  " : "tensors", worst);
-                CHECK_EQ_INT(got->cfg.r, want->cfg.r);
-                CHECK_NEAR(got->cfg.alpha, want->cfg.alpha, 0);
-                CHECK_EQ_INT(got->cfg.rslora, want->cfg.rslora);
-                CHECK_EQ_INT(got->cfg.targets, want->cfg.targets);
-                CHECK_NEAR(got->mods[0].scale, cJSON_GetObjectItem(c, "scaling")->valuedouble, 1e-6);
+                CHECK_EQ_INT(lora_of(got)->cfg.r, lora_of(want)->cfg.r);
+                CHECK_NEAR(lora_of(got)->cfg.alpha, lora_of(want)->cfg.alpha, 0);
+                CHECK_EQ_INT(lora_of(got)->cfg.rslora, lora_of(want)->cfg.rslora);
+                CHECK_EQ_INT(lora_of(got)->cfg.targets, lora_of(want)->cfg.targets);
+                CHECK_NEAR(lora_of(got)->mods[0].scale, cJSON_GetObjectItem(c, "scaling")->valuedouble, 1e-6);
                 CHECK_MSG(got->base_model && want->base_model && !strcmp(got->base_model, want->base_model),
                           "%s: base %s vs %s", name, got->base_model ? got->base_model : "(null)",
                           want->base_model ? want->base_model : "(null)");
@@ -181,8 +181,8 @@ static void combine_matches_hf_peft(void) {
                     CHECK_EQ_INT(back->n_params, got->n_params);
                     if (back->n_params == got->n_params)
                         CHECK(test_max_abs_diff(back->params, got->params, (size_t)got->n_params) == 0);
-                    CHECK_EQ_INT(back->cfg.r, got->cfg.r);
-                    CHECK_NEAR(back->mods[0].scale, got->mods[0].scale, 0);
+                    CHECK_EQ_INT(lora_of(back)->cfg.r, lora_of(got)->cfg.r);
+                    CHECK_NEAR(lora_of(back)->mods[0].scale, lora_of(got)->mods[0].scale, 0);
                 }
                 CHECK(test_rm_rf(dir) == 0);
                 n_cases++;
@@ -209,14 +209,14 @@ static void clamp_matches_hf_on_hf_factors(void) {
     CHECK_OK(lora_load(lm.m, FIX "/cases/svd_clamp_unclamped", &un, &err));
     CHECK_OK(lora_load(lm.m, FIX "/cases/svd_clamp", &cl, &err));
     if (un && cl) {
-        CHECK_EQ_INT(un->n_modules, cl->n_modules);
+        CHECK_EQ_INT(lora_of(un)->n_modules, lora_of(cl)->n_modules);
         double worst = 0;
-        for (int i = 0; i < un->n_modules && i < cl->n_modules; i++) {
-            lora_module *u = &un->mods[i];
+        for (int i = 0; i < lora_of(un)->n_modules && i < lora_of(cl)->n_modules; i++) {
+            lora_module *u = &lora_of(un)->mods[i];
             const int64_t na = (int64_t)u->r * u->in, nb = (int64_t)u->out * u->r;
             CHECK_OK(combine_clamp_factors(u->A, na, u->B, nb, 0.9, &err));
-            worst = fmax(worst, test_max_abs_diff(u->A, cl->mods[i].A, (size_t)na));
-            worst = fmax(worst, test_max_abs_diff(u->B, cl->mods[i].B, (size_t)nb));
+            worst = fmax(worst, test_max_abs_diff(u->A, lora_of(cl)->mods[i].A, (size_t)na));
+            worst = fmax(worst, test_max_abs_diff(u->B, lora_of(cl)->mods[i].B, (size_t)nb));
         }
         CHECK_MSG(worst <= 1e-6, "clamp on HF's factors: max |diff| %g", worst);
         printf("    clamp(0.9) of HF's factors vs HF's clamped factors: max |diff| %.2g\n", worst);
@@ -235,15 +235,15 @@ static void clamp_matches_hf_on_hf_factors(void) {
     }
     if (r0 && r1) {
         bool clamped_some = false;
-        for (int i = 0; i < r0->n_modules; i++) {
-            lora_module *u = &r0->mods[i];
+        for (int i = 0; i < lora_of(r0)->n_modules; i++) {
+            lora_module *u = &lora_of(r0)->mods[i];
             const int64_t na = (int64_t)u->r * u->in, nb = (int64_t)u->out * u->r;
             float *a0 = malloc((size_t)na * sizeof(float));
             memcpy(a0, u->A, (size_t)na * sizeof(float));
             CHECK_OK(combine_clamp_factors(u->A, na, u->B, nb, 0.9, &err));
             clamped_some |= test_max_abs_diff(a0, u->A, (size_t)na) > 0;
-            CHECK(test_max_abs_diff(u->A, r1->mods[i].A, (size_t)na) == 0);
-            CHECK(test_max_abs_diff(u->B, r1->mods[i].B, (size_t)nb) == 0);
+            CHECK(test_max_abs_diff(u->A, lora_of(r1)->mods[i].A, (size_t)na) == 0);
+            CHECK(test_max_abs_diff(u->B, lora_of(r1)->mods[i].B, (size_t)nb) == 0);
             free(a0);
         }
         CHECK_MSG(clamped_some, "the 0.9 quantile clamped nothing");
@@ -368,10 +368,10 @@ static void dare_masks_have_the_documented_law(void) {
         CHECK(r1->n_params == r2->n_params && test_max_abs_diff(r1->params, r2->params, (size_t)r1->n_params) == 0);
         CHECK(test_max_abs_diff(r1->params, r3->params, (size_t)r1->n_params) > 0);
         int64_t kept = 0, total = 0, bad = 0;
-        for (int i = 0; i < in[0]->n_modules; i++) {
-            const lora_module *a = &in[0]->mods[i], *g = NULL;
-            for (int j = 0; j < r1->n_modules; j++)
-                if (r1->mods[j].layer == a->layer && r1->mods[j].role == a->role) g = &r1->mods[j];
+        for (int i = 0; i < lora_of(in[0])->n_modules; i++) {
+            const lora_module *a = &lora_of(in[0])->mods[i], *g = NULL;
+            for (int j = 0; j < lora_of(r1)->n_modules; j++)
+                if (lora_of(r1)->mods[j].layer == a->layer && lora_of(r1)->mods[j].role == a->role) g = &lora_of(r1)->mods[j];
             if (!g) { CHECK(g != NULL); continue; }
             const float f = (float)sqrt(w[0] * a->scale);
             for (int64_t e = 0; e < (int64_t)a->r * a->in; e++) {
@@ -423,13 +423,11 @@ static adapter *make_adapter(const peft_model *m, const char *method, const char
     method_config mc;
     memset(&mc, 0, sizeof mc);
     mc.ops = method_find(method);
-    if (mc.ops) mc.method = METHOD_PLUGIN;
-    else CHECK_OK(method_parse(method, &mc.method));
-    mc.lora = lora_default_config();
-    mc.lora.r = r;
-    mc.lora.layers = mc.layers = layers;
-    mc.lora.dora = mc.method == METHOD_DORA;
-    if (targets) CHECK_OK(lora_parse_targets(m, targets, &mc.lora.targets, &err));
+    CHECK_MSG(mc.ops != NULL, "no method %s", method);
+    mc.r = r;
+    mc.alpha = 16;
+    mc.layers = layers;
+    if (targets) CHECK_OK(lora_parse_targets(m, targets, &mc.targets, &err));
     mc.seed = 5;
     adapter *a = NULL;
     CHECK_MSG(adapter_new(m, &mc, &a, &err) == 0, "%s: %s", method, err.msg);

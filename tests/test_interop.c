@@ -175,41 +175,41 @@ static void our_method_adapters_load_in_peft(void) {
     if (!lf) return;
     static const struct {
         const char *model;
-        peft_method method;
+        const char *method;   /* lora, dora, or NULL: plug */
         bool proj;
         int n_labels;
         const char *plug, *opts;   /* a plug-in method (method.h) and its options */
         int r;                      /* 0: 4 */
         uint32_t targets;           /* 0: the default */
     } cases[] = {
-        {"tests/fixtures/models/tiny-llama", METHOD_DORA, false, 0, NULL, NULL, 0, 0},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_DORA, false, 0, NULL, NULL, 0, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "ia3", "", 0, 0},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_PLUGIN, false, 0, "ia3", "", 0, 0},
-        {"tests/fixtures/models/tiny-qwen2", METHOD_PLUGIN, false, 0, "ia3", "", 0, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "prompt", "num_virtual_tokens=5", 0, 0},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_PLUGIN, false, 0, "prompt", "num_virtual_tokens=5", 0, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "prefix", "num_virtual_tokens=5", 0, 0},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_PLUGIN, false, 0, "prefix", "num_virtual_tokens=5", 0, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, true, 0, "prefix", "num_virtual_tokens=5;prefix_projection=true", 0, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_LORA, false, 3, NULL, NULL, 0, 0},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_LORA, false, 3, NULL, NULL, 0, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 2, "prompt", "num_virtual_tokens=5", 0, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "vera", "", 0, 0},
-        {"tests/fixtures/models/tiny-gpt2", METHOD_PLUGIN, false, 0, "vera", "", 0, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "vera", "save_projection=false;projection_prng_key=5", 0, 0},
+        {"tests/fixtures/models/tiny-llama", "dora", false, 0, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-gpt2", "dora", false, 0, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-llama", NULL, false, 0, "ia3", "", 0, 0},
+        {"tests/fixtures/models/tiny-gpt2", NULL, false, 0, "ia3", "", 0, 0},
+        {"tests/fixtures/models/tiny-qwen2", NULL, false, 0, "ia3", "", 0, 0},
+        {"tests/fixtures/models/tiny-llama", NULL, false, 0, "prompt", "num_virtual_tokens=5", 0, 0},
+        {"tests/fixtures/models/tiny-gpt2", NULL, false, 0, "prompt", "num_virtual_tokens=5", 0, 0},
+        {"tests/fixtures/models/tiny-llama", NULL, false, 0, "prefix", "num_virtual_tokens=5", 0, 0},
+        {"tests/fixtures/models/tiny-gpt2", NULL, false, 0, "prefix", "num_virtual_tokens=5", 0, 0},
+        {"tests/fixtures/models/tiny-llama", NULL, true, 0, "prefix", "num_virtual_tokens=5;prefix_projection=true", 0, 0},
+        {"tests/fixtures/models/tiny-llama", "lora", false, 3, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-gpt2", "lora", false, 3, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-llama", NULL, false, 2, "prompt", "num_virtual_tokens=5", 0, 0},
+        {"tests/fixtures/models/tiny-llama", NULL, false, 0, "vera", "", 0, 0},
+        {"tests/fixtures/models/tiny-gpt2", NULL, false, 0, "vera", "", 0, 0},
+        {"tests/fixtures/models/tiny-llama", NULL, false, 0, "vera", "save_projection=false;projection_prng_key=5", 0, 0},
         /* LoKr: W1 full, W2 full on q/v and low-rank on down; W1 low-rank (factor 16); both low-rank; a head */
-        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "lokr", "", 4,
+        {"tests/fixtures/models/tiny-llama", NULL, false, 0, "lokr", "", 4,
          (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN)},
-        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "lokr", "decompose_both=true;decompose_factor=16", 4,
+        {"tests/fixtures/models/tiny-llama", NULL, false, 0, "lokr", "decompose_both=true;decompose_factor=16", 4,
          (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN)},
-        {"tests/fixtures/models/tiny-qwen2", METHOD_PLUGIN, false, 0, "lokr", "decompose_both=true", 2,
+        {"tests/fixtures/models/tiny-qwen2", NULL, false, 0, "lokr", "decompose_both=true", 2,
          (1u << ROLE_Q) | (1u << ROLE_K) | (1u << ROLE_V) | (1u << ROLE_O) | (1u << ROLE_UP) | (1u << ROLE_DOWN)},
-        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 3, "lokr", "", 4, 0},
-        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "loha", "", 0, 0},
-        {"tests/fixtures/models/tiny-qwen2", METHOD_PLUGIN, false, 0, "loha", "", 0, 0},
+        {"tests/fixtures/models/tiny-llama", NULL, false, 3, "lokr", "", 4, 0},
+        {"tests/fixtures/models/tiny-llama", NULL, false, 0, "loha", "", 0, 0},
+        {"tests/fixtures/models/tiny-qwen2", NULL, false, 0, "loha", "", 0, 0},
         /* HF's rank_pattern / alpha_pattern matching, read back by HF */
-        {"tests/fixtures/models/tiny-llama", METHOD_PLUGIN, false, 0, "loha",
+        {"tests/fixtures/models/tiny-llama", NULL, false, 0, "loha",
          "rank_pattern={\"layers.0.self_attn.q_proj\": 2, \"v_proj\": 6};alpha_pattern={\"layers.1.self_attn.v_proj\": 3}", 0, 0},
     };
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
@@ -217,19 +217,18 @@ static void our_method_adapters_load_in_peft(void) {
         peft_model *m = peft_model_load(ctx, cases[k].model);
         method_config mc;
         memset(&mc, 0, sizeof mc);
-        mc.method = cases[k].method;
-        mc.lora = lora_default_config();
-        mc.lora.r = 4;
+        mc.ops = method_find(cases[k].plug ? cases[k].plug : cases[k].method);
+        CHECK(mc.ops != NULL);
+        mc.r = 4;
+        mc.alpha = 16;
         mc.n_labels = cases[k].n_labels;
         mc.seed = 3;
         if (cases[k].plug) {
-            mc.ops = method_find(cases[k].plug);
-            CHECK(mc.ops != NULL);
             snprintf(mc.options, sizeof mc.options, "%s", cases[k].opts);
-            if (cases[k].r) mc.lora.r = cases[k].r;
+            if (cases[k].r) mc.r = cases[k].r;
             if (cases[k].targets) {
-                mc.lora.alpha = 8;
-                mc.lora.targets = cases[k].targets;
+                mc.alpha = 8;
+                mc.targets = cases[k].targets;
             }
         }
         peft_err err = {0};

@@ -139,16 +139,16 @@ static void init_statistics_match_hf(void) {
     adapter *a = NULL;
     CHECK_OK(lora_new(l.m, &c, &a, &err));
     if (!a) { fprintf(stderr, "  %s\n", err.msg); unload(&l); return; }
-    CHECK_EQ_INT(a->n_modules, 4);
-    CHECK_EQ_INT(a->cfg.targets, BIT(ROLE_Q) | BIT(ROLE_V));
+    CHECK_EQ_INT(lora_of(a)->n_modules, 4);
+    CHECK_EQ_INT(lora_of(a)->cfg.targets, BIT(ROLE_Q) | BIT(ROLE_V));
     /* layer-major, role order, contiguous A then B */
-    CHECK(a->mods[0].layer == 0 && a->mods[0].role == ROLE_Q);
-    CHECK(a->mods[1].layer == 0 && a->mods[1].role == ROLE_V);
-    CHECK(a->mods[2].layer == 1 && a->mods[2].role == ROLE_Q);
-    CHECK(a->mods[0].A == a->params && a->mods[0].gA == a->grads);
+    CHECK(lora_of(a)->mods[0].layer == 0 && lora_of(a)->mods[0].role == ROLE_Q);
+    CHECK(lora_of(a)->mods[1].layer == 0 && lora_of(a)->mods[1].role == ROLE_V);
+    CHECK(lora_of(a)->mods[2].layer == 1 && lora_of(a)->mods[2].role == ROLE_Q);
+    CHECK(lora_of(a)->mods[0].A == a->params && lora_of(a)->mods[0].gA == a->grads);
     int64_t expect = 0;
-    for (int i = 0; i < a->n_modules; i++) {
-        const lora_module *md = &a->mods[i];
+    for (int i = 0; i < lora_of(a)->n_modules; i++) {
+        const lora_module *md = &lora_of(a)->mods[i];
         CHECK(md->A == a->params + expect);
         CHECK(md->B == md->A + (size_t)md->r * md->in);
         expect += (int64_t)md->r * (md->in + md->out);
@@ -157,14 +157,14 @@ static void init_statistics_match_hf(void) {
     }
     CHECK_EQ_INT(a->n_params, expect);
     CHECK(lora_find(a, 0, ROLE_K) == NULL && lora_find(a, 2, ROLE_Q) == NULL && lora_find(a, -1, ROLE_Q) == NULL);
-    CHECK_EQ_INT(a->mods[1].out, 32);   /* v_proj: 2 kv heads x 16 */
+    CHECK_EQ_INT(lora_of(a)->mods[1].out, 32);   /* v_proj: 2 kv heads x 16 */
     /* A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 */
     const double bound = 1.0 / sqrt(64.0);
     double sum = 0, sq = 0, mx = 0;
     int64_t n = 0;
     bool b_zero = true;
-    for (int i = 0; i < a->n_modules; i++) {
-        const lora_module *md = &a->mods[i];
+    for (int i = 0; i < lora_of(a)->n_modules; i++) {
+        const lora_module *md = &lora_of(a)->mods[i];
         for (int64_t k = 0; k < (int64_t)md->r * md->in; k++) {
             sum += md->A[k];
             sq += (double)md->A[k] * md->A[k];
@@ -198,14 +198,14 @@ static void init_statistics_match_hf(void) {
     if (b) {
         sum = sq = 0;
         n = 0;
-        for (int i = 0; i < b->n_modules; i++)
-            for (int64_t k = 0; k < (int64_t)b->mods[i].r * b->mods[i].in; k++, n++) {
-                sum += b->mods[i].A[k];
-                sq += (double)b->mods[i].A[k] * b->mods[i].A[k];
+        for (int i = 0; i < lora_of(b)->n_modules; i++)
+            for (int64_t k = 0; k < (int64_t)lora_of(b)->mods[i].r * lora_of(b)->mods[i].in; k++, n++) {
+                sum += lora_of(b)->mods[i].A[k];
+                sq += (double)lora_of(b)->mods[i].A[k] * lora_of(b)->mods[i].A[k];
             }
         CHECK_NEAR(sqrt(sq / n), 1.0 / 8, 0.01);
         CHECK_NEAR(sum / n, 0, 0.01);
-        CHECK(b->mods[0].B[0] == 0.0f);
+        CHECK(lora_of(b)->mods[0].B[0] == 0.0f);
     }
     adapter_free(b);
     b = NULL;
@@ -229,8 +229,8 @@ static void init_statistics_match_hf(void) {
     c = lora_default_config();
     CHECK_OK(lora_new(l.m, &c, &a, &err));
     if (a) {
-        CHECK_EQ_INT(a->n_modules, 2);
-        CHECK(a->mods[0].role == ROLE_QKV && a->mods[0].out == 192 && a->mods[0].in == 64);
+        CHECK_EQ_INT(lora_of(a)->n_modules, 2);
+        CHECK(lora_of(a)->mods[0].role == ROLE_QKV && lora_of(a)->mods[0].out == 192 && lora_of(a)->mods[0].in == 64);
     }
     adapter_free(a);
     unload(&l);
@@ -239,9 +239,9 @@ static void init_statistics_match_hf(void) {
 /* ---- save / load ---------------------------------------------------------------- */
 
 static bool same_adapter(const adapter *a, const adapter *b) {
-    if (a->n_modules != b->n_modules || a->n_params != b->n_params) return false;
-    for (int i = 0; i < a->n_modules; i++) {
-        const lora_module *x = &a->mods[i], *y = &b->mods[i];
+    if (lora_of(a)->n_modules != lora_of(b)->n_modules || a->n_params != b->n_params) return false;
+    for (int i = 0; i < lora_of(a)->n_modules; i++) {
+        const lora_module *x = &lora_of(a)->mods[i], *y = &lora_of(b)->mods[i];
         if (x->layer != y->layer || x->role != y->role || x->r != y->r || x->in != y->in || x->out != y->out ||
             x->scale != y->scale)
             return false;
@@ -276,18 +276,18 @@ static void save_load_round_trip_is_bit_exact(void) {
     adapter *a = NULL, *b = NULL;
     CHECK_OK(lora_new(l.m, &c, &a, &err));
     if (!a) goto out;
-    CHECK_EQ_INT(a->n_modules, 3);
-    CHECK(a->mods[0].B[0] != 0.0f);
+    CHECK_EQ_INT(lora_of(a)->n_modules, 3);
+    CHECK(lora_of(a)->mods[0].B[0] != 0.0f);
     CHECK_OK(adapter_save(a, l.m, dir, &err));
     CHECK_OK(lora_load(l.m, dir, &b, &err));
     if (!b) { fprintf(stderr, "  %s\n", err.msg); goto out; }
     CHECK(same_adapter(a, b));
-    CHECK_EQ_INT(b->cfg.r, 4);
-    CHECK_NEAR(b->cfg.alpha, 12, 0);
-    CHECK(b->cfg.rslora);
-    CHECK_EQ_INT(b->cfg.targets, c.targets);
-    CHECK_EQ_INT(b->cfg.layers, 1u << 1);
-    CHECK(b->cfg.init == LORA_INIT_ZERO_B_RANDOM_BOTH);
+    CHECK_EQ_INT(lora_of(b)->cfg.r, 4);
+    CHECK_NEAR(lora_of(b)->cfg.alpha, 12, 0);
+    CHECK(lora_of(b)->cfg.rslora);
+    CHECK_EQ_INT(lora_of(b)->cfg.targets, c.targets);
+    CHECK_EQ_INT(lora_of(b)->cfg.layers, 1u << 1);
+    CHECK(lora_of(b)->cfg.init == LORA_INIT_ZERO_B_RANDOM_BOTH);
     CHECK(b->base_model && strcmp(b->base_model, MFIX "tiny-llama") == 0);
     /* the config carries what HF PEFT needs */
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
@@ -349,7 +349,7 @@ static void gguf_base_saves_hf_names(void) {
     CHECK_OK(lora_parse_targets(g.m, "all-linear", &c.targets, &err));
     CHECK_OK(lora_new(g.m, &c, &a, &err));
     if (!a) goto out;
-    CHECK_EQ_INT(a->n_modules, 14);
+    CHECK_EQ_INT(lora_of(a)->n_modules, 14);
     CHECK_OK(adapter_save(a, g.m, tmp, &err));
     char path[256];
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", tmp);
@@ -376,7 +376,7 @@ static void gguf_base_saves_hf_names(void) {
                  "assert len(d) == 28 and d[k].shape == (8, 64) and str(d[k].dtype) == 'float32', d.keys()\n"
                  "assert d['base_model.model.model.layers.1.mlp.down_proj.lora_B.weight'].shape == (64, 8)\n"
                  "assert abs(float(d[k][0, 0]) - %.9g) < 1e-9\n\"",
-                 path, (double)a->mods[0].A[0]);
+                 path, (double)lora_of(a)->mods[0].A[0]);
         CHECK_MSG(system(cmd) == 0, "python safetensors could not read %s", path);
     } else {
         printf("    (python safetensors not available: python check skipped)\n");
@@ -426,16 +426,16 @@ static void peft_adapters_load(void) {
         CHECK_OK(lora_load(l.m, dir, &a, &err));
         CHECK_OK(st_open(path, &st, &err));
         if (!a || !st) { fprintf(stderr, "  %s: %s\n", c->name, err.msg); goto next; }
-        CHECK_EQ_INT(a->n_modules, c->n_modules);
-        CHECK_EQ_INT(a->cfg.r, c->r);
-        CHECK_NEAR(lora_scale(&a->cfg), c->scale, 1e-6);
-        CHECK_EQ_INT(a->cfg.targets, c->targets);
-        CHECK_EQ_INT(a->cfg.layers, c->layers);
+        CHECK_EQ_INT(lora_of(a)->n_modules, c->n_modules);
+        CHECK_EQ_INT(lora_of(a)->cfg.r, c->r);
+        CHECK_NEAR(lora_scale(&lora_of(a)->cfg), c->scale, 1e-6);
+        CHECK_EQ_INT(lora_of(a)->cfg.targets, c->targets);
+        CHECK_EQ_INT(lora_of(a)->cfg.layers, c->layers);
         CHECK(a->base_model && strcmp(a->base_model, c->model) == 0);
         CHECK_EQ_INT(st_count(st), 2 * c->n_modules);
         int checked = 0;
-        for (int i = 0; i < a->n_modules; i++) {
-            const lora_module *md = &a->mods[i];
+        for (int i = 0; i < lora_of(a)->n_modules; i++) {
+            const lora_module *md = &lora_of(a)->mods[i];
             CHECK_EQ_INT(md->r, c->r);
             CHECK_NEAR(md->scale, c->scale, 1e-6);
             if (i) CHECK(md->layer > md[-1].layer || (md->layer == md[-1].layer && md->role > md[-1].role));
@@ -452,7 +452,7 @@ static void peft_adapters_load(void) {
             }
         }
         CHECK_EQ_INT(checked, 2 * c->n_modules);
-        printf("    %-16s %2d modules, r %d, scale %.6f\n", c->name, a->n_modules, a->cfg.r, lora_scale(&a->cfg));
+        printf("    %-16s %2d modules, r %d, scale %.6f\n", c->name, lora_of(a)->n_modules, lora_of(a)->cfg.r, lora_scale(&lora_of(a)->cfg));
     next:
         st_close(st);
         adapter_free(a);
@@ -477,8 +477,8 @@ static void half_precision_adapters_load(void) {
     st_write_tensor t[8];
     uint16_t *h[8] = {0};
     int n = 0;
-    for (int i = 0; a && i < a->n_modules; i++) {
-        lora_module *md = &a->mods[i];
+    for (int i = 0; a && i < lora_of(a)->n_modules; i++) {
+        lora_module *md = &lora_of(a)->mods[i];
         for (int ab = 0; ab < 2; ab++, n++) {
             int64_t cnt = (int64_t)md->r * (ab ? md->out : md->in);
             float *v = ab ? md->B : md->A;
@@ -978,7 +978,7 @@ static void gguf_lora_export_agrees_with_merge(void) {
                     }
                 n++;
             }
-            CHECK_EQ_INT(n, a->n_modules);
+            CHECK_EQ_INT(n, lora_of(a)->n_modules);
             printf("    %-16s llama.cpp-style apply of the exported LoRA vs merged GGUF: %.3g\n", cases_[ci], worst);
             CHECK(worst <= 1e-5);
         }
@@ -1017,9 +1017,9 @@ static void gguf_lora_export_gpt2_and_qwen2(void) {
         CHECK_OK(gguf_open(cs[ci]->gguf, &base, &err));
         if (g && base && a) {
             CHECK(strcmp(gguf_get_str(g, "general.architecture"), gguf_get_str(base, "general.architecture")) == 0);
-            CHECK_EQ_INT(gguf_n_tensors(g), 2 * a->n_modules);
-            for (int i = 0; i < a->n_modules; i++) {
-                const lora_module *md = &a->mods[i];
+            CHECK_EQ_INT(gguf_n_tensors(g), 2 * lora_of(a)->n_modules);
+            for (int i = 0; i < lora_of(a)->n_modules; i++) {
+                const lora_module *md = &lora_of(a)->mods[i];
                 char bn[96], n[128];
                 lora_gguf_weight_name(l.m, md->layer, md->role, bn, sizeof bn);
                 const gguf_tensor *w = gguf_find_tensor(base, bn);

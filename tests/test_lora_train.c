@@ -93,8 +93,8 @@ static void grads_match_peft(const lcase *c) {
     CHECK_MSG(fabs(got - want) <= 1e-5 * fabs(want), "%s: loss %.7f vs peft %.7f", c->name, got, want);
     double worst = 0;
     int n_checked = 0;
-    for (int i = 0; i < a->n_modules; i++) {
-        const lora_module *mod = &a->mods[i];
+    for (int i = 0; i < lora_of(a)->n_modules; i++) {
+        const lora_module *mod = &lora_of(a)->mods[i];
         char path[256], key[400];
         model_linear_hf_path(m, mod->layer, mod->role, path, sizeof path);
         for (int which = 0; which < 2; which++) {
@@ -115,7 +115,7 @@ static void grads_match_peft(const lcase *c) {
             n_checked++;
         }
     }
-    CHECK_EQ_INT(n_checked, 2 * a->n_modules);
+    CHECK_EQ_INT(n_checked, 2 * lora_of(a)->n_modules);
     printf("    %-16s loss %.6f (peft %.6f), %d gradient tensors, worst rel diff %.3g\n", c->name, got, want, n_checked, worst);
     tg_free(g);
 out:

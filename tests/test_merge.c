@@ -46,9 +46,9 @@ static void make_tmp(char *buf, size_t cap) {
 
 /* Whether GGUF tensor name is a weight the adapter changes. */
 static bool changed_by(const adapter *a, const char *name) {
-    for (int i = 0; i < a->n_modules; i++) {
+    for (int i = 0; i < lora_of(a)->n_modules; i++) {
         char w[96];
-        snprintf(w, sizeof w, "blk.%d.%s.weight", a->mods[i].layer, arch_gguf_lin[a->mods[i].role]);
+        snprintf(w, sizeof w, "blk.%d.%s.weight", lora_of(a)->mods[i].layer, arch_gguf_lin[lora_of(a)->mods[i].role]);
         if (strcmp(w, name) == 0) return true;
     }
     return false;
@@ -118,9 +118,9 @@ static void every_outtype_writes_its_type_gguf(void) {
             if (rc) continue;
             char label[128];
             snprintf(label, sizeof label, "%s -> %s", bases[bi], otypes[k].name);
-            CHECK_EQ_INT(check_gguf_types(bases[bi], out, a, want, label), a->n_modules);
-            CHECK_EQ_INT(sum.n_changed, a->n_modules);
-            CHECK_EQ_INT(sum.n_by_dtype[want], a->n_modules);
+            CHECK_EQ_INT(check_gguf_types(bases[bi], out, a, want, label), lora_of(a)->n_modules);
+            CHECK_EQ_INT(sum.n_changed, lora_of(a)->n_modules);
+            CHECK_EQ_INT(sum.n_by_dtype[want], lora_of(a)->n_modules);
             merge_check c;
             CHECK_OK(lora_merge_verify(a, e.m, out, &c, &err));
             printf("    %-28s %-7s lost %.3g%% of the effect (%.3g of the logits), max |diff| %.3g\n", bases[bi] + strlen(MFIX),
@@ -166,7 +166,7 @@ static void every_outtype_writes_its_type_hf(void) {
                           peft_dtype_name(u->dtype));
                 CHECK_EQ_INT(st_numel(u), st_numel(s));
             }
-            CHECK_EQ_INT(changed, a->n_modules);
+            CHECK_EQ_INT(changed, lora_of(a)->n_modules);
             st_close(x);
             st_close(y);
             merge_check c;
@@ -221,8 +221,8 @@ static int write_q4_1_fixture(const char *path) {
 static void set_delta(adapter *a, const peft_model *m, double rho, uint64_t seed) {
     peft_rng r;
     peft_rng_seed(&r, seed);
-    for (int i = 0; i < a->n_modules; i++) {
-        lora_module *md = &a->mods[i];
+    for (int i = 0; i < lora_of(a)->n_modules; i++) {
+        lora_module *md = &lora_of(a)->mods[i];
         const kern_weight *w = &m->layers[md->layer].lin[md->role].w;
         float *row = malloc(sizeof(float) * (size_t)md->in);
         double wn = 0;
@@ -266,10 +266,10 @@ static void keep_into_q4_1_loses_a_small_delta(void) {
     set_delta(a, e.m, 0.005, 7);
     merge_check ck, cd;
     CHECK_OK(lora_merge_save_as(a, e.m, out, MERGE_OUT_KEEP, NULL, &err));
-    CHECK_EQ_INT(check_gguf_types(base, out, a, PEFT_DT_Q4_1, "q4_1 keep"), a->n_modules);
+    CHECK_EQ_INT(check_gguf_types(base, out, a, PEFT_DT_Q4_1, "q4_1 keep"), lora_of(a)->n_modules);
     CHECK_OK(lora_merge_verify(a, e.m, out, &ck, &err));
     CHECK_OK(lora_merge_save_as(a, e.m, out, MERGE_OUT_DEFAULT, NULL, &err));
-    CHECK_EQ_INT(check_gguf_types(base, out, a, PEFT_DT_F16, "q4_1 default"), a->n_modules);
+    CHECK_EQ_INT(check_gguf_types(base, out, a, PEFT_DT_F16, "q4_1 default"), lora_of(a)->n_modules);
     CHECK_OK(lora_merge_verify(a, e.m, out, &cd, &err));
     printf("    delta 0.5%% of ||W|| on a Q4_1 base: keep loses %.3g%% of its effect, default (F16) %.3g%%\n",
            100 * ck.lost, 100 * cd.lost);

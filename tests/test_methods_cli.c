@@ -5,6 +5,7 @@
  * of another method, virtual tokens past the context, merging what cannot
  * be merged, a method the base cannot take). */
 #include "core/core.h"
+#include "peft/method.h"
 #include "test.h"
 
 #include <math.h>
@@ -126,6 +127,11 @@ static void bad_method_input_fails_before_training(void) {
         {"--method lokr --decompose-factor 0", "decompose_factor must be -1", 2},
         {"--method lokr --rank-dropout 1.5", "rank_dropout must be a number in [0, 1]", 2},
         {"--method vera --decompose-both", "--decompose-both does not apply to --method vera", 2},
+        /* the owners come from the tables; --use-dora turns lora into dora before the check */
+        {"--method ia3 --rslora", "--rslora does not apply to --method ia3 (it is an option of lora, dora)", 2},
+        {"--use-dora --dropout 0.1", "--dropout does not apply to --method dora (it is an option of lora, vera)", 2},
+        {"--method prompt --target q_proj", "--target does not apply to --method prompt (it is an option of lora, dora, ia3", 2},
+        {"--init uniform", "init must be kaiming or gaussian", 2},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char args[2048];
@@ -138,6 +144,24 @@ static void bad_method_input_fails_before_training(void) {
         if (nl && nl[1] == 0) *nl = 0;
         printf("    %-44s -> %s\n", cases[i].args, strrchr(out, '\n') ? strrchr(out, '\n') + 1 : out);
     }
+}
+
+/* --help lists every method's options from the registry, one entry per
+ * option naming its owners, and every method. */
+static void train_help_comes_from_the_tables(void) {
+    int rc = test_run_cli("train --help", out, sizeof out);
+    CHECK_EQ_INT(rc, 0);
+    for (const method_ops *const *p = method_registry(); *p; p++) {
+        char want[64];
+        snprintf(want, sizeof want, "  %-16s ", (*p)->name);
+        CHECK_MSG(strstr(out, want), "--help does not list method %s", (*p)->name);
+        for (const method_option *o = (*p)->options; o && o->name; o++) {
+            snprintf(want, sizeof want, "  --%s ", o->name);
+            const char *at = strstr(out, want);
+            CHECK_MSG(at && !strstr(at + 1, want), "--%s (of %s) is not listed once", o->name, (*p)->name);
+        }
+    }
+    CHECK_MSG(strstr(out, "[lora, dora, loha, lokr] rank (default 8); [vera] rank (default 256)"), "%s", out);
 }
 
 static void merge_tells_the_method_from_the_config(void) {
@@ -311,6 +335,7 @@ int main(void) {
     TEST_RUN(every_method_trains_and_reloads_through_the_cli);
     TEST_RUN(classification_reports_accuracy);
     TEST_RUN(bad_method_input_fails_before_training);
+    TEST_RUN(train_help_comes_from_the_tables);
     TEST_RUN(merge_tells_the_method_from_the_config);
     TEST_RUN(loha_through_the_cli);
     TEST_RUN(lokr_trains_evaluates_and_merges);

@@ -70,14 +70,12 @@ static adapter *reference_adapter(const rcase *c, peft_model *m, const st_archiv
     if (!strcmp(c->name, "full_llama")) {
         method_config mc;
         memset(&mc, 0, sizeof mc);
-        mc.method = METHOD_PLUGIN;
         mc.ops = method_find("full");
         return adapter_new(m, &mc, &a, err) ? NULL : a;
     }
     if (!strcmp(c->name, "prefix_proj_llama")) {
         method_config mc;
         memset(&mc, 0, sizeof mc);
-        mc.method = METHOD_PLUGIN;
         mc.ops = method_find("prefix");
         snprintf(mc.options, sizeof mc.options, "num_virtual_tokens=4;prefix_projection=true;encoder_hidden_size=32");
         if (adapter_new(m, &mc, &a, err)) return NULL;

@@ -134,7 +134,6 @@ static void one_case(const ocase *c) {
     if (m && !strcmp(kind, "full")) {
         method_config mc;
         memset(&mc, 0, sizeof mc);
-        mc.method = METHOD_PLUGIN;
         mc.ops = method_find("full");
         CHECK_OK(adapter_new(m, &mc, &a, &err));
     } else if (m) {
@@ -232,7 +231,6 @@ static void segments_follow_the_group_rules(void) {
     adapter *a = peft_calloc(1, sizeof *a, &err);
     CHECK(a != NULL);
     if (!a) return;
-    a->method = METHOD_LORA;
     /* A, B, a 1-D B without decay, an embedding LoRA's A and B, another A */
     const unsigned flags[] = {0, PG_LORA_B, PG_LORA_B | PG_NO_DECAY, PG_EMBEDDING, PG_EMBEDDING, PG_NO_DECAY};
     for (int i = 0; i < 6; i++) {
@@ -278,7 +276,6 @@ static void segments_follow_the_group_rules(void) {
     free(seg);
     /* no B matrices: LoRA+ is refused, naming itself */
     for (int i = 0; i < a->n_tensors; i++) a->tensors[i].group = 0;
-    a->method = METHOD_PLUGIN;
     a->ops = method_find("bitfit");   /* named in the message; no state (priv NULL) */
     op.loraplus_lr_embedding = 1e-6f;
     CHECK(param_groups_build(a, &op, &seg, &n, &err) == PEFT_ERR_INVALID);
@@ -420,7 +417,6 @@ static void loraplus_is_refused_before_anything_is_written(void) {
     if (!m) { peft_free(ctx); return; }
     method_config mc;
     memset(&mc, 0, sizeof mc);
-    mc.method = METHOD_PLUGIN;
     mc.ops = method_find("ia3");
     CHECK(mc.ops != NULL);
     adapter *a = NULL;

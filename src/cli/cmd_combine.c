@@ -202,8 +202,8 @@ int cmd_combine(int argc, char **argv) {
         goto done;
     }
     fprintf(stderr, "combined %d adapter%s (%s) into %s: %d modules, r = %d, scale %g\n", n, n == 1 ? "" : "s",
-            combine_type_name(n == 1 ? COMBINE_LINEAR : o.type), out, res->n_modules, res->cfg.r,
-            (double)lora_scale(&res->cfg));
+            combine_type_name(n == 1 ? COMBINE_LINEAR : o.type), out, lora_of(res)->n_modules,
+            lora_of(res)->cfg.r, (double)lora_scale(&lora_of(res)->cfg));
 done:
     adapter_free(res);
     for (int i = 0; i < n; i++) adapter_free(ins[i]);

@@ -117,8 +117,8 @@ int cmd_merge(int argc, char **argv) {
             rc = 1;
         } else {
             int n = 0;
-            for (int s = 0; s < m->cfg.n_layer * ROLE_N_LINEAR; s++) n += (ad->slot && ad->slot[s]) || (ad->ops && ad->ops->merge_touches &&
-                                                                ad->ops->merge_touches(ad, s / ROLE_N_LINEAR, (model_linear_role)(s % ROLE_N_LINEAR)));
+            for (int s = 0; s < m->cfg.n_layer * ROLE_N_LINEAR; s++)
+                n += ad->ops->merge_touches && ad->ops->merge_touches(ad, s / ROLE_N_LINEAR, (model_linear_role)(s % ROLE_N_LINEAR));
             char types[256];
             summary_text(&sum, types, sizeof types);
             fprintf(stderr, "merged %d %s modules into %s (changed tensors: %s)\n", n, adapter_method_name(ad), out,
@@ -169,8 +169,8 @@ int cmd_export(int argc, char **argv) {
     adapter *ad = NULL;
     int rc = load_pair("export", base, adapter_dir, 1, &ctx, &m, &ad);
     if (!rc) {
-        if (lora_export_gguf(ad, m, out, &ctx->err)) { fprintf(stderr, "peft export: %s\n", ctx->err.msg); rc = 1; }
-        else fprintf(stderr, "wrote %s (GGUF LoRA, %d modules)\n", out, ad->n_modules);
+        if (adapter_export_gguf(ad, m, out, &ctx->err)) { fprintf(stderr, "peft export: %s\n", ctx->err.msg); rc = 1; }
+        else fprintf(stderr, "wrote %s (GGUF LoRA, %d modules)\n", out, lora_of(ad) ? lora_of(ad)->n_modules : 0);
     }
     adapter_free(ad);
     peft_model_free(m);

@@ -4,7 +4,6 @@
 #include "cli/cli.h"
 #include "core/limits.h"
 #include "core/ctx.h"
-#include "peft/lora.h"
 #include "peft/method.h"
 #include "train/trainer.h"
 
@@ -30,22 +29,12 @@ static opt_def train_opts[] = {
     {"val-split", false, "fraction of --data held out for validation when no --val (default 0)", NULL},
     {"out", false, "output folder: adapter, metrics.jsonl, loss.svg, checkpoints (required)", NULL},
     {"config", false, "JSON file with any of these options", NULL},
-    {"method", false, "lora (default) | dora | the plug-ins below", NULL},
-    {"r", false, "[lora, dora, vera, loha, lokr] rank (default 8; vera 256)", NULL},
-    {"alpha", false, "[lora, dora, loha, lokr] alpha (default 16; loha, lokr 8)", NULL},
-    {"dropout", false, "[lora, vera] dropout on the adapter's input (default 0)", NULL},
-    {"target", false, "[lora, dora and plug-ins] modules: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj | c_attn,c_proj,c_fc | all-linear", NULL},
-    {"layers", false, "[lora, dora and the plug-ins] layers to transform, e.g. 0,1,2 (default all)", NULL},
-    {"rslora", true, "[lora, dora] scale by alpha/sqrt(r) instead of alpha/r", NULL},
-    {"use-dora", true, "[lora] the same as --method dora", NULL},
-    {"init", false, "[lora, dora] kaiming (default, B = 0) | gaussian", NULL},
+    {"method", false, "lora (default) | one of the methods below", NULL},
     {"num-labels", false, "classification labels (default: from {text,label} data)", NULL},
     {"lr", false, "peak learning rate (default 2e-4)", NULL},
     {"schedule", false, "constant | linear | cosine (default)", NULL},
     {"warmup", false, "warmup steps (default 0)", NULL},
     {"weight-decay", false, "AdamW weight decay (default 0); not on biases and norm weights, as HF's Trainer", NULL},
-    {"loraplus-lr-ratio", false, "[lora, dora] LoRA+: lora_B (and DoRA's magnitude) at lr x R (HF loraplus_lr_ratio; default 0 = off)", NULL},
-    {"loraplus-lr-embedding", false, "[lora, dora] LoRA+: lr of LoRA on embedding layers (default 1e-6)", NULL},
     {"beta1", false, "AdamW beta1 (default 0.9)", NULL},
     {"beta2", false, "AdamW beta2 (default 0.999)", NULL},
     {"eps", false, "AdamW epsilon (default 1e-8)", NULL},
@@ -69,12 +58,13 @@ static opt_def train_opts[] = {
 };
 #define N_TRAIN_OPTS ((int)(sizeof train_opts / sizeof *train_opts))
 
-/* The plug-in methods' own options (method.h), from the registry; methods
- * sharing an option name (the two bottleneck adapters) share one entry. */
+/* The methods' options (method.h), from the registry: an option several
+ * methods list is one entry naming its owners, with each distinct help
+ * text once ("[lora, dora] rank (default 8); [vera] rank (default 256)"). */
 #define MAX_PLUG_OPTS 128
 static opt_def plug_opts[MAX_PLUG_OPTS];
-static char plug_help[MAX_PLUG_OPTS][320];
-static char plug_owners[MAX_PLUG_OPTS][96];
+static char plug_help[MAX_PLUG_OPTS][640];
+static char plug_owners[MAX_PLUG_OPTS][160];
 static int n_plug_opts;
 
 static void plug_opts_init(void) {
@@ -86,32 +76,39 @@ static void plug_opts_init(void) {
             if (k == MAX_PLUG_OPTS) break;
             const size_t ol = k < n_plug_opts ? strlen(plug_owners[k]) : 0;
             snprintf(plug_owners[k] + ol, sizeof plug_owners[k] - ol, "%s%s", ol ? ", " : "", (*p)->name);
-            snprintf(plug_help[k], sizeof plug_help[k], "[%.95s] %.200s", plug_owners[k], o->help);
             if (k == n_plug_opts) plug_opts[n_plug_opts++] = (opt_def){o->name, o->metavar == NULL, plug_help[k], NULL};
         }
+    /* the help: per distinct text, the owners that give it */
+    for (int k = 0; k < n_plug_opts; k++) {
+        char *h = plug_help[k];
+        size_t hl = 0;
+        h[0] = '\0';
+        for (const method_ops *const *p = method_registry(); *p; p++)
+            for (const method_option *o = (*p)->options; o && o->name; o++) {
+                if (strcmp(o->name, plug_opts[k].name)) continue;
+                bool seen = false;   /* this text under an earlier method */
+                for (const method_ops *const *q = method_registry(); q != p && !seen; q++)
+                    for (const method_option *e = (*q)->options; e && e->name; e++)
+                        seen |= !strcmp(e->name, o->name) && !strcmp(e->help, o->help);
+                if (seen) continue;
+                char who[160];
+                size_t wl = 0;
+                who[0] = '\0';
+                for (const method_ops *const *q = method_registry(); *q; q++)
+                    for (const method_option *e = (*q)->options; e && e->name; e++)
+                        if (!strcmp(e->name, o->name) && !strcmp(e->help, o->help) && wl < sizeof who)
+                            wl += (size_t)snprintf(who + wl, sizeof who - wl, "%s%s", wl ? ", " : "", (*q)->name);
+                if (hl < sizeof plug_help[k])
+                    hl += (size_t)snprintf(h + hl, sizeof plug_help[k] - hl, "%s[%s] %s", hl ? "; " : "", who, o->help);
+            }
+    }
 }
 
-/* The methods an option applies to; an option given for another method is
- * an error before anything loads. */
-#define MB(k) (1u << (k))
-static unsigned opt_methods(const char *name) {
-    static const struct { const char *name; unsigned mask; } t[] = {
-        {"r", MB(METHOD_LORA) | MB(METHOD_DORA)},
-        {"alpha", MB(METHOD_LORA) | MB(METHOD_DORA)},
-        {"dropout", MB(METHOD_LORA)},
-        {"target", MB(METHOD_LORA) | MB(METHOD_DORA)},
-        {"layers", MB(METHOD_LORA) | MB(METHOD_DORA)},
-        {"rslora", MB(METHOD_LORA) | MB(METHOD_DORA)},
-        {"use-dora", MB(METHOD_LORA) | MB(METHOD_DORA)},
-        {"init", MB(METHOD_LORA) | MB(METHOD_DORA)},
-        {"loraplus-lr-ratio", MB(METHOD_LORA) | MB(METHOD_DORA)},
-        {"loraplus-lr-embedding", MB(METHOD_LORA) | MB(METHOD_DORA)},
-    };
-    for (size_t i = 0; i < sizeof t / sizeof *t; i++)
-        if (!strcmp(t[i].name, name)) return t[i].mask;
-    return ~0u;
+/* Method options the trainer reads (LoRA+'s parameter groups), not the
+ * adapter. */
+static bool trainer_option(const char *name) {
+    return !strcmp(name, "loraplus-lr-ratio") || !strcmp(name, "loraplus-lr-embedding");
 }
-#undef MB
 
 static opt_def *find_opt(opt_def *defs, int n, const char *name) {
     for (int i = 0; i < n; i++)
@@ -181,10 +178,9 @@ static void train_usage(FILE *f) {
         fprintf(f, "  --%-14s %s%s\n", train_opts[i].name, train_opts[i].flag ? "" : "V  ", train_opts[i].help);
     for (int i = 0; i < n_plug_opts; i++)
         fprintf(f, "  --%-14s %s%s\n", plug_opts[i].name, plug_opts[i].flag ? "" : "V  ", plug_opts[i].help);
-    fprintf(f, "\nmethods: lora, dora");
-    for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, ", %s", (*p)->name);
-    fprintf(f, "\n  %-16s %s\n  %-16s %s\n", "lora", "LoRA: low-rank A, B per targeted linear (rsLoRA: --rslora)", "dora",
-            "DoRA: LoRA plus a magnitude per output row");
+    fprintf(f, "\nmethods:");
+    for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, "%s %s", p == method_registry() ? "" : ",", (*p)->name);
+    fputc('\n', f);
     for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, "  %-16s %s\n", (*p)->name, (*p)->summary);
 }
 
@@ -277,43 +273,20 @@ int cmd_train(int argc, char **argv) {
         train_usage(stderr);
         return 2;
     }
-    peft_method meth = METHOD_LORA;
-    const method_ops *plug = method_find(GETV("method"));
-    if (plug) meth = METHOD_PLUGIN;
-    else if (GETV("method") && method_parse(GETV("method"), &meth)) {
-        fprintf(stderr, "peft train: unknown method \"%s\" (lora, dora",
-                GETV("method"));
-        for (const method_ops *const *p = method_registry(); *p; p++) fprintf(stderr, ", %s", (*p)->name);
+    const method_ops *plug = method_find(GETV("method") ? GETV("method") : "lora");
+    if (!plug) {
+        fprintf(stderr, "peft train: unknown method \"%s\" (", GETV("method"));
+        for (const method_ops *const *p = method_registry(); *p; p++)
+            fprintf(stderr, "%s%s", p == method_registry() ? "" : ", ", (*p)->name);
         fprintf(stderr, ")\n");
         return 2;
     }
-    if (GETV("use-dora") && strcmp(GETV("use-dora"), "false") && meth == METHOD_LORA) meth = METHOD_DORA;
-    const char *meth_name = plug ? plug->name : method_name(meth);
-    for (int i = 0; i < N_TRAIN_OPTS; i++) {
-        if (!train_opts[i].value) continue;
-        bool applies;
-        if (plug) {
-            static const struct { const char *name; unsigned bit; } uses[] = {
-                {"r", METHOD_USES_R}, {"alpha", METHOD_USES_ALPHA}, {"dropout", METHOD_USES_DROPOUT},
-                {"target", METHOD_USES_TARGET}, {"layers", METHOD_USES_LAYERS}};
-            applies = opt_methods(train_opts[i].name) == ~0u;
-            for (size_t k = 0; k < sizeof uses / sizeof *uses; k++)
-                if (!strcmp(uses[k].name, train_opts[i].name)) applies = (plug->uses & uses[k].bit) != 0;
-        } else applies = (opt_methods(train_opts[i].name) & (1u << meth)) != 0;
-        if (!applies) {
-            fprintf(stderr, "peft train: --%s does not apply to --method %s\n", train_opts[i].name, meth_name);
-            return 2;
-        }
-    }
     method_config mc;
     memset(&mc, 0, sizeof mc);
+    mc.alpha = NAN;   /* the method's default */
     for (int i = 0; i < n_plug_opts; i++) {
-        if (!plug_opts[i].value) continue;
-        if (!method_has_option(plug, plug_opts[i].name)) {
-            fprintf(stderr, "peft train: --%s does not apply to --method %s (it is an option of %s)\n", plug_opts[i].name,
-                    meth_name, plug_owners[i]);
-            return 2;
-        }
+        if (!plug_opts[i].value || method_option_is_field(plug_opts[i].name) || trainer_option(plug_opts[i].name))
+            continue;
         /* --d-initial 0.2 becomes d_initial=0.2 */
         char key[64];
         snprintf(key, sizeof key, "%s", plug_opts[i].name);
@@ -324,19 +297,26 @@ int cmd_train(int argc, char **argv) {
             return 2;
         }
     }
-    mc.method = meth;
+    /* an option may select another method (--use-dora) */
+    if (plug->resolve && plug->resolve(&mc)) plug = plug->resolve(&mc);
+    const char *meth_name = plug->name;
+    for (int i = 0; i < n_plug_opts; i++)
+        if (plug_opts[i].value && !method_has_option(plug, plug_opts[i].name)) {
+            fprintf(stderr, "peft train: --%s does not apply to --method %s (it is an option of %s)\n", plug_opts[i].name,
+                    meth_name, plug_owners[i]);
+            return 2;
+        }
     mc.ops = plug;
-    if (plug && plug->check) {
+    if (plug->check) {
         peft_err cerr = {0};
         if (plug->check(&mc, &cerr)) { fprintf(stderr, "peft train: %s\n", cerr.msg); return 2; }
     }
     /* numbers */
     train_params tp = train_default_params();
-    lora_config lc = lora_default_config();
     int threads = 0, eval_every = 0, ival;
     float fval;
     struct { const char *name; int *dst; long lo, hi; } ints[] = {
-        {"r", &lc.r, 1, 4096}, {"warmup", &tp.opt.warmup_steps, 0, 100000000}, {"steps", &tp.steps, 0, 100000000},
+        {"r", &mc.r, 1, 4096}, {"warmup", &tp.opt.warmup_steps, 0, 100000000}, {"steps", &tp.steps, 0, 100000000},
         {"epochs", &tp.epochs, 0, 100000}, {"batch", &tp.batch, 1, 65536}, {"seq", &tp.seq, 2, 1000000},
         {"accum", &tp.accum, 1, 65536}, {"eval-every", &eval_every, 0, 100000000},
         {"eval-batches", &tp.eval_max_batches, 0, 100000000}, {"save-every", &tp.save_every, 0, 100000000},
@@ -352,7 +332,7 @@ int cmd_train(int argc, char **argv) {
         }
     tp.eval_every = eval_every;
     struct { const char *name; float *dst; double lo, hi; } floats[] = {
-        {"alpha", &lc.alpha, 0, 1e6}, {"dropout", &lc.dropout, 0, 0.99}, {"lr", &tp.opt.lr, 0, 10},
+        {"alpha", &mc.alpha, 0, 1e6}, {"dropout", &mc.dropout, 0, 0.99}, {"lr", &tp.opt.lr, 0, 10},
         {"weight-decay", &tp.opt.weight_decay, 0, 10}, {"beta1", &tp.opt.beta1, 0, 0.999999},
         {"beta2", &tp.opt.beta2, 0, 0.99999999}, {"eps", &tp.opt.eps, 0, 1}, {"clip", &tp.opt.max_grad_norm, 0, 1e9},
         {"loraplus-lr-ratio", &tp.opt.loraplus_lr_ratio, 0, 1e6}, {"loraplus-lr-embedding", &tp.opt.loraplus_lr_embedding, 0, 10}};
@@ -370,29 +350,24 @@ int cmd_train(int argc, char **argv) {
         tp.seed = strtoull(GETV("seed"), &end, 10);
         if (*end) { fprintf(stderr, "peft train: --seed must be a non-negative integer\n"); return 2; }
     }
-    lc.seed = tp.seed;
+    mc.seed = tp.seed;
     if (GETV("schedule") && sched_parse(GETV("schedule"), &tp.opt.sched)) {
         fprintf(stderr, "peft train: --schedule must be constant, linear or cosine\n");
         return 2;
     }
-    if (GETV("init")) {
-        if (!strcmp(GETV("init"), "gaussian")) lc.init = LORA_INIT_GAUSSIAN;
-        else if (strcmp(GETV("init"), "kaiming")) { fprintf(stderr, "peft train: --init must be kaiming or gaussian\n"); return 2; }
-    }
-    lc.rslora = GETV("rslora") && strcmp(GETV("rslora"), "false");
     tp.pack = GETV("pack") && strcmp(GETV("pack"), "false");
-    if (tp.pack && plug && (plug->flags & METHOD_PROMPT_LEARNING)) {
+    if (tp.pack && (plug->flags & METHOD_PROMPT_LEARNING)) {
         fprintf(stderr, "peft train: --pack does not apply to --method %s (virtual tokens belong to one sequence)\n", meth_name);
         return 2;
     }
     if (tp.steps == 0 && tp.epochs == 0) tp.epochs = 1;
     if (GETV("layers")) {
-        lc.layers = 0;
+        mc.layers = 0;
         for (char *s = GETV("layers"); *s;) {
             char *end;
             long l = strtol(s, &end, 10);
             if (end == s || l < 0 || l > 63) { fprintf(stderr, "peft train: --layers must list layer numbers 0..63\n"); return 2; }
-            lc.layers |= 1ULL << l;
+            mc.layers |= 1ULL << l;
             s = *end == ',' ? end + 1 : end;
             if (*end && *end != ',') { fprintf(stderr, "peft train: --layers must list layer numbers 0..63\n"); return 2; }
         }
@@ -420,12 +395,12 @@ int cmd_train(int argc, char **argv) {
     }
     if (GETV("layers")) {
         for (int l = 0; l < 64; l++)
-            if ((lc.layers >> l & 1) && l >= m->cfg.n_layer) {
+            if ((mc.layers >> l & 1) && l >= m->cfg.n_layer) {
                 fprintf(stderr, "peft train: --layers: the model has %d layers (0..%d)\n", m->cfg.n_layer, m->cfg.n_layer - 1);
                 goto out;
             }
     }
-    if (GETV("target") && lora_parse_targets(m, GETV("target"), &lc.targets, err)) {
+    if (GETV("target") && method_parse_targets(m, GETV("target"), &mc.targets, err)) {
         fprintf(stderr, "peft train: %s\n", err->msg);
         goto out;
     }
@@ -455,11 +430,6 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "peft train: --num-labels needs {\"text\", \"label\"} data\n");
         goto out;
     }
-    if (plug && !GETV("r")) lc.r = 0;   /* the method's own default rank */
-    if (plug && !GETV("alpha")) lc.alpha = 0;   /* and alpha */
-    mc.lora = lc;
-    mc.seed = tp.seed;
-    mc.layers = lc.layers;
     if (adapter_new(m, &mc, &ad, err)) { fprintf(stderr, "peft train: %s\n", err->msg); goto out; }
     {
         char *abs = realpath(GETV("model"), NULL);
@@ -467,11 +437,8 @@ int cmd_train(int argc, char **argv) {
         ad->base_model = abs ? abs : strdup(GETV("model"));
     }
     /* full fine-tuning trains copies of the base: all params are the trained ones */
-    print_trainable(ad->n_params, plug && (plug->flags & METHOD_SAVES_MODEL) ? 0 : m->n_params);
-    if (meth == METHOD_LORA || meth == METHOD_DORA)
-        fprintf(stderr, "%s: r=%d alpha=%g%s scale=%g dropout=%g on %d modules", method_name(meth), lc.r, lc.alpha,
-                lc.rslora ? " (rsLoRA)" : "", lora_scale(&lc), lc.dropout, ad->n_modules);
-    else if (plug && plug->describe) {
+    print_trainable(ad->n_params, (plug->flags & METHOD_SAVES_MODEL) ? 0 : m->n_params);
+    if (plug->describe) {
         char desc[256];
         plug->describe(ad, desc, sizeof desc);
         fprintf(stderr, "%s: %s", plug->name, desc);
@@ -494,14 +461,12 @@ int cmd_train(int argc, char **argv) {
         else fprintf(stderr, "; validation %.4f", res.val_loss_after);
         if (!isnan(res.val_accuracy)) fprintf(stderr, ", accuracy %.4f", res.val_accuracy);
     }
-    if (plug && (plug->flags & METHOD_SAVES_MODEL))
+    if (plug->flags & METHOD_SAVES_MODEL)
         fprintf(stderr, "\nmodel: %s/%s, metrics: %s/metrics.jsonl, curve: %s/loss.svg\n", tp.out_dir,
                 m->gguf ? "model.gguf (F32)" : "model.safetensors (HF folder)", tp.out_dir, tp.out_dir);
     else
-        fprintf(stderr, "\nadapter: %s/adapter_model.safetensors (%s), metrics: %s/metrics.jsonl, curve: %s/loss.svg\n",
-                tp.out_dir, meth <= METHOD_DORA || plug
-                                ? "HF PEFT format" : "peft.c format, docs/formats.md",
-                tp.out_dir, tp.out_dir);
+        fprintf(stderr, "\nadapter: %s/adapter_model.safetensors (HF PEFT format), metrics: %s/metrics.jsonl, curve: "
+                "%s/loss.svg\n", tp.out_dir, tp.out_dir, tp.out_dir);
     rc = 0;
 out:
     for (int i = 0; i < N_TRAIN_OPTS; i++) { free(train_opts[i].value); train_opts[i].value = NULL; }

@@ -6,7 +6,7 @@
  * cache. q, k, v share one (T, qd + 2·kvd) buffer. */
 #include "model/block.h"
 #include "model/model.h"
-#include "peft/lora.h"
+#include "peft/adapter.h"
 #include "peft/method.h"
 
 #include <cblas.h>

@@ -1,9 +1,7 @@
-/* adapter.c — the method-independent part of adapters: method names, the
- * tensor registry and its one-block allocation, creation and initialisation
- * of every method but LoRA/DoRA (lora.c), derived values (DoRA norms, the
- * prefix table) and the effective-parameter accessors the forward passes
- * use. */
-#include "peft/lora.h"
+/* adapter.c — the method-independent part of adapters: the tensor registry
+ * and its one-block allocation, creation through the method's table,
+ * derived values (the method's refresh) and the effective-parameter
+ * accessors the forward passes use. */
 #include "core/limits.h"
 #include "peft/method.h"
 
@@ -14,23 +12,7 @@
 
 #include <cblas.h>
 
-static const char *const method_names[METHOD_N] = {
-    "lora", "dora"};
-
-const char *method_name(peft_method k) { return (int)k >= 0 && k < METHOD_N ? method_names[k] : "?"; }
-
-const char *adapter_method_name(const adapter *a) {
-    if (!a) return "?";
-    return a->ops ? a->ops->name : method_name(a->method);
-}
-
-int method_parse(const char *name, peft_method *out) {
-    for (int k = 0; k < METHOD_N; k++)
-        if (!strcmp(name, method_names[k])) { *out = (peft_method)k; return 0; }
-    /* aliases */
-    return PEFT_ERR_INVALID;
-}
-
+const char *adapter_method_name(const adapter *a) { return a && a->ops ? a->ops->name : "?"; }
 
 /* ---- registry -------------------------------------------------------------- */
 
@@ -102,13 +84,10 @@ void adapter_free(adapter *a) {
     if (!a) return;
     if (a->ops && a->ops->free_priv) a->ops->free_priv(a);
     free(a->buffers);
-    free(a->mods);
-    free(a->slot);
     free(a->params);
     free(a->grads);
     free(a->base_model);
     free(a->tensors);
-    free(a->dora_norms);
     free(a);
 }
 
@@ -159,36 +138,7 @@ const float *adapter_base_norm_b(const peft_model *m, int l, int which) {
     return m->layers[l].norm_b[which];
 }
 
-/* ---- classification head ------------------------------------------------------ */
-
-static int add_head(adapter *a, const peft_model *m, int n_labels, peft_err *err) {
-    if (n_labels <= 0) return -1;
-    /* HF PEFT's key: prompt-learning models wrap the base one level less */
-    const bool pl = a->ops && (a->ops->flags & METHOD_PROMPT_LEARNING);
-    int i = adapter_add_tensor(a, pl ? "base_model.score.weight" : "base_model.model.score.weight", 2, n_labels,
-                               m->cfg.d_model, true, err);
-    return i;
-}
-
-static void wire_head(adapter *a, const peft_model *m, int idx, uint64_t seed) {
-    if (idx < 0) return;
-    a->score = a->tensors[idx].p;
-    a->gscore = a->tensors[idx].g;
-    if (m && m->score && m->n_labels == a->tensors[idx].shape[0]) {
-        /* a classifier base: start from its head (as modules_to_save copies it) */
-        memcpy(a->score, m->score, (size_t)a->tensors[idx].n * sizeof(float));
-        return;
-    }
-    /* transformers' _init_weights: N(0, initializer_range = 0.02) */
-    peft_rng rng;
-    peft_rng_seed(&rng, seed ^ 0x5c0e5c0eULL);
-    for (int64_t k = 0; k < a->tensors[idx].n; k++) a->score[k] = 0.02f * peft_rng_normal(&rng);
-}
-
-int adapter_head_add(adapter *a, const peft_model *m, int n_labels, peft_err *err) { return add_head(a, m, n_labels, err); }
-void adapter_head_wire(adapter *a, const peft_model *m, int idx, uint64_t seed) { wire_head(a, m, idx, seed); }
-
-/* ---- creation of the non-LoRA methods ------------------------------------------ */
+/* ---- creation --------------------------------------------------------------------- */
 
 void adapter_kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng) {
     const float bound = 1.0f / sqrtf((float)fan_in);
@@ -201,16 +151,7 @@ int adapter_new(const peft_model *m, const method_config *mc, adapter **out, pef
     if (mc->n_labels < 0 || mc->n_labels > PEFT_MAX_LABELS)
         return peft_fail(err, PEFT_ERR_INVALID, "%d classification labels: the limit is %d", mc->n_labels,
                          PEFT_MAX_LABELS);
-    if (mc->method == METHOD_PLUGIN) return method_adapter_new(m, mc, true, out, err);
-    if (mc->method != METHOD_LORA && mc->method != METHOD_DORA)
-        return peft_fail(err, PEFT_ERR_INVALID, "unknown method %d", (int)mc->method);
-    lora_config c = mc->lora;
-    c.dora = mc->method == METHOD_DORA;
-    /* lora_new_head computes DoRA's norms (and magnitudes) itself */
-    int rc = lora_new_head(m, &c, mc->n_labels, out, err);
-    if (rc) return rc;
-    (*out)->mc = *mc;
-    return 0;
+    return method_adapter_new(m, mc, true, out, err);
 }
 
 /* ---- effective parameters ------------------------------------------------------- */
@@ -261,10 +202,6 @@ const kern_weight *adapter_pos_emb(const adapter *a, const peft_model *m, kern_w
 const kern_weight *adapter_lm_head(const adapter *a, const peft_model *m, kern_weight *tmp) {
     const kern_weight *w = method_emb(a, m, 2, tmp);
     return w ? w : &m->lm_head;
-}
-
-int adapter_n_labels(const adapter *a, const peft_model *m) {
-    return a && a->mc.n_labels ? a->mc.n_labels : m->n_labels;
 }
 
 int adapter_prompt_rows(const adapter *a) { return a && a->ops && a->ops->input_rows ? a->ops->input_rows(a) : 0; }

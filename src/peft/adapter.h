@@ -10,57 +10,20 @@
  * tests walk.
  *
  * Methods are plug-ins (peft/method.h, one file each in peft/methods/):
- * `ops` and `priv` are the method's table and state. LoRA and DoRA run
- * through the same hooks (methods/lora.c) but keep their state in the
- * `cfg`, `mods`, `slot` fields for the LoRA family's files (lora*.c: config,
- * HF format, GGUF export, combine), and the classification head (`score`),
- * shared by every method, is built in. */
+ * `ops` and `priv` are the method's table and state (LoRA's, reached by
+ * the LoRA family's files through lora_of in peft/lora.h). The
+ * classification head, shared by every method, is modules_to_save.c's
+ * (`head`). */
 #ifndef PEFT_ADAPTER_H
 #define PEFT_ADAPTER_H
 
 #include "model/model.h"
+#include "peft/modules_to_save.h"
 
 typedef struct method_ops method_ops;   /* peft/method.h */
 
-typedef enum {
-    METHOD_LORA = 0,
-    METHOD_DORA,
-    METHOD_N,
-    METHOD_PLUGIN = 100   /* a method of the plug-in registry (method.h): see mc.ops */
-} peft_method;
-
-/* "lora", "dora", "adapter-pfeiffer", ... (the --method names). */
-const char *method_name(peft_method k);
-/* The --method name of an adapter (of either kind). */
+/* The --method name of an adapter. */
 const char *adapter_method_name(const struct adapter *a);
-int method_parse(const char *name, peft_method *out);
-
-typedef enum { LORA_INIT_KAIMING = 0, LORA_INIT_GAUSSIAN, LORA_INIT_ZERO_B_RANDOM_BOTH } lora_init;
-
-typedef struct {
-    int r;
-    float alpha;
-    float dropout;
-    bool rslora;
-    lora_init init;            /* kaiming: HF default (A kaiming-uniform a=sqrt(5), B = 0) */
-    uint32_t targets;          /* bit (1u << model_linear_role) per targeted linear */
-    uint64_t layers;           /* bit per layer to transform; 0 = all (layers_to_transform) */
-    uint64_t seed;             /* init */
-    bool dora;                 /* DoRA: a magnitude vector per module */
-} lora_config;
-
-typedef struct {
-    int layer;
-    model_linear_role role;
-    int in, out, r;
-    float scale;
-    float *A, *B;      /* into params: (r, in), (out, r) */
-    float *gA, *gB;    /* into grads, same shapes */
-    /* DoRA: magnitude (out) in params/grads; wnorm (out) = ||W + s·B·A|| per
-     * output row, recomputed by adapter_refresh (treated as a constant in
-     * the backward, as HF PEFT detaches it). NULL without DoRA. */
-    float *mag, *gmag, *wnorm;
-} lora_module;
 
 /* Parameter groups of a tensor (adapter_tensor.group, flag bits), set where
  * the tensor is registered; the trainer turns them into per-tensor
@@ -89,41 +52,38 @@ typedef struct {
     uint8_t group;        /* PG_* bits; 0: decayed, lr as given (trained tensors only) */
 } adapter_tensor;
 
+/* What a method is made from. The generic fields are those the CLI's
+ * shared options (--r, --alpha, --dropout, --target, --layers) and the
+ * API's peft_lora_params fill for every method that lists them; 0 (alpha:
+ * NAN) means the method's default. */
 typedef struct {
-    peft_method method;
-    /* LoRA / DoRA */
-    lora_config lora;
+    const method_ops *ops;       /* the method (method.h) */
+    int r;                       /* rank; 0: the method's default */
+    float alpha;                 /* NAN: the method's default */
+    float dropout;
+    uint32_t targets;            /* bit (1u << model_linear_role) per targeted linear; 0: the default */
+    uint64_t layers;             /* bit per layer to transform; 0 = all */
     /* classification head: n_labels > 0 adds score (n_labels, d) */
     int n_labels;
     uint64_t seed;
-    uint64_t layers;             /* bit per layer (LoRA, DoRA, IA3, bottleneck); 0 = all */
-    /* plug-in methods (method == METHOD_PLUGIN): the table and its options,
-     * "key=value;key=value" (method_option_get) */
-    const method_ops *ops;
+    /* the method's own options, "key=value;key=value" (method_option_get) */
     char options[1024];   /* PEFT_METHOD_OPTIONS_MAX */
 } method_config;
 
 typedef struct adapter {
-    peft_method method;
     method_config mc;
-    const method_ops *ops;  /* plug-in methods: the method's table (method.h), else NULL */
-    void *priv;             /* the plug-in method's own state */
+    const method_ops *ops;  /* the method's table (method.h) */
+    void *priv;             /* the method's own state */
     float *buffers;         /* frozen buffers (adapter_add_buffer), one block */
     int64_t n_buffers;
-    lora_config cfg;      /* LoRA / DoRA */
-    int n_modules;
-    lora_module *mods;
-    lora_module **slot;   /* (n_layer * ROLE_N_LINEAR), NULL where not targeted */
     float *params, *grads;
     int64_t n_params;
     char *base_model;     /* base_model_name_or_path written to the config */
-    int n_layer;          /* the model's layer count (slot has n_layer * ROLE_N_LINEAR entries) */
+    int n_layer;          /* the model's layer count */
     int sig_d, sig_kvd, sig_ff, sig_vocab;   /* the model it was made for (adapter_fits) */
     int n_tensors, cap_tensors;
     adapter_tensor *tensors;
-    float *dora_norms;                /* all modules' wnorm, one buffer */
-    /* classification head */
-    float *score, *gscore;
+    mts_head head;        /* the classification head (modules_to_save.h), shared by every method */
 } adapter;
 
 void adapter_free(adapter *a);
@@ -143,7 +103,7 @@ int adapter_add_buffer(adapter *a, const char *key, int ndim, int64_t d0, int64_
 void adapter_tensor_set_group(adapter *a, int idx, unsigned flags);
 adapter_tensor *adapter_find_tensor(const adapter *a, const char *key);
 
-/* A new adapter of any method for m (LoRA goes through lora_new). */
+/* A new adapter of method mc->ops for m. */
 int adapter_new(const peft_model *m, const method_config *mc, adapter **out, peft_err *err);
 /* Recomputes what derives from the parameters (DoRA weight norms, the
  * prefix table under a projection). Call after every parameter change. */
@@ -163,10 +123,6 @@ const kern_weight *adapter_tok_emb(const adapter *a, const peft_model *m, kern_w
 const kern_weight *adapter_pos_emb(const adapter *a, const peft_model *m, kern_weight *tmp);
 const kern_weight *adapter_lm_head(const adapter *a, const peft_model *m, kern_weight *tmp);
 
-/* Classification labels of a (its head) on m, else m's own head (a
- * fine-tuned classifier), else 0. */
-int adapter_n_labels(const adapter *a, const peft_model *m);
-
 /* Rows of virtual tokens the method prepends to a sequence (prompt), and
  * prefix key/value rows (prefix): 0 otherwise. */
 int adapter_prompt_rows(const adapter *a);
@@ -177,8 +133,6 @@ int adapter_prefix_rows(const adapter *a);
  * as nn.Linear.reset_parameters: gain = sqrt(2 / (1 + a²)) = sqrt(1/3),
  * bound = gain · sqrt(3 / fan_in) = 1 / sqrt(fan_in). */
 void adapter_kaiming_uniform(float *w, int64_t n, int fan_in, peft_rng *rng);
-int adapter_head_add(adapter *a, const peft_model *m, int n_labels, peft_err *err);
-void adapter_head_wire(adapter *a, const peft_model *m, int idx, uint64_t seed);
 int adapter_layer_prefix(const peft_model *m, int l, char *buf, size_t cap);
 /* Index of norm (l, which) in an array of adapter_norm_slots(m) entries
  * (l == n_layer, which NORM_ATTN: the final norm, the last slot). */
@@ -196,6 +150,8 @@ int adapter_norm_name(const peft_model *m, int l, int which, const char *field, 
  * folder. load tells the method from adapter_config.json. */
 int adapter_save(const adapter *a, const peft_model *m, const char *dir, peft_err *err);
 int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *err);
+/* A llama.cpp GGUF adapter file, for a method that has one (LoRA). */
+int adapter_export_gguf(const adapter *a, const peft_model *m, const char *path, peft_err *err);
 /* dir/adapter_config.json (config_json) + dir/adapter_model.safetensors (the
  * saved tensors of the registry), atomically. */
 int adapter_write_folder(const adapter *a, const char *dir, const char *config_json, peft_err *err);

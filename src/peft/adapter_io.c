@@ -1,12 +1,10 @@
-/* adapter_io.c — saving and loading adapters of every method.
- *
- *   LORA (+ use_dora)        lora_io.c (HF PEFT LoraConfig)
- *   plug-in methods          their table (method.h, src/peft/methods/): IA3, VERA,
- *                            BOTTLENECK, PROMPT_TUNING, PREFIX_TUNING, ...
- *   BITFIT                   peft.c: base_model.model.<HF parameter>.bias
- *   full fine-tuning         an HF model folder (model.safetensors, config.json, tokenizer)
- * Any method may carry a classification head, base_model.model.score.weight
- * (n_labels, d), listed in modules_to_save as HF PEFT does for SEQ_CLS.
+/* adapter_io.c — saving and loading adapters of every method, each through
+ * its table (method.h, src/peft/methods/): the common adapter_config.json
+ * keys here, the method's own from config_write / config_read (LORA with
+ * use_dora: lora_io.c, whose load reads the ranks from the tensors); full
+ * fine-tuning saves an HF model folder (its `save`).
+ * Any method may carry a classification head (modules_to_save.c), listed in
+ * modules_to_save as HF PEFT does for SEQ_CLS.
  * Every file is written to a temporary name, flushed and renamed. */
 #include "peft/lora.h"
 #include "core/limits.h"
@@ -100,14 +98,10 @@ static bool add_common(cJSON *o, const adapter *a, const peft_model *m, const ch
     ok &= cJSON_AddNullToObject(o, "auto_mapping") != NULL;
     ok &= cJSON_AddStringToObject(o, "base_model_name_or_path", a->base_model ? a->base_model : m->path) != NULL;
     ok &= cJSON_AddBoolToObject(o, "inference_mode", true) != NULL;
-    if (a->score) {
-        cJSON *ms = cJSON_AddArrayToObject(o, "modules_to_save");
-        ok &= ms && cJSON_AddItemToArray(ms, cJSON_CreateString("score"));
-        ok &= cJSON_AddNumberToObject(o, "num_labels", a->mc.n_labels) != NULL;
-    } else ok &= cJSON_AddNullToObject(o, "modules_to_save") != NULL;
+    ok &= mts_config_write(a, o);
     ok &= cJSON_AddStringToObject(o, "peft_type", peft_type) != NULL;
     ok &= cJSON_AddNullToObject(o, "revision") != NULL;
-    ok &= cJSON_AddStringToObject(o, "task_type", a->score ? "SEQ_CLS" : "CAUSAL_LM") != NULL;
+    ok &= cJSON_AddStringToObject(o, "task_type", mts_task_type(a)) != NULL;
     return ok;
 }
 
@@ -122,9 +116,9 @@ static bool add_layers(cJSON *o, const adapter *a) {
 
 /* ---- dispatch -------------------------------------------------------------------- */
 
-/* A plug-in method's config: the common keys, layers_to_transform, then the
+/* A method's config: the common keys, layers_to_transform, then the
  * method's own. */
-static char *plugin_config_json(const adapter *a, const peft_model *m, peft_err *err) {
+static char *config_json(const adapter *a, const peft_model *m, peft_err *err) {
     cJSON *o = cJSON_CreateObject();
     char *js = NULL;
     if (o && add_common(o, a, m, a->ops->peft_type) && ((a->ops->flags & METHOD_PROMPT_LEARNING) || add_layers(o, a)) &&
@@ -137,7 +131,7 @@ static char *plugin_config_json(const adapter *a, const peft_model *m, peft_err 
 
 int adapter_save(const adapter *a, const peft_model *m, const char *dir, peft_err *err) {
     if (a->ops && a->ops->save) return a->ops->save(a, m, dir, err);
-    char *js = a->method == METHOD_PLUGIN ? plugin_config_json(a, m, err) : lora_config_json(a, m);
+    char *js = config_json(a, m, err);
     if (!js) return peft_fail(err, PEFT_ERR_NOMEM, "%s: cannot build the adapter config", dir);
     int rc = adapter_write_folder(a, dir, js, err);
     free(js);
@@ -202,27 +196,30 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
     }
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(o, "peft_type");
     if (!cJSON_IsString(pt)) { rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: missing \"peft_type\"", cfg_path); goto done; }
-    if (!strcmp(pt->valuestring, "LORA")) { rc = lora_load(m, dir, out, err); goto done; }
     method_config mc;
     memset(&mc, 0, sizeof mc);
     mc.seed = 42;
+    mc.alpha = NAN;
     const char *t = pt->valuestring;
     const method_ops *plug = method_find_peft_type(t);
     if (plug) {
-        mc.method = METHOD_PLUGIN;
         mc.ops = plug;
-        if (plug->config_read && (rc = plug->config_read(o, cfg_path, m, &mc, err))) goto done;
+        if (!plug->load && plug->config_read && (rc = plug->config_read(o, cfg_path, m, &mc, err))) goto done;
     } else {
         char known[512];
-        size_t kl = (size_t)snprintf(known, sizeof known, "LORA");
-        for (const method_ops *const *p = method_registry(); *p && kl < sizeof known; p++)
-            kl += (size_t)snprintf(known + kl, sizeof known - kl, ", %s", (*p)->peft_type);
+        size_t kl = 0;
+        known[0] = '\0';
+        for (const method_ops *const *p = method_registry(); *p && kl < sizeof known; p++) {
+            if (!(*p)->peft_type || method_find_peft_type((*p)->peft_type) != *p) continue;   /* LORA once */
+            kl += (size_t)snprintf(known + kl, sizeof known - kl, "%s%s", kl ? ", " : "", (*p)->peft_type);
+        }
         rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: peft_type %s is not supported (%s load)", cfg_path, t, known);
         goto done;
     }
     /* An int or a list of ints (PeftConfig); each must be a layer of m, and
-     * the layer mask has 64 bits. */
-    const cJSON *lt = cJSON_GetObjectItemCaseSensitive(o, "layers_to_transform");
+     * the layer mask has 64 bits. A method that loads itself reads its
+     * layers from the tensors. */
+    const cJSON *lt = plug->load ? NULL : cJSON_GetObjectItemCaseSensitive(o, "layers_to_transform");
     if (lt && !cJSON_IsNull(lt)) {
         if (!cJSON_IsArray(lt) && !cJSON_IsNumber(lt)) {
             rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: \"layers_to_transform\" must be an integer or a list of them",
@@ -238,24 +235,15 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
             mc.layers |= (uint64_t)1 << l;
         }
     }
-    if (!peft_file_exists(st_path)) { rc = peft_fail(err, PEFT_ERR_IO, "%s: no such file", st_path); goto done; }
-    if ((rc = st_open(st_path, &st, err))) goto done;
-    /* Shapes that size what adapter_new allocates are checked first: a
-     * [4000000, 0] head holds no bytes but would ask for 4M x hidden floats. */
-    const st_tensor *head = st_find(st, "base_model.model.score.weight");
-    if (!head) head = st_find(st, "base_model.score.weight");
-    if (head) {
-        if (head->ndim != 2 || head->shape[1] != m->cfg.d_model || head->shape[0] < 1 ||
-            head->shape[0] > PEFT_MAX_LABELS) {
-            rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: %s has shape [%lld, %lld], expected [n_labels, %d] with n_labels "
-                           "in 1..%d", st_path, head->name, (long long)(head->ndim > 0 ? head->shape[0] : 0),
-                           (long long)(head->ndim > 1 ? head->shape[1] : 0), m->cfg.d_model, PEFT_MAX_LABELS);
-            goto done;
-        }
-        mc.n_labels = (int)head->shape[0];
+    if (!peft_file_exists(st_path)) {
+        rc = peft_fail(err, PEFT_ERR_IO, "%s: no such file (adapter_model.bin is not supported)", st_path);
+        goto done;
     }
-    if (mc.method == METHOD_PLUGIN) mc.layers = mc.lora.layers = mc.layers | mc.lora.layers;
-    if ((rc = mc.method == METHOD_PLUGIN ? method_adapter_new(m, &mc, false, &a, err) : adapter_new(m, &mc, &a, err)))
+    if ((rc = st_open(st_path, &st, err))) goto done;
+    /* the head's shape sizes what the adapter allocates: checked first */
+    if ((rc = mts_labels_of_file(st, st_path, m, &mc.n_labels, err))) goto done;
+    if ((rc = plug->load ? plug->load(m, o, cfg_path, st, st_path, mc.n_labels, &a, err)
+                         : method_adapter_new(m, &mc, false, &a, err)))
         goto done;
     if ((rc = adapter_read_tensors(a, st, st_path, err))) goto done;
     if ((rc = adapter_refresh(a, m, err))) goto done;
@@ -274,4 +262,11 @@ done:
     free(cfg_path);
     free(st_path);
     return rc;
+}
+
+int adapter_export_gguf(const adapter *a, const peft_model *m, const char *path, peft_err *err) {
+    if (!a->ops->export_gguf)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: llama.cpp's GGUF adapters hold plain LoRA only, not a %s adapter",
+                         path, adapter_method_name(a));
+    return a->ops->export_gguf(a, m, path, err);
 }

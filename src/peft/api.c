@@ -50,7 +50,8 @@ peft_method_params peft_method_default_params(const char *method) {
     memset(&p, 0, sizeof p);
     p.method = method ? method : "lora";
     p.lora = peft_lora_default_params();
-    if (method_find(method)) {   /* a plug-in method's own default rank and alpha */
+    if (method_find(method) && method_find(method) != &method_lora &&
+        method_find(method) != &method_dora) {   /* the method's own default rank and alpha */
         p.lora.r = 0;
         p.lora.alpha = 0;
     }
@@ -66,33 +67,26 @@ peft_adapter *peft_adapter_new_method(peft_model *m, const peft_method_params *p
     if (!p) p = &d;
     method_config mc;
     memset(&mc, 0, sizeof mc);
-    const method_ops *plug = method_find(p->method);
-    if (plug) {
-        mc.method = METHOD_PLUGIN;
-        mc.ops = plug;
-        if (p->options && snprintf(mc.options, sizeof mc.options, "%s", p->options) >= (int)sizeof mc.options) {
-            peft_fail(err, PEFT_ERR_INVALID, "%s: options longer than %zu bytes", plug->name, sizeof mc.options - 1);
-            return NULL;
-        }
-    } else if (method_parse(p->method ? p->method : "lora", &mc.method)) {
+    const method_ops *plug = method_find(p->method ? p->method : "lora");
+    if (!plug) {
         peft_fail(err, PEFT_ERR_INVALID, "unknown method \"%s\"", p->method);
         return NULL;
     }
-    mc.lora = lora_default_config();
-    mc.lora.r = p->lora.r;
-    mc.lora.alpha = p->lora.alpha;
-    mc.lora.dropout = p->lora.dropout;
-    mc.lora.rslora = p->lora.rslora != 0;
-    mc.lora.init = p->lora.gaussian_init ? LORA_INIT_GAUSSIAN : LORA_INIT_KAIMING;
-    mc.lora.layers = mc.layers = p->lora.layers;
-    mc.lora.seed = mc.seed = p->seed;
-    if (mc.method == METHOD_DORA && mc.lora.dropout > 0) {
-        peft_fail(err, PEFT_ERR_INVALID, "DoRA does not support dropout");
+    mc.ops = plug;
+    if (p->options && snprintf(mc.options, sizeof mc.options, "%s", p->options) >= (int)sizeof mc.options) {
+        peft_fail(err, PEFT_ERR_INVALID, "%s: options longer than %zu bytes", plug->name, sizeof mc.options - 1);
         return NULL;
     }
-    if (p->lora.targets && (mc.method == METHOD_LORA || mc.method == METHOD_DORA || plug) &&
-        lora_parse_targets(m, p->lora.targets, &mc.lora.targets, err))
+    mc.r = p->lora.r;
+    mc.alpha = p->lora.alpha;
+    mc.dropout = p->lora.dropout;
+    mc.layers = p->lora.layers;
+    mc.seed = p->seed;
+    /* peft_lora_params' LoRA fields, as the options of the methods that have them */
+    if ((p->lora.rslora && method_has_option(plug, "rslora") && method_option_add(&mc, "rslora", "true", err)) ||
+        (p->lora.gaussian_init && method_has_option(plug, "init") && method_option_add(&mc, "init", "gaussian", err)))
         return NULL;
+    if (p->lora.targets && lora_parse_targets(m, p->lora.targets, &mc.targets, err)) return NULL;
     /* the struct's per-method fields, as options of the methods that have them */
     char num[32];
     snprintf(num, sizeof num, "%d", p->reduction_factor);
@@ -117,8 +111,9 @@ peft_adapter *peft_adapter_new_method(peft_model *m, const peft_method_params *p
         return NULL;
     /* the older per-method fields: ia3_targets is a target list, ia3_feedforward
      * the option "feedforward" */
-    if (plug && p->ia3_targets && lora_parse_targets(m, p->ia3_targets, &mc.lora.targets, err)) return NULL;
-    if (plug && p->ia3_feedforward && method_option_add(&mc, "feedforward", p->ia3_feedforward, err)) return NULL;
+    if (p->ia3_targets && method_has_option(plug, "feedforward") && lora_parse_targets(m, p->ia3_targets, &mc.targets, err))
+        return NULL;
+    if (p->ia3_feedforward && method_option_add(&mc, "feedforward", p->ia3_feedforward, err)) return NULL;
     if (p->num_labels == 1 || p->num_labels < 0) {
         peft_fail(err, PEFT_ERR_INVALID, "num_labels must be 0 (no head) or at least 2, got %d", p->num_labels);
         return NULL;
@@ -166,7 +161,7 @@ int peft_adapter_merge_check(peft_model *m, const peft_adapter *a, const char *m
 }
 
 int peft_adapter_export_gguf(peft_model *m, const peft_adapter *a, const char *path) {
-    return lora_export_gguf(AS_LORA(a), m, path, &m->ctx->err);
+    return adapter_export_gguf(AS_LORA(a), m, path, &m->ctx->err);
 }
 
 peft_train_params peft_train_default_params(void) {

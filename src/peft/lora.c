@@ -121,32 +121,36 @@ bool lora_layer_selected(uint64_t layers, int l) {
     return l < 64 && (layers >> l) & 1u;
 }
 
-int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, int n_labels, adapter **out,
-               peft_err *err) {
-    *out = NULL;
+/* The LoRA state of a (its priv), registered tensors per module: A, B and
+ * DoRA's magnitude, in slot order; lora_wire points the modules at
+ * them once the block is allocated. */
+int lora_setup(adapter *a, const peft_model *m, const lora_config *cfg, const int *slot_r, peft_err *err) {
     const int nl = m->cfg.n_layer, ns = nl * ROLE_N_LINEAR;
     int n_mod = 0;
+    uint64_t layers = 0;
+    bool all = true;
+    for (int l = 0; l < nl; l++) {
+        bool any = false;
+        for (int r = 0; r < ROLE_N_LINEAR; r++) any |= slot_r[l * ROLE_N_LINEAR + r] > 0;
+        if (any && l < 64) layers |= (uint64_t)1 << l;
+        all &= any;
+    }
     for (int s = 0; s < ns; s++) n_mod += slot_r[s] > 0;
-    adapter *a = peft_calloc(1, sizeof *a, err);
-    if (!a) return PEFT_ERR_NOMEM;
-    a->method = cfg->dora ? METHOD_DORA : METHOD_LORA;
-    a->ops = cfg->dora ? &method_dora_hooks : &method_lora_hooks;   /* its hooks: methods/lora.c */
-    a->cfg = *cfg;
-    a->mc.method = a->method;
-    a->mc.lora = *cfg;
-    a->mc.n_labels = n_labels;
-    a->mc.seed = cfg->seed;
-    adapter_set_signature(a, m);
-    a->n_modules = n_mod;
-    a->mods = peft_calloc((size_t)(n_mod ? n_mod : 1), sizeof *a->mods, err);
-    a->slot = peft_calloc((size_t)(ns ? ns : 1), sizeof *a->slot, err);
-    if (!a->mods || !a->slot) { adapter_free(a); return PEFT_ERR_NOMEM; }
-    /* registry: per module A, B (and DoRA's magnitude), then the head */
-    int k = 0, rc = 0;
-    for (int s = 0; s < ns && !rc; s++) {
+    lora_state *st = peft_calloc(1, sizeof *st, err);
+    if (!st) return PEFT_ERR_NOMEM;
+    a->priv = st;
+    st->cfg = *cfg;
+    /* layers_to_transform as the file will say it: the layers with modules */
+    a->mc.layers = all ? 0 : layers;
+    st->n_modules = n_mod;
+    st->mods = peft_calloc((size_t)(n_mod ? n_mod : 1), sizeof *st->mods, err);
+    st->slot = peft_calloc((size_t)(ns ? ns : 1), sizeof *st->slot, err);
+    if (!st->mods || !st->slot) return PEFT_ERR_NOMEM;
+    int k = 0;
+    for (int s = 0; s < ns; s++) {
         if (slot_r[s] <= 0) continue;
         const model_linear *lin = &m->layers[s / ROLE_N_LINEAR].lin[s % ROLE_N_LINEAR];
-        lora_module *md = &a->mods[k++];
+        lora_module *md = &st->mods[k++];
         md->layer = s / ROLE_N_LINEAR;
         md->role = (model_linear_role)(s % ROLE_N_LINEAR);
         md->in = (int)lin->w.cols;
@@ -154,50 +158,71 @@ int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, i
         md->r = slot_r[s];
         md->scale = lora_scale_r(cfg, md->r);
         char path[200], key[256];
-        if (model_linear_hf_path(m, md->layer, md->role, path, sizeof path)) { rc = PEFT_ERR_INVALID; break; }
+        if (model_linear_hf_path(m, md->layer, md->role, path, sizeof path))
+            return peft_fail(err, PEFT_ERR_INVALID, "%s: layer %d has no HF module name", m->path, md->layer);
         snprintf(key, sizeof key, "base_model.model.%s.lora_A.weight", path);
-        if (adapter_add_tensor(a, key, 2, md->r, md->in, true, err) < 0) rc = PEFT_ERR_NOMEM;
+        if (adapter_add_tensor(a, key, 2, md->r, md->in, true, err) < 0) return PEFT_ERR_NOMEM;
         snprintf(key, sizeof key, "base_model.model.%s.lora_B.weight", path);
         int ib = adapter_add_tensor(a, key, 2, md->out, md->r, true, err);
-        if (ib < 0) rc = PEFT_ERR_NOMEM;
+        if (ib < 0) return PEFT_ERR_NOMEM;
         adapter_tensor_set_group(a, ib, PG_LORA_B);
         if (cfg->dora) {
             snprintf(key, sizeof key, "base_model.model.%s.lora_magnitude_vector", path);
             /* 1-D: LoRA+'s group B too (create_loraplus_optimizer) */
             int im = adapter_add_tensor(a, key, 1, md->out, 1, true, err);
-            if (im < 0) rc = PEFT_ERR_NOMEM;
+            if (im < 0) return PEFT_ERR_NOMEM;
             adapter_tensor_set_group(a, im, PG_LORA_B);
         }
-        a->slot[s] = md;
+        st->slot[s] = md;
     }
-    int head = rc ? -1 : adapter_head_add(a, m, n_labels, err);
-    if (rc || (n_labels > 0 && head < 0) || (rc = adapter_finish_alloc(a, err))) {
-        adapter_free(a);
-        return rc ? rc : PEFT_ERR_NOMEM;
-    }
-    const int per = cfg->dora ? 3 : 2;
-    for (int i = 0; i < n_mod; i++) {
-        lora_module *md = &a->mods[i];
+    return 0;
+}
+
+void lora_wire(adapter *a) {
+    lora_state *st = lora_of(a);
+    const int per = st->cfg.dora ? 3 : 2;
+    for (int i = 0; i < st->n_modules; i++) {
+        lora_module *md = &st->mods[i];
         md->A = a->tensors[per * i].p;
         md->gA = a->tensors[per * i].g;
         md->B = a->tensors[per * i + 1].p;
         md->gB = a->tensors[per * i + 1].g;
-        if (cfg->dora) {
+        if (st->cfg.dora) {
             md->mag = a->tensors[per * i + 2].p;
             md->gmag = a->tensors[per * i + 2].g;
         }
     }
-    adapter_head_wire(a, m, head, cfg->seed);
+}
+
+int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, int n_labels, adapter **out,
+               peft_err *err) {
+    *out = NULL;
+    adapter *a = peft_calloc(1, sizeof *a, err);
+    if (!a) return PEFT_ERR_NOMEM;
+    a->ops = cfg->dora ? &method_dora : &method_lora;
+    a->mc.ops = a->ops;
+    a->mc.r = cfg->r;
+    a->mc.alpha = cfg->alpha;
+    a->mc.dropout = cfg->dropout;
+    a->mc.targets = cfg->targets;
+    a->mc.n_labels = n_labels;
+    a->mc.seed = cfg->seed;
+    adapter_set_signature(a, m);
+    /* registry: per module A, B (and DoRA's magnitude), then the head */
+    int rc = lora_setup(a, m, cfg, slot_r, err);
+    int head = rc ? -1 : mts_head_add(a, m, n_labels, err);
+    if (rc || (n_labels > 0 && head < 0) || (rc = adapter_finish_alloc(a, err))) {
+        adapter_free(a);
+        return rc ? rc : PEFT_ERR_NOMEM;
+    }
+    lora_wire(a);
+    mts_head_wire(a, m, head, cfg->seed);
     *out = a;
     return 0;
 }
 
-int lora_new(const peft_model *m, const lora_config *cfg, adapter **out, peft_err *err) {
-    return lora_new_head(m, cfg, 0, out, err);
-}
-
-int lora_new_head(const peft_model *m, const lora_config *cfg, int n_labels, adapter **out, peft_err *err) {
-    *out = NULL;
+int lora_plan(const peft_model *m, const lora_config *cfg, lora_config *out, int **slot_r, peft_err *err) {
+    *slot_r = NULL;
     if (cfg->r <= 0 || cfg->r > 65536)
         return peft_fail(err, PEFT_ERR_INVALID, "LoRA: rank r must be in 1..65536, got %d", cfg->r);
     if (!(cfg->dropout >= 0.0f && cfg->dropout < 1.0f))
@@ -221,63 +246,88 @@ int lora_new_head(const peft_model *m, const lora_config *cfg, int n_labels, ada
                              m->cfg.arch_name);
     if (c.targets >> ROLE_N_LINEAR)
         return peft_fail(err, PEFT_ERR_INVALID, "LoRA: target bits 0x%x name no linear", (unsigned)c.targets);
-    int *slot_r = peft_calloc((size_t)(nl ? nl : 1) * ROLE_N_LINEAR, sizeof(int), err);
-    if (!slot_r) return PEFT_ERR_NOMEM;
+    int *sr = peft_calloc((size_t)(nl ? nl : 1) * ROLE_N_LINEAR, sizeof(int), err);
+    if (!sr) return PEFT_ERR_NOMEM;
     int n = 0;
     for (int l = 0; l < nl; l++)
         for (int r = 0; r < ROLE_N_LINEAR; r++)
             if (lora_layer_selected(c.layers, l) && (c.targets & (1u << r)) && m->layers[l].lin[r].present) {
-                slot_r[l * ROLE_N_LINEAR + r] = c.r;
+                sr[l * ROLE_N_LINEAR + r] = c.r;
                 n++;
             }
     if (n == 0) {
-        free(slot_r);
+        free(sr);
         return model_no_targets(m, "LoRA", err);
     }
-    adapter *a = NULL;
-    int rc = lora_alloc(m, &c, slot_r, n_labels, &a, err);
-    free(slot_r);
-    if (rc) return rc;
-    a->base_model = peft_strdup(m->path, err);
-    if (!a->base_model) { adapter_free(a); return PEFT_ERR_NOMEM; }
-    peft_rng rng;
-    peft_rng_seed(&rng, c.seed);
-    for (int i = 0; i < a->n_modules; i++) {
-        lora_module *md = &a->mods[i];
+    *out = c;
+    *slot_r = sr;
+    return 0;
+}
+
+int lora_init_values(adapter *a, const peft_model *m, peft_rng *rng, peft_err *err) {
+    lora_state *st = lora_of(a);
+    for (int i = 0; i < st->n_modules; i++) {
+        lora_module *md = &st->mods[i];
         const int64_t na = (int64_t)md->r * md->in, nb = (int64_t)md->out * md->r;
-        switch (c.init) {
+        switch (st->cfg.init) {
         case LORA_INIT_GAUSSIAN:
             /* HF PEFT init_lora_weights="gaussian": A ~ N(0, std = 1/r), B = 0 */
-            for (int64_t k = 0; k < na; k++) md->A[k] = peft_rng_normal(&rng) / (float)md->r;
+            for (int64_t k = 0; k < na; k++) md->A[k] = peft_rng_normal(rng) / (float)md->r;
             break;
         case LORA_INIT_ZERO_B_RANDOM_BOTH:
             /* HF PEFT init_lora_weights=False: both keep nn.Linear's default
              * kaiming-uniform, so the adapter is not a no-op at step 0. */
-            adapter_kaiming_uniform(md->A, na, md->in, &rng);
-            adapter_kaiming_uniform(md->B, nb, md->r, &rng);
+            adapter_kaiming_uniform(md->A, na, md->in, rng);
+            adapter_kaiming_uniform(md->B, nb, md->r, rng);
             break;
         case LORA_INIT_KAIMING:
         default:
-            adapter_kaiming_uniform(md->A, na, md->in, &rng);
+            adapter_kaiming_uniform(md->A, na, md->in, rng);
             break;
         }
     }
-    if (c.dora) {
+    if (st->cfg.dora) {
         /* DoRA: the magnitude starts at ||W + s·B·A|| row by row, so the
          * adapter is the identity at initialisation */
-        int rc2 = adapter_refresh(a, m, err);
-        if (rc2) { adapter_free(a); return rc2; }
-        for (int i = 0; i < a->n_modules; i++)
-            memcpy(a->mods[i].mag, a->mods[i].wnorm, (size_t)a->mods[i].out * sizeof(float));
+        int rc = adapter_refresh(a, m, err);
+        if (rc) return rc;
+        for (int i = 0; i < st->n_modules; i++)
+            memcpy(st->mods[i].mag, st->mods[i].wnorm, (size_t)st->mods[i].out * sizeof(float));
     }
-    *out = a;
     return 0;
 }
 
+int lora_new(const peft_model *m, const lora_config *cfg, adapter **out, peft_err *err) {
+    return lora_new_head(m, cfg, 0, out, err);
+}
+
+int lora_new_head(const peft_model *m, const lora_config *cfg, int n_labels, adapter **out, peft_err *err) {
+    *out = NULL;
+    method_config mc;
+    memset(&mc, 0, sizeof mc);
+    mc.ops = cfg->dora ? &method_dora : &method_lora;
+    mc.r = cfg->r;
+    mc.alpha = cfg->alpha;
+    mc.dropout = cfg->dropout;
+    mc.targets = cfg->targets;
+    mc.layers = cfg->layers;
+    mc.seed = cfg->seed;
+    mc.n_labels = n_labels;
+    /* r 0 would be the method's default: lora_plan rejects it as before */
+    if (cfg->r <= 0) return peft_fail(err, PEFT_ERR_INVALID, "LoRA: rank r must be in 1..65536, got %d", cfg->r);
+    static const char *const inits[] = {"kaiming", "gaussian", "false"};
+    int rc = 0;
+    if ((cfg->rslora && (rc = method_option_add(&mc, "rslora", "true", err))) ||
+        (rc = method_option_add(&mc, "init", inits[cfg->init <= LORA_INIT_ZERO_B_RANDOM_BOTH ? cfg->init : 0], err)))
+        return rc;
+    return adapter_new(m, &mc, out, err);
+}
+
 lora_module *lora_find(const adapter *a, int layer, model_linear_role role) {
-    if (!a || !a->slot || layer < 0 || layer >= a->n_layer || (int)role < 0 || role >= ROLE_N_LINEAR)
+    const lora_state *st = lora_of(a);
+    if (!st || !st->slot || layer < 0 || layer >= a->n_layer || (int)role < 0 || role >= ROLE_N_LINEAR)
         return NULL;
-    return a->slot[layer * ROLE_N_LINEAR + role];
+    return st->slot[layer * ROLE_N_LINEAR + role];
 }
 
 /* ---- GGUF naming and llama.cpp's Q/K row order -------------------------------- */

@@ -12,6 +12,53 @@
 
 #include "peft/adapter.h"
 
+#include <cjson/cJSON.h>
+
+/* The LoRA family's methods (methods/lora.c): `lora` and `dora`, both
+ * peft_type LORA (use_dora tells them apart). */
+extern const method_ops method_lora, method_dora;
+
+typedef enum { LORA_INIT_KAIMING = 0, LORA_INIT_GAUSSIAN, LORA_INIT_ZERO_B_RANDOM_BOTH } lora_init;
+
+typedef struct {
+    int r;
+    float alpha;
+    float dropout;
+    bool rslora;
+    lora_init init;            /* kaiming: HF default (A kaiming-uniform a=sqrt(5), B = 0) */
+    uint32_t targets;          /* bit (1u << model_linear_role) per targeted linear */
+    uint64_t layers;           /* bit per layer to transform; 0 = all (layers_to_transform) */
+    uint64_t seed;             /* init */
+    bool dora;                 /* DoRA: a magnitude vector per module */
+} lora_config;
+
+typedef struct {
+    int layer;
+    model_linear_role role;
+    int in, out, r;
+    float scale;
+    float *A, *B;      /* into params: (r, in), (out, r) */
+    float *gA, *gB;    /* into grads, same shapes */
+    /* DoRA: magnitude (out) in params/grads; wnorm (out) = ||W + s·B·A|| per
+     * output row, recomputed by adapter_refresh (treated as a constant in
+     * the backward, as HF PEFT detaches it). NULL without DoRA. */
+    float *mag, *gmag, *wnorm;
+} lora_module;
+
+/* The state of a LoRA or DoRA adapter (its adapter.priv). */
+typedef struct {
+    lora_config cfg;
+    int n_modules;
+    lora_module *mods;    /* layer-major, then by role */
+    lora_module **slot;   /* (n_layer * ROLE_N_LINEAR), NULL where not targeted */
+    float *dora_norms;    /* all modules' wnorm, one buffer */
+} lora_state;
+
+/* a's LoRA state, NULL when a is not a LoRA or DoRA adapter. */
+lora_state *lora_of(const adapter *a);
+/* Whether a is plain LoRA (not DoRA). */
+bool adapter_is_plain_lora(const adapter *a);
+
 /* r 8, alpha 16, dropout 0, kaiming init, seed 42, all layers, and
  * targets 0, which lora_new reads as the architecture's default
  * (lora_default_targets: q_proj + v_proj for llama-family, c_attn for GPT-2). */
@@ -24,15 +71,18 @@ int lora_new(const peft_model *m, const lora_config *cfg, adapter **out, peft_er
 /* The same with a classification head of n_labels (0: none); cfg->dora adds
  * DoRA magnitudes. */
 int lora_new_head(const peft_model *m, const lora_config *cfg, int n_labels, adapter **out, peft_err *err);
-void adapter_free(adapter *a);
 lora_module *lora_find(const adapter *a, int layer, model_linear_role role);
 float lora_scale(const lora_config *c);
 
-/* HF PEFT format. adapter_save writes a LoRA/DoRA adapter with this
- * adapter_config.json (malloc'ed JSON text) and the registry's tensors.
- * load checks every tensor's name and shape against m and fails clearly on
- * a mismatch. */
-char *lora_config_json(const adapter *a, const peft_model *m);
+/* HF PEFT format (lora_io.c). lora_config_write adds LoraConfig's fields
+ * to an adapter_config.json object that has the common ones; lora_load_st
+ * makes the adapter a LORA file describes, its ranks and modules read from
+ * the tensors (every name and shape checked against m), the values not yet
+ * read. lora_load is adapter_load for a LORA folder (anything else is an
+ * error). */
+int lora_config_write(const adapter *a, const peft_model *m, cJSON *o);
+int lora_load_st(const peft_model *m, const cJSON *o, const char *cfg_path, const st_archive *st, const char *st_path,
+                 int n_labels, adapter **out, peft_err *err);
 int lora_load(const peft_model *m, const char *dir, adapter **out, peft_err *err);
 
 /* llama.cpp GGUF LoRA adapter: general.type=adapter, adapter.type=lora,
@@ -106,6 +156,15 @@ bool lora_layer_selected(uint64_t layers, int l);
  * slot_r[l * ROLE_N_LINEAR + role] wherever that is > 0. */
 int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, int n_labels, adapter **out,
                peft_err *err);
+/* The pieces of lora_alloc and of the methods' create / wire / init:
+ * cfg checked against m, with the default targets filled in (*out) and the
+ * rank per slot (*slot_r, malloc'ed); a's LoRA state (its priv) with every
+ * module's tensors registered; the modules pointed at the allocated block;
+ * the initial values (HF PEFT's init_lora_weights, DoRA's magnitudes). */
+int lora_plan(const peft_model *m, const lora_config *cfg, lora_config *out, int **slot_r, peft_err *err);
+int lora_setup(adapter *a, const peft_model *m, const lora_config *cfg, const int *slot_r, peft_err *err);
+void lora_wire(adapter *a);
+int lora_init_values(adapter *a, const peft_model *m, peft_rng *rng, peft_err *err);
 /* GGUF names: "blk.<l>.<attn_q|...>.weight" of a linear (into buf). */
 int lora_gguf_weight_name(const peft_model *m, int layer, model_linear_role r, char *buf, size_t cap);
 

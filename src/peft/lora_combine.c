@@ -348,16 +348,18 @@ static const char *in_name(const char *const *names, int i, char *buf, size_t ca
 
 /* The module of a at slot s (layer · ROLE_N_LINEAR + role), from a->mods. */
 static const lora_module *module_at(const adapter *a, int s) {
-    for (int i = 0; i < a->n_modules; i++)
-        if (a->mods[i].layer * ROLE_N_LINEAR + (int)a->mods[i].role == s) return &a->mods[i];
+    const lora_state *ls = lora_of(a);
+    for (int i = 0; i < ls->n_modules; i++)
+        if (ls->mods[i].layer * ROLE_N_LINEAR + (int)ls->mods[i].role == s) return &ls->mods[i];
     return NULL;
 }
 
 /* The rank HF sizes the new adapter with: r, or the largest of its
  * rank_pattern (here: the modules' ranks). */
 static int config_rank(const adapter *a) {
-    int r = a->cfg.r;
-    for (int i = 0; i < a->n_modules; i++) r = a->mods[i].r > r ? a->mods[i].r : r;
+    const lora_state *ls = lora_of(a);
+    int r = ls->cfg.r;
+    for (int i = 0; i < ls->n_modules; i++) r = ls->mods[i].r > r ? ls->mods[i].r : r;
     return r;
 }
 
@@ -402,20 +404,20 @@ static int check_inputs(const peft_model *m, const adapter *const *in, int n, co
         const adapter *a = in[i];
         in_name(names, i, nb, sizeof nb);
         if (!a) return peft_fail(err, PEFT_ERR_INVALID, "combine: %s is NULL", nb);
-        if (a->method == METHOD_DORA || a->cfg.dora)
+        if (lora_of(a) && !adapter_is_plain_lora(a))
             return peft_fail(err, PEFT_ERR_UNSUPPORTED,
                              "combine: %s is a DoRA adapter; only LoRA adapters combine (HF peft's "
                              "add_weighted_adapter sums the A and B matrices and would silently re-initialise the "
                              "magnitude vectors)", nb);
-        if (a->method != METHOD_LORA)
+        if (!adapter_is_plain_lora(a))
             return peft_fail(err, PEFT_ERR_UNSUPPORTED,
                              "combine: %s is an adapter of method %s; only LoRA adapters combine (HF peft's "
                              "add_weighted_adapter is a LoRA method)", nb, adapter_method_name(a));
-        if (a->score)
+        if (mts_has_head(a))
             return peft_fail(err, PEFT_ERR_UNSUPPORTED,
                              "combine: %s has a classification head (modules_to_save); only the LoRA matrices "
                              "combine", nb);
-        if (a->n_modules < 1) return peft_fail(err, PEFT_ERR_INVALID, "combine: %s has no LoRA modules", nb);
+        if (lora_of(a)->n_modules < 1) return peft_fail(err, PEFT_ERR_INVALID, "combine: %s has no LoRA modules", nb);
         int rc = adapter_fits(a, m, err);
         if (rc) return rc;
         const char *b0 = in[0]->base_model ? in[0]->base_model : m->path;
@@ -463,13 +465,13 @@ int lora_combine(const peft_model *m, const adapter *const *in, const double *w,
                                  combine_type_name(o.type), in_name(names, 0, nb, sizeof nb), new_rank,
                                  in_name(names, i, nb2, sizeof nb2), config_rank(in[i]));
         for (int i = 0; i < n; i++)
-            for (int j = 0; j < in[i]->n_modules; j++)
-                if (in[i]->mods[j].r != new_rank) {
-                    model_linear_hf_path(m, in[i]->mods[j].layer, in[i]->mods[j].role, path, sizeof path);
+            for (int j = 0; j < lora_of(in[i])->n_modules; j++)
+                if (lora_of(in[i])->mods[j].r != new_rank) {
+                    model_linear_hf_path(m, lora_of(in[i])->mods[j].layer, lora_of(in[i])->mods[j].role, path, sizeof path);
                     return peft_fail(err, PEFT_ERR_SHAPE,
                                      "combine: %s needs one rank in every module, but %s has rank %d at %s (r = %d "
                                      "elsewhere); use cat or svd", combine_type_name(o.type),
-                                     in_name(names, i, nb, sizeof nb), in[i]->mods[j].r, path, new_rank);
+                                     in_name(names, i, nb, sizeof nb), lora_of(in[i])->mods[j].r, path, new_rank);
                 }
     }
 
@@ -477,8 +479,8 @@ int lora_combine(const peft_model *m, const adapter *const *in, const double *w,
      * adapter's layers (HF copies its layers_to_transform). */
     uint32_t roles = 0;
     for (int i = 0; i < n; i++)
-        for (int j = 0; j < in[i]->n_modules; j++) roles |= 1u << in[i]->mods[j].role;
-    const uint64_t layers = in[0]->cfg.layers;
+        for (int j = 0; j < lora_of(in[i])->n_modules; j++) roles |= 1u << lora_of(in[i])->mods[j].role;
+    const uint64_t layers = lora_of(in[0])->cfg.layers;
     int *slot_r = peft_calloc((size_t)(ns ? ns : 1), sizeof *slot_r, err);
     if (!slot_r) return PEFT_ERR_NOMEM;
     for (int s = 0; s < ns && !rc; s++) {
@@ -504,8 +506,8 @@ int lora_combine(const peft_model *m, const adapter *const *in, const double *w,
         slot_r[s] = new_rank;
     }
     for (int i = 0; i < n && !rc; i++)
-        for (int j = 0; j < in[i]->n_modules; j++) {
-            const lora_module *md = &in[i]->mods[j];
+        for (int j = 0; j < lora_of(in[i])->n_modules; j++) {
+            const lora_module *md = &lora_of(in[i])->mods[j];
             if (slot_r[md->layer * ROLE_N_LINEAR + md->role] > 0) continue;
             model_linear_hf_path(m, md->layer, md->role, path, sizeof path);
             rc = peft_fail(err, PEFT_ERR_INVALID,
@@ -517,7 +519,7 @@ int lora_combine(const peft_model *m, const adapter *const *in, const double *w,
         }
     if (rc) { free(slot_r); return rc; }
 
-    lora_config cfg = in[0]->cfg;   /* HF: replace(config of adapters[0], r, lora_alpha, target_modules) */
+    lora_config cfg = lora_of(in[0])->cfg;   /* HF: replace(config of adapters[0], r, lora_alpha, target_modules) */
     cfg.r = new_rank;
     cfg.alpha = (float)new_rank;
     cfg.targets = roles;
@@ -532,8 +534,9 @@ int lora_combine(const peft_model *m, const adapter *const *in, const double *w,
     /* scratch for the largest module: k task tensors, a merged delta, the
      * magnitude pruning's sort buffer */
     int64_t big = 0;
-    for (int j = 0; j < a->n_modules; j++) {
-        const lora_module *md = &a->mods[j];
+    lora_state *out_ls = lora_of(a);
+    for (int j = 0; j < out_ls->n_modules; j++) {
+        const lora_module *md = &out_ls->mods[j];
         int64_t e = svd ? (int64_t)md->out * md->in : (int64_t)(md->in > md->out ? md->in : md->out) * new_rank;
         big = e > big ? e : big;
     }
@@ -551,8 +554,8 @@ int lora_combine(const peft_model *m, const adapter *const *in, const double *w,
      * Δ has rank ≤ Σ r_i and the low-rank SVD applies */
     const bool plain_sum = o.type == COMBINE_SVD ||
                            ((o.type == COMBINE_DARE_LINEAR_SVD || o.type == COMBINE_MAGNITUDE_PRUNE_SVD) && o.density >= 1);
-    for (int j = 0; j < a->n_modules && !rc; j++) {
-        lora_module *md = &a->mods[j];
+    for (int j = 0; j < out_ls->n_modules && !rc; j++) {
+        lora_module *md = &out_ls->mods[j];
         const int s = md->layer * ROLE_N_LINEAR + (int)md->role;
         model_linear_hf_path(m, md->layer, md->role, path, sizeof path);
         int k = 0;

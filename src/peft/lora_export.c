@@ -29,21 +29,22 @@ static const char *gguf_arch(const peft_model *m) {
 }
 
 int lora_export_gguf(const adapter *a, const peft_model *m, const char *path, peft_err *err) {
-    if (a->method != METHOD_LORA || a->score)
+    const lora_state *ls = adapter_is_plain_lora(a) ? lora_of(a) : NULL;
+    if (!ls || mts_has_head(a))
         return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: llama.cpp's GGUF adapters hold plain LoRA only, not a %s adapter%s",
-                         path, adapter_method_name(a), a->score ? " with a classification head" : "");
-    if (a->n_modules == 0) return peft_fail(err, PEFT_ERR_INVALID, "%s: the adapter has no modules", path);
+                         path, adapter_method_name(a), mts_has_head(a) ? " with a classification head" : "");
+    if (ls->n_modules == 0) return peft_fail(err, PEFT_ERR_INVALID, "%s: the adapter has no modules", path);
     /* Uniform rank keeps one alpha valid for every tensor. */
-    const int r0 = a->mods[0].r;
-    const float s0 = a->mods[0].scale;
-    for (int i = 1; i < a->n_modules; i++)
-        if (a->mods[i].r != r0 || a->mods[i].scale != s0)
+    const int r0 = ls->mods[0].r;
+    const float s0 = ls->mods[0].scale;
+    for (int i = 1; i < ls->n_modules; i++)
+        if (ls->mods[i].r != r0 || ls->mods[i].scale != s0)
             return peft_fail(err, PEFT_ERR_UNSUPPORTED,
                              "%s: llama.cpp LoRA files have one alpha; modules with different ranks or scales "
                              "cannot be exported", path);
     gguf_writer *w = gguf_writer_new(err);
     if (!w) return PEFT_ERR_NOMEM;
-    float **perm = peft_calloc((size_t)a->n_modules, sizeof *perm, err);
+    float **perm = peft_calloc((size_t)ls->n_modules, sizeof *perm, err);
     bool oom = perm == NULL;
     int rc = oom ? PEFT_ERR_NOMEM : 0;
     if (!rc) rc = gguf_w_str(w, "general.architecture", gguf_arch(m));
@@ -51,8 +52,8 @@ int lora_export_gguf(const adapter *a, const peft_model *m, const char *path, pe
     if (!rc) rc = gguf_w_str(w, "adapter.type", "lora");
     if (!rc) rc = gguf_w_f32(w, "adapter.lora.alpha", s0 * (float)r0);
     if (!rc) rc = gguf_w_u32(w, "general.quantization_version", 2);
-    for (int i = 0; i < a->n_modules && !rc; i++) {
-        const lora_module *md = &a->mods[i];
+    for (int i = 0; i < ls->n_modules && !rc; i++) {
+        const lora_module *md = &ls->mods[i];
         char base[96], name[128];
         lora_gguf_weight_name(m, md->layer, md->role, base, sizeof base);
         const float *B = md->B;
@@ -74,7 +75,7 @@ int lora_export_gguf(const adapter *a, const peft_model *m, const char *path, pe
     else rc = gguf_writer_save(w, path, err);
     gguf_writer_free(w);
     if (perm)
-        for (int i = 0; i < a->n_modules; i++) free(perm[i]);
+        for (int i = 0; i < ls->n_modules; i++) free(perm[i]);
     free(perm);
     return rc;
 }

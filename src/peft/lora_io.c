@@ -7,6 +7,7 @@
 #include "peft/lora.h"
 #include "core/limits.h"
 #include "kernels/quant.h"
+#include "peft/method.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -22,73 +23,39 @@
 
 /* ---- save ------------------------------------------------------------------- */
 
-char *lora_config_json(const adapter *a, const peft_model *m) {
-    const lora_config *c = &a->cfg;
-    cJSON *o = cJSON_CreateObject();
-    if (!o) return NULL;
+int lora_config_write(const adapter *a, const peft_model *m, cJSON *o) {
+    const lora_state *st = lora_of(a);
+    const lora_config *c = &st->cfg;
     /* cJSON's builders return NULL when out of memory and leave the key
      * out: ok says whether the config is complete */
     bool ok = cJSON_AddObjectToObject(o, "alpha_pattern") != NULL;
-    ok &= cJSON_AddNullToObject(o, "auto_mapping") != NULL;
-    ok &= cJSON_AddStringToObject(o, "base_model_name_or_path", a->base_model ? a->base_model : m->path) != NULL;
     ok &= cJSON_AddStringToObject(o, "bias", "none") != NULL;
     /* HF PEFT sets fan_in_fan_out for GPT-2's Conv1D layers (stored (in, out)). */
     ok &= cJSON_AddBoolToObject(o, "fan_in_fan_out", m->cfg.desc->hf_conv1d) != NULL;
-    ok &= cJSON_AddBoolToObject(o, "inference_mode", true) != NULL;
     if (c->init == LORA_INIT_GAUSSIAN) ok &= cJSON_AddStringToObject(o, "init_lora_weights", "gaussian") != NULL;
     else ok &= cJSON_AddBoolToObject(o, "init_lora_weights", c->init == LORA_INIT_KAIMING) != NULL;
     ok &= cJSON_AddNullToObject(o, "layer_replication") != NULL;
     ok &= cJSON_AddNullToObject(o, "layers_pattern") != NULL;
-    /* layers_to_transform: the layers that carry modules, or null for all. */
-    bool all = true;
-    for (int l = 0; l < m->cfg.n_layer; l++) {
-        bool any = false;
-        for (int r = 0; r < ROLE_N_LINEAR; r++) any |= lora_find(a, l, (model_linear_role)r) != NULL;
-        all &= any;
-    }
-    if (all) ok &= cJSON_AddNullToObject(o, "layers_to_transform") != NULL;
-    else {
-        cJSON *arr = cJSON_AddArrayToObject(o, "layers_to_transform");
-        ok &= arr != NULL;
-        for (int l = 0; l < m->cfg.n_layer && arr; l++) {
-            bool any = false;
-            for (int r = 0; r < ROLE_N_LINEAR; r++) any |= lora_find(a, l, (model_linear_role)r) != NULL;
-            if (any) ok &= cJSON_AddItemToArray(arr, cJSON_CreateNumber(l));
-        }
-    }
     ok &= cJSON_AddObjectToObject(o, "loftq_config") != NULL;
     ok &= cJSON_AddNumberToObject(o, "lora_alpha", c->alpha) != NULL;
     ok &= cJSON_AddBoolToObject(o, "lora_bias", false) != NULL;
     ok &= cJSON_AddNumberToObject(o, "lora_dropout", c->dropout) != NULL;
-    if (a->score) {
-        cJSON *ms = cJSON_AddArrayToObject(o, "modules_to_save");
-        ok &= ms && cJSON_AddItemToArray(ms, cJSON_CreateString("score"));
-    } else ok &= cJSON_AddNullToObject(o, "modules_to_save") != NULL;
-    ok &= cJSON_AddStringToObject(o, "peft_type", "LORA") != NULL;
     ok &= cJSON_AddNumberToObject(o, "r", c->r) != NULL;
     /* Ranks that differ from r (only from a loaded adapter with a rank_pattern). */
     cJSON *rp = cJSON_AddObjectToObject(o, "rank_pattern");
     ok &= rp != NULL;
-    for (int i = 0; i < a->n_modules && rp; i++)
-        if (a->mods[i].r != c->r) {
+    for (int i = 0; i < st->n_modules && rp; i++)
+        if (st->mods[i].r != c->r) {
             char path[256];
-            model_linear_hf_path(m, a->mods[i].layer, a->mods[i].role, path, sizeof path);
-            ok &= cJSON_AddNumberToObject(rp, path, a->mods[i].r) != NULL;
+            model_linear_hf_path(m, st->mods[i].layer, st->mods[i].role, path, sizeof path);
+            ok &= cJSON_AddNumberToObject(rp, path, st->mods[i].r) != NULL;
         }
-    ok &= cJSON_AddNullToObject(o, "revision") != NULL;
     uint32_t targets = 0;
-    for (int i = 0; i < a->n_modules; i++) targets |= 1u << a->mods[i].role;
-    const char *names[ROLE_N_LINEAR];
-    int nn = lora_target_names(m, targets, names, ROLE_N_LINEAR);
-    cJSON *tm = cJSON_AddArrayToObject(o, "target_modules");
-    ok &= tm != NULL;
-    for (int i = 0; i < nn && tm; i++) ok &= cJSON_AddItemToArray(tm, cJSON_CreateString(names[i]));
-    ok &= cJSON_AddStringToObject(o, "task_type", a->score ? "SEQ_CLS" : "CAUSAL_LM") != NULL;
-    ok &= cJSON_AddBoolToObject(o, "use_dora", a->cfg.dora) != NULL;
+    for (int i = 0; i < st->n_modules; i++) targets |= 1u << st->mods[i].role;
+    ok &= method_write_targets(m, targets, o) == 0;
+    ok &= cJSON_AddBoolToObject(o, "use_dora", c->dora) != NULL;
     ok &= cJSON_AddBoolToObject(o, "use_rslora", c->rslora) != NULL;
-    char *s = ok ? cJSON_Print(o) : NULL;
-    cJSON_Delete(o);
-    return s;
+    return ok ? 0 : PEFT_ERR_NOMEM;
 }
 
 /* ---- load ------------------------------------------------------------------- */
@@ -139,29 +106,9 @@ static bool cfg_true(const cJSON *o, const char *key) {
 
 static bool nonempty_object(const cJSON *v) { return v && cJSON_IsObject(v) && v->child; }
 
-/* Parses adapter_config.json into cfg (+ base model name). */
-static int parse_config(const char *path, lora_config *cfg, char **base, bool *has_rank_pattern,
-                        peft_err *err) {
-    char *text = NULL;
-    size_t len = 0;
-    int rc = peft_read_file_max(path, PEFT_MAX_CONFIG_BYTES, &text, &len, err);
-    if (rc) return rc;
-    const char *end = NULL;
-    cJSON *o = cJSON_ParseWithLengthOpts(text, len, &end, false);
-    if (!o) {
-        long at = end ? (long)(end - text) : -1;
-        free(text);
-        return peft_fail(err, PEFT_ERR_FORMAT, "%s: invalid JSON (near byte %ld)", path, at);
-    }
-    free(text);
-    if (!cJSON_IsObject(o)) { rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: not a JSON object", path); goto done; }
-    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(o, "peft_type");
-    if (!cJSON_IsString(pt)) { rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: missing \"peft_type\"", path); goto done; }
-    if (strcmp(pt->valuestring, "LORA") != 0) {
-        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: peft_type %s is not supported (only LORA adapters load)",
-                       path, pt->valuestring);
-        goto done;
-    }
+/* LoraConfig's fields of adapter_config.json o into cfg. */
+static int parse_config(const cJSON *o, const char *path, lora_config *cfg, bool *has_rank_pattern, peft_err *err) {
+    int rc = 0;
     *cfg = lora_default_config();
     double v = 0;
     if ((rc = cfg_number(o, "r", &v, true, path, err))) goto done;
@@ -218,13 +165,7 @@ static int parse_config(const char *path, lora_config *cfg, char **base, bool *h
         goto done;
     }
     *has_rank_pattern = nonempty_object(cJSON_GetObjectItemCaseSensitive(o, "rank_pattern"));
-    const cJSON *bm = cJSON_GetObjectItemCaseSensitive(o, "base_model_name_or_path");
-    if (cJSON_IsString(bm)) {
-        *base = peft_strdup(bm->valuestring, err);
-        if (!*base) rc = PEFT_ERR_NOMEM;
-    }
 done:
-    cJSON_Delete(o);
     return rc;
 }
 
@@ -232,30 +173,18 @@ typedef struct {
     const st_tensor *A, *B;
 } ab_pair;
 
-int lora_load(const peft_model *m, const char *dir, adapter **out, peft_err *err) {
+int lora_load_st(const peft_model *m, const cJSON *o, const char *cfg_path, const st_archive *st, const char *st_path,
+                 int n_labels, adapter **out, peft_err *err) {
     *out = NULL;
     const int nl = m->cfg.n_layer, ns = nl * ROLE_N_LINEAR;
-    char *cfg_path = peft_path_join(dir, "adapter_config.json", err);
-    char *st_path = peft_path_join(dir, "adapter_model.safetensors", err);
     ab_pair *pairs = peft_calloc((size_t)(ns ? ns : 1), sizeof *pairs, err);
     int *slot_r = peft_calloc((size_t)(ns ? ns : 1), sizeof *slot_r, err);
-    char *base = NULL;
-    st_archive *st = NULL;
-    adapter *a = NULL;
     int rc = 0;
-    if (!cfg_path || !st_path || !pairs || !slot_r) { rc = PEFT_ERR_NOMEM; goto done; }
-    if (!peft_is_dir(dir)) { rc = peft_fail(err, PEFT_ERR_IO, "%s: no such adapter folder", dir); goto done; }
-    if (!peft_file_exists(cfg_path)) { rc = peft_fail(err, PEFT_ERR_IO, "%s: no such file", cfg_path); goto done; }
+    if (!pairs || !slot_r) { rc = PEFT_ERR_NOMEM; goto done; }
     lora_config cfg;
     bool rank_pattern = false;
-    if ((rc = parse_config(cfg_path, &cfg, &base, &rank_pattern, err))) goto done;
-    const st_tensor *head = NULL;
+    if ((rc = parse_config(o, cfg_path, &cfg, &rank_pattern, err))) goto done;
     int n_mag = 0;
-    if (!peft_file_exists(st_path)) {
-        rc = peft_fail(err, PEFT_ERR_IO, "%s: no such file (adapter_model.bin is not supported)", st_path);
-        goto done;
-    }
-    if ((rc = st_open(st_path, &st, err))) goto done;
 
     /* Pass 1: every tensor names a lora_A or lora_B of one of m's linears. */
     const size_t pl = strlen(KEY_PREFIX);
@@ -265,7 +194,7 @@ int lora_load(const peft_model *m, const char *dir, adapter **out, peft_err *err
         size_t n = strlen(nm);
         const char *sfx = NULL;
         bool is_b = false;
-        if (strcmp(nm, KEY_PREFIX "score.weight") == 0) { head = t; continue; }
+        if (!strcmp(nm, MTS_HEAD_KEY)) continue;   /* the head: adapter_load checked it */
         if (cfg.dora && n > 22 && strcmp(nm + n - 22, ".lora_magnitude_vector") == 0) { n_mag++; continue; }
         if (n > pl + 14 && strcmp(nm + n - 14, ".lora_A.weight") == 0) sfx = nm + n - 14;
         else if (n > pl + 14 && strcmp(nm + n - 14, ".lora_B.weight") == 0) { sfx = nm + n - 14; is_b = true; }
@@ -371,28 +300,35 @@ int lora_load(const peft_model *m, const char *dir, adapter **out, peft_err *err
                        st_path, n_mag, n_mod);
         goto done;
     }
-    if (head && (head->ndim != 2 || head->shape[1] != m->cfg.d_model || head->shape[0] < 1 ||
-                 head->shape[0] > PEFT_MAX_LABELS)) {
-        rc = peft_fail(err, PEFT_ERR_SHAPE, "%s: %s has shape [%lld, %lld], expected [n_labels, %d]", st_path,
-                       head->name, (long long)head->shape[0], (long long)(head->ndim > 1 ? head->shape[1] : 0),
-                       m->cfg.d_model);
-        goto done;
-    }
-    if ((rc = lora_alloc(m, &cfg, slot_r, head ? (int)head->shape[0] : 0, &a, err))) goto done;
-    /* every registered tensor (A, B, DoRA magnitudes, the head) from the file */
-    if ((rc = adapter_read_tensors(a, st, st_path, err))) goto done;
-    if ((rc = adapter_refresh(a, m, err))) goto done;
-    a->base_model = base;
-    base = NULL;
-    *out = a;
-    a = NULL;
+    rc = lora_alloc(m, &cfg, slot_r, n_labels, out, err);
 done:
-    adapter_free(a);
-    st_close(st);
-    free(base);
-    free(cfg_path);
-    free(st_path);
     free(pairs);
     free(slot_r);
+    return rc;
+}
+
+int lora_load(const peft_model *m, const char *dir, adapter **out, peft_err *err) {
+    *out = NULL;
+    /* another method's folder fails on its peft_type, before its tensors are read */
+    char *cfg_path = peft_path_join(dir, "adapter_config.json", err), *text = NULL;
+    size_t len = 0;
+    if (!cfg_path) return PEFT_ERR_NOMEM;
+    int rc = 0;
+    if (peft_file_exists(cfg_path) && !peft_read_file_max(cfg_path, PEFT_MAX_CONFIG_BYTES, &text, &len, err)) {
+        cJSON *o = cJSON_ParseWithLength(text, len);
+        const cJSON *pt = cJSON_GetObjectItemCaseSensitive(o, "peft_type");
+        if (cJSON_IsString(pt) && strcmp(pt->valuestring, "LORA") != 0)
+            rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: peft_type %s is not supported (only LORA adapters load)",
+                           cfg_path, pt->valuestring);
+        cJSON_Delete(o);
+    }
+    free(text);
+    free(cfg_path);
+    if (!rc) rc = adapter_load(m, dir, out, err);
+    if (rc || lora_of(*out)) return rc;
+    rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: a %s adapter, not LoRA (only LORA adapters load here)", dir,
+                   adapter_method_name(*out));
+    adapter_free(*out);
+    *out = NULL;
     return rc;
 }

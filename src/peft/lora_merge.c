@@ -22,57 +22,18 @@
 #include <string.h>
 #include <strings.h>
 
-/* row += s·Σ_k B[o,k]·A[k,·] for output row o of W (non-transposed). */
-static void add_delta_row(float *row, const lora_module *md, int64_t o) {
-    const int r = md->r, in = md->in;
-    for (int k = 0; k < r; k++) {
-        const float c = md->scale * md->B[(size_t)o * r + k];
-        if (c == 0.0f) continue;
-        const float *Ak = md->A + (size_t)k * in;
-        for (int i = 0; i < in; i++) row[i] += c * Ak[i];
-    }
-}
-
-/* Stored row i of a transposed (in, out) weight: row[o] += s·Σ_k B[o,k]·A[k,i]. */
-static void add_delta_col(float *row, const lora_module *md, int64_t i) {
-    const int r = md->r, in = md->in, out = md->out;
-    for (int o = 0; o < out; o++) {
-        const float *Bo = md->B + (size_t)o * r;
-        float acc = 0.0f;
-        for (int k = 0; k < r; k++) acc += Bo[k] * md->A[(size_t)k * in + i];
-        row[o] += md->scale * acc;
-    }
-}
-
-/* What merging changes in one linear: a LoRA/DoRA module, or a plug-in
- * method's merge_row / merge_bias. */
+/* What merging changes in one linear: the method's merge_row / merge_bias. */
 typedef struct {
     int layer;
     model_linear_role role;
-    const lora_module *md;
-    const adapter *plug;   /* a plug-in method: its merge_row / merge_bias */
+    const adapter *plug;
 } merge_op;
 
 /* The merged row of a non-transposed weight (output row o) or a
- * transposed one (stored row q = input q), from the base row:
- *   LoRA  W + s·B·A;  DoRA  (m / ||W + s·B·A||) ⊙ (W + s·B·A) per output row;
- *   a plug-in method: its merge_row. */
+ * transposed one (stored row q = input q), from the base row: the method's
+ * merge_row (LoRA W + s·B·A, DoRA (m / ||W + s·B·A||) ⊙ (W + s·B·A), ...). */
 static void merge_row(float *row, const merge_op *op, int64_t q, bool transposed, int64_t n_cols) {
-    if (op->plug) {
-        op->plug->ops->merge_row(op->plug, op->layer, op->role, row, q, transposed, n_cols);
-        return;
-    }
-    const lora_module *md = op->md;
-    if (md) {
-        if (transposed) add_delta_col(row, md, q);
-        else add_delta_row(row, md, q);
-        if (md->mag) {
-            if (transposed)
-                for (int64_t o = 0; o < n_cols; o++) row[o] *= md->mag[o] / md->wnorm[o];
-            else
-                for (int64_t i = 0; i < n_cols; i++) row[i] *= md->mag[q] / md->wnorm[q];
-        }
-    }
+    op->plug->ops->merge_row(op->plug, op->layer, op->role, row, q, transposed, n_cols);
 }
 
 /* GGUF row index of HF row f of a Q/K matrix with n_heads heads. */
@@ -128,21 +89,19 @@ static merge_op *collect_ops(const adapter *a, const peft_model *m, int *n_ops, 
     merge_op *ops = peft_calloc((size_t)ns + 1, sizeof *ops, err);
     int n = 0;
     for (int s = 0; ops && s < ns; s++) {
-        const lora_module *md = a->slot ? a->slot[s] : NULL;
         const bool plug = a->ops && a->ops->merge_touches &&
                           a->ops->merge_touches(a, s / ROLE_N_LINEAR, (model_linear_role)(s % ROLE_N_LINEAR));
-        if (plug) ops[n].plug = a;
-        if (!md && !plug) continue;
+        if (!plug) continue;
+        ops[n].plug = a;
         ops[n].layer = s / ROLE_N_LINEAR;
         ops[n].role = (model_linear_role)(s % ROLE_N_LINEAR);
-        ops[n].md = md;
         n++;
     }
     *n_ops = n;
     return ops;
 }
 
-/* A plug-in method may change the bias too (IA3's output scale applies after it). */
+/* A method may change the bias too (IA3's output scale applies after it). */
 static bool scales_bias(const merge_op *op) { return op->plug && op->plug->ops->merge_bias; }
 
 /* The merged bias from the base's (n values). */
@@ -155,13 +114,14 @@ static int check_fit(const adapter *a, const peft_model *m, const char *out_path
         return peft_fail(err, PEFT_ERR_UNSUPPORTED,
                          "%s: a %s adapter cannot be merged into the base (merging works for lora, dora, ia3, vera); use "
                          "it with --adapter instead", out_path, adapter_method_name(a));
-    if (a->score)
+    if (mts_has_head(a))
         return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: the adapter has a classification head, which a merged causal-LM "
                                                     "model cannot hold", out_path);
     if (strcmp(out_path, m->path) == 0)
         return peft_fail(err, PEFT_ERR_INVALID, "%s: the merged model cannot overwrite its base", out_path);
-    for (int i = 0; i < a->n_modules; i++) {
-        const lora_module *md = &a->mods[i];
+    const lora_state *ls = lora_of(a);
+    for (int i = 0; ls && i < ls->n_modules; i++) {
+        const lora_module *md = &ls->mods[i];
         if (md->layer < 0 || md->layer >= m->cfg.n_layer || !m->layers[md->layer].lin[md->role].present ||
             m->layers[md->layer].lin[md->role].w.rows != md->out || m->layers[md->layer].lin[md->role].w.cols != md->in)
             return peft_fail(err, PEFT_ERR_SHAPE, "%s: adapter module %d (layer %d) does not fit %s", out_path, i,

@@ -1,4 +1,4 @@
-/* method.c — the part of the plug-in interface (method.h) that is the same
+/* method.c — the part of the method interface (method.h) that is the same
  * for every method: creating an adapter from a table, method options, the
  * targeted linears, and the base product a linear hook builds on. */
 #include "peft/method.h"
@@ -33,15 +33,13 @@ int method_adapter_new(const peft_model *m, const method_config *mc, bool fresh,
     if (!ops) return peft_fail(err, PEFT_ERR_INVALID, "no method given");
     adapter *a = peft_calloc(1, sizeof *a, err);
     if (!a) return PEFT_ERR_NOMEM;
-    a->method = METHOD_PLUGIN;
     a->ops = ops;
     a->mc = *mc;
-    a->mc.layers = a->mc.lora.layers = mc->layers | mc->lora.layers;
     adapter_set_signature(a, m);
     int rc = 0, head = -1;
     if (!(a->base_model = peft_strdup(m->path, err))) { rc = PEFT_ERR_NOMEM; goto fail; }
     if ((rc = ops->create(a, m, &a->mc, err))) goto fail;
-    head = adapter_head_add(a, m, mc->n_labels, err);
+    head = mts_head_add(a, m, mc->n_labels, err);
     if (mc->n_labels > 0 && head < 0) { rc = PEFT_ERR_NOMEM; goto fail; }
     for (int i = 0; i < a->n_tensors; i++)
         if (a->tensors[i].n <= 0) {
@@ -55,7 +53,7 @@ int method_adapter_new(const peft_model *m, const method_config *mc, bool fresh,
         peft_rng_seed(&rng, mc->seed);
         if (ops->init && (rc = ops->init(a, m, &rng, err))) goto fail;
     }
-    adapter_head_wire(a, m, head, mc->seed);
+    mts_head_wire(a, m, head, mc->seed);
     if ((rc = adapter_refresh(a, m, err))) goto fail;
     *out = a;
     return 0;
@@ -103,6 +101,13 @@ bool method_has_option(const method_ops *ops, const char *key) {
     return false;
 }
 
+bool method_option_is_field(const char *name) {
+    static const char *const fields[] = {"r", "alpha", "dropout", "target", "layers"};
+    for (size_t i = 0; i < sizeof fields / sizeof *fields; i++)
+        if (!strcmp(fields[i], name)) return true;
+    return false;
+}
+
 int method_option_add(method_config *mc, const char *key, const char *value, peft_err *err) {
     const size_t used = strlen(mc->options), need = (used ? 1 : 0) + strlen(key) + 1 + strlen(value);
     if (strchr(value, '\x1e') || used + need >= sizeof mc->options)
@@ -142,12 +147,16 @@ int method_option_bool(const method_config *mc, const char *key, bool *out, peft
 
 /* ---- targets -------------------------------------------------------------------- */
 
+int method_parse_targets(const peft_model *m, const char *list, uint32_t *targets, peft_err *err) {
+    return lora_parse_targets(m, list, targets, err);
+}
+
 int method_target_slots(const peft_model *m, const method_config *mc, const char *what, bool *slots, peft_err *err) {
     const int nl = m->cfg.n_layer;
-    const uint64_t layers = mc->lora.layers ? mc->lora.layers : mc->layers;
+    const uint64_t layers = mc->layers;
     if (layers && nl < 64 && (layers >> nl) != 0)
         return peft_fail(err, PEFT_ERR_INVALID, "%s: a layer beyond the %d of %s is selected", what, nl, m->path);
-    const uint32_t targets = mc->lora.targets ? mc->lora.targets : lora_default_targets(m);
+    const uint32_t targets = mc->targets ? mc->targets : lora_default_targets(m);
     if (targets >> ROLE_N_LINEAR)
         return peft_fail(err, PEFT_ERR_INVALID, "%s: target bits 0x%x name no linear", what, (unsigned)targets);
     int n = 0;

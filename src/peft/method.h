@@ -63,13 +63,27 @@ typedef struct {
 } sub_call;
 
 /* A command-line option of a method: --name VALUE (or a flag when metavar
- * is NULL). The CLI collects them as "name=value" into
- * method_config.options; the method reads them in `configure`. */
+ * is NULL). The CLI collects them as "name=value" (dashes as '_') into
+ * method_config.options; the method reads them in check and create. Options
+ * several methods list are one --help entry naming its owners, and an
+ * option given for a method that does not list it is an error. Names with a
+ * meaning of their own (method_option_is_field): r, alpha, dropout, target,
+ * layers fill method_config's generic fields; loraplus-lr-ratio and
+ * loraplus-lr-embedding are the trainer's (LoRA+ parameter groups) and go
+ * to its parameters. */
 typedef struct {
     const char *name;
     const char *metavar;    /* NULL: a flag */
     const char *help;
 } method_option;
+
+/* The help of the shared options, one text for every method listing them
+ * (--help shows one line per distinct text). */
+#define METHOD_HELP_TARGET                                                                                           \
+    "modules: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj | c_attn,c_proj,c_fc | all-linear (default: " \
+    "the method's for the architecture)"
+#define METHOD_HELP_LAYERS "layers to transform, e.g. 0,1,2 (default all)"
+#define METHOD_HELP_DROPOUT "dropout on the adapter's input (default 0)"
 
 struct method_ops {
     const char *name;                 /* --method NAME, peft_adapter_method */
@@ -77,10 +91,11 @@ struct method_ops {
     const char *peft_type;            /* adapter_config.json "peft_type" */
     const char *summary;              /* one line for --help */
     const method_option *options;     /* terminated by {NULL}, or NULL */
-    /* Which generic options (--r, --alpha, --dropout, --target, --layers)
-     * apply: bits of METHOD_USES_*. */
-    unsigned uses;
     unsigned flags;                   /* METHOD_PROMPT_LEARNING, METHOD_SAVES_MODEL */
+
+    /* The method mc's options select instead of this one (LoRA's
+     * --use-dora: DoRA), or NULL / this one. */
+    const method_ops *(*resolve)(const method_config *mc);
 
     /* Checks mc's options before anything is loaded (the CLI's usage errors);
      * what needs the model is checked by create. */
@@ -100,6 +115,17 @@ struct method_ops {
      * already), and read back into mc before create. */
     int (*config_write)(const adapter *a, const peft_model *m, cJSON *o);
     int (*config_read)(const cJSON *o, const char *path, const peft_model *m, method_config *mc, peft_err *err);
+    /* Instead of config_read and create, where the file's tensors decide
+     * the shapes (LoRA's per-module ranks): the adapter a config o and the
+     * tensors st describe, with a head of n_labels, its values not yet read
+     * (adapter_load reads them). */
+    int (*load)(const peft_model *m, const cJSON *o, const char *cfg_path, const st_archive *st, const char *st_path,
+                int n_labels, adapter **out, peft_err *err);
+    /* Whether a can be trained here (NULL: yes); a loaded adapter may hold
+     * settings only inference supports. */
+    int (*train_check)(const adapter *a, peft_err *err);
+    /* A llama.cpp GGUF adapter file (optional). */
+    int (*export_gguf)(const adapter *a, const peft_model *m, const char *path, peft_err *err);
 
     /* linear hooks */
     hook_kind (*lin_kind)(const adapter *a, int l, model_linear_role r);
@@ -168,33 +194,23 @@ enum {
 
 #define PEFT_METHOD_OPTIONS_MAX 1024
 
-enum {
-    METHOD_USES_R = 1u << 0,
-    METHOD_USES_ALPHA = 1u << 1,
-    METHOD_USES_DROPOUT = 1u << 2,
-    METHOD_USES_TARGET = 1u << 3,
-    METHOD_USES_LAYERS = 1u << 4,
-};
-
-/* LoRA's and DoRA's hooks (methods/lora.c); the rest of LoRA is built in. */
-extern const method_ops method_lora_hooks, method_dora_hooks;
-
 /* ---- the registry (methods/registry.c) ---------------------------------- */
 
-/* Every plug-in method, NULL-terminated. */
+/* Every method, NULL-terminated. */
 const method_ops *const *method_registry(void);
 /* By --method name or alias; NULL when unknown. */
 const method_ops *method_find(const char *name);
-/* By adapter_config.json peft_type; NULL when unknown. */
+/* By adapter_config.json peft_type (the first method of that type: LORA is
+ * lora, which loads DoRA too); NULL when unknown. */
 const method_ops *method_find_peft_type(const char *peft_type);
 
 /* ---- the framework (method.c) ------------------------------------------- */
 
-/* A plug-in method's adapter for m from mc (mc->ops set): create, the head
+/* A method's adapter for m from mc (mc->ops set): create, the head
  * (mc->n_labels), allocation, wire, and with `fresh` the initial values. */
 int method_adapter_new(const peft_model *m, const method_config *mc, bool fresh, adapter **out, peft_err *err);
 
-/* The hooked linear (l, r) of a plug-in adapter: hook_kind and the call. */
+/* The hooked linear (l, r) of an adapter: hook_kind and the call. */
 hook_kind method_lin_kind(const adapter *a, int l, model_linear_role r);
 bool method_sub_hooked(const adapter *a, int l, int site);
 
@@ -207,12 +223,18 @@ int method_option_float(const method_config *mc, const char *key, double lo, dou
 int method_option_bool(const method_config *mc, const char *key, bool *out, peft_err *err);
 /* Whether the method has option key (its CLI name with '-' for '_'). */
 bool method_has_option(const method_ops *ops, const char *key);
+/* Whether option `name` fills a generic field of method_config (r, alpha,
+ * dropout, target, layers) rather than method_config.options. */
+bool method_option_is_field(const char *name);
 /* Appends key=value to mc->options. */
 int method_option_add(method_config *mc, const char *key, const char *value, peft_err *err);
 
-/* The linears a LoRA-like method targets in m from mc->lora (targets,
- * layers): slot (l * ROLE_N_LINEAR + r) is true where targeted. Fails
+/* The linears a LoRA-like method targets in m from mc's targets and
+ * layers: slot (l * ROLE_N_LINEAR + r) is true where targeted. Fails
  * naming the method when nothing is. */
+/* A --target list ("q_proj,v_proj", "all-linear", GPT-2's "c_attn,c_proj")
+ * into role bits for m; unknown names are an error. */
+int method_parse_targets(const peft_model *m, const char *list, uint32_t *targets, peft_err *err);
 int method_target_slots(const peft_model *m, const method_config *mc, const char *what, bool *slots, peft_err *err);
 
 /* adapter_config.json helpers: target_modules from role bits (HF names);

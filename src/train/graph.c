@@ -609,8 +609,8 @@ static int cls_loss(train_graph *g, const data_batch *b, bool backward, float gr
     const int K = g->n_labels, d = g->d;
     adapter *a = g->ad;
     /* the adapter's head, or the model's own (a fine-tuned classifier) */
-    const float *score = a && a->score ? a->score : g->m->score;
-    float *gscore = a && a->score ? a->gscore : NULL;
+    const float *score = mts_head_weight(a, g->m);
+    float *gscore = mts_head_grad(a);
     for (int bi = 0; bi < g->B; bi++) {
         const float *h = g->hf + ((size_t)bi * g->T + g->last[bi]) * d;
         float *lg = g->cls + (size_t)bi * K;

@@ -1,13 +1,13 @@
 /* graph.h — the training forward and backward of a frozen model with a
- * trainable LoRA adapter, over one batch of B sequences of T tokens.
+ * trainable adapter (any method), over one batch of B sequences of T tokens.
  * Activations live in one arena sized once from (B, T); the backward
  * produces input gradients through frozen weights (dX = dY·W, no weight
- * gradients) and LoRA parameter gradients, accumulated into the adapter's
+ * gradients) and the adapter's parameter gradients, accumulated into the adapter's
  * grads block. */
 #ifndef PEFT_TRAIN_GRAPH_H
 #define PEFT_TRAIN_GRAPH_H
 
-#include "peft/lora.h"
+#include "peft/adapter.h"
 #include "train/data.h"
 
 typedef struct train_graph train_graph;

@@ -445,9 +445,10 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
     if (train->kind == DATA_CLASSIFICATION && train->n_labels > n_labels)
         return peft_fail(err, PEFT_ERR_INVALID, "the data has label %d but the classification head has %d labels",
                          train->n_labels - 1, n_labels);
-    if (a->cfg.dora && a->cfg.dropout > 0)
-        return peft_fail(err, PEFT_ERR_INVALID, "DoRA with dropout (%g) cannot be trained here; set lora_dropout to 0",
-                         (double)a->cfg.dropout);
+    if (a->ops && a->ops->train_check) {
+        const int rc = a->ops->train_check(a, err);
+        if (rc) return rc;
+    }
     if (p->pack && (adapter_prompt_rows(a) || adapter_prefix_rows(a)))
         return peft_fail(err, PEFT_ERR_INVALID, "packing does not apply to %s tuning (virtual tokens belong to one sequence)",
                          adapter_method_name(a));

@@ -122,7 +122,7 @@ static int bitfit_config_write(const adapter *a, const peft_model *m, cJSON *o) 
     if (!bn) return PEFT_ERR_NOMEM;
     const size_t pl = strlen("base_model.model.");
     for (int i = 0; i < a->n_tensors; i++)
-        if (a->tensors[i].p != a->score && !cJSON_AddItemToArray(bn, cJSON_CreateString(a->tensors[i].key + pl)))
+        if (!mts_is_head(a, a->tensors[i].p) && !cJSON_AddItemToArray(bn, cJSON_CreateString(a->tensors[i].key + pl)))
             return PEFT_ERR_NOMEM;
     return 0;
 }
@@ -167,7 +167,7 @@ static int bitfit_lowest(const adapter *a, const peft_model *m) {
 }
 
 static void bitfit_describe(const adapter *a, char *buf, size_t cap) {
-    snprintf(buf, cap, "%d bias vectors", a->n_tensors - (a->score ? 1 : 0));
+    snprintf(buf, cap, "%d bias vectors", a->n_tensors - (mts_has_head(a) ? 1 : 0));
 }
 
 const method_ops method_bitfit = {

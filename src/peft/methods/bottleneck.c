@@ -134,7 +134,7 @@ static int bn_create(adapter *a, const peft_model *m, const method_config *mc, p
     if (v->b < 1)
         return peft_fail(err, PEFT_ERR_INVALID, "bottleneck adapter: reduction factor %d leaves no bottleneck for hidden size %d",
                          v->rf, v->d);
-    const uint64_t layers = mc->lora.layers ? mc->lora.layers : mc->layers;
+    const uint64_t layers = mc->layers;
     const size_t nn = (size_t)v->n_layer * 2 + 1;
     v->idx = peft_malloc(nn * sizeof *v->idx, err);
     v->mods = peft_calloc(nn, sizeof *v->mods, err);
@@ -300,6 +300,7 @@ static void bn_describe(const adapter *a, char *buf, size_t cap) {
 }
 
 static const method_option bn_options[] = {
+    {"layers", "LIST", METHOD_HELP_LAYERS},
     {"reduction-factor", "N", "bottleneck = hidden / N (default 16)"},
     {"non-linearity", "F", "relu (pfeiffer default) | swish (houlsby default) | gelu_new | tanh"},
     {"adapter-init", "I", "zero_up (default: up-projection 0, the identity) | bert (N(0, 0.02))"},
@@ -310,7 +311,7 @@ static const char *const pfeiffer_aliases[] = {"pfeiffer", "seq_bn", NULL};
 static const char *const houlsby_aliases[] = {"houlsby", "double_seq_bn", NULL};
 
 #define BN_OPS                                                                                                          \
-    .peft_type = "BOTTLENECK", .options = bn_options, .uses = METHOD_USES_LAYERS, .check = bn_check, .create = bn_create,                 \
+    .peft_type = "BOTTLENECK", .options = bn_options, .check = bn_check, .create = bn_create,                 \
     .wire = bn_wire, .init = bn_init, .free_priv = bn_free, .config_write = bn_config_write,                           \
     .config_read = bn_config_read, .scratch_floats = bn_scratch, .sub_hooked = bn_hooked,                              \
     .sub_act_bytes = bn_act_bytes, .sub_fwd = bn_fwd, .sub_bwd = bn_bwd, .lowest_layer = bn_lowest,                    \

@@ -230,7 +230,7 @@ static int save_full_gguf(const adapter *a, const peft_model *m, const char *dir
         if (!src) {
             /* not trained (llama3's rope_freqs, ...): copied as it is; a
              * previous head is replaced by the trained one below */
-            if (a->score && !strcmp(t->name, "score.weight")) continue;
+            if (mts_has_head(a) && !strcmp(t->name, MTS_HEAD_MODEL_KEY)) continue;
             if ((rc = gguf_w_tensor(w, t->name, t->dtype, t->ndim, t->ne, t->data, t->nbytes))) {
                 writer_err = true;
                 break;
@@ -249,15 +249,15 @@ static int save_full_gguf(const adapter *a, const peft_model *m, const char *dir
         }
     }
     float *score_copy = NULL;
-    if (!rc && a->score) {
+    if (!rc && mts_has_head(a)) {
         /* the head as score.weight (peft.c reads it back; llama.cpp ignores it) */
         const int64_t ne[2] = {m->cfg.d_model, a->mc.n_labels};
         const size_t nb = (size_t)ne[0] * (size_t)ne[1] * sizeof(float);
         score_copy = peft_malloc(nb, err);
         if (!score_copy) rc = PEFT_ERR_NOMEM;
         else {
-            memcpy(score_copy, a->score, nb);
-            rc = gguf_w_tensor(w, "score.weight", PEFT_DT_F32, 2, ne, score_copy, nb);
+            memcpy(score_copy, mts_head_weight(a, m), nb);
+            rc = gguf_w_tensor(w, MTS_HEAD_MODEL_KEY, PEFT_DT_F32, 2, ne, score_copy, nb);
             writer_err = rc != 0;
         }
     }
@@ -295,17 +295,7 @@ static int classifier_config(const peft_model *m, const char *dir, int n_labels,
                 ok &= cJSON_AddNumberToObject(o, "pad_token_id", pid) != NULL;
             }
         }
-        cJSON_DeleteItemFromObjectCaseSensitive(o, "id2label");
-        cJSON_DeleteItemFromObjectCaseSensitive(o, "label2id");
-        cJSON *i2l = cJSON_AddObjectToObject(o, "id2label"), *l2i = cJSON_AddObjectToObject(o, "label2id");
-        ok &= i2l && l2i;
-        for (int k = 0; ok && k < n_labels; k++) {
-            char key[32], val[32];
-            snprintf(key, sizeof key, "%d", k);
-            snprintf(val, sizeof val, "LABEL_%d", k);
-            ok &= cJSON_AddStringToObject(i2l, key, val) != NULL;
-            ok &= cJSON_AddNumberToObject(l2i, val, k) != NULL;
-        }
+        ok &= mts_write_class_names(o, n_labels);
         char *js = ok ? cJSON_Print(o) : NULL;
         rc = js ? peft_write_file_atomic(path, js, strlen(js), err)
                 : peft_fail(err, PEFT_ERR_NOMEM, "%s: out of memory building the classifier config", path);
@@ -337,7 +327,7 @@ static int full_save(const adapter *a, const peft_model *m, const char *dir, pef
         if (!at->saved) continue;
         st_write_tensor *w = &t[k];
         /* the head under transformers' *ForSequenceClassification name */
-        w->name = at->p == a->score ? "score.weight" : at->key;
+        w->name = mts_is_head(a, at->p) ? MTS_HEAD_MODEL_KEY : at->key;
         w->dtype = PEFT_DT_F32;
         w->ndim = at->ndim;
         w->shape[0] = at->shape[0];
@@ -375,7 +365,7 @@ static int full_save(const adapter *a, const peft_model *m, const char *dir, pef
                                         "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model",
                                         "chat_template.jinja", NULL};
     for (int i = 0; files[i] && !rc; i++) rc = peft_copy_file_if_exists(m->path, dir, files[i], err);
-    if (!rc && a->score) rc = classifier_config(m, dir, a->mc.n_labels, err);
+    if (!rc && mts_has_head(a)) rc = classifier_config(m, dir, a->mc.n_labels, err);
 done:
     for (int i = 0; tmp && i < n; i++) free(tmp[i]);
     free(tmp);
@@ -461,7 +451,7 @@ static int full_lowest(const adapter *a, const peft_model *m) {
 }
 
 static void full_describe(const adapter *a, char *buf, size_t cap) {
-    snprintf(buf, cap, "%d tensors, every weight of the base", a->n_tensors - (a->score ? 1 : 0));
+    snprintf(buf, cap, "%d tensors, every weight of the base", a->n_tensors - (mts_has_head(a) ? 1 : 0));
 }
 
 const method_ops method_full = {

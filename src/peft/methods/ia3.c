@@ -49,7 +49,7 @@ static int ia3_create(adapter *a, const peft_model *m, const method_config *mc, 
     a->priv = v;
     uint32_t dt, dff;
     ia3_defaults(m, &dt, &dff);
-    v->targets = mc->lora.targets ? mc->lora.targets : dt;
+    v->targets = mc->targets ? mc->targets : dt;
     v->ff = dff & v->targets;
     char buf[512];
     const char *ffs = method_option_get(mc, "feedforward", buf, sizeof buf);
@@ -62,7 +62,7 @@ static int ia3_create(adapter *a, const peft_model *m, const method_config *mc, 
         return peft_fail(err, PEFT_ERR_INVALID, "IA3: feed-forward modules must be among the targets");
     if (v->targets >> ROLE_N_LINEAR)
         return peft_fail(err, PEFT_ERR_INVALID, "IA3: target bits 0x%x name no linear", (unsigned)v->targets);
-    const uint64_t layers = mc->lora.layers ? mc->lora.layers : mc->layers;
+    const uint64_t layers = mc->layers;
     v->ns = m->cfg.n_layer * ROLE_N_LINEAR;
     v->idx = peft_malloc(((size_t)v->ns + 1) * sizeof *v->idx, err);
     v->l = peft_calloc((size_t)v->ns + 1, sizeof *v->l, err);
@@ -139,7 +139,7 @@ static int ia3_config_read(const cJSON *o, const char *path, const peft_model *m
         return rc;
     if (!t) ia3_defaults(m, &t, &ff);
     if (ff & ~t) return peft_fail(err, PEFT_ERR_FORMAT, "%s: feedforward_modules must be among target_modules", path);
-    mc->lora.targets = t;
+    mc->targets = t;
     /* the feed-forward set as names, through the option the CLI uses */
     const char *names[ROLE_N_LINEAR * 2];
     const int n = lora_target_names(m, ff, names, ROLE_N_LINEAR * 2);
@@ -260,6 +260,8 @@ static void ia3_describe(const adapter *a, char *buf, size_t cap) {
 }
 
 static const method_option ia3_options[] = {
+    {"target", "LIST", METHOD_HELP_TARGET},
+    {"layers", "LIST", METHOD_HELP_LAYERS},
     {"feedforward", "MODULES", "modules whose input is scaled (default: the architecture's, down_proj / mlp.c_proj)"},
     {NULL, NULL, NULL},
 };
@@ -269,7 +271,6 @@ const method_ops method_ia3 = {
     .peft_type = "IA3",
     .summary = "IA3: a trained vector rescaling each targeted linear's output (or input: feed-forward)",
     .options = ia3_options,
-    .uses = METHOD_USES_TARGET | METHOD_USES_LAYERS,
     .create = ia3_create,
     .wire = ia3_wire,
     .init = ia3_init,

@@ -162,8 +162,8 @@ static int pattern_parse(const method_config *mc, const char *key, double lo, do
 /* mc's r, alpha and options into h (0: the method's default, HF's r =
  * alpha = 8). */
 static int loha_options_read(const method_config *mc, loha *h, peft_err *err) {
-    h->r = mc->lora.r > 0 ? mc->lora.r : 8;
-    double alpha = mc->lora.alpha > 0 ? mc->lora.alpha : 8, rd = 0, md = 0;
+    h->r = mc->r > 0 ? mc->r : 8;
+    double alpha = mc->alpha > 0 ? mc->alpha : 8, rd = 0, md = 0;
     bool init = true;
     int rc;
     if ((rc = method_option_float(mc, "alpha", 0, 1e6, &alpha, err)) ||
@@ -178,7 +178,7 @@ static int loha_options_read(const method_config *mc, loha *h, peft_err *err) {
     h->module_dropout = (float)md;
     h->init_weights = init;
     if (h->r > PEFT_MAX_RANK) return peft_fail(err, PEFT_ERR_INVALID, "loha: r must be in 1..%d, got %d", PEFT_MAX_RANK, h->r);
-    if (mc->lora.dropout > 0)
+    if (mc->dropout > 0)
         return peft_fail(err, PEFT_ERR_INVALID, "loha: LoHa has no input dropout (use rank_dropout or module_dropout)");
     return 0;
 }
@@ -325,8 +325,8 @@ static int loha_config_read(const cJSON *o, const char *path, const peft_model *
     const cJSON *lp = cJSON_GetObjectItemCaseSensitive(o, "layers_pattern");
     if (lp && !cJSON_IsNull(lp) && !(cJSON_IsArray(lp) && !lp->child))
         return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: \"layers_pattern\" is not supported", path);
-    mc->lora.r = (int)r;
-    mc->lora.alpha = (float)alpha;
+    mc->r = (int)r;
+    mc->alpha = (float)alpha;
     char v[64];
     snprintf(v, sizeof v, "%.9g", alpha);   /* alpha 0 is a value here, not "the default" */
     if ((rc = add_option(mc, "alpha", v, path, err))) return rc;
@@ -348,7 +348,7 @@ static int loha_config_read(const cJSON *o, const char *path, const peft_model *
         free(s);
         if (rc) return rc;
     }
-    return adapter_json_targets(m, cJSON_GetObjectItemCaseSensitive(o, "target_modules"), &mc->lora.targets, path, err);
+    return adapter_json_targets(m, cJSON_GetObjectItemCaseSensitive(o, "target_modules"), &mc->targets, path, err);
 }
 
 /* ---- the hook ----------------------------------------------------------------------------------- */
@@ -605,6 +605,10 @@ static void loha_describe(const adapter *a, char *buf, size_t cap) {
 }
 
 static const method_option loha_options[] = {
+    {"r", "N", "rank (default 8)"},
+    {"alpha", "A", "alpha, the scale is alpha/r (default 8)"},
+    {"target", "LIST", METHOD_HELP_TARGET},
+    {"layers", "LIST", METHOD_HELP_LAYERS},
     {"rank-dropout", "P", "training: drop each output row of ΔW with probability P per call, rescaled (0)"},
     {"module-dropout", "P", "training: skip the adapter of a linear with probability P per call (0)"},
     {NULL, NULL, NULL},
@@ -615,7 +619,6 @@ const method_ops method_loha = {
     .peft_type = "LOHA",
     .summary = "LoHa: ΔW = alpha/r · (w1_a·w1_b) ⊙ (w2_a·w2_b), four rank-r factors per linear (r 8, alpha 8)",
     .options = loha_options,
-    .uses = METHOD_USES_R | METHOD_USES_ALPHA | METHOD_USES_TARGET | METHOD_USES_LAYERS,
     .check = loha_check,
     .create = loha_create,
     .wire = loha_wire,

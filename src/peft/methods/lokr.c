@@ -109,9 +109,9 @@ static int parse_init(const char *s, int *out) {
 }
 
 /* The method's options (mc->options) into k, checked; alpha from
- * mc->lora.alpha unless a file's "alpha" option says otherwise. */
+ * mc->alpha unless a file's "alpha" option says otherwise. */
 static int read_options(const method_config *mc, lokr *k, peft_err *err) {
-    double alpha = mc->lora.alpha > 0 ? mc->lora.alpha : 8.0, factor = -1, rd = 0, md = 0;
+    double alpha = mc->alpha > 0 ? mc->alpha : 8.0, factor = -1, rd = 0, md = 0;
     bool both = false, rds = false;
     char buf[32];
     int rc;
@@ -157,7 +157,7 @@ static int lokr_create(adapter *a, const peft_model *m, const method_config *mc,
                                                     "refuses LoKr on Conv1D, so peft.c does too (use lora or vera)",
                          m->path, m->cfg.arch_name);
     /* r 0 / alpha 0: not given, HF PEFT's defaults (8, 8) */
-    k->r = mc->lora.r > 0 ? mc->lora.r : 8;
+    k->r = mc->r > 0 ? mc->r : 8;
     int rc;
     if ((rc = read_options(mc, k, err))) return rc;
     if (k->r < 1 || k->r > 65536) return peft_fail(err, PEFT_ERR_INVALID, "lokr: r must be in 1..65536, got %d", k->r);
@@ -315,13 +315,13 @@ static int lokr_config_read(const cJSON *o, const char *path, const peft_model *
     else if (cJSON_IsString(iw) && !strcmp(iw->valuestring, "lycoris")) init = "lycoris";
     else if (iw && !cJSON_IsNull(iw))
         return peft_fail(err, PEFT_ERR_FORMAT, "%s: \"init_weights\" must be true, false or \"lycoris\"", path);
-    mc->lora.r = (int)r;
-    mc->lora.alpha = (float)alpha;
+    mc->r = (int)r;
+    mc->alpha = (float)alpha;
     snprintf(mc->options, sizeof mc->options,
              "alpha=%.9g;decompose_factor=%d;decompose_both=%s;rank_dropout=%.9g;module_dropout=%.9g;"
              "rank_dropout_scale=%s;init_weights=%s",
              alpha, (int)factor, both ? "true" : "false", rd, md, rds ? "true" : "false", init);
-    return adapter_json_targets(m, cJSON_GetObjectItemCaseSensitive(o, "target_modules"), &mc->lora.targets, path, err);
+    return adapter_json_targets(m, cJSON_GetObjectItemCaseSensitive(o, "target_modules"), &mc->targets, path, err);
 }
 
 /* ---- the hook ------------------------------------------------------------------------ */
@@ -598,6 +598,10 @@ static void lokr_describe(const adapter *a, char *buf, size_t cap) {
 }
 
 static const method_option lokr_options[] = {
+    {"r", "N", "rank (default 8)"},
+    {"alpha", "A", "alpha, the scale is alpha/r (default 8)"},
+    {"target", "LIST", METHOD_HELP_TARGET},
+    {"layers", "LIST", METHOD_HELP_LAYERS},
     {"decompose-both", NULL, "W1 a low-rank product too (when r < max(a, c) / 2)"},
     {"decompose-factor", "F", "the Kronecker split: (F, dim / F) when F divides dim, -1 balanced (-1)"},
     {"rank-dropout", "P", "training: drop output rows of ΔW with probability P per call (0)"},
@@ -612,7 +616,6 @@ const method_ops method_lokr = {
     .peft_type = "LOKR",
     .summary = "LoKr: ΔW = (alpha/r)·kron(W1, W2), each factor full or a rank-r product",
     .options = lokr_options,
-    .uses = METHOD_USES_R | METHOD_USES_ALPHA | METHOD_USES_TARGET | METHOD_USES_LAYERS,
     .check = lokr_check,
     .create = lokr_create,
     .wire = lokr_wire,

@@ -1,8 +1,9 @@
-/* lora.c (methods) — the hooks of LoRA and DoRA. The rest of the LoRA
- * family is in its own files: peft/lora.c (config, targets, allocation,
- * init), lora_compute.c (the low-rank products), lora_io.c (HF PEFT's LORA
- * format), lora_export.c (llama.cpp's GGUF LoRA), lora_combine.c
- * (add_weighted_adapter). Its state is the adapter's `cfg`, `mods`, `slot`.
+/* lora.c (methods) — LoRA and DoRA: their tables, options and hooks. The
+ * rest of the LoRA family is in its own files: peft/lora.c (targets,
+ * allocation, init), lora_compute.c (the low-rank products), lora_io.c (HF
+ * PEFT's LORA format), lora_export.c (llama.cpp's GGUF LoRA),
+ * lora_combine.c (add_weighted_adapter). Its state is a lora_state
+ * (peft/lora.h) behind adapter.priv, which those files reach by lora_of.
  *
  *   LoRA  y = x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ                        HOOK_ADD
  *   DoRA  z = x·Wᵀ + s·(x·Aᵀ)·Bᵀ;  y = (m / ‖W + s·B·A‖) ⊙ z + b   HOOK_REPLACE
@@ -17,8 +18,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define S(a) ((lora_state *)(a)->priv)
+
+lora_state *lora_of(const adapter *a) {
+    return a && (a->ops == &method_lora || a->ops == &method_dora) ? (lora_state *)a->priv : NULL;
+}
+
+bool adapter_is_plain_lora(const adapter *a) { return a && a->ops == &method_lora; }
+
 static const lora_module *mod_at(const adapter *a, int l, model_linear_role r) {
-    return a->slot ? a->slot[l * ROLE_N_LINEAR + r] : NULL;
+    return S(a) && S(a)->slot ? S(a)->slot[l * ROLE_N_LINEAR + r] : NULL;
 }
 
 static hook_kind lora_kind(const adapter *a, int l, model_linear_role r) {
@@ -32,7 +41,7 @@ static size_t lora_act_bytes(const adapter *a, int l, model_linear_role r, int N
     const lora_module *md = mod_at(a, l, r);
     size_t n = (size_t)N * md->r * sizeof(float);
     if (md->mag) n += (size_t)N * md->out * sizeof(float);
-    if (a->cfg.dropout > 0) n += (size_t)N * md->in;
+    if (S(a)->cfg.dropout > 0) n += (size_t)N * md->in;
     return n;
 }
 
@@ -40,10 +49,10 @@ static size_t lora_act_bytes(const adapter *a, int l, model_linear_role r, int N
 static size_t lora_scratch(const adapter *a, const peft_model *m, int N) {
     (void)m;
     size_t in = 0, out = 0, r = 0;
-    for (int i = 0; i < a->n_modules; i++) {
-        in = PEFT_MAX(in, (size_t)a->mods[i].in);
-        out = PEFT_MAX(out, (size_t)a->mods[i].out);
-        r = PEFT_MAX(r, (size_t)a->mods[i].r);
+    for (int i = 0; i < S(a)->n_modules; i++) {
+        in = PEFT_MAX(in, (size_t)S(a)->mods[i].in);
+        out = PEFT_MAX(out, (size_t)S(a)->mods[i].out);
+        r = PEFT_MAX(r, (size_t)S(a)->mods[i].r);
     }
     return (size_t)N * (in + out + r);
 }
@@ -57,13 +66,13 @@ static lora_bufs bufs_of(const adapter *a, const lora_module *md, const lin_call
     lora_bufs b;
     const size_t N = (size_t)c->N;
     size_t in = 0, out = 0;
-    for (int i = 0; i < a->n_modules; i++) {
-        in = PEFT_MAX(in, (size_t)a->mods[i].in);
-        out = PEFT_MAX(out, (size_t)a->mods[i].out);
+    for (int i = 0; i < S(a)->n_modules; i++) {
+        in = PEFT_MAX(in, (size_t)S(a)->mods[i].in);
+        out = PEFT_MAX(out, (size_t)S(a)->mods[i].out);
     }
     b.xa = (float *)c->act;
     b.z = md->mag ? b.xa + N * md->r : NULL;
-    b.mask = a->cfg.dropout > 0 && c->train && !md->mag ? (uint8_t *)((md->mag ? b.z + N * md->out : b.xa + N * md->r))
+    b.mask = S(a)->cfg.dropout > 0 && c->train && !md->mag ? (uint8_t *)((md->mag ? b.z + N * md->out : b.xa + N * md->r))
                                                         : NULL;
     b.xd = c->scr;
     b.dz = c->scr + N * in;
@@ -78,10 +87,10 @@ static int lora_hook_fwd(const adapter *a, const lin_call *c) {
     if (!md->mag) {
         /* the graph did y = beta·y + x·Wᵀ + b; the dropout mask is drawn per
          * module from the step's seed */
-        const float p = b.mask ? a->cfg.dropout : 0.0f;
+        const float p = b.mask ? S(a)->cfg.dropout : 0.0f;
         if (b.mask) {
             peft_rng rng;
-            peft_rng_seed(&rng, c->seed * 1000003ULL + (uint64_t)(md - a->mods));
+            peft_rng_seed(&rng, c->seed * 1000003ULL + (uint64_t)(md - S(a)->mods));
             for (size_t k = 0; k < (size_t)N * md->in; k++) b.mask[k] = peft_rng_uniform(&rng) >= p;
         }
         lora_fwd(md, c->x, c->in, N, b.mask, p, b.xd, b.xa, c->y, c->ldy, c->nt);
@@ -107,7 +116,7 @@ static int lora_hook_bwd(adapter *a, const lin_call *c, const float *dy, int ldd
     lora_bufs b = bufs_of(a, md, c);
     const int N = c->N, out = md->out;
     if (!md->mag) {
-        lora_bwd(md, c->x, c->in, N, b.mask, b.mask ? a->cfg.dropout : 0.0f, b.xd, b.xa, dy, lddy, b.dxa, dx, c->in,
+        lora_bwd(md, c->x, c->in, N, b.mask, b.mask ? S(a)->cfg.dropout : 0.0f, b.xd, b.xa, dy, lddy, b.dxa, dx, c->in,
                  c->nt);
         return 0;
     }
@@ -127,31 +136,31 @@ static int lora_hook_bwd(adapter *a, const lin_call *c, const float *dy, int ldd
 
 static int lora_lowest(const adapter *a, const peft_model *m) {
     int lo = m->cfg.n_layer;
-    for (int i = 0; i < a->n_modules; i++) lo = PEFT_MIN(lo, a->mods[i].layer);
+    for (int i = 0; i < S(a)->n_modules; i++) lo = PEFT_MIN(lo, S(a)->mods[i].layer);
     return lo;
 }
 
 /* ---- DoRA's row norms ‖W_j + s·(B·A)_j‖, in double --------------------------------------- */
 
 static int dora_refresh(adapter *a, const peft_model *m, peft_err *err) {
-    if (!a->n_modules) return 0;
-    if (!a->dora_norms) {
+    if (!S(a)->n_modules) return 0;
+    if (!S(a)->dora_norms) {
         int64_t n = 0;
-        for (int i = 0; i < a->n_modules; i++) n += a->mods[i].out;
-        a->dora_norms = peft_calloc((size_t)n, sizeof(float), err);
-        if (!a->dora_norms) return PEFT_ERR_NOMEM;
+        for (int i = 0; i < S(a)->n_modules; i++) n += S(a)->mods[i].out;
+        S(a)->dora_norms = peft_calloc((size_t)n, sizeof(float), err);
+        if (!S(a)->dora_norms) return PEFT_ERR_NOMEM;
         int64_t off = 0;
-        for (int i = 0; i < a->n_modules; i++) {
-            a->mods[i].wnorm = a->dora_norms + off;
-            off += a->mods[i].out;
+        for (int i = 0; i < S(a)->n_modules; i++) {
+            S(a)->mods[i].wnorm = S(a)->dora_norms + off;
+            off += S(a)->mods[i].out;
         }
     }
     int maxin = 0;
-    for (int i = 0; i < a->n_modules; i++) maxin = PEFT_MAX(maxin, a->mods[i].in);
+    for (int i = 0; i < S(a)->n_modules; i++) maxin = PEFT_MAX(maxin, S(a)->mods[i].in);
     float *row = peft_malloc((size_t)maxin * sizeof(float), err);
     if (!row) return PEFT_ERR_NOMEM;
-    for (int i = 0; i < a->n_modules; i++) {
-        lora_module *md = &a->mods[i];
+    for (int i = 0; i < S(a)->n_modules; i++) {
+        lora_module *md = &S(a)->mods[i];
         const kern_weight *w = &m->layers[md->layer].lin[md->role].w;
         for (int j = 0; j < md->out; j++) {
             int rc = kern_weight_row(w, j, row);
@@ -198,21 +207,138 @@ static void lora_merge_row(const adapter *a, int l, model_linear_role r, float *
     }
 }
 
+/* ---- the method: options, config, creation ---------------------------------------------------------- */
+
+static void lora_free(adapter *a) {
+    lora_state *st = S(a);
+    if (!st) return;
+    free(st->mods);
+    free(st->slot);
+    free(st->dora_norms);
+    free(st);
+    a->priv = NULL;
+}
+
+/* lora_config from mc: the generic fields (0 / NAN: LoRA's defaults) and
+ * the options rslora, init */
+static int config_of(const method_config *mc, bool dora, lora_config *c, peft_err *err) {
+    *c = lora_default_config();
+    if (mc->r > 0) c->r = mc->r;
+    if (!isnan(mc->alpha)) c->alpha = mc->alpha;
+    c->dropout = mc->dropout;
+    c->targets = mc->targets;
+    c->layers = mc->layers;
+    c->seed = mc->seed;
+    c->dora = dora;
+    int rc = method_option_bool(mc, "rslora", &c->rslora, err);
+    if (rc) return rc;
+    char buf[32];
+    const char *init = method_option_get(mc, "init", buf, sizeof buf);
+    if (!init || !strcmp(init, "kaiming") || !strcmp(init, "true")) c->init = LORA_INIT_KAIMING;
+    else if (!strcmp(init, "gaussian")) c->init = LORA_INIT_GAUSSIAN;
+    else if (!strcmp(init, "false")) c->init = LORA_INIT_ZERO_B_RANDOM_BOTH;   /* HF init_lora_weights=False */
+    else
+        return peft_fail(err, PEFT_ERR_INVALID, "%s: init must be kaiming or gaussian, got \"%s\"", dora ? "dora" : "lora",
+                         init);
+    return 0;
+}
+
+static int lora_check(const method_config *mc, peft_err *err) {
+    lora_config c;
+    bool use_dora = false;
+    int rc = config_of(mc, mc->ops == &method_dora, &c, err);
+    if (!rc) rc = method_option_bool(mc, "use_dora", &use_dora, err);
+    return rc;
+}
+
+/* --use-dora: lora becomes dora */
+static const method_ops *lora_resolve(const method_config *mc) {
+    bool use_dora = false;
+    peft_err e = {0};
+    return !method_option_bool(mc, "use_dora", &use_dora, &e) && use_dora ? &method_dora : &method_lora;
+}
+
+static int lora_create(adapter *a, const peft_model *m, const method_config *mc, peft_err *err) {
+    lora_config c, planned;
+    int *slot_r = NULL;
+    int rc = config_of(mc, a->ops == &method_dora, &c, err);
+    if (!rc) rc = lora_plan(m, &c, &planned, &slot_r, err);
+    if (!rc) rc = lora_setup(a, m, &planned, slot_r, err);
+    free(slot_r);
+    return rc;
+}
+
+static int lora_wire_ops(adapter *a, const peft_model *m, peft_err *err) {
+    (void)m;
+    (void)err;
+    lora_wire(a);
+    return 0;
+}
+
+/* A DoRA file may say lora_dropout > 0: its forward ignores it (as merged
+ * inference does), training would not be HF's */
+static int lora_train_check(const adapter *a, peft_err *err) {
+    const lora_state *st = S(a);
+    if (st->cfg.dora && st->cfg.dropout > 0)
+        return peft_fail(err, PEFT_ERR_INVALID, "DoRA with dropout (%g) cannot be trained here; set lora_dropout to 0",
+                         (double)st->cfg.dropout);
+    return 0;
+}
+
+static void lora_describe(const adapter *a, char *buf, size_t cap) {
+    const lora_state *st = S(a);
+    snprintf(buf, cap, "r=%d alpha=%g%s scale=%g dropout=%g on %d modules", st->cfg.r, (double)st->cfg.alpha,
+             st->cfg.rslora ? " (rsLoRA)" : "", (double)lora_scale(&st->cfg), (double)st->cfg.dropout, st->n_modules);
+}
+
+static const method_option lora_options[] = {
+    {"r", "N", "rank (default 8)"},
+    {"alpha", "A", "alpha, the scale is alpha/r (default 16)"},
+    {"dropout", "P", METHOD_HELP_DROPOUT},
+    {"target", "LIST", METHOD_HELP_TARGET},
+    {"layers", "LIST", METHOD_HELP_LAYERS},
+    {"rslora", NULL, "scale by alpha/sqrt(r) instead of alpha/r"},
+    {"use-dora", NULL, "the same as --method dora"},
+    {"init", "NAME", "kaiming (default, B = 0) | gaussian"},
+    {"loraplus-lr-ratio", "R", "LoRA+: lora_B (and DoRA's magnitude) at lr x R (HF loraplus_lr_ratio; default 0 = off)"},
+    {"loraplus-lr-embedding", "LR", "LoRA+: lr of LoRA on embedding layers (default 1e-6)"},
+    {NULL, NULL, NULL},
+};
+
+/* DoRA: no dropout (HF PEFT recomputes the base output on the dropped input) */
+static const method_option dora_options[] = {
+    {"r", "N", "rank (default 8)"},
+    {"alpha", "A", "alpha, the scale is alpha/r (default 16)"},
+    {"target", "LIST", METHOD_HELP_TARGET},
+    {"layers", "LIST", METHOD_HELP_LAYERS},
+    {"rslora", NULL, "scale by alpha/sqrt(r) instead of alpha/r"},
+    {"use-dora", NULL, "the same as --method dora"},
+    {"init", "NAME", "kaiming (default, B = 0) | gaussian"},
+    {"loraplus-lr-ratio", "R", "LoRA+: lora_B (and DoRA's magnitude) at lr x R (HF loraplus_lr_ratio; default 0 = off)"},
+    {"loraplus-lr-embedding", "LR", "LoRA+: lr of LoRA on embedding layers (default 1e-6)"},
+    {NULL, NULL, NULL},
+};
+
 #define LORA_OPS                                                                                                     \
-    .lin_kind = lora_kind, .lin_act_bytes = lora_act_bytes, .scratch_floats = lora_scratch, .lin_fwd = lora_hook_fwd, \
+    .peft_type = "LORA", .check = lora_check, .create = lora_create, .wire = lora_wire_ops,                        \
+    .init = lora_init_values, .free_priv = lora_free, .config_write = lora_config_write, .load = lora_load_st,      \
+    .train_check = lora_train_check, .describe = lora_describe, .lin_kind = lora_kind,                            \
+    .lin_act_bytes = lora_act_bytes, .scratch_floats = lora_scratch, .lin_fwd = lora_hook_fwd,                   \
     .lin_bwd = lora_hook_bwd, .lowest_layer = lora_lowest, .merge_touches = lora_touches, .merge_row = lora_merge_row
 
-/* Not in the registry: lora_alloc attaches these, and `--method lora|dora`,
- * LORA files and their options are handled by the LoRA family's files. */
-const method_ops method_lora_hooks = {
+const method_ops method_lora = {
     .name = "lora",
-    .peft_type = "LORA",
+    .summary = "LoRA: low-rank A, B per targeted linear (rsLoRA: --rslora)",
+    .options = lora_options,
+    .resolve = lora_resolve,
+    .export_gguf = lora_export_gguf,
     LORA_OPS,
 };
 
-const method_ops method_dora_hooks = {
+const method_ops method_dora = {
     .name = "dora",
-    .peft_type = "LORA",
+    .summary = "DoRA: LoRA plus a magnitude per output row",
+    .options = dora_options,
     .refresh = dora_refresh,
     LORA_OPS,
 };

@@ -71,8 +71,8 @@ static int vera_create(adapter *a, const peft_model *m, const method_config *mc,
     vera *v = peft_calloc(1, sizeof *v, err);
     if (!v) return PEFT_ERR_NOMEM;
     a->priv = v;
-    v->r = mc->lora.r > 0 ? mc->lora.r : 256;
-    v->dropout = mc->lora.dropout;
+    v->r = mc->r > 0 ? mc->r : 256;
+    v->dropout = mc->dropout;
     double d0 = 0.1, key = 0;
     bool save = true;
     int rc;
@@ -228,11 +228,11 @@ static int vera_config_read(const cJSON *o, const char *path, const peft_model *
     const cJSON *b = cJSON_GetObjectItemCaseSensitive(o, "bias");
     if (cJSON_IsString(b) && strcmp(b->valuestring, "none"))
         return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: bias \"%s\" is not supported (none)", path, b->valuestring);
-    mc->lora.r = (int)r;
-    mc->lora.dropout = (float)drop;
+    mc->r = (int)r;
+    mc->dropout = (float)drop;
     snprintf(mc->options, sizeof mc->options, "d_initial=%.9g;projection_prng_key=%.17g;save_projection=%s", d0, key,
              save ? "true" : "false");
-    if ((rc = adapter_json_targets(m, cJSON_GetObjectItemCaseSensitive(o, "target_modules"), &mc->lora.targets, path, err)))
+    if ((rc = adapter_json_targets(m, cJSON_GetObjectItemCaseSensitive(o, "target_modules"), &mc->targets, path, err)))
         return rc;
     return 0;
 }
@@ -376,6 +376,10 @@ static void vera_describe(const adapter *a, char *buf, size_t cap) {
 }
 
 static const method_option vera_options[] = {
+    {"r", "N", "rank (default 256)"},
+    {"dropout", "P", METHOD_HELP_DROPOUT},
+    {"target", "LIST", METHOD_HELP_TARGET},
+    {"layers", "LIST", METHOD_HELP_LAYERS},
     {"d-initial", "D", "initial value of every λd (0.1)"},
     {"projection-prng-key", "N", "seed of the shared random matrices, drawn as torch draws them (0)"},
     {"save-projection", "BOOL", "save the shared matrices in the adapter (true; false: regenerated from the key)"},
@@ -387,7 +391,6 @@ const method_ops method_vera = {
     .peft_type = "VERA",
     .summary = "VeRA: shared frozen random A, B; trained vectors λd (r), λb (out) per linear",
     .options = vera_options,
-    .uses = METHOD_USES_R | METHOD_USES_DROPOUT | METHOD_USES_TARGET | METHOD_USES_LAYERS,
     .check = vera_check,
     .create = vera_create,
     .wire = vera_wire,
