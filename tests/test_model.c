@@ -99,6 +99,57 @@ static void gemma2_hf_and_gguf_logits_match_transformers(void) {
     CHECK(max_logit_diff(FIX "tiny-gemma2", FIX "tiny-gemma2", "logits", 2) <= 1e-4);
     CHECK(max_logit_diff(FIX "tiny-gemma2.f32.gguf", FIX "tiny-gemma2", "logits_gguf", 1) <= 1e-4);
 }
+/* Encoders: the last hidden states of each sequence of the padded batch
+ * (its real tokens; HF masks the padding out of the keys) equal
+ * transformers', with token types (one row is a pair) and RoBERTa's
+ * position offset. Returns the worst difference. */
+static double encoder_hidden_diff(const char *model, const char *ref_dir) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/reference.safetensors", ref_dir);
+    st_archive *ref = NULL;
+    peft_err err = {0};
+    if (st_open(p, &ref, &err)) { fprintf(stderr, "  %s\n", err.msg); return INFINITY; }
+    const st_tensor *ids = st_find(ref, "input_ids"), *mask = st_find(ref, "attention_mask"),
+                    *tt = st_find(ref, "token_type_ids"), *hs = st_find(ref, "last_hidden_state");
+    peft_ctx *ctx = peft_init(NULL);
+    peft_model *m = peft_model_load(ctx, model);
+    double worst = INFINITY;
+    if (!m) fprintf(stderr, "  load %s: %s\n", model, peft_last_error(ctx));
+    if (m && ids && mask && tt && hs) {
+        const int B = (int)ids->shape[0], T = (int)ids->shape[1], d = m->cfg.d_model;
+        float *out = malloc(sizeof(float) * (size_t)T * d);
+        worst = 0;
+        for (int b = 0; b < B; b++) {
+            int len = 0;
+            while (len < T && ((const int32_t *)mask->data)[b * T + len]) len++;
+            if (model_forward_ex(m, (const int32_t *)ids->data + b * T, (const int32_t *)tt->data + b * T, len, NULL, false,
+                                 out, &err)) {
+                fprintf(stderr, "  %s\n", err.msg);
+                worst = INFINITY;
+                break;
+            }
+            worst = fmax(worst, test_max_abs_diff(out, (const float *)hs->data + (size_t)b * T * d, (size_t)len * d));
+        }
+        free(out);
+        /* no LM head: asking for logits is a clear error */
+        float lg[4];
+        CHECK(model_forward(m, (const int32_t *)ids->data, 2, lg, false, &err) == PEFT_ERR_UNSUPPORTED);
+        CHECK(strstr(err.msg, "encoder") != NULL);
+    }
+    peft_model_free(m);
+    peft_free(ctx);
+    st_close(ref);
+    printf("    %-44s last_hidden_state max|diff| = %.3g\n", model + strlen(FIX), worst);
+    return worst;
+}
+
+static void bert_and_roberta_hidden_states_match_transformers(void) {
+    CHECK(encoder_hidden_diff(FIX "tiny-bert", FIX "tiny-bert") <= 1e-4);
+    CHECK(encoder_hidden_diff(FIX "tiny-roberta", FIX "tiny-roberta") <= 1e-4);
+    CHECK(encoder_hidden_diff(FIX "tiny-bert.f32.gguf", FIX "tiny-bert") <= 1e-4);
+    CHECK(encoder_hidden_diff(FIX "tiny-roberta.f32.gguf", FIX "tiny-roberta") <= 1e-4);
+}
+
 static void llama_gguf_f32_logits_match_transformers(void) {
     CHECK(max_logit_diff(FIX "tiny-llama.f32.gguf", FIX "tiny-llama", "logits", 1) <= 1e-4);
 }
@@ -228,6 +279,7 @@ int main(void) {
     TEST_RUN(qwen3_hf_and_gguf_logits_match_transformers);
     TEST_RUN(phi3_hf_and_gguf_logits_match_transformers);
     TEST_RUN(gemma2_hf_and_gguf_logits_match_transformers);
+    TEST_RUN(bert_and_roberta_hidden_states_match_transformers);
     TEST_RUN(llama_gguf_f32_logits_match_transformers);
     TEST_RUN(qwen2_gguf_f32_logits_match_transformers);
     TEST_RUN(gpt2_gguf_f32_logits_match_transformers);

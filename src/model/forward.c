@@ -155,18 +155,30 @@ static int fwd_attn(void *u, int l, block_acts *A) {
     return 0;
 }
 
-int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bool all_logits,
-                  peft_err *err) {
+int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bool all_logits, peft_err *err) {
+    return model_forward_ex(m, ids, NULL, T_in, logits, all_logits, NULL, err);
+}
+
+int model_forward_ex(peft_model *m, const int32_t *ids, const int32_t *types, int T_in, float *logits, bool all_logits,
+                     float *hidden, peft_err *err) {
     const model_config *c = &m->cfg;
+    const bool enc = c->desc->encoder;
+    if (enc && logits)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s is an encoder (%s): it has no language-model head to generate or "
+                         "score text with (use peft embed, or train a classifier)", m->path, c->arch_name);
+    if (enc) m->n_past = 0;   /* no incremental decoding: each call is a whole sequence */
     const adapter *ad = m->lora;
     const int d = c->d_model, hd = c->head_dim, qd = c->n_head * hd, kvd = c->n_kv_head * hd;
     const int ld_qkv = qd + 2 * kvd, ff = c->d_ff;
     const int nt = m->ctx ? m->ctx->n_threads : 1;
     int rc;
     if (T_in <= 0) return peft_fail(err, PEFT_ERR_INVALID, "forward: no tokens");
-    for (int t = 0; t < T_in; t++)
+    for (int t = 0; t < T_in; t++) {
         if (ids[t] < 0 || ids[t] >= c->vocab)
             return peft_fail(err, PEFT_ERR_INVALID, "token id %d out of range [0, %d)", ids[t], c->vocab);
+        if (types && (types[t] < 0 || types[t] >= PEFT_MAX(c->n_types, 1)))
+            return peft_fail(err, PEFT_ERR_INVALID, "token type %d out of range [0, %d)", types[t], PEFT_MAX(c->n_types, 1));
+    }
     /* a sequence's first call: prompt tuning's virtual rows go first, prefix
      * tuning's key/value rows fill the cache's first positions */
     const int V0 = m->n_past == 0 ? adapter_prompt_rows(ad) : 0, PX = m->n_past == 0 ? adapter_prefix_rows(ad) : 0;
@@ -186,7 +198,7 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
     const int hsd = sub_hooks ? d : 0;
     const size_t hw = hook_ws(ad, m, T);
     /* Gemma 2's normed sub-layer outputs: o1, o2, ptmp (T, d) */
-    const bool post = c->desc->hf_norm[NORM_ATTN_OUT] || c->desc->hf_norm[NORM_MLP_OUT];
+    const bool post = c->desc->hf_norm[NORM_ATTN_OUT] || c->desc->hf_norm[NORM_MLP_OUT] || enc;
     const size_t ff1 = (size_t)(c->desc->fused_gate_up ? 2 : 1) * ff, npost = post ? 3 * (size_t)T * d : 0;
     size_t n_ws = (size_t)T * (2 * d + ld_qkv + qd + ff1 + ff) + T + mm_scratch + att_scratch + hw +
                   (size_t)T * (size_t)hsd + npost;
@@ -211,7 +223,11 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
         if (c->embed_scale > 0)
             for (int i = 0; i < d; i++) x[(size_t)t * d + i] *= c->embed_scale;
         if (learned_pos) {
-            if ((rc = kern_weight_row(pemb, pos[t], h))) goto fail;
+            if ((rc = kern_weight_row(pemb, pos[t] + c->pos_offset, h))) goto fail;
+            for (int i = 0; i < d; i++) x[(size_t)t * d + i] += h[i];
+        }
+        if (m->type_emb.data) {
+            if ((rc = kern_weight_row(&m->type_emb, types && t >= V0 ? types[t - V0] : 0, h))) goto fail;
             for (int i = 0; i < d; i++) x[(size_t)t * d + i] += h[i];
         }
     }
@@ -224,8 +240,11 @@ int model_forward(peft_model *m, const int32_t *ids, int T_in, float *logits, bo
                     .u = split ? f2 : NULL, .a = fused ? f2 : f1, .xout = x,
                     .o1 = post ? po : NULL, .o2 = post ? po + (size_t)T * d : NULL,
                     .ptmp = post ? po + 2 * (size_t)T * d : NULL};
+    /* encoders: the embeddings' LayerNorm (the out norm slot) */
+    if (enc) block_norm_fwd(&env, c->n_layer, NORM_ATTN, x, NULL, NULL, x, T);
     for (int l = 0; l < c->n_layer; l++)
         if ((rc = block_fwd(&env, l, &A))) goto fail;
+    if (hidden) memcpy(hidden, x + (size_t)V0 * d, (size_t)T_in * d * sizeof(float));
     m->n_past = L;
 
     if (logits) {

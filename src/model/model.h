@@ -135,6 +135,12 @@ bool model_qkv_fused(const peft_model *m, int l);
 
 int model_forward(peft_model *m, const int32_t *ids, int T, float *logits, bool all_logits,
                   peft_err *err);
+/* The same with token types (NULL: all 0) and the last layer's hidden
+ * states of the real tokens (T, d) into hidden (may be NULL). An encoder
+ * has no LM head (logits must be NULL) and no cache: every call is a whole
+ * sequence, attended in both directions. */
+int model_forward_ex(peft_model *m, const int32_t *ids, const int32_t *types, int T, float *logits, bool all_logits,
+                     float *hidden, peft_err *err);
 void model_reset(peft_model *m);
 
 #endif
