@@ -32,6 +32,14 @@ typedef enum { ARCH_ACT_SWIGLU = 0, ARCH_ACT_GELU_TANH, ARCH_ACT_GEGLU_TANH, ARC
 /* Positions: rotary on q and k, or a learned table added to the input. */
 typedef enum { ARCH_POS_ROPE = 0, ARCH_POS_LEARNED } arch_pos;
 
+/* The sequence-classification head transformers puts on the family:
+ *   LAST    score (n_labels, d) on the last non-padding token (decoders)
+ *   POOLER  classifier (n_labels, d) + bias on the base's pooler,
+ *           tanh(Wp·h₀ + bp), of the first token (BERT)
+ *   DENSE   classifier.out_proj(tanh(classifier.dense(h₀))), both with
+ *           biases and both trained, on the first token (RoBERTa) */
+typedef enum { ARCH_CLS_LAST = 0, ARCH_CLS_POOLER, ARCH_CLS_DENSE } arch_cls;
+
 typedef struct model_config model_config;
 struct cJSON;
 
@@ -97,6 +105,8 @@ typedef struct arch_desc {
     uint32_t lora_targets;        /* HF peft's default target_modules for this model type */
     uint32_t ia3_targets, ia3_ff; /* HF peft's IA3 defaults (target and feed-forward modules) */
     const char *cls_class;        /* transformers' sequence-classification class */
+    arch_cls cls;                 /* its head */
+    const char *hf_pooler;        /* the base's pooler (ARCH_CLS_POOLER), under the prefix: "pooler.dense" */
     const char *gguf_lora_arch;   /* general.architecture of a llama.cpp LoRA for this model */
 } arch_desc;
 

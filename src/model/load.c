@@ -288,7 +288,25 @@ static int load_globals(peft_model *m, bool gguf, const char *pfx, peft_err *err
         snprintf(name, sizeof name, "%s.bias", base);
         if ((rc = get_vec(m, name, c->d_model, true, &m->out_norm_b, err))) return rc;
     }
-    if (D->encoder) return 0;   /* no LM head; the sequence-classification head is the adapter's */
+    if (D->encoder) {
+        /* no LM head; BERT's pooler feeds its classifier, and a classifier
+         * base's own head is where a new adapter's starts */
+        if (D->hf_pooler && !gguf) {
+            snprintf(name, sizeof name, "%s%s.weight", pfx, D->hf_pooler);
+            if ((rc = get_vec(m, name, (int64_t)c->d_model * c->d_model, false, &m->pooler_w, err))) return rc;
+            snprintf(name, sizeof name, "%s%s.bias", pfx, D->hf_pooler);
+            if ((rc = get_vec(m, name, c->d_model, false, &m->pooler_b, err))) return rc;
+        }
+        src_tensor ct;
+        if (D->cls == ARCH_CLS_POOLER && !gguf && find_tensor(m, "classifier.weight", &ct) && ct.ndim == 2 &&
+            ct.shape[1] == c->d_model && ct.shape[0] >= 1 && ct.shape[0] <= PEFT_MAX_LABELS) {
+            m->n_labels = (int)ct.shape[0];
+            if ((rc = get_vec(m, "classifier.weight", ct.shape[0] * c->d_model, true, &m->score, err)) ||
+                (rc = get_vec(m, "classifier.bias", ct.shape[0], true, &m->score_b, err)))
+                return rc;
+        }
+        return 0;
+    }
     snprintf(name, sizeof name, "%s.weight", gguf ? "output" : D->hf_lm_head);
     rc = get_mat(m, name, c->vocab, c->d_model, false, false, &m->lm_head, err);
     if (rc < 0) return rc;

@@ -77,6 +77,8 @@ struct peft_model {
     kern_weight tok_emb, pos_emb, lm_head, type_emb;
     float *out_norm_w, *out_norm_b;
     float *score;         /* classification head (n_labels, d) of a *ForSequenceClassification folder, or NULL */
+    float *score_b;       /* its bias (encoders' classifier), or NULL */
+    float *pooler_w, *pooler_b;   /* BERT's pooler (d, d), (d), f32, or NULL */
     int n_labels;
     float *rope_cos, *rope_sin;   /* (n_ctx, rope_dim / 2) */
     bpe_tokenizer *tok;

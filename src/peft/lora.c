@@ -213,7 +213,7 @@ int lora_alloc(const peft_model *m, const lora_config *cfg, const int *slot_r, i
     int head = rc ? -1 : mts_head_add(a, m, n_labels, err);
     if (rc || (n_labels > 0 && head < 0) || (rc = adapter_finish_alloc(a, err))) {
         adapter_free(a);
-        return rc ? rc : PEFT_ERR_NOMEM;
+        return rc ? rc : err->code ? err->code : PEFT_ERR_NOMEM;
     }
     lora_wire(a);
     mts_head_wire(a, m, head, cfg->seed);

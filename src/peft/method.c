@@ -40,7 +40,7 @@ int method_adapter_new(const peft_model *m, const method_config *mc, bool fresh,
     if (!(a->base_model = peft_strdup(m->path, err))) { rc = PEFT_ERR_NOMEM; goto fail; }
     if ((rc = ops->create(a, m, &a->mc, err))) goto fail;
     head = mts_head_add(a, m, mc->n_labels, err);
-    if (mc->n_labels > 0 && head < 0) { rc = PEFT_ERR_NOMEM; goto fail; }
+    if (mc->n_labels > 0 && head < 0) { rc = err->code ? err->code : PEFT_ERR_NOMEM; goto fail; }
     for (int i = 0; i < a->n_tensors; i++)
         if (a->tensors[i].n <= 0) {
             rc = peft_fail(err, PEFT_ERR_INVALID, "%s: empty tensor %s", m->path, a->tensors[i].key);

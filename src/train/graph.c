@@ -53,6 +53,8 @@ struct train_graph {
     float *capped;      /* (LOSS_CHUNK, V) tanh of the soft-capped logits (final_softcap), else NULL */
     float *ptmp;        /* (N, d) a normed sub-layer output (Gemma 2) */
     float *cls;         /* (B, n_labels) logits of the last classification pass */
+    float *cls_scr;     /* (B, 2·d) the head's scratch (its pooled activation) per row */
+    float *dlab;        /* (n_labels) the gradient of one row's logits */
     float *kvbuf;       /* prefix: k, v, dk, dv of one sequence, 4 × (PX + T) × kvd */
     float *mm_scratch, *attn_scratch;
     int32_t *pos, *ids, *tgt, *seg, *last;   /* (N) (N) (N) (N) (B) */
@@ -201,6 +203,8 @@ static size_t layout(train_graph *g, float *base) {
     g->capped = c->final_softcap > 0 ? TAKE((size_t)LOSS_CHUNK * g->V) : NULL;
     g->ptmp = post1 || post2 ? TAKE(N * d) : NULL;
     g->cls = TAKE(B * (size_t)(g->n_labels ? g->n_labels : 1));
+    g->cls_scr = TAKE(B * 2 * d);
+    g->dlab = TAKE((size_t)(g->n_labels ? g->n_labels : 1));
     g->kvbuf = g->PX ? TAKE(4 * (T + (size_t)g->PX) * g->kvd) : NULL;
     g->mm_scratch = TAKE(PEFT_MAX(kern_matmul_scratch_floats(g->max_in, g->nt), kern_matmul_dx_scratch_floats(g->max_in, g->nt)));
     g->attn_scratch = TAKE(kern_attn_train_scratch_floats((int)T, g->PX, g->m->cfg.n_head, g->m->cfg.head_dim, g->nt));
@@ -608,17 +612,14 @@ static int lm_loss(train_graph *g, bool backward, float grad_scale, double *tota
 static int cls_loss(train_graph *g, const data_batch *b, bool backward, float grad_scale, double *total, int *count) {
     const int K = g->n_labels, d = g->d;
     adapter *a = g->ad;
-    /* the adapter's head, or the model's own (a fine-tuned classifier) */
-    const float *score = mts_head_weight(a, g->m);
-    float *gscore = mts_head_grad(a);
+    float *dl = g->dlab;
+    /* the adapter's head, or the model's own (a fine-tuned classifier),
+     * on the row the family pools (modules_to_save.c) */
     for (int bi = 0; bi < g->B; bi++) {
-        const float *h = g->hf + ((size_t)bi * g->T + g->last[bi]) * d;
-        float *lg = g->cls + (size_t)bi * K;
-        for (int k = 0; k < K; k++) {
-            double s = 0;
-            for (int j = 0; j < d; j++) s += (double)score[(size_t)k * d + j] * h[j];
-            lg[k] = (float)s;
-        }
+        const size_t row = (size_t)bi * g->T + mts_pool_row(g->m, g->last[bi]);
+        const float *h = g->hf + row * d;
+        float *lg = g->cls + (size_t)bi * K, *scr = g->cls_scr + (size_t)bi * 2 * d;
+        mts_head_fwd(a, g->m, h, lg, scr);
         const int y = b->labels ? b->labels[bi] : -1;
         if (y < 0) continue;
         if (y >= K) return PEFT_ERR_INVALID;
@@ -628,14 +629,8 @@ static int cls_loss(train_graph *g, const data_batch *b, bool backward, float gr
         *total += log(z) + mx - lg[y];
         *count += 1;
         if (!backward) continue;
-        float *dh = g->dhf + ((size_t)bi * g->T + g->last[bi]) * d;
-        for (int k = 0; k < K; k++) {
-            const float dl = (float)((exp(lg[k] - mx) / z - (k == y)) * grad_scale);
-            for (int j = 0; j < d; j++) {
-                if (gscore) gscore[(size_t)k * d + j] += dl * h[j];
-                dh[j] += dl * score[(size_t)k * d + j];
-            }
-        }
+        for (int k = 0; k < K; k++) dl[k] = (float)((exp(lg[k] - mx) / z - (k == y)) * grad_scale);
+        mts_head_bwd(a, g->m, h, dl, g->dhf + row * d, scr);
     }
     return 0;
 }

@@ -99,12 +99,13 @@ static const char *const bert_gguf_lin[ROLE_N_LINEAR] = {
     [ROLE_UP] = "ffn_up", [ROLE_DOWN] = "ffn_down"};
 
 const arch_desc arch_bert = {
-    .name = "bert", BERT_COMMON, .hf_extra = bert_hf_extra, .hf_prefix = "bert.",
+    .name = "bert", BERT_COMMON, .hf_extra = bert_hf_extra, .hf_prefix = "bert.", .cls = ARCH_CLS_POOLER,
+    .hf_pooler = "pooler.dense",
     .cls_class = "BertForSequenceClassification", .gguf_lora_arch = "bert",
 };
 
 const arch_desc arch_roberta = {
-    .name = "roberta", BERT_COMMON, .hf_extra = roberta_hf_extra, .hf_prefix = "roberta.",
+    .name = "roberta", BERT_COMMON, .hf_extra = roberta_hf_extra, .hf_prefix = "roberta.", .cls = ARCH_CLS_DENSE,
     .cls_class = "RobertaForSequenceClassification", .gguf_lora_arch = "bert",
 };
 #undef B

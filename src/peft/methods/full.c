@@ -327,7 +327,7 @@ static int full_save(const adapter *a, const peft_model *m, const char *dir, pef
         if (!at->saved) continue;
         st_write_tensor *w = &t[k];
         /* the head under transformers' *ForSequenceClassification name */
-        w->name = mts_is_head(a, at->p) ? MTS_HEAD_MODEL_KEY : at->key;
+        w->name = mts_is_head(a, at->p) ? mts_model_key(a, at->p) : at->key;
         w->dtype = PEFT_DT_F32;
         w->ndim = at->ndim;
         w->shape[0] = at->shape[0];
