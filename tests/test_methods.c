@@ -409,6 +409,29 @@ static void newer_architectures(void) {
     method_case(MFIX "tiny-gemma2", "gemma2_ia3", mk_plug("ia3", NULL), true);
 }
 
+/* Encoders have no LM head: every method with a classification head
+ * (BERT's on the pooler, RoBERTa's dense + out_proj), the padding of
+ * row 1 kept out of the bidirectional attention. */
+static method_config cls3(method_config c) {
+    c.n_labels = 3;
+    return c;
+}
+
+static void encoders_every_method(void) {
+    static const char *const names[] = {"lora", "dora", "ia3", "bitfit", "full", "adapter-houlsby", "adapter-pfeiffer",
+                                        "vera", "loha", "lokr"};
+    for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
+        char nm[64];
+        snprintf(nm, sizeof nm, "bert_%s_cls", names[k]);
+        method_case(MFIX "tiny-bert", nm, cls3(mk_plug(names[k], NULL)), false);
+    }
+    method_case(MFIX "tiny-bert", "bert_prompt_cls", cls3(mk_plug("prompt", "num_virtual_tokens=3")), false);
+    method_case(MFIX "tiny-bert", "bert_prefix_cls", cls3(mk_plug("prefix", "num_virtual_tokens=3")), false);
+    method_case(MFIX "tiny-roberta", "roberta_lora_cls", cls3(mk_plug("lora", NULL)), false);
+    method_case(MFIX "tiny-roberta", "roberta_full_cls", cls3(mk_plug("full", NULL)), false);
+    method_case(MFIX "tiny-roberta", "roberta_prompt_cls", cls3(mk_plug("prompt", "num_virtual_tokens=3")), false);
+}
+
 static void prefix_init_from_text_is_the_text_as_context(void) {
     for (int mi = 0; mi < 2; mi++) {
         env e;
@@ -912,6 +935,7 @@ int main(void) {
     TEST_RUN(every_method_on_llama_and_gpt2);
     TEST_RUN(qwen2_and_gguf_bases);
     TEST_RUN(newer_architectures);
+    TEST_RUN(encoders_every_method);
     TEST_RUN(prefix_init_from_text_is_the_text_as_context);
     TEST_RUN(loha_dropout_is_training_only);
     TEST_RUN(methods_the_base_cannot_take_fail_clearly);

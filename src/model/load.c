@@ -298,11 +298,18 @@ static int load_globals(peft_model *m, bool gguf, const char *pfx, peft_err *err
             if ((rc = get_vec(m, name, c->d_model, false, &m->pooler_b, err))) return rc;
         }
         src_tensor ct;
-        if (D->cls == ARCH_CLS_POOLER && !gguf && find_tensor(m, "classifier.weight", &ct) && ct.ndim == 2 &&
-            ct.shape[1] == c->d_model && ct.shape[0] >= 1 && ct.shape[0] <= PEFT_MAX_LABELS) {
+        const bool dense = D->cls == ARCH_CLS_DENSE;
+        const char *cw = dense ? "classifier.out_proj.weight" : "classifier.weight";
+        const char *cb = dense ? "classifier.out_proj.bias" : "classifier.bias";
+        if (!gguf && find_tensor(m, cw, &ct) && ct.ndim == 2 && ct.shape[1] == c->d_model && ct.shape[0] >= 1 &&
+            ct.shape[0] <= PEFT_MAX_LABELS) {
             m->n_labels = (int)ct.shape[0];
-            if ((rc = get_vec(m, "classifier.weight", ct.shape[0] * c->d_model, true, &m->score, err)) ||
-                (rc = get_vec(m, "classifier.bias", ct.shape[0], true, &m->score_b, err)))
+            if ((rc = get_vec(m, cw, ct.shape[0] * c->d_model, true, &m->score, err)) ||
+                (rc = get_vec(m, cb, ct.shape[0], true, &m->score_b, err)))
+                return rc;
+            if (dense && ((rc = get_vec(m, "classifier.dense.weight", (int64_t)c->d_model * c->d_model, true, &m->cls_dw,
+                                        err)) ||
+                          (rc = get_vec(m, "classifier.dense.bias", c->d_model, true, &m->cls_db, err))))
                 return rc;
         }
         return 0;

@@ -79,6 +79,7 @@ struct peft_model {
     float *score;         /* classification head (n_labels, d) of a *ForSequenceClassification folder, or NULL */
     float *score_b;       /* its bias (encoders' classifier), or NULL */
     float *pooler_w, *pooler_b;   /* BERT's pooler (d, d), (d), f32, or NULL */
+    float *cls_dw, *cls_db;       /* a RoBERTa classifier's classifier.dense (d, d), (d), or NULL */
     int n_labels;
     float *rope_cos, *rope_sin;   /* (n_ctx, rope_dim / 2) */
     bpe_tokenizer *tok;

@@ -194,7 +194,7 @@ int lora_load_st(const peft_model *m, const cJSON *o, const char *cfg_path, cons
         size_t n = strlen(nm);
         const char *sfx = NULL;
         bool is_b = false;
-        if (!strcmp(nm, MTS_HEAD_KEY)) continue;   /* the head: adapter_load checked it */
+        if (mts_is_head_key(nm)) continue;   /* the head: adapter_load checked it */
         if (cfg.dora && n > 22 && strcmp(nm + n - 22, ".lora_magnitude_vector") == 0) { n_mag++; continue; }
         if (n > pl + 14 && strcmp(nm + n - 14, ".lora_A.weight") == 0) sfx = nm + n - 14;
         else if (n > pl + 14 && strcmp(nm + n - 14, ".lora_B.weight") == 0) { sfx = nm + n - 14; is_b = true; }

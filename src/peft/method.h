@@ -138,12 +138,12 @@ struct method_ops {
     int (*lin_bwd)(adapter *a, const lin_call *c, const float *dy, int lddy, float *dx);
     /* a linear's bias replaced by the method's (BitFit), or NULL: the base's */
     const float *(*lin_bias)(const adapter *a, int l, model_linear_role r);
-    /* norms: the method's weight or bias of norm `which` (0 attention, 1 MLP)
+    /* norms: the method's weight or bias of norm `which` (NORM_*, model/arch.h)
      * of layer l (l == n_layer: the final norm), or NULL: the base's; and
      * the gradient it accumulates into (NULL: not trained) */
     const float *(*norm_param)(const adapter *a, int l, int which, bool bias);
     float *(*norm_grad)(adapter *a, int l, int which, bool bias);
-    /* embeddings (which 0: tokens, 1: positions, 2: the head): the method's
+    /* embeddings (which 0: tokens, 1: positions, 2: the head, 3: token types): the method's
      * weight (built in tmp) or NULL for the base's, and its gradient */
     const kern_weight *(*emb_weight)(const adapter *a, const peft_model *m, int which, kern_weight *tmp);
     float *(*emb_grad)(adapter *a, int which);

@@ -98,8 +98,11 @@ void mts_head_wire(adapter *a, const peft_model *m, int idx, uint64_t seed) {
     }
     /* a classifier base: start from its head (as modules_to_save copies it) */
     if (m && m->score && m->n_labels == a->head.n_labels) {
-        memcpy(a->head.w, m->score, (size_t)a->head.n_labels * m->cfg.d_model * sizeof(float));
+        const size_t d = (size_t)m->cfg.d_model;
+        memcpy(a->head.w, m->score, (size_t)a->head.n_labels * d * sizeof(float));
         if (a->head.b && m->score_b) memcpy(a->head.b, m->score_b, (size_t)a->head.n_labels * sizeof(float));
+        if (a->head.dw && m->cls_dw) memcpy(a->head.dw, m->cls_dw, d * d * sizeof(float));
+        if (a->head.db && m->cls_db) memcpy(a->head.db, m->cls_db, d * sizeof(float));
     }
 }
 
@@ -139,7 +142,8 @@ void mts_head_fwd(const adapter *a, const peft_model *m, const float *h, float *
     case ARCH_CLS_DENSE: {
         const bool dense = m->cfg.desc->cls == ARCH_CLS_DENSE;
         float *p = scratch;
-        affine(p, dense ? a->head.dw : m->pooler_w, dense ? a->head.db : m->pooler_b, h, d, d);
+        affine(p, dense ? (own ? a->head.dw : m->cls_dw) : m->pooler_w, dense ? (own ? a->head.db : m->cls_db) : m->pooler_b,
+               h, d, d);
         for (int j = 0; j < d; j++) p[j] = tanhf(p[j]);
         affine(logits, W, b, p, K, d);
         break;
@@ -163,7 +167,7 @@ void mts_head_bwd(adapter *a, const peft_model *m, const float *h, const float *
         return;
     }
     const bool dense = m->cfg.desc->cls == ARCH_CLS_DENSE;
-    const float *p = scratch, *Wd = dense ? a->head.dw : m->pooler_w;
+    const float *p = scratch, *Wd = dense ? (own ? a->head.dw : m->cls_dw) : m->pooler_w;
     float *dz = scratch + d;
     for (int j = 0; j < d; j++) dz[j] = 0;
     for (int k = 0; k < K; k++) {
@@ -175,9 +179,9 @@ void mts_head_bwd(adapter *a, const peft_model *m, const float *h, const float *
     }
     for (int j = 0; j < d; j++) dz[j] *= 1.0f - p[j] * p[j];
     for (int i = 0; i < d; i++) {
-        if (dense && a->head.gdb) a->head.gdb[i] += dz[i];
+        if (dense && own && a->head.gdb) a->head.gdb[i] += dz[i];
         for (int j = 0; j < d; j++) {
-            if (dense && a->head.gdw) a->head.gdw[(size_t)i * d + j] += dz[i] * h[j];
+            if (dense && own && a->head.gdw) a->head.gdw[(size_t)i * d + j] += dz[i] * h[j];
             dh[j] += dz[i] * Wd[(size_t)i * d + j];
         }
     }

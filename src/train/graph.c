@@ -47,6 +47,7 @@ struct train_graph {
     int d, qd, kvd, ldq, ff, V, max_in, max_out;
     layer_acts *L;
     float *xfin, *meanf, *rstdf, *hf;
+    float *xemb, *meane, *rstde;   /* encoders: the embeddings before their LayerNorm, its statistics */
     /* backward buffers */
     float *dx, *dxmid, *dh, *dqkv, *datt, *dg, *du, *da, *dtmp, *dxa, *xd, *dhf, *dbn, *dqk;
     float *logits;      /* (LOSS_CHUNK, V) */
@@ -154,7 +155,8 @@ static size_t layout(train_graph *g, float *base) {
     const model_config *c = &g->m->cfg;
     const size_t N = (size_t)g->N, d = (size_t)g->d, ff = (size_t)g->ff, B = (size_t)g->B, T = (size_t)g->T;
     const bool gated = c->desc->act != ARCH_ACT_GELU_TANH && !c->desc->fused_gate_up, qkn = block_qk_norm(g->m);
-    const bool post1 = c->desc->hf_norm[NORM_ATTN_OUT] != NULL, post2 = c->desc->hf_norm[NORM_MLP_OUT] != NULL;
+    const bool enc = c->desc->encoder;
+    const bool post1 = c->desc->hf_norm[NORM_ATTN_OUT] != NULL || enc, post2 = c->desc->hf_norm[NORM_MLP_OUT] != NULL || enc;
     const size_t ffg = (c->desc->fused_gate_up ? 2 : 1) * ff;   /* the gate buffer: [g | u] when fused */
     const size_t qkw = (size_t)g->qd + g->kvd, nqk = (size_t)c->n_head + c->n_kv_head;
     size_t used = 0;
@@ -185,6 +187,9 @@ static size_t layout(train_graph *g, float *base) {
         L->o2_rstd = post2 ? TAKE(N) : NULL;
     }
     g->xfin = TAKE(N * d);
+    g->xemb = enc ? TAKE(N * d) : NULL;
+    g->meane = enc ? TAKE(N) : NULL;
+    g->rstde = enc ? TAKE(N) : NULL;
     g->hf = TAKE(N * d);
     g->meanf = TAKE(N);
     g->rstdf = TAKE(N);
@@ -234,6 +239,11 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
     g->P = P;
     g->PX = PX;
     g->n_labels = adapter_n_labels(a, m);
+    if (g->n_labels > 0 && c->desc->cls == ARCH_CLS_POOLER && !m->pooler_w) {
+        free(g);
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: no pooler (%s), which the %s classifier reads", m->path,
+                         c->desc->hf_pooler, c->arch_name);
+    }
     g->T = T + P;
     g->T_cap = T + P;
     g->N = B * g->T;
@@ -692,6 +702,8 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
             g->ids[i] = b->inputs[src];
             g->pos[i] = b->positions[src] + P + g->PX;
             g->seg[i] = b->segments[src];
+            /* encoders attend both ways: padding must be a segment of its own */
+            if (c->desc->encoder && b->lengths && t - P >= b->lengths[bi]) g->seg[i] = -1;
             g->tgt[i] = g->n_labels > 0 ? -100 : b->targets[src];
             if (g->ids[i] < 0 || g->ids[i] >= c->vocab)
                 return peft_fail(err, PEFT_ERR_INVALID, "token id %d out of range [0, %d)", g->ids[i], c->vocab);
@@ -710,7 +722,11 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
     /* embeddings into layer 0's input */
     kern_weight te, pe;
     const kern_weight *tok = adapter_tok_emb(ad, m, &te), *pos = learned_pos ? adapter_pos_emb(ad, m, &pe) : NULL;
-    float *x = g->L[0].xin;
+    const bool enc = c->desc->encoder;
+    kern_weight tt;
+    const kern_weight *typ = ad && ad->ops && ad->ops->emb_weight ? ad->ops->emb_weight(ad, m, 3, &tt) : NULL;
+    if (!typ) typ = &m->type_emb;
+    float *x = enc ? g->xemb : g->L[0].xin;
     for (int i = 0; i < N; i++) {
         float *xr = x + (size_t)i * d;
         if (g->ids[i] < 0) memcpy(xr, ad->ops->input_row(ad, i % T), (size_t)d * sizeof(float));
@@ -718,17 +734,24 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
         if (c->embed_scale > 0)
             for (int k = 0; k < d; k++) xr[k] *= c->embed_scale;
         if (learned_pos) {
-            if ((rc = kern_weight_row(pos, g->pos[i], g->dh))) goto fail;
+            if ((rc = kern_weight_row(pos, g->pos[i] + c->pos_offset, g->dh))) goto fail;
+            for (int k = 0; k < d; k++) xr[k] += g->dh[k];
+        }
+        if (m->type_emb.data) {   /* token type 0: one text per row */
+            if ((rc = kern_weight_row(typ, 0, g->dh))) goto fail;
             for (int k = 0; k < d; k++) xr[k] += g->dh[k];
         }
     }
 
     const block_env env = env_of(g);
+    /* encoders: the embeddings' LayerNorm (the out norm slot) */
+    if (enc) block_norm_fwd(&env, c->n_layer, NORM_ATTN, g->L[0].xin, g->meane, g->rstde, g->xemb, N);
     for (int l = 0; l < c->n_layer; l++) {
         block_acts A = acts_of(g, l);
         if ((rc = block_fwd(&env, l, &A))) goto fail;
     }
-    block_norm_fwd(&env, c->n_layer, 0, g->hf, g->meanf, g->rstdf, g->xfin, N);
+    if (enc) par_copy(g, g->hf, g->xfin, (size_t)N * d);   /* no norm after the last layer */
+    else block_norm_fwd(&env, c->n_layer, 0, g->hf, g->meanf, g->rstdf, g->xfin, N);
 
     double total = 0;
     int count = 0;
@@ -749,8 +772,11 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
     if (!backward || !ad) goto out;
 
     /* ---- backward ---- */
-    par_zero(g, g->dx, (size_t)N * d);
-    block_norm_bwd(&env, c->n_layer, 0, g->dx, g->dhf, g->xfin, g->meanf, g->rstdf);
+    if (enc) par_copy(g, g->dx, g->dhf, (size_t)N * d);
+    else {
+        par_zero(g, g->dx, (size_t)N * d);
+        block_norm_bwd(&env, c->n_layer, 0, g->dx, g->dhf, g->xfin, g->meanf, g->rstdf);
+    }
     /* below the lowest trained layer nothing is trained: stop there; the
      * lowest trained layer's input gradient is only needed for trained
      * embeddings, virtual tokens or layer-0 norms */
@@ -759,10 +785,17 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
         const block_acts A = acts_of(g, l);
         if ((rc = block_bwd(&env, l, &A, &G, l > g->lowest || g->need_dx0))) goto fail;
     }
+    if (g->need_dx0 && enc) {
+        /* through the embeddings' LayerNorm (and its parameters' gradients) */
+        par_zero(g, g->dh, (size_t)N * d);
+        block_norm_bwd(&env, c->n_layer, NORM_ATTN, g->dh, g->dx, g->xemb, g->meane, g->rstde);
+        par_copy(g, g->dx, g->dh, (size_t)N * d);
+    }
     if (g->need_dx0) {
         /* g->dx: the gradient of layer 0's input, row by row */
         float *gemb = ad->ops && ad->ops->emb_grad ? ad->ops->emb_grad(ad, 0) : NULL;
         float *gpos = ad->ops && ad->ops->emb_grad ? ad->ops->emb_grad(ad, 1) : NULL;
+        float *gtype = ad->ops && ad->ops->emb_grad && m->type_emb.data ? ad->ops->emb_grad(ad, 3) : NULL;
         for (int i = 0; i < N; i++) {
             const float *dr = g->dx + (size_t)i * d;
             float *dst = NULL;
@@ -772,7 +805,9 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
             if (dst)
                 for (int k = 0; k < d; k++) dst[k] += dr[k] * es;
             if (gpos)
-                for (int k = 0; k < d; k++) gpos[(size_t)g->pos[i] * d + k] += dr[k];
+                for (int k = 0; k < d; k++) gpos[(size_t)(g->pos[i] + c->pos_offset) * d + k] += dr[k];
+            if (gtype)
+                for (int k = 0; k < d; k++) gtype[k] += dr[k];   /* token type 0 */
         }
     }
     adapter_refresh_bwd(ad, m);

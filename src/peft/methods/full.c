@@ -22,7 +22,8 @@ typedef struct {
     float **gfw, **fb, **gfb;             /* per slot */
     float **fnw, **gfnw, **fnb, **gfnb;   /* per norm slot (adapter_norm_slot) */
     float *femb, *gfemb, *fpos, *gfpos, *fhead, *gfhead;   /* fhead NULL when tied */
-    int *idx, *nidx, eidx[3];             /* registry indices (create → wire) */
+    float *ftype, *gftype;   /* token-type embeddings (BERT), or NULL */
+    int *idx, *nidx, eidx[4];             /* registry indices (create → wire) */
     bool tied;
 } full;
 
@@ -67,8 +68,14 @@ static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *e
                                                   m->pos_emb.rows, d, true, err)
                              : -1;
     bad |= learned_pos(m) && eidx[1] < 0;
-    eidx[2] = m->cfg.tied ? -1 : adapter_add_tensor(a, "lm_head.weight", 2, m->cfg.vocab, d, true, err);
-    bad |= !m->cfg.tied && eidx[2] < 0;
+    /* an encoder has no LM head: like a tied one, nothing to add */
+    const bool no_head = m->cfg.tied || !m->lm_head.data;
+    eidx[2] = no_head ? -1 : adapter_add_tensor(a, "lm_head.weight", 2, m->cfg.vocab, d, true, err);
+    bad |= !no_head && eidx[2] < 0;
+    eidx[3] = m->type_emb.data ? adapter_add_tensor(a, hf_global(m, m->cfg.desc->hf_type_emb, key, sizeof key), 2,
+                                                    m->type_emb.rows, d, true, err)
+                               : -1;
+    bad |= m->type_emb.data && eidx[3] < 0;
     for (int l = 0; l < L; l++)
         for (int r = 0; r < ROLE_N_LINEAR; r++) {
             idx[2 * (l * ROLE_N_LINEAR + r)] = idx[2 * (l * ROLE_N_LINEAR + r) + 1] = -1;
@@ -139,6 +146,11 @@ static int wire_full(adapter *a, const peft_model *m, const int *idx, const int 
         v->fhead = a->tensors[eidx[2]].p;
         v->gfhead = a->tensors[eidx[2]].g;
         if ((rc = weight_to_f32(&m->lm_head, v->fhead))) goto bad;
+    }
+    if (eidx[3] >= 0) {
+        v->ftype = a->tensors[eidx[3]].p;
+        v->gftype = a->tensors[eidx[3]].g;
+        if ((rc = weight_to_f32(&m->type_emb, v->ftype))) goto bad;
     }
     for (int s = 0; s < L * ROLE_N_LINEAR; s++) {
         int iw = idx[2 * s], ib = idx[2 * s + 1];
@@ -317,7 +329,7 @@ static int full_save(const adapter *a, const peft_model *m, const char *dir, pef
     if (rc) return rc;
     int n = 0;
     for (int i = 0; i < a->n_tensors; i++) n += a->tensors[i].saved;
-    st_write_tensor *t = peft_calloc((size_t)n + 1, sizeof *t, err);
+    st_write_tensor *t = peft_calloc((size_t)n + 3, sizeof *t, err);
     float **tmp = peft_calloc((size_t)n + 1, sizeof *tmp, err);
     char *st_path = peft_path_join(dir, "model.safetensors", err);
     if (!t || !tmp || !st_path) { rc = PEFT_ERR_NOMEM; goto done; }
@@ -358,6 +370,16 @@ static int full_save(const adapter *a, const peft_model *m, const char *dir, pef
             w->data = tmp[k];
         }
         k++;
+    }
+    /* BERT's pooler, which its classifier reads: kept as the base has it
+     * (it is not among the trained tensors) */
+    char pw[160], pb[160];
+    if (!rc && m->pooler_w && m->cfg.desc->hf_pooler) {
+        const int64_t d = m->cfg.d_model;
+        snprintf(pw, sizeof pw, "%s%s.weight", model_hf_prefix(m), m->cfg.desc->hf_pooler);
+        snprintf(pb, sizeof pb, "%s%s.bias", model_hf_prefix(m), m->cfg.desc->hf_pooler);
+        t[k++] = (st_write_tensor){pw, PEFT_DT_F32, 2, {d, d}, m->pooler_w};
+        if (m->pooler_b) t[k++] = (st_write_tensor){pb, PEFT_DT_F32, 1, {d}, m->pooler_b};
     }
     static const char *const meta[] = {"format", "pt", NULL};
     if (!rc) rc = st_write(st_path, t, k, meta, err);
@@ -434,6 +456,7 @@ static const kern_weight *f32_weight(const float *p, int64_t rows, int64_t cols,
 
 static const kern_weight *full_emb(const adapter *a, const peft_model *m, int which, kern_weight *tmp) {
     const full *v = S(a);
+    if (which == 3) return v->ftype ? f32_weight(v->ftype, m->type_emb.rows, m->cfg.d_model, tmp) : NULL;
     const float *p = which == 0 ? v->femb : which == 1 ? v->fpos : v->fhead ? v->fhead : v->tied ? v->femb : NULL;
     if (!p) return NULL;
     return f32_weight(p, which == 1 ? m->pos_emb.rows : m->cfg.vocab, m->cfg.d_model, tmp);
@@ -441,6 +464,7 @@ static const kern_weight *full_emb(const adapter *a, const peft_model *m, int wh
 
 static float *full_emb_grad(adapter *a, int which) {
     const full *v = S(a);
+    if (which == 3) return v->gftype;
     return which == 0 ? v->gfemb : which == 1 ? v->gfpos : v->gfhead ? v->gfhead : v->tied ? v->gfemb : NULL;
 }
 
