@@ -125,6 +125,89 @@ out:
     st_close(f.ref);
 }
 
+/* Encoder classifiers (HF peft SEQ_CLS, modules_to_save classifier): the
+ * padded batch's loss, logits and every gradient, the classifier's too. */
+static void classifier_grads_match_peft(const char *name, const char *model) {
+    char p[512];
+    snprintf(p, sizeof p, LFIX "%s/reference.safetensors", name);
+    st_archive *ref = NULL;
+    peft_err err = {0};
+    CHECK_OK(st_open(p, &ref, &err));
+    if (!ref) return;
+    const st_tensor *ids = st_find(ref, "input_ids"), *mask = st_find(ref, "attention_mask"), *lab = st_find(ref, "labels"),
+                    *rl = st_find(ref, "loss"), *rlg = st_find(ref, "logits");
+    peft_ctx *ctx = peft_init(NULL);
+    peft_model *m = peft_model_load(ctx, model);
+    adapter *a = NULL;
+    snprintf(p, sizeof p, LFIX "%s/adapter", name);
+    if (m) CHECK_OK(adapter_load(m, p, &a, &err));
+    if (!a || !ids || !mask || !lab || !rl || !rlg) { fprintf(stderr, "  %s: %s\n", name, err.msg); goto out; }
+    {
+        const int B = (int)ids->shape[0], T = (int)ids->shape[1];
+        static int32_t buf[6][4096];
+        data_batch b = {B, T, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], 0, 0, NULL};
+        for (int r = 0; r < B; r++) {
+            int len = 0;
+            for (int t = 0; t < T; t++) {
+                const int i = r * T + t;
+                b.inputs[i] = ((const int32_t *)ids->data)[i];
+                b.targets[i] = -100;
+                b.positions[i] = t;
+                b.segments[i] = 0;
+                len += ((const int32_t *)mask->data)[i] != 0;
+            }
+            b.lengths[r] = len;
+            b.labels[r] = ((const int32_t *)lab->data)[r];
+        }
+        b.n_targets = B;
+        train_graph *g = NULL;
+        CHECK_OK(tg_new(m, a, B, T, &g, &err));
+        double ls = 0;
+        int n = 0;
+        memset(a->grads, 0, sizeof(float) * (size_t)a->n_params);
+        /* one row is a pair: its second text has token type 1 */
+        if (g) tg_set_types(g, (const int32_t *)st_find(ref, "token_type_ids")->data);
+        if (g) CHECK_OK(tg_run(g, &b, true, 1.0f / (float)B, 0, &ls, &n, &err));
+        const double want = ((const float *)rl->data)[0], got = n ? ls / n : 0;
+        CHECK_MSG(fabs(got - want) <= 1e-5 * fabs(want), "%s: loss %.7f vs peft %.7f", name, got, want);
+        double lgd = g ? test_max_abs_diff(tg_class_logits(g), rlg->data, (size_t)B * 3) : INFINITY;
+        CHECK_MSG(lgd <= 1e-4, "%s: logits differ by %g", name, lgd);
+        double worst = 0;
+        int checked = 0;
+        for (int i = 0; i < a->n_tensors; i++) {
+            char key[400];
+            snprintf(key, sizeof key, "%s.grad", a->tensors[i].key);
+            const st_tensor *t = st_find(ref, key);
+            CHECK_MSG(t != NULL, "no reference for %s", key);
+            if (!t || st_numel(t) != a->tensors[i].n) continue;
+            const float *r = t->data;
+            double maxref = 0, maxdiff = 0;
+            for (int64_t k = 0; k < a->tensors[i].n; k++) {
+                maxref = fmax(maxref, fabs(r[k]));
+                maxdiff = fmax(maxdiff, fabs(r[k] - a->tensors[i].g[k]));
+            }
+            const double rel = maxdiff / (maxref > 0 ? maxref : 1);
+            worst = fmax(worst, rel);
+            CHECK_MSG(rel <= 1e-4, "%s: rel diff %.3g", key, rel);
+            checked++;
+        }
+        CHECK_EQ_INT(checked, a->n_tensors);
+        printf("    %-16s loss %.6f (peft %.6f), logits diff %.2g, %d gradient tensors, worst rel diff %.3g\n", name, got,
+               want, lgd, checked, worst);
+        tg_free(g);
+    }
+out:
+    adapter_free(a);
+    peft_model_free(m);
+    peft_free(ctx);
+    st_close(ref);
+}
+
+static void encoder_classifiers_match_peft(void) {
+    classifier_grads_match_peft("bert_qv_cls", MFIX "tiny-bert");
+    classifier_grads_match_peft("roberta_qv_cls", MFIX "tiny-roberta");
+}
+
 static void lora_loss_and_gradients_match_peft(void) {
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) grads_match_peft(&cases[i]);
 }
@@ -282,6 +365,7 @@ static void graph_gradient_matches_finite_differences_on_q8_0(void) {
 
 int main(void) {
     TEST_RUN(lora_loss_and_gradients_match_peft);
+    TEST_RUN(encoder_classifiers_match_peft);
     TEST_RUN(adamw_trajectory_follows_peft);
     TEST_RUN(graph_gradient_matches_finite_differences_on_q8_0);
     TEST_MAIN_END();

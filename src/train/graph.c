@@ -71,7 +71,10 @@ struct train_graph {
     float *hook_scr;
     uint64_t drop_seed;
     bool training;
+    const int32_t *types;   /* tg_set_types: the next run's token types, or NULL */
 };
+
+void tg_set_types(train_graph *g, const int32_t *types) { g->types = types; }
 
 void tg_phase_seconds(const train_graph *g, double out[TG_N_PHASES]) {
     double known = 0;
@@ -737,8 +740,14 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
             if ((rc = kern_weight_row(pos, g->pos[i] + c->pos_offset, g->dh))) goto fail;
             for (int k = 0; k < d; k++) xr[k] += g->dh[k];
         }
-        if (m->type_emb.data) {   /* token type 0: one text per row */
-            if ((rc = kern_weight_row(typ, 0, g->dh))) goto fail;
+        if (m->type_emb.data) {   /* virtual rows and single texts: type 0 */
+            const int bi = i / T, t = i % T;
+            const int ty = g->types && t >= P ? g->types[(size_t)bi * b->T + (t - P)] : 0;
+            if (ty < 0 || ty >= m->type_emb.rows) {
+                rc = peft_fail(err, PEFT_ERR_INVALID, "token type %d outside 0..%lld", ty, (long long)m->type_emb.rows - 1);
+                goto out;
+            }
+            if ((rc = kern_weight_row(typ, ty, g->dh))) goto fail;
             for (int k = 0; k < d; k++) xr[k] += g->dh[k];
         }
     }
@@ -806,8 +815,11 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
                 for (int k = 0; k < d; k++) dst[k] += dr[k] * es;
             if (gpos)
                 for (int k = 0; k < d; k++) gpos[(size_t)(g->pos[i] + c->pos_offset) * d + k] += dr[k];
-            if (gtype)
-                for (int k = 0; k < d; k++) gtype[k] += dr[k];   /* token type 0 */
+            if (gtype) {
+                const int bi = i / T, t = i % T;
+                const int ty = g->types && t >= P ? g->types[(size_t)bi * b->T + (t - P)] : 0;
+                for (int k = 0; k < d; k++) gtype[(size_t)ty * d + k] += dr[k];
+            }
         }
     }
     adapter_refresh_bwd(ad, m);

@@ -31,6 +31,11 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
 enum { TG_PH_LIN_FWD, TG_PH_ATTN_FWD, TG_PH_LOSS, TG_PH_LIN_BWD, TG_PH_ATTN_BWD, TG_PH_OTHER, TG_N_PHASES };
 void tg_phase_seconds(const train_graph *g, double out[TG_N_PHASES]);
 
+/* Token types (B·T, the batch's layout) for the next tg_run on a model
+ * with token-type embeddings (BERT pairs); NULL (the default): all 0. The
+ * array must live until that run. */
+void tg_set_types(train_graph *g, const int32_t *types);
+
 /* Classification adapters: the (B, n_labels) logits of the last tg_run;
  * NULL otherwise. */
 const float *tg_class_logits(const train_graph *g);
