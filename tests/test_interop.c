@@ -194,6 +194,10 @@ static void our_method_adapters_load_in_peft(void) {
         {"tests/fixtures/models/tiny-llama", NULL, true, 0, "prefix", "num_virtual_tokens=5;prefix_projection=true", 0, 0},
         {"tests/fixtures/models/tiny-llama", "lora", false, 3, NULL, NULL, 0, 0},
         {"tests/fixtures/models/tiny-gpt2", "lora", false, 3, NULL, NULL, 0, 0},
+        /* encoders: BERT's classifier on its pooler, RoBERTa's dense + out_proj */
+        {"tests/fixtures/models/tiny-bert", "lora", false, 3, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-roberta", "lora", false, 3, NULL, NULL, 0, 0},
+        {"tests/fixtures/models/tiny-bert", NULL, false, 3, "ia3", "", 0, 0},
         {"tests/fixtures/models/tiny-llama", NULL, false, 2, "prompt", "num_virtual_tokens=5", 0, 0},
         {"tests/fixtures/models/tiny-llama", NULL, false, 0, "vera", "", 0, 0},
         {"tests/fixtures/models/tiny-gpt2", NULL, false, 0, "vera", "", 0, 0},
