@@ -385,6 +385,48 @@ static void cli_writes_jsonl_and_npy_that_read_back(void) {
     CHECK(strstr(log, "embed") != NULL);
 }
 
+/* --adapter: the attached adapter applies to the embedding (a bottleneck adapter with BERT's random init
+ * changes it), and the CLI's vectors equal the library's with the adapter attached. */
+static void adapter_applies_to_the_embedding(void) {
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
+    static const char *const texts[2] = {"Good night.", "ROMEO: But, soft!"};
+    char ad[512], data[512], out[512], args[2048], log[8192];
+    snprintf(ad, sizeof ad, "%s/adapter", tmp);
+    peft_ctx *ctx = peft_init(NULL);
+    peft_model *m = peft_model_load(ctx, FIX "tiny-bert");
+    if (!m) { peft_free(ctx); TEST_FAIL("load tiny-bert"); }
+    peft_method_params mp = peft_method_default_params("adapter-houlsby");
+    mp.bert_init = 1;
+    mp.seed = 3;
+    peft_adapter *a = peft_adapter_new_method(m, &mp);
+    CHECK_MSG(a != NULL, "%s", peft_last_error(ctx));
+    float base[2 * 64], with[2 * 64];
+    CHECK_OK(peft_model_embed(m, texts, 2, base));
+    if (a) {
+        CHECK_OK(peft_adapter_save(m, a, ad));
+        CHECK_OK(peft_adapter_attach(m, a));
+        CHECK_OK(peft_model_embed(m, texts, 2, with));
+        CHECK(test_max_abs_diff(base, with, 2 * 64) > 1e-3);
+        peft_adapter_attach(m, NULL);
+    }
+    peft_adapter_free(a);
+    peft_model_free(m);
+    peft_free(ctx);
+    if (!a) return;
+    snprintf(data, sizeof data, "%s/ad.txt", tmp);
+    test_write_bytes(data, "Good night.\nROMEO: But, soft!\n", 30);
+    snprintf(out, sizeof out, "%s/ad.npy", tmp);
+    snprintf(args, sizeof args, "embed --model " FIX "tiny-bert --adapter %s --data %s --out %s", ad, data, out);
+    CHECK_EQ_INT(test_run_cli(args, log, sizeof log), 0);
+    int r = 0, d = 0;
+    float *got = read_npy(out, &r, &d);
+    CHECK(got && r == 2 && d == 64);
+    if (got && r == 2 && d == 64) CHECK_MSG(test_max_abs_diff(got, with, 2 * 64) <= 1e-6, "CLI vs API with the adapter");
+    free(got);
+    snprintf(args, sizeof args, "embed --model " FIX "tiny-bert --adapter %s/nothing-here --data %s", tmp, data);
+    CHECK_EQ_INT(test_run_cli(args, log, sizeof log), 1);
+}
+
 /* ---- the pipeline from the folder ---------------------------------------------- */
 
 static int load_pipeline(const char *dir, embed_pipeline *p, peft_err *err, peft_model **keep, peft_ctx **kctx) {
@@ -677,6 +719,7 @@ int main(void) {
     TEST_RUN(embedding_from_text_matches_the_reference_rows);
     TEST_RUN(minilm_matches_sentence_transformers_encode);
     TEST_RUN(cli_writes_jsonl_and_npy_that_read_back);
+    TEST_RUN(adapter_applies_to_the_embedding);
     TEST_RUN(pipeline_follows_modules_json);
     TEST_RUN(truncation_keeps_the_special_tokens);
     TEST_RUN(decoder_asked_to_embed_is_a_clear_error);
