@@ -538,6 +538,61 @@ static void pipeline_follows_modules_json(void) {
     CHECK_EQ_INT(p.modes, EMBED_POOL_MEAN);
 }
 
+/* GGUF: bert.pooling_type as llama.cpp reads it (the fixture's value 1 byte-patched): 2 pools [CLS], 3 the
+ * last token, both L2-normalized; 0 (per-token) and 4 (rank) are refused, naming the key. */
+static void gguf_pooling_type_is_followed(void) {
+    size_t len;
+    char *g = slurp(FIX "tiny-bert.f32.gguf", &len);
+    if (!g) TEST_FAIL("cannot read tiny-bert.f32.gguf");
+    const char *key = "bert.pooling_type";
+    char *at = NULL;
+    for (size_t i = 0; i + strlen(key) < len && !at; i++)
+        if (!memcmp(g + i, key, strlen(key))) at = g + i;
+    if (!at) { free(g); TEST_FAIL("tiny-bert.f32.gguf has no %s", key); }
+    uint32_t type, val;
+    memcpy(&type, at + strlen(key), 4);
+    memcpy(&val, at + strlen(key) + 4, 4);
+    CHECK_EQ_INT(type, 4);   /* GGUF UINT32 */
+    CHECK_EQ_INT(val, 1);
+    char path[512];
+    snprintf(path, sizeof path, "%s/pool.gguf", tmp);
+    const uint32_t vals[4] = {2, 3, 0, 4};
+    for (int k = 0; k < 4; k++) {
+        memcpy(at + strlen(key) + 4, &vals[k], 4);
+        test_write_bytes(path, g, len);
+        peft_ctx *ctx = peft_init(NULL);
+        peft_model *m = peft_model_load(ctx, path);
+        CHECK(m != NULL);
+        if (m) {
+            embed_pipeline p;
+            peft_err err = {0};
+            int rc = embed_pipeline_load(m, &p, &err);
+            if (vals[k] >= 2 && vals[k] <= 3) {
+                CHECK_OK(rc);
+                CHECK_EQ_INT(p.modes, vals[k] == 2 ? EMBED_POOL_CLS : EMBED_POOL_LAST);
+                CHECK(p.normalize);
+                float *h, e[64];
+                int T;
+                const char *text = "Good night.";
+                hidden_of(m, text, &h, &T);
+                CHECK_OK(embed_text(m, &p, text, strlen(text), e, &err));
+                const float *row = h + (vals[k] == 2 ? 0 : (size_t)(T - 1) * 64);
+                double nrm = 0, worst = 0;
+                for (int i = 0; i < 64; i++) nrm += (double)row[i] * row[i];
+                for (int i = 0; i < 64; i++) worst = fmax(worst, fabs(row[i] / sqrt(nrm) - e[i]));
+                CHECK_MSG(worst <= 1e-6, "pooling_type %u: max|diff| %g", vals[k], worst);
+                free(h);
+            } else {
+                CHECK_EQ_INT(rc, PEFT_ERR_UNSUPPORTED);
+                CHECK(strstr(err.msg, "bert.pooling_type") != NULL);
+            }
+        }
+        peft_model_free(m);
+        peft_free(ctx);
+    }
+    free(g);
+}
+
 /* max_seq_length truncates the content and keeps [CLS] ... [SEP], as HF tokenizers' truncation does;
  * a max_seq_length past the position table is held to it. */
 static void truncation_keeps_the_special_tokens(void) {
@@ -721,6 +776,7 @@ int main(void) {
     TEST_RUN(cli_writes_jsonl_and_npy_that_read_back);
     TEST_RUN(adapter_applies_to_the_embedding);
     TEST_RUN(pipeline_follows_modules_json);
+    TEST_RUN(gguf_pooling_type_is_followed);
     TEST_RUN(truncation_keeps_the_special_tokens);
     TEST_RUN(decoder_asked_to_embed_is_a_clear_error);
     TEST_RUN(bad_sentence_transformers_files_are_named);

@@ -249,15 +249,15 @@ int embed_pipeline_load(const peft_model *m, embed_pipeline *p, peft_err *err) {
     p->d_model = c->d_model;
     p->max_len = c->n_ctx;
     int rc = 0;
-    if (m->gguf) {
+    if (!strcmp(m->source, "gguf")) {
         /* llama.cpp: LLAMA_POOLING_TYPE_MEAN = 1, CLS = 2, LAST = 3; NONE (0, one vector per token) and RANK
          * (4, a reranker's score) are no sentence embedding. An absent key is what llama.cpp's BERT loader
          * would leave unspecified; mean is the sentence-transformers default. */
-        const char *arch = gguf_get_str(m->gguf, "general.architecture");
+        const char *arch = m->gguf ? gguf_get_str(m->gguf, "general.architecture") : NULL;
         char key[96];
         snprintf(key, sizeof key, "%.64s.pooling_type", arch ? arch : c->arch_name);
         int64_t pt = 1;
-        if (gguf_find_key(m->gguf, key) >= 0 && (rc = gguf_get_int(m->gguf, key, &pt, err))) return rc;
+        if (m->gguf && gguf_find_key(m->gguf, key) >= 0 && (rc = gguf_get_int(m->gguf, key, &pt, err))) return rc;
         if (pt == 1) p->modes = EMBED_POOL_MEAN;
         else if (pt == 2) p->modes = EMBED_POOL_CLS;
         else if (pt == 3) p->modes = EMBED_POOL_LAST;
@@ -303,7 +303,7 @@ int embed_tokenize(const peft_model *m, const embed_pipeline *p, const char *tex
     if ((rc = bpe_encode(m->tok, text, len, false, true, &bare, &nb, err))) { free(with); return rc; }
     int extra = nw - nb, pre = -1;
     for (int s = 0; extra >= 0 && s <= extra && pre < 0; s++)
-        if (!memcmp(with + s, bare, (size_t)nb * sizeof *bare)) pre = s;
+        if (nb == 0 || !memcmp(with + s, bare, (size_t)nb * sizeof *bare)) pre = s;
     if (pre < 0) {
         free(with);
         free(bare);
