@@ -34,6 +34,7 @@ int fuzz_hf_one(const uint8_t *data, size_t size);
 int fuzz_tokenizer_one(const uint8_t *data, size_t size);
 int fuzz_adapter_one(const uint8_t *data, size_t size);
 int fuzz_jsonl_one(const uint8_t *data, size_t size);
+int fuzz_embed_one(const uint8_t *data, size_t size);
 
 /* A fresh, empty folder of this process (the same path on every call; the
  * previous input's files are removed). NULL when it cannot be made. */

@@ -279,6 +279,23 @@ def jsonl_seeds():
     put("jsonl", "skip-bad", bytes([0x24]) + bad)
 
 
+# ---- sentence-transformers files (fuzz_embed: tiny-bert's encoder) -----------
+
+def embed_seeds():
+    d = os.path.join(FIX, "models", "tiny-bert")
+    mod, st, pool = read(d, "modules.json"), read(d, "sentence_bert_config.json"), read(d, "1_Pooling", "config.json")
+    put("embed", "minilm-like.parts", parts([("modules.json", mod), ("sentence_bert_config.json", st),
+                                             ("pooling.json", pool), ("text", "ROMEO: But, soft! what light".encode())]))
+    put("embed", "no-modules.parts", parts([("text", "Good night.".encode())]))
+    trunc = b'{"max_seq_length": 4, "do_lower_case": false}'
+    modes = b'{"word_embedding_dimension": 64, "pooling_mode": ["cls", "max", "mean", "mean_sqrt_len_tokens", "lasttoken"]}'
+    two = (b'[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}, '
+           b'{"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]')
+    put("embed", "modes-truncated.parts", parts([("modules.json", two), ("sentence_bert_config.json", trunc),
+                                                 ("pooling.json", modes), ("text", "Who is there? Nay, answer me".encode())]))
+    put("embed", "legacy-cls.parts", parts([("modules.json", mod), ("pooling.json", b'{"pooling_mode_cls_token": true}')]))
+
+
 def main():
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
@@ -289,6 +306,7 @@ def main():
     tok_seeds()
     adapter_seeds()
     jsonl_seeds()
+    embed_seeds()
     total = 0
     for d in sorted(os.listdir(OUT)):
         files = os.listdir(os.path.join(OUT, d))

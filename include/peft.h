@@ -172,6 +172,22 @@ peft_sample_params peft_sample_default_params(void);
 int peft_generate(peft_model *m, const char *prompt, const peft_sample_params *p,
                   peft_token_fn on_token, void *user, peft_gen_stats *stats);
 
+/* ---- sentence embeddings ------------------------------------------------------
+ * As sentence-transformers' SentenceTransformer.encode (docs/api.md,
+ * "Sentence embeddings"): an encoder (BERT, RoBERTa) only; a decoder is
+ * PEFT_ERR_UNSUPPORTED. The pipeline comes from the folder's modules.json
+ * (Pooling: cls / max / mean / mean_sqrt_len_tokens / lasttoken; Normalize)
+ * and max_seq_length from sentence_bert_config.json (the content is
+ * truncated, [CLS]/[SEP] kept); a folder without modules.json mean-pools
+ * without normalizing; a GGUF file pools by <arch>.pooling_type and
+ * L2-normalizes as llama.cpp's embedding example. An attached adapter
+ * applies. */
+/* The embedding's size (> 0), or a negative status. */
+int peft_model_embed_dim(peft_model *m);
+/* n texts (UTF-8, NUL-terminated) into out: n * peft_model_embed_dim(m)
+ * floats, row i = text i. */
+int peft_model_embed(peft_model *m, const char *const *texts, int n, float *out);
+
 /* ---- adapters and training -------------------------------------------------- */
 
 typedef struct peft_adapter peft_adapter;   /* an adapter of any method (LoRA, DoRA, bottleneck, prompt, ...) */

@@ -3,7 +3,7 @@
 # files read into exact-size heap buffers) and runs each one for SECONDS.
 #   bash scripts/fuzz.sh [SECONDS] [HARNESS...]    # default 60 s, every harness
 # A harness is the NAME of fuzz/fuzz_NAME.c (gguf, model_gguf, safetensors, hf,
-# tokenizer, adapter, jsonl). Inputs that grow coverage go to
+# tokenizer, adapter, jsonl, embed). Inputs that grow coverage go to
 # build-fuzz/corpus/NAME (the committed seeds in fuzz/corpus/NAME are only
 # read); a crash, leak, sanitizer report, timeout (over 10 s) or allocation
 # over 1 GB is a finding: its input is saved as build-fuzz/findings/NAME/*,

@@ -15,7 +15,7 @@ static const harness harnesses[] = {
     {"gguf", fuzz_gguf_one},           {"model_gguf", fuzz_model_gguf_one},
     {"safetensors", fuzz_safetensors_one}, {"hf", fuzz_hf_one},
     {"tokenizer", fuzz_tokenizer_one}, {"adapter", fuzz_adapter_one},
-    {"jsonl", fuzz_jsonl_one},
+    {"jsonl", fuzz_jsonl_one},         {"embed", fuzz_embed_one},
 };
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }

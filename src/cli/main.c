@@ -20,6 +20,7 @@ static void usage(FILE *f) {
             "  train      fine-tune an adapter: peft train --model PATH --data FILE --out DIR [--r 8 ...]\n"
             "  eval       loss and perplexity: peft eval --model PATH [--adapter DIR] --data FILE\n"
             "  generate   generate text: peft generate --model PATH --prompt \"...\" [--chat] [--adapter DIR]\n"
+            "  embed      sentence embeddings: peft embed --model PATH --data FILE [--out FILE.npy|.jsonl]\n"
             "  merge      fold an adapter into the base: peft merge --model PATH --adapter DIR --out OUT\n"
             "  export     adapter as llama.cpp GGUF LoRA: peft export --adapter DIR --format gguf\n"
             "  combine    LoRA adapters into one: peft combine --adapter A:0.5 --adapter B:0.5 --type svd --out DIR\n"
@@ -174,6 +175,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "merge")) return cmd_merge(argc - 1, argv + 1);
     if (!strcmp(cmd, "export")) return cmd_export(argc - 1, argv + 1);
     if (!strcmp(cmd, "combine")) return cmd_combine(argc - 1, argv + 1);
+    if (!strcmp(cmd, "embed")) return cmd_embed(argc - 1, argv + 1);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "--version")) { printf("peft %s\n", PEFT_VERSION); return 0; }
     fprintf(stderr, "peft: unknown command \"%s\"\n\n", cmd);
