@@ -26,6 +26,9 @@ int peft_generate(peft_model *m, const char *prompt, const peft_sample_params *p
     peft_err_clear(err);
     peft_gen_stats st;
     memset(&st, 0, sizeof st);
+    if (m->cfg.desc->encoder)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s is an encoder (%s): it has no language-model head to generate "
+                         "with (use peft embed, or train a classifier)", m->path, m->cfg.arch_name);
     if (!m->tok) return peft_fail(err, PEFT_ERR_INVALID, "%s: the model has no tokenizer", m->path);
 
     char *text = NULL;

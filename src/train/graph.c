@@ -242,6 +242,12 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
     g->P = P;
     g->PX = PX;
     g->n_labels = adapter_n_labels(a, m);
+    if (g->n_labels == 0 && c->desc->encoder) {
+        free(g);
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s is an encoder (%s): it has no language-model head to train or "
+                         "evaluate on text; give classification data ({\"text\", \"label\"} lines, --num-labels)",
+                         m->path, c->arch_name);
+    }
     if (g->n_labels > 0 && c->desc->cls == ARCH_CLS_POOLER && !m->pooler_w) {
         free(g);
         return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: no pooler (%s), which the %s classifier reads", m->path,
