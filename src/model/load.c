@@ -67,10 +67,7 @@ static const char *hf_prefix(const peft_model *m) {
     return (m->st && find_tensor(m, name, &t)) ? D->hf_prefix : "";
 }
 
-const char *model_hf_prefix(const peft_model *m) {
-    if (m->hf_prefix) return m->hf_prefix;
-    return m->cfg.desc->encoder ? "" : m->cfg.desc->hf_prefix;
-}
+const char *model_hf_prefix(const peft_model *m) { return m->cfg.desc->hf_prefix; }
 
 const char *model_linear_name(const peft_model *m, model_linear_role r) {
     const char *s = m->cfg.desc->hf_lin[r];
@@ -370,7 +367,6 @@ int model_load_hf(peft_model *m, peft_err *err) {
     if (rc) return rc;
     if ((rc = st_open(m->path, &m->st, err))) return rc;
     const char *pfx = hf_prefix(m);
-    m->hf_prefix = m->cfg.desc->encoder ? pfx : m->cfg.desc->hf_prefix;
     if ((rc = load_globals(m, false, pfx, err)) || (rc = load_layers(m, false, pfx, err))) return rc;
     char *tok_path = peft_path_join(m->path, "tokenizer.json", err);
     if (!tok_path) return PEFT_ERR_NOMEM;

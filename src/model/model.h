@@ -71,7 +71,6 @@ struct peft_model {
     const struct adapter *lora;   /* the attached adapter (any method), applied in the forward */
     char *path;
     char source[8];       /* "hf" or "gguf" */
-    const char *hf_prefix;   /* what the HF names of this model's tensors start with (model_hf_prefix) */
     model_config cfg;
     model_layer *layers;
     kern_weight tok_emb, pos_emb, lm_head, type_emb;
@@ -119,10 +118,11 @@ void model_permute_rows(void *dst, const void *src, int64_t rows, size_t row_byt
 /* HF module path of a linear ("model.layers.3.self_attn.q_proj"), and the
  * short target name ("q_proj", GPT-2 "c_attn"). */
 int model_linear_hf_path(const peft_model *m, int layer, model_linear_role r, char *buf, size_t cap);
-/* The prefix of m's HF tensor names: the family's ("transformer." for
- * GPT-2, whose saved models always have it; "bert." for a BERT classifier),
- * except for an encoder loaded from a bare BertModel folder (MiniLM) or a
- * GGUF file, whose modules sit at the top ("encoder.layer.0..."). */
+/* The prefix of the HF names adapters and saved models give m's tensors:
+ * the family's ("transformer." for GPT-2, whose saved models always have
+ * it; "bert." for BERT, as BertForSequenceClassification names them, also
+ * when the base folder is a bare BertModel such as MiniLM, whose own files
+ * put the modules at the top). */
 const char *model_hf_prefix(const peft_model *m);
 const char *model_linear_name(const peft_model *m, model_linear_role r);
 
