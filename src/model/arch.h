@@ -118,6 +118,12 @@ const arch_desc *arch_find(const char *name);
 /* "llama, mistral, qwen2, gpt2": the names arch_find knows, for messages. */
 const char *arch_known_names(char *buf, size_t cap);
 
+/* Shared by the Llama-like families (llama.c): the q_proj … down_proj
+ * target names, and config.json's pad_token_id (the embedding's
+ * padding_idx; -1: none). */
+extern const arch_target arch_llama_targets[];
+int arch_hf_pad_token(const struct cJSON *root, model_config *c, const char *path, peft_err *err);
+
 /* llama.cpp's usual names of a block's linears in GGUF files. */
 extern const char *const arch_gguf_lin[ROLE_N_LINEAR];
 

@@ -58,10 +58,7 @@ static int gemma2_hf_extra(const cJSON *root, model_config *c, const char *path,
         }
         if (sliding) c->sliding[l / 64] |= 1ull << (l % 64);
     }
-    rc = peft_json_get_int(root, "pad_token_id", -1, false, INT32_MIN, PEFT_MAX_VOCAB, &c->pad_token_id, path, err);
-    if (rc) return rc;
-    if (c->pad_token_id < 0 || c->pad_token_id >= c->vocab) c->pad_token_id = -1;
-    return 0;
+    return arch_hf_pad_token(root, c, path, err);
 }
 
 static int gguf_float(const gguf_file *g, const char *key, float *out, peft_err *err) {
@@ -93,13 +90,6 @@ static int gemma2_gguf_extra(const gguf_file *g, model_config *c, peft_err *err)
 }
 
 #define B(r) (1u << (r))
-static const arch_target gemma2_targets[] = {
-    {"q_proj", B(ROLE_Q)},       {"k_proj", B(ROLE_K)},       {"v_proj", B(ROLE_V)},
-    {"o_proj", B(ROLE_O)},       {"gate_proj", B(ROLE_GATE)}, {"up_proj", B(ROLE_UP)},
-    {"down_proj", B(ROLE_DOWN)}, {"self_attn.q_proj", B(ROLE_Q)}, {"self_attn.k_proj", B(ROLE_K)},
-    {"self_attn.v_proj", B(ROLE_V)}, {"self_attn.o_proj", B(ROLE_O)}, {"mlp.gate_proj", B(ROLE_GATE)},
-    {"mlp.up_proj", B(ROLE_UP)}, {"mlp.down_proj", B(ROLE_DOWN)}, {NULL, 0}};
-
 const arch_desc arch_gemma2 = {
     .name = "gemma2",
     .kind = PEFT_ARCH_LLAMA,
@@ -133,7 +123,7 @@ const arch_desc arch_gemma2 = {
     .pos = ARCH_POS_ROPE,
     .norm_plus_one = true,
     .embed_scale = true,
-    .targets = gemma2_targets,
+    .targets = arch_llama_targets,
     .target_help = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all-linear",
     .lora_targets = B(ROLE_Q) | B(ROLE_V),
     .ia3_targets = B(ROLE_Q) | B(ROLE_V) | B(ROLE_DOWN),   /* HF peft's gemma2 entry */

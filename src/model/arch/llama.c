@@ -14,7 +14,7 @@
 
 /* nn.Embedding(padding_idx = pad_token_id): that row gets no gradient from
  * lookups (matters for full fine-tuning only). */
-static int llama_hf_extra(const cJSON *root, model_config *c, const char *path, peft_err *err) {
+int arch_hf_pad_token(const cJSON *root, model_config *c, const char *path, peft_err *err) {
     int rc = peft_json_get_int(root, "pad_token_id", -1, false, INT32_MIN, PEFT_MAX_VOCAB, &c->pad_token_id, path, err);
     if (rc) return rc;
     if (c->pad_token_id < 0) c->pad_token_id = -1;   /* LLaMA's configs say -1 for "none" */
@@ -24,8 +24,12 @@ static int llama_hf_extra(const cJSON *root, model_config *c, const char *path, 
     return 0;
 }
 
+static int llama_hf_extra(const cJSON *root, model_config *c, const char *path, peft_err *err) {
+    return arch_hf_pad_token(root, c, path, err);
+}
+
 #define B(r) (1u << (r))
-static const arch_target llama_targets[] = {
+const arch_target arch_llama_targets[] = {
     {"q_proj", B(ROLE_Q)},       {"k_proj", B(ROLE_K)},       {"v_proj", B(ROLE_V)},
     {"o_proj", B(ROLE_O)},       {"gate_proj", B(ROLE_GATE)}, {"up_proj", B(ROLE_UP)},
     {"down_proj", B(ROLE_DOWN)}, {"self_attn.q_proj", B(ROLE_Q)}, {"self_attn.k_proj", B(ROLE_K)},
@@ -43,7 +47,7 @@ static const arch_target llama_targets[] = {
     .hf_norm = {[NORM_ATTN] = "input_layernorm", [NORM_MLP] = "post_attention_layernorm"}, .hf_tok_emb = "model.embed_tokens",            \
     .hf_out_norm = "model.norm", .hf_lm_head = "lm_head", .gguf_lin = arch_gguf_lin,                           \
     .gguf_norm = {[NORM_ATTN] = "attn_norm", [NORM_MLP] = "ffn_norm"}, .norm = ARCH_NORM_RMS, .act = ARCH_ACT_SWIGLU,                     \
-    .pos = ARCH_POS_ROPE, .targets = llama_targets,                                                            \
+    .pos = ARCH_POS_ROPE, .targets = arch_llama_targets,                                                            \
     .target_help = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all-linear",              \
     .lora_targets = B(ROLE_Q) | B(ROLE_V), .ia3_ff = B(ROLE_DOWN)
 

@@ -36,10 +36,7 @@ static int phi3_hf_extra(const cJSON *root, model_config *c, const char *path, p
             return peft_fail(err, PEFT_ERR_FORMAT, "%s: \"sliding_window\" must be a positive integer", path);
         set_all_sliding(c, (int)sw->valuedouble);
     }
-    int rc = peft_json_get_int(root, "pad_token_id", -1, false, INT32_MIN, PEFT_MAX_VOCAB, &c->pad_token_id, path, err);
-    if (rc) return rc;
-    if (c->pad_token_id < 0 || c->pad_token_id >= c->vocab) c->pad_token_id = -1;
-    return 0;
+    return arch_hf_pad_token(root, c, path, err);
 }
 
 static int phi3_gguf_extra(const gguf_file *g, model_config *c, peft_err *err) {

@@ -10,20 +10,10 @@
 #include <cjson/cJSON.h>
 
 #define B(r) (1u << (r))
-static const arch_target qwen3_targets[] = {
-    {"q_proj", B(ROLE_Q)},       {"k_proj", B(ROLE_K)},       {"v_proj", B(ROLE_V)},
-    {"o_proj", B(ROLE_O)},       {"gate_proj", B(ROLE_GATE)}, {"up_proj", B(ROLE_UP)},
-    {"down_proj", B(ROLE_DOWN)}, {"self_attn.q_proj", B(ROLE_Q)}, {"self_attn.k_proj", B(ROLE_K)},
-    {"self_attn.v_proj", B(ROLE_V)}, {"self_attn.o_proj", B(ROLE_O)}, {"mlp.gate_proj", B(ROLE_GATE)},
-    {"mlp.up_proj", B(ROLE_UP)}, {"mlp.down_proj", B(ROLE_DOWN)}, {NULL, 0}};
-
 static int qwen3_hf_extra(const cJSON *root, model_config *c, const char *path, peft_err *err) {
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "use_sliding_window")))
         return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: qwen3 option use_sliding_window = true is not supported", path);
-    int rc = peft_json_get_int(root, "pad_token_id", -1, false, INT32_MIN, PEFT_MAX_VOCAB, &c->pad_token_id, path, err);
-    if (rc) return rc;
-    if (c->pad_token_id < 0 || c->pad_token_id >= c->vocab) c->pad_token_id = -1;
-    return 0;
+    return arch_hf_pad_token(root, c, path, err);
 }
 
 const arch_desc arch_qwen3 = {
@@ -55,7 +45,7 @@ const arch_desc arch_qwen3 = {
     .norm = ARCH_NORM_RMS,
     .act = ARCH_ACT_SWIGLU,
     .pos = ARCH_POS_ROPE,
-    .targets = qwen3_targets,
+    .targets = arch_llama_targets,
     .target_help = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all-linear",
     .lora_targets = B(ROLE_Q) | B(ROLE_V),
     .ia3_targets = B(ROLE_Q) | B(ROLE_V) | B(ROLE_DOWN),   /* HF peft's qwen3 entry */
