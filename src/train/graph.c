@@ -834,5 +834,6 @@ fail:
     rc = peft_fail(err, rc, "%s: training step failed (%s)", m->path, peft_status_name(rc));
 out:
     g->t_run += peft_time_s() - t_run;
+    g->types = NULL;   /* tg_set_types is for one run */
     return rc;
 }

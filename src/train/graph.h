@@ -33,7 +33,7 @@ void tg_phase_seconds(const train_graph *g, double out[TG_N_PHASES]);
 
 /* Token types (B·T, the batch's layout) for the next tg_run on a model
  * with token-type embeddings (BERT pairs); NULL (the default): all 0. The
- * array must live until that run. */
+ * array must live until that run, which forgets it. */
 void tg_set_types(train_graph *g, const int32_t *types);
 
 /* Classification adapters: the (B, n_labels) logits of the last tg_run;

@@ -207,6 +207,11 @@ static int save_full_gguf(const adapter *a, const peft_model *m, const char *dir
         rc = peft_fail(err, rc, "%s: cannot copy the metadata of %s", path, m->path);
         goto done;
     }
+    /* the out norm slot: output_norm, or an encoder's token_embd_norm */
+    char out_norm_w[64], out_norm_b[64];
+    const char *onorm = m->cfg.desc->gguf_out_norm ? m->cfg.desc->gguf_out_norm : "output_norm";
+    snprintf(out_norm_w, sizeof out_norm_w, "%s.weight", onorm);
+    snprintf(out_norm_b, sizeof out_norm_b, "%s.bias", onorm);
     for (int k = 0; k < n && !rc; k++) {
         const gguf_tensor *t = gguf_tensor_at(g, k);
         const float *src = NULL;
@@ -215,8 +220,9 @@ static int save_full_gguf(const adapter *a, const peft_model *m, const char *dir
         if (!strcmp(t->name, "token_embd.weight")) src = v->femb;
         else if (!strcmp(t->name, "position_embd.weight")) src = v->fpos;
         else if (!strcmp(t->name, "output.weight")) src = v->fhead;
-        else if (!strcmp(t->name, "output_norm.weight")) src = v->fnw[adapter_norm_slot(L, NORM_ATTN)];
-        else if (!strcmp(t->name, "output_norm.bias")) src = v->fnb[adapter_norm_slot(L, NORM_ATTN)];
+        else if (!strcmp(t->name, "token_types.weight")) src = v->ftype;
+        else if (!strcmp(t->name, out_norm_w)) src = v->fnw[adapter_norm_slot(L, NORM_ATTN)];
+        else if (!strcmp(t->name, out_norm_b)) src = v->fnb[adapter_norm_slot(L, NORM_ATTN)];
         for (int l = 0; l < L && !src; l++) {
             for (int which = 0; which < MODEL_N_NORMS && !src; which++) {
                 const char *gn = m->cfg.desc->gguf_norm[which];
