@@ -124,6 +124,21 @@ const char *arch_known_names(char *buf, size_t cap);
 extern const arch_target arch_llama_targets[];
 int arch_hf_pad_token(const struct cJSON *root, model_config *c, const char *path, peft_err *err);
 
+/* Designated initializers the Llama-like descriptors share: transformers'
+ * config.json size keys (head_dim apart: not every family has one) and the
+ * Llama module names of HF and GGUF files (the linears apart: Phi-3 fuses
+ * them). */
+#define ARCH_LLAMA_HF_SIZES                                                                                    \
+    .hf_d_model = "hidden_size", .hf_n_layer = "num_hidden_layers", .hf_n_head = "num_attention_heads",         \
+    .hf_n_kv_head = "num_key_value_heads", .hf_d_ff = "intermediate_size", .hf_n_ctx = "max_position_embeddings", \
+    .hf_norm_eps = "rms_norm_eps"
+#define ARCH_LLAMA_NAMES                                                                                       \
+    .hf_prefix = "", .hf_layer = "model.layers.%d", .hf_tok_emb = "model.embed_tokens", .hf_out_norm = "model.norm", \
+    .hf_lm_head = "lm_head", .gguf_lin = arch_gguf_lin
+#define ARCH_LLAMA_LINEARS                                                                                     \
+    .hf_lin = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", NULL, "self_attn.o_proj",           \
+               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
+
 /* llama.cpp's usual names of a block's linears in GGUF files. */
 extern const char *const arch_gguf_lin[ROLE_N_LINEAR];
 

@@ -37,15 +37,10 @@ const arch_target arch_llama_targets[] = {
     {"mlp.up_proj", B(ROLE_UP)}, {"mlp.down_proj", B(ROLE_DOWN)}, {NULL, 0}};
 
 #define LLAMA_COMMON                                                                                          \
-    .kind = PEFT_ARCH_LLAMA, .hf_d_model = "hidden_size", .hf_n_layer = "num_hidden_layers",                    \
-    .hf_n_head = "num_attention_heads", .hf_n_kv_head = "num_key_value_heads", .hf_head_dim = "head_dim",       \
-    .hf_d_ff = "intermediate_size", .hf_n_ctx = "max_position_embeddings", .hf_norm_eps = "rms_norm_eps",       \
+    .kind = PEFT_ARCH_LLAMA, ARCH_LLAMA_HF_SIZES, .hf_head_dim = "head_dim",                                   \
     .default_n_ctx = 2048, .default_norm_eps = 1e-6f, .default_tied = false, .hf_extra = llama_hf_extra,        \
-    .hf_prefix = "", .hf_layer = "model.layers.%d",                                                            \
-    .hf_lin = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", NULL, "self_attn.o_proj",           \
-               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"},                                               \
-    .hf_norm = {[NORM_ATTN] = "input_layernorm", [NORM_MLP] = "post_attention_layernorm"}, .hf_tok_emb = "model.embed_tokens",            \
-    .hf_out_norm = "model.norm", .hf_lm_head = "lm_head", .gguf_lin = arch_gguf_lin,                           \
+    ARCH_LLAMA_NAMES, ARCH_LLAMA_LINEARS,                                                                      \
+    .hf_norm = {[NORM_ATTN] = "input_layernorm", [NORM_MLP] = "post_attention_layernorm"},                     \
     .gguf_norm = {[NORM_ATTN] = "attn_norm", [NORM_MLP] = "ffn_norm"}, .norm = ARCH_NORM_RMS, .act = ARCH_ACT_SWIGLU,                     \
     .pos = ARCH_POS_ROPE, .targets = arch_llama_targets,                                                            \
     .target_help = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all-linear",              \
