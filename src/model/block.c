@@ -66,6 +66,7 @@ static void add_rows(float *y, const float *x, size_t n) {
 /* Encoders (post-norm): xmid = LN1(xin + o(attn(xin))), xout = LN2(xmid +
  * down(act(up(xmid)))); o1, o2 keep the sums before the norms. */
 static int qkv_fwd(const block_env *e, int l, const float *h, float *qkv, block_acts *A);
+static int qkv_bwd(const block_env *e, int l, const block_acts *A, block_grads *G, const float *h, float *dh);
 
 static int block_fwd_post(const block_env *e, int l, block_acts *A) {
     const model_config *c = &e->m->cfg;
@@ -105,12 +106,7 @@ static int block_bwd_post(const block_env *e, int l, const block_acts *A, block_
     if ((rc = e->sub_out_bwd(e->u, l, ROLE_O, 0, A->att, G->dx, G->datt))) return rc;
     zero_rows(e, G->dqkv, N * (size_t)ldq);
     e->attn_bwd(e->u, l, A, G);
-    float *dx = need_dx ? G->dx : NULL;
-    if (e->qkv_bwd) return e->qkv_bwd(e->u, l, A->xin, G->dqkv, dx);
-    if (!(rc = e->lin_bwd(e->u, l, ROLE_Q, A->xin, G->dqkv, ldq, dx)) &&
-        !(rc = e->lin_bwd(e->u, l, ROLE_K, A->xin, G->dqkv + qd, ldq, dx)))
-        rc = e->lin_bwd(e->u, l, ROLE_V, A->xin, G->dqkv + qd + kvd, ldq, dx);
-    return rc;
+    return qkv_bwd(e, l, A, G, A->xin, need_dx ? G->dx : NULL);
 }
 
 static bool post_norm(const peft_model *m, int site) {
@@ -164,7 +160,7 @@ static int sub_out_fwd(const block_env *e, int l, model_linear_role r, int site,
     if (rc) return rc;
     block_norm_fwd(e, l, site ? NORM_MLP_OUT : NORM_ATTN_OUT, A->ptmp, site ? A->o2_mean : A->o1_mean,
                    site ? A->o2_rstd : A->o1_rstd, o, e->N);
-    for (size_t i = 0; i < N * d; i++) x[i] += A->ptmp[i];
+    add_rows(x, A->ptmp, N * d);
     return 0;
 }
 
@@ -317,6 +313,18 @@ int block_bwd(const block_env *e, int l, const block_acts *A, block_grads *G, bo
     e->attn_bwd(e->u, l, A, G);
     float *dh = need_dx ? G->dh : NULL;
     if (dh) zero_rows(e, dh, N * d);
+    if ((rc = qkv_bwd(e, l, A, G, A->h1, dh))) return rc;
+    if (dh) block_norm_bwd(e, l, NORM_ATTN, G->dx, dh, A->xin, A->mean1, A->rstd1);
+    return 0;
+}
+
+/* The backward of qkv_fwd from G->dqkv (the gradient of q, k after RoPE
+ * and their norms, and of v): RoPE undone, the q/k norms' backward, then
+ * the linears' on their input h; dh (N, d) += ∂/∂h when non-NULL. */
+static int qkv_bwd(const block_env *e, int l, const block_acts *A, block_grads *G, const float *h, float *dh) {
+    const model_config *c = &e->m->cfg;
+    const int qd = c->n_head * c->head_dim, kvd = c->n_kv_head * c->head_dim, ldq = qd + 2 * kvd;
+    int rc;
     if (c->desc->pos == ARCH_POS_ROPE) {
         const int half = c->rope_dim / 2;
         kern_rope(G->dqkv, ldq, e->pos, e->N, c->n_head, c->head_dim, half, e->m->rope_cos, e->m->rope_sin, true, e->nt);
@@ -324,12 +332,9 @@ int block_bwd(const block_env *e, int l, const block_acts *A, block_grads *G, bo
                   e->nt);
     }
     if (block_qk_norm(e->m)) qk_norm_bwd(e, l, A, G);
-    if (block_fused_qkv(e->m)) rc = e->lin_bwd(e->u, l, ROLE_QKV, A->h1, G->dqkv, ldq, dh);
-    else if (e->qkv_bwd) rc = e->qkv_bwd(e->u, l, A->h1, G->dqkv, dh);
-    else if (!(rc = e->lin_bwd(e->u, l, ROLE_Q, A->h1, G->dqkv, ldq, dh)) &&
-             !(rc = e->lin_bwd(e->u, l, ROLE_K, A->h1, G->dqkv + qd, ldq, dh)))
-        rc = e->lin_bwd(e->u, l, ROLE_V, A->h1, G->dqkv + qd + kvd, ldq, dh);
-    if (rc) return rc;
-    if (dh) block_norm_bwd(e, l, NORM_ATTN, G->dx, dh, A->xin, A->mean1, A->rstd1);
-    return 0;
+    if (block_fused_qkv(e->m)) return e->lin_bwd(e->u, l, ROLE_QKV, h, G->dqkv, ldq, dh);
+    if (e->qkv_bwd) return e->qkv_bwd(e->u, l, h, G->dqkv, dh);
+    if (!(rc = e->lin_bwd(e->u, l, ROLE_Q, h, G->dqkv, ldq, dh)) && !(rc = e->lin_bwd(e->u, l, ROLE_K, h, G->dqkv + qd, ldq, dh)))
+        rc = e->lin_bwd(e->u, l, ROLE_V, h, G->dqkv + qd + kvd, ldq, dh);
+    return rc;
 }
