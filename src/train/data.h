@@ -9,6 +9,8 @@
  *   {"messages": [{"role","content"}, ...]}  the tokenizer's chat template;
  *                                            loss on assistant turns only
  *   {"text": "...", "label": <int>}          sequence classification
+ *   {"text", "text_pair", "label"}           pair classification (token types)
+ *   {"anchor", "positive"[, "negative"]}     contrastive (in-batch negatives)
  *
  * Tokenization follows Hugging Face TRL's SFTTrainer (special tokens written
  * in the text are recognised, as HF tokenizers do by default):
@@ -31,7 +33,10 @@
 #include "core/core.h"
 #include "tokenizer/tokenizer.h"
 
-typedef enum { DATA_TEXT = 0, DATA_PROMPT_COMPLETION, DATA_MESSAGES, DATA_CLASSIFICATION } data_kind;
+typedef enum { DATA_TEXT = 0, DATA_PROMPT_COMPLETION, DATA_MESSAGES, DATA_CLASSIFICATION, DATA_PAIRS } data_kind;
+
+/* Texts per contrastive example at most: anchor, positive, negative. */
+#define DATA_MAX_COLS 3
 
 typedef struct {
     int32_t *ids;     /* (n) token ids, BOS/EOS included as the format wants */
@@ -39,6 +44,11 @@ typedef struct {
                          prediction from tokens < i counts in the loss) */
     int n;
     int label;        /* classification label, -1 otherwise */
+    uint8_t *types;   /* (n) token types (a pair's second text: 1) or NULL (all 0) */
+    /* DATA_PAIRS: ids holds the example's texts one after another, text c
+     * (anchor, positive, negative) col_len[c] tokens long; n_cols 1 otherwise. */
+    int n_cols;
+    int col_len[DATA_MAX_COLS];
 } data_example;
 
 typedef struct {
@@ -46,6 +56,7 @@ typedef struct {
     data_example *ex;
     int n;
     int n_labels;         /* classification: max label + 1 */
+    int n_cols;           /* texts per example: 2 or 3 for DATA_PAIRS, else 1 */
     /* what loading saw, for the user. n_lines: non-blank lines read.
      * n_skipped: lines that gave no example, which is n_bad (malformed,
      * skipped under skip_bad) + n_no_loss (rows with no loss token, e.g. a
@@ -100,6 +111,11 @@ typedef struct {
      * tuning predicts it (from the last virtual token, as HF PEFT does when
      * labels[0] is not -100); the data loader leaves it NULL. */
     const int32_t *first_targets;
+    /* (B·T) token types or NULL (all 0). */
+    int32_t *types;
+    /* DATA_PAIRS: the batch holds B / n_cols examples, column by column:
+     * row c·(B / n_cols) + i is text c of example i. 0 or 1: one text per row. */
+    int n_cols;
 } data_batch;
 
 typedef struct data_loader data_loader;
@@ -110,7 +126,8 @@ typedef struct data_loader data_loader;
  * is never short: it continues with the next epoch's order. Without
  * packing an example longer than T is cut to T. A piece of an example cut
  * by a row's end starts the next row with positions from 0 again. Packing
- * classification data is refused. pad_id < 0: 0 is used. */
+ * classification data is refused. pad_id < 0: 0 is used. B counts examples:
+ * a DATA_PAIRS batch has B · d->n_cols rows (data_batch.n_cols). */
 int data_loader_new(const data_set *d, int B, int T, bool pack, uint64_t seed, int pad_id,
                     data_loader **out, peft_err *err);
 void data_loader_free(data_loader *l);
