@@ -34,6 +34,7 @@ static const char *kind_name(data_kind k) {
     case DATA_PROMPT_COMPLETION: return "prompt/completion";
     case DATA_MESSAGES: return "messages";
     case DATA_CLASSIFICATION: return "text/label";
+    case DATA_PAIRS: return "anchor/positive";
     }
     return "?";
 }
@@ -252,6 +253,7 @@ static int tok_row(const cJSON *row, data_kind k, const bpe_tokenizer *tok, cons
         /* No EOS: the classifier reads the last real token. */
         return push_text(e, tok, a, strlen(a), true, 0, err);
     }
+    case DATA_PAIRS: break;
     }
     return peft_fail(err, PEFT_ERR_INVALID, "unknown data kind");
 }
