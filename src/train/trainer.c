@@ -49,7 +49,7 @@ static int owned_batch_init(owned_batch *o, int B, int T, peft_err *err) {
     if (!o->buf) return PEFT_ERR_NOMEM;
     const size_t N = (size_t)B * T;
     o->b = (data_batch){B, T, o->buf, o->buf + N, o->buf + 2 * N, o->buf + 3 * N, o->buf + 4 * N,
-                        o->buf + 4 * N + B, 0, 0, NULL};
+                        o->buf + 4 * N + B, 0, 0, NULL, NULL, 1};
     return 0;
 }
 
