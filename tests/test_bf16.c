@@ -179,7 +179,7 @@ static void training_step_in_bf16_follows_f32(void) {
         for (int64_t k = 0; k < a->n_params; k++) a->params[k] = 0.2f * peft_rng_normal(&rng);
         enum { B = 2, T = 24 };
         static int32_t buf[6][B * T];
-        data_batch b = {B, T, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], 0, 0, NULL};
+        data_batch b = {B, T, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], 0, 0, NULL, NULL, 0};
         for (int i = 0; i < B * T; i++) {
             b.inputs[i] = (int32_t)(peft_rng_u64(&rng) % (uint64_t)m->cfg.vocab);
             b.positions[i] = i % T;

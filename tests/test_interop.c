@@ -257,7 +257,7 @@ static void our_method_adapters_load_in_peft(void) {
             /* pooled logits from the training graph's forward */
             int32_t b_in[12], b_tg[12], b_pos[12], b_seg[12], b_lab[1] = {0}, b_len[1] = {T};
             for (int t = 0; t < T; t++) { b_in[t] = ids[t]; b_tg[t] = -100; b_pos[t] = t; b_seg[t] = 0; }
-            data_batch b = {1, T, b_in, b_tg, b_pos, b_seg, b_lab, b_len, 1, 0, NULL};
+            data_batch b = {1, T, b_in, b_tg, b_pos, b_seg, b_lab, b_len, 1, 0, NULL, NULL, 0};
             train_graph *g = NULL;
             double ls;
             int n;

@@ -53,7 +53,7 @@ static int load_fix(const char *name, fix_batch *f) {
  * is labels[t + 1]. Buffers are static (one batch at a time). */
 static data_batch make_batch(const fix_batch *f, int r0, int nb) {
     static int32_t buf[6][4096];
-    data_batch b = {nb, f->T, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], 0, 0, NULL};
+    data_batch b = {nb, f->T, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], 0, 0, NULL, NULL, 0};
     for (int r = 0; r < nb; r++)
         for (int t = 0; t < f->T; t++) {
             int i = r * f->T + t, src = (r0 + r) * f->T + t;
@@ -145,7 +145,7 @@ static void classifier_grads_match_peft(const char *name, const char *model) {
     {
         const int B = (int)ids->shape[0], T = (int)ids->shape[1];
         static int32_t buf[6][4096];
-        data_batch b = {B, T, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], 0, 0, NULL};
+        data_batch b = {B, T, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], 0, 0, NULL, NULL, 0};
         for (int r = 0; r < B; r++) {
             int len = 0;
             for (int t = 0; t < T; t++) {
@@ -319,7 +319,7 @@ static void graph_gradient_matches_finite_differences_on_q8_0(void) {
     for (int64_t k = 0; k < a->n_params; k++) a->params[k] = 0.3f * peft_rng_normal(&rng); /* B != 0 */
     const int B = 2, T = 8;
     static int32_t buf[6][16];
-    data_batch b = {B, T, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], 0, 0, NULL};
+    data_batch b = {B, T, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], 0, 0, NULL, NULL, 0};
     for (int i = 0; i < B * T; i++) {
         b.inputs[i] = (int32_t)(peft_rng_u64(&rng) % 320);
         b.positions[i] = i % T;

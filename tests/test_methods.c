@@ -64,7 +64,7 @@ static int32_t g_buf[8][64];
 
 /* 2 rows of 12 tokens from a seeded generator; row 1 has 9 real tokens. */
 static data_batch make_batch(int n_labels) {
-    data_batch b = {2, 12, g_buf[0], g_buf[1], g_buf[2], g_buf[3], g_buf[4], g_buf[5], 0, 0, NULL};
+    data_batch b = {2, 12, g_buf[0], g_buf[1], g_buf[2], g_buf[3], g_buf[4], g_buf[5], 0, 0, NULL, NULL, 0};
     peft_rng rng;
     peft_rng_seed(&rng, 11);
     b.lengths[0] = 12;

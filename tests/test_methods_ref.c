@@ -116,7 +116,7 @@ static void one_case(const rcase *c) {
     const int B = (int)ids_t->shape[0], T = (int)ids_t->shape[1], V = m->cfg.vocab;
     const int32_t *ids = ids_t->data;
     static int32_t buf[7][256];
-    data_batch b = {B, T, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], 0, 0, NULL};
+    data_batch b = {B, T, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], 0, 0, NULL, NULL, 0};
     for (int r = 0; r < B; r++) {
         int len = T;
         if (mask_t) {
