@@ -425,7 +425,7 @@ static void loraplus_is_refused_before_anything_is_written(void) {
     int32_t ids[16];
     uint8_t loss[16];
     for (int t = 0; t < 16; t++) { ids[t] = t + 5; loss[t] = 1; }
-    data_example ex = {ids, loss, 16, -1};
+    data_example ex = {.ids = ids, .loss = loss, .n = 16, .label = -1, .n_cols = 1};
     data_set ds = {0};
     ds.kind = DATA_TEXT;
     ds.ex = &ex;
