@@ -508,7 +508,56 @@ static void test_bad_files(void) {
     rmdir(tmpdir_);
 }
 
+/* bpe_encode_input against tokenizer(a, b, truncation=True, max_length=m)
+ * (tools/make_input_fixtures.py): templates, type ids, longest-first
+ * truncation that keeps the special tokens, for WordPiece, RoBERTa's BPE
+ * and a Llama tokenizer's single texts. */
+static void test_inputs_match_hf(void) {
+    cJSON *exp = read_json("tests/fixtures/tokenizer/inputs.json");
+    CHECK_MSG(exp != NULL, "tests/fixtures/tokenizer/inputs.json missing");
+    if (!exp) return;
+    const cJSON *model;
+    cJSON_ArrayForEach(model, exp) {
+        char path[256];
+        snprintf(path, sizeof path, "tests/fixtures/models/%s/tokenizer.json", model->string);
+        bpe_tokenizer *t = NULL;
+        peft_err err = {0};
+        CHECK_MSG(bpe_load_json(path, &t, &err) == 0, "%s: %s", path, err.msg);
+        if (!t) continue;
+        int i = 0;
+        const cJSON *c;
+        cJSON_ArrayForEach(c, model) {
+            const char *a = cJSON_GetObjectItemCaseSensitive(c, "a")->valuestring;
+            const cJSON *bj = cJSON_GetObjectItemCaseSensitive(c, "b");
+            const char *b = cJSON_IsString(bj) ? bj->valuestring : NULL;
+            const int m = (int)cJSON_GetObjectItemCaseSensitive(c, "max_length")->valuedouble;
+            int32_t *ids = NULL, *ty = NULL;
+            int n = 0;
+            bool cut = false;
+            CHECK_OK(bpe_encode_input(t, a, strlen(a), b, b ? strlen(b) : 0, m, &ids, &ty, &n, &cut, &err));
+            check_ids(model->string, "input ids", i, cJSON_GetObjectItemCaseSensitive(c, "ids"), ids, n);
+            check_ids(model->string, "input type ids", i, cJSON_GetObjectItemCaseSensitive(c, "type_ids"), ty, n);
+            free(ids);
+            free(ty);
+            i++;
+        }
+        /* the template alone longer than the limit is refused, not cut */
+        int32_t *ids = NULL;
+        int n = 0;
+        const int rc = bpe_encode_input(t, "x", 1, bpe_get_kind(t) == BPE_WORDPIECE ? "y" : NULL, 1, 1, &ids, NULL, &n,
+                                        NULL, &err);
+        if (bpe_cls_id(t) >= 0) {
+            CHECK_EQ_INT(rc, PEFT_ERR_INVALID);
+            CHECK_MSG(strstr(err.msg, "special tokens") != NULL, "message: %s", err.msg);
+        }
+        free(ids);
+        bpe_free(t);
+    }
+    cJSON_Delete(exp);
+}
+
 int main(void) {
+    TEST_RUN(test_inputs_match_hf);
     TEST_RUN(test_corpus_matches_hf);
     TEST_RUN(test_real_text_matches_hf);
     TEST_RUN(test_every_codepoint_matches_hf);

@@ -287,41 +287,17 @@ int embed_pipeline_load(const peft_model *m, embed_pipeline *p, peft_err *err) {
 
 int embed_tokenize(const peft_model *m, const embed_pipeline *p, const char *text, size_t len, int32_t **ids,
                    int *n_ids, int *n_full, peft_err *err) {
-    int32_t *with = NULL, *bare = NULL;
-    int nw = 0, nb = 0;
-    /* added tokens written in the text are matched, as HF tokenizers always do */
-    int rc = bpe_encode(m->tok, text, len, true, true, &with, &nw, err);
-    if (rc) return rc;
-    if (n_full) *n_full = nw;
-    if (nw <= p->max_len) {
-        *ids = with;
-        *n_ids = nw;
-        return 0;
+    if (n_full) {
+        int32_t *all = NULL;
+        int rc = bpe_encode_input(m->tok, text, len, NULL, 0, 0, &all, NULL, n_full, NULL, err);
+        free(all);
+        if (rc) return rc;
     }
-    /* HF truncation drops content tokens and keeps the post-processor's: find where the bare ids sit among
-     * the specials, keep the prefix, max_len - specials content tokens and the suffix */
-    if ((rc = bpe_encode(m->tok, text, len, false, true, &bare, &nb, err))) { free(with); return rc; }
-    int extra = nw - nb, pre = -1;
-    for (int s = 0; extra >= 0 && s <= extra && pre < 0; s++)
-        if (nb == 0 || !memcmp(with + s, bare, (size_t)nb * sizeof *bare)) pre = s;
-    if (pre < 0) {
-        free(with);
-        free(bare);
-        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: cannot truncate: the special tokens are not around the text",
-                         m->path);
-    }
-    if (extra >= p->max_len) {
-        free(with);
-        free(bare);
-        return peft_fail(err, PEFT_ERR_INVALID, "%s: max_seq_length %d leaves no room beside %d special tokens",
-                         m->path, p->max_len, extra);
-    }
-    int keep = p->max_len - extra, suf = extra - pre;
-    memmove(with + pre + keep, with + pre + nb, (size_t)suf * sizeof *with);
-    free(bare);
-    *ids = with;
-    *n_ids = p->max_len;
-    return 0;
+    /* HF truncation drops content tokens and keeps the post-processor's */
+    int rc = bpe_encode_input(m->tok, text, len, NULL, 0, p->max_len, ids, NULL, n_ids, NULL, err);
+    if (rc == PEFT_ERR_INVALID && err && strstr(err->msg, "special tokens"))
+        return peft_fail(err, rc, "%s: max_seq_length %d is too short: %s", m->path, p->max_len, err->msg);
+    return rc;
 }
 
 static void l2_normalize(float *x, int n) {

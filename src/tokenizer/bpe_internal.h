@@ -101,6 +101,9 @@ struct bpe_tokenizer {
 
     int32_t *prefix_ids, *suffix_ids; /* post-processor for single sequences */
     int n_prefix, n_suffix;
+    /* RobertaProcessing / BertProcessing: their pair templates,
+     * <s> A </s></s> B </s> (types 0) and [CLS] A [SEP] B [SEP] (B: type 1) */
+    enum { BPE_PAIR_NONE, BPE_PAIR_ROBERTA, BPE_PAIR_BERT } pair_kind;
     bool strip_leading_space; /* decoder strips one leading ' ' (SP "Strip" decoder) */
     bool meta_drop_first;     /* Metaspace decoder: the first token's "▁" vanish */
     bool add_space_prefix;    /* GGUF SentencePiece: prepend ' ' (as ▁) to the text */

@@ -203,6 +203,7 @@ static int parse_post(bpe_tokenizer *t, const cJSON *p, idlist *pre, idlist *suf
         /* "cls": ["<s>", 0], "sep": ["</s>", 2]; the id becomes BOS/EOS and
          * indexes the token table, so it must be a token of this vocabulary. */
         static const char *const keys[2] = {"cls", "sep"};
+        t->pair_kind = !strcmp(ty, "RobertaProcessing") ? BPE_PAIR_ROBERTA : BPE_PAIR_BERT;
         for (int k = 0; k < 2; k++) {
             const cJSON *pair = cJSON_GetObjectItemCaseSensitive(p, keys[k]);
             if (!pair || cJSON_IsNull(pair)) continue;

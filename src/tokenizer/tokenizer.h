@@ -56,6 +56,20 @@ int bpe_encode_pair(const bpe_tokenizer *t, const char *a, size_t alen, const ch
                     bool add_special, bool parse_special, int32_t **ids, int32_t **type_ids, int *n_ids,
                     peft_err *err);
 
+/* A model's input as HF's tokenizer(a, b, truncation=True, max_length=
+ * max_len) makes it: a and b (NULL: a single sequence) encoded apart, the
+ * post-processor's template around them ([CLS] A [SEP] B [SEP] with type
+ * ids; RoBERTa's <s> A </s></s> B </s>; a BPE tokenizer's BOS), special
+ * tokens written in the text recognised. max_len > 0 truncates the
+ * sequences, never the template's tokens, from their ends as HF's
+ * longest_first does (the shorter is kept whole when the longer can still
+ * be as long, else each gets half, the longer the odd one); *truncated
+ * (may be NULL) says whether it did. A template longer than max_len fails
+ * (PEFT_ERR_INVALID), as does a pair on a tokenizer without a pair
+ * template (PEFT_ERR_UNSUPPORTED). *ids, *types (may be NULL) malloc'ed. */
+int bpe_encode_input(const bpe_tokenizer *t, const char *a, size_t alen, const char *b, size_t blen, int max_len,
+                     int32_t **ids, int32_t **types, int *n_ids, bool *truncated, peft_err *err);
+
 /* Bytes of one token as it contributes to decoded text (byte-level: the
  * mapped-back bytes; SentencePiece: ▁ -> space, <0xNN> -> the byte;
  * WordPiece: the text without its "##"; the space before a word is

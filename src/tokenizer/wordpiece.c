@@ -682,6 +682,113 @@ int bpe_encode_pair(const bpe_tokenizer *t, const char *a, size_t alen, const ch
     return 0;
 }
 
+/* A template, either tokenizer kind's: runs of special tokens and the
+ * places of A (seq 0) and B (seq 1), each with its type id. */
+typedef struct {
+    int seq, type_id;
+    const int32_t *ids;
+    int n_ids;
+} tmpl_item;
+
+static int template_of(const bpe_tokenizer *t, bool pair, tmpl_item *v, int cap, peft_err *err) {
+    int n = 0;
+    if (t->kind == BPE_WORDPIECE) {
+        const wp_model *m = t->wp;
+        const wp_template *tp = pair ? &m->pair : &m->single;
+        if (pair ? m->have_pair : m->have_single) {
+            for (int i = 0; i < tp->n && n < cap; i++)
+                v[n++] = (tmpl_item){tp->v[i].seq, tp->v[i].type_id, tp->v[i].ids, tp->v[i].n_ids};
+            return n;
+        }
+    } else {
+        const tmpl_item pre = {-1, 0, t->prefix_ids, t->n_prefix}, suf = {-1, 0, t->suffix_ids, t->n_suffix};
+        if (!pair) {
+            v[0] = pre;
+            v[1] = (tmpl_item){0, 0, NULL, 0};
+            v[2] = suf;
+            return 3;
+        }
+        if (t->pair_kind == BPE_PAIR_NONE)
+            return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: the tokenizer has no pair template (%s)", t->source, t->desc);
+        const bool rob = t->pair_kind == BPE_PAIR_ROBERTA;
+        v[n++] = pre;
+        v[n++] = (tmpl_item){0, 0, NULL, 0};
+        v[n++] = suf;
+        if (rob) v[n++] = suf;
+        v[n++] = (tmpl_item){1, rob ? 0 : 1, NULL, 0};
+        v[n++] = suf;
+        if (rob) return n;
+        for (int i = 0; i < n; i++)   /* BertProcessing: B's [SEP] is type 1 too */
+            if (i > 2) v[i].type_id = 1;
+        return n;
+    }
+    /* no template: A then B, B's type 1 as HF's default */
+    v[n++] = (tmpl_item){0, 0, NULL, 0};
+    if (pair) v[n++] = (tmpl_item){1, 1, NULL, 0};
+    return n;
+}
+
+int bpe_encode_input(const bpe_tokenizer *t, const char *a, size_t alen, const char *b, size_t blen, int max_len,
+                     int32_t **ids, int32_t **types, int *n_ids, bool *truncated, peft_err *err) {
+    *ids = NULL;
+    if (types) *types = NULL;
+    *n_ids = 0;
+    if (truncated) *truncated = false;
+    tmpl_item tp[64];
+    int nt = template_of(t, b != NULL, tp, 64, err);
+    if (nt < 0) return nt;
+    int n_special = 0;
+    for (int i = 0; i < nt; i++) n_special += tp[i].seq < 0 ? tp[i].n_ids : 0;
+    if (max_len > 0 && n_special >= max_len)
+        return peft_fail(err, PEFT_ERR_INVALID, "%s: a length of %d leaves no room beside %d special tokens", t->source,
+                         max_len, n_special);
+    int32_t *seq[2] = {NULL, NULL};
+    int len[2] = {0, 0};
+    int rc = bpe_encode(t, a, alen, false, true, &seq[0], &len[0], err);
+    if (!rc && b) rc = bpe_encode(t, b, blen, false, true, &seq[1], &len[1], err);
+    const int room = max_len - n_special;
+    if (!rc && max_len > 0 && len[0] + len[1] > room) {
+        if (truncated) *truncated = true;
+        if (!b) len[0] = room;
+        else {
+            /* HF's longest_first: the shorter keeps its length if the longer
+             * can take the rest and still be as long; else both get half, the
+             * longer (the second on a tie) the odd token */
+            const int s = len[1] < len[0];   /* index of the shorter */
+            int n1 = len[s], n2 = n1 > room ? n1 : PEFT_MAX(n1, room - n1);
+            if (n1 + n2 > room) {
+                n1 = room / 2;
+                n2 = n1 + room % 2;
+            }
+            len[s] = PEFT_MIN(len[s], n1);
+            len[1 - s] = PEFT_MIN(len[1 - s], n2);
+        }
+    }
+    const int n = len[0] + len[1] + n_special;
+    int32_t *out = rc ? NULL : peft_malloc((size_t)(n + 1) * sizeof *out, err);
+    int32_t *ty = !rc && types ? peft_malloc((size_t)(n + 1) * sizeof *ty, err) : NULL;
+    if (!rc && (!out || (types && !ty))) rc = PEFT_ERR_NOMEM;
+    for (int i = 0, k = 0; !rc && i < nt; i++) {
+        const int32_t *src = tp[i].seq < 0 ? tp[i].ids : seq[tp[i].seq];
+        const int cnt = tp[i].seq < 0 ? tp[i].n_ids : len[tp[i].seq];
+        for (int j = 0; j < cnt; j++, k++) {
+            out[k] = src[j];
+            if (ty) ty[k] = tp[i].type_id;
+        }
+    }
+    free(seq[0]);
+    free(seq[1]);
+    if (rc) {
+        free(out);
+        free(ty);
+        return rc;
+    }
+    *ids = out;
+    if (types) *types = ty;
+    *n_ids = n;
+    return 0;
+}
+
 /* ---- loading ---------------------------------------------------------------------- */
 
 static const char *jstr(const cJSON *o, const char *key) {
