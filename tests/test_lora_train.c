@@ -363,9 +363,121 @@ static void graph_gradient_matches_finite_differences_on_q8_0(void) {
     peft_free(ctx);
 }
 
+/* Contrastive: sentence-transformers' MultipleNegativesRankingLoss over a
+ * mean-pooled tiny BERT with an HF peft FEATURE_EXTRACTION LoRA
+ * (tools/make_contrastive_fixtures.py; anchors, positives and hard
+ * negatives): the adapter (keys of the bare BertModel) loads, the scores,
+ * the loss and every LoRA gradient agree; saved again, it keeps the bare
+ * encoder's key spelling. */
+static void contrastive_grads_match_sentence_transformers(void) {
+    st_archive *ref = NULL;
+    peft_err err = {0};
+    CHECK_OK(st_open(LFIX "bert_qv_mnrl/reference.safetensors", &ref, &err));
+    if (!ref) return;
+    peft_ctx *ctx = peft_init(NULL);
+    peft_model *m = peft_model_load(ctx, MFIX "tiny-bert");
+    adapter *a = NULL;
+    train_graph *g = NULL;
+    if (m) CHECK_OK(adapter_load(m, LFIX "bert_qv_mnrl/adapter", &a, &err));
+    if (!a) goto out;
+    static const char *const cols[3] = {"anchor", "positive", "negative"};
+    const st_tensor *ids[3], *mask[3];
+    int nA = 0, T = 2;
+    for (int c = 0; c < 3; c++) {
+        char k[64];
+        snprintf(k, sizeof k, "%s_input_ids", cols[c]);
+        ids[c] = st_find(ref, k);
+        snprintf(k, sizeof k, "%s_attention_mask", cols[c]);
+        mask[c] = st_find(ref, k);
+        CHECK(ids[c] && mask[c]);
+        if (!ids[c] || !mask[c]) goto out;
+        nA = (int)ids[c]->shape[0];
+        T = T > (int)ids[c]->shape[1] ? T : (int)ids[c]->shape[1];
+    }
+    {
+        const int B = 3 * nA;
+        static int32_t buf[6][4096];
+        data_batch b = {B, T, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], nA, 0, NULL, NULL, 3};
+        for (int c = 0; c < 3; c++)
+            for (int i = 0; i < nA; i++) {
+                const int r = c * nA + i, Tc = (int)ids[c]->shape[1];
+                int len = 0;
+                for (int t = 0; t < T; t++) {
+                    const size_t k = (size_t)r * T + t;
+                    const bool in = t < Tc && ((const int32_t *)mask[c]->data)[i * Tc + t];
+                    b.inputs[k] = in ? ((const int32_t *)ids[c]->data)[i * Tc + t] : 0;
+                    b.targets[k] = -100;
+                    b.positions[k] = t;
+                    b.segments[k] = 0;
+                    len += in;
+                }
+                b.lengths[r] = len;
+                b.labels[r] = c == 0 ? i : -1;
+            }
+        CHECK_OK(tg_new(m, a, B, T, &g, &err));
+        if (!g) goto out;
+        double ls = 0;
+        int n = 0;
+        memset(a->grads, 0, sizeof(float) * (size_t)a->n_params);
+        CHECK_OK(tg_run(g, &b, true, 1.0f / (float)nA, 0, &ls, &n, &err));
+        CHECK_EQ_INT(n, nA);
+        const double want = ((const float *)st_find(ref, "loss")->data)[0], got = n ? ls / n : 0;
+        CHECK_MSG(fabs(got - want) <= 1e-5 * fabs(want), "MNRL loss %.7f vs sentence-transformers %.7f", got, want);
+        CHECK_EQ_INT(tg_class_width(g), 2 * nA);
+        const double sd = test_max_abs_diff(tg_class_logits(g), st_find(ref, "scores")->data, (size_t)nA * 2 * nA);
+        CHECK_MSG(sd <= 1e-4, "scores differ by %g", sd);
+        double worst = 0;
+        int checked = 0;
+        for (int i = 0; i < a->n_tensors; i++) {
+            char key[400];
+            snprintf(key, sizeof key, "%s.grad", a->tensors[i].key);
+            const st_tensor *t = st_find(ref, key);
+            CHECK_MSG(t != NULL, "no reference for %s", key);
+            if (!t || st_numel(t) != a->tensors[i].n) continue;
+            const float *r = t->data;
+            double maxref = 0, maxdiff = 0;
+            for (int64_t k = 0; k < a->tensors[i].n; k++) {
+                maxref = fmax(maxref, fabs(r[k]));
+                maxdiff = fmax(maxdiff, fabs(r[k] - a->tensors[i].g[k]));
+            }
+            worst = fmax(worst, maxdiff / (maxref > 0 ? maxref : 1));
+            CHECK_MSG(maxdiff <= 1e-4 * (maxref > 0 ? maxref : 1), "%s: rel diff %.3g", key, maxdiff / maxref);
+            checked++;
+        }
+        CHECK_EQ_INT(checked, a->n_tensors);
+        printf("    MNRL loss %.6f (sentence-transformers %.6f), scores diff %.2g, %d gradient tensors, worst rel %.3g\n",
+               got, want, sd, checked, worst);
+        /* saved, the keys are the bare encoder's again */
+        char dir[] = "/tmp/peft_mnrl_XXXXXX";
+        CHECK(mkdtemp(dir) != NULL);
+        CHECK_OK(adapter_save(a, m, dir, &err));
+        char path[300];
+        snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+        st_archive *mine = NULL, *theirs = NULL;
+        CHECK_OK(st_open(path, &mine, &err));
+        CHECK_OK(st_open(LFIX "bert_qv_mnrl/adapter/adapter_model.safetensors", &theirs, &err));
+        if (mine && theirs) {
+            CHECK_EQ_INT(st_count(mine), st_count(theirs));
+            for (int i = 0; i < st_count(theirs); i++)
+                CHECK_MSG(st_find(mine, st_at(theirs, i)->name) != NULL, "saved adapter lacks %s", st_at(theirs, i)->name);
+        }
+        st_close(mine);
+        st_close(theirs);
+        snprintf(path, sizeof path, "rm -rf %s", dir);
+        CHECK(system(path) == 0);
+    }
+out:
+    tg_free(g);
+    adapter_free(a);
+    peft_model_free(m);
+    peft_free(ctx);
+    st_close(ref);
+}
+
 int main(void) {
     TEST_RUN(lora_loss_and_gradients_match_peft);
     TEST_RUN(encoder_classifiers_match_peft);
+    TEST_RUN(contrastive_grads_match_sentence_transformers);
     TEST_RUN(adamw_trajectory_follows_peft);
     TEST_RUN(graph_gradient_matches_finite_differences_on_q8_0);
     TEST_MAIN_END();

@@ -4,6 +4,7 @@
 #include "cli/cli.h"
 #include "core/limits.h"
 #include "core/ctx.h"
+#include "infer/embed.h"
 #include "peft/method.h"
 #include "train/trainer.h"
 
@@ -24,13 +25,15 @@ typedef struct {
 
 static opt_def train_opts[] = {
     {"model", false, "HF model folder or .gguf file (required)", NULL},
-    {"data", false, "training JSONL: {text} | {prompt,completion} | {messages} (required)", NULL},
+    {"data", false, "training JSONL: {text} | {prompt,completion} | {messages} | {text[,text_pair],label} | "
+                    "{anchor,positive[,negative]} (required)", NULL},
     {"val", false, "validation JSONL", NULL},
     {"val-split", false, "fraction of --data held out for validation when no --val (default 0)", NULL},
     {"out", false, "output folder: adapter, metrics.jsonl, loss.svg, checkpoints (required)", NULL},
     {"config", false, "JSON file with any of these options", NULL},
     {"method", false, "lora (default) | one of the methods below", NULL},
     {"num-labels", false, "classification labels (default: from {text,label} data)", NULL},
+    {"mnrl-scale", false, "contrastive {anchor,positive} data: the similarity scale of the in-batch loss (default 20)", NULL},
     {"lr", false, "peak learning rate (default 2e-4)", NULL},
     {"schedule", false, "constant | linear | cosine (default)", NULL},
     {"warmup", false, "warmup steps (default 0)", NULL},
@@ -217,8 +220,33 @@ static void on_progress(const train_progress *p, void *user) {
     if (pc->tty && p->step == p->total_steps) fputc('\n', stderr);
 }
 
+/* Contrastive data pools as the model's sentence-transformers files say
+ * (mean or CLS; defaults: mean). */
+static int pair_pool_of(const char *cmd, const peft_model *m, int *pool, peft_err *err) {
+    embed_pipeline pl;
+    if (embed_pipeline_load(m, &pl, err)) {
+        fprintf(stderr, "peft %s: %s\n", cmd, err->msg);
+        return 1;
+    }
+    if (pl.modes != EMBED_POOL_MEAN && pl.modes != EMBED_POOL_CLS) {
+        fprintf(stderr, "peft %s: %s: contrastive training pools by the mean or the CLS token; this model's pooling (%s) "
+                "is another\n", cmd, m->path, pl.source);
+        return 1;
+    }
+    *pool = pl.modes == EMBED_POOL_CLS ? TG_POOL_CLS : TG_POOL_MEAN;
+    return 0;
+}
+
 static void print_data_summary(const char *what, const char *path, const data_set *d, int seq) {
-    static const char *const kinds[] = {"text", "prompt/completion", "messages", "classification"};
+    static const char *const kinds[] = {"text", "prompt/completion", "messages", "classification", "contrastive pairs"};
+    if (d->kind == DATA_PAIRS) {
+        fprintf(stderr, "%s: %s: %d examples (%s: %s), %lld tokens", what, path, d->n, kinds[d->kind],
+                d->n_cols > 2 ? "anchor, positive, negative" : "anchor, positive", (long long)d->n_tokens);
+        if (d->n_truncated) fprintf(stderr, ", %d truncated to %d tokens", d->n_truncated, seq);
+        if (d->n_skipped) fprintf(stderr, ", %d lines skipped", d->n_skipped);
+        fputc('\n', stderr);
+        return;
+    }
     fprintf(stderr, "%s: %s: %d examples (%s), %lld tokens, %lld in the loss", what, path, d->n, kinds[d->kind],
             (long long)d->n_tokens, (long long)d->n_loss_tokens);
     if (d->n_truncated) fprintf(stderr, ", %d truncated to %d tokens", d->n_truncated, seq);
@@ -335,7 +363,8 @@ int cmd_train(int argc, char **argv) {
         {"alpha", &mc.alpha, 0, 1e6}, {"dropout", &mc.dropout, 0, 0.99}, {"lr", &tp.opt.lr, 0, 10},
         {"weight-decay", &tp.opt.weight_decay, 0, 10}, {"beta1", &tp.opt.beta1, 0, 0.999999},
         {"beta2", &tp.opt.beta2, 0, 0.99999999}, {"eps", &tp.opt.eps, 0, 1}, {"clip", &tp.opt.max_grad_norm, 0, 1e9},
-        {"loraplus-lr-ratio", &tp.opt.loraplus_lr_ratio, 0, 1e6}, {"loraplus-lr-embedding", &tp.opt.loraplus_lr_embedding, 0, 10}};
+        {"loraplus-lr-ratio", &tp.opt.loraplus_lr_ratio, 0, 1e6}, {"loraplus-lr-embedding", &tp.opt.loraplus_lr_embedding, 0, 10},
+        {"mnrl-scale", &tp.pair_scale, 1e-3, 1e4}};
     for (size_t i = 0; i < sizeof floats / sizeof *floats; i++)
         if (GETV(floats[i].name)) {
             char full[64];
@@ -428,6 +457,21 @@ int cmd_train(int argc, char **argv) {
         }
     } else if (mc.n_labels) {
         fprintf(stderr, "peft train: --num-labels needs {\"text\", \"label\"} data\n");
+        goto out;
+    }
+    if (have_val && val.kind != train.kind) {
+        fprintf(stderr, "peft train: --val is %s data but --data is not\n",
+                val.kind == DATA_PAIRS ? "contrastive" : val.kind == DATA_CLASSIFICATION ? "classification" : "language-model");
+        goto out;
+    }
+    if (train.kind == DATA_PAIRS) {
+        if (pair_pool_of("train", m, &tp.pair_pool, err)) goto out;
+        if (have_val && val.n_cols != train.n_cols) {
+            fprintf(stderr, "peft train: --val has %d texts per row, --data %d\n", val.n_cols, train.n_cols);
+            goto out;
+        }
+    } else if (GETV("mnrl-scale")) {
+        fprintf(stderr, "peft train: --mnrl-scale needs contrastive {\"anchor\", \"positive\"} data\n");
         goto out;
     }
     if (adapter_new(m, &mc, &ad, err)) { fprintf(stderr, "peft train: %s\n", err->msg); goto out; }
@@ -535,8 +579,21 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "peft eval: %s is classification data: pass --adapter with a classification head\n", data);
         goto out;
     }
-    if (train_eval_acc(m, ad, &d, batch, seq, 0, &loss, &n, &acc, &ctx->err)) { fprintf(stderr, "peft eval: %s\n", ctx->err.msg); goto out; }
-    if (!isnan(acc)) {
+    int pool = TG_POOL_MEAN;
+    if (d.kind == DATA_PAIRS && pair_pool_of("eval", m, &pool, &ctx->err)) goto out;
+    if (train_eval_pairs(m, ad, &d, batch, seq, 0, 20.0f, pool, &loss, &n, &acc, &ctx->err)) {
+        fprintf(stderr, "peft eval: %s\n", ctx->err.msg);
+        goto out;
+    }
+    if (d.kind == DATA_PAIRS) {
+        /* the in-batch ranking: how often an anchor's positive scores best among the batch's candidates */
+        if (json)
+            printf("{\"loss\": %.9g, \"accuracy\": %.9g, \"examples\": %lld, \"batch\": %d, \"truncated\": %d}\n", loss,
+                   acc, (long long)n, batch, d.n_truncated);
+        else
+            printf("loss %.6f (MultipleNegativesRankingLoss, scale 20) | in-batch accuracy %.6f | %lld pairs, batches of "
+                   "%d%s\n", loss, acc, (long long)n, batch, d.n_truncated ? " (some truncated)" : "");
+    } else if (!isnan(acc)) {
         if (json)
             printf("{\"loss\": %.9g, \"accuracy\": %.9g, \"examples\": %lld, \"truncated\": %d}\n", loss, acc, (long long)n,
                    d.n_truncated);

@@ -376,6 +376,29 @@ static int st_build_index(st_archive *a, peft_err *err) {
     return 0;
 }
 
+int st_insert_after_prefix(st_archive *a, const char *root, const char *ins, peft_err *err) {
+    const size_t rl = strlen(root), il = strlen(ins);
+    int changed = 0;
+    for (int i = 0; i < a->n; i++) {
+        const char *nm = a->tensors[i].name;
+        if (strncmp(nm, root, rl) || !strncmp(nm + rl, ins, il)) continue;
+        const size_t n = strlen(nm);
+        char *nn = malloc(n + il + 1);
+        if (!nn) return peft_fail(err, PEFT_ERR_NOMEM, "out of memory renaming tensors");
+        memcpy(nn, nm, rl);
+        memcpy(nn + rl, ins, il);
+        memcpy(nn + rl + il, nm + rl, n - rl + 1);
+        free(a->tensors[i].name);
+        a->tensors[i].name = nn;
+        changed++;
+    }
+    if (!changed) return 0;
+    free(a->hash);
+    a->hash = NULL;
+    a->hash_cap = 0;
+    return st_build_index(a, err);
+}
+
 /* A shard file name from an index must stay inside the index's folder. */
 static bool st_safe_relpath(const char *s) {
     if (!s[0] || s[0] == '/') return false;

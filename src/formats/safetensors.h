@@ -35,6 +35,11 @@ void st_close(st_archive *a);
 int st_count(const st_archive *a);
 const st_tensor *st_at(const st_archive *a, int i);
 const st_tensor *st_find(const st_archive *a, const char *name);
+/* Renames every tensor whose name starts with root but does not continue
+ * with ins to root + ins + the rest (an adapter of a bare encoder read as
+ * its task model's: "base_model.model." + "bert."). Duplicates that result
+ * are PEFT_ERR_FORMAT. */
+int st_insert_after_prefix(st_archive *a, const char *root, const char *ins, peft_err *err);
 /* Value of a "__metadata__" key in the (first) file, NULL when absent. */
 const char *st_metadata(const st_archive *a, const char *key);
 int64_t st_numel(const st_tensor *t);

@@ -154,7 +154,8 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
 int adapter_export_gguf(const adapter *a, const peft_model *m, const char *path, peft_err *err);
 /* dir/adapter_config.json (config_json) + dir/adapter_model.safetensors (the
  * saved tensors of the registry), atomically. */
-int adapter_write_folder(const adapter *a, const char *dir, const char *config_json, peft_err *err);
+int adapter_write_folder(const adapter *a, const peft_model *m, const char *dir, const char *config_json,
+                         peft_err *err);
 /* Fills every saved registry tensor from st (shapes checked; a tensor of st
  * the registry does not know is an error). */
 int adapter_read_tensors(adapter *a, const st_archive *st, const char *st_path, peft_err *err);

@@ -20,7 +20,25 @@
 
 /* ---- tensors ----------------------------------------------------------------- */
 
-int adapter_write_folder(const adapter *a, const char *dir, const char *config_json, peft_err *err) {
+/* An encoder's adapter without a head is HF peft's FEATURE_EXTRACTION on
+ * the bare encoder (BertModel, what sentence-transformers holds): its keys
+ * lack the task model's "bert." / "roberta." that a classifier's keep. */
+static bool bare_encoder(const adapter *a, const peft_model *m) {
+    return m && m->cfg.desc->encoder && model_hf_prefix(m)[0] && !mts_has_head(a);
+}
+
+#define PEFT_KEY_ROOT "base_model.model."
+
+/* key as the bare encoder's file spells it (the task prefix dropped) */
+static const char *bare_key(const peft_model *m, const char *key, char *buf, size_t cap) {
+    const char *pfx = model_hf_prefix(m);
+    const size_t n = strlen(PEFT_KEY_ROOT), pl = strlen(pfx);
+    if (strncmp(key, PEFT_KEY_ROOT, n) || strncmp(key + n, pfx, pl)) return key;
+    return snprintf(buf, cap, PEFT_KEY_ROOT "%s", key + n + pl) < (int)cap ? buf : key;
+}
+
+int adapter_write_folder(const adapter *a, const peft_model *m, const char *dir, const char *config_json,
+                         peft_err *err) {
     int rc = peft_mkdir_p(dir, err);
     if (rc) return rc;
     int n = 0;
@@ -28,13 +46,16 @@ int adapter_write_folder(const adapter *a, const char *dir, const char *config_j
     st_write_tensor *t = peft_calloc((size_t)n + 1, sizeof *t, err);
     char *cfg_path = peft_path_join(dir, "adapter_config.json", err);
     char *st_path = peft_path_join(dir, "adapter_model.safetensors", err);
-    if (!t || !cfg_path || !st_path) { rc = PEFT_ERR_NOMEM; goto done; }
+    const bool bare = bare_encoder(a, m);
+    char (*names)[400] = bare ? peft_calloc((size_t)n + 1, sizeof *names, err) : NULL;
+    if (!t || !cfg_path || !st_path || (bare && !names)) { rc = PEFT_ERR_NOMEM; goto done; }
     int k = 0;
     for (int i = 0; i < a->n_tensors; i++) {
         const adapter_tensor *at = &a->tensors[i];
         if (!at->saved) continue;
-        st_write_tensor *w = &t[k++];
-        w->name = at->key;
+        st_write_tensor *w = &t[k];
+        w->name = bare ? bare_key(m, at->key, names[k], sizeof names[k]) : at->key;
+        k++;
         w->dtype = PEFT_DT_F32;
         w->ndim = at->ndim;
         w->shape[0] = at->shape[0];
@@ -46,6 +67,7 @@ int adapter_write_folder(const adapter *a, const char *dir, const char *config_j
     rc = peft_write_file_atomic(cfg_path, config_json, strlen(config_json), err);
 done:
     free(t);
+    free(names);
     free(cfg_path);
     free(st_path);
     return rc;
@@ -101,7 +123,7 @@ static bool add_common(cJSON *o, const adapter *a, const peft_model *m, const ch
     ok &= mts_config_write(a, o);
     ok &= cJSON_AddStringToObject(o, "peft_type", peft_type) != NULL;
     ok &= cJSON_AddNullToObject(o, "revision") != NULL;
-    ok &= cJSON_AddStringToObject(o, "task_type", mts_task_type(a)) != NULL;
+    ok &= cJSON_AddStringToObject(o, "task_type", mts_task_type(a, m)) != NULL;
     return ok;
 }
 
@@ -133,7 +155,7 @@ int adapter_save(const adapter *a, const peft_model *m, const char *dir, peft_er
     if (a->ops && a->ops->save) return a->ops->save(a, m, dir, err);
     char *js = config_json(a, m, err);
     if (!js) return peft_fail(err, PEFT_ERR_NOMEM, "%s: cannot build the adapter config", dir);
-    int rc = adapter_write_folder(a, dir, js, err);
+    int rc = adapter_write_folder(a, m, dir, js, err);
     free(js);
     return rc;
 }
@@ -242,6 +264,11 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
     if ((rc = st_open(st_path, &st, err))) goto done;
     /* the head's shape sizes what the adapter allocates: checked first */
     if ((rc = mts_labels_of_file(st, st_path, m, &mc.n_labels, err))) goto done;
+    /* a bare encoder's adapter (FEATURE_EXTRACTION) is read in the task
+     * model's names every method knows */
+    if (!mc.n_labels && m->cfg.desc->encoder && model_hf_prefix(m)[0] &&
+        (rc = st_insert_after_prefix(st, PEFT_KEY_ROOT, model_hf_prefix(m), err)))
+        goto done;
     if ((rc = plug->load ? plug->load(m, o, cfg_path, st, st_path, mc.n_labels, &a, err)
                          : method_adapter_new(m, &mc, false, &a, err)))
         goto done;

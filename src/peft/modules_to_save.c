@@ -218,7 +218,9 @@ bool mts_config_write(const adapter *a, cJSON *o) {
     return ok && cJSON_AddNumberToObject(o, "num_labels", a->head.n_labels) != NULL;
 }
 
-const char *mts_task_type(const adapter *a) { return mts_has_head(a) ? "SEQ_CLS" : "CAUSAL_LM"; }
+const char *mts_task_type(const adapter *a, const peft_model *m) {
+    return mts_has_head(a) ? "SEQ_CLS" : m->cfg.desc->encoder ? "FEATURE_EXTRACTION" : "CAUSAL_LM";
+}
 
 int mts_labels_of_file(const st_archive *st, const char *st_path, const peft_model *m, int *n_labels, peft_err *err) {
     *n_labels = 0;

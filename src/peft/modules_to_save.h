@@ -74,8 +74,9 @@ bool mts_is_head_key(const char *name);
 /* adapter_config.json: modules_to_save (["classifier", "score"] as HF
  * peft's SEQ_CLS default, or null), num_labels. */
 bool mts_config_write(const struct adapter *a, cJSON *o);
-/* "SEQ_CLS" with a head, else "CAUSAL_LM". */
-const char *mts_task_type(const struct adapter *a);
+/* "SEQ_CLS" with a head, "FEATURE_EXTRACTION" for an encoder without one
+ * (sentence embeddings), else "CAUSAL_LM". */
+const char *mts_task_type(const struct adapter *a, const peft_model *m);
 /* The head's label count from an adapter file's tensors (0: no head), its
  * shape checked against m before anything is sized by it. */
 int mts_labels_of_file(const st_archive *st, const char *st_path, const peft_model *m, int *n_labels, peft_err *err);

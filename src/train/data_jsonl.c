@@ -23,6 +23,7 @@ void data_free(data_set *d) {
     for (int i = 0; i < d->n; i++) {
         free(d->ex[i].ids);
         free(d->ex[i].loss);
+        free(d->ex[i].types);
     }
     free(d->ex);
     memset(d, 0, sizeof *d);
@@ -44,6 +45,10 @@ typedef struct {
     int32_t *ids;
     uint8_t *loss;
     int n, cap;
+    /* pair classification: token types (cap entries); contrastive: texts */
+    uint8_t *types;
+    bool has_types, truncated;
+    int n_cols, col_len[DATA_MAX_COLS];
 } ex_buf;
 
 static int ex_push(ex_buf *e, const int32_t *ids, int n, uint8_t loss) {
@@ -58,15 +63,23 @@ static int ex_push(ex_buf *e, const int32_t *ids, int n, uint8_t loss) {
         uint8_t *nl = realloc(e->loss, (size_t)cap);
         if (!nl) return PEFT_ERR_NOMEM;
         e->loss = nl;
+        uint8_t *nt = realloc(e->types, (size_t)cap);
+        if (!nt) return PEFT_ERR_NOMEM;
+        e->types = nt;
         e->cap = cap;
     }
     memcpy(e->ids + e->n, ids, (size_t)n * sizeof *ids);
     memset(e->loss + e->n, loss, (size_t)n);
+    memset(e->types + e->n, 0, (size_t)n);
     e->n += n;
     return 0;
 }
 
-static void ex_reset(ex_buf *e) { e->n = 0; }
+static void ex_reset(ex_buf *e) {
+    e->n = 0;
+    e->has_types = e->truncated = false;
+    e->n_cols = 1;
+}
 
 /* Encodes s[0..len) and appends it with the given loss flag. */
 static int push_text(ex_buf *e, const bpe_tokenizer *tok, const char *s, size_t len, bool add_special,
@@ -87,6 +100,25 @@ static int push_eos(ex_buf *e, const bpe_tokenizer *tok, uint8_t loss, peft_err 
     return 0;
 }
 
+/* A model input (a text, or a pair when b): the tokenizer's template with
+ * type ids, truncated to max_len as HF's tokenizer(truncation=True) does. */
+static int push_input(ex_buf *e, const bpe_tokenizer *tok, const char *a, const char *b, int max_len, peft_err *err) {
+    int32_t *ids = NULL, *ty = NULL;
+    int n = 0;
+    bool cut = false;
+    int rc = bpe_encode_input(tok, a, strlen(a), b, b ? strlen(b) : 0, max_len, &ids, b ? &ty : NULL, &n, &cut, err);
+    const int at = e->n;
+    if (!rc && ex_push(e, ids, n, 0)) rc = peft_fail(err, PEFT_ERR_NOMEM, "out of memory");
+    for (int i = 0; !rc && ty && i < n; i++) {
+        e->types[at + i] = (uint8_t)(ty[i] != 0);
+        e->has_types |= ty[i] != 0;
+    }
+    e->truncated |= cut;
+    free(ids);
+    free(ty);
+    return rc;
+}
+
 /* A string field of a row. Writes the "missing"/"must be a string" message. */
 static int get_string(const cJSON *row, const char *key, const char **out, peft_err *err) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(row, key);
@@ -104,10 +136,12 @@ static int row_kind(const cJSON *row, data_kind *k, peft_err *err) {
     else if (cJSON_GetObjectItemCaseSensitive(row, "prompt") || cJSON_GetObjectItemCaseSensitive(row, "completion"))
         *k = DATA_PROMPT_COMPLETION;
     else if (cJSON_GetObjectItemCaseSensitive(row, "label")) *k = DATA_CLASSIFICATION;
+    else if (cJSON_GetObjectItemCaseSensitive(row, "anchor") || cJSON_GetObjectItemCaseSensitive(row, "positive"))
+        *k = DATA_PAIRS;
     else if (cJSON_GetObjectItemCaseSensitive(row, "text")) *k = DATA_TEXT;
     else
         return peft_fail(err, PEFT_ERR_FORMAT,
-                         "no \"text\", \"prompt\"/\"completion\" or \"messages\" field");
+                         "no \"text\", \"prompt\"/\"completion\", \"messages\" or \"anchor\"/\"positive\" field");
     return 0;
 }
 
@@ -250,10 +284,25 @@ static int tok_row(const cJSON *row, data_kind k, const bpe_tokenizer *tok, cons
             return peft_fail(err, PEFT_ERR_FORMAT, "\"label\" must be a non-negative integer below %d (the limit on "
                              "labels)", PEFT_MAX_LABELS);
         *label = (int)v;
-        /* No EOS: the classifier reads the last real token. */
-        return push_text(e, tok, a, strlen(a), true, 0, err);
+        const cJSON *pair = cJSON_GetObjectItemCaseSensitive(row, "text_pair");
+        if (pair && (rc = get_string(row, "text_pair", &b, err))) return rc;
+        /* No EOS: the classifier reads the last real token. The template's
+         * tokens ([CLS] … [SEP]) survive truncation, as in HF. */
+        return push_input(e, tok, a, b, p->seq_len, err);
     }
-    case DATA_PAIRS: break;
+    case DATA_PAIRS: {
+        /* each text its own model input: [CLS] text [SEP] */
+        static const char *const cols[DATA_MAX_COLS] = {"anchor", "positive", "negative"};
+        e->n_cols = cJSON_GetObjectItemCaseSensitive(row, "negative") ? 3 : 2;
+        for (int c = 0; c < e->n_cols; c++) {
+            const int at = e->n;
+            if ((rc = get_string(row, cols[c], &a, err)) || (rc = push_input(e, tok, a, NULL, p->seq_len, err)))
+                return rc;
+            if (e->n == at) return peft_fail(err, PEFT_ERR_FORMAT, "\"%s\" gives no tokens", cols[c]);
+            e->col_len[c] = e->n - at;
+        }
+        return 0;
+    }
     }
     return peft_fail(err, PEFT_ERR_INVALID, "unknown data kind");
 }
@@ -276,8 +325,19 @@ static int add_example(data_set *d, int *cap, const ex_buf *e, int label, peft_e
     }
     memcpy(x->ids, e->ids, (size_t)e->n * sizeof *x->ids);
     memcpy(x->loss, e->loss, (size_t)e->n);
+    x->types = NULL;
+    if (e->has_types) {
+        if (!(x->types = peft_malloc((size_t)e->n, err))) {
+            free(x->ids);
+            free(x->loss);
+            return PEFT_ERR_NOMEM;
+        }
+        memcpy(x->types, e->types, (size_t)e->n);
+    }
     x->n = e->n;
     x->label = label;
+    x->n_cols = e->n_cols;
+    memcpy(x->col_len, e->col_len, sizeof x->col_len);
     d->n++;
     return 0;
 }
@@ -350,6 +410,10 @@ int data_load_jsonl(const char *path, const bpe_tokenizer *tok, const data_param
             row_rc = peft_fail(&rerr, PEFT_ERR_FORMAT, "a %s row, but the file's rows are %s rows (line %ld)",
                                kind_name(k), kind_name(d.kind), first_line);
         if (!row_rc) row_rc = tok_row(row, k, tok, &dp, &e, &label, &rerr);
+        if (!row_rc && have_kind && e.n_cols != d.n_cols)
+            row_rc = peft_fail(&rerr, PEFT_ERR_FORMAT, "a row %s \"negative\", but the first row (line %ld) %s",
+                               e.n_cols > d.n_cols ? "with" : "without", first_line,
+                               d.n_cols > e.n_cols ? "has one" : "has none");
         cJSON_Delete(row);
         /* The tokenizer calls text it cannot take (bad UTF-8) an invalid
          * argument; here it is a malformed line of the file. */
@@ -370,9 +434,11 @@ int data_load_jsonl(const char *path, const bpe_tokenizer *tok, const data_param
         if (!have_kind) {
             have_kind = true;
             d.kind = k;
+            d.n_cols = e.n_cols;
             first_line = lineno;
         }
-        if (dp.seq_len > 0 && e.n > dp.seq_len) {
+        if (e.truncated) d.n_truncated++;   /* classification and pairs truncate themselves */
+        else if (dp.seq_len > 0 && e.n > dp.seq_len && k != DATA_PAIRS) {
             e.n = dp.seq_len; /* keeps the start: the prompt, the first turns */
             d.n_truncated++;
         }
@@ -381,7 +447,7 @@ int data_load_jsonl(const char *path, const bpe_tokenizer *tok, const data_param
         /* A row that trains nothing (a prompt cut before its completion, a
          * conversation without an assistant turn) is dropped, not kept as
          * dead weight; classification rows train through their label. */
-        if (e.n == 0 || (k != DATA_CLASSIFICATION && !any_loss)) {
+        if (e.n == 0 || (k != DATA_CLASSIFICATION && k != DATA_PAIRS && !any_loss)) {
             d.n_skipped++;
             d.n_no_loss++;
             continue;
@@ -394,6 +460,7 @@ int data_load_jsonl(const char *path, const bpe_tokenizer *tok, const data_param
     free(line);
     free(e.ids);
     free(e.loss);
+    free(e.types);
     fclose(f);
     if (!rc && d.n == 0)
         rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: no usable examples (%d lines, %d skipped)", path, d.n_lines,
@@ -425,6 +492,7 @@ int data_split(data_set *d, double val_fraction, uint64_t seed, data_set *val, p
     if (k > n - 1) k = n > 0 ? n - 1 : 0; /* training keeps at least one */
     val->kind = d->kind;
     val->n_labels = d->n_labels;
+    val->n_cols = d->n_cols;
     if (k == 0) return 0;
 
     /* The first k of a seeded partial Fisher-Yates shuffle choose val. */

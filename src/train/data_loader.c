@@ -33,6 +33,8 @@ struct data_loader {
     int *perm;
     int64_t total_tokens;
     int32_t *inputs, *targets, *positions, *segments, *labels, *lengths;
+    int32_t *types;   /* (rows·T) when some example has token types, else NULL */
+    int n_cols;       /* texts per example: rows = B · n_cols */
 };
 
 /* Fisher-Yates with an RNG seeded by (seed, epoch). The epoch is mixed in
@@ -69,6 +71,7 @@ void data_loader_free(data_loader *l) {
     free(l->segments);
     free(l->labels);
     free(l->lengths);
+    free(l->types);
     free(l);
 }
 
@@ -92,15 +95,25 @@ int data_loader_new(const data_set *d, int B, int T, bool pack, uint64_t seed, i
     /* Padding is neither attended to by real tokens (causal, right-padded)
      * nor predicted, but it must still be a valid embedding row. */
     l->pad_id = pad_id >= 0 ? pad_id : 0;
-    size_t bt = (size_t)B * (size_t)T;
+    l->n_cols = d->kind == DATA_PAIRS ? PEFT_MAX(1, d->n_cols) : 1;
+    if (pack && l->n_cols > 1) {
+        free(l);
+        return peft_fail(err, PEFT_ERR_INVALID, "data loader: contrastive examples cannot be packed");
+    }
+    bool typed = false;
+    for (int i = 0; i < d->n && !typed; i++) typed = d->ex[i].types != NULL;
+    const int rows = B * l->n_cols;
+    size_t bt = (size_t)rows * (size_t)T;
     l->perm = peft_malloc((size_t)d->n * sizeof *l->perm, err);
     l->inputs = peft_malloc(bt * sizeof(int32_t), err);
     l->targets = peft_malloc(bt * sizeof(int32_t), err);
     l->positions = peft_malloc(bt * sizeof(int32_t), err);
     l->segments = peft_malloc(bt * sizeof(int32_t), err);
-    l->labels = peft_malloc((size_t)B * sizeof(int32_t), err);
-    l->lengths = peft_malloc((size_t)B * sizeof(int32_t), err);
-    if (!l->perm || !l->inputs || !l->targets || !l->positions || !l->segments || !l->labels || !l->lengths) {
+    l->labels = peft_malloc((size_t)rows * sizeof(int32_t), err);
+    l->lengths = peft_malloc((size_t)rows * sizeof(int32_t), err);
+    l->types = typed ? peft_malloc(bt * sizeof(int32_t), err) : NULL;
+    if (!l->perm || !l->inputs || !l->targets || !l->positions || !l->segments || !l->labels || !l->lengths ||
+        (typed && !l->types)) {
         data_loader_free(l);
         return PEFT_ERR_NOMEM;
     }
@@ -123,12 +136,36 @@ static void fill_padded(data_loader *l, data_batch *b) {
             tg[t] = !cls && t + 1 < len && x->loss[t + 1] ? x->ids[t + 1] : -100;
             l->positions[(size_t)r * T + t] = t;
             l->segments[(size_t)r * T + t] = 0;
+            if (l->types) l->types[(size_t)r * T + t] = t < len && x->types ? x->types[t] : 0;
             b->n_targets += tg[t] != -100;
         }
         l->labels[r] = x->label;
         l->lengths[r] = len;
         b->n_targets += cls && x->label >= 0;   /* classification: one target per labelled row */
     }
+}
+
+/* Contrastive: text c of the batch's example i in row c·B + i, each padded
+ * to T; no targets; anchor i's label is i (its positive's column index). */
+static void fill_columns(data_loader *l, data_batch *b) {
+    const int T = l->T, B = l->B, C = l->n_cols;
+    for (int i = 0; i < B; i++) {
+        const data_example *x = &l->d->ex[l->perm[l->cursor]];
+        advance(l);
+        for (int c = 0, off = 0; c < C; off += x->col_len[c], c++) {
+            const int r = c * B + i, len = PEFT_MIN(x->col_len[c], T);
+            for (int t = 0; t < T; t++) {
+                const size_t k = (size_t)r * T + t;
+                l->inputs[k] = t < len ? x->ids[off + t] : l->pad_id;
+                l->targets[k] = -100;
+                l->positions[k] = t;
+                l->segments[k] = 0;
+            }
+            l->labels[r] = c == 0 ? i : -1;   /* the anchor's positive: row B + i */
+            l->lengths[r] = len;
+        }
+    }
+    b->n_targets = B;   /* one loss term per anchor */
 }
 
 static void fill_packed(data_loader *l, data_batch *b) {
@@ -169,7 +206,11 @@ int data_loader_next(data_loader *l, data_batch *b) {
     b->segments = l->segments;
     b->labels = l->labels;
     b->lengths = l->lengths;
+    b->types = l->types;
+    b->n_cols = l->n_cols;
+    b->B = l->B * l->n_cols;
     if (l->pack) fill_packed(l, b);
+    else if (l->n_cols > 1) fill_columns(l, b);
     else fill_padded(l, b);
     return 0;
 }

@@ -72,6 +72,12 @@ struct train_graph {
     uint64_t drop_seed;
     bool training;
     const int32_t *types;   /* tg_set_types: the next run's token types, or NULL */
+    /* contrastive batches (n_cols > 1): tg_set_pairs, and per row the pooled
+     * embedding, its norm and gradient; the (anchors, candidates) scores */
+    float pair_scale;
+    int pair_pool;          /* TG_POOL_* */
+    int n_anchor, n_cand;   /* the last contrastive run's score shape */
+    float *emb, *demb, *embn, *scores;
 };
 
 void tg_set_types(train_graph *g, const int32_t *types) { g->types = types; }
@@ -213,6 +219,10 @@ static size_t layout(train_graph *g, float *base) {
     g->cls = TAKE(B * (size_t)(g->n_labels ? g->n_labels : 1));
     g->cls_scr = TAKE(B * 2 * d);
     g->dlab = TAKE((size_t)(g->n_labels ? g->n_labels : 1));
+    g->emb = TAKE(B * d);
+    g->demb = TAKE(B * d);
+    g->embn = TAKE(B);
+    g->scores = TAKE(B * B);
     g->kvbuf = g->PX ? TAKE(4 * (T + (size_t)g->PX) * g->kvd) : NULL;
     g->mm_scratch = TAKE(PEFT_MAX(kern_matmul_scratch_floats(g->max_in, g->nt), kern_matmul_dx_scratch_floats(g->max_in, g->nt)));
     g->attn_scratch = TAKE(kern_attn_train_scratch_floats((int)T, g->PX, g->m->cfg.n_head, g->m->cfg.head_dim, g->nt));
@@ -242,17 +252,13 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
     g->P = P;
     g->PX = PX;
     g->n_labels = adapter_n_labels(a, m);
-    if (g->n_labels == 0 && c->desc->encoder) {
-        free(g);
-        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s is an encoder (%s): it has no language-model head to train or "
-                         "evaluate on text; give classification data ({\"text\", \"label\"} lines, --num-labels)",
-                         m->path, c->arch_name);
-    }
     if (g->n_labels > 0 && c->desc->cls == ARCH_CLS_POOLER && !m->pooler_w) {
         free(g);
         return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: no pooler (%s), which the %s classifier reads", m->path,
                          c->desc->hf_pooler, c->arch_name);
     }
+    g->pair_scale = 20.0f;
+    g->pair_pool = TG_POOL_MEAN;
     g->T = T + P;
     g->T_cap = T + P;
     g->N = B * g->T;
@@ -294,7 +300,18 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
     return 0;
 }
 
-const float *tg_class_logits(const train_graph *g) { return g->n_labels > 0 ? g->cls : NULL; }
+const float *tg_class_logits(const train_graph *g) {
+    return g->n_anchor > 0 ? g->scores : g->n_labels > 0 ? g->cls : NULL;
+}
+
+int tg_class_width(const train_graph *g) { return g->n_anchor > 0 ? g->n_cand : g->n_labels; }
+
+int tg_set_pairs(train_graph *g, float scale, int pool) {
+    if (!(scale > 0 && scale < 1e4f) || (pool != TG_POOL_MEAN && pool != TG_POOL_CLS)) return PEFT_ERR_INVALID;
+    g->pair_scale = scale;
+    g->pair_pool = pool;
+    return 0;
+}
 
 /* ---- small dense helpers ----------------------------------------------------- */
 
@@ -654,6 +671,89 @@ static int cls_loss(train_graph *g, const data_batch *b, bool backward, float gr
     return 0;
 }
 
+/* Contrastive (sentence-transformers' MultipleNegativesRankingLoss): anchor
+ * i's candidates are every positive and negative of the batch, the right
+ * one its own positive (label i: row n_anchor + i); the score is scale ·
+ * cos(e_a, e_c) of the pooled embeddings, and the loss the cross-entropy
+ * over a row of scores. Rows of length 0 (a short last batch) take no part. */
+static float *pooled_row_src(const train_graph *g, int r, int *len) {
+    *len = PEFT_MIN(g->last[r] - g->P + 1, g->T - g->P);
+    return g->hf + ((size_t)r * g->T + g->P) * g->d;
+}
+
+static int pair_loss(train_graph *g, const data_batch *b, bool backward, float grad_scale, double *total, int *count) {
+    const int d = g->d, C = b->n_cols, nA = g->B / C, nC = g->B - nA;
+    const float sc = g->pair_scale;
+    if (nA * C != g->B) return PEFT_ERR_SHAPE;
+    for (int r = 0; r < g->B; r++) {
+        float *e = g->emb + (size_t)r * d;
+        int len;
+        const float *h = pooled_row_src(g, r, &len);
+        memset(e, 0, (size_t)d * sizeof *e);
+        if (b->lengths[r] <= 0) { g->embn[r] = 0; continue; }
+        const int n = g->pair_pool == TG_POOL_CLS ? 1 : len;
+        for (int t = 0; t < n; t++)
+            for (int k = 0; k < d; k++) e[k] += h[(size_t)t * d + k];
+        double ss = 0;
+        for (int k = 0; k < d; k++) {
+            e[k] /= (float)n;
+            ss += (double)e[k] * e[k];
+        }
+        /* torch.nn.functional.normalize: x / max(||x||, 1e-12) */
+        g->embn[r] = (float)fmax(sqrt(ss), 1e-12);
+        for (int k = 0; k < d; k++) e[k] /= g->embn[r];
+    }
+    g->n_anchor = nA;
+    g->n_cand = nC;
+    if (backward) memset(g->demb, 0, (size_t)g->B * d * sizeof(float));
+    for (int i = 0; i < nA; i++) {
+        float *s = g->scores + (size_t)i * nC;
+        const float *ea = g->emb + (size_t)i * d;
+        for (int j = 0; j < nC; j++) {
+            const float *ec = g->emb + (size_t)(nA + j) * d;
+            double dot = 0;
+            for (int k = 0; k < d; k++) dot += (double)ea[k] * ec[k];
+            s[j] = b->lengths[nA + j] > 0 ? (float)(sc * dot) : -INFINITY;
+        }
+        const int y = b->labels ? b->labels[i] : -1;
+        if (y < 0 || b->lengths[i] <= 0) continue;
+        if (y >= nC || b->lengths[nA + y] <= 0) return PEFT_ERR_INVALID;
+        double mx = -INFINITY, z = 0;
+        for (int j = 0; j < nC; j++) mx = fmax(mx, s[j]);
+        for (int j = 0; j < nC; j++) z += exp(s[j] - mx);
+        *total += log(z) + mx - s[y];
+        *count += 1;
+        if (!backward) continue;
+        float *da = g->demb + (size_t)i * d;
+        for (int j = 0; j < nC; j++) {
+            if (b->lengths[nA + j] <= 0) continue;
+            const float gs = (float)((exp(s[j] - mx) / z - (j == y)) * grad_scale) * sc;
+            const float *ec = g->emb + (size_t)(nA + j) * d;
+            float *dc = g->demb + (size_t)(nA + j) * d;
+            for (int k = 0; k < d; k++) {
+                da[k] += gs * ec[k];
+                dc[k] += gs * ea[k];
+            }
+        }
+    }
+    if (!backward) return 0;
+    /* through the normalization and the pooling into the hidden rows */
+    for (int r = 0; r < g->B; r++) {
+        if (b->lengths[r] <= 0) continue;
+        const float *u = g->emb + (size_t)r * d, *du = g->demb + (size_t)r * d;
+        double dot = 0;
+        for (int k = 0; k < d; k++) dot += (double)u[k] * du[k];
+        int len;
+        pooled_row_src(g, r, &len);
+        const int n = g->pair_pool == TG_POOL_CLS ? 1 : len;
+        const float inv = 1.0f / (g->embn[r] * (float)n);
+        float *dh = g->dhf + ((size_t)r * g->T + g->P) * d;
+        for (int t = 0; t < n; t++)
+            for (int k = 0; k < d; k++) dh[(size_t)t * d + k] += (du[k] - (float)dot * u[k]) * inv;
+    }
+    return 0;
+}
+
 /* ---- the pass ------------------------------------------------------------------------ */
 
 /* memset / memcpy of n floats split over the graph's threads: the backward
@@ -687,8 +787,17 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
     if (b->B != g->B || b->T + P > g->T_cap || b->T < 2)
         return peft_fail(err, PEFT_ERR_SHAPE, "batch is %d x %d, the graph was built for %d x (2..%d)", b->B, b->T, g->B,
                          g->T_cap - P);
-    if (g->n_labels > 0 && !b->lengths)
+    const bool pairs = b->n_cols > 1;
+    if ((g->n_labels > 0 || pairs) && !b->lengths)
         return peft_fail(err, PEFT_ERR_INVALID, "classification needs the row lengths of the batch");
+    /* a fine-tuned classifier's own head is left alone: pairs train its encoder */
+    if (pairs && ad && ad->mc.n_labels > 0)
+        return peft_fail(err, PEFT_ERR_INVALID, "contrastive pairs on an adapter with a classification head");
+    if (!pairs && g->n_labels == 0 && c->desc->encoder)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s is an encoder (%s): it has no language-model head to train or "
+                         "evaluate on text; give classification data ({\"text\", \"label\"} lines, --num-labels) "
+                         "or contrastive pairs ({\"anchor\", \"positive\"} lines)", m->path, c->arch_name);
+    g->n_anchor = 0;
     /* Batches may be shorter than the graph's capacity (padding trimmed to
      * the longest row): every buffer fits, only the row length changes.
      * Prompt tuning puts P virtual rows before each sequence; prefix tuning
@@ -713,13 +822,13 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
             g->seg[i] = b->segments[src];
             /* encoders attend both ways: padding must be a segment of its own */
             if (c->desc->encoder && b->lengths && t - P >= b->lengths[bi]) g->seg[i] = -1;
-            g->tgt[i] = g->n_labels > 0 ? -100 : b->targets[src];
+            g->tgt[i] = g->n_labels > 0 || pairs ? -100 : b->targets[src];
             if (g->ids[i] < 0 || g->ids[i] >= c->vocab)
                 return peft_fail(err, PEFT_ERR_INVALID, "token id %d out of range [0, %d)", g->ids[i], c->vocab);
             if (g->pos[i] < 0 || g->pos[i] >= c->n_ctx)
                 return peft_fail(err, PEFT_ERR_INVALID, "position %d outside the context %d", g->pos[i], c->n_ctx);
         }
-        if (g->n_labels > 0) {
+        if (g->n_labels > 0 || pairs) {
             const int len = PEFT_MAX(1, PEFT_MIN(b->lengths[bi], b->T));
             g->last[bi] = P + len - 1;
         }
@@ -772,9 +881,16 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
     int count = 0;
     if (backward) par_zero(g, g->dhf, (size_t)N * d);
     const double t_loss = peft_time_s();
-    rc = g->n_labels > 0 ? cls_loss(g, b, backward, grad_scale, &total, &count)
-                         : lm_loss(g, backward, grad_scale, &total, &count);
+    rc = pairs              ? pair_loss(g, b, backward, grad_scale, &total, &count)
+         : g->n_labels > 0 ? cls_loss(g, b, backward, grad_scale, &total, &count)
+                            : lm_loss(g, backward, grad_scale, &total, &count);
     g->phase[TG_PH_LOSS] += peft_time_s() - t_loss;
+    if (pairs && rc) {
+        rc = peft_fail(err, rc, rc == PEFT_ERR_SHAPE ? "a contrastive batch of %d rows is not %d columns"
+                                                     : "an anchor's positive is missing from its batch (%d rows, %d columns)",
+                       g->B, b->n_cols);
+        goto out;
+    }
     if (rc < 0 || (g->n_labels > 0 && rc == PEFT_ERR_INVALID)) {
         rc = g->n_labels > 0 ? peft_fail(err, PEFT_ERR_INVALID, "a label is outside 0..%d", g->n_labels - 1)
                              : peft_fail(err, -rc, "a target token id is outside the vocabulary (%d)", g->V);

@@ -37,7 +37,18 @@ void tg_phase_seconds(const train_graph *g, double out[TG_N_PHASES]);
 void tg_set_types(train_graph *g, const int32_t *types);
 
 /* Classification adapters: the (B, n_labels) logits of the last tg_run;
- * NULL otherwise. */
+ * a contrastive batch (data_batch.n_cols > 1): its (anchors, candidates)
+ * scores, scale · cos; NULL otherwise. tg_class_width: the row length. */
 const float *tg_class_logits(const train_graph *g);
+int tg_class_width(const train_graph *g);
+
+/* Contrastive batches (rows column by column, data.h): each row's
+ * embedding is its hidden states pooled (TG_POOL_MEAN over its real tokens,
+ * or TG_POOL_CLS: the first), the score scale · cos, and the loss
+ * sentence-transformers' MultipleNegativesRankingLoss (the sum over anchors
+ * of the cross-entropy against its own positive, in-batch negatives).
+ * Defaults: 20, mean. PEFT_ERR_INVALID for a scale outside (0, 1e4). */
+enum { TG_POOL_MEAN = 0, TG_POOL_CLS = 1 };
+int tg_set_pairs(train_graph *g, float scale, int pool);
 
 #endif

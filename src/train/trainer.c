@@ -31,6 +31,8 @@ train_params train_default_params(void) {
     p.steps = 100;
     p.opt = optim_default_params();
     p.seed = 42;
+    p.pair_scale = 20.0f;
+    p.pair_pool = TG_POOL_MEAN;
     return p;
 }
 
@@ -42,16 +44,25 @@ typedef struct {
     data_batch b;
 } owned_batch;
 
-static int owned_batch_init(owned_batch *o, int B, int T, peft_err *err) {
+/* B rows (examples × texts per example); typed: with a token-type array. */
+static int owned_batch_init(owned_batch *o, int B, int T, bool typed, peft_err *err) {
     o->B = B;
     o->T = T;
-    o->buf = peft_malloc(sizeof(int32_t) * ((size_t)4 * B * T + 2 * (size_t)B), err);
+    o->buf = peft_malloc(sizeof(int32_t) * ((size_t)(typed ? 5 : 4) * B * T + 2 * (size_t)B), err);
     if (!o->buf) return PEFT_ERR_NOMEM;
     const size_t N = (size_t)B * T;
     o->b = (data_batch){B, T, o->buf, o->buf + N, o->buf + 2 * N, o->buf + 3 * N, o->buf + 4 * N,
-                        o->buf + 4 * N + B, 0, 0, NULL, NULL, 1};
+                        o->buf + 4 * N + B, 0, 0, NULL, typed ? o->buf + 4 * N + 2 * (size_t)B : NULL, 1};
     return 0;
 }
+
+static bool data_typed(const data_set *d) {
+    for (int i = 0; i < d->n; i++)
+        if (d->ex[i].types) return true;
+    return false;
+}
+
+static int cols_of(const data_set *d) { return d->kind == DATA_PAIRS ? PEFT_MAX(1, d->n_cols) : 1; }
 
 /* Copies src, trimming the padding columns that no row uses: rows are
  * right-padded, so the batch shrinks to the longest row (as HF's collators
@@ -63,9 +74,10 @@ static void owned_batch_copy(owned_batch *o, const data_batch *src) {
     data_batch *b = &o->b;
     b->B = src->B;
     b->T = T;
-    const int32_t *from[4] = {src->inputs, src->targets, src->positions, src->segments};
-    int32_t *to[4] = {b->inputs, b->targets, b->positions, b->segments};
-    for (int k = 0; k < 4; k++)
+    const int32_t *from[5] = {src->inputs, src->targets, src->positions, src->segments, src->types};
+    int32_t *to[5] = {b->inputs, b->targets, b->positions, b->segments, b->types};
+    for (int k = 0; k < 5; k++)
+        if (from[k] && to[k])
         for (int r = 0; r < src->B; r++)
             memcpy(to[k] + (size_t)r * T, from[k] + (size_t)r * src->T, (size_t)T * sizeof(int32_t));
     for (int r = 0; r < src->B; r++) {
@@ -74,30 +86,44 @@ static void owned_batch_copy(owned_batch *o, const data_batch *src) {
     }
     b->n_targets = src->n_targets;
     b->pad_id = src->pad_id;
+    b->n_cols = src->n_cols;
+    if (b->types && !src->types) memset(b->types, 0, (size_t)src->B * T * sizeof(int32_t));
 }
 
 /* Rows of examples [first, first + B) of d, right-padded; rows past the end
  * are empty (no targets). */
+/* Contrastive data: text c of example first + i in row c·nex + i (data.h);
+ * examples past the end leave empty rows, which take no part in the loss. */
 static void fill_eval_batch(owned_batch *o, const data_set *d, int first, int pad) {
     data_batch *b = &o->b;
+    const int C = cols_of(d), nex = o->B / C;
     int T = 2; /* the longest row, not the capacity */
-    for (int r = 0; r < o->B && first + r < d->n; r++) T = PEFT_MAX(T, PEFT_MIN(d->ex[first + r].n, o->T));
+    for (int r = 0; r < nex && first + r < d->n; r++) {
+        const data_example *e = &d->ex[first + r];
+        for (int c = 0; c < C; c++) T = PEFT_MAX(T, PEFT_MIN(C > 1 ? e->col_len[c] : e->n, o->T));
+    }
     b->T = T;
     b->n_targets = 0;
+    b->n_cols = C;
     for (int r = 0; r < o->B; r++) {
-        const data_example *e = first + r < d->n ? &d->ex[first + r] : NULL;
-        const int n = e ? PEFT_MIN(e->n, T) : 0;
+        const int ex = r % nex, col = r / nex;
+        const data_example *e = first + ex < d->n ? &d->ex[first + ex] : NULL;
+        int off = 0;
+        for (int c = 0; e && C > 1 && c < col; c++) off += e->col_len[c];
+        const int n = e ? PEFT_MIN(C > 1 ? e->col_len[col] : e->n, T) : 0;
         for (int t = 0; t < T; t++) {
             const size_t i = (size_t)r * T + t;
-            b->inputs[i] = t < n ? e->ids[t] : pad;
-            b->targets[i] = (t + 1 < n && e->loss[t + 1]) ? e->ids[t + 1] : -100;
+            b->inputs[i] = t < n ? e->ids[off + t] : pad;
+            b->targets[i] = (C == 1 && t + 1 < n && e->loss[t + 1]) ? e->ids[t + 1] : -100;
             b->positions[i] = t;
             b->segments[i] = 0;
+            if (b->types) b->types[i] = t < n && e->types ? e->types[t] : 0;
             b->n_targets += b->targets[i] != -100;
         }
-        b->labels[r] = e ? e->label : -1;
+        b->labels[r] = C > 1 ? (e && col == 0 ? ex : -1) : e ? e->label : -1;
         b->lengths[r] = n;
-        b->n_targets += e && e->label >= 0;   /* classification: one target per labelled row */
+        b->n_targets += C == 1 && e && e->label >= 0;   /* classification: one target per labelled row */
+        b->n_targets += C > 1 && e && col == 0;          /* contrastive: one per anchor */
     }
 }
 
@@ -107,12 +133,15 @@ static int pad_id_of(const peft_model *m) {
     return p < 0 ? 0 : p;
 }
 
-int train_eval_acc(peft_model *m, adapter *a, const data_set *d, int batch, int seq, int max_batches,
-                   double *mean_loss, int64_t *n_targets, double *accuracy, peft_err *err) {
+int train_eval_pairs(peft_model *m, adapter *a, const data_set *d, int batch, int seq, int max_batches,
+                     float scale, int pool, double *mean_loss, int64_t *n_targets, double *accuracy, peft_err *err) {
     train_graph *g = NULL;
     owned_batch ob = {0};
-    int rc = tg_new(m, a, batch, seq, &g, err);
-    if (!rc) rc = owned_batch_init(&ob, batch, seq, err);
+    const int C = cols_of(d);
+    int rc = tg_new(m, a, batch * C, seq, &g, err);
+    if (!rc && C > 1 && tg_set_pairs(g, scale, pool))
+        rc = peft_fail(err, PEFT_ERR_INVALID, "contrastive scale %g is not in (0, 10000)", (double)scale);
+    if (!rc) rc = owned_batch_init(&ob, batch * C, seq, data_typed(d), err);
     double total = 0;
     int64_t count = 0, correct = 0, labelled = 0;
     const int pad = pad_id_of(m);
@@ -121,13 +150,14 @@ int train_eval_acc(peft_model *m, adapter *a, const data_set *d, int batch, int 
         if (ob.b.n_targets == 0) continue;
         double ls;
         int cnt;
+        tg_set_types(g, ob.b.types);
         rc = tg_run(g, &ob.b, false, 0.0f, 0, &ls, &cnt, err);
         total += ls;
         count += cnt;
         const float *cl = rc ? NULL : tg_class_logits(g);
         for (int r = 0; cl && r < batch; r++) {
             if (ob.b.labels[r] < 0) continue;
-            const int K = adapter_n_labels(a, m);
+            const int K = tg_class_width(g);
             int best = 0;
             for (int k = 1; k < K; k++)
                 if (cl[(size_t)r * K + k] > cl[(size_t)r * K + best]) best = k;
@@ -143,6 +173,11 @@ int train_eval_acc(peft_model *m, adapter *a, const data_set *d, int batch, int 
     if (n_targets) *n_targets = count;
     if (accuracy) *accuracy = labelled ? (double)correct / (double)labelled : NAN;
     return 0;
+}
+
+int train_eval_acc(peft_model *m, adapter *a, const data_set *d, int batch, int seq, int max_batches,
+                   double *mean_loss, int64_t *n_targets, double *accuracy, peft_err *err) {
+    return train_eval_pairs(m, a, d, batch, seq, max_batches, 20.0f, TG_POOL_MEAN, mean_loss, n_targets, accuracy, err);
 }
 
 int train_eval(peft_model *m, adapter *a, const data_set *d, int batch, int seq, int max_batches,
@@ -442,6 +477,9 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
                          n_labels > 0 ? "the %s adapter has a %d-label classification head but the data is not {text, label}"
                                       : "classification data ({text, label}) needs an adapter with a classification head (%s, %d labels)",
                          adapter_method_name(a), n_labels);
+    if (train->kind == DATA_PAIRS && !m->cfg.desc->encoder)
+        return peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: contrastive pairs ({anchor, positive}) train embedding models: "
+                         "this is a decoder (%s), which peft.c does not pool into embeddings", m->path, m->cfg.arch_name);
     if (train->kind == DATA_CLASSIFICATION && train->n_labels > n_labels)
         return peft_fail(err, PEFT_ERR_INVALID, "the data has label %d but the classification head has %d labels",
                          train->n_labels - 1, n_labels);
@@ -479,7 +517,13 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
 
     /* The graph first: it checks the shape against the model's context
      * before anything is sized by batch x seq. */
-    if ((rc = tg_new(m, a, p->batch, p->seq, &g, err))) goto done;
+    const int C = cols_of(train);
+    const bool typed = data_typed(train) || (val && data_typed(val));
+    if ((rc = tg_new(m, a, p->batch * C, p->seq, &g, err))) goto done;
+    if (C > 1 && tg_set_pairs(g, p->pair_scale, p->pair_pool)) {
+        rc = peft_fail(err, PEFT_ERR_INVALID, "contrastive scale %g is not in (0, 10000)", (double)p->pair_scale);
+        goto done;
+    }
     if ((rc = data_loader_new(train, p->batch, p->seq, p->pack, p->seed, pad_id_of(m), &ld, err))) goto done;
     int total = p->steps;
     if (total <= 0) total = PEFT_MAX(1, (PEFT_MAX(1, p->epochs) * data_loader_batches_per_epoch(ld)) / p->accum);
@@ -489,7 +533,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
     micro = peft_calloc((size_t)p->accum, sizeof *micro, err);
     if (!micro) { rc = PEFT_ERR_NOMEM; goto done; }
     for (int i = 0; i < p->accum; i++)
-        if ((rc = owned_batch_init(&micro[i], p->batch, p->seq, err))) goto done;
+        if ((rc = owned_batch_init(&micro[i], p->batch * C, p->seq, typed, err))) goto done;
 
     int step = 0, last_ckpt = -1;
     if (p->resume) {
@@ -506,7 +550,8 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
     const int eval_b = p->batch;
     if (val && val->n > 0 && step == 0) {
         double acc0 = NAN;
-        if ((rc = train_eval_acc(m, a, val, eval_b, p->seq, p->eval_max_batches, &res->val_loss_before, NULL, &acc0, err)))
+        if ((rc = train_eval_pairs(m, a, val, eval_b, p->seq, p->eval_max_batches, p->pair_scale, p->pair_pool,
+                                    &res->val_loss_before, NULL, &acc0, err)))
             goto done;
         if (isnan(acc0))
             snprintf(line, sizeof line, "{\"step\": 0, \"val_loss\": %.6f, \"val_ppl\": %.6f}", res->val_loss_before,
@@ -547,6 +592,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
             double ls;
             int cnt;
             uint64_t dseed = p->seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(step * p->accum + i + 1));
+            tg_set_types(g, micro[i].b.types);
             rc = tg_run(g, &micro[i].b, true, scale, dseed, &ls, &cnt, err);
             if (rc == PEFT_ERR_NUMERIC) {
                 rc = peft_fail(err, PEFT_ERR_NUMERIC,
@@ -590,7 +636,8 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
         if (val && val->n > 0 && ((p->eval_every > 0 && (step + 1) % p->eval_every == 0) || last)) {
             double vl;
             double acc = NAN;
-            if ((rc = train_eval_acc(m, a, val, eval_b, p->seq, p->eval_max_batches, &vl, NULL, &acc, err))) goto done;
+            if ((rc = train_eval_pairs(m, a, val, eval_b, p->seq, p->eval_max_batches, p->pair_scale, p->pair_pool, &vl,
+                                        NULL, &acc, err))) goto done;
             res->val_loss_after = vl;
             res->val_accuracy = acc;
             if (isnan(acc))

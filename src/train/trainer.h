@@ -39,6 +39,12 @@ typedef struct {
     const char *resume;    /* a run folder (its latest checkpoint) or a checkpoint folder */
     train_progress_fn progress;
     void *user;
+    /* contrastive data ({"anchor","positive"}): the score scale (20, as
+     * sentence-transformers' MultipleNegativesRankingLoss) and pooling
+     * (TG_POOL_MEAN or TG_POOL_CLS, from the model's sentence-transformers
+     * files) */
+    float pair_scale;
+    int pair_pool;
 } train_params;
 
 typedef struct {
@@ -62,8 +68,13 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
 int train_eval(peft_model *m, adapter *a, const data_set *d, int batch, int seq, int max_batches,
                double *mean_loss, int64_t *n_targets, peft_err *err);
 
-/* The same, plus the accuracy of a classification adapter (NAN otherwise). */
+/* The same, plus the accuracy of a classification adapter (NAN otherwise);
+ * contrastive data: the MNRL loss per anchor and the fraction of anchors
+ * whose best-scored candidate in their batch is their positive. p may be
+ * NULL (defaults: scale 20, mean pooling). */
 int train_eval_acc(peft_model *m, adapter *a, const data_set *d, int batch, int seq, int max_batches,
                    double *mean_loss, int64_t *n_targets, double *accuracy, peft_err *err);
+int train_eval_pairs(peft_model *m, adapter *a, const data_set *d, int batch, int seq, int max_batches,
+                     float scale, int pool, double *mean_loss, int64_t *n_targets, double *accuracy, peft_err *err);
 
 #endif
