@@ -730,6 +730,127 @@ static void test_loader_classification(void) {
     data_free(&d);
 }
 
+/* {anchor, positive[, negative]}: each text its own [CLS] … [SEP] input
+ * (the tiny BERT's WordPiece), truncated keeping the template; the loader
+ * puts text c of example i in row c·B + i with the anchor's label i. */
+static void test_pairs(void) {
+    bpe_tokenizer *wp = NULL;
+    peft_err err = {0};
+    CHECK_OK(bpe_load_json("tests/fixtures/models/tiny-bert/tokenizer.json", &wp, &err));
+    if (!wp) return;
+    const char *path = write_str("pairs.jsonl", "{\"anchor\": \"a man plays\", \"positive\": \"music\"}\n"
+                                                "{\"anchor\": \"a cat\", \"positive\": \"a pet sleeps on the sofa all day\"}\n"
+                                                "{\"anchor\": \"rain\", \"positive\": \"weather\"}\n");
+    data_set d;
+    data_params p = params(8);
+    CHECK_OK(data_load_jsonl(path, wp, &p, &d, &err));
+    if (err.code) fprintf(stderr, "  %s\n", err.msg);
+    CHECK_EQ_INT(d.kind, DATA_PAIRS);
+    CHECK_EQ_INT(d.n_cols, 2);
+    CHECK_EQ_INT(d.n, 3);
+    CHECK_EQ_INT(d.n_truncated, 1);
+    for (int i = 0; i < d.n; i++) {
+        const data_example *e = &d.ex[i];
+        CHECK_EQ_INT(e->n_cols, 2);
+        CHECK_EQ_INT(e->col_len[0] + e->col_len[1], e->n);
+        CHECK(e->col_len[1] <= 8);
+        /* both texts open with [CLS] and close with [SEP], even when cut */
+        CHECK_EQ_INT(e->ids[0], bpe_cls_id(wp));
+        CHECK_EQ_INT(e->ids[e->col_len[0] - 1], bpe_sep_id(wp));
+        CHECK_EQ_INT(e->ids[e->col_len[0]], bpe_cls_id(wp));
+        CHECK_EQ_INT(e->ids[e->n - 1], bpe_sep_id(wp));
+    }
+    data_loader *l = NULL;
+    CHECK_EQ_INT(data_loader_new(&d, 2, 8, true, 1, 0, &l, &err), PEFT_ERR_INVALID);   /* no packing */
+    CHECK_OK(data_loader_new(&d, 2, 8, false, 1, 0, &l, &err));
+    for (int s = 0; s < 3 && l; s++) {
+        data_batch b;
+        data_loader_next(l, &b);
+        CHECK_EQ_INT(b.B, 4);
+        CHECK_EQ_INT(b.n_cols, 2);
+        CHECK_EQ_INT(b.n_targets, 2);
+        for (int i = 0; i < 2; i++) {
+            CHECK_EQ_INT(b.labels[i], i);
+            CHECK_EQ_INT(b.labels[2 + i], -1);
+            /* the anchor and positive of one example share it */
+            int ex = -1;
+            for (int k = 0; k < d.n; k++)
+                if (d.ex[k].col_len[0] == b.lengths[i] && !memcmp(d.ex[k].ids, b.inputs + i * 8, (size_t)b.lengths[i] * 4))
+                    ex = k;
+            CHECK(ex >= 0);
+            if (ex < 0) continue;
+            CHECK_EQ_INT(b.lengths[2 + i], PEFT_MIN(8, d.ex[ex].col_len[1]));
+            CHECK(!memcmp(d.ex[ex].ids + d.ex[ex].col_len[0], b.inputs + (2 + i) * 8, (size_t)b.lengths[2 + i] * 4));
+            for (int t = 0; t < 8; t++) CHECK_EQ_INT(b.targets[i * 8 + t], -100);
+        }
+    }
+    data_loader_free(l);
+    data_free(&d);
+
+    /* a hard-negative column, the same in every row */
+    path = write_str("triples.jsonl", "{\"anchor\": \"a\", \"positive\": \"b\", \"negative\": \"c\"}\n"
+                                      "{\"anchor\": \"d\", \"positive\": \"e\"}\n");
+    p = params(0);
+    CHECK_EQ_INT(data_load_jsonl(path, wp, &p, &d, &err), PEFT_ERR_FORMAT);
+    CHECK_MSG(strstr(err.msg, "triples.jsonl:2") && strstr(err.msg, "without \"negative\""), "%s", err.msg);
+    path = write_str("nopos.jsonl", "{\"anchor\": \"a\"}\n");
+    CHECK_EQ_INT(data_load_jsonl(path, wp, &p, &d, &err), PEFT_ERR_FORMAT);
+    CHECK_MSG(strstr(err.msg, "missing field \"positive\""), "%s", err.msg);
+    path = write_str("triples_ok.jsonl", "{\"anchor\": \"a\", \"positive\": \"b\", \"negative\": \"c\"}\n");
+    CHECK_OK(data_load_jsonl(path, wp, &p, &d, &err));
+    if (!err.code) {
+        CHECK_EQ_INT(d.n_cols, 3);
+        data_free(&d);
+    }
+    bpe_free(wp);
+}
+
+/* {text, text_pair, label}: [CLS] A [SEP] B [SEP] with B's token types 1,
+ * carried into the batch; single texts keep NULL types. */
+static void test_pair_classification(void) {
+    bpe_tokenizer *wp = NULL;
+    peft_err err = {0};
+    CHECK_OK(bpe_load_json("tests/fixtures/models/tiny-bert/tokenizer.json", &wp, &err));
+    if (!wp) return;
+    const char *path = write_str("pcls.jsonl", "{\"text\": \"is it\", \"text_pair\": \"yes it is\", \"label\": 1}\n"
+                                               "{\"text\": \"single\", \"label\": 0}\n");
+    data_set d;
+    data_params p = params(0);
+    CHECK_OK(data_load_jsonl(path, wp, &p, &d, &err));
+    if (err.code) fprintf(stderr, "  %s\n", err.msg);
+    CHECK_EQ_INT(d.kind, DATA_CLASSIFICATION);
+    if (d.n == 2) {
+        int32_t *ids = NULL, *ty = NULL;
+        int n = 0;
+        CHECK_OK(bpe_encode_input(wp, "is it", 5, "yes it is", 9, 0, &ids, &ty, &n, NULL, &err));
+        CHECK(d.ex[0].n == n && !memcmp(d.ex[0].ids, ids, (size_t)n * 4));
+        CHECK(d.ex[0].types != NULL);
+        int ones = 0;
+        for (int i = 0; d.ex[0].types && i < n; i++) {
+            CHECK_EQ_INT(d.ex[0].types[i], ty[i]);
+            ones += ty[i];
+        }
+        CHECK(ones > 0);
+        CHECK(d.ex[1].types == NULL);
+        free(ids);
+        free(ty);
+        data_loader *l = NULL;
+        CHECK_OK(data_loader_new(&d, 2, 16, false, 1, 0, &l, &err));
+        data_batch b;
+        if (l) data_loader_next(l, &b);
+        CHECK(l && b.types != NULL);
+        for (int r = 0; l && b.types && r < 2; r++) {
+            const int e = b.labels[r];   /* label 1: the pair, 0: the single text */
+            const data_example *x = &d.ex[e == 1 ? 0 : 1];
+            for (int t = 0; t < 16; t++)
+                CHECK_EQ_INT(b.types[r * 16 + t], t < x->n && x->types ? x->types[t] : 0);
+        }
+        data_loader_free(l);
+    }
+    data_free(&d);
+    bpe_free(wp);
+}
+
 /* The project's real datasets: E2E (prompt/completion) and SST-2. */
 static void test_shared_data(void) {
     const char *e2e = "../shared/data/e2e/dev.jsonl", *sst = "../shared/data/sst2/train.jsonl";
@@ -795,6 +916,8 @@ int main(void) {
     TEST_RUN(test_loader_determinism);
     TEST_RUN(test_loader_state);
     TEST_RUN(test_loader_classification);
+    TEST_RUN(test_pairs);
+    TEST_RUN(test_pair_classification);
     TEST_RUN(test_shared_data);
     bpe_free(tok);
     if (test_rm_rf(tmpdir) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);

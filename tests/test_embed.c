@@ -14,6 +14,7 @@
 #include "test.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 
 #define FIX "tests/fixtures/models/"
 
@@ -767,6 +768,86 @@ static void bad_data_is_a_clear_error(void) {
     CHECK_EQ_INT(test_run_cli(args, log, sizeof log), 1);
 }
 
+/* ---- contrastive fine-tuning ----------------------------------------------------- */
+
+static double json_number(const char *text, const char *key) {
+    const char *j = strchr(text, '{');
+    cJSON *o = j ? cJSON_Parse(j) : NULL;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    const double x = cJSON_IsNumber(v) ? v->valuedouble : NAN;
+    cJSON_Delete(o);
+    return x;
+}
+
+/* peft eval on {anchor, positive} rows is sentence-transformers'
+ * MultipleNegativesRankingLoss (tests/fixtures/minilm/reference.json, made
+ * with the real loss class on all-MiniLM-L6-v2); peft train on pairs lowers
+ * it on the tiny BERT, writes a FEATURE_EXTRACTION adapter, and that
+ * adapter changes what peft embed gives. */
+static void contrastive_training_follows_sentence_transformers(void) {
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
+    char data[512], run[512], args[2048], log[8192];
+    snprintf(data, sizeof data, "%s/pairs.jsonl", tmp);
+    if (minilm_present()) {
+        size_t len = 0;
+        char *text = slurp("tests/fixtures/minilm/reference.json", &len);
+        cJSON *ref = text ? cJSON_Parse(text) : NULL;
+        free(text);
+        const cJSON *mn = cJSON_GetObjectItemCaseSensitive(ref, "mnrl");
+        const cJSON *an = cJSON_GetObjectItemCaseSensitive(mn, "anchors"), *po = cJSON_GetObjectItemCaseSensitive(mn, "positives");
+        const double want = cJSON_GetObjectItemCaseSensitive(mn, "loss")->valuedouble;
+        peft_buf b = {0};
+        for (int i = 0; i < cJSON_GetArraySize(an); i++) {
+            cJSON *row = cJSON_CreateObject();
+            cJSON_AddStringToObject(row, "anchor", cJSON_GetArrayItem(an, i)->valuestring);
+            cJSON_AddStringToObject(row, "positive", cJSON_GetArrayItem(po, i)->valuestring);
+            char *line = cJSON_PrintUnformatted(row);
+            peft_buf_printf(&b, "%s\n", line);
+            free(line);
+            cJSON_Delete(row);
+        }
+        test_write_bytes(data, b.data, b.len);
+        peft_buf_free(&b);
+        cJSON_Delete(ref);
+        snprintf(args, sizeof args, "eval --model %s --data %s --batch 4 --json", minilm_dir(), data);
+        CHECK_EQ_INT(test_run_cli(args, log, sizeof log), 0);
+        const double got = json_number(log, "loss");
+        printf("    all-MiniLM-L6-v2 MNRL loss %.7f (sentence-transformers %.7f)\n", got, want);
+        CHECK_MSG(fabs(got - want) <= 2e-6 * want, "MNRL loss %.7f vs %.7f (%s)", got, want, log);
+    } else
+        printf("    (all-MiniLM-L6-v2 absent: its MNRL loss not checked)\n");
+
+    static const char pairs[] = "{\"anchor\": \"the cat sleeps\", \"positive\": \"a pet rests\"}\n"
+                                "{\"anchor\": \"rain falls\", \"positive\": \"the weather is wet\"}\n"
+                                "{\"anchor\": \"a man sings\", \"positive\": \"music is played\"}\n"
+                                "{\"anchor\": \"bread in the oven\", \"positive\": \"someone bakes\"}\n";
+    test_write_bytes(data, pairs, sizeof pairs - 1);
+    snprintf(args, sizeof args, "eval --model " FIX "tiny-bert --data %s --batch 4 --json", data);
+    CHECK_EQ_INT(test_run_cli(args, log, sizeof log), 0);
+    const double before = json_number(log, "loss");
+    snprintf(run, sizeof run, "%s/mnrl_run", tmp);
+    snprintf(args, sizeof args, "train --model " FIX "tiny-bert --data %s --out %s --steps 8 --batch 4 --lr 0.02 --r 4 "
+             "--target query,key,value --quiet --threads 1", data, run);
+    CHECK_MSG(test_run_cli(args, log, sizeof log) == 0, "%s", log);
+    CHECK_MSG(strstr(log, "contrastive pairs") != NULL, "%s", log);
+    snprintf(args, sizeof args, "eval --model " FIX "tiny-bert --adapter %s --data %s --batch 4 --json", run, data);
+    CHECK_EQ_INT(test_run_cli(args, log, sizeof log), 0);
+    const double after = json_number(log, "loss");
+    printf("    tiny-bert LoRA on 4 pairs: MNRL %.4f -> %.4f, in-batch accuracy %.2f\n", before, after,
+           json_number(log, "accuracy"));
+    CHECK_MSG(after < before - 0.1, "MNRL %.4f -> %.4f", before, after);
+    char path[600];
+    snprintf(path, sizeof path, "%s/adapter_config.json", run);
+    size_t len = 0;
+    char *cfg = slurp(path, &len);
+    CHECK_MSG(cfg && strstr(cfg, "\"FEATURE_EXTRACTION\""), "%s", cfg ? cfg : path);
+    free(cfg);
+    /* pairs on a decoder, or a scale on text data, are refused by name */
+    snprintf(args, sizeof args, "train --model " FIX "tiny-llama --data %s --out %s/x --steps 1 --quiet", data, tmp);
+    CHECK_EQ_INT(test_run_cli(args, log, sizeof log), 1);
+    CHECK_MSG(strstr(log, "decoder") != NULL, "%s", log);
+}
+
 int main(void) {
     snprintf(tmp, sizeof tmp, "/tmp/peft_embed_XXXXXX");
     if (!mkdtemp(tmp)) return 1;
@@ -774,6 +855,7 @@ int main(void) {
     TEST_RUN(embedding_from_text_matches_the_reference_rows);
     TEST_RUN(minilm_matches_sentence_transformers_encode);
     TEST_RUN(cli_writes_jsonl_and_npy_that_read_back);
+    TEST_RUN(contrastive_training_follows_sentence_transformers);
     TEST_RUN(adapter_applies_to_the_embedding);
     TEST_RUN(pipeline_follows_modules_json);
     TEST_RUN(gguf_pooling_type_is_followed);

@@ -45,7 +45,8 @@ static opt_def train_opts[] = {
     {"steps", false, "optimizer steps (default 100; 0 = use --epochs)", NULL},
     {"epochs", false, "epochs when --steps 0 (default 1)", NULL},
     {"batch", false, "sequences per micro-batch (default 4)", NULL},
-    {"seq", false, "max sequence length; longer examples are truncated and counted (default 256)", NULL},
+    {"seq", false, "max sequence length; longer examples are truncated and counted (default 256, or the model's "
+                   "context if shorter)", NULL},
     {"accum", false, "micro-batches per optimizer step (default 1)", NULL},
     {"pack", true, "pack examples into full rows instead of padding", NULL},
     {"eval-every", false, "evaluate every N steps (default: start and end only)", NULL},
@@ -434,6 +435,8 @@ int cmd_train(int argc, char **argv) {
         goto out;
     }
 
+    /* the default length fits the model (a small encoder's 128 positions) */
+    if (!GETV("seq") && tp.seq > m->cfg.n_ctx) tp.seq = m->cfg.n_ctx;
     data_params dp = data_default_params();
     dp.seq_len = tp.seq;
     dp.skip_bad = GETV("skip-bad") != NULL;

@@ -472,7 +472,11 @@ static int trim_metrics(const char *path, int step, history *h, peft_err *err) {
 int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *val,
               const train_params *p, train_result *res, peft_err *err) {
     const int n_labels = adapter_n_labels(a, m);
-    if ((train->kind == DATA_CLASSIFICATION) != (n_labels > 0))
+    /* pairs train an encoder, a fine-tuned classifier's too, past its own head */
+    if (train->kind == DATA_PAIRS && a->mc.n_labels > 0)
+        return peft_fail(err, PEFT_ERR_INVALID, "contrastive pairs ({anchor, positive}) train no classification head, but "
+                         "this %s adapter has one (%d labels)", adapter_method_name(a), a->mc.n_labels);
+    if (train->kind != DATA_PAIRS && (train->kind == DATA_CLASSIFICATION) != (n_labels > 0))
         return peft_fail(err, PEFT_ERR_INVALID,
                          n_labels > 0 ? "the %s adapter has a %d-label classification head but the data is not {text, label}"
                                       : "classification data ({text, label}) needs an adapter with a classification head (%s, %d labels)",
