@@ -395,9 +395,8 @@ def run_own(case: dict, d: Path, b: dict, notes: dict) -> dict:
                 "bottleneck_size": dm // BN_REDUCTION, "non_linearity": "relu" if style == "pfeiffer" else "swish",
                 "init_weights": "zero_up", "layers_to_transform": None}
     elif kind == "bitfit":
-        # every bias of the encoder; the pooler stays frozen (peft.c's BERT head reads the base's pooler)
-        names = [n for n, _ in base.named_parameters()
-                 if n.endswith(".bias") and n.startswith(pre + ".") and ".pooler." not in n]
+        # every bias of the base model (BERT's pooler included; RoBERTa's classifier has none), the head apart
+        names = [n for n, _ in base.named_parameters() if n.endswith(".bias") and n.startswith(pre + ".")]
         mp = dict(base.named_parameters())
         for n in names:
             with torch.no_grad():
@@ -443,18 +442,16 @@ def forward_backward(model, params: dict, b: dict, tin: dict, base_logits, notes
 
 
 def run_full(case: dict, d: Path, b: dict, notes: dict) -> dict:
-    """Every parameter of the encoder and the head; the pooler frozen (peft.c keeps the base's pooler,
-    which BertForSequenceClassification's classifier reads). The base's own head (the model is a
-    classifier with 3 labels) is the starting point, as peft.c's full fine-tuning starts from it.
-    Gradient keys: the HF parameter names (bert.*), the head as base_model.model.classifier.*."""
+    """Every parameter of BertForSequenceClassification (the pooler included), from the base as it is
+    (the model is a classifier with 3 labels: its own head is the starting point, as peft.c's full
+    fine-tuning starts from it). Gradient keys: the HF parameter names (bert.*), the head as
+    base_model.model.classifier.*."""
     model = case["model"]
     tin = torch_inputs(b)
     base = load_base(model)
     params = {}
     for n, p in base.named_parameters():
-        if ".pooler." in n:
-            p.requires_grad_(False)
-        elif n.startswith("classifier."):
+        if n.startswith("classifier."):
             params["base_model.model." + n] = p
         else:
             params[n] = p
