@@ -70,6 +70,7 @@ static const rcase cases[] = {
     {"bitfit_bert", "tiny-bert"},
     {"bitfit_roberta", "tiny-roberta"},
     {"full_bert", "tiny-bert"},
+    {"vera_bert", "tiny-bert"},
 };
 
 static double rel_diff(const float *a, const float *b, int64_t n) {

@@ -16,7 +16,7 @@ made by tools/make_arch_fixtures.py): 3 rows of 36 tokens, rows 1 and 2 padded o
 labels [2, 0, 1].
 
 References:
-  HF peft 0.21.2  IA3, prompt tuning, DoRA, LoHa, LoKr (peft's SEQ_CLS wrapper; the classifier
+  HF peft 0.21.2  IA3, prompt tuning, DoRA, LoHa, LoKr, VeRA (peft's SEQ_CLS wrapper; the classifier
                   head in modules_to_save)
   this script     prefix tuning (peft 0.21.2 + transformers 5.24 refuse it on BERT / RoBERTa:
                   their encoders take no past_key_values), bottleneck adapters, BitFit, full
@@ -44,7 +44,7 @@ from fixture_common import INIT_SCALE, MODELS_REL, ROOT, clean_dir, f, save_peft
 from make_method_fixtures import (OUT, Bottleneck, max_diff, peft_key, randomize, save_tensors,  # noqa: E402
                                   trainable, write_json)
 from peft import (IA3Config, LoHaConfig, LoKrConfig, LoraConfig, PeftConfig, PeftModel,  # noqa: E402
-                  PrefixTuningConfig, PromptTuningConfig, get_peft_model, set_peft_model_state_dict)
+                  PrefixTuningConfig, PromptTuningConfig, VeraConfig, get_peft_model, set_peft_model_state_dict)
 from safetensors.numpy import load_file as np_load_file  # noqa: E402
 from transformers import AutoModelForSequenceClassification  # noqa: E402
 
@@ -70,6 +70,7 @@ CASES = [
     dict(name="bitfit_bert", model="tiny-bert", kind="bitfit", seed=312),
     dict(name="bitfit_roberta", model="tiny-roberta", kind="bitfit", seed=313),
     dict(name="full_bert", model="tiny-bert", kind="full", seed=314),
+    dict(name="vera_bert", model="tiny-bert", kind="vera", seed=315),
 ]
 
 
@@ -195,6 +196,8 @@ def peft_config_for(case: dict):
     if kind == "lokr":
         return LoKrConfig(task_type="SEQ_CLS", r=4, alpha=8, rank_dropout=0.0, module_dropout=0.0,
                           target_modules=ENC_TARGETS)
+    if kind == "vera":
+        return VeraConfig(task_type="SEQ_CLS", r=8, vera_dropout=0.0, save_projection=True, target_modules=ENC_TARGETS)
     raise ValueError(kind)
 
 
