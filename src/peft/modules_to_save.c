@@ -3,10 +3,12 @@
  *
  * Forward of pooled h (d) into logits (K):
  *   LAST    logits = S·h                                   S (K, d)
- *   POOLER  p = tanh(Wp·h + bp) (the base's, frozen); logits = C·p + c
+ *   POOLER  p = tanh(Wp·h + bp) (the base's, frozen, unless the method
+ *           trains them: full fine-tuning, BitFit's bp); logits = C·p + c
  *   DENSE   p = tanh(Wd·h + bd); logits = C·p + c          all trained
  * Backward from dl (K): dC += dl ⊗ p, dc += dl, dp = Cᵀ·dl, dz = dp ⊙ (1 - p²),
- * (DENSE) dWd += dz ⊗ h, dbd += dz; dh += Wpᵀ·dz (or Wdᵀ·dz, or Sᵀ·dl). */
+ * (DENSE, or a trained pooler) dWd += dz ⊗ h, dbd += dz; dh += Wpᵀ·dz (or
+ * Wdᵀ·dz, or Sᵀ·dl). */
 #include "peft/modules_to_save.h"
 #include "core/limits.h"
 #include "peft/method.h"
@@ -141,9 +143,9 @@ void mts_head_fwd(const adapter *a, const peft_model *m, const float *h, float *
     case ARCH_CLS_POOLER:
     case ARCH_CLS_DENSE: {
         const bool dense = m->cfg.desc->cls == ARCH_CLS_DENSE;
+        const float *pw = a && a->head.pw ? a->head.pw : m->pooler_w, *pb = a && a->head.pb ? a->head.pb : m->pooler_b;
         float *p = scratch;
-        affine(p, dense ? (own ? a->head.dw : m->cls_dw) : m->pooler_w, dense ? (own ? a->head.db : m->cls_db) : m->pooler_b,
-               h, d, d);
+        affine(p, dense ? (own ? a->head.dw : m->cls_dw) : pw, dense ? (own ? a->head.db : m->cls_db) : pb, h, d, d);
         for (int j = 0; j < d; j++) p[j] = tanhf(p[j]);
         affine(logits, W, b, p, K, d);
         break;
@@ -167,7 +169,10 @@ void mts_head_bwd(adapter *a, const peft_model *m, const float *h, const float *
         return;
     }
     const bool dense = m->cfg.desc->cls == ARCH_CLS_DENSE;
-    const float *p = scratch, *Wd = dense ? (own ? a->head.dw : m->cls_dw) : m->pooler_w;
+    const float *p = scratch, *Wd = dense ? (own ? a->head.dw : m->cls_dw) : a && a->head.pw ? a->head.pw : m->pooler_w;
+    /* the dense layer's gradients: RoBERTa's head, or a trained pooler */
+    float *gdw = dense ? (own ? a->head.gdw : NULL) : a ? a->head.gpw : NULL;
+    float *gdb = dense ? (own ? a->head.gdb : NULL) : a ? a->head.gpb : NULL;
     float *dz = scratch + d;
     for (int j = 0; j < d; j++) dz[j] = 0;
     for (int k = 0; k < K; k++) {
@@ -179,9 +184,9 @@ void mts_head_bwd(adapter *a, const peft_model *m, const float *h, const float *
     }
     for (int j = 0; j < d; j++) dz[j] *= 1.0f - p[j] * p[j];
     for (int i = 0; i < d; i++) {
-        if (dense && own && a->head.gdb) a->head.gdb[i] += dz[i];
+        if (gdb) gdb[i] += dz[i];
         for (int j = 0; j < d; j++) {
-            if (dense && own && a->head.gdw) a->head.gdw[(size_t)i * d + j] += dz[i] * h[j];
+            if (gdw) gdw[(size_t)i * d + j] += dz[i] * h[j];
             dh[j] += dz[i] * Wd[(size_t)i * d + j];
         }
     }

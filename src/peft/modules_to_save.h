@@ -23,6 +23,10 @@ typedef struct {
     float *w, *g;          /* (n_labels, d) in params / grads */
     float *b, *gb;         /* (n_labels) bias (encoders), or NULL */
     float *dw, *gdw, *db, *gdb;   /* RoBERTa's classifier.dense (d, d) and its bias (d), or NULL */
+    /* BERT's pooler (d, d) and bias (d) where the method trains them (full
+     * fine-tuning both, BitFit the bias: its tensors, set by its wire), else
+     * NULL: the base's, frozen */
+    float *pw, *gpw, *pb, *gpb;
     int n_labels;
 } mts_head;
 

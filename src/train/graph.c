@@ -432,10 +432,12 @@ static int sublayer_out_bwd(train_graph *g, int l, model_linear_role r, int site
 
 /* ---- attention ---------------------------------------------------------------------- */
 
-/* Prefix tuning: keys (P + T, kvd) and values of sequence bi in layer l
- * into kb, vb: the prefix rows of the table, then the sequence's. */
-static void prefix_kv(train_graph *g, const layer_acts *L, int l, int bi, float *kb, float *vb) {
-    const int PX = g->PX, T = g->T, kvd = g->kvd;
+/* Prefix tuning: keys (P + T, kvd) and values of rows s0..s0+T-1 of
+ * sequence bi in layer l into kb, vb: the prefix rows of the table, then
+ * the sequence's (one segment: an encoder's padding is a segment of its
+ * own, kept out of the text's keys). */
+static void prefix_kv(train_graph *g, const layer_acts *L, int l, int bi, int s0, int T, float *kb, float *vb) {
+    const int PX = g->PX, kvd = g->kvd;
     for (int p = 0; p < PX; p++) {
         const float *k, *v;
         g->ad->ops->kv_row(g->ad, l, p, &k, &v);
@@ -443,7 +445,7 @@ static void prefix_kv(train_graph *g, const layer_acts *L, int l, int bi, float 
         memcpy(vb + (size_t)p * kvd, v, (size_t)kvd * sizeof(float));
     }
     for (int t = 0; t < T; t++) {
-        const float *q = L->qkv + ((size_t)bi * T + t) * g->ldq;
+        const float *q = L->qkv + ((size_t)bi * g->T + s0 + t) * g->ldq;
         memcpy(kb + (size_t)(PX + t) * kvd, q + g->qd, (size_t)kvd * sizeof(float));
         memcpy(vb + (size_t)(PX + t) * kvd, q + g->qd + kvd, (size_t)kvd * sizeof(float));
     }
@@ -459,18 +461,19 @@ static void attn_fwd(train_graph *g, layer_acts *L, int l) {
     for (int bi = 0; bi < g->B; bi++) {
         const int32_t *seg = g->seg + (size_t)bi * T;
         float *probs = L->probs + (size_t)bi * c->n_head * T * (T + PX);
-        if (PX) {
-            float *kb = g->kvbuf, *vb = kb + (size_t)(PX + T) * g->kvd;
-            prefix_kv(g, L, l, bi, kb, vb);
-            const size_t row = (size_t)bi * T;
-            kern_attn_train_fwd(L->att + row * g->qd, probs, L->qkv + row * g->ldq, g->ldq, kb, vb, g->kvd, T, PX,
-                                c->n_head, c->n_kv_head, hd, &o, g->nt);
-            continue;
-        }
         for (int s0 = 0; s0 < T;) {
             int s1 = s0 + 1;
             while (s1 < T && seg[s1] == seg[s0]) s1++;
             const size_t row = (size_t)bi * T + s0;
+            if (PX) {
+                float *kb = g->kvbuf, *vb = kb + (size_t)(PX + s1 - s0) * g->kvd;
+                prefix_kv(g, L, l, bi, s0, s1 - s0, kb, vb);
+                kern_attn_train_fwd(L->att + row * g->qd, probs, L->qkv + row * g->ldq, g->ldq, kb, vb, g->kvd, s1 - s0,
+                                    PX, c->n_head, c->n_kv_head, hd, &o, g->nt);
+                probs += (size_t)c->n_head * (s1 - s0) * (s1 - s0 + PX);
+                s0 = s1;
+                continue;
+            }
             kern_attn_train_fwd(L->att + row * g->qd, probs, L->qkv + row * g->ldq, g->ldq, L->qkv + row * g->ldq + g->qd,
                                 L->qkv + row * g->ldq + g->qd + g->kvd, g->ldq, s1 - s0, 0, c->n_head, c->n_kv_head, hd,
                                 &o, g->nt);
@@ -489,16 +492,19 @@ static void attn_bwd(train_graph *g, layer_acts *L, int l) {
     for (int bi = 0; bi < g->B; bi++) {
         const int32_t *seg = g->seg + (size_t)bi * T;
         const float *probs = L->probs + (size_t)bi * c->n_head * T * (T + PX);
-        if (PX) {
-            const size_t LL = (size_t)(PX + T) * kvd;
+        for (int s0 = 0, s1 = 1; PX && s0 < T; s0 = s1, s1 = s0 + 1) {
+            while (s1 < T && seg[s1] == seg[s0]) s1++;
+            const int n = s1 - s0;
+            const size_t LL = (size_t)(PX + n) * kvd;
             float *kb = g->kvbuf, *vb = kb + LL, *dk = vb + LL, *dv = dk + LL;
-            prefix_kv(g, L, l, bi, kb, vb);
+            prefix_kv(g, L, l, bi, s0, n, kb, vb);
             memset(dk, 0, 2 * LL * sizeof(float));
-            const size_t row = (size_t)bi * T;
+            const size_t row = (size_t)bi * T + s0;
             kern_attn_train_bwd(g->dqkv + row * g->ldq, g->ldq, dk, dv, kvd, g->datt + row * g->qd, probs,
-                                L->qkv + row * g->ldq, g->ldq, kb, vb, kvd, T, PX, c->n_head, c->n_kv_head, hd, &o,
+                                L->qkv + row * g->ldq, g->ldq, kb, vb, kvd, n, PX, c->n_head, c->n_kv_head, hd, &o,
                                 g->attn_scratch, g->nt);
-            for (int t = 0; t < T; t++) {
+            probs += (size_t)c->n_head * n * (n + PX);
+            for (int t = 0; t < n; t++) {
                 float *q = g->dqkv + (row + t) * g->ldq;
                 for (int k = 0; k < kvd; k++) {
                     q[g->qd + k] += dk[(size_t)(PX + t) * kvd + k];
@@ -513,8 +519,8 @@ static void attn_bwd(train_graph *g, layer_acts *L, int l) {
                     gv[k] += dv[(size_t)p * kvd + k];
                 }
             }
-            continue;
         }
+        if (PX) continue;
         for (int s0 = 0; s0 < T;) {
             int s1 = s0 + 1;
             while (s1 < T && seg[s1] == seg[s0]) s1++;

@@ -4,6 +4,7 @@
  *
  *   y = x·Wᵀ + b'  (b' trained, starting at the base's b);  gb' += Σ_rows dy
  *   LayerNorm: y = (x - μ)/σ ⊙ w + β'  (β' trained)
+ *   BERT's pooler bias when classifying (its classifier reads the pooler)
  * Files (peft.c format, peft_type BITFIT, docs/formats.md):
  * base_model.model.<HF parameter>.bias, listed in "bias_names". */
 #include "peft/lora.h"
@@ -19,6 +20,7 @@ typedef struct {
     int *nidx;          /* per norm slot (adapter_norm_slot): registry index of its bias, or -1 */
     float **b, **gb;    /* per slot */
     float **nb, **gnb;  /* per norm */
+    int pidx;           /* registry index of BERT's pooler bias, or -1 */
 } bitfit;
 
 #define S(a) ((bitfit *)(a)->priv)
@@ -38,7 +40,6 @@ static void bitfit_free(adapter *a) {
 
 
 static int bitfit_create(adapter *a, const peft_model *m, const method_config *mc, peft_err *err) {
-    (void)mc;
     bitfit *v = peft_calloc(1, sizeof *v, err);
     if (!v) return PEFT_ERR_NOMEM;
     a->priv = v;
@@ -76,6 +77,15 @@ static int bitfit_create(adapter *a, const peft_model *m, const method_config *m
         adapter_tensor_set_group(a, v->nidx[k], PG_NO_DECAY);
         n++;
     }
+    /* BERT's pooler (a bias of the base) once the classifier reads it */
+    v->pidx = -1;
+    if (mc->n_labels > 0 && m->cfg.desc->cls == ARCH_CLS_POOLER && m->pooler_b) {
+        char key[256];
+        snprintf(key, sizeof key, "base_model.model.%s%s.bias", model_hf_prefix(m), m->cfg.desc->hf_pooler);
+        if ((v->pidx = adapter_add_tensor(a, key, 1, m->cfg.d_model, 1, true, err)) < 0) return PEFT_ERR_NOMEM;
+        adapter_tensor_set_group(a, v->pidx, PG_NO_DECAY);
+        n++;
+    }
     if (!n)
         return peft_fail(err, PEFT_ERR_UNSUPPORTED,
                          "bitfit: %s (%s) has no bias terms to train; BitFit needs an architecture with biases",
@@ -97,6 +107,10 @@ static int bitfit_wire(adapter *a, const peft_model *m, peft_err *err) {
             v->nb[k] = a->tensors[v->nidx[k]].p;
             v->gnb[k] = a->tensors[v->nidx[k]].g;
         }
+    if (v->pidx >= 0) {
+        a->head.pb = a->tensors[v->pidx].p;
+        a->head.gpb = a->tensors[v->pidx].g;
+    }
     return 0;
 }
 
@@ -113,6 +127,7 @@ static int bitfit_init(adapter *a, const peft_model *m, peft_rng *rng, peft_err 
         if (v->nb[k])
             memcpy(v->nb[k], adapter_base_norm_b(m, k / MODEL_N_NORMS, k % MODEL_N_NORMS),
                    (size_t)model_norm_len(m, k % MODEL_N_NORMS) * sizeof(float));
+    if (v->pidx >= 0) memcpy(a->head.pb, m->pooler_b, (size_t)m->cfg.d_model * sizeof(float));
     return 0;
 }
 
@@ -167,7 +182,9 @@ static int bitfit_lowest(const adapter *a, const peft_model *m) {
 }
 
 static void bitfit_describe(const adapter *a, char *buf, size_t cap) {
-    snprintf(buf, cap, "%d bias vectors", a->n_tensors - (mts_has_head(a) ? 1 : 0));
+    int n = 0;   /* the head (1 to 4 tensors) apart */
+    for (int i = 0; i < a->n_tensors; i++) n += !mts_is_head(a, a->tensors[i].p);
+    snprintf(buf, cap, "%d bias vectors", n);
 }
 
 const method_ops method_bitfit = {

@@ -3,7 +3,8 @@
  *
  *   linears   y = x·W'ᵀ + b'        gW' += dyᵀ·x, gb' += Σ_rows dy, dx += dy·W'
  *   norms     the norm with w', β'   (gradients through the norm's backward)
- *   embeddings, positions (GPT-2), the head (untied)
+ *   embeddings, positions (GPT-2), the head (untied), BERT's pooler when
+ *   classifying (its classifier reads it; HF trains it with the rest)
  * Saved as a model, not an adapter: an HF folder (model.safetensors F32,
  * config.json and the tokenizer files copied) from an HF base, or
  * DIR/model.gguf (F32, llama.cpp's Q/K row order restored) from a GGUF base. */
@@ -23,7 +24,9 @@ typedef struct {
     float **fnw, **gfnw, **fnb, **gfnb;   /* per norm slot (adapter_norm_slot) */
     float *femb, *gfemb, *fpos, *gfpos, *fhead, *gfhead;   /* fhead NULL when tied */
     float *ftype, *gftype;   /* token-type embeddings (BERT), or NULL */
-    int *idx, *nidx, eidx[4];             /* registry indices (create → wire) */
+    /* registry indices (create → wire): token, position, head, type
+     * embeddings, BERT's pooler weight and bias (-1: none) */
+    int *idx, *nidx, eidx[6];
     bool tied;
 } full;
 
@@ -55,7 +58,7 @@ static void full_free(adapter *a) {
     a->priv = NULL;
 }
 
-static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *eidx, peft_err *err) {
+static int new_full(adapter *a, const peft_model *m, int n_labels, int *idx, int *nidx, int *eidx, peft_err *err) {
     const int L = m->cfg.n_layer, d = m->cfg.d_model;
     char path[200], key[256];
     /* -1 marks a tensor the model does not have: a failed add must not
@@ -76,6 +79,18 @@ static int new_full(adapter *a, const peft_model *m, int *idx, int *nidx, int *e
                                                     m->type_emb.rows, d, true, err)
                                : -1;
     bad |= m->type_emb.data && eidx[3] < 0;
+    /* BERT's pooler: a weight of the base like any other once the head reads it */
+    eidx[4] = eidx[5] = -1;
+    if (n_labels > 0 && m->cfg.desc->cls == ARCH_CLS_POOLER && m->pooler_w) {
+        const int64_t d = m->cfg.d_model;
+        snprintf(key, sizeof key, "%s%s.weight", model_hf_prefix(m), m->cfg.desc->hf_pooler);
+        bad |= (eidx[4] = adapter_add_tensor(a, key, 2, d, d, true, err)) < 0;
+        if (m->pooler_b) {
+            snprintf(key, sizeof key, "%s%s.bias", model_hf_prefix(m), m->cfg.desc->hf_pooler);
+            bad |= (eidx[5] = adapter_add_tensor(a, key, 1, d, 1, true, err)) < 0;
+            if (eidx[5] >= 0) adapter_tensor_set_group(a, eidx[5], PG_NO_DECAY);
+        }
+    }
     for (int l = 0; l < L; l++)
         for (int r = 0; r < ROLE_N_LINEAR; r++) {
             idx[2 * (l * ROLE_N_LINEAR + r)] = idx[2 * (l * ROLE_N_LINEAR + r) + 1] = -1;
@@ -151,6 +166,17 @@ static int wire_full(adapter *a, const peft_model *m, const int *idx, const int 
         v->ftype = a->tensors[eidx[3]].p;
         v->gftype = a->tensors[eidx[3]].g;
         if ((rc = weight_to_f32(&m->type_emb, v->ftype))) goto bad;
+    }
+    if (eidx[4] >= 0) {
+        const size_t d = (size_t)m->cfg.d_model;
+        a->head.pw = a->tensors[eidx[4]].p;
+        a->head.gpw = a->tensors[eidx[4]].g;
+        memcpy(a->head.pw, m->pooler_w, d * d * sizeof(float));
+        if (eidx[5] >= 0) {
+            a->head.pb = a->tensors[eidx[5]].p;
+            a->head.gpb = a->tensors[eidx[5]].g;
+            memcpy(a->head.pb, m->pooler_b, d * sizeof(float));
+        }
     }
     for (int s = 0; s < L * ROLE_N_LINEAR; s++) {
         int iw = idx[2 * s], ib = idx[2 * s + 1];
@@ -378,9 +404,9 @@ static int full_save(const adapter *a, const peft_model *m, const char *dir, pef
         k++;
     }
     /* BERT's pooler, which its classifier reads: kept as the base has it
-     * (it is not among the trained tensors) */
+     * when it is not among the trained tensors (no head) */
     char pw[160], pb[160];
-    if (!rc && m->pooler_w && m->cfg.desc->hf_pooler) {
+    if (!rc && m->pooler_w && m->cfg.desc->hf_pooler && !a->head.pw) {
         const int64_t d = m->cfg.d_model;
         snprintf(pw, sizeof pw, "%s%s.weight", model_hf_prefix(m), m->cfg.desc->hf_pooler);
         snprintf(pb, sizeof pb, "%s%s.bias", model_hf_prefix(m), m->cfg.desc->hf_pooler);
@@ -404,7 +430,6 @@ done:
 
 
 static int full_create(adapter *a, const peft_model *m, const method_config *mc, peft_err *err) {
-    (void)mc;
     full *v = peft_calloc(1, sizeof *v, err);
     if (!v) return PEFT_ERR_NOMEM;
     a->priv = v;
@@ -413,7 +438,7 @@ static int full_create(adapter *a, const peft_model *m, const method_config *mc,
     v->idx = peft_malloc(((size_t)L + 1) * ROLE_N_LINEAR * 2 * sizeof *v->idx, err);
     v->nidx = peft_malloc((size_t)adapter_norm_slots(m) * 2 * sizeof *v->nidx, err);
     if (!v->idx || !v->nidx) return PEFT_ERR_NOMEM;
-    return new_full(a, m, v->idx, v->nidx, v->eidx, err);
+    return new_full(a, m, mc->n_labels, v->idx, v->nidx, v->eidx, err);
 }
 
 /* wire and init are one step: the copies start as the base's values */
@@ -481,7 +506,9 @@ static int full_lowest(const adapter *a, const peft_model *m) {
 }
 
 static void full_describe(const adapter *a, char *buf, size_t cap) {
-    snprintf(buf, cap, "%d tensors, every weight of the base", a->n_tensors - (mts_has_head(a) ? 1 : 0));
+    int n = 0;   /* the head (1 to 4 tensors) apart */
+    for (int i = 0; i < a->n_tensors; i++) n += !mts_is_head(a, a->tensors[i].p);
+    snprintf(buf, cap, "%d tensors, every weight of the base", n);
 }
 
 const method_ops method_full = {
