@@ -238,7 +238,7 @@ static void adamw_trajectory_follows_peft(void) {
     adapter *a = NULL;
     CHECK_OK(lora_load(m, LFIX "llama_all/adapter", &a, &err));
     /* the two rows as a dataset: loss mask from the labels */
-    data_example ex[2];
+    data_example ex[2] = {{0}};
     data_set ds = {0};
     ds.kind = DATA_TEXT;
     ds.ex = ex;

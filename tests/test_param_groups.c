@@ -175,7 +175,7 @@ static void one_case(const ocase *c) {
     const int B = (int)ids->shape[0], T = (int)ids->shape[1];
     CHECK_EQ_INT(B, 2); /* the fixtures' batch: ex[] below */
     if (B != 2) goto out;
-    data_example ex[2];
+    data_example ex[2] = {{0}};
     data_set ds = {0};
     ds.kind = DATA_TEXT;
     ds.ex = ex;
@@ -360,7 +360,7 @@ static void loraplus_resume_is_byte_identical(void) {
     if (!m) { peft_free(ctx); return; }
     int32_t ids[3][16];
     uint8_t loss[3][16];
-    data_example ex[3];
+    data_example ex[3] = {{0}};
     peft_rng rng;
     peft_rng_seed(&rng, 11);
     for (int r = 0; r < 3; r++) {
