@@ -210,6 +210,30 @@ void kern_attn_train_bwd(float *dq, int lddq, float *dk, float *dv, int lddkv,
                          const float *k, const float *v, int ldkv, int T, int P, int n_head,
                          int n_kv, int hd, const kern_attn_opts *o, float *scratch, int n_threads);
 
+/* Training attention without the probabilities (flash_attn.c,
+ * FlashAttention-2's blocked online softmax): the semantics, shapes and
+ * strides of kern_attn_train_fwd/bwd, bidirectional (o->bidir) or causal
+ * with o->window, o->softcap and o->scale; the P prefix rows are seen by
+ * every query (o->sink is not read). The forward writes out (T, n_head·hd)
+ * contiguous and lse (n_head, T), each row's log-sum-exp of its scores;
+ * OpenMP over (query head, block of 64 queries), key blocks it cannot see
+ * skipped. */
+void kern_flash_attn_fwd(float *out, float *lse, const float *q, int ldq, const float *k, const float *v, int ldkv,
+                         int T, int P, int n_head, int n_kv, int hd, const kern_attn_opts *o, int n_threads);
+/* Floats of scratch kern_flash_attn_bwd needs: per thread 3 (64, 64) tiles
+ * and T floats, plus n_head · 2 · (P + T) · hd for each query head's dK, dV. */
+size_t kern_flash_attn_scratch_floats(int T, int P, int n_head, int hd, int n_threads);
+/* Backward of kern_flash_attn_fwd from dout (T, n_head·hd) contiguous, the
+ * forward's out and lse: the probabilities are recomputed tile by tile.
+ * dq (T, n_head·hd) row stride lddq, dk, dv (P + T, n_kv·hd) row stride
+ * lddkv: all three +=. OpenMP over query heads, each writing its own dK, dV
+ * part into scratch, summed per kv head in head order: race-free and the
+ * same bits for every thread count. */
+void kern_flash_attn_bwd(float *dq, int lddq, float *dk, float *dv, int lddkv, const float *dout, const float *out,
+                         const float *lse, const float *q, int ldq, const float *k, const float *v, int ldkv, int T,
+                         int P, int n_head, int n_kv, int hd, const kern_attn_opts *o, float *scratch,
+                         int n_threads);
+
 /* Fused softmax cross-entropy (xent.c) over logits (T, V) and targets (T),
  * target -100 = ignored row. *loss_sum = Σ over counted rows of -log p[target]
  * (double accumulation, summed in a fixed order: identical for every thread
