@@ -8,7 +8,7 @@
  * Per layer the forward keeps (N = B·T rows, T including prompt tuning's
  * virtual rows):
  *   xin (N,d)  norm1 stats  h1 (N,d)  qkv (N,qd+2kvd, q and k after RoPE)
- *   probs (B·n_head·T·(P+T), P prefix rows)  att (N,qd)  xmid (N,d)
+ *   lse (B·n_head·T: the attention rows' log-sum-exp)  att (N,qd)  xmid (N,d)
  *   norm2 stats  h2 (N,d)  g, u, a (N,ff)  [GPT-2: g = pre-GELU, a = post-GELU]
  *   per LoRA module: xa (N,r), with dropout its mask (N,in); per DoRA
  *   module: z (N,out), the linear's output before the per-column scale; per
@@ -29,7 +29,7 @@
 #define LOSS_CHUNK 256
 
 typedef struct {
-    float *xin, *mean1, *rstd1, *h1, *qkv, *probs, *att, *xmid, *mean2, *rstd2, *h2, *g, *u, *a;
+    float *xin, *mean1, *rstd1, *h1, *qkv, *lse, *att, *xmid, *mean2, *rstd2, *h2, *g, *u, *a;
     float *qk_in, *qk_rstd;   /* per-head q/k norms (block_qk_norm) */
     float *o1, *o1_mean, *o1_rstd, *o2, *o2_mean, *o2_rstd;   /* sub-layer output norms (Gemma 2) */
 } layer_acts;
@@ -171,7 +171,7 @@ static size_t layout(train_graph *g, float *base) {
         L->rstd1 = TAKE(N);
         L->h1 = TAKE(N * d);
         L->qkv = TAKE(N * g->ldq);
-        L->probs = TAKE(B * c->n_head * T * (T + (size_t)g->PX));
+        L->lse = TAKE(N * c->n_head);
         L->att = TAKE(N * g->qd);
         L->xmid = TAKE(N * d);
         L->mean2 = TAKE(N);
@@ -215,7 +215,7 @@ static size_t layout(train_graph *g, float *base) {
     g->dlab = TAKE((size_t)(g->n_labels ? g->n_labels : 1));
     g->kvbuf = g->PX ? TAKE(4 * (T + (size_t)g->PX) * g->kvd) : NULL;
     g->mm_scratch = TAKE(PEFT_MAX(kern_matmul_scratch_floats(g->max_in, g->nt), kern_matmul_dx_scratch_floats(g->max_in, g->nt)));
-    g->attn_scratch = TAKE(kern_attn_train_scratch_floats((int)T, g->PX, g->m->cfg.n_head, g->m->cfg.head_dim, g->nt));
+    g->attn_scratch = TAKE(kern_flash_attn_scratch_floats((int)T, g->PX, g->m->cfg.n_head, g->m->cfg.head_dim, g->nt));
     g->pos = (int32_t *)TAKE(N);
     g->ids = (int32_t *)TAKE(N);
     g->tgt = (int32_t *)TAKE(N);
@@ -441,12 +441,13 @@ static void attn_fwd(train_graph *g, layer_acts *L, int l) {
     const kern_attn_opts o = block_attn_opts(g->m, l, PX);
     for (int bi = 0; bi < g->B; bi++) {
         const int32_t *seg = g->seg + (size_t)bi * T;
-        float *probs = L->probs + (size_t)bi * c->n_head * T * (T + PX);
+        /* a segment of n rows keeps its (n_head, n) log-sum-exps back to back */
+        float *lse = L->lse + (size_t)bi * c->n_head * T;
         if (PX) {
             float *kb = g->kvbuf, *vb = kb + (size_t)(PX + T) * g->kvd;
             prefix_kv(g, L, l, bi, kb, vb);
             const size_t row = (size_t)bi * T;
-            kern_attn_train_fwd(L->att + row * g->qd, probs, L->qkv + row * g->ldq, g->ldq, kb, vb, g->kvd, T, PX,
+            kern_flash_attn_fwd(L->att + row * g->qd, lse, L->qkv + row * g->ldq, g->ldq, kb, vb, g->kvd, T, PX,
                                 c->n_head, c->n_kv_head, hd, &o, g->nt);
             continue;
         }
@@ -454,10 +455,10 @@ static void attn_fwd(train_graph *g, layer_acts *L, int l) {
             int s1 = s0 + 1;
             while (s1 < T && seg[s1] == seg[s0]) s1++;
             const size_t row = (size_t)bi * T + s0;
-            kern_attn_train_fwd(L->att + row * g->qd, probs, L->qkv + row * g->ldq, g->ldq, L->qkv + row * g->ldq + g->qd,
+            kern_flash_attn_fwd(L->att + row * g->qd, lse, L->qkv + row * g->ldq, g->ldq, L->qkv + row * g->ldq + g->qd,
                                 L->qkv + row * g->ldq + g->qd + g->kvd, g->ldq, s1 - s0, 0, c->n_head, c->n_kv_head, hd,
                                 &o, g->nt);
-            probs += (size_t)c->n_head * (s1 - s0) * (s1 - s0);
+            lse += (size_t)c->n_head * (s1 - s0);
             s0 = s1;
         }
     }
@@ -471,16 +472,16 @@ static void attn_bwd(train_graph *g, layer_acts *L, int l) {
     const kern_attn_opts o = block_attn_opts(g->m, l, PX);
     for (int bi = 0; bi < g->B; bi++) {
         const int32_t *seg = g->seg + (size_t)bi * T;
-        const float *probs = L->probs + (size_t)bi * c->n_head * T * (T + PX);
+        const float *lse = L->lse + (size_t)bi * c->n_head * T;
         if (PX) {
             const size_t LL = (size_t)(PX + T) * kvd;
             float *kb = g->kvbuf, *vb = kb + LL, *dk = vb + LL, *dv = dk + LL;
             prefix_kv(g, L, l, bi, kb, vb);
             memset(dk, 0, 2 * LL * sizeof(float));
             const size_t row = (size_t)bi * T;
-            kern_attn_train_bwd(g->dqkv + row * g->ldq, g->ldq, dk, dv, kvd, g->datt + row * g->qd, probs,
-                                L->qkv + row * g->ldq, g->ldq, kb, vb, kvd, T, PX, c->n_head, c->n_kv_head, hd, &o,
-                                g->attn_scratch, g->nt);
+            kern_flash_attn_bwd(g->dqkv + row * g->ldq, g->ldq, dk, dv, kvd, g->datt + row * g->qd,
+                                L->att + row * g->qd, lse, L->qkv + row * g->ldq, g->ldq, kb, vb, kvd, T, PX,
+                                c->n_head, c->n_kv_head, hd, &o, g->attn_scratch, g->nt);
             for (int t = 0; t < T; t++) {
                 float *q = g->dqkv + (row + t) * g->ldq;
                 for (int k = 0; k < kvd; k++) {
@@ -504,10 +505,10 @@ static void attn_bwd(train_graph *g, layer_acts *L, int l) {
             const size_t row = (size_t)bi * T + s0;
             const float *q = L->qkv + row * g->ldq;
             float *dq = g->dqkv + row * g->ldq;
-            kern_attn_train_bwd(dq, g->ldq, dq + g->qd, dq + g->qd + g->kvd, g->ldq, g->datt + row * g->qd, probs, q,
-                                g->ldq, q + g->qd, q + g->qd + g->kvd, g->ldq, s1 - s0, 0, c->n_head, c->n_kv_head, hd,
-                                &o, g->attn_scratch, g->nt);
-            probs += (size_t)c->n_head * (s1 - s0) * (s1 - s0);
+            kern_flash_attn_bwd(dq, g->ldq, dq + g->qd, dq + g->qd + g->kvd, g->ldq, g->datt + row * g->qd,
+                                L->att + row * g->qd, lse, q, g->ldq, q + g->qd, q + g->qd + g->kvd, g->ldq, s1 - s0, 0,
+                                c->n_head, c->n_kv_head, hd, &o, g->attn_scratch, g->nt);
+            lse += (size_t)c->n_head * (s1 - s0);
             s0 = s1;
         }
     }
