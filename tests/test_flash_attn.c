@@ -151,6 +151,50 @@ static void ref_bwd(float *dq, int lddq, float *dk, float *dv, int lddkv,
         }
 }
 
+/* and the former inference kern_attention (a (T, p0 + T) score block per
+ * thread) */
+static void ref_attention(float *out, int ldo, const float *q, int ldq, const float *k,
+                    const float *v, int kv_cap, int T, int p0, int n_head, int n_kv, int hd,
+                    const kern_attn_opts *o, float *scratch, int n_threads) {
+    const int L = p0 + T, group = n_head / n_kv;
+    const float cap = o->softcap;
+    if (n_threads < 1) n_threads = 1;
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int h = 0; h < n_head; h++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *S = scratch + (size_t)tid * (size_t)T * (size_t)L;
+        const float *kh = k + (size_t)(h / group) * kv_cap * hd;
+        const float *vh = v + (size_t)(h / group) * kv_cap * hd;
+        /* S (T, L) = scale · q_h (T, hd) · K_hᵀ (hd, L) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, L, hd, o->scale, q + (size_t)h * hd,
+                    ldq, kh, hd, 0.0f, S, L);
+        for (int t = 0; t < T; t++) {
+            float *r = S + (size_t)t * L;
+            const int last = o->bidir ? L - 1 : p0 + t; /* keys 0..last are visible, but for the window's */
+            const int first = o->window > 0 && !o->bidir && last - o->window + 1 > o->sink ? last - o->window + 1 : o->sink;
+            if (cap > 0)
+                for (int j = 0; j <= last; j++) r[j] = cap * tanhf(r[j] / cap);
+            float m = -INFINITY;
+            for (int j = 0; j <= last; j++)
+                if (j < o->sink || j >= first) m = r[j] > m ? r[j] : m;
+            double s = 0;
+            for (int j = 0; j <= last; j++) {
+                r[j] = j < o->sink || j >= first ? expf(r[j] - m) : 0.0f;
+                s += r[j];
+            }
+            float inv = (float)(1.0 / s);
+            for (int j = 0; j <= last; j++) r[j] *= inv;
+            for (int j = last + 1; j < L; j++) r[j] = 0.0f;
+        }
+        /* out_h (T, hd) = S (T, L) · V_h (L, hd) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, L, 1.0f, S, L, vh, hd, 0.0f,
+                    out + (size_t)h * hd, ldo);
+    }
+}
+
 /* ---- helpers ---------------------------------------------------------------- */
 
 static float *falloc(size_t n) {
@@ -457,10 +501,44 @@ static void flash_matches_torch_bidirectional_padded(void) {
     st_close(a);
 }
 
+/* ---- inference over a KV store ---------------------------------------------- */
+
+/* kern_attention (now the blocked forward) against the former inference
+ * kernel: a prompt after p0 cached positions, decode steps (T = 1), sink
+ * rows under a window, soft-capping, bidirectional. */
+static void inference_attention_matches_oracle(void) {
+    const struct { int T, p0, sink, win; float cap; bool bidir; } cs[] = {
+        {70, 0, 0, 0, 0.0f, false}, {5, 130, 0, 0, 0.0f, false}, {1, 200, 0, 0, 0.0f, false},
+        {1, 200, 3, 50, 0.0f, false}, {40, 90, 4, 33, 1.5f, false}, {66, 0, 0, 0, 0.0f, true},
+        {3, 10, 10, 2, 0.0f, false}};
+    const int H = 4, KV = 2, hd = 16, qd = H * hd, ldq = qd + 3, ldo = qd + 1;
+    double worst = 0;
+    for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
+        const int T = cs[i].T, L = cs[i].p0 + T, cap = L + 7;
+        peft_rng rng;
+        peft_rng_seed(&rng, 500 + i);
+        float *q = falloc((size_t)T * ldq), *k = falloc((size_t)KV * cap * hd), *v = falloc((size_t)KV * cap * hd);
+        fill_normal(q, (size_t)T * ldq, &rng, 2.0f);
+        fill_normal(k, (size_t)KV * cap * hd, &rng, 1.0f);
+        fill_normal(v, (size_t)KV * cap * hd, &rng, 1.0f);
+        float *o1 = falloc((size_t)T * ldo), *o2 = falloc((size_t)T * ldo), *s = falloc((size_t)2 * T * L);
+        const kern_attn_opts o = {1.0f / sqrtf((float)hd), cs[i].cap, cs[i].win, cs[i].sink, cs[i].bidir};
+        ref_attention(o1, ldo, q, ldq, k, v, cap, T, cs[i].p0, H, KV, hd, &o, s, 2);
+        kern_attention(o2, ldo, q, ldq, k, v, cap, T, cs[i].p0, H, KV, hd, &o, 2);
+        const double d = rel2(o2, ldo, o1, ldo, T, qd);
+        if (!(d <= 2e-6)) fprintf(stderr, "  case %zu: rel %.2e\n", i, d);
+        worst = fmax(worst, d);
+        free(q); free(k); free(v); free(o1); free(o2); free(s);
+    }
+    printf("    inference attention vs the former kernel: max rel diff %.2e\n", worst);
+    CHECK(worst <= 2e-6);
+}
+
 int main(void) {
     TEST_RUN(flash_matches_oracle_every_option);
     TEST_RUN(flash_identical_for_every_thread_count);
     TEST_RUN(flash_matches_torch_causal_gqa);
     TEST_RUN(flash_matches_torch_bidirectional_padded);
+    TEST_RUN(inference_attention_matches_oracle);
     TEST_MAIN_END();
 }

@@ -412,19 +412,19 @@ static void attn_train_fwd_matches_inference_attention(void) {
                 vc[((size_t)g * cap + t) * hd + d] = v[(size_t)t * kvd + g * hd + d];
             }
     float *o1 = falloc((size_t)T * qd), *o2 = falloc((size_t)T * qd),
-          *lse = falloc((size_t)H * T), *scratch = falloc((size_t)2 * T * T);
+          *lse = falloc((size_t)H * T);
     const float scale = 1.0f / sqrtf((float)hd);
     const kern_attn_opts o = {scale, 0, 0, 0, false}, og = {scale, 1.5f, 3, 0, false};
-    kern_attention(o1, qd, q, qd, kc, vc, cap, T, 0, H, KV, hd, &o, scratch, 2);
+    kern_attention(o1, qd, q, qd, kc, vc, cap, T, 0, H, KV, hd, &o, 2);
     kern_flash_attn_fwd(o2, lse, q, qd, k, v, kvd, T, 0, H, KV, hd, &o, 2);
     double d = test_max_abs_diff(o1, o2, (size_t)T * qd);
     /* with soft-capping and a sliding window */
-    kern_attention(o1, qd, q, qd, kc, vc, cap, T, 0, H, KV, hd, &og, scratch, 2);
+    kern_attention(o1, qd, q, qd, kc, vc, cap, T, 0, H, KV, hd, &og, 2);
     kern_flash_attn_fwd(o2, lse, q, qd, k, v, kvd, T, 0, H, KV, hd, &og, 2);
     d = fmax(d, test_max_abs_diff(o1, o2, (size_t)T * qd));
     printf("    train vs inference attention max|diff| = %.2e\n", d);
     CHECK(d <= 1e-6);
-    free(q); free(k); free(v); free(kc); free(vc); free(o1); free(o2); free(lse); free(scratch);
+    free(q); free(k); free(v); free(kc); free(vc); free(o1); free(o2); free(lse);
 }
 
 /* ---- cross-entropy ------------------------------------------------------- */

@@ -39,9 +39,11 @@
 #endif
 enum { BQ = FLASH_BQ, BK = FLASH_BK, BQB = FLASH_BQB, BKB = FLASH_BKB };
 
-/* Which keys query t sees: [0, P) and [lo, hi). */
+/* Which keys query t sees: [0, min(P, hi)) and [lo, hi). P: the leading
+ * rows every query sees (training: the prefix; inference: o->sink); query
+ * t sits at key position off + t (training: P; inference: p0). */
 typedef struct {
-    int P, L, window;
+    int P, off, L, window;
     bool bidir;
 } vis_rule;
 
@@ -51,7 +53,7 @@ static inline void row_range(const vis_rule *r, int t, int *lo, int *hi) {
         *hi = r->L;
         return;
     }
-    const int last = r->P + t;
+    const int last = r->off + t;
     *lo = r->window > 0 && last - r->window + 1 > r->P ? last - r->window + 1 : r->P;
     *hi = last + 1;
 }
@@ -60,7 +62,7 @@ static inline void row_range(const vis_rule *r, int t, int *lo, int *hi) {
 static inline int row_count(const vis_rule *r, int t, int j0, int j1) {
     int lo, hi;
     row_range(r, t, &lo, &hi);
-    const int pre = PEFT_MIN(j1, r->P) - j0, a = PEFT_MAX(j0, lo), b = PEFT_MIN(j1, hi);
+    const int pre = PEFT_MIN(j1, PEFT_MIN(r->P, hi)) - j0, a = PEFT_MAX(j0, PEFT_MAX(lo, r->P)), b = PEFT_MIN(j1, hi);
     return (pre > 0 ? pre : 0) + (b > a ? b - a : 0);
 }
 
@@ -92,24 +94,27 @@ static inline void score_row(float *s, float *th, int jb, float cap, const vis_r
         row_range(r, t, &lo, &hi);
         for (int j = 0; j < jb; j++) {
             const int key = j0 + j;
-            s[j] = key < r->P || (key >= lo && key < hi) ? s[j] : -INFINITY;
+            s[j] = key < hi && (key < r->P || key >= lo) ? s[j] : -INFINITY;
         }
     }
 }
 
-void kern_flash_attn_fwd(float *out, float *lse, const float *q, int ldq, const float *k, const float *v, int ldkv,
-                         int T, int P, int n_head, int n_kv, int hd, const kern_attn_opts *o, int n_threads) {
-    const int L = P + T, group = n_head / n_kv, ldo = n_head * hd;
+/* The forward over L key rows (kv head g's rows at k + g·kvh, row stride
+ * ldkv), queries at positions off..off + T - 1; lse may be NULL. */
+static void flash_fwd(float *out, int ldo, float *lse, const float *q, int ldq, const float *k, const float *v,
+                      int ldkv, size_t kvh, int T, int L, int off, int sink, int n_head, int n_kv, int hd,
+                      const kern_attn_opts *o, int n_threads) {
+    const int group = n_head / n_kv;
     if (T <= 0) return;
     if (n_threads < 1) n_threads = 1;
-    const vis_rule vr = {P, L, o->window, o->bidir};
+    const vis_rule vr = {sink, off, L, o->window, o->bidir};
     const int n_qb = (T + BQ - 1) / BQ;
 #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
     for (int item = 0; item < n_head * n_qb; item++) {
         const int h = item / n_qb, t0 = (item % n_qb) * BQ, tb = PEFT_MIN(BQ, T - t0);
-        const int kend = o->bidir ? L : P + t0 + tb;
+        const int kend = o->bidir ? L : off + t0 + tb;
         const float *qh = q + (size_t)t0 * ldq + (size_t)h * hd;
-        const float *kg = k + (size_t)(h / group) * hd, *vg = v + (size_t)(h / group) * hd;
+        const float *kg = k + (size_t)(h / group) * kvh, *vg = v + (size_t)(h / group) * kvh;
         float *oh = out + (size_t)t0 * ldo + (size_t)h * hd;
         float S[BQ * BK], m[BQ], l[BQ];
         for (int t = 0; t < tb; t++) {
@@ -152,9 +157,22 @@ void kern_flash_attn_fwd(float *out, float *lse, const float *q, int ldq, const 
             const float inv = 1.0f / l[t];
             float *orow = oh + (size_t)t * ldo;
             for (int e = 0; e < hd; e++) orow[e] *= inv;
-            lse[(size_t)h * T + t0 + t] = m[t] + logf(l[t]);
+            if (lse) lse[(size_t)h * T + t0 + t] = m[t] + logf(l[t]);
         }
     }
+}
+
+void kern_flash_attn_fwd(float *out, float *lse, const float *q, int ldq, const float *k, const float *v, int ldkv,
+                         int T, int P, int n_head, int n_kv, int hd, const kern_attn_opts *o, int n_threads) {
+    flash_fwd(out, n_head * hd, lse, q, ldq, k, v, ldkv, (size_t)hd, T, P + T, P, P, n_head, n_kv, hd, o, n_threads);
+}
+
+/* Inference over the KV store (n_kv, kv_cap, hd): the same forward, the
+ * sink rows o->sink, queries at p0.. (kernels.h) */
+void kern_attention(float *out, int ldo, const float *q, int ldq, const float *k, const float *v, int kv_cap, int T,
+                    int p0, int n_head, int n_kv, int hd, const kern_attn_opts *o, int n_threads) {
+    flash_fwd(out, ldo, NULL, q, ldq, k, v, hd, (size_t)kv_cap * hd, T, p0 + T, p0, o->sink, n_head, n_kv, hd, o,
+              n_threads);
 }
 
 size_t kern_flash_attn_scratch_floats(int T, int P, int n_head, int hd, int n_threads) {
@@ -172,7 +190,7 @@ void kern_flash_attn_bwd(float *dq, int lddq, float *dk, float *dv, int lddkv, c
     if (T <= 0) return;
     if (n_threads < 1) n_threads = 1;
     const float scale = o->scale, cap = o->softcap;
-    const vis_rule vr = {P, L, o->window, o->bidir};
+    const vis_rule vr = {P, P, L, o->window, o->bidir};
     const size_t per_thread = 3 * BQB * BKB + (size_t)T;
     float *part = scratch + (size_t)n_threads * per_thread; /* (n_head, 2, L, hd): dK_h, dV_h */
     memset(part, 0, (size_t)n_head * 2 * L * hd * sizeof(float));

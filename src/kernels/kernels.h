@@ -174,15 +174,16 @@ typedef struct {
     bool bidir;   /* every query sees every key (encoders): no causal mask, no window */
 } kern_attn_opts;
 
-/* Causal attention over a KV store, one sequence.
+/* Causal attention over a KV store, one sequence (flash_attn.c: the
+ * training forward's blocked online softmax, no T × (p0 + T) scratch).
  * q (T, n_head, hd) with row stride ldq; k, v hold positions [0, p0 + T) as
  * (n_kv, kv_cap, hd); query t sits at position p0 + t and sees keys
- * 0..p0 + t. Head h uses kv head h / (n_head / n_kv) (grouped-query).
- * out (T, n_head, hd) with row stride ldo. o: scale, soft-capping, window.
- * scratch: n_threads · T · (p0 + T) floats. */
+ * 0..p0 + t (o->bidir: all). Head h uses kv head h / (n_head / n_kv)
+ * (grouped-query). out (T, n_head, hd) with row stride ldo. o: scale,
+ * soft-capping, window (the o->sink leading rows stay visible). */
 void kern_attention(float *out, int ldo, const float *q, int ldq, const float *k,
                     const float *v, int kv_cap, int T, int p0, int n_head, int n_kv, int hd,
-                    const kern_attn_opts *o, float *scratch, int n_threads);
+                    const kern_attn_opts *o, int n_threads);
 
 /* Training attention (flash_attn.c): grouped-query attention for one
  * sequence that keeps only each row's log-sum-exp for the backward
