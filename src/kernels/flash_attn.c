@@ -14,8 +14,10 @@
  * Memory is O(T): tiles per thread and, in the backward, each head's own
  * dK, dV (summed per kv head in head order afterwards, so that the result
  * is the same for every thread count).
- * The tile products are single-threaded OpenBLAS sgemm calls (faster here
- * than the compiler's loops on 64-wide tiles); OpenMP splits the items. */
+ * The tile products are single-threaded OpenBLAS sgemm calls: on the Zen
+ * machine this was measured on, a 64 × 64 × 64 S = Q Kᵀ tile ran at 44–54
+ * GFLOP/s through sgemm against 38–43 for a 4 × 16 register-blocked loop in
+ * GCC vector extensions (B transposed per tile). OpenMP splits the items. */
 #include "kernels/kernels.h"
 #include "kernels/kexp.h"
 
