@@ -16,6 +16,15 @@ Tensors (fixed seed):
   ln.*     LayerNorm eps=1e-5: x, w, b, dy -> y, dx, dw, db.
   swiglu.* g, u, da (40,) -> a, dg, du.
   gelu.*   x, dy (40,) -> y, dx (tanh approximation).
+
+and tests/fixtures/kernels/flash_attn.safetensors, for tests/test_flash_attn.c:
+  causal.* T=66 (two 64-query blocks), P=2, n_head=4, n_kv=2, hd=4: q, k, v,
+           dout -> out, lse (n_head, T: each row's log-sum-exp of its scaled
+           scores), dq, dk, dv.
+  bidir.*  an encoder row of T=66, the first 45 tokens, the rest padding,
+           n_head=n_kv=2, hd=4: block-diagonal mask (the tokens see the
+           tokens, the padding sees the padding, as the training graph's
+           segments do); q, k, v, dout (66, 8) -> out, dq, dk, dv.
 """
 import os
 
@@ -28,6 +37,49 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "f
 
 def leaf(t):
     return t.detach().clone().requires_grad_(True)
+
+
+def attention(q, k, v, T, L, H, KV, hd, mask):
+    qh = q.view(T, H, hd).transpose(0, 1)
+    kh = k.view(L, KV, hd).transpose(0, 1).repeat_interleave(H // KV, 0)
+    vh = v.view(L, KV, hd).transpose(0, 1).repeat_interleave(H // KV, 0)
+    s = (qh @ kh.transpose(1, 2) / hd ** 0.5).masked_fill(~mask, float("-inf"))
+    return (s.softmax(-1) @ vh).transpose(0, 1).reshape(T, H * hd), s.logsumexp(-1)
+
+
+def flash_fixtures():
+    g = torch.Generator().manual_seed(4321)
+    rn = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    out = {}
+    T, P, H, KV, hd = 66, 2, 4, 2, 4
+    L = P + T
+    q, k, v = leaf(rn(T, H * hd)), leaf(rn(L, KV * hd)), leaf(rn(L, KV * hd))
+    dout = rn(T, H * hd)
+    mask = torch.arange(L)[None, :] <= (P + torch.arange(T))[:, None]
+    o, lse = attention(q, k, v, T, L, H, KV, hd, mask)
+    o.backward(dout)
+    for n, t in dict(q=q, k=k, v=v, dout=dout, out=o, lse=lse, dq=q.grad, dk=k.grad, dv=v.grad).items():
+        out["causal." + n] = t.detach()
+
+    T, NV, H, hd = 66, 45, 2, 4
+    q, k, v = leaf(rn(T, H * hd)), leaf(rn(T, H * hd)), leaf(rn(T, H * hd))
+    dout = rn(T, H * hd)
+    seg = torch.arange(T) >= NV
+    o, _ = attention(q, k, v, T, T, H, H, hd, seg[None, :] == seg[:, None])
+    o.backward(dout)
+    for n, t in dict(q=q, k=k, v=v, dout=dout, out=o, dq=q.grad, dk=k.grad, dv=v.grad).items():
+        out["bidir." + n] = t.detach()
+    return out
+
+
+def save(out, name):
+    out = {n: (t.to(torch.float32) if t.is_floating_point() else t).contiguous()
+           for n, t in out.items()}
+    os.makedirs(OUT, exist_ok=True)
+    path = os.path.join(OUT, name)
+    save_file(out, path, metadata={"generator": "tools/make_kernel_fixtures.py",
+                                   "torch": torch.__version__})
+    print(f"wrote {path} ({os.path.getsize(path)} bytes, {len(out)} tensors)")
 
 
 def main():
@@ -88,13 +140,8 @@ def main():
     y.backward(dy)
     out.update({"gelu.x": x.detach(), "gelu.dy": dy, "gelu.y": y.detach(), "gelu.dx": x.grad})
 
-    out = {n: (t.to(torch.float32) if t.is_floating_point() else t).contiguous()
-           for n, t in out.items()}
-    os.makedirs(OUT, exist_ok=True)
-    path = os.path.join(OUT, "grads.safetensors")
-    save_file(out, path, metadata={"generator": "tools/make_kernel_fixtures.py",
-                                   "torch": torch.__version__})
-    print(f"wrote {path} ({os.path.getsize(path)} bytes, {len(out)} tensors)")
+    save(out, "grads.safetensors")
+    save(flash_fixtures(), "flash_attn.safetensors")
 
 
 if __name__ == "__main__":

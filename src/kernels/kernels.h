@@ -174,41 +174,43 @@ typedef struct {
     bool bidir;   /* every query sees every key (encoders): no causal mask, no window */
 } kern_attn_opts;
 
-/* Causal attention over a KV store, one sequence.
+/* Causal attention over a KV store, one sequence (flash_attn.c: the
+ * training forward's blocked online softmax, no T × (p0 + T) scratch).
  * q (T, n_head, hd) with row stride ldq; k, v hold positions [0, p0 + T) as
  * (n_kv, kv_cap, hd); query t sits at position p0 + t and sees keys
- * 0..p0 + t. Head h uses kv head h / (n_head / n_kv) (grouped-query).
- * out (T, n_head, hd) with row stride ldo. o: scale, soft-capping, window.
- * scratch: n_threads · T · (p0 + T) floats. */
+ * 0..p0 + t (o->bidir: all). Head h uses kv head h / (n_head / n_kv)
+ * (grouped-query). out (T, n_head, hd) with row stride ldo. o: scale,
+ * soft-capping, window (the o->sink leading rows stay visible). */
 void kern_attention(float *out, int ldo, const float *q, int ldq, const float *k,
                     const float *v, int kv_cap, int T, int p0, int n_head, int n_kv, int hd,
-                    const kern_attn_opts *o, float *scratch, int n_threads);
+                    const kern_attn_opts *o, int n_threads);
 
-/* Training attention (attention_train.c): causal grouped-query attention for
- * one sequence, keeping the probabilities for the backward, with P optional
- * prefix key/value rows (prefix tuning) that every query sees.
+/* Training attention (flash_attn.c): grouped-query attention for one
+ * sequence that keeps only each row's log-sum-exp for the backward
+ * (FlashAttention-2's blocked online softmax), with P optional prefix
+ * key/value rows (prefix tuning) that every query sees (o->sink is not read).
  * q (T, n_head·hd), row stride ldq; k, v (P + T, n_kv·hd), row stride ldkv:
- * rows 0..P-1 are the prefix, row P + t is the sequence position t. Query t
- * sees key rows 0..P + t. Head h uses kv head h / (n_head / n_kv).
- * out (T, n_head·hd) contiguous; probs (n_head, T, P + T) written, masked
- * entries 0. OpenMP over (query head, block of 64 queries); a block only
- * multiplies the keys it can see. */
-void kern_attn_train_fwd(float *out, float *probs, const float *q, int ldq, const float *k,
-                         const float *v, int ldkv, int T, int P, int n_head, int n_kv, int hd,
-                         const kern_attn_opts *o, int n_threads);
-/* Floats of scratch kern_attn_train_bwd needs: n_threads · 2 · 64 · (P + T)
- * for one block of dS (and of the recomputed soft-capped scores) per
- * thread, plus n_head · 2 · (P + T) · hd for each query head's dK, dV. */
-size_t kern_attn_train_scratch_floats(int T, int P, int n_head, int hd, int n_threads);
-/* Backward of kern_attn_train_fwd from dout (T, n_head·hd) contiguous and the
- * saved probs. dq (T, n_head·hd) row stride lddq, dk, dv (P + T, n_kv·hd) row
- * stride lddkv: all three +=. OpenMP over query heads, each writing its own
- * dK, dV part into scratch; the parts are then summed per kv head in head
- * order, so the result is race-free and identical for every thread count. */
-void kern_attn_train_bwd(float *dq, int lddq, float *dk, float *dv, int lddkv,
-                         const float *dout, const float *probs, const float *q, int ldq,
-                         const float *k, const float *v, int ldkv, int T, int P, int n_head,
-                         int n_kv, int hd, const kern_attn_opts *o, float *scratch, int n_threads);
+ * rows 0..P-1 are the prefix, row P + t is the sequence position t. Causal:
+ * query t sees key rows 0..P + t (o->window narrows that, the prefix stays);
+ * o->bidir: every row. Head h uses kv head h / (n_head / n_kv). o->scale,
+ * o->softcap shape the scores. The forward writes out (T, n_head·hd)
+ * contiguous and lse (n_head, T); OpenMP over (query head, block of 64
+ * queries), key blocks a query block cannot see skipped. */
+void kern_flash_attn_fwd(float *out, float *lse, const float *q, int ldq, const float *k, const float *v, int ldkv,
+                         int T, int P, int n_head, int n_kv, int hd, const kern_attn_opts *o, int n_threads);
+/* Floats of scratch kern_flash_attn_bwd needs: per thread 3 (64, 64) tiles
+ * and T floats, plus n_head · 2 · (P + T) · hd for each query head's dK, dV. */
+size_t kern_flash_attn_scratch_floats(int T, int P, int n_head, int hd, int n_threads);
+/* Backward of kern_flash_attn_fwd from dout (T, n_head·hd) contiguous, the
+ * forward's out and lse: the probabilities are recomputed tile by tile.
+ * dq (T, n_head·hd) row stride lddq, dk, dv (P + T, n_kv·hd) row stride
+ * lddkv: all three +=. OpenMP over query heads, each writing its own dK, dV
+ * part into scratch, summed per kv head in head order: race-free and the
+ * same bits for every thread count. */
+void kern_flash_attn_bwd(float *dq, int lddq, float *dk, float *dv, int lddkv, const float *dout, const float *out,
+                         const float *lse, const float *q, int ldq, const float *k, const float *v, int ldkv, int T,
+                         int P, int n_head, int n_kv, int hd, const kern_attn_opts *o, float *scratch,
+                         int n_threads);
 
 /* Fused softmax cross-entropy (xent.c) over logits (T, V) and targets (T),
  * target -100 = ignored row. *loss_sum = Σ over counted rows of -log p[target]

@@ -107,7 +107,7 @@ static float *ws_get(peft_model *m, size_t n, peft_err *err) {
 /* The block recipe's callbacks (model/block.h) for inference. */
 typedef struct {
     peft_model *m;
-    float *scr, *zs, *hs, *ascr;
+    float *scr, *zs, *hs;
     const int32_t *pos;
     int T, p0, PX, nt;
     int PXA;              /* prefix rows at the cache's start (always visible) */
@@ -151,7 +151,7 @@ static int fwd_attn(void *u, int l, block_acts *A) {
         }
     const kern_attn_opts o = block_attn_opts(m, l, s->PXA);
     kern_attention(A->att, qd, A->qkv, ld_qkv, kc, vc, m->kv.cap, s->T, s->p0, c->n_head, c->n_kv_head, hd, &o,
-                   s->ascr, s->nt);
+                   s->nt);
     return 0;
 }
 
@@ -191,7 +191,6 @@ int model_forward_ex(peft_model *m, const int32_t *ids, const int32_t *types, in
 
     int64_t kmax = PEFT_MAX(PEFT_MAX(d, ff), qd);
     size_t mm_scratch = kern_matmul_scratch_floats(kmax, nt);
-    size_t att_scratch = (size_t)nt * T * L;
     /* scratch only the attached method uses: its hooks' (zs, hook_ws), a sub-layer hook's h (hs) */
     bool sub_hooks = false;   /* a plug-in's sub-layer hook needs h (T, d): hs */
     for (int k = 0; k < c->n_layer * 2; k++) sub_hooks |= method_sub_hooked(ad, k / 2, k % 2);
@@ -200,14 +199,13 @@ int model_forward_ex(peft_model *m, const int32_t *ids, const int32_t *types, in
     /* Gemma 2's normed sub-layer outputs: o1, o2, ptmp (T, d) */
     const bool post = c->desc->hf_norm[NORM_ATTN_OUT] || c->desc->hf_norm[NORM_MLP_OUT] || enc;
     const size_t ff1 = (size_t)(c->desc->fused_gate_up ? 2 : 1) * ff, npost = post ? 3 * (size_t)T * d : 0;
-    size_t n_ws = (size_t)T * (2 * d + ld_qkv + qd + ff1 + ff) + T + mm_scratch + att_scratch + hw +
+    size_t n_ws = (size_t)T * (2 * d + ld_qkv + qd + ff1 + ff) + T + mm_scratch + hw +
                   (size_t)T * (size_t)hsd + npost;
     float *ws = ws_get(m, n_ws, err);
     if (!ws) return PEFT_ERR_NOMEM;
     float *x = ws, *h = x + (size_t)T * d, *qkv = h + (size_t)T * d, *att = qkv + (size_t)T * ld_qkv;
     float *f1 = att + (size_t)T * qd, *f2 = f1 + (size_t)T * ff1, *scr = f2 + (size_t)T * ff;
-    float *ascr = scr + mm_scratch;
-    float *zs = ascr + att_scratch;
+    float *zs = scr + mm_scratch;
     float *hs = zs + hw;
     float *po = hs + (size_t)T * hsd;
     int32_t *pos = (int32_t *)(po + npost);
@@ -232,7 +230,7 @@ int model_forward_ex(peft_model *m, const int32_t *ids, const int32_t *types, in
         }
     }
 
-    fwd_state st = {m, scr, zs, hs, ascr, pos, T, p0, PX, nt, adapter_prefix_rows(ad)};
+    fwd_state st = {m, scr, zs, hs, pos, T, p0, PX, nt, adapter_prefix_rows(ad)};
     const block_env env = {.m = m, .ad = ad, .N = T, .pos = pos, .nt = nt, .u = &st,
                            .lin = fwd_lin, .sub_out = fwd_sub_out, .attn = fwd_attn};
     const bool fused = c->desc->fused_gate_up, split = c->desc->act != ARCH_ACT_GELU_TANH && !fused;

@@ -8,7 +8,7 @@
  * Per layer the forward keeps (N = B·T rows, T including prompt tuning's
  * virtual rows):
  *   xin (N,d)  norm1 stats  h1 (N,d)  qkv (N,qd+2kvd, q and k after RoPE)
- *   probs (B·n_head·T·(P+T), P prefix rows)  att (N,qd)  xmid (N,d)
+ *   lse (B·n_head·T: the attention rows' log-sum-exp)  att (N,qd)  xmid (N,d)
  *   norm2 stats  h2 (N,d)  g, u, a (N,ff)  [GPT-2: g = pre-GELU, a = post-GELU]
  *   per LoRA module: xa (N,r), with dropout its mask (N,in); per DoRA
  *   module: z (N,out), the linear's output before the per-column scale; per
@@ -29,7 +29,7 @@
 #define LOSS_CHUNK 256
 
 typedef struct {
-    float *xin, *mean1, *rstd1, *h1, *qkv, *probs, *att, *xmid, *mean2, *rstd2, *h2, *g, *u, *a;
+    float *xin, *mean1, *rstd1, *h1, *qkv, *lse, *att, *xmid, *mean2, *rstd2, *h2, *g, *u, *a;
     float *qk_in, *qk_rstd;   /* per-head q/k norms (block_qk_norm) */
     float *o1, *o1_mean, *o1_rstd, *o2, *o2_mean, *o2_rstd;   /* sub-layer output norms (Gemma 2) */
 } layer_acts;
@@ -177,7 +177,7 @@ static size_t layout(train_graph *g, float *base) {
         L->rstd1 = TAKE(N);
         L->h1 = TAKE(N * d);
         L->qkv = TAKE(N * g->ldq);
-        L->probs = TAKE(B * c->n_head * T * (T + (size_t)g->PX));
+        L->lse = TAKE(N * c->n_head);
         L->att = TAKE(N * g->qd);
         L->xmid = TAKE(N * d);
         L->mean2 = TAKE(N);
@@ -225,7 +225,7 @@ static size_t layout(train_graph *g, float *base) {
     g->scores = TAKE(B * B);
     g->kvbuf = g->PX ? TAKE(4 * (T + (size_t)g->PX) * g->kvd) : NULL;
     g->mm_scratch = TAKE(PEFT_MAX(kern_matmul_scratch_floats(g->max_in, g->nt), kern_matmul_dx_scratch_floats(g->max_in, g->nt)));
-    g->attn_scratch = TAKE(kern_attn_train_scratch_floats((int)T, g->PX, g->m->cfg.n_head, g->m->cfg.head_dim, g->nt));
+    g->attn_scratch = TAKE(kern_flash_attn_scratch_floats((int)T, g->PX, g->m->cfg.n_head, g->m->cfg.head_dim, g->nt));
     g->pos = (int32_t *)TAKE(N);
     g->ids = (int32_t *)TAKE(N);
     g->tgt = (int32_t *)TAKE(N);
@@ -460,7 +460,8 @@ static void attn_fwd(train_graph *g, layer_acts *L, int l) {
     const kern_attn_opts o = block_attn_opts(g->m, l, PX);
     for (int bi = 0; bi < g->B; bi++) {
         const int32_t *seg = g->seg + (size_t)bi * T;
-        float *probs = L->probs + (size_t)bi * c->n_head * T * (T + PX);
+        /* a segment of n rows keeps its (n_head, n) log-sum-exps back to back */
+        float *lse = L->lse + (size_t)bi * c->n_head * T;
         for (int s0 = 0; s0 < T;) {
             int s1 = s0 + 1;
             while (s1 < T && seg[s1] == seg[s0]) s1++;
@@ -468,16 +469,16 @@ static void attn_fwd(train_graph *g, layer_acts *L, int l) {
             if (PX) {
                 float *kb = g->kvbuf, *vb = kb + (size_t)(PX + s1 - s0) * g->kvd;
                 prefix_kv(g, L, l, bi, s0, s1 - s0, kb, vb);
-                kern_attn_train_fwd(L->att + row * g->qd, probs, L->qkv + row * g->ldq, g->ldq, kb, vb, g->kvd, s1 - s0,
+                kern_flash_attn_fwd(L->att + row * g->qd, lse, L->qkv + row * g->ldq, g->ldq, kb, vb, g->kvd, s1 - s0,
                                     PX, c->n_head, c->n_kv_head, hd, &o, g->nt);
-                probs += (size_t)c->n_head * (s1 - s0) * (s1 - s0 + PX);
+                lse += (size_t)c->n_head * (s1 - s0);
                 s0 = s1;
                 continue;
             }
-            kern_attn_train_fwd(L->att + row * g->qd, probs, L->qkv + row * g->ldq, g->ldq, L->qkv + row * g->ldq + g->qd,
+            kern_flash_attn_fwd(L->att + row * g->qd, lse, L->qkv + row * g->ldq, g->ldq, L->qkv + row * g->ldq + g->qd,
                                 L->qkv + row * g->ldq + g->qd + g->kvd, g->ldq, s1 - s0, 0, c->n_head, c->n_kv_head, hd,
                                 &o, g->nt);
-            probs += (size_t)c->n_head * (s1 - s0) * (s1 - s0);
+            lse += (size_t)c->n_head * (s1 - s0);
             s0 = s1;
         }
     }
@@ -491,7 +492,7 @@ static void attn_bwd(train_graph *g, layer_acts *L, int l) {
     const kern_attn_opts o = block_attn_opts(g->m, l, PX);
     for (int bi = 0; bi < g->B; bi++) {
         const int32_t *seg = g->seg + (size_t)bi * T;
-        const float *probs = L->probs + (size_t)bi * c->n_head * T * (T + PX);
+        const float *lse = L->lse + (size_t)bi * c->n_head * T;
         for (int s0 = 0, s1 = 1; PX && s0 < T; s0 = s1, s1 = s0 + 1) {
             while (s1 < T && seg[s1] == seg[s0]) s1++;
             const int n = s1 - s0;
@@ -500,10 +501,10 @@ static void attn_bwd(train_graph *g, layer_acts *L, int l) {
             prefix_kv(g, L, l, bi, s0, n, kb, vb);
             memset(dk, 0, 2 * LL * sizeof(float));
             const size_t row = (size_t)bi * T + s0;
-            kern_attn_train_bwd(g->dqkv + row * g->ldq, g->ldq, dk, dv, kvd, g->datt + row * g->qd, probs,
-                                L->qkv + row * g->ldq, g->ldq, kb, vb, kvd, n, PX, c->n_head, c->n_kv_head, hd, &o,
-                                g->attn_scratch, g->nt);
-            probs += (size_t)c->n_head * n * (n + PX);
+            kern_flash_attn_bwd(g->dqkv + row * g->ldq, g->ldq, dk, dv, kvd, g->datt + row * g->qd,
+                                L->att + row * g->qd, lse, L->qkv + row * g->ldq, g->ldq, kb, vb, kvd, n, PX,
+                                c->n_head, c->n_kv_head, hd, &o, g->attn_scratch, g->nt);
+            lse += (size_t)c->n_head * n;
             for (int t = 0; t < n; t++) {
                 float *q = g->dqkv + (row + t) * g->ldq;
                 for (int k = 0; k < kvd; k++) {
@@ -527,10 +528,10 @@ static void attn_bwd(train_graph *g, layer_acts *L, int l) {
             const size_t row = (size_t)bi * T + s0;
             const float *q = L->qkv + row * g->ldq;
             float *dq = g->dqkv + row * g->ldq;
-            kern_attn_train_bwd(dq, g->ldq, dq + g->qd, dq + g->qd + g->kvd, g->ldq, g->datt + row * g->qd, probs, q,
-                                g->ldq, q + g->qd, q + g->qd + g->kvd, g->ldq, s1 - s0, 0, c->n_head, c->n_kv_head, hd,
-                                &o, g->attn_scratch, g->nt);
-            probs += (size_t)c->n_head * (s1 - s0) * (s1 - s0);
+            kern_flash_attn_bwd(dq, g->ldq, dq + g->qd, dq + g->qd + g->kvd, g->ldq, g->datt + row * g->qd,
+                                L->att + row * g->qd, lse, q, g->ldq, q + g->qd, q + g->qd + g->kvd, g->ldq, s1 - s0, 0,
+                                c->n_head, c->n_kv_head, hd, &o, g->attn_scratch, g->nt);
+            lse += (size_t)c->n_head * (s1 - s0);
             s0 = s1;
         }
     }
