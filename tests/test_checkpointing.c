@@ -14,6 +14,7 @@
  * scaled differently so that a recompute of the wrong layer shows) are
  * written to a temporary folder, so that segments of 2 and 3 layers and a
  * shorter last segment are exercised. */
+#include "core/core.h"
 #include "formats/safetensors.h"
 #include "peft/method.h"
 #include "test.h"
@@ -350,6 +351,154 @@ static void bad_options_fail_clearly(void) {
     peft_free(ctx);
 }
 
+/* ---- the CLI ---------------------------------------------------------------------- */
+
+static void write_data(const char *path, int n_rows) {
+    FILE *f = fopen(path, "w");
+    if (!f) return;
+    const char *w[] = {"the", "king", "queen", "lord", "night", "day", "love", "sword", "crown", "heart", "fair"};
+    peft_rng r;
+    peft_rng_seed(&r, 11);
+    for (int i = 0; i < n_rows; i++) {
+        fprintf(f, "{\"text\": \"");
+        const int len = 5 + (int)(peft_rng_u64(&r) % 30);
+        for (int k = 0; k < len; k++) fprintf(f, "%s%s", k ? " " : "", w[peft_rng_u64(&r) % 11]);
+        fprintf(f, "\"}\n");
+    }
+    fclose(f);
+}
+
+static char *slurp(const char *path, size_t *len) {
+    char *d = NULL;
+    peft_err err = {0};
+    if (peft_read_file(path, &d, len, &err)) return NULL;
+    return d;
+}
+
+/* The losses, validation losses and gradient norms of a run's metrics.jsonl
+ * (not its timings) as one string. */
+static char *losses_of(const char *dir) {
+    char p[600];
+    snprintf(p, sizeof p, "%s/metrics.jsonl", dir);
+    char *text = slurp(p, NULL);
+    if (!text) return NULL;
+    peft_buf b = {0};
+    static const char *const keys[] = {"\"loss\": ", "\"val_loss\": ", "\"grad_norm\": "};
+    for (char *line = text; line && *line;) {
+        char *next = strchr(line, '\n');
+        if (next) *next++ = 0;
+        for (int k = 0; k < 3; k++) {
+            const char *at = strstr(line, keys[k]);
+            if (at) peft_buf_printf(&b, "%.*s;", (int)strcspn(at, ",}"), at);
+        }
+        peft_buf_printf(&b, "\n");
+        line = next;
+    }
+    free(text);
+    return b.data;
+}
+
+static bool same_file(const char *a, const char *b) {
+    size_t la = 0, lb = 0;
+    char *da = slurp(a, &la), *db = slurp(b, &lb);
+    const bool same = da && db && la == lb && memcmp(da, db, la) == 0;
+    free(da);
+    free(db);
+    return same;
+}
+
+/* The MiB of the "graph:" line of a run's output, -1 without one. */
+static double graph_mib(const char *out) {
+    const char *at = strstr(out, "graph: ");
+    return at ? atof(at + 7) : -1;
+}
+
+static void cli_trains_to_the_same_losses_and_resumes(void) {
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
+    char model[300], data[300], args[4096], out[16384], pa[600], pb[600];
+    snprintf(model, sizeof model, "%s/tiny-llama-5", tmp);
+    if (access(model, F_OK) && make_deep(MFIX "tiny-llama", 5, model)) TEST_FAIL("cannot write %s", model);
+    snprintf(data, sizeof data, "%s/d.jsonl", tmp);
+    write_data(data, 60);
+    char common[1024];
+    snprintf(common, sizeof common,
+             "train --model %s --data %s --batch 4 --seq 48 --lr 3e-3 --dropout 0.1 --target all-linear --threads 2 "
+             "--quiet --seed 5 --val-split 0.1 --eval-every 3",
+             model, data);
+    /* off, K = 1 (the option alone, before another), K = 2 */
+    static const char *const variants[] = {"", "--checkpoint-layers", "--checkpoint-layers 2"};
+    double mib[3];
+    char *ref = NULL;
+    for (int v = 0; v < 3; v++) {
+        snprintf(args, sizeof args, "%s --steps 6 %s --out %s/run%d", common, variants[v], tmp, v);
+        CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
+        mib[v] = graph_mib(out);
+        snprintf(pa, sizeof pa, "%s/run%d", tmp, v);
+        char *l = losses_of(pa);
+        CHECK_MSG(l && strstr(l, "\"val_loss\""), "run %d: no losses in %s/metrics.jsonl", v, pa);
+        if (v == 0) ref = l;
+        else {
+            CHECK_MSG(l && ref && !strcmp(l, ref), "%s: losses\n%s\nwithout checkpointing\n%s", variants[v], l, ref);
+            free(l);
+            snprintf(pa, sizeof pa, "%s/run0/adapter_model.safetensors", tmp);
+            snprintf(pb, sizeof pb, "%s/run%d/adapter_model.safetensors", tmp, v);
+            CHECK_MSG(same_file(pa, pb), "%s: the trained adapter differs", variants[v]);
+        }
+        if (v == 1) CHECK_MSG(strstr(out, "checkpointing every 1 of 5 layers") != NULL, "%s", out);
+    }
+    CHECK_MSG(mib[0] > 0 && mib[1] > 0 && mib[1] < mib[0] && mib[2] < mib[0], "graph MiB %g, %g, %g", mib[0], mib[1],
+              mib[2]);
+    printf("    graph %.2f MiB, checkpointing every layer %.2f MiB, every 2 layers %.2f MiB\n", mib[0], mib[1], mib[2]);
+
+    /* a run checkpointing every 2 layers, resumed from its step-3
+     * checkpoint without the option: it keeps the setting and ends where
+     * run0 did */
+    snprintf(args, sizeof args, "%s --steps 6 --save-every 3 --checkpoint-layers 2 --out %s/res", common, tmp);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
+    snprintf(pa, sizeof pa, "%s/res/checkpoint-3/optimizer.safetensors", tmp);
+    peft_err err = {0};
+    st_archive *st = NULL;
+    CHECK_OK(st_open(pa, &st, &err));
+    const char *saved = st ? st_metadata(st, "checkpoint_layers") : NULL;
+    CHECK_MSG(saved && !strcmp(saved, "2"), "%s: checkpoint_layers %s", pa, saved ? saved : "(none)");
+    st_close(st);
+    snprintf(args, sizeof args, "%s --steps 6 --save-every 3 --out %s/res --resume %s/res/checkpoint-3", common, tmp, tmp);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
+    CHECK_MSG(strstr(out, "checkpointing every 2 of 5 layers") != NULL, "the resume did not keep the setting: %s", out);
+    CHECK_MSG(strstr(out, "resumes with") == NULL, "%s", out);
+    snprintf(pa, sizeof pa, "%s/res", tmp);
+    char *l = losses_of(pa);
+    CHECK_MSG(l && ref && !strcmp(l, ref), "resumed: losses\n%s\nuninterrupted\n%s", l ? l : "", ref ? ref : "");
+    free(l);
+    snprintf(pa, sizeof pa, "%s/run0/adapter_model.safetensors", tmp);
+    snprintf(pb, sizeof pb, "%s/res/adapter_model.safetensors", tmp);
+    CHECK_MSG(same_file(pa, pb), "the resumed run's adapter differs");
+    /* turned off on a resume: it says so, the losses still agree */
+    snprintf(args, sizeof args, "%s --steps 6 --checkpoint-layers 0 --out %s/res2 --resume %s/res/checkpoint-3", common,
+             tmp, tmp);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
+    CHECK_MSG(strstr(out, "--checkpoint-layers 2 and resumes with 0 (off)") != NULL, "%s", out);
+    CHECK_MSG(strstr(out, "every layer kept") != NULL, "%s", out);
+    free(ref);
+
+    /* a config file's true is K = 1; bad values are usage errors */
+    snprintf(pa, sizeof pa, "%s/c.json", tmp);
+    FILE *f = fopen(pa, "w");
+    if (f) {
+        fprintf(f, "{\"checkpoint_layers\": true}\n");
+        fclose(f);
+    }
+    snprintf(args, sizeof args, "%s --steps 1 --config %s --out %s/cfg", common, pa, tmp);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
+    CHECK_MSG(strstr(out, "checkpointing every 1 of 5 layers") != NULL, "%s", out);
+    static const char *const bad[] = {"-1", "two", "1.5"};
+    for (int k = 0; k < 3; k++) {
+        snprintf(args, sizeof args, "%s --steps 1 --checkpoint-layers=%s --out %s/bad", common, bad[k], tmp);
+        CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 2);
+        CHECK_MSG(strstr(out, "--checkpoint-layers must be an integer") != NULL, "%s", out);
+    }
+}
+
 int main(void) {
     snprintf(tmp, sizeof tmp, "/tmp/peft_ckpt_XXXXXX");
     if (!mkdtemp(tmp)) return 1;
@@ -357,6 +506,7 @@ int main(void) {
     TEST_RUN(encoder_every_method_bitwise);
     TEST_RUN(other_families_bitwise);
     TEST_RUN(bad_options_fail_clearly);
+    TEST_RUN(cli_trains_to_the_same_losses_and_resumes);
     printf("    %d (model, method, K) cases bitwise equal\n", n_cases);
     if (test_rm_rf(tmp) != 0) fprintf(stderr, "could not remove %s\n", tmp);
     TEST_MAIN_END();

@@ -31,6 +31,7 @@ train_params train_default_params(void) {
     p.steps = 100;
     p.opt = optim_default_params();
     p.seed = 42;
+    p.checkpoint_every = -1;
     return p;
 }
 
@@ -111,7 +112,10 @@ int train_eval_acc(peft_model *m, adapter *a, const data_set *d, int batch, int 
                    double *mean_loss, int64_t *n_targets, double *accuracy, peft_err *err) {
     train_graph *g = NULL;
     owned_batch ob = {0};
-    int rc = tg_new(m, a, batch, seq, &g, err);
+    /* no backward: one layer's activations at a time are enough (the
+     * forward is the same code, its losses the same bitwise) */
+    const tg_options forward_only = {.checkpoint_every = 1};
+    int rc = tg_new_opts(m, a, batch, seq, &forward_only, &g, err);
     if (!rc) rc = owned_batch_init(&ob, batch, seq, err);
     double total = 0;
     int64_t count = 0, correct = 0, labelled = 0;
@@ -270,7 +274,7 @@ static void rm_rf_dir(const char *dir) {
 
 static int save_checkpoint(const char *out_dir, int step, const adapter *a, const peft_model *m,
                            const adamw_state *opt, const optim_params *op, const data_loader *ld, int prev_step,
-                           peft_err *err) {
+                           int ckpt_every, peft_err *err) {
     char dir[4096], p[4200];
     snprintf(dir, sizeof dir, "%s/checkpoint-%d", out_dir, step);
     /* a checkpoint that fails to save (a full disk) is removed again unless
@@ -285,14 +289,16 @@ static int save_checkpoint(const char *out_dir, int step, const adapter *a, cons
     uint8_t *state = peft_malloc(ls ? ls : 1, err);
     if (!state) { rc = PEFT_ERR_NOMEM; goto fail; }
     data_loader_get_state(ld, state);
-    char step_s[32], t_s[32], lp_s[32];
+    char step_s[32], t_s[32], lp_s[32], ck_s[32];
     snprintf(step_s, sizeof step_s, "%d", step);
+    snprintf(ck_s, sizeof ck_s, "%d", ckpt_every);
     snprintf(t_s, sizeof t_s, "%lld", (long long)opt->t);
     snprintf(lp_s, sizeof lp_s, "%.9g", (double)op->loraplus_lr_ratio);
     /* the compute precision and the LoRA+ ratio, so a resume with others
-     * can say so */
+     * can say so; the checkpointing granularity, so a resume keeps it */
     const char *meta[] = {"step", step_s, "adam_t", t_s, "compute",
-                          peft_model_compute(m) == PEFT_COMPUTE_BF16 ? "bf16" : "f32", "loraplus_lr_ratio", lp_s, NULL};
+                          peft_model_compute(m) == PEFT_COMPUTE_BF16 ? "bf16" : "f32", "loraplus_lr_ratio", lp_s,
+                          "checkpoint_layers", ck_s, NULL};
     st_write_tensor ts[4] = {
         {"params", PEFT_DT_F32, 1, {a->n_params}, a->params},
         {"exp_avg", PEFT_DT_F32, 1, {opt->n}, opt->m},
@@ -338,8 +344,26 @@ static int checkpoint_dir(const char *resume, char *out, size_t cap, peft_err *e
     return 0;
 }
 
+/* The checkpointing granularity a checkpoint was trained with (0: off, or
+ * a checkpoint from before the option); unreadable files are
+ * load_checkpoint's to report. */
+static int checkpoint_layers_of(const char *resume) {
+    char dir[4096], p[4200];
+    peft_err e = {0};
+    if (checkpoint_dir(resume, dir, sizeof dir, &e)) return 0;
+    snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
+    st_archive *st = NULL;
+    if (st_open(p, &st, &e)) return 0;
+    const char *v = st_metadata(st, "checkpoint_layers");
+    char *end = NULL;
+    const long k = v ? strtol(v, &end, 10) : 0;
+    const bool ok = v && end != v && !*end && k > 0 && k <= 1000000;
+    st_close(st);
+    return ok ? (int)k : 0;
+}
+
 static int load_checkpoint(const char *dir, adapter *a, const peft_model *m, adamw_state *opt,
-                           const optim_params *op, data_loader *ld, int *step, peft_err *err) {
+                           const optim_params *op, data_loader *ld, int *step, int ckpt_every, peft_err *err) {
     char p[4200];
     snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
     st_archive *st = NULL;
@@ -371,6 +395,14 @@ static int load_checkpoint(const char *dir, adapter *a, const peft_model *m, ada
                  "%s: the run was trained with loraplus_lr_ratio %s and resumes with %s: it continues, but not on the "
                  "uninterrupted run's trajectory (resume with --loraplus-lr-ratio %s)",
                  p, s_lp ? s_lp : "0 (off)", lp_now, s_lp ? s_lp : "0");
+    const char *s_ck = st_metadata(st, "checkpoint_layers");
+    char ck_now[32];
+    snprintf(ck_now, sizeof ck_now, "%d", ckpt_every);
+    if (strcmp(s_ck ? s_ck : "0", ck_now))
+        peft_log(m->ctx, PEFT_LOG_WARN,
+                 "%s: the run was trained with --checkpoint-layers %s and resumes with %s: the losses are the same, "
+                 "only memory and time differ",
+                 p, s_ck ? s_ck : "0 (off)", ckpt_every ? ck_now : "0 (off)");
     if (!em || !ev || !ls || !s_step || !s_t || em->dtype != PEFT_DT_F32 || ev->dtype != PEFT_DT_F32 ||
         st_numel(em) != opt->n || st_numel(ev) != opt->n) {
         st_close(st);
@@ -479,7 +511,11 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
 
     /* The graph first: it checks the shape against the model's context
      * before anything is sized by batch x seq. */
-    if ((rc = tg_new(m, a, p->batch, p->seq, &g, err))) goto done;
+    const int ck = p->checkpoint_every >= 0 ? p->checkpoint_every : p->resume ? checkpoint_layers_of(p->resume) : 0;
+    const tg_options gopt = {.checkpoint_every = ck};
+    if ((rc = tg_new_opts(m, a, p->batch, p->seq, &gopt, &g, err))) goto done;
+    res->checkpoint_every = ck;
+    res->graph_bytes = tg_arena_bytes(g);
     if ((rc = data_loader_new(train, p->batch, p->seq, p->pack, p->seed, pad_id_of(m), &ld, err))) goto done;
     int total = p->steps;
     if (total <= 0) total = PEFT_MAX(1, (PEFT_MAX(1, p->epochs) * data_loader_batches_per_epoch(ld)) / p->accum);
@@ -495,7 +531,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
     if (p->resume) {
         char dir[4096];
         if ((rc = checkpoint_dir(p->resume, dir, sizeof dir, err)) ||
-            (rc = load_checkpoint(dir, a, m, &opt, &op, ld, &step, err)) ||
+            (rc = load_checkpoint(dir, a, m, &opt, &op, ld, &step, ck, err)) ||
             (rc = trim_metrics(metrics, step, &hist, err)))
             goto done;
         last_ckpt = step;
@@ -607,7 +643,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
             if ((rc = write_svg(&hist, svg, err))) goto done;
         }
         if (p->save_every > 0 && (step + 1) % p->save_every == 0 && !last) {
-            if ((rc = save_checkpoint(p->out_dir, step + 1, a, m, &opt, &op, ld, last_ckpt, err))) goto done;
+            if ((rc = save_checkpoint(p->out_dir, step + 1, a, m, &opt, &op, ld, last_ckpt, ck, err))) goto done;
             last_ckpt = step + 1;
         }
         t_other += peft_time_s() - t_side;
