@@ -71,6 +71,7 @@ struct train_graph {
     float *hook_scr;
     size_t hook_bytes, hook_scr_floats;   /* their sizes (hook_plan) */
     int ck;             /* checkpointing: keep the input of every ck-th layer (tg_options); 0: keep everything */
+    int skip_down;      /* the layer whose MLP output projection a recompute skips (recompute_segment), or -1 */
     uint64_t drop_seed;
     bool training;
     const int32_t *types;   /* tg_set_types: the next run's token types, or NULL */
@@ -283,6 +284,7 @@ static int tg_setup(peft_model *m, adapter *a, int B, int T, const tg_options *o
     g->ad = a;
     g->B = B;
     g->ck = ck < c->n_layer ? ck : 0;   /* one segment of every layer: everything kept anyway */
+    g->skip_down = -1;
     g->P = P;
     g->PX = PX;
     g->n_labels = adapter_n_labels(a, m);
@@ -595,6 +597,8 @@ static int cb_qkv(void *u, int l, const float *x, float *qkv) {
 }
 
 static int cb_sub_out(void *u, int l, model_linear_role r, int site, const float *x, float *y) {
+    const train_graph *g = u;
+    if (site == 1 && l == g->skip_down) return 0;   /* a recompute that needs no output (recompute_segment) */
     return sublayer_out_fwd(u, l, r, site, x, y);
 }
 
@@ -669,9 +673,23 @@ static int recompute_segment(train_graph *g, const block_env *env, int l) {
     if (!ck) return 0;
     const int s0 = l - l % ck;
     if (l != s0 + ck - 1 || s0 == (n - 1) - (n - 1) % ck) return 0;
+    const arch_desc *desc = g->m->cfg.desc;
     for (int k = s0; k <= l; k++) {
         block_acts A = acts_of(g, k);
-        int rc = block_fwd(env, k, &A);
+        if (k == l) {
+            /* The segment's output is the next segment's kept input, whose
+             * backward is done: it goes to scratch (dxmid: block_bwd
+             * overwrites it first), and where nothing of the MLP's output
+             * projection is kept (no method hook on it, no norm after it:
+             * pre-norm families) the projection is skipped, a quarter of a
+             * typical layer's products. */
+            A.xout = g->dxmid;
+            if (!desc->encoder && !desc->hf_norm[NORM_MLP_OUT] && method_lin_kind(g->ad, k, ROLE_DOWN) == HOOK_NONE &&
+                !method_sub_hooked(g->ad, k, 1))
+                g->skip_down = k;
+        }
+        const int rc = block_fwd(env, k, &A);
+        g->skip_down = -1;
         if (rc) return rc;
     }
     return 0;
