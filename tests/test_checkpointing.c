@@ -9,7 +9,8 @@
  *     the same code on the same inputs, so anything short of identical is a
  *     state the first forward left behind that the recompute does not see;
  *   - the graph holds less memory (K < n_layer), the same at K >= n_layer;
- *   - tg_plan_bytes predicts tg_arena_bytes without allocating.
+ *   - tg_plan_bytes predicts tg_arena_bytes without allocating, and
+ *     tg_plan's parts add up (K layers and the other segments' inputs).
  * The fixtures have 2 layers; deeper copies (5 layers, each layer's weights
  * scaled differently so that a recompute of the wrong layer shows) are
  * written to a temporary folder, so that segments of 2 and 3 layers and a
@@ -255,6 +256,16 @@ static void compare(const char *model, const char *what, method_config mc, const
         else CHECK_MSG(bk == b0, "%s K=%d >= %d layers: %zu bytes, %zu without", what, K, L, bk, b0);
         CHECK_OK(tg_plan_bytes(m, a, b.B, b.T, &o, &planned, &err));
         CHECK_MSG(planned == bk, "%s K=%d: planned %zu bytes, the graph has %zu", what, K, planned, bk);
+        /* the parts: K layers and the other segments' inputs; the rest does not depend on K */
+        tg_memory p0, pk;
+        CHECK_OK(tg_plan(m, a, b.B, b.T, NULL, &p0, &err));
+        CHECK_OK(tg_plan(m, a, b.B, b.T, &o, &pk, &err));
+        CHECK(pk.total == bk && p0.total == b0 && pk.shared == p0.shared && pk.layer == p0.layer);
+        CHECK(p0.layers == (size_t)L * p0.layer && p0.checkpoint_every == 0 && pk.hooks <= p0.hooks);
+        const size_t want = K < L ? (size_t)K * pk.layer + (size_t)((L + K - 1) / K - 1) * pk.input : p0.layers;
+        CHECK_MSG(pk.layers == want && pk.checkpoint_every == (K < L ? K : 0), "%s K=%d: layers %zu bytes, want %zu",
+                  what, K, pk.layers, want);
+        CHECK(pk.total == pk.layers + pk.hooks + pk.shared && pk.input > 0 && pk.layer > pk.input);
         if (K == 1) printf("    %-28s %d layers: %zu -> %zu bytes at K=1\n", what, L, b0, bk);
         tg_free(gk);
         n_cases++;

@@ -61,6 +61,7 @@ struct train_graph {
     int32_t *pos, *ids, *tgt, *seg, *last;   /* (N) (N) (N) (N) (B) */
     float *arena;
     size_t arena_floats;
+    size_t layer_floats, layers_floats;   /* layout(): one layer's activations, every layer's as kept */
     double phase[TG_N_PHASES], t_run;   /* tg_phase_seconds */
     /* plug-in methods: per slot the hook's kept activations, and the
      * method's scratch */
@@ -197,6 +198,7 @@ static size_t layout(train_graph *g, float *base) {
     size_t used = 0;
 #define TAKE(n) (used += (n), base ? base + used - (n) : NULL)
     for (int l = 0; l < c->n_layer; l++) {
+        if (l == 1) g->layer_floats = used;
         layer_acts *L = &g->L[l];
         if (g->ck && l >= g->ck) {
             /* checkpointing: layer l shares slot l mod ck's buffers (the
@@ -229,6 +231,8 @@ static size_t layout(train_graph *g, float *base) {
         L->o2_mean = post2 ? TAKE(N) : NULL;
         L->o2_rstd = post2 ? TAKE(N) : NULL;
     }
+    if (c->n_layer == 1) g->layer_floats = used;
+    g->layers_floats = used;
     g->xfin = TAKE(N * d);
     g->xemb = enc ? TAKE(N * d) : NULL;
     g->meane = enc ? TAKE(N) : NULL;
@@ -352,13 +356,24 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
     return tg_new_opts(m, a, B, T, NULL, out, err);
 }
 
-int tg_plan_bytes(peft_model *m, adapter *a, int B, int T, const tg_options *o, size_t *bytes, peft_err *err) {
+int tg_plan(peft_model *m, adapter *a, int B, int T, const tg_options *o, tg_memory *out, peft_err *err) {
     train_graph *g = NULL;
     int rc = tg_setup(m, a, B, T, o, &g, err);
     if (rc) return rc;
-    *bytes = tg_arena_bytes(g);
+    const size_t f = sizeof(float);
+    *out = (tg_memory){.n_layer = m->cfg.n_layer, .checkpoint_every = g->ck, .layer = g->layer_floats * f,
+                       .input = (size_t)g->N * g->d * f, .layers = g->layers_floats * f,
+                       .hooks = g->hook_bytes + g->hook_scr_floats * f, .total = tg_arena_bytes(g)};
+    out->shared = out->total - out->layers - out->hooks;
     tg_free(g);
     return 0;
+}
+
+int tg_plan_bytes(peft_model *m, adapter *a, int B, int T, const tg_options *o, size_t *bytes, peft_err *err) {
+    tg_memory mem;
+    const int rc = tg_plan(m, a, B, T, o, &mem, err);
+    if (!rc) *bytes = mem.total;
+    return rc;
 }
 
 const float *tg_class_logits(const train_graph *g) { return g->n_labels > 0 ? g->cls : NULL; }

@@ -36,6 +36,20 @@ size_t tg_arena_bytes(const train_graph *g);
  * tg_new_opts would on the shape. */
 int tg_plan_bytes(peft_model *m, adapter *a, int B, int T, const tg_options *o, size_t *bytes, peft_err *err);
 
+/* The same, in parts (bytes; total = tg_arena_bytes): for a memory plan
+ * that shows what checkpointing saves. */
+typedef struct {
+    int n_layer, checkpoint_every;   /* the granularity in effect (0: everything kept) */
+    size_t layer;      /* one layer's activations (its input included) */
+    size_t input;      /* one layer's input, B·T·d floats */
+    size_t layers;     /* every layer's as kept: n_layer·layer, or with checkpointing
+                          K·layer + (ceil(n_layer / K) - 1)·input */
+    size_t hooks;      /* the methods' kept activations (shared like the layers') and their scratch */
+    size_t shared;     /* the rest: backward buffers, the loss's logits, scratch, batch indices */
+    size_t total;
+} tg_memory;
+int tg_plan(peft_model *m, adapter *a, int B, int T, const tg_options *o, tg_memory *out, peft_err *err);
+
 /* Runs the batch (b->B == B, 2 <= b->T <= the T the graph was built for). Causal-LM loss: *loss_sum = Σ over counted targets of
  * -log p(target), *n_targets = their count. With backward, a->grads +=
  * ∂(grad_scale · loss_sum)/∂params. dropout_seed picks the dropout masks
