@@ -2,7 +2,8 @@
  * --checkpoint-layers):
  *   - for the methods whose hooks keep something per layer (LoRA with its
  *     dropout masks, DoRA's pre-scale outputs, IA3's, the bottleneck's,
- *     LoHa's dropout draws, prefix rows, prompt rows, full fine-tuning's
+ *     LoHa's dropout draws, VeRA, LoKr, prefix rows (projected too), prompt
+ *     rows, full fine-tuning's
  *     norms and embeddings) on a decoder and an encoder, and every
  *     granularity K from 1 to n_layer, the loss and every gradient are
  *     bitwise those of the graph that keeps everything: the recompute runs
@@ -297,7 +298,10 @@ static void methods_on(const char *model, int n_labels) {
     CASE("dora", mk("dora", "", 0.0f, n_labels), NULL);
     CASE("ia3", mk("ia3", "", 0.0f, n_labels), NULL);
     CASE("prefix", mk("prefix", "num_virtual_tokens=3", 0.0f, n_labels), NULL);
+    CASE("prefix projected", mk("prefix", "num_virtual_tokens=3;prefix_projection=true", 0.0f, n_labels), NULL);
     CASE("prompt", mk("prompt", "num_virtual_tokens=3", 0.0f, n_labels), NULL);
+    CASE("vera+dropout", mk("vera", "", 0.1f, n_labels), NULL);
+    CASE("lokr", mk("lokr", "", 0.0f, n_labels), "all-linear");
     CASE("adapter-houlsby", mk("adapter-houlsby", "", 0.0f, n_labels), NULL);
     CASE("full", mk("full", "", 0.0f, n_labels), NULL);
     CASE("loha+dropouts", mk("loha", "rank_dropout=0.3;module_dropout=0.3", 0.0f, n_labels), NULL);
