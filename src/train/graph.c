@@ -15,6 +15,11 @@
  *   bottleneck module: its input h (N,d), zpre and f(zpre) (N,b); per linear
  *   hooked by a plug-in method (method.h) what its lin_act_bytes asks for.
  * The backward walks the layers in reverse with shared gradient buffers.
+ * With checkpointing (tg_options: every K-th layer) the layers share K
+ * slots of these buffers (layer l uses slot l mod K; the first layer of each
+ * segment of K keeps its own input), and the backward runs each segment
+ * forward again from that input before going through it
+ * (recompute_segment).
  * The causal-LM loss is computed in chunks of rows (logits for a chunk
  * only), fused with its backward; the classification loss pools the last
  * non-padding row of each sequence through the score head. */
