@@ -344,22 +344,23 @@ static int checkpoint_dir(const char *resume, char *out, size_t cap, peft_err *e
     return 0;
 }
 
-/* The checkpointing granularity a checkpoint was trained with (0: off, or
- * a checkpoint from before the option); unreadable files are
- * load_checkpoint's to report. */
-static int checkpoint_layers_of(const char *resume) {
+/* *k = the checkpointing granularity the checkpoint to resume was trained
+ * with (0: off, or a checkpoint from before the option). */
+static int checkpoint_layers_of(const char *resume, int *k, peft_err *err) {
     char dir[4096], p[4200];
-    peft_err e = {0};
-    if (checkpoint_dir(resume, dir, sizeof dir, &e)) return 0;
+    int rc = checkpoint_dir(resume, dir, sizeof dir, err);
+    if (rc) return rc;
     snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
     st_archive *st = NULL;
-    if (st_open(p, &st, &e)) return 0;
+    if ((rc = st_open(p, &st, err))) return rc;
     const char *v = st_metadata(st, "checkpoint_layers");
     char *end = NULL;
-    const long k = v ? strtol(v, &end, 10) : 0;
-    const bool ok = v && end != v && !*end && k > 0 && k <= 1000000;
+    const long n = v ? strtol(v, &end, 10) : 0;
+    if (v && (end == v || *end || n < 0 || n > 1000000))
+        rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: metadata \"checkpoint_layers\" (\"%.20s\") is not a layer count", p, v);
+    *k = (int)n;
     st_close(st);
-    return ok ? (int)k : 0;
+    return rc;
 }
 
 static int load_checkpoint(const char *dir, adapter *a, const peft_model *m, adamw_state *opt,
@@ -511,7 +512,8 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
 
     /* The graph first: it checks the shape against the model's context
      * before anything is sized by batch x seq. */
-    const int ck = p->checkpoint_every >= 0 ? p->checkpoint_every : p->resume ? checkpoint_layers_of(p->resume) : 0;
+    int ck = PEFT_MAX(p->checkpoint_every, 0);
+    if (p->checkpoint_every < 0 && p->resume && (rc = checkpoint_layers_of(p->resume, &ck, err))) goto done;
     const tg_options gopt = {.checkpoint_every = ck};
     if ((rc = tg_new_opts(m, a, p->batch, p->seq, &gopt, &g, err))) goto done;
     res->checkpoint_every = ck;
