@@ -5,7 +5,7 @@
  *
  *   build/bench_lora_step MODEL_DIR [--batch 4] [--seq 256] [--steps 5]
  *                         [--warmup 1] [--threads 2] [--targets LIST]
- *                         [--compute f32|bf16]
+ *                         [--compute f32|bf16] [--checkpoint-layers K]
  *
  * Targets default to q_proj,v_proj (Llama family) or c_attn (GPT-2); r 8,
  * alpha 16, no dropout. Inputs: B×T pseudo-random ids from a 64-bit LCG
@@ -151,14 +151,14 @@ static double gemm_peak(int n_threads, bool bf16) {
 static void usage(const char *p) {
     fprintf(stderr,
             "usage: %s MODEL_DIR [--batch 4] [--seq 256] [--steps 5] [--warmup 1] [--threads 2] "
-            "[--targets LIST] [--compute f32|bf16]\n",
+            "[--targets LIST] [--compute f32|bf16] [--checkpoint-layers K]\n",
             p);
 }
 
 int main(int argc, char **argv) {
     fix_blas_core(argv);
     const char *dir = NULL, *targets = NULL, *compute = "f32";
-    int B = 4, T = 256, steps = 5, warmup = 1, nthr = 2;
+    int B = 4, T = 256, steps = 5, warmup = 1, nthr = 2, ckpt = 0;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
         if (i + 1 < argc && !strcmp(o, "--batch")) B = atoi(argv[++i]);
@@ -168,11 +168,12 @@ int main(int argc, char **argv) {
         else if (i + 1 < argc && !strcmp(o, "--threads")) nthr = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(o, "--targets")) targets = argv[++i];
         else if (i + 1 < argc && !strcmp(o, "--compute")) compute = argv[++i];
+        else if (i + 1 < argc && !strcmp(o, "--checkpoint-layers")) ckpt = atoi(argv[++i]);
         else if (o[0] != '-' && !dir) dir = o;
         else { usage(argv[0]); return 2; }
     }
     const bool bf16 = !strcmp(compute, "bf16");
-    if (!dir || B < 1 || T < 2 || steps < 1 || warmup < 0 || nthr < 1 || (!bf16 && strcmp(compute, "f32"))) {
+    if (!dir || B < 1 || T < 2 || steps < 1 || warmup < 0 || nthr < 1 || ckpt < 0 || (!bf16 && strcmp(compute, "f32"))) {
         usage(argv[0]);
         return 2;
     }
@@ -210,7 +211,7 @@ int main(int argc, char **argv) {
     train_graph *g = NULL;
     adamw_state opt = {0};
     if (lora_parse_targets(m, targets, &lc.targets, &err) || lora_new(m, &lc, &a, &err) ||
-        tg_new(m, a, B, T, &g, &err) || adamw_init(&opt, a->n_params, &err)) {
+        tg_new_opts(m, a, B, T, &(tg_options){.checkpoint_every = ckpt}, &g, &err) || adamw_init(&opt, a->n_params, &err)) {
         fprintf(stderr, "bench_lora_step: %s\n", err.msg);
         return 1;
     }
@@ -293,11 +294,11 @@ int main(int argc, char **argv) {
     printf("RESULT impl=peft.c model=%s B=%d T=%d steps=%d median_s=%.4f min_s=%.4f tokens_per_s=%.1f "
            "peak_rss_mib=%.1f arena_mib=%.1f loss0=%.5f trainable=%lld gflop_step=%.1f "
            "gflop_lin=%.1f gflop_lora=%.2f gflop_attn=%.1f sgemm_gflops=%.1f achieved_gflops=%.1f "
-           "pct_peak=%.1f core=%s threads=%d compute=%s bf16_gflops=%.1f cpu_s=%.4f\n",
+           "pct_peak=%.1f core=%s threads=%d compute=%s bf16_gflops=%.1f cpu_s=%.4f checkpoint_layers=%d\n",
            c->arch_name, B, T, steps, med, times[0], N / med, peak_rss_mib(),
            tg_arena_bytes(g) / 1048576.0, loss0, (long long)a->n_params, flops * 1e-9,
            flop_lin * 1e-9, flop_lora * 1e-9, flop_attn * 1e-9, speak, flops / med * 1e-9,
-           100.0 * flops / med * 1e-9 / peak, core ? core : "?", nthr, compute, bpeak, cpus[steps / 2]);
+           100.0 * flops / med * 1e-9 / peak, core ? core : "?", nthr, compute, bpeak, cpus[steps / 2], ckpt);
     free(times);
     free(cpus);
     free(inputs);

@@ -7,6 +7,11 @@
 #   bench/lora_step.sh [--steps N] [--warmup N] [--threads T] [--batch B]
 #                      [--seq T] [--models "gpt2 smollm2"] [--no-peer]
 #                      [--compute "f32 bf16"] [--rounds R] [--max-load L] [--wait S]
+#                      [--checkpoint-layers K]
+#
+# --checkpoint-layers K (default 0: off) runs both sides with gradient
+# checkpointing: peft.c keeps every K-th layer's input (tg_options), PyTorch
+# runs HF's gradient_checkpointing_enable (every layer, whatever K).
 #
 # --rounds R (default 1) alternates the two sides R times per model and
 # precision and reports the round with the median peft/pt ratio (all
@@ -32,7 +37,7 @@ root="$(cd "$here/.." && pwd)"
 BUILD="${BUILD:-$root/build}"
 PYTHON="${PYTHON:-python3}"
 MODELS="${MODELS:-/tmp/peft_lora_step_models}"
-STEPS=5 WARMUP=1 THREADS=2 BATCH=4 SEQ=256 PEER=1 MAX_LOAD=1.5 WAIT=300
+STEPS=5 WARMUP=1 THREADS=2 BATCH=4 SEQ=256 PEER=1 MAX_LOAD=1.5 WAIT=300 CKPT=0
 KINDS="gpt2 smollm2"
 COMPUTES="f32 bf16"
 ROUNDS=1
@@ -49,7 +54,8 @@ while [ $# -gt 0 ]; do
         --no-peer) PEER=0; shift ;;
         --max-load) MAX_LOAD="$2"; shift 2 ;;
         --wait) WAIT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        --checkpoint-layers) CKPT="$2"; shift 2 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "lora_step.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -99,6 +105,7 @@ wait_quiet() {
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 args=(--steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --batch "$BATCH" --seq "$SEQ")
+[ "$CKPT" != 0 ] && args+=(--checkpoint-layers "$CKPT")
 echo "# $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); load average: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 # Wait for quiet once: our own runs keep the load average up afterwards.
 wait_quiet
@@ -141,7 +148,9 @@ for k in $KINDS; do
 done
 
 echo
-echo "== LoRA training step: batch $BATCH x $SEQ, $THREADS threads, median of $STEPS steps after $WARMUP warmup; the median of $ROUNDS round(s) =="
+ck_note=""
+[ "$CKPT" != 0 ] && ck_note=", gradient checkpointing (peft.c every $CKPT layers, torch every layer)"
+echo "== LoRA training step: batch $BATCH x $SEQ, $THREADS threads, median of $STEPS steps after $WARMUP warmup; the median of $ROUNDS round(s)$ck_note =="
 printf '%-8s %-5s %-11s %10s %9s %9s %10s %9s %8s %7s\n' model prec impl "tokens/s" "s/step" "RSS MiB" "arena MiB" "loss0" "peft/pt" "%peak"
 for kp in $RUNS; do
     k="${kp%%:*}" p="${kp##*:}"

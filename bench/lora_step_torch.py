@@ -168,6 +168,10 @@ def run(args):
     targets = ["c_attn"] if mt == "gpt2" else ["q_proj", "v_proj"]
     lcfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets,
                       task_type="CAUSAL_LM")
+    if args.checkpoint_layers > 0:
+        # HF checkpoints every decoder layer (no coarser granularity); the
+        # non-reentrant variant needs no input gradient on the frozen embeddings
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, lcfg)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -204,7 +208,7 @@ def run(args):
     print(f"RESULT impl=torch dtype={args.dtype} model={mt} B={B} T={T} steps={args.steps} median_s={med:.4f} "
           f"min_s={min(times):.4f} tokens_per_s={B * T / med:.1f} peak_rss_mib={rss:.1f} "
           f"loss0={loss0:.5f} trainable={n_train} attn={attn} torch={torch.__version__} "
-          f"threads={torch.get_num_threads()}", flush=True)
+          f"threads={torch.get_num_threads()} checkpoint_layers={1 if args.checkpoint_layers > 0 else 0}", flush=True)
 
 
 def main():
@@ -222,6 +226,8 @@ def main():
     rn.add_argument("--warmup", type=int, default=1)
     rn.add_argument("--threads", type=int, default=2)
     rn.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
+    rn.add_argument("--checkpoint-layers", type=int, default=0,
+                    help="> 0: gradient checkpointing (HF's, every layer)")
     a = ap.parse_args()
     if a.cmd == "make":
         (make_numpy if a.numpy else make)(a.kind, a.dir)

@@ -317,6 +317,13 @@ typedef struct {
      * HF's loraplus_weight_decay. loraplus_lr_embedding: the lr of LoRA on
      * embedding layers (default 1e-6 as HF's; 0 means that default too). */
     float loraplus_lr_ratio, loraplus_lr_embedding;
+    /* Gradient checkpointing: the forward keeps only the input of every
+     * checkpoint_every-th layer and the backward recomputes the others
+     * (activation memory of about n_layer/K layer inputs plus K layers,
+     * for about one more forward of time; losses and gradients are
+     * bitwise the same). 0: off; -1 (the default): off, or on a resume the
+     * checkpoint's setting. */
+    int checkpoint_every;
 } peft_train_params;
 
 typedef struct {

@@ -53,6 +53,8 @@ static opt_def train_opts[] = {
     {"eval-batches", false, "evaluate on at most N batches (default all)", NULL},
     {"save-every", false, "checkpoint every N steps (default 0 = off)", NULL},
     {"resume", false, "resume from a run folder or checkpoint folder", NULL},
+    {"checkpoint-layers", false, "[K] gradient checkpointing: keep every K-th layer's input (K = 1 when alone), "
+                                 "recompute the others in the backward; 0 = off (default; a resume keeps the run's)", NULL},
     {"seed", false, "seed for init, shuffling, dropout (default 42)", NULL},
     {"threads", false, "threads (default all cores)", NULL},
     {"compute", false, CLI_COMPUTE_HELP, NULL},
@@ -290,6 +292,13 @@ int cmd_train(int argc, char **argv) {
         opt_def *o = find_opt(train_opts, N_TRAIN_OPTS, name);
         if (!o) { fprintf(stderr, "peft train: unknown option \"%s\" (see peft train --help)\n", arg); return 2; }
         if (o->flag) { set_opt(o, "true", true); a.i++; continue; }
+        /* --checkpoint-layers takes an optional K */
+        if (!strcmp(name, "checkpoint-layers") && !strchr(arg, '=') &&
+            (a.i + 1 >= argc || !strncmp(argv[a.i + 1], "--", 2))) {
+            set_opt(o, "1", true);
+            a.i++;
+            continue;
+        }
         char full[80];
         snprintf(full, sizeof full, "--%s", name);
         const char *v = cli_opt(&a, full, &bad);
@@ -402,6 +411,13 @@ int cmd_train(int argc, char **argv) {
             if (*end && *end != ',') { fprintf(stderr, "peft train: --layers must list layer numbers 0..63\n"); return 2; }
         }
     }
+    if (GETV("checkpoint-layers")) {
+        /* a config file's true / false, or K */
+        const char *v = GETV("checkpoint-layers");
+        if (!strcmp(v, "true")) tp.checkpoint_every = 1;
+        else if (!strcmp(v, "false")) tp.checkpoint_every = 0;
+        else if (cli_int("train", "--checkpoint-layers", v, 0, 1000000, &tp.checkpoint_every)) return 2;
+    }
     tp.out_dir = GETV("out");
     tp.resume = GETV("resume");
     progress_ctx pc = {isatty(2) != 0, GETV("quiet") != NULL};
@@ -495,12 +511,20 @@ int cmd_train(int argc, char **argv) {
             tp.seq, tp.accum, tp.opt.lr, sched_name(tp.opt.sched), tp.opt.warmup_steps);
     if (tp.opt.loraplus_lr_ratio > 0)
         fprintf(stderr, ", LoRA+ (B at lr x %g = %g)", tp.opt.loraplus_lr_ratio, tp.opt.lr * tp.opt.loraplus_lr_ratio);
+    if (tp.checkpoint_every > 0) fprintf(stderr, ", checkpointing every %d layer%s", tp.checkpoint_every,
+                                         tp.checkpoint_every > 1 ? "s" : "");
     fputc('\n', stderr);
     train_result res;
     if (train_run(m, ad, &train, have_val ? &val : NULL, &tp, &res, err)) {
         fprintf(stderr, "\npeft train: %s\n", err->msg);
         goto out;
     }
+    if (res.checkpoint_every > 0 && res.checkpoint_every < m->cfg.n_layer)
+        fprintf(stderr, "graph: %.1f MiB of activations, gradients and scratch (checkpointing every %d of %d layers)\n",
+                res.graph_bytes / 1048576.0, res.checkpoint_every, m->cfg.n_layer);
+    else
+        fprintf(stderr, "graph: %.1f MiB of activations, gradients and scratch (every layer kept)\n",
+                res.graph_bytes / 1048576.0);
     fprintf(stderr, "done: %d steps in %.1f s (%.0f tokens/s); loss %.4f -> %.4f", res.steps_done, res.seconds,
             res.tokens_per_s, res.first_loss, res.last_loss);
     if (!isnan(res.val_loss_after)) {

@@ -180,6 +180,7 @@ peft_train_params peft_train_default_params(void) {
     p.max_grad_norm = t.opt.max_grad_norm;
     p.loraplus_lr_ratio = t.opt.loraplus_lr_ratio;
     p.loraplus_lr_embedding = t.opt.loraplus_lr_embedding;
+    p.checkpoint_every = t.checkpoint_every;
     p.schedule = sched_name(t.opt.sched);
     p.seed = t.seed;
     return p;
@@ -206,6 +207,7 @@ int peft_train(peft_model *m, peft_adapter *a, const peft_train_params *p, peft_
     t.opt.warmup_steps = p->warmup_steps;
     t.opt.loraplus_lr_ratio = p->loraplus_lr_ratio;
     t.opt.loraplus_lr_embedding = p->loraplus_lr_embedding;
+    t.checkpoint_every = p->checkpoint_every;
     if (p->schedule && sched_parse(p->schedule, &t.opt.sched))
         return peft_fail(err, PEFT_ERR_INVALID, "unknown schedule \"%s\" (constant, linear, cosine)", p->schedule);
     t.eval_every = p->eval_every;

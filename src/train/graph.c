@@ -15,6 +15,11 @@
  *   bottleneck module: its input h (N,d), zpre and f(zpre) (N,b); per linear
  *   hooked by a plug-in method (method.h) what its lin_act_bytes asks for.
  * The backward walks the layers in reverse with shared gradient buffers.
+ * With checkpointing (tg_options: every K-th layer) the layers share K
+ * slots of these buffers (layer l uses slot l mod K; the first layer of each
+ * segment of K keeps its own input), and the backward runs each segment
+ * forward again from that input before going through it
+ * (recompute_segment).
  * The causal-LM loss is computed in chunks of rows (logits for a chunk
  * only), fused with its backward; the classification loss pools the last
  * non-padding row of each sequence through the score head. */
@@ -61,6 +66,7 @@ struct train_graph {
     int32_t *pos, *ids, *tgt, *seg, *last;   /* (N) (N) (N) (N) (B) */
     float *arena;
     size_t arena_floats;
+    size_t layer_floats, layers_floats;   /* layout(): one layer's activations, every layer's as kept */
     double phase[TG_N_PHASES], t_run;   /* tg_phase_seconds */
     /* plug-in methods: per slot the hook's kept activations, and the
      * method's scratch */
@@ -69,6 +75,9 @@ struct train_graph {
     void **SA;          /* and the method's kept activations */
     unsigned char *hook_arena;
     float *hook_scr;
+    size_t hook_bytes, hook_scr_floats;   /* their sizes (hook_plan) */
+    int ck;             /* checkpointing: keep the input of every ck-th layer (tg_options); 0: keep everything */
+    int skip_down;      /* the layer whose MLP output projection a recompute skips (recompute_segment), or -1 */
     uint64_t drop_seed;
     bool training;
     const int32_t *types;   /* tg_set_types: the next run's token types, or NULL */
@@ -91,7 +100,9 @@ void tg_phase_seconds(const train_graph *g, double out[TG_N_PHASES]) {
     out[TG_PH_OTHER] = g->t_run - known;
 }
 
-size_t tg_arena_bytes(const train_graph *g) { return g->arena_floats * sizeof(float); }
+size_t tg_arena_bytes(const train_graph *g) {
+    return (g->arena_floats + g->hook_scr_floats) * sizeof(float) + g->hook_bytes;
+}
 
 void tg_free(train_graph *g) {
     if (!g) return;
@@ -106,7 +117,53 @@ void tg_free(train_graph *g) {
 }
 
 /* Plug-in methods: every hooked linear's kept activations in one byte
- * arena (64-byte aligned pieces), and the method's scratch. */
+ * arena (64-byte aligned pieces), and the method's scratch. Layers that
+ * share a checkpointing slot (l mod ck) share their piece of the arena,
+ * sized for the largest of them (the hooked modules may differ by layer). */
+#define ALIGN64(n) (((n) + 63) & ~(size_t)63)
+
+/* The bytes layer l's hooks keep; with base, their pointers placed from it. */
+static size_t hook_layer(train_graph *g, int l, unsigned char *base) {
+    const adapter *a = g->ad;
+    size_t off = 0;
+    for (int r = 0; r < ROLE_N_LINEAR; r++) {
+        if (method_lin_kind(a, l, (model_linear_role)r) == HOOK_NONE || !a->ops->lin_act_bytes) continue;
+        if (base) g->HA[l * ROLE_N_LINEAR + r] = base + off;
+        off += ALIGN64(a->ops->lin_act_bytes(a, l, (model_linear_role)r, g->N));
+    }
+    for (int site = 0; site < 2; site++) {
+        const int k = l * 2 + site;
+        if (!method_sub_hooked(a, l, site)) continue;
+        if (base) g->SH[k] = (float *)(base + off);
+        off += ALIGN64((size_t)g->N * g->d * sizeof(float));
+        if (base) g->SA[k] = base + off;
+        off += ALIGN64(a->ops->sub_act_bytes ? a->ops->sub_act_bytes(a, l, site, g->N) : 0);
+    }
+    return off;
+}
+
+/* Sizes (and with place, lays out) the hooks' arena: slot j holds the
+ * layers l ≡ j (mod the slot count), every layer its own slot without
+ * checkpointing. */
+static size_t hook_slots(train_graph *g, bool place) {
+    const int n = g->m->cfg.n_layer, ns = g->ck ? g->ck : n;
+    size_t total = 0;
+    for (int j = 0; j < ns; j++) {
+        size_t sz = 0;
+        for (int l = j; l < n; l += ns) sz = PEFT_MAX(sz, hook_layer(g, l, place ? g->hook_arena + total : NULL));
+        total += sz;
+    }
+    return total;
+}
+
+static void hook_plan(train_graph *g) {
+    const adapter *a = g->ad;
+    if (!a || !a->ops) return;
+    g->hook_bytes = hook_slots(g, false);
+    const size_t sf = a->ops->scratch_floats ? a->ops->scratch_floats(a, g->m, g->N) : 0;
+    g->hook_scr_floats = sf ? sf : 1;
+}
+
 static int hook_alloc(train_graph *g, peft_err *err) {
     const adapter *a = g->ad;
     if (!a || !a->ops) return 0;
@@ -115,36 +172,17 @@ static int hook_alloc(train_graph *g, peft_err *err) {
     g->SH = peft_calloc((size_t)nsub + 1, sizeof *g->SH, err);
     g->SA = peft_calloc((size_t)nsub + 1, sizeof *g->SA, err);
     if (!g->HA || !g->SH || !g->SA) return PEFT_ERR_NOMEM;
-#define ALIGN64(n) (((n) + 63) & ~(size_t)63)
-    /* sized in the first pass, placed in the second */
-    size_t total = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        size_t off = 0;
-        for (int s = 0; s < ns; s++) {
-            const int l = s / ROLE_N_LINEAR;
-            const model_linear_role r = (model_linear_role)(s % ROLE_N_LINEAR);
-            if (method_lin_kind(a, l, r) == HOOK_NONE || !a->ops->lin_act_bytes) continue;
-            if (pass) g->HA[s] = g->hook_arena + off;
-            off += ALIGN64(a->ops->lin_act_bytes(a, l, r, g->N));
-        }
-        for (int k = 0; k < nsub; k++) {
-            if (!method_sub_hooked(a, k / 2, k % 2)) continue;
-            if (pass) g->SH[k] = (float *)(g->hook_arena + off);
-            off += ALIGN64((size_t)g->N * g->d * sizeof(float));
-            if (pass) g->SA[k] = g->hook_arena + off;
-            off += ALIGN64(a->ops->sub_act_bytes ? a->ops->sub_act_bytes(a, k / 2, k % 2, g->N) : 0);
-        }
-        if (pass || !off) break;
-        total = off;
-        g->hook_arena = aligned_alloc(64, total);
-        if (!g->hook_arena) return peft_fail(err, PEFT_ERR_NOMEM, "out of memory for %s activations (%.1f MiB)",
-                                             a->ops->name, total / 1048576.0);
+    if (g->hook_bytes) {
+        g->hook_arena = aligned_alloc(64, g->hook_bytes);
+        if (!g->hook_arena)
+            return peft_fail(err, PEFT_ERR_NOMEM, "out of memory for %s activations (%.1f MiB)", a->ops->name,
+                             g->hook_bytes / 1048576.0);
+        hook_slots(g, true);
     }
-#undef ALIGN64
-    const size_t sf = a->ops->scratch_floats ? a->ops->scratch_floats(a, g->m, g->N) : 0;
-    g->hook_scr = peft_malloc((sf ? sf : 1) * sizeof(float), err);
+    g->hook_scr = peft_malloc(g->hook_scr_floats * sizeof(float), err);
     return g->hook_scr ? 0 : PEFT_ERR_NOMEM;
 }
+#undef ALIGN64
 
 /* The call of plug-in hook (l, r) on x (N rows) into y. */
 static lin_call hook_call(const train_graph *g, int l, model_linear_role r, const float *x, float *y, int ldy,
@@ -171,7 +209,16 @@ static size_t layout(train_graph *g, float *base) {
     size_t used = 0;
 #define TAKE(n) (used += (n), base ? base + used - (n) : NULL)
     for (int l = 0; l < c->n_layer; l++) {
+        if (l == 1) g->layer_floats = used;
         layer_acts *L = &g->L[l];
+        if (g->ck && l >= g->ck) {
+            /* checkpointing: layer l shares slot l mod ck's buffers (the
+             * backward recomputes them); a segment's first layer keeps its
+             * own input */
+            *L = g->L[l % g->ck];
+            if (l % g->ck == 0) L->xin = TAKE(N * d);
+            continue;
+        }
         L->xin = TAKE(N * d);
         L->mean1 = TAKE(N);
         L->rstd1 = TAKE(N);
@@ -195,6 +242,8 @@ static size_t layout(train_graph *g, float *base) {
         L->o2_mean = post2 ? TAKE(N) : NULL;
         L->o2_rstd = post2 ? TAKE(N) : NULL;
     }
+    if (c->n_layer == 1) g->layer_floats = used;
+    g->layers_floats = used;
     g->xfin = TAKE(N * d);
     g->xemb = enc ? TAKE(N * d) : NULL;
     g->meane = enc ? TAKE(N) : NULL;
@@ -235,9 +284,13 @@ static size_t layout(train_graph *g, float *base) {
     return used;
 }
 
-int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err *err) {
+/* A graph with every size known and nothing of its activations allocated
+ * (tg_new_opts allocates them, tg_plan_bytes reports them). */
+static int tg_setup(peft_model *m, adapter *a, int B, int T, const tg_options *o, train_graph **out, peft_err *err) {
     const model_config *c = &m->cfg;
     if (B <= 0 || T <= 1) return peft_fail(err, PEFT_ERR_INVALID, "batch %d x %d: need B >= 1 and T >= 2", B, T);
+    const int ck = o ? o->checkpoint_every : 0;
+    if (ck < 0) return peft_fail(err, PEFT_ERR_INVALID, "checkpointing every %d layers: need 0 (off) or more", ck);
     int rc0 = adapter_fits(a, m, err);
     if (rc0) return rc0;
     const int P = adapter_prompt_rows(a), PX = adapter_prefix_rows(a);
@@ -249,6 +302,8 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
     g->m = m;
     g->ad = a;
     g->B = B;
+    g->ck = ck < c->n_layer ? ck : 0;   /* one segment of every layer: everything kept anyway */
+    g->skip_down = -1;
     g->P = P;
     g->PX = PX;
     g->n_labels = adapter_n_labels(a, m);
@@ -285,20 +340,53 @@ int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err 
      * every buffer, so the two can never disagree. */
     g->L = peft_calloc((size_t)c->n_layer, sizeof *g->L, err);
     if (!g->L) { tg_free(g); return PEFT_ERR_NOMEM; }
-    size_t total = layout(g, NULL);
-    g->arena_floats = total;
-    g->arena = peft_malloc(total * sizeof(float), err);
-    if (!g->arena) {
-        tg_free(g);
-        return peft_fail(err, PEFT_ERR_NOMEM, "out of memory for training activations (%.1f MiB for batch %d x %d)",
-                         total * 4.0 / 1048576.0, B, T);
-    }
-    layout(g, g->arena);
-    int rc1 = hook_alloc(g, err);
-    if (rc1) { tg_free(g); return rc1; }
+    g->arena_floats = layout(g, NULL);
+    hook_plan(g);
     *out = g;
     return 0;
 }
+
+int tg_new_opts(peft_model *m, adapter *a, int B, int T, const tg_options *o, train_graph **out, peft_err *err) {
+    train_graph *g = NULL;
+    int rc = tg_setup(m, a, B, T, o, &g, err);
+    if (rc) return rc;
+    g->arena = peft_malloc(g->arena_floats * sizeof(float), err);
+    if (!g->arena) {
+        rc = peft_fail(err, PEFT_ERR_NOMEM, "out of memory for training activations (%.1f MiB for batch %d x %d)",
+                       g->arena_floats * 4.0 / 1048576.0, B, T);
+        tg_free(g);
+        return rc;
+    }
+    layout(g, g->arena);
+    if ((rc = hook_alloc(g, err))) { tg_free(g); return rc; }
+    *out = g;
+    return 0;
+}
+
+int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err *err) {
+    return tg_new_opts(m, a, B, T, NULL, out, err);
+}
+
+int tg_plan(peft_model *m, adapter *a, int B, int T, const tg_options *o, tg_memory *out, peft_err *err) {
+    train_graph *g = NULL;
+    int rc = tg_setup(m, a, B, T, o, &g, err);
+    if (rc) return rc;
+    const size_t f = sizeof(float);
+    *out = (tg_memory){.n_layer = m->cfg.n_layer, .checkpoint_every = g->ck, .layer = g->layer_floats * f,
+                       .input = (size_t)g->N * g->d * f, .layers = g->layers_floats * f,
+                       .hooks = g->hook_bytes + g->hook_scr_floats * f, .total = tg_arena_bytes(g)};
+    out->shared = out->total - out->layers - out->hooks;
+    tg_free(g);
+    return 0;
+}
+
+int tg_plan_bytes(peft_model *m, adapter *a, int B, int T, const tg_options *o, size_t *bytes, peft_err *err) {
+    tg_memory mem;
+    const int rc = tg_plan(m, a, B, T, o, &mem, err);
+    if (!rc) *bytes = mem.total;
+    return rc;
+}
+
 
 const float *tg_class_logits(const train_graph *g) {
     return g->n_anchor > 0 ? g->scores : g->n_labels > 0 ? g->cls : NULL;
@@ -554,6 +642,8 @@ static int cb_qkv(void *u, int l, const float *x, float *qkv) {
 }
 
 static int cb_sub_out(void *u, int l, model_linear_role r, int site, const float *x, float *y) {
+    const train_graph *g = u;
+    if (site == 1 && l == g->skip_down) return 0;   /* a recompute that needs no output (recompute_segment) */
     return sublayer_out_fwd(u, l, r, site, x, y);
 }
 
@@ -614,6 +704,40 @@ static block_acts acts_of(const train_graph *g, int l) {
                         .o1 = L->o1, .o1_mean = L->o1_mean, .o1_rstd = L->o1_rstd, .o2 = L->o2,
                         .o2_mean = L->o2_mean, .o2_rstd = L->o2_rstd, .ptmp = g->ptmp,
                         .xout = l + 1 < g->m->cfg.n_layer ? g->L[l + 1].xin : g->xfin};
+}
+
+/* Checkpointing: before the backward reaches the last layer of a segment,
+ * the segment runs forward again from its kept input into the shared
+ * slots. Everything a layer's forward reads is as it was in the first
+ * forward (the batch's rows, positions and segments, the parameters, the
+ * dropout seed and the training flag: the methods draw their masks from
+ * the seed), so the activations come out bitwise the same. The last
+ * segment's are still in the slots after the forward. */
+static int recompute_segment(train_graph *g, const block_env *env, int l) {
+    const int ck = g->ck, n = g->m->cfg.n_layer;
+    if (!ck) return 0;
+    const int s0 = l - l % ck;
+    if (l != s0 + ck - 1 || s0 == (n - 1) - (n - 1) % ck) return 0;
+    const arch_desc *desc = g->m->cfg.desc;
+    for (int k = s0; k <= l; k++) {
+        block_acts A = acts_of(g, k);
+        if (k == l) {
+            /* The segment's output is the next segment's kept input, whose
+             * backward is done: it goes to scratch (dxmid: block_bwd
+             * overwrites it first), and where nothing of the MLP's output
+             * projection is kept (no method hook on it, no norm after it:
+             * pre-norm families) the projection is skipped, a quarter of a
+             * typical layer's products. */
+            A.xout = g->dxmid;
+            if (!desc->encoder && !desc->hf_norm[NORM_MLP_OUT] && method_lin_kind(g->ad, k, ROLE_DOWN) == HOOK_NONE &&
+                !method_sub_hooked(g->ad, k, 1))
+                g->skip_down = k;
+        }
+        const int rc = block_fwd(env, k, &A);
+        g->skip_down = -1;
+        if (rc) return rc;
+    }
+    return 0;
 }
 
 /* ---- losses ----------------------------------------------------------------------------- */
@@ -920,6 +1044,7 @@ int tg_run(train_graph *g, const data_batch *b, bool backward, float grad_scale,
      * embeddings, virtual tokens or layer-0 norms */
     block_grads G = {g->dx, g->dxmid, g->dh, g->dqkv, g->datt, g->dg, g->du, g->da, g->dqk};
     for (int l = c->n_layer - 1; l >= g->lowest; l--) {
+        if ((rc = recompute_segment(g, &env, l))) goto fail;
         const block_acts A = acts_of(g, l);
         if ((rc = block_bwd(&env, l, &A, &G, l > g->lowest || g->need_dx0))) goto fail;
     }

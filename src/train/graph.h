@@ -12,10 +12,43 @@
 
 typedef struct train_graph train_graph;
 
+/* How a graph keeps its activations. checkpoint_every K > 0: gradient
+ * checkpointing; the forward keeps the input of every K-th layer (0, K,
+ * 2K, ...) and one reusable set of K layers' activations, and the backward
+ * recomputes each segment of K layers from its kept input before running
+ * through it (the last segment is still in place after the forward). Loss
+ * and gradients are bitwise those of K = 0 (everything kept): the recompute
+ * runs the same code on the same inputs, dropout masks come from the seed.
+ * K >= n_layer keeps every layer, as 0. */
+typedef struct {
+    int checkpoint_every;
+} tg_options;
+
 int tg_new(peft_model *m, adapter *a, int B, int T, train_graph **out, peft_err *err);
+/* The same with options (NULL: the defaults, as tg_new). */
+int tg_new_opts(peft_model *m, adapter *a, int B, int T, const tg_options *o, train_graph **out, peft_err *err);
 void tg_free(train_graph *g);
-/* Bytes of the activation arena (for reporting memory). */
+/* Bytes the graph holds for activations, gradients and scratch: its
+ * arena, the methods' kept activations and their scratch. */
 size_t tg_arena_bytes(const train_graph *g);
+/* What tg_arena_bytes of tg_new_opts(m, a, B, T, o) would be, without
+ * allocating the activations: for a memory plan before training. Fails as
+ * tg_new_opts would on the shape. */
+int tg_plan_bytes(peft_model *m, adapter *a, int B, int T, const tg_options *o, size_t *bytes, peft_err *err);
+
+/* The same, in parts (bytes; total = tg_arena_bytes): for a memory plan
+ * that shows what checkpointing saves. */
+typedef struct {
+    int n_layer, checkpoint_every;   /* the granularity in effect (0: everything kept) */
+    size_t layer;      /* one layer's activations (its input included) */
+    size_t input;      /* one layer's input, B·T·d floats */
+    size_t layers;     /* every layer's as kept: n_layer·layer, or with checkpointing
+                          K·layer + (ceil(n_layer / K) - 1)·input */
+    size_t hooks;      /* the methods' kept activations (shared like the layers') and their scratch */
+    size_t shared;     /* the rest: backward buffers, the loss's logits, scratch, batch indices */
+    size_t total;
+} tg_memory;
+int tg_plan(peft_model *m, adapter *a, int B, int T, const tg_options *o, tg_memory *out, peft_err *err);
 
 /* Runs the batch (b->B == B, 2 <= b->T <= the T the graph was built for). Causal-LM loss: *loss_sum = Σ over counted targets of
  * -log p(target), *n_targets = their count. With backward, a->grads +=

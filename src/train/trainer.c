@@ -33,6 +33,7 @@ train_params train_default_params(void) {
     p.seed = 42;
     p.pair_scale = 20.0f;
     p.pair_pool = TG_POOL_MEAN;
+    p.checkpoint_every = -1;
     return p;
 }
 
@@ -138,7 +139,10 @@ int train_eval_pairs(peft_model *m, adapter *a, const data_set *d, int batch, in
     train_graph *g = NULL;
     owned_batch ob = {0};
     const int C = cols_of(d);
-    int rc = tg_new(m, a, batch * C, seq, &g, err);
+    /* no backward: one layer's activations at a time are enough (the
+     * forward is the same code, its losses the same bitwise) */
+    const tg_options forward_only = {.checkpoint_every = 1};
+    int rc = tg_new_opts(m, a, batch * C, seq, &forward_only, &g, err);
     if (!rc && C > 1 && tg_set_pairs(g, scale, pool))
         rc = peft_fail(err, PEFT_ERR_INVALID, "contrastive scale %g is not in (0, 10000)", (double)scale);
     if (!rc) rc = owned_batch_init(&ob, batch * C, seq, data_typed(d), err);
@@ -305,7 +309,7 @@ static void rm_rf_dir(const char *dir) {
 
 static int save_checkpoint(const char *out_dir, int step, const adapter *a, const peft_model *m,
                            const adamw_state *opt, const optim_params *op, const data_loader *ld, int prev_step,
-                           peft_err *err) {
+                           int ckpt_every, peft_err *err) {
     char dir[4096], p[4200];
     snprintf(dir, sizeof dir, "%s/checkpoint-%d", out_dir, step);
     /* a checkpoint that fails to save (a full disk) is removed again unless
@@ -320,14 +324,16 @@ static int save_checkpoint(const char *out_dir, int step, const adapter *a, cons
     uint8_t *state = peft_malloc(ls ? ls : 1, err);
     if (!state) { rc = PEFT_ERR_NOMEM; goto fail; }
     data_loader_get_state(ld, state);
-    char step_s[32], t_s[32], lp_s[32];
+    char step_s[32], t_s[32], lp_s[32], ck_s[32];
     snprintf(step_s, sizeof step_s, "%d", step);
+    snprintf(ck_s, sizeof ck_s, "%d", ckpt_every);
     snprintf(t_s, sizeof t_s, "%lld", (long long)opt->t);
     snprintf(lp_s, sizeof lp_s, "%.9g", (double)op->loraplus_lr_ratio);
     /* the compute precision and the LoRA+ ratio, so a resume with others
-     * can say so */
+     * can say so; the checkpointing granularity, so a resume keeps it */
     const char *meta[] = {"step", step_s, "adam_t", t_s, "compute",
-                          peft_model_compute(m) == PEFT_COMPUTE_BF16 ? "bf16" : "f32", "loraplus_lr_ratio", lp_s, NULL};
+                          peft_model_compute(m) == PEFT_COMPUTE_BF16 ? "bf16" : "f32", "loraplus_lr_ratio", lp_s,
+                          "checkpoint_layers", ck_s, NULL};
     st_write_tensor ts[4] = {
         {"params", PEFT_DT_F32, 1, {a->n_params}, a->params},
         {"exp_avg", PEFT_DT_F32, 1, {opt->n}, opt->m},
@@ -373,8 +379,27 @@ static int checkpoint_dir(const char *resume, char *out, size_t cap, peft_err *e
     return 0;
 }
 
+/* *k = the checkpointing granularity the checkpoint to resume was trained
+ * with (0: off, or a checkpoint from before the option). */
+static int checkpoint_layers_of(const char *resume, int *k, peft_err *err) {
+    char dir[4096], p[4200];
+    int rc = checkpoint_dir(resume, dir, sizeof dir, err);
+    if (rc) return rc;
+    snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
+    st_archive *st = NULL;
+    if ((rc = st_open(p, &st, err))) return rc;
+    const char *v = st_metadata(st, "checkpoint_layers");
+    char *end = NULL;
+    const long n = v ? strtol(v, &end, 10) : 0;
+    if (v && (end == v || *end || n < 0 || n > 1000000))
+        rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: metadata \"checkpoint_layers\" (\"%.20s\") is not a layer count", p, v);
+    *k = (int)n;
+    st_close(st);
+    return rc;
+}
+
 static int load_checkpoint(const char *dir, adapter *a, const peft_model *m, adamw_state *opt,
-                           const optim_params *op, data_loader *ld, int *step, peft_err *err) {
+                           const optim_params *op, data_loader *ld, int *step, int ckpt_every, peft_err *err) {
     char p[4200];
     snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
     st_archive *st = NULL;
@@ -406,6 +431,14 @@ static int load_checkpoint(const char *dir, adapter *a, const peft_model *m, ada
                  "%s: the run was trained with loraplus_lr_ratio %s and resumes with %s: it continues, but not on the "
                  "uninterrupted run's trajectory (resume with --loraplus-lr-ratio %s)",
                  p, s_lp ? s_lp : "0 (off)", lp_now, s_lp ? s_lp : "0");
+    const char *s_ck = st_metadata(st, "checkpoint_layers");
+    char ck_now[32];
+    snprintf(ck_now, sizeof ck_now, "%d", ckpt_every);
+    if (strcmp(s_ck ? s_ck : "0", ck_now))
+        peft_log(m->ctx, PEFT_LOG_WARN,
+                 "%s: the run was trained with --checkpoint-layers %s and resumes with %s: the losses are the same, "
+                 "only memory and time differ",
+                 p, s_ck ? s_ck : "0 (off)", ckpt_every ? ck_now : "0 (off)");
     if (!em || !ev || !ls || !s_step || !s_t || em->dtype != PEFT_DT_F32 || ev->dtype != PEFT_DT_F32 ||
         st_numel(em) != opt->n || st_numel(ev) != opt->n) {
         st_close(st);
@@ -523,11 +556,16 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
      * before anything is sized by batch x seq. */
     const int C = cols_of(train);
     const bool typed = data_typed(train) || (val && data_typed(val));
-    if ((rc = tg_new(m, a, p->batch * C, p->seq, &g, err))) goto done;
+    int ck = PEFT_MAX(p->checkpoint_every, 0);
+    if (p->checkpoint_every < 0 && p->resume && (rc = checkpoint_layers_of(p->resume, &ck, err))) goto done;
+    const tg_options gopt = {.checkpoint_every = ck};
+    if ((rc = tg_new_opts(m, a, p->batch * C, p->seq, &gopt, &g, err))) goto done;
     if (C > 1 && tg_set_pairs(g, p->pair_scale, p->pair_pool)) {
         rc = peft_fail(err, PEFT_ERR_INVALID, "contrastive scale %g is not in (0, 10000)", (double)p->pair_scale);
         goto done;
     }
+    res->checkpoint_every = ck;
+    res->graph_bytes = tg_arena_bytes(g);
     if ((rc = data_loader_new(train, p->batch, p->seq, p->pack, p->seed, pad_id_of(m), &ld, err))) goto done;
     int total = p->steps;
     if (total <= 0) total = PEFT_MAX(1, (PEFT_MAX(1, p->epochs) * data_loader_batches_per_epoch(ld)) / p->accum);
@@ -543,7 +581,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
     if (p->resume) {
         char dir[4096];
         if ((rc = checkpoint_dir(p->resume, dir, sizeof dir, err)) ||
-            (rc = load_checkpoint(dir, a, m, &opt, &op, ld, &step, err)) ||
+            (rc = load_checkpoint(dir, a, m, &opt, &op, ld, &step, ck, err)) ||
             (rc = trim_metrics(metrics, step, &hist, err)))
             goto done;
         last_ckpt = step;
@@ -658,7 +696,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
             if ((rc = write_svg(&hist, svg, err))) goto done;
         }
         if (p->save_every > 0 && (step + 1) % p->save_every == 0 && !last) {
-            if ((rc = save_checkpoint(p->out_dir, step + 1, a, m, &opt, &op, ld, last_ckpt, err))) goto done;
+            if ((rc = save_checkpoint(p->out_dir, step + 1, a, m, &opt, &op, ld, last_ckpt, ck, err))) goto done;
             last_ckpt = step + 1;
         }
         t_other += peft_time_s() - t_side;

@@ -37,6 +37,11 @@ typedef struct {
     uint64_t seed;
     const char *out_dir;   /* adapter, metrics.jsonl, loss.svg, checkpoints */
     const char *resume;    /* a run folder (its latest checkpoint) or a checkpoint folder */
+    /* gradient checkpointing (tg_options): keep the input of every K-th
+     * layer and recompute the rest in the backward; 0: off; -1 (the
+     * default): off, or on a resume the checkpoint's setting (a run that
+     * needed it to fit needs it again) */
+    int checkpoint_every;
     train_progress_fn progress;
     void *user;
     /* contrastive data ({"anchor","positive"}): the score scale (20, as
@@ -54,6 +59,8 @@ typedef struct {
     double val_accuracy;                       /* classification: last validation accuracy, else NAN */
     double seconds, tokens_per_s;   /* training time only: evaluation and checkpoints excluded */
     int64_t tokens;
+    int checkpoint_every;   /* the setting the run trained with (0: off) */
+    size_t graph_bytes;     /* the training graph's activations, gradients and scratch (tg_arena_bytes) */
 } train_result;
 
 train_params train_default_params(void);
