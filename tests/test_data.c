@@ -797,8 +797,9 @@ static void test_pairs(void) {
     CHECK_EQ_INT(data_load_jsonl(path, wp, &p, &d, &err), PEFT_ERR_FORMAT);
     CHECK_MSG(strstr(err.msg, "missing field \"positive\""), "%s", err.msg);
     path = write_str("triples_ok.jsonl", "{\"anchor\": \"a\", \"positive\": \"b\", \"negative\": \"c\"}\n");
-    CHECK_OK(data_load_jsonl(path, wp, &p, &d, &err));
-    if (!err.code) {
+    const int rc3 = data_load_jsonl(path, wp, &p, &d, &err);
+    CHECK_EQ_INT(rc3, 0);
+    if (!rc3) {
         CHECK_EQ_INT(d.n_cols, 3);
         data_free(&d);
     }

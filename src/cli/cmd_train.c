@@ -61,6 +61,9 @@ static opt_def train_opts[] = {
     {"bf16", true, "the same as --compute bf16", NULL},
     {"skip-bad", true, "skip and count bad data lines instead of stopping", NULL},
     {"quiet", true, "no progress line", NULL},
+    {"dry-run", true, "print the memory plan (weights, graph, optimizer, peak) and stop before training", NULL},
+    {"max-memory", false, "SIZE (e.g. 8G, 512M): train with the cheapest setting that fits (gradient checkpointing if "
+                          "needed), or refuse before training", NULL},
 };
 #define N_TRAIN_OPTS ((int)(sizeof train_opts / sizeof *train_opts))
 
@@ -223,6 +226,34 @@ static void on_progress(const train_progress *p, void *user) {
     if (pc->tty && p->step == p->total_steps) fputc('\n', stderr);
 }
 
+/* "8G", "512M", "300K", "1.5G" or bytes; 0 on a bad size. */
+static size_t parse_size(const char *v) {
+    char *end;
+    const double x = strtod(v, &end);
+    double mul = 1;
+    if (*end == 'K' || *end == 'k') mul = 1024.0, end++;
+    else if (*end == 'M' || *end == 'm') mul = 1048576.0, end++;
+    else if (*end == 'G' || *end == 'g') mul = 1073741824.0, end++;
+    else if (*end == 'T' || *end == 't') mul = 1099511627776.0, end++;
+    if (*end == 'i' && mul > 1) end++;
+    if (*end == 'B' || *end == 'b') end++;
+    if (end == v || *end || !(x > 0) || x * mul > 1e18) return 0;
+    return (size_t)(x * mul);
+}
+
+static void print_plan(const train_memplan *p, int ck, int n_layer) {
+    const double mib = 1048576.0;
+    fprintf(stderr, "memory plan: weights %.0f MiB + training graph %.0f MiB (", p->weights / mib, p->graph.total / mib);
+    if (ck > 0 && ck < n_layer)
+        fprintf(stderr, "checkpointing every %d layer%s: %.0f MiB of layers", ck, ck > 1 ? "s" : "", p->graph.layers / mib);
+    else
+        fprintf(stderr, "every layer kept: %.0f MiB, %.1f per layer", p->graph.layers / mib, p->graph.layer / mib);
+    fprintf(stderr, "; methods %.0f, the rest %.0f)", p->graph.hooks / mib, p->graph.shared / mib);
+    if (p->eval_graph) fprintf(stderr, " + evaluation graph %.0f MiB", p->eval_graph / mib);
+    fprintf(stderr, " + gradients and optimizer %.0f MiB + the process so far %.0f MiB = peak %.0f MiB\n",
+            (p->grads + p->optimizer) / mib, p->base / mib, p->peak / mib);
+}
+
 /* Contrastive data pools as the model's sentence-transformers files say
  * (mean or CLS; defaults: mean). */
 static int pair_pool_of(const char *cmd, const peft_model *m, int *pool, peft_err *err) {
@@ -306,7 +337,7 @@ int cmd_train(int argc, char **argv) {
     }
     if (bad) return 2;
     if (GETV("config") && load_config(train_opts, N_TRAIN_OPTS, GETV("config"))) return 2;
-    if (!GETV("model") || !GETV("data") || !GETV("out")) {
+    if (!GETV("model") || !GETV("data") || (!GETV("out") && !GETV("dry-run"))) {
         fprintf(stderr, "peft train: --model, --data and --out are required\n\n");
         train_usage(stderr);
         return 2;
@@ -514,6 +545,41 @@ int cmd_train(int argc, char **argv) {
     if (tp.checkpoint_every > 0) fprintf(stderr, ", checkpointing every %d layer%s", tp.checkpoint_every,
                                          tp.checkpoint_every > 1 ? "s" : "");
     fputc('\n', stderr);
+    {
+        train_memplan plan;
+        const data_set *vp = have_val ? &val : NULL;
+        int ck = tp.checkpoint_every;
+        if (GETV("max-memory")) {
+            const size_t budget = parse_size(GETV("max-memory"));
+            if (!budget) {
+                fprintf(stderr, "peft train: --max-memory: \"%s\" is not a size (e.g. 8G, 512M)\n", GETV("max-memory"));
+                rc = 2;
+                goto out;
+            }
+            if (ck >= 0 && GETV("checkpoint-layers")) {   /* the setting is the user's: only checked */
+                if (train_memory_plan(m, ad, &train, vp, &tp, ck, &plan, err)) { fprintf(stderr, "peft train: %s\n", err->msg); goto out; }
+                if (plan.peak > budget) {
+                    print_plan(&plan, ck, m->cfg.n_layer);
+                    fprintf(stderr, "peft train: does not fit in --max-memory %s (%.0f MiB planned)\n", GETV("max-memory"),
+                            plan.peak / 1048576.0);
+                    goto out;
+                }
+            } else if (train_fit_memory(m, ad, &train, vp, &tp, budget, &ck, &plan, err)) {
+                fprintf(stderr, "peft train: %s\n", err->msg);
+                goto out;
+            } else if (ck > 0) {
+                fprintf(stderr, "--max-memory %s: gradient checkpointing of every layer (everything kept would not fit)\n",
+                        GETV("max-memory"));
+                tp.checkpoint_every = ck;
+            } else if (tp.checkpoint_every < 0)
+                tp.checkpoint_every = 0;
+        } else if (train_memory_plan(m, ad, &train, vp, &tp, ck < 0 ? 0 : ck, &plan, err)) {
+            fprintf(stderr, "peft train: %s\n", err->msg);
+            goto out;
+        }
+        print_plan(&plan, ck < 0 ? 0 : ck, m->cfg.n_layer);
+        if (GETV("dry-run")) { rc = 0; goto out; }
+    }
     train_result res;
     if (train_run(m, ad, &train, have_val ? &val : NULL, &tp, &res, err)) {
         fprintf(stderr, "\npeft train: %s\n", err->msg);
@@ -525,6 +591,7 @@ int cmd_train(int argc, char **argv) {
     else
         fprintf(stderr, "graph: %.1f MiB of activations, gradients and scratch (every layer kept)\n",
                 res.graph_bytes / 1048576.0);
+    fprintf(stderr, "peak RSS: %.0f MiB\n", peft_rss_peak() / 1048576.0);
     fprintf(stderr, "done: %d steps in %.1f s (%.0f tokens/s); loss %.4f -> %.4f", res.steps_done, res.seconds,
             res.tokens_per_s, res.first_loss, res.last_loss);
     if (!isnan(res.val_loss_after)) {

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -227,6 +228,41 @@ double peft_time_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+size_t peft_rss_now(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long long size = 0, res = 0;
+    const int ok = f && fscanf(f, "%llu %llu", &size, &res) == 2;
+    if (f) fclose(f);
+    const long pg = sysconf(_SC_PAGESIZE);
+    return ok && pg > 0 ? (size_t)res * (size_t)pg : 0;
+}
+
+size_t peft_rss_peak(void) {
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? (size_t)ru.ru_maxrss * 1024u : 0;   /* Linux: KiB */
+}
+
+size_t peft_mapping_rss(const void *base) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return 0;
+    char line[512];
+    bool in = false;
+    size_t rss = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long long lo, hi;
+        /* a mapping's header: "lo-hi perms offset dev inode path" */
+        if (sscanf(line, "%llx-%llx ", &lo, &hi) == 2 && strchr(line, '-') && !strncmp(line + strspn(line, "0123456789abcdef"), "-", 1)) {
+            if (in) break;
+            in = (uintptr_t)lo == (uintptr_t)base;
+            continue;
+        }
+        unsigned long long kb;
+        if (in && sscanf(line, "Rss: %llu kB", &kb) == 1) rss = (size_t)kb * 1024u;
+    }
+    fclose(f);
+    return rss;
 }
 
 int peft_buf_append(peft_buf *b, const void *data, size_t n) {

@@ -57,6 +57,12 @@ float peft_rng_uniform(peft_rng *r);   /* [0, 1) */
 float peft_rng_normal(peft_rng *r);    /* N(0, 1) */
 
 double peft_time_s(void);              /* monotonic seconds */
+/* Memory of this process (Linux /proc; 0 where unavailable): resident now,
+ * the peak so far (getrusage), and the resident part of the mapping that
+ * starts at base (a mmap'd model file: /proc/self/smaps). */
+size_t peft_rss_now(void);
+size_t peft_rss_peak(void);
+size_t peft_mapping_rss(const void *base);
 
 /* Growable byte buffer. */
 typedef struct { char *data; size_t len, cap; } peft_buf;

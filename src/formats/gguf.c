@@ -996,3 +996,8 @@ int gguf_writer_save(gguf_writer *w, const char *path, peft_err *err) {
     free(tmp);
     return 0;
 }
+
+const void *gguf_map_base(const gguf_file *f, size_t *size) {
+    *size = f ? f->map.size : 0;
+    return f ? f->map.data : NULL;
+}

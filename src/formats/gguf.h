@@ -108,4 +108,7 @@ int gguf_w_tensor(gguf_writer *w, const char *name, peft_dtype t, int ndim, cons
                   const void *data, size_t nbytes);
 int gguf_writer_save(gguf_writer *w, const char *path, peft_err *err);
 
+/* The file's mapping (for memory accounting). */
+const void *gguf_map_base(const gguf_file *f, size_t *size);
+
 #endif

@@ -715,3 +715,10 @@ int st_write(const char *path, const st_write_tensor *tensors, int n, const char
     free(size);
     return rc;
 }
+
+int st_map_count(const st_archive *a) { return a ? a->n_files : 0; }
+
+const void *st_map_base(const st_archive *a, int i, size_t *size) {
+    *size = a->files[i].map.size;
+    return a->files[i].map.data;
+}

@@ -63,4 +63,8 @@ int st_write(const char *path, const st_write_tensor *tensors, int n,
 int st_dtype_from_name(const char *s);
 const char *st_dtype_to_name(peft_dtype t);
 
+/* The mapped files (shards) of an archive (for memory accounting). */
+int st_map_count(const st_archive *a);
+const void *st_map_base(const st_archive *a, int i, size_t *size);
+
 #endif

@@ -295,3 +295,19 @@ int peft_model_set_compute(peft_model *m, peft_compute c) {
              (double)m->bf16_bytes / 1048576.0);
     return 0;
 }
+
+size_t model_mapped_bytes(const peft_model *m, size_t *resident) {
+    size_t total = 0, res = 0, n;
+    if (m->gguf) {
+        const void *b = gguf_map_base(m->gguf, &n);
+        total += n;
+        if (resident && b) res += peft_mapping_rss(b);
+    }
+    for (int i = 0; i < st_map_count(m->st); i++) {
+        const void *b = st_map_base(m->st, i, &n);
+        total += n;
+        if (resident && b) res += peft_mapping_rss(b);
+    }
+    if (resident) *resident = res;
+    return total;
+}

@@ -106,6 +106,9 @@ int model_config_from_gguf(const gguf_file *g, model_config *c, peft_err *err);
 int model_finish_load(peft_model *m, peft_err *err);
 /* Registers a malloc'ed buffer for release with the model. */
 int model_own(peft_model *m, void *p, peft_err *err);
+/* Bytes of the model's mapped files (its tensors are read from them in
+ * place); *resident (may be NULL): how much of them this process holds now. */
+size_t model_mapped_bytes(const peft_model *m, size_t *resident);
 
 /* llama.cpp's converter reorders the rows of each head of Q and K (llama
  * family except Qwen2) for its interleaved RoPE: within a head of hd rows,

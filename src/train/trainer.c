@@ -718,3 +718,50 @@ done:
     data_loader_free(ld);
     return rc;
 }
+
+/* ---- the memory plan ------------------------------------------------------------ */
+
+int train_memory_plan(peft_model *m, adapter *a, const data_set *train, const data_set *val, const train_params *p,
+                      int checkpoint_every, train_memplan *out, peft_err *err) {
+    memset(out, 0, sizeof *out);
+    size_t mapped_res = 0;
+    out->weights = model_mapped_bytes(m, &mapped_res);
+    const size_t now = peft_rss_now();
+    out->base = now > mapped_res ? now - mapped_res : 0;
+    /* the parameters exist already (in base); their gradients and the
+     * moments are touched by the first step */
+    out->grads = (size_t)a->n_params * sizeof(float);
+    out->optimizer = 2 * (size_t)a->n_params * sizeof(float);
+    const int C = cols_of(train);
+    const tg_options go = {.checkpoint_every = PEFT_MAX(checkpoint_every, 0)};
+    int rc = tg_plan(m, a, p->batch * C, p->seq, &go, &out->graph, err);
+    if (rc) return rc;
+    if (val && val->n > 0) {
+        tg_memory ev;
+        const tg_options eo = {.checkpoint_every = 1};
+        if ((rc = tg_plan(m, a, p->batch * C, p->seq, &eo, &ev, err))) return rc;
+        out->eval_graph = ev.total;
+    }
+    out->peak = out->base + out->weights + out->grads + out->optimizer + out->graph.total + out->eval_graph;
+    return 0;
+}
+
+int train_fit_memory(peft_model *m, adapter *a, const data_set *train, const data_set *val, const train_params *p,
+                     size_t budget, int *checkpoint_every, train_memplan *out, peft_err *err) {
+    static const int choices[2] = {0, 1};
+    for (int i = 0; i < 2; i++) {
+        const int rc = train_memory_plan(m, a, train, val, p, choices[i], out, err);
+        if (rc) return rc;
+        if (out->peak <= budget) {
+            *checkpoint_every = choices[i];
+            return 0;
+        }
+    }
+    const double mib = 1048576.0;
+    return peft_fail(err, PEFT_ERR_NOMEM,
+                     "does not fit in %.0f MiB: even with gradient checkpointing of every layer it needs %.0f MiB "
+                     "(weights %.0f, graph %.0f for batch %d x %d, optimizer and gradients %.0f, the rest %.0f); "
+                     "lower --batch or --seq",
+                     budget / mib, out->peak / mib, out->weights / mib, (out->graph.total + out->eval_graph) / mib,
+                     p->batch, p->seq, (out->grads + out->optimizer) / mib, out->base / mib);
+}

@@ -84,4 +84,28 @@ int train_eval_acc(peft_model *m, adapter *a, const data_set *d, int batch, int 
 int train_eval_pairs(peft_model *m, adapter *a, const data_set *d, int batch, int seq, int max_batches,
                      float scale, int pool, double *mean_loss, int64_t *n_targets, double *accuracy, peft_err *err);
 
+/* The memory a run will take, before it takes it. base: what the process
+ * holds now (code, libraries, tokenizer, data, the model's own copies, the
+ * adapter's parameters, bf16 packs), less the part of the model's mapped
+ * files already resident; weights: those files, all of which a step reads;
+ * grads and optimizer: the adapter's gradients and AdamW's two moments;
+ * graph: the training graph (checkpoint_every as given); eval_graph: the
+ * evaluation graph, alive during an evaluation (0 without validation).
+ * peak is their sum: the high-water mark of a step that evaluates. */
+typedef struct {
+    size_t base, weights, grads, optimizer, eval_graph, peak;
+    tg_memory graph;
+} train_memplan;
+
+int train_memory_plan(peft_model *m, adapter *a, const data_set *train, const data_set *val, const train_params *p,
+                      int checkpoint_every, train_memplan *out, peft_err *err);
+
+/* The cheapest setting whose plan fits budget bytes: everything kept, or
+ * gradient checkpointing of every layer (the smallest graph, and at
+ * common shapes also the cheapest checkpointing). *checkpoint_every and
+ * *out get the choice; PEFT_ERR_NOMEM (naming the sizes) when even the
+ * smallest does not fit. */
+int train_fit_memory(peft_model *m, adapter *a, const data_set *train, const data_set *val, const train_params *p,
+                     size_t budget, int *checkpoint_every, train_memplan *out, peft_err *err);
+
 #endif
