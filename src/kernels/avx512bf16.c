@@ -27,8 +27,12 @@
 #include <omp.h>
 #endif
 
-#if defined(__AVX512F__) && defined(__AVX512BF16__)
+/* PEFT_AVX512BF16_EMULATE: tests/test_bf16_emul.c builds this file over
+ * portable stand-ins for the intrinsics (tests/avx512bf16_emul.h). */
+#if (defined(__AVX512F__) && defined(__AVX512BF16__)) || defined(PEFT_AVX512BF16_EMULATE)
+#ifndef PEFT_AVX512BF16_EMULATE
 #include <immintrin.h>
+#endif
 
 /* MR × NR: the register block (16 zmm accumulators: 8 rows × 2 zmm of 16
  * columns); BR rows of A per item, KCH values of K per chunk: a 32-column
@@ -79,7 +83,9 @@ static void block(float *c, int ldc, bool zero, const uint16_t *a, const uint16_
         acc[i][1] = zero ? _mm512_setzero_ps() : _mm512_loadu_ps(c + (size_t)i * ldc + 16);
     }
     for (int p = 0; p < np; p++) {
-        const size_t bo = (size_t)(p >> 4) * 512 + (size_t)(p & 15) * 32;
+        /* a column block's tiles follow each other along K: its pair rows
+         * are contiguous, 32 bf16 each */
+        const size_t bo = (size_t)p * 32;
         const __m512bh x0 = (__m512bh)_mm512_loadu_si512(b0 + bo), x1 = (__m512bh)_mm512_loadu_si512(b1 + bo);
 #pragma GCC unroll 8
         for (int i = 0; i < MR; i++) {
