@@ -141,6 +141,7 @@ static bool runtime_amx(void) {
 }
 
 kern_bf16_unit kern_bf16_unit_detect(void) {
+    __builtin_cpu_init(); /* a no-op once the runtime has read the flags; needed before that */
     /* Linux hands out the tile state on request (per process, idempotent). */
     if (kern_amx_compiled() && cpuid_amx() && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 &&
         runtime_amx())
