@@ -14,9 +14,9 @@
 # in a fast or a slow window.
 #
 # Each precision runs on both sides: f32 (everything float32) and bf16 (the
-# frozen products in bfloat16 with f32 sums: peft.c --compute bf16 on AMX;
-# PyTorch with a bf16 base under CPU autocast, oneDNN's AMX kernels). bf16
-# is skipped where the CPU has no AMX-BF16.
+# frozen products in bfloat16 with f32 sums: peft.c --compute bf16 on AMX
+# or AVX512-BF16; PyTorch with a bf16 base under CPU autocast, oneDNN's
+# kernels). bf16 is skipped where the CPU has neither.
 #
 # Environment: BUILD (default build), PYTHON (default python3), MODELS
 # (default /tmp/peft_lora_step_models: the models are made there once).
@@ -102,8 +102,8 @@ args=(--steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --batch "$BATCH" 
 echo "# $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); load average: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 # Wait for quiet once: our own runs keep the load average up afterwards.
 wait_quiet
-if ! grep -qw amx_bf16 /proc/cpuinfo && [ "$COMPUTES" != f32 ]; then
-    echo "lora_step.sh: this CPU has no AMX-BF16: f32 only" >&2
+if ! grep -qwE 'amx_bf16|avx512_bf16' /proc/cpuinfo && [ "$COMPUTES" != f32 ]; then
+    echo "lora_step.sh: this CPU has neither AMX-BF16 nor AVX512-BF16: f32 only" >&2
     COMPUTES=f32
 fi
 # field NAME FILE
