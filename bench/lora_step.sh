@@ -148,7 +148,7 @@ for kp in $RUNS; do
     c="$tmp/c_${k}_$p" t="$tmp/t_${k}_$p"
     ctps="$(field tokens_per_s "$c")"
     ttps="$(field tokens_per_s "$t")"
-    # the peak this precision is measured against: sgemm for f32, the bf16 AMX GEMM for bf16
+    # the peak this precision is measured against: sgemm for f32, our bf16 GEMM (AMX or AVX512-BF16) for bf16
     pk="$(field sgemm_gflops "$c")"
     [ "$p" = bf16 ] && pk="$(field bf16_gflops "$c")"
     ratio="-"
@@ -167,7 +167,7 @@ for kp in $RUNS; do
     k="${kp%%:*}" p="${kp##*:}"
     c="$tmp/c_${k}_$p"
     line="$k $p: sgemm 1024^3 on $THREADS threads $(field sgemm_gflops "$c") GFLOP/s (OpenBLAS core $(field core "$c"))"
-    [ "$p" = bf16 ] && line="$line; bf16 AMX GEMM 1024^3 $(field bf16_gflops "$c") GFLOP/s"
+    [ "$p" = bf16 ] && line="$line; bf16 GEMM 1024^3 $(field bf16_gflops "$c") GFLOP/s"
     echo "$line"
 done
 for k in $KINDS; do
@@ -179,7 +179,7 @@ for kp in $RUNS; do
     echo "$k $p peft.c $(grep '^phases' "$tmp/c_${k}_$p.err" 2>/dev/null)"
     [ "$ROUNDS" -gt 1 ] && [ -s "$tmp/ratios_${k}_$p" ] && echo "$k $p peft/pt of each round: $(cut -d' ' -f1 "$tmp/ratios_${k}_$p" | tr '\n' ' ')"
 done
-echo "%peak = FLOPs/step ÷ median s/step ÷ the peak of that precision (f32: sgemm; bf16: the AMX bf16 GEMM) (torch row: the same FLOPs over torch's time). peft/pt = tokens/s ratio at equal precision."
+echo "%peak = FLOPs/step ÷ median s/step ÷ the peak of that precision (f32: sgemm; bf16: our bf16 GEMM on the CPU's unit) (torch row: the same FLOPs over torch's time). peft/pt = tokens/s ratio at equal precision."
 echo "RSS: getrusage ru_maxrss of each process (the model is mmapped float32; torch's includes the python runtime)."
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 exit 0
