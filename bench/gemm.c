@@ -1,6 +1,7 @@
 /* bench/gemm.c — GFLOP/s of cblas_sgemm (the machine's peak) and of our
  * frozen-weight matmul path kern_matmul for F32, F16, Q8_0 and Q4_1 weights,
- * on 1 and 2 threads, at SmolLM2-135M shapes.
+ * and, where the CPU has a bf16 unit, for bf16 compute (the weight packed as
+ * bf16, --compute bf16), on 1 and 2 threads, at SmolLM2-135M shapes.
  *
  *   build-bench/bench_gemm [--quick] [--min-time S] [--threads LIST] [--filter TEXT]
  *
@@ -176,12 +177,17 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n_thr; i++)
         if (threads[i] > max_thr) max_thr = threads[i];
     float *scratch = xmalloc(kern_matmul_scratch_floats(maxK, max_thr) * sizeof(float));
+    /* bf16 rows where the CPU has a bf16 unit (AMX or AVX512-BF16) */
+    const bool bf16_unit = kern_bf16_supported();
+    uint16_t *bpack = bf16_unit ? xmalloc(kern_bf16_pack_elems(maxK, maxN) * sizeof(uint16_t)) : NULL;
 
     /* Peak: sgemm 1024³ per thread count. */
     double peak[4] = {0};
     printf("# bench_gemm: y(M,N) = x(M,K)·W(N,K)^T, GFLOP/s = 2·M·N·K / median time\n");
     printf("# %%peak = vs the better of sgemm 1024^3 and 960^3 at the same thread count; "
            "%%sgemm = vs sgemm of the same shape\n");
+    printf("# bf16 rows (--compute bf16): %s\n", bf16_unit ? kern_bf16_unit_name(kern_bf16_unit_detect())
+                                                          : "none, this CPU has neither AMX-BF16 nor AVX512-BF16");
     printf("%-20s %5s %5s %5s  %-6s %3s  %9s %8s %7s %7s\n", "shape", "M", "N", "K", "path",
            "thr", "ms/call", "GFLOP/s", "%peak", "%sgemm");
 
@@ -253,7 +259,40 @@ int main(int argc, char **argv) {
                 fflush(stdout);
             }
         }
+        /* bf16 compute (--compute bf16): the f32 weight packed as bf16,
+         * kern_matmul then runs kern_bf16_gemm on the CPU's bf16 unit.
+         * Decoding (M <= KERN_MATVEC_MAX_T) keeps the stored weights. */
+        if (bf16_unit && sh->M > KERN_MATVEC_MAX_T) {
+            kern_weight kw = {PEFT_DT_F32, sh->N, sh->K, w32, false, NULL, NULL, 0};
+            if (kern_bf16_pack_weight(&kw, bpack, NULL, wdq)) {
+                fprintf(stderr, "bf16 pack failed for %s\n", sh->name);
+                return 1;
+            }
+            kw.bf16_fwd = bpack;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, sh->M, sh->N, sh->K, 1.0f, x, sh->K, w32, sh->K, 0.0f,
+                        y_ref, sh->N);
+            double ymax = 0;
+            for (size_t i = 0; i < (size_t)sh->M * sh->N; i++) ymax = fmax(ymax, fabs((double)y_ref[i]));
+            for (int ti = 0; ti < n_thr; ti++) {
+                kern_arg a = {sh->M, x, &kw, y, scratch, threads[ti]};
+                double sec = bench_median_s(run_kern, &a, 3, 201, g_min_time);
+                double maxerr = 0.0;
+                for (size_t i = 0; sec >= 0 && i < (size_t)sh->M * sh->N; i++)
+                    maxerr = fmax(maxerr, fabs((double)y[i] - (double)y_ref[i]));
+                if (sec < 0 || maxerr > 2e-2 * ymax) { /* bf16 keeps 8 significant bits */
+                    fprintf(stderr, "bf16 %s thr %d: %s, max |diff| %.3g of %.3g\n", sh->name, threads[ti],
+                            sec < 0 ? "failed" : "MISMATCH", maxerr, ymax);
+                    fail = 1;
+                    continue;
+                }
+                double gf = gflops(sh, sec);
+                printf("%-20s %5d %5d %5d  %-6s %3d  %9.3f %8.1f %6.1f%% %6.1f%%\n", sh->name, sh->M, sh->N, sh->K,
+                       "bf16", threads[ti], sec * 1e3, gf, 100.0 * gf / peak[ti], sg[ti] > 0 ? 100.0 * gf / sg[ti] : 0.0);
+                fflush(stdout);
+            }
+        }
     }
+    free(bpack);
     free(x);
     free(y);
     free(y_ref);

@@ -26,7 +26,7 @@
  *       their backward: 8)
  *   elementwise work (norms, softmax, RoPE, activations, loss) not counted.
  * %peak = (FLOPs / median step time) / sgemm peak. With --compute bf16 (the
- * frozen products in bf16 on AMX, peft_model_set_compute) the peak is that
+ * frozen products in bf16 on AMX or AVX512-BF16, peft_model_set_compute) the peak is that
  * of the bf16 GEMM, kern_bf16_gemm 1024³ on the same threads, and the
  * sgemm peak is printed beside it.
  *
@@ -116,8 +116,8 @@ static int run_bf16(void *arg) {
 }
 
 /* GFLOP/s of a 1024³ product on n_threads, median of >= 10 calls and >= 1 s:
- * sgemm (OpenBLAS threading), or with bf16 the AMX product (kern_bf16_gemm;
- * 0 without AMX). */
+ * sgemm (OpenBLAS threading), or with bf16 kern_bf16_gemm on the CPU's bf16
+ * unit (AMX or AVX512-BF16; 0 without either). */
 static double gemm_peak(int n_threads, bool bf16) {
     const size_t nn = (size_t)PEAK_N * PEAK_N;
     if (bf16 && !kern_bf16_supported()) return 0;
@@ -184,7 +184,7 @@ int main(int argc, char **argv) {
     const double speak = gemm_peak(nthr, false), bpeak = bf16 ? gemm_peak(nthr, true) : 0;
     const double peak = bf16 ? bpeak : speak;
     fprintf(stderr, "sgemm 1024^3 on %d threads: %.1f GFLOP/s\n", nthr, speak);
-    if (bf16) fprintf(stderr, "bf16 AMX GEMM 1024^3 on %d threads: %.1f GFLOP/s\n", nthr, bpeak);
+    if (bf16) fprintf(stderr, "bf16 GEMM (%s) 1024^3 on %d threads: %.1f GFLOP/s\n", peft_compute_bf16_unit(), nthr, bpeak);
 
     peft_ctx_params cp = peft_ctx_default_params();
     cp.n_threads = nthr;

@@ -19,9 +19,9 @@
 # in a fast or a slow window.
 #
 # Each precision runs on both sides: f32 (everything float32) and bf16 (the
-# frozen products in bfloat16 with f32 sums: peft.c --compute bf16 on AMX;
-# PyTorch with a bf16 base under CPU autocast, oneDNN's AMX kernels). bf16
-# is skipped where the CPU has no AMX-BF16.
+# frozen products in bfloat16 with f32 sums: peft.c --compute bf16 on AMX
+# or AVX512-BF16; PyTorch with a bf16 base under CPU autocast, oneDNN's
+# kernels). bf16 is skipped where the CPU has neither.
 #
 # Environment: BUILD (default build), PYTHON (default python3), MODELS
 # (default /tmp/peft_lora_step_models: the models are made there once).
@@ -109,8 +109,8 @@ args=(--steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --batch "$BATCH" 
 echo "# $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); load average: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 # Wait for quiet once: our own runs keep the load average up afterwards.
 wait_quiet
-if ! grep -qw amx_bf16 /proc/cpuinfo && [ "$COMPUTES" != f32 ]; then
-    echo "lora_step.sh: this CPU has no AMX-BF16: f32 only" >&2
+if ! grep -qwE 'amx_bf16|avx512_bf16' /proc/cpuinfo && [ "$COMPUTES" != f32 ]; then
+    echo "lora_step.sh: this CPU has neither AMX-BF16 nor AVX512-BF16: f32 only" >&2
     COMPUTES=f32
 fi
 # field NAME FILE
@@ -157,7 +157,7 @@ for kp in $RUNS; do
     c="$tmp/c_${k}_$p" t="$tmp/t_${k}_$p"
     ctps="$(field tokens_per_s "$c")"
     ttps="$(field tokens_per_s "$t")"
-    # the peak this precision is measured against: sgemm for f32, the bf16 AMX GEMM for bf16
+    # the peak this precision is measured against: sgemm for f32, our bf16 GEMM (AMX or AVX512-BF16) for bf16
     pk="$(field sgemm_gflops "$c")"
     [ "$p" = bf16 ] && pk="$(field bf16_gflops "$c")"
     ratio="-"
@@ -176,7 +176,7 @@ for kp in $RUNS; do
     k="${kp%%:*}" p="${kp##*:}"
     c="$tmp/c_${k}_$p"
     line="$k $p: sgemm 1024^3 on $THREADS threads $(field sgemm_gflops "$c") GFLOP/s (OpenBLAS core $(field core "$c"))"
-    [ "$p" = bf16 ] && line="$line; bf16 AMX GEMM 1024^3 $(field bf16_gflops "$c") GFLOP/s"
+    [ "$p" = bf16 ] && line="$line; bf16 GEMM 1024^3 $(field bf16_gflops "$c") GFLOP/s"
     echo "$line"
 done
 for k in $KINDS; do
@@ -188,7 +188,7 @@ for kp in $RUNS; do
     echo "$k $p peft.c $(grep '^phases' "$tmp/c_${k}_$p.err" 2>/dev/null)"
     [ "$ROUNDS" -gt 1 ] && [ -s "$tmp/ratios_${k}_$p" ] && echo "$k $p peft/pt of each round: $(cut -d' ' -f1 "$tmp/ratios_${k}_$p" | tr '\n' ' ')"
 done
-echo "%peak = FLOPs/step ÷ median s/step ÷ the peak of that precision (f32: sgemm; bf16: the AMX bf16 GEMM) (torch row: the same FLOPs over torch's time). peft/pt = tokens/s ratio at equal precision."
+echo "%peak = FLOPs/step ÷ median s/step ÷ the peak of that precision (f32: sgemm; bf16: our bf16 GEMM on the CPU's unit) (torch row: the same FLOPs over torch's time). peft/pt = tokens/s ratio at equal precision."
 echo "RSS: getrusage ru_maxrss of each process (the model is mmapped float32; torch's includes the python runtime)."
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 exit 0

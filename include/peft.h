@@ -122,15 +122,18 @@ int peft_model_tensor_info(const peft_model *m, int i, peft_tensor_info *out);
  *   F32:  weights converted to f32 tile by tile (the default; exact
  *         reference behaviour).
  *   BF16: weights and activations rounded to bfloat16, products summed in
- *         f32 on the CPU's AMX unit (as PyTorch's bf16 autocast); each
- *         frozen linear keeps two bf16 copies (4 bytes per weight).
- *         PEFT_ERR_UNSUPPORTED where the CPU lacks AMX-BF16.
+ *         f32 (as PyTorch's bf16 autocast) on the CPU's AMX unit, or with
+ *         AVX512-BF16 (vdpbf16ps) where it has no AMX; each frozen linear
+ *         keeps two bf16 copies (4 bytes per weight).
+ *         PEFT_ERR_UNSUPPORTED where the CPU has neither.
  *   AUTO: BF16 where supported, F32 otherwise.
  * Adapter weights, norms, attention, losses and optimizer stay f32. */
 typedef enum { PEFT_COMPUTE_F32 = 0, PEFT_COMPUTE_BF16 = 1, PEFT_COMPUTE_AUTO = 2 } peft_compute;
 int peft_model_set_compute(peft_model *m, peft_compute c);
 peft_compute peft_model_compute(const peft_model *m);   /* F32 or BF16 */
 int peft_compute_bf16_supported(void);
+/* The unit BF16 runs on here: "amx", "avx512bf16" or "none". */
+const char *peft_compute_bf16_unit(void);
 
 /* ---- tokenizer -------------------------------------------------------------- */
 

@@ -129,6 +129,17 @@ int cli_compute(const char *cmd, peft_ctx *ctx, peft_model *m, const char *value
         fprintf(stderr, "peft %s: %s\n", cmd, peft_last_error(ctx));
         return 1;
     }
+    /* Say what was chosen, and on which unit. Only train: it reports its
+     * set-up on stderr anyway, while eval --json and generate write output
+     * that callers parse together with stderr. */
+    if (!strcmp(cmd, "train")) {
+        if (peft_model_compute(m) == PEFT_COMPUTE_BF16)
+            fprintf(stderr, "compute: bf16 (frozen-weight products in bfloat16, f32 sums) on %s%s\n",
+                    peft_compute_bf16_unit(), c == PEFT_COMPUTE_AUTO ? " (auto)" : "");
+        else
+            fprintf(stderr, "compute: f32%s\n",
+                    c == PEFT_COMPUTE_AUTO ? " (auto: this CPU has neither AMX-BF16 nor AVX512-BF16)" : "");
+    }
     return 0;
 }
 

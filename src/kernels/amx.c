@@ -22,7 +22,7 @@ enum { BM = 128, BN = 256, KC = 2048 };
 
 bool kern_amx_compiled(void) { return true; }
 
-size_t kern_bf16_scratch_floats(int n_threads) {
+size_t kern_amx_scratch_floats(int n_threads) {
     return (size_t)BM * KC / 2 * (size_t)(n_threads > 0 ? n_threads : 1);
 }
 
@@ -96,13 +96,8 @@ static void block32(float *c, int ldc, bool zero, const uint16_t *a, size_t a_st
     _tile_stored(3, c + (size_t)16 * ldc + 16, ls);
 }
 
-int kern_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, int K, int N, const uint16_t *Bp,
-                   const float *bias, float beta, float *scratch, int n_threads) {
-    return kern_bf16_gemm_ex(C, ldc, A, lda, M, K, N, Bp, (K + 31) / 32, bias, beta, scratch, n_threads);
-}
-
-int kern_bf16_gemm_ex(float *C, int ldc, const float *A, int lda, int M, int K, int N, const uint16_t *Bp, int nkb,
-                      const float *bias, float beta, float *scratch, int n_threads) {
+int kern_amx_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, int K, int N, const uint16_t *Bp, int nkb,
+                       const float *bias, float beta, float *scratch, int n_threads) {
     if (M <= 0 || N <= 0) return 0;
     const int Kp = (K + 31) / 32 * 32;
     const bool acc = bias || beta != 0.0f;
@@ -178,13 +173,9 @@ int kern_bf16_gemm_ex(float *C, int ldc, const float *A, int lda, int M, int K, 
 #else /* no AMX in this build */
 
 bool kern_amx_compiled(void) { return false; }
-size_t kern_bf16_scratch_floats(int n_threads) { (void)n_threads; return 0; }
-int kern_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, int K, int N, const uint16_t *Bp,
-                   const float *bias, float beta, float *scratch, int n_threads) {
-    return kern_bf16_gemm_ex(C, ldc, A, lda, M, K, N, Bp, (K + 31) / 32, bias, beta, scratch, n_threads);
-}
-int kern_bf16_gemm_ex(float *C, int ldc, const float *A, int lda, int M, int K, int N, const uint16_t *Bp, int nkb,
-                      const float *bias, float beta, float *scratch, int n_threads) {
+size_t kern_amx_scratch_floats(int n_threads) { (void)n_threads; return 0; }
+int kern_amx_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, int K, int N, const uint16_t *Bp, int nkb,
+                       const float *bias, float beta, float *scratch, int n_threads) {
     (void)C; (void)ldc; (void)A; (void)lda; (void)M; (void)K; (void)N; (void)Bp; (void)nkb; (void)bias; (void)beta;
     (void)scratch; (void)n_threads;
     return PEFT_ERR_UNSUPPORTED;

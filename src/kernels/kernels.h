@@ -71,19 +71,28 @@ size_t kern_matmul_dx_scratch_floats(int64_t K, int n_threads);
 void kern_gemm_rows(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                     const float *B, int ldb, float beta, float *C, int ldc, int n_threads);
 
-/* ---- bfloat16 products on AMX (bf16.c, amx.c) ----
+/* ---- bfloat16 products (bf16.c; amx.c, avx512bf16.c) ----
  * C (M, N) = beta·C + bias + A (M, K) · B (K, N): A f32, rounded to bf16 as
  * it is packed; B pre-packed bf16 (K and N padded to multiples of 32);
- * products summed in f32. Items of fixed shape: results do not depend on
- * the thread count. */
-bool kern_bf16_supported(void);   /* AMX-BF16 + AVX512-BF16, and Linux grants the tile state */
-bool kern_amx_compiled(void);     /* this build has the AMX kernel */
+ * products summed in f32. Two units run it, chosen at run time: AMX
+ * (tdpbf16ps) where the CPU has AMX-BF16, else AVX512-BF16 (vdpbf16ps).
+ * Items of fixed shape: results do not depend on the thread count. */
+typedef enum { KERN_BF16_NONE = 0, KERN_BF16_AVX512 = 1, KERN_BF16_AMX = 2 } kern_bf16_unit;
+/* The unit kern_bf16_gemm uses on this CPU and build (cpuid, xgetbv; for
+ * AMX, Linux is asked for the tile state). Costs microseconds (cpuid traps
+ * in a VM): call it when setting up, not per product. */
+kern_bf16_unit kern_bf16_unit_detect(void);
+const char *kern_bf16_unit_name(kern_bf16_unit u);   /* "amx", "avx512bf16", "none" */
+bool kern_bf16_supported(void);   /* kern_bf16_unit_detect() != KERN_BF16_NONE */
+bool kern_amx_compiled(void);         /* this build has the AMX kernel */
+bool kern_avx512bf16_compiled(void);  /* this build has the AVX512-BF16 kernel */
 size_t kern_bf16_pack_elems(int64_t K, int64_t N);
 /* One pass over W's stored rows fills the forward pack (K = in, N = out)
  * and/or the backward pack (K = out, N = in); either may be NULL. rowbuf
  * holds max(rows, cols) floats. */
 int kern_bf16_pack_weight(const kern_weight *w, uint16_t *fwd, uint16_t *bwd, float *rowbuf);
-/* Floats of scratch kern_bf16_gemm needs on n_threads (0 without AMX). */
+/* Floats of scratch kern_bf16_gemm needs on n_threads, whichever unit runs
+ * it (0 in a build with neither kernel). */
 size_t kern_bf16_scratch_floats(int n_threads);
 int kern_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, int K, int N, const uint16_t *Bp,
                    const float *bias, float beta, float *scratch, int n_threads);
@@ -93,6 +102,26 @@ float kern_bf16_to_f32(uint16_t h);
  * tiles of 32 rows): B may be the first K rows of a pack made for more. */
 int kern_bf16_gemm_ex(float *C, int ldc, const float *A, int lda, int M, int K, int N, const uint16_t *Bp, int nkb,
                       const float *bias, float beta, float *scratch, int n_threads);
+/* The units' kernels themselves (kern_bf16_gemm_ex picks one; each returns
+ * PEFT_ERR_UNSUPPORTED in a build without it). */
+int kern_amx_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, int K, int N, const uint16_t *Bp, int nkb,
+                       const float *bias, float beta, float *scratch, int n_threads);
+size_t kern_amx_scratch_floats(int n_threads);
+int kern_avx512bf16_gemm(float *C, int ldc, const float *A, int lda, int M, int K, int N, const uint16_t *Bp, int nkb,
+                         const float *bias, float beta, float *scratch, int n_threads);
+size_t kern_avx512bf16_scratch_floats(int n_threads);
+/* Portable model of one vdpbf16ps lane as the Intel SDM defines it: two
+ * fused multiply-adds in f32, the odd (high) pair element first, each with
+ * denormal inputs read as zero, a denormal result flushed to zero and
+ * round to nearest even. */
+float kern_bf16_dp_model(float acc, uint32_t a_pair, uint32_t b_pair);
+/* kern_bf16_gemm_ex computed one element at a time with kern_bf16_dp_model,
+ * in the AVX512-BF16 kernel's order: C starts as beta·C + bias (as f32:
+ * beta·C rounded, then bias added; 0 when beta is 0 and there is no bias),
+ * then the pairs k = 0, 2, 4, ... < K in order. The AVX512-BF16 kernel's
+ * results equal it bit for bit. Single-threaded; for tests. */
+void kern_bf16_gemm_ref(float *C, int ldc, const float *A, int lda, int M, int K, int N, const uint16_t *Bp, int nkb,
+                        const float *bias, float beta);
 /* The column-block stride of w's backward pack. */
 static inline int kern_weight_bwd_nkb(const kern_weight *w) {
     return w->bf16_bwd_nkb ? w->bf16_bwd_nkb : (int)((w->rows + 31) / 32);

@@ -136,6 +136,7 @@ int peft_model_logits(peft_model *m, const int32_t *ids, int n_ids, float *out) 
 /* ---- compute precision ------------------------------------------------------ */
 
 int peft_compute_bf16_supported(void) { return kern_bf16_supported(); }
+const char *peft_compute_bf16_unit(void) { return kern_bf16_unit_name(kern_bf16_unit_detect()); }
 
 peft_compute peft_model_compute(const peft_model *m) { return m->bf16_packs ? PEFT_COMPUTE_BF16 : PEFT_COMPUTE_F32; }
 
@@ -181,8 +182,9 @@ int peft_model_set_compute(peft_model *m, peft_compute c) {
     const bool ok = kern_bf16_supported();
     if (c == PEFT_COMPUTE_BF16 && !ok)
         return peft_fail(err, PEFT_ERR_UNSUPPORTED,
-                         "bf16 compute needs a CPU with AMX-BF16 and AVX512-BF16 (Intel Sapphire Rapids or later) "
-                         "and a build that has the AMX kernel; this one has not: use f32");
+                         "bf16 compute needs a CPU with AVX512-BF16 (Intel Cooper Lake, Sapphire Rapids or later, "
+                         "AMD Zen 4 or later; AMX-BF16 is used where present) and a build that has the kernels; "
+                         "this one has not: use f32");
     if (c == PEFT_COMPUTE_F32 || (c == PEFT_COMPUTE_AUTO && !ok)) {
         drop_packs(m);
         return 0;
@@ -291,8 +293,8 @@ int peft_model_set_compute(peft_model *m, peft_compute c) {
         return peft_fail(err, status, "%s: cannot convert the weights to bf16 (%s)", m->path, peft_status_name(status));
     }
     m->bf16_bytes = total * sizeof(uint16_t);
-    peft_log(m->ctx, PEFT_LOG_INFO, "%s: bf16 compute on AMX (%.0f MiB of bf16 weight copies)", m->path,
-             (double)m->bf16_bytes / 1048576.0);
+    peft_log(m->ctx, PEFT_LOG_INFO, "%s: bf16 compute on %s (%.0f MiB of bf16 weight copies)", m->path,
+             kern_bf16_unit_name(kern_bf16_unit_detect()), (double)m->bf16_bytes / 1048576.0);
     return 0;
 }
 
