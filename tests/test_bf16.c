@@ -343,7 +343,8 @@ static void packed_linears_match_the_f32_path(void) {
             float *dx1 = calloc((size_t)T * K, sizeof(float)), *dx2 = calloc((size_t)T * K, sizeof(float));
             for (int i = 0; i < T * K; i++) x[i] = peft_rng_normal(&rng);
             for (int i = 0; i < T * N; i++) dy[i] = peft_rng_normal(&rng);
-            float *scr = malloc(sizeof(float) * kern_matmul_scratch_floats(K > N ? K : N, 2));
+            const size_t nscr = kern_matmul_scratch_floats(K > N ? K : N, 2), nbf = kern_bf16_scratch_floats(2);
+            float *scr = malloc(sizeof(float) * (nscr > nbf ? nscr : nbf));
             CHECK_OK(kern_matmul(y1, N, x, T, &w, NULL, 0.0f, scr, 2));
             CHECK_OK(kern_matmul_dx(dx1, dy, N, T, &w, scr, 2));
             kern_weight wp = w;

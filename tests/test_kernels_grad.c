@@ -593,7 +593,7 @@ static void matmul_dx_case(peft_dtype dt, bool transposed, int T, int N, int K) 
     for (int i = 0; i < 3; i++) {
         dx[i] = falloc((size_t)T * K);
         memcpy(dx[i], dx0, sizeof(float) * (size_t)T * K);
-        size_t ns = kern_matmul_dx_scratch_floats(K, threads[i]);
+        size_t ns = kern_matmul_dx_scratch_floats(K, threads[i], false);
         CHECK(ns <= kern_matmul_scratch_floats(K, threads[i]));
         float *scratch = falloc(ns);
         CHECK_OK(kern_matmul_dx(dx[i], dy, N, T, &w, scratch, threads[i]));

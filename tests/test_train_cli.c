@@ -10,6 +10,7 @@
 #include "test.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -381,6 +382,64 @@ static void json_config_matches_options(void) {
     free(da);
 }
 
+/* The number after `key` in the CLI's log ("= peak 54 MiB", "peak RSS: 50 MiB"). */
+static double mib_after(const char *log, const char *key) {
+    const char *p = strstr(log, key);
+    return p ? strtod(p + strlen(key), NULL) : -1;
+}
+
+/* The memory plan printed before training (and alone with --dry-run) is
+ * within 10 % of the peak RSS the run then measures, with and without
+ * gradient checkpointing; --max-memory between the two plans turns
+ * checkpointing on, below both refuses naming the sizes, and a bad size is
+ * named. Packed rows, so that every planned buffer is used. */
+static void memory_plan_predicts_the_peak(void) {
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
+    char data[300], args[2048], log[16384];
+    snprintf(data, sizeof data, "%s/mem.jsonl", tmp);
+    {
+        FILE *f = fopen(data, "w");
+        const char *w[] = {"the", "king", "queen", "lord", "night", "day", "love", "sword", "crown", "heart", "fair"};
+        peft_rng r;
+        peft_rng_seed(&r, 5);
+        for (int i = 0; i < 300; i++) {
+            fprintf(f, "{\"text\": \"");
+            for (int k = 0; k < 40; k++) fprintf(f, "%s%s", k ? " " : "", w[peft_rng_u64(&r) % 11]);
+            fprintf(f, "\"}\n");
+        }
+        fclose(f);
+    }
+    const char *shape = "--batch 32 --seq 128 --pack --threads 2";
+    double plan[2] = {0, 0};
+    for (int k = 0; k < 2; k++) {
+        const char *ck = k ? " --checkpoint-layers" : "";
+        snprintf(args, sizeof args, "train --model " MODEL " --data %s %s --dry-run%s", data, shape, ck);
+        CHECK_EQ_INT(test_run_cli(args, log, sizeof log), 0);
+        plan[k] = mib_after(log, "= peak ");
+        CHECK_MSG(plan[k] > 0 && strstr(log, "memory plan: weights") && !strstr(log, "step 1/"), "%s", log);
+        snprintf(args, sizeof args, "train --model " MODEL " --data %s %s --steps 3 --quiet --out %s/mem%d%s", data, shape,
+                 tmp, k, ck);
+        CHECK_MSG(test_run_cli(args, log, sizeof log) == 0, "%s", log);
+        const double got = mib_after(log, "peak RSS: ");
+        printf("    %s: planned %.0f MiB, peak RSS %.0f MiB\n", k ? "checkpointing" : "everything kept", plan[k], got);
+        CHECK_MSG(got > 0 && fabs(plan[k] - got) <= 0.10 * got, "planned %.0f MiB, measured %.0f MiB", plan[k], got);
+    }
+    CHECK(plan[1] < plan[0]);
+    char budget[32];
+    snprintf(budget, sizeof budget, "%.0fM", (plan[0] + plan[1]) / 2);
+    snprintf(args, sizeof args, "train --model " MODEL " --data %s %s --dry-run --max-memory %s", data, shape, budget);
+    CHECK_EQ_INT(test_run_cli(args, log, sizeof log), 0);
+    CHECK_MSG(strstr(log, "gradient checkpointing of every layer") && fabs(mib_after(log, "= peak ") - plan[1]) <= 1,
+              "%s", log);
+    snprintf(budget, sizeof budget, "%.0fM", plan[1] / 2);
+    snprintf(args, sizeof args, "train --model " MODEL " --data %s %s --dry-run --max-memory %s", data, shape, budget);
+    CHECK_EQ_INT(test_run_cli(args, log, sizeof log), 1);
+    CHECK_MSG(strstr(log, "does not fit in") && strstr(log, "lower --batch or --seq"), "%s", log);
+    snprintf(args, sizeof args, "train --model " MODEL " --data %s %s --dry-run --max-memory lots", data, shape);
+    CHECK_EQ_INT(test_run_cli(args, log, sizeof log), 2);
+    CHECK_MSG(strstr(log, "\"lots\" is not a size"), "%s", log);
+}
+
 int main(void) {
     snprintf(tmp, sizeof tmp, "/tmp/peft_train_cli_XXXXXX");
     if (!mkdtemp(tmp)) return 1;
@@ -391,6 +450,7 @@ int main(void) {
     TEST_RUN(eval_and_generate_use_the_adapter);
     TEST_RUN(compute_precision_option);
     TEST_RUN(json_config_matches_options);
+    TEST_RUN(memory_plan_predicts_the_peak);
     if (test_rm_rf(tmp) != 0) fprintf(stderr, "could not remove %s\n", tmp);
     TEST_MAIN_END();
 }

@@ -30,8 +30,9 @@ typedef struct {
 /* Output rows per dequantized tile; fixed so that results do not depend on
  * the thread count. */
 int kern_matmul_tile_rows(int64_t K);
-/* Floats of scratch kern_matmul needs for any weight of at most K columns on
- * n_threads. */
+/* Floats of scratch kern_matmul needs for any f32 or quantized weight of at
+ * most K columns on n_threads; a weight with bf16 packs needs
+ * kern_bf16_scratch_floats(n_threads) too (the larger of the two). */
 size_t kern_matmul_scratch_floats(int64_t K, int n_threads);
 
 /* y (T, N) = beta·y + x (T, K) · Wᵀ (+ bias (N), may be NULL).
@@ -56,13 +57,14 @@ int kern_matvec(float *y, int ldy, const float *x, int T, const kern_weight *w, 
  * converting only its columns of each tile to f32 (so a quantized weight is
  * converted once per 256 rows of dx, whatever the thread count). Block shapes
  * do not depend on n_threads: results are identical for every thread count.
- * scratch: kern_matmul_dx_scratch_floats(K, n_threads) floats. */
+ * scratch: kern_matmul_dx_scratch_floats(K, n_threads, bf16) floats (bf16:
+ * the weight may have bf16 packs, whose GEMM needs more). */
 int kern_matmul_dx(float *dx, const float *dy, int lddy, int T, const kern_weight *w, float *scratch,
                    int n_threads);
 /* Floats of scratch kern_matmul_dx needs for any weight of at most K columns
  * on n_threads; never more than kern_matmul_scratch_floats(K, n_threads), so
  * a buffer sized for kern_matmul serves both. */
-size_t kern_matmul_dx_scratch_floats(int64_t K, int n_threads);
+size_t kern_matmul_dx_scratch_floats(int64_t K, int n_threads, bool bf16);
 
 /* C (M, N) = alpha·op(A)·op(B) + beta·C (row-major; trans_a / trans_b
  * transpose A / B) with C's rows split over n_threads in fixed blocks of 64,

@@ -29,11 +29,17 @@ int kern_matmul_tile_rows(int64_t K) {
     return (int)nb;
 }
 
+/* A thread's tile holds nb·K' floats with nb = kern_matmul_tile_rows(K'),
+ * hence at most min(max(MM_TILE_FLOATS, 16·K), 512·K) for every K' <= K:
+ * the stride between threads' tiles, so that a small model's scratch is
+ * no larger than what it touches. */
+static size_t tile_stride(int64_t K) {
+    const size_t k = (size_t)PEFT_MAX(K, (int64_t)1);
+    return PEFT_MIN(PEFT_MAX((size_t)MM_TILE_FLOATS, 16 * k), 512 * k);
+}
+
 size_t kern_matmul_scratch_floats(int64_t K, int n_threads) {
-    /* A tile holds nb·K' floats with nb = clamp(MM_TILE_FLOATS/K', 16, 256)
-     * rounded down to 16, hence at most max(MM_TILE_FLOATS, 16·K') — a bound
-     * for every K' <= K. */
-    size_t per = PEFT_MAX((size_t)MM_TILE_FLOATS, (size_t)16 * (size_t)K);
+    size_t per = tile_stride(K);
     return PEFT_MAX(per * (size_t)(n_threads > 0 ? n_threads : 1), kern_matvec_scratch_floats(K, n_threads));
 }
 
@@ -87,7 +93,7 @@ int kern_matmul(float *y, int ldy, const float *x, int T, const kern_weight *w,
         const int64_t t = item / n_rb, rb = item % n_rb;
         const int64_t n0 = t * nb_max, nb = PEFT_MIN((int64_t)nb_max, N - n0);
         const int t0 = (int)(rb * rows), tb = (int)PEFT_MIN(rows, T - t0);
-        float *tile = scratch + (size_t)tid * PEFT_MAX((size_t)MM_TILE_FLOATS, (size_t)16 * (size_t)K);
+        float *tile = scratch + (size_t)tid * tile_stride(K);
         const float *b;
         int ldb;
         CBLAS_TRANSPOSE tr;
@@ -130,9 +136,10 @@ enum { DX_ROWS = 128, DX_COLS = 256, DX_TILE = 512 };
  * taller blocks. Depends on the dtype only. */
 static int64_t dx_rows(peft_dtype t) { return t == PEFT_DT_F32 ? DX_ROWS : 4 * DX_ROWS; }
 
-size_t kern_matmul_dx_scratch_floats(int64_t K, int n_threads) {
+size_t kern_matmul_dx_scratch_floats(int64_t K, int n_threads, bool bf16) {
     size_t cols = (size_t)PEFT_MIN((int64_t)DX_COLS, PEFT_MAX(K, (int64_t)1));
-    return PEFT_MAX((size_t)DX_TILE * cols * (size_t)(n_threads > 0 ? n_threads : 1), kern_bf16_scratch_floats(n_threads));
+    const size_t f32 = (size_t)DX_TILE * cols * (size_t)(n_threads > 0 ? n_threads : 1);
+    return bf16 ? PEFT_MAX(f32, kern_bf16_scratch_floats(n_threads)) : f32;
 }
 
 /* Columns [k0, k0 + kc) of W's rows [n0, n0 + nb) as f32 into buf (nb, kc),

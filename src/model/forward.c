@@ -191,6 +191,7 @@ int model_forward_ex(peft_model *m, const int32_t *ids, const int32_t *types, in
 
     int64_t kmax = PEFT_MAX(PEFT_MAX(d, ff), qd);
     size_t mm_scratch = kern_matmul_scratch_floats(kmax, nt);
+    if (m->bf16_packs) mm_scratch = PEFT_MAX(mm_scratch, kern_bf16_scratch_floats(nt));   /* the bf16 GEMM's */
     /* scratch only the attached method uses: its hooks' (zs, hook_ws), a sub-layer hook's h (hs) */
     bool sub_hooks = false;   /* a plug-in's sub-layer hook needs h (T, d): hs */
     for (int k = 0; k < c->n_layer * 2; k++) sub_hooks |= method_sub_hooked(ad, k / 2, k % 2);

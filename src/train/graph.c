@@ -255,15 +255,17 @@ static size_t layout(train_graph *g, float *base) {
     g->dxmid = TAKE(N * d);
     g->dh = TAKE(N * d);
     g->dhf = TAKE(N * d);
-    g->dbn = TAKE(N * d);
+    g->dbn = g->ad && g->ad->ops && g->ad->ops->sub_bwd ? TAKE(N * d) : NULL;   /* sub-layer hooks only */
     g->dqkv = TAKE(N * g->ldq);
     g->datt = TAKE(N * g->qd);
     g->dg = TAKE(N * ffg);
     g->du = TAKE(N * ff);
     g->da = TAKE(N * ff);
     g->dqk = qkn ? TAKE(N * qkw) : NULL;
-    g->logits = TAKE((size_t)LOSS_CHUNK * g->V);
-    g->capped = c->final_softcap > 0 ? TAKE((size_t)LOSS_CHUNK * g->V) : NULL;
+    /* the language-model loss's logits: not for classifiers and encoders */
+    const bool lm = g->n_labels == 0 && !enc;
+    g->logits = lm ? TAKE((size_t)LOSS_CHUNK * g->V) : NULL;
+    g->capped = lm && c->final_softcap > 0 ? TAKE((size_t)LOSS_CHUNK * g->V) : NULL;
     g->ptmp = post1 || post2 ? TAKE(N * d) : NULL;
     g->cls = TAKE(B * (size_t)(g->n_labels ? g->n_labels : 1));
     g->cls_scr = TAKE(B * 2 * d);
@@ -273,7 +275,7 @@ static size_t layout(train_graph *g, float *base) {
     g->embn = TAKE(B);
     g->scores = TAKE(B * B);
     g->kvbuf = g->PX ? TAKE(4 * (T + (size_t)g->PX) * g->kvd) : NULL;
-    g->mm_scratch = TAKE(PEFT_MAX(kern_matmul_scratch_floats(g->max_in, g->nt), kern_matmul_dx_scratch_floats(g->max_in, g->nt)));
+    g->mm_scratch = TAKE(PEFT_MAX(kern_matmul_scratch_floats(g->max_in, g->nt), kern_matmul_dx_scratch_floats(g->max_in, g->nt, g->m->bf16_packs != NULL)));
     g->attn_scratch = TAKE(kern_flash_attn_scratch_floats((int)T, g->PX, g->m->cfg.n_head, g->m->cfg.head_dim, g->nt));
     g->pos = (int32_t *)TAKE(N);
     g->ids = (int32_t *)TAKE(N);

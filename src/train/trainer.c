@@ -721,6 +721,19 @@ done:
 
 /* ---- the memory plan ------------------------------------------------------------ */
 
+/* The longest row a padded batch of d can have (a contrastive example's
+ * longest text). */
+static int longest_row(const data_set *d) {
+    int n = 0;
+    for (int i = 0; i < d->n; i++) {
+        const data_example *e = &d->ex[i];
+        if (d->kind == DATA_PAIRS)
+            for (int c = 0; c < e->n_cols; c++) n = PEFT_MAX(n, e->col_len[c]);
+        else n = PEFT_MAX(n, e->n);
+    }
+    return n;
+}
+
 int train_memory_plan(peft_model *m, adapter *a, const data_set *train, const data_set *val, const train_params *p,
                       int checkpoint_every, train_memplan *out, peft_err *err) {
     memset(out, 0, sizeof *out);
@@ -734,15 +747,21 @@ int train_memory_plan(peft_model *m, adapter *a, const data_set *train, const da
     out->optimizer = 2 * (size_t)a->n_params * sizeof(float);
     const int C = cols_of(train);
     const tg_options go = {.checkpoint_every = PEFT_MAX(checkpoint_every, 0)};
-    int rc = tg_plan(m, a, p->batch * C, p->seq, &go, &out->graph, err);
+    /* padded batches are cut to their longest row: the graph's buffers are
+     * touched (resident) only that far; packed rows are full */
+    const int t_train = p->pack ? p->seq : PEFT_MAX(2, PEFT_MIN(p->seq, longest_row(train)));
+    int rc = tg_plan(m, a, p->batch * C, t_train, &go, &out->graph, err);
     if (rc) return rc;
     if (val && val->n > 0) {
         tg_memory ev;
         const tg_options eo = {.checkpoint_every = 1};
-        if ((rc = tg_plan(m, a, p->batch * C, p->seq, &eo, &ev, err))) return rc;
+        if ((rc = tg_plan(m, a, p->batch * C, PEFT_MAX(2, PEFT_MIN(p->seq, longest_row(val))), &eo, &ev, err)))
+            return rc;
         out->eval_graph = ev.total;
     }
-    out->peak = out->base + out->weights + out->grads + out->optimizer + out->graph.total + out->eval_graph;
+    /* a method that saves a model writes f32 copies of what it trained */
+    const size_t save = (a->ops->flags & METHOD_SAVES_MODEL) ? (size_t)a->n_params * sizeof(float) : 0;
+    out->peak = out->base + out->weights + out->grads + out->optimizer + out->graph.total + PEFT_MAX(out->eval_graph, save);
     return 0;
 }
 
