@@ -127,6 +127,32 @@ out:
 
 /* Encoder classifiers (HF peft SEQ_CLS, modules_to_save classifier): the
  * padded batch's loss, logits and every gradient, the classifier's too. */
+/* Every trainable tensor's gradient against "<key>.grad" of ref: each
+ * within 1e-4 of its largest reference value. Returns the tensors checked;
+ * *worst gets the largest relative difference. */
+static int grads_match_ref(const adapter *a, const st_archive *ref, double *worst) {
+    int checked = 0;
+    *worst = 0;
+    for (int i = 0; i < a->n_tensors; i++) {
+        char key[400];
+        snprintf(key, sizeof key, "%s.grad", a->tensors[i].key);
+        const st_tensor *t = st_find(ref, key);
+        CHECK_MSG(t != NULL, "no reference for %s", key);
+        if (!t || st_numel(t) != a->tensors[i].n) continue;
+        const float *r = t->data;
+        double maxref = 0, maxdiff = 0;
+        for (int64_t k = 0; k < a->tensors[i].n; k++) {
+            maxref = fmax(maxref, fabs(r[k]));
+            maxdiff = fmax(maxdiff, fabs(r[k] - a->tensors[i].g[k]));
+        }
+        const double rel = maxdiff / (maxref > 0 ? maxref : 1);
+        *worst = fmax(*worst, rel);
+        CHECK_MSG(rel <= 1e-4, "%s: rel diff %.3g", key, rel);
+        checked++;
+    }
+    return checked;
+}
+
 static void classifier_grads_match_peft(const char *name, const char *model) {
     char p[512];
     snprintf(p, sizeof p, LFIX "%s/reference.safetensors", name);
@@ -173,24 +199,7 @@ static void classifier_grads_match_peft(const char *name, const char *model) {
         double lgd = g ? test_max_abs_diff(tg_class_logits(g), rlg->data, (size_t)B * 3) : INFINITY;
         CHECK_MSG(lgd <= 1e-4, "%s: logits differ by %g", name, lgd);
         double worst = 0;
-        int checked = 0;
-        for (int i = 0; i < a->n_tensors; i++) {
-            char key[400];
-            snprintf(key, sizeof key, "%s.grad", a->tensors[i].key);
-            const st_tensor *t = st_find(ref, key);
-            CHECK_MSG(t != NULL, "no reference for %s", key);
-            if (!t || st_numel(t) != a->tensors[i].n) continue;
-            const float *r = t->data;
-            double maxref = 0, maxdiff = 0;
-            for (int64_t k = 0; k < a->tensors[i].n; k++) {
-                maxref = fmax(maxref, fabs(r[k]));
-                maxdiff = fmax(maxdiff, fabs(r[k] - a->tensors[i].g[k]));
-            }
-            const double rel = maxdiff / (maxref > 0 ? maxref : 1);
-            worst = fmax(worst, rel);
-            CHECK_MSG(rel <= 1e-4, "%s: rel diff %.3g", key, rel);
-            checked++;
-        }
+        const int checked = grads_match_ref(a, ref, &worst);
         CHECK_EQ_INT(checked, a->n_tensors);
         printf("    %-16s loss %.6f (peft %.6f), logits diff %.2g, %d gradient tensors, worst rel diff %.3g\n", name, got,
                want, lgd, checked, worst);
@@ -427,23 +436,7 @@ static void contrastive_grads_match_sentence_transformers(void) {
         const double sd = test_max_abs_diff(tg_class_logits(g), st_find(ref, "scores")->data, (size_t)nA * 2 * nA);
         CHECK_MSG(sd <= 1e-4, "scores differ by %g", sd);
         double worst = 0;
-        int checked = 0;
-        for (int i = 0; i < a->n_tensors; i++) {
-            char key[400];
-            snprintf(key, sizeof key, "%s.grad", a->tensors[i].key);
-            const st_tensor *t = st_find(ref, key);
-            CHECK_MSG(t != NULL, "no reference for %s", key);
-            if (!t || st_numel(t) != a->tensors[i].n) continue;
-            const float *r = t->data;
-            double maxref = 0, maxdiff = 0;
-            for (int64_t k = 0; k < a->tensors[i].n; k++) {
-                maxref = fmax(maxref, fabs(r[k]));
-                maxdiff = fmax(maxdiff, fabs(r[k] - a->tensors[i].g[k]));
-            }
-            worst = fmax(worst, maxdiff / (maxref > 0 ? maxref : 1));
-            CHECK_MSG(maxdiff <= 1e-4 * (maxref > 0 ? maxref : 1), "%s: rel diff %.3g", key, maxdiff / maxref);
-            checked++;
-        }
+        const int checked = grads_match_ref(a, ref, &worst);
         CHECK_EQ_INT(checked, a->n_tensors);
         printf("    MNRL loss %.6f (sentence-transformers %.6f), scores diff %.2g, %d gradient tensors, worst rel %.3g\n",
                got, want, sd, checked, worst);
