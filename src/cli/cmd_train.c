@@ -578,6 +578,14 @@ int cmd_train(int argc, char **argv) {
             goto out;
         }
         print_plan(&plan, ck < 0 ? 0 : ck, m->cfg.n_layer);
+        {   /* the other choice, for comparison */
+            const int other = ck > 0 ? 0 : 1;
+            train_memplan alt;
+            if (m->cfg.n_layer > 1 && !train_memory_plan(m, ad, &train, vp, &tp, other, &alt, err))
+                fprintf(stderr, "             %s: training graph %.0f MiB, peak %.0f MiB\n",
+                        other ? "with --checkpoint-layers" : "with every layer kept", alt.graph.total / 1048576.0,
+                        alt.peak / 1048576.0);
+        }
         if (GETV("dry-run")) { rc = 0; goto out; }
     }
     train_result res;
