@@ -7,8 +7,8 @@ tests/test_methods_ref.c.
     python3 tools/make_encoder_method_fixtures.py ia3_bert     # only the named cases
 
 The decoder cases are tools/make_method_fixtures.py's; this script reuses its helpers (init,
-key mapping, the bottleneck module, file layout) and writes only the `*_bert` / `*_roberta`
-folders. Deterministic (two runs give byte-identical files).
+key mapping, the bottleneck adapters, file layout, the steps every case takes and the case
+loop) and writes only the `*_bert` / `*_roberta` folders. Deterministic (two runs give byte-identical files).
 
 The batch is the models' own reference batch (tests/fixtures/models/tiny-*/reference.safetensors,
 made by tools/make_arch_fixtures.py): 3 rows of 36 tokens, rows 1 and 2 padded on the right
@@ -28,21 +28,18 @@ from __future__ import annotations
 
 import fixture_common  # noqa: F401  (first: re-executes hermetically, keeps HF offline)
 
-import json  # noqa: E402
 import math  # noqa: E402
-import os  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-import peft  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-import transformers  # noqa: E402
-from fixture_common import INIT_SCALE, MODELS_REL, ROOT, clean_dir, f, save_peft_adapter  # noqa: E402
-from make_method_fixtures import (OUT, Bottleneck, max_diff, peft_key, randomize, save_tensors,  # noqa: E402
-                                  trainable, write_json)
+from fixture_common import INIT_SCALE, MODELS_REL, ROOT, f  # noqa: E402
+from make_method_fixtures import (attach_bottlenecks, bottleneck_config, check_reloaded,  # noqa: E402
+                                  check_roundtrip, max_diff, nonzero_grads, peft_key, run_case_in, run_cases,
+                                  save_randomized, start, store_result, trainable, write_adapter)
 from peft import (IA3Config, LoHaConfig, LoKrConfig, LoraConfig, PeftConfig, PeftModel,  # noqa: E402
                   PrefixTuningConfig, PromptTuningConfig, VeraConfig, get_peft_model, set_peft_model_state_dict)
 from safetensors.numpy import load_file as np_load_file  # noqa: E402
@@ -52,7 +49,6 @@ warnings.filterwarnings("ignore")
 
 ENC_LABELS = [2, 0, 1]
 P_VIRT = 4
-BN_REDUCTION = 8
 ENC_TARGETS = ["query", "value", "output.dense"]  # output.dense: attention.output.dense AND the FFN's output.dense
 
 CASES = [
@@ -218,15 +214,9 @@ def run_peft_case(case: dict, d: Path, b: dict, notes: dict) -> dict:
         base_logits = base0(**tin).logits.detach().clone()
     pm = get_peft_model(base0, peft_config_for(case))
     pm.eval()
-    randomize(trainable(pm), case["seed"])
-    mem = {n: p.detach().clone() for n, p in trainable(pm)}
-    save_peft_adapter(pm, d / "adapter")
-    saved = np_load_file(str(d / "adapter" / "adapter_model.safetensors"))
-    acfg = json.loads((d / "adapter" / "adapter_config.json").read_text())
-    notes["adapter_config"] = {k: acfg[k] for k in sorted(acfg) if k in (
+    mem, saved = save_randomized(pm, case, d, notes, (
         "target_modules", "feedforward_modules", "num_virtual_tokens", "token_dim", "num_attention_heads",
-        "num_layers", "num_transformer_submodules", "modules_to_save", "task_type", "use_dora")}
-    notes["saved_keys"] = {k: list(v.shape) for k, v in saved.items()}
+        "num_layers", "num_transformer_submodules", "modules_to_save", "task_type", "use_dora"))
     assert any(head_key(k) for k in saved), "no classifier head saved"
 
     if kind == "prefix":
@@ -242,38 +232,23 @@ def run_peft_case(case: dict, d: Path, b: dict, notes: dict) -> dict:
         pm = PeftModel.from_pretrained(load_base(model), str(d / "adapter"), is_trainable=True)
     pm.eval()
     params = trainable(pm)
-    assert [n for n, _ in params] == list(mem), ([n for n, _ in params], list(mem))
-    for n, p in params:
-        assert torch.equal(p.detach(), mem[n]), n
-        assert np.array_equal(p.detach().numpy(), saved[peft_key(n)]), n
+    check_reloaded(params, mem, saved)
 
     pm.zero_grad(set_to_none=True)
     out = pm(**tin, labels=lab_t)
     out.loss.backward()
     logits, loss = out.logits.detach(), out.loss.detach()
     assert abs(f(F.cross_entropy(logits.double(), lab_t)) - f(loss)) < 1e-6
-    grads = {}
-    for n, p in params:
-        g = p.grad.detach().numpy().copy()
-        assert np.abs(g).max() > 0, f"zero gradient {n}"
-        grads[peft_key(n) + ".grad"] = g
+    grads = nonzero_grads(params, peft_key)
     if kind == "prompt":
         check_prompt(case, tin, saved, logits, notes)
-    # a plain (inference-mode) reload gives the same logits
-    rt = PeftModel.from_pretrained(load_base(model), str(d / "adapter"))
-    rt.eval()
-    with torch.no_grad():
-        notes["roundtrip_max_diff"] = max_diff(rt(**tin).logits, logits)
-    assert notes["roundtrip_max_diff"] < 1e-5, notes["roundtrip_max_diff"]
+    check_roundtrip(load_base(model), d, logits, notes, **tin)
     return finish(ref, loss, logits, grads, base_logits, notes)
 
 
 def finish(ref, loss, logits, grads, base_logits, notes) -> dict:
     """base_logits None: the case does not change the model (full fine-tuning from the base)."""
-    ref["loss"] = np.array([f(loss)], dtype=np.float32)
-    ref["logits"] = logits.detach().numpy().astype(np.float32)
-    ref.update(grads)
-    notes["loss"] = f(loss)
+    store_result(ref, loss, logits, grads, notes)
     if base_logits is not None:
         notes["delta_vs_base"] = max_diff(logits, base_logits)
         assert notes["delta_vs_base"] > 1e-2, notes["delta_vs_base"]
@@ -374,29 +349,19 @@ def run_own(case: dict, d: Path, b: dict, notes: dict) -> dict:
     for p in base.parameters():
         p.requires_grad_(False)
     gen = torch.Generator().manual_seed(case["seed"])
-    (d / "adapter").mkdir()
     layers = backbone(base).encoder.layer
     pre = base.base_model_prefix
     params: dict[str, torch.nn.Parameter] = {}
     if kind == "bottleneck":
-        dm = base.config.hidden_size
         style = case["style"]
         sites = [("attention_adapter", "attention.output.dense"), ("output_adapter", "output.dense")]
         if style == "pfeiffer":
             sites = sites[1:]
-        for li, layer in enumerate(layers):
-            for site, target in sites:
-                ad = Bottleneck(dm, dm // BN_REDUCTION, "relu" if style == "pfeiffer" else "swish")
-                for pn, p in ad.named_parameters():  # down.weight, down.bias, up.weight, up.bias
-                    with torch.no_grad():
-                        p.copy_(INIT_SCALE * torch.randn(p.shape, generator=gen, dtype=torch.float32))
-                    params[f"base_model.model.{pre}.encoder.layer.{li}.{site}.{pn}"] = p
-                # on the dense output (bias included), before the residual add and the LayerNorm
-                layer.get_submodule(target).register_forward_hook(lambda _m, _i, out, ad=ad: ad(out))
-        cfgd = {"peft_type": "BOTTLENECK", "config_name": "seq_bn" if style == "pfeiffer" else "double_seq_bn",
-                "mh_adapter": style == "houlsby", "output_adapter": True, "reduction_factor": BN_REDUCTION,
-                "bottleneck_size": dm // BN_REDUCTION, "non_linearity": "relu" if style == "pfeiffer" else "swish",
-                "init_weights": "zero_up", "layers_to_transform": None}
+        # on the dense output (bias included), before the residual add and the LayerNorm
+        params.update(attach_bottlenecks(
+            base, [(f"base_model.model.{pre}.encoder.layer.{li}.{site}", layer.get_submodule(target))
+                   for li, layer in enumerate(layers) for site, target in sites], style, None, gen))
+        cfgd = bottleneck_config(style, base.config.hidden_size)
     elif kind == "bitfit":
         # every bias of the base model (BERT's pooler included; RoBERTa's classifier has none), the head apart
         names = [n for n, _ in base.named_parameters() if n.endswith(".bias") and n.startswith(pre + ".")]
@@ -417,10 +382,7 @@ def run_own(case: dict, d: Path, b: dict, notes: dict) -> dict:
         p.requires_grad_(True)
         params[k] = p
     cfgd.update(cls_config(model))
-    write_json(d / "adapter" / "adapter_config.json", cfgd)
-    save_tensors(d / "adapter" / "adapter_model.safetensors",
-                 {k: p.detach().numpy().copy() for k, p in params.items()}, {"format": "pt"})
-    saved = np_load_file(str(d / "adapter" / "adapter_model.safetensors"))
+    saved = write_adapter(d, cfgd, params)
     for k, p in params.items():
         assert np.array_equal(saved[k], p.detach().numpy()), k
     notes["saved_keys"] = {k: list(v.shape) for k, v in saved.items()}
@@ -436,11 +398,7 @@ def forward_backward(model, params: dict, b: dict, tin: dict, base_logits, notes
     assert abs(f(F.cross_entropy(logits.double(), lab_t)) - f(loss)) < 1e-6
     ref = dict(b)
     ref["cls_labels"] = np.array(ENC_LABELS, dtype=np.int32)
-    grads = {}
-    for k, p in params.items():
-        g = p.grad.detach().numpy().copy()
-        assert np.abs(g).max() > 0 or k.endswith("token_type_embeddings.weight"), f"zero gradient {k}"
-        grads[k + ".grad"] = g
+    grads = nonzero_grads(params.items(), may_be_zero=lambda k: k.endswith("token_type_embeddings.weight"))
     return finish(ref, loss, logits, grads, base_logits, notes)
 
 
@@ -469,48 +427,25 @@ def run_full(case: dict, d: Path, b: dict, notes: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------
 
-def run_case(case: dict) -> dict:
-    name = case["name"]
-    d = OUT / name
-    clean_dir(d)
-    b = batch(case["model"])
-    torch.manual_seed(0)
-    notes: dict = {"case": name, "model": case["model"], "kind": case["kind"]}
+def run_encoder_case(case: dict, d: Path, b: dict, notes: dict) -> dict:
     if case["kind"] in ("prompt", "prefix"):
         check_manual_encoder(case["model"], torch_inputs(b), notes)
     if case["kind"] in ("bottleneck", "bitfit"):
-        ref = run_own(case, d, b, notes)
-    elif case["kind"] == "full":
-        ref = run_full(case, d, b, notes)
-    else:
-        ref = run_peft_case(case, d, b, notes)
-    save_tensors(d / "reference.safetensors", ref, {"generator": f"tools/make_encoder_method_fixtures.py {name}"})
-    notes["reference_keys"] = {k: [str(v.dtype), list(v.shape)] for k, v in ref.items()}
-    return notes
+        return run_own(case, d, b, notes)
+    if case["kind"] == "full":
+        return run_full(case, d, b, notes)
+    return run_peft_case(case, d, b, notes)
+
+
+def run_case(case: dict) -> dict:
+    return run_case_in(case, "make_encoder_method_fixtures.py", lambda c: batch(c["model"]), run_encoder_case)
 
 
 def main() -> int:
-    os.chdir(ROOT)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-    only = set(sys.argv[1:])
+    only = start()
     unknown = only - {c["name"] for c in CASES}
     assert not unknown, f"unknown cases {sorted(unknown)}"
-    all_notes = []
-    for case in CASES:
-        if only and case["name"] not in only:
-            continue
-        notes = run_case(case)
-        all_notes.append(notes)
-        short = {k: v for k, v in notes.items()
-                 if k not in ("saved_keys", "reference_keys", "param_names", "adapter_config", "bias_names")}
-        print(json.dumps(short))
-    if os.environ.get("METHOD_FIXTURES_NOTES"):
-        Path(os.environ["METHOD_FIXTURES_NOTES"]).write_text(json.dumps(all_notes, indent=1))
-    print(f"torch {torch.__version__} transformers {transformers.__version__} peft {peft.__version__}")
-    total = sum(p.stat().st_size for c in CASES for p in (OUT / c["name"]).rglob("*") if p.is_file())
-    print(f"encoder cases: {total} bytes")
-    assert total < 900_000, total
+    run_cases(CASES, only, run_case, "encoder cases:", 900_000)
     return 0
 
 

@@ -198,6 +198,120 @@ def n_layers(base) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# the steps every case of this script and of make_encoder_method_fixtures.py takes
+# ---------------------------------------------------------------------------------------
+
+SHORT_NOTES_SKIP = ("saved_keys", "reference_keys", "param_names", "adapter_config", "bias_names")
+
+
+def save_randomized(model, case: dict, d: Path, notes: dict, config_keys: tuple[str, ...]) -> tuple[dict, dict]:
+    """Randomises a fresh peft model's trainable tensors (randomize), saves it to d/adapter and
+    notes the config fields named in config_keys and the saved shapes. Returns the in-memory
+    copy of the trainable tensors and the saved ones, for check_reloaded."""
+    randomize(trainable(model), case["seed"])
+    mem = {n: p.detach().clone() for n, p in trainable(model)}
+    save_peft_adapter(model, d / "adapter")
+    saved = np_load_file(str(d / "adapter" / "adapter_model.safetensors"))
+    acfg = json.loads((d / "adapter" / "adapter_config.json").read_text())
+    notes["adapter_config"] = {k: acfg[k] for k in sorted(acfg) if k in config_keys}
+    notes["saved_keys"] = {k: list(v.shape) for k, v in saved.items()}
+    return mem, saved
+
+
+def check_reloaded(params, mem: dict, saved: dict | None) -> None:
+    """The reloaded model trains the same tensors, in the same order, with the values that were
+    saved (saved None: the file holds something else, e.g. the projected prefix table)."""
+    assert [n for n, _ in params] == list(mem), ([n for n, _ in params], list(mem))
+    for n, p in params:
+        assert torch.equal(p.detach(), mem[n]), n
+        if saved is not None:
+            k = peft_key(n)
+            assert np.array_equal(p.detach().numpy(), saved[k]), k
+
+
+def nonzero_grads(params, key=lambda n: n, may_be_zero=lambda k: False) -> dict:
+    """{key(name) + ".grad": gradient} of (name, tensor) pairs, each asserted non-zero: a zero
+    gradient would let the C side pass without computing it."""
+    grads = {}
+    for n, p in params:
+        k = key(n)
+        g = p.grad.detach().numpy().copy()
+        assert np.abs(g).max() > 0 or may_be_zero(k), f"zero gradient {k}"
+        grads[k + ".grad"] = g
+    return grads
+
+
+def store_result(ref: dict, loss, logits, grads: dict, notes: dict) -> dict:
+    ref["loss"] = np.array([f(loss)], dtype=np.float32)
+    ref["logits"] = logits.detach().numpy().astype(np.float32)
+    ref.update(grads)
+    notes["loss"] = f(loss)
+    return ref
+
+
+def check_roundtrip(base, d: Path, logits, notes: dict, **inputs) -> None:
+    """A plain (inference-mode) reload of d/adapter onto base gives the same logits."""
+    rt = PeftModel.from_pretrained(base, str(d / "adapter"))
+    rt.eval()
+    with torch.no_grad():
+        notes["roundtrip_max_diff"] = max_diff(rt(**inputs).logits, logits)
+    assert notes["roundtrip_max_diff"] < 1e-5, notes["roundtrip_max_diff"]
+
+
+def write_adapter(d: Path, config: dict, tensors: dict) -> dict:
+    """d/adapter written by this script (no peft class for the method): the config, the tensors;
+    returns the tensors as read back from the file."""
+    (d / "adapter").mkdir()
+    write_json(d / "adapter" / "adapter_config.json", config)
+    save_tensors(d / "adapter" / "adapter_model.safetensors",
+                 {k: p.detach().numpy().copy() for k, p in tensors.items()}, {"format": "pt"})
+    return np_load_file(str(d / "adapter" / "adapter_model.safetensors"))
+
+
+def run_case_in(case: dict, script: str, inputs, run) -> dict:
+    """One case in OUT/<name>: inputs(case) read before the seed is fixed, run(case, d, inputs,
+    notes) -> the reference tensors, written with the generator's command line."""
+    name = case["name"]
+    d = OUT / name
+    clean_dir(d)
+    x = inputs(case)
+    torch.manual_seed(0)
+    notes: dict = {"case": name, "model": case["model"], "kind": case["kind"]}
+    ref = run(case, d, x, notes)
+    save_tensors(d / "reference.safetensors", ref, {"generator": f"tools/{script} {name}"})
+    notes["reference_keys"] = {k: [str(v.dtype), list(v.shape)] for k, v in ref.items()}
+    return notes
+
+
+def start() -> set[str]:
+    """Deterministic single-threaded torch from the repository root; the case names asked for."""
+    os.chdir(ROOT)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    return set(sys.argv[1:])
+
+
+def run_cases(cases: list[dict], only: set[str], run_case, label: str, max_bytes: int) -> None:
+    """The named cases (all when none are): their notes printed (one JSON line each, the bulky
+    keys left out) and, with $METHOD_FIXTURES_NOTES, written whole; then the size of `cases`'
+    folders, asserted under max_bytes."""
+    all_notes = []
+    for case in cases:
+        if only and case["name"] not in only:
+            continue
+        notes = run_case(case)
+        all_notes.append(notes)
+        short = {k: v for k, v in notes.items() if k not in SHORT_NOTES_SKIP}
+        print(json.dumps(short))
+    if os.environ.get("METHOD_FIXTURES_NOTES"):
+        Path(os.environ["METHOD_FIXTURES_NOTES"]).write_text(json.dumps(all_notes, indent=1))
+    print(f"torch {torch.__version__} transformers {transformers.__version__} peft {peft.__version__}")
+    total = sum(p.stat().st_size for c in cases for p in (OUT / c["name"]).rglob("*") if p.is_file())
+    print(f"{label} {total} bytes")
+    assert total < max_bytes, total
+
+
+# ---------------------------------------------------------------------------------------
 # independent forward passes (README formulas), for the prompt / prefix checks
 # ---------------------------------------------------------------------------------------
 
@@ -388,17 +502,11 @@ def run_peft_case(case: dict, d: Path, input_ids: np.ndarray, notes: dict) -> di
         m0 = {n: p.detach().clone() for n, p in trainable(model) if "lora_magnitude_vector" in n}
     if kind in ("vera", "loha", "lokr"):
         check_fresh_init(case, model, notes)
-    randomize(trainable(model), case["seed"])
-    mem_params = {n: p.detach().clone() for n, p in trainable(model)}
-    save_peft_adapter(model, d / "adapter")
-    saved = np_load_file(str(d / "adapter" / "adapter_model.safetensors"))
-    acfg = json.loads((d / "adapter" / "adapter_config.json").read_text())
-    notes["adapter_config"] = {k: acfg[k] for k in sorted(acfg) if k in (
+    mem_params, saved = save_randomized(model, case, d, notes, (
         "target_modules", "feedforward_modules", "fan_in_fan_out", "num_virtual_tokens", "token_dim",
         "num_attention_heads", "num_layers", "num_transformer_submodules", "encoder_hidden_size",
         "prefix_projection", "modules_to_save", "inference_mode", "task_type", "use_dora", "r", "lora_alpha",
-        "alpha", "decompose_both", "decompose_factor", "save_projection", "projection_prng_key", "d_initial")}
-    notes["saved_keys"] = {k: list(v.shape) for k, v in saved.items()}
+        "alpha", "decompose_both", "decompose_factor", "save_projection", "projection_prng_key", "d_initial"))
 
     # ---- reload as a trainable model ----------------------------------------------------
     # peft refuses PeftModel.from_pretrained(..., is_trainable=True) for every prompt-learning
@@ -435,12 +543,7 @@ def run_peft_case(case: dict, d: Path, input_ids: np.ndarray, notes: dict) -> di
         model = PeftModel.from_pretrained(load_base(case["model"], seqcls), str(d / "adapter"), is_trainable=True)
         model.eval()
     params = trainable(model)
-    assert [n for n, _ in params] == list(mem_params), ([n for n, _ in params], list(mem_params))
-    for n, p in params:
-        assert torch.equal(p.detach(), mem_params[n]), n
-        k = peft_key(n)
-        if kind != "prefix_proj":
-            assert np.array_equal(p.detach().numpy(), saved[k]), k
+    check_reloaded(params, mem_params, saved if kind != "prefix_proj" else None)
 
     # ---- forward / backward --------------------------------------------------------------
     table_out = {}
@@ -472,22 +575,14 @@ def run_peft_case(case: dict, d: Path, input_ids: np.ndarray, notes: dict) -> di
         notes["counted_predictions"] = int((lab_t[:, 1:] != -100).sum())
     assert abs(f(ml) - f(loss)) < 1e-5, (f(ml), f(loss))
 
-    grads = {}
-    for n, p in params:
-        k = peft_key(n, kind == "prefix_proj")
-        g = p.grad.detach().numpy().copy()
-        assert np.abs(g).max() > 0, f"zero gradient {k}"
-        grads[k + ".grad"] = g
+    grads = nonzero_grads(params, lambda n: peft_key(n, kind == "prefix_proj"))
     if kind == "prefix_proj":
         g = table_out["t"].grad.detach().sum(0).numpy().copy()  # summed over the batch copies
         grads["prompt_embeddings.grad"] = g
         for n, p in params:
             ref["init." + peft_key(n, True)] = p.detach().numpy().copy()
 
-    ref["loss"] = np.array([f(loss)], dtype=np.float32)
-    ref["logits"] = logits.numpy().astype(np.float32)
-    ref.update(grads)
-    notes["loss"] = f(loss)
+    store_result(ref, loss, logits, grads, notes)
     notes["logits_shape"] = list(logits.shape)
     if logits.shape == base_logits.shape:
         notes["delta_vs_base"] = max_diff(logits, base_logits)
@@ -495,13 +590,9 @@ def run_peft_case(case: dict, d: Path, input_ids: np.ndarray, notes: dict) -> di
         notes["delta_vs_base"] = max_diff(logits[:, -base_logits.shape[1]:], base_logits)
     assert notes["delta_vs_base"] > 1e-2, notes["delta_vs_base"]
 
-    # ---- round trip: plain (inference-mode) reload gives the same logits ----------------
-    rt = PeftModel.from_pretrained(load_base(case["model"], seqcls), str(d / "adapter"))
-    rt.eval()
-    with torch.no_grad():
-        rt_logits = rt(input_ids=ids_t, attention_mask=mask_t, use_cache=False).logits
-    notes["roundtrip_max_diff"] = max_diff(rt_logits, logits)
-    assert notes["roundtrip_max_diff"] < 1e-5, notes["roundtrip_max_diff"]
+    # ---- round trip ------------------------------------------------------------------------
+    check_roundtrip(load_base(case["model"], seqcls), d, logits, notes,
+                    input_ids=ids_t, attention_mask=mask_t, use_cache=False)
 
     # ---- README formulas restated --------------------------------------------------------
     checks = {"dora": check_dora, "ia3": check_ia3, "prompt": check_prompt, "prefix": check_prefix,
@@ -1070,26 +1161,45 @@ def bottleneck_sites(model_name: str, style: str) -> list[tuple[str, str]]:
     return [attn, ffn] if style == "houlsby" else [ffn]
 
 
-def attach_bottlenecks(base, model_name: str, style: str, weights: dict | None, seed: int | None):
+def attach_bottlenecks(base, sites, style: str, weights: dict | None, gen: torch.Generator | None) -> dict:
+    """One adapter per (key prefix, module) of sites, on the module's output (bias included):
+    weights from `weights` by key, else 0.1*randn from gen in site and named_parameters() order.
+    Returns {key: parameter}."""
     d = base.config.hidden_size
     b = d // BN_REDUCTION
     act = "relu" if style == "pfeiffer" else "swish"
     mods = {}
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    for layer in range(n_layers(base)):
-        for site, target in bottleneck_sites(model_name, style):
-            ad = Bottleneck(d, b, act)
-            prefix = f"base_model.model.{layer_prefix(model_name, layer)}.{site}"
-            for pn, p in ad.named_parameters():  # down.weight, down.bias, up.weight, up.bias
-                with torch.no_grad():
-                    if weights is None:
-                        p.copy_(INIT_SCALE * torch.randn(p.shape, generator=gen, dtype=torch.float32))
-                    else:
-                        p.copy_(torch.from_numpy(weights[f"{prefix}.{pn}"]))
-                mods[f"{prefix}.{pn}"] = p
-            mod = base.get_submodule(f"{layer_prefix(model_name, layer)}.{target}")
-            mod.register_forward_hook(lambda _m, _i, out, ad=ad: ad(out))
+    for prefix, mod in sites:
+        ad = Bottleneck(d, b, act)
+        for pn, p in ad.named_parameters():  # down.weight, down.bias, up.weight, up.bias
+            with torch.no_grad():
+                if weights is None:
+                    p.copy_(INIT_SCALE * torch.randn(p.shape, generator=gen, dtype=torch.float32))
+                else:
+                    p.copy_(torch.from_numpy(weights[f"{prefix}.{pn}"]))
+            mods[f"{prefix}.{pn}"] = p
+        mod.register_forward_hook(lambda _m, _i, out, ad=ad: ad(out))
     return mods
+
+
+def bottleneck_config(style: str, hidden: int) -> dict:
+    return {
+        "peft_type": "BOTTLENECK",
+        "config_name": "seq_bn" if style == "pfeiffer" else "double_seq_bn",
+        "mh_adapter": style == "houlsby",
+        "output_adapter": True,
+        "reduction_factor": BN_REDUCTION,
+        "bottleneck_size": hidden // BN_REDUCTION,
+        "non_linearity": "relu" if style == "pfeiffer" else "swish",
+        "init_weights": "zero_up",
+        "layers_to_transform": None,
+    }
+
+
+def causal_bottleneck_sites(base, model_name: str, style: str) -> list:
+    return [(f"base_model.model.{layer_prefix(model_name, layer)}.{site}",
+             base.get_submodule(f"{layer_prefix(model_name, layer)}.{target}"))
+            for layer in range(n_layers(base)) for site, target in bottleneck_sites(model_name, style)]
 
 
 def run_bottleneck(case: dict, d: Path, input_ids: np.ndarray, notes: dict) -> dict:
@@ -1097,30 +1207,16 @@ def run_bottleneck(case: dict, d: Path, input_ids: np.ndarray, notes: dict) -> d
     base = load_base(name)
     for p in base.parameters():
         p.requires_grad_(False)
-    mods = attach_bottlenecks(base, name, style, None, case["seed"])
-    (d / "adapter").mkdir()
-    cfgd = {
-        "peft_type": "BOTTLENECK",
-        "config_name": "seq_bn" if style == "pfeiffer" else "double_seq_bn",
-        "mh_adapter": style == "houlsby",
-        "output_adapter": True,
-        "reduction_factor": BN_REDUCTION,
-        "bottleneck_size": base.config.hidden_size // BN_REDUCTION,
-        "non_linearity": "relu" if style == "pfeiffer" else "swish",
-        "init_weights": "zero_up",
-        "base_model_name_or_path": f"{MODELS_REL}/{name}",
-        "task_type": "CAUSAL_LM",
-        "layers_to_transform": None,
-    }
-    write_json(d / "adapter" / "adapter_config.json", cfgd)
-    save_tensors(d / "adapter" / "adapter_model.safetensors",
-                 {k: p.detach().numpy().copy() for k, p in mods.items()}, {"format": "pt"})
+    mods = attach_bottlenecks(base, causal_bottleneck_sites(base, name, style), style, None,
+                              torch.Generator().manual_seed(case["seed"]))
+    cfgd = bottleneck_config(style, base.config.hidden_size)
+    cfgd.update({"base_model_name_or_path": f"{MODELS_REL}/{name}", "task_type": "CAUSAL_LM"})
+    saved = write_adapter(d, cfgd, mods)
     # reload from the file into a fresh model; references come from that
-    saved = np_load_file(str(d / "adapter" / "adapter_model.safetensors"))
     base = load_base(name)
     for p in base.parameters():
         p.requires_grad_(False)
-    mods = attach_bottlenecks(base, name, style, saved, None)
+    mods = attach_bottlenecks(base, causal_bottleneck_sites(base, name, style), style, saved, None)
     assert sorted(mods) == sorted(saved)
     notes["saved_keys"] = {k: list(v.shape) for k, v in saved.items()}
     return forward_backward_causal(case, base, mods, input_ids, notes)
@@ -1137,13 +1233,7 @@ def forward_backward_causal(case, model, params: dict, input_ids: np.ndarray, no
     loss = out.loss.detach()
     logits = out.logits.detach()
     assert abs(f(shifted_ce(logits, lab_t)) - f(loss)) < 1e-5
-    ref = {"input_ids": ids, "labels": labels, "loss": np.array([f(loss)], dtype=np.float32),
-           "logits": logits.numpy().astype(np.float32)}
-    for k, p in params.items():
-        g = p.grad.detach().numpy().copy()
-        assert np.abs(g).max() > 0, f"zero gradient {k}"
-        ref[k + ".grad"] = g
-    notes["loss"] = f(loss)
+    ref = store_result({"input_ids": ids, "labels": labels}, loss, logits, nonzero_grads(params.items()), notes)
     notes["logits_shape"] = list(logits.shape)
     notes["counted_predictions"] = int((lab_t[:, 1:] != -100).sum())
     base_ref = np_load_file(str(ROOT / MODELS_REL / case["model"] / "reference.safetensors"))["logits"]
@@ -1161,13 +1251,9 @@ def run_bitfit(case: dict, d: Path, input_ids: np.ndarray, notes: dict) -> dict:
         for n in bias_names:
             p = params[n]
             p.add_(INIT_SCALE * torch.randn(p.shape, generator=gen, dtype=torch.float32))
-    (d / "adapter").mkdir()
-    write_json(d / "adapter" / "adapter_config.json",
-               {"peft_type": "BITFIT", "base_model_name_or_path": f"{MODELS_REL}/{name}",
-                "task_type": "CAUSAL_LM", "bias_names": bias_names})
-    save_tensors(d / "adapter" / "adapter_model.safetensors",
-                 {f"base_model.model.{n}": params[n].detach().numpy().copy() for n in bias_names}, {"format": "pt"})
-    saved = np_load_file(str(d / "adapter" / "adapter_model.safetensors"))
+    saved = write_adapter(d, {"peft_type": "BITFIT", "base_model_name_or_path": f"{MODELS_REL}/{name}",
+                              "task_type": "CAUSAL_LM", "bias_names": bias_names},
+                          {f"base_model.model.{n}": params[n] for n in bias_names})
     # reload: fresh base, biases replaced by the file's vectors
     model = load_base(name)
     for p in model.parameters():
@@ -1203,53 +1289,28 @@ def run_full(case: dict, d: Path, input_ids: np.ndarray, notes: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------
 
-def run_case(case: dict) -> dict:
-    name = case["name"]
-    d = OUT / name
-    clean_dir(d)
+def input_ids_of(case: dict) -> np.ndarray:
     ref_in = np_load_file(str(ROOT / MODELS_REL / case["model"] / "reference.safetensors"))
     input_ids = ref_in["input_ids"].astype(np.int32)
     assert input_ids.shape == (2, 16)
-    torch.manual_seed(0)
-    notes: dict = {"case": name, "model": case["model"], "kind": case["kind"]}
-    kind = case["kind"]
-    if kind == "bottleneck":
-        ref = run_bottleneck(case, d, input_ids, notes)
-    elif kind == "bitfit":
-        ref = run_bitfit(case, d, input_ids, notes)
-    elif kind == "full":
-        ref = run_full(case, d, input_ids, notes)
-    else:
-        ref = run_peft_case(case, d, input_ids, notes)
-    save_tensors(d / "reference.safetensors", ref, {"generator": f"tools/make_method_fixtures.py {name}"})
-    notes["reference_keys"] = {k: [str(v.dtype), list(v.shape)] for k, v in ref.items()}
-    return notes
+    return input_ids
+
+
+RUNNERS = {"bottleneck": run_bottleneck, "bitfit": run_bitfit, "full": run_full}
+
+
+def run_case(case: dict) -> dict:
+    return run_case_in(case, "make_method_fixtures.py", input_ids_of,
+                       RUNNERS.get(case["kind"], run_peft_case))
 
 
 def main() -> int:
-    os.chdir(ROOT)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
+    only = start()
     OUT.mkdir(parents=True, exist_ok=True)
-    only = set(sys.argv[1:])
-    all_notes = []
     if not only or any(c["kind"] in ("vera", "loha", "lokr") for c in CASES if c["name"] in only):
         gradcheck_methods()
-    for case in CASES:
-        if only and case["name"] not in only:
-            continue
-        notes = run_case(case)
-        all_notes.append(notes)
-        short = {k: v for k, v in notes.items()
-                 if k not in ("saved_keys", "reference_keys", "param_names", "adapter_config", "bias_names")}
-        print(json.dumps(short))
-    if os.environ.get("METHOD_FIXTURES_NOTES"):
-        Path(os.environ["METHOD_FIXTURES_NOTES"]).write_text(json.dumps(all_notes, indent=1))
-    print(f"torch {torch.__version__} transformers {transformers.__version__} peft {peft.__version__}")
     # this script's cases only (the encoder cases are make_encoder_method_fixtures.py's)
-    total = sum(p.stat().st_size for c in CASES for p in (OUT / c["name"]).rglob("*") if p.is_file())
-    print(f"total {total} bytes")
-    assert total < 2_100_000, total
+    run_cases(CASES, only, run_case, "total", 2_100_000)
     return 0
 
 
