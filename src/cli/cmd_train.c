@@ -273,16 +273,12 @@ static int pair_pool_of(const char *cmd, const peft_model *m, int *pool, peft_er
 
 static void print_data_summary(const char *what, const char *path, const data_set *d, int seq) {
     static const char *const kinds[] = {"text", "prompt/completion", "messages", "classification", "contrastive pairs"};
-    if (d->kind == DATA_PAIRS) {
+    if (d->kind == DATA_PAIRS)   /* no loss tokens: one loss term per anchor */
         fprintf(stderr, "%s: %s: %d examples (%s: %s), %lld tokens", what, path, d->n, kinds[d->kind],
                 d->n_cols > 2 ? "anchor, positive, negative" : "anchor, positive", (long long)d->n_tokens);
-        if (d->n_truncated) fprintf(stderr, ", %d truncated to %d tokens", d->n_truncated, seq);
-        if (d->n_skipped) fprintf(stderr, ", %d lines skipped", d->n_skipped);
-        fputc('\n', stderr);
-        return;
-    }
-    fprintf(stderr, "%s: %s: %d examples (%s), %lld tokens, %lld in the loss", what, path, d->n, kinds[d->kind],
-            (long long)d->n_tokens, (long long)d->n_loss_tokens);
+    else
+        fprintf(stderr, "%s: %s: %d examples (%s), %lld tokens, %lld in the loss", what, path, d->n, kinds[d->kind],
+                (long long)d->n_tokens, (long long)d->n_loss_tokens);
     if (d->n_truncated) fprintf(stderr, ", %d truncated to %d tokens", d->n_truncated, seq);
     if (d->n_skipped) fprintf(stderr, ", %d lines skipped", d->n_skipped);
     fputc('\n', stderr);

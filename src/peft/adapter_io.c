@@ -23,8 +23,8 @@
 /* An encoder's adapter without a head is HF peft's FEATURE_EXTRACTION on
  * the bare encoder (BertModel, what sentence-transformers holds): its keys
  * lack the task model's "bert." / "roberta." that a classifier's keep. */
-static bool bare_encoder(const adapter *a, const peft_model *m) {
-    return m && m->cfg.desc->encoder && model_hf_prefix(m)[0] && !mts_has_head(a);
+static bool bare_encoder(const peft_model *m, bool has_head) {
+    return m && m->cfg.desc->encoder && model_hf_prefix(m)[0] && !has_head;
 }
 
 #define PEFT_KEY_ROOT "base_model.model."
@@ -46,7 +46,7 @@ int adapter_write_folder(const adapter *a, const peft_model *m, const char *dir,
     st_write_tensor *t = peft_calloc((size_t)n + 1, sizeof *t, err);
     char *cfg_path = peft_path_join(dir, "adapter_config.json", err);
     char *st_path = peft_path_join(dir, "adapter_model.safetensors", err);
-    const bool bare = bare_encoder(a, m);
+    const bool bare = bare_encoder(m, mts_has_head(a));
     char (*names)[400] = bare ? peft_calloc((size_t)n + 1, sizeof *names, err) : NULL;
     if (!t || !cfg_path || !st_path || (bare && !names)) { rc = PEFT_ERR_NOMEM; goto done; }
     int k = 0;
@@ -266,8 +266,7 @@ int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *
     if ((rc = mts_labels_of_file(st, st_path, m, &mc.n_labels, err))) goto done;
     /* a bare encoder's adapter (FEATURE_EXTRACTION) is read in the task
      * model's names every method knows */
-    if (!mc.n_labels && m->cfg.desc->encoder && model_hf_prefix(m)[0] &&
-        (rc = st_insert_after_prefix(st, PEFT_KEY_ROOT, model_hf_prefix(m), err)))
+    if (bare_encoder(m, mc.n_labels > 0) && (rc = st_insert_after_prefix(st, PEFT_KEY_ROOT, model_hf_prefix(m), err)))
         goto done;
     if ((rc = plug->load ? plug->load(m, o, cfg_path, st, st_path, mc.n_labels, &a, err)
                          : method_adapter_new(m, &mc, false, &a, err)))

@@ -79,6 +79,15 @@ typedef struct {
 
 data_params data_default_params(void);
 
+/* Texts per example of d: 2 or 3 for DATA_PAIRS, else 1 (also for a
+ * hand-made set that leaves n_cols 0). */
+int data_cols(const data_set *d);
+/* Whether some example of d has token types. */
+bool data_has_types(const data_set *d);
+/* Text col of e (col 0 of a one-text example is all of it): its first id,
+ * and its length in *len. */
+const int32_t *data_example_text(const data_example *e, int col, int *len);
+
 /* Reads and tokenizes a JSONL file (\n or \r\n line ends, blank lines
  * ignored, lines of any length). Errors name the file and line:
  * "train.jsonl:17: not valid JSON", "train.jsonl:3: missing field

@@ -18,6 +18,25 @@ data_params data_default_params(void) {
     return p;
 }
 
+int data_cols(const data_set *d) { return d->kind == DATA_PAIRS ? PEFT_MAX(1, d->n_cols) : 1; }
+
+bool data_has_types(const data_set *d) {
+    for (int i = 0; i < d->n; i++)
+        if (d->ex[i].types) return true;
+    return false;
+}
+
+const int32_t *data_example_text(const data_example *e, int col, int *len) {
+    if (e->n_cols <= 1) {
+        *len = e->n;
+        return e->ids;
+    }
+    int off = 0;
+    for (int c = 0; c < col; c++) off += e->col_len[c];
+    *len = e->col_len[col];
+    return e->ids + off;
+}
+
 void data_free(data_set *d) {
     if (!d) return;
     for (int i = 0; i < d->n; i++) {

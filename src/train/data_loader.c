@@ -95,13 +95,12 @@ int data_loader_new(const data_set *d, int B, int T, bool pack, uint64_t seed, i
     /* Padding is neither attended to by real tokens (causal, right-padded)
      * nor predicted, but it must still be a valid embedding row. */
     l->pad_id = pad_id >= 0 ? pad_id : 0;
-    l->n_cols = d->kind == DATA_PAIRS ? PEFT_MAX(1, d->n_cols) : 1;
+    l->n_cols = data_cols(d);
     if (pack && l->n_cols > 1) {
         free(l);
         return peft_fail(err, PEFT_ERR_INVALID, "data loader: contrastive examples cannot be packed");
     }
-    bool typed = false;
-    for (int i = 0; i < d->n && !typed; i++) typed = d->ex[i].types != NULL;
+    const bool typed = data_has_types(d);
     const int rows = B * l->n_cols;
     size_t bt = (size_t)rows * (size_t)T;
     l->perm = peft_malloc((size_t)d->n * sizeof *l->perm, err);
@@ -152,11 +151,13 @@ static void fill_columns(data_loader *l, data_batch *b) {
     for (int i = 0; i < B; i++) {
         const data_example *x = &l->d->ex[l->perm[l->cursor]];
         advance(l);
-        for (int c = 0, off = 0; c < C; off += x->col_len[c], c++) {
-            const int r = c * B + i, len = PEFT_MIN(x->col_len[c], T);
+        for (int c = 0; c < C; c++) {
+            int n;
+            const int32_t *ids = data_example_text(x, c, &n);
+            const int r = c * B + i, len = PEFT_MIN(n, T);
             for (int t = 0; t < T; t++) {
                 const size_t k = (size_t)r * T + t;
-                l->inputs[k] = t < len ? x->ids[off + t] : l->pad_id;
+                l->inputs[k] = t < len ? ids[t] : l->pad_id;
                 l->targets[k] = -100;
                 l->positions[k] = t;
                 l->segments[k] = 0;

@@ -57,13 +57,6 @@ static int owned_batch_init(owned_batch *o, int B, int T, bool typed, peft_err *
     return 0;
 }
 
-static bool data_typed(const data_set *d) {
-    for (int i = 0; i < d->n; i++)
-        if (d->ex[i].types) return true;
-    return false;
-}
-
-static int cols_of(const data_set *d) { return d->kind == DATA_PAIRS ? PEFT_MAX(1, d->n_cols) : 1; }
 
 /* Copies src, trimming the padding columns that no row uses: rows are
  * right-padded, so the batch shrinks to the longest row (as HF's collators
@@ -91,30 +84,29 @@ static void owned_batch_copy(owned_batch *o, const data_batch *src) {
     if (b->types && !src->types) memset(b->types, 0, (size_t)src->B * T * sizeof(int32_t));
 }
 
-/* Rows of examples [first, first + B) of d, right-padded; rows past the end
- * are empty (no targets). */
-/* Contrastive data: text c of example first + i in row c·nex + i (data.h);
- * examples past the end leave empty rows, which take no part in the loss. */
+/* Rows of examples [first, first + B / C) of d, right-padded, C texts per
+ * example: text c of example first + i in row c·(B / C) + i (data.h); rows
+ * past the end are empty (no targets, no part in a contrastive loss). */
 static void fill_eval_batch(owned_batch *o, const data_set *d, int first, int pad) {
     data_batch *b = &o->b;
-    const int C = cols_of(d), nex = o->B / C;
-    int T = 2; /* the longest row, not the capacity */
-    for (int r = 0; r < nex && first + r < d->n; r++) {
-        const data_example *e = &d->ex[first + r];
-        for (int c = 0; c < C; c++) T = PEFT_MAX(T, PEFT_MIN(C > 1 ? e->col_len[c] : e->n, o->T));
-    }
+    const int C = data_cols(d), nex = o->B / C;
+    int T = 2, n; /* the longest row, not the capacity */
+    for (int r = 0; r < nex && first + r < d->n; r++)
+        for (int c = 0; c < C; c++) {
+            data_example_text(&d->ex[first + r], c, &n);
+            T = PEFT_MAX(T, PEFT_MIN(n, o->T));
+        }
     b->T = T;
     b->n_targets = 0;
     b->n_cols = C;
     for (int r = 0; r < o->B; r++) {
         const int ex = r % nex, col = r / nex;
         const data_example *e = first + ex < d->n ? &d->ex[first + ex] : NULL;
-        int off = 0;
-        for (int c = 0; e && C > 1 && c < col; c++) off += e->col_len[c];
-        const int n = e ? PEFT_MIN(C > 1 ? e->col_len[col] : e->n, T) : 0;
+        const int32_t *ids = e ? data_example_text(e, col, &n) : NULL;
+        n = e ? PEFT_MIN(n, T) : 0;
         for (int t = 0; t < T; t++) {
             const size_t i = (size_t)r * T + t;
-            b->inputs[i] = t < n ? e->ids[off + t] : pad;
+            b->inputs[i] = t < n ? ids[t] : pad;
             b->targets[i] = (C == 1 && t + 1 < n && e->loss[t + 1]) ? e->ids[t + 1] : -100;
             b->positions[i] = t;
             b->segments[i] = 0;
@@ -138,14 +130,14 @@ int train_eval_pairs(peft_model *m, adapter *a, const data_set *d, int batch, in
                      float scale, int pool, double *mean_loss, int64_t *n_targets, double *accuracy, peft_err *err) {
     train_graph *g = NULL;
     owned_batch ob = {0};
-    const int C = cols_of(d);
+    const int C = data_cols(d);
     /* no backward: one layer's activations at a time are enough (the
      * forward is the same code, its losses the same bitwise) */
     const tg_options forward_only = {.checkpoint_every = 1};
     int rc = tg_new_opts(m, a, batch * C, seq, &forward_only, &g, err);
     if (!rc && C > 1 && tg_set_pairs(g, scale, pool))
         rc = peft_fail(err, PEFT_ERR_INVALID, "contrastive scale %g is not in (0, 10000)", (double)scale);
-    if (!rc) rc = owned_batch_init(&ob, batch * C, seq, data_typed(d), err);
+    if (!rc) rc = owned_batch_init(&ob, batch * C, seq, data_has_types(d), err);
     double total = 0;
     int64_t count = 0, correct = 0, labelled = 0;
     const int pad = pad_id_of(m);
@@ -554,8 +546,8 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
 
     /* The graph first: it checks the shape against the model's context
      * before anything is sized by batch x seq. */
-    const int C = cols_of(train);
-    const bool typed = data_typed(train) || (val && data_typed(val));
+    const int C = data_cols(train);
+    const bool typed = data_has_types(train) || (val && data_has_types(val));
     int ck = PEFT_MAX(p->checkpoint_every, 0);
     if (p->checkpoint_every < 0 && p->resume && (rc = checkpoint_layers_of(p->resume, &ck, err))) goto done;
     const tg_options gopt = {.checkpoint_every = ck};
@@ -724,13 +716,12 @@ done:
 /* The longest row a padded batch of d can have (a contrastive example's
  * longest text). */
 static int longest_row(const data_set *d) {
-    int n = 0;
-    for (int i = 0; i < d->n; i++) {
-        const data_example *e = &d->ex[i];
-        if (d->kind == DATA_PAIRS)
-            for (int c = 0; c < e->n_cols; c++) n = PEFT_MAX(n, e->col_len[c]);
-        else n = PEFT_MAX(n, e->n);
-    }
+    int n = 0, len;
+    for (int i = 0; i < d->n; i++)
+        for (int c = 0; c < data_cols(d); c++) {
+            data_example_text(&d->ex[i], c, &len);
+            n = PEFT_MAX(n, len);
+        }
     return n;
 }
 
@@ -745,7 +736,7 @@ int train_memory_plan(peft_model *m, adapter *a, const data_set *train, const da
      * moments are touched by the first step */
     out->grads = (size_t)a->n_params * sizeof(float);
     out->optimizer = 2 * (size_t)a->n_params * sizeof(float);
-    const int C = cols_of(train);
+    const int C = data_cols(train);
     const tg_options go = {.checkpoint_every = PEFT_MAX(checkpoint_every, 0)};
     /* padded batches are cut to their longest row: the graph's buffers are
      * touched (resident) only that far; packed rows are full */
