@@ -159,6 +159,31 @@ static inline void test_write_bytes(const char *path, const void *data, size_t l
     fclose(f);
 }
 
+/* The whole of path (malloc'ed, NUL-terminated; *len may be NULL), or NULL. */
+static inline char *test_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n + 65536 + 1 > cap) {
+            cap = (n + 65536 + 1) * 2;
+            char *nb = realloc(buf, cap);
+            if (!nb) { free(buf); fclose(f); return NULL; }
+            buf = nb;
+        }
+        const size_t got = fread(buf + n, 1, 65536, f);
+        n += got;
+        if (got < 65536) break;
+    }
+    const int bad = ferror(f);
+    fclose(f);
+    if (bad) { free(buf); return NULL; }
+    buf[n] = 0;
+    if (len) *len = n;
+    return buf;
+}
+
 /* Removes a file or a folder and everything in it (without a shell, so it
  * also works where the test has wrapped libc calls); 0 when it is gone. */
 static inline int test_rm_rf(const char *dir) {

@@ -383,19 +383,12 @@ static void write_data(const char *path, int n_rows) {
     fclose(f);
 }
 
-static char *slurp(const char *path, size_t *len) {
-    char *d = NULL;
-    peft_err err = {0};
-    if (peft_read_file(path, &d, len, &err)) return NULL;
-    return d;
-}
-
 /* The losses, validation losses and gradient norms of a run's metrics.jsonl
  * (not its timings) as one string. */
 static char *losses_of(const char *dir) {
     char p[600];
     snprintf(p, sizeof p, "%s/metrics.jsonl", dir);
-    char *text = slurp(p, NULL);
+    char *text = test_read_file(p, NULL);
     if (!text) return NULL;
     peft_buf b = {0};
     static const char *const keys[] = {"\"loss\": ", "\"val_loss\": ", "\"grad_norm\": "};
@@ -415,7 +408,7 @@ static char *losses_of(const char *dir) {
 
 static bool same_file(const char *a, const char *b) {
     size_t la = 0, lb = 0;
-    char *da = slurp(a, &la), *db = slurp(b, &lb);
+    char *da = test_read_file(a, &la), *db = test_read_file(b, &lb);
     const bool same = da && db && la == lb && memcmp(da, db, la) == 0;
     free(da);
     free(db);

@@ -25,16 +25,9 @@ static const char *minilm_dir(void) {
     return p && *p ? p : "models/all-MiniLM-L6-v2";
 }
 
-static char *slurp(const char *path, size_t *len) {
-    char *d = NULL;
-    peft_err err = {0};
-    if (peft_read_file(path, &d, len, &err)) return NULL;
-    return d;
-}
-
 static void copy_file(const char *src, const char *dst) {
     size_t n = 0;
-    char *d = slurp(src, &n);
+    char *d = test_read_file(src, &n);
     CHECK_MSG(d != NULL, "cannot read %s", src);
     if (d) test_write_bytes(dst, d, n);
     free(d);
@@ -155,7 +148,7 @@ typedef struct {
 static int load_minilm_ref(minilm_ref *r) {
     memset(r, 0, sizeof *r);
     size_t len;
-    char *text = slurp("tests/fixtures/minilm/reference.json", &len);
+    char *text = test_read_file("tests/fixtures/minilm/reference.json", &len);
     if (!text) return -1;
     cJSON *j = cJSON_Parse(text);
     free(text);
@@ -256,7 +249,7 @@ static void minilm_matches_sentence_transformers_encode(void) {
     snprintf(args, sizeof args, "embed --model %s --data %s --out %s --threads 2", minilm_dir(), data, outp);
     CHECK_EQ_INT(test_run_cli(args, log, sizeof log), 0);
     size_t len;
-    char *text = slurp(outp, &len);
+    char *text = test_read_file(outp, &len);
     CHECK(text != NULL);
     double worst = 0;
     int rows = 0;
@@ -284,7 +277,7 @@ static void minilm_matches_sentence_transformers_encode(void) {
 /* Reads an NPY v1 file of float32 (n, d), checking the header as numpy writes and reads it. */
 static float *read_npy(const char *path, int *n, int *d) {
     size_t len;
-    unsigned char *b = (unsigned char *)slurp(path, &len);
+    unsigned char *b = (unsigned char *)test_read_file(path, &len);
     if (!b) return NULL;
     float *out = NULL;
     if (len >= 10 && !memcmp(b, "\x93NUMPY\x01\x00", 8)) {
@@ -307,7 +300,7 @@ static float *read_npy(const char *path, int *n, int *d) {
 
 static float *read_jsonl(const char *path, int *n, int dim) {
     size_t len;
-    char *text = slurp(path, &len);
+    char *text = test_read_file(path, &len);
     if (!text) return NULL;
     float *out = malloc(sizeof(float) * 64 * dim);
     *n = 0;
@@ -543,7 +536,7 @@ static void pipeline_follows_modules_json(void) {
  * last token, both L2-normalized; 0 (per-token) and 4 (rank) are refused, naming the key. */
 static void gguf_pooling_type_is_followed(void) {
     size_t len;
-    char *g = slurp(FIX "tiny-bert.f32.gguf", &len);
+    char *g = test_read_file(FIX "tiny-bert.f32.gguf", &len);
     if (!g) TEST_FAIL("cannot read tiny-bert.f32.gguf");
     const char *key = "bert.pooling_type";
     char *at = NULL;
@@ -790,7 +783,7 @@ static void contrastive_training_follows_sentence_transformers(void) {
     snprintf(data, sizeof data, "%s/pairs.jsonl", tmp);
     if (minilm_present()) {
         size_t len = 0;
-        char *text = slurp("tests/fixtures/minilm/reference.json", &len);
+        char *text = test_read_file("tests/fixtures/minilm/reference.json", &len);
         cJSON *ref = text ? cJSON_Parse(text) : NULL;
         free(text);
         const cJSON *mn = cJSON_GetObjectItemCaseSensitive(ref, "mnrl");
@@ -839,7 +832,7 @@ static void contrastive_training_follows_sentence_transformers(void) {
     char path[600];
     snprintf(path, sizeof path, "%s/adapter_config.json", run);
     size_t len = 0;
-    char *cfg = slurp(path, &len);
+    char *cfg = test_read_file(path, &len);
     CHECK_MSG(cfg && strstr(cfg, "\"FEATURE_EXTRACTION\""), "%s", cfg ? cfg : path);
     free(cfg);
     /* pairs on a decoder, or a scale on text data, are refused by name */

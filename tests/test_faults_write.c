@@ -45,27 +45,6 @@ typedef struct {
     int n, cap;
 } snap;
 
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n + 65536 > cap) {
-            cap = cap ? 2 * cap : 65536;
-            char *nb = realloc(buf, cap);
-            if (!nb) break;
-            buf = nb;
-        }
-        size_t k = fread(buf + n, 1, cap - n, f);
-        n += k;
-        if (k == 0) break;
-    }
-    fclose(f);
-    *len = n;
-    return buf ? buf : malloc(1);
-}
-
 static void snap_walk(snap *s, const char *root, const char *rel) {
     char dir[2048];
     snprintf(dir, sizeof dir, "%s%s%s", root, rel[0] ? "/" : "", rel);
@@ -89,7 +68,8 @@ static void snap_walk(snap *s, const char *root, const char *rel) {
         }
         snap_file *f = &s->f[s->n++];
         f->rel = strdup(r);
-        f->data = slurp(p, &f->len);
+        f->len = 0;
+        f->data = test_read_file(p, &f->len);
     }
     closedir(d);
 }

@@ -38,13 +38,6 @@ static void write_data(const char *path, int n_rows, const char *bad_line_at_3) 
     fclose(f);
 }
 
-static char *slurp(const char *path, size_t *len) {
-    char *d = NULL;
-    peft_err err = {0};
-    if (peft_read_file(path, &d, len, &err)) return NULL;
-    return d;
-}
-
 /* Spawns the CLI with args (split on spaces) and SIGKILLs it after `ms`. */
 static void run_and_kill(const char *args, int ms) {
     char buf[2048];
@@ -102,14 +95,14 @@ static void resume_after_kill_is_exact(void) {
     snprintf(pa, sizeof pa, "%s/adapter_model.safetensors", a);
     snprintf(pb, sizeof pb, "%s/adapter_model.safetensors", b);
     size_t la = 0, lb = 0;
-    char *da = slurp(pa, &la), *db = slurp(pb, &lb);
+    char *da = test_read_file(pa, &la), *db = test_read_file(pb, &lb);
     CHECK(da && db && la == lb && memcmp(da, db, la) == 0);
     free(da);
     free(db);
     snprintf(pa, sizeof pa, "%s/metrics.jsonl", a);
     snprintf(pb, sizeof pb, "%s/metrics.jsonl", b);
-    da = slurp(pa, &la);
-    db = slurp(pb, &lb);
+    da = test_read_file(pa, &la);
+    db = test_read_file(pb, &lb);
     int lines = 0, same = 0;
     if (da && db) {
         /* compare step, loss and val_loss of each line (timings differ) */
@@ -184,7 +177,7 @@ static void poison(const char *dir, const char *tensor) {
     char p[400];
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
     size_t len = 0;
-    char *d = slurp(p, &len);
+    char *d = test_read_file(p, &len);
     if (!d) return;
     uint64_t hl;
     memcpy(&hl, d, 8);
@@ -220,7 +213,7 @@ static void nan_loss_stops_and_keeps_checkpoint(void) {
     poison(bad_model, "model.layers.1.mlp.down_proj.weight");
     char latest_before[64] = {0}, p[400];
     snprintf(p, sizeof p, "%s/LATEST", run_dir);
-    char *l = slurp(p, NULL);
+    char *l = test_read_file(p, NULL);
     if (l) snprintf(latest_before, sizeof latest_before, "%s", l);
     free(l);
     snprintf(p, sizeof p, "%s/adapter_model.safetensors", run_dir);
@@ -231,7 +224,7 @@ static void nan_loss_stops_and_keeps_checkpoint(void) {
     CHECK_MSG(strstr(out, "not finite") != NULL, "%s", out);
     /* nothing was overwritten: same LATEST, its checkpoint loads, no final adapter */
     snprintf(p, sizeof p, "%s/LATEST", run_dir);
-    l = slurp(p, NULL);
+    l = test_read_file(p, NULL);
     CHECK(l && strcmp(l, latest_before) == 0);
     free(l);
     snprintf(p, sizeof p, "%s/adapter_model.safetensors", run_dir);
@@ -369,12 +362,12 @@ static void json_config_matches_options(void) {
     snprintf(pa, sizeof pa, "%s/c1/adapter_model.safetensors", tmp);
     snprintf(pb, sizeof pb, "%s/c2/adapter_model.safetensors", tmp);
     size_t la = 0, lb = 0;
-    char *da = slurp(pa, &la), *db = slurp(pb, &lb);
+    char *da = test_read_file(pa, &la), *db = test_read_file(pb, &lb);
     CHECK(da && db && la == lb && memcmp(da, db, la) == 0);
     free(da);
     free(db);
     snprintf(pa, sizeof pa, "%s/c1/adapter_config.json", tmp);
-    da = slurp(pa, NULL);
+    da = test_read_file(pa, NULL);
     cJSON *j = da ? cJSON_Parse(da) : NULL;
     CHECK(cJSON_IsTrue(cJSON_GetObjectItem(j, "use_rslora")));
     CHECK_EQ_INT(cJSON_GetObjectItem(j, "r") ? cJSON_GetObjectItem(j, "r")->valueint : 0, 4);
