@@ -84,6 +84,7 @@ int peft_ctx_threads(const peft_ctx *ctx);
 /* ---- models --------------------------------------------------------------- */
 
 typedef struct peft_model peft_model;
+typedef struct peft_adapter peft_adapter;   /* an adapter of any method (LoRA, DoRA, bottleneck, prompt, ...) */
 
 typedef enum { PEFT_ARCH_LLAMA = 0, PEFT_ARCH_GPT2, PEFT_ARCH_BERT } peft_arch;
 
@@ -175,6 +176,100 @@ peft_sample_params peft_sample_default_params(void);
 int peft_generate(peft_model *m, const char *prompt, const peft_sample_params *p,
                   peft_token_fn on_token, void *user, peft_gen_stats *stats);
 
+/* ---- errors without a shared context -----------------------------------------
+ * peft_last_error is the context's, for one thread at a time. Calls that
+ * threads make at once (loading adapters, tokenizing, opening sessions) take
+ * a peft_error of the caller's instead (NULL: not reported). */
+typedef struct {
+    int status;          /* 0 or a peft_status */
+    char msg[512];
+} peft_error;
+
+/* The same as peft_tokenize, reporting into err. */
+int peft_tokenize_err(const peft_model *m, const char *text, int add_bos, int special, int32_t **ids, int *n_ids,
+                      peft_error *err);
+/* Whether the model stops generating at token id (its EOS or end of turn). */
+int peft_token_is_stop(const peft_model *m, int32_t id);
+
+/* A conversation in the model's chat template (tokenizer_config.json's
+ * chat_template, GGUF tokenizer.chat_template), as apply_chat_template:
+ * roles "system", "user", "assistant"; add_generation_prompt appends the
+ * assistant header. *out is malloc'ed. */
+typedef struct { const char *role; const char *content; } peft_chat_message;
+int peft_chat_format(const peft_model *m, const peft_chat_message *msgs, int n, int add_generation_prompt,
+                     char **out, peft_error *err);
+
+/* ---- sessions -----------------------------------------------------------------
+ * A loaded model is read-only (call peft_model_set_compute before the first
+ * session): any number of threads use it at once, each through its own
+ * sessions. A session is one sequence's state — KV cache, workspace, the
+ * adapters active for it, the error of its last call — and is used by one
+ * thread at a time. A session holds a reference on each of its adapters:
+ * peft_adapter_free of an adapter still in use only drops the caller's
+ * reference, and the adapter goes when its last session lets go of it. */
+typedef struct peft_session peft_session;
+
+peft_session *peft_session_new(peft_model *m, peft_error *err);
+void peft_session_free(peft_session *s);
+/* The message of the last failed call on s ("" when none). */
+const char *peft_session_error(const peft_session *s);
+/* Threads of this session's products (0: the context's). */
+int peft_session_set_threads(peft_session *s, int n_threads);
+/* The adapter applied in s's forward: one of any method made or loaded for
+ * s's model, or NULL for the base. Resets the cache. */
+int peft_session_set_adapter(peft_session *s, peft_adapter *a);
+/* Several adapters at once, each times a scale (llama.cpp's --lora-scaled):
+ * output = base + sum_i scales[i] * delta_i. More than one adapter, or a
+ * scale other than 1, needs adapters whose whole effect is a delta added
+ * to linear outputs (LoRA, LoHa, LoKr, VeRA, ...); others are
+ * PEFT_ERR_UNSUPPORTED. scales NULL: all 1. n = 0: the base. Resets the
+ * cache. */
+int peft_session_set_adapters(peft_session *s, peft_adapter *const *a, const float *scales, int n);
+/* Forgets the cache: the next decode starts at position 0. */
+void peft_session_reset(peft_session *s);
+/* Positions in the cache (virtual tokens included). */
+int peft_session_n_past(const peft_session *s);
+/* Appends n tokens to the sequence (virtual tokens of prompt and prefix
+ * tuning enter before the first); logits of the last token (vocab floats)
+ * into out, which may be NULL. */
+int peft_session_decode(peft_session *s, const int32_t *ids, int n, float *out);
+/* peft_model_logits on s: resets s, then n * vocab floats. */
+int peft_session_logits(peft_session *s, const int32_t *ids, int n, float *out);
+/* peft_generate on s (resets s first). */
+int peft_session_generate(peft_session *s, const char *prompt, const peft_sample_params *p, peft_token_fn on_token,
+                          void *user, peft_gen_stats *stats);
+/* peft_model_embed on s's adapter. */
+int peft_session_embed(peft_session *s, const char *const *texts, int n, float *out);
+
+/* ---- mixed-adapter batches ------------------------------------------------------
+ * One forward over several sessions of the same model, each with its own
+ * tokens, cache and adapters: the base model's products run once over all
+ * rows, each adapter's own products over its sessions' rows (as Punica's
+ * SGMV / S-LoRA). The result equals running each session alone (1e-5).
+ * Sessions whose adapters change more than the linear layers (norms,
+ * embeddings, biases: BitFit, full fine-tuning, LN tuning) can share a
+ * batch only with sessions of the same adapters: PEFT_ERR_UNSUPPORTED
+ * otherwise. A batch object holds the batch's workspace and error; one
+ * thread uses it at a time. */
+typedef struct peft_batch peft_batch;
+
+peft_batch *peft_batch_new(peft_model *m, peft_error *err);
+void peft_batch_free(peft_batch *b);
+const char *peft_batch_error(const peft_batch *b);
+int peft_batch_set_threads(peft_batch *b, int n_threads);
+/* Session i appends n_ids[i] tokens (ids: all of them, session after
+ * session); out receives each session's last logits, n * vocab floats
+ * (may be NULL). On failure no session's cache has changed. */
+int peft_batch_decode(peft_batch *b, peft_session *const *s, int n, const int32_t *ids, const int *n_ids, float *out);
+
+/* ---- sampling, one step at a time ---------------------------------------------- */
+typedef struct peft_sampler peft_sampler;
+/* temperature, top_k, top_p and seed of p (the rest is ignored). */
+peft_sampler *peft_sampler_new(const peft_sample_params *p);
+void peft_sampler_free(peft_sampler *s);
+/* The next token from logits (vocab floats; left unchanged). */
+int32_t peft_sampler_sample(peft_sampler *s, const float *logits, int vocab);
+
 /* ---- sentence embeddings ------------------------------------------------------
  * As sentence-transformers' SentenceTransformer.encode (docs/api.md,
  * "Sentence embeddings"): an encoder (BERT, RoBERTa) only; a decoder is
@@ -193,7 +288,6 @@ int peft_model_embed(peft_model *m, const char *const *texts, int n, float *out)
 
 /* ---- adapters and training -------------------------------------------------- */
 
-typedef struct peft_adapter peft_adapter;   /* an adapter of any method (LoRA, DoRA, bottleneck, prompt, ...) */
 
 typedef struct {
     int r;                   /* rank (8) */
@@ -246,7 +340,13 @@ peft_adapter *peft_adapter_load(peft_model *m, const char *dir);
 /* Saves atomically: HF PEFT format where HF PEFT has the method; full
  * fine-tuning writes a model (HF folder, or DIR/model.gguf from a GGUF base). */
 int peft_adapter_save(peft_model *m, const peft_adapter *a, const char *dir);
+/* Drops the caller's reference: a is freed now, or when the last session
+ * using it lets go (peft_session_set_adapter, peft_session_free). */
 void peft_adapter_free(peft_adapter *a);
+/* Sessions using a now (a server refuses to unload an adapter in use). */
+int peft_adapter_users(const peft_adapter *a);
+/* peft_adapter_load reporting into err instead of the context (threads). */
+peft_adapter *peft_adapter_load_err(peft_model *m, const char *dir, peft_error *err);
 int64_t peft_adapter_n_params(const peft_adapter *a);
 /* Applies a to m's forward (logits, generate); NULL detaches. a must have
  * been made or loaded for m and outlive the attachment. Attach before a
