@@ -217,7 +217,7 @@ int main(int argc, char **argv) {
         if (s < n_peak_shapes) continue; /* the square shapes are only the peak reference */
         for (int d = 0; d < n_dt; d++) {
             peft_dtype dt = dts[d];
-            kern_weight kw = {dt, sh->N, sh->K, w32, false, NULL, NULL, 0};
+            kern_weight kw = {dt, sh->N, sh->K, w32, false, NULL, NULL, 0, false};
             if (dt != PEFT_DT_F32) {
                 size_t rb = kern_dtype_row_bytes(dt, sh->K);
                 for (int r = 0; r < sh->N; r++) {
@@ -263,7 +263,7 @@ int main(int argc, char **argv) {
          * kern_matmul then runs kern_bf16_gemm on the CPU's bf16 unit.
          * Decoding (M <= KERN_MATVEC_MAX_T) keeps the stored weights. */
         if (bf16_unit && sh->M > KERN_MATVEC_MAX_T) {
-            kern_weight kw = {PEFT_DT_F32, sh->N, sh->K, w32, false, NULL, NULL, 0};
+            kern_weight kw = {PEFT_DT_F32, sh->N, sh->K, w32, false, NULL, NULL, 0, false};
             if (kern_bf16_pack_weight(&kw, bpack, NULL, wdq)) {
                 fprintf(stderr, "bf16 pack failed for %s\n", sh->name);
                 return 1;

@@ -134,7 +134,7 @@ static double gemm_peak(int n_threads, bool bf16) {
         }
         peak_job j = {a, b, NULL, c, scr, n_threads};
         if (bf16) {
-            kern_weight w = {PEFT_DT_F32, PEAK_N, PEAK_N, b, false, NULL, NULL, 0};
+            kern_weight w = {PEFT_DT_F32, PEAK_N, PEAK_N, b, false, NULL, NULL, 0, false};
             kern_bf16_pack_weight(&w, bp, NULL, row);
             j.bp = bp;
             sec = bench_median_s(run_bf16, &j, 10, 64, 1.0);

@@ -117,7 +117,7 @@ static double gemm_case_via(int M, int K, int N, bool use_bias, float beta, int 
     for (int i = 0; i < N; i++) bias[i] = peft_rng_normal(&rng);
     for (size_t i = 0; i < (size_t)M * ldc; i++) c0[i] = c[i] = peft_rng_normal(&rng);
     uint16_t *pack = malloc(sizeof(uint16_t) * kern_bf16_pack_elems(K, N));
-    kern_weight kw = {PEFT_DT_F32, N, K, w, false, NULL, NULL, 0};
+    kern_weight kw = {PEFT_DT_F32, N, K, w, false, NULL, NULL, 0, false};
     CHECK_OK(kern_bf16_pack_weight(&kw, pack, NULL, row));
     float *scratch = malloc(sizeof(float) * (kern_bf16_scratch_floats(threads) + 1));
     if (ref) kern_bf16_gemm_ref(c, ldc, a, lda, M, K, N, pack, (K + 31) / 32, use_bias ? bias : NULL, beta);
@@ -184,7 +184,7 @@ static void packs_hold_the_rounded_weight(void) {
                 CHECK_OK(kern_quant_row(dts[d], wf + r * cols, wq + r * rb, cols));
                 CHECK_OK(kern_dequant_row(dts[d], wq + r * rb, wd + r * cols, cols));
             }
-            kern_weight w = {dts[d], N, K, wq, transposed, NULL, NULL, 0};
+            kern_weight w = {dts[d], N, K, wq, transposed, NULL, NULL, 0, false};
             const size_t ef = kern_bf16_pack_elems(K, N), eb = kern_bf16_pack_elems(N, K);
             const int64_t nkf = (K + 31) / 32, nkb = (N + 31) / 32, nkw = nkb + 2; /* the larger pack: 64 rows more */
             const size_t ew = (size_t)nkw * 32 * (size_t)((K + 31) / 32 * 32);
@@ -238,7 +238,7 @@ static void simd_vs_model(int M, int K, int N, int Kpack, bool use_bias, float b
         }
     memcpy(c2, c1, sizeof(float) * (size_t)M * ldc);
     uint16_t *pack = malloc(sizeof(uint16_t) * kern_bf16_pack_elems(Kpack, N));
-    kern_weight kw = {PEFT_DT_F32, N, Kpack, w, false, NULL, NULL, 0};
+    kern_weight kw = {PEFT_DT_F32, N, Kpack, w, false, NULL, NULL, 0, false};
     CHECK_OK(kern_bf16_pack_weight(&kw, pack, NULL, row));
     const int nkb = (Kpack + 31) / 32;
     float *scratch = malloc(sizeof(float) * (kern_avx512bf16_scratch_floats(threads) + 1));
@@ -324,7 +324,7 @@ static void packed_linears_match_the_f32_path(void) {
                 CHECK_OK(kern_quant_row(dts[d], wf + r * cols, wq + r * rb, cols));
                 CHECK_OK(kern_dequant_row(dts[d], wq + r * rb, wd + r * cols, cols));
             }
-            kern_weight w = {dts[d], N, K, wq, transposed, NULL, NULL, 0};
+            kern_weight w = {dts[d], N, K, wq, transposed, NULL, NULL, 0, false};
             uint16_t *pf = malloc(2 * kern_bf16_pack_elems(K, N)), *pb = malloc(2 * kern_bf16_pack_elems(N, K));
             float *row = malloc(sizeof(float) * (N > K ? N : K));
             CHECK_OK(kern_bf16_pack_weight(&w, pf, pb, row));

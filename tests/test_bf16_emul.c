@@ -47,7 +47,7 @@ static void emul_vs_model(int M, int K, int N, int Kpack, bool use_bias, float b
         }
     memcpy(c2, c1, sizeof(float) * (size_t)M * ldc);
     uint16_t *pack = malloc(sizeof(uint16_t) * kern_bf16_pack_elems(Kpack, N));
-    kern_weight kw = {PEFT_DT_F32, N, Kpack, w, false, NULL, NULL, 0};
+    kern_weight kw = {PEFT_DT_F32, N, Kpack, w, false, NULL, NULL, 0, false};
     CHECK_OK(kern_bf16_pack_weight(&kw, pack, NULL, row));
     const int nkb = (Kpack + 31) / 32;
     float *scratch = malloc(sizeof(float) * emul_avx512bf16_scratch_floats(threads));

@@ -551,7 +551,7 @@ static void *make_weight(peft_dtype dt, bool transposed, int N, int K, peft_rng 
             memcpy(blk, &d, 4);
             for (int i = 0; i < 256; i++) blk[4 + i] = (unsigned char)(peft_rng_u64(rng) & 0xff);
         }
-        *w = (kern_weight){dt, N, K, data, false, NULL, NULL, 0};
+        *w = (kern_weight){dt, N, K, data, false, NULL, NULL, 0, false};
         return data;
     }
     float *src = falloc((size_t)N * K);
@@ -573,7 +573,7 @@ static void *make_weight(peft_dtype dt, bool transposed, int N, int K, peft_rng 
         free(t);
     }
     free(src);
-    *w = (kern_weight){dt, N, K, data, transposed, NULL, NULL, 0};
+    *w = (kern_weight){dt, N, K, data, transposed, NULL, NULL, 0, false};
     return data;
 }
 
@@ -632,7 +632,7 @@ static void matmul_dx_matches_naive(void) {
 }
 
 static void matmul_dx_rejects_transposed_quant(void) {
-    kern_weight w = {PEFT_DT_Q8_0, 4, 32, NULL, true, NULL, NULL, 0};
+    kern_weight w = {PEFT_DT_Q8_0, 4, 32, NULL, true, NULL, NULL, 0, false};
     float dx[32] = {0}, dy[4] = {0}, scratch[4096];
     CHECK_EQ_INT(kern_matmul_dx(dx, dy, 4, 1, &w, scratch, 1), PEFT_ERR_UNSUPPORTED);
 }

@@ -23,7 +23,7 @@ static double check_one(peft_dtype dt, bool transposed, int T, int N, int K, int
     }
     const int ldy = N + 3;
     for (int64_t i = 0; i < (int64_t)T * ldy; i++) y[i] = 1.0f;
-    kern_weight w = {dt, N, K, wq, transposed, NULL, NULL, 0};
+    kern_weight w = {dt, N, K, wq, transposed, NULL, NULL, 0, false};
     float *scratch = malloc(sizeof(float) * kern_matmul_scratch_floats(K, threads));
     CHECK_OK(kern_matmul(y, ldy, x, T, &w, bias, 0.5f, scratch, threads));
     double worst = 0;
@@ -77,7 +77,7 @@ static void results_do_not_depend_on_thread_count(void) {
             size_t rb = kern_dtype_row_bytes(dts[d], K);
             uint8_t *wq = malloc(rb * N);
             for (int r = 0; r < N; r++) kern_quant_row(dts[d], wf + r * K, wq + r * rb, K);
-            kern_weight w = {dts[d], N, K, wq, false, NULL, NULL, 0};
+            kern_weight w = {dts[d], N, K, wq, false, NULL, NULL, 0, false};
             float *s = malloc(sizeof(float) * kern_matmul_scratch_floats(K, 2));
             CHECK_OK(kern_matmul(y1, N, x, T, &w, NULL, 0, s, 1));
             CHECK_OK(kern_matmul(y2, N, x, T, &w, NULL, 0, s, 2));

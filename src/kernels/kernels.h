@@ -25,6 +25,14 @@ typedef struct {
      * pack made for more rows (q, k, v share one backward pack); 0: its
      * own, (rows + 31) / 32. */
     int bf16_bwd_nkb;
+    /* Decoding products (at most KERN_MATVEC_MAX_T rows of x) may quantize
+     * x to 8-bit blocks and take integer dot products with W's blocks
+     * (src/kernels/qdot.h, llama.cpp's scheme) where W's dtype has such a
+     * kernel and the CPU has AVX2; the results then differ from the f32
+     * products by x's rounding (half a step of 1/127 of each 32-block's
+     * largest value). false: x stays f32. The model sets it on its frozen
+     * linears (peft_model_set_decode). */
+    bool q8_act;
 } kern_weight;
 
 /* Output rows per dequantized tile; fixed so that results do not depend on

@@ -5,9 +5,12 @@
  * with the T input rows straight from its stored blocks: Q8_0, Q4_0 and
  * Q4_1 are decoded in registers (AVX2 when the build targets it, portable C
  * otherwise); other types convert one row into a small per-thread buffer.
+ * A weight with q8_act set takes matvec_q8.c's products on 8-bit x instead
+ * where its dtype has them.
  * Each output element is computed by one thread with the same instruction
  * sequence, so results do not depend on the thread count. */
 #include "kernels/kernels.h"
+#include "kernels/qdot.h"
 #include "kernels/quant.h"
 
 #include <string.h>
@@ -170,8 +173,9 @@ static float dot_f32(const float *a, const float *b, int64_t n) {
 }
 
 size_t kern_matvec_scratch_floats(int64_t K, int n_threads) {
-    /* a converted row per thread, plus the block sums of x */
-    return (size_t)K * (size_t)(n_threads > 0 ? n_threads : 1) + (size_t)KERN_MATVEC_MAX_T * (size_t)(K / 32 + 1);
+    /* a converted row per thread, plus the block sums of x; or the 8-bit x */
+    return PEFT_MAX((size_t)K * (size_t)(n_threads > 0 ? n_threads : 1) + (size_t)KERN_MATVEC_MAX_T * (size_t)(K / 32 + 1),
+                    kern_matvec_q8_scratch_floats(K));
 }
 
 int kern_matvec(float *y, int ldy, const float *x, int T, const kern_weight *w, const float *bias,
@@ -179,6 +183,10 @@ int kern_matvec(float *y, int ldy, const float *x, int T, const kern_weight *w, 
     const int64_t K = w->cols, N = w->rows;
     const peft_dtype dt = w->dtype;
     if (T > KERN_MATVEC_MAX_T || w->transposed) return PEFT_ERR_INVALID;
+    if (w->q8_act && kern_qdot_type(dt) && K % kern_dtype_block_elems(dt) == 0) {
+        const kern_qdot_unit u = kern_qdot_unit_best();   /* NONE: the f32 products below */
+        if (u != KERN_QDOT_NONE) return kern_matvec_q8(u, y, ldy, x, T, w, bias, beta, scratch, n_threads);
+    }
     const bool fused = dt == PEFT_DT_Q8_0 || dt == PEFT_DT_Q4_0 || dt == PEFT_DT_Q4_1;
     if (fused && K % 32) return PEFT_ERR_SHAPE;
     if (n_threads < 1) n_threads = 1;

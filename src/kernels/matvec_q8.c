@@ -1,0 +1,63 @@
+/* matvec_q8.c — decoding products on 8-bit activations (qdot.h): x is
+ * quantized once per product, then each thread takes a contiguous range of
+ * W's output rows. Each output element is computed by the same code
+ * whichever thread runs it, so results do not depend on the thread count. */
+#include "kernels/kernels.h"
+#include "kernels/qdot.h"
+#include "kernels/quant.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Output rows per call into the unit: a small stack buffer of results. */
+enum { QROWS = 16 };
+
+size_t kern_matvec_q8_scratch_floats(int64_t K) {
+    /* per row of x: K int8 (K / 4 floats, K % 32 == 0), d and s */
+    return (size_t)KERN_MATVEC_MAX_T * ((size_t)K / 4 + 2 * ((size_t)K / 32 + 1));
+}
+
+int kern_matvec_q8(kern_qdot_unit u, float *y, int ldy, const float *x, int T, const kern_weight *w,
+                   const float *bias, float beta, float *scratch, int n_threads) {
+    const int64_t K = w->cols, N = w->rows, nb = K / 32;
+    const peft_dtype dt = w->dtype;
+    if (T > KERN_MATVEC_MAX_T || K % kern_dtype_block_elems(dt) || K % 32) return PEFT_ERR_SHAPE;
+    kq8_row xr[KERN_MATVEC_MAX_T];
+    int8_t *qa = (int8_t *)scratch;
+    float *da = scratch + (size_t)T * (size_t)K / 4, *sa = da + (size_t)T * (size_t)nb;
+    for (int t = 0; t < T; t++) {
+        int8_t *q = qa + (size_t)t * (size_t)K;
+        float *d = da + (size_t)t * (size_t)nb, *s = sa + (size_t)t * (size_t)nb;
+        kern_qdot_quantize(u, x + (size_t)t * (size_t)K, K, q, d, s);
+        xr[t] = (kq8_row){q, d, s};
+    }
+    const size_t rb = kern_dtype_row_bytes(dt, K);
+    const uint8_t *wd = w->data;
+    if (n_threads < 1) n_threads = 1;
+    /* Waking a thread costs microseconds: a product gets one thread per
+     * 64 Ki weights at least (a k or v projection of a small model runs
+     * on one). */
+    const int64_t by_work = (N * K) / 65536;
+    const int nt = (int)PEFT_MAX((int64_t)1, PEFT_MIN((int64_t)n_threads, by_work));
+#pragma omp parallel num_threads(nt)
+    {
+        int tid = 0, nth = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nth = omp_get_num_threads();
+#endif
+        const int64_t r0 = N * tid / nth, r1 = N * (tid + 1) / nth;
+        float out[QROWS * KERN_MATVEC_MAX_T];
+        for (int64_t n0 = r0; n0 < r1; n0 += QROWS) {
+            const int64_t nr = PEFT_MIN((int64_t)QROWS, r1 - n0);
+            kern_qdot_rows(u, dt, wd + (size_t)n0 * rb, rb, nr, K, xr, T, out);
+            for (int64_t r = 0; r < nr; r++)
+                for (int t = 0; t < T; t++) {
+                    float *yy = y + (size_t)t * (size_t)ldy + (size_t)(n0 + r);
+                    *yy = (beta == 0.0f ? 0.0f : beta * *yy) + out[r * T + t] + (bias ? bias[n0 + r] : 0.0f);
+                }
+        }
+    }
+    return 0;
+}
