@@ -136,6 +136,23 @@ int peft_compute_bf16_supported(void);
 /* The unit BF16 runs on here: "amx", "avx512bf16" or "none". */
 const char *peft_compute_bf16_unit(void);
 
+/* Decoding (forwards of at most 4 tokens: generation after the prompt) on
+ * weights stored as Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K or Q6_K:
+ *   FAST:  each product quantizes its input to 8-bit blocks of 32 and
+ *          takes integer dot products with the weight's blocks (AVX2,
+ *          AVX-VNNI or AVX512-VNNI, chosen at run time), as llama.cpp
+ *          does; the default from load. The logits move by the inputs'
+ *          rounding (docs/api.md, "Decoding").
+ *   EXACT: f32 inputs dotted with the stored weights: the same logits as
+ *          processing the whole sequence at once (within f32 summation
+ *          order).
+ * Without AVX2, FAST decodes as EXACT. Set it before the first session. */
+typedef enum { PEFT_DECODE_FAST = 0, PEFT_DECODE_EXACT = 1 } peft_decode;
+int peft_model_set_decode(peft_model *m, peft_decode d);
+peft_decode peft_model_decode(const peft_model *m);
+/* The unit FAST runs on here: "avx512vnni", "avxvnni", "avx2" or "none". */
+const char *peft_decode_unit(void);
+
 /* ---- tokenizer -------------------------------------------------------------- */
 
 /* Encodes UTF-8 text; add_bos: prepend BOS where the tokenizer wants one;

@@ -22,6 +22,7 @@ static void usage(FILE *f) {
             "  --seed S           sampling seed (default 42)\n"
             "  --threads N        threads (default: all cores)\n"
             "  --compute P        prompt processing: " CLI_COMPUTE_HELP "; --bf16 = --compute bf16\n"
+            "  --exact-decode     decode on f32 activations (default: 8-bit, as llama.cpp)\n"
             "  --stats            print prompt and generation speed (tokens/s) to stderr\n"
             "  --no-echo          do not print the prompt before the generation\n");
 }
@@ -39,7 +40,7 @@ int cmd_generate(int argc, char **argv) {
     bool bf16 = false;
     peft_sample_params sp = peft_sample_default_params();
     int threads = 0, seed = 42;
-    bool stats = false, echo = true, bad = false, verbose = false;
+    bool stats = false, echo = true, bad = false, verbose = false, exact = false;
     while (a.i < argc && !bad) {
         if ((v = cli_opt(&a, "--model", &bad))) model = v;
         else if ((v = cli_opt(&a, "--adapter", &bad))) adapter_dir = v;
@@ -56,6 +57,7 @@ int cmd_generate(int argc, char **argv) {
         else if (cli_flag(&a, "--bf16")) bf16 = true;
         else if (cli_flag(&a, "--chat")) sp.chat = 1;
         else if (cli_flag(&a, "--stats")) stats = true;
+        else if (cli_flag(&a, "--exact-decode")) exact = true;
         else if (cli_flag(&a, "--no-echo")) echo = false;
         else if (cli_flag(&a, "--verbose")) verbose = true;
         else if (cli_flag(&a, "--help")) { usage(stdout); return 0; }
@@ -96,6 +98,7 @@ int cmd_generate(int argc, char **argv) {
         free(file_text);
         return 1;
     }
+    if (exact) peft_model_set_decode(m, PEFT_DECODE_EXACT);
     int crc = cli_compute("generate", ctx, m, compute, bf16);
     if (crc) {
         peft_model_free(m);
