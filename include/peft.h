@@ -136,18 +136,19 @@ int peft_compute_bf16_supported(void);
 /* The unit BF16 runs on here: "amx", "avx512bf16" or "none". */
 const char *peft_compute_bf16_unit(void);
 
-/* Decoding (forwards of at most 4 tokens: generation after the prompt) on
- * weights stored as Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K or Q6_K:
+/* Decoding (forwards of at most 4 tokens: generation after the prompt, and
+ * the prompt's last-token LM head) on weights stored as Q8_0, Q4_0, Q4_1,
+ * Q5_0, Q5_1, Q4_K, Q5_K or Q6_K:
+ *   EXACT: f32 inputs dotted with the stored weights: the same logits as
+ *          processing the whole sequence at once (within f32 summation
+ *          order). The default from load.
  *   FAST:  each product quantizes its input to 8-bit blocks of 32 and
  *          takes integer dot products with the weight's blocks (AVX2,
  *          AVX-VNNI or AVX512-VNNI, chosen at run time), as llama.cpp
- *          does; the default from load. The logits move by the inputs'
- *          rounding (docs/api.md, "Decoding").
- *   EXACT: f32 inputs dotted with the stored weights: the same logits as
- *          processing the whole sequence at once (within f32 summation
- *          order).
+ *          does: faster, and the logits move by the inputs' rounding
+ *          (docs/api.md, "Decoding"). `peft generate` decodes FAST.
  * Without AVX2, FAST decodes as EXACT. Set it before the first session. */
-typedef enum { PEFT_DECODE_FAST = 0, PEFT_DECODE_EXACT = 1 } peft_decode;
+typedef enum { PEFT_DECODE_EXACT = 0, PEFT_DECODE_FAST = 1 } peft_decode;
 int peft_model_set_decode(peft_model *m, peft_decode d);
 peft_decode peft_model_decode(const peft_model *m);
 /* The unit FAST runs on here: "avx512vnni", "avxvnni", "avx2" or "none". */

@@ -98,7 +98,7 @@ int cmd_generate(int argc, char **argv) {
         free(file_text);
         return 1;
     }
-    if (exact) peft_model_set_decode(m, PEFT_DECODE_EXACT);
+    peft_model_set_decode(m, exact ? PEFT_DECODE_EXACT : PEFT_DECODE_FAST);
     int crc = cli_compute("generate", ctx, m, compute, bf16);
     if (crc) {
         peft_model_free(m);

@@ -11,13 +11,14 @@ static inline __m256i qd_dot_avx2(__m256i u, __m256i s) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
 #define QD_DOT(u, s) qd_dot_avx2((u), (s))
+#define QD_UNIT avx2
 #include "kernels/qdot_simd.h"
 
 bool kern_qdot_avx2_compiled(void) { return true; }
 
 void kern_qdot_rows_avx2(peft_dtype dt, const uint8_t *w, size_t rb, int64_t n_rows, int64_t K, const kq8_row *x,
                          int T, float *out) {
-    qd_rows(dt, w, rb, n_rows, K, x, T, out);
+    qd_rows_avx2(dt, w, rb, n_rows, K, x, T, out);
 }
 
 static inline float hmax8(__m256 v) {
@@ -40,7 +41,7 @@ void kern_qdot_quantize_avx2(const float *x, int64_t K, int8_t *q, float *d, flo
         const __m256 am = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v0, abs_mask), _mm256_and_ps(v1, abs_mask)),
                                         _mm256_max_ps(_mm256_and_ps(v2, abs_mask), _mm256_and_ps(v3, abs_mask)));
         const float amax = hmax8(am);
-        s[b] = qd_hsum(_mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3)));
+        s[b] = qd_hsum_avx2(_mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3)));
         d[b] = amax / 127.0f;
         const __m256 id = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
         const int r = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;

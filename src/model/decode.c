@@ -1,7 +1,10 @@
 /* decode.c — how a model decodes on its quantized weights (peft.h,
  * peft_model_set_decode): a flag on each frozen linear that the kernels
  * read (kern_weight.q8_act), set on every linear and the LM head at once so
- * that one forward never mixes the two kinds of product. */
+ * that one forward never mixes the two kinds of product. Off from load:
+ * the library's forwards keep their contract (decoding equals the whole
+ * sequence at once; the training graph is never quantized), and callers
+ * that want llama.cpp's speed (peft generate) ask for it. */
 #include "kernels/qdot.h"
 #include "model/model.h"
 

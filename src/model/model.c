@@ -33,7 +33,6 @@ peft_model *peft_model_load(peft_ctx *ctx, const char *path) {
     } else {
         rc = peft_fail(err, PEFT_ERR_IO, "%s: no such file or folder", path);
     }
-    if (!rc) rc = peft_model_set_decode(m, PEFT_DECODE_FAST);
     if (rc) {
         peft_model_free(m);
         return NULL;

@@ -1,0 +1,154 @@
+/* test_decode_q8.c — FAST decoding (8-bit activations, peft_model_set_decode)
+ * against EXACT on the real model, SmolLM2-135M-Instruct Q4_1 (its LM head,
+ * the tied token embedding, is Q8_0). Skips when the file is absent.
+ *
+ * Both runs process the same prompt and are then fed the same tokens (the
+ * EXACT run's greedy choices), so every step compares the logits of one
+ * context. What must hold:
+ *   - the logits stay close: max |Δ| over the whole vocabulary and every
+ *     step within LOGIT_TOL, and the mean within MEAN_TOL (the rounding of
+ *     each product's input is at most half a step of 1/127 of its 32-block's
+ *     largest value; over 30 layers that gives a few hundredths of a logit
+ *     on average, with the massive-activation channels of such models
+ *     moving single logits by a few tenths — llama.cpp's decoding has the
+ *     same error, its scheme being the same);
+ *   - greedy choices agree wherever the choice is clear: at each step
+ *     whose EXACT top-2 margin exceeds twice the step's max |Δ| (only then
+ *     can no rounding flip it) the argmaxes are equal, and the free-running
+ *     FAST greedy text equals EXACT's up to the first step where EXACT's
+ *     margin is below that. */
+#include "model/model.h"
+#include "peft.h"
+#include "test.h"
+
+#define LOGIT_TOL 0.6
+#define MEAN_TOL 0.05
+enum { STEPS = 48 };
+
+static const char *model_path(void) {
+    const char *p = getenv("PEFT_TEST_GGUF");
+    if (p && *p) return p;
+    return "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+static int argmax(const float *l, int V, float *margin) {
+    int a = 0;
+    for (int i = 1; i < V; i++) if (l[i] > l[a]) a = i;
+    float second = -INFINITY;
+    for (int i = 0; i < V; i++) if (i != a && l[i] > second) second = l[i];
+    if (margin) *margin = l[a] - second;
+    return a;
+}
+
+static void fast_decode_tracks_exact_on_smollm2(void) {
+    const char *path = model_path();
+    if (!peft_file_exists(path))
+        TEST_SKIP("%s not found (run `bash scripts/setup.sh --model`, or set PEFT_TEST_GGUF)", path);
+    peft_ctx_params cp = peft_ctx_default_params();
+    cp.n_threads = 2;
+    peft_ctx *ctx = peft_init(&cp);
+    peft_model *m = peft_model_load(ctx, path);
+    CHECK_MSG(m != NULL, "%s", peft_last_error(ctx));
+    if (!m) { peft_free(ctx); return; }
+    CHECK(peft_model_decode(m) == PEFT_DECODE_EXACT);   /* the default */
+    if (!strcmp(peft_decode_unit(), "none")) {
+        peft_model_free(m);
+        peft_free(ctx);
+        TEST_SKIP_HW("no AVX2 here: FAST decodes as EXACT");
+    }
+    const int V = m->cfg.vocab;
+    const char *prompts[] = {
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        "The lighthouse keeper on the northern island kept a logbook for forty years. Every evening he wrote down",
+        "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"};
+    float *ex = malloc(sizeof(float) * (size_t)V * STEPS), *fa = malloc(sizeof(float) * (size_t)V * STEPS);
+    double worst = 0, sum = 0;
+    size_t count = 0;
+    for (int p = 0; p < 3; p++) {
+        int32_t *ids = NULL, toks[STEPS];
+        int n = 0;
+        CHECK_OK(peft_tokenize(m, prompts[p], 1, 1, &ids, &n));
+        peft_err err = {0};
+        /* EXACT: the prompt, then its greedy tokens one at a time */
+        CHECK_OK(peft_model_set_decode(m, PEFT_DECODE_EXACT));
+        model_reset(m);
+        CHECK_OK(model_forward(m, ids, n, ex, false, &err));
+        for (int s = 0; s < STEPS; s++) {
+            toks[s] = argmax(ex + (size_t)s * V, V, NULL);
+            if (s + 1 < STEPS) CHECK_OK(model_forward(m, &toks[s], 1, ex + (size_t)(s + 1) * V, false, &err));
+        }
+        /* FAST on the same tokens */
+        CHECK_OK(peft_model_set_decode(m, PEFT_DECODE_FAST));
+        model_reset(m);
+        CHECK_OK(model_forward(m, ids, n, fa, false, &err));
+        for (int s = 0; s + 1 < STEPS; s++) CHECK_OK(model_forward(m, &toks[s], 1, fa + (size_t)(s + 1) * V, false, &err));
+        int clear = 0, clear_agree = 0, free_ok = 1, free_until = STEPS;
+        double pw = 0;
+        for (int s = 0; s < STEPS; s++) {
+            const float *e = ex + (size_t)s * V, *f = fa + (size_t)s * V;
+            double sw = 0;
+            for (int i = 0; i < V; i++) {
+                const double d = fabs((double)e[i] - f[i]);
+                sw = d > sw ? d : sw;
+                sum += d;
+            }
+            count += (size_t)V;
+            pw = sw > pw ? sw : pw;
+            float margin;
+            const int ae = argmax(e, V, &margin), af = argmax(f, V, NULL);
+            if (margin > 2 * sw) {
+                clear++;
+                clear_agree += ae == af;
+                CHECK_MSG(ae == af, "prompt %d step %d: margin %.3f > 2·%.3f but argmax %d (fast) vs %d", p, s, margin, sw,
+                          af, ae);
+            } else if (free_until == STEPS) {
+                free_until = s;
+            }
+        }
+        /* free-running FAST greedy up to the first unclear step */
+        model_reset(m);
+        CHECK_OK(model_forward(m, ids, n, fa, false, &err));
+        for (int s = 0; s < free_until; s++) {
+            const int t = argmax(fa, V, NULL);
+            if (t != toks[s]) { free_ok = 0; break; }
+            CHECK_OK(model_forward(m, &t, 1, fa, false, &err));
+        }
+        CHECK_MSG(free_ok, "prompt %d: free-running FAST greedy differs before step %d", p, free_until);
+        printf("    prompt %d (%d tokens): max |dlogit| %.3f; %d of %d steps clear, argmax equal on %d; greedy text equal "
+               "for the first %d tokens\n", p, n, pw, clear, STEPS, clear_agree, free_until);
+        worst = pw > worst ? pw : worst;
+        free(ids);
+    }
+    const double mean = sum / (double)count;
+    printf("    all steps: max |dlogit| %.3f (tolerance %g), mean %.4f (tolerance %g)\n", worst, LOGIT_TOL, mean, MEAN_TOL);
+    CHECK(worst <= LOGIT_TOL);
+    CHECK(mean <= MEAN_TOL);
+    free(ex);
+    free(fa);
+    peft_model_free(m);
+    peft_free(ctx);
+}
+
+/* The mode is the model's: set and read back, unknown values refused. */
+static void decode_mode_is_settable(void) {
+    peft_ctx *ctx = peft_init(NULL);
+    peft_model *m = peft_model_load(ctx, "tests/fixtures/models/tiny-gpt2.q8_0.gguf");
+    CHECK_MSG(m != NULL, "%s", peft_last_error(ctx));
+    if (!m) { peft_free(ctx); return; }
+    CHECK(peft_model_decode(m) == PEFT_DECODE_EXACT);
+    CHECK_OK(peft_model_set_decode(m, PEFT_DECODE_FAST));
+    CHECK(peft_model_decode(m) == PEFT_DECODE_FAST);
+    CHECK_OK(peft_model_set_decode(m, PEFT_DECODE_EXACT));
+    CHECK(peft_model_decode(m) == PEFT_DECODE_EXACT);
+    CHECK(peft_model_set_decode(m, (peft_decode)7) == PEFT_ERR_INVALID);
+    CHECK(strstr(peft_last_error(ctx), "decode mode") != NULL);
+    CHECK(peft_model_decode(m) == PEFT_DECODE_EXACT);
+    peft_model_free(m);
+    peft_free(ctx);
+}
+
+int main(void) {
+    TEST_RUN(decode_mode_is_settable);
+    TEST_RUN(fast_decode_tracks_exact_on_smollm2);
+    TEST_MAIN_END();
+}
