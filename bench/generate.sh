@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# bench/generate.sh — end-to-end generation speed of `peft generate` on the
-# SmolLM2-135M Q4_1 GGUF, next to llama.cpp (llama-cpp-python) on the same
-# file, same thread count, same ~256-token prompt, greedy, 64 new tokens.
+# bench/generate.sh — end-to-end generation speed of `peft generate` next to
+# llama.cpp (llama-cpp-python) on the same GGUF file, same thread count,
+# same ~256-token prompt, greedy, 64 new tokens, on two models:
+#   - SmolLM2-135M-Instruct Q4_1 (the real file; its head is Q8_0), and
+#   - the 1B shape (d 2048, 16 layers, ff 8192), random Q4_0 weights made by
+#     bench/make_llama_gguf.py into a temporary file (never committed).
+# The two sides run alternately, one run each per round (the machine may be
+# shared: alternating spreads the noise over both), after one warm-up run.
 #
 #   bench/generate.sh [--runs N] [--threads T] [--max-tokens N] [--no-peer]
+#                     [--no-1b] [--exact-decode]
 #
 # Environment: PEFT (default build-bench/peft), MODEL (default
-# models/SmolLM2-135M-Instruct.Q4_1.gguf), PYTHON (default python3),
-# NO_INSTALL=1 to not try `pip install llama-cpp-python` when it is missing.
+# models/SmolLM2-135M-Instruct.Q4_1.gguf), MODEL_1B (a 1B GGUF to use
+# instead of making one), PYTHON (default python3), NO_INSTALL=1 to not try
+# `pip install llama-cpp-python` when it is missing.
 #
-# Prints per-run lines, then a summary: prompt-processing and generation
-# tokens/s (median over runs, after one warm-up run) for both, the ratio
-# peft/llama.cpp, and the peak RSS of our process (/usr/bin/time -v).
+# Prints per-round lines, then per model: prompt-processing and generation
+# tokens/s (medians over the rounds) for both, the ratios peft/llama.cpp
+# (of the medians, and the range of the per-round ratios), and the peak RSS
+# of our process (/usr/bin/time -v).
 set -u -o pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,13 +31,17 @@ RUNS=3
 THREADS=2
 MAX_TOKENS=64
 PEER=1
+ONE_B=1
+EXACT=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS="$2"; shift 2 ;;
         --threads) THREADS="$2"; shift 2 ;;
         --max-tokens) MAX_TOKENS="$2"; shift 2 ;;
         --no-peer) PEER=0; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --no-1b) ONE_B=0; shift ;;
+        --exact-decode) EXACT="--exact-decode"; shift ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "generate.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -72,50 +84,7 @@ fi
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-echo "# model: $MODEL"
-echo "# peft:  $PEFT, --threads $THREADS, --max-tokens $MAX_TOKENS, greedy, $RUNS runs after 1 warm-up"
-
-# ---- ours ------------------------------------------------------------------
-ours_ok=1
-: > "$tmp/pp"; : > "$tmp/tg"; : > "$tmp/rss"
-for r in $(seq 0 "$RUNS"); do
-    if ! timed "$PEFT" generate --model "$MODEL" --prompt "$(cat "$tmp/prompt.txt")" \
-            --max-tokens "$MAX_TOKENS" --stats --threads "$THREADS" --no-echo \
-            > "$tmp/out.$r" 2> "$tmp/err.$r"; then
-        echo "peft generate FAILED (run $r):" >&2
-        grep -v -E '^\s+[A-Z].*: ' "$tmp/err.$r" | head -20 >&2
-        ours_ok=0
-        break
-    fi
-    pl="$(grep -E '^prompt: [0-9]+ tokens in' "$tmp/err.$r")"
-    gl="$(grep -E '^generation: [0-9]+ tokens in' "$tmp/err.$r")"
-    rss="$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$tmp/err.$r")"
-    if [ -z "$pl" ] || [ -z "$gl" ]; then
-        echo "peft generate: no --stats lines in stderr (run $r):" >&2
-        head -20 "$tmp/err.$r" >&2
-        ours_ok=0
-        break
-    fi
-    if [ "$r" -eq 0 ]; then
-        echo "peft warm-up: $pl | $gl"
-        continue
-    fi
-    echo "peft run $r: $pl | $gl | peak RSS $((rss / 1024)) MiB"
-    n_pp="$(sed -E 's/^prompt: ([0-9]+) tokens.*/\1/' <<< "$pl")"
-    n_tg="$(sed -E 's/^generation: ([0-9]+) tokens.*/\1/' <<< "$gl")"
-    sed -E 's/.*\(([0-9.]+) tokens\/s\).*/\1/' <<< "$pl" >> "$tmp/pp"
-    sed -E 's/.*\(([0-9.]+) tokens\/s\).*/\1/' <<< "$gl" >> "$tmp/tg"
-    echo "$rss" >> "$tmp/rss"
-done
-if [ "$ours_ok" = 1 ]; then
-    echo "peft greedy text: $(head -c 300 "$tmp/out.1" | tr '\n' ' ')"
-    ours_pp="$(median < "$tmp/pp")"
-    ours_tg="$(median < "$tmp/tg")"
-    ours_rss="$(sort -g "$tmp/rss" | tail -1)"
-fi
-
-# ---- llama.cpp -------------------------------------------------------------
-peer_ok=0
+# ---- llama.cpp available? ------------------------------------------------
 if [ "$PEER" = 1 ]; then
     if ! "$PYTHON" -c 'import llama_cpp' 2> /dev/null; then
         if [ "${NO_INSTALL:-0}" = 1 ]; then
@@ -139,43 +108,104 @@ if [ "$PEER" = 1 ]; then
             fi
         fi
     fi
-    if "$PYTHON" -c 'import llama_cpp' 2> /dev/null; then
-        "$PYTHON" "$here/llama_cpp_peer.py" --model "$MODEL" --prompt-file "$tmp/prompt.txt" \
-            --max-tokens "$MAX_TOKENS" --threads "$THREADS" --runs "$RUNS" \
-            > "$tmp/peer.out" 2> "$tmp/peer.err"
-        peer_rc=$?
-        if [ "$peer_rc" = 0 ]; then
-            cat "$tmp/peer.err"
-            peer_line="$(grep '^llama.cpp: prompt' "$tmp/peer.out")"
-            peer_pp="$(sed -E 's/.*prompt [0-9]+ tokens, median ([0-9.]+) tokens\/s.*/\1/' <<< "$peer_line")"
-            peer_tg="$(sed -E 's/.*generation [0-9]+ tokens, median ([0-9.]+) tokens\/s.*/\1/' <<< "$peer_line")"
-            peer_n_pp="$(sed -E 's/.*prompt ([0-9]+) tokens.*/\1/' <<< "$peer_line")"
-            peer_rss="$(sed -E 's/.*peak RSS ([0-9.]+) MiB.*/\1/' <<< "$peer_line")"
-            peer_ok=1
-        else
-            echo "llama.cpp: llama_cpp_peer.py failed (exit $peer_rc); peft numbers only"
-            [ "$peer_rc" = 132 ] && echo "  (SIGILL: llama.cpp was built for CPU features this machine does not allow, often AMX in a VM; reinstall with CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF\" pip install --force-reinstall --no-cache-dir --no-deps llama-cpp-python)"
-            tail -5 "$tmp/peer.err"
+fi
+have_peer=0
+if [ "$PEER" = 1 ] && "$PYTHON" -c 'import llama_cpp' 2> /dev/null; then have_peer=1; fi
+
+# One peft run: appends prompt and generation tokens/s to $1.pp, $1.tg and
+# the peak RSS (KiB) to $1.rss; prints one line. $2 model, $3 label.
+ours_run() {
+    local out="$1" model="$2" label="$3" err="$tmp/err"
+    if ! timed "$PEFT" generate --model "$model" --prompt "$(cat "$tmp/prompt.txt")" \
+            --max-tokens "$MAX_TOKENS" --stats --threads "$THREADS" --no-echo $EXACT \
+            > "$tmp/text" 2> "$err"; then
+        echo "peft generate FAILED:" >&2
+        grep -v -E '^\s+[A-Z].*: ' "$err" | head -20 >&2
+        return 1
+    fi
+    local pl gl rss
+    pl="$(grep -E '^prompt: [0-9]+ tokens in' "$err")"
+    gl="$(grep -E '^generation: [0-9]+ tokens in' "$err")"
+    rss="$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$err")"
+    if [ -z "$pl" ] || [ -z "$gl" ]; then
+        echo "peft generate: no --stats lines in stderr:" >&2
+        head -20 "$err" >&2
+        return 1
+    fi
+    echo "  peft      $label: $pl | $gl | peak RSS $((rss / 1024)) MiB"
+    sed -E 's/.*\(([0-9.]+) tokens\/s\).*/\1/' <<< "$pl" >> "$out.pp"
+    sed -E 's/.*\(([0-9.]+) tokens\/s\).*/\1/' <<< "$gl" >> "$out.tg"
+    echo "$rss" >> "$out.rss"
+}
+
+# One llama.cpp run (the peer loads the file, warms up, times one run).
+peer_run() {
+    local out="$1" model="$2" label="$3"
+    if ! "$PYTHON" "$here/llama_cpp_peer.py" --model "$model" --prompt-file "$tmp/prompt.txt" \
+            --max-tokens "$MAX_TOKENS" --threads "$THREADS" --runs 1 > "$tmp/peer.out" 2> "$tmp/peer.err"; then
+        echo "llama.cpp: llama_cpp_peer.py failed; peft numbers only" >&2
+        tail -5 "$tmp/peer.err" >&2
+        return 1
+    fi
+    local line
+    line="$(grep '^llama.cpp: prompt' "$tmp/peer.out")"
+    echo "  llama.cpp $label: $(grep 'llama.cpp run 1' "$tmp/peer.err" | sed 's/^llama.cpp run 1: //')"
+    sed -E 's/.*prompt [0-9]+ tokens, median ([0-9.]+) tokens\/s.*/\1/' <<< "$line" >> "$out.pp"
+    sed -E 's/.*generation [0-9]+ tokens, median ([0-9.]+) tokens\/s.*/\1/' <<< "$line" >> "$out.tg"
+    sed -E 's/.*peak RSS ([0-9.]+) MiB.*/\1/' <<< "$line" >> "$out.rss"
+}
+
+# Warm-up, then RUNS rounds of (peft, llama.cpp); a summary block per model.
+bench_model() {
+    local model="$1" name="$2" o="$tmp/ours.$2" p="$tmp/peer.$2"
+    : > "$o.pp"; : > "$o.tg"; : > "$o.rss"; : > "$p.pp"; : > "$p.tg"; : > "$p.rss"
+    echo "# $name: $model"
+    ours_run "$tmp/warm" "$model" "warm-up" || return 1
+    echo "  peft greedy text: $(head -c 200 "$tmp/text" | tr '\n' ' ')"
+    local peer=$have_peer
+    for r in $(seq 1 "$RUNS"); do
+        ours_run "$o" "$model" "round $r" || return 1
+        if [ "$peer" = 1 ]; then peer_run "$p" "$model" "round $r" || peer=0; fi
+    done
+    [ "$peer" = 1 ] && grep 'greedy text' "$tmp/peer.err" | sed 's/^/  /'
+    local opp otg orss
+    opp="$(median < "$o.pp")"; otg="$(median < "$o.tg")"; orss="$(sort -g "$o.rss" | tail -1)"
+    summary+="$(printf '%-9s %-10s %14s %14s %14s' "$name" "peft" "$opp" "$otg" "$((orss / 1024))")"$'\n'
+    if [ "$peer" = 1 ]; then
+        local ppp ptg prss
+        ppp="$(median < "$p.pp")"; ptg="$(median < "$p.tg")"; prss="$(sort -g "$p.rss" | tail -1)"
+        summary+="$(printf '%-9s %-10s %14s %14s %14s' "$name" "llama.cpp" "$ppp" "$ptg" "$prss")"$'\n'
+        local lo hi
+        lo="$(paste "$o.tg" "$p.tg" | awk '{ print $1 / $2 }' | sort -g | head -1)"
+        hi="$(paste "$o.tg" "$p.tg" | awk '{ print $1 / $2 }' | sort -g | tail -1)"
+        summary+="$(awk -v a="$opp" -v b="$ppp" -v c="$otg" -v d="$ptg" -v lo="$lo" -v hi="$hi" -v n="$name" 'BEGIN {
+            printf "%-9s %-10s %14.2f %14.2f   (generation per round: %.2f .. %.2f)", n, "peft/llama", a / b, c / d, lo, hi }')"$'\n'
+    fi
+}
+
+echo "# peft:  $PEFT ${EXACT:-(fast decoding)}, --threads $THREADS, --max-tokens $MAX_TOKENS, greedy, $RUNS rounds after 1 warm-up"
+echo "# cpu:   $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+summary=""
+status=0
+bench_model "$MODEL" "smollm2" || status=1
+if [ "$ONE_B" = 1 ]; then
+    m1b="${MODEL_1B:-}"
+    if [ -z "$m1b" ]; then
+        m1b="$tmp/llama-1b.q4_0.gguf"
+        echo "# making the 1B Q4_0 model (bench/make_llama_gguf.py 1b, random weights)"
+        if ! (cd "$root" && "$PYTHON" "$here/make_llama_gguf.py" 1b "$m1b" --type q4_0 > "$tmp/make.log" 2>&1); then
+            echo "generate.sh: make_llama_gguf.py failed:" >&2
+            tail -5 "$tmp/make.log" >&2
+            m1b=""
+            status=1
         fi
     fi
+    [ -n "$m1b" ] && { bench_model "$m1b" "1b-q4_0" || status=1; }
 fi
 
-# ---- summary ---------------------------------------------------------------
 echo
-echo "== summary (median tokens/s, threads $THREADS) =="
-printf '%-10s %14s %14s %14s\n' "" "prompt tok/s" "gen tok/s" "peak RSS MiB"
-if [ "$ours_ok" = 1 ]; then
-    printf '%-10s %14s %14s %14s   (prompt %s tokens, generated %s)\n' "peft" "$ours_pp" "$ours_tg" \
-        "$((ours_rss / 1024))" "$n_pp" "$n_tg"
-else
-    echo "peft       FAILED (see above)"
-fi
-if [ "$peer_ok" = 1 ]; then
-    printf '%-10s %14s %14s %14s   (prompt %s tokens, generated %s; RSS of the python process)\n' \
-        "llama.cpp" "$peer_pp" "$peer_tg" "$peer_rss" "$peer_n_pp" "$MAX_TOKENS"
-    if [ "$ours_ok" = 1 ]; then
-        awk -v a="$ours_pp" -v b="$peer_pp" -v c="$ours_tg" -v d="$peer_tg" 'BEGIN {
-            printf "%-10s %14.2f %14.2f\n", "peft/llama", a / b, c / d }'
-    fi
-fi
-[ "$ours_ok" = 1 ] || exit 1
+echo "== summary (median tokens/s over $RUNS rounds, threads $THREADS) =="
+printf '%-9s %-10s %14s %14s %14s\n' "model" "" "prompt tok/s" "gen tok/s" "peak RSS MiB"
+printf '%s' "$summary"
+[ "$have_peer" = 1 ] || echo "(llama.cpp not available: peft numbers only)"
+exit $status
