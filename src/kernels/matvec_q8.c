@@ -1,17 +1,15 @@
 /* matvec_q8.c — decoding products on 8-bit activations (qdot.h): x is
- * quantized once per product, then each thread takes a contiguous range of
- * W's output rows. Each output element is computed by the same code
+ * quantized once per product, then threads take chunks of W's output rows
+ * as they come free. Each output element is computed by the same code
  * whichever thread runs it, so results do not depend on the thread count. */
 #include "kernels/kernels.h"
 #include "kernels/qdot.h"
 #include "kernels/quant.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
-/* Output rows per call into the unit: a small stack buffer of results. */
-enum { QROWS = 16 };
+/* Output rows per call into the unit and per item of work: 32 rows of a
+ * 576-column Q4_1 weight are 11 KiB. */
+enum { QROWS = 32 };
 
 size_t kern_matvec_q8_scratch_floats(int64_t K) {
     /* per row of x: K int8 (K / 4 floats, K % 32 == 0), d and s */
@@ -40,24 +38,19 @@ int kern_matvec_q8(kern_qdot_unit u, float *y, int ldy, const float *x, int T, c
      * on one). */
     const int64_t by_work = (N * K) / 65536;
     const int nt = (int)PEFT_MAX((int64_t)1, PEFT_MIN((int64_t)n_threads, by_work));
-#pragma omp parallel num_threads(nt)
-    {
-        int tid = 0, nth = 1;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-        nth = omp_get_num_threads();
-#endif
-        const int64_t r0 = N * tid / nth, r1 = N * (tid + 1) / nth;
+    /* Chunks of rows handed out as threads ask: on a shared machine a thread
+     * that is descheduled for a while leaves its share to the others. */
+    const int64_t n_chunks = (N + QROWS - 1) / QROWS;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t c = 0; c < n_chunks; c++) {
         float out[QROWS * KERN_MATVEC_MAX_T];
-        for (int64_t n0 = r0; n0 < r1; n0 += QROWS) {
-            const int64_t nr = PEFT_MIN((int64_t)QROWS, r1 - n0);
-            kern_qdot_rows(u, dt, wd + (size_t)n0 * rb, rb, nr, K, xr, T, out);
-            for (int64_t r = 0; r < nr; r++)
-                for (int t = 0; t < T; t++) {
-                    float *yy = y + (size_t)t * (size_t)ldy + (size_t)(n0 + r);
-                    *yy = (beta == 0.0f ? 0.0f : beta * *yy) + out[r * T + t] + (bias ? bias[n0 + r] : 0.0f);
-                }
-        }
+        const int64_t n0 = c * QROWS, nr = PEFT_MIN((int64_t)QROWS, N - n0);
+        kern_qdot_rows(u, dt, wd + (size_t)n0 * rb, rb, nr, K, xr, T, out);
+        for (int64_t r = 0; r < nr; r++)
+            for (int t = 0; t < T; t++) {
+                float *yy = y + (size_t)t * (size_t)ldy + (size_t)(n0 + r);
+                *yy = (beta == 0.0f ? 0.0f : beta * *yy) + out[r * T + t] + (bias ? bias[n0 + r] : 0.0f);
+            }
     }
     return 0;
 }
