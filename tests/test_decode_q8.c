@@ -35,6 +35,10 @@ static const char *model_path(void) {
     return "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 }
 
+static int collect(const char *piece, int len, void *user) {
+    return peft_buf_append(user, piece, (size_t)len);
+}
+
 static int argmax(const float *l, int V, float *margin) {
     int a = 0;
     for (int i = 1; i < V; i++) if (l[i] > l[a]) a = i;
@@ -151,8 +155,45 @@ static void decode_mode_is_settable(void) {
     peft_free(ctx);
 }
 
+/* peft generate decodes FAST unless --exact-decode: on SmolLM2, whose
+ * texts differ between the two for the prompt below (a near tie at its
+ * third new token), each mode's text is the library's in that mode. */
+static void cli_decodes_fast_unless_exact(void) {
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
+    const char *path = model_path();
+    if (!peft_file_exists(path)) TEST_SKIP("%s not found", path);
+    if (!strcmp(peft_decode_unit(), "none")) TEST_SKIP_HW("no AVX2 here: FAST decodes as EXACT");
+    const char *prompt = "The lighthouse keeper on the northern island kept a logbook for forty years. Every evening he wrote down";
+    peft_ctx_params cp = peft_ctx_default_params();
+    cp.n_threads = 2;
+    peft_ctx *ctx = peft_init(&cp);
+    peft_model *m = peft_model_load(ctx, path);
+    CHECK(m != NULL);
+    if (!m) { peft_free(ctx); return; }
+    char lib[2][4096], cli[2][8192], args[1024];
+    for (int fast = 0; fast < 2; fast++) {
+        CHECK_OK(peft_model_set_decode(m, fast ? PEFT_DECODE_FAST : PEFT_DECODE_EXACT));
+        peft_sample_params sp = peft_sample_default_params();
+        sp.max_tokens = 12;
+        peft_buf b = {0};
+        CHECK_OK(peft_generate(m, prompt, &sp, collect, &b, NULL));
+        snprintf(lib[fast], sizeof lib[fast], "%.*s", (int)b.len, b.data ? b.data : "");
+        free(b.data);
+        snprintf(args, sizeof args, "generate --model %s --prompt \"%s\" --max-tokens 12 --threads 2 --no-echo%s", path, prompt,
+                 fast ? "" : " --exact-decode");
+        CHECK_EQ_INT(test_run_cli(args, cli[fast], sizeof cli[fast]), 0);
+        CHECK_MSG(strstr(cli[fast], lib[fast]) != NULL, "%s: CLI printed \"%s\", the library generated \"%s\"",
+                  fast ? "fast" : "exact", cli[fast], lib[fast]);
+    }
+    printf("    exact: %s\n    fast:  %s\n", lib[0], lib[1]);
+    CHECK_MSG(strcmp(lib[0], lib[1]) != 0, "this prompt no longer tells the modes apart");
+    peft_model_free(m);
+    peft_free(ctx);
+}
+
 int main(void) {
     TEST_RUN(decode_mode_is_settable);
     TEST_RUN(fast_decode_tracks_exact_on_smollm2);
+    TEST_RUN(cli_decodes_fast_unless_exact);
     TEST_MAIN_END();
 }
