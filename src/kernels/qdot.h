@@ -33,9 +33,9 @@ typedef struct {
 /* Weight types with an int8 kernel (K a multiple of their block). */
 bool kern_qdot_type(peft_dtype t);
 
-/* x (K floats, K % 32 == 0) into q, d, s as above; the SIMD units'
- * quantizers (kern_qdot_quantize) give the same q, d bit for bit and s
- * within f32 summation order (their sums are 8 lanes wide). */
+/* x (K floats, K % 32 == 0) into q, d, s as above. s is summed as the
+ * SIMD quantizer sums it (eight lanes of four, then the lanes as below), so
+ * kern_qdot_quantize gives the same q, d and s bit for bit on finite x. */
 void kern_qdot_quantize_ref(const float *x, int64_t K, int8_t *q, float *d, float *s);
 
 /* out[n·T + t] = Σ_k W[n, k]·x_t[k] for rows n < n_rows of w (row stride rb
