@@ -182,7 +182,7 @@ int peft_generate(peft_model *m, const char *prompt, const peft_sample_params *p
  * a peft_error of the caller's instead (NULL: not reported). */
 typedef struct {
     int status;          /* 0 or a peft_status */
-    char msg[512];
+    char msg[1024];
 } peft_error;
 
 /* The same as peft_tokenize, reporting into err. */
@@ -267,7 +267,7 @@ typedef struct peft_sampler peft_sampler;
 /* temperature, top_k, top_p and seed of p (the rest is ignored). */
 peft_sampler *peft_sampler_new(const peft_sample_params *p);
 void peft_sampler_free(peft_sampler *s);
-/* The next token from logits (vocab floats; left unchanged). */
+/* The next token from logits (vocab floats; left unchanged); -1 when out of memory. */
 int32_t peft_sampler_sample(peft_sampler *s, const float *logits, int vocab);
 
 /* ---- sentence embeddings ------------------------------------------------------

@@ -216,7 +216,7 @@ int cmd_embed(int argc, char **argv) {
             fprintf(stderr, "peft embed: %s\n", peft_last_error(ctx));
             goto done;
         }
-        m->lora = ad;
+        m->attached = ad;
     }
     emb = malloc((size_t)tx.n * p.dim * sizeof *emb);
     if (!emb) { fprintf(stderr, "peft embed: out of memory\n"); goto done; }
@@ -244,7 +244,7 @@ int cmd_embed(int argc, char **argv) {
 done:
     peft_buf_free(&b);
     free(emb);
-    if (m) m->lora = NULL;
+    if (m) m->attached = NULL;
     peft_model_free(m);
     adapter_free(ad);
     peft_free(ctx);

@@ -112,7 +112,7 @@ int cmd_generate(int argc, char **argv) {
             free(file_text);
             return 1;
         }
-        m->lora = ad;
+        m->attached = ad;
     }
     if (echo && !sp.chat) { fputs(prompt, stdout); fflush(stdout); }
     peft_gen_stats st;
