@@ -24,6 +24,7 @@ static void usage(FILE *f) {
             "  merge      fold an adapter into the base: peft merge --model PATH --adapter DIR --out OUT\n"
             "  export     adapter as llama.cpp GGUF LoRA: peft export --adapter DIR --format gguf\n"
             "  combine    LoRA adapters into one: peft combine --adapter A:0.5 --adapter B:0.5 --type svd --out DIR\n"
+            "  serve      OpenAI-compatible HTTP server: peft serve --model PATH [--adapter NAME=DIR]... [--port 8080]\n"
             "  info       describe a model: peft info PATH [--json] [--tensors]\n"
             "  help       this text; `peft <command> --help` for a command's options\n",
             PEFT_VERSION);
@@ -187,6 +188,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "export")) return cmd_export(argc - 1, argv + 1);
     if (!strcmp(cmd, "combine")) return cmd_combine(argc - 1, argv + 1);
     if (!strcmp(cmd, "embed")) return cmd_embed(argc - 1, argv + 1);
+    if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "--version")) { printf("peft %s\n", PEFT_VERSION); return 0; }
     fprintf(stderr, "peft: unknown command \"%s\"\n\n", cmd);
