@@ -4,11 +4,13 @@
 #include "cli/cli.h"
 #include "cli/serve.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -22,7 +24,21 @@ static void usage(FILE *f) {
             "  --max-batch N        requests decoding together (default 32)\n"
             "  --max-queue N        requests waiting beyond those; more are refused with 429 (default 64)\n"
             "  --ctx N              context per request, prompt and generation (default and most: the model's)\n"
+            "  --step-delay-ms N    pause N ms after every batch step (testing: keeps requests in flight; default 0)\n"
             "  --verbose            log loads, unloads and libmicrohttpd's errors to stderr\n");
+}
+
+/* The write end of the pipe the stop signals' handler writes to (a
+ * handler can only reach it through a global). */
+static int stop_fd = -1;
+
+static void on_stop_signal(int sig) {
+    const unsigned char c = (unsigned char)sig;
+    const int saved = errno;
+    if (write(stop_fd, &c, 1) < 0) {
+        /* nothing a handler can do */
+    }
+    errno = saved;
 }
 
 static char *base_name_of(const char *path) {
@@ -59,7 +75,7 @@ int cmd_serve(int argc, char **argv) {
     cli_args a = {argc, 1, argv, "serve"};
     const char *model = NULL, *host = "127.0.0.1", *api_key = getenv("PEFT_API_KEY"), *v;
     const char *adapters[256];
-    int n_adapters = 0, port = 8080, threads = 0, max_batch = 32, max_queue = 64, ctx_len = 0;
+    int n_adapters = 0, port = 8080, threads = 0, max_batch = 32, max_queue = 64, ctx_len = 0, step_delay = 0;
     bool bad = false, verbose = false;
     while (a.i < argc && !bad) {
         if ((v = cli_opt(&a, "--model", &bad))) model = v;
@@ -73,6 +89,7 @@ int cmd_serve(int argc, char **argv) {
         else if ((v = cli_opt(&a, "--max-batch", &bad))) bad = cli_int(a.cmd, "--max-batch", v, 1, 1024, &max_batch) != 0;
         else if ((v = cli_opt(&a, "--max-queue", &bad))) bad = cli_int(a.cmd, "--max-queue", v, 0, 1000000, &max_queue) != 0;
         else if ((v = cli_opt(&a, "--ctx", &bad))) bad = cli_int(a.cmd, "--ctx", v, 2, 1 << 24, &ctx_len) != 0;
+        else if ((v = cli_opt(&a, "--step-delay-ms", &bad))) bad = cli_int(a.cmd, "--step-delay-ms", v, 0, 10000, &step_delay) != 0;
         else if (cli_flag(&a, "--verbose")) verbose = true;
         else if (cli_flag(&a, "--help")) { usage(stdout); return 0; }
         else if (!bad) {
@@ -89,12 +106,31 @@ int cmd_serve(int argc, char **argv) {
     }
     if (api_key && !*api_key) api_key = NULL;
 
+    /* SIGINT and SIGTERM only write to a pipe that the main thread waits
+     * on: they may land on any thread (OpenBLAS starts its own before
+     * main), and a second one during the shutdown must not kill us */
+    int stop_pipe[2];
+    if (pipe(stop_pipe)) {
+        perror("peft serve: pipe");
+        return 1;
+    }
+    stop_fd = stop_pipe[1];
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
     srv s;
     memset(&s, 0, sizeof s);
     s.cmd = "serve";
     s.threads = threads;
     s.max_batch = max_batch;
     s.max_queue = max_queue;
+    s.step_delay_ms = step_delay;
     s.api_key = api_key;
     s.verbose = verbose;
     s.t_start = srv_now();
@@ -162,15 +198,6 @@ int cmd_serve(int argc, char **argv) {
         }
     }
 
-    /* SIGINT and SIGTERM are taken by sigwait below: every thread started
-     * from here on inherits the mask */
-    sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGINT);
-    sigaddset(&stop, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
     if (srv_sched_start(&s)) {
         free_server(&s);
         return 1;
@@ -186,8 +213,9 @@ int cmd_serve(int argc, char **argv) {
            s.n_ctx, s.max_batch);
     fflush(stdout);
 
-    int sig = 0;
-    sigwait(&stop, &sig);
+    unsigned char sig = 0;
+    while (read(stop_pipe[0], &sig, 1) < 0 && errno == EINTR) {
+    }
     fprintf(stderr, "peft serve: %s: stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
     srv_sched_stop(&s);
     /* let the answers of the jobs the scheduler just closed reach their
@@ -201,5 +229,7 @@ int cmd_serve(int argc, char **argv) {
     }
     srv_http_stop(&s);
     free_server(&s);
+    close(stop_pipe[0]);
+    /* the write end stays open: a late signal's handler still has it */
     return 0;
 }

@@ -124,6 +124,7 @@ typedef struct {
     char *base_name, *base_stem, *model_path;
     int n_ctx;               /* usable context per request (--ctx, at most the model's) */
     int threads, max_batch, max_queue;
+    int step_delay_ms;       /* a pause after every batch step (tests: keeps requests in flight) */
     const char *api_key;
     bool verbose;
 

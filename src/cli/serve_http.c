@@ -189,10 +189,11 @@ static enum MHD_Result answer_job(srv *s, struct MHD_Connection *c, srv_job *j) 
 
 static enum MHD_Result start_job(srv *s, struct MHD_Connection *c, req_ctx *r, job_kind kind) {
     pthread_mutex_lock(&s->mu);
-    const bool full = s->n_queued >= s->max_queue, stopping = s->stopping;
+    const bool full = s->n_queued + s->n_active >= s->max_batch + s->max_queue, stopping = s->stopping;
     pthread_mutex_unlock(&s->mu);
     if (stopping) return error(s, c, 503, NULL, "shutting_down", "the server is shutting down");
-    if (full) return error(s, c, 429, NULL, "rate_limit_exceeded", "too many requests waiting (--max-queue %d): try again later", s->max_queue);
+    if (full) return error(s, c, 429, NULL, "rate_limit_exceeded", "too many requests: %d running and %d waiting (--max-batch, --max-queue): try again later",
+                             s->max_batch, s->max_queue);
     int status = 0;
     char *err_body = NULL;
     srv_job *j = srv_job_from_request(s, kind, r->body.p ? r->body.p : "", r->body.len, &status, &err_body);
@@ -202,14 +203,17 @@ static enum MHD_Result start_job(srv *s, struct MHD_Connection *c, req_ctx *r, j
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     j->fd = ci ? ci->connect_fd : -1;
     pthread_mutex_lock(&s->mu);
-    const char *why = s->stopping ? "shutting_down" : s->n_queued >= s->max_queue ? "rate_limit_exceeded" : NULL;
+    const char *why = s->stopping                                          ? "shutting_down"
+                      : s->n_queued + s->n_active >= s->max_batch + s->max_queue ? "rate_limit_exceeded"
+                                                                               : NULL;
     if (why) {
         for (int k = 0; k < j->n_ads; k++) j->ads[k]->jobs--;
         j->n_ads = 0;
         pthread_mutex_unlock(&s->mu);
         srv_job_free(j);
         return !strcmp(why, "shutting_down") ? error(s, c, 503, NULL, why, "the server is shutting down")
-                                             : error(s, c, 429, NULL, why, "too many requests waiting (--max-queue %d): try again later", s->max_queue);
+                                             : error(s, c, 429, NULL, why, "too many requests: %d running and %d waiting (--max-batch, --max-queue): try again later",
+                                                     s->max_batch, s->max_queue);
     }
     s->job_seq++;
     snprintf(j->id, sizeof j->id, "%s-%llu%04llx", kind == JOB_CHAT ? "chatcmpl" : "cmpl", (unsigned long long)s->job_seq,

@@ -379,6 +379,7 @@ static void step(sched *S) {
         take_token(s, j, peft_sampler_sample(j->smp, S->logits + (size_t)i * V, V));
         new_tokens += (uint64_t)(j->n_gen - before);
     }
+    if (s->step_delay_ms) nanosleep(&(struct timespec){s->step_delay_ms / 1000, (s->step_delay_ms % 1000) * 1000000L}, NULL);
     pthread_mutex_lock(&s->mu);
     s->steps++;
     s->step_rows += (uint64_t)n;
