@@ -174,9 +174,9 @@ int cmd_serve(int argc, char **argv) {
         pthread_mutex_lock(&s.mu);
         const bool dup = srv_adapter_find_locked(&s, name) != NULL;
         pthread_mutex_unlock(&s.mu);
-        if (!name[0] || srv_is_base_name(&s, name) || dup) {
+        if (!srv_name_ok(name) || srv_is_base_name(&s, name) || dup) {
             fprintf(stderr, "peft serve: --adapter %s: the name \"%s\" is %s\n", adapters[i], name,
-                    !name[0] ? "empty" : dup ? "given twice" : "the base model's");
+                    !srv_name_ok(name) ? "not 1-128 of A-Z a-z 0-9 - _ . : /" : dup ? "given twice" : "the base model's");
             free_server(&s);
             return 2;
         }

@@ -189,5 +189,7 @@ srv_adapter *srv_adapter_find_locked(srv *s, const char *name);
 srv_adapter *srv_adapter_by_id_locked(srv *s, int id);
 int srv_adapter_add_locked(srv *s, const char *name, const char *path, peft_adapter *a);
 bool srv_is_base_name(const srv *s, const char *name);
+/* 1-128 of A-Z a-z 0-9 - _ . : / (names go into URLs and metric labels). */
+bool srv_name_ok(const char *name);
 
 #endif

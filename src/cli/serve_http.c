@@ -231,7 +231,7 @@ static enum MHD_Result start_job(srv *s, struct MHD_Connection *c, req_ctx *r, j
 
 /* ---- adapters ------------------------------------------------------------------- */
 
-static bool name_ok(const char *n) {
+bool srv_name_ok(const char *n) {
     size_t len = strlen(n);
     if (len == 0 || len > 128) return false;
     for (size_t i = 0; i < len; i++) {
@@ -300,7 +300,7 @@ static enum MHD_Result load_adapter(srv *s, struct MHD_Connection *c, req_ctx *r
         return error(s, c, 400, !cJSON_IsString(name) ? "name" : "path", "invalid_type",
                      "the body must be {\"name\": string, \"path\": string (an adapter folder on the server)}");
     }
-    if (!name_ok(name->valuestring) || srv_is_base_name(s, name->valuestring)) {
+    if (!srv_name_ok(name->valuestring) || srv_is_base_name(s, name->valuestring)) {
         rc = error(s, c, 400, "name", "invalid_value",
                    "adapter name \"%.128s\" must be 1-128 of A-Z a-z 0-9 - _ . : / and not the base's name", name->valuestring);
         cJSON_Delete(req);
