@@ -348,9 +348,11 @@ int peft_adapter_users(const peft_adapter *a);
 /* peft_adapter_load reporting into err instead of the context (threads). */
 peft_adapter *peft_adapter_load_err(peft_model *m, const char *dir, peft_error *err);
 int64_t peft_adapter_n_params(const peft_adapter *a);
-/* Applies a to m's forward (logits, generate); NULL detaches. a must have
- * been made or loaded for m and outlive the attachment. Attach before a
- * sequence starts (virtual tokens enter at position 0). */
+/* The adapter the model-level calls (peft_model_logits, peft_generate,
+ * peft_model_embed) run with; NULL detaches. a must have been made or
+ * loaded for m and outlive the attachment. A setting of the model, like the
+ * compute precision: make it before threads share m. Sessions ignore it
+ * (peft_session_set_adapter). */
 int peft_adapter_attach(peft_model *m, const peft_adapter *a);
 /* LoRA, DoRA or IA3 folded into the base, written as a new model (HF folder
  * from HF, GGUF from GGUF); other methods, and adapters with a
