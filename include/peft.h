@@ -229,6 +229,11 @@ int peft_session_set_adapters(peft_session *s, peft_adapter *const *a, const flo
 void peft_session_reset(peft_session *s);
 /* Positions in the cache (virtual tokens included). */
 int peft_session_n_past(const peft_session *s);
+/* Keeps the first n tokens of the sequence (and the adapter's virtual
+ * tokens before them) and forgets the rest, so that a conversation that
+ * shares a prefix with what was decoded goes on from there; n = 0 resets.
+ * PEFT_ERR_INVALID when fewer than n tokens are there. */
+int peft_session_keep(peft_session *s, int n);
 /* Appends n tokens to the sequence (virtual tokens of prompt and prefix
  * tuning enter before the first); logits of the last token (vocab floats)
  * into out, which may be NULL. */
