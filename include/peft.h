@@ -229,6 +229,11 @@ int peft_session_set_adapters(peft_session *s, peft_adapter *const *a, const flo
 void peft_session_reset(peft_session *s);
 /* Positions in the cache (virtual tokens included). */
 int peft_session_n_past(const peft_session *s);
+/* Keeps the first n tokens of the sequence (and the adapter's virtual
+ * tokens before them) and forgets the rest, so that a conversation that
+ * shares a prefix with what was decoded goes on from there; n = 0 resets.
+ * PEFT_ERR_INVALID when fewer than n tokens are there. */
+int peft_session_keep(peft_session *s, int n);
 /* Appends n tokens to the sequence (virtual tokens of prompt and prefix
  * tuning enter before the first); logits of the last token (vocab floats)
  * into out, which may be NULL. */
@@ -348,9 +353,11 @@ int peft_adapter_users(const peft_adapter *a);
 /* peft_adapter_load reporting into err instead of the context (threads). */
 peft_adapter *peft_adapter_load_err(peft_model *m, const char *dir, peft_error *err);
 int64_t peft_adapter_n_params(const peft_adapter *a);
-/* Applies a to m's forward (logits, generate); NULL detaches. a must have
- * been made or loaded for m and outlive the attachment. Attach before a
- * sequence starts (virtual tokens enter at position 0). */
+/* The adapter the model-level calls (peft_model_logits, peft_generate,
+ * peft_model_embed) run with; NULL detaches. a must have been made or
+ * loaded for m and outlive the attachment. A setting of the model, like the
+ * compute precision: make it before threads share m. Sessions ignore it
+ * (peft_session_set_adapter). */
 int peft_adapter_attach(peft_model *m, const peft_adapter *a);
 /* LoRA, DoRA or IA3 folded into the base, written as a new model (HF folder
  * from HF, GGUF from GGUF); other methods, and adapters with a

@@ -20,6 +20,7 @@ static void usage(FILE *f) {
             "  train      fine-tune an adapter: peft train --model PATH --data FILE --out DIR [--r 8 ...]\n"
             "  eval       loss and perplexity: peft eval --model PATH [--adapter DIR] --data FILE\n"
             "  generate   generate text: peft generate --model PATH --prompt \"...\" [--chat] [--adapter DIR]\n"
+            "  chat       talk with a model: peft chat --model PATH [--adapter DIR] (/reset, /exit)\n"
             "  embed      sentence embeddings: peft embed --model PATH --data FILE [--out FILE.npy|.jsonl]\n"
             "  merge      fold an adapter into the base: peft merge --model PATH --adapter DIR --out OUT\n"
             "  export     adapter as llama.cpp GGUF LoRA: peft export --adapter DIR --format gguf\n"
@@ -181,6 +182,7 @@ int main(int argc, char **argv) {
     if (argc < 2) { usage(stderr); return 2; }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "chat")) return cmd_chat(argc - 1, argv + 1);
     if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "train")) return cmd_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "eval")) return cmd_eval(argc - 1, argv + 1);

@@ -150,6 +150,18 @@ void peft_session_reset(peft_session *s) { model_state_reset(&s->st); }
 
 int peft_session_n_past(const peft_session *s) { return s->st.seq.n_past; }
 
+int peft_session_keep(peft_session *s, int n) {
+    peft_err_clear(&s->err);
+    model_seq *q = &s->st.seq;
+    const adapter *one = q->n_ad == 1 && q->scale[0] == 1.0f ? q->ad[0] : NULL;
+    const int virt = q->n_past ? adapter_prompt_rows(one) + adapter_prefix_rows(one) : 0;
+    if (n < 0 || virt + n > q->n_past)
+        return peft_fail(&s->err, PEFT_ERR_INVALID, "peft_session_keep: %d tokens asked, %d there", n,
+                         q->n_past - virt);
+    q->n_past = n ? virt + n : 0;
+    return 0;
+}
+
 int peft_session_decode(peft_session *s, const int32_t *ids, int n, float *out) {
     peft_err_clear(&s->err);
     if (!ids || n <= 0) return peft_fail(&s->err, PEFT_ERR_INVALID, "peft_session_decode: no tokens");
