@@ -1,10 +1,12 @@
 /* cmd_serve.c — `peft serve`: one base model and many adapters behind an
  * OpenAI-compatible HTTP API (serve.h). Runs until SIGINT or SIGTERM, then
  * answers what is still open (503) and exits 0. */
+#define _GNU_SOURCE   /* ppoll: wait for the pipe with the stop signals unblocked */
 #include "cli/cli.h"
 #include "cli/serve.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,15 +108,26 @@ int cmd_serve(int argc, char **argv) {
     }
     if (api_key && !*api_key) api_key = NULL;
 
-    /* SIGINT and SIGTERM only write to a pipe that the main thread waits
-     * on: they may land on any thread (OpenBLAS starts its own before
-     * main), and a second one during the shutdown must not kill us */
+    /* SIGINT and SIGTERM write to a pipe that the main thread waits on.
+     * They are blocked in every thread but the main one while it waits
+     * (the threads started from here inherit the mask), and a handler still
+     * catches them on threads that predate it (OpenBLAS starts its own
+     * before main): a second signal during the shutdown must not kill us,
+     * and ThreadSanitizer runs handlers only in a thread that is blocked
+     * in a call it knows. */
     int stop_pipe[2];
     if (pipe(stop_pipe)) {
         perror("peft serve: pipe");
         return 1;
     }
     stop_fd = stop_pipe[1];
+    sigset_t stop_sigs, wait_mask;
+    sigemptyset(&stop_sigs);
+    sigaddset(&stop_sigs, SIGINT);
+    sigaddset(&stop_sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_sigs, &wait_mask);
+    sigdelset(&wait_mask, SIGINT);
+    sigdelset(&wait_mask, SIGTERM);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_stop_signal;
@@ -203,18 +216,21 @@ int cmd_serve(int argc, char **argv) {
         return 1;
     }
     int bound = 0;
+    const int n_loaded = s.n_ads;   /* read before requests can change it */
     if (srv_http_start(&s, host, port, &bound)) {
         srv_sched_stop(&s);
         free_server(&s);
         return 1;
     }
     printf("peft serve: listening on http://%s%s%s:%d (model %s, %d adapter%s, context %d, batch %d)\n",
-           strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "", bound, s.base_name, s.n_ads, s.n_ads == 1 ? "" : "s",
+           strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "", bound, s.base_name, n_loaded, n_loaded == 1 ? "" : "s",
            s.n_ctx, s.max_batch);
     fflush(stdout);
 
     unsigned char sig = 0;
-    while (read(stop_pipe[0], &sig, 1) < 0 && errno == EINTR) {
+    for (;;) {
+        struct pollfd pfd = {.fd = stop_pipe[0], .events = POLLIN};
+        if (ppoll(&pfd, 1, NULL, &wait_mask) > 0 && read(stop_pipe[0], &sig, 1) == 1) break;
     }
     fprintf(stderr, "peft serve: %s: stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
     srv_sched_stop(&s);

@@ -88,6 +88,7 @@ typedef struct srv_job {
     srv_adapter *metric;     /* the adapter its tokens count for (NULL: base / a mix) */
 
     /* the scheduler's (no lock) */
+    job_state phase;         /* JOB_QUEUED until set up, then JOB_PREFILL, JOB_DECODE */
     peft_session *sess;
     peft_sampler *smp;
     int n_fed;               /* prompt tokens decoded so far */
@@ -102,7 +103,7 @@ typedef struct srv_job {
     struct srv_job *next_active;
 
     /* shared, under srv.mu */
-    job_state state;
+    job_state state;         /* JOB_QUEUED, then JOB_FINISHED once published */
     struct MHD_Connection *conn;
     int fd;                  /* its socket, polled for a hang-up only while suspended */
     bool suspended, cancelled, headers_due;

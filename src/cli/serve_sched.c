@@ -141,7 +141,7 @@ static int setup_job(srv *s, srv_job *j) {
         set_error(j, 503, "server_error", "out_of_memory", "out of memory for the sampler");
         return -1;
     }
-    j->state = JOB_PREFILL;
+    j->phase = JOB_PREFILL;
     return 0;
 }
 
@@ -209,7 +209,7 @@ static void take_token(srv *s, srv_job *j, int32_t t) {
     }
     if (j->n_gen >= j->max_tokens || peft_session_n_past(j->sess) >= s->n_ctx) { finish(j, "length"); return; }
     j->next = t;
-    j->state = JOB_DECODE;
+    j->phase = JOB_DECODE;
     flush_text(j);
 }
 
@@ -330,7 +330,7 @@ static void step(sched *S) {
     const int V = s->info.vocab;
     int n = 0, n_tok = 0, n_dec = 0;
     for (srv_job *j = S->active; j; j = j->next_active)
-        if (j->state == JOB_DECODE && !j->done) {
+        if (j->phase == JOB_DECODE && !j->done) {
             S->rows[n] = j;
             S->sess[n] = j->sess;
             S->n_ids[n++] = 1;
@@ -340,7 +340,7 @@ static void step(sched *S) {
     int budget = PREFILL_BUDGET - n_dec;
     if (budget < PREFILL_MIN) budget = PREFILL_MIN;
     for (srv_job *j = S->active; j && budget > 0; j = j->next_active)
-        if (j->state == JOB_PREFILL && !j->done) {
+        if (j->phase == JOB_PREFILL && !j->done) {
             int k = j->n_prompt - j->n_fed;
             if (k > budget) k = budget;
             if (k <= 0) continue;
@@ -371,7 +371,7 @@ static void step(sched *S) {
     for (int i = 0; i < n; i++) {
         srv_job *j = S->rows[i];
         if (failed[i]) continue;
-        if (j->state == JOB_PREFILL) {
+        if (j->phase == JOB_PREFILL) {
             j->n_fed += S->n_ids[i];
             if (j->n_fed < j->n_prompt) continue;
         }
