@@ -18,8 +18,9 @@
 # that they differ) into runs/serve-bench/ and reused.
 #
 # llama-cpp-python's server runs one request at a time per model (no
-# continuous batching) and applies one LoRA per loaded model, so its
-# comparison is the one-adapter load.
+# continuous batching; --interrupt_requests False makes the others wait
+# instead of cutting the running stream off) and applies one LoRA per
+# loaded model, so its comparison is the one-adapter load.
 set -u -o pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -159,7 +160,7 @@ if [ "$PEER" = 1 ]; then
     if "$PYTHON" -c 'import llama_cpp.server, uvicorn, sse_starlette' 2> /dev/null; then
         port="$(free_port)"
         "$PYTHON" -m llama_cpp.server --model "$MODEL" --lora_path "$cache/a0.gguf" --model_alias a0 --host 127.0.0.1 \
-            --port "$port" --n_threads "$THREADS" --n_ctx 2048 > "$tmp/llama.log" 2>&1 &
+            --port "$port" --n_threads "$THREADS" --n_ctx 2048 --interrupt_requests False > "$tmp/llama.log" 2>&1 &
         server_pid=$!
         if wait_ready "http://127.0.0.1:$port" "$server_pid"; then
             load "llama.cpp server, 1 adapter" "http://127.0.0.1:$port" "a0" ""

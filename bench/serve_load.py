@@ -61,7 +61,7 @@ def one_request(host, port, path, headers, body):
             if not line:
                 break
             line = line.strip()
-            if not line:
+            if not line or line.startswith(b":"):   # SSE comments (keep-alive pings)
                 continue
             if not line.startswith(b"data: "):
                 return False, f"not an SSE data line: {line[:100]!r}", None, None, 0
