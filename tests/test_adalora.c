@@ -506,8 +506,19 @@ static void bad_settings_are_refused(void) {
             if (strstr(a->tensors[i].key, ".lora_E"))
                 for (int64_t k = 0; k < a->tensors[i].n; k++) CHECK(a->tensors[i].p[k] == 0.0f);
         err = (peft_err){0};
+        tp.save_every = 3;
         CHECK_OK(train_run(m, a, &ds, NULL, &tp, &res, &err));
         if (err.code) fprintf(stderr, "  %s\n", err.msg);
+        /* resuming: refused (the allocator's importance scores are not in checkpoints) */
+        adapter *b = NULL;
+        CHECK_OK(make(m, "init_r=4;target_r=2;tinit=3;tfinal=2", &b, &err));
+        tp.resume = out;
+        if (b) {
+            CHECK(train_run(m, b, &ds, NULL, &tp, &res, &err) == PEFT_ERR_UNSUPPORTED);
+            CHECK_MSG(strstr(err.msg, "adalora: resuming is not supported"), "%s", err.msg);
+        }
+        adapter_free(b);
+        tp.resume = NULL;
     }
     adapter_free(a);
     CHECK(test_rm_rf(out) == 0);
@@ -546,8 +557,28 @@ static void bad_settings_are_refused(void) {
     peft_free(ctx);
 }
 
+/* peft merge folds B·(E⊙A)·s into the weights (GPT-2: into the Conv1D layout) and its own check agrees */
+static void merge_keeps_the_adapters_effect(void) {
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI is not set (run through ctest)");
+    char dir[] = "/tmp/peft_adalora_merge_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char args[1024];
+        static char out[1 << 14];
+        snprintf(args, sizeof args, "merge --model " MFIX "%s --adapter " AFIX "%s/trained --out %s/%s --threads 1",
+                 cases[i].model, cases[i].name, dir, cases[i].name);
+        const int rc = test_run_cli(args, out, sizeof out);
+        CHECK_MSG(rc == 0 && strstr(out, "adalora modules") && strstr(out, " 0.0% of the adapter's effect lost"),
+                  "%s: exit %d\n%s", cases[i].name, rc, out);
+        const char *v = strstr(out, "verify: ");
+        printf("    %-14s %.*s\n", cases[i].name, v ? (int)strcspn(v, "\n") : 0, v ? v : "");
+    }
+    CHECK(test_rm_rf(dir) == 0);
+}
+
 int main(void) {
     TEST_RUN(training_matches_hf_peft);
     TEST_RUN(bad_settings_are_refused);
+    TEST_RUN(merge_keeps_the_adapters_effect);
     TEST_MAIN_END();
 }
