@@ -117,9 +117,7 @@ static int ada_options_read(const method_config *mc, adalora *h, peft_err *err) 
     if (h->target_r > h->init_r)
         return peft_fail(err, PEFT_ERR_INVALID, "adalora: target_r (%d) is larger than init_r (%d): the budget only "
                                                 "shrinks", h->target_r, h->init_r);
-    if (mc->r > 0)
-        return peft_fail(err, PEFT_ERR_INVALID, "adalora: --r is not AdaLoRA's rank; use --init-r (start) and --target-r "
-                                                "(average at the end)");
+    /* mc->r is ignored, as HF ignores r (its rank is init_r); the CLI refuses --r for adalora */
     if (mc->dropout < 0 || mc->dropout >= 1)
         return peft_fail(err, PEFT_ERR_INVALID, "adalora: dropout must be in [0, 1), got %g", (double)mc->dropout);
     h->alpha_d = alpha, h->beta1_d = b1, h->beta2_d = b2, h->orth_d = ow;
