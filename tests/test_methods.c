@@ -329,6 +329,7 @@ static void every_method_on_llama_and_gpt2(void) {
         c = mk_plug("vera", NULL);
         c.targets = gpt2 ? (1u << ROLE_QKV) | (1u << ROLE_DOWN) : (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);
         RUN("vera", c, true);
+        RUN("adalora", mk_plug("adalora", "init_r=4;target_r=2"), true);
         if (!gpt2) {
             /* r 4: the factored path (x·B'ᵀ·A'ᵀ) everywhere; r 8: the dense
              * one (ΔW formed) in the graph, factored token by token */
@@ -360,7 +361,7 @@ static void every_method_on_llama_and_gpt2(void) {
             RUN("lokr_lycoris", c, true);
         }
         /* a classification head on every method */
-        static const char *const cls_plug[] = {"lora", "dora", "adapter-pfeiffer", "adapter-houlsby", "prompt", "prefix", "ia3", "bitfit", "full"};
+        static const char *const cls_plug[] = {"lora", "dora", "adapter-pfeiffer", "adapter-houlsby", "prompt", "prefix", "ia3", "bitfit", "full", "adalora"};
         for (size_t k = 0; k < sizeof cls_plug / sizeof *cls_plug; k++) {
             if (!strcmp(cls_plug[k], "bitfit") && !gpt2) continue;
             char label[48];

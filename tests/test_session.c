@@ -82,7 +82,7 @@ static double max_abs(const float *a, size_t n) {
     return m;
 }
 
-#define N_CASE 14
+#define N_CASE 15
 #define STEPS 4
 
 /* The case list: a name, the adapters and scales of one session. */
@@ -109,7 +109,8 @@ static void batch_case(const char *model) {
                        make_adapter(m, "adapter-pfeiffer", "reduction_factor=8", 0, 8),
                        make_adapter(m, "adapter-houlsby", "reduction_factor=8", 0, 9),
                        make_adapter(m, "prompt", "num_virtual_tokens=3", 0, 10),
-                       make_adapter(m, "prefix", "num_virtual_tokens=3", 0, 11)};
+                       make_adapter(m, "prefix", "num_virtual_tokens=3", 0, 11),
+                       make_adapter(m, "adalora", NULL, 0, 12)};
     const int n_made = (int)(sizeof made / sizeof *made);
     /* the same adapter in two places, and the base between sessions of one
      * adapter, so that groups are not simply the distinct adapters */
@@ -126,6 +127,7 @@ static void batch_case(const char *model) {
                         {"houlsby", {made[8]}, {1}, 1},
                         {"prompt", {made[9]}, {1}, 1},
                         {"prefix", {made[10]}, {1}, 1},
+                        {"adalora", {made[11]}, {1}, 1},
                         {"0.5 lora + 1.5 lora2", {lora, lora2}, {0.5f, 1.5f}, 2}};
     for (int i = 0; i < n_made; i++)
         if (!made[i] && !(gpt2 && (i == 4 || i == 5))) CHECK_MSG(0, "adapter %d of %s not made", i, model);

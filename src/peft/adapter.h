@@ -161,6 +161,9 @@ int adapter_save(const adapter *a, const peft_model *m, const char *dir, peft_er
 int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *err);
 /* A llama.cpp GGUF adapter file, for a method that has one (LoRA). */
 int adapter_export_gguf(const adapter *a, const peft_model *m, const char *path, peft_err *err);
+/* The adapter_config.json text of a (common keys, layers_to_transform, the
+ * method's own); the caller frees it. */
+char *adapter_config_json(const adapter *a, const peft_model *m, peft_err *err);
 /* dir/adapter_config.json (config_json) + dir/adapter_model.safetensors (the
  * saved tensors of the registry), atomically. */
 int adapter_write_folder(const adapter *a, const peft_model *m, const char *dir, const char *config_json,
