@@ -591,10 +591,15 @@ typedef struct {
 } peft_embed_info;
 /* m's embedding pipeline (peft_model_embed); PEFT_ERR_UNSUPPORTED for a decoder. */
 int peft_model_embed_info(peft_model *m, peft_embed_info *out);
-/* peft_model_embed with each text's length (texts may hold NUL bytes);
- * *failed (may be NULL) gets the index of the text that failed, or -1. */
-int peft_model_embed_texts(peft_model *m, const char *const *texts, const size_t *lens, int n, float *out,
-                           int *failed);
+/* The pipeline read once for many texts (peft_model_embed reads it on
+ * every call): NULL with the reason in peft_last_error. */
+typedef struct peft_embedder peft_embedder;
+peft_embedder *peft_embedder_new(peft_model *m);
+void peft_embedder_free(peft_embedder *e);
+void peft_embedder_info(const peft_embedder *e, peft_embed_info *out);
+/* The embedding of one text of len bytes (it may hold NUL bytes) into out
+ * (info.dim floats), with the adapter attached to the model. */
+int peft_embedder_text(peft_embedder *e, const char *text, size_t len, float *out);
 
 /* Training on loaded datasets, with what peft_train does not show. */
 typedef struct {

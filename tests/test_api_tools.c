@@ -155,12 +155,23 @@ static void embed_pipeline(void) {
     if (!m) { peft_free(ctx); return; }
     peft_embed_info in;
     CHECK(peft_model_embed_info(m, &in) == 0 && in.dim == peft_model_embed_dim(m) && in.pooling && in.max_seq_length > 0);
-    /* with lengths: the same as NUL-terminated texts */
+    /* one pipeline for many texts, with lengths: the same as NUL-terminated texts */
     const char *texts[2] = {"a cat sat", "hello world, again"};
-    const size_t lens[2] = {strlen(texts[0]), strlen(texts[1])};
     float *a = calloc(2 * (size_t)in.dim, sizeof *a), *b = calloc(2 * (size_t)in.dim, sizeof *b);
-    int failed = 5;
-    CHECK(peft_model_embed_texts(m, texts, lens, 2, a, &failed) == 0 && failed == -1);
+    peft_embedder *e = peft_embedder_new(m);
+    CHECK(e != NULL);
+    if (e) {
+        peft_embed_info ei;
+        peft_embedder_info(e, &ei);
+        CHECK(ei.dim == in.dim && ei.pooling == in.pooling && !strcmp(ei.source, in.source));
+        for (int i = 0; i < 2; i++) CHECK(peft_embedder_text(e, texts[i], strlen(texts[i]), a + (size_t)i * in.dim) == 0);
+        /* a length shorter than the string: only that prefix is embedded */
+        float *c = calloc((size_t)in.dim, sizeof *c);
+        CHECK(peft_embedder_text(e, "a cat sat on the mat", strlen(texts[0]), c) == 0);
+        CHECK(!memcmp(a, c, (size_t)in.dim * sizeof *c));
+        free(c);
+        peft_embedder_free(e);
+    }
     CHECK(peft_model_embed(m, texts, 2, b) == 0);
     CHECK(!memcmp(a, b, 2 * (size_t)in.dim * sizeof *a));
     free(a);

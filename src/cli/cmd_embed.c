@@ -248,11 +248,13 @@ int cmd_embed(int argc, char **argv) {
     int rc = 1;
     float *emb = NULL;
     peft_adapter *ad = NULL;
+    peft_embedder *emr = NULL;
     out_buf b = {0};
     peft_model *m = peft_model_load(ctx, model);
     if (!m) { fprintf(stderr, "peft embed: %s\n", peft_last_error(ctx)); goto done; }
     peft_embed_info p;
-    if (peft_model_embed_info(m, &p)) { fprintf(stderr, "peft embed: %s\n", peft_last_error(ctx)); goto done; }
+    if (!(emr = peft_embedder_new(m))) { fprintf(stderr, "peft embed: %s\n", peft_last_error(ctx)); goto done; }
+    peft_embedder_info(emr, &p);
     /* as the context's log line at info level (cli_ctx prints those with --verbose) */
     if (verbose)
         fprintf(stderr, "peft: info: embed: %s, dim %d, max_seq_length %d, pooling 0x%x, normalize %s\n", p.source,
@@ -266,12 +268,11 @@ int cmd_embed(int argc, char **argv) {
     emb = malloc((size_t)tx.n * p.dim * sizeof *emb);
     if (!emb) { fprintf(stderr, "peft embed: out of memory\n"); goto done; }
     double t0 = now_s();
-    int failed = -1;
-    if (peft_model_embed_texts(m, (const char *const *)tx.text, tx.len, tx.n, emb, &failed)) {
-        if (failed >= 0) fprintf(stderr, "peft embed: %s: sentence %d: %s\n", data, failed + 1, peft_last_error(ctx));
-        else fprintf(stderr, "peft embed: %s\n", peft_last_error(ctx));
-        goto done;
-    }
+    for (int i = 0; i < tx.n; i++)
+        if (peft_embedder_text(emr, tx.text[i], tx.len[i], emb + (size_t)i * p.dim)) {
+            fprintf(stderr, "peft embed: %s: sentence %d: %s\n", data, i + 1, peft_last_error(ctx));
+            goto done;
+        }
     double dt = now_s() - t0;
     if ((npy ? write_npy : write_jsonl)(&b, emb, tx.n, p.dim)) { fprintf(stderr, "peft embed: out of memory\n"); goto done; }
     if (out) {
@@ -291,6 +292,7 @@ int cmd_embed(int argc, char **argv) {
 done:
     free(b.data);
     free(emb);
+    peft_embedder_free(emr);
     if (m) peft_adapter_attach(m, NULL);
     peft_model_free(m);
     if (ad) peft_adapter_free(ad);

@@ -272,32 +272,50 @@ int peft_adapter_merge_report(peft_model *m, const peft_adapter *pa, const char 
 
 /* ---- the embedding pipeline ----------------------------------------------- */
 
+static void to_info(const embed_pipeline *p, peft_embed_info *out) {
+    memset(out, 0, sizeof *out);
+    out->dim = p->dim;
+    out->max_seq_length = p->max_len;
+    out->d_model = p->d_model;
+    out->pooling = p->modes;
+    out->normalize = p->normalize;
+    snprintf(out->source, sizeof out->source, "%s", p->source);
+}
+
 int peft_model_embed_info(peft_model *m, peft_embed_info *out) {
     peft_err *err = &m->ctx->err;
     memset(out, 0, sizeof *out);
     embed_pipeline p;
     if (embed_pipeline_load(m, &p, err)) return err->code;
-    out->dim = p.dim;
-    out->max_seq_length = p.max_len;
-    out->d_model = p.d_model;
-    out->pooling = p.modes;
-    out->normalize = p.normalize;
-    snprintf(out->source, sizeof out->source, "%s", p.source);
+    to_info(&p, out);
     return 0;
 }
 
-int peft_model_embed_texts(peft_model *m, const char *const *texts, const size_t *lens, int n, float *out,
-                           int *failed) {
-    peft_err *err = &m->ctx->err;
-    if (failed) *failed = -1;
-    if (n < 0 || (n > 0 && (!texts || !lens || !out)))
-        return peft_fail(err, PEFT_ERR_INVALID, "peft_model_embed_texts: bad arguments");
+struct peft_embedder {
+    peft_model *m;
     embed_pipeline p;
-    if (embed_pipeline_load(m, &p, err)) return err->code;
-    for (int i = 0; i < n; i++)
-        if (embed_text(m, &p, texts[i], lens[i], out + (size_t)i * p.dim, err)) {
-            if (failed) *failed = i;
-            return err->code;
-        }
-    return 0;
+};
+
+peft_embedder *peft_embedder_new(peft_model *m) {
+    peft_embedder *e = calloc(1, sizeof *e);
+    if (!e) {
+        peft_fail(&m->ctx->err, PEFT_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    e->m = m;
+    if (embed_pipeline_load(m, &e->p, &m->ctx->err)) {
+        free(e);
+        return NULL;
+    }
+    return e;
+}
+
+void peft_embedder_free(peft_embedder *e) { free(e); }
+
+void peft_embedder_info(const peft_embedder *e, peft_embed_info *out) { to_info(&e->p, out); }
+
+int peft_embedder_text(peft_embedder *e, const char *text, size_t len, float *out) {
+    peft_err *err = &e->m->ctx->err;
+    if (!text || !out) return peft_fail(err, PEFT_ERR_INVALID, "peft_embedder_text: bad arguments");
+    return embed_text(e->m, &e->p, text, len, out, err) ? err->code : 0;
 }
