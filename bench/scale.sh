@@ -6,6 +6,7 @@
 #                  [--steps 2] [--warmup 1] [--threads 2] [--compute "f32 bf16"]
 #                  [--ckpt "0 1"] [--bases "f32 q4_0"] [--targets q_proj,v_proj]
 #                  [--rounds 1] [--no-peer] [--force-peer] [--mem-gb G]
+#                  [--peak-f32 GFLOPS] [--peak-bf16 GFLOPS]
 #
 # For every shape × seq × checkpointing × precision, in alternating rounds
 # (peft.c, then PyTorch, --rounds times; the median of each side is shown):
@@ -17,9 +18,12 @@
 #           weights under torch.autocast; --checkpoint-layers as HF's
 #           gradient_checkpointing_enable (every layer).
 # Columns: tokens/s, s/step (median of --steps after --warmup), peak RSS of
-# the process (getrusage), %peak = counted FLOPs per step / step time / the
-# GEMM peak of that precision measured in the same peft.c run (sgemm
-# 1024^3 on --threads threads for f32; the bf16 GEMM for bf16), and
+# the process (getrusage), cpu s = CPU seconds per step (peft.c; below
+# s/step × threads when other work shares the cores), %peak = counted FLOPs
+# per step / step time / the machine's GEMM peak of that precision (the best
+# 1024^3 rate on --threads threads that any peft.c run of this invocation
+# measured: sgemm for f32, the bf16 GEMM for bf16; or --peak-f32 /
+# --peak-bf16, e.g. from bench_gemm on a quiet machine), and
 # peft/pt = tokens/s ratio against PyTorch at the same precision, seq and
 # checkpointing.
 #
@@ -40,14 +44,24 @@
 # A short run:  bench/scale.sh --shapes smollm2 --seqs 512 --steps 1 --warmup 1 --ckpt "0 1"
 set -u -o pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# Run from a copy: bash reads a script as it goes, so editing bench/scale.sh
+# during a long run would change what the rest of the run executes.
+here="${SCALE_SH_HERE:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}"
+if [ -z "${SCALE_SH_HERE:-}" ]; then
+    copy="$(mktemp)"
+    cp "$here/scale.sh" "$copy"
+    SCALE_SH_HERE="$here" bash "$copy" "$@"
+    rc=$?
+    rm -f "$copy"
+    exit "$rc"
+fi
 root="$(cd "$here/.." && pwd)"
 BUILD="${BUILD:-$root/build-bench}"
 PYTHON="${PYTHON:-python3}"
 MODELS="${MODELS:-/tmp/peft_scale_models}"
 SHAPES="smollm2 1b 8b" SEQS="512 2048" BATCH=1 STEPS=2 WARMUP=1 THREADS=2
 COMPUTES="f32 bf16" CKPTS="0 1" BASES="f32 q4_0" TARGETS="q_proj,v_proj" ROUNDS=1
-PEER=1 FORCE_PEER=0 MEM_GB=""
+PEER=1 FORCE_PEER=0 MEM_GB="" PEAK_F32="" PEAK_BF16=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --shapes) SHAPES="$2"; shift 2 ;;
@@ -64,7 +78,9 @@ while [ $# -gt 0 ]; do
         --no-peer) PEER=0; shift ;;
         --force-peer) FORCE_PEER=1; shift ;;
         --mem-gb) MEM_GB="$2"; shift 2 ;;
-        -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
+        --peak-f32) PEAK_F32="$2"; shift 2 ;;
+        --peak-bf16) PEAK_BF16="$2"; shift 2 ;;
+        -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
         *) echo "scale.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -206,9 +222,14 @@ done
 med() { local f="$1"; shift; for x in "$@"; do field "$f" "$x"; done | median; }
 echo
 echo "== LoRA step (r 8, $TARGETS), batch $BATCH, $THREADS threads, median of $STEPS steps after $WARMUP warm-up, median of $ROUNDS round(s) =="
-printf '%-8s %-5s %5s %-5s %-5s %-7s %10s %9s %9s %7s %8s %9s\n' shape base seq ckpt prec impl "tokens/s" "s/step" \
-    "RSS MiB" "%peak" "peft/pt" "loss0"
+printf '%-8s %-5s %5s %-5s %-5s %-7s %10s %9s %8s %9s %7s %8s %9s\n' shape base seq ckpt prec impl "tokens/s" "s/step" \
+    "cpu s" "RSS MiB" "%peak" "peft/pt" "loss0"
 [ -f "$tmp/rows" ] || { echo "(nothing ran)"; exit 1; }
+# The machine's GEMM peak: --peak-f32 / --peak-bf16, or the best 1024^3 rate any peft.c run measured
+# before its steps (a run on a busy machine measures a fraction of it).
+best() { for x in $(ls "$tmp"/c_* 2>/dev/null | grep -v '\.err$'); do field "$1" "$x"; done | sort -n | tail -1; }
+[ -n "$PEAK_F32" ] || PEAK_F32="$(best sgemm_gflops)"
+[ -n "$PEAK_BF16" ] || PEAK_BF16="$(best bf16_gflops)"
 while read -r key b impl; do
     IFS=_ read -r s T ck p <<<"$key"
     if [ "$impl" = peft.c ]; then files=("$tmp/c_${key}_$b".[0-9]*); else files=("$tmp/t_${key}".[0-9]*); fi
@@ -217,14 +238,10 @@ while read -r key b impl; do
     tps="$(med tokens_per_s "${files[@]}")"
     [ -n "$tps" ] || { printf '%-8s %-5s %5s %-5s %-5s %-7s %10s\n' "$s" "$b" "$T" "$ck" "$p" "$impl" failed; continue; }
     sps="$(med median_s "${files[@]}")"
-    # the FLOPs come from a peft.c run of the same shape and seq; the GEMM peak is the one measured in the
-    # row's own runs (peft.c), or in the peft.c runs of the same setting (torch): on a shared machine it moves
-    if [ "$impl" = peft.c ]; then cs=("${files[@]}"); else cs=($(ls "$tmp"/c_"${key}"_*.[0-9]* 2>/dev/null | grep -v '\.err$')); fi
-    c="${cs[0]:-}"
-    pk=""
-    if [ -n "$c" ]; then
-        if [ "$p" = bf16 ]; then pk="$(med bf16_gflops "${cs[@]}")"; else pk="$(med sgemm_gflops "${cs[@]}")"; fi
-    fi
+    # the FLOPs come from a peft.c run of the same shape and seq
+    c="$(ls "$tmp"/c_"${key}"_*.[0-9]* 2>/dev/null | grep -v '\.err$' | head -1)"
+    pk="$PEAK_F32"
+    [ "$p" = bf16 ] && pk="$PEAK_BF16"
     pct="-"
     [ -n "$c" ] && [ -n "$pk" ] && pct="$(awk -v g="$(field gflop_step "$c")" -v t="$sps" -v k="$pk" 'BEGIN { printf "%.1f%%", 100 * g / t / k }')"
     ratio="-"
@@ -233,14 +250,17 @@ while read -r key b impl; do
         [ "${#tt[@]}" -gt 0 ] && ttps="$(med tokens_per_s "${tt[@]}")" && [ -n "$ttps" ] &&
             ratio="$(awk -v a="$tps" -v b="$ttps" 'BEGIN { printf "%.2f", a / b }')"
     fi
-    printf '%-8s %-5s %5s %-5s %-5s %-7s %10s %9s %9s %7s %8s %9s\n' "$s" "$b" "$T" "$ck" "$p" "$impl" "$tps" "$sps" \
-        "$(med peak_rss_mib "${files[@]}")" "$pct" "$ratio" "$(field loss0 "${files[0]}")"
+    cpu="$(med cpu_s "${files[@]}")"
+    printf '%-8s %-5s %5s %-5s %-5s %-7s %10s %9s %8s %9s %7s %8s %9s\n' "$s" "$b" "$T" "$ck" "$p" "$impl" "$tps" "$sps" \
+        "${cpu:--}" "$(med peak_rss_mib "${files[@]}")" "$pct" "$ratio" "$(field loss0 "${files[0]}")"
 done < "$tmp/rows"
 echo
 cs=($(ls "$tmp"/c_* 2>/dev/null | grep -v '\.err$'))
 if [ "${#cs[@]}" -gt 0 ]; then
     g="$(for x in "${cs[@]}"; do field sgemm_gflops "$x"; done | sort -n | tr '\n' ' ')"
-    echo "GEMM peak: sgemm 1024^3 on $THREADS threads, measured before each peft.c run: $g GFLOP/s (OpenBLAS core $(field core "${cs[0]}"))"
+    bnote=""
+    grep -qw bf16 <<<"$COMPUTES" && bnote=" (bf16: $PEAK_BF16)"
+    echo "GEMM peak: sgemm 1024^3 on $THREADS threads, measured before each peft.c run: $g GFLOP/s (OpenBLAS core $(field core "${cs[0]}")); %peak uses $PEAK_F32$bnote"
 fi
 [ -f "$tmp/skips" ] && { echo "skipped:"; sed 's/^skip: /  /' "$tmp/skips" | sort -u; }
 echo "%peak: bench_lora_step's FLOP count (4·P_linear·tokens + LoRA + 12·L·d_attn·T·tokens) over the step time and the"
