@@ -9,7 +9,7 @@
 #                  [--peak-f32 GFLOPS] [--peak-bf16 GFLOPS]
 #
 # For every shape × seq × checkpointing × precision, in alternating rounds
-# (peft.c, then PyTorch, --rounds times; the median of each side is shown):
+# (peft.c, then PyTorch, --rounds times):
 #   peft.c  bench_lora_step (forward + backward + clip + AdamW, LoRA r 8 on
 #           --targets) on each of --bases:
 #             f32   the HF float32 folder PyTorch loads (bench/lora_step_torch.py make)
@@ -17,6 +17,8 @@
 #   torch   bench/lora_step_torch.py run on the same f32 folder: f32, or bf16
 #           weights under torch.autocast; --checkpoint-layers as HF's
 #           gradient_checkpointing_enable (every layer).
+# A row shows the round with the median tokens/s (every round's RESULT line
+# is printed to stderr as it runs).
 # Columns: tokens/s, s/step (median of --steps after --warmup), peak RSS of
 # the process (getrusage), cpu s = CPU seconds per step (peft.c; below
 # s/step × threads when other work shares the cores), %peak = counted FLOPs
@@ -80,7 +82,7 @@ while [ $# -gt 0 ]; do
         --mem-gb) MEM_GB="$2"; shift 2 ;;
         --peak-f32) PEAK_F32="$2"; shift 2 ;;
         --peak-bf16) PEAK_BF16="$2"; shift 2 ;;
-        -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,47p' "$0"; exit 0 ;;
         *) echo "scale.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -170,7 +172,6 @@ make_model() {   # SHAPE BASE; 0 when there
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 field() { grep '^RESULT' "$2" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$1=//p" | head -1; }
-median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
 ROWS=""
@@ -218,10 +219,12 @@ for s in $SHAPES; do
     done
 done
 
-# medians over the rounds: med KIND FIELD FILES...
-med() { local f="$1"; shift; for x in "$@"; do field "$f" "$x"; done | median; }
+# pick FILES...: the round with the median tokens/s (the lower of the middle two), so that a row's
+# numbers all come from one run
+pick() { for x in "$@"; do echo "$(field tokens_per_s "$x") $x"; done | grep -v '^ ' | sort -n |
+    awk '{ v[NR] = $2 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
 echo
-echo "== LoRA step (r 8, $TARGETS), batch $BATCH, $THREADS threads, median of $STEPS steps after $WARMUP warm-up, median of $ROUNDS round(s) =="
+echo "== LoRA step (r 8, $TARGETS), batch $BATCH, $THREADS threads, median of $STEPS steps after $WARMUP warm-up; of $ROUNDS round(s) the one with the median tokens/s =="
 printf '%-8s %-5s %5s %-5s %-5s %-7s %10s %9s %8s %9s %7s %8s %9s\n' shape base seq ckpt prec impl "tokens/s" "s/step" \
     "cpu s" "RSS MiB" "%peak" "peft/pt" "loss0"
 [ -f "$tmp/rows" ] || { echo "(nothing ran)"; exit 1; }
@@ -235,9 +238,10 @@ while read -r key b impl; do
     if [ "$impl" = peft.c ]; then files=("$tmp/c_${key}_$b".[0-9]*); else files=("$tmp/t_${key}".[0-9]*); fi
     files=($(ls "${files[@]}" 2>/dev/null | grep -v '\.err$'))
     [ "${#files[@]}" -gt 0 ] || continue
-    tps="$(med tokens_per_s "${files[@]}")"
+    f="$(pick "${files[@]}")"
+    tps="$(field tokens_per_s "$f")"
     [ -n "$tps" ] || { printf '%-8s %-5s %5s %-5s %-5s %-7s %10s\n' "$s" "$b" "$T" "$ck" "$p" "$impl" failed; continue; }
-    sps="$(med median_s "${files[@]}")"
+    sps="$(field median_s "$f")"
     # the FLOPs come from a peft.c run of the same shape and seq
     c="$(ls "$tmp"/c_"${key}"_*.[0-9]* 2>/dev/null | grep -v '\.err$' | head -1)"
     pk="$PEAK_F32"
@@ -247,12 +251,12 @@ while read -r key b impl; do
     ratio="-"
     if [ "$impl" = peft.c ]; then
         tt=($(ls "$tmp/t_${key}".[0-9]* 2>/dev/null | grep -v '\.err$'))
-        [ "${#tt[@]}" -gt 0 ] && ttps="$(med tokens_per_s "${tt[@]}")" && [ -n "$ttps" ] &&
+        [ "${#tt[@]}" -gt 0 ] && ttps="$(field tokens_per_s "$(pick "${tt[@]}")")" && [ -n "$ttps" ] &&
             ratio="$(awk -v a="$tps" -v b="$ttps" 'BEGIN { printf "%.2f", a / b }')"
     fi
-    cpu="$(med cpu_s "${files[@]}")"
+    cpu="$(field cpu_s "$f")"
     printf '%-8s %-5s %5s %-5s %-5s %-7s %10s %9s %8s %9s %7s %8s %9s\n' "$s" "$b" "$T" "$ck" "$p" "$impl" "$tps" "$sps" \
-        "${cpu:--}" "$(med peak_rss_mib "${files[@]}")" "$pct" "$ratio" "$(field loss0 "${files[0]}")"
+        "${cpu:--}" "$(field peak_rss_mib "$f")" "$pct" "$ratio" "$(field loss0 "$f")"
 done < "$tmp/rows"
 echo
 cs=($(ls "$tmp"/c_* 2>/dev/null | grep -v '\.err$'))
