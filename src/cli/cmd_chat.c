@@ -5,7 +5,7 @@
  * tokenizes it; the tokens the session already holds and the new text
  * share a prefix, which stays in the cache (peft_session_keep), so a turn
  * costs its own tokens only. Uses include/peft.h only. */
-#include "cli/cli.h"
+#include "cli.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 /* cmd_generate.c — `peft generate`. */
-#include "cli/cli.h"
+#include "cli.h"
 
 #include <stdio.h>
 #include <stdlib.h>

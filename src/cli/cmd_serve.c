@@ -2,8 +2,8 @@
  * OpenAI-compatible HTTP API (serve.h). Runs until SIGINT or SIGTERM, then
  * answers what is still open (503) and exits 0. */
 #define _GNU_SOURCE   /* ppoll: wait for the pipe with the stop signals unblocked */
-#include "cli/cli.h"
-#include "cli/serve.h"
+#include "cli.h"
+#include "serve.h"
 
 #include <errno.h>
 #include <poll.h>

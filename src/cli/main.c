@@ -1,6 +1,5 @@
 /* main.c — `peft`: dispatch to subcommands. */
-#include "cli/cli.h"
-#include "core/core.h"
+#include "cli.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -102,8 +101,7 @@ char *cli_adapter_base(const char *dir) {
     char p[4096];
     snprintf(p, sizeof p, "%s/adapter_config.json", dir);
     char *text = NULL;
-    peft_err err = {0};
-    if (peft_read_file(p, &text, NULL, &err)) return NULL;
+    if (peft_file_read(p, &text, NULL, NULL)) return NULL;
     cJSON *j = cJSON_Parse(text);
     free(text);
     const cJSON *b = cJSON_GetObjectItem(j, "base_model_name_or_path");

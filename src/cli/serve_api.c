@@ -1,7 +1,7 @@
 /* serve_api.c — OpenAI request bodies into jobs (every field checked for
  * its type and range, the prompt tokenized and measured against the
  * context), and jobs into OpenAI's response and stream-chunk JSON. */
-#include "cli/serve.h"
+#include "serve.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>

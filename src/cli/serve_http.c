@@ -4,7 +4,7 @@
  * /health and /metrics, and the connections that wait for a job: suspended
  * until the scheduler has something for them, then answered whole
  * (non-streaming) or streamed as server-sent events. */
-#include "cli/serve.h"
+#include "serve.h"
 
 #include <cjson/cJSON.h>
 #include <netdb.h>

@@ -6,7 +6,7 @@
  * chunk — then sample each job's next token, apply stop tokens, stop
  * strings and limits, and hand the new text to its connection. */
 #define _GNU_SOURCE   /* POLLRDHUP: a client that closed its side while waiting */
-#include "cli/serve.h"
+#include "serve.h"
 
 #include <errno.h>
 #include <poll.h>

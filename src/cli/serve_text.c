@@ -1,6 +1,6 @@
 /* serve_text.c — the byte-level pieces of `peft serve`: growable buffers,
  * UTF-8 repair of token pieces, stop strings, API-key comparison. */
-#include "cli/serve.h"
+#include "serve.h"
 
 #include <stdarg.h>
 #include <stdio.h>
