@@ -1,20 +1,24 @@
 #!/usr/bin/env python3
 """bench/lora_step_torch.py — the PyTorch + HF peft side of bench/lora_step.sh.
 
-    lora_step_torch.py make {gpt2|smollm2} DIR
+    lora_step_torch.py make {gpt2|smollm2|1b|8b} DIR
         Writes a random-weight (torch seed 0) float32 model of that shape to
         DIR with save_pretrained (safetensors): GPT-2-124M (n_embd 768, 12
         layers, 12 heads, vocab 50257, n_positions 1024, dropouts 0) or
         SmolLM2-135M (LlamaConfig hidden 576, 30 layers, 9 heads, 3 kv heads,
-        intermediate 1536, vocab 49152, tied embeddings, rope_theta 100000).
+        intermediate 1536, vocab 49152, tied embeddings, rope_theta 100000);
+        1b and 8b: the shapes of bench/make_llama_gguf.py (hidden 2048, 16
+        layers, 32/8 heads, intermediate 8192; hidden 4096, 32 layers, 32/8
+        heads, intermediate 14336), otherwise as SmolLM2 (bench/scale.sh).
         Without torch/transformers it writes the same shapes and tensor names
         with numpy N(0, 0.02) weights instead (only the C side can then run).
 
     lora_step_torch.py run DIR [--batch 4] [--seq 256] [--steps 5]
-                               [--warmup 1] [--threads 2]
+                               [--warmup 1] [--threads 2] [--targets LIST]
         One LoRA training step repeated: AutoModelForCausalLM (float32),
         get_peft_model(LoraConfig(r=8, lora_alpha=16, lora_dropout=0,
-        target_modules = q_proj,v_proj or c_attn)), AdamW (lr 1e-4) over the
+        target_modules = q_proj,v_proj or c_attn, or --targets: a comma list
+        or all-linear)), AdamW (lr 1e-4) over the
         trainable parameters; per step: forward with labels (causal-LM loss),
         loss.backward(), clip_grad_norm_(1.0), optimizer.step(),
         optimizer.zero_grad(). Inputs are the same pseudo-random ids as
@@ -42,6 +46,10 @@ LLAMA_CFG = dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_
                  head_dim=64, intermediate_size=1536, vocab_size=49152, hidden_act="silu",
                  tie_word_embeddings=True, rope_theta=100000.0, max_position_embeddings=8192,
                  rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, dtype="float32")
+
+
+# hidden, layers, heads, kv heads, intermediate (bench/make_llama_gguf.py's shapes)
+LLAMA_SHAPES = {"smollm2": (576, 30, 9, 3, 1536), "1b": (2048, 16, 32, 8, 8192), "8b": (4096, 32, 32, 8, 14336)}
 
 
 def make_numpy(kind, out):
@@ -75,7 +83,10 @@ def make_numpy(kind, out):
         const("transformer.ln_f.weight", d, 1.0)
         const("transformer.ln_f.bias", d, 0.0)
     else:
-        c = LLAMA_CFG
+        c = dict(LLAMA_CFG)
+        c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"], \
+            c["intermediate_size"] = LLAMA_SHAPES[kind]
+        c["head_dim"] = c["hidden_size"] // c["num_attention_heads"]
         d, ff, hd = c["hidden_size"], c["intermediate_size"], c["head_dim"]
         qd, kvd = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
         w("model.embed_tokens.weight", c["vocab_size"], d)
@@ -121,9 +132,10 @@ def make(kind, out):
     if kind == "gpt2":
         cfg = GPT2Config(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024,
                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    elif kind == "smollm2":
-        cfg = LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
-                          num_key_value_heads=3, intermediate_size=1536, vocab_size=49152,
+    elif kind in LLAMA_SHAPES:
+        d, n_layer, heads, kv, ff = LLAMA_SHAPES[kind]
+        cfg = LlamaConfig(hidden_size=d, num_hidden_layers=n_layer, num_attention_heads=heads,
+                          num_key_value_heads=kv, intermediate_size=ff, vocab_size=49152,
                           tie_word_embeddings=True, rope_theta=100000.0,
                           max_position_embeddings=8192, rms_norm_eps=1e-5,
                           bos_token_id=1, eos_token_id=2)
@@ -166,6 +178,8 @@ def run(args):
     model = AutoModelForCausalLM.from_pretrained(args.dir, dtype=wdt)
     mt = model.config.model_type
     targets = ["c_attn"] if mt == "gpt2" else ["q_proj", "v_proj"]
+    if args.targets:
+        targets = args.targets if args.targets == "all-linear" else args.targets.split(",")
     lcfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets,
                       task_type="CAUSAL_LM")
     if args.checkpoint_layers > 0:
@@ -215,7 +229,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     mk = sub.add_parser("make")
-    mk.add_argument("kind", choices=["gpt2", "smollm2"])
+    mk.add_argument("kind", choices=["gpt2", "smollm2", "1b", "8b"])
     mk.add_argument("dir")
     mk.add_argument("--numpy", action="store_true", help="use the numpy writer even with torch")
     rn = sub.add_parser("run")
@@ -226,6 +240,7 @@ def main():
     rn.add_argument("--warmup", type=int, default=1)
     rn.add_argument("--threads", type=int, default=2)
     rn.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
+    rn.add_argument("--targets", default=None, help="LoRA target modules: a comma list or all-linear")
     rn.add_argument("--checkpoint-layers", type=int, default=0,
                     help="> 0: gradient checkpointing (HF's, every layer)")
     a = ap.parse_args()

@@ -200,7 +200,7 @@ int peft_generate(peft_model *m, const char *prompt, const peft_sample_params *p
  * a peft_error of the caller's instead (NULL: not reported). */
 typedef struct {
     int status;          /* 0 or a peft_status */
-    char msg[512];
+    char msg[1024];
 } peft_error;
 
 /* The same as peft_tokenize, reporting into err. */
@@ -247,6 +247,11 @@ int peft_session_set_adapters(peft_session *s, peft_adapter *const *a, const flo
 void peft_session_reset(peft_session *s);
 /* Positions in the cache (virtual tokens included). */
 int peft_session_n_past(const peft_session *s);
+/* Keeps the first n tokens of the sequence (and the adapter's virtual
+ * tokens before them) and forgets the rest, so that a conversation that
+ * shares a prefix with what was decoded goes on from there; n = 0 resets.
+ * PEFT_ERR_INVALID when fewer than n tokens are there. */
+int peft_session_keep(peft_session *s, int n);
 /* Appends n tokens to the sequence (virtual tokens of prompt and prefix
  * tuning enter before the first); logits of the last token (vocab floats)
  * into out, which may be NULL. */
@@ -285,7 +290,7 @@ typedef struct peft_sampler peft_sampler;
 /* temperature, top_k, top_p and seed of p (the rest is ignored). */
 peft_sampler *peft_sampler_new(const peft_sample_params *p);
 void peft_sampler_free(peft_sampler *s);
-/* The next token from logits (vocab floats; left unchanged). */
+/* The next token from logits (vocab floats; left unchanged); -1 when out of memory. */
 int32_t peft_sampler_sample(peft_sampler *s, const float *logits, int vocab);
 
 /* ---- sentence embeddings ------------------------------------------------------
@@ -366,9 +371,11 @@ int peft_adapter_users(const peft_adapter *a);
 /* peft_adapter_load reporting into err instead of the context (threads). */
 peft_adapter *peft_adapter_load_err(peft_model *m, const char *dir, peft_error *err);
 int64_t peft_adapter_n_params(const peft_adapter *a);
-/* Applies a to m's forward (logits, generate); NULL detaches. a must have
- * been made or loaded for m and outlive the attachment. Attach before a
- * sequence starts (virtual tokens enter at position 0). */
+/* The adapter the model-level calls (peft_model_logits, peft_generate,
+ * peft_model_embed) run with; NULL detaches. a must have been made or
+ * loaded for m and outlive the attachment. A setting of the model, like the
+ * compute precision: make it before threads share m. Sessions ignore it
+ * (peft_session_set_adapter). */
 int peft_adapter_attach(peft_model *m, const peft_adapter *a);
 /* LoRA, DoRA or IA3 folded into the base, written as a new model (HF folder
  * from HF, GGUF from GGUF); other methods, and adapters with a
@@ -463,6 +470,242 @@ int peft_train(peft_model *m, peft_adapter *a, const peft_train_params *p, peft_
 /* Mean loss per target token of a JSONL file (a may be NULL). */
 int peft_eval(peft_model *m, const peft_adapter *a, const char *data, int batch, int seq,
               double *loss, int64_t *n_tokens);
+
+/* ---- training runs and tooling --------------------------------------------------
+ * What the `peft` commands need beyond the calls above, so that they use this
+ * header only: files, the method registry, adapters built option by option,
+ * datasets loaded once and described, the memory plan, training with a
+ * progress callback, merges and combinations that report what they wrote,
+ * the embedding pipeline. Tooling used by one thread at a time: calls that
+ * take a model report into its context (peft_last_error); the others take a
+ * peft_error (NULL: not reported). */
+
+/* A whole file into *data (malloc'ed, NUL-terminated; *len without the NUL,
+ * len may be NULL). PEFT_ERR_IO naming the file when it cannot be read. */
+int peft_file_read(const char *path, char **data, size_t *len, peft_error *err);
+/* Writes len bytes to path atomically (a temporary file, fsync, rename):
+ * readers see the old file or the new one, never a part. */
+int peft_file_write_atomic(const char *path, const void *data, size_t len, peft_error *err);
+
+/* Limits the library enforces on its inputs: bytes of one JSONL line, and
+ * classification labels (data, score heads). */
+size_t peft_max_line_bytes(void);
+int peft_max_labels(void);
+/* The process's peak resident memory so far, bytes (getrusage). */
+size_t peft_rss_peak_bytes(void);
+/* Whether m has a tokenizer (training and evaluation on text need one). */
+int peft_model_has_tokenizer(const peft_model *m);
+
+/* The method registry (docs/methods.md), by index 0 .. peft_method_count()-1. */
+typedef struct {
+    const char *name;      /* --method NAME, peft_adapter_method */
+    const char *summary;   /* one line for --help */
+    int n_options;         /* its options, peft_method_get_option */
+    int prompt_learning;   /* virtual tokens (prompt, prefix): no packing */
+    int saves_model;       /* the result is a model (full fine-tuning) */
+} peft_method_info;
+/* One command-line option of a method: --name VALUE, or a flag (metavar
+ * NULL). Names r, alpha, dropout, target and layers are fields of
+ * peft_adapter_config (peft_method_option_is_field); loraplus-lr-ratio and
+ * loraplus-lr-embedding are peft_train_params'; the rest go through
+ * peft_adapter_config_add. */
+typedef struct {
+    const char *name;
+    const char *metavar;
+    const char *help;
+} peft_method_option;
+
+int peft_method_count(void);
+/* PEFT_ERR_INVALID for an index out of range. */
+int peft_method_get(int i, peft_method_info *out);
+int peft_method_get_option(int i, int k, peft_method_option *out);
+/* The index of a method by name or alias, or -1. */
+int peft_method_find(const char *name);
+/* Whether method i lists option (its CLI name, '-' or '_' alike). */
+int peft_method_has_option(int i, const char *option);
+int peft_method_option_is_field(const char *option);
+
+/* An adapter described field by field and option by option, as `peft
+ * train` reads it; peft_adapter_config_init fills the defaults. */
+typedef struct {
+    int method;              /* peft_method_find */
+    int r;                   /* rank; 0: the method's default */
+    float alpha;             /* NAN: the method's default */
+    float dropout;
+    uint64_t layers;         /* bit per layer to transform; 0: all */
+    const char *targets;     /* "q_proj,v_proj", "all-linear"; NULL: the method's default */
+    int num_labels;          /* >= 2: a sequence-classification head; 0: none */
+    uint64_t seed;
+    char options[1024];      /* the method's own options, "key=value;..." (peft_adapter_config_add) */
+} peft_adapter_config;
+
+void peft_adapter_config_init(peft_adapter_config *c, int method);
+/* Appends the method option key=value (key with '_' for '-');
+ * PEFT_ERR_INVALID when it does not fit or is malformed. */
+int peft_adapter_config_add(peft_adapter_config *c, const char *key, const char *value, peft_error *err);
+/* The method c's options select (LoRA with use_dora: DoRA), or c->method. */
+int peft_adapter_config_resolve(const peft_adapter_config *c);
+/* c's options checked before any model is loaded (usage errors). */
+int peft_adapter_config_check(const peft_adapter_config *c, peft_error *err);
+/* Whether a target list names linears m has (before data is loaded). */
+int peft_model_check_targets(peft_model *m, const char *targets);
+/* A fresh adapter for m from c; base_model (NULL: m's path) is written to
+ * adapter_config.json as base_model_name_or_path. */
+peft_adapter *peft_adapter_new_config(peft_model *m, const peft_adapter_config *c, const char *base_model);
+/* One line of what a is ("r=8 on 60 modules"; "N tensors" for methods that
+ * say nothing more) into buf. */
+void peft_adapter_describe(const peft_adapter *a, char *buf, size_t cap);
+/* Virtual tokens a puts before every sequence (prompt and prefix tuning;
+ * they take context positions); 0 for a NULL adapter. */
+int peft_adapter_virtual_tokens(const peft_adapter *a);
+/* Labels of a's classification head on m, or 0 without one (a may be NULL). */
+int peft_adapter_num_labels(const peft_adapter *a, const peft_model *m);
+/* A LoRA-based adapter's modules, its configured rank, lora_alpha and
+ * scale (alpha/r, or alpha/sqrt(r) with rsLoRA); PEFT_ERR_INVALID for other
+ * methods (out zeroed). */
+typedef struct {
+    int n_modules, r;
+    float alpha, scale;
+} peft_lora_info;
+int peft_adapter_lora_info(const peft_adapter *a, peft_lora_info *out);
+
+/* Training and evaluation data: a JSONL file tokenized once (the formats of
+ * docs/formats.md; the kind is found from the first line). */
+typedef struct peft_dataset peft_dataset;
+typedef enum {
+    PEFT_DATA_TEXT = 0,
+    PEFT_DATA_PROMPT_COMPLETION,
+    PEFT_DATA_MESSAGES,
+    PEFT_DATA_CLASSIFICATION,
+    PEFT_DATA_PAIRS              /* contrastive {anchor, positive[, negative]} */
+} peft_data_kind;
+typedef struct {
+    peft_data_kind kind;
+    int n;                       /* examples */
+    int n_cols;                  /* texts per example (pairs: 2 or 3; else 1) */
+    int n_labels;                /* classification: the largest label + 1 */
+    int n_truncated;             /* examples cut to seq tokens */
+    int n_skipped;               /* lines that gave no example */
+    int64_t n_tokens, n_loss_tokens;
+} peft_dataset_info;
+
+/* seq: truncate examples to this many tokens (<= 0: no limit); skip_bad:
+ * skip and count malformed lines instead of failing. */
+peft_dataset *peft_dataset_load(peft_model *m, const char *path, int seq, int skip_bad);
+/* Moves a fraction (0, 1) of d's examples, chosen by seed, into a new set. */
+peft_dataset *peft_dataset_split(peft_model *m, peft_dataset *d, double fraction, uint64_t seed);
+void peft_dataset_free(peft_dataset *d);
+void peft_dataset_get_info(const peft_dataset *d, peft_dataset_info *out);
+
+/* Pooling of sentence embeddings (peft_embed_info.pooling bits, in the
+ * order they are concatenated). */
+enum {
+    PEFT_POOL_CLS = 1 << 0,
+    PEFT_POOL_MAX = 1 << 1,
+    PEFT_POOL_MEAN = 1 << 2,
+    PEFT_POOL_MEAN_SQRT = 1 << 3,
+    PEFT_POOL_LAST = 1 << 4,
+};
+typedef struct {
+    int dim;                     /* floats per embedding */
+    int max_seq_length;          /* tokens per sentence, specials included */
+    int d_model;
+    unsigned pooling;            /* PEFT_POOL_* bits */
+    int normalize;               /* L2 after pooling */
+    char source[128];            /* where the pipeline came from: "modules.json", "gguf", "default" */
+} peft_embed_info;
+/* m's embedding pipeline (peft_model_embed); PEFT_ERR_UNSUPPORTED for a decoder. */
+int peft_model_embed_info(peft_model *m, peft_embed_info *out);
+/* The pipeline read once for many texts (peft_model_embed reads it on
+ * every call): NULL with the reason in peft_last_error. */
+typedef struct peft_embedder peft_embedder;
+peft_embedder *peft_embedder_new(peft_model *m);
+void peft_embedder_free(peft_embedder *e);
+void peft_embedder_info(const peft_embedder *e, peft_embed_info *out);
+/* The embedding of one text of len bytes (it may hold NUL bytes) into out
+ * (info.dim floats), with the adapter attached to the model. */
+int peft_embedder_text(peft_embedder *e, const char *text, size_t len, float *out);
+
+/* Training on loaded datasets, with what peft_train does not show. */
+typedef struct {
+    int step, total_steps, epoch;
+    double loss, lr, grad_norm;
+    double tokens_per_s, elapsed_s, eta_s;
+    int is_eval;                 /* an evaluation: val_* are set */
+    double val_loss, val_ppl;
+    double val_acc;              /* classification: accuracy, else NAN */
+    int64_t tokens;              /* input tokens processed so far */
+} peft_train_progress;
+typedef void (*peft_train_progress_fn)(const peft_train_progress *p, void *user);
+
+typedef struct {
+    peft_train_progress_fn progress;   /* after every step and evaluation (NULL: none) */
+    void *user;
+    float pair_scale;            /* contrastive data: the similarity scale (0: 20, as MultipleNegativesRankingLoss) */
+    int pair_pool;               /* contrastive data: PEFT_POOL_MEAN (0 too) or PEFT_POOL_CLS */
+} peft_train_hooks;
+
+typedef struct {
+    int steps;
+    double first_loss, last_loss, val_loss_before, val_loss_after; /* NAN without validation */
+    double val_accuracy;         /* classification adapters; NAN otherwise */
+    double seconds, tokens_per_s;    /* training only: evaluations and checkpoints excluded */
+    int64_t tokens;
+    int checkpoint_every;        /* the checkpointing the run trained with (0: off) */
+    size_t graph_bytes;          /* the training graph: activations, gradients, scratch */
+} peft_train_report;
+
+/* The memory a run will take, bytes, before it takes it: base (what the
+ * process holds now, less the model files already resident), weights (the
+ * model files a step reads), grads and optimizer (the adapter's gradients
+ * and AdamW moments), the training graph (graph_total = graph_layers +
+ * graph_hooks + graph_shared; graph_layer: one layer's activations), the
+ * evaluation graph (0 without validation); peak is their sum. */
+typedef struct {
+    size_t base, weights, grads, optimizer, eval_graph, peak;
+    size_t graph_total, graph_layers, graph_layer, graph_hooks, graph_shared;
+} peft_memory_plan;
+
+/* The plan of training a on train (val may be NULL) with p and gradient
+ * checkpointing every checkpoint_every layers (0: off). p's data, val,
+ * val_split and skip_bad are not used here and by peft_train_dataset. */
+int peft_train_plan(peft_model *m, peft_adapter *a, const peft_dataset *train, const peft_dataset *val,
+                    const peft_train_params *p, int checkpoint_every, peft_memory_plan *out);
+/* The cheapest checkpointing whose plan fits budget bytes into
+ * *checkpoint_every (0: everything kept) and *out; PEFT_ERR_NOMEM naming
+ * the sizes when nothing fits. */
+int peft_train_fit(peft_model *m, peft_adapter *a, const peft_dataset *train, const peft_dataset *val,
+                   const peft_train_params *p, size_t budget, int *checkpoint_every, peft_memory_plan *out);
+/* peft_train on loaded data: trains a, writes it to p->out_dir with the
+ * metrics and checkpoints. h may be NULL. */
+int peft_train_dataset(peft_model *m, peft_adapter *a, const peft_dataset *train, const peft_dataset *val,
+                       const peft_train_params *p, const peft_train_hooks *h, peft_train_report *out);
+/* Mean loss of d (per target token; classification: per example, with
+ * *accuracy; contrastive pairs: the in-batch ranking loss per anchor, with
+ * *accuracy the fraction ranked first), a may be NULL. *accuracy is NAN
+ * where it does not apply. h: the pair settings (NULL: defaults). */
+int peft_eval_dataset(peft_model *m, const peft_adapter *a, const peft_dataset *d, int batch, int seq,
+                      const peft_train_hooks *h, double *loss, int64_t *n, double *accuracy);
+
+/* peft_adapter_combine naming each input (names[i], e.g. its folder, in
+ * the error messages; names may be NULL). */
+peft_adapter *peft_adapter_combine_named(peft_model *m, const peft_adapter *const *adapters, const double *weights,
+                                         const char *const *names, int n, const peft_combine_params *p);
+/* Whether type is a combination type (peft_combine_params.type). */
+int peft_combine_type_check(const char *type, peft_error *err);
+
+/* What a merge wrote: the base tensors it changed, by the dtype they were
+ * written in, and the adapter's modules folded in. */
+typedef struct {
+    int n_changed;
+    int n_modules;
+    int n_by_dtype[PEFT_DT_COUNT];
+} peft_merge_summary;
+/* Whether outtype is one peft_adapter_merge_as takes (any case). */
+int peft_merge_outtype_check(const char *outtype, peft_error *err);
+/* peft_adapter_merge_as, with the summary (may be NULL). */
+int peft_adapter_merge_report(peft_model *m, const peft_adapter *a, const char *out_path, const char *outtype,
+                              peft_merge_summary *out);
 
 #ifdef __cplusplus
 }

@@ -301,9 +301,9 @@ static void combined_adapter_gives_hf_logits_both_ways(void) {
         if (got) {
             const int T = (int)ids->shape[1], V = lm.m->cfg.vocab;
             float *out = malloc(sizeof(float) * (size_t)T * V);
-            lm.m->lora = got;
+            lm.m->attached = got;
             CHECK_OK(peft_model_logits(lm.m, (const int32_t *)ids->data, T, out));
-            lm.m->lora = NULL;
+            lm.m->attached = NULL;
             const double d = test_max_abs_diff(out, (const float *)lg->data, (size_t)T * V);
             CHECK_MSG(d <= 1e-4, "%s: logits with our combined adapter vs HF's: max |diff| %g", names[k], d);
             printf("    %-10s logits here vs HF peft's combined adapter: max |diff| %.2g\n", names[k], d);

@@ -20,7 +20,7 @@
  *     token at least e times as likely as the next) the argmaxes are equal,
  *     and the free-running FAST greedy text equals EXACT's up to the first
  *     step whose margin is below that. */
-#include "model/model.h"
+#include "core/core.h"
 #include "peft.h"
 #include "test.h"
 
@@ -64,7 +64,12 @@ static void fast_decode_tracks_exact_on_smollm2(void) {
         peft_free(ctx);
         TEST_SKIP_HW("no AVX2 here: FAST decodes as EXACT");
     }
-    const int V = m->cfg.vocab;
+    peft_model_info info;
+    CHECK_OK(peft_model_get_info(m, &info));
+    const int V = info.vocab;
+    peft_session *ss = peft_session_new(m, NULL);
+    CHECK(ss != NULL);
+    if (!ss) { peft_model_free(m); peft_free(ctx); return; }
     const char *prompts[] = {
         "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
         "The lighthouse keeper on the northern island kept a logbook for forty years. Every evening he wrote down",
@@ -76,20 +81,19 @@ static void fast_decode_tracks_exact_on_smollm2(void) {
         int32_t *ids = NULL, toks[STEPS];
         int n = 0;
         CHECK_OK(peft_tokenize(m, prompts[p], 1, 1, &ids, &n));
-        peft_err err = {0};
         /* EXACT: the prompt, then its greedy tokens one at a time */
         CHECK_OK(peft_model_set_decode(m, PEFT_DECODE_EXACT));
-        model_reset(m);
-        CHECK_OK(model_forward(m, ids, n, ex, false, &err));
+        peft_session_reset(ss);
+        CHECK_OK(peft_session_decode(ss, ids, n, ex));
         for (int s = 0; s < STEPS; s++) {
             toks[s] = argmax(ex + (size_t)s * V, V, NULL);
-            if (s + 1 < STEPS) CHECK_OK(model_forward(m, &toks[s], 1, ex + (size_t)(s + 1) * V, false, &err));
+            if (s + 1 < STEPS) CHECK_OK(peft_session_decode(ss, &toks[s], 1, ex + (size_t)(s + 1) * V));
         }
         /* FAST on the same tokens */
         CHECK_OK(peft_model_set_decode(m, PEFT_DECODE_FAST));
-        model_reset(m);
-        CHECK_OK(model_forward(m, ids, n, fa, false, &err));
-        for (int s = 0; s + 1 < STEPS; s++) CHECK_OK(model_forward(m, &toks[s], 1, fa + (size_t)(s + 1) * V, false, &err));
+        peft_session_reset(ss);
+        CHECK_OK(peft_session_decode(ss, ids, n, fa));
+        for (int s = 0; s + 1 < STEPS; s++) CHECK_OK(peft_session_decode(ss, &toks[s], 1, fa + (size_t)(s + 1) * V));
         int clear = 0, clear_agree = 0, free_ok = 1, free_until = STEPS;
         double pw = 0;
         for (int s = 0; s < STEPS; s++) {
@@ -114,12 +118,12 @@ static void fast_decode_tracks_exact_on_smollm2(void) {
             }
         }
         /* free-running FAST greedy up to the first unclear step */
-        model_reset(m);
-        CHECK_OK(model_forward(m, ids, n, fa, false, &err));
+        peft_session_reset(ss);
+        CHECK_OK(peft_session_decode(ss, ids, n, fa));
         for (int s = 0; s < free_until; s++) {
-            const int t = argmax(fa, V, NULL);
+            const int32_t t = argmax(fa, V, NULL);
             if (t != toks[s]) { free_ok = 0; break; }
-            CHECK_OK(model_forward(m, &t, 1, fa, false, &err));
+            CHECK_OK(peft_session_decode(ss, &t, 1, fa));
         }
         CHECK_MSG(free_ok, "prompt %d: free-running FAST greedy differs before step %d", p, free_until);
         printf("    prompt %d (%d tokens): max |dlogit| %.3f; %d of %d steps clear, argmax equal on %d; greedy text equal "
@@ -133,6 +137,7 @@ static void fast_decode_tracks_exact_on_smollm2(void) {
     CHECK(mean <= MEAN_TOL);
     free(ex);
     free(fa);
+    peft_session_free(ss);
     peft_model_free(m);
     peft_free(ctx);
 }

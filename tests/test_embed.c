@@ -443,7 +443,10 @@ static void hidden_of(peft_model *m, const char *text, float **h, int *T) {
     peft_err err = {0};
     CHECK_OK(bpe_encode(m->tok, text, strlen(text), true, true, &ids, T, &err));
     *h = malloc(sizeof(float) * (size_t)*T * m->cfg.d_model);
-    CHECK_OK(model_forward_ex(m, ids, NULL, *T, NULL, false, *h, &err));
+    model_state st;
+    model_state_init(&st, NULL);
+    CHECK_OK(model_forward_ex(m, &st, ids, NULL, *T, NULL, false, *h, &err));
+    model_state_free(&st);
     free(ids);
 }
 

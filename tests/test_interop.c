@@ -43,7 +43,7 @@ static void peft_adapters_give_peft_logits_here(void) {
             snprintf(p, sizeof p, "tests/fixtures/lora/%s/adapter", cases[c][0]);
             CHECK_OK(lora_load(m, p, &a, &err));
             if (m && a && ids && lg) {
-                m->lora = a;
+                m->attached = a;
                 const int B = (int)ids->shape[0], T = (int)ids->shape[1], V = m->cfg.vocab;
                 float *out = malloc(sizeof(float) * (size_t)T * V);
                 double worst = 0;
@@ -54,7 +54,7 @@ static void peft_adapters_give_peft_logits_here(void) {
                 CHECK_MSG(worst <= 1e-4, "%s on %s: max |diff| %g", cases[c][0], model, worst);
                 printf("    %-16s on %-42s max |logit diff| vs peft %.3g\n", cases[c][0], model, worst);
                 free(out);
-                m->lora = NULL;
+                m->attached = NULL;
             }
             adapter_free(a);
             peft_model_free(m);
@@ -140,7 +140,7 @@ static void our_adapters_load_in_peft(void) {
         int32_t ids[12];
         for (int t = 0; t < T; t++) ids[t] = (int32_t)(peft_rng_u64(&rng) % 320);
         float *lg = malloc(sizeof(float) * (size_t)T * m->cfg.vocab);
-        m->lora = a;
+        m->attached = a;
         CHECK_OK(peft_model_logits(m, ids, T, lg));
         st_write_tensor ts[2] = {{"input_ids", PEFT_DT_I32, 2, {1, T}, ids},
                                  {"logits", PEFT_DT_F32, 3, {1, T, m->cfg.vocab}, lg}};
@@ -150,7 +150,7 @@ static void our_adapters_load_in_peft(void) {
         snprintf(names[nc], sizeof names[nc], "lora %s", models[k] + 22);
         nc++;
         free(lg);
-        m->lora = NULL;
+        m->attached = NULL;
         adapter_free(a);
         peft_model_free(m);
         peft_free(ctx);

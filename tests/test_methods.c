@@ -210,12 +210,13 @@ static void method_case(const char *model, const char *name, method_config mc, b
         CHECK_OK(tg_new(e.m, a, 1, b.T, &g1, &err));
         double want = g1 ? loss_of(g1, &b1) : NAN;
         tg_free(g1);
-        CHECK_OK(peft_adapter_attach(e.m, (peft_adapter *)a));
-        model_reset(e.m);
-        CHECK_OK(model_forward(e.m, b.inputs, T, lg, true, &err));
+        model_state st;
+        model_state_init(&st, a);
+        CHECK_OK(model_forward(e.m, &st, b.inputs, T, lg, true, &err));
         /* token by token through the cache */
-        model_reset(e.m);
-        for (int t = 0; t < T; t++) CHECK_OK(model_forward(e.m, b.inputs + t, 1, lg2 + (size_t)t * V, false, &err));
+        model_state_reset(&st);
+        for (int t = 0; t < T; t++) CHECK_OK(model_forward(e.m, &st, b.inputs + t, 1, lg2 + (size_t)t * V, false, &err));
+        model_state_free(&st);
         double s = 0, maxd = 0;
         int cnt = 0;
         for (int t = 0; t < T; t++) {
@@ -230,7 +231,6 @@ static void method_case(const char *model, const char *name, method_config mc, b
         CHECK_MSG(fabs(s / cnt - want) <= 2e-5 * fabs(want), "%s: inference loss %.7f vs training graph %.7f", name,
                   s / cnt, want);
         CHECK_MSG(maxd <= 1e-4, "%s: cached token-by-token logits differ by %g", name, maxd);
-        peft_adapter_attach(e.m, NULL);
         free(lg);
         free(lg2);
     }
@@ -329,6 +329,7 @@ static void every_method_on_llama_and_gpt2(void) {
         c = mk_plug("vera", NULL);
         c.targets = gpt2 ? (1u << ROLE_QKV) | (1u << ROLE_DOWN) : (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);
         RUN("vera", c, true);
+        RUN("adalora", mk_plug("adalora", "init_r=4;target_r=2"), true);
         if (!gpt2) {
             /* r 4: the factored path (x·B'ᵀ·A'ᵀ) everywhere; r 8: the dense
              * one (ΔW formed) in the graph, factored token by token */
@@ -360,7 +361,7 @@ static void every_method_on_llama_and_gpt2(void) {
             RUN("lokr_lycoris", c, true);
         }
         /* a classification head on every method */
-        static const char *const cls_plug[] = {"lora", "dora", "adapter-pfeiffer", "adapter-houlsby", "prompt", "prefix", "ia3", "bitfit", "full"};
+        static const char *const cls_plug[] = {"lora", "dora", "adapter-pfeiffer", "adapter-houlsby", "prompt", "prefix", "ia3", "bitfit", "full", "adalora"};
         for (size_t k = 0; k < sizeof cls_plug / sizeof *cls_plug; k++) {
             if (!strcmp(cls_plug[k], "bitfit") && !gpt2) continue;
             char label[48];
@@ -450,12 +451,13 @@ static void prefix_init_from_text_is_the_text_as_context(void) {
         for (int p = 0; p < P; p++) all[p] = tids[p % nt];
         for (int t = 0; t < T; t++) all[P + t] = (int32_t)(7 + 13 * t) % 300;
         float *want = malloc(sizeof(float) * (size_t)(P + T) * V), *got = malloc(sizeof(float) * (size_t)T * V);
-        model_reset(e.m);
-        CHECK_OK(model_forward(e.m, all, P + T, want, true, &err));
-        CHECK_OK(peft_adapter_attach(e.m, (peft_adapter *)a));
-        model_reset(e.m);
-        CHECK_OK(model_forward(e.m, all + P, T, got, true, &err));
-        peft_adapter_attach(e.m, NULL);
+        model_state st;
+        model_state_init(&st, NULL);
+        CHECK_OK(model_forward(e.m, &st, all, P + T, want, true, &err));
+        model_state_free(&st);
+        model_state_init(&st, a);
+        CHECK_OK(model_forward(e.m, &st, all + P, T, got, true, &err));
+        model_state_free(&st);
         double md = 0;
         for (int64_t k = 0; k < (int64_t)T * V; k++) md = fmax(md, fabs(got[k] - want[(size_t)P * V + k]));
         CHECK_MSG(md <= 1e-4, "%s: prefix from text vs base with the text: %g", models[mi], md);

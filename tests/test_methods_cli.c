@@ -42,7 +42,7 @@ static void make_data(void) {
 }
 
 static void every_method_trains_and_reloads_through_the_cli(void) {
-    static const char *methods[] = {"lora", "dora", "adapter-pfeiffer", "adapter-houlsby", "prompt", "prefix", "ia3", "bitfit", "full"};
+    static const char *methods[] = {"lora", "dora", "adapter-pfeiffer", "adapter-houlsby", "prompt", "prefix", "ia3", "bitfit", "full", "adalora"};
     for (size_t i = 0; i < sizeof methods / sizeof *methods; i++) {
         char args[2048];
         snprintf(args, sizeof args,
@@ -129,7 +129,7 @@ static void bad_method_input_fails_before_training(void) {
         {"--method vera --decompose-both", "--decompose-both does not apply to --method vera", 2},
         /* the owners come from the tables; --use-dora turns lora into dora before the check */
         {"--method ia3 --rslora", "--rslora does not apply to --method ia3 (it is an option of lora, dora)", 2},
-        {"--use-dora --dropout 0.1", "--dropout does not apply to --method dora (it is an option of lora, vera)", 2},
+        {"--use-dora --dropout 0.1", "--dropout does not apply to --method dora (it is an option of lora, vera, adalora)", 2},
         {"--method prompt --target q_proj", "--target does not apply to --method prompt (it is an option of lora, dora, ia3", 2},
         {"--init uniform", "init must be kaiming or gaussian", 2},
     };

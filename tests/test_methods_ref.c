@@ -186,15 +186,16 @@ static void one_case(const rcase *c) {
     } else {
         const int P = adapter_prompt_rows(a), TT = (int)lg_t->shape[1];
         float *lg = malloc(sizeof(float) * (size_t)T * V);
-        peft_adapter_attach(m, (peft_adapter *)a);
+        model_state st;
+        model_state_init(&st, a);
         for (int r = 0; r < B && lg; r++) {
-            model_reset(m);
-            CHECK_OK(model_forward(m, ids + r * T, T, lg, true, &err));
+            model_state_reset(&st);
+            CHECK_OK(model_forward(m, &st, ids + r * T, T, lg, true, &err));
             const float *want_l = (const float *)lg_t->data + ((size_t)r * TT + (TT - T)) * V;
             lrel = fmax(lrel, rel_diff(lg, want_l, (int64_t)T * V));
         }
         (void)P;
-        peft_adapter_attach(m, NULL);
+        model_state_free(&st);
         free(lg);
     }
     CHECK_MSG(lrel <= 1e-4, "%s: logits differ by %.3g (relative to the largest)", c->name, lrel);

@@ -122,8 +122,12 @@ static double encoder_hidden_diff(const char *model, const char *ref_dir) {
         for (int b = 0; b < B; b++) {
             int len = 0;
             while (len < T && ((const int32_t *)mask->data)[b * T + len]) len++;
-            if (model_forward_ex(m, (const int32_t *)ids->data + b * T, (const int32_t *)tt->data + b * T, len, NULL, false,
-                                 out, &err)) {
+            model_state st;
+            model_state_init(&st, NULL);
+            const int frc = model_forward_ex(m, &st, (const int32_t *)ids->data + b * T, (const int32_t *)tt->data + b * T, len, NULL,
+                                             false, out, &err);
+            model_state_free(&st);
+            if (frc) {
                 fprintf(stderr, "  %s\n", err.msg);
                 worst = INFINITY;
                 break;
@@ -133,7 +137,10 @@ static double encoder_hidden_diff(const char *model, const char *ref_dir) {
         free(out);
         /* no LM head: asking for logits is a clear error */
         float lg[4];
-        CHECK(model_forward(m, (const int32_t *)ids->data, 2, lg, false, &err) == PEFT_ERR_UNSUPPORTED);
+        model_state st;
+        model_state_init(&st, NULL);
+        CHECK(model_forward(m, &st, (const int32_t *)ids->data, 2, lg, false, &err) == PEFT_ERR_UNSUPPORTED);
+        model_state_free(&st);
         CHECK(strstr(err.msg, "encoder") != NULL);
     }
     peft_model_free(m);
@@ -184,17 +191,19 @@ static void kv_cache_matches_full_forward(void) {
         float *full = malloc(sizeof(float) * 12 * V), *step = malloc(sizeof(float) * 4 * V);
         CHECK_OK(peft_model_logits(m, ids, 12, full));
         peft_err err = {0};
-        model_reset(m);
+        model_state st;
+        model_state_init(&st, NULL);
         double worst = 0;
         for (int t = 0; t < 12;) {
             int n = t == 1 ? 4 : 1;
-            CHECK_OK(model_forward(m, ids + t, n, step, true, &err));
+            CHECK_OK(model_forward(m, &st, ids + t, n, step, true, &err));
             double d = test_max_abs_diff(step, full + (size_t)t * V, (size_t)n * V);
             if (d > worst) worst = d;
             t += n;
         }
         CHECK_MSG(worst <= 1e-5, "%s: cached vs full max diff %g", paths[p], worst);
-        CHECK_EQ_INT(m->n_past, 12);
+        CHECK_EQ_INT(st.seq.n_past, 12);
+        model_state_free(&st);
         free(full);
         free(step);
         peft_model_free(m);

@@ -84,8 +84,9 @@ static void smollm2_matches_transformers(void) {
         }
         /* next-token logits on the reference ids */
         peft_err err = {0};
-        model_reset(m);
-        CHECK_OK(model_forward(m, want, n_want, logits, false, &err));
+        model_state st;
+        model_state_init(&st, NULL);
+        CHECK_OK(model_forward(m, &st, want, n_want, logits, false, &err));
         const cJSON *tid = cJSON_GetObjectItem(c, "top_ids"), *tl = cJSON_GetObjectItem(c, "top_logits");
         for (int k = 0; k < cJSON_GetArraySize(tid); k++) {
             int id = cJSON_GetArrayItem(tid, k)->valueint;
@@ -106,12 +107,13 @@ static void smollm2_matches_transformers(void) {
             if (tok != greedy[i]) break;
             agree++;
             if (i + 1 < ng) {
-                CHECK_OK(model_forward(m, &tok, 1, logits, false, &err));
+                CHECK_OK(model_forward(m, &st, &tok, 1, logits, false, &err));
                 tok = 0;
                 for (int j = 1; j < V; j++) if (logits[j] > logits[tok]) tok = j;
             }
         }
         CHECK_MSG(agree == ng, "case %d: greedy continuation agrees for %d of %d tokens", ci, agree, ng);
+        model_state_free(&st);
         ci++;
     }
     printf("    %d cases: max |logit diff| over top-128 = %.3g, max |logsumexp diff| = %.3g (tolerance %g)\n", ci,

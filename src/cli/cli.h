@@ -6,6 +6,7 @@
 #include <stdbool.h>
 
 int cmd_generate(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
@@ -13,6 +14,7 @@ int cmd_merge(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_combine(int argc, char **argv);
 int cmd_embed(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 /* Option parsing: --name value or --name=value. */
 typedef struct {

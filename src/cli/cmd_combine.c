@@ -1,8 +1,6 @@
 /* cmd_combine.c — `peft combine`: LoRA adapters of one base, each with a
  * weight, into a new adapter (HF peft's add_weighted_adapter). */
-#include "cli/cli.h"
-#include "core/ctx.h"
-#include "peft/lora.h"
+#include "cli.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -72,7 +70,7 @@ static int parse_input(const char *arg, char **dir, double *w) {
 
 /* A library error: its message already names the command ("combine: ..."). */
 static void print_err(const peft_ctx *ctx) {
-    const char *msg = ctx->err.msg;
+    const char *msg = peft_last_error(ctx);
     if (strncmp(msg, "combine: ", 9) == 0) fprintf(stderr, "peft %s\n", msg);
     else fprintf(stderr, "peft combine: %s\n", msg);
 }
@@ -127,7 +125,7 @@ int cmd_combine(int argc, char **argv) {
     double w[MAX_INPUTS];
     int n = 0, rc = 0, threads = 0;
     bool bad = false;
-    combine_opts o = combine_default_opts();
+    peft_combine_params o = peft_combine_default_params();
     while (a.i < argc && !bad) {
         if ((v = cli_opt(&a, "--model", &bad))) model = v;
         else if ((v = cli_opt(&a, "--adapter", &bad))) {
@@ -138,12 +136,12 @@ int cmd_combine(int argc, char **argv) {
             else n++;
         } else if ((v = cli_opt(&a, "--out", &bad))) out = v;
         else if ((v = cli_opt(&a, "--type", &bad))) {
-            peft_err e = {0};
-            if (combine_type_parse(v, &o.type, &e)) { fprintf(stderr, "peft combine: --type: %s\n", e.msg); bad = true; }
+            peft_error e = {0};
+            if (peft_combine_type_check(v, &e)) { fprintf(stderr, "peft combine: --type: %s\n", e.msg); bad = true; }
+            else o.type = v;
         } else if ((v = cli_opt(&a, "--density", &bad))) bad = parse_density(v, &o.density) != 0;
         else if ((v = cli_opt(&a, "--majority-sign-method", &bad))) {
-            if (!strcmp(v, "total")) o.sign_frequency = false;
-            else if (!strcmp(v, "frequency")) o.sign_frequency = true;
+            if (!strcmp(v, "total") || !strcmp(v, "frequency")) o.majority_sign = v;
             else {
                 fprintf(stderr, "peft combine: --majority-sign-method must be total or frequency, got \"%s\"\n", v);
                 bad = true;
@@ -164,8 +162,8 @@ int cmd_combine(int argc, char **argv) {
     char *base = NULL;
     peft_ctx *ctx = NULL;
     peft_model *m = NULL;
-    adapter *ins[MAX_INPUTS] = {0};
-    adapter *res = NULL;
+    peft_adapter *ins[MAX_INPUTS] = {0};
+    peft_adapter *res = NULL;
     if (bad) { rc = 2; goto done; }
     if (n == 0 || !out) { fprintf(stderr, "peft combine: --adapter DIR:WEIGHT (one or more) and --out are required\n"); rc = 2; goto done; }
     for (int i = 0; i < n; i++)
@@ -186,27 +184,29 @@ int cmd_combine(int argc, char **argv) {
     m = peft_model_load(ctx, base);
     if (!m) { fprintf(stderr, "peft combine: %s\n", peft_last_error(ctx)); rc = 1; goto done; }
     for (int i = 0; i < n; i++)
-        if (adapter_load(m, dirs[i], &ins[i], &ctx->err)) {
-            fprintf(stderr, "peft combine: %s\n", ctx->err.msg);
+        if (!(ins[i] = peft_adapter_load(m, dirs[i]))) {
+            fprintf(stderr, "peft combine: %s\n", peft_last_error(ctx));
             rc = 1;
             goto done;
         }
-    if (lora_combine(m, (const adapter *const *)ins, w, n, (const char *const *)dirs, &o, &res, &ctx->err)) {
+    if (!(res = peft_adapter_combine_named(m, (const peft_adapter *const *)ins, w, (const char *const *)dirs, n, &o))) {
         print_err(ctx);
         rc = 1;
         goto done;
     }
-    if (adapter_save(res, m, out, &ctx->err)) {
-        fprintf(stderr, "peft combine: %s\n", ctx->err.msg);
+    if (peft_adapter_save(m, res, out)) {
+        fprintf(stderr, "peft combine: %s\n", peft_last_error(ctx));
         rc = 1;
         goto done;
     }
+    peft_lora_info li;
+    peft_adapter_lora_info(res, &li);
     fprintf(stderr, "combined %d adapter%s (%s) into %s: %d modules, r = %d, scale %g\n", n, n == 1 ? "" : "s",
-            combine_type_name(n == 1 ? COMBINE_LINEAR : o.type), out, lora_of(res)->n_modules,
-            lora_of(res)->cfg.r, (double)lora_scale(&lora_of(res)->cfg));
+            n == 1 ? "linear" : o.type ? o.type : "svd", out, li.n_modules, li.r, (double)li.scale);
 done:
-    adapter_free(res);
-    for (int i = 0; i < n; i++) adapter_free(ins[i]);
+    if (res) peft_adapter_free(res);
+    for (int i = 0; i < n; i++)
+        if (ins[i]) peft_adapter_free(ins[i]);
     for (int i = 0; i < n; i++) free(dirs[i]);
     peft_model_free(m);
     peft_free(ctx);

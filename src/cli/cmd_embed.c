@@ -1,14 +1,12 @@
 /* cmd_embed.c — `peft embed`: sentence embeddings of a file of texts. */
-#include "cli/cli.h"
-#include "core/ctx.h"
-#include "core/limits.h"
-#include "infer/embed.h"
-#include "peft/adapter.h"
+#include "cli.h"
 
 #include <cjson/cJSON.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -73,8 +71,8 @@ static bool blank(const char *s, size_t n) {
 static int read_texts(const char *path, texts *out) {
     char *data = NULL;
     size_t len = 0;
-    peft_err err = {0};
-    if (peft_read_file(path, &data, &len, &err)) {
+    peft_error err = {0};
+    if (peft_file_read(path, &data, &len, &err)) {
         fprintf(stderr, "peft embed: %s\n", err.msg);
         return 1;
     }
@@ -87,9 +85,9 @@ static int read_texts(const char *path, texts *out) {
         char *nl = memchr(data + pos, '\n', len - pos);
         size_t end = nl ? (size_t)(nl - data) : len, n = end - pos;
         line++;
-        if (n > PEFT_MAX_LINE_BYTES) {
+        if (n > peft_max_line_bytes()) {
             fprintf(stderr, "peft embed: %s:%d: line of %zu bytes exceeds the limit of %zu\n", path, line, n,
-                    PEFT_MAX_LINE_BYTES);
+                    peft_max_line_bytes());
             rc = 1;
         } else if (jsonl) {
             if (!blank(data + pos, n)) {
@@ -124,35 +122,81 @@ static int read_texts(const char *path, texts *out) {
     return rc ? 1 : 0;
 }
 
-static int write_jsonl(peft_buf *b, const float *e, int n, int dim) {
+/* The output, built in memory and written at once (atomically with --out). */
+typedef struct {
+    char *data;
+    size_t len, cap;
+} out_buf;
+
+static int buf_append(out_buf *b, const void *p, size_t n) {
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *d = realloc(b->data, cap);
+        if (!d) return -1;
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+static int buf_printf(out_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int buf_printf(out_buf *b, const char *fmt, ...) {
+    char tmp[64];
+    va_list ap;
+    va_start(ap, fmt);
+    const int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0) return -1;
+    if ((size_t)n < sizeof tmp) return buf_append(b, tmp, (size_t)n);
+    char *big = malloc((size_t)n + 1);
+    if (!big) return -1;
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    const int rc = buf_append(b, big, (size_t)n);
+    free(big);
+    return rc;
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static int write_jsonl(out_buf *b, const float *e, int n, int dim) {
     for (int i = 0; i < n; i++) {
-        if (peft_buf_printf(b, "{\"embedding\": [")) return -1;
+        if (buf_printf(b, "{\"embedding\": [")) return -1;
         for (int k = 0; k < dim; k++)
             /* %.9g: a float32 reads back bit for bit */
-            if (peft_buf_printf(b, k ? ", %.9g" : "%.9g", (double)e[(size_t)i * dim + k])) return -1;
-        if (peft_buf_printf(b, "]}\n")) return -1;
+            if (buf_printf(b, k ? ", %.9g" : "%.9g", (double)e[(size_t)i * dim + k])) return -1;
+        if (buf_printf(b, "]}\n")) return -1;
     }
     return 0;
 }
 
 /* NPY format 1.0: magic, version, u16 header length, a Python dict literal padded with spaces to a
  * multiple of 64 bytes ending in '\n', then the data, little-endian float32. */
-static int write_npy(peft_buf *b, const float *e, int n, int dim) {
+static int write_npy(out_buf *b, const float *e, int n, int dim) {
     char hdr[192];
     int h = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }", n, dim);
     int total = 10 + h + 1;
     int pad = (64 - total % 64) % 64;
     int hlen = h + pad + 1;
     unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hlen & 0xff), (unsigned char)(hlen >> 8)};
-    if (peft_buf_append(b, pre, sizeof pre) || peft_buf_append(b, hdr, (size_t)h)) return -1;
+    if (buf_append(b, pre, sizeof pre) || buf_append(b, hdr, (size_t)h)) return -1;
     for (int i = 0; i < pad; i++)
-        if (peft_buf_append(b, " ", 1)) return -1;
-    if (peft_buf_append(b, "\n", 1)) return -1;
+        if (buf_append(b, " ", 1)) return -1;
+    if (buf_append(b, "\n", 1)) return -1;
     for (size_t i = 0; i < (size_t)n * dim; i++) {
         uint32_t u;
         memcpy(&u, &e[i], 4);
         unsigned char le[4] = {(unsigned char)u, (unsigned char)(u >> 8), (unsigned char)(u >> 16), (unsigned char)(u >> 24)};
-        if (peft_buf_append(b, le, 4)) return -1;
+        if (buf_append(b, le, 4)) return -1;
     }
     return 0;
 }
@@ -203,34 +247,38 @@ int cmd_embed(int argc, char **argv) {
     if (!ctx) { texts_free(&tx); return 1; }
     int rc = 1;
     float *emb = NULL;
-    adapter *ad = NULL;
-    peft_buf b = {0};
+    peft_adapter *ad = NULL;
+    peft_embedder *emr = NULL;
+    out_buf b = {0};
     peft_model *m = peft_model_load(ctx, model);
     if (!m) { fprintf(stderr, "peft embed: %s\n", peft_last_error(ctx)); goto done; }
-    embed_pipeline p;
-    if (embed_pipeline_load(m, &p, &ctx->err)) { fprintf(stderr, "peft embed: %s\n", peft_last_error(ctx)); goto done; }
-    peft_log(ctx, PEFT_LOG_INFO, "embed: %s, dim %d, max_seq_length %d, pooling 0x%x, normalize %s", p.source, p.dim,
-             p.max_len, p.modes, p.normalize ? "yes" : "no");
+    peft_embed_info p;
+    if (!(emr = peft_embedder_new(m))) { fprintf(stderr, "peft embed: %s\n", peft_last_error(ctx)); goto done; }
+    peft_embedder_info(emr, &p);
+    /* as the context's log line at info level (cli_ctx prints those with --verbose) */
+    if (verbose)
+        fprintf(stderr, "peft: info: embed: %s, dim %d, max_seq_length %d, pooling 0x%x, normalize %s\n", p.source,
+                p.dim, p.max_seq_length, p.pooling, p.normalize ? "yes" : "no");
     if (adapter_dir) {
-        if (adapter_load(m, adapter_dir, &ad, &ctx->err)) {
+        if (!(ad = peft_adapter_load(m, adapter_dir)) || peft_adapter_attach(m, ad)) {
             fprintf(stderr, "peft embed: %s\n", peft_last_error(ctx));
             goto done;
         }
-        m->lora = ad;
     }
     emb = malloc((size_t)tx.n * p.dim * sizeof *emb);
     if (!emb) { fprintf(stderr, "peft embed: out of memory\n"); goto done; }
-    double t0 = peft_time_s();
+    double t0 = now_s();
     for (int i = 0; i < tx.n; i++)
-        if (embed_text(m, &p, tx.text[i], tx.len[i], emb + (size_t)i * p.dim, &ctx->err)) {
+        if (peft_embedder_text(emr, tx.text[i], tx.len[i], emb + (size_t)i * p.dim)) {
             fprintf(stderr, "peft embed: %s: sentence %d: %s\n", data, i + 1, peft_last_error(ctx));
             goto done;
         }
-    double dt = peft_time_s() - t0;
+    double dt = now_s() - t0;
     if ((npy ? write_npy : write_jsonl)(&b, emb, tx.n, p.dim)) { fprintf(stderr, "peft embed: out of memory\n"); goto done; }
     if (out) {
-        if (peft_write_file_atomic(out, b.data, b.len, &ctx->err)) {
-            fprintf(stderr, "peft embed: %s\n", peft_last_error(ctx));
+        peft_error we = {0};
+        if (peft_file_write_atomic(out, b.data, b.len, &we)) {
+            fprintf(stderr, "peft embed: %s\n", we.msg);
             goto done;
         }
     } else if (fwrite(b.data, 1, b.len, stdout) != b.len || fflush(stdout)) {
@@ -242,11 +290,12 @@ int cmd_embed(int argc, char **argv) {
                 dt > 0 ? tx.n / dt : 0.0, peft_ctx_threads(ctx));
     rc = 0;
 done:
-    peft_buf_free(&b);
+    free(b.data);
     free(emb);
-    if (m) m->lora = NULL;
+    peft_embedder_free(emr);
+    if (m) peft_adapter_attach(m, NULL);
     peft_model_free(m);
-    adapter_free(ad);
+    if (ad) peft_adapter_free(ad);
     peft_free(ctx);
     texts_free(&tx);
     return rc;

@@ -1,7 +1,5 @@
 /* cmd_generate.c — `peft generate`. */
-#include "cli/cli.h"
-#include "core/ctx.h"
-#include "peft/lora.h"
+#include "cli.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,28 +104,30 @@ int cmd_generate(int argc, char **argv) {
         free(file_text);
         return crc;
     }
-    adapter *ad = NULL;
-    if (adapter_dir) {
-        if (adapter_load(m, adapter_dir, &ad, &ctx->err)) {
-            fprintf(stderr, "peft generate: %s\n", peft_last_error(ctx));
-            peft_model_free(m);
-            peft_free(ctx);
-            free(file_text);
-            return 1;
-        }
-        m->lora = ad;
+    peft_adapter *ad = NULL;
+    if (adapter_dir && !(ad = peft_adapter_load(m, adapter_dir))) {
+        fprintf(stderr, "peft generate: %s\n", peft_last_error(ctx));
+        peft_model_free(m);
+        peft_free(ctx);
+        free(file_text);
+        return 1;
     }
-    if (echo && !sp.chat) { fputs(prompt, stdout); fflush(stdout); }
+    peft_error pe;
+    peft_session *s = peft_session_new(m, &pe);
+    int rc = s ? peft_session_set_adapter(s, ad) : pe.status;
+    const bool started = rc == 0;
+    if (echo && !sp.chat && started) { fputs(prompt, stdout); fflush(stdout); }
     peft_gen_stats st;
-    int rc = peft_generate(m, prompt, &sp, print_piece, NULL, &st);
-    printf("\n");
-    if (rc) fprintf(stderr, "peft generate: %s\n", peft_last_error(ctx));
+    if (started) rc = peft_session_generate(s, prompt, &sp, print_piece, NULL, &st);
+    if (started) printf("\n");
+    if (rc) fprintf(stderr, "peft generate: %s\n", s ? peft_session_error(s) : pe.msg);
     else if (stats)
         fprintf(stderr, "prompt: %d tokens in %.3f s (%.1f tokens/s)\ngeneration: %d tokens in %.3f s (%.1f tokens/s)%s\n",
                 st.n_prompt, st.prompt_s, st.prompt_s > 0 ? st.n_prompt / st.prompt_s : 0.0, st.n_gen, st.gen_s,
                 st.gen_s > 0 ? st.n_gen / st.gen_s : 0.0, st.stopped_at_eos ? ", stopped at end of turn" : "");
+    peft_session_free(s);
+    peft_adapter_free(ad);
     peft_model_free(m);
-    adapter_free(ad);
     peft_free(ctx);
     free(file_text);
     return rc ? 1 : 0;

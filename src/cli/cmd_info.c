@@ -1,5 +1,5 @@
 /* cmd_info.c — `peft info PATH [--json] [--tensors]`. */
-#include "cli/cli.h"
+#include "cli.h"
 
 #include <stdio.h>
 #include <string.h>

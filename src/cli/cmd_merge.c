@@ -1,9 +1,6 @@
 /* cmd_merge.c — `peft merge` (adapter folded into the base, written as a new
  * model) and `peft export` (adapter as a llama.cpp GGUF LoRA). */
-#include "cli/cli.h"
-#include "core/ctx.h"
-#include "peft/lora.h"
-#include "peft/method.h"
+#include "cli.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -12,12 +9,12 @@
 #include <string.h>
 
 static int load_pair(const char *cmd, const char *model, const char *adapter_dir, int threads, peft_ctx **ctx,
-                     peft_model **m, adapter **a) {
+                     peft_model **m, peft_adapter **a) {
     *ctx = cli_ctx(threads, false);
     if (!*ctx) return 1;
     *m = peft_model_load(*ctx, model);
     if (!*m) { fprintf(stderr, "peft %s: %s\n", cmd, peft_last_error(*ctx)); return 1; }
-    if (adapter_load(*m, adapter_dir, a, &(*ctx)->err)) { fprintf(stderr, "peft %s: %s\n", cmd, (*ctx)->err.msg); return 1; }
+    if (!(*a = peft_adapter_load(*m, adapter_dir))) { fprintf(stderr, "peft %s: %s\n", cmd, peft_last_error(*ctx)); return 1; }
     return 0;
 }
 
@@ -26,7 +23,7 @@ static int load_pair(const char *cmd, const char *model, const char *adapter_dir
 #define MERGE_LOST_WARN 0.25
 
 /* "60 x F16, 4 x Q8_0" into buf. */
-static void summary_text(const merge_summary *s, char *buf, size_t cap) {
+static void summary_text(const peft_merge_summary *s, char *buf, size_t cap) {
     size_t n = 0;
     buf[0] = 0;
     for (int t = 0; t < PEFT_DT_COUNT && n < cap; t++)
@@ -36,7 +33,7 @@ static void summary_text(const merge_summary *s, char *buf, size_t cap) {
 }
 
 /* The quantized type most of the changed tensors were written in, or NULL. */
-static const char *lowbit_type(const merge_summary *s) {
+static const char *lowbit_type(const peft_merge_summary *s) {
     int best = -1;
     for (int t = 0; t < PEFT_DT_COUNT; t++)
         if (t != PEFT_DT_F32 && t != PEFT_DT_F16 && t != PEFT_DT_BF16 && s->n_by_dtype[t] &&
@@ -45,7 +42,7 @@ static const char *lowbit_type(const merge_summary *s) {
     return best < 0 ? NULL : peft_dtype_name((peft_dtype)best);
 }
 
-static void report_check(const merge_check *c, const merge_summary *s) {
+static void report_check(const peft_merge_check *c, const peft_merge_summary *s) {
     if (isnan(c->lost)) {
         fprintf(stderr, "verify: the adapter does not change the logits (%d sequences, %d tokens): nothing to lose\n",
                 c->n_seq, c->n_tokens);
@@ -77,7 +74,8 @@ static void report_check(const merge_check *c, const merge_summary *s) {
 int cmd_merge(int argc, char **argv) {
     cli_args a = {argc, 1, argv, "merge"};
     const char *model = NULL, *adapter_dir = NULL, *out = NULL, *v;
-    int threads = 0, outtype = MERGE_OUT_DEFAULT;
+    const char *outtype = NULL;
+    int threads = 0;
     bool bad = false, verify = true;
     while (a.i < argc && !bad) {
         if ((v = cli_opt(&a, "--model", &bad))) model = v;
@@ -85,8 +83,9 @@ int cmd_merge(int argc, char **argv) {
         else if ((v = cli_opt(&a, "--out", &bad))) out = v;
         else if ((v = cli_opt(&a, "--threads", &bad))) bad = cli_int("merge", "--threads", v, 1, 1024, &threads) != 0;
         else if ((v = cli_opt(&a, "--outtype", &bad))) {
-            peft_err e = {0};
-            if (lora_merge_outtype_parse(v, &outtype, &e)) { fprintf(stderr, "peft merge: --outtype: %s\n", e.msg); return 2; }
+            peft_error e = {0};
+            if (peft_merge_outtype_check(v, &e)) { fprintf(stderr, "peft merge: --outtype: %s\n", e.msg); return 2; }
+            outtype = v;
         } else if (cli_flag(&a, "--no-verify")) verify = false;
         else if (cli_flag(&a, "--help")) {
             printf("usage: peft merge --model PATH --adapter DIR --out OUT [--outtype T] [--no-verify] [--threads N]\n\n"
@@ -108,31 +107,28 @@ int cmd_merge(int argc, char **argv) {
     if (!model || !adapter_dir || !out) { fprintf(stderr, "peft merge: --model, --adapter and --out are required\n"); return 2; }
     peft_ctx *ctx = NULL;
     peft_model *m = NULL;
-    adapter *ad = NULL;
+    peft_adapter *ad = NULL;
     int rc = load_pair("merge", model, adapter_dir, threads, &ctx, &m, &ad);
     if (!rc) {
-        merge_summary sum;
-        if (lora_merge_save_as(ad, m, out, outtype, &sum, &ctx->err)) {
-            fprintf(stderr, "peft merge: %s\n", ctx->err.msg);
+        peft_merge_summary sum;
+        if (peft_adapter_merge_report(m, ad, out, outtype, &sum)) {
+            fprintf(stderr, "peft merge: %s\n", peft_last_error(ctx));
             rc = 1;
         } else {
-            int n = 0;
-            for (int s = 0; s < m->cfg.n_layer * ROLE_N_LINEAR; s++)
-                n += ad->ops->merge_touches && ad->ops->merge_touches(ad, s / ROLE_N_LINEAR, (model_linear_role)(s % ROLE_N_LINEAR));
             char types[256];
             summary_text(&sum, types, sizeof types);
-            fprintf(stderr, "merged %d %s modules into %s (changed tensors: %s)\n", n, adapter_method_name(ad), out,
-                    sum.n_changed ? types : "none");
-            merge_check c;
-            if (verify && lora_merge_verify(ad, m, out, &c, &ctx->err)) {
-                fprintf(stderr, "peft merge: cannot verify %s: %s\n", out, ctx->err.msg);
+            fprintf(stderr, "merged %d %s modules into %s (changed tensors: %s)\n", sum.n_modules,
+                    peft_adapter_method(ad), out, sum.n_changed ? types : "none");
+            peft_merge_check c;
+            if (verify && peft_adapter_merge_check(m, ad, out, &c)) {
+                fprintf(stderr, "peft merge: cannot verify %s: %s\n", out, peft_last_error(ctx));
                 rc = 1;
             } else if (verify) {
                 report_check(&c, &sum);
             }
         }
     }
-    adapter_free(ad);
+    if (ad) peft_adapter_free(ad);
     peft_model_free(m);
     peft_free(ctx);
     return rc;
@@ -166,13 +162,17 @@ int cmd_export(int argc, char **argv) {
     if (!out) { snprintf(def_out, sizeof def_out, "%s/adapter.gguf", adapter_dir); out = def_out; }
     peft_ctx *ctx = NULL;
     peft_model *m = NULL;
-    adapter *ad = NULL;
+    peft_adapter *ad = NULL;
     int rc = load_pair("export", base, adapter_dir, 1, &ctx, &m, &ad);
     if (!rc) {
-        if (adapter_export_gguf(ad, m, out, &ctx->err)) { fprintf(stderr, "peft export: %s\n", ctx->err.msg); rc = 1; }
-        else fprintf(stderr, "wrote %s (GGUF LoRA, %d modules)\n", out, lora_of(ad) ? lora_of(ad)->n_modules : 0);
+        peft_lora_info li;
+        if (peft_adapter_export_gguf(m, ad, out)) { fprintf(stderr, "peft export: %s\n", peft_last_error(ctx)); rc = 1; }
+        else {
+            peft_adapter_lora_info(ad, &li);   /* n_modules 0 for other methods */
+            fprintf(stderr, "wrote %s (GGUF LoRA, %d modules)\n", out, li.n_modules);
+        }
     }
-    adapter_free(ad);
+    if (ad) peft_adapter_free(ad);
     peft_model_free(m);
     peft_free(ctx);
     free(base);

@@ -1,12 +1,7 @@
 /* cmd_train.c — `peft train` and `peft eval`. Options come from the command
  * line and/or a JSON config file (--config FILE, keys named like the options
  * without the dashes); the command line wins. */
-#include "cli/cli.h"
-#include "core/limits.h"
-#include "core/ctx.h"
-#include "infer/embed.h"
-#include "peft/method.h"
-#include "train/trainer.h"
+#include "cli.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -67,7 +62,7 @@ static opt_def train_opts[] = {
 };
 #define N_TRAIN_OPTS ((int)(sizeof train_opts / sizeof *train_opts))
 
-/* The methods' options (method.h), from the registry: an option several
+/* The methods' options (peft_method_get_option), from the registry: an option several
  * methods list is one entry naming its owners, with each distinct help
  * text once ("[lora, dora] rank (default 8); [vera] rank (default 256)"). */
 #define MAX_PLUG_OPTS 128
@@ -76,39 +71,54 @@ static char plug_help[MAX_PLUG_OPTS][640];
 static char plug_owners[MAX_PLUG_OPTS][160];
 static int n_plug_opts;
 
+/* Method i's name and option k (NULL name past its last). */
+static const char *meth_name_at(int i) {
+    peft_method_info in;
+    return peft_method_get(i, &in) ? NULL : in.name;
+}
+
+static peft_method_option meth_opt(int i, int k) {
+    peft_method_option o;
+    peft_method_get_option(i, k, &o);
+    return o;
+}
+
 static void plug_opts_init(void) {
     n_plug_opts = 0;
-    for (const method_ops *const *p = method_registry(); *p; p++)
-        for (const method_option *o = (*p)->options; o && o->name; o++) {
+    const int nm = peft_method_count();
+    for (int p = 0; p < nm; p++)
+        for (int ok = 0; meth_opt(p, ok).name; ok++) {
+            const peft_method_option o = meth_opt(p, ok);
             int k = 0;
-            while (k < n_plug_opts && strcmp(plug_opts[k].name, o->name)) k++;
+            while (k < n_plug_opts && strcmp(plug_opts[k].name, o.name)) k++;
             if (k == MAX_PLUG_OPTS) break;
             const size_t ol = k < n_plug_opts ? strlen(plug_owners[k]) : 0;
-            snprintf(plug_owners[k] + ol, sizeof plug_owners[k] - ol, "%s%s", ol ? ", " : "", (*p)->name);
-            if (k == n_plug_opts) plug_opts[n_plug_opts++] = (opt_def){o->name, o->metavar == NULL, plug_help[k], NULL};
+            snprintf(plug_owners[k] + ol, sizeof plug_owners[k] - ol, "%s%s", ol ? ", " : "", meth_name_at(p));
+            if (k == n_plug_opts) plug_opts[n_plug_opts++] = (opt_def){o.name, o.metavar == NULL, plug_help[k], NULL};
         }
     /* the help: per distinct text, the owners that give it */
     for (int k = 0; k < n_plug_opts; k++) {
         char *h = plug_help[k];
         size_t hl = 0;
         h[0] = '\0';
-        for (const method_ops *const *p = method_registry(); *p; p++)
-            for (const method_option *o = (*p)->options; o && o->name; o++) {
-                if (strcmp(o->name, plug_opts[k].name)) continue;
+        for (int p = 0; p < nm; p++)
+            for (int ok = 0; meth_opt(p, ok).name; ok++) {
+                const peft_method_option o = meth_opt(p, ok);
+                if (strcmp(o.name, plug_opts[k].name)) continue;
                 bool seen = false;   /* this text under an earlier method */
-                for (const method_ops *const *q = method_registry(); q != p && !seen; q++)
-                    for (const method_option *e = (*q)->options; e && e->name; e++)
-                        seen |= !strcmp(e->name, o->name) && !strcmp(e->help, o->help);
+                for (int q = 0; q != p && !seen; q++)
+                    for (int ek = 0; meth_opt(q, ek).name; ek++)
+                        seen |= !strcmp(meth_opt(q, ek).name, o.name) && !strcmp(meth_opt(q, ek).help, o.help);
                 if (seen) continue;
                 char who[160];
                 size_t wl = 0;
                 who[0] = '\0';
-                for (const method_ops *const *q = method_registry(); *q; q++)
-                    for (const method_option *e = (*q)->options; e && e->name; e++)
-                        if (!strcmp(e->name, o->name) && !strcmp(e->help, o->help) && wl < sizeof who)
-                            wl += (size_t)snprintf(who + wl, sizeof who - wl, "%s%s", wl ? ", " : "", (*q)->name);
+                for (int q = 0; q < nm; q++)
+                    for (int ek = 0; meth_opt(q, ek).name; ek++)
+                        if (!strcmp(meth_opt(q, ek).name, o.name) && !strcmp(meth_opt(q, ek).help, o.help) && wl < sizeof who)
+                            wl += (size_t)snprintf(who + wl, sizeof who - wl, "%s%s", wl ? ", " : "", meth_name_at(q));
                 if (hl < sizeof plug_help[k])
-                    hl += (size_t)snprintf(h + hl, sizeof plug_help[k] - hl, "%s[%s] %s", hl ? "; " : "", who, o->help);
+                    hl += (size_t)snprintf(h + hl, sizeof plug_help[k] - hl, "%s[%s] %s", hl ? "; " : "", who, o.help);
             }
     }
 }
@@ -135,8 +145,8 @@ static void set_opt(opt_def *o, const char *v, bool override) {
 /* Fills options not given on the command line from a JSON object. */
 static int load_config(opt_def *defs, int n, const char *path) {
     char *text = NULL;
-    peft_err err = {0};
-    if (peft_read_file(path, &text, NULL, &err)) { fprintf(stderr, "peft train: %s\n", err.msg); return -1; }
+    peft_error err = {0};
+    if (peft_file_read(path, &text, NULL, &err)) { fprintf(stderr, "peft train: %s\n", err.msg); return -1; }
     cJSON *root = cJSON_Parse(text);
     free(text);
     if (!cJSON_IsObject(root)) {
@@ -188,9 +198,13 @@ static void train_usage(FILE *f) {
     for (int i = 0; i < n_plug_opts; i++)
         fprintf(f, "  --%-14s %s%s\n", plug_opts[i].name, plug_opts[i].flag ? "" : "V  ", plug_opts[i].help);
     fprintf(f, "\nmethods:");
-    for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, "%s %s", p == method_registry() ? "" : ",", (*p)->name);
+    for (int p = 0; p < peft_method_count(); p++) fprintf(f, "%s %s", p == 0 ? "" : ",", meth_name_at(p));
     fputc('\n', f);
-    for (const method_ops *const *p = method_registry(); *p; p++) fprintf(f, "  %-16s %s\n", (*p)->name, (*p)->summary);
+    for (int p = 0; p < peft_method_count(); p++) {
+        peft_method_info in;
+        peft_method_get(p, &in);
+        fprintf(f, "  %-16s %s\n", in.name, in.summary);
+    }
 }
 
 static void fmt_duration(double s, char *buf, size_t cap) {
@@ -203,7 +217,7 @@ static void fmt_duration(double s, char *buf, size_t cap) {
 
 typedef struct { bool tty, quiet; } progress_ctx;
 
-static void on_progress(const train_progress *p, void *user) {
+static void on_progress(const peft_train_progress *p, void *user) {
     progress_ctx *pc = user;
     if (p->is_eval) {
         if (p->val_acc >= 0)
@@ -241,14 +255,14 @@ static size_t parse_size(const char *v) {
     return (size_t)(x * mul);
 }
 
-static void print_plan(const train_memplan *p, int ck, int n_layer) {
+static void print_plan(const peft_memory_plan *p, int ck, int n_layer) {
     const double mib = 1048576.0;
-    fprintf(stderr, "memory plan: weights %.0f MiB + training graph %.0f MiB (", p->weights / mib, p->graph.total / mib);
+    fprintf(stderr, "memory plan: weights %.0f MiB + training graph %.0f MiB (", p->weights / mib, p->graph_total / mib);
     if (ck > 0 && ck < n_layer)
-        fprintf(stderr, "checkpointing every %d layer%s: %.0f MiB of layers", ck, ck > 1 ? "s" : "", p->graph.layers / mib);
+        fprintf(stderr, "checkpointing every %d layer%s: %.0f MiB of layers", ck, ck > 1 ? "s" : "", p->graph_layers / mib);
     else
-        fprintf(stderr, "every layer kept: %.0f MiB, %.1f per layer", p->graph.layers / mib, p->graph.layer / mib);
-    fprintf(stderr, "; methods %.0f, the rest %.0f)", p->graph.hooks / mib, p->graph.shared / mib);
+        fprintf(stderr, "every layer kept: %.0f MiB, %.1f per layer", p->graph_layers / mib, p->graph_layer / mib);
+    fprintf(stderr, "; methods %.0f, the rest %.0f)", p->graph_hooks / mib, p->graph_shared / mib);
     if (p->eval_graph) fprintf(stderr, " + evaluation graph %.0f MiB", p->eval_graph / mib);
     fprintf(stderr, " + gradients and optimizer %.0f MiB + the process so far %.0f MiB = peak %.0f MiB\n",
             (p->grads + p->optimizer) / mib, p->base / mib, p->peak / mib);
@@ -256,24 +270,27 @@ static void print_plan(const train_memplan *p, int ck, int n_layer) {
 
 /* Contrastive data pools as the model's sentence-transformers files say
  * (mean or CLS; defaults: mean). */
-static int pair_pool_of(const char *cmd, const peft_model *m, int *pool, peft_err *err) {
-    embed_pipeline pl;
-    if (embed_pipeline_load(m, &pl, err)) {
-        fprintf(stderr, "peft %s: %s\n", cmd, err->msg);
+static int pair_pool_of(const char *cmd, peft_ctx *ctx, peft_model *m, const char *path, int *pool) {
+    peft_embed_info pl;
+    if (peft_model_embed_info(m, &pl)) {
+        fprintf(stderr, "peft %s: %s\n", cmd, peft_last_error(ctx));
         return 1;
     }
-    if (pl.modes != EMBED_POOL_MEAN && pl.modes != EMBED_POOL_CLS) {
+    if (pl.pooling != PEFT_POOL_MEAN && pl.pooling != PEFT_POOL_CLS) {
         fprintf(stderr, "peft %s: %s: contrastive training pools by the mean or the CLS token; this model's pooling (%s) "
-                "is another\n", cmd, m->path, pl.source);
+                "is another\n", cmd, path, pl.source);
         return 1;
     }
-    *pool = pl.modes == EMBED_POOL_CLS ? TG_POOL_CLS : TG_POOL_MEAN;
+    *pool = (int)pl.pooling;
     return 0;
 }
 
-static void print_data_summary(const char *what, const char *path, const data_set *d, int seq) {
+static void print_data_summary(const char *what, const char *path, const peft_dataset *ds, int seq) {
     static const char *const kinds[] = {"text", "prompt/completion", "messages", "classification", "contrastive pairs"};
-    if (d->kind == DATA_PAIRS)   /* no loss tokens: one loss term per anchor */
+    peft_dataset_info info;
+    peft_dataset_get_info(ds, &info);
+    const peft_dataset_info *d = &info;
+    if (d->kind == PEFT_DATA_PAIRS)   /* no loss tokens: one loss term per anchor */
         fprintf(stderr, "%s: %s: %d examples (%s: %s), %lld tokens", what, path, d->n, kinds[d->kind],
                 d->n_cols > 2 ? "anchor, positive, negative" : "anchor, positive", (long long)d->n_tokens);
     else
@@ -338,56 +355,57 @@ int cmd_train(int argc, char **argv) {
         train_usage(stderr);
         return 2;
     }
-    const method_ops *plug = method_find(GETV("method") ? GETV("method") : "lora");
-    if (!plug) {
+    const int plug0 = peft_method_find(GETV("method") ? GETV("method") : "lora");
+    if (plug0 < 0) {
         fprintf(stderr, "peft train: unknown method \"%s\" (", GETV("method"));
-        for (const method_ops *const *p = method_registry(); *p; p++)
-            fprintf(stderr, "%s%s", p == method_registry() ? "" : ", ", (*p)->name);
+        for (int p = 0; p < peft_method_count(); p++) fprintf(stderr, "%s%s", p == 0 ? "" : ", ", meth_name_at(p));
         fprintf(stderr, ")\n");
         return 2;
     }
-    method_config mc;
-    memset(&mc, 0, sizeof mc);
-    mc.alpha = NAN;   /* the method's default */
+    peft_adapter_config mc;
+    peft_adapter_config_init(&mc, plug0);
     for (int i = 0; i < n_plug_opts; i++) {
-        if (!plug_opts[i].value || method_option_is_field(plug_opts[i].name) || trainer_option(plug_opts[i].name))
+        if (!plug_opts[i].value || peft_method_option_is_field(plug_opts[i].name) || trainer_option(plug_opts[i].name))
             continue;
         /* --d-initial 0.2 becomes d_initial=0.2 */
         char key[64];
         snprintf(key, sizeof key, "%s", plug_opts[i].name);
         for (char *c = key; *c; c++) if (*c == '-') *c = '_';
-        peft_err oerr = {0};
-        if (method_option_add(&mc, key, plug_opts[i].value, &oerr)) {
+        peft_error oerr = {0};
+        if (peft_adapter_config_add(&mc, key, plug_opts[i].value, &oerr)) {
             fprintf(stderr, "peft train: --%s: %s\n", plug_opts[i].name, oerr.msg);
             return 2;
         }
     }
     /* an option may select another method (--use-dora) */
-    if (plug->resolve && plug->resolve(&mc)) plug = plug->resolve(&mc);
-    const char *meth_name = plug->name;
+    const int plug = peft_adapter_config_resolve(&mc);
+    peft_method_info plug_info;
+    peft_method_get(plug, &plug_info);
+    const char *meth_name = plug_info.name;
     for (int i = 0; i < n_plug_opts; i++)
-        if (plug_opts[i].value && !method_has_option(plug, plug_opts[i].name)) {
+        if (plug_opts[i].value && !peft_method_has_option(plug, plug_opts[i].name)) {
             fprintf(stderr, "peft train: --%s does not apply to --method %s (it is an option of %s)\n", plug_opts[i].name,
                     meth_name, plug_owners[i]);
             return 2;
         }
-    mc.ops = plug;
-    if (plug->check) {
-        peft_err cerr = {0};
-        if (plug->check(&mc, &cerr)) { fprintf(stderr, "peft train: %s\n", cerr.msg); return 2; }
+    mc.method = plug;
+    {
+        peft_error cerr = {0};
+        if (peft_adapter_config_check(&mc, &cerr)) { fprintf(stderr, "peft train: %s\n", cerr.msg); return 2; }
     }
     /* numbers */
-    train_params tp = train_default_params();
+    peft_train_params tp = peft_train_default_params();
+    peft_train_hooks hooks = {0};
     int threads = 0, eval_every = 0, ival;
     float fval;
     struct { const char *name; int *dst; long lo, hi; } ints[] = {
-        {"r", &mc.r, 1, 4096}, {"warmup", &tp.opt.warmup_steps, 0, 100000000}, {"steps", &tp.steps, 0, 100000000},
+        {"r", &mc.r, 1, 4096}, {"warmup", &tp.warmup_steps, 0, 100000000}, {"steps", &tp.steps, 0, 100000000},
         {"epochs", &tp.epochs, 0, 100000}, {"batch", &tp.batch, 1, 65536}, {"seq", &tp.seq, 2, 1000000},
         {"accum", &tp.accum, 1, 65536}, {"eval-every", &eval_every, 0, 100000000},
         {"eval-batches", &tp.eval_max_batches, 0, 100000000}, {"save-every", &tp.save_every, 0, 100000000},
         {"threads", &threads, 1, 1024},
        
-        {"num-labels", &mc.n_labels, 2, PEFT_MAX_LABELS}};
+        {"num-labels", &mc.num_labels, 2, peft_max_labels()}};
     for (size_t i = 0; i < sizeof ints / sizeof *ints; i++)
         if (GETV(ints[i].name)) {
             char full[64];
@@ -396,12 +414,13 @@ int cmd_train(int argc, char **argv) {
             *ints[i].dst = ival;
         }
     tp.eval_every = eval_every;
+    hooks.pair_scale = 20.0f;
     struct { const char *name; float *dst; double lo, hi; } floats[] = {
-        {"alpha", &mc.alpha, 0, 1e6}, {"dropout", &mc.dropout, 0, 0.99}, {"lr", &tp.opt.lr, 0, 10},
-        {"weight-decay", &tp.opt.weight_decay, 0, 10}, {"beta1", &tp.opt.beta1, 0, 0.999999},
-        {"beta2", &tp.opt.beta2, 0, 0.99999999}, {"eps", &tp.opt.eps, 0, 1}, {"clip", &tp.opt.max_grad_norm, 0, 1e9},
-        {"loraplus-lr-ratio", &tp.opt.loraplus_lr_ratio, 0, 1e6}, {"loraplus-lr-embedding", &tp.opt.loraplus_lr_embedding, 0, 10},
-        {"mnrl-scale", &tp.pair_scale, 1e-3, 1e4}};
+        {"alpha", &mc.alpha, 0, 1e6}, {"dropout", &mc.dropout, 0, 0.99}, {"lr", &tp.lr, 0, 10},
+        {"weight-decay", &tp.weight_decay, 0, 10}, {"beta1", &tp.beta1, 0, 0.999999},
+        {"beta2", &tp.beta2, 0, 0.99999999}, {"eps", &tp.eps, 0, 1}, {"clip", &tp.max_grad_norm, 0, 1e9},
+        {"loraplus-lr-ratio", &tp.loraplus_lr_ratio, 0, 1e6}, {"loraplus-lr-embedding", &tp.loraplus_lr_embedding, 0, 10},
+        {"mnrl-scale", &hooks.pair_scale, 1e-3, 1e4}};
     for (size_t i = 0; i < sizeof floats / sizeof *floats; i++)
         if (GETV(floats[i].name)) {
             char full[64];
@@ -417,12 +436,16 @@ int cmd_train(int argc, char **argv) {
         if (*end) { fprintf(stderr, "peft train: --seed must be a non-negative integer\n"); return 2; }
     }
     mc.seed = tp.seed;
-    if (GETV("schedule") && sched_parse(GETV("schedule"), &tp.opt.sched)) {
-        fprintf(stderr, "peft train: --schedule must be constant, linear or cosine\n");
-        return 2;
+    if (GETV("schedule")) {
+        const char *v = GETV("schedule");
+        if (strcmp(v, "constant") && strcmp(v, "linear") && strcmp(v, "cosine")) {
+            fprintf(stderr, "peft train: --schedule must be constant, linear or cosine\n");
+            return 2;
+        }
+        tp.schedule = v;
     }
     tp.pack = GETV("pack") && strcmp(GETV("pack"), "false");
-    if (tp.pack && (plug->flags & METHOD_PROMPT_LEARNING)) {
+    if (tp.pack && plug_info.prompt_learning) {
         fprintf(stderr, "peft train: --pack does not apply to --method %s (virtual tokens belong to one sequence)\n", meth_name);
         return 2;
     }
@@ -448,102 +471,113 @@ int cmd_train(int argc, char **argv) {
     tp.out_dir = GETV("out");
     tp.resume = GETV("resume");
     progress_ctx pc = {isatty(2) != 0, GETV("quiet") != NULL};
-    tp.progress = on_progress;
-    tp.user = &pc;
+    hooks.progress = on_progress;
+    hooks.user = &pc;
 
     /* load */
     int rc = 1;
     peft_ctx *ctx = cli_ctx(threads, false);
     if (!ctx) return 1;
     peft_model *m = peft_model_load(ctx, GETV("model"));
-    adapter *ad = NULL;
-    data_set train = {0}, val = {0};
-    bool have_val = false;
-    peft_err *err = &ctx->err;
+    peft_adapter *ad = NULL;
+    peft_dataset *train = NULL, *val = NULL;
+    peft_model_info minfo;
     if (!m) { fprintf(stderr, "peft train: %s\n", peft_last_error(ctx)); goto out; }
-    if (!m->tok) { fprintf(stderr, "peft train: %s has no tokenizer\n", GETV("model")); goto out; }
+    peft_model_get_info(m, &minfo);
+    if (!peft_model_has_tokenizer(m)) { fprintf(stderr, "peft train: %s has no tokenizer\n", GETV("model")); goto out; }
     {
         const int crc = cli_compute("train", ctx, m, GETV("compute"), GETV("bf16") != NULL);
         if (crc) { rc = crc; goto out; }
     }
     if (GETV("layers")) {
         for (int l = 0; l < 64; l++)
-            if ((mc.layers >> l & 1) && l >= m->cfg.n_layer) {
-                fprintf(stderr, "peft train: --layers: the model has %d layers (0..%d)\n", m->cfg.n_layer, m->cfg.n_layer - 1);
+            if ((mc.layers >> l & 1) && l >= minfo.n_layer) {
+                fprintf(stderr, "peft train: --layers: the model has %d layers (0..%d)\n", minfo.n_layer, minfo.n_layer - 1);
                 goto out;
             }
     }
-    if (GETV("target") && method_parse_targets(m, GETV("target"), &mc.targets, err)) {
-        fprintf(stderr, "peft train: %s\n", err->msg);
-        goto out;
+    if (GETV("target")) {
+        mc.targets = GETV("target");
+        if (peft_model_check_targets(m, mc.targets)) {
+            fprintf(stderr, "peft train: %s\n", peft_last_error(ctx));
+            goto out;
+        }
     }
 
     /* the default length fits the model (a small encoder's 128 positions) */
-    if (!GETV("seq") && tp.seq > m->cfg.n_ctx) tp.seq = m->cfg.n_ctx;
-    data_params dp = data_default_params();
-    dp.seq_len = tp.seq;
-    dp.skip_bad = GETV("skip-bad") != NULL;
-    if (data_load_jsonl(GETV("data"), m->tok, &dp, &train, err)) { fprintf(stderr, "peft train: %s\n", err->msg); goto out; }
-    print_data_summary("data", GETV("data"), &train, tp.seq);
-    if (GETV("val")) {
-        if (data_load_jsonl(GETV("val"), m->tok, &dp, &val, err)) { fprintf(stderr, "peft train: %s\n", err->msg); goto out; }
-        have_val = true;
-        print_data_summary("validation", GETV("val"), &val, tp.seq);
-    } else if (val_split > 0) {
-        if (data_split(&train, val_split, tp.seed, &val, err)) { fprintf(stderr, "peft train: %s\n", err->msg); goto out; }
-        have_val = true;
-        fprintf(stderr, "validation: %d examples split off --data (seed %llu)\n", val.n, (unsigned long long)tp.seed);
+    if (!GETV("seq") && tp.seq > minfo.n_ctx) tp.seq = minfo.n_ctx;
+    if (!(train = peft_dataset_load(m, GETV("data"), tp.seq, GETV("skip-bad") != NULL))) {
+        fprintf(stderr, "peft train: %s\n", peft_last_error(ctx));
+        goto out;
     }
-    if (train.kind == DATA_CLASSIFICATION) {
-        int nl = PEFT_MAX(train.n_labels, have_val ? val.n_labels : 0);
-        if (!mc.n_labels) mc.n_labels = PEFT_MAX(2, nl);
-        if (nl > mc.n_labels) {
-            fprintf(stderr, "peft train: the data has label %d but --num-labels is %d\n", nl - 1, mc.n_labels);
+    print_data_summary("data", GETV("data"), train, tp.seq);
+    if (GETV("val")) {
+        if (!(val = peft_dataset_load(m, GETV("val"), tp.seq, GETV("skip-bad") != NULL))) {
+            fprintf(stderr, "peft train: %s\n", peft_last_error(ctx));
             goto out;
         }
-    } else if (mc.n_labels) {
+        print_data_summary("validation", GETV("val"), val, tp.seq);
+    } else if (val_split > 0) {
+        if (!(val = peft_dataset_split(m, train, val_split, tp.seed))) {
+            fprintf(stderr, "peft train: %s\n", peft_last_error(ctx));
+            goto out;
+        }
+        peft_dataset_info vi;
+        peft_dataset_get_info(val, &vi);
+        fprintf(stderr, "validation: %d examples split off --data (seed %llu)\n", vi.n, (unsigned long long)tp.seed);
+    }
+    peft_dataset_info ti, vi = {0};
+    peft_dataset_get_info(train, &ti);
+    if (val) peft_dataset_get_info(val, &vi);
+    if (ti.kind == PEFT_DATA_CLASSIFICATION) {
+        int nl = ti.n_labels > (val ? vi.n_labels : 0) ? ti.n_labels : vi.n_labels;
+        if (!mc.num_labels) mc.num_labels = nl > 2 ? nl : 2;
+        if (nl > mc.num_labels) {
+            fprintf(stderr, "peft train: the data has label %d but --num-labels is %d\n", nl - 1, mc.num_labels);
+            goto out;
+        }
+    } else if (mc.num_labels) {
         fprintf(stderr, "peft train: --num-labels needs {\"text\", \"label\"} data\n");
         goto out;
     }
-    if (have_val && val.kind != train.kind) {
+    if (val && vi.kind != ti.kind) {
         fprintf(stderr, "peft train: --val is %s data but --data is not\n",
-                val.kind == DATA_PAIRS ? "contrastive" : val.kind == DATA_CLASSIFICATION ? "classification" : "language-model");
+                vi.kind == PEFT_DATA_PAIRS ? "contrastive" : vi.kind == PEFT_DATA_CLASSIFICATION ? "classification" : "language-model");
         goto out;
     }
-    if (train.kind == DATA_PAIRS) {
-        if (pair_pool_of("train", m, &tp.pair_pool, err)) goto out;
-        if (have_val && val.n_cols != train.n_cols) {
-            fprintf(stderr, "peft train: --val has %d texts per row, --data %d\n", val.n_cols, train.n_cols);
+    if (ti.kind == PEFT_DATA_PAIRS) {
+        if (pair_pool_of("train", ctx, m, GETV("model"), &hooks.pair_pool)) goto out;
+        if (val && vi.n_cols != ti.n_cols) {
+            fprintf(stderr, "peft train: --val has %d texts per row, --data %d\n", vi.n_cols, ti.n_cols);
             goto out;
         }
     } else if (GETV("mnrl-scale")) {
         fprintf(stderr, "peft train: --mnrl-scale needs contrastive {\"anchor\", \"positive\"} data\n");
         goto out;
     }
-    if (adapter_new(m, &mc, &ad, err)) { fprintf(stderr, "peft train: %s\n", err->msg); goto out; }
     {
         char *abs = realpath(GETV("model"), NULL);
-        free(ad->base_model);
-        ad->base_model = abs ? abs : strdup(GETV("model"));
+        ad = peft_adapter_new_config(m, &mc, abs ? abs : GETV("model"));
+        free(abs);
+        if (!ad) { fprintf(stderr, "peft train: %s\n", peft_last_error(ctx)); goto out; }
     }
     /* full fine-tuning trains copies of the base: all params are the trained ones */
-    print_trainable(ad->n_params, (plug->flags & METHOD_SAVES_MODEL) ? 0 : m->n_params);
-    if (plug->describe) {
+    print_trainable(peft_adapter_n_params(ad), plug_info.saves_model ? 0 : minfo.n_params);
+    {
         char desc[256];
-        plug->describe(ad, desc, sizeof desc);
-        fprintf(stderr, "%s: %s", plug->name, desc);
-    } else fprintf(stderr, "%s: %d tensors", meth_name, ad->n_tensors);
-    if (mc.n_labels) fprintf(stderr, " + a %d-label classification head", mc.n_labels);
+        peft_adapter_describe(ad, desc, sizeof desc);
+        fprintf(stderr, "%s: %s", meth_name, desc);
+    }
+    if (mc.num_labels) fprintf(stderr, " + a %d-label classification head", mc.num_labels);
     fprintf(stderr, " | %d steps, batch %d x %d, accum %d, lr %g %s, warmup %d", tp.steps ? tp.steps : -1, tp.batch,
-            tp.seq, tp.accum, tp.opt.lr, sched_name(tp.opt.sched), tp.opt.warmup_steps);
-    if (tp.opt.loraplus_lr_ratio > 0)
-        fprintf(stderr, ", LoRA+ (B at lr x %g = %g)", tp.opt.loraplus_lr_ratio, tp.opt.lr * tp.opt.loraplus_lr_ratio);
+            tp.seq, tp.accum, tp.lr, tp.schedule, tp.warmup_steps);
+    if (tp.loraplus_lr_ratio > 0)
+        fprintf(stderr, ", LoRA+ (B at lr x %g = %g)", tp.loraplus_lr_ratio, tp.lr * tp.loraplus_lr_ratio);
     if (tp.checkpoint_every > 0) fprintf(stderr, ", checkpointing every %d layer%s", tp.checkpoint_every,
                                          tp.checkpoint_every > 1 ? "s" : "");
     fputc('\n', stderr);
     {
-        train_memplan plan;
-        const data_set *vp = have_val ? &val : NULL;
+        peft_memory_plan plan;
         int ck = tp.checkpoint_every;
         if (GETV("max-memory")) {
             const size_t budget = parse_size(GETV("max-memory"));
@@ -553,15 +587,18 @@ int cmd_train(int argc, char **argv) {
                 goto out;
             }
             if (ck >= 0 && GETV("checkpoint-layers")) {   /* the setting is the user's: only checked */
-                if (train_memory_plan(m, ad, &train, vp, &tp, ck, &plan, err)) { fprintf(stderr, "peft train: %s\n", err->msg); goto out; }
+                if (peft_train_plan(m, ad, train, val, &tp, ck, &plan)) {
+                    fprintf(stderr, "peft train: %s\n", peft_last_error(ctx));
+                    goto out;
+                }
                 if (plan.peak > budget) {
-                    print_plan(&plan, ck, m->cfg.n_layer);
+                    print_plan(&plan, ck, minfo.n_layer);
                     fprintf(stderr, "peft train: does not fit in --max-memory %s (%.0f MiB planned)\n", GETV("max-memory"),
                             plan.peak / 1048576.0);
                     goto out;
                 }
-            } else if (train_fit_memory(m, ad, &train, vp, &tp, budget, &ck, &plan, err)) {
-                fprintf(stderr, "peft train: %s\n", err->msg);
+            } else if (peft_train_fit(m, ad, train, val, &tp, budget, &ck, &plan)) {
+                fprintf(stderr, "peft train: %s\n", peft_last_error(ctx));
                 goto out;
             } else if (ck > 0) {
                 fprintf(stderr, "--max-memory %s: gradient checkpointing of every layer (everything kept would not fit)\n",
@@ -569,43 +606,43 @@ int cmd_train(int argc, char **argv) {
                 tp.checkpoint_every = ck;
             } else if (tp.checkpoint_every < 0)
                 tp.checkpoint_every = 0;
-        } else if (train_memory_plan(m, ad, &train, vp, &tp, ck < 0 ? 0 : ck, &plan, err)) {
-            fprintf(stderr, "peft train: %s\n", err->msg);
+        } else if (peft_train_plan(m, ad, train, val, &tp, ck < 0 ? 0 : ck, &plan)) {
+            fprintf(stderr, "peft train: %s\n", peft_last_error(ctx));
             goto out;
         }
-        print_plan(&plan, ck < 0 ? 0 : ck, m->cfg.n_layer);
+        print_plan(&plan, ck < 0 ? 0 : ck, minfo.n_layer);
         {   /* the other choice, for comparison */
             const int other = ck > 0 ? 0 : 1;
-            train_memplan alt;
-            if (m->cfg.n_layer > 1 && !train_memory_plan(m, ad, &train, vp, &tp, other, &alt, err))
+            peft_memory_plan alt;
+            if (minfo.n_layer > 1 && !peft_train_plan(m, ad, train, val, &tp, other, &alt))
                 fprintf(stderr, "             %s: training graph %.0f MiB, peak %.0f MiB\n",
-                        other ? "with --checkpoint-layers" : "with every layer kept", alt.graph.total / 1048576.0,
+                        other ? "with --checkpoint-layers" : "with every layer kept", alt.graph_total / 1048576.0,
                         alt.peak / 1048576.0);
         }
         if (GETV("dry-run")) { rc = 0; goto out; }
     }
-    train_result res;
-    if (train_run(m, ad, &train, have_val ? &val : NULL, &tp, &res, err)) {
-        fprintf(stderr, "\npeft train: %s\n", err->msg);
+    peft_train_report res;
+    if (peft_train_dataset(m, ad, train, val, &tp, &hooks, &res)) {
+        fprintf(stderr, "\npeft train: %s\n", peft_last_error(ctx));
         goto out;
     }
-    if (res.checkpoint_every > 0 && res.checkpoint_every < m->cfg.n_layer)
+    if (res.checkpoint_every > 0 && res.checkpoint_every < minfo.n_layer)
         fprintf(stderr, "graph: %.1f MiB of activations, gradients and scratch (checkpointing every %d of %d layers)\n",
-                res.graph_bytes / 1048576.0, res.checkpoint_every, m->cfg.n_layer);
+                res.graph_bytes / 1048576.0, res.checkpoint_every, minfo.n_layer);
     else
         fprintf(stderr, "graph: %.1f MiB of activations, gradients and scratch (every layer kept)\n",
                 res.graph_bytes / 1048576.0);
-    fprintf(stderr, "peak RSS: %.0f MiB\n", peft_rss_peak() / 1048576.0);
-    fprintf(stderr, "done: %d steps in %.1f s (%.0f tokens/s); loss %.4f -> %.4f", res.steps_done, res.seconds,
+    fprintf(stderr, "peak RSS: %.0f MiB\n", peft_rss_peak_bytes() / 1048576.0);
+    fprintf(stderr, "done: %d steps in %.1f s (%.0f tokens/s); loss %.4f -> %.4f", res.steps, res.seconds,
             res.tokens_per_s, res.first_loss, res.last_loss);
     if (!isnan(res.val_loss_after)) {
         if (!isnan(res.val_loss_before)) fprintf(stderr, "; validation %.4f -> %.4f", res.val_loss_before, res.val_loss_after);
         else fprintf(stderr, "; validation %.4f", res.val_loss_after);
         if (!isnan(res.val_accuracy)) fprintf(stderr, ", accuracy %.4f", res.val_accuracy);
     }
-    if (plug->flags & METHOD_SAVES_MODEL)
+    if (plug_info.saves_model)
         fprintf(stderr, "\nmodel: %s/%s, metrics: %s/metrics.jsonl, curve: %s/loss.svg\n", tp.out_dir,
-                m->gguf ? "model.gguf (F32)" : "model.safetensors (HF folder)", tp.out_dir, tp.out_dir);
+                !strcmp(minfo.source, "gguf") ? "model.gguf (F32)" : "model.safetensors (HF folder)", tp.out_dir, tp.out_dir);
     else
         fprintf(stderr, "\nadapter: %s/adapter_model.safetensors (HF PEFT format), metrics: %s/metrics.jsonl, curve: "
                 "%s/loss.svg\n", tp.out_dir, tp.out_dir, tp.out_dir);
@@ -613,9 +650,9 @@ int cmd_train(int argc, char **argv) {
 out:
     for (int i = 0; i < N_TRAIN_OPTS; i++) { free(train_opts[i].value); train_opts[i].value = NULL; }
     for (int i = 0; i < n_plug_opts; i++) { free(plug_opts[i].value); plug_opts[i].value = NULL; }
-    data_free(&train);
-    if (have_val) data_free(&val);
-    adapter_free(ad);
+    peft_dataset_free(train);
+    peft_dataset_free(val);
+    if (ad) peft_adapter_free(ad);
     peft_model_free(m);
     peft_free(ctx);
     return rc;
@@ -652,38 +689,40 @@ int cmd_eval(int argc, char **argv) {
     if (!ctx) return 1;
     int rc = 1;
     peft_model *m = peft_model_load(ctx, model);
-    adapter *ad = NULL;
-    data_set d = {0};
-    bool have_d = false;
+    peft_adapter *ad = NULL;
+    peft_dataset *ds = NULL;
     if (!m) { fprintf(stderr, "peft eval: %s\n", peft_last_error(ctx)); goto out; }
-    if (!m->tok) { fprintf(stderr, "peft eval: %s has no tokenizer\n", model); goto out; }
+    if (!peft_model_has_tokenizer(m)) { fprintf(stderr, "peft eval: %s has no tokenizer\n", model); goto out; }
     {
         const int crc = cli_compute("eval", ctx, m, compute, bf16);
         if (crc) { rc = crc; goto out; }
     }
     if (adapter_dir) {
-        if (adapter_load(m, adapter_dir, &ad, &ctx->err)) { fprintf(stderr, "peft eval: %s\n", ctx->err.msg); goto out; }
+        if (!(ad = peft_adapter_load(m, adapter_dir))) { fprintf(stderr, "peft eval: %s\n", peft_last_error(ctx)); goto out; }
     }
     /* the context holds the virtual tokens too */
-    if (seq == 0) seq = PEFT_MIN(512, m->cfg.n_ctx - adapter_prompt_rows(ad) - adapter_prefix_rows(ad));
-    data_params dp = data_default_params();
-    dp.seq_len = seq;
-    dp.skip_bad = skip_bad;
-    if (data_load_jsonl(data, m->tok, &dp, &d, &ctx->err)) { fprintf(stderr, "peft eval: %s\n", ctx->err.msg); goto out; }
-    have_d = true;
+    if (seq == 0) {
+        peft_model_info in;
+        peft_model_get_info(m, &in);
+        const int room = in.n_ctx - peft_adapter_virtual_tokens(ad);
+        seq = room < 512 ? room : 512;
+    }
+    if (!(ds = peft_dataset_load(m, data, seq, skip_bad))) { fprintf(stderr, "peft eval: %s\n", peft_last_error(ctx)); goto out; }
+    peft_dataset_info d;
+    peft_dataset_get_info(ds, &d);
     double loss, acc = NAN;
     int64_t n;
-    if (d.kind == DATA_CLASSIFICATION && adapter_n_labels(ad, m) <= 0) {
+    if (d.kind == PEFT_DATA_CLASSIFICATION && peft_adapter_num_labels(ad, m) <= 0) {
         fprintf(stderr, "peft eval: %s is classification data: pass --adapter with a classification head\n", data);
         goto out;
     }
-    int pool = TG_POOL_MEAN;
-    if (d.kind == DATA_PAIRS && pair_pool_of("eval", m, &pool, &ctx->err)) goto out;
-    if (train_eval_pairs(m, ad, &d, batch, seq, 0, 20.0f, pool, &loss, &n, &acc, &ctx->err)) {
-        fprintf(stderr, "peft eval: %s\n", ctx->err.msg);
+    peft_train_hooks eh = {.pair_scale = 20.0f, .pair_pool = PEFT_POOL_MEAN};
+    if (d.kind == PEFT_DATA_PAIRS && pair_pool_of("eval", ctx, m, model, &eh.pair_pool)) goto out;
+    if (peft_eval_dataset(m, ad, ds, batch, seq, &eh, &loss, &n, &acc)) {
+        fprintf(stderr, "peft eval: %s\n", peft_last_error(ctx));
         goto out;
     }
-    if (d.kind == DATA_PAIRS) {
+    if (d.kind == PEFT_DATA_PAIRS) {
         /* the in-batch ranking: how often an anchor's positive scores best among the batch's candidates */
         if (json)
             printf("{\"loss\": %.9g, \"accuracy\": %.9g, \"examples\": %lld, \"batch\": %d, \"truncated\": %d}\n", loss,
@@ -706,8 +745,8 @@ int cmd_eval(int argc, char **argv) {
                d.n_truncated ? " (some truncated)" : "");
     rc = 0;
 out:
-    if (have_d) data_free(&d);
-    adapter_free(ad);
+    peft_dataset_free(ds);
+    if (ad) peft_adapter_free(ad);
     peft_model_free(m);
     peft_free(ctx);
     return rc;

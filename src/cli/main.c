@@ -1,6 +1,5 @@
 /* main.c — `peft`: dispatch to subcommands. */
-#include "cli/cli.h"
-#include "core/core.h"
+#include "cli.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -20,10 +19,12 @@ static void usage(FILE *f) {
             "  train      fine-tune an adapter: peft train --model PATH --data FILE --out DIR [--r 8 ...]\n"
             "  eval       loss and perplexity: peft eval --model PATH [--adapter DIR] --data FILE\n"
             "  generate   generate text: peft generate --model PATH --prompt \"...\" [--chat] [--adapter DIR]\n"
+            "  chat       talk with a model: peft chat --model PATH [--adapter DIR] (/reset, /exit)\n"
             "  embed      sentence embeddings: peft embed --model PATH --data FILE [--out FILE.npy|.jsonl]\n"
             "  merge      fold an adapter into the base: peft merge --model PATH --adapter DIR --out OUT\n"
             "  export     adapter as llama.cpp GGUF LoRA: peft export --adapter DIR --format gguf\n"
             "  combine    LoRA adapters into one: peft combine --adapter A:0.5 --adapter B:0.5 --type svd --out DIR\n"
+            "  serve      OpenAI-compatible HTTP server: peft serve --model PATH [--adapter NAME=DIR]... [--port 8080]\n"
             "  info       describe a model: peft info PATH [--json] [--tensors]\n"
             "  help       this text; `peft <command> --help` for a command's options\n",
             PEFT_VERSION);
@@ -100,8 +101,7 @@ char *cli_adapter_base(const char *dir) {
     char p[4096];
     snprintf(p, sizeof p, "%s/adapter_config.json", dir);
     char *text = NULL;
-    peft_err err = {0};
-    if (peft_read_file(p, &text, NULL, &err)) return NULL;
+    if (peft_file_read(p, &text, NULL, NULL)) return NULL;
     cJSON *j = cJSON_Parse(text);
     free(text);
     const cJSON *b = cJSON_GetObjectItem(j, "base_model_name_or_path");
@@ -180,6 +180,7 @@ int main(int argc, char **argv) {
     if (argc < 2) { usage(stderr); return 2; }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "chat")) return cmd_chat(argc - 1, argv + 1);
     if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "train")) return cmd_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "eval")) return cmd_eval(argc - 1, argv + 1);
@@ -187,6 +188,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "export")) return cmd_export(argc - 1, argv + 1);
     if (!strcmp(cmd, "combine")) return cmd_combine(argc - 1, argv + 1);
     if (!strcmp(cmd, "embed")) return cmd_embed(argc - 1, argv + 1);
+    if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "--version")) { printf("peft %s\n", PEFT_VERSION); return 0; }
     fprintf(stderr, "peft: unknown command \"%s\"\n\n", cmd);

@@ -55,3 +55,11 @@ int peft_ctx_fail(peft_ctx *ctx, const peft_err *err) {
     if (ctx && err && err != &ctx->err) ctx->err = *err;
     return err ? err->code : PEFT_ERR_INVALID;
 }
+
+int peft_error_set(peft_error *e, const peft_err *err) {
+    if (e) {
+        e->status = err->code;
+        snprintf(e->msg, sizeof e->msg, "%s", err->msg);
+    }
+    return err->code;
+}

@@ -16,5 +16,7 @@ void peft_log(const peft_ctx *ctx, peft_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Records err on the context and returns its code. */
 int peft_ctx_fail(peft_ctx *ctx, const peft_err *err);
+/* Copies err into a caller's peft_error (may be NULL); returns err->code. */
+int peft_error_set(peft_error *e, const peft_err *err);
 
 #endif

@@ -341,12 +341,12 @@ void embed_pool(const embed_pipeline *p, const float *hidden, int T, float *out)
     if (p->normalize) l2_normalize(out, p->dim);
 }
 
-int embed_ids(peft_model *m, const embed_pipeline *p, const int32_t *ids, const int32_t *types, int T, float *out,
-              peft_err *err) {
+int embed_ids_on(const peft_model *m, model_state *st, const embed_pipeline *p, const int32_t *ids,
+                 const int32_t *types, int T, float *out, peft_err *err) {
     if (T < 1) return peft_fail(err, PEFT_ERR_INVALID, "%s: nothing to embed (0 tokens)", m->path);
     float *hidden = peft_malloc((size_t)T * p->d_model * sizeof *hidden, err);
     if (!hidden) return PEFT_ERR_NOMEM;
-    int rc = model_forward_ex(m, ids, types, T, NULL, false, hidden, err);
+    int rc = model_forward_ex(m, st, ids, types, T, NULL, false, hidden, err);
     if (!rc) {
         for (size_t i = 0; i < (size_t)T * p->d_model; i++)
             if (!isfinite(hidden[i])) {
@@ -359,13 +359,42 @@ int embed_ids(peft_model *m, const embed_pipeline *p, const int32_t *ids, const 
     return rc;
 }
 
-int embed_text(peft_model *m, const embed_pipeline *p, const char *text, size_t len, float *out, peft_err *err) {
+int embed_text_on(const peft_model *m, model_state *st, const embed_pipeline *p, const char *text, size_t len,
+                  float *out, peft_err *err) {
     int32_t *ids = NULL;
     int n = 0;
-    int rc = embed_tokenize(m, p, text, len, &ids, &n, NULL, err);
+    int rc = embed_tokenize((peft_model *)m, p, text, len, &ids, &n, NULL, err);
     if (rc) return rc;
-    rc = embed_ids(m, p, ids, NULL, n, out, err);
+    rc = embed_ids_on(m, st, p, ids, NULL, n, out, err);
     free(ids);
+    return rc;
+}
+
+int embed_ids(peft_model *m, const embed_pipeline *p, const int32_t *ids, const int32_t *types, int T, float *out,
+              peft_err *err) {
+    model_state st;
+    model_state_init(&st, m->attached);
+    int rc = embed_ids_on(m, &st, p, ids, types, T, out, err);
+    model_state_free(&st);
+    return rc;
+}
+
+int embed_text(peft_model *m, const embed_pipeline *p, const char *text, size_t len, float *out, peft_err *err) {
+    model_state st;
+    model_state_init(&st, m->attached);
+    int rc = embed_text_on(m, &st, p, text, len, out, err);
+    model_state_free(&st);
+    return rc;
+}
+
+int embed_texts_on(const peft_model *m, model_state *st, const char *const *texts, int n, float *out, peft_err *err) {
+    if (n < 0 || (n > 0 && (!texts || !out))) return peft_fail(err, PEFT_ERR_INVALID, "peft_model_embed: bad arguments");
+    embed_pipeline p;
+    int rc = embed_pipeline_load((peft_model *)m, &p, err);
+    for (int i = 0; !rc && i < n; i++) {
+        if (!texts[i]) return peft_fail(err, PEFT_ERR_INVALID, "peft_model_embed: text %d is NULL", i);
+        rc = embed_text_on(m, st, &p, texts[i], strlen(texts[i]), out + (size_t)i * p.dim, err);
+    }
     return rc;
 }
 
@@ -382,12 +411,9 @@ int peft_model_embed_dim(peft_model *m) {
 int peft_model_embed(peft_model *m, const char *const *texts, int n, float *out) {
     peft_err *err = &m->ctx->err;
     peft_err_clear(err);
-    if (n < 0 || (n > 0 && (!texts || !out))) return peft_fail(err, PEFT_ERR_INVALID, "peft_model_embed: bad arguments");
-    embed_pipeline p;
-    int rc = embed_pipeline_load(m, &p, err);
-    for (int i = 0; !rc && i < n; i++) {
-        if (!texts[i]) return peft_fail(err, PEFT_ERR_INVALID, "peft_model_embed: text %d is NULL", i);
-        rc = embed_text(m, &p, texts[i], strlen(texts[i]), out + (size_t)i * p.dim, err);
-    }
+    model_state st;
+    model_state_init(&st, m->attached);
+    int rc = embed_texts_on(m, &st, texts, n, out, err);
+    model_state_free(&st);
     return rc;
 }

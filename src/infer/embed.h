@@ -50,11 +50,18 @@ int embed_tokenize(const peft_model *m, const embed_pipeline *p, const char *tex
  * normalizes it when p says so. */
 void embed_pool(const embed_pipeline *p, const float *hidden, int T, float *out);
 
-/* The embedding of one tokenized sequence (types NULL: all 0). */
+/* The embedding of one tokenized sequence (types NULL: all 0), run on st
+ * (its adapter applies). */
+int embed_ids_on(const peft_model *m, model_state *st, const embed_pipeline *p, const int32_t *ids,
+                 const int32_t *types, int T, float *out, peft_err *err);
+/* The embedding of one text: embed_tokenize, then embed_ids_on. */
+int embed_text_on(const peft_model *m, model_state *st, const embed_pipeline *p, const char *text, size_t len,
+                  float *out, peft_err *err);
+/* The same with the model's attached adapter, on a state of their own. */
 int embed_ids(peft_model *m, const embed_pipeline *p, const int32_t *ids, const int32_t *types, int T, float *out,
               peft_err *err);
-
-/* The embedding of one text: embed_tokenize, then embed_ids. */
 int embed_text(peft_model *m, const embed_pipeline *p, const char *text, size_t len, float *out, peft_err *err);
+/* n texts on st (peft_model_embed, peft_session_embed). */
+int embed_texts_on(const peft_model *m, model_state *st, const char *const *texts, int n, float *out, peft_err *err);
 
 #endif

@@ -49,9 +49,6 @@ void peft_model_free(peft_model *m) {
     free(m->layers);
     free(m->rope_cos);
     free(m->rope_sin);
-    free(m->kv.k);
-    free(m->kv.v);
-    free(m->ws);
     free(m->bf16_packs);
     bpe_free(m->tok);
     st_close(m->st);
@@ -127,9 +124,11 @@ int peft_token_eos(const peft_model *m) { return m->tok ? bpe_eos_id(m->tok) : -
 int peft_token_bos(const peft_model *m) { return m->tok ? bpe_bos_id(m->tok) : -1; }
 
 int peft_model_logits(peft_model *m, const int32_t *ids, int n_ids, float *out) {
-    model_reset(m);
-    int rc = model_forward(m, ids, n_ids, out, true, &m->ctx->err);
-    model_reset(m);
+    peft_err_clear(&m->ctx->err);
+    model_state st;
+    model_state_init(&st, m->attached);
+    int rc = model_forward(m, &st, ids, n_ids, out, true, &m->ctx->err);
+    model_state_free(&st);
     return rc;
 }
 

@@ -66,9 +66,41 @@ typedef struct {
 
 struct adapter;
 
+/* Adapters one sequence runs at once (peft_session_set_adapters). */
+#define MODEL_MAX_MIX 16
+
+/* One sequence's inference state (a peft_session's core): the adapters
+ * applied to it — none, one of any method at scale 1, or several additive
+ * ones each times a scale — and its KV cache. The model itself is read
+ * only in the forward, so any number of sequences run on it at once. */
+typedef struct model_seq {
+    const struct adapter *ad[MODEL_MAX_MIX];
+    float scale[MODEL_MAX_MIX];
+    int n_ad;
+    model_kv kv;
+    int n_past;           /* positions in the cache (virtual ones included) */
+} model_seq;
+
+/* A forward's workspace, grown on demand. */
+typedef struct {
+    float *p;
+    size_t n;
+} model_ws;
+
+/* A sequence with its own workspace and thread count: what single-sequence
+ * callers (generation, embeddings, merge checks, tests) run on. */
+typedef struct {
+    model_seq seq;
+    model_ws ws;
+    int nt;               /* 0: the context's */
+} model_state;
+
 struct peft_model {
     peft_ctx *ctx;
-    const struct adapter *lora;   /* the attached adapter (any method), applied in the forward */
+    /* peft_adapter_attach's adapter: what the model-level calls
+     * (peft_model_logits, peft_generate, peft_model_embed) run with; a
+     * setting made before the model is shared, like the compute precision */
+    const struct adapter *attached;
     char *path;
     char source[8];       /* "hf" or "gguf" */
     model_config cfg;
@@ -90,11 +122,6 @@ struct peft_model {
     char dtype_summary[256];
     uint16_t *bf16_packs;  /* all bf16 packs (peft_model_set_compute BF16), or NULL */
     size_t bf16_bytes;
-    /* inference state */
-    model_kv kv;
-    int n_past;
-    float *ws;            /* workspace */
-    size_t ws_floats;
 };
 
 /* Loading (model/load.c): fills m from m->path. */
@@ -129,9 +156,6 @@ int model_linear_hf_path(const peft_model *m, int layer, model_linear_role r, ch
 const char *model_hf_prefix(const peft_model *m);
 const char *model_linear_name(const peft_model *m, model_linear_role r);
 
-/* Inference forward (model/forward.c): processes T tokens at positions
- * n_past.. n_past+T-1 using and extending the KV cache. logits: (T, vocab)
- * when all_logits, else (1, vocab) for the last token; may be NULL. */
 /* q, k and v of a layer can share packs (one input, q and k rows multiples
  * of 32); model_qkv_fused: they do (bf16 compute): the forward pack of q
  * continues into k's and v's (one pack with N = q + k + v rows) and their
@@ -139,14 +163,38 @@ const char *model_linear_name(const peft_model *m, model_linear_role r);
 bool model_qkv_fusable(const model_layer *L);
 bool model_qkv_fused(const peft_model *m, int l);
 
-int model_forward(peft_model *m, const int32_t *ids, int T, float *logits, bool all_logits,
+/* Inference forward (model/forward.c) of n sequences at once: sequence i
+ * appends n_ids[i] tokens (ids: all of them, sequence after sequence) at
+ * its positions n_past.., using and extending its KV cache. The base
+ * model's products run once over every row; each sequence's adapters on its
+ * own rows (model_seq_mixable says which adapters allow sequences with
+ * other adapters in the same forward). logits: (n, vocab), each sequence's
+ * last token, or NULL. On failure no sequence has changed. */
+int model_forward_seqs(const peft_model *m, model_seq *const *seqs, int n, const int32_t *ids, const int *n_ids,
+                       float *logits, model_ws *ws, int nt, peft_err *err);
+/* One sequence: T tokens; logits (T, vocab) when all_logits, else (1,
+ * vocab) for the last token; may be NULL. types: token types (NULL: all
+ * 0); hidden (may be NULL): the last layer's hidden states of the real
+ * tokens (T, d). An encoder has no LM head (logits must be NULL) and no
+ * cache: every call is a whole sequence, attended in both directions. */
+int model_forward_ex(const peft_model *m, model_state *st, const int32_t *ids, const int32_t *types, int T,
+                     float *logits, bool all_logits, float *hidden, peft_err *err);
+int model_forward(const peft_model *m, model_state *st, const int32_t *ids, int T, float *logits, bool all_logits,
                   peft_err *err);
-/* The same with token types (NULL: all 0) and the last layer's hidden
- * states of the real tokens (T, d) into hidden (may be NULL). An encoder
- * has no LM head (logits must be NULL) and no cache: every call is a whole
- * sequence, attended in both directions. */
-int model_forward_ex(peft_model *m, const int32_t *ids, const int32_t *types, int T, float *logits, bool all_logits,
-                     float *hidden, peft_err *err);
-void model_reset(peft_model *m);
+
+/* A state with adapter a (NULL: the base) and an empty cache; nothing is
+ * allocated until the first forward. */
+void model_state_init(model_state *st, const struct adapter *a);
+void model_state_free(model_state *st);
+/* Forgets the cache (keeps its memory). */
+void model_state_reset(model_state *st);
+void model_seq_free(model_seq *s);
+void model_ws_free(model_ws *w);
+/* Whether a's whole effect is in hooks over rows (linears, sub-layers,
+ * virtual tokens and prefix rows at a sequence's start), so sequences with
+ * other adapters can share a forward; additive: also only deltas added to
+ * linear outputs, so it can be scaled and summed with others. */
+bool model_adapter_mixable(const struct adapter *a);
+bool model_adapter_additive(const struct adapter *a, const peft_model *m);
 
 #endif

@@ -80,6 +80,14 @@ adapter_tensor *adapter_find_tensor(const adapter *a, const char *key) {
     return NULL;
 }
 
+void adapter_retain(const adapter *a) { atomic_fetch_add(&((adapter *)a)->users, 1); }
+
+void adapter_release(const adapter *a) {
+    /* users counts the references besides the creator's: the one that
+     * finds none left is the last */
+    if (a && atomic_fetch_sub(&((adapter *)a)->users, 1) == 0) adapter_free((adapter *)a);
+}
+
 void adapter_free(adapter *a) {
     if (!a) return;
     if (a->ops && a->ops->free_priv) a->ops->free_priv(a);

@@ -20,6 +20,8 @@
 #include "model/model.h"
 #include "peft/modules_to_save.h"
 
+#include <stdatomic.h>
+
 typedef struct method_ops method_ops;   /* peft/method.h */
 
 /* The --method name of an adapter. */
@@ -84,9 +86,16 @@ typedef struct adapter {
     int n_tensors, cap_tensors;
     adapter_tensor *tensors;
     mts_head head;        /* the classification head (modules_to_save.h), shared by every method */
+    /* references besides its creator's: sessions using it (peft_session) */
+    atomic_int users;
 } adapter;
 
 void adapter_free(adapter *a);
+/* A session takes a reference (adapter_retain) and gives it back
+ * (adapter_release); the creator's is given back by adapter_release too.
+ * The last one frees a. */
+void adapter_retain(const adapter *a);
+void adapter_release(const adapter *a);
 /* Records m's shape in a; adapter_fits checks a model against it (a clear
  * PEFT_ERR_SHAPE naming what differs). */
 void adapter_set_signature(adapter *a, const peft_model *m);
@@ -152,6 +161,9 @@ int adapter_save(const adapter *a, const peft_model *m, const char *dir, peft_er
 int adapter_load(const peft_model *m, const char *dir, adapter **out, peft_err *err);
 /* A llama.cpp GGUF adapter file, for a method that has one (LoRA). */
 int adapter_export_gguf(const adapter *a, const peft_model *m, const char *path, peft_err *err);
+/* The adapter_config.json text of a (common keys, layers_to_transform, the
+ * method's own); the caller frees it. */
+char *adapter_config_json(const adapter *a, const peft_model *m, peft_err *err);
 /* dir/adapter_config.json (config_json) + dir/adapter_model.safetensors (the
  * saved tensors of the registry), atomically. */
 int adapter_write_folder(const adapter *a, const peft_model *m, const char *dir, const char *config_json,

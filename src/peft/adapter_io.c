@@ -103,7 +103,8 @@ int adapter_read_tensors(adapter *a, const st_archive *st, const char *st_path, 
     if (found != st_count(st)) {
         for (int i = 0; i < st_count(st); i++) {
             const char *nm = st_at(st, i)->name;
-            if (!adapter_find_tensor(a, nm))
+            /* an empty tensor carries nothing (HF's AdaLoRA writes a module that kept no rank so) */
+            if (!adapter_find_tensor(a, nm) && st_numel(st_at(st, i)) > 0)
                 return peft_fail(err, PEFT_ERR_SHAPE, "%s: tensor %s does not belong to this %s adapter on this model",
                                  st_path, nm, adapter_method_name(a));
         }
@@ -140,7 +141,7 @@ static bool add_layers(cJSON *o, const adapter *a) {
 
 /* A method's config: the common keys, layers_to_transform, then the
  * method's own. */
-static char *config_json(const adapter *a, const peft_model *m, peft_err *err) {
+char *adapter_config_json(const adapter *a, const peft_model *m, peft_err *err) {
     cJSON *o = cJSON_CreateObject();
     char *js = NULL;
     if (o && add_common(o, a, m, a->ops->peft_type) && ((a->ops->flags & METHOD_PROMPT_LEARNING) || add_layers(o, a)) &&
@@ -153,7 +154,7 @@ static char *config_json(const adapter *a, const peft_model *m, peft_err *err) {
 
 int adapter_save(const adapter *a, const peft_model *m, const char *dir, peft_err *err) {
     if (a->ops && a->ops->save) return a->ops->save(a, m, dir, err);
-    char *js = config_json(a, m, err);
+    char *js = adapter_config_json(a, m, err);
     if (!js) return peft_fail(err, PEFT_ERR_NOMEM, "%s: cannot build the adapter config", dir);
     int rc = adapter_write_folder(a, m, dir, js, err);
     free(js);

@@ -136,13 +136,26 @@ int peft_adapter_save(peft_model *m, const peft_adapter *a, const char *dir) {
     return adapter_save(AS_LORA(a), m, dir, &m->ctx->err);
 }
 
-void peft_adapter_free(peft_adapter *a) { adapter_free(AS_LORA(a)); }
+void peft_adapter_free(peft_adapter *a) { if (a) adapter_release(AS_LORA(a)); }
+
+int peft_adapter_users(const peft_adapter *a) { return a ? atomic_load(&AS_LORA(a)->users) : 0; }
+
+peft_adapter *peft_adapter_load_err(peft_model *m, const char *dir, peft_error *e) {
+    peft_err err = {0};
+    adapter *a = NULL;
+    if (adapter_load(m, dir, &a, &err)) {
+        if (e) peft_error_set(e, &err);
+        return NULL;
+    }
+    if (e) e->status = 0, e->msg[0] = 0;
+    return AS_PUB(a);
+}
 
 int64_t peft_adapter_n_params(const peft_adapter *a) { return AS_LORA(a)->n_params; }
 
 int peft_adapter_attach(peft_model *m, const peft_adapter *a) {
     if (a && adapter_fits(AS_LORA(a), m, &m->ctx->err)) return m->ctx->err.code;
-    m->lora = AS_LORA(a);
+    m->attached = AS_LORA(a);
     return 0;
 }
 

@@ -45,12 +45,10 @@ static int check_ids(peft_model *m, int s, int32_t *ids) {
 
 /* Logits of m (with adapter a attached, or none) for ids, into out. */
 static int logits_with(peft_model *m, const adapter *a, const int32_t *ids, int n, float *out, peft_err *err) {
-    const struct adapter *saved = m->lora;
-    m->lora = a;
-    model_reset(m);
-    int rc = model_forward(m, ids, n, out, true, err);
-    model_reset(m);
-    m->lora = saved;
+    model_state st;
+    model_state_init(&st, a);
+    int rc = model_forward(m, &st, ids, n, out, true, err);
+    model_state_free(&st);
     return rc;
 }
 

@@ -182,6 +182,22 @@ struct method_ops {
     void (*merge_bias)(const adapter *a, int l, model_linear_role r, float *bias, int n);
     /* A line for `peft train`'s summary: "r=8 on 4 modules". */
     void (*describe)(const adapter *a, char *buf, size_t cap);
+
+    /* training hooks (train/trainer.c), for methods that change during a
+     * run (AdaLoRA's rank allocator):
+     *   train_begin  before the first of total_steps optimizer steps
+     *                (start_step > 0: a resume); checks the run fits the
+     *                method's schedule;
+     *   extra_loss   once per optimizer step, after the backward of its
+     *                micro-batches and before clipping: the method's own
+     *                term of the loss into *loss, its gradient added to
+     *                a->grads (a regulariser);
+     *   step_end     after optimizer step `step` (0-based), a->grads still
+     *                the step's clipped gradient (HF calls AdaLoRA's
+     *                update_and_allocate there, before zero_grad). */
+    int (*train_begin)(adapter *a, const peft_model *m, int total_steps, int start_step, peft_err *err);
+    int (*extra_loss)(adapter *a, const peft_model *m, double *loss, peft_err *err);
+    int (*step_end)(adapter *a, const peft_model *m, int step, int total_steps, peft_err *err);
 };
 
 /* HF's prompt-learning methods: one wrapper level less in the head's key

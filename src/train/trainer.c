@@ -581,6 +581,8 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
         unlink(metrics);
     }
 
+    if (a->ops->train_begin && (rc = a->ops->train_begin(a, m, total, step, err))) goto done;
+
     const int eval_b = p->batch;
     if (val && val->n > 0 && step == 0) {
         double acc0 = NAN;
@@ -638,6 +640,12 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
             step_loss += p->norm == LOSS_NORM_TOKENS ? ls / (double)step_targets : ls / ((double)nt * p->accum);
         }
         tokens += step_tokens;
+        /* the method's own term (AdaLoRA's orthogonal regulariser): once a step, clipped with the rest */
+        if (a->ops->extra_loss) {
+            double xl = 0;
+            if ((rc = a->ops->extra_loss(a, m, &xl, err))) goto done;
+            step_loss += xl;
+        }
         double gn = grad_norm(a->grads, a->n_params);
         if (!isfinite(gn)) {
             rc = peft_fail(err, PEFT_ERR_NUMERIC, "step %d: the gradient is not finite; stopping", step + 1);
@@ -648,6 +656,11 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
         adamw_step_segments(&opt, a->params, a->grads, seg, n_seg, sched_factor(&op, step), &op);
         /* DoRA norms, a projected prefix table: follow the new parameters */
         if ((rc = adapter_refresh(a, m, err))) goto done;
+        /* AdaLoRA's rank allocator: after the step, before the gradients are cleared */
+        if (a->ops->step_end) {
+            if ((rc = a->ops->step_end(a, m, step, total, err))) goto done;
+            if ((rc = adapter_refresh(a, m, err))) goto done;
+        }
 
         if (step == start_step) res->first_loss = step_loss;
         res->last_loss = step_loss;

@@ -152,24 +152,22 @@ static int prompt_wire(adapter *a, const peft_model *m, peft_err *err) {
 /* Prefix tuning initialised from real keys and values: the base model runs
  * P tokens (sampled ids, or an init text's tokens repeated) and its KV cache
  * rows become the table, so the prefix starts as a plausible context
- * instead of N(0, 1) noise. Uses (and resets) the model's inference state. */
-static int prefix_from_tokens(prompt *v, const peft_model *cm, const int32_t *ids, peft_err *err) {
-    peft_model *m = (peft_model *)cm;
+ * instead of N(0, 1) noise. */
+static int prefix_from_tokens(prompt *v, const peft_model *m, const int32_t *ids, peft_err *err) {
     const int P = v->P, hd = m->cfg.head_dim, nkv = m->cfg.n_kv_head, kvd = v->kvd;
-    const struct adapter *saved = m->lora;
-    m->lora = NULL;
-    model_reset(m);
-    int rc = model_forward(m, ids, P, NULL, false, err);
-    m->lora = saved;
+    model_state st;
+    model_state_init(&st, NULL);
+    int rc = model_forward(m, &st, ids, P, NULL, false, err);
+    const model_kv *kv = &st.seq.kv;
     for (int l = 0; !rc && l < v->n_layer; l++)
         for (int p = 0; p < P; p++)
             for (int g = 0; g < nkv; g++) {
-                const size_t src = (size_t)l * nkv * m->kv.cap * hd + ((size_t)g * m->kv.cap + p) * hd;
+                const size_t src = (size_t)l * nkv * kv->cap * hd + ((size_t)g * kv->cap + p) * hd;
                 float *row = v->table + (size_t)p * v->W;
-                memcpy(row + (size_t)(2 * l) * kvd + (size_t)g * hd, m->kv.k + src, (size_t)hd * sizeof(float));
-                memcpy(row + (size_t)(2 * l + 1) * kvd + (size_t)g * hd, m->kv.v + src, (size_t)hd * sizeof(float));
+                memcpy(row + (size_t)(2 * l) * kvd + (size_t)g * hd, kv->k + src, (size_t)hd * sizeof(float));
+                memcpy(row + (size_t)(2 * l + 1) * kvd + (size_t)g * hd, kv->v + src, (size_t)hd * sizeof(float));
             }
-    model_reset(m);
+    model_state_free(&st);
     return rc;
 }
 

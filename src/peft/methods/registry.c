@@ -4,7 +4,7 @@
 #include "peft/method.h"
 
 extern const method_ops method_lora, method_dora, method_adapter_pfeiffer, method_adapter_houlsby, method_prompt, method_prefix, method_ia3,
-    method_vera, method_bitfit, method_full, method_loha, method_lokr;
+    method_vera, method_bitfit, method_full, method_loha, method_lokr, method_adalora;
 
 static const method_ops *const registry[] = {
     &method_lora,
@@ -19,6 +19,7 @@ static const method_ops *const registry[] = {
     &method_full,
     &method_loha,
     &method_lokr,
+    &method_adalora,
     NULL,
 };
 
