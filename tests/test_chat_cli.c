@@ -72,10 +72,13 @@ static char *say(int fd, term *t, const char *line) {
     return out;
 }
 
-/* peft generate --chat's reply to one message (trailing newline dropped). */
+/* peft generate --chat's reply to one message (trailing newline dropped);
+ * --exact-decode: peft chat decodes EXACT (the library's default), generate
+ * FAST unless told. */
 static char *generate_reply(const char *msg) {
     char args[1024], out[16384];
-    snprintf(args, sizeof args, "generate --model %s --chat --no-echo --threads 2 --max-tokens %d --prompt '%s'",
+    snprintf(args, sizeof args,
+             "generate --model %s --chat --no-echo --threads 2 --max-tokens %d --exact-decode --prompt '%s'",
              model_path(), MAXTOK, msg);
     char cmd[2048];
     snprintf(cmd, sizeof cmd, "%s %s 2>/dev/null", getenv("PEFT_CLI"), args);
