@@ -73,8 +73,9 @@ static char *say(int fd, term *t, const char *line) {
 }
 
 /* peft generate --chat's reply to one message (trailing newline dropped);
- * --exact-decode: peft chat decodes EXACT (the library's default), generate
- * FAST unless told. */
+ * both run with --exact-decode, so that the prompt's products are the same
+ * f32 ones whether its tokens came in one call or turn by turn (8-bit
+ * activations, the default, round differently for 1-4 rows than a GEMM). */
 static char *generate_reply(const char *msg) {
     char args[1024], out[16384];
     snprintf(args, sizeof args,
@@ -138,7 +139,7 @@ static void chat_in_a_terminal(void) {
     pid_t pid = forkpty(&fd, NULL, NULL, NULL);
     if (pid == 0) {
         char *argv[] = {(char *)getenv("PEFT_CLI"), "chat", "--model", (char *)model_path(), "--threads", "2",
-                        "--max-tokens", maxtok, NULL};
+                        "--max-tokens", maxtok, "--exact-decode", NULL};
         execv(argv[0], argv);
         _exit(127);
     }
@@ -173,7 +174,7 @@ static void chat_in_a_terminal(void) {
         /* piped: the same replies, one per line, no prompts */
         char cmd[2048], out[16384];
         snprintf(cmd, sizeof cmd, "printf '%%s\\n%%s\\n/reset\\n%%s\\n' '%s' '%s' '%s' | %s chat --model %s --threads 2 "
-                 "--max-tokens %d 2>/dev/null", q1, q2, q3, getenv("PEFT_CLI"), model_path(), MAXTOK);
+                 "--max-tokens %d --exact-decode 2>/dev/null", q1, q2, q3, getenv("PEFT_CLI"), model_path(), MAXTOK);
         CHECK_OK(test_run_shell(cmd, out, sizeof out));
         char want[16384];
         snprintf(want, sizeof want, "%s\n%s\n%s\n", want1 ? want1 : "", want2 ? want2 : "", want3 ? want3 : "");

@@ -25,7 +25,8 @@ static void usage(FILE *f) {
             "  --top-k K          sample from the K most likely tokens (0 = off)\n"
             "  --top-p P          nucleus sampling mass (1 = off)\n"
             "  --seed S           sampling seed (default 42)\n"
-            "  --threads N        threads (default: all cores)\n");
+            "  --threads N        threads (default: all cores)\n"
+            "  --exact-decode     decode on f32 activations (default: 8-bit on quantized weights, as llama.cpp)\n");
 }
 
 typedef struct {
@@ -133,7 +134,7 @@ int cmd_chat(int argc, char **argv) {
     peft_sample_params sp = peft_sample_default_params();
     sp.max_tokens = 512;
     int threads = 0, seed = 42;
-    bool bad = false, verbose = false;
+    bool bad = false, verbose = false, exact = false;
     while (a.i < argc && !bad) {
         if ((v = cli_opt(&a, "--model", &bad))) model = v;
         else if ((v = cli_opt(&a, "--adapter", &bad))) adapter_dir = v;
@@ -145,6 +146,7 @@ int cmd_chat(int argc, char **argv) {
         else if ((v = cli_opt(&a, "--seed", &bad))) bad = cli_int(a.cmd, "--seed", v, 0, 2147483647, &seed) != 0;
         else if ((v = cli_opt(&a, "--threads", &bad))) bad = cli_int(a.cmd, "--threads", v, 1, 1024, &threads) != 0;
         else if (cli_flag(&a, "--verbose")) verbose = true;
+        else if (cli_flag(&a, "--exact-decode")) exact = true;
         else if (cli_flag(&a, "--help")) { usage(stdout); return 0; }
         else if (!bad) {
             fprintf(stderr, "peft chat: unknown option \"%s\"\n", argv[a.i]);
@@ -170,6 +172,7 @@ int cmd_chat(int argc, char **argv) {
     peft_error e = {0};
     peft_model_info info;
     if (!m || peft_model_get_info(m, &info)) { fprintf(stderr, "peft chat: %s\n", peft_last_error(ctx)); goto out; }
+    peft_model_set_decode(m, exact ? PEFT_DECODE_EXACT : PEFT_DECODE_FAST);
     if (info.arch == PEFT_ARCH_BERT) {
         fprintf(stderr, "peft chat: %s is an encoder (%s): it has no language-model head to talk with\n", model,
                 info.arch_name);

@@ -26,6 +26,7 @@ static void usage(FILE *f) {
             "  --max-batch N        requests decoding together (default 32)\n"
             "  --max-queue N        requests waiting beyond those; more are refused with 429 (default 64)\n"
             "  --ctx N              context per request, prompt and generation (default and most: the model's)\n"
+            "  --exact-decode       decode on f32 activations (default: 8-bit on quantized weights, as llama.cpp)\n"
             "  --step-delay-ms N    pause N ms after every batch step (testing: keeps requests in flight; default 0)\n"
             "  --verbose            log loads, unloads and libmicrohttpd's errors to stderr\n");
 }
@@ -78,7 +79,7 @@ int cmd_serve(int argc, char **argv) {
     const char *model = NULL, *host = "127.0.0.1", *api_key = getenv("PEFT_API_KEY"), *v;
     const char *adapters[256];
     int n_adapters = 0, port = 8080, threads = 0, max_batch = 32, max_queue = 64, ctx_len = 0, step_delay = 0;
-    bool bad = false, verbose = false;
+    bool bad = false, verbose = false, exact = false;
     while (a.i < argc && !bad) {
         if ((v = cli_opt(&a, "--model", &bad))) model = v;
         else if ((v = cli_opt(&a, "--adapter", &bad))) {
@@ -93,6 +94,7 @@ int cmd_serve(int argc, char **argv) {
         else if ((v = cli_opt(&a, "--ctx", &bad))) bad = cli_int(a.cmd, "--ctx", v, 2, 1 << 24, &ctx_len) != 0;
         else if ((v = cli_opt(&a, "--step-delay-ms", &bad))) bad = cli_int(a.cmd, "--step-delay-ms", v, 0, 10000, &step_delay) != 0;
         else if (cli_flag(&a, "--verbose")) verbose = true;
+        else if (cli_flag(&a, "--exact-decode")) exact = true;
         else if (cli_flag(&a, "--help")) { usage(stdout); return 0; }
         else if (!bad) {
             fprintf(stderr, "peft serve: unknown option \"%s\"\n", argv[a.i]);
@@ -155,6 +157,7 @@ int cmd_serve(int argc, char **argv) {
         free_server(&s);
         return 1;
     }
+    peft_model_set_decode(s.model, exact ? PEFT_DECODE_EXACT : PEFT_DECODE_FAST);
     peft_model_get_info(s.model, &s.info);
     if (s.info.arch == PEFT_ARCH_BERT) {
         fprintf(stderr, "peft serve: %s is an encoder (%s): it has no language-model head to generate with\n", model,
