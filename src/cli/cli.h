@@ -30,6 +30,10 @@ const char *cli_opt(cli_args *a, const char *name, bool *bad);
 bool cli_flag(cli_args *a, const char *name);
 int cli_int(const char *cmd, const char *name, const char *v, long lo, long hi, int *out);
 int cli_float(const char *cmd, const char *name, const char *v, double lo, double hi, float *out);
+/* The sampling options shared by generate and chat (--max-tokens,
+ * --temperature, --top-k, --top-p, --seed) into sp: whether the current
+ * argument was one of them (*bad set on a bad value). */
+bool cli_sample_opt(cli_args *a, peft_sample_params *sp, bool *bad);
 /* A context whose log prints warnings and errors to stderr. */
 peft_ctx *cli_ctx(int n_threads, bool verbose);
 /* base_model_name_or_path from DIR/adapter_config.json (malloc'ed) or NULL:

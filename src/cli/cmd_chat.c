@@ -133,17 +133,13 @@ int cmd_chat(int argc, char **argv) {
     const char *model = NULL, *adapter_dir = NULL, *system = NULL, *v;
     peft_sample_params sp = peft_sample_default_params();
     sp.max_tokens = 512;
-    int threads = 0, seed = 42;
+    int threads = 0;
     bool bad = false, verbose = false, exact = false;
     while (a.i < argc && !bad) {
         if ((v = cli_opt(&a, "--model", &bad))) model = v;
         else if ((v = cli_opt(&a, "--adapter", &bad))) adapter_dir = v;
         else if ((v = cli_opt(&a, "--system", &bad))) system = v;
-        else if ((v = cli_opt(&a, "--max-tokens", &bad))) bad = cli_int(a.cmd, "--max-tokens", v, 1, 1000000, &sp.max_tokens) != 0;
-        else if ((v = cli_opt(&a, "--temperature", &bad))) bad = cli_float(a.cmd, "--temperature", v, 0, 100, &sp.temperature) != 0;
-        else if ((v = cli_opt(&a, "--top-k", &bad))) bad = cli_int(a.cmd, "--top-k", v, 0, 10000000, &sp.top_k) != 0;
-        else if ((v = cli_opt(&a, "--top-p", &bad))) bad = cli_float(a.cmd, "--top-p", v, 0, 1, &sp.top_p) != 0;
-        else if ((v = cli_opt(&a, "--seed", &bad))) bad = cli_int(a.cmd, "--seed", v, 0, 2147483647, &seed) != 0;
+        else if (cli_sample_opt(&a, &sp, &bad)) continue;
         else if ((v = cli_opt(&a, "--threads", &bad))) bad = cli_int(a.cmd, "--threads", v, 1, 1024, &threads) != 0;
         else if (cli_flag(&a, "--verbose")) verbose = true;
         else if (cli_flag(&a, "--exact-decode")) exact = true;
@@ -160,7 +156,6 @@ int cmd_chat(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    sp.seed = (uint64_t)seed;
     peft_ctx *ctx = cli_ctx(threads, verbose);
     if (!ctx) return 1;
     peft_model *m = peft_model_load(ctx, model);

@@ -37,7 +37,7 @@ int cmd_generate(int argc, char **argv) {
     const char *model = NULL, *adapter_dir = NULL, *prompt = NULL, *prompt_file = NULL, *compute = NULL, *v;
     bool bf16 = false;
     peft_sample_params sp = peft_sample_default_params();
-    int threads = 0, seed = 42;
+    int threads = 0;
     bool stats = false, echo = true, bad = false, verbose = false, exact = false;
     while (a.i < argc && !bad) {
         if ((v = cli_opt(&a, "--model", &bad))) model = v;
@@ -45,11 +45,7 @@ int cmd_generate(int argc, char **argv) {
         else if ((v = cli_opt(&a, "--prompt", &bad))) prompt = v;
         else if ((v = cli_opt(&a, "--prompt-file", &bad))) prompt_file = v;
         else if ((v = cli_opt(&a, "--system", &bad))) sp.system = v;
-        else if ((v = cli_opt(&a, "--max-tokens", &bad))) bad = cli_int(a.cmd, "--max-tokens", v, 1, 1000000, &sp.max_tokens) != 0;
-        else if ((v = cli_opt(&a, "--temperature", &bad))) bad = cli_float(a.cmd, "--temperature", v, 0, 100, &sp.temperature) != 0;
-        else if ((v = cli_opt(&a, "--top-k", &bad))) bad = cli_int(a.cmd, "--top-k", v, 0, 10000000, &sp.top_k) != 0;
-        else if ((v = cli_opt(&a, "--top-p", &bad))) bad = cli_float(a.cmd, "--top-p", v, 0, 1, &sp.top_p) != 0;
-        else if ((v = cli_opt(&a, "--seed", &bad))) bad = cli_int(a.cmd, "--seed", v, 0, 2147483647, &seed) != 0;
+        else if (cli_sample_opt(&a, &sp, &bad)) continue;
         else if ((v = cli_opt(&a, "--threads", &bad))) bad = cli_int(a.cmd, "--threads", v, 1, 1024, &threads) != 0;
         else if ((v = cli_opt(&a, "--compute", &bad))) compute = v;
         else if (cli_flag(&a, "--bf16")) bf16 = true;
@@ -71,7 +67,6 @@ int cmd_generate(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    sp.seed = (uint64_t)seed;
     char *file_text = NULL;
     if (prompt_file) {
         FILE *f = fopen(prompt_file, "rb");

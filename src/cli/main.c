@@ -81,6 +81,21 @@ int cli_float(const char *cmd, const char *name, const char *v, double lo, doubl
     return 0;
 }
 
+bool cli_sample_opt(cli_args *a, peft_sample_params *sp, bool *bad) {
+    const char *v;
+    int seed;
+    if ((v = cli_opt(a, "--max-tokens", bad))) *bad |= cli_int(a->cmd, "--max-tokens", v, 1, 1000000, &sp->max_tokens) != 0;
+    else if ((v = cli_opt(a, "--temperature", bad))) *bad |= cli_float(a->cmd, "--temperature", v, 0, 100, &sp->temperature) != 0;
+    else if ((v = cli_opt(a, "--top-k", bad))) *bad |= cli_int(a->cmd, "--top-k", v, 0, 10000000, &sp->top_k) != 0;
+    else if ((v = cli_opt(a, "--top-p", bad))) *bad |= cli_float(a->cmd, "--top-p", v, 0, 1, &sp->top_p) != 0;
+    else if ((v = cli_opt(a, "--seed", bad))) {
+        *bad |= cli_int(a->cmd, "--seed", v, 0, 2147483647, &seed) != 0;
+        if (!*bad) sp->seed = (uint64_t)seed;
+    } else
+        return *bad;
+    return true;
+}
+
 static void log_stderr(peft_log_level level, const char *msg, void *user) {
     (void)user;
     static const char *const names[] = {"error", "warning", "info", "debug"};

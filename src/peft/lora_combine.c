@@ -634,28 +634,5 @@ peft_combine_params peft_combine_default_params(void) {
 
 peft_adapter *peft_adapter_combine(peft_model *m, const peft_adapter *const *adapters, const double *weights, int n,
                                    const peft_combine_params *p) {
-    peft_err *err = &m->ctx->err;
-    peft_combine_params d = peft_combine_default_params();
-    if (!p) p = &d;
-    if (!adapters || !weights || n < 1) {
-        peft_fail(err, PEFT_ERR_INVALID, "combine: no adapters given");
-        return NULL;
-    }
-    combine_opts o = combine_default_opts();
-    if (p->type && combine_type_parse(p->type, &o.type, err)) return NULL;
-    if (p->majority_sign && strcmp(p->majority_sign, "total") != 0) {
-        if (strcmp(p->majority_sign, "frequency") != 0) {
-            peft_fail(err, PEFT_ERR_INVALID, "combine: majority sign method \"%s\" (expected total or frequency)",
-                      p->majority_sign);
-            return NULL;
-        }
-        o.sign_frequency = true;
-    }
-    o.density = p->density;
-    o.svd_rank = p->svd_rank;
-    o.svd_clamp = p->svd_clamp;
-    o.seed = p->seed;
-    adapter *out = NULL;
-    if (lora_combine(m, (const adapter *const *)adapters, weights, n, NULL, &o, &out, err)) return NULL;
-    return (peft_adapter *)out;
+    return peft_adapter_combine_named(m, adapters, weights, NULL, n, p);
 }
