@@ -77,8 +77,7 @@ void peft_dataset_get_info(const peft_dataset *ds, peft_dataset_info *out) {
 
 /* ---- runs --------------------------------------------------------------------- */
 
-/* The trainer's parameters from the public ones. */
-static int to_train_params(const peft_train_params *p, const peft_train_hooks *h, train_params *t, peft_err *err) {
+int train_params_from_public(const peft_train_params *p, const peft_train_hooks *h, train_params *t, peft_err *err) {
     *t = train_default_params();
     if (!p) return 0;
     t->batch = p->batch;
@@ -131,7 +130,7 @@ int peft_train_plan(peft_model *m, peft_adapter *a, const peft_dataset *train, c
     peft_err *err = &m->ctx->err;
     train_params t;
     train_memplan plan;
-    if (to_train_params(p, NULL, &t, err) ||
+    if (train_params_from_public(p, NULL, &t, err) ||
         train_memory_plan(m, AS_AD(a), &train->d, val ? &val->d : NULL, &t, checkpoint_every, &plan, err))
         return err->code;
     to_plan(&plan, out);
@@ -143,7 +142,7 @@ int peft_train_fit(peft_model *m, peft_adapter *a, const peft_dataset *train, co
     peft_err *err = &m->ctx->err;
     train_params t;
     train_memplan plan;
-    if (to_train_params(p, NULL, &t, err) ||
+    if (train_params_from_public(p, NULL, &t, err) ||
         train_fit_memory(m, AS_AD(a), &train->d, val ? &val->d : NULL, &t, budget, checkpoint_every, &plan, err))
         return err->code;
     to_plan(&plan, out);
@@ -171,7 +170,7 @@ int peft_train_dataset(peft_model *m, peft_adapter *a, const peft_dataset *train
     peft_err *err = &m->ctx->err;
     if (!p || !p->out_dir) return peft_fail(err, PEFT_ERR_INVALID, "training needs an output folder");
     train_params t;
-    if (to_train_params(p, h, &t, err)) return err->code;
+    if (train_params_from_public(p, h, &t, err)) return err->code;
     progress_relay r = {h ? h->progress : NULL, h ? h->user : NULL};
     if (r.fn) {
         t.progress = relay;

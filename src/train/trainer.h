@@ -64,6 +64,10 @@ typedef struct {
 } train_result;
 
 train_params train_default_params(void);
+/* The trainer's parameters from the public ones (peft_train,
+ * peft_train_dataset; h may be NULL); PEFT_ERR_INVALID for an unknown
+ * schedule. */
+int train_params_from_public(const peft_train_params *p, const peft_train_hooks *h, train_params *t, peft_err *err);
 
 /* Trains a's parameters on train (val may be NULL). Writes the final adapter
  * to out_dir in the HF PEFT format. */
