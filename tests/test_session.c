@@ -9,8 +9,9 @@
  *   - what cannot share a batch or be scaled is refused, and a refused or
  *     failed batch leaves every cache as it was;
  *   - threads generating from one model with different adapters get
- *     exactly what running them one after another gives (this file also
- *     runs under ThreadSanitizer in CI: scripts/test.sh --tsan);
+ *     exactly what running them one after another gives, and so do ten
+ *     methods' sessions decoding at once (this file also runs under
+ *     ThreadSanitizer in CI: scripts/test.sh --tsan);
  *   - an adapter freed by its owner while a session uses it lives until the
  *     session lets go. */
 #include "peft/lora.h"
@@ -447,10 +448,71 @@ static void threads_share_one_model(void) {
     close_model(&e);
 }
 
+/* Every method's forward only reads its adapter: sessions of each method
+ * decoding at once on their threads give what they give one after another
+ * (ThreadSanitizer in CI watches the adapters' state as well). */
+#define N_METHODS 10
+
+typedef struct {
+    peft_model *m;
+    peft_adapter *ad;
+    float out[64];
+    int rc;
+} mjob;
+
+static void *run_mjob(void *u) {
+    mjob *j = u;
+    peft_error pe;
+    peft_session *s = peft_session_new(j->m, &pe);
+    if (!s) { j->rc = pe.status; return NULL; }
+    peft_session_set_threads(s, 1);
+    const int V = j->m->cfg.vocab;
+    float *lg = malloc(sizeof *lg * (size_t)V);
+    int32_t ids[6] = {3, 41, 5, 99, 17, 2};
+    j->rc = lg ? peft_session_set_adapter(s, j->ad) : PEFT_ERR_NOMEM;
+    if (!j->rc) j->rc = peft_session_decode(s, ids, 4, lg);
+    for (int t = 4; !j->rc && t < 6; t++) j->rc = peft_session_decode(s, ids + t, 1, lg);
+    if (!j->rc) memcpy(j->out, lg, sizeof j->out);
+    free(lg);
+    peft_session_free(s);
+    return NULL;
+}
+
+static void every_method_decodes_on_threads_at_once(void) {
+    env e;
+    if (open_model(&e, MFIX "tiny-llama", 1)) { CHECK(0); return; }
+    const uint32_t qvd = (1u << ROLE_Q) | (1u << ROLE_V) | (1u << ROLE_DOWN);
+    static const char *const names[N_METHODS] = {"lora", "dora", "ia3", "loha", "lokr", "vera", "adapter-pfeiffer",
+                                                 "prompt", "prefix", "adalora"};
+    adapter *ad[N_METHODS];
+    mjob seq[N_METHODS], par[N_METHODS];
+    for (int i = 0; i < N_METHODS; i++) {
+        const bool qv = !strcmp(names[i], "loha") || !strcmp(names[i], "lokr") || !strcmp(names[i], "vera");
+        ad[i] = make_adapter(e.m, names[i], i >= 6 && i < 9 ? (i == 6 ? "reduction_factor=8" : "num_virtual_tokens=3") : NULL,
+                             qv ? qvd : 0, 40 + (uint64_t)i);
+        CHECK_MSG(ad[i] != NULL, "%s not made", names[i]);
+        seq[i] = (mjob){.m = e.m, .ad = (peft_adapter *)ad[i]};
+        par[i] = seq[i];
+        run_mjob(&seq[i]);
+        CHECK_OK(seq[i].rc);
+    }
+    pthread_t th[N_METHODS];
+    for (int i = 0; i < N_METHODS; i++) CHECK(pthread_create(&th[i], NULL, run_mjob, &par[i]) == 0);
+    for (int i = 0; i < N_METHODS; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < N_METHODS; i++) {
+        CHECK_OK(par[i].rc);
+        CHECK_MSG(!memcmp(par[i].out, seq[i].out, sizeof seq[i].out), "%s: logits on a thread differ", names[i]);
+    }
+    printf("    %d methods decoding on %d threads at once: logits equal to one after another\n", N_METHODS, N_METHODS);
+    for (int i = 0; i < N_METHODS; i++) adapter_free(ad[i]);
+    close_model(&e);
+}
+
 int main(void) {
     TEST_RUN(mixed_batch_equals_each_session_alone);
     TEST_RUN(scaled_loras_are_scaled_deltas);
     TEST_RUN(what_cannot_mix_is_refused);
     TEST_RUN(threads_share_one_model);
+    TEST_RUN(every_method_decodes_on_threads_at_once);
     TEST_MAIN_END();
 }
