@@ -272,6 +272,44 @@ static void test_matvec_q8(void) {
     }
 }
 
+/* A batched decoding step (5 to KERN_MATVEC_Q8_MAX_T rows, one per
+ * sequence) on 8-bit activations reads the weight once for all rows, and
+ * each row gets the bits it gets alone; past that, the GEMM path. */
+static void test_matvec_q8_batches_equal_rows_alone(void) {
+    const kern_qdot_unit u = kern_qdot_unit_best();
+    if (u == KERN_QDOT_NONE) TEST_SKIP_HW("no AVX2 + FMA + F16C here: q8_act decodes on f32 activations");
+    peft_rng rng;
+    peft_rng_seed(&rng, 9);
+    static const int Ts[] = {5, 13, KERN_MATVEC_Q8_MAX_T};
+    for (int ti = 0; ti < NTYPES; ti++) {
+        const peft_dtype dt = TYPES[ti];
+        const int64_t be = kern_dtype_block_elems(dt), K = be == 256 ? 512 : 320;
+        const int N = 77;
+        const size_t rb = kern_dtype_row_bytes(dt, K);
+        uint8_t *w = malloc(rb * N);
+        random_blocks(dt, w, rb * N, &rng);
+        kern_weight kw = {dt, N, K, w, false, NULL, NULL, 0, true};
+        CHECK(kern_matvec_takes(&kw, KERN_MATVEC_Q8_MAX_T) && !kern_matvec_takes(&kw, KERN_MATVEC_Q8_MAX_T + 1));
+        float *scr = malloc(sizeof(float) * kern_matmul_scratch_floats(K, 2));
+        for (size_t k = 0; k < sizeof Ts / sizeof *Ts; k++) {
+            const int T = Ts[k];
+            float *x = malloc(sizeof(float) * K * T), *y = malloc(sizeof(float) * N * T), *y1 = malloc(sizeof(float) * N);
+            fill_x(x, K * T, &rng);
+            CHECK_OK(kern_matmul(y, N, x, T, &kw, NULL, 0.0f, scr, 2));
+            for (int t = 0; t < T; t++) {
+                CHECK_OK(kern_matmul(y1, N, x + (size_t)t * K, 1, &kw, NULL, 0.0f, scr, 2));
+                if (memcmp(y1, y + (size_t)t * N, sizeof(float) * N))
+                    TEST_FAIL("%s: row %d of a %d-row product differs from the row alone", peft_dtype_name(dt), t, T);
+            }
+            free(x);
+            free(y);
+            free(y1);
+        }
+        free(scr);
+        free(w);
+    }
+}
+
 /* A weight without q8_act (or of a type without a kernel) keeps the f32
  * products: the same bits as before this path existed. */
 static void test_flag_off_and_other_types_stay_f32(void) {
@@ -308,6 +346,7 @@ int main(void) {
     TEST_RUN(test_avx2_equals_reference);
     TEST_RUN(test_vnni_equals_reference);
     TEST_RUN(test_matvec_q8);
+    TEST_RUN(test_matvec_q8_batches_equal_rows_alone);
     TEST_RUN(test_flag_off_and_other_types_stay_f32);
     TEST_MAIN_END();
 }

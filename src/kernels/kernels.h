@@ -54,6 +54,13 @@ int kern_matmul(float *y, int ldy, const float *x, int T, const kern_weight *w,
  * dots straight from the stored blocks, no tile conversion. kern_matmul
  * calls it by itself when T is small; scratch as kern_matvec_scratch_floats. */
 #define KERN_MATVEC_MAX_T 4
+/* On 8-bit activations (q8_act) up to this many rows: each chunk of W's
+ * rows, read once, meets every row of x, four at a time, so a batched
+ * decoding step (one row per sequence) reads the weight once, and each
+ * row's result is the one it gets alone. */
+#define KERN_MATVEC_Q8_MAX_T 32
+/* Whether kern_matmul hands this product (T rows of x) to kern_matvec. */
+bool kern_matvec_takes(const kern_weight *w, int T);
 size_t kern_matvec_scratch_floats(int64_t K, int n_threads);
 int kern_matvec(float *y, int ldy, const float *x, int T, const kern_weight *w, const float *bias,
                 float beta, float *scratch, int n_threads);

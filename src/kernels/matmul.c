@@ -76,8 +76,7 @@ int kern_matmul(float *y, int ldy, const float *x, int T, const kern_weight *w,
     const int64_t rows = n_tiles >= 4 ? 2 * MM_ROWS : n_tiles >= 2 ? MM_ROWS : MM_ROWS / 2;
     const int64_t n_rb = (T + rows - 1) / rows;
     if (w->transposed && peft_dtype_elem_size(w->dtype) == 0) return PEFT_ERR_UNSUPPORTED;
-    if (T <= KERN_MATVEC_MAX_T && !w->transposed)
-        return kern_matvec(y, ldy, x, T, w, bias, beta, scratch, n_threads);
+    if (kern_matvec_takes(w, T)) return kern_matvec(y, ldy, x, T, w, bias, beta, scratch, n_threads);
     if (w->bf16_fwd)
         return kern_bf16_gemm(y, ldy, x, (int)K, T, (int)K, (int)N, w->bf16_fwd, bias, beta, scratch, n_threads);
     int status = 0;

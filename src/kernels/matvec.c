@@ -178,15 +178,26 @@ size_t kern_matvec_scratch_floats(int64_t K, int n_threads) {
                     kern_matvec_q8_scratch_floats(K));
 }
 
+/* The 8-bit path's unit for w, or NONE (the f32 products). */
+static kern_qdot_unit q8_unit(const kern_weight *w) {
+    if (!w->q8_act || w->transposed || !kern_qdot_type(w->dtype) || w->cols % kern_dtype_block_elems(w->dtype))
+        return KERN_QDOT_NONE;
+    return kern_qdot_unit_best();
+}
+
+bool kern_matvec_takes(const kern_weight *w, int T) {
+    if (w->transposed) return false;
+    return T <= KERN_MATVEC_MAX_T || (T <= KERN_MATVEC_Q8_MAX_T && q8_unit(w) != KERN_QDOT_NONE);
+}
+
 int kern_matvec(float *y, int ldy, const float *x, int T, const kern_weight *w, const float *bias,
                 float beta, float *scratch, int n_threads) {
     const int64_t K = w->cols, N = w->rows;
     const peft_dtype dt = w->dtype;
+    const kern_qdot_unit u = q8_unit(w);
+    if (u != KERN_QDOT_NONE && T <= KERN_MATVEC_Q8_MAX_T)
+        return kern_matvec_q8(u, y, ldy, x, T, w, bias, beta, scratch, n_threads);
     if (T > KERN_MATVEC_MAX_T || w->transposed) return PEFT_ERR_INVALID;
-    if (w->q8_act && kern_qdot_type(dt) && K % kern_dtype_block_elems(dt) == 0) {
-        const kern_qdot_unit u = kern_qdot_unit_best();   /* NONE: the f32 products below */
-        if (u != KERN_QDOT_NONE) return kern_matvec_q8(u, y, ldy, x, T, w, bias, beta, scratch, n_threads);
-    }
     const bool fused = dt == PEFT_DT_Q8_0 || dt == PEFT_DT_Q4_0 || dt == PEFT_DT_Q4_1;
     if (fused && K % 32) return PEFT_ERR_SHAPE;
     if (n_threads < 1) n_threads = 1;

@@ -13,15 +13,15 @@ enum { QROWS = 32 };
 
 size_t kern_matvec_q8_scratch_floats(int64_t K) {
     /* per row of x: K int8 (K / 4 floats, K % 32 == 0), d and s */
-    return (size_t)KERN_MATVEC_MAX_T * ((size_t)K / 4 + 2 * ((size_t)K / 32 + 1));
+    return (size_t)KERN_MATVEC_Q8_MAX_T * ((size_t)K / 4 + 2 * ((size_t)K / 32 + 1));
 }
 
 int kern_matvec_q8(kern_qdot_unit u, float *y, int ldy, const float *x, int T, const kern_weight *w,
                    const float *bias, float beta, float *scratch, int n_threads) {
     const int64_t K = w->cols, N = w->rows, nb = K / 32;
     const peft_dtype dt = w->dtype;
-    if (T > KERN_MATVEC_MAX_T || K % kern_dtype_block_elems(dt) || K % 32) return PEFT_ERR_SHAPE;
-    kq8_row xr[KERN_MATVEC_MAX_T];
+    if (T > KERN_MATVEC_Q8_MAX_T || K % kern_dtype_block_elems(dt) || K % 32) return PEFT_ERR_SHAPE;
+    kq8_row xr[KERN_MATVEC_Q8_MAX_T];
     int8_t *qa = (int8_t *)scratch;
     float *da = scratch + (size_t)T * (size_t)K / 4, *sa = da + (size_t)T * (size_t)nb;
     for (int t = 0; t < T; t++) {
@@ -45,12 +45,16 @@ int kern_matvec_q8(kern_qdot_unit u, float *y, int ldy, const float *x, int T, c
     for (int64_t c = 0; c < n_chunks; c++) {
         float out[QROWS * KERN_MATVEC_MAX_T];
         const int64_t n0 = c * QROWS, nr = PEFT_MIN((int64_t)QROWS, N - n0);
-        kern_qdot_rows(u, dt, wd + (size_t)n0 * rb, rb, nr, K, xr, T, out);
-        for (int64_t r = 0; r < nr; r++)
-            for (int t = 0; t < T; t++) {
-                float *yy = y + (size_t)t * (size_t)ldy + (size_t)(n0 + r);
-                *yy = (beta == 0.0f ? 0.0f : beta * *yy) + out[r * T + t] + (bias ? bias[n0 + r] : 0.0f);
-            }
+        /* the chunk's rows stay in cache while each group of x's rows meets them */
+        for (int t0 = 0; t0 < T; t0 += KERN_MATVEC_MAX_T) {
+            const int tg = PEFT_MIN(KERN_MATVEC_MAX_T, T - t0);
+            kern_qdot_rows(u, dt, wd + (size_t)n0 * rb, rb, nr, K, xr + t0, tg, out);
+            for (int64_t r = 0; r < nr; r++)
+                for (int t = 0; t < tg; t++) {
+                    float *yy = y + (size_t)(t0 + t) * (size_t)ldy + (size_t)(n0 + r);
+                    *yy = (beta == 0.0f ? 0.0f : beta * *yy) + out[r * tg + t] + (bias ? bias[n0 + r] : 0.0f);
+                }
+        }
     }
     return 0;
 }
