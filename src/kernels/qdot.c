@@ -5,6 +5,9 @@
  * bit for bit, so their float operations are spelled out: fmaf where a unit
  * fuses, plain products and sums elsewhere (GCC in ISO C mode contracts
  * nothing; clang is told so below). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
 #include "kernels/qdot.h"
 #include "kernels/quant.h"
 
@@ -176,11 +179,19 @@ bool kern_qdot_unit_compiled(kern_qdot_unit u) {
     return false;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports
+ * does not know the name. */
+static bool cpu_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1u);
+}
+#endif
+
 kern_qdot_unit kern_qdot_unit_best(void) {
 #if defined(__x86_64__) && defined(__GNUC__)
     /* every unit also uses AVX2, FMA and F16C (the block scales) */
-    if (!kern_qdot_avx2_compiled() || !__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") ||
-        !__builtin_cpu_supports("f16c"))
+    if (!kern_qdot_avx2_compiled() || !__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !cpu_f16c())
         return KERN_QDOT_NONE;
     if (kern_qdot_avx512vnni_compiled() && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl"))
         return KERN_QDOT_AVX512VNNI;
