@@ -14,6 +14,9 @@ static inline __m256i qd_dot_avx2(__m256i u, __m256i s) {
 #define QD_UNIT avx2
 #include "kernels/qdot_simd.h"
 
+/* a constant expression: clang requires one for the rounding mode */
+#define QDOT_ROUND (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+
 bool kern_qdot_avx2_compiled(void) { return true; }
 
 void kern_qdot_rows_avx2(peft_dtype dt, const uint8_t *w, size_t rb, int64_t n_rows, int64_t K, const kq8_row *x,
@@ -44,11 +47,10 @@ void kern_qdot_quantize_avx2(const float *x, int64_t K, int8_t *q, float *d, flo
         s[b] = qd_hsum_avx2(_mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3)));
         d[b] = amax / 127.0f;
         const __m256 id = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
-        const int r = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-        const __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, id), r));
-        const __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, id), r));
-        const __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, id), r));
-        const __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, id), r));
+        const __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, id), QDOT_ROUND));
+        const __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, id), QDOT_ROUND));
+        const __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, id), QDOT_ROUND));
+        const __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, id), QDOT_ROUND));
         /* the packs work per 128-bit half: put the 4-byte groups back in order */
         const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
         _mm256_storeu_si256((__m256i *)(q + b * 32), _mm256_permutevar8x32_epi32(p, order));
