@@ -446,7 +446,11 @@ def queue_full_disconnect_and_in_use(s2):
     only place. A second request is refused (429); its adapter cannot be
     unloaded (409); when the client hangs up, its session goes, and the next
     request runs."""
-    sock, first = raw_stream(s2, {"model": "a1", "prompt": "the", "max_tokens": 100, "stream": True, "temperature": 1})
+    # seed 2: a sampled stream that runs its 100 tokens (`peft generate
+    # --temperature 1 --seed 2` does; other seeds meet EOS after as few as 4
+    # tokens, and the only place would come free too early)
+    sock, first = raw_stream(s2, {"model": "a1", "prompt": "the", "max_tokens": 100, "stream": True, "temperature": 1,
+                                  "seed": 2})
     check(first.startswith(b"HTTP/1.1 200"), f"the stream started: {first[:40]}")
     error(s2, "POST", "/v1/completions", {"model": "a2", "prompt": "x", "max_tokens": 2}, 429, "rate_limit_exceeded")
     try:
@@ -464,7 +468,8 @@ def queue_full_disconnect_and_in_use(s2):
     st, _ = s2.http("DELETE", "/v1/adapters/a1")
     check(st == 200, f"a1 unloads once nothing uses it: {st}")
     # SIGTERM with a stream open: it ends with an error event and [DONE]; exit 0
-    sock, first = raw_stream(s2, {"model": "a2", "prompt": "the", "max_tokens": 100, "stream": True, "temperature": 1})
+    sock, first = raw_stream(s2, {"model": "a2", "prompt": "the", "max_tokens": 100, "stream": True, "temperature": 1,
+                                  "seed": 9})   # 100 tokens too
     s2.p.send_signal(signal.SIGTERM)
     rest = first
     while True:
@@ -496,7 +501,7 @@ def main():
     passed, failed = passed + ok, failed + (not ok)
     print(f"{'ok  ' if ok else 'FAIL'} sigterm_exits_cleanly", flush=True)
 
-    s2 = Server("--max-batch", "1", "--max-queue", "0", "--step-delay-ms", "20")
+    s2 = Server("--max-batch", "1", "--max-queue", "0", "--step-delay-ms", "40")
     before = len(failures)
     try:
         queue_full_disconnect_and_in_use(s2)
