@@ -587,6 +587,20 @@ typedef struct {
     int n_truncated;             /* examples cut to seq tokens */
     int n_skipped;               /* lines that gave no example */
     int64_t n_tokens, n_loss_tokens;
+    /* what loading saw and dropped, for the user: non-blank lines; lines
+     * skipped as malformed (skip_bad); rows dropped for giving at most one
+     * token, for having no loss token even whole, for losing every loss
+     * token to seq (n_skipped is the sum of these four); loss tokens the
+     * truncation to seq cut (rows kept or not) */
+    int n_lines, n_bad, n_empty, n_no_target, n_cut_no_target;
+    int64_t n_loss_cut;
+    /* whole (untruncated) lengths in tokens of the rows that tokenized:
+     * smallest, median, 95th percentile (a seq of len_p95 keeps 95 % of
+     * them whole), largest (len_max keeps all whole) */
+    int len_min, len_median, len_p95, len_max;
+    /* 0: rows as the kind, 1: Alpaca rows read as prompt/completion,
+     * 2: ShareGPT rows read as messages (docs/formats.md) */
+    int style;
 } peft_dataset_info;
 
 /* seq: truncate examples to this many tokens (<= 0: no limit); skip_bad:

@@ -285,20 +285,60 @@ static int pair_pool_of(const char *cmd, peft_ctx *ctx, peft_model *m, const cha
     return 0;
 }
 
-static void print_data_summary(const char *what, const char *path, const peft_dataset *ds, int seq) {
+/* The data summary: what was kept, what was dropped or cut and why, the
+ * length distribution and the --seq that keeps rows whole, and a WARNING
+ * when much is lost (a too-small --seq must not train on 7 of 200 rows
+ * silently). */
+static void print_data_summary(const char *what, const char *path, const peft_dataset *ds, int seq, int n_ctx) {
     static const char *const kinds[] = {"text", "prompt/completion", "messages", "classification", "contrastive pairs"};
+    static const char *const styles[] = {"", ", read from Alpaca rows", ", read from ShareGPT rows"};
     peft_dataset_info info;
     peft_dataset_get_info(ds, &info);
     const peft_dataset_info *d = &info;
+    const char *style = d->style >= 0 && d->style <= 2 ? styles[d->style] : "";
     if (d->kind == PEFT_DATA_PAIRS)   /* no loss tokens: one loss term per anchor */
         fprintf(stderr, "%s: %s: %d examples (%s: %s), %lld tokens", what, path, d->n, kinds[d->kind],
                 d->n_cols > 2 ? "anchor, positive, negative" : "anchor, positive", (long long)d->n_tokens);
     else
-        fprintf(stderr, "%s: %s: %d examples (%s), %lld tokens, %lld in the loss", what, path, d->n, kinds[d->kind],
-                (long long)d->n_tokens, (long long)d->n_loss_tokens);
-    if (d->n_truncated) fprintf(stderr, ", %d truncated to %d tokens", d->n_truncated, seq);
-    if (d->n_skipped) fprintf(stderr, ", %d lines skipped", d->n_skipped);
+        fprintf(stderr, "%s: %s: %d examples (%s%s), %lld tokens, %lld in the loss", what, path, d->n, kinds[d->kind],
+                style, (long long)d->n_tokens, (long long)d->n_loss_tokens);
+    /* rows that lost every target to the cut were truncated too, but are not among the examples */
+    if (d->n_truncated > d->n_cut_no_target)
+        fprintf(stderr, ", %d truncated to %d tokens", d->n_truncated - d->n_cut_no_target, seq);
     fputc('\n', stderr);
+    if (d->n_skipped) {
+        fprintf(stderr, "%s: %d of %d rows dropped:", what, d->n_skipped, d->n_lines);
+        const char *sep = " ";
+        if (d->n_cut_no_target)
+            fprintf(stderr, "%s%d lost every target token to --seq %d", sep, d->n_cut_no_target, seq), sep = ", ";
+        if (d->n_no_target)
+            fprintf(stderr, "%s%d have no target token (an empty completion or no assistant turn)", sep, d->n_no_target),
+                sep = ", ";
+        if (d->n_empty) fprintf(stderr, "%s%d empty", sep, d->n_empty), sep = ", ";
+        if (d->n_bad) fprintf(stderr, "%s%d malformed (skipped: --skip-bad)", sep, d->n_bad);
+        fputc('\n', stderr);
+    }
+    if (d->n_loss_cut) {
+        const int64_t all = d->n_loss_tokens + d->n_loss_cut;
+        fprintf(stderr, "%s: --seq %d cut %lld of %lld loss tokens (%.1f %%)\n", what, seq, (long long)d->n_loss_cut,
+                (long long)all, 100.0 * (double)d->n_loss_cut / (double)all);
+    }
+    if (d->len_max > 0) {
+        fprintf(stderr, "%s: rows are %d to %d tokens long (median %d, 95th percentile %d): ", what, d->len_min,
+                d->len_max, d->len_median, d->len_p95);
+        if (d->len_max <= seq) fprintf(stderr, "--seq %d keeps every row whole\n", seq);
+        else
+            fprintf(stderr, "--seq %d would keep 95 %% whole, --seq %d all%s\n", d->len_p95, d->len_max,
+                    d->len_max > n_ctx ? " (more than the model's context)" : "");
+    }
+    /* loud: one in ten rows or loss tokens lost changes what is learned */
+    if (d->n_lines > 0 && d->n_skipped * 10 > d->n_lines)
+        fprintf(stderr, "WARNING: %s: %d of %d rows (%.0f %%) were dropped%s\n", what, d->n_skipped, d->n_lines,
+                100.0 * d->n_skipped / d->n_lines,
+                d->n_cut_no_target * 2 >= d->n_skipped ? ": raise --seq (see the lengths above)" : "");
+    if (d->n_loss_cut * 10 > d->n_loss_tokens + d->n_loss_cut)
+        fprintf(stderr, "WARNING: %s: --seq %d cuts %.0f %% of the loss tokens: raise --seq (see the lengths above)\n",
+                what, seq, 100.0 * (double)d->n_loss_cut / (double)(d->n_loss_tokens + d->n_loss_cut));
 }
 
 /* HF peft's print_trainable_parameters line (all params include the adapter). */
@@ -510,13 +550,13 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "peft train: %s\n", peft_last_error(ctx));
         goto out;
     }
-    print_data_summary("data", GETV("data"), train, tp.seq);
+    print_data_summary("data", GETV("data"), train, tp.seq, minfo.n_ctx);
     if (GETV("val")) {
         if (!(val = peft_dataset_load(m, GETV("val"), tp.seq, GETV("skip-bad") != NULL))) {
             fprintf(stderr, "peft train: %s\n", peft_last_error(ctx));
             goto out;
         }
-        print_data_summary("validation", GETV("val"), val, tp.seq);
+        print_data_summary("validation", GETV("val"), val, tp.seq, minfo.n_ctx);
     } else if (val_split > 0) {
         if (!(val = peft_dataset_split(m, train, val_split, tp.seed))) {
             fprintf(stderr, "peft train: %s\n", peft_last_error(ctx));
