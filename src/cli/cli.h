@@ -23,6 +23,18 @@ typedef struct {
     const char *cmd;
 } cli_args;
 
+/* "Did you mean": the name in names (NULLs skipped) nearest to word, by
+ * optimal-string-alignment distance, if at most 2 edits and at most half
+ * of word's length; else NULL. */
+int cli_edit_distance(const char *a, const char *b);
+const char *cli_suggest(const char *word, const char *const *names, int n);
+/* cli_opt and cli_flag note each name they try on an argument: when none
+ * matched, those are the command's options. */
+void cli_note_tried(const cli_args *a, const char *name);
+/* Prints "peft CMD: unknown option "--lern": did you mean --lr? ..." for
+ * the current argument, after the option chain tried every name on it. */
+void cli_unknown_option(const cli_args *a);
+
 /* Returns the value for option `name` at the current position, advancing;
  * NULL if the current argument is not that option. Sets *bad on a missing
  * value. */

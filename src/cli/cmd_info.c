@@ -34,6 +34,9 @@ int cmd_info(int argc, char **argv) {
                    "Describes a HF model folder or a .gguf file: architecture, parameter count,\n"
                    "dtypes, context length, tokenizer and tensors (all of them with --tensors).\n");
             return 0;
+        } else if (!strncmp(argv[a.i], "--", 2)) {
+            cli_unknown_option(&a);
+            return 2;
         } else if (argv[a.i][0] == '-' || path) {
             fprintf(stderr, "peft info: unexpected argument \"%s\"\n", argv[a.i]);
             return 2;

@@ -20,8 +20,7 @@ typedef struct {
 
 static opt_def train_opts[] = {
     {"model", false, "HF model folder or .gguf file (required)", NULL},
-    {"data", false, "training JSONL: {text} | {prompt,completion} | {messages} | {text[,text_pair],label} | "
-                    "{anchor,positive[,negative]} (required)", NULL},
+    {"data", false, "training JSONL, one object per line, of a kind listed below (required)", NULL},
     {"val", false, "validation JSONL", NULL},
     {"val-split", false, "fraction of --data held out for validation when no --val (default 0)", NULL},
     {"out", false, "output folder: adapter, metrics.jsonl, loss.svg, checkpoints (required)", NULL},
@@ -136,6 +135,33 @@ static opt_def *find_opt(opt_def *defs, int n, const char *name) {
     return NULL;
 }
 
+/* The known option nearest to a mistyped name (without dashes), or NULL.
+ * HF's names for the same settings (TrainingArguments, LoraConfig, TRL's
+ * SFTConfig) are answered with ours first: they are what users type. */
+static const char *near_opt(const char *given) {
+    char name[64];
+    snprintf(name, sizeof name, "%s", given);
+    for (char *c = name; *c; c++) if (*c == '_') *c = '-';   /* --learning_rate as HF spells it */
+    static const char *const hf[][2] = {
+        {"learning-rate", "lr"}, {"rank", "r"}, {"lora-r", "r"}, {"lora-rank", "r"}, {"lora-alpha", "alpha"},
+        {"lora-dropout", "dropout"}, {"max-steps", "steps"}, {"num-train-epochs", "epochs"},
+        {"num-epochs", "epochs"}, {"batch-size", "batch"}, {"per-device-train-batch-size", "batch"},
+        {"max-seq-length", "seq"}, {"max-length", "seq"}, {"seq-len", "seq"}, {"seq-length", "seq"},
+        {"gradient-accumulation-steps", "accum"}, {"output-dir", "out"}, {"output", "out"},
+        {"target-modules", "target"}, {"warmup-steps", "warmup"}, {"lr-scheduler-type", "schedule"},
+        {"max-grad-norm", "clip"}, {"dataset", "data"}, {"train-file", "data"}, {"validation-file", "val"},
+        {"model-name-or-path", "model"}, {"resume-from-checkpoint", "resume"}, {"save-steps", "save-every"},
+        {"eval-steps", "eval-every"}, {"gradient-checkpointing", "checkpoint-layers"}, {"packing", "pack"},
+        {"peft-type", "method"}, {"use-bf16", "bf16"}};
+    for (size_t i = 0; i < sizeof hf / sizeof *hf; i++)
+        if (!strcmp(name, hf[i][0])) return hf[i][1];
+    const char *names[N_TRAIN_OPTS + MAX_PLUG_OPTS];
+    int n = 0;
+    for (int i = 0; i < N_TRAIN_OPTS; i++) names[n++] = train_opts[i].name;
+    for (int i = 0; i < n_plug_opts; i++) names[n++] = plug_opts[i].name;
+    return cli_suggest(name, names, n);
+}
+
 static void set_opt(opt_def *o, const char *v, bool override) {
     if (o->value && !override) return;
     free(o->value);
@@ -162,7 +188,9 @@ static int load_config(opt_def *defs, int n, const char *path) {
         for (char *c = key; *c; c++) if (*c == '_') *c = '-';
         opt_def *o = find_opt(defs, n, key);
         if (!o || !strcmp(key, "config")) {
-            fprintf(stderr, "peft train: %s: unknown option \"%s\"\n", path, it->string);
+            const char *near = o ? NULL : near_opt(key);
+            if (near) fprintf(stderr, "peft train: %s: unknown option \"%s\": did you mean \"%s\"?\n", path, it->string, near);
+            else fprintf(stderr, "peft train: %s: unknown option \"%s\"\n", path, it->string);
             rc = -1;
             continue;
         }
@@ -197,6 +225,15 @@ static void train_usage(FILE *f) {
         fprintf(f, "  --%-14s %s%s\n", train_opts[i].name, train_opts[i].flag ? "" : "V  ", train_opts[i].help);
     for (int i = 0; i < n_plug_opts; i++)
         fprintf(f, "  --%-14s %s%s\n", plug_opts[i].name, plug_opts[i].flag ? "" : "V  ", plug_opts[i].help);
+    fprintf(f, "\ndata kinds (JSONL: one object per line; the first row fixes the kind; docs/formats.md):\n"
+               "  {\"text\"}                                     causal LM, loss on every token\n"
+               "  {\"prompt\", \"completion\"}                     loss on the completion only\n"
+               "  {\"messages\": [{\"role\", \"content\"}, ...]}     the model's chat template, loss on assistant turns\n"
+               "  {\"text\", \"label\"}                            sequence classification (label 0, 1, ...)\n"
+               "  {\"text\", \"text_pair\", \"label\"}               pair classification\n"
+               "  {\"anchor\", \"positive\"[, \"negative\"]}         contrastive sentence embeddings\n"
+               "  {\"instruction\"[, \"input\"], \"output\"}         Alpaca rows: prompt/completion, the Alpaca template\n"
+               "  {\"conversations\": [{\"from\", \"value\"}, ...]}  ShareGPT rows: messages (human, gpt, system)\n");
     fprintf(f, "\nmethods:");
     for (int p = 0; p < peft_method_count(); p++) fprintf(f, "%s %s", p == 0 ? "" : ",", meth_name_at(p));
     fputc('\n', f);
@@ -374,7 +411,12 @@ int cmd_train(int argc, char **argv) {
         char name[64];
         snprintf(name, sizeof name, "%.*s", (int)strcspn(arg + 2, "="), arg + 2);
         opt_def *o = find_opt(train_opts, N_TRAIN_OPTS, name);
-        if (!o) { fprintf(stderr, "peft train: unknown option \"%s\" (see peft train --help)\n", arg); return 2; }
+        if (!o) {
+            const char *near = near_opt(name);
+            if (near) fprintf(stderr, "peft train: unknown option \"%s\": did you mean --%s? (see peft train --help)\n", arg, near);
+            else fprintf(stderr, "peft train: unknown option \"%s\" (see peft train --help)\n", arg);
+            return 2;
+        }
         if (o->flag) { set_opt(o, "true", true); a.i++; continue; }
         /* --checkpoint-layers takes an optional K */
         if (!strcmp(name, "checkpoint-layers") && !strchr(arg, '=') &&
@@ -397,7 +439,13 @@ int cmd_train(int argc, char **argv) {
     }
     const int plug0 = peft_method_find(GETV("method") ? GETV("method") : "lora");
     if (plug0 < 0) {
-        fprintf(stderr, "peft train: unknown method \"%s\" (", GETV("method"));
+        const char *names[64];
+        int nn = 0;
+        for (int p = 0; p < peft_method_count() && nn < 64; p++) names[nn++] = meth_name_at(p);
+        const char *near = cli_suggest(GETV("method"), names, nn);
+        fprintf(stderr, "peft train: unknown method \"%s\"", GETV("method"));
+        if (near) fprintf(stderr, ": did you mean %s?", near);
+        fprintf(stderr, " (");
         for (int p = 0; p < peft_method_count(); p++) fprintf(stderr, "%s%s", p == 0 ? "" : ", ", meth_name_at(p));
         fprintf(stderr, ")\n");
         return 2;
@@ -721,7 +769,7 @@ int cmd_eval(int argc, char **argv) {
                    "  --compute " CLI_COMPUTE_HELP "\n\n"
                    "Mean loss per target token and perplexity of the model (with the adapter) on a JSONL dataset.\n");
             return 0;
-        } else if (!bad) { fprintf(stderr, "peft eval: unknown option \"%s\"\n", argv[a.i]); return 2; }
+        } else if (!bad) { cli_unknown_option(&a); return 2; }
     }
     if (bad) return 2;
     if (!model || !data) { fprintf(stderr, "peft eval: --model and --data are required\n"); return 2; }

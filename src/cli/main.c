@@ -35,6 +35,7 @@ static void usage(FILE *f) {
  * the chain must see no argument instead of argv[argc] (NULL). */
 const char *cli_opt(cli_args *a, const char *name, bool *bad) {
     if (a->i >= a->argc) return NULL;
+    cli_note_tried(a, name);
     const char *arg = a->argv[a->i];
     size_t n = strlen(name);
     if (strncmp(arg, name, n) != 0) return NULL;
@@ -52,6 +53,7 @@ const char *cli_opt(cli_args *a, const char *name, bool *bad) {
 
 bool cli_flag(cli_args *a, const char *name) {
     if (a->i >= a->argc) return false;
+    cli_note_tried(a, name);
     if (strcmp(a->argv[a->i], name) != 0) return false;
     a->i++;
     return true;
@@ -206,7 +208,11 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "--version")) { printf("peft %s\n", PEFT_VERSION); return 0; }
-    fprintf(stderr, "peft: unknown command \"%s\"\n\n", cmd);
+    static const char *const cmds[] = {"generate", "chat", "info", "train", "eval", "merge", "export", "combine",
+                                       "embed", "serve", "help"};
+    const char *near = cli_suggest(cmd, cmds, (int)(sizeof cmds / sizeof *cmds));
+    if (near) fprintf(stderr, "peft: unknown command \"%s\": did you mean peft %s?\n\n", cmd, near);
+    else fprintf(stderr, "peft: unknown command \"%s\"\n\n", cmd);
     usage(stderr);
     return 2;
 }
