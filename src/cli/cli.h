@@ -52,7 +52,9 @@ peft_ctx *cli_ctx(int n_threads, bool verbose);
  * merge's and combine's default --model. */
 char *cli_adapter_base(const char *dir);
 /* --compute f32|bf16|auto (value, may be NULL) and --bf16 on a loaded
- * model; prints the error. 0, or the exit code (2 usage, 1 unsupported). */
+ * model; prints the error. 0, or the exit code (2 usage, 1 unsupported).
+ * Prints the precision chosen and why: always for "train", for other
+ * commands when auto chose, never for cmd "eval --json". */
 #define CLI_COMPUTE_HELP "f32 (default) | bf16 (frozen-weight products in bfloat16, on AMX or AVX512-BF16) | auto (bf16 where the CPU has either)"
 int cli_compute(const char *cmd, peft_ctx *ctx, peft_model *m, const char *value, bool bf16_flag);
 

@@ -364,9 +364,12 @@ static void print_data_summary(const char *what, const char *path, const peft_da
         fprintf(stderr, "%s: rows are %d to %d tokens long (median %d, 95th percentile %d): ", what, d->len_min,
                 d->len_max, d->len_median, d->len_p95);
         if (d->len_max <= seq) fprintf(stderr, "--seq %d keeps every row whole\n", seq);
-        else
-            fprintf(stderr, "--seq %d would keep 95 %% whole, --seq %d all%s\n", d->len_p95, d->len_max,
-                    d->len_max > n_ctx ? " (more than the model's context)" : "");
+        else {
+            if (d->len_p95 < d->len_max) fprintf(stderr, "--seq %d would keep 95 %% whole, ", d->len_p95);
+            fprintf(stderr, "--seq %d %s", d->len_max, d->len_p95 < d->len_max ? "all" : "would keep every row whole");
+            if (d->len_max > n_ctx) fprintf(stderr, " (the model's context is %d)", n_ctx);
+            fputc('\n', stderr);
+        }
     }
     /* loud: one in ten rows or loss tokens lost changes what is learned */
     if (d->n_lines > 0 && d->n_skipped * 10 > d->n_lines)
@@ -782,7 +785,7 @@ int cmd_eval(int argc, char **argv) {
     if (!m) { fprintf(stderr, "peft eval: %s\n", peft_last_error(ctx)); goto out; }
     if (!peft_model_has_tokenizer(m)) { fprintf(stderr, "peft eval: %s has no tokenizer\n", model); goto out; }
     {
-        const int crc = cli_compute("eval", ctx, m, compute, bf16);
+        const int crc = cli_compute(json ? "eval --json" : "eval", ctx, m, compute, bf16);
         if (crc) { rc = crc; goto out; }
     }
     if (adapter_dir) {
