@@ -63,6 +63,9 @@ static void data_summary_says_what_was_lost(void) {
     CHECK_EQ_INT(run(out, sizeof out, "train --model " MODEL " --data %s --seq 128 --dry-run", data), 0);
     HAS("--seq 128 keeps every row whole");
     CHECK_MSG(!strstr(out, "WARNING") && !strstr(out, "dropped"), "%s", out);
+    /* eval says which rows its numbers leave out */
+    CHECK_EQ_INT(run(out, sizeof out, "eval --model " MODEL " --data %s --seq 24", data), 0);
+    HAS("eval: 5 of 20 rows left out: 5 with every target token past --seq 24");
     /* nothing left: the error says why and what --seq would do */
     CHECK_EQ_INT(run(out, sizeof out, "train --model " MODEL " --data %s --seq 3 --dry-run", data), 1);
     HAS("no usable examples");

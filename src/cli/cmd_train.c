@@ -834,6 +834,11 @@ int cmd_eval(int argc, char **argv) {
     else
         printf("loss %.6f | perplexity %.6f | %lld target tokens in %d examples%s\n", loss, exp(loss), (long long)n, d.n,
                d.n_truncated ? " (some truncated)" : "");
+    /* the rows the numbers leave out, and why (stderr: --json's stdout stays one object) */
+    if (!json && d.n_skipped)
+        fprintf(stderr, "eval: %d of %d rows left out: %d with every target token past --seq %d, %d without a target "
+                "token, %d empty, %d malformed (--skip-bad)\n", d.n_skipped, d.n_lines, d.n_cut_no_target, seq,
+                d.n_no_target, d.n_empty, d.n_bad);
     rc = 0;
 out:
     peft_dataset_free(ds);
