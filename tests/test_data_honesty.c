@@ -237,6 +237,10 @@ static void near_miss_errors(void) {
     CHECK_EQ_INT(data_load_jsonl(path, tok, &p, &d, &err), PEFT_ERR_FORMAT);
     CHECK_MSG(strstr(err.msg, "pretty.json:1:") && strstr(err.msg, "several lines") && strstr(err.msg, "jq -c ."), "%s",
               err.msg);
+    path = write_str("bom.jsonl", "\xEF\xBB\xBF{\"text\": \"a b\"}\n");
+    CHECK_OK(data_load_jsonl(path, tok, &p, &d, &err));
+    CHECK_EQ_INT(d.n, 1);
+    if (d.n == 1) data_free(&d);
     path = write_str("unknown.jsonl", "{\"question\": \"a\", \"answer\": \"b\"}\n");
     CHECK_EQ_INT(data_load_jsonl(path, tok, &p, &d, &err), PEFT_ERR_FORMAT);
     CHECK_MSG(strstr(err.msg, "found \"question\", \"answer\"") && strstr(err.msg, "Alpaca") &&

@@ -515,6 +515,11 @@ int data_load_jsonl(const char *path, const bpe_tokenizer *tok, const data_param
         }
         /* \n and \r\n endings alike; the last line may have neither. */
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+        /* a UTF-8 byte-order mark (Windows editors write one) is not part of the first row */
+        if (lineno == 1 && len >= 3 && !memcmp(line, "\xEF\xBB\xBF", 3)) {
+            memmove(line, line + 3, len - 2);
+            len -= 3;
+        }
         if (blank(line, len)) continue;
         d.n_lines++;
         const char *lead = line + strspn(line, " \t");
