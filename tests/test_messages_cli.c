@@ -63,6 +63,11 @@ static void data_summary_says_what_was_lost(void) {
     CHECK_EQ_INT(run(out, sizeof out, "train --model " MODEL " --data %s --seq 128 --dry-run", data), 0);
     HAS("--seq 128 keeps every row whole");
     CHECK_MSG(!strstr(out, "WARNING") && !strstr(out, "dropped"), "%s", out);
+    /* mostly malformed under --skip-bad: the warning says how to find them */
+    const char *bad = tmp_file("bad.jsonl", "{\"text\": \"one two\"}\nnot json\n{\"text\": \"x\"\n{\"text\": \"three\"}\n");
+    CHECK_EQ_INT(run(out, sizeof out, "train --model " MODEL " --data %s --skip-bad --dry-run", bad), 0);
+    HAS("data: 2 of 4 rows dropped: 2 malformed (skipped: --skip-bad)");
+    HAS("WARNING: data: 2 of 4 rows (50 %) were dropped: most are malformed; without --skip-bad the first stops the run");
     /* eval says which rows its numbers leave out */
     CHECK_EQ_INT(run(out, sizeof out, "eval --model " MODEL " --data %s --seq 24", data), 0);
     HAS("eval: 5 of 20 rows left out: 5 with every target token past --seq 24");

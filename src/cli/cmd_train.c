@@ -375,7 +375,9 @@ static void print_data_summary(const char *what, const char *path, const peft_da
     if (d->n_lines > 0 && d->n_skipped * 10 > d->n_lines)
         fprintf(stderr, "WARNING: %s: %d of %d rows (%.0f %%) were dropped%s\n", what, d->n_skipped, d->n_lines,
                 100.0 * d->n_skipped / d->n_lines,
-                d->n_cut_no_target * 2 >= d->n_skipped ? ": raise --seq (see the lengths above)" : "");
+                d->n_cut_no_target * 2 >= d->n_skipped ? ": raise --seq (see the lengths above)"
+                : d->n_bad * 2 >= d->n_skipped ? ": most are malformed; without --skip-bad the first stops the run with its line"
+                                               : ": they hold nothing to learn (see the reasons above)");
     if (d->n_loss_cut * 10 > d->n_loss_tokens + d->n_loss_cut)
         fprintf(stderr, "WARNING: %s: --seq %d cuts %.0f %% of the loss tokens: raise --seq (see the lengths above)\n",
                 what, seq, 100.0 * (double)d->n_loss_cut / (double)(d->n_loss_tokens + d->n_loss_cut));
