@@ -569,6 +569,31 @@ typedef struct {
 } peft_lora_info;
 int peft_adapter_lora_info(const peft_adapter *a, peft_lora_info *out);
 
+/* What an adapter on disk holds, read without its base model (configs and
+ * tensor headers only): an HF PEFT folder (adapter_config.json +
+ * adapter_model.safetensors, peft.c's own methods too) or a llama.cpp GGUF
+ * adapter (general.type "adapter"). is_adapter 0 (and 0 returned) when path
+ * is neither, e.g. a model; an adapter that cannot be read is an error
+ * naming the file. Lists are comma-separated; absent numbers are 0 (alpha
+ * and scale NAN). */
+typedef struct {
+    int is_adapter;
+    char format[48];           /* "HF PEFT adapter folder" | "llama.cpp GGUF adapter" */
+    char method[32];           /* peft_type lower-cased ("lora", "ia3", ...) or GGUF adapter.type */
+    char base[512];            /* base_model_name_or_path, or the GGUF's general.architecture */
+    char task[32];             /* task_type */
+    int r;                     /* rank (AdaLoRA: init_r); -1 when GGUF tensors disagree */
+    float alpha, scale;        /* lora_alpha and the scale it gives (alpha/r, alpha/sqrt(r) with rsLoRA) */
+    int rslora, dora, n_virtual_tokens;
+    char targets[512];         /* target_modules; GGUF: the tensor roles adapted */
+    char modules_to_save[256];
+    char layers[256];          /* layers_to_transform */
+    int n_tensors, n_modules, n_layers;
+    int64_t n_params;
+    char dtypes[64];
+} peft_adapter_file_info;
+int peft_adapter_file_describe(const char *path, peft_adapter_file_info *out, peft_error *err);
+
 /* Training and evaluation data: a JSONL file tokenized once (the formats of
  * docs/formats.md; the kind is found from the first line). */
 typedef struct peft_dataset peft_dataset;
@@ -587,6 +612,20 @@ typedef struct {
     int n_truncated;             /* examples cut to seq tokens */
     int n_skipped;               /* lines that gave no example */
     int64_t n_tokens, n_loss_tokens;
+    /* what loading saw and dropped, for the user: non-blank lines; lines
+     * skipped as malformed (skip_bad); rows dropped for giving at most one
+     * token, for having no loss token even whole, for losing every loss
+     * token to seq (n_skipped is the sum of these four); loss tokens the
+     * truncation to seq cut (rows kept or not) */
+    int n_lines, n_bad, n_empty, n_no_target, n_cut_no_target;
+    int64_t n_loss_cut;
+    /* whole (untruncated) lengths in tokens of the rows that tokenized:
+     * smallest, median, 95th percentile (a seq of len_p95 keeps 95 % of
+     * them whole), largest (len_max keeps all whole) */
+    int len_min, len_median, len_p95, len_max;
+    /* 0: rows as the kind, 1: Alpaca rows read as prompt/completion,
+     * 2: ShareGPT rows read as messages (docs/formats.md) */
+    int style;
 } peft_dataset_info;
 
 /* seq: truncate examples to this many tokens (<= 0: no limit); skip_bad:

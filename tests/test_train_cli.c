@@ -142,7 +142,7 @@ static void bad_data_names_file_and_line(void) {
     /* --skip-bad skips and counts it */
     snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s/bad_out --steps 2 --seq 32 --quiet --skip-bad", data, tmp);
     CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
-    CHECK_MSG(strstr(out, "1 lines skipped") != NULL, "%s", out);
+    CHECK_MSG(strstr(out, "1 of 20 rows dropped: 1 malformed") != NULL, "%s", out);
     /* a line without the fields */
     write_data(data, 20, "{\"prompt\": \"x\"}");
     snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s/bad_out --steps 2 --seq 32 --quiet", data, tmp);

@@ -20,8 +20,7 @@ typedef struct {
 
 static opt_def train_opts[] = {
     {"model", false, "HF model folder or .gguf file (required)", NULL},
-    {"data", false, "training JSONL: {text} | {prompt,completion} | {messages} | {text[,text_pair],label} | "
-                    "{anchor,positive[,negative]} (required)", NULL},
+    {"data", false, "training JSONL, one object per line, of a kind listed below (required)", NULL},
     {"val", false, "validation JSONL", NULL},
     {"val-split", false, "fraction of --data held out for validation when no --val (default 0)", NULL},
     {"out", false, "output folder: adapter, metrics.jsonl, loss.svg, checkpoints (required)", NULL},
@@ -136,6 +135,33 @@ static opt_def *find_opt(opt_def *defs, int n, const char *name) {
     return NULL;
 }
 
+/* The known option nearest to a mistyped name (without dashes), or NULL.
+ * HF's names for the same settings (TrainingArguments, LoraConfig, TRL's
+ * SFTConfig) are answered with ours first: they are what users type. */
+static const char *near_opt(const char *given) {
+    char name[64];
+    snprintf(name, sizeof name, "%s", given);
+    for (char *c = name; *c; c++) if (*c == '_') *c = '-';   /* --learning_rate as HF spells it */
+    static const char *const hf[][2] = {
+        {"learning-rate", "lr"}, {"rank", "r"}, {"lora-r", "r"}, {"lora-rank", "r"}, {"lora-alpha", "alpha"},
+        {"lora-dropout", "dropout"}, {"max-steps", "steps"}, {"num-train-epochs", "epochs"},
+        {"num-epochs", "epochs"}, {"batch-size", "batch"}, {"per-device-train-batch-size", "batch"},
+        {"max-seq-length", "seq"}, {"max-length", "seq"}, {"seq-len", "seq"}, {"seq-length", "seq"},
+        {"gradient-accumulation-steps", "accum"}, {"output-dir", "out"}, {"output", "out"},
+        {"target-modules", "target"}, {"warmup-steps", "warmup"}, {"lr-scheduler-type", "schedule"},
+        {"max-grad-norm", "clip"}, {"dataset", "data"}, {"train-file", "data"}, {"validation-file", "val"},
+        {"model-name-or-path", "model"}, {"resume-from-checkpoint", "resume"}, {"save-steps", "save-every"},
+        {"eval-steps", "eval-every"}, {"gradient-checkpointing", "checkpoint-layers"}, {"packing", "pack"},
+        {"peft-type", "method"}, {"use-bf16", "bf16"}};
+    for (size_t i = 0; i < sizeof hf / sizeof *hf; i++)
+        if (!strcmp(name, hf[i][0])) return hf[i][1];
+    const char *names[N_TRAIN_OPTS + MAX_PLUG_OPTS];
+    int n = 0;
+    for (int i = 0; i < N_TRAIN_OPTS; i++) names[n++] = train_opts[i].name;
+    for (int i = 0; i < n_plug_opts; i++) names[n++] = plug_opts[i].name;
+    return cli_suggest(name, names, n);
+}
+
 static void set_opt(opt_def *o, const char *v, bool override) {
     if (o->value && !override) return;
     free(o->value);
@@ -162,7 +188,9 @@ static int load_config(opt_def *defs, int n, const char *path) {
         for (char *c = key; *c; c++) if (*c == '_') *c = '-';
         opt_def *o = find_opt(defs, n, key);
         if (!o || !strcmp(key, "config")) {
-            fprintf(stderr, "peft train: %s: unknown option \"%s\"\n", path, it->string);
+            const char *near = o ? NULL : near_opt(key);
+            if (near) fprintf(stderr, "peft train: %s: unknown option \"%s\": did you mean \"%s\"?\n", path, it->string, near);
+            else fprintf(stderr, "peft train: %s: unknown option \"%s\"\n", path, it->string);
             rc = -1;
             continue;
         }
@@ -197,6 +225,15 @@ static void train_usage(FILE *f) {
         fprintf(f, "  --%-14s %s%s\n", train_opts[i].name, train_opts[i].flag ? "" : "V  ", train_opts[i].help);
     for (int i = 0; i < n_plug_opts; i++)
         fprintf(f, "  --%-14s %s%s\n", plug_opts[i].name, plug_opts[i].flag ? "" : "V  ", plug_opts[i].help);
+    fprintf(f, "\ndata kinds (JSONL: one object per line; the first row fixes the kind; docs/formats.md):\n"
+               "  {\"text\"}                                     causal LM, loss on every token\n"
+               "  {\"prompt\", \"completion\"}                     loss on the completion only\n"
+               "  {\"messages\": [{\"role\", \"content\"}, ...]}     the model's chat template, loss on assistant turns\n"
+               "  {\"text\", \"label\"}                            sequence classification (label 0, 1, ...)\n"
+               "  {\"text\", \"text_pair\", \"label\"}               pair classification\n"
+               "  {\"anchor\", \"positive\"[, \"negative\"]}         contrastive sentence embeddings\n"
+               "  {\"instruction\"[, \"input\"], \"output\"}         Alpaca rows: prompt/completion, the Alpaca template\n"
+               "  {\"conversations\": [{\"from\", \"value\"}, ...]}  ShareGPT rows: messages (human, gpt, system)\n");
     fprintf(f, "\nmethods:");
     for (int p = 0; p < peft_method_count(); p++) fprintf(f, "%s %s", p == 0 ? "" : ",", meth_name_at(p));
     fputc('\n', f);
@@ -285,20 +322,65 @@ static int pair_pool_of(const char *cmd, peft_ctx *ctx, peft_model *m, const cha
     return 0;
 }
 
-static void print_data_summary(const char *what, const char *path, const peft_dataset *ds, int seq) {
+/* The data summary: what was kept, what was dropped or cut and why, the
+ * length distribution and the --seq that keeps rows whole, and a WARNING
+ * when much is lost (a too-small --seq must not train on 7 of 200 rows
+ * silently). */
+static void print_data_summary(const char *what, const char *path, const peft_dataset *ds, int seq, int n_ctx) {
     static const char *const kinds[] = {"text", "prompt/completion", "messages", "classification", "contrastive pairs"};
+    static const char *const styles[] = {"", ", read from Alpaca rows", ", read from ShareGPT rows"};
     peft_dataset_info info;
     peft_dataset_get_info(ds, &info);
     const peft_dataset_info *d = &info;
+    const char *style = d->style >= 0 && d->style <= 2 ? styles[d->style] : "";
     if (d->kind == PEFT_DATA_PAIRS)   /* no loss tokens: one loss term per anchor */
         fprintf(stderr, "%s: %s: %d examples (%s: %s), %lld tokens", what, path, d->n, kinds[d->kind],
                 d->n_cols > 2 ? "anchor, positive, negative" : "anchor, positive", (long long)d->n_tokens);
     else
-        fprintf(stderr, "%s: %s: %d examples (%s), %lld tokens, %lld in the loss", what, path, d->n, kinds[d->kind],
-                (long long)d->n_tokens, (long long)d->n_loss_tokens);
-    if (d->n_truncated) fprintf(stderr, ", %d truncated to %d tokens", d->n_truncated, seq);
-    if (d->n_skipped) fprintf(stderr, ", %d lines skipped", d->n_skipped);
+        fprintf(stderr, "%s: %s: %d examples (%s%s), %lld tokens, %lld in the loss", what, path, d->n, kinds[d->kind],
+                style, (long long)d->n_tokens, (long long)d->n_loss_tokens);
+    /* rows that lost every target to the cut were truncated too, but are not among the examples */
+    if (d->n_truncated > d->n_cut_no_target)
+        fprintf(stderr, ", %d truncated to %d tokens", d->n_truncated - d->n_cut_no_target, seq);
     fputc('\n', stderr);
+    if (d->n_skipped) {
+        fprintf(stderr, "%s: %d of %d rows dropped:", what, d->n_skipped, d->n_lines);
+        const char *sep = " ";
+        if (d->n_cut_no_target)
+            fprintf(stderr, "%s%d lost every target token to --seq %d", sep, d->n_cut_no_target, seq), sep = ", ";
+        if (d->n_no_target)
+            fprintf(stderr, "%s%d have no target token (an empty completion or no assistant turn)", sep, d->n_no_target),
+                sep = ", ";
+        if (d->n_empty) fprintf(stderr, "%s%d empty", sep, d->n_empty), sep = ", ";
+        if (d->n_bad) fprintf(stderr, "%s%d malformed (skipped: --skip-bad)", sep, d->n_bad);
+        fputc('\n', stderr);
+    }
+    if (d->n_loss_cut) {
+        const int64_t all = d->n_loss_tokens + d->n_loss_cut;
+        fprintf(stderr, "%s: --seq %d cut %lld of %lld loss tokens (%.1f %%)\n", what, seq, (long long)d->n_loss_cut,
+                (long long)all, 100.0 * (double)d->n_loss_cut / (double)all);
+    }
+    if (d->len_max > 0) {
+        fprintf(stderr, "%s: rows are %d to %d tokens long (median %d, 95th percentile %d): ", what, d->len_min,
+                d->len_max, d->len_median, d->len_p95);
+        if (d->len_max <= seq) fprintf(stderr, "--seq %d keeps every row whole\n", seq);
+        else {
+            if (d->len_p95 < d->len_max) fprintf(stderr, "--seq %d would keep 95 %% whole, ", d->len_p95);
+            fprintf(stderr, "--seq %d %s", d->len_max, d->len_p95 < d->len_max ? "all" : "would keep every row whole");
+            if (d->len_max > n_ctx) fprintf(stderr, " (the model's context is %d)", n_ctx);
+            fputc('\n', stderr);
+        }
+    }
+    /* loud: one in ten rows or loss tokens lost changes what is learned */
+    if (d->n_lines > 0 && d->n_skipped * 10 > d->n_lines)
+        fprintf(stderr, "WARNING: %s: %d of %d rows (%.0f %%) were dropped%s\n", what, d->n_skipped, d->n_lines,
+                100.0 * d->n_skipped / d->n_lines,
+                d->n_cut_no_target * 2 >= d->n_skipped ? ": raise --seq (see the lengths above)"
+                : d->n_bad * 2 >= d->n_skipped ? ": most are malformed; without --skip-bad the first stops the run with its line"
+                                               : ": they hold nothing to learn (see the reasons above)");
+    if (d->n_loss_cut * 10 > d->n_loss_tokens + d->n_loss_cut)
+        fprintf(stderr, "WARNING: %s: --seq %d cuts %.0f %% of the loss tokens: raise --seq (see the lengths above)\n",
+                what, seq, 100.0 * (double)d->n_loss_cut / (double)(d->n_loss_tokens + d->n_loss_cut));
 }
 
 /* HF peft's print_trainable_parameters line (all params include the adapter). */
@@ -334,7 +416,12 @@ int cmd_train(int argc, char **argv) {
         char name[64];
         snprintf(name, sizeof name, "%.*s", (int)strcspn(arg + 2, "="), arg + 2);
         opt_def *o = find_opt(train_opts, N_TRAIN_OPTS, name);
-        if (!o) { fprintf(stderr, "peft train: unknown option \"%s\" (see peft train --help)\n", arg); return 2; }
+        if (!o) {
+            const char *near = near_opt(name);
+            if (near) fprintf(stderr, "peft train: unknown option \"%s\": did you mean --%s? (see peft train --help)\n", arg, near);
+            else fprintf(stderr, "peft train: unknown option \"%s\" (see peft train --help)\n", arg);
+            return 2;
+        }
         if (o->flag) { set_opt(o, "true", true); a.i++; continue; }
         /* --checkpoint-layers takes an optional K */
         if (!strcmp(name, "checkpoint-layers") && !strchr(arg, '=') &&
@@ -357,7 +444,13 @@ int cmd_train(int argc, char **argv) {
     }
     const int plug0 = peft_method_find(GETV("method") ? GETV("method") : "lora");
     if (plug0 < 0) {
-        fprintf(stderr, "peft train: unknown method \"%s\" (", GETV("method"));
+        const char *names[64];
+        int nn = 0;
+        for (int p = 0; p < peft_method_count() && nn < 64; p++) names[nn++] = meth_name_at(p);
+        const char *near = cli_suggest(GETV("method"), names, nn);
+        fprintf(stderr, "peft train: unknown method \"%s\"", GETV("method"));
+        if (near) fprintf(stderr, ": did you mean %s?", near);
+        fprintf(stderr, " (");
         for (int p = 0; p < peft_method_count(); p++) fprintf(stderr, "%s%s", p == 0 ? "" : ", ", meth_name_at(p));
         fprintf(stderr, ")\n");
         return 2;
@@ -510,13 +603,13 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "peft train: %s\n", peft_last_error(ctx));
         goto out;
     }
-    print_data_summary("data", GETV("data"), train, tp.seq);
+    print_data_summary("data", GETV("data"), train, tp.seq, minfo.n_ctx);
     if (GETV("val")) {
         if (!(val = peft_dataset_load(m, GETV("val"), tp.seq, GETV("skip-bad") != NULL))) {
             fprintf(stderr, "peft train: %s\n", peft_last_error(ctx));
             goto out;
         }
-        print_data_summary("validation", GETV("val"), val, tp.seq);
+        print_data_summary("validation", GETV("val"), val, tp.seq, minfo.n_ctx);
     } else if (val_split > 0) {
         if (!(val = peft_dataset_split(m, train, val_split, tp.seed))) {
             fprintf(stderr, "peft train: %s\n", peft_last_error(ctx));
@@ -681,7 +774,7 @@ int cmd_eval(int argc, char **argv) {
                    "  --compute " CLI_COMPUTE_HELP "\n\n"
                    "Mean loss per target token and perplexity of the model (with the adapter) on a JSONL dataset.\n");
             return 0;
-        } else if (!bad) { fprintf(stderr, "peft eval: unknown option \"%s\"\n", argv[a.i]); return 2; }
+        } else if (!bad) { cli_unknown_option(&a); return 2; }
     }
     if (bad) return 2;
     if (!model || !data) { fprintf(stderr, "peft eval: --model and --data are required\n"); return 2; }
@@ -694,7 +787,7 @@ int cmd_eval(int argc, char **argv) {
     if (!m) { fprintf(stderr, "peft eval: %s\n", peft_last_error(ctx)); goto out; }
     if (!peft_model_has_tokenizer(m)) { fprintf(stderr, "peft eval: %s has no tokenizer\n", model); goto out; }
     {
-        const int crc = cli_compute("eval", ctx, m, compute, bf16);
+        const int crc = cli_compute(json ? "eval --json" : "eval", ctx, m, compute, bf16);
         if (crc) { rc = crc; goto out; }
     }
     if (adapter_dir) {
@@ -743,6 +836,11 @@ int cmd_eval(int argc, char **argv) {
     else
         printf("loss %.6f | perplexity %.6f | %lld target tokens in %d examples%s\n", loss, exp(loss), (long long)n, d.n,
                d.n_truncated ? " (some truncated)" : "");
+    /* the rows the numbers leave out, and why (stderr: --json's stdout stays one object) */
+    if (!json && d.n_skipped)
+        fprintf(stderr, "eval: %d of %d rows left out: %d with every target token past --seq %d, %d without a target "
+                "token, %d empty, %d malformed (--skip-bad)\n", d.n_skipped, d.n_lines, d.n_cut_no_target, seq,
+                d.n_no_target, d.n_empty, d.n_bad);
     rc = 0;
 out:
     peft_dataset_free(ds);

@@ -73,6 +73,17 @@ void peft_dataset_get_info(const peft_dataset *ds, peft_dataset_info *out) {
     out->n_skipped = d->n_skipped;
     out->n_tokens = d->n_tokens;
     out->n_loss_tokens = d->n_loss_tokens;
+    out->n_lines = d->n_lines;
+    out->n_bad = d->n_bad;
+    out->n_empty = d->n_empty;
+    out->n_no_target = d->n_no_target;
+    out->n_cut_no_target = d->n_cut_no_target;
+    out->n_loss_cut = d->n_loss_cut;
+    out->len_min = d->len_min;
+    out->len_median = d->len_median;
+    out->len_p95 = d->len_p95;
+    out->len_max = d->len_max;
+    out->style = d->style;
 }
 
 /* ---- runs --------------------------------------------------------------------- */
