@@ -307,7 +307,18 @@ static int build_candidates(search *s) {
         p = e ? e + 1 : p + len;
         if (!name[0]) continue;
         const int mi = peft_method_find(name);
-        if (mi < 0) { fprintf(stderr, "peft search: --methods: unknown method \"%s\"\n", name); return -1; }
+        if (mi < 0) {
+            const char *names[64];
+            int n_names = 0;
+            for (int i = 0; i < peft_method_count() && n_names < 64; i++) {
+                peft_method_info in;
+                names[n_names++] = peft_method_get(i, &in) ? NULL : in.name;
+            }
+            const char *near = cli_suggest(name, names, n_names);
+            fprintf(stderr, "peft search: --methods: unknown method \"%s\"%s%s%s\n", name, near ? ": did you mean " : "",
+                    near ? near : "", near ? "?" : "");
+            return -1;
+        }
         peft_method_info info;
         peft_method_get(mi, &info);
         if (info.saves_model) {
@@ -1094,7 +1105,7 @@ int cmd_search(int argc, char **argv) {
         else if (cli_flag(&a, "--quiet")) s.quiet = 1;
         else if (cli_flag(&a, "--help") || cli_flag(&a, "-h")) { usage(stdout); return 0; }
         else {
-            fprintf(stderr, "peft search: unknown option %s (see peft search --help)\n", argv[a.i]);
+            cli_unknown_option(&a);
             return 2;
         }
     }

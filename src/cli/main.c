@@ -217,7 +217,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "--version")) { printf("peft %s\n", PEFT_VERSION); return 0; }
     static const char *const cmds[] = {"generate", "chat", "info", "train", "eval", "merge", "export", "combine",
-                                       "embed", "serve", "help"};
+                                       "embed", "serve", "search", "help"};
     const char *near = cli_suggest(cmd, cmds, (int)(sizeof cmds / sizeof *cmds));
     if (near) fprintf(stderr, "peft: unknown command \"%s\": did you mean peft %s?\n\n", cmd, near);
     else fprintf(stderr, "peft: unknown command \"%s\"\n\n", cmd);
