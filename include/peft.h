@@ -673,7 +673,8 @@ typedef struct {
  * left it: what a new run may do with it. Names are ", "-separated and cut
  * with "..." when long. */
 typedef struct {
-    int exists, n_entries;       /* the folder exists; entries in it (0: empty) */
+    int exists, n_entries;       /* the folder exists; entries in it (0: empty; empty files of names peft does
+                                    not write, a shell redirect's log, are not counted) */
     int is_run;                  /* it holds a marker only training writes (run.json, metrics.jsonl, LATEST) */
     char peft_files[512];        /* the entries training (or peft export) writes there */
     char foreign[512];           /* the others ("" when none): never removed */
@@ -691,8 +692,8 @@ typedef struct {
 int peft_run_folder_inspect(const char *dir, peft_run_folder *out, peft_error *err);
 void peft_run_folder_release(peft_run_folder *f);
 /* Removes what training wrote in dir (adapter or model files, metrics,
- * plots, run.json, LATEST, checkpoint-N folders, temporaries), leaving dir
- * empty; refuses (PEFT_ERR_INVALID, nothing removed) a folder that is not a
+ * plots, run.json, LATEST, checkpoint-N folders, temporaries), keeping
+ * empty files of other names; refuses (PEFT_ERR_INVALID, nothing removed) a folder that is not a
  * run folder or holds anything else, naming it. */
 int peft_run_folder_clear(const char *dir, peft_error *err);
 

@@ -144,11 +144,14 @@ static int inspect(const char *dir, peft_run_folder *out, peft_err *err) {
     for (struct dirent *e; (e = readdir(d));) {
         const char *name = e->d_name;
         if (!strcmp(name, ".") || !strcmp(name, "..")) continue;
-        out->n_entries++;
         char p[4200];
         snprintf(p, sizeof p, "%s/%s", dir, name);
         struct stat es;
         const bool ok = lstat(p, &es) == 0;
+        /* an empty file of another name holds nothing to lose: the log a
+         * shell redirect (`2> run/train.log`) has just created */
+        if (ok && S_ISREG(es.st_mode) && es.st_size == 0 && !known_name(name, run_names)) continue;
+        out->n_entries++;
         if (ok && S_ISDIR(es.st_mode) && checkpoint_name(name)) {
             if (checkpoint_clean(dir, name, out->foreign, sizeof out->foreign))
                 list_add(out->peft_files, sizeof out->peft_files, "", name);
@@ -301,7 +304,8 @@ static int clear(const char *dir, peft_err *err) {
     char **names;
     int n;
     rc = list_dir(dir, &names, &n, err);
-    for (int i = 0; !rc && i < n; i++) rc = remove_entry(dir, names[i], err);
+    for (int i = 0; !rc && i < n; i++)
+        if (known_name(names[i], run_names) || checkpoint_name(names[i])) rc = remove_entry(dir, names[i], err);
     free_names(names, n);
     return rc;
 }
