@@ -676,6 +676,7 @@ typedef struct {
     int exists, n_entries;       /* the folder exists; entries in it (0: empty; empty files of names peft does
                                     not write, a shell redirect's log, are not counted) */
     int is_run;                  /* it holds a marker only training writes (run.json, metrics.jsonl, LATEST) */
+    int n_temporaries;           /* entries that are temporaries (<name>.tmp.<pid>) of writes a kill cut short */
     char peft_files[512];        /* the entries training (or peft export) writes there */
     char foreign[512];           /* the others ("" when none): never removed */
     int has_checkpoint;          /* a complete checkpoint to resume (LATEST's, or the folder itself) */

@@ -129,6 +129,7 @@ static int run_and_signal(const char *args, int sig, char *err, size_t cap) {
     argv[n] = NULL;
     int fds[2];
     if (pipe(fds)) return -1;
+    fflush(stdout);   /* else the child's freopen writes our buffered lines again */
     const pid_t pid = fork();
     if (pid == 0) {
         dup2(fds[1], 2);

@@ -626,6 +626,9 @@ int cmd_train(int argc, char **argv) {
                 fprintf(stderr, "peft train: --out %s holds files peft did not write (%s): choose another --out (nothing "
                         "there was changed)\n", out, dst.foreign);
                 bad_out = 2;
+            } else if (dst.n_temporaries == dst.n_entries) {
+                clear_out = true;   /* a run killed while writing its first file: nothing else there */
+                snprintf(out_note, sizeof out_note, "%s held only the temporaries of a killed run: removed them", out);
             } else if (!dst.is_run) {
                 fprintf(stderr, "peft train: --out %s is not empty (%s) and is not a training run's folder: choose another "
                         "--out\n", out, dst.peft_files);

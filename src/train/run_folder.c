@@ -157,7 +157,8 @@ static int inspect(const char *dir, peft_run_folder *out, peft_err *err) {
                 list_add(out->peft_files, sizeof out->peft_files, "", name);
         } else if (ok && !S_ISDIR(es.st_mode) && known_name(name, run_names)) {
             list_add(out->peft_files, sizeof out->peft_files, "", name);
-            for (int i = 0; run_markers[i]; i++) out->is_run |= !strcmp(name, run_markers[i]);
+            out->is_run |= known_name(name, run_markers);
+            out->n_temporaries += strstr(name, ".tmp.") != NULL;
         } else {
             own_checkpoint |= !strcmp(name, "optimizer.safetensors");
             list_add(out->foreign, sizeof out->foreign, "", name);
@@ -295,18 +296,21 @@ static int clear(const char *dir, peft_err *err) {
     if (f.foreign[0])
         return peft_fail(err, PEFT_ERR_INVALID, "%s holds files peft did not write (%s): nothing was removed; move them "
                          "away or choose another output folder", dir, f.foreign);
-    if (!f.is_run)
+    if (!f.is_run && f.n_temporaries != f.n_entries)
         return peft_fail(err, PEFT_ERR_INVALID, "%s is not a training run's folder (no run.json, metrics.jsonl or "
                          "LATEST): nothing was removed", dir);
-    /* LATEST first: a clear stopped halfway leaves no pointer to a
-     * checkpoint that is half gone */
+    /* LATEST first, run.json last: a clear stopped halfway leaves no
+     * pointer to a checkpoint that is half gone, and still says whose
+     * folder it is */
     if ((rc = remove_entry(dir, "LATEST", err))) return rc;
     char **names;
     int n;
     rc = list_dir(dir, &names, &n, err);
     for (int i = 0; !rc && i < n; i++)
-        if (known_name(names[i], run_names) || checkpoint_name(names[i])) rc = remove_entry(dir, names[i], err);
+        if ((known_name(names[i], run_names) || checkpoint_name(names[i])) && strcmp(names[i], "run.json"))
+            rc = remove_entry(dir, names[i], err);
     free_names(names, n);
+    if (!rc) rc = remove_entry(dir, "run.json", err);
     return rc;
 }
 
