@@ -452,6 +452,11 @@ typedef struct {
      * bitwise the same). 0: off; -1 (the default): off, or on a resume the
      * checkpoint's setting. */
     int checkpoint_every;
+    /* The caller's description of the run, a JSON object (`peft train`
+     * stores every option), or NULL: the trainer keeps it as "config" in
+     * out_dir/run.json and in every checkpoint's run.json, so that a
+     * resume can be checked against it (peft_run_folder_inspect). */
+    const char *run_config;
 } peft_train_params;
 
 typedef struct {
@@ -682,6 +687,13 @@ typedef struct {
     void *user;
     float pair_scale;            /* contrastive data: the similarity scale (0: 20, as MultipleNegativesRankingLoss) */
     int pair_pool;               /* contrastive data: PEFT_POOL_MEAN (0 too) or PEFT_POOL_CLS */
+    /* Polled after every step (NULL: never), with user: non-zero ends the
+     * run there as a finished one ends, but resumable: a checkpoint of that
+     * step (also without save_every), the adapter so far, metrics.jsonl and
+     * loss.svg are written, and peft_train_report.interrupted is set. The
+     * library installs no signal handler: a caller that stops on SIGINT
+     * sets a flag in its own handler and returns it here. */
+    int (*should_stop)(void *user);
 } peft_train_hooks;
 
 typedef struct {
@@ -692,7 +704,38 @@ typedef struct {
     int64_t tokens;
     int checkpoint_every;        /* the checkpointing the run trained with (0: off) */
     size_t graph_bytes;          /* the training graph: activations, gradients, scratch */
+    int interrupted;             /* should_stop ended the run before its last step */
+    int step, total_steps;       /* where the run is now (the checkpoint's step when interrupted), of how many */
 } peft_train_report;
+
+/* A run folder (peft train's --out) or a checkpoint folder, as the trainer
+ * left it: what a new run may do with it. Names are ", "-separated and cut
+ * with "..." when long. */
+typedef struct {
+    int exists, n_entries;       /* the folder exists; entries in it (0: empty; empty files of names peft does
+                                    not write, a shell redirect's log, are not counted) */
+    int is_run;                  /* it holds a marker only training writes (run.json, metrics.jsonl, LATEST) */
+    int n_temporaries;           /* entries that are temporaries (<name>.tmp.<pid>) of writes a kill cut short */
+    char peft_files[512];        /* the entries training (or peft export) writes there */
+    char foreign[512];           /* the others ("" when none): never removed */
+    int has_checkpoint;          /* a complete checkpoint to resume (LATEST's, or the folder itself) */
+    char checkpoint[4096];       /* its folder */
+    char run_dir[4096];          /* the run folder it belongs to (dir, or a checkpoint folder's parent) */
+    int step, total_steps;       /* the checkpoint's step and the run's steps (-1: unknown) */
+    int finished;                /* run.json says the run ended with its final adapter */
+    char *run_config;            /* the run's "config" (peft_train_params.run_config, re-serialised), or NULL */
+} peft_run_folder;
+
+/* Fills out for dir (a missing folder is not an error: exists = 0);
+ * PEFT_ERR_FORMAT naming the file for a run.json or LATEST that cannot be
+ * read. Release with peft_run_folder_release. */
+int peft_run_folder_inspect(const char *dir, peft_run_folder *out, peft_error *err);
+void peft_run_folder_release(peft_run_folder *f);
+/* Removes what training wrote in dir (adapter or model files, metrics,
+ * plots, run.json, LATEST, checkpoint-N folders, temporaries), keeping
+ * empty files of other names; refuses (PEFT_ERR_INVALID, nothing removed) a folder that is not a
+ * run folder or holds anything else, naming it. */
+int peft_run_folder_clear(const char *dir, peft_error *err);
 
 /* The memory a run will take, bytes, before it takes it: base (what the
  * process holds now, less the model files already resident), weights (the

@@ -5,6 +5,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,7 +47,8 @@ static opt_def train_opts[] = {
     {"eval-every", false, "evaluate every N steps (default: start and end only)", NULL},
     {"eval-batches", false, "evaluate on at most N batches (default all)", NULL},
     {"save-every", false, "checkpoint every N steps (default 0 = off)", NULL},
-    {"resume", false, "resume from a run folder or checkpoint folder", NULL},
+    {"resume", false, "continue a run from its folder or a checkpoint folder, with the options it saved", NULL},
+    {"overwrite", true, "replace the run already in --out (only files peft writes there are removed)", NULL},
     {"checkpoint-layers", false, "[K] gradient checkpointing: keep every K-th layer's input (K = 1 when alone), "
                                  "recompute the others in the backward; 0 = off (default; a resume keeps the run's)", NULL},
     {"seed", false, "seed for init, shuffling, dropout (default 42)", NULL},
@@ -405,6 +407,214 @@ static void print_trainable(int64_t trainable, int64_t base) {
 
 #define GETV(name) (find_opt(train_opts, N_TRAIN_OPTS, name)->value)
 
+/* ---- the run folder: its saved options, --overwrite, --resume, stops ----- */
+
+/* SESSION options are this invocation's (not saved); KEEP options are
+ * saved and come back on a resume, but may change there (no loss depends
+ * on them, or the trainer warns); RUN options are saved and a resume must
+ * agree with them. */
+typedef enum { OPT_SESSION, OPT_RUN, OPT_KEEP } opt_class;
+
+static opt_class class_of(const char *name) {
+    static const char *const session[] = {"out",     "config",     "resume",            "overwrite", "quiet",
+                                          "dry-run", "max-memory", "checkpoint-layers", "bf16",      NULL};
+    static const char *const keep[] = {"eval-every", "eval-batches", "save-every", "compute", "threads", NULL};
+    for (int i = 0; session[i]; i++)
+        if (!strcmp(name, session[i])) return OPT_SESSION;
+    for (int i = 0; keep[i]; i++)
+        if (!strcmp(name, keep[i])) return OPT_KEEP;
+    return OPT_RUN;
+}
+
+static bool is_path_opt(const char *name) { return !strcmp(name, "model") || !strcmp(name, "data") || !strcmp(name, "val"); }
+
+/* The defaults of the options every run has, saved with the given ones so
+ * that run.json holds the whole configuration (and an explicit --lr 2e-4
+ * agrees with a run that took the default). */
+static bool default_of(const char *name, char *buf, size_t cap) {
+    const peft_train_params d = peft_train_default_params();
+    if (!strcmp(name, "lr")) snprintf(buf, cap, "%g", (double)d.lr);
+    else if (!strcmp(name, "schedule")) snprintf(buf, cap, "%s", d.schedule ? d.schedule : "cosine");
+    else if (!strcmp(name, "warmup")) snprintf(buf, cap, "%d", d.warmup_steps);
+    else if (!strcmp(name, "weight-decay")) snprintf(buf, cap, "%g", (double)d.weight_decay);
+    else if (!strcmp(name, "beta1")) snprintf(buf, cap, "%g", (double)d.beta1);
+    else if (!strcmp(name, "beta2")) snprintf(buf, cap, "%g", (double)d.beta2);
+    else if (!strcmp(name, "eps")) snprintf(buf, cap, "%g", (double)d.eps);
+    else if (!strcmp(name, "clip")) snprintf(buf, cap, "%g", (double)d.max_grad_norm);
+    else if (!strcmp(name, "steps")) snprintf(buf, cap, "%d", d.steps);
+    else if (!strcmp(name, "batch")) snprintf(buf, cap, "%d", d.batch);
+    else if (!strcmp(name, "accum")) snprintf(buf, cap, "%d", d.accum);
+    else if (!strcmp(name, "seed")) snprintf(buf, cap, "%llu", (unsigned long long)d.seed);
+    else if (!strcmp(name, "method")) snprintf(buf, cap, "lora");
+    else return false;
+    return true;
+}
+
+/* Paths by the file they name, numbers by value (2e-4 is 0.0002). */
+static bool values_agree(const char *name, const char *a, const char *b) {
+    if (!strcmp(a, b)) return true;
+    if (is_path_opt(name)) {
+        char *ra = realpath(a, NULL), *rb = realpath(b, NULL);
+        const bool same = ra && rb && !strcmp(ra, rb);
+        free(ra);
+        free(rb);
+        return same;
+    }
+    char *ea, *eb;
+    const double x = strtod(a, &ea), y = strtod(b, &eb);
+    return ea != a && !*ea && eb != b && !*eb && (x == y || (float)x == (float)y);
+}
+
+/* Appends "--name value" (flags: "--name") and a note to a list. */
+static void diff_add(char *list, size_t cap, const opt_def *o, const char *v, const char *fmt, const char *what) {
+    size_t n = strlen(list);
+    if (n + 1 >= cap) return;
+    n += (size_t)snprintf(list + n, cap - n, "%s--%s", n ? ", " : "", o->name);
+    if (v && !o->flag && n < cap) n += (size_t)snprintf(list + n, cap - n, " %s", v);
+    if (n < cap) snprintf(list + n, cap - n, fmt, what);
+}
+
+/* The options that differ between this command and a run's saved ones
+ * (run.json's "options"), as "--lr 1e-3 (the run's: 0.0002), ..." into
+ * list; their count. both_ways: also options the run gave that this
+ * command does not (with the defaults above): whether it is the same run,
+ * not only a compatible resume. */
+static int diff_saved(const cJSON *saved, bool both_ways, char *list, size_t cap) {
+    int n = 0;
+    list[0] = '\0';
+    const cJSON *it;
+    cJSON_ArrayForEach(it, saved) {
+        opt_def *o = find_opt(train_opts, N_TRAIN_OPTS, it->string);
+        const char *sv = cJSON_IsString(it) ? it->valuestring : NULL;
+        if (!o || !sv) {
+            diff_add(list, cap, &(opt_def){it->string, true, NULL, NULL}, NULL, "%s", " (saved, but not an option of this peft)");
+            n++;
+            continue;
+        }
+        if (class_of(o->name) != OPT_RUN) continue;
+        char dflt[64];
+        const char *now = o->value;
+        if (!now && both_ways && default_of(o->name, dflt, sizeof dflt)) now = dflt;
+        if (!now) {
+            if (both_ways) {
+                diff_add(list, cap, o, NULL, " not given (the run's: %s)", o->flag ? "on" : sv);
+                n++;
+            }
+            continue;
+        }
+        if (!values_agree(o->name, now, sv)) {
+            diff_add(list, cap, o, now, " (the run's: %s)", o->flag ? (strcmp(sv, "false") ? "on" : "off") : sv);
+            n++;
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        opt_def *defs = k ? plug_opts : train_opts;
+        const int nd = k ? n_plug_opts : N_TRAIN_OPTS;
+        for (int i = 0; i < nd; i++)
+            if (defs[i].value && class_of(defs[i].name) == OPT_RUN && !cJSON_GetObjectItemCaseSensitive(saved, defs[i].name)) {
+                diff_add(list, cap, &defs[i], defs[i].value, "%s", " (the run had none: its default)");
+                n++;
+            }
+    }
+    return n;
+}
+
+/* The options the run saved, for those this command does not give. */
+static void restore_saved(const cJSON *saved) {
+    const cJSON *it;
+    cJSON_ArrayForEach(it, saved) {
+        opt_def *o = find_opt(train_opts, N_TRAIN_OPTS, it->string);
+        if (!o || !cJSON_IsString(it) || class_of(o->name) == OPT_SESSION) continue;
+        if (!strcmp(o->name, "compute") && GETV("bf16")) continue;
+        set_opt(o, it->valuestring, false);
+    }
+}
+
+/* This command's options as run.json keeps them: every RUN and KEEP
+ * option given (paths absolute, --bf16 as compute), the defaults above for
+ * the others (malloc'ed JSON, NULL when out of memory). */
+static char *run_config_json(void) {
+    cJSON *root = cJSON_CreateObject(), *opts = cJSON_AddObjectToObject(root, "options");
+    bool ok = root && opts && cJSON_AddStringToObject(root, "command", "train");
+    for (int k = 0; k < 2 && ok; k++) {
+        opt_def *defs = k ? plug_opts : train_opts;
+        const int nd = k ? n_plug_opts : N_TRAIN_OPTS;
+        for (int i = 0; i < nd && ok; i++) {
+            const char *v = defs[i].value;
+            char dflt[64], *abs = NULL;
+            if (class_of(defs[i].name) == OPT_SESSION) continue;
+            if (!v && default_of(defs[i].name, dflt, sizeof dflt)) v = dflt;
+            if (!v) continue;
+            if (is_path_opt(defs[i].name) && (abs = realpath(v, NULL))) v = abs;
+            ok = cJSON_AddStringToObject(opts, defs[i].name, v) != NULL;
+            free(abs);
+        }
+    }
+    if (ok && GETV("bf16") && !GETV("compute")) ok = cJSON_AddStringToObject(opts, "compute", "bf16") != NULL;
+    char *js = ok ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    return js;
+}
+
+/* run.json's options (a run_config of peft train's), or NULL. */
+static cJSON *saved_options(const char *run_config, cJSON **root) {
+    *root = run_config ? cJSON_Parse(run_config) : NULL;
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(*root, "command");
+    cJSON *o = cJSON_GetObjectItemCaseSensitive(*root, "options");
+    return cJSON_IsString(c) && !strcmp(c->valuestring, "train") && cJSON_IsObject(o) ? o : NULL;
+}
+
+static bool same_dir(const char *a, const char *b) {
+    char *ra = realpath(a, NULL), *rb = realpath(b, NULL);
+    const bool same = ra && rb ? !strcmp(ra, rb) : !strcmp(a, b);
+    free(ra);
+    free(rb);
+    return same;
+}
+
+/* s as one shell word. */
+static void shell_word(const char *s, char *out, size_t cap) {
+    bool plain = *s != '\0';
+    for (const char *c = s; *c; c++)
+        plain &= (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || strchr("_./-+=:,@%", *c);
+    if (plain) { snprintf(out, cap, "%s", s); return; }
+    size_t o = 0;
+    if (o + 1 < cap) out[o++] = '\'';
+    for (const char *c = s; *c && o + 5 < cap; c++) {
+        if (*c == '\'') { memcpy(out + o, "'\\''", 4); o += 4; }
+        else out[o++] = *c;
+    }
+    if (o + 1 < cap) out[o++] = '\'';
+    out[o] = '\0';
+}
+
+/* SIGINT / SIGTERM while training: the first asks the trainer to stop after
+ * the step it is in (peft_train_hooks.should_stop), the second ends the
+ * process at once with the signal's default action. */
+static volatile sig_atomic_t stop_signal;
+static bool stop_notice;   /* stderr is a terminal: say at once what happens */
+
+static void on_stop_signal(int sig) {
+    if (stop_signal) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    stop_signal = sig;
+    if (stop_notice) {
+        static const char msg[] = "\npeft train: stopping after this step to save a checkpoint (Ctrl-C again quits "
+                                  "without saving)\n";
+        const ssize_t w = write(2, msg, sizeof msg - 1);
+        (void)w;
+    }
+}
+
+static int stop_requested(void *user) {
+    (void)user;
+    return stop_signal != 0;
+}
+
+
 int cmd_train(int argc, char **argv) {
     plug_opts_init();
     cli_args a = {argc, 1, argv, "train"};
@@ -437,10 +647,116 @@ int cmd_train(int argc, char **argv) {
     }
     if (bad) return 2;
     if (GETV("config") && load_config(train_opts, N_TRAIN_OPTS, GETV("config"))) return 2;
+    /* --resume: the run's options from its run.json, checked against the
+     * ones given again */
+    peft_run_folder src;
+    memset(&src, 0, sizeof src);
+    bool saved_opts = false;
+    if (GETV("resume")) {
+        peft_error e = {0};
+        if (peft_run_folder_inspect(GETV("resume"), &src, &e)) { fprintf(stderr, "peft train: --resume: %s\n", e.msg); return 1; }
+        if (!src.has_checkpoint) {
+            fprintf(stderr, "peft train: --resume %s: %s\n", GETV("resume"),
+                    !src.exists ? "no such folder"
+                    : src.finished ? "the run finished and kept no checkpoint to continue from (--save-every N keeps them)"
+                                   : "no checkpoint there (no LATEST, no optimizer.safetensors)");
+            peft_run_folder_release(&src);
+            return 1;
+        }
+        cJSON *root;
+        const cJSON *so = saved_options(src.run_config, &root);
+        char diffs[2048];
+        if (so && diff_saved(so, false, diffs, sizeof diffs)) {
+            fprintf(stderr, "peft train: --resume %s: options differ from the run's (%s/run.json): %s; leave them out "
+                    "to continue the run as it was, or train a new one into another --out\n", GETV("resume"),
+                    src.checkpoint, diffs);
+            cJSON_Delete(root);
+            peft_run_folder_release(&src);
+            return 2;
+        }
+        if (so) restore_saved(so);
+        saved_opts = so != NULL;
+        cJSON_Delete(root);
+        peft_run_folder_release(&src);
+        if (!GETV("out")) set_opt(find_opt(train_opts, N_TRAIN_OPTS, "out"), src.run_dir, true);
+    }
     if (!GETV("model") || !GETV("data") || (!GETV("out") && !GETV("dry-run"))) {
-        fprintf(stderr, "peft train: --model, --data and --out are required\n\n");
+        fprintf(stderr, "peft train: --model, --data and --out are required%s\n\n",
+                GETV("resume") && !saved_opts ? " (this checkpoint keeps no options: an older peft wrote it)" : "");
         train_usage(stderr);
         return 2;
+    }
+    /* --out: new, empty, this run's own folder, or replaced with
+     * --overwrite; never a folder with files peft does not write */
+    bool clear_out = false, auto_resume = false;
+    char out_note[600] = "";
+    if (!GETV("dry-run")) {
+        const char *out = GETV("out");
+        const bool in_place = GETV("resume") && same_dir(out, src.run_dir);
+        char word[4200];
+        shell_word(out, word, sizeof word);
+        if (in_place && GETV("overwrite")) {
+            fprintf(stderr, "peft train: --overwrite would remove the run that --resume continues: give one of them\n");
+            return 2;
+        }
+        peft_run_folder dst;
+        memset(&dst, 0, sizeof dst);
+        peft_error e = {0};
+        if (!in_place && peft_run_folder_inspect(out, &dst, &e)) { fprintf(stderr, "peft train: --out: %s\n", e.msg); return 1; }
+        if (!in_place && dst.exists && dst.n_entries > 0) {
+            cJSON *root = NULL;
+            const cJSON *so = GETV("resume") ? NULL : saved_options(dst.run_config, &root);
+            char diffs[2048] = "";
+            const bool same = so && diff_saved(so, true, diffs, sizeof diffs) == 0;
+            int bad_out = 0;
+            if (dst.foreign[0]) {
+                fprintf(stderr, "peft train: --out %s holds files peft did not write (%s): choose another --out (nothing "
+                        "there was changed)\n", out, dst.foreign);
+                bad_out = 2;
+            } else if (dst.n_temporaries == dst.n_entries) {
+                clear_out = true;   /* a run killed while writing its first file: nothing else there */
+                snprintf(out_note, sizeof out_note, "%s held only the temporaries of a killed run: removed them", out);
+            } else if (!dst.is_run) {
+                fprintf(stderr, "peft train: --out %s is not empty (%s) and is not a training run's folder: choose another "
+                        "--out\n", out, dst.peft_files);
+                bad_out = 2;
+            } else if (GETV("overwrite")) {
+                clear_out = true;
+                snprintf(out_note, sizeof out_note, "--overwrite: removed the previous run from %s (%s)", out, dst.peft_files);
+            } else if (same && dst.has_checkpoint && !dst.finished) {
+                auto_resume = true;
+                restore_saved(so);
+                set_opt(find_opt(train_opts, N_TRAIN_OPTS, "resume"), out, true);
+                src = dst;
+                src.run_config = NULL;
+                snprintf(out_note, sizeof out_note, "; %s held this run, stopped: it continues (--overwrite starts over)", out);
+            } else if (same && !dst.finished) {
+                clear_out = true;   /* killed before its first checkpoint: nothing to continue from */
+                snprintf(out_note, sizeof out_note, "%s held this run, stopped before its first checkpoint: starting it "
+                         "over", out);
+            } else if (same) {
+                fprintf(stderr, "peft train: --out %s holds this run, finished (%d steps): --overwrite trains it again, "
+                        "or choose another --out\n", out, dst.step);
+                bad_out = 2;
+            } else {
+                char what[2300];
+                if (diffs[0]) snprintf(what, sizeof what, "its options differ: %s", diffs);
+                else snprintf(what, sizeof what, "%s", dst.peft_files);
+                if (dst.has_checkpoint && !dst.finished)
+                    fprintf(stderr, "peft train: --out %s holds another run (%s), stopped at step %d: `peft train --resume "
+                            "%s` continues it, --overwrite replaces it, or choose another --out\n", out, what, dst.step, word);
+                else
+                    fprintf(stderr, "peft train: --out %s holds another run (%s): --overwrite replaces it, or choose "
+                            "another --out\n", out, what);
+                bad_out = 2;
+            }
+            cJSON_Delete(root);
+            if (bad_out) {
+                peft_run_folder_release(&dst);
+                return bad_out;
+            }
+        }
+        if (!in_place) peft_run_folder_release(&dst);
     }
     const int plug0 = peft_method_find(GETV("method") ? GETV("method") : "lora");
     if (plug0 < 0) {
@@ -566,11 +882,15 @@ int cmd_train(int argc, char **argv) {
     progress_ctx pc = {isatty(2) != 0, GETV("quiet") != NULL};
     hooks.progress = on_progress;
     hooks.user = &pc;
+    hooks.should_stop = stop_requested;
+    char *run_config = run_config_json();
+    if (!run_config) { fprintf(stderr, "peft train: out of memory\n"); return 1; }
+    tp.run_config = run_config;
 
     /* load */
     int rc = 1;
     peft_ctx *ctx = cli_ctx(threads, false);
-    if (!ctx) return 1;
+    if (!ctx) { free(run_config); return 1; }
     peft_model *m = peft_model_load(ctx, GETV("model"));
     peft_adapter *ad = NULL;
     peft_dataset *train = NULL, *val = NULL;
@@ -714,9 +1034,43 @@ int cmd_train(int argc, char **argv) {
         }
         if (GETV("dry-run")) { rc = 0; goto out; }
     }
+    if (clear_out) {
+        peft_error e = {0};
+        if (peft_run_folder_clear(tp.out_dir, &e)) { fprintf(stderr, "peft train: %s\n", e.msg); goto out; }
+        fprintf(stderr, "%s\n", out_note);
+    }
+    if (tp.resume) {
+        const char *how = auto_resume ? out_note : "";
+        if (src.total_steps > 0)
+            fprintf(stderr, "resumed from step %d of %d (%s)%s\n", src.step, src.total_steps, src.checkpoint, how);
+        else
+            fprintf(stderr, "resumed from step %d (%s)%s\n", src.step, src.checkpoint, how);
+    }
+    /* the handlers only while training: before, a Ctrl-C has nothing to save */
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    stop_signal = 0;
+    stop_notice = pc.tty;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
     peft_train_report res;
-    if (peft_train_dataset(m, ad, train, val, &tp, &hooks, &res)) {
+    const int trc = peft_train_dataset(m, ad, train, val, &tp, &hooks, &res);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (trc) {
         fprintf(stderr, "\npeft train: %s\n", peft_last_error(ctx));
+        goto out;
+    }
+    if (res.interrupted) {
+        char word[4200];
+        shell_word(tp.out_dir, word, sizeof word);
+        fprintf(stderr, "%speft train: stopped by %s after step %d of %d: saved %s/checkpoint-%d and the %s so far in %s; "
+                "to continue: peft train --resume %s\n", pc.tty && !pc.quiet ? "\r\033[K" : "",
+                stop_signal == SIGTERM ? "SIGTERM" : "SIGINT", res.step, res.total_steps, tp.out_dir, res.step,
+                plug_info.saves_model ? "model" : "adapter", tp.out_dir, word);
+        rc = 128 + (stop_signal ? stop_signal : SIGINT);
         goto out;
     }
     if (res.checkpoint_every > 0 && res.checkpoint_every < minfo.n_layer)
@@ -748,6 +1102,7 @@ out:
     if (ad) peft_adapter_free(ad);
     peft_model_free(m);
     peft_free(ctx);
+    free(run_config);
     return rc;
 }
 

@@ -115,7 +115,10 @@ int train_params_from_public(const peft_train_params *p, const peft_train_hooks 
     t->seed = p->seed;
     t->out_dir = p->out_dir;
     t->resume = p->resume;
+    t->run_config = p->run_config;
     if (h) {
+        t->should_stop = h->should_stop;
+        t->stop_user = h->user;
         if (h->pair_scale > 0) t->pair_scale = h->pair_scale;
         t->pair_pool = h->pair_pool == PEFT_POOL_CLS ? TG_POOL_CLS : TG_POOL_MEAN;
     }
@@ -202,6 +205,9 @@ int peft_train_dataset(peft_model *m, peft_adapter *a, const peft_dataset *train
         out->tokens = res.tokens;
         out->checkpoint_every = res.checkpoint_every;
         out->graph_bytes = res.graph_bytes;
+        out->interrupted = res.interrupted;
+        out->step = res.step;
+        out->total_steps = res.total_steps;
     }
     return 0;
 }

@@ -180,5 +180,9 @@ int data_loader_batches_per_epoch(const data_loader *l);
 size_t data_loader_state_size(const data_loader *l);
 void data_loader_get_state(const data_loader *l, void *buf);
 int data_loader_set_state(data_loader *l, const void *buf, size_t n);
+/* Why a state does not fit l, for the error: the saved fields that differ
+ * from l's ("examples 108 (now 120), seed 5 (now 7)"), or "" when they all
+ * agree (a corrupt position). */
+void data_loader_state_mismatch(const data_loader *l, const void *buf, size_t n, char *out, size_t cap);
 
 #endif
