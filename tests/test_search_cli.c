@@ -14,7 +14,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define MODEL "tests/fixtures/models/tiny-llama"
 
@@ -211,6 +214,54 @@ static void classification_ranks_by_accuracy(void) {
     free(md);
 }
 
+/* SIGINT after the first trial's row: the trial in progress is dropped,
+ * the search says how to continue and exits 130; the resume then ends
+ * with the uninterrupted search's numbers. */
+static void sigint_stops_resumably(void) {
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
+    char data[300], out_dir[300], cmd[2048];
+    snprintf(data, sizeof data, "%s/lm.jsonl", tmp);
+    snprintf(out_dir, sizeof out_dir, "%s/E", tmp);
+    int fds[2];
+    CHECK(pipe(fds) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        close(fds[0]);
+        execl(getenv("PEFT_CLI"), "peft", "search", "--model", MODEL, "--seq", "48", "--batch", "4", "--threads", "1",
+              "--seed", "7", "--budget-params", "12k", "--budget-time", "1h", "--trials", "6", "--min-steps", "3", "--eta",
+              "2", "--methods", "lora,ia3,prompt", "--ranks", "2,4", "--data", data, "--out", out_dir, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    FILE *f = fdopen(fds[0], "r");
+    char line[1024], all[16384] = "";
+    int signalled = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (strlen(all) + strlen(line) < sizeof all) strcat(all, line);
+        /* the second trial's row: the third is under way */
+        if (!signalled && !strncmp(line, "2 ", 2)) { kill(pid, SIGINT); signalled = 1; }
+    }
+    fclose(f);
+    int st;
+    waitpid(pid, &st, 0);
+    CHECK(signalled);
+    CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 130, "status %d: %s", st, all);
+    CHECK_MSG(strstr(all, "stopped by SIGINT") && strstr(all, "--resume"), "%s", all);
+    snprintf(cmd, sizeof cmd, COMMON " --data %s --out %s --resume", data, out_dir);
+    char out[32768];
+    const int rc = test_run_cli(cmd, out, sizeof out);
+    CHECK_MSG(rc == 0, "exit %d: %s", rc, out);
+    char pa[400], pb[400];
+    snprintf(pa, sizeof pa, "%s/A/best/adapter_model.safetensors", tmp);
+    snprintf(pb, sizeof pb, "%s/best/adapter_model.safetensors", out_dir);
+    size_t la = 0, lb = 0;
+    char *fa = test_read_file(pa, &la), *fb = test_read_file(pb, &lb);
+    CHECK(fa && fb && la == lb && memcmp(fa, fb, la) == 0);
+    free(fa);
+    free(fb);
+}
+
 /* Each bad input: the exit status, the words that say why, and no trial. */
 static void expect_refusal(const char *args, const char *why, const char *out_dir) {
     char out[16384], path[400];
@@ -267,6 +318,7 @@ int main(void) {
     if (!mkdtemp(tmp)) return 1;
     TEST_RUN(rungs_halve_and_rank);
     TEST_RUN(resume_gives_the_same_search);
+    TEST_RUN(sigint_stops_resumably);
     TEST_RUN(classification_ranks_by_accuracy);
     TEST_RUN(bad_input_is_refused_before_any_trial);
     if (test_rm_rf(tmp) != 0) fprintf(stderr, "could not remove %s\n", tmp);

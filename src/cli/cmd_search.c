@@ -23,6 +23,7 @@
 #include <ftw.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -687,6 +688,25 @@ done:
     return rc;
 }
 
+/* SIGINT / SIGTERM: the first stops the trial in progress after its step
+ * (peft_train_hooks.should_stop) and the search with it, resumable; the
+ * second ends the process at once. The CLI's state, not the library's. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig) {
+    if (stop_signal) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    stop_signal = sig;
+}
+
+static int stop_requested(void *user) {
+    (void)user;
+    return stop_signal != 0;
+}
+
 /* ---- trials ------------------------------------------------------------------------- */
 
 static const trial *find_trial(const search *s, int cand_i, int steps) {
@@ -1017,6 +1037,15 @@ static int run_search(search *s) {
                 return 3;
             }
             if (run_trial(s, ci, k, steps, &results[i])) return 1;
+            if (stop_signal) {
+                /* the interrupted trial is not recorded: a resume runs it again */
+                fprintf(stderr, "peft search: stopped by %s during trial %d (%s); %d trial%s recorded in %s/search.json\n",
+                        stop_signal == SIGINT ? "SIGINT" : "SIGTERM", trial_no, s->c[ci].label, s->n_t,
+                        s->n_t == 1 ? "" : "s", s->out);
+                leaderboard(s, 0);
+                resume_hint(s);
+                return 128 + stop_signal;
+            }
             new_trials++;
             if (add_trial(s, &results[i]) || save_state(s)) return 1;
             if (!s->quiet) print_row(s, trial_no, &results[i]);
@@ -1227,7 +1256,19 @@ int cmd_search(int argc, char **argv) {
         fprintf(stderr, "); about %.0f s at %.2f s a step\n", plan_cost(&s), s.calib_step_s);
         if (save_state(&s)) goto out;
     }
-    rc = run_search(&s);
+    {
+        struct sigaction sa, old_int, old_term;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_stop_signal;
+        sigemptyset(&sa.sa_mask);
+        stop_signal = 0;
+        s.hooks.should_stop = stop_requested;
+        sigaction(SIGINT, &sa, &old_int);
+        sigaction(SIGTERM, &sa, &old_term);
+        rc = run_search(&s);
+        sigaction(SIGINT, &old_int, NULL);
+        sigaction(SIGTERM, &old_term, NULL);
+    }
 out:
     if (s.ident) cJSON_Delete(s.ident);
     free(s.c);
