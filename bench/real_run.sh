@@ -12,6 +12,8 @@ OUT=${OUT:-runs/real}
 STEPS=${STEPS:-300}
 THREADS=${THREADS:-2}
 PEFT=${PEFT:-build/peft}
+. bench/need_data.sh
+need_data e2e "$E2E" E2E
 [ -f "$MODEL" ] || bash scripts/setup.sh --model
 [ -x "$PEFT" ] || bash scripts/setup.sh --build
 mkdir -p "$OUT/data"
