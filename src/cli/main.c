@@ -25,6 +25,7 @@ static void usage(FILE *f) {
             "  export     adapter as llama.cpp GGUF LoRA: peft export --adapter DIR --format gguf\n"
             "  combine    LoRA adapters into one: peft combine --adapter A:0.5 --adapter B:0.5 --type svd --out DIR\n"
             "  serve      OpenAI-compatible HTTP server: peft serve --model PATH [--adapter NAME=DIR]... [--port 8080]\n"
+            "  search     pick method, modules, rank, lr for your data: peft search --model PATH --data FILE --out DIR --budget-params 0.5%% --budget-time 30m\n"
             "  info       describe a model: peft info PATH [--json] [--tensors]\n"
             "  help       this text; `peft <command> --help` for a command's options\n",
             PEFT_VERSION);
@@ -212,10 +213,11 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "combine")) return cmd_combine(argc - 1, argv + 1);
     if (!strcmp(cmd, "embed")) return cmd_embed(argc - 1, argv + 1);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(cmd, "search")) return cmd_search(argc - 1, argv + 1);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "--version")) { printf("peft %s\n", PEFT_VERSION); return 0; }
     static const char *const cmds[] = {"generate", "chat", "info", "train", "eval", "merge", "export", "combine",
-                                       "embed", "serve", "help"};
+                                       "embed", "serve", "search", "help"};
     const char *near = cli_suggest(cmd, cmds, (int)(sizeof cmds / sizeof *cmds));
     if (near) fprintf(stderr, "peft: unknown command \"%s\": did you mean peft %s?\n\n", cmd, near);
     else fprintf(stderr, "peft: unknown command \"%s\"\n\n", cmd);
