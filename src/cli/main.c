@@ -17,6 +17,7 @@ static void usage(FILE *f) {
             "usage: peft <command> [options]\n\n"
             "commands:\n"
             "  train      fine-tune an adapter: peft train --model PATH --data FILE --out DIR [--r 8 ...]\n"
+            "  probe      which modules and ranks to tune on your data: peft probe --model PATH --data FILE [--budget 0.5%%]\n"
             "  eval       loss and perplexity: peft eval --model PATH [--adapter DIR] --data FILE\n"
             "  generate   generate text: peft generate --model PATH --prompt \"...\" [--chat] [--adapter DIR]\n"
             "  chat       talk with a model: peft chat --model PATH [--adapter DIR] (/reset, /exit)\n"
@@ -204,6 +205,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "combine")) return cmd_combine(argc - 1, argv + 1);
     if (!strcmp(cmd, "embed")) return cmd_embed(argc - 1, argv + 1);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(cmd, "probe")) return cmd_probe(argc - 1, argv + 1);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "--version")) { printf("peft %s\n", PEFT_VERSION); return 0; }
     fprintf(stderr, "peft: unknown command \"%s\"\n\n", cmd);

@@ -406,8 +406,16 @@ static int lora_train_check(const adapter *a, peft_err *err) {
 
 static void lora_describe(const adapter *a, char *buf, size_t cap) {
     const lora_state *st = S(a);
-    snprintf(buf, cap, "r=%d alpha=%g%s scale=%g dropout=%g on %d modules", st->cfg.r, (double)st->cfg.alpha,
-             st->cfg.rslora ? " (rsLoRA)" : "", (double)lora_scale(&st->cfg), (double)st->cfg.dropout, st->n_modules);
+    int rlo = st->cfg.r, rhi = st->cfg.r, n_own = 0;
+    for (int i = 0; i < st->n_modules; i++) {
+        rlo = PEFT_MIN(rlo, st->mods[i].r);
+        rhi = PEFT_MAX(rhi, st->mods[i].r);
+        n_own += st->mods[i].r != st->cfg.r || st->mods[i].alpha != st->cfg.alpha;
+    }
+    char pat[96] = "";
+    if (n_own) snprintf(pat, sizeof pat, " (%d with their own rank or alpha; ranks %d..%d)", n_own, rlo, rhi);
+    snprintf(buf, cap, "r=%d alpha=%g%s scale=%g dropout=%g on %d modules%s", st->cfg.r, (double)st->cfg.alpha,
+             st->cfg.rslora ? " (rsLoRA)" : "", (double)lora_scale(&st->cfg), (double)st->cfg.dropout, st->n_modules, pat);
 }
 
 static const method_option lora_options[] = {
