@@ -756,6 +756,10 @@ char *peft_probe_table(const peft_probe *pr, int top);
 /* Writes what is not NULL: the JSON, the SVG heat map (layers x module
  * kinds), the config (atomically). */
 int peft_probe_save(const peft_probe *pr, const char *json_path, const char *svg_path, const char *config_path);
+/* The proposal again for another budget (parameters), without measuring
+ * again: for a search over budgets. A budget below the smallest candidate
+ * is an error (the proposal unchanged). */
+int peft_probe_set_budget(peft_probe *pr, int64_t budget_params);
 
 #ifdef __cplusplus
 }

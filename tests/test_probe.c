@@ -233,10 +233,10 @@ static void loss_falls_at_sigma1_along_the_top_direction(void) {
 
 /* ---- LoRA with per-module settings ------------------------------------------------------ */
 
-static adapter *pattern_lora(peft_model *m, const char *tm, const char *rp, const char *ap, peft_err *err) {
+static adapter *pattern_adapter(peft_model *m, bool dora, const char *tm, const char *rp, const char *ap, peft_err *err) {
     method_config mc;
     memset(&mc, 0, sizeof mc);
-    mc.ops = &method_lora;
+    mc.ops = dora ? &method_dora : &method_lora;
     mc.r = 4;
     mc.alpha = 8;
     mc.seed = 5;
@@ -246,6 +246,10 @@ static adapter *pattern_lora(peft_model *m, const char *tm, const char *rp, cons
     adapter *a = NULL;
     if (adapter_new(m, &mc, &a, err)) return NULL;
     return a;
+}
+
+static adapter *pattern_lora(peft_model *m, const char *tm, const char *rp, const char *ap, peft_err *err) {
+    return pattern_adapter(m, false, tm, rp, ap, err);
 }
 
 static void lora_patterns_make_save_and_load(void) {
@@ -323,11 +327,13 @@ static int python_ok(void) {
  * alphas, modules by name) and gives our logits. */
 static void lora_patterns_load_in_hf_peft(void) {
     if (!python_ok()) TEST_SKIP("python3 with torch, transformers, peft and safetensors is not installed (the reference stack)");
-    static const struct { const char *model, *tm, *rp, *ap; } cases[] = {
-        {"tiny-llama", "[\"model.layers.0.self_attn.q_proj\", \"model.layers.1.mlp.down_proj\", \"v_proj\"]",
+    static const struct { const char *model; bool dora; const char *tm, *rp, *ap; } cases[] = {
+        {"tiny-llama", false, "[\"model.layers.0.self_attn.q_proj\", \"model.layers.1.mlp.down_proj\", \"v_proj\"]",
          "{\"model.layers.1.mlp.down_proj\": 8, \"v_proj\": 2}", "{\"model.layers.0.self_attn.q_proj\": 3, \"down_proj\": 20}"},
-        {"tiny-gpt2", "[\"transformer.h.1.attn.c_attn\", \"mlp.c_fc\"]", "{\"transformer.h.0.mlp.c_fc\": 6}",
+        {"tiny-gpt2", false, "[\"transformer.h.1.attn.c_attn\", \"mlp.c_fc\"]", "{\"transformer.h.0.mlp.c_fc\": 6}",
          "{\"c_attn\": 2}"},
+        /* DoRA shares LoRA's code: its row norms follow each module's scale */
+        {"tiny-llama", true, NULL, "{\"model.layers.1.self_attn.v_proj\": 6}", "{\"q_proj\": 3}"},
     };
     char dir[] = "/tmp/peft_probe_hf_XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
@@ -342,12 +348,19 @@ static void lora_patterns_load_in_hf_peft(void) {
         peft_model *m = load_model(cases[k].model, &ctx);
         if (!m) continue;
         peft_err err = {0};
-        adapter *a = pattern_lora(m, cases[k].tm, cases[k].rp, cases[k].ap, &err);
+        adapter *a = pattern_adapter(m, cases[k].dora, cases[k].tm, cases[k].rp, cases[k].ap, &err);
         CHECK_MSG(a != NULL, "%s", err.msg);
         if (a) {
             peft_rng rng;
             peft_rng_seed(&rng, 31 + k);
             for (int64_t i = 0; i < a->n_params; i++) a->params[i] = 0.2f * peft_rng_normal(&rng);
+            if (cases[k].dora) {
+                /* magnitudes near the row norms, as after training */
+                const lora_state *ls = lora_of(a);
+                for (int i = 0; i < ls->n_modules; i++)
+                    for (int j = 0; j < ls->mods[i].out; j++) ls->mods[i].mag[j] = 1.0f + 0.1f * peft_rng_normal(&rng);
+            }
+            CHECK_OK(adapter_refresh(a, m, &err));
             free(a->base_model);
             char base[300];
             snprintf(base, sizeof base, MFIX "%s", cases[k].model);
@@ -461,6 +474,21 @@ static void proposal_fits_its_budget(void) {
     }
     cJSON_Delete(o);
     free(js);
+    /* another budget without measuring again: a smaller proposal, and a
+     * budget below every candidate refused with the proposal kept */
+    if (pr) {
+        CHECK_OK(peft_probe_set_budget(pr, 1500));
+        char *j2 = peft_probe_json(pr);
+        cJSON *o2 = j2 ? cJSON_Parse(j2) : NULL;
+        const cJSON *p2 = cJSON_GetObjectItem(o2, "proposal");
+        CHECK(p2 && cJSON_GetObjectItem(p2, "params")->valuedouble <= 1500 &&
+              cJSON_GetObjectItem(p2, "params")->valuedouble > 0);
+        cJSON_Delete(o2);
+        free(j2);
+        CHECK(peft_probe_set_budget(pr, 10) != 0);
+        CHECK_MSG(strstr(peft_last_error(ctx), "smaller than the smallest candidate"), "%s", peft_last_error(ctx));
+        CHECK_OK(peft_probe_set_budget(pr, 5000));
+    }
     /* the config trains: peft_probe_save's file through the CLI */
     char cfg[700], jsn[700], svg[700];
     snprintf(cfg, sizeof cfg, "%s/probe_config.json", dir);

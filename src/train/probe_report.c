@@ -188,6 +188,7 @@ peft_probe *peft_probe_run(peft_model *m, const char *data_path, const peft_prob
     pr->p = *p;
     pr->p.ranks = NULL;
     pr->p.targets = NULL;
+    pr->p.seq = m->cfg.n_ctx > 0 ? PEFT_MIN(p->seq, m->cfg.n_ctx) : p->seq;
     data_set ds;
     memset(&ds, 0, sizeof ds);
     data_loader *ld = NULL;
@@ -544,5 +545,19 @@ int peft_probe_save(const peft_probe *pr, const char *json_path, const char *svg
         free(t);
         if (rc) return rc;
     }
+    return 0;
+}
+
+int peft_probe_set_budget(peft_probe *pr, int64_t budget_params) {
+    const probe_state *st = probe_of(pr->a);
+    int64_t smallest = INT64_MAX;
+    for (int i = 0; i < st->n_modules; i++) smallest = PEFT_MIN(smallest, cost(&st->mods[i], pr->ranks[0]));
+    if (budget_params < smallest)
+        return peft_fail(&pr->m->ctx->err, PEFT_ERR_INVALID,
+                         "probe: a budget of %lld parameters is smaller than the smallest candidate (%lld)",
+                         (long long)budget_params, (long long)smallest);
+    pr->budget = budget_params;
+    memset(pr->pick, 0, (size_t)st->n_modules * sizeof *pr->pick);
+    propose(pr);
     return 0;
 }
