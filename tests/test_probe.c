@@ -311,6 +311,17 @@ static void lora_patterns_make_save_and_load(void) {
     CHECK(a == NULL);
     CHECK_MSG(strstr(err.msg, "rank_pattern") && strstr(err.msg, "qproj") && strstr(err.msg, "matches no"), "%s", err.msg);
     adapter_free(a);
+    {
+        method_config mc;
+        memset(&mc, 0, sizeof mc);
+        mc.ops = &method_lora;
+        mc.targets = 1u << ROLE_Q;
+        CHECK_OK(method_option_add(&mc, "target_modules", "v_proj", &err));
+        a = NULL;
+        CHECK(adapter_new(m, &mc, &a, &err) != 0);
+        CHECK_MSG(strstr(err.msg, "not both"), "%s", err.msg);
+        adapter_free(a);
+    }
     a = pattern_lora(m, NULL, "{\"v_proj\": 0}", NULL, &err);
     CHECK(a == NULL);
     CHECK_MSG(strstr(err.msg, "rank 0"), "%s", err.msg);

@@ -383,7 +383,8 @@ char *peft_probe_json(const peft_probe *pr) {
                  cJSON_AddNumberToObject(c, "params", (double)cost(md, r)) && cJSON_AddNumberToObject(c, "score", sqrt(en)) &&
                  cJSON_AddNumberToObject(c, "energy", en) &&
                  cJSON_AddNumberToObject(c, "energy_fraction", md->fro2 > 0 ? en / md->fro2 : 0) &&
-                 cJSON_AddNumberToObject(c, "energy_per_param", en / (double)cost(md, r));
+                 cJSON_AddNumberToObject(c, "energy_per_param", en / (double)cost(md, r)) &&
+                 cJSON_AddNumberToObject(c, "score_per_param", sqrt(en) / (double)cost(md, r));
         }
         ok = ok && cJSON_AddNumberToObject(e, "proposed_r", pr->pick ? pr->pick[i] : 0);
     }

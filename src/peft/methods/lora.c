@@ -271,6 +271,11 @@ static int patterns_of(const method_config *mc, lora_patterns *p, peft_err *err)
         int rc = lora_pattern_parse(spec, keys[i], i == 0, dst[i], err);
         if (rc) { patterns_free(p); return rc; }
     }
+    if (p->tm.n && mc->targets) {
+        patterns_free(p);
+        return peft_fail(err, PEFT_ERR_INVALID, "%s: give --target (kinds) or --target-modules (names), not both",
+                         mc->ops ? mc->ops->name : "lora");
+    }
     return 0;
 }
 
