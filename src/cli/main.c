@@ -17,6 +17,8 @@ static void usage(FILE *f) {
             "usage: peft <command> [options]\n\n"
             "commands:\n"
             "  train      fine-tune an adapter: peft train --model PATH --data FILE --out DIR [--r 8 ...]\n"
+            "  probe      which modules and ranks to tune on your data: peft probe --model PATH --data FILE [--budget 0.5%%]\n"
+            "  search     which method, modules, rank and lr: peft search --model PATH --data FILE --out DIR --budget-params 0.5%% --budget-time 30m\n"
             "  eval       loss and perplexity: peft eval --model PATH [--adapter DIR] --data FILE\n"
             "  generate   generate text: peft generate --model PATH --prompt \"...\" [--chat] [--adapter DIR]\n"
             "  chat       talk with a model: peft chat --model PATH [--adapter DIR] (/reset, /exit)\n"
@@ -25,7 +27,6 @@ static void usage(FILE *f) {
             "  export     adapter as llama.cpp GGUF LoRA: peft export --adapter DIR --format gguf\n"
             "  combine    LoRA adapters into one: peft combine --adapter A:0.5 --adapter B:0.5 --type svd --out DIR\n"
             "  serve      OpenAI-compatible HTTP server: peft serve --model PATH [--adapter NAME=DIR]... [--port 8080]\n"
-            "  search     pick method, modules, rank, lr for your data: peft search --model PATH --data FILE --out DIR --budget-params 0.5%% --budget-time 30m\n"
             "  info       describe a model: peft info PATH [--json] [--tensors]\n"
             "  help       this text; `peft <command> --help` for a command's options\n",
             PEFT_VERSION);
@@ -214,10 +215,11 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "embed")) return cmd_embed(argc - 1, argv + 1);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "search")) return cmd_search(argc - 1, argv + 1);
+    if (!strcmp(cmd, "probe")) return cmd_probe(argc - 1, argv + 1);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "--version")) { printf("peft %s\n", PEFT_VERSION); return 0; }
     static const char *const cmds[] = {"generate", "chat", "info", "train", "eval", "merge", "export", "combine",
-                                       "embed", "serve", "search", "help"};
+                                       "embed", "serve", "search", "probe", "help"};
     const char *near = cli_suggest(cmd, cmds, (int)(sizeof cmds / sizeof *cmds));
     if (near) fprintf(stderr, "peft: unknown command \"%s\": did you mean peft %s?\n\n", cmd, near);
     else fprintf(stderr, "peft: unknown command \"%s\"\n\n", cmd);
