@@ -262,6 +262,51 @@ static void sigint_stops_resumably(void) {
     free(fb);
 }
 
+/* --probe: the probe's proposal for the budget is a candidate of the first
+ * rung, and the adapter it trains has the proposal's modules and ranks. */
+static void probe_proposal_is_a_candidate(void) {
+    if (!getenv("PEFT_CLI")) TEST_SKIP("PEFT_CLI not set (run through ctest)");
+    char data[300], args[2048], out[32768], path[400];
+    snprintf(data, sizeof data, "%s/lm.jsonl", tmp);
+    snprintf(args, sizeof args,
+             "search --model " MODEL " --seq 48 --batch 4 --threads 1 --quiet --seed 7 --budget-params 5000 "
+             "--budget-time 1h --trials 4 --min-steps 2 --eta 2 --methods lora,ia3 --ranks 2,4 --probe --data %s --out %s/P",
+             data, tmp);
+    const int rc = test_run_cli(args, out, sizeof out);
+    CHECK_MSG(rc == 0, "exit %d: %s", rc, out);
+    snprintf(path, sizeof path, "%s/P/probe_config.json", tmp);
+    cJSON *pc = read_json(path);
+    snprintf(path, sizeof path, "%s/P/leaderboard.json", tmp);
+    cJSON *lb = read_json(path);
+    CHECK(pc && lb);
+    if (!pc || !lb) { cJSON_Delete(pc); cJSON_Delete(lb); return; }
+    const cJSON *row, *found = NULL;
+    cJSON_ArrayForEach(row, cJSON_GetObjectItemCaseSensitive(lb, "leaderboard")) {
+        const cJSON *l = cJSON_GetObjectItemCaseSensitive(row, "label");
+        if (cJSON_IsString(l) && strstr(l->valuestring, "probe(")) found = row;
+    }
+    CHECK_MSG(found != NULL, "no probe candidate in %s", out);
+    if (found) {
+        CHECK(num(found, "params") <= 5000);
+        snprintf(path, sizeof path, "%s/P/trials/c%03d-s2/adapter_config.json", tmp, (int)num(found, "candidate"));
+        cJSON *ac = read_json(path);
+        CHECK_MSG(ac != NULL, "%s", path);
+        const cJSON *want = cJSON_GetObjectItemCaseSensitive(pc, "rank_pattern");
+        const cJSON *got = cJSON_GetObjectItemCaseSensitive(ac, "rank_pattern");
+        const cJSON *kv;
+        cJSON_ArrayForEach(kv, want) {
+            const cJSON *g = cJSON_GetObjectItemCaseSensitive(got, kv->string);
+            CHECK_MSG(cJSON_IsNumber(g) && g->valueint == kv->valueint, "rank_pattern[%s]", kv->string);
+        }
+        CHECK_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(ac, "target_modules")),
+                     cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(pc, "target_modules")));
+        CHECK_EQ_INT(cJSON_GetObjectItemCaseSensitive(ac, "r")->valueint, cJSON_GetObjectItemCaseSensitive(pc, "r")->valueint);
+        cJSON_Delete(ac);
+    }
+    cJSON_Delete(pc);
+    cJSON_Delete(lb);
+}
+
 /* Each bad input: the exit status, the words that say why, and no trial. */
 static void expect_refusal(const char *args, const char *why, const char *out_dir) {
     char out[16384], path[400];
@@ -320,6 +365,7 @@ int main(void) {
     TEST_RUN(resume_gives_the_same_search);
     TEST_RUN(sigint_stops_resumably);
     TEST_RUN(classification_ranks_by_accuracy);
+    TEST_RUN(probe_proposal_is_a_candidate);
     TEST_RUN(bad_input_is_refused_before_any_trial);
     if (test_rm_rf(tmp) != 0) fprintf(stderr, "could not remove %s\n", tmp);
     TEST_MAIN_END();

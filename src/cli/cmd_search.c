@@ -72,6 +72,7 @@ typedef struct {
     float lr;
     int64_t params;
     int is_default;           /* the usual guess: LoRA r=8 on the default modules at 2e-4 */
+    int probe;                /* LoRA on peft probe's proposal (targets, ranks, alphas from probe_config.json) */
     char label[200];
 } cand;
 
@@ -86,6 +87,9 @@ typedef struct {
     /* options */
     const char *model, *data, *val, *out, *methods, *ranks, *targets, *lrs;
     const char *budget_params_s, *budget_time_s;
+    int probe, probe_batches, probe_r;
+    float probe_alpha;
+    char probe_config[4096];   /* DIR/probe_config.json */
     double val_split;
     int batch, seq, eta, trials, min_steps, max_new, threads, resume, quiet, val_max;
     uint64_t seed;
@@ -138,6 +142,9 @@ static void usage(FILE *f) {
             "  --targets SETS       target module sets, ';'-separated (default: the method's default,\n"
             "                       all-linear, and attention / MLP sets where the architecture has them)\n"
             "  --lrs LIST           learning rates for every method (default: a grid per method)\n"
+            "  --probe              add LoRA on peft probe's proposal for this budget (its modules and\n"
+            "                       per-module ranks, DIR/probe_config.json) as candidates\n"
+            "  --probe-batches N    batches the probe measures (default 4; implies --probe)\n"
             "  --eta N              keep 1/N of the trials at each rung (default 3)\n"
             "  --trials N           candidates in the first rung (default: as many as the time allows)\n"
             "  --min-steps N        steps of a first-rung trial (default: the most the time allows, >= 8)\n"
@@ -221,6 +228,18 @@ static int cand_config(const search *s, const cand *c, peft_adapter_config *cfg,
     cfg->seed = s->seed;
     cfg->num_labels = s->num_labels;
     if (c->targets[0]) cfg->targets = c->targets;
+    if (c->probe) {
+        cfg->r = s->probe_r;
+        cfg->alpha = s->probe_alpha;
+        char at[4200];
+        snprintf(at, sizeof at, "@%s", s->probe_config);
+        int rc;
+        if ((rc = peft_adapter_config_add(cfg, "target_modules", at, err)) ||
+            (rc = peft_adapter_config_add(cfg, "rank_pattern", at, err)) ||
+            (rc = peft_adapter_config_add(cfg, "alpha_pattern", at, err)))
+            return rc;
+        return 0;
+    }
     char v[32];
     snprintf(v, sizeof v, "%d", c->knob);
     switch (c->knob_kind) {
@@ -237,6 +256,7 @@ static void cand_label(cand *c) {
     if (c->knob_kind == KNOB_RANK) snprintf(knob, sizeof knob, " r=%d", c->knob);
     else if (c->knob_kind == KNOB_REDUCTION) snprintf(knob, sizeof knob, " rf=%d", c->knob);
     else if (c->knob_kind == KNOB_VTOKENS) snprintf(knob, sizeof knob, " tokens=%d", c->knob);
+    if (c->probe) snprintf(knob, sizeof knob, " r=%d", c->knob);
     snprintf(c->label, sizeof c->label, "%s%s%s%s lr=%.0e", c->method_name, knob, c->targets_label[0] ? " " : "",
              c->targets_label, c->lr);
 }
@@ -279,6 +299,70 @@ static int target_sets(search *s, char sets[][256], char labels[][64]) {
             snprintf(labels[n++], 64, "%s", extra[i][1]);
         }
     return n;
+}
+
+/* peft probe's proposal under the budget (docs/search.md): LoRA on the
+ * modules and with the ranks it picks, at LoRA's learning rates. Written
+ * to DIR/probe_config.json, which `peft train --config` also takes. */
+static int add_probe_candidates(search *s, const double *lrs_user, int n_lrs_user) {
+    peft_probe_params pp = peft_probe_default_params();
+    int ranks[MAX_GRID];
+    double rk[MAX_GRID];
+    const int n_ranks = parse_list(s->ranks ? s->ranks : "4,8,16", 1, 4096, rk, MAX_GRID);
+    for (int i = 0; i < n_ranks; i++) ranks[i] = (int)rk[i];
+    pp.ranks = ranks;
+    pp.n_ranks = n_ranks;
+    pp.batches = s->probe_batches;
+    pp.batch = s->batch;
+    pp.seq = s->seq;
+    pp.seed = s->seed;
+    pp.budget_params = s->budget_params;
+    fprintf(stderr, "probe: %d batches of %s\n", pp.batches, s->data);
+    peft_probe *pr = peft_probe_run(s->m, s->data, &pp);
+    if (!pr) { fprintf(stderr, "peft search: --probe: %s\n", peft_last_error(s->ctx)); return -1; }
+    char *cfg = peft_probe_config_json(pr);
+    int rc = -1;
+    cJSON *j = cfg ? cJSON_Parse(cfg) : NULL;
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "r"), *al = cJSON_GetObjectItemCaseSensitive(j, "lora_alpha");
+    const cJSON *tm = cJSON_GetObjectItemCaseSensitive(j, "target_modules");
+    if (!cJSON_IsNumber(r) || !cJSON_IsNumber(al) || !cJSON_IsArray(tm)) {
+        fprintf(stderr, "peft search: --probe: %s\n", cfg ? "the proposal lacks r, lora_alpha or target_modules" : peft_last_error(s->ctx));
+        goto done;
+    }
+    snprintf(s->probe_config, sizeof s->probe_config, "%s/probe_config.json", s->out);
+    peft_error err = {0};
+    if (peft_file_write_atomic(s->probe_config, cfg, strlen(cfg), &err)) { fprintf(stderr, "peft search: %s\n", err.msg); goto done; }
+    s->probe_r = r->valueint;
+    s->probe_alpha = (float)al->valuedouble;
+    const double def_lrs[3] = {2e-4, 6e-4, 2e-3};
+    const double *lrs = n_lrs_user ? lrs_user : def_lrs;
+    const int n_lrs = n_lrs_user ? n_lrs_user : 3;
+    cand c = {0};
+    c.method = peft_method_find("lora");
+    snprintf(c.method_name, sizeof c.method_name, "lora");
+    c.knob_kind = KNOB_NONE;
+    c.knob = s->probe_r;
+    c.probe = 1;
+    snprintf(c.targets_label, sizeof c.targets_label, "probe(%d modules)", cJSON_GetArraySize(tm));
+    peft_adapter_config ac;
+    peft_adapter *a = cand_config(s, &c, &ac, &err) ? NULL : peft_adapter_new_config(s->m, &ac, NULL);
+    if (!a) {
+        fprintf(stderr, "peft search: --probe: the proposal: %s\n", err.msg[0] ? err.msg : peft_last_error(s->ctx));
+        goto done;
+    }
+    c.params = peft_adapter_n_params(a);
+    peft_adapter_free(a);
+    for (int l = 0; l < n_lrs && s->n_c < MAX_CANDS; l++) {
+        c.lr = (float)lrs[l];
+        cand_label(&c);
+        if (c.params <= s->budget_params) s->c[s->n_c++] = c;
+    }
+    rc = 0;
+done:
+    cJSON_Delete(j);
+    free(cfg);
+    peft_probe_free(pr);
+    return rc;
 }
 
 /* Every candidate that fits the parameter budget, in a fixed order. */
@@ -376,6 +460,7 @@ static int build_candidates(search *s) {
                 }
             }
     }
+    if (s->probe && add_probe_candidates(s, lrs_user, n_lrs_user)) return -1;
     /* the usual guess (LoRA r=8 on the architecture's default modules at
      * 2e-4) is always a candidate when LoRA is and it fits: the leaderboard
      * then says whether searching beat it */
@@ -901,8 +986,9 @@ static int leaderboard(const search *s, int done) {
 /* ---- the search -------------------------------------------------------------------------- */
 
 /* The first rung's candidates: the usual default guess first when it fits,
- * then round-robin over the methods, each method's candidates in a seeded
- * shuffle, so that every method is represented however few trials fit. */
+ * then round-robin over the methods (the probe's proposal counting as one),
+ * each method's candidates in a seeded shuffle, so that every method is
+ * represented however few trials fit. */
 static void order_candidates(search *s) {
     int *idx = malloc((size_t)s->n_c * sizeof *idx);
     int *taken = calloc((size_t)s->n_c, sizeof *taken);
@@ -925,10 +1011,12 @@ static void order_candidates(search *s) {
         for (int k = 0; k < s->n_c && n < s->n0; k++) {
             const int ci = idx[k];
             if (taken[ci]) continue;
+            /* the probe's proposal takes its turn as a method of its own */
+            const int key = s->c[ci].method + (s->c[ci].probe ? 1000 : 0);
             int seen = 0;
-            for (int q = 0; q < n_seen; q++) seen |= methods_seen[q] == s->c[ci].method;
+            for (int q = 0; q < n_seen; q++) seen |= methods_seen[q] == key;
             if (seen) continue;
-            if (n_seen < 64) methods_seen[n_seen++] = s->c[ci].method;
+            if (n_seen < 64) methods_seen[n_seen++] = key;
             s->order[n++] = ci;
             taken[ci] = 1;
             added = 1;
@@ -1102,6 +1190,7 @@ int cmd_search(int argc, char **argv) {
     s.val_max = 256;
     s.base_val_loss = NAN;
     s.base_val_acc = NAN;
+    s.probe_batches = 4;
     cli_args a = {argc, 1, argv, "search"};
     bool bad = false, seq_given = false;
     const char *v;
@@ -1131,6 +1220,11 @@ int cmd_search(int argc, char **argv) {
             s.seed = strtoull(v, &end, 10);
             if (*end || end == v || *v == '-') { fprintf(stderr, "peft search: --seed must be a non-negative integer\n"); bad = true; }
         } else if (cli_flag(&a, "--resume")) s.resume = 1;
+        else if (cli_flag(&a, "--probe")) s.probe = 1;
+        else if ((v = cli_opt(&a, "--probe-batches", &bad))) {
+            bad = cli_int(a.cmd, "--probe-batches", v, 1, 100000, &s.probe_batches) != 0;
+            s.probe = 1;
+        }
         else if (cli_flag(&a, "--quiet")) s.quiet = 1;
         else if (cli_flag(&a, "--help") || cli_flag(&a, "-h")) { usage(stdout); return 0; }
         else {
@@ -1177,7 +1271,7 @@ int cmd_search(int argc, char **argv) {
         }
     }
 
-    int rc = 1;
+    int rc = 1, created_out = 0, started = 0;
     s.ctx = cli_ctx(s.threads, false);
     if (!s.ctx) return 1;
     s.m = peft_model_load(s.ctx, s.model);
@@ -1230,9 +1324,10 @@ int cmd_search(int argc, char **argv) {
         s.num_labels = nl > 2 ? nl : 2;
     }
     fprintf(stderr, "data: %d training examples, %d validation examples\n", s.ti.n, s.vi.n);
+    if (!exists) created_out = 1;
+    if (make_dir(s.out)) goto out;
     if (build_candidates(&s)) goto out;
     if (!(s.ident = identity(&s))) goto out;
-    if (make_dir(s.out)) goto out;
     {
         char tdir[PATH_MAX];
         snprintf(tdir, sizeof tdir, "%s/trials", s.out);
@@ -1265,11 +1360,14 @@ int cmd_search(int argc, char **argv) {
         s.hooks.should_stop = stop_requested;
         sigaction(SIGINT, &sa, &old_int);
         sigaction(SIGTERM, &sa, &old_term);
+        started = 1;
         rc = run_search(&s);
         sigaction(SIGINT, &old_int, NULL);
         sigaction(SIGTERM, &old_term, NULL);
     }
 out:
+    /* a search that did not start leaves no folder behind */
+    if (created_out && !started) nftw(s.out, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     if (s.ident) cJSON_Delete(s.ident);
     free(s.c);
     free(s.t);
