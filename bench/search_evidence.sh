@@ -77,10 +77,8 @@ for t in $TASKS; do
   split $t "$src" "$d"
   resume=""
   [ -f "$d/search/search.json" ] && resume=--resume
-  t0=$(date +%s)
   "$PEFT" search --model "$MODEL" --data "$d/train.jsonl" --val "$d/val.jsonl" --out "$d/search" --budget-params "$BUDGET" \
     --budget-time 24h --trials $TRIALS --min-steps $MIN_STEPS --eta $ETA --seed $SEED --threads $THREADS $opts $resume
-  t1=$(date +%s)
   read -r final total <<<"$(python3 -c "
 import json; s = json.load(open('$d/search/search.json'))
 print(s['plan']['rung_steps'][-1], sum(t['steps'] for t in s['trials']))")"
@@ -92,12 +90,21 @@ print(s['plan']['rung_steps'][-1], sum(t['steps'] for t in s['trials']))")"
       >"$d/$name.log" 2>&1 || { cat "$d/$name.log" >&2; return 1; }
     cat "$d/$name.log" >&2
   }
-  s0=$(date +%s); train guess_equal_steps $final --lr 2e-4 --r 8; s1=$(date +%s)
-  train guess_equal_compute $total --lr 2e-4 --r 8; s2=$(date +%s)
-  train adalora_equal_steps $final --method adalora --lr 2e-4; s3=$(date +%s)
-  python3 - "$d" "$t" $((t1 - t0)) $((s1 - s0)) $((s2 - s1)) $((s3 - s2)) $final $total "$PEFT" "$MODEL" "$THREADS" <<'EOF'
-import json, subprocess, sys
-d, task, t_search, t_eq, t_comp, t_ada, final, total, peft, model, threads = sys.argv[1:]
+  train guess_equal_steps $final --lr 2e-4 --r 8
+  train guess_equal_compute $total --lr 2e-4 --r 8
+  train adalora_equal_steps $final --method adalora --lr 2e-4
+  python3 - "$d" "$t" $final $total "$PEFT" "$MODEL" "$THREADS" <<'EOF'
+import json, re, subprocess, sys
+d, task, final, total, peft, model, threads = sys.argv[1:]
+# seconds from what the runs recorded, so that a resumed script reports the first run's
+st = json.load(open(f"{d}/search/search.json"))
+t_search = f"{sum(t['seconds'] for t in st['trials']):.0f} (all {len(st['trials'])} trials)"
+def train_s(name):
+    for line in open(f"{d}/{name}.log"):
+        m = re.match(r"done: \d+ steps in ([0-9.]+) s", line)
+        if m: return f"{float(m.group(1)):.0f}"
+    return "?"
+t_eq, t_comp, t_ada = train_s("guess_equal_steps"), train_s("guess_equal_compute"), train_s("adalora_equal_steps")
 lb = json.load(open(f"{d}/search/leaderboard.json"))["leaderboard"]
 win = lb[0]
 def ev(adapter):
@@ -108,18 +115,20 @@ def params(name):
     for line in open(f"{d}/{name}.log"):
         if line.startswith("trainable params:"): return int(line.split()[2].replace(",", ""))
     return "?"
-rows = [("peft search's pick: " + win["label"], f"{d}/search/best", win["steps"], win["params"], t_search + " (whole search)"),
+rows = [("peft search's pick: " + win["label"], f"{d}/search/best", win["steps"], win["params"], t_search),
         ("usual guess, equal steps: lora r=8 default lr=2e-4", f"{d}/guess_equal_steps", final, params("guess_equal_steps"), t_eq),
         ("usual guess, equal total compute", f"{d}/guess_equal_compute", total, params("guess_equal_compute"), t_comp),
         ("AdaLoRA init_r 12 -> target_r 8, lr 2e-4", f"{d}/adalora_equal_steps", final, params("adalora_equal_steps"), t_ada)]
 res = []
-with open(f"{d}/evidence.md", "w") as f:
-    f.write(f"| {task}: configuration | steps | trainable params | test loss | test accuracy | seconds |\n|---|---:|---:|---:|---:|---:|\n")
+with open(f"{d}/evidence.md.tmp", "w") as f:
+    f.write(f"| {task}: configuration | steps | trainable params | test loss | test accuracy | seconds (training; the search: all its trials with their validations) |\n|---|---:|---:|---:|---:|---:|\n")
     for name, ad, steps, p, secs in rows:
         e = ev(ad)
         acc = f"{e['accuracy']:.4f}" if "accuracy" in e else "–"
         f.write(f"| {name} | {steps} | {p} | {e['loss']:.4f} | {acc} | {secs} |\n")
         res.append(dict(name=name, steps=int(steps), loss=e["loss"], accuracy=e.get("accuracy"), seconds=secs))
+import os
+os.replace(f"{d}/evidence.md.tmp", f"{d}/evidence.md")
 json.dump(res, open(f"{d}/evidence.json", "w"), indent=1)
 print(open(f"{d}/evidence.md").read())
 EOF
