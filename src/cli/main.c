@@ -20,6 +20,7 @@ static void usage(FILE *f) {
             "  eval       loss and perplexity: peft eval --model PATH [--adapter DIR] --data FILE\n"
             "  generate   generate text: peft generate --model PATH --prompt \"...\" [--chat] [--adapter DIR]\n"
             "  chat       talk with a model: peft chat --model PATH [--adapter DIR] (/reset, /exit)\n"
+            "  predict    a classifier's labels: peft predict --adapter DIR --data FILE [--out FILE] [--metrics]\n"
             "  embed      sentence embeddings: peft embed --model PATH --data FILE [--out FILE.npy|.jsonl]\n"
             "  merge      fold an adapter into the base: peft merge --model PATH --adapter DIR --out OUT\n"
             "  export     adapter as llama.cpp GGUF LoRA: peft export --adapter DIR --format gguf\n"
@@ -203,6 +204,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "export")) return cmd_export(argc - 1, argv + 1);
     if (!strcmp(cmd, "combine")) return cmd_combine(argc - 1, argv + 1);
     if (!strcmp(cmd, "embed")) return cmd_embed(argc - 1, argv + 1);
+    if (!strcmp(cmd, "predict")) return cmd_predict(argc - 1, argv + 1);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "--version")) { printf("peft %s\n", PEFT_VERSION); return 0; }
