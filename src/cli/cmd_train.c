@@ -716,6 +716,13 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "peft eval: %s is classification data: pass --adapter with a classification head\n", data);
         goto out;
     }
+    if (d.kind != PEFT_DATA_CLASSIFICATION && d.kind != PEFT_DATA_PAIRS && peft_classifier_num_labels(m, ad) > 0) {
+        fprintf(stderr, "peft eval: %s is a %d-label classifier, which is evaluated on {\"text\", \"label\"} rows "
+                "(loss and accuracy), but %s holds language-model rows; for its predictions use `peft predict --model %s%s%s "
+                "--data FILE [--metrics]`\n", adapter_dir ? adapter_dir : model, peft_classifier_num_labels(m, ad), data, model,
+                adapter_dir ? " --adapter " : "", adapter_dir ? adapter_dir : "");
+        goto out;
+    }
     peft_train_hooks eh = {.pair_scale = 20.0f, .pair_pool = PEFT_POOL_MEAN};
     if (d.kind == PEFT_DATA_PAIRS && pair_pool_of("eval", ctx, m, model, &eh.pair_pool)) goto out;
     if (peft_eval_dataset(m, ad, ds, batch, seq, &eh, &loss, &n, &acc)) {
