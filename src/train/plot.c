@@ -409,21 +409,152 @@ static void png_rect(canvas *c, double x, double y, double w, double h, const ch
     cairo_new_path(cr);
 }
 
+/* Text in the PNG: a stroke font of our own, drawn as cairo paths. Cairo's
+ * own text goes through fontconfig, which costs the process megabytes of
+ * font configuration for the first label (more than a training run's
+ * memory plan may leave) and keeps it to the end; these strokes cost
+ * nothing and draw the same on every machine. A glyph is strokes ('|'
+ * between them) of "x,y" points on a grid whose capitals and digits span
+ * y 0..10 (10: the baseline), lowercase letters 4..10, descenders to 13. */
+typedef struct {
+    char c;
+    const char *strokes;
+} glyph;
+
+static const glyph GLYPHS[] = {
+    {'a', "5,4 5,10|5,5 4,4 1,4 0,5 0,9 1,10 4,10 5,9"},
+    {'b', "0,0 0,10|0,5 1,4 4,4 5,5 5,9 4,10 1,10 0,9"},
+    {'c', "5,5 4,4 1,4 0,5 0,9 1,10 4,10 5,9"},
+    {'d', "5,0 5,10|5,5 4,4 1,4 0,5 0,9 1,10 4,10 5,9"},
+    {'e', "0,7 5,7 5,5 4,4 1,4 0,5 0,9 1,10 4,10 5,9"},
+    {'f', "4,0 3,0 2,1 2,10|0,4 4,4"},
+    {'g', "5,4 5,12 4,13 1,13 0,12|5,5 4,4 1,4 0,5 0,9 1,10 4,10 5,9"},
+    {'h', "0,0 0,10|0,5 1,4 4,4 5,5 5,10"},
+    {'i', "1,4 1,10|1,1.8 1,1.81"},
+    {'j', "2,4 2,12 1,13 0,13|2,1.8 2,1.81"},
+    {'k', "0,0 0,10|5,4 0,8|2,6.6 5,10"},
+    {'l', "1,0 1,10"},
+    {'m', "0,4 0,10|0,5 1,4 2,4 3,5 3,10|3,5 4,4 5,4 6,5 6,10"},
+    {'n', "0,4 0,10|0,5 1,4 4,4 5,5 5,10"},
+    {'o', "1,4 4,4 5,5 5,9 4,10 1,10 0,9 0,5 1,4"},
+    {'p', "0,4 0,13|0,5 1,4 4,4 5,5 5,9 4,10 1,10 0,9"},
+    {'q', "5,4 5,13|5,5 4,4 1,4 0,5 0,9 1,10 4,10 5,9"},
+    {'r', "0,4 0,10|0,6 2,4 4,4"},
+    {'s', "5,5 4,4 1,4 0,5 0,6 1,7 4,7 5,8 5,9 4,10 1,10 0,9"},
+    {'t', "2,1 2,9 3,10 4,10|0,4 4,4"},
+    {'u', "0,4 0,9 1,10 4,10 5,9|5,4 5,10"},
+    {'v', "0,4 2.5,10 5,4"},
+    {'w', "0,4 1.5,10 3,5 4.5,10 6,4"},
+    {'x', "0,4 5,10|5,4 0,10"},
+    {'y', "0,4 2.5,10|5,4 2,13 1,13"},
+    {'z', "0,4 5,4 0,10 5,10"},
+    {'A', "0,10 3,0 6,10|1,7 5,7"},
+    {'E', "5,0 0,0 0,10 5,10|0,5 4,5"},
+    {'M', "0,10 0,0 3,6 6,0 6,10"},
+    {'0', "1,0 4,0 5,1 5,9 4,10 1,10 0,9 0,1 1,0"},
+    {'1', "1,2 3,0 3,10|1,10 5,10"},
+    {'2', "0,1 1,0 4,0 5,1 5,4 0,10 5,10"},
+    {'3', "0,1 1,0 4,0 5,1 5,4 4,5 2,5|4,5 5,6 5,9 4,10 1,10 0,9"},
+    {'4', "4,10 4,0 0,7 5,7"},
+    {'5', "5,0 0,0 0,4 4,4 5,5 5,9 4,10 1,10 0,9"},
+    {'6', "4,0 2,0 0,2 0,9 1,10 4,10 5,9 5,6 4,5 0,5"},
+    {'7', "0,0 5,0 2,10"},
+    {'8', "1,0 4,0 5,1 5,4 4,5 1,5 0,4 0,1 1,0|1,5 0,6 0,9 1,10 4,10 5,9 5,6 4,5"},
+    {'9', "5,5 1,5 0,4 0,1 1,0 4,0 5,1 5,8 3,10 1,10"},
+    {'.', "0.5,10 0.5,10.01"},
+    {',', "1,9.5 1,10 0,12"},
+    {'-', "0,6 4,6"},
+    {'+', "0,6 4,6|2,4 2,8"},
+    {'(', "2,0 0.5,2.5 0.5,8.5 2,11"},
+    {')', "0,0 1.5,2.5 1.5,8.5 0,11"},
+    {':', "0.5,5 0.5,5.01|0.5,10 0.5,10.01"},
+    {'/', "0,11 4,0"},
+};
+
+/* The glyph of ch (an uppercase letter without its own: the lowercase
+ * one), or NULL: drawn as a box. */
+static const glyph *glyph_of(char ch) {
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < sizeof GLYPHS / sizeof GLYPHS[0]; i++)
+            if (GLYPHS[i].c == ch) return &GLYPHS[i];
+        if (ch >= 'A' && ch <= 'Z') ch = (char)(ch - 'A' + 'a');
+        else break;
+    }
+    return NULL;
+}
+
+/* A glyph's advance in grid units: its widest point plus the gap. */
+static double glyph_advance(char ch) {
+    if (ch == ' ') return 3;
+    const glyph *g = glyph_of(ch);
+    if (!g) return 6;
+    double w = 0;
+    for (const char *p = g->strokes; *p;) {
+        char *end;
+        const double x = strtod(p, &end);
+        w = fmax(w, x);
+        p = strchr(end, ',');
+        if (!p) break;
+        strtod(p + 1, &end);
+        p = end;
+        while (*p == ' ' || *p == '|') p++;
+    }
+    return w + 1.8;
+}
+
+/* The strokes of s from (0, 0) on the baseline, unit u pixels per grid step. */
+static void stroke_text(cairo_t *cr, const char *s, double u) {
+    double x0 = 0;
+    for (const char *c = s; *c; c++) {
+        const glyph *g = *c == ' ' ? NULL : glyph_of(*c);
+        if (*c != ' ' && !g) {   /* no glyph: a box, so that nothing vanishes silently */
+            cairo_rectangle(cr, x0, -10 * u, 4 * u, 10 * u);
+        }
+        bool first = true;
+        double px = 0, py = 0;
+        for (const char *p = g ? g->strokes : ""; *p;) {
+            if (*p == '|') { first = true; p++; continue; }
+            if (*p == ' ') { p++; continue; }
+            char *end;
+            const double x = strtod(p, &end);
+            if (*end != ',') break;
+            const double y = strtod(end + 1, &end);
+            if (!first && fabs(x - px) < 0.05 && fabs(y - py) < 0.05) {
+                /* a dot ('.', 'i'): a round blob a little wider than the strokes */
+                cairo_new_sub_path(cr);
+                cairo_arc(cr, x0 + x * u, (y - 10) * u, 0.55 * u, 0, 2 * M_PI);
+                cairo_new_sub_path(cr);
+            } else if (first) cairo_move_to(cr, x0 + x * u, (y - 10) * u);
+            else cairo_line_to(cr, x0 + x * u, (y - 10) * u);
+            px = x;
+            py = y;
+            first = false;
+            p = end;
+        }
+        x0 += glyph_advance(*c) * u;
+    }
+}
+
 static void png_text(canvas *c, double x, double y, int anchor, bool vertical, double size, const char *color,
                      const char *cls, const char *s) {
     (void)cls;
     cairo_t *cr = ((png_canvas *)c)->cr;
+    /* capitals 0.72 of the size tall, as in common sans-serif fonts */
+    const double u = size * 0.072;
+    double w = 0;
+    for (const char *p = s; *p; p++) w += glyph_advance(*p) * u;
+    w -= 1.8 * u;   /* no gap after the last glyph */
     cairo_save(cr);
-    cairo_select_font_face(cr, "sans-serif", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
-    cairo_set_font_size(cr, size);
-    cairo_text_extents_t e;
-    cairo_text_extents(cr, s, &e);
     cairo_translate(cr, x, y);
     if (vertical) cairo_rotate(cr, -M_PI / 2);
-    const double dx = anchor == ANCHOR_START ? 0 : anchor == ANCHOR_MIDDLE ? -e.x_advance / 2 : -e.x_advance;
-    cairo_move_to(cr, dx, 0);
+    cairo_translate(cr, anchor == ANCHOR_START ? 0 : anchor == ANCHOR_MIDDLE ? -w / 2 : -w, 0);
+    cairo_new_path(cr);
+    stroke_text(cr, s, u);
     set_color(cr, color, 1);
-    cairo_show_text(cr, s);
+    cairo_set_line_width(cr, size * 0.085);
+    cairo_set_line_cap(cr, CAIRO_LINE_CAP_ROUND);
+    cairo_set_line_join(cr, CAIRO_LINE_JOIN_ROUND);
+    cairo_stroke(cr);
     cairo_restore(cr);
 }
 
