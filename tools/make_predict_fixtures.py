@@ -111,6 +111,13 @@ def main() -> None:
             dst.mkdir(parents=True)
             for name in ("adapter_config.json", "adapter_model.safetensors"):
                 shutil.copy(run / name, dst / name)
+            # peft train writes the base's absolute path; the fixture names it from the
+            # repository root, where the tests run, so that `--adapter` alone finds it
+            cfg_path = dst / "adapter_config.json"
+            text = cfg_path.read_text()
+            text = text.replace(json.dumps(str(ROOT / MODELS / model)), json.dumps(f"{MODELS}/{model}"))
+            assert f'"{MODELS}/{model}"' in text, "base_model_name_or_path not rewritten"
+            cfg_path.write_text(text)
         tok = AutoTokenizer.from_pretrained(f"{MODELS}/{model}")
         cfg = json.loads((dst / "adapter_config.json").read_text())
         base = AutoModelForSequenceClassification.from_pretrained(

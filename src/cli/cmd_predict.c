@@ -397,7 +397,6 @@ int cmd_predict(int argc, char **argv) {
         if (metrics_out) {
             peft_error we = {0};
             const size_t ml = strlen(mjson);
-            mjson[ml] = 0;
             char *withnl = malloc(ml + 2);
             if (!withnl) { fprintf(stderr, "peft predict: out of memory\n"); rc = 1; goto done; }
             memcpy(withnl, mjson, ml);
