@@ -1,5 +1,6 @@
 /* fuzz_jsonl.c — training data: data_load_jsonl over every kind of row
- * (text, prompt/completion, messages, text+label), a validation split and
+ * (text, prompt/completion, messages, text+label; Alpaca and ShareGPT rows
+ * in the corpus), a validation split and
  * batches from the loader (padded or packed), with its state saved and
  * restored. Byte 0 holds the options: bit 0 the tokenizer (tiny-llama's
  * ChatML one, or tiny-gpt2's without a chat template), bit 1 packing, bit 2

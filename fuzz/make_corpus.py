@@ -277,6 +277,10 @@ def jsonl_seeds():
     put("jsonl", "chat-short", bytes([0x20]) + read(FIX, "data", "chat.jsonl")[:2000])
     put("jsonl", "label", bytes([0x10]) + label)
     put("jsonl", "skip-bad", bytes([0x24]) + bad)
+    # the two row styles read as kinds; a BOM and a row of unknown fields (skipped)
+    put("jsonl", "alpaca", bytes([0x30]) + read(FIX, "data", "alpaca.jsonl"))
+    put("jsonl", "sharegpt", bytes([0x30]) + read(FIX, "data", "sharegpt.jsonl"))
+    put("jsonl", "bom-unknown", bytes([0x34]) + b'\xef\xbb\xbf{"question": "a", "answer": "b"}\n{"text": "c"}\n')
 
 
 # ---- sentence-transformers files (fuzz_embed: tiny-bert's encoder) -----------

@@ -452,6 +452,11 @@ typedef struct {
      * bitwise the same). 0: off; -1 (the default): off, or on a resume the
      * checkpoint's setting. */
     int checkpoint_every;
+    /* The caller's description of the run, a JSON object (`peft train`
+     * stores every option), or NULL: the trainer keeps it as "config" in
+     * out_dir/run.json and in every checkpoint's run.json, so that a
+     * resume can be checked against it (peft_run_folder_inspect). */
+    const char *run_config;
 } peft_train_params;
 
 typedef struct {
@@ -569,6 +574,31 @@ typedef struct {
 } peft_lora_info;
 int peft_adapter_lora_info(const peft_adapter *a, peft_lora_info *out);
 
+/* What an adapter on disk holds, read without its base model (configs and
+ * tensor headers only): an HF PEFT folder (adapter_config.json +
+ * adapter_model.safetensors, peft.c's own methods too) or a llama.cpp GGUF
+ * adapter (general.type "adapter"). is_adapter 0 (and 0 returned) when path
+ * is neither, e.g. a model; an adapter that cannot be read is an error
+ * naming the file. Lists are comma-separated; absent numbers are 0 (alpha
+ * and scale NAN). */
+typedef struct {
+    int is_adapter;
+    char format[48];           /* "HF PEFT adapter folder" | "llama.cpp GGUF adapter" */
+    char method[32];           /* peft_type lower-cased ("lora", "ia3", ...) or GGUF adapter.type */
+    char base[512];            /* base_model_name_or_path, or the GGUF's general.architecture */
+    char task[32];             /* task_type */
+    int r;                     /* rank (AdaLoRA: init_r); -1 when GGUF tensors disagree */
+    float alpha, scale;        /* lora_alpha and the scale it gives (alpha/r, alpha/sqrt(r) with rsLoRA) */
+    int rslora, dora, n_virtual_tokens;
+    char targets[512];         /* target_modules; GGUF: the tensor roles adapted */
+    char modules_to_save[256];
+    char layers[256];          /* layers_to_transform */
+    int n_tensors, n_modules, n_layers;
+    int64_t n_params;
+    char dtypes[64];
+} peft_adapter_file_info;
+int peft_adapter_file_describe(const char *path, peft_adapter_file_info *out, peft_error *err);
+
 /* Training and evaluation data: a JSONL file tokenized once (the formats of
  * docs/formats.md; the kind is found from the first line). */
 typedef struct peft_dataset peft_dataset;
@@ -587,6 +617,20 @@ typedef struct {
     int n_truncated;             /* examples cut to seq tokens */
     int n_skipped;               /* lines that gave no example */
     int64_t n_tokens, n_loss_tokens;
+    /* what loading saw and dropped, for the user: non-blank lines; lines
+     * skipped as malformed (skip_bad); rows dropped for giving at most one
+     * token, for having no loss token even whole, for losing every loss
+     * token to seq (n_skipped is the sum of these four); loss tokens the
+     * truncation to seq cut (rows kept or not) */
+    int n_lines, n_bad, n_empty, n_no_target, n_cut_no_target;
+    int64_t n_loss_cut;
+    /* whole (untruncated) lengths in tokens of the rows that tokenized:
+     * smallest, median, 95th percentile (a seq of len_p95 keeps 95 % of
+     * them whole), largest (len_max keeps all whole) */
+    int len_min, len_median, len_p95, len_max;
+    /* 0: rows as the kind, 1: Alpaca rows read as prompt/completion,
+     * 2: ShareGPT rows read as messages (docs/formats.md) */
+    int style;
 } peft_dataset_info;
 
 /* seq: truncate examples to this many tokens (<= 0: no limit); skip_bad:
@@ -643,6 +687,13 @@ typedef struct {
     void *user;
     float pair_scale;            /* contrastive data: the similarity scale (0: 20, as MultipleNegativesRankingLoss) */
     int pair_pool;               /* contrastive data: PEFT_POOL_MEAN (0 too) or PEFT_POOL_CLS */
+    /* Polled after every step (NULL: never), with user: non-zero ends the
+     * run there as a finished one ends, but resumable: a checkpoint of that
+     * step (also without save_every), the adapter so far, metrics.jsonl and
+     * loss.svg are written, and peft_train_report.interrupted is set. The
+     * library installs no signal handler: a caller that stops on SIGINT
+     * sets a flag in its own handler and returns it here. */
+    int (*should_stop)(void *user);
 } peft_train_hooks;
 
 typedef struct {
@@ -653,7 +704,38 @@ typedef struct {
     int64_t tokens;
     int checkpoint_every;        /* the checkpointing the run trained with (0: off) */
     size_t graph_bytes;          /* the training graph: activations, gradients, scratch */
+    int interrupted;             /* should_stop ended the run before its last step */
+    int step, total_steps;       /* where the run is now (the checkpoint's step when interrupted), of how many */
 } peft_train_report;
+
+/* A run folder (peft train's --out) or a checkpoint folder, as the trainer
+ * left it: what a new run may do with it. Names are ", "-separated and cut
+ * with "..." when long. */
+typedef struct {
+    int exists, n_entries;       /* the folder exists; entries in it (0: empty; empty files of names peft does
+                                    not write, a shell redirect's log, are not counted) */
+    int is_run;                  /* it holds a marker only training writes (run.json, metrics.jsonl, LATEST) */
+    int n_temporaries;           /* entries that are temporaries (<name>.tmp.<pid>) of writes a kill cut short */
+    char peft_files[512];        /* the entries training (or peft export) writes there */
+    char foreign[512];           /* the others ("" when none): never removed */
+    int has_checkpoint;          /* a complete checkpoint to resume (LATEST's, or the folder itself) */
+    char checkpoint[4096];       /* its folder */
+    char run_dir[4096];          /* the run folder it belongs to (dir, or a checkpoint folder's parent) */
+    int step, total_steps;       /* the checkpoint's step and the run's steps (-1: unknown) */
+    int finished;                /* run.json says the run ended with its final adapter */
+    char *run_config;            /* the run's "config" (peft_train_params.run_config, re-serialised), or NULL */
+} peft_run_folder;
+
+/* Fills out for dir (a missing folder is not an error: exists = 0);
+ * PEFT_ERR_FORMAT naming the file for a run.json or LATEST that cannot be
+ * read. Release with peft_run_folder_release. */
+int peft_run_folder_inspect(const char *dir, peft_run_folder *out, peft_error *err);
+void peft_run_folder_release(peft_run_folder *f);
+/* Removes what training wrote in dir (adapter or model files, metrics,
+ * plots, run.json, LATEST, checkpoint-N folders, temporaries), keeping
+ * empty files of other names; refuses (PEFT_ERR_INVALID, nothing removed) a folder that is not a
+ * run folder or holds anything else, naming it. */
+int peft_run_folder_clear(const char *dir, peft_error *err);
 
 /* The memory a run will take, bytes, before it takes it: base (what the
  * process holds now, less the model files already resident), weights (the

@@ -323,8 +323,8 @@ static void test_errors(void) {
                  "e7.jsonl:2:", "text rows");
     expect_error("e8.jsonl", "", PEFT_ERR_FORMAT, "e8.jsonl", "no usable examples");
     expect_error("e9.jsonl", "\n  \n\r\n", PEFT_ERR_FORMAT, "e9.jsonl", "no usable examples");
-    expect_error("e10.jsonl", "[1, 2]\n", PEFT_ERR_FORMAT, "e10.jsonl:1:", "not a JSON object");
-    expect_error("e11.jsonl", "{\"foo\": 1}\n", PEFT_ERR_FORMAT, "e11.jsonl:1:", "no \"text\"");
+    expect_error("e10.jsonl", "{\"text\": \"a\"}\n[1, 2]\n", PEFT_ERR_FORMAT, "e10.jsonl:2:", "not a JSON object but an array");
+    expect_error("e11.jsonl", "{\"foo\": 1}\n", PEFT_ERR_FORMAT, "e11.jsonl:1:", "no known fields (found \"foo\")");
     expect_error("e12.jsonl", "{\"text\": 3}\n", PEFT_ERR_FORMAT, "e12.jsonl:1:", "\"text\" must be a string");
     expect_error("e13.jsonl", "{\"messages\": [{\"role\": \"bot\", \"content\": \"x\"}]}\n", PEFT_ERR_FORMAT,
                  "e13.jsonl:1:", "not system, user or assistant");

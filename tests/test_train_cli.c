@@ -139,10 +139,10 @@ static void bad_data_names_file_and_line(void) {
     snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s/bad_out --steps 2 --seq 32 --quiet", data, tmp);
     CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 1);
     CHECK_MSG(strstr(out, "bad.jsonl:3") != NULL, "%s", out);
-    /* --skip-bad skips and counts it */
-    snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s/bad_out --steps 2 --seq 32 --quiet --skip-bad", data, tmp);
+    /* --skip-bad skips and counts it (another --out: a used one is refused before the data is read) */
+    snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s/skip_out --steps 2 --seq 32 --quiet --skip-bad", data, tmp);
     CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
-    CHECK_MSG(strstr(out, "1 lines skipped") != NULL, "%s", out);
+    CHECK_MSG(strstr(out, "1 of 20 rows dropped: 1 malformed") != NULL, "%s", out);
     /* a line without the fields */
     write_data(data, 20, "{\"prompt\": \"x\"}");
     snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s/bad_out --steps 2 --seq 32 --quiet", data, tmp);
@@ -204,12 +204,14 @@ static void nan_loss_stops_and_keeps_checkpoint(void) {
     snprintf(data, sizeof data, "%s/d3.jsonl", tmp);
     write_data(data, 40, NULL);
     snprintf(run_dir, sizeof run_dir, "%s/nanrun", tmp);
-    snprintf(args, sizeof args, "train --model " MODEL " --data %s --out %s --steps 4 --save-every 2 --seq 64 --quiet", data, run_dir);
-    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
-    /* a copy of the model with a NaN weight */
+    /* a copy of the model, trained on, then given a NaN weight: a resume
+     * must name the run's model */
     snprintf(bad_model, sizeof bad_model, "%s/nanmodel", tmp);
     snprintf(args, sizeof args, "mkdir -p %s && cp " MODEL "/* %s/", bad_model, bad_model);
     CHECK(system(args) == 0);
+    snprintf(args, sizeof args, "train --model %s --data %s --out %s --steps 4 --save-every 2 --seq 64 --quiet", bad_model,
+             data, run_dir);
+    CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 0);
     poison(bad_model, "model.layers.1.mlp.down_proj.weight");
     char latest_before[64] = {0}, p[400];
     snprintf(p, sizeof p, "%s/LATEST", run_dir);
@@ -218,7 +220,7 @@ static void nan_loss_stops_and_keeps_checkpoint(void) {
     free(l);
     snprintf(p, sizeof p, "%s/adapter_model.safetensors", run_dir);
     unlink(p);
-    snprintf(args, sizeof args, "train --model %s --data %s --out %s --steps 8 --save-every 2 --seq 64 --quiet --resume %s",
+    snprintf(args, sizeof args, "train --model %s --data %s --out %s --steps 4 --save-every 2 --seq 64 --quiet --resume %s",
              bad_model, data, run_dir, run_dir);
     CHECK_EQ_INT(test_run_cli(args, out, sizeof out), 1);
     CHECK_MSG(strstr(out, "not finite") != NULL, "%s", out);

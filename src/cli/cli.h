@@ -24,6 +24,18 @@ typedef struct {
     const char *cmd;
 } cli_args;
 
+/* "Did you mean": the name in names (NULLs skipped) nearest to word, by
+ * optimal-string-alignment distance, if at most 2 edits and at most half
+ * of word's length; else NULL. */
+int cli_edit_distance(const char *a, const char *b);
+const char *cli_suggest(const char *word, const char *const *names, int n);
+/* cli_opt and cli_flag note each name they try on an argument: when none
+ * matched, those are the command's options. */
+void cli_note_tried(const cli_args *a, const char *name);
+/* Prints "peft CMD: unknown option "--lern": did you mean --lr? ..." for
+ * the current argument, after the option chain tried every name on it. */
+void cli_unknown_option(const cli_args *a);
+
 /* Returns the value for option `name` at the current position, advancing;
  * NULL if the current argument is not that option. Sets *bad on a missing
  * value. */
@@ -41,7 +53,9 @@ peft_ctx *cli_ctx(int n_threads, bool verbose);
  * merge's and combine's default --model. */
 char *cli_adapter_base(const char *dir);
 /* --compute f32|bf16|auto (value, may be NULL) and --bf16 on a loaded
- * model; prints the error. 0, or the exit code (2 usage, 1 unsupported). */
+ * model; prints the error. 0, or the exit code (2 usage, 1 unsupported).
+ * Prints the precision chosen and why: always for "train", for other
+ * commands when auto chose, never for cmd "eval --json". */
 #define CLI_COMPUTE_HELP "f32 (default) | bf16 (frozen-weight products in bfloat16, on AMX or AVX512-BF16) | auto (bf16 where the CPU has either)"
 int cli_compute(const char *cmd, peft_ctx *ctx, peft_model *m, const char *value, bool bf16_flag);
 

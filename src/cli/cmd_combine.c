@@ -155,7 +155,7 @@ int cmd_combine(int argc, char **argv) {
             for (int i = 0; i < n; i++) free(dirs[i]);
             return 0;
         } else if (!bad) {
-            fprintf(stderr, "peft combine: unknown option \"%s\"\n", argv[a.i]);
+            cli_unknown_option(&a);
             bad = true;
         }
     }

@@ -217,7 +217,7 @@ int cmd_embed(int argc, char **argv) {
         else if (cli_flag(&a, "--verbose")) verbose = true;
         else if (cli_flag(&a, "--help")) { usage(stdout); return 0; }
         else if (!bad) {
-            fprintf(stderr, "peft embed: unknown option \"%s\"\n", argv[a.i]);
+            cli_unknown_option(&a);
             usage(stderr);
             return 2;
         }

@@ -56,7 +56,7 @@ int cmd_generate(int argc, char **argv) {
         else if (cli_flag(&a, "--verbose")) verbose = true;
         else if (cli_flag(&a, "--help")) { usage(stdout); return 0; }
         else if (!bad) {
-            fprintf(stderr, "peft generate: unknown option \"%s\"\n", argv[a.i]);
+            cli_unknown_option(&a);
             usage(stderr);
             return 2;
         }

@@ -101,7 +101,7 @@ int cmd_merge(int argc, char **argv) {
                    "short sequences; a warning says when more than 25%% of the adapter's effect was lost\n"
                    "(--no-verify skips this).\n");
             return 0;
-        } else if (!bad) { fprintf(stderr, "peft merge: unknown option \"%s\"\n", argv[a.i]); return 2; }
+        } else if (!bad) { cli_unknown_option(&a); return 2; }
     }
     if (bad) return 2;
     if (!model || !adapter_dir || !out) { fprintf(stderr, "peft merge: --model, --adapter and --out are required\n"); return 2; }
@@ -148,7 +148,7 @@ int cmd_export(int argc, char **argv) {
                    "Writes the adapter as a llama.cpp GGUF LoRA (default DIR/adapter.gguf). The base model\n"
                    "defaults to the adapter's base_model_name_or_path.\n");
             return 0;
-        } else if (!bad) { fprintf(stderr, "peft export: unknown option \"%s\"\n", argv[a.i]); return 2; }
+        } else if (!bad) { cli_unknown_option(&a); return 2; }
     }
     if (bad) return 2;
     if (!adapter_dir) { fprintf(stderr, "peft export: --adapter is required\n"); return 2; }

@@ -265,8 +265,7 @@ int cmd_predict(int argc, char **argv) {
         else if (cli_flag(&a, "--verbose")) verbose = true;
         else if (cli_flag(&a, "--help")) { usage(stdout); return 0; }
         else if (!bad) {
-            fprintf(stderr, "peft predict: unknown option \"%s\"\n", argv[a.i]);
-            usage(stderr);
+            cli_unknown_option(&a);
             return 2;
         }
     }

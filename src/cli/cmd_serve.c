@@ -97,7 +97,7 @@ int cmd_serve(int argc, char **argv) {
         else if (cli_flag(&a, "--exact-decode")) exact = true;
         else if (cli_flag(&a, "--help")) { usage(stdout); return 0; }
         else if (!bad) {
-            fprintf(stderr, "peft serve: unknown option \"%s\"\n", argv[a.i]);
+            cli_unknown_option(&a);
             usage(stderr);
             return 2;
         }

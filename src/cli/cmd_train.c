@@ -5,6 +5,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,8 +21,7 @@ typedef struct {
 
 static opt_def train_opts[] = {
     {"model", false, "HF model folder or .gguf file (required)", NULL},
-    {"data", false, "training JSONL: {text} | {prompt,completion} | {messages} | {text[,text_pair],label} | "
-                    "{anchor,positive[,negative]} (required)", NULL},
+    {"data", false, "training JSONL, one object per line, of a kind listed below (required)", NULL},
     {"val", false, "validation JSONL", NULL},
     {"val-split", false, "fraction of --data held out for validation when no --val (default 0)", NULL},
     {"out", false, "output folder: adapter, metrics.jsonl, loss.svg, checkpoints (required)", NULL},
@@ -47,7 +47,8 @@ static opt_def train_opts[] = {
     {"eval-every", false, "evaluate every N steps (default: start and end only)", NULL},
     {"eval-batches", false, "evaluate on at most N batches (default all)", NULL},
     {"save-every", false, "checkpoint every N steps (default 0 = off)", NULL},
-    {"resume", false, "resume from a run folder or checkpoint folder", NULL},
+    {"resume", false, "continue a run from its folder or a checkpoint folder, with the options it saved", NULL},
+    {"overwrite", true, "replace the run already in --out (only files peft writes there are removed)", NULL},
     {"checkpoint-layers", false, "[K] gradient checkpointing: keep every K-th layer's input (K = 1 when alone), "
                                  "recompute the others in the backward; 0 = off (default; a resume keeps the run's)", NULL},
     {"seed", false, "seed for init, shuffling, dropout (default 42)", NULL},
@@ -136,6 +137,33 @@ static opt_def *find_opt(opt_def *defs, int n, const char *name) {
     return NULL;
 }
 
+/* The known option nearest to a mistyped name (without dashes), or NULL.
+ * HF's names for the same settings (TrainingArguments, LoraConfig, TRL's
+ * SFTConfig) are answered with ours first: they are what users type. */
+static const char *near_opt(const char *given) {
+    char name[64];
+    snprintf(name, sizeof name, "%s", given);
+    for (char *c = name; *c; c++) if (*c == '_') *c = '-';   /* --learning_rate as HF spells it */
+    static const char *const hf[][2] = {
+        {"learning-rate", "lr"}, {"rank", "r"}, {"lora-r", "r"}, {"lora-rank", "r"}, {"lora-alpha", "alpha"},
+        {"lora-dropout", "dropout"}, {"max-steps", "steps"}, {"num-train-epochs", "epochs"},
+        {"num-epochs", "epochs"}, {"batch-size", "batch"}, {"per-device-train-batch-size", "batch"},
+        {"max-seq-length", "seq"}, {"max-length", "seq"}, {"seq-len", "seq"}, {"seq-length", "seq"},
+        {"gradient-accumulation-steps", "accum"}, {"output-dir", "out"}, {"output", "out"},
+        {"target-modules", "target"}, {"warmup-steps", "warmup"}, {"lr-scheduler-type", "schedule"},
+        {"max-grad-norm", "clip"}, {"dataset", "data"}, {"train-file", "data"}, {"validation-file", "val"},
+        {"model-name-or-path", "model"}, {"resume-from-checkpoint", "resume"}, {"save-steps", "save-every"},
+        {"eval-steps", "eval-every"}, {"gradient-checkpointing", "checkpoint-layers"}, {"packing", "pack"},
+        {"peft-type", "method"}, {"use-bf16", "bf16"}};
+    for (size_t i = 0; i < sizeof hf / sizeof *hf; i++)
+        if (!strcmp(name, hf[i][0])) return hf[i][1];
+    const char *names[N_TRAIN_OPTS + MAX_PLUG_OPTS];
+    int n = 0;
+    for (int i = 0; i < N_TRAIN_OPTS; i++) names[n++] = train_opts[i].name;
+    for (int i = 0; i < n_plug_opts; i++) names[n++] = plug_opts[i].name;
+    return cli_suggest(name, names, n);
+}
+
 static void set_opt(opt_def *o, const char *v, bool override) {
     if (o->value && !override) return;
     free(o->value);
@@ -162,7 +190,9 @@ static int load_config(opt_def *defs, int n, const char *path) {
         for (char *c = key; *c; c++) if (*c == '_') *c = '-';
         opt_def *o = find_opt(defs, n, key);
         if (!o || !strcmp(key, "config")) {
-            fprintf(stderr, "peft train: %s: unknown option \"%s\"\n", path, it->string);
+            const char *near = o ? NULL : near_opt(key);
+            if (near) fprintf(stderr, "peft train: %s: unknown option \"%s\": did you mean \"%s\"?\n", path, it->string, near);
+            else fprintf(stderr, "peft train: %s: unknown option \"%s\"\n", path, it->string);
             rc = -1;
             continue;
         }
@@ -197,6 +227,15 @@ static void train_usage(FILE *f) {
         fprintf(f, "  --%-14s %s%s\n", train_opts[i].name, train_opts[i].flag ? "" : "V  ", train_opts[i].help);
     for (int i = 0; i < n_plug_opts; i++)
         fprintf(f, "  --%-14s %s%s\n", plug_opts[i].name, plug_opts[i].flag ? "" : "V  ", plug_opts[i].help);
+    fprintf(f, "\ndata kinds (JSONL: one object per line; the first row fixes the kind; docs/formats.md):\n"
+               "  {\"text\"}                                     causal LM, loss on every token\n"
+               "  {\"prompt\", \"completion\"}                     loss on the completion only\n"
+               "  {\"messages\": [{\"role\", \"content\"}, ...]}     the model's chat template, loss on assistant turns\n"
+               "  {\"text\", \"label\"}                            sequence classification (label 0, 1, ...)\n"
+               "  {\"text\", \"text_pair\", \"label\"}               pair classification\n"
+               "  {\"anchor\", \"positive\"[, \"negative\"]}         contrastive sentence embeddings\n"
+               "  {\"instruction\"[, \"input\"], \"output\"}         Alpaca rows: prompt/completion, the Alpaca template\n"
+               "  {\"conversations\": [{\"from\", \"value\"}, ...]}  ShareGPT rows: messages (human, gpt, system)\n");
     fprintf(f, "\nmethods:");
     for (int p = 0; p < peft_method_count(); p++) fprintf(f, "%s %s", p == 0 ? "" : ",", meth_name_at(p));
     fputc('\n', f);
@@ -285,20 +324,65 @@ static int pair_pool_of(const char *cmd, peft_ctx *ctx, peft_model *m, const cha
     return 0;
 }
 
-static void print_data_summary(const char *what, const char *path, const peft_dataset *ds, int seq) {
+/* The data summary: what was kept, what was dropped or cut and why, the
+ * length distribution and the --seq that keeps rows whole, and a WARNING
+ * when much is lost (a too-small --seq must not train on 7 of 200 rows
+ * silently). */
+static void print_data_summary(const char *what, const char *path, const peft_dataset *ds, int seq, int n_ctx) {
     static const char *const kinds[] = {"text", "prompt/completion", "messages", "classification", "contrastive pairs"};
+    static const char *const styles[] = {"", ", read from Alpaca rows", ", read from ShareGPT rows"};
     peft_dataset_info info;
     peft_dataset_get_info(ds, &info);
     const peft_dataset_info *d = &info;
+    const char *style = d->style >= 0 && d->style <= 2 ? styles[d->style] : "";
     if (d->kind == PEFT_DATA_PAIRS)   /* no loss tokens: one loss term per anchor */
         fprintf(stderr, "%s: %s: %d examples (%s: %s), %lld tokens", what, path, d->n, kinds[d->kind],
                 d->n_cols > 2 ? "anchor, positive, negative" : "anchor, positive", (long long)d->n_tokens);
     else
-        fprintf(stderr, "%s: %s: %d examples (%s), %lld tokens, %lld in the loss", what, path, d->n, kinds[d->kind],
-                (long long)d->n_tokens, (long long)d->n_loss_tokens);
-    if (d->n_truncated) fprintf(stderr, ", %d truncated to %d tokens", d->n_truncated, seq);
-    if (d->n_skipped) fprintf(stderr, ", %d lines skipped", d->n_skipped);
+        fprintf(stderr, "%s: %s: %d examples (%s%s), %lld tokens, %lld in the loss", what, path, d->n, kinds[d->kind],
+                style, (long long)d->n_tokens, (long long)d->n_loss_tokens);
+    /* rows that lost every target to the cut were truncated too, but are not among the examples */
+    if (d->n_truncated > d->n_cut_no_target)
+        fprintf(stderr, ", %d truncated to %d tokens", d->n_truncated - d->n_cut_no_target, seq);
     fputc('\n', stderr);
+    if (d->n_skipped) {
+        fprintf(stderr, "%s: %d of %d rows dropped:", what, d->n_skipped, d->n_lines);
+        const char *sep = " ";
+        if (d->n_cut_no_target)
+            fprintf(stderr, "%s%d lost every target token to --seq %d", sep, d->n_cut_no_target, seq), sep = ", ";
+        if (d->n_no_target)
+            fprintf(stderr, "%s%d have no target token (an empty completion or no assistant turn)", sep, d->n_no_target),
+                sep = ", ";
+        if (d->n_empty) fprintf(stderr, "%s%d empty", sep, d->n_empty), sep = ", ";
+        if (d->n_bad) fprintf(stderr, "%s%d malformed (skipped: --skip-bad)", sep, d->n_bad);
+        fputc('\n', stderr);
+    }
+    if (d->n_loss_cut) {
+        const int64_t all = d->n_loss_tokens + d->n_loss_cut;
+        fprintf(stderr, "%s: --seq %d cut %lld of %lld loss tokens (%.1f %%)\n", what, seq, (long long)d->n_loss_cut,
+                (long long)all, 100.0 * (double)d->n_loss_cut / (double)all);
+    }
+    if (d->len_max > 0) {
+        fprintf(stderr, "%s: rows are %d to %d tokens long (median %d, 95th percentile %d): ", what, d->len_min,
+                d->len_max, d->len_median, d->len_p95);
+        if (d->len_max <= seq) fprintf(stderr, "--seq %d keeps every row whole\n", seq);
+        else {
+            if (d->len_p95 < d->len_max) fprintf(stderr, "--seq %d would keep 95 %% whole, ", d->len_p95);
+            fprintf(stderr, "--seq %d %s", d->len_max, d->len_p95 < d->len_max ? "all" : "would keep every row whole");
+            if (d->len_max > n_ctx) fprintf(stderr, " (the model's context is %d)", n_ctx);
+            fputc('\n', stderr);
+        }
+    }
+    /* loud: one in ten rows or loss tokens lost changes what is learned */
+    if (d->n_lines > 0 && d->n_skipped * 10 > d->n_lines)
+        fprintf(stderr, "WARNING: %s: %d of %d rows (%.0f %%) were dropped%s\n", what, d->n_skipped, d->n_lines,
+                100.0 * d->n_skipped / d->n_lines,
+                d->n_cut_no_target * 2 >= d->n_skipped ? ": raise --seq (see the lengths above)"
+                : d->n_bad * 2 >= d->n_skipped ? ": most are malformed; without --skip-bad the first stops the run with its line"
+                                               : ": they hold nothing to learn (see the reasons above)");
+    if (d->n_loss_cut * 10 > d->n_loss_tokens + d->n_loss_cut)
+        fprintf(stderr, "WARNING: %s: --seq %d cuts %.0f %% of the loss tokens: raise --seq (see the lengths above)\n",
+                what, seq, 100.0 * (double)d->n_loss_cut / (double)(d->n_loss_tokens + d->n_loss_cut));
 }
 
 /* HF peft's print_trainable_parameters line (all params include the adapter). */
@@ -323,6 +407,214 @@ static void print_trainable(int64_t trainable, int64_t base) {
 
 #define GETV(name) (find_opt(train_opts, N_TRAIN_OPTS, name)->value)
 
+/* ---- the run folder: its saved options, --overwrite, --resume, stops ----- */
+
+/* SESSION options are this invocation's (not saved); KEEP options are
+ * saved and come back on a resume, but may change there (no loss depends
+ * on them, or the trainer warns); RUN options are saved and a resume must
+ * agree with them. */
+typedef enum { OPT_SESSION, OPT_RUN, OPT_KEEP } opt_class;
+
+static opt_class class_of(const char *name) {
+    static const char *const session[] = {"out",     "config",     "resume",            "overwrite", "quiet",
+                                          "dry-run", "max-memory", "checkpoint-layers", "bf16",      NULL};
+    static const char *const keep[] = {"eval-every", "eval-batches", "save-every", "compute", "threads", NULL};
+    for (int i = 0; session[i]; i++)
+        if (!strcmp(name, session[i])) return OPT_SESSION;
+    for (int i = 0; keep[i]; i++)
+        if (!strcmp(name, keep[i])) return OPT_KEEP;
+    return OPT_RUN;
+}
+
+static bool is_path_opt(const char *name) { return !strcmp(name, "model") || !strcmp(name, "data") || !strcmp(name, "val"); }
+
+/* The defaults of the options every run has, saved with the given ones so
+ * that run.json holds the whole configuration (and an explicit --lr 2e-4
+ * agrees with a run that took the default). */
+static bool default_of(const char *name, char *buf, size_t cap) {
+    const peft_train_params d = peft_train_default_params();
+    if (!strcmp(name, "lr")) snprintf(buf, cap, "%g", (double)d.lr);
+    else if (!strcmp(name, "schedule")) snprintf(buf, cap, "%s", d.schedule ? d.schedule : "cosine");
+    else if (!strcmp(name, "warmup")) snprintf(buf, cap, "%d", d.warmup_steps);
+    else if (!strcmp(name, "weight-decay")) snprintf(buf, cap, "%g", (double)d.weight_decay);
+    else if (!strcmp(name, "beta1")) snprintf(buf, cap, "%g", (double)d.beta1);
+    else if (!strcmp(name, "beta2")) snprintf(buf, cap, "%g", (double)d.beta2);
+    else if (!strcmp(name, "eps")) snprintf(buf, cap, "%g", (double)d.eps);
+    else if (!strcmp(name, "clip")) snprintf(buf, cap, "%g", (double)d.max_grad_norm);
+    else if (!strcmp(name, "steps")) snprintf(buf, cap, "%d", d.steps);
+    else if (!strcmp(name, "batch")) snprintf(buf, cap, "%d", d.batch);
+    else if (!strcmp(name, "accum")) snprintf(buf, cap, "%d", d.accum);
+    else if (!strcmp(name, "seed")) snprintf(buf, cap, "%llu", (unsigned long long)d.seed);
+    else if (!strcmp(name, "method")) snprintf(buf, cap, "lora");
+    else return false;
+    return true;
+}
+
+/* Paths by the file they name, numbers by value (2e-4 is 0.0002). */
+static bool values_agree(const char *name, const char *a, const char *b) {
+    if (!strcmp(a, b)) return true;
+    if (is_path_opt(name)) {
+        char *ra = realpath(a, NULL), *rb = realpath(b, NULL);
+        const bool same = ra && rb && !strcmp(ra, rb);
+        free(ra);
+        free(rb);
+        return same;
+    }
+    char *ea, *eb;
+    const double x = strtod(a, &ea), y = strtod(b, &eb);
+    return ea != a && !*ea && eb != b && !*eb && (x == y || (float)x == (float)y);
+}
+
+/* Appends "--name value" (flags: "--name") and a note to a list. */
+static void diff_add(char *list, size_t cap, const opt_def *o, const char *v, const char *fmt, const char *what) {
+    size_t n = strlen(list);
+    if (n + 1 >= cap) return;
+    n += (size_t)snprintf(list + n, cap - n, "%s--%s", n ? ", " : "", o->name);
+    if (v && !o->flag && n < cap) n += (size_t)snprintf(list + n, cap - n, " %s", v);
+    if (n < cap) snprintf(list + n, cap - n, fmt, what);
+}
+
+/* The options that differ between this command and a run's saved ones
+ * (run.json's "options"), as "--lr 1e-3 (the run's: 0.0002), ..." into
+ * list; their count. both_ways: also options the run gave that this
+ * command does not (with the defaults above): whether it is the same run,
+ * not only a compatible resume. */
+static int diff_saved(const cJSON *saved, bool both_ways, char *list, size_t cap) {
+    int n = 0;
+    list[0] = '\0';
+    const cJSON *it;
+    cJSON_ArrayForEach(it, saved) {
+        opt_def *o = find_opt(train_opts, N_TRAIN_OPTS, it->string);
+        const char *sv = cJSON_IsString(it) ? it->valuestring : NULL;
+        if (!o || !sv) {
+            diff_add(list, cap, &(opt_def){it->string, true, NULL, NULL}, NULL, "%s", " (saved, but not an option of this peft)");
+            n++;
+            continue;
+        }
+        if (class_of(o->name) != OPT_RUN) continue;
+        char dflt[64];
+        const char *now = o->value;
+        if (!now && both_ways && default_of(o->name, dflt, sizeof dflt)) now = dflt;
+        if (!now) {
+            if (both_ways) {
+                diff_add(list, cap, o, NULL, " not given (the run's: %s)", o->flag ? "on" : sv);
+                n++;
+            }
+            continue;
+        }
+        if (!values_agree(o->name, now, sv)) {
+            diff_add(list, cap, o, now, " (the run's: %s)", o->flag ? (strcmp(sv, "false") ? "on" : "off") : sv);
+            n++;
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        opt_def *defs = k ? plug_opts : train_opts;
+        const int nd = k ? n_plug_opts : N_TRAIN_OPTS;
+        for (int i = 0; i < nd; i++)
+            if (defs[i].value && class_of(defs[i].name) == OPT_RUN && !cJSON_GetObjectItemCaseSensitive(saved, defs[i].name)) {
+                diff_add(list, cap, &defs[i], defs[i].value, "%s", " (the run had none: its default)");
+                n++;
+            }
+    }
+    return n;
+}
+
+/* The options the run saved, for those this command does not give. */
+static void restore_saved(const cJSON *saved) {
+    const cJSON *it;
+    cJSON_ArrayForEach(it, saved) {
+        opt_def *o = find_opt(train_opts, N_TRAIN_OPTS, it->string);
+        if (!o || !cJSON_IsString(it) || class_of(o->name) == OPT_SESSION) continue;
+        if (!strcmp(o->name, "compute") && GETV("bf16")) continue;
+        set_opt(o, it->valuestring, false);
+    }
+}
+
+/* This command's options as run.json keeps them: every RUN and KEEP
+ * option given (paths absolute, --bf16 as compute), the defaults above for
+ * the others (malloc'ed JSON, NULL when out of memory). */
+static char *run_config_json(void) {
+    cJSON *root = cJSON_CreateObject(), *opts = cJSON_AddObjectToObject(root, "options");
+    bool ok = root && opts && cJSON_AddStringToObject(root, "command", "train");
+    for (int k = 0; k < 2 && ok; k++) {
+        opt_def *defs = k ? plug_opts : train_opts;
+        const int nd = k ? n_plug_opts : N_TRAIN_OPTS;
+        for (int i = 0; i < nd && ok; i++) {
+            const char *v = defs[i].value;
+            char dflt[64], *abs = NULL;
+            if (class_of(defs[i].name) == OPT_SESSION) continue;
+            if (!v && default_of(defs[i].name, dflt, sizeof dflt)) v = dflt;
+            if (!v) continue;
+            if (is_path_opt(defs[i].name) && (abs = realpath(v, NULL))) v = abs;
+            ok = cJSON_AddStringToObject(opts, defs[i].name, v) != NULL;
+            free(abs);
+        }
+    }
+    if (ok && GETV("bf16") && !GETV("compute")) ok = cJSON_AddStringToObject(opts, "compute", "bf16") != NULL;
+    char *js = ok ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    return js;
+}
+
+/* run.json's options (a run_config of peft train's), or NULL. */
+static cJSON *saved_options(const char *run_config, cJSON **root) {
+    *root = run_config ? cJSON_Parse(run_config) : NULL;
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(*root, "command");
+    cJSON *o = cJSON_GetObjectItemCaseSensitive(*root, "options");
+    return cJSON_IsString(c) && !strcmp(c->valuestring, "train") && cJSON_IsObject(o) ? o : NULL;
+}
+
+static bool same_dir(const char *a, const char *b) {
+    char *ra = realpath(a, NULL), *rb = realpath(b, NULL);
+    const bool same = ra && rb ? !strcmp(ra, rb) : !strcmp(a, b);
+    free(ra);
+    free(rb);
+    return same;
+}
+
+/* s as one shell word. */
+static void shell_word(const char *s, char *out, size_t cap) {
+    bool plain = *s != '\0';
+    for (const char *c = s; *c; c++)
+        plain &= (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || strchr("_./-+=:,@%", *c);
+    if (plain) { snprintf(out, cap, "%s", s); return; }
+    size_t o = 0;
+    if (o + 1 < cap) out[o++] = '\'';
+    for (const char *c = s; *c && o + 5 < cap; c++) {
+        if (*c == '\'') { memcpy(out + o, "'\\''", 4); o += 4; }
+        else out[o++] = *c;
+    }
+    if (o + 1 < cap) out[o++] = '\'';
+    out[o] = '\0';
+}
+
+/* SIGINT / SIGTERM while training: the first asks the trainer to stop after
+ * the step it is in (peft_train_hooks.should_stop), the second ends the
+ * process at once with the signal's default action. */
+static volatile sig_atomic_t stop_signal;
+static bool stop_notice;   /* stderr is a terminal: say at once what happens */
+
+static void on_stop_signal(int sig) {
+    if (stop_signal) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    stop_signal = sig;
+    if (stop_notice) {
+        static const char msg[] = "\npeft train: stopping after this step to save a checkpoint (Ctrl-C again quits "
+                                  "without saving)\n";
+        const ssize_t w = write(2, msg, sizeof msg - 1);
+        (void)w;
+    }
+}
+
+static int stop_requested(void *user) {
+    (void)user;
+    return stop_signal != 0;
+}
+
+
 int cmd_train(int argc, char **argv) {
     plug_opts_init();
     cli_args a = {argc, 1, argv, "train"};
@@ -334,7 +626,12 @@ int cmd_train(int argc, char **argv) {
         char name[64];
         snprintf(name, sizeof name, "%.*s", (int)strcspn(arg + 2, "="), arg + 2);
         opt_def *o = find_opt(train_opts, N_TRAIN_OPTS, name);
-        if (!o) { fprintf(stderr, "peft train: unknown option \"%s\" (see peft train --help)\n", arg); return 2; }
+        if (!o) {
+            const char *near = near_opt(name);
+            if (near) fprintf(stderr, "peft train: unknown option \"%s\": did you mean --%s? (see peft train --help)\n", arg, near);
+            else fprintf(stderr, "peft train: unknown option \"%s\" (see peft train --help)\n", arg);
+            return 2;
+        }
         if (o->flag) { set_opt(o, "true", true); a.i++; continue; }
         /* --checkpoint-layers takes an optional K */
         if (!strcmp(name, "checkpoint-layers") && !strchr(arg, '=') &&
@@ -350,14 +647,126 @@ int cmd_train(int argc, char **argv) {
     }
     if (bad) return 2;
     if (GETV("config") && load_config(train_opts, N_TRAIN_OPTS, GETV("config"))) return 2;
+    /* --resume: the run's options from its run.json, checked against the
+     * ones given again */
+    peft_run_folder src;
+    memset(&src, 0, sizeof src);
+    bool saved_opts = false;
+    if (GETV("resume")) {
+        peft_error e = {0};
+        if (peft_run_folder_inspect(GETV("resume"), &src, &e)) { fprintf(stderr, "peft train: --resume: %s\n", e.msg); return 1; }
+        if (!src.has_checkpoint) {
+            fprintf(stderr, "peft train: --resume %s: %s\n", GETV("resume"),
+                    !src.exists ? "no such folder"
+                    : src.finished ? "the run finished and kept no checkpoint to continue from (--save-every N keeps them)"
+                                   : "no checkpoint there (no LATEST, no optimizer.safetensors)");
+            peft_run_folder_release(&src);
+            return 1;
+        }
+        cJSON *root;
+        const cJSON *so = saved_options(src.run_config, &root);
+        char diffs[2048];
+        if (so && diff_saved(so, false, diffs, sizeof diffs)) {
+            fprintf(stderr, "peft train: --resume %s: options differ from the run's (%s/run.json): %s; leave them out "
+                    "to continue the run as it was, or train a new one into another --out\n", GETV("resume"),
+                    src.checkpoint, diffs);
+            cJSON_Delete(root);
+            peft_run_folder_release(&src);
+            return 2;
+        }
+        if (so) restore_saved(so);
+        saved_opts = so != NULL;
+        cJSON_Delete(root);
+        peft_run_folder_release(&src);
+        if (!GETV("out")) set_opt(find_opt(train_opts, N_TRAIN_OPTS, "out"), src.run_dir, true);
+    }
     if (!GETV("model") || !GETV("data") || (!GETV("out") && !GETV("dry-run"))) {
-        fprintf(stderr, "peft train: --model, --data and --out are required\n\n");
+        fprintf(stderr, "peft train: --model, --data and --out are required%s\n\n",
+                GETV("resume") && !saved_opts ? " (this checkpoint keeps no options: an older peft wrote it)" : "");
         train_usage(stderr);
         return 2;
     }
+    /* --out: new, empty, this run's own folder, or replaced with
+     * --overwrite; never a folder with files peft does not write */
+    bool clear_out = false, auto_resume = false;
+    char out_note[600] = "";
+    if (!GETV("dry-run")) {
+        const char *out = GETV("out");
+        const bool in_place = GETV("resume") && same_dir(out, src.run_dir);
+        char word[4200];
+        shell_word(out, word, sizeof word);
+        if (in_place && GETV("overwrite")) {
+            fprintf(stderr, "peft train: --overwrite would remove the run that --resume continues: give one of them\n");
+            return 2;
+        }
+        peft_run_folder dst;
+        memset(&dst, 0, sizeof dst);
+        peft_error e = {0};
+        if (!in_place && peft_run_folder_inspect(out, &dst, &e)) { fprintf(stderr, "peft train: --out: %s\n", e.msg); return 1; }
+        if (!in_place && dst.exists && dst.n_entries > 0) {
+            cJSON *root = NULL;
+            const cJSON *so = GETV("resume") ? NULL : saved_options(dst.run_config, &root);
+            char diffs[2048] = "";
+            const bool same = so && diff_saved(so, true, diffs, sizeof diffs) == 0;
+            int bad_out = 0;
+            if (dst.foreign[0]) {
+                fprintf(stderr, "peft train: --out %s holds files peft did not write (%s): choose another --out (nothing "
+                        "there was changed)\n", out, dst.foreign);
+                bad_out = 2;
+            } else if (dst.n_temporaries == dst.n_entries) {
+                clear_out = true;   /* a run killed while writing its first file: nothing else there */
+                snprintf(out_note, sizeof out_note, "%s held only the temporaries of a killed run: removed them", out);
+            } else if (!dst.is_run) {
+                fprintf(stderr, "peft train: --out %s is not empty (%s) and is not a training run's folder: choose another "
+                        "--out\n", out, dst.peft_files);
+                bad_out = 2;
+            } else if (GETV("overwrite")) {
+                clear_out = true;
+                snprintf(out_note, sizeof out_note, "--overwrite: removed the previous run from %s (%s)", out, dst.peft_files);
+            } else if (same && dst.has_checkpoint && !dst.finished) {
+                auto_resume = true;
+                restore_saved(so);
+                set_opt(find_opt(train_opts, N_TRAIN_OPTS, "resume"), out, true);
+                src = dst;
+                src.run_config = NULL;
+                snprintf(out_note, sizeof out_note, "; %s held this run, stopped: it continues (--overwrite starts over)", out);
+            } else if (same && !dst.finished) {
+                clear_out = true;   /* killed before its first checkpoint: nothing to continue from */
+                snprintf(out_note, sizeof out_note, "%s held this run, stopped before its first checkpoint: starting it "
+                         "over", out);
+            } else if (same) {
+                fprintf(stderr, "peft train: --out %s holds this run, finished (%d steps): --overwrite trains it again, "
+                        "or choose another --out\n", out, dst.step);
+                bad_out = 2;
+            } else {
+                char what[2300];
+                if (diffs[0]) snprintf(what, sizeof what, "its options differ: %s", diffs);
+                else snprintf(what, sizeof what, "%s", dst.peft_files);
+                if (dst.has_checkpoint && !dst.finished)
+                    fprintf(stderr, "peft train: --out %s holds another run (%s), stopped at step %d: `peft train --resume "
+                            "%s` continues it, --overwrite replaces it, or choose another --out\n", out, what, dst.step, word);
+                else
+                    fprintf(stderr, "peft train: --out %s holds another run (%s): --overwrite replaces it, or choose "
+                            "another --out\n", out, what);
+                bad_out = 2;
+            }
+            cJSON_Delete(root);
+            if (bad_out) {
+                peft_run_folder_release(&dst);
+                return bad_out;
+            }
+        }
+        if (!in_place) peft_run_folder_release(&dst);
+    }
     const int plug0 = peft_method_find(GETV("method") ? GETV("method") : "lora");
     if (plug0 < 0) {
-        fprintf(stderr, "peft train: unknown method \"%s\" (", GETV("method"));
+        const char *names[64];
+        int nn = 0;
+        for (int p = 0; p < peft_method_count() && nn < 64; p++) names[nn++] = meth_name_at(p);
+        const char *near = cli_suggest(GETV("method"), names, nn);
+        fprintf(stderr, "peft train: unknown method \"%s\"", GETV("method"));
+        if (near) fprintf(stderr, ": did you mean %s?", near);
+        fprintf(stderr, " (");
         for (int p = 0; p < peft_method_count(); p++) fprintf(stderr, "%s%s", p == 0 ? "" : ", ", meth_name_at(p));
         fprintf(stderr, ")\n");
         return 2;
@@ -473,11 +882,15 @@ int cmd_train(int argc, char **argv) {
     progress_ctx pc = {isatty(2) != 0, GETV("quiet") != NULL};
     hooks.progress = on_progress;
     hooks.user = &pc;
+    hooks.should_stop = stop_requested;
+    char *run_config = run_config_json();
+    if (!run_config) { fprintf(stderr, "peft train: out of memory\n"); return 1; }
+    tp.run_config = run_config;
 
     /* load */
     int rc = 1;
     peft_ctx *ctx = cli_ctx(threads, false);
-    if (!ctx) return 1;
+    if (!ctx) { free(run_config); return 1; }
     peft_model *m = peft_model_load(ctx, GETV("model"));
     peft_adapter *ad = NULL;
     peft_dataset *train = NULL, *val = NULL;
@@ -510,13 +923,13 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "peft train: %s\n", peft_last_error(ctx));
         goto out;
     }
-    print_data_summary("data", GETV("data"), train, tp.seq);
+    print_data_summary("data", GETV("data"), train, tp.seq, minfo.n_ctx);
     if (GETV("val")) {
         if (!(val = peft_dataset_load(m, GETV("val"), tp.seq, GETV("skip-bad") != NULL))) {
             fprintf(stderr, "peft train: %s\n", peft_last_error(ctx));
             goto out;
         }
-        print_data_summary("validation", GETV("val"), val, tp.seq);
+        print_data_summary("validation", GETV("val"), val, tp.seq, minfo.n_ctx);
     } else if (val_split > 0) {
         if (!(val = peft_dataset_split(m, train, val_split, tp.seed))) {
             fprintf(stderr, "peft train: %s\n", peft_last_error(ctx));
@@ -621,9 +1034,43 @@ int cmd_train(int argc, char **argv) {
         }
         if (GETV("dry-run")) { rc = 0; goto out; }
     }
+    if (clear_out) {
+        peft_error e = {0};
+        if (peft_run_folder_clear(tp.out_dir, &e)) { fprintf(stderr, "peft train: %s\n", e.msg); goto out; }
+        fprintf(stderr, "%s\n", out_note);
+    }
+    if (tp.resume) {
+        const char *how = auto_resume ? out_note : "";
+        if (src.total_steps > 0)
+            fprintf(stderr, "resumed from step %d of %d (%s)%s\n", src.step, src.total_steps, src.checkpoint, how);
+        else
+            fprintf(stderr, "resumed from step %d (%s)%s\n", src.step, src.checkpoint, how);
+    }
+    /* the handlers only while training: before, a Ctrl-C has nothing to save */
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    stop_signal = 0;
+    stop_notice = pc.tty;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
     peft_train_report res;
-    if (peft_train_dataset(m, ad, train, val, &tp, &hooks, &res)) {
+    const int trc = peft_train_dataset(m, ad, train, val, &tp, &hooks, &res);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (trc) {
         fprintf(stderr, "\npeft train: %s\n", peft_last_error(ctx));
+        goto out;
+    }
+    if (res.interrupted) {
+        char word[4200];
+        shell_word(tp.out_dir, word, sizeof word);
+        fprintf(stderr, "%speft train: stopped by %s after step %d of %d: saved %s/checkpoint-%d and the %s so far in %s; "
+                "to continue: peft train --resume %s\n", pc.tty && !pc.quiet ? "\r\033[K" : "",
+                stop_signal == SIGTERM ? "SIGTERM" : "SIGINT", res.step, res.total_steps, tp.out_dir, res.step,
+                plug_info.saves_model ? "model" : "adapter", tp.out_dir, word);
+        rc = 128 + (stop_signal ? stop_signal : SIGINT);
         goto out;
     }
     if (res.checkpoint_every > 0 && res.checkpoint_every < minfo.n_layer)
@@ -640,12 +1087,17 @@ int cmd_train(int argc, char **argv) {
         else fprintf(stderr, "; validation %.4f", res.val_loss_after);
         if (!isnan(res.val_accuracy)) fprintf(stderr, ", accuracy %.4f", res.val_accuracy);
     }
+    /* loss.png exists where the library was built with cairo */
+    char png[4200];
+    snprintf(png, sizeof png, "%s/loss.png", tp.out_dir);
+    const char *also_png = access(png, F_OK) == 0 ? " (and loss.png)" : "";
     if (plug_info.saves_model)
-        fprintf(stderr, "\nmodel: %s/%s, metrics: %s/metrics.jsonl, curve: %s/loss.svg\n", tp.out_dir,
-                !strcmp(minfo.source, "gguf") ? "model.gguf (F32)" : "model.safetensors (HF folder)", tp.out_dir, tp.out_dir);
+        fprintf(stderr, "\nmodel: %s/%s, metrics: %s/metrics.jsonl, curve: %s/loss.svg%s\n", tp.out_dir,
+                !strcmp(minfo.source, "gguf") ? "model.gguf (F32)" : "model.safetensors (HF folder)", tp.out_dir, tp.out_dir,
+                also_png);
     else
         fprintf(stderr, "\nadapter: %s/adapter_model.safetensors (HF PEFT format), metrics: %s/metrics.jsonl, curve: "
-                "%s/loss.svg\n", tp.out_dir, tp.out_dir, tp.out_dir);
+                "%s/loss.svg%s\n", tp.out_dir, tp.out_dir, tp.out_dir, also_png);
     rc = 0;
 out:
     for (int i = 0; i < N_TRAIN_OPTS; i++) { free(train_opts[i].value); train_opts[i].value = NULL; }
@@ -655,6 +1107,7 @@ out:
     if (ad) peft_adapter_free(ad);
     peft_model_free(m);
     peft_free(ctx);
+    free(run_config);
     return rc;
 }
 
@@ -681,7 +1134,7 @@ int cmd_eval(int argc, char **argv) {
                    "  --compute " CLI_COMPUTE_HELP "\n\n"
                    "Mean loss per target token and perplexity of the model (with the adapter) on a JSONL dataset.\n");
             return 0;
-        } else if (!bad) { fprintf(stderr, "peft eval: unknown option \"%s\"\n", argv[a.i]); return 2; }
+        } else if (!bad) { cli_unknown_option(&a); return 2; }
     }
     if (bad) return 2;
     if (!model || !data) { fprintf(stderr, "peft eval: --model and --data are required\n"); return 2; }
@@ -694,7 +1147,7 @@ int cmd_eval(int argc, char **argv) {
     if (!m) { fprintf(stderr, "peft eval: %s\n", peft_last_error(ctx)); goto out; }
     if (!peft_model_has_tokenizer(m)) { fprintf(stderr, "peft eval: %s has no tokenizer\n", model); goto out; }
     {
-        const int crc = cli_compute("eval", ctx, m, compute, bf16);
+        const int crc = cli_compute(json ? "eval --json" : "eval", ctx, m, compute, bf16);
         if (crc) { rc = crc; goto out; }
     }
     if (adapter_dir) {
@@ -750,6 +1203,11 @@ int cmd_eval(int argc, char **argv) {
     else
         printf("loss %.6f | perplexity %.6f | %lld target tokens in %d examples%s\n", loss, exp(loss), (long long)n, d.n,
                d.n_truncated ? " (some truncated)" : "");
+    /* the rows the numbers leave out, and why (stderr: --json's stdout stays one object) */
+    if (!json && d.n_skipped)
+        fprintf(stderr, "eval: %d of %d rows left out: %d with every target token past --seq %d, %d without a target "
+                "token, %d empty, %d malformed (--skip-bad)\n", d.n_skipped, d.n_lines, d.n_cut_no_target, seq,
+                d.n_no_target, d.n_empty, d.n_bad);
     rc = 0;
 out:
     peft_dataset_free(ds);

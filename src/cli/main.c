@@ -36,6 +36,7 @@ static void usage(FILE *f) {
  * the chain must see no argument instead of argv[argc] (NULL). */
 const char *cli_opt(cli_args *a, const char *name, bool *bad) {
     if (a->i >= a->argc) return NULL;
+    cli_note_tried(a, name);
     const char *arg = a->argv[a->i];
     size_t n = strlen(name);
     if (strncmp(arg, name, n) != 0) return NULL;
@@ -53,6 +54,7 @@ const char *cli_opt(cli_args *a, const char *name, bool *bad) {
 
 bool cli_flag(cli_args *a, const char *name) {
     if (a->i >= a->argc) return false;
+    cli_note_tried(a, name);
     if (strcmp(a->argv[a->i], name) != 0) return false;
     a->i++;
     return true;
@@ -127,8 +129,10 @@ char *cli_adapter_base(const char *dir) {
 }
 
 int cli_compute(const char *cmd, peft_ctx *ctx, peft_model *m, const char *value, bool bf16_flag) {
+    /* "eval --json" is eval, told to keep stderr quiet */
+    const char *name = strcmp(cmd, "eval --json") ? cmd : "eval";
     if (bf16_flag && value && strcmp(value, "bf16")) {
-        fprintf(stderr, "peft %s: --bf16 and --compute %s disagree\n", cmd, value);
+        fprintf(stderr, "peft %s: --bf16 and --compute %s disagree\n", name, value);
         return 2;
     }
     if (bf16_flag) value = "bf16";
@@ -138,21 +142,25 @@ int cli_compute(const char *cmd, peft_ctx *ctx, peft_model *m, const char *value
     else if (!strcmp(value, "bf16")) c = PEFT_COMPUTE_BF16;
     else if (!strcmp(value, "auto")) c = PEFT_COMPUTE_AUTO;
     else {
-        fprintf(stderr, "peft %s: --compute must be f32, bf16 or auto (got \"%s\")\n", cmd, value);
+        fprintf(stderr, "peft %s: --compute must be f32, bf16 or auto (got \"%s\")\n", name, value);
         return 2;
     }
     if (peft_model_set_compute(m, c)) {
-        fprintf(stderr, "peft %s: %s\n", cmd, peft_last_error(ctx));
+        fprintf(stderr, "peft %s: %s\n", name, peft_last_error(ctx));
         return 1;
     }
-    /* Say what was chosen, and on which unit. Only train: it reports its
-     * set-up on stderr anyway, while eval --json and generate write output
-     * that callers parse together with stderr. */
-    if (!strcmp(cmd, "train")) {
-        if (peft_model_compute(m) == PEFT_COMPUTE_BF16)
-            fprintf(stderr, "compute: bf16 (frozen-weight products in bfloat16, f32 sums) on %s%s\n",
-                    peft_compute_bf16_unit(), c == PEFT_COMPUTE_AUTO ? " (auto)" : "");
-        else
+    /* Say what was chosen, why, and on which unit: always for train (it
+     * reports its set-up on stderr anyway), for the others when auto chose
+     * (the user cannot know what it did); never for eval --json, whose
+     * callers read stdout and stderr together (cmd "eval --json"). */
+    if (!strcmp(cmd, "train") || (c == PEFT_COMPUTE_AUTO && strcmp(cmd, "eval --json"))) {
+        const char *unit = peft_compute_bf16_unit();
+        const char *unit_name = !strcmp(unit, "amx") ? "AMX-BF16" : !strcmp(unit, "avx512bf16") ? "AVX512-BF16" : unit;
+        if (peft_model_compute(m) == PEFT_COMPUTE_BF16) {
+            fprintf(stderr, "compute: bf16 (frozen-weight products in bfloat16, f32 sums) on %s", unit_name);
+            if (c == PEFT_COMPUTE_AUTO) fprintf(stderr, " (auto: this CPU has %s)", unit_name);
+            fputc('\n', stderr);
+        } else
             fprintf(stderr, "compute: f32%s\n",
                     c == PEFT_COMPUTE_AUTO ? " (auto: this CPU has neither AMX-BF16 nor AVX512-BF16)" : "");
     }
@@ -208,7 +216,11 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "--version")) { printf("peft %s\n", PEFT_VERSION); return 0; }
-    fprintf(stderr, "peft: unknown command \"%s\"\n\n", cmd);
+    static const char *const cmds[] = {"generate", "chat", "info", "train", "eval", "merge", "export", "combine",
+                                       "embed", "predict", "serve", "help"};
+    const char *near = cli_suggest(cmd, cmds, (int)(sizeof cmds / sizeof *cmds));
+    if (near) fprintf(stderr, "peft: unknown command \"%s\": did you mean peft %s?\n\n", cmd, near);
+    else fprintf(stderr, "peft: unknown command \"%s\"\n\n", cmd);
     usage(stderr);
     return 2;
 }

@@ -73,6 +73,17 @@ void peft_dataset_get_info(const peft_dataset *ds, peft_dataset_info *out) {
     out->n_skipped = d->n_skipped;
     out->n_tokens = d->n_tokens;
     out->n_loss_tokens = d->n_loss_tokens;
+    out->n_lines = d->n_lines;
+    out->n_bad = d->n_bad;
+    out->n_empty = d->n_empty;
+    out->n_no_target = d->n_no_target;
+    out->n_cut_no_target = d->n_cut_no_target;
+    out->n_loss_cut = d->n_loss_cut;
+    out->len_min = d->len_min;
+    out->len_median = d->len_median;
+    out->len_p95 = d->len_p95;
+    out->len_max = d->len_max;
+    out->style = d->style;
 }
 
 /* ---- runs --------------------------------------------------------------------- */
@@ -104,7 +115,10 @@ int train_params_from_public(const peft_train_params *p, const peft_train_hooks 
     t->seed = p->seed;
     t->out_dir = p->out_dir;
     t->resume = p->resume;
+    t->run_config = p->run_config;
     if (h) {
+        t->should_stop = h->should_stop;
+        t->stop_user = h->user;
         if (h->pair_scale > 0) t->pair_scale = h->pair_scale;
         t->pair_pool = h->pair_pool == PEFT_POOL_CLS ? TG_POOL_CLS : TG_POOL_MEAN;
     }
@@ -191,6 +205,9 @@ int peft_train_dataset(peft_model *m, peft_adapter *a, const peft_dataset *train
         out->tokens = res.tokens;
         out->checkpoint_every = res.checkpoint_every;
         out->graph_bytes = res.graph_bytes;
+        out->interrupted = res.interrupted;
+        out->step = res.step;
+        out->total_steps = res.total_steps;
     }
     return 0;
 }

@@ -25,6 +25,12 @@
  *                EOS), not on headers or the newline after the turn.
  *                Roles: system, user, assistant.
  *   text/label:  [BOS?] + encode(text), no EOS; no loss tokens; label >= 0.
+ * Two common styles are read as those kinds (as TRL and axolotl take them):
+ *   {"instruction", "input"?, "output"}   Alpaca: prompt/completion, the
+ *       prompt the Stanford Alpaca template (with or without the input
+ *       section, data_alpaca_prompt), the completion the output
+ *   {"conversations": [{"from", "value"}, ...]}   ShareGPT: messages, from
+ *       human|user -> user, gpt|assistant -> assistant, system -> system
  * Too long examples are cut to seq_len, keeping the start. A row left with
  * no loss token is dropped (counted in n_skipped and n_no_loss). */
 #ifndef PEFT_TRAIN_DATA_H
@@ -34,6 +40,11 @@
 #include "tokenizer/tokenizer.h"
 
 typedef enum { DATA_TEXT = 0, DATA_PROMPT_COMPLETION, DATA_MESSAGES, DATA_CLASSIFICATION, DATA_PAIRS } data_kind;
+enum { DATA_STYLE_NATIVE = 0, DATA_STYLE_ALPACA, DATA_STYLE_SHAREGPT };
+
+/* The Alpaca prompt of an instruction and its input (NULL or "": the
+ * template without the input section), malloc'ed; NULL when out of memory. */
+char *data_alpaca_prompt(const char *instruction, const char *input);
 
 /* Texts per contrastive example at most: anchor, positive, negative. */
 #define DATA_MAX_COLS 3
@@ -64,6 +75,23 @@ typedef struct {
      * n_truncated too). n_truncated: examples cut to seq_len. */
     int n_lines, n_skipped, n_truncated;
     int n_bad, n_no_loss;
+    /* why rows had no loss token (they add up to n_no_loss): n_empty gave
+     * at most one token (nothing to predict), n_no_target had none even
+     * whole (an empty completion without EOS, no assistant turn),
+     * n_cut_no_target lost all of them to seq_len. */
+    int n_empty, n_no_target, n_cut_no_target;
+    /* loss tokens the truncation to seq_len removed (of rows kept or not) */
+    int64_t n_loss_cut;
+    /* whole (untruncated) token lengths of the rows that tokenized (kept
+     * or dropped for want of loss tokens; a pair's longest text): the
+     * smallest, nearest-rank median and 95th percentile, the largest. A
+     * seq_len of len_p95 keeps 95 % of them whole, len_max all. 0 when
+     * no row tokenized. */
+    int len_min, len_median, len_p95, len_max;
+    /* the rows' style: written as the kind (0), Alpaca rows
+     * {instruction[, input], output} read as prompt/completion (1),
+     * ShareGPT rows {conversations: [{from, value}]} read as messages (2) */
+    int style;
     /* n_loss_tokens: loss[i] set for i >= 1 (token 0 is never predicted).
      * data_split recounts both for each part; the other counters stay
      * with the set that was loaded. */
@@ -152,5 +180,9 @@ int data_loader_batches_per_epoch(const data_loader *l);
 size_t data_loader_state_size(const data_loader *l);
 void data_loader_get_state(const data_loader *l, void *buf);
 int data_loader_set_state(data_loader *l, const void *buf, size_t n);
+/* Why a state does not fit l, for the error: the saved fields that differ
+ * from l's ("examples 108 (now 120), seed 5 (now 7)"), or "" when they all
+ * agree (a corrupt position). */
+void data_loader_state_mismatch(const data_loader *l, const void *buf, size_t n, char *out, size_t cap);
 
 #endif

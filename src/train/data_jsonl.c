@@ -59,6 +59,24 @@ static const char *kind_name(data_kind k) {
     return "?";
 }
 
+/* The Stanford Alpaca template (tatsu-lab/stanford_alpaca's PROMPT_DICT),
+ * which axolotl's "alpaca" type and most Alpaca-style fine-tunes use; it
+ * needs no chat template, so base models train on it as they are. */
+char *data_alpaca_prompt(const char *instruction, const char *input) {
+    static const char *const head_in = "Below is an instruction that describes a task, paired with an input that "
+                                       "provides further context. Write a response that appropriately completes the "
+                                       "request.\n\n### Instruction:\n";
+    static const char *const head = "Below is an instruction that describes a task. Write a response that "
+                                    "appropriately completes the request.\n\n### Instruction:\n";
+    const bool has_in = input && input[0];
+    const size_t n = strlen(has_in ? head_in : head) + strlen(instruction) + (has_in ? strlen(input) : 0) + 64;
+    char *s = malloc(n);
+    if (!s) return NULL;
+    if (has_in) snprintf(s, n, "%s%s\n\n### Input:\n%s\n\n### Response:\n", head_in, instruction, input);
+    else snprintf(s, n, "%s%s\n\n### Response:\n", head, instruction);
+    return s;
+}
+
 /* One example under construction: ids and loss grow together. */
 typedef struct {
     int32_t *ids;
@@ -68,6 +86,7 @@ typedef struct {
     uint8_t *types;
     bool has_types, truncated;
     int n_cols, col_len[DATA_MAX_COLS];
+    int whole;   /* a classification input's untruncated length (a pair's longest text) */
 } ex_buf;
 
 static int ex_push(ex_buf *e, const int32_t *ids, int n, uint8_t loss) {
@@ -98,6 +117,7 @@ static void ex_reset(ex_buf *e) {
     e->n = 0;
     e->has_types = e->truncated = false;
     e->n_cols = 1;
+    e->whole = 0;
 }
 
 /* Encodes s[0..len) and appends it with the given loss flag. */
@@ -135,6 +155,13 @@ static int push_input(ex_buf *e, const bpe_tokenizer *tok, const char *a, const 
     e->truncated |= cut;
     free(ids);
     free(ty);
+    /* the untruncated length, for the length statistics */
+    int whole = n;
+    if (!rc && cut) {
+        int32_t *w = NULL;
+        if (!(rc = bpe_encode_input(tok, a, strlen(a), b, b ? strlen(b) : 0, 0, &w, NULL, &whole, NULL, err))) free(w);
+    }
+    if (whole > e->whole) e->whole = whole;
     return rc;
 }
 
@@ -148,20 +175,40 @@ static int get_string(const cJSON *row, const char *key, const char **out, peft_
     return 0;
 }
 
-/* The kind a row claims by its fields; the fields themselves are checked
- * when the row is tokenized. */
-static int row_kind(const cJSON *row, data_kind *k, peft_err *err) {
-    if (cJSON_GetObjectItemCaseSensitive(row, "messages")) *k = DATA_MESSAGES;
-    else if (cJSON_GetObjectItemCaseSensitive(row, "prompt") || cJSON_GetObjectItemCaseSensitive(row, "completion"))
-        *k = DATA_PROMPT_COMPLETION;
-    else if (cJSON_GetObjectItemCaseSensitive(row, "label")) *k = DATA_CLASSIFICATION;
-    else if (cJSON_GetObjectItemCaseSensitive(row, "anchor") || cJSON_GetObjectItemCaseSensitive(row, "positive"))
-        *k = DATA_PAIRS;
-    else if (cJSON_GetObjectItemCaseSensitive(row, "text")) *k = DATA_TEXT;
-    else
-        return peft_fail(err, PEFT_ERR_FORMAT,
-                         "no \"text\", \"prompt\"/\"completion\", \"messages\" or \"anchor\"/\"positive\" field");
+#define ACCEPTED_ROWS                                                                                                 \
+    "{text} | {prompt, completion} | {messages} | {text, label} | {text, text_pair, label} | "                        \
+    "{anchor, positive[, negative]} | Alpaca {instruction[, input], output} | ShareGPT {conversations: [{from, value}]}"
+
+/* The kind (and style) a row claims by its fields; the fields themselves
+ * are checked when the row is tokenized. */
+static int row_kind(const cJSON *row, data_kind *k, int *style, peft_err *err) {
+#define HAS(key) (cJSON_GetObjectItemCaseSensitive(row, key) != NULL)
+    *style = DATA_STYLE_NATIVE;
+    if (HAS("messages")) *k = DATA_MESSAGES;
+    else if (HAS("conversations")) *k = DATA_MESSAGES, *style = DATA_STYLE_SHAREGPT;
+    else if (HAS("prompt") || HAS("completion")) *k = DATA_PROMPT_COMPLETION;
+    /* before "text": some Alpaca copies also hold the formatted text */
+    else if (HAS("instruction") || HAS("output")) *k = DATA_PROMPT_COMPLETION, *style = DATA_STYLE_ALPACA;
+    else if (HAS("label")) *k = DATA_CLASSIFICATION;
+    else if (HAS("anchor") || HAS("positive")) *k = DATA_PAIRS;
+    else if (HAS("text")) *k = DATA_TEXT;
+    else {
+        char found[200];
+        size_t o = 0;
+        int nf = 0;
+        found[0] = 0;
+        const cJSON *it;
+        cJSON_ArrayForEach(it, row) {
+            if (nf++ == 8) { o += (size_t)snprintf(found + o, sizeof found - o, ", ..."); break; }
+            if (o < sizeof found)
+                o += (size_t)snprintf(found + o, sizeof found - o, "%s\"%.30s\"", o ? ", " : "", it->string);
+            if (o >= sizeof found) break;
+        }
+        return peft_fail(err, PEFT_ERR_FORMAT, "no known fields (found %s); rows can be " ACCEPTED_ROWS,
+                         nf ? found : "none");
+    }
     return 0;
+#undef HAS
 }
 
 static bool is_stop(const bpe_tokenizer *tok, const int32_t *stops, int n_stops, int32_t id) {
@@ -178,30 +225,40 @@ static bool is_stop(const bpe_tokenizer *tok, const int32_t *stops, int n_stops,
  * span between two prefixes is tokenized on its own, which is only sound if
  * the pieces tokenize as the whole does (true for ChatML and Llama 3, whose
  * special tokens split the text) — checked, not assumed. */
-static int tok_messages(const cJSON *row, const bpe_tokenizer *tok, ex_buf *e, peft_err *err) {
-    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(row, "messages");
-    if (!cJSON_IsArray(arr)) return peft_fail(err, PEFT_ERR_FORMAT, "\"messages\" must be an array");
+static int tok_messages(const cJSON *row, bool sharegpt, const bpe_tokenizer *tok, ex_buf *e, peft_err *err) {
+    /* ShareGPT names the list, the role and the text otherwise, and its
+     * roles human/gpt */
+    const char *key = sharegpt ? "conversations" : "messages";
+    const char *rkey = sharegpt ? "from" : "role", *ckey = sharegpt ? "value" : "content";
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(row, key);
+    if (!cJSON_IsArray(arr)) return peft_fail(err, PEFT_ERR_FORMAT, "\"%s\" must be an array", key);
     int n = cJSON_GetArraySize(arr);
-    if (n == 0) return peft_fail(err, PEFT_ERR_FORMAT, "\"messages\" is empty");
+    if (n == 0) return peft_fail(err, PEFT_ERR_FORMAT, "\"%s\" is empty", key);
     bpe_chat_msg *msgs = peft_calloc((size_t)n, sizeof *msgs, err);
     if (!msgs) return PEFT_ERR_NOMEM;
     int rc = 0, i = 0;
     const cJSON *m;
     cJSON_ArrayForEach(m, arr) {
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (!cJSON_IsObject(m)) rc = peft_fail(err, PEFT_ERR_FORMAT, "messages[%d] must be an object", i);
-        else if (!cJSON_IsString(role) || !role->valuestring)
-            rc = peft_fail(err, PEFT_ERR_FORMAT, "messages[%d]: \"role\" must be a string", i);
-        else if (strcmp(role->valuestring, "system") && strcmp(role->valuestring, "user") &&
-                 strcmp(role->valuestring, "assistant"))
-            rc = peft_fail(err, PEFT_ERR_FORMAT,
-                           "messages[%d]: role \"%.40s\" is not system, user or assistant", i,
-                           role->valuestring);
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, rkey);
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, ckey);
+        const char *r = cJSON_IsString(role) ? role->valuestring : NULL;
+        if (r && sharegpt) {
+            if (!strcmp(r, "human") || !strcmp(r, "user")) r = "user";
+            else if (!strcmp(r, "gpt") || !strcmp(r, "assistant")) r = "assistant";
+            else if (strcmp(r, "system")) {
+                rc = peft_fail(err, PEFT_ERR_FORMAT, "conversations[%d]: \"from\" \"%.40s\" is not human, gpt or system",
+                               i, r);
+                break;
+            }
+        }
+        if (!cJSON_IsObject(m)) rc = peft_fail(err, PEFT_ERR_FORMAT, "%s[%d] must be an object", key, i);
+        else if (!r) rc = peft_fail(err, PEFT_ERR_FORMAT, "%s[%d]: \"%s\" must be a string", key, i, rkey);
+        else if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant"))
+            rc = peft_fail(err, PEFT_ERR_FORMAT, "%s[%d]: role \"%.40s\" is not system, user or assistant", key, i, r);
         else if (!cJSON_IsString(content) || !content->valuestring)
-            rc = peft_fail(err, PEFT_ERR_FORMAT, "messages[%d]: \"content\" must be a string", i);
+            rc = peft_fail(err, PEFT_ERR_FORMAT, "%s[%d]: \"%s\" must be a string", key, i, ckey);
         if (rc) break;
-        msgs[i].role = role->valuestring;
+        msgs[i].role = r;
         msgs[i].content = content->valuestring;
         i++;
     }
@@ -270,7 +327,7 @@ static int tok_messages(const cJSON *row, const bpe_tokenizer *tok, ex_buf *e, p
 }
 
 /* Tokenizes one parsed row of kind k into e (and *label). */
-static int tok_row(const cJSON *row, data_kind k, const bpe_tokenizer *tok, const data_params *p, ex_buf *e,
+static int tok_row(const cJSON *row, data_kind k, int style, const bpe_tokenizer *tok, const data_params *p, ex_buf *e,
                    int *label, peft_err *err) {
     const char *a = NULL, *b = NULL;
     int rc = 0;
@@ -283,16 +340,27 @@ static int tok_row(const cJSON *row, data_kind k, const bpe_tokenizer *tok, cons
         if (p->add_eos && (rc = push_eos(e, tok, 1, err))) return rc;
         if (e->n > 0) e->loss[0] = 0;
         return 0;
-    case DATA_PROMPT_COMPLETION:
+    case DATA_PROMPT_COMPLETION: {
         /* Tokenized apart and concatenated, as TRL does, so the boundary
          * is exact even where BPE would merge across it. */
-        if ((rc = get_string(row, "prompt", &a, err)) || (rc = get_string(row, "completion", &b, err))) return rc;
-        if ((rc = push_text(e, tok, a, strlen(a), true, 0, err))) return rc;
+        char *built = NULL;
+        if (style == DATA_STYLE_ALPACA) {
+            const char *in = NULL;
+            if ((rc = get_string(row, "instruction", &a, err)) || (rc = get_string(row, "output", &b, err))) return rc;
+            if (cJSON_GetObjectItemCaseSensitive(row, "input") && (rc = get_string(row, "input", &in, err))) return rc;
+            if (!(built = data_alpaca_prompt(a, in))) return peft_fail(err, PEFT_ERR_NOMEM, "out of memory");
+            a = built;
+        } else if ((rc = get_string(row, "prompt", &a, err)) || (rc = get_string(row, "completion", &b, err)))
+            return rc;
+        rc = push_text(e, tok, a, strlen(a), true, 0, err);
+        free(built);
+        if (rc) return rc;
         if ((rc = push_text(e, tok, b, strlen(b), false, 1, err))) return rc;
         if (p->add_eos && (rc = push_eos(e, tok, 1, err))) return rc;
         return 0;
+    }
     case DATA_MESSAGES:
-        return tok_messages(row, tok, e, err);
+        return tok_messages(row, style == DATA_STYLE_SHAREGPT, tok, e, err);
     case DATA_CLASSIFICATION: {
         if ((rc = get_string(row, "text", &a, err))) return rc;
         /* Labels size the classification head (labels x hidden), so they
@@ -380,6 +448,42 @@ static bool blank(const char *s, size_t n) {
     return true;
 }
 
+static int cmp_int(const void *a, const void *b) {
+    const int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+/* min / nearest-rank median and p95 / max of lens (sorted in place). */
+static void length_stats(data_set *d, int *lens, int n) {
+    if (n <= 0) return;
+    qsort(lens, (size_t)n, sizeof *lens, cmp_int);
+    d->len_min = lens[0];
+    d->len_max = lens[n - 1];
+    d->len_median = lens[(n + 1) / 2 - 1];
+    /* the smallest length that at least 95 % of the rows do not exceed */
+    const int64_t k = ((int64_t)n * 95 + 99) / 100;
+    d->len_p95 = lens[k - 1];
+}
+
+/* "seq_len 16 leaves no target token in 200 rows; ..." for the error of a
+ * file that gives no example: what went wrong, in numbers. */
+static void no_examples_reason(const data_set *d, const data_params *dp, char *buf, size_t cap) {
+    size_t o = 0;
+    buf[0] = 0;
+#define ADD(...) (o < cap ? (void)(o += (size_t)snprintf(buf + o, cap - o, __VA_ARGS__)) : (void)0)
+    if (d->n_lines == 0) { ADD("the file has no rows"); return; }
+    ADD("%d lines", d->n_lines);
+    if (d->n_cut_no_target)
+        ADD("; %d had no target token left after truncation to %d tokens (seq)", d->n_cut_no_target, dp->seq_len);
+    if (d->n_no_target) ADD("; %d have no target token (an empty completion, no assistant turn)", d->n_no_target);
+    if (d->n_empty) ADD("; %d are empty", d->n_empty);
+    if (d->n_bad) ADD("; %d malformed, skipped", d->n_bad);
+    if (d->len_max > 0)
+        ADD("; whole rows are %d to %d tokens long (median %d): a seq of %d keeps 95 %% of them whole, %d all",
+            d->len_min, d->len_max, d->len_median, d->len_p95, d->len_max);
+#undef ADD
+}
+
 int data_load_jsonl(const char *path, const bpe_tokenizer *tok, const data_params *p, data_set *out,
                     peft_err *err) {
     memset(out, 0, sizeof *out);
@@ -395,6 +499,7 @@ int data_load_jsonl(const char *path, const bpe_tokenizer *tok, const data_param
     size_t line_cap = 0;
     ex_buf e = {0};
     peft_err rerr = {0};
+    int *lens = NULL, n_lens = 0, lens_cap = 0;
     for (long lineno = 1;; lineno++) {
         errno = 0;
         ssize_t got = getline(&line, &line_cap, f);
@@ -410,10 +515,24 @@ int data_load_jsonl(const char *path, const bpe_tokenizer *tok, const data_param
         }
         /* \n and \r\n endings alike; the last line may have neither. */
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+        /* a UTF-8 byte-order mark (Windows editors write one) is not part of the first row */
+        if (lineno == 1 && len >= 3 && !memcmp(line, "\xEF\xBB\xBF", 3)) {
+            memmove(line, line + 3, len - 2);
+            len -= 3;
+        }
         if (blank(line, len)) continue;
         d.n_lines++;
+        const char *lead = line + strspn(line, " \t");
+        /* A JSON file holding one array of rows, the commonest near miss:
+         * no line of it is a row, so no amount of skipping helps. */
+        if (d.n_lines == 1 && *lead == '[') {
+            rc = peft_fail(err, PEFT_ERR_FORMAT,
+                           "%s:%ld: the file is a JSON array, but JSONL is expected: one JSON object per line "
+                           "(convert it with: jq -c '.[]' %s > rows.jsonl)", path, lineno, path);
+            break;
+        }
 
-        int row_rc = 0, label = -1;
+        int row_rc = 0, label = -1, style = DATA_STYLE_NATIVE;
         data_kind k = DATA_TEXT;
         cJSON *row = NULL;
         ex_reset(&e);
@@ -422,13 +541,20 @@ int data_load_jsonl(const char *path, const bpe_tokenizer *tok, const data_param
         else if (has_nul_escape(line, len))
             row_rc = peft_fail(&rerr, PEFT_ERR_FORMAT,
                                "a string holds \\u0000 (a NUL character), which would cut the text short");
-        else if (!(row = cJSON_ParseWithOpts(line, NULL, 1))) row_rc = peft_fail(&rerr, PEFT_ERR_FORMAT, "not valid JSON");
-        else if (!cJSON_IsObject(row)) row_rc = peft_fail(&rerr, PEFT_ERR_FORMAT, "not a JSON object");
-        else row_rc = row_kind(row, &k, &rerr);
+        else if (!(row = cJSON_ParseWithOpts(line, NULL, 1))) {
+            if (*lead == '{' && !strchr(lead, '}'))
+                row_rc = peft_fail(&rerr, PEFT_ERR_FORMAT,
+                                   "not valid JSON: an object spread over several lines? JSONL wants each object on "
+                                   "one line (jq -c . in.json > rows.jsonl joins them)");
+            else row_rc = peft_fail(&rerr, PEFT_ERR_FORMAT, "not valid JSON");
+        } else if (!cJSON_IsObject(row))
+            row_rc = peft_fail(&rerr, PEFT_ERR_FORMAT, "not a JSON object%s (JSONL: one object per line)",
+                               cJSON_IsArray(row) ? " but an array" : "");
+        else row_rc = row_kind(row, &k, &style, &rerr);
         if (!row_rc && have_kind && k != d.kind)
             row_rc = peft_fail(&rerr, PEFT_ERR_FORMAT, "a %s row, but the file's rows are %s rows (line %ld)",
                                kind_name(k), kind_name(d.kind), first_line);
-        if (!row_rc) row_rc = tok_row(row, k, tok, &dp, &e, &label, &rerr);
+        if (!row_rc) row_rc = tok_row(row, k, style, tok, &dp, &e, &label, &rerr);
         if (!row_rc && have_kind && e.n_cols != d.n_cols)
             row_rc = peft_fail(&rerr, PEFT_ERR_FORMAT, "a row %s \"negative\", but the first row (line %ld) %s",
                                e.n_cols > d.n_cols ? "with" : "without", first_line,
@@ -454,10 +580,23 @@ int data_load_jsonl(const char *path, const bpe_tokenizer *tok, const data_param
             have_kind = true;
             d.kind = k;
             d.n_cols = e.n_cols;
+            d.style = style;
             first_line = lineno;
         }
-        if (e.truncated) d.n_truncated++;   /* classification and pairs truncate themselves */
+        if (n_lens == lens_cap) {
+            const int nc = lens_cap ? lens_cap * 2 : 256;
+            int *nl = realloc(lens, (size_t)nc * sizeof *nl);
+            if (!nl) { rc = peft_fail(err, PEFT_ERR_NOMEM, "out of memory"); break; }
+            lens = nl;
+            lens_cap = nc;
+        }
+        /* classification and pairs truncate themselves and know their whole length */
+        lens[n_lens++] = k == DATA_CLASSIFICATION || k == DATA_PAIRS ? PEFT_MAX(e.whole, e.n) : e.n;
+        bool had_loss = false;
+        for (int i = 1; i < e.n && !had_loss; i++) had_loss = e.loss[i];
+        if (e.truncated) d.n_truncated++;
         else if (dp.seq_len > 0 && e.n > dp.seq_len && k != DATA_PAIRS) {
+            for (int i = PEFT_MAX(dp.seq_len, 1); i < e.n; i++) d.n_loss_cut += e.loss[i];
             e.n = dp.seq_len; /* keeps the start: the prompt, the first turns */
             d.n_truncated++;
         }
@@ -469,6 +608,9 @@ int data_load_jsonl(const char *path, const bpe_tokenizer *tok, const data_param
         if (e.n == 0 || (k != DATA_CLASSIFICATION && k != DATA_PAIRS && !any_loss)) {
             d.n_skipped++;
             d.n_no_loss++;
+            if (lens[n_lens - 1] <= 1) d.n_empty++;
+            else if (had_loss) d.n_cut_no_target++;
+            else d.n_no_target++;
             continue;
         }
         if ((rc = add_example(&d, &cap, &e, label, err))) break;
@@ -481,9 +623,13 @@ int data_load_jsonl(const char *path, const bpe_tokenizer *tok, const data_param
     free(e.loss);
     free(e.types);
     fclose(f);
-    if (!rc && d.n == 0)
-        rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: no usable examples (%d lines, %d skipped)", path, d.n_lines,
-                       d.n_skipped);
+    if (!rc) length_stats(&d, lens, n_lens);
+    free(lens);
+    if (!rc && d.n == 0) {
+        char why[512];
+        no_examples_reason(&d, &dp, why, sizeof why);
+        rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: no usable examples (%s)", path, why);
+    }
     if (rc) {
         data_free(&d);
         return rc;

@@ -20,6 +20,7 @@
  * loss token of the data set is predicted exactly once per epoch. */
 #include "train/data.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -275,4 +276,28 @@ int data_loader_set_state(data_loader *l, const void *buf, size_t n) {
     l->cursor = (int)w[7];
     l->offset = (int)w[8];
     return 0;
+}
+
+void data_loader_state_mismatch(const data_loader *l, const void *buf, size_t n, char *out, size_t cap) {
+    out[0] = '\0';
+    if (n != STATE_WORDS * 8 || get_u64(buf) != STATE_MAGIC) {
+        snprintf(out, cap, "its data loader state is not one of this version");
+        return;
+    }
+    uint64_t saved[5];
+    for (int i = 0; i < 5; i++) saved[i] = get_u64((const uint8_t *)buf + 8 * (i + 1));
+    const uint64_t now[5] = {(uint64_t)l->d->n, (uint64_t)l->B, (uint64_t)l->T, (uint64_t)l->pack, l->seed};
+    size_t o = 0;
+    for (int i = 0; i < 5 && o < cap; i++) {
+        if (saved[i] == now[i]) continue;
+        const char *sep = o ? ", " : "it was saved with ";
+        if (i == 0)
+            o += (size_t)snprintf(out + o, cap - o, "%s%llu examples (now %llu)", sep, (unsigned long long)saved[0],
+                                  (unsigned long long)now[0]);
+        else if (i == 3)
+            o += (size_t)snprintf(out + o, cap - o, "%spacking %s (now %s)", sep, saved[3] ? "on" : "off", now[3] ? "on" : "off");
+        else
+            o += (size_t)snprintf(out + o, cap - o, "%s%s %llu (now %llu)", sep, i == 1 ? "batch" : i == 2 ? "seq" : "seed",
+                                  (unsigned long long)saved[i], (unsigned long long)now[i]);
+    }
 }

@@ -222,18 +222,36 @@ static int append_line(const char *path, const char *line, peft_err *err) {
 /* ---- checkpoints ------------------------------------------------------------ */
 
 static void rm_rf_dir(const char *dir) {
-    const char *files[] = {"adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors", "trainer_state.json"};
+    const char *files[] = {"adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors", "trainer_state.json",
+                           "run.json"};
     char p[4200];
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         snprintf(p, sizeof p, "%s/%s", dir, files[i]);
         unlink(p);
     }
     rmdir(dir);
 }
 
+/* dir/run.json: where the run is and the caller's description of it, so
+ * that a resume can say what the run was (peft_run_folder_inspect). */
+static int write_run_json(const char *dir, const cJSON *config, int step, int total, bool finished, peft_err *err) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/run.json", dir);
+    cJSON *o = cJSON_CreateObject();
+    bool ok = o && cJSON_AddNumberToObject(o, "peft_run", 1) && cJSON_AddNumberToObject(o, "step", step) &&
+              cJSON_AddNumberToObject(o, "total_steps", total) && cJSON_AddBoolToObject(o, "finished", finished);
+    if (ok && config) ok = cJSON_AddItemReferenceToObject(o, "config", (cJSON *)config);
+    char *js = ok ? cJSON_Print(o) : NULL;
+    cJSON_Delete(o);
+    if (!js) return peft_fail(err, PEFT_ERR_NOMEM, "%s: out of memory", p);
+    const int rc = peft_write_file_atomic(p, js, strlen(js), err);
+    free(js);
+    return rc;
+}
+
 static int save_checkpoint(const char *out_dir, int step, const adapter *a, const peft_model *m,
                            const adamw_state *opt, const optim_params *op, const data_loader *ld, int prev_step,
-                           int ckpt_every, peft_err *err) {
+                           int ckpt_every, int total, int accum, const cJSON *config, peft_err *err) {
     char dir[4096], p[4200];
     snprintf(dir, sizeof dir, "%s/checkpoint-%d", out_dir, step);
     /* a checkpoint that fails to save (a full disk) is removed again unless
@@ -248,8 +266,10 @@ static int save_checkpoint(const char *out_dir, int step, const adapter *a, cons
     uint8_t *state = peft_malloc(ls ? ls : 1, err);
     if (!state) { rc = PEFT_ERR_NOMEM; goto fail; }
     data_loader_get_state(ld, state);
-    char step_s[32], t_s[32], lp_s[32], ck_s[32];
+    char step_s[32], t_s[32], lp_s[32], ck_s[32], tot_s[32], acc_s[32];
     snprintf(step_s, sizeof step_s, "%d", step);
+    snprintf(tot_s, sizeof tot_s, "%d", total);
+    snprintf(acc_s, sizeof acc_s, "%d", accum);
     snprintf(ck_s, sizeof ck_s, "%d", ckpt_every);
     snprintf(t_s, sizeof t_s, "%lld", (long long)opt->t);
     snprintf(lp_s, sizeof lp_s, "%.9g", (double)op->loraplus_lr_ratio);
@@ -257,7 +277,7 @@ static int save_checkpoint(const char *out_dir, int step, const adapter *a, cons
      * can say so; the checkpointing granularity, so a resume keeps it */
     const char *meta[] = {"step", step_s, "adam_t", t_s, "compute",
                           peft_model_compute(m) == PEFT_COMPUTE_BF16 ? "bf16" : "f32", "loraplus_lr_ratio", lp_s,
-                          "checkpoint_layers", ck_s, NULL};
+                          "checkpoint_layers", ck_s, "total_steps", tot_s, "accum", acc_s, NULL};
     st_write_tensor ts[4] = {
         {"params", PEFT_DT_F32, 1, {a->n_params}, a->params},
         {"exp_avg", PEFT_DT_F32, 1, {opt->n}, opt->m},
@@ -267,7 +287,7 @@ static int save_checkpoint(const char *out_dir, int step, const adapter *a, cons
     snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
     rc = st_write(p, ts, 4, meta, err);
     free(state);
-    if (rc) goto fail;
+    if (rc || (rc = write_run_json(dir, config, step, total, false, err))) goto fail;
     /* the checkpoint is complete: point LATEST at it, then drop the old one */
     char latest[4200], name[64];
     snprintf(latest, sizeof latest, "%s/LATEST", out_dir);
@@ -283,8 +303,7 @@ fail:
     return rc;
 }
 
-/* Resolves `resume` (a run folder with LATEST, or a checkpoint folder). */
-static int checkpoint_dir(const char *resume, char *out, size_t cap, peft_err *err) {
+int train_checkpoint_dir(const char *resume, char *out, size_t cap, peft_err *err) {
     char latest[4200];
     snprintf(latest, sizeof latest, "%s/LATEST", resume);
     if (peft_file_exists(latest)) {
@@ -307,7 +326,7 @@ static int checkpoint_dir(const char *resume, char *out, size_t cap, peft_err *e
  * with (0: off, or a checkpoint from before the option). */
 static int checkpoint_layers_of(const char *resume, int *k, peft_err *err) {
     char dir[4096], p[4200];
-    int rc = checkpoint_dir(resume, dir, sizeof dir, err);
+    int rc = train_checkpoint_dir(resume, dir, sizeof dir, err);
     if (rc) return rc;
     snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
     st_archive *st = NULL;
@@ -323,7 +342,8 @@ static int checkpoint_layers_of(const char *resume, int *k, peft_err *err) {
 }
 
 static int load_checkpoint(const char *dir, adapter *a, const peft_model *m, adamw_state *opt,
-                           const optim_params *op, data_loader *ld, int *step, int ckpt_every, peft_err *err) {
+                           const optim_params *op, data_loader *ld, int *step, int ckpt_every, int total, int accum,
+                           peft_err *err) {
     char p[4200];
     snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
     st_archive *st = NULL;
@@ -377,13 +397,29 @@ static int load_checkpoint(const char *dir, adapter *a, const peft_model *m, ada
         return peft_fail(err, PEFT_ERR_FORMAT, "%s: metadata \"step\" / \"adam_t\" (\"%.20s\" / \"%.20s\") are not "
                          "non-negative integers", p, s_step, s_t);
     }
+    /* absent in checkpoints from before they were recorded */
+    const char *s_acc = st_metadata(st, "accum"), *s_tot = st_metadata(st, "total_steps");
+    if (s_acc && atoi(s_acc) != accum) {
+        st_close(st);
+        return peft_fail(err, PEFT_ERR_INVALID, "%s: the run was saved with accum %.12s (now %d): resume with the run's "
+                         "accumulation", p, s_acc, accum);
+    }
+    if (s_tot && atoi(s_tot) != total)
+        peft_log(m->ctx, PEFT_LOG_WARN, "%s: the run had %.12s steps and resumes with %d: it continues, but its schedule "
+                 "is not the uninterrupted run's", p, s_tot, total);
     memcpy(opt->m, em->data, (size_t)opt->n * sizeof(float));
     memcpy(opt->v, ev->data, (size_t)opt->n * sizeof(float));
     opt->t = t;
     *step = (int)sv;
     rc = data_loader_set_state(ld, ls->data, ls->nbytes);
+    if (rc) {
+        char why[256];
+        data_loader_state_mismatch(ld, ls->data, ls->nbytes, why, sizeof why);
+        rc = peft_fail(err, PEFT_ERR_INVALID, "%s: the checkpoint does not fit this run's data: %s", p,
+                       why[0] ? why : "its data position lies outside this data (a corrupt or edited checkpoint)");
+    }
     st_close(st);
-    if (rc) return peft_fail(err, PEFT_ERR_FORMAT, "%s: data loader state does not fit this dataset/batch", p);
+    if (rc) return rc;
     return 0;
 }
 
@@ -463,9 +499,20 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
     int n_seg = 0;
     int rc = param_groups_build(a, &p->opt, &seg, &n_seg, err);
     if (rc) return rc;
-    if ((rc = peft_mkdir_p(p->out_dir, err))) { free(seg); return rc; }
+    cJSON *config = p->run_config ? cJSON_Parse(p->run_config) : NULL;
+    if (p->run_config && !cJSON_IsObject(config)) {
+        free(seg);
+        cJSON_Delete(config);
+        return peft_fail(err, PEFT_ERR_INVALID, "the run's description (run_config) is not a JSON object");
+    }
+    /* a run that fails before its first step (a checkpoint that does not
+     * fit) leaves no folder it created behind */
+    const bool out_created = !peft_is_dir(p->out_dir);
+    bool stepped = false;
+    if ((rc = peft_mkdir_p(p->out_dir, err))) { free(seg); cJSON_Delete(config); return rc; }
     if (access(p->out_dir, W_OK) != 0) {
         free(seg);
+        cJSON_Delete(config);
         return peft_fail(err, PEFT_ERR_IO, "%s: not writable", p->out_dir);
     }
 
@@ -505,8 +552,8 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
     int step = 0, last_ckpt = -1;
     if (p->resume) {
         char dir[4096];
-        if ((rc = checkpoint_dir(p->resume, dir, sizeof dir, err)) ||
-            (rc = load_checkpoint(dir, a, m, &opt, &op, ld, &step, ck, err)) ||
+        if ((rc = train_checkpoint_dir(p->resume, dir, sizeof dir, err)) ||
+            (rc = load_checkpoint(dir, a, m, &opt, &op, ld, &step, ck, total, p->accum, err)) ||
             (rc = trim_metrics(metrics, step, &hist, err)))
             goto done;
         last_ckpt = step;
@@ -515,6 +562,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
     }
 
     if (a->ops->train_begin && (rc = a->ops->train_begin(a, m, total, step, err))) goto done;
+    if ((rc = write_run_json(p->out_dir, config, step, total, false, err))) goto done;
 
     const int eval_b = p->batch;
     if (val && val->n > 0 && step == 0) {
@@ -603,6 +651,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
                  "{\"step\": %d, \"epoch\": %d, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens\": %lld, \"targets\": %d, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}",
                  step + 1, data_loader_epoch(ld), step_loss, lr, gn, (long long)step_tokens, step_targets, tps, el);
         if ((rc = append_line(metrics, line, err))) goto done;
+        stepped = true;
         if ((rc = plot_hist_add(&hist, step + 1, step_loss, NAN, false, err))) goto done;
         if (p->progress) {
             train_progress pr = {.step = step + 1, .total_steps = total, .epoch = data_loader_epoch(ld), .loss = step_loss,
@@ -634,18 +683,45 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
             if ((rc = plot_write(&hist, p->out_dir, err))) goto done;
         }
         if (p->save_every > 0 && (step + 1) % p->save_every == 0 && !last) {
-            if ((rc = save_checkpoint(p->out_dir, step + 1, a, m, &opt, &op, ld, last_ckpt, ck, err))) goto done;
+            if ((rc = save_checkpoint(p->out_dir, step + 1, a, m, &opt, &op, ld, last_ckpt, ck, total, p->accum, config,
+                                      err)))
+                goto done;
+            last_ckpt = step + 1;
+        }
+        /* a stop request ends the run here, resumable: the step is done,
+         * its checkpoint is what a resume needs */
+        const bool stop = !last && p->should_stop && p->should_stop(p->stop_user);
+        if (stop && last_ckpt != step + 1) {
+            if ((rc = save_checkpoint(p->out_dir, step + 1, a, m, &opt, &op, ld, last_ckpt, ck, total, p->accum, config,
+                                      err)))
+                goto done;
             last_ckpt = step + 1;
         }
         t_other += peft_time_s() - t_side;
+        if (stop) {
+            res->interrupted = true;
+            step++;
+            break;
+        }
     }
     res->steps_done = step - start_step;
+    res->step = step;
+    res->total_steps = total;
     res->seconds = peft_time_s() - t0 - t_other;
     res->tokens = tokens;
     res->tokens_per_s = res->seconds > 0 ? (double)tokens / res->seconds : 0;
     if ((rc = plot_write(&hist, p->out_dir, err))) goto done;
-    rc = adapter_save(a, m, p->out_dir, err);
+    if ((rc = adapter_save(a, m, p->out_dir, err))) goto done;
+    rc = write_run_json(p->out_dir, config, step, total, !res->interrupted, err);
 done:
+    if (rc && out_created && !stepped) {
+        char q[4200];
+        snprintf(q, sizeof q, "%s/run.json", p->out_dir);
+        unlink(q);
+        unlink(metrics);
+        rmdir(p->out_dir);
+    }
+    cJSON_Delete(config);
     if (micro)
         for (int i = 0; i < p->accum; i++) free(micro[i].buf);
     free(micro);

@@ -50,6 +50,13 @@ typedef struct {
      * files) */
     float pair_scale;
     int pair_pool;
+    /* polled after every step: non-zero ends the run with a checkpoint and
+     * the adapter so far (train_result.interrupted) */
+    int (*should_stop)(void *user);
+    void *stop_user;
+    /* the caller's JSON object describing the run (NULL: none), kept as
+     * "config" in run.json of out_dir and of every checkpoint */
+    const char *run_config;
 } train_params;
 
 typedef struct {
@@ -61,7 +68,13 @@ typedef struct {
     int64_t tokens;
     int checkpoint_every;   /* the setting the run trained with (0: off) */
     size_t graph_bytes;     /* the training graph's activations, gradients and scratch (tg_arena_bytes) */
+    bool interrupted;       /* should_stop ended it before the last step */
+    int step, total_steps;  /* the step reached, of how many */
 } train_result;
+
+/* The checkpoint folder `resume` names: a run folder's LATEST, or resume
+ * itself when it holds optimizer.safetensors; PEFT_ERR_IO when neither. */
+int train_checkpoint_dir(const char *resume, char *out, size_t cap, peft_err *err);
 
 train_params train_default_params(void);
 /* The trainer's parameters from the public ones (peft_train,

@@ -293,10 +293,16 @@ static int bn_lowest(const adapter *a, const peft_model *m) {
     return S(a)->lowest;
 }
 
+/* "30 adapters (after the MLP in 30 layers), each 576 -> 36 -> 576
+ * (reduction factor 16), relu": the count first and the width as a
+ * shape, so that the two numbers cannot read as "30 of 36". */
 static void bn_describe(const adapter *a, char *buf, size_t cap) {
     const bottleneck *v = S(a);
-    snprintf(buf, cap, "%d bottleneck modules, bottleneck size %d (hidden %d / reduction factor %d), %s", v->n, v->b, v->d,
-             v->rf, act_names[v->act]);
+    int layers = 0;
+    for (int l = 0; l < v->n_layer; l++) layers += v->idx[2 * l] >= 0 || v->idx[2 * l + 1] >= 0;
+    snprintf(buf, cap, "%d adapter%s (after %s in %d layer%s), each %d -> %d -> %d (reduction factor %d), %s", v->n,
+             v->n == 1 ? "" : "s", v->houlsby ? "attention and the MLP" : "the MLP", layers, layers == 1 ? "" : "s", v->d,
+             v->b, v->d, v->rf, act_names[v->act]);
 }
 
 static const method_option bn_options[] = {
