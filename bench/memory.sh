@@ -19,7 +19,13 @@ STEPS=${STEPS:-2}
 THREADS=${THREADS:-2}
 [ -x "$PEFT" ] || bash scripts/setup.sh --build
 [ -f models/SmolLM2-135M-Instruct.Q4_1.gguf ] || bash scripts/setup.sh --model   # its tokenizer
-[ -f "$DATA" ] || { echo "memory.sh: $DATA not found (set DATA=)" >&2; exit 1; }
+# any text serves (rows are packed full); without ../shared/data, WordNet's
+# glosses (Debian's wordnet-base) as scripts/make_wordnet_data.sh writes them
+if [ ! -f "$DATA" ]; then
+    echo "memory.sh: $DATA (E2E, from the project's ../shared/data) not found; packing WordNet definitions instead" >&2
+    [ -f data/wordnet/train.jsonl ] || bash scripts/make_wordnet_data.sh data/wordnet >&2
+    DATA=data/wordnet/train.jsonl
+fi
 mkdir -p "$MODELS"
 printf '%-8s %-16s %10s %10s %7s %8s\n' model setting planned_MiB peak_MiB ratio tok/s
 for s in $SHAPES; do

@@ -20,6 +20,9 @@ SEED=${SEED:-42}
 TASKS=${TASKS:-"sst2 e2e"}
 METHODS=${METHODS:-"lora loraplus dora adapter-pfeiffer adapter-houlsby prompt prefix prefix-vocab ia3 vera loha lokr bitfit full"}
 PEFT=${PEFT:-build/peft}
+. bench/need_data.sh
+case " $TASKS " in *" sst2 "*) need_data sst2 "$DATA/sst2/train.jsonl" DATA ;; esac
+case " $TASKS " in *" e2e "*) need_data e2e "$DATA/e2e/dev.jsonl" DATA ;; esac
 [ -f "$MODEL" ] || bash scripts/setup.sh --model
 [ -x "$PEFT" ] || bash scripts/setup.sh --build
 mkdir -p "$OUT/data"
@@ -27,10 +30,14 @@ mkdir -p "$OUT/data"
 # seeded samples: 2000 SST-2 sentences (400 held out by --val-split), and
 # 1000 E2E training pairs + 250 validation pairs from restaurants the
 # training pairs lack (the file is grouped by restaurant)
-shuf -n 2000 --random-source=<(yes "$SEED") "$DATA/sst2/train.jsonl" > "$OUT/data/sst2.jsonl"
-sed 's/", "completion": "/\\n", "completion": "/' "$DATA/e2e/dev.jsonl" > "$OUT/data/e2e_all.jsonl"
-head -n 4172 "$OUT/data/e2e_all.jsonl" | shuf -n 1000 --random-source=<(yes "$SEED") > "$OUT/data/e2e_train.jsonl"
-tail -n 250 "$OUT/data/e2e_all.jsonl" > "$OUT/data/e2e_val.jsonl"
+if [ -f "$DATA/sst2/train.jsonl" ]; then
+    shuf -n 2000 --random-source=<(yes "$SEED") "$DATA/sst2/train.jsonl" > "$OUT/data/sst2.jsonl"
+fi
+if [ -f "$DATA/e2e/dev.jsonl" ]; then
+    sed 's/", "completion": "/\\n", "completion": "/' "$DATA/e2e/dev.jsonl" > "$OUT/data/e2e_all.jsonl"
+    head -n 4172 "$OUT/data/e2e_all.jsonl" | shuf -n 1000 --random-source=<(yes "$SEED") > "$OUT/data/e2e_train.jsonl"
+    tail -n 250 "$OUT/data/e2e_all.jsonl" > "$OUT/data/e2e_val.jsonl"
+fi
 
 # per-method learning rates (each method's usual range; one value for both tasks)
 lr_of() {

@@ -12,6 +12,8 @@ OUT=${OUT:-runs/real}
 STEPS=${STEPS:-300}
 THREADS=${THREADS:-2}
 PEFT=${PEFT:-build/peft}
+. bench/need_data.sh
+need_data e2e "$E2E" E2E
 [ -f "$MODEL" ] || bash scripts/setup.sh --model
 [ -x "$PEFT" ] || bash scripts/setup.sh --build
 mkdir -p "$OUT/data"
@@ -36,9 +38,9 @@ before_sample=$(sample "")
 /usr/bin/time -v -o "$OUT/time.txt" $PEFT train --model "$MODEL" --data "$OUT/data/train.jsonl" \
     --val "$OUT/data/val.jsonl" --method lora --r 8 --alpha 16 --target q_proj,k_proj,v_proj,o_proj \
     --lr 1e-3 --warmup 20 --schedule cosine --steps "$STEPS" --batch 8 --seq 128 \
-    --eval-every 100 --save-every 100 --threads "$THREADS" --out "$OUT" 2>&1 | tee "$OUT/train.log"
-after_loss=$($PEFT eval --model "$MODEL" --adapter "$OUT" --data "$OUT/data/val.jsonl" --seq 128 --threads "$THREADS" --json)
-after_sample=$(sample "--adapter $OUT")
+    --eval-every 100 --save-every 100 --threads "$THREADS" --out "$OUT/run" --overwrite 2>&1 | tee "$OUT/train.log"
+after_loss=$($PEFT eval --model "$MODEL" --adapter "$OUT/run" --data "$OUT/data/val.jsonl" --seq 128 --threads "$THREADS" --json)
+after_sample=$(sample "--adapter $OUT/run")
 rss=$(awk -F: '/Maximum resident/ {gsub(/ /, "", $2); printf "%.0f", $2 / 1024}' "$OUT/time.txt")
 wall=$(awk -F': ' '/Elapsed \(wall/ {print $2}' "$OUT/time.txt")
 tps=$(grep -o '([0-9]* tokens/s)' "$OUT/train.log" | tail -1 | tr -d '()')

@@ -17,7 +17,8 @@ SEED=${SEED:-42}
 PEFT=${PEFT:-build/peft}
 [ -d "$MODEL" ] || bash scripts/setup.sh --model
 [ -x "$PEFT" ] || bash scripts/setup.sh --build
-[ -f "$DATA/sst2/train.jsonl" ] || { echo "real_run_minilm.sh: $DATA/sst2/train.jsonl not found (set DATA=)" >&2; exit 1; }
+. bench/need_data.sh
+need_data sst2 "$DATA/sst2/train.jsonl" DATA
 rm -rf "$OUT/run"; mkdir -p "$OUT"
 shuf -n 3000 --random-source=<(yes "$SEED") "$DATA/sst2/train.jsonl" > "$OUT/sst2.jsonl"
 "$PEFT" train --model "$MODEL" --data "$OUT/sst2.jsonl" --val-split 0.2 --num-labels 2 --method lora --r 8 --alpha 16 \

@@ -19,7 +19,8 @@ SEED=${SEED:-42}
 PEFT=${PEFT:-build/peft}
 [ -d "$MODEL" ] || bash scripts/setup.sh --model
 [ -x "$PEFT" ] || bash scripts/setup.sh --build
-[ -f "$DATA/e2e/dev.jsonl" ] || { echo "real_run_minilm_pairs.sh: $DATA/e2e/dev.jsonl not found (set DATA=)" >&2; exit 1; }
+. bench/need_data.sh
+need_data e2e "$DATA/e2e/dev.jsonl" DATA
 rm -rf "$OUT/run"; mkdir -p "$OUT"
 python3 - "$DATA/e2e/dev.jsonl" "$OUT" "$SEED" <<'PY'
 import json, random, sys

@@ -814,6 +814,60 @@ int peft_merge_outtype_check(const char *outtype, peft_error *err);
 int peft_adapter_merge_report(peft_model *m, const peft_adapter *a, const char *out_path, const char *outtype,
                               peft_merge_summary *out);
 
+/* ---- probe: which linears to adapt, on the user's data -------------------
+ * `peft probe` (docs/search.md, "choosing parameters: peft probe"). On
+ * `batches` batches of a training JSONL (any data kind `peft train` takes,
+ * its training loss), the gradient G of the loss with respect to every
+ * probed linear's frozen weight; per module and rank r of `ranks`, the
+ * first-order loss decrease of the best rank-r update of unit Frobenius
+ * norm, sqrt(Σ_{i<=r} σ_i(G)²), its cost r·(in + out) and the energy
+ * fraction Σ_{i<=r} σ_i² / ‖G‖_F²; with a budget, a proposal of modules
+ * and ranks (greedy by captured energy per parameter) as a `peft train
+ * --config` file with HF LoraConfig fields. G is exact (f32): the probe
+ * refuses, naming the size, when the gradients exceed max_bytes. */
+typedef void (*peft_probe_progress_fn)(int batch, int n_batches, void *user);
+typedef struct {
+    int batches;             /* default 8 */
+    int batch;               /* sequences per batch (default 4) */
+    int seq;                 /* max tokens per sequence (default 256, or the model's context if shorter) */
+    const int *ranks;        /* candidate ranks, increasing; NULL: 4, 8, 16 */
+    int n_ranks;
+    double budget_fraction;  /* of the model's parameters, e.g. 0.005; 0: no proposal unless budget_params */
+    int64_t budget_params;   /* > 0: the budget in parameters (wins over budget_fraction) */
+    const char *targets;     /* kinds to probe ("q_proj,v_proj"); NULL: every linear of the blocks */
+    uint64_t layers;         /* bit per layer to probe; 0: all */
+    size_t max_bytes;        /* limit on the gradients' memory; 0: 8 GiB */
+    float alpha_per_rank;    /* the proposal's lora_alpha = this · r per module (0: 2, alpha 16 at r 8) */
+    uint64_t seed;           /* batch order, a classification head's init (default 42) */
+    int skip_bad;            /* skip bad data lines */
+    peft_probe_progress_fn progress;   /* after each batch, or NULL */
+    void *user;
+} peft_probe_params;
+
+peft_probe_params peft_probe_default_params(void);
+typedef struct peft_probe peft_probe;
+/* Checks p against m (ranks, budget, memory) without data: what the CLI
+ * reports before loading anything. */
+int peft_probe_check(peft_model *m, const peft_probe_params *p);
+/* Measures (NULL on error, peft_last_error says why: a bad parameter, data
+ * with fewer examples than batches x batch, memory). */
+peft_probe *peft_probe_run(peft_model *m, const char *data_path, const peft_probe_params *p);
+void peft_probe_free(peft_probe *pr);
+/* The measurement as JSON (schema: docs/search.md), malloc'ed. */
+char *peft_probe_json(const peft_probe *pr);
+/* The proposal as a `peft train --config` JSON object, malloc'ed; NULL
+ * (peft_last_error set) when there is no budget. */
+char *peft_probe_config_json(const peft_probe *pr);
+/* A ranked table of the top modules (0: all), malloc'ed text. */
+char *peft_probe_table(const peft_probe *pr, int top);
+/* Writes what is not NULL: the JSON, the SVG heat map (layers x module
+ * kinds), the config (atomically). */
+int peft_probe_save(const peft_probe *pr, const char *json_path, const char *svg_path, const char *config_path);
+/* The proposal again for another budget (parameters), without measuring
+ * again: for a search over budgets. A budget below the smallest candidate
+ * is an error (the proposal unchanged). */
+int peft_probe_set_budget(peft_probe *pr, int64_t budget_params);
+
 #ifdef __cplusplus
 }
 #endif

@@ -24,9 +24,11 @@ deps() {
     fi
 }
 
+# the CLI only (what the quickstart and bench scripts run); scripts/test.sh
+# builds the tests
 build() {
     cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-    cmake --build build -j"$(nproc)"
+    cmake --build build -j"$(nproc)" --target peft_cli
 }
 
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf

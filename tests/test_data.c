@@ -855,7 +855,9 @@ static void test_pair_classification(void) {
 /* The project's real datasets: E2E (prompt/completion) and SST-2. */
 static void test_shared_data(void) {
     const char *e2e = "../shared/data/e2e/dev.jsonl", *sst = "../shared/data/sst2/train.jsonl";
-    if (!peft_file_exists(e2e) || !peft_file_exists(sst)) TEST_SKIP("../shared/data not present");
+    if (!peft_file_exists(e2e) || !peft_file_exists(sst))
+        TEST_SKIP("%s or %s missing: the project's test datasets (../shared/data, beside the checkout in CI) "
+                  "are not here", e2e, sst);
     data_set d;
     peft_err err = {0};
     data_params p = params(256);

@@ -189,7 +189,9 @@ static uint64_t fnv1a64_ids(const int32_t *ids, int n) {
 /* The first 1000 texts of SST-2 and of AG News, each tokenizer's ids
  * (hashed in the fixture) identical to HF's. */
 static void test_real_text_matches_hf(void) {
-    if (!peft_file_exists(SST2) || !peft_file_exists(AGNEWS)) TEST_SKIP("%s or %s missing", SST2, AGNEWS);
+    if (!peft_file_exists(SST2) || !peft_file_exists(AGNEWS))
+        TEST_SKIP("%s or %s missing: the project's test datasets (../shared/data, beside the checkout in CI) "
+                  "are not here", SST2, AGNEWS);
     cJSON *exp = read_json(WP "real.json");
     CHECK_MSG(exp != NULL, "cannot read " WP "real.json");
     if (!exp) return;

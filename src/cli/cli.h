@@ -16,6 +16,8 @@ int cmd_combine(int argc, char **argv);
 int cmd_embed(int argc, char **argv);
 int cmd_predict(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_search(int argc, char **argv);
+int cmd_probe(int argc, char **argv);
 
 /* Option parsing: --name value or --name=value. */
 typedef struct {

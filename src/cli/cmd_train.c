@@ -187,6 +187,18 @@ static int load_config(opt_def *defs, int n, const char *path) {
     cJSON_ArrayForEach(it, root) {
         char key[64];
         snprintf(key, sizeof key, "%s", it->string);
+        /* HF LoraConfig's names (peft probe writes them): lora_alpha,
+         * lora_dropout, layers_to_transform; target_modules that name
+         * modules rather than kinds ("model.layers.3.self_attn.q_proj") go to
+         * LoRA's --target-modules */
+        static const char *const hf_keys[][2] = {
+            {"lora_alpha", "alpha"}, {"lora_dropout", "dropout"}, {"layers_to_transform", "layers"}, {"target_modules", "target"}};
+        for (size_t h = 0; h < sizeof hf_keys / sizeof *hf_keys; h++)
+            if (!strcmp(key, hf_keys[h][0])) snprintf(key, sizeof key, "%s", hf_keys[h][1]);
+        if (!strcmp(key, "target") && cJSON_IsArray(it)) {
+            const cJSON *e;
+            cJSON_ArrayForEach(e, it) if (cJSON_IsString(e) && strchr(e->valuestring, '.')) snprintf(key, sizeof key, "target-modules");
+        }
         for (char *c = key; *c; c++) if (*c == '_') *c = '-';
         opt_def *o = find_opt(defs, n, key);
         if (!o || !strcmp(key, "config")) {
@@ -197,7 +209,16 @@ static int load_config(opt_def *defs, int n, const char *path) {
             continue;
         }
         char buf[4096];
-        if (cJSON_IsString(it)) snprintf(buf, sizeof buf, "%s", it->valuestring);
+        /* objects (rank_pattern, alpha_pattern) and module-name lists: as
+         * JSON text when short, else the file itself ("@FILE", which LoRA's
+         * pattern options read by key) */
+        const bool as_json = cJSON_IsObject(it) || (cJSON_IsArray(it) && !strcmp(key, "target-modules"));
+        char *js = as_json ? cJSON_PrintUnformatted(it) : NULL;
+        if (as_json && js && strlen(js) < 600) snprintf(buf, sizeof buf, "%s", js);
+        else if (as_json) snprintf(buf, sizeof buf, "@%s", path);
+        free(js);
+        if (as_json) {
+        } else if (cJSON_IsString(it)) snprintf(buf, sizeof buf, "%s", it->valuestring);
         else if (cJSON_IsBool(it)) snprintf(buf, sizeof buf, "%s", cJSON_IsTrue(it) ? "true" : "false");
         else if (cJSON_IsNumber(it)) snprintf(buf, sizeof buf, "%.17g", it->valuedouble);
         else if (cJSON_IsArray(it)) {

@@ -17,6 +17,8 @@ static void usage(FILE *f) {
             "usage: peft <command> [options]\n\n"
             "commands:\n"
             "  train      fine-tune an adapter: peft train --model PATH --data FILE --out DIR [--r 8 ...]\n"
+            "  probe      which modules and ranks to tune on your data: peft probe --model PATH --data FILE [--budget 0.5%%]\n"
+            "  search     which method, modules, rank and lr: peft search --model PATH --data FILE --out DIR --budget-params 0.5%% --budget-time 30m\n"
             "  eval       loss and perplexity: peft eval --model PATH [--adapter DIR] --data FILE\n"
             "  generate   generate text: peft generate --model PATH --prompt \"...\" [--chat] [--adapter DIR]\n"
             "  chat       talk with a model: peft chat --model PATH [--adapter DIR] (/reset, /exit)\n"
@@ -214,10 +216,12 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "embed")) return cmd_embed(argc - 1, argv + 1);
     if (!strcmp(cmd, "predict")) return cmd_predict(argc - 1, argv + 1);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(cmd, "search")) return cmd_search(argc - 1, argv + 1);
+    if (!strcmp(cmd, "probe")) return cmd_probe(argc - 1, argv + 1);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "--version")) { printf("peft %s\n", PEFT_VERSION); return 0; }
     static const char *const cmds[] = {"generate", "chat", "info", "train", "eval", "merge", "export", "combine",
-                                       "embed", "predict", "serve", "help"};
+                                       "embed", "predict", "serve", "search", "help"};
     const char *near = cli_suggest(cmd, cmds, (int)(sizeof cmds / sizeof *cmds));
     if (near) fprintf(stderr, "peft: unknown command \"%s\": did you mean peft %s?\n\n", cmd, near);
     else fprintf(stderr, "peft: unknown command \"%s\"\n\n", cmd);

@@ -43,6 +43,13 @@ float lora_scale_r(const lora_config *c, int r) {
     return lora_scale(&t);
 }
 
+void lora_module_set_alpha(lora_module *md, const lora_config *cfg, float alpha) {
+    lora_config t = *cfg;
+    t.alpha = alpha;
+    md->alpha = alpha;
+    md->scale = lora_scale_r(&t, md->r);
+}
+
 /* ---- target names ---------------------------------------------------------- */
 
 uint32_t lora_all_linear_targets(const peft_model *m) {
@@ -156,6 +163,7 @@ int lora_setup(adapter *a, const peft_model *m, const lora_config *cfg, const in
         md->in = (int)lin->w.cols;
         md->out = (int)lin->w.rows;
         md->r = slot_r[s];
+        md->alpha = cfg->alpha;
         md->scale = lora_scale_r(cfg, md->r);
         char path[200], key[256];
         if (model_linear_hf_path(m, md->layer, md->role, path, sizeof path))

@@ -36,6 +36,7 @@ typedef struct {
     int layer;
     model_linear_role role;
     int in, out, r;
+    float alpha;       /* the module's lora_alpha (alpha_pattern, else the config's) */
     float scale;
     float *A, *B;      /* into params: (r, in), (out, r) */
     float *gA, *gB;    /* into grads, same shapes */
@@ -209,5 +210,32 @@ const char *combine_type_name(combine_type t);
 int combine_clamp_factors(float *A, int64_t na, float *B, int64_t nb, double q, peft_err *err);
 int lora_combine(const peft_model *m, const adapter *const *in, const double *w, int n, const char *const *names,
                  const combine_opts *o, adapter **out, peft_err *err);
+
+/* ---- per-module settings (lora_pattern.c) --------------------------------
+ * HF peft's rank_pattern / alpha_pattern (targets false: key -> number, the
+ * first key K in order whose r"(.*\.)?(K)$" matches a module's full name)
+ * and target_modules as names (targets true: a module named T or ending in
+ * "." + T). */
+typedef struct {
+    char *key;
+    double v;
+    void *re;   /* pcre2_code: r"(.*\.)?(key)$", anchored (NULL for targets) */
+} lora_pattern_item;
+typedef struct {
+    int n;
+    bool targets;
+    lora_pattern_item *it;
+} lora_pattern;
+/* From a spec: "K=N,K=N" (targets: "T,T"), or "@FILE": the value under
+ * json_key of that JSON file. An empty or NULL spec is an empty pattern. */
+int lora_pattern_parse(const char *spec, const char *json_key, bool targets, lora_pattern *out, peft_err *err);
+/* From a JSON value (an object of numbers, or for targets a list of names
+ * or one name); NULL or null: empty. what names it in errors. */
+int lora_pattern_from_json(const cJSON *v, bool targets, const char *what, lora_pattern *out, peft_err *err);
+/* The index of the entry module (a full HF module name) matches, or -1. */
+int lora_pattern_find(const lora_pattern *p, const char *module);
+void lora_pattern_free(lora_pattern *p);
+/* Module md's alpha set to alpha, its scale following (rsLoRA as cfg). */
+void lora_module_set_alpha(lora_module *md, const lora_config *cfg, float alpha);
 
 #endif

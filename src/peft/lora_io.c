@@ -28,7 +28,15 @@ int lora_config_write(const adapter *a, const peft_model *m, cJSON *o) {
     const lora_config *c = &st->cfg;
     /* cJSON's builders return NULL when out of memory and leave the key
      * out: ok says whether the config is complete */
-    bool ok = cJSON_AddObjectToObject(o, "alpha_pattern") != NULL;
+    /* Alphas that differ from lora_alpha (alpha_pattern), by full module name. */
+    cJSON *ap = cJSON_AddObjectToObject(o, "alpha_pattern");
+    bool ok = ap != NULL;
+    for (int i = 0; i < st->n_modules && ap; i++)
+        if (st->mods[i].alpha != c->alpha) {
+            char path[256];
+            model_linear_hf_path(m, st->mods[i].layer, st->mods[i].role, path, sizeof path);
+            ok &= cJSON_AddNumberToObject(ap, path, st->mods[i].alpha) != NULL;
+        }
     ok &= cJSON_AddStringToObject(o, "bias", "none") != NULL;
     /* HF PEFT sets fan_in_fan_out for GPT-2's Conv1D layers (stored (in, out)). */
     ok &= cJSON_AddBoolToObject(o, "fan_in_fan_out", m->cfg.desc->hf_conv1d) != NULL;
@@ -52,7 +60,24 @@ int lora_config_write(const adapter *a, const peft_model *m, cJSON *o) {
         }
     uint32_t targets = 0;
     for (int i = 0; i < st->n_modules; i++) targets |= 1u << st->mods[i].role;
-    ok &= method_write_targets(m, targets, o) == 0;
+    /* HF adapts every target_modules kind in every layers_to_transform
+     * layer: a set of modules that is not such a product (peft probe's
+     * proposals) is written as their full names, which HF matches exactly. */
+    int n_product = 0;
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        for (int r = 0; r < ROLE_N_LINEAR; r++)
+            n_product += lora_layer_selected(a->mc.layers, l) && ((targets >> r) & 1u) && m->layers[l].lin[r].present;
+    if (n_product == st->n_modules) {
+        ok &= method_write_targets(m, targets, o) == 0;
+    } else {
+        cJSON *tm = cJSON_AddArrayToObject(o, "target_modules");
+        ok &= tm != NULL;
+        for (int i = 0; i < st->n_modules && tm; i++) {
+            char path[256];
+            model_linear_hf_path(m, st->mods[i].layer, st->mods[i].role, path, sizeof path);
+            ok &= cJSON_AddItemToArray(tm, cJSON_CreateString(path)) != 0;
+        }
+    }
     ok &= cJSON_AddBoolToObject(o, "use_dora", c->dora) != NULL;
     ok &= cJSON_AddBoolToObject(o, "use_rslora", c->rslora) != NULL;
     return ok ? 0 : PEFT_ERR_NOMEM;
@@ -158,10 +183,6 @@ static int parse_config(const cJSON *o, const char *path, lora_config *cfg, bool
     }
     if (cfg_true(o, "lora_bias")) {
         rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: lora_bias is not supported", path);
-        goto done;
-    }
-    if (nonempty_object(cJSON_GetObjectItemCaseSensitive(o, "alpha_pattern"))) {
-        rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "%s: per-module alpha (alpha_pattern) is not supported", path);
         goto done;
     }
     *has_rank_pattern = nonempty_object(cJSON_GetObjectItemCaseSensitive(o, "rank_pattern"));
@@ -301,6 +322,29 @@ int lora_load_st(const peft_model *m, const cJSON *o, const char *cfg_path, cons
         goto done;
     }
     rc = lora_alloc(m, &cfg, slot_r, n_labels, out, err);
+    if (!rc) {
+        /* alpha_pattern: the first key that matches a module's full name, as
+         * HF's get_pattern_key; keys that match nothing are HF's to ignore */
+        char what[600];
+        snprintf(what, sizeof what, "%s: \"alpha_pattern\"", cfg_path);
+        lora_pattern ap;
+        rc = lora_pattern_from_json(cJSON_GetObjectItemCaseSensitive(o, "alpha_pattern"), false, what, &ap, err);
+        lora_state *ls = rc ? NULL : lora_of(*out);
+        for (int i = 0; ls && ap.n && i < ls->n_modules && !rc; i++) {
+            char mp[256];
+            lora_module *md = &ls->mods[i];
+            if (model_linear_hf_path(m, md->layer, md->role, mp, sizeof mp)) continue;
+            const int k = lora_pattern_find(&ap, mp);
+            if (k < 0) continue;
+            if (!(ap.it[k].v >= 0 && ap.it[k].v <= 1e6))
+                rc = peft_fail(err, PEFT_ERR_FORMAT, "%s: \"alpha_pattern\" gives %s alpha %g, must be in [0, 1e6]",
+                               cfg_path, mp, ap.it[k].v);
+            else
+                lora_module_set_alpha(md, &cfg, (float)ap.it[k].v);
+        }
+        lora_pattern_free(&ap);
+        if (rc) { adapter_free(*out); *out = NULL; }
+    }
 done:
     free(pairs);
     free(slot_r);

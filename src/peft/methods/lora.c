@@ -20,6 +20,12 @@
 
 #define S(a) ((lora_state *)(a)->priv)
 
+#define METHOD_HELP_TARGET_MODULES                                                                                  \
+    "HF target_modules by module name, e.g. model.layers.3.self_attn.q_proj,... or @FILE (its \"target_modules\")"
+#define METHOD_HELP_RANK_PATTERN "per-module ranks, HF rank_pattern: NAME=R,... or @FILE (its \"rank_pattern\")"
+#define METHOD_HELP_ALPHA_PATTERN "per-module alphas, HF alpha_pattern: NAME=A,... or @FILE (its \"alpha_pattern\")"
+
+
 lora_state *lora_of(const adapter *a) {
     return a && (a->ops == &method_lora || a->ops == &method_dora) ? (lora_state *)a->priv : NULL;
 }
@@ -243,11 +249,43 @@ static int config_of(const method_config *mc, bool dora, lora_config *c, peft_er
     return 0;
 }
 
+/* The options target_modules, rank_pattern, alpha_pattern (lora_pattern.c)
+ * as parsed patterns; an empty spec is an empty pattern. */
+typedef struct {
+    lora_pattern tm, rp, ap;
+} lora_patterns;
+
+static void patterns_free(lora_patterns *p) {
+    lora_pattern_free(&p->tm);
+    lora_pattern_free(&p->rp);
+    lora_pattern_free(&p->ap);
+}
+
+static int patterns_of(const method_config *mc, lora_patterns *p, peft_err *err) {
+    memset(p, 0, sizeof *p);
+    static const char *const keys[3] = {"target_modules", "rank_pattern", "alpha_pattern"};
+    lora_pattern *dst[3] = {&p->tm, &p->rp, &p->ap};
+    char buf[PEFT_METHOD_OPTIONS_MAX];
+    for (int i = 0; i < 3; i++) {
+        const char *spec = method_option_get(mc, keys[i], buf, sizeof buf);
+        int rc = lora_pattern_parse(spec, keys[i], i == 0, dst[i], err);
+        if (rc) { patterns_free(p); return rc; }
+    }
+    if (p->tm.n && mc->targets) {
+        patterns_free(p);
+        return peft_fail(err, PEFT_ERR_INVALID, "%s: give --target (kinds) or --target-modules (names), not both",
+                         mc->ops ? mc->ops->name : "lora");
+    }
+    return 0;
+}
+
 static int lora_check(const method_config *mc, peft_err *err) {
     lora_config c;
     bool use_dora = false;
+    lora_patterns pat;
     int rc = config_of(mc, mc->ops == &method_dora, &c, err);
     if (!rc) rc = method_option_bool(mc, "use_dora", &use_dora, err);
+    if (!rc && !(rc = patterns_of(mc, &pat, err))) patterns_free(&pat);
     return rc;
 }
 
@@ -258,12 +296,98 @@ static const method_ops *lora_resolve(const method_config *mc) {
     return !method_option_bool(mc, "use_dora", &use_dora, &e) && use_dora ? &method_dora : &method_lora;
 }
 
+/* slot_r (from lora_plan) narrowed to the modules target_modules names (in
+ * the layers selected), ranks from rank_pattern, alphas (NAN: the
+ * config's) from alpha_pattern. An entry that matches no targeted module is
+ * an error: a misspelt name would otherwise change nothing, silently. */
+static int apply_patterns(const peft_model *m, const lora_config *c, const lora_patterns *p, int *slot_r,
+                          float *slot_alpha, uint32_t *targets, peft_err *err) {
+    const int nl = m->cfg.n_layer;
+    int n_used = p->tm.n + p->rp.n + p->ap.n;
+    bool *used = peft_calloc((size_t)(n_used ? n_used : 1), sizeof *used, err);
+    if (!used) return PEFT_ERR_NOMEM;
+    bool *u_tm = used, *u_rp = used + p->tm.n, *u_ap = used + p->tm.n + p->rp.n;
+    int rc = 0, n = 0;
+    *targets = 0;
+    for (int l = 0; l < nl && !rc; l++)
+        for (int r = 0; r < ROLE_N_LINEAR && !rc; r++) {
+            const int s = l * ROLE_N_LINEAR + r;
+            slot_alpha[s] = NAN;
+            char path[256];
+            if (!m->layers[l].lin[r].present || model_linear_hf_path(m, l, (model_linear_role)r, path, sizeof path)) {
+                slot_r[s] = 0;
+                continue;
+            }
+            if (p->tm.n) {
+                const int i = lora_layer_selected(c->layers, l) ? lora_pattern_find(&p->tm, path) : -1;
+                slot_r[s] = i >= 0 ? c->r : 0;
+                if (i >= 0) u_tm[i] = true;
+            }
+            if (slot_r[s] <= 0) continue;
+            int i = lora_pattern_find(&p->rp, path);
+            if (i >= 0) {
+                const double v = p->rp.it[i].v;
+                if (v != floor(v) || v < 1 || v > PEFT_MAX_RANK) {
+                    rc = peft_fail(err, PEFT_ERR_INVALID, "rank_pattern: \"%s\" gives rank %g (an integer in 1..%d)",
+                                   p->rp.it[i].key, v, PEFT_MAX_RANK);
+                    break;
+                }
+                slot_r[s] = (int)v;
+                u_rp[i] = true;
+            }
+            i = lora_pattern_find(&p->ap, path);
+            if (i >= 0) {
+                const double v = p->ap.it[i].v;
+                if (!(v >= 0 && v <= 1e6)) {
+                    rc = peft_fail(err, PEFT_ERR_INVALID, "alpha_pattern: \"%s\" gives alpha %g (in [0, 1e6])",
+                                   p->ap.it[i].key, v);
+                    break;
+                }
+                slot_alpha[s] = (float)v;
+                u_ap[i] = true;
+            }
+            *targets |= 1u << r;
+            n++;
+        }
+    static const char *const what[3] = {"target_modules", "rank_pattern", "alpha_pattern"};
+    const lora_pattern *pats[3] = {&p->tm, &p->rp, &p->ap};
+    const bool *us[3] = {u_tm, u_rp, u_ap};
+    for (int k = 0; k < 3 && !rc; k++)
+        for (int i = 0; i < pats[k]->n; i++)
+            if (!us[k][i]) {
+                rc = peft_fail(err, PEFT_ERR_INVALID, "%s: \"%s\" matches no %s module of %s", what[k], pats[k]->it[i].key,
+                               k == 0 ? "linear" : "targeted", m->path);
+                break;
+            }
+    free(used);
+    if (!rc && n == 0) rc = model_no_targets(m, "LoRA", err);
+    return rc;
+}
+
 static int lora_create(adapter *a, const peft_model *m, const method_config *mc, peft_err *err) {
     lora_config c, planned;
+    lora_patterns pat;
     int *slot_r = NULL;
+    float *slot_alpha = NULL;
     int rc = config_of(mc, a->ops == &method_dora, &c, err);
-    if (!rc) rc = lora_plan(m, &c, &planned, &slot_r, err);
+    if (rc || (rc = patterns_of(mc, &pat, err))) return rc;
+    rc = lora_plan(m, &c, &planned, &slot_r, err);
+    const bool any = pat.tm.n || pat.rp.n || pat.ap.n;
+    if (!rc && any) {
+        slot_alpha = peft_calloc((size_t)PEFT_MAX(1, m->cfg.n_layer * ROLE_N_LINEAR), sizeof *slot_alpha, err);
+        rc = slot_alpha ? apply_patterns(m, &planned, &pat, slot_r, slot_alpha, &planned.targets, err) : PEFT_ERR_NOMEM;
+    }
     if (!rc) rc = lora_setup(a, m, &planned, slot_r, err);
+    if (!rc && slot_alpha) {
+        lora_state *st = S(a);
+        for (int i = 0; i < st->n_modules; i++) {
+            const float al = slot_alpha[st->mods[i].layer * ROLE_N_LINEAR + st->mods[i].role];
+            if (!isnan(al)) lora_module_set_alpha(&st->mods[i], &planned, al);
+        }
+        a->mc.targets = planned.targets;
+    }
+    patterns_free(&pat);
+    free(slot_alpha);
     free(slot_r);
     return rc;
 }
@@ -287,8 +411,16 @@ static int lora_train_check(const adapter *a, peft_err *err) {
 
 static void lora_describe(const adapter *a, char *buf, size_t cap) {
     const lora_state *st = S(a);
-    snprintf(buf, cap, "r=%d alpha=%g%s scale=%g dropout=%g on %d modules", st->cfg.r, (double)st->cfg.alpha,
-             st->cfg.rslora ? " (rsLoRA)" : "", (double)lora_scale(&st->cfg), (double)st->cfg.dropout, st->n_modules);
+    int rlo = st->cfg.r, rhi = st->cfg.r, n_own = 0;
+    for (int i = 0; i < st->n_modules; i++) {
+        rlo = PEFT_MIN(rlo, st->mods[i].r);
+        rhi = PEFT_MAX(rhi, st->mods[i].r);
+        n_own += st->mods[i].r != st->cfg.r || st->mods[i].alpha != st->cfg.alpha;
+    }
+    char pat[96] = "";
+    if (n_own) snprintf(pat, sizeof pat, " (%d with their own rank or alpha; ranks %d..%d)", n_own, rlo, rhi);
+    snprintf(buf, cap, "r=%d alpha=%g%s scale=%g dropout=%g on %d modules%s", st->cfg.r, (double)st->cfg.alpha,
+             st->cfg.rslora ? " (rsLoRA)" : "", (double)lora_scale(&st->cfg), (double)st->cfg.dropout, st->n_modules, pat);
 }
 
 static const method_option lora_options[] = {
@@ -300,6 +432,9 @@ static const method_option lora_options[] = {
     {"rslora", NULL, "scale by alpha/sqrt(r) instead of alpha/r"},
     {"use-dora", NULL, "the same as --method dora"},
     {"init", "NAME", "kaiming (default, B = 0) | gaussian"},
+    {"target-modules", "SPEC", METHOD_HELP_TARGET_MODULES},
+    {"rank-pattern", "SPEC", METHOD_HELP_RANK_PATTERN},
+    {"alpha-pattern", "SPEC", METHOD_HELP_ALPHA_PATTERN},
     {"loraplus-lr-ratio", "R", "LoRA+: lora_B (and DoRA's magnitude) at lr x R (HF loraplus_lr_ratio; default 0 = off)"},
     {"loraplus-lr-embedding", "LR", "LoRA+: lr of LoRA on embedding layers (default 1e-6)"},
     {NULL, NULL, NULL},
@@ -314,6 +449,9 @@ static const method_option dora_options[] = {
     {"rslora", NULL, "scale by alpha/sqrt(r) instead of alpha/r"},
     {"use-dora", NULL, "the same as --method dora"},
     {"init", "NAME", "kaiming (default, B = 0) | gaussian"},
+    {"target-modules", "SPEC", METHOD_HELP_TARGET_MODULES},
+    {"rank-pattern", "SPEC", METHOD_HELP_RANK_PATTERN},
+    {"alpha-pattern", "SPEC", METHOD_HELP_ALPHA_PATTERN},
     {"loraplus-lr-ratio", "R", "LoRA+: lora_B (and DoRA's magnitude) at lr x R (HF loraplus_lr_ratio; default 0 = off)"},
     {"loraplus-lr-embedding", "LR", "LoRA+: lr of LoRA on embedding layers (default 1e-6)"},
     {NULL, NULL, NULL},
