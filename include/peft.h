@@ -769,6 +769,31 @@ int peft_train_dataset(peft_model *m, peft_adapter *a, const peft_dataset *train
 int peft_eval_dataset(peft_model *m, const peft_adapter *a, const peft_dataset *d, int batch, int seq,
                       const peft_train_hooks *h, double *loss, int64_t *n, double *accuracy);
 
+/* ---- classification ------------------------------------------------------------
+ * Sequence classification with a's head, or (a NULL, or an adapter
+ * without one) the model's own (a *ForSequenceClassification folder), as
+ * transformers' AutoModelForSequenceClassification with PeftModel in eval
+ * mode (docs/api.md, "Classification"): each input tokenized as
+ * tokenizer(text, text_pair, truncation=True, max_length=seq), the head on
+ * the row its family pools (decoders: the last token; BERT: the pooled
+ * [CLS]; RoBERTa: <s> through classifier.dense). Inputs run batch at a
+ * time, padded; the result does not depend on batch. */
+/* Labels of the head a (or else m) classifies with, or 0 when neither has one. */
+int peft_classifier_num_labels(const peft_model *m, const peft_adapter *a);
+typedef struct {
+    int batch;   /* inputs per forward (8) */
+    int seq;     /* tokens per input at most, the template's included (0: the model's context) */
+} peft_classify_params;
+peft_classify_params peft_classify_default_params(void);
+/* n inputs: texts[i], paired with text_pairs[i] where text_pairs is not
+ * NULL and its entry is not NULL (token types, as BERT's pairs). logits
+ * and probs (softmax of the logits; either may be NULL) receive
+ * n * peft_classifier_num_labels floats, row i = input i. p NULL: defaults.
+ * PEFT_ERR_INVALID without a head, naming the input that gives no tokens
+ * or fails to tokenize. */
+int peft_classify(peft_model *m, const peft_adapter *a, const char *const *texts, const char *const *text_pairs, int n,
+                  const peft_classify_params *p, float *logits, float *probs);
+
 /* peft_adapter_combine naming each input (names[i], e.g. its folder, in
  * the error messages; names may be NULL). */
 peft_adapter *peft_adapter_combine_named(peft_model *m, const peft_adapter *const *adapters, const double *weights,

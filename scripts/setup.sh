@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 deps() {
-    local pkgs="build-essential cmake pkg-config libopenblas-dev libpcre2-dev libcjson-dev libutf8proc-dev libmicrohttpd-dev curl python3 python3-pip wordnet-base clang libclang-rt-14-dev libomp-dev"
+    local pkgs="build-essential cmake pkg-config libopenblas-dev libpcre2-dev libcjson-dev libutf8proc-dev libmicrohttpd-dev libcairo2-dev curl python3 python3-pip wordnet-base clang libclang-rt-14-dev libomp-dev"
     local missing=""
     for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
     if [ -n "$missing" ]; then

@@ -14,6 +14,7 @@ int cmd_merge(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_combine(int argc, char **argv);
 int cmd_embed(int argc, char **argv);
+int cmd_predict(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_search(int argc, char **argv);
 int cmd_probe(int argc, char **argv);

@@ -177,6 +177,12 @@ int cmd_chat(int argc, char **argv) {
         fprintf(stderr, "peft chat: %s\n", peft_last_error(ctx));
         goto out;
     }
+    if (peft_classifier_num_labels(m, ad) > 0) {
+        fprintf(stderr, "peft chat: %s is a %d-label classifier (a sequence-classification head), which predicts "
+                "labels, not text: use `peft predict --model %s%s%s --data FILE`\n", adapter_dir ? adapter_dir : model,
+                peft_classifier_num_labels(m, ad), model, adapter_dir ? " --adapter " : "", adapter_dir ? adapter_dir : "");
+        goto out;
+    }
     if (!(s = peft_session_new(m, &e)) || peft_session_set_adapter(s, ad)) {
         fprintf(stderr, "peft chat: %s\n", s ? peft_session_error(s) : e.msg);
         goto out;

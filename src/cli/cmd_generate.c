@@ -107,6 +107,17 @@ int cmd_generate(int argc, char **argv) {
         free(file_text);
         return 1;
     }
+    if (peft_classifier_num_labels(m, ad) > 0) {
+        fprintf(stderr, "peft generate: %s is a %d-label classifier (a sequence-classification head), which predicts "
+                "labels, not text: use `peft predict --model %s%s%s --data FILE` (JSONL rows with \"text\")\n",
+                adapter_dir ? adapter_dir : model, peft_classifier_num_labels(m, ad), model, adapter_dir ? " --adapter " : "",
+                adapter_dir ? adapter_dir : "");
+        peft_adapter_free(ad);
+        peft_model_free(m);
+        peft_free(ctx);
+        free(file_text);
+        return 1;
+    }
     peft_error pe;
     peft_session *s = peft_session_new(m, &pe);
     int rc = s ? peft_session_set_adapter(s, ad) : pe.status;

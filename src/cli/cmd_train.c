@@ -1108,12 +1108,17 @@ int cmd_train(int argc, char **argv) {
         else fprintf(stderr, "; validation %.4f", res.val_loss_after);
         if (!isnan(res.val_accuracy)) fprintf(stderr, ", accuracy %.4f", res.val_accuracy);
     }
+    /* loss.png exists where the library was built with cairo */
+    char png[4200];
+    snprintf(png, sizeof png, "%s/loss.png", tp.out_dir);
+    const char *also_png = access(png, F_OK) == 0 ? " (and loss.png)" : "";
     if (plug_info.saves_model)
-        fprintf(stderr, "\nmodel: %s/%s, metrics: %s/metrics.jsonl, curve: %s/loss.svg\n", tp.out_dir,
-                !strcmp(minfo.source, "gguf") ? "model.gguf (F32)" : "model.safetensors (HF folder)", tp.out_dir, tp.out_dir);
+        fprintf(stderr, "\nmodel: %s/%s, metrics: %s/metrics.jsonl, curve: %s/loss.svg%s\n", tp.out_dir,
+                !strcmp(minfo.source, "gguf") ? "model.gguf (F32)" : "model.safetensors (HF folder)", tp.out_dir, tp.out_dir,
+                also_png);
     else
         fprintf(stderr, "\nadapter: %s/adapter_model.safetensors (HF PEFT format), metrics: %s/metrics.jsonl, curve: "
-                "%s/loss.svg\n", tp.out_dir, tp.out_dir, tp.out_dir);
+                "%s/loss.svg%s\n", tp.out_dir, tp.out_dir, tp.out_dir, also_png);
     rc = 0;
 out:
     for (int i = 0; i < N_TRAIN_OPTS; i++) { free(train_opts[i].value); train_opts[i].value = NULL; }
@@ -1183,6 +1188,13 @@ int cmd_eval(int argc, char **argv) {
     int64_t n;
     if (d.kind == PEFT_DATA_CLASSIFICATION && peft_adapter_num_labels(ad, m) <= 0) {
         fprintf(stderr, "peft eval: %s is classification data: pass --adapter with a classification head\n", data);
+        goto out;
+    }
+    if (d.kind != PEFT_DATA_CLASSIFICATION && d.kind != PEFT_DATA_PAIRS && peft_classifier_num_labels(m, ad) > 0) {
+        fprintf(stderr, "peft eval: %s is a %d-label classifier, which is evaluated on {\"text\", \"label\"} rows "
+                "(loss and accuracy), but %s holds language-model rows; for its predictions use `peft predict --model %s%s%s "
+                "--data FILE [--metrics]`\n", adapter_dir ? adapter_dir : model, peft_classifier_num_labels(m, ad), data, model,
+                adapter_dir ? " --adapter " : "", adapter_dir ? adapter_dir : "");
         goto out;
     }
     peft_train_hooks eh = {.pair_scale = 20.0f, .pair_pool = PEFT_POOL_MEAN};

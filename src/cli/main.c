@@ -22,6 +22,7 @@ static void usage(FILE *f) {
             "  eval       loss and perplexity: peft eval --model PATH [--adapter DIR] --data FILE\n"
             "  generate   generate text: peft generate --model PATH --prompt \"...\" [--chat] [--adapter DIR]\n"
             "  chat       talk with a model: peft chat --model PATH [--adapter DIR] (/reset, /exit)\n"
+            "  predict    a classifier's labels: peft predict --adapter DIR --data FILE [--out FILE] [--metrics]\n"
             "  embed      sentence embeddings: peft embed --model PATH --data FILE [--out FILE.npy|.jsonl]\n"
             "  merge      fold an adapter into the base: peft merge --model PATH --adapter DIR --out OUT\n"
             "  export     adapter as llama.cpp GGUF LoRA: peft export --adapter DIR --format gguf\n"
@@ -213,13 +214,14 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "export")) return cmd_export(argc - 1, argv + 1);
     if (!strcmp(cmd, "combine")) return cmd_combine(argc - 1, argv + 1);
     if (!strcmp(cmd, "embed")) return cmd_embed(argc - 1, argv + 1);
+    if (!strcmp(cmd, "predict")) return cmd_predict(argc - 1, argv + 1);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "search")) return cmd_search(argc - 1, argv + 1);
     if (!strcmp(cmd, "probe")) return cmd_probe(argc - 1, argv + 1);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "--version")) { printf("peft %s\n", PEFT_VERSION); return 0; }
     static const char *const cmds[] = {"generate", "chat", "info", "train", "eval", "merge", "export", "combine",
-                                       "embed", "serve", "search", "probe", "help"};
+                                       "embed", "predict", "serve", "search", "help"};
     const char *near = cli_suggest(cmd, cmds, (int)(sizeof cmds / sizeof *cmds));
     if (near) fprintf(stderr, "peft: unknown command \"%s\": did you mean peft %s?\n\n", cmd, near);
     else fprintf(stderr, "peft: unknown command \"%s\"\n\n", cmd);

@@ -11,6 +11,7 @@
 #include "train/trainer.h"
 #include "peft/method.h"
 #include "train/param_groups.h"
+#include "train/plot.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -183,77 +184,8 @@ int train_eval(peft_model *m, adapter *a, const data_set *d, int batch, int seq,
 
 /* ---- metrics -------------------------------------------------------------- */
 
-typedef struct {
-    int n, cap;
-    int *step;
-    double *loss;
-    bool *is_val;
-} history;
-
-static int hist_add(history *h, int step, double loss, bool is_val, peft_err *err) {
-    if (h->n == h->cap) {
-        int cap = h->cap ? 2 * h->cap : 256;
-        int *s = realloc(h->step, (size_t)cap * sizeof *s);
-        if (s) h->step = s;
-        double *l = realloc(h->loss, (size_t)cap * sizeof *l);
-        if (l) h->loss = l;
-        bool *v = realloc(h->is_val, (size_t)cap * sizeof *v);
-        if (v) h->is_val = v;
-        if (!s || !l || !v) return peft_fail(err, PEFT_ERR_NOMEM, "out of memory recording the loss history");
-        h->cap = cap;
-    }
-    h->step[h->n] = step;
-    h->loss[h->n] = loss;
-    h->is_val[h->n] = is_val;
-    h->n++;
-    return 0;
-}
-
-static void hist_free(history *h) { free(h->step); free(h->loss); free(h->is_val); }
-
-/* A small self-contained SVG line chart of train (blue) and validation
- * (orange) loss against the step. */
-static int write_svg(const history *h, const char *path, peft_err *err) {
-    const double W = 720, H = 400, L = 60, R = 20, T = 30, B = 50;
-    double lo = INFINITY, hi = -INFINITY;
-    int smax = 1;
-    for (int i = 0; i < h->n; i++) {
-        if (!isfinite(h->loss[i])) continue;
-        lo = fmin(lo, h->loss[i]);
-        hi = fmax(hi, h->loss[i]);
-        smax = PEFT_MAX(smax, h->step[i]);
-    }
-    if (!(hi > lo)) { lo = isfinite(lo) ? lo - 1 : 0; hi = lo + 2; }
-    peft_buf b = {0};
-    int rc = 0;
-    rc |= peft_buf_printf(&b, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%g\" height=\"%g\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
-    rc |= peft_buf_printf(&b, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n<text x=\"%g\" y=\"18\" text-anchor=\"middle\">loss</text>\n", W / 2);
-    rc |= peft_buf_printf(&b, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", L, H - B, W - R, H - B);
-    rc |= peft_buf_printf(&b, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", L, T, L, H - B);
-    for (int k = 0; k <= 4; k++) {
-        double v = lo + (hi - lo) * k / 4, y = H - B - (H - T - B) * k / 4;
-        rc |= peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" text-anchor=\"end\">%.3g</text>\n", L - 5, y + 4, v);
-        int s = (int)lround((double)smax * k / 4);
-        rc |= peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">%d</text>\n", L + (W - L - R) * k / 4, H - B + 18, s);
-    }
-    rc |= peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">step</text>\n", L + (W - L - R) / 2, H - 10);
-    for (int pass = 0; pass < 2; pass++) {
-        rc |= peft_buf_printf(&b, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", pass ? "#e6550d" : "#3182bd");
-        for (int i = 0; i < h->n; i++) {
-            if (h->is_val[i] != (pass == 1) || !isfinite(h->loss[i])) continue;
-            double x = L + (W - L - R) * h->step[i] / smax, y = H - B - (H - T - B) * (h->loss[i] - lo) / (hi - lo);
-            rc |= peft_buf_printf(&b, "%.1f,%.1f ", x, y);
-        }
-        rc |= peft_buf_printf(&b, "\"/>\n");
-    }
-    rc |= peft_buf_printf(&b, "<text x=\"%g\" y=\"%g\" fill=\"#3182bd\">train</text><text x=\"%g\" y=\"%g\" fill=\"#e6550d\">validation</text>\n</svg>\n",
-                    W - R - 120, T + 12, W - R - 60, T + 12);
-    /* a failed append leaves a shorter, broken chart: not one to write */
-    if (rc || !b.data) rc = peft_fail(err, PEFT_ERR_NOMEM, "%s: out of memory drawing the loss curve", path);
-    else rc = peft_write_file_atomic(path, b.data, b.len, err);
-    peft_buf_free(&b);
-    return rc;
-}
+/* The loss history and its chart (loss.svg, loss.png): plot.c. */
+typedef plot_history history;
 
 /* Appends one line, or nothing: a write that fails midway (a full disk) is
  * cut back off, so the file keeps only complete lines. */
@@ -515,10 +447,12 @@ static int trim_metrics(const char *path, int step, history *h, peft_err *err) {
         }
         const cJSON *s = cJSON_GetObjectItem(j, "step");
         if (cJSON_IsNumber(s) && s->valueint <= step) {
-            const cJSON *l = cJSON_GetObjectItem(j, "loss"), *v = cJSON_GetObjectItem(j, "val_loss");
+            const cJSON *l = cJSON_GetObjectItem(j, "loss"), *v = cJSON_GetObjectItem(j, "val_loss"),
+                        *va = cJSON_GetObjectItem(j, "val_accuracy");
             if (peft_buf_printf(&keep, "%s\n", line)) rc = peft_fail(err, PEFT_ERR_NOMEM, "%s: out of memory", path);
-            if (!rc && cJSON_IsNumber(l)) rc = hist_add(h, s->valueint, l->valuedouble, false, err);
-            if (!rc && cJSON_IsNumber(v)) rc = hist_add(h, s->valueint, v->valuedouble, true, err);
+            if (!rc && cJSON_IsNumber(l)) rc = plot_hist_add(h, s->valueint, l->valuedouble, NAN, false, err);
+            if (!rc && cJSON_IsNumber(v)) rc = plot_hist_add(h, s->valueint, v->valuedouble,
+                                                                cJSON_IsNumber(va) ? va->valuedouble : NAN, true, err);
         }
         cJSON_Delete(j);
     }
@@ -587,9 +521,8 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
     adamw_state opt = {0};
     owned_batch *micro = NULL;
     history hist = {0};
-    char metrics[4200], svg[4200], line[1024];
+    char metrics[4200], line[1024];
     snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", p->out_dir);
-    snprintf(svg, sizeof svg, "%s/loss.svg", p->out_dir);
 
     /* The graph first: it checks the shape against the model's context
      * before anything is sized by batch x seq. */
@@ -643,7 +576,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
         else
             snprintf(line, sizeof line, "{\"step\": 0, \"val_loss\": %.6f, \"val_accuracy\": %.6f}", res->val_loss_before, acc0);
         if ((rc = append_line(metrics, line, err))) goto done;
-        if ((rc = hist_add(&hist, 0, res->val_loss_before, true, err))) goto done;
+        if ((rc = plot_hist_add(&hist, 0, res->val_loss_before, acc0, true, err))) goto done;
         if (p->progress) {
             train_progress pr = {.step = 0, .total_steps = total, .is_eval = true, .val_loss = res->val_loss_before,
                                  .val_ppl = exp(res->val_loss_before), .val_acc = acc0};
@@ -719,7 +652,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
                  step + 1, data_loader_epoch(ld), step_loss, lr, gn, (long long)step_tokens, step_targets, tps, el);
         if ((rc = append_line(metrics, line, err))) goto done;
         stepped = true;
-        if ((rc = hist_add(&hist, step + 1, step_loss, false, err))) goto done;
+        if ((rc = plot_hist_add(&hist, step + 1, step_loss, NAN, false, err))) goto done;
         if (p->progress) {
             train_progress pr = {.step = step + 1, .total_steps = total, .epoch = data_loader_epoch(ld), .loss = step_loss,
                                  .lr = lr, .grad_norm = gn, .tokens_per_s = tps, .elapsed_s = el,
@@ -741,13 +674,13 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
             else
                 snprintf(line, sizeof line, "{\"step\": %d, \"val_loss\": %.6f, \"val_accuracy\": %.6f}", step + 1, vl, acc);
             if ((rc = append_line(metrics, line, err))) goto done;
-            if ((rc = hist_add(&hist, step + 1, vl, true, err))) goto done;
+            if ((rc = plot_hist_add(&hist, step + 1, vl, acc, true, err))) goto done;
             if (p->progress) {
                 train_progress pr = {.step = step + 1, .total_steps = total, .is_eval = true, .val_loss = vl, .val_ppl = exp(vl),
                                      .val_acc = acc};
                 p->progress(&pr, p->user);
             }
-            if ((rc = write_svg(&hist, svg, err))) goto done;
+            if ((rc = plot_write(&hist, p->out_dir, err))) goto done;
         }
         if (p->save_every > 0 && (step + 1) % p->save_every == 0 && !last) {
             if ((rc = save_checkpoint(p->out_dir, step + 1, a, m, &opt, &op, ld, last_ckpt, ck, total, p->accum, config,
@@ -777,7 +710,7 @@ int train_run(peft_model *m, adapter *a, const data_set *train, const data_set *
     res->seconds = peft_time_s() - t0 - t_other;
     res->tokens = tokens;
     res->tokens_per_s = res->seconds > 0 ? (double)tokens / res->seconds : 0;
-    if ((rc = write_svg(&hist, svg, err))) goto done;
+    if ((rc = plot_write(&hist, p->out_dir, err))) goto done;
     if ((rc = adapter_save(a, m, p->out_dir, err))) goto done;
     rc = write_run_json(p->out_dir, config, step, total, !res->interrupted, err);
 done:
@@ -792,7 +725,7 @@ done:
     if (micro)
         for (int i = 0; i < p->accum; i++) free(micro[i].buf);
     free(micro);
-    hist_free(&hist);
+    plot_hist_free(&hist);
     adamw_free(&opt);
     free(seg);
     tg_free(g);
