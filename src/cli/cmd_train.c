@@ -24,7 +24,7 @@ static opt_def train_opts[] = {
     {"data", false, "training JSONL, one object per line, of a kind listed below (required)", NULL},
     {"val", false, "validation JSONL", NULL},
     {"val-split", false, "fraction of --data held out for validation when no --val (default 0)", NULL},
-    {"out", false, "output folder: adapter, metrics.jsonl, loss.svg, checkpoints (required)", NULL},
+    {"out", false, "output folder: adapter, metrics.jsonl, loss.svg (and loss.png), run.json, checkpoints (required)", NULL},
     {"config", false, "JSON file with any of these options", NULL},
     {"method", false, "lora (default) | one of the methods below", NULL},
     {"num-labels", false, "classification labels (default: from {text,label} data)", NULL},
