@@ -14,16 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int report(peft_error *out, const peft_err *e) {
-    if (out) {
-        out->status = e->code;
-        const size_t n = strnlen(e->msg, sizeof out->msg - 1);
-        memcpy(out->msg, e->msg, n);
-        out->msg[n] = '\0';
-    }
-    return e->code;
-}
-
 /* Appends s to a comma list in buf unless it is there already. */
 static void list_add(char *buf, size_t cap, const char *s) {
     const size_t n = strlen(s);
@@ -184,9 +174,9 @@ int peft_adapter_file_describe(const char *path, peft_adapter_file_info *out, pe
         const size_t n = strlen(path);
         if (n < 5 || strcmp(path + n - 5, ".gguf")) return 0;
         gguf_file *g = NULL;
-        if (gguf_open(path, &g, &e)) return report(err, &e);
+        if (gguf_open(path, &g, &e)) return peft_error_set(err, &e);
         rc = describe_gguf(path, g, out, &e);
         gguf_close(g);
     }
-    return rc ? report(err, &e) : 0;
+    return rc ? peft_error_set(err, &e) : 0;
 }

@@ -23,27 +23,16 @@ _Static_assert((int)PEFT_POOL_CLS == (int)EMBED_POOL_CLS && (int)PEFT_POOL_MAX =
                    (int)PEFT_POOL_LAST == (int)EMBED_POOL_LAST,
                "public pooling bits are embed.h's");
 
-static int report(peft_error *out, const peft_err *e) {
-    if (out) {
-        out->status = e->code;
-        /* a longer message is cut at the public buffer's size */
-        const size_t n = strnlen(e->msg, sizeof out->msg - 1);
-        memcpy(out->msg, e->msg, n);
-        out->msg[n] = '\0';
-    }
-    return e->code;
-}
-
 /* ---- files and limits ---------------------------------------------------- */
 
 int peft_file_read(const char *path, char **data, size_t *len, peft_error *err) {
     peft_err e = {0};
-    return peft_read_file(path, data, len, &e) ? report(err, &e) : 0;
+    return peft_read_file(path, data, len, &e) ? peft_error_set(err, &e) : 0;
 }
 
 int peft_file_write_atomic(const char *path, const void *data, size_t len, peft_error *err) {
     peft_err e = {0};
-    return peft_write_file_atomic(path, data, len, &e) ? report(err, &e) : 0;
+    return peft_write_file_atomic(path, data, len, &e) ? peft_error_set(err, &e) : 0;
 }
 
 size_t peft_max_line_bytes(void) { return PEFT_MAX_LINE_BYTES; }
@@ -121,7 +110,7 @@ int peft_adapter_config_add(peft_adapter_config *c, const char *key, const char 
     method_config mc;
     to_mc(c, NULL, &mc);
     peft_err e = {0};
-    if (method_option_add(&mc, key, value, &e)) return report(err, &e);
+    if (method_option_add(&mc, key, value, &e)) return peft_error_set(err, &e);
     memcpy(c->options, mc.options, sizeof c->options);
     return 0;
 }
@@ -142,12 +131,12 @@ int peft_adapter_config_check(const peft_adapter_config *c, peft_error *err) {
     peft_err e = {0};
     if (!o) {
         peft_fail(&e, PEFT_ERR_INVALID, "unknown method index %d", c->method);
-        return report(err, &e);
+        return peft_error_set(err, &e);
     }
     if (!o->check) return 0;
     method_config mc;
     to_mc(c, o, &mc);
-    return o->check(&mc, &e) ? report(err, &e) : 0;
+    return o->check(&mc, &e) ? peft_error_set(err, &e) : 0;
 }
 
 int peft_model_check_targets(peft_model *m, const char *targets) {
@@ -214,7 +203,7 @@ int peft_adapter_lora_info(const peft_adapter *a, peft_lora_info *out) {
 int peft_combine_type_check(const char *type, peft_error *err) {
     combine_type t;
     peft_err e = {0};
-    return combine_type_parse(type, &t, &e) ? report(err, &e) : 0;
+    return combine_type_parse(type, &t, &e) ? peft_error_set(err, &e) : 0;
 }
 
 peft_adapter *peft_adapter_combine_named(peft_model *m, const peft_adapter *const *adapters, const double *weights,
@@ -248,7 +237,7 @@ peft_adapter *peft_adapter_combine_named(peft_model *m, const peft_adapter *cons
 int peft_merge_outtype_check(const char *outtype, peft_error *err) {
     int t;
     peft_err e = {0};
-    return lora_merge_outtype_parse(outtype, &t, &e) ? report(err, &e) : 0;
+    return lora_merge_outtype_parse(outtype, &t, &e) ? peft_error_set(err, &e) : 0;
 }
 
 int peft_adapter_merge_report(peft_model *m, const peft_adapter *pa, const char *out_path, const char *outtype,
